@@ -1,0 +1,1 @@
+"""FlashStream services: the tokenizer, scheduler and worker stages and their shared pieces."""

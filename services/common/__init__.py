@@ -1,0 +1,1 @@
+"""Pieces every stage shares: errors, sampling parameters, configuration, gRPC and metrics helpers."""

@@ -1,0 +1,118 @@
+"""Sampling parameters: one dataclass that travels, as protobuf, from the gateway to the worker's sampler.
+
+Pure Python (no torch, no grpc) so the scheduler can hold it. Text-level options (stop strings,
+special-token handling) belong to the tokenizer stage and are not here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.errors import InvalidArgument
+
+# The penalties and temperatures that are accepted; outside these a request is refused, not clamped.
+MAX_TEMPERATURE = 100.0
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to pick each next token. Defaults give greedy decoding of 16 tokens."""
+
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 0.0
+    top_k: int = 0  # 0 disables top-k
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the prompt or output
+    presence_penalty: float = 0.0  # subtracted once from tokens seen in the output
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the output
+    seed: int | None = None  # same seed, same tokens, whatever the batch
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; n: the chosen token's and the top n alternatives'
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def is_reproducible(self) -> bool:
+        """Whether the same request always gives the same tokens (greedy or seeded)."""
+        return self.is_greedy or self.seed is not None
+
+    def validate(self) -> None:
+        if self.max_tokens <= 0:
+            raise InvalidArgument(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
+            raise InvalidArgument(
+                f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}"
+            )
+        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= MAX_TEMPERATURE):
+            raise InvalidArgument(f"temperature must be in [0, {MAX_TEMPERATURE}], got {self.temperature}")
+        if self.top_k < 0:
+            raise InvalidArgument(f"top_k must be 0 (off) or positive, got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (0.0 <= self.min_p <= 1.0):
+            raise InvalidArgument(f"min_p must be in [0, 1], got {self.min_p}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0):
+            raise InvalidArgument(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -2.0 <= value <= 2.0):
+                raise InvalidArgument(f"{name} must be in [-2, 2], got {value}")
+        if self.seed is not None and not (0 <= self.seed < 2**63):
+            raise InvalidArgument(f"seed must be in [0, 2**63), got {self.seed}")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise InvalidArgument(f"stop_token_ids must be non-negative, got {list(self.stop_token_ids)}")
+        if self.logprobs is not None and not (0 <= self.logprobs <= MAX_LOGPROBS):
+            raise InvalidArgument(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+
+    # ---- protobuf (flashstream.v1.SamplingParams) ----
+
+    @classmethod
+    def from_pb(cls, pb: Any) -> "SamplingParams":
+        """Builds from a `flashstream.v1.SamplingParams`; unset fields take the defaults above."""
+        return cls(
+            max_tokens=pb.max_tokens if pb.HasField("max_tokens") else 16,
+            min_tokens=pb.min_tokens,
+            temperature=pb.temperature,
+            top_k=pb.top_k,
+            top_p=pb.top_p if pb.HasField("top_p") else 1.0,
+            min_p=pb.min_p,
+            repetition_penalty=pb.repetition_penalty if pb.HasField("repetition_penalty") else 1.0,
+            presence_penalty=pb.presence_penalty,
+            frequency_penalty=pb.frequency_penalty,
+            seed=pb.seed if pb.HasField("seed") else None,
+            stop_token_ids=tuple(pb.stop_token_ids),
+            ignore_eos=pb.ignore_eos,
+            logprobs=pb.logprobs if pb.HasField("logprobs") else None,
+        )
+
+    def to_pb(self, pb_cls: Any) -> Any:
+        """Fills a new `flashstream.v1.SamplingParams` (pass the class to keep this module grpc-free)."""
+        pb = pb_cls(
+            max_tokens=self.max_tokens,
+            min_tokens=self.min_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            stop_token_ids=list(self.stop_token_ids),
+            ignore_eos=self.ignore_eos,
+        )
+        if self.seed is not None:
+            pb.seed = self.seed
+        if self.logprobs is not None:
+            pb.logprobs = self.logprobs
+        return pb
