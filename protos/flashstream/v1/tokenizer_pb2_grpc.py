@@ -54,6 +54,11 @@ class TokenizerStub:
                 request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.RenderChatRequest.SerializeToString,
                 response_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.RenderChatResponse.FromString,
                 _registered_method=True)
+        self.Info = channel.unary_unary(
+                '/flashstream.v1.Tokenizer/Info',
+                request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfoRequest.SerializeToString,
+                response_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfo.FromString,
+                _registered_method=True)
 
 
 class TokenizerServicer:
@@ -87,6 +92,13 @@ class TokenizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Info(self, request, context):
+        """The model behind this tokenizer (learned from the scheduler's Info) and its text settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_TokenizerServicer_to_server(servicer, server):
                     servicer.RenderChat,
                     request_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.RenderChatRequest.FromString,
                     response_serializer=flashstream_dot_v1_dot_tokenizer__pb2.RenderChatResponse.SerializeToString,
+            ),
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfoRequest.FromString,
+                    response_serializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class Tokenizer:
             '/flashstream.v1.Tokenizer/RenderChat',
             flashstream_dot_v1_dot_tokenizer__pb2.RenderChatRequest.SerializeToString,
             flashstream_dot_v1_dot_tokenizer__pb2.RenderChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flashstream.v1.Tokenizer/Info',
+            flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfoRequest.SerializeToString,
+            flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,92 @@
+"""Helpers to build a stage's configuration from CLI flags and FLASHSTREAM_* variables, in main() only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from services.common.errors import InvalidArgument
+
+T = TypeVar("T", int, float, str, bool)
+
+# Default ports of a one-machine deployment; `flashstream up` may choose others.
+DEFAULT_PORTS = {
+    "gateway": (50050, 8000),  # (gRPC, HTTP: OpenAI API, /metrics, /health, /ready)
+    "tokenizer": (50051, 9101),  # (gRPC, HTTP status)
+    "scheduler": (50052, 9102),
+    "worker": (50053, 9103),
+}
+
+
+def env_default(name: str, default: T, environ: Mapping[str, str] | None = None) -> T:
+    """FLASHSTREAM_<NAME> converted to the type of `default`, or `default` when unset."""
+    env = os.environ if environ is None else environ
+    raw = env.get(f"FLASHSTREAM_{name.upper()}")
+    if raw is None or raw == "":
+        return default
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")  # type: ignore[return-value]
+        return type(default)(raw)
+    except ValueError as exc:
+        raise InvalidArgument(f"FLASHSTREAM_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from exc
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where a stage listens and how it stops."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    status_port: int = 0  # HTTP /metrics, /health, /ready; 0 disables
+    log_level: str = "INFO"
+    drain_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("port", "status_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise InvalidArgument(f"{name} must be in [0, 65535], got {value}")
+        if self.drain_timeout_s < 0:
+            raise InvalidArgument(f"drain_timeout_s must be non-negative, got {self.drain_timeout_s}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def add_server_args(parser: argparse.ArgumentParser, stage: str) -> None:
+    """Adds --host, --port, --status-port, --log-level, --drain-timeout-s with FLASHSTREAM_* defaults."""
+    grpc_port, status_port = DEFAULT_PORTS[stage]
+    parser.add_argument("--host", default=env_default("host", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=env_default(f"{stage}_port", grpc_port))
+    parser.add_argument("--status-port", type=int, default=env_default(f"{stage}_status_port", status_port))
+    parser.add_argument("--log-level", default=env_default("log_level", "INFO"))
+    parser.add_argument("--drain-timeout-s", type=float, default=env_default("drain_timeout_s", 30.0))
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        status_port=args.status_port,
+        log_level=args.log_level,
+        drain_timeout_s=args.drain_timeout_s,
+    )
+
+
+def setup_logging(level: str, stage: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s %(levelname)s {stage} %(name)s: %(message)s",
+    )
+
+
+def split_csv(values: Sequence[str] | str) -> list[str]:
+    """'a,b' or ['a', 'b,c'] → ['a', 'b', 'c'] (for flags that take several addresses)."""
+    items = [values] if isinstance(values, str) else list(values)
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]

@@ -1,0 +1,146 @@
+"""gRPC plumbing every stage shares: server start with health and reflection, error mapping, drain on SIGTERM.
+
+Handlers raise `FlashStreamError`s; `handle_errors` turns them into gRPC statuses so servicers stay thin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import ErrorCode, FlashStreamError
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Long-lived internal streams: keepalives detect a dead peer within ~30 s even when no step is running.
+GRPC_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def grpc_status(code: ErrorCode | int) -> grpc.StatusCode:
+    """The grpc.StatusCode with this number (UNKNOWN for numbers gRPC does not define)."""
+    for status in grpc.StatusCode:
+        if status.value[0] == int(code):
+            return status
+    return grpc.StatusCode.UNKNOWN
+
+
+def handle_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps a grpc.aio handler (coroutine or async generator) so that exceptions become statuses.
+
+    A FlashStreamError keeps its code and message; anything else is logged and reported as INTERNAL
+    without leaking internals to the client.
+    """
+
+    async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        if isinstance(exc, FlashStreamError):
+            await context.abort(grpc_status(exc.code), exc.message)
+        log.exception("unexpected error in %s", handler.__qualname__)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - turned into a status
+                await _abort(context, exc)
+
+        return stream_wrapper
+
+    @functools.wraps(handler)
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - turned into a status
+            await _abort(context, exc)
+
+    return unary_wrapper
+
+
+@dataclass
+class StageServer:
+    """A started grpc.aio server with its health servicer."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    service_names: tuple[str, ...]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def drain_and_stop(self, grace_s: float) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish within grace_s, then stops."""
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
+
+
+async def start_server(
+    address: str,
+    register: Sequence[Callable[[grpc.aio.Server], None]],
+    service_names: Sequence[str],
+    serving: bool = True,
+) -> StageServer:
+    """Starts a grpc.aio server on address ("host:port", port 0 picks a free one).
+
+    register: callables that add servicers (e.g. `lambda s: add_XServicer_to_server(obj, s)`).
+    service_names: full names of those services, for health and reflection.
+    """
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    for add in register:
+        add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC server to {address}")
+    await server.start()
+    stage = StageServer(server, health_servicer, port, tuple(service_names))
+    await stage.set_serving(serving)
+    return stage
+
+
+def create_channel(target: str) -> grpc.aio.Channel:
+    """An insecure grpc.aio channel with the shared options."""
+    return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """Sets `stop` on SIGTERM or SIGINT (the stage's main loop then drains and exits 0)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
