@@ -1,0 +1,228 @@
+"""`flashstream up`: runs every stage as a child process on one machine and supervises them.
+
+Children are started in pipeline order (workers, scheduler, tokenizer, gateway), each once the one it
+dials reports SERVING. They die with the launcher (PR_SET_PDEATHSIG on Linux), so even a killed
+launcher leaves no orphan; on Ctrl-C or SIGTERM the launcher stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.config import env_default
+from services.common.errors import FlashStreamError, Unavailable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel to SIGTERM it when the launcher dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: the launcher's own handlers still stop the children
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def python_path_env() -> dict[str, str]:
+    """The environment for children: this process's, plus the folders holding our packages."""
+    import flashstream
+    import services
+
+    roots = [str(Path(services.__file__).resolve().parent.parent),
+             str(Path(flashstream.__file__).resolve().parent.parent)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*roots, *filter(None, [env.get("PYTHONPATH")])]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    """Blocks until the gRPC health service at address reports SERVING (raises Unavailable on timeout)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise Unavailable(f"stage at {address} exited with code {proc.returncode} before it was ready")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise Unavailable(f"stage at {address} did not report SERVING within {timeout_s:.0f} s")
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]
+    grpc_address: str
+    proc: subprocess.Popen | None = None
+
+
+@dataclass
+class Stack:
+    """The running stages of one `up`, in start order."""
+
+    stages: list[Stage] = field(default_factory=list)
+    gateway_grpc: str = ""
+    gateway_http: str = ""
+
+    def start(self, stage: Stage, env: dict[str, str], ready_timeout_s: float, log_dir: Path | None) -> None:
+        out = None
+        if log_dir is not None:
+            out = open(log_dir / f"{stage.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        cmd = [sys.executable, "-m", "services.cli", "serve", *stage.argv]
+        stage.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                      preexec_fn=_die_with_parent)
+        self.stages.append(stage)
+        wait_serving(stage.grpc_address, ready_timeout_s, stage.proc)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM in reverse start order (each drains), then SIGKILL whatever is left."""
+        for stage in reversed(self.stages):
+            if stage.proc and stage.proc.poll() is None:
+                stage.proc.send_signal(signal.SIGTERM)
+                try:
+                    stage.proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    stage.proc.kill()
+                    stage.proc.wait()
+
+    def first_exited(self) -> Stage | None:
+        return next((s for s in self.stages if s.proc and s.proc.poll() is not None), None)
+
+
+def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
+    """The four stages' command lines with ports chosen from --base-port (0: free ports)."""
+    host = args.host
+
+    def port(offset: int) -> int:
+        return args.base_port + offset if args.base_port else free_port(host)
+
+    stages: list[Stage] = []
+    worker_addresses = []
+    for i in range(args.num_workers):
+        p = port(3 + 10 * i)
+        worker_addresses.append(f"{host}:{p}")
+        argv = ["worker", "--host", host, "--port", str(p), "--status-port", str(port(13 + 10 * i + 1000)),
+                "--model", model_dir, "--device", args.device, "--load-format", args.load_format]
+        if args.model_id:
+            argv += ["--model-id", args.model_id]
+        stages.append(Stage(f"worker{i}", argv, f"{host}:{p}"))
+    sp = port(2)
+    stages.append(Stage("scheduler", ["scheduler", "--host", host, "--port", str(sp),
+                                      "--status-port", str(port(1002)), "--workers", ",".join(worker_addresses)],
+                        f"{host}:{sp}"))
+    tp = port(1)
+    stages.append(Stage("tokenizer", ["tokenizer", "--host", host, "--port", str(tp),
+                                      "--status-port", str(port(1001)), "--scheduler", f"{host}:{sp}",
+                                      "--model", model_dir], f"{host}:{tp}"))
+    gp, hp = port(0), args.http_port or port(1000)
+    stages.append(Stage("gateway", ["gateway", "--host", host, "--port", str(gp), "--http-port", str(hp),
+                                    "--tokenizers", f"{host}:{tp}"], f"{host}:{gp}"))
+    return stages
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="flashstream up", description="Start the whole stack on this machine.")
+    parser.add_argument("--model", default=env_default("model", ""),
+                        help="Hugging Face checkpoint folder (default: the demo model, built on first use)")
+    parser.add_argument("--model-id", default=env_default("model_id", ""), help="name clients use for the model")
+    parser.add_argument("--host", default=env_default("host", "127.0.0.1"))
+    parser.add_argument("--base-port", type=int, default=env_default("base_port", 50050),
+                        help="gateway gRPC port; other stages take base+1.. (0: free ports)")
+    parser.add_argument("--http-port", type=int, default=env_default("gateway_http_port", 8000))
+    parser.add_argument("--num-workers", type=int, default=env_default("num_workers", 1))
+    parser.add_argument("--device", default=env_default("device", "auto"), help="auto, cpu or cuda")
+    parser.add_argument("--load-format", default=env_default("load_format", "auto"),
+                        choices=["auto", "dummy", "fake"])
+    parser.add_argument("--ready-timeout-s", type=float, default=600.0)
+    parser.add_argument("--log-dir", default=None, help="write each stage's output to DIR/<stage>.log")
+    parser.add_argument("--prompt", default="Once upon a time",
+                        help="stream one answer to this prompt once the stack is up ('' to skip)")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--exit-after-prompt", action="store_true", help="stop the stack after the first answer")
+    args = parser.parse_args(list(argv))
+    if args.num_workers < 1:
+        parser.error("--num-workers must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    if args.model:
+        model_dir = str(Path(args.model).resolve())
+    else:
+        from services.demo import DEMO_MODEL_ID, build_demo_model
+
+        print("building the demo model (first run only) ...", flush=True)
+        model_dir = str(build_demo_model())
+        args.model_id = args.model_id or DEMO_MODEL_ID
+    log_dir = Path(args.log_dir) if args.log_dir else None
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack()
+    stop = {"signal": None}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    env = python_path_env()
+    try:
+        for stage in build_stack_argv(args, model_dir):
+            print(f"starting {stage.name} on {stage.grpc_address} ...", flush=True)
+            stack.start(stage, env, args.ready_timeout_s, log_dir)
+        gateway = stack.stages[-1]
+        http_port = gateway.argv[gateway.argv.index("--http-port") + 1]
+        stack.gateway_grpc, stack.gateway_http = gateway.grpc_address, f"http://{args.host}:{http_port}"
+        print(f"\nFlashStream is up ({len(stack.stages)} processes, model {args.model_id or model_dir})\n"
+              f"  gRPC   {stack.gateway_grpc}   (flashstream.v1.Gateway)\n"
+              f"  HTTP   {stack.gateway_http}/v1/completions   (OpenAI-compatible)\n"
+              f"  status {stack.gateway_http}/metrics  /health  /ready\n", flush=True)
+        if args.prompt:
+            from services.generate_client import stream_to_terminal
+
+            stream_to_terminal(stack.gateway_grpc, args.prompt, max_tokens=args.max_tokens, model="")
+        if args.exit_after_prompt:
+            return 0
+        print("Ctrl-C stops every stage.", flush=True)
+        while True:
+            exited = stack.first_exited()
+            if exited is not None:
+                print(f"{exited.name} exited with code {exited.proc.returncode}; stopping", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    except FlashStreamError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
