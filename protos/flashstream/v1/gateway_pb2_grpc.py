@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class GatewayStub:
-    """Missing associated documentation comment in .proto file."""
+    """The public API clients call.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,7 +63,8 @@ class GatewayStub:
 
 
 class GatewayServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The public API clients call.
+    """
 
     def Generate(self, request, context):
         """Completes a prompt, streaming text deltas; the last message carries Done.
@@ -137,7 +139,8 @@ def add_GatewayServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Gateway:
-    """Missing associated documentation comment in .proto file."""
+    """The public API clients call.
+    """
 
     @staticmethod
     def Generate(request,

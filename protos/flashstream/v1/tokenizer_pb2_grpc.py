@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class TokenizerStub:
-    """Missing associated documentation comment in .proto file."""
+    """Text in, text out: the only pipeline stage that sees text.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,7 +63,8 @@ class TokenizerStub:
 
 
 class TokenizerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Text in, text out: the only pipeline stage that sees text.
+    """
 
     def Connect(self, request_iterator, context):
         """The pipeline stream.
@@ -136,7 +138,8 @@ def add_TokenizerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Tokenizer:
-    """Missing associated documentation comment in .proto file."""
+    """Text in, text out: the only pipeline stage that sees text.
+    """
 
     @staticmethod
     def Connect(request_iterator,

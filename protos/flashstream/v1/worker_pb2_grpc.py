@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class WorkerStub:
-    """Missing associated documentation comment in .proto file."""
+    """Runs the model over a paged KV cache, one step per plan.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +53,8 @@ class WorkerStub:
 
 
 class WorkerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Runs the model over a paged KV cache, one step per plan.
+    """
 
     def Info(self, request, context):
         """Describes the loaded model and the KV cache that fits after memory profiling.
@@ -102,7 +104,8 @@ def add_WorkerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Worker:
-    """Missing associated documentation comment in .proto file."""
+    """Runs the model over a paged KV cache, one step per plan.
+    """
 
     @staticmethod
     def Info(request,
