@@ -1,0 +1,133 @@
+"""The worker's batched sampler: one next token per row of the logits, every feature batched on the device.
+
+Per row, in this order:
+1. Penalties. Repetition (Hugging Face / CTRL): every token of the prompt or the output has a positive logit
+   divided by `repetition_penalty` and a negative one multiplied by it. Then, on output tokens only (OpenAI):
+   `frequency_penalty` times the token's number of occurrences and `presence_penalty` once are subtracted.
+2. min_tokens: while fewer than `min_tokens` tokens were generated, the EOS ids (unless `ignore_eos`) and the
+   `stop_token_ids` get -inf. Stopping itself is the scheduler's business; the sampler only masks.
+3. Greedy rows (`temperature == 0` or `top_k == 1`) take the argmax of these logits (first index on ties).
+4. Other rows: logits divided by `temperature`; top-k (ties with the k-th logit survive); top-p over the
+   renormalised top-k survivors (the smallest set of best tokens whose probability reaches `top_p`); min-p
+   (tokens with probability at least `min_p` times the best one's); then one draw from the softmax of what is
+   left, as an exponential race: `argmax(logits + Gumbel noise)`.
+5. Seeds: a seeded row's noise is a counter-based hash of (seed, number of tokens generated so far, token id),
+   so its token depends only on those and its own logits: never on batch-mates, row position or device.
+   Unseeded rows share one batched draw from the device's default generator.
+6. Logprobs: log_softmax of the logits after penalties, min_tokens masking and temperature (temperature 1 for
+   greedy rows), before top-k/top-p/min-p truncation. A row asking for `logprobs = n` gets the chosen token's
+   logprob and the n best tokens' (best first), whether or not the chosen token is among them.
+
+Cost: rows that use no feature cost nothing for it; an all-greedy batch without penalties, min_tokens or
+logprobs is one argmax. Per-row work on the host only builds small index and parameter tensors (penalised rows
+also flatten their token ids, O(tokens)); the only device-to-host copy is the one that reads the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from services.worker.sampling import ops
+from services.worker.sampling.batch import SamplingBatch
+from services.worker.sampling.noise import seeded_gumbel, unseeded_gumbel
+from services.worker.sampling.types import SamplerOutput, SamplingRow, TokenLogprobs
+
+__all__ = ["Sampler", "SamplerOutput", "SamplingRow", "TokenLogprobs"]
+
+
+class Sampler:
+    """Samples one token per row; stateless between calls."""
+
+    def __init__(self, vocab_size: int, eos_token_ids: Sequence[int]) -> None:
+        if vocab_size <= 0:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        bad = [t for t in eos_token_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"eos_token_ids {bad} are outside the vocabulary [0, {vocab_size})")
+        self.vocab_size = vocab_size
+        self.eos_token_ids = tuple(dict.fromkeys(eos_token_ids))
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
+        """logits: [num_rows, vocab_size], any float dtype (math in fp32), on the model's device."""
+        self._check(logits, rows)
+        if not rows:
+            return SamplerOutput(token_ids=[], logprobs=[])
+        with torch.inference_mode():
+            batch = SamplingBatch.build(rows, self.vocab_size, self.eos_token_ids, logits.device)
+            if batch.is_plain_greedy:
+                # argmax is order-preserving across float dtypes, so no fp32 copy is needed.
+                return SamplerOutput(token_ids=logits.argmax(dim=-1).tolist(), logprobs=[None] * len(rows))
+            x = logits.to(torch.float32, copy=True)  # [num_rows, vocab_size]
+            ops.adjust(x, batch)
+            return self._sample(x, batch)
+
+    def adjusted_logits(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """fp32 logits [num_rows, vocab_size] after penalties and min_tokens masking: what greedy rows argmax."""
+        self._check(logits, rows)
+        with torch.inference_mode():
+            x = logits.to(torch.float32, copy=True)
+            if rows:
+                ops.adjust(x, SamplingBatch.build(rows, self.vocab_size, self.eos_token_ids, logits.device))
+            return x
+
+    def _check(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
+        if logits.dim() != 2 or logits.shape[1] != self.vocab_size:
+            raise ValueError(f"logits must be [num_rows, {self.vocab_size}], got {list(logits.shape)}")
+        if not logits.is_floating_point():
+            raise ValueError(f"logits must be floating point, got {logits.dtype}")
+        if logits.shape[0] != len(rows):
+            raise ValueError(f"logits have {logits.shape[0]} rows but {len(rows)} sampling rows were given")
+
+    def _sample(self, x: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+        """Steps 3 to 6 on adjusted logits x [num_rows, vocab_size] fp32, which it overwrites."""
+        token_ids = x.argmax(dim=-1) if batch.num_greedy else None  # [num_rows]
+        if batch.temperature is not None:
+            x.div_(batch.temperature)
+        logprobs = None
+        if batch.logprob_row_ids:
+            logprobs = (x if batch.logprob_rows is None else x.index_select(0, batch.logprob_rows)).log_softmax(-1)
+        if batch.num_sampled:
+            if batch.truncation is not None:
+                ops.truncate(x, batch.truncation)
+            sampled = self._race(x, batch)  # [num_sampled]
+            if token_ids is None:
+                token_ids = sampled
+            else:
+                token_ids.index_copy_(0, batch.sample_rows, sampled)
+        return self._to_host(token_ids, logprobs, batch)
+
+    def _race(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """One draw per sampled row: argmax of the truncated, scaled logits plus Gumbel noise."""
+        scores = x if batch.sample_rows is None else x.index_select(0, batch.sample_rows)  # [S, vocab_size]
+        if batch.num_unseeded:
+            noise = unseeded_gumbel(batch.num_sampled, self.vocab_size, x.device)
+            if batch.seeded_keys is not None:
+                noise.index_copy_(0, batch.seeded_local, seeded_gumbel(batch.seeded_keys, self.vocab_size))
+        else:
+            noise = seeded_gumbel(batch.seeded_keys, self.vocab_size)
+        return scores.add_(noise).argmax(dim=-1)
+
+    def _to_host(self, token_ids: torch.Tensor, logprobs: torch.Tensor | None, batch: SamplingBatch) -> SamplerOutput:
+        """Reads every result in one device-to-host copy (float64 holds token ids and fp32 values exactly)."""
+        parts = [token_ids.to(torch.float64)]
+        max_n = max(batch.logprob_counts, default=0)
+        if logprobs is not None:
+            rows = token_ids if batch.logprob_rows is None else token_ids.index_select(0, batch.logprob_rows)
+            parts.append(logprobs.gather(1, rows.unsqueeze(1)).squeeze(1).to(torch.float64))  # [L]
+            if max_n:
+                best = logprobs.topk(max_n, dim=-1)  # [L, max_n] each, descending
+                parts.append(best.indices.to(torch.float64).flatten())
+                parts.append(best.values.to(torch.float64).flatten())
+        host = torch.cat(parts).tolist()
+        num_rows, num_lp = batch.num_rows, len(batch.logprob_row_ids)
+        ids = [int(t) for t in host[:num_rows]]
+        out: list[TokenLogprobs | None] = [None] * num_rows
+        top_ids = host[num_rows + num_lp : num_rows + num_lp + num_lp * max_n]
+        top_values = host[num_rows + num_lp + num_lp * max_n :]
+        for j, (row, n) in enumerate(zip(batch.logprob_row_ids, batch.logprob_counts)):
+            base = j * max_n
+            top = [(int(top_ids[base + i]), top_values[base + i]) for i in range(n)]
+            out[row] = TokenLogprobs(token_id=ids[row], logprob=host[num_rows + j], top=top)
+        return SamplerOutput(token_ids=ids, logprobs=out)

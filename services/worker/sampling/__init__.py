@@ -1,0 +1,1 @@
+"""The worker's batched sampler, split by concept; import it from `services.worker.sampler`."""

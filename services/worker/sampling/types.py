@@ -1,0 +1,38 @@
+"""What the sampler takes per row and gives back per row (plain data, no tensors)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.common.sampling import SamplingParams
+
+
+@dataclass(slots=True)
+class SamplingRow:
+    """One row of the logits: its request's parameters and the tokens it has seen.
+
+    Token sequences may be lists, tuples, numpy arrays or CPU tensors of ints; they are read only for the
+    penalties and min_tokens, and their length is the draw position of a seeded row.
+    """
+
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]  # for the repetition penalty
+    output_token_ids: Sequence[int]  # tokens generated so far (penalties, min_tokens, seeded position)
+
+
+@dataclass(slots=True)
+class TokenLogprobs:
+    """The chosen token's log probability and the best alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token_id, logprob), best first, len == params.logprobs
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    """One sampled token per row, in row order."""
+
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs | None]  # None where the row did not ask for logprobs
