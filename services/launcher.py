@@ -115,34 +115,51 @@ class Stack:
 
 
 def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
-    """The four stages' command lines with ports chosen from --base-port (0: free ports)."""
+    """The stages' command lines, workers first. With --base-port B: gateway B, tokenizer B+1, scheduler B+2,
+    worker i B+3+i, and their HTTP status ports 100 higher; with 0, free ports everywhere."""
     host = args.host
 
     def port(offset: int) -> int:
         return args.base_port + offset if args.base_port else free_port(host)
 
+    def address(offset: int) -> tuple[str, list[str]]:
+        grpc_port = port(offset)
+        return f"{host}:{grpc_port}", ["--host", host, "--port", str(grpc_port), "--status-port", str(port(offset + 100))]
+
     stages: list[Stage] = []
-    worker_addresses = []
     for i in range(args.num_workers):
-        p = port(3 + 10 * i)
-        worker_addresses.append(f"{host}:{p}")
-        argv = ["worker", "--host", host, "--port", str(p), "--status-port", str(port(13 + 10 * i + 1000)),
-                "--model", model_dir, "--device", args.device, "--load-format", args.load_format]
-        if args.model_id:
-            argv += ["--model-id", args.model_id]
-        stages.append(Stage(f"worker{i}", argv, f"{host}:{p}"))
-    sp = port(2)
-    stages.append(Stage("scheduler", ["scheduler", "--host", host, "--port", str(sp),
-                                      "--status-port", str(port(1002)), "--workers", ",".join(worker_addresses)],
-                        f"{host}:{sp}"))
-    tp = port(1)
-    stages.append(Stage("tokenizer", ["tokenizer", "--host", host, "--port", str(tp),
-                                      "--status-port", str(port(1001)), "--scheduler", f"{host}:{sp}",
-                                      "--model", model_dir], f"{host}:{tp}"))
-    gp, hp = port(0), args.http_port or port(1000)
-    stages.append(Stage("gateway", ["gateway", "--host", host, "--port", str(gp), "--http-port", str(hp),
-                                    "--tokenizers", f"{host}:{tp}"], f"{host}:{gp}"))
+        addr, flags = address(3 + i)
+        argv = ["worker", *flags, "--model", model_dir, "--device", args.device, "--load-format", args.load_format]
+        stages.append(Stage(f"worker{i}", argv + (["--model-id", args.model_id] if args.model_id else []), addr))
+    workers = ",".join(s.grpc_address for s in stages)
+    addr, flags = address(2)
+    stages.append(Stage("scheduler", ["scheduler", *flags, "--workers", workers], addr))
+    scheduler = addr
+    addr, flags = address(1)
+    stages.append(Stage("tokenizer", ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir], addr))
+    tokenizer = addr
+    gateway_port = port(0)
+    http_port = args.http_port or free_port(host)
+    stages.append(Stage("gateway", ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
+                                    str(http_port), "--tokenizers", tokenizer], f"{host}:{gateway_port}"))
     return stages
+
+
+def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None = None) -> Stack:
+    """Starts every stage and waits for each to report SERVING; on failure stops what started and raises."""
+    stack = Stack()
+    env = python_path_env()
+    try:
+        for stage in build_stack_argv(args, model_dir):
+            print(f"starting {stage.name} on {stage.grpc_address} ...", flush=True)
+            stack.start(stage, env, args.ready_timeout_s, log_dir)
+    except BaseException:
+        stack.stop()
+        raise
+    gateway = stack.stages[-1]
+    http_port = gateway.argv[gateway.argv.index("--http-port") + 1]
+    stack.gateway_grpc, stack.gateway_http = gateway.grpc_address, f"http://{args.host}:{http_port}"
+    return stack
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -184,22 +201,14 @@ def main(argv: Sequence[str]) -> int:
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack()
-    stop = {"signal": None}
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stop["signal"] = signum
+    def on_signal(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    env = python_path_env()
     try:
-        for stage in build_stack_argv(args, model_dir):
-            print(f"starting {stage.name} on {stage.grpc_address} ...", flush=True)
-            stack.start(stage, env, args.ready_timeout_s, log_dir)
-        gateway = stack.stages[-1]
-        http_port = gateway.argv[gateway.argv.index("--http-port") + 1]
-        stack.gateway_grpc, stack.gateway_http = gateway.grpc_address, f"http://{args.host}:{http_port}"
+        stack = start_stack(args, model_dir, log_dir)
         print(f"\nFlashStream is up ({len(stack.stages)} processes, model {args.model_id or model_dir})\n"
               f"  gRPC   {stack.gateway_grpc}   (flashstream.v1.Gateway)\n"
               f"  HTTP   {stack.gateway_http}/v1/completions   (OpenAI-compatible)\n"
