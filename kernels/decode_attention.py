@@ -2,10 +2,125 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import triton
+import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
 from kernels._checks import check_launchable, check_same_device, check_tensor
+from kernels._paged_tile import LOG2_E, attend_paged_tile, dot_precision
+
+NUM_SMS_H100 = 132
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Key tile and pipelining of the split kernel (launch parameters)."""
+
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    # Programs to aim for when choosing num_splits: a few waves of the GPU's SMs.
+    target_programs: int = 4 * NUM_SMS_H100
+    min_split_len: int = 256
+
+
+def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, cfg: DecodeConfig) -> int:
+    """Enough splits to give every SM work, none shorter than min_split_len keys."""
+    programs = max(1, num_seqs * num_kv_heads)
+    wanted = triton.cdiv(cfg.target_programs, programs)
+    longest = triton.cdiv(max(max_context_len, 1), cfg.min_split_len)
+    return max(1, min(wanted, longest))
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
+    qk_scale_log2, split_len,
+    stride_qs, stride_qh, stride_os, stride_oh,
+    stride_cb, stride_cs, stride_ch, stride_bt,
+    stride_ps, stride_ph, stride_pk,
+    QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # One program per (sequence, kv head, split): the kv head's query heads share every K/V tile it loads.
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    context_len = tl.load(context_lens_ptr + seq)
+    kv_start = split * split_len
+    if kv_start >= context_len:
+        return  # the reduction ignores splits past the sequence's length
+    kv_end = tl.minimum(kv_start + split_len, context_len)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    heads = kv_head * QUERIES_PER_KV + offs_g
+    g_mask = offs_g < QUERIES_PER_KV
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(
+        q_ptr + seq.to(tl.int64) * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :], other=0.0,
+    )  # [BLOCK_G, BLOCK_D]; rows past the group are zero and never stored
+    table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    kv_head_offset = kv_head * stride_ch
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    query_pos = tl.zeros([BLOCK_G], dtype=tl.int32)  # unused: every key of the context is visible
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    full_end = kv_start + ((kv_end - kv_start) // BLOCK_N) * BLOCK_N
+    for n_start in range(kv_start, full_end, BLOCK_N):
+        acc, m_i, l_i = attend_paged_tile(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
+            n_start, kv_end, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
+            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION,
+        )
+    if full_end < kv_end:
+        acc, m_i, l_i = attend_paged_tile(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
+            full_end, kv_end, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
+            BLOCK_N, PAGE_SIZE, EVEN_D, True, False, DOT_PRECISION,
+        )
+    acc = acc / l_i[:, None]
+    store_mask = g_mask[:, None] & d_mask[None, :]
+    if DIRECT:
+        tl.store(
+            out_ptr + seq.to(tl.int64) * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
+            acc.to(out_ptr.dtype.element_ty), mask=store_mask,
+        )
+    else:
+        part = seq.to(tl.int64) * stride_ps + heads * stride_ph + split * stride_pk  # [BLOCK_G]
+        tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=store_mask)
+        # Log-sum-exp of the split's scores, in log2 units.
+        tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=g_mask)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    part_out_ptr, part_lse_ptr, context_lens_ptr, out_ptr,
+    split_len, num_splits,
+    stride_ps, stride_ph, stride_pk, stride_os, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+):
+    seq = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    context_len = tl.load(context_lens_ptr + seq)
+    num_valid = tl.minimum((context_len + split_len - 1) // split_len, num_splits)
+    offs_k = tl.arange(0, BLOCK_SPLITS)
+    k_mask = offs_k < num_valid
+    part = seq * stride_ps + head * stride_ph + offs_k * stride_pk  # [BLOCK_SPLITS]
+    lse = tl.load(part_lse_ptr + part, mask=k_mask, other=float("-inf"))
+    weights = tl.math.exp2(lse - tl.max(lse, axis=0))
+    weights = tl.where(k_mask, weights, 0.0)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    parts = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=k_mask[:, None] & d_mask[None, :],
+                    other=0.0)  # [BLOCK_SPLITS, BLOCK_D]
+    result = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
+    tl.store(out_ptr + seq * stride_os + head * stride_oh + offs_d, result.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
 def _check_args(
@@ -39,13 +154,56 @@ def paged_decode_attention(
     max_context_len: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    *,
+    config: DecodeConfig | None = None,
 ) -> torch.Tensor:
     """q: [num_seqs, num_heads, head_dim] at position context_lens[i] - 1; caches: [num_blocks, block_size,
     num_kv_heads, head_dim]; block_tables: [num_seqs, max_blocks] int32; context_lens: [num_seqs] int32.
     With max_context_len and num_splits given the call never syncs (CUDA-graph safe)."""
-    _check_args(q, key_cache, value_cache, block_tables, context_lens, out)
+    num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
+        q, key_cache, value_cache, block_tables, context_lens, out
+    )
     check_launchable(q.device)
-    raise NotImplementedError("the Triton decode kernel is not in this revision yet; use paged_decode_attention_ref")
+    if out is None:
+        out = torch.empty_like(q)
+    if num_seqs == 0:
+        return out
+    cfg = config or DecodeConfig()
+    if max_context_len is None:
+        max_context_len = int(context_lens.max().item())  # one sync; pass it to stay graph-safe
+    if num_splits is None:
+        num_splits = choose_num_splits(num_seqs, num_kv_heads, max_context_len, cfg)
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    # Each split covers a whole number of key tiles; sequences longer than max_context_len would be truncated.
+    split_len = triton.cdiv(triton.cdiv(max(max_context_len, 1), num_splits), cfg.block_n) * cfg.block_n
+    group = num_heads // num_kv_heads
+    block_d = triton.next_power_of_2(head_dim)
+    direct = num_splits == 1
+    if direct:
+        part_out, part_lse = out, out  # unused
+    else:
+        # [num_seqs, num_heads, num_splits, head_dim] and [num_seqs, num_heads, num_splits], fp32.
+        part_out = torch.empty((num_seqs, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device)
+    _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
+        scale * LOG2_E, split_len,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
+        num_heads * num_splits, num_splits, 1,
+        QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if not direct:
+        _decode_reduce_kernel[(num_seqs, num_heads)](
+            part_out, part_lse, context_lens, out, split_len, num_splits,
+            num_heads * num_splits, num_splits, 1, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SPLITS=triton.next_power_of_2(num_splits),
+            num_warps=4,
+        )
+    return out
 
 
 def paged_decode_attention_ref(
@@ -58,6 +216,8 @@ def paged_decode_attention_ref(
     max_context_len: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    *,
+    config: DecodeConfig | None = None,
 ) -> torch.Tensor:
     """Plain torch version of paged_decode_attention (same arguments; fp32 math)."""
     num_seqs = _check_args(q, key_cache, value_cache, block_tables, context_lens, out)[0]

@@ -6,10 +6,104 @@ chunked prefill and a prefix-cache hit. causal=False gives encoder (bidirectiona
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import triton
+import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
 from kernels._checks import check_launchable, check_same_device, check_tensor
+from kernels._paged_tile import LOG2_E, attend_paged_tile, dot_precision
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """Tile shape and pipelining of the prefill kernel (launch parameters, so tests can pick large CPU tiles)."""
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+
+
+def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
+    if head_dim <= 64:
+        return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
+    return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_loc_ptr, context_lens_ptr,
+    qk_scale_log2,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_cb, stride_cs, stride_ch, stride_bt,
+    QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    head = tl.program_id(0)
+    seq = tl.program_id(1)
+    # Reversed: the last query blocks have the longest causal rows, so they start first and the tail is short.
+    m_block = tl.num_programs(2) - 1 - tl.program_id(2)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    if m_block * BLOCK_M >= q_len:
+        return
+    context_len = tl.load(context_lens_ptr + seq)
+    kv_head = head // QUERIES_PER_KV
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    row_mask = offs_m < q_len
+    q_rows = (q_start + offs_m).to(tl.int64)
+    q = tl.load(
+        q_ptr + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+        mask=row_mask[:, None] & d_mask[None, :], other=0.0,
+    )  # [BLOCK_M, BLOCK_D]
+    # The queries are the last q_len positions of the context.
+    query_pos = context_len - q_len + offs_m  # [BLOCK_M]
+    first_pos = context_len - q_len + m_block * BLOCK_M
+    if CAUSAL:
+        kv_end = tl.minimum(first_pos + BLOCK_M, context_len)
+        # Keys below full_end are visible to every row of the block: no mask needed there.
+        full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+    else:
+        kv_end = context_len
+        full_end = (context_len // BLOCK_N) * BLOCK_N
+
+    table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    kv_head_offset = kv_head * stride_ch
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n_start in range(0, full_end, BLOCK_N):
+        acc, m_i, l_i = attend_paged_tile(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
+            n_start, context_len, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
+            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION,
+        )
+    for n_start in range(full_end, kv_end, BLOCK_N):
+        acc, m_i, l_i = attend_paged_tile(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
+            n_start, context_len, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
+            BLOCK_N, PAGE_SIZE, EVEN_D, True, CAUSAL, DOT_PRECISION,
+        )
+    acc = acc / l_i[:, None]
+    tl.store(
+        out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=row_mask[:, None] & d_mask[None, :],
+    )
 
 
 def _check_args(
@@ -46,13 +140,35 @@ def paged_prefill_attention(
     causal: bool = True,
     max_query_len: int | None = None,
     out: torch.Tensor | None = None,
+    *,
+    config: PrefillConfig | None = None,
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; caches: [num_blocks, block_size, num_kv_heads, head_dim];
     block_tables: [num_seqs, max_blocks] int32; query_start_loc: [num_seqs + 1] int32; context_lens: [num_seqs]
     int32. Returns [num_tokens, num_heads, head_dim] in q's dtype."""
-    _check_args(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out)
+    num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
+        q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
+    )
     check_launchable(q.device)
-    raise NotImplementedError("the Triton prefill kernel is not in this revision yet; use paged_prefill_attention_ref")
+    if out is None:
+        out = torch.empty_like(q)
+    if q.shape[0] == 0 or num_seqs == 0:
+        return out
+    if max_query_len is None:
+        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max().item())  # one sync
+    cfg = config or default_prefill_config(head_dim, block_size)
+    grid = (num_heads, num_seqs, triton.cdiv(max_query_len, cfg.block_m))
+    _prefill_kernel[grid](
+        q, key_cache, value_cache, out, block_tables, query_start_loc, context_lens,
+        scale * LOG2_E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
+        QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGE_SIZE=block_size,
+        CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
 
 
 def paged_prefill_attention_ref(
@@ -66,6 +182,8 @@ def paged_prefill_attention_ref(
     causal: bool = True,
     max_query_len: int | None = None,
     out: torch.Tensor | None = None,
+    *,
+    config: PrefillConfig | None = None,
 ) -> torch.Tensor:
     """Plain torch version of paged_prefill_attention (same arguments; fp32 math)."""
     num_seqs = _check_args(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out)[0]

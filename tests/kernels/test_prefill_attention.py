@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import paged_prefill_attention, paged_prefill_attention_ref
+from kernels.prefill_attention import PrefillConfig
+
+# (head_dim, block_size, queries per kv head, num_kv_heads); CPU tiles stay large so the interpreter is quick.
+SHAPES = [(64, 16, 1, 2), (128, 32, 4, 1), (64, 32, 8, 1), (128, 16, 4, 2)]
+CPU_CONFIG = PrefillConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
+
+
+def _config(device: str) -> PrefillConfig | None:
+    return CPU_CONFIG if device == "cpu" else None
+
+
+def _run_case(make_paged_cache, device, dtype, shape, context_lens, query_lens, causal, seed):
+    head_dim, block_size, group, num_kv_heads = shape
+    g = torch.Generator().manual_seed(seed)
+    cache = make_paged_cache(context_lens, num_kv_heads, head_dim, block_size, dtype, device, g)
+    num_heads = group * num_kv_heads
+    q = torch.randn(sum(query_lens), num_heads, head_dim, generator=g).to(dtype).to(device)
+    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
+    scale = head_dim**-0.5
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, starts, cache.context_lens, scale)
+    result = paged_prefill_attention(
+        *args, causal=causal, max_query_len=max(query_lens), out=out, config=_config(device)
+    )
+    ref = paged_prefill_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args), causal=causal)
+    assert result is out
+    return result.cpu(), ref
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-bs{s[1]}-gqa{s[2]}")
+def test_causal_prefill_matches_reference_with_prefix_hits_chunks_and_length_one(
+    make_paged_cache, relative_error, tolerance, device, dtype, shape
+):
+    # A fresh prompt, a prefix-cache hit (context before the queries), a middle chunk, length-1 sequences, and a
+    # chunk whose first query sits two keys before a tile boundary (the edge of the unmasked part of the loop).
+    context_lens = [45, 70, 1, 33, 1 + shape[1], 50]
+    query_lens = [45, 19, 1, 1, 7, 20]
+    result, ref = _run_case(make_paged_cache, device, dtype, shape, context_lens, query_lens, True, sum(shape))
+    assert relative_error(result, ref) < tolerance
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: f"d{s[0]}-bs{s[1]}-gqa{s[2]}")
+def test_encoder_prefill_lets_every_query_see_every_key(
+    make_paged_cache, relative_error, tolerance, device, dtype, shape
+):
+    result, ref = _run_case(make_paged_cache, device, dtype, shape, [37, 1, 50], [37, 1, 50], False, 7)
+    assert relative_error(result, ref) < tolerance
+
+
+def test_prefill_reference_sees_only_earlier_positions() -> None:
+    # With value = one-hot of the position and equal scores, query p averages positions 0..p exactly.
+    n, d = 5, 16
+    cache_v = torch.zeros(1, 8, 1, d)
+    cache_v[0, torch.arange(n), 0, torch.arange(n)] = 1.0
+    cache_k = torch.zeros(1, 8, 1, d)
+    q = torch.zeros(n, 1, d)
+    out = paged_prefill_attention_ref(
+        q, cache_k, cache_v, torch.zeros(1, 1, dtype=torch.int32),
+        torch.tensor([0, n], dtype=torch.int32), torch.tensor([n], dtype=torch.int32), 1.0,
+    )
+    for p in range(n):
+        expected = torch.zeros(d)
+        expected[: p + 1] = 1.0 / (p + 1)
+        assert torch.allclose(out[p, 0], expected, atol=1e-7)
+
+
+def test_prefill_rejects_bad_arguments_with_messages() -> None:
+    q = torch.randn(4, 6, 64)
+    cache = torch.randn(3, 16, 4, 64)
+    tables = torch.zeros(1, 3, dtype=torch.int32)
+    starts = torch.tensor([0, 4], dtype=torch.int32)
+    lens = torch.tensor([4], dtype=torch.int32)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        paged_prefill_attention(q, cache, cache, tables, starts, lens, 0.1)
+    with pytest.raises(TypeError, match="block_tables must have dtype"):
+        paged_prefill_attention(q[:, :4], cache, cache, tables.long(), starts, lens, 0.1)
+    with pytest.raises(ValueError, match="num_seqs \\+ 1"):
+        paged_prefill_attention(q[:, :4], cache, cache, tables, starts[:1], lens, 0.1)
+    with pytest.raises(TypeError, match="must match the query dtype"):
+        paged_prefill_attention(q[:, :4].half(), cache, cache, tables, starts, lens, 0.1)
+    with pytest.raises(ValueError, match="head_dim"):
+        paged_prefill_attention(q[:, :4, :32], cache, cache, tables, starts, lens, 0.1)
+    with pytest.raises(ValueError, match="power of two"):
+        PrefillConfig(block_m=48)
