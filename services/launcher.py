@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -130,18 +131,22 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
     for i in range(args.num_workers):
         addr, flags = address(3 + i)
         argv = ["worker", *flags, "--model", model_dir, "--device", args.device, "--load-format", args.load_format]
-        stages.append(Stage(f"worker{i}", argv + (["--model-id", args.model_id] if args.model_id else []), addr))
+        argv += ["--model-id", args.model_id] if args.model_id else []
+        stages.append(Stage(f"worker{i}", argv + shlex.split(args.worker_args), addr))
     workers = ",".join(s.grpc_address for s in stages)
     addr, flags = address(2)
-    stages.append(Stage("scheduler", ["scheduler", *flags, "--workers", workers], addr))
+    stages.append(Stage("scheduler", ["scheduler", *flags, "--workers", workers, *shlex.split(args.scheduler_args)],
+                        addr))
     scheduler = addr
     addr, flags = address(1)
-    stages.append(Stage("tokenizer", ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir], addr))
+    stages.append(Stage("tokenizer", ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir,
+                                      *shlex.split(args.tokenizer_args)], addr))
     tokenizer = addr
     gateway_port = port(0)
     http_port = args.http_port or free_port(host)
     stages.append(Stage("gateway", ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
-                                    str(http_port), "--tokenizers", tokenizer], f"{host}:{gateway_port}"))
+                                    str(http_port), "--tokenizers", tokenizer, *shlex.split(args.gateway_args)],
+                        f"{host}:{gateway_port}"))
     return stages
 
 
@@ -175,6 +180,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--device", default=env_default("device", "auto"), help="auto, cpu or cuda")
     parser.add_argument("--load-format", default=env_default("load_format", "auto"),
                         choices=["auto", "dummy", "fake"])
+    for stage in ("worker", "scheduler", "tokenizer", "gateway"):
+        parser.add_argument(f"--{stage}-args", default="", help=f"extra flags for every {stage}, e.g. '--max-num-seqs 64'")
     parser.add_argument("--ready-timeout-s", type=float, default=600.0)
     parser.add_argument("--log-dir", default=None, help="write each stage's output to DIR/<stage>.log")
     parser.add_argument("--prompt", default="Once upon a time",

@@ -1,0 +1,1 @@
+"""FlashStream benchmarks; each writes its results under bench/results/."""

@@ -1,0 +1,57 @@
+"""What every benchmark records beside its figures: device, date, versions, the exact command."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict[str, Any]:
+    """Device, date, library versions and command line of this run."""
+    versions = {}
+    for name in ("torch", "triton", "grpcio", "protobuf", "tokenizers", "transformers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    device = f"{platform.processor() or platform.machine()}, {_cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            device = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "python": platform.python_version(),
+        "versions": versions,
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def write_results(name: str, results: dict[str, Any], markdown: str, out_dir: Path = RESULTS_DIR) -> Path:
+    """Writes <name>.json and <name>.md (the markdown headed by the run's environment); returns the JSON path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = results.setdefault("environment", environment())
+    header = (f"# {name}\n\n- date: {env['date']}\n- device: {env['device']}\n- python: {env['python']}\n"
+              f"- versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items() if v)}\n"
+              f"- command: `{env['command']}`\n\n")
+    (out_dir / f"{name}.md").write_text(header + markdown.rstrip() + "\n")
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return path
