@@ -1,0 +1,74 @@
+"""Configuration of the scheduler stage, built once in main() (or by tests) and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import ServerConfig
+from services.common.errors import InvalidArgument
+
+POLICIES = ("continuous", "static")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Batching limits and policy; the per-worker limits are the smaller of these and the worker's own."""
+
+    max_num_seqs: int = 256  # most sequences in one step
+    max_num_batched_tokens: int = 2048  # token budget of one step
+    max_queued_requests: int = 4096  # waiting requests across the pool before RESOURCE_EXHAUSTED
+    policy: str = "continuous"  # "continuous" or "static" (the baseline: run a batch to completion)
+    enable_prefix_caching: bool = True
+    max_steps_in_flight: int = 2  # plans sent to a worker before its first result returns
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_queued_requests"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
+        if self.policy not in POLICIES:
+            raise InvalidArgument(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if not 1 <= self.max_steps_in_flight <= 2:
+            raise InvalidArgument(f"max_steps_in_flight must be 1 or 2, got {self.max_steps_in_flight}")
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """What one worker reported in Worker.Info that the scheduler needs."""
+
+    block_size: int
+    num_kv_blocks: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    eos_token_ids: tuple[int, ...] = ()
+    worker_id: str = ""
+    model_id: str = ""
+    model_revision: str = ""
+    vocab_size: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"worker {self.worker_id!r} reported {name}={getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    """Reconnect delays to a lost worker: initial, doubled per failure, capped."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class SchedulerStageConfig:
+    """Everything main() builds for the scheduler stage."""
+
+    server: ServerConfig
+    workers: tuple[str, ...]
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+
+    def __post_init__(self) -> None:
+        if not self.workers:
+            raise InvalidArgument("at least one worker address is needed (--workers host:port[,host:port...])")

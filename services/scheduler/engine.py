@@ -1,0 +1,215 @@
+"""One worker's engine: turns scheduler output into step plans and step results into per-request events.
+
+Up to `max_steps_in_flight` plans may be unanswered. A sequence sampled by an unanswered step carries a
+placeholder token (see Sequence); when the result shows that token finished it, the sequence is freed and
+listed in the next plan's finished_seq_ids, and the token its in-flight successor step samples is dropped
+(its seq id is no longer live).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+from services.common.errors import ErrorCode
+from services.scheduler.config import SchedulerConfig, WorkerLimits
+from services.scheduler.plan import (
+    CachedSeq,
+    Event,
+    NewSeq,
+    Request,
+    RequestDone,
+    RequestError,
+    StepPlan,
+    StepResult,
+    TokenChunk,
+)
+from services.scheduler.scheduler import Scheduler
+from services.scheduler.sequence import FinishReason, Sequence
+
+if TYPE_CHECKING:
+    from services.common.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Scheduler, block manager and in-flight bookkeeping of one worker connection."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        limits: WorkerLimits,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limits = limits
+        self.scheduler = Scheduler(config, limits, metrics)
+        self.metrics = metrics
+        self.clock = clock
+        self.max_steps_in_flight = config.max_steps_in_flight
+        self.eos_token_ids = frozenset(limits.eos_token_ids)
+        self.sequences: dict[Hashable, Sequence] = {}  # live requests by key
+        self.events: list[Event] = []
+        self.in_flight: deque[int] = deque()  # step ids sent and not answered, oldest first
+        self._next_step_id = 0
+
+    # ---- requests ----
+
+    @property
+    def block_manager(self):  # noqa: ANN201 - a BlockManager
+        return self.scheduler.block_manager
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.sequences)
+
+    def add(self, request: Request) -> Sequence:
+        """Queues a validated request; its events appear in `events` from the next step on."""
+        if request.key in self.sequences:
+            raise KeyError(f"request {request.key!r} is already live")
+        seq = Sequence(
+            request.key, list(request.prompt_token_ids), request.params, request.priority, request.deadline,
+            arrival_time=self.clock(),
+        )
+        self.sequences[request.key] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, key: Hashable) -> bool:
+        """Ends a live request with ABORT and frees its blocks; False when it is not live here."""
+        seq = self.sequences.get(key)
+        if seq is None:
+            return False
+        self._end(seq, RequestDone(key, FinishReason.ABORT))
+        return True
+
+    def fail_all(self, code: ErrorCode, message: str) -> None:
+        """Ends every live request with an error (the worker is gone); the engine is not used again."""
+        for seq in list(self.sequences.values()):
+            self._end(seq, RequestError(seq.key, code, message), keep_cached=False)
+        self.in_flight.clear()
+
+    def take_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    # ---- steps ----
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def can_send(self) -> bool:
+        return len(self.in_flight) < self.max_steps_in_flight
+
+    def next_deadline(self) -> float | None:
+        deadlines = self.scheduler._deadlines  # noqa: SLF001 - the engine and its scheduler are one unit
+        return deadlines[0][0] if deadlines else None
+
+    def build_plan(self) -> StepPlan | None:
+        """Schedules the next step; None when nothing can run now (or too many steps are in flight)."""
+        if not self.can_send():
+            return None
+        now = self.clock()
+        out = self.scheduler.schedule(now)
+        for seq in out.expired:
+            self._end(seq, RequestError(seq.key, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+        if out.is_empty:
+            return None
+        plan = StepPlan(self._next_step_id, finished_seq_ids=out.finished_seq_ids)
+        self._next_step_id += 1
+        for item in out.scheduled:
+            seq = item.seq
+            if seq.is_sent:
+                new_blocks = seq.block_table[seq.num_sent_blocks :] if len(seq.block_table) > seq.num_sent_blocks else []
+                plan.cached_seqs.append(CachedSeq(seq.seq_id, new_blocks, item.num_new_tokens))
+            else:
+                plan.new_seqs.append(NewSeq(
+                    seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, list(seq.block_table),
+                    item.num_computed_before, item.num_new_tokens,
+                ))
+                seq.is_sent = True
+            seq.num_sent_blocks = len(seq.block_table)
+        self.in_flight.append(plan.step_id)
+        return plan
+
+    def process_result(self, result: StepResult) -> None:
+        """Applies a worker's answer to the oldest in-flight plan."""
+        if not self.in_flight or self.in_flight[0] != result.step_id:
+            expected = self.in_flight[0] if self.in_flight else None
+            raise RuntimeError(f"worker answered step {result.step_id}, expected {expected}")
+        self.in_flight.popleft()
+        now = self.clock()
+        running = self.scheduler.running
+        block_size = self.limits.block_size
+        for error in result.errors:
+            seq = running.get(error.seq_id)
+            if seq is not None:
+                self._end(seq, RequestError(seq.key, error.code, error.message), keep_cached=False)
+        num_generated = 0
+        for output in result.outputs:
+            seq = running.get(output.seq_id)
+            if seq is None or seq.num_placeholders == 0:
+                continue  # ended, preempted, or a token sampled after its sequence finished
+            seq.num_placeholders -= 1
+            seq.token_ids.append(output.token_id)
+            num_generated += 1
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            seq.last_token_time = now
+            reason = self._finish_reason(seq, output.token_id)
+            if reason is not FinishReason.STOP and reason is not FinishReason.EOS:
+                chunk = TokenChunk(seq.key, [output.token_id])
+                if output.logprob is not None:
+                    chunk.logprobs.append(output.logprob)
+                if seq.num_emitted_tokens == 0:
+                    chunk.num_cached_tokens = seq.num_cached_tokens
+                seq.num_emitted_tokens += 1
+                self.events.append(chunk)
+            if reason is not None:
+                self._end(seq, self._done(seq, reason))
+            elif len(seq.token_ids) % block_size == 0:
+                self.scheduler.block_manager.cache_full_blocks(seq)  # this token completed a block
+        if self.metrics is not None and num_generated:
+            self.metrics.generation_tokens.inc(num_generated)
+
+    # ---- helpers ----
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
+        params = seq.params
+        num_output = len(seq.token_ids) - seq.num_prompt_tokens
+        if num_output > params.min_tokens:  # stop ids count only once min_tokens came before them
+            if token_id in params.stop_token_ids:
+                return FinishReason.STOP
+            if not params.ignore_eos and token_id in self.eos_token_ids:
+                return FinishReason.EOS
+        if num_output >= params.max_tokens or len(seq.token_ids) >= self.limits.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _done(self, seq: Sequence, reason: FinishReason) -> RequestDone:
+        started = seq.first_scheduled_time
+        first = seq.first_token_time
+        return RequestDone(
+            seq.key, reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_completion_tokens=seq.num_output_tokens,
+            num_cached_tokens=min(seq.num_cached_tokens, seq.num_prompt_tokens),
+            queue_s=max(0.0, started - seq.arrival_time) if started is not None else 0.0,
+            prefill_s=max(0.0, first - started) if first is not None and started is not None else 0.0,
+            decode_s=max(0.0, seq.last_token_time - first) if first is not None and seq.last_token_time else 0.0,
+        )
+
+    def _end(self, seq: Sequence, event: Event, keep_cached: bool = True) -> None:
+        self.scheduler.finish(seq, keep_cached=keep_cached)
+        self.sequences.pop(seq.key, None)
+        self.events.append(event)
+        if self.metrics is None:
+            return
+        if isinstance(event, RequestDone):
+            self.metrics.requests_finished.labels(self.metrics.stage, event.finish_reason.name).inc()
+        elif isinstance(event, RequestError):
+            self.metrics.request_errors.labels(self.metrics.stage, event.code.name).inc()

@@ -1,0 +1,149 @@
+"""The pool of workers of one model (data parallel): admission checks and routing of new requests.
+
+Each connected worker has its own Engine (its own KV blocks and block manager). A new request goes to the
+worker with the longest cached prefix of its prompt, then the least load; it stays there until it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING
+
+from services.common.errors import ErrorCode, InvalidArgument, ResourceExhausted, Unavailable
+from services.scheduler.config import SchedulerConfig, WorkerLimits
+from services.scheduler.engine import Engine
+from services.scheduler.plan import Event, Request, TokenChunk
+from services.scheduler.sequence import Sequence
+
+if TYPE_CHECKING:
+    from services.common.metrics import Metrics
+
+
+class EnginePool:
+    """Engines of the connected workers, by worker name."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.engines: dict[str, Engine] = {}
+        self._owner: dict[Hashable, str] = {}  # live request key -> worker name
+
+    # ---- workers ----
+
+    def add_worker(self, name: str, limits: WorkerLimits) -> Engine:
+        if name in self.engines:
+            raise KeyError(f"worker {name!r} is already connected")
+        engine = Engine(self.config, limits, self.metrics, self.clock)
+        self.engines[name] = engine
+        return engine
+
+    def remove_worker(self, name: str, message: str) -> list[Event]:
+        """Drops a lost worker: its requests end with UNAVAILABLE (returned), the others are untouched."""
+        engine = self.engines.pop(name, None)
+        if engine is None:
+            return []
+        engine.fail_all(ErrorCode.UNAVAILABLE, message)
+        events = engine.take_events()
+        for event in events:
+            self._owner.pop(event.key, None)
+        return events
+
+    # ---- requests ----
+
+    def submit(self, request: Request) -> str:
+        """Validates and queues a request on the best worker; returns that worker's name.
+
+        Raises InvalidArgument (bad or oversize prompt), ResourceExhausted (queue full) or Unavailable
+        (no worker connected).
+        """
+        if request.key in self._owner:
+            raise InvalidArgument(f"request id {request.key!r} is already in use")
+        prompt = request.prompt_token_ids
+        if not prompt:
+            raise InvalidArgument("prompt_token_ids is empty")
+        if not self.engines:
+            raise Unavailable("no worker is connected")
+        fitting = [(name, e) for name, e in self.engines.items() if self._check_fits(request, e.limits) is None]
+        if not fitting:
+            raise InvalidArgument(self._check_fits(request, next(iter(self.engines.values())).limits) or "")
+        if self.num_waiting >= self.config.max_queued_requests:
+            raise ResourceExhausted(f"the queue is full ({self.config.max_queued_requests} requests waiting)")
+        name, engine = fitting[0] if len(fitting) == 1 else self._route(request, fitting)
+        engine.add(request)
+        self._owner[request.key] = name
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(len(prompt))
+        return name
+
+    def abort(self, key: Hashable) -> bool:
+        """Ends a live request with ABORT; False when it is not live (already ended or unknown)."""
+        name = self._owner.get(key)
+        return name is not None and self.engines[name].abort(key)
+
+    def take_events(self, engine: Engine) -> list[Event]:
+        """Events of one engine since the last call; forgets the requests that ended."""
+        events = engine.take_events()
+        for event in events:
+            if not isinstance(event, TokenChunk):
+                self._owner.pop(event.key, None)
+        return events
+
+    # ---- load ----
+
+    @property
+    def num_waiting(self) -> int:
+        return sum(e.scheduler.num_waiting for e in self.engines.values())
+
+    @property
+    def num_running(self) -> int:
+        return sum(e.scheduler.num_running for e in self.engines.values())
+
+    @property
+    def kv_cache_usage(self) -> float:
+        total = sum(e.block_manager.num_blocks for e in self.engines.values())
+        used = sum(e.block_manager.num_used_blocks for e in self.engines.values())
+        return used / total if total else 0.0
+
+    def __iter__(self) -> Iterator[tuple[str, Engine]]:
+        return iter(list(self.engines.items()))
+
+    # ---- helpers ----
+
+    @staticmethod
+    def _check_fits(request: Request, limits: WorkerLimits) -> str | None:
+        """Why the request can never run on a worker with these limits, or None."""
+        num_prompt = len(request.prompt_token_ids)
+        num_total = num_prompt + request.params.max_tokens
+        if num_total > limits.max_model_len:
+            return (
+                f"prompt ({num_prompt} tokens) plus max_tokens ({request.params.max_tokens}) exceeds "
+                f"max_model_len ({limits.max_model_len})"
+            )
+        num_blocks = -(-num_total // limits.block_size)
+        if num_blocks > limits.num_kv_blocks:
+            return (
+                f"prompt plus max_tokens needs {num_blocks} KV blocks, more than the worker's "
+                f"{limits.num_kv_blocks}: it can never fit the KV cache"
+            )
+        if limits.vocab_size and max(request.prompt_token_ids) >= limits.vocab_size:
+            return f"prompt holds token id {max(request.prompt_token_ids)} outside the vocabulary ({limits.vocab_size})"
+        return None
+
+    @staticmethod
+    def _route(request: Request, fitting: list[tuple[str, Engine]]) -> tuple[str, Engine]:
+        probe = Sequence(request.key, list(request.prompt_token_ids), request.params)
+        best: tuple[int, int] | None = None
+        chosen = fitting[0]
+        for name, engine in fitting:
+            probe.block_hashes = []  # hashes depend on the block size, which may differ per worker
+            score = (engine.block_manager.num_cached_prefix_tokens(probe), -engine.num_requests)
+            if best is None or score > best:
+                best, chosen = score, (name, engine)
+        return chosen
