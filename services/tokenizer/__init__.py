@@ -1,0 +1,1 @@
+"""The tokenizer stage: chat templates, encoding, incremental detokenization, stop strings, Tokenizer servicer."""

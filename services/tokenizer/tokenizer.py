@@ -1,0 +1,177 @@
+"""The model's tokenizer as a plain object: encode, decode, chat rendering, special tokens.
+
+Built from a Hugging Face model folder: `tokenizer.json` (the `tokenizers` pipeline) plus
+`tokenizer_config.json` (named special tokens, add_bos_token / add_eos_token, chat template) and,
+when present, `generation_config.json` (extra end-of-sequence ids). The result encodes and decodes as
+transformers' PreTrainedTokenizerFast loaded from the same folder does, without importing transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken, Tokenizer, processors
+
+from services.common.errors import InvalidArgument, NotFound
+from services.tokenizer.chat_template import ChatTemplate
+
+# Named special tokens, in transformers' order; they are the template variables bos_token, eos_token, ...
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    with path.open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _token_content(value: Any) -> str | None:
+    """A special token as written in tokenizer_config.json: a string or a serialized AddedToken."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise InvalidArgument(f"cannot read special token {value!r} in tokenizer_config.json")
+
+
+def _chat_template_source(config: Mapping[str, Any], folder: Path) -> str | None:
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": "..."}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        template = named.get("default")
+    if template is None and (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if template is not None and not isinstance(template, str):
+        raise InvalidArgument("chat_template in tokenizer_config.json must be a string")
+    return template
+
+
+class TextTokenizer:
+    """Encode, decode and chat rendering for one model. Thread-safe for concurrent encode/decode."""
+
+    def __init__(self, tokenizer: Tokenizer, config: Mapping[str, Any], folder: Path,
+                 generation_config: Mapping[str, Any] | None = None) -> None:
+        self.folder = folder
+        self._tokenizer = tokenizer
+        self._add_declared_tokens(config)
+        self.special_tokens_map: dict[str, str] = {
+            name: content for name in SPECIAL_TOKEN_NAMES
+            if (content := _token_content(config.get(name))) is not None
+        }
+        self._ensure_special_tokens_exist()
+        self._configure_post_processor(config)
+        self.bos_token_id = self._id_of(self.special_tokens_map.get("bos_token"))
+        eos_ids = [self._id_of(self.special_tokens_map.get("eos_token"))]
+        gen_eos = (generation_config or {}).get("eos_token_id")
+        eos_ids.extend(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(i for i in eos_ids if i is not None))
+        self.all_special_ids: frozenset[int] = frozenset(
+            i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special
+        )
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self.byte_token_ids: frozenset[int] = self._byte_fallback_ids()
+        template = _chat_template_source(config, folder)
+        self.chat_template = ChatTemplate(template, self.special_tokens_map) if template else None
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> "TextTokenizer":
+        """Loads tokenizer.json and tokenizer_config.json (and generation_config.json) from a model folder."""
+        path = Path(folder)
+        if not (path / "tokenizer.json").exists():
+            raise NotFound(f"no tokenizer.json in {path}")
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        return cls(tokenizer, _read_json(path / "tokenizer_config.json"), path,
+                   _read_json(path / "generation_config.json"))
+
+    # ---- loading ----
+
+    def _add_declared_tokens(self, config: Mapping[str, Any]) -> None:
+        """Adds the tokens of `added_tokens_decoder` that tokenizer.json lacks (transformers does the same)."""
+        known = set(self._tokenizer.get_added_tokens_decoder())
+        declared = config.get("added_tokens_decoder") or {}
+        for index in sorted(declared, key=int):
+            spec = declared[index]
+            if int(index) in known or self._tokenizer.token_to_id(spec["content"]) is not None:
+                continue
+            token = AddedToken(
+                spec["content"], single_word=spec.get("single_word", False), lstrip=spec.get("lstrip", False),
+                rstrip=spec.get("rstrip", False), normalized=spec.get("normalized", False),
+                special=spec.get("special", True),
+            )
+            self._tokenizer.add_tokens([token])
+
+    def _ensure_special_tokens_exist(self) -> None:
+        for content in self.special_tokens_map.values():
+            if self._tokenizer.token_to_id(content) is None:
+                self._tokenizer.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+
+    def _configure_post_processor(self, config: Mapping[str, Any]) -> None:
+        """BOS/EOS come from tokenizer.json's post-processor, as in transformers 5; only a tokenizer.json
+        without one takes add_bos_token / add_eos_token from tokenizer_config.json (as older releases did)."""
+        if self._tokenizer.post_processor is not None:
+            return
+        bos, eos = self.special_tokens_map.get("bos_token"), self.special_tokens_map.get("eos_token")
+        add_bos = bool(config.get("add_bos_token", False)) and bos is not None
+        add_eos = bool(config.get("add_eos_token", False)) and eos is not None
+        if not (add_bos or add_eos):
+            return
+        single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
+        pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
+        specials = [(t, self._tokenizer.token_to_id(t)) for t, on in ((bos, add_bos), (eos, add_eos)) if on]
+        self._tokenizer.post_processor = processors.TemplateProcessing(
+            single=single, pair=pair, special_tokens=specials
+        )
+
+    def _byte_fallback_ids(self) -> frozenset[int]:
+        """Ids of `<0xNN>` tokens when the model falls back to bytes (their text depends on neighbours)."""
+        model = json.loads(self._tokenizer.to_str()).get("model", {})
+        if not model.get("byte_fallback"):
+            return frozenset()
+        return frozenset(i for t, i in self._tokenizer.get_vocab().items() if _BYTE_TOKEN.match(t))
+
+    def _id_of(self, token: str | None) -> int | None:
+        return None if token is None else self._tokenizer.token_to_id(token)
+
+    # ---- encoding and decoding ----
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (for batch decoding in the detokenizer)."""
+        return self._tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """Encodes many texts in one call (the library spreads it over threads without holding the GIL)."""
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self._tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+    def decode_batch(self, sequences: Sequence[Sequence[int]], skip_special_tokens: bool = False) -> list[str]:
+        return self._tokenizer.decode_batch([list(s) for s in sequences], skip_special_tokens=skip_special_tokens)
+
+    def check_token_ids(self, token_ids: Sequence[int]) -> None:
+        """Raises InvalidArgument when an id is outside the vocabulary."""
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidArgument(f"token ids out of the vocabulary (size {self.vocab_size}): {bad[:8]}")
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt string for a conversation, as apply_chat_template(..., tokenize=False) gives it."""
+        if self.chat_template is None:
+            raise InvalidArgument("this model has no chat template; send a plain prompt instead")
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
