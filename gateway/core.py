@@ -1,0 +1,229 @@
+"""The gateway's core: model routing, validation against the model, deadlines and per-request bookkeeping.
+
+No gRPC and no JSON: the public layers build a `GenerationRequest`, call `GatewayCore.start`, and iterate
+the returned `Generation` (text deltas, then one `Finished`; failures raise `FlashStreamError`). Closing a
+generation that has not finished aborts it upstream, so a client that goes away frees its work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Protocol
+
+from gateway.errors import ModelNotFound, RequestError
+from gateway.schema import Event, Finished, FinishReason, GenerationRequest, ModelCard, Submission, TextDelta
+from services.common.errors import DeadlineExceeded, ErrorCode, FlashStreamError, Unavailable
+from services.common.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class RequestHandle(Protocol):
+    """One submitted request's event source (the tokenizer client implements it)."""
+
+    async def next(self) -> Event | FlashStreamError: ...
+
+    def abort(self) -> None: ...
+
+
+class Router(Protocol):
+    """Where requests go: the tokenizer replicas of every served model."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def cards(self) -> list[ModelCard]: ...
+
+    def submit(self, submission: Submission) -> RequestHandle: ...
+
+
+def error_label(exc: FlashStreamError) -> str:
+    try:
+        return ErrorCode(int(exc.code)).name
+    except ValueError:
+        return str(int(exc.code))
+
+
+class GatewayCore:
+    """Validates and routes public requests; tracks the ones running."""
+
+    def __init__(self, router: Router, metrics: Metrics, request_timeout_s: float = 600.0) -> None:
+        if request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
+        self.router = router
+        self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
+        self.draining = False
+        self.num_running = 0
+
+    def is_ready(self) -> bool:
+        return not self.draining and self.router.ready
+
+    def list_models(self) -> list[ModelCard]:
+        return sorted(self.router.cards(), key=lambda card: card.id)
+
+    def resolve_model(self, name: str) -> ModelCard:
+        """The card of `name`; an empty name means the only model."""
+        cards = self.list_models()
+        if not cards:
+            raise Unavailable("no tokenizer has reported its model yet; retry shortly")
+        if not name:
+            if len(cards) == 1:
+                return cards[0]
+            served = ", ".join(card.id for card in cards)
+            raise RequestError(f"model is required: this gateway serves {served}", "model", "missing_required_parameter")
+        for card in cards:
+            if card.id == name:
+                return card
+        served = ", ".join(card.id for card in cards)
+        raise ModelNotFound(f"The model '{name}' does not exist; this gateway serves: {served}")
+
+    def record_error(self, exc: FlashStreamError) -> None:
+        """Counts an error returned to a client (also for errors raised before `start`); once per error."""
+        if getattr(exc, "counted", False):
+            return
+        exc.counted = True  # type: ignore[attr-defined]
+        self.metrics.request_errors.labels(self.metrics.stage, error_label(exc)).inc()
+
+    def start(self, request: GenerationRequest, time_limit_s: float | None = None) -> Generation:
+        """Validates `request` against its model and submits it; raises FlashStreamError on bad input."""
+        start = time.perf_counter()
+        try:
+            if self.draining:
+                raise Unavailable("the gateway is shutting down; retry on another replica")
+            card = self.resolve_model(request.model)
+            self._check_fits(request, card)
+            timeout_s = request.timeout_s or self.request_timeout_s
+            if time_limit_s is not None:
+                timeout_s = min(timeout_s, max(time_limit_s, 0.0))
+            prefix = "chatcmpl-" if request.is_chat else "cmpl-"
+            arrival = time.time()
+            submission = Submission(
+                request_id=prefix + uuid.uuid4().hex,
+                request=dataclasses.replace(request, model=card.id),
+                arrival_unix_s=arrival,
+                deadline_unix_s=arrival + timeout_s,
+                gateway_s=time.perf_counter() - start,
+            )
+            handle = self.router.submit(submission)
+        except FlashStreamError as exc:
+            self.record_error(exc)
+            raise
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        return Generation(self, submission, handle, card, start, deadline, timeout_s)
+
+    @staticmethod
+    def _check_fits(request: GenerationRequest, card: ModelCard) -> None:
+        if request.is_chat and not card.has_chat_template:
+            raise RequestError(
+                f"model '{card.id}' has no chat template; send a completion request instead", "messages"
+            )
+        max_tokens = request.sampling.max_tokens
+        if card.max_model_len:
+            # At least one prompt token must fit beside the output; the tokenizer checks the exact length.
+            num_prompt = len(request.token_ids) if request.token_ids is not None else 1
+            if max_tokens + num_prompt > card.max_model_len:
+                raise RequestError(
+                    f"max_tokens ({max_tokens}) plus the prompt ({num_prompt} token(s) at least) exceeds "
+                    f"the context of model '{card.id}' ({card.max_model_len} tokens)",
+                    "max_tokens",
+                )
+        if request.token_ids is not None and card.vocab_size:
+            bad = [t for t in request.token_ids if t >= card.vocab_size]
+            if bad:
+                raise RequestError(
+                    f"prompt token ids must be below the vocabulary size {card.vocab_size}, got {bad[0]}", "prompt"
+                )
+
+    def _begin(self) -> None:
+        self.num_running += 1
+        self.metrics.num_requests_running.inc()
+
+    def _end(self) -> None:
+        self.num_running -= 1
+        self.metrics.num_requests_running.dec()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no request runs (for drain); False if some still run after timeout_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.num_running and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.num_running == 0
+
+
+class Generation:
+    """A running request: iterate it for `TextDelta`s and one `Finished`; `close()` it in a finally."""
+
+    def __init__(
+        self,
+        core: GatewayCore,
+        submission: Submission,
+        handle: RequestHandle,
+        card: ModelCard,
+        start_perf: float,
+        deadline_loop: float,
+        timeout_s: float,
+    ) -> None:
+        self.request_id = submission.request_id
+        self.model = card.id
+        self.created = int(submission.arrival_unix_s)
+        self.submission = submission
+        self._core = core
+        self._handle = handle
+        self._start = start_perf
+        self._last_token: float | None = None
+        self._deadline = deadline_loop
+        self._timeout_s = timeout_s
+        self._ended = False
+        core._begin()
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                item = await self._handle.next()
+        except TimeoutError:
+            self._handle.abort()
+            item = DeadlineExceeded(f"request {self.request_id} passed its deadline of {self._timeout_s:g} s")
+        now = time.perf_counter()
+        metrics = self._core.metrics
+        if isinstance(item, FlashStreamError):
+            self._finish()
+            self._core.record_error(item)
+            raise item
+        if isinstance(item, Finished):
+            self._finish()
+            metrics.e2e_request_latency.observe(now - self._start)
+            metrics.generation_tokens.inc(item.usage.completion_tokens)
+            metrics.requests_finished.labels(metrics.stage, item.finish_reason.name.lower()).inc()
+            latency = dataclasses.replace(item.latency, gateway_s=self.submission.gateway_s)
+            return dataclasses.replace(item, latency=latency)
+        if item.token_ids or item.text:
+            if self._last_token is None:
+                metrics.time_to_first_token.observe(now - self._start)
+            else:
+                metrics.inter_token_latency.observe(now - self._last_token)
+            self._last_token = now
+        return item
+
+    def close(self) -> None:
+        """Aborts the request upstream unless it already ended (client gone, handler cancelled)."""
+        if self._ended:
+            return
+        self._handle.abort()
+        self._finish()
+        metrics = self._core.metrics
+        metrics.requests_finished.labels(metrics.stage, FinishReason.ABORT.name.lower()).inc()
+
+    def _finish(self) -> None:
+        self._ended = True
+        self._core._end()

@@ -1,0 +1,79 @@
+"""The public gRPC `Gateway` service: protobuf in, core call, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from flashstream.v1 import gateway_pb2, gateway_pb2_grpc
+
+from gateway.auth import ApiKeys
+from gateway.core import GatewayCore
+from gateway.pb_convert import card_to_pb, chat_request_from_pb, delta_to_pb, finished_to_pb, generate_request_from_pb
+from gateway.schema import Finished, GenerationRequest
+from services.common.errors import FlashStreamError
+from services.common.grpc_server import handle_errors
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, core: GatewayCore, api_keys: ApiKeys) -> None:
+        self._core = core
+        self._keys = api_keys
+
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        if not self._keys.enabled:
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        try:
+            self._keys.check(metadata.get("authorization"))
+        except FlashStreamError as exc:
+            self._core.record_error(exc)
+            raise
+
+    async def _stream(
+        self, build: object, request: object, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.GenerateChunk]:
+        self._authorize(context)
+        try:
+            req: GenerationRequest = build(request)  # type: ignore[operator]
+        except FlashStreamError as exc:
+            self._core.record_error(exc)
+            raise
+        generation = self._core.start(req, time_limit_s=context.time_remaining())
+        try:
+            async for event in generation:
+                if isinstance(event, Finished):
+                    yield finished_to_pb(generation.request_id, event)
+                else:
+                    yield delta_to_pb(generation.request_id, event)
+        finally:
+            generation.close()  # a cancelled call aborts its request upstream
+
+    @handle_errors
+    async def Generate(
+        self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.GenerateChunk]:
+        async for chunk in self._stream(generate_request_from_pb, request, context):
+            yield chunk
+
+    @handle_errors
+    async def Chat(
+        self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.GenerateChunk]:
+        async for chunk in self._stream(chat_request_from_pb, request, context):
+            yield chunk
+
+    @handle_errors
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListModelsResponse:
+        self._authorize(context)
+        return gateway_pb2.ListModelsResponse(models=[card_to_pb(c) for c in self._core.list_models()])
+
+    async def Embed(self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Embed is not implemented by this gateway yet")
+
+    async def Translate(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Translate is not implemented by this gateway yet")

@@ -1,0 +1,246 @@
+"""OpenAI request JSON → `GenerationRequest`, with OpenAI-style errors naming the offending field.
+
+Field names and defaults follow OpenAI's completions and chat completions APIs (temperature 1, top_p 1,
+max_tokens 16 unless given) plus the common extensions (top_k, min_p, repetition_penalty, ignore_eos,
+min_tokens, stop_token_ids, skip_special_tokens, include_stop_str_in_output, priority, timeout).
+Unknown fields are ignored, as OpenAI does; known fields this server cannot honour are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import RequestError
+from gateway.schema import ChatTurn, GenerationRequest, TextOptions
+from services.common.errors import InvalidArgument
+from services.common.sampling import SamplingParams
+
+DEFAULT_MAX_TOKENS = 16
+
+_JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
+               (dict, "object"))
+
+
+def _json_type(value: Any) -> str:
+    for py, name in _JSON_TYPES:
+        if isinstance(value, py):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+@dataclass(frozen=True)
+class OpenAIRequest:
+    """A parsed OpenAI request: what to generate and how to shape the answer."""
+
+    request: GenerationRequest
+    chat: bool
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False  # the answer carries logprobs
+
+
+class _Body:
+    """Typed access to the fields of one JSON object; a wrong type is a 400 naming the field."""
+
+    def __init__(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise RequestError(f"the request body must be a JSON object, got {_json_type(body)}", None, "invalid_type")
+        self.body = body
+
+    def _get(self, name: str, ok: bool, value: Any, expected: str) -> Any:
+        if not ok:
+            raise RequestError(f"'{name}' must be {expected}, got {_json_type(value)}", name, "invalid_type")
+        return value
+
+    def has(self, name: str) -> bool:
+        return self.body.get(name) is not None
+
+    def int(self, name: str, default: int | None) -> int | None:
+        v = self.body.get(name)
+        if v is None:
+            return default
+        return self._get(name, isinstance(v, int) and not isinstance(v, bool), v, "an integer")
+
+    def float(self, name: str, default: float) -> float:
+        v = self.body.get(name)
+        if v is None:
+            return default
+        self._get(name, isinstance(v, (int, float)) and not isinstance(v, bool), v, "a number")
+        if not math.isfinite(v):
+            raise RequestError(f"'{name}' must be a finite number, got {v}", name)
+        return float(v)
+
+    def bool(self, name: str, default: bool) -> bool:
+        v = self.body.get(name)
+        return default if v is None else self._get(name, isinstance(v, bool), v, "a boolean")
+
+    def str(self, name: str, default: str) -> str:
+        v = self.body.get(name)
+        return default if v is None else self._get(name, isinstance(v, str), v, "a string")
+
+    def int_list(self, name: str) -> tuple[int, ...]:
+        v = self.body.get(name)
+        if v is None:
+            return ()
+        ok = isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        return tuple(self._get(name, ok, v, "an array of integers"))
+
+    def stop(self) -> tuple[str, ...]:
+        v = self.body.get("stop")
+        if v is None:
+            return ()
+        if isinstance(v, str):
+            return (v,)
+        ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
+        return tuple(self._get("stop", ok, v, "a string or an array of strings"))
+
+
+def _refuse_unsupported(b: _Body, chat: bool) -> None:
+    if b.int("n", 1) != 1:
+        raise RequestError("'n' must be 1: this server returns one choice per request", "n", "unsupported_value")
+    if not chat and b.int("best_of", 1) != 1:
+        raise RequestError("'best_of' must be 1: this server returns one choice per request", "best_of",
+                           "unsupported_value")
+    if not chat and b.str("suffix", ""):
+        raise RequestError("'suffix' is not supported", "suffix", "unsupported_value")
+    if b.body.get("logit_bias"):
+        raise RequestError("'logit_bias' is not supported", "logit_bias", "unsupported_value")
+    if chat and b.body.get("tools"):
+        raise RequestError("'tools' are not supported", "tools", "unsupported_value")
+    fmt = b.body.get("response_format")
+    if chat and isinstance(fmt, dict) and fmt.get("type", "text") != "text":
+        raise RequestError("only the 'text' response_format is supported", "response_format", "unsupported_value")
+
+
+def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
+    """SamplingParams from the OpenAI fields, and whether logprobs were asked for."""
+    max_name = "max_completion_tokens" if chat and b.has("max_completion_tokens") else "max_tokens"
+    max_tokens = b.int(max_name, DEFAULT_MAX_TOKENS)
+    if chat:
+        want_logprobs = b.bool("logprobs", False)
+        top = b.int("top_logprobs", None)
+        if top is not None and not want_logprobs:
+            raise RequestError("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
+        logprobs, logprobs_name = (top or 0, "top_logprobs") if want_logprobs else (None, "top_logprobs")
+    else:
+        logprobs, logprobs_name = b.int("logprobs", None), "logprobs"
+    top_k = b.int("top_k", 0)
+    seed = b.int("seed", None)
+    names = {"max_tokens": max_name, "logprobs": logprobs_name}
+    try:
+        params = SamplingParams(
+            max_tokens=max_tokens,  # type: ignore[arg-type]
+            min_tokens=b.int("min_tokens", 0),  # type: ignore[arg-type]
+            temperature=b.float("temperature", 1.0),
+            top_k=0 if top_k == -1 else top_k,  # type: ignore[arg-type]  # -1 also means off
+            top_p=b.float("top_p", 1.0),
+            min_p=b.float("min_p", 0.0),
+            repetition_penalty=b.float("repetition_penalty", 1.0),
+            presence_penalty=b.float("presence_penalty", 0.0),
+            frequency_penalty=b.float("frequency_penalty", 0.0),
+            seed=seed,
+            stop_token_ids=b.int_list("stop_token_ids"),
+            ignore_eos=b.bool("ignore_eos", False),
+            logprobs=logprobs,
+        )
+    except RequestError:
+        raise
+    except InvalidArgument as exc:  # SamplingParams names the field first in its message
+        field = exc.message.split(" ", 1)[0]
+        raise RequestError(exc.message, names.get(field, field)) from exc
+    return params, logprobs is not None
+
+
+def _prompt(body: dict[str, Any]) -> tuple[str | None, tuple[int, ...] | None]:
+    """A prompt string, or token ids; a batch of prompts is refused."""
+    v = body.get("prompt")
+    if v is None:
+        raise RequestError("'prompt' is required", "prompt", "missing_required_parameter")
+    if isinstance(v, list) and v and isinstance(v[0], (str, list)):
+        if len(v) != 1:
+            raise RequestError("batched prompts are not supported: send one prompt per request", "prompt",
+                               "unsupported_value")
+        v = v[0]
+    if isinstance(v, str):
+        return v, None
+    if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
+        return None, tuple(v)
+    raise RequestError(f"'prompt' must be a string or an array of token ids, got {_json_type(v)}", "prompt",
+                       "invalid_type")
+
+
+def _content(i: int, content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise RequestError(f"messages[{i}].content[{j}] must be a text part; only text is supported",
+                                   f"messages[{i}].content", "unsupported_value")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise RequestError(f"messages[{i}].content must be a string or an array of text parts, got "
+                       f"{_json_type(content)}", f"messages[{i}].content", "invalid_type")
+
+
+def _messages(body: dict[str, Any]) -> tuple[ChatTurn, ...]:
+    v = body.get("messages")
+    if v is None:
+        raise RequestError("'messages' is required", "messages", "missing_required_parameter")
+    if not isinstance(v, list):
+        raise RequestError(f"'messages' must be an array, got {_json_type(v)}", "messages", "invalid_type")
+    turns = []
+    for i, m in enumerate(v):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise RequestError(f"messages[{i}] must be an object with a string 'role'", f"messages[{i}]",
+                               "invalid_type")
+        role = "system" if m["role"] == "developer" else m["role"]
+        turns.append(ChatTurn(role, _content(i, m.get("content"))))
+    return tuple(turns)
+
+
+def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
+    """Parses a /v1/completions (chat=False) or /v1/chat/completions body; raises RequestError."""
+    b = _Body(body)
+    _refuse_unsupported(b, chat)
+    model = b.str("model", "")
+    stream = b.bool("stream", False)
+    include_usage = False
+    if b.has("stream_options"):
+        opts = b.body["stream_options"]
+        if not stream:
+            raise RequestError("'stream_options' is only allowed when 'stream' is true", "stream_options")
+        if not isinstance(opts, dict):
+            raise RequestError(f"'stream_options' must be an object, got {_json_type(opts)}", "stream_options",
+                               "invalid_type")
+        include_usage = _Body(opts).bool("include_usage", False)
+    b.str("user", "")  # accepted for OpenAI compatibility; only its type is checked
+    sampling, logprobs = _sampling(b, chat)
+    echo = False if chat else b.bool("echo", False)
+    if echo and logprobs:
+        raise RequestError("'echo' together with 'logprobs' is not supported", "echo", "unsupported_value")
+    options = TextOptions(
+        stop=b.stop(),
+        include_stop_str_in_output=b.bool("include_stop_str_in_output", False),
+        skip_special_tokens=b.bool("skip_special_tokens", True),
+        add_special_tokens=b.bool("add_special_tokens", not chat),
+        echo=echo,
+    )
+    common: dict[str, Any] = {
+        "model": model,
+        "sampling": sampling,
+        "options": options,
+        "priority": b.int("priority", 0),
+        "timeout_s": b.float("timeout", 0.0),
+    }
+    if chat:
+        request = GenerationRequest(
+            messages=_messages(b.body), add_generation_prompt=b.bool("add_generation_prompt", True), **common
+        )
+    else:
+        prompt, token_ids = _prompt(b.body)
+        request = GenerationRequest(prompt=prompt, token_ids=token_ids, **common)
+    return OpenAIRequest(request, chat, stream, include_usage, logprobs)

@@ -1,0 +1,141 @@
+"""Gateway events → OpenAI JSON: full responses, streamed chunks, usage, logprobs and error bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.schema import Finished, TextDelta, TokenLogprob, Usage
+from services.common.errors import ErrorCode, FlashStreamError
+
+# gRPC status → (HTTP status, OpenAI error type, default code).
+_HTTP_ERRORS: dict[int, tuple[int, str, str | None]] = {
+    ErrorCode.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_value"),
+    ErrorCode.NOT_FOUND: (404, "invalid_request_error", "not_found"),
+    ErrorCode.UNAUTHENTICATED: (401, "invalid_request_error", "invalid_api_key"),
+    ErrorCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
+    ErrorCode.UNAVAILABLE: (503, "server_error", "service_unavailable"),
+    ErrorCode.DEADLINE_EXCEEDED: (504, "server_error", "timeout"),
+    ErrorCode.CANCELLED: (499, "server_error", "cancelled"),
+}
+RETRY_AFTER_S = 1
+
+
+def error_response(exc: FlashStreamError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(HTTP status, OpenAI error body, extra headers) for an error."""
+    status, err_type, code = _HTTP_ERRORS.get(int(exc.code), (500, "server_error", "internal_error"))
+    code = getattr(exc, "error_code", code)
+    if code == "request_too_large":
+        status = 413
+    body = {"error": {"message": exc.message, "type": err_type, "param": getattr(exc, "param", None), "code": code}}
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else {}
+    return status, body, headers
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+class LogprobsBuilder:
+    """Logprobs in OpenAI's completions shape (tokens, token_logprobs, top_logprobs, text_offset) or chat shape
+    (content: [{token, logprob, bytes, top_logprobs}]). `offset` counts text already sent, for text_offset."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.offset = 0
+
+    def build(self, items: tuple[TokenLogprob, ...], text: str) -> dict[str, Any]:
+        if self.chat:
+            content = [
+                {
+                    "token": lp.text,
+                    "logprob": lp.logprob,
+                    "bytes": list(lp.text.encode()),
+                    "top_logprobs": [
+                        {"token": t.text, "logprob": t.logprob, "bytes": list(t.text.encode())} for t in lp.top
+                    ],
+                }
+                for lp in items
+            ]
+            return {"content": content}
+        offsets = []
+        pos = self.offset
+        for lp in items:
+            offsets.append(pos)
+            pos += len(lp.text)
+        self.offset += len(text)
+        return {
+            "tokens": [lp.text for lp in items],
+            "token_logprobs": [lp.logprob for lp in items],
+            "top_logprobs": [{t.text: t.logprob for t in lp.top} for lp in items],
+            "text_offset": offsets,
+        }
+
+    def merge(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """One logprobs object from the per-chunk ones (for a response that is not streamed)."""
+        merged: dict[str, list[Any]] = {key: [] for key in self.build((), "")}
+        for part in parts:
+            for key, values in part.items():
+                merged.setdefault(key, []).extend(values)
+        return merged
+
+
+class ResponseBuilder:
+    """Builds the JSON of one request's answer, streamed as chunks or whole."""
+
+    def __init__(self, request_id: str, model: str, created: int, chat: bool, logprobs: bool) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.created = created
+        self.chat = chat
+        self.logprobs = LogprobsBuilder(chat) if logprobs else None
+        self._role_sent = False
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.request_id, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def _logprobs(self, delta: TextDelta) -> dict[str, Any] | None:
+        return None if self.logprobs is None else self.logprobs.build(delta.logprobs, delta.text)
+
+    def chunk(self, delta: TextDelta | None, finish_reason: str | None = None) -> dict[str, Any]:
+        """One streamed chunk: new text (delta) or the closing one (finish_reason)."""
+        text = delta.text if delta is not None else ""
+        logprobs = self._logprobs(delta) if delta is not None else None
+        if not self.chat:
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+            return self._envelope("text_completion", [choice])
+        message: dict[str, Any] = {}
+        if not self._role_sent:
+            message["role"] = "assistant"
+            self._role_sent = True
+        if delta is not None:
+            message["content"] = text
+        choice = {"index": 0, "delta": message, "logprobs": logprobs, "finish_reason": finish_reason}
+        return self._envelope("chat.completion.chunk", [choice])
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        """The extra last chunk of stream_options.include_usage: no choices, only usage."""
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self._envelope(obj, []), "usage": usage_json(usage)}
+
+    def full(self, deltas: list[TextDelta], done: Finished) -> dict[str, Any]:
+        """The whole answer of a request that was not streamed."""
+        text = "".join(d.text for d in deltas)
+        logprobs = None
+        if self.logprobs is not None:
+            logprobs = self.logprobs.merge([self.logprobs.build(d.logprobs, d.text) for d in deltas])
+        reason = done.finish_reason.openai
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                      "finish_reason": reason}
+            body = self._envelope("chat.completion", [choice])
+        else:
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
+            body = self._envelope("text_completion", [choice])
+        body["usage"] = usage_json(done.usage)
+        return body

@@ -1,0 +1,178 @@
+"""Translations between the gateway's plain objects and protobuf (public Gateway and internal Tokenizer)."""
+
+from __future__ import annotations
+
+from flashstream.v1 import common_pb2, gateway_pb2, tokenizer_pb2
+
+from gateway.schema import (
+    ChatTurn,
+    Event,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Latency,
+    ModelCard,
+    Submission,
+    TextDelta,
+    TextOptions,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from services.common.errors import ErrorCode, FlashStreamError
+from services.common.pb import sampling_from_pb, sampling_to_pb
+
+# ---- public Gateway requests ----
+
+
+def _options(
+    options: gateway_pb2.GenerateOptions, add_special_tokens: bool
+) -> tuple[dict[str, object], TextOptions]:
+    sampling = sampling_from_pb(options.sampling)  # raises InvalidArgument naming the field
+    text = TextOptions(
+        stop=tuple(options.stop),
+        include_stop_str_in_output=options.include_stop_str_in_output,
+        skip_special_tokens=options.skip_special_tokens,
+        add_special_tokens=add_special_tokens,
+    )
+    return {"sampling": sampling, "priority": options.priority, "timeout_s": options.timeout_s}, text
+
+
+def generate_request_from_pb(pb: gateway_pb2.GenerateRequest) -> GenerationRequest:
+    fields, text = _options(pb.options, pb.add_special_tokens)
+    return GenerationRequest(model=pb.model, prompt=pb.prompt, options=text, **fields)  # type: ignore[arg-type]
+
+
+def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> GenerationRequest:
+    fields, text = _options(pb.options, False)
+    messages = tuple(ChatTurn(m.role, m.content) for m in pb.messages)
+    return GenerationRequest(model=pb.model, messages=messages, options=text, **fields)  # type: ignore[arg-type]
+
+
+# ---- public Gateway responses ----
+
+
+def delta_to_pb(request_id: str, delta: TextDelta) -> gateway_pb2.GenerateChunk:
+    chunk = common_pb2.TextChunk(text=delta.text, token_ids=delta.token_ids)
+    for lp in delta.logprobs:
+        chunk.logprobs.append(
+            common_pb2.TokenLogprob(
+                token_id=lp.token_id,
+                logprob=lp.logprob,
+                text=lp.text,
+                top=[common_pb2.TopLogprob(token_id=t.token_id, logprob=t.logprob, text=t.text) for t in lp.top],
+            )
+        )
+    return gateway_pb2.GenerateChunk(request_id=request_id, chunk=chunk)
+
+
+def finished_to_pb(request_id: str, done: Finished) -> gateway_pb2.GenerateChunk:
+    u, lat = done.usage, done.latency
+    return gateway_pb2.GenerateChunk(
+        request_id=request_id,
+        done=common_pb2.Done(
+            finish_reason=int(done.finish_reason),
+            usage=common_pb2.Usage(
+                prompt_tokens=u.prompt_tokens,
+                completion_tokens=u.completion_tokens,
+                cached_tokens=u.cached_tokens,
+                result_cached=u.result_cached,
+            ),
+            latency=common_pb2.LatencyBreakdown(
+                gateway_s=lat.gateway_s,
+                tokenizer_s=lat.tokenizer_s,
+                queue_s=lat.queue_s,
+                prefill_s=lat.prefill_s,
+                decode_s=lat.decode_s,
+            ),
+            stop_string=done.stop_string,
+        ),
+    )
+
+
+def card_to_pb(card: ModelCard) -> gateway_pb2.ModelCard:
+    return gateway_pb2.ModelCard(
+        id=card.id, revision=card.revision, max_model_len=card.max_model_len, owned_by=card.owned_by
+    )
+
+
+# ---- the Tokenizer hop ----
+
+
+def card_from_info(info: tokenizer_pb2.TokenizerInfo) -> ModelCard:
+    return ModelCard(
+        id=info.model_id,
+        revision=info.model_revision,
+        max_model_len=info.max_model_len,
+        vocab_size=info.vocab_size,
+        has_chat_template=info.has_chat_template,
+    )
+
+
+def text_request_to_pb(sub: Submission) -> tokenizer_pb2.TextRequest:
+    req = sub.request
+    opts = req.options
+    pb = tokenizer_pb2.TextRequest(
+        request_id=sub.request_id,
+        model=req.model,
+        sampling=sampling_to_pb(req.sampling),
+        options=tokenizer_pb2.TextOptions(
+            stop=opts.stop,
+            include_stop_str_in_output=opts.include_stop_str_in_output,
+            skip_special_tokens=opts.skip_special_tokens,
+            add_special_tokens=opts.add_special_tokens,
+            echo_prompt=opts.echo,
+        ),
+        priority=req.priority,
+        deadline_unix_s=sub.deadline_unix_s,
+        arrival_unix_s=sub.arrival_unix_s,
+        gateway_s=sub.gateway_s,
+    )
+    if req.messages is not None:
+        pb.chat.add_generation_prompt = req.add_generation_prompt
+        pb.chat.messages.extend(common_pb2.ChatMessage(role=m.role, content=m.content) for m in req.messages)
+    elif req.token_ids is not None:
+        pb.tokens.token_ids.extend(req.token_ids)
+    else:
+        pb.prompt = req.prompt or ""
+    return pb
+
+
+def _logprobs_from_pb(items: object) -> tuple[TokenLogprob, ...]:
+    return tuple(
+        TokenLogprob(
+            token_id=lp.token_id,
+            logprob=lp.logprob,
+            text=lp.text,
+            top=tuple(TopLogprob(t.token_id, t.logprob, t.text) for t in lp.top),
+        )
+        for lp in items  # type: ignore[attr-defined]
+    )
+
+
+def event_from_pb(ev: tokenizer_pb2.TextEvent) -> Event | FlashStreamError:
+    """A TextEvent as a plain event, or the error it carries (returned, not raised)."""
+    kind = ev.WhichOneof("event")
+    if kind == "chunk":
+        c = ev.chunk
+        return TextDelta(c.text, tuple(c.token_ids), _logprobs_from_pb(c.logprobs), ev.num_prompt_tokens)
+    if kind == "done":
+        d = ev.done
+        try:
+            reason = FinishReason(d.finish_reason)
+        except ValueError:
+            reason = FinishReason.STOP
+        u, lat = d.usage, d.latency
+        return Finished(
+            finish_reason=reason,
+            usage=Usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.result_cached),
+            latency=Latency(lat.gateway_s, lat.tokenizer_s, lat.queue_s, lat.prefill_s, lat.decode_s),
+            stop_string=d.stop_string,
+        )
+    if kind == "error":
+        try:
+            code = ErrorCode(ev.error.code)
+        except ValueError:
+            code = ErrorCode.UNKNOWN
+        return FlashStreamError(ev.error.message or f"tokenizer error {code.name}", code)
+    return FlashStreamError(f"tokenizer sent an empty event for request {ev.request_id}", ErrorCode.INTERNAL)

@@ -1,0 +1,171 @@
+"""Plain objects of the gateway core: a generation request, its events, and a served model.
+
+No protobuf and no JSON here: the gRPC and HTTP layers translate to and from these.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+from gateway.errors import RequestError
+from services.common.sampling import SamplingParams
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+class FinishReason(enum.IntEnum):
+    """Why a request ended; the numbers are those of flashstream.v1.FinishReason."""
+
+    UNSPECIFIED = 0
+    STOP = 1
+    LENGTH = 2
+    EOS = 3
+    STOP_STRING = 4
+    ABORT = 5
+
+    @property
+    def openai(self) -> str:
+        """OpenAI's finish_reason: stop tokens, EOS and stop strings are all "stop"."""
+        if self is FinishReason.LENGTH:
+            return "length"
+        if self is FinishReason.ABORT:
+            return "abort"
+        return "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextOptions:
+    """What the tokenizer does with text: stop strings and special-token handling."""
+
+    stop: tuple[str, ...] = ()
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    add_special_tokens: bool = True
+    echo: bool = False  # send the prompt text as the first delta
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One public request: exactly one of prompt, token_ids, messages."""
+
+    model: str
+    sampling: SamplingParams
+    prompt: str | None = None
+    token_ids: tuple[int, ...] | None = None
+    messages: tuple[ChatTurn, ...] | None = None
+    options: TextOptions = field(default_factory=TextOptions)
+    add_generation_prompt: bool = True  # chat only
+    priority: int = 0
+    timeout_s: float = 0.0  # 0: the gateway's default
+
+    def __post_init__(self) -> None:
+        inputs = [x for x in (self.prompt, self.token_ids, self.messages) if x is not None]
+        if len(inputs) != 1:
+            raise RequestError("exactly one of prompt, token ids or messages must be given", "prompt")
+        if self.prompt is not None and self.prompt == "":
+            raise RequestError("prompt must not be empty", "prompt")
+        if self.token_ids is not None and not self.token_ids:
+            raise RequestError("prompt must not be empty", "prompt")
+        if self.messages is not None:
+            if not self.messages:
+                raise RequestError("messages must hold at least one message", "messages")
+            for i, turn in enumerate(self.messages):
+                if turn.role not in CHAT_ROLES:
+                    raise RequestError(
+                        f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {turn.role!r}",
+                        f"messages[{i}].role",
+                    )
+        if any(s == "" for s in self.options.stop):
+            raise RequestError("stop strings must not be empty", "stop")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s >= 0):
+            raise RequestError(f"timeout must be a non-negative number of seconds, got {self.timeout_s}", "timeout")
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A validated request as it goes to a tokenizer: with its id, clock times and the gateway's time so far."""
+
+    request_id: str
+    request: GenerationRequest
+    arrival_unix_s: float
+    deadline_unix_s: float
+    gateway_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token_id: int
+    logprob: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    text: str
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """New text of one request; num_prompt_tokens is set on a request's first event only."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    num_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    result_cached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    gateway_s: float = 0.0
+    tokenizer_s: float = 0.0
+    queue_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The terminal event of a request that ended normally."""
+
+    finish_reason: FinishReason
+    usage: Usage = field(default_factory=Usage)
+    latency: Latency = field(default_factory=Latency)
+    stop_string: str = ""
+
+
+Event = TextDelta | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """A served model, from its tokenizer's Info."""
+
+    id: str
+    revision: str = ""
+    max_model_len: int = 0
+    vocab_size: int = 0
+    has_chat_template: bool = True
+    owned_by: str = "flashstream"

@@ -1,0 +1,135 @@
+"""Entry point of the gateway stage: `flashstream serve gateway` (gRPC Gateway + OpenAI HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from aiohttp import web
+from flashstream.v1 import gateway_pb2_grpc
+
+from gateway.auth import ApiKeys
+from gateway.config import GatewayConfig
+from gateway.core import GatewayCore
+from gateway.grpc_service import SERVICE_NAME, GatewayServicer
+from gateway.http_api import HttpApi
+from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
+from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv
+from services.common.grpc_server import StageServer, install_stop_signals, start_server
+from services.common.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class GatewayServer:
+    """The running gateway: tokenizer connections, the core, the gRPC server and the HTTP server."""
+
+    def __init__(self, config: GatewayConfig, connection: ConnectionConfig | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics("gateway")
+        self.router = TokenizerRouter(config.tokenizers, connection)
+        self.core = GatewayCore(self.router, self.metrics, config.request_timeout_s)
+        self.grpc_port = 0
+        self.http_port = 0
+        self._stage: StageServer | None = None
+        self._runner: web.AppRunner | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        keys = ApiKeys(self.config.api_keys)
+        servicer = GatewayServicer(self.core, keys)
+        self._stage = await start_server(
+            self.config.server.address,
+            [lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s)],
+            [SERVICE_NAME],
+            serving=False,
+        )
+        self.grpc_port = self._stage.port
+        api = HttpApi(self.core, keys, self.config.max_body_bytes)
+        # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
+        self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.config.server.host, self.config.http_port).start()
+        self.http_port = self._runner.addresses[0][1]
+        self.router.start()
+        self._watcher = asyncio.create_task(self._watch_readiness())
+
+    async def _watch_readiness(self) -> None:
+        """grpc health follows readiness: SERVING only while a tokenizer stream is open and its model ready."""
+        serving = False
+        while True:
+            await self.router.changed.wait()
+            self.router.changed.clear()
+            ready = self.core.is_ready()
+            if ready != serving and self._stage is not None:
+                serving = ready
+                await self._stage.set_serving(ready)
+                log.info("gateway %s", "ready" if ready else "not ready")
+
+    async def drain_and_stop(self, grace_s: float) -> None:
+        """NOT_SERVING and refuse new work, let in-flight requests finish within grace_s, then stop."""
+        self.core.draining = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._stage is not None:
+            await self._stage.set_serving(False)
+            await asyncio.gather(self._stage.server.stop(grace_s), self.core.wait_idle(grace_s))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.router.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashstream serve gateway", description=__doc__)
+    add_server_args(parser, "gateway")  # --status-port is ignored: status routes live on --http-port
+    parser.add_argument("--tokenizers", default=env_default("tokenizers", "127.0.0.1:50051"),
+                        help="tokenizer addresses host:port[,host:port...]")
+    parser.add_argument("--http-port", type=int, default=env_default("gateway_http_port", 8000),
+                        help="OpenAI-compatible HTTP API plus /metrics, /health, /ready")
+    parser.add_argument("--api-keys", default=env_default("api_keys", ""),
+                        help="comma-separated API keys; empty: no authentication")
+    parser.add_argument("--request-timeout-s", type=float, default=env_default("request_timeout_s", 600.0),
+                        help="deadline of a request that sets none")
+    parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
+                        help="largest accepted HTTP request body")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    return GatewayConfig(
+        tokenizers=tuple(split_csv(args.tokenizers)),
+        server=server_config(args),
+        http_port=args.http_port,
+        api_keys=tuple(split_csv(args.api_keys)),
+        request_timeout_s=args.request_timeout_s,
+        max_body_bytes=args.max_body_bytes,
+    )
+
+
+async def serve(config: GatewayConfig) -> int:
+    gateway = GatewayServer(config)
+    await gateway.start()
+    log.info("gateway listening: gRPC %s:%d, HTTP %s:%d; tokenizers %s", config.server.host, gateway.grpc_port,
+             config.server.host, gateway.http_port, ",".join(config.tokenizers))
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await stop.wait()
+    log.info("draining (up to %.1f s)", config.server.drain_timeout_s)
+    await gateway.drain_and_stop(config.server.drain_timeout_s)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    setup_logging(config.server.log_level, "gateway")
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""The gateway's side of the Tokenizer hop: one long-lived Connect stream per tokenizer address.
+
+Every public request of a connection rides that one stream. New requests and aborts collect in a pending
+batch and one writer task sends them as a single TokenizerUp: whatever accumulated while the previous
+write was in flight, so at most one message per event-loop turn. Incoming TextEvents go to per-request
+queues by request id; ids the connection no longer knows (aborted, ended) are dropped. When the stream
+breaks, its requests end with UNAVAILABLE and the connection reconnects with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+
+from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
+from gateway.schema import Event, Finished, ModelCard, Submission
+from services.common.errors import FlashStreamError, Unavailable
+from services.common.grpc_server import create_channel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Timing of a tokenizer connection."""
+
+    info_timeout_s: float = 5.0
+    info_interval_s: float = 1.0  # how often Info is re-read (the tokenizer's readiness can change)
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+        if self.info_interval_s <= 0 or self.info_timeout_s <= 0:
+            raise ValueError("info_interval_s and info_timeout_s must be positive")
+
+
+class TokenizerRequest:
+    """A request on a connection: its queue of events, and abort."""
+
+    __slots__ = ("request_id", "_queue", "_conn")
+
+    def __init__(self, request_id: str, conn: TokenizerConnection) -> None:
+        self.request_id = request_id
+        self._queue: asyncio.Queue[Event | FlashStreamError] = asyncio.Queue()
+        self._conn = conn
+
+    async def next(self) -> Event | FlashStreamError:
+        return await self._queue.get()
+
+    def abort(self) -> None:
+        self._conn.abort(self.request_id)
+
+    def put(self, item: Event | FlashStreamError) -> None:
+        self._queue.put_nowait(item)
+
+
+class TokenizerConnection:
+    """One tokenizer replica: its Info (model card, readiness) and its multiplexed Connect stream."""
+
+    def __init__(self, address: str, on_change: Callable[[], None], config: ConnectionConfig) -> None:
+        self.address = address
+        self.card: ModelCard | None = None
+        self.info_ready = False
+        self.stream_open = False
+        self.num_up_messages = 0
+        self._on_change = on_change
+        self._config = config
+        self._active: dict[str, TokenizerRequest] = {}
+        self._pending_new: dict[str, tokenizer_pb2.TextRequest] = {}
+        self._pending_aborts: list[str] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self.stream_open and self.info_ready
+
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    def submit(self, submission: Submission) -> TokenizerRequest:
+        if not self.stream_open:
+            raise Unavailable(f"tokenizer {self.address} is not connected")
+        handle = TokenizerRequest(submission.request_id, self)
+        self._active[submission.request_id] = handle
+        self._pending_new[submission.request_id] = text_request_to_pb(submission)
+        self._wakeup.set()
+        return handle
+
+    def abort(self, request_id: str) -> None:
+        if self._active.pop(request_id, None) is None:
+            return
+        if self._pending_new.pop(request_id, None) is None:  # already sent: tell the tokenizer
+            self._pending_aborts.append(request_id)
+            self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"tokenizer-{self.address}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        delay = self._config.reconnect_min_s
+        while not self._closed:
+            channel = create_channel(self.address)
+            reason = "closed"
+            try:
+                stub = tokenizer_pb2_grpc.TokenizerStub(channel)
+                await self._read_info(stub)
+                call = stub.Connect()
+                await call.wait_for_connection()
+                self.stream_open = True
+                self._on_change()
+                log.info("tokenizer stream to %s open (model %s)", self.address, self.card and self.card.id)
+                delay = self._config.reconnect_min_s
+                reason = await self._serve(stub, call)
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:  # noqa: BLE001 - any failure of one connection only means reconnect
+                log.exception("tokenizer %s connection failed", self.address)
+                reason = repr(exc)
+            finally:
+                self._drop_stream(reason)
+                await channel.close()
+            if self._closed:
+                return
+            log.warning("tokenizer %s: %s; reconnecting in %.2f s", self.address, reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._config.reconnect_max_s)
+
+    async def _read_info(self, stub: tokenizer_pb2_grpc.TokenizerStub) -> None:
+        info = await stub.Info(tokenizer_pb2.TokenizerInfoRequest(), timeout=self._config.info_timeout_s)
+        card = card_from_info(info)
+        if card != self.card or info.ready != self.info_ready:
+            self.card, self.info_ready = card, info.ready
+            self._on_change()
+
+    async def _serve(self, stub: tokenizer_pb2_grpc.TokenizerStub, call: grpc.aio.StreamStreamCall) -> str:
+        """Runs the stream until it ends; returns why."""
+        tasks = [
+            asyncio.create_task(self._read(call)),
+            asyncio.create_task(self._write(call)),
+            asyncio.create_task(self._poll_info(stub)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if isinstance(exc, grpc.aio.AioRpcError):
+                    return f"stream ended with {exc.code().name}: {exc.details()}"
+                if exc is not None:
+                    return f"stream failed: {exc!r}"
+            return "stream ended by the tokenizer"
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            call.cancel()
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            down = await call.read()
+            if down is grpc.aio.EOF:
+                return
+            for ev in down.events:
+                handle = self._active.get(ev.request_id)
+                if handle is None:
+                    continue
+                item = event_from_pb(ev)
+                if isinstance(item, (Finished, FlashStreamError)):
+                    del self._active[ev.request_id]
+                handle.put(item)
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._pending_new and not self._pending_aborts:
+                continue
+            up = tokenizer_pb2.TokenizerUp(
+                requests=list(self._pending_new.values()), abort_request_ids=self._pending_aborts
+            )
+            self._pending_new = {}
+            self._pending_aborts = []
+            await call.write(up)
+            self.num_up_messages += 1
+
+    async def _poll_info(self, stub: tokenizer_pb2_grpc.TokenizerStub) -> None:
+        while True:
+            await asyncio.sleep(self._config.info_interval_s)
+            try:
+                await self._read_info(stub)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("tokenizer %s Info failed: %s", self.address, exc.code().name)
+                if self.info_ready:
+                    self.info_ready = False
+                    self._on_change()
+
+    def _drop_stream(self, reason: str) -> None:
+        """Ends every request on the lost stream with UNAVAILABLE."""
+        was_open = self.stream_open
+        self.stream_open = False
+        active, self._active = self._active, {}
+        self._pending_new = {}
+        self._pending_aborts = []
+        for handle in active.values():
+            handle.put(Unavailable(f"lost the tokenizer stream to {self.address} ({reason}); retry the request"))
+        if was_open:
+            self._on_change()
+
+
+class TokenizerRouter:
+    """Every tokenizer connection; routes a request to the least-loaded ready replica of its model."""
+
+    def __init__(self, addresses: Sequence[str], config: ConnectionConfig | None = None) -> None:
+        if not addresses:
+            raise ValueError("at least one tokenizer address is needed")
+        self.changed = asyncio.Event()  # set whenever a connection's readiness or model card changes
+        cfg = config or ConnectionConfig()
+        self.connections = [TokenizerConnection(a, self.changed.set, cfg) for a in addresses]
+        self._turn = itertools.count()
+
+    @property
+    def ready(self) -> bool:
+        return any(conn.ready for conn in self.connections)
+
+    def cards(self) -> list[ModelCard]:
+        cards: dict[str, ModelCard] = {}
+        for conn in self.connections:
+            if conn.card is not None:
+                cards.setdefault(conn.card.id, conn.card)
+        return list(cards.values())
+
+    def submit(self, submission: Submission) -> TokenizerRequest:
+        model = submission.request.model
+        candidates = [c for c in self.connections if c.ready and c.card is not None and c.card.id == model]
+        if not candidates:
+            raise Unavailable(f"no tokenizer for model '{model}' is ready; retry shortly")
+        # Least loaded first; the rotating start breaks ties round-robin.
+        start = next(self._turn) % len(candidates)
+        rotated = candidates[start:] + candidates[:start]
+        return min(rotated, key=lambda c: c.num_active).submit(submission)
+
+    def start(self) -> None:
+        for conn in self.connections:
+            conn.start()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(conn.close() for conn in self.connections))
