@@ -1,0 +1,241 @@
+"""Benchmark of the paged attention kernels on a CUDA GPU, beside torch SDPA and the device copy bandwidth.
+
+    python3 -m kernels.bench --json bench/results/kernels_h100.json --md bench/results/kernels_h100.md
+    python3 -m kernels.bench --sweep --json sweep.json      # tile / warp / stage / split variants
+
+Prefill: causal TFLOP/s (4·B·H·D·S(S+1)/2 flops) on paged K/V (ours) and contiguous K/V (SDPA flash, cuDNN).
+Decode: K and V bytes read over time, from CUDA-graph replays that rotate over enough copies of the cache that
+nothing is served from L2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+from collections.abc import Callable
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.functional import scaled_dot_product_attention
+
+from kernels.bench_report import compiled_resources, write_markdown
+from kernels.decode_attention import DecodeConfig, _decode_split_kernel, choose_num_splits, paged_decode_attention
+from kernels.prefill_attention import PrefillConfig, _prefill_kernel, default_prefill_config, paged_prefill_attention
+
+NUM_HEADS, NUM_KV_HEADS, BLOCK_SIZE = 32, 8, 16
+PREFILL_TOKENS = 16384
+PREFILL_SEQS = (1024, 2048, 4096, 8192, 16384)
+DECODE_SHAPES = ((1, 4096), (16, 4096), (64, 4096), (256, 4096), (8, 32768), (1, 32768))
+ROTATE_BYTES = 512 * 2**20  # decode inputs rotate over at least this much memory (L2 is 50 MB)
+
+
+def _median_ms(fn: Callable[[], object]) -> float:
+    return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
+
+
+def _graph_ms(fns: list[Callable[[], object]]) -> float:
+    """Median time of one call, from replays of a CUDA graph that runs every fn once (no launch gaps)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in fns:
+            fn()
+    return _median_ms(graph.replay) / len(fns)
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def _paged_copy(k: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Caches [num_blocks, BLOCK_SIZE, kv_heads, d] holding k, v ([batch, seq, kv_heads, d]) on shuffled pages."""
+    batch, seq, kv_heads, d = k.shape
+    pages = seq // BLOCK_SIZE
+    order = torch.randperm(batch * pages, generator=gen, device="cpu").to(k.device)
+    tables = order.view(batch, pages).to(torch.int32)
+    key_cache = torch.empty(batch * pages, BLOCK_SIZE, kv_heads, d, dtype=k.dtype, device=k.device)
+    value_cache = torch.empty_like(key_cache)
+    key_cache[order] = k.reshape(batch * pages, BLOCK_SIZE, kv_heads, d)
+    value_cache[order] = v.reshape(batch * pages, BLOCK_SIZE, kv_heads, d)
+    return key_cache, value_cache, tables
+
+
+def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: bool) -> dict:
+    batch = max(1, PREFILL_TOKENS // seq)
+    gen = torch.Generator().manual_seed(seq + head_dim)
+    dev, dt = "cuda", torch.bfloat16
+    q = torch.randn(batch, seq, NUM_HEADS, head_dim, generator=gen).to(dev, dt)
+    k = torch.randn(batch, seq, NUM_KV_HEADS, head_dim, generator=gen).to(dev, dt)
+    v = torch.randn(batch, seq, NUM_KV_HEADS, head_dim, generator=gen).to(dev, dt)
+    key_cache, value_cache, tables = _paged_copy(k, v, gen)
+    starts = torch.arange(0, batch * seq + 1, seq, dtype=torch.int32, device=dev)
+    lens = torch.full((batch,), seq, dtype=torch.int32, device=dev)
+    q_packed = q.reshape(batch * seq, NUM_HEADS, head_dim)
+    out = torch.empty_like(q_packed)
+    cfg = config or default_prefill_config(head_dim, BLOCK_SIZE)
+
+    def ours() -> None:
+        paged_prefill_attention(q_packed, key_cache, value_cache, tables, starts, lens, head_dim**-0.5,
+                                causal=True, max_query_len=seq, out=out, config=cfg)
+
+    flops = 4.0 * batch * NUM_HEADS * head_dim * seq * (seq + 1) / 2
+    row = {"batch": batch, "seq": seq, "head_dim": head_dim, "config": cfg.__dict__,
+           "ours_tflops": flops / _median_ms(ours) / 1e9}
+    if not peers:
+        return row
+    group = NUM_HEADS // NUM_KV_HEADS
+    # SDPA gets contiguous [batch, heads, seq, d] inputs with K/V expanded to every query head.
+    qs, ks, vs = (t.transpose(1, 2).contiguous() for t in (q, k.repeat_interleave(group, 2),
+                                                           v.repeat_interleave(group, 2)))
+    for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+        try:
+            with sdpa_kernel(backend):
+                ref = scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+                row[f"{name}_tflops"] = flops / _median_ms(
+                    lambda: scaled_dot_product_attention(qs, ks, vs, is_causal=True)) / 1e9
+            row[f"rel_err_vs_{name}"] = _rel_err(out.view(batch, seq, NUM_HEADS, head_dim).transpose(1, 2), ref)
+        except RuntimeError as exc:  # a backend that refuses these shapes is reported, not fatal
+            row[f"{name}_error"] = str(exc).splitlines()[0][:200]
+    peers_seen = [row[key] for key in ("sdpa_flash_tflops", "sdpa_cudnn_tflops") if key in row]
+    if peers_seen:
+        row["ratio_to_best_peer"] = row["ours_tflops"] / max(peers_seen)
+    return row
+
+
+def bench_decode(batch: int, context: int, num_splits: int | None, config: DecodeConfig | None,
+                 peers: bool, head_dim: int = 128) -> dict:
+    gen = torch.Generator().manual_seed(batch * 7 + context)
+    dev, dt = "cuda", torch.bfloat16
+    kv_bytes = 2 * batch * context * NUM_KV_HEADS * head_dim * 2
+    copies = max(1, min(32, math.ceil(ROTATE_BYTES / kv_bytes)))
+    cfg = config or DecodeConfig()
+    lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
+    inputs = []
+    for _ in range(copies):
+        k = torch.randn(batch, context, NUM_KV_HEADS, head_dim, device=dev, dtype=dt)
+        v = torch.randn(batch, context, NUM_KV_HEADS, head_dim, device=dev, dtype=dt)
+        q = torch.randn(batch, NUM_HEADS, head_dim, device=dev, dtype=dt)
+        inputs.append((q, k, v, *_paged_copy(k, v, gen), torch.empty_like(q)))
+    if num_splits is None:
+        num_splits = choose_num_splits(batch, NUM_KV_HEADS, context, cfg)
+
+    def ours(item) -> Callable[[], object]:
+        q, _, _, key_cache, value_cache, tables, out = item
+        return lambda: paged_decode_attention(q, key_cache, value_cache, tables, lens, head_dim**-0.5,
+                                              max_context_len=context, num_splits=num_splits, out=out, config=cfg)
+
+    row = {"batch": batch, "context": context, "num_splits": num_splits, "config": cfg.__dict__,
+           "kv_bytes": kv_bytes, "rotated_copies": copies}
+    row["ours_tbps"] = kv_bytes / _graph_ms([ours(item) for item in inputs]) / 1e9
+    if not peers:
+        return row
+    # SDPA on contiguous [batch, kv_heads, context, d] K/V with GQA (q: [batch, heads, 1, d]).
+    dense = [(q[:, :, None], k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
+             for q, k, v, *_ in inputs]
+    for q4, k4, v4 in dense[:1]:
+        ref = scaled_dot_product_attention(q4, k4, v4, enable_gqa=True)[:, :, 0]
+        row["rel_err_vs_sdpa"] = _rel_err(inputs[0][-1], ref)
+    sdpa_calls = [lambda a=a: scaled_dot_product_attention(*a, enable_gqa=True) for a in dense]
+    try:
+        sdpa_ms = _graph_ms(sdpa_calls)
+    except RuntimeError as exc:  # a backend that cannot be captured is timed with launches instead
+        row["sdpa_graph_error"] = str(exc).splitlines()[0][:200]
+        sdpa_ms = _median_ms(lambda: [call() for call in sdpa_calls]) / len(sdpa_calls)
+    row["sdpa_tbps"] = kv_bytes / sdpa_ms / 1e9
+    row["ratio_to_sdpa"] = row["ours_tbps"] / row["sdpa_tbps"]
+    return row
+
+
+def copy_bandwidth_tbps() -> float:
+    src = torch.randn(2**30 // 2, device="cuda", dtype=torch.bfloat16)  # 1 GiB
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 2 / _median_ms(lambda: dst.copy_(src)) / 1e9
+
+
+PREFILL_VARIANTS = [PrefillConfig(*c) for c in (
+    (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
+    (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4), (64, 128, 4, 3),
+)]
+DECODE_VARIANTS = [DecodeConfig(block_n=n, num_warps=w, num_stages=s) for n, w, s in (
+    (64, 4, 3), (32, 4, 3), (128, 4, 3), (64, 4, 4), (64, 8, 3), (128, 8, 3), (64, 4, 2), (32, 2, 4),
+)]
+
+
+def sweep() -> dict:
+    result: dict = {"prefill": [], "decode_tiles": [], "decode_splits": []}
+    for head_dim in (128, 64):
+        for cfg in PREFILL_VARIANTS:
+            try:
+                row = bench_prefill(4096, head_dim, cfg, peers=False)
+            except Exception as exc:  # noqa: BLE001 - a variant that does not compile is a result too
+                row = {"head_dim": head_dim, "config": cfg.__dict__, "error": repr(exc)[:300]}
+            print("prefill", row, flush=True)
+            result["prefill"].append(row)
+    for cfg in DECODE_VARIANTS:
+        row = bench_decode(64, 4096, 1, cfg, peers=False)
+        print("decode tiles", row, flush=True)
+        result["decode_tiles"].append(row)
+    for batch, context in ((1, 32768), (8, 32768), (16, 4096), (64, 4096), (1, 4096)):
+        for splits in (1, 2, 4, 8, 16, 32, 64, 128):
+            if context // splits < 128:
+                continue
+            row = bench_decode(batch, context, splits, None, peers=False)
+            print("decode splits", row, flush=True)
+            result["decode_splits"].append(row)
+    result["resources"] = compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, help="where to write the results (JSON)")
+    parser.add_argument("--md", help="where to write the markdown table")
+    parser.add_argument("--sweep", action="store_true", help="time tile/warp/stage/split variants instead")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("kernels.bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    meta = {
+        "device": torch.cuda.get_device_name(), "num_sms": torch.cuda.get_device_properties(0).multi_processor_count,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
+        "command": "python3 -m kernels.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "dtype": "bfloat16", "num_heads": NUM_HEADS, "num_kv_heads": NUM_KV_HEADS, "block_size": BLOCK_SIZE,
+    }
+    if args.sweep:
+        report = {"meta": meta, **sweep()}
+    else:
+        report = {"meta": meta, "copy_tbps": copy_bandwidth_tbps(), "prefill": [], "decode": []}
+        for head_dim in (128, 64):
+            for seq in PREFILL_SEQS:
+                row = bench_prefill(seq, head_dim, None, peers=True)
+                print("prefill", row, flush=True)
+                report["prefill"].append(row)
+        for batch, context in DECODE_SHAPES:
+            row = bench_decode(batch, context, None, None, peers=True)
+            row["ratio_to_copy"] = row["ours_tbps"] / report["copy_tbps"]
+            print("decode", row, flush=True)
+            report["decode"].append(row)
+        report["resources"] = compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    if args.md and not args.sweep:
+        write_markdown(report, args.md)
+    print(json.dumps(report["resources"], indent=None))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
