@@ -39,6 +39,7 @@ class HttpApi:
     def __init__(self, core: GatewayCore, api_keys: ApiKeys, max_body_bytes: int) -> None:
         self._core = core
         self._keys = api_keys
+        self._max_body_bytes = max_body_bytes
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
         self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/chat/completions", self._chat_completions)
@@ -58,8 +59,8 @@ class HttpApi:
             return await handler(request)
         except FlashStreamError as exc:
             return self._error(exc)
-        except web.HTTPRequestEntityTooLarge as exc:
-            return self._error(PayloadTooLarge(f"the request body is larger than {exc.max_size} bytes"))
+        except web.HTTPRequestEntityTooLarge:
+            return self._error(PayloadTooLarge(f"the request body is larger than {self._max_body_bytes} bytes"))
         except web.HTTPNotFound:
             return self._error(NotFound(f"no route for {request.method} {request.path}"))
         except web.HTTPMethodNotAllowed:

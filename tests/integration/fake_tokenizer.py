@@ -2,6 +2,7 @@
 
 Each request is answered with `chunks` (one token id per chunk) and a Done. The prompt steers it:
   "error:<code>:<message>"  → one Error event with that gRPC code
+  "late-error:<code>:<msg>" → the first chunk, then that Error
   "hang"                    → no answer at all (deadline tests)
   "slow"                    → chunks 0.1 s apart (disconnect tests)
 Aborts are honoured: the request stops and ends with Done(ABORT). Every up-message, request and abort
@@ -96,8 +97,11 @@ class FakeTokenizer(tokenizer_pb2_grpc.TokenizerServicer):
         c = self.config
         rid = req.request_id
         prompt = req.prompt if req.WhichOneof("input") == "prompt" else ""
-        if prompt.startswith("error:"):
-            _, code, message = prompt.split(":", 2)
+        if prompt.startswith(("error:", "late-error:")):
+            kind, code, message = prompt.split(":", 2)
+            if kind == "late-error":
+                out.put_nowait(tokenizer_pb2.TextEvent(request_id=rid, chunk=common_pb2.TextChunk(
+                    text=c.chunks[0], token_ids=[0]), num_prompt_tokens=c.num_prompt_tokens))
             out.put_nowait(tokenizer_pb2.TextEvent(request_id=rid, error=common_pb2.Error(code=int(code),
                                                                                             message=message)))
             return
