@@ -82,10 +82,12 @@ class EnginePool:
             self.metrics.prompt_tokens.inc(len(prompt))
         return name
 
-    def abort(self, key: Hashable) -> bool:
-        """Ends a live request with ABORT; False when it is not live (already ended or unknown)."""
+    def abort(self, key: Hashable) -> str | None:
+        """Ends a live request with ABORT; returns its worker's name, None when it is not live."""
         name = self._owner.get(key)
-        return name is not None and self.engines[name].abort(key)
+        if name is None or not self.engines[name].abort(key):
+            return None
+        return name
 
     def take_events(self, engine: Engine) -> list[Event]:
         """Events of one engine since the last call; forgets the requests that ended."""

@@ -1,0 +1,119 @@
+"""Conversions between the core's plain dataclasses and the scheduler and worker protobuf messages."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+from flashstream.v1 import common_pb2, scheduler_pb2, worker_pb2
+
+from services.common.errors import ErrorCode
+from services.common.pb import sampling_from_pb, sampling_to_pb
+from services.scheduler.config import WorkerLimits
+from services.scheduler.plan import (
+    Event,
+    Request,
+    RequestDone,
+    RequestError,
+    SeqError,
+    SeqOutput,
+    StepPlan,
+    StepResult,
+    TokenChunk,
+)
+
+
+def limits_from_info(info: worker_pb2.WorkerInfo) -> WorkerLimits:
+    return WorkerLimits(
+        block_size=info.block_size,
+        num_kv_blocks=info.num_kv_blocks,
+        max_num_seqs=info.max_num_seqs,
+        max_num_batched_tokens=info.max_num_batched_tokens,
+        max_model_len=info.max_model_len,
+        eos_token_ids=tuple(info.eos_token_ids),
+        worker_id=info.worker_id,
+        model_id=info.model_id,
+        model_revision=info.model_revision,
+        vocab_size=info.vocab_size,
+    )
+
+
+def request_from_pb(key: Hashable, pb: scheduler_pb2.TokenRequest) -> Request:
+    """A validated Request (raises InvalidArgument for bad sampling parameters)."""
+    return Request(
+        key=key,
+        prompt_token_ids=tuple(pb.prompt_token_ids),
+        params=sampling_from_pb(pb.sampling),
+        priority=pb.priority,
+        deadline=pb.deadline_unix_s,
+    )
+
+
+def plan_to_pb(plan: StepPlan) -> worker_pb2.StepPlan:
+    pb = worker_pb2.StepPlan(step_id=plan.step_id, finished_seq_ids=plan.finished_seq_ids)
+    for new in plan.new_seqs:
+        pb.new_seqs.append(worker_pb2.NewSeq(
+            seq_id=new.seq_id,
+            token_ids=new.token_ids,
+            num_prompt_tokens=new.num_prompt_tokens,
+            sampling=sampling_to_pb(new.params),
+            block_ids=new.block_ids,
+            num_computed_tokens=new.num_computed_tokens,
+            num_scheduled_tokens=new.num_scheduled_tokens,
+        ))
+    cached = pb.cached_seqs
+    for seq in plan.cached_seqs:
+        cached.add(seq_id=seq.seq_id, new_block_ids=seq.new_block_ids, num_scheduled_tokens=seq.num_scheduled_tokens)
+    return pb
+
+
+def _error_code(code: int) -> ErrorCode:
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.UNKNOWN
+
+
+def result_from_pb(pb: worker_pb2.StepResult) -> StepResult:
+    return StepResult(
+        step_id=pb.step_id,
+        outputs=[
+            SeqOutput(o.seq_id, o.token_id, o.logprob if o.HasField("logprob") else None) for o in pb.outputs
+        ],
+        errors=[SeqError(e.seq_id, _error_code(e.error.code), e.error.message) for e in pb.errors],
+        step_time_s=pb.step_time_s,
+    )
+
+
+def events_to_pb(events: Iterable[Event]) -> scheduler_pb2.SchedulerDown:
+    """One SchedulerDown for many events; a request's consecutive chunks merge into one. Keys are
+    (stream, request_id) pairs: the request id goes on the wire."""
+    down = scheduler_pb2.SchedulerDown()
+    open_chunks: dict[Hashable, scheduler_pb2.TokenChunk] = {}
+    for event in events:
+        request_id = event.key[1]
+        if isinstance(event, TokenChunk):
+            chunk = open_chunks.get(event.key)
+            if chunk is None:
+                item = down.events.add(request_id=request_id)
+                chunk = item.chunk
+                chunk.num_cached_tokens = event.num_cached_tokens
+                open_chunks[event.key] = chunk
+            chunk.token_ids.extend(event.token_ids)
+            chunk.logprobs.extend(event.logprobs)
+        elif isinstance(event, RequestDone):
+            open_chunks.pop(event.key, None)
+            down.events.add(request_id=request_id, done=common_pb2.Done(
+                finish_reason=int(event.finish_reason),
+                usage=common_pb2.Usage(
+                    prompt_tokens=event.num_prompt_tokens,
+                    completion_tokens=event.num_completion_tokens,
+                    cached_tokens=event.num_cached_tokens,
+                ),
+                latency=common_pb2.LatencyBreakdown(
+                    queue_s=event.queue_s, prefill_s=event.prefill_s, decode_s=event.decode_s
+                ),
+            ))
+        else:
+            open_chunks.pop(event.key, None)
+            down.events.add(request_id=request_id, error=common_pb2.Error(code=int(event.code), message=event.message))
+    return down

@@ -1,0 +1,119 @@
+"""Entry point of the scheduler stage: `flashstream serve scheduler --workers host:port[,host:port...]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv
+from services.common.grpc_server import StageServer, install_stop_signals, start_server
+from services.common.metrics import Metrics, start_status_server
+from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig
+from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.worker_pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashstream serve scheduler", description=__doc__)
+    add_server_args(parser, "scheduler")
+    defaults = SchedulerConfig()
+    parser.add_argument("--workers", default=env_default("workers", "127.0.0.1:50053"),
+                        help="worker addresses, host:port[,host:port...]")
+    parser.add_argument("--max-num-seqs", type=int, default=env_default("max_num_seqs", defaults.max_num_seqs))
+    parser.add_argument("--max-num-batched-tokens", type=int,
+                        default=env_default("max_num_batched_tokens", defaults.max_num_batched_tokens))
+    parser.add_argument("--max-queued-requests", type=int,
+                        default=env_default("max_queued_requests", defaults.max_queued_requests))
+    parser.add_argument("--policy", choices=POLICIES, default=env_default("policy", defaults.policy),
+                        help="continuous batching, or static batches run to completion (the baseline)")
+    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                        default=env_default("enable_prefix_caching", defaults.enable_prefix_caching))
+    return parser
+
+
+def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
+    args = build_parser().parse_args(argv)
+    return SchedulerStageConfig(
+        server=server_config(args),
+        workers=tuple(split_csv(args.workers)),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_queued_requests=args.max_queued_requests,
+            policy=args.policy,
+            enable_prefix_caching=args.enable_prefix_caching,
+        ),
+    )
+
+
+class SchedulerStage:
+    """The running stage: gRPC server, worker pool and servicer (tests start one in-process)."""
+
+    def __init__(self, config: SchedulerStageConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics("scheduler")
+        self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics)
+        self.servicer = SchedulerServicer(self.pool)
+        self.server: StageServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("the scheduler stage is not started")
+        return self.server.port
+
+    def ready(self) -> bool:
+        return self.pool.num_workers > 0 and not self.servicer.draining
+
+    async def start(self) -> None:
+        self.server = await start_server(
+            self.config.server.address,
+            [lambda s: scheduler_pb2_grpc.add_SchedulerServicer_to_server(self.servicer, s)],
+            [SERVICE_NAME],
+            serving=False,
+        )
+        loop = asyncio.get_running_loop()
+        self.pool.on_workers_changed = lambda num: loop.create_task(self._set_serving())
+        self.pool.start()
+
+    async def _set_serving(self) -> None:
+        if self.server is not None:
+            await self.server.set_serving(self.ready())
+
+    async def stop(self, grace_s: float) -> None:
+        self.servicer.draining = True
+        if self.server is not None:
+            await self.server.drain_and_stop(grace_s)
+        await self.pool.stop()
+
+
+async def serve(config: SchedulerStageConfig) -> int:
+    stage = SchedulerStage(config)
+    await stage.start()
+    status = await start_status_server(config.server.host, config.server.status_port, stage.metrics, stage.ready)
+    log.info("scheduler serving gRPC on %s:%d, status HTTP on port %d, workers %s",
+             config.server.host, stage.port, config.server.status_port, ",".join(config.workers))
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await stop.wait()
+    log.info("draining (up to %.1f s)", config.server.drain_timeout_s)
+    await stage.stop(config.server.drain_timeout_s)
+    await status.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = build_config(argv)
+    setup_logging(config.server.log_level, "scheduler")
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The Scheduler gRPC servicer: protobuf in and out, everything else in the worker pool and its engines.
+
+Request ids are unique only within one Connect stream, so the core keys requests by (stream number,
+request id). Each stream has an outbox of events; its writer sends everything pending as one SchedulerDown,
+so a stream gets at most one message per step whatever the number of requests on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from services.common.errors import ErrorCode, FlashStreamError
+from services.common.grpc_server import handle_errors
+from services.scheduler.pb import events_to_pb, request_from_pb
+from services.scheduler.plan import Event, RequestError, TokenChunk
+from services.scheduler.worker_pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    outbox: list[Event] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    live: set[str] = field(default_factory=set)  # request ids without a terminal event yet
+    upstream_done: bool = False
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.metrics = pool.metrics
+        self.draining = False
+        self._streams: dict[int, _Stream] = {}
+        self._stream_numbers = itertools.count()
+        pool.on_events = self.dispatch
+
+    def dispatch(self, events: list[Event]) -> None:
+        """Puts events in their streams' outboxes (events of streams already gone are dropped)."""
+        for event in events:
+            stream = self._streams.get(event.key[0])
+            if stream is None:
+                continue
+            stream.outbox.append(event)
+            if not isinstance(event, TokenChunk):
+                stream.live.discard(event.key[1])
+            stream.wake.set()
+
+    async def Connect(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[scheduler_pb2.SchedulerUp], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.SchedulerDown]:
+        number = next(self._stream_numbers)
+        stream = _Stream()
+        self._streams[number] = stream
+        reader = asyncio.create_task(self._read(number, stream, request_iterator))
+        try:
+            while True:
+                await stream.wake.wait()
+                stream.wake.clear()
+                if reader.done() and reader.exception() is not None:
+                    raise reader.exception()
+                if stream.outbox:
+                    events, stream.outbox = stream.outbox, []
+                    yield events_to_pb(events)
+                if stream.upstream_done and not stream.live and not stream.outbox:
+                    return
+        finally:
+            reader.cancel()
+            del self._streams[number]
+            for request_id in list(stream.live):  # upstream gone: free what its requests hold
+                self.pool.abort((number, request_id))
+
+    async def _read(
+        self, number: int, stream: _Stream, request_iterator: AsyncIterator[scheduler_pb2.SchedulerUp]
+    ) -> None:
+        try:
+            async for up in request_iterator:
+                for pb in up.requests:
+                    self._submit(number, stream, pb)
+                for request_id in up.abort_request_ids:
+                    self.pool.abort((number, request_id))
+        finally:
+            stream.upstream_done = True
+            stream.wake.set()
+
+    def _submit(self, number: int, stream: _Stream, pb: scheduler_pb2.TokenRequest) -> None:
+        key = (number, pb.request_id)
+        try:
+            if self.draining:
+                raise FlashStreamError("the scheduler is shutting down", ErrorCode.UNAVAILABLE)
+            if pb.request_id in stream.live:
+                raise FlashStreamError(f"request id {pb.request_id!r} is already in use", ErrorCode.INVALID_ARGUMENT)
+            self.pool.submit(request_from_pb(key, pb))
+            stream.live.add(pb.request_id)
+        except FlashStreamError as exc:
+            stream.outbox.append(RequestError(key, exc.code, exc.message))
+            stream.wake.set()
+            if self.metrics is not None:
+                self.metrics.request_errors.labels(self.metrics.stage, exc.code.name).inc()
+
+    @handle_errors
+    async def GetLoad(  # noqa: N802
+        self, request: scheduler_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Load:
+        engines = self.pool.engines
+        return scheduler_pb2.Load(
+            num_running=engines.num_running,
+            num_waiting=engines.num_waiting,
+            kv_cache_usage=engines.kv_cache_usage,
+            num_workers=self.pool.num_workers,
+        )
+
+    @handle_errors
+    async def Info(  # noqa: N802
+        self, request: scheduler_pb2.SchedulerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.SchedulerInfo:
+        engines = list(self.pool.engines.engines.values())
+        if not engines:
+            raise FlashStreamError("no worker is connected", ErrorCode.UNAVAILABLE)
+        limits = engines[0].limits
+        return scheduler_pb2.SchedulerInfo(
+            model_id=limits.model_id,
+            model_revision=limits.model_revision,
+            max_model_len=min(e.limits.max_model_len for e in engines),
+            vocab_size=limits.vocab_size,
+            num_workers=len(engines),
+            block_size=limits.block_size,
+            num_kv_blocks=sum(e.limits.num_kv_blocks for e in engines),
+        )

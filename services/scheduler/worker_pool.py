@@ -1,0 +1,164 @@
+"""gRPC side of the worker pool: one connection per worker address, each driving its Engine over one
+Worker.Step stream with up to two plans in flight, reconnecting with backoff when the worker is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+
+import grpc
+from flashstream.v1 import worker_pb2, worker_pb2_grpc
+
+from services.common.grpc_server import create_channel
+from services.scheduler.config import BackoffConfig, SchedulerConfig
+from services.scheduler.engine import Engine
+from services.scheduler.pb import limits_from_info, plan_to_pb, result_from_pb
+from services.scheduler.plan import Event, Request
+from services.scheduler.router import EnginePool
+
+log = logging.getLogger(__name__)
+
+INFO_TIMEOUT_S = 10.0
+
+
+class WorkerConnection:
+    """Keeps one worker connected and stepping."""
+
+    def __init__(self, address: str, pool: WorkerPool) -> None:
+        self.address = address
+        self.pool = pool
+        self.wake = asyncio.Event()  # set when the engine may have something new to schedule
+        self.num_connects = 0
+
+    async def run(self) -> None:
+        backoff = self.pool.backoff
+        delay = backoff.initial_s
+        while True:
+            channel = create_channel(self.address)
+            connected = False
+            try:
+                stub = worker_pb2_grpc.WorkerStub(channel)
+                info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S)
+                engine = self.pool.engines.add_worker(self.address, limits_from_info(info))
+                connected = True
+                self.num_connects += 1
+                delay = backoff.initial_s
+                log.info("worker %s connected (%s, %d KV blocks of %d tokens)",
+                         self.address, info.worker_id, info.num_kv_blocks, info.block_size)
+                self.pool.notify_workers_changed()
+                await self._serve(engine, stub.Step())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means the worker is lost; retry
+                reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+                if connected:
+                    log.warning("worker %s lost: %s", self.address, reason)
+                else:
+                    log.debug("worker %s not reachable: %s", self.address, reason)
+            finally:
+                if connected:
+                    self.pool.dispatch(self.pool.engines.remove_worker(
+                        self.address, f"worker {self.address} disconnected"))
+                    self.pool.notify_workers_changed()
+                await channel.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, backoff.max_s)
+
+    async def _serve(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
+        tasks = [asyncio.create_task(self._send_loop(engine, call)),
+                 asyncio.create_task(self._receive_loop(engine, call))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            call.cancel()
+
+    async def _send_loop(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            self.wake.clear()
+            plan = engine.build_plan()
+            self.pool.flush(engine)  # deadline expiries found while scheduling
+            if plan is not None:
+                await call.write(plan_to_pb(plan))
+                continue
+            deadline = engine.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.time()) + 0.001
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _receive_loop(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            pb = await call.read()
+            if pb is grpc.aio.EOF:
+                raise ConnectionError("the worker closed its Step stream")
+            engine.process_result(result_from_pb(pb))
+            self.pool.flush(engine)
+            self.wake.set()
+
+
+class WorkerPool:
+    """Every worker connection of one model pool, and the EnginePool that routes requests among them."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        config: SchedulerConfig,
+        backoff: BackoffConfig | None = None,
+        metrics=None,  # noqa: ANN001 - services.common.metrics.Metrics
+    ) -> None:
+        self.engines = EnginePool(config, metrics)
+        self.metrics = metrics
+        self.backoff = backoff or BackoffConfig()
+        self.connections = {address: WorkerConnection(address, self) for address in addresses}
+        self.on_events: Callable[[list[Event]], None] = lambda events: None
+        self.on_workers_changed: Callable[[int], None] = lambda num_workers: None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.engines.engines)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(c.run(), name=f"worker {a}") for a, c in self.connections.items()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def submit(self, request: Request) -> None:
+        """Queues a request on the best worker (raises a FlashStreamError when it cannot be taken)."""
+        name = self.engines.submit(request)
+        self.connections[name].wake.set()
+
+    def abort(self, key: Hashable) -> None:
+        name = self.engines.abort(key)
+        if name is not None:
+            self.flush(self.engines.engines[name])
+            self.connections[name].wake.set()
+
+    def flush(self, engine: Engine) -> None:
+        """Hands the engine's new events upstream and refreshes the load gauges."""
+        events = self.engines.take_events(engine)
+        if events:
+            self.on_events(events)
+        if self.metrics is not None:
+            self.metrics.num_requests_running.set(self.engines.num_running)
+            self.metrics.num_requests_waiting.set(self.engines.num_waiting)
+            self.metrics.kv_cache_usage_ratio.set(self.engines.kv_cache_usage)
+
+    def dispatch(self, events: list[Event]) -> None:
+        if events:
+            self.on_events(events)
+
+    def notify_workers_changed(self) -> None:
+        self.on_workers_changed(self.num_workers)

@@ -1,0 +1,159 @@
+"""A real gRPC Worker server over loopback around the pure-Python FakeWorker, for scheduler tests.
+
+It answers Worker.Info with the configured limits and Worker.Step with one StepResult per StepPlan, in
+order, sampling (last token + 1) % vocab (EOS after configured tokens). Every plan it received is kept in
+`plans` (as the core's dataclasses) so tests can assert exact step contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+from flashstream.v1 import worker_pb2, worker_pb2_grpc
+
+from services.common.grpc_server import start_server
+from services.common.sampling import SamplingParams
+from services.scheduler.plan import CachedSeq, NewSeq, StepPlan
+from tests.unit.scheduler.fake_worker import FakeWorker
+
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+def plan_from_pb(pb: worker_pb2.StepPlan) -> StepPlan:
+    return StepPlan(
+        step_id=pb.step_id,
+        new_seqs=[
+            NewSeq(n.seq_id, list(n.token_ids), n.num_prompt_tokens, SamplingParams.from_pb(n.sampling),
+                   list(n.block_ids), n.num_computed_tokens, n.num_scheduled_tokens)
+            for n in pb.new_seqs
+        ],
+        cached_seqs=[CachedSeq(c.seq_id, list(c.new_block_ids), c.num_scheduled_tokens) for c in pb.cached_seqs],
+        finished_seq_ids=list(pb.finished_seq_ids),
+    )
+
+
+@dataclass
+class FakeWorkerConfig:
+    num_kv_blocks: int = 64
+    block_size: int = 4
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 64
+    max_model_len: int = 256
+    vocab_size: int = 1000
+    eos_token_id: int = 999
+    eos_after: frozenset[int] = frozenset()
+    step_delay_s: float = 0.0  # simulated model time per step
+    worker_id: str = "fake-worker"
+
+
+@dataclass
+class FakeWorkerServer(worker_pb2_grpc.WorkerServicer):
+    config: FakeWorkerConfig = field(default_factory=FakeWorkerConfig)
+    plans: list[StepPlan] = field(default_factory=list)
+    num_streams: int = 0
+    errors: list[AssertionError] = field(default_factory=list)  # plans the fake worker could not run
+    gate: asyncio.Event | None = None  # when set by a test, each step waits for it
+
+    def __post_init__(self) -> None:
+        self.server = None
+        self.port = 0
+
+    async def start(self, port: int = 0) -> int:
+        self.server = await start_server(
+            f"127.0.0.1:{port}", [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(self, s)], [SERVICE_NAME]
+        )
+        self.port = self.server.port
+        return self.port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.server.stop(0)
+            self.server = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def Info(self, request, context):  # noqa: N802, ANN001, ANN201
+        c = self.config
+        return worker_pb2.WorkerInfo(
+            worker_id=c.worker_id, model_id="fake-model", model_revision="r1", architecture="Fake",
+            vocab_size=c.vocab_size, max_model_len=c.max_model_len, eos_token_ids=[c.eos_token_id],
+            block_size=c.block_size, num_kv_blocks=c.num_kv_blocks, max_num_seqs=c.max_num_seqs,
+            max_num_batched_tokens=c.max_num_batched_tokens, dtype="float32", device="cpu",
+        )
+
+    async def Step(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
+        c = self.config
+        # A new stream is a new worker incarnation: it holds no sequences, its KV is unknown.
+        worker = FakeWorker(c.num_kv_blocks, c.block_size, c.vocab_size, c.eos_token_id, c.eos_after)
+        self.num_streams += 1
+        async for pb in request_iterator:
+            plan = plan_from_pb(pb)
+            self.plans.append(plan)
+            if self.gate is not None:
+                await self.gate.wait()
+            if c.step_delay_s:
+                await asyncio.sleep(c.step_delay_s)
+            try:
+                result = worker.step(plan)
+            except AssertionError as exc:
+                self.errors.append(exc)
+                raise
+            yield worker_pb2.StepResult(
+                step_id=result.step_id,
+                outputs=[worker_pb2.SeqOutput(seq_id=o.seq_id, token_id=o.token_id) for o in result.outputs],
+            )
+
+    async def Embed(self, request, context):  # noqa: N802, ANN001, ANN201
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the fake worker does not embed")
+
+
+class SchedulerStreamClient:
+    """One Scheduler.Connect stream, read in the background into per-request event lists."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        from flashstream.v1 import scheduler_pb2_grpc
+
+        self.call = scheduler_pb2_grpc.SchedulerStub(channel).Connect()
+        self.messages: list = []  # every SchedulerDown, in order
+        self.events: dict[str, list] = {}  # request id -> its TokenEvents, in order
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for down in self.call:
+            self.messages.append(down)
+            for event in down.events:
+                self.events.setdefault(event.request_id, []).append(event)
+            self._changed.set()
+
+    async def send(self, requests=(), aborts=()) -> None:  # noqa: ANN001
+        from flashstream.v1 import scheduler_pb2
+
+        await self.call.write(scheduler_pb2.SchedulerUp(requests=list(requests), abort_request_ids=list(aborts)))
+
+    def tokens(self, request_id: str) -> list[int]:
+        return [t for e in self.events.get(request_id, []) if e.HasField("chunk") for t in e.chunk.token_ids]
+
+    def terminal(self, request_id: str):  # noqa: ANN201 - the request's Done/Error TokenEvent, or None
+        events = [e for e in self.events.get(request_id, []) if not e.HasField("chunk")]
+        return events[-1] if events else None
+
+    async def wait_for(self, predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
+        async def loop() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def wait_done(self, *request_ids: str, timeout: float = 10.0) -> None:
+        await self.wait_for(lambda: all(self.terminal(r) is not None for r in request_ids), timeout)
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
