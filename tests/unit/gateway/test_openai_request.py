@@ -1,0 +1,127 @@
+"""OpenAI request JSON → GenerationRequest: exact SamplingParams and exact error bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.errors import RequestError
+from gateway.openai_request import parse_openai_request
+from gateway.openai_response import error_response
+from gateway.schema import ChatTurn, GenerationRequest, TextOptions
+from services.common.sampling import SamplingParams
+
+
+def test_completion_defaults_follow_openai() -> None:
+    parsed = parse_openai_request({"model": "m", "prompt": "Hi"}, chat=False)
+    assert parsed.request == GenerationRequest(
+        model="m", prompt="Hi", sampling=SamplingParams(max_tokens=16, temperature=1.0),
+        options=TextOptions(add_special_tokens=True),
+    )
+    assert (parsed.chat, parsed.stream, parsed.include_usage, parsed.logprobs) == (False, False, False, False)
+
+
+def test_every_sampling_field_is_carried_exactly() -> None:
+    body = {
+        "prompt": ["Hi"], "max_tokens": 8, "temperature": 0, "top_p": 0.5, "top_k": -1, "min_p": 0.1,
+        "n": 1, "stop": ["a", "b"], "seed": 42, "presence_penalty": 1, "frequency_penalty": -1.5,
+        "repetition_penalty": 1.1, "logprobs": 3, "ignore_eos": True, "min_tokens": 4, "stop_token_ids": [2, 7],
+        "skip_special_tokens": False, "include_stop_str_in_output": True, "user": "x", "stream": True,
+        "stream_options": {"include_usage": True}, "priority": 5, "timeout": 2.5, "unknown_field": [1],
+    }
+    parsed = parse_openai_request(body, chat=False)
+    assert parsed.request == GenerationRequest(
+        model="", prompt="Hi",
+        sampling=SamplingParams(max_tokens=8, min_tokens=4, temperature=0.0, top_k=0, top_p=0.5, min_p=0.1,
+                                repetition_penalty=1.1, presence_penalty=1.0, frequency_penalty=-1.5, seed=42,
+                                stop_token_ids=(2, 7), ignore_eos=True, logprobs=3),
+        options=TextOptions(stop=("a", "b"), include_stop_str_in_output=True, skip_special_tokens=False,
+                            add_special_tokens=True),
+        priority=5, timeout_s=2.5,
+    )
+    assert (parsed.stream, parsed.include_usage, parsed.logprobs) == (True, True, True)
+
+
+def test_chat_takes_messages_max_completion_tokens_and_top_logprobs() -> None:
+    parsed = parse_openai_request({
+        "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "text", "text": "U"}]},
+                     {"role": "assistant", "content": None}],
+        "max_tokens": 3, "max_completion_tokens": 9, "logprobs": True, "top_logprobs": 2, "stop": "\n",
+    }, chat=True)
+    assert parsed.request == GenerationRequest(
+        model="", messages=(ChatTurn("system", "S"), ChatTurn("user", "U"), ChatTurn("assistant", "")),
+        sampling=SamplingParams(max_tokens=9, temperature=1.0, logprobs=2),
+        options=TextOptions(stop=("\n",), add_special_tokens=False),
+    )
+    assert parsed.logprobs is True
+
+
+def test_token_id_prompt_becomes_token_ids() -> None:
+    parsed = parse_openai_request({"prompt": [[1, 2, 3]]}, chat=False)
+    assert (parsed.request.prompt, parsed.request.token_ids) == (None, (1, 2, 3))
+
+
+def _body(exc: RequestError) -> tuple[int, dict[str, Any]]:
+    status, body, _ = error_response(exc)
+    return status, body
+
+
+def _err(message: str, param: str | None, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+
+@pytest.mark.parametrize(("body", "chat", "message", "param", "code"), [
+    ([], False, "the request body must be a JSON object, got array", None, "invalid_type"),
+    ({}, False, "'prompt' is required", "prompt", "missing_required_parameter"),
+    ({"prompt": ""}, False, "prompt must not be empty", "prompt", "invalid_value"),
+    ({"prompt": []}, False, "prompt must not be empty", "prompt", "invalid_value"),
+    ({"prompt": ["a", "b"]}, False, "batched prompts are not supported: send one prompt per request", "prompt",
+     "unsupported_value"),
+    ({"prompt": 5}, False, "'prompt' must be a string or an array of token ids, got integer", "prompt",
+     "invalid_type"),
+    ({"prompt": "x", "max_tokens": -1}, False, "max_tokens must be at least 1, got -1", "max_tokens",
+     "invalid_value"),
+    ({"prompt": "x", "max_tokens": "10"}, False, "'max_tokens' must be an integer, got string", "max_tokens",
+     "invalid_type"),
+    ({"prompt": "x", "max_tokens": 2.5}, False, "'max_tokens' must be an integer, got number", "max_tokens",
+     "invalid_type"),
+    ({"prompt": "x", "temperature": True}, False, "'temperature' must be a number, got boolean", "temperature",
+     "invalid_type"),
+    ({"prompt": "x", "temperature": -1}, False, "temperature must be in [0, 100.0], got -1.0", "temperature",
+     "invalid_value"),
+    ({"prompt": "x", "top_p": 0}, False, "top_p must be in (0, 1], got 0.0", "top_p", "invalid_value"),
+    ({"prompt": "x", "logprobs": 21}, False, "logprobs must be in [0, 20], got 21", "logprobs", "invalid_value"),
+    ({"prompt": "x", "stop": ["a", 1]}, False, "'stop' must be a string or an array of strings, got array", "stop",
+     "invalid_type"),
+    ({"prompt": "x", "stop": ""}, False, "stop strings must not be empty", "stop", "invalid_value"),
+    ({"prompt": "x", "n": 3}, False, "'n' must be 1: this server returns one choice per request", "n",
+     "unsupported_value"),
+    ({"prompt": "x", "stream_options": {"include_usage": True}}, False,
+     "'stream_options' is only allowed when 'stream' is true", "stream_options", "invalid_value"),
+    ({"prompt": "x", "echo": True, "logprobs": 1}, False, "'echo' together with 'logprobs' is not supported",
+     "echo", "unsupported_value"),
+    ({"prompt": "x", "timeout": -1}, False, "timeout must be a non-negative number of seconds, got -1.0",
+     "timeout", "invalid_value"),
+    ({"prompt": "x", "seed": -3}, False, "seed must be in [0, 2**63), got -3", "seed", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, True,
+     "max_tokens must be at least 1, got 0", "max_completion_tokens", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, True,
+     "'top_logprobs' requires 'logprobs' to be true", "top_logprobs", "invalid_value"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, True,
+     "messages[0].role must be one of system, user, assistant, tool, got 'wizard'", "messages[0].role",
+     "invalid_value"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, True,
+     "messages[0].content[0] must be a text part; only text is supported", "messages[0].content",
+     "unsupported_value"),
+    ({"messages": [{"content": "x"}]}, True, "messages[0] must be an object with a string 'role'", "messages[0]",
+     "invalid_type"),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, True,
+     "'tools' are not supported", "tools", "unsupported_value"),
+])
+def test_bad_fields_get_an_openai_400_naming_the_field(
+    body: Any, chat: bool, message: str, param: str | None, code: str
+) -> None:
+    with pytest.raises(RequestError) as err:
+        parse_openai_request(body, chat)
+    assert _body(err.value) == (400, _err(message, param, code))

@@ -1,0 +1,82 @@
+"""Gateway events → OpenAI JSON: finish reasons, usage, chunks, and status codes of errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import ModelNotFound, PayloadTooLarge
+from gateway.openai_response import ResponseBuilder, error_response, usage_json
+from gateway.schema import Finished, FinishReason, TextDelta, TokenLogprob, TopLogprob, Usage
+from services.common.errors import (
+    DeadlineExceeded,
+    FlashStreamError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+
+@pytest.mark.parametrize(("reason", "openai"), [
+    (FinishReason.EOS, "stop"), (FinishReason.STOP, "stop"), (FinishReason.STOP_STRING, "stop"),
+    (FinishReason.LENGTH, "length"), (FinishReason.ABORT, "abort"),
+])
+def test_finish_reasons_map_to_openai(reason: FinishReason, openai: str) -> None:
+    assert reason.openai == openai
+
+
+@pytest.mark.parametrize(("exc", "status", "type_", "code", "headers"), [
+    (InvalidArgument("bad"), 400, "invalid_request_error", "invalid_value", {}),
+    (PayloadTooLarge("big"), 413, "invalid_request_error", "request_too_large", {}),
+    (ModelNotFound("no such model"), 404, "invalid_request_error", "model_not_found", {}),
+    (Unauthenticated("who"), 401, "invalid_request_error", "invalid_api_key", {}),
+    (ResourceExhausted("full"), 429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": "1"}),
+    (Unavailable("down"), 503, "server_error", "service_unavailable", {"Retry-After": "1"}),
+    (DeadlineExceeded("late"), 504, "server_error", "timeout", {}),
+    (FlashStreamError("boom"), 500, "server_error", "internal_error", {}),
+])
+def test_error_codes_map_to_http_status_and_openai_error(
+    exc: FlashStreamError, status: int, type_: str, code: str, headers: dict[str, str]
+) -> None:
+    param = "model" if isinstance(exc, ModelNotFound) else None
+    assert error_response(exc) == (
+        status, {"error": {"message": exc.message, "type": type_, "param": param, "code": code}}, headers)
+
+
+def test_usage_counts_total_and_cached_tokens() -> None:
+    assert usage_json(Usage(prompt_tokens=10, completion_tokens=4, cached_tokens=8)) == {
+        "prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
+        "prompt_tokens_details": {"cached_tokens": 8}}
+
+
+def test_full_completion_joins_text_and_logprobs_with_offsets() -> None:
+    builder = ResponseBuilder("cmpl-1", "m", 100, chat=False, logprobs=True)
+    deltas = [
+        TextDelta("ab", (1,), (TokenLogprob(1, -0.1, "ab", (TopLogprob(2, -3.0, "x"),)),)),
+        TextDelta("c", (3,), (TokenLogprob(3, -0.2, "c"),)),
+    ]
+    body = builder.full(deltas, Finished(FinishReason.LENGTH, Usage(3, 2, 0)))
+    assert body == {
+        "id": "cmpl-1", "object": "text_completion", "created": 100, "model": "m",
+        "choices": [{"index": 0, "text": "abc", "finish_reason": "length", "logprobs": {
+            "tokens": ["ab", "c"], "token_logprobs": [-0.1, -0.2], "top_logprobs": [{"x": -3.0}, {}],
+            "text_offset": [0, 2]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
+                  "prompt_tokens_details": {"cached_tokens": 0}},
+    }
+
+
+def test_chat_chunks_send_the_role_once_and_close_with_an_empty_delta() -> None:
+    builder = ResponseBuilder("chatcmpl-1", "m", 7, chat=True, logprobs=False)
+    first = builder.chunk(TextDelta("Hi"))
+    second = builder.chunk(TextDelta("!"))
+    last = builder.chunk(None, "stop")
+    assert first == {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "logprobs": None,
+                                  "finish_reason": None}]}
+    assert second["choices"][0]["delta"] == {"content": "!"}
+    assert last["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    assert builder.usage_chunk(Usage(1, 2, 0)) == {
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
+                  "prompt_tokens_details": {"cached_tokens": 0}}}
