@@ -150,7 +150,7 @@ class BlockManager:
         return needed <= self.num_free_blocks - num_idle_hits
 
     def allocate(self, seq: Sequence, hits: list[int], num_new_tokens: int) -> None:
-        """Gives a waiting sequence its prefix hits and blocks for num_new_tokens; sets its counters."""
+        """Gives a waiting sequence its prefix hits and blocks for num_new_tokens more tokens."""
         if seq.block_table:
             raise RuntimeError(f"{seq!r} already holds blocks")
         if not self.can_allocate(seq, hits, num_new_tokens):
@@ -161,8 +161,7 @@ class BlockManager:
                 del self.evictable[block_id]
             block.ref_count += 1
         seq.block_table = list(hits)
-        seq.num_cached_tokens = len(hits) * self.block_size
-        seq.num_computed_tokens = seq.num_cached_tokens
+        seq.num_computed_tokens = len(hits) * self.block_size
         seq.num_registered_blocks = len(hits)
         self._grow(seq, seq.num_computed_tokens + num_new_tokens)
 

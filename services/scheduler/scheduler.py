@@ -165,13 +165,15 @@ class Scheduler:
             heapq.heappop(self.waiting)
             self.num_waiting -= 1
             bm.allocate(seq, hits, num_new)
+            if seq.num_preemptions == 0:  # usage reports the prompt tokens the first admission found cached
+                seq.num_cached_tokens = seq.num_computed_tokens
             seq.status = _RUNNING
             seq.seq_id = self._next_seq_id
             self._next_seq_id += 1
             self.running[seq.seq_id] = seq
             if self.metrics is not None:
                 self.metrics.prefix_cache_queries.inc(len(seq.token_ids))
-                self.metrics.prefix_cache_hits.inc(seq.num_cached_tokens)
+                self.metrics.prefix_cache_hits.inc(seq.num_computed_tokens)
             if num_new > 0:
                 self._commit(seq, num_new, now, scheduled_ids, out)
                 budget -= num_new

@@ -102,3 +102,21 @@ class FakeWorker:
         token = self.next_token(seq.token_ids[-1])
         seq.token_ids.append(token)
         return token
+
+
+def run_engine(engine, worker: FakeWorker, max_steps: int = 10_000) -> list:  # noqa: ANN001 - an Engine
+    """Drives an Engine against the fake worker, keeping as many plans in flight as the engine allows,
+    until nothing is left to do; returns every event in order."""
+    in_flight: list[StepResult] = []
+    events: list = []
+    for _ in range(max_steps):
+        while (plan := engine.build_plan()) is not None:
+            in_flight.append(worker.step(plan))
+        events.extend(engine.take_events())
+        if not in_flight:
+            if engine.has_work():
+                raise PlanError("the engine has work but scheduled nothing")
+            return events
+        engine.process_result(in_flight.pop(0))
+        events.extend(engine.take_events())
+    raise PlanError(f"not idle after {max_steps} steps")
