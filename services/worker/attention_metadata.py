@@ -1,0 +1,72 @@
+"""Per-step attention metadata: positions, slot mapping, block tables, query starts and context lengths.
+
+Built in one place from the step's scheduled chunks and passed explicitly to every attention layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class SeqChunk:
+    """The tokens one sequence runs in a step: positions [start, start + num_tokens) of its block table."""
+
+    start: int
+    num_tokens: int
+    block_ids: Sequence[int]
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    positions: torch.Tensor  # [num_tokens] int64
+    slot_mapping: torch.Tensor  # [num_tokens] int64, block_id * block_size + offset
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int32, rows padded with 0
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32
+    context_lens: torch.Tensor  # [num_seqs] int32, KV entries after this step's writes
+    max_query_len: int
+    max_context_len: int
+    # Decode kernel split count; None lets the kernel choose (graphs fix it at capture).
+    decode_num_splits: int | None = None
+
+    @property
+    def num_seqs(self) -> int:
+        return self.context_lens.shape[0]
+
+    @property
+    def is_decode(self) -> bool:
+        """Every sequence runs exactly one token, so the decode kernel applies."""
+        return self.max_query_len == 1
+
+
+def build_attention_metadata(
+    chunks: Sequence[SeqChunk], block_size: int, device: torch.device, max_blocks: int | None = None
+) -> AttentionMetadata:
+    """Metadata of one step; `max_blocks` fixes the block table width (CUDA graphs need a constant one)."""
+    num_tokens = np.fromiter((c.num_tokens for c in chunks), dtype=np.int64, count=len(chunks))
+    starts = np.fromiter((c.start for c in chunks), dtype=np.int64, count=len(chunks))
+    context_lens = starts + num_tokens
+    width = max_blocks if max_blocks is not None else max((len(c.block_ids) for c in chunks), default=1)
+    block_tables = np.zeros((len(chunks), max(width, 1)), dtype=np.int32)
+    for i, chunk in enumerate(chunks):
+        block_tables[i, : len(chunk.block_ids)] = chunk.block_ids
+    query_start_loc = np.zeros(len(chunks) + 1, dtype=np.int32)
+    np.cumsum(num_tokens, out=query_start_loc[1:])
+    seq_index = np.repeat(np.arange(len(chunks)), num_tokens)  # [total_tokens]
+    positions = np.arange(int(query_start_loc[-1]), dtype=np.int64) - np.repeat(
+        query_start_loc[:-1].astype(np.int64) - starts, num_tokens
+    )
+    slots = block_tables[seq_index, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    return AttentionMetadata(
+        positions=torch.from_numpy(positions).to(device, non_blocking=True),
+        slot_mapping=torch.from_numpy(slots).to(device, non_blocking=True),
+        block_tables=torch.from_numpy(block_tables).to(device, non_blocking=True),
+        query_start_loc=torch.from_numpy(query_start_loc).to(device, non_blocking=True),
+        context_lens=torch.from_numpy(context_lens.astype(np.int32)).to(device, non_blocking=True),
+        max_query_len=int(num_tokens.max(initial=0)),
+        max_context_len=int(context_lens.max(initial=0)),
+    )

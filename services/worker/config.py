@@ -1,0 +1,53 @@
+"""The worker stage's configuration, built once in main() from flags and FLASHSTREAM_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import ServerConfig
+from services.common.errors import InvalidArgument
+
+LOAD_FORMATS = ("auto", "dummy", "fake")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model: str  # a Hugging Face checkpoint folder, or a preset name for dummy/fake
+    model_id: str = ""  # name clients use; defaults to the folder's or preset's name
+    load_format: str = "auto"  # auto: safetensors; dummy: random weights; fake: no model at all
+    dtype: str = "auto"  # auto: bfloat16 on CUDA (fp16 checkpoints keep fp16), float32 on CPU
+    device: str = "auto"  # auto: cuda when available, else cpu
+    block_size: int = 16
+    num_kv_blocks: int = 0  # 0: measured on CUDA, CPU_DEFAULT_KV_BLOCKS elsewhere
+    gpu_memory_utilization: float = 0.90
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int = 0  # 0: the model's max_position_embeddings
+    enforce_eager: bool = False  # no CUDA graphs
+    fake_token_id: int = -1  # fake mode's token; -1: the smallest id that is not EOS
+    seed: int = 0  # dummy weights' seed
+    worker_id: str = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise InvalidArgument("--model is required (a checkpoint folder or a preset name)")
+        if self.load_format not in LOAD_FORMATS:
+            raise InvalidArgument(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
+        if self.dtype not in DTYPES:
+            raise InvalidArgument(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise InvalidArgument(f"block_size must be a power of two, got {self.block_size}")
+        for name in ("num_kv_blocks", "max_model_len"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise InvalidArgument(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+CPU_DEFAULT_KV_BLOCKS = 1024
+FAKE_DEFAULT_KV_BLOCKS = 65536

@@ -1,0 +1,110 @@
+"""Builds a worker from its configuration: model config, weights, KV cache, graphs, sampler and Runner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.errors import InvalidArgument
+from services.worker.config import CPU_DEFAULT_KV_BLOCKS, FAKE_DEFAULT_KV_BLOCKS, WorkerConfig
+from services.worker.model_config import ModelConfig
+from services.worker.presets import PRESETS, preset_config
+from services.worker.runner import FakeExecutor, Runner
+from services.worker.sequences import SequenceLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What Worker.Info reports."""
+
+    worker_id: str
+    model_id: str
+    model_revision: str
+    model: ModelConfig
+    max_model_len: int
+    block_size: int
+    num_kv_blocks: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    dtype: str
+    device: str
+
+
+class Engine:
+    """A built worker: `runner` steps plans, `embed` pools hidden states (None in fake mode)."""
+
+    def __init__(self, info: EngineInfo, runner: Runner, model=None) -> None:  # noqa: ANN001 - CausalDecoder
+        self.info = info
+        self.runner = runner
+        self.model = model
+
+    def embed(self, inputs: list[list[int]], normalize: bool) -> list[list[float]]:
+        if self.model is None:
+            raise InvalidArgument("this worker runs in fake mode and has no model to embed with")
+        from services.worker.embedding import embed_tokens
+
+        return embed_tokens(self.model, inputs, normalize, self.info.max_model_len, self.info.block_size)
+
+
+def resolve_model_config(config: WorkerConfig) -> tuple[ModelConfig, str, str]:
+    """(model config, model id, revision) of a checkpoint folder, or of a preset for dummy and fake modes."""
+    folder = Path(config.model)
+    if (folder / "config.json").is_file():
+        cfg = ModelConfig.from_folder(folder)
+        name = config.model_id or folder.resolve().name
+        if config.load_format == "auto":
+            from services.worker.loader import model_revision
+
+            return cfg, name, model_revision(folder)
+        digest = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
+        return cfg, name, f"{config.load_format}-{digest}"
+    if config.model in PRESETS:
+        if config.load_format == "auto":
+            raise InvalidArgument(f"preset {config.model!r} has no weights; use --load-format dummy or fake")
+        digest = hashlib.sha256(json.dumps(PRESETS[config.model], sort_keys=True).encode()).hexdigest()[:12]
+        return preset_config(config.model), config.model_id or config.model, f"{config.load_format}-{digest}"
+    raise InvalidArgument(f"--model {config.model!r} is neither a folder with config.json nor a preset ({', '.join(PRESETS)})")
+
+
+def max_model_len_of(config: WorkerConfig, cfg: ModelConfig) -> int:
+    limit = cfg.max_position_embeddings
+    if cfg.sliding_window is not None:
+        limit = min(limit, cfg.sliding_window)  # no sliding-window attention: stay within one window
+    if config.max_model_len > limit:
+        raise InvalidArgument(f"max_model_len {config.max_model_len} exceeds the model's limit {limit}")
+    return config.max_model_len or limit
+
+
+def fake_token_id(config: WorkerConfig, cfg: ModelConfig) -> int:
+    if config.fake_token_id >= 0:
+        if config.fake_token_id >= cfg.vocab_size or config.fake_token_id in cfg.eos_token_ids:
+            raise InvalidArgument(f"fake_token_id {config.fake_token_id} must be a non-EOS id below {cfg.vocab_size}")
+        return config.fake_token_id
+    return next(t for t in range(cfg.vocab_size) if t not in cfg.eos_token_ids)
+
+
+def build_engine(config: WorkerConfig) -> Engine:
+    cfg, model_id, revision = resolve_model_config(config)
+    max_len = max_model_len_of(config, cfg)
+    worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    if config.load_format == "fake":
+        num_blocks = config.num_kv_blocks or FAKE_DEFAULT_KV_BLOCKS
+        limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
+        runner = Runner(FakeExecutor(fake_token_id(config, cfg)), limits, config.max_num_seqs,
+                        config.max_num_batched_tokens)
+        info = EngineInfo(worker_id, model_id, revision, cfg, max_len, config.block_size, num_blocks,
+                          config.max_num_seqs, config.max_num_batched_tokens, cfg.dtype, "none")
+        return Engine(info, runner)
+    from services.worker.model_engine import build_model_engine
+
+    return build_model_engine(config, cfg, model_id, revision, max_len, worker_id)
+
+
+__all__ = ["CPU_DEFAULT_KV_BLOCKS", "Engine", "EngineInfo", "build_engine"]

@@ -1,0 +1,112 @@
+"""Builds the decoder on the meta device and fills it straight on the target device.
+
+Real weights are copied tensor by tensor from safetensors (`safe_open` maps the file; each tensor is read once
+and copied into its parameter), so the host never holds a second full copy of the model. Every problem (no
+weights, a missing shard, an unknown or missing tensor, a wrong shape) is refused at start, naming the file and
+the tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from services.common.errors import InvalidArgument
+from services.worker.model_config import ModelConfig
+from services.worker.models.decoder import CausalDecoder, fused_shards
+from services.worker.ops import Ops
+
+INDEX_FILE = "model.safetensors.index.json"
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The checkpoint's safetensors files: those of the index, model.safetensors, or every *.safetensors."""
+    folder = Path(folder)
+    index = folder / INDEX_FILE
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text()).get("weight_map", {})
+        files: dict[str, str] = {}
+        for tensor, name in weight_map.items():
+            files.setdefault(name, tensor)
+        for name, tensor in files.items():
+            if not (folder / name).is_file():
+                raise InvalidArgument(f"{index}: shard {folder / name} (holding tensor {tensor}) is missing")
+        return [folder / name for name in sorted(files)]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    files_found = sorted(folder.glob("*.safetensors"))
+    if not files_found:
+        raise InvalidArgument(f"{folder}: no model.safetensors, {INDEX_FILE} or *.safetensors file")
+    return files_found
+
+
+def model_revision(folder: str | Path) -> str:
+    """Short hash of config.json and the weight files' names and sizes (cheap, no weight bytes read)."""
+    folder = Path(folder)
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for path in weight_files(folder):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:12]
+
+
+def build_empty_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device) -> CausalDecoder:
+    """The decoder with uninitialised parameters of `dtype` on `device` (nothing is allocated twice)."""
+    with torch.device("meta"):
+        model = CausalDecoder(cfg, ops).to(dtype)
+    return model.to_empty(device=device).eval().requires_grad_(False)
+
+
+def _targets(model: CausalDecoder) -> dict[str, tuple[torch.Tensor, int, int]]:
+    """Checkpoint tensor name → (parameter, first row, number of rows) it fills."""
+    shards = fused_shards(model.cfg)
+    targets: dict[str, tuple[torch.Tensor, int, int]] = {}
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        fused = [(ckpt, first, rows) for ckpt, (fname, first, rows) in shards.items() if fname in parts]
+        if not fused:
+            targets[name] = (param, 0, param.shape[0])
+            continue
+        for ckpt, first, rows in fused:
+            targets[".".join(ckpt if p in ("qkv_proj", "gate_up_proj") else p for p in parts)] = (param, first, rows)
+    return targets
+
+
+def load_weights(model: CausalDecoder, folder: str | Path) -> None:
+    """Copies every tensor of the checkpoint into its parameter; refuses unknown, missing or misshapen ones."""
+    targets = _targets(model)
+    loaded: set[str] = set()
+    tied = model.cfg.tie_word_embeddings
+    for path in weight_files(folder):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
+                    continue
+                if name not in targets:
+                    raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}")
+                param, first, rows = targets[name]
+                expected = (rows, *param.shape[1:])
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != expected:
+                    raise InvalidArgument(f"{path}: tensor {name} has shape {shape}, expected {expected}")
+                param.data[first : first + rows].copy_(f.get_tensor(name))
+                loaded.add(name)
+    missing = sorted(set(targets) - loaded)
+    if missing:
+        raise InvalidArgument(f"{folder}: tensor {missing[0]} is missing from the checkpoint ({len(missing)} missing)")
+
+
+def init_dummy_weights(model: CausalDecoder, seed: int = 0, std: float = 0.02) -> None:
+    """Random weights of the right shapes: norms at 1, the rest N(0, std) so activations stay finite."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.data.fill_(1.0)
+        elif name.endswith(".bias"):
+            param.data.zero_()
+        else:
+            param.data.normal_(0.0, std, generator=gen)

@@ -1,0 +1,81 @@
+"""The torch side of building a worker: device and dtype, weights, rotary tables, KV cache, graphs, sampler."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from services.common.errors import InvalidArgument
+from services.worker.config import CPU_DEFAULT_KV_BLOCKS, WorkerConfig
+from services.worker.cuda_graphs import DecodeGraphs
+from services.worker.engine import Engine, EngineInfo
+from services.worker.kv_cache import KVCache
+from services.worker.loader import build_empty_model, init_dummy_weights, load_weights
+from services.worker.model_config import ModelConfig
+from services.worker.model_runner import ModelRunner
+from services.worker.ops import select_ops
+from services.worker.profiling import profile_kv_blocks
+from services.worker.rope import rotary_tables
+from services.worker.runner import ModelExecutor, Runner
+from services.worker.sampler import Sampler
+from services.worker.sequences import SequenceLimits
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument(f"device {name!r} asked for, but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resolve_dtype(name: str, cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        name = cfg.dtype if cfg.dtype in ("float16", "bfloat16") else "bfloat16"
+    return getattr(torch, name)
+
+
+def build_model_engine(
+    config: WorkerConfig, cfg: ModelConfig, model_id: str, revision: str, max_len: int, worker_id: str
+) -> Engine:
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, cfg, device)
+    model = build_empty_model(cfg, select_ops(device), dtype, device)
+    if config.load_format == "dummy":
+        init_dummy_weights(model, config.seed)
+    else:
+        load_weights(model, config.model)
+    model.set_rope(*rotary_tables(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, device))
+    num_blocks = config.num_kv_blocks
+    if not num_blocks:
+        if device.type == "cuda":
+            num_blocks = profile_kv_blocks(
+                model, config.block_size, config.max_num_batched_tokens, config.max_num_seqs, max_len,
+                config.gpu_memory_utilization,
+            ).num_kv_blocks
+            if num_blocks == 0:
+                raise InvalidArgument("no room for a KV cache: raise --gpu-memory-utilization or lower the limits")
+        else:
+            num_blocks = CPU_DEFAULT_KV_BLOCKS
+    kv_cache = KVCache(cfg, num_blocks, config.block_size, dtype, device)
+    graphs = None
+    if device.type == "cuda" and not config.enforce_eager:
+        graphs = DecodeGraphs(model, kv_cache, config.max_num_seqs, max_len)
+        graphs.capture()
+        log.info("captured decode CUDA graphs for batch sizes %s", graphs.buckets)
+    limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
+    executor = ModelExecutor(ModelRunner(model, kv_cache, graphs), Sampler(cfg.vocab_size, cfg.eos_token_ids))
+    runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens)
+    info = EngineInfo(
+        worker_id, model_id, revision, cfg, max_len, config.block_size, num_blocks, config.max_num_seqs,
+        config.max_num_batched_tokens, str(dtype).removeprefix("torch."), str(device),
+    )
+    return Engine(info, runner, model)

@@ -1,0 +1,37 @@
+"""Runs the decoder on one step's chunks and returns the logits of the rows that sample."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from services.worker.attention_metadata import SeqChunk, build_attention_metadata
+from services.worker.cuda_graphs import DecodeGraphs
+from services.worker.kv_cache import KVCache
+from services.worker.models.decoder import CausalDecoder
+
+
+class ModelRunner:
+    """The model, its KV cache and (on CUDA) its decode graphs."""
+
+    def __init__(self, model: CausalDecoder, kv_cache: KVCache, graphs: DecodeGraphs | None = None) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.graphs = graphs
+        self.device = kv_cache.data.device
+
+    @torch.inference_mode()
+    def forward(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], sample_rows: Sequence[int]) -> torch.Tensor:
+        """token_ids: the chunks' tokens, concatenated. Returns fp32 logits [len(sample_rows), vocab] of the last
+        token of each chunk listed in sample_rows."""
+        if self.graphs is not None and all(c.num_tokens == 1 for c in chunks) and len(chunks) <= self.graphs.max_batch:
+            logits = self.graphs.run(token_ids, chunks)  # [num_seqs, vocab]
+            return logits if len(sample_rows) == len(chunks) else logits[list(sample_rows)]
+        meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
+        input_ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).to(self.device, non_blocking=True)
+        hidden = self.model(input_ids, meta, self.kv_cache.layers)  # [num_tokens, hidden]
+        last = np.cumsum([c.num_tokens for c in chunks]) - 1  # row of each chunk's last token
+        rows = torch.as_tensor(last[list(sample_rows)], dtype=torch.int64).to(self.device, non_blocking=True)
+        return self.model.compute_logits(hidden.index_select(0, rows))

@@ -1,0 +1,159 @@
+"""One causal decoder for Llama 2/3, Mistral, Qwen2 and Qwen3; the differences are flags of ModelConfig.
+
+Parameter names follow the Hugging Face checkpoints, except that q/k/v and gate/up projections are fused into
+one matrix each (`qkv_proj`, `gate_up_proj`) so a step runs two GEMMs fewer per layer; the loader fills them
+shard by shard (see `FUSED_SHARDS`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from services.worker.attention_metadata import AttentionMetadata
+from services.worker.model_config import ModelConfig
+from services.worker.ops import Ops
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # ([num_blocks, block_size, num_kv_heads, head_dim],) * 2
+
+
+def fused_shards(cfg: ModelConfig) -> dict[str, tuple[str, int, int]]:
+    """Checkpoint projection name → (fused name, first row, number of rows) inside the fused weight."""
+    q, kv, inter = cfg.q_size, cfg.kv_size, cfg.intermediate_size
+    return {
+        "q_proj": ("qkv_proj", 0, q),
+        "k_proj": ("qkv_proj", q, kv),
+        "v_proj": ("qkv_proj", q + kv, kv),
+        "gate_proj": ("gate_up_proj", 0, inter),
+        "up_proj": ("gate_up_proj", inter, inter),
+    }
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float, ops: Ops) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):  # noqa: ANN201 - one or two tensors
+        return self.ops.rms_norm(x, self.weight, self.eps, residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.ops = ops
+        self.scale = cfg.head_dim**-0.5
+        self.qkv_proj = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops)
+
+    def forward(
+        self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        cfg, ops = self.cfg, self.ops
+        num_tokens = x.shape[0]
+        qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
+        q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+        q = q.view(num_tokens, cfg.num_heads, cfg.head_dim)
+        k = k.view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
+        v = v.view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            # Qwen3 normalises every head of q and k before the rotation.
+            q = self.q_norm(q.reshape(-1, cfg.head_dim)).view(num_tokens, cfg.num_heads, cfg.head_dim)
+            k = self.k_norm(k.reshape(-1, cfg.head_dim)).view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
+        q, k = ops.apply_rotary(q, k, meta.positions, rope[0], rope[1])
+        key_cache, value_cache = kv_cache
+        ops.write_kv_cache(k, v, key_cache, value_cache, meta.slot_mapping)
+        if meta.is_decode:
+            out = ops.decode_attention(
+                q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
+                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits,
+            )
+        else:
+            out = ops.prefill_attention(
+                q, key_cache, value_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.scale,
+                causal=True, max_query_len=meta.max_query_len,
+            )
+        return self.o_proj(out.view(num_tokens, cfg.q_size))  # [num_tokens, hidden]
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+        super().__init__()
+        self.ops = ops
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg, ops)
+        self.mlp = MLP(cfg, ops)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        meta: AttentionMetadata,
+        kv_cache: KVCache,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The residual add is fused into the next norm: (normed, x + residual).
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, meta, kv_cache, rope)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, ops) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+
+
+class CausalDecoder(nn.Module):
+    """Token ids in, final hidden states out; `compute_logits` maps chosen rows to the vocabulary."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = DecoderModel(cfg, ops)
+        # Tied checkpoints reuse the embedding matrix; no second parameter exists to keep in sync.
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) [max_position, head_dim // 2]
+
+    def set_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        self.rope = (cos, sin)
+
+    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: list[KVCache]) -> torch.Tensor:
+        """input_ids [num_tokens] → final normed hidden states [num_tokens, hidden]."""
+        if self.rope is None:
+            raise RuntimeError("rotary tables are not set; call set_rope first")
+        x = self.model.embed_tokens(input_ids)
+        residual = None
+        for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
+            x, residual = layer(x, residual, meta, kv_cache, self.rope)
+        x, _ = self.model.norm(x, residual)
+        return x
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [num_rows, hidden] → fp32 logits [num_rows, vocab_size]."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()

@@ -1,0 +1,50 @@
+"""The one place that picks Triton kernels (CUDA) or their torch references (CPU) for the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+
+
+@dataclass(frozen=True, slots=True)
+class Ops:
+    """The kernel functions a decoder calls; signatures are those of `kernels`."""
+
+    write_kv_cache: Callable[..., None]
+    prefill_attention: Callable[..., torch.Tensor]
+    decode_attention: Callable[..., torch.Tensor]
+    rms_norm: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+    apply_rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    uses_kernels: bool
+
+
+KERNEL_OPS = Ops(
+    write_kv_cache=kernels.write_kv_cache,
+    prefill_attention=kernels.paged_prefill_attention,
+    decode_attention=kernels.paged_decode_attention,
+    rms_norm=kernels.rms_norm,
+    apply_rotary=kernels.apply_rotary,
+    silu_and_mul=kernels.silu_and_mul,
+    uses_kernels=True,
+)
+REFERENCE_OPS = Ops(
+    write_kv_cache=kernels.write_kv_cache_ref,
+    prefill_attention=kernels.paged_prefill_attention_ref,
+    decode_attention=kernels.paged_decode_attention_ref,
+    rms_norm=kernels.rms_norm_ref,
+    apply_rotary=kernels.apply_rotary_ref,
+    silu_and_mul=kernels.silu_and_mul_ref,
+    uses_kernels=False,
+)
+
+
+def select_ops(device: torch.device, use_kernels: bool | None = None) -> Ops:
+    """Kernels on CUDA, references elsewhere; `use_kernels` overrides (tests compare the two on a GPU)."""
+    if use_kernels is None:
+        use_kernels = device.type == "cuda"
+    return KERNEL_OPS if use_kernels else REFERENCE_OPS

@@ -1,0 +1,143 @@
+"""The worker's view of each sequence, kept up to date from the plans' deltas (pure Python, no torch).
+
+The scheduler sends a sequence whole once (NewSeq) and afterwards only new block ids and how many tokens to
+run (CachedSeq). Generated tokens never come back down: the worker appends each token it samples to the
+sequence itself, and because plans are applied strictly in order, a decode scheduled before the previous
+step's result reached the scheduler still finds that token here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.errors import FlashStreamError, InvalidArgument, NotFound
+from services.common.sampling import SamplingParams
+from services.worker.attention_metadata import SeqChunk
+from services.worker.plan import CachedSeq, NewSeq, SeqError, StepPlan
+
+
+@dataclass(slots=True)
+class SeqState:
+    seq_id: int
+    token_ids: list[int]  # prompt, then every generated token
+    num_prompt_tokens: int
+    sampling: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int  # tokens whose KV is in the cache
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSeq:
+    """One sequence's part of a step."""
+
+    state: SeqState
+    num_tokens: int
+
+    @property
+    def token_ids(self) -> list[int]:
+        start = self.state.num_computed_tokens
+        return self.state.token_ids[start : start + self.num_tokens]
+
+    @property
+    def samples(self) -> bool:
+        """The step reaches the end of the known tokens, so the next one is sampled."""
+        return self.state.num_computed_tokens + self.num_tokens == len(self.state.token_ids)
+
+    def chunk(self) -> SeqChunk:
+        return SeqChunk(self.state.num_computed_tokens, self.num_tokens, self.state.block_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceLimits:
+    block_size: int
+    num_kv_blocks: int
+    max_model_len: int
+    vocab_size: int
+
+
+class SequenceTable:
+    """Every sequence of one Step stream, by id."""
+
+    def __init__(self, limits: SequenceLimits) -> None:
+        self.limits = limits
+        self.seqs: dict[int, SeqState] = {}
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def apply(self, plan: StepPlan) -> tuple[list[ScheduledSeq], list[SeqError]]:
+        """Applies a plan's deltas; returns the step's sequences (in plan order) and per-sequence errors."""
+        for seq_id in plan.finished_seq_ids:
+            self.seqs.pop(seq_id, None)
+        scheduled: list[ScheduledSeq] = []
+        errors: list[SeqError] = []
+        items: list[NewSeq | CachedSeq] = [*plan.new_seqs, *plan.cached_seqs]
+        for item in items:
+            try:
+                state = self._add(item) if isinstance(item, NewSeq) else self._extend(item)
+                self._check(state, item.num_scheduled_tokens)
+            except FlashStreamError as exc:
+                self.seqs.pop(item.seq_id, None)
+                errors.append(SeqError(item.seq_id, exc))
+                continue
+            if item.num_scheduled_tokens > 0:
+                scheduled.append(ScheduledSeq(state, item.num_scheduled_tokens))
+        return scheduled, errors
+
+    def advance(self, seq: ScheduledSeq, sampled_token: int | None) -> None:
+        """Marks the step's tokens computed and appends the sampled token."""
+        seq.state.num_computed_tokens += seq.num_tokens
+        if sampled_token is not None:
+            seq.state.token_ids.append(sampled_token)
+
+    def drop(self, seq_id: int) -> None:
+        self.seqs.pop(seq_id, None)
+
+    def _add(self, new: NewSeq) -> SeqState:
+        if not new.token_ids:
+            raise InvalidArgument(f"seq {new.seq_id}: NewSeq has no token ids")
+        if not 0 <= new.num_prompt_tokens <= len(new.token_ids):
+            raise InvalidArgument(
+                f"seq {new.seq_id}: num_prompt_tokens {new.num_prompt_tokens} exceeds its {len(new.token_ids)} tokens"
+            )
+        bad = [t for t in new.token_ids if not 0 <= t < self.limits.vocab_size]
+        if bad:
+            raise InvalidArgument(f"seq {new.seq_id}: token id {bad[0]} is outside the vocabulary of {self.limits.vocab_size}")
+        state = SeqState(
+            new.seq_id, list(new.token_ids), new.num_prompt_tokens, new.sampling, [], new.num_computed_tokens
+        )
+        self._append_blocks(state, new.block_ids)
+        self.seqs[new.seq_id] = state  # a resent sequence (after preemption) replaces the old state
+        return state
+
+    def _extend(self, cached: CachedSeq) -> SeqState:
+        state = self.seqs.get(cached.seq_id)
+        if state is None:
+            raise NotFound(f"seq {cached.seq_id}: unknown sequence (never sent as NewSeq, finished or failed)")
+        self._append_blocks(state, cached.new_block_ids)
+        return state
+
+    def _append_blocks(self, state: SeqState, block_ids: list[int]) -> None:
+        for block_id in block_ids:
+            if not 0 <= block_id < self.limits.num_kv_blocks:
+                raise InvalidArgument(
+                    f"seq {state.seq_id}: block id {block_id} is out of range [0, {self.limits.num_kv_blocks})"
+                )
+        state.block_ids.extend(block_ids)
+
+    def _check(self, state: SeqState, num_scheduled: int) -> None:
+        end = state.num_computed_tokens + num_scheduled
+        if num_scheduled < 0 or end > len(state.token_ids):
+            raise InvalidArgument(
+                f"seq {state.seq_id}: {num_scheduled} tokens scheduled after {state.num_computed_tokens} computed, "
+                f"but only {len(state.token_ids)} tokens are known"
+            )
+        if end > self.limits.max_model_len:
+            raise InvalidArgument(
+                f"seq {state.seq_id}: {end} tokens exceed max_model_len {self.limits.max_model_len}"
+            )
+        needed = -(-end // self.limits.block_size)
+        if needed > len(state.block_ids):
+            raise InvalidArgument(
+                f"seq {state.seq_id}: {end} tokens need {needed} KV blocks but its block table has {len(state.block_ids)}"
+            )
