@@ -173,6 +173,7 @@ class Generation:
         self.model = card.id
         self.created = int(submission.arrival_unix_s)
         self.submission = submission
+        self.num_prompt_tokens = 0  # from the first event that reports it
         self._core = core
         self._handle = handle
         self._start = start_perf
@@ -188,12 +189,7 @@ class Generation:
     async def __anext__(self) -> Event:
         if self._ended:
             raise StopAsyncIteration
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                item = await self._handle.next()
-        except TimeoutError:
-            self._handle.abort()
-            item = DeadlineExceeded(f"request {self.request_id} passed its deadline of {self._timeout_s:g} s")
+        item = await self._next_nonempty()
         now = time.perf_counter()
         metrics = self._core.metrics
         if isinstance(item, FlashStreamError):
@@ -207,6 +203,7 @@ class Generation:
             metrics.requests_finished.labels(metrics.stage, item.finish_reason.name.lower()).inc()
             latency = dataclasses.replace(item.latency, gateway_s=self.submission.gateway_s)
             return dataclasses.replace(item, latency=latency)
+        self.num_prompt_tokens = item.num_prompt_tokens or self.num_prompt_tokens
         if item.token_ids or item.text:
             if self._last_token is None:
                 metrics.time_to_first_token.observe(now - self._start)
@@ -214,6 +211,20 @@ class Generation:
                 metrics.inter_token_latency.observe(now - self._last_token)
             self._last_token = now
         return item
+
+    async def _next_nonempty(self) -> Event | FlashStreamError:
+        """The next event, skipping deltas with nothing in them (a tokenizer may send one to report
+        num_prompt_tokens before any text); a passed deadline aborts upstream and becomes the error."""
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                while True:
+                    item = await self._handle.next()
+                    if not isinstance(item, TextDelta) or item.text or item.token_ids or item.logprobs:
+                        return item
+                    self.num_prompt_tokens = item.num_prompt_tokens or self.num_prompt_tokens
+        except TimeoutError:
+            self._handle.abort()
+            return DeadlineExceeded(f"request {self.request_id} passed its deadline of {self._timeout_s:g} s")
 
     def close(self) -> None:
         """Aborts the request upstream unless it already ended (client gone, handler cancelled)."""

@@ -165,3 +165,19 @@ def test_health_follows_the_tokenizer_stream_and_requests_on_a_broken_stream_get
             assert chunks[-1].done.finish_reason == common_pb2.FINISH_REASON_EOS
 
     asyncio.run(main())
+
+
+def test_reflection_lists_the_gateway_and_health_services() -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def main() -> None:
+        async with gateway_stack() as stack, create_channel(stack.grpc_target) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            call = stub.ServerReflectionInfo()
+            await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            reply = await call.read()
+            await call.done_writing()
+            names = {s.name for s in reply.list_services_response.service}
+            assert {"flashstream.v1.Gateway", "grpc.health.v1.Health"} <= names
+
+    asyncio.run(main())

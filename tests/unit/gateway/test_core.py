@@ -128,10 +128,12 @@ def test_events_flow_and_finished_carries_the_gateway_time() -> None:
         generation = core.start(_request())
         assert core.num_running == 1
         handle = router.handles[0]
+        handle.queue.put_nowait(TextDelta("", (), (), num_prompt_tokens=2))  # reports the prompt only: skipped
         handle.queue.put_nowait(TextDelta("a", (1,)))
         handle.queue.put_nowait(Finished(FinishReason.EOS, Usage(2, 1, 0), Latency(gateway_s=0.0, queue_s=0.5)))
         events = [event async for event in generation]
         assert events[0] == TextDelta("a", (1,))
+        assert generation.num_prompt_tokens == 2
         done = events[1]
         assert isinstance(done, Finished) and done.latency.queue_s == 0.5
         assert done.latency.gateway_s == router.submitted[0].gateway_s > 0
