@@ -1,0 +1,114 @@
+"""New text requests → validated token requests: render chats, encode in batches, check lengths.
+
+`prepare_batch` runs in a thread of the encode pool. It encodes every prompt of one upstream message
+with a single `encode_batch` call, which runs in the `tokenizers` library without holding the GIL, so
+the event loop keeps streaming while a long prompt is encoded (a plain `encode` holds the GIL: measured
+in bench/tokenizer.py). Each request's failure is its own: the result list holds either a
+`PreparedRequest` or the `FlashStreamError` that refused it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.errors import FlashStreamError, InvalidArgument
+from services.common.sampling import SamplingParams
+from services.tokenizer.request_state import TextOptions
+from services.tokenizer.tokenizer import TextTokenizer
+
+
+@dataclass(slots=True)
+class TextInput:
+    """One new request as the tokenizer stage receives it (exactly one of prompt, messages, token_ids)."""
+
+    request_id: str
+    sampling: SamplingParams
+    options: TextOptions = field(default_factory=TextOptions)
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool = True
+    token_ids: list[int] | None = None
+    add_special_tokens: bool = True  # for plain prompts; rendered chats carry their own special tokens
+    priority: int = 0
+    deadline_unix_s: float = 0.0
+    arrival_unix_s: float = 0.0
+    gateway_s: float = 0.0
+    received_s: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class PreparedRequest:
+    """A request ready for the scheduler."""
+
+    input: TextInput
+    prompt_token_ids: list[int]
+    prompt_text: str  # the text the prompt ids stand for (rendered chat, plain prompt or decoded ids)
+    tokenizer_s: float
+
+
+def _check_length(request: TextInput, num_tokens: int, max_model_len: int) -> None:
+    if num_tokens == 0:
+        raise InvalidArgument(f"request {request.request_id!r}: the prompt is empty")
+    if max_model_len and num_tokens + request.sampling.max_tokens > max_model_len:
+        raise InvalidArgument(
+            f"request {request.request_id!r}: prompt ({num_tokens} tokens) plus max_tokens "
+            f"({request.sampling.max_tokens}) exceeds the model's context of {max_model_len} tokens"
+        )
+
+
+def prepare_batch(
+    tokenizer: TextTokenizer, requests: Sequence[TextInput], max_model_len: int
+) -> list[PreparedRequest | FlashStreamError]:
+    """Renders, encodes and validates a batch of requests; one result per request, in order."""
+    results: list[PreparedRequest | FlashStreamError | None] = [None] * len(requests)
+    texts: dict[bool, list[tuple[int, str]]] = {True: [], False: []}  # add_special_tokens → (index, text)
+    for i, req in enumerate(requests):
+        try:
+            if req.token_ids is not None:
+                tokenizer.check_token_ids(req.token_ids)
+                _check_length(req, len(req.token_ids), max_model_len)
+                text = tokenizer.decode(req.token_ids) if req.options.echo_prompt else ""
+                results[i] = PreparedRequest(req, list(req.token_ids), text, time.perf_counter() - req.received_s)
+            elif req.messages is not None:
+                texts[False].append((i, tokenizer.render_chat(req.messages, req.add_generation_prompt)))
+            elif req.prompt:
+                texts[req.add_special_tokens].append((i, req.prompt))
+            else:
+                raise InvalidArgument(f"request {req.request_id!r}: the prompt is empty")
+        except FlashStreamError as exc:
+            results[i] = exc
+    for add_special, items in texts.items():
+        if not items:
+            continue
+        encoded = tokenizer.encode_batch([text for _, text in items], add_special_tokens=add_special)
+        for (i, text), ids in zip(items, encoded):
+            req = requests[i]
+            try:
+                _check_length(req, len(ids), max_model_len)
+                results[i] = PreparedRequest(req, ids, text, time.perf_counter() - req.received_s)
+            except FlashStreamError as exc:
+                results[i] = exc
+    return [r for r in results if r is not None]
+
+
+class EncodePool:
+    """Threads that render and encode off the event loop (the tokenizers library releases the GIL)."""
+
+    def __init__(self, tokenizer: TextTokenizer, num_workers: int = 2) -> None:
+        if num_workers < 1:
+            raise InvalidArgument(f"encode workers must be at least 1, got {num_workers}")
+        self.tokenizer = tokenizer
+        self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="encode")
+
+    def submit_prepare(self, requests: Sequence[TextInput], max_model_len: int) -> concurrent.futures.Future:
+        return self._pool.submit(prepare_batch, self.tokenizer, list(requests), max_model_len)
+
+    def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future:
+        return self._pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,105 @@
+"""Protobuf ⇄ plain objects for the tokenizer stage (kept apart so the core never imports protobuf)."""
+
+from __future__ import annotations
+
+from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2
+
+from services.common.errors import FlashStreamError, InvalidArgument
+from services.common.pb import error_to_pb, sampling_from_pb, sampling_to_pb
+from services.tokenizer.intake import PreparedRequest, TextInput
+from services.tokenizer.request_state import RequestState, TextOptions, TextStep
+from services.tokenizer.tokenizer import TextTokenizer
+
+
+def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
+    """Raises InvalidArgument for bad sampling parameters or a request with no input."""
+    options = TextOptions(
+        stop=tuple(pb.options.stop),
+        include_stop_str_in_output=pb.options.include_stop_str_in_output,
+        skip_special_tokens=pb.options.skip_special_tokens,
+        echo_prompt=pb.options.echo_prompt,
+    )
+    if any(s == "" for s in options.stop):
+        raise InvalidArgument(f"request {pb.request_id!r}: stop strings must not be empty")
+    request = TextInput(
+        request_id=pb.request_id,
+        sampling=sampling_from_pb(pb.sampling),
+        options=options,
+        add_special_tokens=pb.options.add_special_tokens,
+        priority=pb.priority,
+        deadline_unix_s=pb.deadline_unix_s,
+        arrival_unix_s=pb.arrival_unix_s,
+        gateway_s=pb.gateway_s,
+    )
+    kind = pb.WhichOneof("input")
+    if kind == "prompt":
+        request.prompt = pb.prompt
+    elif kind == "chat":
+        request.messages = [{"role": m.role, "content": m.content} for m in pb.chat.messages]
+        request.add_generation_prompt = pb.chat.add_generation_prompt
+    elif kind == "tokens":
+        request.token_ids = list(pb.tokens.token_ids)
+    else:
+        raise InvalidArgument(f"request {pb.request_id!r}: no prompt, chat or tokens given")
+    return request
+
+
+def token_request_to_pb(prepared: PreparedRequest, scheduler_id: str) -> scheduler_pb2.TokenRequest:
+    req = prepared.input
+    return scheduler_pb2.TokenRequest(
+        request_id=scheduler_id,
+        prompt_token_ids=prepared.prompt_token_ids,
+        sampling=sampling_to_pb(req.sampling),
+        priority=req.priority,
+        deadline_unix_s=req.deadline_unix_s,
+        arrival_unix_s=req.arrival_unix_s,
+    )
+
+
+def error_event(request_id: str, exc: FlashStreamError) -> tokenizer_pb2.TextEvent:
+    return tokenizer_pb2.TextEvent(request_id=request_id, error=error_to_pb(exc))
+
+
+def chunk_event(
+    state: RequestState, step: TextStep, logprobs: list[common_pb2.TokenLogprob] | None = None
+) -> tokenizer_pb2.TextEvent:
+    event = tokenizer_pb2.TextEvent(
+        request_id=state.request_id,
+        chunk=common_pb2.TextChunk(text=step.text, token_ids=step.token_ids, logprobs=logprobs or ()),
+    )
+    if step.num_prompt_tokens is not None:
+        event.num_prompt_tokens = step.num_prompt_tokens
+    return event
+
+
+def done_event(state: RequestState, done: common_pb2.Done | None, reason: int) -> tokenizer_pb2.TextEvent:
+    """The request's Done: the scheduler's figures (when it sent any) plus this stage's, and the stop string."""
+    out = common_pb2.Done()
+    if done is not None:
+        out.CopyFrom(done)
+    out.finish_reason = reason
+    if state.stop_string is not None:
+        out.finish_reason = common_pb2.FINISH_REASON_STOP_STRING
+        out.stop_string = state.stop_string
+        out.usage.completion_tokens = state.num_output_tokens
+    if done is None:
+        out.usage.prompt_tokens = state.num_prompt_tokens
+        out.usage.completion_tokens = state.num_output_tokens
+    out.latency.tokenizer_s = state.tokenizer_s
+    out.latency.gateway_s = state.gateway_s
+    event = tokenizer_pb2.TextEvent(request_id=state.request_id, done=out)
+    first = state.take_first()
+    if first is not None:
+        event.num_prompt_tokens = first
+    return event
+
+
+def logprobs_with_text(tokenizer: TextTokenizer, logprobs: list[common_pb2.TokenLogprob]) -> list[common_pb2.TokenLogprob]:
+    """Copies of the scheduler's logprobs with each token's own text filled in (one batched decode)."""
+    ids = [lp.token_id for lp in logprobs] + [top.token_id for lp in logprobs for top in lp.top]
+    texts = iter(tokenizer.decode_batch([[i] for i in ids]))
+    out = [common_pb2.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, text=next(texts)) for lp in logprobs]
+    for lp, copy in zip(logprobs, out):
+        for top in lp.top:
+            copy.top.add(token_id=top.token_id, logprob=top.logprob, text=next(texts))
+    return out

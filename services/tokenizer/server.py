@@ -1,0 +1,129 @@
+"""Entry point of the tokenizer stage: `flashstream serve tokenizer --scheduler host:port --model DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+
+from services.common.config import ServerConfig, add_server_args, env_default, server_config, setup_logging
+from services.common.errors import InvalidArgument
+from services.common.grpc_server import StageServer, install_stop_signals, start_server
+from services.common.metrics import Metrics, start_status_server
+from services.tokenizer.intake import EncodePool
+from services.tokenizer.servicer import TokenizerServicer
+from services.tokenizer.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = tokenizer_pb2.DESCRIPTOR.services_by_name["Tokenizer"].full_name
+
+
+@dataclass(frozen=True)
+class TokenizerStageConfig:
+    """Everything the tokenizer stage needs, built once in main()."""
+
+    model_dir: str
+    scheduler: str = "127.0.0.1:50052"
+    model_id: str = ""  # empty: the scheduler's model id
+    encode_workers: int = 2
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model_dir:
+            raise InvalidArgument("--model DIR (the folder with tokenizer.json) is required")
+        if not self.scheduler:
+            raise InvalidArgument("--scheduler host:port is required")
+        if self.encode_workers < 1:
+            raise InvalidArgument(f"--encode-workers must be at least 1, got {self.encode_workers}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashstream serve tokenizer", description=__doc__)
+    add_server_args(parser, "tokenizer")
+    parser.add_argument("--scheduler", default=env_default("scheduler", "127.0.0.1:50052"),
+                        help="scheduler address host:port")
+    parser.add_argument("--model", default=env_default("model", ""),
+                        help="model folder with tokenizer.json and tokenizer_config.json")
+    parser.add_argument("--model-id", default=env_default("model_id", ""),
+                        help="model name clients use (default: the scheduler's model id)")
+    parser.add_argument("--encode-workers", type=int, default=env_default("encode_workers", 2),
+                        help="threads that render and encode prompts off the event loop")
+    return parser
+
+
+def build_config(argv: list[str] | None = None) -> TokenizerStageConfig:
+    args = build_parser().parse_args(argv)
+    return TokenizerStageConfig(model_dir=args.model, scheduler=args.scheduler, model_id=args.model_id,
+                                encode_workers=args.encode_workers, server=server_config(args))
+
+
+class TokenizerStage:
+    """The running stage: gRPC server, encode pool, scheduler link and servicer (tests start one in-process)."""
+
+    def __init__(self, config: TokenizerStageConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics("tokenizer")
+        self.pool = EncodePool(TextTokenizer.from_dir(config.model_dir), config.encode_workers)
+        self.servicer = TokenizerServicer(self.pool, config.scheduler, config.model_id, self.metrics)
+        self.server: StageServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("the tokenizer stage is not started")
+        return self.server.port
+
+    def ready(self) -> bool:
+        return self.servicer.ready and not self.servicer.draining
+
+    async def start(self) -> None:
+        self.server = await start_server(
+            self.config.server.address,
+            [lambda s: tokenizer_pb2_grpc.add_TokenizerServicer_to_server(self.servicer, s)],
+            [SERVICE_NAME],
+            serving=False,
+        )
+        loop = asyncio.get_running_loop()
+        # Health follows the scheduler stream: SERVING while it is open, NOT_SERVING while it is re-dialled.
+        self.servicer.link.on_connected = lambda _: loop.create_task(self._set_serving())
+        self.servicer.link.start()
+
+    async def _set_serving(self) -> None:
+        if self.server is not None:
+            await self.server.set_serving(self.ready())
+
+    async def stop(self, grace_s: float) -> None:
+        self.servicer.draining = True
+        if self.server is not None:
+            await self.server.drain_and_stop(grace_s)
+        await self.servicer.link.close()
+        self.pool.shutdown()
+
+
+async def serve(config: TokenizerStageConfig) -> int:
+    stage = TokenizerStage(config)
+    await stage.start()
+    status = await start_status_server(config.server.host, config.server.status_port, stage.metrics, stage.ready)
+    log.info("tokenizer serving gRPC on %s:%d, status HTTP on port %d, scheduler %s",
+             config.server.host, stage.port, config.server.status_port, config.scheduler)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await stop.wait()
+    log.info("draining (up to %.1f s)", config.server.drain_timeout_s)
+    await stage.stop(config.server.drain_timeout_s)
+    await status.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = build_config(argv)
+    setup_logging(config.server.log_level, "tokenizer")
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

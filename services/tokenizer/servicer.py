@@ -1,0 +1,275 @@
+"""The Tokenizer gRPC service: many upstream Connect streams multiplexed onto one scheduler stream.
+
+Each upstream stream is a `_Session` with its own outgoing queue. New requests of one TokenizerUp are
+rendered and encoded together off the event loop, validated, and forwarded as one SchedulerUp; their
+scheduler ids are "<session number>:<request id>", so ids of different streams never collide. Each
+SchedulerDown becomes at most one TokenizerDown per session, built with one batched detokenization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2, tokenizer_pb2_grpc
+
+from services.common.errors import FlashStreamError, InvalidArgument, NotFound, Unavailable
+from services.common.grpc_server import handle_errors
+from services.common.metrics import Metrics
+from services.tokenizer.intake import EncodePool, PreparedRequest
+from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, text_input_from_pb,
+                                   token_request_to_pb)
+from services.tokenizer.request_state import RequestState, TextStep, step_requests
+from services.tokenizer.scheduler_link import SchedulerLink
+
+log = logging.getLogger(__name__)
+TERMINAL = ("done", "error")
+
+
+@dataclass(eq=False)
+class _Session:
+    """One upstream Connect stream."""
+
+    number: int
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    scheduler_ids: set[str] = field(default_factory=set)  # its requests now at the scheduler
+    closing: bool = False  # the upstream finished sending; end once its requests are done
+
+    def send(self, events: list[tokenizer_pb2.TextEvent]) -> None:
+        if events:
+            self.outbox.put_nowait(tokenizer_pb2.TokenizerDown(events=events))
+        if self.closing and not self.scheduler_ids:
+            self.outbox.put_nowait(None)
+
+
+class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
+    def __init__(self, pool: EncodePool, scheduler_target: str, model_id: str = "", metrics: Metrics | None = None):
+        self.tokenizer = pool.tokenizer
+        self.pool = pool
+        self.metrics = metrics or Metrics("tokenizer")
+        self._model_id_override = model_id
+        self.draining = False  # set on SIGTERM: new requests get UNAVAILABLE, running ones finish
+        self._session_numbers = itertools.count(1)
+        self._requests: dict[str, tuple[_Session, RequestState]] = {}
+        self.link = SchedulerLink(scheduler_target, self._on_scheduler_down, self._on_scheduler_lost)
+
+    # ---- model identity ----
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id_override or (self.link.info.model_id if self.link.info else "")
+
+    @property
+    def ready(self) -> bool:
+        return self.link.connected.is_set()
+
+    def _check_model(self, name: str) -> None:
+        if name and name != self.model_id:
+            raise NotFound(f"model {name!r} is not served here; served models: [{self.model_id!r}]")
+
+    # ---- Connect ----
+
+    @handle_errors
+    async def Connect(self, request_iterator: AsyncIterator[tokenizer_pb2.TokenizerUp],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[tokenizer_pb2.TokenizerDown]:
+        session = _Session(next(self._session_numbers))
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        try:
+            while (message := await session.outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            self._drop_session(session)
+
+    async def _read(self, session: _Session, request_iterator: AsyncIterator[tokenizer_pb2.TokenizerUp]) -> None:
+        try:
+            async for up in request_iterator:
+                await self._handle_up(session, up)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the upstream stream broke; its requests are aborted below
+            log.warning("upstream stream %d broke", session.number, exc_info=True)
+        session.closing = True
+        session.send([])
+
+    async def _handle_up(self, session: _Session, up: tokenizer_pb2.TokenizerUp) -> None:
+        events: list[tokenizer_pb2.TextEvent] = []
+        inputs = []
+        for pb in up.requests:
+            try:
+                self._check_model(pb.model)
+                if self.draining:
+                    raise Unavailable("the tokenizer is draining")
+                if not self.ready:
+                    raise Unavailable("not connected to a scheduler")
+                if self._sid(session, pb.request_id) in self._requests:
+                    raise InvalidArgument(f"request id {pb.request_id!r} is already in use on this stream")
+                inputs.append(text_input_from_pb(pb))
+            except FlashStreamError as exc:
+                events.append(self._error(pb.request_id, exc))
+        forward = scheduler_pb2.SchedulerUp()
+        if inputs:
+            max_len = self.link.info.max_model_len if self.link.info else 0
+            prepared = await asyncio.wrap_future(self.pool.submit_prepare(inputs, max_len))
+            for request, result in zip(inputs, prepared):
+                if isinstance(result, FlashStreamError):
+                    events.append(self._error(request.request_id, result))
+                else:
+                    forward.requests.append(self._admit(session, result))
+        for request_id in up.abort_request_ids:
+            sid = self._sid(session, request_id)
+            if (entry := self._requests.pop(sid, None)) is not None:
+                session.scheduler_ids.discard(sid)
+                forward.abort_request_ids.append(sid)
+                events.append(done_event(entry[1], None, common_pb2.FINISH_REASON_ABORT))
+        if forward.requests or forward.abort_request_ids:
+            try:
+                self.link.send(forward)
+            except Unavailable as exc:
+                events.extend(self._fail(session, [r.request_id for r in forward.requests], exc))
+        session.send(events)
+
+    def _admit(self, session: _Session, prepared: PreparedRequest) -> scheduler_pb2.TokenRequest:
+        req = prepared.input
+        state = RequestState.create(self.tokenizer, req.request_id, len(prepared.prompt_token_ids), req.options,
+                                    prompt_text=prepared.prompt_text, tokenizer_s=prepared.tokenizer_s,
+                                    gateway_s=req.gateway_s)
+        sid = self._sid(session, req.request_id)
+        self._requests[sid] = (session, state)
+        session.scheduler_ids.add(sid)
+        self.metrics.prompt_tokens.inc(len(prepared.prompt_token_ids))
+        return token_request_to_pb(prepared, sid)
+
+    @staticmethod
+    def _sid(session: _Session, request_id: str) -> str:
+        return f"{session.number}:{request_id}"
+
+    def _error(self, request_id: str, exc: FlashStreamError) -> tokenizer_pb2.TextEvent:
+        self.metrics.request_errors.labels("tokenizer", exc.code.name).inc()
+        return error_event(request_id, exc)
+
+    def _fail(self, session: _Session, sids: list[str], exc: FlashStreamError) -> list[tokenizer_pb2.TextEvent]:
+        events = []
+        for sid in sids:
+            if (entry := self._requests.pop(sid, None)) is not None:
+                session.scheduler_ids.discard(sid)
+                events.append(self._error(entry[1].request_id, exc))
+        return events
+
+    def _drop_session(self, session: _Session) -> None:
+        """The upstream stream is gone: its requests are aborted at the scheduler."""
+        sids = [sid for sid in session.scheduler_ids if self._requests.pop(sid, None) is not None]
+        session.scheduler_ids.clear()
+        if sids and self.ready:
+            self.link.send(scheduler_pb2.SchedulerUp(abort_request_ids=sids))
+
+    # ---- scheduler events ----
+
+    def _on_scheduler_down(self, down: scheduler_pb2.SchedulerDown) -> None:
+        chunks: dict[str, list[int]] = {}
+        logprobs: dict[str, list[common_pb2.TokenLogprob]] = {}
+        terminals: dict[str, scheduler_pb2.TokenEvent] = {}
+        for event in down.events:
+            if event.request_id not in self._requests:
+                continue  # ended here already (aborted upstream, or stopped and then finished)
+            kind = event.WhichOneof("event")
+            if kind == "chunk":
+                chunks.setdefault(event.request_id, []).extend(event.chunk.token_ids)
+                logprobs.setdefault(event.request_id, []).extend(event.chunk.logprobs)
+            elif kind in TERMINAL:
+                terminals[event.request_id] = event
+        order = list(dict.fromkeys([*chunks, *terminals]))
+        steps = dict(zip(chunks, step_requests(self.tokenizer, [(self._requests[s][1], ids)
+                                                                 for s, ids in chunks.items()])))
+        per_session: dict[_Session, list[tokenizer_pb2.TextEvent]] = {}
+        aborts = []
+        for sid in order:
+            session, state = self._requests[sid]
+            out = per_session.setdefault(session, [])
+            if (step := steps.get(sid)) is not None:
+                self.metrics.generation_tokens.inc(len(step.token_ids))
+                lps = logprobs_with_text(self.tokenizer, logprobs[sid]) if logprobs[sid] else None
+                out.append(chunk_event(state, step, lps))
+                if step.stop_string is not None and sid not in terminals:
+                    aborts.append(sid)
+            if (terminal := terminals.get(sid)) is not None:
+                out.extend(self._finish(sid, session, state, terminal))
+        for session, events in per_session.items():
+            session.send(events)
+        if aborts and self.ready:
+            self.link.send(scheduler_pb2.SchedulerUp(abort_request_ids=aborts))
+
+    def _finish(self, sid: str, session: _Session, state: RequestState,
+                terminal: scheduler_pb2.TokenEvent) -> list[tokenizer_pb2.TextEvent]:
+        del self._requests[sid]
+        session.scheduler_ids.discard(sid)
+        if terminal.WhichOneof("event") == "error" and not state.stopped:
+            self.metrics.request_errors.labels("tokenizer", str(terminal.error.code)).inc()
+            return [tokenizer_pb2.TextEvent(request_id=state.request_id, error=terminal.error)]
+        events = []
+        tail: TextStep = state.finish(self.tokenizer)
+        if tail.text or tail.num_prompt_tokens is not None:
+            events.append(chunk_event(state, tail))
+        done = terminal.done if terminal.WhichOneof("event") == "done" else None
+        reason = done.finish_reason if done is not None else common_pb2.FINISH_REASON_ABORT
+        event = done_event(state, done, reason)
+        self.metrics.requests_finished.labels("tokenizer", common_pb2.FinishReason.Name(event.done.finish_reason)).inc()
+        return [*events, event]
+
+    def _on_scheduler_lost(self) -> None:
+        """The scheduler stream broke: every request on it fails with UNAVAILABLE; the stage stays up."""
+        exc = Unavailable("the scheduler stream was lost")
+        per_session: dict[_Session, list[str]] = {}
+        for sid, (session, _) in list(self._requests.items()):
+            per_session.setdefault(session, []).append(sid)
+        for session, sids in per_session.items():
+            session.send(self._fail(session, sids, exc))
+
+    # ---- unary calls ----
+
+    @handle_errors
+    async def Encode(self, request: tokenizer_pb2.EncodeRequest,
+                     context: grpc.aio.ServicerContext) -> tokenizer_pb2.EncodeResponse:
+        self._check_model(request.model)
+        ids = await asyncio.wrap_future(
+            self.pool.submit(self.tokenizer.encode_batch, [request.text], request.add_special_tokens))
+        return tokenizer_pb2.EncodeResponse(token_ids=ids[0])
+
+    @handle_errors
+    async def Decode(self, request: tokenizer_pb2.DecodeRequest,
+                     context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeResponse:
+        self._check_model(request.model)
+        self.tokenizer.check_token_ids(request.token_ids)
+        text = await asyncio.wrap_future(
+            self.pool.submit(self.tokenizer.decode, list(request.token_ids), request.skip_special_tokens))
+        return tokenizer_pb2.DecodeResponse(text=text)
+
+    @handle_errors
+    async def RenderChat(self, request: tokenizer_pb2.RenderChatRequest,
+                         context: grpc.aio.ServicerContext) -> tokenizer_pb2.RenderChatResponse:
+        self._check_model(request.model)
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+
+        def render() -> tuple[str, list[int]]:
+            prompt = self.tokenizer.render_chat(messages, request.add_generation_prompt)
+            return prompt, self.tokenizer.encode_batch([prompt], add_special_tokens=False)[0]
+
+        prompt, ids = await asyncio.wrap_future(self.pool.submit(render))
+        return tokenizer_pb2.RenderChatResponse(prompt=prompt, token_ids=ids)
+
+    @handle_errors
+    async def Info(self, request: tokenizer_pb2.TokenizerInfoRequest,
+                   context: grpc.aio.ServicerContext) -> tokenizer_pb2.TokenizerInfo:
+        info = self.link.info
+        return tokenizer_pb2.TokenizerInfo(
+            model_id=self.model_id,
+            model_revision=info.model_revision if info else "",
+            max_model_len=info.max_model_len if info else 0,
+            vocab_size=info.vocab_size if info else self.tokenizer.vocab_size,
+            has_chat_template=self.tokenizer.has_chat_template,
+            ready=self.ready and bool(info and info.num_workers),
+        )
