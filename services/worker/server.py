@@ -1,0 +1,142 @@
+"""Entry point of the worker stage: `flashstream serve worker --model DIR|PRESET [--load-format auto|dummy|fake]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from flashstream.v1 import worker_pb2, worker_pb2_grpc
+
+from services.common.config import add_server_args, env_default, server_config, setup_logging
+from services.common.errors import FlashStreamError
+from services.common.grpc_server import StageServer, install_stop_signals, start_server
+from services.common.metrics import Metrics, start_status_server
+from services.worker.config import WorkerConfig
+from services.worker.engine import build_engine
+from services.worker.servicer import WorkerServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashstream serve worker", description=__doc__)
+    add_server_args(parser, "worker")
+    add = parser.add_argument
+    add("--model", default=env_default("model", ""),
+        help="Hugging Face checkpoint folder, or a preset (llama-3.2-1b, llama-3.1-8b, qwen2.5-0.5b) for dummy/fake")
+    add("--model-id", default=env_default("model_id", ""), help="model name clients use (default: folder name)")
+    add("--load-format", default=env_default("load_format", "auto"), choices=("auto", "dummy", "fake"),
+        help="auto: safetensors weights; dummy: random weights of the real shapes; fake: no model, fixed token")
+    add("--dtype", default=env_default("dtype", "auto"), choices=("auto", "float32", "float16", "bfloat16"),
+        help="auto: bfloat16 (or the checkpoint's float16) on CUDA, float32 on CPU")
+    add("--device", default=env_default("device", "auto"), help="auto, cpu, cuda, cuda:N")
+    add("--block-size", type=int, default=env_default("block_size", 16), help="tokens per KV block")
+    add("--num-kv-blocks", type=int, default=env_default("num_kv_blocks", 0),
+        help="KV blocks to allocate (0: measured on CUDA, 1024 on CPU, 65536 in fake mode)")
+    add("--gpu-memory-utilization", type=float, default=env_default("gpu_memory_utilization", 0.90),
+        help="fraction of GPU memory for weights, activations and the KV cache")
+    add("--max-num-seqs", type=int, default=env_default("max_num_seqs", 256), help="most sequences per step")
+    add("--max-num-batched-tokens", type=int, default=env_default("max_num_batched_tokens", 8192),
+        help="most tokens per step (also the memory profile's size)")
+    add("--max-model-len", type=int, default=env_default("max_model_len", 0),
+        help="longest prompt plus output (0: the model's max_position_embeddings)")
+    add("--enforce-eager", action="store_true", default=env_default("enforce_eager", False),
+        help="no CUDA graphs for decode steps")
+    add("--fake-token-id", type=int, default=env_default("fake_token_id", -1),
+        help="token fake mode returns (-1: the smallest non-EOS id)")
+    add("--seed", type=int, default=env_default("seed", 0), help="seed of dummy weights")
+    add("--worker-id", default=env_default("worker_id", ""), help="name in Worker.Info (default: host-pid)")
+    return parser
+
+
+def build_config(argv: list[str] | None = None) -> WorkerConfig:
+    args = build_parser().parse_args(argv)
+    return WorkerConfig(
+        model=args.model, model_id=args.model_id, load_format=args.load_format, dtype=args.dtype,
+        device=args.device, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
+        gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager, fake_token_id=args.fake_token_id, seed=args.seed,
+        worker_id=args.worker_id, server=server_config(args),
+    )
+
+
+class WorkerStage:
+    """The running stage: the gRPC server starts NOT_SERVING, turns SERVING once the engine is built."""
+
+    def __init__(self, config: WorkerConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics("worker")
+        self.servicer = WorkerServicer(self.metrics)
+        self.server: StageServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("the worker stage is not started")
+        return self.server.port
+
+    def ready(self) -> bool:
+        return self.servicer.engine is not None and not self.servicer.draining
+
+    async def start(self) -> None:
+        """Starts the server, builds the engine off the event loop (health answers meanwhile), then SERVING."""
+        self.server = await start_server(
+            self.config.server.address,
+            [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(self.servicer, s)],
+            [SERVICE_NAME],
+            serving=False,
+        )
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(self.servicer.executor, build_engine, self.config)
+        self.servicer.engine = engine
+        info = engine.info
+        log.info("model %s (%s, revision %s) on %s %s: %d KV blocks of %d tokens, max_model_len %d",
+                 info.model_id, info.model.architecture, info.model_revision, info.device, info.dtype,
+                 info.num_kv_blocks, info.block_size, info.max_model_len)
+        await self.server.set_serving(True)
+
+    async def stop(self, grace_s: float) -> None:
+        self.servicer.draining = True
+        if self.server is not None:
+            await self.server.drain_and_stop(grace_s)
+        self.servicer.shutdown()
+
+
+async def serve(config: WorkerConfig) -> int:
+    stage = WorkerStage(config)
+    status = await start_status_server(config.server.host, config.server.status_port, stage.metrics, stage.ready)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    start = asyncio.create_task(stage.start())
+    await asyncio.wait([start, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if start.done() and start.exception() is None:
+        log.info("worker serving gRPC on %s:%d, status HTTP on port %d",
+                 config.server.host, stage.port, config.server.status_port)
+        await stop.wait()
+    elif start.done():
+        await stage.stop(0)
+        await status.cleanup()
+        raise start.exception()  # type: ignore[misc]
+    log.info("draining (up to %.1f s)", config.server.drain_timeout_s)
+    start.cancel()
+    await stage.stop(config.server.drain_timeout_s)
+    await status.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = build_config(argv)
+    setup_logging(config.server.log_level, "worker")
+    try:
+        return asyncio.run(serve(config))
+    except FlashStreamError as exc:
+        log.error("worker failed to start: %s", exc.message)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The Worker server over loopback: Info, Step with two plans in flight, per-sequence errors, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.common.config import ServerConfig
+from services.common.grpc_server import create_channel
+from services.worker.config import WorkerConfig
+from services.worker.server import WorkerStage
+from tests.unit.worker.helpers import hf_greedy, make_checkpoint
+
+PROMPT_A = [5, 17, 99, 3, 250, 41, 7, 7, 128, 64, 33, 2, 200, 11, 90, 150, 6, 73]
+PROMPT_B = [9, 8, 7, 6, 5]
+NUM_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:  # noqa: ANN001
+    return make_checkpoint("qwen2", tmp_path_factory.mktemp("qwen2"))
+
+
+def _config(folder: Path) -> WorkerConfig:
+    return WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=32, max_model_len=256,
+                        server=ServerConfig(port=0))
+
+
+def _new_seq(seq_id: int, prompt: list[int], blocks: list[int]) -> worker_pb2.NewSeq:
+    return worker_pb2.NewSeq(seq_id=seq_id, token_ids=prompt, num_prompt_tokens=len(prompt), block_ids=blocks,
+                             num_computed_tokens=0, num_scheduled_tokens=len(prompt),
+                             sampling=common_pb2.SamplingParams(max_tokens=NUM_TOKENS, ignore_eos=True))
+
+
+def _plans() -> list[worker_pb2.StepPlan]:
+    """A prefill of A and B, then decodes; seq 99 is unknown to the worker."""
+    plans = [worker_pb2.StepPlan(step_id=1, new_seqs=[_new_seq(1, PROMPT_A, [0, 1]), _new_seq(2, PROMPT_B, [2])],
+                                 cached_seqs=[worker_pb2.CachedSeq(seq_id=99, num_scheduled_tokens=1)])]
+    for step in range(2, NUM_TOKENS + 1):
+        plans.append(worker_pb2.StepPlan(step_id=step, cached_seqs=[
+            worker_pb2.CachedSeq(seq_id=1, num_scheduled_tokens=1),
+            worker_pb2.CachedSeq(seq_id=2, num_scheduled_tokens=1),
+        ]))
+    return plans
+
+
+async def _drive(port: int) -> tuple[worker_pb2.WorkerInfo, list[worker_pb2.StepResult], list, object]:
+    async with create_channel(f"127.0.0.1:{port}") as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        info = await stub.Info(worker_pb2.InfoRequest())
+        call = stub.Step()
+        plans = _plans()
+        results = []
+        # Keep two plans in flight: send the next before reading the previous result.
+        await call.write(plans[0])
+        for plan in plans[1:]:
+            await call.write(plan)
+            results.append(await call.read())
+        await call.done_writing()
+        results.append(await call.read())
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="flashstream.v1.Worker"))
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        services = [s.name async for r in reflection for s in r.list_services_response.service]
+        embed = await stub.Embed(worker_pb2.EmbedTokensRequest(
+            inputs=[worker_pb2.TokenIds(token_ids=PROMPT_B)], normalize=True))
+        return info, results, services, (health.status, embed)
+
+
+def test_worker_serves_greedy_tokens_over_grpc_with_two_plans_in_flight(folder: Path) -> None:
+    expected_a, _ = hf_greedy(folder, PROMPT_A, NUM_TOKENS)
+    expected_b, _ = hf_greedy(folder, PROMPT_B, NUM_TOKENS)
+
+    async def scenario():  # noqa: ANN202
+        stage = WorkerStage(_config(folder))
+        await stage.start()
+        try:
+            return await _drive(stage.port)
+        finally:
+            await stage.stop(1.0)
+
+    info, results, services, (health_status, embed) = asyncio.run(scenario())
+    assert (info.architecture, info.vocab_size, info.num_kv_blocks, info.block_size) == ("Qwen2ForCausalLM", 256, 32, 16)
+    assert (info.max_model_len, info.num_layers, info.num_kv_heads, info.head_dim, info.dtype, info.device) == (
+        256, 2, 2, 16, "float32", "cpu")
+    assert len(info.model_revision) == 12 and info.worker_id
+    assert [r.step_id for r in results] == list(range(1, NUM_TOKENS + 1))
+    tokens = {1: [], 2: []}
+    for r in results:
+        for o in r.outputs:
+            tokens[o.seq_id].append(o.token_id)
+    assert tokens == {1: expected_a, 2: expected_b}
+    assert [(e.seq_id, e.error.code) for e in results[0].errors] == [(99, grpc.StatusCode.NOT_FOUND.value[0])]
+    assert health_status == health_pb2.HealthCheckResponse.SERVING
+    assert "flashstream.v1.Worker" in services and "grpc.health.v1.Health" in services
+    assert len(embed.embeddings) == 1 and len(embed.embeddings[0].values) == 64
+    assert abs(sum(v * v for v in embed.embeddings[0].values) - 1.0) < 1e-5
+
+
+def test_invalid_sampling_params_fail_only_that_sequence(folder: Path) -> None:
+    async def scenario():  # noqa: ANN202
+        stage = WorkerStage(_config(folder))
+        await stage.start()
+        try:
+            async with create_channel(f"127.0.0.1:{stage.port}") as channel:
+                call = worker_pb2_grpc.WorkerStub(channel).Step()
+                bad = _new_seq(2, PROMPT_B, [2])
+                bad.sampling.top_p = 1.5
+                await call.write(worker_pb2.StepPlan(step_id=1, new_seqs=[_new_seq(1, PROMPT_A, [0, 1]), bad]))
+                result = await call.read()
+                await call.done_writing()
+                return result
+        finally:
+            await stage.stop(1.0)
+
+    result = asyncio.run(scenario())
+    assert [o.seq_id for o in result.outputs] == [1]
+    assert [(e.seq_id, e.error.code) for e in result.errors] == [(2, grpc.StatusCode.INVALID_ARGUMENT.value[0])]
+    assert "top_p" in result.errors[0].error.message
