@@ -9,6 +9,11 @@ import triton.language as tl
 LOG2_E = 1.4426950408889634
 
 
+def needs_int64_offsets(*tensors: torch.Tensor) -> bool:
+    """True when an element offset into one of the tensors can reach 2**31 (int32 arithmetic would wrap)."""
+    return any(sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) >= 2**31 - 1 for t in tensors)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact fp32 products (tests compare with an fp32 reference); 16-bit types ignore this."""
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -22,7 +27,7 @@ def attend_paged_tile(
     stride_cb, stride_cs,
     offs_d, d_mask,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr,
-    MASK_KV: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASK_KV: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
 ):
     """acc: [M, D] fp32, m_i and l_i: [M] fp32 running max (log2 units) and sum; q: [M, D].
 
@@ -36,8 +41,11 @@ def attend_paged_tile(
         page = tl.load(table_row_ptr + offs_n // PAGE_SIZE, mask=kv_valid, other=0)
     else:
         page = tl.load(table_row_ptr + offs_n // PAGE_SIZE)
-    # int64: page * stride_cb passes 2**31 once the cache holds more than 2**31 elements.
-    row_offsets = page.to(tl.int64) * stride_cb + (offs_n % PAGE_SIZE) * stride_cs + kv_head_offset
+    # int64 only where page * stride_cb can pass 2**31 (a cache of more than 2**31 elements): 32-bit
+    # offsets need fewer registers and integer instructions in the hot loop.
+    if INT64_OFFSETS:
+        page = page.to(tl.int64)
+    row_offsets = page * stride_cb + (offs_n % PAGE_SIZE) * stride_cs + kv_head_offset
     ptrs = row_offsets[:, None] + offs_d[None, :]  # [BLOCK_N, D]
     if MASK_KV:
         load_mask = kv_valid[:, None]

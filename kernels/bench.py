@@ -163,16 +163,17 @@ def copy_bandwidth_tbps() -> float:
 
 
 PREFILL_VARIANTS = [PrefillConfig(*c) for c in (
-    (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
-    (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4), (64, 128, 4, 3),
+    (128, 32, 4, 4), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4),
+    (128, 128, 8, 3), (128, 32, 8, 4), (64, 32, 4, 4), (128, 128, 4, 3),
 )]
 DECODE_VARIANTS = [DecodeConfig(block_n=n, num_warps=w, num_stages=s) for n, w, s in (
-    (64, 4, 3), (32, 4, 3), (128, 4, 3), (64, 4, 4), (64, 8, 3), (128, 8, 3), (64, 4, 2), (32, 2, 4),
+    (64, 4, 3), (64, 4, 2), (64, 4, 4), (32, 4, 3), (32, 4, 4), (128, 4, 2), (128, 4, 3), (128, 8, 3), (64, 2, 3),
 )]
+DECODE_SWEEP_SHAPES = ((16, 4096, (2, 4)), (1, 32768, (32, 64)), (8, 32768, (8,)), (64, 4096, (1,)))
 
 
 def sweep() -> dict:
-    result: dict = {"prefill": [], "decode_tiles": [], "decode_splits": []}
+    result: dict = {"prefill": [], "decode": []}
     for head_dim in (128, 64):
         for cfg in PREFILL_VARIANTS:
             try:
@@ -181,17 +182,12 @@ def sweep() -> dict:
                 row = {"head_dim": head_dim, "config": cfg.__dict__, "error": repr(exc)[:300]}
             print("prefill", row, flush=True)
             result["prefill"].append(row)
-    for cfg in DECODE_VARIANTS:
-        row = bench_decode(64, 4096, 1, cfg, peers=False)
-        print("decode tiles", row, flush=True)
-        result["decode_tiles"].append(row)
-    for batch, context in ((1, 32768), (8, 32768), (16, 4096), (64, 4096), (1, 4096)):
-        for splits in (1, 2, 4, 8, 16, 32, 64, 128):
-            if context // splits < 128:
-                continue
-            row = bench_decode(batch, context, splits, None, peers=False)
-            print("decode splits", row, flush=True)
-            result["decode_splits"].append(row)
+    for batch, context, split_choices in DECODE_SWEEP_SHAPES:
+        for splits in split_choices:
+            for cfg in DECODE_VARIANTS:
+                row = bench_decode(batch, context, splits, cfg, peers=False)
+                print("decode", row, flush=True)
+                result["decode"].append(row)
     result["resources"] = compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
     return result
 

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
 from kernels._checks import check_launchable, check_same_device, check_tensor
-from kernels._paged_tile import LOG2_E, attend_paged_tile, dot_precision
+from kernels._paged_tile import LOG2_E, attend_paged_tile, dot_precision, needs_int64_offsets
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,10 @@ class PrefillConfig:
 
 
 def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
+    """Best variants of the H100 sweep (kernels/NOTES.md), causal bf16 at 16k tokens per launch."""
     if head_dim <= 64:
-        return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
-    return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+        return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=4)
+    return PrefillConfig(block_m=128, block_n=32, num_warps=4, num_stages=4)
 
 
 @triton.jit
@@ -47,7 +48,7 @@ def _prefill_kernel(
     stride_cb, stride_cs, stride_ch, stride_bt,
     QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
 ):
     head = tl.program_id(0)
     seq = tl.program_id(1)
@@ -90,13 +91,13 @@ def _prefill_kernel(
         acc, m_i, l_i = attend_paged_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
             n_start, context_len, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
-            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION,
+            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION, INT64_OFFSETS,
         )
     for n_start in range(full_end, kv_end, BLOCK_N):
         acc, m_i, l_i = attend_paged_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
             n_start, context_len, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
-            BLOCK_N, PAGE_SIZE, EVEN_D, True, CAUSAL, DOT_PRECISION,
+            BLOCK_N, PAGE_SIZE, EVEN_D, True, CAUSAL, DOT_PRECISION, INT64_OFFSETS,
         )
     acc = acc / l_i[:, None]
     tl.store(
@@ -166,6 +167,7 @@ def paged_prefill_attention(
         QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGE_SIZE=block_size,
         CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype),
+        INT64_OFFSETS=needs_int64_offsets(key_cache),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -59,9 +59,11 @@ def test_decode_chooses_its_own_splits_when_not_given(make_paged_cache, relative
 def test_split_heuristic_fills_the_gpu_only_when_sequences_are_few() -> None:
     cfg = DecodeConfig()
     assert choose_num_splits(256, 8, 4096, cfg) == 1
+    assert choose_num_splits(64, 8, 4096, cfg) == 1
+    assert choose_num_splits(16, 8, 4096, cfg) == 4
+    assert choose_num_splits(8, 8, 32768, cfg) == 8
     assert choose_num_splits(1, 8, 32768, cfg) == 66
-    assert choose_num_splits(1, 8, 300, cfg) == 2
-    assert choose_num_splits(16, 8, 4096, cfg) == 5
+    assert choose_num_splits(1, 8, 300, cfg) == 3
 
 
 def test_decode_rejects_bad_arguments_with_messages() -> None:
