@@ -64,7 +64,8 @@ class HttpApi:
         except web.HTTPNotFound:
             return self._error(NotFound(f"no route for {request.method} {request.path}"))
         except web.HTTPMethodNotAllowed:
-            return self._error(RequestError(f"method {request.method} is not allowed on {request.path}"))
+            return self._error(RequestError(f"method {request.method} is not allowed on {request.path}", None,
+                                            "method_not_allowed"))
 
     async def _models(self, _: web.Request) -> web.Response:
         data = [

@@ -17,6 +17,8 @@ _HTTP_ERRORS: dict[int, tuple[int, str, str | None]] = {
     ErrorCode.DEADLINE_EXCEEDED: (504, "server_error", "timeout"),
     ErrorCode.CANCELLED: (499, "server_error", "cancelled"),
 }
+# Bad requests whose HTTP status is more specific than 400.
+_HTTP_STATUS_BY_CODE = {"request_too_large": 413, "method_not_allowed": 405}
 RETRY_AFTER_S = 1
 
 
@@ -24,8 +26,7 @@ def error_response(exc: FlashStreamError) -> tuple[int, dict[str, Any], dict[str
     """(HTTP status, OpenAI error body, extra headers) for an error."""
     status, err_type, code = _HTTP_ERRORS.get(int(exc.code), (500, "server_error", "internal_error"))
     code = getattr(exc, "error_code", code)
-    if code == "request_too_large":
-        status = 413
+    status = _HTTP_STATUS_BY_CODE.get(code, status)
     body = {"error": {"message": exc.message, "type": err_type, "param": getattr(exc, "param", None), "code": code}}
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else {}
     return status, body, headers

@@ -223,6 +223,19 @@ def test_client_disconnect_mid_stream_sends_an_abort_to_the_tokenizer() -> None:
     asyncio.run(main())
 
 
+def test_unknown_routes_and_methods_get_openai_errors() -> None:
+    async def main() -> None:
+        async with gateway_stack() as stack, aiohttp.ClientSession() as session:
+            async with session.get(stack.http + "/v1/completions") as resp:
+                assert (resp.status, await resp.json()) == (405, _error(
+                    "method GET is not allowed on /v1/completions", None, "method_not_allowed"))
+            async with session.post(stack.http + "/v1/embeddings", json={}) as resp:
+                assert (resp.status, await resp.json()) == (404, _error(
+                    "no route for POST /v1/embeddings", None, "not_found"))
+
+    asyncio.run(main())
+
+
 def test_models_lists_the_served_model() -> None:
     async def main() -> None:
         async with gateway_stack() as stack, aiohttp.ClientSession() as session:
