@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from tokenizers import Tokenizer
 
 REPLACEMENT_CHAR = "\ufffd"
-MAX_WINDOW = 16  # tokens kept as decoding context before the window start moves forward
+MAX_WINDOW = 4  # tokens decoded again per step at most, plus the new ones (decode cost grows with it)
 
 
 @dataclass(slots=True)

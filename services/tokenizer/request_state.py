@@ -92,8 +92,10 @@ class RequestState:
         return self.prompt_text
 
     def apply_delta(self, delta: str, token_ids: list[int]) -> TextStep:
-        echo = self._echo()
         self.num_output_tokens += len(token_ids)
+        if self.sent_first and not self.stop_matcher.stops:  # the common case, kept short
+            return TextStep(delta, token_ids)
+        echo = self._echo()
         result = self.stop_matcher.feed(delta)
         if result.stop_string is not None:
             self.stop_string = result.stop_string
