@@ -1,0 +1,73 @@
+"""Engine pool: admission checks and routing across workers, without gRPC."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.errors import ErrorCode, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.sampling import SamplingParams
+from services.scheduler.config import SchedulerConfig, WorkerLimits
+from services.scheduler.plan import Request, RequestError
+from services.scheduler.router import EnginePool
+from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
+
+LIMITS = WorkerLimits(block_size=4, num_kv_blocks=8, max_num_seqs=4, max_num_batched_tokens=64,
+                      max_model_len=64, vocab_size=500)
+
+
+def req(key: str, prompt: list[int], max_tokens: int = 2) -> Request:
+    return Request(key, tuple(prompt), SamplingParams(max_tokens=max_tokens))
+
+
+def test_prompt_that_can_never_fit_the_kv_cache_is_invalid_argument():
+    pool = EnginePool(SchedulerConfig())
+    pool.add_worker("w", LIMITS)
+    with pytest.raises(InvalidArgument, match="can never fit the KV cache"):
+        pool.submit(req("r", list(range(30)), max_tokens=3))  # 33 tokens need 9 blocks of 4; 8 exist
+    with pytest.raises(InvalidArgument, match="exceeds max_model_len"):
+        pool.submit(req("r", list(range(10)), max_tokens=60))
+    with pytest.raises(InvalidArgument, match="empty"):
+        pool.submit(req("r", []))
+    with pytest.raises(InvalidArgument, match="outside the vocabulary"):
+        pool.submit(req("r", [1, 500]))
+    assert pool.num_waiting == 0
+
+
+def test_full_queue_is_resource_exhausted_at_once():
+    pool = EnginePool(SchedulerConfig(max_queued_requests=2))
+    pool.add_worker("w", LIMITS)
+    pool.submit(req("a", [1]))
+    pool.submit(req("b", [2]))
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        pool.submit(req("c", [3]))
+    assert pool.num_waiting == 2
+
+
+def test_no_worker_is_unavailable():
+    with pytest.raises(Unavailable):
+        EnginePool(SchedulerConfig()).submit(req("a", [1]))
+
+
+def test_new_request_goes_to_the_longest_cached_prefix_then_the_least_load():
+    pool = EnginePool(SchedulerConfig())
+    left = pool.add_worker("left", LIMITS)
+    pool.add_worker("right", LIMITS)
+    shared = list(range(100, 112))
+    assert pool.submit(req("a", shared + [1])) == "left"  # equal: the first of the least loaded
+    run_engine(left, FakeWorker(8, 4))
+    assert pool.submit(req("b", [7, 8, 9])) == "left"  # both idle again: ties keep order
+    assert pool.submit(req("c", [7, 8, 9])) == "right"  # left has one request
+    assert pool.submit(req("d", shared + [2])) == "left"  # left caches 12 of its tokens
+
+
+def test_losing_a_worker_ends_only_its_requests_with_unavailable():
+    pool = EnginePool(SchedulerConfig())
+    pool.add_worker("left", LIMITS)
+    pool.add_worker("right", LIMITS)
+    pool.submit(req("a", [1]))
+    pool.submit(req("b", [2]))
+    events = pool.remove_worker("left", "worker left disconnected")
+    assert [(e.key, e.code) for e in events if isinstance(e, RequestError)] == [("a", ErrorCode.UNAVAILABLE)]
+    assert pool.abort("a") is None
+    assert pool.abort("b") == "right"
+    assert pool.submit(req("a", [1])) == "right"  # the key is free again
