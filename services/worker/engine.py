@@ -90,7 +90,8 @@ def fake_token_id(config: WorkerConfig, cfg: ModelConfig) -> int:
     return next(t for t in range(cfg.vocab_size) if t not in cfg.eos_token_ids)
 
 
-def build_engine(config: WorkerConfig) -> Engine:
+def build_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engine:
+    """use_kernels: None picks Triton kernels on CUDA and torch references elsewhere (tests force either)."""
     cfg, model_id, revision = resolve_model_config(config)
     max_len = max_model_len_of(config, cfg)
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -104,7 +105,7 @@ def build_engine(config: WorkerConfig) -> Engine:
         return Engine(info, runner)
     from services.worker.model_engine import build_model_engine
 
-    return build_model_engine(config, cfg, model_id, revision, max_len, worker_id)
+    return build_model_engine(config, cfg, model_id, revision, max_len, worker_id, use_kernels)
 
 
 __all__ = ["CPU_DEFAULT_KV_BLOCKS", "Engine", "EngineInfo", "build_engine"]

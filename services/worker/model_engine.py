@@ -44,11 +44,17 @@ def resolve_dtype(name: str, cfg: ModelConfig, device: torch.device) -> torch.dt
 
 
 def build_model_engine(
-    config: WorkerConfig, cfg: ModelConfig, model_id: str, revision: str, max_len: int, worker_id: str
+    config: WorkerConfig,
+    cfg: ModelConfig,
+    model_id: str,
+    revision: str,
+    max_len: int,
+    worker_id: str,
+    use_kernels: bool | None = None,
 ) -> Engine:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, cfg, device)
-    model = build_empty_model(cfg, select_ops(device), dtype, device)
+    model = build_empty_model(cfg, select_ops(device, use_kernels), dtype, device)
     if config.load_format == "dummy":
         init_dummy_weights(model, config.seed)
     else:

@@ -1,0 +1,27 @@
+"""The decoder's calls into the Triton launchers (run by the interpreter on CPU) give the references' tokens."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.worker.config import WorkerConfig
+from services.worker.engine import build_engine
+from tests.unit.worker.helpers import Driver, make_checkpoint, run_greedy
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")
+
+
+@pytest.mark.parametrize("name", ["qwen3", "mistral_mqa_sharded"])
+def test_kernel_launchers_give_the_reference_greedy_tokens(name: str, tmp_path: Path) -> None:
+    folder = make_checkpoint(name, tmp_path / name)
+    prompts = {1: [5, 17, 99, 3, 250, 41, 7, 7, 128, 64, 33, 2, 200, 11, 90, 150, 6, 73, 12], 2: [9, 8, 7]}
+
+    def engine(use_kernels: bool):  # noqa: ANN202
+        config = WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=16, max_model_len=64)
+        return build_engine(config, use_kernels=use_kernels)
+
+    refs = run_greedy(Driver(engine(False)), prompts, 4, chunk=8)
+    assert run_greedy(Driver(engine(True)), prompts, 4, chunk=8) == refs
