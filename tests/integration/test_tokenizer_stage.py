@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.tokenizer.tokenizer import TextTokenizer
 from tests.unit.tokenizer.model_dirs import build_model_dir
-from tests.unit.tokenizer.stage_harness import Harness, read_until_terminal, streamed_text, text_request
+from tests.unit.tokenizer.stage_harness import Harness, eventually, read_until_terminal, streamed_text, text_request
 
 REPLY_TEXT = "東京の朝 👩‍👩‍👧‍👦 café 서울 🇯🇵 — the city sleeps. END here"
 
@@ -117,11 +117,7 @@ def test_upstream_abort_is_forwarded_and_ends_with_abort(model_dir: Path, tokeni
             await call.write(tokenizer_pb2.TokenizerUp(abort_request_ids=["x"]))
             events, _ = await read_until_terminal(call, {"x"})
             assert events["x"][-1].done.finish_reason == common_pb2.FINISH_REASON_ABORT
-            for _ in range(100):
-                if h.fake.aborts:
-                    break
-                await asyncio.sleep(0.01)
-            assert h.fake.aborts == ["1:x"]
+            assert await eventually(lambda: bool(h.fake.aborts)) and h.fake.aborts == ["1:x"]
             await call.done_writing()
 
     asyncio.run(main())
@@ -148,11 +144,7 @@ def test_closing_an_upstream_stream_aborts_its_requests(model_dir: Path) -> None
             await call.write(tokenizer_pb2.TokenizerUp(requests=[text_request("gone")]))
             await call.read()
             call.cancel()
-            for _ in range(200):
-                if h.fake.aborts:
-                    break
-                await asyncio.sleep(0.01)
-            assert h.fake.aborts == ["1:gone"]
+            assert await eventually(lambda: bool(h.fake.aborts)) and h.fake.aborts == ["1:gone"]
 
     asyncio.run(main())
 

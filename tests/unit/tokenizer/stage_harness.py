@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,3 +69,12 @@ def text_request(request_id: str, prompt: str = "The river", max_tokens: int = 6
         else:
             setattr(req.options, key, value)
     return req
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+    """Polls predicate until it holds or timeout_s passes; returns its last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    return predicate()
