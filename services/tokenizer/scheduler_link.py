@@ -86,6 +86,8 @@ class SchedulerLink:
                 raise
             except grpc.aio.AioRpcError as exc:
                 log.warning("scheduler at %s unavailable: %s", self.target, exc.code().name)
+            except Exception:  # noqa: BLE001 - a bug in handling one message must not end the link for good
+                log.exception("scheduler stream to %s failed", self.target)
             finally:
                 if self._outbox is not None:
                     self._outbox.put_nowait(None)
