@@ -36,8 +36,8 @@ class PrefillConfig:
 def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
     """Best variants of the H100 sweep (kernels/NOTES.md), causal bf16 at 16k tokens per launch."""
     if head_dim <= 64:
-        return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=4)
-    return PrefillConfig(block_m=128, block_n=32, num_warps=4, num_stages=4)
+        return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
 
 
 @triton.jit
