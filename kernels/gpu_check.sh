@@ -15,3 +15,8 @@ if [ "${BENCH:-1}" = 1 ]; then
   timeout 200 python3 -m kernels.bench --json "$OUT/kernels_h100.json" --md "$OUT/kernels_h100.md" 2>&1 \
     | tee "$OUT/kernels_bench.log"
 fi
+if [ "${PROFILE:-0}" = 1 ]; then
+  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__occupancy_limit_registers,launch__occupancy_limit_shared_mem,launch__registers_per_thread,smsp__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active
+  timeout 120 ncu --kernel-name regex:'_prefill_kernel|_decode_split_kernel' --launch-skip 4 --launch-count 2 \
+    --metrics "$metrics" python3 -m kernels.profile_kernels 2>&1 | tee "$OUT/kernels_ncu.txt"
+fi
