@@ -54,7 +54,7 @@ class FakeWorkerServer(worker_pb2_grpc.WorkerServicer):
     plans: list[StepPlan] = field(default_factory=list)
     num_streams: int = 0
     errors: list[AssertionError] = field(default_factory=list)  # plans the fake worker could not run
-    gate: asyncio.Event | None = None  # when set by a test, each step waits for it
+    permits: asyncio.Semaphore | None = None  # when set by a test, each step takes one permit first
 
     def __post_init__(self) -> None:
         self.server = None
@@ -93,8 +93,8 @@ class FakeWorkerServer(worker_pb2_grpc.WorkerServicer):
         async for pb in request_iterator:
             plan = plan_from_pb(pb)
             self.plans.append(plan)
-            if self.gate is not None:
-                await self.gate.wait()
+            if self.permits is not None:
+                await self.permits.acquire()
             if c.step_delay_s:
                 await asyncio.sleep(c.step_delay_s)
             try:
