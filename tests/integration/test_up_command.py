@@ -1,0 +1,89 @@
+"""`flashstream up` as a user runs it: builds the demo model, starts every stage, streams, stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.launcher import python_path_env
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+
+def _stage_processes(cache_dir: str) -> list[int]:
+    """Pids of `flashstream serve` processes that inherited FLASHSTREAM_CACHE_DIR=cache_dir from one launcher."""
+    marker = f"FLASHSTREAM_CACHE_DIR={cache_dir}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"serve" in cmdline.split(b"\0") and marker in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _up(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    env = python_path_env()
+    env["FLASHSTREAM_CACHE_DIR"] = str(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "services.cli", "up", "--base-port", "0", "--http-port", "0", "--device", "cpu",
+           "--log-dir", str(tmp_path / "logs"), "--max-tokens", "8", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_up_builds_the_demo_model_streams_an_answer_and_stops_every_stage(tmp_path: Path) -> None:
+    proc = _up(tmp_path, "--prompt", "Once upon a time", "--exit-after-prompt")
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert "FlashStream is up (4 processes, model flashstream-demo)" in out
+    assert "(flashstream.v1.Gateway)" in out
+    assert "[8 tokens, finish LENGTH, TTFT" in out or "finish EOS" in out, out
+    assert (tmp_path / "cache" / "demo-model-v1" / "model.safetensors").is_file()
+    time.sleep(0.5)
+    assert _stage_processes(str(tmp_path / "cache")) == []
+
+
+def test_sigterm_stops_the_launcher_and_leaves_no_orphan(tmp_path: Path) -> None:
+    proc = _up(tmp_path, "--prompt", "")
+    lines = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Ctrl-C stops every stage" in line or not line:
+            break
+    assert "Ctrl-C stops every stage" in lines[-1], "".join(lines)
+    children = _stage_processes(str(tmp_path / "cache"))
+    assert len(children) == 4, children
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    deadline = time.monotonic() + 10
+    while _stage_processes(str(tmp_path / "cache")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _stage_processes(str(tmp_path / "cache")) == []
+
+
+def test_a_killed_launcher_takes_its_stages_with_it(tmp_path: Path) -> None:
+    proc = _up(tmp_path, "--prompt", "")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "Ctrl-C stops every stage" in line or not line:
+            break
+    assert len(_stage_processes(str(tmp_path / "cache"))) == 4
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 15
+    while _stage_processes(str(tmp_path / "cache")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _stage_processes(str(tmp_path / "cache")) == []
