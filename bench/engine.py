@@ -39,7 +39,11 @@ class Bench:
         self.step_id = 0
         self.next_seq = 0
         cfg = engine.info.model
+        # Bytes a decode step reads: every weight, except an untied embedding table (only its used rows).
+        embed = engine.model.model.embed_tokens.weight
         self.weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+        if not cfg.tie_word_embeddings:
+            self.weight_bytes -= embed.numel() * embed.element_size()
         self.kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * engine.model.model.norm.weight.element_size()
 
     def step(self, new=(), cached=(), finished=()) -> float:  # noqa: ANN001
@@ -132,7 +136,7 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
         step_ms = statistics.median(times) * 1e3
         floor = bench.floor_ms(batch, args.prompt_len + 4 + args.decode_steps / 2)
         out["decode"].append({"batch": batch, "step_ms": round(step_ms, 3),
-                              "tokens_per_s": round(batch * len(times) / sum(times), 1),
+                              "tokens_per_s": round(batch / statistics.median(times), 1),
                               "floor_ms": round(floor, 3), "floor_pct": round(100 * floor / step_ms, 1)})
         bench.finish(ids)
         print(f"{preset} decode batch {batch}: {step_ms:.3f} ms/step", flush=True)

@@ -37,11 +37,19 @@ class DecodeGraphs:
         self.max_blocks = -(-max_model_len // kv_cache.block_size)
         device = kv_cache.data.device
         n = self.buckets[-1]
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
-        self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32, device=device)
-        self.context_lens = torch.ones(n, dtype=torch.int32, device=device)
+        # Inputs travel in two copies per step, from pinned host staging buffers into static device buffers:
+        # int64 rows (token ids, positions, slots) and int32 (context lengths, then block tables row-major).
+        self.stage64 = torch.zeros((3, n), dtype=torch.int64).pin_memory()
+        self.stage32 = torch.zeros(n + n * self.max_blocks, dtype=torch.int32).pin_memory()
+        self.static64 = torch.zeros((3, n), dtype=torch.int64, device=device)
+        self.static32 = torch.zeros(n + n * self.max_blocks, dtype=torch.int32, device=device)
+        self.input_ids, self.positions, self.slot_mapping = self.static64[0], self.static64[1], self.static64[2]
+        self.context_lens = self.static32[:n]
+        self.block_tables = self.static32[n:].view(n, self.max_blocks)
+        self.stage64[2].fill_(-1)
+        self.stage32[:n].fill_(1)
+        self.static64.copy_(self.stage64)
+        self.static32.copy_(self.stage32)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}  # bucket → [bucket, vocab] fp32 output of its graph
@@ -96,21 +104,22 @@ class DecodeGraphs:
         bs = self.bucket_for(n)
         if bs is None or bs not in self.graphs:
             raise ValueError(f"no decode graph for {n} sequences (largest is {self.max_batch})")
-        bsz = self.kv_cache.block_size
-        positions = np.fromiter((c.start for c in chunks), dtype=np.int64, count=n)
-        width = max(len(c.block_ids) for c in chunks)
-        tables = np.zeros((n, width), dtype=np.int32)
+        bsz, n_max = self.kv_cache.block_size, self.buckets[-1]
+        host64 = self.stage64.numpy()  # [3, n_max]: token ids, positions, slots
+        host32 = self.stage32.numpy()  # [n_max]: context lengths, then [n_max, max_blocks] block tables
+        tables = host32[n_max:].reshape(n_max, self.max_blocks)
+        positions = host64[1, :n]
+        positions[:] = np.fromiter((c.start for c in chunks), dtype=np.int64, count=n)
         for i, chunk in enumerate(chunks):
             tables[i, : len(chunk.block_ids)] = chunk.block_ids
-        slots = tables[np.arange(n), positions // bsz].astype(np.int64) * bsz + positions % bsz
-        # Host values for the real rows, then defaults for the padding rows of the bucket.
-        self.input_ids[:n].copy_(torch.as_tensor(np.asarray(token_ids, dtype=np.int64)), non_blocking=True)
-        self.positions[:n].copy_(torch.from_numpy(positions), non_blocking=True)
-        self.slot_mapping[:n].copy_(torch.from_numpy(slots), non_blocking=True)
-        self.block_tables[:n, :width].copy_(torch.from_numpy(tables), non_blocking=True)
-        self.context_lens[:n].copy_(torch.from_numpy((positions + 1).astype(np.int32)), non_blocking=True)
-        if bs > n:
-            self.slot_mapping[n:bs].fill_(-1)
-            self.context_lens[n:bs].fill_(1)
+        host64[0, :n] = token_ids
+        host64[2, :n] = tables[np.arange(n), positions // bsz].astype(np.int64) * bsz + positions % bsz
+        host32[:n] = positions + 1
+        # Padding rows of the bucket write nowhere and attend to one entry.
+        host64[2, n:bs] = -1
+        host32[n:bs] = 1
+        self.static64.copy_(self.stage64, non_blocking=True)
+        used = n_max + bs * self.max_blocks
+        self.static32[:used].copy_(self.stage32[:used], non_blocking=True)
         self.graphs[bs].replay()
         return self.logits[bs][:n]
