@@ -32,9 +32,10 @@ import torch
 from services.worker.sampling import ops
 from services.worker.sampling.batch import SamplingBatch
 from services.worker.sampling.noise import seeded_gumbel, unseeded_gumbel
+from services.worker.sampling.results import DeviceSample
 from services.worker.sampling.types import SamplerOutput, SamplingRow, TokenLogprobs
 
-__all__ = ["Sampler", "SamplerOutput", "SamplingRow", "TokenLogprobs"]
+__all__ = ["DeviceSample", "Sampler", "SamplerOutput", "SamplingRow", "TokenLogprobs"]
 
 
 class Sampler:
@@ -51,41 +52,63 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
         """logits: [num_rows, vocab_size], any float dtype (math in fp32), on the model's device."""
-        self._check(logits, rows)
-        if not rows:
-            return SamplerOutput(token_ids=[], logprobs=[])
+        return self.sample(logits, rows).to_host()
+
+    def sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> DeviceSample:
+        """Like calling the sampler, but leaves the results on the device and copies nothing back yet."""
+        batch = self._batch(logits, rows)
         with torch.inference_mode():
-            batch = SamplingBatch.build(rows, self.vocab_size, self.eos_token_ids, logits.device)
             if batch.is_plain_greedy:
                 # argmax is order-preserving across float dtypes, so no fp32 copy is needed.
-                return SamplerOutput(token_ids=logits.argmax(dim=-1).tolist(), logprobs=[None] * len(rows))
-            x = logits.to(torch.float32, copy=True)  # [num_rows, vocab_size]
-            ops.adjust(x, batch)
-            return self._sample(x, batch)
+                return DeviceSample.pack(logits.argmax(dim=-1), None, None, (), ())
+            return self._draw(self._adjust(logits, batch), batch)
 
     def adjusted_logits(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         """fp32 logits [num_rows, vocab_size] after penalties and min_tokens masking: what greedy rows argmax."""
-        self._check(logits, rows)
+        batch = self._batch(logits, rows)
         with torch.inference_mode():
-            x = logits.to(torch.float32, copy=True)
-            if rows:
-                ops.adjust(x, SamplingBatch.build(rows, self.vocab_size, self.eos_token_ids, logits.device))
-            return x
+            return self._adjust(logits, batch)
 
-    def _check(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
+    def support(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """[num_rows, vocab_size] bool: the tokens each row can be given (a greedy row: its argmax only)."""
+        batch = self._batch(logits, rows)
+        with torch.inference_mode():
+            x = self._adjust(logits, batch)
+            allowed = torch.zeros_like(x, dtype=torch.bool).scatter_(1, x.argmax(dim=-1, keepdim=True), True)
+            if not batch.num_sampled:
+                return allowed
+            if batch.temperature is not None:
+                x.div_(batch.temperature)
+            if batch.truncation is not None:
+                ops.truncate(x, batch.truncation)
+            sampled = x > float("-inf")
+            if batch.sample_rows is None:
+                return sampled
+            return allowed.index_copy_(0, batch.sample_rows, sampled.index_select(0, batch.sample_rows))
+
+    def _batch(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplingBatch:
+        """Checks the inputs and builds the step's metadata on the logits' device."""
         if logits.dim() != 2 or logits.shape[1] != self.vocab_size:
             raise ValueError(f"logits must be [num_rows, {self.vocab_size}], got {list(logits.shape)}")
         if not logits.is_floating_point():
             raise ValueError(f"logits must be floating point, got {logits.dtype}")
         if logits.shape[0] != len(rows):
             raise ValueError(f"logits have {logits.shape[0]} rows but {len(rows)} sampling rows were given")
+        return SamplingBatch.build(rows, self.vocab_size, self.eos_token_ids, logits.device)
 
-    def _sample(self, x: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+    @staticmethod
+    def _adjust(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        # A contiguous fp32 copy [num_rows, vocab_size]: the transforms work in place on flat views of it.
+        x = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        ops.adjust(x, batch)
+        return x
+
+    def _draw(self, x: torch.Tensor, batch: SamplingBatch) -> DeviceSample:
         """Steps 3 to 6 on adjusted logits x [num_rows, vocab_size] fp32, which it overwrites."""
         token_ids = x.argmax(dim=-1) if batch.num_greedy else None  # [num_rows]
         if batch.temperature is not None:
             x.div_(batch.temperature)
-        logprobs = None
+        logprobs = None  # [L, vocab_size]
         if batch.logprob_row_ids:
             logprobs = (x if batch.logprob_rows is None else x.index_select(0, batch.logprob_rows)).log_softmax(-1)
         if batch.num_sampled:
@@ -96,7 +119,7 @@ class Sampler:
                 token_ids = sampled
             else:
                 token_ids.index_copy_(0, batch.sample_rows, sampled)
-        return self._to_host(token_ids, logprobs, batch)
+        return DeviceSample.pack(token_ids, logprobs, batch.logprob_rows, batch.logprob_row_ids, batch.logprob_counts)
 
     def _race(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """One draw per sampled row: argmax of the truncated, scaled logits plus Gumbel noise."""
@@ -108,26 +131,3 @@ class Sampler:
         else:
             noise = seeded_gumbel(batch.seeded_keys, self.vocab_size)
         return scores.add_(noise).argmax(dim=-1)
-
-    def _to_host(self, token_ids: torch.Tensor, logprobs: torch.Tensor | None, batch: SamplingBatch) -> SamplerOutput:
-        """Reads every result in one device-to-host copy (float64 holds token ids and fp32 values exactly)."""
-        parts = [token_ids.to(torch.float64)]
-        max_n = max(batch.logprob_counts, default=0)
-        if logprobs is not None:
-            rows = token_ids if batch.logprob_rows is None else token_ids.index_select(0, batch.logprob_rows)
-            parts.append(logprobs.gather(1, rows.unsqueeze(1)).squeeze(1).to(torch.float64))  # [L]
-            if max_n:
-                best = logprobs.topk(max_n, dim=-1)  # [L, max_n] each, descending
-                parts.append(best.indices.to(torch.float64).flatten())
-                parts.append(best.values.to(torch.float64).flatten())
-        host = torch.cat(parts).tolist()
-        num_rows, num_lp = batch.num_rows, len(batch.logprob_row_ids)
-        ids = [int(t) for t in host[:num_rows]]
-        out: list[TokenLogprobs | None] = [None] * num_rows
-        top_ids = host[num_rows + num_lp : num_rows + num_lp + num_lp * max_n]
-        top_values = host[num_rows + num_lp + num_lp * max_n :]
-        for j, (row, n) in enumerate(zip(batch.logprob_row_ids, batch.logprob_counts)):
-            base = j * max_n
-            top = [(int(top_ids[base + i]), top_values[base + i]) for i in range(n)]
-            out[row] = TokenLogprobs(token_id=ids[row], logprob=host[num_rows + j], top=top)
-        return SamplerOutput(token_ids=ids, logprobs=out)

@@ -45,8 +45,7 @@ class SamplingBatch:
     num_rows: int
     vocab_size: int
     penalties: PenaltyBatch | None
-    banned_rows: torch.Tensor | None  # [num_banned] int64; with banned_tokens, the (row, token) pairs min_tokens masks
-    banned_tokens: torch.Tensor | None  # [num_banned] int64
+    banned_flat: torch.Tensor | None  # [num_banned] int64 row * vocab_size + token id, for tokens min_tokens masks
     temperature: torch.Tensor | None  # [num_rows, 1] fp32, 1 on greedy rows; None: every row has 1
     num_greedy: int
     sample_rows: torch.Tensor | None  # [S] int64 non-greedy rows; None: every row (when num_greedy == 0)
@@ -64,7 +63,7 @@ class SamplingBatch:
         return (
             self.num_greedy == self.num_rows
             and self.penalties is None
-            and self.banned_rows is None
+            and self.banned_flat is None
             and not self.logprob_row_ids
         )
 
@@ -79,8 +78,7 @@ class SamplingBatch:
         num_rows = len(rows)
         pen_rows: list[int] = []
         pen_params: list[tuple[float, float, float]] = []  # (repetition, presence, frequency)
-        banned_rows: list[int] = []
-        banned_tokens: list[int] = []
+        banned_flat: list[int] = []
         temperatures: list[float] = []
         sample_rows: list[int] = []
         trunc_rows: list[int] = []
@@ -99,8 +97,7 @@ class SamplingBatch:
                 banned = {t for t in p.stop_token_ids if t < vocab_size}
                 if not p.ignore_eos:
                     banned.update(eos_token_ids)
-                banned_rows.extend([i] * len(banned))
-                banned_tokens.extend(sorted(banned))
+                banned_flat.extend(i * vocab_size + t for t in sorted(banned))
             if p.logprobs is not None:
                 logprob_rows.append(i)
                 logprob_counts.append(min(p.logprobs, vocab_size))
@@ -122,8 +119,7 @@ class SamplingBatch:
             num_rows=num_rows,
             vocab_size=vocab_size,
             penalties=_penalty_batch(rows, pen_rows, pen_params, num_rows, vocab_size, to_dev) if pen_rows else None,
-            banned_rows=to_dev.ints(banned_rows) if banned_rows else None,
-            banned_tokens=to_dev.ints(banned_tokens) if banned_tokens else None,
+            banned_flat=to_dev.ints(banned_flat) if banned_flat else None,
             temperature=to_dev.column(temperatures) if any(t != 1.0 for t in temperatures) else None,
             num_greedy=num_rows - len(sample_rows),
             sample_rows=to_dev.subset(sample_rows, num_rows),

@@ -30,7 +30,7 @@ def apply_penalties(x: torch.Tensor, pen: PenaltyBatch) -> None:
     if pen.repetition is not None:
         seen = generated.clone()
         if pen.prompt_flat is not None:
-            seen.view(-1)[pen.prompt_flat] = True
+            seen.view(-1).index_fill_(0, pen.prompt_flat, True)
         penalised = torch.where(sub > 0, sub / pen.repetition, sub * pen.repetition)
         sub = torch.where(seen, penalised, sub)
     sub = sub - pen.frequency * counts - pen.presence * generated
@@ -39,8 +39,8 @@ def apply_penalties(x: torch.Tensor, pen: PenaltyBatch) -> None:
 
 def ban_tokens(x: torch.Tensor, batch: SamplingBatch) -> None:
     """-inf on the EOS and stop ids of rows still short of min_tokens."""
-    if batch.banned_rows is not None:
-        x[batch.banned_rows, batch.banned_tokens] = float("-inf")
+    if batch.banned_flat is not None:
+        x.view(-1).index_fill_(0, batch.banned_flat, float("-inf"))
 
 
 def adjust(x: torch.Tensor, batch: SamplingBatch) -> None:
@@ -71,7 +71,8 @@ def truncate(x: torch.Tensor, trunc: TruncationBatch) -> None:
             ranked.masked_fill_(ranked < _kth_largest(ranked, trunc.top_k), float("-inf"))
         probs = ranked.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # probability of the strictly better-ranked tokens
-        drop = mass_before >= trunc.top_p
+        # Rows without top-p (p = 1) are spared explicitly: rounding can bring their mass_before to 1.
+        drop = (mass_before >= trunc.top_p) & (trunc.top_p < 1.0)
         drop[:, 0] = False
         ranked.masked_fill_(drop, float("-inf"))
         sub = torch.empty_like(sub).scatter_(1, order, ranked)

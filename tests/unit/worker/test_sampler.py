@@ -17,13 +17,18 @@ LOGITS = [0.5, 2.0, -1.0, 1.5, -0.5, 0.0, 3.0, -2.0, 1.0, 2.5]  # best first: 6,
 
 
 def row(prompt=(), output=(), **params) -> SamplingRow:
-    return SamplingRow(params=SamplingParams(max_tokens=64, **params), prompt_token_ids=list(prompt), output_token_ids=list(output))
+    return SamplingRow(
+        params=SamplingParams(max_tokens=64, **params), prompt_token_ids=list(prompt), output_token_ids=list(output)
+    )
 
 
 def sample_support(sampler: Sampler, logits: list[float], sampling_row: SamplingRow, num_draws: int = 2000) -> set[int]:
-    """Tokens drawn for num_draws copies of one unseeded row, in one batch, from a fixed generator."""
+    """Tokens drawn for num_draws copies of one unseeded row, in one batch, from a fixed generator; checked
+    against the sampler's own statement of the row's support."""
     torch.manual_seed(1234)
     out = sampler(torch.tensor([logits] * num_draws), [sampling_row] * num_draws)
+    allowed = sampler.support(torch.tensor([logits]), [sampling_row])[0]
+    assert set(out.token_ids) == set(allowed.nonzero().flatten().tolist())
     return set(out.token_ids)
 
 
@@ -52,7 +57,8 @@ def test_top_k_one_gives_the_argmax_whatever_the_temperature_and_seed():
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_prompt_and_output_tokens():
     sampler = Sampler(VOCAB, [EOS])
-    got = sampler.adjusted_logits(torch.tensor([LOGITS]), [row(prompt=[1, 2, 2], output=[3, 4], repetition_penalty=2.0)])
+    sampling_row = row(prompt=[1, 2, 2], output=[3, 4], repetition_penalty=2.0)
+    got = sampler.adjusted_logits(torch.tensor([LOGITS]), [sampling_row])
     expected = list(LOGITS)
     expected[1], expected[3] = 2.0 / 2, 1.5 / 2  # positive: divided
     expected[2], expected[4] = -1.0 * 2, -0.5 * 2  # negative: multiplied
@@ -71,17 +77,19 @@ def test_frequency_and_presence_penalties_subtract_per_occurrence_and_once_from_
 
 def test_negative_presence_and_frequency_penalties_raise_generated_tokens():
     sampler = Sampler(VOCAB, [EOS])
-    got = sampler.adjusted_logits(torch.tensor([LOGITS]), [row(output=[7, 7], frequency_penalty=-1.0, presence_penalty=-2.0)])
+    sampling_row = row(output=[7, 7, 7], frequency_penalty=-2.0, presence_penalty=-1.0)
+    got = sampler.adjusted_logits(torch.tensor([LOGITS]), [sampling_row])
     expected = list(LOGITS)
-    expected[7] = -2.0 + 2 * 1.0 + 2.0
-    assert got[0].tolist() == expected
-    assert sampler(torch.tensor([LOGITS]), [row(output=[7, 7], frequency_penalty=-1.0, presence_penalty=-2.0)]).token_ids == [6]
+    expected[7] = -2.0 + 3 * 2.0 + 1.0
+    assert got[0].tolist() == expected  # 5.0: now above token 6's 3.0
+    assert sampler(torch.tensor([LOGITS]), [sampling_row]).token_ids == [7]
 
 
 def test_penalties_of_one_row_leave_its_batch_mates_untouched():
     sampler = Sampler(VOCAB, [EOS])
     logits = torch.tensor([LOGITS, LOGITS, LOGITS])
-    rows = [row(output=[6]), row(output=[6, 6], prompt=[1], repetition_penalty=2.0, frequency_penalty=1.0), row(output=[6])]
+    penalised = row(output=[6, 6], prompt=[1], repetition_penalty=2.0, frequency_penalty=1.0)
+    rows = [row(output=[6]), penalised, row(output=[6])]
     got = sampler.adjusted_logits(logits, rows)
     assert got[0].tolist() == LOGITS and got[2].tolist() == LOGITS
     assert got[1, 6].item() == 3.0 / 2 - 2 * 1.0 and got[1, 1].item() == 1.0
@@ -97,7 +105,8 @@ def test_min_tokens_masks_eos_and_stop_ids_until_reached_and_not_after():
     got = sampler.adjusted_logits(logits, rows)
     for i in (0, 1):
         assert got[i, EOS].item() == -math.inf and got[i, 6].item() == -math.inf
-        assert [v for t, v in enumerate(got[i].tolist()) if t not in (6, EOS)] == [v for t, v in enumerate(LOGITS) if t not in (6, EOS)]
+        unmasked = [t for t in range(VOCAB) if t not in (6, EOS)]
+        assert got[i, unmasked].tolist() == [LOGITS[t] for t in unmasked]
     assert got[2].tolist() == LOGITS
     assert sampler(logits, rows).token_ids == [1, 1, 6]
 
@@ -114,7 +123,8 @@ def test_ignore_eos_leaves_eos_unmasked_but_still_masks_stop_ids_under_min_token
 
 def test_stop_ids_outside_the_vocabulary_are_ignored_by_min_tokens():
     sampler = Sampler(VOCAB, [EOS])
-    got = sampler.adjusted_logits(torch.tensor([LOGITS]), [row(min_tokens=1, ignore_eos=True, stop_token_ids=(VOCAB + 5,))])
+    sampling_row = row(min_tokens=1, ignore_eos=True, stop_token_ids=(VOCAB + 5,))
+    got = sampler.adjusted_logits(torch.tensor([LOGITS]), [sampling_row])
     assert got[0].tolist() == LOGITS
 
 
@@ -156,6 +166,27 @@ def test_min_p_samples_exactly_the_tokens_at_least_min_p_times_as_likely_as_the_
     assert sample_support(sampler, LOGITS, row(temperature=1.5, min_p=0.3)) == expected
 
 
+def test_min_p_of_one_keeps_only_the_best_tokens_ties_included():
+    sampler = Sampler(VOCAB, [EOS])
+    tied = [0.0, 1.0, 2.0, 2.0, 1.5, 0.5, -1.0, 0.0, 0.0, 0.0]
+    assert sample_support(sampler, tied, row(temperature=1.0, min_p=1.0)) == {2, 3}
+
+
+def test_top_k_with_a_top_p_that_does_not_bind_keeps_exactly_the_k_best():
+    sampler = Sampler(VOCAB, [EOS])
+    assert sample_support(sampler, LOGITS, row(temperature=2.0, top_k=3, top_p=0.99)) == {6, 9, 1}
+    assert sample_support(sampler, LOGITS, row(temperature=2.0, top_k=4, min_p=0.01)) == {6, 9, 1, 3}
+
+
+def test_top_k_row_keeps_k_tokens_when_a_dominant_token_fills_the_mass_and_a_batch_mate_uses_top_p():
+    sampler = Sampler(VOCAB, [EOS])
+    dominant = [40.0] + [float(i) for i in range(1, VOCAB)]  # token 0 holds all but ~1e-13 of the mass
+    rows = [row(temperature=1.0, top_k=4), row(temperature=1.0, top_p=0.5)]
+    allowed = sampler.support(torch.tensor([dominant, LOGITS]), rows)
+    assert allowed[0].nonzero().flatten().tolist() == [0, 7, 8, 9]
+    assert allowed[1].nonzero().flatten().tolist() == [6, 9]
+
+
 def test_untruncated_draws_follow_the_temperature_scaled_softmax():
     sampler = Sampler(VOCAB, [EOS])
     num_draws = 20000
@@ -190,6 +221,26 @@ def test_greedy_rows_report_logprobs_at_temperature_one_and_zero_alternatives_on
     assert out.logprobs[0].logprob == pytest.approx(expected[6], abs=1e-6)
     assert out.logprobs[0].top == [(6, pytest.approx(expected[6], abs=1e-6)), (9, pytest.approx(expected[9], abs=1e-6))]
     assert out.logprobs[1].logprob == pytest.approx(expected[6], abs=1e-6) and out.logprobs[1].top == []
+
+
+def test_sample_keeps_the_tokens_on_the_device_until_to_host():
+    sampler = Sampler(VOCAB, [EOS])
+    logits = torch.tensor([LOGITS, LOGITS[::-1]])
+    rows = [row(temperature=0.7, seed=1, logprobs=2), row()]
+    on_device = sampler.sample(logits, rows)
+    assert on_device.token_ids.dtype == torch.int64 and on_device.token_ids.device == logits.device
+    host = on_device.to_host()
+    assert host.token_ids == on_device.token_ids.tolist() == sampler(logits, rows).token_ids
+    assert host.token_ids[1] == 3 and host.logprobs[1] is None and len(host.logprobs[0].top) == 2
+
+
+def test_non_contiguous_logits_give_the_same_tokens_as_contiguous_ones():
+    sampler = Sampler(VOCAB, [EOS])
+    logits = torch.tensor([LOGITS, LOGITS[::-1]])
+    rows = [row(min_tokens=1, stop_token_ids=(6,), presence_penalty=0.5, output=[9]), row(temperature=1.0, seed=3)]
+    transposed = logits.t().contiguous().t()  # same values, column-major strides
+    assert sampler(transposed, rows) == sampler(logits, rows)
+    assert torch.equal(sampler.adjusted_logits(transposed, rows), sampler.adjusted_logits(logits, rows))
 
 
 def test_empty_batch_gives_empty_output():

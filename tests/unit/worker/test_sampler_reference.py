@@ -96,7 +96,9 @@ params_strategy = st.builds(
     logprobs=st.none() | st.integers(0, 4),
 )
 token_lists = st.lists(st.integers(0, VOCAB - 1), max_size=5)
-sampling_rows = st.builds(SamplingRow, params=params_strategy, prompt_token_ids=token_lists, output_token_ids=token_lists)
+sampling_rows = st.builds(
+    SamplingRow, params=params_strategy, prompt_token_ids=token_lists, output_token_ids=token_lists
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -159,3 +161,15 @@ def test_logprobs_equal_the_reference_log_softmax_with_the_best_alternatives_fir
         for (got_id, got_value), want_id in zip(lp.top, best_first):
             assert math.isclose(got_value, expected[want_id], abs_tol=1e-5)
             assert math.isclose(expected[got_id], expected[want_id], abs_tol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(logit_rows, sampling_rows), min_size=1, max_size=6))
+def test_support_of_every_row_equals_the_reference_support(cases):
+    logits = torch.tensor([c[0] for c in cases])
+    rows = [c[1] for c in cases]
+    allowed = Sampler(VOCAB, EOS).support(logits, rows)
+    for (row_logits, row), row_allowed in zip(cases, allowed):
+        support, ambiguous = reference_support(reference_adjusted(row_logits, row), row.params)
+        if not ambiguous:
+            assert set(row_allowed.nonzero().flatten().tolist()) == support

@@ -113,15 +113,25 @@ def test_mixed_batch_on_cuda_gives_the_cpu_tokens_for_greedy_and_seeded_rows():
     logits = fixed_logits(8, seed=3)
     rows = mixed_rows()
     cpu = sampler(logits, rows)
+    reproducible = [i for i, r in enumerate(rows) if r.params.is_reproducible]
     for dtype in (torch.float32, torch.bfloat16):
         on_cpu = sampler(logits.to(dtype), rows) if dtype != torch.float32 else cpu
         gpu = sampler(logits.to(dtype).cuda(), rows)
+        assert [gpu.token_ids[i] for i in reproducible] == [on_cpu.token_ids[i] for i in reproducible]
         for i, sampling_row in enumerate(rows):
-            if sampling_row.params.is_reproducible:
-                assert gpu.token_ids[i] == on_cpu.token_ids[i]
             if sampling_row.params.logprobs is not None:
                 assert gpu.logprobs[i].logprob == pytest.approx(on_cpu.logprobs[i].logprob, abs=1e-5)
                 assert [t for t, _ in gpu.logprobs[i].top] == [t for t, _ in on_cpu.logprobs[i].top]
+    # Past building the step's small index tensors, nothing waits for the GPU until to_host().
+    cuda_logits = logits.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_device = sampler.sample(cuda_logits, rows)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    from_device = on_device.to_host().token_ids
+    assert [from_device[i] for i in reproducible] == [cpu.token_ids[i] for i in reproducible]
     many = fixed_logits(256, seed=4)
     many_rows = [row(temperature=1.0, seed=s, top_p=0.95) for s in range(256)]
     assert sampler(many.cuda(), many_rows).token_ids == sampler(many, many_rows).token_ids
