@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
+import numpy as np
 import torch
 
 from services.worker.sampling.noise import draw_key
@@ -157,12 +159,17 @@ class _Mover:
 
 def _flat_tokens(seqs: list[Sequence[int]], vocab_size: int, what: str) -> torch.Tensor:
     """Token ids of several rows as [num_tokens] int64 `local row * vocab_size + token id`, on the host."""
-    parts = [torch.as_tensor(s, dtype=torch.int64, device="cpu").reshape(-1) for s in seqs]
-    tokens = torch.cat(parts)
+    if all(isinstance(s, (list, tuple)) for s in seqs):
+        # Lists of Python ints, the common case: one pass in C, about 4x faster than a tensor per list.
+        lengths = [len(s) for s in seqs]
+        tokens = torch.from_numpy(np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=sum(lengths)))
+    else:
+        parts = [torch.as_tensor(s, dtype=torch.int64, device="cpu").reshape(-1) for s in seqs]
+        lengths = [p.numel() for p in parts]
+        tokens = torch.cat(parts)
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
         raise ValueError(f"{what} hold ids outside [0, {vocab_size}): min {int(tokens.min())}, max {int(tokens.max())}")
-    lengths = torch.tensor([p.numel() for p in parts], dtype=torch.int64)
-    local = torch.repeat_interleave(torch.arange(len(parts), dtype=torch.int64), lengths)
+    local = torch.repeat_interleave(torch.arange(len(seqs), dtype=torch.int64), torch.tensor(lengths))
     return local * vocab_size + tokens
 
 

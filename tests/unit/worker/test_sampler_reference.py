@@ -99,13 +99,18 @@ token_lists = st.lists(st.integers(0, VOCAB - 1), max_size=5)
 sampling_rows = st.builds(
     SamplingRow, params=params_strategy, prompt_token_ids=token_lists, output_token_ids=token_lists
 )
+random_batches = st.lists(st.tuples(logit_rows, sampling_rows), min_size=1, max_size=6)
+property_test = settings(max_examples=60, deadline=None)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(logit_rows, sampling_rows), min_size=1, max_size=6), st.integers(0, 2**31))
+def as_batch(cases: list[tuple[list[float], SamplingRow]]) -> tuple[torch.Tensor, list[SamplingRow]]:
+    return torch.tensor([c[0] for c in cases]), [c[1] for c in cases]
+
+
+@property_test
+@given(random_batches, st.integers(0, 2**31))
 def test_every_row_of_a_random_batch_gets_a_token_of_its_reference_support(cases, torch_seed):
-    logits = torch.tensor([c[0] for c in cases])
-    rows = [c[1] for c in cases]
+    logits, rows = as_batch(cases)
     sampler = Sampler(VOCAB, EOS)
     torch.manual_seed(torch_seed)
     out = sampler(logits, rows)
@@ -115,22 +120,20 @@ def test_every_row_of_a_random_batch_gets_a_token_of_its_reference_support(cases
             assert token in support
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(logit_rows, sampling_rows), min_size=1, max_size=6))
+@property_test
+@given(random_batches)
 def test_adjusted_logits_equal_the_reference_row_by_row(cases):
-    logits = torch.tensor([c[0] for c in cases])
-    rows = [c[1] for c in cases]
+    logits, rows = as_batch(cases)
     got = Sampler(VOCAB, EOS).adjusted_logits(logits, rows)
     expected = torch.tensor([reference_adjusted(c[0], c[1]) for c in cases], dtype=torch.float32)
     # Dyadic logits and penalties: every value is exact, so equality holds bit for bit.
     assert torch.equal(got, expected)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(logit_rows, sampling_rows), min_size=1, max_size=6), st.randoms(use_true_random=False))
+@property_test
+@given(random_batches, st.randoms(use_true_random=False))
 def test_greedy_and_seeded_rows_get_the_same_token_in_any_batch_order(cases, rng):
-    logits = torch.tensor([c[0] for c in cases])
-    rows = [c[1] for c in cases]
+    logits, rows = as_batch(cases)
     sampler = Sampler(VOCAB, EOS)
     out = sampler(logits, rows)
     order = list(range(len(rows)))
@@ -142,11 +145,10 @@ def test_greedy_and_seeded_rows_get_the_same_token_in_any_batch_order(cases, rng
             assert sampler(logits[i : i + 1], [rows[i]]).token_ids == [out.token_ids[i]]
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(logit_rows, sampling_rows), min_size=1, max_size=6))
+@property_test
+@given(random_batches)
 def test_logprobs_equal_the_reference_log_softmax_with_the_best_alternatives_first(cases):
-    logits = torch.tensor([c[0] for c in cases])
-    rows = [c[1] for c in cases]
+    logits, rows = as_batch(cases)
     out = Sampler(VOCAB, EOS)(logits, rows)
     for (row_logits, row), token, lp in zip(cases, out.token_ids, out.logprobs):
         if row.params.logprobs is None:
@@ -163,11 +165,10 @@ def test_logprobs_equal_the_reference_log_softmax_with_the_best_alternatives_fir
             assert math.isclose(expected[got_id], expected[want_id], abs_tol=1e-5)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(logit_rows, sampling_rows), min_size=1, max_size=6))
+@property_test
+@given(random_batches)
 def test_support_of_every_row_equals_the_reference_support(cases):
-    logits = torch.tensor([c[0] for c in cases])
-    rows = [c[1] for c in cases]
+    logits, rows = as_batch(cases)
     allowed = Sampler(VOCAB, EOS).support(logits, rows)
     for (row_logits, row), row_allowed in zip(cases, allowed):
         support, ambiguous = reference_support(reference_adjusted(row_logits, row), row.params)

@@ -1,4 +1,5 @@
-"""Seeded rows, batch mixing, and the same batch on CUDA: what must not depend on the batch or the device."""
+"""Draw distributions, seeded rows, batch mixing, and the same batch on CUDA: what must not depend on the batch
+or the device."""
 
 from __future__ import annotations
 
@@ -73,16 +74,27 @@ def test_different_seeds_and_positions_draw_different_tokens():
     assert len(by_seed) >= 15 and len(by_position) >= 15
 
 
+def assert_frequencies_match(token_ids: list[int], probs: list[float]) -> None:
+    """Each token's count lies within 5 standard deviations of its expected count."""
+    counts = Counter(token_ids)
+    for token, prob in enumerate(probs):
+        sigma = math.sqrt(len(token_ids) * prob * (1 - prob))
+        assert abs(counts[token] - len(token_ids) * prob) < 5 * sigma
+
+
+def test_unseeded_draws_follow_the_temperature_scaled_softmax():
+    sampler = Sampler(VOCAB, [EOS])
+    logits = torch.linspace(-2.0, 2.0, VOCAB).unsqueeze(0)
+    torch.manual_seed(99)
+    out = sampler(logits.expand(20000, VOCAB), [row(temperature=1.5)] * 20000)
+    assert_frequencies_match(out.token_ids, (logits[0] / 1.5).softmax(-1).tolist())
+
+
 def test_seeded_draws_over_many_seeds_follow_the_softmax():
     sampler = Sampler(VOCAB, [EOS])
     logits = torch.linspace(-2.0, 2.0, VOCAB).unsqueeze(0)
-    num_draws = 4000
-    counts = Counter(
-        sampler(logits.expand(num_draws, VOCAB), [row(temperature=1.0, seed=s) for s in range(num_draws)]).token_ids
-    )
-    for token, prob in enumerate(logits[0].softmax(-1).tolist()):
-        sigma = math.sqrt(num_draws * prob * (1 - prob))
-        assert abs(counts[token] - num_draws * prob) < 5 * sigma
+    out = sampler(logits.expand(4000, VOCAB), [row(temperature=1.0, seed=s) for s in range(4000)])
+    assert_frequencies_match(out.token_ids, logits[0].softmax(-1).tolist())
 
 
 def test_mixed_batch_gives_each_reproducible_row_what_it_gets_alone():
