@@ -27,6 +27,10 @@ class RequestHandle(Protocol):
 
     async def next(self) -> Event | FlashStreamError: ...
 
+    def next_nowait(self) -> Event | FlashStreamError | None:
+        """The next event if one is already queued, else None."""
+        ...
+
     def abort(self) -> None: ...
 
 
@@ -181,6 +185,7 @@ class Generation:
         self._deadline = deadline_loop
         self._timeout_s = timeout_s
         self._ended = False
+        self._held: Event | FlashStreamError | None = None  # read while coalescing, returned next
         core._begin()
 
     def __aiter__(self) -> Generation:
@@ -205,26 +210,58 @@ class Generation:
             return dataclasses.replace(item, latency=latency)
         self.num_prompt_tokens = item.num_prompt_tokens or self.num_prompt_tokens
         if item.token_ids or item.text:
+            # A merged delta carries several tokens: its gap is spread evenly over them, so the
+            # histogram keeps one observation per token after the first.
+            num_tokens = max(len(item.token_ids), 1)
             if self._last_token is None:
                 metrics.time_to_first_token.observe(now - self._start)
+                gaps = [0.0] * (num_tokens - 1)
             else:
-                metrics.inter_token_latency.observe(now - self._last_token)
+                gaps = [(now - self._last_token) / num_tokens] * num_tokens
+            for gap in gaps:
+                metrics.inter_token_latency.observe(gap)
             self._last_token = now
         return item
 
     async def _next_nonempty(self) -> Event | FlashStreamError:
         """The next event, skipping deltas with nothing in them (a tokenizer may send one to report
-        num_prompt_tokens before any text); a passed deadline aborts upstream and becomes the error."""
+        num_prompt_tokens before any text); a passed deadline aborts upstream and becomes the error.
+
+        Deltas already queued behind it are merged into it: a client that reads slower than tokens
+        arrive gets fewer, larger chunks instead of a backlog of one message per token."""
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
         try:
             async with asyncio.timeout_at(self._deadline):
                 while True:
                     item = await self._handle.next()
-                    if not isinstance(item, TextDelta) or item.text or item.token_ids or item.logprobs:
+                    if not isinstance(item, TextDelta):
                         return item
                     self.num_prompt_tokens = item.num_prompt_tokens or self.num_prompt_tokens
+                    if item.text or item.token_ids or item.logprobs:
+                        return self._merge_queued(item)
         except TimeoutError:
             self._handle.abort()
             return DeadlineExceeded(f"request {self.request_id} passed its deadline of {self._timeout_s:g} s")
+
+    def _merge_queued(self, delta: TextDelta) -> TextDelta:
+        """delta plus every TextDelta already queued after it; a terminal event found there is held."""
+        texts, token_ids, logprobs = [delta.text], list(delta.token_ids), list(delta.logprobs)
+        num_merged = 0
+        while (following := self._handle.next_nowait()) is not None:
+            if not isinstance(following, TextDelta):
+                self._held = following
+                break
+            self.num_prompt_tokens = following.num_prompt_tokens or self.num_prompt_tokens
+            texts.append(following.text)
+            token_ids.extend(following.token_ids)
+            logprobs.extend(following.logprobs)
+            num_merged += 1
+        if num_merged == 0:
+            return delta
+        return dataclasses.replace(delta, text="".join(texts), token_ids=tuple(token_ids),
+                                   logprobs=tuple(logprobs))
 
     def close(self) -> None:
         """Aborts the request upstream unless it already ended (client gone, handler cancelled)."""

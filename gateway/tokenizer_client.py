@@ -56,6 +56,9 @@ class TokenizerRequest:
     async def next(self) -> Event | FlashStreamError:
         return await self._queue.get()
 
+    def next_nowait(self) -> Event | FlashStreamError | None:
+        return None if self._queue.empty() else self._queue.get_nowait()
+
     def abort(self) -> None:
         self._conn.abort(self.request_id)
 

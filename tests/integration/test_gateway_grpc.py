@@ -29,9 +29,10 @@ def test_generate_streams_the_exact_chunks_then_one_done() -> None:
         async with gateway_stack() as stack, create_channel(stack.grpc_target) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             chunks = await _collect(stub.Generate(_generate_request(temperature=0.5, seed=7)))
-            assert [c.chunk.text for c in chunks[:-1]] == list(FAKE_CHUNKS)
-            assert [list(c.chunk.token_ids) for c in chunks[:-1]] == [[0], [1], [2], [3], [4]]
-            assert [c.WhichOneof("event") for c in chunks] == ["chunk"] * 5 + ["done"]
+            # Deltas queued together reach the client merged; text and ids stay exact and in order.
+            assert "".join(c.chunk.text for c in chunks[:-1]) == "".join(FAKE_CHUNKS)
+            assert [t for c in chunks[:-1] for t in c.chunk.token_ids] == [0, 1, 2, 3, 4]
+            assert [c.WhichOneof("event") for c in chunks] == ["chunk"] * (len(chunks) - 1) + ["done"]
             done = chunks[-1].done
             assert done.finish_reason == common_pb2.FINISH_REASON_EOS
             assert (done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.cached_tokens) == (7, 5, 3)
@@ -42,6 +43,18 @@ def test_generate_streams_the_exact_chunks_then_one_done() -> None:
             assert sent.prompt == "Say hello" and sent.model == "fake-model"
             assert (sent.sampling.max_tokens, sent.sampling.temperature, sent.sampling.seed) == (5, 0.5, 7)
             assert sent.deadline_unix_s == pytest.approx(sent.arrival_unix_s + 600.0)
+
+    asyncio.run(main())
+
+
+def test_paced_deltas_reach_the_client_one_chunk_each() -> None:
+    async def main() -> None:
+        async with gateway_stack() as stack, create_channel(stack.grpc_target) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            request = gateway_pb2.GenerateRequest(prompt="slow")  # the fake sends chunks 0.1 s apart
+            chunks = await _collect(stub.Generate(request))
+            assert [c.chunk.text for c in chunks[:-1]] == list(FAKE_CHUNKS)
+            assert [list(c.chunk.token_ids) for c in chunks[:-1]] == [[0], [1], [2], [3], [4]]
 
     asyncio.run(main())
 

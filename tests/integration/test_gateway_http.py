@@ -58,9 +58,14 @@ def test_completion_streamed_sends_openai_chunks_then_done() -> None:
             assert events[-1] == "[DONE]"
             assert len({e["id"] for e in events[:-1]}) == 1
             choices = [(e["choices"][0]["text"], e["choices"][0]["finish_reason"]) for e in events[:-2]]
-            assert choices == [(t, None) for t in FAKE_CHUNKS] + [("", "stop")]
-            assert _strip(events[0]) == {"object": "text_completion", "model": "fake-model", "choices": [
-                {"index": 0, "text": "Hello", "logprobs": None, "finish_reason": None}]}
+            # Deltas queued together are merged into one event; the text stays exact and in order.
+            assert "".join(text for text, _ in choices) == "".join(FAKE_CHUNKS)
+            assert [finish for _, finish in choices] == [None] * (len(choices) - 1) + ["stop"]
+            assert choices[-1] == ("", "stop")
+            first = _strip(events[0])
+            assert first["choices"][0]["text"].startswith("Hello")
+            assert first == {"object": "text_completion", "model": "fake-model", "choices": [
+                {"index": 0, "text": first["choices"][0]["text"], "logprobs": None, "finish_reason": None}]}
             assert _strip(events[-2]) == {"object": "text_completion", "model": "fake-model", "choices": [],
                                           "usage": USAGE}
 
@@ -94,11 +99,13 @@ def test_chat_streamed_sends_role_then_content_deltas_then_finish() -> None:
             events = await _sse(session, stack, "/v1/chat/completions",
                                 {"messages": [{"role": "user", "content": "Hi"}], "stream": True})
             assert events[-1] == "[DONE]"
-            assert [e["object"] for e in events[:-1]] == ["chat.completion.chunk"] * 6
-            assert [e["choices"][0]["delta"] for e in events[:-1]] == [
-                {"role": "assistant", "content": "Hello"}, {"content": ","}, {"content": " wor"},
-                {"content": "ld"}, {"content": "!"}, {}]
-            assert [e["choices"][0]["finish_reason"] for e in events[:-1]] == [None] * 5 + ["stop"]
+            n = len(events) - 1
+            assert [e["object"] for e in events[:-1]] == ["chat.completion.chunk"] * n
+            deltas = [e["choices"][0]["delta"] for e in events[:-1]]
+            assert deltas[0]["role"] == "assistant" and deltas[0]["content"].startswith("Hello")
+            assert all(set(d) == {"content"} for d in deltas[1:-1]) and deltas[-1] == {}
+            assert "".join(d.get("content", "") for d in deltas) == "".join(FAKE_CHUNKS)
+            assert [e["choices"][0]["finish_reason"] for e in events[:-1]] == [None] * (n - 1) + ["stop"]
 
     asyncio.run(main())
 

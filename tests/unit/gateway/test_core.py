@@ -34,6 +34,9 @@ class QueueHandle:
     async def next(self) -> Event | FlashStreamError:
         return await self.queue.get()
 
+    def next_nowait(self) -> Event | FlashStreamError | None:
+        return None if self.queue.empty() else self.queue.get_nowait()
+
     def abort(self) -> None:
         self.aborted = True
 
@@ -139,6 +142,26 @@ def test_events_flow_and_finished_carries_the_gateway_time() -> None:
         assert done.latency.gateway_s == router.submitted[0].gateway_s > 0
         generation.close()
         assert (core.num_running, handle.aborted) == (0, False)
+
+    asyncio.run(main())
+
+
+def test_deltas_queued_behind_a_slow_reader_are_merged_into_one_chunk_before_the_terminal_event() -> None:
+    async def main() -> None:
+        core, router = _core()
+        generation = core.start(_request())
+        handle = router.handles[0]
+        handle.queue.put_nowait(TextDelta("a", (1,)))
+        handle.queue.put_nowait(TextDelta("", (), (), num_prompt_tokens=2))
+        handle.queue.put_nowait(TextDelta("bc", (2, 3)))
+        handle.queue.put_nowait(TextDelta("d", (4,)))
+        handle.queue.put_nowait(Finished(FinishReason.LENGTH, Usage(2, 4, 0), Latency()))
+        events = [event async for event in generation]
+        assert events[0] == TextDelta("abcd", (1, 2, 3, 4))
+        assert generation.num_prompt_tokens == 2
+        assert isinstance(events[1], Finished) and events[1].usage.completion_tokens == 4
+        assert len(events) == 2
+        generation.close()
 
     asyncio.run(main())
 
