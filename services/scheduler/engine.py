@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_LENGTH = FinishReason.LENGTH
+
 
 class Engine:
     """Scheduler, block manager and in-flight bookkeeping of one worker connection."""
@@ -150,25 +152,25 @@ class Engine:
             if seq is not None:
                 self._end(seq, RequestError(seq.key, error.code, error.message), keep_cached=False)
         num_generated = 0
+        emit = self.events.append
+        finish_reason = self._finish_reason
         for output in result.outputs:
             seq = running.get(output.seq_id)
             if seq is None or seq.num_placeholders == 0:
                 continue  # ended, preempted, or a token sampled after its sequence finished
             seq.num_placeholders -= 1
-            seq.token_ids.append(output.token_id)
+            token_id = output.token_id
+            seq.token_ids.append(token_id)
             num_generated += 1
             if seq.first_token_time is None:
                 seq.first_token_time = now
             seq.last_token_time = now
-            reason = self._finish_reason(seq, output.token_id)
-            if reason is not FinishReason.STOP and reason is not FinishReason.EOS:
-                chunk = TokenChunk(seq.key, [output.token_id])
-                if output.logprob is not None:
-                    chunk.logprobs.append(output.logprob)
-                if seq.num_emitted_tokens == 0:
-                    chunk.num_cached_tokens = seq.num_cached_tokens
+            reason = finish_reason(seq, token_id)
+            if reason is None or reason is _LENGTH:  # the stop token itself is not part of the output
+                logprob = output.logprob
+                emit(TokenChunk(seq.key, [token_id], [] if logprob is None else [logprob],
+                                seq.num_cached_tokens if seq.num_emitted_tokens == 0 else 0))
                 seq.num_emitted_tokens += 1
-                self.events.append(chunk)
             if reason is not None:
                 self._end(seq, self._done(seq, reason))
             elif len(seq.token_ids) % block_size == 0:

@@ -132,8 +132,11 @@ class Scheduler:
                 budget -= num_new
         if admit and not out.preempted:
             budget = self._admit(budget, now, scheduled_ids, out)
+        block_size = bm.block_size
         for item in out.scheduled:
-            bm.cache_full_blocks(item.seq)
+            seq = item.seq
+            if seq.num_computed_tokens >= (seq.num_registered_blocks + 1) * block_size:  # a block filled up
+                bm.cache_full_blocks(seq)
         out.finished_seq_ids = self._pending_finished_ids
         self._pending_finished_ids = []
         return out
@@ -142,12 +145,13 @@ class Scheduler:
         self, seq: Sequence, num_new: int, now: float, scheduled_ids: set[int], out: SchedulerOutput
     ) -> bool:
         bm = self.block_manager
-        while not bm.can_append(seq, num_new):
-            victim = self._newest_unscheduled(scheduled_ids)
-            self._preempt(victim, out)
-            if victim is seq:
-                return False
-        bm.append_slots(seq, num_new)
+        if seq.num_computed_tokens + num_new > len(seq.block_table) * bm.block_size:  # needs a new block
+            while not bm.can_append(seq, num_new):
+                victim = self._newest_unscheduled(scheduled_ids)
+                self._preempt(victim, out)
+                if victim is seq:
+                    return False
+            bm.append_slots(seq, num_new)
         self._commit(seq, num_new, now, scheduled_ids, out)
         return True
 

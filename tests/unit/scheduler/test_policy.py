@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from services.common.errors import ErrorCode
 from services.common.metrics import Metrics
 from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.plan import Request, RequestDone, StepPlan, TokenChunk
+from services.scheduler.plan import Request, RequestDone, RequestError, SeqError, StepPlan, TokenChunk
 from services.scheduler.sequence import FinishReason
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
@@ -203,3 +204,24 @@ def test_deadline_expiry_ends_a_request_in_any_state_and_frees_its_blocks():
     errors = [(e.key, e.code.name) for e in engine.take_events() if not isinstance(e, TokenChunk)]
     assert errors == [("queued", "DEADLINE_EXCEEDED"), ("running", "DEADLINE_EXCEEDED")]
     assert engine.block_manager.num_free_blocks == 8
+
+
+def test_a_failed_sequence_ends_with_its_error_and_its_batch_mates_continue():
+    engine, worker = make_engine()
+    engine.add(request("ok", [1, 2, 3, 4, 5], max_tokens=3))
+    engine.add(request("bad", [10, 11, 12, 13, 14], max_tokens=3))
+    plan = engine.build_plan()
+    result = worker.step(plan)
+    result.outputs = [o for o in result.outputs if o.seq_id == 0]
+    result.errors = [SeqError(1, ErrorCode.INVALID_ARGUMENT, "logits are not finite")]
+    engine.process_result(result)
+    assert list(engine.block_manager.cached.values()) == [0]  # the failed one's block 2 may hold no KV
+    events = engine.take_events()
+    assert [(e.key, e.code, e.message) for e in events if isinstance(e, RequestError)] == [
+        ("bad", ErrorCode.INVALID_ARGUMENT, "logits are not finite")]
+    plan = engine.build_plan()
+    assert shape(plan) == ([], [(0, 1)], [1])
+    engine.process_result(worker.step(plan))
+    events = run_engine(engine, worker)
+    assert tokens_of(events, "ok") == [7, 8]
+    assert engine.block_manager.num_free_blocks == 32
