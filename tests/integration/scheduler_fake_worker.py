@@ -8,13 +8,17 @@ order, sampling (last token + 1) % vocab (EOS after configured tokens). Every pl
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
-from flashstream.v1 import worker_pb2, worker_pb2_grpc
+from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 
-from services.common.grpc_server import start_server
+from services.common.config import ServerConfig
+from services.common.grpc_server import create_channel, start_server
 from services.common.sampling import SamplingParams
+from services.scheduler.config import BackoffConfig, SchedulerConfig, SchedulerStageConfig
 from services.scheduler.plan import CachedSeq, NewSeq, StepPlan
 from tests.unit.scheduler.fake_worker import FakeWorker
 
@@ -115,8 +119,6 @@ class SchedulerStreamClient:
     """One Scheduler.Connect stream, read in the background into per-request event lists."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        from flashstream.v1 import scheduler_pb2_grpc
-
         self.call = scheduler_pb2_grpc.SchedulerStub(channel).Connect()
         self.messages: list = []  # every SchedulerDown, in order
         self.events: dict[str, list] = {}  # request id -> its TokenEvents, in order
@@ -131,8 +133,6 @@ class SchedulerStreamClient:
             self._changed.set()
 
     async def send(self, requests=(), aborts=()) -> None:  # noqa: ANN001
-        from flashstream.v1 import scheduler_pb2
-
         await self.call.write(scheduler_pb2.SchedulerUp(requests=list(requests), abort_request_ids=list(aborts)))
 
     def tokens(self, request_id: str) -> list[int]:
@@ -157,3 +157,50 @@ class SchedulerStreamClient:
         self.call.cancel()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def token_request(request_id: str, prompt: list[int], max_tokens: int = 4, **kwargs) -> scheduler_pb2.TokenRequest:  # noqa: ANN003
+    return scheduler_pb2.TokenRequest(
+        request_id=request_id, prompt_token_ids=prompt,
+        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, **kwargs.pop("sampling", {})), **kwargs)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+def run_stack(
+    test: Callable[..., Awaitable[None]],
+    workers: list[FakeWorkerConfig] | None = None,
+    scheduler: SchedulerConfig | None = None,
+) -> None:
+    """Starts fake workers and a scheduler stage on free ports, runs the test with one Connect stream."""
+
+    async def main() -> None:
+        servers = [FakeWorkerServer(c) for c in (workers or [FakeWorkerConfig()])]
+        for server in servers:
+            await server.start()
+        config = SchedulerStageConfig(ServerConfig(port=0), tuple(s.address for s in servers),
+                                      scheduler or SchedulerConfig(), BackoffConfig(0.05, 0.2))
+        from services.scheduler.server import SchedulerStage
+
+        stage = SchedulerStage(config)
+        await stage.start()
+        channel = create_channel(f"127.0.0.1:{stage.port}")
+        client = SchedulerStreamClient(channel)
+        try:
+            await wait_until(lambda: stage.pool.num_workers == len(servers))
+            await test(stage, servers, client)
+            assert all(not s.errors for s in servers), [s.errors for s in servers]
+        finally:
+            await client.close()
+            await channel.close()
+            await stage.stop(0.1)
+            for server in servers:
+                await server.stop()
+
+    asyncio.run(main())

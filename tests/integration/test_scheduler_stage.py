@@ -4,62 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
-from services.common.config import ServerConfig
 from services.common.grpc_server import create_channel
-from services.scheduler.config import BackoffConfig, SchedulerConfig, SchedulerStageConfig
-from services.scheduler.server import SchedulerStage
-from tests.integration.scheduler_fake_worker import FakeWorkerConfig, FakeWorkerServer, SchedulerStreamClient
-
-
-def token_request(request_id: str, prompt: list[int], max_tokens: int = 4, **kwargs) -> scheduler_pb2.TokenRequest:  # noqa: ANN003
-    return scheduler_pb2.TokenRequest(
-        request_id=request_id, prompt_token_ids=prompt,
-        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, **kwargs.pop("sampling", {})), **kwargs)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.005)
-
-
-def run_stack(
-    test: Callable[[SchedulerStage, list[FakeWorkerServer], SchedulerStreamClient], Awaitable[None]],
-    workers: list[FakeWorkerConfig] | None = None,
-    scheduler: SchedulerConfig | None = None,
-) -> None:
-    """Starts fake workers and a scheduler stage on free ports, runs the test with one Connect stream."""
-
-    async def main() -> None:
-        servers = [FakeWorkerServer(c) for c in (workers or [FakeWorkerConfig()])]
-        for server in servers:
-            await server.start()
-        config = SchedulerStageConfig(ServerConfig(port=0), tuple(s.address for s in servers),
-                                      scheduler or SchedulerConfig(), BackoffConfig(0.05, 0.2))
-        stage = SchedulerStage(config)
-        await stage.start()
-        channel = create_channel(f"127.0.0.1:{stage.port}")
-        client = SchedulerStreamClient(channel)
-        try:
-            await wait_until(lambda: stage.pool.num_workers == len(servers))
-            await test(stage, servers, client)
-            assert all(not s.errors for s in servers), [s.errors for s in servers]
-        finally:
-            await client.close()
-            await channel.close()
-            await stage.stop(0.1)
-            for server in servers:
-                await server.stop()
-
-    asyncio.run(main())
+from services.scheduler.config import SchedulerConfig
+from tests.integration.scheduler_fake_worker import FakeWorkerConfig, run_stack, token_request, wait_until
 
 
 def shape(plan):  # noqa: ANN001, ANN201
