@@ -65,8 +65,8 @@ def make_engine(num_seqs: int, budget: int, max_seq_len: int) -> Engine:
     return Engine(SchedulerConfig(max_num_seqs=num_seqs, max_num_batched_tokens=budget), limits)
 
 
-def run(num_seqs: int, scenario: str, num_steps: int, with_pb: bool, seed: int = 0) -> list[float]:
-    """Seconds per step (build plan + process one result), after a warm-up that fills the batch."""
+def run(num_seqs: int, scenario: str, num_steps: int, with_pb: bool, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds per step (build plan + process one result), after a warm-up."""
     rng = random.Random(seed)
     engine = make_engine(num_seqs, budget=max(2048, num_seqs * 2), max_seq_len=64 + 48 + 2 * num_steps + 400)
     worker = SyntheticWorker()
@@ -86,6 +86,7 @@ def run(num_seqs: int, scenario: str, num_steps: int, with_pb: bool, seed: int =
         add()
     in_flight: deque[StepResult] = deque([worker.step(engine.build_plan())])
     times: list[float] = []
+    cpu_times: list[float] = []
     warmup = 200 if scenario == "churn" else 8  # churn: until finishing and arriving balance out
     step = 0
     while len(times) < num_steps:
@@ -94,11 +95,11 @@ def run(num_seqs: int, scenario: str, num_steps: int, with_pb: bool, seed: int =
             add()
         if scenario == "decode" and engine.scheduler.num_waiting:
             warmup = step + 8  # timing starts once every sequence runs and decodes
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         plan = engine.build_plan()  # planned while the previous step is still in flight
         if with_pb and plan is not None:
             plan_to_pb(plan).SerializeToString()
-        planned = time.perf_counter()
+        planned, cpu_planned = time.perf_counter(), time.process_time()
         if plan is not None:
             in_flight.append(worker.step(plan))
         result = in_flight.popleft()
@@ -106,7 +107,7 @@ def run(num_seqs: int, scenario: str, num_steps: int, with_pb: bool, seed: int =
             step_id=result.step_id,
             outputs=[worker_pb2.SeqOutput(seq_id=o.seq_id, token_id=o.token_id) for o in result.outputs],
         ).SerializeToString() if with_pb else b""
-        received = time.perf_counter()
+        received, cpu_received = time.perf_counter(), time.process_time()
         if with_pb:
             result = result_from_pb(worker_pb2.StepResult.FromString(wire))
         engine.process_result(result)
@@ -115,15 +116,18 @@ def run(num_seqs: int, scenario: str, num_steps: int, with_pb: bool, seed: int =
             events_to_pb(events).SerializeToString()
         if step >= warmup:
             times.append((planned - start) + (time.perf_counter() - received))
+            cpu_times.append((cpu_planned - cpu_start) + (time.process_time() - cpu_received))
     if scenario == "decode" and engine.scheduler.num_running != num_seqs:
         raise RuntimeError(f"expected {num_seqs} running, got {engine.scheduler.num_running}")
-    return times
+    return times, cpu_times
 
 
-def summarize(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
+def summarize(times: tuple[list[float], list[float]]) -> dict[str, float]:
+    wall, cpu = times
+    ordered = sorted(wall)
     return {
-        "mean_ms": statistics.fmean(times) * 1e3,
+        "cpu_mean_ms": statistics.fmean(cpu) * 1e3,
+        "mean_ms": statistics.fmean(wall) * 1e3,
         "p50_ms": ordered[len(ordered) // 2] * 1e3,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
     }
@@ -141,20 +145,22 @@ def main() -> None:
             for prefix, with_pb in (("core", False), ("pb", True)):
                 # Best of --repeats runs (lowest mean): other processes share this machine's cores.
                 runs = [summarize(run(num_seqs, scenario, args.steps, with_pb, seed)) for seed in range(args.repeats)]
-                row.update({f"{prefix}_{k}": v for k, v in min(runs, key=lambda r: r["mean_ms"]).items()})
+                row.update({f"{prefix}_{k}": v for k, v in min(runs, key=lambda r: r["cpu_mean_ms"]).items()})
             rows.append(row)
             print(row, flush=True)
     lines = [
         "Scheduler time per step (schedule + processing that step's result), two steps in flight, one core;",
-        f"{args.steps} timed steps after warm-up, best of {args.repeats} runs by mean.",
-        "Goal: at most 1 ms per step at 256 running sequences.",
+        f"{args.steps} timed steps after warm-up, best of {args.repeats} runs by mean CPU time.",
+        "Goal: at most 1 ms per step at 256 running sequences. CPU time is the process's own time; wall-clock",
+        "figures include waits for a core, which other processes on this shared 2-core machine cause (p99).",
         "",
-        "| scenario | running | core mean ms | core p50 ms | core p99 ms | +pb mean ms | +pb p99 ms |",
+        "| scenario | running | core CPU mean ms | core wall p50 ms | core wall p99 ms | +pb CPU mean ms "
+        "| +pb wall p50 ms |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['scenario']} | {r['num_running']} | {r['core_mean_ms']:.3f} | {r['core_p50_ms']:.3f} | "
-                     f"{r['core_p99_ms']:.3f} | {r['pb_mean_ms']:.3f} | {r['pb_p99_ms']:.3f} |")
+        lines.append(f"| {r['scenario']} | {r['num_running']} | {r['core_cpu_mean_ms']:.3f} | {r['core_p50_ms']:.3f} "
+                     f"| {r['core_p99_ms']:.3f} | {r['pb_cpu_mean_ms']:.3f} | {r['pb_p50_ms']:.3f} |")
     write_results("scheduler", {"steps": args.steps, "repeats": args.repeats, "block_size": BLOCK_SIZE, "rows": rows}, "\n".join(lines))
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from services.common.errors import ErrorCode
+from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.plan import (
     CachedSeq,
@@ -62,7 +63,7 @@ class Engine:
     # ---- requests ----
 
     @property
-    def block_manager(self):  # noqa: ANN201 - a BlockManager
+    def block_manager(self) -> BlockManager:
         return self.scheduler.block_manager
 
     @property
@@ -108,8 +109,7 @@ class Engine:
         return len(self.in_flight) < self.max_steps_in_flight
 
     def next_deadline(self) -> float | None:
-        deadlines = self.scheduler._deadlines  # noqa: SLF001 - the engine and its scheduler are one unit
-        return deadlines[0][0] if deadlines else None
+        return self.scheduler.next_deadline()
 
     def build_plan(self) -> StepPlan | None:
         """Schedules the next step; None when nothing can run now (or too many steps are in flight)."""

@@ -13,7 +13,6 @@ from services.scheduler.plan import (
     Event,
     Request,
     RequestDone,
-    RequestError,
     SeqError,
     SeqOutput,
     StepPlan,

@@ -72,6 +72,10 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.running) or self.num_waiting > 0 or bool(self._pending_finished_ids)
 
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a queued or running sequence (ended ones may linger until popped)."""
+        return self._deadlines[0][0] if self._deadlines else None
+
     def add(self, seq: Sequence) -> None:
         """Queues a new sequence (validated by the caller)."""
         seq.arrival_order = self._next_arrival

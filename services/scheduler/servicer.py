@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from services.common.errors import ErrorCode, FlashStreamError
+from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
 from services.scheduler.pb import events_to_pb, request_from_pb
 from services.scheduler.plan import Event, RequestError, TokenChunk
@@ -94,9 +94,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         key = (number, pb.request_id)
         try:
             if self.draining:
-                raise FlashStreamError("the scheduler is shutting down", ErrorCode.UNAVAILABLE)
+                raise Unavailable("the scheduler is shutting down")
             if pb.request_id in stream.live:
-                raise FlashStreamError(f"request id {pb.request_id!r} is already in use", ErrorCode.INVALID_ARGUMENT)
+                raise InvalidArgument(f"request id {pb.request_id!r} is already in use")
             self.pool.submit(request_from_pb(key, pb))
             stream.live.add(pb.request_id)
         except FlashStreamError as exc:
@@ -123,7 +123,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.SchedulerInfo:
         engines = list(self.pool.engines.engines.values())
         if not engines:
-            raise FlashStreamError("no worker is connected", ErrorCode.UNAVAILABLE)
+            raise Unavailable("no worker is connected")
         limits = engines[0].limits
         return scheduler_pb2.SchedulerInfo(
             model_id=limits.model_id,
