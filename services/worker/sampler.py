@@ -18,6 +18,12 @@ Per row, in this order:
    greedy rows), before top-k/top-p/min-p truncation. A row asking for `logprobs = n` gets the chosen token's
    logprob and the n best tokens' (best first), whether or not the chosen token is among them.
 
+Entry points: calling a `Sampler` gives a `SamplerOutput` on the host. `Sampler.sample` gives a `DeviceSample`
+whose `token_ids` stay on the device (to feed the next step's forward pass before the host reads anything) and
+whose `to_host()` makes the copy. `adjusted_logits` (after steps 1 and 2) and `support` (the tokens each row can
+be given) expose the intermediate results. A logits shape, dtype or row count that does not match, or token ids
+outside the vocabulary in a penalised row, raise ValueError.
+
 Cost: rows that use no feature cost nothing for it; an all-greedy batch without penalties, min_tokens or
 logprobs is one argmax. Per-row work on the host only builds small index and parameter tensors (penalised rows
 also flatten their token ids, O(tokens)); the only device-to-host copy is the one that reads the results.

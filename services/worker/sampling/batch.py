@@ -1,7 +1,8 @@
 """Per-step sampling metadata, built once on the host from the rows and copied to the device.
 
 Row subsets are int64 index tensors over the batch's rows; a subset holding every row is None, so the tensor
-code skips the gather and the write-back. A feature no row uses leaves its field None and costs nothing.
+code skips the gather and the write-back. A feature no row uses leaves its field None (its count says so where
+None would be ambiguous) and costs nothing: no transfer, no kernel.
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ class SamplingBatch:
     banned_flat: torch.Tensor | None  # [num_banned] int64 row * vocab_size + token id, for tokens min_tokens masks
     temperature: torch.Tensor | None  # [num_rows, 1] fp32, 1 on greedy rows; None: every row has 1
     num_greedy: int
-    sample_rows: torch.Tensor | None  # [S] int64 non-greedy rows; None: every row (when num_greedy == 0)
+    sample_rows: torch.Tensor | None  # [S] int64 non-greedy rows; None: every row, or none if num_greedy == num_rows
     truncation: TruncationBatch | None
     seeded_local: torch.Tensor | None  # [num_seeded] int64 positions within sample_rows of seeded rows
     seeded_keys: torch.Tensor | None  # [num_seeded, 2] int64 draw keys
     num_unseeded: int  # sampled rows without a seed
-    logprob_rows: torch.Tensor | None  # [L] int64 rows asking for logprobs; None: every row
+    logprob_rows: torch.Tensor | None  # [L] int64 rows asking for logprobs; None: every row, or none if L == 0
     logprob_row_ids: tuple[int, ...]  # the same rows, on the host
     logprob_counts: tuple[int, ...]  # per logprob row, how many alternatives it asked for (capped at vocab)
 
@@ -124,12 +125,12 @@ class SamplingBatch:
             banned_flat=to_dev.ints(banned_flat) if banned_flat else None,
             temperature=to_dev.column(temperatures) if any(t != 1.0 for t in temperatures) else None,
             num_greedy=num_rows - len(sample_rows),
-            sample_rows=to_dev.subset(sample_rows, num_rows),
+            sample_rows=to_dev.subset(sample_rows, num_rows) if sample_rows else None,
             truncation=_truncation_batch(trunc_rows, trunc_params, num_rows, to_dev) if trunc_rows else None,
             seeded_local=to_dev.ints(seeded_local) if seeded_local else None,
             seeded_keys=to_dev.ints(seeded_keys) if seeded_keys else None,
             num_unseeded=len(sample_rows) - len(seeded_local),
-            logprob_rows=to_dev.subset(logprob_rows, num_rows),
+            logprob_rows=to_dev.subset(logprob_rows, num_rows) if logprob_rows else None,
             logprob_row_ids=tuple(logprob_rows),
             logprob_counts=tuple(logprob_counts),
         )
