@@ -171,3 +171,43 @@ def test_losing_the_upstream_stream_aborts_its_requests_and_frees_their_blocks()
         assert (info.model_id, info.block_size, info.num_kv_blocks, info.max_model_len) == ("fake-model", 4, 64, 256)
 
     run_stack(test, workers=[FakeWorkerConfig(step_delay_s=0.005)])
+
+
+def test_health_is_serving_only_while_a_worker_is_connected():
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from services.common.config import ServerConfig
+    from services.scheduler.config import BackoffConfig, SchedulerStageConfig
+    from services.scheduler.server import SchedulerStage
+    from tests.integration.scheduler_fake_worker import FakeWorkerServer
+
+    async def main() -> None:
+        worker = FakeWorkerServer()
+        port = await worker.start()
+        await worker.stop()  # a free port nobody listens on yet
+        stage = SchedulerStage(SchedulerStageConfig(ServerConfig(port=0), (f"127.0.0.1:{port}",),
+                                                    backoff=BackoffConfig(0.05, 0.1)))
+        await stage.start()
+        async with create_channel(f"127.0.0.1:{stage.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def status() -> int:
+                return (await health.Check(health_pb2.HealthCheckRequest(service="flashstream.v1.Scheduler"))).status
+
+            try:
+                await asyncio.sleep(0.2)
+                assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+                assert not stage.ready()
+                await worker.start(port)
+                await wait_until(lambda: stage.ready())
+                await asyncio.sleep(0.05)
+                assert await status() == health_pb2.HealthCheckResponse.SERVING
+                await worker.stop()
+                await wait_until(lambda: not stage.ready())
+                await asyncio.sleep(0.05)
+                assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+            finally:
+                await stage.stop(0.1)
+                await worker.stop()
+
+    asyncio.run(main())
