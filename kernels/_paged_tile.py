@@ -1,4 +1,4 @@
-"""Triton helpers shared by the paged attention kernels: one online-softmax step over a tile of paged K/V."""
+"""Triton helpers shared by the paged attention kernels: page lookup and one online-softmax step over a tile."""
 
 from __future__ import annotations
 
@@ -8,15 +8,93 @@ import triton.language as tl
 
 LOG2_E = 1.4426950408889634
 
+# How a tile finds its pages (a constexpr of the kernels, so the H100 sweep can compare them):
+# VECTOR_PAGES gathers the tile's page ids as one [BLOCK_N] load; the compiler's pipeliner then turns that load
+# into an asynchronous copy that shares the K/V copies' wait, which leaves K/V only one tile ahead.
+# SCALAR_PAGES loads the BLOCK_N / PAGE_SIZE page ids as scalars (uniform loads the pipeliner leaves alone) and
+# builds the row offsets from them with compile-time row masks (the pipeliner still copies them asynchronously).
+# ASM_PAGES gathers the page ids through an inline-assembly load that the pipeliner cannot see, so the K/V loads
+# count as direct loads and get the full pipelining depth; the page ids are read in the same stage as the K/V
+# copies they address. Compiled targets only (the interpreter runs no assembly).
+VECTOR_PAGES = 0
+SCALAR_PAGES = 1
+ASM_PAGES = 2
+
 
 def needs_int64_offsets(*tensors: torch.Tensor) -> bool:
     """True when an element offset into one of the tensors can reach 2**31 (int32 arithmetic would wrap)."""
     return any(sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) >= 2**31 - 1 for t in tensors)
 
 
+def resolve_page_loads(requested: int, device: torch.device) -> int:
+    """The page-lookup variant to compile: the interpreter (CPU tensors) cannot run ASM_PAGES' assembly."""
+    if requested not in (VECTOR_PAGES, SCALAR_PAGES, ASM_PAGES):
+        raise ValueError(f"page_loads must be one of 0, 1, 2, got {requested}")
+    return SCALAR_PAGES if requested == ASM_PAGES and device.type != "cuda" else requested
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact fp32 products (tests compare with an fp32 reference); 16-bit types ignore this."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+@triton.jit
+def tile_row_offsets(
+    table_row_ptr, n_start, kv_len, stride_cb, stride_cs, kv_head_offset,
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, MASK_KV: tl.constexpr, INT64_OFFSETS: tl.constexpr,
+    PAGE_LOADS: tl.constexpr,
+):
+    """[BLOCK_N] element offsets (into a cache) of keys n_start .. n_start + BLOCK_N of one kv head.
+
+    Key n lives at page table_row[n // PAGE_SIZE], slot n % PAGE_SIZE. n_start is a multiple of
+    min(BLOCK_N, PAGE_SIZE). With MASK_KV, pages at or past kv_len are not looked up (their rows are masked).
+    """
+    rows = tl.arange(0, BLOCK_N)
+    if PAGE_LOADS == 2:
+        offs_n = n_start + rows
+        if MASK_KV:
+            offs_n = tl.minimum(offs_n, kv_len - 1)  # masked rows reread the last valid page id
+        page = tl.inline_asm_elementwise(
+            "ld.global.nc.b32 $0, [$1];", "=r,l", [table_row_ptr + offs_n // PAGE_SIZE],
+            dtype=tl.int32, is_pure=True, pack=1,
+        )
+        if INT64_OFFSETS:
+            page = page.to(tl.int64)
+        return page * stride_cb + (offs_n % PAGE_SIZE) * stride_cs + kv_head_offset
+    elif PAGE_LOADS == 0:
+        offs_n = n_start + rows
+        if MASK_KV:
+            page = tl.load(table_row_ptr + offs_n // PAGE_SIZE, mask=offs_n < kv_len, other=0)
+        else:
+            page = tl.load(table_row_ptr + offs_n // PAGE_SIZE)
+        # int64 only where page * stride_cb can pass 2**31 (a cache of more than 2**31 elements): 32-bit
+        # offsets need fewer registers and integer instructions in the hot loop.
+        if INT64_OFFSETS:
+            page = page.to(tl.int64)
+        return page * stride_cb + (offs_n % PAGE_SIZE) * stride_cs + kv_head_offset
+    elif PAGE_SIZE >= BLOCK_N:
+        # One page holds the whole tile: one page id, contiguous slots.
+        page = tl.load(table_row_ptr + n_start // PAGE_SIZE)
+        if INT64_OFFSETS:
+            page = page.to(tl.int64)
+        return page * stride_cb + ((n_start % PAGE_SIZE) + rows) * stride_cs + kv_head_offset
+    else:
+        PAGES_PER_TILE: tl.constexpr = BLOCK_N // PAGE_SIZE
+        first_page = n_start // PAGE_SIZE
+        if INT64_OFFSETS:
+            page_of_row = tl.zeros([BLOCK_N], dtype=tl.int64)
+        else:
+            page_of_row = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for j in tl.static_range(PAGES_PER_TILE):
+            if MASK_KV:
+                page = tl.load(table_row_ptr + first_page + j, mask=(first_page + j) * PAGE_SIZE < kv_len, other=0)
+            else:
+                page = tl.load(table_row_ptr + first_page + j)
+            if INT64_OFFSETS:
+                page = page.to(tl.int64)
+            # rows // PAGE_SIZE is known at compile time: each row takes one page id, no arithmetic per row.
+            page_of_row = tl.where(rows // PAGE_SIZE == j, page, page_of_row)
+        return page_of_row * stride_cb + (rows % PAGE_SIZE) * stride_cs + kv_head_offset
 
 
 @triton.jit
@@ -28,26 +106,20 @@ def attend_paged_tile(
     offs_d, d_mask,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr,
     MASK_KV: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
+    PAGE_LOADS: tl.constexpr,
 ):
-    """acc: [M, D] fp32, m_i and l_i: [M] fp32 running max (log2 units) and sum; q: [M, D].
+    """acc: [M, D] fp32, m_i and l_i: [M] fp32 running max (log2 units, scaled) and sum; q: [M, D].
 
     The tile covers keys n_start .. n_start + BLOCK_N; with MASK_KV keys >= kv_len are dropped, with CAUSAL_MASK
-    keys after each row's query_pos ([M]) are dropped. Key n lives at page table_row[n // PAGE_SIZE], slot
-    n % PAGE_SIZE, so one tile gathers BLOCK_N / PAGE_SIZE pages row by row.
+    keys after each row's query_pos ([M]) are dropped. K and V share one set of row offsets.
     """
-    offs_n = n_start + tl.arange(0, BLOCK_N)
-    if MASK_KV:
-        kv_valid = offs_n < kv_len
-        page = tl.load(table_row_ptr + offs_n // PAGE_SIZE, mask=kv_valid, other=0)
-    else:
-        page = tl.load(table_row_ptr + offs_n // PAGE_SIZE)
-    # int64 only where page * stride_cb can pass 2**31 (a cache of more than 2**31 elements): 32-bit
-    # offsets need fewer registers and integer instructions in the hot loop.
-    if INT64_OFFSETS:
-        page = page.to(tl.int64)
-    row_offsets = page * stride_cb + (offs_n % PAGE_SIZE) * stride_cs + kv_head_offset
+    row_offsets = tile_row_offsets(
+        table_row_ptr, n_start, kv_len, stride_cb, stride_cs, kv_head_offset,
+        BLOCK_N, PAGE_SIZE, MASK_KV, INT64_OFFSETS, PAGE_LOADS,
+    )
     ptrs = row_offsets[:, None] + offs_d[None, :]  # [BLOCK_N, D]
     if MASK_KV:
+        kv_valid = (n_start + tl.arange(0, BLOCK_N)) < kv_len
         load_mask = kv_valid[:, None]
         if not EVEN_D:
             load_mask = load_mask & d_mask[None, :]
@@ -57,14 +129,15 @@ def attend_paged_tile(
     else:
         k = tl.load(k_cache_ptr + ptrs, mask=d_mask[None, :], other=0.0)
 
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2  # [M, BLOCK_N], log2 units
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [M, BLOCK_N], unscaled
     if MASK_KV:
         s = tl.where(kv_valid[None, :], s, float("-inf"))
     if CAUSAL_MASK:
-        s = tl.where(offs_n[None, :] <= query_pos[:, None], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        s = tl.where((n_start + tl.arange(0, BLOCK_N))[None, :] <= query_pos[:, None], s, float("-inf"))
+    # The scale is applied inside one fused multiply-add per score: exp2(s * scale - m).
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale_log2)
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
+    p = tl.math.exp2(s * qk_scale_log2 - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
 
     if MASK_KV:
@@ -73,5 +146,6 @@ def attend_paged_tile(
         v = tl.load(v_cache_ptr + ptrs)
     else:
         v = tl.load(v_cache_ptr + ptrs, mask=d_mask[None, :], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_new, l_i

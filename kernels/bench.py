@@ -24,7 +24,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
 from kernels.bench_report import compiled_resources, write_markdown
-from kernels.decode_attention import DecodeConfig, _decode_split_kernel, choose_num_splits, paged_decode_attention
+from kernels.decode_attention import (
+    DecodeConfig,
+    _decode_split_kernel,
+    choose_num_splits,
+    launch_decode_reduce,
+    paged_decode_attention,
+)
 from kernels.prefill_attention import PrefillConfig, _prefill_kernel, default_prefill_config, paged_prefill_attention
 
 NUM_HEADS, NUM_KV_HEADS, BLOCK_SIZE = 32, 8, 16
@@ -70,7 +76,7 @@ def _paged_copy(k: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> tuple
     return key_cache, value_cache, tables
 
 
-def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: bool) -> dict:
+def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: bool, check: bool = True) -> dict:
     batch = max(1, PREFILL_TOKENS // seq)
     gen = torch.Generator().manual_seed(seq + head_dim)
     dev, dt = "cuda", torch.bfloat16
@@ -81,7 +87,7 @@ def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: 
     starts = torch.arange(0, batch * seq + 1, seq, dtype=torch.int32, device=dev)
     lens = torch.full((batch,), seq, dtype=torch.int32, device=dev)
     q_packed = q.reshape(batch * seq, NUM_HEADS, head_dim)
-    out = torch.empty_like(q_packed)
+    out = torch.full_like(q_packed, float("nan"))  # poisoned: the error check sees unwritten rows
     cfg = config or default_prefill_config(head_dim, BLOCK_SIZE)
 
     def ours() -> None:
@@ -89,14 +95,21 @@ def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: 
                                 causal=True, max_query_len=seq, out=out, config=cfg)
 
     flops = 4.0 * batch * NUM_HEADS * head_dim * seq * (seq + 1) / 2
-    row = {"batch": batch, "seq": seq, "head_dim": head_dim, "config": cfg.__dict__,
-           "ours_tflops": flops / _median_ms(ours) / 1e9}
-    if not peers:
-        return row
+    ours()
+    torch.cuda.synchronize()
     group = NUM_HEADS // NUM_KV_HEADS
     # SDPA gets contiguous [batch, heads, seq, d] inputs with K/V expanded to every query head.
     qs, ks, vs = (t.transpose(1, 2).contiguous() for t in (q, k.repeat_interleave(group, 2),
                                                            v.repeat_interleave(group, 2)))
+    row = {"batch": batch, "seq": seq, "head_dim": head_dim, "config": cfg.__dict__}
+    if check:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            ref = scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+        row["rel_err_vs_flash"] = _rel_err(out.view(batch, seq, NUM_HEADS, head_dim).transpose(1, 2), ref)
+        del ref
+    row["ours_tflops"] = flops / _median_ms(ours) / 1e9
+    if not peers:
+        return row
     for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
         try:
             with sdpa_kernel(backend):
@@ -137,14 +150,22 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
     row = {"batch": batch, "context": context, "num_splits": num_splits, "config": cfg.__dict__,
            "kv_bytes": kv_bytes, "rotated_copies": copies}
     row["ours_tbps"] = kv_bytes / _graph_ms([ours(item) for item in inputs]) / 1e9
-    if not peers:
-        return row
     # SDPA on contiguous [batch, kv_heads, context, d] K/V with GQA (q: [batch, heads, 1, d]).
     dense = [(q[:, :, None], k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
              for q, k, v, *_ in inputs]
-    for q4, k4, v4 in dense[:1]:
-        ref = scaled_dot_product_attention(q4, k4, v4, enable_gqa=True)[:, :, 0]
-        row["rel_err_vs_sdpa"] = _rel_err(inputs[0][-1], ref)
+    inputs[0][-1].fill_(float("nan"))  # poisoned: the error check sees unwritten rows
+    ours(inputs[0])()
+    ref = scaled_dot_product_attention(*dense[0], enable_gqa=True)[:, :, 0]
+    row["rel_err_vs_sdpa"] = _rel_err(inputs[0][-1], ref)
+    if num_splits > 1:
+        # The merge kernel alone, on partial results of the same shape: what merging in the split kernel could save.
+        part_out = torch.randn(batch, NUM_HEADS, num_splits, head_dim, device=dev)
+        part_lse = torch.randn(batch, NUM_HEADS, num_splits, device=dev)
+        split_len = triton.cdiv(triton.cdiv(context, num_splits), cfg.block_n) * cfg.block_n
+        row["reduce_us"] = 1e3 * _graph_ms([lambda: launch_decode_reduce(part_out, part_lse, lens, inputs[0][-1],
+                                                                        split_len)] * 8)
+    if not peers:
+        return row
     sdpa_calls = [lambda a=a: scaled_dot_product_attention(*a, enable_gqa=True) for a in dense]
     try:
         sdpa_ms = _graph_ms(sdpa_calls)
@@ -162,34 +183,67 @@ def copy_bandwidth_tbps() -> float:
     return 2 * src.numel() * 2 / _median_ms(lambda: dst.copy_(src)) / 1e9
 
 
-PREFILL_VARIANTS = [PrefillConfig(*c) for c in (
-    (128, 32, 4, 4), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4),
-    (128, 128, 8, 3), (128, 32, 8, 4), (64, 32, 4, 4), (128, 128, 4, 3),
-)]
-DECODE_VARIANTS = [DecodeConfig(block_n=n, num_warps=w, num_stages=s) for n, w, s in (
-    (64, 4, 3), (64, 4, 2), (64, 4, 4), (32, 4, 3), (32, 4, 4), (128, 4, 2), (128, 4, 3), (128, 8, 3), (64, 2, 3),
-)]
-DECODE_SWEEP_SHAPES = ((16, 4096, (2, 4)), (1, 32768, (32, 64)), (8, 32768, (8,)), (64, 4096, (1,)))
+# (block_m, block_n, num_warps, num_stages, page_loads); page_loads 0 = gathered vector, 1 = scalars, 2 = asm.
+PREFILL_VARIANTS = {
+    128: [(128, 64, 4, 3, 0), (128, 64, 4, 3, 2), (128, 64, 8, 3, 2), (128, 64, 8, 4, 2), (128, 128, 8, 2, 2),
+          (128, 128, 8, 3, 2), (128, 64, 8, 5, 0), (128, 64, 8, 3, 1), (64, 64, 4, 3, 2), (64, 128, 4, 3, 2),
+          (128, 32, 4, 4, 2)],
+    64: [(128, 64, 8, 3, 0), (128, 64, 8, 3, 2), (128, 128, 8, 3, 2), (128, 64, 4, 3, 2)],
+}
+# (block_n, num_warps, num_stages, page_loads)
+DECODE_VARIANTS = [(64, 4, 3, 0), (64, 4, 2, 2), (64, 4, 3, 2), (32, 4, 3, 2), (32, 4, 4, 2), (128, 4, 2, 2),
+                   (128, 8, 2, 2), (64, 8, 3, 2)]
+DECODE_SWEEP_SHAPES = ((16, 4096, 4), (1, 32768, 66))
+DECODE_SPLIT_SWEEP = ((16, 4096, (1, 2, 8)), (1, 32768, (33, 132)), (8, 32768, (8,)), (64, 4096, (1,)))
+
+
+def _sweep_row(kind: str, fn: Callable[[], dict], fallback: dict) -> dict:
+    try:
+        row = fn()
+    except Exception as exc:  # noqa: BLE001 - a variant that does not compile is a result too
+        row = {**fallback, "error": repr(exc)[:300]}
+    print(kind, row, flush=True)
+    return row
 
 
 def sweep() -> dict:
     result: dict = {"prefill": [], "decode": []}
-    for head_dim in (128, 64):
-        for cfg in PREFILL_VARIANTS:
-            try:
-                row = bench_prefill(4096, head_dim, cfg, peers=False)
-            except Exception as exc:  # noqa: BLE001 - a variant that does not compile is a result too
-                row = {"head_dim": head_dim, "config": cfg.__dict__, "error": repr(exc)[:300]}
-            print("prefill", row, flush=True)
-            result["prefill"].append(row)
-    for batch, context, split_choices in DECODE_SWEEP_SHAPES:
-        for splits in split_choices:
-            for cfg in DECODE_VARIANTS:
-                row = bench_decode(batch, context, splits, cfg, peers=False)
-                print("decode", row, flush=True)
-                result["decode"].append(row)
+    for head_dim, variants in PREFILL_VARIANTS.items():
+        for m, n, w, st, pl in variants:
+            cfg = PrefillConfig(block_m=m, block_n=n, num_warps=w, num_stages=st, page_loads=pl)
+            result["prefill"].append(_sweep_row(
+                "prefill", lambda: bench_prefill(4096, head_dim, cfg, peers=False), {"config": cfg.__dict__}))
+    decode_runs = [(b, c, sp, v) for b, c, sp in DECODE_SWEEP_SHAPES for v in DECODE_VARIANTS]
+    decode_runs += [(b, c, sp, v) for b, c, splits in DECODE_SPLIT_SWEEP for sp in splits
+                    for v in ((64, 4, 2, 2), (64, 4, 3, 2))]
+    for batch, context, splits, (n, w, st, pl) in decode_runs:
+        cfg = DecodeConfig(block_n=n, num_warps=w, num_stages=st, page_loads=pl)
+        result["decode"].append(_sweep_row(
+            "decode", lambda: bench_decode(batch, context, splits, cfg, peers=False), {"config": cfg.__dict__}))
     result["resources"] = compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
     return result
+
+
+def summary(report: dict) -> str:
+    """One line per row: the figures the sweep is read by."""
+    lines = []
+    for r in report.get("prefill", []):
+        c = r.get("config", {})
+        lines.append(f"prefill d{r.get('head_dim')} {c.get('block_m')}x{c.get('block_n')} w{c.get('num_warps')} "
+                     f"s{c.get('num_stages')} p{c.get('page_loads')}: {r.get('ours_tflops', float('nan')):.0f} "
+                     f"TFLOP/s err {r.get('rel_err_vs_flash', float('nan')):.1e} {r.get('error', '')[:60]}")
+    for r in report.get("decode", []):
+        c = r.get("config", {})
+        lines.append(f"decode {r.get('batch')}x{r.get('context')} sp{r.get('num_splits')} n{c.get('block_n')} "
+                     f"w{c.get('num_warps')} s{c.get('num_stages')} p{c.get('page_loads')}: "
+                     f"{r.get('ours_tbps', float('nan')):.2f} TB/s err {r.get('rel_err_vs_sdpa', float('nan')):.1e} "
+                     f"reduce {r.get('reduce_us', 0):.1f} us {r.get('error', '')[:60]}")
+    for r in report.get("resources", []):
+        keys = ("BLOCK_M", "BLOCK_N", "PAGE_LOADS", "HEAD_DIM")
+        lines.append(f"{r['kernel']} w{r['num_warps']} s{r['num_stages']} regs {r['registers']} spills "
+                     f"{r['spills']} smem {r['shared_bytes']} "
+                     + " ".join(f"{k}={r['constants'].get(k)}" for k in keys if k in (r.get("constants") or {})))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(report, f, indent=1)
     if args.md and not args.sweep:
         write_markdown(report, args.md)
-    print(json.dumps(report["resources"], indent=None))
+    print(summary(report))
     return 0
 
 

@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 
+def _constexprs(jit_function: object, kernel: object) -> dict:
+    """The compile-time arguments a compiled variant was built for (names from the jit function)."""
+    names = list(getattr(jit_function, "arg_names", []))
+    constants = getattr(getattr(kernel, "src", None), "constants", None) or {}
+    result = {}
+    for key, value in constants.items():
+        index = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+        name = names[index] if isinstance(index, int) and index < len(names) else str(key)
+        if isinstance(value, (int, bool, str)):
+            result[name] = value
+    return result
+
+
 def compiled_resources(jit_function: object) -> list[dict]:
     """Registers, spills and shared memory of every compiled variant of a @triton.jit function."""
     rows = []
@@ -11,6 +24,10 @@ def compiled_resources(jit_function: object) -> list[dict]:
         kernel_cache = entry[0] if isinstance(entry, tuple) else entry
         for kernel in getattr(kernel_cache, "values", lambda: [])():
             meta = getattr(kernel, "metadata", None)
+            try:
+                constants = _constexprs(jit_function, kernel)
+            except Exception as exc:  # noqa: BLE001 - the report is best effort across Triton versions
+                constants = {"error": repr(exc)[:100]}
             rows.append({
                 "kernel": getattr(meta, "name", "?"),
                 "num_warps": getattr(meta, "num_warps", None),
@@ -18,9 +35,7 @@ def compiled_resources(jit_function: object) -> list[dict]:
                 "registers": getattr(kernel, "n_regs", None),
                 "spills": getattr(kernel, "n_spills", None),
                 "shared_bytes": getattr(meta, "shared", None),
-                "constants": {k: v for k, v in (getattr(meta, "constants", None) or {}).items()
-                              if isinstance(v, (int, bool, str))} if isinstance(getattr(meta, "constants", None), dict)
-                else None,
+                "constants": constants,
             })
     return rows
 

@@ -10,7 +10,14 @@ import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
 from kernels._checks import check_launchable, check_same_device, check_tensor
-from kernels._paged_tile import LOG2_E, attend_paged_tile, dot_precision, needs_int64_offsets
+from kernels._paged_tile import (
+    ASM_PAGES,
+    LOG2_E,
+    attend_paged_tile,
+    dot_precision,
+    needs_int64_offsets,
+    resolve_page_loads,
+)
 
 NUM_SMS_H100 = 132
 
@@ -26,6 +33,7 @@ class DecodeConfig:
     # H100: a few programs past a wave, e.g. 576 instead of 512, cost 18% at 8 x 32k).
     target_programs: int = 4 * NUM_SMS_H100
     min_split_len: int = 128
+    page_loads: int = ASM_PAGES  # kernels/_paged_tile.py: how a tile looks up its pages
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, cfg: DecodeConfig) -> int:
@@ -45,7 +53,7 @@ def _decode_split_kernel(
     stride_ps, stride_ph, stride_pk,
     QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INT64_OFFSETS: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr,
 ):
     # One program per (sequence, kv head, split): the kv head's query heads share every K/V tile it loads.
     seq = tl.program_id(0)
@@ -78,13 +86,13 @@ def _decode_split_kernel(
         acc, m_i, l_i = attend_paged_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
             n_start, kv_end, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
-            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION, INT64_OFFSETS,
+            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
         )
     if full_end < kv_end:
         acc, m_i, l_i = attend_paged_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
             full_end, kv_end, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
-            BLOCK_N, PAGE_SIZE, EVEN_D, True, False, DOT_PRECISION, INT64_OFFSETS,
+            BLOCK_N, PAGE_SIZE, EVEN_D, True, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
         )
     acc = acc / l_i[:, None]
     store_mask = g_mask[:, None] & d_mask[None, :]
@@ -123,6 +131,20 @@ def _decode_reduce_kernel(
                     other=0.0)  # [BLOCK_SPLITS, BLOCK_D]
     result = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
     tl.store(out_ptr + seq * stride_os + head * stride_oh + offs_d, result.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+def launch_decode_reduce(
+    part_out: torch.Tensor, part_lse: torch.Tensor, context_lens: torch.Tensor, out: torch.Tensor, split_len: int
+) -> None:
+    """Merges split results part_out [num_seqs, num_heads, num_splits, head_dim] and part_lse [num_seqs, num_heads,
+    num_splits] (fp32, log2 units) into out [num_seqs, num_heads, head_dim]."""
+    num_seqs, num_heads, num_splits, head_dim = part_out.shape
+    _decode_reduce_kernel[(num_seqs, num_heads)](
+        part_out, part_lse, context_lens, out, split_len, num_splits,
+        num_heads * num_splits, num_splits, 1, out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_SPLITS=triton.next_power_of_2(num_splits),
+        num_warps=4,
+    )
 
 
 def _check_args(
@@ -196,16 +218,11 @@ def paged_decode_attention(
         num_heads * num_splits, num_splits, 1,
         QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
-        INT64_OFFSETS=needs_int64_offsets(key_cache),
+        INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not direct:
-        _decode_reduce_kernel[(num_seqs, num_heads)](
-            part_out, part_lse, context_lens, out, split_len, num_splits,
-            num_heads * num_splits, num_splits, 1, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SPLITS=triton.next_power_of_2(num_splits),
-            num_warps=4,
-        )
+        launch_decode_reduce(part_out, part_lse, context_lens, out, split_len)
     return out
 
 

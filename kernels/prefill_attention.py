@@ -14,7 +14,14 @@ import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
 from kernels._checks import check_launchable, check_same_device, check_tensor
-from kernels._paged_tile import LOG2_E, attend_paged_tile, dot_precision, needs_int64_offsets
+from kernels._paged_tile import (
+    ASM_PAGES,
+    LOG2_E,
+    attend_paged_tile,
+    dot_precision,
+    needs_int64_offsets,
+    resolve_page_loads,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class PrefillConfig:
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
+    page_loads: int = ASM_PAGES  # kernels/_paged_tile.py: how a tile looks up its pages
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -49,6 +57,7 @@ def _prefill_kernel(
     QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
     CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
+    PAGE_LOADS: tl.constexpr,
 ):
     head = tl.program_id(0)
     seq = tl.program_id(1)
@@ -91,13 +100,13 @@ def _prefill_kernel(
         acc, m_i, l_i = attend_paged_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
             n_start, context_len, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
-            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION, INT64_OFFSETS,
+            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
         )
     for n_start in range(full_end, kv_end, BLOCK_N):
         acc, m_i, l_i = attend_paged_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
             n_start, context_len, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
-            BLOCK_N, PAGE_SIZE, EVEN_D, True, CAUSAL, DOT_PRECISION, INT64_OFFSETS,
+            BLOCK_N, PAGE_SIZE, EVEN_D, True, CAUSAL, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
         )
     acc = acc / l_i[:, None]
     tl.store(
@@ -167,7 +176,7 @@ def paged_prefill_attention(
         QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGE_SIZE=block_size,
         CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype),
-        INT64_OFFSETS=needs_int64_offsets(key_cache),
+        INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

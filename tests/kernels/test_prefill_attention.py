@@ -88,3 +88,25 @@ def test_prefill_rejects_bad_arguments_with_messages() -> None:
         paged_prefill_attention(q[:, :4, :32], cache, cache, tables, starts, lens, 0.1)
     with pytest.raises(ValueError, match="power of two"):
         PrefillConfig(block_m=48)
+
+
+# Page lookups (kernels/_paged_tile.py): the gathered vector and per-page scalars run everywhere, the
+# inline-assembly lookup only compiled. Pages larger than the key tile (64 > 32) put several tiles in one page.
+@pytest.mark.parametrize("page_loads", [0, 1, 2], ids=["vector", "scalar", "asm"])
+@pytest.mark.parametrize("block_size", [16, 64], ids=["bs16", "bs64"])
+def test_prefill_page_lookups_give_the_reference_result(
+    make_paged_cache, relative_error, tolerance, device, dtype, page_loads, block_size
+):
+    if page_loads == 2 and device == "cpu":
+        pytest.skip("inline assembly runs only compiled")
+    config = PrefillConfig(block_m=32, block_n=32, num_warps=4, num_stages=1 if device == "cpu" else 3,
+                           page_loads=page_loads)
+    g = torch.Generator().manual_seed(11 + block_size)
+    context_lens, query_lens = [150, 37], [70, 37]
+    cache = make_paged_cache(context_lens, 1, 64, block_size, dtype, device, g)
+    q = torch.randn(sum(query_lens), 2, 64, generator=g).to(dtype).to(device)
+    starts = torch.tensor([0, 70, 107], dtype=torch.int32, device=device)
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, starts, cache.context_lens, 0.125)
+    out = paged_prefill_attention(*args, max_query_len=70, out=torch.full_like(q, float("nan")), config=config)
+    ref = paged_prefill_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    assert relative_error(out.cpu(), ref) < tolerance
