@@ -89,6 +89,58 @@ class Bench:
         return (self.weight_bytes + batch * mean_context * self.kv_bytes_per_token) / BANDWIDTH_BYTES_PER_S * 1e3
 
 
+def graph_replay_ms(engine: Engine, num_steps: int) -> float | None:
+    """Median time of replaying the last decode step's graph alone (replay, then synchronize)."""
+    graphs = getattr(engine.runner.executor.model_runner, "graphs", None)
+    if graphs is None or graphs.last_key is None:
+        return None
+    graph = graphs.graphs[graphs.last_key]
+    times = []
+    for _ in range(num_steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        graph.replay()  # the same inputs again: rewrites the same cache slot with the same values
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def gemv_probe(hidden: int, intermediate: int, num_steps: int = 50) -> list[dict[str, Any]]:
+    """Batch-1 projections through cuBLAS in three layouts (weights rotated so that none stays in L2)."""
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    rows = []
+    for name, n_out, k_in in (("o_proj", hidden, hidden), ("down_proj", hidden, intermediate),
+                              ("gate_up_proj", 2 * intermediate, hidden)):
+        copies = max(2, int(2 * 60e6 // (n_out * k_in * 2)) + 1)
+        weights = [torch.randn(n_out, k_in, device=dev, dtype=dtype) for _ in range(copies)]
+        weights_t = [w.t().contiguous() for w in weights]  # [k_in, n_out]
+        x = torch.randn(1, k_in, device=dev, dtype=dtype)
+        variants = {
+            "F.linear(x, W)": lambda i: torch.nn.functional.linear(x, weights[i % copies]),
+            "W @ x.T": lambda i: weights[i % copies] @ x.t(),
+            "x @ W_t (stored [k, n])": lambda i: x @ weights_t[i % copies],
+        }
+        row: dict[str, Any] = {"proj": name, "n_out": n_out, "k_in": k_in}
+        for label, fn in variants.items():
+            for i in range(copies):
+                fn(i)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for i in range(num_steps):
+                    fn(i)
+            graph.replay()
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            row[label] = round(start.elapsed_time(end) / num_steps * 1e3, 2)  # µs per call, launch gaps included
+        rows.append(row)
+        del weights, weights_t
+    return rows
+
+
 def profile_table(bench: Bench, ids: list[int], num_steps: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
@@ -121,6 +173,12 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
     out["itl_batch1"] = {"median_ms": round(itl, 3), "mean_ms": round(statistics.fmean(times) * 1e3, 3),
                          "p90_ms": round(sorted(times)[int(0.9 * len(times))] * 1e3, 3),
                          "floor_ms": round(floor, 3), "floor_pct": round(100 * floor / itl, 1)}
+    replay = graph_replay_ms(engine, args.decode_steps)
+    if replay is not None:
+        # What a step costs beyond replaying its graph: plan, inputs, copies, argmax read-back, bookkeeping.
+        out["itl_batch1"]["graph_replay_ms"] = round(replay, 3)
+        out["itl_batch1"]["host_ms"] = round(itl - replay, 3)
+        out["num_graphs"] = engine.runner.executor.model_runner.graphs.num_graphs
     bench.finish(ids)
     # Decode throughput per batch size.
     out["decode"] = []
@@ -145,6 +203,9 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
         rates.append(rate)
         bench.finish(ids)
     out["prefill"] = {"prompt_len": prefill_len, "seqs_per_step": batch, "tokens_per_s": round(max(rates), 1)}
+    if args.gemv_probe and info.device.startswith("cuda"):
+        cfg = info.model
+        out["gemv_probe_us"] = gemv_probe(cfg.hidden_size, cfg.intermediate_size)
     if args.profile and info.device.startswith("cuda"):
         # Last: an active profiler slows the launches of whatever runs after it.
         ids, _ = bench.prefill(1, args.prompt_len)
@@ -157,17 +218,25 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
 
 
 def to_markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| model | batch-1 ITL (ms) | floor (ms) | % of floor | prefill tok/s | build (s) | KV blocks |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | batch-1 ITL (ms) | graph replay (ms) | host (ms) | floor (ms) | % of floor | prefill tok/s "
+             "| build (s) | graphs | KV blocks |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         i = r["itl_batch1"]
-        lines.append(f"| {r['model']} | {i['median_ms']} | {i['floor_ms']} | {i['floor_pct']} | "
-                     f"{r['prefill']['tokens_per_s']} | {r['build_s']} | {r['num_kv_blocks']} |")
+        lines.append(f"| {r['model']} | {i['median_ms']} | {i.get('graph_replay_ms', '-')} | {i.get('host_ms', '-')} | "
+                     f"{i['floor_ms']} | {i['floor_pct']} | {r['prefill']['tokens_per_s']} | {r['build_s']} | "
+                     f"{r.get('num_graphs', '-')} | {r['num_kv_blocks']} |")
     for r in results:
         lines += ["", f"## {r['model']} decode ({r['dtype']}, CUDA graphs: {r['cuda_graphs']})", "",
                   "| batch | step (ms) | tokens/s | floor (ms) | % of floor |", "|---|---|---|---|---|"]
         lines += [f"| {d['batch']} | {d['step_ms']} | {d['tokens_per_s']} | {d['floor_ms']} | {d['floor_pct']} |"
                   for d in r["decode"]]
+        if "gemv_probe_us" in r:
+            labels = [k for k in r["gemv_probe_us"][0] if k not in ("proj", "n_out", "k_in")]
+            lines += ["", f"### {r['model']} batch-1 projections, µs per call (graph of 50)", "",
+                      "| proj | n x k | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+            lines += [f"| {g['proj']} | {g['n_out']} x {g['k_in']} | " + " | ".join(str(g[k]) for k in labels) + " |"
+                      for g in r["gemv_probe_us"]]
         if "profile_batch1" in r:
             lines += ["", f"### {r['model']} batch-1 decode, torch.profiler (20 steps)", "", "```",
                       r["profile_batch1"], "```"]
@@ -188,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of batch-1 decode")
+    parser.add_argument("--gemv-probe", action="store_true", help="time batch-1 projections in three layouts")
     parser.add_argument("--out-name", default="", help="write bench/results/<name>.json and .md")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)

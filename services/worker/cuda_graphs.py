@@ -1,22 +1,29 @@
-"""CUDA graphs of the decode step, one per bucketed batch size, replayed instead of launching every kernel.
+"""CUDA graphs of the decode step, one per (batch size bucket, context length bucket), replayed instead of
+launching every kernel.
 
 A decode step of a small model is a few hundred short kernels; launched one by one from Python it is bound by
-the host. Each graph is captured with static input buffers (token ids, positions, slot mapping, block tables,
-context lengths) and a static logits output; a step copies its inputs into the buffers of the smallest bucket
-that fits and replays. Padding rows write nowhere (slot -1) and attend to one entry.
+the host. Each graph reads static input buffers (filled by `DecodeInputs` in one host-to-device copy) and writes
+a static logits buffer (the model's dtype) and the rows' argmax (the greedy token), so an all-greedy step needs
+nothing on the host but reading the token ids back. Padding rows write nowhere (slot -1) and attend to one entry.
+
+The decode attention kernel's split count is fixed at capture. A graph for contexts up to max_model_len splits
+each sequence across the chip (and merges the splits in a second kernel); short contexts get their own graph
+with one split, so the merge kernel and the idle split programs disappear.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from kernels.decode_attention import DecodeConfig, choose_num_splits
 from services.worker.attention_metadata import AttentionMetadata, SeqChunk
+from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
+
+SHORT_CONTEXT_LEN = 512  # contexts up to this many tokens run the decode kernel unsplit
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
@@ -26,40 +33,60 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
     return sorted({*sizes, max_num_seqs})
 
 
+def context_buckets(num_seqs: int, num_kv_heads: int, max_model_len: int, short_len: int) -> list[tuple[int, int]]:
+    """(longest context, decode splits) of each graph captured for a batch of `num_seqs`, shortest first."""
+    full = choose_num_splits(num_seqs, num_kv_heads, max_model_len, DecodeConfig())
+    if full == 1 or short_len <= 0 or short_len >= max_model_len:
+        return [(max_model_len, full)]
+    return [(short_len, 1), (max_model_len, full)]
+
+
 class DecodeGraphs:
     """Captured decode graphs of one model and KV cache."""
 
-    def __init__(self, model: CausalDecoder, kv_cache: KVCache, max_num_seqs: int, max_model_len: int) -> None:
+    def __init__(
+        self, model: CausalDecoder, kv_cache: KVCache, max_num_seqs: int, max_model_len: int,
+        short_context_len: int = SHORT_CONTEXT_LEN,
+    ) -> None:
+        if kv_cache.num_blocks * kv_cache.block_size >= 2**31:
+            raise ValueError("decode graphs pass slots as int32; the KV cache has 2**31 slots or more")
         self.model = model
         self.kv_cache = kv_cache
         self.max_model_len = max_model_len
         self.buckets = batch_buckets(max_num_seqs)
+        self.contexts = {bs: context_buckets(bs, model.cfg.num_kv_heads, max_model_len, short_context_len)
+                         for bs in self.buckets}
         self.max_blocks = -(-max_model_len // kv_cache.block_size)
         device = kv_cache.data.device
         n = self.buckets[-1]
-        # Inputs travel in two copies per step, from pinned host staging buffers into static device buffers:
-        # int64 rows (token ids, positions, slots) and int32 (context lengths, then block tables row-major).
-        self.stage64 = torch.zeros((3, n), dtype=torch.int64).pin_memory()
-        self.stage32 = torch.zeros(n + n * self.max_blocks, dtype=torch.int32).pin_memory()
-        self.static64 = torch.zeros((3, n), dtype=torch.int64, device=device)
-        self.static32 = torch.zeros(n + n * self.max_blocks, dtype=torch.int32, device=device)
-        self.input_ids, self.positions, self.slot_mapping = self.static64[0], self.static64[1], self.static64[2]
-        self.context_lens = self.static32[:n]
-        self.block_tables = self.static32[n:].view(n, self.max_blocks)
-        self.stage64[2].fill_(-1)
-        self.stage32[:n].fill_(1)
-        self.static64.copy_(self.stage64)
-        self.static32.copy_(self.stage32)
+        size = DecodeInputs.size(n, self.max_blocks)
+        self.staging = torch.zeros(size, dtype=torch.int32, pin_memory=True)
+        self.inputs = DecodeInputs(self.staging.numpy(), n, self.max_blocks, kv_cache.block_size)
+        self.static = self.staging.to(device)  # [size] int32, laid out as the staging array
+        self.input_ids, self.positions, self.slot_mapping, self.context_lens = (
+            self.static[i * n : (i + 1) * n] for i in range(INPUT_FIELDS)
+        )
+        self.block_tables = self.static[INPUT_FIELDS * n :].view(n, self.max_blocks)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}  # bucket → [bucket, vocab] fp32 output of its graph
+        weight = model.logits_weight
+        self.logits = torch.zeros((n, weight.shape[0]), dtype=weight.dtype, device=device)  # [n, vocab]
+        self.sampled = torch.zeros(n, dtype=torch.int64, device=device)  # [n] argmax of each logits row
+        self.sampled_host = torch.zeros(n, dtype=torch.int64, pin_memory=True)
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (bucket, longest context) → graph
+        self.num_rows = 0  # rows of the last step
+        self.last_key: tuple[int, int] | None = None  # graph of the last step
+        # Recorded after each input copy: the host waits on it before refilling the staging array.
+        self.copied = torch.cuda.Event()
 
     @property
     def max_batch(self) -> int:
         return self.buckets[-1]
 
-    def _metadata(self, bs: int) -> AttentionMetadata:
-        splits = choose_num_splits(bs, self.model.cfg.num_kv_heads, self.max_model_len, DecodeConfig())
+    @property
+    def num_graphs(self) -> int:
+        return len(self.graphs)
+
+    def _metadata(self, bs: int, max_context_len: int, num_splits: int) -> AttentionMetadata:
         return AttentionMetadata(
             positions=self.positions[:bs],
             slot_mapping=self.slot_mapping[:bs],
@@ -67,28 +94,31 @@ class DecodeGraphs:
             query_start_loc=self.query_start_loc[: bs + 1],
             context_lens=self.context_lens[:bs],
             max_query_len=1,
-            max_context_len=self.max_model_len,  # an upper bound: the graph must not depend on the batch
-            decode_num_splits=splits,
+            max_context_len=max_context_len,  # an upper bound: the graph must not depend on the batch
+            decode_num_splits=num_splits,
         )
 
-    def _forward(self, bs: int) -> torch.Tensor:
-        hidden = self.model(self.input_ids[:bs], self._metadata(bs), self.kv_cache.layers)
-        return self.model.compute_logits(hidden)
+    def _forward(self, bs: int, max_context_len: int, num_splits: int) -> None:
+        hidden = self.model(self.input_ids[:bs], self._metadata(bs, max_context_len, num_splits), self.kv_cache.layers)
+        logits = self.logits[:bs]
+        torch.matmul(hidden, self.model.logits_weight.t(), out=logits)
+        self.model.ops.argmax(logits, out=self.sampled[:bs])
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Captures every bucket, largest first, all in one memory pool."""
+        """Captures every graph, largest batch first, all in one memory pool."""
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
         for bs in reversed(self.buckets):
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._forward(bs)  # warm-up: compiles kernels, settles allocations outside the graph
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[bs] = self._forward(bs)
-            self.graphs[bs] = graph
+            for max_context_len, num_splits in self.contexts[bs]:
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    self._forward(bs, max_context_len, num_splits)  # warm-up: compiles, settles allocations
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._forward(bs, max_context_len, num_splits)
+                self.graphs[(bs, max_context_len)] = graph
         torch.cuda.synchronize()
 
     def bucket_for(self, num_seqs: int) -> int | None:
@@ -97,29 +127,44 @@ class DecodeGraphs:
                 return bs
         return None
 
+    def graph_key(self, num_seqs: int, longest_context: int) -> tuple[int, int]:
+        bs = self.bucket_for(num_seqs)
+        if bs is None:
+            raise ValueError(f"no decode graph for {num_seqs} sequences (largest is {self.max_batch})")
+        if longest_context > self.max_model_len:
+            raise ValueError(f"context of {longest_context} tokens exceeds max_model_len {self.max_model_len}")
+        fits = [limit for limit, _ in self.contexts[bs] if longest_context <= limit]  # the last is max_model_len
+        return bs, fits[0]
+
     @torch.inference_mode()
-    def run(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk]) -> torch.Tensor:
-        """Logits [len(chunks), vocab] fp32 of a decode step (every chunk runs one token)."""
+    def run(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk]) -> None:
+        """Replays the decode step of len(chunks) one-token chunks; read `logits_of` or `token_ids_of` after."""
         n = len(chunks)
         bs = self.bucket_for(n)
-        if bs is None or bs not in self.graphs:
+        if bs is None:
             raise ValueError(f"no decode graph for {n} sequences (largest is {self.max_batch})")
-        bsz, n_max = self.kv_cache.block_size, self.buckets[-1]
-        host64 = self.stage64.numpy()  # [3, n_max]: token ids, positions, slots
-        host32 = self.stage32.numpy()  # [n_max]: context lengths, then [n_max, max_blocks] block tables
-        tables = host32[n_max:].reshape(n_max, self.max_blocks)
-        positions = host64[1, :n]
-        positions[:] = np.fromiter((c.start for c in chunks), dtype=np.int64, count=n)
-        for i, chunk in enumerate(chunks):
-            tables[i, : len(chunk.block_ids)] = chunk.block_ids
-        host64[0, :n] = token_ids
-        host64[2, :n] = tables[np.arange(n), positions // bsz].astype(np.int64) * bsz + positions % bsz
-        host32[:n] = positions + 1
-        # Padding rows of the bucket write nowhere and attend to one entry.
-        host64[2, n:bs] = -1
-        host32[n:bs] = 1
-        self.static64.copy_(self.stage64, non_blocking=True)
-        used = n_max + bs * self.max_blocks
-        self.static32[:used].copy_(self.stage32[:used], non_blocking=True)
-        self.graphs[bs].replay()
-        return self.logits[bs][:n]
+        self.copied.synchronize()  # the last step's copy has left the staging array (at once after a sync)
+        longest = self.inputs.fill(token_ids, chunks, bs)
+        key = self.graph_key(n, longest)
+        if key not in self.graphs:
+            raise ValueError(f"decode graph {key} was not captured")
+        used = self.inputs.used(bs)
+        self.static[:used].copy_(self.staging[:used], non_blocking=True)
+        self.copied.record()
+        self.graphs[key].replay()
+        self.num_rows = n
+        self.last_key = key
+
+    def logits_of(self, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """fp32 logits [len(rows), vocab] of the last step (every row when rows is None)."""
+        logits = self.logits[: self.num_rows]
+        if rows is not None and len(rows) != self.num_rows:
+            logits = logits[list(rows)]
+        return logits.float()
+
+    def token_ids_of(self) -> list[int]:
+        """The argmax token of every row of the last step: the one device-to-host copy, which waits for it."""
+        host = self.sampled_host[: self.num_rows]
+        host.copy_(self.sampled[: self.num_rows], non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return host.tolist()

@@ -1,4 +1,5 @@
-"""Runs the decoder on one step's chunks and returns the logits of the rows that sample."""
+"""Runs the decoder on one step's chunks and returns the logits of the rows that sample (or, for an all-greedy
+decode step under CUDA graphs, the argmax tokens the graph computed)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,32 @@ class ModelRunner:
         self.graphs = graphs
         self.device = kv_cache.data.device
 
+    def graphed(self, chunks: Sequence[SeqChunk]) -> bool:
+        """Whether the step runs as a captured decode graph (every chunk one token, within the largest bucket)."""
+        return (
+            self.graphs is not None
+            and len(chunks) <= self.graphs.max_batch
+            and all(c.num_tokens == 1 for c in chunks)
+        )
+
     @torch.inference_mode()
     def forward(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], sample_rows: Sequence[int]) -> torch.Tensor:
         """token_ids: the chunks' tokens, concatenated. Returns fp32 logits [len(sample_rows), vocab] of the last
         token of each chunk listed in sample_rows."""
-        if self.graphs is not None and all(c.num_tokens == 1 for c in chunks) and len(chunks) <= self.graphs.max_batch:
-            logits = self.graphs.run(token_ids, chunks)  # [num_seqs, vocab]
-            return logits if len(sample_rows) == len(chunks) else logits[list(sample_rows)]
+        if self.graphed(chunks):
+            self.graphs.run(token_ids, chunks)
+            return self.graphs.logits_of(sample_rows)
         meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
         input_ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).to(self.device, non_blocking=True)
         hidden = self.model(input_ids, meta, self.kv_cache.layers)  # [num_tokens, hidden]
         last = np.cumsum([c.num_tokens for c in chunks]) - 1  # row of each chunk's last token
         rows = torch.as_tensor(last[list(sample_rows)], dtype=torch.int64).to(self.device, non_blocking=True)
         return self.model.compute_logits(hidden.index_select(0, rows))
+
+    def greedy_decode(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk]) -> list[int]:
+        """A graphed decode step (see `graphed`) whose every row takes the argmax: the argmax token per chunk,
+        computed inside the graph, read back in the step's only device-to-host copy."""
+        if not self.graphed(chunks):
+            raise ValueError("greedy_decode needs a decode step that fits the captured graphs")
+        self.graphs.run(token_ids, chunks)
+        return self.graphs.token_ids_of()

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from kernels.argmax import argmax_rows, argmax_rows_ref
+from kernels.rotary_cache_write import apply_rotary_and_write_kv, apply_rotary_and_write_kv_ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,9 @@ class Ops:
     rms_norm: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     apply_rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    # Rotary on q and k fused with the cache write of k and v; returns the rotated q.
+    apply_rotary_and_write_kv: Callable[..., torch.Tensor]
+    argmax: Callable[..., torch.Tensor]  # [num_rows, n] → [num_rows] int64, as torch.argmax(dim=-1)
     uses_kernels: bool
 
 
@@ -30,6 +35,8 @@ KERNEL_OPS = Ops(
     rms_norm=kernels.rms_norm,
     apply_rotary=kernels.apply_rotary,
     silu_and_mul=kernels.silu_and_mul,
+    apply_rotary_and_write_kv=apply_rotary_and_write_kv,
+    argmax=argmax_rows,
     uses_kernels=True,
 )
 REFERENCE_OPS = Ops(
@@ -39,6 +46,8 @@ REFERENCE_OPS = Ops(
     rms_norm=kernels.rms_norm_ref,
     apply_rotary=kernels.apply_rotary_ref,
     silu_and_mul=kernels.silu_and_mul_ref,
+    apply_rotary_and_write_kv=apply_rotary_and_write_kv_ref,
+    argmax=argmax_rows_ref,
     uses_kernels=False,
 )
 

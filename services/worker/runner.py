@@ -15,7 +15,7 @@ from typing import Protocol
 from services.common.errors import FlashStreamError, ResourceExhausted
 from services.worker.plan import SeqError, SeqOutput, StepPlan, StepResult
 from services.worker.sampler import Sampler, SamplingRow, TokenLogprobs
-from services.worker.sequences import ScheduledSeq, SequenceLimits, SequenceTable
+from services.worker.sequences import ScheduledSeq, SeqState, SequenceLimits, SequenceTable
 from services.worker.token_view import TokenView
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,20 @@ Sampled = tuple[int, TokenLogprobs | None]
 class StepExecutor(Protocol):
     def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
         """One entry per scheduled sequence: its sampled token, or None when its step does not sample."""
+
+
+def plain_greedy(state: SeqState) -> bool:
+    """Whether the sampler's answer for this sequence's next token is the argmax of its raw logits: greedy, no
+    penalties, no logprobs and no min_tokens masking (conservatively: whenever min_tokens is not yet reached)."""
+    p = state.sampling
+    return (
+        p.is_greedy
+        and p.logprobs is None
+        and p.repetition_penalty == 1.0
+        and p.presence_penalty == 0.0
+        and p.frequency_penalty == 0.0
+        and len(state.token_ids) - state.num_prompt_tokens >= p.min_tokens
+    )
 
 
 class ModelExecutor:
@@ -40,6 +54,12 @@ class ModelExecutor:
         chunks = [seq.chunk() for seq in scheduled]
         sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
         results: list[Sampled | None] = [None] * len(scheduled)
+        if sample_rows and self.model_runner.graphed(chunks) and all(plain_greedy(seq.state) for seq in scheduled):
+            # The graph took every row's argmax: the sampler would answer the same, so it is skipped.
+            token_ids = self.model_runner.greedy_decode(token_ids, chunks)
+            for i in sample_rows:
+                results[i] = (token_ids[i], None)
+            return results
         if not sample_rows:
             self.model_runner.forward(token_ids, chunks, sample_rows)
             return results

@@ -67,9 +67,10 @@ class Attention(nn.Module):
             # Qwen3 normalises every head of q and k before the rotation.
             q = self.q_norm(q.reshape(-1, cfg.head_dim)).view(num_tokens, cfg.num_heads, cfg.head_dim)
             k = self.k_norm(k.reshape(-1, cfg.head_dim)).view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
-        q, k = ops.apply_rotary(q, k, meta.positions, rope[0], rope[1])
         key_cache, value_cache = kv_cache
-        ops.write_kv_cache(k, v, key_cache, value_cache, meta.slot_mapping)
+        # One launch: q rotated into a new tensor, the rotated k and v stored at their cache slots.
+        q = ops.apply_rotary_and_write_kv(q, k, v, meta.positions, rope[0], rope[1], key_cache, value_cache,
+                                          meta.slot_mapping)
         if meta.is_decode:
             out = ops.decode_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
@@ -134,6 +135,7 @@ class CausalDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
         super().__init__()
         self.cfg = cfg
+        self.ops = ops
         self.model = DecoderModel(cfg, ops)
         # Tied checkpoints reuse the embedding matrix; no second parameter exists to keep in sync.
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -153,7 +155,11 @@ class CausalDecoder(nn.Module):
         x, _ = self.model.norm(x, residual)
         return x
 
+    @property
+    def logits_weight(self) -> torch.Tensor:
+        """[vocab_size, hidden]: the output projection (the embedding matrix when tied)."""
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [num_rows, hidden] → fp32 logits [num_rows, vocab_size]."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return F.linear(hidden, self.logits_weight).float()

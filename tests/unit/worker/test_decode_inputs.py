@@ -1,0 +1,81 @@
+"""Decode graph inputs: one staging array equal to the step's attention metadata, block tables written by tail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.worker.attention_metadata import SeqChunk, build_attention_metadata
+from services.worker.cuda_graphs import batch_buckets, context_buckets
+from services.worker.decode_inputs import DecodeInputs
+
+BLOCK = 4
+MAX_SEQS, MAX_BLOCKS = 8, 6
+
+
+def _inputs() -> DecodeInputs:
+    return DecodeInputs(np.zeros(DecodeInputs.size(MAX_SEQS, MAX_BLOCKS), dtype=np.int32), MAX_SEQS, MAX_BLOCKS, BLOCK)
+
+
+def _assert_matches_metadata(inputs: DecodeInputs, token_ids: list[int], chunks: list[SeqChunk], bucket: int) -> None:
+    meta = build_attention_metadata(chunks, BLOCK, torch.device("cpu"), max_blocks=MAX_BLOCKS)
+    n = len(chunks)
+    assert inputs.token_ids[:n].tolist() == token_ids
+    assert inputs.positions[:n].tolist() == meta.positions.tolist()
+    assert inputs.slots[:n].tolist() == meta.slot_mapping.tolist()
+    assert inputs.context_lens[:n].tolist() == meta.context_lens.tolist()
+    for i, chunk in enumerate(chunks):
+        width = len(chunk.block_ids)
+        assert inputs.tables[i, :width].tolist() == meta.block_tables[i, :width].tolist()
+    assert inputs.slots[n:bucket].tolist() == [-1] * (bucket - n)  # padding writes nowhere
+    assert inputs.context_lens[n:bucket].tolist() == [1] * (bucket - n)
+
+
+def test_staging_holds_the_same_positions_slots_and_tables_as_the_attention_metadata_over_many_steps() -> None:
+    inputs = _inputs()
+    tables = {1: [7, 2], 2: [5], 3: [9, 11, 0]}
+    starts = {1: 6, 2: 1, 3: 9}
+    for step in range(12):
+        order = [1, 2, 3] if step % 3 else [3, 1, 2]  # rows change owners between steps
+        if step == 7:
+            tables[2] = [13, 14]  # a resent sequence gets a new list: its row is rewritten whole
+            starts[2] = 5
+        chunks = []
+        for seq in order:
+            if starts[seq] // BLOCK >= len(tables[seq]):
+                tables[seq].append(20 + 3 * step + seq)  # the list grows in place, as the sequence table does
+            chunks.append(SeqChunk(starts[seq], 1, tables[seq]))
+        token_ids = [100 * step + seq for seq in order]
+        longest = inputs.fill(token_ids, chunks, 4)
+        assert longest == max(starts.values()) + 1
+        _assert_matches_metadata(inputs, token_ids, chunks, 4)
+        for seq in order:
+            starts[seq] += 1
+
+
+def test_a_smaller_batch_turns_the_rows_it_leaves_into_padding() -> None:
+    inputs = _inputs()
+    inputs.fill([1, 2, 3], [SeqChunk(0, 1, [1]), SeqChunk(2, 1, [2]), SeqChunk(3, 1, [3])], 4)
+    inputs.fill([4], [SeqChunk(5, 1, [1, 4])], 4)
+    _assert_matches_metadata(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
+    assert inputs.used(4) == 4 * MAX_SEQS + 4 * MAX_BLOCKS
+
+
+def test_fill_rejects_batches_and_tables_beyond_the_graphs() -> None:
+    inputs = _inputs()
+    with pytest.raises(ValueError, match="do not fit a bucket"):
+        inputs.fill([1, 2], [SeqChunk(0, 1, [1]), SeqChunk(0, 1, [2])], 1)
+    with pytest.raises(ValueError, match="exceeds the graphs' width"):
+        inputs.fill([1], [SeqChunk(0, 1, list(range(MAX_BLOCKS + 1)))], 1)
+    with pytest.raises(ValueError, match="staging must be int32"):
+        DecodeInputs(np.zeros(3, dtype=np.int64), MAX_SEQS, MAX_BLOCKS, BLOCK)
+
+
+def test_short_contexts_get_an_unsplit_graph_only_where_the_full_one_splits() -> None:
+    # 8 kv heads: a single sequence splits a 4096-token context 32 ways; 64 sequences fill the chip unsplit.
+    assert context_buckets(1, 8, 4096, 512) == [(512, 1), (4096, 32)]
+    assert context_buckets(64, 8, 4096, 512) == [(4096, 1)]
+    assert context_buckets(1, 8, 512, 512) == [(512, 4)]
+    assert context_buckets(1, 8, 4096, 0) == [(4096, 32)]
+    assert batch_buckets(20) == [1, 2, 4, 8, 16, 20]
