@@ -178,7 +178,7 @@ class Engine:
         if self.metrics is not None and num_generated:
             self.metrics.generation_tokens.inc(num_generated)
 
-    # ---- helpers ----
+    # ---- internals ----
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.params

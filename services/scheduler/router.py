@@ -116,7 +116,7 @@ class EnginePool:
     def __iter__(self) -> Iterator[tuple[str, Engine]]:
         return iter(list(self.engines.items()))
 
-    # ---- helpers ----
+    # ---- internals ----
 
     @staticmethod
     def _check_fits(request: Request, limits: WorkerLimits) -> str | None:

@@ -4,6 +4,7 @@ Worker.Step stream with up to two plans in flight, reconnecting with backoff whe
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -42,6 +43,9 @@ class WorkerConnection:
                 stub = worker_pb2_grpc.WorkerStub(channel)
                 info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S)
                 engine = self.pool.engines.add_worker(self.address, limits_from_info(info))
+                # The block table lives as long as the connection (one object per KV block): keep the
+                # cyclic garbage collector from walking it on every full collection.
+                gc.freeze()
                 connected = True
                 self.num_connects += 1
                 delay = backoff.initial_s
