@@ -42,9 +42,9 @@ def _rotary_cache_write_kernel(
 
     heads = tl.arange(0, BLOCK_HEADS)
     mask = (heads < num_heads)[:, None] & col_mask[None, :]
-    src = q_ptr + token * stride_qt + heads[:, None] * stride_qh + cols[None, :]
-    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    q_src = q_ptr + token * stride_qt + heads[:, None] * stride_qh + cols[None, :]
+    x1 = tl.load(q_src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(q_src + HALF, mask=mask, other=0.0).to(tl.float32)
     dst = q_out_ptr + token * stride_qot + heads[:, None] * stride_qoh + cols[None, :]
     tl.store(dst, (x1 * cos - x2 * sin).to(q_out_ptr.dtype.element_ty), mask=mask)
     tl.store(dst + HALF, (x2 * cos + x1 * sin).to(q_out_ptr.dtype.element_ty), mask=mask)
@@ -56,17 +56,17 @@ def _rotary_cache_write_kernel(
         # int64: block_id * stride_cb exceeds 2**31 once the cache holds more than 2**31 elements.
         cache = (slot // block_size) * stride_cb + (slot % block_size) * stride_cs
         cache_off = cache + kv_heads[:, None] * stride_ch + cols[None, :]  # [BLOCK_KV_HEADS, BLOCK_HALF]
-        src = k_ptr + token * stride_kt + kv_heads[:, None] * stride_kh + cols[None, :]
-        k1 = tl.load(src, mask=kv_mask, other=0.0).to(tl.float32)
-        k2 = tl.load(src + HALF, mask=kv_mask, other=0.0).to(tl.float32)
+        k_src = k_ptr + token * stride_kt + kv_heads[:, None] * stride_kh + cols[None, :]
+        k1 = tl.load(k_src, mask=kv_mask, other=0.0).to(tl.float32)
+        k2 = tl.load(k_src + HALF, mask=kv_mask, other=0.0).to(tl.float32)
         # Rounded to k's dtype first, as the rotary kernel's output would be before the cache write.
         r1 = (k1 * cos - k2 * sin).to(k_ptr.dtype.element_ty).to(key_cache_ptr.dtype.element_ty)
         r2 = (k2 * cos + k1 * sin).to(k_ptr.dtype.element_ty).to(key_cache_ptr.dtype.element_ty)
         tl.store(key_cache_ptr + cache_off, r1, mask=kv_mask)
         tl.store(key_cache_ptr + cache_off + HALF, r2, mask=kv_mask)
-        src = v_ptr + token * stride_vt + kv_heads[:, None] * stride_vh + cols[None, :]
-        v1 = tl.load(src, mask=kv_mask, other=0.0)
-        v2 = tl.load(src + HALF, mask=kv_mask, other=0.0)
+        v_src = v_ptr + token * stride_vt + kv_heads[:, None] * stride_vh + cols[None, :]
+        v1 = tl.load(v_src, mask=kv_mask, other=0.0)
+        v2 = tl.load(v_src + HALF, mask=kv_mask, other=0.0)
         tl.store(value_cache_ptr + cache_off, v1.to(value_cache_ptr.dtype.element_ty), mask=kv_mask)
         tl.store(value_cache_ptr + cache_off + HALF, v2.to(value_cache_ptr.dtype.element_ty), mask=kv_mask)
 
