@@ -98,6 +98,70 @@ def tile_row_offsets(
 
 
 @triton.jit
+def online_softmax_step(s, m_i, l_i, qk_scale_log2):
+    """s: [M, N] unscaled scores; returns p [M, N], the rescale factor alpha [M], and the new running max and sum.
+
+    The scale is applied inside one fused multiply-add per score: exp2(s * scale - m)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale_log2)
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s * qk_scale_log2 - m_new[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
+def load_paged_tile(
+    cache_ptr, ptrs, kv_valid, d_mask, MASK_KV: tl.constexpr, EVEN_D: tl.constexpr,
+):
+    """[BLOCK_N, D] tile of a cache at element offsets ptrs; rows outside kv_valid (with MASK_KV) read as zero."""
+    if MASK_KV:
+        load_mask = kv_valid[:, None]
+        if not EVEN_D:
+            load_mask = load_mask & d_mask[None, :]
+        return tl.load(cache_ptr + ptrs, mask=load_mask, other=0.0)
+    elif EVEN_D:
+        return tl.load(cache_ptr + ptrs)
+    else:
+        return tl.load(cache_ptr + ptrs, mask=d_mask[None, :], other=0.0)
+
+
+@triton.jit
+def attend_paged_tile_halves(
+    acc_a, m_a, l_a, q_a, pos_a, acc_b, m_b, l_b, q_b, pos_b,
+    k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
+    n_start, kv_len, qk_scale_log2,
+    stride_cb, stride_cs,
+    offs_d, d_mask,
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr,
+    MASK_KV: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
+    PAGE_LOADS: tl.constexpr,
+):
+    """attend_paged_tile for two independent row blocks (a, b) sharing one K/V tile. Both score products are
+    issued before either softmax, so the tensor cores work on b's scores while a's softmax runs."""
+    row_offsets = tile_row_offsets(
+        table_row_ptr, n_start, kv_len, stride_cb, stride_cs, kv_head_offset,
+        BLOCK_N, PAGE_SIZE, MASK_KV, INT64_OFFSETS, PAGE_LOADS,
+    )
+    ptrs = row_offsets[:, None] + offs_d[None, :]  # [BLOCK_N, D]
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    kv_valid = offs_n < kv_len
+    k = load_paged_tile(k_cache_ptr, ptrs, kv_valid, d_mask, MASK_KV, EVEN_D)
+    s_a = tl.dot(q_a, tl.trans(k), input_precision=DOT_PRECISION)
+    s_b = tl.dot(q_b, tl.trans(k), input_precision=DOT_PRECISION)
+    if MASK_KV:
+        s_a = tl.where(kv_valid[None, :], s_a, float("-inf"))
+        s_b = tl.where(kv_valid[None, :], s_b, float("-inf"))
+    if CAUSAL_MASK:
+        s_a = tl.where(offs_n[None, :] <= pos_a[:, None], s_a, float("-inf"))
+        s_b = tl.where(offs_n[None, :] <= pos_b[:, None], s_b, float("-inf"))
+    p_a, alpha_a, m_a, l_a = online_softmax_step(s_a, m_a, l_a, qk_scale_log2)
+    v = load_paged_tile(v_cache_ptr, ptrs, kv_valid, d_mask, MASK_KV, EVEN_D)
+    acc_a = tl.dot(p_a.to(v.dtype), v, acc_a * alpha_a[:, None], input_precision=DOT_PRECISION)
+    p_b, alpha_b, m_b, l_b = online_softmax_step(s_b, m_b, l_b, qk_scale_log2)
+    acc_b = tl.dot(p_b.to(v.dtype), v, acc_b * alpha_b[:, None], input_precision=DOT_PRECISION)
+    return acc_a, m_a, l_a, acc_b, m_b, l_b
+
+
+@triton.jit
 def attend_paged_tile(
     acc, m_i, l_i, q,
     k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
@@ -134,11 +198,7 @@ def attend_paged_tile(
         s = tl.where(kv_valid[None, :], s, float("-inf"))
     if CAUSAL_MASK:
         s = tl.where((n_start + tl.arange(0, BLOCK_N))[None, :] <= query_pos[:, None], s, float("-inf"))
-    # The scale is applied inside one fused multiply-add per score: exp2(s * scale - m).
-    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale_log2)
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s * qk_scale_log2 - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
+    p, alpha, m_new, l_i = online_softmax_step(s, m_i, l_i, qk_scale_log2)
 
     if MASK_KV:
         v = tl.load(v_cache_ptr + ptrs, mask=load_mask, other=0.0)

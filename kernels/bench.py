@@ -163,7 +163,7 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
         part_lse = torch.randn(batch, NUM_HEADS, num_splits, device=dev)
         split_len = triton.cdiv(triton.cdiv(context, num_splits), cfg.block_n) * cfg.block_n
         row["reduce_us"] = 1e3 * _graph_ms([lambda: launch_decode_reduce(part_out, part_lse, lens, inputs[0][-1],
-                                                                        split_len)] * 8)
+                                                                        split_len, cfg.pdl_merge)] * 8)
     if not peers:
         return row
     sdpa_calls = [lambda a=a: scaled_dot_product_attention(*a, enable_gqa=True) for a in dense]
@@ -183,18 +183,23 @@ def copy_bandwidth_tbps() -> float:
     return 2 * src.numel() * 2 / _median_ms(lambda: dst.copy_(src)) / 1e9
 
 
-# (block_m, block_n, num_warps, num_stages, page_loads); page_loads 0 = gathered vector, 1 = scalars, 2 = asm.
-PREFILL_VARIANTS = {
-    128: [(128, 64, 4, 3, 0), (128, 64, 4, 3, 2), (128, 64, 8, 3, 2), (128, 64, 8, 4, 2), (128, 128, 8, 2, 2),
-          (128, 128, 8, 3, 2), (128, 64, 8, 5, 0), (128, 64, 8, 3, 1), (64, 64, 4, 3, 2), (64, 128, 4, 3, 2),
-          (128, 32, 4, 4, 2)],
-    64: [(128, 64, 8, 3, 0), (128, 64, 8, 3, 2), (128, 128, 8, 3, 2), (128, 64, 4, 3, 2)],
-}
-# (block_n, num_warps, num_stages, page_loads)
-DECODE_VARIANTS = [(64, 4, 3, 0), (64, 4, 2, 2), (64, 4, 3, 2), (32, 4, 3, 2), (32, 4, 4, 2), (128, 4, 2, 2),
-                   (128, 8, 2, 2), (64, 8, 3, 2)]
-DECODE_SWEEP_SHAPES = ((16, 4096, 4), (1, 32768, 66))
-DECODE_SPLIT_SWEEP = ((16, 4096, (1, 2, 8)), (1, 32768, (33, 132)), (8, 32768, (8,)), (64, 4096, (1,)))
+# Third sweep (kernels/NOTES.md, v3): (head_dim, block_m, block_n, num_warps, num_stages, page_loads, split_rows);
+# page_loads 0 = gathered vector, 1 = scalars, 2 = inline assembly.
+PREFILL_VARIANTS = [
+    (128, 128, 64, 4, 3, 0, False), (128, 128, 64, 4, 3, 0, True), (128, 128, 64, 4, 2, 2, False),
+    (128, 128, 64, 4, 2, 2, True), (128, 128, 32, 4, 3, 2, False), (128, 64, 64, 4, 2, 2, False),
+    (128, 64, 32, 4, 3, 2, False), (128, 128, 128, 8, 3, 2, False), (128, 128, 64, 4, 3, 1, False),
+    (64, 128, 64, 8, 3, 2, False), (64, 128, 64, 4, 2, 2, False), (64, 64, 64, 4, 3, 2, False),
+    (64, 128, 64, 8, 2, 2, False),
+]
+# (batch, context, splits, block_n, num_warps, num_stages, page_loads, pdl_merge)
+DECODE_RUNS = [
+    (16, 4096, 4, 64, 4, 2, 2, True), (16, 4096, 4, 64, 4, 2, 2, False), (16, 4096, 2, 64, 4, 3, 2, True),
+    (16, 4096, 1, 64, 4, 3, 2, True), (16, 4096, 1, 64, 4, 4, 2, True), (16, 4096, 1, 64, 4, 5, 2, True),
+    (16, 4096, 1, 128, 4, 3, 2, True), (16, 4096, 1, 64, 8, 4, 2, True),
+    (1, 32768, 66, 64, 4, 2, 2, True), (1, 32768, 66, 64, 4, 2, 2, False), (1, 32768, 33, 64, 4, 3, 2, True),
+    (1, 32768, 66, 64, 4, 3, 0, True), (8, 32768, 8, 64, 4, 2, 2, True), (64, 4096, 1, 64, 4, 2, 2, True),
+]
 
 
 def _sweep_row(kind: str, fn: Callable[[], dict], fallback: dict) -> dict:
@@ -208,16 +213,12 @@ def _sweep_row(kind: str, fn: Callable[[], dict], fallback: dict) -> dict:
 
 def sweep() -> dict:
     result: dict = {"prefill": [], "decode": []}
-    for head_dim, variants in PREFILL_VARIANTS.items():
-        for m, n, w, st, pl in variants:
-            cfg = PrefillConfig(block_m=m, block_n=n, num_warps=w, num_stages=st, page_loads=pl)
-            result["prefill"].append(_sweep_row(
-                "prefill", lambda: bench_prefill(4096, head_dim, cfg, peers=False), {"config": cfg.__dict__}))
-    decode_runs = [(b, c, sp, v) for b, c, sp in DECODE_SWEEP_SHAPES for v in DECODE_VARIANTS]
-    decode_runs += [(b, c, sp, v) for b, c, splits in DECODE_SPLIT_SWEEP for sp in splits
-                    for v in ((64, 4, 2, 2), (64, 4, 3, 2))]
-    for batch, context, splits, (n, w, st, pl) in decode_runs:
-        cfg = DecodeConfig(block_n=n, num_warps=w, num_stages=st, page_loads=pl)
+    for head_dim, m, n, w, st, pl, halves in PREFILL_VARIANTS:
+        cfg = PrefillConfig(block_m=m, block_n=n, num_warps=w, num_stages=st, page_loads=pl, split_rows=halves)
+        result["prefill"].append(_sweep_row(
+            "prefill", lambda: bench_prefill(4096, head_dim, cfg, peers=False), {"config": cfg.__dict__}))
+    for batch, context, splits, n, w, st, pl, pdl in DECODE_RUNS:
+        cfg = DecodeConfig(block_n=n, num_warps=w, num_stages=st, page_loads=pl, pdl_merge=pdl)
         result["decode"].append(_sweep_row(
             "decode", lambda: bench_decode(batch, context, splits, cfg, peers=False), {"config": cfg.__dict__}))
     result["resources"] = compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
@@ -230,16 +231,16 @@ def summary(report: dict) -> str:
     for r in report.get("prefill", []):
         c = r.get("config", {})
         lines.append(f"prefill d{r.get('head_dim')} {c.get('block_m')}x{c.get('block_n')} w{c.get('num_warps')} "
-                     f"s{c.get('num_stages')} p{c.get('page_loads')}: {r.get('ours_tflops', float('nan')):.0f} "
+                     f"s{c.get('num_stages')} p{c.get('page_loads')} h{int(bool(c.get('split_rows')))}: {r.get('ours_tflops', float('nan')):.0f} "
                      f"TFLOP/s err {r.get('rel_err_vs_flash', float('nan')):.1e} {r.get('error', '')[:60]}")
     for r in report.get("decode", []):
         c = r.get("config", {})
         lines.append(f"decode {r.get('batch')}x{r.get('context')} sp{r.get('num_splits')} n{c.get('block_n')} "
-                     f"w{c.get('num_warps')} s{c.get('num_stages')} p{c.get('page_loads')}: "
+                     f"w{c.get('num_warps')} s{c.get('num_stages')} p{c.get('page_loads')} pdl{int(bool(c.get('pdl_merge')))}: "
                      f"{r.get('ours_tbps', float('nan')):.2f} TB/s err {r.get('rel_err_vs_sdpa', float('nan')):.1e} "
                      f"reduce {r.get('reduce_us', 0):.1f} us {r.get('error', '')[:60]}")
     for r in report.get("resources", []):
-        keys = ("BLOCK_M", "BLOCK_N", "PAGE_LOADS", "HEAD_DIM")
+        keys = ("BLOCK_M", "BLOCK_N", "PAGE_LOADS", "SPLIT_ROWS", "HEAD_DIM")
         lines.append(f"{r['kernel']} w{r['num_warps']} s{r['num_stages']} regs {r['registers']} spills "
                      f"{r['spills']} smem {r['shared_bytes']} "
                      + " ".join(f"{k}={r['constants'].get(k)}" for k in keys if k in (r.get("constants") or {})))

@@ -19,7 +19,18 @@ from kernels._paged_tile import (
     resolve_page_loads,
 )
 
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # a Triton without grid dependency control: the merge is launched the ordinary way
+    gdc_launch_dependents = gdc_wait = None
+
 NUM_SMS_H100 = 132
+
+
+def supports_pdl(requested: bool, device: torch.device) -> bool:
+    """Programmatic dependent launch needs a compiled launch on compute capability 9.0 or newer."""
+    return (requested and gdc_wait is not None and device.type == "cuda"
+            and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,9 @@ class DecodeConfig:
     target_programs: int = 4 * NUM_SMS_H100
     min_split_len: int = 128
     page_loads: int = ASM_PAGES  # kernels/_paged_tile.py: how a tile looks up its pages
+    # Launch the merge kernel as a programmatic dependent launch (Hopper): it is scheduled while the split kernel
+    # runs and waits on the device for its results, so the launch gap between the two kernels disappears.
+    pdl_merge: bool = True
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, cfg: DecodeConfig) -> int:
@@ -53,9 +67,11 @@ def _decode_split_kernel(
     stride_ps, stride_ph, stride_pk,
     QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     # One program per (sequence, kv head, split): the kv head's query heads share every K/V tile it loads.
+    if USE_GDC:
+        gdc_launch_dependents()  # the merge kernel may be scheduled now; it waits for this grid on the device
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -113,8 +129,10 @@ def _decode_reduce_kernel(
     part_out_ptr, part_lse_ptr, context_lens_ptr, out_ptr,
     split_len, num_splits,
     stride_ps, stride_ph, stride_pk, stride_os, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, USE_GDC: tl.constexpr,
 ):
+    if USE_GDC:
+        gdc_wait()  # the split kernel's results are complete and visible past this point
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     context_len = tl.load(context_lens_ptr + seq)
@@ -134,7 +152,8 @@ def _decode_reduce_kernel(
 
 
 def launch_decode_reduce(
-    part_out: torch.Tensor, part_lse: torch.Tensor, context_lens: torch.Tensor, out: torch.Tensor, split_len: int
+    part_out: torch.Tensor, part_lse: torch.Tensor, context_lens: torch.Tensor, out: torch.Tensor, split_len: int,
+    pdl: bool = False,
 ) -> None:
     """Merges split results part_out [num_seqs, num_heads, num_splits, head_dim] and part_lse [num_seqs, num_heads,
     num_splits] (fp32, log2 units) into out [num_seqs, num_heads, head_dim]."""
@@ -143,7 +162,7 @@ def launch_decode_reduce(
         part_out, part_lse, context_lens, out, split_len, num_splits,
         num_heads * num_splits, num_splits, 1, out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_SPLITS=triton.next_power_of_2(num_splits),
-        num_warps=4,
+        USE_GDC=pdl, num_warps=4, **({"launch_pdl": True} if pdl else {}),
     )
 
 
@@ -204,6 +223,7 @@ def paged_decode_attention(
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
     direct = num_splits == 1
+    pdl = not direct and supports_pdl(cfg.pdl_merge, q.device)
     if direct:
         part_out, part_lse = out, out  # unused
     else:
@@ -219,10 +239,10 @@ def paged_decode_attention(
         QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
         INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_GDC=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not direct:
-        launch_decode_reduce(part_out, part_lse, context_lens, out, split_len)
+        launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
     return out
 
 

@@ -18,6 +18,7 @@ from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
     attend_paged_tile,
+    attend_paged_tile_halves,
     dot_precision,
     needs_int64_offsets,
     resolve_page_loads,
@@ -33,6 +34,8 @@ class PrefillConfig:
     num_warps: int = 8
     num_stages: int = 3
     page_loads: int = ASM_PAGES  # kernels/_paged_tile.py: how a tile looks up its pages
+    # Two independent half-height row blocks per program: one's score product overlaps the other's softmax.
+    split_rows: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -57,7 +60,7 @@ def _prefill_kernel(
     QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
     CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
-    PAGE_LOADS: tl.constexpr,
+    PAGE_LOADS: tl.constexpr, SPLIT_ROWS: tl.constexpr,
 ):
     head = tl.program_id(0)
     seq = tl.program_id(1)
@@ -93,6 +96,15 @@ def _prefill_kernel(
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     kv_head_offset = kv_head * stride_ch
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    if SPLIT_ROWS:
+        HALF: tl.constexpr = BLOCK_M // 2
+        _prefill_halves(
+            q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, table_row_ptr, kv_head_offset, q_start, q_len, context_len,
+            m_block, head, full_end, kv_end, qk_scale_log2, stride_qt, stride_qh, stride_ot, stride_oh,
+            stride_cb, stride_cs, offs_d, d_mask,
+            HALF, BLOCK_M, BLOCK_N, BLOCK_D, PAGE_SIZE, EVEN_D, CAUSAL, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
+        )
+        return
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -114,6 +126,65 @@ def _prefill_kernel(
         acc.to(out_ptr.dtype.element_ty),
         mask=row_mask[:, None] & d_mask[None, :],
     )
+
+
+@triton.jit
+def _load_q_rows(q_ptr, q_start, q_len, rows, head, stride_qt, stride_qh, offs_d, d_mask):
+    q_rows = (q_start + rows).to(tl.int64)
+    return tl.load(
+        q_ptr + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+        mask=(rows < q_len)[:, None] & d_mask[None, :], other=0.0,
+    )
+
+
+@triton.jit
+def _store_rows(out_ptr, acc, l_i, q_start, q_len, rows, head, stride_ot, stride_oh, offs_d, d_mask):
+    q_rows = (q_start + rows).to(tl.int64)
+    tl.store(
+        out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+        (acc / l_i[:, None]).to(out_ptr.dtype.element_ty),
+        mask=(rows < q_len)[:, None] & d_mask[None, :],
+    )
+
+
+@triton.jit
+def _prefill_halves(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, table_row_ptr, kv_head_offset, q_start, q_len, context_len,
+    m_block, head, full_end, kv_end, qk_scale_log2, stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_cb, stride_cs, offs_d, d_mask,
+    HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    EVEN_D: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
+    PAGE_LOADS: tl.constexpr,
+):
+    """The query block as two [HALF] row blocks a and b with their own softmax state (SPLIT_ROWS)."""
+    rows_a = m_block * BLOCK_M + tl.arange(0, HALF)
+    rows_b = rows_a + HALF
+    q_a = _load_q_rows(q_ptr, q_start, q_len, rows_a, head, stride_qt, stride_qh, offs_d, d_mask)
+    q_b = _load_q_rows(q_ptr, q_start, q_len, rows_b, head, stride_qt, stride_qh, offs_d, d_mask)
+    pos_a = context_len - q_len + rows_a
+    pos_b = context_len - q_len + rows_b
+    m_a = tl.full([HALF], float("-inf"), dtype=tl.float32)
+    l_a = tl.zeros([HALF], dtype=tl.float32)
+    acc_a = tl.zeros([HALF, BLOCK_D], dtype=tl.float32)
+    m_b = tl.full([HALF], float("-inf"), dtype=tl.float32)
+    l_b = tl.zeros([HALF], dtype=tl.float32)
+    acc_b = tl.zeros([HALF, BLOCK_D], dtype=tl.float32)
+    for n_start in range(0, full_end, BLOCK_N):
+        acc_a, m_a, l_a, acc_b, m_b, l_b = attend_paged_tile_halves(
+            acc_a, m_a, l_a, q_a, pos_a, acc_b, m_b, l_b, q_b, pos_b,
+            k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset, n_start, context_len, qk_scale_log2,
+            stride_cb, stride_cs, offs_d, d_mask,
+            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
+        )
+    for n_start in range(full_end, kv_end, BLOCK_N):
+        acc_a, m_a, l_a, acc_b, m_b, l_b = attend_paged_tile_halves(
+            acc_a, m_a, l_a, q_a, pos_a, acc_b, m_b, l_b, q_b, pos_b,
+            k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset, n_start, context_len, qk_scale_log2,
+            stride_cb, stride_cs, offs_d, d_mask,
+            BLOCK_N, PAGE_SIZE, EVEN_D, True, CAUSAL, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
+        )
+    _store_rows(out_ptr, acc_a, l_a, q_start, q_len, rows_a, head, stride_ot, stride_oh, offs_d, d_mask)
+    _store_rows(out_ptr, acc_b, l_b, q_start, q_len, rows_b, head, stride_ot, stride_oh, offs_d, d_mask)
 
 
 def _check_args(
@@ -177,6 +248,7 @@ def paged_prefill_attention(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGE_SIZE=block_size,
         CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype),
         INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device),
+        SPLIT_ROWS=cfg.split_rows,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

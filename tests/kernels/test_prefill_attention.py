@@ -110,3 +110,21 @@ def test_prefill_page_lookups_give_the_reference_result(
     out = paged_prefill_attention(*args, max_query_len=70, out=torch.full_like(q, float("nan")), config=config)
     ref = paged_prefill_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
     assert relative_error(out.cpu(), ref) < tolerance
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
+def test_prefill_with_two_row_halves_per_program_gives_the_reference_result(
+    make_paged_cache, relative_error, tolerance, device, dtype, causal
+):
+    config = PrefillConfig(block_m=32 if device == "cpu" else 128, block_n=32 if device == "cpu" else 64,
+                           num_warps=4, num_stages=1 if device == "cpu" else 3, split_rows=True)
+    g = torch.Generator().manual_seed(23)
+    context_lens, query_lens = [90, 40, 17], [90, 23, 1]
+    cache = make_paged_cache(context_lens, 2, 64, 16, dtype, device, g)
+    q = torch.randn(sum(query_lens), 4, 64, generator=g).to(dtype).to(device)
+    starts = torch.tensor([0, 90, 113, 114], dtype=torch.int32, device=device)
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, starts, cache.context_lens, 0.125)
+    out = paged_prefill_attention(*args, causal=causal, max_query_len=90, out=torch.full_like(q, float("nan")),
+                                  config=config)
+    ref = paged_prefill_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args), causal=causal)
+    assert relative_error(out.cpu(), ref) < tolerance
