@@ -18,8 +18,9 @@ from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv
-from services.common.grpc_server import StageServer, install_stop_signals, start_server
+from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
+from services.common.stage import serve_stage
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ class GatewayServer:
                 await self._stage.set_serving(ready)
                 log.info("gateway %s", "ready" if ready else "not ready")
 
-    async def drain_and_stop(self, grace_s: float) -> None:
+    def ready(self) -> bool:
+        return self.core.is_ready()
+
+    async def stop(self, grace_s: float) -> None:
         """NOT_SERVING and refuse new work, let in-flight requests finish within grace_s, then stop."""
         self.core.draining = True
         if self._watcher is not None:
@@ -113,15 +117,11 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
 
 async def serve(config: GatewayConfig) -> int:
     gateway = GatewayServer(config)
-    await gateway.start()
-    log.info("gateway listening: gRPC %s:%d, HTTP %s:%d; tokenizers %s", config.server.host, gateway.grpc_port,
-             config.server.host, gateway.http_port, ",".join(config.tokenizers))
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await stop.wait()
-    log.info("draining (up to %.1f s)", config.server.drain_timeout_s)
-    await gateway.drain_and_stop(config.server.drain_timeout_s)
-    return 0
+    # Status routes are on the HTTP API's port, so no separate status server (port 0).
+    return await serve_stage(
+        gateway, config.server.host, 0, config.server.drain_timeout_s,
+        lambda: f"gateway listening: gRPC {config.server.host}:{gateway.grpc_port}, HTTP "
+                f"{config.server.host}:{gateway.http_port}; tokenizers {','.join(config.tokenizers)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,8 +9,9 @@ import logging
 from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv
-from services.common.grpc_server import StageServer, install_stop_signals, start_server
-from services.common.metrics import Metrics, start_status_server
+from services.common.grpc_server import StageServer, start_server
+from services.common.metrics import Metrics
+from services.common.stage import serve_stage
 from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerPool
@@ -96,17 +97,10 @@ class SchedulerStage:
 
 async def serve(config: SchedulerStageConfig) -> int:
     stage = SchedulerStage(config)
-    await stage.start()
-    status = await start_status_server(config.server.host, config.server.status_port, stage.metrics, stage.ready)
-    log.info("scheduler serving gRPC on %s:%d, status HTTP on port %d, workers %s",
-             config.server.host, stage.port, config.server.status_port, ",".join(config.workers))
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await stop.wait()
-    log.info("draining (up to %.1f s)", config.server.drain_timeout_s)
-    await stage.stop(config.server.drain_timeout_s)
-    await status.cleanup()
-    return 0
+    return await serve_stage(
+        stage, config.server.host, config.server.status_port, config.server.drain_timeout_s,
+        lambda: f"scheduler serving gRPC on {config.server.host}:{stage.port}, status HTTP on port "
+                f"{config.server.status_port}, workers {','.join(config.workers)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,9 @@ from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 from services.common.config import ServerConfig, add_server_args, env_default, server_config, setup_logging
 from services.common.errors import InvalidArgument
-from services.common.grpc_server import StageServer, install_stop_signals, start_server
-from services.common.metrics import Metrics, start_status_server
+from services.common.grpc_server import StageServer, start_server
+from services.common.metrics import Metrics
+from services.common.stage import serve_stage
 from services.tokenizer.intake import EncodePool
 from services.tokenizer.servicer import TokenizerServicer
 from services.tokenizer.tokenizer import TextTokenizer
@@ -106,17 +107,10 @@ class TokenizerStage:
 
 async def serve(config: TokenizerStageConfig) -> int:
     stage = TokenizerStage(config)
-    await stage.start()
-    status = await start_status_server(config.server.host, config.server.status_port, stage.metrics, stage.ready)
-    log.info("tokenizer serving gRPC on %s:%d, status HTTP on port %d, scheduler %s",
-             config.server.host, stage.port, config.server.status_port, config.scheduler)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await stop.wait()
-    log.info("draining (up to %.1f s)", config.server.drain_timeout_s)
-    await stage.stop(config.server.drain_timeout_s)
-    await status.cleanup()
-    return 0
+    return await serve_stage(
+        stage, config.server.host, config.server.status_port, config.server.drain_timeout_s,
+        lambda: f"tokenizer serving gRPC on {config.server.host}:{stage.port}, status HTTP on port "
+                f"{config.server.status_port}, scheduler {config.scheduler}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,6 +199,6 @@ async def gateway_stack(
         await wait_until(gateway.core.is_ready)
         yield stack
     finally:
-        await gateway.drain_and_stop(0.5)
+        await gateway.stop(0.5)
         for server in stack.servers:
             await server.stop(None)
