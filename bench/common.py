@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import sys
 from importlib import metadata
@@ -34,13 +35,22 @@ def environment() -> dict[str, Any]:
         "device": device,
         "python": platform.python_version(),
         "versions": versions,
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", *(_portable(arg) for arg in sys.argv)]),
     }
 
 
-def _cpu_count() -> int:
-    import os
+def _portable(arg: str) -> str:
+    """An argument as it reads from the repository root on any machine: no absolute paths of this one."""
+    root = str(RESULTS_DIR.parent.parent)
+    out = os.environ.get("OUT")
+    if out and arg.startswith(out):
+        return "$OUT" + arg[len(out):]
+    if arg.startswith(root + os.sep):
+        return arg[len(root) + 1:]
+    return arg
 
+
+def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
