@@ -275,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("prefill", row, flush=True)
                 report["prefill"].append(row)
         for batch, context in DECODE_SHAPES:
-            row = bench_decode(batch, context, None, None, peers=True)
-            row["ratio_to_copy"] = row["ours_tbps"] / report["copy_tbps"]
-            print("decode", row, flush=True)
+            row = _sweep_row("decode", lambda: bench_decode(batch, context, None, None, peers=True),
+                             {"batch": batch, "context": context})
+            if "ours_tbps" in row:
+                row["ratio_to_copy"] = row["ours_tbps"] / report["copy_tbps"]
             report["decode"].append(row)
         report["resources"] = compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
     with open(args.json, "w") as f:

@@ -71,6 +71,9 @@ def write_markdown(report: dict, path: str) -> None:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["decode"]:
+        if "ours_tbps" not in r:
+            lines.append(f"| {r['batch']} × {r['context']} | failed: {r.get('error', '?')[:80]} | | | | | |")
+            continue
         lines.append(
             f"| {r['batch']} × {r['context']} | {r['num_splits']} | {r['ours_tbps']:.2f} | {r['sdpa_tbps']:.2f} | "
             f"{r['ratio_to_sdpa']:.2f} | {r['ratio_to_copy']:.2f} | {r.get('rel_err_vs_sdpa', float('nan')):.1e} |"

@@ -39,7 +39,8 @@ class DecodeConfig:
 
     block_n: int = 64
     num_warps: int = 4
-    num_stages: int = 3
+    # 2 stages with ASM_PAGES keep K/V one tile ahead in 39 KB of shared memory: 4 programs per SM still fit.
+    num_stages: int = 2
     # Programs to aim for when choosing num_splits: one full wave at about 4 programs per SM (measured on the
     # H100: a few programs past a wave, e.g. 576 instead of 512, cost 18% at 8 x 32k).
     target_programs: int = 4 * NUM_SMS_H100

@@ -17,6 +17,7 @@ from kernels._checks import check_launchable, check_same_device, check_tensor
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
+    VECTOR_PAGES,
     attend_paged_tile,
     attend_paged_tile_halves,
     dot_precision,
@@ -45,10 +46,11 @@ class PrefillConfig:
 
 
 def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
-    """Best variants of the H100 sweep (kernels/NOTES.md), causal bf16 at 16k tokens per launch."""
+    """Best variants of the H100 sweeps (kernels/NOTES.md), causal bf16 at 16k tokens per launch."""
     if head_dim <= 64:
-        return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
-    return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
+        return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, page_loads=ASM_PAGES)
+    # Two 4-warp programs per SM (98.5 KB of shared memory each) beat every one-program variant at d128.
+    return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3, page_loads=VECTOR_PAGES)
 
 
 @triton.jit
