@@ -14,6 +14,7 @@ from services.worker.kv_cache import KVCache
 from services.worker.loader import build_empty_model, init_dummy_weights, load_weights
 from services.worker.model_config import ModelConfig
 from services.worker.model_runner import ModelRunner
+from services.worker.models.decoder import store_projections_input_major
 from services.worker.ops import select_ops
 from services.worker.profiling import profile_kv_blocks
 from services.worker.rope import rotary_tables
@@ -59,6 +60,8 @@ def build_model_engine(
         init_dummy_weights(model, config.seed)
     else:
         load_weights(model, config.model)
+    if device.type == "cuda":
+        store_projections_input_major(model)
     model.set_rope(*rotary_tables(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, device))
     num_blocks = config.num_kv_blocks
     if not num_blocks:

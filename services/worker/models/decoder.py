@@ -30,6 +30,25 @@ def fused_shards(cfg: ModelConfig) -> dict[str, tuple[str, int, int]]:
     }
 
 
+# Projections whose weights a CUDA worker stores input-major (see `store_projections_input_major`).
+INPUT_MAJOR_PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+def store_projections_input_major(model: nn.Module) -> int:
+    """Re-lays each decoder projection's weight [out, in] as the transpose of a contiguous [in, out] matrix.
+
+    The parameter keeps its shape and values, so every F.linear call is unchanged, but cuBLAS then multiplies
+    row-major by row-major. At batch 1 on the H100 that picks kernels without the split-K reduce launch that the
+    default layout gets for narrow outputs (measured per call, 8B shapes: o_proj 19.7 → 15.8 µs, down_proj 46.1 →
+    44.9, gate_up_proj 82.0 → 79.2). Call once, after the weights are loaded. Returns the number re-laid."""
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in INPUT_MAJOR_PROJECTIONS:
+            module.weight.data = module.weight.data.t().contiguous().t()  # [out, in] with strides (1, out)
+            count += 1
+    return count
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float, ops: Ops) -> None:
         super().__init__()
