@@ -28,6 +28,7 @@ from kernels.decode_attention import (
     DecodeConfig,
     _decode_split_kernel,
     choose_num_splits,
+    default_decode_config,
     launch_decode_reduce,
     paged_decode_attention,
 )
@@ -131,7 +132,6 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
     dev, dt = "cuda", torch.bfloat16
     kv_bytes = 2 * batch * context * NUM_KV_HEADS * head_dim * 2
     copies = max(1, min(32, math.ceil(ROTATE_BYTES / kv_bytes)))
-    cfg = config or DecodeConfig()
     lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
     inputs = []
     for _ in range(copies):
@@ -140,7 +140,8 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
         q = torch.randn(batch, NUM_HEADS, head_dim, device=dev, dtype=dt)
         inputs.append((q, k, v, *_paged_copy(k, v, gen), torch.empty_like(q)))
     if num_splits is None:
-        num_splits = choose_num_splits(batch, NUM_KV_HEADS, context, cfg)
+        num_splits = choose_num_splits(batch, NUM_KV_HEADS, context, config or DecodeConfig())
+    cfg = config or default_decode_config(batch, NUM_KV_HEADS, num_splits)  # what the launcher picks
 
     def ours(item) -> Callable[[], object]:
         q, _, _, key_cache, value_cache, tables, out = item

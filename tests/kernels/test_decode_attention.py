@@ -60,7 +60,8 @@ def test_split_heuristic_fills_the_gpu_only_when_sequences_are_few() -> None:
     cfg = DecodeConfig()
     assert choose_num_splits(256, 8, 4096, cfg) == 1
     assert choose_num_splits(64, 8, 4096, cfg) == 1
-    assert choose_num_splits(16, 8, 4096, cfg) == 4
+    assert choose_num_splits(16, 8, 4096, cfg) == 1  # 128 programs: nearly one per SM already
+    assert choose_num_splits(12, 8, 4096, cfg) == 5
     assert choose_num_splits(8, 8, 32768, cfg) == 8
     assert choose_num_splits(1, 8, 32768, cfg) == 66
     assert choose_num_splits(1, 8, 300, cfg) == 3
