@@ -10,8 +10,9 @@ from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.config import add_server_args, env_default, server_config, setup_logging
 from services.common.errors import FlashStreamError
-from services.common.grpc_server import StageServer, install_stop_signals, start_server
-from services.common.metrics import Metrics, start_status_server
+from services.common.grpc_server import StageServer, start_server
+from services.common.metrics import Metrics
+from services.common.stage import serve_stage
 from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
 from services.worker.servicer import WorkerServicer
@@ -108,24 +109,10 @@ class WorkerStage:
 
 async def serve(config: WorkerConfig) -> int:
     stage = WorkerStage(config)
-    status = await start_status_server(config.server.host, config.server.status_port, stage.metrics, stage.ready)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    start = asyncio.create_task(stage.start())
-    await asyncio.wait([start, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if start.done() and start.exception() is None:
-        log.info("worker serving gRPC on %s:%d, status HTTP on port %d",
-                 config.server.host, stage.port, config.server.status_port)
-        await stop.wait()
-    elif start.done():
-        await stage.stop(0)
-        await status.cleanup()
-        raise start.exception()  # type: ignore[misc]
-    log.info("draining (up to %.1f s)", config.server.drain_timeout_s)
-    start.cancel()
-    await stage.stop(config.server.drain_timeout_s)
-    await status.cleanup()
-    return 0
+    return await serve_stage(
+        stage, config.server.host, config.server.status_port, config.server.drain_timeout_s,
+        lambda: f"worker serving gRPC on {config.server.host}:{stage.port}, status HTTP on port "
+                f"{config.server.status_port}")
 
 
 def main(argv: list[str] | None = None) -> int:
