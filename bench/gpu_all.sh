@@ -3,10 +3,11 @@
 # test marked `gpu` in the repository (kernels compiled in bf16, the worker on CUDA, the sampler on CUDA),
 # plus a CPU-only run of the stage tests that need no GPU, to show the code runs on these versions too.
 # Run from the repository root: `bash bench/gpu_all.sh`; logs go to $OUT (default bench/results/gpu_run).
+# Where grpcio-health-checking / grpcio-reflection are missing, install their wheels to a folder on PYTHONPATH.
 set -u -o pipefail
 OUT=${OUT:-bench/results/gpu_run}
 mkdir -p "$OUT"
-export PYTHONPATH=.:protos HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=.:protos${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
