@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ print(",".join(names))
 
 
 def test_every_scheduler_module_imports_without_torch():
-    env_path = f"{ROOT}{':'}{ROOT / 'protos'}"
+    env_path = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "protos"), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, cwd=ROOT,
                           env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, timeout=60)
     assert proc.returncode == 0, proc.stderr
