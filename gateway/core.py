@@ -127,7 +127,7 @@ class GatewayCore:
                 f"model '{card.id}' has no chat template; send a completion request instead", "messages"
             )
         max_tokens = request.sampling.max_tokens
-        if card.max_model_len:
+        if card.max_model_len and not request.fill_context:
             # At least one prompt token must fit beside the output; the tokenizer checks the exact length.
             num_prompt = len(request.token_ids) if request.token_ids is not None else 1
             if max_tokens + num_prompt > card.max_model_len:

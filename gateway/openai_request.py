@@ -15,7 +15,7 @@ from typing import Any
 from gateway.errors import RequestError
 from gateway.schema import ChatTurn, GenerationRequest, TextOptions
 from services.common.errors import InvalidArgument
-from services.common.sampling import SamplingParams
+from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -117,7 +117,8 @@ def _refuse_unsupported(b: _Body, chat: bool) -> None:
 def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
     """SamplingParams from the OpenAI fields, and whether logprobs were asked for."""
     max_name = "max_completion_tokens" if chat and b.has("max_completion_tokens") else "max_tokens"
-    max_tokens = b.int(max_name, DEFAULT_MAX_TOKENS)
+    # As in OpenAI's API, a chat without a limit runs until the model stops or the context is full.
+    max_tokens = b.int(max_name, FILL_CONTEXT_MAX_TOKENS if chat else DEFAULT_MAX_TOKENS)
     if chat:
         want_logprobs = b.bool("logprobs", False)
         top = b.int("top_logprobs", None)
@@ -235,6 +236,7 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
         "options": options,
         "priority": b.int("priority", 0),
         "timeout_s": b.float("timeout", 0.0),
+        "fill_context": chat and sampling.max_tokens == FILL_CONTEXT_MAX_TOKENS,
     }
     if chat:
         request = GenerationRequest(

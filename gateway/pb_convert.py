@@ -21,6 +21,7 @@ from gateway.schema import (
 )
 from services.common.errors import ErrorCode, FlashStreamError
 from services.common.pb import sampling_from_pb, sampling_to_pb
+from services.common.sampling import FILL_CONTEXT_MAX_TOKENS
 
 # ---- public Gateway requests ----
 
@@ -44,9 +45,17 @@ def generate_request_from_pb(pb: gateway_pb2.GenerateRequest) -> GenerationReque
 
 
 def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> GenerationRequest:
-    fields, text = _options(pb.options, False)
+    fill_context = not pb.options.sampling.HasField("max_tokens")
+    if fill_context:  # no limit: generate until the model stops or the context is full
+        options = gateway_pb2.GenerateOptions()
+        options.CopyFrom(pb.options)
+        options.sampling.max_tokens = FILL_CONTEXT_MAX_TOKENS
+    else:
+        options = pb.options
+    fields, text = _options(options, False)
     messages = tuple(ChatTurn(m.role, m.content) for m in pb.messages)
-    return GenerationRequest(model=pb.model, messages=messages, options=text, **fields)  # type: ignore[arg-type]
+    return GenerationRequest(model=pb.model, messages=messages, options=text, fill_context=fill_context,
+                             **fields)  # type: ignore[arg-type]
 
 
 # ---- public Gateway responses ----
@@ -128,6 +137,8 @@ def text_request_to_pb(sub: Submission) -> tokenizer_pb2.TextRequest:
         arrival_unix_s=sub.arrival_unix_s,
         gateway_s=sub.gateway_s,
     )
+    if req.fill_context:  # unset on the wire: the tokenizer gives the request what the context leaves
+        pb.sampling.ClearField("max_tokens")
     if req.messages is not None:
         pb.chat.add_generation_prompt = req.add_generation_prompt
         pb.chat.messages.extend(common_pb2.ChatMessage(role=m.role, content=m.content) for m in req.messages)

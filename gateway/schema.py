@@ -65,6 +65,7 @@ class GenerationRequest:
     add_generation_prompt: bool = True  # chat only
     priority: int = 0
     timeout_s: float = 0.0  # 0: the gateway's default
+    fill_context: bool = False  # chat without max_tokens: generate until the context is full
 
     def __post_init__(self) -> None:
         inputs = [x for x in (self.prompt, self.token_ids, self.messages) if x is not None]

@@ -15,6 +15,8 @@ from services.common.errors import InvalidArgument
 # The penalties and temperatures that are accepted; outside these a request is refused, not clamped.
 MAX_TEMPERATURE = 100.0
 MAX_LOGPROBS = 20
+# max_tokens while a chat request waits to learn its prompt length (it then gets what the context leaves).
+FILL_CONTEXT_MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)

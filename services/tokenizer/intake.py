@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from services.common.errors import FlashStreamError, InvalidArgument
@@ -33,6 +33,7 @@ class TextInput:
     add_generation_prompt: bool = True
     token_ids: list[int] | None = None
     add_special_tokens: bool = True  # for plain prompts; rendered chats carry their own special tokens
+    fill_context: bool = False  # chat without max_tokens: max_tokens becomes what the context leaves
     priority: int = 0
     deadline_unix_s: float = 0.0
     arrival_unix_s: float = 0.0
@@ -53,6 +54,13 @@ class PreparedRequest:
 def _check_length(request: TextInput, num_tokens: int, max_model_len: int) -> None:
     if num_tokens == 0:
         raise InvalidArgument(f"request {request.request_id!r}: the prompt is empty")
+    if request.fill_context and max_model_len:
+        room = max_model_len - num_tokens
+        if room < 1:
+            raise InvalidArgument(
+                f"request {request.request_id!r}: the prompt ({num_tokens} tokens) leaves no room in the "
+                f"model's context of {max_model_len} tokens")
+        request.sampling = replace(request.sampling, max_tokens=room)
     if max_model_len and num_tokens + request.sampling.max_tokens > max_model_len:
         raise InvalidArgument(
             f"request {request.request_id!r}: prompt ({num_tokens} tokens) plus max_tokens "

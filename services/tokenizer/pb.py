@@ -6,6 +6,7 @@ from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2
 
 from services.common.errors import FlashStreamError, InvalidArgument
 from services.common.pb import error_to_pb, sampling_from_pb, sampling_to_pb
+from services.common.sampling import FILL_CONTEXT_MAX_TOKENS
 from services.tokenizer.intake import PreparedRequest, TextInput
 from services.tokenizer.request_state import RequestState, TextOptions, TextStep
 from services.tokenizer.tokenizer import TextTokenizer
@@ -21,9 +22,17 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
     )
     if any(s == "" for s in options.stop):
         raise InvalidArgument(f"request {pb.request_id!r}: stop strings must not be empty")
+    kind = pb.WhichOneof("input")
+    sampling = pb.sampling
+    fill_context = kind == "chat" and not pb.sampling.HasField("max_tokens")
+    if fill_context:  # a chat without a limit gets what the context leaves once its prompt is encoded
+        sampling = common_pb2.SamplingParams()
+        sampling.CopyFrom(pb.sampling)
+        sampling.max_tokens = FILL_CONTEXT_MAX_TOKENS
     request = TextInput(
         request_id=pb.request_id,
-        sampling=sampling_from_pb(pb.sampling),
+        sampling=sampling_from_pb(sampling),
+        fill_context=fill_context,
         options=options,
         add_special_tokens=pb.options.add_special_tokens,
         priority=pb.priority,
@@ -31,7 +40,6 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
         arrival_unix_s=pb.arrival_unix_s,
         gateway_s=pb.gateway_s,
     )
-    kind = pb.WhichOneof("input")
     if kind == "prompt":
         request.prompt = pb.prompt
     elif kind == "chat":

@@ -202,3 +202,32 @@ def test_losing_the_scheduler_fails_in_flight_requests_with_unavailable(model_di
             assert not h.stage.ready()
 
     asyncio.run(main())
+
+
+def test_a_chat_without_max_tokens_gets_what_the_context_leaves_and_a_full_context_is_refused(
+        model_dir: Path, tokenizer: TextTokenizer) -> None:
+    messages = [common_pb2.ChatMessage(role="user", content="Where is the river?")]
+    rendered = tokenizer.render_chat([{"role": "user", "content": "Where is the river?"}])
+    num_prompt = len(tokenizer.encode(rendered, add_special_tokens=False))
+
+    def chat(request_id: str, content: str) -> tokenizer_pb2.TextRequest:
+        req = tokenizer_pb2.TextRequest(request_id=request_id)  # sampling.max_tokens left unset
+        req.chat.messages.extend([common_pb2.ChatMessage(role="user", content=content)])
+        req.chat.add_generation_prompt = True
+        return req
+
+    async def main() -> None:
+        async with Harness(model_dir, lambda r: [5, 6], max_model_len=num_prompt + 40) as h:
+            call = h.stub.Connect()
+            too_long = "river " * 60
+            await call.write(tokenizer_pb2.TokenizerUp(requests=[chat("fits", messages[0].content),
+                                                                 chat("full", too_long)]))
+            events, _ = await read_until_terminal(call, {"fits", "full"})
+            await call.done_writing()
+            assert [r.sampling.max_tokens for r in h.fake.requests] == [40]
+            assert events["fits"][-1].done.finish_reason == common_pb2.FINISH_REASON_LENGTH
+            error = events["full"][-1].error
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert "leaves no room in the model's context of" in error.message
+
+    asyncio.run(main())

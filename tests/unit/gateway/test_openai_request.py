@@ -10,7 +10,7 @@ from gateway.errors import RequestError
 from gateway.openai_request import parse_openai_request
 from gateway.openai_response import error_response
 from gateway.schema import ChatTurn, GenerationRequest, TextOptions
-from services.common.sampling import SamplingParams
+from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
 
 
 def test_completion_defaults_follow_openai() -> None:
@@ -55,6 +55,19 @@ def test_chat_takes_messages_max_completion_tokens_and_top_logprobs() -> None:
         options=TextOptions(stop=("\n",), add_special_tokens=False),
     )
     assert parsed.logprobs is True
+
+
+def test_a_chat_without_a_limit_fills_the_context_and_a_completion_defaults_to_sixteen() -> None:
+    chat = parse_openai_request({"messages": [{"role": "user", "content": "U"}], "min_tokens": 40}, chat=True)
+    assert chat.request == GenerationRequest(
+        model="", messages=(ChatTurn("user", "U"),),
+        sampling=SamplingParams(max_tokens=FILL_CONTEXT_MAX_TOKENS, min_tokens=40, temperature=1.0),
+        options=TextOptions(add_special_tokens=False), fill_context=True,
+    )
+    limited = parse_openai_request({"messages": [{"role": "user", "content": "U"}], "max_tokens": 5}, chat=True)
+    assert (limited.request.fill_context, limited.request.sampling.max_tokens) == (False, 5)
+    completion = parse_openai_request({"prompt": "Hi"}, chat=False)
+    assert (completion.request.fill_context, completion.request.sampling.max_tokens) == (False, 16)
 
 
 def test_token_id_prompt_becomes_token_ids() -> None:

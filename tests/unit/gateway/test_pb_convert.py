@@ -57,6 +57,20 @@ def test_chat_request_becomes_chat_turns() -> None:
     assert (request.messages, request.options.add_special_tokens) == ((ChatTurn("user", "Hi"),), False)
 
 
+def test_a_grpc_chat_without_max_tokens_reaches_the_tokenizer_with_max_tokens_unset() -> None:
+    unlimited = chat_request_from_pb(gateway_pb2.ChatRequest(
+        model="m", messages=[common_pb2.ChatMessage(role="user", content="Hi")],
+        options=gateway_pb2.GenerateOptions(sampling=common_pb2.SamplingParams(min_tokens=20))))
+    assert unlimited.fill_context and unlimited.sampling.min_tokens == 20
+    pb = text_request_to_pb(Submission("chatcmpl-2", unlimited, 0, 0, 0))
+    assert not pb.sampling.HasField("max_tokens") and pb.sampling.min_tokens == 20
+    limited = chat_request_from_pb(gateway_pb2.ChatRequest(
+        model="m", messages=[common_pb2.ChatMessage(role="user", content="Hi")],
+        options=gateway_pb2.GenerateOptions(sampling=common_pb2.SamplingParams(max_tokens=7))))
+    assert not limited.fill_context
+    assert text_request_to_pb(Submission("chatcmpl-3", limited, 0, 0, 0)).sampling.max_tokens == 7
+
+
 def test_text_request_carries_the_submission() -> None:
     request = GenerationRequest(model="m", messages=(ChatTurn("user", "Hi"),), sampling=SamplingParams(max_tokens=3),
                                 options=TextOptions(stop=("\n",), echo=True), priority=1)
