@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 
-from services.common.errors import FlashStreamError, InvalidArgument, NotFound, Unavailable
+from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
 from services.common.metrics import Metrics
 from services.tokenizer.intake import EncodePool, PreparedRequest
@@ -69,7 +69,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
 
     def _check_model(self, name: str) -> None:
         if name and name != self.model_id:
-            raise NotFound(f"model {name!r} is not served here; served models: [{self.model_id!r}]")
+            raise InvalidArgument(f"model {name!r} is not served here; served models: [{self.model_id!r}]")
 
     # ---- Connect ----
 

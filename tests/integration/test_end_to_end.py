@@ -159,7 +159,7 @@ def test_eight_concurrent_requests_of_different_lengths_each_get_their_full_corr
         (b'{"model": "flashstream-demo", "prompt": "", "max_tokens": 4}', 400, "prompt"),
         (b'{"model": "flashstream-demo", "prompt": "hi", "max_tokens": 0}', 400, "max_tokens"),
         (b'{"model": "flashstream-demo", "prompt": "hi", "max_tokens": 100000}', 400, "max_tokens"),
-        (b'{"model": "no-such-model", "prompt": "hi", "max_tokens": 4}', 404, "no-such-model"),
+        (b'{"model": "no-such-model", "prompt": "hi", "max_tokens": 4}', 400, "no-such-model"),
         (b'{"model": "flashstream-demo", "prompt": "hi", "max_tokens": 4', 400, "JSON"),
     ],
 )
@@ -170,7 +170,7 @@ def test_bad_http_input_gets_an_openai_style_error_and_the_stack_keeps_serving(
     assert response.status == status
     assert set(payload) == {"error"}
     assert fragment.lower() in payload["error"]["message"].lower()
-    assert payload["error"]["type"] in ("invalid_request_error", "not_found_error")
+    assert payload["error"]["type"] == "invalid_request_error"
     _, ids, done = _grpc_generate(stack.gateway_grpc, PROMPTS[3], 3)
     assert done.done.usage.completion_tokens == 3 or done.done.finish_reason == common_pb2.FINISH_REASON_EOS
 
@@ -180,7 +180,7 @@ def test_bad_http_input_gets_an_openai_style_error_and_the_stack_keeps_serving(
     [("", 4, "flashstream-demo"), ("hi", 0, "flashstream-demo"), ("hi", 100000, "flashstream-demo"),
      ("hi", 4, "no-such-model")],
 )
-def test_bad_grpc_input_gets_invalid_argument_or_not_found(stack: Stack, prompt: str, max_tokens: int,
+def test_bad_grpc_input_gets_invalid_argument(stack: Stack, prompt: str, max_tokens: int,
                                                              model: str) -> None:
     request = gateway_pb2.GenerateRequest(
         model=model, prompt=prompt,
@@ -188,8 +188,7 @@ def test_bad_grpc_input_gets_invalid_argument_or_not_found(stack: Stack, prompt:
     with grpc.insecure_channel(stack.gateway_grpc) as channel:
         with pytest.raises(grpc.RpcError) as info:
             list(gateway_pb2_grpc.GatewayStub(channel).Generate(request, timeout=60))
-    expected = grpc.StatusCode.NOT_FOUND if model == "no-such-model" else grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.code() == expected
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details()
 
 

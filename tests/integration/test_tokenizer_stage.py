@@ -98,7 +98,7 @@ def test_bad_requests_get_errors_while_batch_mates_complete(model_dir: Path, tok
                      for rid in ("empty", "long", "model", "temp", "ids", "stop")}
             assert codes["empty"] == (3, "request 'empty': the prompt is empty")
             assert codes["long"][0] == 3 and "exceeds the model's context of 64 tokens" in codes["long"][1]
-            assert codes["model"] == (5, "model 'other-model' is not served here; served models: ['fake-model']")
+            assert codes["model"] == (3, "model 'other-model' is not served here; served models: ['fake-model']")
             assert codes["temp"][0] == 3 and "temperature" in codes["temp"][1]
             assert codes["ids"][0] == 3 and "out of the vocabulary" in codes["ids"][1]
             assert codes["stop"][0] == 3 and "stop strings must not be empty" in codes["stop"][1]
@@ -166,7 +166,7 @@ def test_unary_calls_and_info(model_dir: Path, tokenizer: TextTokenizer) -> None
             assert info.has_chat_template and info.ready
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await h.stub.Encode(tokenizer_pb2.EncodeRequest(model="nope", text="x"))
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await h.stub.RenderChat(tokenizer_pb2.RenderChatRequest(messages=[
                     common_pb2.ChatMessage(role="user", content="a"), common_pb2.ChatMessage(role="user", content="b")]))
