@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from services.demo import build_demo_model
-from services.launcher import Stack
+from services.launcher import Stack, python_path_env
 from tests.integration.stack_fixture import running_stack, stage_logs
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -216,3 +218,18 @@ def test_every_stage_serves_metrics_health_and_ready(stack: Stack) -> None:
             assert response.status == 200, (stage.name, path, body)
             if path == "/metrics":
                 assert "# TYPE flashstream_" in body, stage.name
+
+
+def test_flashstream_generate_streams_the_answer_and_ends_with_ttft_and_tokens_per_second(
+        stack: Stack, reference) -> None:
+    expected_text, expected_ids, expected_finish = reference(PROMPTS[0], 12)
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "generate", PROMPTS[0], "--gateway", stack.gateway_grpc,
+         "--max-tokens", "12"],
+        capture_output=True, text=True, env=python_path_env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    body, _, stats = out.stdout.rpartition("\n\n")
+    assert body == PROMPTS[0] + expected_text
+    finish = expected_finish.removeprefix("FINISH_REASON_")
+    assert re.fullmatch(rf"\[{len(expected_ids)} tokens, finish {finish}, TTFT \d+\.\d ms, \d+\.\d tokens/s\]\n",
+                        stats), stats
