@@ -137,20 +137,26 @@ class DecodeGraphs:
         return bs, fits[0]
 
     @torch.inference_mode()
-    def run(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk]) -> None:
-        """Replays the decode step of len(chunks) one-token chunks; read `logits_of` or `token_ids_of` after."""
+    def run(
+        self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], input_tokens: torch.Tensor | None = None
+    ) -> None:
+        """Replays the decode step of len(chunks) one-token chunks; read `logits_of`, `token_ids_of` or
+        `sampled_of` after. input_tokens: [len(chunks)] int64 on the device, the rows' input tokens when the host
+        does not know them yet (the previous step's argmax); token_ids is then ignored."""
         n = len(chunks)
         bs = self.bucket_for(n)
         if bs is None:
             raise ValueError(f"no decode graph for {n} sequences (largest is {self.max_batch})")
         self.copied.synchronize()  # the last step's copy has left the staging array (at once after a sync)
-        longest = self.inputs.fill(token_ids, chunks, bs)
+        longest = self.inputs.fill(token_ids if input_tokens is None else [0] * n, chunks, bs)
         key = self.graph_key(n, longest)
         if key not in self.graphs:
             raise ValueError(f"decode graph {key} was not captured")
         used = self.inputs.used(bs)
         self.static[:used].copy_(self.staging[:used], non_blocking=True)
         self.copied.record()
+        if input_tokens is not None:
+            self.input_ids[:n].copy_(input_tokens)  # int64 → int32, queued behind the step that computed them
         self.graphs[key].replay()
         self.num_rows = n
         self.last_key = key
@@ -168,3 +174,7 @@ class DecodeGraphs:
         host.copy_(self.sampled[: self.num_rows], non_blocking=True)
         torch.cuda.current_stream().synchronize()
         return host.tolist()
+
+    def sampled_of(self) -> torch.Tensor:
+        """[rows of the last step] int64 on the device: the argmax, valid until the next replay."""
+        return self.sampled[: self.num_rows]

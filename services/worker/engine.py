@@ -14,7 +14,8 @@ from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, FAKE_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.model_config import ModelConfig
 from services.worker.presets import PRESETS, preset_config
-from services.worker.runner import FakeExecutor, Runner
+from services.worker.executors import FakeExecutor
+from services.worker.runner import Runner
 from services.worker.sequences import SequenceLimits
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from services.worker.models.decoder import store_projections_input_major
 from services.worker.ops import select_ops
 from services.worker.profiling import profile_kv_blocks
 from services.worker.rope import rotary_tables
-from services.worker.runner import ModelExecutor, Runner
+from services.worker.executors import ModelExecutor
+from services.worker.runner import Runner
 from services.worker.sampler import Sampler
 from services.worker.sequences import SequenceLimits
 

@@ -10,6 +10,7 @@ import torch
 
 from services.worker.attention_metadata import SeqChunk, build_attention_metadata
 from services.worker.cuda_graphs import DecodeGraphs
+from services.worker.device_tokens import DeviceTokens, TokenSlots
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 
@@ -22,6 +23,7 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.graphs = graphs
         self.device = kv_cache.data.device
+        self.token_slots: TokenSlots | None = None  # made at the first launch, sized for max_num_seqs rows
 
     def graphed(self, chunks: Sequence[SeqChunk]) -> bool:
         """Whether the step runs as a captured decode graph (every chunk one token, within the largest bucket)."""
@@ -52,3 +54,29 @@ class ModelRunner:
             raise ValueError("greedy_decode needs a decode step that fits the captured graphs")
         self.graphs.run(token_ids, chunks)
         return self.graphs.token_ids_of()
+
+    @torch.inference_mode()
+    def launch_greedy(
+        self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], prev: DeviceTokens | None = None
+    ) -> DeviceTokens:
+        """Queues a decode step (every chunk one token) whose every row takes the argmax, without waiting for it.
+        prev: the launched step whose tokens are this step's inputs, row for row (token_ids is then ignored).
+        The argmax is the one the sampler gives a plain-greedy row: in the graph, or torch's on eager logits."""
+        if any(c.num_tokens != 1 for c in chunks):
+            raise ValueError("launch_greedy runs decode steps only (one token per chunk)")
+        if prev is not None and prev.tokens.shape[0] != len(chunks):
+            raise ValueError(f"the previous step has {prev.tokens.shape[0]} rows, this one {len(chunks)}")
+        if self.token_slots is None:
+            rows = self.graphs.max_batch if self.graphs is not None else 0
+            self.token_slots = TokenSlots(max(rows, len(chunks), 1), self.device)
+        if self.token_slots.max_rows < len(chunks):
+            self.token_slots = TokenSlots(len(chunks), self.device)
+        inputs = None if prev is None else prev.tokens
+        if self.graphed(chunks):
+            self.graphs.run(token_ids, chunks, inputs)
+            return DeviceTokens(self.token_slots, self.graphs.sampled_of())
+        meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
+        if inputs is None:
+            inputs = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).to(self.device, non_blocking=True)
+        hidden = self.model(inputs, meta, self.kv_cache.layers)  # [num_seqs, hidden]: one token per chunk
+        return DeviceTokens(self.token_slots, self.model.compute_logits(hidden).argmax(dim=-1))

@@ -3,128 +3,206 @@
 Plans are processed strictly in order (the caller serialises them); a sequence that samples gets the token
 appended to its own state, so the next plan's decode runs it. A problem with one sequence (an unknown id, a
 block out of range, tokens beyond max_model_len) becomes a SeqError for that sequence alone.
+
+Overlap. With two plans in flight the next plan is often known while the current step runs. When the current
+step is a plain-greedy decode and the next plan continues exactly its sequences (the same ones, in the same
+order, one token each), the next step is queued on the device right behind the current one, its input tokens
+copied there from the current step's argmax; only then does the host wait for the current step's tokens, so
+that wait, the result and the next plan's bookkeeping overlap the device's work. The next plan's deltas are
+applied to the table ahead of its turn, the current step's tokens standing in as placeholders until they are
+read, so the table after each step is exactly what the sequential path leaves. Anything else (new sequences,
+prefill chunks, finished or failed ids, sampled rows) runs the sequential path.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from services.common.errors import FlashStreamError, ResourceExhausted
+from services.worker.device_tokens import DeviceTokens
+from services.worker.executors import StepExecutor
 from services.worker.plan import SeqError, SeqOutput, StepPlan, StepResult
-from services.worker.sampler import Sampler, SamplingRow, TokenLogprobs
-from services.worker.sequences import ScheduledSeq, SeqState, SequenceLimits, SequenceTable
-from services.worker.token_view import TokenView
+from services.worker.sequences import ScheduledSeq, SequenceLimits, SequenceTable, unknown_seq
 
 log = logging.getLogger(__name__)
 
-Sampled = tuple[int, TokenLogprobs | None]
+PENDING_TOKEN = -1  # stands for a launched step's token in a sequence's state until the host has read it
+
+# Waits up to the given seconds for the plan after the current one and returns it without taking it (None: none yet).
+PlanSource = Callable[[float], StepPlan | None]
 
 
-class StepExecutor(Protocol):
-    def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
-        """One entry per scheduled sequence: its sampled token, or None when its step does not sample."""
+@dataclass(slots=True)
+class Ahead:
+    """A plan applied to the table before its turn; `launched` when its step is already queued on the device."""
 
-
-def plain_greedy(state: SeqState) -> bool:
-    """Whether the sampler's answer for this sequence's next token is the argmax of its raw logits: greedy, no
-    penalties, no logprobs and no min_tokens masking (conservatively: whenever min_tokens is not yet reached)."""
-    p = state.sampling
-    return (
-        p.is_greedy
-        and p.logprobs is None
-        and p.repetition_penalty == 1.0
-        and p.presence_penalty == 0.0
-        and p.frequency_penalty == 0.0
-        and len(state.token_ids) - state.num_prompt_tokens >= p.min_tokens
-    )
-
-
-class ModelExecutor:
-    """Runs the model on a step's chunks and samples the rows that reach the end of their tokens."""
-
-    def __init__(self, model_runner, sampler: Sampler) -> None:  # noqa: ANN001 - ModelRunner (imports torch)
-        self.model_runner = model_runner
-        self.sampler = sampler
-
-    def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
-        token_ids = [t for seq in scheduled for t in seq.token_ids]
-        chunks = [seq.chunk() for seq in scheduled]
-        sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
-        results: list[Sampled | None] = [None] * len(scheduled)
-        if sample_rows and self.model_runner.graphed(chunks) and all(plain_greedy(seq.state) for seq in scheduled):
-            # The graph took every row's argmax: the sampler would answer the same, so it is skipped.
-            token_ids = self.model_runner.greedy_decode(token_ids, chunks)
-            for i in sample_rows:
-                results[i] = (token_ids[i], None)
-            return results
-        if not sample_rows:
-            self.model_runner.forward(token_ids, chunks, sample_rows)
-            return results
-        logits = self.model_runner.forward(token_ids, chunks, sample_rows)  # [len(sample_rows), vocab]
-        rows = []
-        for i in sample_rows:
-            state = scheduled[i].state
-            rows.append(SamplingRow(
-                state.sampling,
-                TokenView(state.token_ids, 0, state.num_prompt_tokens),
-                TokenView(state.token_ids, state.num_prompt_tokens),
-            ))
-        out = self.sampler(logits, rows)
-        for j, i in enumerate(sample_rows):
-            results[i] = (out.token_ids[j], out.logprobs[j])
-        return results
-
-
-class FakeExecutor:
-    """No model: every sequence that samples gets `token_id` at once (for pipeline benchmarks)."""
-
-    def __init__(self, token_id: int) -> None:
-        self.token_id = token_id
-
-    def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
-        return [(self.token_id, None) if seq.samples else None for seq in scheduled]
+    plan: StepPlan
+    scheduled: list[ScheduledSeq]
+    errors: list[SeqError]
+    launched: DeviceTokens | None = None
+    failure: FlashStreamError | None = None
 
 
 class Runner:
     """Plan in, result out; one SequenceTable per Step stream (a default one for in-process use)."""
 
     def __init__(
-        self, executor: StepExecutor, limits: SequenceLimits, max_num_seqs: int, max_num_batched_tokens: int
+        self, executor: StepExecutor, limits: SequenceLimits, max_num_seqs: int, max_num_batched_tokens: int,
+        overlap: bool = True, max_wait_next_s: float = 0.05,
     ) -> None:
         self.executor = executor
         self.limits = limits
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.overlap = overlap
+        self.max_wait_next_s = max_wait_next_s  # a launched step waits at most this long for the next plan
         self.table = self.new_table()
+        self.num_overlapped_steps = 0  # steps queued on the device before the previous step's tokens were read
 
     def new_table(self) -> SequenceTable:
         return SequenceTable(self.limits)
 
-    def step(self, plan: StepPlan, table: SequenceTable | None = None) -> StepResult:
+    def step(
+        self, plan: StepPlan, table: SequenceTable | None = None, next_plan: StepPlan | None = None,
+        wait_next: PlanSource | None = None,
+    ) -> StepResult:
+        """Runs `plan`. next_plan (or what wait_next returns while this step runs on the device) is the plan the
+        caller passes next; it may be applied and launched now, and must then be the next call's plan."""
         start = time.perf_counter()
         table = self.table if table is None else table
-        scheduled, errors = table.apply(plan)
-        scheduled = self._within_budget(scheduled, errors, table)
+        ahead, table.ahead = table.ahead, None
+        if ahead is not None and ahead.plan is not plan:
+            raise ValueError(f"plan {plan.step_id} given while plan {ahead.plan.step_id} was applied ahead of it")
+        if ahead is None:
+            scheduled, errors = self._apply(plan, table)
+            launched, failure = None, None
+        else:
+            scheduled, errors, launched, failure = ahead.scheduled, ahead.errors, ahead.launched, ahead.failure
         outputs: list[SeqOutput] = []
-        if scheduled:
+        wants_next = self.overlap and (next_plan is not None or wait_next is not None)
+        if failure is None and scheduled and launched is None and wants_next and self.executor.can_launch(scheduled):
             try:
-                sampled = self.executor.run(scheduled)
+                launched = self.executor.launch(scheduled)
             except Exception as exc:  # noqa: BLE001 - the batch fails, the stream and the worker stay up
-                if not isinstance(exc, FlashStreamError):
-                    log.exception("step %d failed", plan.step_id)
-                    exc = FlashStreamError(f"step failed: {type(exc).__name__}: {exc}")
-                for seq in scheduled:
-                    table.drop(seq.state.seq_id)
-                    errors.append(SeqError(seq.state.seq_id, exc))
-            else:
-                for seq, result in zip(scheduled, sampled, strict=True):
-                    table.advance(seq, None if result is None else result[0])
-                    if result is not None:
-                        outputs.append(SeqOutput(seq.state.seq_id, result[0], result[1]))
+                failure = self._as_error(exc, plan)
+        if failure is not None:
+            self._fail(scheduled, errors, failure, table)
+        elif launched is not None:
+            pending = None
+            if self.overlap and next_plan is None and wait_next is not None:
+                next_plan = self._wait_next(launched, wait_next)
+            if self.overlap and next_plan is not None:
+                pending = [self._advance_pending(seq, table) for seq in scheduled]
+                table.ahead = self._apply_ahead(next_plan, scheduled, launched, table)
+            outputs = self._collect(plan, scheduled, errors, launched, pending, table)
+        elif scheduled:
+            outputs = self._run(plan, scheduled, errors, table)
         return StepResult(plan.step_id, outputs, errors, time.perf_counter() - start)
+
+    def _apply(self, plan: StepPlan, table: SequenceTable) -> tuple[list[ScheduledSeq], list[SeqError]]:
+        scheduled, errors = table.apply(plan)
+        return self._within_budget(scheduled, errors, table), errors
+
+    def _run(
+        self, plan: StepPlan, scheduled: list[ScheduledSeq], errors: list[SeqError], table: SequenceTable
+    ) -> list[SeqOutput]:
+        """The sequential path: run, wait, sample on the host's terms, advance."""
+        try:
+            sampled = self.executor.run(scheduled)
+        except Exception as exc:  # noqa: BLE001 - the batch fails, the stream and the worker stay up
+            self._fail(scheduled, errors, self._as_error(exc, plan), table)
+            return []
+        outputs: list[SeqOutput] = []
+        for seq, result in zip(scheduled, sampled, strict=True):
+            table.advance(seq, None if result is None else result[0])
+            if result is not None:
+                outputs.append(SeqOutput(seq.state.seq_id, result[0], result[1]))
+        return outputs
+
+    @staticmethod
+    def _advance_pending(seq: ScheduledSeq, table: SequenceTable) -> int:
+        """Advances a launched sequence with a placeholder token; returns where the real one goes."""
+        table.advance(seq, PENDING_TOKEN)
+        return len(seq.state.token_ids) - 1
+
+    def _apply_ahead(
+        self, next_plan: StepPlan, scheduled: list[ScheduledSeq], launched: DeviceTokens, table: SequenceTable
+    ) -> Ahead:
+        """Applies the next plan now; launches its step when it continues exactly the launched sequences."""
+        nxt, errors = self._apply(next_plan, table)
+        ahead = Ahead(next_plan, nxt, errors)
+        continues = len(nxt) == len(scheduled) and all(a.state is b.state for a, b in zip(scheduled, nxt))
+        if continues and self.executor.can_launch(nxt):
+            try:
+                ahead.launched = self.executor.launch(nxt, launched)
+                self.num_overlapped_steps += 1
+            except Exception as exc:  # noqa: BLE001 - reported as that plan's failure at its turn
+                ahead.failure = self._as_error(exc, next_plan)
+        return ahead
+
+    def _wait_next(self, launched: DeviceTokens, wait_next: PlanSource) -> StepPlan | None:
+        """The next plan, if it arrives before the launched step finishes on the device (or the wait limit)."""
+        deadline = time.perf_counter() + self.max_wait_next_s
+        timeout = 0.0
+        while True:
+            next_plan = wait_next(timeout)
+            if next_plan is not None or launched.ready() or time.perf_counter() >= deadline:
+                return next_plan
+            timeout = 2e-4
+
+    def _collect(
+        self, plan: StepPlan, scheduled: list[ScheduledSeq], errors: list[SeqError], launched: DeviceTokens,
+        pending: list[int] | None, table: SequenceTable,
+    ) -> list[SeqOutput]:
+        """Reads a launched step's tokens and puts them where the sequential path would."""
+        try:
+            sampled = self.executor.collect(launched)
+        except Exception as exc:  # noqa: BLE001 - the batch fails, the stream and the worker stay up
+            self._fail(scheduled, errors, self._as_error(exc, plan), table)
+            if table.ahead is not None:
+                self._forget_failed(table.ahead, scheduled)
+            return []
+        outputs: list[SeqOutput] = []
+        for i, (seq, (token_id, logprobs)) in enumerate(zip(scheduled, sampled, strict=True)):
+            if pending is None:
+                table.advance(seq, token_id)
+            else:
+                seq.state.token_ids[pending[i]] = token_id
+            outputs.append(SeqOutput(seq.state.seq_id, token_id, logprobs))
+        return outputs
+
+    @staticmethod
+    def _forget_failed(ahead: Ahead, failed: list[ScheduledSeq]) -> None:
+        """The plan applied ahead saw sequences that its predecessor then failed: sequentially they would have
+        been gone when it was applied, so they become unknown ids there (and its launch, fed by them, is void)."""
+        gone = {id(seq.state) for seq in failed}
+        kept = []
+        for seq in ahead.scheduled:
+            if id(seq.state) in gone:
+                ahead.errors.append(SeqError(seq.state.seq_id, unknown_seq(seq.state.seq_id)))
+            else:
+                kept.append(seq)
+        if len(kept) != len(ahead.scheduled):
+            ahead.scheduled = kept
+            ahead.launched = None
+
+    @staticmethod
+    def _as_error(exc: Exception, plan: StepPlan) -> FlashStreamError:
+        if isinstance(exc, FlashStreamError):
+            return exc
+        log.exception("step %d failed", plan.step_id, exc_info=exc)
+        return FlashStreamError(f"step failed: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _fail(
+        scheduled: list[ScheduledSeq], errors: list[SeqError], exc: FlashStreamError, table: SequenceTable
+    ) -> None:
+        for seq in scheduled:
+            table.drop_state(seq.state)
+            errors.append(SeqError(seq.state.seq_id, exc))
 
     def _within_budget(
         self, scheduled: list[ScheduledSeq], errors: list[SeqError], table: SequenceTable

@@ -9,11 +9,16 @@ step's result reached the scheduler still finds that token here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from services.common.errors import FlashStreamError, InvalidArgument, NotFound
 from services.common.sampling import SamplingParams
 from services.worker.attention_metadata import SeqChunk
 from services.worker.plan import CachedSeq, NewSeq, SeqError, StepPlan
+
+
+def unknown_seq(seq_id: int) -> NotFound:
+    return NotFound(f"seq {seq_id}: unknown sequence (never sent as NewSeq, finished or failed)")
 
 
 @dataclass(slots=True)
@@ -61,6 +66,7 @@ class SequenceTable:
     def __init__(self, limits: SequenceLimits) -> None:
         self.limits = limits
         self.seqs: dict[int, SeqState] = {}
+        self.ahead: Any = None  # the Runner's plan applied before its turn (runner.Ahead), at most one
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -93,6 +99,11 @@ class SequenceTable:
     def drop(self, seq_id: int) -> None:
         self.seqs.pop(seq_id, None)
 
+    def drop_state(self, state: SeqState) -> None:
+        """Forgets the sequence if the table still holds this state of it (not one resent since)."""
+        if self.seqs.get(state.seq_id) is state:
+            del self.seqs[state.seq_id]
+
     def _add(self, new: NewSeq) -> SeqState:
         if not new.token_ids:
             raise InvalidArgument(f"seq {new.seq_id}: NewSeq has no token ids")
@@ -113,7 +124,7 @@ class SequenceTable:
     def _extend(self, cached: CachedSeq) -> SeqState:
         state = self.seqs.get(cached.seq_id)
         if state is None:
-            raise NotFound(f"seq {cached.seq_id}: unknown sequence (never sent as NewSeq, finished or failed)")
+            raise unknown_seq(cached.seq_id)
         self._append_blocks(state, cached.new_block_ids)
         return state
 

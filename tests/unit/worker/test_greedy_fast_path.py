@@ -7,7 +7,7 @@ import itertools
 import torch
 
 from services.common.sampling import SamplingParams
-from services.worker.runner import plain_greedy
+from services.worker.executors import plain_greedy
 from services.worker.sampling.batch import SamplingBatch
 from services.worker.sampling.types import SamplingRow
 from services.worker.sequences import SeqState

@@ -1,0 +1,142 @@
+"""With the next plan known, the runner queues a greedy decode step behind the current one (its input tokens
+taken on the device); every result and the table afterwards equal the sequential path's, whatever the plans do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.errors import ErrorCode
+from services.worker.plan import CachedSeq, StepPlan, StepResult
+from tests.unit.worker.helpers import Driver, cpu_engine, make_checkpoint
+
+PROMPTS = {1: [5, 17, 99, 3, 250, 41, 7], 2: [9, 8, 7, 6, 5], 3: [(i * 37) % 256 for i in range(11)]}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:  # noqa: ANN001
+    return make_checkpoint("llama", tmp_path_factory.mktemp("llama"))
+
+
+def _plans(engine, num_kv_blocks: int) -> list[StepPlan]:  # noqa: ANN001
+    """Seqs 1 and 2 decode; seq 2 finishes at step 6; seq 3 arrives at step 8 (prefill in two chunks); an
+    unknown id at step 11 and a block out of range for seq 1 at step 14 fail alone; 18 steps in all."""
+    d = Driver(engine)
+    plans = [d.plan([d.new_seq(1, PROMPTS[1], 7), d.new_seq(2, PROMPTS[2], 5)])]
+    live = [1, 2]
+    for step in range(2, 19):
+        new, finished, extra = [], [], []
+        if step == 6:
+            live, finished = [1], [2]
+        if step == 8:
+            new = [d.new_seq(3, PROMPTS[3], 6)]
+        cached = [d.cached_seq(s, 1) for s in live]
+        if step == 9:
+            cached.append(d.cached_seq(3, 5))
+            live = [1, 3]
+        if step == 11:
+            extra = [CachedSeq(42, [], 1)]
+        if step == 14:
+            cached = [CachedSeq(1, [num_kv_blocks + 5], 1)] + cached[1:]
+            live = [3]
+        plans.append(d.plan(new, cached + extra, finished))
+    return plans
+
+
+def _summary(results: list[StepResult]) -> list[tuple]:
+    return [(r.step_id, [(o.seq_id, o.token_id) for o in r.outputs],
+             sorted((e.seq_id, e.error.code, e.error.message) for e in r.errors)) for r in results]
+
+
+def _run(engine, plans: list[StepPlan], mode: str) -> list[StepResult]:  # noqa: ANN001
+    runner = engine.runner
+    results = []
+    for i, plan in enumerate(plans):
+        nxt = plans[i + 1] if i + 1 < len(plans) else None
+        if mode == "sequential":
+            results.append(runner.step(plan))
+        elif mode == "next_plan":
+            results.append(runner.step(plan, next_plan=nxt))
+        else:  # the next plan arrives through a source that the runner polls while the step runs
+            results.append(runner.step(plan, wait_next=lambda timeout, nxt=nxt: nxt))
+    return results
+
+
+@pytest.mark.parametrize("mode", ["next_plan", "wait_next"])
+def test_overlapped_steps_give_the_sequential_results_through_finish_arrival_and_errors(folder: Path, mode: str) -> None:
+    seq_engine, ovl_engine = cpu_engine(folder, num_kv_blocks=64), cpu_engine(folder, num_kv_blocks=64)
+    sequential = _run(seq_engine, _plans(seq_engine, 64), "sequential")
+    overlapped = _run(ovl_engine, _plans(ovl_engine, 64), mode)
+    assert _summary(overlapped) == _summary(sequential)
+    errors = {(r.step_id, e.seq_id, e.error.code) for r in sequential for e in r.errors}
+    assert errors == {(11, 42, ErrorCode.NOT_FOUND), (14, 1, ErrorCode.INVALID_ARGUMENT)}
+    assert [len(r.outputs) for r in sequential] == [2, 2, 2, 2, 2, 1, 1, 1, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1]
+    # Queued ahead: steps 3-5 (1, 2), 7 (1), 11-13 (1, 3; 11 beside the unknown id) and 15-18 (3). Not: 6 (after
+    # a finish), 8-10 (a new sequence, its prefill, then the first step after it) and 14 (seq 1 failed there).
+    assert ovl_engine.runner.num_overlapped_steps == 11
+    assert seq_engine.runner.num_overlapped_steps == 0
+    assert {k: v.token_ids for k, v in ovl_engine.runner.table.seqs.items()} == \
+        {k: v.token_ids for k, v in seq_engine.runner.table.seqs.items()}
+    assert ovl_engine.runner.table.ahead is None
+
+
+class FailingExecutor:
+    """The model executor, failing seq 1's step at one position: in `run`/`launch` or in `collect`."""
+
+    def __init__(self, inner, position: int, where: str) -> None:  # noqa: ANN001
+        self.inner, self.position, self.where = inner, position, where
+        self.launched: dict[int, list] = {}
+
+    def _check(self, scheduled) -> None:  # noqa: ANN001
+        if any(s.state.seq_id == 1 and s.state.num_computed_tokens == self.position for s in scheduled):
+            raise RuntimeError("device lost")
+
+    def run(self, scheduled):  # noqa: ANN001, ANN201
+        self._check(scheduled)
+        return self.inner.run(scheduled)
+
+    def can_launch(self, scheduled) -> bool:  # noqa: ANN001
+        return self.inner.can_launch(scheduled)
+
+    def launch(self, scheduled, prev=None):  # noqa: ANN001, ANN201
+        if self.where == "launch":
+            self._check(scheduled)
+        launched = self.inner.launch(scheduled, prev)
+        self.launched[id(launched)] = [(s, s.state.num_computed_tokens) for s in scheduled]
+        return launched
+
+    def collect(self, launched):  # noqa: ANN001, ANN201
+        if self.where == "collect" and any(s.state.seq_id == 1 and pos == self.position
+                                           for s, pos in self.launched.pop(id(launched))):
+            raise RuntimeError("device lost")
+        return self.inner.collect(launched)
+
+
+@pytest.mark.parametrize("where", ["launch", "collect"])
+def test_a_failed_launched_step_fails_its_sequences_as_the_sequential_path_does(folder: Path, where: str) -> None:
+    engines = [cpu_engine(folder, num_kv_blocks=64) for _ in range(2)]
+    for engine in engines:
+        engine.runner.executor = FailingExecutor(engine.runner.executor, len(PROMPTS[1]) + 3, where)
+    d = Driver(engines[0])
+    plans = [d.plan([d.new_seq(1, PROMPTS[1], 7), d.new_seq(2, PROMPTS[2], 5)])]
+    plans += [d.plan(cached_seqs=[d.cached_seq(1, 1), d.cached_seq(2, 1)]) for _ in range(7)]
+    sequential = _summary(_run(engines[0], plans, "sequential"))
+    overlapped = _summary(_run(engines[1], plans, "next_plan"))
+    assert overlapped == sequential
+    failed = [(step, errors) for step, _, errors in sequential if errors]
+    assert [(step, [e[:2] for e in errors]) for step, errors in failed] == [
+        (5, [(1, ErrorCode.INTERNAL), (2, ErrorCode.INTERNAL)]), (6, [(1, ErrorCode.NOT_FOUND), (2, ErrorCode.NOT_FOUND)]),
+        (7, [(1, ErrorCode.NOT_FOUND), (2, ErrorCode.NOT_FOUND)]), (8, [(1, ErrorCode.NOT_FOUND), (2, ErrorCode.NOT_FOUND)])]
+    assert engines[1].runner.num_overlapped_steps >= 2
+
+
+def test_a_plan_other_than_the_one_applied_ahead_is_refused(folder: Path) -> None:
+    engine = cpu_engine(folder)
+    d = Driver(engine)
+    first = d.plan([d.new_seq(1, PROMPTS[1], 7)])
+    second, third = (d.plan(cached_seqs=[d.cached_seq(1, 1)]) for _ in range(2))
+    engine.runner.step(first)
+    engine.runner.step(second, next_plan=third)
+    with pytest.raises(ValueError, match="applied ahead"):
+        engine.runner.step(second)
