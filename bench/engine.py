@@ -79,8 +79,23 @@ class Bench:
         return NewSeq(seq_id, prompt, prompt_len, SamplingParams(max_tokens=4096, ignore_eos=True),
                       list(range(first, first + self.blocks_per_seq)), 0, prompt_len)
 
-    def decode(self, ids: list[int], num_steps: int) -> list[float]:
-        return [self.step(cached=[CachedSeq(i, [], 1) for i in ids]) for _ in range(num_steps)]
+    def decode(self, ids: list[int], num_steps: int, overlap: bool = False) -> list[float]:
+        """Per-step wall time of num_steps decode steps. overlap: two plans in flight, as a scheduler keeps them:
+        each step is handed the next plan, so the runner may queue it on the device before reading this one."""
+        if not overlap:
+            return [self.step(cached=[CachedSeq(i, [], 1) for i in ids]) for _ in range(num_steps)]
+        plans = []
+        for _ in range(num_steps):
+            self.step_id += 1
+            plans.append(StepPlan(self.step_id, [], [CachedSeq(i, [], 1) for i in ids], []))
+        times = []
+        for k, plan in enumerate(plans):
+            start = time.perf_counter()
+            result = self.engine.runner.step(plan, next_plan=plans[k + 1] if k + 1 < num_steps else None)
+            times.append(time.perf_counter() - start)
+            if result.errors:
+                raise RuntimeError(f"step {plan.step_id}: {result.errors[0].error.message}")
+        return times[:-1]  # the last step had no next plan to overlap with
 
     def finish(self, ids: list[int]) -> None:
         self.step(finished=ids)
@@ -189,6 +204,15 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
     out["itl_batch1"] = {"median_ms": round(itl, 3), "mean_ms": round(statistics.fmean(times) * 1e3, 3),
                          "p90_ms": round(sorted(times)[int(0.9 * len(times))] * 1e3, 3),
                          "floor_ms": round(floor, 3), "floor_pct": round(100 * floor / itl, 1)}
+    # The same sequence, two plans in flight: each step queued behind the previous one on the device.
+    overlapped_before = engine.runner.num_overlapped_steps
+    bench.decode(ids, 8, overlap=True)
+    times = bench.decode(ids, args.decode_steps, overlap=True)
+    out["itl_batch1"]["overlap_median_ms"] = round(statistics.median(times) * 1e3, 3)
+    out["itl_batch1"]["overlap_mean_ms"] = round(statistics.fmean(times) * 1e3, 3)
+    out["itl_batch1"]["num_overlapped_steps"] = engine.runner.num_overlapped_steps - overlapped_before
+    times = bench.decode(ids, args.decode_steps)  # sequential again, after: drift shows as a difference
+    out["itl_batch1"]["median_after_ms"] = round(statistics.median(times) * 1e3, 3)
     replay = graph_replay_ms(engine, args.decode_steps)
     if replay is not None:
         # What a step costs beyond replaying its graph: plan, inputs, copies, argmax read-back, bookkeeping;
@@ -206,12 +230,13 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
         bench.decode(ids, 4)
         times = bench.decode(ids, args.decode_steps)
         step_ms = statistics.median(times) * 1e3
+        overlap_ms = statistics.median(bench.decode(ids, args.decode_steps, overlap=True)) * 1e3
         floor = bench.floor_ms(batch, args.prompt_len + 4 + args.decode_steps / 2)
-        out["decode"].append({"batch": batch, "step_ms": round(step_ms, 3),
+        out["decode"].append({"batch": batch, "step_ms": round(step_ms, 3), "overlap_step_ms": round(overlap_ms, 3),
                               "tokens_per_s": round(batch / statistics.median(times), 1),
                               "floor_ms": round(floor, 3), "floor_pct": round(100 * floor / step_ms, 1)})
         bench.finish(ids)
-        print(f"{preset} decode batch {batch}: {step_ms:.3f} ms/step", flush=True)
+        print(f"{preset} decode batch {batch}: {step_ms:.3f} ms/step, overlapped {overlap_ms:.3f}", flush=True)
     # Prefill throughput: full steps of max_num_batched_tokens.
     prefill_len = args.prefill_len
     batch = max(1, args.max_num_batched_tokens // prefill_len)
@@ -237,19 +262,22 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
 
 
 def to_markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| model | batch-1 ITL (ms) | graph replay (ms) | graph step (ms) | host (ms) | floor (ms) | % of floor "
+    lines = ["| model | batch-1 ITL (ms) | ITL overlapped (ms) | ITL again (ms) | graph replay (ms) | graph step (ms) | host (ms) | floor (ms) | % of floor "
              "| prefill tok/s | build (s) | graphs | KV blocks |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         i = r["itl_batch1"]
-        lines.append(f"| {r['model']} | {i['median_ms']} | {i.get('graph_replay_ms', '-')} | "
+        lines.append(f"| {r['model']} | {i['median_ms']} | {i['overlap_median_ms']} | {i['median_after_ms']} | "
+                     f"{i.get('graph_replay_ms', '-')} | "
                      f"{i.get('graph_step_ms', '-')} | {i.get('host_ms', '-')} | "
                      f"{i['floor_ms']} | {i['floor_pct']} | {r['prefill']['tokens_per_s']} | {r['build_s']} | "
                      f"{r.get('num_graphs', '-')} | {r['num_kv_blocks']} |")
     for r in results:
         lines += ["", f"## {r['model']} decode ({r['dtype']}, CUDA graphs: {r['cuda_graphs']})", "",
-                  "| batch | step (ms) | tokens/s | floor (ms) | % of floor |", "|---|---|---|---|---|"]
-        lines += [f"| {d['batch']} | {d['step_ms']} | {d['tokens_per_s']} | {d['floor_ms']} | {d['floor_pct']} |"
+                  "| batch | step (ms) | overlapped step (ms) | tokens/s | floor (ms) | % of floor |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {d['batch']} | {d['step_ms']} | {d['overlap_step_ms']} | {d['tokens_per_s']} | "
+                  f"{d['floor_ms']} | {d['floor_pct']} |"
                   for d in r["decode"]]
         if "gemv_probe_us" in r:
             labels = [k for k in r["gemv_probe_us"][0] if k not in ("proj", "n_out", "k_in")]

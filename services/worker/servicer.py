@@ -14,7 +14,8 @@ from services.common.errors import Unavailable
 from services.common.grpc_server import handle_errors
 from services.common.metrics import Metrics
 from services.worker.engine import Engine
-from services.worker.pb import info_to_pb, plan_from_pb, result_to_pb
+from services.worker.pb import info_to_pb, result_to_pb
+from services.worker.plan_inbox import PlanInbox
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         table = engine.runner.new_table()  # sequence ids are unique per stream, so state is too
         loop = asyncio.get_running_loop()
         self.num_streams += 1
+        inbox = PlanInbox()
+        reader = asyncio.create_task(inbox.fill(request_iterator))
         try:
-            async for plan_pb in request_iterator:
-                plan, errors = plan_from_pb(plan_pb)
-                result = await loop.run_in_executor(self.executor, engine.runner.step, plan, table)
+            while (item := await inbox.get()) is not None:
+                plan, errors = item
+                # While this plan's step runs on the device, the runner may take a look at the next one.
+                result = await loop.run_in_executor(
+                    self.executor, engine.runner.step, plan, table, None, inbox.peek_plan
+                )
                 result.errors[:0] = errors
                 self.metrics.generation_tokens.inc(len(result.outputs))
                 self.metrics.num_requests_running.set(len(table))
                 yield result_to_pb(result)
         finally:
+            reader.cancel()
             self.num_streams -= 1
             log.info("step stream closed; dropping its %d sequences", len(table))
 

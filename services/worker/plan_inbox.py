@@ -1,0 +1,67 @@
+"""The plans of one Step stream, read ahead of the model thread so that it can see the next plan while the
+current step runs on the device (the scheduler keeps up to two in flight)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+
+from flashstream.v1 import worker_pb2
+
+from services.worker.pb import plan_from_pb
+from services.worker.plan import SeqError, StepPlan
+
+Item = tuple[StepPlan, list[SeqError]]  # a plan and the errors of converting it
+
+
+class PlanInbox:
+    """Filled by the event loop (`fill`), emptied in order by it (`get`); `peek_plan` is safe from any thread."""
+
+    def __init__(self) -> None:
+        self._items: deque[Item] = deque()
+        self._cond = threading.Condition()
+        self._arrived = asyncio.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    async def fill(self, request_iterator: AsyncIterator[worker_pb2.StepPlan]) -> None:
+        try:
+            async for plan_pb in request_iterator:
+                self._put(plan_from_pb(plan_pb))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which fails the stream
+            self._error = exc
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            self._arrived.set()
+
+    def _put(self, item: Item) -> None:
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify_all()
+        self._arrived.set()
+
+    async def get(self) -> Item | None:
+        """The next plan in arrival order; None once the stream has ended and every plan was taken."""
+        while True:
+            with self._cond:
+                if self._items:
+                    return self._items.popleft()
+                if self._closed:
+                    if self._error is not None:
+                        raise self._error
+                    return None
+                self._arrived.clear()
+            await self._arrived.wait()
+
+    def peek_plan(self, timeout: float) -> StepPlan | None:
+        """The plan after the one being run, left in place; waits up to timeout seconds for it to arrive."""
+        with self._cond:
+            if not self._items and not self._closed and timeout > 0:
+                self._cond.wait(timeout)
+            return self._items[0][0] if self._items else None
