@@ -82,11 +82,12 @@ def test_worker_serves_greedy_tokens_over_grpc_with_two_plans_in_flight(folder: 
         stage = WorkerStage(_config(folder))
         await stage.start()
         try:
-            return await _drive(stage.port)
+            return await _drive(stage.port), stage.servicer.engine.runner.num_overlapped_steps
         finally:
             await stage.stop(1.0)
 
-    info, results, services, (health_status, embed) = asyncio.run(scenario())
+    (info, results, services, (health_status, embed)), num_overlapped = asyncio.run(scenario())
+    print(f"steps queued ahead of their turn: {num_overlapped} of {NUM_TOKENS}")  # timing-dependent, not asserted
     assert (info.architecture, info.vocab_size, info.num_kv_blocks, info.block_size) == ("Qwen2ForCausalLM", 256, 32, 16)
     assert (info.max_model_len, info.num_layers, info.num_kv_heads, info.head_dim, info.dtype, info.device) == (
         256, 2, 2, 16, "float32", "cpu")
