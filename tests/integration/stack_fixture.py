@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,11 +10,21 @@ from pathlib import Path
 from services.launcher import Stack, parse_args, start_stack
 
 
+def stack_device() -> str:
+    """The worker's device in stack tests: cpu, or cuda where FLASHSTREAM_TEST_DEVICE=cuda (GPU machines)."""
+    return os.environ.get("FLASHSTREAM_TEST_DEVICE", "cpu")
+
+
 @contextmanager
-def running_stack(model_dir: Path, log_dir: Path, extra: Sequence[str] = ()) -> Iterator[Stack]:
-    """The whole stack on free ports with the model in model_dir; stopped (SIGTERM, drain) on exit."""
-    args = parse_args(["--base-port", "0", "--http-port", "0", "--device", "cpu", "--ready-timeout-s", "180",
-                       "--model-id", "flashstream-demo", *extra])
+def running_stack(model_dir: Path, log_dir: Path, worker_args: str = "", extra: Sequence[str] = ()) -> Iterator[Stack]:
+    """The whole stack on free ports with the model in model_dir; stopped (SIGTERM, drain) on exit.
+
+    On CUDA the worker runs in float32 so that greedy tokens compare exactly with transformers on the CPU."""
+    device = stack_device()
+    if device != "cpu":
+        worker_args = f"--dtype float32 {worker_args}"
+    args = parse_args(["--base-port", "0", "--http-port", "0", "--device", device, "--ready-timeout-s", "180",
+                       "--model-id", "flashstream-demo", "--worker-args", worker_args, *extra])
     stack = start_stack(args, str(model_dir), log_dir)
     try:
         yield stack

@@ -21,7 +21,7 @@ from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, scheduler_
 
 from services.demo import build_demo_model
 from services.launcher import Stack
-from tests.integration.stack_fixture import running_stack, stage_logs
+from tests.integration.stack_fixture import running_stack, stack_device, stage_logs
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -33,10 +33,12 @@ CONCURRENCY = 96
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     model_dir = build_demo_model(tmp_path_factory.mktemp("model") / "demo")
     log_dir = tmp_path_factory.mktemp("logs")
-    # Few KV blocks, so that preemption and recompute happen under this load too.
-    extra = ["--worker-args", "--load-format fake --num-kv-blocks 48 --max-num-seqs 64",
-             "--scheduler-args", "--max-num-seqs 64 --max-num-batched-tokens 512"]
-    with running_stack(model_dir, log_dir, extra) as running:
+    # Few KV blocks, so that preemption and recompute happen under this load too. On CPU the worker is
+    # model-free; on a GPU machine (FLASHSTREAM_TEST_DEVICE=cuda) it runs the demo model with CUDA graphs.
+    load_format = "fake" if stack_device() == "cpu" else "auto"
+    worker_args = f"--load-format {load_format} --num-kv-blocks 48 --max-num-seqs 64"
+    extra = ["--scheduler-args", "--max-num-seqs 64 --max-num-batched-tokens 512"]
+    with running_stack(model_dir, log_dir, worker_args, extra) as running:
         running.log_dir = log_dir
         yield running
 
