@@ -119,9 +119,15 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
     """The stages' command lines, workers first. With --base-port B: gateway B, tokenizer B+1, scheduler B+2,
     worker i B+3+i, and their HTTP status ports 100 higher; with 0, free ports everywhere."""
     host = args.host
+    chosen: set[int] = set()
 
     def port(offset: int) -> int:
-        return args.base_port + offset if args.base_port else free_port(host)
+        if args.base_port:
+            return args.base_port + offset
+        while (picked := free_port(host)) in chosen:  # the OS may hand a just-released port out again
+            pass
+        chosen.add(picked)
+        return picked
 
     def address(offset: int) -> tuple[str, list[str]]:
         grpc_port = port(offset)
@@ -143,24 +149,37 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
                                       *shlex.split(args.tokenizer_args)], addr))
     tokenizer = addr
     gateway_port = port(0)
-    http_port = args.http_port or free_port(host)
+    http_port = args.http_port or port(100)  # the gateway serves its status routes on this port, not +100
     stages.append(Stage("gateway", ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
                                     str(http_port), "--tokenizers", tokenizer, *shlex.split(args.gateway_args)],
                         f"{host}:{gateway_port}"))
     return stages
 
 
+# With ports picked here (--base-port 0) another process may bind one before the stage does; such a start is
+# retried with fresh ports this many times in all.
+NUM_FREE_PORT_ATTEMPTS = 3
+
+
 def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None = None) -> Stack:
     """Starts every stage and waits for each to report SERVING; on failure stops what started and raises."""
-    stack = Stack()
     env = python_path_env()
-    try:
-        for stage in build_stack_argv(args, model_dir):
-            print(f"starting {stage.name} on {stage.grpc_address} ...", flush=True)
-            stack.start(stage, env, args.ready_timeout_s, log_dir)
-    except BaseException:
-        stack.stop()
-        raise
+    attempts = 1 if args.base_port else NUM_FREE_PORT_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        stack = Stack()
+        try:
+            for stage in build_stack_argv(args, model_dir):
+                print(f"starting {stage.name} on {stage.grpc_address} ...", flush=True)
+                stack.start(stage, env, args.ready_timeout_s, log_dir)
+            break
+        except Unavailable as exc:
+            stack.stop()
+            if attempt == attempts:
+                raise
+            print(f"{exc.message}; retrying with other free ports", flush=True)
+        except BaseException:
+            stack.stop()
+            raise
     gateway = stack.stages[-1]
     http_port = gateway.argv[gateway.argv.index("--http-port") + 1]
     stack.gateway_grpc, stack.gateway_http = gateway.grpc_address, f"http://{args.host}:{http_port}"

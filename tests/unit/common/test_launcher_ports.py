@@ -1,0 +1,27 @@
+"""The launcher's port plan: fixed offsets from --base-port, or distinct free ports."""
+
+from __future__ import annotations
+
+from services.launcher import build_stack_argv, parse_args
+
+
+def _ports(argv: list[str]) -> list[int]:
+    return [int(argv[i + 1]) for i, flag in enumerate(argv) if flag in ("--port", "--status-port", "--http-port")]
+
+
+def test_a_base_port_gives_each_stage_its_fixed_offset() -> None:
+    stages = build_stack_argv(parse_args(["--base-port", "41000", "--http-port", "0", "--num-workers", "2"]), "/m")
+    assert [(s.name, s.grpc_address) for s in stages] == [
+        ("worker0", "127.0.0.1:41003"), ("worker1", "127.0.0.1:41004"), ("scheduler", "127.0.0.1:41002"),
+        ("tokenizer", "127.0.0.1:41001"), ("gateway", "127.0.0.1:41000")]
+    assert _ports(stages[0].argv) == [41003, 41103]
+    assert _ports(stages[-1].argv) == [41000, 41100]
+    assert stages[2].argv[stages[2].argv.index("--workers") + 1] == "127.0.0.1:41003,127.0.0.1:41004"
+
+
+def test_free_ports_are_all_distinct() -> None:
+    for _ in range(20):
+        stages = build_stack_argv(parse_args(["--base-port", "0", "--http-port", "0", "--num-workers", "3"]), "/m")
+        ports = [p for s in stages for p in _ports(s.argv)]
+        assert len(ports) == 12  # gRPC + status of 3 workers, scheduler, tokenizer; the gateway's gRPC + HTTP
+        assert len(set(ports)) == len(ports)
