@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session: compiled kernel tests (bf16), optionally a variant sweep, then the benchmark.
+# One run on a GPU machine: compiled kernel tests (bf16), optionally a variant sweep, then the benchmark.
 # Usage: OUT=dir [SWEEP=1] bash kernels/gpu_check.sh   (run from the repository root)
 set -o pipefail
 export PYTHONPATH=.:protos PYTHONUNBUFFERED=1
