@@ -40,7 +40,8 @@ def _options(
 
 
 def generate_request_from_pb(pb: gateway_pb2.GenerateRequest) -> GenerationRequest:
-    fields, text = _options(pb.options, pb.add_special_tokens)
+    add_special = pb.add_special_tokens if pb.HasField("add_special_tokens") else True
+    fields, text = _options(pb.options, add_special)
     return GenerationRequest(model=pb.model, prompt=pb.prompt, options=text, **fields)  # type: ignore[arg-type]
 
 

@@ -51,6 +51,12 @@ def test_bad_sampling_in_a_grpc_request_is_invalid_argument() -> None:
         generate_request_from_pb(pb)
 
 
+def test_a_grpc_prompt_gets_bos_and_other_special_tokens_unless_it_says_otherwise() -> None:
+    assert generate_request_from_pb(gateway_pb2.GenerateRequest(prompt="Hi")).options.add_special_tokens is True
+    off = gateway_pb2.GenerateRequest(prompt="Hi", add_special_tokens=False)
+    assert generate_request_from_pb(off).options.add_special_tokens is False
+
+
 def test_chat_request_becomes_chat_turns() -> None:
     pb = gateway_pb2.ChatRequest(model="m", messages=[common_pb2.ChatMessage(role="user", content="Hi")])
     request = chat_request_from_pb(pb)
