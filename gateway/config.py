@@ -9,6 +9,33 @@ from services.common.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
+class ResultCacheConfig:
+    """The result cache: Redis at redis_url, or an in-process LRU when it is empty."""
+
+    enabled: bool = True
+    redis_url: str = ""
+    ttl_s: float = 3600.0
+    redis_timeout_s: float = 0.05
+    breaker_failures: int = 5  # consecutive Redis failures that open the breaker
+    breaker_cooldown_s: float = 10.0  # how long an open breaker bypasses Redis before one trial call
+    max_entries: int = 10_000  # in-process LRU bounds
+    max_bytes: int = 256 * 1024 * 1024
+    namespace: str = "flashstream"
+
+    def __post_init__(self) -> None:
+        for name in ("ttl_s", "redis_timeout_s", "breaker_cooldown_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"result cache {name} must be positive, got {getattr(self, name)}")
+        for name in ("breaker_failures", "max_entries", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"result cache {name} must be at least 1, got {getattr(self, name)}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise InvalidArgument(f"redis url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+        if not self.namespace or ":" in self.namespace:
+            raise InvalidArgument(f"result cache namespace must be non-empty without ':', got {self.namespace!r}")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """server: gRPC address and drain; the HTTP port serves the OpenAI API and /metrics, /health, /ready."""
 
@@ -18,6 +45,7 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = ()
     request_timeout_s: float = 600.0
     max_body_bytes: int = 4 * 1024 * 1024
+    result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
 
     def __post_init__(self) -> None:
         if not self.tokenizers:

@@ -93,8 +93,9 @@ class GatewayCore:
         exc.counted = True  # type: ignore[attr-defined]
         self.metrics.request_errors.labels(self.metrics.stage, error_label(exc)).inc()
 
-    def start(self, request: GenerationRequest, time_limit_s: float | None = None) -> Generation:
-        """Validates `request` against its model and submits it; raises FlashStreamError on bad input."""
+    def start(self, request: GenerationRequest, time_limit_s: float | None = None, tenant: str = "") -> Generation:
+        """Validates `request` against its model and submits it; raises FlashStreamError on bad input.
+        `tenant` (a hash of the caller's API key) keeps result cache entries apart per caller."""
         start = time.perf_counter()
         try:
             if self.draining:
@@ -112,6 +113,7 @@ class GatewayCore:
                 arrival_unix_s=arrival,
                 deadline_unix_s=arrival + timeout_s,
                 gateway_s=time.perf_counter() - start,
+                tenant=tenant,
             )
             handle = self.router.submit(submission)
         except FlashStreamError as exc:

@@ -8,6 +8,7 @@ import grpc
 from flashstream.v1 import gateway_pb2, gateway_pb2_grpc
 
 from gateway.auth import ApiKeys
+from gateway.cache.key import tenant_from_authorization
 from gateway.core import GatewayCore
 from gateway.pb_convert import card_to_pb, chat_request_from_pb, delta_to_pb, finished_to_pb, generate_request_from_pb
 from gateway.schema import Finished, GenerationRequest
@@ -22,26 +23,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._core = core
         self._keys = api_keys
 
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+    def _authorize(self, context: grpc.aio.ServicerContext) -> str:
+        """Checks the API key; returns the caller's tenant ("" without keys)."""
         if not self._keys.enabled:
-            return
+            return ""
         metadata = dict(context.invocation_metadata() or ())
         try:
             self._keys.check(metadata.get("authorization"))
         except FlashStreamError as exc:
             self._core.record_error(exc)
             raise
+        return tenant_from_authorization(metadata.get("authorization"), True)
 
     async def _stream(
         self, build: object, request: object, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateChunk]:
-        self._authorize(context)
+        tenant = self._authorize(context)
         try:
             req: GenerationRequest = build(request)  # type: ignore[operator]
         except FlashStreamError as exc:
             self._core.record_error(exc)
             raise
-        generation = self._core.start(req, time_limit_s=context.time_remaining())
+        generation = self._core.start(req, time_limit_s=context.time_remaining(), tenant=tenant)
         try:
             async for event in generation:
                 if isinstance(event, Finished):

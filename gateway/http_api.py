@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.auth import ApiKeys
+from gateway.cache.key import tenant_from_authorization
 from gateway.core import GatewayCore, Generation
 from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_request import OpenAIRequest, parse_openai_request
@@ -88,7 +89,8 @@ class HttpApi:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RequestError(f"the request body is not valid JSON: {exc}", None, "invalid_json") from exc
         parsed = parse_openai_request(body, chat)
-        generation = self._core.start(parsed.request)
+        tenant = tenant_from_authorization(http.headers.get("Authorization"), self._keys.enabled)
+        generation = self._core.start(parsed.request, tenant=tenant)
         try:
             # The first event decides the status: an early error (e.g. a prompt too long) still gets its own code.
             first = await anext(generation)

@@ -237,6 +237,7 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
         "priority": b.int("priority", 0),
         "timeout_s": b.float("timeout", 0.0),
         "fill_context": chat and sampling.max_tokens == FILL_CONTEXT_MAX_TOKENS,
+        "bypass_cache": not b.bool("cache", True),  # extension: "cache": false skips the result cache
     }
     if chat:
         request = GenerationRequest(

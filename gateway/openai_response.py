@@ -33,12 +33,15 @@ def error_response(exc: FlashStreamError) -> tuple[int, dict[str, Any], dict[str
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
+    if usage.result_cached:  # extension field, only on answers replayed from the result cache
+        body["result_cached"] = True
+    return body
 
 
 class LogprobsBuilder:

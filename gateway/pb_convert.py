@@ -36,7 +36,8 @@ def _options(
         skip_special_tokens=options.skip_special_tokens,
         add_special_tokens=add_special_tokens,
     )
-    return {"sampling": sampling, "priority": options.priority, "timeout_s": options.timeout_s}, text
+    return {"sampling": sampling, "priority": options.priority, "timeout_s": options.timeout_s,
+            "bypass_cache": options.bypass_cache}, text
 
 
 def generate_request_from_pb(pb: gateway_pb2.GenerateRequest) -> GenerationRequest:

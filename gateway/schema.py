@@ -66,6 +66,7 @@ class GenerationRequest:
     priority: int = 0
     timeout_s: float = 0.0  # 0: the gateway's default
     fill_context: bool = False  # chat without max_tokens: generate until the context is full
+    bypass_cache: bool = False  # neither read nor fill the result cache, nor join an identical request
 
     def __post_init__(self) -> None:
         inputs = [x for x in (self.prompt, self.token_ids, self.messages) if x is not None]
@@ -103,6 +104,7 @@ class Submission:
     arrival_unix_s: float
     deadline_unix_s: float
     gateway_s: float
+    tenant: str = ""  # hash of the API key used ("" without keys): result cache entries are per tenant
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,11 @@ from aiohttp import web
 from flashstream.v1 import gateway_pb2_grpc
 
 from gateway.auth import ApiKeys
-from gateway.config import GatewayConfig
+from gateway.cache.breaker import CircuitBreaker
+from gateway.cache.lru_store import LruStore, ResultStore
+from gateway.cache.redis_store import RedisStore
+from gateway.cache.router import CachingRouter
+from gateway.config import GatewayConfig, ResultCacheConfig
 from gateway.core import GatewayCore
 from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
@@ -32,7 +36,11 @@ class GatewayServer:
         self.config = config
         self.metrics = Metrics("gateway")
         self.router = TokenizerRouter(config.tokenizers, connection)
-        self.core = GatewayCore(self.router, self.metrics, config.request_timeout_s)
+        self.cache: CachingRouter | None = None
+        if config.result_cache.enabled:
+            self.cache = CachingRouter(self.router, build_store(config.result_cache), self.metrics,
+                                       config.result_cache.namespace)
+        self.core = GatewayCore(self.cache or self.router, self.metrics, config.request_timeout_s)
         self.grpc_port = 0
         self.http_port = 0
         self._stage: StageServer | None = None
@@ -85,7 +93,16 @@ class GatewayServer:
             await asyncio.gather(self._stage.server.stop(grace_s), self.core.wait_idle(grace_s))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.cache is not None:
+            await self.cache.close()
         await self.router.close()
+
+
+def build_store(config: ResultCacheConfig) -> ResultStore:
+    if config.redis_url:
+        breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+        return RedisStore(config.redis_url, config.ttl_s, config.redis_timeout_s, breaker)
+    return LruStore(config.max_entries, config.max_bytes, config.ttl_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deadline of a request that sets none")
     parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
                         help="largest accepted HTTP request body")
+    cache = parser.add_argument_group("result cache")
+    cache.add_argument("--result-cache", choices=("on", "off"), default=env_default("result_cache", "on"),
+                       help="answer repeated greedy or seeded requests from the cache and coalesce identical ones")
+    cache.add_argument("--redis-url", default=env_default("redis_url", ""),
+                       help="Redis for the result cache (redis://host:port/db); empty: an in-process LRU")
+    cache.add_argument("--result-cache-ttl-s", type=float, default=env_default("result_cache_ttl_s", 3600.0),
+                       help="how long a stored answer lives")
+    cache.add_argument("--redis-timeout-s", type=float, default=env_default("redis_timeout_s", 0.05),
+                       help="limit of every Redis call; a slower call is a miss")
+    cache.add_argument("--redis-breaker-failures", type=int, default=env_default("redis_breaker_failures", 5),
+                       help="consecutive Redis failures after which Redis is bypassed")
+    cache.add_argument("--redis-breaker-cooldown-s", type=float,
+                       default=env_default("redis_breaker_cooldown_s", 10.0),
+                       help="how long Redis is bypassed before it is tried again")
+    cache.add_argument("--result-cache-max-entries", type=int,
+                       default=env_default("result_cache_max_entries", 10_000), help="in-process LRU: entries")
+    cache.add_argument("--result-cache-max-bytes", type=int,
+                       default=env_default("result_cache_max_bytes", 256 * 1024 * 1024),
+                       help="in-process LRU: bytes of stored answers")
     return parser
 
 
@@ -112,6 +148,16 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         api_keys=tuple(split_csv(args.api_keys)),
         request_timeout_s=args.request_timeout_s,
         max_body_bytes=args.max_body_bytes,
+        result_cache=ResultCacheConfig(
+            enabled=args.result_cache == "on",
+            redis_url=args.redis_url,
+            ttl_s=args.result_cache_ttl_s,
+            redis_timeout_s=args.redis_timeout_s,
+            breaker_failures=args.redis_breaker_failures,
+            breaker_cooldown_s=args.redis_breaker_cooldown_s,
+            max_entries=args.result_cache_max_entries,
+            max_bytes=args.result_cache_max_bytes,
+        ),
     )
 
 

@@ -1,0 +1,64 @@
+"""The shared result store: Redis, one serialized value per key with a TTL.
+
+Redis is optional to correctness: every call has a timeout, any failure is a miss (or a dropped write), and
+a circuit breaker stops calling a Redis that keeps failing until its cool-down has passed. The client
+connects lazily, so the gateway starts and serves while Redis is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.cache.breaker import CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+
+class RedisStore:
+    def __init__(self, url: str, ttl_s: float, timeout_s: float, breaker: CircuitBreaker) -> None:
+        if not ttl_s > 0 or not timeout_s > 0:
+            raise ValueError("RedisStore needs ttl_s > 0 and timeout_s > 0")
+        self.url = url
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.timeout_s = timeout_s
+        self.breaker = breaker
+        self.num_failures = 0  # all calls that failed or timed out, for tests and logs
+        # No retries inside the client: a retry would outlive the timeout, and the breaker decides instead.
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+
+    async def _call(self, what: str, coro_fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if not self.breaker.allow():
+            return None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await coro_fn(*args, **kwargs)
+        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            self.num_failures += 1
+            was_open = self.breaker.is_open
+            self.breaker.record_failure()
+            if self.breaker.is_open and not was_open:
+                log.warning("redis %s failing (%s: %s); bypassing it for %.1f s", self.url, type(exc).__name__,
+                            exc, self.breaker.cooldown_s)
+            return None
+        if self.breaker.is_open:
+            log.info("redis %s answers again", self.url)
+        self.breaker.record_success()
+        return result
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call("get", self._client.get, key)
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self._call("set", self._client.set, key, value, px=self.ttl_ms)
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        except (aioredis.RedisError, OSError) as exc:
+            log.debug("closing redis client: %s", exc)

@@ -1,0 +1,98 @@
+"""The in-process LRU store, stored entries and the Redis circuit breaker (no Redis needed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.cache.breaker import CircuitBreaker
+from gateway.cache.entry import CachedResult, EntryError
+from gateway.cache.lru_store import LruStore
+from gateway.schema import Finished, FinishReason, Latency, TextDelta, TokenLogprob, TopLogprob, Usage
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lru_evicts_the_least_recently_used_past_max_entries() -> None:
+    store = LruStore(max_entries=2, max_bytes=1000, ttl_s=60)
+    store.put_nowait("a", b"1")
+    store.put_nowait("b", b"2")
+    assert store.get_nowait("a") == b"1"  # a is now the most recent
+    store.put_nowait("c", b"3")
+    assert ("a" in store, "b" in store, "c" in store) == (True, False, True)
+    assert store.num_bytes == 2
+
+
+def test_lru_evicts_oldest_until_the_bytes_fit_and_skips_values_larger_than_the_bound() -> None:
+    store = LruStore(max_entries=100, max_bytes=10, ttl_s=60)
+    store.put_nowait("a", b"aaaa")
+    store.put_nowait("b", b"bbbb")
+    store.put_nowait("c", b"cccc")  # 12 bytes > 10: a goes
+    assert (len(store), store.num_bytes, "a" in store) == (2, 8, False)
+    store.put_nowait("huge", b"x" * 11)
+    assert (len(store), store.num_bytes, "huge" in store) == (2, 8, False)
+    store.put_nowait("b", b"B")  # replacing a value recounts its bytes
+    assert store.num_bytes == 5
+
+
+def test_lru_entries_expire_after_the_ttl() -> None:
+    clock = Clock()
+    store = LruStore(max_entries=10, max_bytes=100, ttl_s=5, clock=clock)
+    store.put_nowait("a", b"1")
+    clock.now = 4.9
+    assert asyncio.run(store.get("a")) == b"1"
+    clock.now = 5.0
+    assert asyncio.run(store.get("a")) is None
+    assert (len(store), store.num_bytes) == (0, 0)
+
+
+def test_cached_result_round_trips_chunks_logprobs_and_finish_without_latency() -> None:
+    chunks = (
+        TextDelta("", (), (), 7),
+        TextDelta("Hé", (1, 2), (TokenLogprob(1, -0.25, "H", (TopLogprob(9, -1.5, "x"),)),
+                                 TokenLogprob(2, float("-inf"), "é")), 0),
+    )
+    done = Finished(FinishReason.STOP_STRING, Usage(7, 2, 3), Latency(1.0, 2.0), stop_string="END")
+    back = CachedResult.decode(CachedResult(chunks, done).encode())
+    assert back.chunks == chunks
+    assert back.finished == Finished(FinishReason.STOP_STRING, Usage(7, 2, 3), Latency(), stop_string="END")
+
+
+def test_an_unreadable_entry_is_an_entry_error() -> None:
+    for raw in (b"not json", b'{"v":99,"chunks":[],"done":[1,0,0,0,""]}', b'{"v":1}', b"\xff"):
+        with pytest.raises(EntryError):
+            CachedResult.decode(raw)
+
+
+def test_breaker_opens_after_threshold_failures_and_lets_one_trial_through_after_cooldown() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=3, cooldown_s=10, clock=clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert not breaker.is_open
+    breaker.record_failure()
+    assert (breaker.is_open, breaker.allow(), breaker.num_opened) == (True, False, 1)
+    clock.now = 10.0
+    assert breaker.allow() and not breaker.allow()  # exactly one trial
+    breaker.record_failure()  # the trial failed: another cool-down
+    assert (breaker.is_open, breaker.allow(), breaker.num_opened) == (True, False, 1)
+    clock.now = 20.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert (breaker.is_open, breaker.num_failures, breaker.allow()) == (False, 0, True)
+
+
+def test_a_success_resets_the_consecutive_failure_count() -> None:
+    breaker = CircuitBreaker(threshold=2, cooldown_s=1)
+    breaker.record_failure()
+    breaker.record_success()
+    breaker.record_failure()
+    assert not breaker.is_open
