@@ -156,7 +156,8 @@ def test_a_follower_that_leaves_does_not_abort_the_leader_and_a_failure_reaches_
 
             failing = _request("late-error:14:tokenizer fell over")
             outcomes = await asyncio.gather(*(_generate(stack, failing) for _ in range(3)), return_exceptions=True)
-            assert len(stack.fake.requests) == 2
+            # A failure is never stored (calls that arrive after it ended generate again), and each gets it.
+            assert 2 <= len(stack.fake.requests) <= 4
             assert [getattr(o, "details", lambda: o)() for o in outcomes] == ["tokenizer fell over"] * 3
 
     asyncio.run(main())

@@ -1,0 +1,75 @@
+"""Coalescing: every reader of a flight gets the leader's events, its error, and the last to leave aborts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.cache.flight import Flight
+from gateway.schema import Finished, FinishReason, TextDelta
+from services.common.errors import FlashStreamError, Unavailable
+
+
+class QueueHandle:
+    """An upstream request fed by the test."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.num_aborts = 0
+
+    async def next(self) -> object:
+        return await self.queue.get()
+
+    def next_nowait(self) -> object:
+        return None if self.queue.empty() else self.queue.get_nowait()
+
+    def abort(self) -> None:
+        self.num_aborts += 1
+
+
+def _flight(handle: QueueHandle, ended: list[Flight]) -> Flight:
+    async def lookup() -> None:
+        return None
+
+    return Flight("k", lookup, lambda: handle, ended.append)
+
+
+def test_an_upstream_error_reaches_the_leader_and_every_follower() -> None:
+    async def main() -> None:
+        handle, ended = QueueHandle(), []
+        flight = _flight(handle, ended)
+        readers = [flight.reader(leader=i == 0) for i in range(3)]
+        handle.queue.put_nowait(TextDelta("a", (1,)))
+        handle.queue.put_nowait(Unavailable("lost the tokenizer stream"))
+        for reader in readers:
+            assert await reader.next() == TextDelta("a", (1,))
+            err = await reader.next()
+            assert isinstance(err, FlashStreamError) and err.message == "lost the tokenizer stream"
+        assert ended == [flight] and not flight.is_complete and handle.num_aborts == 0
+
+    asyncio.run(main())
+
+
+def test_readers_leaving_early_abort_upstream_only_when_the_last_one_leaves() -> None:
+    async def main() -> None:
+        handle, ended = QueueHandle(), []
+        flight = _flight(handle, ended)
+        leader, follower = flight.reader(leader=True), flight.reader(leader=False)
+        handle.queue.put_nowait(TextDelta("a", (1,)))
+        assert await leader.next() == TextDelta("a", (1,))
+        leader.abort()
+        assert handle.num_aborts == 0 and ended == []
+        handle.queue.put_nowait(Finished(FinishReason.LENGTH))
+        assert await follower.next() == TextDelta("a", (1,))
+        done = await follower.next()
+        assert done.usage.result_cached and done.finish_reason is FinishReason.LENGTH
+        assert ended == [flight] and flight.is_complete and handle.num_aborts == 0
+
+        handle2, ended2 = QueueHandle(), []
+        flight2 = _flight(handle2, ended2)
+        a, b = flight2.reader(leader=True), flight2.reader(leader=False)
+        await asyncio.sleep(0)
+        a.abort()
+        b.abort()
+        assert handle2.num_aborts == 1 and flight2.abandoned and ended2 == [flight2]
+
+    asyncio.run(main())
