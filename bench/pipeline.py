@@ -94,7 +94,8 @@ def main() -> None:
                "the internal hops cost little because each message carries a whole step. Time-to-first-token seen "
                "by the clients is long at 256 clients because new calls wait for CPU on the saturated machine, "
                "not inside the pipeline (queue and prefill above stay at milliseconds).")
-    markdown = ("Model-free worker (`--load-format fake`); each client streams one request of "
+    markdown = ("Model-free worker (`--load-format fake`); the gateway's result cache is on (every prompt differs, "
+                "so each request is a miss that is then stored); each client streams one request of "
                 f"{args.max_tokens} tokens with ignore_eos over gRPC `Generate`; the clients run in one separate "
                 f"process over {args.connections} HTTP/2 connections.\n\n"
                 + "\n".join(rows) + "\n\n" + verdict + "\n")
