@@ -210,7 +210,6 @@ class Generation:
             metrics.requests_finished.labels(metrics.stage, item.finish_reason.name.lower()).inc()
             latency = dataclasses.replace(item.latency, gateway_s=self.submission.gateway_s)
             return dataclasses.replace(item, latency=latency)
-        self.num_prompt_tokens = item.num_prompt_tokens or self.num_prompt_tokens
         if item.token_ids or item.text:
             # A merged delta carries several tokens: its gap is spread evenly over them, so the
             # histogram keeps one observation per token after the first.
