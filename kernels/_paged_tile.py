@@ -209,3 +209,28 @@ def attend_paged_tile(
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
+
+
+@triton.jit
+def tma_tile(
+    acc, m_i, l_i, q, k_desc, v_desc, table_row_ptr, n_start, kv_col, kv_end, query_pos, qk_scale_log2,
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One online-softmax step over keys n_start .. n_start + BLOCK_N, copied whole from one page. MASKED drops keys
+    at or past kv_end (and after each row's query_pos with CAUSAL) and zeroes their V rows: slots past a sequence's
+    context hold whatever the page held before, and p = 0 times a stale NaN would still be NaN."""
+    row = tl.load(table_row_ptr + n_start // PAGE_SIZE) * PAGE_SIZE + n_start % PAGE_SIZE
+    k = k_desc.load([row, kv_col])
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+    v = v_desc.load([row, kv_col])
+    if MASKED:
+        offs_n = n_start + tl.arange(0, BLOCK_N)
+        visible = (offs_n < kv_end)[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= query_pos[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        v = tl.where((offs_n < kv_end)[:, None], v, 0.0)
+    p, alpha, m_i, l_i = online_softmax_step(s, m_i, l_i, qk_scale_log2)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return acc, m_i, l_i

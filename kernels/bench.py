@@ -27,6 +27,7 @@ from kernels.bench_report import compiled_resources, write_markdown
 from kernels.decode_attention import (
     DecodeConfig,
     _decode_split_kernel,
+    _decode_split_tma_kernel,
     choose_num_splits,
     default_decode_config,
     launch_decode_reduce,
@@ -37,6 +38,7 @@ from kernels.prefill_attention import PrefillConfig, _prefill_kernel, default_pr
 NUM_HEADS, NUM_KV_HEADS, BLOCK_SIZE = 32, 8, 16
 PREFILL_TOKENS = 16384
 PREFILL_SEQS = (1024, 2048, 4096, 8192, 16384)
+PAGE_SIZES = (16, 64)  # the worker's default page, and pages of whole 64-key tiles (TMA decode)
 DECODE_SHAPES = ((1, 4096), (16, 4096), (64, 4096), (256, 4096), (8, 32768), (1, 32768))
 ROTATE_BYTES = 512 * 2**20  # decode inputs rotate over at least this much memory (L2 is 50 MB)
 
@@ -64,32 +66,34 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def _paged_copy(k: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Caches [num_blocks, BLOCK_SIZE, kv_heads, d] holding k, v ([batch, seq, kv_heads, d]) on shuffled pages."""
+def _paged_copy(k: torch.Tensor, v: torch.Tensor, gen: torch.Generator,
+                block_size: int = BLOCK_SIZE) -> tuple[torch.Tensor, ...]:
+    """Caches [num_blocks, block_size, kv_heads, d] holding k, v ([batch, seq, kv_heads, d]) on shuffled pages."""
     batch, seq, kv_heads, d = k.shape
-    pages = seq // BLOCK_SIZE
+    pages = seq // block_size
     order = torch.randperm(batch * pages, generator=gen, device="cpu").to(k.device)
     tables = order.view(batch, pages).to(torch.int32)
-    key_cache = torch.empty(batch * pages, BLOCK_SIZE, kv_heads, d, dtype=k.dtype, device=k.device)
+    key_cache = torch.empty(batch * pages, block_size, kv_heads, d, dtype=k.dtype, device=k.device)
     value_cache = torch.empty_like(key_cache)
-    key_cache[order] = k.reshape(batch * pages, BLOCK_SIZE, kv_heads, d)
-    value_cache[order] = v.reshape(batch * pages, BLOCK_SIZE, kv_heads, d)
+    key_cache[order] = k.reshape(batch * pages, block_size, kv_heads, d)
+    value_cache[order] = v.reshape(batch * pages, block_size, kv_heads, d)
     return key_cache, value_cache, tables
 
 
-def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: bool, check: bool = True) -> dict:
+def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: bool, check: bool = True,
+                  block_size: int = BLOCK_SIZE) -> dict:
     batch = max(1, PREFILL_TOKENS // seq)
     gen = torch.Generator().manual_seed(seq + head_dim)
     dev, dt = "cuda", torch.bfloat16
     q = torch.randn(batch, seq, NUM_HEADS, head_dim, generator=gen).to(dev, dt)
     k = torch.randn(batch, seq, NUM_KV_HEADS, head_dim, generator=gen).to(dev, dt)
     v = torch.randn(batch, seq, NUM_KV_HEADS, head_dim, generator=gen).to(dev, dt)
-    key_cache, value_cache, tables = _paged_copy(k, v, gen)
+    key_cache, value_cache, tables = _paged_copy(k, v, gen, block_size)
     starts = torch.arange(0, batch * seq + 1, seq, dtype=torch.int32, device=dev)
     lens = torch.full((batch,), seq, dtype=torch.int32, device=dev)
     q_packed = q.reshape(batch * seq, NUM_HEADS, head_dim)
     out = torch.full_like(q_packed, float("nan"))  # poisoned: the error check sees unwritten rows
-    cfg = config or default_prefill_config(head_dim, BLOCK_SIZE)
+    cfg = config or default_prefill_config(head_dim, block_size)
 
     def ours() -> None:
         paged_prefill_attention(q_packed, key_cache, value_cache, tables, starts, lens, head_dim**-0.5,
@@ -102,7 +106,7 @@ def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: 
     # SDPA gets contiguous [batch, heads, seq, d] inputs with K/V expanded to every query head.
     qs, ks, vs = (t.transpose(1, 2).contiguous() for t in (q, k.repeat_interleave(group, 2),
                                                            v.repeat_interleave(group, 2)))
-    row = {"batch": batch, "seq": seq, "head_dim": head_dim, "config": cfg.__dict__}
+    row = {"batch": batch, "seq": seq, "head_dim": head_dim, "block_size": block_size, "config": cfg.__dict__}
     if check:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             ref = scaled_dot_product_attention(qs, ks, vs, is_causal=True)
@@ -127,7 +131,7 @@ def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: 
 
 
 def bench_decode(batch: int, context: int, num_splits: int | None, config: DecodeConfig | None,
-                 peers: bool, head_dim: int = 128) -> dict:
+                 peers: bool, head_dim: int = 128, block_size: int = BLOCK_SIZE) -> dict:
     gen = torch.Generator().manual_seed(batch * 7 + context)
     dev, dt = "cuda", torch.bfloat16
     kv_bytes = 2 * batch * context * NUM_KV_HEADS * head_dim * 2
@@ -138,17 +142,19 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
         k = torch.randn(batch, context, NUM_KV_HEADS, head_dim, device=dev, dtype=dt)
         v = torch.randn(batch, context, NUM_KV_HEADS, head_dim, device=dev, dtype=dt)
         q = torch.randn(batch, NUM_HEADS, head_dim, device=dev, dtype=dt)
-        inputs.append((q, k, v, *_paged_copy(k, v, gen), torch.empty_like(q)))
-    if num_splits is None:
-        num_splits = choose_num_splits(batch, NUM_KV_HEADS, context, config or DecodeConfig())
-    cfg = config or default_decode_config(batch, NUM_KV_HEADS, num_splits)  # what the launcher picks
+        inputs.append((q, k, v, *_paged_copy(k, v, gen, block_size), torch.empty_like(q)))
+    cuda = torch.device(dev)
+    if num_splits is None:  # what the launcher picks
+        split_cfg = config or default_decode_config(batch, NUM_KV_HEADS, 0, block_size, cuda)
+        num_splits = choose_num_splits(batch, NUM_KV_HEADS, context, split_cfg)
+    cfg = config or default_decode_config(batch, NUM_KV_HEADS, num_splits, block_size, cuda)
 
     def ours(item) -> Callable[[], object]:
         q, _, _, key_cache, value_cache, tables, out = item
         return lambda: paged_decode_attention(q, key_cache, value_cache, tables, lens, head_dim**-0.5,
                                               max_context_len=context, num_splits=num_splits, out=out, config=cfg)
 
-    row = {"batch": batch, "context": context, "num_splits": num_splits, "config": cfg.__dict__,
+    row = {"batch": batch, "context": context, "block_size": block_size, "num_splits": num_splits, "config": cfg.__dict__,
            "kv_bytes": kv_bytes, "rotated_copies": copies}
     row["ours_tbps"] = kv_bytes / _graph_ms([ours(item) for item in inputs]) / 1e9
     # SDPA on contiguous [batch, kv_heads, context, d] K/V with GQA (q: [batch, heads, 1, d]).
@@ -178,6 +184,12 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
     return row
 
 
+def _copy_peers(row: dict, peer_row: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in peer_row and key not in row:
+            row[key] = peer_row[key]
+
+
 def copy_bandwidth_tbps() -> float:
     src = torch.randn(2**30 // 2, device="cuda", dtype=torch.bfloat16)  # 1 GiB
     dst = torch.empty_like(src)
@@ -201,6 +213,41 @@ DECODE_RUNS = [
     (1, 32768, 66, 64, 4, 2, 2, True), (1, 32768, 66, 64, 4, 2, 2, False), (1, 32768, 33, 64, 4, 3, 2, True),
     (1, 32768, 66, 64, 4, 3, 0, True), (8, 32768, 8, 64, 4, 2, 2, True), (64, 4096, 1, 64, 4, 2, 2, True),
 ]
+
+
+# Fourth sweep (TMA tiles; warp-specialised loops are probed by kernels/ws_probe.py):
+# (head_dim, block_size, block_m, block_n, warps, stages, tma).
+TMA_PREFILL_VARIANTS = [
+    (128, 16, 128, 64, 4, 3, False),  # the gather kernel's default, for the same-run baseline
+    (128, 64, 128, 64, 4, 3, False),  # the gather kernel on 64-key pages
+    (128, 64, 128, 64, 8, 3, True), (128, 64, 128, 64, 4, 3, True), (64, 16, 128, 64, 8, 3, False),
+]
+# (batch, context, block_size, splits, block_n, warps, stages, tma)
+TMA_DECODE_RUNS = [
+    (16, 4096, 16, 1, 128, 4, 3, False), (16, 4096, 64, 1, 128, 4, 3, False), (16, 4096, 64, 1, 64, 4, 4, True),
+    (16, 4096, 64, 1, 64, 4, 6, True), (16, 4096, 128, 1, 128, 4, 3, True), (16, 4096, 128, 1, 128, 4, 4, True),
+    (16, 4096, 64, 2, 64, 4, 4, True),
+    (1, 32768, 16, 66, 64, 4, 2, False), (1, 32768, 64, 66, 64, 4, 2, False), (1, 32768, 64, 66, 64, 4, 3, True),
+    (1, 32768, 64, 33, 64, 4, 4, True), (1, 32768, 64, 16, 64, 4, 6, True), (1, 32768, 128, 33, 128, 4, 3, True),
+    (64, 4096, 64, 1, 64, 4, 3, True), (64, 4096, 64, 1, 64, 4, 2, False),
+]
+
+
+def tma_sweep() -> dict:
+    result: dict = {"prefill": [], "decode": []}
+    for head_dim, bs, m, n, w, st, tma in TMA_PREFILL_VARIANTS:
+        cfg = PrefillConfig(block_m=m, block_n=n, num_warps=w, num_stages=st, page_loads=0 if head_dim == 128 else 2,
+                            split_rows=not tma and head_dim == 128 and w == 4, tma=tma)
+        for seq in (4096, 16384) if head_dim == 128 else (4096,):
+            result["prefill"].append(_sweep_row(
+                "prefill", lambda: bench_prefill(seq, head_dim, cfg, peers=False, block_size=bs),
+                {"config": cfg.__dict__, "block_size": bs, "seq": seq}))
+    for batch, context, bs, splits, n, w, st, tma in TMA_DECODE_RUNS:
+        cfg = DecodeConfig(block_n=n, num_warps=w, num_stages=st, tma=tma)
+        result["decode"].append(_sweep_row(
+            "decode", lambda: bench_decode(batch, context, splits, cfg, peers=False, block_size=bs),
+            {"config": cfg.__dict__, "block_size": bs, "batch": batch, "context": context}))
+    return result
 
 
 def _sweep_row(kind: str, fn: Callable[[], dict], fallback: dict) -> dict:
@@ -231,12 +278,14 @@ def summary(report: dict) -> str:
     lines = []
     for r in report.get("prefill", []):
         c = r.get("config", {})
-        lines.append(f"prefill d{r.get('head_dim')} {c.get('block_m')}x{c.get('block_n')} w{c.get('num_warps')} "
+        lines.append(f"prefill d{r.get('head_dim')} S{r.get('seq')} bs{r.get('block_size')} tma{int(bool(c.get('tma')))} "
+                     f"{c.get('block_m')}x{c.get('block_n')} w{c.get('num_warps')} "
                      f"s{c.get('num_stages')} p{c.get('page_loads')} h{int(bool(c.get('split_rows')))}: {r.get('ours_tflops', float('nan')):.0f} "
                      f"TFLOP/s err {r.get('rel_err_vs_flash', float('nan')):.1e} {r.get('error', '')[:60]}")
     for r in report.get("decode", []):
         c = r.get("config", {})
-        lines.append(f"decode {r.get('batch')}x{r.get('context')} sp{r.get('num_splits')} n{c.get('block_n')} "
+        lines.append(f"decode {r.get('batch')}x{r.get('context')} bs{r.get('block_size')} tma{int(bool(c.get('tma')))} "
+                     f"sp{r.get('num_splits')} n{c.get('block_n')} "
                      f"w{c.get('num_warps')} s{c.get('num_stages')} p{c.get('page_loads')} pdl{int(bool(c.get('pdl_merge')))}: "
                      f"{r.get('ours_tbps', float('nan')):.2f} TB/s err {r.get('rel_err_vs_sdpa', float('nan')):.1e} "
                      f"reduce {r.get('reduce_us', 0):.1f} us {r.get('error', '')[:60]}")
@@ -253,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="where to write the results (JSON)")
     parser.add_argument("--md", help="where to write the markdown table")
     parser.add_argument("--sweep", action="store_true", help="time tile/warp/stage/split variants instead")
+    parser.add_argument("--tma-sweep", action="store_true", help="time the TMA / warp-specialised variants instead")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
@@ -264,27 +314,45 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
         "command": "python3 -m kernels.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "dtype": "bfloat16", "num_heads": NUM_HEADS, "num_kv_heads": NUM_KV_HEADS, "block_size": BLOCK_SIZE,
+        "dtype": "bfloat16", "num_heads": NUM_HEADS, "num_kv_heads": NUM_KV_HEADS, "block_sizes": list(PAGE_SIZES),
     }
-    if args.sweep:
+    if args.tma_sweep:
+        report = {"meta": meta, "copy_tbps": copy_bandwidth_tbps(), **tma_sweep()}
+    elif args.sweep:
         report = {"meta": meta, **sweep()}
     else:
         report = {"meta": meta, "copy_tbps": copy_bandwidth_tbps(), "prefill": [], "decode": []}
+        # Peers run on contiguous K/V, so they are timed once per shape (with the first page size).
         for head_dim in (128, 64):
             for seq in PREFILL_SEQS:
-                row = bench_prefill(seq, head_dim, None, peers=True)
-                print("prefill", row, flush=True)
-                report["prefill"].append(row)
+                peer_row: dict = {}
+                for block_size in PAGE_SIZES:
+                    row = bench_prefill(seq, head_dim, None, peers=not peer_row, block_size=block_size)
+                    peer_row = peer_row or row
+                    _copy_peers(row, peer_row, ("sdpa_flash_tflops", "sdpa_cudnn_tflops", "rel_err_vs_sdpa_cudnn"))
+                    peers_seen = [row[k] for k in ("sdpa_flash_tflops", "sdpa_cudnn_tflops") if k in row]
+                    if peers_seen:
+                        row["ratio_to_best_peer"] = row["ours_tflops"] / max(peers_seen)
+                    print("prefill", row, flush=True)
+                    report["prefill"].append(row)
         for batch, context in DECODE_SHAPES:
-            row = _sweep_row("decode", lambda: bench_decode(batch, context, None, None, peers=True),
-                             {"batch": batch, "context": context})
-            if "ours_tbps" in row:
-                row["ratio_to_copy"] = row["ours_tbps"] / report["copy_tbps"]
-            report["decode"].append(row)
-        report["resources"] = compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
+            peer_row = {}
+            for block_size in PAGE_SIZES:
+                row = _sweep_row(
+                    "decode", lambda: bench_decode(batch, context, None, None, peers=not peer_row, block_size=block_size),
+                    {"batch": batch, "context": context, "block_size": block_size})
+                peer_row = peer_row or row
+                _copy_peers(row, peer_row, ("sdpa_tbps",))
+                if "ours_tbps" in row:
+                    row["ratio_to_copy"] = row["ours_tbps"] / report["copy_tbps"]
+                    if "sdpa_tbps" in row:
+                        row["ratio_to_sdpa"] = row["ours_tbps"] / row["sdpa_tbps"]
+                report["decode"].append(row)
+        report["resources"] = (compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
+                               + compiled_resources(_decode_split_tma_kernel))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
-    if args.md and not args.sweep:
+    if args.md and not (args.sweep or args.tma_sweep):
         write_markdown(report, args.md)
     print(summary(report))
     return 0

@@ -47,18 +47,19 @@ def write_markdown(report: dict, path: str) -> None:
         "",
         f"Date {meta['date']}; torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, "
         f"cuDNN {meta['cudnn']}, Python {meta['python']}; bf16, {meta['num_heads']} query heads, "
-        f"{meta['num_kv_heads']} kv heads, paged cache block size {meta['block_size']}.",
+        f"{meta['num_kv_heads']} kv heads, paged cache block sizes "
+        f"{', '.join(str(b) for b in meta.get('block_sizes', [meta.get('block_size')]))} (page column).",
         "",
         f"Command: `{meta['command']}`",
         "",
         "## Prefill, causal (TFLOP/s; ours on paged K/V, SDPA on contiguous K/V)",
         "",
-        "| head_dim | batch × seq | ours | SDPA flash | SDPA cuDNN | ours / best peer | rel. err vs cuDNN |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| head_dim | batch × seq | page | ours | SDPA flash | SDPA cuDNN | ours / best peer | rel. err vs cuDNN |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["prefill"]:
         lines.append(
-            f"| {r['head_dim']} | {r['batch']} × {r['seq']} | {r['ours_tflops']:.0f} | "
+            f"| {r['head_dim']} | {r['batch']} × {r['seq']} | {r.get('block_size', '')} | {r['ours_tflops']:.0f} | "
             f"{r.get('sdpa_flash_tflops', float('nan')):.0f} | {r.get('sdpa_cudnn_tflops', float('nan')):.0f} | "
             f"{r.get('ratio_to_best_peer', float('nan')):.2f} | {r.get('rel_err_vs_sdpa_cudnn', float('nan')):.1e} |"
         )
@@ -67,16 +68,20 @@ def write_markdown(report: dict, path: str) -> None:
         f"## Decode, head_dim 128 (TB/s of K and V read; device copy {report['copy_tbps']:.2f} TB/s, "
         "bytes read + written)",
         "",
-        "| batch × context | splits | ours | SDPA (contiguous) | ours / SDPA | ours / copy | rel. err vs SDPA |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| batch × context | page | kernel | splits | ours | SDPA (contiguous) | ours / SDPA | ours / copy | "
+        "rel. err vs SDPA |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["decode"]:
         if "ours_tbps" not in r:
-            lines.append(f"| {r['batch']} × {r['context']} | failed: {r.get('error', '?')[:80]} | | | | | |")
+            lines.append(f"| {r['batch']} × {r['context']} | {r.get('block_size', '')} | failed: "
+                         f"{r.get('error', '?')[:80]} | | | | | | |")
             continue
         lines.append(
-            f"| {r['batch']} × {r['context']} | {r['num_splits']} | {r['ours_tbps']:.2f} | {r['sdpa_tbps']:.2f} | "
-            f"{r['ratio_to_sdpa']:.2f} | {r['ratio_to_copy']:.2f} | {r.get('rel_err_vs_sdpa', float('nan')):.1e} |"
+            f"| {r['batch']} × {r['context']} | {r.get('block_size', '')} | "
+            f"{'TMA' if r.get('config', {}).get('tma') else 'gather'} | {r['num_splits']} | {r['ours_tbps']:.2f} | "
+            f"{r.get('sdpa_tbps', float('nan')):.2f} | {r.get('ratio_to_sdpa', float('nan')):.2f} | "
+            f"{r['ratio_to_copy']:.2f} | {r.get('rel_err_vs_sdpa', float('nan')):.1e} |"
         )
     lines.append("")
     with open(path, "w") as f:

@@ -107,6 +107,22 @@ def _make_paged_cache_fixture():
     return make_paged_cache
 
 
+def poison_past_context(cache: PagedCache) -> PagedCache:
+    """NaN in every slot of a sequence's last page past its context (what a reused page may hold); in place."""
+    block_size = cache.key_cache.shape[1]
+    for i, length in enumerate(cache.context_lens.tolist()):
+        if length % block_size:
+            page = int(cache.block_tables[i, (length - 1) // block_size])
+            cache.key_cache[page, length % block_size :] = float("nan")
+            cache.value_cache[page, length % block_size :] = float("nan")
+    return cache
+
+
+@pytest.fixture(name="poison_past_context")
+def _poison_past_context_fixture():
+    return poison_past_context
+
+
 @pytest.fixture(name="relative_error")
 def _relative_error_fixture():
     return relative_error

@@ -80,3 +80,22 @@ def test_decode_rejects_bad_arguments_with_messages() -> None:
         paged_decode_attention(q, cache, cache, tables, lens, 0.1, max_context_len=8, num_splits=0)
     with pytest.raises(ValueError, match="key_cache and value_cache must have one shape"):
         paged_decode_attention(q, cache, cache[:2], tables, lens, 0.1)
+
+
+# Whole-tile TMA copies of K/V (pages of whole key tiles); the interpreter runs the tensor descriptors on CPU. Slots
+# past each context hold NaN: the tail tile copies them and must keep them out of the result.
+@pytest.mark.parametrize("num_splits", [1, 3], ids=["nosplit", "split3"])
+@pytest.mark.parametrize(("block_size", "head_dim"), [(32, 64), (64, 128)], ids=["bs32-d64", "bs64-d128"])
+def test_decode_with_tma_tiles_matches_reference(make_paged_cache, poison_past_context, relative_error, tolerance,
+                                                 device, dtype, num_splits, block_size, head_dim):
+    config = DecodeConfig(block_n=16 if device == "cpu" else 64, num_warps=4, num_stages=1 if device == "cpu" else 3,
+                          tma=True)
+    g = torch.Generator().manual_seed(block_size + num_splits)
+    context_lens = [1, 77, 130, 64]
+    cache = poison_past_context(make_paged_cache(context_lens, 2, head_dim, block_size, dtype, device, g))
+    q = torch.randn(len(context_lens), 8, head_dim, generator=g).to(dtype).to(device)
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens, head_dim**-0.5)
+    out = paged_decode_attention(*args, max_context_len=160, num_splits=num_splits, out=torch.full_like(q, float("nan")),
+                                 config=config)
+    ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    assert relative_error(out.cpu(), ref) < tolerance
