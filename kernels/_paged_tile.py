@@ -6,6 +6,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # a Triton without host-side tensor descriptors: the gather kernels serve every call
+    TensorDescriptor = None
+
 LOG2_E = 1.4426950408889634
 
 # How a tile finds its pages (a constexpr of the kernels, so the H100 sweep can compare them):
@@ -31,6 +36,31 @@ def resolve_page_loads(requested: int, device: torch.device) -> int:
     if requested not in (VECTOR_PAGES, SCALAR_PAGES, ASM_PAGES):
         raise ValueError(f"page_loads must be one of 0, 1, 2, got {requested}")
     return SCALAR_PAGES if requested == ASM_PAGES and device.type != "cuda" else requested
+
+
+def supports_tma(device: torch.device) -> bool:
+    """Tensor-descriptor copies need compute capability 9.0 or newer (the interpreter runs them on CPU too)."""
+    if TensorDescriptor is None:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return device.type == "cpu"
+
+
+def cache_tile_descriptors(key_cache: torch.Tensor, value_cache: torch.Tensor, block_n: int) -> tuple | None:
+    """Descriptors of each cache as [num_blocks * block_size, num_kv_heads * head_dim] with [block_n, head_dim]
+    boxes (tma_tile), or None where the layout does not allow whole-tile copies (the gather kernels then run)."""
+    num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
+    if TensorDescriptor is None or block_size % block_n or head_dim not in (64, 128, 256):
+        return None
+    if key_cache.stride(2) != head_dim or key_cache.stride(0) != block_size * key_cache.stride(1):
+        return None
+    if any(t.data_ptr() % 16 for t in (key_cache, value_cache)) or (key_cache.stride(1) * key_cache.element_size()) % 16:
+        return None
+    return tuple(
+        TensorDescriptor(c, [num_blocks * block_size, num_kv_heads * head_dim], [c.stride(1), 1], [block_n, head_dim])
+        for c in (key_cache, value_cache)
+    )
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -14,17 +14,13 @@ from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
     attend_paged_tile,
+    cache_tile_descriptors,
     dot_precision,
     needs_int64_offsets,
     resolve_page_loads,
+    supports_tma,
     tma_tile,
 )
-from kernels.prefill_attention import supports_tma
-
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # a Triton without host-side tensor descriptors: the gather kernel serves every call
-    TensorDescriptor = None
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -66,9 +62,8 @@ class DecodeConfig:
 def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: torch.device | None) -> bool:
     """Few (sequence, kv head) pairs on a Hopper GPU with pages of a multiple of 64 keys: split into one program per
     SM, each keeping six TMA tiles in flight (1 x 32k: 2.49 TB/s against 2.42 for the gather kernel, same run)."""
-    return (TensorDescriptor is not None and device is not None and device.type == "cuda" and block_size % 64 == 0
-            and num_seqs * num_kv_heads < DecodeConfig.no_split_programs
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+    return (device is not None and device.type == "cuda" and block_size % 64 == 0
+            and num_seqs * num_kv_heads < DecodeConfig.no_split_programs and supports_tma(device))
 
 
 def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, block_size: int = 16,
@@ -212,22 +207,6 @@ def _decode_split_tma_kernel(
         tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=g_mask)
 
 
-def decode_tma_descriptors(key_cache: torch.Tensor, value_cache: torch.Tensor, block_n: int) -> tuple | None:
-    """Descriptors of each cache as [num_blocks * block_size, num_kv_heads * head_dim] with [block_n, head_dim]
-    boxes, or None where the layout does not allow whole-tile copies."""
-    num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
-    if TensorDescriptor is None or block_size % block_n or head_dim not in (64, 128, 256):
-        return None
-    if key_cache.stride(2) != head_dim or key_cache.stride(0) != block_size * key_cache.stride(1):
-        return None
-    if any(t.data_ptr() % 16 for t in (key_cache, value_cache)) or (key_cache.stride(1) * key_cache.element_size()) % 16:
-        return None
-    return tuple(
-        TensorDescriptor(c, [num_blocks * block_size, num_kv_heads * head_dim], [c.stride(1), 1], [block_n, head_dim])
-        for c in (key_cache, value_cache)
-    )
-
-
 @triton.jit
 def _decode_reduce_kernel(
     part_out_ptr, part_lse_ptr, context_lens_ptr, out_ptr,
@@ -337,7 +316,7 @@ def paged_decode_attention(
         part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device)
     descriptors = None
     if cfg.tma and supports_tma(q.device):
-        descriptors = decode_tma_descriptors(key_cache, value_cache, cfg.block_n)
+        descriptors = cache_tile_descriptors(key_cache, value_cache, cfg.block_n)
     if descriptors is not None:
         _decode_split_tma_kernel[(num_seqs, num_kv_heads, num_splits)](
             q, *descriptors, block_tables, context_lens, out, part_out, part_lse,

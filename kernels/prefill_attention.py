@@ -12,22 +12,20 @@ import torch
 import triton
 import triton.language as tl
 
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # a Triton without host-side tensor descriptors: the gather kernel serves every call
-    TensorDescriptor = None
-
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
 from kernels._checks import check_launchable, check_same_device, check_tensor
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
+    TensorDescriptor,
     VECTOR_PAGES,
     attend_paged_tile,
     attend_paged_tile_halves,
+    cache_tile_descriptors,
     dot_precision,
     needs_int64_offsets,
     resolve_page_loads,
+    supports_tma,
     tma_tile,
 )
 
@@ -53,15 +51,6 @@ class PrefillConfig:
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two >= 16, got {value}")
-
-
-def supports_tma(device: torch.device) -> bool:
-    """Tensor-descriptor copies need compute capability 9.0 or newer (the interpreter runs them on CPU too)."""
-    if TensorDescriptor is None:
-        return False
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 9
-    return device.type == "cpu"
 
 
 def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
@@ -262,25 +251,14 @@ def _prefill_tma_kernel(
 def tma_descriptors(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_m: int, block_n: int
 ) -> tuple | None:
-    """Host descriptors of q as [num_tokens, num_heads * head_dim] and of each cache as [num_blocks * block_size,
-    num_kv_heads * head_dim], or None where the layout does not allow it (the gather kernel then runs)."""
+    """Host descriptors of q as [num_tokens, num_heads * head_dim] and of each cache (cache_tile_descriptors), or
+    None where the layout does not allow it (the gather kernel then runs)."""
     num_tokens, num_heads, head_dim = q.shape
-    num_blocks, block_size, num_kv_heads, _ = key_cache.shape
-    if TensorDescriptor is None or block_size % block_n or head_dim not in (64, 128, 256):
-        return None
-    if q.stride(1) != head_dim or key_cache.stride(2) != head_dim or key_cache.stride(0) != block_size * key_cache.stride(1):
-        return None
-    size = q.element_size()
-    if any(t.data_ptr() % 16 for t in (q, key_cache, value_cache)):
-        return None
-    if (q.stride(0) * size) % 16 or (key_cache.stride(1) * size) % 16:
+    cache_descs = cache_tile_descriptors(key_cache, value_cache, block_n)
+    if cache_descs is None or q.stride(1) != head_dim or q.data_ptr() % 16 or (q.stride(0) * q.element_size()) % 16:
         return None
     q_desc = TensorDescriptor(q, [num_tokens, num_heads * head_dim], [q.stride(0), 1], [block_m, head_dim])
-    k_desc, v_desc = (
-        TensorDescriptor(c, [num_blocks * block_size, num_kv_heads * head_dim], [c.stride(1), 1], [block_n, head_dim])
-        for c in (key_cache, value_cache)
-    )
-    return q_desc, k_desc, v_desc
+    return (q_desc, *cache_descs)
 
 
 def _check_args(
