@@ -1,7 +1,7 @@
 """Decode A/B in one process: splits merged by a second kernel against splits merged by the last split program.
 
     git show 8968ae1:kernels/decode_attention.py > bench/scratch/decode_old.py   # split kernel + merge kernel
-    python3 bench/decode_merge_ab.py out.json   # on a CUDA GPU, from the commit that added this file
+    python3 bench/decode_merge_ab.py out.json   # on a CUDA GPU, from a checkout of commit e0c022a
 
 Both versions run the same shapes on the same rotated inputs, interleaved three times; outputs are compared.
 """

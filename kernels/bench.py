@@ -27,11 +27,11 @@ from torch.nn.functional import scaled_dot_product_attention
 from kernels.bench_report import compiled_resources, write_markdown
 from kernels.decode_attention import (
     DecodeConfig,
-    DecodeWorkspace,
     _decode_split_kernel,
     _decode_split_tma_kernel,
     choose_num_splits,
     default_decode_config,
+    launch_decode_reduce,
     paged_decode_attention,
 )
 from kernels.prefill_attention import PrefillConfig, _prefill_kernel, default_prefill_config, paged_prefill_attention
@@ -149,14 +149,11 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
         split_cfg = config or default_decode_config(batch, NUM_KV_HEADS, 0, block_size, cuda)
         num_splits = choose_num_splits(batch, NUM_KV_HEADS, context, split_cfg)
     cfg = config or default_decode_config(batch, NUM_KV_HEADS, num_splits, block_size, cuda)
-    # Allocated once, as the worker does: a split launch without one would add a zero fill per call.
-    workspace = DecodeWorkspace.allocate(batch, NUM_HEADS, NUM_KV_HEADS, head_dim, num_splits, dev)
 
     def ours(item) -> Callable[[], object]:
         q, _, _, key_cache, value_cache, tables, out = item
         return lambda: paged_decode_attention(q, key_cache, value_cache, tables, lens, head_dim**-0.5,
-                                              max_context_len=context, num_splits=num_splits, out=out, config=cfg,
-                                              workspace=workspace)
+                                              max_context_len=context, num_splits=num_splits, out=out, config=cfg)
 
     row = {"batch": batch, "context": context, "block_size": block_size, "num_splits": num_splits, "config": cfg.__dict__,
            "kv_bytes": kv_bytes, "rotated_copies": copies}
@@ -168,6 +165,13 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
     ours(inputs[0])()
     ref = scaled_dot_product_attention(*dense[0], enable_gqa=True)[:, :, 0]
     row["rel_err_vs_sdpa"] = _rel_err(inputs[0][-1], ref)
+    if num_splits > 1:
+        # The merge kernel alone, on partial results of the same shape: what merging in the split kernel could save.
+        part_out = torch.randn(batch, NUM_HEADS, num_splits, head_dim, device=dev)
+        part_lse = torch.randn(batch, NUM_HEADS, num_splits, device=dev)
+        split_len = triton.cdiv(triton.cdiv(context, num_splits), cfg.block_n) * cfg.block_n
+        row["reduce_us"] = 1e3 * _graph_ms([lambda: launch_decode_reduce(part_out, part_lse, lens, inputs[0][-1],
+                                                                        split_len, cfg.pdl_merge)] * 8)
     if not peers:
         return row
     sdpa_calls = [lambda a=a: scaled_dot_product_attention(*a, enable_gqa=True) for a in dense]
@@ -239,6 +243,16 @@ PREFILL_VARIANTS = [
     (64, 128, 64, 8, 3, 2, False), (64, 128, 64, 4, 2, 2, False), (64, 64, 64, 4, 3, 2, False),
     (64, 128, 64, 8, 2, 2, False),
 ]
+# (batch, context, splits, block_n, num_warps, num_stages, page_loads, pdl_merge)
+DECODE_RUNS = [
+    (16, 4096, 4, 64, 4, 2, 2, True), (16, 4096, 4, 64, 4, 2, 2, False), (16, 4096, 2, 64, 4, 3, 2, True),
+    (16, 4096, 1, 64, 4, 3, 2, True), (16, 4096, 1, 64, 4, 4, 2, True), (16, 4096, 1, 64, 4, 5, 2, True),
+    (16, 4096, 1, 128, 4, 3, 2, True), (16, 4096, 1, 64, 8, 4, 2, True),
+    (1, 32768, 66, 64, 4, 2, 2, True), (1, 32768, 66, 64, 4, 2, 2, False), (1, 32768, 33, 64, 4, 3, 2, True),
+    (1, 32768, 66, 64, 4, 3, 0, True), (8, 32768, 8, 64, 4, 2, 2, True), (64, 4096, 1, 64, 4, 2, 2, True),
+]
+
+
 # Fourth sweep (TMA tiles; warp-specialised loops are probed by kernels/ws_probe.py):
 # (head_dim, block_size, block_m, block_n, warps, stages, tma).
 TMA_PREFILL_VARIANTS = [
@@ -266,28 +280,12 @@ def tma_sweep() -> dict:
             result["prefill"].append(_sweep_row(
                 "prefill", lambda: bench_prefill(seq, head_dim, cfg, peers=False, block_size=bs),
                 {"config": cfg.__dict__, "block_size": bs, "seq": seq}))
-    result["decode"] = [_decode_variant(*run) for run in TMA_DECODE_RUNS]
+    for batch, context, bs, splits, n, w, st, tma in TMA_DECODE_RUNS:
+        cfg = DecodeConfig(block_n=n, num_warps=w, num_stages=st, tma=tma)
+        result["decode"].append(_sweep_row(
+            "decode", lambda: bench_decode(batch, context, splits, cfg, peers=False, block_size=bs),
+            {"config": cfg.__dict__, "block_size": bs, "batch": batch, "context": context}))
     return result
-
-
-# Fifth sweep (splits merged by the last split program, no merge kernel): more splits cost little now, so
-# 16 x 4k can spread over every SM and 1 x 32k can keep deeper pipelines.
-# (batch, context, block_size, splits, block_n, warps, stages, tma)
-MERGE_DECODE_RUNS = [
-    (16, 4096, 16, 1, 128, 4, 3, False), (16, 4096, 16, 2, 64, 4, 2, False), (16, 4096, 16, 4, 64, 4, 2, False),
-    (16, 4096, 16, 4, 64, 4, 3, False), (16, 4096, 16, 8, 64, 4, 2, False), (16, 4096, 16, 2, 128, 4, 3, False),
-    (16, 4096, 64, 4, 64, 4, 2, False), (16, 4096, 64, 4, 64, 4, 3, True), (16, 4096, 64, 2, 64, 4, 6, True),
-    (1, 32768, 16, 66, 64, 4, 2, False), (1, 32768, 16, 33, 64, 4, 3, False), (1, 32768, 16, 16, 128, 4, 3, False),
-    (1, 32768, 64, 16, 64, 4, 6, True), (1, 32768, 64, 33, 64, 4, 3, True), (1, 32768, 64, 16, 64, 4, 5, True),
-    (8, 32768, 16, 8, 64, 4, 2, False), (8, 32768, 64, 2, 64, 4, 6, True), (64, 4096, 16, 1, 64, 4, 2, False),
-]
-
-
-def _decode_variant(batch: int, context: int, block_size: int, splits: int, block_n: int, warps: int, stages: int,
-                    tma: bool) -> dict:
-    cfg = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages, tma=tma)
-    return _sweep_row("decode", lambda: bench_decode(batch, context, splits, cfg, peers=False, block_size=block_size),
-                      {"config": cfg.__dict__, "block_size": block_size, "batch": batch, "context": context})
 
 
 def _sweep_row(kind: str, fn: Callable[[], dict], fallback: dict) -> dict:
@@ -305,7 +303,10 @@ def sweep() -> dict:
         cfg = PrefillConfig(block_m=m, block_n=n, num_warps=w, num_stages=st, page_loads=pl, split_rows=halves)
         result["prefill"].append(_sweep_row(
             "prefill", lambda: bench_prefill(4096, head_dim, cfg, peers=False), {"config": cfg.__dict__}))
-    result["decode"] = [_decode_variant(*run) for run in MERGE_DECODE_RUNS]
+    for batch, context, splits, n, w, st, pl, pdl in DECODE_RUNS:
+        cfg = DecodeConfig(block_n=n, num_warps=w, num_stages=st, page_loads=pl, pdl_merge=pdl)
+        result["decode"].append(_sweep_row(
+            "decode", lambda: bench_decode(batch, context, splits, cfg, peers=False), {"config": cfg.__dict__}))
     result["resources"] = compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
     return result
 
@@ -323,9 +324,9 @@ def summary(report: dict) -> str:
         c = r.get("config", {})
         lines.append(f"decode {r.get('batch')}x{r.get('context')} bs{r.get('block_size')} tma{int(bool(c.get('tma')))} "
                      f"sp{r.get('num_splits')} n{c.get('block_n')} "
-                     f"w{c.get('num_warps')} s{c.get('num_stages')} p{c.get('page_loads')}: "
+                     f"w{c.get('num_warps')} s{c.get('num_stages')} p{c.get('page_loads')} pdl{int(bool(c.get('pdl_merge')))}: "
                      f"{r.get('ours_tbps', float('nan')):.2f} TB/s err {r.get('rel_err_vs_sdpa', float('nan')):.1e} "
-                     f"{r.get('error', '')[:60]}")
+                     f"reduce {r.get('reduce_us', 0):.1f} us {r.get('error', '')[:60]}")
     for r in report.get("resources", []):
         keys = ("BLOCK_M", "BLOCK_N", "PAGE_LOADS", "SPLIT_ROWS", "HEAD_DIM")
         lines.append(f"{r['kernel']} w{r['num_warps']} s{r['num_stages']} regs {r['registers']} spills "
@@ -340,7 +341,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md", help="where to write the markdown table")
     parser.add_argument("--sweep", action="store_true", help="time tile/warp/stage/split variants instead")
     parser.add_argument("--tma-sweep", action="store_true", help="time the TMA / warp-specialised variants instead")
-    parser.add_argument("--decode-sweep", action="store_true", help="time the decode split / merge variants only")
     parser.add_argument("--overhead", action="store_true", help="time copy and decode over sizes: fixed launch cost")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -358,9 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.overhead:
         report = {"meta": meta, **overhead_series()}
         print(json.dumps(report["fits"], indent=1))
-    elif args.decode_sweep:
-        report = {"meta": meta, "copy_tbps": copy_bandwidth_tbps(), "prefill": [],
-                  "decode": [_decode_variant(*run) for run in MERGE_DECODE_RUNS]}
     elif args.tma_sweep:
         report = {"meta": meta, "copy_tbps": copy_bandwidth_tbps(), **tma_sweep()}
     elif args.sweep:
@@ -397,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                                + compiled_resources(_decode_split_tma_kernel))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
-    if args.md and not (args.sweep or args.tma_sweep or args.decode_sweep or args.overhead):
+    if args.md and not (args.sweep or args.tma_sweep or args.overhead):
         write_markdown(report, args.md)
     print(summary(report))
     return 0

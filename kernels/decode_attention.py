@@ -1,4 +1,4 @@
-"""Paged decode attention, one query token per sequence, with split-KV (flash-decoding) merged by the last split."""
+"""Paged decode attention, one query token per sequence, with split-KV (flash-decoding) and a reduction."""
 
 from __future__ import annotations
 
@@ -22,7 +22,18 @@ from kernels._paged_tile import (
     tma_tile,
 )
 
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # a Triton without grid dependency control: the merge is launched the ordinary way
+    gdc_launch_dependents = gdc_wait = None
+
 NUM_SMS_H100 = 132
+
+
+def supports_pdl(requested: bool, device: torch.device) -> bool:
+    """Programmatic dependent launch needs a compiled launch on compute capability 9.0 or newer."""
+    return (requested and gdc_wait is not None and device.type == "cuda"
+            and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,9 @@ class DecodeConfig:
     target_programs: int = 4 * NUM_SMS_H100
     min_split_len: int = 128
     page_loads: int = ASM_PAGES  # kernels/_paged_tile.py: how a tile looks up its pages
+    # Launch the merge kernel as a programmatic dependent launch (Hopper): it is scheduled while the split kernel
+    # runs and waits on the device for its results. Off: on the H100 it gained nothing (16 x 4k 2.53 vs 2.60 TB/s).
+    pdl_merge: bool = False
     # With this many (sequence, kv head) programs nearly every SM has one: no split (the merge costs ~3 us).
     no_split_programs: int = 120
     # Whole-tile K/V copies by TMA (Hopper, pages of a multiple of block_n keys): one bulk copy per tile, which
@@ -88,79 +102,26 @@ def _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mas
 
 
 @triton.jit
-def _finish_split(
-    acc, m_i, l_i, heads, g_mask, offs_d, d_mask, seq, kv_head, split, context_len, split_len, num_splits,
-    out_ptr, part_out_ptr, part_lse_ptr, done_ptr, stride_os, stride_oh, stride_ps, stride_ph,
-    QUERIES_PER_KV: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_SPLITS: tl.constexpr, MERGE_SPLITS: tl.constexpr, DIRECT: tl.constexpr,
-):
-    """Writes a split's result. The last split of a (sequence, kv head) to finish merges every split into out.
-
-    acc [BLOCK_G, BLOCK_D], m_i and l_i [BLOCK_G] are the split's online-softmax state for the group's query heads.
-    Splits store their normalised output and log-sum-exp (log2 units) in the workspace, then count themselves in
-    done_ptr[seq, kv_head]; the program that brings the count to the number of splits holding keys reads them back,
-    merges, and resets the count to zero for the next launch. No second kernel: at 1 x 32k the merge kernel cost
-    2.7-3.3 us of 54-56 us (kernels/NOTES.md)."""
-    store_mask = g_mask[:, None] & d_mask[None, :]
-    num_valid = tl.minimum(tl.cdiv(context_len, split_len), num_splits)
-    if DIRECT or num_valid == 1:
-        tl.store(out_ptr + seq.to(tl.int64) * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
-                 (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=store_mask)
-        return
-    part = seq.to(tl.int64) * stride_ps + heads * stride_ph + split  # [BLOCK_G]
-    tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc / l_i[:, None], mask=store_mask)
-    tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=g_mask)
-    # Every thread's stores precede the one counting atomic (release); its acquire orders the merge's loads after
-    # the other splits' stores, and the loads skip L1 (.cg), which is not coherent across SMs.
-    tl.debug_barrier()
-    counter = done_ptr + seq * tl.num_programs(1) + kv_head
-    if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_valid - 1:
-        offs_g = tl.arange(0, GROUP_P2)
-        g_ok = offs_g < QUERIES_PER_KV
-        group_heads = kv_head * QUERIES_PER_KV + offs_g
-        base = seq.to(tl.int64) * stride_ps + group_heads * stride_ph  # [GROUP_P2]
-        offs_k = tl.arange(0, BLOCK_SPLITS)
-        lse = tl.load(part_lse_ptr + base[:, None] + offs_k[None, :],
-                      mask=g_ok[:, None] & (offs_k < num_valid)[None, :], other=float("-inf"),
-                      cache_modifier=".cg")  # [GROUP_P2, BLOCK_SPLITS]
-        lse_max = tl.where(g_ok, tl.max(lse, axis=1), 0.0)
-        total = tl.sum(tl.math.exp2(lse - lse_max[:, None]), axis=1)  # [GROUP_P2]
-        merged = tl.zeros([GROUP_P2, BLOCK_D], dtype=tl.float32)
-        # MERGE_SPLITS splits of every head per step: [GROUP_P2, MERGE_SPLITS, BLOCK_D] is 64 registers a thread.
-        for k0 in range(0, num_valid, MERGE_SPLITS):
-            ks = k0 + tl.arange(0, MERGE_SPLITS)
-            ok = g_ok[:, None] & (ks < num_valid)[None, :]  # [GROUP_P2, MERGE_SPLITS]
-            rows = base[:, None] + ks[None, :]
-            weight = tl.math.exp2(tl.load(part_lse_ptr + rows, mask=ok, other=float("-inf"), cache_modifier=".cg")
-                                  - lse_max[:, None])
-            parts = tl.load(part_out_ptr + rows[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                            mask=ok[:, :, None] & d_mask[None, None, :], other=0.0, cache_modifier=".cg")
-            merged += tl.sum(parts * weight[:, :, None], axis=1)
-        tl.store(out_ptr + seq.to(tl.int64) * stride_os + group_heads[:, None] * stride_oh + offs_d[None, :],
-                 (merged / total[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & d_mask[None, :])
-        tl.atomic_xchg(counter, 0)
-
-
-@triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-    done_ptr, qk_scale_log2, split_len, num_splits,
+    qk_scale_log2, split_len,
     stride_qs, stride_qh, stride_os, stride_oh,
     stride_cb, stride_cs, stride_ch, stride_bt,
-    stride_ps, stride_ph,
-    QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr,
-    BLOCK_SPLITS: tl.constexpr, MERGE_SPLITS: tl.constexpr,
+    stride_ps, stride_ph, stride_pk,
+    QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     # One program per (sequence, kv head, split): the kv head's query heads share every K/V tile it loads.
+    if USE_GDC:
+        gdc_launch_dependents()  # the merge kernel may be scheduled now; it waits for this grid on the device
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     context_len = tl.load(context_lens_ptr + seq)
     kv_start = split * split_len
     if kv_start >= context_len:
-        return  # no keys here: the merge counts only splits that hold keys
+        return  # the reduction ignores splits past the sequence's length
     kv_end = tl.minimum(kv_start + split_len, context_len)
 
     offs_d = tl.arange(0, BLOCK_D)
@@ -187,20 +148,28 @@ def _decode_split_kernel(
             full_end, kv_end, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
             BLOCK_N, PAGE_SIZE, EVEN_D, True, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
         )
-    _finish_split(acc, m_i, l_i, heads, g_mask, offs_d, d_mask, seq, kv_head, split, context_len, split_len,
-                  num_splits, out_ptr, part_out_ptr, part_lse_ptr, done_ptr, stride_os, stride_oh, stride_ps,
-                  stride_ph, QUERIES_PER_KV, GROUP_P2, HEAD_DIM, BLOCK_D, BLOCK_SPLITS, MERGE_SPLITS, DIRECT)
+    acc = acc / l_i[:, None]
+    store_mask = g_mask[:, None] & d_mask[None, :]
+    if DIRECT:
+        tl.store(
+            out_ptr + seq.to(tl.int64) * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
+            acc.to(out_ptr.dtype.element_ty), mask=store_mask,
+        )
+    else:
+        part = seq.to(tl.int64) * stride_ps + heads * stride_ph + split * stride_pk  # [BLOCK_G]
+        tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=store_mask)
+        # Log-sum-exp of the split's scores, in log2 units.
+        tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=g_mask)
 
 
 @triton.jit
 def _decode_split_tma_kernel(
     q_ptr, k_desc, v_desc, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-    done_ptr, qk_scale_log2, split_len, num_splits,
+    qk_scale_log2, split_len,
     stride_qs, stride_qh, stride_os, stride_oh, stride_bt,
-    stride_ps, stride_ph,
-    QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+    stride_ps, stride_ph, stride_pk,
+    QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_SPLITS: tl.constexpr, MERGE_SPLITS: tl.constexpr,
 ):
     """_decode_split_kernel with each [BLOCK_N, HEAD_DIM] K/V tile copied whole by TMA from one page of the cache
     viewed as [num_blocks * PAGE_SIZE, num_kv_heads * HEAD_DIM] (PAGE_SIZE % BLOCK_N == 0)."""
@@ -210,11 +179,10 @@ def _decode_split_tma_kernel(
     context_len = tl.load(context_lens_ptr + seq)
     kv_start = split * split_len
     if kv_start >= context_len:
-        return  # no keys here: the merge counts only splits that hold keys
+        return  # the reduction ignores splits past the sequence's length
     kv_end = tl.minimum(kv_start + split_len, context_len)
     offs_d = tl.arange(0, HEAD_DIM)
-    d_mask = offs_d < HEAD_DIM
-    q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mask,
+    q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, offs_d < HEAD_DIM,
                                            QUERIES_PER_KV, BLOCK_G)
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     kv_col = kv_head * HEAD_DIM
@@ -229,44 +197,56 @@ def _decode_split_tma_kernel(
     if full_end < kv_end:
         acc, m_i, l_i = tma_tile(acc, m_i, l_i, q, k_desc, v_desc, table_row_ptr, full_end, kv_col, kv_end,
                                   query_pos, qk_scale_log2, BLOCK_N, PAGE_SIZE, True, False, DOT_PRECISION)
-    _finish_split(acc, m_i, l_i, heads, g_mask, offs_d, d_mask, seq, kv_head, split, context_len, split_len,
-                  num_splits, out_ptr, part_out_ptr, part_lse_ptr, done_ptr, stride_os, stride_oh, stride_ps,
-                  stride_ph, QUERIES_PER_KV, GROUP_P2, HEAD_DIM, HEAD_DIM, BLOCK_SPLITS, MERGE_SPLITS, DIRECT)
+    acc = acc / l_i[:, None]
+    if DIRECT:
+        tl.store(out_ptr + seq.to(tl.int64) * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
+    else:
+        part = seq.to(tl.int64) * stride_ps + heads * stride_ph + split * stride_pk  # [BLOCK_G]
+        tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=g_mask[:, None])
+        tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=g_mask)
 
 
-@dataclass(frozen=True)
-class DecodeWorkspace:
-    """Scratch of split launches, allocated once by the caller so a CUDA graph replays without allocating.
+@triton.jit
+def _decode_reduce_kernel(
+    part_out_ptr, part_lse_ptr, context_lens_ptr, out_ptr,
+    split_len, num_splits,
+    stride_ps, stride_ph, stride_pk, stride_os, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, USE_GDC: tl.constexpr,
+):
+    if USE_GDC:
+        gdc_wait()  # the split kernel's results are complete and visible past this point
+    seq = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    context_len = tl.load(context_lens_ptr + seq)
+    num_valid = tl.minimum((context_len + split_len - 1) // split_len, num_splits)
+    offs_k = tl.arange(0, BLOCK_SPLITS)
+    k_mask = offs_k < num_valid
+    part = seq * stride_ps + head * stride_ph + offs_k * stride_pk  # [BLOCK_SPLITS]
+    lse = tl.load(part_lse_ptr + part, mask=k_mask, other=float("-inf"))
+    weights = tl.math.exp2(lse - tl.max(lse, axis=0))
+    weights = tl.where(k_mask, weights, 0.0)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    parts = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=k_mask[:, None] & d_mask[None, :],
+                    other=0.0)  # [BLOCK_SPLITS, BLOCK_D]
+    result = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
+    tl.store(out_ptr + seq * stride_os + head * stride_oh + offs_d, result.to(out_ptr.dtype.element_ty), mask=d_mask)
 
-    part_out [max_seqs, num_heads, max_splits, head_dim] and part_lse [max_seqs, num_heads, max_splits] (fp32)
-    hold each split's result; done [max_seqs, num_kv_heads] int32 counts finished splits and is zero between
-    launches (the merging program resets it). One workspace serves every layer: launches on one stream run in turn.
-    """
 
-    part_out: torch.Tensor
-    part_lse: torch.Tensor
-    done: torch.Tensor
-
-    @classmethod
-    def allocate(cls, max_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int, max_splits: int,
-                 device: torch.device | str) -> "DecodeWorkspace":
-        return cls(
-            part_out=torch.empty((max_seqs, num_heads, max_splits, head_dim), dtype=torch.float32, device=device),
-            part_lse=torch.empty((max_seqs, num_heads, max_splits), dtype=torch.float32, device=device),
-            done=torch.zeros((max_seqs, num_kv_heads), dtype=torch.int32, device=device),
-        )
-
-    def check(self, num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int, num_splits: int,
-              device: torch.device) -> None:
-        max_seqs, heads, max_splits, dim = self.part_out.shape
-        if (heads, dim, self.done.shape[1]) != (num_heads, head_dim, num_kv_heads):
-            raise ValueError(f"decode workspace is for {heads} heads, {self.done.shape[1]} kv heads, head_dim {dim}; "
-                             f"the call has {num_heads}, {num_kv_heads}, {head_dim}")
-        if num_seqs > max_seqs or num_splits > max_splits:
-            raise ValueError(f"decode workspace holds {max_seqs} sequences x {max_splits} splits; the call needs "
-                             f"{num_seqs} x {num_splits}")
-        if self.part_out.device != device:
-            raise ValueError(f"decode workspace is on {self.part_out.device}, the call on {device}")
+def launch_decode_reduce(
+    part_out: torch.Tensor, part_lse: torch.Tensor, context_lens: torch.Tensor, out: torch.Tensor, split_len: int,
+    pdl: bool = False,
+) -> None:
+    """Merges split results part_out [num_seqs, num_heads, num_splits, head_dim] and part_lse [num_seqs, num_heads,
+    num_splits] (fp32, log2 units) into out [num_seqs, num_heads, head_dim]."""
+    num_seqs, num_heads, num_splits, head_dim = part_out.shape
+    _decode_reduce_kernel[(num_seqs, num_heads)](
+        part_out, part_lse, context_lens, out, split_len, num_splits,
+        num_heads * num_splits, num_splits, 1, out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_SPLITS=triton.next_power_of_2(num_splits),
+        USE_GDC=pdl, num_warps=4, **({"launch_pdl": True} if pdl else {}),
+    )
 
 
 def _check_args(
@@ -302,12 +282,10 @@ def paged_decode_attention(
     out: torch.Tensor | None = None,
     *,
     config: DecodeConfig | None = None,
-    workspace: DecodeWorkspace | None = None,
 ) -> torch.Tensor:
     """q: [num_seqs, num_heads, head_dim] at position context_lens[i] - 1; caches: [num_blocks, block_size,
     num_kv_heads, head_dim]; block_tables: [num_seqs, max_blocks] int32; context_lens: [num_seqs] int32.
-    With max_context_len and num_splits given the call never syncs (CUDA-graph safe); a split launch without a
-    workspace allocates one (a zero fill per call)."""
+    With max_context_len and num_splits given the call never syncs (CUDA-graph safe)."""
     num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
         q, key_cache, value_cache, block_tables, context_lens, out
     )
@@ -329,42 +307,42 @@ def paged_decode_attention(
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
     direct = num_splits == 1
+    pdl = not direct and supports_pdl(cfg.pdl_merge, q.device)
     if direct:
-        part_out, part_lse, done = out, out, context_lens  # unused
+        part_out, part_lse = out, out  # unused
     else:
-        if workspace is None:
-            workspace = DecodeWorkspace.allocate(num_seqs, num_heads, num_kv_heads, head_dim, num_splits, q.device)
-        workspace.check(num_seqs, num_heads, num_kv_heads, head_dim, num_splits, q.device)
-        part_out, part_lse, done = workspace.part_out, workspace.part_lse, workspace.done
-    group_p2 = triton.next_power_of_2(group)
-    common = dict(
-        QUERIES_PER_KV=group, BLOCK_G=max(16, group_p2), GROUP_P2=group_p2, HEAD_DIM=head_dim,
-        BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
-        BLOCK_SPLITS=triton.next_power_of_2(num_splits), MERGE_SPLITS=max(1, 64 // group_p2),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    grid = (num_seqs, num_kv_heads, num_splits)
+        # [num_seqs, num_heads, num_splits, head_dim] and [num_seqs, num_heads, num_splits], fp32.
+        part_out = torch.empty((num_seqs, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device)
     descriptors = None
     if cfg.tma and supports_tma(q.device):
         descriptors = cache_tile_descriptors(key_cache, value_cache, cfg.block_n)
     if descriptors is not None:
-        _decode_split_tma_kernel[grid](
-            q, *descriptors, block_tables, context_lens, out, part_out, part_lse, done,
-            scale * LOG2_E, split_len, num_splits,
+        _decode_split_tma_kernel[(num_seqs, num_kv_heads, num_splits)](
+            q, *descriptors, block_tables, context_lens, out, part_out, part_lse,
+            scale * LOG2_E, split_len,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-            part_lse.stride(0), part_lse.stride(1) if not direct else 1,
-            **common,
+            num_heads * num_splits, num_splits, 1,
+            QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+            BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
+        if not direct:
+            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, False)
         return out
-    _decode_split_kernel[grid](
-        q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse, done,
-        scale * LOG2_E, split_len, num_splits,
+    _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
+        scale * LOG2_E, split_len,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
-        part_lse.stride(0), part_lse.stride(1) if not direct else 1,
-        BLOCK_D=block_d, INT64_OFFSETS=needs_int64_offsets(key_cache),
-        PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device), **common,
+        num_heads * num_splits, num_splits, 1,
+        QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
+        INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device),
+        USE_GDC=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    if not direct:
+        launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
     return out
 
 
@@ -380,7 +358,6 @@ def paged_decode_attention_ref(
     out: torch.Tensor | None = None,
     *,
     config: DecodeConfig | None = None,
-    workspace: DecodeWorkspace | None = None,
 ) -> torch.Tensor:
     """Plain torch version of paged_decode_attention (same arguments; fp32 math)."""
     num_seqs = _check_args(q, key_cache, value_cache, block_tables, context_lens, out)[0]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One run on a GPU machine: compiled kernel tests (bf16), optionally a variant sweep, then the benchmark.
-# Usage: OUT=dir [SWEEP=1] [TMA_SWEEP=1] [DECODE_SWEEP=1] [GLUON=1] [BENCH=0] [TESTS_K=expr] bash kernels/gpu_check.sh   (run from the repository root)
+# Usage: OUT=dir [SWEEP=1] [TMA_SWEEP=1] [GLUON=1] [BENCH=0] [TESTS_K=expr] bash kernels/gpu_check.sh   (run from the repository root)
 set -o pipefail
 export PYTHONPATH=.:protos PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to a results folder}
@@ -11,10 +11,6 @@ timeout ${TESTS_TIMEOUT:-200} python3 -m pytest -m gpu tests/kernels -q -p no:ca
   | tee "$OUT/kernels_gpu_tests.log"
 if [ "${TMA_SWEEP:-0}" = 1 ]; then
   timeout 400 python3 -m kernels.bench --tma-sweep --json "$OUT/kernels_tma_sweep.json" 2>&1 | tee "$OUT/kernels_tma_sweep.log"
-fi
-if [ "${DECODE_SWEEP:-0}" = 1 ]; then
-  timeout 300 python3 -m kernels.bench --decode-sweep --json "$OUT/kernels_decode_sweep.json" 2>&1 \
-    | tee "$OUT/kernels_decode_sweep.log"
 fi
 if [ "${GLUON:-0}" = 1 ]; then
   timeout 420 python3 -m kernels.gluon_check --out "$OUT" 2>&1 | tee "$OUT/gluon_check.log"

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from kernels.decode_attention import DecodeWorkspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +32,6 @@ class AttentionMetadata:
     max_context_len: int
     # Decode kernel split count; None lets the kernel choose (graphs fix it at capture).
     decode_num_splits: int | None = None
-    # Split results and merge counters of the decode kernel, owned by whoever replays the step (CUDA graphs);
-    # None lets each split launch allocate its own.
-    decode_workspace: DecodeWorkspace | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -7,9 +7,8 @@ a static logits buffer (the model's dtype) and the rows' argmax (the greedy toke
 nothing on the host but reading the token ids back. Padding rows write nowhere (slot -1) and attend to one entry.
 
 The decode attention kernel's split count is fixed at capture. A graph for contexts up to max_model_len splits
-each sequence across the chip (the last split of each sequence and kv head merges them, through one workspace
-that every layer and graph shares); short contexts get their own graph with one split, so the idle split
-programs disappear.
+each sequence across the chip (and merges the splits in a second kernel); short contexts get their own graph
+with one split, so the merge kernel and the idle split programs disappear.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels.decode_attention import DecodeConfig, DecodeWorkspace, choose_num_splits
+from kernels.decode_attention import DecodeConfig, choose_num_splits
 from services.worker.attention_metadata import AttentionMetadata, SeqChunk
 from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs
 from services.worker.kv_cache import KVCache
@@ -60,10 +59,6 @@ class DecodeGraphs:
         self.max_blocks = -(-max_model_len // kv_cache.block_size)
         device = kv_cache.data.device
         n = self.buckets[-1]
-        max_splits = max(splits for contexts in self.contexts.values() for _, splits in contexts)
-        cfg = model.cfg
-        self.workspace = (DecodeWorkspace.allocate(n, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, max_splits, device)
-                          if max_splits > 1 else None)
         size = DecodeInputs.size(n, self.max_blocks)
         self.staging = torch.zeros(size, dtype=torch.int32, pin_memory=True)
         self.inputs = DecodeInputs(self.staging.numpy(), n, self.max_blocks, kv_cache.block_size)
@@ -101,7 +96,6 @@ class DecodeGraphs:
             max_query_len=1,
             max_context_len=max_context_len,  # an upper bound: the graph must not depend on the batch
             decode_num_splits=num_splits,
-            decode_workspace=self.workspace,
         )
 
     def _forward(self, bs: int, max_context_len: int, num_splits: int) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernels import paged_decode_attention, paged_decode_attention_ref
-from kernels.decode_attention import DecodeConfig, DecodeWorkspace, choose_num_splits
+from kernels.decode_attention import DecodeConfig, choose_num_splits
 
 SHAPES = [(64, 16, 1, 2), (128, 32, 4, 1), (64, 32, 8, 1), (128, 16, 8, 2)]
 CPU_CONFIG = DecodeConfig(block_n=32, num_warps=4, num_stages=1)
@@ -49,40 +49,6 @@ def test_decode_with_fixed_launch_shape_serves_other_context_lengths(make_paged_
                                  config=_config(device))
     ref2 = paged_decode_attention_ref(q.cpu(), kc.cpu(), vc.cpu(), tables.cpu(), shorter.cpu(), scale)
     assert relative_error(out.cpu(), ref2) < tolerance
-
-
-def test_last_split_merges_and_leaves_the_workspace_counters_at_zero_for_the_next_launch(
-        make_paged_cache, relative_error, tolerance, device, dtype):
-    # One workspace, several launches (as one CUDA graph replays every layer): each (sequence, kv head) counts its
-    # finished splits, the last one merges and resets the count, so the next launch starts from zero. Sequence 1
-    # fits in one split and is stored directly without counting; sequence 2 fills all five.
-    shape = (64, 16, 4, 2)
-    g = torch.Generator().manual_seed(11)
-    cache = make_paged_cache([100, 20, 300], 2, 64, 16, dtype, device, g)
-    workspace = DecodeWorkspace.allocate(4, 8, 2, 64, 6, device)
-    scale = 64**-0.5
-    for step in range(3):
-        q = torch.randn(3, 8, 64, generator=g).to(dtype).to(device)
-        args = (q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens, scale)
-        out = paged_decode_attention(*args, max_context_len=300, num_splits=5, config=_config(device),
-                                     workspace=workspace)
-        ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
-        assert relative_error(out.cpu(), ref) < tolerance, f"launch {step}"
-        assert workspace.done.cpu().tolist() == [[0, 0]] * 4
-
-
-def test_decode_rejects_a_workspace_too_small_for_the_launch() -> None:
-    q = torch.randn(2, 4, 64)
-    cache = torch.randn(3, 16, 2, 64)
-    tables = torch.zeros(2, 3, dtype=torch.int32)
-    lens = torch.tensor([4, 5], dtype=torch.int32)
-    small = DecodeWorkspace.allocate(1, 4, 2, 64, 4, "cpu")
-    with pytest.raises(ValueError, match="holds 1 sequences x 4 splits; the call needs 2 x 2"):
-        paged_decode_attention(q, cache, cache, tables, lens, 0.1, max_context_len=8, num_splits=2, workspace=small)
-    other_heads = DecodeWorkspace.allocate(2, 8, 2, 64, 4, "cpu")
-    with pytest.raises(ValueError, match="workspace is for 8 heads, 2 kv heads, head_dim 64"):
-        paged_decode_attention(q, cache, cache, tables, lens, 0.1, max_context_len=8, num_splits=2,
-                               workspace=other_heads)
 
 
 def test_decode_chooses_its_own_splits_when_not_given(make_paged_cache, relative_error, tolerance, device, dtype):

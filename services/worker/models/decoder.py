@@ -96,7 +96,6 @@ class Attention(nn.Module):
             out = ops.decode_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
                 max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits,
-                workspace=meta.decode_workspace,
             )
         else:
             out = ops.prefill_attention(
