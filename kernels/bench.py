@@ -35,6 +35,7 @@ from kernels.decode_attention import (
     paged_decode_attention,
 )
 from kernels.prefill_attention import PrefillConfig, _prefill_kernel, default_prefill_config, paged_prefill_attention
+from kernels.prefill_gluon import paged_prefill_attention_hopper, supports_hopper_prefill
 
 NUM_HEADS, NUM_KV_HEADS, BLOCK_SIZE = 32, 8, 16
 PREFILL_TOKENS = 16384
@@ -82,7 +83,7 @@ def _paged_copy(k: torch.Tensor, v: torch.Tensor, gen: torch.Generator,
 
 
 def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: bool, check: bool = True,
-                  block_size: int = BLOCK_SIZE) -> dict:
+                  block_size: int = BLOCK_SIZE, gluon: bool = False) -> dict:
     batch = max(1, PREFILL_TOKENS // seq)
     gen = torch.Generator().manual_seed(seq + head_dim)
     dev, dt = "cuda", torch.bfloat16
@@ -93,27 +94,36 @@ def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: 
     starts = torch.arange(0, batch * seq + 1, seq, dtype=torch.int32, device=dev)
     lens = torch.full((batch,), seq, dtype=torch.int32, device=dev)
     q_packed = q.reshape(batch * seq, NUM_HEADS, head_dim)
-    out = torch.full_like(q_packed, float("nan"))  # poisoned: the error check sees unwritten rows
+    out = torch.empty_like(q_packed)
     cfg = config or default_prefill_config(head_dim, block_size)
 
     def ours() -> None:
         paged_prefill_attention(q_packed, key_cache, value_cache, tables, starts, lens, head_dim**-0.5,
                                 causal=True, max_query_len=seq, out=out, config=cfg)
 
+    def hopper() -> None:  # the Gluon Hopper kernel (kernels/prefill_gluon.py) on the same paged inputs
+        paged_prefill_attention_hopper(q_packed, key_cache, value_cache, tables, starts, lens, head_dim**-0.5,
+                                       causal=True, max_query_len=seq, out=out)
+
     flops = 4.0 * batch * NUM_HEADS * head_dim * seq * (seq + 1) / 2
-    ours()
-    torch.cuda.synchronize()
     group = NUM_HEADS // NUM_KV_HEADS
     # SDPA gets contiguous [batch, heads, seq, d] inputs with K/V expanded to every query head.
     qs, ks, vs = (t.transpose(1, 2).contiguous() for t in (q, k.repeat_interleave(group, 2),
                                                            v.repeat_interleave(group, 2)))
     row = {"batch": batch, "seq": seq, "head_dim": head_dim, "block_size": block_size, "config": cfg.__dict__}
-    if check:
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            ref = scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-        row["rel_err_vs_flash"] = _rel_err(out.view(batch, seq, NUM_HEADS, head_dim).transpose(1, 2), ref)
-        del ref
-    row["ours_tflops"] = flops / _median_ms(ours) / 1e9
+    kernels = [("ours", ""), ("gluon", "gluon_")] if gluon and supports_hopper_prefill(q_packed, key_cache,
+                                                                                        value_cache) else [("ours", "")]
+    for name, prefix in kernels:
+        fn = ours if name == "ours" else hopper
+        out.fill_(float("nan"))  # poisoned: the error check sees unwritten rows
+        fn()
+        torch.cuda.synchronize()
+        if check:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                ref = scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+            row[f"{prefix}rel_err_vs_flash"] = _rel_err(out.view(batch, seq, NUM_HEADS, head_dim).transpose(1, 2), ref)
+            del ref
+        row[f"{name}_tflops"] = flops / _median_ms(fn) / 1e9
     if not peers:
         return row
     for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
@@ -369,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             for seq in PREFILL_SEQS:
                 peer_row: dict = {}
                 for block_size in PAGE_SIZES:
-                    row = bench_prefill(seq, head_dim, None, peers=not peer_row, block_size=block_size)
+                    row = bench_prefill(seq, head_dim, None, peers=not peer_row, block_size=block_size, gluon=True)
                     peer_row = peer_row or row
                     _copy_peers(row, peer_row, ("sdpa_flash_tflops", "sdpa_cudnn_tflops", "rel_err_vs_sdpa_cudnn"))
                     peers_seen = [row[k] for k in ("sdpa_flash_tflops", "sdpa_cudnn_tflops") if k in row]

@@ -300,11 +300,19 @@ def paged_prefill_attention(
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; caches: [num_blocks, block_size, num_kv_heads, head_dim];
     block_tables: [num_seqs, max_blocks] int32; query_start_loc: [num_seqs + 1] int32; context_lens: [num_seqs]
-    int32. Returns [num_tokens, num_heads, head_dim] in q's dtype."""
+    int32. Returns [num_tokens, num_heads, head_dim] in q's dtype. Without a config, head_dim 128 on Hopper runs
+    the Gluon kernel (kernels/prefill_gluon.py); a config always selects this module's Triton kernel."""
     num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
         q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
     )
     check_launchable(q.device)
+    if config is None and head_dim == 128 and q.device.type == "cuda":
+        # Hopper: the Gluon kernel (kernels/prefill_gluon.py), faster at d128; at d64 this kernel is.
+        from kernels.prefill_gluon import paged_prefill_attention_hopper, supports_hopper_prefill
+
+        if supports_hopper_prefill(q, key_cache, value_cache):
+            return paged_prefill_attention_hopper(q, key_cache, value_cache, block_tables, query_start_loc,
+                                                  context_lens, scale, causal, max_query_len, out)
     if out is None:
         out = torch.empty_like(q)
     if q.shape[0] == 0 or num_seqs == 0:
