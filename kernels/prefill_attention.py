@@ -308,11 +308,11 @@ def paged_prefill_attention(
     check_launchable(q.device)
     if config is None and head_dim == 128 and q.device.type == "cuda":
         # Hopper: the Gluon kernel (kernels/prefill_gluon.py), faster at d128; at d64 this kernel is.
-        from kernels.prefill_gluon import paged_prefill_attention_hopper, supports_hopper_prefill
+        from kernels.prefill_gluon import hopper_prefill_unsupported_reason, launch_hopper_prefill
 
-        if supports_hopper_prefill(q, key_cache, value_cache):
-            return paged_prefill_attention_hopper(q, key_cache, value_cache, block_tables, query_start_loc,
-                                                  context_lens, scale, causal, max_query_len, out)
+        if hopper_prefill_unsupported_reason(q, key_cache, value_cache) is None:
+            return launch_hopper_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens,
+                                         scale, causal, max_query_len, out, num_seqs, num_heads, num_kv_heads)
     if out is None:
         out = torch.empty_like(q)
     if q.shape[0] == 0 or num_seqs == 0:

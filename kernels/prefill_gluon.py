@@ -368,7 +368,7 @@ if gluon is not None:
 def hopper_prefill_unsupported_reason(
     q: torch.Tensor,
     key_cache: torch.Tensor,
-    value_cache: torch.Tensor | None = None,
+    value_cache: torch.Tensor,
     config: HopperPrefillConfig | None = None,
 ) -> str | None:
     """Why the Gluon kernel cannot serve these tensors (None when it can): Gluon missing, not an sm_90 CUDA device,
@@ -414,7 +414,7 @@ def hopper_prefill_unsupported_reason(
 def supports_hopper_prefill(
     q: torch.Tensor,
     key_cache: torch.Tensor,
-    value_cache: torch.Tensor | None = None,
+    value_cache: torch.Tensor,
     config: HopperPrefillConfig | None = None,
 ) -> bool:
     """True only on an sm_90 CUDA device with Gluon importable and a layout the kernel's TMA copies can read."""
@@ -460,12 +460,35 @@ def paged_prefill_attention_hopper(
     block_tables: [num_seqs, max_blocks] int32; query_start_loc: [num_seqs + 1] int32; context_lens: [num_seqs]
     int32. Raises ValueError for inconsistent arguments and RuntimeError where the kernel cannot run
     (supports_hopper_prefill)."""
-    num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
+    num_seqs, num_heads, num_kv_heads, _, _ = _check_args(
         q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
     )
     reason = hopper_prefill_unsupported_reason(q, key_cache, value_cache, config)
     if reason is not None:
         raise RuntimeError(f"paged_prefill_attention_hopper: {reason}")
+    return launch_hopper_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale, causal,
+                                 max_query_len, out, num_seqs, num_heads, num_kv_heads, config)
+
+
+def launch_hopper_prefill(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    causal: bool,
+    max_query_len: int | None,
+    out: torch.Tensor | None,
+    num_seqs: int,
+    num_heads: int,
+    num_kv_heads: int,
+    config: HopperPrefillConfig | None = None,
+) -> torch.Tensor:
+    """The launch itself, for callers that already checked the arguments (_check_args) and that the kernel can run
+    (hopper_prefill_unsupported_reason is None): paged_prefill_attention's dispatch checks once, not twice."""
+    head_dim, block_size = q.shape[2], key_cache.shape[1]
     if out is None:
         out = torch.empty_like(q)
     if q.shape[0] == 0 or num_seqs == 0:
