@@ -24,7 +24,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
-from kernels.bench_report import compiled_resources, write_markdown
+from kernels.bench_report import GLUON_ALTERNATIVE_NAMES, compiled_resources, write_markdown
 from kernels.decode_attention import (
     DecodeConfig,
     _decode_split_kernel,
@@ -35,11 +35,18 @@ from kernels.decode_attention import (
     paged_decode_attention,
 )
 from kernels.prefill_attention import PrefillConfig, _prefill_kernel, default_prefill_config, paged_prefill_attention
-from kernels.prefill_gluon import paged_prefill_attention_hopper, supports_hopper_prefill
+from kernels.prefill_gluon import HopperPrefillConfig, paged_prefill_attention_hopper, supports_hopper_prefill
 
 NUM_HEADS, NUM_KV_HEADS, BLOCK_SIZE = 32, 8, 16
 PREFILL_TOKENS = 16384
 PREFILL_SEQS = (1024, 2048, 4096, 8192, 16384)
+# Gluon prefill schedules timed beside the default one (kernels/prefill_gluon.py, prefill_gluon_pingpong.py).
+GLUON_ALTERNATIVES = dict(zip(GLUON_ALTERNATIVE_NAMES, (
+    HopperPrefillConfig(schedule="independent", persistent=True),
+    HopperPrefillConfig(schedule="pingpong", persistent=True),
+    HopperPrefillConfig(schedule="independent", persistent=False),
+    HopperPrefillConfig(schedule="cooperative", persistent=False),
+), strict=True))
 PAGE_SIZES = (16, 64)  # the worker's default page, and pages of whole 64-key tiles (TMA decode)
 DECODE_SHAPES = ((1, 4096), (16, 4096), (64, 4096), (256, 4096), (8, 32768), (1, 32768))
 ROTATE_BYTES = 512 * 2**20  # decode inputs rotate over at least this much memory (L2 is 50 MB)
@@ -101,9 +108,11 @@ def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: 
         paged_prefill_attention(q_packed, key_cache, value_cache, tables, starts, lens, head_dim**-0.5,
                                 causal=True, max_query_len=seq, out=out, config=cfg)
 
-    def hopper() -> None:  # the Gluon Hopper kernel (kernels/prefill_gluon.py) on the same paged inputs
-        paged_prefill_attention_hopper(q_packed, key_cache, value_cache, tables, starts, lens, head_dim**-0.5,
-                                       causal=True, max_query_len=seq, out=out)
+    def hopper(config: HopperPrefillConfig | None = None) -> Callable[[], object]:
+        """The Gluon Hopper kernel (kernels/prefill_gluon.py) on the same paged inputs; None: its default config."""
+        return lambda: paged_prefill_attention_hopper(q_packed, key_cache, value_cache, tables, starts, lens,
+                                                      head_dim**-0.5, causal=True, max_query_len=seq, out=out,
+                                                      config=config)
 
     flops = 4.0 * batch * NUM_HEADS * head_dim * seq * (seq + 1) / 2
     group = NUM_HEADS // NUM_KV_HEADS
@@ -113,7 +122,9 @@ def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: 
     row = {"batch": batch, "seq": seq, "head_dim": head_dim, "block_size": block_size, "config": cfg.__dict__}
     kernels = [("ours", "", ours)]
     if gluon and supports_hopper_prefill(q_packed, key_cache, value_cache):
-        kernels.append(("gluon", "gluon_", hopper))
+        kernels.append(("gluon", "gluon_", hopper()))
+        # The other Gluon schedules, timed in the same run as the default (an A/B, kernels/NOTES.md v7).
+        kernels += [(f"gluon_{name}", f"gluon_{name}_", hopper(cfg)) for name, cfg in GLUON_ALTERNATIVES.items()]
     for name, prefix, fn in kernels:
         out.fill_(float("nan"))  # poisoned: the error check sees unwritten rows
         fn()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Gluon prefill schedules timed beside the default one (kernels/bench.py GLUON_ALTERNATIVES), in table order.
+GLUON_ALTERNATIVE_NAMES = ("independent", "pingpong", "independent_grid", "cooperative")
+
 
 def _constexprs(jit_function: object, kernel: object) -> dict:
     """The compile-time arguments a compiled variant was built for (names from the jit function)."""
@@ -54,18 +57,24 @@ def write_markdown(report: dict, path: str) -> None:
         "",
         "## Prefill, causal (TFLOP/s; ours on paged K/V, SDPA on contiguous K/V)",
         "",
-        "Ours: the Triton kernel (kernels/prefill_attention.py); Gluon: the Hopper kernel (kernels/prefill_gluon.py).",
+        "Ours: the Triton kernel (kernels/prefill_attention.py); Gluon: the Hopper kernel at its default config "
+        "(kernels/prefill_gluon.py), what `paged_prefill_attention` runs on sm_90 (head dims 64 and 128). Other Gluon "
+        "schedules, same run: independent warpgroups / ping-pong turns (both persistent) / independent warpgroups "
+        "with one program per block / cooperative (both warpgroups in one partition, the previous default).",
         "",
-        "| head_dim | batch × seq | page | ours (Triton) | ours (Gluon) | SDPA flash | SDPA cuDNN | Triton / best peer "
-        "| Gluon / best peer | rel. err vs cuDNN (Gluon's output where timed) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| head_dim | batch × seq | page | ours (Triton) | ours (Gluon) | Gluon: independent / pingpong / "
+        "independent grid / cooperative | SDPA flash | SDPA cuDNN | Triton / best peer | Gluon / best peer | "
+        "rel. err vs cuDNN (last kernel timed) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     nan = float("nan")
     for r in report["prefill"]:
         best = max((r[k] for k in ("sdpa_flash_tflops", "sdpa_cudnn_tflops") if k in r), default=nan)
         lines.append(
             f"| {r['head_dim']} | {r['batch']} × {r['seq']} | {r.get('block_size', '')} | {r['ours_tflops']:.0f} | "
-            f"{r.get('gluon_tflops', nan):.0f} | {r.get('sdpa_flash_tflops', nan):.0f} | "
+            f"{r.get('gluon_tflops', nan):.0f} | "
+            f"{' / '.join(format(r.get(f'gluon_{name}_tflops', nan), '.0f') for name in GLUON_ALTERNATIVE_NAMES)} | "
+            f"{r.get('sdpa_flash_tflops', nan):.0f} | "
             f"{r.get('sdpa_cudnn_tflops', nan):.0f} | {r['ours_tflops'] / best:.2f} | {r.get('gluon_tflops', nan) / best:.2f} | "
             f"{r.get('rel_err_vs_sdpa_cudnn', nan):.1e} |"
         )

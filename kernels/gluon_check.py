@@ -22,10 +22,18 @@ import time
 # name -> HopperPrefillConfig fields; the default first, the warp-specialised variant last.
 CONFIGS: dict[str, dict] = {
     "default": {},
-    "n128_s3": {"block_n": 128, "stages": 3},
-    "n64_s3": {"block_n": 64, "stages": 3},
-    "n64_s4": {"block_n": 64, "stages": 4},
-    "ws_n128_s2": {"block_n": 128, "stages": 2, "warp_specialize": True},
+    # kernels/prefill_gluon.py's own kernel: both warpgroups in one partition, in step.
+    "n128_s3": {"block_n": 128, "stages": 3, "warp_specialize": False, "schedule": "cooperative", "persistent": False},
+    "n64_s3": {"block_n": 64, "stages": 3, "warp_specialize": False, "schedule": "cooperative", "persistent": False},
+    "n64_s4": {"block_n": 64, "stages": 4, "warp_specialize": False, "schedule": "cooperative", "persistent": False},
+    "ws_n128_s2": {"block_n": 128, "stages": 2, "schedule": "cooperative", "persistent": False},
+    # kernels/prefill_gluon_pingpong.py: a partition per warpgroup, with or without turns, with or without a
+    # persistent grid.
+    "independent": {"schedule": "independent", "persistent": False},
+    "pingpong": {"schedule": "pingpong", "persistent": False},
+    "independent_persistent": {"schedule": "independent", "persistent": True},
+    "pingpong_persistent": {"schedule": "pingpong", "persistent": True},
+    "pingpong_persistent_n64_s3": {"block_n": 64, "stages": 3, "schedule": "pingpong", "persistent": True},
 }
 BASELINE = "triton_baseline"
 TIMING_CASES = [(128, 4096, 16), (128, 8192, 16), (128, 16384, 16), (128, 4096, 64), (128, 8192, 64),

@@ -300,14 +300,14 @@ def paged_prefill_attention(
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; caches: [num_blocks, block_size, num_kv_heads, head_dim];
     block_tables: [num_seqs, max_blocks] int32; query_start_loc: [num_seqs + 1] int32; context_lens: [num_seqs]
-    int32. Returns [num_tokens, num_heads, head_dim] in q's dtype. Without a config, head_dim 128 on Hopper runs
-    the Gluon kernel (kernels/prefill_gluon.py); a config always selects this module's Triton kernel."""
+    int32. Returns [num_tokens, num_heads, head_dim] in q's dtype. Without a config, head dims 64 and 128 on
+    Hopper run the Gluon kernel (kernels/prefill_gluon.py); a config always selects this module's Triton kernel."""
     num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
         q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
     )
     check_launchable(q.device)
-    if config is None and head_dim == 128 and q.device.type == "cuda":
-        # Hopper: the Gluon kernel (kernels/prefill_gluon.py), faster at d128; at d64 this kernel is.
+    if config is None and q.device.type == "cuda":
+        # Hopper: the Gluon kernel (kernels/prefill_gluon.py), faster at both head dims (bench/results/kernels_h100.md).
         from kernels.prefill_gluon import hopper_prefill_unsupported_reason, launch_hopper_prefill
 
         if hopper_prefill_unsupported_reason(q, key_cache, value_cache) is None:

@@ -16,9 +16,14 @@ positions of their context, paged K/V, GQA, causal or encoder mode); FA3's struc
 * by default a ninth warp (gl.warp_specialize) issues every TMA copy, paced by empty/ready mbarrier pairs, so
   the consumer warpgroups never stop for a copy or the CTA barriers Triton places before each one.
 
-kernels.prefill_attention.paged_prefill_attention runs this kernel for head_dim 128 on sm_90 when no config is
-given (d128 causal on the H100: 397-497 TFLOP/s at 4k-16k on 16-key pages against 384-472 for the Triton kernel
-in the same run, bench/results/kernels_gluon_check_h100.json).
+That kernel is the "cooperative" schedule: both warpgroups in one 8-warp partition, which meet at every barrier and
+run in step. The default schedules live in kernels/prefill_gluon_pingpong.py: a partition per warpgroup (optionally
+taking turns to issue their products, FA3's ping-pong) and one persistent program per SM walking the query blocks
+heaviest first, so a block's start overlaps the previous block's end (HopperPrefillConfig.schedule, .persistent).
+
+kernels.prefill_attention.paged_prefill_attention runs the Gluon kernels for head dims 64 and 128 on sm_90 when no
+config is given (d128 causal on the H100, 16-key pages: 542 / 599 / 603 TFLOP/s at 4k / 8k / 16k against cuDNN's
+532 / 576 / 588 and 422 / 455 / 478 for the Triton kernel in the same run, bench/results/kernels_h100.md).
 
 Triton 3.6's Gluon API (the H100 machine's version) is the target. The module imports without Gluon (CPU CI,
 other Triton versions): `supports_hopper_prefill` then returns False and the launcher raises a RuntimeError.
@@ -53,6 +58,7 @@ except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError or anythi
 BLOCK_M = 128  # query rows per program: two 64-row warpgroups
 NUM_WARPS = 8  # the two consumer warpgroups
 SUPPORTED_HEAD_DIMS = (64, 128)
+SCHEDULES = ("cooperative", "independent", "pingpong")
 
 
 @dataclass(frozen=True)
@@ -70,12 +76,28 @@ class HopperPrefillConfig:
     block_n: int = 128
     stages: int = 2
     warp_specialize: bool = True
+    # "cooperative": both warpgroups in one 8-warp partition, in step (this module's kernel). "independent": each
+    # warpgroup its own partition (kernels/prefill_gluon_pingpong.py); "pingpong": those partitions taking turns to
+    # issue their products (FA3's schedule), so one's softmax runs under the other's products.
+    schedule: str = "independent"
+    # One program per SM walking the work items heaviest first (independent and pingpong schedules only).
+    persistent: bool = True
 
     def __post_init__(self) -> None:
         if self.block_n not in (64, 128):
             raise ValueError(f"block_n must be 64 or 128, got {self.block_n}")
         if not 2 <= self.stages <= 4:
             raise ValueError(f"stages must be between 2 and 4, got {self.stages}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule != "cooperative" and not self.warp_specialize:
+            raise ValueError(f"the {self.schedule} schedule needs warp_specialize (its producer warp)")
+        if self.persistent and self.schedule == "cooperative":
+            raise ValueError("persistent needs the independent or pingpong schedule (pass persistent=False)")
+
+    @property
+    def pingpong(self) -> bool:
+        return self.schedule == "pingpong"
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         """Shared memory of the explicit buffers: Q, and K and V rings (barriers and scratch not counted)."""
@@ -83,9 +105,13 @@ class HopperPrefillConfig:
 
 
 def default_hopper_prefill_config(head_dim: int, block_size: int) -> HopperPrefillConfig:
-    """FA3's tile (128 x 128, two stages) with the producer warp: the best of the configs measured on the H100 at both
-    head dims (kernels_gluon_check_h100.json; at d64 the Triton kernel is faster still, so the dispatcher keeps it)."""
-    return HopperPrefillConfig(block_n=128, stages=2, warp_specialize=True)
+    """FA3's tile (128 x 128, two stages), the producer warp, a partition per warpgroup, one program per SM; at
+    head_dim 64 the warpgroups also take turns (ping-pong). The fastest on the H100 in two runs of kernels.bench
+    (kernels/NOTES.md, v7): at d128 independent warpgroups lead ping-pong at 8k-16k, at d64 ping-pong leads,
+    most at short sequences on 64-key pages (275 against 245 TFLOP/s at 1k)."""
+    if head_dim == 64:
+        return HopperPrefillConfig(schedule="pingpong")
+    return HopperPrefillConfig()
 
 
 SMEM_LIMIT = 227 * 1024  # bytes of shared memory one H100 program may use
@@ -206,14 +232,15 @@ if gluon is not None:
         gl.thread_barrier()
 
     @gluon.jit
-    def _store_output(out_ptr, o, l_i, q_start, q_len, m_block, head, stride_ot, stride_oh,
+    def _store_output(out_ptr, o, l_i, q_start, q_len, row0, head, stride_ot, stride_oh,
                       BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_WARPS: gl.constexpr,
                       o_layout: gl.constexpr):
-        """out rows of this query block below q_len (the rows after them belong to the next sequence)."""
+        """out rows row0 .. row0 + BLOCK_M of the sequence's queries, those below q_len (the rows after them belong
+        to the next sequence)."""
         o = o / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
         layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [NUM_WARPS, 1], [1, 0])
         o = gl.convert_layout(o.to(out_ptr.dtype.element_ty), layout)  # 16-byte stores
-        rows = m_block * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
+        rows = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
         cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
         offsets = gl.expand_dims((q_start + rows).to(gl.int64) * stride_ot, 1) + gl.expand_dims(cols, 0)
         gl.store(out_ptr + head * stride_oh + offsets, o, mask=gl.expand_dims(rows < q_len, 1))
@@ -276,7 +303,7 @@ if gluon is not None:
         o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
         o = warpgroup_mma(p, v_tile, o, is_async=True)
         o = warpgroup_mma_wait(0, deps=(o,))
-        _store_output(out_ptr, o, l_i, q_start, q_len, m_block, head, stride_ot, stride_oh,
+        _store_output(out_ptr, o, l_i, q_start, q_len, m_block * BLOCK_M, head, stride_ot, stride_oh,
                       BLOCK_M, HEAD_DIM, NUM_WARPS, o_layout)
 
     @gluon.jit
@@ -498,6 +525,11 @@ def launch_hopper_prefill(
     if max_query_len <= 0:
         return out
     cfg = config or default_hopper_prefill_config(head_dim, block_size)
+    if cfg.schedule != "cooperative":
+        from kernels.prefill_gluon_pingpong import launch_pingpong_prefill  # imports this module
+
+        return launch_pingpong_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale,
+                                       causal, max_query_len, out, num_seqs, num_heads, num_kv_heads, cfg)
     q_desc, k_desc, v_desc = _descriptors(q, key_cache, value_cache, cfg.block_n)
     grid = (num_heads, num_seqs, -(-max_query_len // BLOCK_M))
     _prefill_hopper_kernel[grid](

@@ -31,10 +31,18 @@ def needs_hopper(test):
 # (head_dim, block_size, queries per kv head, num_kv_heads)
 SHAPES = [(128, 16, 4, 2), (128, 64, 1, 2), (64, 16, 8, 1), (64, 64, 4, 2), (128, 64, 8, 1)]
 CONFIGS = [
-    None,  # the default: 128-key tiles, two stages, the producer warp
-    HopperPrefillConfig(block_n=64, stages=3),
-    HopperPrefillConfig(block_n=128, stages=2, warp_specialize=True),
+    None,  # the default: a partition per warpgroup, persistent, 128-key tiles, two stages
+    HopperPrefillConfig(block_n=64, stages=3, warp_specialize=False, schedule="cooperative", persistent=False),
+    HopperPrefillConfig(block_n=128, stages=2, warp_specialize=True, schedule="cooperative", persistent=False),
+    HopperPrefillConfig(schedule="independent", persistent=False),
+    HopperPrefillConfig(schedule="pingpong", persistent=False),
+    HopperPrefillConfig(schedule="pingpong", persistent=True),
+    HopperPrefillConfig(block_n=64, stages=3, schedule="pingpong", persistent=True),
 ]
+CONFIG_IDS = ["default", "coop-n64s3", "coop-ws", "independent", "pingpong", "pingpong-persistent",
+              "pingpong-persistent-n64s3"]
+SCHEDULE_CONFIGS = CONFIGS[:1] + CONFIGS[2:6]  # each kernel and schedule once
+SCHEDULE_IDS = CONFIG_IDS[:1] + CONFIG_IDS[2:6]
 
 
 def _run_case(make_paged_cache, shape, context_lens, query_lens, causal, seed, config=None, poison=None):
@@ -63,7 +71,7 @@ RAGGED_QUERIES = [300, 133, 1, 64, 1, 77]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-bs{s[1]}-gqa{s[2]}")
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "n64s3", "ws"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
 @needs_hopper
 def test_hopper_prefill_matches_reference_on_ragged_paged_batches(
@@ -74,28 +82,46 @@ def test_hopper_prefill_matches_reference_on_ragged_paged_batches(
 
 
 @pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: f"d{s[0]}-bs{s[1]}-gqa{s[2]}")
+@pytest.mark.parametrize("config", SCHEDULE_CONFIGS, ids=SCHEDULE_IDS)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
 @needs_hopper
 def test_hopper_prefill_ignores_nan_in_cache_slots_past_the_context(
-    make_paged_cache, poison_past_context, relative_error, shape, causal
+    make_paged_cache, poison_past_context, relative_error, shape, config, causal
 ):
     result, ref = _run_case(make_paged_cache, shape, [45, 70, 1, 33, 250], [45, 19, 1, 1, 250], causal, 11,
-                            poison=poison_past_context)
+                            config, poison=poison_past_context)
     assert not torch.isnan(result).any()
     assert relative_error(result, ref) < BF16_TOLERANCE
 
 
 @pytest.mark.parametrize("block_size", [16, 64])
+@pytest.mark.parametrize("config", SCHEDULE_CONFIGS, ids=SCHEDULE_IDS)
 @needs_hopper
-def test_hopper_prefill_matches_reference_on_a_long_causal_prompt(make_paged_cache, relative_error, block_size):
-    result, ref = _run_case(make_paged_cache, (128, block_size, 4, 2), [2000], [2000], True, 5)
+def test_hopper_prefill_matches_reference_on_a_long_causal_prompt(make_paged_cache, relative_error, block_size,
+                                                                  config):
+    result, ref = _run_case(make_paged_cache, (128, block_size, 4, 2), [2000], [2000], True, 5, config)
+    assert relative_error(result, ref) < BF16_TOLERANCE
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
+@pytest.mark.parametrize("config", [None, *CONFIGS[5:]], ids=["default", *CONFIG_IDS[5:]])
+@needs_hopper
+def test_persistent_hopper_prefill_programs_each_take_several_blocks(make_paged_cache, relative_error, causal,
+                                                                    config):
+    # 32 query heads x 24 sequences x 3 query blocks = 2304 work items: 18 rounds on an H100's 132 programs, with
+    # prefix hits, length-1 sequences and blocks past the shorter sequences' ends skipped along the way.
+    contexts = [300, 1, 129, 517, 64, 256, 1, 290, 383, 2, 130, 257] * 2
+    queries = [300, 1, 1, 133, 64, 256, 1, 2, 383, 2, 3, 128] * 2
+    result, ref = _run_case(make_paged_cache, (128, 16, 8, 4), contexts, queries, causal, 21, config)
     assert relative_error(result, ref) < BF16_TOLERANCE
 
 
 def test_gluon_prefill_module_imports_without_a_gpu() -> None:
     import kernels.prefill_gluon as module
+    import kernels.prefill_gluon_pingpong as pingpong
 
     assert module.default_hopper_prefill_config(128, 16) == HopperPrefillConfig()
+    assert pingpong.HALF_M * 2 == module.BLOCK_M
     assert default_hopper_prefill_config(64, 64).stages >= 2
 
 
@@ -123,7 +149,8 @@ def test_hopper_prefill_rejects_bad_arguments_like_the_triton_kernel() -> None:
         paged_prefill_attention_hopper(*_one_cpu_sequence(6, 4), 0.1)
 
 
-@pytest.mark.parametrize("kwargs", [{"block_n": 32}, {"stages": 1}, {"stages": 5}])
+@pytest.mark.parametrize("kwargs", [{"block_n": 32}, {"stages": 1}, {"stages": 5}, {"schedule": "zigzag"},
+                                    {"schedule": "pingpong", "warp_specialize": False}, {"schedule": "cooperative"}])
 def test_hopper_prefill_config_rejects_unsupported_tiles(kwargs) -> None:
     with pytest.raises(ValueError):
         HopperPrefillConfig(**kwargs)
