@@ -12,6 +12,7 @@ nothing is served from L2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -206,6 +207,33 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
     return row
 
 
+# (batch, context, page size): split decode shapes for the dependent-launch A/B (--pdl-ab).
+PDL_AB_SHAPES = [(1, 32768, 64), (1, 4096, 64), (1, 32768, 16), (4, 32768, 64)]
+
+
+def pdl_ab(rounds: int = 3) -> dict:
+    """The default decode config with and without the merge kernel launched as a programmatic dependent launch,
+    alternating in one process (`rounds` times each, so drift between them shows)."""
+    rows = []
+    for batch, context, block_size in PDL_AB_SHAPES:
+        cuda = torch.device("cuda")
+        split_cfg = default_decode_config(batch, NUM_KV_HEADS, 0, block_size, cuda)
+        splits = choose_num_splits(batch, NUM_KV_HEADS, context, split_cfg)
+        base = default_decode_config(batch, NUM_KV_HEADS, splits, block_size, cuda)
+        row: dict = {"batch": batch, "context": context, "block_size": block_size, "num_splits": splits,
+                     "tma": base.tma, "off_tbps": [], "on_tbps": []}
+        for _ in range(rounds):
+            for key, pdl in (("off_tbps", False), ("on_tbps", True)):
+                cfg = dataclasses.replace(base, pdl_merge=pdl)
+                result = bench_decode(batch, context, splits, cfg, peers=False, block_size=block_size)
+                row[key].append(result["ours_tbps"])
+                row[f"rel_err_{key[:-5]}"] = result["rel_err_vs_sdpa"]
+        row["median_off_tbps"], row["median_on_tbps"] = (sorted(row[k])[rounds // 2] for k in ("off_tbps", "on_tbps"))
+        print("pdl_ab", row, flush=True)
+        rows.append(row)
+    return {"pdl_ab": rows}
+
+
 def _fit_fixed_cost(points: list[tuple[float, float]]) -> dict:
     """Least-squares line through (bytes, microseconds): the fixed cost of a launch and the streaming bandwidth."""
     n = len(points)
@@ -363,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="time tile/warp/stage/split variants instead")
     parser.add_argument("--tma-sweep", action="store_true", help="time the TMA / warp-specialised variants instead")
     parser.add_argument("--overhead", action="store_true", help="time copy and decode over sizes: fixed launch cost")
+    parser.add_argument("--pdl-ab", action="store_true", help="split decode with and without a dependent-launch merge")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
@@ -376,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python3 -m kernels.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "dtype": "bfloat16", "num_heads": NUM_HEADS, "num_kv_heads": NUM_KV_HEADS, "block_sizes": list(PAGE_SIZES),
     }
-    if args.overhead:
+    if args.pdl_ab:
+        report = {"meta": meta, **pdl_ab()}
+    elif args.overhead:
         report = {"meta": meta, **overhead_series()}
         print(json.dumps(report["fits"], indent=1))
     elif args.tma_sweep:
@@ -415,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                                + compiled_resources(_decode_split_tma_kernel))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
-    if args.md and not (args.sweep or args.tma_sweep or args.overhead):
+    if args.md and not (args.sweep or args.tma_sweep or args.overhead or args.pdl_ab):
         write_markdown(report, args.md)
     print(summary(report))
     return 0

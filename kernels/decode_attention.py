@@ -50,7 +50,8 @@ class DecodeConfig:
     min_split_len: int = 128
     page_loads: int = ASM_PAGES  # kernels/_paged_tile.py: how a tile looks up its pages
     # Launch the merge kernel as a programmatic dependent launch (Hopper): it is scheduled while the split kernel
-    # runs and waits on the device for its results. Off: on the H100 it gained nothing (16 x 4k 2.53 vs 2.60 TB/s).
+    # runs and waits on the device for its results. Off: on the H100 it gained nothing on either split kernel
+    # (1 x 32k TMA 2.483 vs 2.482 TB/s, 1 x 4k 1.335 vs 1.381: bench/results/kernels_decode_pdl_ab_h100.json).
     pdl_merge: bool = False
     # With this many (sequence, kv head) programs nearly every SM has one: no split (the merge costs ~3 us).
     no_split_programs: int = 120
@@ -170,9 +171,12 @@ def _decode_split_tma_kernel(
     stride_ps, stride_ph, stride_pk,
     QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_GDC: tl.constexpr,
 ):
     """_decode_split_kernel with each [BLOCK_N, HEAD_DIM] K/V tile copied whole by TMA from one page of the cache
     viewed as [num_blocks * PAGE_SIZE, num_kv_heads * HEAD_DIM] (PAGE_SIZE % BLOCK_N == 0)."""
+    if USE_GDC:
+        gdc_launch_dependents()  # the merge kernel may be scheduled now; it waits for this grid on the device
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -325,10 +329,10 @@ def paged_decode_attention(
             num_heads * num_splits, num_splits, 1,
             QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
             BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            USE_GDC=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         if not direct:
-            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, False)
+            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
         return out
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
