@@ -41,12 +41,11 @@ from kernels.prefill_gluon import HopperPrefillConfig, paged_prefill_attention_h
 NUM_HEADS, NUM_KV_HEADS, BLOCK_SIZE = 32, 8, 16
 PREFILL_TOKENS = 16384
 PREFILL_SEQS = (1024, 2048, 4096, 8192, 16384)
-# Gluon prefill schedules timed beside the default one (kernels/prefill_gluon.py, prefill_gluon_pingpong.py).
+# Gluon prefill schedules timed beside the default one (kernels/prefill_gluon.py).
 GLUON_ALTERNATIVES = dict(zip(GLUON_ALTERNATIVE_NAMES, (
     HopperPrefillConfig(schedule="independent", persistent=True),
     HopperPrefillConfig(schedule="pingpong", persistent=True),
     HopperPrefillConfig(schedule="independent", persistent=False),
-    HopperPrefillConfig(schedule="cooperative", persistent=False),
 ), strict=True))
 PAGE_SIZES = (16, 64)  # the worker's default page, and pages of whole 64-key tiles (TMA decode)
 DECODE_SHAPES = ((1, 4096), (16, 4096), (64, 4096), (256, 4096), (8, 32768), (1, 32768))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Gluon prefill schedules timed beside the default one (kernels/bench.py GLUON_ALTERNATIVES), in table order.
-GLUON_ALTERNATIVE_NAMES = ("independent", "pingpong", "independent_grid", "cooperative")
+GLUON_ALTERNATIVE_NAMES = ("independent", "pingpong", "independent_grid")
 
 
 def _constexprs(jit_function: object, kernel: object) -> dict:
@@ -60,10 +60,10 @@ def write_markdown(report: dict, path: str) -> None:
         "Ours: the Triton kernel (kernels/prefill_attention.py); Gluon: the Hopper kernel at its default config "
         "(kernels/prefill_gluon.py), what `paged_prefill_attention` runs on sm_90 (head dims 64 and 128). Other Gluon "
         "schedules, same run: independent warpgroups / ping-pong turns (both persistent) / independent warpgroups "
-        "with one program per block / cooperative (both warpgroups in one partition, the previous default).",
+        "with one program per block.",
         "",
         "| head_dim | batch × seq | page | ours (Triton) | ours (Gluon) | Gluon: independent / pingpong / "
-        "independent grid / cooperative | SDPA flash | SDPA cuDNN | Triton / best peer | Gluon / best peer | "
+        "independent grid | SDPA flash | SDPA cuDNN | Triton / best peer | Gluon / best peer | "
         "rel. err vs cuDNN (last kernel timed) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

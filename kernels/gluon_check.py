@@ -19,16 +19,10 @@ import subprocess
 import sys
 import time
 
-# name -> HopperPrefillConfig fields; the default first, the warp-specialised variant last.
+# name -> HopperPrefillConfig fields, the default first.
 CONFIGS: dict[str, dict] = {
     "default": {},
-    # kernels/prefill_gluon.py's own kernel: both warpgroups in one partition, in step.
-    "n128_s3": {"block_n": 128, "stages": 3, "warp_specialize": False, "schedule": "cooperative", "persistent": False},
-    "n64_s3": {"block_n": 64, "stages": 3, "warp_specialize": False, "schedule": "cooperative", "persistent": False},
-    "n64_s4": {"block_n": 64, "stages": 4, "warp_specialize": False, "schedule": "cooperative", "persistent": False},
-    "ws_n128_s2": {"block_n": 128, "stages": 2, "schedule": "cooperative", "persistent": False},
-    # kernels/prefill_gluon_pingpong.py: a partition per warpgroup, with or without turns, with or without a
-    # persistent grid.
+    # Each schedule with and without the persistent grid, and smaller key tiles with a deeper ring.
     "independent": {"schedule": "independent", "persistent": False},
     "pingpong": {"schedule": "pingpong", "persistent": False},
     "independent_persistent": {"schedule": "independent", "persistent": True},

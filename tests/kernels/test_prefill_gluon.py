@@ -31,18 +31,18 @@ def needs_hopper(test):
 # (head_dim, block_size, queries per kv head, num_kv_heads)
 SHAPES = [(128, 16, 4, 2), (128, 64, 1, 2), (64, 16, 8, 1), (64, 64, 4, 2), (128, 64, 8, 1)]
 CONFIGS = [
-    None,  # the default: a partition per warpgroup, persistent, 128-key tiles, two stages
-    HopperPrefillConfig(block_n=64, stages=3, warp_specialize=False, schedule="cooperative", persistent=False),
-    HopperPrefillConfig(block_n=128, stages=2, warp_specialize=True, schedule="cooperative", persistent=False),
+    None,  # the default: independent warpgroups (ping-pong at d64), persistent, 128-key tiles, two stages
     HopperPrefillConfig(schedule="independent", persistent=False),
     HopperPrefillConfig(schedule="pingpong", persistent=False),
+    HopperPrefillConfig(schedule="independent", persistent=True),
     HopperPrefillConfig(schedule="pingpong", persistent=True),
     HopperPrefillConfig(block_n=64, stages=3, schedule="pingpong", persistent=True),
+    HopperPrefillConfig(block_n=64, stages=4, schedule="independent", persistent=False),
 ]
-CONFIG_IDS = ["default", "coop-n64s3", "coop-ws", "independent", "pingpong", "pingpong-persistent",
-              "pingpong-persistent-n64s3"]
-SCHEDULE_CONFIGS = CONFIGS[:1] + CONFIGS[2:6]  # each kernel and schedule once
-SCHEDULE_IDS = CONFIG_IDS[:1] + CONFIG_IDS[2:6]
+CONFIG_IDS = ["default", "independent-grid", "pingpong-grid", "independent", "pingpong", "pingpong-n64s3",
+              "independent-grid-n64s4"]
+SCHEDULE_CONFIGS = CONFIGS[1:5]  # each schedule with and without the persistent grid
+SCHEDULE_IDS = CONFIG_IDS[1:5]
 
 
 def _run_case(make_paged_cache, shape, context_lens, query_lens, causal, seed, config=None, poison=None):
@@ -104,7 +104,7 @@ def test_hopper_prefill_matches_reference_on_a_long_causal_prompt(make_paged_cac
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
-@pytest.mark.parametrize("config", [None, *CONFIGS[5:]], ids=["default", *CONFIG_IDS[5:]])
+@pytest.mark.parametrize("config", CONFIGS[3:6], ids=CONFIG_IDS[3:6])
 @needs_hopper
 def test_persistent_hopper_prefill_programs_each_take_several_blocks(make_paged_cache, relative_error, causal,
                                                                     config):
@@ -118,10 +118,11 @@ def test_persistent_hopper_prefill_programs_each_take_several_blocks(make_paged_
 
 def test_gluon_prefill_module_imports_without_a_gpu() -> None:
     import kernels.prefill_gluon as module
-    import kernels.prefill_gluon_pingpong as pingpong
+    import kernels.prefill_gluon_kernel as kernel
 
     assert module.default_hopper_prefill_config(128, 16) == HopperPrefillConfig()
-    assert pingpong.HALF_M * 2 == module.BLOCK_M
+    assert module.default_hopper_prefill_config(64, 16) == HopperPrefillConfig(schedule="pingpong")
+    assert kernel.HALF_M * 2 == kernel.BLOCK_M
     assert default_hopper_prefill_config(64, 64).stages >= 2
 
 
@@ -150,7 +151,7 @@ def test_hopper_prefill_rejects_bad_arguments_like_the_triton_kernel() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"block_n": 32}, {"stages": 1}, {"stages": 5}, {"schedule": "zigzag"},
-                                    {"schedule": "pingpong", "warp_specialize": False}, {"schedule": "cooperative"}])
+                                    {"schedule": "cooperative"}])
 def test_hopper_prefill_config_rejects_unsupported_tiles(kwargs) -> None:
     with pytest.raises(ValueError):
         HopperPrefillConfig(**kwargs)

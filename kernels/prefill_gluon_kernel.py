@@ -1,40 +1,35 @@
-"""Hopper prefill in Gluon, FA3's ping-pong schedule, optionally persistent.
+"""Paged prefill flash attention for Hopper (sm_90) in Gluon, Triton's explicit-layout dialect: the kernel.
 
-Same semantics as kernels.prefill_attention.paged_prefill_attention; a variant of kernels/prefill_gluon.py (whose
-copy, softmax and store helpers it uses) that differs in how the two 64-row warpgroups of a 128-row query block
-are scheduled and in how blocks are handed out:
+kernels/prefill_gluon.py holds its config, support checks and launcher. FA3's structure, written by hand:
 
-* each warpgroup is its own partition (gl.warp_specialize: the default partition and one 4-warp worker), with its
-  own softmax state, so the two run out of step. With ping-pong on, a pair of mbarriers hands a turn back and forth:
-  a warpgroup waits for its turn, issues its score product (and the P V product of the previous tile), then passes
-  the turn, so one warpgroup's products run on the tensor cores while the other one computes its softmax;
-* a 1-warp producer partition copies Q (two 64-row halves) and the K/V tiles by TMA; the K/V ring's empty barriers
-  count two arrivals (both warpgroups read every tile);
-* persistent: one program per SM walks a list of work items (query head, sequence, 128-row block) heaviest first,
-  in a snake order across programs (round r: program p takes item r * P + p, or r * P + P - 1 - p on odd rounds, so
-  the heavy and light ends of each round even out). The producer copies the next block's Q as soon as both
-  warpgroups finished their last score product, and its first K/V tiles as soon as the ring has room, so a block's
-  start overlaps the previous block's last products and output store. Not persistent: one program per work item.
+* a 128-row query block of one query head and sequence is a work item, shared by two 64-row consumer
+  warpgroups, each its own partition (gl.warp_specialize: the default partition and a 4-warp worker), with its own
+  softmax state; a 1-warp producer partition copies Q (two 64-row halves) and the K/V tiles by TMA, paced by
+  ready/empty mbarrier pairs (the empty barriers count one arrival per warpgroup);
+* K/V tiles come from the cache viewed as [num_blocks * block_size, num_kv_heads * head_dim], one copy per page run
+  of min(block_size, BLOCK_N) rows into consecutive rows of a ring of STAGES buffers, K and V with their own
+  barriers (a score product can start before its V tile lands);
+* the wgmma products are asynchronous and waited on explicitly: in step j the score product S_j = Q K_j^T and
+  O += P_{j-1} V_{j-1} are issued back to back, then the warpgroup waits for S_j only, and the softmax of S_j runs
+  while P_{j-1} V_{j-1} is on the tensor cores (FA3's intra-warpgroup pipelining);
+* PINGPONG: the warpgroups hand a turn back and forth through two mbarriers, each issuing its products in its turn,
+  so one's products run while the other computes its softmax (FA3's inter-warpgroup schedule);
+* tiles every row of a warpgroup sees whole run without mask arithmetic; only diagonal / last tiles apply masks;
+* persistent launch: one program per SM takes work items heaviest first (the last query block of every (sequence,
+  head) pair, heads fastest, then the block before...), round r taking item r * P + p, or r * P + P - 1 - p on
+  odd rounds (a snake, so each program's heavy and light rounds even out). The producer copies the next item's Q
+  as soon as both warpgroups finished their last score product, and its first K/V tiles as soon as the ring has
+  room, so an item's start overlaps the previous one's last products and output store. Launched with one program
+  per work item instead, each program takes one item.
+
+Triton 3.6's Gluon API (the H100 machine's version) is the target. The module imports without Gluon (CPU CI, other
+Triton versions): `gluon` is then None and GLUON_IMPORT_ERROR says why.
 """
 
 from __future__ import annotations
 
-import torch
-
-from kernels._paged_tile import LOG2_E
-from kernels.prefill_gluon import (
-    BLOCK_M,
-    GLUON_IMPORT_ERROR,
-    HopperPrefillConfig,
-    gluon,
-)
-
-HALF_M = BLOCK_M // 2  # query rows per warpgroup
-CONSUMER_WARPS = 4  # one warpgroup per consumer partition
-CONSUMER_REGS = 240  # setmaxnreg of the worker warpgroup; the producer warp gets PRODUCER_REGS
-PRODUCER_REGS = 24
-
-if gluon is not None:
+try:  # Gluon's Hopper API as of Triton 3.6; any import failure leaves the kernel undefined, not the module.
+    from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
         fence_async_shared,
@@ -44,14 +39,83 @@ if gluon is not None:
         warpgroup_mma_wait,
     )
 
-    from kernels.prefill_gluon import _copy_kv_tile, _softmax_update, _store_output, _zero_v_rows_past
+    GLUON_IMPORT_ERROR: str | None = None
+except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError or anything a changed API raises
+    gluon = None
+    GLUON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
+BLOCK_M = 128  # query rows per work item
+HALF_M = BLOCK_M // 2  # query rows per consumer warpgroup
+CONSUMER_WARPS = 4  # one warpgroup per consumer partition
+CONSUMER_REGS = 240  # setmaxnreg of the worker warpgroup; the producer warp gets PRODUCER_REGS
+PRODUCER_REGS = 24
+
+if gluon is not None:
     # Module constants as Gluon constexprs (jit functions read no other globals).
     _HALF_M = gl.constexpr(HALF_M)
     _BLOCK_M = gl.constexpr(BLOCK_M)
     _CONSUMER_WARPS = gl.constexpr(CONSUMER_WARPS)
     _CONSUMER_REGS = gl.constexpr(CONSUMER_REGS)
     _PRODUCER_REGS = gl.constexpr(PRODUCER_REGS)
+
+    @gluon.jit
+    def _copy_kv_tile(desc, dst, bar, table_row_ptr, tile, last_page, kv_col, pred,
+                      BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr, PAGE_SIZE: gl.constexpr):
+        """TMA copies of keys tile * BLOCK_N .. + BLOCK_N of one kv head into dst ([BLOCK_N, D] shared), signalling
+        bar. One copy per run of BOX_ROWS = min(PAGE_SIZE, BLOCK_N) keys, each from its own page. Pages past the
+        context are not looked up: their copies reread the last page, whose rows the masked tile ignores (scores)
+        or zeroes (V, in the epilogue)."""
+        mbarrier.expect(bar, BLOCK_N * desc.block_type.shape[1] * desc.dtype.primitive_bitwidth // 8, pred=pred)
+        for c in gl.static_range(BLOCK_N // BOX_ROWS):
+            key = tile * BLOCK_N + c * BOX_ROWS
+            page = gl.load(table_row_ptr + gl.minimum(key // PAGE_SIZE, last_page))
+            tma.async_copy_global_to_shared(desc, [page * PAGE_SIZE + key % PAGE_SIZE, kv_col], bar,
+                                            dst.slice(c * BOX_ROWS, BOX_ROWS), pred=pred)
+
+    @gluon.jit
+    def _softmax_update(s, m_i, l_i, j, context_len, query_pos, qk_scale_log2,
+                        s_layout: gl.constexpr, BLOCK_N: gl.constexpr, MASKED: gl.constexpr, CAUSAL: gl.constexpr):
+        """s: [BLOCK_M, BLOCK_N] fp32 unscaled scores of tile j; m_i, l_i: [BLOCK_M] running max (log2 units,
+        scaled) and sum. Returns p (unnormalised probabilities), alpha (rescale of the old output), m, l."""
+        if MASKED:
+            offs_n = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            visible = gl.expand_dims(offs_n < context_len, 0)
+            if CAUSAL:
+                visible = visible & (gl.expand_dims(offs_n, 0) <= gl.expand_dims(query_pos, 1))
+            # where, not a multiply: stale cache slots past the context may hold NaN.
+            s = gl.where(visible, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale_log2)
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s * qk_scale_log2 - gl.expand_dims(m_new, 1))
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        return p, alpha, m_new, l_i
+
+    @gluon.jit
+    def _zero_v_rows_past(v_tile, valid_rows, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                          NUM_WARPS: gl.constexpr):
+        """Rows >= valid_rows of the last V tile hold stale cache slots (maybe NaN; 0 * NaN = NaN in the MMA):
+        zero them in shared memory and make the writes visible to the tensor cores (async proxy)."""
+        layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [NUM_WARPS, 1], [1, 0])
+        v = v_tile.load(layout)
+        rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+        v = gl.where(gl.expand_dims(rows < valid_rows, 1), v, gl.zeros_like(v))
+        v_tile.store(v)
+        fence_async_shared()
+        gl.thread_barrier()
+
+    @gluon.jit
+    def _store_output(out_ptr, o, l_i, q_start, q_len, row0, head, stride_ot, stride_oh,
+                      BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_WARPS: gl.constexpr,
+                      o_layout: gl.constexpr):
+        """out rows row0 .. row0 + BLOCK_M of the sequence's queries, those below q_len (the rows after them belong
+        to the next sequence)."""
+        o = o / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
+        layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [NUM_WARPS, 1], [1, 0])
+        o = gl.convert_layout(o.to(out_ptr.dtype.element_ty), layout)  # 16-byte stores
+        rows = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+        offsets = gl.expand_dims((q_start + rows).to(gl.int64) * stride_ot, 1) + gl.expand_dims(cols, 0)
+        gl.store(out_ptr + head * stride_oh + offsets, o, mask=gl.expand_dims(rows < q_len, 1))
 
     @gluon.jit
     def _work_item(rnd, num_programs, num_items, num_heads, num_seqs, n_mblocks, query_start_loc_ptr,
@@ -83,11 +147,11 @@ if gluon is not None:
         return valid, head, m_block, q_start, q_len, context_len, n_tiles, last_page, table_row_ptr, kv_col
 
     @gluon.jit
-    def _pp_producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
-                     v_empty, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt, num_items, num_heads,
-                     num_seqs, n_mblocks, num_rounds,
-                     QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                     BOX_ROWS: gl.constexpr, PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
+                  v_empty, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt, num_items, num_heads,
+                  num_seqs, n_mblocks, num_rounds,
+                  QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                  BOX_ROWS: gl.constexpr, PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
         """1 warp: per work item, Q's two halves once both warpgroups released the previous Q, then K_t and V_t of
         every tile into ring slot (tile count of this program) % STAGES once both warpgroups released it."""
         num_programs = gl.num_programs(0)
@@ -116,10 +180,10 @@ if gluon is not None:
                 item_count += 1
 
     @gluon.jit
-    def _pp_step(j, ring, turn_count, o, p, alpha, m_i, l_i, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty,
-                 v_empty, my_turn, other_turn, context_len, query_pos, qk_scale_log2,
-                 s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, BLOCK_N: gl.constexpr,
-                 STAGES: gl.constexpr, MASKED: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
+    def _attend_step(j, ring, turn_count, o, p, alpha, m_i, l_i, q_tile, k_smem, v_smem, k_ready, v_ready, k_empty,
+                     v_empty, my_turn, other_turn, context_len, query_pos, qk_scale_log2,
+                     s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, BLOCK_N: gl.constexpr,
+                     STAGES: gl.constexpr, MASKED: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
         """Tile j >= 1 of the item whose tile 0 sits at ring position `ring`: S_j = Q K_j^T and O = alpha O +
         P_{j-1} V_{j-1} issued in this warpgroup's turn, the softmax of S_j while P_{j-1} V_{j-1} runs."""
         k_slot = (ring + j) % STAGES
@@ -144,11 +208,11 @@ if gluon is not None:
         return o, p, alpha, m_i, l_i, turn_count + 1
 
     @gluon.jit
-    def _pp_consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                     turns, out_ptr, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt, num_items,
-                     num_heads, num_seqs, n_mblocks, num_rounds, qk_scale_log2, stride_ot, stride_oh,
-                     QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                     PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
+    def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+                  turns, out_ptr, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt, num_items,
+                  num_heads, num_seqs, n_mblocks, num_rounds, qk_scale_log2, stride_ot, stride_oh,
+                  QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                  PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
         """Warpgroup WG (0 or 1): query rows WG * 64 .. + 64 of every block this program takes."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[_CONSUMER_WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
@@ -195,12 +259,12 @@ if gluon is not None:
                                                      s_layout, BLOCK_N, True, CAUSAL)
                 p = gl.convert_layout(p.to(q_tile.dtype), p_layout)
                 for j in range(1, n_full):
-                    o, p, alpha, m_i, l_i, turn_count = _pp_step(
+                    o, p, alpha, m_i, l_i, turn_count = _attend_step(
                         j, ring, turn_count, o, p, alpha, m_i, l_i, q_tile, k_smem, v_smem, k_ready, v_ready,
                         k_empty, v_empty, my_turn, other_turn, context_len, query_pos, qk_scale_log2,
                         s_layout, o_layout, p_layout, BLOCK_N, STAGES, False, CAUSAL, PINGPONG)
                 for j in range(gl.maximum(n_full, 1), n_tiles):
-                    o, p, alpha, m_i, l_i, turn_count = _pp_step(
+                    o, p, alpha, m_i, l_i, turn_count = _attend_step(
                         j, ring, turn_count, o, p, alpha, m_i, l_i, q_tile, k_smem, v_smem, k_ready, v_ready,
                         k_empty, v_empty, my_turn, other_turn, context_len, query_pos, qk_scale_log2,
                         s_layout, o_layout, p_layout, BLOCK_N, STAGES, True, CAUSAL, PINGPONG)
@@ -225,7 +289,7 @@ if gluon is not None:
                 item_count += 1
 
     @gluon.jit
-    def _prefill_hopper_pingpong_kernel(
+    def _prefill_hopper_kernel(
         q_desc, k_desc, v_desc, out_ptr, block_tables_ptr, query_start_loc_ptr, context_lens_ptr,
         qk_scale_log2, stride_ot, stride_oh, stride_bt, num_heads, num_seqs, n_mblocks, num_items, num_rounds,
         QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr,
@@ -260,73 +324,16 @@ if gluon is not None:
         # The consumers' arguments are written out twice: a tuple kept in a variable loses its constexprs.
 
         gl.warp_specialize([
-            (_pp_consumer, (0, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
-                            out_ptr, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt, num_items,
-                            num_heads, num_seqs, n_mblocks, num_rounds, qk_scale_log2, stride_ot, stride_oh,
-                            QUERIES_PER_KV, HEAD_DIM, BLOCK_N, PAGE_SIZE, STAGES, CAUSAL, PINGPONG)),
-            (_pp_consumer, (1, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
-                            out_ptr, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt, num_items,
-                            num_heads, num_seqs, n_mblocks, num_rounds, qk_scale_log2, stride_ot, stride_oh,
-                            QUERIES_PER_KV, HEAD_DIM, BLOCK_N, PAGE_SIZE, STAGES, CAUSAL, PINGPONG)),
-            (_pp_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready,
-                            k_empty, v_empty, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt,
-                            num_items, num_heads, num_seqs, n_mblocks, num_rounds, QUERIES_PER_KV, HEAD_DIM, BLOCK_N,
-                            BOX_ROWS, PAGE_SIZE, STAGES, CAUSAL)),
+            (_consumer, (0, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
+                         out_ptr, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt, num_items,
+                         num_heads, num_seqs, n_mblocks, num_rounds, qk_scale_log2, stride_ot, stride_oh,
+                         QUERIES_PER_KV, HEAD_DIM, BLOCK_N, PAGE_SIZE, STAGES, CAUSAL, PINGPONG)),
+            (_consumer, (1, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
+                         out_ptr, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt, num_items,
+                         num_heads, num_seqs, n_mblocks, num_rounds, qk_scale_log2, stride_ot, stride_oh,
+                         QUERIES_PER_KV, HEAD_DIM, BLOCK_N, PAGE_SIZE, STAGES, CAUSAL, PINGPONG)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready,
+                         k_empty, v_empty, query_start_loc_ptr, context_lens_ptr, block_tables_ptr, stride_bt,
+                         num_items, num_heads, num_seqs, n_mblocks, num_rounds, QUERIES_PER_KV, HEAD_DIM, BLOCK_N,
+                         BOX_ROWS, PAGE_SIZE, STAGES, CAUSAL)),
         ], [_CONSUMER_WARPS, 1], [_CONSUMER_REGS, _PRODUCER_REGS])
-
-
-_NUM_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _NUM_SMS:
-        _NUM_SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _NUM_SMS[index]
-
-
-def launch_pingpong_prefill(
-    q: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    context_lens: torch.Tensor,
-    scale: float,
-    causal: bool,
-    max_query_len: int,
-    out: torch.Tensor,
-    num_seqs: int,
-    num_heads: int,
-    num_kv_heads: int,
-    config: HopperPrefillConfig,
-) -> torch.Tensor:
-    """Launch for kernels.prefill_gluon.launch_hopper_prefill (arguments checked there, max_query_len > 0)."""
-    if gluon is None:
-        raise RuntimeError(f"Gluon is not importable ({GLUON_IMPORT_ERROR})")
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    head_dim, block_size = q.shape[2], key_cache.shape[1]
-    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    q_layout = gl.NVMMASharedLayout.get_default_for([HALF_M, head_dim], element)
-    q_desc = TensorDescriptor(q, [q.shape[0], num_heads * head_dim], [q.stride(0), 1], [HALF_M, head_dim], q_layout)
-    box_rows = min(block_size, config.block_n)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([box_rows, head_dim], element)
-    k_desc, v_desc = (
-        TensorDescriptor(c, [c.shape[0] * block_size, num_kv_heads * head_dim], [c.stride(1), 1],
-                         [box_rows, head_dim], kv_layout)
-        for c in (key_cache, value_cache)
-    )
-    n_mblocks = -(-max_query_len // BLOCK_M)
-    num_items = num_heads * num_seqs * n_mblocks
-    num_programs = min(num_items, _num_sms(q.device)) if config.persistent else num_items
-    num_rounds = -(-num_items // num_programs)
-    _prefill_hopper_pingpong_kernel[(num_programs,)](
-        q_desc, k_desc, v_desc, out, block_tables, query_start_loc, context_lens,
-        scale * LOG2_E, out.stride(0), out.stride(1), block_tables.stride(0), num_heads, num_seqs, n_mblocks,
-        num_items, num_rounds,
-        QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_N=config.block_n, BOX_ROWS=box_rows,
-        PAGE_SIZE=block_size, STAGES=config.stages, CAUSAL=bool(causal), PINGPONG=config.pingpong,
-        num_warps=CONSUMER_WARPS,
-    )
-    return out
