@@ -208,56 +208,29 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
 
 # (batch, context, page size): split decode shapes for the dependent-launch A/B (--pdl-ab).
 PDL_AB_SHAPES = [(1, 32768, 64), (1, 4096, 64), (1, 32768, 16), (4, 32768, 64)]
-# Shapes and gather-kernel variants for the query-head split A/B (--head-split-ab): name -> DecodeConfig fields
-# over the default config of the shape (unsplit along the context).
-HEAD_SPLIT_AB_SHAPES = [(16, 4096, 16), (16, 4096, 64), (8, 4096, 16)]
-HEAD_SPLIT_VARIANTS = {
-    "default": {},
-    "split2_n64_s2": {"head_split": 2, "block_n": 64, "num_stages": 2},
-    "split2_n64_s3": {"head_split": 2, "block_n": 64, "num_stages": 3},
-    "split4_n64_s2": {"head_split": 4, "block_n": 64, "num_stages": 2},
-    "split2_n128_s2": {"head_split": 2, "block_n": 128, "num_stages": 2},
-}
-
-
-def _alternate(shapes: list[tuple[int, int, int]], variants: dict[str, dict], rounds: int,
-               splits_of: Callable[[int, int, int], int]) -> list[dict]:
-    """Decode TB/s of each variant (DecodeConfig fields over the shape's default config), the variants alternating
-    `rounds` times in one process so drift between them shows; the median per variant."""
-    rows = []
-    cuda = torch.device("cuda")
-    for batch, context, block_size in shapes:
-        splits = splits_of(batch, context, block_size)
-        base = default_decode_config(batch, NUM_KV_HEADS, splits, block_size, cuda)
-        row: dict = {"batch": batch, "context": context, "block_size": block_size, "num_splits": splits,
-                     "base_config": base.__dict__, "tbps": {name: [] for name in variants}, "rel_err": {}}
-        for _ in range(rounds):
-            for name, fields in variants.items():
-                result = bench_decode(batch, context, splits, dataclasses.replace(base, **fields), peers=False,
-                                      block_size=block_size)
-                row["tbps"][name].append(result["ours_tbps"])
-                row["rel_err"][name] = result["rel_err_vs_sdpa"]
-        row["median_tbps"] = {name: sorted(v)[rounds // 2] for name, v in row["tbps"].items()}
-        print("ab", row["batch"], row["context"], row["block_size"], row["median_tbps"], flush=True)
-        rows.append(row)
-    return rows
-
-
-def _default_splits(batch: int, context: int, block_size: int) -> int:
-    cfg = default_decode_config(batch, NUM_KV_HEADS, 0, block_size, torch.device("cuda"))
-    return choose_num_splits(batch, NUM_KV_HEADS, context, cfg)
 
 
 def pdl_ab(rounds: int = 3) -> dict:
-    """The default decode config with and without the merge kernel launched as a programmatic dependent launch."""
-    rows = _alternate(PDL_AB_SHAPES, {"off": {"pdl_merge": False}, "on": {"pdl_merge": True}}, rounds,
-                      _default_splits)
+    """The default decode config with and without the merge kernel launched as a programmatic dependent launch,
+    alternating in one process (`rounds` times each, so drift between them shows)."""
+    rows = []
+    for batch, context, block_size in PDL_AB_SHAPES:
+        cuda = torch.device("cuda")
+        split_cfg = default_decode_config(batch, NUM_KV_HEADS, 0, block_size, cuda)
+        splits = choose_num_splits(batch, NUM_KV_HEADS, context, split_cfg)
+        base = default_decode_config(batch, NUM_KV_HEADS, splits, block_size, cuda)
+        row: dict = {"batch": batch, "context": context, "block_size": block_size, "num_splits": splits,
+                     "tma": base.tma, "off_tbps": [], "on_tbps": []}
+        for _ in range(rounds):
+            for key, pdl in (("off_tbps", False), ("on_tbps", True)):
+                cfg = dataclasses.replace(base, pdl_merge=pdl)
+                result = bench_decode(batch, context, splits, cfg, peers=False, block_size=block_size)
+                row[key].append(result["ours_tbps"])
+                row[f"rel_err_{key[:-5]}"] = result["rel_err_vs_sdpa"]
+        row["median_off_tbps"], row["median_on_tbps"] = (sorted(row[k])[rounds // 2] for k in ("off_tbps", "on_tbps"))
+        print("pdl_ab", row, flush=True)
+        rows.append(row)
     return {"pdl_ab": rows}
-
-
-def head_split_ab(rounds: int = 3) -> dict:
-    """Unsplit decode with a kv head's query heads spread over 1, 2 or 4 programs (kernels/NOTES.md, v9)."""
-    return {"head_split_ab": _alternate(HEAD_SPLIT_AB_SHAPES, HEAD_SPLIT_VARIANTS, rounds, lambda *_: 1)}
 
 
 def _fit_fixed_cost(points: list[tuple[float, float]]) -> dict:
@@ -418,7 +391,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tma-sweep", action="store_true", help="time the TMA / warp-specialised variants instead")
     parser.add_argument("--overhead", action="store_true", help="time copy and decode over sizes: fixed launch cost")
     parser.add_argument("--pdl-ab", action="store_true", help="split decode with and without a dependent-launch merge")
-    parser.add_argument("--head-split-ab", action="store_true", help="decode with query heads split over programs")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
@@ -434,8 +406,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.pdl_ab:
         report = {"meta": meta, **pdl_ab()}
-    elif args.head_split_ab:
-        report = {"meta": meta, **head_split_ab()}
     elif args.overhead:
         report = {"meta": meta, **overhead_series()}
         print(json.dumps(report["fits"], indent=1))
@@ -475,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                                + compiled_resources(_decode_split_tma_kernel))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
-    if args.md and not (args.sweep or args.tma_sweep or args.overhead or args.pdl_ab or args.head_split_ab):
+    if args.md and not (args.sweep or args.tma_sweep or args.overhead or args.pdl_ab):
         write_markdown(report, args.md)
     print(summary(report))
     return 0

@@ -55,9 +55,6 @@ class DecodeConfig:
     pdl_merge: bool = False
     # With this many (sequence, kv head) programs nearly every SM has one: no split (the merge costs ~3 us).
     no_split_programs: int = 120
-    # Programs per (sequence, kv head), each with group / head_split of its query heads (gather kernel only): more
-    # programs reading the same K/V, which L2 serves to all but the first when they run side by side.
-    head_split: int = 1
     # Whole-tile K/V copies by TMA (Hopper, pages of a multiple of block_n keys): one bulk copy per tile, which
     # lets one program per SM keep six tiles in flight (kernels/NOTES.md, v4).
     tma: bool = False
@@ -93,13 +90,13 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, cf
 
 
 @triton.jit
-def _load_group_queries(q_ptr, seq, first_head, stride_qs, stride_qh, offs_d, d_mask,
-                        NUM_GROUP_HEADS: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Query heads first_head .. + NUM_GROUP_HEADS (of one kv head) as the rows of q [BLOCK_G, D] (rows past them
-    are zero and never stored), with their head indices and row mask [BLOCK_G]."""
+def _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mask,
+                        QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The kv head's query heads as the rows of q [BLOCK_G, D] (rows past the group are zero and never stored),
+    with their head indices and row mask [BLOCK_G]."""
     offs_g = tl.arange(0, BLOCK_G)
-    heads = first_head + offs_g
-    g_mask = offs_g < NUM_GROUP_HEADS
+    heads = kv_head * QUERIES_PER_KV + offs_g
+    g_mask = offs_g < QUERIES_PER_KV
     q = tl.load(q_ptr + seq.to(tl.int64) * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)
     return q, heads, g_mask
@@ -114,16 +111,13 @@ def _decode_split_kernel(
     stride_ps, stride_ph, stride_pk,
     QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr, USE_GDC: tl.constexpr, HEAD_SPLIT: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr, USE_GDC: tl.constexpr,
 ):
-    # One program per (sequence, kv head, split), or HEAD_SPLIT programs per kv head, each with its share of the
-    # query heads: those programs read the same K/V tiles (from L2 when they run side by side).
+    # One program per (sequence, kv head, split): the kv head's query heads share every K/V tile it loads.
     if USE_GDC:
         gdc_launch_dependents()  # the merge kernel may be scheduled now; it waits for this grid on the device
     seq = tl.program_id(0)
-    kv_head = tl.program_id(1) // HEAD_SPLIT
-    GROUP_PART: tl.constexpr = QUERIES_PER_KV // HEAD_SPLIT
-    first_head = kv_head * QUERIES_PER_KV + (tl.program_id(1) % HEAD_SPLIT) * GROUP_PART
+    kv_head = tl.program_id(1)
     split = tl.program_id(2)
     context_len = tl.load(context_lens_ptr + seq)
     kv_start = split * split_len
@@ -133,8 +127,8 @@ def _decode_split_kernel(
 
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    q, heads, g_mask = _load_group_queries(q_ptr, seq, first_head, stride_qs, stride_qh, offs_d, d_mask,
-                                           GROUP_PART, BLOCK_G)
+    q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mask,
+                                           QUERIES_PER_KV, BLOCK_G)
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     kv_head_offset = kv_head * stride_ch
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
@@ -192,8 +186,8 @@ def _decode_split_tma_kernel(
         return  # the reduction ignores splits past the sequence's length
     kv_end = tl.minimum(kv_start + split_len, context_len)
     offs_d = tl.arange(0, HEAD_DIM)
-    q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head * QUERIES_PER_KV, stride_qs, stride_qh, offs_d,
-                                           offs_d < HEAD_DIM, QUERIES_PER_KV, BLOCK_G)
+    q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, offs_d < HEAD_DIM,
+                                           QUERIES_PER_KV, BLOCK_G)
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     kv_col = kv_head * HEAD_DIM
     query_pos = tl.zeros([BLOCK_G], dtype=tl.int32)  # unused: every key of the context is visible
@@ -315,9 +309,6 @@ def paged_decode_attention(
     # Each split covers a whole number of key tiles; sequences longer than max_context_len would be truncated.
     split_len = triton.cdiv(triton.cdiv(max(max_context_len, 1), num_splits), cfg.block_n) * cfg.block_n
     group = num_heads // num_kv_heads
-    if cfg.head_split < 1 or group % cfg.head_split or (cfg.tma and cfg.head_split != 1):
-        raise ValueError(f"head_split must divide the {group} query heads per kv head (and be 1 with TMA tiles), "
-                         f"got {cfg.head_split}")
     block_d = triton.next_power_of_2(head_dim)
     direct = num_splits == 1
     pdl = not direct and supports_pdl(cfg.pdl_merge, q.device)
@@ -343,14 +334,13 @@ def paged_decode_attention(
         if not direct:
             launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
         return out
-    _decode_split_kernel[(num_seqs, num_kv_heads * cfg.head_split, num_splits)](
+    _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
         scale * LOG2_E, split_len,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
         num_heads * num_splits, num_splits, 1,
-        QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group // cfg.head_split)), HEAD_DIM=head_dim,
-        BLOCK_D=block_d, HEAD_SPLIT=cfg.head_split,
+        QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
         INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device),
         USE_GDC=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -103,33 +103,3 @@ def test_decode_with_tma_tiles_matches_reference(make_paged_cache, poison_past_c
                                  config=config)
     ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
     assert relative_error(out.cpu(), ref) < tolerance
-
-
-# Query heads of a kv head spread over several programs (each reading the same K/V): GQA 4 in 2 or 4 parts, on
-# ragged contexts with and without splits.
-@pytest.mark.parametrize("head_split", [2, 4])
-@pytest.mark.parametrize("num_splits", [1, 3], ids=["nosplit", "split3"])
-def test_decode_with_query_heads_split_across_programs_matches_reference(make_paged_cache, relative_error, tolerance,
-                                                                         device, dtype, head_split, num_splits):
-    base = CPU_CONFIG if device == "cpu" else DecodeConfig()
-    config = DecodeConfig(block_n=base.block_n, num_warps=base.num_warps, num_stages=base.num_stages,
-                          head_split=head_split)
-    g = torch.Generator().manual_seed(head_split * 10 + num_splits)
-    context_lens = [1, 77, 130, 64, 200]
-    cache = make_paged_cache(context_lens, 2, 64, 16, dtype, device, g)
-    q = torch.randn(len(context_lens), 8, 64, generator=g).to(dtype).to(device)
-    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens, 64**-0.5)
-    out = paged_decode_attention(*args, max_context_len=200, num_splits=num_splits,
-                                 out=torch.full_like(q, float("nan")), config=config)
-    ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
-    assert relative_error(out.cpu(), ref) < tolerance
-
-
-def test_decode_rejects_a_head_split_that_does_not_divide_the_group() -> None:
-    q = torch.randn(1, 8, 64)
-    cache = torch.randn(2, 16, 2, 64)
-    tables = torch.zeros(1, 2, dtype=torch.int32)
-    lens = torch.tensor([5], dtype=torch.int32)
-    with pytest.raises(ValueError, match="head_split must divide the 4 query heads per kv head"):
-        paged_decode_attention(q, cache, cache, tables, lens, 0.1, max_context_len=5, num_splits=1,
-                               config=DecodeConfig(head_split=3))
