@@ -152,6 +152,16 @@ def bench_prefill(seq: int, head_dim: int, config: PrefillConfig | None, peers: 
     return row
 
 
+def _decode_launch_choice(batch: int, context: int, block_size: int, num_splits: int | None = None,
+                          config: DecodeConfig | None = None) -> tuple[int, DecodeConfig]:
+    """The splits and config paged_decode_attention picks for this shape where they are not given."""
+    cuda = torch.device("cuda")
+    if num_splits is None:
+        split_cfg = config or default_decode_config(batch, NUM_KV_HEADS, 0, block_size, cuda)
+        num_splits = choose_num_splits(batch, NUM_KV_HEADS, context, split_cfg)
+    return num_splits, config or default_decode_config(batch, NUM_KV_HEADS, num_splits, block_size, cuda)
+
+
 def bench_decode(batch: int, context: int, num_splits: int | None, config: DecodeConfig | None,
                  peers: bool, head_dim: int = 128, block_size: int = BLOCK_SIZE) -> dict:
     gen = torch.Generator().manual_seed(batch * 7 + context)
@@ -165,11 +175,7 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
         v = torch.randn(batch, context, NUM_KV_HEADS, head_dim, device=dev, dtype=dt)
         q = torch.randn(batch, NUM_HEADS, head_dim, device=dev, dtype=dt)
         inputs.append((q, k, v, *_paged_copy(k, v, gen, block_size), torch.empty_like(q)))
-    cuda = torch.device(dev)
-    if num_splits is None:  # what the launcher picks
-        split_cfg = config or default_decode_config(batch, NUM_KV_HEADS, 0, block_size, cuda)
-        num_splits = choose_num_splits(batch, NUM_KV_HEADS, context, split_cfg)
-    cfg = config or default_decode_config(batch, NUM_KV_HEADS, num_splits, block_size, cuda)
+    num_splits, cfg = _decode_launch_choice(batch, context, block_size, num_splits, config)
 
     def ours(item) -> Callable[[], object]:
         q, _, _, key_cache, value_cache, tables, out = item
@@ -215,10 +221,7 @@ def pdl_ab(rounds: int = 3) -> dict:
     alternating in one process (`rounds` times each, so drift between them shows)."""
     rows = []
     for batch, context, block_size in PDL_AB_SHAPES:
-        cuda = torch.device("cuda")
-        split_cfg = default_decode_config(batch, NUM_KV_HEADS, 0, block_size, cuda)
-        splits = choose_num_splits(batch, NUM_KV_HEADS, context, split_cfg)
-        base = default_decode_config(batch, NUM_KV_HEADS, splits, block_size, cuda)
+        splits, base = _decode_launch_choice(batch, context, block_size)
         row: dict = {"batch": batch, "context": context, "block_size": block_size, "num_splits": splits,
                      "tma": base.tma, "off_tbps": [], "on_tbps": []}
         for _ in range(rounds):
