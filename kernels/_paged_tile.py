@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -12,6 +14,7 @@ except ImportError:  # a Triton without host-side tensor descriptors: the gather
     TensorDescriptor = None
 
 LOG2_E = 1.4426950408889634
+IS_INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # the interpreter runs no assembly
 
 # How a tile finds its pages (a constexpr of the kernels, so the H100 sweep can compare them):
 # VECTOR_PAGES gathers the tile's page ids as one [BLOCK_N] load; the compiler's pipeliner then turns that load
@@ -66,6 +69,18 @@ def cache_tile_descriptors(key_cache: torch.Tensor, value_cache: torch.Tensor, b
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact fp32 products (tests compare with an fp32 reference); 16-bit types ignore this."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+@triton.jit
+def prefetch_table_row(table_row_ptr, first_page, table_width):
+    """Asks for the 128-byte line of a block-table row that holds page first_page (clamped into the row) to be
+    brought into L1, without waiting: the loop's first page-id loads then hit L1. Compiled targets only."""
+    page = tl.minimum(first_page, table_width - 1)
+    if not IS_INTERPRETER:
+        tl.inline_asm_elementwise(
+            "prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [table_row_ptr + page],
+            dtype=tl.int32, is_pure=False, pack=1,
+        )
 
 
 @triton.jit
@@ -245,12 +260,23 @@ def attend_paged_tile(
 def tma_tile(
     acc, m_i, l_i, q, k_desc, v_desc, table_row_ptr, n_start, kv_col, kv_end, query_pos, qk_scale_log2,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ASM_PAGE: tl.constexpr = False,
 ):
     """One online-softmax step over keys n_start .. n_start + BLOCK_N, copied whole from one page. MASKED drops keys
     at or past kv_end (and after each row's query_pos with CAUSAL) and zeroes their V rows: slots past a sequence's
-    context hold whatever the page held before, and p = 0 times a stale NaN would still be NaN."""
-    row = tl.load(table_row_ptr + n_start // PAGE_SIZE) * PAGE_SIZE + n_start % PAGE_SIZE
+    context hold whatever the page held before, and p = 0 times a stale NaN would still be NaN.
+
+    ASM_PAGE reads the page id through inline assembly (as ASM_PAGES does in tile_row_offsets). With an ordinary
+    load the pipeliner stages that load too, and K/V get 1 buffer at num_stages 2-4, 2 at 5-6, 3 at 8; hidden from
+    it, K/V get num_stages - 1 buffers and the page id is read (from L1: prefetch_table_row) as each copy is issued."""
+    if ASM_PAGE and not IS_INTERPRETER:
+        page = tl.inline_asm_elementwise(
+            "ld.global.nc.b32 $0, [$1];", "=r,l", [table_row_ptr + n_start // PAGE_SIZE],
+            dtype=tl.int32, is_pure=True, pack=1,
+        )
+    else:
+        page = tl.load(table_row_ptr + n_start // PAGE_SIZE)
+    row = page * PAGE_SIZE + n_start % PAGE_SIZE
     k = k_desc.load([row, kv_col])
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
     v = v_desc.load([row, kv_col])

@@ -25,6 +25,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
+from kernels import decode_gluon
 from kernels.bench_report import GLUON_ALTERNATIVE_NAMES, compiled_resources, write_markdown
 from kernels.decode_attention import (
     DecodeConfig,
@@ -374,6 +375,7 @@ def summary(report: dict) -> str:
     for r in report.get("decode", []):
         c = r.get("config", {})
         lines.append(f"decode {r.get('batch')}x{r.get('context')} bs{r.get('block_size')} tma{int(bool(c.get('tma')))} "
+                     f"gluon{int(bool(c.get('gluon')))} "
                      f"sp{r.get('num_splits')} n{c.get('block_n')} "
                      f"w{c.get('num_warps')} s{c.get('num_stages')} p{c.get('page_loads')} pdl{int(bool(c.get('pdl_merge')))}: "
                      f"{r.get('ours_tbps', float('nan')):.2f} TB/s err {r.get('rel_err_vs_sdpa', float('nan')):.1e} "
@@ -445,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                         row["ratio_to_sdpa"] = row["ours_tbps"] / row["sdpa_tbps"]
                 report["decode"].append(row)
         report["resources"] = (compiled_resources(_prefill_kernel) + compiled_resources(_decode_split_kernel)
-                               + compiled_resources(_decode_split_tma_kernel))
+                               + compiled_resources(_decode_split_tma_kernel)
+                               + compiled_resources(getattr(decode_gluon, "_decode_hopper_kernel", None)))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     if args.md and not (args.sweep or args.tma_sweep or args.overhead or args.pdl_ab):

@@ -19,6 +19,13 @@ def _constexprs(jit_function: object, kernel: object) -> dict:
     return result
 
 
+def _decode_kernel_name(config: dict) -> str:
+    """The decode kernel a row's config ran: Gluon (kernels/decode_gluon.py), Triton TMA or Triton gather tiles."""
+    if config.get("gluon"):
+        return f"Gluon, ring of {config.get('num_stages')}"
+    return "Triton TMA" if config.get("tma") else "Triton gather"
+
+
 def compiled_resources(jit_function: object) -> list[dict]:
     """Registers, spills and shared memory of every compiled variant of a @triton.jit function."""
     rows = []
@@ -94,7 +101,7 @@ def write_markdown(report: dict, path: str) -> None:
             continue
         lines.append(
             f"| {r['batch']} × {r['context']} | {r.get('block_size', '')} | "
-            f"{'TMA' if r.get('config', {}).get('tma') else 'gather'} | {r['num_splits']} | {r['ours_tbps']:.2f} | "
+            f"{_decode_kernel_name(r.get('config', {}))} | {r['num_splits']} | {r['ours_tbps']:.2f} | "
             f"{r.get('sdpa_tbps', float('nan')):.2f} | {r.get('ratio_to_sdpa', float('nan')):.2f} | "
             f"{r['ratio_to_copy']:.2f} | {r.get('rel_err_vs_sdpa', float('nan')):.1e} |"
         )

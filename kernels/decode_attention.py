@@ -10,6 +10,7 @@ import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
 from kernels._checks import check_launchable, check_same_device, check_tensor
+from kernels.decode_gluon import gluon_decode_available, gluon_decode_unsupported_reason, launch_gluon_decode
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
@@ -17,6 +18,7 @@ from kernels._paged_tile import (
     cache_tile_descriptors,
     dot_precision,
     needs_int64_offsets,
+    prefetch_table_row,
     resolve_page_loads,
     supports_tma,
     tma_tile,
@@ -56,25 +58,44 @@ class DecodeConfig:
     # With this many (sequence, kv head) programs nearly every SM has one: no split (the merge costs ~3 us).
     no_split_programs: int = 120
     # Whole-tile K/V copies by TMA (Hopper, pages of a multiple of block_n keys): one bulk copy per tile, which
-    # lets one program per SM keep six tiles in flight (kernels/NOTES.md, v4).
+    # keeps the issue cheap. Two buffers (num_stages 3 with the page ids read by inline assembly): one tile in flight
+    # while one is used; deeper rings ask for more than HBM serves and the SMs then finish unevenly (NOTES.md v10).
     tma: bool = False
+    # The Gluon split kernel (kernels/decode_gluon.py, sm_90 only): a producer warp refills each K and V buffer as
+    # soon as its product is done; num_stages is then its ring depth. Elsewhere the Triton kernels run.
+    gluon: bool = False
 
 
 def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: torch.device | None) -> bool:
     """Few (sequence, kv head) pairs on a Hopper GPU with pages of a multiple of 64 keys: split into one program per
-    SM, each keeping six TMA tiles in flight (1 x 32k: 2.49 TB/s against 2.42 for the gather kernel, same run)."""
+    SM, each with one TMA tile in flight while it uses another (1 x 32k: 2.50 TB/s against 2.43 for the gather kernel
+    on 16-key pages, same run)."""
     return (device is not None and device.type == "cuda" and block_size % 64 == 0
             and num_seqs * num_kv_heads < DecodeConfig.no_split_programs and supports_tma(device))
 
 
 def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, block_size: int = 16,
                           device: torch.device | None = None) -> DecodeConfig:
-    """One unsplit program per SM at most: 128-key tiles three stages deep (one program's 139 KB fill the SM's
-    shared memory; 16 x 4k: 2.71 TB/s against 2.65 with 64-key tiles). Otherwise the 4-programs-per-SM default;
-    with TMA tiles (uses_tma_tiles) one program per SM, six 64-key tiles deep."""
+    """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v11):
+
+    * few (sequence, kv head) pairs, split into one program per SM: on Hopper the Gluon kernel with 64-key tiles, a
+      ring of two on 64-key pages and of three on smaller ones (1 x 32k: 2.52 and 2.48 TB/s; 1 x 4k 1.44 against
+      1.28), for up to 16 pairs on small pages (8 x 32k, 64 pairs on 16-key pages: 2.84 against 2.88 for the gather
+      kernel at four programs per SM); else the Triton TMA kernel, two buffers, on pages of 64 keys (uses_tma_tiles);
+    * one unsplit program per pair, at most one per SM: on 64-key pages the Gluon kernel (16 x 4k: 2.74-2.75 against
+      2.71); otherwise 128-key tiles three stages deep (one program's 139 KB fill the SM's shared memory);
+    * more pairs than SMs: the 4-programs-per-SM default (the Gluon kernel: 2.82 against 2.91 at 64 x 4k).
+    """
+    pairs = num_seqs * num_kv_heads
+    if gluon_decode_available(device):
+        whole_tiles = block_size % 64 == 0
+        if (pairs < DecodeConfig.no_split_programs and (whole_tiles or pairs <= 16)) or (
+                num_splits == 1 and pairs <= NUM_SMS_H100 and whole_tiles):
+            return DecodeConfig(block_n=64, num_stages=2 if whole_tiles else 3, target_programs=NUM_SMS_H100,
+                                gluon=True)
     if uses_tma_tiles(num_seqs, num_kv_heads, block_size, device):
-        return DecodeConfig(block_n=64, num_stages=6, target_programs=NUM_SMS_H100, tma=True)
-    if num_splits == 1 and num_seqs * num_kv_heads <= NUM_SMS_H100:
+        return DecodeConfig(block_n=64, num_stages=3, target_programs=NUM_SMS_H100, tma=True)
+    if num_splits == 1 and pairs <= NUM_SMS_H100:
         return DecodeConfig(block_n=128, num_stages=3)
     return DecodeConfig()
 
@@ -105,7 +126,7 @@ def _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mas
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-    qk_scale_log2, split_len,
+    qk_scale_log2, split_len, table_width,
     stride_qs, stride_qh, stride_os, stride_oh,
     stride_cb, stride_cs, stride_ch, stride_bt,
     stride_ps, stride_ph, stride_pk,
@@ -119,17 +140,20 @@ def _decode_split_kernel(
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    context_len = tl.load(context_lens_ptr + seq)
     kv_start = split * split_len
-    if kv_start >= context_len:
-        return  # the reduction ignores splits past the sequence's length
-    kv_end = tl.minimum(kv_start + split_len, context_len)
-
+    # q and the split's first page ids are requested before the context length arrives, so the first K/V tile
+    # waits for two dependent memory round trips (length and page ids, then K/V) instead of three.
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mask,
                                            QUERIES_PER_KV, BLOCK_G)
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    prefetch_table_row(table_row_ptr, kv_start // PAGE_SIZE, table_width)
+    context_len = tl.load(context_lens_ptr + seq)
+    if kv_start >= context_len:
+        return  # the reduction ignores splits past the sequence's length
+    kv_end = tl.minimum(kv_start + split_len, context_len)
+
     kv_head_offset = kv_head * stride_ch
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     query_pos = tl.zeros([BLOCK_G], dtype=tl.int32)  # unused: every key of the context is visible
@@ -166,12 +190,12 @@ def _decode_split_kernel(
 @triton.jit
 def _decode_split_tma_kernel(
     q_ptr, k_desc, v_desc, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-    qk_scale_log2, split_len,
+    qk_scale_log2, split_len, table_width,
     stride_qs, stride_qh, stride_os, stride_oh, stride_bt,
     stride_ps, stride_ph, stride_pk,
     QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_GDC: tl.constexpr,
+    PAGE_LOADS: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """_decode_split_kernel with each [BLOCK_N, HEAD_DIM] K/V tile copied whole by TMA from one page of the cache
     viewed as [num_blocks * PAGE_SIZE, num_kv_heads * HEAD_DIM] (PAGE_SIZE % BLOCK_N == 0)."""
@@ -180,15 +204,17 @@ def _decode_split_tma_kernel(
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    context_len = tl.load(context_lens_ptr + seq)
     kv_start = split * split_len
-    if kv_start >= context_len:
-        return  # the reduction ignores splits past the sequence's length
-    kv_end = tl.minimum(kv_start + split_len, context_len)
+    # As in _decode_split_kernel: q and the first page ids are on their way while the context length arrives.
     offs_d = tl.arange(0, HEAD_DIM)
     q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, offs_d < HEAD_DIM,
                                            QUERIES_PER_KV, BLOCK_G)
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    prefetch_table_row(table_row_ptr, kv_start // PAGE_SIZE, table_width)
+    context_len = tl.load(context_lens_ptr + seq)
+    if kv_start >= context_len:
+        return  # the reduction ignores splits past the sequence's length
+    kv_end = tl.minimum(kv_start + split_len, context_len)
     kv_col = kv_head * HEAD_DIM
     query_pos = tl.zeros([BLOCK_G], dtype=tl.int32)  # unused: every key of the context is visible
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
@@ -197,10 +223,12 @@ def _decode_split_tma_kernel(
     full_end = kv_start + ((kv_end - kv_start) // BLOCK_N) * BLOCK_N
     for n_start in range(kv_start, full_end, BLOCK_N):
         acc, m_i, l_i = tma_tile(acc, m_i, l_i, q, k_desc, v_desc, table_row_ptr, n_start, kv_col, kv_end,
-                                  query_pos, qk_scale_log2, BLOCK_N, PAGE_SIZE, False, False, DOT_PRECISION)
+                                  query_pos, qk_scale_log2, BLOCK_N, PAGE_SIZE, False, False, DOT_PRECISION,
+                                  PAGE_LOADS == 2)
     if full_end < kv_end:
         acc, m_i, l_i = tma_tile(acc, m_i, l_i, q, k_desc, v_desc, table_row_ptr, full_end, kv_col, kv_end,
-                                  query_pos, qk_scale_log2, BLOCK_N, PAGE_SIZE, True, False, DOT_PRECISION)
+                                  query_pos, qk_scale_log2, BLOCK_N, PAGE_SIZE, True, False, DOT_PRECISION,
+                                  PAGE_LOADS == 2)
     acc = acc / l_i[:, None]
     if DIRECT:
         tl.store(out_ptr + seq.to(tl.int64) * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
@@ -222,18 +250,22 @@ def _decode_reduce_kernel(
         gdc_wait()  # the split kernel's results are complete and visible past this point
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
-    context_len = tl.load(context_lens_ptr + seq)
-    num_valid = tl.minimum((context_len + split_len - 1) // split_len, num_splits)
+    # The length, the log-sum-exps and the parts are loaded side by side (one memory round trip, not three);
+    # splits past the sequence's length were never written, so they are dropped by selection, not by a zero
+    # weight (whatever those slots hold, NaN included, stays out of the sums).
     offs_k = tl.arange(0, BLOCK_SPLITS)
-    k_mask = offs_k < num_valid
-    part = seq * stride_ps + head * stride_ph + offs_k * stride_pk  # [BLOCK_SPLITS]
-    lse = tl.load(part_lse_ptr + part, mask=k_mask, other=float("-inf"))
-    weights = tl.math.exp2(lse - tl.max(lse, axis=0))
-    weights = tl.where(k_mask, weights, 0.0)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    parts = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=k_mask[:, None] & d_mask[None, :],
+    in_range = offs_k < num_splits
+    part = seq * stride_ps + head * stride_ph + offs_k * stride_pk  # [BLOCK_SPLITS]
+    context_len = tl.load(context_lens_ptr + seq)
+    lse = tl.load(part_lse_ptr + part, mask=in_range, other=float("-inf"))
+    parts = tl.load(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=in_range[:, None] & d_mask[None, :],
                     other=0.0)  # [BLOCK_SPLITS, BLOCK_D]
+    valid = offs_k < tl.minimum((context_len + split_len - 1) // split_len, num_splits)
+    lse = tl.where(valid, lse, float("-inf"))
+    weights = tl.where(valid, tl.math.exp2(lse - tl.max(lse, axis=0)), 0.0)
+    parts = tl.where(valid[:, None], parts, 0.0)
     result = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
     tl.store(out_ptr + seq * stride_os + head * stride_oh + offs_d, result.to(out_ptr.dtype.element_ty), mask=d_mask)
 
@@ -318,25 +350,32 @@ def paged_decode_attention(
         # [num_seqs, num_heads, num_splits, head_dim] and [num_seqs, num_heads, num_splits], fp32.
         part_out = torch.empty((num_seqs, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device)
+    if cfg.gluon and gluon_decode_unsupported_reason(q, key_cache, value_cache, cfg.block_n) is None:
+        launch_gluon_decode(q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
+                            scale * LOG2_E, split_len, num_splits, cfg.block_n, cfg.num_stages)
+        if not direct:
+            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
+        return out
     descriptors = None
     if cfg.tma and supports_tma(q.device):
         descriptors = cache_tile_descriptors(key_cache, value_cache, cfg.block_n)
     if descriptors is not None:
         _decode_split_tma_kernel[(num_seqs, num_kv_heads, num_splits)](
             q, *descriptors, block_tables, context_lens, out, part_out, part_lse,
-            scale * LOG2_E, split_len,
+            scale * LOG2_E, split_len, block_tables.shape[1],
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
             num_heads * num_splits, num_splits, 1,
             QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
             BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
-            USE_GDC=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device), USE_GDC=pdl, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
         if not direct:
             launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
         return out
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
-        scale * LOG2_E, split_len,
+        scale * LOG2_E, split_len, block_tables.shape[1],
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
         num_heads * num_splits, num_splits, 1,

@@ -70,14 +70,9 @@ def default_hopper_prefill_config(head_dim: int, block_size: int) -> HopperPrefi
     return HopperPrefillConfig()
 
 
-def hopper_prefill_unsupported_reason(
-    q: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    config: HopperPrefillConfig | None = None,
-) -> str | None:
-    """Why the Gluon kernel cannot serve these tensors (None when it can): Gluon missing, not an sm_90 CUDA device,
-    or a layout the TMA copies cannot address."""
+def gluon_layout_unsupported_reason(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> str | None:
+    """What keeps a Gluon attention kernel (prefill or decode) from these tensors, None if nothing: Gluon missing, not
+    an sm_90 CUDA device, a dtype or head_dim it was not built for, or a layout the TMA copies cannot address."""
     if gluon is None:
         return f"Gluon is not importable ({GLUON_IMPORT_ERROR})"
     if q.device.type != "cuda" or not torch.cuda.is_available():
@@ -94,12 +89,6 @@ def hopper_prefill_unsupported_reason(
     block_size = key_cache.shape[1]
     if block_size < 8 or block_size & (block_size - 1):
         return f"block_size must be a power of two >= 8 (a TMA box per page run), got {block_size}"
-    cfg = config or default_hopper_prefill_config(head_dim, block_size)
-    # Compiled sizes (sm_90, Triton 3.6): the explicit buffers, ~100 bytes of barriers and the two warpgroups'
-    # epilogue staging, counted here as a [BLOCK_M, head_dim] buffer (d128: 180 KB compiled, 193 KB counted).
-    needed = cfg.shared_bytes(head_dim, q.element_size()) + 1024 + BLOCK_M * head_dim * q.element_size()
-    if needed > SMEM_LIMIT:
-        return f"{cfg} needs about {needed} bytes of shared memory (at most {SMEM_LIMIT})"
     if q.stride(2) != 1 or q.stride(1) != head_dim or (q.stride(0) * q.element_size()) % 16 or q.data_ptr() % 16:
         return "q must have contiguous, 16-byte aligned [heads, head_dim] rows"
     caches = (("key_cache", key_cache), ("value_cache", key_cache if value_cache is None else value_cache))
@@ -111,6 +100,27 @@ def hopper_prefill_unsupported_reason(
             return f"{name} rows must be 16-byte aligned"
         if cache.shape[0] * block_size >= 2**31:
             return f"{name} has more than 2**31 rows (TMA coordinates are 32-bit)"
+    return None
+
+
+def hopper_prefill_unsupported_reason(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    config: HopperPrefillConfig | None = None,
+) -> str | None:
+    """Why the Gluon prefill kernel cannot serve these tensors (None when it can): gluon_layout_unsupported_reason,
+    or a config whose buffers do not fit in shared memory."""
+    reason = gluon_layout_unsupported_reason(q, key_cache, value_cache)
+    if reason is not None:
+        return reason
+    head_dim, block_size = q.shape[2], key_cache.shape[1]
+    cfg = config or default_hopper_prefill_config(head_dim, block_size)
+    # Compiled sizes (sm_90, Triton 3.6): the explicit buffers, ~100 bytes of barriers and the two warpgroups'
+    # epilogue staging, counted here as a [BLOCK_M, head_dim] buffer (d128: 180 KB compiled, 193 KB counted).
+    needed = cfg.shared_bytes(head_dim, q.element_size()) + 1024 + BLOCK_M * head_dim * q.element_size()
+    if needed > SMEM_LIMIT:
+        return f"{cfg} needs about {needed} bytes of shared memory (at most {SMEM_LIMIT})"
     return None
 
 

@@ -1,22 +1,29 @@
-"""One prefill launch (4 x 4096, d128, causal) and one decode launch (16 x 4096, d128) for a profiler to read.
+"""Launches for a profiler to read: prefill (4 x 4096, d128, causal) and decode (16 x 4096 on 16-key pages, 1 x 32768
+on 64-key pages, d128), each in the benchmark's own setup.
 
-    ncu --kernel-name regex:'_prefill_kernel|_decode_split_kernel' --launch-skip 2 --launch-count 2 \\
-        --metrics <list> python3 -m kernels.profile_kernels
+    ncu --clock-control none --kernel-name regex:'_prefill_kernel|_decode_split' --launch-skip 2 --launch-count 2 \\
+        --metrics <list> python3 -m kernels.profile_kernels [prefill|decode]
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
 from kernels.bench import bench_decode, bench_prefill
 
 
-def main() -> None:
-    # Each bench call warms up and repeats; the profiler's launch filter picks two launches of each kernel.
-    print(bench_prefill(4096, 128, None, peers=False))
-    print(bench_decode(16, 4096, None, None, peers=False))
+def main(argv: list[str]) -> None:
+    # Each bench call warms up and repeats; the profiler's launch filter picks launches of each kernel.
+    which = argv[0] if argv else "all"
+    if which in ("prefill", "all"):
+        print(bench_prefill(4096, 128, None, peers=False))
+    if which in ("decode", "all"):
+        print(bench_decode(16, 4096, None, None, peers=False))
+        print(bench_decode(1, 32768, None, None, peers=False, block_size=64))
     torch.cuda.synchronize()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,0 +1,91 @@
+"""The Gluon Hopper decode kernel (kernels/decode_gluon.py, DecodeConfig(gluon=True)) against the fp32 reference.
+
+GPU tests run only on an sm_90 device (marked `gpu`); the CPU tests check that the module imports everywhere, that
+it says why it cannot run, and that a gluon config elsewhere runs the Triton kernels instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import paged_decode_attention, paged_decode_attention_ref
+from kernels.decode_attention import DecodeConfig
+from kernels.decode_gluon import gluon_decode_unsupported_reason
+
+BF16_TOLERANCE = 1.5e-2  # relative-norm error against the fp32 reference, as in the other bf16 GPU tests
+
+
+def _on_hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def needs_hopper(test):
+    """`gpu` (skipped without CUDA) and skipped on any GPU but an sm_90 one."""
+    return pytest.mark.gpu(pytest.mark.skipif(not _on_hopper(), reason="needs an sm_90 (Hopper) GPU")(test))
+
+
+def _decode(make_paged_cache, poison_past_context, shape, context_lens, num_splits, config, seed):
+    head_dim, block_size, group, num_kv_heads = shape
+    g = torch.Generator().manual_seed(seed)
+    cache = poison_past_context(make_paged_cache(context_lens, num_kv_heads, head_dim, block_size, torch.bfloat16,
+                                                 "cuda", g))
+    q = torch.randn(len(context_lens), group * num_kv_heads, head_dim, generator=g).to(torch.bfloat16).cuda()
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens, head_dim**-0.5)
+    out = torch.full_like(q, float("nan"))  # poisoned: every row must be written
+    result = paged_decode_attention(*args, max_context_len=max(context_lens), num_splits=num_splits, out=out,
+                                    config=config)
+    torch.cuda.synchronize()
+    ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    assert result is out
+    return result.cpu(), ref
+
+
+# (head_dim, block_size, queries per kv head, num_kv_heads)
+SHAPES = [(128, 16, 4, 2), (128, 64, 1, 2), (64, 16, 8, 1), (64, 64, 4, 2), (128, 32, 16, 1)]
+# Lengths of one key, of a whole number of pages, and of no tile or page multiple; stale NaN past each context.
+RAGGED_CONTEXTS = [1, 77, 130, 64, 300, 1000]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-bs{s[1]}-gqa{s[2]}")
+@pytest.mark.parametrize("num_splits", [1, 3], ids=["nosplit", "split3"])
+@pytest.mark.parametrize(("block_n", "stages"), [(64, 2), (64, 3), (128, 2)], ids=["n64s2", "n64s3", "n128s2"])
+@needs_hopper
+def test_gluon_decode_matches_reference_over_ragged_contexts(make_paged_cache, poison_past_context, relative_error,
+                                                             shape, num_splits, block_n, stages):
+    config = DecodeConfig(block_n=block_n, num_stages=stages, gluon=True)
+    result, ref = _decode(make_paged_cache, poison_past_context, shape, RAGGED_CONTEXTS, num_splits, config,
+                          sum(shape) + num_splits)
+    assert not result.isnan().any()
+    assert relative_error(result, ref) < BF16_TOLERANCE
+
+
+@needs_hopper
+def test_gluon_decode_splits_a_long_context_over_many_programs(make_paged_cache, poison_past_context,
+                                                               relative_error):
+    # 17 splits of 320 keys: a ring of two buffers wraps many times in every program, and the last split is short.
+    config = DecodeConfig(block_n=64, num_stages=2, gluon=True)
+    result, ref = _decode(make_paged_cache, poison_past_context, (128, 16, 4, 2), [5000, 3001], 17, config, 5)
+    assert relative_error(result, ref) < BF16_TOLERANCE
+
+
+def test_gluon_decode_says_why_it_cannot_run_on_cpu() -> None:
+    q = torch.zeros(2, 8, 128, dtype=torch.bfloat16)
+    cache = torch.zeros(4, 16, 2, 128, dtype=torch.bfloat16)
+    reason = gluon_decode_unsupported_reason(q, cache, cache, 64)
+    assert reason is not None
+    assert "Gluon is not importable" in reason or "needs a CUDA device, got cpu" in reason
+
+
+def test_gluon_config_runs_the_triton_kernels_where_gluon_cannot(make_paged_cache, relative_error, tolerance,
+                                                                 device, dtype):
+    if device == "cuda" and _on_hopper():
+        pytest.skip("the Gluon kernel runs here; covered by the tests above")
+    config = DecodeConfig(block_n=32 if device == "cpu" else 64, num_stages=1 if device == "cpu" else 2, gluon=True)
+    g = torch.Generator().manual_seed(3)
+    cache = make_paged_cache([5, 40], 2, 64, 16, dtype, device, g)
+    q = torch.randn(2, 8, 64, generator=g).to(dtype).to(device)
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens, 64**-0.5)
+    result = paged_decode_attention(*args, max_context_len=40, num_splits=2, config=config)
+    ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    assert relative_error(result.cpu(), ref) < tolerance
