@@ -24,16 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (batch, context, page size, splits, DecodeConfig fields): configs other than the default, timed with the working
 # tree's kernels only (after its default rows, in the same process).
-VARIANTS = [
-    (16, 4096, 16, 1, {"block_n": 128, "num_stages": 3, "gluon": True}),
-    (16, 4096, 16, 1, {"block_n": 64, "num_stages": 4, "gluon": True}),
-    (16, 4096, 64, 1, {"block_n": 128, "num_stages": 2, "gluon": True}),
-    (1, 32768, 16, 33, {"block_n": 64, "num_stages": 2, "gluon": True}),
-    (1, 32768, 16, 16, {"block_n": 64, "num_stages": 3, "gluon": True}),
-    (1, 32768, 64, 33, {"block_n": 64, "num_stages": 2, "gluon": True}),
-    (1, 4096, 16, 16, {"block_n": 64, "num_stages": 2, "gluon": True}),
-    (1, 4096, 16, 32, {"block_n": 64, "num_stages": 2}),
-]
+VARIANTS: list = []  # each run's variants are recorded in its JSON (bench/results/kernels_decode_ab_*_h100.json)
 
 _CHILD = """
 import json, sys

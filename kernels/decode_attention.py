@@ -79,10 +79,10 @@ def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, blo
     """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v11):
 
     * few (sequence, kv head) pairs, split into one program per SM: on Hopper the Gluon kernel with 64-key tiles, a
-      ring of two on 64-key pages and of three on smaller ones (1 x 32k: 2.52 and 2.48 TB/s; 1 x 4k 1.44 against
+      ring of two on 64-key pages and of three on smaller ones (1 x 32k: 2.53 and 2.49 TB/s; 1 x 4k 1.47 against
       1.28), for up to 16 pairs on small pages (8 x 32k, 64 pairs on 16-key pages: 2.84 against 2.88 for the gather
       kernel at four programs per SM); else the Triton TMA kernel, two buffers, on pages of 64 keys (uses_tma_tiles);
-    * one unsplit program per pair, at most one per SM: on 64-key pages the Gluon kernel (16 x 4k: 2.74-2.75 against
+    * one unsplit program per pair, at most one per SM: on 64-key pages the Gluon kernel (16 x 4k: 2.76 against
       2.71); otherwise 128-key tiles three stages deep (one program's 139 KB fill the SM's shared memory);
     * more pairs than SMs: the 4-programs-per-SM default (the Gluon kernel: 2.82 against 2.91 at 64 x 4k).
     """

@@ -6,7 +6,12 @@ K and V tiles by TMA (one copy per page run, so 16-key pages work as well as 64-
 buffers, and the 4-warp consumer warpgroup hands each K buffer back as soon as its score product is done and each
 V buffer as soon as its P V product is, so the producer refills it at once. The Triton kernels hold a tile's
 buffers until the loop iteration ends; at two buffers that leaves less than two tiles in flight on average, and
-at three the SMs ask for more than HBM serves and finish unevenly (kernels/NOTES.md, v10).
+at three the SMs ask for more than HBM serves and finish unevenly (kernels/NOTES.md, v10). On the H100 this
+gained 1-3% where it is the default (default_decode_config), not the 7% between the Triton decode and a bare read
+of the same bytes (NOTES.md v11).
+
+The producer copies a split's first tile before the context length arrives, and the consumer requests q at
+once: one dependent memory round trip fewer before the first product.
 
 The kv head's query heads are the first QUERIES_PER_KV of 64 rows of one wgmma (the rest are zero): the products
 are small next to the bytes each tile brings.
@@ -56,17 +61,23 @@ if gluon is not None:
                          context_lens_ptr, stride_bt, split_len, table_width,
                          HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr,
                          PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr):
-        """1 warp: K_i and V_i of every tile into ring slot i % STAGES once the consumer released it."""
+        """1 warp: K_i and V_i of every tile into ring slot i % STAGES once the consumer released it.
+
+        Tile 0 is copied before the context length arrives (one memory round trip fewer before the first product):
+        its page ids are clamped into the table row instead of to the sequence's last page, so a lookup past the
+        context reads some entry of the row, and the copy lands rows the consumer masks (keys) or zeroes (values);
+        a page id out of the cache makes TMA fill zeros. A split past the sequence waits for that copy and stops."""
         seq = gl.program_id(0)
+        kv_head = gl.program_id(1)
         table_row_ptr = block_tables_ptr + seq.to(gl.int64) * stride_bt
-        # The line of page ids the first copies need is requested while the context length is on its way.
-        first_page = gl.minimum(gl.program_id(2) * split_len // PAGE_SIZE, table_width - 1)
-        gl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [table_row_ptr + first_page],
-                                  dtype=gl.int32, is_pure=False, pack=1)
+        first_tile = gl.program_id(2) * split_len // BLOCK_N  # split_len is a whole number of tiles
+        _copy_kv_tile(k_desc, k_smem.index(0), k_ready.index(0), table_row_ptr, first_tile, table_width - 1,
+                      kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
+        _copy_kv_tile(v_desc, v_smem.index(0), v_ready.index(0), table_row_ptr, first_tile, table_width - 1,
+                      kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
         seq, kv_head, context_len, kv_start, kv_end, n_tiles = _split_range(context_lens_ptr, split_len, BLOCK_N)
         last_page = (context_len - 1) // PAGE_SIZE
-        first_tile = kv_start // BLOCK_N  # split_len is a whole number of tiles
-        for i in range(n_tiles):
+        for i in range(1, n_tiles):
             stage = i % STAGES
             phase = ((i // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1
             mbarrier.wait(k_empty.index(stage), phase)
@@ -75,6 +86,9 @@ if gluon is not None:
             mbarrier.wait(v_empty.index(stage), phase)
             _copy_kv_tile(v_desc, v_smem.index(stage), v_ready.index(stage), table_row_ptr, first_tile + i,
                           last_page, kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
+        if n_tiles <= 0:  # nobody consumes tile 0: the program may not end with copies still landing
+            mbarrier.wait(k_ready.index(0), 0)
+            mbarrier.wait(v_ready.index(0), 0)
 
     @gluon.jit
     def _decode_consumer(q_ptr, out_ptr, part_out_ptr, part_lse_ptr, q_smem, k_smem, v_smem, k_ready, v_ready,
@@ -92,14 +106,16 @@ if gluon is not None:
         # 16-byte row accesses for q in and the result out.
         io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8],
                                                    [_CONSUMER_WARPS, 1], [1, 0])
+        # q is requested before the context length arrives (its rows exist whatever the length).
+        seq = gl.program_id(0)
+        rows = gl.arange(0, _QUERY_ROWS, layout=gl.SliceLayout(1, io_layout))
+        cols = gl.expand_dims(gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout)), 0)
+        heads = gl.program_id(1) * QUERIES_PER_KV + rows
+        row_mask = gl.expand_dims(rows < QUERIES_PER_KV, 1)
+        q = gl.load(q_ptr + seq.to(gl.int64) * stride_qs + gl.expand_dims(heads * stride_qh, 1) + cols,
+                    mask=row_mask, other=0.0)
         seq, kv_head, context_len, kv_start, kv_end, n_tiles = _split_range(context_lens_ptr, split_len, BLOCK_N)
         if n_tiles > 0:  # splits past the sequence's length write nothing; the merge ignores them
-            rows = gl.arange(0, _QUERY_ROWS, layout=gl.SliceLayout(1, io_layout))
-            cols = gl.expand_dims(gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout)), 0)
-            heads = kv_head * QUERIES_PER_KV + rows
-            row_mask = gl.expand_dims(rows < QUERIES_PER_KV, 1)
-            q = gl.load(q_ptr + seq.to(gl.int64) * stride_qs + gl.expand_dims(heads * stride_qh, 1) + cols,
-                        mask=row_mask, other=0.0)
             q_smem.store(q)
             fence_async_shared()  # ordinary stores, read next by the tensor cores
             gl.thread_barrier()

@@ -4,7 +4,7 @@ Same semantics as kernels.prefill_attention.paged_prefill_attention (packed vari
 positions of their context, paged K/V, GQA, causal or encoder mode); the kernel, FA3's structure written by hand in
 Triton's explicit-layout dialect, is in kernels/prefill_gluon_kernel.py. kernels.prefill_attention's
 paged_prefill_attention runs it for head dims 64 and 128 on sm_90 when no config is given (d128 causal on the H100,
-16-key pages: 551 / 609 / 623 TFLOP/s at 4k / 8k / 16k against cuDNN's 534 / 576 / 589 and 424 / 462 / 481 for the
+16-key pages: 543 / 598 / 616 TFLOP/s at 4k / 8k / 16k against cuDNN's 535 / 562 / 570 and 424 / 463 / 478 for the
 Triton kernel in the same run, bench/results/kernels_h100.md; kernels/NOTES.md v6-v7 for how it got there).
 
 The module imports without Gluon (CPU CI, other Triton versions): `supports_hopper_prefill` then returns False and

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels.decode_attention import DecodeConfig, choose_num_splits
+from kernels.decode_attention import choose_num_splits, default_decode_config
 from services.worker.attention_metadata import AttentionMetadata, SeqChunk
 from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs
 from services.worker.kv_cache import KVCache
@@ -33,9 +33,12 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
     return sorted({*sizes, max_num_seqs})
 
 
-def context_buckets(num_seqs: int, num_kv_heads: int, max_model_len: int, short_len: int) -> list[tuple[int, int]]:
-    """(longest context, decode splits) of each graph captured for a batch of `num_seqs`, shortest first."""
-    full = choose_num_splits(num_seqs, num_kv_heads, max_model_len, DecodeConfig())
+def context_buckets(num_seqs: int, num_kv_heads: int, max_model_len: int, short_len: int, block_size: int = 16,
+                    device: torch.device | None = None) -> list[tuple[int, int]]:
+    """(longest context, decode splits) of each graph captured for a batch of `num_seqs`, shortest first. The splits
+    are what the decode kernel would pick for the device and page size (kernels.decode_attention)."""
+    cfg = default_decode_config(num_seqs, num_kv_heads, 0, block_size, device)
+    full = choose_num_splits(num_seqs, num_kv_heads, max_model_len, cfg)
     if full == 1 or short_len <= 0 or short_len >= max_model_len:
         return [(max_model_len, full)]
     return [(short_len, 1), (max_model_len, full)]
@@ -54,7 +57,8 @@ class DecodeGraphs:
         self.kv_cache = kv_cache
         self.max_model_len = max_model_len
         self.buckets = batch_buckets(max_num_seqs)
-        self.contexts = {bs: context_buckets(bs, model.cfg.num_kv_heads, max_model_len, short_context_len)
+        self.contexts = {bs: context_buckets(bs, model.cfg.num_kv_heads, max_model_len, short_context_len,
+                                             kv_cache.block_size, kv_cache.data.device)
                          for bs in self.buckets}
         self.max_blocks = -(-max_model_len // kv_cache.block_size)
         device = kv_cache.data.device

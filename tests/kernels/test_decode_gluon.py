@@ -89,3 +89,25 @@ def test_gluon_config_runs_the_triton_kernels_where_gluon_cannot(make_paged_cach
     result = paged_decode_attention(*args, max_context_len=40, num_splits=2, config=config)
     ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
     assert relative_error(result.cpu(), ref) < tolerance
+
+
+@pytest.mark.parametrize("garbage", [2**30, -1], ids=["huge", "negative"])
+@needs_hopper
+def test_gluon_decode_ignores_page_ids_past_each_context(make_paged_cache, poison_past_context, relative_error,
+                                                         garbage):
+    # The producer copies a split's first tile before it knows the context length, looking pages up anywhere in the
+    # table row: entries past a sequence's pages may hold anything (here ids outside the cache), and splits past a
+    # short sequence's end copy a tile nobody reads.
+    g = torch.Generator().manual_seed(11)
+    context_lens = [1, 70, 1000]
+    cache = poison_past_context(make_paged_cache(context_lens, 2, 128, 16, torch.bfloat16, "cuda", g))
+    for i, length in enumerate(context_lens):
+        cache.block_tables[i, -(-length // 16):] = garbage
+    q = torch.randn(3, 8, 128, generator=g).to(torch.bfloat16).cuda()
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens, 128**-0.5)
+    result = paged_decode_attention(*args, max_context_len=1000, num_splits=7, out=torch.full_like(q, float("nan")),
+                                    config=DecodeConfig(block_n=64, num_stages=2, gluon=True))
+    torch.cuda.synchronize()
+    ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    assert not result.cpu().isnan().any()
+    assert relative_error(result.cpu(), ref) < BF16_TOLERANCE
