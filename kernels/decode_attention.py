@@ -10,7 +10,6 @@ import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
 from kernels._checks import check_launchable, check_same_device, check_tensor
-from kernels.decode_gluon import gluon_decode_available, gluon_decode_unsupported_reason, launch_gluon_decode
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
@@ -23,6 +22,7 @@ from kernels._paged_tile import (
     supports_tma,
     tma_tile,
 )
+from kernels.decode_gluon import gluon_decode_available, gluon_decode_unsupported_reason, launch_gluon_decode
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
