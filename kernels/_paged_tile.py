@@ -72,16 +72,15 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def prefetch_table_row(table_row_ptr, first_page, num_pages, table_width):
-    """Asks for the 128-byte lines of a block-table row that hold pages first_page .. first_page + num_pages (clamped
-    into the row) to be brought into L1, without waiting. The page-id loads of the tile loop then hit L1 instead of
-    stalling a copy for a memory round trip every 32 pages. Compiled targets only."""
+def prefetch_table_row(table_row_ptr, first_page, table_width):
+    """Asks for the 128-byte line of a block-table row that holds page first_page (clamped into the row) to be
+    brought into L1, without waiting: the loop's first page-id loads then hit L1. Compiled targets only."""
+    page = tl.minimum(first_page, table_width - 1)
     if not IS_INTERPRETER:
-        # Line-aligned steps of 32 int32 ids, so a range that starts mid-line still reaches its last line.
-        for page in range((first_page // 32) * 32, first_page + num_pages, 32):
-            line = table_row_ptr + tl.minimum(page, table_width - 1)
-            tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [line], dtype=tl.int32,
-                                      is_pure=False, pack=1)
+        tl.inline_asm_elementwise(
+            "prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [table_row_ptr + page],
+            dtype=tl.int32, is_pure=False, pack=1,
+        )
 
 
 @triton.jit

@@ -141,15 +141,14 @@ def _decode_split_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     kv_start = split * split_len
-    # q and the split's page ids are requested before the context length arrives, so the first K/V tile waits for
-    # two dependent memory round trips (length and page ids, then K/V) instead of three, and later tiles find their
-    # page ids in L1.
+    # q and the split's first page ids are requested before the context length arrives, so the first K/V tile
+    # waits for two dependent memory round trips (length and page ids, then K/V) instead of three.
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mask,
                                            QUERIES_PER_KV, BLOCK_G)
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    prefetch_table_row(table_row_ptr, kv_start // PAGE_SIZE, (split_len + PAGE_SIZE - 1) // PAGE_SIZE, table_width)
+    prefetch_table_row(table_row_ptr, kv_start // PAGE_SIZE, table_width)
     context_len = tl.load(context_lens_ptr + seq)
     if kv_start >= context_len:
         return  # the reduction ignores splits past the sequence's length
@@ -206,12 +205,12 @@ def _decode_split_tma_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     kv_start = split * split_len
-    # As in _decode_split_kernel: q and the page ids are on their way while the context length arrives.
+    # As in _decode_split_kernel: q and the first page ids are on their way while the context length arrives.
     offs_d = tl.arange(0, HEAD_DIM)
     q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, offs_d < HEAD_DIM,
                                            QUERIES_PER_KV, BLOCK_G)
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    prefetch_table_row(table_row_ptr, kv_start // PAGE_SIZE, (split_len + PAGE_SIZE - 1) // PAGE_SIZE, table_width)
+    prefetch_table_row(table_row_ptr, kv_start // PAGE_SIZE, table_width)
     context_len = tl.load(context_lens_ptr + seq)
     if kv_start >= context_len:
         return  # the reduction ignores splits past the sequence's length

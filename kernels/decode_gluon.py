@@ -71,13 +71,6 @@ if gluon is not None:
         kv_head = gl.program_id(1)
         table_row_ptr = block_tables_ptr + seq.to(gl.int64) * stride_bt
         first_tile = gl.program_id(2) * split_len // BLOCK_N  # split_len is a whole number of tiles
-        # Every line of the split's page ids is asked into L1 first: one page-id load per box, and a miss every 32
-        # pages would otherwise hold the next copy back for a memory round trip.
-        first_page = first_tile * BLOCK_N // PAGE_SIZE
-        for page in range((first_page // 32) * 32, first_page + (split_len + PAGE_SIZE - 1) // PAGE_SIZE, 32):
-            gl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l",
-                                      [table_row_ptr + gl.minimum(page, table_width - 1)], dtype=gl.int32,
-                                      is_pure=False, pack=1)
         _copy_kv_tile(k_desc, k_smem.index(0), k_ready.index(0), table_row_ptr, first_tile, table_width - 1,
                       kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
         _copy_kv_tile(v_desc, v_smem.index(0), v_ready.index(0), table_row_ptr, first_tile, table_width - 1,
