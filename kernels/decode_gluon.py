@@ -48,13 +48,12 @@ if gluon is not None:
 
     @gluon.jit
     def _split_range(context_lens_ptr, split_len, BLOCK_N: gl.constexpr):
-        """This program's sequence, kv head and keys kv_start .. kv_end, and its tile count (<= 0: nothing to do)."""
-        seq = gl.program_id(0)
-        context_len = gl.load(context_lens_ptr + seq)
+        """This program's context length, keys kv_start .. kv_end and tile count (<= 0: nothing to do)."""
+        context_len = gl.load(context_lens_ptr + gl.program_id(0))
         kv_start = gl.program_id(2) * split_len
         kv_end = gl.minimum(kv_start + split_len, context_len)
         n_tiles = (kv_end - kv_start + BLOCK_N - 1) // BLOCK_N
-        return seq, gl.program_id(1), context_len, kv_start, kv_end, n_tiles
+        return context_len, kv_start, kv_end, n_tiles
 
     @gluon.jit
     def _decode_producer(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, block_tables_ptr,
@@ -75,7 +74,7 @@ if gluon is not None:
                       kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
         _copy_kv_tile(v_desc, v_smem.index(0), v_ready.index(0), table_row_ptr, first_tile, table_width - 1,
                       kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
-        seq, kv_head, context_len, kv_start, kv_end, n_tiles = _split_range(context_lens_ptr, split_len, BLOCK_N)
+        context_len, kv_start, kv_end, n_tiles = _split_range(context_lens_ptr, split_len, BLOCK_N)
         last_page = (context_len - 1) // PAGE_SIZE
         for i in range(1, n_tiles):
             stage = i % STAGES
@@ -114,7 +113,7 @@ if gluon is not None:
         row_mask = gl.expand_dims(rows < QUERIES_PER_KV, 1)
         q = gl.load(q_ptr + seq.to(gl.int64) * stride_qs + gl.expand_dims(heads * stride_qh, 1) + cols,
                     mask=row_mask, other=0.0)
-        seq, kv_head, context_len, kv_start, kv_end, n_tiles = _split_range(context_lens_ptr, split_len, BLOCK_N)
+        context_len, kv_start, kv_end, n_tiles = _split_range(context_lens_ptr, split_len, BLOCK_N)
         if n_tiles > 0:  # splits past the sequence's length write nothing; the merge ignores them
             q_smem.store(q)
             fence_async_shared()  # ordinary stores, read next by the tensor cores

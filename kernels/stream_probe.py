@@ -41,13 +41,6 @@ def _sm_id():
 
 
 @triton.jit
-def _sum_rows(desc, first_tile, num_tiles, acc, TILE_R: tl.constexpr, STAGES: tl.constexpr):
-    for t in tl.range(first_tile, first_tile + num_tiles, num_stages=STAGES):
-        acc += tl.sum(desc.load([t * TILE_R, 0]).to(tl.float32), axis=0)
-    return acc
-
-
-@triton.jit
 def _sum_rows_at(desc, first_tile, num_tiles, col, acc, TILE_R: tl.constexpr, STAGES: tl.constexpr):
     for t in tl.range(first_tile, first_tile + num_tiles, num_stages=STAGES):
         acc += tl.sum(desc.load([t * TILE_R, col]).to(tl.float32), axis=0)
@@ -84,7 +77,7 @@ def _dynamic_kernel(desc, counter_ptr, out_ptr, timeline_ptr, tiles_per_chunk, n
     chunk = tl.atomic_add(counter_ptr, 1)
     while chunk < num_chunks:
         nxt = tl.atomic_add(counter_ptr, 1)  # in flight while this chunk streams
-        acc = _sum_rows(desc, chunk * tiles_per_chunk, tiles_per_chunk, acc, TILE_R, STAGES)
+        acc = _sum_rows_at(desc, chunk * tiles_per_chunk, tiles_per_chunk, 0, acc, TILE_R, STAGES)
         taken += 1
         chunk = nxt
     tl.store(out_ptr + pid * TILE_C + tl.arange(0, TILE_C), acc)
