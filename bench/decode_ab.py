@@ -1,7 +1,7 @@
 """A/B of the decode kernels at two versions of kernels/, alternating in one run on one GPU.
 
     git archive <commit> kernels | tar -x -C DIR      # the baseline's kernels package under DIR
-    python3 bench/decode_ab.py --base DIR --json OUT.json [--rounds 3]
+    python3 bench/decode_ab.py --base DIR --json OUT.json [--rounds 3] [--variants JSON]
 
 Each round times every shape with the baseline and then with the working tree's kernels, each in its own process
 (the two packages share a name), through kernels.bench.bench_decode: CUDA-graph replays over rotating caches, no
@@ -22,9 +22,9 @@ SHAPES = [(16, 4096, 16), (16, 4096, 64), (1, 32768, 64), (1, 32768, 16), (64, 4
           (1, 4096, 16), (8, 32768, 64)]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (batch, context, page size, splits, DecodeConfig fields): configs other than the default, timed with the working
-# tree's kernels only (after its default rows, in the same process).
-VARIANTS: list = []  # each run's variants are recorded in its JSON (bench/results/kernels_decode_ab_*_h100.json)
+# --variants: a JSON list of [batch, context, page size, splits or null, DecodeConfig fields], configs other than the
+# default, timed with the working tree's kernels only (after its default rows, in the same process). Each run's
+# variants are recorded in its JSON (bench/results/kernels_decode_ab_*_h100.json).
 
 _CHILD = """
 import json, sys
@@ -56,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="directory holding the baseline's kernels package")
     parser.add_argument("--json", required=True)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default="[]", help="JSON list of [batch, context, page, splits, fields]")
     args = parser.parse_args(argv)
+    variants = json.loads(args.variants)
     runs: dict[str, list[list[dict]]] = {"base": [], "new": []}
     for _ in range(args.rounds):
-        for name, root, variants in (("base", os.path.abspath(args.base), []), ("new", ROOT, VARIANTS)):
-            runs[name].append(_run(root, variants))
+        for name, root, extra in (("base", os.path.abspath(args.base), []), ("new", ROOT, variants)):
+            runs[name].append(_run(root, extra))
             print(name, [round(r["tbps"], 3) for r in runs[name][-1]], flush=True)
     rows = []
     for i, (batch, context, block_size) in enumerate(SHAPES):
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{batch} x {context} page {block_size}: base {statistics.median(base):.3f} new "
               f"{statistics.median(new):.3f} ratio {rows[-1]['median_ratio']:.3f}", flush=True)
     variant_rows = []
-    for i, (batch, context, block_size, splits, fields) in enumerate(VARIANTS):
+    for i, (batch, context, block_size, splits, fields) in enumerate(variants):
         tbps = [run[len(SHAPES) + i]["tbps"] for run in runs["new"]]
         variant_rows.append({"batch": batch, "context": context, "block_size": block_size, "num_splits": splits,
                              "config": fields, "new_tbps": tbps,

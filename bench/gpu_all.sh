@@ -19,7 +19,7 @@ from flashstream.v1 import common_pb2, gateway_pb2_grpc, scheduler_pb2_grpc, tok
 print("flashstream.v1 stubs import: ok")
 PY
 } 2>&1 | tee "$OUT/gpu_environment.txt"
-timeout 380 python3 -m pytest -q -p no:cacheprovider -m gpu -rA --ignore=tests/integration/test_gateway_openai_client.py tests 2>&1 | tail -n 80 | tee "$OUT/gpu_tests_all.txt"
+timeout 520 python3 -m pytest -q -p no:cacheprovider -m gpu -rA --ignore=tests/integration/test_gateway_openai_client.py tests 2>&1 | tail -n 80 | tee "$OUT/gpu_tests_all.txt"
 # CPU tests of the stages on this machine's library versions (grpcio-tools is not installed here, so the
 # stub regeneration test is left out).
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/unit/scheduler tests/unit/tokenizer tests/unit/common \

@@ -178,14 +178,19 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
         inputs.append((q, k, v, *_paged_copy(k, v, gen, block_size), torch.empty_like(q)))
     num_splits, cfg = _decode_launch_choice(batch, context, block_size, num_splits, config)
 
-    def ours(item) -> Callable[[], object]:
+    def ours(item, launch_cfg: DecodeConfig = cfg) -> Callable[[], object]:
         q, _, _, key_cache, value_cache, tables, out = item
         return lambda: paged_decode_attention(q, key_cache, value_cache, tables, lens, head_dim**-0.5,
-                                              max_context_len=context, num_splits=num_splits, out=out, config=cfg)
+                                              max_context_len=context, num_splits=num_splits, out=out,
+                                              config=launch_cfg)
 
     row = {"batch": batch, "context": context, "block_size": block_size, "num_splits": num_splits, "config": cfg.__dict__,
            "kv_bytes": kv_bytes, "rotated_copies": copies}
     row["ours_tbps"] = kv_bytes / _graph_ms([ours(item) for item in inputs]) / 1e9
+    if cfg.pdl:
+        # The same kernel launched the ordinary way: no call starts before the previous one has ended.
+        ordinary = dataclasses.replace(cfg, pdl=False)
+        row["ours_ordinary_launch_tbps"] = kv_bytes / _graph_ms([ours(item, ordinary) for item in inputs]) / 1e9
     # SDPA on contiguous [batch, kv_heads, context, d] K/V with GQA (q: [batch, heads, 1, d]).
     dense = [(q[:, :, None], k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
              for q, k, v, *_ in (inputs if peers else inputs[:1])]

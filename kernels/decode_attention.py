@@ -64,6 +64,11 @@ class DecodeConfig:
     # The Gluon split kernel (kernels/decode_gluon.py, sm_90 only): a producer warp refills each K and V buffer as
     # soon as its product is done; num_stages is then its ring depth. Elsewhere the Triton kernels run.
     gluon: bool = False
+    # The Gluon kernel (and its merge) as programmatic dependent launches (Hopper): scheduled while the previous
+    # kernel in the stream still runs, it looks up its pages and fills its ring with older tiles before it waits
+    # for that kernel on the device (before q and the newest key), and lets the next kernel be scheduled at once.
+    # The launch gap and the first copies leave the critical path (kernels/NOTES.md, v12).
+    pdl: bool = False
 
 
 def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: torch.device | None) -> bool:
@@ -76,23 +81,25 @@ def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: to
 
 def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, block_size: int = 16,
                           device: torch.device | None = None) -> DecodeConfig:
-    """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v11):
+    """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v12):
 
-    * few (sequence, kv head) pairs, split into one program per SM: on Hopper the Gluon kernel with 64-key tiles, a
-      ring of two on 64-key pages and of three on smaller ones (1 x 32k: 2.53 and 2.49 TB/s; 1 x 4k 1.47 against
-      1.28), for up to 16 pairs on small pages (8 x 32k, 64 pairs on 16-key pages: 2.84 against 2.88 for the gather
-      kernel at four programs per SM); else the Triton TMA kernel, two buffers, on pages of 64 keys (uses_tma_tiles);
-    * one unsplit program per pair, at most one per SM: on 64-key pages the Gluon kernel (16 x 4k: 2.76 against
-      2.71); otherwise 128-key tiles three stages deep (one program's 139 KB fill the SM's shared memory);
+    * few (sequence, kv head) pairs, split into one program per SM: on Hopper the Gluon kernel with 64-key tiles as a
+      dependent launch, a ring of two on 64-key pages and of three on smaller ones (1 x 32k: 2.53 TB/s on both, 2.53
+      and 2.50 launched the ordinary way), for up to 16 pairs on small pages (8 x 32k, 64 pairs on 16-key pages: 2.84
+      against 2.88 for the gather kernel at four programs per SM); else the Triton TMA kernel, two buffers, on pages
+      of 64 keys (uses_tma_tiles);
+    * one unsplit program per pair, at most one per SM: on Hopper the same Gluon configs (16 x 4k: 2.79 and 2.78 on
+      64- and 16-key pages, against 2.75 and 2.71 for the ordinary launch of the Gluon kernel and the gather
+      kernel); elsewhere 128-key tiles three stages deep (one program's 139 KB fill the SM's shared memory);
     * more pairs than SMs: the 4-programs-per-SM default (the Gluon kernel: 2.82 against 2.91 at 64 x 4k).
     """
     pairs = num_seqs * num_kv_heads
     if gluon_decode_available(device):
         whole_tiles = block_size % 64 == 0
         if (pairs < DecodeConfig.no_split_programs and (whole_tiles or pairs <= 16)) or (
-                num_splits == 1 and pairs <= NUM_SMS_H100 and whole_tiles):
+                num_splits == 1 and pairs <= NUM_SMS_H100):
             return DecodeConfig(block_n=64, num_stages=2 if whole_tiles else 3, target_programs=NUM_SMS_H100,
-                                gluon=True)
+                                gluon=True, pdl=True)
     if uses_tma_tiles(num_seqs, num_kv_heads, block_size, device):
         return DecodeConfig(block_n=64, num_stages=3, target_programs=NUM_SMS_H100, tma=True)
     if num_splits == 1 and pairs <= NUM_SMS_H100:
@@ -247,6 +254,7 @@ def _decode_reduce_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     if USE_GDC:
+        gdc_launch_dependents()  # a dependent launch after the merge may be scheduled now
         gdc_wait()  # the split kernel's results are complete and visible past this point
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
@@ -351,10 +359,11 @@ def paged_decode_attention(
         part_out = torch.empty((num_seqs, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device)
     if cfg.gluon and gluon_decode_unsupported_reason(q, key_cache, value_cache, cfg.block_n) is None:
+        dependent = supports_pdl(cfg.pdl, q.device)
         launch_gluon_decode(q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
-                            scale * LOG2_E, split_len, num_splits, cfg.block_n, cfg.num_stages)
+                            scale * LOG2_E, split_len, num_splits, cfg.block_n, cfg.num_stages, dependent)
         if not direct:
-            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
+            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl or dependent)
         return out
     descriptors = None
     if cfg.tma and supports_tma(q.device):

@@ -13,6 +13,12 @@ of the same bytes (NOTES.md v11).
 The producer copies a split's first tile before the context length arrives, and the consumer requests q at
 once: one dependent memory round trip fewer before the first product.
 
+As a programmatic dependent launch (DecodeConfig.pdl, the default where this kernel is) a call is scheduled while
+the previous kernel in the stream still runs: each program lets the next kernel be scheduled at once, looks up its
+pages and fills its ring with tiles older than the newest key, and waits for the previous kernel on the device only
+before it reads q (the consumer) and copies the tile that may hold the newest key (the producer). The launch gap
+and the first copies then overlap the previous kernel's last programs (NOTES.md, v12).
+
 The kv head's query heads are the first QUERIES_PER_KV of 64 rows of one wgmma (the rest are zero): the products
 are small next to the bytes each tile brings.
 
@@ -47,56 +53,88 @@ if gluon is not None:
     _PRODUCER_REGS = gl.constexpr(PRODUCER_REGS)
 
     @gluon.jit
-    def _split_range(context_lens_ptr, split_len, BLOCK_N: gl.constexpr):
-        """This program's context length, keys kv_start .. kv_end and tile count (<= 0: nothing to do)."""
-        context_len = gl.load(context_lens_ptr + gl.program_id(0))
+    def _wait_for_previous_kernel():
+        """griddepcontrol.wait: the previous kernel in the stream has finished and its writes are visible (a no-op
+        unless this kernel was launched as a programmatic dependent launch)."""
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _let_next_kernel_launch():
+        """griddepcontrol.launch_dependents: a dependent launch after this kernel may be scheduled once every
+        program of this grid got here or ended; it still waits for this grid on the device before using its
+        results."""
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
+    def _split_range(context_len, split_len, BLOCK_N: gl.constexpr):
+        """This program's keys kv_start .. kv_end of its sequence's context_len, and their tile count (<= 0: nothing
+        to do)."""
         kv_start = gl.program_id(2) * split_len
         kv_end = gl.minimum(kv_start + split_len, context_len)
         n_tiles = (kv_end - kv_start + BLOCK_N - 1) // BLOCK_N
-        return context_len, kv_start, kv_end, n_tiles
+        return kv_start, kv_end, n_tiles
 
     @gluon.jit
     def _decode_producer(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, block_tables_ptr,
                          context_lens_ptr, stride_bt, split_len, table_width,
                          HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr,
-                         PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr):
+                         PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr):
         """1 warp: K_i and V_i of every tile into ring slot i % STAGES once the consumer released it.
 
         Tile 0 is copied before the context length arrives (one memory round trip fewer before the first product):
         its page ids are clamped into the table row instead of to the sequence's last page, so a lookup past the
         context reads some entry of the row, and the copy lands rows the consumer masks (keys) or zeroes (values);
-        a page id out of the cache makes TMA fill zeros. A split past the sequence waits for that copy and stops."""
+        a page id out of the cache makes TMA fill zeros. A split past the sequence waits for that copy and stops.
+        The context length is requested first, so its round trip overlaps the page id's.
+
+        PDL (a programmatic dependent launch, which may start while the previous kernel still runs): the previous
+        kernel may be the one writing this step's newest key and value, so nothing is copied before the context
+        length says which tiles are older, and the split's last tile waits for the previous kernel; the
+        context length and block table were written before it."""
         seq = gl.program_id(0)
         kv_head = gl.program_id(1)
+        if PDL:
+            _let_next_kernel_launch()
+        context_len = gl.load(context_lens_ptr + seq)
         table_row_ptr = block_tables_ptr + seq.to(gl.int64) * stride_bt
         first_tile = gl.program_id(2) * split_len // BLOCK_N  # split_len is a whole number of tiles
-        _copy_kv_tile(k_desc, k_smem.index(0), k_ready.index(0), table_row_ptr, first_tile, table_width - 1,
-                      kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
-        _copy_kv_tile(v_desc, v_smem.index(0), v_ready.index(0), table_row_ptr, first_tile, table_width - 1,
-                      kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
-        context_len, kv_start, kv_end, n_tiles = _split_range(context_lens_ptr, split_len, BLOCK_N)
+        if PDL:
+            first_loop_tile = 0
+        else:
+            _copy_kv_tile(k_desc, k_smem.index(0), k_ready.index(0), table_row_ptr, first_tile, table_width - 1,
+                          kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
+            _copy_kv_tile(v_desc, v_smem.index(0), v_ready.index(0), table_row_ptr, first_tile, table_width - 1,
+                          kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
+            first_loop_tile = 1
+        kv_start, kv_end, n_tiles = _split_range(context_len, split_len, BLOCK_N)
         last_page = (context_len - 1) // PAGE_SIZE
-        for i in range(1, n_tiles):
+        for i in range(first_loop_tile, n_tiles):
             stage = i % STAGES
             phase = ((i // STAGES) & 1) ^ 1  # a fresh barrier passes parity 1
+            if PDL:
+                if i == n_tiles - 1:  # the tile that may hold the newest key
+                    _wait_for_previous_kernel()
             mbarrier.wait(k_empty.index(stage), phase)
             _copy_kv_tile(k_desc, k_smem.index(stage), k_ready.index(stage), table_row_ptr, first_tile + i,
                           last_page, kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
             mbarrier.wait(v_empty.index(stage), phase)
             _copy_kv_tile(v_desc, v_smem.index(stage), v_ready.index(stage), table_row_ptr, first_tile + i,
                           last_page, kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
-        if n_tiles <= 0:  # nobody consumes tile 0: the program may not end with copies still landing
-            mbarrier.wait(k_ready.index(0), 0)
-            mbarrier.wait(v_ready.index(0), 0)
+        if not PDL:
+            if n_tiles <= 0:  # nobody consumes tile 0: the program may not end with copies still landing
+                mbarrier.wait(k_ready.index(0), 0)
+                mbarrier.wait(v_ready.index(0), 0)
 
     @gluon.jit
     def _decode_consumer(q_ptr, out_ptr, part_out_ptr, part_lse_ptr, q_smem, k_smem, v_smem, k_ready, v_ready,
                          k_empty, v_empty, context_lens_ptr, split_len, qk_scale_log2,
                          stride_qs, stride_qh, stride_os, stride_oh, stride_ps, stride_ph, stride_pk,
                          QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                         STAGES: gl.constexpr, DIRECT: gl.constexpr):
+                         STAGES: gl.constexpr, DIRECT: gl.constexpr, PDL: gl.constexpr):
         """4 warps: q into shared memory, every tile of the split, then the output (DIRECT) or the split's part
-        (fp32 output and log-sum-exp in log2 units, for the merge kernel)."""
+        (fp32 output and log-sum-exp in log2 units, for the merge kernel). PDL: q is the previous kernel's output,
+        read once that kernel has finished."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[_CONSUMER_WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[_CONSUMER_WARPS, 1],
@@ -106,6 +144,8 @@ if gluon is not None:
         io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8],
                                                    [_CONSUMER_WARPS, 1], [1, 0])
         # q is requested before the context length arrives (its rows exist whatever the length).
+        if PDL:
+            _wait_for_previous_kernel()
         seq = gl.program_id(0)
         rows = gl.arange(0, _QUERY_ROWS, layout=gl.SliceLayout(1, io_layout))
         cols = gl.expand_dims(gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout)), 0)
@@ -113,7 +153,7 @@ if gluon is not None:
         row_mask = gl.expand_dims(rows < QUERIES_PER_KV, 1)
         q = gl.load(q_ptr + seq.to(gl.int64) * stride_qs + gl.expand_dims(heads * stride_qh, 1) + cols,
                     mask=row_mask, other=0.0)
-        context_len, kv_start, kv_end, n_tiles = _split_range(context_lens_ptr, split_len, BLOCK_N)
+        kv_start, kv_end, n_tiles = _split_range(gl.load(context_lens_ptr + seq), split_len, BLOCK_N)
         if n_tiles > 0:  # splits past the sequence's length write nothing; the merge ignores them
             q_smem.store(q)
             fence_async_shared()  # ordinary stores, read next by the tensor cores
@@ -180,6 +220,7 @@ if gluon is not None:
         stride_qs, stride_qh, stride_os, stride_oh, stride_bt, stride_ps, stride_ph, stride_pk,
         QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr,
         PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, DIRECT: gl.constexpr, Q_LAYOUT: gl.constexpr,
+        PDL: gl.constexpr,
     ):
         """k_desc, v_desc: the caches as [num_blocks * PAGE_SIZE, num_kv_heads * HEAD_DIM] in [BOX_ROWS, HEAD_DIM]
         boxes. Grid: (num_seqs, num_kv_heads, num_splits); split_len is a multiple of BLOCK_N."""
@@ -192,11 +233,10 @@ if gluon is not None:
             (_decode_consumer, (q_ptr, out_ptr, part_out_ptr, part_lse_ptr, q_smem, k_smem, v_smem, k_ready,
                                 v_ready, k_empty, v_empty, context_lens_ptr, split_len, qk_scale_log2,
                                 stride_qs, stride_qh, stride_os, stride_oh, stride_ps, stride_ph, stride_pk,
-                                QUERIES_PER_KV, HEAD_DIM, BLOCK_N, STAGES, DIRECT)),
+                                QUERIES_PER_KV, HEAD_DIM, BLOCK_N, STAGES, DIRECT, PDL)),
             (_decode_producer, (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty,
                                 block_tables_ptr, context_lens_ptr, stride_bt, split_len, table_width, HEAD_DIM,
-                                BLOCK_N,
-                                BOX_ROWS, PAGE_SIZE, STAGES)),
+                                BLOCK_N, BOX_ROWS, PAGE_SIZE, STAGES, PDL)),
         ], [1], [_PRODUCER_REGS])
 
 
@@ -235,10 +275,12 @@ def launch_gluon_decode(
     num_splits: int,
     block_n: int,
     stages: int,
+    pdl: bool = False,
 ) -> None:
     """The split kernel's launch for paged_decode_attention, which checked the arguments and
     gluon_decode_unsupported_reason. part_out [num_seqs, num_heads, num_splits, head_dim] and part_lse [num_seqs,
-    num_heads, num_splits] (fp32) are written when num_splits > 1 (the caller then merges), out otherwise."""
+    num_heads, num_splits] (fp32) are written when num_splits > 1 (the caller then merges), out otherwise. pdl:
+    launched as a programmatic dependent launch (the caller checked the device supports it)."""
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
@@ -255,6 +297,6 @@ def launch_gluon_decode(
         num_heads * num_splits, num_splits, 1,
         QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_N=block_n, BOX_ROWS=box_rows,
         PAGE_SIZE=block_size, STAGES=stages, DIRECT=num_splits == 1,
-        Q_LAYOUT=gl.NVMMASharedLayout.get_default_for([QUERY_ROWS, head_dim], element),
-        num_warps=CONSUMER_WARPS,
+        Q_LAYOUT=gl.NVMMASharedLayout.get_default_for([QUERY_ROWS, head_dim], element), PDL=pdl,
+        num_warps=CONSUMER_WARPS, **({"launch_pdl": True} if pdl else {}),
     )

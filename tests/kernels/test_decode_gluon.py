@@ -60,6 +60,46 @@ def test_gluon_decode_matches_reference_over_ragged_contexts(make_paged_cache, p
     assert relative_error(result, ref) < BF16_TOLERANCE
 
 
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: f"d{s[0]}-bs{s[1]}-gqa{s[2]}")
+@pytest.mark.parametrize("num_splits", [1, 3], ids=["nosplit", "split3"])
+@needs_hopper
+def test_gluon_decode_as_a_dependent_launch_matches_reference(make_paged_cache, poison_past_context,
+                                                              relative_error, shape, num_splits):
+    config = DecodeConfig(block_n=64, num_stages=2, gluon=True, pdl=True)
+    result, ref = _decode(make_paged_cache, poison_past_context, shape, RAGGED_CONTEXTS, num_splits, config, 17)
+    assert not result.isnan().any()
+    assert relative_error(result, ref) < BF16_TOLERANCE
+
+
+@pytest.mark.parametrize("num_splits", [1, 5], ids=["nosplit", "split5"])
+@needs_hopper
+def test_dependent_launches_read_q_only_after_the_kernel_that_wrote_it(make_paged_cache, poison_past_context,
+                                                                        relative_error, num_splits):
+    # Each call lets the next one be scheduled as soon as it starts; the next call's q is this call's output,
+    # poisoned with NaN until written. A call reading q before its wait would see NaN or a stale value.
+    g = torch.Generator().manual_seed(23)
+    context_lens = [3000, 64, 4097, 1]
+    cache = poison_past_context(make_paged_cache(context_lens, 2, 128, 64, torch.bfloat16, "cuda", g))
+    tensors = (cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens)
+    config = DecodeConfig(block_n=64, num_stages=2, gluon=True, pdl=True)
+    q = torch.randn(4, 8, 128, generator=g).to(torch.bfloat16).cuda()
+    outs = [torch.full_like(q, float("nan")) for _ in range(6)]
+    torch.cuda.synchronize()
+    step_in = q
+    for out in outs:
+        paged_decode_attention(step_in, *tensors, 128**-0.5, max_context_len=4097, num_splits=num_splits, out=out,
+                               config=config)
+        step_in = out
+    torch.cuda.synchronize()
+    step_in = q.cpu()
+    cpu_tensors = [t.cpu() for t in tensors]
+    for out in outs:
+        ref = paged_decode_attention_ref(step_in, *cpu_tensors, 128**-0.5)
+        assert not out.isnan().any()
+        assert relative_error(out.cpu(), ref) < BF16_TOLERANCE
+        step_in = out.cpu()  # the next step starts from what the GPU computed, so errors do not compound
+
+
 @needs_hopper
 def test_gluon_decode_splits_a_long_context_over_many_programs(make_paged_cache, poison_past_context,
                                                                relative_error):
