@@ -1,8 +1,8 @@
 """Launches for a profiler to read: prefill (4 x 4096, d128, causal) and decode (16 x 4096 on 16-key pages, 1 x 32768
-on 64-key pages, d128), each in the benchmark's own setup.
+on 64-key pages, d128; decode-page64: 16 x 4096 on 64-key pages), each in the benchmark's own setup.
 
-    ncu --clock-control none --kernel-name regex:'_prefill_kernel|_decode_split' --launch-skip 2 --launch-count 2 \\
-        --metrics <list> python3 -m kernels.profile_kernels [prefill|decode]
+    ncu --clock-control none --kernel-name regex:'_prefill_kernel|_decode_split|_decode_hopper' --launch-skip 2 \\
+        --launch-count 2 --metrics <list> python3 -m kernels.profile_kernels [prefill|decode|decode-page64]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ def main(argv: list[str]) -> None:
     if which in ("decode", "all"):
         print(bench_decode(16, 4096, None, None, peers=False))
         print(bench_decode(1, 32768, None, None, peers=False, block_size=64))
+    if which == "decode-page64":
+        print(bench_decode(16, 4096, None, None, peers=False, block_size=64))
     torch.cuda.synchronize()
 
 
