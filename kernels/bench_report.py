@@ -112,7 +112,8 @@ def write_markdown(report: dict, path: str) -> None:
         lines.append(
             f"| {r['batch']} × {r['context']} | {r.get('block_size', '')} | "
             f"{_decode_kernel_name(r.get('config', {}))} | {r['num_splits']} | {r['ours_tbps']:.2f} | "
-            f"{_figure(r.get('ours_ordinary_launch_tbps'))} | {r.get('sdpa_tbps', float('nan')):.2f} | {r.get('ratio_to_sdpa', float('nan')):.2f} | "
+            f"{_figure(r.get('ours_ordinary_launch_tbps'))} | {r.get('sdpa_tbps', float('nan')):.2f} | "
+            f"{r.get('ratio_to_sdpa', float('nan')):.2f} | "
             f"{r['ratio_to_copy']:.2f} | {r.get('rel_err_vs_sdpa', float('nan')):.1e} |"
         )
     lines.append("")

@@ -84,13 +84,14 @@ def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, blo
     """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v12):
 
     * few (sequence, kv head) pairs, split into one program per SM: on Hopper the Gluon kernel with 64-key tiles as a
-      dependent launch, a ring of two on 64-key pages and of three on smaller ones (1 x 32k: 2.53 TB/s on both, 2.53
-      and 2.50 launched the ordinary way), for up to 16 pairs on small pages (8 x 32k, 64 pairs on 16-key pages: 2.84
+      dependent launch, a ring of two on 64-key pages and of three on smaller ones (1 x 32k: 2.53 TB/s on both, 2.52
+      and 2.49 launched the ordinary way), for up to 16 pairs on small pages (8 x 32k, 64 pairs on 16-key pages: 2.84
       against 2.88 for the gather kernel at four programs per SM); else the Triton TMA kernel, two buffers, on pages
       of 64 keys (uses_tma_tiles);
-    * one unsplit program per pair, at most one per SM: on Hopper the same Gluon configs (16 x 4k: 2.79 and 2.78 on
-      64- and 16-key pages, against 2.75 and 2.71 for the ordinary launch of the Gluon kernel and the gather
-      kernel); elsewhere 128-key tiles three stages deep (one program's 139 KB fill the SM's shared memory);
+    * one unsplit program per pair, at most one per SM: on Hopper the same Gluon configs (16 x 4k: 2.78 and 2.77 on
+      64- and 16-key pages, against 2.75 and 2.72 for the same kernel launched the ordinary way, 2.71 for the
+      gather kernel on 16-key pages); elsewhere 128-key tiles three stages deep (one program's 139 KB fill the
+      SM's shared memory);
     * more pairs than SMs: the 4-programs-per-SM default (the Gluon kernel: 2.82 against 2.91 at 64 x 4k).
     """
     pairs = num_seqs * num_kv_heads

@@ -143,9 +143,9 @@ if gluon is not None:
         # 16-byte row accesses for q in and the result out.
         io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8],
                                                    [_CONSUMER_WARPS, 1], [1, 0])
-        # q is requested before the context length arrives (its rows exist whatever the length).
         if PDL:
             _wait_for_previous_kernel()
+        # q is requested before the context length arrives (its rows exist whatever the length).
         seq = gl.program_id(0)
         rows = gl.arange(0, _QUERY_ROWS, layout=gl.SliceLayout(1, io_layout))
         cols = gl.expand_dims(gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout)), 0)
