@@ -20,14 +20,15 @@ def _constexprs(jit_function: object, kernel: object) -> dict:
 
 
 def _figure(value: float | None) -> str:
-    """Two decimals, or a dash where the row has no such figure."""
-    return "-" if value is None else f"{value:.2f}"
+    """Three decimals (the decode goals sit within 1% of some figures), or a dash where the row has no such figure."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _decode_kernel_name(config: dict) -> str:
     """The decode kernel a row's config ran: Gluon (kernels/decode_gluon.py), Triton TMA or Triton gather tiles."""
     if config.get("gluon"):
-        return f"Gluon, ring of {config.get('num_stages')}" + (", dependent launch" if config.get("pdl") else "")
+        in_flight = f", {config['in_flight']} in flight" if config.get("in_flight") else ""
+        return f"Gluon, ring of {config.get('num_stages')}{in_flight}" + (", dependent launch" if config.get("pdl") else "")
     return "Triton TMA" if config.get("tma") else "Triton gather"
 
 
@@ -111,9 +112,9 @@ def write_markdown(report: dict, path: str) -> None:
             continue
         lines.append(
             f"| {r['batch']} × {r['context']} | {r.get('block_size', '')} | "
-            f"{_decode_kernel_name(r.get('config', {}))} | {r['num_splits']} | {r['ours_tbps']:.2f} | "
-            f"{_figure(r.get('ours_ordinary_launch_tbps'))} | {r.get('sdpa_tbps', float('nan')):.2f} | "
-            f"{r.get('ratio_to_sdpa', float('nan')):.2f} | "
+            f"{_decode_kernel_name(r.get('config', {}))} | {r['num_splits']} | {_figure(r['ours_tbps'])} | "
+            f"{_figure(r.get('ours_ordinary_launch_tbps'))} | {_figure(r.get('sdpa_tbps'))} | "
+            f"{r.get('ratio_to_sdpa', float('nan')):.3f} | "
             f"{r['ratio_to_copy']:.2f} | {r.get('rel_err_vs_sdpa', float('nan')):.1e} |"
         )
     lines.append("")

@@ -69,6 +69,14 @@ class DecodeConfig:
     # for that kernel on the device (before q and the newest key), and lets the next kernel be scheduled at once.
     # The launch gap and the first copies leave the critical path (kernels/NOTES.md, v12).
     pdl: bool = False
+    # Gluon kernel: at most this many K (and V) copies on their way at once, fewer than its ring has buffers (0: as
+    # many as the ring). A ring deeper than the copies in flight holds tiles that landed while the consumer was busy,
+    # so the copies keep going while it holds a buffer, and a dependent launch prefetches more before its wait,
+    # without asking HBM for more than it serves evenly (kernels/NOTES.md, v13).
+    in_flight: int = 0
+    # Gluon kernel, for measurement only: the consumer releases every tile unread and writes nothing, so a call
+    # times the copies alone (kernels/NOTES.md, v13).
+    copies_only: bool = False
 
 
 def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: torch.device | None) -> bool:
@@ -81,17 +89,17 @@ def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: to
 
 def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, block_size: int = 16,
                           device: torch.device | None = None) -> DecodeConfig:
-    """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v12):
+    """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v13):
 
     * few (sequence, kv head) pairs, split into one program per SM: on Hopper the Gluon kernel with 64-key tiles as a
-      dependent launch, a ring of two on 64-key pages and of three on smaller ones (1 x 32k: 2.53 TB/s on both, 2.52
-      and 2.49 launched the ordinary way), for up to 16 pairs on small pages (8 x 32k, 64 pairs on 16-key pages: 2.84
-      against 2.88 for the gather kernel at four programs per SM); else the Triton TMA kernel, two buffers, on pages
-      of 64 keys (uses_tma_tiles);
-    * one unsplit program per pair, at most one per SM: on Hopper the same Gluon configs (16 x 4k: 2.78 and 2.77 on
-      64- and 16-key pages, against 2.75 and 2.72 for the same kernel launched the ordinary way, 2.71 for the
-      gather kernel on 16-key pages); elsewhere 128-key tiles three stages deep (one program's 139 KB fill the
-      SM's shared memory);
+      dependent launch; on 64-key pages a ring of six with two K and two V copies in flight (1 x 32k: 2.65 TB/s
+      against 2.53 for a ring of two), on smaller pages a ring of three (2.53); for up to 16 pairs on small pages
+      (8 x 32k, 64 pairs on 16-key pages: 2.84 against 2.88 for the gather kernel at four programs per SM); else the
+      Triton TMA kernel, two buffers, on pages of 64 keys (uses_tma_tiles);
+    * one unsplit program per pair, at most one per SM: on Hopper the Gluon kernel again, a ring of four with two
+      copies in flight on 64-key pages (16 x 4k: 2.796, against 2.781 for a ring of two) and of three on smaller
+      pages (2.767; 2.71 for the gather kernel); elsewhere 128-key tiles three stages deep (one program's 139 KB fill
+      the SM's shared memory);
     * more pairs than SMs: the 4-programs-per-SM default (the Gluon kernel: 2.82 against 2.91 at 64 x 4k).
     """
     pairs = num_seqs * num_kv_heads
@@ -99,8 +107,11 @@ def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, blo
         whole_tiles = block_size % 64 == 0
         if (pairs < DecodeConfig.no_split_programs and (whole_tiles or pairs <= 16)) or (
                 num_splits == 1 and pairs <= NUM_SMS_H100):
-            return DecodeConfig(block_n=64, num_stages=2 if whole_tiles else 3, target_programs=NUM_SMS_H100,
-                                gluon=True, pdl=True)
+            if not whole_tiles:  # a copy per page of a tile: capping the copies in flight lost here (NOTES.md v13)
+                return DecodeConfig(block_n=64, num_stages=3, target_programs=NUM_SMS_H100, gluon=True, pdl=True)
+            # Two K and two V copies in flight; a deeper ring for split shapes, whose programs are shorter.
+            return DecodeConfig(block_n=64, num_stages=4 if num_splits == 1 else 6, in_flight=2,
+                                target_programs=NUM_SMS_H100, gluon=True, pdl=True)
     if uses_tma_tiles(num_seqs, num_kv_heads, block_size, device):
         return DecodeConfig(block_n=64, num_stages=3, target_programs=NUM_SMS_H100, tma=True)
     if num_splits == 1 and pairs <= NUM_SMS_H100:
@@ -347,6 +358,8 @@ def paged_decode_attention(
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
     cfg = config or default_decode_config(num_seqs, num_kv_heads, num_splits, block_size, q.device)
+    if cfg.in_flight < 0:
+        raise ValueError(f"DecodeConfig.in_flight must be >= 0 (0: as many as the ring), got {cfg.in_flight}")
     # Each split covers a whole number of key tiles; sequences longer than max_context_len would be truncated.
     split_len = triton.cdiv(triton.cdiv(max(max_context_len, 1), num_splits), cfg.block_n) * cfg.block_n
     group = num_heads // num_kv_heads
@@ -362,7 +375,8 @@ def paged_decode_attention(
     if cfg.gluon and gluon_decode_unsupported_reason(q, key_cache, value_cache, cfg.block_n) is None:
         dependent = supports_pdl(cfg.pdl, q.device)
         launch_gluon_decode(q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
-                            scale * LOG2_E, split_len, num_splits, cfg.block_n, cfg.num_stages, dependent)
+                            scale * LOG2_E, split_len, num_splits, cfg.block_n, cfg.num_stages, dependent,
+                            cfg.in_flight, cfg.copies_only)
         if not direct:
             launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl or dependent)
         return out

@@ -13,6 +13,10 @@ of the same bytes (NOTES.md v11).
 The producer copies a split's first tile before the context length arrives, and the consumer requests q at
 once: one dependent memory round trip fewer before the first product.
 
+A ring deeper than the copies it keeps in flight (DecodeConfig.in_flight) lets the copies go on while the consumer
+holds a buffer, without asking HBM for more than it serves evenly; as a dependent launch it also fills more of the
+ring before its wait (NOTES.md, v13).
+
 As a programmatic dependent launch (DecodeConfig.pdl, the default where this kernel is) a call is scheduled while
 the previous kernel in the stream still runs: each program lets the next kernel be scheduled at once, looks up its
 pages and fills its ring with tiles older than the newest key, and waits for the previous kernel on the device only
@@ -79,7 +83,8 @@ if gluon is not None:
     def _decode_producer(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, block_tables_ptr,
                          context_lens_ptr, stride_bt, split_len, table_width,
                          HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr,
-                         PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr):
+                         PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr,
+                         IN_FLIGHT: gl.constexpr):
         """1 warp: K_i and V_i of every tile into ring slot i % STAGES once the consumer released it.
 
         Tile 0 is copied before the context length arrives (one memory round trip fewer before the first product):
@@ -91,7 +96,10 @@ if gluon is not None:
         PDL (a programmatic dependent launch, which may start while the previous kernel still runs): the previous
         kernel may be the one writing this step's newest key and value, so nothing is copied before the context
         length says which tiles are older, and the split's last tile waits for the previous kernel; the
-        context length and block table were written before it."""
+        context length and block table were written before it.
+
+        IN_FLIGHT < STAGES: tile i is copied only once tile i - IN_FLIGHT has landed, so at most IN_FLIGHT copies of
+        K (and of V) are on their way while the rest of the ring holds landed tiles."""
         seq = gl.program_id(0)
         kv_head = gl.program_id(1)
         if PDL:
@@ -116,9 +124,17 @@ if gluon is not None:
                 if i == n_tiles - 1:  # the tile that may hold the newest key
                     _wait_for_previous_kernel()
             mbarrier.wait(k_empty.index(stage), phase)
+            if IN_FLIGHT < STAGES:
+                if i >= IN_FLIGHT:  # at most IN_FLIGHT copies of K (and of V) on their way
+                    landed = i - IN_FLIGHT
+                    mbarrier.wait(k_ready.index(landed % STAGES), (landed // STAGES) & 1)
             _copy_kv_tile(k_desc, k_smem.index(stage), k_ready.index(stage), table_row_ptr, first_tile + i,
                           last_page, kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
             mbarrier.wait(v_empty.index(stage), phase)
+            if IN_FLIGHT < STAGES:
+                if i >= IN_FLIGHT:
+                    landed = i - IN_FLIGHT
+                    mbarrier.wait(v_ready.index(landed % STAGES), (landed // STAGES) & 1)
             _copy_kv_tile(v_desc, v_smem.index(stage), v_ready.index(stage), table_row_ptr, first_tile + i,
                           last_page, kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
         if not PDL:
@@ -131,7 +147,8 @@ if gluon is not None:
                          k_empty, v_empty, context_lens_ptr, split_len, qk_scale_log2,
                          stride_qs, stride_qh, stride_os, stride_oh, stride_ps, stride_ph, stride_pk,
                          QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                         STAGES: gl.constexpr, DIRECT: gl.constexpr, PDL: gl.constexpr):
+                         STAGES: gl.constexpr, DIRECT: gl.constexpr, PDL: gl.constexpr,
+                         COPIES_ONLY: gl.constexpr):
         """4 warps: q into shared memory, every tile of the split, then the output (DIRECT) or the split's part
         (fp32 output and log-sum-exp in log2 units, for the merge kernel). PDL: q is the previous kernel's output,
         read once that kernel has finished."""
@@ -145,6 +162,15 @@ if gluon is not None:
                                                    [_CONSUMER_WARPS, 1], [1, 0])
         if PDL:
             _wait_for_previous_kernel()
+        if COPIES_ONLY:  # a measurement of the copies alone: every tile released unread, nothing written
+            kv_start, kv_end, n_tiles = _split_range(gl.load(context_lens_ptr + gl.program_id(0)), split_len, BLOCK_N)
+            for j in range(0, n_tiles):
+                slot = j % STAGES
+                mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+                mbarrier.arrive(k_empty.index(slot))
+                mbarrier.wait(v_ready.index(slot), (j // STAGES) & 1)
+                mbarrier.arrive(v_empty.index(slot))
+            return
         # q is requested before the context length arrives (its rows exist whatever the length).
         seq = gl.program_id(0)
         rows = gl.arange(0, _QUERY_ROWS, layout=gl.SliceLayout(1, io_layout))
@@ -220,7 +246,7 @@ if gluon is not None:
         stride_qs, stride_qh, stride_os, stride_oh, stride_bt, stride_ps, stride_ph, stride_pk,
         QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr,
         PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, DIRECT: gl.constexpr, Q_LAYOUT: gl.constexpr,
-        PDL: gl.constexpr,
+        PDL: gl.constexpr, IN_FLIGHT: gl.constexpr, COPIES_ONLY: gl.constexpr,
     ):
         """k_desc, v_desc: the caches as [num_blocks * PAGE_SIZE, num_kv_heads * HEAD_DIM] in [BOX_ROWS, HEAD_DIM]
         boxes. Grid: (num_seqs, num_kv_heads, num_splits); split_len is a multiple of BLOCK_N."""
@@ -233,10 +259,10 @@ if gluon is not None:
             (_decode_consumer, (q_ptr, out_ptr, part_out_ptr, part_lse_ptr, q_smem, k_smem, v_smem, k_ready,
                                 v_ready, k_empty, v_empty, context_lens_ptr, split_len, qk_scale_log2,
                                 stride_qs, stride_qh, stride_os, stride_oh, stride_ps, stride_ph, stride_pk,
-                                QUERIES_PER_KV, HEAD_DIM, BLOCK_N, STAGES, DIRECT, PDL)),
+                                QUERIES_PER_KV, HEAD_DIM, BLOCK_N, STAGES, DIRECT, PDL, COPIES_ONLY)),
             (_decode_producer, (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty,
                                 block_tables_ptr, context_lens_ptr, stride_bt, split_len, table_width, HEAD_DIM,
-                                BLOCK_N, BOX_ROWS, PAGE_SIZE, STAGES, PDL)),
+                                BLOCK_N, BOX_ROWS, PAGE_SIZE, STAGES, PDL, IN_FLIGHT)),
         ], [1], [_PRODUCER_REGS])
 
 
@@ -276,11 +302,14 @@ def launch_gluon_decode(
     block_n: int,
     stages: int,
     pdl: bool = False,
+    in_flight: int = 0,
+    copies_only: bool = False,
 ) -> None:
     """The split kernel's launch for paged_decode_attention, which checked the arguments and
     gluon_decode_unsupported_reason. part_out [num_seqs, num_heads, num_splits, head_dim] and part_lse [num_seqs,
     num_heads, num_splits] (fp32) are written when num_splits > 1 (the caller then merges), out otherwise. pdl:
-    launched as a programmatic dependent launch (the caller checked the device supports it)."""
+    launched as a programmatic dependent launch (the caller checked the device supports it). in_flight,
+    copies_only: DecodeConfig's fields."""
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
@@ -296,7 +325,8 @@ def launch_gluon_decode(
         block_tables.shape[1], q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         num_heads * num_splits, num_splits, 1,
         QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_N=block_n, BOX_ROWS=box_rows,
-        PAGE_SIZE=block_size, STAGES=stages, DIRECT=num_splits == 1,
+        PAGE_SIZE=block_size, STAGES=stages, DIRECT=num_splits == 1, IN_FLIGHT=in_flight or stages,
+        COPIES_ONLY=copies_only,
         Q_LAYOUT=gl.NVMMASharedLayout.get_default_for([QUERY_ROWS, head_dim], element), PDL=pdl,
         num_warps=CONSUMER_WARPS, **({"launch_pdl": True} if pdl else {}),
     )

@@ -1,15 +1,16 @@
 """Probe of how fast one launch can stream a decode-sized buffer, and how evenly the SMs share the bandwidth.
 
-    python3 -m kernels.stream_probe --json FILE [--stages-sweep]
+    python3 -m kernels.stream_probe --json FILE [--stages-sweep | --layout-sweep]
 
 A read-only kernel (each [128, 128] bf16 tile copied by TMA, summed by columns) streams 268 MB or 134 MB (the K/V
 bytes of decode at 16 x 4k and 1 x 32k). Default rows: a static grid of 128 programs (one per (sequence, kv head)
 pair at 16 x 4k), over contiguous rows or over the paged cache's interleaved kv heads; 264 programs at two per SM;
 1024-4096 short programs that the block scheduler hands to whichever SM is free; and a persistent grid whose
-programs take 512 KB chunks from an atomic counter. --stages-sweep: 128 programs at ring depths 2-6. Each program
-records its SM, start and end (global timer, ns): the spread of the end times, and their correlation between two
-launches, show whether the same SMs finish last every time. Times are CUDA-graph replays over rotating buffers, as
-in kernels/bench.py. Results and what they mean: kernels/NOTES.md, v10.
+programs take 512 KB chunks from an atomic counter. --stages-sweep: 128 programs at ring depths 2-6. --layout-sweep:
+128 programs over one buffer or over two (decode's K and V, a tile of each per step) in 128- or 64-row tiles. Each
+program records its SM, start and end (global timer, ns): the spread of the end times, and their correlation
+between two launches, show whether the same SMs finish last every time. Times are CUDA-graph replays over rotating
+buffers, as in kernels/bench.py. Results and what they mean: kernels/NOTES.md, v10 and v13.
 """
 
 from __future__ import annotations
@@ -63,6 +64,26 @@ def _static_kernel(desc, out_ptr, timeline_ptr, tiles_per_prog, num_tiles, heads
     tl.store(timeline_ptr + pid * 4 + 1, start)
     tl.store(timeline_ptr + pid * 4 + 2, _global_ns())
     tl.store(timeline_ptr + pid * 4 + 3, tl.cast(tiles_per_prog, tl.int64))
+
+
+@triton.jit
+def _static_kv_kernel(k_desc, v_desc, out_ptr, timeline_ptr, tiles_per_prog, num_tiles, heads,
+                      TILE_R: tl.constexpr, TILE_C: tl.constexpr, STAGES: tl.constexpr):
+    # Decode's two streams: program p reads head p % heads of row range p // heads from K and from V, a tile of
+    # each per step (both buffers [rows, heads * TILE_C]).
+    pid = tl.program_id(0)
+    start = _global_ns()
+    first = (pid // heads) * tiles_per_prog
+    col = (pid % heads) * TILE_C
+    acc = tl.zeros([TILE_C], tl.float32)
+    for t in tl.range(first, first + tl.minimum(tiles_per_prog, num_tiles - first), num_stages=STAGES):
+        acc += tl.sum(k_desc.load([t * TILE_R, col]).to(tl.float32), axis=0)
+        acc += tl.sum(v_desc.load([t * TILE_R, col]).to(tl.float32), axis=0)
+    tl.store(out_ptr + pid * TILE_C + tl.arange(0, TILE_C), acc)
+    tl.store(timeline_ptr + pid * 4 + 0, _sm_id().to(tl.int64))
+    tl.store(timeline_ptr + pid * 4 + 1, start)
+    tl.store(timeline_ptr + pid * 4 + 2, _global_ns())
+    tl.store(timeline_ptr + pid * 4 + 3, tl.cast(2 * tiles_per_prog, tl.int64))
 
 
 @triton.jit
@@ -125,36 +146,45 @@ def _end_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
 
 
-def probe(total_bytes: int, mode: str, grid: int, chunk_bytes: int = 0, stages: int = 4, heads: int = 1) -> dict:
-    tile_bytes = TILE_ROWS * TILE_COLS * 2
-    num_tiles = total_bytes // tile_bytes // heads  # row tiles of the [rows, heads * TILE_COLS] buffer
+def probe(total_bytes: int, mode: str, grid: int, chunk_bytes: int = 0, stages: int = 4, heads: int = 1,
+          tile_rows: int = TILE_ROWS) -> dict:
+    """mode: static, kv (static over two buffers of half the bytes each, as decode's K and V) or dynamic."""
+    tile_bytes = tile_rows * TILE_COLS * 2
+    streams = 2 if mode == "kv" else 1
+    num_tiles = total_bytes // tile_bytes // heads // streams  # row tiles of each [rows, heads * TILE_COLS] buffer
     copies = max(1, math.ceil(ROTATE_BYTES / total_bytes))
-    bufs = [torch.randn(num_tiles * TILE_ROWS, heads * TILE_COLS, device="cuda", dtype=torch.bfloat16)
-            for _ in range(copies)]
-    descs = [TensorDescriptor(b, list(b.shape), [heads * TILE_COLS, 1], [TILE_ROWS, TILE_COLS]) for b in bufs]
+    bufs = [[torch.randn(num_tiles * tile_rows, heads * TILE_COLS, device="cuda", dtype=torch.bfloat16)
+             for _ in range(streams)] for _ in range(copies)]
+    descs = [[TensorDescriptor(b, list(b.shape), [heads * TILE_COLS, 1], [tile_rows, TILE_COLS]) for b in pair]
+             for pair in bufs]
     out = torch.empty(grid, TILE_COLS, device="cuda", dtype=torch.float32)
     timeline = torch.zeros(grid, 4, device="cuda", dtype=torch.int64)
     counter = torch.zeros(2, device="cuda", dtype=torch.int32)
-    meta = dict(TILE_R=TILE_ROWS, TILE_C=TILE_COLS, STAGES=stages, num_warps=4)
-    if mode == "static":
+    meta = dict(TILE_R=tile_rows, TILE_C=TILE_COLS, STAGES=stages, num_warps=4)
+    if mode == "kv":
         per_prog = triton.cdiv(num_tiles, grid // heads)
-        calls = [lambda d=d: _static_kernel[(grid,)](d, out, timeline, per_prog, num_tiles, heads, **meta)
+        calls = [lambda d=d: _static_kv_kernel[(grid,)](d[0], d[1], out, timeline, per_prog, num_tiles, heads, **meta)
+                 for d in descs]
+    elif mode == "static":
+        per_prog = triton.cdiv(num_tiles, grid // heads)
+        calls = [lambda d=d: _static_kernel[(grid,)](d[0], out, timeline, per_prog, num_tiles, heads, **meta)
                  for d in descs]
     else:
         per_chunk = chunk_bytes // tile_bytes
         chunks = num_tiles // per_chunk
-        calls = [lambda d=d: _dynamic_kernel[(grid,)](d, counter, out, timeline, per_chunk, chunks, **meta)
+        calls = [lambda d=d: _dynamic_kernel[(grid,)](d[0], counter, out, timeline, per_chunk, chunks, **meta)
                  for d in descs]
     calls[0]()
     torch.cuda.synchronize()
-    expected = bufs[0].float().view(-1, heads, TILE_COLS).sum(dim=(0, 1))
+    expected = sum(b.float().view(-1, heads, TILE_COLS).sum(dim=(0, 1)) for b in bufs[0])
     rel_err = ((out.sum(0) - expected).norm() / expected.norm()).item()
     us = 1e3 * _graph_ms(calls)
     calls[0]()  # two more launches for the timeline: does a slow SM stay slow?
     first_timeline = timeline.clone()
     calls[0]()
     torch.cuda.synchronize()
-    row = {"mb": total_bytes / 1e6, "mode": mode, "grid": grid, "heads": heads, "chunk_kb": chunk_bytes // 1024,
+    row = {"mb": total_bytes / 1e6, "mode": mode, "grid": grid, "heads": heads, "tile_rows": tile_rows,
+           "chunk_kb": chunk_bytes // 1024,
            "stages": stages, "us": us, "tbps": total_bytes / us / 1e6, "rel_err": rel_err,
            "counter_after": counter.tolist(), **_timeline_summary(timeline, tile_bytes),
            "end_corr_between_launches": _end_correlation(first_timeline, timeline)}
@@ -169,8 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True)
     parser.add_argument("--stages-sweep", action="store_true",
                         help="128 programs over the interleaved-head layout at 2-6 pipeline stages")
+    parser.add_argument("--layout-sweep", action="store_true",
+                        help="128 programs, interleaved heads: 128- and 64-row tiles, one buffer or K and V")
     args = parser.parse_args(argv)
     rows = []
+    if args.layout_sweep:
+        # Stage counts around 64 KB in flight per SM (the best of the first sweep), within shared memory.
+        for mode, tile_rows, stage_counts in (("static", 128, (2, 3, 4)), ("static", 64, (3, 4, 5, 6)),
+                                              ("kv", 128, (2, 3)), ("kv", 64, (2, 3, 4))):
+            for stages in stage_counts:
+                rows.append(probe(268435456, mode, 128, stages=stages, heads=8, tile_rows=tile_rows))
+        return _write(args.json, rows)
     if args.stages_sweep:
         for mb in (268435456, 134217728):
             for stages in (2, 3, 4, 5, 6):

@@ -71,17 +71,35 @@ def test_gluon_decode_as_a_dependent_launch_matches_reference(make_paged_cache, 
     assert relative_error(result, ref) < BF16_TOLERANCE
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}-bs{s[1]}-gqa{s[2]}")
+@pytest.mark.parametrize("num_splits", [1, 3], ids=["nosplit", "split3"])
+@pytest.mark.parametrize(("stages", "in_flight", "pdl"), [(4, 2, True), (6, 2, True), (3, 1, False)],
+                         ids=["s4f2-pdl", "s6f2-pdl", "s3f1"])
+@needs_hopper
+def test_gluon_decode_with_fewer_copies_in_flight_than_buffers_matches_reference(
+        make_paged_cache, poison_past_context, relative_error, shape, num_splits, stages, in_flight, pdl):
+    # The producer waits for tile i - in_flight to land before copying tile i, and the ring wraps around
+    # several times in the longer contexts.
+    config = DecodeConfig(block_n=64, num_stages=stages, in_flight=in_flight, gluon=True, pdl=pdl)
+    result, ref = _decode(make_paged_cache, poison_past_context, shape, RAGGED_CONTEXTS, num_splits, config,
+                          stages + in_flight + num_splits)
+    assert not result.isnan().any()
+    assert relative_error(result, ref) < BF16_TOLERANCE
+
+
 @pytest.mark.parametrize("num_splits", [1, 5], ids=["nosplit", "split5"])
+@pytest.mark.parametrize(("stages", "in_flight"), [(2, 0), (4, 2)], ids=["s2", "s4f2"])
 @needs_hopper
 def test_dependent_launches_read_q_only_after_the_kernel_that_wrote_it(make_paged_cache, poison_past_context,
-                                                                        relative_error, num_splits):
+                                                                        relative_error, num_splits, stages,
+                                                                        in_flight):
     # Each call lets the next one be scheduled as soon as it starts; the next call's q is this call's output,
     # poisoned with NaN until written. A call reading q before its wait would see NaN or a stale value.
     g = torch.Generator().manual_seed(23)
     context_lens = [3000, 64, 4097, 1]
     cache = poison_past_context(make_paged_cache(context_lens, 2, 128, 64, torch.bfloat16, "cuda", g))
     tensors = (cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens)
-    config = DecodeConfig(block_n=64, num_stages=2, gluon=True, pdl=True)
+    config = DecodeConfig(block_n=64, num_stages=stages, in_flight=in_flight, gluon=True, pdl=True)
     q = torch.randn(4, 8, 128, generator=g).to(torch.bfloat16).cuda()
     outs = [torch.full_like(q, float("nan")) for _ in range(6)]
     torch.cuda.synchronize()
@@ -151,3 +169,12 @@ def test_gluon_decode_ignores_page_ids_past_each_context(make_paged_cache, poiso
     ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
     assert not result.cpu().isnan().any()
     assert relative_error(result.cpu(), ref) < BF16_TOLERANCE
+
+
+def test_a_negative_count_of_copies_in_flight_is_rejected_with_its_value(make_paged_cache) -> None:
+    g = torch.Generator().manual_seed(2)
+    cache = make_paged_cache([5, 40], 2, 64, 16, torch.float32, "cpu", g)
+    q = torch.randn(2, 8, 64, generator=g)
+    with pytest.raises(ValueError, match=r"in_flight must be >= 0 \(0: as many as the ring\), got -1"):
+        paged_decode_attention(q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens,
+                               64**-0.5, max_context_len=40, config=DecodeConfig(in_flight=-1, gluon=True))
