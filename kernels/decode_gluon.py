@@ -80,6 +80,14 @@ if gluon is not None:
         return kv_start, kv_end, n_tiles
 
     @gluon.jit
+    def _wait_until_landed(ready, tile, IN_FLIGHT: gl.constexpr, STAGES: gl.constexpr):
+        """Tile `tile` of the ring has landed: with at most IN_FLIGHT copies on their way, tile i is copied only after
+        tile i - IN_FLIGHT (a no-op without a cap, IN_FLIGHT >= STAGES, and before the first IN_FLIGHT tiles)."""
+        if IN_FLIGHT < STAGES:
+            if tile >= 0:
+                mbarrier.wait(ready.index(tile % STAGES), (tile // STAGES) & 1)
+
+    @gluon.jit
     def _decode_producer(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, block_tables_ptr,
                          context_lens_ptr, stride_bt, split_len, table_width,
                          HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr,
@@ -124,17 +132,11 @@ if gluon is not None:
                 if i == n_tiles - 1:  # the tile that may hold the newest key
                     _wait_for_previous_kernel()
             mbarrier.wait(k_empty.index(stage), phase)
-            if IN_FLIGHT < STAGES:
-                if i >= IN_FLIGHT:  # at most IN_FLIGHT copies of K (and of V) on their way
-                    landed = i - IN_FLIGHT
-                    mbarrier.wait(k_ready.index(landed % STAGES), (landed // STAGES) & 1)
+            _wait_until_landed(k_ready, i - IN_FLIGHT, IN_FLIGHT, STAGES)
             _copy_kv_tile(k_desc, k_smem.index(stage), k_ready.index(stage), table_row_ptr, first_tile + i,
                           last_page, kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
             mbarrier.wait(v_empty.index(stage), phase)
-            if IN_FLIGHT < STAGES:
-                if i >= IN_FLIGHT:
-                    landed = i - IN_FLIGHT
-                    mbarrier.wait(v_ready.index(landed % STAGES), (landed // STAGES) & 1)
+            _wait_until_landed(v_ready, i - IN_FLIGHT, IN_FLIGHT, STAGES)
             _copy_kv_tile(v_desc, v_smem.index(stage), v_ready.index(stage), table_row_ptr, first_tile + i,
                           last_page, kv_head * HEAD_DIM, True, BLOCK_N, BOX_ROWS, PAGE_SIZE)
         if not PDL:
