@@ -42,6 +42,15 @@ def _sm_id():
 
 
 @triton.jit
+def _record_program(timeline_ptr, pid, start, tiles):
+    """Row pid of the [programs, 4] timeline: SM, start, end (global timer, ns) and tiles read."""
+    tl.store(timeline_ptr + pid * 4 + 0, _sm_id().to(tl.int64))
+    tl.store(timeline_ptr + pid * 4 + 1, start)
+    tl.store(timeline_ptr + pid * 4 + 2, _global_ns())
+    tl.store(timeline_ptr + pid * 4 + 3, tiles.to(tl.int64))
+
+
+@triton.jit
 def _sum_rows_at(desc, first_tile, num_tiles, col, acc, TILE_R: tl.constexpr, STAGES: tl.constexpr):
     for t in tl.range(first_tile, first_tile + num_tiles, num_stages=STAGES):
         acc += tl.sum(desc.load([t * TILE_R, col]).to(tl.float32), axis=0)
@@ -60,10 +69,7 @@ def _static_kernel(desc, out_ptr, timeline_ptr, tiles_per_prog, num_tiles, heads
     acc = _sum_rows_at(desc, first, tl.minimum(tiles_per_prog, num_tiles - first), (pid % heads) * TILE_C, acc,
                        TILE_R, STAGES)
     tl.store(out_ptr + pid * TILE_C + tl.arange(0, TILE_C), acc)
-    tl.store(timeline_ptr + pid * 4 + 0, _sm_id().to(tl.int64))
-    tl.store(timeline_ptr + pid * 4 + 1, start)
-    tl.store(timeline_ptr + pid * 4 + 2, _global_ns())
-    tl.store(timeline_ptr + pid * 4 + 3, tl.cast(tiles_per_prog, tl.int64))
+    _record_program(timeline_ptr, pid, start, tiles_per_prog)
 
 
 @triton.jit
@@ -80,10 +86,7 @@ def _static_kv_kernel(k_desc, v_desc, out_ptr, timeline_ptr, tiles_per_prog, num
         acc += tl.sum(k_desc.load([t * TILE_R, col]).to(tl.float32), axis=0)
         acc += tl.sum(v_desc.load([t * TILE_R, col]).to(tl.float32), axis=0)
     tl.store(out_ptr + pid * TILE_C + tl.arange(0, TILE_C), acc)
-    tl.store(timeline_ptr + pid * 4 + 0, _sm_id().to(tl.int64))
-    tl.store(timeline_ptr + pid * 4 + 1, start)
-    tl.store(timeline_ptr + pid * 4 + 2, _global_ns())
-    tl.store(timeline_ptr + pid * 4 + 3, tl.cast(2 * tiles_per_prog, tl.int64))
+    _record_program(timeline_ptr, pid, start, 2 * tiles_per_prog)
 
 
 @triton.jit
@@ -105,10 +108,7 @@ def _dynamic_kernel(desc, counter_ptr, out_ptr, timeline_ptr, tiles_per_chunk, n
     if tl.atomic_add(counter_ptr + 1, 1) == tl.num_programs(0) - 1:
         tl.atomic_xchg(counter_ptr, 0)
         tl.atomic_xchg(counter_ptr + 1, 0)
-    tl.store(timeline_ptr + pid * 4 + 0, _sm_id().to(tl.int64))
-    tl.store(timeline_ptr + pid * 4 + 1, start)
-    tl.store(timeline_ptr + pid * 4 + 2, _global_ns())
-    tl.store(timeline_ptr + pid * 4 + 3, (taken * tiles_per_chunk).to(tl.int64))
+    _record_program(timeline_ptr, pid, start, taken * tiles_per_chunk)
 
 
 def _timeline_summary(timeline: torch.Tensor, tile_bytes: int) -> dict:
