@@ -3,10 +3,12 @@
     python3 -m kernels.bench --json bench/results/kernels_h100.json --md bench/results/kernels_h100.md
     python3 -m kernels.bench --sweep --json sweep.json      # tile / warp / stage / split variants
     python3 -m kernels.bench --overhead --json overhead.json  # fixed cost per launch: copy and decode over sizes
+    python3 -m kernels.bench --replay --json replay.json      # decode replays of 2 to 64 calls: cost per replay
 
 Prefill: causal TFLOP/s (4·B·H·D·S(S+1)/2 flops) on paged K/V (ours) and contiguous K/V (SDPA flash, cuDNN).
 Decode: K and V bytes read over time, from CUDA-graph replays that rotate over enough copies of the cache that
-nothing is served from L2.
+nothing is served from L2, the rotation repeated until a replay reads at least REPLAY_BYTES (`--replay` measures
+what a replay costs besides its calls).
 """
 
 from __future__ import annotations
@@ -51,14 +53,34 @@ GLUON_ALTERNATIVES = dict(zip(GLUON_ALTERNATIVE_NAMES, (
 PAGE_SIZES = (16, 64)  # the worker's default page, and pages of whole 64-key tiles (TMA decode)
 DECODE_SHAPES = ((1, 4096), (16, 4096), (64, 4096), (256, 4096), (8, 32768), (1, 32768))
 ROTATE_BYTES = 512 * 2**20  # decode inputs rotate over at least this much memory (L2 is 50 MB)
+# A timed replay repeats the rotation until it reads at least this much. Each replay starts cold (the graph's
+# launch, and do_bench zeroes a 256 MB buffer before it, whose dirty lines in L2 are written back during the
+# first call): about 15 us per replay on the H100, 9% of a call when 16 x 4k ran two calls per replay (`--replay`,
+# kernels/NOTES.md v14).
+REPLAY_BYTES = 4 * 2**30
 
 
 def _median_ms(fn: Callable[[], object]) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
 
 
-def _graph_ms(fns: list[Callable[[], object]]) -> float:
-    """Median time of one call, from replays of a CUDA graph that runs every fn once (no launch gaps)."""
+def _back_to_back_ms(fn: Callable[[], object], reps: int = 50) -> float:
+    """Mean time of fn over `reps` calls queued back to back between two events, with no cache clearing between
+    them (do_bench zeroes a 256 MB buffer before each call it times)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _graph_ms(fns: list[Callable[[], object]], back_to_back: bool = False) -> float:
+    """Median time of one call, from replays of a CUDA graph that runs every fn once (no launch gaps between its
+    calls); back_to_back: the mean over replays queued one after another instead (_back_to_back_ms)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -69,7 +91,7 @@ def _graph_ms(fns: list[Callable[[], object]]) -> float:
     with torch.cuda.graph(graph):
         for fn in fns:
             fn()
-    return _median_ms(graph.replay) / len(fns)
+    return (_back_to_back_ms if back_to_back else _median_ms)(graph.replay) / len(fns)
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -164,11 +186,13 @@ def _decode_launch_choice(batch: int, context: int, block_size: int, num_splits:
 
 
 def bench_decode(batch: int, context: int, num_splits: int | None, config: DecodeConfig | None,
-                 peers: bool, head_dim: int = 128, block_size: int = BLOCK_SIZE) -> dict:
+                 peers: bool, head_dim: int = 128, block_size: int = BLOCK_SIZE,
+                 replay_bytes: int = REPLAY_BYTES, back_to_back: bool = False) -> dict:
     gen = torch.Generator().manual_seed(batch * 7 + context)
     dev, dt = "cuda", torch.bfloat16
     kv_bytes = 2 * batch * context * NUM_KV_HEADS * head_dim * 2
     copies = max(1, min(32, math.ceil(ROTATE_BYTES / kv_bytes)))
+    repeat = max(1, math.ceil(replay_bytes / (copies * kv_bytes)))  # rotations per timed replay
     lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
     inputs = []
     for _ in range(copies):
@@ -185,12 +209,14 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
                                               config=launch_cfg)
 
     row = {"batch": batch, "context": context, "block_size": block_size, "num_splits": num_splits, "config": cfg.__dict__,
-           "kv_bytes": kv_bytes, "rotated_copies": copies}
-    row["ours_tbps"] = kv_bytes / _graph_ms([ours(item) for item in inputs]) / 1e9
+           "kv_bytes": kv_bytes, "rotated_copies": copies, "calls_per_replay": copies * repeat,
+           "timing": "back_to_back" if back_to_back else "do_bench"}
+    row["ours_tbps"] = kv_bytes / _graph_ms([ours(item) for item in inputs] * repeat, back_to_back) / 1e9
     if cfg.pdl:
         # The same kernel launched the ordinary way: no call starts before the previous one has ended.
         ordinary = dataclasses.replace(cfg, pdl=False)
-        row["ours_ordinary_launch_tbps"] = kv_bytes / _graph_ms([ours(item, ordinary) for item in inputs]) / 1e9
+        ordinary_calls = [ours(item, ordinary) for item in inputs] * repeat
+        row["ours_ordinary_launch_tbps"] = kv_bytes / _graph_ms(ordinary_calls, back_to_back) / 1e9
     # SDPA on contiguous [batch, kv_heads, context, d] K/V with GQA (q: [batch, heads, 1, d]).
     dense = [(q[:, :, None], k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
              for q, k, v, *_ in (inputs if peers else inputs[:1])]
@@ -209,7 +235,7 @@ def bench_decode(batch: int, context: int, num_splits: int | None, config: Decod
         return row
     sdpa_calls = [lambda a=a: scaled_dot_product_attention(*a, enable_gqa=True) for a in dense]
     try:
-        sdpa_ms = _graph_ms(sdpa_calls)
+        sdpa_ms = _graph_ms(sdpa_calls * repeat, back_to_back)
     except RuntimeError as exc:  # a backend that cannot be captured is timed with launches instead
         row["sdpa_graph_error"] = str(exc).splitlines()[0][:200]
         sdpa_ms = _median_ms(lambda: [call() for call in sdpa_calls]) / len(sdpa_calls)
@@ -279,16 +305,56 @@ def overhead_series() -> dict:
     return {"copy_series": copies, "decode_series": decode, "fits": fits}
 
 
+# (batch, context) and the bytes a replay reads at least (0: one rotation) for --replay.
+REPLAY_SHAPES = ((16, 4096), (1, 32768))
+REPLAY_SERIES_BYTES = (0, 2**30, 2 * 2**30, 4 * 2**30, 8 * 2**30)
+
+
+def replay_series() -> dict:
+    """Decode timed in replays of more and more calls: the line through (calls, microseconds per replay) gives what
+    a replay costs besides its calls (its intercept) and a call's time in a long stream of calls (its slope), for
+    ours, ours launched the ordinary way and SDPA. A last row per shape times one rotation per replay with the
+    replays back to back and no cache clearing between them."""
+    rows, fits = [], {}
+    for batch, context in REPLAY_SHAPES:
+        for block_size in PAGE_SIZES:
+            series = []
+            for replay_bytes in REPLAY_SERIES_BYTES:
+                row = bench_decode(batch, context, None, None, peers=block_size == PAGE_SIZES[0],
+                                   block_size=block_size, replay_bytes=replay_bytes)
+                row["replay_bytes"] = replay_bytes
+                print("replay", {k: v for k, v in row.items() if k != "config"}, flush=True)
+                series.append(row)
+            # One rotation per replay again, the replays queued back to back with no cache clearing between them.
+            row = bench_decode(batch, context, None, None, peers=block_size == PAGE_SIZES[0], block_size=block_size,
+                               replay_bytes=0, back_to_back=True)
+            row["replay_bytes"] = 0
+            print("replay", {k: v for k, v in row.items() if k != "config"}, flush=True)
+            rows += series + [row]
+            for key in ("ours_tbps", "ours_ordinary_launch_tbps", "sdpa_tbps"):
+                points = [(r["calls_per_replay"], r["calls_per_replay"] * r["kv_bytes"] / r[key] / 1e6)
+                          for r in series if key in r]
+                if len(points) > 1:
+                    line = _fit_fixed_cost(points)  # "bytes" here are calls: stream_tbps is 1e-6 / (us per call)
+                    us_per_call = 1e-6 / line["stream_tbps"]
+                    fits[f"{key[:-5]}_{batch}x{context}_page{block_size}"] = {
+                        "us_per_replay": line["fixed_us"], "us_per_call": us_per_call,
+                        "tbps_per_call": series[0]["kv_bytes"] / us_per_call / 1e6}
+    return {"replay_series": rows, "fits": fits}
+
+
 def _copy_peers(row: dict, peer_row: dict, keys: tuple[str, ...]) -> None:
     for key in keys:
         if key in peer_row and key not in row:
             row[key] = peer_row[key]
 
 
-def copy_bandwidth_tbps() -> float:
-    src = torch.randn(2**30 // 2, device="cuda", dtype=torch.bfloat16)  # 1 GiB
+def copy_bandwidth_tbps(calls: int = 4) -> float:
+    """Bytes read and written by `calls` copies of 1 GiB queued back to back, over their time (do_bench's cache
+    clearing before each timed region costs about as much as a 16 x 4k decode replay's, kernels/NOTES.md v14)."""
+    src = torch.randn(2**30 // 2, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 2 / _median_ms(lambda: dst.copy_(src)) / 1e9
+    return calls * 2 * src.numel() * 2 / _median_ms(lambda: [dst.copy_(src) for _ in range(calls)]) / 1e9
 
 
 # Third sweep (kernels/NOTES.md, v3): (head_dim, block_m, block_n, num_warps, num_stages, page_loads, split_rows);
@@ -401,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tma-sweep", action="store_true", help="time the TMA / warp-specialised variants instead")
     parser.add_argument("--overhead", action="store_true", help="time copy and decode over sizes: fixed launch cost")
     parser.add_argument("--pdl-ab", action="store_true", help="split decode with and without a dependent-launch merge")
+    parser.add_argument("--replay", action="store_true", help="decode in replays of more and more calls: replay cost")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
@@ -416,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.pdl_ab:
         report = {"meta": meta, **pdl_ab()}
+    elif args.replay:
+        report = {"meta": meta, **replay_series()}
+        print(json.dumps(report["fits"], indent=1))
     elif args.overhead:
         report = {"meta": meta, **overhead_series()}
         print(json.dumps(report["fits"], indent=1))
@@ -424,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.sweep:
         report = {"meta": meta, **sweep()}
     else:
-        report = {"meta": meta, "copy_tbps": copy_bandwidth_tbps(), "prefill": [], "decode": []}
+        report = {"meta": meta, "copy_tbps": copy_bandwidth_tbps(), "copy_one_call_tbps": copy_bandwidth_tbps(1),
+                  "prefill": [], "decode": []}
         # Peers run on contiguous K/V, so they are timed once per shape (with the first page size).
         for head_dim in (128, 64):
             for seq in PREFILL_SEQS:
@@ -456,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                                + compiled_resources(getattr(decode_gluon, "_decode_hopper_kernel", None)))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
-    if args.md and not (args.sweep or args.tma_sweep or args.overhead or args.pdl_ab):
+    if args.md and not (args.sweep or args.tma_sweep or args.overhead or args.pdl_ab or args.replay):
         write_markdown(report, args.md)
     print(summary(report))
     return 0

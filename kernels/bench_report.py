@@ -96,23 +96,31 @@ def write_markdown(report: dict, path: str) -> None:
         f"## Decode, head_dim 128 (TB/s of K and V read; device copy {report['copy_tbps']:.2f} TB/s, "
         "bytes read + written)",
         "",
+        "Times are CUDA-graph replays of the calls column's calls each, rotating over copies of the cache that "
+        "together exceed L2 many times over. Every timed replay starts cold (the graph's launch, and the timer "
+        "zeroes a 256 MB buffer just before it, whose dirty lines are written back during the first call): "
+        "`--replay` measures that cost (kernels/NOTES.md v14), so a replay reads at least 4 GiB. The device copy is four "
+        "1 GiB copies per timed region"
+        + (f" ({report['copy_one_call_tbps']:.2f} TB/s one at a time)." if "copy_one_call_tbps" in report else "."),
+        "",
         "Ours: the default kernel per shape (`default_decode_config`). A dependent launch (programmatic dependent "
         "launch, Hopper) is scheduled while the previous kernel in the stream runs and waits for it on the device "
         "before it reads q and the newest key; in the benchmark's graphs the previous kernel is the previous call. "
         "The ordinary-launch column times the same kernel launched the ordinary way.",
         "",
-        "| batch × context | page | kernel | splits | ours | ours, ordinary launch | SDPA (contiguous) | "
+        "| batch × context | page | kernel | splits | calls | ours | ours, ordinary launch | SDPA (contiguous) | "
         "ours / SDPA | ours / copy | rel. err vs SDPA |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["decode"]:
         if "ours_tbps" not in r:
             lines.append(f"| {r['batch']} × {r['context']} | {r.get('block_size', '')} | failed: "
-                         f"{r.get('error', '?')[:80]} | | | | | | | |")
+                         f"{r.get('error', '?')[:80]} | | | | | | | | |")
             continue
         lines.append(
             f"| {r['batch']} × {r['context']} | {r.get('block_size', '')} | "
-            f"{_decode_kernel_name(r.get('config', {}))} | {r['num_splits']} | {_figure(r['ours_tbps'])} | "
+            f"{_decode_kernel_name(r.get('config', {}))} | {r['num_splits']} | "
+            f"{r.get('calls_per_replay', r.get('rotated_copies', '-'))} | {_figure(r['ours_tbps'])} | "
             f"{_figure(r.get('ours_ordinary_launch_tbps'))} | {_figure(r.get('sdpa_tbps'))} | "
             f"{r.get('ratio_to_sdpa', float('nan')):.3f} | "
             f"{r['ratio_to_copy']:.2f} | {r.get('rel_err_vs_sdpa', float('nan')):.1e} |"

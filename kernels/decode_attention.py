@@ -89,7 +89,8 @@ def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: to
 
 def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, block_size: int = 16,
                           device: torch.device | None = None) -> DecodeConfig:
-    """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v13):
+    """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v13; the figures below are from
+    two-call replays, which v14 found carried about 15 us of cold start each; the final run's are higher):
 
     * few (sequence, kv head) pairs, split into one program per SM: on Hopper the Gluon kernel with 64-key tiles as a
       dependent launch; on 64-key pages a ring of six with two K and two V copies in flight (1 x 32k: 2.65 TB/s
