@@ -10,8 +10,17 @@ from flashstream.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.auth import ApiKeys
 from gateway.cache.key import tenant_from_authorization
 from gateway.core import GatewayCore
-from gateway.pb_convert import card_to_pb, chat_request_from_pb, delta_to_pb, finished_to_pb, generate_request_from_pb
+from gateway.pb_convert import (
+    card_to_pb,
+    chat_request_from_pb,
+    delta_to_pb,
+    finished_to_pb,
+    generate_request_from_pb,
+    translate_event_to_pb,
+    translation_settings_from_pb,
+)
 from gateway.schema import Finished, GenerationRequest
+from gateway.translate import TranslationSession
 from services.common.errors import FlashStreamError
 from services.common.grpc_server import handle_errors
 
@@ -78,5 +87,30 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Embed(self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Embed is not implemented by this gateway yet")
 
-    async def Translate(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Translate is not implemented by this gateway yet")
+    @handle_errors
+    async def Translate(
+        self, request_iterator: AsyncIterator[gateway_pb2.TranslateSegment], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.TranslateChunk]:
+        """Segments are read one at a time, each after the previous one's translation ended: the ones a client
+        sends meanwhile wait in the call's flow control. The call's deadline bounds the whole session."""
+        tenant = self._authorize(context)
+        segments = aiter(request_iterator)
+        segment = await anext(segments, None)
+        if segment is None:
+            return
+        try:
+            session = TranslationSession(self._core, translation_settings_from_pb(segment), tenant)
+        except FlashStreamError as exc:
+            self._core.record_error(exc)
+            raise
+        while segment is not None:
+            index = session.num_segments
+            try:
+                session.check_segment(segment.text, segment.model, segment.source_language.strip(),
+                                      segment.target_language.strip())
+            except FlashStreamError as exc:
+                self._core.record_error(exc)
+                raise
+            async for event in session.translate(segment.text, context.time_remaining()):
+                yield translate_event_to_pb(index, event)
+            segment = await anext(segments, None)

@@ -17,6 +17,7 @@ from gateway.schema import (
     TextOptions,
     TokenLogprob,
     TopLogprob,
+    TranslationSettings,
     Usage,
 )
 from services.common.errors import ErrorCode, FlashStreamError
@@ -46,18 +47,31 @@ def generate_request_from_pb(pb: gateway_pb2.GenerateRequest) -> GenerationReque
     return GenerationRequest(model=pb.model, prompt=pb.prompt, options=text, **fields)  # type: ignore[arg-type]
 
 
-def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> GenerationRequest:
-    fill_context = not pb.options.sampling.HasField("max_tokens")
-    if fill_context:  # no limit: generate until the model stops or the context is full
+def _chat_options(pb: gateway_pb2.GenerateOptions) -> tuple[dict[str, object], TextOptions]:
+    """_options for a rendered conversation; without max_tokens it may run until the model stops or the context
+    is full (fill_context)."""
+    fill_context = not pb.sampling.HasField("max_tokens")
+    if fill_context:
         options = gateway_pb2.GenerateOptions()
-        options.CopyFrom(pb.options)
+        options.CopyFrom(pb)
         options.sampling.max_tokens = FILL_CONTEXT_MAX_TOKENS
-    else:
-        options = pb.options
-    fields, text = _options(options, False)
+        pb = options
+    fields, text = _options(pb, False)
+    return fields | {"fill_context": fill_context}, text
+
+
+def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> GenerationRequest:
+    fields, text = _chat_options(pb.options)
     messages = tuple(ChatTurn(m.role, m.content) for m in pb.messages)
-    return GenerationRequest(model=pb.model, messages=messages, options=text, fill_context=fill_context,
-                             **fields)  # type: ignore[arg-type]
+    return GenerationRequest(model=pb.model, messages=messages, options=text, **fields)  # type: ignore[arg-type]
+
+
+def translation_settings_from_pb(pb: gateway_pb2.TranslateSegment) -> TranslationSettings:
+    """The session settings a Translate call's first segment carries."""
+    fields, text = _chat_options(pb.options)
+    return TranslationSettings(model=pb.model, source_language=pb.source_language.strip(),
+                               target_language=pb.target_language.strip(), options=text,
+                               **fields)  # type: ignore[arg-type]
 
 
 # ---- public Gateway responses ----
@@ -75,6 +89,13 @@ def delta_to_pb(request_id: str, delta: TextDelta) -> gateway_pb2.GenerateChunk:
             )
         )
     return gateway_pb2.GenerateChunk(request_id=request_id, chunk=chunk)
+
+
+def translate_event_to_pb(segment_index: int, event: Event) -> gateway_pb2.TranslateChunk:
+    """A translation event as the session's next message: its text, or the segment's Done."""
+    if isinstance(event, Finished):
+        return gateway_pb2.TranslateChunk(segment_index=segment_index, done=finished_to_pb("", event).done)
+    return gateway_pb2.TranslateChunk(segment_index=segment_index, chunk=delta_to_pb("", event).chunk)
 
 
 def finished_to_pb(request_id: str, done: Finished) -> gateway_pb2.GenerateChunk:

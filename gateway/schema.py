@@ -96,6 +96,21 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TranslationSettings:
+    """What a session's first segment fixes for every segment."""
+
+    model: str
+    target_language: str
+    source_language: str = ""  # empty: the model tells the source language from the text
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    options: TextOptions = field(default_factory=TextOptions)
+    priority: int = 0
+    timeout_s: float = 0.0  # per segment; 0: the gateway's default
+    bypass_cache: bool = False
+    fill_context: bool = False  # no max_tokens given: a segment may run until the context is full
+
+
+@dataclass(frozen=True, slots=True)
 class Submission:
     """A validated request as it goes to a tokenizer: with its id, clock times and the gateway's time so far."""
 

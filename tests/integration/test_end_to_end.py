@@ -47,13 +47,21 @@ def stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir: Path):
-    """Greedy text and finish reason from transformers on the same checkpoint, in this process."""
+def hf_model(model_dir: Path):
+    """The checkpoint's tokenizer and model in transformers, in this process (float32)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    return (AutoTokenizer.from_pretrained(model_dir),
+            AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval())
+
+
+@pytest.fixture(scope="module")
+def reference(hf_model):
+    """Greedy text and finish reason from transformers on the same checkpoint, in this process."""
+    import torch
+
+    tokenizer, model = hf_model
 
     def generate(prompt: str, max_tokens: int) -> tuple[str, list[int], str]:
         """(text, token ids without a final EOS, finish reason name)."""
@@ -233,3 +241,82 @@ def test_flashstream_generate_streams_the_answer_and_ends_with_ttft_and_tokens_p
     finish = expected_finish.removeprefix("FINISH_REASON_")
     assert re.fullmatch(rf"\[{len(expected_ids)} tokens, finish {finish}, TTFT \d+\.\d ms, \d+\.\d tokens/s\]\n",
                         stats), stats
+
+
+def test_a_translation_session_streams_each_segment_in_order_as_transformers_translates_the_conversation(
+        stack: Stack, hf_model) -> None:
+    """Three segments on one Translate call: segment i's text equals transformers' greedy continuation of the chat
+    holding the earlier segments and translations, and its prompt reuses the previous segment's cached blocks."""
+    import torch
+
+    tokenizer, model = hf_model
+    segments = ["Guten Morgen, wie geht es dir heute?", "Mir geht es gut, danke.", "Und dir?"]
+    max_tokens = 12
+    messages = [{"role": "system", "content": "Translate the German text the user sends into English. "
+                                              "Reply with the translation alone."}]
+    expected, previous_tokens = [], None
+    for text in segments:
+        messages.append({"role": "user", "content": text})
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = tokenizer(rendered, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+        new = out[0, len(prompt):].tolist()
+        answer = tokenizer.decode(new[:-1] if new[-1] == tokenizer.eos_token_id else new)
+        # Full 16-token blocks shared with the previous segment's computed tokens (all but its last sampled one),
+        # never the block of the prompt's last token.
+        shared = 0
+        if previous_tokens is not None:
+            while (shared < min(len(previous_tokens), len(prompt))
+                   and previous_tokens[shared] == prompt[shared]):
+                shared += 1
+        expected.append((answer, len(prompt), min(shared // 16, (len(prompt) - 1) // 16) * 16))
+        previous_tokens = (prompt + new)[:-1]
+        messages.append({"role": "assistant", "content": answer})
+
+    def requests():
+        options = gateway_pb2.GenerateOptions(sampling=common_pb2.SamplingParams(max_tokens=max_tokens))
+        yield gateway_pb2.TranslateSegment(model="flashstream-demo", source_language="German",
+                                           target_language="English", text=segments[0], options=options)
+        for text in segments[1:]:
+            yield gateway_pb2.TranslateSegment(text=text)
+
+    with grpc.insecure_channel(stack.gateway_grpc) as channel:
+        replies = list(gateway_pb2_grpc.GatewayStub(channel).Translate(requests(), timeout=120))
+    indices = [reply.segment_index for reply in replies]
+    assert indices == sorted(indices) and set(indices) == {0, 1, 2}, stage_logs(stack.log_dir)
+    for index, (answer, num_prompt, num_cached) in enumerate(expected):
+        mine = [reply for reply in replies if reply.segment_index == index]
+        assert [reply.HasField("done") for reply in mine] == [False] * (len(mine) - 1) + [True]
+        assert "".join(reply.chunk.text for reply in mine[:-1]).encode() == answer.encode(), f"segment {index}"
+        usage = mine[-1].done.usage
+        assert (usage.prompt_tokens, usage.cached_tokens) == (num_prompt, num_cached), f"segment {index}"
+    assert expected[1][2] > 0 and expected[2][2] > expected[1][2]
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "fragment"),
+    [({"target_language": ""}, None, "target_language"),
+     ({"target_language": "English", "model": "no-such-model"}, None, "no-such-model"),
+     ({"target_language": "English"}, {"text": "zwei", "target_language": "French"}, "target_language"),
+     ({"target_language": "English"}, {"text": " "}, "segment 1 has no text")],
+)
+def test_a_bad_translation_segment_ends_the_session_with_invalid_argument_and_the_stack_keeps_serving(
+        stack: Stack, first: dict, later: dict | None, fragment: str) -> None:
+    options = gateway_pb2.GenerateOptions(sampling=common_pb2.SamplingParams(max_tokens=2))
+    segments = [gateway_pb2.TranslateSegment(**({"model": "flashstream-demo", "text": "eins"} | first),
+                                             options=options)]
+    if later is not None:
+        segments.append(gateway_pb2.TranslateSegment(**later))
+    with grpc.insecure_channel(stack.gateway_grpc) as channel:
+        replies = []
+        with pytest.raises(grpc.RpcError) as info:
+            for reply in gateway_pb2_grpc.GatewayStub(channel).Translate(iter(segments), timeout=60):
+                replies.append(reply)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in info.value.details()
+    # A good first segment was translated before the bad one ended the call.
+    assert {reply.segment_index for reply in replies} == ({0} if later is not None else set())
+    _, _, done = _grpc_generate(stack.gateway_grpc, PROMPTS[3], 3)
+    assert done.HasField("done")
