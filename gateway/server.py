@@ -107,7 +107,7 @@ def build_store(config: ResultCacheConfig) -> ResultStore:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashstream serve gateway", description=__doc__)
-    add_server_args(parser, "gateway")  # --status-port is ignored: status routes live on --http-port
+    add_server_args(parser, "gateway", status_port=False)  # status routes live on --http-port
     parser.add_argument("--tokenizers", default=env_default("tokenizers", "127.0.0.1:50051"),
                         help="tokenizer addresses host:port[,host:port...]")
     parser.add_argument("--http-port", type=int, default=env_default("gateway_http_port", 8000),

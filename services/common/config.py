@@ -59,12 +59,15 @@ class ServerConfig:
         return f"{self.host}:{self.port}"
 
 
-def add_server_args(parser: argparse.ArgumentParser, stage: str) -> None:
-    """Adds --host, --port, --status-port, --log-level, --drain-timeout-s with FLASHSTREAM_* defaults."""
-    grpc_port, status_port = DEFAULT_PORTS[stage]
+def add_server_args(parser: argparse.ArgumentParser, stage: str, status_port: bool = True) -> None:
+    """Adds --host, --port, --status-port (unless status_port is False: a stage whose status routes share
+    another server), --log-level, --drain-timeout-s with FLASHSTREAM_* defaults."""
+    grpc_port, default_status_port = DEFAULT_PORTS[stage]
     parser.add_argument("--host", default=env_default("host", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=env_default(f"{stage}_port", grpc_port))
-    parser.add_argument("--status-port", type=int, default=env_default(f"{stage}_status_port", status_port))
+    if status_port:
+        parser.add_argument("--status-port", type=int,
+                            default=env_default(f"{stage}_status_port", default_status_port))
     parser.add_argument("--log-level", default=env_default("log_level", "INFO"))
     parser.add_argument("--drain-timeout-s", type=float, default=env_default("drain_timeout_s", 30.0))
 
@@ -73,7 +76,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host,
         port=args.port,
-        status_port=args.status_port,
+        status_port=getattr(args, "status_port", 0),
         log_level=args.log_level,
         drain_timeout_s=args.drain_timeout_s,
     )
