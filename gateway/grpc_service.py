@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 from flashstream.v1 import gateway_pb2, gateway_pb2_grpc
@@ -24,6 +25,8 @@ from gateway.translate import TranslationSession
 from services.common.errors import FlashStreamError
 from services.common.grpc_server import handle_errors
 
+T = TypeVar("T")
+
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
@@ -32,27 +35,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._core = core
         self._keys = api_keys
 
+    def _counted(self, fn: Callable[..., T], *args: object) -> T:
+        """fn(*args), counting a FlashStreamError it raises as an error returned to the client."""
+        try:
+            return fn(*args)
+        except FlashStreamError as exc:
+            self._core.record_error(exc)
+            raise
+
     def _authorize(self, context: grpc.aio.ServicerContext) -> str:
         """Checks the API key; returns the caller's tenant ("" without keys)."""
         if not self._keys.enabled:
             return ""
         metadata = dict(context.invocation_metadata() or ())
-        try:
-            self._keys.check(metadata.get("authorization"))
-        except FlashStreamError as exc:
-            self._core.record_error(exc)
-            raise
+        self._counted(self._keys.check, metadata.get("authorization"))
         return tenant_from_authorization(metadata.get("authorization"), True)
 
     async def _stream(
         self, build: object, request: object, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateChunk]:
         tenant = self._authorize(context)
-        try:
-            req: GenerationRequest = build(request)  # type: ignore[operator]
-        except FlashStreamError as exc:
-            self._core.record_error(exc)
-            raise
+        req: GenerationRequest = self._counted(build, request)  # type: ignore[arg-type]
         generation = self._core.start(req, time_limit_s=context.time_remaining(), tenant=tenant)
         try:
             async for event in generation:
@@ -98,19 +101,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         segment = await anext(segments, None)
         if segment is None:
             return
-        try:
-            session = TranslationSession(self._core, translation_settings_from_pb(segment), tenant)
-        except FlashStreamError as exc:
-            self._core.record_error(exc)
-            raise
+        session = self._counted(lambda: TranslationSession(self._core, translation_settings_from_pb(segment), tenant))
         while segment is not None:
             index = session.num_segments
-            try:
-                session.check_segment(segment.text, segment.model, segment.source_language.strip(),
-                                      segment.target_language.strip())
-            except FlashStreamError as exc:
-                self._core.record_error(exc)
-                raise
+            self._counted(session.check_segment, segment.text, segment.model, segment.source_language.strip(),
+                          segment.target_language.strip())
             async for event in session.translate(segment.text, context.time_remaining()):
                 yield translate_event_to_pb(index, event)
             segment = await anext(segments, None)

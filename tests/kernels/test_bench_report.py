@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels.bench import _fit_fixed_cost
+from kernels.bench_series import _fit_fixed_cost
 from kernels.bench_report import write_markdown
 
 
