@@ -1,0 +1,179 @@
+"""Statistics of one scenario's records, the stages' Prometheus metrics, NVML sampling and the output files."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+from bench.serve_client import Record
+
+PERCENTILES = (50, 90, 99)
+
+
+def summary(values: list[float]) -> dict[str, float | None]:
+    """mean, p50, p90, p99 (linear interpolation, numpy's default) of `values`; None where empty."""
+    if not values:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), **{f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}}
+
+
+def scenario_stats(records: list[Record], t0: float, end: float, slo_ttft_s: float, slo_tpot_s: float
+                   ) -> dict[str, Any]:
+    ok = [r for r in records if not r.error]
+    ttft = [r.chunk_times[0] - r.start for r in ok if r.chunk_times]
+    e2e = [r.chunk_times[-1] - r.start for r in ok if r.chunk_times]
+    tpot, itl, good = [], [], 0
+    for r in ok:
+        if not r.chunk_times:
+            continue
+        t = (r.chunk_times[-1] - r.chunk_times[0]) / (r.completion_tokens - 1) if r.completion_tokens > 1 else 0.0
+        if r.completion_tokens > 1:
+            tpot.append(t)
+        itl.extend(np.diff(r.chunk_times).tolist())
+        if r.chunk_times[0] - r.start <= slo_ttft_s and t <= slo_tpot_s:
+            good += 1
+    duration = max(end - t0, 1e-9)
+    out_tokens = sum(r.completion_tokens for r in ok)
+    return {
+        "num_requests": len(records), "completed": len(ok), "failed": len(records) - len(ok),
+        "errors": sorted({r.error for r in records if r.error})[:5],
+        "duration_s": duration,
+        "total_input_tokens": sum(r.prompt_tokens for r in ok),
+        "total_output_tokens": out_tokens,
+        "request_throughput": len(ok) / duration, "output_throughput": out_tokens / duration,
+        "ttft_s": summary(ttft), "tpot_s": summary(tpot), "itl_s": summary(itl), "e2e_s": summary(e2e),
+        "slo": {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s}, "goodput_requests_per_s": good / duration,
+        "good_requests": good,
+    }
+
+
+METRICS = ("flashstream_kv_cache_usage_ratio", "flashstream_num_preemptions_total", "flashstream_num_preemptions",
+           "flashstream_num_requests_running", "flashstream_num_requests_waiting")
+
+
+def scrape(urls: dict[str, str]) -> dict[str, dict[str, float] | None]:
+    """Each stage's values of METRICS (summed over labels); None for a stage that did not answer."""
+    out: dict[str, dict[str, float] | None] = {}
+    for stage, url in urls.items():
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            out[stage] = None
+            continue
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("#") or not line:
+                continue
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in METRICS:
+                values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        out[stage] = values
+    return out
+
+
+def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[str, Any]:
+    """KV usage (peak sampled during the run, and at the end) and preemptions during the run; absent -> None."""
+    out = {}
+    for stage in before:
+        b, a = before[stage] or {}, after.get(stage) or {}
+        pre = next((n for n in ("flashstream_num_preemptions_total", "flashstream_num_preemptions") if n in a), None)
+        out[stage] = {
+            "kv_cache_usage_peak": peak_kv.get(stage),
+            "preemptions": None if pre is None else a[pre] - b.get(pre, 0.0),
+        }
+    return out
+
+
+class Sampler:
+    """Samples GPU busy fraction (NVML) and the stages' KV usage at ~10 Hz in a thread during a run."""
+
+    def __init__(self, metric_urls: dict[str, str], period_s: float = 0.1) -> None:
+        self.urls, self.period = metric_urls, period_s
+        self.gpu: list[float] = []
+        self.kv_peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self._nvml = pynvml
+        except Exception:  # noqa: BLE001 - no NVML library or no GPU: report null
+            self._nvml, self._handles = None, []
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.wait(self.period):
+            if self._nvml is not None:
+                util = [self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles]
+                self.gpu.append(max(util) / 100.0)
+            n += 1
+            if n % 5 == 0:  # metrics every 0.5 s: a scrape costs the stages some CPU
+                for stage, vals in scrape(self.urls).items():
+                    kv = (vals or {}).get("flashstream_kv_cache_usage_ratio")
+                    if kv is not None:
+                        self.kv_peak[stage] = max(self.kv_peak.get(stage, 0.0), kv)
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def gpu_busy(self) -> float | None:
+        return float(np.mean(self.gpu)) if self.gpu else None
+
+
+def markdown(scenarios: list[dict[str, Any]]) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.1f}"
+
+    lines = ["| scenario | requests (failed) | out tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 ms | ITL p50 / p99 ms "
+             "| E2E p50 s | goodput req/s | GPU busy |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in scenarios:
+        r = s["result"]
+        gpu = "-" if s.get("gpu_busy") is None else f"{s['gpu_busy']:.0%}"
+        e2e = r["e2e_s"]["p50"]
+        lines.append(
+            f"| {s['name']} | {r['num_requests']} ({r['failed']}) | {r['output_throughput']:.0f} | "
+            f"{r['request_throughput']:.2f} | {ms(r['ttft_s']['p50'])} / {ms(r['ttft_s']['p99'])} | "
+            f"{ms(r['tpot_s']['p50'])} | {ms(r['itl_s']['p50'])} / {ms(r['itl_s']['p99'])} | "
+            f"{'-' if e2e is None else f'{e2e:.2f}'} | {r['goodput_requests_per_s']:.2f} | {gpu} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(scenarios: list[dict[str, Any]], path: str) -> str | None:
+    """Latency (TTFT and TPOT p50/p99) against output throughput; returns a message when matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no PNG written"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for s in scenarios:
+        r = s["result"]
+        for ax, key in zip(axes, ("ttft_s", "tpot_s")):
+            if r[key]["p50"] is None:
+                continue
+            ax.scatter([r["output_throughput"]] * 2, [r[key]["p50"] * 1e3, r[key]["p99"] * 1e3], s=18)
+            ax.annotate(s["name"], (r["output_throughput"], r[key]["p99"] * 1e3), fontsize=7)
+    for ax, label in zip(axes, ("TTFT p50 / p99 (ms)", "TPOT p50 / p99 (ms)")):
+        ax.set_xlabel("output tokens/s")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    time.sleep(0)
+    return None
