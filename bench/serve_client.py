@@ -103,7 +103,7 @@ def run_load(base_url: str, model: str, specs: list[RequestSpec], arrivals: list
     procs = max(1, min(procs, len(specs)))
     shares = [[(arrivals[i], specs[i]) for i in range(p, len(specs), procs)] for p in range(procs)]
     per_proc = max(1, -(-concurrency // procs))
-    t0 = time.time() + 0.5  # every process starts its clock at the same instant
+    t0 = time.time() + (2.0 if procs > 1 else 0.1)  # every process starts its clock at this instant
     ctx = mp.get_context("spawn" if procs > 1 else "fork")
     if procs == 1:
         results = [_proc_main((base_url, model, shares[0], per_proc, sampling, t0))]

@@ -37,7 +37,8 @@ def scenario_stats(records: list[Record], t0: float, end: float, slo_ttft_s: flo
         itl.extend(np.diff(r.chunk_times).tolist())
         if r.chunk_times[0] - r.start <= slo_ttft_s and t <= slo_tpot_s:
             good += 1
-    duration = max(end - t0, 1e-9)
+    # From the first send, not the planned start: late-starting client processes must not count as idle time.
+    duration = max(end - min([r.start for r in records if r.start] or [t0]), 1e-9)
     out_tokens = sum(r.completion_tokens for r in ok)
     return {
         "num_requests": len(records), "completed": len(ok), "failed": len(records) - len(ok),

@@ -1,0 +1,146 @@
+"""The serving benchmark's suites: one launched stack per model/config, every scenario of it, one results file.
+
+  python -m bench.serve_suite --device cpu            # fake worker + demo model, about a minute
+  python -m bench.serve_suite --device gpu --out DIR  # the H200 suite (bench/gpu_serve.sh runs it)
+
+Trim a suite by editing the tables below: each STACK row is launched once and runs its scenarios in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS_DIR
+from bench.serve import LaunchedStack, run_scenario, write_results
+from bench.serve_client import default_client_procs, run_load
+from bench.serve_data import make_model, request_set
+
+GREEDY = {"temperature": 0.0, "ignore_eos": True}
+OPENAI_DEFAULT = {"temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    dataset: str  # "sharegpt" or "fixed"
+    num_requests: int
+    concurrency: int = 0  # 0: all at once
+    input_len: int = 0
+    output_len: int = 0
+    sampling: dict = field(default_factory=lambda: dict(GREEDY))
+
+
+@dataclass(frozen=True)
+class StackRun:
+    model: str  # a preset (make-model folder) or "demo" (the demo model, real weights)
+    launch: str  # extra `flashstream up` args
+    scenarios: tuple[Scenario, ...]
+
+
+GPU_SUITE = (
+    StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
+        Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
+    StackRun("llama-3.1-8b", "--load-format dummy --device cuda", (
+        Scenario("8B batch-1 idle TTFT, 128 in / 1 out", "fixed", 16, 1, 128, 1),
+        Scenario("8B batch-1, 128 in / 256 out", "fixed", 8, 1, 128, 256),
+        Scenario("8B ShareGPT 1000 at once, greedy", "sharegpt", 1000),
+        Scenario("8B ShareGPT 1000 at once, temperature 1 top_p 1", "sharegpt", 1000, sampling=OPENAI_DEFAULT),
+        Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128),
+        Scenario("8B ShareGPT 300 at once, continuous", "sharegpt", 300),
+    )),
+    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --scheduler-args '--policy static'", (
+        Scenario("8B ShareGPT 300 at once, static", "sharegpt", 300),)),
+    StackRun("llama-3.2-1b", "--load-format dummy --device cuda", (
+        Scenario("1B ShareGPT 1000 at once, greedy", "sharegpt", 1000),)),
+)
+
+CPU_SUITE = (
+    StackRun("llama-3.2-1b", "--load-format fake --device cpu", (
+        Scenario("fake worker, ShareGPT 200 at once (client + control-plane ceiling)", "sharegpt", 200),
+        Scenario("fake worker, 128 in / 64 out, 32 concurrent, 200 requests", "fixed", 200, 32, 128, 64),
+    )),
+    StackRun("demo", "--device cpu", (
+        Scenario("demo model batch-1, 32 in / 16 out", "fixed", 4, 1, 32, 16),
+        Scenario("demo model, 32 in / 16 out, 16 at once", "fixed", 16, 0, 32, 16),
+    )),
+)
+
+
+def model_folder(model: str, cache: Path) -> Path:
+    if model == "demo":
+        from services.demo import build_demo_model
+
+        return Path(build_demo_model())
+    folder = cache / model
+    if not (folder / "tokenizer.json").exists():
+        make_model(model, folder)
+    return folder
+
+
+def warm_up(base_url: str, folder: Path, procs: int) -> None:
+    """A few short requests first, so one-off start-up costs (compilation, first allocations) stay out."""
+    specs = request_set(folder, 8, 99, "fixed", 16, 8)
+    run_load(base_url, "", specs, [0.0] * len(specs), len(specs), dict(GREEDY), min(procs, 2))
+
+
+def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, log_dir: Path | None) -> None:
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for i, run in enumerate(suite):
+        folder = model_folder(run.model, cache)
+        stack = LaunchedStack(str(folder.resolve()), run.launch, log_dir / f"stack{i}" if log_dir else None)
+        try:
+            t = time.monotonic()
+            stack.wait_ready(600)
+            print(f"[{time.monotonic() - started:.0f} s] stack {run.model} {run.launch!r} ready in "
+                  f"{time.monotonic() - t:.0f} s", flush=True)
+            warm_up(stack.base_url, folder, procs)
+            for sc in run.scenarios:
+                res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
+                                   num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
+                                   concurrency=sc.concurrency, rate=float("inf"), seed=0, sampling=sc.sampling,
+                                   client_procs=procs, slo_ttft_s=1.0, slo_tpot_s=0.05)
+                res.update(model=run.model, launch=run.launch)
+                results.append(res)
+                r = res["result"]
+                print(f"[{time.monotonic() - started:.0f} s] {sc.name}: {r['output_throughput']:.0f} tok/s, "
+                      f"{r['failed']} failed", flush=True)
+        finally:
+            stack.stop()
+    write_results(out, results, {"ratios": ratios(results)})
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Continuous over static and OpenAI-default over greedy output throughput, where both ran."""
+    tput = {r["name"]: r["result"]["output_throughput"] for r in results}
+
+    def ratio(a: str, b: str) -> float | None:
+        return tput[a] / tput[b] if a in tput and b in tput and tput[b] else None
+
+    return {"continuous_over_static": ratio("8B ShareGPT 300 at once, continuous", "8B ShareGPT 300 at once, static"),
+            "default_sampling_over_greedy": ratio("8B ShareGPT 1000 at once, temperature 1 top_p 1",
+                                                  "8B ShareGPT 1000 at once, greedy")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serve_suite", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "gpu"), required=True)
+    p.add_argument("--out", default=None, help="results path without suffix (default bench/results/serve_<device>)")
+    p.add_argument("--cache", default="/tmp/flashstream-bench-models", help="where model folders are made")
+    p.add_argument("--client-procs", type=int, default=default_client_procs())
+    p.add_argument("--log-dir", default=None)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out) if args.out else RESULTS_DIR / f"serve_{args.device}"
+    run_suite(GPU_SUITE if args.device == "gpu" else CPU_SUITE, out, Path(args.cache), args.client_procs,
+              Path(args.log_dir) if args.log_dir else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The serving benchmark's request sets (seeded, exact prompt lengths), model folders and statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.serve import arrivals
+from bench.serve_client import Record
+from bench.serve_data import PromptMaker, make_model, request_set, sharegpt_lengths
+from bench.serve_report import scenario_stats, summary
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model("llama-3.2-1b", tmp_path_factory.mktemp("m") / "llama")
+
+
+def test_the_model_folder_tokenizer_covers_every_id_and_sits_bos_eos_at_the_presets_ids(model_dir: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    assert tok.get_vocab_size() == 128256
+    assert tok.token_to_id("<|begin_of_text|>") == 128000
+    assert tok.token_to_id("<|end_of_text|>") == 128001
+    assert tok.decode([128255], skip_special_tokens=False) == "<|extra_128255|>"
+
+
+def test_the_request_set_is_the_same_for_one_seed_and_differs_for_another(model_dir: Path) -> None:
+    a = request_set(model_dir, 6, 3, "sharegpt")
+    assert a == request_set(model_dir, 6, 3, "sharegpt")
+    assert a != request_set(model_dir, 6, 4, "sharegpt")
+
+
+def test_every_prompt_encodes_to_exactly_its_input_length(model_dir: Path) -> None:
+    maker = PromptMaker(model_dir, 0)
+    for spec in request_set(model_dir, 12, 1, "sharegpt") + request_set(model_dir, 3, 1, "fixed", 1024, 7):
+        assert maker.token_count(spec.prompt) == spec.input_len
+
+
+def test_sharegpt_lengths_have_the_documented_mean_and_spread() -> None:
+    lengths = np.array(sharegpt_lengths(20000, 0))
+    assert lengths.min() >= 4 and lengths[:, 0].max() <= 1024
+    assert abs(lengths[:, 0].mean() - 297) < 8 and abs(lengths[:, 1].mean() - 276) < 8
+    assert abs(lengths[:, 0].std() - 167) < 15 and abs(lengths[:, 1].std() - 134) < 15
+
+
+def test_poisson_arrivals_start_at_zero_and_average_the_rate() -> None:
+    times = arrivals(5000, 50.0, 0)
+    assert times[0] == 0.0 and all(b >= a for a, b in zip(times, times[1:]))
+    assert abs(len(times) / times[-1] - 50.0) < 2.5
+    assert arrivals(3, float("inf"), 0) == [0.0, 0.0, 0.0]
+
+
+def test_summary_gives_mean_and_interpolated_percentiles() -> None:
+    assert summary([float(v) for v in range(1, 101)]) == pytest.approx(
+        {"mean": 50.5, "p50": 50.5, "p90": 90.1, "p99": 99.01}, abs=1e-9)
+    assert summary([]) == {"mean": None, "p50": None, "p90": None, "p99": None}
+
+
+def test_scenario_stats_of_known_records() -> None:
+    ok = Record(4, 3, start=10.0, chunk_times=[10.5, 10.6, 10.8], completion_tokens=3, prompt_tokens=4)
+    slow = Record(4, 3, start=10.0, chunk_times=[12.0, 12.1, 12.2], completion_tokens=3, prompt_tokens=4)
+    failed = Record(4, 3, start=10.0, error="HTTP 500")
+    s = scenario_stats([ok, slow, failed], 10.0, 12.0, slo_ttft_s=1.0, slo_tpot_s=0.5)
+    assert (s["num_requests"], s["completed"], s["failed"]) == (3, 2, 1)
+    assert s["total_output_tokens"] == 6 and s["total_input_tokens"] == 8
+    assert s["ttft_s"]["mean"] == pytest.approx(1.25)
+    assert s["tpot_s"]["p50"] == pytest.approx(0.125)
+    assert s["itl_s"]["p50"] == pytest.approx(0.1)
+    assert s["good_requests"] == 1
+    assert s["output_throughput"] == pytest.approx(3.0)
