@@ -30,9 +30,10 @@ SHORT_CONTEXT_LEN = 512  # contexts up to this many tokens run the decode kernel
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
-    """1, 2, 4, 8, then every multiple of 8, up to and including max_num_seqs."""
+    """1, 2, 4, 8, then every multiple of 8 up to 256 and of 32 past it, up to and including max_num_seqs (past 256
+    a step pads at most 31 rows, and the graphs to capture stay few)."""
     sizes = [s for s in (1, 2, 4) if s < max_num_seqs]
-    sizes += list(range(8, max_num_seqs, 8))
+    sizes += list(range(8, min(max_num_seqs, 257), 8)) + list(range(288, max_num_seqs, 32))
     return sorted({*sizes, max_num_seqs})
 
 
