@@ -32,6 +32,12 @@ class AttentionMetadata:
     max_context_len: int
     # Decode kernel split count; None lets the kernel choose (graphs fix it at capture).
     decode_num_splits: int | None = None
+    # A mixed step: its first num_decode_seqs sequences run one token each and take the decode kernel (the prefill
+    # kernel would give each single query a whole tile and read its KV once per query head); the rest take the
+    # prefill kernel with prefill_query_start_loc ([num_seqs - num_decode_seqs + 1] int32, from 0).
+    num_decode_seqs: int = 0
+    decode_max_context_len: int = 0
+    prefill_query_start_loc: torch.Tensor | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -61,6 +67,10 @@ def build_attention_metadata(
         query_start_loc[:-1].astype(np.int64) - starts, num_tokens
     )
     slots = block_tables[seq_index, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    # Leading one-token chunks: the scheduler lists decodes before prefill chunks, so they form a prefix.
+    one_token = num_tokens == 1
+    num_decode = len(chunks) if one_token.all() else int(np.argmin(one_token))
+    mixed = 0 < num_decode < len(chunks)
     return AttentionMetadata(
         positions=torch.from_numpy(positions).to(device, non_blocking=True),
         slot_mapping=torch.from_numpy(slots).to(device, non_blocking=True),
@@ -69,4 +79,8 @@ def build_attention_metadata(
         context_lens=torch.from_numpy(context_lens.astype(np.int32)).to(device, non_blocking=True),
         max_query_len=int(num_tokens.max(initial=0)),
         max_context_len=int(context_lens.max(initial=0)),
+        num_decode_seqs=num_decode if mixed else 0,
+        decode_max_context_len=int(context_lens[:num_decode].max()) if mixed else 0,
+        prefill_query_start_loc=torch.from_numpy(query_start_loc[num_decode:] - num_decode).to(
+            device, non_blocking=True) if mixed else None,
     )

@@ -97,6 +97,14 @@ class Attention(nn.Module):
                 q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
                 max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits,
             )
+        elif meta.num_decode_seqs:
+            d = meta.num_decode_seqs  # one token each, so also the number of decode rows of q
+            out = torch.empty_like(q)
+            ops.decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d], meta.context_lens[:d],
+                                 self.scale, max_context_len=meta.decode_max_context_len, out=out[:d])
+            ops.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:], meta.prefill_query_start_loc,
+                                  meta.context_lens[d:], self.scale, causal=True, max_query_len=meta.max_query_len,
+                                  out=out[d:])
         else:
             out = ops.prefill_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.scale,

@@ -79,3 +79,17 @@ def test_short_contexts_get_an_unsplit_graph_only_where_the_full_one_splits() ->
     assert context_buckets(1, 8, 512, 512) == [(512, 4)]
     assert context_buckets(1, 8, 4096, 0) == [(4096, 32)]
     assert batch_buckets(20) == [1, 2, 4, 8, 16, 20]
+    assert batch_buckets(1024)[33:39] == [248, 256, 288, 320, 352, 384]
+    assert len(batch_buckets(1024)) == 3 + 32 + 24 and batch_buckets(1000)[-2:] == [992, 1000]
+
+
+def test_leading_one_token_chunks_of_a_mixed_step_are_its_decode_part() -> None:
+    chunks = [SeqChunk(9, 1, [0]), SeqChunk(20, 1, [1, 2]), SeqChunk(0, 5, [3]), SeqChunk(16, 1, [4, 5])]
+    meta = build_attention_metadata(chunks, 16, torch.device("cpu"))
+    assert (meta.num_decode_seqs, meta.decode_max_context_len) == (2, 21)
+    assert meta.prefill_query_start_loc.tolist() == [0, 5, 6]
+    assert meta.query_start_loc.tolist() == [0, 1, 2, 7, 8]
+    decode_only = build_attention_metadata(chunks[:2], 16, torch.device("cpu"))
+    prefill_first = build_attention_metadata(chunks[2:], 16, torch.device("cpu"))
+    assert (decode_only.num_decode_seqs, decode_only.prefill_query_start_loc) == (0, None)
+    assert (prefill_first.num_decode_seqs, prefill_first.prefill_query_start_loc) == (0, None)

@@ -47,6 +47,14 @@ def test_chunked_prefill_gives_the_same_greedy_tokens(checkpoint) -> None:  # no
     assert run_greedy(Driver(cpu_engine(folder)), prompts, 16, chunk=7) == expected
 
 
+def test_decodes_ahead_of_prefill_chunks_in_one_step_keep_transformers_tokens(checkpoint) -> None:  # noqa: ANN001
+    """Seq 2 decodes ahead of seq 1's prompt chunks, so the middle steps split between decode and prefill attention."""
+    _, folder = checkpoint
+    prompts = {2: PROMPT[:4], 1: (PROMPT * 3)[:40]}
+    expected = {seq_id: hf_greedy(folder, p, 12)[0] for seq_id, p in prompts.items()}
+    assert run_greedy(Driver(cpu_engine(folder)), prompts, 12, chunk=9) == expected
+
+
 def test_prefix_cache_hit_reuses_blocks_an_earlier_sequence_filled(checkpoint) -> None:  # noqa: ANN001
     _, folder = checkpoint
     engine = cpu_engine(folder)

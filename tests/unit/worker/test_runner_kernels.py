@@ -14,10 +14,16 @@ from tests.unit.worker.helpers import Driver, make_checkpoint, run_greedy
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")
 
 
+LONG = [5, 17, 99, 3, 250, 41, 7, 7, 128, 64, 33, 2, 200, 11, 90, 150, 6, 73, 12]
+
+
+# Short first: from the second step on, seq 2 decodes ahead of seq 1's prefill chunks, so those steps are mixed
+# and split between the decode and prefill kernels.
+@pytest.mark.parametrize("short_first", [False, True])
 @pytest.mark.parametrize("name", ["qwen3", "mistral_mqa_sharded"])
-def test_kernel_launchers_give_the_reference_greedy_tokens(name: str, tmp_path: Path) -> None:
+def test_kernel_launchers_give_the_reference_greedy_tokens(name: str, short_first: bool, tmp_path: Path) -> None:
     folder = make_checkpoint(name, tmp_path / name)
-    prompts = {1: [5, 17, 99, 3, 250, 41, 7, 7, 128, 64, 33, 2, 200, 11, 90, 150, 6, 73, 12], 2: [9, 8, 7]}
+    prompts = {2: [9, 8, 7], 1: LONG} if short_first else {1: LONG, 2: [9, 8, 7]}
 
     def engine(use_kernels: bool):  # noqa: ANN202
         config = WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=16, max_model_len=64)
