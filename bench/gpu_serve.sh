@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# The GPU serving suite on a bare machine, run from the repository root: bash bench/gpu_serve.sh OUT_DIR
-# Writes OUT_DIR/serve_gpu.{json,md,png} and OUT_DIR/serve_gpu.log (stage logs under OUT_DIR/logs).
-# Packages the machine may lack (grpcio-health-checking, grpcio-reflection, redis) are installed from wheels in
-# .whl/ when that folder exists, e.g. made beforehand with
-#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --no-deps \
-#       -d .whl grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis
+# The GPU run on a bare machine, from the repository root: bash bench/gpu_serve.sh OUT_DIR
+# 1. the worker's GPU tests (overlapped steps, decode graphs, the worker on CUDA) -> OUT_DIR/gpu_tests.txt
+# 2. the serving suite (bench/serve_suite.py) -> OUT_DIR/serve_gpu.{json,md,png,log}, serve_gpu_profile.{md,json}
+# 3. the stages' logs -> OUT_DIR/logs.tgz
+# Packages the machine lacks (grpcio-health-checking, grpcio-reflection, redis, py-spy) are installed from wheels
+# in .whl/ when that folder exists, made beforehand with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
+#       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis py-spy
+# SUITE_DEADLINE_S (default 400): no scenario starts later than this many seconds into the suite.
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_serve.sh OUT_DIR}"
 mkdir -p "$OUT"
 LOG="$OUT/serve_gpu.log"
 SITE=/tmp/flashstream-site
 if compgen -G ".whl/*.whl" > /dev/null; then
-  pip install --no-index --no-deps --target "$SITE" .whl/*.whl >> "$LOG" 2>&1 || echo "wheel install failed (see log)" | tee -a "$LOG"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl >> "$LOG" 2>&1 \
+    || echo "wheel install failed (see log)" | tee -a "$LOG"
 fi
-export PYTHONPATH="$PWD:$PWD/protos:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1
-python - >> "$LOG" 2>&1 <<'PY' || { echo "missing python packages (see $LOG)"; exit 1; }
+export PYTHONPATH="$PWD:$PWD/protos:$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+python3 - >> "$LOG" 2>&1 <<'PY' || { echo "missing python packages (see $LOG)"; exit 1; }
 import grpc_health, grpc_reflection, aiohttp, prometheus_client, tokenizers  # noqa: F401  what the stack imports
 PY
-timeout 580 python -m bench.serve_suite --device gpu --out "$OUT/serve_gpu" --log-dir "$OUT/logs" 2>&1 | tee -a "$LOG"
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc; } >> "$LOG" 2>&1
+timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/integration/test_worker_gpu_overlap.py \
+  tests/integration/test_worker_gpu_graphs.py 2>&1 | tail -n 30 > "$OUT/gpu_tests.txt"
+timeout 500 python3 -m bench.serve_suite --device gpu --out "$OUT/serve_gpu" --log-dir /tmp/flashstream-logs \
+  --deadline-s "${SUITE_DEADLINE_S:-400}" 2>&1 | tee -a "$LOG"
+tar czf "$OUT/logs.tgz" -C /tmp flashstream-logs 2>/dev/null

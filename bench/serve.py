@@ -137,8 +137,9 @@ def write_results(out: Path, scenarios: list[dict[str, Any]], extra: dict[str, A
     doc = {**environment(), **(extra or {}), "scenarios": scenarios}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     table = markdown(scenarios)
+    skipped = "".join(f"\nSkipped (the run's deadline came first): {name}\n" for name in doc.get("skipped", []))
     out.with_suffix(".md").write_text(f"# Serving benchmark\n\n{doc['device']}, {doc['date']}\n\n`{doc['command']}`"
-                                      f"\n\n{table}")
+                                      f"\n\n{table}{skipped}")
     msg = plot(scenarios, str(out.with_suffix(".png")))
     if msg:
         print(msg, file=sys.stderr)

@@ -9,7 +9,9 @@ Trim a suite by editing the tables below: each STACK row is launched once and ru
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ class Scenario:
     input_len: int = 0
     output_len: int = 0
     sampling: dict = field(default_factory=lambda: dict(GREEDY))
+    profile: bool = False  # also sample every stage with py-spy while it runs (bench/stage_profile.py)
 
 
 @dataclass(frozen=True)
@@ -42,21 +45,27 @@ class StackRun:
     scenarios: tuple[Scenario, ...]
 
 
+# In order of importance: a run that reaches its deadline skips what is left (and says so in the results).
 GPU_SUITE = (
-    StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
-        Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
     StackRun("llama-3.1-8b", "--load-format dummy --device cuda", (
         Scenario("8B batch-1 idle TTFT, 128 in / 1 out", "fixed", 16, 1, 128, 1),
-        Scenario("8B batch-1, 128 in / 256 out", "fixed", 8, 1, 128, 256),
-        Scenario("8B ShareGPT 1000 at once, greedy", "sharegpt", 1000),
+        Scenario("8B batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256),
+        Scenario("8B ShareGPT 1000 at once, greedy", "sharegpt", 1000, profile=True),
         Scenario("8B ShareGPT 1000 at once, temperature 1 top_p 1", "sharegpt", 1000, sampling=OPENAI_DEFAULT),
         Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128),
-        Scenario("8B ShareGPT 300 at once, continuous", "sharegpt", 300),
     )),
-    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --scheduler-args '--policy static'", (
-        Scenario("8B ShareGPT 300 at once, static", "sharegpt", 300),)),
+    StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
+        Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda", (
-        Scenario("1B ShareGPT 1000 at once, greedy", "sharegpt", 1000),)),
+        Scenario("1B ShareGPT 1000 at once, greedy", "sharegpt", 1000),
+        Scenario("1B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128),
+    )),
+    # Continuous against static batching under the same limit of 256 sequences per step.
+    StackRun("llama-3.2-1b",
+             "--load-format dummy --device cuda --scheduler-args '--policy static --max-num-seqs 256'", (
+        Scenario("1B ShareGPT 1000 at once, static, 256 per step", "sharegpt", 1000),)),
+    StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256'", (
+        Scenario("1B ShareGPT 1000 at once, continuous, 256 per step", "sharegpt", 1000),)),
 )
 
 CPU_SUITE = (
@@ -88,10 +97,21 @@ def warm_up(base_url: str, folder: Path, procs: int) -> None:
     run_load(base_url, "", specs, [0.0] * len(specs), len(specs), dict(GREEDY), min(procs, 2))
 
 
-def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, log_dir: Path | None) -> None:
+def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, log_dir: Path | None,
+              deadline_s: float = float("inf")) -> None:
+    """Runs every stack and scenario in order, writing the results after each scenario; past deadline_s (from the
+    start) nothing new is begun and the rest is listed as skipped."""
     results: list[dict[str, Any]] = []
+    skipped: list[str] = []
     started = time.monotonic()
+
+    def save() -> None:
+        write_results(out, results, {"ratios": ratios(results), "skipped": skipped})
+
     for i, run in enumerate(suite):
+        if time.monotonic() - started > deadline_s:
+            skipped += [sc.name for sc in run.scenarios]
+            continue
         folder = model_folder(run.model, cache)
         stack = LaunchedStack(str(folder.resolve()), run.launch, log_dir / f"stack{i}" if log_dir else None)
         try:
@@ -101,18 +121,45 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                   f"{time.monotonic() - t:.0f} s", flush=True)
             warm_up(stack.base_url, folder, procs)
             for sc in run.scenarios:
+                if time.monotonic() - started > deadline_s:
+                    skipped.append(sc.name)
+                    continue
+                profiler = start_profile(out, stack.proc.pid) if sc.profile else None
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
                                    concurrency=sc.concurrency, rate=float("inf"), seed=0, sampling=sc.sampling,
                                    client_procs=procs, slo_ttft_s=1.0, slo_tpot_s=0.05)
+                if profiler is not None:
+                    profiler.join()
                 res.update(model=run.model, launch=run.launch)
                 results.append(res)
                 r = res["result"]
                 print(f"[{time.monotonic() - started:.0f} s] {sc.name}: {r['output_throughput']:.0f} tok/s, "
                       f"{r['failed']} failed", flush=True)
+                save()
         finally:
             stack.stop()
-    write_results(out, results, {"ratios": ratios(results)})
+    save()
+
+
+def start_profile(out: Path, parent: int, seconds: float = 15.0) -> threading.Thread:
+    """Samples the stack's stages from 2 s into the load, in the background; writes <out>_profile.md/json."""
+    from bench.stage_profile import profile, to_markdown
+
+    def record() -> None:
+        time.sleep(2.0)
+        try:
+            report = profile(seconds, 50, parent)
+        except (OSError, SystemExit) as exc:  # py-spy missing or not allowed to attach: the run goes on without
+            print(f"stage profile skipped: {exc}", file=sys.stderr)
+            return
+        profile_out = out.with_name(out.name + "_profile")
+        profile_out.with_suffix(".md").write_text("# Stage profile under load\n\n" + to_markdown(report, seconds))
+        profile_out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -122,7 +169,8 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     def ratio(a: str, b: str) -> float | None:
         return tput[a] / tput[b] if a in tput and b in tput and tput[b] else None
 
-    return {"continuous_over_static": ratio("8B ShareGPT 300 at once, continuous", "8B ShareGPT 300 at once, static"),
+    return {"continuous_over_static": ratio("1B ShareGPT 1000 at once, continuous, 256 per step",
+                                            "1B ShareGPT 1000 at once, static, 256 per step"),
             "default_sampling_over_greedy": ratio("8B ShareGPT 1000 at once, temperature 1 top_p 1",
                                                   "8B ShareGPT 1000 at once, greedy")}
 
@@ -135,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default="/tmp/flashstream-bench-models", help="where model folders are made")
     p.add_argument("--client-procs", type=int, default=default_client_procs())
     p.add_argument("--log-dir", default=None)
+    p.add_argument("--deadline-s", type=float, default=float("inf"),
+                   help="begin nothing new after this many seconds (the rest is listed as skipped)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out) if args.out else RESULTS_DIR / f"serve_{args.device}"
     run_suite(GPU_SUITE if args.device == "gpu" else CPU_SUITE, out, Path(args.cache), args.client_procs,
-              Path(args.log_dir) if args.log_dir else None)
+              Path(args.log_dir) if args.log_dir else None, args.deadline_s)
     return 0
 
 

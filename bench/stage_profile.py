@@ -98,14 +98,16 @@ def profile(seconds: float, rate: int, parent: int | None = None) -> dict[str, d
         for name, pid in procs.items():
             out = Path(tmp) / f"{name}.txt"
             running[name] = (out, subprocess.Popen(
-                ["py-spy", "record", "-p", str(pid), "-d", str(seconds), "-r", str(rate), "-f", "raw", "-o", str(out),
-                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                ["py-spy", "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", str(rate), "-f", "raw",
+                 "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         report = {}
         for name, (out, proc) in running.items():
-            proc.wait(timeout=seconds + 60)
+            _, err = proc.communicate(timeout=seconds + 60)
             counts, total = categorise(out.read_text() if out.exists() else "")
             shares = {k: round(v / total, 3) for k, v in counts.most_common()} if total else {}
             report[name] = {"busy": round(total / (seconds * rate), 3), **shares}
+            if not total:
+                report[name]["error"] = err.strip().splitlines()[-1:] or [f"py-spy exited with {proc.returncode}"]
     return report
 
 
@@ -113,7 +115,7 @@ def to_markdown(report: dict[str, dict], seconds: float) -> str:
     lines = [f"Share of each stage's CPU samples by part of the step ({seconds:.0f} s of py-spy under load). "
              "busy: CPU time over wall time (1.0 = one core all the time).", ""]
     for name, parts in report.items():
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in parts.items() if k != "busy")
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in parts.items() if k not in ("busy", "error"))
         lines.append(f"- **{name}** (busy {parts['busy']:.2f}): {shares or 'no samples'}")
     return "\n".join(lines) + "\n"
 
