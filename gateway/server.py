@@ -24,7 +24,7 @@ from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import run_event_loop, serve_stage
+from services.common.stage import serve_stage
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     setup_logging(config.server.log_level, "gateway")
-    return run_event_loop(serve(config))
+    return asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

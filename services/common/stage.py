@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-from services.common.config import env_default
-from services.common.errors import InvalidArgument
 from services.common.grpc_server import install_stop_signals
 from services.common.metrics import Metrics, start_status_server
 
@@ -57,20 +55,3 @@ async def serve_stage(stage: Stage, host: str, status_port: int, drain_timeout_s
     finally:
         stopping.cancel()
         await status.cleanup()
-
-
-def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Runs a stage's main coroutine on asyncio's event loop, or on uvloop with FLASHSTREAM_EVENT_LOOP=uvloop (where
-    it is installed; it serves the same stack, and a stage spends much of its time in the loop itself)."""
-    choice = env_default("event_loop", "asyncio")
-    if choice not in ("asyncio", "uvloop"):
-        raise InvalidArgument(f"FLASHSTREAM_EVENT_LOOP must be asyncio or uvloop, got {choice!r}")
-    factory = None
-    if choice == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            raise InvalidArgument("FLASHSTREAM_EVENT_LOOP=uvloop, but uvloop is not installed") from None
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)

@@ -12,7 +12,7 @@ from services.common.config import add_server_args, env_default, server_config, 
 from services.common.errors import FlashStreamError
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import run_event_loop, serve_stage
+from services.common.stage import serve_stage
 from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
 from services.worker.servicer import WorkerServicer
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "worker")
     try:
-        return run_event_loop(serve(config))
+        return asyncio.run(serve(config))
     except FlashStreamError as exc:
         log.error("worker failed to start: %s", exc.message)
         return 2
