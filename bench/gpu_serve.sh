@@ -8,7 +8,7 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
 #       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis py-spy
-# SUITE_DEADLINE_S (default 400): no scenario starts later than this many seconds into the suite.
+# SUITE_DEADLINE_S (default 360): no scenario starts later than this many seconds into the suite.
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_serve.sh OUT_DIR}"
 mkdir -p "$OUT"
@@ -26,6 +26,6 @@ PY
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc; } >> "$LOG" 2>&1
 timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/integration/test_worker_gpu_overlap.py \
   tests/integration/test_worker_gpu_graphs.py 2>&1 | tail -n 30 > "$OUT/gpu_tests.txt"
-timeout 500 python3 -m bench.serve_suite --device gpu --out "$OUT/serve_gpu" --log-dir /tmp/flashstream-logs \
-  --deadline-s "${SUITE_DEADLINE_S:-400}" 2>&1 | tee -a "$LOG"
+timeout 470 python3 -m bench.serve_suite --device gpu --out "$OUT/serve_gpu" --log-dir /tmp/flashstream-logs \
+  --deadline-s "${SUITE_DEADLINE_S:-360}" 2>&1 | tee -a "$LOG"
 tar czf "$OUT/logs.tgz" -C /tmp flashstream-logs 2>/dev/null
