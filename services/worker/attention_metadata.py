@@ -49,6 +49,15 @@ class AttentionMetadata:
         return self.max_query_len == 1
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on the device without waiting: copied through pinned memory on CUDA. (A copy from pageable memory
+    first waits for everything queued on the stream, which would hold the host until the step before has finished.)"""
+    host = torch.from_numpy(array)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def build_attention_metadata(
     chunks: Sequence[SeqChunk], block_size: int, device: torch.device, max_blocks: int | None = None
 ) -> AttentionMetadata:
@@ -72,15 +81,14 @@ def build_attention_metadata(
     num_decode = len(chunks) if one_token.all() else int(np.argmin(one_token))
     mixed = 0 < num_decode < len(chunks)
     return AttentionMetadata(
-        positions=torch.from_numpy(positions).to(device, non_blocking=True),
-        slot_mapping=torch.from_numpy(slots).to(device, non_blocking=True),
-        block_tables=torch.from_numpy(block_tables).to(device, non_blocking=True),
-        query_start_loc=torch.from_numpy(query_start_loc).to(device, non_blocking=True),
-        context_lens=torch.from_numpy(context_lens.astype(np.int32)).to(device, non_blocking=True),
+        positions=to_device(positions, device),
+        slot_mapping=to_device(slots, device),
+        block_tables=to_device(block_tables, device),
+        query_start_loc=to_device(query_start_loc, device),
+        context_lens=to_device(context_lens.astype(np.int32), device),
         max_query_len=int(num_tokens.max(initial=0)),
         max_context_len=int(context_lens.max(initial=0)),
         num_decode_seqs=num_decode if mixed else 0,
         decode_max_context_len=int(context_lens[:num_decode].max()) if mixed else 0,
-        prefill_query_start_loc=torch.from_numpy(query_start_loc[num_decode:] - num_decode).to(
-            device, non_blocking=True) if mixed else None,
+        prefill_query_start_loc=to_device(query_start_loc[num_decode:] - num_decode, device) if mixed else None,
     )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from services.worker.attention_metadata import SeqChunk, build_attention_metadata
+from services.worker.attention_metadata import SeqChunk, build_attention_metadata, to_device
 from services.worker.cuda_graphs import DecodeGraphs, InputFill
 from services.worker.device_gaps import DeviceGaps
 from services.worker.kv_cache import KVCache
@@ -35,7 +35,7 @@ class ModelRunner:
 
     def device_index(self, values: Sequence[int]) -> torch.Tensor:
         """values as an int64 index tensor on the model's device."""
-        return torch.as_tensor(np.asarray(values, dtype=np.int64)).to(self.device, non_blocking=True)
+        return to_device(np.asarray(values, dtype=np.int64), self.device)
 
     @torch.inference_mode()
     def forward(
@@ -48,12 +48,12 @@ class ModelRunner:
             self.graphs.run(token_ids, chunks, fill)
             return self.graphs.logits_of(sample_rows)
         meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
-        input_ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).to(self.device, non_blocking=True)
+        input_ids = to_device(np.asarray(token_ids, dtype=np.int64), self.device)
         if fill is not None:
             input_ids.index_copy_(0, fill[0], fill[1])
         hidden = self.model(input_ids, meta, self.kv_cache.layers)  # [num_tokens, hidden]
         last = np.cumsum([c.num_tokens for c in chunks]) - 1  # row of each chunk's last token
-        rows = torch.as_tensor(last[list(sample_rows)], dtype=torch.int64).to(self.device, non_blocking=True)
+        rows = to_device(last[list(sample_rows)].astype(np.int64), self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
 
     def graph_argmax(
