@@ -9,6 +9,7 @@
 #       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
 #       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis py-spy
 # SUITE_DEADLINE_S (default 360): no scenario starts later than this many seconds into the suite.
+# SUITE_SCENARIOS: comma-separated parts of scenario names to run (default all); GPU_TESTS=0 skips step 1.
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_serve.sh OUT_DIR}"
 mkdir -p "$OUT"
@@ -24,8 +25,8 @@ python3 - >> "$LOG" 2>&1 <<'PY' || { echo "missing python packages (see $LOG)"; 
 import grpc_health, grpc_reflection, aiohttp, prometheus_client, tokenizers  # noqa: F401  what the stack imports
 PY
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc; } >> "$LOG" 2>&1
-timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/integration/test_worker_gpu_overlap.py \
+[ "${GPU_TESTS:-1}" = 0 ] || timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/integration/test_worker_gpu_overlap.py \
   tests/integration/test_worker_gpu_graphs.py 2>&1 | tail -n 30 > "$OUT/gpu_tests.txt"
 timeout 470 python3 -m bench.serve_suite --device gpu --out "$OUT/serve_gpu" --log-dir /tmp/flashstream-logs \
-  --deadline-s "${SUITE_DEADLINE_S:-360}" 2>&1 | tee -a "$LOG"
+  --deadline-s "${SUITE_DEADLINE_S:-360}" --scenarios "${SUITE_SCENARIOS:-}" 2>&1 | tee -a "$LOG"
 tar czf "$OUT/logs.tgz" -C /tmp flashstream-logs 2>/dev/null

@@ -36,6 +36,7 @@ class Scenario:
     output_len: int = 0
     sampling: dict = field(default_factory=lambda: dict(GREEDY))
     profile: bool = False  # also sample every stage with py-spy while it runs (bench/stage_profile.py)
+    seed: int = 0  # of the request set: scenarios of one stack that compare should not share prompts (prefix cache)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ GPU_SUITE = (
         Scenario("8B batch-1 idle TTFT, 128 in / 1 out", "fixed", 16, 1, 128, 1),
         Scenario("8B batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256),
         Scenario("8B ShareGPT 1000 at once, greedy", "sharegpt", 1000, profile=True),
-        Scenario("8B ShareGPT 1000 at once, temperature 1 top_p 1", "sharegpt", 1000, sampling=OPENAI_DEFAULT),
-        Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128),
+        Scenario("8B ShareGPT 1000 at once, temperature 1 top_p 1", "sharegpt", 1000, sampling=OPENAI_DEFAULT, seed=1),
+        Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128, seed=2),
     )),
     StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
         Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
@@ -97,6 +98,18 @@ def warm_up(base_url: str, folder: Path, procs: int) -> None:
     run_load(base_url, "", specs, [0.0] * len(specs), len(specs), dict(GREEDY), min(procs, 2))
 
 
+def select(suite: tuple[StackRun, ...], names: list[str]) -> tuple[StackRun, ...]:
+    """The stacks and scenarios whose scenario name contains one of `names` (every one when names is empty)."""
+    if not names:
+        return suite
+    runs = []
+    for run in suite:
+        kept = tuple(sc for sc in run.scenarios if any(n in sc.name for n in names))
+        if kept:
+            runs.append(StackRun(run.model, run.launch, kept))
+    return tuple(runs)
+
+
 def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, log_dir: Path | None,
               deadline_s: float = float("inf")) -> None:
     """Runs every stack and scenario in order, writing the results after each scenario; past deadline_s (from the
@@ -127,7 +140,7 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                 profiler = start_profile(out, stack.proc.pid) if sc.profile else None
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
-                                   concurrency=sc.concurrency, rate=float("inf"), seed=0, sampling=sc.sampling,
+                                   concurrency=sc.concurrency, rate=float("inf"), seed=sc.seed, sampling=sc.sampling,
                                    client_procs=procs, slo_ttft_s=1.0, slo_tpot_s=0.05)
                 if profiler is not None:
                     profiler.join()
@@ -185,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default=None)
     p.add_argument("--deadline-s", type=float, default=float("inf"),
                    help="begin nothing new after this many seconds (the rest is listed as skipped)")
+    p.add_argument("--scenarios", default="", help="comma-separated parts of scenario names to run (default: all)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out) if args.out else RESULTS_DIR / f"serve_{args.device}"
-    run_suite(GPU_SUITE if args.device == "gpu" else CPU_SUITE, out, Path(args.cache), args.client_procs,
-              Path(args.log_dir) if args.log_dir else None, args.deadline_s)
+    suite = select(GPU_SUITE if args.device == "gpu" else CPU_SUITE, [n for n in args.scenarios.split(",") if n])
+    run_suite(suite, out, Path(args.cache), args.client_procs, Path(args.log_dir) if args.log_dir else None,
+              args.deadline_s)
     return 0
 
 
