@@ -9,14 +9,19 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, FAKE_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.model_config import ModelConfig
+from services.worker.models.encoder_config import EncoderConfig, is_encoder_folder
 from services.worker.presets import PRESETS, preset_config
 from services.worker.executors import FakeExecutor
 from services.worker.runner import Runner
 from services.worker.sequences import SequenceLimits
+
+if TYPE_CHECKING:
+    from services.worker.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ class EngineInfo:
     worker_id: str
     model_id: str
     model_revision: str
-    model: ModelConfig
+    model: ModelConfig | EncoderConfig
     max_model_len: int
     block_size: int
     num_kv_blocks: int
@@ -39,19 +44,25 @@ class EngineInfo:
 
 
 class Engine:
-    """A built worker: `runner` steps plans, `embed` pools hidden states (None in fake mode)."""
+    """A built worker: `runner` steps plans (None for an embedding-only encoder), `embedder` pools hidden states
+    (None in fake mode)."""
 
-    def __init__(self, info: EngineInfo, runner: Runner, model=None) -> None:  # noqa: ANN001 - CausalDecoder
+    def __init__(self, info: EngineInfo, runner: Runner | None, model=None,  # noqa: ANN001 - an nn.Module
+                 embedder: Embedder | None = None) -> None:
         self.info = info
         self.runner = runner
         self.model = model
+        self.embedder = embedder
 
-    def embed(self, inputs: list[list[int]], normalize: bool) -> list[list[float]]:
-        if self.model is None:
+    @property
+    def task(self) -> str:
+        """"generate" for a decoder (which embeds too), "embed" for an encoder."""
+        return "embed" if self.runner is None else "generate"
+
+    def embed(self, inputs: list[list[int]], normalize: bool | None = None, dimensions: int = 0) -> list[list[float]]:
+        if self.embedder is None:
             raise InvalidArgument("this worker runs in fake mode and has no model to embed with")
-        from services.worker.embedding import embed_tokens
-
-        return embed_tokens(self.model, inputs, normalize, self.info.max_model_len, self.info.block_size)
+        return self.embedder.embed(inputs, normalize, dimensions)
 
 
 def resolve_model_config(config: WorkerConfig) -> tuple[ModelConfig, str, str]:
@@ -93,6 +104,10 @@ def fake_token_id(config: WorkerConfig, cfg: ModelConfig) -> int:
 
 def build_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engine:
     """use_kernels: None picks Triton kernels on CUDA and torch references elsewhere (tests force either)."""
+    if is_encoder_folder(config.model):
+        from services.worker.encoder_engine import build_encoder_engine
+
+        return build_encoder_engine(config, use_kernels)
     cfg, model_id, revision = resolve_model_config(config)
     max_len = max_model_len_of(config, cfg)
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
