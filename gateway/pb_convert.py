@@ -138,6 +138,9 @@ def card_from_info(info: tokenizer_pb2.TokenizerInfo) -> ModelCard:
         max_model_len=info.max_model_len,
         vocab_size=info.vocab_size,
         has_chat_template=info.has_chat_template,
+        task=info.task or "generate",
+        hidden_size=info.hidden_size,
+        max_embed_len=info.max_embed_len,
     )
 
 

@@ -55,6 +55,12 @@ class Metrics:
         self.result_cache_queries = Counter(
             "flashstream_result_cache_queries", "Cacheable requests looked up in the result cache", ["stage"],
             registry=r).labels(stage)
+        self.embedding_cache_hits = Counter(
+            "flashstream_embedding_cache_hits", "Embedding inputs answered from the embedding cache", ["stage"],
+            registry=r).labels(stage)
+        self.embedding_cache_misses = Counter(
+            "flashstream_embedding_cache_misses", "Embedding inputs looked up in the cache and computed",
+            ["stage"], registry=r).labels(stage)
         self.generation_tokens = Counter(
             "flashstream_generation_tokens", "Tokens generated", ["stage"], registry=r).labels(stage)
         self.prompt_tokens = Counter(

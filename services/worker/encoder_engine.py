@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from pathlib import Path
@@ -17,19 +16,6 @@ from services.worker.models.encoder import build_encoder, init_dummy_encoder_wei
 from services.worker.models.encoder_config import EncoderConfig
 from services.worker.ops import select_ops
 from services.worker.pooling import PoolingConfig
-
-# Files beside config.json that change the vectors a folder gives, so they count towards its revision.
-_POOLING_FILES = ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json")
-
-
-def encoder_revision(folder: Path, load_format: str) -> str:
-    digest = hashlib.sha256(model_revision(folder).encode() if load_format == "auto" else load_format.encode())
-    for name in _POOLING_FILES:
-        if (folder / name).is_file():
-            digest.update(name.encode() + (folder / name).read_bytes())
-    prefix = "" if load_format == "auto" else f"{load_format}-"
-    return prefix + digest.hexdigest()[:12]
-
 
 def build_encoder_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engine:
     if config.load_format == "fake":
@@ -53,9 +39,9 @@ def build_encoder_engine(config: WorkerConfig, use_kernels: bool | None = None) 
     info = EngineInfo(
         worker_id=config.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         model_id=config.model_id or folder.resolve().name,
-        model_revision=encoder_revision(folder, config.load_format),
+        model_revision=model_revision(folder, config.load_format),
         model=cfg, max_model_len=max_len, block_size=config.block_size, num_kv_blocks=0,
         max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-        dtype=str(dtype).removeprefix("torch."), device=str(device),
+        dtype=str(dtype).removeprefix("torch."), device=str(device), task="embed",
     )
     return Engine(info, None, model, Embedder(model, shape, pooling))

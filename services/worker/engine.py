@@ -41,6 +41,7 @@ class EngineInfo:
     max_num_batched_tokens: int
     dtype: str
     device: str
+    task: str = "generate"  # "embed": an encoder, no KV cache and no generation (a decoder embeds too)
 
 
 class Engine:
@@ -54,11 +55,6 @@ class Engine:
         self.model = model
         self.embedder = embedder
 
-    @property
-    def task(self) -> str:
-        """"generate" for a decoder (which embeds too), "embed" for an encoder."""
-        return "embed" if self.runner is None else "generate"
-
     def embed(self, inputs: list[list[int]], normalize: bool | None = None, dimensions: int = 0) -> list[list[float]]:
         if self.embedder is None:
             raise InvalidArgument("this worker runs in fake mode and has no model to embed with")
@@ -69,14 +65,10 @@ def resolve_model_config(config: WorkerConfig) -> tuple[ModelConfig, str, str]:
     """(model config, model id, revision) of a checkpoint folder, or of a preset for dummy and fake modes."""
     folder = Path(config.model)
     if (folder / "config.json").is_file():
-        cfg = ModelConfig.from_folder(folder)
-        name = config.model_id or folder.resolve().name
-        if config.load_format == "auto":
-            from services.worker.loader import model_revision
+        from services.worker.loader import model_revision
 
-            return cfg, name, model_revision(folder)
-        digest = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
-        return cfg, name, f"{config.load_format}-{digest}"
+        cfg = ModelConfig.from_folder(folder)
+        return cfg, config.model_id or folder.resolve().name, model_revision(folder, config.load_format)
     if config.model in PRESETS:
         if config.load_format == "auto":
             raise InvalidArgument(f"preset {config.model!r} has no weights; use --load-format dummy or fake")

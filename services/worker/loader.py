@@ -45,10 +45,20 @@ def weight_files(folder: str | Path) -> list[Path]:
     return files_found
 
 
-def model_revision(folder: str | Path) -> str:
-    """Short hash of config.json and the weight files' names and sizes (cheap, no weight bytes read)."""
+# sentence-transformers files that choose the pooling, normalisation and length of a folder's embeddings.
+POOLING_FILES = ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json")
+
+
+def model_revision(folder: str | Path, load_format: str = "auto") -> str:
+    """Short hash of config.json, the pooling files present and (real weights) the weight files' names and sizes
+    (cheap, no weight bytes read); other load formats are prefixed with their name."""
     folder = Path(folder)
     digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for name in POOLING_FILES:
+        if (folder / name).is_file():
+            digest.update(name.encode() + (folder / name).read_bytes())
+    if load_format != "auto":
+        return f"{load_format}-{digest.hexdigest()[:12]}"
     for path in weight_files(folder):
         digest.update(f"{path.name}:{path.stat().st_size}".encode())
     return digest.hexdigest()[:12]

@@ -46,7 +46,7 @@ def test_minilm_vectors_match_sentence_transformers_within_1e_5(minilm) -> None:
 
 def test_minilm_folder_names_mean_pooling_normalised_and_256_tokens(minilm) -> None:  # noqa: ANN001
     assert minilm.embedder.pooling == PoolingConfig("mean", normalize=True, max_seq_length=256)
-    assert (minilm.task, minilm.runner, minilm.info.num_kv_blocks, minilm.info.max_model_len) == ("embed", None, 0, 512)
+    assert (minilm.info.task, minilm.runner, minilm.info.num_kv_blocks, minilm.info.max_model_len) == ("embed", None, 0, 512)
 
 
 def test_a_batch_split_into_several_passes_gives_the_same_vectors(minilm) -> None:  # noqa: ANN001
