@@ -25,3 +25,18 @@ def test_free_ports_are_all_distinct() -> None:
         ports = [p for s in stages for p in _ports(s.argv)]
         assert len(ports) == 12  # gRPC + status of 3 workers, scheduler, tokenizer; the gateway's gRPC + HTTP
         assert len(set(ports)) == len(ports)
+
+
+def test_an_embedding_model_gets_its_own_worker_scheduler_and_tokenizer_behind_the_one_gateway() -> None:
+    args = parse_args(["--base-port", "41000", "--http-port", "0", "--embedding-model", "/e",
+                       "--embedding-model-id", "minilm", "--load-format", "fake"])
+    stages = {s.name: s for s in build_stack_argv(args, "/m")}
+    assert list(stages) == ["worker0", "scheduler", "tokenizer", "embedding-worker", "embedding-scheduler",
+                            "embedding-tokenizer", "gateway"]
+    assert stages["embedding-worker"].argv[:7] == ["worker", "--host", "127.0.0.1", "--port", "41050",
+                                                   "--status-port", "41150"]
+    assert "--load-format auto --model-id minilm" in " ".join(stages["embedding-worker"].argv)
+    assert stages["embedding-scheduler"].argv[-2:] == ["--workers", "127.0.0.1:41050"]
+    assert stages["embedding-tokenizer"].argv[-4:] == ["--scheduler", "127.0.0.1:41051", "--model", "/e"]
+    gateway = stages["gateway"].argv
+    assert gateway[gateway.index("--tokenizers") + 1] == "127.0.0.1:41001,127.0.0.1:41052"
