@@ -82,6 +82,8 @@ class Attention(nn.Module):
         q = self.self.query(x).view(shape)  # [num_tokens, num_heads, head_dim]
         k = self.self.key(x).view(shape)
         v = self.self.value(x).view(shape)
+        if not ops.uses_kernels:
+            return self.output(padded_attention(q, k, v, meta, self.scale).reshape(x.shape), x)
         key_cache, value_cache = scratch
         ops.write_kv_cache(k, v, key_cache, value_cache, meta.slot_mapping)
         out = ops.prefill_attention(
@@ -89,6 +91,27 @@ class Attention(nn.Module):
             causal=False, max_query_len=meta.max_query_len,
         )
         return self.output(out.reshape(x.shape), x)
+
+
+def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+                     scale: float) -> torch.Tensor:
+    """Bidirectional attention without kernels (CPU): the packed inputs padded to [num_seqs, max_len] and one
+    SDPA call with a key-padding mask. The paged kernel's torch reference loops over sequences and gathers
+    pages, many times slower for a batch of short inputs. q, k, v: [num_tokens, num_heads, head_dim]."""
+    num_seqs, max_len = meta.num_seqs, meta.max_query_len
+    lengths = meta.context_lens.long()  # [num_seqs]
+    seq = torch.repeat_interleave(torch.arange(num_seqs, device=q.device), lengths)  # [num_tokens]
+    pos = meta.positions
+
+    def padded(t: torch.Tensor) -> torch.Tensor:  # [num_seqs, num_heads, max_len, head_dim]
+        out = t.new_zeros(num_seqs, max_len, *t.shape[1:])
+        out[seq, pos] = t
+        return out.transpose(1, 2)
+
+    mask = torch.arange(max_len, device=q.device)[None, :] < lengths[:, None]  # [num_seqs, max_len] keys
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask[:, None, None, :],
+                                         scale=scale)
+    return out.transpose(1, 2)[seq, pos]  # [num_tokens, num_heads, head_dim]
 
 
 class Intermediate(nn.Module):

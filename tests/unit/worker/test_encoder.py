@@ -137,3 +137,15 @@ def test_minilm_in_bf16_on_cuda_keeps_cosine_at_least_0_999() -> None:
     got = torch.tensor(engine.embed(st_token_ids(st, TEXTS)))
     cosine = F.cosine_similarity(got, expected.float(), dim=-1)
     assert float(cosine.min()) >= 0.999, cosine.tolist()
+
+
+def test_the_paged_kernel_path_gives_the_padded_path_s_vectors(tmp_path) -> None:  # noqa: ANN001
+    """Triton's non-causal paged prefill (the interpreter on CPU, compiled on a GPU) over the scratch cache
+    against the CPU path's one padded SDPA call."""
+    folder = make_bert_folder(tmp_path / "bert", "mean")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = build_config(["--model", str(folder), "--device", device, "--dtype", "float32"])
+    inputs = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [3, 1], [40, 41, 42]]
+    kernels = torch.tensor(build_engine(config, use_kernels=True).embed(inputs))
+    reference = torch.tensor(build_engine(config, use_kernels=False).embed(inputs))
+    torch.testing.assert_close(kernels, reference, rtol=0, atol=1e-5)
