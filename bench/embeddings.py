@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 import aiohttp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from bench.common import write_results  # noqa: E402
 from gateway.cache.embedding_cache import EmbeddingCache, VectorOptions  # noqa: E402
@@ -81,22 +82,25 @@ def summary(latencies: list[float], batch: int) -> dict:
             "embeddings_per_s": batch * len(ordered) / sum(ordered)}
 
 
-async def run_batches(http: str, model: str, batches: list[int], requests: dict[int, int]) -> list[dict]:
+async def run_batches(http: str, model: str, batches: list[int], requests: dict[int, int],
+                      encoding: str) -> list[dict]:
     rows = []
     async with aiohttp.ClientSession() as session:
         async def post(inputs: list[str]) -> tuple[float, list[bool]]:
             start = time.perf_counter()
-            async with session.post(f"{http}/v1/embeddings", json={"model": model, "input": inputs}) as resp:
+            async with session.post(f"{http}/v1/embeddings", json={"model": model, "input": inputs,
+                                                                  "encoding_format": encoding}) as resp:
                 body = await resp.json()
             elapsed = time.perf_counter() - start
             if resp.status != 200:
                 raise RuntimeError(f"embeddings request failed: {resp.status} {body}")
             return elapsed, [d["cached"] for d in body["data"]]
 
-        await post(texts(4, 0, "warm-up"))
+        run = f"{time.time_ns():x}"  # a fresh salt, so a cache kept from an earlier run never answers "cold"
+        await post(texts(4, 0, f"warm-up {run}"))
         for batch in batches:
             n = requests.get(batch, 10)
-            sent = [texts(batch, r, f"b{batch}") for r in range(n)]
+            sent = [texts(batch, r, f"{run} b{batch}") for r in range(n)]
             row = {"batch": batch}
             for phase, expect_cached in (("cold", False), ("cached", True)):
                 latencies = []
@@ -125,7 +129,7 @@ async def lookup_cost(redis_url: str, batches: list[int], iterations: int = 300)
         cache = EmbeddingCache(store, "flashstream-bench")
         for batch in batches:
             inputs = [[101, *range(1000 + 10 * i, 1010 + 10 * i), 102] for i in range(batch)]
-            await cache.save(cache.keys(card, "t", options, inputs), [[0.1] * 384] * batch)
+            await cache.save(cache.keys(card, "t", options, inputs), [np.full(384, 0.1, np.float32)] * batch)
             times = []
             for _ in range(iterations):
                 start = time.perf_counter()
@@ -146,6 +150,8 @@ def main() -> None:
                         help="requests per batch size, in the order of --batches")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--redis-url", default="", help="keep the embedding cache in this Redis (else in-process)")
+    parser.add_argument("--encoding-format", default="base64", choices=["base64", "float"],
+                        help="base64 is what the official openai client asks for unless told otherwise")
     parser.add_argument("--name", default="embeddings_cpu")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="OMP_NUM_THREADS of the stages (0: torch's default); on a small shared CPU, 1 leaves "
@@ -154,7 +160,8 @@ def main() -> None:
     if args.torch_threads:
         os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
     requests = dict(zip(args.batches, args.requests))
-    results: dict = {"models": {}, "redis": bool(args.redis_url), "torch_threads": args.torch_threads}
+    results: dict = {"models": {}, "redis": bool(args.redis_url), "torch_threads": args.torch_threads,
+                     "encoding_format": args.encoding_format}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             folder = minilm_folder() if name == "minilm" else qwen3_folder(Path(tmp))
@@ -165,10 +172,12 @@ def main() -> None:
                              "--ready-timeout-s", "600"])
             stack = start_stack(up, str(folder), Path(tmp))
             try:
-                results["models"][name] = asyncio.run(run_batches(stack.gateway_http, name, args.batches, requests))
+                results["models"][name] = asyncio.run(run_batches(stack.gateway_http, name, args.batches, requests,
+                                                                    args.encoding_format))
             finally:
                 stack.stop()
     results["lookup"] = asyncio.run(lookup_cost(args.redis_url, args.batches))
+    results["load_average_1m_at_end"] = os.getloadavg()[0]  # other processes' share of the cores shows in p99
     rows = ["| model | batch | cold p50 ms | cold p99 ms | cold embeddings/s | cached p50 ms | cached p99 ms | "
             "cached embeddings/s |", "|---|---|---|---|---|---|---|---|"]
     for name, runs in results["models"].items():
@@ -183,9 +192,12 @@ def main() -> None:
         rows.append(f"| {store} | {batch} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
     cache_where = "Redis" if args.redis_url else "the in-process LRU"
     threads = f", OMP_NUM_THREADS={args.torch_threads}" if args.torch_threads else ""
-    markdown = (f"Whole stack on {args.device}{threads}, one request at a time over HTTP, embedding cache in "
+    load = (f"\n\nLoad average (1 min) at the end of the run: {results['load_average_1m_at_end']:.1f} on "
+            f"{os.cpu_count()} cores; p99 figures include time slices lost to every other process on the machine.")
+    markdown = (f"Whole stack on {args.device}{threads}, one request at a time over HTTP ("
+                f"encoding_format {args.encoding_format}), embedding cache in "
                 f"{cache_where}. Short texts of about ten tokens. Cold: every input new; cached: the same requests "
-                "again.\n\n" + "\n".join(rows) + "\n")
+                "again.\n\n" + "\n".join(rows) + load + "\n")
     path = write_results(args.name, results, markdown)
     print(markdown)
     print(f"wrote {path}")

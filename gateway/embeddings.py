@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from flashstream.v1 import common_pb2, tokenizer_pb2
 
 from gateway.cache.embedding_cache import EmbeddingCache, VectorOptions
@@ -42,7 +44,7 @@ class EmbeddingRequest:
 @dataclass(frozen=True, slots=True)
 class EmbeddingResult:
     model: str
-    vectors: list[list[float]]
+    vectors: list[np.ndarray]  # float32, one per input
     cached: list[bool]
     prompt_tokens: int
 
@@ -98,7 +100,7 @@ class EmbeddingService:
                 model=card.id, inputs=[common_pb2.TokenIds(token_ids=inputs[i]) for i in todo.values()],
                 normalize=request.normalize, dimensions=request.dimensions,
             ), deadline - time.monotonic())
-            by_key = {key: list(e.values) for key, e in zip(todo, computed.embeddings)}
+            by_key = {key: np.asarray(e.values, dtype=np.float32) for key, e in zip(todo, computed.embeddings)}
             vectors = [v if v is not None else by_key[key] for key, v in zip(keys, vectors)]
             if use_cache:
                 await self.cache.save(list(by_key), list(by_key.values()))

@@ -62,10 +62,10 @@ def parse_embeddings_request(body: Any) -> tuple[EmbeddingRequest, str]:
     return request, encoding
 
 
-def _encode(vector: list[float], encoding: str) -> list[float] | str:
+def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-    return vector
+    return vector.tolist()
 
 
 def embeddings_response(result: EmbeddingResult, encoding: str) -> dict[str, Any]:

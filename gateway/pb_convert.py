@@ -226,6 +226,6 @@ def embed_request_from_pb(pb: gateway_pb2.EmbedRequest) -> EmbeddingRequest:
 
 def embed_response_to_pb(result: EmbeddingResult) -> gateway_pb2.EmbedResponse:
     return gateway_pb2.EmbedResponse(
-        data=[gateway_pb2.EmbedVector(values=v, cached=c) for v, c in zip(result.vectors, result.cached)],
+        data=[gateway_pb2.EmbedVector(values=v.tolist(), cached=c) for v, c in zip(result.vectors, result.cached)],
         usage=common_pb2.Usage(prompt_tokens=result.prompt_tokens),
     )

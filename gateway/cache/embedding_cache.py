@@ -30,24 +30,40 @@ class VectorOptions:
     dimensions: int  # 0: all
 
 
-def embedding_key(card: ModelCard, tenant: str, options: VectorOptions, token_ids: Sequence[int],
-                  namespace: str = "flashstream") -> str:
+def _fields_digest(card: ModelCard, tenant: str, options: VectorOptions) -> "hashlib._Hash":
+    """sha256 fed with everything but the token ids (one per request; each input's key continues a copy)."""
     fields = {"model": card.id, "revision": card.revision, "tenant": tenant,
               "normalize": options.normalize, "dimensions": options.dimensions}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(np.asarray(token_ids, dtype="<u4").tobytes())
-    return f"{namespace}:embedding:{KEY_VERSION}:{digest.hexdigest()}"
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
 
 
-def encode_vector(values: Sequence[float]) -> bytes:
-    return np.asarray(values, dtype="<f4").tobytes()
+def embedding_keys(card: ModelCard, tenant: str, options: VectorOptions, inputs: Sequence[Sequence[int]],
+                   namespace: str = "flashstream") -> list[str]:
+    """One key per input: `<namespace>:embedding:<version>:<sha256>`."""
+    prefix = f"{namespace}:embedding:{KEY_VERSION}:"
+    fields = _fields_digest(card, tenant, options)
+    keys = []
+    for ids in inputs:
+        digest = fields.copy()
+        digest.update(np.asarray(ids, dtype="<u4").tobytes())
+        keys.append(prefix + digest.hexdigest())
+    return keys
 
 
-def decode_vector(raw: bytes) -> list[float] | None:
-    """The stored vector, or None for a value that is not one (then it counts as a miss)."""
+def embedding_key(card: ModelCard, tenant: str, options: VectorOptions, token_ids: Sequence[int],
+                  namespace: str = "flashstream") -> str:
+    return embedding_keys(card, tenant, options, [token_ids], namespace)[0]
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def decode_vector(raw: bytes) -> np.ndarray | None:
+    """The stored vector (float32), or None for a value that is not one (then it counts as a miss)."""
     if not raw or len(raw) % 4:
         return None
-    return np.frombuffer(raw, dtype="<f4").tolist()
+    return np.frombuffer(raw, dtype="<f4")
 
 
 class EmbeddingCache:
@@ -56,12 +72,12 @@ class EmbeddingCache:
         self.namespace = namespace
 
     def keys(self, card: ModelCard, tenant: str, options: VectorOptions, inputs: Sequence[Sequence[int]]) -> list[str]:
-        return [embedding_key(card, tenant, options, ids, self.namespace) for ids in inputs]
+        return embedding_keys(card, tenant, options, inputs, self.namespace)
 
-    async def lookup(self, keys: list[str]) -> list[list[float] | None]:
+    async def lookup(self, keys: list[str]) -> list[np.ndarray | None]:
         return [None if raw is None else decode_vector(raw) for raw in await self.store.get_many(keys)]
 
-    async def save(self, keys: list[str], vectors: list[list[float]]) -> None:
+    async def save(self, keys: list[str], vectors: Sequence[np.ndarray]) -> None:
         await self.store.put_many([(key, encode_vector(v)) for key, v in zip(keys, vectors)])
 
     async def close(self) -> None:

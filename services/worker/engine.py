@@ -65,7 +65,7 @@ def resolve_model_config(config: WorkerConfig) -> tuple[ModelConfig, str, str]:
     """(model config, model id, revision) of a checkpoint folder, or of a preset for dummy and fake modes."""
     folder = Path(config.model)
     if (folder / "config.json").is_file():
-        from services.worker.loader import model_revision
+        from services.worker.checkpoint_files import model_revision
 
         cfg = ModelConfig.from_folder(folder)
         return cfg, config.model_id or folder.resolve().name, model_revision(folder, config.load_format)

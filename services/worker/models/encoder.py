@@ -17,7 +17,7 @@ from torch import nn
 
 from services.common.errors import InvalidArgument
 from services.worker.attention_metadata import AttentionMetadata
-from services.worker.loader import weight_files
+from services.worker.checkpoint_files import weight_files
 from services.worker.models.encoder_config import EncoderConfig
 from services.worker.ops import Ops
 

@@ -40,7 +40,7 @@ def test_vectors_round_trip_as_little_endian_float32() -> None:
     values = [0.5, -1.25, 3.0e-8]
     raw = encode_vector(values)
     assert raw == np.array(values, dtype="<f4").tobytes() and len(raw) == 12
-    assert decode_vector(raw) == np.array(values, dtype=np.float32).tolist()
+    assert decode_vector(raw).tolist() == np.array(values, dtype=np.float32).tolist()
     assert decode_vector(b"abc") is None and decode_vector(b"") is None
 
 
@@ -49,9 +49,10 @@ def test_lookup_answers_each_key_in_order_and_unreadable_values_miss() -> None:
         store = LruStore(10, 10_000, 60.0)
         cache = EmbeddingCache(store)
         keys = cache.keys(CARD, "", DEFAULT, [[1], [2], [3]])
-        await cache.save([keys[0], keys[2]], [[1.0, 2.0], [3.0, 4.0]])
+        await cache.save([keys[0], keys[2]], [np.array([1.0, 2.0]), np.array([3.0, 4.0])])
         store.put_nowait(keys[1], b"xyz")
-        assert await cache.lookup(keys) == [[1.0, 2.0], None, [3.0, 4.0]]
+        found = await cache.lookup(keys)
+        assert (found[0].tolist(), found[1], found[2].tolist()) == ([1.0, 2.0], None, [3.0, 4.0])
 
     asyncio.run(main())
 

@@ -48,7 +48,8 @@ def test_bad_requests_name_the_field(body: dict, param: str, message: str) -> No
 
 
 def test_response_carries_index_cached_usage_and_base64_float32() -> None:
-    result = EmbeddingResult("m", [[0.5, -1.0], [2.0, 0.25]], [True, False], 7)
+    result = EmbeddingResult("m", [np.array([0.5, -1.0], np.float32), np.array([2.0, 0.25], np.float32)],
+                             [True, False], 7)
     body = embeddings_response(result, "float")
     assert body == {"object": "list", "model": "m", "usage": {"prompt_tokens": 7, "total_tokens": 7}, "data": [
         {"object": "embedding", "index": 0, "embedding": [0.5, -1.0], "cached": True},
