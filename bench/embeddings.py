@@ -85,7 +85,7 @@ def summary(latencies: list[float], batch: int) -> dict:
 async def run_batches(http: str, model: str, batches: list[int], requests: dict[int, int],
                       encoding: str) -> list[dict]:
     rows = []
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         async def post(inputs: list[str]) -> tuple[float, list[bool]]:
             start = time.perf_counter()
             async with session.post(f"{http}/v1/embeddings", json={"model": model, "input": inputs,

@@ -94,7 +94,10 @@ class EmbeddingService:
         if use_cache:
             self.metrics.embedding_cache_hits.inc(sum(cached))
             self.metrics.embedding_cache_misses.inc(len(cached) - sum(cached))
-        todo = {key: i for i, key in reversed(list(enumerate(keys))) if vectors[i] is None}  # key → first index
+        todo: dict[str, int] = {}  # key of each input to compute → its first index
+        for i, key in enumerate(keys):
+            if vectors[i] is None:
+                todo.setdefault(key, i)
         if todo:
             computed = await conn.call("Embed", common_pb2.EmbedTokensRequest(
                 model=card.id, inputs=[common_pb2.TokenIds(token_ids=inputs[i]) for i in todo.values()],
