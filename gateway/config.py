@@ -65,6 +65,7 @@ class GatewayConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
     embedding_cache: EmbeddingCacheConfig = field(default_factory=EmbeddingCacheConfig)
+    reuse_port: bool = False  # share the gRPC and HTTP ports with other gateway replicas (SO_REUSEPORT)
 
     def __post_init__(self) -> None:
         if not self.tokenizers:
