@@ -36,6 +36,24 @@ class ResultCacheConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddingCacheConfig:
+    """The embedding cache: one entry per input vector, in Redis when the result cache has a redis_url (sharing
+    its timeout and circuit breaker), else in an in-process LRU of its own."""
+
+    enabled: bool = True
+    ttl_s: float = 86400.0
+    max_entries: int = 100_000  # in-process LRU bounds
+    max_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.ttl_s > 0:
+            raise InvalidArgument(f"embedding cache ttl_s must be positive, got {self.ttl_s}")
+        for name in ("max_entries", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"embedding cache {name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """server: gRPC address and drain; the HTTP port serves the OpenAI API and /metrics, /health, /ready."""
 
@@ -46,6 +64,7 @@ class GatewayConfig:
     request_timeout_s: float = 600.0
     max_body_bytes: int = 4 * 1024 * 1024
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
+    embedding_cache: EmbeddingCacheConfig = field(default_factory=EmbeddingCacheConfig)
     reuse_port: bool = False  # share the gRPC and HTTP ports with other gateway replicas (SO_REUSEPORT)
 
     def __post_init__(self) -> None:

@@ -124,6 +124,9 @@ class GatewayCore:
 
     @staticmethod
     def _check_fits(request: GenerationRequest, card: ModelCard) -> None:
+        if card.task == "embed":
+            raise RequestError(f"model '{card.id}' is an embedding model; call the embeddings API instead", "model",
+                               "model_not_supported")
         if request.is_chat and not card.has_chat_template:
             raise RequestError(
                 f"model '{card.id}' has no chat template; send a completion request instead", "messages"

@@ -11,10 +11,13 @@ from flashstream.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.auth import ApiKeys
 from gateway.cache.key import tenant_from_authorization
 from gateway.core import GatewayCore
+from gateway.embeddings import EmbeddingService
 from gateway.pb_convert import (
     card_to_pb,
     chat_request_from_pb,
     delta_to_pb,
+    embed_request_from_pb,
+    embed_response_to_pb,
     finished_to_pb,
     generate_request_from_pb,
     translate_event_to_pb,
@@ -22,7 +25,7 @@ from gateway.pb_convert import (
 )
 from gateway.schema import Finished, GenerationRequest
 from gateway.translate import TranslationSession
-from services.common.errors import FlashStreamError
+from services.common.errors import FlashStreamError, Unavailable
 from services.common.grpc_server import handle_errors
 
 T = TypeVar("T")
@@ -31,9 +34,10 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, core: GatewayCore, api_keys: ApiKeys) -> None:
+    def __init__(self, core: GatewayCore, api_keys: ApiKeys, embeddings: EmbeddingService | None = None) -> None:
         self._core = core
         self._keys = api_keys
+        self._embeddings = embeddings
 
     def _counted(self, fn: Callable[..., T], *args: object) -> T:
         """fn(*args), counting a FlashStreamError it raises as an error returned to the client."""
@@ -87,8 +91,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._authorize(context)
         return gateway_pb2.ListModelsResponse(models=[card_to_pb(c) for c in self._core.list_models()])
 
-    async def Embed(self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Embed is not implemented by this gateway yet")
+    @handle_errors
+    async def Embed(self, request: gateway_pb2.EmbedRequest,
+                    context: grpc.aio.ServicerContext) -> gateway_pb2.EmbedResponse:
+        tenant = self._authorize(context)
+        if self._embeddings is None:
+            raise Unavailable("this gateway serves no embeddings")
+        result = await self._embeddings.embed(embed_request_from_pb(request), tenant, context.time_remaining())
+        return embed_response_to_pb(result)
 
     @handle_errors
     async def Translate(

@@ -1,5 +1,5 @@
-"""OpenAI-compatible HTTP: /v1/completions, /v1/chat/completions (streamed as SSE or whole), /v1/models,
-plus /health, /ready and /metrics. JSON in, core call, JSON out."""
+"""OpenAI-compatible HTTP: /v1/completions, /v1/chat/completions (streamed as SSE or whole), /v1/embeddings,
+/v1/models, plus /health, /ready and /metrics. JSON in, core call, JSON out."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from aiohttp import web
 from gateway.auth import ApiKeys
 from gateway.cache.key import tenant_from_authorization
 from gateway.core import GatewayCore, Generation
+from gateway.embeddings import EmbeddingService
 from gateway.errors import PayloadTooLarge, RequestError
+from gateway.openai_embeddings import embeddings_response, parse_embeddings_request
 from gateway.openai_request import OpenAIRequest, parse_openai_request
 from gateway.openai_response import ResponseBuilder, error_response
 from gateway.schema import Finished, TextDelta
@@ -37,14 +39,18 @@ def _sse(obj: Any) -> bytes:
 class HttpApi:
     """The aiohttp application of the gateway."""
 
-    def __init__(self, core: GatewayCore, api_keys: ApiKeys, max_body_bytes: int) -> None:
+    def __init__(self, core: GatewayCore, api_keys: ApiKeys, max_body_bytes: int,
+                 embeddings: EmbeddingService | None = None) -> None:
         self._core = core
+        self._embeddings = embeddings
         self._keys = api_keys
         self._max_body_bytes = max_body_bytes
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
         self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/chat/completions", self._chat_completions)
         self.app.router.add_get("/v1/models", self._models)
+        if embeddings is not None:
+            self.app.router.add_post("/v1/embeddings", self._embed)
         add_status_routes(self.app, core.metrics, core.is_ready)
 
     def _error(self, exc: FlashStreamError) -> web.Response:
@@ -76,6 +82,20 @@ class HttpApi:
         ]
         return web.json_response({"object": "list", "data": data})
 
+    async def _embed(self, http: web.Request) -> web.Response:
+        request, encoding = parse_embeddings_request(await self._json(http))
+        tenant = tenant_from_authorization(http.headers.get("Authorization"), self._keys.enabled)
+        result = await self._embeddings.embed(request, tenant)
+        return web.Response(body=_dumps(embeddings_response(result, encoding)), content_type="application/json")
+
+    @staticmethod
+    async def _json(http: web.Request) -> Any:
+        raw = await http.read()
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RequestError(f"the request body is not valid JSON: {exc}", None, "invalid_json") from exc
+
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
 
@@ -83,12 +103,7 @@ class HttpApi:
         return await self._generate(request, chat=True)
 
     async def _generate(self, http: web.Request, chat: bool) -> web.StreamResponse:
-        raw = await http.read()
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(f"the request body is not valid JSON: {exc}", None, "invalid_json") from exc
-        parsed = parse_openai_request(body, chat)
+        parsed = parse_openai_request(await self._json(http), chat)
         tenant = tenant_from_authorization(http.headers.get("Authorization"), self._keys.enabled)
         generation = self._core.start(parsed.request, tenant=tenant)
         try:

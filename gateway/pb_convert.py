@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flashstream.v1 import common_pb2, gateway_pb2, tokenizer_pb2
 
+from gateway.embeddings import EmbeddingRequest, EmbeddingResult
 from gateway.schema import (
     ChatTurn,
     Event,
@@ -138,6 +139,9 @@ def card_from_info(info: tokenizer_pb2.TokenizerInfo) -> ModelCard:
         max_model_len=info.max_model_len,
         vocab_size=info.vocab_size,
         has_chat_template=info.has_chat_template,
+        task=info.task or "generate",
+        hidden_size=info.hidden_size,
+        max_embed_len=info.max_embed_len,
     )
 
 
@@ -210,3 +214,18 @@ def event_from_pb(ev: tokenizer_pb2.TextEvent) -> Event | FlashStreamError:
             code = ErrorCode.UNKNOWN
         return FlashStreamError(ev.error.message or f"tokenizer error {code.name}", code)
     return FlashStreamError(f"tokenizer sent an empty event for request {ev.request_id}", ErrorCode.INTERNAL)
+
+
+def embed_request_from_pb(pb: gateway_pb2.EmbedRequest) -> EmbeddingRequest:
+    return EmbeddingRequest(
+        model=pb.model, texts=tuple(pb.inputs), token_ids=tuple(tuple(t.token_ids) for t in pb.token_inputs),
+        normalize=pb.normalize if pb.HasField("normalize") else None, dimensions=pb.dimensions,
+        truncate=pb.truncate, use_cache=not pb.bypass_cache,
+    )
+
+
+def embed_response_to_pb(result: EmbeddingResult) -> gateway_pb2.EmbedResponse:
+    return gateway_pb2.EmbedResponse(
+        data=[gateway_pb2.EmbedVector(values=v.tolist(), cached=c) for v, c in zip(result.vectors, result.cached)],
+        usage=common_pb2.Usage(prompt_tokens=result.prompt_tokens),
+    )

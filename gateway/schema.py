@@ -187,3 +187,6 @@ class ModelCard:
     vocab_size: int = 0
     has_chat_template: bool = True
     owned_by: str = "flashstream"
+    task: str = "generate"  # "embed": an embedding-only model (an encoder)
+    hidden_size: int = 0  # embedding length before any dimensions cut (0: not known yet)
+    max_embed_len: int = 0  # longest embedding input in tokens

@@ -16,7 +16,9 @@ from gateway.cache.breaker import CircuitBreaker
 from gateway.cache.lru_store import LruStore, ResultStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.router import CachingRouter
-from gateway.config import GatewayConfig, ResultCacheConfig
+from gateway.cache.embedding_cache import EmbeddingCache
+from gateway.config import EmbeddingCacheConfig, GatewayConfig, ResultCacheConfig
+from gateway.embeddings import EmbeddingService
 from gateway.core import GatewayCore
 from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
@@ -39,10 +41,16 @@ class GatewayServer:
         self.metrics = Metrics("gateway")
         self.router = TokenizerRouter(config.tokenizers, connection)
         self.cache: CachingRouter | None = None
-        if config.result_cache.enabled:
-            self.cache = CachingRouter(self.router, build_store(config.result_cache), self.metrics,
-                                       config.result_cache.namespace)
+        rc = config.result_cache
+        # One breaker for Redis: the result and embedding caches stop calling a failing Redis together.
+        breaker = CircuitBreaker(rc.breaker_failures, rc.breaker_cooldown_s) if rc.redis_url else None
+        if rc.enabled:
+            self.cache = CachingRouter(self.router, build_store(rc, breaker), self.metrics, rc.namespace)
         self.core = GatewayCore(self.cache or self.router, self.metrics, config.request_timeout_s)
+        embedding_cache = None
+        if config.embedding_cache.enabled:
+            embedding_cache = EmbeddingCache(build_embedding_store(config.embedding_cache, rc, breaker), rc.namespace)
+        self.embeddings = EmbeddingService(self.core, self.router, embedding_cache, self.metrics)
         self.grpc_port = 0
         self.http_port = 0
         self._stage: StageServer | None = None
@@ -51,7 +59,7 @@ class GatewayServer:
 
     async def start(self) -> None:
         keys = ApiKeys(self.config.api_keys)
-        servicer = GatewayServicer(self.core, keys)
+        servicer = GatewayServicer(self.core, keys, self.embeddings)
         self.router.start()
         if self.config.reuse_port:
             # A replica joins a shared port only once it can serve, so the kernel sends it no connection to refuse.
@@ -64,7 +72,7 @@ class GatewayServer:
             reuse_port=self.config.reuse_port,
         )
         self.grpc_port = self._stage.port
-        api = HttpApi(self.core, keys, self.config.max_body_bytes)
+        api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings)
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
         self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -114,13 +122,24 @@ class GatewayServer:
             await self._runner.cleanup()
         if self.cache is not None:
             await self.cache.close()
+        if self.embeddings.cache is not None:
+            await self.embeddings.cache.close()
         await self.router.close()
 
 
-def build_store(config: ResultCacheConfig) -> ResultStore:
+def build_store(config: ResultCacheConfig, breaker: CircuitBreaker | None = None) -> ResultStore:
     if config.redis_url:
-        breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+        breaker = breaker or CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
         return RedisStore(config.redis_url, config.ttl_s, config.redis_timeout_s, breaker)
+    return LruStore(config.max_entries, config.max_bytes, config.ttl_s)
+
+
+def build_embedding_store(config: EmbeddingCacheConfig, redis: ResultCacheConfig,
+                          breaker: CircuitBreaker | None = None) -> ResultStore:
+    """Redis of the result cache (its timeout, and its breaker when given) with this cache's TTL, else an LRU."""
+    if redis.redis_url:
+        breaker = breaker or CircuitBreaker(redis.breaker_failures, redis.breaker_cooldown_s)
+        return RedisStore(redis.redis_url, config.ttl_s, redis.redis_timeout_s, breaker)
     return LruStore(config.max_entries, config.max_bytes, config.ttl_s)
 
 
@@ -159,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--result-cache-max-bytes", type=int,
                        default=env_default("result_cache_max_bytes", 256 * 1024 * 1024),
                        help="in-process LRU: bytes of stored answers")
+    emb = parser.add_argument_group("embedding cache")
+    emb.add_argument("--embedding-cache", choices=("on", "off"), default=env_default("embedding_cache", "on"),
+                     help="answer embedding inputs seen before from the cache (Redis with --redis-url)")
+    emb.add_argument("--embedding-cache-ttl-s", type=float, default=env_default("embedding_cache_ttl_s", 86400.0),
+                     help="how long a stored vector lives")
+    emb.add_argument("--embedding-cache-max-entries", type=int,
+                     default=env_default("embedding_cache_max_entries", 100_000), help="in-process LRU: vectors")
+    emb.add_argument("--embedding-cache-max-bytes", type=int,
+                     default=env_default("embedding_cache_max_bytes", 256 * 1024 * 1024),
+                     help="in-process LRU: bytes of stored vectors")
     return parser
 
 
@@ -180,6 +209,12 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             breaker_cooldown_s=args.redis_breaker_cooldown_s,
             max_entries=args.result_cache_max_entries,
             max_bytes=args.result_cache_max_bytes,
+        ),
+        embedding_cache=EmbeddingCacheConfig(
+            enabled=args.embedding_cache == "on",
+            ttl_s=args.embedding_cache_ttl_s,
+            max_entries=args.embedding_cache_max_entries,
+            max_bytes=args.embedding_cache_max_bytes,
         ),
     )
 

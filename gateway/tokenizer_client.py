@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
@@ -22,7 +23,7 @@ from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
 from gateway.schema import Event, Finished, ModelCard, Submission
 from services.common.errors import FlashStreamError, Unavailable
-from services.common.grpc_server import create_channel
+from services.common.grpc_server import create_channel, error_from_rpc
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class TokenizerConnection:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.stub: tokenizer_pb2_grpc.TokenizerStub | None = None  # for unary calls, while the stream is open
+        self.num_unary = 0  # unary calls (embeddings) in flight, for load balancing
 
     @property
     def ready(self) -> bool:
@@ -90,7 +93,19 @@ class TokenizerConnection:
 
     @property
     def num_active(self) -> int:
-        return len(self._active)
+        return len(self._active) + self.num_unary
+
+    async def call(self, method: str, request: Any, timeout_s: float | None) -> Any:
+        """A unary call on this tokenizer (e.g. "EncodeInputs", "Embed"); a failure keeps its status code."""
+        if self.stub is None:
+            raise Unavailable(f"tokenizer {self.address} is not connected")
+        self.num_unary += 1
+        try:
+            return await getattr(self.stub, method)(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, f"tokenizer {self.address}") from None
+        finally:
+            self.num_unary -= 1
 
     def submit(self, submission: Submission) -> TokenizerRequest:
         if not self.stream_open:
@@ -129,6 +144,7 @@ class TokenizerConnection:
                 call = stub.Connect()
                 await call.wait_for_connection()
                 self.stream_open = True
+                self.stub = stub
                 self._on_change()
                 log.info("tokenizer stream to %s open (model %s)", self.address, self.card and self.card.id)
                 delay = self._config.reconnect_min_s
@@ -139,6 +155,7 @@ class TokenizerConnection:
                 log.exception("tokenizer %s connection failed", self.address)
                 reason = repr(exc)
             finally:
+                self.stub = None
                 self._drop_stream(reason)
                 await channel.close()
             if self._closed:
@@ -251,14 +268,16 @@ class TokenizerRouter:
         return list(cards.values())
 
     def submit(self, submission: Submission) -> TokenizerRequest:
-        model = submission.request.model
+        return self.pick(submission.request.model).submit(submission)
+
+    def pick(self, model: str) -> TokenizerConnection:
+        """The least-loaded ready replica of `model`; the rotating start breaks ties round-robin."""
         candidates = [c for c in self.connections if c.ready and c.card is not None and c.card.id == model]
         if not candidates:
             raise Unavailable(f"no tokenizer for model '{model}' is ready; retry shortly")
-        # Least loaded first; the rotating start breaks ties round-robin.
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
-        return min(rotated, key=lambda c: c.num_active).submit(submission)
+        return min(rotated, key=lambda c: c.num_active)
 
     def start(self) -> None:
         for conn in self.connections:

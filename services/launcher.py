@@ -152,6 +152,23 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
         stages.append(Stage(name, ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir,
                                    *shlex.split(args.tokenizer_args)], addr))
         tokenizers.append(addr)
+    if args.embedding_model:
+        # An embedding model beside the generation one: its own worker, scheduler and tokenizer at base+50..52;
+        # the gateway routes by model name.
+        folder = str(Path(args.embedding_model).resolve())
+        addr, flags = address(50)
+        stages.append(Stage("embedding-worker", ["worker", *flags, "--model", folder, "--device", args.device,
+                                                 "--load-format", "dummy" if args.load_format == "dummy" else "auto",
+                                                 *(["--model-id", args.embedding_model_id]
+                                                   if args.embedding_model_id else [])], addr))
+        worker = addr
+        addr, flags = address(51)
+        stages.append(Stage("embedding-scheduler", ["scheduler", *flags, "--workers", worker], addr))
+        scheduler = addr
+        addr, flags = address(52)
+        stages.append(Stage("embedding-tokenizer", ["tokenizer", *flags, "--scheduler", scheduler, "--model",
+                                                    folder], addr))
+        tokenizers.append(addr)
     gateway_port = port(0)
     http_port = args.http_port or port(100)  # the gateway serves its status routes on this port, not +100
     # Several gateways share the public ports (SO_REUSEPORT), each with a stream to every tokenizer.
@@ -199,6 +216,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--model", default=env_default("model", ""),
                         help="Hugging Face checkpoint folder (default: the demo model, built on first use)")
     parser.add_argument("--model-id", default=env_default("model_id", ""), help="name clients use for the model")
+    parser.add_argument("--embedding-model", default=env_default("embedding_model", ""),
+                        help="also serve this embedding model folder (e.g. a sentence-transformers BERT) on its own "
+                             "worker, scheduler and tokenizer")
+    parser.add_argument("--embedding-model-id", default=env_default("embedding_model_id", ""),
+                        help="name clients use for the embedding model (default: its folder name)")
     parser.add_argument("--host", default=env_default("host", "127.0.0.1"))
     parser.add_argument("--base-port", type=int, default=env_default("base_port", 50050),
                         help="gateway gRPC port; other stages take base+1.. (0: free ports)")

@@ -15,6 +15,10 @@ class ResultStore(Protocol):
 
     async def put(self, key: str, value: bytes) -> None: ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    async def put_many(self, items: list[tuple[str, bytes]]) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -68,6 +72,13 @@ class LruStore:
 
     async def put(self, key: str, value: bytes) -> None:
         self.put_nowait(key, value)
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.get_nowait(key) for key in keys]
+
+    async def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        for key, value in items:
+            self.put_nowait(key, value)
 
     async def close(self) -> None:
         self._entries.clear()

@@ -57,6 +57,20 @@ class RedisStore:
     async def put(self, key: str, value: bytes) -> None:
         await self._call("set", self._client.set, key, value, px=self.ttl_ms)
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """One MGET; a failure is a miss for every key."""
+        values = await self._call("mget", self._client.mget, keys) if keys else []
+        return list(values) if values is not None else [None] * len(keys)
+
+    async def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        """One pipelined round trip of SETs with the TTL."""
+        if not items:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for key, value in items:
+            pipe.set(key, value, px=self.ttl_ms)
+        await self._call("set", pipe.execute)
+
     async def close(self) -> None:
         try:
             await self._client.aclose()

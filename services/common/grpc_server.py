@@ -45,6 +45,18 @@ def grpc_status(code: ErrorCode | int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def error_from_rpc(exc: grpc.aio.AioRpcError, hop: str) -> FlashStreamError:
+    """A failed call to the next stage as an error of this one: the same code, the next stage's message (a
+    lost connection stays UNAVAILABLE, so callers can retry it)."""
+    try:
+        code = ErrorCode(exc.code().value[0])
+    except ValueError:
+        code = ErrorCode.UNKNOWN
+    if code in (ErrorCode.UNKNOWN, ErrorCode.INTERNAL):
+        return FlashStreamError(f"{hop} failed: {exc.details()}", ErrorCode.INTERNAL)
+    return FlashStreamError(exc.details() or f"{hop} failed ({code.name})", code)
+
+
 def handle_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
     """Wraps a grpc.aio handler (coroutine or async generator) so that exceptions become statuses.
 

@@ -52,6 +52,8 @@ class Metrics:
         "e2e_request_latency": (GATEWAY,),
         "result_cache_hits": (GATEWAY,),
         "result_cache_queries": (GATEWAY,),
+        "embedding_cache_hits": (GATEWAY,),
+        "embedding_cache_misses": (GATEWAY,),
         "request_queue_time": (SCHEDULER,),
         "num_requests_waiting": (SCHEDULER,),
         "kv_cache_usage_ratio": (SCHEDULER,),
@@ -112,6 +114,12 @@ class Metrics:
         self.result_cache_queries = family("result_cache_queries", lambda: Counter(
             "flashstream_result_cache_queries", "Cacheable requests looked up in the result cache", ["stage"],
             registry=r).labels(stage))
+        self.embedding_cache_hits = family("embedding_cache_hits", lambda: Counter(
+            "flashstream_embedding_cache_hits", "Embedding inputs answered from the embedding cache", ["stage"],
+            registry=r).labels(stage))
+        self.embedding_cache_misses = family("embedding_cache_misses", lambda: Counter(
+            "flashstream_embedding_cache_misses", "Embedding inputs looked up in the cache and computed",
+            ["stage"], registry=r).labels(stage))
         self.generation_tokens = family("generation_tokens", lambda: Counter(
             "flashstream_generation_tokens", "Tokens generated", ["stage"], registry=r).labels(stage))
         self.prompt_tokens = family("prompt_tokens", lambda: Counter(

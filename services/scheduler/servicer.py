@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
-from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
@@ -122,6 +122,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.SchedulerInfoRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SchedulerInfo:
         engines = list(self.pool.engines.engines.values())
+        encoders = self.pool.embed_route.encoder_infos
+        if not engines and encoders:
+            info = encoders[0]
+            return scheduler_pb2.SchedulerInfo(
+                model_id=info.model_id, model_revision=info.model_revision,
+                max_model_len=min(i.max_model_len for i in encoders), vocab_size=info.vocab_size,
+                num_workers=len(encoders), task="embed", hidden_size=info.hidden_size,
+            )
         if not engines:
             raise Unavailable("no worker is connected")
         limits = engines[0].limits
@@ -133,4 +141,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             num_workers=len(engines),
             block_size=limits.block_size,
             num_kv_blocks=sum(e.limits.num_kv_blocks for e in engines),
+            task="generate",
+            hidden_size=min((t.info.hidden_size for t in self.pool.embed_route.targets.values()), default=0),
         )
+
+    @handle_errors
+    async def Embed(  # noqa: N802
+        self, request: common_pb2.EmbedTokensRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.EmbedTokensResponse:
+        if self.draining:
+            raise Unavailable("the scheduler is shutting down")
+        return await self.pool.embed_route.embed(request, context.time_remaining())

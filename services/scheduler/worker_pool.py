@@ -12,8 +12,10 @@ from collections.abc import Callable, Hashable, Sequence
 import grpc
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
+from services.common.errors import InvalidArgument
 from services.common.grpc_server import create_channel
 from services.scheduler.config import BackoffConfig, SchedulerConfig
+from services.scheduler.embed_route import EmbedRoute
 from services.scheduler.engine import Engine
 from services.scheduler.pb import limits_from_info, plan_to_pb, result_from_pb
 from services.scheduler.plan import Event, Request
@@ -42,7 +44,11 @@ class WorkerConnection:
             try:
                 stub = worker_pb2_grpc.WorkerStub(channel)
                 info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S)
+                if info.task == "embed":
+                    await self._serve_embeddings_only(channel, stub, info)
+                    continue
                 engine = self.pool.engines.add_worker(self.address, limits_from_info(info))
+                self.pool.embed_route.add(self.address, stub, info)
                 # The block table lives as long as the connection (one object per KV block): keep the
                 # cyclic garbage collector from walking it on every full collection.
                 gc.freeze()
@@ -62,6 +68,7 @@ class WorkerConnection:
                 else:
                     log.debug("worker %s not reachable: %s", self.address, reason)
             finally:
+                self.pool.embed_route.remove(self.address)
                 if connected:
                     self.pool.dispatch(self.pool.engines.remove_worker(
                         self.address, f"worker {self.address} disconnected"))
@@ -69,6 +76,25 @@ class WorkerConnection:
                 await channel.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, backoff.max_s)
+
+    async def _serve_embeddings_only(
+        self, channel: grpc.aio.Channel, stub: worker_pb2_grpc.WorkerStub, info: worker_pb2.WorkerInfo
+    ) -> None:
+        """An encoder worker has no step stream: it serves Embed until its channel fails, then reconnects."""
+        self.pool.embed_route.add(self.address, stub, info)
+        self.pool.notify_workers_changed()
+        log.info("embedding worker %s connected (%s, %s)", self.address, info.worker_id, info.model_id)
+        try:
+            state = channel.get_state(try_to_connect=True)
+            while state not in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+            log.warning("embedding worker %s lost", self.address)
+        finally:
+            self.pool.embed_route.remove(self.address)
+            self.pool.notify_workers_changed()
+            await channel.close()
+        await asyncio.sleep(self.pool.backoff.initial_s)
 
     async def _serve(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
         tasks = [asyncio.create_task(self._send_loop(engine, call)),
@@ -123,6 +149,7 @@ class WorkerPool:
         metrics=None,  # noqa: ANN001 - services.common.metrics.Metrics
     ) -> None:
         self.engines = EnginePool(config, metrics)
+        self.embed_route = EmbedRoute()
         self.metrics = metrics
         self.backoff = backoff or BackoffConfig()
         self.connections = {address: WorkerConnection(address, self) for address in addresses}
@@ -132,7 +159,8 @@ class WorkerPool:
 
     @property
     def num_workers(self) -> int:
-        return len(self.engines.engines)
+        """Workers connected now: generation workers and embedding-only ones."""
+        return len(self.engines.engines) + len(self.embed_route.encoder_infos)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(c.run(), name=f"worker {a}") for a, c in self.connections.items()]
@@ -145,6 +173,9 @@ class WorkerPool:
 
     def submit(self, request: Request) -> None:
         """Queues a request on the best worker (raises a FlashStreamError when it cannot be taken)."""
+        encoders = self.embed_route.encoder_infos
+        if encoders and not self.engines.engines:
+            raise InvalidArgument(f"model {encoders[0].model_id} is an embedding model: it cannot generate")
         name = self.engines.submit(request)
         self.connections[name].wake.set()
 

@@ -13,10 +13,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.errors import Unavailable
-from services.common.grpc_server import create_channel
+from services.common.grpc_server import create_channel, error_from_rpc
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,14 @@ class SchedulerLink:
         if self._outbox is None or not self.connected.is_set():
             raise Unavailable(f"not connected to the scheduler at {self.target}")
         self._outbox.put_nowait(message)
+
+    async def embed(self, request: common_pb2.EmbedTokensRequest,
+                    timeout_s: float | None) -> common_pb2.EmbedTokensResponse:
+        """Scheduler.Embed; a failure keeps the scheduler's status code."""
+        try:
+            return await self._stub.Embed(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, f"scheduler at {self.target}") from None
 
     async def get_info(self) -> scheduler_pb2.SchedulerInfo:
         self.info = await self._stub.Info(scheduler_pb2.SchedulerInfoRequest(), timeout=10)

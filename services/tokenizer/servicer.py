@@ -20,6 +20,7 @@ from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2, tokenizer_p
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
 from services.common.metrics import Metrics
+from services.tokenizer.embed_inputs import EmbedEncoder, EmbedInput
 from services.tokenizer.intake import EncodePool, PreparedRequest
 from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, text_input_from_pb,
                                    token_request_to_pb)
@@ -56,6 +57,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         self._session_numbers = itertools.count(1)
         self._requests: dict[str, tuple[_Session, RequestState]] = {}
         self.link = SchedulerLink(scheduler_target, self._on_scheduler_down, self._on_scheduler_lost)
+        self.embed_encoder = EmbedEncoder(self.tokenizer)
 
     # ---- model identity ----
 
@@ -272,4 +274,27 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             vocab_size=info.vocab_size if info else self.tokenizer.vocab_size,
             has_chat_template=self.tokenizer.has_chat_template,
             ready=self.ready and bool(info and info.num_workers),
+            task=info.task if info else "",
+            hidden_size=info.hidden_size if info else 0,
+            max_embed_len=self.embed_encoder.max_len(info.max_model_len if info else 0),
         )
+
+    # ---- embeddings ----
+
+    @handle_errors
+    async def EncodeInputs(self, request: tokenizer_pb2.EncodeInputsRequest,
+                           context: grpc.aio.ServicerContext) -> tokenizer_pb2.EncodeInputsResponse:
+        self._check_model(request.model)
+        inputs = [EmbedInput(token_ids=tuple(item.tokens.token_ids)) if item.WhichOneof("input") == "tokens"
+                  else EmbedInput(text=item.text) for item in request.inputs]
+        max_len = self.embed_encoder.max_len(self.link.info.max_model_len if self.link.info else 0)
+        ids = await asyncio.wrap_future(self.pool.submit(self.embed_encoder.encode, inputs, max_len, request.truncate))
+        return tokenizer_pb2.EncodeInputsResponse(inputs=[common_pb2.TokenIds(token_ids=i) for i in ids])
+
+    @handle_errors
+    async def Embed(self, request: common_pb2.EmbedTokensRequest,
+                    context: grpc.aio.ServicerContext) -> common_pb2.EmbedTokensResponse:
+        self._check_model(request.model)
+        if self.draining:
+            raise Unavailable("the tokenizer is draining")
+        return await self.link.embed(request, context.time_remaining())

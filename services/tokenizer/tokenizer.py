@@ -61,6 +61,10 @@ class TextTokenizer:
                  generation_config: Mapping[str, Any] | None = None) -> None:
         self.folder = folder
         self._tokenizer = tokenizer
+        # Some tokenizer.json files carry padding or truncation settings (sentence-transformers' BERT folders pad
+        # to 128): transformers resets both on every call, and so does this class; lengths are checked elsewhere.
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
         self._add_declared_tokens(config)
         self.special_tokens_map: dict[str, str] = {
             name: content for name in SPECIAL_TOKEN_NAMES

@@ -9,14 +9,19 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, FAKE_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.model_config import ModelConfig
+from services.worker.models.encoder_config import EncoderConfig, is_encoder_folder
 from services.worker.presets import PRESETS, preset_config
 from services.worker.executors import FakeExecutor
 from services.worker.runner import Runner
 from services.worker.sequences import SequenceLimits
+
+if TYPE_CHECKING:
+    from services.worker.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ class EngineInfo:
     worker_id: str
     model_id: str
     model_revision: str
-    model: ModelConfig
+    model: ModelConfig | EncoderConfig
     max_model_len: int
     block_size: int
     num_kv_blocks: int
@@ -36,36 +41,34 @@ class EngineInfo:
     max_num_batched_tokens: int
     dtype: str
     device: str
+    task: str = "generate"  # "embed": an encoder, no KV cache and no generation (a decoder embeds too)
 
 
 class Engine:
-    """A built worker: `runner` steps plans, `embed` pools hidden states (None in fake mode)."""
+    """A built worker: `runner` steps plans (None for an embedding-only encoder), `embedder` pools hidden states
+    (None in fake mode)."""
 
-    def __init__(self, info: EngineInfo, runner: Runner, model=None) -> None:  # noqa: ANN001 - CausalDecoder
+    def __init__(self, info: EngineInfo, runner: Runner | None, model=None,  # noqa: ANN001 - an nn.Module
+                 embedder: Embedder | None = None) -> None:
         self.info = info
         self.runner = runner
         self.model = model
+        self.embedder = embedder
 
-    def embed(self, inputs: list[list[int]], normalize: bool) -> list[list[float]]:
-        if self.model is None:
+    def embed(self, inputs: list[list[int]], normalize: bool | None = None, dimensions: int = 0) -> list[list[float]]:
+        if self.embedder is None:
             raise InvalidArgument("this worker runs in fake mode and has no model to embed with")
-        from services.worker.embedding import embed_tokens
-
-        return embed_tokens(self.model, inputs, normalize, self.info.max_model_len, self.info.block_size)
+        return self.embedder.embed(inputs, normalize, dimensions)
 
 
 def resolve_model_config(config: WorkerConfig) -> tuple[ModelConfig, str, str]:
     """(model config, model id, revision) of a checkpoint folder, or of a preset for dummy and fake modes."""
     folder = Path(config.model)
     if (folder / "config.json").is_file():
-        cfg = ModelConfig.from_folder(folder)
-        name = config.model_id or folder.resolve().name
-        if config.load_format == "auto":
-            from services.worker.loader import model_revision
+        from services.worker.checkpoint_files import model_revision
 
-            return cfg, name, model_revision(folder)
-        digest = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
-        return cfg, name, f"{config.load_format}-{digest}"
+        cfg = ModelConfig.from_folder(folder)
+        return cfg, config.model_id or folder.resolve().name, model_revision(folder, config.load_format)
     if config.model in PRESETS:
         if config.load_format == "auto":
             raise InvalidArgument(f"preset {config.model!r} has no weights; use --load-format dummy or fake")
@@ -93,6 +96,10 @@ def fake_token_id(config: WorkerConfig, cfg: ModelConfig) -> int:
 
 def build_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engine:
     """use_kernels: None picks Triton kernels on CUDA and torch references elsewhere (tests force either)."""
+    if is_encoder_folder(config.model):
+        from services.worker.encoder_engine import build_encoder_engine
+
+        return build_encoder_engine(config, use_kernels)
     cfg, model_id, revision = resolve_model_config(config)
     max_len = max_model_len_of(config, cfg)
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"

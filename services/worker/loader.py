@@ -8,50 +8,18 @@ the tensor.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from services.common.errors import InvalidArgument
+from services.worker.checkpoint_files import weight_files
 from services.worker.model_config import ModelConfig
 from services.worker.models.decoder import CausalDecoder, fused_shards
 from services.worker.ops import Ops
 
-INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
-
-
-def weight_files(folder: str | Path) -> list[Path]:
-    """The checkpoint's safetensors files: those of the index, model.safetensors, or every *.safetensors."""
-    folder = Path(folder)
-    index = folder / INDEX_FILE
-    if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text()).get("weight_map", {})
-        files: dict[str, str] = {}
-        for tensor, name in weight_map.items():
-            files.setdefault(name, tensor)
-        for name, tensor in files.items():
-            if not (folder / name).is_file():
-                raise InvalidArgument(f"{index}: shard {folder / name} (holding tensor {tensor}) is missing")
-        return [folder / name for name in sorted(files)]
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    files_found = sorted(folder.glob("*.safetensors"))
-    if not files_found:
-        raise InvalidArgument(f"{folder}: no model.safetensors, {INDEX_FILE} or *.safetensors file")
-    return files_found
-
-
-def model_revision(folder: str | Path) -> str:
-    """Short hash of config.json and the weight files' names and sizes (cheap, no weight bytes read)."""
-    folder = Path(folder)
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
-    for path in weight_files(folder):
-        digest.update(f"{path.name}:{path.stat().st_size}".encode())
-    return digest.hexdigest()[:12]
 
 
 def build_empty_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device) -> CausalDecoder:

@@ -10,7 +10,9 @@ from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
 from services.worker.engine import Engine, EngineInfo
+from services.worker.embedding import EmbeddingShape, Embedder
 from services.worker.kv_cache import KVCache
+from services.worker.pooling import PoolingConfig
 from services.worker.loader import build_empty_model, init_dummy_weights, load_weights
 from services.worker.model_config import ModelConfig
 from services.worker.model_runner import ModelRunner
@@ -88,4 +90,7 @@ def build_model_engine(
         worker_id, model_id, revision, cfg, max_len, config.block_size, num_blocks, config.max_num_seqs,
         config.max_num_batched_tokens, str(dtype).removeprefix("torch."), str(device),
     )
-    return Engine(info, runner, model)
+    shape = EmbeddingShape(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.vocab_size, max_len,
+                           config.block_size, config.max_num_batched_tokens)
+    # A preset name is no folder: it pools by the last token, not normalised.
+    return Engine(info, runner, model, Embedder(model, shape, PoolingConfig.from_folder(config.model, "last")))

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from flashstream.v1 import worker_pb2, worker_pb2_grpc
+from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
-from services.common.errors import Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
 from services.common.metrics import Metrics
 from services.worker.engine import Engine
@@ -49,6 +49,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self, request_iterator: AsyncIterator[worker_pb2.StepPlan], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.StepResult]:
         engine = self._ready_engine()
+        if engine.runner is None:
+            raise InvalidArgument(f"model {engine.info.model_id} is an embedding model: it serves Embed, not Step")
         table = engine.runner.new_table()  # sequence ids are unique per stream, so state is too
         loop = asyncio.get_running_loop()
         self.num_streams += 1
@@ -83,14 +85,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     @handle_errors
     async def Embed(
-        self, request: worker_pb2.EmbedTokensRequest, context: grpc.aio.ServicerContext
-    ) -> worker_pb2.EmbedTokensResponse:
+        self, request: common_pb2.EmbedTokensRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.EmbedTokensResponse:
         engine = self._ready_engine()
         inputs = [list(item.token_ids) for item in request.inputs]
+        normalize = request.normalize if request.HasField("normalize") else None
+        # Embeddings queue on the model thread between steps: one forward pass per request, no KV blocks kept.
         vectors = await asyncio.get_running_loop().run_in_executor(
-            self.executor, engine.embed, inputs, request.normalize
+            self.executor, engine.embed, inputs, normalize, request.dimensions
         )
-        return worker_pb2.EmbedTokensResponse(embeddings=[worker_pb2.Embedding(values=v) for v in vectors])
+        self.metrics.prompt_tokens.inc(sum(len(ids) for ids in inputs))
+        return common_pb2.EmbedTokensResponse(embeddings=[common_pb2.Embedding(values=v) for v in vectors])
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

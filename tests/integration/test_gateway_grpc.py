@@ -119,13 +119,14 @@ def test_bad_input_gets_its_status_while_a_good_request_completes(
     asyncio.run(main())
 
 
-def test_embed_and_translate_answer_unimplemented() -> None:
+def test_embed_without_inputs_is_invalid_argument() -> None:
     async def main() -> None:
         async with gateway_stack() as stack, create_channel(stack.grpc_target) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Embed(gateway_pb2.EmbedRequest(inputs=["a"]))
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                await stub.Embed(gateway_pb2.EmbedRequest())
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details() == "input must hold between 1 and 2048 items, got 0"
 
     asyncio.run(main())
 

@@ -236,9 +236,9 @@ def test_unknown_routes_and_methods_get_openai_errors() -> None:
             async with session.get(stack.http + "/v1/completions") as resp:
                 assert (resp.status, await resp.json()) == (405, _error(
                     "method GET is not allowed on /v1/completions", None, "method_not_allowed"))
-            async with session.post(stack.http + "/v1/embeddings", json={}) as resp:
+            async with session.post(stack.http + "/v1/audio/speech", json={}) as resp:
                 assert (resp.status, await resp.json()) == (404, _error(
-                    "no route for POST /v1/embeddings", None, "not_found"))
+                    "no route for POST /v1/audio/speech", None, "not_found"))
 
     asyncio.run(main())
 

@@ -68,8 +68,8 @@ async def _drive(port: int) -> tuple[worker_pb2.WorkerInfo, list[worker_pb2.Step
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         services = [s.name async for r in reflection for s in r.list_services_response.service]
-        embed = await stub.Embed(worker_pb2.EmbedTokensRequest(
-            inputs=[worker_pb2.TokenIds(token_ids=PROMPT_B)], normalize=True))
+        embed = await stub.Embed(common_pb2.EmbedTokensRequest(
+            inputs=[common_pb2.TokenIds(token_ids=PROMPT_B)], normalize=True))
         return info, results, services, (health.status, embed)
 
 

@@ -80,7 +80,7 @@ class SchedulerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SchedulerInfo(_message.Message):
-    __slots__ = ("model_id", "model_revision", "max_model_len", "vocab_size", "num_workers", "block_size", "num_kv_blocks")
+    __slots__ = ("model_id", "model_revision", "max_model_len", "vocab_size", "num_workers", "block_size", "num_kv_blocks", "task", "hidden_size")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_REVISION_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,8 @@ class SchedulerInfo(_message.Message):
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_revision: str
     max_model_len: int
@@ -95,4 +97,6 @@ class SchedulerInfo(_message.Message):
     num_workers: int
     block_size: int
     num_kv_blocks: int
-    def __init__(self, model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., num_workers: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ...) -> None: ...
+    task: str
+    hidden_size: int
+    def __init__(self, model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., num_workers: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., task: _Optional[str] = ..., hidden_size: _Optional[int] = ...) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from flashstream.v1 import common_pb2 as flashstream_dot_v1_dot_common__pb2
 from flashstream.v1 import scheduler_pb2 as flashstream_dot_v1_dot_scheduler__pb2
 
 GRPC_GENERATED_VERSION = '1.84.0'
@@ -50,6 +51,11 @@ class SchedulerStub:
                 request_serializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerInfoRequest.SerializeToString,
                 response_deserializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerInfo.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/flashstream.v1.Scheduler/Embed',
+                request_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
+                response_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -77,6 +83,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeds token sequences on the pool's least busy worker, beside the step streams.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerInfoRequest.FromString,
                     response_serializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerInfo.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.FromString,
+                    response_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class Scheduler:
             '/flashstream.v1.Scheduler/Info',
             flashstream_dot_v1_dot_scheduler__pb2.SchedulerInfoRequest.SerializeToString,
             flashstream_dot_v1_dot_scheduler__pb2.SchedulerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flashstream.v1.Scheduler/Embed',
+            flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
+            flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -144,17 +144,47 @@ class TokenizerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TokenizerInfo(_message.Message):
-    __slots__ = ("model_id", "model_revision", "max_model_len", "vocab_size", "has_chat_template", "ready")
+    __slots__ = ("model_id", "model_revision", "max_model_len", "vocab_size", "has_chat_template", "ready", "task", "hidden_size", "max_embed_len")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_REVISION_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_EMBED_LEN_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_revision: str
     max_model_len: int
     vocab_size: int
     has_chat_template: bool
     ready: bool
-    def __init__(self, model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., ready: _Optional[bool] = ...) -> None: ...
+    task: str
+    hidden_size: int
+    max_embed_len: int
+    def __init__(self, model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., ready: _Optional[bool] = ..., task: _Optional[str] = ..., hidden_size: _Optional[int] = ..., max_embed_len: _Optional[int] = ...) -> None: ...
+
+class EmbedInput(_message.Message):
+    __slots__ = ("text", "tokens")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    tokens: _common_pb2.TokenIds
+    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Union[_common_pb2.TokenIds, _Mapping]] = ...) -> None: ...
+
+class EncodeInputsRequest(_message.Message):
+    __slots__ = ("model", "inputs", "truncate")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[EmbedInput]
+    truncate: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[EmbedInput, _Mapping]]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+
+class EncodeInputsResponse(_message.Message):
+    __slots__ = ("inputs",)
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenIds]
+    def __init__(self, inputs: _Optional[_Iterable[_Union[_common_pb2.TokenIds, _Mapping]]] = ...) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from flashstream.v1 import common_pb2 as flashstream_dot_v1_dot_common__pb2
 from flashstream.v1 import tokenizer_pb2 as flashstream_dot_v1_dot_tokenizer__pb2
 
 GRPC_GENERATED_VERSION = '1.84.0'
@@ -60,6 +61,16 @@ class TokenizerStub:
                 request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfoRequest.SerializeToString,
                 response_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfo.FromString,
                 _registered_method=True)
+        self.EncodeInputs = channel.unary_unary(
+                '/flashstream.v1.Tokenizer/EncodeInputs',
+                request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.EncodeInputsRequest.SerializeToString,
+                response_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.EncodeInputsResponse.FromString,
+                _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/flashstream.v1.Tokenizer/Embed',
+                request_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
+                response_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
+                _registered_method=True)
 
 
 class TokenizerServicer:
@@ -101,6 +112,20 @@ class TokenizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EncodeInputs(self, request, context):
+        """Encodes embedding inputs under the model's truncation rules and length limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Embeds encoded inputs through the scheduler.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +153,16 @@ def add_TokenizerServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfoRequest.FromString,
                     response_serializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfo.SerializeToString,
+            ),
+            'EncodeInputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.EncodeInputs,
+                    request_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.EncodeInputsRequest.FromString,
+                    response_serializer=flashstream_dot_v1_dot_tokenizer__pb2.EncodeInputsResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.FromString,
+                    response_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +301,60 @@ class Tokenizer:
             '/flashstream.v1.Tokenizer/Info',
             flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfoRequest.SerializeToString,
             flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncodeInputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flashstream.v1.Tokenizer/EncodeInputs',
+            flashstream_dot_v1_dot_tokenizer__pb2.EncodeInputsRequest.SerializeToString,
+            flashstream_dot_v1_dot_tokenizer__pb2.EncodeInputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flashstream.v1.Tokenizer/Embed',
+            flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
+            flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "model_id", "model_revision", "architecture", "vocab_size", "max_model_len", "eos_token_ids", "block_size", "num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "dtype", "device", "num_layers", "num_kv_heads", "head_dim")
+    __slots__ = ("worker_id", "model_id", "model_revision", "architecture", "vocab_size", "max_model_len", "eos_token_ids", "block_size", "num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "dtype", "device", "num_layers", "num_kv_heads", "head_dim", "task", "hidden_size")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,8 @@ class WorkerInfo(_message.Message):
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     model_id: str
     model_revision: str
@@ -45,7 +47,9 @@ class WorkerInfo(_message.Message):
     num_layers: int
     num_kv_heads: int
     head_dim: int
-    def __init__(self, worker_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., architecture: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ...) -> None: ...
+    task: str
+    hidden_size: int
+    def __init__(self, worker_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., architecture: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., task: _Optional[str] = ..., hidden_size: _Optional[int] = ...) -> None: ...
 
 class NewSeq(_message.Message):
     __slots__ = ("seq_id", "token_ids", "num_prompt_tokens", "sampling", "block_ids", "num_computed_tokens", "num_scheduled_tokens")
@@ -126,29 +130,3 @@ class StepResult(_message.Message):
     errors: _containers.RepeatedCompositeFieldContainer[SeqError]
     step_time_s: float
     def __init__(self, step_id: _Optional[int] = ..., sampled: _Optional[_Union[SampledTokens, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., step_time_s: _Optional[float] = ...) -> None: ...
-
-class EmbedTokensRequest(_message.Message):
-    __slots__ = ("inputs", "normalize")
-    INPUTS_FIELD_NUMBER: _ClassVar[int]
-    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
-    inputs: _containers.RepeatedCompositeFieldContainer[TokenIds]
-    normalize: bool
-    def __init__(self, inputs: _Optional[_Iterable[_Union[TokenIds, _Mapping]]] = ..., normalize: _Optional[bool] = ...) -> None: ...
-
-class TokenIds(_message.Message):
-    __slots__ = ("token_ids",)
-    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
-
-class EmbedTokensResponse(_message.Message):
-    __slots__ = ("embeddings",)
-    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
-    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ...) -> None: ...
-
-class Embedding(_message.Message):
-    __slots__ = ("values",)
-    VALUES_FIELD_NUMBER: _ClassVar[int]
-    values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...

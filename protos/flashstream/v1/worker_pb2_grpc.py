@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from flashstream.v1 import common_pb2 as flashstream_dot_v1_dot_common__pb2
 from flashstream.v1 import worker_pb2 as flashstream_dot_v1_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.84.0'
@@ -47,8 +48,8 @@ class WorkerStub:
                 _registered_method=True)
         self.Embed = channel.unary_unary(
                 '/flashstream.v1.Worker/Embed',
-                request_serializer=flashstream_dot_v1_dot_worker__pb2.EmbedTokensRequest.SerializeToString,
-                response_deserializer=flashstream_dot_v1_dot_worker__pb2.EmbedTokensResponse.FromString,
+                request_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
+                response_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
                 _registered_method=True)
 
 
@@ -92,8 +93,8 @@ def add_WorkerServicer_to_server(servicer, server):
             ),
             'Embed': grpc.unary_unary_rpc_method_handler(
                     servicer.Embed,
-                    request_deserializer=flashstream_dot_v1_dot_worker__pb2.EmbedTokensRequest.FromString,
-                    response_serializer=flashstream_dot_v1_dot_worker__pb2.EmbedTokensResponse.SerializeToString,
+                    request_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.FromString,
+                    response_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,8 +177,8 @@ class Worker:
             request,
             target,
             '/flashstream.v1.Worker/Embed',
-            flashstream_dot_v1_dot_worker__pb2.EmbedTokensRequest.SerializeToString,
-            flashstream_dot_v1_dot_worker__pb2.EmbedTokensResponse.FromString,
+            flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
+            flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,3 +46,18 @@ def test_gateway_replicas_share_the_public_ports_and_reach_every_tokenizer() -> 
 def test_one_gateway_does_not_share_its_ports() -> None:
     stages = build_stack_argv(parse_args(["--base-port", "41000", *ONE_EACH]), "/m")
     assert "--reuse-port" not in stages[-1].argv
+
+
+def test_an_embedding_model_gets_its_own_worker_scheduler_and_tokenizer_behind_the_one_gateway() -> None:
+    args = parse_args(["--base-port", "41000", "--http-port", "0", "--embedding-model", "/e",
+                       "--embedding-model-id", "minilm", "--load-format", "fake", *ONE_EACH])
+    stages = {s.name: s for s in build_stack_argv(args, "/m")}
+    assert list(stages) == ["worker0", "scheduler", "tokenizer", "embedding-worker", "embedding-scheduler",
+                            "embedding-tokenizer", "gateway"]
+    assert stages["embedding-worker"].argv[:7] == ["worker", "--host", "127.0.0.1", "--port", "41050",
+                                                   "--status-port", "41150"]
+    assert "--load-format auto --model-id minilm" in " ".join(stages["embedding-worker"].argv)
+    assert stages["embedding-scheduler"].argv[-2:] == ["--workers", "127.0.0.1:41050"]
+    assert stages["embedding-tokenizer"].argv[-4:] == ["--scheduler", "127.0.0.1:41051", "--model", "/e"]
+    gateway = stages["gateway"].argv
+    assert gateway[gateway.index("--tokenizers") + 1] == "127.0.0.1:41001,127.0.0.1:41052"

@@ -57,7 +57,7 @@ def test_dummy_weights_fill_every_parameter_with_finite_values(tmp_path) -> None
     assert engine.info.model_revision.startswith("dummy-")
 
 
-def test_embedding_is_the_mean_of_transformers_last_hidden_state(tmp_path) -> None:  # noqa: ANN001
+def test_a_decoder_embeds_by_transformers_last_hidden_state_at_the_last_token(tmp_path) -> None:  # noqa: ANN001
     import transformers
 
     folder = make_checkpoint("llama_tied", tmp_path / "l")
@@ -66,5 +66,5 @@ def test_embedding_is_the_mean_of_transformers_last_hidden_state(tmp_path) -> No
     got = torch.tensor(engine.embed(inputs, normalize=False))
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
-        expected = torch.stack([hf.model(torch.tensor([ids])).last_hidden_state[0].mean(0) for ids in inputs])
+        expected = torch.stack([hf.model(torch.tensor([ids])).last_hidden_state[0, -1] for ids in inputs])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

