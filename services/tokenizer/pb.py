@@ -86,12 +86,14 @@ def done_event(state: RequestState, done: common_pb2.Done | None, reason: int) -
     if done is not None:
         out.CopyFrom(done)
     out.finish_reason = reason
+    # This stage encoded the prompt, so its length is known here whatever ended the request (the scheduler
+    # may never have seen it). Past a stop string, the tokens the client got are the ones counted here.
+    out.usage.prompt_tokens = state.num_prompt_tokens
     if state.stop_string is not None:
         out.finish_reason = common_pb2.FINISH_REASON_STOP_STRING
         out.stop_string = state.stop_string
         out.usage.completion_tokens = state.num_output_tokens
     if done is None:
-        out.usage.prompt_tokens = state.num_prompt_tokens
         out.usage.completion_tokens = state.num_output_tokens
     out.latency.tokenizer_s = state.tokenizer_s
     out.latency.gateway_s = state.gateway_s

@@ -151,7 +151,7 @@ BAD_INPUTS = [
     ("/v1/completions", {"prompt": "x", "max_tokens": 100}, 400, _error(
         "max_tokens (100) plus the prompt (1 token(s) at least) exceeds the context of model 'fake-model' (64 tokens)",
         "max_tokens", "invalid_value")),
-    ("/v1/completions", {"prompt": "x", "model": "gpt-9"}, 400, _error(
+    ("/v1/completions", {"prompt": "x", "model": "gpt-9"}, 404, _error(
         "The model 'gpt-9' does not exist; this gateway serves: fake-model", "model", "model_not_found")),
     ("/v1/completions", '{"prompt": "x",', 400, _error(
         "the request body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 16 "

@@ -28,7 +28,7 @@ def test_finish_reasons_map_to_openai(reason: FinishReason, openai: str) -> None
 @pytest.mark.parametrize(("exc", "status", "type_", "code", "headers"), [
     (InvalidArgument("bad"), 400, "invalid_request_error", "invalid_value", {}),
     (PayloadTooLarge("big"), 413, "invalid_request_error", "request_too_large", {}),
-    (ModelNotFound("no such model"), 400, "invalid_request_error", "model_not_found", {}),
+    (ModelNotFound("no such model"), 404, "invalid_request_error", "model_not_found", {}),
     (Unauthenticated("who"), 401, "invalid_request_error", "invalid_api_key", {}),
     (ResourceExhausted("full"), 429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": "1"}),
     (Unavailable("down"), 503, "server_error", "service_unavailable", {"Retry-After": "1"}),
