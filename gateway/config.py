@@ -45,6 +45,7 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = ()
     request_timeout_s: float = 600.0
     max_body_bytes: int = 4 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API ("*": any); none: no CORS
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
 
     def __post_init__(self) -> None:

@@ -57,7 +57,7 @@ class GatewayServer:
             serving=False,
         )
         self.grpc_port = self._stage.port
-        api = HttpApi(self.core, keys, self.config.max_body_bytes)
+        api = HttpApi(self.core, keys, self.config.max_body_bytes, self.config.cors_origins)
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
         self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deadline of a request that sets none")
     parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
                         help="largest accepted HTTP request body")
+    parser.add_argument("--cors-origins", default=env_default("cors_origins", ""),
+                        help="comma-separated browser origins allowed to call the HTTP API (CORS), e.g. "
+                             "'http://localhost:3000'; '*' allows any; empty: no CORS headers")
     cache = parser.add_argument_group("result cache")
     cache.add_argument("--result-cache", choices=("on", "off"), default=env_default("result_cache", "on"),
                        help="answer repeated greedy or seeded requests from the cache and coalesce identical ones")
@@ -148,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         api_keys=tuple(split_csv(args.api_keys)),
         request_timeout_s=args.request_timeout_s,
         max_body_bytes=args.max_body_bytes,
+        cors_origins=tuple(split_csv(args.cors_origins)),
         result_cache=ResultCacheConfig(
             enabled=args.result_cache == "on",
             redis_url=args.redis_url,

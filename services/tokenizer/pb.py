@@ -105,11 +105,13 @@ def done_event(state: RequestState, done: common_pb2.Done | None, reason: int) -
 
 
 def logprobs_with_text(tokenizer: TextTokenizer, logprobs: list[common_pb2.TokenLogprob]) -> list[common_pb2.TokenLogprob]:
-    """Copies of the scheduler's logprobs with each token's own text filled in (one batched decode)."""
-    ids = [lp.token_id for lp in logprobs] + [top.token_id for lp in logprobs for top in lp.top]
-    texts = iter(tokenizer.decode_batch([[i] for i in ids]))
-    out = [common_pb2.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, text=next(texts)) for lp in logprobs]
+    """Copies of the scheduler's logprobs with each token's own bytes and text (U+FFFD for part of a character)."""
+    def piece(token_id: int) -> dict[str, object]:
+        raw = tokenizer.token_bytes(token_id)
+        return {"token_id": token_id, "token_bytes": raw, "text": raw.decode("utf-8", "replace")}
+
+    out = [common_pb2.TokenLogprob(logprob=lp.logprob, **piece(lp.token_id)) for lp in logprobs]  # type: ignore[arg-type]
     for lp, copy in zip(logprobs, out):
         for top in lp.top:
-            copy.top.add(token_id=top.token_id, logprob=top.logprob, text=next(texts))
+            copy.top.add(logprob=top.logprob, **piece(top.token_id))
     return out
