@@ -20,7 +20,7 @@ from gateway.core import GatewayCore, Generation
 from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_request import OpenAIRequest, parse_openai_request
 from gateway.openai_response import ResponseBuilder, combined_usage, error_response
-from gateway.schema import Finished, ModelCard, TextDelta, Usage
+from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
 from services.common.metrics import add_status_routes
 
@@ -132,12 +132,25 @@ class HttpApi:
             raise RequestError(f"the request body is not valid JSON: {exc}", None, "invalid_json") from exc
         parsed = parse_openai_request(body, chat)
         tenant = tenant_from_authorization(http.headers.get("Authorization"), self._keys.enabled)
-        generations: list[Generation] = []
+        requests = parsed.choice_requests()
+        started: list[Generation] = []
+
+        def start(request: GenerationRequest) -> Generation:
+            started.append(self._core.start(request, tenant=tenant))
+            return started[-1]
+
         try:
-            for request in parsed.choice_requests():
-                generations.append(self._core.start(request, tenant=tenant))
+            # Each prompt's first choice runs alone until its first event: its prompt's full KV blocks are then in
+            # the prefix cache, and the prompt's other choices reuse them instead of computing them again.
             # The first events decide the status: an early error (e.g. a prompt too long) still gets its own code.
-            firsts = await _gather_or_cancel([anext(g) for g in generations])
+            leaders = range(0, len(requests), parsed.n)
+            leading = [start(requests[i]) for i in leaders]
+            lead_events = await _gather_or_cancel([anext(g) for g in leading])
+            followers = [start(r) for i, r in enumerate(requests) if i % parsed.n]
+            generations = _interleave(leading, followers, parsed.n)
+            follower_events = iter(await _gather_or_cancel([anext(g) for g in followers]))
+            lead_iter = iter(lead_events)
+            firsts = [next(lead_iter) if i % parsed.n == 0 else next(follower_events) for i in range(len(requests))]
             lead = generations[0]
             builders = [ResponseBuilder(lead.request_id, lead.model, lead.created, chat, parsed.logprobs, index=i)
                         for i in range(len(generations))]
@@ -148,7 +161,7 @@ class HttpApi:
             usage = combined_usage([done.usage for _, done in results], parsed.n)
             return web.Response(body=_dumps(builders[0].full(choices, usage)), content_type="application/json")
         finally:
-            for generation in generations:
+            for generation in started:
                 generation.close()  # a disconnected client cancels the handler; this aborts upstream
 
     async def _stream(
@@ -181,6 +194,14 @@ class HttpApi:
         await resp.write(_sse(b"[DONE]"))
         await resp.write_eof()
         return resp
+
+
+def _interleave(leaders: list[Generation], followers: list[Generation], n: int) -> list[Generation]:
+    """Choice order: each leader followed by its prompt's n - 1 followers."""
+    out = []
+    for i, leader in enumerate(leaders):
+        out += [leader, *followers[i * (n - 1):(i + 1) * (n - 1)]]
+    return out
 
 
 async def _gather_or_cancel(awaitables: list[Any]) -> list[Any]:
