@@ -21,7 +21,7 @@ from gateway.core import GatewayCore
 from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
-from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv
+from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
@@ -106,7 +106,7 @@ def build_store(config: ResultCacheConfig) -> ResultStore:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flashstream serve gateway", description=__doc__)
+    parser = new_parser("flashstream serve gateway", __doc__)
     add_server_args(parser, "gateway", status_port=False)  # status routes live on --http-port
     parser.add_argument("--tokenizers", default=env_default("tokenizers", "127.0.0.1:50051"),
                         help="tokenizer addresses host:port[,host:port...]")

@@ -83,6 +83,21 @@ def max_model_len_of(config: WorkerConfig, cfg: ModelConfig) -> int:
     return config.max_model_len or limit
 
 
+def fit_max_model_len(max_len: int, num_kv_blocks: int, block_size: int, explicit: bool) -> int:
+    """max_len, or what the KV cache holds when that is less: one sequence must fit the cache whole. A length
+    the user asked for is refused rather than cut; the model's own limit is capped with a warning."""
+    capacity = num_kv_blocks * block_size
+    if capacity >= max_len:
+        return max_len
+    if explicit:
+        raise InvalidArgument(
+            f"--max-model-len {max_len} does not fit the KV cache ({num_kv_blocks} blocks of {block_size} = "
+            f"{capacity} tokens): lower --max-model-len, or raise --num-kv-blocks or --gpu-memory-utilization")
+    log.warning("max_model_len capped from %d (the model's limit) to %d: the KV cache holds %d blocks of %d tokens",
+                max_len, capacity, num_kv_blocks, block_size)
+    return capacity
+
+
 def fake_token_id(config: WorkerConfig, cfg: ModelConfig) -> int:
     if config.fake_token_id >= 0:
         if config.fake_token_id >= cfg.vocab_size or config.fake_token_id in cfg.eos_token_ids:
@@ -98,6 +113,7 @@ def build_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engin
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     if config.load_format == "fake":
         num_blocks = config.num_kv_blocks or FAKE_DEFAULT_KV_BLOCKS
+        max_len = fit_max_model_len(max_len, num_blocks, config.block_size, bool(config.max_model_len))
         limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
         runner = Runner(FakeExecutor(fake_token_id(config, cfg)), limits, config.max_num_seqs,
                         config.max_num_batched_tokens)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +53,35 @@ def test_up_builds_the_demo_model_streams_an_answer_and_stops_every_stage(tmp_pa
     assert (tmp_path / "cache" / "demo-model-v1" / "model.safetensors").is_file()
     time.sleep(0.5)
     assert _stage_processes(str(tmp_path / "cache")) == []
+
+
+def test_up_with_a_taken_port_names_it_and_its_process_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = python_path_env()
+        env["FLASHSTREAM_CACHE_DIR"] = str(tmp_path / "cache")
+        out = subprocess.run([sys.executable, "-m", "services.cli", "up", "--base-port", "0", "--http-port",
+                              str(port), "--device", "cpu", "--exit-after-prompt"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"error: port {port} (gateway HTTP API) on 127.0.0.1 is already in use by pid {os.getpid()}" in out.stderr
+    assert out.stderr.count("error") == 1
+    assert "starting" not in out.stdout and "FlashStream is up" not in out.stdout
+    assert _stage_processes(str(tmp_path / "cache")) == []
+
+
+def test_up_serves_a_preset_with_its_padded_tokenizer_and_prints_each_stage_start(tmp_path: Path) -> None:
+    proc = _up(tmp_path, "--model", "qwen2.5-0.5b", "--load-format", "fake", "--prompt", "Hello",
+               "--exit-after-prompt")
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert "building the qwen2.5-0.5b preset folder" in out
+    assert "FlashStream is up (4 processes, model qwen2.5-0.5b)" in out
+    assert re.findall(r"^(\w+) ready on 127\.0\.0\.1:\d+ in \d+\.\d s$", out, re.M) == [
+        "worker0", "scheduler", "tokenizer", "gateway"]
+    assert "[8 tokens, finish LENGTH" in out, out
 
 
 def test_sigterm_stops_the_launcher_and_leaves_no_orphan(tmp_path: Path) -> None:
