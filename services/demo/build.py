@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from services.common.progress import Progress
+
 DEMO_MODEL_ID = "flashstream-demo"
 # Bump when the recipe changes, so cached builds of an older recipe are not reused.
 DEMO_VERSION = 1
@@ -137,13 +139,17 @@ def build_demo_model(out_dir: Path | str | None = None, force: bool = False) -> 
         return out
 
     def fill(tmp: Path) -> None:
-        vocab_size = train_demo_tokenizer(tmp)
-        config = dict(MODEL_CONFIG, vocab_size=vocab_size)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": 0, "eos_token_id": 1}, indent=2, sort_keys=True) + "\n"
-        )
-        _write_weights(tmp, vocab_size)
+        with Progress(3, "building the demo model", "step") as progress:
+            vocab_size = train_demo_tokenizer(tmp)
+            progress.advance()
+            config = dict(MODEL_CONFIG, vocab_size=vocab_size)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / "generation_config.json").write_text(
+                json.dumps({"bos_token_id": 0, "eos_token_id": 1}, indent=2, sort_keys=True) + "\n"
+            )
+            progress.advance()
+            _write_weights(tmp, vocab_size)
+            progress.advance()
 
     return build_folder(out, fill)
 
