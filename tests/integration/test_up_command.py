@@ -118,3 +118,31 @@ def test_a_killed_launcher_takes_its_stages_with_it(tmp_path: Path) -> None:
     while _stage_processes(str(tmp_path / "cache")) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _stage_processes(str(tmp_path / "cache")) == []
+
+
+def test_a_stage_whose_port_answers_from_another_process_is_not_reported_started(tmp_path: Path) -> None:
+    """Another process serves gRPC health (SERVING) on the scheduler's port: the scheduler this launcher starts
+    cannot bind it, and the launcher refuses the other process's answer instead of calling the stage ready."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from services.launcher import PortTaken, Stack, Stage
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    stack = Stack()
+    try:
+        stage = Stage("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--status-port", "0",
+                                    "--workers", "127.0.0.1:1"], f"127.0.0.1:{port}")
+        with pytest.raises(PortTaken, match=rf"scheduler's port {port} answers from another process \(pid "
+                                            rf"{os.getpid()}: "):
+            stack.start(stage, python_path_env(), 60, tmp_path)
+    finally:
+        stack.stop()
+        server.stop(None)
