@@ -84,17 +84,15 @@ def max_model_len_of(config: WorkerConfig, cfg: ModelConfig) -> int:
 
 
 def fit_max_model_len(max_len: int, num_kv_blocks: int, block_size: int, explicit: bool) -> int:
-    """max_len, or what the KV cache holds when that is less: one sequence must fit the cache whole. A length
-    the user asked for is refused rather than cut; the model's own limit is capped with a warning."""
+    """max_len, or what the KV cache holds when that is less (a sequence must fit the cache whole): capped, with
+    a warning that says so and from what."""
     capacity = num_kv_blocks * block_size
     if capacity >= max_len:
         return max_len
-    if explicit:
-        raise InvalidArgument(
-            f"--max-model-len {max_len} does not fit the KV cache ({num_kv_blocks} blocks of {block_size} = "
-            f"{capacity} tokens): lower --max-model-len, or raise --num-kv-blocks or --gpu-memory-utilization")
-    log.warning("max_model_len capped from %d (the model's limit) to %d: the KV cache holds %d blocks of %d tokens",
-                max_len, capacity, num_kv_blocks, block_size)
+    source = "--max-model-len" if explicit else "the model's limit"
+    log.warning("max_model_len capped from %d (%s) to %d: the KV cache holds only %d blocks of %d tokens; raise "
+                "--num-kv-blocks or --gpu-memory-utilization for more", max_len, source, capacity, num_kv_blocks,
+                block_size)
     return capacity
 
 

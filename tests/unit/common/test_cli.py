@@ -14,6 +14,7 @@ import pytest
 from services import cli, launcher
 from services.common.config import HelpFormatter
 from services.demo import build_demo_model
+from services.demo.build import DEMO_VERSION
 from services.launcher import EXAMPLES, STAGE_ARGS_EXAMPLES
 from services.port_check import describe_taken, is_free, port_owner
 
@@ -21,9 +22,17 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 PLACEHOLDER_CHECKPOINT = "/path/to/Llama-3.2-1B-Instruct"
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the demo build, so dry runs print no build progress."""
+    folder = tmp_path_factory.mktemp("cache")
+    build_demo_model(folder / f"demo-model-v{DEMO_VERSION}")
+    return folder
+
+
 @pytest.fixture(autouse=True)
-def _own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLASHSTREAM_CACHE_DIR", str(tmp_path / "cache"))
+def _own_cache_dir(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHSTREAM_CACHE_DIR", str(cache_dir))
 
 
 def _help(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -86,6 +95,7 @@ def _readme_commands() -> list[str]:
 
 def test_every_example_of_up_help_and_readme_passes_a_dry_run(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     checkpoint = build_demo_model(tmp_path / "checkpoint")
+    capsys.readouterr()  # the build's progress lines
     examples = _up_examples() + [c for c in _readme_commands() if c.startswith("flashstream up")]
     assert len(examples) >= 7
     for example in examples:
