@@ -183,7 +183,8 @@ class HttpApi:
                 else:
                     await resp.write(_sse(builders[index].chunk(event)))
             if parsed.include_usage:
-                await resp.write(_sse(builders[0].usage_chunk(combined_usage(usages, parsed.n))))  # type: ignore[arg-type]
+                usage = combined_usage(usages, parsed.n)  # type: ignore[arg-type]  # every choice finished
+                await resp.write(_sse(builders[0].usage_chunk(usage)))
         except FlashStreamError as exc:
             # Headers are gone already: what was used so far, then the error, travel as the last events.
             if parsed.include_usage:
@@ -206,6 +207,8 @@ def _interleave(leaders: list[Generation], followers: list[Generation], n: int) 
 
 async def _gather_or_cancel(awaitables: list[Any]) -> list[Any]:
     """Every result in order; the first failure cancels the rest and is raised."""
+    if len(awaitables) <= 1:  # one choice, the common case: no task in between
+        return [await a for a in awaitables]
     tasks = [asyncio.ensure_future(a) for a in awaitables]
     try:
         return await asyncio.gather(*tasks)

@@ -23,8 +23,8 @@ class CachedResult:
         """Latency is left out: a replay spends none of the original's time."""
         chunks = [
             [d.text, list(d.token_ids),
-             [[lp.token_id, lp.logprob, lp.text, [[t.token_id, t.logprob, t.text, t.token_bytes.hex()] for t in lp.top],
-               lp.token_bytes.hex()]
+             [[lp.token_id, lp.logprob, lp.text,
+               [[t.token_id, t.logprob, t.text, t.token_bytes.hex()] for t in lp.top], lp.token_bytes.hex()]
               for lp in d.logprobs],
              d.num_prompt_tokens]
             for d in self.chunks

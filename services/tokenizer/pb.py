@@ -110,7 +110,8 @@ def logprobs_with_text(tokenizer: TextTokenizer, logprobs: list[common_pb2.Token
         raw = tokenizer.token_bytes(token_id)
         return {"token_id": token_id, "token_bytes": raw, "text": raw.decode("utf-8", "replace")}
 
-    out = [common_pb2.TokenLogprob(logprob=lp.logprob, **piece(lp.token_id)) for lp in logprobs]  # type: ignore[arg-type]
+    out = [common_pb2.TokenLogprob(logprob=lp.logprob, **piece(lp.token_id))  # type: ignore[arg-type]
+           for lp in logprobs]
     for lp, copy in zip(logprobs, out):
         for top in lp.top:
             copy.top.add(logprob=top.logprob, **piece(top.token_id))

@@ -144,15 +144,15 @@ def test_a_folder_without_a_tokenizer_is_refused_in_one_line_before_weights_load
 def test_a_preset_gets_a_folder_whose_tokenizer_covers_its_vocabulary(capsys: pytest.CaptureFixture) -> None:
     from services.tokenizer.tokenizer import TextTokenizer
 
-    code, out, err = _dry_run(capsys, ["--model", "qwen2.5-0.5b", "--load-format", "dummy", "--base-port", "0",
-                                       "--http-port", "0"])
+    argv = ["--model", "llama-3.2-1b", "--load-format", "dummy", "--base-port", "0", "--http-port", "0"]
+    code, out, err = _dry_run(capsys, argv)
     assert (code, err) == (0, "")
-    assert out.startswith("building the qwen2.5-0.5b preset folder")
+    assert out.startswith("building the llama-3.2-1b preset folder")
     folder = re.search(r"--model (\S+)", out.splitlines()[1]).group(1)
     tokenizer = TextTokenizer.from_dir(folder)
-    assert (tokenizer.vocab_size, tokenizer.eos_token_ids) == (151936, (151643,))
-    code, out, _ = _dry_run(capsys, ["--model", "qwen2.5-0.5b", "--load-format", "dummy", "--base-port", "0",
-                                     "--http-port", "0"])
+    assert (tokenizer.vocab_size, tokenizer.eos_token_ids, tokenizer.bos_token_id) == (128256, (128001,), 128000)
+    assert tokenizer.encode("hi")[0] == 128000
+    code, out, _ = _dry_run(capsys, argv)
     assert code == 0 and "building" not in out  # built once
 
 

@@ -87,8 +87,8 @@ def test_token_bytes_of_a_text_join_to_its_decoded_text_with_single_bytes_for_by
         joined = b"".join(ours.token_bytes(i) for i in ids).decode()
         # A sentencepiece-style decoder strips the space that marks the first word; the tokens carry it.
         expected = ours.decode(ids)
-        assert (joined.removeprefix(" ") if style == "mistral" and not expected.startswith(" ") else joined) == \
-            expected, text
+        strip = style == "mistral" and not expected.startswith(" ")
+        assert (joined.removeprefix(" ") if strip else joined) == expected, text
         byte_ids = [i for i in ids if i in ours.byte_token_ids]
         assert all(len(ours.token_bytes(i)) == 1 for i in byte_ids)
         num_byte_tokens += len(byte_ids)
