@@ -106,7 +106,15 @@ class Stack:
         stage.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                       preexec_fn=_die_with_parent)
         self.stages.append(stage)
-        wait_serving(stage.grpc_address, ready_timeout_s, stage.proc)
+        try:
+            wait_serving(stage.grpc_address, ready_timeout_s, stage.proc)
+        except Unavailable as exc:
+            where = ""
+            if log_dir is not None:  # the stage's own message went to its log, not to this terminal
+                log_file = log_dir / f"{stage.name}.log"
+                last = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()][-1:]
+                where = f" ({log_file}: {last[0].strip()})" if last else f" (see {log_file})"
+            raise type(exc)(f"{stage.name}: {exc.message}{where}") from exc
         port = int(stage.grpc_address.rsplit(":", 1)[1])
         owner = port_owner(port)
         if owner is not None and owner.pid != stage.proc.pid:

@@ -146,3 +146,17 @@ def test_a_stage_whose_port_answers_from_another_process_is_not_reported_started
     finally:
         stack.stop()
         server.stop(None)
+
+
+def test_a_model_the_worker_refuses_fails_once_with_the_workers_own_reason(tmp_path: Path) -> None:
+    from services.demo import build_demo_model
+
+    folder = build_demo_model(tmp_path / "model")
+    (folder / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], "vocab_size": 1024}')
+    proc = _up(tmp_path, "--model", str(folder), "--exit-after-prompt")
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and out.count("starting worker0") == 1, out  # no retry with other ports
+    assert errors[0].startswith("error: worker0: stage at 127.0.0.1:")
+    assert "architecture ['GPT2LMHeadModel'] is not supported" in errors[0]
