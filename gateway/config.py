@@ -47,6 +47,7 @@ class GatewayConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API ("*": any); none: no CORS
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
+    reuse_port: bool = False  # share the gRPC and HTTP ports with other gateway replicas (SO_REUSEPORT)
 
     def __post_init__(self) -> None:
         if not self.tokenizers:

@@ -117,7 +117,8 @@ class Stack:
             raise type(exc)(f"{stage.name}: {exc.message}{where}") from exc
         port = int(stage.grpc_address.rsplit(":", 1)[1])
         owner = port_owner(port)
-        if owner is not None and owner.pid != stage.proc.pid:
+        ours = {s.proc.pid for s in self.stages if s.proc is not None}  # gateway replicas share their ports
+        if owner is not None and owner.pid not in ours:
             raise PortTaken(f"{stage.name}'s port {port} answers from another process ({owner}), not from the "
                             f"{stage.name} this command started")
         print(f"{stage.name} ready on {stage.grpc_address} in {time.monotonic() - started:.1f} s", flush=True)
@@ -166,15 +167,23 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
     stages.append(Stage("scheduler", ["scheduler", *flags, "--workers", workers, *shlex.split(args.scheduler_args)],
                         addr))
     scheduler = addr
-    addr, flags = address(1)
-    stages.append(Stage("tokenizer", ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir,
-                                      *shlex.split(args.tokenizer_args)], addr))
-    tokenizer = addr
+    tokenizers = []
+    for i in range(args.num_tokenizers):
+        # The first tokenizer keeps base+1; more take ports past the workers'.
+        addr, flags = address(1 if i == 0 else 3 + args.num_workers + i - 1)
+        name = "tokenizer" if args.num_tokenizers == 1 else f"tokenizer{i}"
+        stages.append(Stage(name, ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir,
+                                   *shlex.split(args.tokenizer_args)], addr))
+        tokenizers.append(addr)
     gateway_port = port(0)
     http_port = args.http_port or port(100)  # the gateway serves its status routes on this port, not +100
-    stages.append(Stage("gateway", ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
-                                    str(http_port), "--tokenizers", tokenizer, *shlex.split(args.gateway_args)],
-                        f"{host}:{gateway_port}"))
+    # Several gateways share the public ports (SO_REUSEPORT), each with a stream to every tokenizer.
+    shared = ["--reuse-port"] if args.num_gateways > 1 else []
+    for i in range(args.num_gateways):
+        name = "gateway" if args.num_gateways == 1 else f"gateway{i}"
+        stages.append(Stage(name, ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
+                                   str(http_port), "--tokenizers", ",".join(tokenizers), *shared,
+                                   *shlex.split(args.gateway_args)], f"{host}:{gateway_port}"))
     return stages
 
 
@@ -196,8 +205,8 @@ def stage_ports(stage: Stage) -> list[tuple[int, str]]:
 
 def check_ports(host: str, stages: list[Stage]) -> None:
     """Raises PortTaken naming every port of the stack that something already holds, before anything starts."""
-    taken = [describe_taken(host, port, what) for stage in stages for port, what in stage_ports(stage)
-             if not is_free(host, port)]
+    ports = dict(reversed([p for stage in stages for p in stage_ports(stage)]))  # a shared port once, first name
+    taken = [describe_taken(host, port, what) for port, what in ports.items() if not is_free(host, port)]
     if taken:
         raise PortTaken("; ".join(taken) + ". Stop that process, or choose other ports with --base-port and "
                         "--http-port (0: free ports)")
@@ -251,7 +260,7 @@ def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None =
         except BaseException:
             stack.stop()
             raise
-    gateway = stack.stages[-1]
+    gateway = stack.stages[-1]  # every gateway listens on the same ports
     http_port = gateway.argv[gateway.argv.index("--http-port") + 1]
     stack.gateway_grpc, stack.gateway_http = gateway.grpc_address, f"http://{args.host}:{http_port}"
     return stack
@@ -293,13 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name clients use for the model ('': the folder or preset name)")
     parser.add_argument("--host", default=env_default("host", "127.0.0.1"), help="address every stage listens on")
     parser.add_argument("--base-port", type=int, default=env_default("base_port", 50050),
-                        help="gateway gRPC port; tokenizer +1, scheduler +2, worker i +3+i, status ports +100 "
-                             "(0: free ports)")
+                        help="gateway gRPC port; tokenizer +1, scheduler +2, worker i +3+i, more tokenizers after "
+                             "the workers, status ports +100 (0: free ports)")
     parser.add_argument("--http-port", type=int, default=env_default("gateway_http_port", 8000),
                         help="the gateway's OpenAI-compatible HTTP API and /metrics, /health, /ready (0: a free "
                              "port)")
     parser.add_argument("--num-workers", type=int, default=env_default("num_workers", 1),
                         help="data-parallel workers, each with its own KV cache")
+    parser.add_argument("--num-gateways", type=int, default=env_default("num_gateways", 0),
+                        help="gateway processes sharing the public ports (0: one per 4 CPU cores, at most 4)")
+    parser.add_argument("--num-tokenizers", type=int, default=env_default("num_tokenizers", 0),
+                        help="tokenizer processes (0: one per 8 CPU cores, at most 2)")
     parser.add_argument("--device", default=env_default("device", "auto"), help="auto, cpu or cuda")
     parser.add_argument("--load-format", default=env_default("load_format", "auto"),
                         choices=["auto", "dummy", "fake"],
@@ -326,6 +339,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(list(argv))
     if args.num_workers < 1:
         parser.error("--num-workers must be at least 1")
+    for name in ("num_gateways", "num_tokenizers"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 (automatic) or more")
+    # One Python process serves one core: past a few thousand streamed tokens per second the gateway (SSE) and the
+    # tokenizer (detokenization) need more processes than one, where there are cores for them.
+    cores = os.cpu_count() or 1
+    args.num_gateways = args.num_gateways or max(1, min(4, cores // 4))
+    args.num_tokenizers = args.num_tokenizers or max(1, min(2, cores // 8))
     return args
 
 

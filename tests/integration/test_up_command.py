@@ -74,7 +74,7 @@ def test_up_with_a_taken_port_names_it_and_its_process_and_starts_nothing(tmp_pa
 
 def test_up_serves_a_preset_with_its_padded_tokenizer_and_prints_each_stage_start(tmp_path: Path) -> None:
     proc = _up(tmp_path, "--model", "qwen2.5-0.5b", "--load-format", "fake", "--prompt", "Hello",
-               "--exit-after-prompt")
+               "--exit-after-prompt", "--num-gateways", "1", "--num-tokenizers", "1")
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     assert "building the qwen2.5-0.5b preset folder" in out

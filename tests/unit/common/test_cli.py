@@ -102,7 +102,8 @@ def test_every_example_of_up_help_and_readme_passes_a_dry_run(capsys: pytest.Cap
         argv = shlex.split(example.replace(PLACEHOLDER_CHECKPOINT, str(checkpoint)))[2:]
         code, out, err = _dry_run(capsys, [*argv, "--base-port", "0", "--http-port", "0"])
         assert (code, err) == (0, ""), example
-        assert [line.split(":")[0] for line in out.splitlines() if ": flashstream serve " in line][-1] == "gateway"
+        names = [line.split(":")[0] for line in out.splitlines() if ": flashstream serve " in line]
+        assert names[0] == "worker0" and names[-1].startswith("gateway"), example
 
 
 def test_the_readme_generate_commands_and_the_stage_flag_examples_parse() -> None:
