@@ -8,20 +8,54 @@ cd "$(dirname "$0")"
 cmd="${1:-}"; shift || true
 PY="${PYTHON:-python3}"
 
+# The CPU build of torch lives on the PyTorch index; PyPI's torch for Linux is the CUDA build.
+CPU_TORCH_INDEX="https://download.pytorch.org/whl/cpu"
+
+reachable() {
+  .venv/bin/python - "$1" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="HEAD"), timeout=5)
+PY
+}
+
 install() {
   local extras="$1"
-  if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-  fi
+  local started=$SECONDS
   local stamp=".venv/.installed-${extras:-runtime}"
-  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip
-    # Machines without a GPU take the CPU builds of torch and triton (see constraints-cpu.txt).
-    local constraints=()
-    if ! command -v nvidia-smi >/dev/null 2>&1; then constraints=(-c constraints-cpu.txt); fi
-    .venv/bin/python -m pip install -q --no-cache-dir "${constraints[@]}" -e ".${extras:+[$extras]}"
-    touch "$stamp"
+  if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then
+    return
   fi
+  if [ ! -x .venv/bin/python ]; then
+    echo "[1/4] creating .venv with $("$PY" --version)"
+    "$PY" -m venv .venv
+  else
+    echo "[1/4] .venv exists"
+  fi
+  echo "[2/4] upgrading pip"
+  .venv/bin/python -m pip install -q --upgrade pip
+  local constraints=()
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    echo "[3/4] a GPU is present: torch and triton come with the CUDA libraries (about 2.7 GB from PyPI)"
+  else
+    # Machines without a GPU take the CPU builds of torch and triton (see constraints-cpu.txt).
+    constraints=(-c constraints-cpu.txt)
+    if .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+      echo "[3/4] torch is installed already"
+    elif reachable "$CPU_TORCH_INDEX/torch/"; then
+      echo "[3/4] torch: the CPU build from $CPU_TORCH_INDEX (about 190 MB)"
+      .venv/bin/python -m pip install --no-cache-dir "${constraints[@]}" --index-url "$CPU_TORCH_INDEX" \
+        --extra-index-url https://pypi.org/simple torch
+    else
+      echo "[3/4] torch: $CPU_TORCH_INDEX cannot be reached, so pip takes torch from the indexes it is"
+      echo "      configured with. From PyPI alone that is the CUDA build: about 2.7 GB of downloads"
+      echo "      (torch 530 MB plus nvidia-* libraries) where the CPU build is 190 MB."
+    fi
+  fi
+  echo "[4/4] flashstream and its dependencies${extras:+ (extras: $extras)}, triton included (about 200 MB, mostly"
+  echo "      a CUDA toolchain: the worker imports the kernels' modules even on the CPU)"
+  .venv/bin/python -m pip install --no-cache-dir --progress-bar on "${constraints[@]}" -e ".${extras:+[$extras]}"
+  touch "$stamp"
+  echo "installed in $((SECONDS - started)) s"
 }
 
 ensure_redis() {

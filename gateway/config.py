@@ -63,6 +63,7 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = ()
     request_timeout_s: float = 600.0
     max_body_bytes: int = 4 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API ("*": any); none: no CORS
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
     embedding_cache: EmbeddingCacheConfig = field(default_factory=EmbeddingCacheConfig)
     reuse_port: bool = False  # share the gRPC and HTTP ports with other gateway replicas (SO_REUSEPORT)

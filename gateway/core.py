@@ -15,7 +15,8 @@ import uuid
 from typing import Protocol
 
 from gateway.errors import ModelNotFound, RequestError
-from gateway.schema import Event, Finished, FinishReason, GenerationRequest, ModelCard, Submission, TextDelta
+from gateway.schema import (Event, Finished, FinishReason, GenerationRequest, ModelCard, Submission, TextDelta,
+                            Usage)
 from services.common.errors import DeadlineExceeded, ErrorCode, FlashStreamError, Unavailable
 from services.common.metrics import Metrics
 
@@ -141,6 +142,13 @@ class GatewayCore:
                     f"the context of model '{card.id}' ({card.max_model_len} tokens)",
                     "max_tokens",
                 )
+        if request.sampling.logit_bias and card.vocab_size:
+            bad_ids = [t for t, _ in request.sampling.logit_bias if t >= card.vocab_size]
+            if bad_ids:
+                raise RequestError(
+                    f"logit_bias token ids must be below the vocabulary size {card.vocab_size}, got {bad_ids[0]}",
+                    "logit_bias",
+                )
         if request.token_ids is not None and card.vocab_size:
             bad = [t for t in request.token_ids if t >= card.vocab_size]
             if bad:
@@ -183,6 +191,7 @@ class Generation:
         self.created = int(submission.arrival_unix_s)
         self.submission = submission
         self.num_prompt_tokens = 0  # from the first event that reports it
+        self.num_completion_tokens = 0  # tokens delivered so far, for usage when the request fails midway
         self._core = core
         self._handle = handle
         self._start = start_perf
@@ -213,6 +222,7 @@ class Generation:
             metrics.requests_finished.labels(metrics.stage, item.finish_reason.name.lower()).inc()
             latency = dataclasses.replace(item.latency, gateway_s=self.submission.gateway_s)
             return dataclasses.replace(item, latency=latency)
+        self.num_completion_tokens += len(item.token_ids)
         if item.token_ids or item.text:
             # A merged delta carries several tokens: its gap is spread evenly over them, so the
             # histogram keeps one observation per token after the first.
@@ -266,6 +276,10 @@ class Generation:
             return delta
         return dataclasses.replace(delta, text="".join(texts), token_ids=tuple(token_ids),
                                    logprobs=tuple(logprobs))
+
+    def usage_so_far(self) -> Usage:
+        """What this request has used until now (for an answer that ends with an error after some text)."""
+        return Usage(self.num_prompt_tokens, self.num_completion_tokens)
 
     def close(self) -> None:
         """Aborts the request upstream unless it already ended (client gone, handler cancelled)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 
 
 class RequestError(InvalidArgument):
@@ -21,9 +21,11 @@ class PayloadTooLarge(RequestError):
         super().__init__(message, None, "request_too_large")
 
 
-class ModelNotFound(RequestError):
-    """A model name no tokenizer of this gateway serves: bad input (INVALID_ARGUMENT / HTTP 400), with
-    OpenAI's `model_not_found` code in the body."""
+class ModelNotFound(NotFound):
+    """A model name no tokenizer of this gateway serves: NOT_FOUND / HTTP 404 with OpenAI's `model_not_found`
+    code, as OpenAI answers it."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, "model", "model_not_found")
+        super().__init__(message)
+        self.param = "model"
+        self.error_code = "model_not_found"

@@ -1,8 +1,12 @@
 """OpenAI-compatible HTTP: /v1/completions, /v1/chat/completions (streamed as SSE or whole), /v1/embeddings,
-/v1/models, plus /health, /ready and /metrics. JSON in, core call, JSON out."""
+/v1/models, /v1/models/{id}, plus /health, /ready and /metrics. JSON in, core call, JSON out.
+
+A request with several choices (`n`, or an array of prompts) runs one generation per choice; their events are
+merged as they come, each chunk naming its choice's index, as OpenAI streams them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,8 +21,8 @@ from gateway.embeddings import EmbeddingService
 from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_embeddings import embeddings_response, parse_embeddings_request
 from gateway.openai_request import OpenAIRequest, parse_openai_request
-from gateway.openai_response import ResponseBuilder, error_response
-from gateway.schema import Finished, TextDelta
+from gateway.openai_response import ResponseBuilder, combined_usage, error_response
+from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
 from services.common.metrics import add_status_routes
 
@@ -40,18 +44,49 @@ class HttpApi:
     """The aiohttp application of the gateway."""
 
     def __init__(self, core: GatewayCore, api_keys: ApiKeys, max_body_bytes: int,
-                 embeddings: EmbeddingService | None = None) -> None:
+                 embeddings: EmbeddingService | None = None, cors_origins: tuple[str, ...] = ()) -> None:
         self._core = core
         self._embeddings = embeddings
         self._keys = api_keys
         self._max_body_bytes = max_body_bytes
+        self._cors_origins = frozenset(cors_origins)  # browser origins allowed to call the API; "*": any
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
         self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/chat/completions", self._chat_completions)
         self.app.router.add_get("/v1/models", self._models)
         if embeddings is not None:
             self.app.router.add_post("/v1/embeddings", self._embed)
+        self.app.router.add_get("/v1/models/{model_id:.+}", self._model)
+        if self._cors_origins:
+            self.app.on_response_prepare.append(self._add_cors_headers)
         add_status_routes(self.app, core.metrics, core.is_ready)
+
+    def _allowed_origin(self, request: web.Request) -> str | None:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        if "*" in self._cors_origins:
+            return "*"
+        return origin if origin in self._cors_origins else None
+
+    async def _add_cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        origin = self._allowed_origin(request)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            if origin != "*":
+                response.headers["Vary"] = "Origin"
+
+    def _preflight(self, request: web.Request) -> web.Response:
+        """The answer to a browser's CORS preflight: allowed origins get the methods and headers they ask for."""
+        if self._allowed_origin(request) is None:
+            return web.Response(status=403, text="origin not allowed")
+        headers = {
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers",
+                                                                "Authorization, Content-Type"),
+            "Access-Control-Max-Age": "600",
+        }
+        return web.Response(status=204, headers=headers)
 
     def _error(self, exc: FlashStreamError) -> web.Response:
         self._core.record_error(exc)
@@ -60,6 +95,8 @@ class HttpApi:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "OPTIONS" and self._cors_origins and "Access-Control-Request-Method" in request.headers:
+            return self._preflight(request)
         try:
             if request.path not in OPEN_PATHS:
                 self._keys.check(request.headers.get("Authorization"))
@@ -74,13 +111,17 @@ class HttpApi:
             return self._error(RequestError(f"method {request.method} is not allowed on {request.path}", None,
                                             "method_not_allowed"))
 
+    @staticmethod
+    def _card_json(card: ModelCard) -> dict[str, Any]:
+        return {"id": card.id, "object": "model", "created": 0, "owned_by": card.owned_by,
+                "max_model_len": card.max_model_len, "revision": card.revision}
+
     async def _models(self, _: web.Request) -> web.Response:
-        data = [
-            {"id": c.id, "object": "model", "created": 0, "owned_by": c.owned_by, "max_model_len": c.max_model_len,
-             "revision": c.revision}
-            for c in self._core.list_models()
-        ]
+        data = [self._card_json(c) for c in self._core.list_models()]
         return web.json_response({"object": "list", "data": data})
+
+    async def _model(self, http: web.Request) -> web.Response:
+        return web.json_response(self._card_json(self._core.resolve_model(http.match_info["model_id"])))
 
     async def _embed(self, http: web.Request) -> web.Response:
         request, encoding = parse_embeddings_request(await self._json(http))
@@ -105,45 +146,131 @@ class HttpApi:
     async def _generate(self, http: web.Request, chat: bool) -> web.StreamResponse:
         parsed = parse_openai_request(await self._json(http), chat)
         tenant = tenant_from_authorization(http.headers.get("Authorization"), self._keys.enabled)
-        generation = self._core.start(parsed.request, tenant=tenant)
+        requests = parsed.choice_requests()
+        started: list[Generation] = []
+
+        def start(request: GenerationRequest) -> Generation:
+            started.append(self._core.start(request, tenant=tenant))
+            return started[-1]
+
         try:
-            # The first event decides the status: an early error (e.g. a prompt too long) still gets its own code.
-            first = await anext(generation)
-            builder = ResponseBuilder(generation.request_id, generation.model, generation.created, chat,
-                                      parsed.logprobs)
+            # Each prompt's first choice runs alone until its first event: its prompt's full KV blocks are then in
+            # the prefix cache, and the prompt's other choices reuse them instead of computing them again.
+            # The first events decide the status: an early error (e.g. a prompt too long) still gets its own code.
+            leaders = range(0, len(requests), parsed.n)
+            leading = [start(requests[i]) for i in leaders]
+            lead_events = await _gather_or_cancel([anext(g) for g in leading])
+            followers = [start(r) for i, r in enumerate(requests) if i % parsed.n]
+            generations = _interleave(leading, followers, parsed.n)
+            follower_events = iter(await _gather_or_cancel([anext(g) for g in followers]))
+            lead_iter = iter(lead_events)
+            firsts = [next(lead_iter) if i % parsed.n == 0 else next(follower_events) for i in range(len(requests))]
+            lead = generations[0]
+            builders = [ResponseBuilder(lead.request_id, lead.model, lead.created, chat, parsed.logprobs, index=i)
+                        for i in range(len(generations))]
             if parsed.stream:
-                return await self._stream(http, parsed, builder, generation, first)
-            deltas: list[TextDelta] = []
-            event = first
-            while not isinstance(event, Finished):
-                deltas.append(event)
-                event = await anext(generation)
-            return web.Response(body=_dumps(builder.full(deltas, event)), content_type="application/json")
+                return await self._stream(http, parsed, builders, generations, firsts)
+            results = await _gather_or_cancel([_collect(g, f) for g, f in zip(generations, firsts)])
+            choices = [b.choice(deltas, done) for b, (deltas, done) in zip(builders, results)]
+            usage = combined_usage([done.usage for _, done in results], parsed.n)
+            return web.Response(body=_dumps(builders[0].full(choices, usage)), content_type="application/json")
         finally:
-            generation.close()  # a disconnected client cancels the handler; this aborts upstream
+            for generation in started:
+                generation.close()  # a disconnected client cancels the handler; this aborts upstream
 
     async def _stream(
         self,
         http: web.Request,
         parsed: OpenAIRequest,
-        builder: ResponseBuilder,
-        generation: Generation,
-        first: TextDelta | Finished,
+        builders: list[ResponseBuilder],
+        generations: list[Generation],
+        firsts: list[TextDelta | Finished],
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(http)
-        event = first
+        usages: list[Usage | None] = [None] * len(generations)
         try:
-            while not isinstance(event, Finished):
-                await resp.write(_sse(builder.chunk(event)))
-                event = await anext(generation)
-            await resp.write(_sse(builder.chunk(None, event.finish_reason.openai)))
+            async for index, event in _merged(generations, firsts):
+                if isinstance(event, Finished):
+                    usages[index] = event.usage
+                    await resp.write(_sse(builders[index].chunk(None, event.finish_reason.openai)))
+                else:
+                    await resp.write(_sse(builders[index].chunk(event)))
             if parsed.include_usage:
-                await resp.write(_sse(builder.usage_chunk(event.usage)))
+                usage = combined_usage(usages, parsed.n)  # type: ignore[arg-type]  # every choice finished
+                await resp.write(_sse(builders[0].usage_chunk(usage)))
         except FlashStreamError as exc:
-            # Headers are gone already: the error travels as the last event.
+            # Headers are gone already: what was used so far, then the error, travel as the last events.
+            if parsed.include_usage:
+                so_far = [u if u is not None else g.usage_so_far() for u, g in zip(usages, generations)]
+                await resp.write(_sse(builders[0].usage_chunk(combined_usage(so_far, parsed.n))))
             _, err, _ = error_response(exc)
             await resp.write(_sse(err))
         await resp.write(_sse(b"[DONE]"))
         await resp.write_eof()
         return resp
+
+
+def _interleave(leaders: list[Generation], followers: list[Generation], n: int) -> list[Generation]:
+    """Choice order: each leader followed by its prompt's n - 1 followers."""
+    out = []
+    for i, leader in enumerate(leaders):
+        out += [leader, *followers[i * (n - 1):(i + 1) * (n - 1)]]
+    return out
+
+
+async def _gather_or_cancel(awaitables: list[Any]) -> list[Any]:
+    """Every result in order; the first failure cancels the rest and is raised."""
+    if len(awaitables) <= 1:  # one choice, the common case: no task in between
+        return [await a for a in awaitables]
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _collect(generation: Generation, first: TextDelta | Finished) -> tuple[list[TextDelta], Finished]:
+    deltas: list[TextDelta] = []
+    event = first
+    while not isinstance(event, Finished):
+        deltas.append(event)
+        event = await anext(generation)
+    return deltas, event
+
+
+async def _merged(generations: list[Generation], firsts: list[TextDelta | Finished]):  # noqa: ANN202
+    """(choice index, event) of every generation as they come, each generation's own in order, until all have
+    finished; a failure of any is raised."""
+    if len(generations) == 1:  # one choice: no tasks in between
+        event = firsts[0]
+        yield 0, event
+        while not isinstance(event, Finished):
+            event = await anext(generations[0])
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, TextDelta | Finished | FlashStreamError]] = asyncio.Queue()
+
+    async def pump(index: int) -> None:
+        event = firsts[index]
+        try:
+            await queue.put((index, event))
+            while not isinstance(event, Finished):
+                event = await anext(generations[index])
+                await queue.put((index, event))
+        except FlashStreamError as exc:
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i)) for i in range(len(generations))]
+    try:
+        remaining = len(generations)
+        while remaining:
+            index, item = await queue.get()
+            if isinstance(item, FlashStreamError):
+                raise item
+            remaining -= isinstance(item, Finished)
+            yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()

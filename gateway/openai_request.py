@@ -8,6 +8,7 @@ Unknown fields are ignored, as OpenAI does; known fields this server cannot hono
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ from services.common.errors import InvalidArgument
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
 
 DEFAULT_MAX_TOKENS = 16
+# OpenAI's ranges, narrower than what the gRPC API accepts.
+MAX_OPENAI_TEMPERATURE = 2.0
+MAX_CHOICES = 128  # most choices (n) one request may ask for
 
 _JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
                (dict, "object"))
@@ -39,6 +43,22 @@ class OpenAIRequest:
     stream: bool = False
     include_usage: bool = False
     logprobs: bool = False  # the answer carries logprobs
+    n: int = 1  # choices per prompt
+    batch: tuple[GenerationRequest, ...] = ()  # completions with several prompts: one request each, in order
+
+    def choice_requests(self) -> list[GenerationRequest]:
+        """One request per choice, in OpenAI's order (prompt by prompt, then n per prompt). A seeded request's
+        choices take seeds seed, seed + 1, ... so that they differ yet stay reproducible."""
+        out = []
+        for request in self.batch or (self.request,):
+            seed = request.sampling.seed
+            for j in range(self.n):
+                if j and seed is not None:
+                    sampling = dataclasses.replace(request.sampling, seed=(seed + j) % 2**63)
+                    out.append(dataclasses.replace(request, sampling=sampling))
+                else:
+                    out.append(request)
+        return out
 
 
 class _Body:
@@ -98,20 +118,54 @@ class _Body:
 
 
 def _refuse_unsupported(b: _Body, chat: bool) -> None:
-    if b.int("n", 1) != 1:
-        raise RequestError("'n' must be 1: this server returns one choice per request", "n", "unsupported_value")
-    if not chat and b.int("best_of", 1) != 1:
-        raise RequestError("'best_of' must be 1: this server returns one choice per request", "best_of",
+    n = b.int("n", 1)
+    if not chat and b.int("best_of", n) != n:
+        raise RequestError("'best_of' must equal 'n': this server returns every choice it generates", "best_of",
                            "unsupported_value")
     if not chat and b.str("suffix", ""):
         raise RequestError("'suffix' is not supported", "suffix", "unsupported_value")
-    if b.body.get("logit_bias"):
-        raise RequestError("'logit_bias' is not supported", "logit_bias", "unsupported_value")
     if chat and b.body.get("tools"):
         raise RequestError("'tools' are not supported", "tools", "unsupported_value")
     fmt = b.body.get("response_format")
     if chat and isinstance(fmt, dict) and fmt.get("type", "text") != "text":
         raise RequestError("only the 'text' response_format is supported", "response_format", "unsupported_value")
+
+
+def _choices(b: _Body) -> int:
+    n = b.int("n", 1)
+    if not 1 <= n <= MAX_CHOICES:  # type: ignore[operator]
+        raise RequestError(f"'n' must be between 1 and {MAX_CHOICES}, got {n}", "n")
+    return n  # type: ignore[return-value]
+
+
+def _logit_bias(b: _Body) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} map as (id, bias) pairs in id order."""
+    v = b.body.get("logit_bias")
+    if v is None:
+        return ()
+    if not isinstance(v, dict):
+        raise RequestError(f"'logit_bias' must be an object, got {_json_type(v)}", "logit_bias", "invalid_type")
+    pairs = {}
+    for key, bias in v.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise RequestError(f"'logit_bias' keys must be token ids, got {key!r}", "logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise RequestError(f"'logit_bias' values must be numbers, got {_json_type(bias)} for token {key}",
+                               "logit_bias", "invalid_type")
+        pairs[int(key)] = float(bias)
+    return tuple(sorted(pairs.items()))
+
+
+def _openai_temperature_and_top_p(b: _Body) -> tuple[float, float, bool]:
+    """(temperature, top_p, greedy) within OpenAI's ranges, narrower than the gRPC API's. top_p 0 keeps only the
+    best token, which is greedy decoding (the sampler needs top_p > 0)."""
+    temperature = b.float("temperature", 1.0)
+    if not 0.0 <= temperature <= MAX_OPENAI_TEMPERATURE:
+        raise RequestError(f"'temperature' must be between 0 and 2, got {temperature:g}", "temperature")
+    top_p = b.float("top_p", 1.0)
+    if not 0.0 <= top_p <= 1.0:
+        raise RequestError(f"'top_p' must be between 0 and 1, got {top_p:g}", "top_p")
+    return temperature, top_p or 1.0, top_p == 0.0
 
 
 def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
@@ -128,15 +182,18 @@ def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
     else:
         logprobs, logprobs_name = b.int("logprobs", None), "logprobs"
     top_k = b.int("top_k", 0)
+    temperature, top_p, top_p_greedy = _openai_temperature_and_top_p(b)
+    if top_p_greedy:
+        top_k = 1
     seed = b.int("seed", None)
     names = {"max_tokens": max_name, "logprobs": logprobs_name}
     try:
         params = SamplingParams(
             max_tokens=max_tokens,  # type: ignore[arg-type]
             min_tokens=b.int("min_tokens", 0),  # type: ignore[arg-type]
-            temperature=b.float("temperature", 1.0),
+            temperature=temperature,
             top_k=0 if top_k == -1 else top_k,  # type: ignore[arg-type]  # -1 also means off
-            top_p=b.float("top_p", 1.0),
+            top_p=top_p,
             min_p=b.float("min_p", 0.0),
             repetition_penalty=b.float("repetition_penalty", 1.0),
             presence_penalty=b.float("presence_penalty", 0.0),
@@ -145,6 +202,7 @@ def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
             stop_token_ids=b.int_list("stop_token_ids"),
             ignore_eos=b.bool("ignore_eos", False),
             logprobs=logprobs,
+            logit_bias=_logit_bias(b),
         )
     except RequestError:
         raise
@@ -154,22 +212,32 @@ def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
     return params, logprobs is not None
 
 
-def _prompt(body: dict[str, Any]) -> tuple[str | None, tuple[int, ...] | None]:
-    """A prompt string, or token ids; a batch of prompts is refused."""
-    v = body.get("prompt")
-    if v is None:
-        raise RequestError("'prompt' is required", "prompt", "missing_required_parameter")
-    if isinstance(v, list) and v and isinstance(v[0], (str, list)):
-        if len(v) != 1:
-            raise RequestError("batched prompts are not supported: send one prompt per request", "prompt",
-                               "unsupported_value")
-        v = v[0]
+Prompt = tuple[str | None, tuple[int, ...] | None]  # (text, None) or (None, token ids)
+
+
+def _one_prompt(v: Any) -> Prompt | None:
     if isinstance(v, str):
         return v, None
     if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
         return None, tuple(v)
-    raise RequestError(f"'prompt' must be a string or an array of token ids, got {_json_type(v)}", "prompt",
-                       "invalid_type")
+    return None
+
+
+def _prompts(body: dict[str, Any]) -> list[Prompt]:
+    """The prompts of a completions request: a string, token ids, or an array of either (a batch)."""
+    v = body.get("prompt")
+    if v is None:
+        raise RequestError("'prompt' is required", "prompt", "missing_required_parameter")
+    if isinstance(v, list) and v and isinstance(v[0], (str, list)):
+        if len(v) > MAX_CHOICES:
+            raise RequestError(f"'prompt' may hold at most {MAX_CHOICES} prompts, got {len(v)}", "prompt")
+        prompts = [_one_prompt(x) for x in v]
+    else:
+        prompts = [_one_prompt(v)]
+    if any(p is None for p in prompts):
+        raise RequestError(f"'prompt' must be a string, an array of token ids, or an array of either, got "
+                           f"{_json_type(v)}", "prompt", "invalid_type")
+    return prompts  # type: ignore[return-value]
 
 
 def _content(i: int, content: Any) -> str:
@@ -199,6 +267,9 @@ def _messages(body: dict[str, Any]) -> tuple[ChatTurn, ...]:
             raise RequestError(f"messages[{i}] must be an object with a string 'role'", f"messages[{i}]",
                                "invalid_type")
         role = "system" if m["role"] == "developer" else m["role"]
+        if m.get("content") is None and role != "assistant":  # an assistant turn may carry tool calls alone
+            raise RequestError(f"messages[{i}].content is required", f"messages[{i}].content",
+                               "missing_required_parameter")
         turns.append(ChatTurn(role, _content(i, m.get("content"))))
     return tuple(turns)
 
@@ -207,6 +278,7 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
     """Parses a /v1/completions (chat=False) or /v1/chat/completions body; raises RequestError."""
     b = _Body(body)
     _refuse_unsupported(b, chat)
+    n = _choices(b)
     model = b.str("model", "")
     stream = b.bool("stream", False)
     include_usage = False
@@ -243,7 +315,7 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
         request = GenerationRequest(
             messages=_messages(b.body), add_generation_prompt=b.bool("add_generation_prompt", True), **common
         )
-    else:
-        prompt, token_ids = _prompt(b.body)
-        request = GenerationRequest(prompt=prompt, token_ids=token_ids, **common)
-    return OpenAIRequest(request, chat, stream, include_usage, logprobs)
+        return OpenAIRequest(request, chat, stream, include_usage, logprobs, n)
+    batch = tuple(GenerationRequest(prompt=prompt, token_ids=token_ids, **common)
+                  for prompt, token_ids in _prompts(b.body))
+    return OpenAIRequest(batch[0], chat, stream, include_usage, logprobs, n, batch if len(batch) > 1 else ())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Sequence
 from typing import Any
 
-from gateway.schema import Finished, TextDelta, TokenLogprob, Usage
+from gateway.schema import Finished, TextDelta, TokenLogprob, TopLogprob, Usage
 from services.common.errors import ErrorCode, FlashStreamError
 
 # gRPC status → (HTTP status, OpenAI error type, default code).
@@ -44,13 +46,21 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     return body
 
 
+def _token_bytes(lp: TokenLogprob | TopLogprob) -> list[int]:
+    return list(lp.token_bytes or lp.text.encode())
+
+
 class LogprobsBuilder:
     """Logprobs in OpenAI's completions shape (tokens, token_logprobs, top_logprobs, text_offset) or chat shape
-    (content: [{token, logprob, bytes, top_logprobs}]). `offset` counts text already sent, for text_offset."""
+    (content: [{token, logprob, bytes, top_logprobs}]).
+
+    A token's text_offset is the number of characters of the answer before it: its tokens' bytes are decoded as
+    they come, so the bytes of one character split over several tokens put all of them at that character."""
 
     def __init__(self, chat: bool) -> None:
         self.chat = chat
-        self.offset = 0
+        self.offset = 0  # characters completed so far
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def build(self, items: tuple[TokenLogprob, ...], text: str) -> dict[str, Any]:
         if self.chat:
@@ -58,20 +68,18 @@ class LogprobsBuilder:
                 {
                     "token": lp.text,
                     "logprob": lp.logprob,
-                    "bytes": list(lp.text.encode()),
+                    "bytes": _token_bytes(lp),
                     "top_logprobs": [
-                        {"token": t.text, "logprob": t.logprob, "bytes": list(t.text.encode())} for t in lp.top
+                        {"token": t.text, "logprob": t.logprob, "bytes": _token_bytes(t)} for t in lp.top
                     ],
                 }
                 for lp in items
             ]
             return {"content": content}
         offsets = []
-        pos = self.offset
         for lp in items:
-            offsets.append(pos)
-            pos += len(lp.text)
-        self.offset += len(text)
+            offsets.append(self.offset)
+            self.offset += len(self._decoder.decode(bytes(_token_bytes(lp))))
         return {
             "tokens": [lp.text for lp in items],
             "token_logprobs": [lp.logprob for lp in items],
@@ -91,11 +99,12 @@ class LogprobsBuilder:
 class ResponseBuilder:
     """Builds the JSON of one request's answer, streamed as chunks or whole."""
 
-    def __init__(self, request_id: str, model: str, created: int, chat: bool, logprobs: bool) -> None:
+    def __init__(self, request_id: str, model: str, created: int, chat: bool, logprobs: bool, index: int = 0) -> None:
         self.request_id = request_id
         self.model = model
         self.created = created
         self.chat = chat
+        self.index = index  # the choice this builder writes
         self.logprobs = LogprobsBuilder(chat) if logprobs else None
         self._role_sent = False
 
@@ -111,7 +120,7 @@ class ResponseBuilder:
         text = delta.text if delta is not None else ""
         logprobs = self._logprobs(delta) if delta is not None else None
         if not self.chat:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+            choice = {"index": self.index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
             return self._envelope("text_completion", [choice])
         message: dict[str, Any] = {}
         if not self._role_sent:
@@ -119,7 +128,7 @@ class ResponseBuilder:
             self._role_sent = True
         if delta is not None:
             message["content"] = text
-        choice = {"index": 0, "delta": message, "logprobs": logprobs, "finish_reason": finish_reason}
+        choice = {"index": self.index, "delta": message, "logprobs": logprobs, "finish_reason": finish_reason}
         return self._envelope("chat.completion.chunk", [choice])
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
@@ -127,19 +136,32 @@ class ResponseBuilder:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return {**self._envelope(obj, []), "usage": usage_json(usage)}
 
-    def full(self, deltas: list[TextDelta], done: Finished) -> dict[str, Any]:
-        """The whole answer of a request that was not streamed."""
+    def choice(self, deltas: list[TextDelta], done: Finished) -> dict[str, Any]:
+        """This builder's choice of an answer that was not streamed."""
         text = "".join(d.text for d in deltas)
         logprobs = None
         if self.logprobs is not None:
             logprobs = self.logprobs.merge([self.logprobs.build(d.logprobs, d.text) for d in deltas])
         reason = done.finish_reason.openai
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                      "finish_reason": reason}
-            body = self._envelope("chat.completion", [choice])
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
-            body = self._envelope("text_completion", [choice])
-        body["usage"] = usage_json(done.usage)
+            return {"index": self.index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": reason}
+        return {"index": self.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+
+    def full(self, choices: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
+        """The whole answer of a request that was not streamed: every choice and the usage of them all."""
+        body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
+        body["usage"] = usage_json(usage)
         return body
+
+
+def combined_usage(usages: Sequence[Usage], n: int) -> Usage:
+    """The usage of a request's choices (n per prompt, prompt by prompt): each prompt counts once, as OpenAI
+    counts it, and every choice's completion."""
+    firsts = usages[::n]
+    return Usage(
+        prompt_tokens=sum(u.prompt_tokens for u in firsts),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        cached_tokens=sum(u.cached_tokens for u in firsts),
+        result_cached=all(u.result_cached for u in usages),
+    )

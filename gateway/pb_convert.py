@@ -86,7 +86,9 @@ def delta_to_pb(request_id: str, delta: TextDelta) -> gateway_pb2.GenerateChunk:
                 token_id=lp.token_id,
                 logprob=lp.logprob,
                 text=lp.text,
-                top=[common_pb2.TopLogprob(token_id=t.token_id, logprob=t.logprob, text=t.text) for t in lp.top],
+                top=[common_pb2.TopLogprob(token_id=t.token_id, logprob=t.logprob, text=t.text,
+                                           token_bytes=t.token_bytes) for t in lp.top],
+                token_bytes=lp.token_bytes,
             )
         )
     return gateway_pb2.GenerateChunk(request_id=request_id, chunk=chunk)
@@ -182,7 +184,8 @@ def _logprobs_from_pb(items: object) -> tuple[TokenLogprob, ...]:
             token_id=lp.token_id,
             logprob=lp.logprob,
             text=lp.text,
-            top=tuple(TopLogprob(t.token_id, t.logprob, t.text) for t in lp.top),
+            top=tuple(TopLogprob(t.token_id, t.logprob, t.text, t.token_bytes) for t in lp.top),
+            token_bytes=lp.token_bytes,
         )
         for lp in items  # type: ignore[attr-defined]
     )

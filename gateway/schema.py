@@ -127,6 +127,7 @@ class TopLogprob:
     token_id: int
     logprob: float
     text: str
+    token_bytes: bytes = b""  # the token's own bytes (text is U+FFFD for part of a character)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class TokenLogprob:
     logprob: float
     text: str
     top: tuple[TopLogprob, ...] = ()
+    token_bytes: bytes = b""  # the token's own bytes (text is U+FFFD for part of a character)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from gateway.core import GatewayCore
 from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
-from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv
+from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
@@ -72,7 +72,7 @@ class GatewayServer:
             reuse_port=self.config.reuse_port,
         )
         self.grpc_port = self._stage.port
-        api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings)
+        api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings, self.config.cors_origins)
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
         self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -144,7 +144,7 @@ def build_embedding_store(config: EmbeddingCacheConfig, redis: ResultCacheConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flashstream serve gateway", description=__doc__)
+    parser = new_parser("flashstream serve gateway", __doc__)
     add_server_args(parser, "gateway", status_port=False)  # status routes live on --http-port
     parser.add_argument("--tokenizers", default=env_default("tokenizers", "127.0.0.1:50051"),
                         help="tokenizer addresses host:port[,host:port...]")
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the replica binds once a tokenizer is ready")
     parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
                         help="largest accepted HTTP request body")
+    parser.add_argument("--cors-origins", default=env_default("cors_origins", ""),
+                        help="comma-separated browser origins allowed to call the HTTP API (CORS), e.g. "
+                             "'http://localhost:3000'; '*' allows any; empty: no CORS headers")
     cache = parser.add_argument_group("result cache")
     cache.add_argument("--result-cache", choices=("on", "off"), default=env_default("result_cache", "on"),
                        help="answer repeated greedy or seeded requests from the cache and coalesce identical ones")
@@ -199,6 +202,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         api_keys=tuple(split_csv(args.api_keys)),
         request_timeout_s=args.request_timeout_s,
         max_body_bytes=args.max_body_bytes,
+        cors_origins=tuple(split_csv(args.cors_origins)),
         reuse_port=args.reuse_port,
         result_cache=ResultCacheConfig(
             enabled=args.result_cache == "on",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
+
+from services.common.config import new_parser
+from services.common.errors import FlashStreamError
 
 # Each stage's entry point: module with `main(argv) -> int`.
 STAGE_MAINS = {
@@ -18,13 +21,29 @@ STAGE_MAINS = {
 USAGE = """flashstream <command> [options]
 
 commands:
-  up                  start the whole stack on this machine (demo model unless --model DIR)
+  up                  start the whole stack on this machine (demo model unless --model DIR|PRESET)
   serve STAGE         run one stage: gateway | tokenizer | scheduler | worker
   generate PROMPT     stream a completion from a running gateway
   demo-model          build the demo checkpoint and print its folder
 
+options:
+  -h, --help          show this message
+  --version           print the version
+
 `flashstream <command> --help` describes each command's options.
 """
+
+
+def stage_parser(stage: str):  # noqa: ANN201 - argparse.ArgumentParser
+    """The argument parser of `flashstream serve STAGE`."""
+    return importlib.import_module(STAGE_MAINS[stage]).build_parser()
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("flashstream")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,13 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    if args[0] == "--version":
+        print(f"flashstream {version()}")
+        return 0
     command, rest = args[0], args[1:]
     if command == "serve":
         if not rest or rest[0] not in STAGE_MAINS:
             print(f"usage: flashstream serve {{{'|'.join(STAGE_MAINS)}}} [options]", file=sys.stderr)
             return 2
         module = importlib.import_module(STAGE_MAINS[rest[0]])
-        return int(module.main(rest[1:]) or 0)
+        try:
+            return int(module.main(rest[1:]) or 0)
+        except FlashStreamError as exc:  # bad flags, model folder or port: one line, not a traceback
+            print(f"flashstream serve {rest[0]}: error: {exc.message}", file=sys.stderr)
+            return 1
     if command == "up":
         from services.launcher import main as up_main
 
@@ -53,13 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _demo_model(argv: list[str]) -> int:
-    from services.demo import build_demo_model, default_demo_dir
+def demo_model_parser():  # noqa: ANN201 - argparse.ArgumentParser
+    from services.demo import default_demo_dir
 
-    parser = argparse.ArgumentParser(prog="flashstream demo-model", description="Build the demo checkpoint.")
-    parser.add_argument("--out", default=None, help=f"folder (default {default_demo_dir()})")
+    parser = new_parser("flashstream demo-model", "Build the demo checkpoint (if not built yet) and print its folder.")
+    parser.add_argument("--out", default=str(default_demo_dir()), help="folder")
     parser.add_argument("--force", action="store_true", help="rebuild even if a build is there")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _demo_model(argv: list[str]) -> int:
+    from services.demo import build_demo_model
+
+    args = demo_model_parser().parse_args(argv)
     print(build_demo_model(args.out, force=args.force))
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-from services.common.config import env_default
+from services.common.config import env_default, new_parser
 
 
 @dataclass
@@ -63,15 +62,20 @@ def stream_to_terminal(address: str, prompt: str, max_tokens: int = 64, temperat
     return stats
 
 
-def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="flashstream generate", description="Stream a completion.")
-    parser.add_argument("prompt")
+def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
+    parser = new_parser("flashstream generate", "Stream a completion from a running gateway, then print its "
+                        "TTFT and tokens/s.", 'example:\n  flashstream generate "The scheduler keeps" --max-tokens 16')
+    parser.add_argument("prompt", help="the prompt text")
     parser.add_argument("--gateway", default=env_default("gateway", "127.0.0.1:50050"), help="gateway gRPC address")
-    parser.add_argument("--model", default="")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--api-key", default=env_default("api_key", ""))
-    args = parser.parse_args(list(argv))
+    parser.add_argument("--model", default="", help="model name ('': the gateway's only model)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--api-key", default=env_default("api_key", ""), help="API key, when the gateway checks them")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
     try:
         stream_to_terminal(args.gateway, args.prompt, args.max_tokens, args.temperature, args.model, args.api_key)
     except grpc.RpcError as exc:

@@ -8,7 +8,9 @@ launcher leaves no orphan; on Ctrl-C or SIGTERM the launcher stops them in rever
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import io
 import os
 import shlex
 import signal
@@ -20,10 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.config import env_default
-from services.common.errors import FlashStreamError, Unavailable
+from services.common.config import env_default, new_parser
+from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
+from services.port_check import describe_taken, is_free, port_owner
 
 _PR_SET_PDEATHSIG = 1
+
+
+class PortTaken(Unavailable):
+    """A port of the stack is held by a process this command did not start."""
 
 
 def _die_with_parent() -> None:
@@ -95,10 +102,26 @@ class Stack:
         if log_dir is not None:
             out = open(log_dir / f"{stage.name}.log", "ab")  # noqa: SIM115 - handed to the child
         cmd = [sys.executable, "-m", "services.cli", "serve", *stage.argv]
+        started = time.monotonic()
         stage.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                       preexec_fn=_die_with_parent)
         self.stages.append(stage)
-        wait_serving(stage.grpc_address, ready_timeout_s, stage.proc)
+        try:
+            wait_serving(stage.grpc_address, ready_timeout_s, stage.proc)
+        except Unavailable as exc:
+            where = ""
+            if log_dir is not None:  # the stage's own message went to its log, not to this terminal
+                log_file = log_dir / f"{stage.name}.log"
+                last = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()][-1:]
+                where = f" ({log_file}: {last[0].strip()})" if last else f" (see {log_file})"
+            raise type(exc)(f"{stage.name}: {exc.message}{where}") from exc
+        port = int(stage.grpc_address.rsplit(":", 1)[1])
+        owner = port_owner(port)
+        ours = {s.proc.pid for s in self.stages if s.proc is not None}  # gateway replicas share their ports
+        if owner is not None and owner.pid not in ours:
+            raise PortTaken(f"{stage.name}'s port {port} answers from another process ({owner}), not from the "
+                            f"{stage.name} this command started")
+        print(f"{stage.name} ready on {stage.grpc_address} in {time.monotonic() - started:.1f} s", flush=True)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM in reverse start order (each drains), then SIGKILL whatever is left."""
@@ -186,20 +209,69 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
 NUM_FREE_PORT_ATTEMPTS = 3
 
 
+def stage_ports(stage: Stage) -> list[tuple[int, str]]:
+    """(port, what) of every port a stage's command line binds (0: the OS picks, nothing to check)."""
+    out = []
+    for flag, what in (("--port", "gRPC"), ("--status-port", "status HTTP"), ("--http-port", "HTTP API")):
+        if flag in stage.argv:
+            port = int(stage.argv[stage.argv.index(flag) + 1])
+            if port:
+                out.append((port, f"{stage.name} {what}"))
+    return out
+
+
+def check_ports(host: str, stages: list[Stage]) -> None:
+    """Raises PortTaken naming every port of the stack that something already holds, before anything starts."""
+    ports = dict(reversed([p for stage in stages for p in stage_ports(stage)]))  # a shared port once, first name
+    taken = [describe_taken(host, port, what) for port, what in ports.items() if not is_free(host, port)]
+    if taken:
+        raise PortTaken("; ".join(taken) + ". Stop that process, or choose other ports with --base-port and "
+                        "--http-port (0: free ports)")
+
+
+def _ports_taken(stack: Stack) -> bool:
+    """Whether a port of a stage that failed to start is now held by another process."""
+    return any(s.proc is not None and s.proc.poll() is not None and
+               any(not is_free(_host_of(s), p) for p, _ in stage_ports(s)) for s in stack.stages)
+
+
+def _host_of(stage: Stage) -> str:
+    return stage.grpc_address.rsplit(":", 1)[0]
+
+
+def check_stage_flags(stages: list[Stage]) -> None:
+    """Parses every stage's command line with that stage's own parser, so a bad pass-through flag is refused
+    before anything starts (argparse prints its usage line and error; InvalidArgument carries the rest)."""
+    from services.cli import stage_parser
+
+    for stage in stages:
+        kind, argv = stage.argv[0], stage.argv[1:]
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors):
+                stage_parser(kind).parse_args(argv)
+        except SystemExit as exc:
+            reason = errors.getvalue().strip().splitlines()[-1:] or ["bad flags"]
+            raise InvalidArgument(f"--{kind}-args: {reason[0]}") from exc
+
+
 def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None = None) -> Stack:
     """Starts every stage and waits for each to report SERVING; on failure stops what started and raises."""
     env = python_path_env()
     attempts = 1 if args.base_port else NUM_FREE_PORT_ATTEMPTS
     for attempt in range(1, attempts + 1):
         stack = Stack()
+        stages = build_stack_argv(args, model_dir)
+        check_ports(args.host, stages)
         try:
-            for stage in build_stack_argv(args, model_dir):
+            for stage in stages:
                 print(f"starting {stage.name} on {stage.grpc_address} ...", flush=True)
                 stack.start(stage, env, args.ready_timeout_s, log_dir)
             break
         except Unavailable as exc:
             stack.stop()
-            if attempt == attempts:
+            # Only a port that another process took between choosing it and binding it is worth a retry.
+            if attempt == attempts or not (isinstance(exc, PortTaken) or _ports_taken(stack)):
                 raise
             print(f"{exc.message}; retrying with other free ports", flush=True)
         except BaseException:
@@ -211,36 +283,81 @@ def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None =
     return stack
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="flashstream up", description="Start the whole stack on this machine.")
+EXAMPLES = """examples:
+  flashstream up
+      the demo model: build it on first use, start every stage, stream one answer, serve until Ctrl-C
+  flashstream up --base-port 0 --http-port 0 --exit-after-prompt
+      free ports everywhere; stop after the first answer
+  flashstream up --model /path/to/Llama-3.2-1B-Instruct --model-id llama-3.2-1b --device cuda
+      a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)
+  flashstream up --model qwen2.5-0.5b --load-format dummy --prompt ''
+      a preset: random weights of the real shapes and a tokenizer padded to its vocabulary
+  flashstream up --num-workers 2 --worker-args '--max-num-seqs 64' --scheduler-args '--max-queued-requests 100'
+      two data-parallel workers; flags passed through to every process of a stage
+  flashstream up --dry-run
+      check ports, model folder and flags, print each stage's command line, start nothing
+"""
+
+# Flags each stage accepts, shown in --help as examples of --<stage>-args.
+STAGE_ARGS_EXAMPLES = {
+    "worker": "--max-num-seqs 64",
+    "scheduler": "--max-queued-requests 100",
+    "tokenizer": "--encode-workers 4",
+    "gateway": "--api-keys KEY1,KEY2",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.worker.presets import PRESETS
+
+    parser = new_parser("flashstream up", "Start the whole stack on this machine: every stage as a child process, "
+                        "each once the one it dials reports SERVING.", EXAMPLES)
     parser.add_argument("--model", default=env_default("model", ""),
-                        help="Hugging Face checkpoint folder (default: the demo model, built on first use)")
-    parser.add_argument("--model-id", default=env_default("model_id", ""), help="name clients use for the model")
+                        help=f"Hugging Face checkpoint folder, or a preset for --load-format dummy|fake "
+                             f"({', '.join(PRESETS)}); '': the demo model, built on first use")
+    parser.add_argument("--model-id", default=env_default("model_id", ""),
+                        help="name clients use for the model ('': the folder or preset name)")
     parser.add_argument("--embedding-model", default=env_default("embedding_model", ""),
                         help="also serve this embedding model folder (e.g. a sentence-transformers BERT) on its own "
                              "worker, scheduler and tokenizer")
     parser.add_argument("--embedding-model-id", default=env_default("embedding_model_id", ""),
                         help="name clients use for the embedding model (default: its folder name)")
-    parser.add_argument("--host", default=env_default("host", "127.0.0.1"))
+    parser.add_argument("--host", default=env_default("host", "127.0.0.1"), help="address every stage listens on")
     parser.add_argument("--base-port", type=int, default=env_default("base_port", 50050),
-                        help="gateway gRPC port; other stages take base+1.. (0: free ports)")
-    parser.add_argument("--http-port", type=int, default=env_default("gateway_http_port", 8000))
-    parser.add_argument("--num-workers", type=int, default=env_default("num_workers", 1))
+                        help="gateway gRPC port; tokenizer +1, scheduler +2, worker i +3+i, more tokenizers after "
+                             "the workers, status ports +100 (0: free ports)")
+    parser.add_argument("--http-port", type=int, default=env_default("gateway_http_port", 8000),
+                        help="the gateway's OpenAI-compatible HTTP API and /metrics, /health, /ready (0: a free "
+                             "port)")
+    parser.add_argument("--num-workers", type=int, default=env_default("num_workers", 1),
+                        help="data-parallel workers, each with its own KV cache")
     parser.add_argument("--num-gateways", type=int, default=env_default("num_gateways", 0),
                         help="gateway processes sharing the public ports (0: one per 4 CPU cores, at most 4)")
     parser.add_argument("--num-tokenizers", type=int, default=env_default("num_tokenizers", 0),
                         help="tokenizer processes (0: one per 8 CPU cores, at most 2)")
     parser.add_argument("--device", default=env_default("device", "auto"), help="auto, cpu or cuda")
     parser.add_argument("--load-format", default=env_default("load_format", "auto"),
-                        choices=["auto", "dummy", "fake"])
-    for stage in ("worker", "scheduler", "tokenizer", "gateway"):
-        parser.add_argument(f"--{stage}-args", default="", help=f"extra flags for every {stage}, e.g. '--max-num-seqs 64'")
-    parser.add_argument("--ready-timeout-s", type=float, default=600.0)
+                        choices=["auto", "dummy", "fake"],
+                        help="auto: the folder's safetensors; dummy: random weights of the real shapes; fake: no "
+                             "model, a fixed token")
+    for stage, example in STAGE_ARGS_EXAMPLES.items():
+        parser.add_argument(f"--{stage}-args", default="",
+                            help=f"extra flags for every {stage}, e.g. '{example}' (see flashstream serve {stage} "
+                                 f"--help)")
+    parser.add_argument("--ready-timeout-s", type=float, default=600.0,
+                        help="how long each stage may take to report SERVING")
     parser.add_argument("--log-dir", default=None, help="write each stage's output to DIR/<stage>.log")
     parser.add_argument("--prompt", default="Once upon a time",
                         help="stream one answer to this prompt once the stack is up ('' to skip)")
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32, help="length of that answer")
     parser.add_argument("--exit-after-prompt", action="store_true", help="stop the stack after the first answer")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check ports, model and flags and print each stage's command line; start nothing")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(list(argv))
     if args.num_workers < 1:
         parser.error("--num-workers must be at least 1")
@@ -255,19 +372,40 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def resolve_model(args: argparse.Namespace) -> str:
+    """The model folder every stage gets, checked before anything starts (one line per problem): the demo build,
+    a preset's folder, or a checkpoint folder with config.json, tokenizer.json and, to load, safetensors."""
+    from services.demo import DEMO_MODEL_ID, build_demo_model, demo_model_is_built
+    from services.demo.preset_folder import build_preset_folder, preset_folder_is_built
+    from services.worker.presets import PRESETS
+
+    if not args.model:
+        if not demo_model_is_built():
+            print("building the demo model (first run only) ...", flush=True)
+        args.model_id = args.model_id or DEMO_MODEL_ID
+        return str(build_demo_model())
+    folder = Path(args.model).expanduser()
+    if args.model in PRESETS and not folder.exists():
+        if args.load_format == "auto":
+            raise InvalidArgument(f"preset {args.model!r} has no weights: add --load-format dummy (random weights "
+                                  "of its real shapes) or fake")
+        if not preset_folder_is_built(args.model):
+            print(f"building the {args.model} preset folder (config and padded tokenizer, first run only) ...",
+                  flush=True)
+        args.model_id = args.model_id or args.model
+        return str(build_preset_folder(args.model))
+    if not folder.is_dir():
+        raise InvalidArgument(f"--model {args.model!r} is neither a folder nor a preset ({', '.join(PRESETS)})")
+    missing = [name for name in ("config.json", "tokenizer.json") if not (folder / name).is_file()]
+    if args.load_format == "auto" and not any(folder.glob("*.safetensors")):
+        missing.append("*.safetensors (or use --load-format dummy)")
+    if missing:
+        raise InvalidArgument(f"model folder {folder.resolve()} lacks {', '.join(missing)}")
+    return str(folder.resolve())
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    if args.model:
-        model_dir = str(Path(args.model).resolve())
-    else:
-        from services.demo import DEMO_MODEL_ID, build_demo_model
-
-        print("building the demo model (first run only) ...", flush=True)
-        model_dir = str(build_demo_model())
-        args.model_id = args.model_id or DEMO_MODEL_ID
-    log_dir = Path(args.log_dir) if args.log_dir else None
-    if log_dir:
-        log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack()
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -276,6 +414,18 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        model_dir = resolve_model(args)
+        if args.dry_run:
+            stages = build_stack_argv(args, model_dir)
+            check_stage_flags(stages)
+            check_ports(args.host, stages)
+            for stage in stages:
+                print(f"{stage.name}: flashstream serve {shlex.join(stage.argv)}")
+            return 0
+        check_stage_flags(build_stack_argv(args, model_dir))
+        log_dir = Path(args.log_dir) if args.log_dir else None
+        if log_dir:
+            log_dir.mkdir(parents=True, exist_ok=True)
         stack = start_stack(args, model_dir, log_dir)
         print(f"\nFlashStream is up ({len(stack.stages)} processes, model {args.model_id or model_dir})\n"
               f"  gRPC   {stack.gateway_grpc}   (flashstream.v1.Gateway)\n"

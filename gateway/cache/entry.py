@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gateway.schema import Finished, FinishReason, TextDelta, TokenLogprob, TopLogprob, Usage
 
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2  # 2: logprobs carry each token's bytes (hex)
 
 
 class EntryError(ValueError):
@@ -23,7 +23,8 @@ class CachedResult:
         """Latency is left out: a replay spends none of the original's time."""
         chunks = [
             [d.text, list(d.token_ids),
-             [[lp.token_id, lp.logprob, lp.text, [[t.token_id, t.logprob, t.text] for t in lp.top]]
+             [[lp.token_id, lp.logprob, lp.text,
+               [[t.token_id, t.logprob, t.text, t.token_bytes.hex()] for t in lp.top], lp.token_bytes.hex()]
               for lp in d.logprobs],
              d.num_prompt_tokens]
             for d in self.chunks
@@ -41,8 +42,10 @@ class CachedResult:
                 raise EntryError(f"stored entry has version {obj.get('v')!r}, expected {ENTRY_VERSION}")
             chunks = tuple(
                 TextDelta(text, tuple(ids),
-                          tuple(TokenLogprob(tid, lp, txt, tuple(TopLogprob(*t) for t in top))
-                                for tid, lp, txt, top in logprobs),
+                          tuple(TokenLogprob(tid, lp, txt,
+                                             tuple(TopLogprob(t, p, x, bytes.fromhex(h)) for t, p, x, h in top),
+                                             bytes.fromhex(raw_hex))
+                                for tid, lp, txt, top, raw_hex in logprobs),
                           num_prompt)
                 for text, ids, logprobs, num_prompt in obj["chunks"]
             )

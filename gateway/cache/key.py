@@ -67,6 +67,7 @@ def key_fields(request: GenerationRequest, card: ModelCard, tenant: str) -> dict
             "stop_token_ids": list(s.stop_token_ids),
             "ignore_eos": s.ignore_eos,
             "logprobs": s.logprobs,
+            "logit_bias": [list(pair) for pair in s.logit_bias],
         },
         "text": {
             "stop": list(o.stop),

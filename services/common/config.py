@@ -59,17 +59,31 @@ class ServerConfig:
         return f"{self.host}:{self.port}"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every command's help: each option with its default (after FLASHSTREAM_* variables), descriptions and
+    examples kept as written."""
+
+
+def new_parser(prog: str, description: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An argument parser for one `flashstream` command, with the shared help layout."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
+
+
 def add_server_args(parser: argparse.ArgumentParser, stage: str, status_port: bool = True) -> None:
     """Adds --host, --port, --status-port (unless status_port is False: a stage whose status routes share
     another server), --log-level, --drain-timeout-s with FLASHSTREAM_* defaults."""
     grpc_port, default_status_port = DEFAULT_PORTS[stage]
-    parser.add_argument("--host", default=env_default("host", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=env_default(f"{stage}_port", grpc_port))
+    parser.add_argument("--host", default=env_default("host", "127.0.0.1"), help="address to listen on")
+    parser.add_argument("--port", type=int, default=env_default(f"{stage}_port", grpc_port),
+                        help="gRPC port (0: any free port)")
     if status_port:
         parser.add_argument("--status-port", type=int,
-                            default=env_default(f"{stage}_status_port", default_status_port))
-    parser.add_argument("--log-level", default=env_default("log_level", "INFO"))
-    parser.add_argument("--drain-timeout-s", type=float, default=env_default("drain_timeout_s", 30.0))
+                            default=env_default(f"{stage}_status_port", default_status_port),
+                            help="HTTP port of /metrics, /health and /ready (0: none)")
+    parser.add_argument("--log-level", default=env_default("log_level", "INFO"),
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper, help="logging level")
+    parser.add_argument("--drain-timeout-s", type=float, default=env_default("drain_timeout_s", 30.0),
+                        help="on SIGTERM, how long running requests may finish before the stage stops")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:

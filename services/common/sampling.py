@@ -15,6 +15,7 @@ from services.common.errors import InvalidArgument
 # The penalties and temperatures that are accepted; outside these a request is refused, not clamped.
 MAX_TEMPERATURE = 100.0
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
 # max_tokens while a chat request waits to learn its prompt length (it then gets what the context leaves).
 FILL_CONTEXT_MAX_TOKENS = 2**31 - 1
 
@@ -36,6 +37,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; n: the chosen token's and the top n alternatives'
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, value added to its logit), ids increasing
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +78,11 @@ class SamplingParams:
             raise InvalidArgument(f"stop_token_ids must be non-negative, got {list(self.stop_token_ids)}")
         if self.logprobs is not None and not (0 <= self.logprobs <= MAX_LOGPROBS):
             raise InvalidArgument(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        for token_id, bias in self.logit_bias:
+            if token_id < 0:
+                raise InvalidArgument(f"logit_bias token ids must be non-negative, got {token_id}")
+            if not (math.isfinite(bias) and -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS):
+                raise InvalidArgument(f"logit_bias values must be in [-100, 100], got {bias} for token {token_id}")
 
     # ---- protobuf (flashstream.v1.SamplingParams) ----
 
@@ -96,6 +103,7 @@ class SamplingParams:
             stop_token_ids=tuple(pb.stop_token_ids),
             ignore_eos=pb.ignore_eos,
             logprobs=pb.logprobs if pb.HasField("logprobs") else None,
+            logit_bias=tuple(sorted(pb.logit_bias.items())),
         )
 
     def to_pb(self, pb_cls: Any) -> Any:
@@ -117,4 +125,5 @@ class SamplingParams:
             pb.seed = self.seed
         if self.logprobs is not None:
             pb.logprobs = self.logprobs
+        pb.logit_bias.update(dict(self.logit_bias))
         return pb

@@ -6,7 +6,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from services.common.progress import Progress
 
 DEMO_MODEL_ID = "flashstream-demo"
 # Bump when the recipe changes, so cached builds of an older recipe are not reused.
@@ -54,7 +57,7 @@ def default_demo_dir() -> Path:
     return Path(root) / f"demo-model-v{DEMO_VERSION}"
 
 
-def _train_tokenizer(out: Path) -> int:
+def train_demo_tokenizer(out: Path) -> int:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -119,6 +122,12 @@ def _write_weights(out: Path, vocab_size: int) -> None:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
+def demo_model_is_built(out_dir: Path | str | None = None) -> bool:
+    """Whether a complete demo build is in out_dir (default: `default_demo_dir()`)."""
+    out = Path(out_dir) if out_dir is not None else default_demo_dir()
+    return (out / "model.safetensors").is_file()
+
+
 def build_demo_model(out_dir: Path | str | None = None, force: bool = False) -> Path:
     """Builds the demo checkpoint into out_dir (default: `default_demo_dir()`) unless a complete build is there.
 
@@ -126,18 +135,32 @@ def build_demo_model(out_dir: Path | str | None = None, force: bool = False) -> 
     leaves a half-written checkpoint that a later start would trust.
     """
     out = Path(out_dir) if out_dir is not None else default_demo_dir()
-    if (out / "model.safetensors").is_file() and not force:
+    if demo_model_is_built(out) and not force:
         return out
+
+    def fill(tmp: Path) -> None:
+        with Progress(3, "building the demo model", "step") as progress:
+            vocab_size = train_demo_tokenizer(tmp)
+            progress.advance()
+            config = dict(MODEL_CONFIG, vocab_size=vocab_size)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / "generation_config.json").write_text(
+                json.dumps({"bos_token_id": 0, "eos_token_id": 1}, indent=2, sort_keys=True) + "\n"
+            )
+            progress.advance()
+            _write_weights(tmp, vocab_size)
+            progress.advance()
+
+    return build_folder(out, fill)
+
+
+def build_folder(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Runs fill on a temporary sibling folder and renames it into place, so an interrupted build never leaves a
+    half-written folder that a later start would trust."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        vocab_size = _train_tokenizer(tmp)
-        config = dict(MODEL_CONFIG, vocab_size=vocab_size)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": 0, "eos_token_id": 1}, indent=2, sort_keys=True) + "\n"
-        )
-        _write_weights(tmp, vocab_size)
+        fill(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

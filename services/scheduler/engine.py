@@ -87,7 +87,7 @@ class Engine:
         seq = self.sequences.get(key)
         if seq is None:
             return False
-        self._end(seq, RequestDone(key, FinishReason.ABORT))
+        self._end(seq, self._done(seq, FinishReason.ABORT))  # usage counts what ran before the abort
         return True
 
     def fail_all(self, code: ErrorCode, message: str) -> None:

@@ -8,7 +8,7 @@ import logging
 
 from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv
+from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
@@ -22,20 +22,24 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flashstream serve scheduler", description=__doc__)
+    parser = new_parser("flashstream serve scheduler", __doc__)
     add_server_args(parser, "scheduler")
     defaults = SchedulerConfig()
     parser.add_argument("--workers", default=env_default("workers", "127.0.0.1:50053"),
                         help="worker addresses, host:port[,host:port...]")
-    parser.add_argument("--max-num-seqs", type=int, default=env_default("max_num_seqs", defaults.max_num_seqs))
+    parser.add_argument("--max-num-seqs", type=int, default=env_default("max_num_seqs", defaults.max_num_seqs),
+                        help="most sequences running at once (the worker's own limit also applies)")
     parser.add_argument("--max-num-batched-tokens", type=int,
-                        default=env_default("max_num_batched_tokens", defaults.max_num_batched_tokens))
+                        default=env_default("max_num_batched_tokens", defaults.max_num_batched_tokens),
+                        help="token budget of one step; a longer prompt is prefilled in chunks")
     parser.add_argument("--max-queued-requests", type=int,
-                        default=env_default("max_queued_requests", defaults.max_queued_requests))
+                        default=env_default("max_queued_requests", defaults.max_queued_requests),
+                        help="waiting requests beyond which new ones get RESOURCE_EXHAUSTED (HTTP 429)")
     parser.add_argument("--policy", choices=POLICIES, default=env_default("policy", defaults.policy),
                         help="continuous batching, or static batches run to completion (the baseline)")
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                        default=env_default("enable_prefix_caching", defaults.enable_prefix_caching))
+                        default=env_default("enable_prefix_caching", defaults.enable_prefix_caching),
+                        help="reuse the KV blocks of prompt prefixes seen before")
     return parser
 
 

@@ -86,12 +86,14 @@ def done_event(state: RequestState, done: common_pb2.Done | None, reason: int) -
     if done is not None:
         out.CopyFrom(done)
     out.finish_reason = reason
+    # This stage encoded the prompt, so its length is known here whatever ended the request (the scheduler
+    # may never have seen it). Past a stop string, the tokens the client got are the ones counted here.
+    out.usage.prompt_tokens = state.num_prompt_tokens
     if state.stop_string is not None:
         out.finish_reason = common_pb2.FINISH_REASON_STOP_STRING
         out.stop_string = state.stop_string
         out.usage.completion_tokens = state.num_output_tokens
     if done is None:
-        out.usage.prompt_tokens = state.num_prompt_tokens
         out.usage.completion_tokens = state.num_output_tokens
     out.latency.tokenizer_s = state.tokenizer_s
     out.latency.gateway_s = state.gateway_s
@@ -103,11 +105,14 @@ def done_event(state: RequestState, done: common_pb2.Done | None, reason: int) -
 
 
 def logprobs_with_text(tokenizer: TextTokenizer, logprobs: list[common_pb2.TokenLogprob]) -> list[common_pb2.TokenLogprob]:
-    """Copies of the scheduler's logprobs with each token's own text filled in (one batched decode)."""
-    ids = [lp.token_id for lp in logprobs] + [top.token_id for lp in logprobs for top in lp.top]
-    texts = iter(tokenizer.decode_batch([[i] for i in ids]))
-    out = [common_pb2.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, text=next(texts)) for lp in logprobs]
+    """Copies of the scheduler's logprobs with each token's own bytes and text (U+FFFD for part of a character)."""
+    def piece(token_id: int) -> dict[str, object]:
+        raw = tokenizer.token_bytes(token_id)
+        return {"token_id": token_id, "token_bytes": raw, "text": raw.decode("utf-8", "replace")}
+
+    out = [common_pb2.TokenLogprob(logprob=lp.logprob, **piece(lp.token_id))  # type: ignore[arg-type]
+           for lp in logprobs]
     for lp, copy in zip(logprobs, out):
         for top in lp.top:
-            copy.top.add(token_id=top.token_id, logprob=top.logprob, text=next(texts))
+            copy.top.add(logprob=top.logprob, **piece(top.token_id))
     return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
-from services.common.config import ServerConfig, add_server_args, env_default, server_config, setup_logging
+from services.common.config import ServerConfig, add_server_args, env_default, server_config, setup_logging, new_parser
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
@@ -43,7 +43,7 @@ class TokenizerStageConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flashstream serve tokenizer", description=__doc__)
+    parser = new_parser("flashstream serve tokenizer", __doc__)
     add_server_args(parser, "tokenizer")
     parser.add_argument("--scheduler", default=env_default("scheduler", "127.0.0.1:50052"),
                         help="scheduler address host:port")

@@ -54,6 +54,30 @@ def _chat_template_source(config: Mapping[str, Any], folder: Path) -> str | None
     return template
 
 
+def _byte_to_unicode() -> dict[int, str]:
+    """The byte-level BPE alphabet: printable bytes stand for themselves, the others for chars from U+0100 up."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars)}
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _byte_to_unicode().items()}
+
+
+def _decoder_kinds(decoder: Any) -> frozenset[str]:
+    """The types of a tokenizer.json decoder and of the decoders a Sequence holds."""
+    if not isinstance(decoder, dict):
+        return frozenset()
+    inner = decoder.get("decoders") or []
+    return frozenset([str(decoder.get("type")), *(k for d in inner for k in _decoder_kinds(d))])
+
+
 class TextTokenizer:
     """Encode, decode and chat rendering for one model. Thread-safe for concurrent encode/decode."""
 
@@ -82,6 +106,8 @@ class TextTokenizer:
         )
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.byte_token_ids: frozenset[int] = self._byte_fallback_ids()
+        self._decoder_kinds = _decoder_kinds(json.loads(self._tokenizer.to_str()).get("decoder"))
+        self._token_bytes: dict[int, bytes] = {}
         template = _chat_template_source(config, folder)
         self.chat_template = ChatTemplate(template, self.special_tokens_map) if template else None
 
@@ -167,6 +193,27 @@ class TextTokenizer:
 
     def decode_batch(self, sequences: Sequence[Sequence[int]], skip_special_tokens: bool = False) -> list[str]:
         return self._tokenizer.decode_batch([list(s) for s in sequences], skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token adds to the text after other tokens: a byte-fallback token's single byte, a
+        byte-level token's bytes, a sentencepiece token with its leading space. Decoding the token alone would
+        give U+FFFD for a piece of a character and drop a leading space that a decoder strips."""
+        cached = self._token_bytes.get(token_id)
+        if cached is not None:
+            return cached
+        piece = self._tokenizer.id_to_token(token_id)
+        if piece is None or token_id in self.all_special_ids:
+            out = self.decode([token_id]).encode()
+        elif token_id in self.byte_token_ids:
+            out = bytes([int(_BYTE_TOKEN.match(piece).group(1), 16)])  # type: ignore[union-attr]
+        elif "ByteLevel" in self._decoder_kinds and all(c in _UNICODE_TO_BYTE for c in piece):
+            out = bytes(_UNICODE_TO_BYTE[c] for c in piece)
+        elif "Metaspace" in self._decoder_kinds or "Replace" in self._decoder_kinds:
+            out = piece.replace("\u2581", " ").encode()
+        else:
+            out = self.decode([token_id]).encode()
+        self._token_bytes[token_id] = out
+        return out
 
     def check_token_ids(self, token_ids: Sequence[int]) -> None:
         """Raises InvalidArgument when an id is outside the vocabulary."""

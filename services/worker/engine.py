@@ -86,6 +86,19 @@ def max_model_len_of(config: WorkerConfig, cfg: ModelConfig) -> int:
     return config.max_model_len or limit
 
 
+def fit_max_model_len(max_len: int, num_kv_blocks: int, block_size: int, explicit: bool) -> int:
+    """max_len, or what the KV cache holds when that is less (a sequence must fit the cache whole): capped, with
+    a warning that says so and from what."""
+    capacity = num_kv_blocks * block_size
+    if capacity >= max_len:
+        return max_len
+    source = "--max-model-len" if explicit else "the model's limit"
+    log.warning("max_model_len capped from %d (%s) to %d: the KV cache holds only %d blocks of %d tokens; raise "
+                "--num-kv-blocks or --gpu-memory-utilization for more", max_len, source, capacity, num_kv_blocks,
+                block_size)
+    return capacity
+
+
 def fake_token_id(config: WorkerConfig, cfg: ModelConfig) -> int:
     if config.fake_token_id >= 0:
         if config.fake_token_id >= cfg.vocab_size or config.fake_token_id in cfg.eos_token_ids:
@@ -105,6 +118,7 @@ def build_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engin
     worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     if config.load_format == "fake":
         num_blocks = config.num_kv_blocks or FAKE_DEFAULT_KV_BLOCKS
+        max_len = fit_max_model_len(max_len, num_blocks, config.block_size, bool(config.max_model_len))
         limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
         runner = Runner(FakeExecutor(fake_token_id(config, cfg)), limits, config.max_num_seqs,
                         config.max_num_batched_tokens)

@@ -46,6 +46,7 @@ def plain_greedy(state: SeqState) -> bool:
     return (
         p.is_greedy
         and p.logprobs is None
+        and not p.logit_bias
         and p.repetition_penalty == 1.0
         and p.presence_penalty == 0.0
         and p.frequency_penalty == 0.0

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from services.common.errors import InvalidArgument
+from services.common.progress import Progress
 from services.worker.checkpoint_files import weight_files
 from services.worker.model_config import ModelConfig
 from services.worker.models.decoder import CausalDecoder, fused_shards
@@ -49,32 +50,46 @@ def load_weights(model: CausalDecoder, folder: str | Path) -> None:
     targets = _targets(model)
     loaded: set[str] = set()
     tied = model.cfg.tie_word_embeddings
-    for path in weight_files(folder):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
-                    continue
-                if name not in targets:
-                    raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}")
-                param, first, rows = targets[name]
-                expected = (rows, *param.shape[1:])
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != expected:
-                    raise InvalidArgument(f"{path}: tensor {name} has shape {shape}, expected {expected}")
-                param.data[first : first + rows].copy_(f.get_tensor(name))
-                loaded.add(name)
+    files = weight_files(folder)
+    with Progress(sum(p.stat().st_size for p in files), "loading weights", "MB", scale=1e6) as progress:
+        for path in files:
+            _load_file(path, model, targets, loaded, tied, progress)
     missing = sorted(set(targets) - loaded)
     if missing:
         raise InvalidArgument(f"{folder}: tensor {missing[0]} is missing from the checkpoint ({len(missing)} missing)")
 
 
+def _load_file(path: Path, model: CausalDecoder, targets: dict[str, tuple[torch.Tensor, int, int]], loaded: set[str],
+               tied: bool, progress: Progress) -> None:
+    """Copies one safetensors file's tensors into their parameters, adding their names to `loaded`."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
+                continue
+            if name not in targets:
+                raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}")
+            param, first, rows = targets[name]
+            expected = (rows, *param.shape[1:])
+            shape = tuple(f.get_slice(name).get_shape())
+            if shape != expected:
+                raise InvalidArgument(f"{path}: tensor {name} has shape {shape}, expected {expected}")
+            tensor = f.get_tensor(name)
+            param.data[first : first + rows].copy_(tensor)
+            loaded.add(name)
+            progress.advance(tensor.numel() * tensor.element_size())
+
+
 def init_dummy_weights(model: CausalDecoder, seed: int = 0, std: float = 0.02) -> None:
     """Random weights of the right shapes: norms at 1, the rest N(0, std) so activations stay finite."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.data.fill_(1.0)
-        elif name.endswith(".bias"):
-            param.data.zero_()
-        else:
-            param.data.normal_(0.0, std, generator=gen)
+    params = list(model.named_parameters())
+    with Progress(sum(p.numel() * p.element_size() for _, p in params), "random weights", "MB",
+                  scale=1e6) as progress:
+        for name, param in params:
+            if name.endswith("norm.weight"):
+                param.data.fill_(1.0)
+            elif name.endswith(".bias"):
+                param.data.zero_()
+            else:
+                param.data.normal_(0.0, std, generator=gen)
+            progress.advance(param.numel() * param.element_size())

@@ -9,7 +9,7 @@ import torch
 from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.engine import Engine, EngineInfo
+from services.worker.engine import Engine, EngineInfo, fit_max_model_len
 from services.worker.embedding import EmbeddingShape, Embedder
 from services.worker.kv_cache import KVCache
 from services.worker.pooling import PoolingConfig
@@ -77,6 +77,7 @@ def build_model_engine(
                 raise InvalidArgument("no room for a KV cache: raise --gpu-memory-utilization or lower the limits")
         else:
             num_blocks = CPU_DEFAULT_KV_BLOCKS
+    max_len = fit_max_model_len(max_len, num_blocks, config.block_size, bool(config.max_model_len))
     kv_cache = KVCache(cfg, num_blocks, config.block_size, dtype, device)
     graphs = None
     if device.type == "cuda" and not config.enforce_eager:

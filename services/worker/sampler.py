@@ -1,6 +1,7 @@
 """The worker's batched sampler: one next token per row of the logits, every feature batched on the device.
 
 Per row, in this order:
+0. logit_bias (OpenAI): each listed token's value is added to its logit.
 1. Penalties. Repetition (Hugging Face / CTRL): every token of the prompt or the output has a positive logit
    divided by `repetition_penalty` and a negative one multiplied by it. Then, on output tokens only (OpenAI):
    `frequency_penalty` times the token's number of occurrences and `presence_penalty` once are subtracted.

@@ -8,7 +8,7 @@ import logging
 
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
-from services.common.config import add_server_args, env_default, server_config, setup_logging
+from services.common.config import add_server_args, env_default, server_config, setup_logging, new_parser
 from services.common.errors import FlashStreamError
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
@@ -23,7 +23,7 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flashstream serve worker", description=__doc__)
+    parser = new_parser("flashstream serve worker", __doc__)
     add_server_args(parser, "worker")
     add = parser.add_argument
     add("--model", default=env_default("model", ""),

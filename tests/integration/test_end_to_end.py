@@ -169,7 +169,7 @@ def test_eight_concurrent_requests_of_different_lengths_each_get_their_full_corr
         (b'{"model": "flashstream-demo", "prompt": "", "max_tokens": 4}', 400, "prompt"),
         (b'{"model": "flashstream-demo", "prompt": "hi", "max_tokens": 0}', 400, "max_tokens"),
         (b'{"model": "flashstream-demo", "prompt": "hi", "max_tokens": 100000}', 400, "max_tokens"),
-        (b'{"model": "no-such-model", "prompt": "hi", "max_tokens": 4}', 400, "no-such-model"),
+        (b'{"model": "no-such-model", "prompt": "hi", "max_tokens": 4}', 404, "no-such-model"),
         (b'{"model": "flashstream-demo", "prompt": "hi", "max_tokens": 4', 400, "JSON"),
     ],
 )
@@ -198,7 +198,8 @@ def test_bad_grpc_input_gets_invalid_argument(stack: Stack, prompt: str, max_tok
     with grpc.insecure_channel(stack.gateway_grpc) as channel:
         with pytest.raises(grpc.RpcError) as info:
             list(gateway_pb2_grpc.GatewayStub(channel).Generate(request, timeout=60))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    expected = grpc.StatusCode.NOT_FOUND if model == "no-such-model" else grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.code() == expected
     assert info.value.details()
 
 
@@ -302,7 +303,7 @@ def test_a_translation_session_streams_each_segment_in_order_as_transformers_tra
      ({"target_language": "English"}, {"text": "zwei", "target_language": "French"}, "target_language"),
      ({"target_language": "English"}, {"text": " "}, "segment 1 has no text")],
 )
-def test_a_bad_translation_segment_ends_the_session_with_invalid_argument_and_the_stack_keeps_serving(
+def test_a_bad_translation_segment_ends_the_session_with_its_error_and_the_stack_keeps_serving(
         stack: Stack, first: dict, later: dict | None, fragment: str) -> None:
     options = gateway_pb2.GenerateOptions(sampling=common_pb2.SamplingParams(max_tokens=2))
     segments = [gateway_pb2.TranslateSegment(**({"model": "flashstream-demo", "text": "eins"} | first),
@@ -314,7 +315,8 @@ def test_a_bad_translation_segment_ends_the_session_with_invalid_argument_and_th
         with pytest.raises(grpc.RpcError) as info:
             for reply in gateway_pb2_grpc.GatewayStub(channel).Translate(iter(segments), timeout=60):
                 replies.append(reply)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    expected = grpc.StatusCode.NOT_FOUND if fragment == "no-such-model" else grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.code() == expected
     assert fragment in info.value.details()
     # A good first segment was translated before the bad one ended the call.
     assert {reply.segment_index for reply in replies} == ({0} if later is not None else set())

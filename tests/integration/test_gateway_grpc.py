@@ -92,7 +92,7 @@ def test_list_models_reports_the_tokenizer_model() -> None:
     [
         (gateway_pb2.GenerateRequest(prompt=""), grpc.StatusCode.INVALID_ARGUMENT, "prompt must not be empty"),
         (gateway_pb2.GenerateRequest(model="nope", prompt="x"),
-         grpc.StatusCode.INVALID_ARGUMENT, "The model 'nope' does not exist; this gateway serves: fake-model"),
+         grpc.StatusCode.NOT_FOUND, "The model 'nope' does not exist; this gateway serves: fake-model"),
         (gateway_pb2.GenerateRequest(prompt="x", options=gateway_pb2.GenerateOptions(
             sampling=common_pb2.SamplingParams(max_tokens=0))),
          grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be at least 1, got 0"),

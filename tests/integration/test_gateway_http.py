@@ -151,7 +151,7 @@ BAD_INPUTS = [
     ("/v1/completions", {"prompt": "x", "max_tokens": 100}, 400, _error(
         "max_tokens (100) plus the prompt (1 token(s) at least) exceeds the context of model 'fake-model' (64 tokens)",
         "max_tokens", "invalid_value")),
-    ("/v1/completions", {"prompt": "x", "model": "gpt-9"}, 400, _error(
+    ("/v1/completions", {"prompt": "x", "model": "gpt-9"}, 404, _error(
         "The model 'gpt-9' does not exist; this gateway serves: fake-model", "model", "model_not_found")),
     ("/v1/completions", '{"prompt": "x",', 400, _error(
         "the request body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 16 "
@@ -162,8 +162,10 @@ BAD_INPUTS = [
      _error("'messages' must be an array, got string", "messages", "invalid_type")),
     ("/v1/chat/completions", {"messages": []}, 400,
      _error("messages must hold at least one message", "messages", "invalid_value")),
-    ("/v1/completions", {"prompt": "x", "n": 2}, 400,
-     _error("'n' must be 1: this server returns one choice per request", "n", "unsupported_value")),
+    ("/v1/completions", {"prompt": "x", "n": 200}, 400, _error("'n' must be between 1 and 128, got 200", "n",
+                                                              "invalid_value")),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": 5}, 400,
+     _error("'temperature' must be between 0 and 2, got 5", "temperature", "invalid_value")),
     ("/v1/completions", {"prompt": "x" * 70_000}, 413,
      _error("the request body is larger than 65536 bytes", None, "request_too_large")),
     ("/v1/completions", {"prompt": "error:3:prompt (70 tokens) plus max_tokens (16) exceeds 64"}, 400,

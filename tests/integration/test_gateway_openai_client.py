@@ -53,7 +53,7 @@ def test_openai_client_sees_openai_errors() -> None:
     async def main() -> None:
         async with gateway_stack() as stack:
             client = _client(stack.http)
-            with pytest.raises(openai.BadRequestError) as not_found:
+            with pytest.raises(openai.NotFoundError) as not_found:
                 await client.completions.create(model="gpt-9", prompt="Hi")
             assert not_found.value.code == "model_not_found"
             with pytest.raises(openai.BadRequestError) as bad:

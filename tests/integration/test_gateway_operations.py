@@ -108,8 +108,8 @@ def test_metrics_count_tokens_finishes_errors_and_latencies() -> None:
             s = '{stage="gateway"}'
             assert _metric(text, f"flashstream_generation_tokens_total{s}") == 10
             assert _metric(text, 'flashstream_requests_finished_total{reason="eos",stage="gateway"}') == 2
-            # the empty prompt and the unknown model
-            assert _metric(text, 'flashstream_request_errors_total{code="INVALID_ARGUMENT",stage="gateway"}') == 2
+            assert _metric(text, 'flashstream_request_errors_total{code="INVALID_ARGUMENT",stage="gateway"}') == 1
+            assert _metric(text, 'flashstream_request_errors_total{code="NOT_FOUND",stage="gateway"}') == 1
             assert _metric(text, f"flashstream_time_to_first_token_seconds_count{s}") == 2
             assert _metric(text, f"flashstream_inter_token_latency_seconds_count{s}") == 8
             assert _metric(text, f"flashstream_e2e_request_latency_seconds_count{s}") == 2

@@ -24,39 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lashstream/v1/common.proto\x12\x0e\x66lashstream.v1\"\xf6\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05min_p\x18\x06 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x02\x12\x11\n\x04seed\x18\n \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\r\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12\x15\n\x08logprobs\x18\r \x01(\x05H\x04\x88\x01\x01\x42\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x0b\n\t_logprobs\"=\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\"h\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\'\n\x03top\x18\x03 \x03(\x0b\x32\x1a.flashstream.v1.TopLogprob\x12\x0c\n\x04text\x18\x04 \x01(\t\"g\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x15\n\rresult_cached\x18\x04 \x01(\x08\"p\n\x10LatencyBreakdown\x12\x11\n\tgateway_s\x18\x01 \x01(\x01\x12\x13\n\x0btokenizer_s\x18\x02 \x01(\x01\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tprefill_s\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x05 \x01(\x01\"\xa9\x01\n\x04\x44one\x12\x33\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1c.flashstream.v1.FinishReason\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Usage\x12\x31\n\x07latency\x18\x03 \x01(\x0b\x32 .flashstream.v1.LatencyBreakdown\x12\x13\n\x0bstop_string\x18\x04 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\\\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12.\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1c.flashstream.v1.TokenLogprob\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x1d\n\x08TokenIds\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\x87\x01\n\x12\x45mbedTokensRequest\x12(\n\x06inputs\x18\x01 \x03(\x0b\x32\x18.flashstream.v1.TokenIds\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\tB\x0c\n\n_normalize\"D\n\x13\x45mbedTokensResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.flashstream.v1.Embedding\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02*\xae\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x04\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lashstream/v1/common.proto\x12\x0e\x66lashstream.v1\"\xeb\x03\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05min_p\x18\x06 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x02\x12\x11\n\x04seed\x18\n \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\r\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12\x15\n\x08logprobs\x18\r \x01(\x05H\x04\x88\x01\x01\x12\x41\n\nlogit_bias\x18\x14 \x03(\x0b\x32-.flashstream.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x0b\n\t_logprobs\"R\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\"}\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\'\n\x03top\x18\x03 \x03(\x0b\x32\x1a.flashstream.v1.TopLogprob\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x13\n\x0btoken_bytes\x18\x05 \x01(\x0c\"g\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x15\n\rresult_cached\x18\x04 \x01(\x08\"p\n\x10LatencyBreakdown\x12\x11\n\tgateway_s\x18\x01 \x01(\x01\x12\x13\n\x0btokenizer_s\x18\x02 \x01(\x01\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tprefill_s\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x05 \x01(\x01\"\xa9\x01\n\x04\x44one\x12\x33\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1c.flashstream.v1.FinishReason\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Usage\x12\x31\n\x07latency\x18\x03 \x01(\x0b\x32 .flashstream.v1.LatencyBreakdown\x12\x13\n\x0bstop_string\x18\x04 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\\\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12.\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1c.flashstream.v1.TokenLogprob\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x1d\n\x08TokenIds\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\x87\x01\n\x12\x45mbedTokensRequest\x12(\n\x06inputs\x18\x01 \x03(\x0b\x32\x18.flashstream.v1.TokenIds\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\tB\x0c\n\n_normalize\"D\n\x13\x45mbedTokensResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.flashstream.v1.Embedding\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02*\xae\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x04\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flashstream.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1433
-  _globals['_FINISHREASON']._serialized_end=1607
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=1592
+  _globals['_FINISHREASON']._serialized_end=1766
   _globals['_SAMPLINGPARAMS']._serialized_start=48
-  _globals['_SAMPLINGPARAMS']._serialized_end=422
-  _globals['_TOPLOGPROB']._serialized_start=424
-  _globals['_TOPLOGPROB']._serialized_end=485
-  _globals['_TOKENLOGPROB']._serialized_start=487
-  _globals['_TOKENLOGPROB']._serialized_end=591
-  _globals['_USAGE']._serialized_start=593
-  _globals['_USAGE']._serialized_end=696
-  _globals['_LATENCYBREAKDOWN']._serialized_start=698
-  _globals['_LATENCYBREAKDOWN']._serialized_end=810
-  _globals['_DONE']._serialized_start=813
-  _globals['_DONE']._serialized_end=982
-  _globals['_ERROR']._serialized_start=984
-  _globals['_ERROR']._serialized_end=1022
-  _globals['_TEXTCHUNK']._serialized_start=1024
-  _globals['_TEXTCHUNK']._serialized_end=1116
-  _globals['_CHATMESSAGE']._serialized_start=1118
-  _globals['_CHATMESSAGE']._serialized_end=1162
-  _globals['_TOKENIDS']._serialized_start=1164
-  _globals['_TOKENIDS']._serialized_end=1193
-  _globals['_EMBEDTOKENSREQUEST']._serialized_start=1196
-  _globals['_EMBEDTOKENSREQUEST']._serialized_end=1331
-  _globals['_EMBEDTOKENSRESPONSE']._serialized_start=1333
-  _globals['_EMBEDTOKENSRESPONSE']._serialized_end=1401
-  _globals['_EMBEDDING']._serialized_start=1403
-  _globals['_EMBEDDING']._serialized_end=1430
+  _globals['_SAMPLINGPARAMS']._serialized_end=539
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=421
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=469
+  _globals['_TOPLOGPROB']._serialized_start=541
+  _globals['_TOPLOGPROB']._serialized_end=623
+  _globals['_TOKENLOGPROB']._serialized_start=625
+  _globals['_TOKENLOGPROB']._serialized_end=750
+  _globals['_USAGE']._serialized_start=752
+  _globals['_USAGE']._serialized_end=855
+  _globals['_LATENCYBREAKDOWN']._serialized_start=857
+  _globals['_LATENCYBREAKDOWN']._serialized_end=969
+  _globals['_DONE']._serialized_start=972
+  _globals['_DONE']._serialized_end=1141
+  _globals['_ERROR']._serialized_start=1143
+  _globals['_ERROR']._serialized_end=1181
+  _globals['_TEXTCHUNK']._serialized_start=1183
+  _globals['_TEXTCHUNK']._serialized_end=1275
+  _globals['_CHATMESSAGE']._serialized_start=1277
+  _globals['_CHATMESSAGE']._serialized_end=1321
+  _globals['_TOKENIDS']._serialized_start=1323
+  _globals['_TOKENIDS']._serialized_end=1352
+  _globals['_EMBEDTOKENSREQUEST']._serialized_start=1355
+  _globals['_EMBEDTOKENSREQUEST']._serialized_end=1490
+  _globals['_EMBEDTOKENSRESPONSE']._serialized_start=1492
+  _globals['_EMBEDTOKENSRESPONSE']._serialized_end=1560
+  _globals['_EMBEDDING']._serialized_start=1562
+  _globals['_EMBEDDING']._serialized_end=1589
 # @@protoc_insertion_point(module_scope)

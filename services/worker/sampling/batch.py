@@ -47,6 +47,8 @@ class SamplingBatch:
 
     num_rows: int
     vocab_size: int
+    bias_flat: torch.Tensor | None  # [num_biased] int64 row * vocab_size + token id, for logit_bias
+    bias_values: torch.Tensor | None  # [num_biased] fp32 added at bias_flat
     penalties: PenaltyBatch | None
     banned_flat: torch.Tensor | None  # [num_banned] int64 row * vocab_size + token id, for tokens min_tokens masks
     temperature: torch.Tensor | None  # [num_rows, 1] fp32, 1 on greedy rows; None: every row has 1
@@ -66,6 +68,7 @@ class SamplingBatch:
         return (
             self.num_greedy == self.num_rows
             and self.penalties is None
+            and self.bias_flat is None
             and self.banned_flat is None
             and not self.logprob_row_ids
         )
@@ -82,6 +85,8 @@ class SamplingBatch:
         pen_rows: list[int] = []
         pen_params: list[tuple[float, float, float]] = []  # (repetition, presence, frequency)
         banned_flat: list[int] = []
+        bias_flat: list[int] = []
+        bias_values: list[float] = []
         temperatures: list[float] = []
         sample_rows: list[int] = []
         trunc_rows: list[int] = []
@@ -93,6 +98,11 @@ class SamplingBatch:
         for i, row in enumerate(rows):
             p = row.params
             num_output = len(row.output_token_ids)
+            for token_id, bias in p.logit_bias:
+                if token_id >= vocab_size:
+                    raise ValueError(f"logit_bias names token {token_id}, outside [0, {vocab_size})")
+                bias_flat.append(i * vocab_size + token_id)
+                bias_values.append(bias)
             if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
                 pen_rows.append(i)
                 pen_params.append((p.repetition_penalty, p.presence_penalty, p.frequency_penalty))
@@ -121,6 +131,8 @@ class SamplingBatch:
         return cls(
             num_rows=num_rows,
             vocab_size=vocab_size,
+            bias_flat=to_dev.ints(bias_flat) if bias_flat else None,
+            bias_values=to_dev.move(torch.tensor(bias_values, dtype=torch.float32)) if bias_values else None,
             penalties=_penalty_batch(rows, pen_rows, pen_params, num_rows, vocab_size, to_dev) if pen_rows else None,
             banned_flat=to_dev.ints(banned_flat) if banned_flat else None,
             temperature=to_dev.column(temperatures) if any(t != 1.0 for t in temperatures) else None,

@@ -44,7 +44,9 @@ def ban_tokens(x: torch.Tensor, batch: SamplingBatch) -> None:
 
 
 def adjust(x: torch.Tensor, batch: SamplingBatch) -> None:
-    """Penalties then min_tokens masking: what greedy rows take the argmax of."""
+    """logit_bias, penalties, then min_tokens masking: what greedy rows take the argmax of."""
+    if batch.bias_flat is not None:
+        x.view(-1).index_add_(0, batch.bias_flat, batch.bias_values)
     if batch.penalties is not None:
         apply_penalties(x, batch.penalties)
     ban_tokens(x, batch)

@@ -56,8 +56,8 @@ def test_lru_entries_expire_after_the_ttl() -> None:
 def test_cached_result_round_trips_chunks_logprobs_and_finish_without_latency() -> None:
     chunks = (
         TextDelta("", (), (), 7),
-        TextDelta("Hé", (1, 2), (TokenLogprob(1, -0.25, "H", (TopLogprob(9, -1.5, "x"),)),
-                                 TokenLogprob(2, float("-inf"), "é")), 0),
+        TextDelta("Hé", (1, 2), (TokenLogprob(1, -0.25, "H", (TopLogprob(9, -1.5, "x", b"x"),), b"H"),
+                                 TokenLogprob(2, float("-inf"), "\ufffd", (), b"\xc3")), 0),
     )
     done = Finished(FinishReason.STOP_STRING, Usage(7, 2, 3), Latency(1.0, 2.0), stop_string="END")
     back = CachedResult.decode(CachedResult(chunks, done).encode())

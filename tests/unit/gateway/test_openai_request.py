@@ -70,6 +70,23 @@ def test_a_chat_without_a_limit_fills_the_context_and_a_completion_defaults_to_s
     assert (completion.request.fill_context, completion.request.sampling.max_tokens) == (False, 16)
 
 
+def test_n_and_a_batch_of_prompts_give_one_request_per_choice_prompt_by_prompt() -> None:
+    parsed = parse_openai_request({"prompt": ["a", [7, 8]], "n": 2, "seed": 5, "logit_bias": {"9": -1, "3": 2.5}},
+                                  chat=False)
+    choices = parsed.choice_requests()
+    assert [(r.prompt, r.token_ids, r.sampling.seed) for r in choices] == [
+        ("a", None, 5), ("a", None, 6), (None, (7, 8), 5), (None, (7, 8), 6)]
+    assert choices[0].sampling.logit_bias == ((3, 2.5), (9, -1.0))
+    chat = parse_openai_request({"messages": [{"role": "user", "content": "U"}], "n": 3}, chat=True)
+    assert chat.choice_requests() == [chat.request] * 3
+
+
+def test_top_p_zero_keeps_only_the_best_token() -> None:
+    parsed = parse_openai_request({"prompt": "x", "top_p": 0, "temperature": 0.7}, chat=False)
+    assert (parsed.request.sampling.top_k, parsed.request.sampling.top_p, parsed.request.sampling.is_greedy) == (
+        1, 1.0, True)
+
+
 def test_token_id_prompt_becomes_token_ids() -> None:
     parsed = parse_openai_request({"prompt": [[1, 2, 3]]}, chat=False)
     assert (parsed.request.prompt, parsed.request.token_ids) == (None, (1, 2, 3))
@@ -89,10 +106,10 @@ def _err(message: str, param: str | None, code: str) -> dict[str, Any]:
     ({}, False, "'prompt' is required", "prompt", "missing_required_parameter"),
     ({"prompt": ""}, False, "prompt must not be empty", "prompt", "invalid_value"),
     ({"prompt": []}, False, "prompt must not be empty", "prompt", "invalid_value"),
-    ({"prompt": ["a", "b"]}, False, "batched prompts are not supported: send one prompt per request", "prompt",
-     "unsupported_value"),
-    ({"prompt": 5}, False, "'prompt' must be a string or an array of token ids, got integer", "prompt",
-     "invalid_type"),
+    ({"prompt": ["a", 5]}, False,
+     "'prompt' must be a string, an array of token ids, or an array of either, got array", "prompt", "invalid_type"),
+    ({"prompt": 5}, False, "'prompt' must be a string, an array of token ids, or an array of either, got integer",
+     "prompt", "invalid_type"),
     ({"prompt": "x", "max_tokens": -1}, False, "max_tokens must be at least 1, got -1", "max_tokens",
      "invalid_value"),
     ({"prompt": "x", "max_tokens": "10"}, False, "'max_tokens' must be an integer, got string", "max_tokens",
@@ -101,15 +118,31 @@ def _err(message: str, param: str | None, code: str) -> dict[str, Any]:
      "invalid_type"),
     ({"prompt": "x", "temperature": True}, False, "'temperature' must be a number, got boolean", "temperature",
      "invalid_type"),
-    ({"prompt": "x", "temperature": -1}, False, "temperature must be in [0, 100.0], got -1.0", "temperature",
+    ({"prompt": "x", "temperature": -1}, False, "'temperature' must be between 0 and 2, got -1", "temperature",
      "invalid_value"),
-    ({"prompt": "x", "top_p": 0}, False, "top_p must be in (0, 1], got 0.0", "top_p", "invalid_value"),
+    ({"prompt": "x", "temperature": 5}, False, "'temperature' must be between 0 and 2, got 5", "temperature",
+     "invalid_value"),
+    ({"prompt": "x", "top_p": 1.5}, False, "'top_p' must be between 0 and 1, got 1.5", "top_p", "invalid_value"),
+    ({"prompt": "x", "presence_penalty": 2.5}, False, "presence_penalty must be in [-2, 2], got 2.5",
+     "presence_penalty", "invalid_value"),
+    ({"prompt": "x", "frequency_penalty": -3}, False, "frequency_penalty must be in [-2, 2], got -3.0",
+     "frequency_penalty", "invalid_value"),
+    ({"prompt": "x", "logit_bias": {"5": 101}}, False, "logit_bias values must be in [-100, 100], got 101.0 for "
+     "token 5", "logit_bias", "invalid_value"),
+    ({"prompt": "x", "logit_bias": {"a": 1}}, False, "'logit_bias' keys must be token ids, got 'a'", "logit_bias",
+     "invalid_value"),
+    ({"prompt": "x", "logit_bias": [1]}, False, "'logit_bias' must be an object, got array", "logit_bias",
+     "invalid_type"),
+    ({"prompt": "x", "logprobs": -1}, False, "logprobs must be in [0, 20], got -1", "logprobs", "invalid_value"),
     ({"prompt": "x", "logprobs": 21}, False, "logprobs must be in [0, 20], got 21", "logprobs", "invalid_value"),
     ({"prompt": "x", "stop": ["a", 1]}, False, "'stop' must be a string or an array of strings, got array", "stop",
      "invalid_type"),
     ({"prompt": "x", "stop": ""}, False, "stop strings must not be empty", "stop", "invalid_value"),
-    ({"prompt": "x", "n": 3}, False, "'n' must be 1: this server returns one choice per request", "n",
-     "unsupported_value"),
+    ({"prompt": "x", "n": 0}, False, "'n' must be between 1 and 128, got 0", "n", "invalid_value"),
+    ({"prompt": "x", "n": 2, "best_of": 3}, False,
+     "'best_of' must equal 'n': this server returns every choice it generates", "best_of", "unsupported_value"),
+    ({"messages": [{"role": "user"}]}, True, "messages[0].content is required", "messages[0].content",
+     "missing_required_parameter"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, False,
      "'stream_options' is only allowed when 'stream' is true", "stream_options", "invalid_value"),
     ({"prompt": "x", "echo": True, "logprobs": 1}, False, "'echo' together with 'logprobs' is not supported",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ModelNotFound, PayloadTooLarge
-from gateway.openai_response import ResponseBuilder, error_response, usage_json
+from gateway.openai_response import ResponseBuilder, combined_usage, error_response, usage_json
 from gateway.schema import Finished, FinishReason, TextDelta, TokenLogprob, TopLogprob, Usage
 from services.common.errors import (
     DeadlineExceeded,
@@ -28,7 +28,7 @@ def test_finish_reasons_map_to_openai(reason: FinishReason, openai: str) -> None
 @pytest.mark.parametrize(("exc", "status", "type_", "code", "headers"), [
     (InvalidArgument("bad"), 400, "invalid_request_error", "invalid_value", {}),
     (PayloadTooLarge("big"), 413, "invalid_request_error", "request_too_large", {}),
-    (ModelNotFound("no such model"), 400, "invalid_request_error", "model_not_found", {}),
+    (ModelNotFound("no such model"), 404, "invalid_request_error", "model_not_found", {}),
     (Unauthenticated("who"), 401, "invalid_request_error", "invalid_api_key", {}),
     (ResourceExhausted("full"), 429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": "1"}),
     (Unavailable("down"), 503, "server_error", "service_unavailable", {"Retry-After": "1"}),
@@ -55,7 +55,8 @@ def test_full_completion_joins_text_and_logprobs_with_offsets() -> None:
         TextDelta("ab", (1,), (TokenLogprob(1, -0.1, "ab", (TopLogprob(2, -3.0, "x"),)),)),
         TextDelta("c", (3,), (TokenLogprob(3, -0.2, "c"),)),
     ]
-    body = builder.full(deltas, Finished(FinishReason.LENGTH, Usage(3, 2, 0)))
+    done = Finished(FinishReason.LENGTH, Usage(3, 2, 0))
+    body = builder.full([builder.choice(deltas, done)], done.usage)
     assert body == {
         "id": "cmpl-1", "object": "text_completion", "created": 100, "model": "m",
         "choices": [{"index": 0, "text": "abc", "finish_reason": "length", "logprobs": {
@@ -64,6 +65,27 @@ def test_full_completion_joins_text_and_logprobs_with_offsets() -> None:
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
                   "prompt_tokens_details": {"cached_tokens": 0}},
     }
+
+
+def test_text_offsets_and_bytes_follow_the_tokens_bytes_when_a_character_spans_several_tokens() -> None:
+    # "你" is three byte-fallback tokens (each shown as U+FFFD), then " a" is one token whose leading space a
+    # decoder strips when the token is decoded alone.
+    pieces = [(b"\xe4", "\ufffd"), (b"\xbd", "\ufffd"), (b"\xa0", "\ufffd"), (b" a", " a"), (b"b", "b")]
+    items = tuple(TokenLogprob(i, -0.5, text, (), raw) for i, (raw, text) in enumerate(pieces))
+    completion = ResponseBuilder("cmpl-1", "m", 1, chat=False, logprobs=True)
+    done = Finished(FinishReason.LENGTH, Usage(1, 5, 0))
+    logprobs = completion.choice([TextDelta("你 ab", tuple(range(5)), items)], done)["logprobs"]
+    assert logprobs["text_offset"] == [0, 0, 0, 1, 3]
+    chat = ResponseBuilder("chatcmpl-1", "m", 1, chat=True, logprobs=True)
+    content = chat.choice([TextDelta("你 ab", tuple(range(5)), items)], done)["logprobs"]["content"]
+    assert [c["bytes"] for c in content] == [[0xE4], [0xBD], [0xA0], [0x20, 0x61], [0x62]]
+
+
+def test_several_choices_count_each_prompt_once_and_every_completion() -> None:
+    usages = [Usage(5, 3, 4), Usage(5, 2, 5), Usage(7, 1, 0), Usage(7, 4, 7)]
+    assert combined_usage(usages, n=2) == Usage(prompt_tokens=12, completion_tokens=10, cached_tokens=4)
+    builder = ResponseBuilder("cmpl-1", "m", 1, chat=False, logprobs=False, index=3)
+    assert builder.chunk(TextDelta("x"))["choices"][0]["index"] == 3
 
 
 def test_chat_chunks_send_the_role_once_and_close_with_an_empty_delta() -> None:

@@ -188,6 +188,18 @@ def test_abort_frees_blocks_of_waiting_prefilling_and_decoding_requests():
     assert not engine.abort("waiting")
 
 
+def test_an_aborted_request_reports_its_prompt_and_the_tokens_generated_before_the_abort():
+    engine, worker = make_engine()
+    engine.add(request("r", [1, 2, 3, 4, 5], max_tokens=10))
+    for _ in range(3):
+        step_sync(engine, worker)
+    assert engine.abort("r")
+    events = engine.take_events()
+    done = done_of(events, "r")
+    assert (done.finish_reason, done.num_prompt_tokens, done.num_completion_tokens) == (FinishReason.ABORT, 5, 3)
+    assert len(tokens_of(events, "r")) == 3
+
+
 def test_deadline_expiry_ends_a_request_in_any_state_and_frees_its_blocks():
     now = [0.0]
     limits = WorkerLimits(block_size=4, num_kv_blocks=8, max_num_seqs=1, max_num_batched_tokens=64,

@@ -75,3 +75,21 @@ def test_token_ids_outside_the_vocabulary_are_refused(model_dirs: dict[str, Path
     tok.check_token_ids([0, tok.vocab_size - 1])
     with pytest.raises(InvalidArgument, match=r"out of the vocabulary \(size 700\): \[700\]"):
         tok.check_token_ids([5, 700])
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_token_bytes_of_a_text_join_to_its_decoded_text_with_single_bytes_for_byte_fallback_tokens(
+        model_dirs: dict[str, Path], style: str) -> None:
+    ours = TextTokenizer.from_dir(model_dirs[style])
+    num_byte_tokens = 0
+    for text in SAMPLES:
+        ids = ours.encode(text, add_special_tokens=False)
+        joined = b"".join(ours.token_bytes(i) for i in ids).decode()
+        # A sentencepiece-style decoder strips the space that marks the first word; the tokens carry it.
+        expected = ours.decode(ids)
+        strip = style == "mistral" and not expected.startswith(" ")
+        assert (joined.removeprefix(" ") if strip else joined) == expected, text
+        byte_ids = [i for i in ids if i in ours.byte_token_ids]
+        assert all(len(ours.token_bytes(i)) == 1 for i in byte_ids)
+        num_byte_tokens += len(byte_ids)
+    assert (num_byte_tokens > 0) == (style == "mistral")

@@ -75,6 +75,22 @@ def test_frequency_and_presence_penalties_subtract_per_occurrence_and_once_from_
     assert got[0].tolist() == expected  # prompt tokens 0 and 5 untouched
 
 
+def test_logit_bias_is_added_to_its_tokens_of_its_own_row_only():
+    sampler = Sampler(VOCAB, [EOS])
+    biased = row(logit_bias=((2, 5.0), (6, -100.0)))
+    got = sampler.adjusted_logits(torch.tensor([LOGITS, LOGITS]), [biased, row()])
+    expected = list(LOGITS)
+    expected[2], expected[6] = -1.0 + 5.0, 3.0 - 100.0
+    assert got[0].tolist() == expected
+    assert got[1].tolist() == LOGITS
+    assert sampler(torch.tensor([LOGITS, LOGITS]), [biased, row()]).token_ids == [2, 6]
+
+
+def test_logit_bias_on_a_token_outside_the_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="logit_bias names token 10"):
+        Sampler(VOCAB, [EOS])(torch.tensor([LOGITS]), [row(logit_bias=((10, 1.0),))])
+
+
 def test_negative_presence_and_frequency_penalties_raise_generated_tokens():
     sampler = Sampler(VOCAB, [EOS])
     sampling_row = row(output=[7, 7, 7], frequency_penalty=-2.0, presence_penalty=-1.0)

@@ -42,6 +42,19 @@ def test_fake_mode_takes_vocab_eos_and_length_from_the_preset() -> None:
     assert [o.token_id for o in result.outputs] == [0]
 
 
+def test_a_kv_cache_smaller_than_max_model_len_caps_it_with_a_warning_that_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    info = build_engine(build_config(["--model", "qwen2.5-0.5b", "--load-format", "fake", "--num-kv-blocks",
+                                      "1024"])).info
+    assert (info.max_model_len, info.num_kv_blocks * info.block_size) == (16384, 16384)
+    assert "max_model_len capped from 32768 (the model's limit) to 16384: the KV cache holds only 1024 blocks of " \
+           "16 tokens" in caplog.text
+    info = build_engine(build_config(["--model", "qwen2.5-0.5b", "--load-format", "fake", "--num-kv-blocks", "1024",
+                                      "--max-model-len", "20000"])).info
+    assert info.max_model_len == 16384
+    assert "max_model_len capped from 20000 (--max-model-len) to 16384" in caplog.text
+
+
 def test_preset_without_dummy_or_fake_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="preset 'qwen2.5-0.5b' has no weights"):
         build_engine(build_config(["--model", "qwen2.5-0.5b"]))
