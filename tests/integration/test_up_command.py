@@ -44,10 +44,12 @@ def _up(tmp_path: Path, *extra: str) -> subprocess.Popen:
 
 
 def test_up_builds_the_demo_model_streams_an_answer_and_stops_every_stage(tmp_path: Path) -> None:
-    proc = _up(tmp_path, "--prompt", "Once upon a time", "--exit-after-prompt")
+    # Two gateways share the public ports and reach both tokenizers; the answer streams through them.
+    proc = _up(tmp_path, "--prompt", "Once upon a time", "--exit-after-prompt", "--num-gateways", "2",
+               "--num-tokenizers", "2")
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
-    assert "FlashStream is up (4 processes, model flashstream-demo)" in out
+    assert "FlashStream is up (6 processes, model flashstream-demo)" in out
     assert "(flashstream.v1.Gateway)" in out
     assert "[8 tokens, finish LENGTH, TTFT" in out or "finish EOS" in out, out
     assert (tmp_path / "cache" / "demo-model-v1" / "model.safetensors").is_file()
