@@ -19,6 +19,26 @@ MAX_LOGPROBS = 20
 FILL_CONTEXT_MAX_TOKENS = 2**31 - 1
 
 
+GUIDED_KINDS = ("json_schema", "json_object", "regex", "grammar", "structural_tag")
+
+
+@dataclass(frozen=True, slots=True)
+class Guided:
+    """A grammar the output must follow: `kind` is one of GUIDED_KINDS, `spec` its text ("" for json_object).
+
+    Only the shape is checked here; whether the spec compiles is checked at the edge (the gateway) and, as a
+    last resort, by the worker that compiles it."""
+
+    kind: str
+    spec: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in GUIDED_KINDS:
+            raise InvalidArgument(f"guided kind must be one of {', '.join(GUIDED_KINDS)}, got {self.kind!r}")
+        if (self.kind == "json_object") != (self.spec == ""):
+            raise InvalidArgument(f"guided {self.kind} needs {'no' if self.kind == 'json_object' else 'a'} spec")
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to pick each next token. Defaults give greedy decoding of 16 tokens."""
@@ -36,6 +56,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; n: the chosen token's and the top n alternatives'
+    guided: Guided | None = None  # None: unconstrained
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +97,9 @@ class SamplingParams:
             raise InvalidArgument(f"stop_token_ids must be non-negative, got {list(self.stop_token_ids)}")
         if self.logprobs is not None and not (0 <= self.logprobs <= MAX_LOGPROBS):
             raise InvalidArgument(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if self.guided is not None and (self.min_tokens or self.ignore_eos):
+            # The grammar decides where the output ends: it allows only EOS once complete.
+            raise InvalidArgument("min_tokens and ignore_eos cannot be combined with guided decoding")
 
     # ---- protobuf (flashstream.v1.SamplingParams) ----
 
@@ -96,6 +120,7 @@ class SamplingParams:
             stop_token_ids=tuple(pb.stop_token_ids),
             ignore_eos=pb.ignore_eos,
             logprobs=pb.logprobs if pb.HasField("logprobs") else None,
+            guided=_guided_from_pb(pb.guided) if pb.HasField("guided") else None,
         )
 
     def to_pb(self, pb_cls: Any) -> Any:
@@ -117,4 +142,16 @@ class SamplingParams:
             pb.seed = self.seed
         if self.logprobs is not None:
             pb.logprobs = self.logprobs
+        if self.guided is not None:
+            if self.guided.kind == "json_object":
+                pb.guided.json_object = True
+            else:
+                setattr(pb.guided, self.guided.kind, self.guided.spec)
         return pb
+
+
+def _guided_from_pb(pb: Any) -> Guided | None:
+    kind = pb.WhichOneof("kind")
+    if kind is None or (kind == "json_object" and not pb.json_object):
+        return None
+    return Guided(kind, "" if kind == "json_object" else getattr(pb, kind))

@@ -30,10 +30,12 @@ class StepExecutor(Protocol):
 
 def plain_greedy(state: SeqState) -> bool:
     """Whether the sampler's answer for this sequence's next token is the argmax of its raw logits: greedy, no
-    penalties, no logprobs and no min_tokens masking (conservatively: whenever min_tokens is not yet reached)."""
+    penalties, no logprobs, no grammar and no min_tokens masking (conservatively: whenever min_tokens is not yet
+    reached). A guided sequence never is: its mask needs the previous token on the host, so it runs sequentially."""
     p = state.sampling
     return (
-        p.is_greedy
+        state.grammar is None
+        and p.is_greedy
         and p.logprobs is None
         and p.repetition_penalty == 1.0
         and p.presence_penalty == 0.0
@@ -71,6 +73,7 @@ class ModelExecutor:
                 state.sampling,
                 TokenView(state.token_ids, 0, state.num_prompt_tokens),
                 TokenView(state.token_ids, state.num_prompt_tokens),
+                state.grammar,
             ))
         out = self.sampler(logits, rows)
         for j, i in enumerate(sample_rows):

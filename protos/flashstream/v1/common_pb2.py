@@ -24,31 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lashstream/v1/common.proto\x12\x0e\x66lashstream.v1\"\xf6\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05min_p\x18\x06 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x02\x12\x11\n\x04seed\x18\n \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\r\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12\x15\n\x08logprobs\x18\r \x01(\x05H\x04\x88\x01\x01\x42\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x0b\n\t_logprobs\"=\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\"h\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\'\n\x03top\x18\x03 \x03(\x0b\x32\x1a.flashstream.v1.TopLogprob\x12\x0c\n\x04text\x18\x04 \x01(\t\"g\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x15\n\rresult_cached\x18\x04 \x01(\x08\"p\n\x10LatencyBreakdown\x12\x11\n\tgateway_s\x18\x01 \x01(\x01\x12\x13\n\x0btokenizer_s\x18\x02 \x01(\x01\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tprefill_s\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x05 \x01(\x01\"\xa9\x01\n\x04\x44one\x12\x33\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1c.flashstream.v1.FinishReason\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Usage\x12\x31\n\x07latency\x18\x03 \x01(\x0b\x32 .flashstream.v1.LatencyBreakdown\x12\x13\n\x0bstop_string\x18\x04 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\\\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12.\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1c.flashstream.v1.TokenLogprob\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t*\xae\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x04\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lashstream/v1/common.proto\x12\x0e\x66lashstream.v1\"\xa6\x03\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05min_p\x18\x06 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x02\x12\x11\n\x04seed\x18\n \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\r\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12\x15\n\x08logprobs\x18\r \x01(\x05H\x04\x88\x01\x01\x12.\n\x06guided\x18\x0e \x01(\x0b\x32\x1e.flashstream.v1.GuidedDecodingB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x0b\n\t_logprobs\"\x84\x01\n\x0eGuidedDecoding\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12\x11\n\x07grammar\x18\x04 \x01(\tH\x00\x12\x18\n\x0estructural_tag\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"=\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\"h\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\'\n\x03top\x18\x03 \x03(\x0b\x32\x1a.flashstream.v1.TopLogprob\x12\x0c\n\x04text\x18\x04 \x01(\t\"g\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x15\n\rresult_cached\x18\x04 \x01(\x08\"p\n\x10LatencyBreakdown\x12\x11\n\tgateway_s\x18\x01 \x01(\x01\x12\x13\n\x0btokenizer_s\x18\x02 \x01(\x01\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tprefill_s\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x05 \x01(\x01\"\xa9\x01\n\x04\x44one\x12\x33\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1c.flashstream.v1.FinishReason\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Usage\x12\x31\n\x07latency\x18\x03 \x01(\x0b\x32 .flashstream.v1.LatencyBreakdown\x12\x13\n\x0bstop_string\x18\x04 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\\\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12.\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1c.flashstream.v1.TokenLogprob\"~\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12,\n\ntool_calls\x18\x03 \x03(\x0b\x32\x18.flashstream.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\":\n\nToolChoice\x12\x0e\n\x04mode\x18\x01 \x01(\tH\x00\x12\x12\n\x08\x66unction\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t*\xae\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x04\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flashstream.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1165
-  _globals['_FINISHREASON']._serialized_end=1339
+  _globals['_FINISHREASON']._serialized_start=1620
+  _globals['_FINISHREASON']._serialized_end=1794
   _globals['_SAMPLINGPARAMS']._serialized_start=48
-  _globals['_SAMPLINGPARAMS']._serialized_end=422
-  _globals['_TOPLOGPROB']._serialized_start=424
-  _globals['_TOPLOGPROB']._serialized_end=485
-  _globals['_TOKENLOGPROB']._serialized_start=487
-  _globals['_TOKENLOGPROB']._serialized_end=591
-  _globals['_USAGE']._serialized_start=593
-  _globals['_USAGE']._serialized_end=696
-  _globals['_LATENCYBREAKDOWN']._serialized_start=698
-  _globals['_LATENCYBREAKDOWN']._serialized_end=810
-  _globals['_DONE']._serialized_start=813
-  _globals['_DONE']._serialized_end=982
-  _globals['_ERROR']._serialized_start=984
-  _globals['_ERROR']._serialized_end=1022
-  _globals['_TEXTCHUNK']._serialized_start=1024
-  _globals['_TEXTCHUNK']._serialized_end=1116
-  _globals['_CHATMESSAGE']._serialized_start=1118
-  _globals['_CHATMESSAGE']._serialized_end=1162
+  _globals['_SAMPLINGPARAMS']._serialized_end=470
+  _globals['_GUIDEDDECODING']._serialized_start=473
+  _globals['_GUIDEDDECODING']._serialized_end=605
+  _globals['_TOPLOGPROB']._serialized_start=607
+  _globals['_TOPLOGPROB']._serialized_end=668
+  _globals['_TOKENLOGPROB']._serialized_start=670
+  _globals['_TOKENLOGPROB']._serialized_end=774
+  _globals['_USAGE']._serialized_start=776
+  _globals['_USAGE']._serialized_end=879
+  _globals['_LATENCYBREAKDOWN']._serialized_start=881
+  _globals['_LATENCYBREAKDOWN']._serialized_end=993
+  _globals['_DONE']._serialized_start=996
+  _globals['_DONE']._serialized_end=1165
+  _globals['_ERROR']._serialized_start=1167
+  _globals['_ERROR']._serialized_end=1205
+  _globals['_TEXTCHUNK']._serialized_start=1207
+  _globals['_TEXTCHUNK']._serialized_end=1299
+  _globals['_CHATMESSAGE']._serialized_start=1301
+  _globals['_CHATMESSAGE']._serialized_end=1427
+  _globals['_TOOL']._serialized_start=1429
+  _globals['_TOOL']._serialized_end=1495
+  _globals['_TOOLCHOICE']._serialized_start=1497
+  _globals['_TOOLCHOICE']._serialized_end=1555
+  _globals['_TOOLCALL']._serialized_start=1557
+  _globals['_TOOLCALL']._serialized_end=1617
 # @@protoc_insertion_point(module_scope)
