@@ -95,7 +95,7 @@ class HttpApi:
             # The first event decides the status: an early error (e.g. a prompt too long) still gets its own code.
             first = await anext(generation)
             builder = ResponseBuilder(generation.request_id, generation.model, generation.created, chat,
-                                      parsed.logprobs)
+                                      parsed.logprobs, parsed.parses_tool_calls)
             if parsed.stream:
                 return await self._stream(http, parsed, builder, generation, first)
             deltas: list[TextDelta] = []

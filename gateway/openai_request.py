@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import RequestError
+from gateway.openai_tools import message_tool_fields, parse_guided, parse_tools
 from gateway.schema import ChatTurn, GenerationRequest, TextOptions
 from services.common.errors import InvalidArgument
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
@@ -39,6 +40,11 @@ class OpenAIRequest:
     stream: bool = False
     include_usage: bool = False
     logprobs: bool = False  # the answer carries logprobs
+
+    @property
+    def parses_tool_calls(self) -> bool:
+        """Whether the output is read for tool calls (tools were given and may be called)."""
+        return bool(self.request.tools) and (self.request.tool_choice != "none" or bool(self.request.forced_tool))
 
 
 class _Body:
@@ -107,11 +113,8 @@ def _refuse_unsupported(b: _Body, chat: bool) -> None:
         raise RequestError("'suffix' is not supported", "suffix", "unsupported_value")
     if b.body.get("logit_bias"):
         raise RequestError("'logit_bias' is not supported", "logit_bias", "unsupported_value")
-    if chat and b.body.get("tools"):
-        raise RequestError("'tools' are not supported", "tools", "unsupported_value")
-    fmt = b.body.get("response_format")
-    if chat and isinstance(fmt, dict) and fmt.get("type", "text") != "text":
-        raise RequestError("only the 'text' response_format is supported", "response_format", "unsupported_value")
+    if not chat and b.body.get("tools"):
+        raise RequestError("'tools' are only accepted on chat completions", "tools", "unsupported_value")
 
 
 def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
@@ -145,6 +148,7 @@ def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
             stop_token_ids=b.int_list("stop_token_ids"),
             ignore_eos=b.bool("ignore_eos", False),
             logprobs=logprobs,
+            guided=parse_guided(b.body),
         )
     except RequestError:
         raise
@@ -199,7 +203,7 @@ def _messages(body: dict[str, Any]) -> tuple[ChatTurn, ...]:
             raise RequestError(f"messages[{i}] must be an object with a string 'role'", f"messages[{i}]",
                                "invalid_type")
         role = "system" if m["role"] == "developer" else m["role"]
-        turns.append(ChatTurn(role, _content(i, m.get("content"))))
+        turns.append(ChatTurn(role, _content(i, m.get("content")), **message_tool_fields(i, m)))
     return tuple(turns)
 
 
@@ -240,8 +244,10 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
         "bypass_cache": not b.bool("cache", True),  # extension: "cache": false skips the result cache
     }
     if chat:
+        tools, tool_choice, forced_tool = parse_tools(b.body)
         request = GenerationRequest(
-            messages=_messages(b.body), add_generation_prompt=b.bool("add_generation_prompt", True), **common
+            messages=_messages(b.body), add_generation_prompt=b.bool("add_generation_prompt", True),
+            tools=tools, tool_choice=tool_choice, forced_tool=forced_tool, **common
         )
     else:
         prompt, token_ids = _prompt(b.body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.schema import Finished, TextDelta, TokenLogprob, Usage
+from gateway.tool_calls import ToolCallParser, tool_call_json
 from services.common.errors import ErrorCode, FlashStreamError
 
 # gRPC status → (HTTP status, OpenAI error type, default code).
@@ -91,12 +92,15 @@ class LogprobsBuilder:
 class ResponseBuilder:
     """Builds the JSON of one request's answer, streamed as chunks or whole."""
 
-    def __init__(self, request_id: str, model: str, created: int, chat: bool, logprobs: bool) -> None:
+    def __init__(
+        self, request_id: str, model: str, created: int, chat: bool, logprobs: bool, tool_calls: bool = False
+    ) -> None:
         self.request_id = request_id
         self.model = model
         self.created = created
         self.chat = chat
         self.logprobs = LogprobsBuilder(chat) if logprobs else None
+        self.tools = ToolCallParser() if tool_calls else None  # the output may hold tool calls
         self._role_sent = False
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -117,7 +121,16 @@ class ResponseBuilder:
         if not self._role_sent:
             message["role"] = "assistant"
             self._role_sent = True
-        if delta is not None:
+        if self.tools is not None:
+            text, calls = self.tools.finish() if delta is None else self.tools.feed(text)
+            first = len(self.tools.calls) - len(calls)
+            if calls:
+                message["tool_calls"] = [tool_call_json(first + i, c) for i, c in enumerate(calls)]
+            if text:
+                message["content"] = text
+            if finish_reason == "stop" and self.tools.calls:
+                finish_reason = "tool_calls"
+        elif delta is not None:
             message["content"] = text
         choice = {"index": 0, "delta": message, "logprobs": logprobs, "finish_reason": finish_reason}
         return self._envelope("chat.completion.chunk", [choice])
@@ -135,8 +148,18 @@ class ResponseBuilder:
             logprobs = self.logprobs.merge([self.logprobs.build(d.logprobs, d.text) for d in deltas])
         reason = done.finish_reason.openai
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                      "finish_reason": reason}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.tools is not None:
+                content, calls = self.tools.feed(text)
+                rest, more = self.tools.finish()
+                calls += more
+                message["content"] = (content + rest) or None
+                if calls:
+                    message["tool_calls"] = [
+                        {k: v for k, v in tool_call_json(i, c).items() if k != "index"} for i, c in enumerate(calls)
+                    ]
+                    reason = "tool_calls" if reason == "stop" else reason
+            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": reason}
             body = self._envelope("chat.completion", [choice])
         else:
             choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
