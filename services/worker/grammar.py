@@ -38,18 +38,33 @@ def guided_key(guided: Guided) -> str:
     return hashlib.sha256(f"{guided.kind}\0{guided.spec}".encode()).hexdigest()
 
 
+# xgrammar 0.2.8 writes the characters of a length-bounded JSON string (maxLength, minLength) as this class,
+# which lets raw control characters (U+0000 to U+001F) into the string, and JSON forbids them there. The
+# grammars it generates from JSON are therefore compiled from their EBNF text with the class narrowed.
+_BOUNDED_STRING_CHAR = r'[^\"\\\r\n]'
+_JSON_STRING_CHAR = r'[^\0-\x1f\"\\]'
+
+
+def _json_safe(grammar: Any) -> str:
+    """The EBNF of an xgrammar Grammar generated from JSON, with string characters as JSON allows them."""
+    return str(grammar).replace(_BOUNDED_STRING_CHAR, _JSON_STRING_CHAR)
+
+
 def compile_guided(compiler: Any, guided: Guided) -> Any:
     """An xgrammar CompiledGrammar; raises InvalidArgument naming the problem when the spec does not compile."""
+    import xgrammar
+
     try:
         if guided.kind == "json_schema":
-            return compiler.compile_json_schema(guided.spec, any_whitespace=False)
+            return compiler.compile_grammar(_json_safe(xgrammar.Grammar.from_json_schema(
+                guided.spec, any_whitespace=False)))
         if guided.kind == "json_object":
             return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
         if guided.kind == "regex":
             return compiler.compile_regex(guided.spec)
         if guided.kind == "grammar":
             return compiler.compile_grammar(guided.spec)
-        return compiler.compile_structural_tag(guided.spec)
+        return compiler.compile_grammar(_json_safe(xgrammar.Grammar.from_structural_tag(guided.spec)))
     except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError/ValueError with the parser's message
         raise InvalidArgument(f"guided {guided.kind} does not compile: {exc}") from exc
 
