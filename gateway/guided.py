@@ -9,18 +9,10 @@ for its vocabulary and caches the result.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from gateway.errors import RequestError
-from services.common.sampling import Guided
-
-# xgrammar prefixes its messages with a time stamp, a source location and sometimes the failed check.
-_NOISE = re.compile(r"^\[[\d:]+\] \S+:\d+: (Check failed: .*? is false: )?")
-
-
-def _message(exc: Exception) -> str:
-    return _NOISE.sub("", str(exc).strip()).strip()
+from services.common.sampling import Guided, grammar_error_message
 
 
 def check_json_schema(text: str, field: str) -> dict[str, Any]:
@@ -42,7 +34,7 @@ def check_json_schema(text: str, field: str) -> dict[str, Any]:
     try:
         xgrammar.Grammar.from_json_schema(text, any_whitespace=False)
     except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError with its reason
-        raise RequestError(f"'{field}' cannot be enforced: {_message(exc)}", field) from exc
+        raise RequestError(f"'{field}' cannot be enforced: {grammar_error_message(exc)}", field) from exc
     return schema
 
 
@@ -61,5 +53,5 @@ def check_guided(guided: Guided, field: str) -> None:
         elif guided.kind == "structural_tag":
             xgrammar.Grammar.from_structural_tag(guided.spec)
     except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError/ValueError with the parser's reason
-        raise RequestError(f"'{field}' is not a valid {guided.kind.replace('_', ' ')}: {_message(exc)}",
+        raise RequestError(f"'{field}' is not a valid {guided.kind.replace('_', ' ')}: {grammar_error_message(exc)}",
                            field) from exc

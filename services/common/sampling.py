@@ -7,6 +7,7 @@ special-token handling) belong to the tokenizer stage and are not here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,15 @@ MAX_TEMPERATURE = 100.0
 MAX_LOGPROBS = 20
 # max_tokens while a chat request waits to learn its prompt length (it then gets what the context leaves).
 FILL_CONTEXT_MAX_TOKENS = 2**31 - 1
+
+
+# xgrammar prefixes its messages with a time stamp, a source location and sometimes the failed check.
+_GRAMMAR_NOISE = re.compile(r"^\[[\d:]+\] \S+:\d+: (Check failed: .*? is false: )?")
+
+
+def grammar_error_message(exc: Exception) -> str:
+    """The reason in a grammar library's exception, without its log prefix."""
+    return _GRAMMAR_NOISE.sub("", str(exc).strip()).strip()
 
 
 GUIDED_KINDS = ("json_schema", "json_object", "regex", "grammar", "structural_tag")

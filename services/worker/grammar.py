@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import InvalidArgument
-from services.common.sampling import Guided
+from services.common.sampling import Guided, grammar_error_message
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def compile_guided(compiler: Any, guided: Guided) -> Any:
             return compiler.compile_grammar(guided.spec)
         return compiler.compile_grammar(_json_safe(xgrammar.Grammar.from_structural_tag(guided.spec)))
     except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError/ValueError with the parser's message
-        raise InvalidArgument(f"guided {guided.kind} does not compile: {exc}") from exc
+        raise InvalidArgument(f"guided {guided.kind} does not compile: {grammar_error_message(exc)}") from exc
 
 
 @dataclass(slots=True)
