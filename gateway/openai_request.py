@@ -244,10 +244,9 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
         "bypass_cache": not b.bool("cache", True),  # extension: "cache": false skips the result cache
     }
     if chat:
-        tools, tool_choice, forced_tool = parse_tools(b.body)
         request = GenerationRequest(
             messages=_messages(b.body), add_generation_prompt=b.bool("add_generation_prompt", True),
-            tools=tools, tool_choice=tool_choice, forced_tool=forced_tool, **common
+            **parse_tools(b.body), **common
         )
     else:
         prompt, token_ids = _prompt(b.body)

@@ -62,8 +62,16 @@ def parse_guided(body: dict[str, Any]) -> Guided | None:
                        "response_format.type", "unsupported_value")
 
 
-def parse_tools(body: dict[str, Any]) -> tuple[tuple[ToolSpec, ...], str, str]:
-    """(tools, tool_choice mode, forced tool name) of a chat request."""
+def parse_tools(body: dict[str, Any]) -> dict[str, Any]:
+    """GenerationRequest keyword arguments: tools, tool_choice, forced_tool and single_tool_call."""
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise _bad("parallel_tool_calls", "a boolean")
+    tools, choice, forced = _tools(body)
+    return {"tools": tools, "tool_choice": choice, "forced_tool": forced, "single_tool_call": not parallel}
+
+
+def _tools(body: dict[str, Any]) -> tuple[tuple[ToolSpec, ...], str, str]:
     raw = body.get("tools")
     if raw is None:
         raw = []

@@ -83,7 +83,8 @@ def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> GenerationRequest:
     return GenerationRequest(
         model=pb.model, messages=messages, options=text, tools=tools,
         tool_choice="required" if choice == "function" else (pb.tool_choice.mode or "auto"),
-        forced_tool=pb.tool_choice.function if choice == "function" else "", **fields,  # type: ignore[arg-type]
+        forced_tool=pb.tool_choice.function if choice == "function" else "", single_tool_call=pb.single_tool_call,
+        **fields,  # type: ignore[arg-type]
     )
 
 
@@ -190,6 +191,7 @@ def text_request_to_pb(sub: Submission) -> tokenizer_pb2.TextRequest:
             common_pb2.Tool(name=t.name, description=t.description, parameters_json=t.parameters_json)
             for t in req.tools
         )
+        pb.chat.single_tool_call = req.single_tool_call
         if req.forced_tool:
             pb.chat.tool_choice.function = req.forced_tool
         elif req.tool_choice != "auto":  # unset means auto

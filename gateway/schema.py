@@ -92,6 +92,7 @@ class GenerationRequest:
     tools: tuple[ToolSpec, ...] = ()  # chat only: functions the model may call
     tool_choice: str = "auto"  # "auto", "none" or "required" (a call of one of the tools, by grammar)
     forced_tool: str = ""  # a tool the output must call (by grammar); overrides tool_choice
+    single_tool_call: bool = False  # at most one call (OpenAI parallel_tool_calls false)
 
     def __post_init__(self) -> None:
         inputs = [x for x in (self.prompt, self.token_ids, self.messages) if x is not None]

@@ -50,7 +50,7 @@ def key_fields(request: GenerationRequest, card: ModelCard, tenant: str) -> dict
                 for t in request.messages
             ]
             source["tools"] = [[t.name, t.description, t.parameters_json] for t in request.tools]
-            source["tool_choice"] = [request.tool_choice, request.forced_tool]
+            source["tool_choice"] = [request.tool_choice, request.forced_tool, request.single_tool_call]
     elif request.token_ids is not None:
         source = {"token_ids": list(request.token_ids)}
     else:

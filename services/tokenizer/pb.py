@@ -52,7 +52,7 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
         choice = pb.chat.tool_choice
         request.tools = ToolRequest(
             [template_tool(t.name, t.description, t.parameters_json) for t in pb.chat.tools],
-            choice.mode or "auto", choice.function,
+            choice.mode or "auto", choice.function, pb.chat.single_tool_call,
         )
     elif kind == "tokens":
         request.token_ids = list(pb.tokens.token_ids)

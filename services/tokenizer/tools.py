@@ -38,6 +38,7 @@ class ToolRequest:
     tools: list[dict[str, Any]] = field(default_factory=list)
     choice: str = "auto"  # "auto", "none" or "required"
     forced: str = ""  # the function that must be called; "" for none
+    single: bool = False  # a forced call is exactly one call (otherwise one or more)
 
     @property
     def template_tools(self) -> list[dict[str, Any]] | None:
@@ -54,7 +55,8 @@ class ToolRequest:
         if not tools:
             raise InvalidArgument(f"tool_choice names function {self.forced!r}, which is not among the tools")
         choice = {"type": "function", "function": {"name": self.forced}} if self.forced else "required"
-        tag = xgrammar.get_model_structural_tag(output_format, tools=tools, tool_choice=choice, reasoning=False)
+        tag = xgrammar.get_model_structural_tag(output_format, tools=tools, tool_choice=choice, reasoning=False,
+                                                parallel_tool_calls=not self.single)
         return replace(sampling, guided=Guided("structural_tag", tag.model_dump_json()))
 
 

@@ -75,11 +75,16 @@ class GrammarState:
 
     matcher: Any  # xgrammar.GrammarMatcher
 
+    @property
+    def ended(self) -> bool:
+        """The grammar accepted its stop token. With two steps in flight the scheduler may run one more step
+        before it sees that token; it drops what that step samples, so the row is then left unmasked."""
+        return bool(self.matcher.is_terminated())
+
     def accept(self, token_id: int) -> bool:
-        """False when the grammar does not allow the token (or has already ended)."""
-        if self.matcher.is_terminated():
-            return False
-        return bool(self.matcher.accept_token(token_id))
+        """False when the grammar does not allow the token; tokens after its end are accepted (and dropped
+        upstream)."""
+        return self.ended or bool(self.matcher.accept_token(token_id))
 
 
 class GrammarCache:

@@ -223,11 +223,12 @@ def _grammar_batch(
     import xgrammar
 
     bitmask = xgrammar.allocate_token_bitmask(len(grammar_rows), vocab_size)  # [G, words] int32, all allowed
-    matchers = [rows[i].grammar.matcher for i in grammar_rows]
+    live = [j for j, i in enumerate(grammar_rows) if not rows[i].grammar.ended]  # ended rows stay all-allowed
+    matchers = [rows[grammar_rows[j]].grammar.matcher for j in live]
     if len(matchers) == 1:
-        matchers[0].fill_next_token_bitmask(bitmask, 0)
-    else:
-        _batch_matcher().batch_fill_next_token_bitmask(matchers, bitmask)
+        matchers[0].fill_next_token_bitmask(bitmask, live[0])
+    elif matchers:
+        _batch_matcher().batch_fill_next_token_bitmask(matchers, bitmask, live)
     return GrammarBatch(to_dev.subset(grammar_rows, len(rows)), to_dev.move(bitmask))
 
 

@@ -142,3 +142,16 @@ def test_guided_sequences_give_the_sequential_results_with_the_next_plan_applied
     assert overlapped.runner.num_overlapped_steps >= 3  # seq 1's lone steps went ahead on the device path
     guided = [o.token_id for r in seq_results for o in r.outputs if o.seq_id == 2]
     assert len(guided) == 6 and decode(folder, guided).isdigit()
+
+
+def test_a_step_scheduled_past_the_grammars_end_runs_unmasked_without_error(folder: Path) -> None:
+    """With two steps in flight the scheduler may schedule one more step before it has seen EOS."""
+    engine = cpu_engine(folder)
+    out = GuidedRun(engine).run({1: (PROMPT, _params(Guided("regex", "(yes|no)")))})[1]
+    assert out[-1] == EOS_ID
+    state = engine.runner.table.seqs[1]
+    assert state.grammar.ended
+    mate = NewSeq(2, PROMPT, len(PROMPT), _params(Guided("regex", "[0-9]{30}")), list(range(30, 33)), 0, 17)
+    result = engine.runner.step(StepPlan(500, [mate], [CachedSeq(1, [], 1)], []))
+    assert result.errors == [] and [o.seq_id for o in result.outputs] == [2, 1]
+    assert decode(folder, [result.outputs[0].token_id]).isdigit()
