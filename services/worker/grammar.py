@@ -113,7 +113,12 @@ class GrammarCache:
             import transformers
             import xgrammar
 
-            tokenizer = transformers.AutoTokenizer.from_pretrained(self.tokenizer_dir)
+            try:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(self.tokenizer_dir)
+            except (OSError, ValueError) as exc:
+                raise InvalidArgument(
+                    f"guided decoding needs the model's tokenizer files, and {self.tokenizer_dir!r} has none: {exc}"
+                ) from exc
             info = xgrammar.TokenizerInfo.from_huggingface(
                 tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_token_ids or None
             )
