@@ -31,6 +31,11 @@ except ImportError:  # a Triton without grid dependency control: the merge is la
 
 NUM_SMS_H100 = 132
 
+# Integer arguments that change from step to step. Triton compiles a kernel per value class of each specialised
+# integer (1, a multiple of 16, anything else); a class seen for the first time mid-serving stalls the worker for
+# the compile, so these are left unspecialised.
+_PER_STEP_ARGS = ["split_len", "table_width", "stride_bt"]
+
 
 def supports_pdl(requested: bool, device: torch.device) -> bool:
     """Programmatic dependent launch needs a compiled launch on compute capability 9.0 or newer."""
@@ -143,7 +148,7 @@ def _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mas
     return q, heads, g_mask
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STEP_ARGS)
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     qk_scale_log2, split_len, table_width,
@@ -207,7 +212,7 @@ def _decode_split_kernel(
         tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STEP_ARGS)
 def _decode_split_tma_kernel(
     q_ptr, k_desc, v_desc, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     qk_scale_log2, split_len, table_width,
@@ -259,7 +264,7 @@ def _decode_split_tma_kernel(
         tl.store(part_lse_ptr + part, m_i + tl.math.log2(l_i), mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["split_len", "num_splits"])
 def _decode_reduce_kernel(
     part_out_ptr, part_lse_ptr, context_lens_ptr, out_ptr,
     split_len, num_splits,

@@ -241,7 +241,7 @@ if gluon is not None:
                 lse = gl.convert_layout(m_i + gl.log2(l_i), gl.SliceLayout(1, io_layout))
                 gl.store(part_lse_ptr + part, lse, mask=rows < QUERIES_PER_KV)
 
-    @gluon.jit
+    @gluon.jit(do_not_specialize=["split_len", "table_width", "stride_bt"])
     def _decode_hopper_kernel(
         q_ptr, k_desc, v_desc, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
         qk_scale_log2, split_len, table_width,

@@ -63,7 +63,7 @@ def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
                          split_rows=True)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_loc_ptr, context_lens_ptr,
     qk_scale_log2,
@@ -199,7 +199,7 @@ def _prefill_halves(
     _store_rows(out_ptr, acc_b, l_b, q_start, q_len, rows_b, head, stride_ot, stride_oh, offs_d, d_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_tma_kernel(
     q_desc, k_desc, v_desc, out_ptr, block_tables_ptr, query_start_loc_ptr, context_lens_ptr,
     qk_scale_log2, stride_ot, stride_oh, stride_bt,

@@ -308,7 +308,7 @@ if gluon is not None:
                 ring += n_tiles
                 item_count += 1
 
-    @gluon.jit
+    @gluon.jit(do_not_specialize=["stride_bt", "num_seqs", "n_mblocks", "num_items", "num_rounds"])
     def _prefill_hopper_kernel(
         q_desc, k_desc, v_desc, out_ptr, block_tables_ptr, query_start_loc_ptr, context_lens_ptr,
         qk_scale_log2, stride_ot, stride_oh, stride_bt, num_heads, num_seqs, n_mblocks, num_items, num_rounds,

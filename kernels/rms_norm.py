@@ -9,7 +9,7 @@ import triton.language as tl
 from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_same_device, check_tensor
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr,
     num_rows, hidden, eps,

@@ -14,8 +14,8 @@ POLICIES = ("continuous", "static")
 class SchedulerConfig:
     """Batching limits and policy; the per-worker limits are the smaller of these and the worker's own."""
 
-    max_num_seqs: int = 256  # most sequences in one step
-    max_num_batched_tokens: int = 2048  # token budget of one step
+    max_num_seqs: int = 1024  # most sequences in one step
+    max_num_batched_tokens: int = 8192  # token budget of one step
     max_queued_requests: int = 4096  # waiting requests across the pool before RESOURCE_EXHAUSTED
     policy: str = "continuous"  # "continuous" or "static" (the baseline: run a batch to completion)
     enable_prefix_caching: bool = True

@@ -21,8 +21,8 @@ class WorkerConfig:
     block_size: int = 16
     num_kv_blocks: int = 0  # 0: measured on CUDA, CPU_DEFAULT_KV_BLOCKS elsewhere
     gpu_memory_utilization: float = 0.90
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 1024  # most sequences in one step (decode graphs are captured up to it)
+    max_num_batched_tokens: int = 8192  # most tokens in one step
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     enforce_eager: bool = False  # no CUDA graphs
     fake_token_id: int = -1  # fake mode's token; -1: the smallest id that is not EOS

@@ -23,13 +23,17 @@ from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 
+# (positions in the step's concatenated tokens [k] int64, their tokens [k] int64), both on the device.
+InputFill = tuple[torch.Tensor, torch.Tensor]
+
 SHORT_CONTEXT_LEN = 512  # contexts up to this many tokens run the decode kernel unsplit
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
-    """1, 2, 4, 8, then every multiple of 8, up to and including max_num_seqs."""
+    """1, 2, 4, 8, then every multiple of 8 up to 256 and of 32 past it, up to and including max_num_seqs (past 256
+    a step pads at most 31 rows, and the graphs to capture stay few)."""
     sizes = [s for s in (1, 2, 4) if s < max_num_seqs]
-    sizes += list(range(8, max_num_seqs, 8))
+    sizes += list(range(8, min(max_num_seqs, 257), 8)) + list(range(288, max_num_seqs, 32))
     return sorted({*sizes, max_num_seqs})
 
 
@@ -141,26 +145,24 @@ class DecodeGraphs:
         return bs, fits[0]
 
     @torch.inference_mode()
-    def run(
-        self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], input_tokens: torch.Tensor | None = None
-    ) -> None:
+    def run(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], fill: InputFill | None = None) -> None:
         """Replays the decode step of len(chunks) one-token chunks; read `logits_of`, `token_ids_of` or
-        `sampled_of` after. input_tokens: [len(chunks)] int64 on the device, the rows' input tokens when the host
-        does not know them yet (the previous step's argmax); token_ids is then ignored."""
+        `sampled_of` after. fill: rows whose input token the host does not know yet (sampled by a step queued
+        earlier), with those tokens on the device; their entries of token_ids are ignored."""
         n = len(chunks)
         bs = self.bucket_for(n)
         if bs is None:
             raise ValueError(f"no decode graph for {n} sequences (largest is {self.max_batch})")
         self.copied.synchronize()  # the last step's copy has left the staging array (at once after a sync)
-        longest = self.inputs.fill(token_ids if input_tokens is None else [0] * n, chunks, bs)
+        longest = self.inputs.fill(token_ids, chunks, bs)
         key = self.graph_key(n, longest)
         if key not in self.graphs:
             raise ValueError(f"decode graph {key} was not captured")
         used = self.inputs.used(bs)
         self.static[:used].copy_(self.staging[:used], non_blocking=True)
         self.copied.record()
-        if input_tokens is not None:
-            self.input_ids[:n].copy_(input_tokens)  # int64 → int32, queued behind the step that computed them
+        if fill is not None:  # int64 → int32, queued behind the step that sampled them
+            self.input_ids.index_copy_(0, fill[0], fill[1].to(torch.int32))
         self.graphs[key].replay()
         self.num_rows = n
         self.last_key = key

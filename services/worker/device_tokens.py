@@ -1,69 +1,60 @@
-"""Greedy tokens of a launched decode step, kept on the device so that the next step can start from them
-before the host has read them.
+"""The sampled tokens of a launched step, kept on the device so that the next step can start from them before
+the host has read them.
 
-A launch copies its argmax tokens into a slot of its own (a device buffer and a pinned host buffer) and
-queues the device-to-host copy right behind the step, so reading them back later only waits for that step.
-A slot stays owned by its launch until the tokens are read; the next step of the same sequences reads the
-device buffer in stream order, before any later launch can reuse the slot.
+A launch queues its step and then the device-to-host copy of what it sampled (into pinned memory), and records
+an event behind that copy; reading the tokens later waits for that event only. The device tensor `tokens` feeds
+the next step's inputs in stream order, so the next step may be queued before this one has finished.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-
-class TokenSlots:
-    """Reusable (device, pinned host) int64 buffer pairs of `max_rows` entries."""
-
-    def __init__(self, max_rows: int, device: torch.device) -> None:
-        self.max_rows = max_rows
-        self.device = device
-        self._free: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-
-    def acquire(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self._free:
-            return self._free.pop()
-        cuda = self.device.type == "cuda"
-        dev = torch.zeros(self.max_rows, dtype=torch.int64, device=self.device)
-        host = torch.zeros(self.max_rows, dtype=torch.int64, pin_memory=True) if cuda else None
-        return dev, host
-
-    def release(self, slot: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        self._free.append(slot)
+from services.worker.sampling.results import DeviceSample
+from services.worker.sampling.types import SamplerOutput
 
 
 class DeviceTokens:
-    """The greedy token of each row of one launched step: `tokens` on the device, `token_ids()` on the host."""
+    """What one launched step samples: `tokens` on the device (one per sampling row), `outputs()` on the host."""
 
-    def __init__(self, slots: TokenSlots, argmax: torch.Tensor) -> None:
-        """argmax: [n] int64 on the device, valid in stream order (it may be overwritten by a later launch)."""
-        n = argmax.shape[0]
-        if n > slots.max_rows:
-            raise ValueError(f"{n} rows exceed the token slots' {slots.max_rows}")
-        self._slots = slots
-        self._slot: tuple[torch.Tensor, torch.Tensor | None] | None = slots.acquire()
-        dev, host = self._slot
-        self.tokens = dev[:n]  # [n] int64
-        self.tokens.copy_(argmax)
-        self._host = None if host is None else host[:n]
-        self._event = None
-        if self._host is not None:
-            self._host.copy_(self.tokens, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        self._ids: list[int] | None = None
+    def __init__(self, sample: DeviceSample | None, seq_ids: Sequence[int]) -> None:
+        """sample: the step's DeviceSample (None when no row samples); seq_ids: the sequence of each of its rows."""
+        self.sample = sample
+        self.tokens = sample.token_ids if sample is not None else None  # [num_sampling_rows] int64
+        self._rows = {seq_id: row for row, seq_id in enumerate(seq_ids)}
+        self._event: torch.cuda.Event | None = None
+        self._host: torch.Tensor | None = None
+        self._outputs: SamplerOutput | None = None
+        if sample is not None:
+            packed = sample.packed
+            if packed.is_cuda:
+                self._host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+                self._host.copy_(packed, non_blocking=True)
+                self._event = torch.cuda.Event()
+                self._event.record()
+            else:
+                self._host = packed
+
+    def row_of(self, seq_id: int) -> int:
+        """The row of `tokens` holding the token sampled for this sequence."""
+        row = self._rows.get(seq_id)
+        if row is None:
+            raise ValueError(f"seq {seq_id} sampled nothing in the launched step it is said to continue")
+        return row
 
     def ready(self) -> bool:
-        """Whether the step has finished on the device (reading its tokens would not wait)."""
+        """Whether the step and its copy have finished on the device (reading would not wait)."""
         return self._event is None or self._event.query()
 
-    def token_ids(self) -> list[int]:
-        """The host's copy of the tokens: waits for the step, then frees the slot (read once)."""
-        if self._ids is None:
-            if self._event is not None:
-                self._event.synchronize()
-            self._ids = (self.tokens if self._host is None else self._host).tolist()
-            if self._slot is not None:
-                self._slots.release(self._slot)
-                self._slot = None
-        return self._ids
+    def outputs(self) -> SamplerOutput:
+        """The sampled tokens (and logprobs) on the host: waits for the step the first time."""
+        if self._outputs is None:
+            if self.sample is None:
+                self._outputs = SamplerOutput(token_ids=[], logprobs=[])
+            else:
+                if self._event is not None:
+                    self._event.synchronize()
+                self._outputs = self.sample.unpack(self._host.tolist())
+        return self._outputs

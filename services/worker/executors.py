@@ -1,5 +1,5 @@
-"""What runs a step's sequences: the model (sampling on the host's terms, or a greedy decode step queued on
-the device) or, with no model, a fixed token."""
+"""What runs a step's sequences: the model (run and sampled while the host waits, or queued on the device with
+its sampled tokens left there for the next step) or, with no model, a fixed token."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Protocol
 
 from services.worker.device_tokens import DeviceTokens
 from services.worker.sampler import Sampler, SamplingRow, TokenLogprobs
-from services.worker.sequences import ScheduledSeq, SeqState
+from services.worker.sampling.results import DeviceSample
+from services.worker.sequences import PENDING_TOKEN, ScheduledSeq, SeqState
 from services.worker.token_view import TokenView
 
 Sampled = tuple[int, TokenLogprobs | None]
@@ -24,8 +25,15 @@ class StepExecutor(Protocol):
     def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
         """Queues the step; prev: the launched step whose tokens are its inputs, row for row."""
 
-    def collect(self, launched: DeviceTokens) -> list[Sampled | None]:
-        """Waits for a launched step and returns its tokens, as `run` would."""
+    def collect(self, launched: DeviceTokens) -> list[Sampled]:
+        """Waits for a launched step and returns the token of each of its sampling rows, in row order."""
+
+
+def device_samplable(state: SeqState) -> bool:
+    """Whether the sampler can draw this sequence's next token before the host knows its previous one: true unless
+    a repetition, presence or frequency penalty reads the generated tokens themselves."""
+    p = state.sampling
+    return p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
 
 
 def plain_greedy(state: SeqState) -> bool:
@@ -66,6 +74,61 @@ class ModelExecutor:
             self.model_runner.forward(token_ids, chunks, sample_rows)
             return results
         logits = self.model_runner.forward(token_ids, chunks, sample_rows)  # [len(sample_rows), vocab]
+        out = self.sampler(logits, self._rows(scheduled, sample_rows))
+        for j, i in enumerate(sample_rows):
+            results[i] = (out.token_ids[j], out.logprobs[j])
+        return results
+
+
+    def can_launch(self, scheduled: Sequence[ScheduledSeq]) -> bool:
+        """Whether the step can be queued on the device with its sampled tokens left there: every sampling row's
+        token depends only on its logits, its parameters and how many tokens it has generated (see
+        `device_samplable`). Prefill chunks, new sequences and rows that sample nothing always qualify."""
+        return bool(scheduled) and all(device_samplable(seq.state) for seq in scheduled if seq.samples)
+
+    def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
+        """Queues a step that `can_launch` and its sampling, without waiting for either. A row whose last input
+        token is still PENDING_TOKEN takes the token `prev` (the step queued just before) sampled for it."""
+        token_ids: list[int] = []
+        positions: list[int] = []
+        prev_rows: list[int] = []
+        for seq in scheduled:
+            tokens = seq.token_ids
+            if tokens and tokens[-1] == PENDING_TOKEN:
+                if prev is None:
+                    raise ValueError(f"seq {seq.state.seq_id}: its input token is pending but no step precedes it")
+                positions.append(len(token_ids) + len(tokens) - 1)
+                prev_rows.append(prev.row_of(seq.state.seq_id))
+                tokens = [*tokens[:-1], 0]
+            token_ids.extend(tokens)
+        runner = self.model_runner
+        fill = None
+        if positions:
+            source = prev.tokens  # [rows of prev] int64
+            if prev_rows != list(range(source.shape[0])):
+                source = source.index_select(0, runner.device_index(prev_rows))
+            fill = (runner.device_index(positions), source)
+        chunks = [seq.chunk() for seq in scheduled]
+        sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
+        seq_ids = [scheduled[i].state.seq_id for i in sample_rows]
+        if not sample_rows:
+            runner.forward(token_ids, chunks, sample_rows, fill)
+            return DeviceTokens(None, seq_ids)
+        if runner.graphed(chunks) and all(plain_greedy(seq.state) for seq in scheduled):
+            # Every row samples and takes the argmax the graph computed; cloned before the next replay reuses it.
+            tokens = runner.graph_argmax(token_ids, chunks, fill).clone()
+            return DeviceTokens(DeviceSample.pack(tokens, None, None, (), ()), seq_ids)
+        logits = runner.forward(token_ids, chunks, sample_rows, fill)  # [len(sample_rows), vocab]
+        return DeviceTokens(self.sampler.sample(logits, self._rows(scheduled, sample_rows)), seq_ids)
+
+    @staticmethod
+    def collect(launched: DeviceTokens) -> list[Sampled]:
+        """The launched step's sampled tokens on the host, one per sampling row (waits for the step)."""
+        out = launched.outputs()
+        return list(zip(out.token_ids, out.logprobs, strict=True))
+
+    @staticmethod
+    def _rows(scheduled: Sequence[ScheduledSeq], sample_rows: Sequence[int]) -> list[SamplingRow]:
         rows = []
         for i in sample_rows:
             state = scheduled[i].state
@@ -75,27 +138,7 @@ class ModelExecutor:
                 TokenView(state.token_ids, state.num_prompt_tokens),
                 state.grammar,
             ))
-        out = self.sampler(logits, rows)
-        for j, i in enumerate(sample_rows):
-            results[i] = (out.token_ids[j], out.logprobs[j])
-        return results
-
-
-    def can_launch(self, scheduled: Sequence[ScheduledSeq]) -> bool:
-        """Whether the step can be queued on the device with its tokens left there: a decode step (one token per
-        sequence, each sampling) whose every row is plain greedy."""
-        return bool(scheduled) and all(
-            seq.num_tokens == 1 and seq.samples and plain_greedy(seq.state) for seq in scheduled
-        )
-
-    def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
-        """Queues a step that `can_launch`; prev: the launched step whose tokens are its inputs, row for row."""
-        token_ids = [] if prev is not None else [seq.token_ids[0] for seq in scheduled]
-        return self.model_runner.launch_greedy(token_ids, [seq.chunk() for seq in scheduled], prev)
-
-    @staticmethod
-    def collect(launched: DeviceTokens) -> list[Sampled | None]:
-        return [(token_id, None) for token_id in launched.token_ids()]
+        return rows
 
 
 class FakeExecutor:
@@ -113,5 +156,5 @@ class FakeExecutor:
     def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
         raise ValueError("fake mode has no device to queue a step on")
 
-    def collect(self, launched: DeviceTokens) -> list[Sampled | None]:
+    def collect(self, launched: DeviceTokens) -> list[Sampled]:
         raise ValueError("fake mode has no device to queue a step on")

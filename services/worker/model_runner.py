@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from services.worker.attention_metadata import SeqChunk, build_attention_metadata
-from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.device_tokens import DeviceTokens, TokenSlots
+from services.worker.cuda_graphs import DecodeGraphs, InputFill
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 
@@ -23,7 +22,6 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.graphs = graphs
         self.device = kv_cache.data.device
-        self.token_slots: TokenSlots | None = None  # made at the first launch, sized for max_num_seqs rows
 
     def graphed(self, chunks: Sequence[SeqChunk]) -> bool:
         """Whether the step runs as a captured decode graph (every chunk one token, within the largest bucket)."""
@@ -33,19 +31,38 @@ class ModelRunner:
             and all(c.num_tokens == 1 for c in chunks)
         )
 
+    def device_index(self, values: Sequence[int]) -> torch.Tensor:
+        """values as an int64 index tensor on the model's device."""
+        return torch.as_tensor(np.asarray(values, dtype=np.int64)).to(self.device, non_blocking=True)
+
     @torch.inference_mode()
-    def forward(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], sample_rows: Sequence[int]) -> torch.Tensor:
-        """token_ids: the chunks' tokens, concatenated. Returns fp32 logits [len(sample_rows), vocab] of the last
-        token of each chunk listed in sample_rows."""
+    def forward(
+        self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], sample_rows: Sequence[int],
+        fill: InputFill | None = None,
+    ) -> torch.Tensor:
+        """token_ids: the chunks' tokens, concatenated (positions named by `fill` are overwritten on the device).
+        Returns fp32 logits [len(sample_rows), vocab] of the last token of each chunk listed in sample_rows."""
         if self.graphed(chunks):
-            self.graphs.run(token_ids, chunks)
+            self.graphs.run(token_ids, chunks, fill)
             return self.graphs.logits_of(sample_rows)
         meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
         input_ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).to(self.device, non_blocking=True)
+        if fill is not None:
+            input_ids.index_copy_(0, fill[0], fill[1])
         hidden = self.model(input_ids, meta, self.kv_cache.layers)  # [num_tokens, hidden]
         last = np.cumsum([c.num_tokens for c in chunks]) - 1  # row of each chunk's last token
         rows = torch.as_tensor(last[list(sample_rows)], dtype=torch.int64).to(self.device, non_blocking=True)
         return self.model.compute_logits(hidden.index_select(0, rows))
+
+    def graph_argmax(
+        self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], fill: InputFill | None = None
+    ) -> torch.Tensor:
+        """Replays a graphed decode step (see `graphed`); returns every row's argmax token, [len(chunks)] int64 on
+        the device, in a buffer the next replay overwrites."""
+        if not self.graphed(chunks):
+            raise ValueError("graph_argmax needs a decode step that fits the captured graphs")
+        self.graphs.run(token_ids, chunks, fill)
+        return self.graphs.sampled_of()
 
     def greedy_decode(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk]) -> list[int]:
         """A graphed decode step (see `graphed`) whose every row takes the argmax: the argmax token per chunk,
@@ -54,29 +71,3 @@ class ModelRunner:
             raise ValueError("greedy_decode needs a decode step that fits the captured graphs")
         self.graphs.run(token_ids, chunks)
         return self.graphs.token_ids_of()
-
-    @torch.inference_mode()
-    def launch_greedy(
-        self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], prev: DeviceTokens | None = None
-    ) -> DeviceTokens:
-        """Queues a decode step (every chunk one token) whose every row takes the argmax, without waiting for it.
-        prev: the launched step whose tokens are this step's inputs, row for row (token_ids is then ignored).
-        The argmax is the one the sampler gives a plain-greedy row: in the graph, or torch's on eager logits."""
-        if any(c.num_tokens != 1 for c in chunks):
-            raise ValueError("launch_greedy runs decode steps only (one token per chunk)")
-        if prev is not None and prev.tokens.shape[0] != len(chunks):
-            raise ValueError(f"the previous step has {prev.tokens.shape[0]} rows, this one {len(chunks)}")
-        if self.token_slots is None:
-            rows = self.graphs.max_batch if self.graphs is not None else 0
-            self.token_slots = TokenSlots(max(rows, len(chunks), 1), self.device)
-        if self.token_slots.max_rows < len(chunks):
-            self.token_slots = TokenSlots(len(chunks), self.device)
-        inputs = None if prev is None else prev.tokens
-        if self.graphed(chunks):
-            self.graphs.run(token_ids, chunks, inputs)
-            return DeviceTokens(self.token_slots, self.graphs.sampled_of())
-        meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
-        if inputs is None:
-            inputs = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)).to(self.device, non_blocking=True)
-        hidden = self.model(inputs, meta, self.kv_cache.layers)  # [num_seqs, hidden]: one token per chunk
-        return DeviceTokens(self.token_slots, self.model.compute_logits(hidden).argmax(dim=-1))

@@ -4,14 +4,14 @@ Plans are processed strictly in order (the caller serialises them); a sequence t
 appended to its own state, so the next plan's decode runs it. A problem with one sequence (an unknown id, a
 block out of range, tokens beyond max_model_len) becomes a SeqError for that sequence alone.
 
-Overlap. With two plans in flight the next plan is often known while the current step runs. When the current
-step is a plain-greedy decode and the next plan continues exactly its sequences (the same ones, in the same
-order, one token each), the next step is queued on the device right behind the current one, its input tokens
-copied there from the current step's argmax; only then does the host wait for the current step's tokens, so
-that wait, the result and the next plan's bookkeeping overlap the device's work. The next plan's deltas are
-applied to the table ahead of its turn, the current step's tokens standing in as placeholders until they are
-read, so the table after each step is exactly what the sequential path leaves. Anything else (new sequences,
-prefill chunks, finished or failed ids, sampled rows) runs the sequential path.
+Overlap. With two plans in flight the next plan is usually known while the current step runs. The current step
+is then queued on the device with its sampling (see StepExecutor.can_launch: any step whose sampling rows need no
+penalty over their own generated tokens), the next plan is applied to the table ahead of its turn, and the next
+step is queued right behind the current one, each row whose input is the current step's sampled token taking it
+from the device; only then does the host wait for the current step's tokens, so that wait, the result and the
+next plan's bookkeeping overlap the device's work. The current step's tokens stand in the table as placeholders
+(PENDING_TOKEN) until they are read, so the table after each step is exactly what the sequential path leaves.
+Steps with penalised rows, and steps with no next plan in sight, run the sequential path.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from services.worker.device_tokens import DeviceTokens
 from services.worker.executors import StepExecutor
 from services.worker.grammar import GrammarCache
 from services.worker.plan import SeqError, SeqOutput, StepPlan, StepResult
-from services.worker.sequences import ScheduledSeq, SequenceLimits, SequenceTable, unknown_seq
+from services.worker.sequences import PENDING_TOKEN, ScheduledSeq, SequenceLimits, SequenceTable, unknown_seq
 
 log = logging.getLogger(__name__)
-
-PENDING_TOKEN = -1  # stands for a launched step's token in a sequence's state until the host has read it
 
 # Waits up to the given seconds for the plan after the current one and returns it without taking it (None: none yet).
 PlanSource = Callable[[float], StepPlan | None]
@@ -130,19 +128,22 @@ class Runner:
         return outputs
 
     @staticmethod
-    def _advance_pending(seq: ScheduledSeq, table: SequenceTable) -> int:
-        """Advances a launched sequence with a placeholder token; returns where the real one goes."""
+    def _advance_pending(seq: ScheduledSeq, table: SequenceTable) -> int | None:
+        """Advances a launched sequence, with a placeholder token where it samples; returns where the real token
+        goes (None: the row samples nothing)."""
+        if not seq.samples:
+            table.advance(seq, None)
+            return None
         table.advance(seq, PENDING_TOKEN)
         return len(seq.state.token_ids) - 1
 
     def _apply_ahead(
         self, next_plan: StepPlan, scheduled: list[ScheduledSeq], launched: DeviceTokens, table: SequenceTable
     ) -> Ahead:
-        """Applies the next plan now; launches its step when it continues exactly the launched sequences."""
+        """Applies the next plan now and queues its step behind the launched one when it can be launched."""
         nxt, errors = self._apply(next_plan, table)
         ahead = Ahead(next_plan, nxt, errors)
-        continues = len(nxt) == len(scheduled) and all(a.state is b.state for a, b in zip(scheduled, nxt))
-        if continues and self.executor.can_launch(nxt):
+        if self.executor.can_launch(nxt):
             try:
                 ahead.launched = self.executor.launch(nxt, launched)
                 self.num_overlapped_steps += 1
@@ -162,7 +163,7 @@ class Runner:
 
     def _collect(
         self, plan: StepPlan, scheduled: list[ScheduledSeq], errors: list[SeqError], launched: DeviceTokens,
-        pending: list[int] | None, table: SequenceTable,
+        pending: list[int | None] | None, table: SequenceTable,
     ) -> list[SeqOutput]:
         """Reads a launched step's tokens and puts them where the sequential path would."""
         try:
@@ -173,12 +174,18 @@ class Runner:
                 self._forget_failed(table.ahead, scheduled)
             return []
         outputs: list[SeqOutput] = []
-        for i, (seq, (token_id, logprobs)) in enumerate(zip(scheduled, sampled, strict=True)):
-            if pending is None:
-                table.advance(seq, token_id)
+        tokens = iter(sampled)  # one per sampling row, in row order
+        for i, seq in enumerate(scheduled):
+            if pending is None:  # not advanced yet
+                token = next(tokens) if seq.samples else None
+                table.advance(seq, None if token is None else token[0])
+            elif pending[i] is None:
+                continue
             else:
-                seq.state.token_ids[pending[i]] = token_id
-            outputs.append(SeqOutput(seq.state.seq_id, token_id, logprobs))
+                token = next(tokens)
+                seq.state.token_ids[pending[i]] = token[0]
+            if token is not None:
+                outputs.append(SeqOutput(seq.state.seq_id, token[0], token[1]))
         return outputs
 
     @staticmethod

@@ -17,6 +17,9 @@ from services.worker.attention_metadata import SeqChunk
 from services.worker.plan import CachedSeq, NewSeq, SeqError, StepPlan
 
 
+PENDING_TOKEN = -1  # stands for a launched step's sampled token in a sequence's state until the host reads it
+
+
 def unknown_seq(seq_id: int) -> NotFound:
     return NotFound(f"seq {seq_id}: unknown sequence (never sent as NewSeq, finished or failed)")
 

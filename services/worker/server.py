@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV blocks to allocate (0: measured on CUDA, 1024 on CPU, 65536 in fake mode)")
     add("--gpu-memory-utilization", type=float, default=env_default("gpu_memory_utilization", 0.90),
         help="fraction of GPU memory for weights, activations and the KV cache")
-    add("--max-num-seqs", type=int, default=env_default("max_num_seqs", 256), help="most sequences per step")
-    add("--max-num-batched-tokens", type=int, default=env_default("max_num_batched_tokens", 8192),
-        help="most tokens per step (also the memory profile's size)")
+    add("--max-num-seqs", type=int, default=env_default("max_num_seqs", WorkerConfig.max_num_seqs),
+        help="most sequences per step")
+    add("--max-num-batched-tokens", type=int,
+        default=env_default("max_num_batched_tokens", WorkerConfig.max_num_batched_tokens), help="most tokens per step (also the memory profile's size)")
     add("--max-model-len", type=int, default=env_default("max_model_len", 0),
         help="longest prompt plus output (0: the model's max_position_embeddings)")
     add("--enforce-eager", action="store_true", default=env_default("enforce_eager", False),

@@ -1,5 +1,5 @@
-"""On a CUDA GPU: decode steps queued behind the previous one (their input tokens copied on the device from its
-argmax) give the tokens of the sequential path, with CUDA graphs and without, and with two streams interleaved."""
+"""On a CUDA GPU: steps queued behind the previous one (input tokens it samples copied on the device) give the
+tokens of the sequential path, with CUDA graphs and without, sampled rows too, and with two streams interleaved."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
 from services.worker.plan import StepPlan
 from tests.unit.worker.helpers import Driver, make_checkpoint
-from tests.unit.worker.test_runner_overlap import PROMPTS, _plans, _run, _summary
+from services.common.sampling import SamplingParams
+from tests.unit.worker.test_runner_overlap import (PROMPTS, _plans, _run, _sampled_plans, _summary,
+                                                    _summary_with_logprobs)
 
 pytestmark = pytest.mark.gpu
 
@@ -33,7 +35,7 @@ def test_overlapped_greedy_tokens_equal_sequential_ones_on_the_gpu(folder: Path,
     sequential = _run(sequential_engine, _plans(sequential_engine, 64), "sequential")
     overlapped = _run(overlapped_engine, _plans(overlapped_engine, 64), "next_plan")
     assert _summary(overlapped) == _summary(sequential)
-    assert overlapped_engine.runner.num_overlapped_steps == 11
+    assert overlapped_engine.runner.num_overlapped_steps == 17
     assert (overlapped_engine.runner.executor.model_runner.graphs is None) == enforce_eager
 
 
@@ -74,4 +76,18 @@ def test_two_streams_interleaving_launched_steps_keep_their_own_tokens(folder: P
             got[fb].append(engine.runner.step(plans[fb][k], tables[fb], next_plan=nxt))
     assert {fb: _summary(r) for fb, r in got.items()} == expected
     assert expected[0] != expected[32]
-    assert engine.runner.num_overlapped_steps == 2 * 11
+    assert engine.runner.num_overlapped_steps == 2 * 12
+
+
+@pytest.mark.parametrize("enforce_eager", [False, True])
+def test_overlapped_sampled_rows_equal_sequential_ones_on_the_gpu(folder: Path, enforce_eager: bool) -> None:
+    params = {
+        1: SamplingParams(max_tokens=32, temperature=0.9, top_p=0.95, seed=11, logprobs=2, ignore_eos=True),
+        2: SamplingParams(max_tokens=32, temperature=1.0, top_k=20, seed=5, min_tokens=4, ignore_eos=True),
+        3: SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True),
+    }
+    sequential_engine, overlapped_engine = _engine(folder, enforce_eager), _engine(folder, enforce_eager)
+    sequential = _run(sequential_engine, _sampled_plans(sequential_engine, params), "sequential")
+    overlapped = _run(overlapped_engine, _sampled_plans(overlapped_engine, params), "wait_next")
+    assert _summary_with_logprobs(overlapped) == _summary_with_logprobs(sequential)
+    assert overlapped_engine.runner.num_overlapped_steps == 11

@@ -44,7 +44,10 @@ class DeviceSample:
         return cls(token_ids, torch.cat(parts), logprob_row_ids, logprob_counts)
 
     def to_host(self) -> SamplerOutput:
-        host = self.packed.tolist()
+        return self.unpack(self.packed.tolist())
+
+    def unpack(self, host: list[float] | list[int]) -> SamplerOutput:
+        """The SamplerOutput of `packed` as read on the host (its `tolist()`, or that of a host copy of it)."""
         num_rows, num_lp = self.token_ids.shape[0], len(self.logprob_row_ids)
         ids = [int(t) for t in host[:num_rows]]
         out: list[TokenLogprobs | None] = [None] * num_rows

@@ -79,3 +79,5 @@ def test_short_contexts_get_an_unsplit_graph_only_where_the_full_one_splits() ->
     assert context_buckets(1, 8, 512, 512) == [(512, 4)]
     assert context_buckets(1, 8, 4096, 0) == [(4096, 32)]
     assert batch_buckets(20) == [1, 2, 4, 8, 16, 20]
+    assert batch_buckets(1024)[33:39] == [248, 256, 288, 320, 352, 384]
+    assert len(batch_buckets(1024)) == 3 + 32 + 24 and batch_buckets(1000)[-2:] == [992, 1000]

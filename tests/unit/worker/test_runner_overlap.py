@@ -1,5 +1,6 @@
-"""With the next plan known, the runner queues a greedy decode step behind the current one (its input tokens
-taken on the device); every result and the table afterwards equal the sequential path's, whatever the plans do."""
+"""With the next plan known, the runner queues the next step behind the current one (input tokens the current
+step samples are taken on the device); every result and the table afterwards equal the sequential path's, whatever
+the plans do and however the rows sample."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import ErrorCode
+from services.common.sampling import SamplingParams
 from services.worker.plan import CachedSeq, StepPlan, StepResult
 from tests.unit.worker.helpers import Driver, cpu_engine, make_checkpoint
 
@@ -72,9 +74,8 @@ def test_overlapped_steps_give_the_sequential_results_through_finish_arrival_and
     errors = {(r.step_id, e.seq_id, e.error.code) for r in sequential for e in r.errors}
     assert errors == {(11, 42, ErrorCode.NOT_FOUND), (14, 1, ErrorCode.INVALID_ARGUMENT)}
     assert [len(r.outputs) for r in sequential] == [2, 2, 2, 2, 2, 1, 1, 1, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1]
-    # Queued ahead: steps 3-5 (1, 2), 7 (1), 11-13 (1, 3; 11 beside the unknown id) and 15-18 (3). Not: 6 (after
-    # a finish), 8-10 (a new sequence, its prefill, then the first step after it) and 14 (seq 1 failed there).
-    assert ovl_engine.runner.num_overlapped_steps == 11
+    # Every step after the first is queued ahead: finishes, new sequences, prefill chunks and failed rows included.
+    assert ovl_engine.runner.num_overlapped_steps == 17
     assert seq_engine.runner.num_overlapped_steps == 0
     assert {k: v.token_ids for k, v in ovl_engine.runner.table.seqs.items()} == \
         {k: v.token_ids for k, v in seq_engine.runner.table.seqs.items()}
@@ -140,3 +141,47 @@ def test_a_plan_other_than_the_one_applied_ahead_is_refused(folder: Path) -> Non
     engine.runner.step(second, next_plan=third)
     with pytest.raises(ValueError, match="applied ahead"):
         engine.runner.step(second)
+
+
+def _sampled_plans(engine, params: dict[int, SamplingParams]) -> list[StepPlan]:  # noqa: ANN001
+    """Seqs 1 and 2 decode from the start; seq 3 arrives at step 4 with its prompt in two chunks; 12 steps."""
+    d = Driver(engine)
+    first = [d.new_seq(1, PROMPTS[1], 7), d.new_seq(2, PROMPTS[2], 5)]
+    plans = [d.plan(first)]
+    live = [1, 2]
+    for step in range(2, 13):
+        new = [d.new_seq(3, PROMPTS[3], 6)] if step == 4 else []
+        cached = [d.cached_seq(s, 1) for s in live]
+        if step == 5:
+            cached.append(d.cached_seq(3, 5))
+            live = [1, 2, 3]
+        plans.append(d.plan(new, cached))
+    for plan in plans:
+        for new in plan.new_seqs:
+            new.sampling = params[new.seq_id]
+    return plans
+
+
+def _summary_with_logprobs(results: list[StepResult]) -> list[tuple]:
+    return [(r.step_id, [(o.seq_id, o.token_id, None if o.logprobs is None else
+                          (round(o.logprobs.logprob, 5), [t for t, _ in o.logprobs.top])) for o in r.outputs])
+            for r in results]
+
+
+@pytest.mark.parametrize("penalised", [False, True])
+def test_sampled_rows_overlap_and_match_the_sequential_path_token_for_token(folder: Path, penalised: bool) -> None:
+    params = {
+        1: SamplingParams(max_tokens=32, temperature=0.9, top_p=0.95, seed=11, logprobs=2, ignore_eos=True),
+        2: SamplingParams(max_tokens=32, temperature=1.0, top_k=20, seed=5, min_tokens=4, ignore_eos=True),
+        3: SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True,
+                          repetition_penalty=1.3 if penalised else 1.0),
+    }
+    seq_engine, ovl_engine = cpu_engine(folder, num_kv_blocks=64), cpu_engine(folder, num_kv_blocks=64)
+    sequential = _run(seq_engine, _sampled_plans(seq_engine, params), "sequential")
+    overlapped = _run(ovl_engine, _sampled_plans(ovl_engine, params), "next_plan")
+    assert _summary_with_logprobs(overlapped) == _summary_with_logprobs(sequential)
+    assert [len(r.outputs) for r in sequential] == [2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3]
+    # Seq 3's penalty reads its own tokens, so once it runs (step 4 on) its steps wait for the host.
+    assert ovl_engine.runner.num_overlapped_steps == (3 if penalised else 11)
+    assert {k: v.token_ids for k, v in ovl_engine.runner.table.seqs.items()} == \
+        {k: v.token_ids for k, v in seq_engine.runner.table.seqs.items()}
