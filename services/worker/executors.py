@@ -31,9 +31,10 @@ class StepExecutor(Protocol):
 
 def device_samplable(state: SeqState) -> bool:
     """Whether the sampler can draw this sequence's next token before the host knows its previous one: true unless
-    a repetition, presence or frequency penalty reads the generated tokens themselves."""
+    a repetition, presence or frequency penalty reads the generated tokens themselves, or a grammar's mask needs
+    its matcher advanced by the previous token (on the host)."""
     p = state.sampling
-    return p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+    return state.grammar is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
 
 
 def plain_greedy(state: SeqState) -> bool:

@@ -116,10 +116,13 @@ def test_regex_and_ebnf_outputs_match_their_grammar(folder: Path) -> None:
 
 
 def _overlap_plans() -> list[StepPlan]:
-    """Seq 1 (plain greedy) decodes alone for four steps, so its steps are queued ahead; seq 2 (guided to 40
-    digits, which no six tokens can finish) arrives at step 5, decodes beside it and finishes at step 11."""
-    digits = _params(Guided("regex", "[0-9]{40}"), max_tokens=60)
-    plans = [StepPlan(1, [NewSeq(1, PROMPT, len(PROMPT), _params(None, ignore_eos=True), list(range(8)), 0, 17)],
+    """Seq 1 (sampled, seeded) decodes alone for four steps, so its steps are queued ahead; seq 2 (guided to an
+    array of 20 or more colours, which six tokens cannot finish; sampled) arrives at step 5, decodes beside it
+    and finishes at step 11."""
+    colours = {"type": "array", "items": {"enum": ["red", "blue", "green"]}, "minItems": 20}
+    digits = _params(Guided("json_schema", json.dumps(colours)), max_tokens=60, temperature=1.0, seed=3)
+    plain = _params(None, ignore_eos=True, temperature=1.0, seed=1)
+    plans = [StepPlan(1, [NewSeq(1, PROMPT, len(PROMPT), plain, list(range(8)), 0, 17)],
                       [], [])]
     for step in range(2, 14):
         new = [NewSeq(2, PROMPT[:6], 6, digits, list(range(8, 12)), 0, 6)] if step == 5 else []
@@ -141,7 +144,7 @@ def test_guided_sequences_give_the_sequential_results_with_the_next_plan_applied
     assert summary(ovl_results) == summary(seq_results)
     assert overlapped.runner.num_overlapped_steps >= 3  # seq 1's lone steps went ahead on the device path
     guided = [o.token_id for r in seq_results for o in r.outputs if o.seq_id == 2]
-    assert len(guided) == 6 and decode(folder, guided).isdigit()
+    assert len(guided) == 6 and decode(folder, guided).startswith('["')
 
 
 def test_a_step_scheduled_past_the_grammars_end_runs_unmasked_without_error(folder: Path) -> None:
