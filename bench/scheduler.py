@@ -107,7 +107,8 @@ def run(num_seqs: int, scenario: str, num_steps: int, with_pb: bool, seed: int =
         result = in_flight.popleft()
         wire = worker_pb2.StepResult(
             step_id=result.step_id,
-            outputs=[worker_pb2.SeqOutput(seq_id=o.seq_id, token_id=o.token_id) for o in result.outputs],
+            sampled=worker_pb2.SampledTokens(seq_ids=[o.seq_id for o in result.outputs],
+                                             token_ids=[o.token_id for o in result.outputs]),
         ).SerializeToString() if with_pb else b""
         received, cpu_received = time.perf_counter(), time.process_time()
         if with_pb:

@@ -46,6 +46,7 @@ class GatewayConfig:
     request_timeout_s: float = 600.0
     max_body_bytes: int = 4 * 1024 * 1024
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
+    reuse_port: bool = False  # share the gRPC and HTTP ports with other gateway replicas (SO_REUSEPORT)
 
     def __post_init__(self) -> None:
         if not self.tokenizers:

@@ -28,6 +28,8 @@ from services.common.stage import serve_stage
 
 log = logging.getLogger(__name__)
 
+REPLICA_READY_TIMEOUT_S = 60.0  # how long a --reuse-port replica waits for a tokenizer before binding anyway
+
 
 class GatewayServer:
     """The running gateway: tokenizer connections, the core, the gRPC server and the HTTP server."""
@@ -50,21 +52,38 @@ class GatewayServer:
     async def start(self) -> None:
         keys = ApiKeys(self.config.api_keys)
         servicer = GatewayServicer(self.core, keys)
+        self.router.start()
+        if self.config.reuse_port:
+            # A replica joins a shared port only once it can serve, so the kernel sends it no connection to refuse.
+            await self._wait_ready(REPLICA_READY_TIMEOUT_S)
         self._stage = await start_server(
             self.config.server.address,
             [lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s)],
             [SERVICE_NAME],
             serving=False,
+            reuse_port=self.config.reuse_port,
         )
         self.grpc_port = self._stage.port
         api = HttpApi(self.core, keys, self.config.max_body_bytes)
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
         self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.server.host, self.config.http_port).start()
+        await web.TCPSite(self._runner, self.config.server.host, self.config.http_port,
+                          reuse_port=self.config.reuse_port).start()
         self.http_port = self._runner.addresses[0][1]
-        self.router.start()
         self._watcher = asyncio.create_task(self._watch_readiness())
+        self.router.changed.set()  # the watcher reads the readiness reached so far
+
+    async def _wait_ready(self, timeout_s: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.core.is_ready():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                log.warning("no tokenizer ready after %.0f s; joining the shared ports anyway", timeout_s)
+                return
+            self.router.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.router.changed.wait(), remaining)
 
     async def _watch_readiness(self) -> None:
         """grpc health follows readiness: SERVING only while a tokenizer stream is open and its model ready."""
@@ -116,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated API keys; empty: no authentication")
     parser.add_argument("--request-timeout-s", type=float, default=env_default("request_timeout_s", 600.0),
                         help="deadline of a request that sets none")
+    parser.add_argument("--reuse-port", action="store_true", default=env_default("reuse_port", False),
+                        help="share the gRPC and HTTP ports with other gateway replicas on this host (SO_REUSEPORT); "
+                             "the replica binds once a tokenizer is ready")
     parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
                         help="largest accepted HTTP request body")
     cache = parser.add_argument_group("result cache")
@@ -148,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         api_keys=tuple(split_csv(args.api_keys)),
         request_timeout_s=args.request_timeout_s,
         max_body_bytes=args.max_body_bytes,
+        reuse_port=args.reuse_port,
         result_cache=ResultCacheConfig(
             enabled=args.result_cache == "on",
             redis_url=args.redis_url,

@@ -144,15 +144,23 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
     stages.append(Stage("scheduler", ["scheduler", *flags, "--workers", workers, *shlex.split(args.scheduler_args)],
                         addr))
     scheduler = addr
-    addr, flags = address(1)
-    stages.append(Stage("tokenizer", ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir,
-                                      *shlex.split(args.tokenizer_args)], addr))
-    tokenizer = addr
+    tokenizers = []
+    for i in range(args.num_tokenizers):
+        # The first tokenizer keeps base+1; more take ports past the workers'.
+        addr, flags = address(1 if i == 0 else 3 + args.num_workers + i - 1)
+        name = "tokenizer" if args.num_tokenizers == 1 else f"tokenizer{i}"
+        stages.append(Stage(name, ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir,
+                                   *shlex.split(args.tokenizer_args)], addr))
+        tokenizers.append(addr)
     gateway_port = port(0)
     http_port = args.http_port or port(100)  # the gateway serves its status routes on this port, not +100
-    stages.append(Stage("gateway", ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
-                                    str(http_port), "--tokenizers", tokenizer, *shlex.split(args.gateway_args)],
-                        f"{host}:{gateway_port}"))
+    # Several gateways share the public ports (SO_REUSEPORT), each with a stream to every tokenizer.
+    shared = ["--reuse-port"] if args.num_gateways > 1 else []
+    for i in range(args.num_gateways):
+        name = "gateway" if args.num_gateways == 1 else f"gateway{i}"
+        stages.append(Stage(name, ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
+                                   str(http_port), "--tokenizers", ",".join(tokenizers), *shared,
+                                   *shlex.split(args.gateway_args)], f"{host}:{gateway_port}"))
     return stages
 
 
@@ -180,7 +188,7 @@ def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None =
         except BaseException:
             stack.stop()
             raise
-    gateway = stack.stages[-1]
+    gateway = stack.stages[-1]  # every gateway listens on the same ports
     http_port = gateway.argv[gateway.argv.index("--http-port") + 1]
     stack.gateway_grpc, stack.gateway_http = gateway.grpc_address, f"http://{args.host}:{http_port}"
     return stack
@@ -196,6 +204,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="gateway gRPC port; other stages take base+1.. (0: free ports)")
     parser.add_argument("--http-port", type=int, default=env_default("gateway_http_port", 8000))
     parser.add_argument("--num-workers", type=int, default=env_default("num_workers", 1))
+    parser.add_argument("--num-gateways", type=int, default=env_default("num_gateways", 0),
+                        help="gateway processes sharing the public ports (0: one per 4 CPU cores, at most 4)")
+    parser.add_argument("--num-tokenizers", type=int, default=env_default("num_tokenizers", 0),
+                        help="tokenizer processes (0: one per 8 CPU cores, at most 2)")
     parser.add_argument("--device", default=env_default("device", "auto"), help="auto, cpu or cuda")
     parser.add_argument("--load-format", default=env_default("load_format", "auto"),
                         choices=["auto", "dummy", "fake"])
@@ -210,6 +222,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(list(argv))
     if args.num_workers < 1:
         parser.error("--num-workers must be at least 1")
+    for name in ("num_gateways", "num_tokenizers"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 (automatic) or more")
+    # One Python process serves one core: past a few thousand streamed tokens per second the gateway (SSE) and the
+    # tokenizer (detokenization) need more processes than one, where there are cores for them.
+    cores = os.cpu_count() or 1
+    args.num_gateways = args.num_gateways or max(1, min(4, cores // 4))
+    args.num_tokenizers = args.num_tokenizers or max(1, min(2, cores // 8))
     return args
 
 

@@ -111,13 +111,17 @@ async def start_server(
     register: Sequence[Callable[[grpc.aio.Server], None]],
     service_names: Sequence[str],
     serving: bool = True,
+    reuse_port: bool = False,
 ) -> StageServer:
     """Starts a grpc.aio server on address ("host:port", port 0 picks a free one).
 
     register: callables that add servicers (e.g. `lambda s: add_XServicer_to_server(obj, s)`).
     service_names: full names of those services, for health and reflection.
+    reuse_port: share the port with other processes that also ask for it (SO_REUSEPORT: the kernel spreads new
+    connections among them); otherwise a taken port is an error.
     """
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
+    server = grpc.aio.server(options=options)
     for add in register:
         add(server)
     health_servicer = health.aio.HealthServicer()

@@ -59,9 +59,13 @@ def plan_to_pb(plan: StepPlan) -> worker_pb2.StepPlan:
             num_computed_tokens=new.num_computed_tokens,
             num_scheduled_tokens=new.num_scheduled_tokens,
         ))
-    cached = pb.cached_seqs
-    for seq in plan.cached_seqs:
-        cached.add(seq_id=seq.seq_id, new_block_ids=seq.new_block_ids, num_scheduled_tokens=seq.num_scheduled_tokens)
+    cached = plan.cached_seqs
+    if cached:
+        columns = pb.cached_seqs
+        columns.seq_ids.extend([seq.seq_id for seq in cached])
+        columns.num_scheduled_tokens.extend([seq.num_scheduled_tokens for seq in cached])
+        columns.num_new_blocks.extend([len(seq.new_block_ids) for seq in cached])
+        columns.new_block_ids.extend([b for seq in cached if seq.new_block_ids for b in seq.new_block_ids])
     return pb
 
 
@@ -73,11 +77,14 @@ def _error_code(code: int) -> ErrorCode:
 
 
 def result_from_pb(pb: worker_pb2.StepResult) -> StepResult:
+    sampled = pb.sampled
+    outputs = [SeqOutput(seq_id, token_id) for seq_id, token_id in zip(sampled.seq_ids, sampled.token_ids)]
+    for item in sampled.logprobs:
+        if item.index < len(outputs):
+            outputs[item.index].logprob = item.logprob
     return StepResult(
         step_id=pb.step_id,
-        outputs=[
-            SeqOutput(o.seq_id, o.token_id, o.logprob if o.HasField("logprob") else None) for o in pb.outputs
-        ],
+        outputs=outputs,
         errors=[SeqError(e.seq_id, _error_code(e.error.code), e.error.message) for e in pb.errors],
         step_time_s=pb.step_time_s,
     )

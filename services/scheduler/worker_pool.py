@@ -86,10 +86,14 @@ class WorkerConnection:
     async def _send_loop(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
         while True:
             self.wake.clear()
+            start = time.perf_counter()
             plan = engine.build_plan()
             self.pool.flush(engine)  # deadline expiries found while scheduling
             if plan is not None:
-                await call.write(plan_to_pb(plan))
+                message = plan_to_pb(plan)
+                if self.pool.metrics is not None:
+                    self.pool.metrics.schedule_duration.observe(time.perf_counter() - start)
+                await call.write(message)
                 continue
             deadline = engine.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.time()) + 0.001

@@ -28,6 +28,9 @@ class StepExecutor(Protocol):
     def collect(self, launched: DeviceTokens) -> list[Sampled]:
         """Waits for a launched step and returns the token of each of its sampling rows, in row order."""
 
+    def take_device_idle_s(self) -> float:
+        """Seconds the device sat idle between steps, measured since the last call (0 where not measured)."""
+
 
 def device_samplable(state: SeqState) -> bool:
     """Whether the sampler can draw this sequence's next token before the host knows its previous one: true unless
@@ -60,7 +63,18 @@ class ModelExecutor:
         self.model_runner = model_runner
         self.sampler = sampler
 
+    def take_device_idle_s(self) -> float:
+        return self.model_runner.gaps.take_idle_s()
+
     def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
+        gaps = self.model_runner.gaps
+        gaps.step_started()
+        try:
+            return self._run(scheduled)
+        finally:
+            gaps.step_ended()
+
+    def _run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
         token_ids = [t for seq in scheduled for t in seq.token_ids]
         chunks = [seq.chunk() for seq in scheduled]
         sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
@@ -90,6 +104,14 @@ class ModelExecutor:
     def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
         """Queues a step that `can_launch` and its sampling, without waiting for either. A row whose last input
         token is still PENDING_TOKEN takes the token `prev` (the step queued just before) sampled for it."""
+        gaps = self.model_runner.gaps
+        gaps.step_started()
+        try:
+            return self._launch(scheduled, prev)
+        finally:
+            gaps.step_ended()
+
+    def _launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None) -> DeviceTokens:
         token_ids: list[int] = []
         positions: list[int] = []
         prev_rows: list[int] = []
@@ -159,3 +181,6 @@ class FakeExecutor:
 
     def collect(self, launched: DeviceTokens) -> list[Sampled]:
         raise ValueError("fake mode has no device to queue a step on")
+
+    def take_device_idle_s(self) -> float:
+        return 0.0

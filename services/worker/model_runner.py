@@ -10,6 +10,7 @@ import torch
 
 from services.worker.attention_metadata import SeqChunk, build_attention_metadata
 from services.worker.cuda_graphs import DecodeGraphs, InputFill
+from services.worker.device_gaps import DeviceGaps
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 
@@ -22,6 +23,7 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.graphs = graphs
         self.device = kv_cache.data.device
+        self.gaps = DeviceGaps(self.device)  # the executor marks where each step starts and ends on the device
 
     def graphed(self, chunks: Sequence[SeqChunk]) -> bool:
         """Whether the step runs as a captured decode graph (every chunk one token, within the largest bucket)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flashstream.v1 import common_pb2, worker_pb2
 
-from services.common.errors import FlashStreamError
+from services.common.errors import FlashStreamError, InvalidArgument
 from services.common.pb import error_to_pb, sampling_from_pb
 from services.worker.engine import EngineInfo
 from services.worker.plan import CachedSeq, NewSeq, SeqError, StepPlan, StepResult
@@ -25,24 +25,37 @@ def plan_from_pb(pb: worker_pb2.StepPlan) -> tuple[StepPlan, list[SeqError]]:
             sampling=sampling, block_ids=list(seq.block_ids), num_computed_tokens=seq.num_computed_tokens,
             num_scheduled_tokens=seq.num_scheduled_tokens,
         ))
-    cached = [CachedSeq(s.seq_id, list(s.new_block_ids), s.num_scheduled_tokens) for s in pb.cached_seqs]
-    return StepPlan(pb.step_id, new_seqs, cached, list(pb.finished_seq_ids)), errors
+    return StepPlan(pb.step_id, new_seqs, cached_seqs_from_pb(pb.cached_seqs), list(pb.finished_seq_ids)), errors
+
+
+def cached_seqs_from_pb(pb: worker_pb2.CachedSeqs) -> list[CachedSeq]:
+    """The columns as one CachedSeq per sequence (a block count that does not add up raises InvalidArgument)."""
+    seq_ids, counts, blocks = pb.seq_ids, pb.num_new_blocks, list(pb.new_block_ids)
+    if not len(seq_ids) == len(pb.num_scheduled_tokens) == len(counts) or sum(counts) != len(blocks):
+        raise InvalidArgument(
+            f"cached_seqs columns disagree: {len(seq_ids)} ids, {len(pb.num_scheduled_tokens)} token counts, "
+            f"{len(counts)} block counts adding up to {sum(counts)} for {len(blocks)} block ids")
+    cached = []
+    start = 0
+    for seq_id, num_tokens, count in zip(seq_ids, pb.num_scheduled_tokens, counts):
+        cached.append(CachedSeq(seq_id, blocks[start : start + count] if count else [], num_tokens))
+        start += count
+    return cached
 
 
 def result_to_pb(result: StepResult) -> worker_pb2.StepResult:
-    outputs = []
-    for out in result.outputs:
-        item = worker_pb2.SeqOutput(seq_id=out.seq_id, token_id=out.token_id)
+    outputs = result.outputs
+    sampled = worker_pb2.SampledTokens(seq_ids=[o.seq_id for o in outputs], token_ids=[o.token_id for o in outputs])
+    for index, out in enumerate(outputs):
         if out.logprobs is not None:
             lp = out.logprobs
-            item.logprob.CopyFrom(common_pb2.TokenLogprob(
+            sampled.logprobs.add(index=index, logprob=common_pb2.TokenLogprob(
                 token_id=lp.token_id, logprob=lp.logprob,
                 top=[common_pb2.TopLogprob(token_id=t, logprob=v) for t, v in lp.top],
             ))
-        outputs.append(item)
     return worker_pb2.StepResult(
         step_id=result.step_id,
-        outputs=outputs,
+        sampled=sampled,
         errors=[worker_pb2.SeqError(seq_id=e.seq_id, error=error_to_pb(e.error)) for e in result.errors],
         step_time_s=result.step_time_s,
     )

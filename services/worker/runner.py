@@ -34,6 +34,28 @@ log = logging.getLogger(__name__)
 PlanSource = Callable[[float], StepPlan | None]
 
 
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """What one step ran: decode rows (one token that samples) and prefill rows (prompt chunks), apart."""
+
+    num_prefill_seqs: int
+    num_prefill_tokens: int
+    num_decode_seqs: int
+
+    @property
+    def kind(self) -> str:
+        """"prefill", "decode" or "mixed" (both; "decode" also for an empty step)."""
+        if self.num_prefill_seqs and self.num_decode_seqs:
+            return "mixed"
+        return "prefill" if self.num_prefill_seqs else "decode"
+
+    @classmethod
+    def of(cls, scheduled: list[ScheduledSeq]) -> StepShape:
+        decode = sum(1 for seq in scheduled if seq.num_tokens == 1 and seq.samples)
+        tokens = sum(seq.num_tokens for seq in scheduled)
+        return cls(len(scheduled) - decode, tokens - decode, decode)
+
+
 @dataclass(slots=True)
 class Ahead:
     """A plan applied to the table before its turn; `launched` when its step is already queued on the device."""
@@ -61,6 +83,11 @@ class Runner:
         self.max_wait_next_s = max_wait_next_s  # a launched step waits at most this long for the next plan
         self.table = self.new_table()
         self.num_overlapped_steps = 0  # steps queued on the device before the previous step's tokens were read
+        self.last_shape = StepShape(0, 0, 0)  # of the last step run
+
+    def take_device_idle_s(self) -> float:
+        """Seconds the device sat idle between steps since the last call (0 where not measured)."""
+        return self.executor.take_device_idle_s()
 
     def new_table(self) -> SequenceTable:
         return SequenceTable(self.limits, self.grammars)
@@ -81,6 +108,7 @@ class Runner:
             launched, failure = None, None
         else:
             scheduled, errors, launched, failure = ahead.scheduled, ahead.errors, ahead.launched, ahead.failure
+        self.last_shape = StepShape.of(scheduled)
         outputs: list[SeqOutput] = []
         wants_next = self.overlap and (next_plan is not None or wait_next is not None)
         if failure is None and scheduled and launched is None and wants_next and self.executor.can_launch(scheduled):

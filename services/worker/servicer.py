@@ -62,13 +62,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     self.executor, engine.runner.step, plan, table, None, inbox.peek_plan
                 )
                 result.errors[:0] = errors
-                self.metrics.generation_tokens.inc(len(result.outputs))
-                self.metrics.num_requests_running.set(len(table))
+                self._record_step(engine, result.step_time_s, len(result.outputs), len(table))
                 yield result_to_pb(result)
         finally:
             reader.cancel()
             self.num_streams -= 1
             log.info("step stream closed; dropping its %d sequences", len(table))
+
+    def _record_step(self, engine: Engine, step_time_s: float, num_sampled: int, num_live: int) -> None:
+        m = self.metrics
+        shape = engine.runner.last_shape
+        m.step_duration.labels(m.stage, shape.kind).observe(step_time_s)
+        m.step_tokens.labels(m.stage, "prefill").observe(shape.num_prefill_tokens)
+        m.step_tokens.labels(m.stage, "decode").observe(shape.num_decode_seqs)
+        m.step_sequences.labels(m.stage, "prefill").observe(shape.num_prefill_seqs)
+        m.step_sequences.labels(m.stage, "decode").observe(shape.num_decode_seqs)
+        m.device_idle.inc(engine.runner.take_device_idle_s())
+        m.generation_tokens.inc(num_sampled)
+        m.num_requests_running.set(num_live)
 
     @handle_errors
     async def Embed(

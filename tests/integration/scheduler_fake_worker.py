@@ -20,6 +20,7 @@ from services.common.grpc_server import create_channel, start_server
 from services.common.sampling import SamplingParams
 from services.scheduler.config import BackoffConfig, SchedulerConfig, SchedulerStageConfig
 from services.scheduler.plan import CachedSeq, NewSeq, StepPlan
+from services.worker.pb import cached_seqs_from_pb
 from tests.unit.scheduler.fake_worker import FakeWorker
 
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
@@ -33,7 +34,8 @@ def plan_from_pb(pb: worker_pb2.StepPlan) -> StepPlan:
                    list(n.block_ids), n.num_computed_tokens, n.num_scheduled_tokens)
             for n in pb.new_seqs
         ],
-        cached_seqs=[CachedSeq(c.seq_id, list(c.new_block_ids), c.num_scheduled_tokens) for c in pb.cached_seqs],
+        cached_seqs=[CachedSeq(c.seq_id, c.new_block_ids, c.num_scheduled_tokens)
+                     for c in cached_seqs_from_pb(pb.cached_seqs)],
         finished_seq_ids=list(pb.finished_seq_ids),
     )
 
@@ -108,7 +110,8 @@ class FakeWorkerServer(worker_pb2_grpc.WorkerServicer):
                 raise
             yield worker_pb2.StepResult(
                 step_id=result.step_id,
-                outputs=[worker_pb2.SeqOutput(seq_id=o.seq_id, token_id=o.token_id) for o in result.outputs],
+                sampled=worker_pb2.SampledTokens(seq_ids=[o.seq_id for o in result.outputs],
+                                                 token_ids=[o.token_id for o in result.outputs]),
             )
 
     async def Embed(self, request, context):  # noqa: N802, ANN001, ANN201

@@ -41,12 +41,11 @@ def _new_seq(seq_id: int, prompt: list[int], blocks: list[int]) -> worker_pb2.Ne
 def _plans() -> list[worker_pb2.StepPlan]:
     """A prefill of A and B, then decodes; seq 99 is unknown to the worker."""
     plans = [worker_pb2.StepPlan(step_id=1, new_seqs=[_new_seq(1, PROMPT_A, [0, 1]), _new_seq(2, PROMPT_B, [2])],
-                                 cached_seqs=[worker_pb2.CachedSeq(seq_id=99, num_scheduled_tokens=1)])]
+                                 cached_seqs=worker_pb2.CachedSeqs(seq_ids=[99], num_scheduled_tokens=[1],
+                                                                   num_new_blocks=[0]))]
     for step in range(2, NUM_TOKENS + 1):
-        plans.append(worker_pb2.StepPlan(step_id=step, cached_seqs=[
-            worker_pb2.CachedSeq(seq_id=1, num_scheduled_tokens=1),
-            worker_pb2.CachedSeq(seq_id=2, num_scheduled_tokens=1),
-        ]))
+        plans.append(worker_pb2.StepPlan(step_id=step, cached_seqs=worker_pb2.CachedSeqs(
+            seq_ids=[1, 2], num_scheduled_tokens=[1, 1], num_new_blocks=[0, 0])))
     return plans
 
 
@@ -82,11 +81,20 @@ def test_worker_serves_greedy_tokens_over_grpc_with_two_plans_in_flight(folder: 
         stage = WorkerStage(_config(folder))
         await stage.start()
         try:
-            return await _drive(stage.port), stage.servicer.engine.runner.num_overlapped_steps
+            driven = await _drive(stage.port)
+            return driven, stage.servicer.engine.runner.num_overlapped_steps, stage.servicer.metrics.render().decode()
         finally:
             await stage.stop(1.0)
 
-    (info, results, services, (health_status, embed)), num_overlapped = asyncio.run(scenario())
+    (info, results, services, (health_status, embed)), num_overlapped, metrics = asyncio.run(scenario())
+    # One prefill step of both prompts, then NUM_TOKENS - 1 decode steps of both sequences.
+    for line in (f'flashstream_step_duration_seconds_count{{kind="prefill",stage="worker"}} 1.0',
+                 f'flashstream_step_duration_seconds_count{{kind="decode",stage="worker"}} {NUM_TOKENS - 1}.0',
+                 f'flashstream_step_tokens_sum{{phase="prefill",stage="worker"}} {len(PROMPT_A) + len(PROMPT_B)}.0',
+                 f'flashstream_step_tokens_sum{{phase="decode",stage="worker"}} {2 * (NUM_TOKENS - 1)}.0',
+                 f'flashstream_step_sequences_sum{{phase="prefill",stage="worker"}} 2.0',
+                 'flashstream_device_idle_seconds_total{stage="worker"} 0.0'):
+        assert line in metrics.splitlines(), line
     print(f"steps queued ahead of their turn: {num_overlapped} of {NUM_TOKENS}")  # timing-dependent, not asserted
     assert (info.architecture, info.vocab_size, info.num_kv_blocks, info.block_size) == ("Qwen2ForCausalLM", 256, 32, 16)
     assert (info.max_model_len, info.num_layers, info.num_kv_heads, info.head_dim, info.dtype, info.device) == (
@@ -95,8 +103,8 @@ def test_worker_serves_greedy_tokens_over_grpc_with_two_plans_in_flight(folder: 
     assert [r.step_id for r in results] == list(range(1, NUM_TOKENS + 1))
     tokens = {1: [], 2: []}
     for r in results:
-        for o in r.outputs:
-            tokens[o.seq_id].append(o.token_id)
+        for seq_id, token_id in zip(r.sampled.seq_ids, r.sampled.token_ids):
+            tokens[seq_id].append(token_id)
     assert tokens == {1: expected_a, 2: expected_b}
     assert [(e.seq_id, e.error.code) for e in results[0].errors] == [(99, grpc.StatusCode.NOT_FOUND.value[0])]
     assert health_status == health_pb2.HealthCheckResponse.SERVING
@@ -122,6 +130,6 @@ def test_invalid_sampling_params_fail_only_that_sequence(folder: Path) -> None:
             await stage.stop(1.0)
 
     result = asyncio.run(scenario())
-    assert [o.seq_id for o in result.outputs] == [1]
+    assert list(result.sampled.seq_ids) == [1]
     assert [(e.seq_id, e.error.code) for e in result.errors] == [(2, grpc.StatusCode.INVALID_ARGUMENT.value[0])]
     assert "top_p" in result.errors[0].error.message

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flashstream.v1 import common_pb2 as flashstream_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lashstream/v1/worker.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\r\n\x0bInfoRequest\"\xdd\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\r\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x15\n\rnum_kv_blocks\x18\t \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\n \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\x0b \x01(\r\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\x12\n\nnum_layers\x18\x0e \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x0f \x01(\r\x12\x10\n\x08head_dim\x18\x10 \x01(\r\"\xc6\x01\n\x06NewSeq\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12\x11\n\tblock_ids\x18\x05 \x03(\r\x12\x1b\n\x13num_computed_tokens\x18\x06 \x01(\r\x12\x1c\n\x14num_scheduled_tokens\x18\x07 \x01(\r\"P\n\tCachedSeq\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x15\n\rnew_block_ids\x18\x02 \x03(\r\x12\x1c\n\x14num_scheduled_tokens\x18\x03 \x01(\r\"\x8f\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12(\n\x08new_seqs\x18\x02 \x03(\x0b\x32\x16.flashstream.v1.NewSeq\x12.\n\x0b\x63\x61\x63hed_seqs\x18\x03 \x03(\x0b\x32\x19.flashstream.v1.CachedSeq\x12\x18\n\x10\x66inished_seq_ids\x18\x04 \x03(\x04\"\\\n\tSeqOutput\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x10\n\x08token_id\x18\x02 \x01(\r\x12-\n\x07logprob\x18\x03 \x01(\x0b\x32\x1c.flashstream.v1.TokenLogprob\"@\n\x08SeqError\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Error\"\x88\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12*\n\x07outputs\x18\x02 \x03(\x0b\x32\x19.flashstream.v1.SeqOutput\x12(\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x18.flashstream.v1.SeqError\x12\x13\n\x0bstep_time_s\x18\x04 \x01(\x01\"Q\n\x12\x45mbedTokensRequest\x12(\n\x06inputs\x18\x01 \x03(\x0b\x32\x18.flashstream.v1.TokenIds\x12\x11\n\tnormalize\x18\x02 \x01(\x08\"\x1d\n\x08TokenIds\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"D\n\x13\x45mbedTokensResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.flashstream.v1.Embedding\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x32\xdd\x01\n\x06Worker\x12?\n\x04Info\x12\x1b.flashstream.v1.InfoRequest\x1a\x1a.flashstream.v1.WorkerInfo\x12@\n\x04Step\x12\x18.flashstream.v1.StepPlan\x1a\x1a.flashstream.v1.StepResult(\x01\x30\x01\x12P\n\x05\x45mbed\x12\".flashstream.v1.EmbedTokensRequest\x1a#.flashstream.v1.EmbedTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lashstream/v1/worker.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\r\n\x0bInfoRequest\"\xdd\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\r\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x15\n\rnum_kv_blocks\x18\t \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\n \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\x0b \x01(\r\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\x12\n\nnum_layers\x18\x0e \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x0f \x01(\r\x12\x10\n\x08head_dim\x18\x10 \x01(\r\"\xc6\x01\n\x06NewSeq\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12\x11\n\tblock_ids\x18\x05 \x03(\r\x12\x1b\n\x13num_computed_tokens\x18\x06 \x01(\r\x12\x1c\n\x14num_scheduled_tokens\x18\x07 \x01(\r\"j\n\nCachedSeqs\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\x12\x1c\n\x14num_scheduled_tokens\x18\x02 \x03(\r\x12\x16\n\x0enum_new_blocks\x18\x03 \x03(\r\x12\x15\n\rnew_block_ids\x18\x04 \x03(\r\"\x90\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12(\n\x08new_seqs\x18\x02 \x03(\x0b\x32\x16.flashstream.v1.NewSeq\x12/\n\x0b\x63\x61\x63hed_seqs\x18\x03 \x01(\x0b\x32\x1a.flashstream.v1.CachedSeqs\x12\x18\n\x10\x66inished_seq_ids\x18\x04 \x03(\x04\"N\n\x0eSampledLogprob\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07logprob\x18\x02 \x01(\x0b\x32\x1c.flashstream.v1.TokenLogprob\"e\n\rSampledTokens\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x30\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1e.flashstream.v1.SampledLogprob\"@\n\x08SeqError\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Error\"\x8c\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12.\n\x07sampled\x18\x02 \x01(\x0b\x32\x1d.flashstream.v1.SampledTokens\x12(\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x18.flashstream.v1.SeqError\x12\x13\n\x0bstep_time_s\x18\x04 \x01(\x01\"Q\n\x12\x45mbedTokensRequest\x12(\n\x06inputs\x18\x01 \x03(\x0b\x32\x18.flashstream.v1.TokenIds\x12\x11\n\tnormalize\x18\x02 \x01(\x08\"\x1d\n\x08TokenIds\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"D\n\x13\x45mbedTokensResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.flashstream.v1.Embedding\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x32\xdd\x01\n\x06Worker\x12?\n\x04Info\x12\x1b.flashstream.v1.InfoRequest\x1a\x1a.flashstream.v1.WorkerInfo\x12@\n\x04Step\x12\x18.flashstream.v1.StepPlan\x1a\x1a.flashstream.v1.StepResult(\x01\x30\x01\x12P\n\x05\x45mbed\x12\".flashstream.v1.EmbedTokensRequest\x1a#.flashstream.v1.EmbedTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,24 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERINFO']._serialized_end=441
   _globals['_NEWSEQ']._serialized_start=444
   _globals['_NEWSEQ']._serialized_end=642
-  _globals['_CACHEDSEQ']._serialized_start=644
-  _globals['_CACHEDSEQ']._serialized_end=724
-  _globals['_STEPPLAN']._serialized_start=727
-  _globals['_STEPPLAN']._serialized_end=870
-  _globals['_SEQOUTPUT']._serialized_start=872
-  _globals['_SEQOUTPUT']._serialized_end=964
-  _globals['_SEQERROR']._serialized_start=966
-  _globals['_SEQERROR']._serialized_end=1030
-  _globals['_STEPRESULT']._serialized_start=1033
-  _globals['_STEPRESULT']._serialized_end=1169
-  _globals['_EMBEDTOKENSREQUEST']._serialized_start=1171
-  _globals['_EMBEDTOKENSREQUEST']._serialized_end=1252
-  _globals['_TOKENIDS']._serialized_start=1254
-  _globals['_TOKENIDS']._serialized_end=1283
-  _globals['_EMBEDTOKENSRESPONSE']._serialized_start=1285
-  _globals['_EMBEDTOKENSRESPONSE']._serialized_end=1353
-  _globals['_EMBEDDING']._serialized_start=1355
-  _globals['_EMBEDDING']._serialized_end=1382
-  _globals['_WORKER']._serialized_start=1385
-  _globals['_WORKER']._serialized_end=1606
+  _globals['_CACHEDSEQS']._serialized_start=644
+  _globals['_CACHEDSEQS']._serialized_end=750
+  _globals['_STEPPLAN']._serialized_start=753
+  _globals['_STEPPLAN']._serialized_end=897
+  _globals['_SAMPLEDLOGPROB']._serialized_start=899
+  _globals['_SAMPLEDLOGPROB']._serialized_end=977
+  _globals['_SAMPLEDTOKENS']._serialized_start=979
+  _globals['_SAMPLEDTOKENS']._serialized_end=1080
+  _globals['_SEQERROR']._serialized_start=1082
+  _globals['_SEQERROR']._serialized_end=1146
+  _globals['_STEPRESULT']._serialized_start=1149
+  _globals['_STEPRESULT']._serialized_end=1289
+  _globals['_EMBEDTOKENSREQUEST']._serialized_start=1291
+  _globals['_EMBEDTOKENSREQUEST']._serialized_end=1372
+  _globals['_TOKENIDS']._serialized_start=1374
+  _globals['_TOKENIDS']._serialized_end=1403
+  _globals['_EMBEDTOKENSRESPONSE']._serialized_start=1405
+  _globals['_EMBEDTOKENSRESPONSE']._serialized_end=1473
+  _globals['_EMBEDDING']._serialized_start=1475
+  _globals['_EMBEDDING']._serialized_end=1502
+  _globals['_WORKER']._serialized_start=1505
+  _globals['_WORKER']._serialized_end=1726
 # @@protoc_insertion_point(module_scope)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from services.launcher import build_stack_argv, parse_args
 
+ONE_EACH = ["--num-gateways", "1", "--num-tokenizers", "1"]
+
 
 def _ports(argv: list[str]) -> list[int]:
     return [int(argv[i + 1]) for i, flag in enumerate(argv) if flag in ("--port", "--status-port", "--http-port")]
 
 
 def test_a_base_port_gives_each_stage_its_fixed_offset() -> None:
-    stages = build_stack_argv(parse_args(["--base-port", "41000", "--http-port", "0", "--num-workers", "2"]), "/m")
+    stages = build_stack_argv(parse_args(["--base-port", "41000", "--http-port", "0", "--num-workers", "2", *ONE_EACH]), "/m")
     assert [(s.name, s.grpc_address) for s in stages] == [
         ("worker0", "127.0.0.1:41003"), ("worker1", "127.0.0.1:41004"), ("scheduler", "127.0.0.1:41002"),
         ("tokenizer", "127.0.0.1:41001"), ("gateway", "127.0.0.1:41000")]
@@ -21,7 +23,26 @@ def test_a_base_port_gives_each_stage_its_fixed_offset() -> None:
 
 def test_free_ports_are_all_distinct() -> None:
     for _ in range(20):
-        stages = build_stack_argv(parse_args(["--base-port", "0", "--http-port", "0", "--num-workers", "3"]), "/m")
+        stages = build_stack_argv(parse_args(["--base-port", "0", "--http-port", "0", "--num-workers", "3", *ONE_EACH]), "/m")
         ports = [p for s in stages for p in _ports(s.argv)]
         assert len(ports) == 12  # gRPC + status of 3 workers, scheduler, tokenizer; the gateway's gRPC + HTTP
         assert len(set(ports)) == len(ports)
+
+
+def test_gateway_replicas_share_the_public_ports_and_reach_every_tokenizer() -> None:
+    args = ["--base-port", "41000", "--http-port", "8123", "--num-gateways", "3", "--num-tokenizers", "2"]
+    stages = build_stack_argv(parse_args(args), "/m")
+    assert [(s.name, s.grpc_address) for s in stages] == [
+        ("worker0", "127.0.0.1:41003"), ("scheduler", "127.0.0.1:41002"), ("tokenizer0", "127.0.0.1:41001"),
+        ("tokenizer1", "127.0.0.1:41004"), ("gateway0", "127.0.0.1:41000"), ("gateway1", "127.0.0.1:41000"),
+        ("gateway2", "127.0.0.1:41000")]
+    for gateway in stages[-3:]:
+        assert _ports(gateway.argv) == [41000, 8123]
+        assert "--reuse-port" in gateway.argv
+        assert gateway.argv[gateway.argv.index("--tokenizers") + 1] == "127.0.0.1:41001,127.0.0.1:41004"
+    assert _ports(stages[3].argv) == [41004, 41104]
+
+
+def test_one_gateway_does_not_share_its_ports() -> None:
+    stages = build_stack_argv(parse_args(["--base-port", "41000", *ONE_EACH]), "/m")
+    assert "--reuse-port" not in stages[-1].argv

@@ -1,0 +1,45 @@
+"""How long the device sat idle between consecutive steps, measured in stream order with CUDA events.
+
+Each step records an event when its first kernel is queued and one after its sampling; the gap from one step's end
+to the next step's start is time the device had nothing of ours to run (the host was late). Queued ahead, a step's
+start event follows its predecessor's end at once, so overlapped steps add no idle time. Pairs are read once both
+events have completed, never waiting for them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class DeviceGaps:
+    """Start/end events of the steps on one device (inert on a CPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.enabled = device.type == "cuda"
+        self._last_end: torch.cuda.Event | None = None
+        self._pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # (previous end, next start)
+
+    def step_started(self) -> None:
+        if not self.enabled:
+            return
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        if self._last_end is not None:
+            self._pending.append((self._last_end, start))
+
+    def step_ended(self) -> None:
+        if not self.enabled:
+            return
+        self._last_end = torch.cuda.Event(enable_timing=True)
+        self._last_end.record()
+
+    def take_idle_s(self) -> float:
+        """Idle seconds of the gaps whose events have completed since the last call."""
+        idle, waiting = 0.0, []
+        for end, start in self._pending:
+            if start.query():
+                idle += max(0.0, end.elapsed_time(start)) / 1e3
+            else:
+                waiting.append((end, start))
+        self._pending = waiting
+        return idle
