@@ -166,8 +166,8 @@ class HttpApi:
             lead_iter = iter(lead_events)
             firsts = [next(lead_iter) if i % parsed.n == 0 else next(follower_events) for i in range(len(requests))]
             lead = generations[0]
-            builders = [ResponseBuilder(lead.request_id, lead.model, lead.created, chat, parsed.logprobs, index=i)
-                        for i in range(len(generations))]
+            builders = [ResponseBuilder(lead.request_id, lead.model, lead.created, chat, parsed.logprobs, index=i,
+                                        tool_calls=parsed.parses_tool_calls) for i in range(len(generations))]
             if parsed.stream:
                 return await self._stream(http, parsed, builders, generations, firsts)
             results = await _gather_or_cancel([_collect(g, f) for g, f in zip(generations, firsts)])

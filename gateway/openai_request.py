@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import RequestError
+from gateway.openai_tools import message_tool_fields, parse_guided, parse_tools
 from gateway.schema import ChatTurn, GenerationRequest, TextOptions
 from services.common.errors import InvalidArgument
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
@@ -59,6 +60,11 @@ class OpenAIRequest:
                 else:
                     out.append(request)
         return out
+
+    @property
+    def parses_tool_calls(self) -> bool:
+        """Whether the output is read for tool calls (tools were given and may be called)."""
+        return bool(self.request.tools) and (self.request.tool_choice != "none" or bool(self.request.forced_tool))
 
 
 class _Body:
@@ -124,11 +130,8 @@ def _refuse_unsupported(b: _Body, chat: bool) -> None:
                            "unsupported_value")
     if not chat and b.str("suffix", ""):
         raise RequestError("'suffix' is not supported", "suffix", "unsupported_value")
-    if chat and b.body.get("tools"):
-        raise RequestError("'tools' are not supported", "tools", "unsupported_value")
-    fmt = b.body.get("response_format")
-    if chat and isinstance(fmt, dict) and fmt.get("type", "text") != "text":
-        raise RequestError("only the 'text' response_format is supported", "response_format", "unsupported_value")
+    if not chat and b.body.get("tools"):
+        raise RequestError("'tools' are only accepted on chat completions", "tools", "unsupported_value")
 
 
 def _choices(b: _Body) -> int:
@@ -203,6 +206,7 @@ def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
             ignore_eos=b.bool("ignore_eos", False),
             logprobs=logprobs,
             logit_bias=_logit_bias(b),
+            guided=parse_guided(b.body),
         )
     except RequestError:
         raise
@@ -270,7 +274,7 @@ def _messages(body: dict[str, Any]) -> tuple[ChatTurn, ...]:
         if m.get("content") is None and role != "assistant":  # an assistant turn may carry tool calls alone
             raise RequestError(f"messages[{i}].content is required", f"messages[{i}].content",
                                "missing_required_parameter")
-        turns.append(ChatTurn(role, _content(i, m.get("content"))))
+        turns.append(ChatTurn(role, _content(i, m.get("content")), **message_tool_fields(i, m)))
     return tuple(turns)
 
 
@@ -313,7 +317,8 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
     }
     if chat:
         request = GenerationRequest(
-            messages=_messages(b.body), add_generation_prompt=b.bool("add_generation_prompt", True), **common
+            messages=_messages(b.body), add_generation_prompt=b.bool("add_generation_prompt", True),
+            **parse_tools(b.body), **common
         )
         return OpenAIRequest(request, chat, stream, include_usage, logprobs, n)
     batch = tuple(GenerationRequest(prompt=prompt, token_ids=token_ids, **common)

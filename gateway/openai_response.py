@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.schema import Finished, TextDelta, TokenLogprob, TopLogprob, Usage
+from gateway.tool_calls import ToolCallParser, tool_call_json
 from services.common.errors import ErrorCode, FlashStreamError
 
 # gRPC status → (HTTP status, OpenAI error type, default code).
@@ -99,13 +100,17 @@ class LogprobsBuilder:
 class ResponseBuilder:
     """Builds the JSON of one request's answer, streamed as chunks or whole."""
 
-    def __init__(self, request_id: str, model: str, created: int, chat: bool, logprobs: bool, index: int = 0) -> None:
+    def __init__(
+        self, request_id: str, model: str, created: int, chat: bool, logprobs: bool, index: int = 0,
+        tool_calls: bool = False,
+    ) -> None:
         self.request_id = request_id
         self.model = model
         self.created = created
         self.chat = chat
         self.index = index  # the choice this builder writes
         self.logprobs = LogprobsBuilder(chat) if logprobs else None
+        self.tools = ToolCallParser() if tool_calls else None  # the output may hold tool calls
         self._role_sent = False
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -126,7 +131,16 @@ class ResponseBuilder:
         if not self._role_sent:
             message["role"] = "assistant"
             self._role_sent = True
-        if delta is not None:
+        if self.tools is not None:
+            text, calls = self.tools.finish() if delta is None else self.tools.feed(text)
+            first = len(self.tools.calls) - len(calls)
+            if calls:
+                message["tool_calls"] = [tool_call_json(first + i, c) for i, c in enumerate(calls)]
+            if text:
+                message["content"] = text
+            if finish_reason == "stop" and self.tools.calls:
+                finish_reason = "tool_calls"
+        elif delta is not None:
             message["content"] = text
         choice = {"index": self.index, "delta": message, "logprobs": logprobs, "finish_reason": finish_reason}
         return self._envelope("chat.completion.chunk", [choice])
@@ -144,8 +158,18 @@ class ResponseBuilder:
             logprobs = self.logprobs.merge([self.logprobs.build(d.logprobs, d.text) for d in deltas])
         reason = done.finish_reason.openai
         if self.chat:
-            return {"index": self.index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                    "finish_reason": reason}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.tools is not None:
+                content, calls = self.tools.feed(text)
+                rest, more = self.tools.finish()
+                calls += more
+                message["content"] = (content + rest) or None
+                if calls:
+                    message["tool_calls"] = [
+                        {k: v for k, v in tool_call_json(i, c).items() if k != "index"} for i, c in enumerate(calls)
+                    ]
+                    reason = "tool_calls" if reason == "stop" else reason
+            return {"index": self.index, "message": message, "logprobs": logprobs, "finish_reason": reason}
         return {"index": self.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
     def full(self, choices: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:

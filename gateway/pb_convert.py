@@ -17,6 +17,8 @@ from gateway.schema import (
     TextDelta,
     TextOptions,
     TokenLogprob,
+    ToolCall,
+    ToolSpec,
     TopLogprob,
     TranslationSettings,
     Usage,
@@ -61,10 +63,30 @@ def _chat_options(pb: gateway_pb2.GenerateOptions) -> tuple[dict[str, object], T
     return fields | {"fill_context": fill_context}, text
 
 
+def chat_turn_from_pb(m: common_pb2.ChatMessage) -> ChatTurn:
+    calls = tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls)
+    return ChatTurn(m.role, m.content, calls, m.tool_call_id, m.name)
+
+
+def chat_turn_to_pb(turn: ChatTurn) -> common_pb2.ChatMessage:
+    return common_pb2.ChatMessage(
+        role=turn.role, content=turn.content, tool_call_id=turn.tool_call_id, name=turn.name,
+        tool_calls=[common_pb2.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments_json)
+                    for c in turn.tool_calls],
+    )
+
+
 def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> GenerationRequest:
     fields, text = _chat_options(pb.options)
-    messages = tuple(ChatTurn(m.role, m.content) for m in pb.messages)
-    return GenerationRequest(model=pb.model, messages=messages, options=text, **fields)  # type: ignore[arg-type]
+    messages = tuple(chat_turn_from_pb(m) for m in pb.messages)
+    tools = tuple(ToolSpec(t.name, t.description, t.parameters_json) for t in pb.tools)
+    choice = pb.tool_choice.WhichOneof("choice")
+    return GenerationRequest(
+        model=pb.model, messages=messages, options=text, tools=tools,
+        tool_choice="required" if choice == "function" else (pb.tool_choice.mode or "auto"),
+        forced_tool=pb.tool_choice.function if choice == "function" else "", single_tool_call=pb.single_tool_call,
+        **fields,  # type: ignore[arg-type]
+    )
 
 
 def translation_settings_from_pb(pb: gateway_pb2.TranslateSegment) -> TranslationSettings:
@@ -170,7 +192,16 @@ def text_request_to_pb(sub: Submission) -> tokenizer_pb2.TextRequest:
         pb.sampling.ClearField("max_tokens")
     if req.messages is not None:
         pb.chat.add_generation_prompt = req.add_generation_prompt
-        pb.chat.messages.extend(common_pb2.ChatMessage(role=m.role, content=m.content) for m in req.messages)
+        pb.chat.messages.extend(chat_turn_to_pb(m) for m in req.messages)
+        pb.chat.tools.extend(
+            common_pb2.Tool(name=t.name, description=t.description, parameters_json=t.parameters_json)
+            for t in req.tools
+        )
+        pb.chat.single_tool_call = req.single_tool_call
+        if req.forced_tool:
+            pb.chat.tool_choice.function = req.forced_tool
+        elif req.tool_choice != "auto":  # unset means auto
+            pb.chat.tool_choice.mode = req.tool_choice
     elif req.token_ids is not None:
         pb.tokens.token_ids.extend(req.token_ids)
     else:

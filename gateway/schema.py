@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from gateway.errors import RequestError
+from gateway.guided import check_guided, check_json_schema
 from services.common.sampling import SamplingParams
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -36,9 +37,30 @@ class FinishReason(enum.IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model made (or, in a request's history, made earlier)."""
+
+    id: str
+    name: str
+    arguments_json: str  # the arguments as JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call."""
+
+    name: str
+    description: str = ""
+    parameters_json: str = ""  # JSON schema of the arguments; "" for none
+
+
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
+    tool_call_id: str = ""  # tool turns: the call answered
+    name: str = ""  # tool turns: the function that answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +89,10 @@ class GenerationRequest:
     timeout_s: float = 0.0  # 0: the gateway's default
     fill_context: bool = False  # chat without max_tokens: generate until the context is full
     bypass_cache: bool = False  # neither read nor fill the result cache, nor join an identical request
+    tools: tuple[ToolSpec, ...] = ()  # chat only: functions the model may call
+    tool_choice: str = "auto"  # "auto", "none" or "required" (a call of one of the tools, by grammar)
+    forced_tool: str = ""  # a tool the output must call (by grammar); overrides tool_choice
+    single_tool_call: bool = False  # at most one call (OpenAI parallel_tool_calls false)
 
     def __post_init__(self) -> None:
         inputs = [x for x in (self.prompt, self.token_ids, self.messages) if x is not None]
@@ -89,10 +115,38 @@ class GenerationRequest:
             raise RequestError("stop strings must not be empty", "stop")
         if not (math.isfinite(self.timeout_s) and self.timeout_s >= 0):
             raise RequestError(f"timeout must be a non-negative number of seconds, got {self.timeout_s}", "timeout")
+        if self.sampling.guided is not None:
+            check_guided(self.sampling.guided, "response_format")
+        check_tools(self)
 
     @property
     def is_chat(self) -> bool:
         return self.messages is not None
+
+
+def check_tools(request: GenerationRequest) -> None:
+    """Tools only on chats, unique names, parameter schemas that parse, a choice that names a given tool."""
+    if request.tool_choice not in ("auto", "none", "required"):
+        raise RequestError(f"tool_choice must be 'auto', 'none', 'required' or a function, got "
+                           f"{request.tool_choice!r}", "tool_choice")
+    if not request.tools:
+        if request.tool_choice == "required" or request.forced_tool:
+            raise RequestError("tool_choice asks for a tool call but no tools were given", "tool_choice")
+        return
+    if request.messages is None:
+        raise RequestError("tools are only accepted on chat requests", "tools")
+    names = [t.name for t in request.tools]
+    for i, tool in enumerate(request.tools):
+        if not tool.name or names.index(tool.name) != i:
+            raise RequestError(f"tools[{i}].function.name must be a non-empty name used once, got {tool.name!r}",
+                               f"tools[{i}].function.name")
+        if tool.parameters_json:
+            check_json_schema(tool.parameters_json, f"tools[{i}].function.parameters")
+    if request.forced_tool and request.forced_tool not in names:
+        raise RequestError(f"tool_choice names function {request.forced_tool!r}, which is not among the tools",
+                           "tool_choice")
+    if request.sampling.guided is not None and (request.tool_choice == "required" or request.forced_tool):
+        raise RequestError("a forced tool call cannot be combined with response_format", "tool_choice")
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,11 +44,18 @@ def key_fields(request: GenerationRequest, card: ModelCard, tenant: str) -> dict
             "messages": [[turn.role, turn.content] for turn in request.messages],
             "add_generation_prompt": request.add_generation_prompt,
         }
+        if request.tools or any(t.tool_calls or t.tool_call_id or t.name for t in request.messages):
+            source["tool_turns"] = [
+                [[[c.id, c.name, c.arguments_json] for c in t.tool_calls], t.tool_call_id, t.name]
+                for t in request.messages
+            ]
+            source["tools"] = [[t.name, t.description, t.parameters_json] for t in request.tools]
+            source["tool_choice"] = [request.tool_choice, request.forced_tool, request.single_tool_call]
     elif request.token_ids is not None:
         source = {"token_ids": list(request.token_ids)}
     else:
         source = {"prompt": request.prompt}
-    return {
+    fields = {
         "model": card.id,
         "revision": card.revision,
         "tenant": tenant,
@@ -78,6 +85,9 @@ def key_fields(request: GenerationRequest, card: ModelCard, tenant: str) -> dict
         },
         "fill_context": request.fill_context,
     }
+    if s.guided is not None:  # present only when set, so that keys of unguided requests stay as they were
+        fields["sampling"]["guided"] = [s.guided.kind, s.guided.spec]
+    return fields
 
 
 def result_key(request: GenerationRequest, card: ModelCard, tenant: str, namespace: str = "flashstream") -> str:

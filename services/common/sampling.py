@@ -7,6 +7,7 @@ special-token handling) belong to the tokenizer stage and are not here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,35 @@ MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
 # max_tokens while a chat request waits to learn its prompt length (it then gets what the context leaves).
 FILL_CONTEXT_MAX_TOKENS = 2**31 - 1
+
+
+# xgrammar prefixes its messages with a time stamp, a source location and sometimes the failed check.
+_GRAMMAR_NOISE = re.compile(r"^\[[\d:]+\] \S+:\d+: (Check failed: .*? is false: )?")
+
+
+def grammar_error_message(exc: Exception) -> str:
+    """The reason in a grammar library's exception, without its log prefix."""
+    return _GRAMMAR_NOISE.sub("", str(exc).strip()).strip()
+
+
+GUIDED_KINDS = ("json_schema", "json_object", "regex", "grammar", "structural_tag")
+
+
+@dataclass(frozen=True, slots=True)
+class Guided:
+    """A grammar the output must follow: `kind` is one of GUIDED_KINDS, `spec` its text ("" for json_object).
+
+    Only the shape is checked here; whether the spec compiles is checked at the edge (the gateway) and, as a
+    last resort, by the worker that compiles it."""
+
+    kind: str
+    spec: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in GUIDED_KINDS:
+            raise InvalidArgument(f"guided kind must be one of {', '.join(GUIDED_KINDS)}, got {self.kind!r}")
+        if (self.kind == "json_object") != (self.spec == ""):
+            raise InvalidArgument(f"guided {self.kind} needs {'no' if self.kind == 'json_object' else 'a'} spec")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +68,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; n: the chosen token's and the top n alternatives'
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, value added to its logit), ids increasing
+    guided: Guided | None = None  # None: unconstrained
 
     def __post_init__(self) -> None:
         self.validate()
@@ -83,6 +114,9 @@ class SamplingParams:
                 raise InvalidArgument(f"logit_bias token ids must be non-negative, got {token_id}")
             if not (math.isfinite(bias) and -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS):
                 raise InvalidArgument(f"logit_bias values must be in [-100, 100], got {bias} for token {token_id}")
+        if self.guided is not None and (self.min_tokens or self.ignore_eos):
+            # The grammar decides where the output ends: it allows only EOS once complete.
+            raise InvalidArgument("min_tokens and ignore_eos cannot be combined with guided decoding")
 
     # ---- protobuf (flashstream.v1.SamplingParams) ----
 
@@ -104,6 +138,7 @@ class SamplingParams:
             ignore_eos=pb.ignore_eos,
             logprobs=pb.logprobs if pb.HasField("logprobs") else None,
             logit_bias=tuple(sorted(pb.logit_bias.items())),
+            guided=_guided_from_pb(pb.guided) if pb.HasField("guided") else None,
         )
 
     def to_pb(self, pb_cls: Any) -> Any:
@@ -126,4 +161,16 @@ class SamplingParams:
         if self.logprobs is not None:
             pb.logprobs = self.logprobs
         pb.logit_bias.update(dict(self.logit_bias))
+        if self.guided is not None:
+            if self.guided.kind == "json_object":
+                pb.guided.json_object = True
+            else:
+                setattr(pb.guided, self.guided.kind, self.guided.spec)
         return pb
+
+
+def _guided_from_pb(pb: Any) -> Guided | None:
+    kind = pb.WhichOneof("kind")
+    if kind is None or (kind == "json_object" and not pb.json_object):
+        return None
+    return Guided(kind, "" if kind == "json_object" else getattr(pb, kind))

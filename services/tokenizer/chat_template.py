@@ -125,6 +125,7 @@ class ChatTemplate:
         self,
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
         **extra: Any,
     ) -> str:
         """Renders a conversation. Raises InvalidArgument when it is empty or the template refuses it."""
@@ -136,7 +137,7 @@ class ChatTemplate:
         try:
             return self._template.render(
                 messages=chat,
-                tools=None,
+                tools=None if tools is None else _plain(list(tools)),
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
                 **variables,

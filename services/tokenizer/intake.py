@@ -19,6 +19,7 @@ from services.common.errors import FlashStreamError, InvalidArgument
 from services.common.sampling import SamplingParams
 from services.tokenizer.request_state import TextOptions
 from services.tokenizer.tokenizer import TextTokenizer
+from services.tokenizer.tools import ToolRequest
 
 
 @dataclass(slots=True)
@@ -31,6 +32,7 @@ class TextInput:
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     add_generation_prompt: bool = True
+    tools: ToolRequest = field(default_factory=ToolRequest)  # chat only
     token_ids: list[int] | None = None
     add_special_tokens: bool = True  # for plain prompts; rendered chats carry their own special tokens
     fill_context: bool = False  # chat without max_tokens: max_tokens becomes what the context leaves
@@ -82,7 +84,9 @@ def prepare_batch(
                 text = tokenizer.decode(req.token_ids) if req.options.echo_prompt else ""
                 results[i] = PreparedRequest(req, list(req.token_ids), text, time.perf_counter() - req.received_s)
             elif req.messages is not None:
-                texts[False].append((i, tokenizer.render_chat(req.messages, req.add_generation_prompt)))
+                prompt = tokenizer.render_chat(req.messages, req.add_generation_prompt, req.tools.template_tools)
+                req.sampling = req.tools.constrain(req.sampling, tokenizer.tool_call_format)
+                texts[False].append((i, prompt))
             elif req.prompt:
                 texts[req.add_special_tokens].append((i, req.prompt))
             else:

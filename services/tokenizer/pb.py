@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2
 
 from services.common.errors import FlashStreamError, InvalidArgument
@@ -10,6 +13,7 @@ from services.common.sampling import FILL_CONTEXT_MAX_TOKENS
 from services.tokenizer.intake import PreparedRequest, TextInput
 from services.tokenizer.request_state import RequestState, TextOptions, TextStep
 from services.tokenizer.tokenizer import TextTokenizer
+from services.tokenizer.tools import ToolRequest, template_message, template_tool
 
 
 def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
@@ -43,13 +47,27 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
     if kind == "prompt":
         request.prompt = pb.prompt
     elif kind == "chat":
-        request.messages = [{"role": m.role, "content": m.content} for m in pb.chat.messages]
+        request.messages = messages_from_pb(pb.chat.messages)
         request.add_generation_prompt = pb.chat.add_generation_prompt
+        choice = pb.chat.tool_choice
+        request.tools = ToolRequest(
+            [template_tool(t.name, t.description, t.parameters_json) for t in pb.chat.tools],
+            choice.mode or "auto", choice.function, pb.chat.single_tool_call,
+        )
     elif kind == "tokens":
         request.token_ids = list(pb.tokens.token_ids)
     else:
         raise InvalidArgument(f"request {pb.request_id!r}: no prompt, chat or tokens given")
     return request
+
+
+def messages_from_pb(messages: Sequence[common_pb2.ChatMessage]) -> list[dict[str, Any]]:
+    """Chat turns as templates read them (tool calls and tool answers included)."""
+    return [
+        template_message(m.role, m.content, [(c.id, c.name, c.arguments_json) for c in m.tool_calls],
+                         m.tool_call_id, m.name)
+        for m in messages
+    ]
 
 
 def token_request_to_pb(prepared: PreparedRequest, scheduler_id: str) -> scheduler_pb2.TokenRequest:

@@ -22,8 +22,8 @@ from services.common.grpc_server import handle_errors
 from services.common.metrics import Metrics
 from services.tokenizer.embed_inputs import EmbedEncoder, EmbedInput
 from services.tokenizer.intake import EncodePool, PreparedRequest
-from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, text_input_from_pb,
-                                   token_request_to_pb)
+from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, messages_from_pb,
+                                   text_input_from_pb, token_request_to_pb)
 from services.tokenizer.request_state import RequestState, TextStep, step_requests
 from services.tokenizer.scheduler_link import SchedulerLink
 
@@ -254,7 +254,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     async def RenderChat(self, request: tokenizer_pb2.RenderChatRequest,
                          context: grpc.aio.ServicerContext) -> tokenizer_pb2.RenderChatResponse:
         self._check_model(request.model)
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = messages_from_pb(request.messages)
 
         def render() -> tuple[str, list[int]]:
             prompt = self.tokenizer.render_chat(messages, request.add_generation_prompt)

@@ -18,6 +18,7 @@ from tokenizers import AddedToken, Tokenizer, processors
 
 from services.common.errors import InvalidArgument, NotFound
 from services.tokenizer.chat_template import ChatTemplate
+from services.tokenizer.tools import tool_call_format
 
 # Named special tokens, in transformers' order; they are the template variables bos_token, eos_token, ...
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -221,8 +222,16 @@ class TextTokenizer:
         if bad:
             raise InvalidArgument(f"token ids out of the vocabulary (size {self.vocab_size}): {bad[:8]}")
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The prompt string for a conversation, as apply_chat_template(..., tokenize=False) gives it."""
+    def render_chat(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """The prompt string for a conversation, as apply_chat_template(..., tools=tools, tokenize=False) gives it."""
         if self.chat_template is None:
             raise InvalidArgument("this model has no chat template; send a plain prompt instead")
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+
+    @property
+    def tool_call_format(self) -> str:
+        """How this model writes tool calls (see services.tokenizer.tools)."""
+        return tool_call_format(None if self.chat_template is None else self.chat_template.source)

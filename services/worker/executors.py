@@ -34,17 +34,20 @@ class StepExecutor(Protocol):
 
 def device_samplable(state: SeqState) -> bool:
     """Whether the sampler can draw this sequence's next token before the host knows its previous one: true unless
-    a repetition, presence or frequency penalty reads the generated tokens themselves."""
+    a repetition, presence or frequency penalty reads the generated tokens themselves, or a grammar's mask needs
+    its matcher advanced by the previous token (on the host)."""
     p = state.sampling
-    return p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+    return state.grammar is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
 
 
 def plain_greedy(state: SeqState) -> bool:
     """Whether the sampler's answer for this sequence's next token is the argmax of its raw logits: greedy, no
-    penalties, no logprobs and no min_tokens masking (conservatively: whenever min_tokens is not yet reached)."""
+    penalties, no logprobs, no grammar and no min_tokens masking (conservatively: whenever min_tokens is not yet
+    reached). A guided sequence never is: its mask needs the previous token on the host, so it runs sequentially."""
     p = state.sampling
     return (
-        p.is_greedy
+        state.grammar is None
+        and p.is_greedy
         and p.logprobs is None
         and not p.logit_bias
         and p.repetition_penalty == 1.0
@@ -157,6 +160,7 @@ class ModelExecutor:
                 state.sampling,
                 TokenView(state.token_ids, 0, state.num_prompt_tokens),
                 TokenView(state.token_ids, state.num_prompt_tokens),
+                state.grammar,
             ))
         return rows
 

@@ -21,6 +21,7 @@ from services.worker.ops import select_ops
 from services.worker.profiling import profile_kv_blocks
 from services.worker.rope import rotary_tables
 from services.worker.executors import ModelExecutor
+from services.worker.grammar import GrammarCache
 from services.worker.runner import Runner
 from services.worker.sampler import Sampler
 from services.worker.sequences import SequenceLimits
@@ -86,7 +87,8 @@ def build_model_engine(
         log.info("captured decode CUDA graphs for batch sizes %s", graphs.buckets)
     limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
     executor = ModelExecutor(ModelRunner(model, kv_cache, graphs), Sampler(cfg.vocab_size, cfg.eos_token_ids))
-    runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens)
+    grammars = GrammarCache(config.model, cfg.vocab_size, cfg.eos_token_ids)  # its tokenizer loads on first use
+    runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens, grammars=grammars)
     info = EngineInfo(
         worker_id, model_id, revision, cfg, max_len, config.block_size, num_blocks, config.max_num_seqs,
         config.max_num_batched_tokens, str(dtype).removeprefix("torch."), str(device),

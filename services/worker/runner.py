@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from services.common.errors import FlashStreamError, ResourceExhausted
 from services.worker.device_tokens import DeviceTokens
 from services.worker.executors import StepExecutor
+from services.worker.grammar import GrammarCache
 from services.worker.plan import SeqError, SeqOutput, StepPlan, StepResult
 from services.worker.sequences import PENDING_TOKEN, ScheduledSeq, SequenceLimits, SequenceTable, unknown_seq
 
@@ -71,9 +72,10 @@ class Runner:
 
     def __init__(
         self, executor: StepExecutor, limits: SequenceLimits, max_num_seqs: int, max_num_batched_tokens: int,
-        overlap: bool = True, max_wait_next_s: float = 0.05,
+        overlap: bool = True, max_wait_next_s: float = 0.05, grammars: GrammarCache | None = None,
     ) -> None:
         self.executor = executor
+        self.grammars = grammars  # compiles guided specs; None: guided sequences are refused
         self.limits = limits
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -88,7 +90,7 @@ class Runner:
         return self.executor.take_device_idle_s()
 
     def new_table(self) -> SequenceTable:
-        return SequenceTable(self.limits)
+        return SequenceTable(self.limits, self.grammars)
 
     def step(
         self, plan: StepPlan, table: SequenceTable | None = None, next_plan: StepPlan | None = None,
@@ -143,7 +145,12 @@ class Runner:
             return []
         outputs: list[SeqOutput] = []
         for seq, result in zip(scheduled, sampled, strict=True):
-            table.advance(seq, None if result is None else result[0])
+            try:
+                table.advance(seq, None if result is None else result[0])
+            except FlashStreamError as exc:  # a guided sequence's grammar refused its token: it alone fails
+                table.drop_state(seq.state)
+                errors.append(SeqError(seq.state.seq_id, exc))
+                continue
             if result is not None:
                 outputs.append(SeqOutput(seq.state.seq_id, result[0], result[1]))
         return outputs

@@ -6,7 +6,9 @@ Per row, in this order:
    divided by `repetition_penalty` and a negative one multiplied by it. Then, on output tokens only (OpenAI):
    `frequency_penalty` times the token's number of occurrences and `presence_penalty` once are subtracted.
 2. min_tokens: while fewer than `min_tokens` tokens were generated, the EOS ids (unless `ignore_eos`) and the
-   `stop_token_ids` get -inf. Stopping itself is the scheduler's business; the sampler only masks.
+   `stop_token_ids` get -inf. Stopping itself is the scheduler's business; the sampler only masks. Then a row
+   with a grammar (`SamplingRow.grammar`) gets -inf on every token its matcher does not allow next; the masks
+   are filled on the host for those rows only (see `services.worker.grammar`).
 3. Greedy rows (`temperature == 0` or `top_k == 1`) take the argmax of these logits (first index on ties).
 4. Other rows: logits divided by `temperature`; top-k (ties with the k-th logit survive); top-p over the
    renormalised top-k survivors (the smallest set of best tokens whose probability reaches `top_p`); min-p

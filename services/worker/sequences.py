@@ -32,6 +32,7 @@ class SeqState:
     sampling: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int  # tokens whose KV is in the cache
+    grammar: Any = None  # grammar.GrammarState of a guided sequence, advanced with every appended token
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +67,9 @@ class SequenceLimits:
 class SequenceTable:
     """Every sequence of one Step stream, by id."""
 
-    def __init__(self, limits: SequenceLimits) -> None:
+    def __init__(self, limits: SequenceLimits, grammars: Any = None) -> None:
         self.limits = limits
+        self.grammars = grammars  # grammar.GrammarCache; None: guided sequences are refused
         self.seqs: dict[int, SeqState] = {}
         self.ahead: Any = None  # the Runner's plan applied before its turn (runner.Ahead), at most one
 
@@ -94,10 +96,14 @@ class SequenceTable:
         return scheduled, errors
 
     def advance(self, seq: ScheduledSeq, sampled_token: int | None) -> None:
-        """Marks the step's tokens computed and appends the sampled token."""
+        """Marks the step's tokens computed and appends the sampled token. Raises InvalidArgument when a guided
+        sequence's grammar refuses the token (the token is appended all the same)."""
         seq.state.num_computed_tokens += seq.num_tokens
         if sampled_token is not None:
             seq.state.token_ids.append(sampled_token)
+            grammar = seq.state.grammar
+            if grammar is not None and sampled_token >= 0 and not grammar.accept(sampled_token):
+                raise InvalidArgument(f"seq {seq.state.seq_id}: token {sampled_token} breaks its guided grammar")
 
     def drop(self, seq_id: int) -> None:
         self.seqs.pop(seq_id, None)
@@ -121,6 +127,12 @@ class SequenceTable:
             new.seq_id, list(new.token_ids), new.num_prompt_tokens, new.sampling, [], new.num_computed_tokens
         )
         self._append_blocks(state, new.block_ids)
+        guided = new.sampling.guided
+        if guided is not None:
+            if self.grammars is None:
+                raise InvalidArgument(f"seq {new.seq_id}: this worker cannot run guided decoding")
+            # A resent (preempted) sequence brings its generated tokens: the matcher replays them.
+            state.grammar = self.grammars.start(guided, new.token_ids[new.num_prompt_tokens:])
         self.seqs[new.seq_id] = state  # a resent sequence (after preemption) replaces the old state
         return state
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flashstream.v1 import common_pb2 as flashstream_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66lashstream/v1/gateway.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\xcd\x01\n\x0fGenerateOptions\x12\x30\n\x08sampling\x18\x01 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12\x0c\n\x04stop\x18\x02 \x03(\t\x12\"\n\x1ainclude_stop_str_in_output\x18\x03 \x01(\x08\x12\x1b\n\x13skip_special_tokens\x18\x04 \x01(\x08\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x14\n\x0c\x62ypass_cache\x18\x07 \x01(\x08\"\x9a\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x30\n\x07options\x18\x03 \x01(\x0b\x32\x1f.flashstream.v1.GenerateOptions\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\"}\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.flashstream.v1.ChatMessage\x12\x30\n\x07options\x18\x03 \x01(\x0b\x32\x1f.flashstream.v1.GenerateOptions\"~\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.flashstream.v1.TextChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.flashstream.v1.DoneH\x00\x42\x07\n\x05\x65vent\"\x93\x01\n\x10TranslateSegment\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fsource_language\x18\x02 \x01(\t\x12\x17\n\x0ftarget_language\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x30\n\x07options\x18\x05 \x01(\x0b\x32\x1f.flashstream.v1.GenerateOptions\"\x82\x01\n\x0eTranslateChunk\x12\x15\n\rsegment_index\x18\x01 \x01(\r\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.flashstream.v1.TextChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.flashstream.v1.DoneH\x00\x42\x07\n\x05\x65vent\"\xbf\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x16\n\tnormalize\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12.\n\x0ctoken_inputs\x18\x04 \x03(\x0b\x32\x18.flashstream.v1.TokenIds\x12\x12\n\ndimensions\x18\x05 \x01(\r\x12\x10\n\x08truncate\x18\x06 \x01(\x08\x12\x14\n\x0c\x62ypass_cache\x18\x07 \x01(\x08\x42\x0c\n\n_normalize\"`\n\rEmbedResponse\x12)\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x1b.flashstream.v1.EmbedVector\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Usage\"-\n\x0b\x45mbedVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.flashstream.v1.ModelCard\"R\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x10\n\x08owned_by\x18\x04 \x01(\t2\x8b\x03\n\x07Gateway\x12L\n\x08Generate\x12\x1f.flashstream.v1.GenerateRequest\x1a\x1d.flashstream.v1.GenerateChunk0\x01\x12\x44\n\x04\x43hat\x12\x1b.flashstream.v1.ChatRequest\x1a\x1d.flashstream.v1.GenerateChunk0\x01\x12Q\n\tTranslate\x12 .flashstream.v1.TranslateSegment\x1a\x1e.flashstream.v1.TranslateChunk(\x01\x30\x01\x12\x44\n\x05\x45mbed\x12\x1c.flashstream.v1.EmbedRequest\x1a\x1d.flashstream.v1.EmbedResponse\x12S\n\nListModels\x12!.flashstream.v1.ListModelsRequest\x1a\".flashstream.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66lashstream/v1/gateway.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\xcd\x01\n\x0fGenerateOptions\x12\x30\n\x08sampling\x18\x01 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12\x0c\n\x04stop\x18\x02 \x03(\t\x12\"\n\x1ainclude_stop_str_in_output\x18\x03 \x01(\x08\x12\x1b\n\x13skip_special_tokens\x18\x04 \x01(\x08\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x14\n\x0c\x62ypass_cache\x18\x07 \x01(\x08\"\x9a\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x30\n\x07options\x18\x03 \x01(\x0b\x32\x1f.flashstream.v1.GenerateOptions\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\"\xed\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.flashstream.v1.ChatMessage\x12\x30\n\x07options\x18\x03 \x01(\x0b\x32\x1f.flashstream.v1.GenerateOptions\x12#\n\x05tools\x18\x04 \x03(\x0b\x32\x14.flashstream.v1.Tool\x12/\n\x0btool_choice\x18\x05 \x01(\x0b\x32\x1a.flashstream.v1.ToolChoice\x12\x18\n\x10single_tool_call\x18\x06 \x01(\x08\"~\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.flashstream.v1.TextChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.flashstream.v1.DoneH\x00\x42\x07\n\x05\x65vent\"\x93\x01\n\x10TranslateSegment\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fsource_language\x18\x02 \x01(\t\x12\x17\n\x0ftarget_language\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x30\n\x07options\x18\x05 \x01(\x0b\x32\x1f.flashstream.v1.GenerateOptions\"\x82\x01\n\x0eTranslateChunk\x12\x15\n\rsegment_index\x18\x01 \x01(\r\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.flashstream.v1.TextChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.flashstream.v1.DoneH\x00\x42\x07\n\x05\x65vent\"\xbf\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x16\n\tnormalize\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12.\n\x0ctoken_inputs\x18\x04 \x03(\x0b\x32\x18.flashstream.v1.TokenIds\x12\x12\n\ndimensions\x18\x05 \x01(\r\x12\x10\n\x08truncate\x18\x06 \x01(\x08\x12\x14\n\x0c\x62ypass_cache\x18\x07 \x01(\x08\x42\x0c\n\n_normalize\"`\n\rEmbedResponse\x12)\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x1b.flashstream.v1.EmbedVector\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Usage\"-\n\x0b\x45mbedVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.flashstream.v1.ModelCard\"R\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x10\n\x08owned_by\x18\x04 \x01(\t2\x8b\x03\n\x07Gateway\x12L\n\x08Generate\x12\x1f.flashstream.v1.GenerateRequest\x1a\x1d.flashstream.v1.GenerateChunk0\x01\x12\x44\n\x04\x43hat\x12\x1b.flashstream.v1.ChatRequest\x1a\x1d.flashstream.v1.GenerateChunk0\x01\x12Q\n\tTranslate\x12 .flashstream.v1.TranslateSegment\x1a\x1e.flashstream.v1.TranslateChunk(\x01\x30\x01\x12\x44\n\x05\x45mbed\x12\x1c.flashstream.v1.EmbedRequest\x1a\x1d.flashstream.v1.EmbedResponse\x12S\n\nListModels\x12!.flashstream.v1.ListModelsRequest\x1a\".flashstream.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,26 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEOPTIONS']._serialized_end=283
   _globals['_GENERATEREQUEST']._serialized_start=286
   _globals['_GENERATEREQUEST']._serialized_end=440
-  _globals['_CHATREQUEST']._serialized_start=442
-  _globals['_CHATREQUEST']._serialized_end=567
-  _globals['_GENERATECHUNK']._serialized_start=569
-  _globals['_GENERATECHUNK']._serialized_end=695
-  _globals['_TRANSLATESEGMENT']._serialized_start=698
-  _globals['_TRANSLATESEGMENT']._serialized_end=845
-  _globals['_TRANSLATECHUNK']._serialized_start=848
-  _globals['_TRANSLATECHUNK']._serialized_end=978
-  _globals['_EMBEDREQUEST']._serialized_start=981
-  _globals['_EMBEDREQUEST']._serialized_end=1172
-  _globals['_EMBEDRESPONSE']._serialized_start=1174
-  _globals['_EMBEDRESPONSE']._serialized_end=1270
-  _globals['_EMBEDVECTOR']._serialized_start=1272
-  _globals['_EMBEDVECTOR']._serialized_end=1317
-  _globals['_LISTMODELSREQUEST']._serialized_start=1319
-  _globals['_LISTMODELSREQUEST']._serialized_end=1338
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1340
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1403
-  _globals['_MODELCARD']._serialized_start=1405
-  _globals['_MODELCARD']._serialized_end=1487
-  _globals['_GATEWAY']._serialized_start=1490
-  _globals['_GATEWAY']._serialized_end=1885
+  _globals['_CHATREQUEST']._serialized_start=443
+  _globals['_CHATREQUEST']._serialized_end=680
+  _globals['_GENERATECHUNK']._serialized_start=682
+  _globals['_GENERATECHUNK']._serialized_end=808
+  _globals['_TRANSLATESEGMENT']._serialized_start=811
+  _globals['_TRANSLATESEGMENT']._serialized_end=958
+  _globals['_TRANSLATECHUNK']._serialized_start=961
+  _globals['_TRANSLATECHUNK']._serialized_end=1091
+  _globals['_EMBEDREQUEST']._serialized_start=1094
+  _globals['_EMBEDREQUEST']._serialized_end=1285
+  _globals['_EMBEDRESPONSE']._serialized_start=1287
+  _globals['_EMBEDRESPONSE']._serialized_end=1383
+  _globals['_EMBEDVECTOR']._serialized_start=1385
+  _globals['_EMBEDVECTOR']._serialized_end=1430
+  _globals['_LISTMODELSREQUEST']._serialized_start=1432
+  _globals['_LISTMODELSREQUEST']._serialized_end=1451
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1453
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1516
+  _globals['_MODELCARD']._serialized_start=1518
+  _globals['_MODELCARD']._serialized_end=1600
+  _globals['_GATEWAY']._serialized_start=1603
+  _globals['_GATEWAY']._serialized_end=1998
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ None would be ambiguous) and costs nothing: no transfer, no kernel.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -42,6 +43,14 @@ class TruncationBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class GrammarBatch:
+    """Rows whose output follows a grammar, and the tokens each may take next."""
+
+    rows: torch.Tensor | None  # [G] int64 batch rows; None: every row
+    bitmask: torch.Tensor  # [G, ceil(vocab_size / 32)] int32, bit set = token allowed (xgrammar's layout)
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingBatch:
     """Everything the tensor code of one sampler call needs."""
 
@@ -50,6 +59,7 @@ class SamplingBatch:
     bias_flat: torch.Tensor | None  # [num_biased] int64 row * vocab_size + token id, for logit_bias
     bias_values: torch.Tensor | None  # [num_biased] fp32 added at bias_flat
     penalties: PenaltyBatch | None
+    grammar: GrammarBatch | None
     banned_flat: torch.Tensor | None  # [num_banned] int64 row * vocab_size + token id, for tokens min_tokens masks
     temperature: torch.Tensor | None  # [num_rows, 1] fp32, 1 on greedy rows; None: every row has 1
     num_greedy: int
@@ -69,6 +79,7 @@ class SamplingBatch:
             self.num_greedy == self.num_rows
             and self.penalties is None
             and self.bias_flat is None
+            and self.grammar is None
             and self.banned_flat is None
             and not self.logprob_row_ids
         )
@@ -95,6 +106,7 @@ class SamplingBatch:
         seeded_keys: list[tuple[int, int]] = []
         logprob_rows: list[int] = []
         logprob_counts: list[int] = []
+        grammar_rows: list[int] = []
         for i, row in enumerate(rows):
             p = row.params
             num_output = len(row.output_token_ids)
@@ -111,6 +123,8 @@ class SamplingBatch:
                 if not p.ignore_eos:
                     banned.update(eos_token_ids)
                 banned_flat.extend(i * vocab_size + t for t in sorted(banned))
+            if row.grammar is not None:
+                grammar_rows.append(i)
             if p.logprobs is not None:
                 logprob_rows.append(i)
                 logprob_counts.append(min(p.logprobs, vocab_size))
@@ -134,6 +148,7 @@ class SamplingBatch:
             bias_flat=to_dev.ints(bias_flat) if bias_flat else None,
             bias_values=to_dev.move(torch.tensor(bias_values, dtype=torch.float32)) if bias_values else None,
             penalties=_penalty_batch(rows, pen_rows, pen_params, num_rows, vocab_size, to_dev) if pen_rows else None,
+            grammar=_grammar_batch(rows, grammar_rows, vocab_size, to_dev) if grammar_rows else None,
             banned_flat=to_dev.ints(banned_flat) if banned_flat else None,
             temperature=to_dev.column(temperatures) if any(t != 1.0 for t in temperatures) else None,
             num_greedy=num_rows - len(sample_rows),
@@ -210,6 +225,31 @@ def _penalty_batch(
         output_flat=to_dev.move(output_flat),
         prompt_flat=prompt_flat,
     )
+
+
+def _grammar_batch(
+    rows: Sequence[SamplingRow], grammar_rows: list[int], vocab_size: int, to_dev: _Mover
+) -> GrammarBatch:
+    """Fills the guided rows' masks on the host (with a CUDA device this overlaps the forward pass, which the
+    host has only queued so far) and copies them over."""
+    import xgrammar
+
+    bitmask = xgrammar.allocate_token_bitmask(len(grammar_rows), vocab_size)  # [G, words] int32, all allowed
+    live = [j for j, i in enumerate(grammar_rows) if not rows[i].grammar.ended]  # ended rows stay all-allowed
+    matchers = [rows[grammar_rows[j]].grammar.matcher for j in live]
+    if len(matchers) == 1:
+        matchers[0].fill_next_token_bitmask(bitmask, live[0])
+    elif matchers:
+        _batch_matcher().batch_fill_next_token_bitmask(matchers, bitmask, live)
+    return GrammarBatch(to_dev.subset(grammar_rows, len(rows)), to_dev.move(bitmask))
+
+
+@functools.cache
+def _batch_matcher():  # noqa: ANN202 - xgrammar.BatchGrammarMatcher
+    """One xgrammar batch matcher (it owns a thread pool) for the process, made on first use."""
+    import xgrammar
+
+    return xgrammar.BatchGrammarMatcher(max_threads=8)
 
 
 def _truncation_batch(

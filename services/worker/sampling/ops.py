@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from services.worker.sampling.batch import PenaltyBatch, SamplingBatch, TruncationBatch
+from services.worker.sampling.batch import GrammarBatch, PenaltyBatch, SamplingBatch, TruncationBatch
 
 
 def _gather(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -43,13 +43,26 @@ def ban_tokens(x: torch.Tensor, batch: SamplingBatch) -> None:
         x.view(-1).index_fill_(0, batch.banned_flat, float("-inf"))
 
 
+def apply_grammar(x: torch.Tensor, grammar: GrammarBatch) -> None:
+    """-inf on every token the row's grammar does not allow next."""
+    import xgrammar
+
+    # xgrammar's CUDA backend compiles on first use; its Triton kernel needs nothing beyond Triton.
+    backend = "cpu" if x.device.type == "cpu" else "triton"
+    sub = _gather(x, grammar.rows)  # [G, vocab_size]
+    xgrammar.apply_token_bitmask_inplace(sub, grammar.bitmask, vocab_size=x.shape[1], backend=backend)
+    _write_back(x, grammar.rows, sub)
+
+
 def adjust(x: torch.Tensor, batch: SamplingBatch) -> None:
-    """logit_bias, penalties, then min_tokens masking: what greedy rows take the argmax of."""
+    """logit_bias, penalties, min_tokens masking, then the grammars' masks: what greedy rows take the argmax of."""
     if batch.bias_flat is not None:
         x.view(-1).index_add_(0, batch.bias_flat, batch.bias_values)
     if batch.penalties is not None:
         apply_penalties(x, batch.penalties)
     ban_tokens(x, batch)
+    if batch.grammar is not None:
+        apply_grammar(x, batch.grammar)
 
 
 def _kth_largest(values: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from services.common.sampling import SamplingParams
 
@@ -19,6 +20,7 @@ class SamplingRow:
     params: SamplingParams
     prompt_token_ids: Sequence[int]  # for the repetition penalty
     output_token_ids: Sequence[int]  # tokens generated so far (penalties, min_tokens, seeded position)
+    grammar: Any = None  # the sequence's grammar.GrammarState when its output is guided: masks the logits
 
 
 @dataclass(slots=True)

@@ -163,7 +163,26 @@ def _err(message: str, param: str | None, code: str) -> dict[str, Any]:
     ({"messages": [{"content": "x"}]}, True, "messages[0] must be an object with a string 'role'", "messages[0]",
      "invalid_type"),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, True,
-     "'tools' are not supported", "tools", "unsupported_value"),
+     '\'tools[0]\' must be a function tool: {"type": "function", "function": {"name": ...}}', "tools[0]",
+     "invalid_type"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "objec"}}}}, True,
+     "'response_format' is not a valid JSON schema at type: 'objec' is not valid under any of the given schemas",
+     "response_format", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "x"}], "guided_json": {"properties": {"a": {"$ref": "#/$defs/b"}}}},
+     True, "'response_format' cannot be enforced: Cannot find field $defs in #/$defs/b", "response_format", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {
+        "schema": {"type": "object", "required": "a"}}}}, True,
+     "'response_format' is not a valid JSON schema at required: 'a' is not of type 'array'", "response_format",
+     "invalid_value"),
+    ({"prompt": "x", "guided_regex": "[a-"}, False,
+     "'response_format' is not a valid regex: Regex parsing error at position 4: Unclosed '['", "response_format",
+     "invalid_value"),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, True,
+     "tool_choice names function 'g', which is not among the tools", "tool_choice", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, True,
+     "tool_choice asks for a tool call but no tools were given", "tool_choice", "invalid_value"),
 ])
 def test_bad_fields_get_an_openai_400_naming_the_field(
     body: Any, chat: bool, message: str, param: str | None, code: str

@@ -117,3 +117,36 @@ def test_finished_becomes_a_done_chunk() -> None:
         finish_reason=common_pb2.FINISH_REASON_LENGTH,
         usage=common_pb2.Usage(prompt_tokens=3, completion_tokens=2, cached_tokens=1, result_cached=True),
         latency=common_pb2.LatencyBreakdown(gateway_s=0.5)))
+
+
+def test_a_grpc_chat_with_tools_and_a_guided_sampling_reaches_the_tokenizer_whole() -> None:
+    from gateway.schema import ToolCall, ToolSpec
+    from services.common.sampling import Guided
+
+    params = '{"type": "object", "properties": {"city": {"type": "string"}}}'
+    pb = gateway_pb2.ChatRequest(
+        model="m",
+        messages=[common_pb2.ChatMessage(role="user", content="Weather?"),
+                  common_pb2.ChatMessage(role="assistant", tool_calls=[common_pb2.ToolCall(
+                      id="c1", name="get_weather", arguments_json='{"city": "Oslo"}')]),
+                  common_pb2.ChatMessage(role="tool", content="7°C", tool_call_id="c1", name="get_weather")],
+        options=gateway_pb2.GenerateOptions(sampling=common_pb2.SamplingParams(max_tokens=9)),
+        tools=[common_pb2.Tool(name="get_weather", description="d", parameters_json=params)],
+        tool_choice=common_pb2.ToolChoice(function="get_weather"), single_tool_call=True,
+    )
+    request = chat_request_from_pb(pb)
+    assert request.messages[1:] == (
+        ChatTurn("assistant", "", (ToolCall("c1", "get_weather", '{"city": "Oslo"}'),)),
+        ChatTurn("tool", "7°C", (), "c1", "get_weather"))
+    assert (request.tools, request.tool_choice, request.forced_tool, request.single_tool_call) == (
+        (ToolSpec("get_weather", "d", params),), "required", "get_weather", True)
+    out = text_request_to_pb(Submission("r1", request, 100.0, 0.0, 0.0))
+    assert list(out.chat.messages) == list(pb.messages)
+    assert list(out.chat.tools) == list(pb.tools)
+    assert (out.chat.tool_choice.function, out.chat.single_tool_call) == ("get_weather", True)
+
+    guided = gateway_pb2.GenerateRequest(model="m", prompt="x", options=gateway_pb2.GenerateOptions(
+        sampling=common_pb2.SamplingParams(guided=common_pb2.GuidedDecoding(regex="[a-z]+"))))
+    request = generate_request_from_pb(guided)
+    assert request.sampling.guided == Guided("regex", "[a-z]+")
+    assert text_request_to_pb(Submission("r2", request, 100.0, 0.0, 0.0)).sampling.guided.regex == "[a-z]+"

@@ -53,7 +53,9 @@ def _check(deltas: list[str], full: str) -> None:
         delta.encode("utf-8")  # whole characters only (a lone surrogate would fail here)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomised so that every run checks the same examples.
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), style=st.sampled_from(["llama3", "chatml", "mistral"]), skip=st.booleans())
 def test_random_token_streams_match_transformers_decode(pairs, data, style: str, skip: bool) -> None:
     tok, hf = pairs[style]
@@ -65,7 +67,9 @@ def test_random_token_streams_match_transformers_decode(pairs, data, style: str,
     _check(_stream(tok, ids, cuts, skip), hf.decode(ids, skip_special_tokens=skip))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomised so that every run checks the same examples.
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), style=st.sampled_from(["llama3", "chatml", "mistral"]))
 def test_encoded_multilingual_text_streams_back_exactly(pairs, data, style: str) -> None:
     tok, hf = pairs[style]
