@@ -99,8 +99,10 @@ def _proc_main(args: tuple) -> list[Record]:
 
 def run_load(base_url: str, model: str, specs: list[RequestSpec], arrivals: list[float], concurrency: int,
              sampling: dict, procs: int) -> tuple[list[Record], float, float]:
-    """Sends every request; returns the records (in request order), the start and the end time."""
-    procs = max(1, min(procs, len(specs)))
+    """Sends every request; returns the records (in request order), the start and the end time. Each process gets
+    an equal share of the concurrency, so no more processes run than the concurrency allows (concurrency 1 is one
+    process with one request in flight)."""
+    procs = max(1, min(procs, len(specs), concurrency))
     shares = [[(arrivals[i], specs[i]) for i in range(p, len(specs), procs)] for p in range(procs)]
     per_proc = max(1, -(-concurrency // procs))
     t0 = time.time() + (2.0 if procs > 1 else 0.1)  # every process starts its clock at this instant

@@ -57,8 +57,14 @@ METRICS = ("flashstream_kv_cache_usage_ratio", "flashstream_num_preemptions_tota
            "flashstream_num_requests_running", "flashstream_num_requests_waiting")
 
 
+# The worker's step time and count by kind of step, kept per kind: "name{kind}".
+STEP_METRICS = ("flashstream_step_duration_seconds_sum", "flashstream_step_duration_seconds_count")
+STEP_KINDS = ("prefill", "mixed", "decode")
+
+
 def scrape(urls: dict[str, str]) -> dict[str, dict[str, float] | None]:
-    """Each stage's values of METRICS (summed over labels); None for a stage that did not answer."""
+    """Each stage's values of METRICS (summed over labels) and of STEP_METRICS (by kind); None for a stage that did
+    not answer."""
     out: dict[str, dict[str, float] | None] = {}
     for stage, url in urls.items():
         try:
@@ -71,8 +77,12 @@ def scrape(urls: dict[str, str]) -> dict[str, dict[str, float] | None]:
             if line.startswith("#") or not line:
                 continue
             name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in METRICS:
-                values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            if name in STEP_METRICS:
+                kind = line.split('kind="', 1)[1].split('"', 1)[0] if 'kind="' in line else ""
+                name = f"{name}{{{kind}}}"
+            elif name not in METRICS:
+                continue
+            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
         out[stage] = values
     return out
 
@@ -87,6 +97,13 @@ def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[
             "kv_cache_usage_peak": peak_kv.get(stage),
             "preemptions": None if pre is None else a[pre] - b.get(pre, 0.0),
         }
+        steps = {}
+        for kind in STEP_KINDS:
+            total, count = (f"flashstream_step_duration_seconds_{x}{{{kind}}}" for x in ("sum", "count"))
+            if count in a and a[count] > b.get(count, 0.0):
+                steps[kind] = {"steps": int(a[count] - b.get(count, 0.0)), "seconds": a[total] - b.get(total, 0.0)}
+        if steps:
+            out[stage]["steps"] = steps  # where the worker's step time went during the run
     return out
 
 
@@ -148,7 +165,26 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
             f"{r['request_throughput']:.2f} | {ms(r['ttft_s']['p50'])} / {ms(r['ttft_s']['p99'])} | "
             f"{ms(r['tpot_s']['p50'])} | {ms(r['itl_s']['p50'])} / {ms(r['itl_s']['p99'])} | "
             f"{'-' if e2e is None else f'{e2e:.2f}'} | {r['goodput_requests_per_s']:.2f} | {gpu} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + step_table(scenarios)
+
+
+def step_table(scenarios: list[dict[str, Any]]) -> str:
+    """Where the workers' step time went in each scenario: steps, seconds and mean step time by kind."""
+    lines = []
+    for s in scenarios:
+        for stage, vals in (s.get("stages") or {}).items():
+            steps = (vals or {}).get("steps")
+            if not steps:
+                continue
+            cells = [f"{steps[k]['steps']} / {steps[k]['seconds']:.2f} / {steps[k]['seconds'] / steps[k]['steps'] * 1e3:.2f}"
+                     if k in steps else "-" for k in STEP_KINDS]
+            lines.append(f"| {s['name']} | {stage} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = ["", "Worker step time by kind of step: steps / seconds / mean ms (host time of a step, from the workers' "
+            "flashstream_step_duration_seconds)", "", "| scenario | stage | " + " | ".join(STEP_KINDS) + " |",
+            "|---|---|" + "---|" * len(STEP_KINDS)]
+    return "\n".join(head + lines) + "\n"
 
 
 def plot(scenarios: list[dict[str, Any]], path: str) -> str | None:

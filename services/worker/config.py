@@ -28,6 +28,8 @@ class WorkerConfig:
     fake_token_id: int = -1  # fake mode's token; -1: the smallest id that is not EOS
     seed: int = 0  # dummy weights' seed
     worker_id: str = ""
+    kernel_profile_dir: str = ""  # where to write a torch.profiler summary of a window of steps ("": none)
+    kernel_profile_steps: tuple[int, int] = (200, 50)  # the window: after this many steps, this many steps
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:

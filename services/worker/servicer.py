@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -14,8 +15,14 @@ from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
 from services.common.metrics import Metrics
 from services.worker.engine import Engine
+from services.worker.plan import StepPlan, StepResult
+from services.worker.runner import PlanSource
+from services.worker.sequences import SequenceTable
 from services.worker.pb import info_to_pb, result_to_pb
 from services.worker.plan_inbox import PlanInbox
+
+if TYPE_CHECKING:
+    from services.worker.kernel_profile import KernelProfile  # imports torch, which fake mode does without
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
         self.draining = False
         self.num_streams = 0
+        self.kernel_profile: KernelProfile | None = None  # a traced window of steps, when asked for
 
     def _ready_engine(self) -> Engine:
         if self.engine is None:
@@ -60,9 +68,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             while (item := await inbox.get()) is not None:
                 plan, errors = item
                 # While this plan's step runs on the device, the runner may take a look at the next one.
-                result = await loop.run_in_executor(
-                    self.executor, engine.runner.step, plan, table, None, inbox.peek_plan
-                )
+                result = await loop.run_in_executor(self.executor, self._step, engine, plan, table, inbox.peek_plan)
                 result.errors[:0] = errors
                 self._record_step(engine, result.step_time_s, len(result.outputs), len(table))
                 yield result_to_pb(result)
@@ -70,6 +76,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             reader.cancel()
             self.num_streams -= 1
             log.info("step stream closed; dropping its %d sequences", len(table))
+
+    def _step(self, engine: Engine, plan: StepPlan, table: SequenceTable, peek: PlanSource) -> StepResult:
+        """One step on the model thread (and the kernel profile's window, which must open and close there)."""
+        result = engine.runner.step(plan, table, None, peek)
+        if self.kernel_profile is not None:
+            self.kernel_profile.after_step()
+        return result
 
     def _record_step(self, engine: Engine, step_time_s: float, num_sampled: int, num_live: int) -> None:
         m = self.metrics

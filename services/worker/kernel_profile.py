@@ -1,0 +1,78 @@
+"""A window of steps traced with torch.profiler under real load: which device kernels the steps spent their time
+in, so a serving benchmark can say what bounds the GPU, not only that it is busy.
+
+Off unless the worker is started with --kernel-profile-dir. The window opens after `start` steps (past warm-up
+and the first admissions) and closes `count` steps later; the summary is written once, as JSON and text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def device_time_us(row: Any) -> float:
+    """A key_averages row's self time on the device, in microseconds (torch renamed the field from cuda to device)."""
+    value = getattr(row, "self_device_time_total", None)
+    return float(value if value is not None else getattr(row, "self_cuda_time_total", 0.0))
+
+
+class KernelProfile:
+    """Counts steps; `after_step` opens and closes the profiler window on the thread that runs the steps."""
+
+    def __init__(self, out_dir: str, start: int, count: int, name: str = "worker") -> None:
+        if start < 0 or count < 1:
+            raise ValueError(f"kernel profile window needs start >= 0 and count >= 1, got {start}:{count}")
+        self.out_dir = Path(out_dir)
+        self.start, self.count, self.name = start, count, name
+        self.num_steps = 0
+        self._prof: torch.profiler.profile | None = None
+        self._opened_at = 0.0
+        self.done = False
+
+    def after_step(self) -> None:
+        if self.done:
+            return
+        self.num_steps += 1
+        if self._prof is None and self.num_steps >= self.start:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._prof = torch.profiler.profile(activities=activities)
+            self._prof.__enter__()
+            self._opened_at = time.perf_counter()
+            self._opened_step = self.num_steps
+        elif self._prof is not None and self.num_steps >= self._opened_step + self.count:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall_s = time.perf_counter() - self._opened_at
+            self._prof.__exit__(None, None, None)
+            self.done = True
+            try:
+                self._write(wall_s)
+            except OSError as exc:
+                log.warning("kernel profile not written: %s", exc)
+
+    def _write(self, wall_s: float) -> None:
+        rows = [(row.key, row.count, device_time_us(row)) for row in self._prof.key_averages()]
+        rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+        total_us = sum(r[2] for r in rows)
+        summary = {
+            "steps": self.count, "wall_s": wall_s, "device_kernel_s": total_us / 1e6,
+            "kernels": [{"name": name, "calls": calls, "seconds": us / 1e6, "share": us / total_us if total_us else 0.0}
+                        for name, calls, us in rows[:60]],
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"{self.name}_kernels.json").write_text(json.dumps(summary, indent=1) + "\n")
+        lines = [f"{self.count} steps in {wall_s:.3f} s wall; kernels {total_us / 1e6:.3f} s on the device", "",
+                 "share   seconds   calls  kernel"]
+        lines += [f"{us / total_us:6.1%} {us / 1e6:9.4f} {calls:7d}  {name[:140]}" for name, calls, us in rows[:60]]
+        (self.out_dir / f"{self.name}_kernels.txt").write_text("\n".join(lines) + "\n")
+        log.info("kernel profile of %d steps written to %s", self.count, self.out_dir)
