@@ -1,8 +1,9 @@
 """A window of steps traced with torch.profiler under real load: which device kernels the steps spent their time
 in, so a serving benchmark can say what bounds the GPU, not only that it is busy.
 
-Off unless the worker is started with --kernel-profile-dir. The window opens after `start` steps (past warm-up
-and the first admissions) and closes `count` steps later; the summary is written once, as JSON and text.
+Off unless the worker is started with --kernel-profile-dir. Then SIGUSR1 (`kill -USR1 <worker pid>`) opens a
+window at the next step, which closes `count` steps later and writes its summary (JSON and text, replacing the
+last window's); a signal while a window is open is ignored.
 """
 
 from __future__ import annotations
@@ -25,26 +26,31 @@ def device_time_us(row: Any) -> float:
 
 
 class KernelProfile:
-    """Counts steps; `after_step` opens and closes the profiler window on the thread that runs the steps."""
+    """`arm` (from any thread) asks for a window; `after_step`, on the thread that runs the steps, opens and closes
+    it."""
 
-    def __init__(self, out_dir: str, start: int, count: int, name: str = "worker") -> None:
-        if start < 0 or count < 1:
-            raise ValueError(f"kernel profile window needs start >= 0 and count >= 1, got {start}:{count}")
+    def __init__(self, out_dir: str, count: int, name: str = "worker") -> None:
+        if count < 1:
+            raise ValueError(f"a kernel profile window needs at least one step, got {count}")
         self.out_dir = Path(out_dir)
-        self.start, self.count, self.name = start, count, name
+        self.count, self.name = count, name
         self.num_steps = 0
+        self.num_windows = 0  # written so far
+        self._armed = False
         self._prof: torch.profiler.profile | None = None
         self._opened_at = 0.0
-        self.done = False
+        self._opened_step = 0
+
+    def arm(self) -> None:
+        self._armed = True
 
     def after_step(self) -> None:
-        if self.done:
-            return
         self.num_steps += 1
-        if self._prof is None and self.num_steps >= self.start:
+        if self._prof is None and self._armed:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._armed = False
             self._prof = torch.profiler.profile(activities=activities)
             self._prof.__enter__()
             self._opened_at = time.perf_counter()
@@ -53,15 +59,16 @@ class KernelProfile:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             wall_s = time.perf_counter() - self._opened_at
-            self._prof.__exit__(None, None, None)
-            self.done = True
+            prof, self._prof = self._prof, None
+            prof.__exit__(None, None, None)
             try:
-                self._write(wall_s)
+                self._write(prof, wall_s)
+                self.num_windows += 1
             except OSError as exc:
                 log.warning("kernel profile not written: %s", exc)
 
-    def _write(self, wall_s: float) -> None:
-        rows = [(row.key, row.count, device_time_us(row)) for row in self._prof.key_averages()]
+    def _write(self, prof: torch.profiler.profile, wall_s: float) -> None:
+        rows = [(row.key, row.count, device_time_us(row)) for row in prof.key_averages()]
         rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
         total_us = sum(r[2] for r in rows)
         summary = {

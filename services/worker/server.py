@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.config import add_server_args, env_default, server_config, setup_logging, new_parser
-from services.common.errors import FlashStreamError, InvalidArgument
+from services.common.errors import FlashStreamError
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
@@ -52,22 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=env_default("seed", 0), help="seed of dummy weights")
     add("--worker-id", default=env_default("worker_id", ""), help="name in Worker.Info (default: host-pid)")
     add("--kernel-profile-dir", default=env_default("kernel_profile_dir", ""),
-        help="write a torch.profiler summary of the device kernels of a window of steps here (default: off)")
-    add("--kernel-profile-steps", default=env_default("kernel_profile_steps", "200:50"),
-        help="the profiled window, START:COUNT: COUNT steps after the first START")
+        help="on SIGUSR1, trace the next --kernel-profile-steps steps with torch.profiler and write a summary of "
+             "the device kernels here (default: off)")
+    add("--kernel-profile-steps", type=int, default=env_default("kernel_profile_steps", 100),
+        help="steps in a kernel profile window")
     return parser
 
-
-def parse_window(text: str) -> tuple[int, int]:
-    """START:COUNT as two integers."""
-    start, _, count = text.partition(":")
-    try:
-        window = int(start), int(count)
-    except ValueError:
-        window = (-1, 0)
-    if window[0] < 0 or window[1] < 1:
-        raise InvalidArgument(f"--kernel-profile-steps must be START:COUNT with COUNT >= 1, got {text!r}")
-    return window
 
 
 def build_config(argv: list[str] | None = None) -> WorkerConfig:
@@ -79,7 +70,7 @@ def build_config(argv: list[str] | None = None) -> WorkerConfig:
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enforce_eager=args.enforce_eager, fake_token_id=args.fake_token_id, seed=args.seed,
         worker_id=args.worker_id, kernel_profile_dir=args.kernel_profile_dir,
-        kernel_profile_steps=parse_window(args.kernel_profile_steps), server=server_config(args),
+        kernel_profile_steps=args.kernel_profile_steps, server=server_config(args),
     )
 
 
@@ -93,8 +84,7 @@ class WorkerStage:
         if config.kernel_profile_dir:
             from services.worker.kernel_profile import KernelProfile  # torch, only when asked for
 
-            start, count = config.kernel_profile_steps
-            self.servicer.kernel_profile = KernelProfile(config.kernel_profile_dir, start, count)
+            self.servicer.kernel_profile = KernelProfile(config.kernel_profile_dir, config.kernel_profile_steps)
         self.server: StageServer | None = None
 
     @property
@@ -115,6 +105,8 @@ class WorkerStage:
             serving=False,
         )
         loop = asyncio.get_running_loop()
+        if self.servicer.kernel_profile is not None:
+            loop.add_signal_handler(signal.SIGUSR1, self.servicer.kernel_profile.arm)
         engine = await loop.run_in_executor(self.servicer.executor, build_engine, self.config)
         self.servicer.engine = engine
         info = engine.info
