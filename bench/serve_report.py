@@ -54,11 +54,12 @@ def scenario_stats(records: list[Record], t0: float, end: float, slo_ttft_s: flo
 
 
 METRICS = ("flashstream_kv_cache_usage_ratio", "flashstream_num_preemptions_total", "flashstream_num_preemptions",
-           "flashstream_num_requests_running", "flashstream_num_requests_waiting")
+           "flashstream_num_requests_running", "flashstream_num_requests_waiting", "flashstream_device_idle_seconds_total")
 
 
-# The worker's step time and count by kind of step, kept per kind: "name{kind}".
-STEP_METRICS = ("flashstream_step_duration_seconds_sum", "flashstream_step_duration_seconds_count")
+# The worker's step time and count by kind of step, and its rows by phase, kept per label: "name{kind}".
+STEP_METRICS = ("flashstream_step_duration_seconds_sum", "flashstream_step_duration_seconds_count",
+                "flashstream_step_tokens_sum")
 STEP_KINDS = ("prefill", "mixed", "decode")
 
 
@@ -78,7 +79,8 @@ def scrape(urls: dict[str, str]) -> dict[str, dict[str, float] | None]:
                 continue
             name = line.split("{", 1)[0].split(" ", 1)[0]
             if name in STEP_METRICS:
-                kind = line.split('kind="', 1)[1].split('"', 1)[0] if 'kind="' in line else ""
+                label = 'kind="' if 'kind="' in line else 'phase="'
+                kind = line.split(label, 1)[1].split('"', 1)[0] if label in line else ""
                 name = f"{name}{{{kind}}}"
             elif name not in METRICS:
                 continue
@@ -104,6 +106,11 @@ def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[
                 steps[kind] = {"steps": int(a[count] - b.get(count, 0.0)), "seconds": a[total] - b.get(total, 0.0)}
         if steps:
             out[stage]["steps"] = steps  # where the worker's step time went during the run
+            for phase in ("prefill", "decode"):  # prefill tokens and decode rows run, over every kind of step
+                name = f"flashstream_step_tokens_sum{{{phase}}}"
+                out[stage][f"{phase}_tokens"] = int(a.get(name, 0.0) - b.get(name, 0.0))
+            idle = "flashstream_device_idle_seconds_total"
+            out[stage]["device_idle_s"] = a[idle] - b.get(idle, 0.0) if idle in a else None
     return out
 
 
@@ -178,12 +185,17 @@ def step_table(scenarios: list[dict[str, Any]]) -> str:
                 continue
             cells = [f"{steps[k]['steps']} / {steps[k]['seconds']:.2f} / {steps[k]['seconds'] / steps[k]['steps'] * 1e3:.2f}"
                      if k in steps else "-" for k in STEP_KINDS]
+            idle = vals.get("device_idle_s")
+            cells += [str(vals.get("prefill_tokens", "-")), str(vals.get("decode_tokens", "-")),
+                      "-" if idle is None else f"{idle:.2f}"]
             lines.append(f"| {s['name']} | {stage} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
     head = ["", "Worker step time by kind of step: steps / seconds / mean ms (host time of a step, from the workers' "
-            "flashstream_step_duration_seconds)", "", "| scenario | stage | " + " | ".join(STEP_KINDS) + " |",
-            "|---|---|" + "---|" * len(STEP_KINDS)]
+            "flashstream_step_duration_seconds); prefill tokens and decode rows run; seconds the device sat idle "
+            "between steps", "",
+            "| scenario | stage | " + " | ".join(STEP_KINDS) + " | prefill tokens | decode rows | device idle s |",
+            "|---|---|" + "---|" * (len(STEP_KINDS) + 3)]
     return "\n".join(head + lines) + "\n"
 
 

@@ -25,7 +25,7 @@ from bench.serve_data import make_model, request_set
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 KERNEL_PROFILE_DIR = "/tmp/flashstream-kernel-profile"
 # What a stack whose scenarios trace the workers' kernels adds to its launch (a window opens on SIGUSR1).
-KERNEL_PROFILE_ARGS = f"--worker-args '--kernel-profile-dir {KERNEL_PROFILE_DIR} --kernel-profile-steps 150'"
+KERNEL_PROFILE_ARGS = f"--worker-args '--kernel-profile-dir {KERNEL_PROFILE_DIR} --kernel-profile-steps 40'"
 OPENAI_DEFAULT = {"temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
 
 
@@ -183,7 +183,7 @@ def start_profile(out: Path, parent: int, seconds: float = 15.0) -> threading.Th
     return thread
 
 
-def start_kernel_profile(out: Path, parent: int, after_s: float = 4.0, wait_s: float = 120.0) -> threading.Thread:
+def start_kernel_profile(out: Path, parent: int, after_s: float = 4.0, wait_s: float = 60.0) -> threading.Thread:
     """Opens a kernel profile window in every worker `after_s` into the load (SIGUSR1), then copies the first
     worker's summary to <out>_kernels.json/txt once it is written."""
     import os

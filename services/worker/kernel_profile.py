@@ -47,10 +47,12 @@ class KernelProfile:
     def after_step(self) -> None:
         self.num_steps += 1
         if self._prof is None and self._armed:
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available():
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            # Device kernels only where there is a device: host-side op events would multiply what the profiler
+            # must post-process (and delay the steps after the window) without adding to the summary.
+            cuda = torch.cuda.is_available()
+            activities = [torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU]
             self._armed = False
+            log.info("kernel profile window opened at step %d for %d steps", self.num_steps, self.count)
             self._prof = torch.profiler.profile(activities=activities)
             self._prof.__enter__()
             self._opened_at = time.perf_counter()
@@ -61,6 +63,7 @@ class KernelProfile:
             wall_s = time.perf_counter() - self._opened_at
             prof, self._prof = self._prof, None
             prof.__exit__(None, None, None)
+            log.info("kernel profile window closed after %.3f s; summarising", wall_s)
             try:
                 self._write(prof, wall_s)
                 self.num_windows += 1
