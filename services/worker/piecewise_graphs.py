@@ -23,14 +23,15 @@ from services.worker.attention_metadata import AttentionMetadata
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 
-MAX_PIECEWISE_TOKENS = 1024  # past this a step's device time hides its eager launches
+MAX_PIECEWISE_TOKENS = 2048  # past this even a small model's step takes longer on the device than its launches
 
 
 def token_buckets(max_tokens: int) -> list[int]:
-    """16, 32, 64, 128, then every 128 up to max_tokens (included, rounded up to a multiple of 16)."""
+    """16, 32, 64, then every 128 up to 1024 and every 256 past it, up to max_tokens (included, rounded up to a
+    multiple of 16): a bucket pads a step by at most an eighth past 1024 tokens."""
     top = -(-max_tokens // 16) * 16
-    sizes = [s for s in (16, 32, 64) if s < top] + list(range(128, top, 128))
-    return sorted({*sizes, top})
+    sizes = [16, 32, 64, *range(128, 1024, 128), *range(1024, 8192 + 1, 256)]
+    return sorted({*(s for s in sizes if s < top), top})
 
 
 class PiecewiseGraphs:

@@ -26,8 +26,9 @@ def piecewise_engine(folder, max_tokens: int = 64):  # noqa: ANN001, ANN201
     return engine
 
 
-def test_token_buckets_are_powers_of_two_to_128_then_every_128_up_to_the_limit() -> None:
-    assert token_buckets(1024) == [16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1024]
+def test_token_buckets_step_by_128_up_to_1024_then_by_256_up_to_the_limit() -> None:
+    assert token_buckets(2048) == [16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048]
+    assert token_buckets(1100) == [16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1024, 1104]
     assert token_buckets(100) == [16, 32, 64, 112]
     assert token_buckets(8) == [16]
 
