@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import json_text
 from gateway.auth import ApiKeys
 from gateway.cache.key import tenant_from_authorization
 from gateway.core import GatewayCore, Generation
@@ -131,11 +132,7 @@ class HttpApi:
 
     @staticmethod
     async def _json(http: web.Request) -> Any:
-        raw = await http.read()
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(f"the request body is not valid JSON: {exc}", None, "invalid_json") from exc
+        return json_text.loads(await http.read())
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)

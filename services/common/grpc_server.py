@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.decode_errors import DecodeErrorsAreInvalidArgument
 from services.common.errors import ErrorCode, FlashStreamError
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ async def start_server(
     connections among them); otherwise a taken port is an error.
     """
     options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[DecodeErrorsAreInvalidArgument()])
     for add in register:
         add(server)
     health_servicer = health.aio.HealthServicer()
