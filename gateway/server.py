@@ -24,9 +24,10 @@ from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
-from services.common.grpc_server import StageServer, start_server
+from services.common.errors import Unavailable
+from services.common.grpc_server import CLOSE_GRACE_S, StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import serve_stage
+from services.common.stage import run_stage_process, serve_stage
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ class GatewayServer:
         self.grpc_port = self._stage.port
         api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings, self.config.cors_origins)
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
-        self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=CLOSE_GRACE_S)  # stop() has drained the requests already
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.server.host, self.config.http_port,
                           reuse_port=self.config.reuse_port).start()
@@ -117,7 +119,12 @@ class GatewayServer:
                 await self._watcher
         if self._stage is not None:
             await self._stage.set_serving(False)
-            await asyncio.gather(self._stage.server.stop(grace_s), self.core.wait_idle(grace_s))
+        if not await self.core.wait_idle(grace_s):
+            # The deadline: what still runs ends with a clear error (its handlers send it), not a cut stream.
+            self.router.fail_all(Unavailable("the gateway shut down before the request finished; retry it"))
+            await self.core.wait_idle(CLOSE_GRACE_S)
+        if self._stage is not None:
+            await self._stage.server.stop(CLOSE_GRACE_S)
         if self._runner is not None:
             await self._runner.cleanup()
         if self.cache is not None:
@@ -236,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     setup_logging(config.server.log_level, "gateway")
-    return asyncio.run(serve(config))
+    return run_stage_process(serve(config))
 
 
 if __name__ == "__main__":

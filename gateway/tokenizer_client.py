@@ -22,6 +22,7 @@ from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
 from gateway.schema import Event, Finished, ModelCard, Submission
+from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.errors import FlashStreamError, Unavailable
 from services.common.grpc_server import create_channel, error_from_rpc
 
@@ -35,7 +36,7 @@ class ConnectionConfig:
     info_timeout_s: float = 5.0
     info_interval_s: float = 1.0  # how often Info is re-read (the tokenizer's readiness can change)
     reconnect_min_s: float = 0.1
-    reconnect_max_s: float = 5.0
+    reconnect_max_s: float = MAX_RECONNECT_BACKOFF_S
 
     def __post_init__(self) -> None:
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
@@ -232,6 +233,15 @@ class TokenizerConnection:
                     self.info_ready = False
                     self._on_change()
 
+    def fail_all(self, exc: FlashStreamError) -> None:
+        """Ends every request on this connection with exc, aborting those the tokenizer has at the next write."""
+        active, self._active = self._active, {}
+        for request_id, handle in active.items():
+            if self._pending_new.pop(request_id, None) is None:
+                self._pending_aborts.append(request_id)
+            handle.put(exc)
+        self._wakeup.set()
+
     def _drop_stream(self, reason: str) -> None:
         """Ends every request on the lost stream with UNAVAILABLE."""
         was_open = self.stream_open
@@ -282,6 +292,11 @@ class TokenizerRouter:
     def start(self) -> None:
         for conn in self.connections:
             conn.start()
+
+    def fail_all(self, exc: FlashStreamError) -> None:
+        """Ends every running request with exc (a drain that reached its deadline)."""
+        for conn in self.connections:
+            conn.fail_all(exc)
 
     async def close(self) -> None:
         await asyncio.gather(*(conn.close() for conn in self.connections))

@@ -13,6 +13,9 @@ from services.common.errors import InvalidArgument
 
 T = TypeVar("T", int, float, str, bool)
 
+# Longest wait between two attempts to reach a lost stage, in every reconnect loop and in gRPC channels.
+MAX_RECONNECT_BACKOFF_S = 2.0
+
 # Default ports of a one-machine deployment; `flashstream up` may choose others.
 DEFAULT_PORTS = {
     "gateway": (50050, 8000),  # (gRPC, HTTP: OpenAI API, /metrics, /health, /ready)

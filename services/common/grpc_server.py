@@ -10,7 +10,7 @@ import functools
 import inspect
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,15 +18,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.decode_errors import DecodeErrorsAreInvalidArgument
 from services.common.errors import ErrorCode, FlashStreamError
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CLOSE_GRACE_S = 0.5  # what calls still open after a stage's own drain get before the server cancels them
 
 # Long-lived internal streams: keepalives detect a dead peer within ~30 s even when no step is running.
 GRPC_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    # gRPC's own reconnect backoff grows to 120 s by default: a stage back after a long outage went unseen.
+    ("grpc.max_reconnect_backoff_ms", int(MAX_RECONNECT_BACKOFF_S * 1000)),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 20_000),
@@ -113,10 +119,18 @@ class StageServer:
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
-    async def drain_and_stop(self, grace_s: float) -> None:
-        """Reports NOT_SERVING, lets in-flight calls finish within grace_s, then stops."""
+    async def drain_and_stop(self, grace_s: float, drain: Callable[[float], Awaitable[None]] | None = None) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish within grace_s, then stops.
+
+        drain(grace_s), when given, is the stage's own drain: it ends the long-lived streams it serves by the
+        deadline, which would otherwise hold the server's whole grace period; what is left then gets
+        CLOSE_GRACE_S."""
         await self.set_serving(False)
-        await self.server.stop(grace_s)
+        if drain is None:
+            await self.server.stop(grace_s)
+            return
+        await drain(grace_s)
+        await self.server.stop(CLOSE_GRACE_S)
 
 
 async def start_server(

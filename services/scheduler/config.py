@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ServerConfig
+from services.common.config import MAX_RECONNECT_BACKOFF_S, ServerConfig
 from services.common.errors import InvalidArgument
 
 POLICIES = ("continuous", "static")
@@ -57,7 +57,7 @@ class BackoffConfig:
     """Reconnect delays to a lost worker: initial, doubled per failure, capped."""
 
     initial_s: float = 0.1
-    max_s: float = 5.0
+    max_s: float = MAX_RECONNECT_BACKOFF_S
 
 
 @dataclass(frozen=True)

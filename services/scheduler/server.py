@@ -11,7 +11,7 @@ from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import serve_stage
+from services.common.stage import run_stage_process, serve_stage
 from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerPool
@@ -95,7 +95,7 @@ class SchedulerStage:
     async def stop(self, grace_s: float) -> None:
         self.servicer.draining = True
         if self.server is not None:
-            await self.server.drain_and_stop(grace_s)
+            await self.server.drain_and_stop(grace_s, self.servicer.drain)
         await self.pool.stop()
 
 
@@ -110,7 +110,7 @@ async def serve(config: SchedulerStageConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "scheduler")
-    return asyncio.run(serve(config))
+    return run_stage_process(serve(config))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
-from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
-from services.common.grpc_server import handle_errors
+from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument, Unavailable
+from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.scheduler.pb import events_to_pb, request_from_pb
 from services.scheduler.plan import Event, RequestError, TokenChunk
 from services.scheduler.worker_pool import WorkerPool
@@ -31,6 +31,7 @@ class _Stream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     live: set[str] = field(default_factory=set)  # request ids without a terminal event yet
     upstream_done: bool = False
+    closing: bool = False  # the scheduler is stopping: end the stream once the outbox is sent
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -46,8 +47,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """Puts events in their streams' outboxes (events of streams already gone are dropped)."""
         for event in events:
             stream = self._streams.get(event.key[0])
-            if stream is None:
-                continue
+            if stream is None or event.key[1] not in stream.live:
+                continue  # the stream is gone, or the request already ended here (failed by a drain)
             stream.outbox.append(event)
             if not isinstance(event, TokenChunk):
                 stream.live.discard(event.key[1])
@@ -69,13 +70,33 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 if stream.outbox:
                     events, stream.outbox = stream.outbox, []
                     yield events_to_pb(events)
-                if stream.upstream_done and not stream.live and not stream.outbox:
+                if (stream.closing or stream.upstream_done) and not stream.live and not stream.outbox:
                     return
         finally:
             reader.cancel()
             del self._streams[number]
             for request_id in list(stream.live):  # upstream gone: free what its requests hold
                 self.pool.abort((number, request_id))
+
+    async def drain(self, grace_s: float) -> None:
+        """Takes no new request, lets the running ones finish within grace_s, ends the rest with UNAVAILABLE
+        (freeing their blocks) and closes every Connect stream, which would otherwise stay open for good."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while any(s.live for s in self._streams.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for number, stream in list(self._streams.items()):
+            request_ids, stream.live = list(stream.live), set()
+            for request_id in request_ids:
+                self.pool.abort((number, request_id))
+                stream.outbox.append(RequestError((number, request_id), ErrorCode.UNAVAILABLE,
+                                                  "the scheduler shut down before the request finished"))
+            stream.closing = True
+            stream.wake.set()
+        end = loop.time() + CLOSE_GRACE_S
+        while self._streams and loop.time() < end:  # the last messages go out
+            await asyncio.sleep(0.01)
 
     async def _read(
         self, number: int, stream: _Stream, request_iterator: AsyncIterator[scheduler_pb2.SchedulerUp]

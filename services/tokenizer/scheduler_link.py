@@ -16,6 +16,7 @@ import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.errors import Unavailable
+from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.grpc_server import create_channel, error_from_rpc
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class SchedulerLink:
         on_down: Callable[[scheduler_pb2.SchedulerDown], None],
         on_lost: Callable[[], None],
         on_connected: Callable[[bool], None] | None = None,
-        max_backoff_s: float = 5.0,
+        max_backoff_s: float = MAX_RECONNECT_BACKOFF_S,
     ) -> None:
         self.target = target
         self._on_down = on_down
@@ -68,7 +69,9 @@ class SchedulerLink:
             raise error_from_rpc(exc, f"scheduler at {self.target}") from None
 
     async def get_info(self) -> scheduler_pb2.SchedulerInfo:
-        self.info = await self._stub.Info(scheduler_pb2.SchedulerInfoRequest(), timeout=10)
+        # wait_for_ready: the call waits for the channel's next attempt (at most MAX_RECONNECT_BACKOFF_S away)
+        # instead of failing at once and adding this loop's own backoff to it.
+        self.info = await self._stub.Info(scheduler_pb2.SchedulerInfoRequest(), timeout=10, wait_for_ready=True)
         return self.info
 
     async def _outgoing(self, outbox: asyncio.Queue) -> AsyncIterator[scheduler_pb2.SchedulerUp]:

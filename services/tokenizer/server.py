@@ -13,7 +13,7 @@ from services.common.config import ServerConfig, add_server_args, env_default, s
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import serve_stage
+from services.common.stage import run_stage_process, serve_stage
 from services.tokenizer.intake import EncodePool
 from services.tokenizer.servicer import TokenizerServicer
 from services.tokenizer.tokenizer import TextTokenizer
@@ -100,7 +100,7 @@ class TokenizerStage:
     async def stop(self, grace_s: float) -> None:
         self.servicer.draining = True
         if self.server is not None:
-            await self.server.drain_and_stop(grace_s)
+            await self.server.drain_and_stop(grace_s, self.servicer.drain)
         await self.servicer.link.close()
         self.pool.shutdown()
 
@@ -116,7 +116,7 @@ async def serve(config: TokenizerStageConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "tokenizer")
-    return asyncio.run(serve(config))
+    return run_stage_process(serve(config))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from services.common.config import add_server_args, env_default, server_config, 
 from services.common.errors import FlashStreamError
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import serve_stage
+from services.common.stage import run_stage_process, serve_stage
 from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
 from services.worker.servicer import WorkerServicer
@@ -118,7 +118,7 @@ class WorkerStage:
     async def stop(self, grace_s: float) -> None:
         self.servicer.draining = True
         if self.server is not None:
-            await self.server.drain_and_stop(grace_s)
+            await self.server.drain_and_stop(grace_s, self.servicer.drain)
         self.servicer.shutdown()
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "worker")
     try:
-        return asyncio.run(serve(config))
+        return run_stage_process(serve(config))
     except FlashStreamError as exc:
         log.error("worker failed to start: %s", exc.message)
         return 2

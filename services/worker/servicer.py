@@ -12,7 +12,7 @@ import grpc
 from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.grpc_server import handle_errors
+from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import Metrics
 from services.worker.engine import Engine
 from services.worker.plan import StepPlan, StepResult
@@ -36,7 +36,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         # One thread owns the model: steps of every stream and embeddings run one at a time, in arrival order.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
         self.draining = False
-        self.num_streams = 0
+        self._streams: dict[PlanInbox, SequenceTable] = {}  # each open Step stream's inbox → its sequence table
         self.kernel_profile: KernelProfile | None = None  # a traced window of steps, when asked for
 
     def _ready_engine(self) -> Engine:
@@ -61,8 +61,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise InvalidArgument(f"model {engine.info.model_id} is an embedding model: it serves Embed, not Step")
         table = engine.runner.new_table()  # sequence ids are unique per stream, so state is too
         loop = asyncio.get_running_loop()
-        self.num_streams += 1
         inbox = PlanInbox()
+        self._streams[inbox] = table
         reader = asyncio.create_task(inbox.fill(request_iterator))
         try:
             while (item := await inbox.get()) is not None:
@@ -74,7 +74,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 yield result_to_pb(result)
         finally:
             reader.cancel()
-            self.num_streams -= 1
+            del self._streams[inbox]
             log.info("step stream closed; dropping its %d sequences", len(table))
 
     def _step(self, engine: Engine, plan: StepPlan, table: SequenceTable, peek: PlanSource) -> StepResult:
@@ -83,6 +83,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if self.kernel_profile is not None:
             self.kernel_profile.after_step()
         return result
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    async def drain(self, grace_s: float) -> None:
+        """Lets the scheduler finish its sequences here within grace_s, then ends every Step stream (the scheduler
+        then fails or re-queues what is left, as for a lost worker)."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while any(len(table) for table in self._streams.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for inbox in list(self._streams):
+            inbox.close()
+        end = loop.time() + CLOSE_GRACE_S
+        while self._streams and loop.time() < end:
+            await asyncio.sleep(0.01)
 
     def _record_step(self, engine: Engine, step_time_s: float, num_sampled: int, num_live: int) -> None:
         m = self.metrics
