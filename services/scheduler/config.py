@@ -61,6 +61,20 @@ class BackoffConfig:
 
 
 @dataclass(frozen=True)
+class StallConfig:
+    """When a worker with steps in flight that returns nothing is declared stalled (see progress_watch)."""
+
+    timeout_s: float = 3.0  # no result for this long while a step is in flight
+    per_prefill_token_s: float = 0.001  # more time per prompt token in the step (a large prefill is slow)
+    first_steps: int = 8  # the first steps of a connection may compile kernels:
+    first_steps_timeout_s: float = 60.0  # they get this long
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.first_steps_timeout_s <= 0 or self.per_prefill_token_s < 0:
+            raise InvalidArgument(f"stall timeouts must be positive, got {self}")
+
+
+@dataclass(frozen=True)
 class SchedulerStageConfig:
     """Everything main() builds for the scheduler stage."""
 
@@ -68,6 +82,7 @@ class SchedulerStageConfig:
     workers: tuple[str, ...]
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    stall: StallConfig = field(default_factory=StallConfig)
 
     def __post_init__(self) -> None:
         if not self.workers:

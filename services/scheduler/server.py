@@ -12,7 +12,7 @@ from services.common.config import add_server_args, env_default, server_config, 
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
-from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig
+from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig, StallConfig
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerPool
 
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="waiting requests beyond which new ones get RESOURCE_EXHAUSTED (HTTP 429)")
     parser.add_argument("--policy", choices=POLICIES, default=env_default("policy", defaults.policy),
                         help="continuous batching, or static batches run to completion (the baseline)")
+    parser.add_argument("--stall-timeout-s", type=float, default=env_default("stall_timeout_s", StallConfig.timeout_s),
+                        help="a worker with steps in flight that returns nothing this long (plus time for large "
+                             "prefills) is stalled: its requests move or fail, it gets no work until it answers")
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                         default=env_default("enable_prefix_caching", defaults.enable_prefix_caching),
                         help="reuse the KV blocks of prompt prefixes seen before")
@@ -55,6 +58,7 @@ def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
             policy=args.policy,
             enable_prefix_caching=args.enable_prefix_caching,
         ),
+        stall=StallConfig(timeout_s=args.stall_timeout_s),
     )
 
 
@@ -64,7 +68,7 @@ class SchedulerStage:
     def __init__(self, config: SchedulerStageConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("scheduler")
-        self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics)
+        self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics, config.stall)
         self.servicer = SchedulerServicer(self.pool)
         self.server: StageServer | None = None
 

@@ -94,7 +94,7 @@ class WorkerStage:
         return self.server.port
 
     def ready(self) -> bool:
-        return self.servicer.engine is not None and not self.servicer.draining
+        return self.servicer.engine is not None and not self.servicer.draining and not self.servicer.step_stuck()
 
     async def start(self) -> None:
         """Starts the server, builds the engine off the event loop (health answers meanwhile), then SERVING."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -26,12 +27,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A step running longer than this makes /ready false: far beyond any real step, short of a kernel compile.
+STUCK_STEP_S = 30.0
+
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """Info, Step and Embed over one Engine; the engine is set once the model and KV cache are ready."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, stuck_step_s: float = STUCK_STEP_S) -> None:
         self.engine: Engine | None = None
+        self.stuck_step_s = stuck_step_s
+        self.step_started: float | None = None  # monotonic time the running step began; None between steps
         self.metrics = metrics or Metrics("worker")
         # One thread owns the model: steps of every stream and embeddings run one at a time, in arrival order.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
@@ -68,7 +74,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             while (item := await inbox.get()) is not None:
                 plan, errors = item
                 # While this plan's step runs on the device, the runner may take a look at the next one.
-                result = await loop.run_in_executor(self.executor, self._step, engine, plan, table, inbox.peek_plan)
+                self.step_started = time.monotonic()
+                try:
+                    result = await loop.run_in_executor(self.executor, self._step, engine, plan, table,
+                                                        inbox.peek_plan)
+                finally:
+                    self.step_started = None
                 result.errors[:0] = errors
                 self._record_step(engine, result.step_time_s, len(result.outputs), len(table))
                 yield result_to_pb(result)
@@ -83,6 +94,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if self.kernel_profile is not None:
             self.kernel_profile.after_step()
         return result
+
+    def step_stuck(self) -> bool:
+        """Whether the running step has taken longer than stuck_step_s (a hung device or kernel)."""
+        started = self.step_started
+        return started is not None and time.monotonic() - started > self.stuck_step_s
 
     @property
     def num_streams(self) -> int:
