@@ -67,6 +67,8 @@ class GatewayConfig:
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
     embedding_cache: EmbeddingCacheConfig = field(default_factory=EmbeddingCacheConfig)
     reuse_port: bool = False  # share the gRPC and HTTP ports with other gateway replicas (SO_REUSEPORT)
+    open_metrics: bool = False  # /metrics without an API key (for a scraper inside a trusted network)
+    open_reflection: bool = False  # gRPC reflection without an API key
 
     def __post_init__(self) -> None:
         if not self.tokenizers:

@@ -29,7 +29,7 @@ from services.common.metrics import add_status_routes
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/ready"})  # and /metrics with open_metrics
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -45,12 +45,14 @@ class HttpApi:
     """The aiohttp application of the gateway."""
 
     def __init__(self, core: GatewayCore, api_keys: ApiKeys, max_body_bytes: int,
-                 embeddings: EmbeddingService | None = None, cors_origins: tuple[str, ...] = ()) -> None:
+                 embeddings: EmbeddingService | None = None, cors_origins: tuple[str, ...] = (),
+                 open_metrics: bool = False) -> None:
         self._core = core
         self._embeddings = embeddings
         self._keys = api_keys
         self._max_body_bytes = max_body_bytes
         self._cors_origins = frozenset(cors_origins)  # browser origins allowed to call the API; "*": any
+        self._open_paths = OPEN_PATHS | ({"/metrics"} if open_metrics else set())
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
         self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/chat/completions", self._chat_completions)
@@ -58,6 +60,7 @@ class HttpApi:
         if embeddings is not None:
             self.app.router.add_post("/v1/embeddings", self._embed)
         self.app.router.add_get("/v1/models/{model_id:.+}", self._model)
+        self.app.on_response_prepare.append(self._add_no_store)
         if self._cors_origins:
             self.app.on_response_prepare.append(self._add_cors_headers)
         add_status_routes(self.app, core.metrics, core.is_ready)
@@ -69,6 +72,11 @@ class HttpApi:
         if "*" in self._cors_origins:
             return "*"
         return origin if origin in self._cors_origins else None
+
+    @staticmethod
+    async def _add_no_store(_: web.Request, response: web.StreamResponse) -> None:
+        # Answers are per caller (and may carry an API key's results): no cache along the way may keep them.
+        response.headers["Cache-Control"] = "no-store"
 
     async def _add_cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         origin = self._allowed_origin(request)
@@ -99,7 +107,7 @@ class HttpApi:
         if request.method == "OPTIONS" and self._cors_origins and "Access-Control-Request-Method" in request.headers:
             return self._preflight(request)
         try:
-            if request.path not in OPEN_PATHS:
+            if request.path not in self._open_paths:
                 self._keys.check(request.headers.get("Authorization"))
             return await handler(request)
         except FlashStreamError as exc:
@@ -183,7 +191,7 @@ class HttpApi:
         generations: list[Generation],
         firsts: list[TextDelta | Finished],
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(http)
         usages: list[Usage | None] = [None] * len(generations)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ from gateway.core import GatewayCore
 from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
+from services.common.call_auth import CallAuth
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.errors import Unavailable
 from services.common.grpc_server import CLOSE_GRACE_S, StageServer, start_server
@@ -40,6 +42,7 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, connection: ConnectionConfig | None = None) -> None:
         self.config = config
         self.metrics = Metrics("gateway")
+        connection = dataclasses.replace(connection or ConnectionConfig(), internal_token=config.server.internal_token)
         self.router = TokenizerRouter(config.tokenizers, connection)
         self.cache: CachingRouter | None = None
         rc = config.result_cache
@@ -71,9 +74,12 @@ class GatewayServer:
             [SERVICE_NAME],
             serving=False,
             reuse_port=self.config.reuse_port,
+            auth=None if self.config.open_reflection or not keys.enabled else CallAuth(
+                lambda metadata: keys.refusal(metadata.get("authorization")), prefixes=("/grpc.reflection.",)),
         )
         self.grpc_port = self._stage.port
-        api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings, self.config.cors_origins)
+        api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings, self.config.cors_origins,
+                      self.config.open_metrics)
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
         self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True,
                                      shutdown_timeout=CLOSE_GRACE_S)  # stop() has drained the requests already
@@ -159,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="OpenAI-compatible HTTP API plus /metrics, /health, /ready")
     parser.add_argument("--api-keys", default=env_default("api_keys", ""),
                         help="comma-separated API keys; empty: no authentication")
+    parser.add_argument("--open-metrics", action="store_true", default=env_default("open_metrics", False),
+                        help="serve /metrics without an API key when keys are on (a scraper inside the network)")
+    parser.add_argument("--open-reflection", action="store_true", default=env_default("open_reflection", False),
+                        help="serve gRPC reflection without an API key when keys are on")
     parser.add_argument("--request-timeout-s", type=float, default=env_default("request_timeout_s", 600.0),
                         help="deadline of a request that sets none")
     parser.add_argument("--reuse-port", action="store_true", default=env_default("reuse_port", False),
@@ -211,6 +221,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         max_body_bytes=args.max_body_bytes,
         cors_origins=tuple(split_csv(args.cors_origins)),
         reuse_port=args.reuse_port,
+        open_metrics=args.open_metrics,
+        open_reflection=args.open_reflection,
         result_cache=ResultCacheConfig(
             enabled=args.result_cache == "on",
             redis_url=args.redis_url,

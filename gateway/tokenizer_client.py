@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
 from gateway.schema import Event, Finished, ModelCard, Submission
+from services.common.call_auth import token_metadata
 from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.errors import FlashStreamError, Unavailable
 from services.common.grpc_server import create_channel, error_from_rpc
@@ -37,6 +38,7 @@ class ConnectionConfig:
     info_interval_s: float = 1.0  # how often Info is re-read (the tokenizer's readiness can change)
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = MAX_RECONNECT_BACKOFF_S
+    internal_token: str = field(default="", repr=False)  # the stack's internal token, sent on every call
 
     def __post_init__(self) -> None:
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
@@ -79,6 +81,7 @@ class TokenizerConnection:
         self.num_up_messages = 0
         self._on_change = on_change
         self._config = config
+        self._metadata = token_metadata(config.internal_token)
         self._active: dict[str, TokenizerRequest] = {}
         self._pending_new: dict[str, tokenizer_pb2.TextRequest] = {}
         self._pending_aborts: list[str] = []
@@ -102,7 +105,7 @@ class TokenizerConnection:
             raise Unavailable(f"tokenizer {self.address} is not connected")
         self.num_unary += 1
         try:
-            return await getattr(self.stub, method)(request, timeout=timeout_s)
+            return await getattr(self.stub, method)(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"tokenizer {self.address}") from None
         finally:
@@ -142,7 +145,7 @@ class TokenizerConnection:
             try:
                 stub = tokenizer_pb2_grpc.TokenizerStub(channel)
                 await self._read_info(stub)
-                call = stub.Connect()
+                call = stub.Connect(metadata=self._metadata)
                 await call.wait_for_connection()
                 self.stream_open = True
                 self.stub = stub
@@ -166,7 +169,8 @@ class TokenizerConnection:
             delay = min(delay * 2, self._config.reconnect_max_s)
 
     async def _read_info(self, stub: tokenizer_pb2_grpc.TokenizerStub) -> None:
-        info = await stub.Info(tokenizer_pb2.TokenizerInfoRequest(), timeout=self._config.info_timeout_s)
+        info = await stub.Info(tokenizer_pb2.TokenizerInfoRequest(), timeout=self._config.info_timeout_s,
+                               metadata=self._metadata)
         card = card_from_info(info)
         if card != self.card or info.ready != self.info_ready:
             self.card, self.info_ready = card, info.ready

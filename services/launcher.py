@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import io
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -28,6 +29,7 @@ from services.port_check import describe_taken, is_free, port_owner
 from services.supervisor import Supervisor
 
 _PR_SET_PDEATHSIG = 1
+INTERNAL_TOKEN_VARIABLE = "FLASHSTREAM_INTERNAL_TOKEN"
 
 
 class PortTaken(Unavailable):
@@ -103,6 +105,11 @@ class Stack:
     gateway_http: str = ""
     env: dict[str, str] = field(default_factory=dict)  # the children's environment
     log_dir: Path | None = None
+
+    @property
+    def internal_token(self) -> str:
+        """The secret the stages require of each other's calls."""
+        return self.env.get(INTERNAL_TOKEN_VARIABLE, "")
 
     def spawn(self, stage: Stage) -> None:
         """Starts the stage's process (again, for a restart), its output appended to its log."""
@@ -267,6 +274,9 @@ def check_stage_flags(stages: list[Stage]) -> None:
 def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None = None) -> Stack:
     """Starts every stage and waits for each to report SERVING; on failure stops what started and raises."""
     env = python_path_env()
+    # The internal stages accept only calls that carry this run's token (one given in the environment is kept);
+    # it travels in the environment, not on command lines that `ps` shows.
+    env[INTERNAL_TOKEN_VARIABLE] = env.get(INTERNAL_TOKEN_VARIABLE) or secrets.token_urlsafe(32)
     attempts = 1 if args.base_port else NUM_FREE_PORT_ATTEMPTS
     for attempt in range(1, attempts + 1):
         stack = Stack()

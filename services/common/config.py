@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from services.common.errors import InvalidArgument
@@ -48,6 +48,7 @@ class ServerConfig:
     status_port: int = 0  # HTTP /metrics, /health, /ready; 0 disables
     log_level: str = "INFO"
     drain_timeout_s: float = 30.0
+    internal_token: str = field(default="", repr=False)  # the internal stages' shared secret ("": none)
 
     def __post_init__(self) -> None:
         for name in ("port", "status_port"):
@@ -87,6 +88,10 @@ def add_server_args(parser: argparse.ArgumentParser, stage: str, status_port: bo
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper, help="logging level")
     parser.add_argument("--drain-timeout-s", type=float, default=env_default("drain_timeout_s", 30.0),
                         help="on SIGTERM, how long running requests may finish before the stage stops")
+    # The default is not read from the environment here, so that --help never prints the secret.
+    parser.add_argument("--internal-token", default="",
+                        help="secret every internal call carries and every internal stage requires (default: "
+                             "FLASHSTREAM_INTERNAL_TOKEN, which `ps` does not show; none: any caller is let in)")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -96,6 +101,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         status_port=getattr(args, "status_port", 0),
         log_level=args.log_level,
         drain_timeout_s=args.drain_timeout_s,
+        internal_token=args.internal_token or env_default("internal_token", ""),
     )
 
 

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.call_auth import CallAuth
 from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.decode_errors import DecodeErrorsAreInvalidArgument
 from services.common.errors import ErrorCode, FlashStreamError
@@ -139,6 +140,7 @@ async def start_server(
     service_names: Sequence[str],
     serving: bool = True,
     reuse_port: bool = False,
+    auth: CallAuth | None = None,
 ) -> StageServer:
     """Starts a grpc.aio server on address ("host:port", port 0 picks a free one).
 
@@ -146,9 +148,11 @@ async def start_server(
     service_names: full names of those services, for health and reflection.
     reuse_port: share the port with other processes that also ask for it (SO_REUSEPORT: the kernel spreads new
     connections among them); otherwise a taken port is an error.
+    auth: who may call (services.common.call_auth); None lets every caller in.
     """
     options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
-    server = grpc.aio.server(options=options, interceptors=[DecodeErrorsAreInvalidArgument()])
+    interceptors = [*([auth] if auth is not None else []), DecodeErrorsAreInvalidArgument()]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     for add in register:
         add(server)
     health_servicer = health.aio.HealthServicer()

@@ -9,6 +9,7 @@ import logging
 from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
+from services.common.call_auth import internal_auth
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
@@ -68,7 +69,8 @@ class SchedulerStage:
     def __init__(self, config: SchedulerStageConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("scheduler")
-        self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics, config.stall)
+        self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics, config.stall,
+                               config.server.internal_token)
         self.servicer = SchedulerServicer(self.pool)
         self.server: StageServer | None = None
 
@@ -87,6 +89,7 @@ class SchedulerStage:
             [lambda s: scheduler_pb2_grpc.add_SchedulerServicer_to_server(self.servicer, s)],
             [SERVICE_NAME],
             serving=False,
+            auth=internal_auth(self.config.server.internal_token),
         )
         loop = asyncio.get_running_loop()
         self.pool.on_workers_changed = lambda num: loop.create_task(self._set_serving())

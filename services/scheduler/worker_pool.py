@@ -13,6 +13,7 @@ import grpc
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.errors import InvalidArgument
+from services.common.call_auth import token_metadata
 from services.common.grpc_server import create_channel
 from services.scheduler.config import BackoffConfig, SchedulerConfig, StallConfig
 from services.scheduler.embed_route import EmbedRoute
@@ -45,7 +46,7 @@ class WorkerConnection:
             lost = f"worker {self.address} disconnected"
             try:
                 stub = worker_pb2_grpc.WorkerStub(channel)
-                info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S)
+                info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S, metadata=self.pool.metadata)
                 if info.task == "embed":
                     await self._serve_embeddings_only(channel, stub, info)
                     continue
@@ -60,7 +61,7 @@ class WorkerConnection:
                 log.info("worker %s connected (%s, %d KV blocks of %d tokens)",
                          self.address, info.worker_id, info.num_kv_blocks, info.block_size)
                 self.pool.notify_workers_changed()
-                await self._serve(engine, stub.Step())
+                await self._serve(engine, stub.Step(metadata=self.pool.metadata))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means the worker is lost; retry
@@ -157,12 +158,14 @@ class WorkerPool:
         backoff: BackoffConfig | None = None,
         metrics=None,  # noqa: ANN001 - services.common.metrics.Metrics
         stall: StallConfig | None = None,
+        internal_token: str = "",
     ) -> None:
         self.engines = EnginePool(config, metrics)
-        self.embed_route = EmbedRoute()
+        self.embed_route = EmbedRoute(token_metadata(internal_token))
         self.metrics = metrics
         self.backoff = backoff or BackoffConfig()
         self.stall = stall or StallConfig()
+        self.metadata = token_metadata(internal_token)  # sent on every call to a worker
         self.connections = {address: WorkerConnection(address, self) for address in addresses}
         self.on_events: Callable[[list[Event]], None] = lambda events: None
         self.on_workers_changed: Callable[[int], None] = lambda num_workers: None

@@ -11,6 +11,7 @@ from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 from services.common.config import ServerConfig, add_server_args, env_default, server_config, setup_logging, new_parser
 from services.common.errors import InvalidArgument
+from services.common.call_auth import internal_auth
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
@@ -69,7 +70,8 @@ class TokenizerStage:
         self.config = config
         self.metrics = metrics or Metrics("tokenizer")
         self.pool = EncodePool(TextTokenizer.from_dir(config.model_dir), config.encode_workers)
-        self.servicer = TokenizerServicer(self.pool, config.scheduler, config.model_id, self.metrics)
+        self.servicer = TokenizerServicer(self.pool, config.scheduler, config.model_id, self.metrics,
+                                          config.server.internal_token)
         self.server: StageServer | None = None
 
     @property
@@ -87,6 +89,7 @@ class TokenizerStage:
             [lambda s: tokenizer_pb2_grpc.add_TokenizerServicer_to_server(self.servicer, s)],
             [SERVICE_NAME],
             serving=False,
+            auth=internal_auth(self.config.server.internal_token),
         )
         loop = asyncio.get_running_loop()
         # Health follows the scheduler stream: SERVING while it is open, NOT_SERVING while it is re-dialled.

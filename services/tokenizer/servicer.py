@@ -48,7 +48,8 @@ class _Session:
 
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
-    def __init__(self, pool: EncodePool, scheduler_target: str, model_id: str = "", metrics: Metrics | None = None):
+    def __init__(self, pool: EncodePool, scheduler_target: str, model_id: str = "", metrics: Metrics | None = None,
+                 internal_token: str = ""):
         self.tokenizer = pool.tokenizer
         self.pool = pool
         self.metrics = metrics or Metrics("tokenizer")
@@ -57,7 +58,8 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         self._session_numbers = itertools.count(1)
         self._requests: dict[str, tuple[_Session, RequestState]] = {}
         self._sessions: set[_Session] = set()  # open Connect streams
-        self.link = SchedulerLink(scheduler_target, self._on_scheduler_down, self._on_scheduler_lost)
+        self.link = SchedulerLink(scheduler_target, self._on_scheduler_down, self._on_scheduler_lost,
+                                  internal_token=internal_token)
         self.embed_encoder = EmbedEncoder(self.tokenizer)
 
     # ---- model identity ----

@@ -11,6 +11,7 @@ from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.config import add_server_args, env_default, server_config, setup_logging, new_parser
 from services.common.errors import FlashStreamError
+from services.common.call_auth import internal_auth
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
@@ -103,6 +104,7 @@ class WorkerStage:
             [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(self.servicer, s)],
             [SERVICE_NAME],
             serving=False,
+            auth=internal_auth(self.config.server.internal_token),
         )
         loop = asyncio.get_running_loop()
         if self.servicer.kernel_profile is not None:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +19,7 @@ from bench.fuzz_cases import (MODEL, GrpcCase, GrpcClient, HttpCase, HttpClient,
                               http_problem, resident_bytes, scheduler_counters, stage_named)
 from services.demo import build_demo_model
 from services.launcher import Stack
-from tests.integration.stack_fixture import running_stack, stage_logs
+from tests.integration.stack_fixture import running_stack, scheduler_load_when_idle, stage_logs
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -132,14 +131,7 @@ def test_fuzzed_requests_never_get_a_server_error_and_leave_nothing_behind(
     errors_after, _ = scheduler_counters(stack)
     assert errors_after == errors_before, "a malformed request reached the scheduler"
 
-    scheduler = stage_named(stack, "scheduler")
-    with grpc.insecure_channel(scheduler.grpc_address) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
-        deadline = time.monotonic() + 10
-        load = stub.GetLoad(scheduler_pb2.GetLoadRequest())
-        while (load.num_running or load.num_waiting or load.kv_cache_usage) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            load = stub.GetLoad(scheduler_pb2.GetLoadRequest())
+    load = scheduler_load_when_idle(stack)
     assert (load.num_running, load.num_waiting, load.kv_cache_usage) == (0, 0, 0.0)
     growth = resident_bytes(tokenizer_pid) - baseline
     assert growth < MAX_TOKENIZER_GROWTH_BYTES, f"the tokenizer grew by {growth / 2**20:.0f} MiB"

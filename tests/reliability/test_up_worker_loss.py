@@ -21,6 +21,7 @@ import grpc
 import pytest
 from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
+from services.common.call_auth import token_metadata
 from services.launcher import python_path_env
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -32,6 +33,7 @@ class Launcher:
     def __init__(self, tmp_path: Path) -> None:
         env = python_path_env()
         env["FLASHSTREAM_CACHE_DIR"] = str(tmp_path / "cache")
+        env["FLASHSTREAM_INTERNAL_TOKEN"] = self.token = "test-internal-token"
         cmd = [sys.executable, "-m", "services.cli", "up", "--base-port", "0", "--http-port", "0", "--device", "cpu",
                "--load-format", "fake", "--num-workers", "2", "--num-gateways", "1", "--num-tokenizers", "1",
                "--prompt", "", "--log-dir", str(tmp_path / "logs")]
@@ -120,7 +122,8 @@ def test_up_survives_a_killed_worker_says_so_and_restarts_it(tmp_path: Path) -> 
             with grpc.insecure_channel(f"127.0.0.1:{scheduler}") as sched_channel:
                 sched = scheduler_pb2_grpc.SchedulerStub(sched_channel)
                 deadline = time.monotonic() + 30
-                while sched.GetLoad(scheduler_pb2.GetLoadRequest()).num_workers != 2:
+                metadata = token_metadata(up.token)
+                while sched.GetLoad(scheduler_pb2.GetLoadRequest(), metadata=metadata).num_workers != 2:
                     assert time.monotonic() < deadline, "the restarted worker did not rejoin"
                     time.sleep(0.1)
             assert _generate(stub, 10_000) == "done"
