@@ -3,8 +3,8 @@ the process exits 0 within limit + 2 s; an idle stage is not held by the interna
 that comes back is found again within the 2 s reconnect backoff.
 
 One stack of processes (demo model on the CPU, drain limit DRAIN_S on every stage) goes through the scenarios in
-order: the scheduler stopped idle and brought back, the scheduler stopped under load, the gateway stopped under
-load.
+order: the scheduler stopped idle and brought back, the scheduler stopped under load, the worker stopped under
+load and brought back, the gateway stopped under load.
 """
 
 from __future__ import annotations
@@ -152,6 +152,20 @@ def test_the_scheduler_stopped_under_load_ends_every_stream_with_unavailable_and
     assert all(tokens < 1900 for _, tokens, _ in endings)
     _restart(stack, "scheduler")
     _wait_serving_again(stack.gateway_grpc, 30)
+
+
+def test_the_worker_stopped_under_load_ends_its_step_stream_at_the_limit_and_exits_in_time(stack: Stack) -> None:
+    streams = LongStreams(stack.gateway_grpc)
+    streams.wait_started()
+    code, exit_s = _terminate(_stage(stack, "worker0").proc)
+    endings = streams.join()
+    print(f"worker under load exit {exit_s:.2f} s, {endings}")
+    assert code == 0
+    assert exit_s < EXIT_LIMIT_S, f"the worker took {exit_s:.1f} s to exit"
+    # Each stream had tokens out, so it cannot move to another worker: it ends with UNAVAILABLE.
+    assert [how for how, _, _ in endings] == ["UNAVAILABLE"] * NUM_STREAMS, (endings, stage_logs(stack.log_dir))
+    _restart(stack, "worker0")
+    _wait_serving_again(stack.gateway_grpc, 60)
 
 
 def test_the_gateway_stopped_under_load_ends_every_stream_with_unavailable_and_exits_in_time(stack: Stack) -> None:
