@@ -112,7 +112,7 @@ def run_suite(suite: Suite, out: Path, budget_s: float, client_procs: int, log_d
         redis_args = ["--gateway-args", f"--redis-url {redis.url}"]
         translate_up = ["--model", str(folder), "--load-format", suite.load_format, "--device", suite.device,
                         *redis_args, *suite.translate_args.split()]
-        if left("translate", 2 * suite.translate.duration_s):
+        if suite.translate_steps and left("translate", 2 * suite.translate.duration_s):
             with launched(folder, translate_up, log_dir and log_dir / "translate") as stack:
                 print(f"[{time.monotonic() - started:.0f} s] translation stack ready", flush=True)
                 steps = ladder(stack.gateway_grpc, "", list(suite.translate_steps), suite.translate, deadline)
@@ -161,10 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-procs", type=int, default=default_client_procs())
     p.add_argument("--log-dir", default=None)
     p.add_argument("--translate-steps", default="", help="comma-separated session counts (default: the suite's)")
+    p.add_argument("--parts", default="translate,search,embed", help="which parts to run, comma-separated")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     suite = TINY if args.tiny else GPU if args.suite == "gpu" else CPU
     if args.translate_steps:
         suite = replace(suite, translate_steps=tuple(int(n) for n in args.translate_steps.split(",")))
+    parts = set(args.parts.split(","))
+    suite = replace(suite, translate_steps=suite.translate_steps if "translate" in parts else (),
+                    search_gateways=suite.search_gateways if "search" in parts else (),
+                    embed=suite.embed if "embed" in parts else None)
     out = Path(args.out) if args.out else RESULTS_DIR / f"cases_{args.suite}"
     run_suite(suite, out, args.budget_s, args.client_procs, Path(args.log_dir) if args.log_dir else None)
     print(f"wrote {out}.json and {out}.md")

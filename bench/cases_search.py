@@ -127,9 +127,12 @@ def run_protocol(protocol: str, http_url: str, grpc_address: str, gateway_pids: 
     fresh = questions(load.mix_requests, load.seed + 1, f"{tag} fresh")
     warm, _ = _send(base, hot, load, min(load.concurrency, len(hot)), 1)
     out: dict[str, Any] = {"protocol": protocol, "warm_up_failed": sum(bool(r.error) for r in warm)}
+    single = len(gateway_pids) == 1
+    before = lookup_histogram(http_url, "result") if single else {}
     idle, _ = _send(base, hot[: load.idle_requests], load, 1, 1)
     out["idle_hits"] = latency_stats(idle)
-    single = len(gateway_pids) == 1
+    if single:
+        out["idle_hits"]["lookup"] = lookup_stats(before, lookup_histogram(http_url, "result"))
     mixed_prompts = mix(hot, fresh, load.mix_requests, load.hit_ratio, load.zipf_s, load.seed)
     before = lookup_histogram(http_url, "result") if single else {}
     with GatewayCpu(gateway_pids) as cpu:
