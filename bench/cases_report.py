@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -75,6 +76,17 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{_ms(limits['first_chunk_s'])} ms and every session streams ≥ {limits['min_chars_per_s']:.0f} "
                   "chars/s (completion tokens × 4 chars; see bench/cases_translate.py).\n",
                   translate_table(results["translate"]), ""]
+    if results.get("mixed"):
+        m = results["mixed"][0]
+        parts += ["## Translation beside long prefills\n",
+                  f"{m['sessions']} sessions while another process keeps {m['background_concurrency']} prompts of "
+                  f"{m['background_prompt_tokens']} tokens prefilling, one stack per step token budget.\n",
+                  "| step token budget | long prompts done | " + translate_table({"steps": []}).split("\n")[0][2:],
+                  "|---|---" + translate_table({"steps": []}).split("\n")[1]]
+        for step in results["mixed"]:
+            row = translate_table({"steps": [step]}).split("\n")[2]
+            parts.append(f"| {step['max_num_batched_tokens']} | {step['background_requests_done']} {row}")
+        parts.append("")
     if results["search"]:
         parts += ["## Search QA from the result cache (Redis)\n",
                   "Latencies are whole answers (send to last chunk); idle hits are sent one at a time. "
@@ -84,6 +96,12 @@ def markdown(results: dict[str, Any]) -> str:
                   search_table(results["search"]), ""]
     if results["embed"]:
         parts += ["## Cached embeddings (MiniLM, embedding cache in Redis)\n", embed_table(results["embed"]), ""]
+    loads = [("translation", results["translate"].get("load_average_1m_at_end"))] if results["translate"] else []
+    loads += [(s["name"], s["load_average_1m_at_end"]) for s in results["search"]]
+    if loads:
+        parts.append(f"Load average (1 min) at the end of each part, on {os.cpu_count()} cores (other processes' "
+                     "share of the cores shows in the p99 figures): "
+                     + ", ".join(f"{name} {load:.1f}" for name, load in loads) + "\n")
     if results["skipped"]:
         parts.append("Skipped (past the time budget): " + ", ".join(results["skipped"]))
     return "\n".join(parts)

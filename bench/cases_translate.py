@@ -42,7 +42,7 @@ class TranslateLoad:
 
 @dataclass
 class Segment:
-    sent: float  # scheduled send (time.monotonic)
+    sent: float  # scheduled send (time.time(), the same clock in every client process)
     chars_in: int
     first: float = 0.0
     last: float = 0.0
@@ -86,7 +86,7 @@ async def run_session(stub: Any, model: str, texts: list[str], gaps: list[float]
         at = start
         for i, (text, gap) in enumerate(zip(texts, gaps)):
             at += gap
-            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            await asyncio.sleep(max(0.0, at - time.time()))
             session.segments.append(Segment(at, len(text)))
             if i == 0:
                 yield gateway_pb2.TranslateSegment(model=model, source_language="German", target_language="English",
@@ -97,7 +97,7 @@ async def run_session(stub: Any, model: str, texts: list[str], gaps: list[float]
     try:
         async for chunk in stub.Translate(segments(), timeout=600):
             seg = session.segments[chunk.segment_index]
-            now = time.monotonic()
+            now = time.time()
             if chunk.HasField("chunk"):
                 if chunk.chunk.text and not seg.first:
                     seg.first = now
@@ -112,17 +112,34 @@ async def run_session(stub: Any, model: str, texts: list[str], gaps: list[float]
     return session
 
 
-async def run_step(address: str, model: str, num_sessions: int, load: TranslateLoad, seed: int) -> list[Session]:
+async def _run_share(address: str, model: str, plans: list[tuple[list[str], list[float]]], start: float,
+                     answer_tokens: int) -> list[Session]:
     import grpc
     from flashstream.v1 import gateway_pb2_grpc
 
-    words = sorted({w for w in CORPUS.read_text().split() if w.isalpha()})
-    rng = np.random.Generator(np.random.PCG64(seed))
-    num_connections = max(1, min(16, num_sessions // 64 + 1))
+    num_connections = max(1, min(16, len(plans) // 64 + 1))
     channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(num_connections)]
     stubs = [gateway_pb2_grpc.GatewayStub(c) for c in channels]
-    start = time.monotonic() + 0.5
+    try:
+        return await asyncio.gather(*(run_session(stubs[i % num_connections], model, texts, gaps, start,
+                                                  answer_tokens) for i, (texts, gaps) in enumerate(plans)))
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def _share_main(args: tuple) -> list[Session]:
+    return asyncio.run(_run_share(*args))
+
+
+def run_step(address: str, model: str, num_sessions: int, load: TranslateLoad, seed: int, procs: int = 1
+             ) -> list[Session]:
+    """The step's sessions, partitioned round-robin over `procs` client processes that start together."""
+    import multiprocessing as mp
+
+    words = sorted({w for w in CORPUS.read_text().split() if w.isalpha()})
+    rng = np.random.Generator(np.random.PCG64(seed))
     plans = []
     for _ in range(num_sessions):
         gaps = [float(rng.uniform(0, load.interval_s))]  # sessions start spread over one interval
@@ -130,12 +147,18 @@ async def run_step(address: str, model: str, num_sessions: int, load: TranslateL
             gaps.append(float(rng.uniform(load.interval_s / 2, 1.5 * load.interval_s)))
         gaps.pop()
         plans.append((sentences(rng, len(gaps), words), gaps))
-    try:
-        return await asyncio.gather(*(run_session(stubs[i % num_connections], model, texts, gaps, start,
-                                                  load.answer_tokens) for i, (texts, gaps) in enumerate(plans)))
-    finally:
-        for channel in channels:
-            await channel.close()
+    procs = max(1, min(procs, num_sessions))
+    start = time.time() + (2.0 if procs > 1 else 0.5)
+    shares = [(address, model, plans[p::procs], start, load.answer_tokens) for p in range(procs)]
+    if procs == 1:
+        results = [_share_main(shares[0])]
+    else:
+        with mp.get_context("spawn").Pool(procs) as pool:
+            results = pool.map(_share_main, shares)
+    sessions: list[Session] = [None] * num_sessions  # type: ignore[list-item]
+    for p, share in enumerate(results):
+        sessions[p::procs] = share
+    return sessions
 
 
 def step_stats(num_sessions: int, sessions: list[Session], load: TranslateLoad) -> dict[str, Any]:
@@ -167,14 +190,14 @@ def step_stats(num_sessions: int, sessions: list[Session], load: TranslateLoad) 
     }
 
 
-def ladder(address: str, model: str, steps: list[int], load: TranslateLoad, deadline: float = math.inf
-           ) -> list[dict[str, Any]]:
+def ladder(address: str, model: str, steps: list[int], load: TranslateLoad, deadline: float = math.inf,
+           procs: int = 1) -> list[dict[str, Any]]:
     """Runs each N in order until one breaks a limit (that one is kept) or time.monotonic() passes deadline."""
     out = []
     for i, n in enumerate(steps):
         if time.monotonic() + load.duration_s > deadline:
             break
-        sessions = asyncio.run(run_step(address, model, n, load, load.seed + 1000 * i))
+        sessions = run_step(address, model, n, load, load.seed + 1000 * i, procs)
         stats = step_stats(n, sessions, load)
         out.append(stats)
         print(f"translate N={n}: first chunk p99 {1e3 * (stats['first_chunk_s']['p99'] or 0):.0f} ms, slowest "
@@ -183,3 +206,46 @@ def ladder(address: str, model: str, steps: list[int], load: TranslateLoad, dead
         if not stats["within_limits"]:
             break
     return out
+
+
+def _background_main(base_url: str, prompts: list[str], concurrency: int, answer_tokens: int, until: float,
+                     done: Any) -> None:
+    """Long prompts, each sent once (no prefix-cache help), `concurrency` at a time, until `until` (time.time())."""
+    from bench.serve_client import run_load
+    from bench.serve_data import RequestSpec
+
+    for start in range(0, len(prompts), concurrency):
+        if time.time() > until:
+            break
+        specs = [RequestSpec(p, 0, answer_tokens) for p in prompts[start:start + concurrency]]
+        records, _, _ = run_load(base_url, "", specs, [0.0] * len(specs), concurrency,
+                                 {"temperature": 0.0, "ignore_eos": True}, 1)
+        with done.get_lock():
+            done.value += sum(1 for r in records if not r.error)
+
+
+def step_with_background(address: str, http_url: str, model_dir: Any, num_sessions: int, load: TranslateLoad,
+                         prompt_tokens: int, concurrency: int, procs: int = 1) -> dict[str, Any]:
+    """One step of `num_sessions` while a separate process keeps `concurrency` long prompts of `prompt_tokens`
+    prefilling: the segments' first chunks then compete with long prefills for the step's token budget."""
+    import multiprocessing as mp
+
+    from bench.serve_data import PromptMaker
+
+    maker = PromptMaker(model_dir, load.seed + 5)
+    prompts = [maker.prompt(prompt_tokens) for _ in range(int(concurrency * load.duration_s))]
+    ctx = mp.get_context("spawn")
+    done = ctx.Value("i", 0)
+    proc = ctx.Process(target=_background_main, args=(http_url, prompts, concurrency, 16,
+                                                     time.time() + load.duration_s + 2, done))
+    proc.start()
+    try:
+        sessions = run_step(address, "", num_sessions, load, load.seed + 77, procs)
+    finally:
+        proc.join(load.duration_s + 120)
+        if proc.is_alive():
+            proc.kill()
+    stats = step_stats(num_sessions, sessions, load)
+    stats.update(background_prompt_tokens=prompt_tokens, background_concurrency=concurrency,
+                 background_requests_done=done.value)
+    return stats
