@@ -43,14 +43,22 @@ class TranslateLoad:
 @dataclass
 class Segment:
     sent: float  # scheduled send (time.time(), the same clock in every client process)
-    chars_in: int
-    first: float = 0.0
-    last: float = 0.0
+    first: float = 0.0  # arrival of the first text chunk
+    last: float = 0.0  # arrival of the Done
     text_chars: int = 0
-    tokens: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    error: str = ""
+    usage: tuple[int, int, int] = (0, 0, 0)  # the Done's prompt, completion and prefix-cached tokens
+
+    @property
+    def tokens(self) -> int:
+        return self.usage[1]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.usage[0]
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.usage[2]
 
 
 @dataclass
@@ -87,7 +95,7 @@ async def run_session(stub: Any, model: str, texts: list[str], gaps: list[float]
         for i, (text, gap) in enumerate(zip(texts, gaps)):
             at += gap
             await asyncio.sleep(max(0.0, at - time.time()))
-            session.segments.append(Segment(at, len(text)))
+            session.segments.append(Segment(at))
             if i == 0:
                 yield gateway_pb2.TranslateSegment(model=model, source_language="German", target_language="English",
                                                    text=text, options=options)
@@ -102,11 +110,10 @@ async def run_session(stub: Any, model: str, texts: list[str], gaps: list[float]
                 if chunk.chunk.text and not seg.first:
                     seg.first = now
                 seg.text_chars += len(chunk.chunk.text)
-                seg.tokens += len(chunk.chunk.token_ids)
             else:
                 seg.last = now
                 u = chunk.done.usage
-                seg.prompt_tokens, seg.cached_tokens, seg.tokens = u.prompt_tokens, u.cached_tokens, u.completion_tokens
+                seg.usage = (u.prompt_tokens, u.completion_tokens, u.cached_tokens)
     except grpc.aio.AioRpcError as exc:
         session.error = f"{exc.code().name}: {exc.details()}"
     return session

