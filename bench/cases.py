@@ -58,13 +58,13 @@ class Suite:
 CPU = Suite("cpu", "fake", (1, 2), ("http", "grpc"), SearchLoad(), (8, 16, 32, 64, 128, 256), TranslateLoad(),
             embed=EmbedLoad())
 TINY = Suite("cpu", "fake", (), ("http", "grpc"),
-             SearchLoad(hot_questions=10, mix_requests=40, hit_requests=40, concurrency=4, idle_requests=5,
-                        answer_tokens=4),
+             SearchLoad(hot_questions=10, mix_requests=40, hit_requests=40, concurrency=4, mix_concurrency=4,
+                        idle_requests=5, answer_tokens=4),
              (2,), TranslateLoad(duration_s=2.0, interval_s=0.6, answer_tokens=4, first_chunk_limit_s=10.0,
                                  min_chars_per_s=1.0),
              search_on_translate_stack=True, embed=EmbedLoad(batches=(1, 4), requests=6, concurrency=2))
 GPU = Suite("cuda", "dummy", (), ("http", "grpc"),
-            SearchLoad(mix_requests=6000, hit_requests=16000, concurrency=256),
+            SearchLoad(mix_requests=6000, hit_requests=16000, concurrency=256, mix_concurrency=64),
             (250, 500, 1000, 1500, 2000, 3000), TranslateLoad(duration_s=15.0),
             translate_args="--num-gateways 8 --num-tokenizers 2", search_on_translate_stack=True,
             mixed=(500, 4096, 8, (8192, 1024)))

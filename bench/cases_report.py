@@ -56,14 +56,15 @@ def translate_table(translate: dict[str, Any]) -> str:
 
 
 def embed_table(embed: list[dict[str, Any]]) -> str:
-    rows = ["| batch | cold p50 / p99 ms | protocol | cached p50 / p99 ms | cached requests/s | uncached vectors "
-            "| gateway lookups ≤ 2 ms |", "|---|---|---|---|---|---|---|"]
+    rows = ["| batch | cold p50 / p99 ms | protocol | cached, one at a time: p50 / p99 ms | concurrent: p50 / p99 ms "
+            "| concurrent requests/s | uncached vectors | gateway lookups ≤ 2 ms: one at a time / concurrent |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in embed:
         for protocol in ("http", "grpc"):
             c = r[protocol]
             rows.append(f"| {r['batch']} | {_ms(r['cold_s']['p50'])} / {_ms(r['cold_s']['p99'])} | {protocol} | "
-                        f"{_p(c, 'cached_s')} | {c['requests_per_s']:.0f} | {c['uncached_vectors']} | "
-                        f"{_lookup(c['lookup'])} |")
+                        f"{_p(c, 'idle_s')} | {_p(c, 'cached_s')} | {c['requests_per_s']:.0f} | "
+                        f"{c['uncached_vectors']} | {_lookup(c['idle_lookup'])} / {_lookup(c['lookup'])} |")
     return "\n".join(rows)
 
 

@@ -2,8 +2,8 @@
 questions against a running stack, over HTTP (SSE) or gRPC, with what the gateways spend per answer.
 
 Phases of one protocol: the hot set is sent once (each becomes a stored answer); then hits one at a time (the
-latency a hit adds, with nothing queued); then the mix at a fixed concurrency; then hits alone at that concurrency
-(the hit rate one gateway process sustains). Hit or miss is what the gateway reports (usage.result_cached), not
+latency a hit adds, with nothing queued); then the mix at a fixed concurrency; then hits alone at a higher one (the hit
+rate the gateway processes sustain). Hit or miss is what the gateway reports (usage.result_cached), not
 what the mix intended. Gateway CPU seconds come from /proc, so hits per gateway CPU second is the rate per core
 that the processes would reach with cores to spare, whatever the load client takes of this machine.
 """
@@ -33,7 +33,8 @@ class SearchLoad:
     hit_requests: int = 2000
     hit_ratio: float = 0.8  # of the mix drawn from the hot set
     zipf_s: float = 1.1  # popularity of the hot set: p(rank k) ~ 1 / k^s
-    concurrency: int = 64
+    concurrency: int = 64  # of the hits-only phase: enough to keep a gateway busy
+    mix_concurrency: int = 16  # of the mix: clients of a search page, not a saturating load
     idle_requests: int = 200  # hits sent one at a time
     answer_tokens: int = 32
     seed: int = 0
@@ -136,7 +137,7 @@ def run_protocol(protocol: str, http_url: str, grpc_address: str, gateway_pids: 
     mixed_prompts = mix(hot, fresh, load.mix_requests, load.hit_ratio, load.zipf_s, load.seed)
     before = lookup_histogram(http_url, "result") if single else {}
     with GatewayCpu(gateway_pids) as cpu:
-        records, wall = _send(base, mixed_prompts, load, load.concurrency, client_procs)
+        records, wall = _send(base, mixed_prompts, load, load.mix_concurrency, client_procs)
     stats = latency_stats(records)
     stats.update(wall_s=wall, qps=stats["all"]["count"] / wall, hit_share=stats["hit"]["count"] / len(records),
                  gateway_cpu_s=cpu.seconds)

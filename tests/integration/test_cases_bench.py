@@ -45,6 +45,6 @@ def test_the_cases_benchmark_answers_every_request_of_a_tiny_load_and_writes_its
     for row in doc["embed"]:
         for protocol in ("http", "grpc"):
             assert row[protocol]["requests"] == 6 * 5 and row[protocol]["uncached_vectors"] == 0
-            assert row[protocol]["lookup"]["lookups"] == 6 * 5
+            assert row[protocol]["lookup"]["lookups"] == 6 * 5 and row[protocol]["idle_lookup"]["lookups"] == 6
     text = out.with_suffix(".md").read_text()
     assert "## Live translation" in text and "## Search QA" in text and "## Cached embeddings" in text
