@@ -43,14 +43,15 @@ def search_table(search: list[dict[str, Any]]) -> str:
 
 def translate_table(translate: dict[str, Any]) -> str:
     rows = ["| sessions | segments | first chunk p50 / p99 ms | segment p50 / p99 ms | slowest session chars/s "
-            "| session chars/s p50 | prefix-cached share of later prompts | uncached tokens per later segment p50 "
+            "| session chars/s p50 | prefix-cached share of later prompts | later segment p50: uncached / its own tokens "
             "| within limits |", "|---|---|---|---|---|---|---|---|---|"]
     for s in translate.get("steps", []):
         rate, uncached = s["session_chars_per_s"], s["uncached_tokens_per_later_segment"]
         rows.append(
             f"| {s['sessions']} | {s['segments']} ({s['unanswered_segments']} unanswered, {s['failed_sessions']} "
             f"sessions failed) | {_p(s, 'first_chunk_s')} | {_p(s, 'segment_s')} | {_num(rate['min'], '.0f')} | "
-            f"{_num(rate['p50'], '.0f')} | {_num(s['prefix_cached_share'], '.1%')} | {_num(uncached['p50'], '.0f')} "
+            f"{_num(rate['p50'], '.0f')} | {_num(s['prefix_cached_share'], '.1%')} | {_num(uncached['p50'], '.0f')} / "
+            f"{_num(s['new_segment_tokens']['p50'], '.0f')} "
             f"| {'yes' if s['within_limits'] else 'no'} |")
     return "\n".join(rows)
 

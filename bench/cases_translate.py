@@ -18,6 +18,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ class Segment:
     sent: float  # scheduled send (time.time(), the same clock in every client process)
     first: float = 0.0  # arrival of the first text chunk
     last: float = 0.0  # arrival of the Done
+    new_tokens: int = 0  # the segment's own text, in the model's tokenizer
     text_chars: int = 0
     usage: tuple[int, int, int] = (0, 0, 0)  # the Done's prompt, completion and prefix-cached tokens
 
@@ -81,7 +83,7 @@ def sentences(rng: np.random.Generator, n: int, words: list[str]) -> list[str]:
 
 
 async def run_session(stub: Any, model: str, texts: list[str], gaps: list[float], start: float,
-                      answer_tokens: int) -> Session:
+                      answer_tokens: int, new_tokens: list[int]) -> Session:
     import grpc
     from flashstream.v1 import common_pb2, gateway_pb2
 
@@ -95,7 +97,7 @@ async def run_session(stub: Any, model: str, texts: list[str], gaps: list[float]
         for i, (text, gap) in enumerate(zip(texts, gaps)):
             at += gap
             await asyncio.sleep(max(0.0, at - time.time()))
-            session.segments.append(Segment(at))
+            session.segments.append(Segment(at, new_tokens=new_tokens[i]))
             if i == 0:
                 yield gateway_pb2.TranslateSegment(model=model, source_language="German", target_language="English",
                                                    text=text, options=options)
@@ -119,8 +121,8 @@ async def run_session(stub: Any, model: str, texts: list[str], gaps: list[float]
     return session
 
 
-async def _run_share(address: str, model: str, plans: list[tuple[list[str], list[float]]], start: float,
-                     answer_tokens: int) -> list[Session]:
+async def _run_share(address: str, model: str, plans: list[tuple[list[str], list[float], list[int]]],
+                     start: float, answer_tokens: int) -> list[Session]:
     import grpc
     from flashstream.v1 import gateway_pb2_grpc
 
@@ -130,7 +132,8 @@ async def _run_share(address: str, model: str, plans: list[tuple[list[str], list
     stubs = [gateway_pb2_grpc.GatewayStub(c) for c in channels]
     try:
         return await asyncio.gather(*(run_session(stubs[i % num_connections], model, texts, gaps, start,
-                                                  answer_tokens) for i, (texts, gaps) in enumerate(plans)))
+                                                  answer_tokens, counts)
+                                      for i, (texts, gaps, counts) in enumerate(plans)))
     finally:
         for channel in channels:
             await channel.close()
@@ -140,10 +143,14 @@ def _share_main(args: tuple) -> list[Session]:
     return asyncio.run(_run_share(*args))
 
 
-def run_step(address: str, model: str, num_sessions: int, load: TranslateLoad, seed: int, procs: int = 1
+def run_step(address: str, model_dir: Any, num_sessions: int, load: TranslateLoad, seed: int, procs: int = 1
              ) -> list[Session]:
     """The step's sessions, partitioned round-robin over `procs` client processes that start together."""
     import multiprocessing as mp
+
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
 
     words = sorted({w for w in CORPUS.read_text().split() if w.isalpha()})
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -153,10 +160,11 @@ def run_step(address: str, model: str, num_sessions: int, load: TranslateLoad, s
         while sum(gaps) < load.duration_s:
             gaps.append(float(rng.uniform(load.interval_s / 2, 1.5 * load.interval_s)))
         gaps.pop()
-        plans.append((sentences(rng, len(gaps), words), gaps))
+        texts = sentences(rng, len(gaps), words)
+        plans.append((texts, gaps, [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]))
     procs = max(1, min(procs, num_sessions))
     start = time.time() + (2.0 if procs > 1 else 0.5)
-    shares = [(address, model, plans[p::procs], start, load.answer_tokens) for p in range(procs)]
+    shares = [(address, "", plans[p::procs], start, load.answer_tokens) for p in range(procs)]
     if procs == 1:
         results = [_share_main(shares[0])]
     else:
@@ -193,18 +201,19 @@ def step_stats(num_sessions: int, sessions: list[Session], load: TranslateLoad) 
                                 if later else None),
         "prompt_tokens_per_later_segment": summary([s.prompt_tokens for s in later]),
         "uncached_tokens_per_later_segment": summary([s.prompt_tokens - s.cached_tokens for s in later]),
+        "new_segment_tokens": summary([s.new_tokens for s in later]),
         "within_limits": ok,
     }
 
 
-def ladder(address: str, model: str, steps: list[int], load: TranslateLoad, deadline: float = math.inf,
+def ladder(address: str, model_dir: Any, steps: list[int], load: TranslateLoad, deadline: float = math.inf,
            procs: int = 1) -> list[dict[str, Any]]:
     """Runs each N in order until one breaks a limit (that one is kept) or time.monotonic() passes deadline."""
     out = []
     for i, n in enumerate(steps):
         if time.monotonic() + load.duration_s > deadline:
             break
-        sessions = run_step(address, model, n, load, load.seed + 1000 * i, procs)
+        sessions = run_step(address, model_dir, n, load, load.seed + 1000 * i, procs)
         stats = step_stats(n, sessions, load)
         out.append(stats)
         print(f"translate N={n}: first chunk p99 {1e3 * (stats['first_chunk_s']['p99'] or 0):.0f} ms, slowest "
@@ -247,7 +256,7 @@ def step_with_background(address: str, http_url: str, model_dir: Any, num_sessio
                                                      time.time() + load.duration_s + 2, done))
     proc.start()
     try:
-        sessions = run_step(address, "", num_sessions, load, load.seed + 77, procs)
+        sessions = run_step(address, model_dir, num_sessions, load, load.seed + 77, procs)
     finally:
         proc.join(load.duration_s + 120)
         if proc.is_alive():
