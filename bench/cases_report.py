@@ -22,7 +22,8 @@ def _p(stats: dict[str, Any], key: str = "e2e_s") -> str:
 def _lookup(lookup: dict[str, Any] | None) -> str:
     if not lookup or not lookup.get("lookups"):
         return "-"
-    return f"{lookup['share_within_2ms']:.1%} (p99 ≤ {_ms(lookup['p99_at_most_s'])})"
+    bound = lookup["p99_at_most_s"]
+    return f"{lookup['share_within_2ms']:.1%} (p99 {'> 128' if bound == float('inf') else f'≤ {_ms(bound)}'})"
 
 
 def search_table(search: list[dict[str, Any]]) -> str:
