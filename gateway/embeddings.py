@@ -88,10 +88,13 @@ class EmbeddingService:
         inputs = [list(item.token_ids) for item in encoded.inputs]
         options = VectorOptions(request.normalize, request.dimensions)
         use_cache = self.cache is not None and request.use_cache
+        lookup_start = time.perf_counter()
         keys = self.cache.keys(card, tenant, options, inputs) if use_cache else [str(i) for i in range(len(inputs))]
         vectors = await self.cache.lookup(keys) if use_cache else [None] * len(inputs)
         cached = [v is not None for v in vectors]
         if use_cache:
+            self.metrics.cache_lookup.labels(self.metrics.stage, "embedding").observe(
+                time.perf_counter() - lookup_start)
             self.metrics.embedding_cache_hits.inc(sum(cached))
             self.metrics.embedding_cache_misses.inc(len(cached) - sum(cached))
         todo: dict[str, int] = {}  # key of each input to compute → its first index

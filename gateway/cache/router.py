@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from gateway.cache.entry import CachedResult, EntryError
@@ -57,14 +58,15 @@ class CachingRouter:
             return flight.reader(leader=False)
 
         async def lookup() -> CachedResult | None:
+            start = time.perf_counter()
             raw = await self.store.get(key)
-            if raw is None:
-                self.num_upstream += 1
-                return None
             try:
-                cached = CachedResult.decode(raw)
+                cached = None if raw is None else CachedResult.decode(raw)
             except EntryError as exc:
                 log.warning("result cache entry %s unreadable, generating again: %s", key, exc)
+                cached = None
+            self.metrics.cache_lookup.labels(self.metrics.stage, "result").observe(time.perf_counter() - start)
+            if cached is None:
                 self.num_upstream += 1
                 return None
             self.metrics.result_cache_hits.inc()

@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0)
+_LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
 _COUNT_BUCKETS = (0, 1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 GATEWAY, TOKENIZER, SCHEDULER, WORKER = "gateway", "tokenizer", "scheduler", "worker"
@@ -54,6 +55,7 @@ class Metrics:
         "result_cache_queries": (GATEWAY,),
         "embedding_cache_hits": (GATEWAY,),
         "embedding_cache_misses": (GATEWAY,),
+        "cache_lookup": (GATEWAY,),
         "request_queue_time": (SCHEDULER,),
         "num_requests_waiting": (SCHEDULER,),
         "kv_cache_usage_ratio": (SCHEDULER,),
@@ -120,6 +122,10 @@ class Metrics:
         self.embedding_cache_misses = family("embedding_cache_misses", lambda: Counter(
             "flashstream_embedding_cache_misses", "Embedding inputs looked up in the cache and computed",
             ["stage"], registry=r).labels(stage))
+        # Labelled by cache ("result", "embedding"); 2 ms is a bucket bound, the most a lookup should add.
+        self.cache_lookup = family("cache_lookup", lambda: Histogram(
+            "flashstream_cache_lookup_seconds", "One request's result or embedding cache lookup (keys, store read, "
+            "decoding)", ["stage", "cache"], buckets=_LOOKUP_BUCKETS, registry=r))
         self.generation_tokens = family("generation_tokens", lambda: Counter(
             "flashstream_generation_tokens", "Tokens generated", ["stage"], registry=r).labels(stage))
         self.prompt_tokens = family("prompt_tokens", lambda: Counter(

@@ -20,7 +20,7 @@ def test_every_stage_exports_exactly_the_families_it_owns() -> None:
         "flashstream_e2e_request_latency_seconds", "flashstream_num_requests_running",
         "flashstream_result_cache_hits_total", "flashstream_result_cache_queries_total",
         "flashstream_embedding_cache_hits_total", "flashstream_embedding_cache_misses_total",
-        "flashstream_request_errors_total", "flashstream_requests_finished_total"}
+        "flashstream_cache_lookup_seconds", "flashstream_request_errors_total", "flashstream_requests_finished_total"}
     assert _families("tokenizer") == common | {
         "flashstream_prompt_tokens_total", "flashstream_request_errors_total", "flashstream_requests_finished_total"}
     assert _families("scheduler") == common | {
