@@ -7,6 +7,7 @@ merged as they come, each chunk naming its choice's index, as OpenAI streams the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_embeddings import embeddings_response, parse_embeddings_request
 from gateway.openai_request import OpenAIRequest, parse_openai_request
 from gateway.openai_response import ResponseBuilder, combined_usage, error_response
+from gateway.playground import is_static_path
 from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
 from services.common.metrics import add_status_routes
@@ -98,7 +100,7 @@ class HttpApi:
         if request.method == "OPTIONS" and self._cors_origins and "Access-Control-Request-Method" in request.headers:
             return self._preflight(request)
         try:
-            if request.path not in OPEN_PATHS:
+            if request.path not in OPEN_PATHS and not is_static_path(request.path):
                 self._keys.check(request.headers.get("Authorization"))
             return await handler(request)
         except FlashStreamError as exc:
@@ -193,7 +195,10 @@ class HttpApi:
             async for index, event in _merged(generations, firsts):
                 if isinstance(event, Finished):
                     usages[index] = event.usage
-                    await resp.write(_sse(builders[index].chunk(None, event.finish_reason.openai)))
+                    last = builders[index].chunk(None, event.finish_reason.openai)
+                    if parsed.include_latency:
+                        last["latency"] = dataclasses.asdict(event.latency)
+                    await resp.write(_sse(last))
                 else:
                     await resp.write(_sse(builders[index].chunk(event)))
             if parsed.include_usage:

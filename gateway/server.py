@@ -22,6 +22,7 @@ from gateway.embeddings import EmbeddingService
 from gateway.core import GatewayCore
 from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
+from gateway.playground import add_playground_routes
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.grpc_server import StageServer, start_server
@@ -73,6 +74,9 @@ class GatewayServer:
         )
         self.grpc_port = self._stage.port
         api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings, self.config.cors_origins)
+        cache = self.cache
+        add_playground_routes(api.app, self.core, self.router.watch_engine,
+                              None if cache is None else lambda: (cache.num_hits, cache.num_queries))
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
         self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from flashstream.v1 import common_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 
 from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
 from gateway.schema import Event, Finished, ModelCard, Submission
@@ -278,6 +278,21 @@ class TokenizerRouter:
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
         return min(rotated, key=lambda c: c.num_active)
+
+    async def watch_engine(self, model: str, interval_s: float) -> AsyncIterator[common_pb2.EngineState]:
+        """The scheduler state of `model`'s pool every interval, through one of its tokenizers, until the
+        caller stops iterating; a lost tokenizer ends it with its status (UNAVAILABLE)."""
+        conn = self.pick(model)
+        if conn.stub is None:
+            raise Unavailable(f"tokenizer {conn.address} is not connected")
+        call = conn.stub.WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s))
+        try:
+            async for state in call:
+                yield state
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, f"tokenizer {conn.address}") from None
+        finally:
+            call.cancel()
 
     def start(self) -> None:
         for conn in self.connections:

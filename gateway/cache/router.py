@@ -31,6 +31,8 @@ class CachingRouter:
         self.metrics = metrics
         self.namespace = namespace
         self.num_upstream = 0  # cacheable requests that had to be generated
+        self.num_queries = 0  # cacheable requests looked up (the playground's hit rate; metrics keep their own)
+        self.num_hits = 0  # of those, answered from the store or by joining an identical request in flight
         self._flights: dict[str, Flight] = {}
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -51,9 +53,11 @@ class CachingRouter:
             return self.inner.submit(submission)
         key = result_key(request, card, submission.tenant, self.namespace)
         self.metrics.result_cache_queries.inc()
+        self.num_queries += 1
         flight = self._flights.get(key)
         if flight is not None:
             self.metrics.result_cache_hits.inc()
+            self.num_hits += 1
             return flight.reader(leader=False)
 
         async def lookup() -> CachedResult | None:
@@ -68,6 +72,7 @@ class CachingRouter:
                 self.num_upstream += 1
                 return None
             self.metrics.result_cache_hits.inc()
+            self.num_hits += 1
             return cached
 
         flight = Flight(key, lookup, lambda: self.inner.submit(submission), self._flight_ended)

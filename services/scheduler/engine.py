@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from services.common.errors import ErrorCode
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
+from services.scheduler.engine_state import EngineTotals
 from services.scheduler.plan import (
     CachedSeq,
     Event,
@@ -65,6 +66,10 @@ class Engine:
     @property
     def block_manager(self) -> BlockManager:
         return self.scheduler.block_manager
+
+    @property
+    def totals(self) -> EngineTotals:
+        return self.scheduler.totals
 
     @property
     def num_requests(self) -> int:
@@ -123,7 +128,10 @@ class Engine:
             return None
         plan = StepPlan(self._next_step_id, finished_seq_ids=out.finished_seq_ids)
         self._next_step_id += 1
+        totals = self.totals
+        totals.num_steps += bool(out.scheduled)  # a plan that only lists finished ids runs nothing
         for item in out.scheduled:
+            totals.num_step_tokens += item.num_new_tokens
             seq = item.seq
             if seq.is_sent:
                 new_blocks = seq.block_table[seq.num_sent_blocks :] if len(seq.block_table) > seq.num_sent_blocks else []
@@ -175,6 +183,7 @@ class Engine:
                 self._end(seq, self._done(seq, reason))
             elif len(seq.token_ids) % block_size == 0:
                 self.scheduler.block_manager.cache_full_blocks(seq)  # this token completed a block
+        self.totals.num_generated_tokens += num_generated
         if self.metrics is not None and num_generated:
             self.metrics.generation_tokens.inc(num_generated)
 

@@ -18,11 +18,14 @@ from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
-from services.scheduler.pb import events_to_pb, request_from_pb
+from services.scheduler.pb import engine_state_to_pb, events_to_pb, request_from_pb
 from services.scheduler.plan import Event, RequestError, TokenChunk
 from services.scheduler.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WATCH_INTERVAL_S = 0.25
+MIN_WATCH_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -152,3 +155,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if self.draining:
             raise Unavailable("the scheduler is shutting down")
         return await self.pool.embed_route.embed(request, context.time_remaining())
+
+    @handle_errors
+    async def WatchEngine(  # noqa: N802
+        self, request: common_pb2.WatchEngineRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.EngineState]:
+        interval_s = watch_interval(request.interval_s)
+        while not self.draining:
+            yield engine_state_to_pb(self.pool.engines.state())
+            await asyncio.sleep(interval_s)
+
+
+def watch_interval(interval_s: float) -> float:
+    """The interval a WatchEngine request asks for, checked; 0 means the default."""
+    if interval_s == 0:
+        return DEFAULT_WATCH_INTERVAL_S
+    if not MIN_WATCH_INTERVAL_S <= interval_s <= 60:
+        raise InvalidArgument(f"interval_s must be between {MIN_WATCH_INTERVAL_S} and 60 seconds, got {interval_s}")
+    return interval_s

@@ -67,6 +67,17 @@ class SchedulerLink:
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"scheduler at {self.target}") from None
 
+    async def watch_engine(self, request: common_pb2.WatchEngineRequest) -> AsyncIterator[common_pb2.EngineState]:
+        """Scheduler.WatchEngine; a failure keeps the scheduler's status code."""
+        call = self._stub.WatchEngine(request)
+        try:
+            async for state in call:
+                yield state
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, f"scheduler at {self.target}") from None
+        finally:
+            call.cancel()
+
     async def get_info(self) -> scheduler_pb2.SchedulerInfo:
         self.info = await self._stub.Info(scheduler_pb2.SchedulerInfoRequest(), timeout=10)
         return self.info

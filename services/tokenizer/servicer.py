@@ -298,3 +298,11 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         if self.draining:
             raise Unavailable("the tokenizer is draining")
         return await self.link.embed(request, context.time_remaining())
+
+    @handle_errors
+    async def WatchEngine(self, request: common_pb2.WatchEngineRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[common_pb2.EngineState]:
+        async for state in self.link.watch_engine(request):
+            if self.draining:
+                return
+            yield state
