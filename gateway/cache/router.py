@@ -52,11 +52,12 @@ class CachingRouter:
         if not is_cacheable(request) or card is None:
             return self.inner.submit(submission)
         key = result_key(request, card, submission.tenant, self.namespace)
-        self.metrics.result_cache_queries.inc()
+        metrics = self.metrics.for_model(card.id)
+        metrics.result_cache_queries.inc()
         self.num_queries += 1
         flight = self._flights.get(key)
         if flight is not None:
-            self.metrics.result_cache_hits.inc()
+            metrics.result_cache_hits.inc()
             self.num_hits += 1
             return flight.reader(leader=False)
 
@@ -71,7 +72,7 @@ class CachingRouter:
                 log.warning("result cache entry %s unreadable, generating again: %s", key, exc)
                 self.num_upstream += 1
                 return None
-            self.metrics.result_cache_hits.inc()
+            metrics.result_cache_hits.inc()
             self.num_hits += 1
             return cached
 

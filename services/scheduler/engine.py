@@ -218,9 +218,10 @@ class Engine:
         self.scheduler.finish(seq, keep_cached=keep_cached)
         self.sequences.pop(seq.key, None)
         self.events.append(event)
-        if self.metrics is None:
-            return
-        if isinstance(event, RequestDone):
-            self.metrics.requests_finished.labels(self.metrics.stage, event.finish_reason.name).inc()
-        elif isinstance(event, RequestError):
-            self.metrics.request_errors.labels(self.metrics.stage, event.code.name).inc()
+        if self.metrics is not None and isinstance(event, RequestDone):
+            m = self.metrics
+            m.request_prompt_tokens.observe(event.num_prompt_tokens)
+            m.request_generation_tokens.observe(event.num_completion_tokens)
+            if seq.first_token_time is not None:  # an abort before the first token has no prefill time
+                m.request_prefill_time.observe(event.prefill_s)
+                m.request_decode_time.observe(event.decode_s)

@@ -44,6 +44,8 @@ class EnginePool:
             raise KeyError(f"worker {name!r} is already connected")
         engine = Engine(self.config, limits, self.metrics, self.clock)
         self.engines[name] = engine
+        if self.metrics is not None:
+            self.metrics.set_model(limits.model_id)
         return engine
 
     def remove_worker(self, name: str, message: str) -> list[Event]:

@@ -89,6 +89,7 @@ class SchedulerStage:
         self.pool.start()
 
     async def _set_serving(self) -> None:
+        self.metrics.num_workers.set(self.pool.num_workers)
         if self.server is not None:
             await self.server.set_serving(self.ready())
 

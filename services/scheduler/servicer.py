@@ -105,8 +105,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         except FlashStreamError as exc:
             stream.outbox.append(RequestError(key, exc.code, exc.message))
             stream.wake.set()
-            if self.metrics is not None:
-                self.metrics.request_errors.labels(self.metrics.stage, exc.code.name).inc()
 
     @handle_errors
     async def GetLoad(  # noqa: N802

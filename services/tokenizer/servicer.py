@@ -143,7 +143,8 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         sid = self._sid(session, req.request_id)
         self._requests[sid] = (session, state)
         session.scheduler_ids.add(sid)
-        self.metrics.prompt_tokens.inc(len(prepared.prompt_token_ids))
+        self.metrics.set_model(self.model_id)
+        self.metrics.tokenize_duration.observe(prepared.tokenizer_s)
         return token_request_to_pb(prepared, sid)
 
     @staticmethod
@@ -151,7 +152,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         return f"{session.number}:{request_id}"
 
     def _error(self, request_id: str, exc: FlashStreamError) -> tokenizer_pb2.TextEvent:
-        self.metrics.request_errors.labels("tokenizer", exc.code.name).inc()
         return error_event(request_id, exc)
 
     def _fail(self, session: _Session, sids: list[str], exc: FlashStreamError) -> list[tokenizer_pb2.TextEvent]:
@@ -193,7 +193,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             session, state = self._requests[sid]
             out = per_session.setdefault(session, [])
             if (step := steps.get(sid)) is not None:
-                self.metrics.generation_tokens.inc(len(step.token_ids))
                 lps = logprobs_with_text(self.tokenizer, logprobs[sid]) if logprobs[sid] else None
                 out.append(chunk_event(state, step, lps))
                 if step.stop_string is not None and sid not in terminals:
@@ -210,7 +209,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         del self._requests[sid]
         session.scheduler_ids.discard(sid)
         if terminal.WhichOneof("event") == "error" and not state.stopped:
-            self.metrics.request_errors.labels("tokenizer", str(terminal.error.code)).inc()
             return [tokenizer_pb2.TextEvent(request_id=state.request_id, error=terminal.error)]
         events = []
         tail: TextStep = state.finish(self.tokenizer)
@@ -219,7 +217,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         done = terminal.done if terminal.WhichOneof("event") == "done" else None
         reason = done.finish_reason if done is not None else common_pb2.FINISH_REASON_ABORT
         event = done_event(state, done, reason)
-        self.metrics.requests_finished.labels("tokenizer", common_pb2.FinishReason.Name(event.done.finish_reason)).inc()
         return [*events, event]
 
     def _on_scheduler_lost(self) -> None:

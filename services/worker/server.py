@@ -110,6 +110,7 @@ class WorkerStage:
         engine = await loop.run_in_executor(self.servicer.executor, build_engine, self.config)
         self.servicer.engine = engine
         info = engine.info
+        self.metrics.set_model(info.model_id)
         log.info("model %s (%s, revision %s) on %s %s: %d KV blocks of %d tokens, max_model_len %d",
                  info.model_id, info.model.architecture, info.model_revision, info.device, info.dtype,
                  info.num_kv_blocks, info.block_size, info.max_model_len)

@@ -87,14 +87,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def _record_step(self, engine: Engine, step_time_s: float, num_sampled: int, num_live: int) -> None:
         m = self.metrics
         shape = engine.runner.last_shape
-        m.step_duration.labels(m.stage, shape.kind).observe(step_time_s)
-        m.step_tokens.labels(m.stage, "prefill").observe(shape.num_prefill_tokens)
-        m.step_tokens.labels(m.stage, "decode").observe(shape.num_decode_seqs)
-        m.step_sequences.labels(m.stage, "prefill").observe(shape.num_prefill_seqs)
-        m.step_sequences.labels(m.stage, "decode").observe(shape.num_decode_seqs)
+        m.step_duration.labels(shape.kind).observe(step_time_s)
+        m.step_tokens.labels("prefill").observe(shape.num_prefill_tokens)
+        m.step_tokens.labels("decode").observe(shape.num_decode_seqs)
+        m.step_sequences.labels("prefill").observe(shape.num_prefill_seqs)
+        m.step_sequences.labels("decode").observe(shape.num_decode_seqs)
         m.device_idle.inc(engine.runner.take_device_idle_s())
-        m.generation_tokens.inc(num_sampled)
-        m.num_requests_running.set(num_live)
 
     @handle_errors
     async def Embed(
@@ -107,7 +105,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         vectors = await asyncio.get_running_loop().run_in_executor(
             self.executor, engine.embed, inputs, normalize, request.dimensions
         )
-        self.metrics.prompt_tokens.inc(sum(len(ids) for ids in inputs))
         return common_pb2.EmbedTokensResponse(embeddings=[common_pb2.Embedding(values=v) for v in vectors])
 
     def shutdown(self) -> None:
