@@ -17,7 +17,7 @@ from typing import Protocol
 from gateway.errors import ModelNotFound, RequestError
 from gateway.schema import (Event, Finished, FinishReason, GenerationRequest, ModelCard, Submission, TextDelta,
                             Usage)
-from services.common.errors import DeadlineExceeded, ErrorCode, FlashStreamError, Unavailable
+from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
 from services.common.metrics import Metrics, MetricsView, error_code_label, finish_reason_label
 
 log = logging.getLogger(__name__)

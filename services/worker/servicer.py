@@ -70,7 +70,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 # While this plan's step runs on the device, the runner may take a look at the next one.
                 result = await loop.run_in_executor(self.executor, self._step, engine, plan, table, inbox.peek_plan)
                 result.errors[:0] = errors
-                self._record_step(engine, result.step_time_s, len(result.outputs), len(table))
+                self._record_step(engine, result.step_time_s)
                 yield result_to_pb(result)
         finally:
             reader.cancel()
@@ -84,7 +84,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.kernel_profile.after_step()
         return result
 
-    def _record_step(self, engine: Engine, step_time_s: float, num_sampled: int, num_live: int) -> None:
+    def _record_step(self, engine: Engine, step_time_s: float) -> None:
         m = self.metrics
         shape = engine.runner.last_shape
         m.step_duration.labels(shape.kind).observe(step_time_s)
