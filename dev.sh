@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # FlashStream developer entry point.
 #   ./dev.sh up     create .venv, install, start the whole stack on the demo model and stream an answer
-#   ./dev.sh test   create .venv, install with test extras, install redis-server and chromium if missing, run
-#                   the tests
+#   ./dev.sh test   create .venv, install with test extras, install redis-server, chromium and docker-compose if
+#                   missing, run the tests
 # Extra arguments go to `flashstream up` or to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -59,12 +59,14 @@ install() {
   echo "installed in $((SECONDS - started)) s"
 }
 
-# Debian packages the tests need: redis-server (the integration tests start their own on a free port) and
-# chromium (the playground's browser test drives /usr/bin/chromium through playwright; no browser download).
+# Debian packages the tests need: redis-server (the integration tests start their own on a free port),
+# chromium (the playground's browser test drives /usr/bin/chromium through playwright; no browser download) and
+# docker-compose (Compose v1, whose `config` checks docker-compose.yml without a Docker engine).
 ensure_system_packages() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   if [ ${#missing[@]} -eq 0 ]; then return; fi
   echo "installing ${missing[*]} with apt"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

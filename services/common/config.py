@@ -13,12 +13,13 @@ from services.common.errors import InvalidArgument
 
 T = TypeVar("T", int, float, str, bool)
 
-# Default ports of a one-machine deployment; `flashstream up` may choose others.
+# Default ports of a one-machine deployment, as `flashstream up` lays them out at its default base port (each
+# status port is its gRPC port + 100) and as docker-compose.yml and deploy/k8s use them.
 DEFAULT_PORTS = {
     "gateway": (50050, 8000),  # (gRPC, HTTP: OpenAI API, /metrics, /health, /ready)
-    "tokenizer": (50051, 9101),  # (gRPC, HTTP status)
-    "scheduler": (50052, 9102),
-    "worker": (50053, 9103),
+    "tokenizer": (50051, 50151),  # (gRPC, HTTP status)
+    "scheduler": (50052, 50152),
+    "worker": (50053, 50153),
 }
 
 

@@ -8,7 +8,9 @@ them, error codes as gRPC code names). README.md lists the names beside vLLM's.
 
 Attribute access (`metrics.step_tokens`) gives the family bound to this stage and its current model
 (`set_model`, for stages that serve one model); `metrics.for_model(m)` binds another model (the gateway, which
-routes several). A family with more labels than stage and model takes only those in `.labels(...)`.
+routes several). A family with more labels than stage and model takes only those in `.labels(...)`; its series
+appear with their first event. The others exist from the moment the model is known, at 0, so a dashboard finds
+every series it queries on a stack that has served one request.
 """
 
 from __future__ import annotations
@@ -152,8 +154,8 @@ class _Labelled:
 
 
 class MetricsView:
-    """Every family of a stage bound to one model (attributes named as in FAMILIES). A series appears on first
-    use, so a model that never counted anything exports nothing."""
+    """Every family of a stage bound to one model (attributes named as in FAMILIES); a series appears when its
+    attribute is first read."""
 
     def __init__(self, families: dict[str, Any], stage: str, model: str) -> None:
         self.stage = stage
@@ -212,6 +214,10 @@ class Metrics:
         view = self._views.get(model)
         if view is None:
             view = self._views[model] = MetricsView(self._families, self.stage, model)
+            if model:  # a known model's counters read 0 from the start; an unknown one's appear only when used
+                for name, spec in FAMILIES.items():
+                    if not spec[4]:
+                        getattr(view, name)
         return view
 
     def set_model(self, model: str) -> None:

@@ -1,14 +1,17 @@
-"""The playground in a real headless Chromium against the whole stack on the demo model: the page loads, a prompt
-streams an answer equal to the same request made without streaming, the live engine view changes while it
-streams, and the latency breakdown lists every stage."""
+"""What an operator sees of the whole stack on the demo model (one stack for the module): the playground in a
+real headless Chromium (the page loads, a prompt streams an answer equal to the same request made without
+streaming, the live engine view changes while it streams, the latency breakdown lists every stage), and every
+series the Grafana dashboard queries on the stages' /metrics."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +117,51 @@ def test_the_page_and_its_files_need_no_api_key_but_the_engine_stream_is_the_api
     assert caught.value.code == 400
     assert "interval_s must be between 0.05 and 60 seconds, got 0.01" in json.load(caught.value)["error"]["message"]
 
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "flashstream.json"
+
+
+def _post(base_url: str, path: str, body: dict) -> int:
+    request = urllib.request.Request(base_url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _metrics_urls(stack: Stack) -> dict[str, str]:
+    urls = {}
+    for stage in stack.stages:
+        argv = stage.argv
+        if argv[0] == "gateway":
+            urls[stage.name] = stack.gateway_http + "/metrics"
+        else:
+            urls[stage.name] = f"http://127.0.0.1:{argv[argv.index('--status-port') + 1]}/metrics"
+    return urls
+
+
+def test_every_series_the_dashboard_queries_exists_once_the_stack_served_requests(stack: Stack) -> None:
+    body = {"model": "flashstream-demo", "prompt": "The scheduler keeps", "max_tokens": 8, "temperature": 0,
+            "stream": True}
+    assert [_post(stack.gateway_http, "/v1/completions", body) for _ in range(2)] == [200, 200]  # a result cache hit
+    assert _post(stack.gateway_http, "/v1/completions", dict(body, temperature=5)) == 400
+    exposed: dict[str, set[str]] = {}
+    for name, url in _metrics_urls(stack).items():
+        with urllib.request.urlopen(url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line and not line.startswith("#"):
+                    exposed.setdefault(re.split(r"[{ ]", line, maxsplit=1)[0], set()).add(name)
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {m for panel in dashboard["panels"] for target in panel["targets"]
+               for m in re.findall(r"flashstream_[a-z0-9_]+", target["expr"])}
+    queried.add(re.findall(r"flashstream_[a-z0-9_]+", dashboard["templating"]["list"][0]["definition"])[0])
+    assert len(queried) >= 25
+    missing = sorted(queried - set(exposed))
+    assert missing == [], missing
+    # One owner each: no series is exported by two kinds of stage.
+    assert {m: s for m, s in exposed.items() if m.startswith("flashstream_") and len(
+        {n.rstrip("0123456789") for n in s}) > 1} == {}
