@@ -36,6 +36,7 @@ class EnginePool:
         self.engines: dict[str, Engine] = {}
         self._owner: dict[Hashable, str] = {}  # live request key -> worker name
         self._retired = EngineTotals()  # counters of engines whose worker left
+        self.draining: set[str] = set()  # workers leaving the pool: they finish their requests and take no new one
 
     # ---- workers ----
 
@@ -73,11 +74,12 @@ class EnginePool:
         prompt = request.prompt_token_ids
         if not prompt:
             raise InvalidArgument("prompt_token_ids is empty")
-        if not self.engines:
+        open_engines = {name: e for name, e in self.engines.items() if name not in self.draining}
+        if not open_engines:
             raise Unavailable("no worker is connected")
-        fitting = [(name, e) for name, e in self.engines.items() if self._check_fits(request, e.limits) is None]
+        fitting = [(name, e) for name, e in open_engines.items() if self._check_fits(request, e.limits) is None]
         if not fitting:
-            raise InvalidArgument(self._check_fits(request, next(iter(self.engines.values())).limits) or "")
+            raise InvalidArgument(self._check_fits(request, next(iter(open_engines.values())).limits) or "")
         if self.num_waiting >= self.config.max_queued_requests:
             raise ResourceExhausted(f"the queue is full ({self.config.max_queued_requests} requests waiting)")
         name, engine = fitting[0] if len(fitting) == 1 else self._route(request, fitting)
