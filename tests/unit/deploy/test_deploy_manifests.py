@@ -77,7 +77,8 @@ def health_port(config) -> int:  # noqa: ANN001
 
 # The addresses each stage dials, as its config holds them.
 UPSTREAMS = {"gateway": lambda c: c.tokenizers, "tokenizer": lambda c: (c.scheduler,),
-             "scheduler": lambda c: c.workers, "worker": lambda c: ()}
+             "scheduler": lambda c: c.workers + ((c.worker_service,) if c.worker_service else ()),
+             "worker": lambda c: ()}
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -382,19 +383,35 @@ def test_k8s_every_container_requests_cpu_and_memory_and_the_worker_one_gpu() ->
     assert worker["requests"]["nvidia.com/gpu"] == worker["limits"]["nvidia.com/gpu"] == 1
 
 
-def test_k8s_scheduler_and_worker_run_one_pod_replaced_never_rolled() -> None:
-    # One address is one stream: a second worker pod behind a Service would sit idle, and two schedulers
-    # at once would both allocate the same workers' KV blocks.
+def test_k8s_scheduler_runs_one_pod_replaced_never_rolled_and_workers_roll_one_at_a_time() -> None:
+    # Two schedulers at once would both allocate the same workers' KV blocks; a worker pod frees its GPU before
+    # its replacement needs it.
     deployments = k8s_objects("Deployment")
-    for name in ("scheduler", "worker"):
-        assert deployments[name]["spec"]["replicas"] == 1
-        assert deployments[name]["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployments["scheduler"]["spec"]["replicas"] == 1
+    assert deployments["scheduler"]["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployments["worker"]["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
-def test_k8s_only_the_gateway_autoscales() -> None:
-    (hpa,) = k8s_objects("HorizontalPodAutoscaler").values()
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
-    assert hpa["spec"]["minReplicas"] == k8s_objects("Deployment")["gateway"]["spec"]["replicas"] == 2
+def test_k8s_the_scheduler_follows_the_headless_worker_service() -> None:
+    (scheduler,) = [c for c in k8s_containers() if c.stage == "scheduler"]
+    config = scheduler.config()
+    assert (config.workers, config.worker_service) == ((), "worker:50053")
+    assert k8s_objects("Service")["worker"]["spec"]["clusterIP"] == "None"
+
+
+def test_k8s_gateways_autoscale_on_cpu_and_workers_on_the_scheduler_queue() -> None:
+    hpas = k8s_objects("HorizontalPodAutoscaler")
+    assert set(hpas) == {"gateway", "worker"}
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    assert hpas["gateway"]["spec"]["minReplicas"] == k8s_objects("Deployment")["gateway"]["spec"]["replicas"] == 2
+    (metric,) = hpas["worker"]["spec"]["metrics"]
+    assert metric["external"]["metric"] == {"name": "flashstream_num_requests_waiting",
+                                            "selector": {"matchLabels": {"stage": "scheduler"}}}
+    adapter = yaml.safe_load((ROOT / "deploy/prometheus-adapter/values.yaml").read_text())
+    (rule,) = adapter["rules"]["external"]
+    assert rule["name"]["as"] == "flashstream_num_requests_waiting"
 
 
 @pytest.mark.parametrize("name", ["tokenizer", "worker"])
