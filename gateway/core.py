@@ -19,6 +19,7 @@ from gateway.schema import (Event, Finished, FinishReason, GenerationRequest, Mo
                             Usage)
 from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
 from services.common.metrics import Metrics, MetricsView, error_code_label, finish_reason_label
+from services.common.tracing import NoSpan, Span, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,13 @@ class Router(Protocol):
 class GatewayCore:
     """Validates and routes public requests; tracks the ones running."""
 
-    def __init__(self, router: Router, metrics: Metrics, request_timeout_s: float = 600.0) -> None:
+    def __init__(self, router: Router, metrics: Metrics, request_timeout_s: float = 600.0,
+                 tracing: Tracing | None = None) -> None:
         if request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
         self.router = router
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         self.request_timeout_s = request_timeout_s
         self.draining = False
         self.num_running = 0
@@ -95,11 +98,14 @@ class GatewayCore:
         exc.counted = True  # type: ignore[attr-defined]
         self.metrics.for_model(model).request_errors.labels(error_code_label(exc.code)).inc()
 
-    def start(self, request: GenerationRequest, time_limit_s: float | None = None, tenant: str = "") -> Generation:
+    def start(self, request: GenerationRequest, time_limit_s: float | None = None, tenant: str = "",
+              traceparent: str = "") -> Generation:
         """Validates `request` against its model and submits it; raises FlashStreamError on bad input.
-        `tenant` (a hash of the caller's API key) keeps result cache entries apart per caller."""
+        `tenant` (a hash of the caller's API key) keeps result cache entries apart per caller; `traceparent` (the
+        client's W3C trace context, if any) is the parent of the request's gateway span."""
         start = time.perf_counter()
         model = ""
+        span = self.tracing.start("gateway", traceparent)
         try:
             if self.draining:
                 raise Unavailable("the gateway is shutting down; retry on another replica")
@@ -118,13 +124,16 @@ class GatewayCore:
                 deadline_unix_s=arrival + timeout_s,
                 gateway_s=time.perf_counter() - start,
                 tenant=tenant,
+                traceparent=span.traceparent,
             )
+            span.set(request_id=submission.request_id, model=card.id)
             handle = self.router.submit(submission)
         except FlashStreamError as exc:
             self.record_error(exc, model)
+            span.end(exc.message)
             raise
         deadline = asyncio.get_running_loop().time() + timeout_s
-        return Generation(self, submission, handle, card, start, deadline, timeout_s)
+        return Generation(self, submission, handle, card, start, deadline, timeout_s, span)
 
     @staticmethod
     def _check_fits(request: GenerationRequest, card: ModelCard) -> None:
@@ -188,6 +197,7 @@ class Generation:
         start_perf: float,
         deadline_loop: float,
         timeout_s: float,
+        span: Span | NoSpan,
     ) -> None:
         self.request_id = submission.request_id
         self.model = card.id
@@ -204,6 +214,7 @@ class Generation:
         self._ended = False
         self._held: Event | FlashStreamError | None = None  # read while coalescing, returned next
         self._metrics = core.metrics.for_model(card.id)
+        self._span = span
         core._begin(self._metrics)
 
     def __aiter__(self) -> Generation:
@@ -218,11 +229,16 @@ class Generation:
         if isinstance(item, FlashStreamError):
             self._finish()
             self._core.record_error(item, self.model)
+            self._span.end(item.message)
             raise item
         if isinstance(item, Finished):
             self._finish()
             metrics.e2e_request_latency.observe(now - self._start)
             metrics.requests_finished.labels(finish_reason_label(item.finish_reason.name)).inc()
+            self._span.set(finish_reason=finish_reason_label(item.finish_reason.name),
+                           prompt_tokens=item.usage.prompt_tokens, completion_tokens=item.usage.completion_tokens,
+                           result_cached=item.usage.result_cached)
+            self._span.end()
             latency = dataclasses.replace(item.latency, gateway_s=self.submission.gateway_s)
             return dataclasses.replace(item, latency=latency)
         self.num_completion_tokens += len(item.token_ids)
@@ -291,6 +307,8 @@ class Generation:
         self._handle.abort()
         self._finish()
         self._metrics.requests_finished.labels(finish_reason_label(FinishReason.ABORT.name)).inc()
+        self._span.set(finish_reason=finish_reason_label(FinishReason.ABORT.name))
+        self._span.end()
 
     def _finish(self) -> None:
         self._ended = True

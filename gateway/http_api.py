@@ -27,6 +27,7 @@ from gateway.playground import is_static_path
 from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
 from services.common.metrics import add_status_routes
+from services.common.tracing import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ class HttpApi:
         started: list[Generation] = []
 
         def start(request: GenerationRequest) -> Generation:
-            started.append(self._core.start(request, tenant=tenant))
+            started.append(self._core.start(request, tenant=tenant,
+                                            traceparent=http.headers.get(TRACEPARENT, "")))
             return started[-1]
 
         try:

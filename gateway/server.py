@@ -28,6 +28,7 @@ from services.common.config import add_server_args, env_default, server_config, 
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
+from services.common.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ REPLICA_READY_TIMEOUT_S = 60.0  # how long a --reuse-port replica waits for a to
 class GatewayServer:
     """The running gateway: tokenizer connections, the core, the gRPC server and the HTTP server."""
 
-    def __init__(self, config: GatewayConfig, connection: ConnectionConfig | None = None) -> None:
+    def __init__(self, config: GatewayConfig, connection: ConnectionConfig | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = Metrics("gateway")
         self.router = TokenizerRouter(config.tokenizers, connection)
@@ -47,7 +49,8 @@ class GatewayServer:
         breaker = CircuitBreaker(rc.breaker_failures, rc.breaker_cooldown_s) if rc.redis_url else None
         if rc.enabled:
             self.cache = CachingRouter(self.router, build_store(rc, breaker), self.metrics, rc.namespace)
-        self.core = GatewayCore(self.cache or self.router, self.metrics, config.request_timeout_s)
+        self.tracing = tracing or Tracing.otlp("gateway", config.server.otlp_endpoint)
+        self.core = GatewayCore(self.cache or self.router, self.metrics, config.request_timeout_s, self.tracing)
         embedding_cache = None
         if config.embedding_cache.enabled:
             embedding_cache = EmbeddingCache(build_embedding_store(config.embedding_cache, rc, breaker), rc.namespace)
@@ -129,6 +132,7 @@ class GatewayServer:
         if self.embeddings.cache is not None:
             await self.embeddings.cache.close()
         await self.router.close()
+        self.tracing.shutdown()
 
 
 def build_store(config: ResultCacheConfig, breaker: CircuitBreaker | None = None) -> ResultStore:

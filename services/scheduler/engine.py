@@ -83,6 +83,7 @@ class Engine:
             request.key, list(request.prompt_token_ids), request.params, request.priority, request.deadline,
             arrival_time=self.clock(),
         )
+        seq.traceparent = request.traceparent
         self.sequences[request.key] = seq
         self.scheduler.add(seq)
         return seq
@@ -139,7 +140,7 @@ class Engine:
             else:
                 plan.new_seqs.append(NewSeq(
                     seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, list(seq.block_table),
-                    item.num_computed_before, item.num_new_tokens,
+                    item.num_computed_before, item.num_new_tokens, seq.traceparent,
                 ))
                 seq.is_sent = True
             seq.num_sent_blocks = len(seq.block_table)

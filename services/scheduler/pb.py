@@ -59,6 +59,7 @@ def plan_to_pb(plan: StepPlan) -> worker_pb2.StepPlan:
             block_ids=new.block_ids,
             num_computed_tokens=new.num_computed_tokens,
             num_scheduled_tokens=new.num_scheduled_tokens,
+            traceparent=new.traceparent,
         ))
     cached = plan.cached_seqs
     if cached:

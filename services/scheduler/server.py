@@ -12,6 +12,7 @@ from services.common.config import add_server_args, env_default, server_config, 
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
+from services.common.tracing import Tracing
 from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig
 from services.scheduler.discovery import WorkerDiscovery
 from services.scheduler.servicer import SchedulerServicer
@@ -72,14 +73,16 @@ def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
 class SchedulerStage:
     """The running stage: gRPC server, worker pool and servicer (tests start one in-process)."""
 
-    def __init__(self, config: SchedulerStageConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: SchedulerStageConfig, metrics: Metrics | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("scheduler")
         self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics)
         self.pool.drain_timeout_s = config.worker_drain_timeout_s
         self.discovery = (WorkerDiscovery(self.pool, config.workers, config.worker_service,
                                           config.discovery_interval_s) if config.worker_service else None)
-        self.servicer = SchedulerServicer(self.pool)
+        self.tracing = tracing or Tracing.otlp("scheduler", config.server.otlp_endpoint)
+        self.servicer = SchedulerServicer(self.pool, self.tracing)
         self.server: StageServer | None = None
 
     @property
@@ -116,6 +119,7 @@ class SchedulerStage:
         if self.server is not None:
             await self.server.drain_and_stop(grace_s)
         await self.pool.stop()
+        self.tracing.shutdown()
 
 
 async def serve(config: SchedulerStageConfig) -> int:

@@ -14,6 +14,7 @@ from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
 from services.common.metrics import Metrics
+from services.common.tracing import Tracing
 from services.worker.engine import Engine
 from services.worker.plan import StepPlan, StepResult
 from services.worker.runner import PlanSource
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """Info, Step and Embed over one Engine; the engine is set once the model and KV cache are ready."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
         self.engine: Engine | None = None
         self.metrics = metrics or Metrics("worker")
+        self.tracing = tracing or Tracing()
         # One thread owns the model: steps of every stream and embeddings run one at a time, in arrival order.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
         self.draining = False
@@ -67,9 +69,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         try:
             while (item := await inbox.get()) is not None:
                 plan, errors = item
+                # A traced sequence's first step on this worker (its prompt, or the part not cached) is its span.
+                spans = [self.tracing.start("worker", new.traceparent, seq_id=new.seq_id,
+                                            computed_tokens=new.num_computed_tokens,
+                                            scheduled_tokens=new.num_scheduled_tokens, step_id=plan.step_id)
+                         for new in plan.new_seqs if new.traceparent and self.tracing.enabled]
                 # While this plan's step runs on the device, the runner may take a look at the next one.
                 result = await loop.run_in_executor(self.executor, self._step, engine, plan, table, inbox.peek_plan)
                 result.errors[:0] = errors
+                for span in spans:
+                    span.end()
                 self._record_step(engine, result.step_time_s)
                 yield result_to_pb(result)
         finally:
