@@ -26,7 +26,7 @@ RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
 
 WORKDIR /src
 COPY . .
-RUN pip install ".[tracing]" && rm -rf /src
+RUN pip install "/src[tracing]" && rm -rf /src
 
 # A numeric user lets Kubernetes check runAsNonRoot. /models belongs to it so that a fresh named volume
 # mounted there (which copies the image's ownership) is writable by `flashstream demo-model`.
