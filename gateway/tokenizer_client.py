@@ -23,7 +23,7 @@ from flashstream.v1 import common_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
 from gateway.schema import Event, Finished, ModelCard, Submission
 from services.common.errors import FlashStreamError, Unavailable
-from services.common.grpc_server import create_channel, error_from_rpc
+from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
 
 log = logging.getLogger(__name__)
 
@@ -286,13 +286,8 @@ class TokenizerRouter:
         if conn.stub is None:
             raise Unavailable(f"tokenizer {conn.address} is not connected")
         call = conn.stub.WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s))
-        try:
-            async for state in call:
-                yield state
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, f"tokenizer {conn.address}") from None
-        finally:
-            call.cancel()
+        async for state in relay_stream(call, f"tokenizer {conn.address}"):
+            yield state
 
     def start(self) -> None:
         for conn in self.connections:

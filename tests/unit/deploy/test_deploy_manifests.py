@@ -156,7 +156,7 @@ def test_the_image_runs_the_flashstream_console_script_as_a_numeric_non_root_use
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
     instructions = [line for line in lines if line and not line.startswith("#")]
     assert instructions[0] == "FROM python:3.12-slim"
-    assert "RUN pip install . && rm -rf /src" in instructions
+    assert 'RUN pip install "/src[tracing]" && rm -rf /src' in instructions  # the package with OTLP export
     (user,) = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert user == "10001"
     (entrypoint,) = [line for line in instructions if line.startswith("ENTRYPOINT ")]
