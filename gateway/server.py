@@ -27,6 +27,7 @@ from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
+from services.common.discovery import AddressDiscovery
 from services.common.stage import serve_stage
 from services.common.tracing import Tracing
 
@@ -43,6 +44,8 @@ class GatewayServer:
         self.config = config
         self.metrics = Metrics("gateway")
         self.router = TokenizerRouter(config.tokenizers, connection)
+        self.discovery = (AddressDiscovery(self.router, config.tokenizers, config.tokenizer_service,
+                                           config.discovery_interval_s) if config.tokenizer_service else None)
         self.cache: CachingRouter | None = None
         rc = config.result_cache
         # One breaker for Redis: the result and embedding caches stop calling a failing Redis together.
@@ -65,6 +68,8 @@ class GatewayServer:
         keys = ApiKeys(self.config.api_keys)
         servicer = GatewayServicer(self.core, keys, self.embeddings)
         self.router.start()
+        if self.discovery is not None:
+            self.discovery.start()
         if self.config.reuse_port:
             # A replica joins a shared port only once it can serve, so the kernel sends it no connection to refuse.
             await self._wait_ready(REPLICA_READY_TIMEOUT_S)
@@ -118,6 +123,8 @@ class GatewayServer:
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING and refuse new work, let in-flight requests finish within grace_s, then stop."""
         self.core.draining = True
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "the replica binds once a tokenizer is ready")
     parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
                         help="largest accepted HTTP request body")
+    parser.add_argument("--tokenizer-service", default=env_default("tokenizer_service", ""),
+                        help="host:port whose DNS addresses are tokenizers too (e.g. a Kubernetes headless "
+                             "Service), resolved again every --discovery-interval-s: tokenizers join and leave")
+    parser.add_argument("--discovery-interval-s", type=float, default=env_default("discovery_interval_s", 5.0),
+                        help="how often --tokenizer-service is resolved")
     parser.add_argument("--cors-origins", default=env_default("cors_origins", ""),
                         help="comma-separated browser origins allowed to call the HTTP API (CORS), e.g. "
                              "'http://localhost:3000'; '*' allows any; empty: no CORS headers")
@@ -205,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     return GatewayConfig(
         tokenizers=tuple(split_csv(args.tokenizers)),
+        tokenizer_service=args.tokenizer_service,
+        discovery_interval_s=args.discovery_interval_s,
         server=server_config(args),
         http_port=args.http_port,
         api_keys=tuple(split_csv(args.api_keys)),

@@ -14,7 +14,7 @@ from services.common.metrics import Metrics
 from services.common.stage import serve_stage
 from services.common.tracing import Tracing
 from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig
-from services.scheduler.discovery import WorkerDiscovery
+from services.common.discovery import AddressDiscovery
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerPool
 
@@ -79,7 +79,7 @@ class SchedulerStage:
         self.metrics = metrics or Metrics("scheduler")
         self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics)
         self.pool.drain_timeout_s = config.worker_drain_timeout_s
-        self.discovery = (WorkerDiscovery(self.pool, config.workers, config.worker_service,
+        self.discovery = (AddressDiscovery(self.pool, config.workers, config.worker_service,
                                           config.discovery_interval_s) if config.worker_service else None)
         self.tracing = tracing or Tracing.otlp("scheduler", config.server.otlp_endpoint)
         self.servicer = SchedulerServicer(self.pool, self.tracing)

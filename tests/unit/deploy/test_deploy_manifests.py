@@ -76,7 +76,8 @@ def health_port(config) -> int:  # noqa: ANN001
 
 
 # The addresses each stage dials, as its config holds them.
-UPSTREAMS = {"gateway": lambda c: c.tokenizers, "tokenizer": lambda c: (c.scheduler,),
+UPSTREAMS = {"gateway": lambda c: c.tokenizers + ((c.tokenizer_service,) if c.tokenizer_service else ()),
+             "tokenizer": lambda c: (c.scheduler,),
              "scheduler": lambda c: c.workers + ((c.worker_service,) if c.worker_service else ()),
              "worker": lambda c: ()}
 
@@ -393,11 +394,12 @@ def test_k8s_scheduler_runs_one_pod_replaced_never_rolled_and_workers_roll_one_a
         "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
-def test_k8s_the_scheduler_follows_the_headless_worker_service() -> None:
-    (scheduler,) = [c for c in k8s_containers() if c.stage == "scheduler"]
-    config = scheduler.config()
-    assert (config.workers, config.worker_service) == ((), "worker:50053")
-    assert k8s_objects("Service")["worker"]["spec"]["clusterIP"] == "None"
+def test_k8s_the_scheduler_and_the_gateways_follow_the_headless_worker_and_tokenizer_services() -> None:
+    configs = {c.stage: c.config() for c in k8s_containers()}
+    assert (configs["scheduler"].workers, configs["scheduler"].worker_service) == ((), "worker:50053")
+    assert (configs["gateway"].tokenizers, configs["gateway"].tokenizer_service) == ((), "tokenizer:50051")
+    services = k8s_objects("Service")
+    assert services["worker"]["spec"]["clusterIP"] == services["tokenizer"]["spec"]["clusterIP"] == "None"
 
 
 def test_k8s_gateways_autoscale_on_cpu_and_workers_on_the_scheduler_queue() -> None:

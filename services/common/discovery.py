@@ -1,7 +1,8 @@
-"""Worker discovery: the pool follows a DNS name's addresses (a Kubernetes headless Service lists one per ready
-worker pod), re-resolved every interval, so workers join and leave without a scheduler restart.
+"""Discovery of the next stage's replicas: a pool follows a DNS name's addresses (a Kubernetes headless Service
+lists one per ready pod), re-resolved every interval, so replicas join and leave without a restart. The scheduler
+follows its workers this way, the gateway its tokenizers.
 
-A failed resolution keeps the pool as it is: a DNS hiccup must not drain every worker.
+A failed resolution keeps the pool as it is: a DNS hiccup must not drain every replica.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-
-from services.scheduler.worker_pool import WorkerPool
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str], Awaitable[list[str]]]
+
+
+class Pool(Protocol):
+    """Connections to replicas, one per address (the scheduler's WorkerPool, the gateway's TokenizerRouter)."""
+
+    def set_addresses(self, addresses: Sequence[str]) -> None: ...
 
 
 async def resolve_service(target: str) -> list[str]:
@@ -29,10 +35,10 @@ async def resolve_service(target: str) -> list[str]:
     return sorted(addresses)
 
 
-class WorkerDiscovery:
+class AddressDiscovery:
     """Keeps `pool` at the static addresses plus those `service` resolves to."""
 
-    def __init__(self, pool: WorkerPool, static: Sequence[str], service: str, interval_s: float,
+    def __init__(self, pool: Pool, static: Sequence[str], service: str, interval_s: float,
                  resolve: Resolver = resolve_service) -> None:
         self.pool = pool
         self.static = tuple(static)
@@ -46,7 +52,7 @@ class WorkerDiscovery:
         try:
             found = await self._resolve(self.service)
         except OSError as exc:
-            log.warning("cannot resolve workers at %s (%s); keeping the pool as it is", self.service, exc)
+            log.warning("cannot resolve %s (%s); keeping the pool as it is", self.service, exc)
             return
         self.pool.set_addresses([*self.static, *found])
 
@@ -56,7 +62,7 @@ class WorkerDiscovery:
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="worker discovery")
+        self._task = asyncio.create_task(self.run(), name=f"discovery of {self.service}")
 
     async def stop(self) -> None:
         if self._task is not None:
