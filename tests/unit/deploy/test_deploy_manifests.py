@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
 STAGES = ("gateway", "tokenizer", "scheduler", "worker")
 DEMO_DIR = "/models/flashstream-demo"
+POD_IP = "10.0.0.7"  # stands for status.podIP in the Kubernetes containers' environment
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,12 @@ def k8s_env(container: dict) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         env.update(config_maps[source["configMapRef"]["name"]]["data"])
-    env.update({item["name"]: item["value"] for item in container.get("env", [])})
+    for item in container.get("env", []):
+        if "valueFrom" in item:  # the kubelet fills these in; the tests stand in an address for the pod's
+            assert item["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}, item
+            env[item["name"]] = POD_IP
+        else:
+            env[item["name"]] = item["value"]
     return env
 
 
@@ -189,7 +195,7 @@ def test_the_build_context_leaves_out_the_virtualenv_caches_bench_output_and_che
 # --- every stage container, compose and k8s alike ----------------------------------------------------------
 
 @pytest.mark.parametrize("container", ALL_CONTAINERS, ids=container_id)
-def test_each_stage_command_is_accepted_by_flashstream_serve_and_listens_on_all_interfaces(
+def test_each_stage_command_is_accepted_by_flashstream_serve_and_listens_where_others_reach_it(
         container: Container) -> None:
     assert container.argv[0] == "serve"
     assert container.stage == container.name
@@ -198,8 +204,10 @@ def test_each_stage_command_is_accepted_by_flashstream_serve_and_listens_on_all_
     known = {option for action in parser._actions for option in action.option_strings}
     assert [arg for arg in container.argv[2:] if arg.startswith("--") and arg not in known] == []
     config = container.config()
-    # 127.0.0.1, the code's default, would refuse every other container and the health probes.
-    assert config.server.host == "0.0.0.0"
+    # 127.0.0.1, the code's default, would refuse every other container and the health probes. On Kubernetes the
+    # internal stages bind to the pod network only; the public gateway listens everywhere.
+    internal = container.where == "k8s" and container.stage != "gateway"
+    assert config.server.host == (POD_IP if internal else "0.0.0.0")
 
 
 @pytest.mark.parametrize("container", ALL_CONTAINERS, ids=container_id)
