@@ -7,6 +7,7 @@ merged as they come, each chunk naming its choice's index, as OpenAI streams the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,11 @@ from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_embeddings import embeddings_response, parse_embeddings_request
 from gateway.openai_request import OpenAIRequest, parse_openai_request
 from gateway.openai_response import ResponseBuilder, combined_usage, error_response
+from gateway.playground import is_static_path
 from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
 from services.common.metrics import add_status_routes
+from services.common.tracing import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class HttpApi:
         if request.method == "OPTIONS" and self._cors_origins and "Access-Control-Request-Method" in request.headers:
             return self._preflight(request)
         try:
-            if request.path not in OPEN_PATHS:
+            if request.path not in OPEN_PATHS and not is_static_path(request.path):
                 self._keys.check(request.headers.get("Authorization"))
             return await handler(request)
         except FlashStreamError as exc:
@@ -150,7 +153,8 @@ class HttpApi:
         started: list[Generation] = []
 
         def start(request: GenerationRequest) -> Generation:
-            started.append(self._core.start(request, tenant=tenant))
+            started.append(self._core.start(request, tenant=tenant,
+                                            traceparent=http.headers.get(TRACEPARENT, "")))
             return started[-1]
 
         try:
@@ -196,7 +200,10 @@ class HttpApi:
             async for index, event in _merged(generations, firsts):
                 if isinstance(event, Finished):
                     usages[index] = event.usage
-                    tail.append(_sse(builders[index].chunk(None, event.finish_reason.openai)))
+                    last = builders[index].chunk(None, event.finish_reason.openai)
+                    if parsed.include_latency:
+                        last["latency"] = dataclasses.asdict(event.latency)
+                    tail.append(_sse(last))
                     if None in usages:  # other choices still stream: this one's finish goes out now
                         await resp.write(b"".join(tail))
                         tail.clear()

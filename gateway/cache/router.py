@@ -32,6 +32,8 @@ class CachingRouter:
         self.metrics = metrics
         self.namespace = namespace
         self.num_upstream = 0  # cacheable requests that had to be generated
+        self.num_queries = 0  # cacheable requests looked up (the playground's hit rate; metrics keep their own)
+        self.num_hits = 0  # of those, answered from the store or by joining an identical request in flight
         self._flights: dict[str, Flight] = {}
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -51,10 +53,13 @@ class CachingRouter:
         if not is_cacheable(request) or card is None:
             return self.inner.submit(submission)
         key = result_key(request, card, submission.tenant, self.namespace)
-        self.metrics.result_cache_queries.inc()
+        metrics = self.metrics.for_model(card.id)
+        metrics.result_cache_queries.inc()
+        self.num_queries += 1
         flight = self._flights.get(key)
         if flight is not None:
-            self.metrics.result_cache_hits.inc()
+            metrics.result_cache_hits.inc()
+            self.num_hits += 1
             return flight.reader(leader=False)
 
         async def lookup() -> CachedResult | None:
@@ -65,11 +70,12 @@ class CachingRouter:
             except EntryError as exc:
                 log.warning("result cache entry %s unreadable, generating again: %s", key, exc)
                 cached = None
-            self.metrics.cache_lookup.labels(self.metrics.stage, "result").observe(time.perf_counter() - start)
+            metrics.cache_lookup.labels("result").observe(time.perf_counter() - start)
             if cached is None:
                 self.num_upstream += 1
                 return None
-            self.metrics.result_cache_hits.inc()
+            metrics.result_cache_hits.inc()
+            self.num_hits += 1
             return cached
 
         flight = Flight(key, lookup, lambda: self.inner.submit(submission), self._flight_ended)

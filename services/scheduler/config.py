@@ -68,7 +68,18 @@ class SchedulerStageConfig:
     workers: tuple[str, ...]
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    worker_service: str = ""  # host:port whose DNS addresses are workers too (a headless Service), re-resolved
+    discovery_interval_s: float = 5.0  # how often worker_service is resolved again
+    worker_drain_timeout_s: float = 30.0  # how long a worker that left keeps its running requests
 
     def __post_init__(self) -> None:
-        if not self.workers:
-            raise InvalidArgument("at least one worker address is needed (--workers host:port[,host:port...])")
+        if not self.workers and not self.worker_service:
+            raise InvalidArgument("at least one worker address is needed (--workers host:port[,host:port...] "
+                                  "or --worker-service host:port)")
+        if self.worker_service:
+            host, sep, port = self.worker_service.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise InvalidArgument(f"worker service must be host:port, got {self.worker_service!r}")
+        for name in ("discovery_interval_s", "worker_drain_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")

@@ -41,7 +41,7 @@ async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
 
 
 def _counters(stack: Stack) -> tuple[float, float]:
-    m = stack.gateway.metrics
+    m = stack.gateway.metrics.for_model("fake-model")
     return m.result_cache_queries._value.get(), m.result_cache_hits._value.get()
 
 
@@ -62,9 +62,10 @@ def test_a_repeated_greedy_request_is_replayed_from_the_cache_as_one_chunk_of_th
             assert second[0].request_id != first[0].request_id
             assert _counters(stack) == (2.0, 1.0)
             text = stack.gateway.metrics.render().decode()
-            assert 'flashstream_result_cache_hits_total{stage="gateway"} 1.0' in text
-            assert 'flashstream_result_cache_queries_total{stage="gateway"} 2.0' in text
-            assert 'flashstream_cache_lookup_seconds_count{cache="result",stage="gateway"} 2.0' in text
+            assert 'flashstream_result_cache_hits_total{model="fake-model",stage="gateway"} 1.0' in text
+            assert 'flashstream_result_cache_queries_total{model="fake-model",stage="gateway"} 2.0' in text
+            assert ('flashstream_cache_lookup_seconds_count{cache="result",model="fake-model",stage="gateway"} 2.0'
+                    in text)
 
     asyncio.run(main())
 
