@@ -12,7 +12,7 @@
 #       apache-tvm-ffi==0.1.15.post2 pydantic pydantic-core annotated-types typing-inspection typing-extensions \
 #       jsonschema jsonschema-specifications referencing rpds-py attrs
 # SUITE_DEADLINE_S (default 360): no scenario starts later than this many seconds into the suite.
-# SUITE_SCENARIOS: comma-separated parts of scenario names to run (default all); GPU_TESTS=0 skips step 1.
+# SUITE_SCENARIOS: parts of scenario names to run, separated by semicolons (default all); GPU_TESTS=0 skips step 1.
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_serve.sh OUT_DIR}"
 mkdir -p "$OUT"

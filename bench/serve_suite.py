@@ -59,7 +59,7 @@ GPU_SUITE = (
         Scenario("8B ShareGPT 1000 at once, temperature 1 top_p 1", "sharegpt", 1000, sampling=OPENAI_DEFAULT, seed=1),
         Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128, seed=2),
         # Last, since tracing slows the steps it traces: where the device time of a saturated run goes.
-        Scenario("8B ShareGPT 1000 at once, greedy, kernels traced", "sharegpt", 1000, kernel_profile=True, seed=3),
+        Scenario("8B ShareGPT 1000 at once, kernels traced, greedy", "sharegpt", 1000, kernel_profile=True, seed=3),
     )),
     StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
         Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
@@ -238,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default=None)
     p.add_argument("--deadline-s", type=float, default=float("inf"),
                    help="begin nothing new after this many seconds (the rest is listed as skipped)")
-    p.add_argument("--scenarios", default="", help="comma-separated parts of scenario names to run (default: all)")
+    p.add_argument("--scenarios", default="", help="parts of scenario names to run, separated by semicolons (names hold commas; default: all)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out) if args.out else RESULTS_DIR / f"serve_{args.device}"
-    suite = select(GPU_SUITE if args.device == "gpu" else CPU_SUITE, [n for n in args.scenarios.split(",") if n])
+    suite = select(GPU_SUITE if args.device == "gpu" else CPU_SUITE, [n for n in args.scenarios.split(";") if n])
     run_suite(suite, out, Path(args.cache), args.client_procs, Path(args.log_dir) if args.log_dir else None,
               args.deadline_s)
     return 0
