@@ -337,9 +337,10 @@ def scheduler_counters(stack: Any) -> tuple[float, float]:
     port = scheduler.argv[scheduler.argv.index("--status-port") + 1]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    errors = sum(float(v) for v in re.findall(r"^flashstream_request_errors_total\{.*\} (\S+)$", text, re.M))
-    prompt = re.search(r'^flashstream_prompt_tokens_total\{stage="scheduler"\} (\S+)$', text, re.M)
-    return errors, float(prompt[1]) if prompt else 0.0
+    errors = sum(float(v) for v in re.findall(r"^flashstream_scheduler_request_errors_total\{.*\} (\S+)$", text,
+                                              re.M))
+    prompt = sum(float(v) for v in re.findall(r"^flashstream_prompt_tokens_total\{.*\} (\S+)$", text, re.M))
+    return errors, prompt
 
 
 def resident_bytes(pid: int) -> int:

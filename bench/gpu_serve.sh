@@ -12,22 +12,15 @@
 #       apache-tvm-ffi==0.1.15.post2 pydantic pydantic-core annotated-types typing-inspection typing-extensions \
 #       jsonschema jsonschema-specifications referencing rpds-py attrs
 # SUITE_DEADLINE_S (default 360): no scenario starts later than this many seconds into the suite.
-# SUITE_SCENARIOS: comma-separated parts of scenario names to run (default all); GPU_TESTS=0 skips step 1.
+# SUITE_SCENARIOS: parts of scenario names to run, separated by semicolons (default all); GPU_TESTS=0 skips step 1.
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_serve.sh OUT_DIR}"
 mkdir -p "$OUT"
 LOG="$OUT/serve_gpu.log"
-SITE=/tmp/flashstream-site
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl >> "$LOG" 2>&1 \
-    || echo "wheel install failed (see log)" | tee -a "$LOG"
-fi
-export PYTHONPATH="$PWD:$PWD/protos:$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+source bench/gpu_env.sh "$LOG"
 python3 - >> "$LOG" 2>&1 <<'PY' || { echo "missing python packages (see $LOG)"; exit 1; }
 import grpc_health, grpc_reflection, aiohttp, prometheus_client, tokenizers  # noqa: F401  what the stack imports
 PY
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc; } >> "$LOG" 2>&1
 GPU_TEST_FILES="${GPU_TEST_FILES:-tests/integration/test_worker_gpu.py tests/integration/test_worker_gpu_graphs.py
   tests/integration/test_worker_gpu_overlap.py tests/integration/test_guided_gpu.py tests/unit/worker/test_encoder.py}"
 # shellcheck disable=SC2086  # a list of paths

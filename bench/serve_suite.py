@@ -59,7 +59,7 @@ GPU_SUITE = (
         Scenario("8B ShareGPT 1000 at once, temperature 1 top_p 1", "sharegpt", 1000, sampling=OPENAI_DEFAULT, seed=1),
         Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128, seed=2),
         # Last, since tracing slows the steps it traces: where the device time of a saturated run goes.
-        Scenario("8B ShareGPT 1000 at once, greedy, kernels traced", "sharegpt", 1000, kernel_profile=True, seed=3),
+        Scenario("8B ShareGPT 1000 at once, kernels traced, greedy", "sharegpt", 1000, kernel_profile=True, seed=3),
     )),
     StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
         Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
@@ -73,6 +73,11 @@ GPU_SUITE = (
         Scenario("1B ShareGPT 1000 at once, static, 256 per step", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256'", (
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step", "sharegpt", 1000),)),
+    # The default's greedy rows again with one more plan in flight: whether the scheduler's round trip bounds them.
+    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
+        Scenario("8B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
+    StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
+        Scenario("1B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
 )
 
 CPU_SUITE = (
@@ -216,7 +221,8 @@ def start_kernel_profile(out: Path, parent: int, after_s: float = 4.0, wait_s: f
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Continuous over static and OpenAI-default over greedy output throughput, where both ran."""
+    """Continuous over static, OpenAI-default over greedy and three steps in flight over two: output throughput,
+    where both ran."""
     tput = {r["name"]: r["result"]["output_throughput"] for r in results}
 
     def ratio(a: str, b: str) -> float | None:
@@ -225,7 +231,11 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     return {"continuous_over_static": ratio("1B ShareGPT 1000 at once, continuous, 256 per step",
                                             "1B ShareGPT 1000 at once, static, 256 per step"),
             "default_sampling_over_greedy": ratio("8B ShareGPT 1000 at once, temperature 1 top_p 1",
-                                                  "8B ShareGPT 1000 at once, greedy")}
+                                                  "8B ShareGPT 1000 at once, greedy"),
+            "8b_three_in_flight_over_two": ratio("8B ShareGPT 1000 at once, greedy, 3 steps in flight",
+                                                 "8B ShareGPT 1000 at once, greedy"),
+            "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy, 3 steps in flight",
+                                                 "1B ShareGPT 1000 at once, greedy")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default=None)
     p.add_argument("--deadline-s", type=float, default=float("inf"),
                    help="begin nothing new after this many seconds (the rest is listed as skipped)")
-    p.add_argument("--scenarios", default="", help="comma-separated parts of scenario names to run (default: all)")
+    p.add_argument("--scenarios", default="", help="parts of scenario names to run, separated by semicolons (names hold commas; default: all)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out) if args.out else RESULTS_DIR / f"serve_{args.device}"
-    suite = select(GPU_SUITE if args.device == "gpu" else CPU_SUITE, [n for n in args.scenarios.split(",") if n])
+    suite = select(GPU_SUITE if args.device == "gpu" else CPU_SUITE, [n for n in args.scenarios.split(";") if n])
     run_suite(suite, out, Path(args.cache), args.client_procs, Path(args.log_dir) if args.log_dir else None,
               args.deadline_s)
     return 0

@@ -18,7 +18,7 @@ from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.common.errors import Unavailable
 from services.common.call_auth import token_metadata
 from services.common.config import MAX_RECONNECT_BACKOFF_S
-from services.common.grpc_server import create_channel, error_from_rpc
+from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,12 @@ class SchedulerLink:
             return await self._stub.Embed(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"scheduler at {self.target}") from None
+
+    async def watch_engine(self, request: common_pb2.WatchEngineRequest) -> AsyncIterator[common_pb2.EngineState]:
+        """Scheduler.WatchEngine; a failure keeps the scheduler's status code."""
+        async for state in relay_stream(self._stub.WatchEngine(request, metadata=self._metadata),
+                                        f"scheduler at {self.target}"):
+            yield state
 
     async def get_info(self) -> scheduler_pb2.SchedulerInfo:
         # wait_for_ready: the call waits for the channel's next attempt (at most MAX_RECONNECT_BACKOFF_S away)

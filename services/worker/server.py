@@ -15,6 +15,7 @@ from services.common.call_auth import internal_auth
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
+from services.common.tracing import Tracing
 from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
 from services.worker.servicer import WorkerServicer
@@ -78,10 +79,11 @@ def build_config(argv: list[str] | None = None) -> WorkerConfig:
 class WorkerStage:
     """The running stage: the gRPC server starts NOT_SERVING, turns SERVING once the engine is built."""
 
-    def __init__(self, config: WorkerConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: WorkerConfig, metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("worker")
-        self.servicer = WorkerServicer(self.metrics)
+        self.tracing = tracing or Tracing.otlp("worker", config.server.otlp_endpoint)
+        self.servicer = WorkerServicer(self.metrics, self.tracing)
         if config.kernel_profile_dir:
             from services.worker.kernel_profile import KernelProfile  # torch, only when asked for
 
@@ -112,6 +114,7 @@ class WorkerStage:
         engine = await loop.run_in_executor(self.servicer.executor, build_engine, self.config)
         self.servicer.engine = engine
         info = engine.info
+        self.metrics.set_model(info.model_id)
         log.info("model %s (%s, revision %s) on %s %s: %d KV blocks of %d tokens, max_model_len %d",
                  info.model_id, info.model.architecture, info.model_revision, info.device, info.dtype,
                  info.num_kv_blocks, info.block_size, info.max_model_len)
@@ -122,6 +125,7 @@ class WorkerStage:
         if self.server is not None:
             await self.server.drain_and_stop(grace_s, self.servicer.drain)
         self.servicer.shutdown()
+        self.tracing.shutdown()
 
 
 async def serve(config: WorkerConfig) -> int:

@@ -15,6 +15,7 @@ from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import Metrics
+from services.common.tracing import Tracing
 from services.worker.engine import Engine
 from services.worker.plan import StepPlan, StepResult
 from services.worker.runner import PlanSource
@@ -34,11 +35,13 @@ STUCK_STEP_S = 30.0
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """Info, Step and Embed over one Engine; the engine is set once the model and KV cache are ready."""
 
-    def __init__(self, metrics: Metrics | None = None, stuck_step_s: float = STUCK_STEP_S) -> None:
+    def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None,
+                 stuck_step_s: float = STUCK_STEP_S) -> None:
         self.engine: Engine | None = None
         self.stuck_step_s = stuck_step_s
         self.step_started: float | None = None  # monotonic time the running step began; None between steps
         self.metrics = metrics or Metrics("worker")
+        self.tracing = tracing or Tracing()
         # One thread owns the model: steps of every stream and embeddings run one at a time, in arrival order.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
         self.draining = False
@@ -73,6 +76,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         try:
             while (item := await inbox.get()) is not None:
                 plan, errors = item
+                # A traced sequence's first step on this worker (its prompt, or the part not cached) is its span.
+                spans = [self.tracing.start("worker", new.traceparent, seq_id=new.seq_id,
+                                            computed_tokens=new.num_computed_tokens,
+                                            scheduled_tokens=new.num_scheduled_tokens, step_id=plan.step_id)
+                         for new in plan.new_seqs if new.traceparent and self.tracing.enabled]
                 # While this plan's step runs on the device, the runner may take a look at the next one.
                 self.step_started = time.monotonic()
                 try:
@@ -81,7 +89,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 finally:
                     self.step_started = None
                 result.errors[:0] = errors
-                self._record_step(engine, result.step_time_s, len(result.outputs), len(table))
+                for span in spans:
+                    span.end()
+                self._record_step(engine, result.step_time_s)
                 yield result_to_pb(result)
         finally:
             reader.cancel()
@@ -118,17 +128,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         while self._streams and loop.time() < end:
             await asyncio.sleep(0.01)
 
-    def _record_step(self, engine: Engine, step_time_s: float, num_sampled: int, num_live: int) -> None:
+    def _record_step(self, engine: Engine, step_time_s: float) -> None:
         m = self.metrics
         shape = engine.runner.last_shape
-        m.step_duration.labels(m.stage, shape.kind).observe(step_time_s)
-        m.step_tokens.labels(m.stage, "prefill").observe(shape.num_prefill_tokens)
-        m.step_tokens.labels(m.stage, "decode").observe(shape.num_decode_seqs)
-        m.step_sequences.labels(m.stage, "prefill").observe(shape.num_prefill_seqs)
-        m.step_sequences.labels(m.stage, "decode").observe(shape.num_decode_seqs)
+        m.step_duration.labels(shape.kind).observe(step_time_s)
+        m.step_tokens.labels("prefill").observe(shape.num_prefill_tokens)
+        m.step_tokens.labels("decode").observe(shape.num_decode_seqs)
+        m.step_sequences.labels("prefill").observe(shape.num_prefill_seqs)
+        m.step_sequences.labels("decode").observe(shape.num_decode_seqs)
         m.device_idle.inc(engine.runner.take_device_idle_s())
-        m.generation_tokens.inc(num_sampled)
-        m.num_requests_running.set(num_live)
 
     @handle_errors
     async def Embed(
@@ -141,7 +149,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         vectors = await asyncio.get_running_loop().run_in_executor(
             self.executor, engine.embed, inputs, normalize, request.dimensions
         )
-        self.metrics.prompt_tokens.inc(sum(len(ids) for ids in inputs))
         return common_pb2.EmbedTokensResponse(embeddings=[common_pb2.Embedding(values=v) for v in vectors])
 
     def shutdown(self) -> None:

@@ -1,7 +1,7 @@
 """The internal hops are not open doors: every call to the tokenizer, scheduler or worker without the stack's
-internal token (or with a wrong one) is refused, reflection included; only health stays open. With API keys on,
-every gateway route but /health and /ready needs a key (gRPC Embed and reflection too), and no answer may be
-cached on the way.
+internal token (or with a wrong one) is refused, reflection and the live view's WatchEngine included; only health
+stays open. With API keys on, every gateway route but /health, /ready and the playground's static files needs a
+key (the live view's /engine/state, gRPC Embed and reflection too), and no answer may be cached on the way.
 """
 
 from __future__ import annotations
@@ -81,12 +81,16 @@ def test_an_internal_call_without_the_token_is_refused_and_with_it_is_answered(s
 
 
 def _http(stack: Stack, path: str, key: str | None = None, body: dict | None = None) -> tuple[int, dict[str, str]]:
+    """Status and headers; the body is read to its end, except the endless live view's."""
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(stack.gateway_http + path, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
+            if path.startswith("/engine/state"):
+                assert response.readline().startswith(b"data: {")
+            else:
+                response.read()
             return response.status, dict(response.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers)
@@ -96,6 +100,7 @@ def test_with_api_keys_every_gateway_route_but_health_and_ready_needs_a_key_and_
         stack: Stack) -> None:
     completion = {"model": "flashstream-demo", "prompt": "hi", "max_tokens": 2}
     routes = [("/v1/models", None), ("/v1/models/flashstream-demo", None), ("/metrics", None),
+              ("/engine/state?model=flashstream-demo&interval_s=0.1", None),
               ("/v1/completions", completion), ("/v1/completions", completion | {"stream": True}),
               ("/v1/chat/completions", {"model": "flashstream-demo", "messages": [{"role": "user", "content": "hi"}],
                                         "max_tokens": 2}),
@@ -106,8 +111,25 @@ def test_with_api_keys_every_gateway_route_but_health_and_ready_needs_a_key_and_
         status, headers = _http(stack, path, KEY, body)
         expected = 400 if path == "/v1/embeddings" else 200  # a generation model: refused, but past the key
         assert (path, status, headers.get("Cache-Control")) == (path, expected, "no-store")
-    for path in ("/health", "/ready"):
-        assert _http(stack, path)[0] == 200
+    for path in ("/health", "/ready", "/", "/playground/app.js"):
+        status, headers = _http(stack, path)
+        assert (path, status, headers.get("Cache-Control")) == (path, 200, "no-store")
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "scheduler"])
+def test_the_live_views_watch_engine_needs_the_internal_token_like_every_internal_call(
+        stack: Stack, stage: str) -> None:
+    stub_class = tokenizer_pb2_grpc.TokenizerStub if stage == "tokenizer" else scheduler_pb2_grpc.SchedulerStub
+    request = common_pb2.WatchEngineRequest(interval_s=0.1)
+    with grpc.insecure_channel(_address(stack, stage)) as channel:
+        stub = stub_class(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.WatchEngine(request, timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        call = stub.WatchEngine(request, timeout=10, metadata=token_metadata(stack.internal_token))
+        state = next(call)
+        call.cancel()
+        assert (state.model_id, len(state.workers)) == ("flashstream-demo", 1)
 
 
 def test_with_api_keys_grpc_embed_and_reflection_need_a_key(stack: Stack) -> None:
