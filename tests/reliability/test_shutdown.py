@@ -139,14 +139,20 @@ def test_an_idle_scheduler_exits_at_once_and_is_found_again_within_the_reconnect
     assert found_s < 2.0 + 1.0, f"the tokenizer found the scheduler again only after {found_s:.1f} s"
 
 
-def test_the_scheduler_stopped_under_load_ends_every_stream_with_unavailable_and_exits_in_time(stack: Stack) -> None:
+def _stop_under_load(stack: Stack, name: str) -> list[tuple[str, int, str]]:
+    """SIGTERM to stage `name` while long streams run: checks it exits 0 within the limit; the streams' endings."""
     streams = LongStreams(stack.gateway_grpc)
     streams.wait_started()
-    code, exit_s = _terminate(_stage(stack, "scheduler").proc)
+    code, exit_s = _terminate(_stage(stack, name).proc)
     endings = streams.join()
+    print(f"{name} under load exit {exit_s:.2f} s, {endings}")
     assert code == 0
-    print(f"scheduler under load exit {exit_s:.2f} s, {endings}")
-    assert exit_s < EXIT_LIMIT_S, f"the scheduler took {exit_s:.1f} s to exit"
+    assert exit_s < EXIT_LIMIT_S, f"{name} took {exit_s:.1f} s to exit"
+    return endings
+
+
+def test_the_scheduler_stopped_under_load_ends_every_stream_with_unavailable_and_exits_in_time(stack: Stack) -> None:
+    endings = _stop_under_load(stack, "scheduler")
     assert [(how, details) for how, _, details in endings] == [
         ("UNAVAILABLE", "the scheduler shut down before the request finished")] * NUM_STREAMS, stage_logs(stack.log_dir)
     assert all(tokens < 1900 for _, tokens, _ in endings)
@@ -155,13 +161,7 @@ def test_the_scheduler_stopped_under_load_ends_every_stream_with_unavailable_and
 
 
 def test_the_worker_stopped_under_load_ends_its_step_stream_at_the_limit_and_exits_in_time(stack: Stack) -> None:
-    streams = LongStreams(stack.gateway_grpc)
-    streams.wait_started()
-    code, exit_s = _terminate(_stage(stack, "worker0").proc)
-    endings = streams.join()
-    print(f"worker under load exit {exit_s:.2f} s, {endings}")
-    assert code == 0
-    assert exit_s < EXIT_LIMIT_S, f"the worker took {exit_s:.1f} s to exit"
+    endings = _stop_under_load(stack, "worker0")
     # Each stream had tokens out, so it cannot move to another worker: it ends with UNAVAILABLE.
     assert [how for how, _, _ in endings] == ["UNAVAILABLE"] * NUM_STREAMS, (endings, stage_logs(stack.log_dir))
     _restart(stack, "worker0")
@@ -169,12 +169,6 @@ def test_the_worker_stopped_under_load_ends_its_step_stream_at_the_limit_and_exi
 
 
 def test_the_gateway_stopped_under_load_ends_every_stream_with_unavailable_and_exits_in_time(stack: Stack) -> None:
-    streams = LongStreams(stack.gateway_grpc)
-    streams.wait_started()
-    code, exit_s = _terminate(_stage(stack, "gateway").proc)
-    endings = streams.join()
-    assert code == 0
-    print(f"gateway under load exit {exit_s:.2f} s, {endings}")
-    assert exit_s < EXIT_LIMIT_S, f"the gateway took {exit_s:.1f} s to exit"
+    endings = _stop_under_load(stack, "gateway")
     assert [how for how, _, _ in endings] == ["UNAVAILABLE"] * NUM_STREAMS, (endings, stage_logs(stack.log_dir))
     assert all(details.startswith("the gateway shut down before the request finished") for _, _, details in endings)
