@@ -17,6 +17,7 @@ from services.worker.loader import build_empty_model, init_dummy_weights, load_w
 from services.worker.model_config import ModelConfig
 from services.worker.model_runner import ModelRunner
 from services.worker.models.decoder import store_projections_input_major
+from services.worker.models.fp8_linear import quantize_projections
 from services.worker.ops import select_ops
 from services.worker.profiling import profile_kv_blocks
 from services.worker.rope import rotary_tables
@@ -59,11 +60,14 @@ def build_model_engine(
 ) -> Engine:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, cfg, device)
-    model = build_empty_model(cfg, select_ops(device, use_kernels), dtype, device)
+    ops = select_ops(device, use_kernels)
+    model = build_empty_model(cfg, ops, dtype, device)
     if config.load_format == "dummy":
         init_dummy_weights(model, config.seed)
     else:
         load_weights(model, config.model)
+    if config.quantization == "fp8" and cfg.quantization != "fp8":
+        log.info("quantised %d projections to FP8", quantize_projections(model, ops))
     if device.type == "cuda":
         store_projections_input_major(model)
     model.set_rope(*rotary_tables(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, device))
