@@ -14,10 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_same_device, check_tensor
-
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
+from kernels._checks import (
+    FLOAT_DTYPES,
+    FP8_DTYPE,
+    check_inner_contiguous,
+    check_launchable,
+    check_same_device,
+    check_tensor,
+)
 
 
 @dataclass(frozen=True, slots=True)

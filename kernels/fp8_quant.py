@@ -10,8 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_tensor
-from kernels.fp8_gemv import FP8_DTYPE, FP8_MAX
+from kernels._checks import FLOAT_DTYPES, FP8_DTYPE, FP8_MAX, check_inner_contiguous, check_launchable, check_tensor
 
 MIN_AMAX = 1e-12  # an all-zero row gets this amax, so its scale is positive and its values quantise to 0
 

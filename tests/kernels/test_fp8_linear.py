@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.fp8_gemv import FP8_DTYPE, GemvConfig, fp8_gemv, fp8_gemv_ref
+from kernels._checks import FP8_DTYPE
+from kernels.fp8_gemv import GemvConfig, fp8_gemv, fp8_gemv_ref
 from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_linear, fp8_linear_ref, fp8_scaled_mm
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.fp8_gemv import FP8_DTYPE
+from kernels._checks import FP8_DTYPE
 from kernels.fp8_quant import quantize_fp8_rows_ref
 from services.worker.ops import Ops
 
