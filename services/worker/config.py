@@ -10,6 +10,7 @@ from services.worker.quantization import QUANTIZATIONS
 
 LOAD_FORMATS = ("auto", "dummy", "fake")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: float8_e4m3fn, half the bytes of bf16
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class WorkerConfig:
     # "fp8": projections quantised to FP8 at load (per output channel); "": as the checkpoint stores them
     # (FP8 checkpoints load as FP8 either way).
     quantization: str = ""
+    kv_cache_dtype: str = "auto"  # fp8: keys and values stored as float8_e4m3fn with per-layer scales
     block_size: int = 16
     num_kv_blocks: int = 0  # 0: measured on CUDA, CPU_DEFAULT_KV_BLOCKS elsewhere
     gpu_memory_utilization: float = 0.90
@@ -41,6 +43,8 @@ class WorkerConfig:
             raise InvalidArgument(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
         if self.quantization not in QUANTIZATIONS:
             raise InvalidArgument(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise InvalidArgument(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         if self.dtype not in DTYPES:
             raise InvalidArgument(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -23,8 +23,10 @@ from services.worker.ops import Ops
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
 # Tensors of FP8 checkpoints that FlashStream reads past: static activation scales (activations are quantised per
-# token at run time, finer than one scale per tensor) and KV-cache calibration scales.
-_FP8_IGNORED_SUFFIXES = (".input_scale", ".input_scale_ub", ".k_scale", ".v_scale")
+# token at run time, finer than one scale per tensor).
+_FP8_IGNORED_SUFFIXES = (".input_scale", ".input_scale_ub")
+# Per-layer KV-cache calibration (compressed-tensors kv_cache_scheme): what an FP8 KV cache divides K and V by.
+_KV_SCALE_SUFFIXES = (".self_attn.k_scale", ".self_attn.v_scale")
 
 
 def build_empty_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device) -> CausalDecoder:
@@ -75,6 +77,9 @@ def _load_file(path: Path, model: CausalDecoder, targets: dict[str, tuple[torch.
                 continue
             if fp8 and name.endswith(_FP8_IGNORED_SUFFIXES):
                 continue
+            if name.endswith(_KV_SCALE_SUFFIXES):
+                _set_kv_scale(model, path, name, f.get_tensor(name))
+                continue
             if name not in targets:
                 raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}")
             param, first, rows = targets[name]
@@ -91,6 +96,18 @@ def _load_file(path: Path, model: CausalDecoder, targets: dict[str, tuple[torch.
             param.data[first : first + rows].copy_(tensor.reshape(-1) if param.dim() == 1 else tensor)
             loaded.add(name)
             progress.advance(tensor.numel() * tensor.element_size())
+
+
+def _set_kv_scale(model: CausalDecoder, path: Path, name: str, tensor: torch.Tensor) -> None:
+    """Sets an attention layer's k_scale or v_scale (a float: CUDA graphs and kernels take it as a constant)."""
+    module_name, attr = name.rsplit(".", 1)
+    try:
+        attention = model.get_submodule(module_name)
+    except AttributeError:
+        raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}") from None
+    if tensor.numel() != 1 or not float(tensor.float()) > 0:
+        raise InvalidArgument(f"{path}: tensor {name} must be one positive scale, got shape {tuple(tensor.shape)}")
+    setattr(attention, attr, float(tensor.float()))
 
 
 def init_dummy_weights(model: CausalDecoder, seed: int = 0, std: float = 0.02) -> None:

@@ -68,6 +68,10 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.ops = ops
         self.scale = cfg.head_dim**-0.5
+        # What an FP8 KV cache stores is K / k_scale and V / v_scale (the checkpoint's calibration, else 1); a cache
+        # of the model's dtype ignores them.
+        self.k_scale = 1.0
+        self.v_scale = 1.0
         self.qkv_proj = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias)
         if cfg.qk_norm:
@@ -90,25 +94,26 @@ class Attention(nn.Module):
             k = self.k_norm(k.reshape(-1, cfg.head_dim)).view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         key_cache, value_cache = kv_cache
         # One launch: q rotated into a new tensor, the rotated k and v stored at their cache slots.
+        kv_scales = {"k_scale": self.k_scale, "v_scale": self.v_scale}
         q = ops.apply_rotary_and_write_kv(q, k, v, meta.positions, rope[0], rope[1], key_cache, value_cache,
-                                          meta.slot_mapping)
+                                          meta.slot_mapping, **kv_scales)
         if meta.is_decode:
             out = ops.decode_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
-                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits,
+                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, **kv_scales,
             )
         elif meta.num_decode_seqs:
             d = meta.num_decode_seqs  # one token each, so also the number of decode rows of q
             out = torch.empty_like(q)
             ops.decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d], meta.context_lens[:d],
-                                 self.scale, max_context_len=meta.decode_max_context_len, out=out[:d])
+                                 self.scale, max_context_len=meta.decode_max_context_len, out=out[:d], **kv_scales)
             ops.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:], meta.prefill_query_start_loc,
                                   meta.context_lens[d:], self.scale, causal=True, max_query_len=meta.max_query_len,
-                                  out=out[d:])
+                                  out=out[d:], **kv_scales)
         else:
             out = ops.prefill_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.scale,
-                causal=True, max_query_len=meta.max_query_len,
+                causal=True, max_query_len=meta.max_query_len, **kv_scales,
             )
         return self.o_proj(out.view(num_tokens, cfg.q_size))  # [num_tokens, hidden]
 
