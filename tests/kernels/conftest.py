@@ -42,32 +42,8 @@ def _patch_interpreter_bf16_dot() -> None:
     builder.create_dot = create_dot
 
 
-def _patch_interpreter_fp8_rounding() -> None:
-    """The interpreter rounds to fp8 half-up and lets a mantissa carry spill into the exponent (125.6 → 64 in
-    float8_e4m3fn); round as the GPU's cvt does (to nearest even, like torch) instead."""
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    if getattr(builder.create_fp_to_fp, "_rounds_fp8", False):
-        return
-    original = builder.create_fp_to_fp
-
-    def create_fp_to_fp(self, src, dst_type, rounding_mode):
-        if dst_type.scalar == tl.float8e4nv and src.dtype.scalar in (tl.float32, tl.float16):
-            values = torch.from_numpy(np.ascontiguousarray(src.data).astype(np.float32))
-            data = values.to(torch.float8_e4m3fn).view(torch.uint8).numpy()
-            return interpreter.TensorHandle(data, dst_type.scalar)
-        return original(self, src, dst_type, rounding_mode)
-
-    create_fp_to_fp._rounds_fp8 = True
-    builder.create_fp_to_fp = create_fp_to_fp
-
-
 if INTERPRETED:
     _patch_interpreter_bf16_dot()
-    _patch_interpreter_fp8_rounding()
 
 _CPU_SKIP = pytest.mark.skipif(not INTERPRETED, reason="CPU kernels need TRITON_INTERPRET=1")
 DEVICE_DTYPES = [

@@ -118,26 +118,38 @@ def test_unknown_kv_cache_dtype_is_refused() -> None:
 
 
 @pytest.mark.gpu
-def test_fp8_kv_cache_on_cuda_doubles_the_blocks_and_matches_the_reference_ops(llama: Path) -> None:
+def test_fp8_kv_cache_on_cuda_holds_twice_the_blocks(llama: Path) -> None:
     from services.worker.engine import build_engine
 
-    def engine(kv_cache_dtype: str, use_kernels: bool = True, num_kv_blocks: int = 0) -> Engine:
-        return build_engine(WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256,
-                                         kv_cache_dtype=kv_cache_dtype, num_kv_blocks=num_kv_blocks,
-                                         gpu_memory_utilization=0.3, enforce_eager=True), use_kernels)
-
     def profiled_blocks(kv_cache_dtype: str) -> int:
-        built = engine(kv_cache_dtype)
-        blocks = built.info.num_kv_blocks
-        del built
+        engine = build_engine(WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256,
+                                           kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=0.3,
+                                           enforce_eager=True))
+        blocks = engine.info.num_kv_blocks
+        del engine
         gc.collect()  # the next profile must not count this engine's cache as weights
         torch.cuda.empty_cache()
         return blocks
 
     bf16_blocks, fp8_blocks = profiled_blocks("auto"), profiled_blocks("fp8")
     assert 1.9 <= fp8_blocks / bf16_blocks <= 2.1
+
+
+@pytest.mark.gpu
+def test_fp8_weights_and_cache_on_cuda_graphs_stay_near_the_reference_ops(llama: Path) -> None:
+    from services.worker.engine import build_engine
+
+    def engine(use_kernels: bool) -> Engine:
+        # With the kernels, the decode step (all rows one token) replays a captured CUDA graph.
+        return build_engine(WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256,
+                                         num_kv_blocks=128, max_num_seqs=8, quantization="fp8",
+                                         kv_cache_dtype="fp8", enforce_eager=not use_kernels), use_kernels)
+
     prompts = fixed_prompts(256, num_prompts=8, first_len=9)
-    kernels = _prefill_then_decode_logits(engine("fp8", True, 128), prompts)
-    reference = _prefill_then_decode_logits(engine("fp8", False, 128), prompts)
+    kernels_engine = engine(True)
+    assert kernels_engine.runner.executor.model_runner.graphs is not None
+    kernels = _prefill_then_decode_logits(kernels_engine, prompts)
+    reference = _prefill_then_decode_logits(engine(False), prompts)
+    # The prefill rows take the tensor-core path, which quantises activations per token; the reference does not.
     agreement = logit_agreement(reference, kernels)
-    assert agreement["cosine_min"] >= 0.999 and agreement["top1_agreement"] >= 0.9
+    assert agreement["cosine_min"] >= 0.99 and agreement["top1_agreement"] >= 0.85
