@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # FlashStream developer entry point.
 #   ./dev.sh up     create .venv, install, start the whole stack on the demo model and stream an answer
-#   ./dev.sh test   create .venv, install with test extras, install redis-server if missing, run the tests
+#   ./dev.sh test   create .venv, install with test extras, install redis-server, chromium and docker-compose if
+#                   missing, run the tests
 # Extra arguments go to `flashstream up` or to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -58,11 +59,18 @@ install() {
   echo "installed in $((SECONDS - started)) s"
 }
 
-ensure_redis() {
-  if command -v redis-server >/dev/null 2>&1; then return; fi
-  echo "installing redis-server (the integration tests start their own on a free port)"
+# Debian packages the tests need: redis-server (the integration tests start their own on a free port),
+# chromium (the playground's browser test drives /usr/bin/chromium through playwright; no browser download) and
+# docker-compose (Compose v1, whose `config` checks docker-compose.yml without a Docker engine).
+ensure_system_packages() {
+  local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  if [ ${#missing[@]} -eq 0 ]; then return; fi
+  echo "installing ${missing[*]} with apt"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server >/dev/null
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 case "$cmd" in
@@ -72,7 +80,7 @@ case "$cmd" in
     ;;
   test)
     install test
-    ensure_redis
+    ensure_system_packages
     export HF_HUB_OFFLINE=1
     exec .venv/bin/python -m pytest -q "$@"
     ;;

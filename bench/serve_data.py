@@ -21,8 +21,11 @@ from services.worker.presets import PRESETS
 
 CORPUS = Path(__file__).resolve().parent.parent / "services" / "demo" / "corpus.txt"
 BPE_VOCAB = 4096  # trained merges; the rest of the model's vocabulary is added tokens
-CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}assistant: {% endif %}")
+# Each turn's content on its own line, as Llama 3's template puts it after its header: a generation prompt that
+# ended in a space would be one token there and merge with the answer's first character once the answer is part
+# of the next request's history, so a conversation's next request would miss the prefix cache from that point.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:\n{% endif %}")
 SHAREGPT_IN = (297.0, 167.0)
 SHAREGPT_OUT = (276.0, 134.0)
 SHAREGPT_MIN = 4

@@ -54,11 +54,18 @@ def scenario_stats(records: list[Record], t0: float, end: float, slo_ttft_s: flo
 
 
 METRICS = ("flashstream_kv_cache_usage_ratio", "flashstream_num_preemptions_total", "flashstream_num_preemptions",
-           "flashstream_num_requests_running", "flashstream_num_requests_waiting")
+           "flashstream_num_requests_running", "flashstream_num_requests_waiting", "flashstream_device_idle_seconds_total")
+
+
+# The worker's step time and count by kind of step, and its rows by phase, kept per label: "name{kind}".
+STEP_METRICS = ("flashstream_step_duration_seconds_sum", "flashstream_step_duration_seconds_count",
+                "flashstream_step_tokens_sum")
+STEP_KINDS = ("prefill", "mixed", "decode")
 
 
 def scrape(urls: dict[str, str]) -> dict[str, dict[str, float] | None]:
-    """Each stage's values of METRICS (summed over labels); None for a stage that did not answer."""
+    """Each stage's values of METRICS (summed over labels) and of STEP_METRICS (by kind); None for a stage that did
+    not answer."""
     out: dict[str, dict[str, float] | None] = {}
     for stage, url in urls.items():
         try:
@@ -71,8 +78,13 @@ def scrape(urls: dict[str, str]) -> dict[str, dict[str, float] | None]:
             if line.startswith("#") or not line:
                 continue
             name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in METRICS:
-                values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            if name in STEP_METRICS:
+                label = 'kind="' if 'kind="' in line else 'phase="'
+                kind = line.split(label, 1)[1].split('"', 1)[0] if label in line else ""
+                name = f"{name}{{{kind}}}"
+            elif name not in METRICS:
+                continue
+            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
         out[stage] = values
     return out
 
@@ -87,6 +99,18 @@ def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[
             "kv_cache_usage_peak": peak_kv.get(stage),
             "preemptions": None if pre is None else a[pre] - b.get(pre, 0.0),
         }
+        steps = {}
+        for kind in STEP_KINDS:
+            total, count = (f"flashstream_step_duration_seconds_{x}{{{kind}}}" for x in ("sum", "count"))
+            if count in a and a[count] > b.get(count, 0.0):
+                steps[kind] = {"steps": int(a[count] - b.get(count, 0.0)), "seconds": a[total] - b.get(total, 0.0)}
+        if steps:
+            out[stage]["steps"] = steps  # where the worker's step time went during the run
+            for phase in ("prefill", "decode"):  # prefill tokens and decode rows run, over every kind of step
+                name = f"flashstream_step_tokens_sum{{{phase}}}"
+                out[stage][f"{phase}_tokens"] = int(a.get(name, 0.0) - b.get(name, 0.0))
+            idle = "flashstream_device_idle_seconds_total"
+            out[stage]["device_idle_s"] = a[idle] - b.get(idle, 0.0) if idle in a else None
     return out
 
 
@@ -148,7 +172,31 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
             f"{r['request_throughput']:.2f} | {ms(r['ttft_s']['p50'])} / {ms(r['ttft_s']['p99'])} | "
             f"{ms(r['tpot_s']['p50'])} | {ms(r['itl_s']['p50'])} / {ms(r['itl_s']['p99'])} | "
             f"{'-' if e2e is None else f'{e2e:.2f}'} | {r['goodput_requests_per_s']:.2f} | {gpu} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + step_table(scenarios)
+
+
+def step_table(scenarios: list[dict[str, Any]]) -> str:
+    """Where the workers' step time went in each scenario: steps, seconds and mean step time by kind."""
+    lines = []
+    for s in scenarios:
+        for stage, vals in (s.get("stages") or {}).items():
+            steps = (vals or {}).get("steps")
+            if not steps:
+                continue
+            cells = [f"{steps[k]['steps']} / {steps[k]['seconds']:.2f} / {steps[k]['seconds'] / steps[k]['steps'] * 1e3:.2f}"
+                     if k in steps else "-" for k in STEP_KINDS]
+            idle = vals.get("device_idle_s")
+            cells += [str(vals.get("prefill_tokens", "-")), str(vals.get("decode_tokens", "-")),
+                      "-" if idle is None else f"{idle:.2f}"]
+            lines.append(f"| {s['name']} | {stage} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = ["", "Worker step time by kind of step: steps / seconds / mean ms (host time of a step, from the workers' "
+            "flashstream_step_duration_seconds); prefill tokens and decode rows run; seconds the device sat idle "
+            "between steps", "",
+            "| scenario | stage | " + " | ".join(STEP_KINDS) + " | prefill tokens | decode rows | device idle s |",
+            "|---|---|" + "---|" * (len(STEP_KINDS) + 3)]
+    return "\n".join(head + lines) + "\n"
 
 
 def plot(scenarios: list[dict[str, Any]], path: str) -> str | None:

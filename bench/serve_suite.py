@@ -23,6 +23,9 @@ from bench.serve_client import default_client_procs, run_load
 from bench.serve_data import make_model, request_set
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
+KERNEL_PROFILE_DIR = "/tmp/flashstream-kernel-profile"
+# What a stack whose scenarios trace the workers' kernels adds to its launch (a window opens on SIGUSR1).
+KERNEL_PROFILE_ARGS = f"--worker-args '--kernel-profile-dir {KERNEL_PROFILE_DIR} --kernel-profile-steps 40'"
 OPENAI_DEFAULT = {"temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
 
 
@@ -36,6 +39,7 @@ class Scenario:
     output_len: int = 0
     sampling: dict = field(default_factory=lambda: dict(GREEDY))
     profile: bool = False  # also sample every stage with py-spy while it runs (bench/stage_profile.py)
+    kernel_profile: bool = False  # also trace a window of the workers' steps (the stack needs KERNEL_PROFILE_ARGS)
     seed: int = 0  # of the request set: scenarios of one stack that compare should not share prompts (prefix cache)
 
 
@@ -48,12 +52,14 @@ class StackRun:
 
 # In order of importance: a run that reaches its deadline skips what is left (and says so in the results).
 GPU_SUITE = (
-    StackRun("llama-3.1-8b", "--load-format dummy --device cuda", (
+    StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {KERNEL_PROFILE_ARGS}", (
         Scenario("8B batch-1 idle TTFT, 128 in / 1 out", "fixed", 16, 1, 128, 1),
         Scenario("8B batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256),
         Scenario("8B ShareGPT 1000 at once, greedy", "sharegpt", 1000, profile=True),
         Scenario("8B ShareGPT 1000 at once, temperature 1 top_p 1", "sharegpt", 1000, sampling=OPENAI_DEFAULT, seed=1),
         Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128, seed=2),
+        # Last, since tracing slows the steps it traces: where the device time of a saturated run goes.
+        Scenario("8B ShareGPT 1000 at once, kernels traced, greedy", "sharegpt", 1000, kernel_profile=True, seed=3),
     )),
     StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
         Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
@@ -67,6 +73,11 @@ GPU_SUITE = (
         Scenario("1B ShareGPT 1000 at once, static, 256 per step", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256'", (
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step", "sharegpt", 1000),)),
+    # The default's greedy rows again with one more plan in flight: whether the scheduler's round trip bounds them.
+    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
+        Scenario("8B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
+    StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
+        Scenario("1B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
 )
 
 CPU_SUITE = (
@@ -138,12 +149,14 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                     skipped.append(sc.name)
                     continue
                 profiler = start_profile(out, stack.proc.pid) if sc.profile else None
+                kernels = start_kernel_profile(out, stack.proc.pid) if sc.kernel_profile else None
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
                                    concurrency=sc.concurrency, rate=float("inf"), seed=sc.seed, sampling=sc.sampling,
                                    client_procs=procs, slo_ttft_s=1.0, slo_tpot_s=0.05)
-                if profiler is not None:
-                    profiler.join()
+                for thread in (profiler, kernels):
+                    if thread is not None:
+                        thread.join()
                 res.update(model=run.model, launch=run.launch)
                 results.append(res)
                 r = res["result"]
@@ -175,8 +188,41 @@ def start_profile(out: Path, parent: int, seconds: float = 15.0) -> threading.Th
     return thread
 
 
+def start_kernel_profile(out: Path, parent: int, after_s: float = 4.0, wait_s: float = 60.0) -> threading.Thread:
+    """Opens a kernel profile window in every worker `after_s` into the load (SIGUSR1), then copies the first
+    worker's summary to <out>_kernels.json/txt once it is written."""
+    import os
+    import shutil
+    import signal
+
+    from bench.stage_profile import stage_processes
+
+    def record() -> None:
+        time.sleep(after_s)
+        summary = Path(KERNEL_PROFILE_DIR) / "worker_kernels.json"
+        summary.unlink(missing_ok=True)
+        workers = [pid for name, pid in stage_processes(parent).items() if name.startswith("worker")]
+        for pid in workers:
+            os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + wait_s
+        while workers and not summary.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(0.5)  # the text file is written right after the JSON
+        for suffix in (".json", ".txt"):
+            src = summary.with_suffix(suffix)
+            if src.exists():
+                shutil.copy(src, out.with_name(out.name + "_kernels" + suffix))
+        if not summary.exists():
+            print("kernel profile not written (no worker, or the window did not close)", file=sys.stderr)
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
+
+
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Continuous over static and OpenAI-default over greedy output throughput, where both ran."""
+    """Continuous over static, OpenAI-default over greedy and three steps in flight over two: output throughput,
+    where both ran."""
     tput = {r["name"]: r["result"]["output_throughput"] for r in results}
 
     def ratio(a: str, b: str) -> float | None:
@@ -185,7 +231,11 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     return {"continuous_over_static": ratio("1B ShareGPT 1000 at once, continuous, 256 per step",
                                             "1B ShareGPT 1000 at once, static, 256 per step"),
             "default_sampling_over_greedy": ratio("8B ShareGPT 1000 at once, temperature 1 top_p 1",
-                                                  "8B ShareGPT 1000 at once, greedy")}
+                                                  "8B ShareGPT 1000 at once, greedy"),
+            "8b_three_in_flight_over_two": ratio("8B ShareGPT 1000 at once, greedy, 3 steps in flight",
+                                                 "8B ShareGPT 1000 at once, greedy"),
+            "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy, 3 steps in flight",
+                                                 "1B ShareGPT 1000 at once, greedy")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default=None)
     p.add_argument("--deadline-s", type=float, default=float("inf"),
                    help="begin nothing new after this many seconds (the rest is listed as skipped)")
-    p.add_argument("--scenarios", default="", help="comma-separated parts of scenario names to run (default: all)")
+    p.add_argument("--scenarios", default="", help="parts of scenario names to run, separated by semicolons (names hold commas; default: all)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out) if args.out else RESULTS_DIR / f"serve_{args.device}"
-    suite = select(GPU_SUITE if args.device == "gpu" else CPU_SUITE, [n for n in args.scenarios.split(",") if n])
+    suite = select(GPU_SUITE if args.device == "gpu" else CPU_SUITE, [n for n in args.scenarios.split(";") if n])
     run_suite(suite, out, Path(args.cache), args.client_procs, Path(args.log_dir) if args.log_dir else None,
               args.deadline_s)
     return 0

@@ -67,10 +67,19 @@ class GatewayConfig:
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
     embedding_cache: EmbeddingCacheConfig = field(default_factory=EmbeddingCacheConfig)
     reuse_port: bool = False  # share the gRPC and HTTP ports with other gateway replicas (SO_REUSEPORT)
+    tokenizer_service: str = ""  # host:port whose DNS addresses are tokenizers too (a headless Service)
+    discovery_interval_s: float = 5.0  # how often tokenizer_service is resolved again
 
     def __post_init__(self) -> None:
-        if not self.tokenizers:
-            raise InvalidArgument("at least one tokenizer address is needed (--tokenizers host:port[,...])")
+        if not self.tokenizers and not self.tokenizer_service:
+            raise InvalidArgument("at least one tokenizer address is needed (--tokenizers host:port[,...] or "
+                                  "--tokenizer-service host:port)")
+        if self.tokenizer_service:
+            host, sep, port = self.tokenizer_service.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise InvalidArgument(f"tokenizer service must be host:port, got {self.tokenizer_service!r}")
+        if not self.discovery_interval_s > 0:
+            raise InvalidArgument(f"discovery_interval_s must be positive, got {self.discovery_interval_s}")
         for address in self.tokenizers:
             host, sep, port = address.rpartition(":")
             if not sep or not host or not port.isdigit():

@@ -17,8 +17,9 @@ from typing import Protocol
 from gateway.errors import ModelNotFound, RequestError
 from gateway.schema import (Event, Finished, FinishReason, GenerationRequest, ModelCard, Submission, TextDelta,
                             Usage)
-from services.common.errors import DeadlineExceeded, ErrorCode, FlashStreamError, Unavailable
-from services.common.metrics import Metrics
+from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
+from services.common.metrics import Metrics, MetricsView, error_code_label, finish_reason_label
+from services.common.tracing import NoSpan, Span, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +47,16 @@ class Router(Protocol):
     def submit(self, submission: Submission) -> RequestHandle: ...
 
 
-def error_label(exc: FlashStreamError) -> str:
-    try:
-        return ErrorCode(int(exc.code)).name
-    except ValueError:
-        return str(int(exc.code))
-
-
 class GatewayCore:
     """Validates and routes public requests; tracks the ones running."""
 
-    def __init__(self, router: Router, metrics: Metrics, request_timeout_s: float = 600.0) -> None:
+    def __init__(self, router: Router, metrics: Metrics, request_timeout_s: float = 600.0,
+                 tracing: Tracing | None = None) -> None:
         if request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
         self.router = router
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         self.request_timeout_s = request_timeout_s
         self.draining = False
         self.num_running = 0
@@ -87,21 +83,34 @@ class GatewayCore:
         served = ", ".join(card.id for card in cards)
         raise ModelNotFound(f"The model '{name}' does not exist; this gateway serves: {served}")
 
-    def record_error(self, exc: FlashStreamError) -> None:
-        """Counts an error returned to a client (also for errors raised before `start`); once per error."""
+    def served_model(self, name: str) -> str:
+        """The id of the model `name` resolves to, or "" when it names none (for labels, never raises)."""
+        try:
+            return self.resolve_model(name).id
+        except FlashStreamError:
+            return ""
+
+    def record_error(self, exc: FlashStreamError, model: str = "") -> None:
+        """Counts an error returned to a client (also for errors raised before `start`); once per error.
+        `model`: the served model the request named, "" when unknown."""
         if getattr(exc, "counted", False):
             return
         exc.counted = True  # type: ignore[attr-defined]
-        self.metrics.request_errors.labels(self.metrics.stage, error_label(exc)).inc()
+        self.metrics.for_model(model).request_errors.labels(error_code_label(exc.code)).inc()
 
-    def start(self, request: GenerationRequest, time_limit_s: float | None = None, tenant: str = "") -> Generation:
+    def start(self, request: GenerationRequest, time_limit_s: float | None = None, tenant: str = "",
+              traceparent: str = "") -> Generation:
         """Validates `request` against its model and submits it; raises FlashStreamError on bad input.
-        `tenant` (a hash of the caller's API key) keeps result cache entries apart per caller."""
+        `tenant` (a hash of the caller's API key) keeps result cache entries apart per caller; `traceparent` (the
+        client's W3C trace context, if any) is the parent of the request's gateway span."""
         start = time.perf_counter()
+        model = ""
+        span = self.tracing.start("gateway", traceparent)
         try:
             if self.draining:
                 raise Unavailable("the gateway is shutting down; retry on another replica")
             card = self.resolve_model(request.model)
+            model = card.id
             self._check_fits(request, card)
             timeout_s = request.timeout_s or self.request_timeout_s
             if time_limit_s is not None:
@@ -115,13 +124,16 @@ class GatewayCore:
                 deadline_unix_s=arrival + timeout_s,
                 gateway_s=time.perf_counter() - start,
                 tenant=tenant,
+                traceparent=span.traceparent,
             )
+            span.set(request_id=submission.request_id, model=card.id)
             handle = self.router.submit(submission)
         except FlashStreamError as exc:
-            self.record_error(exc)
+            self.record_error(exc, model)
+            span.end(exc.message)
             raise
         deadline = asyncio.get_running_loop().time() + timeout_s
-        return Generation(self, submission, handle, card, start, deadline, timeout_s)
+        return Generation(self, submission, handle, card, start, deadline, timeout_s, span)
 
     @staticmethod
     def _check_fits(request: GenerationRequest, card: ModelCard) -> None:
@@ -156,13 +168,13 @@ class GatewayCore:
                     f"prompt token ids must be below the vocabulary size {card.vocab_size}, got {bad[0]}", "prompt"
                 )
 
-    def _begin(self) -> None:
+    def _begin(self, metrics: MetricsView) -> None:
         self.num_running += 1
-        self.metrics.num_requests_running.inc()
+        metrics.num_requests_in_flight.inc()
 
-    def _end(self) -> None:
+    def _end(self, metrics: MetricsView) -> None:
         self.num_running -= 1
-        self.metrics.num_requests_running.dec()
+        metrics.num_requests_in_flight.dec()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Waits until no request runs (for drain); False if some still run after timeout_s."""
@@ -185,6 +197,7 @@ class Generation:
         start_perf: float,
         deadline_loop: float,
         timeout_s: float,
+        span: Span | NoSpan,
     ) -> None:
         self.request_id = submission.request_id
         self.model = card.id
@@ -200,7 +213,9 @@ class Generation:
         self._timeout_s = timeout_s
         self._ended = False
         self._held: Event | FlashStreamError | None = None  # read while coalescing, returned next
-        core._begin()
+        self._metrics = core.metrics.for_model(card.id)
+        self._span = span
+        core._begin(self._metrics)
 
     def __aiter__(self) -> Generation:
         return self
@@ -210,16 +225,20 @@ class Generation:
             raise StopAsyncIteration
         item = await self._next_nonempty()
         now = time.perf_counter()
-        metrics = self._core.metrics
+        metrics = self._metrics
         if isinstance(item, FlashStreamError):
             self._finish()
-            self._core.record_error(item)
+            self._core.record_error(item, self.model)
+            self._span.end(item.message)
             raise item
         if isinstance(item, Finished):
             self._finish()
             metrics.e2e_request_latency.observe(now - self._start)
-            metrics.generation_tokens.inc(item.usage.completion_tokens)
-            metrics.requests_finished.labels(metrics.stage, item.finish_reason.name.lower()).inc()
+            metrics.requests_finished.labels(finish_reason_label(item.finish_reason.name)).inc()
+            self._span.set(finish_reason=finish_reason_label(item.finish_reason.name),
+                           prompt_tokens=item.usage.prompt_tokens, completion_tokens=item.usage.completion_tokens,
+                           result_cached=item.usage.result_cached)
+            self._span.end()
             latency = dataclasses.replace(item.latency, gateway_s=self.submission.gateway_s)
             return dataclasses.replace(item, latency=latency)
         self.num_completion_tokens += len(item.token_ids)
@@ -287,9 +306,10 @@ class Generation:
             return
         self._handle.abort()
         self._finish()
-        metrics = self._core.metrics
-        metrics.requests_finished.labels(metrics.stage, FinishReason.ABORT.name.lower()).inc()
+        self._metrics.requests_finished.labels(finish_reason_label(FinishReason.ABORT.name)).inc()
+        self._span.set(finish_reason=finish_reason_label(FinishReason.ABORT.name))
+        self._span.end()
 
     def _finish(self) -> None:
         self._ended = True
-        self._core._end()
+        self._core._end(self._metrics)

@@ -70,7 +70,7 @@ class EmbeddingService:
         try:
             return await self._embed(request, tenant, time_limit_s)
         except FlashStreamError as exc:
-            self.core.record_error(exc)
+            self.core.record_error(exc, self.core.served_model(request.model))
             raise
 
     async def _embed(self, request: EmbeddingRequest, tenant: str, time_limit_s: float | None) -> EmbeddingResult:
@@ -88,12 +88,15 @@ class EmbeddingService:
         inputs = [list(item.token_ids) for item in encoded.inputs]
         options = VectorOptions(request.normalize, request.dimensions)
         use_cache = self.cache is not None and request.use_cache
+        lookup_start = time.perf_counter()
         keys = self.cache.keys(card, tenant, options, inputs) if use_cache else [str(i) for i in range(len(inputs))]
         vectors = await self.cache.lookup(keys) if use_cache else [None] * len(inputs)
         cached = [v is not None for v in vectors]
+        metrics = self.metrics.for_model(card.id)
         if use_cache:
-            self.metrics.embedding_cache_hits.inc(sum(cached))
-            self.metrics.embedding_cache_misses.inc(len(cached) - sum(cached))
+            metrics.cache_lookup.labels("embedding").observe(time.perf_counter() - lookup_start)
+            metrics.embedding_cache_hits.inc(sum(cached))
+            metrics.embedding_cache_misses.inc(len(cached) - sum(cached))
         todo: dict[str, int] = {}  # key of each input to compute → its first index
         for i, key in enumerate(keys):
             if vectors[i] is None:
@@ -107,5 +110,5 @@ class EmbeddingService:
             vectors = [v if v is not None else by_key[key] for key, v in zip(keys, vectors)]
             if use_cache:
                 await self.cache.save(list(by_key), list(by_key.values()))
-        self.metrics.prompt_tokens.inc(sum(len(ids) for ids in inputs))
+        metrics.embedding_input_tokens.inc(sum(len(ids) for ids in inputs))
         return EmbeddingResult(card.id, vectors, cached, sum(len(ids) for ids in inputs))

@@ -27,6 +27,7 @@ from gateway.schema import Finished, GenerationRequest
 from gateway.translate import TranslationSession
 from services.common.errors import FlashStreamError, Unavailable
 from services.common.grpc_server import handle_errors
+from services.common.tracing import TRACEPARENT
 
 T = TypeVar("T")
 
@@ -60,7 +61,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.GenerateChunk]:
         tenant = self._authorize(context)
         req: GenerationRequest = self._counted(build, request)  # type: ignore[arg-type]
-        generation = self._core.start(req, time_limit_s=context.time_remaining(), tenant=tenant)
+        traceparent = dict(context.invocation_metadata() or ()).get(TRACEPARENT, "")
+        generation = self._core.start(req, time_limit_s=context.time_remaining(), tenant=tenant,
+                                      traceparent=traceparent)
         try:
             async for event in generation:
                 if isinstance(event, Finished):

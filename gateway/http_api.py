@@ -7,6 +7,7 @@ merged as they come, each chunk naming its choice's index, as OpenAI streams the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,11 @@ from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_embeddings import embeddings_response, parse_embeddings_request
 from gateway.openai_request import OpenAIRequest, parse_openai_request
 from gateway.openai_response import ResponseBuilder, combined_usage, error_response
+from gateway.playground import is_static_path
 from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
 from services.common.metrics import add_status_routes
+from services.common.tracing import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class HttpApi:
         if request.method == "OPTIONS" and self._cors_origins and "Access-Control-Request-Method" in request.headers:
             return self._preflight(request)
         try:
-            if request.path not in OPEN_PATHS:
+            if request.path not in OPEN_PATHS and not is_static_path(request.path):
                 self._keys.check(request.headers.get("Authorization"))
             return await handler(request)
         except FlashStreamError as exc:
@@ -150,7 +153,8 @@ class HttpApi:
         started: list[Generation] = []
 
         def start(request: GenerationRequest) -> Generation:
-            started.append(self._core.start(request, tenant=tenant))
+            started.append(self._core.start(request, tenant=tenant,
+                                            traceparent=http.headers.get(TRACEPARENT, "")))
             return started[-1]
 
         try:
@@ -189,24 +193,34 @@ class HttpApi:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(http)
         usages: list[Usage | None] = [None] * len(generations)
+        # The last choice's finish, the usage and [DONE] leave in one write: one send instead of three, which
+        # counts for short answers (a result-cache hit is a single text chunk before them).
+        tail: list[bytes] = []
         try:
             async for index, event in _merged(generations, firsts):
                 if isinstance(event, Finished):
                     usages[index] = event.usage
-                    await resp.write(_sse(builders[index].chunk(None, event.finish_reason.openai)))
+                    last = builders[index].chunk(None, event.finish_reason.openai)
+                    if parsed.include_latency:
+                        last["latency"] = dataclasses.asdict(event.latency)
+                    tail.append(_sse(last))
+                    if None in usages:  # other choices still stream: this one's finish goes out now
+                        await resp.write(b"".join(tail))
+                        tail.clear()
                 else:
                     await resp.write(_sse(builders[index].chunk(event)))
             if parsed.include_usage:
                 usage = combined_usage(usages, parsed.n)  # type: ignore[arg-type]  # every choice finished
-                await resp.write(_sse(builders[0].usage_chunk(usage)))
+                tail.append(_sse(builders[0].usage_chunk(usage)))
         except FlashStreamError as exc:
             # Headers are gone already: what was used so far, then the error, travel as the last events.
             if parsed.include_usage:
                 so_far = [u if u is not None else g.usage_so_far() for u, g in zip(usages, generations)]
-                await resp.write(_sse(builders[0].usage_chunk(combined_usage(so_far, parsed.n))))
+                tail.append(_sse(builders[0].usage_chunk(combined_usage(so_far, parsed.n))))
             _, err, _ = error_response(exc)
-            await resp.write(_sse(err))
-        await resp.write(_sse(b"[DONE]"))
+            tail.append(_sse(err))
+        tail.append(_sse(b"[DONE]"))
+        await resp.write(b"".join(tail))
         await resp.write_eof()
         return resp
 

@@ -46,6 +46,7 @@ class OpenAIRequest:
     logprobs: bool = False  # the answer carries logprobs
     n: int = 1  # choices per prompt
     batch: tuple[GenerationRequest, ...] = ()  # completions with several prompts: one request each, in order
+    include_latency: bool = False  # extension (stream_options): each choice's last chunk carries its latency
 
     def choice_requests(self) -> list[GenerationRequest]:
         """One request per choice, in OpenAI's order (prompt by prompt, then n per prompt). A seeded request's
@@ -285,7 +286,7 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
     n = _choices(b)
     model = b.str("model", "")
     stream = b.bool("stream", False)
-    include_usage = False
+    include_usage = include_latency = False
     if b.has("stream_options"):
         opts = b.body["stream_options"]
         if not stream:
@@ -294,6 +295,7 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
             raise RequestError(f"'stream_options' must be an object, got {_json_type(opts)}", "stream_options",
                                "invalid_type")
         include_usage = _Body(opts).bool("include_usage", False)
+        include_latency = _Body(opts).bool("include_latency", False)
     b.str("user", "")  # accepted for OpenAI compatibility; only its type is checked
     sampling, logprobs = _sampling(b, chat)
     echo = False if chat else b.bool("echo", False)
@@ -320,7 +322,8 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
             messages=_messages(b.body), add_generation_prompt=b.bool("add_generation_prompt", True),
             **parse_tools(b.body), **common
         )
-        return OpenAIRequest(request, chat, stream, include_usage, logprobs, n)
+        return OpenAIRequest(request, chat, stream, include_usage, logprobs, n, include_latency=include_latency)
     batch = tuple(GenerationRequest(prompt=prompt, token_ids=token_ids, **common)
                   for prompt, token_ids in _prompts(b.body))
-    return OpenAIRequest(batch[0], chat, stream, include_usage, logprobs, n, batch if len(batch) > 1 else ())
+    return OpenAIRequest(batch[0], chat, stream, include_usage, logprobs, n, batch if len(batch) > 1 else (),
+                         include_latency=include_latency)

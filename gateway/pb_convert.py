@@ -187,6 +187,7 @@ def text_request_to_pb(sub: Submission) -> tokenizer_pb2.TextRequest:
         deadline_unix_s=sub.deadline_unix_s,
         arrival_unix_s=sub.arrival_unix_s,
         gateway_s=sub.gateway_s,
+        traceparent=sub.traceparent,
     )
     if req.fill_context:  # unset on the wire: the tokenizer gives the request what the context leaves
         pb.sampling.ClearField("max_tokens")

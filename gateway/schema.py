@@ -174,6 +174,7 @@ class Submission:
     deadline_unix_s: float
     gateway_s: float
     tenant: str = ""  # hash of the API key used ("" without keys): result cache entries are per tenant
+    traceparent: str = ""  # W3C trace context of the request's gateway span ("" when not traced)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,14 @@ from gateway.embeddings import EmbeddingService
 from gateway.core import GatewayCore
 from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
+from gateway.playground import add_playground_routes
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
+from services.common.discovery import AddressDiscovery
 from services.common.stage import serve_stage
+from services.common.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +39,21 @@ REPLICA_READY_TIMEOUT_S = 60.0  # how long a --reuse-port replica waits for a to
 class GatewayServer:
     """The running gateway: tokenizer connections, the core, the gRPC server and the HTTP server."""
 
-    def __init__(self, config: GatewayConfig, connection: ConnectionConfig | None = None) -> None:
+    def __init__(self, config: GatewayConfig, connection: ConnectionConfig | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = Metrics("gateway")
         self.router = TokenizerRouter(config.tokenizers, connection)
+        self.discovery = (AddressDiscovery(self.router, config.tokenizers, config.tokenizer_service,
+                                           config.discovery_interval_s) if config.tokenizer_service else None)
         self.cache: CachingRouter | None = None
         rc = config.result_cache
         # One breaker for Redis: the result and embedding caches stop calling a failing Redis together.
         breaker = CircuitBreaker(rc.breaker_failures, rc.breaker_cooldown_s) if rc.redis_url else None
         if rc.enabled:
             self.cache = CachingRouter(self.router, build_store(rc, breaker), self.metrics, rc.namespace)
-        self.core = GatewayCore(self.cache or self.router, self.metrics, config.request_timeout_s)
+        self.tracing = tracing or Tracing.otlp("gateway", config.server.otlp_endpoint)
+        self.core = GatewayCore(self.cache or self.router, self.metrics, config.request_timeout_s, self.tracing)
         embedding_cache = None
         if config.embedding_cache.enabled:
             embedding_cache = EmbeddingCache(build_embedding_store(config.embedding_cache, rc, breaker), rc.namespace)
@@ -61,6 +68,8 @@ class GatewayServer:
         keys = ApiKeys(self.config.api_keys)
         servicer = GatewayServicer(self.core, keys, self.embeddings)
         self.router.start()
+        if self.discovery is not None:
+            self.discovery.start()
         if self.config.reuse_port:
             # A replica joins a shared port only once it can serve, so the kernel sends it no connection to refuse.
             await self._wait_ready(REPLICA_READY_TIMEOUT_S)
@@ -73,6 +82,9 @@ class GatewayServer:
         )
         self.grpc_port = self._stage.port
         api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings, self.config.cors_origins)
+        cache = self.cache
+        add_playground_routes(api.app, self.core, self.router.watch_engine,
+                              None if cache is None else lambda: (cache.num_hits, cache.num_queries))
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
         self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -111,6 +123,8 @@ class GatewayServer:
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING and refuse new work, let in-flight requests finish within grace_s, then stop."""
         self.core.draining = True
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -125,6 +139,7 @@ class GatewayServer:
         if self.embeddings.cache is not None:
             await self.embeddings.cache.close()
         await self.router.close()
+        self.tracing.shutdown()
 
 
 def build_store(config: ResultCacheConfig, breaker: CircuitBreaker | None = None) -> ResultStore:
@@ -159,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "the replica binds once a tokenizer is ready")
     parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
                         help="largest accepted HTTP request body")
+    parser.add_argument("--tokenizer-service", default=env_default("tokenizer_service", ""),
+                        help="host:port whose DNS addresses are tokenizers too (e.g. a Kubernetes headless "
+                             "Service), resolved again every --discovery-interval-s: tokenizers join and leave")
+    parser.add_argument("--discovery-interval-s", type=float, default=env_default("discovery_interval_s", 5.0),
+                        help="how often --tokenizer-service is resolved")
     parser.add_argument("--cors-origins", default=env_default("cors_origins", ""),
                         help="comma-separated browser origins allowed to call the HTTP API (CORS), e.g. "
                              "'http://localhost:3000'; '*' allows any; empty: no CORS headers")
@@ -197,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     return GatewayConfig(
         tokenizers=tuple(split_csv(args.tokenizers)),
+        tokenizer_service=args.tokenizer_service,
+        discovery_interval_s=args.discovery_interval_s,
         server=server_config(args),
         http_port=args.http_port,
         api_keys=tuple(split_csv(args.api_keys)),

@@ -13,17 +13,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from flashstream.v1 import common_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 
 from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
 from gateway.schema import Event, Finished, ModelCard, Submission
 from services.common.errors import FlashStreamError, Unavailable
-from services.common.grpc_server import create_channel, error_from_rpc
+from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
 
 log = logging.getLogger(__name__)
 
@@ -249,12 +249,12 @@ class TokenizerRouter:
     """Every tokenizer connection; routes a request to the least-loaded ready replica of its model."""
 
     def __init__(self, addresses: Sequence[str], config: ConnectionConfig | None = None) -> None:
-        if not addresses:
-            raise ValueError("at least one tokenizer address is needed")
         self.changed = asyncio.Event()  # set whenever a connection's readiness or model card changes
-        cfg = config or ConnectionConfig()
-        self.connections = [TokenizerConnection(a, self.changed.set, cfg) for a in addresses]
+        self._config = config or ConnectionConfig()
+        self.connections = [TokenizerConnection(a, self.changed.set, self._config) for a in addresses]
         self._turn = itertools.count()
+        self.leaving: dict[str, asyncio.Task[None]] = {}  # drain task by address of a tokenizer that left
+        self.drain_timeout_s = 30.0  # how long a tokenizer that left keeps its running requests
 
     @property
     def ready(self) -> bool:
@@ -272,16 +272,62 @@ class TokenizerRouter:
 
     def pick(self, model: str) -> TokenizerConnection:
         """The least-loaded ready replica of `model`; the rotating start breaks ties round-robin."""
-        candidates = [c for c in self.connections if c.ready and c.card is not None and c.card.id == model]
+        candidates = [c for c in self.connections if c.ready and c.card is not None and c.card.id == model
+                      and c.address not in self.leaving]
         if not candidates:
             raise Unavailable(f"no tokenizer for model '{model}' is ready; retry shortly")
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
         return min(rotated, key=lambda c: c.num_active)
 
+    async def watch_engine(self, model: str, interval_s: float) -> AsyncIterator[common_pb2.EngineState]:
+        """The scheduler state of `model`'s pool every interval, through one of its tokenizers, until the
+        caller stops iterating; a lost tokenizer ends it with its status (UNAVAILABLE)."""
+        conn = self.pick(model)
+        if conn.stub is None:
+            raise Unavailable(f"tokenizer {conn.address} is not connected")
+        call = conn.stub.WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s))
+        async for state in relay_stream(call, f"tokenizer {conn.address}"):
+            yield state
+
     def start(self) -> None:
         for conn in self.connections:
             conn.start()
 
+    def set_addresses(self, addresses: Sequence[str]) -> None:
+        """The tokenizers from now on: a new address is connected at once; one no longer listed takes no new
+        request, and its stream closes once its requests have ended (or after drain_timeout_s, failing them with
+        UNAVAILABLE)."""
+        wanted = list(dict.fromkeys(addresses))
+        known = {conn.address for conn in self.connections}
+        for address in wanted:
+            if address in self.leaving:
+                self.leaving.pop(address).cancel()
+            elif address not in known:
+                conn = TokenizerConnection(address, self.changed.set, self._config)
+                self.connections.append(conn)
+                conn.start()
+                log.info("tokenizer %s joins", address)
+        for conn in self.connections:
+            if conn.address not in wanted and conn.address not in self.leaving:
+                self.leaving[conn.address] = asyncio.create_task(self._leave(conn), name=f"{conn.address} leaving")
+                log.info("tokenizer %s leaves once its requests end", conn.address)
+        self.changed.set()
+
+    async def _leave(self, conn: TokenizerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout_s
+        while conn.num_active and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.connections.remove(conn)
+        self.leaving.pop(conn.address, None)
+        await conn.close()  # requests still open end with UNAVAILABLE
+        self.changed.set()
+        log.info("tokenizer %s left", conn.address)
+
     async def close(self) -> None:
+        for task in self.leaving.values():
+            task.cancel()
+        await asyncio.gather(*self.leaving.values(), return_exceptions=True)
+        self.leaving = {}
         await asyncio.gather(*(conn.close() for conn in self.connections))

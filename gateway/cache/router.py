@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from gateway.cache.entry import CachedResult, EntryError
@@ -31,6 +32,8 @@ class CachingRouter:
         self.metrics = metrics
         self.namespace = namespace
         self.num_upstream = 0  # cacheable requests that had to be generated
+        self.num_queries = 0  # cacheable requests looked up (the playground's hit rate; metrics keep their own)
+        self.num_hits = 0  # of those, answered from the store or by joining an identical request in flight
         self._flights: dict[str, Flight] = {}
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -50,24 +53,29 @@ class CachingRouter:
         if not is_cacheable(request) or card is None:
             return self.inner.submit(submission)
         key = result_key(request, card, submission.tenant, self.namespace)
-        self.metrics.result_cache_queries.inc()
+        metrics = self.metrics.for_model(card.id)
+        metrics.result_cache_queries.inc()
+        self.num_queries += 1
         flight = self._flights.get(key)
         if flight is not None:
-            self.metrics.result_cache_hits.inc()
+            metrics.result_cache_hits.inc()
+            self.num_hits += 1
             return flight.reader(leader=False)
 
         async def lookup() -> CachedResult | None:
+            start = time.perf_counter()
             raw = await self.store.get(key)
-            if raw is None:
-                self.num_upstream += 1
-                return None
             try:
-                cached = CachedResult.decode(raw)
+                cached = None if raw is None else CachedResult.decode(raw)
             except EntryError as exc:
                 log.warning("result cache entry %s unreadable, generating again: %s", key, exc)
+                cached = None
+            metrics.cache_lookup.labels("result").observe(time.perf_counter() - start)
+            if cached is None:
                 self.num_upstream += 1
                 return None
-            self.metrics.result_cache_hits.inc()
+            metrics.result_cache_hits.inc()
+            self.num_hits += 1
             return cached
 
         flight = Flight(key, lookup, lambda: self.inner.submit(submission), self._flight_ended)

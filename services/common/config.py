@@ -13,12 +13,13 @@ from services.common.errors import InvalidArgument
 
 T = TypeVar("T", int, float, str, bool)
 
-# Default ports of a one-machine deployment; `flashstream up` may choose others.
+# Default ports of a one-machine deployment, as `flashstream up` lays them out at its default base port (each
+# status port is its gRPC port + 100) and as docker-compose.yml and deploy/k8s use them.
 DEFAULT_PORTS = {
     "gateway": (50050, 8000),  # (gRPC, HTTP: OpenAI API, /metrics, /health, /ready)
-    "tokenizer": (50051, 9101),  # (gRPC, HTTP status)
-    "scheduler": (50052, 9102),
-    "worker": (50053, 9103),
+    "tokenizer": (50051, 50151),  # (gRPC, HTTP status)
+    "scheduler": (50052, 50152),
+    "worker": (50053, 50153),
 }
 
 
@@ -45,6 +46,7 @@ class ServerConfig:
     status_port: int = 0  # HTTP /metrics, /health, /ready; 0 disables
     log_level: str = "INFO"
     drain_timeout_s: float = 30.0
+    otlp_endpoint: str = ""  # OTLP gRPC collector for the stage's trace spans; "" means no tracing
 
     def __post_init__(self) -> None:
         for name in ("port", "status_port"):
@@ -84,6 +86,9 @@ def add_server_args(parser: argparse.ArgumentParser, stage: str, status_port: bo
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper, help="logging level")
     parser.add_argument("--drain-timeout-s", type=float, default=env_default("drain_timeout_s", 30.0),
                         help="on SIGTERM, how long running requests may finish before the stage stops")
+    parser.add_argument("--otlp-endpoint", default=env_default("otlp_endpoint", ""),
+                        help="OTLP gRPC collector (e.g. http://otel-collector:4317) that receives a span per "
+                             "request from this stage; empty: no tracing (needs the tracing extra)")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -93,6 +98,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         status_port=getattr(args, "status_port", 0),
         log_level=args.log_level,
         drain_timeout_s=args.drain_timeout_s,
+        otlp_endpoint=args.otlp_endpoint,
     )
 
 

@@ -10,7 +10,7 @@ import functools
 import inspect
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,18 @@ def error_from_rpc(exc: grpc.aio.AioRpcError, hop: str) -> FlashStreamError:
     if code in (ErrorCode.UNKNOWN, ErrorCode.INTERNAL):
         return FlashStreamError(f"{hop} failed: {exc.details()}", ErrorCode.INTERNAL)
     return FlashStreamError(exc.details() or f"{hop} failed ({code.name})", code)
+
+
+async def relay_stream(call: grpc.aio.UnaryStreamCall, hop: str) -> AsyncIterator[Any]:
+    """The messages of a server-streaming call to the next stage; a failure becomes that stage's error (see
+    error_from_rpc), and the call is cancelled when the caller stops early."""
+    try:
+        async for message in call:
+            yield message
+    except grpc.aio.AioRpcError as exc:
+        raise error_from_rpc(exc, hop) from None
+    finally:
+        call.cancel()
 
 
 def handle_errors(handler: Callable[..., Any]) -> Callable[..., Any]:

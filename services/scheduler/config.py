@@ -8,6 +8,7 @@ from services.common.config import ServerConfig
 from services.common.errors import InvalidArgument
 
 POLICIES = ("continuous", "static")
+MAX_STEPS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,9 @@ class SchedulerConfig:
     max_queued_requests: int = 4096  # waiting requests across the pool before RESOURCE_EXHAUSTED
     policy: str = "continuous"  # "continuous" or "static" (the baseline: run a batch to completion)
     enable_prefix_caching: bool = True
-    max_steps_in_flight: int = 2  # plans sent to a worker before its first result returns
+    # Plans sent to a worker and not yet answered. With 2 the worker sees the next plan while a step runs; with
+    # 3 that plan was built a step earlier, so the scheduler's round trip leaves the worker's critical path.
+    max_steps_in_flight: int = 2
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_queued_requests"):
@@ -27,8 +30,9 @@ class SchedulerConfig:
                 raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
         if self.policy not in POLICIES:
             raise InvalidArgument(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        if not 1 <= self.max_steps_in_flight <= 2:
-            raise InvalidArgument(f"max_steps_in_flight must be 1 or 2, got {self.max_steps_in_flight}")
+        if not 1 <= self.max_steps_in_flight <= MAX_STEPS_IN_FLIGHT:
+            raise InvalidArgument(
+                f"max_steps_in_flight must be 1 to {MAX_STEPS_IN_FLIGHT}, got {self.max_steps_in_flight}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,18 @@ class SchedulerStageConfig:
     workers: tuple[str, ...]
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    worker_service: str = ""  # host:port whose DNS addresses are workers too (a headless Service), re-resolved
+    discovery_interval_s: float = 5.0  # how often worker_service is resolved again
+    worker_drain_timeout_s: float = 30.0  # how long a worker that left keeps its running requests
 
     def __post_init__(self) -> None:
-        if not self.workers:
-            raise InvalidArgument("at least one worker address is needed (--workers host:port[,host:port...])")
+        if not self.workers and not self.worker_service:
+            raise InvalidArgument("at least one worker address is needed (--workers host:port[,host:port...] "
+                                  "or --worker-service host:port)")
+        if self.worker_service:
+            host, sep, port = self.worker_service.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise InvalidArgument(f"worker service must be host:port, got {self.worker_service!r}")
+        for name in ("discovery_interval_s", "worker_drain_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from services.common.errors import ErrorCode
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
+from services.scheduler.engine_state import EngineTotals
 from services.scheduler.plan import (
     CachedSeq,
     Event,
@@ -67,6 +68,10 @@ class Engine:
         return self.scheduler.block_manager
 
     @property
+    def totals(self) -> EngineTotals:
+        return self.scheduler.totals
+
+    @property
     def num_requests(self) -> int:
         return len(self.sequences)
 
@@ -78,6 +83,7 @@ class Engine:
             request.key, list(request.prompt_token_ids), request.params, request.priority, request.deadline,
             arrival_time=self.clock(),
         )
+        seq.traceparent = request.traceparent
         self.sequences[request.key] = seq
         self.scheduler.add(seq)
         return seq
@@ -123,7 +129,10 @@ class Engine:
             return None
         plan = StepPlan(self._next_step_id, finished_seq_ids=out.finished_seq_ids)
         self._next_step_id += 1
+        totals = self.totals
+        totals.num_steps += bool(out.scheduled)  # a plan that only lists finished ids runs nothing
         for item in out.scheduled:
+            totals.num_step_tokens += item.num_new_tokens
             seq = item.seq
             if seq.is_sent:
                 new_blocks = seq.block_table[seq.num_sent_blocks :] if len(seq.block_table) > seq.num_sent_blocks else []
@@ -131,7 +140,7 @@ class Engine:
             else:
                 plan.new_seqs.append(NewSeq(
                     seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, list(seq.block_table),
-                    item.num_computed_before, item.num_new_tokens,
+                    item.num_computed_before, item.num_new_tokens, seq.traceparent,
                 ))
                 seq.is_sent = True
             seq.num_sent_blocks = len(seq.block_table)
@@ -175,6 +184,7 @@ class Engine:
                 self._end(seq, self._done(seq, reason))
             elif len(seq.token_ids) % block_size == 0:
                 self.scheduler.block_manager.cache_full_blocks(seq)  # this token completed a block
+        self.totals.num_generated_tokens += num_generated
         if self.metrics is not None and num_generated:
             self.metrics.generation_tokens.inc(num_generated)
 
@@ -209,9 +219,10 @@ class Engine:
         self.scheduler.finish(seq, keep_cached=keep_cached)
         self.sequences.pop(seq.key, None)
         self.events.append(event)
-        if self.metrics is None:
-            return
-        if isinstance(event, RequestDone):
-            self.metrics.requests_finished.labels(self.metrics.stage, event.finish_reason.name).inc()
-        elif isinstance(event, RequestError):
-            self.metrics.request_errors.labels(self.metrics.stage, event.code.name).inc()
+        if self.metrics is not None and isinstance(event, RequestDone):
+            m = self.metrics
+            m.request_prompt_tokens.observe(event.num_prompt_tokens)
+            m.request_generation_tokens.observe(event.num_completion_tokens)
+            if seq.first_token_time is not None:  # an abort before the first token has no prefill time
+                m.request_prefill_time.observe(event.prefill_s)
+                m.request_decode_time.observe(event.decode_s)

@@ -9,6 +9,7 @@ from flashstream.v1 import common_pb2, scheduler_pb2, worker_pb2
 from services.common.errors import ErrorCode
 from services.common.pb import sampling_from_pb, sampling_to_pb
 from services.scheduler.config import WorkerLimits
+from services.scheduler.engine_state import EngineState
 from services.scheduler.plan import (
     Event,
     Request,
@@ -58,6 +59,7 @@ def plan_to_pb(plan: StepPlan) -> worker_pb2.StepPlan:
             block_ids=new.block_ids,
             num_computed_tokens=new.num_computed_tokens,
             num_scheduled_tokens=new.num_scheduled_tokens,
+            traceparent=new.traceparent,
         ))
     cached = plan.cached_seqs
     if cached:
@@ -123,3 +125,22 @@ def events_to_pb(events: Iterable[Event]) -> scheduler_pb2.SchedulerDown:
             open_chunks.pop(event.key, None)
             down.events.add(request_id=request_id, error=common_pb2.Error(code=int(event.code), message=event.message))
     return down
+
+
+def engine_state_to_pb(state: EngineState) -> common_pb2.EngineState:
+    totals = state.totals
+    return common_pb2.EngineState(
+        time_unix_s=state.time_unix_s,
+        model_id=state.model_id,
+        num_running=state.num_running,
+        num_waiting=state.num_waiting,
+        kv_cache_usage=state.kv_cache_usage,
+        num_steps=totals.num_steps,
+        num_step_tokens=totals.num_step_tokens,
+        num_generated_tokens=totals.num_generated_tokens,
+        num_prefix_query_tokens=totals.num_prefix_query_tokens,
+        num_prefix_hit_tokens=totals.num_prefix_hit_tokens,
+        workers=[common_pb2.WorkerEngineState(address=w.address, num_running=w.num_running,
+                                              num_waiting=w.num_waiting, kv_cache_usage=w.kv_cache_usage)
+                 for w in state.workers],
+    )

@@ -21,6 +21,7 @@ class Request:
     params: SamplingParams
     priority: int = 0
     deadline: float = 0.0  # wall-clock seconds; 0 means none
+    traceparent: str = ""  # W3C trace context of the request's scheduler span; "" when not traced
 
 
 # ---- scheduler -> worker ----
@@ -35,6 +36,7 @@ class NewSeq:
     block_ids: list[int]  # the whole block table
     num_computed_tokens: int  # tokens whose KV is already in those blocks (prefix hit)
     num_scheduled_tokens: int  # tokens to run this step, from num_computed_tokens on
+    traceparent: str = ""  # the request's scheduler span, parent of the worker's span
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from services.common.errors import ErrorCode, InvalidArgument, ResourceExhausted, Unavailable
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
+from services.scheduler.engine_state import EngineState, EngineTotals, WorkerEngineState
 from services.scheduler.plan import Event, Request, TokenChunk
 from services.scheduler.sequence import Sequence
 
@@ -34,6 +35,8 @@ class EnginePool:
         self.clock = clock
         self.engines: dict[str, Engine] = {}
         self._owner: dict[Hashable, str] = {}  # live request key -> worker name
+        self._retired = EngineTotals()  # counters of engines whose worker left
+        self.draining: set[str] = set()  # workers leaving the pool: they finish their requests and take no new one
 
     # ---- workers ----
 
@@ -42,6 +45,8 @@ class EnginePool:
             raise KeyError(f"worker {name!r} is already connected")
         engine = Engine(self.config, limits, self.metrics, self.clock)
         self.engines[name] = engine
+        if self.metrics is not None:
+            self.metrics.set_model(limits.model_id)
         return engine
 
     def remove_worker(self, name: str, message: str) -> list[Event]:
@@ -50,6 +55,7 @@ class EnginePool:
         if engine is None:
             return []
         engine.fail_all(ErrorCode.UNAVAILABLE, message)
+        self._retired.add(engine.totals)
         events = engine.take_events()
         for event in events:
             self._owner.pop(event.key, None)
@@ -68,11 +74,12 @@ class EnginePool:
         prompt = request.prompt_token_ids
         if not prompt:
             raise InvalidArgument("prompt_token_ids is empty")
-        if not self.engines:
+        open_engines = {name: e for name, e in self.engines.items() if name not in self.draining}
+        if not open_engines:
             raise Unavailable("no worker is connected")
-        fitting = [(name, e) for name, e in self.engines.items() if self._check_fits(request, e.limits) is None]
+        fitting = [(name, e) for name, e in open_engines.items() if self._check_fits(request, e.limits) is None]
         if not fitting:
-            raise InvalidArgument(self._check_fits(request, next(iter(self.engines.values())).limits) or "")
+            raise InvalidArgument(self._check_fits(request, next(iter(open_engines.values())).limits) or "")
         if self.num_waiting >= self.config.max_queued_requests:
             raise ResourceExhausted(f"the queue is full ({self.config.max_queued_requests} requests waiting)")
         name, engine = fitting[0] if len(fitting) == 1 else self._route(request, fitting)
@@ -112,6 +119,28 @@ class EnginePool:
         total = sum(e.block_manager.num_blocks for e in self.engines.values())
         used = sum(e.block_manager.num_used_blocks for e in self.engines.values())
         return used / total if total else 0.0
+
+    def totals(self) -> EngineTotals:
+        """Counters of every engine this pool has had, the departed included."""
+        out = EngineTotals()
+        out.add(self._retired)
+        for engine in self.engines.values():
+            out.add(engine.totals)
+        return out
+
+    def state(self) -> EngineState:
+        """The pool now, for watchers."""
+        engines = list(self.engines.items())
+        workers = tuple(
+            WorkerEngineState(name, e.scheduler.num_running, e.scheduler.num_waiting,
+                              e.block_manager.num_used_blocks / e.block_manager.num_blocks
+                              if e.block_manager.num_blocks else 0.0)
+            for name, e in engines)
+        return EngineState(
+            time_unix_s=self.clock(),
+            model_id=engines[0][1].limits.model_id if engines else "",
+            num_running=self.num_running, num_waiting=self.num_waiting, kv_cache_usage=self.kv_cache_usage,
+            totals=self.totals(), workers=workers)
 
     def __iter__(self) -> Iterator[tuple[str, Engine]]:
         return iter(list(self.engines.items()))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
+from services.scheduler.engine_state import EngineTotals
 from services.scheduler.sequence import Sequence, SequenceStatus
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Scheduler:
         self.max_model_len = limits.max_model_len
         self.block_manager = BlockManager(limits.num_kv_blocks, limits.block_size, config.enable_prefix_caching)
         self.metrics = metrics
+        self.totals = EngineTotals()
         self.waiting: list[tuple[int, int, Sequence]] = []  # heap of (priority, arrival_order, seq)
         self.num_waiting = 0
         self.running: dict[int, Sequence] = {}  # seq_id -> sequence, in admission order
@@ -179,6 +181,8 @@ class Scheduler:
             seq.seq_id = self._next_seq_id
             self._next_seq_id += 1
             self.running[seq.seq_id] = seq
+            self.totals.num_prefix_query_tokens += len(seq.token_ids)
+            self.totals.num_prefix_hit_tokens += seq.num_computed_tokens
             if self.metrics is not None:
                 self.metrics.prefix_cache_queries.inc(len(seq.token_ids))
                 self.metrics.prefix_cache_hits.inc(seq.num_computed_tokens)

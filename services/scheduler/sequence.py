@@ -40,6 +40,7 @@ class Sequence:
         "arrival_time", "seq_id", "status", "block_table", "num_computed_tokens", "num_cached_tokens",
         "num_placeholders", "num_sent_blocks", "is_sent", "block_hashes", "num_registered_blocks",
         "first_scheduled_time", "first_token_time", "last_token_time", "num_emitted_tokens", "num_preemptions",
+        "traceparent",
     )
 
     def __init__(
@@ -73,6 +74,7 @@ class Sequence:
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
         self.num_emitted_tokens = 0  # generated tokens already sent upstream
+        self.traceparent = ""  # W3C trace context of the request's scheduler span (sent with NewSeq)
         self.num_preemptions = 0
 
     @property

@@ -12,7 +12,9 @@ from services.common.config import add_server_args, env_default, server_config, 
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
+from services.common.tracing import Tracing
 from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig
+from services.common.discovery import AddressDiscovery
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerPool
 
@@ -26,7 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_args(parser, "scheduler")
     defaults = SchedulerConfig()
     parser.add_argument("--workers", default=env_default("workers", "127.0.0.1:50053"),
-                        help="worker addresses, host:port[,host:port...]")
+                        help="worker addresses, host:port[,host:port...] (may be empty with --worker-service)")
+    parser.add_argument("--worker-service", default=env_default("worker_service", ""),
+                        help="host:port whose DNS addresses are workers too (e.g. a Kubernetes headless Service), "
+                             "resolved again every --discovery-interval-s: workers join and leave at run time")
+    parser.add_argument("--discovery-interval-s", type=float, default=env_default("discovery_interval_s", 5.0),
+                        help="how often --worker-service is resolved")
+    parser.add_argument("--worker-drain-timeout-s", type=float, default=env_default("worker_drain_timeout_s", 30.0),
+                        help="how long a worker that left the pool keeps its running requests before they fail")
     parser.add_argument("--max-num-seqs", type=int, default=env_default("max_num_seqs", defaults.max_num_seqs),
                         help="most sequences running at once (the worker's own limit also applies)")
     parser.add_argument("--max-num-batched-tokens", type=int,
@@ -40,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                         default=env_default("enable_prefix_caching", defaults.enable_prefix_caching),
                         help="reuse the KV blocks of prompt prefixes seen before")
+    parser.add_argument("--max-steps-in-flight", type=int,
+                        default=env_default("max_steps_in_flight", defaults.max_steps_in_flight),
+                        help="plans sent to a worker before its oldest is answered (1 to 4); more hide the "
+                             "round trip through the scheduler, at the cost of tokens computed after a sequence "
+                             "stopped")
     return parser
 
 
@@ -48,12 +62,16 @@ def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
     return SchedulerStageConfig(
         server=server_config(args),
         workers=tuple(split_csv(args.workers)),
+        worker_service=args.worker_service,
+        discovery_interval_s=args.discovery_interval_s,
+        worker_drain_timeout_s=args.worker_drain_timeout_s,
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_queued_requests=args.max_queued_requests,
             policy=args.policy,
             enable_prefix_caching=args.enable_prefix_caching,
+            max_steps_in_flight=args.max_steps_in_flight,
         ),
     )
 
@@ -61,11 +79,16 @@ def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
 class SchedulerStage:
     """The running stage: gRPC server, worker pool and servicer (tests start one in-process)."""
 
-    def __init__(self, config: SchedulerStageConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: SchedulerStageConfig, metrics: Metrics | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("scheduler")
         self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics)
-        self.servicer = SchedulerServicer(self.pool)
+        self.pool.drain_timeout_s = config.worker_drain_timeout_s
+        self.discovery = (AddressDiscovery(self.pool, config.workers, config.worker_service,
+                                          config.discovery_interval_s) if config.worker_service else None)
+        self.tracing = tracing or Tracing.otlp("scheduler", config.server.otlp_endpoint)
+        self.servicer = SchedulerServicer(self.pool, self.tracing)
         self.server: StageServer | None = None
 
     @property
@@ -87,16 +110,22 @@ class SchedulerStage:
         loop = asyncio.get_running_loop()
         self.pool.on_workers_changed = lambda num: loop.create_task(self._set_serving())
         self.pool.start()
+        if self.discovery is not None:
+            self.discovery.start()
 
     async def _set_serving(self) -> None:
+        self.metrics.num_workers.set(self.pool.num_workers)
         if self.server is not None:
             await self.server.set_serving(self.ready())
 
     async def stop(self, grace_s: float) -> None:
         self.servicer.draining = True
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self.server is not None:
             await self.server.drain_and_stop(grace_s)
         await self.pool.stop()
+        self.tracing.shutdown()
 
 
 async def serve(config: SchedulerStageConfig) -> int:
@@ -104,7 +133,8 @@ async def serve(config: SchedulerStageConfig) -> int:
     return await serve_stage(
         stage, config.server.host, config.server.status_port, config.server.drain_timeout_s,
         lambda: f"scheduler serving gRPC on {config.server.host}:{stage.port}, status HTTP on port "
-                f"{config.server.status_port}, workers {','.join(config.workers)}")
+                f"{config.server.status_port}, workers {','.join(config.workers) or '-'}"
+                f"{' + those of ' + config.worker_service if config.worker_service else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ so a stream gets at most one message per step whatever the number of requests on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -18,11 +19,16 @@ from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
-from services.scheduler.pb import events_to_pb, request_from_pb
-from services.scheduler.plan import Event, RequestError, TokenChunk
+from services.common.metrics import finish_reason_label
+from services.common.tracing import NoSpan, Span, Tracing
+from services.scheduler.pb import engine_state_to_pb, events_to_pb, request_from_pb
+from services.scheduler.plan import Event, RequestDone, RequestError, TokenChunk
 from services.scheduler.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WATCH_INTERVAL_S = 0.25
+MIN_WATCH_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -34,9 +40,11 @@ class _Stream:
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, tracing: Tracing | None = None) -> None:
         self.pool = pool
         self.metrics = pool.metrics
+        self.tracing = tracing or Tracing()
+        self._spans: dict[tuple[int, str], Span | NoSpan] = {}  # by request key, while the request is live
         self.draining = False
         self._streams: dict[int, _Stream] = {}
         self._stream_numbers = itertools.count()
@@ -45,6 +53,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def dispatch(self, events: list[Event]) -> None:
         """Puts events in their streams' outboxes (events of streams already gone are dropped)."""
         for event in events:
+            if self._spans and not isinstance(event, TokenChunk):
+                self._end_span(event)
             stream = self._streams.get(event.key[0])
             if stream is None:
                 continue
@@ -97,13 +107,34 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 raise Unavailable("the scheduler is shutting down")
             if pb.request_id in stream.live:
                 raise InvalidArgument(f"request id {pb.request_id!r} is already in use")
-            self.pool.submit(request_from_pb(key, pb))
+            request = request_from_pb(key, pb)
+            span = self.tracing.start("scheduler", pb.traceparent, request_id=pb.request_id,
+                                      prompt_tokens=len(pb.prompt_token_ids))
+            if span.traceparent:
+                request = dataclasses.replace(request, traceparent=span.traceparent)
+            try:
+                self.pool.submit(request)
+            except FlashStreamError as exc:
+                span.end(exc.message)
+                raise
+            if span.traceparent:
+                self._spans[key] = span
             stream.live.add(pb.request_id)
         except FlashStreamError as exc:
             stream.outbox.append(RequestError(key, exc.code, exc.message))
             stream.wake.set()
-            if self.metrics is not None:
-                self.metrics.request_errors.labels(self.metrics.stage, exc.code.name).inc()
+
+    def _end_span(self, event: Event) -> None:
+        span = self._spans.pop(event.key, None)
+        if span is None:
+            return
+        if isinstance(event, RequestDone):
+            span.set(finish_reason=finish_reason_label(event.finish_reason.name), queue_s=event.queue_s,
+                     prefill_s=event.prefill_s, decode_s=event.decode_s, cached_tokens=event.num_cached_tokens,
+                     completion_tokens=event.num_completion_tokens)
+            span.end()
+        else:
+            span.end(event.message)
 
     @handle_errors
     async def GetLoad(  # noqa: N802
@@ -152,3 +183,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if self.draining:
             raise Unavailable("the scheduler is shutting down")
         return await self.pool.embed_route.embed(request, context.time_remaining())
+
+    @handle_errors
+    async def WatchEngine(  # noqa: N802
+        self, request: common_pb2.WatchEngineRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.EngineState]:
+        interval_s = watch_interval(request.interval_s)
+        while not self.draining:
+            yield engine_state_to_pb(self.pool.engines.state())
+            await asyncio.sleep(interval_s)
+
+
+def watch_interval(interval_s: float) -> float:
+    """The interval a WatchEngine request asks for, checked; 0 means the default."""
+    if interval_s == 0:
+        return DEFAULT_WATCH_INTERVAL_S
+    if not MIN_WATCH_INTERVAL_S <= interval_s <= 60:
+        raise InvalidArgument(f"interval_s must be between {MIN_WATCH_INTERVAL_S} and 60 seconds, got {interval_s}")
+    return interval_s

@@ -155,7 +155,9 @@ class WorkerPool:
         self.connections = {address: WorkerConnection(address, self) for address in addresses}
         self.on_events: Callable[[list[Event]], None] = lambda events: None
         self.on_workers_changed: Callable[[int], None] = lambda num_workers: None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[str, asyncio.Task] = {}  # connection task by worker address
+        self.leaving: dict[str, asyncio.Task] = {}  # drain task by address of a worker that left the membership
+        self.drain_timeout_s = 30.0  # how long a leaving worker keeps its running requests before they fail
 
     @property
     def num_workers(self) -> int:
@@ -163,13 +165,53 @@ class WorkerPool:
         return len(self.engines.engines) + len(self.embed_route.encoder_infos)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(c.run(), name=f"worker {a}") for a, c in self.connections.items()]
+        self._tasks = {a: asyncio.create_task(c.run(), name=f"worker {a}") for a, c in self.connections.items()}
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks.values(), *self.leaving.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = {}
+        self.leaving = {}
+
+    # ---- membership at run time ----
+
+    def set_addresses(self, addresses: Sequence[str]) -> None:
+        """The workers of the pool from now on. A new address is dialled at once; an address no longer listed
+        leaves: it gets no new request, its running requests finish (or fail with UNAVAILABLE after
+        drain_timeout_s), then its connection closes. An address listed again before it has gone stays."""
+        wanted = list(dict.fromkeys(addresses))
+        for address in wanted:
+            if address in self.leaving:
+                self.leaving.pop(address).cancel()
+                self.engines.draining.discard(address)
+                log.info("worker %s stays in the pool", address)
+            elif address not in self.connections:
+                self.connections[address] = connection = WorkerConnection(address, self)
+                self._tasks[address] = asyncio.create_task(connection.run(), name=f"worker {address}")
+                log.info("worker %s joins the pool", address)
+        for address in list(self.connections):
+            if address not in wanted and address not in self.leaving:
+                self.engines.draining.add(address)
+                self.leaving[address] = asyncio.create_task(self._leave(address), name=f"worker {address} leaving")
+                log.info("worker %s leaves the pool once its requests end", address)
+
+    async def _leave(self, address: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout_s
+        while (engine := self.engines.engines.get(address)) is not None and engine.num_requests:
+            if loop.time() >= deadline:
+                log.warning("worker %s left with %d requests running", address, engine.num_requests)
+                break
+            await asyncio.sleep(0.05)
+        task = self._tasks.pop(address)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # its finally removes the engine and fails the rest
+        del self.connections[address]
+        self.engines.draining.discard(address)
+        self.leaving.pop(address, None)
+        log.info("worker %s left the pool", address)
 
     def submit(self, request: Request) -> None:
         """Queues a request on the best worker (raises a FlashStreamError when it cannot be taken)."""

@@ -40,6 +40,7 @@ class TextInput:
     deadline_unix_s: float = 0.0
     arrival_unix_s: float = 0.0
     gateway_s: float = 0.0
+    traceparent: str = ""  # W3C trace context of the request's gateway span
     received_s: float = field(default_factory=time.perf_counter)
 
 

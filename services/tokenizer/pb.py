@@ -43,6 +43,7 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
         deadline_unix_s=pb.deadline_unix_s,
         arrival_unix_s=pb.arrival_unix_s,
         gateway_s=pb.gateway_s,
+        traceparent=pb.traceparent,
     )
     if kind == "prompt":
         request.prompt = pb.prompt
@@ -70,7 +71,8 @@ def messages_from_pb(messages: Sequence[common_pb2.ChatMessage]) -> list[dict[st
     ]
 
 
-def token_request_to_pb(prepared: PreparedRequest, scheduler_id: str) -> scheduler_pb2.TokenRequest:
+def token_request_to_pb(prepared: PreparedRequest, scheduler_id: str,
+                        traceparent: str = "") -> scheduler_pb2.TokenRequest:
     req = prepared.input
     return scheduler_pb2.TokenRequest(
         request_id=scheduler_id,
@@ -79,6 +81,7 @@ def token_request_to_pb(prepared: PreparedRequest, scheduler_id: str) -> schedul
         priority=req.priority,
         deadline_unix_s=req.deadline_unix_s,
         arrival_unix_s=req.arrival_unix_s,
+        traceparent=traceparent,
     )
 
 

@@ -16,7 +16,7 @@ import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.errors import Unavailable
-from services.common.grpc_server import create_channel, error_from_rpc
+from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ class SchedulerLink:
             return await self._stub.Embed(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"scheduler at {self.target}") from None
+
+    async def watch_engine(self, request: common_pb2.WatchEngineRequest) -> AsyncIterator[common_pb2.EngineState]:
+        """Scheduler.WatchEngine; a failure keeps the scheduler's status code."""
+        async for state in relay_stream(self._stub.WatchEngine(request), f"scheduler at {self.target}"):
+            yield state
 
     async def get_info(self) -> scheduler_pb2.SchedulerInfo:
         self.info = await self._stub.Info(scheduler_pb2.SchedulerInfoRequest(), timeout=10)

@@ -14,6 +14,7 @@ from services.common.errors import InvalidArgument
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
+from services.common.tracing import Tracing
 from services.tokenizer.intake import EncodePool
 from services.tokenizer.servicer import TokenizerServicer
 from services.tokenizer.tokenizer import TextTokenizer
@@ -65,11 +66,13 @@ def build_config(argv: list[str] | None = None) -> TokenizerStageConfig:
 class TokenizerStage:
     """The running stage: gRPC server, encode pool, scheduler link and servicer (tests start one in-process)."""
 
-    def __init__(self, config: TokenizerStageConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: TokenizerStageConfig, metrics: Metrics | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("tokenizer")
         self.pool = EncodePool(TextTokenizer.from_dir(config.model_dir), config.encode_workers)
-        self.servicer = TokenizerServicer(self.pool, config.scheduler, config.model_id, self.metrics)
+        self.tracing = tracing or Tracing.otlp("tokenizer", config.server.otlp_endpoint)
+        self.servicer = TokenizerServicer(self.pool, config.scheduler, config.model_id, self.metrics, self.tracing)
         self.server: StageServer | None = None
 
     @property
@@ -103,6 +106,7 @@ class TokenizerStage:
             await self.server.drain_and_stop(grace_s)
         await self.servicer.link.close()
         self.pool.shutdown()
+        self.tracing.shutdown()
 
 
 async def serve(config: TokenizerStageConfig) -> int:

@@ -19,7 +19,8 @@ from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2, tokenizer_p
 
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
-from services.common.metrics import Metrics
+from services.common.metrics import Metrics, finish_reason_label
+from services.common.tracing import NoSpan, Span, Tracing
 from services.tokenizer.embed_inputs import EmbedEncoder, EmbedInput
 from services.tokenizer.intake import EncodePool, PreparedRequest
 from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, messages_from_pb,
@@ -48,10 +49,13 @@ class _Session:
 
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
-    def __init__(self, pool: EncodePool, scheduler_target: str, model_id: str = "", metrics: Metrics | None = None):
+    def __init__(self, pool: EncodePool, scheduler_target: str, model_id: str = "", metrics: Metrics | None = None,
+                 tracing: Tracing | None = None):
         self.tokenizer = pool.tokenizer
         self.pool = pool
         self.metrics = metrics or Metrics("tokenizer")
+        self.tracing = tracing or Tracing()
+        self._spans: dict[str, Span | NoSpan] = {}  # by scheduler id, while the request is live
         self._model_id_override = model_id
         self.draining = False  # set on SIGTERM: new requests get UNAVAILABLE, running ones finish
         self._session_numbers = itertools.count(1)
@@ -125,6 +129,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         for request_id in up.abort_request_ids:
             sid = self._sid(session, request_id)
             if (entry := self._requests.pop(sid, None)) is not None:
+                self._end_span(sid, finish_reason="abort")
                 session.scheduler_ids.discard(sid)
                 forward.abort_request_ids.append(sid)
                 events.append(done_event(entry[1], None, common_pb2.FINISH_REASON_ABORT))
@@ -143,21 +148,32 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         sid = self._sid(session, req.request_id)
         self._requests[sid] = (session, state)
         session.scheduler_ids.add(sid)
-        self.metrics.prompt_tokens.inc(len(prepared.prompt_token_ids))
-        return token_request_to_pb(prepared, sid)
+        self.metrics.set_model(self.model_id)
+        self.metrics.tokenize_duration.observe(prepared.tokenizer_s)
+        span = self.tracing.start("tokenizer", req.traceparent, request_id=req.request_id,
+                                  prompt_tokens=len(prepared.prompt_token_ids), tokenize_s=prepared.tokenizer_s)
+        if span.traceparent:
+            self._spans[sid] = span
+        return token_request_to_pb(prepared, sid, span.traceparent)
+
+    def _end_span(self, sid: str, error: str = "", **attributes: object) -> None:
+        span = self._spans.pop(sid, None)
+        if span is not None:
+            span.set(**attributes)
+            span.end(error)
 
     @staticmethod
     def _sid(session: _Session, request_id: str) -> str:
         return f"{session.number}:{request_id}"
 
     def _error(self, request_id: str, exc: FlashStreamError) -> tokenizer_pb2.TextEvent:
-        self.metrics.request_errors.labels("tokenizer", exc.code.name).inc()
         return error_event(request_id, exc)
 
     def _fail(self, session: _Session, sids: list[str], exc: FlashStreamError) -> list[tokenizer_pb2.TextEvent]:
         events = []
         for sid in sids:
             if (entry := self._requests.pop(sid, None)) is not None:
+                self._end_span(sid, exc.message)
                 session.scheduler_ids.discard(sid)
                 events.append(self._error(entry[1].request_id, exc))
         return events
@@ -165,6 +181,8 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     def _drop_session(self, session: _Session) -> None:
         """The upstream stream is gone: its requests are aborted at the scheduler."""
         sids = [sid for sid in session.scheduler_ids if self._requests.pop(sid, None) is not None]
+        for sid in sids:
+            self._end_span(sid, finish_reason="abort")
         session.scheduler_ids.clear()
         if sids and self.ready:
             self.link.send(scheduler_pb2.SchedulerUp(abort_request_ids=sids))
@@ -193,7 +211,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             session, state = self._requests[sid]
             out = per_session.setdefault(session, [])
             if (step := steps.get(sid)) is not None:
-                self.metrics.generation_tokens.inc(len(step.token_ids))
                 lps = logprobs_with_text(self.tokenizer, logprobs[sid]) if logprobs[sid] else None
                 out.append(chunk_event(state, step, lps))
                 if step.stop_string is not None and sid not in terminals:
@@ -210,7 +227,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         del self._requests[sid]
         session.scheduler_ids.discard(sid)
         if terminal.WhichOneof("event") == "error" and not state.stopped:
-            self.metrics.request_errors.labels("tokenizer", str(terminal.error.code)).inc()
+            self._end_span(sid, terminal.error.message)
             return [tokenizer_pb2.TextEvent(request_id=state.request_id, error=terminal.error)]
         events = []
         tail: TextStep = state.finish(self.tokenizer)
@@ -219,7 +236,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         done = terminal.done if terminal.WhichOneof("event") == "done" else None
         reason = done.finish_reason if done is not None else common_pb2.FINISH_REASON_ABORT
         event = done_event(state, done, reason)
-        self.metrics.requests_finished.labels("tokenizer", common_pb2.FinishReason.Name(event.done.finish_reason)).inc()
+        self._end_span(sid, finish_reason=finish_reason_label(common_pb2.FinishReason.Name(reason)))
         return [*events, event]
 
     def _on_scheduler_lost(self) -> None:
@@ -298,3 +315,11 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         if self.draining:
             raise Unavailable("the tokenizer is draining")
         return await self.link.embed(request, context.time_remaining())
+
+    @handle_errors
+    async def WatchEngine(self, request: common_pb2.WatchEngineRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[common_pb2.EngineState]:
+        async for state in self.link.watch_engine(request):
+            if self.draining:
+                return
+            yield state

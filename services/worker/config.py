@@ -34,6 +34,8 @@ class WorkerConfig:
     fake_token_id: int = -1  # fake mode's token; -1: the smallest id that is not EOS
     seed: int = 0  # dummy weights' seed
     worker_id: str = ""
+    kernel_profile_dir: str = ""  # where SIGUSR1 writes a torch.profiler summary of a window of steps ("": off)
+    kernel_profile_steps: int = 100  # steps in that window
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
@@ -52,7 +54,7 @@ class WorkerConfig:
         for name in ("num_kv_blocks", "max_model_len"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("max_num_seqs", "max_num_batched_tokens"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "kernel_profile_steps"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

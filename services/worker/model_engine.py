@@ -18,6 +18,7 @@ from services.worker.model_config import ModelConfig
 from services.worker.model_runner import ModelRunner
 from services.worker.models.decoder import store_projections_input_major
 from services.worker.models.fp8_linear import quantize_projections
+from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
 from services.worker.ops import select_ops
 from services.worker.profiling import profile_kv_blocks
 from services.worker.rope import rotary_tables
@@ -85,13 +86,17 @@ def build_model_engine(
             num_blocks = CPU_DEFAULT_KV_BLOCKS
     max_len = fit_max_model_len(max_len, num_blocks, config.block_size, bool(config.max_model_len))
     kv_cache = KVCache(cfg, num_blocks, config.block_size, kv_dtype, device)
-    graphs = None
+    graphs, piecewise = None, None
     if device.type == "cuda" and not config.enforce_eager:
         graphs = DecodeGraphs(model, kv_cache, config.max_num_seqs, max_len)
         graphs.capture()
         log.info("captured decode CUDA graphs for batch sizes %s", graphs.buckets)
+        piecewise = PiecewiseGraphs(model, kv_cache, min(MAX_PIECEWISE_TOKENS, config.max_num_batched_tokens))
+        piecewise.capture()
+        log.info("captured %d piecewise CUDA graphs of steps up to %d tokens (buckets %s)", piecewise.num_graphs,
+                 piecewise.max_tokens, piecewise.buckets)
     limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
-    executor = ModelExecutor(ModelRunner(model, kv_cache, graphs), Sampler(cfg.vocab_size, cfg.eos_token_ids))
+    executor = ModelExecutor(ModelRunner(model, kv_cache, graphs, piecewise), Sampler(cfg.vocab_size, cfg.eos_token_ids))
     grammars = GrammarCache(config.model, cfg.vocab_size, cfg.eos_token_ids)  # its tokenizer loads on first use
     runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens, grammars=grammars)
     info = EngineInfo(

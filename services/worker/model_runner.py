@@ -13,15 +13,20 @@ from services.worker.cuda_graphs import DecodeGraphs, InputFill
 from services.worker.device_gaps import DeviceGaps
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
+from services.worker.piecewise_graphs import PiecewiseGraphs
 
 
 class ModelRunner:
-    """The model, its KV cache and (on CUDA) its decode graphs."""
+    """The model, its KV cache and (on CUDA) its decode graphs and the piecewise graphs of other steps."""
 
-    def __init__(self, model: CausalDecoder, kv_cache: KVCache, graphs: DecodeGraphs | None = None) -> None:
+    def __init__(
+        self, model: CausalDecoder, kv_cache: KVCache, graphs: DecodeGraphs | None = None,
+        piecewise: PiecewiseGraphs | None = None,
+    ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.graphs = graphs
+        self.piecewise = piecewise
         self.device = kv_cache.data.device
         self.gaps = DeviceGaps(self.device)  # the executor marks where each step starts and ends on the device
 
@@ -51,7 +56,10 @@ class ModelRunner:
         input_ids = to_device(np.asarray(token_ids, dtype=np.int64), self.device)
         if fill is not None:
             input_ids.index_copy_(0, fill[0], fill[1])
-        hidden = self.model(input_ids, meta, self.kv_cache.layers)  # [num_tokens, hidden]
+        if self.piecewise is not None and input_ids.shape[0] <= self.piecewise.max_tokens:
+            hidden = self.piecewise.run(input_ids, meta)  # [num_tokens, hidden]
+        else:
+            hidden = self.model(input_ids, meta, self.kv_cache.layers)  # [num_tokens, hidden]
         last = np.cumsum([c.num_tokens for c in chunks]) - 1  # row of each chunk's last token
         rows = to_device(last[list(sample_rows)].astype(np.int64), self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))

@@ -23,7 +23,7 @@ def plan_from_pb(pb: worker_pb2.StepPlan) -> tuple[StepPlan, list[SeqError]]:
         new_seqs.append(NewSeq(
             seq_id=seq.seq_id, token_ids=list(seq.token_ids), num_prompt_tokens=seq.num_prompt_tokens,
             sampling=sampling, block_ids=list(seq.block_ids), num_computed_tokens=seq.num_computed_tokens,
-            num_scheduled_tokens=seq.num_scheduled_tokens,
+            num_scheduled_tokens=seq.num_scheduled_tokens, traceparent=seq.traceparent,
         ))
     return StepPlan(pb.step_id, new_seqs, cached_seqs_from_pb(pb.cached_seqs), list(pb.finished_seq_ids)), errors
 

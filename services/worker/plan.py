@@ -23,6 +23,7 @@ class NewSeq:
     block_ids: list[int]
     num_computed_tokens: int  # tokens whose KV is already in block_ids (prefix-cache hit)
     num_scheduled_tokens: int
+    traceparent: str = ""  # W3C trace context of the request's scheduler span; "" when not traced
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
@@ -13,6 +14,7 @@ from services.common.errors import FlashStreamError
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import serve_stage
+from services.common.tracing import Tracing
 from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
 from services.worker.servicer import WorkerServicer
@@ -57,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="token fake mode returns (-1: the smallest non-EOS id)")
     add("--seed", type=int, default=env_default("seed", 0), help="seed of dummy weights")
     add("--worker-id", default=env_default("worker_id", ""), help="name in Worker.Info (default: host-pid)")
+    add("--kernel-profile-dir", default=env_default("kernel_profile_dir", ""),
+        help="on SIGUSR1, trace the next --kernel-profile-steps steps with torch.profiler and write a summary of "
+             "the device kernels here (default: off)")
+    add("--kernel-profile-steps", type=int, default=env_default("kernel_profile_steps", 100),
+        help="steps in a kernel profile window")
     return parser
+
 
 
 def build_config(argv: list[str] | None = None) -> WorkerConfig:
@@ -69,17 +77,23 @@ def build_config(argv: list[str] | None = None) -> WorkerConfig:
         gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enforce_eager=args.enforce_eager, fake_token_id=args.fake_token_id, seed=args.seed,
-        worker_id=args.worker_id, server=server_config(args),
+        worker_id=args.worker_id, kernel_profile_dir=args.kernel_profile_dir,
+        kernel_profile_steps=args.kernel_profile_steps, server=server_config(args),
     )
 
 
 class WorkerStage:
     """The running stage: the gRPC server starts NOT_SERVING, turns SERVING once the engine is built."""
 
-    def __init__(self, config: WorkerConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: WorkerConfig, metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("worker")
-        self.servicer = WorkerServicer(self.metrics)
+        self.tracing = tracing or Tracing.otlp("worker", config.server.otlp_endpoint)
+        self.servicer = WorkerServicer(self.metrics, self.tracing)
+        if config.kernel_profile_dir:
+            from services.worker.kernel_profile import KernelProfile  # torch, only when asked for
+
+            self.servicer.kernel_profile = KernelProfile(config.kernel_profile_dir, config.kernel_profile_steps)
         self.server: StageServer | None = None
 
     @property
@@ -100,9 +114,12 @@ class WorkerStage:
             serving=False,
         )
         loop = asyncio.get_running_loop()
+        if self.servicer.kernel_profile is not None:
+            loop.add_signal_handler(signal.SIGUSR1, self.servicer.kernel_profile.arm)
         engine = await loop.run_in_executor(self.servicer.executor, build_engine, self.config)
         self.servicer.engine = engine
         info = engine.info
+        self.metrics.set_model(info.model_id)
         log.info("model %s (%s, revision %s) on %s %s: %d KV blocks of %d tokens, max_model_len %d",
                  info.model_id, info.model.architecture, info.model_revision, info.device, info.dtype,
                  info.num_kv_blocks, info.block_size, info.max_model_len)
@@ -113,6 +130,7 @@ class WorkerStage:
         if self.server is not None:
             await self.server.drain_and_stop(grace_s)
         self.servicer.shutdown()
+        self.tracing.shutdown()
 
 
 async def serve(config: WorkerConfig) -> int:

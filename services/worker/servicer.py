@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -13,9 +14,16 @@ from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import handle_errors
 from services.common.metrics import Metrics
+from services.common.tracing import Tracing
 from services.worker.engine import Engine
+from services.worker.plan import StepPlan, StepResult
+from services.worker.runner import PlanSource
+from services.worker.sequences import SequenceTable
 from services.worker.pb import info_to_pb, result_to_pb
 from services.worker.plan_inbox import PlanInbox
+
+if TYPE_CHECKING:
+    from services.worker.kernel_profile import KernelProfile  # imports torch, which fake mode does without
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +31,15 @@ log = logging.getLogger(__name__)
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """Info, Step and Embed over one Engine; the engine is set once the model and KV cache are ready."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
         self.engine: Engine | None = None
         self.metrics = metrics or Metrics("worker")
+        self.tracing = tracing or Tracing()
         # One thread owns the model: steps of every stream and embeddings run one at a time, in arrival order.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
         self.draining = False
         self.num_streams = 0
+        self.kernel_profile: KernelProfile | None = None  # a traced window of steps, when asked for
 
     def _ready_engine(self) -> Engine:
         if self.engine is None:
@@ -59,29 +69,39 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         try:
             while (item := await inbox.get()) is not None:
                 plan, errors = item
+                # A traced sequence's first step on this worker (its prompt, or the part not cached) is its span.
+                spans = [self.tracing.start("worker", new.traceparent, seq_id=new.seq_id,
+                                            computed_tokens=new.num_computed_tokens,
+                                            scheduled_tokens=new.num_scheduled_tokens, step_id=plan.step_id)
+                         for new in plan.new_seqs if new.traceparent and self.tracing.enabled]
                 # While this plan's step runs on the device, the runner may take a look at the next one.
-                result = await loop.run_in_executor(
-                    self.executor, engine.runner.step, plan, table, None, inbox.peek_plan
-                )
+                result = await loop.run_in_executor(self.executor, self._step, engine, plan, table, inbox.peek_plan)
                 result.errors[:0] = errors
-                self._record_step(engine, result.step_time_s, len(result.outputs), len(table))
+                for span in spans:
+                    span.end()
+                self._record_step(engine, result.step_time_s)
                 yield result_to_pb(result)
         finally:
             reader.cancel()
             self.num_streams -= 1
             log.info("step stream closed; dropping its %d sequences", len(table))
 
-    def _record_step(self, engine: Engine, step_time_s: float, num_sampled: int, num_live: int) -> None:
+    def _step(self, engine: Engine, plan: StepPlan, table: SequenceTable, peek: PlanSource) -> StepResult:
+        """One step on the model thread (and the kernel profile's window, which must open and close there)."""
+        result = engine.runner.step(plan, table, None, peek)
+        if self.kernel_profile is not None:
+            self.kernel_profile.after_step()
+        return result
+
+    def _record_step(self, engine: Engine, step_time_s: float) -> None:
         m = self.metrics
         shape = engine.runner.last_shape
-        m.step_duration.labels(m.stage, shape.kind).observe(step_time_s)
-        m.step_tokens.labels(m.stage, "prefill").observe(shape.num_prefill_tokens)
-        m.step_tokens.labels(m.stage, "decode").observe(shape.num_decode_seqs)
-        m.step_sequences.labels(m.stage, "prefill").observe(shape.num_prefill_seqs)
-        m.step_sequences.labels(m.stage, "decode").observe(shape.num_decode_seqs)
+        m.step_duration.labels(shape.kind).observe(step_time_s)
+        m.step_tokens.labels("prefill").observe(shape.num_prefill_tokens)
+        m.step_tokens.labels("decode").observe(shape.num_decode_seqs)
+        m.step_sequences.labels("prefill").observe(shape.num_prefill_seqs)
+        m.step_sequences.labels("decode").observe(shape.num_decode_seqs)
         m.device_idle.inc(engine.runner.take_device_idle_s())
-        m.generation_tokens.inc(num_sampled)
-        m.num_requests_running.set(num_live)
 
     @handle_errors
     async def Embed(
@@ -94,7 +114,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         vectors = await asyncio.get_running_loop().run_in_executor(
             self.executor, engine.embed, inputs, normalize, request.dimensions
         )
-        self.metrics.prompt_tokens.inc(sum(len(ids) for ids in inputs))
         return common_pb2.EmbedTokensResponse(embeddings=[common_pb2.Embedding(values=v) for v in vectors])
 
     def shutdown(self) -> None:

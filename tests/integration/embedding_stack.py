@@ -1,10 +1,10 @@
-"""Real stages in one event loop for embedding tests: per model folder a worker, a scheduler and a tokenizer,
-and one gateway in front of them all (routing by model name)."""
+"""Real stages in one event loop (embedding and tracing tests): per model folder a worker, a scheduler and a
+tokenizer, and one gateway in front of them all (routing by model name)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from gateway.config import EmbeddingCacheConfig, GatewayConfig, ResultCacheConfi
 from gateway.server import GatewayServer
 from gateway.tokenizer_client import ConnectionConfig
 from services.common.config import ServerConfig
+from services.common.tracing import Tracing
 from services.scheduler.config import BackoffConfig, SchedulerConfig
 from services.scheduler.server import SchedulerStage, SchedulerStageConfig
 from services.tokenizer.server import TokenizerStage, TokenizerStageConfig
@@ -40,8 +41,11 @@ async def embedding_stack(
     api_keys: tuple[str, ...] = (),
     redis_url: str = "",
     embedding_cache: EmbeddingCacheConfig | None = None,
+    tracing: Callable[[str], Tracing] | None = None,
 ) -> AsyncIterator[EmbeddingStack]:
-    """models: (folder, model id) pairs, each served by its own worker, scheduler and tokenizer."""
+    """models: (folder, model id) pairs, each served by its own worker, scheduler and tokenizer. `tracing` gives
+    each stage its tracer, by stage name."""
+    tracer = tracing or (lambda stage: Tracing())
     stages: list = []
     tokenizers: list[str] = []
     workers: list[WorkerStage] = []
@@ -50,17 +54,19 @@ async def embedding_stack(
         for folder, model_id in models:
             worker = WorkerStage(build_config(["--port", "0", "--status-port", "0", "--model", str(folder),
                                                "--model-id", model_id, "--device", "cpu", "--num-kv-blocks", "64",
-                                               "--max-num-batched-tokens", "2048"]))
+                                               "--max-num-batched-tokens", "2048"]), tracing=tracer("worker"))
             await worker.start()
             stages.append(worker)
             workers.append(worker)
             scheduler = SchedulerStage(SchedulerStageConfig(ServerConfig(port=0), (f"127.0.0.1:{worker.port}",),
-                                                            SchedulerConfig(), BackoffConfig(0.05, 0.2)))
+                                                            SchedulerConfig(), BackoffConfig(0.05, 0.2)),
+                                       tracing=tracer("scheduler"))
             await scheduler.start()
             stages.append(scheduler)
             await wait_until(lambda s=scheduler: s.pool.num_workers == 1, 30)
             tokenizer = TokenizerStage(TokenizerStageConfig(str(folder), f"127.0.0.1:{scheduler.port}",
-                                                            server=ServerConfig(port=0)))
+                                                            server=ServerConfig(port=0)),
+                                       tracing=tracer("tokenizer"))
             await tokenizer.start()
             stages.append(tokenizer)
             tokenizers.append(f"127.0.0.1:{tokenizer.port}")
@@ -72,7 +78,7 @@ async def embedding_stack(
             embedding_cache=embedding_cache or EmbeddingCacheConfig(),
         )
         gateway = GatewayServer(config, ConnectionConfig(info_interval_s=0.2, reconnect_min_s=0.05,
-                                                         reconnect_max_s=0.2))
+                                                         reconnect_max_s=0.2), tracing=tracer("gateway"))
         await gateway.start()
         await wait_until(lambda: len(gateway.core.list_models()) == len(models)
                          and all(c.ready for c in gateway.router.connections), 30)

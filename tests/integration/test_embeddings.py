@@ -56,8 +56,9 @@ def test_openai_client_gets_sentence_transformers_vectors_then_cached_ones(st_mo
             async with aiohttp.ClientSession() as http:
                 async with http.get(stack.http + "/metrics") as resp:
                     text = await resp.text()
-            assert 'flashstream_embedding_cache_hits_total{stage="gateway"} 3.0' in text
-            assert 'flashstream_embedding_cache_misses_total{stage="gateway"} 5.0' in text
+            labels = f'{{model="{MODEL}",stage="gateway"}}'
+            assert f'flashstream_embedding_cache_hits_total{labels} 3.0' in text
+            assert f'flashstream_embedding_cache_misses_total{labels} 5.0' in text
 
     asyncio.run(main())
 

@@ -41,18 +41,19 @@ async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
 
 
 def _counters(stack: Stack) -> tuple[float, float]:
-    m = stack.gateway.metrics
+    m = stack.gateway.metrics.for_model("fake-model")
     return m.result_cache_queries._value.get(), m.result_cache_hits._value.get()
 
 
-def test_a_repeated_greedy_request_is_replayed_from_the_cache_in_its_original_chunks() -> None:
+def test_a_repeated_greedy_request_is_replayed_from_the_cache_as_one_chunk_of_the_same_text() -> None:
     async def main() -> None:
         async with gateway_stack() as stack:
             first = await _generate(stack, _request())  # "slow": one chunk per token, 0.1 s apart
             await _stored(stack)
             second = await _generate(stack, _request())
             assert len(stack.fake.requests) == 1
-            assert _chunks(first) == _chunks(second) == [(t, [i]) for i, t in enumerate(FAKE_CHUNKS)]
+            assert _chunks(first) == [(t, [i]) for i, t in enumerate(FAKE_CHUNKS)]
+            assert _chunks(second) == [("".join(FAKE_CHUNKS), list(range(len(FAKE_CHUNKS))))]
             d1, d2 = first[-1].done, second[-1].done
             assert (d1.finish_reason, d2.finish_reason) == (common_pb2.FINISH_REASON_EOS,) * 2
             assert (d1.usage.result_cached, d2.usage.result_cached) == (False, True)
@@ -61,8 +62,10 @@ def test_a_repeated_greedy_request_is_replayed_from_the_cache_in_its_original_ch
             assert second[0].request_id != first[0].request_id
             assert _counters(stack) == (2.0, 1.0)
             text = stack.gateway.metrics.render().decode()
-            assert 'flashstream_result_cache_hits_total{stage="gateway"} 1.0' in text
-            assert 'flashstream_result_cache_queries_total{stage="gateway"} 2.0' in text
+            assert 'flashstream_result_cache_hits_total{model="fake-model",stage="gateway"} 1.0' in text
+            assert 'flashstream_result_cache_queries_total{model="fake-model",stage="gateway"} 2.0' in text
+            assert ('flashstream_cache_lookup_seconds_count{cache="result",model="fake-model",stage="gateway"} 2.0'
+                    in text)
 
     asyncio.run(main())
 
@@ -74,12 +77,11 @@ def test_logprobs_are_replayed_exactly() -> None:
             await _stored(stack)
             second = await _generate(stack, _request("Hi", logprobs=2))
             assert len(stack.fake.requests) == 1
-            # The first answer reached its client merged (deltas queued together); the replay keeps the
-            # tokenizer's chunks, one token each. Tokens and logprobs are the same, in order.
-            replayed = [list(c.chunk.logprobs) for c in second[:-1]]
-            assert replayed == [[lp] for c in first[:-1] for lp in c.chunk.logprobs]
-            assert [list(c.chunk.token_ids) for c in second[:-1]] == [[0], [1], [2], [3], [4]]
-            assert [lp.top[1].logprob for c in second[:-1] for lp in c.chunk.logprobs] == [-2.0] * 5
+            # The replay is one chunk; tokens and logprobs are the first answer's, in order.
+            assert len(second) == 2
+            assert list(second[0].chunk.logprobs) == [lp for c in first[:-1] for lp in c.chunk.logprobs]
+            assert list(second[0].chunk.token_ids) == [0, 1, 2, 3, 4]
+            assert [lp.top[1].logprob for lp in second[0].chunk.logprobs] == [-2.0] * 5
 
     asyncio.run(main())
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
+from bench.redis_server import REDIS, RedisServer, redis_server  # noqa: F401 - imported from here too
 from gateway.config import GatewayConfig, ResultCacheConfig
 from gateway.server import GatewayServer
 from gateway.tokenizer_client import ConnectionConfig
@@ -21,49 +18,7 @@ from services.common.config import ServerConfig
 from services.common.grpc_server import create_channel
 from tests.integration.fake_tokenizer import FAKE_CHUNKS, Stack, start_fake_tokenizer, wait_until
 
-REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [REDIS, "--save", "", "--appendonly", "no", "--port", str(self.port), "--bind", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError("redis-server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @contextlib.asynccontextmanager

@@ -105,15 +105,16 @@ def test_metrics_count_tokens_finishes_errors_and_latencies() -> None:
                     await resp.read()
             async with session.get(stack.http + "/metrics") as resp:
                 text = await resp.text()
-            s = '{stage="gateway"}'
-            assert _metric(text, f"flashstream_generation_tokens_total{s}") == 10
-            assert _metric(text, 'flashstream_requests_finished_total{reason="eos",stage="gateway"}') == 2
-            assert _metric(text, 'flashstream_request_errors_total{code="INVALID_ARGUMENT",stage="gateway"}') == 1
-            assert _metric(text, 'flashstream_request_errors_total{code="NOT_FOUND",stage="gateway"}') == 1
+            s = '{model="fake-model",stage="gateway"}'
+            assert _metric(text, 'flashstream_requests_finished_total{model="fake-model",reason="eos",stage="gateway"}') == 2
+            # Both errors come before a served model is known: an empty prompt, a model not served.
+            assert _metric(text, 'flashstream_request_errors_total{code="INVALID_ARGUMENT",model="",stage="gateway"}') == 1
+            assert _metric(text, 'flashstream_request_errors_total{code="NOT_FOUND",model="",stage="gateway"}') == 1
             assert _metric(text, f"flashstream_time_to_first_token_seconds_count{s}") == 2
             assert _metric(text, f"flashstream_inter_token_latency_seconds_count{s}") == 8
             assert _metric(text, f"flashstream_e2e_request_latency_seconds_count{s}") == 2
-            assert _metric(text, f"flashstream_num_requests_running{s}") == 0
+            assert _metric(text, f"flashstream_num_requests_in_flight{s}") == 0
+            assert "flashstream_generation_tokens" not in text  # the scheduler's family
 
     asyncio.run(main())
 

@@ -89,3 +89,36 @@ def test_preempted_and_recomputed_sequences_give_the_same_greedy_tokens(model_di
 
     with_real_worker(model_dir, 64, one_at_a_time, SchedulerConfig(enable_prefix_caching=False))
     with_real_worker(model_dir, 24, all_at_once)
+
+
+@pytest.mark.parametrize("in_flight", [3, 4])
+def test_more_steps_in_flight_give_the_tokens_of_one_step_at_a_time(model_dir: Path, in_flight: int):
+    """Sequences that stop on a token the scheduler cannot foresee keep running in the steps already sent after
+    it; those tokens are dropped, the outputs equal one step at a time, and every KV block comes back."""
+    prompts = {f"r{i}": [(13 * i + 7 * j) % 150 + 5 for j in range(6 + i)] for i in range(6)}
+    full: dict[str, list[int]] = {}
+    results: dict[int, dict[str, list[int]]] = {}
+
+    async def unstopped(stage, client):  # noqa: ANN001
+        await client.send([token_request(r, p, max_tokens=16, sampling={"ignore_eos": True})
+                           for r, p in prompts.items()])
+        await client.wait_done(*prompts, timeout=60)
+        full.update({r: client.tokens(r) for r in prompts})
+
+    def stopping(key: int):  # noqa: ANN202
+        async def test(stage, client):  # noqa: ANN001
+            # Each request stops on its own fourth token (or the first later token equal to it).
+            await client.send([token_request(r, p, max_tokens=16, sampling={"ignore_eos": True,
+                                                                            "stop_token_ids": [full[r][3]]})
+                               for r, p in prompts.items()])
+            await client.wait_done(*prompts, timeout=60)
+            results[key] = {r: client.tokens(r) for r in prompts}
+            await wait_until(lambda: stage.pool.engines.kv_cache_usage == 0.0)
+        return test
+
+    with_real_worker(model_dir, 64, unstopped, SchedulerConfig(max_steps_in_flight=1))
+    with_real_worker(model_dir, 64, stopping(1), SchedulerConfig(max_steps_in_flight=1))
+    with_real_worker(model_dir, 64, stopping(in_flight), SchedulerConfig(max_steps_in_flight=in_flight))
+    assert results[in_flight] == results[1]
+    assert all(len(tokens) <= 3 for tokens in results[1].values())  # the stop token itself is not output
+    assert results[1] == {r: tokens[: tokens.index(tokens[3])] for r, tokens in full.items()}

@@ -79,3 +79,12 @@ def test_in_graph_argmax_equals_torch_argmax_of_the_graph_logits(folder: Path) -
     logits = graphs.logits_of()
     assert logits.shape[0] == 3 and logits.dtype == torch.float32
     assert graphs.token_ids_of() == logits.argmax(dim=-1).tolist()
+
+
+def test_prefill_and_mixed_steps_replayed_piecewise_keep_the_reference_tokens(folder: Path) -> None:
+    """Chunked prompts beside decoding rows: every non-decode step replays the piecewise graphs."""
+    refs = run_greedy(Driver(_engine(folder, use_kernels=False, enforce_eager=True)), PROMPTS, 24, chunk=7)
+    engine = _engine(folder, use_kernels=True, enforce_eager=False)
+    piecewise = engine.runner.executor.model_runner.piecewise
+    assert piecewise is not None and piecewise.num_graphs == len(piecewise.buckets) * 3  # 2 layers + 1
+    assert run_greedy(Driver(engine), PROMPTS, 24, chunk=7) == refs

@@ -88,12 +88,13 @@ def test_worker_serves_greedy_tokens_over_grpc_with_two_plans_in_flight(folder: 
 
     (info, results, services, (health_status, embed)), num_overlapped, metrics = asyncio.run(scenario())
     # One prefill step of both prompts, then NUM_TOKENS - 1 decode steps of both sequences.
-    for line in (f'flashstream_step_duration_seconds_count{{kind="prefill",stage="worker"}} 1.0',
-                 f'flashstream_step_duration_seconds_count{{kind="decode",stage="worker"}} {NUM_TOKENS - 1}.0',
-                 f'flashstream_step_tokens_sum{{phase="prefill",stage="worker"}} {len(PROMPT_A) + len(PROMPT_B)}.0',
-                 f'flashstream_step_tokens_sum{{phase="decode",stage="worker"}} {2 * (NUM_TOKENS - 1)}.0',
-                 f'flashstream_step_sequences_sum{{phase="prefill",stage="worker"}} 2.0',
-                 'flashstream_device_idle_seconds_total{stage="worker"} 0.0'):
+    m = f'model="{info.model_id}"'
+    for line in (f'flashstream_step_duration_seconds_count{{kind="prefill",{m},stage="worker"}} 1.0',
+                 f'flashstream_step_duration_seconds_count{{kind="decode",{m},stage="worker"}} {NUM_TOKENS - 1}.0',
+                 f'flashstream_step_tokens_sum{{{m},phase="prefill",stage="worker"}} {len(PROMPT_A) + len(PROMPT_B)}.0',
+                 f'flashstream_step_tokens_sum{{{m},phase="decode",stage="worker"}} {2 * (NUM_TOKENS - 1)}.0',
+                 f'flashstream_step_sequences_sum{{{m},phase="prefill",stage="worker"}} 2.0',
+                 f'flashstream_device_idle_seconds_total{{{m},stage="worker"}} 0.0'):
         assert line in metrics.splitlines(), line
     print(f"steps queued ahead of their turn: {num_overlapped} of {NUM_TOKENS}")  # timing-dependent, not asserted
     assert (info.architecture, info.vocab_size, info.num_kv_blocks, info.block_size) == ("Qwen2ForCausalLM", 256, 32, 16)

@@ -116,6 +116,6 @@ def test_every_request_ends_exactly_once_and_the_scheduler_frees_everything(stac
     status_port = scheduler.argv[scheduler.argv.index("--status-port") + 1]
     with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=10) as response:
         metrics = response.read().decode()
-    preemptions = float(re.search(r'^flashstream_num_preemptions_total\{stage="scheduler"\} (\S+)$', metrics, re.M)[1])
+    preemptions = float(re.search(r'^flashstream_num_preemptions_total\{model="[^"]+",stage="scheduler"\} (\S+)$', metrics, re.M)[1])
     assert preemptions > 0, "the load was meant to run out of KV blocks"
     print(f"preemptions: {preemptions:.0f}")

@@ -230,3 +230,47 @@ class Embedding(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class WatchEngineRequest(_message.Message):
+    __slots__ = ("interval_s",)
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    interval_s: float
+    def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
+
+class WorkerEngineState(_message.Message):
+    __slots__ = ("address", "num_running", "num_waiting", "kv_cache_usage")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    def __init__(self, address: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ...) -> None: ...
+
+class EngineState(_message.Message):
+    __slots__ = ("time_unix_s", "model_id", "num_running", "num_waiting", "kv_cache_usage", "num_steps", "num_step_tokens", "num_generated_tokens", "num_prefix_query_tokens", "num_prefix_hit_tokens", "workers")
+    TIME_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    NUM_STEP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREFIX_QUERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREFIX_HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    time_unix_s: float
+    model_id: str
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_steps: int
+    num_step_tokens: int
+    num_generated_tokens: int
+    num_prefix_query_tokens: int
+    num_prefix_hit_tokens: int
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerEngineState]
+    def __init__(self, time_unix_s: _Optional[float] = ..., model_id: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., num_steps: _Optional[int] = ..., num_step_tokens: _Optional[int] = ..., num_generated_tokens: _Optional[int] = ..., num_prefix_query_tokens: _Optional[int] = ..., num_prefix_hit_tokens: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerEngineState, _Mapping]]] = ...) -> None: ...

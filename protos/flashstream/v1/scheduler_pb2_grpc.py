@@ -56,6 +56,11 @@ class SchedulerStub:
                 request_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
                 response_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
                 _registered_method=True)
+        self.WatchEngine = channel.unary_stream(
+                '/flashstream.v1.Scheduler/WatchEngine',
+                request_serializer=flashstream_dot_v1_dot_common__pb2.WatchEngineRequest.SerializeToString,
+                response_deserializer=flashstream_dot_v1_dot_common__pb2.EngineState.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -90,6 +95,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEngine(self, request, context):
+        """The engine's state every interval, until the caller cancels (the live view of the gateway's playground).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +124,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.FromString,
                     response_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.SerializeToString,
+            ),
+            'WatchEngine': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEngine,
+                    request_deserializer=flashstream_dot_v1_dot_common__pb2.WatchEngineRequest.FromString,
+                    response_serializer=flashstream_dot_v1_dot_common__pb2.EngineState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +240,33 @@ class Scheduler:
             '/flashstream.v1.Scheduler/Embed',
             flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
             flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEngine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flashstream.v1.Scheduler/WatchEngine',
+            flashstream_dot_v1_dot_common__pb2.WatchEngineRequest.SerializeToString,
+            flashstream_dot_v1_dot_common__pb2.EngineState.FromString,
             options,
             channel_credentials,
             insecure,

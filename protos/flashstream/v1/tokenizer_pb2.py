@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flashstream.v1 import common_pb2 as flashstream_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lashstream/v1/tokenizer.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\xc9\x01\n\tChatInput\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.flashstream.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\x12#\n\x05tools\x18\x03 \x03(\x0b\x32\x14.flashstream.v1.Tool\x12/\n\x0btool_choice\x18\x04 \x01(\x0b\x32\x1a.flashstream.v1.ToolChoice\x12\x18\n\x10single_tool_call\x18\x05 \x01(\x08\"\x1f\n\nTokenInput\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\x8d\x01\n\x0bTextOptions\x12\x0c\n\x04stop\x18\x01 \x03(\t\x12\"\n\x1ainclude_stop_str_in_output\x18\x02 \x01(\x08\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08\x12\x13\n\x0b\x65\x63ho_prompt\x18\x05 \x01(\x08\"\xda\x02\n\x0bTextRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12)\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x19.flashstream.v1.ChatInputH\x00\x12,\n\x06tokens\x18\x05 \x01(\x0b\x32\x1a.flashstream.v1.TokenInputH\x00\x12\x30\n\x08sampling\x18\x06 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12,\n\x07options\x18\x07 \x01(\x0b\x32\x1b.flashstream.v1.TextOptions\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\t \x01(\x01\x12\x16\n\x0e\x61rrival_unix_s\x18\n \x01(\x01\x12\x11\n\tgateway_s\x18\x0b \x01(\x01\x42\x07\n\x05input\"W\n\x0bTokenizerUp\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.flashstream.v1.TextRequest\x12\x19\n\x11\x61\x62ort_request_ids\x18\x02 \x03(\t\"\xbd\x01\n\tTextEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.flashstream.v1.TextChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.flashstream.v1.DoneH\x00\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x15.flashstream.v1.ErrorH\x00\x12\x19\n\x11num_prompt_tokens\x18\x05 \x01(\rB\x07\n\x05\x65vent\":\n\rTokenizerDown\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.flashstream.v1.TextEvent\"H\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08\"#\n\x0e\x45ncodeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"N\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\"\x1e\n\x0e\x44\x65\x63odeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"p\n\x11RenderChatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.flashstream.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x03 \x01(\x08\"7\n\x12RenderChatResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\x16\n\x14TokenizerInfoRequest\"\xc8\x01\n\rTokenizerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0emodel_revision\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x19\n\x11has_chat_template\x18\x05 \x01(\x08\x12\r\n\x05ready\x18\x06 \x01(\x08\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x13\n\x0bhidden_size\x18\x08 \x01(\r\x12\x15\n\rmax_embed_len\x18\t \x01(\r\"Q\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12*\n\x06tokens\x18\x02 \x01(\x0b\x32\x18.flashstream.v1.TokenIdsH\x00\x42\x07\n\x05input\"b\n\x13\x45ncodeInputsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x06inputs\x18\x02 \x03(\x0b\x32\x1a.flashstream.v1.EmbedInput\x12\x10\n\x08truncate\x18\x03 \x01(\x08\"@\n\x14\x45ncodeInputsResponse\x12(\n\x06inputs\x18\x01 \x03(\x0b\x32\x18.flashstream.v1.TokenIds2\xb7\x04\n\tTokenizer\x12I\n\x07\x43onnect\x12\x1b.flashstream.v1.TokenizerUp\x1a\x1d.flashstream.v1.TokenizerDown(\x01\x30\x01\x12G\n\x06\x45ncode\x12\x1d.flashstream.v1.EncodeRequest\x1a\x1e.flashstream.v1.EncodeResponse\x12G\n\x06\x44\x65\x63ode\x12\x1d.flashstream.v1.DecodeRequest\x1a\x1e.flashstream.v1.DecodeResponse\x12S\n\nRenderChat\x12!.flashstream.v1.RenderChatRequest\x1a\".flashstream.v1.RenderChatResponse\x12K\n\x04Info\x12$.flashstream.v1.TokenizerInfoRequest\x1a\x1d.flashstream.v1.TokenizerInfo\x12Y\n\x0c\x45ncodeInputs\x12#.flashstream.v1.EncodeInputsRequest\x1a$.flashstream.v1.EncodeInputsResponse\x12P\n\x05\x45mbed\x12\".flashstream.v1.EmbedTokensRequest\x1a#.flashstream.v1.EmbedTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lashstream/v1/tokenizer.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\xc9\x01\n\tChatInput\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.flashstream.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\x12#\n\x05tools\x18\x03 \x03(\x0b\x32\x14.flashstream.v1.Tool\x12/\n\x0btool_choice\x18\x04 \x01(\x0b\x32\x1a.flashstream.v1.ToolChoice\x12\x18\n\x10single_tool_call\x18\x05 \x01(\x08\"\x1f\n\nTokenInput\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\x8d\x01\n\x0bTextOptions\x12\x0c\n\x04stop\x18\x01 \x03(\t\x12\"\n\x1ainclude_stop_str_in_output\x18\x02 \x01(\x08\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08\x12\x13\n\x0b\x65\x63ho_prompt\x18\x05 \x01(\x08\"\xef\x02\n\x0bTextRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12)\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x19.flashstream.v1.ChatInputH\x00\x12,\n\x06tokens\x18\x05 \x01(\x0b\x32\x1a.flashstream.v1.TokenInputH\x00\x12\x30\n\x08sampling\x18\x06 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12,\n\x07options\x18\x07 \x01(\x0b\x32\x1b.flashstream.v1.TextOptions\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\t \x01(\x01\x12\x16\n\x0e\x61rrival_unix_s\x18\n \x01(\x01\x12\x11\n\tgateway_s\x18\x0b \x01(\x01\x12\x13\n\x0btraceparent\x18\x0c \x01(\tB\x07\n\x05input\"W\n\x0bTokenizerUp\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.flashstream.v1.TextRequest\x12\x19\n\x11\x61\x62ort_request_ids\x18\x02 \x03(\t\"\xbd\x01\n\tTextEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.flashstream.v1.TextChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.flashstream.v1.DoneH\x00\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x15.flashstream.v1.ErrorH\x00\x12\x19\n\x11num_prompt_tokens\x18\x05 \x01(\rB\x07\n\x05\x65vent\":\n\rTokenizerDown\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.flashstream.v1.TextEvent\"H\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08\"#\n\x0e\x45ncodeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"N\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\"\x1e\n\x0e\x44\x65\x63odeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"p\n\x11RenderChatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.flashstream.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x03 \x01(\x08\"7\n\x12RenderChatResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"\x16\n\x14TokenizerInfoRequest\"\xc8\x01\n\rTokenizerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0emodel_revision\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x19\n\x11has_chat_template\x18\x05 \x01(\x08\x12\r\n\x05ready\x18\x06 \x01(\x08\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x13\n\x0bhidden_size\x18\x08 \x01(\r\x12\x15\n\rmax_embed_len\x18\t \x01(\r\"Q\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12*\n\x06tokens\x18\x02 \x01(\x0b\x32\x18.flashstream.v1.TokenIdsH\x00\x42\x07\n\x05input\"b\n\x13\x45ncodeInputsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x06inputs\x18\x02 \x03(\x0b\x32\x1a.flashstream.v1.EmbedInput\x12\x10\n\x08truncate\x18\x03 \x01(\x08\"@\n\x14\x45ncodeInputsResponse\x12(\n\x06inputs\x18\x01 \x03(\x0b\x32\x18.flashstream.v1.TokenIds2\x89\x05\n\tTokenizer\x12I\n\x07\x43onnect\x12\x1b.flashstream.v1.TokenizerUp\x1a\x1d.flashstream.v1.TokenizerDown(\x01\x30\x01\x12G\n\x06\x45ncode\x12\x1d.flashstream.v1.EncodeRequest\x1a\x1e.flashstream.v1.EncodeResponse\x12G\n\x06\x44\x65\x63ode\x12\x1d.flashstream.v1.DecodeRequest\x1a\x1e.flashstream.v1.DecodeResponse\x12S\n\nRenderChat\x12!.flashstream.v1.RenderChatRequest\x1a\".flashstream.v1.RenderChatResponse\x12K\n\x04Info\x12$.flashstream.v1.TokenizerInfoRequest\x1a\x1d.flashstream.v1.TokenizerInfo\x12Y\n\x0c\x45ncodeInputs\x12#.flashstream.v1.EncodeInputsRequest\x1a$.flashstream.v1.EncodeInputsResponse\x12P\n\x05\x45mbed\x12\".flashstream.v1.EmbedTokensRequest\x1a#.flashstream.v1.EmbedTokensResponse\x12P\n\x0bWatchEngine\x12\".flashstream.v1.WatchEngineRequest\x1a\x1b.flashstream.v1.EngineState0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,35 +39,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEXTOPTIONS']._serialized_start=317
   _globals['_TEXTOPTIONS']._serialized_end=458
   _globals['_TEXTREQUEST']._serialized_start=461
-  _globals['_TEXTREQUEST']._serialized_end=807
-  _globals['_TOKENIZERUP']._serialized_start=809
-  _globals['_TOKENIZERUP']._serialized_end=896
-  _globals['_TEXTEVENT']._serialized_start=899
-  _globals['_TEXTEVENT']._serialized_end=1088
-  _globals['_TOKENIZERDOWN']._serialized_start=1090
-  _globals['_TOKENIZERDOWN']._serialized_end=1148
-  _globals['_ENCODEREQUEST']._serialized_start=1150
-  _globals['_ENCODEREQUEST']._serialized_end=1222
-  _globals['_ENCODERESPONSE']._serialized_start=1224
-  _globals['_ENCODERESPONSE']._serialized_end=1259
-  _globals['_DECODEREQUEST']._serialized_start=1261
-  _globals['_DECODEREQUEST']._serialized_end=1339
-  _globals['_DECODERESPONSE']._serialized_start=1341
-  _globals['_DECODERESPONSE']._serialized_end=1371
-  _globals['_RENDERCHATREQUEST']._serialized_start=1373
-  _globals['_RENDERCHATREQUEST']._serialized_end=1485
-  _globals['_RENDERCHATRESPONSE']._serialized_start=1487
-  _globals['_RENDERCHATRESPONSE']._serialized_end=1542
-  _globals['_TOKENIZERINFOREQUEST']._serialized_start=1544
-  _globals['_TOKENIZERINFOREQUEST']._serialized_end=1566
-  _globals['_TOKENIZERINFO']._serialized_start=1569
-  _globals['_TOKENIZERINFO']._serialized_end=1769
-  _globals['_EMBEDINPUT']._serialized_start=1771
-  _globals['_EMBEDINPUT']._serialized_end=1852
-  _globals['_ENCODEINPUTSREQUEST']._serialized_start=1854
-  _globals['_ENCODEINPUTSREQUEST']._serialized_end=1952
-  _globals['_ENCODEINPUTSRESPONSE']._serialized_start=1954
-  _globals['_ENCODEINPUTSRESPONSE']._serialized_end=2018
-  _globals['_TOKENIZER']._serialized_start=2021
-  _globals['_TOKENIZER']._serialized_end=2588
+  _globals['_TEXTREQUEST']._serialized_end=828
+  _globals['_TOKENIZERUP']._serialized_start=830
+  _globals['_TOKENIZERUP']._serialized_end=917
+  _globals['_TEXTEVENT']._serialized_start=920
+  _globals['_TEXTEVENT']._serialized_end=1109
+  _globals['_TOKENIZERDOWN']._serialized_start=1111
+  _globals['_TOKENIZERDOWN']._serialized_end=1169
+  _globals['_ENCODEREQUEST']._serialized_start=1171
+  _globals['_ENCODEREQUEST']._serialized_end=1243
+  _globals['_ENCODERESPONSE']._serialized_start=1245
+  _globals['_ENCODERESPONSE']._serialized_end=1280
+  _globals['_DECODEREQUEST']._serialized_start=1282
+  _globals['_DECODEREQUEST']._serialized_end=1360
+  _globals['_DECODERESPONSE']._serialized_start=1362
+  _globals['_DECODERESPONSE']._serialized_end=1392
+  _globals['_RENDERCHATREQUEST']._serialized_start=1394
+  _globals['_RENDERCHATREQUEST']._serialized_end=1506
+  _globals['_RENDERCHATRESPONSE']._serialized_start=1508
+  _globals['_RENDERCHATRESPONSE']._serialized_end=1563
+  _globals['_TOKENIZERINFOREQUEST']._serialized_start=1565
+  _globals['_TOKENIZERINFOREQUEST']._serialized_end=1587
+  _globals['_TOKENIZERINFO']._serialized_start=1590
+  _globals['_TOKENIZERINFO']._serialized_end=1790
+  _globals['_EMBEDINPUT']._serialized_start=1792
+  _globals['_EMBEDINPUT']._serialized_end=1873
+  _globals['_ENCODEINPUTSREQUEST']._serialized_start=1875
+  _globals['_ENCODEINPUTSREQUEST']._serialized_end=1973
+  _globals['_ENCODEINPUTSRESPONSE']._serialized_start=1975
+  _globals['_ENCODEINPUTSRESPONSE']._serialized_end=2039
+  _globals['_TOKENIZER']._serialized_start=2042
+  _globals['_TOKENIZER']._serialized_end=2691
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,11 @@ class TokenizerStub:
                 request_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
                 response_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
                 _registered_method=True)
+        self.WatchEngine = channel.unary_stream(
+                '/flashstream.v1.Tokenizer/WatchEngine',
+                request_serializer=flashstream_dot_v1_dot_common__pb2.WatchEngineRequest.SerializeToString,
+                response_deserializer=flashstream_dot_v1_dot_common__pb2.EngineState.FromString,
+                _registered_method=True)
 
 
 class TokenizerServicer:
@@ -126,6 +131,13 @@ class TokenizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEngine(self, request, context):
+        """The scheduler's WatchEngine, passed through (the gateway dials only tokenizers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +175,11 @@ def add_TokenizerServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.FromString,
                     response_serializer=flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.SerializeToString,
+            ),
+            'WatchEngine': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEngine,
+                    request_deserializer=flashstream_dot_v1_dot_common__pb2.WatchEngineRequest.FromString,
+                    response_serializer=flashstream_dot_v1_dot_common__pb2.EngineState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +372,33 @@ class Tokenizer:
             '/flashstream.v1.Tokenizer/Embed',
             flashstream_dot_v1_dot_common__pb2.EmbedTokensRequest.SerializeToString,
             flashstream_dot_v1_dot_common__pb2.EmbedTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEngine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flashstream.v1.Tokenizer/WatchEngine',
+            flashstream_dot_v1_dot_common__pb2.WatchEngineRequest.SerializeToString,
+            flashstream_dot_v1_dot_common__pb2.EngineState.FromString,
             options,
             channel_credentials,
             insecure,

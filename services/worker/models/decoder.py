@@ -81,6 +81,14 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, rope: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
+        q = self.project(x, meta, kv_cache, rope)
+        return self.o_proj(self.attend(q, meta, kv_cache).view(x.shape[0], self.cfg.q_size))  # [num_tokens, hidden]
+
+    def project(
+        self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """x [num_tokens, hidden] → rotated q [num_tokens, num_heads, head_dim]; k and v go to their cache slots
+        (meta.positions and meta.slot_mapping are all it reads of the metadata)."""
         cfg, ops = self.cfg, self.ops
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
@@ -94,28 +102,37 @@ class Attention(nn.Module):
             k = self.k_norm(k.reshape(-1, cfg.head_dim)).view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         key_cache, value_cache = kv_cache
         # One launch: q rotated into a new tensor, the rotated k and v stored at their cache slots.
-        kv_scales = {"k_scale": self.k_scale, "v_scale": self.v_scale}
-        q = ops.apply_rotary_and_write_kv(q, k, v, meta.positions, rope[0], rope[1], key_cache, value_cache,
-                                          meta.slot_mapping, **kv_scales)
+        return ops.apply_rotary_and_write_kv(q, k, v, meta.positions, rope[0], rope[1], key_cache, value_cache,
+                                             meta.slot_mapping, **self.kv_scales)
+
+    @property
+    def kv_scales(self) -> dict[str, float]:
+        return {"k_scale": self.k_scale, "v_scale": self.v_scale}
+
+    def attend(
+        self, q: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """q [num_tokens, num_heads, head_dim] → attention output of the same shape (into `out` when given)."""
+        ops, kv_scales = self.ops, self.kv_scales
+        key_cache, value_cache = kv_cache
         if meta.is_decode:
-            out = ops.decode_attention(
+            return ops.decode_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
-                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, **kv_scales,
+                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, out=out, **kv_scales,
             )
-        elif meta.num_decode_seqs:
+        if meta.num_decode_seqs:
             d = meta.num_decode_seqs  # one token each, so also the number of decode rows of q
-            out = torch.empty_like(q)
+            out = torch.empty_like(q) if out is None else out
             ops.decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d], meta.context_lens[:d],
                                  self.scale, max_context_len=meta.decode_max_context_len, out=out[:d], **kv_scales)
             ops.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:], meta.prefill_query_start_loc,
                                   meta.context_lens[d:], self.scale, causal=True, max_query_len=meta.max_query_len,
                                   out=out[d:], **kv_scales)
-        else:
-            out = ops.prefill_attention(
-                q, key_cache, value_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.scale,
-                causal=True, max_query_len=meta.max_query_len, **kv_scales,
-            )
-        return self.o_proj(out.view(num_tokens, cfg.q_size))  # [num_tokens, hidden]
+            return out
+        return ops.prefill_attention(
+            q, key_cache, value_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.scale,
+            causal=True, max_query_len=meta.max_query_len, out=out, **kv_scales,
+        )
 
 
 class MLP(nn.Module):
@@ -145,12 +162,28 @@ class DecoderLayer(nn.Module):
         kv_cache: KVCache,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        q, residual = self.before_attention(x, residual, meta, kv_cache, rope)
+        return self.after_attention(self.self_attn.attend(q, meta, kv_cache), residual)
+
+    def before_attention(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        meta: AttentionMetadata,
+        kv_cache: KVCache,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, residual) [num_tokens, hidden] each → (rotated q [num_tokens, num_heads, head_dim], residual)."""
         # The residual add is fused into the next norm: (normed, x + residual).
         if residual is None:
             residual, x = x, self.input_layernorm(x)
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(x, meta, kv_cache, rope)
+        return self.self_attn.project(x, meta, kv_cache, rope), residual
+
+    def after_attention(self, attn: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """attention output [num_tokens, num_heads, head_dim] → (MLP output, residual), [num_tokens, hidden] each."""
+        x = self.self_attn.o_proj(attn.view(attn.shape[0], -1))
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 

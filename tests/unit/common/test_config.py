@@ -31,7 +31,7 @@ def test_server_flags_take_their_defaults_from_the_environment(monkeypatch: pyte
     parser = argparse.ArgumentParser()
     add_server_args(parser, "scheduler")
     config = server_config(parser.parse_args([]))
-    assert (config.port, config.status_port, config.address) == (6123, 9102, "127.0.0.1:6123")
+    assert (config.port, config.status_port, config.address) == (6123, 50152, "127.0.0.1:6123")
     assert server_config(parser.parse_args(["--port", "0"])).port == 0
 
 

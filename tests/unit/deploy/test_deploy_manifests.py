@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
 STAGES = ("gateway", "tokenizer", "scheduler", "worker")
 DEMO_DIR = "/models/flashstream-demo"
+POD_IP = "10.0.0.7"  # stands for status.podIP in the Kubernetes containers' environment
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,10 @@ def health_port(config) -> int:  # noqa: ANN001
 
 
 # The addresses each stage dials, as its config holds them.
-UPSTREAMS = {"gateway": lambda c: c.tokenizers, "tokenizer": lambda c: (c.scheduler,),
-             "scheduler": lambda c: c.workers, "worker": lambda c: ()}
+UPSTREAMS = {"gateway": lambda c: c.tokenizers + ((c.tokenizer_service,) if c.tokenizer_service else ()),
+             "tokenizer": lambda c: (c.scheduler,),
+             "scheduler": lambda c: c.workers + ((c.worker_service,) if c.worker_service else ()),
+             "worker": lambda c: ()}
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -106,7 +109,12 @@ def k8s_env(container: dict) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         env.update(config_maps[source["configMapRef"]["name"]]["data"])
-    env.update({item["name"]: item["value"] for item in container.get("env", [])})
+    for item in container.get("env", []):
+        if "valueFrom" in item:  # the kubelet fills these in; the tests stand in an address for the pod's
+            assert item["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}, item
+            env[item["name"]] = POD_IP
+        else:
+            env[item["name"]] = item["value"]
     return env
 
 
@@ -155,7 +163,7 @@ def test_the_image_runs_the_flashstream_console_script_as_a_numeric_non_root_use
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
     instructions = [line for line in lines if line and not line.startswith("#")]
     assert instructions[0] == "FROM python:3.12-slim"
-    assert "RUN pip install . && rm -rf /src" in instructions
+    assert 'RUN pip install "/src[tracing]" && rm -rf /src' in instructions  # the package with OTLP export
     (user,) = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert user == "10001"
     (entrypoint,) = [line for line in instructions if line.startswith("ENTRYPOINT ")]
@@ -187,7 +195,7 @@ def test_the_build_context_leaves_out_the_virtualenv_caches_bench_output_and_che
 # --- every stage container, compose and k8s alike ----------------------------------------------------------
 
 @pytest.mark.parametrize("container", ALL_CONTAINERS, ids=container_id)
-def test_each_stage_command_is_accepted_by_flashstream_serve_and_listens_on_all_interfaces(
+def test_each_stage_command_is_accepted_by_flashstream_serve_and_listens_where_others_reach_it(
         container: Container) -> None:
     assert container.argv[0] == "serve"
     assert container.stage == container.name
@@ -196,8 +204,10 @@ def test_each_stage_command_is_accepted_by_flashstream_serve_and_listens_on_all_
     known = {option for action in parser._actions for option in action.option_strings}
     assert [arg for arg in container.argv[2:] if arg.startswith("--") and arg not in known] == []
     config = container.config()
-    # 127.0.0.1, the code's default, would refuse every other container and the health probes.
-    assert config.server.host == "0.0.0.0"
+    # 127.0.0.1, the code's default, would refuse every other container and the health probes. On Kubernetes the
+    # internal stages bind to the pod network only; the public gateway listens everywhere.
+    internal = container.where == "k8s" and container.stage != "gateway"
+    assert config.server.host == (POD_IP if internal else "0.0.0.0")
 
 
 @pytest.mark.parametrize("container", ALL_CONTAINERS, ids=container_id)
@@ -382,19 +392,36 @@ def test_k8s_every_container_requests_cpu_and_memory_and_the_worker_one_gpu() ->
     assert worker["requests"]["nvidia.com/gpu"] == worker["limits"]["nvidia.com/gpu"] == 1
 
 
-def test_k8s_scheduler_and_worker_run_one_pod_replaced_never_rolled() -> None:
-    # One address is one stream: a second worker pod behind a Service would sit idle, and two schedulers
-    # at once would both allocate the same workers' KV blocks.
+def test_k8s_scheduler_runs_one_pod_replaced_never_rolled_and_workers_roll_one_at_a_time() -> None:
+    # Two schedulers at once would both allocate the same workers' KV blocks; a worker pod frees its GPU before
+    # its replacement needs it.
     deployments = k8s_objects("Deployment")
-    for name in ("scheduler", "worker"):
-        assert deployments[name]["spec"]["replicas"] == 1
-        assert deployments[name]["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployments["scheduler"]["spec"]["replicas"] == 1
+    assert deployments["scheduler"]["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployments["worker"]["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
-def test_k8s_only_the_gateway_autoscales() -> None:
-    (hpa,) = k8s_objects("HorizontalPodAutoscaler").values()
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
-    assert hpa["spec"]["minReplicas"] == k8s_objects("Deployment")["gateway"]["spec"]["replicas"] == 2
+def test_k8s_the_scheduler_and_the_gateways_follow_the_headless_worker_and_tokenizer_services() -> None:
+    configs = {c.stage: c.config() for c in k8s_containers()}
+    assert (configs["scheduler"].workers, configs["scheduler"].worker_service) == ((), "worker:50053")
+    assert (configs["gateway"].tokenizers, configs["gateway"].tokenizer_service) == ((), "tokenizer:50051")
+    services = k8s_objects("Service")
+    assert services["worker"]["spec"]["clusterIP"] == services["tokenizer"]["spec"]["clusterIP"] == "None"
+
+
+def test_k8s_gateways_autoscale_on_cpu_and_workers_on_the_scheduler_queue() -> None:
+    hpas = k8s_objects("HorizontalPodAutoscaler")
+    assert set(hpas) == {"gateway", "worker"}
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    assert hpas["gateway"]["spec"]["minReplicas"] == k8s_objects("Deployment")["gateway"]["spec"]["replicas"] == 2
+    (metric,) = hpas["worker"]["spec"]["metrics"]
+    assert metric["external"]["metric"] == {"name": "flashstream_num_requests_waiting",
+                                            "selector": {"matchLabels": {"stage": "scheduler"}}}
+    adapter = yaml.safe_load((ROOT / "deploy/prometheus-adapter/values.yaml").read_text())
+    (rule,) = adapter["rules"]["external"]
+    assert rule["name"]["as"] == "flashstream_num_requests_waiting"
 
 
 @pytest.mark.parametrize("name", ["tokenizer", "worker"])

@@ -51,7 +51,10 @@ def test_environment_gives_flag_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"tokenizers": ()}, "at least one tokenizer address is needed (--tokenizers host:port[,...])"),
+    ({"tokenizers": ()}, "at least one tokenizer address is needed (--tokenizers host:port[,...] or "
+                         "--tokenizer-service host:port)"),
+    ({"tokenizers": (), "tokenizer_service": "tok"}, "tokenizer service must be host:port, got 'tok'"),
+    ({"tokenizers": ("a:1",), "discovery_interval_s": 0}, "discovery_interval_s must be positive, got 0"),
     ({"tokenizers": ("nohost",)}, "tokenizer address must be host:port, got 'nohost'"),
     ({"tokenizers": ("a:1",), "request_timeout_s": 0}, "request_timeout_s must be positive, got 0"),
     ({"tokenizers": ("a:1",), "http_port": 70000}, "http_port must be in [0, 65535], got 70000"),

@@ -28,7 +28,8 @@ def test_every_sampling_field_is_carried_exactly() -> None:
         "n": 1, "stop": ["a", "b"], "seed": 42, "presence_penalty": 1, "frequency_penalty": -1.5,
         "repetition_penalty": 1.1, "logprobs": 3, "ignore_eos": True, "min_tokens": 4, "stop_token_ids": [2, 7],
         "skip_special_tokens": False, "include_stop_str_in_output": True, "user": "x", "stream": True,
-        "stream_options": {"include_usage": True}, "priority": 5, "timeout": 2.5, "unknown_field": [1],
+        "stream_options": {"include_usage": True, "include_latency": True}, "priority": 5, "timeout": 2.5,
+        "unknown_field": [1],
     }
     parsed = parse_openai_request(body, chat=False)
     assert parsed.request == GenerationRequest(
@@ -40,7 +41,7 @@ def test_every_sampling_field_is_carried_exactly() -> None:
                             add_special_tokens=True),
         priority=5, timeout_s=2.5,
     )
-    assert (parsed.stream, parsed.include_usage, parsed.logprobs) == (True, True, True)
+    assert (parsed.stream, parsed.include_usage, parsed.logprobs, parsed.include_latency) == (True, True, True, True)
 
 
 def test_chat_takes_messages_max_completion_tokens_and_top_logprobs() -> None:

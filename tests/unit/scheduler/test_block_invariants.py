@@ -30,12 +30,12 @@ prompts = st.tuples(st.sampled_from([(), (1, 2, 3, 4), (1, 2, 3, 4, 5, 6)]),
 
 class SchedulerMachine(RuleBasedStateMachine):
     @initialize(policy=st.sampled_from(["continuous", "static"]), budget=st.sampled_from([3, 8, 64]),
-                caching=st.booleans())
-    def setup(self, policy: str, budget: int, caching: bool) -> None:
+                caching=st.booleans(), in_flight=st.sampled_from([1, 2, 3, 4]))
+    def setup(self, policy: str, budget: int, caching: bool, in_flight: int) -> None:
         self.now = 0.0
         limits = WorkerLimits(block_size=BLOCK_SIZE, num_kv_blocks=NUM_BLOCKS, max_num_seqs=4,
                               max_num_batched_tokens=budget, max_model_len=32, eos_token_ids=(7,))
-        config = SchedulerConfig(policy=policy, enable_prefix_caching=caching)
+        config = SchedulerConfig(policy=policy, enable_prefix_caching=caching, max_steps_in_flight=in_flight)
         self.engine = Engine(config, limits, clock=lambda: self.now)
         self.worker = FakeWorker(NUM_BLOCKS, BLOCK_SIZE, vocab_size=8, eos_token_id=7, eos_after=frozenset({6}))
         self.in_flight: list[StepResult] = []

@@ -35,3 +35,16 @@ def test_invalid_values_are_refused_with_a_message():
         build_config(["--max-num-seqs", "0"])
     with pytest.raises(InvalidArgument, match="at least one worker"):
         build_config(["--workers", ""])
+
+
+def test_a_worker_service_may_stand_instead_of_a_worker_list():
+    config = build_config(["--workers", "", "--worker-service", "worker:50053", "--discovery-interval-s", "2",
+                           "--worker-drain-timeout-s", "10"])
+    assert (config.workers, config.worker_service, config.discovery_interval_s, config.worker_drain_timeout_s) == (
+        (), "worker:50053", 2.0, 10.0)
+    with pytest.raises(InvalidArgument, match="at least one worker address is needed"):
+        build_config(["--workers", ""])
+    with pytest.raises(InvalidArgument, match="worker service must be host:port, got 'worker'"):
+        build_config(["--worker-service", "worker"])
+    with pytest.raises(InvalidArgument, match="discovery_interval_s must be positive, got 0.0"):
+        build_config(["--worker-service", "w:1", "--discovery-interval-s", "0"])

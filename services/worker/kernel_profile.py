@@ -1,0 +1,88 @@
+"""A window of steps traced with torch.profiler under real load: which device kernels the steps spent their time
+in, so a serving benchmark can say what bounds the GPU, not only that it is busy.
+
+Off unless the worker is started with --kernel-profile-dir. Then SIGUSR1 (`kill -USR1 <worker pid>`) opens a
+window at the next step, which closes `count` steps later and writes its summary (JSON and text, replacing the
+last window's); a signal while a window is open is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def device_time_us(row: Any) -> float:
+    """A key_averages row's self time on the device, in microseconds (torch renamed the field from cuda to device)."""
+    value = getattr(row, "self_device_time_total", None)
+    return float(value if value is not None else getattr(row, "self_cuda_time_total", 0.0))
+
+
+class KernelProfile:
+    """`arm` (from any thread) asks for a window; `after_step`, on the thread that runs the steps, opens and closes
+    it."""
+
+    def __init__(self, out_dir: str, count: int, name: str = "worker") -> None:
+        if count < 1:
+            raise ValueError(f"a kernel profile window needs at least one step, got {count}")
+        self.out_dir = Path(out_dir)
+        self.count, self.name = count, name
+        self.num_steps = 0
+        self.num_windows = 0  # written so far
+        self._armed = False
+        self._prof: torch.profiler.profile | None = None
+        self._opened_at = 0.0
+        self._opened_step = 0
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def after_step(self) -> None:
+        self.num_steps += 1
+        if self._prof is None and self._armed:
+            # Device kernels only where there is a device: host-side op events would multiply what the profiler
+            # must post-process (and delay the steps after the window) without adding to the summary.
+            cuda = torch.cuda.is_available()
+            activities = [torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU]
+            self._armed = False
+            log.info("kernel profile window opened at step %d for %d steps", self.num_steps, self.count)
+            self._prof = torch.profiler.profile(activities=activities)
+            self._prof.__enter__()
+            self._opened_at = time.perf_counter()
+            self._opened_step = self.num_steps
+        elif self._prof is not None and self.num_steps >= self._opened_step + self.count:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall_s = time.perf_counter() - self._opened_at
+            prof, self._prof = self._prof, None
+            prof.__exit__(None, None, None)
+            log.info("kernel profile window closed after %.3f s; summarising", wall_s)
+            try:
+                self._write(prof, wall_s)
+                self.num_windows += 1
+            except OSError as exc:
+                log.warning("kernel profile not written: %s", exc)
+
+    def _write(self, prof: torch.profiler.profile, wall_s: float) -> None:
+        rows = [(row.key, row.count, device_time_us(row)) for row in prof.key_averages()]
+        rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+        total_us = sum(r[2] for r in rows)
+        summary = {
+            "steps": self.count, "wall_s": wall_s, "device_kernel_s": total_us / 1e6,
+            "kernels": [{"name": name, "calls": calls, "seconds": us / 1e6, "share": us / total_us if total_us else 0.0}
+                        for name, calls, us in rows[:60]],
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"{self.name}_kernels.json").write_text(json.dumps(summary, indent=1) + "\n")
+        lines = [f"{self.count} steps in {wall_s:.3f} s wall; kernels {total_us / 1e6:.3f} s on the device", "",
+                 "share   seconds   calls  kernel"]
+        lines += [f"{us / total_us:6.1%} {us / 1e6:9.4f} {calls:7d}  {name[:140]}" for name, calls, us in rows[:60]]
+        (self.out_dir / f"{self.name}_kernels.txt").write_text("\n".join(lines) + "\n")
+        log.info("kernel profile of %d steps written to %s", self.count, self.out_dir)
