@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_kv_cache, check_shape, check_tensor
+from kernels._checks import FLOAT_DTYPES, FP8_DTYPE, check_inner_contiguous, check_kv_cache, check_shape, check_tensor
 
 
 def check_paged_attention_args(
@@ -35,12 +35,14 @@ def check_paged_attention_args(
     return num_heads, num_kv_heads, head_dim, block_size
 
 
-def gather_kv_ref(cache: torch.Tensor, block_table_row: torch.Tensor, length: int) -> torch.Tensor:
-    """[length, num_kv_heads, head_dim]: the first `length` cache entries of one sequence, in position order."""
+def gather_kv_ref(cache: torch.Tensor, block_table_row: torch.Tensor, length: int, scale: float = 1.0) -> torch.Tensor:
+    """[length, num_kv_heads, head_dim]: the first `length` cache entries of one sequence, in position order; an
+    FP8 cache's entries dequantised to fp32 (times its scale)."""
     block_size = cache.shape[1]
     positions = torch.arange(length, device=cache.device)
     blocks = block_table_row.long()[positions // block_size]
-    return cache[blocks, positions % block_size]
+    entries = cache[blocks, positions % block_size]
+    return entries.float() * scale if entries.dtype == FP8_DTYPE else entries
 
 
 def attention_ref(

@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FP8_DTYPE = torch.float8_e4m3fn  # FP8 weights and FP8 KV caches
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+# A KV cache holds the model's dtype, or float8_e4m3fn scaled per layer (--kv-cache-dtype fp8).
+KV_CACHE_DTYPES = (*FLOAT_DTYPES, FP8_DTYPE)
 
 
 def check_tensor(
@@ -47,8 +51,8 @@ def check_kv_cache(
     key_cache: torch.Tensor, value_cache: torch.Tensor, dtype: torch.dtype | None = None
 ) -> tuple[int, int, int, int]:
     """Returns (num_blocks, block_size, num_kv_heads, head_dim) of a [num_blocks, block_size, kv_heads, d] cache."""
-    check_tensor("key_cache", key_cache, 4, FLOAT_DTYPES)
-    check_tensor("value_cache", value_cache, 4, FLOAT_DTYPES)
+    check_tensor("key_cache", key_cache, 4, KV_CACHE_DTYPES)
+    check_tensor("value_cache", value_cache, 4, KV_CACHE_DTYPES)
     if key_cache.shape != value_cache.shape:
         raise ValueError(
             f"key_cache and value_cache must have one shape, got {tuple(key_cache.shape)} and "
@@ -58,8 +62,8 @@ def check_kv_cache(
         raise ValueError("key_cache and value_cache must have the same strides")
     if key_cache.dtype != value_cache.dtype:
         raise TypeError(f"key_cache and value_cache dtypes differ: {key_cache.dtype} and {value_cache.dtype}")
-    if dtype is not None and key_cache.dtype != dtype:
-        raise TypeError(f"the KV cache dtype {key_cache.dtype} must match the query dtype {dtype}")
+    if dtype is not None and key_cache.dtype not in (dtype, FP8_DTYPE):
+        raise TypeError(f"the KV cache dtype {key_cache.dtype} must match the query dtype {dtype} (or be FP8)")
     check_inner_contiguous("key_cache", key_cache)
     check_inner_contiguous("value_cache", value_cache)
     return tuple(key_cache.shape)  # type: ignore[return-value]

@@ -56,6 +56,8 @@ def cache_tile_descriptors(key_cache: torch.Tensor, value_cache: torch.Tensor, b
     num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
     if TensorDescriptor is None or block_size % block_n or head_dim not in (64, 128, 256):
         return None
+    if key_cache.dtype == torch.float8_e4m3fn:
+        return None  # tma_tile multiplies tiles as they land; an FP8 cache takes the gather kernels, which widen it
     if key_cache.stride(2) != head_dim or key_cache.stride(0) != block_size * key_cache.stride(1):
         return None
     if any(t.data_ptr() % 16 for t in (key_cache, value_cache)) or (key_cache.stride(1) * key_cache.element_size()) % 16:
@@ -189,7 +191,7 @@ def attend_paged_tile_halves(
     ptrs = row_offsets[:, None] + offs_d[None, :]  # [BLOCK_N, D]
     offs_n = n_start + tl.arange(0, BLOCK_N)
     kv_valid = offs_n < kv_len
-    k = load_paged_tile(k_cache_ptr, ptrs, kv_valid, d_mask, MASK_KV, EVEN_D)
+    k = load_paged_tile(k_cache_ptr, ptrs, kv_valid, d_mask, MASK_KV, EVEN_D).to(q_a.dtype)  # FP8 caches widen here
     s_a = tl.dot(q_a, tl.trans(k), input_precision=DOT_PRECISION)
     s_b = tl.dot(q_b, tl.trans(k), input_precision=DOT_PRECISION)
     if MASK_KV:
@@ -199,7 +201,7 @@ def attend_paged_tile_halves(
         s_a = tl.where(offs_n[None, :] <= pos_a[:, None], s_a, float("-inf"))
         s_b = tl.where(offs_n[None, :] <= pos_b[:, None], s_b, float("-inf"))
     p_a, alpha_a, m_a, l_a = online_softmax_step(s_a, m_a, l_a, qk_scale_log2)
-    v = load_paged_tile(v_cache_ptr, ptrs, kv_valid, d_mask, MASK_KV, EVEN_D)
+    v = load_paged_tile(v_cache_ptr, ptrs, kv_valid, d_mask, MASK_KV, EVEN_D).to(q_a.dtype)
     acc_a = tl.dot(p_a.to(v.dtype), v, acc_a * alpha_a[:, None], input_precision=DOT_PRECISION)
     p_b, alpha_b, m_b, l_b = online_softmax_step(s_b, m_b, l_b, qk_scale_log2)
     acc_b = tl.dot(p_b.to(v.dtype), v, acc_b * alpha_b[:, None], input_precision=DOT_PRECISION)
@@ -237,6 +239,7 @@ def attend_paged_tile(
         k = tl.load(k_cache_ptr + ptrs)
     else:
         k = tl.load(k_cache_ptr + ptrs, mask=d_mask[None, :], other=0.0)
+    k = k.to(q.dtype)  # an FP8 cache is widened in registers (its scale is folded into qk_scale_log2)
 
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [M, BLOCK_N], unscaled
     if MASK_KV:
@@ -251,6 +254,7 @@ def attend_paged_tile(
         v = tl.load(v_cache_ptr + ptrs)
     else:
         v = tl.load(v_cache_ptr + ptrs, mask=d_mask[None, :], other=0.0)
+    v = v.to(q.dtype)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_new, l_i

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
-from kernels._checks import check_launchable, check_same_device, check_tensor
+from kernels._checks import FP8_DTYPE, check_launchable, check_same_device, check_tensor
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
@@ -344,10 +344,13 @@ def paged_decode_attention(
     out: torch.Tensor | None = None,
     *,
     config: DecodeConfig | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """q: [num_seqs, num_heads, head_dim] at position context_lens[i] - 1; caches: [num_blocks, block_size,
     num_kv_heads, head_dim]; block_tables: [num_seqs, max_blocks] int32; context_lens: [num_seqs] int32.
-    With max_context_len and num_splits given the call never syncs (CUDA-graph safe)."""
+    With max_context_len and num_splits given the call never syncs (CUDA-graph safe). An FP8 cache holds K / k_scale
+    and V / v_scale (the scales are ignored for other caches)."""
     num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
         q, key_cache, value_cache, block_tables, context_lens, out
     )
@@ -356,14 +359,34 @@ def paged_decode_attention(
         out = torch.empty_like(q)
     if num_seqs == 0:
         return out
+    if key_cache.dtype == FP8_DTYPE:
+        # The Gluon and TMA kernels multiply tiles as they land; the gather kernel widens FP8 in registers. k_scale
+        # joins the softmax scale, v_scale multiplies the output.
+        _paged_decode(q, key_cache, value_cache, block_tables, context_lens, scale * k_scale, max_context_len,
+                      num_splits, out, config, None)
+        if v_scale != 1.0:
+            out.mul_(v_scale)
+        return out
+    return _paged_decode(q, key_cache, value_cache, block_tables, context_lens, scale, max_context_len, num_splits,
+                         out, config, q.device)
+
+
+def _paged_decode(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_tables: torch.Tensor,
+    context_lens: torch.Tensor, scale: float, max_context_len: int | None, num_splits: int | None, out: torch.Tensor,
+    config: DecodeConfig | None, device: torch.device | None,
+) -> torch.Tensor:
+    """paged_decode_attention's launch into out; `device` picks the default config (None: the gather kernel's)."""
+    num_seqs, num_heads = q.shape[0], q.shape[1]
+    num_kv_heads, head_dim, block_size = key_cache.shape[2], key_cache.shape[3], key_cache.shape[1]
     if max_context_len is None:
         max_context_len = int(context_lens.max().item())  # one sync; pass it to stay graph-safe
     if num_splits is None:
-        split_cfg = config or default_decode_config(num_seqs, num_kv_heads, 0, block_size, q.device)
+        split_cfg = config or default_decode_config(num_seqs, num_kv_heads, 0, block_size, device)
         num_splits = choose_num_splits(num_seqs, num_kv_heads, max_context_len, split_cfg)
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
-    cfg = config or default_decode_config(num_seqs, num_kv_heads, num_splits, block_size, q.device)
+    cfg = config or default_decode_config(num_seqs, num_kv_heads, num_splits, block_size, device)
     if cfg.in_flight < 0:
         raise ValueError(f"DecodeConfig.in_flight must be >= 0 (0: as many as the ring), got {cfg.in_flight}")
     # Each split covers a whole number of key tiles; sequences longer than max_context_len would be truncated.
@@ -431,6 +454,8 @@ def paged_decode_attention_ref(
     out: torch.Tensor | None = None,
     *,
     config: DecodeConfig | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Plain torch version of paged_decode_attention (same arguments; fp32 math)."""
     num_seqs = _check_args(q, key_cache, value_cache, block_tables, context_lens, out)[0]
@@ -438,7 +463,7 @@ def paged_decode_attention_ref(
     for i, length in enumerate(context_lens.tolist()):
         if length < 1:
             raise ValueError(f"sequence {i} has context length {length}; decode needs at least 1")
-        k = gather_kv_ref(key_cache, block_tables[i], length)
-        v = gather_kv_ref(value_cache, block_tables[i], length)
+        k = gather_kv_ref(key_cache, block_tables[i], length, k_scale)
+        v = gather_kv_ref(value_cache, block_tables[i], length, v_scale)
         result[i : i + 1] = attention_ref(q[i : i + 1], k, v, scale, causal=True)
     return result

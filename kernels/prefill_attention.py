@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
-from kernels._checks import check_launchable, check_same_device, check_tensor
+from kernels._checks import FP8_DTYPE, check_launchable, check_same_device, check_tensor
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
@@ -297,15 +297,26 @@ def paged_prefill_attention(
     out: torch.Tensor | None = None,
     *,
     config: PrefillConfig | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; caches: [num_blocks, block_size, num_kv_heads, head_dim];
     block_tables: [num_seqs, max_blocks] int32; query_start_loc: [num_seqs + 1] int32; context_lens: [num_seqs]
     int32. Returns [num_tokens, num_heads, head_dim] in q's dtype. Without a config, head dims 64 and 128 on
-    Hopper run the Gluon kernel (kernels/prefill_gluon.py); a config always selects this module's Triton kernel."""
+    Hopper run the Gluon kernel (kernels/prefill_gluon.py); a config always selects this module's Triton kernel.
+    An FP8 cache holds K / k_scale and V / v_scale; it takes the Triton gather kernel, which widens it in registers
+    (k_scale joins the softmax scale, v_scale multiplies the output); other caches ignore the scales."""
     num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
         q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
     )
     check_launchable(q.device)
+    if key_cache.dtype == FP8_DTYPE:
+        out = _paged_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale * k_scale,
+                             causal, max_query_len, out, config or default_prefill_config(head_dim, block_size),
+                             num_seqs, num_heads, num_kv_heads, head_dim, block_size)
+        if v_scale != 1.0:
+            out.mul_(v_scale)
+        return out
     if config is None and q.device.type == "cuda":
         # Hopper: the Gluon kernel (kernels/prefill_gluon.py), faster at both head dims (bench/results/kernels_h100.md).
         from kernels.prefill_gluon import hopper_prefill_unsupported_reason, launch_hopper_prefill
@@ -313,13 +324,24 @@ def paged_prefill_attention(
         if hopper_prefill_unsupported_reason(q, key_cache, value_cache) is None:
             return launch_hopper_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens,
                                          scale, causal, max_query_len, out, num_seqs, num_heads, num_kv_heads)
+    return _paged_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale, causal,
+                          max_query_len, out, config or default_prefill_config(head_dim, block_size), num_seqs,
+                          num_heads, num_kv_heads, head_dim, block_size)
+
+
+def _paged_prefill(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor, context_lens: torch.Tensor, scale: float, causal: bool, max_query_len: int | None,
+    out: torch.Tensor | None, cfg: PrefillConfig, num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int,
+    block_size: int,
+) -> torch.Tensor:
+    """paged_prefill_attention's launch of this module's Triton kernels."""
     if out is None:
         out = torch.empty_like(q)
     if q.shape[0] == 0 or num_seqs == 0:
         return out
     if max_query_len is None:
         max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max().item())  # one sync
-    cfg = config or default_prefill_config(head_dim, block_size)
     grid = (num_heads, num_seqs, triton.cdiv(max_query_len, cfg.block_m))
     descriptors = None
     if cfg.tma and supports_tma(q.device):
@@ -361,6 +383,8 @@ def paged_prefill_attention_ref(
     out: torch.Tensor | None = None,
     *,
     config: PrefillConfig | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Plain torch version of paged_prefill_attention (same arguments; fp32 math)."""
     num_seqs = _check_args(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out)[0]
@@ -372,7 +396,7 @@ def paged_prefill_attention_ref(
             raise ValueError(f"sequence {i} has {end - begin} queries but a context of only {lens[i]}")
         if end == begin:
             continue
-        k = gather_kv_ref(key_cache, block_tables[i], lens[i])
-        v = gather_kv_ref(value_cache, block_tables[i], lens[i])
+        k = gather_kv_ref(key_cache, block_tables[i], lens[i], k_scale)
+        v = gather_kv_ref(value_cache, block_tables[i], lens[i], v_scale)
         result[begin:end] = attention_ref(q[begin:end], k, v, scale, causal)
     return result

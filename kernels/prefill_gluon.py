@@ -83,6 +83,8 @@ def gluon_layout_unsupported_reason(q: torch.Tensor, key_cache: torch.Tensor, va
         return f"needs bf16 or fp16, got {q.dtype}"
     if q.dim() != 3 or key_cache.dim() != 4:
         return "needs q [tokens, heads, head_dim] and caches [blocks, block_size, kv_heads, head_dim]"
+    if key_cache.dtype != q.dtype:
+        return f"needs the cache in q's dtype {q.dtype}, got {key_cache.dtype}"
     head_dim = q.shape[2]
     if head_dim not in SUPPORTED_HEAD_DIMS:
         return f"head_dim must be one of {SUPPORTED_HEAD_DIMS}, got {head_dim}"

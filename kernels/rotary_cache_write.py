@@ -13,6 +13,7 @@ import triton.language as tl
 
 from kernels._checks import (
     FLOAT_DTYPES,
+    FP8_DTYPE,
     check_inner_contiguous,
     check_kv_cache,
     check_launchable,
@@ -20,7 +21,7 @@ from kernels._checks import (
     check_shape,
     check_tensor,
 )
-from kernels.cache_write import write_kv_cache_ref
+from kernels.cache_write import cache_value, write_kv_cache_ref
 from kernels.rotary import apply_rotary_ref
 
 
@@ -29,8 +30,9 @@ def _rotary_cache_write_kernel(
     q_ptr, k_ptr, v_ptr, q_out_ptr, key_cache_ptr, value_cache_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr,
     num_heads, num_kv_heads, block_size,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_qot, stride_qoh,
-    stride_cb, stride_cs, stride_ch, stride_cos, stride_sin,
+    stride_cb, stride_cs, stride_ch, stride_cos, stride_sin, k_inv_scale, v_inv_scale,
     HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     # One program per token: its q heads to q_out, its k heads (rotated) and v heads to the token's cache slot.
     token = tl.program_id(0).to(tl.int64)
@@ -60,15 +62,16 @@ def _rotary_cache_write_kernel(
         k1 = tl.load(k_src, mask=kv_mask, other=0.0).to(tl.float32)
         k2 = tl.load(k_src + HALF, mask=kv_mask, other=0.0).to(tl.float32)
         # Rounded to k's dtype first, as the rotary kernel's output would be before the cache write.
-        r1 = (k1 * cos - k2 * sin).to(k_ptr.dtype.element_ty).to(key_cache_ptr.dtype.element_ty)
-        r2 = (k2 * cos + k1 * sin).to(k_ptr.dtype.element_ty).to(key_cache_ptr.dtype.element_ty)
+        r1 = cache_value((k1 * cos - k2 * sin).to(k_ptr.dtype.element_ty), k_inv_scale, key_cache_ptr, FP8)
+        r2 = cache_value((k2 * cos + k1 * sin).to(k_ptr.dtype.element_ty), k_inv_scale, key_cache_ptr, FP8)
         tl.store(key_cache_ptr + cache_off, r1, mask=kv_mask)
         tl.store(key_cache_ptr + cache_off + HALF, r2, mask=kv_mask)
         v_src = v_ptr + token * stride_vt + kv_heads[:, None] * stride_vh + cols[None, :]
         v1 = tl.load(v_src, mask=kv_mask, other=0.0)
         v2 = tl.load(v_src + HALF, mask=kv_mask, other=0.0)
-        tl.store(value_cache_ptr + cache_off, v1.to(value_cache_ptr.dtype.element_ty), mask=kv_mask)
-        tl.store(value_cache_ptr + cache_off + HALF, v2.to(value_cache_ptr.dtype.element_ty), mask=kv_mask)
+        tl.store(value_cache_ptr + cache_off, cache_value(v1, v_inv_scale, value_cache_ptr, FP8), mask=kv_mask)
+        tl.store(value_cache_ptr + cache_off + HALF, cache_value(v2, v_inv_scale, value_cache_ptr, FP8),
+                 mask=kv_mask)
 
 
 def _check_args(
@@ -117,11 +120,15 @@ def apply_rotary_and_write_kv(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]; positions and
     slot_mapping: [num_tokens] (slot = block_id * block_size + offset, negative = no write); cos/sin:
     [max_position, head_dim // 2] fp32; caches: [num_blocks, block_size, num_kv_heads, head_dim].
-    Returns the rotated q (a new tensor) and stores the rotated k and v at their slots."""
+    Returns the rotated q (a new tensor) and stores the rotated k and v at their slots (an FP8 cache: divided by
+    k_scale and v_scale, as write_kv_cache stores them)."""
     _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping)
     check_launchable(q.device)
     q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -134,7 +141,8 @@ def apply_rotary_and_write_kv(
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             q_out.stride(0), q_out.stride(1),
             key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), cos.stride(0), sin.stride(0),
-            HALF=head_dim // 2,
+            1.0 / k_scale, 1.0 / v_scale,
+            HALF=head_dim // 2, FP8=key_cache.dtype == FP8_DTYPE,
             BLOCK_HEADS=triton.next_power_of_2(num_heads),
             BLOCK_KV_HEADS=triton.next_power_of_2(num_kv_heads),
             BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
@@ -153,9 +161,12 @@ def apply_rotary_and_write_kv_ref(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    *,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Plain torch version of apply_rotary_and_write_kv: the two references it fuses, one after the other."""
     _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping)
     q_rot, k_rot = apply_rotary_ref(q, k, positions, cos, sin)
-    write_kv_cache_ref(k_rot, v, key_cache, value_cache, slot_mapping)
+    write_kv_cache_ref(k_rot, v, key_cache, value_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
     return q_rot

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 from services.common.config import ServerConfig
 from services.common.errors import InvalidArgument
+from services.worker.quantization import QUANTIZATIONS
 
 LOAD_FORMATS = ("auto", "dummy", "fake")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: float8_e4m3fn, half the bytes of bf16
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,10 @@ class WorkerConfig:
     load_format: str = "auto"  # auto: safetensors; dummy: random weights; fake: no model at all
     dtype: str = "auto"  # auto: bfloat16 on CUDA (fp16 checkpoints keep fp16), float32 on CPU
     device: str = "auto"  # auto: cuda when available, else cpu
+    # "fp8": projections quantised to FP8 at load (per output channel); "": as the checkpoint stores them
+    # (FP8 checkpoints load as FP8 either way).
+    quantization: str = ""
+    kv_cache_dtype: str = "auto"  # fp8: keys and values stored as float8_e4m3fn with per-layer scales
     block_size: int = 16
     num_kv_blocks: int = 0  # 0: measured on CUDA, CPU_DEFAULT_KV_BLOCKS elsewhere
     gpu_memory_utilization: float = 0.90
@@ -37,6 +43,10 @@ class WorkerConfig:
             raise InvalidArgument("--model is required (a checkpoint folder or a preset name)")
         if self.load_format not in LOAD_FORMATS:
             raise InvalidArgument(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise InvalidArgument(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise InvalidArgument(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         if self.dtype not in DTYPES:
             raise InvalidArgument(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -18,15 +18,23 @@ from services.common.progress import Progress
 from services.worker.checkpoint_files import weight_files
 from services.worker.model_config import ModelConfig
 from services.worker.models.decoder import CausalDecoder, fused_shards
+from services.worker.models.fp8_linear import fp8_projections
 from services.worker.ops import Ops
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
+# Tensors of FP8 checkpoints that FlashStream reads past: static activation scales (activations are quantised per
+# token at run time, finer than one scale per tensor).
+_FP8_IGNORED_SUFFIXES = (".input_scale", ".input_scale_ub")
+# Per-layer KV-cache calibration (compressed-tensors kv_cache_scheme): what an FP8 KV cache divides K and V by.
+_KV_SCALE_SUFFIXES = (".self_attn.k_scale", ".self_attn.v_scale")
 
 
 def build_empty_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device) -> CausalDecoder:
     """The decoder with uninitialised parameters of `dtype` on `device` (nothing is allocated twice)."""
     with torch.device("meta"):
         model = CausalDecoder(cfg, ops).to(dtype)
+        if cfg.quantization == "fp8":
+            fp8_projections(model, ops)  # after .to(dtype), which would cast FP8 weights and their fp32 scales
     return model.to_empty(device=device).eval().requires_grad_(False)
 
 
@@ -62,21 +70,44 @@ def load_weights(model: CausalDecoder, folder: str | Path) -> None:
 def _load_file(path: Path, model: CausalDecoder, targets: dict[str, tuple[torch.Tensor, int, int]], loaded: set[str],
                tied: bool, progress: Progress) -> None:
     """Copies one safetensors file's tensors into their parameters, adding their names to `loaded`."""
+    fp8 = model.cfg.quantization == "fp8"
     with safe_open(str(path), framework="pt", device="cpu") as f:
         for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
             if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
+                continue
+            if fp8 and name.endswith(_FP8_IGNORED_SUFFIXES):
+                continue
+            if name.endswith(_KV_SCALE_SUFFIXES):
+                _set_kv_scale(model, path, name, f.get_tensor(name))
                 continue
             if name not in targets:
                 raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}")
             param, first, rows = targets[name]
             expected = (rows, *param.shape[1:])
             shape = tuple(f.get_slice(name).get_shape())
+            if name.endswith(".weight_scale") and shape in ((), (1,), (rows, 1)):
+                shape = expected  # one scale per tensor (broadcast to its rows) or per channel, as a column
             if shape != expected:
                 raise InvalidArgument(f"{path}: tensor {name} has shape {shape}, expected {expected}")
             tensor = f.get_tensor(name)
-            param.data[first : first + rows].copy_(tensor)
+            if param.dtype == torch.float8_e4m3fn and tensor.dtype != param.dtype:
+                raise InvalidArgument(f"{path}: tensor {name} has dtype {tensor.dtype}, expected {param.dtype} "
+                                      "(config.json declares an FP8 checkpoint)")
+            param.data[first : first + rows].copy_(tensor.reshape(-1) if param.dim() == 1 else tensor)
             loaded.add(name)
             progress.advance(tensor.numel() * tensor.element_size())
+
+
+def _set_kv_scale(model: CausalDecoder, path: Path, name: str, tensor: torch.Tensor) -> None:
+    """Sets an attention layer's k_scale or v_scale (a float: CUDA graphs and kernels take it as a constant)."""
+    module_name, attr = name.rsplit(".", 1)
+    try:
+        attention = model.get_submodule(module_name)
+    except AttributeError:
+        raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}") from None
+    if tensor.numel() != 1 or not float(tensor.float()) > 0:
+        raise InvalidArgument(f"{path}: tensor {name} must be one positive scale, got shape {tuple(tensor.shape)}")
+    setattr(attention, attr, float(tensor.float()))
 
 
 def init_dummy_weights(model: CausalDecoder, seed: int = 0, std: float = 0.02) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import InvalidArgument
+from services.worker.quantization import checkpoint_quantization
 
 # Architecture → (bias on q/k/v projections, RMSNorm on q and k per head). Llama's optional `attention_bias`
 # adds bias to all four projections; Qwen2 always has q/k/v bias and no o bias.
@@ -65,6 +66,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...]
     dtype: str  # the checkpoint's dtype name ("bfloat16", ...)
     sliding_window: int | None = None  # attention window; the worker caps max_model_len to it
+    quantization: str = ""  # "fp8": the checkpoint's projections are stored in FP8 (quantization_config)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads != 0:
@@ -116,6 +118,7 @@ class ModelConfig:
             eos_token_ids=_token_ids(hf.get("eos_token_id")),
             dtype=_dtype_name(hf.get("dtype") or hf.get("torch_dtype") or "float32", source),
             sliding_window=_sliding_window(hf),
+            quantization=checkpoint_quantization(hf, source),
         )
 
     @classmethod

@@ -17,6 +17,7 @@ from services.worker.loader import build_empty_model, init_dummy_weights, load_w
 from services.worker.model_config import ModelConfig
 from services.worker.model_runner import ModelRunner
 from services.worker.models.decoder import store_projections_input_major
+from services.worker.models.fp8_linear import quantize_projections
 from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
 from services.worker.ops import select_ops
 from services.worker.profiling import profile_kv_blocks
@@ -60,27 +61,31 @@ def build_model_engine(
 ) -> Engine:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, cfg, device)
-    model = build_empty_model(cfg, select_ops(device, use_kernels), dtype, device)
+    ops = select_ops(device, use_kernels)
+    model = build_empty_model(cfg, ops, dtype, device)
     if config.load_format == "dummy":
         init_dummy_weights(model, config.seed)
     else:
         load_weights(model, config.model)
+    if config.quantization == "fp8" and cfg.quantization != "fp8":
+        log.info("quantised %d projections to FP8", quantize_projections(model, ops))
     if device.type == "cuda":
         store_projections_input_major(model)
+    kv_dtype = torch.float8_e4m3fn if config.kv_cache_dtype == "fp8" else dtype
     model.set_rope(*rotary_tables(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, device))
     num_blocks = config.num_kv_blocks
     if not num_blocks:
         if device.type == "cuda":
             num_blocks = profile_kv_blocks(
                 model, config.block_size, config.max_num_batched_tokens, config.max_num_seqs, max_len,
-                config.gpu_memory_utilization,
+                config.gpu_memory_utilization, kv_dtype,
             ).num_kv_blocks
             if num_blocks == 0:
                 raise InvalidArgument("no room for a KV cache: raise --gpu-memory-utilization or lower the limits")
         else:
             num_blocks = CPU_DEFAULT_KV_BLOCKS
     max_len = fit_max_model_len(max_len, num_blocks, config.block_size, bool(config.max_model_len))
-    kv_cache = KVCache(cfg, num_blocks, config.block_size, dtype, device)
+    kv_cache = KVCache(cfg, num_blocks, config.block_size, kv_dtype, device)
     graphs, piecewise = None, None
     if device.type == "cuda" and not config.enforce_eager:
         graphs = DecodeGraphs(model, kv_cache, config.max_num_seqs, max_len)

@@ -9,6 +9,7 @@ import torch
 
 import kernels
 from kernels.argmax import argmax_rows, argmax_rows_ref
+from kernels.fp8_linear import fp8_linear, fp8_linear_ref
 from kernels.rotary_cache_write import apply_rotary_and_write_kv, apply_rotary_and_write_kv_ref
 
 
@@ -25,6 +26,8 @@ class Ops:
     # Rotary on q and k fused with the cache write of k and v; returns the rotated q.
     apply_rotary_and_write_kv: Callable[..., torch.Tensor]
     argmax: Callable[..., torch.Tensor]  # [num_rows, n] → [num_rows] int64, as torch.argmax(dim=-1)
+    # x [..., K], FP8 weight [N, K], fp32 scales [N], bias → [..., N]: the projections of an FP8 model.
+    fp8_linear: Callable[..., torch.Tensor]
     uses_kernels: bool
 
 
@@ -37,6 +40,7 @@ KERNEL_OPS = Ops(
     silu_and_mul=kernels.silu_and_mul,
     apply_rotary_and_write_kv=apply_rotary_and_write_kv,
     argmax=argmax_rows,
+    fp8_linear=fp8_linear,
     uses_kernels=True,
 )
 REFERENCE_OPS = Ops(
@@ -48,6 +52,7 @@ REFERENCE_OPS = Ops(
     silu_and_mul=kernels.silu_and_mul_ref,
     apply_rotary_and_write_kv=apply_rotary_and_write_kv_ref,
     argmax=argmax_rows_ref,
+    fp8_linear=fp8_linear_ref,
     uses_kernels=False,
 )
 

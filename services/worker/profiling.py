@@ -32,11 +32,14 @@ def profile_kv_blocks(
     max_num_seqs: int,
     max_model_len: int,
     gpu_memory_utilization: float,
+    kv_dtype: torch.dtype | None = None,
 ) -> MemoryProfile:
     """Runs one forward of max_num_batched_tokens tokens (and logits for max_num_seqs rows) to measure the
-    activation peak, then sizes the KV cache to gpu_memory_utilization of the device."""
+    activation peak, then sizes the KV cache (of kv_dtype; None: the model's) to gpu_memory_utilization of the
+    device."""
     param = next(model.parameters())
     device, dtype, cfg = param.device, param.dtype, model.cfg
+    kv_dtype = kv_dtype or dtype
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -48,7 +51,7 @@ def profile_kv_blocks(
         num_blocks = -(-length // block_size)
         chunks.append(SeqChunk(0, length, list(range(next_block, next_block + num_blocks))))
         next_block += num_blocks
-    scratch = KVCache(cfg, next_block, block_size, dtype, device)
+    scratch = KVCache(cfg, next_block, block_size, kv_dtype, device)
     meta = build_attention_metadata(chunks, block_size, device)
     input_ids = torch.zeros(max_num_batched_tokens, dtype=torch.int64, device=device)
     hidden = model(input_ids, meta, scratch.layers)
@@ -62,7 +65,7 @@ def profile_kv_blocks(
     free, total = torch.cuda.mem_get_info(device)
     other = max(0, total - free - torch.cuda.memory_reserved(device))
     budget = int(total * gpu_memory_utilization) - weights - activation - other
-    num_blocks = max(0, budget // kv_bytes_per_block(cfg, block_size, dtype))
+    num_blocks = max(0, budget // kv_bytes_per_block(cfg, block_size, kv_dtype))
     profile = MemoryProfile(total, weights, activation, other, budget, num_blocks)
     log.info(
         "memory: total %.2f GiB, weights %.2f GiB, activations %.2f GiB, other %.2f GiB, KV %.2f GiB = %d blocks",

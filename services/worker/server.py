@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dtype", default=env_default("dtype", "auto"), choices=("auto", "float32", "float16", "bfloat16"),
         help="auto: bfloat16 (or the checkpoint's float16) on CUDA, float32 on CPU")
     add("--device", default=env_default("device", "auto"), help="auto, cpu, cuda, cuda:N")
+    add("--quantization", default=env_default("quantization", ""), choices=("", "fp8"),
+        help="fp8: quantise the linear layers to FP8 at load, one scale per output channel (FP8 checkpoints load "
+             "as FP8 without it)")
+    add("--kv-cache-dtype", default=env_default("kv_cache_dtype", "auto"), choices=("auto", "fp8"),
+        help="auto: the model's dtype; fp8: float8_e4m3fn keys and values with per-layer scales (1, or the "
+             "checkpoint's k_scale/v_scale), twice the tokens in the same memory")
     add("--block-size", type=int, default=env_default("block_size", 16), help="tokens per KV block")
     add("--num-kv-blocks", type=int, default=env_default("num_kv_blocks", 0),
         help="KV blocks to allocate (0: measured on CUDA, 1024 on CPU, 65536 in fake mode)")
@@ -67,7 +73,8 @@ def build_config(argv: list[str] | None = None) -> WorkerConfig:
     args = build_parser().parse_args(argv)
     return WorkerConfig(
         model=args.model, model_id=args.model_id, load_format=args.load_format, dtype=args.dtype,
-        device=args.device, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
+        device=args.device, quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
         gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enforce_eager=args.enforce_eager, fake_token_id=args.fake_token_id, seed=args.seed,

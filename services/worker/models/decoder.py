@@ -68,6 +68,10 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.ops = ops
         self.scale = cfg.head_dim**-0.5
+        # What an FP8 KV cache stores is K / k_scale and V / v_scale (the checkpoint's calibration, else 1); a cache
+        # of the model's dtype ignores them.
+        self.k_scale = 1.0
+        self.v_scale = 1.0
         self.qkv_proj = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias)
         if cfg.qk_norm:
@@ -99,31 +103,35 @@ class Attention(nn.Module):
         key_cache, value_cache = kv_cache
         # One launch: q rotated into a new tensor, the rotated k and v stored at their cache slots.
         return ops.apply_rotary_and_write_kv(q, k, v, meta.positions, rope[0], rope[1], key_cache, value_cache,
-                                             meta.slot_mapping)
+                                             meta.slot_mapping, **self.kv_scales)
+
+    @property
+    def kv_scales(self) -> dict[str, float]:
+        return {"k_scale": self.k_scale, "v_scale": self.v_scale}
 
     def attend(
         self, q: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """q [num_tokens, num_heads, head_dim] → attention output of the same shape (into `out` when given)."""
-        ops = self.ops
+        ops, kv_scales = self.ops, self.kv_scales
         key_cache, value_cache = kv_cache
         if meta.is_decode:
             return ops.decode_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
-                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, out=out,
+                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, out=out, **kv_scales,
             )
         if meta.num_decode_seqs:
             d = meta.num_decode_seqs  # one token each, so also the number of decode rows of q
             out = torch.empty_like(q) if out is None else out
             ops.decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d], meta.context_lens[:d],
-                                 self.scale, max_context_len=meta.decode_max_context_len, out=out[:d])
+                                 self.scale, max_context_len=meta.decode_max_context_len, out=out[:d], **kv_scales)
             ops.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:], meta.prefill_query_start_loc,
                                   meta.context_lens[d:], self.scale, causal=True, max_query_len=meta.max_query_len,
-                                  out=out[d:])
+                                  out=out[d:], **kv_scales)
             return out
         return ops.prefill_attention(
             q, key_cache, value_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.scale,
-            causal=True, max_query_len=meta.max_query_len, out=out,
+            causal=True, max_query_len=meta.max_query_len, out=out, **kv_scales,
         )
 
 

@@ -31,3 +31,20 @@ def test_kernel_launchers_give_the_reference_greedy_tokens(name: str, short_firs
 
     refs = run_greedy(Driver(engine(False)), prompts, 4, chunk=8)
     assert run_greedy(Driver(engine(True)), prompts, 4, chunk=8) == refs
+
+
+@pytest.mark.parametrize("short_first", [False, True])
+def test_fp8_weights_and_fp8_kv_cache_through_the_kernels_give_the_reference_greedy_tokens(
+        short_first: bool, tmp_path: Path) -> None:
+    # The FP8 GEMV for every projection, scaled FP8 cache writes, and the decode and prefill kernels reading FP8 tiles,
+    # in prefill, chunked and mixed steps.
+    folder = make_checkpoint("qwen3", tmp_path / "qwen3")
+    prompts = {2: [9, 8, 7], 1: LONG} if short_first else {1: LONG, 2: [9, 8, 7]}
+
+    def engine(use_kernels: bool):  # noqa: ANN202
+        config = WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=16, max_model_len=64,
+                              quantization="fp8", kv_cache_dtype="fp8")
+        return build_engine(config, use_kernels=use_kernels)
+
+    refs = run_greedy(Driver(engine(False)), prompts, 4, chunk=8)
+    assert run_greedy(Driver(engine(True)), prompts, 4, chunk=8) == refs

@@ -1,0 +1,65 @@
+"""The FP8 linear layer on a GPU: the GEMV kernel for a few rows, FP8 tensor-core GEMMs for more.
+
+Few rows (decode of a small batch): `fp8_gemv` reads each FP8 weight once and dequantises it in registers; the
+step is bound by those bytes. More rows (prefill, large decode batches): the step turns compute-bound, so the
+activations are quantised per token (`quantize_fp8_rows`) and multiplied on FP8 tensor cores by
+`torch._scaled_mm` with row-wise scales (one per token for x, one per output channel for the weight), output in
+bf16. Devices without FP8 tensor cores (before sm_89) run the dequantised reference instead.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from kernels.fp8_gemv import check_fp8_linear_args, fp8_gemv, fp8_gemv_ref
+from kernels.fp8_quant import quantize_fp8_rows
+
+# At most this many rows go through the GEMV kernel; more take the tensor-core GEMM (bench/fp8.py measures both).
+GEMV_MAX_ROWS = 8
+
+
+@functools.cache
+def has_fp8_tensor_cores(device: torch.device) -> bool:
+    """sm_89 (Ada) and later multiply float8_e4m3fn on tensor cores (and Triton converts it in registers)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_scaled_mm(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [M, K] → [M, N] in x's dtype via per-token FP8 activations and torch._scaled_mm (CUDA, sm_89+)."""
+    check_fp8_linear_args(x, weight, weight_scale, bias)
+    q, x_scale = quantize_fp8_rows(x)  # [M, K] fp8, [M, 1] fp32
+    # weight [N, K] row-major is the column-major [K, N] operand _scaled_mm asks for; row-wise scaling needs a
+    # bf16 output, so an fp16 model converts after.
+    y = torch._scaled_mm(q, weight.t(), scale_a=x_scale, scale_b=weight_scale.view(1, -1), out_dtype=torch.bfloat16)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def fp8_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [..., K] · (weight [N, K] float8_e4m3fn · weight_scale [N])ᵀ + bias → [..., N] in x's dtype."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+    if x2.device.type == "cuda" and not has_fp8_tensor_cores(x2.device):
+        y = fp8_gemv_ref(x2, weight, weight_scale, bias)
+    elif x2.shape[0] <= GEMV_MAX_ROWS or x2.device.type != "cuda":
+        # On CPU (interpreter) the GEMV kernel serves every size: _scaled_mm is a CUDA path here.
+        y = fp8_gemv(x2, weight, weight_scale, bias)
+    else:
+        y = fp8_scaled_mm(x2, weight, weight_scale, bias)
+    return y.view(*lead, weight.shape[0])
+
+
+def fp8_linear_ref(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Plain torch version of fp8_linear: the dequantised reference (what the model runs on CPU)."""
+    lead = x.shape[:-1]
+    y = fp8_gemv_ref(x.reshape(-1, x.shape[-1]), weight, weight_scale, bias)
+    return y.view(*lead, weight.shape[0])

@@ -1,0 +1,97 @@
+"""FP8 linear kernels (row-wise quantisation, the small-batch GEMV, the tensor-core path) against their references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels._checks import FP8_DTYPE
+from kernels.fp8_gemv import GemvConfig, fp8_gemv, fp8_gemv_ref
+from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_linear, fp8_linear_ref, fp8_scaled_mm
+from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
+
+
+def _weights(n: int, k: int, g: torch.Generator, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random [n, k] weight quantised per output channel: (fp8 weight, fp32 scales [n])."""
+    w, scale = quantize_fp8_rows_ref(torch.randn(n, k, generator=g) * 0.05)
+    return w.to(device), scale.view(-1).to(device)
+
+
+def test_quantize_rows_reference_scales_each_row_to_the_fp8_range() -> None:
+    x = torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0], [448.0, 896.0, -1792.0, 3.5]])
+    q, scale = quantize_fp8_rows_ref(x)
+    assert q.dtype == FP8_DTYPE
+    assert scale.view(-1).tolist() == pytest.approx([2.0 / 448.0, 1e-12 / 448.0, 1792.0 / 448.0], rel=1e-6)
+    assert q.float()[0].tolist() == [224.0, -448.0, 112.0, 0.0]
+    assert q.float()[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert q.float()[2].tolist() == [112.0, 224.0, -448.0, 0.875]
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 64), (5, 200), (3, 4100)])
+def test_quantize_rows_kernel_matches_reference(device, dtype, rows, cols) -> None:
+    g = torch.Generator().manual_seed(cols)
+    x = (torch.randn(rows, cols, generator=g) * 3).to(dtype)
+    q, scale = quantize_fp8_rows(x.to(device), block_k=1024)
+    ref_q, ref_scale = quantize_fp8_rows_ref(x)
+    assert torch.allclose(scale.cpu(), ref_scale, rtol=1e-6, atol=0)
+    mismatched = (q.cpu().float() != ref_q.float()).float().mean().item()
+    if device == "cpu":
+        assert mismatched == 0.0
+    else:  # the GPU divides with 2-ulp accuracy: a value on a rounding boundary may land one fp8 step away
+        assert mismatched < 1e-3
+
+
+@pytest.mark.parametrize("m, n, k, bias", [(1, 96, 64, False), (3, 40, 200, True), (8, 64, 256, False),
+                                           (13, 48, 96, True)])
+def test_fp8_gemv_matches_dequantised_reference(relative_error, tolerance, device, dtype, m, n, k, bias) -> None:
+    g = torch.Generator().manual_seed(m * n + k)
+    w, scale = _weights(n, k, g, device)
+    x = torch.randn(m, k, generator=g).to(dtype).to(device)
+    b = torch.randn(n, generator=g).to(dtype).to(device) if bias else None
+    out = fp8_gemv(x, w, scale, b)
+    ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu(), None if b is None else b.cpu())
+    assert out.dtype == dtype and out.shape == (m, n)
+    assert relative_error(out.cpu(), ref) < tolerance
+
+
+def test_fp8_gemv_tiles_are_launch_parameters(relative_error, device, dtype) -> None:
+    g = torch.Generator().manual_seed(7)
+    w, scale = _weights(72, 160, g, device)
+    x = torch.randn(2, 160, generator=g).to(dtype).to(device)
+    ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu())
+    for cfg in (GemvConfig(block_n=4, block_k=32), GemvConfig(block_n=32, block_k=64, num_warps=8)):
+        assert relative_error(fp8_gemv(x, w, scale, config=cfg).cpu(), ref) < 1.5e-2
+
+
+def test_fp8_gemv_refuses_a_weight_that_is_not_fp8() -> None:
+    x = torch.randn(1, 16)
+    with pytest.raises(TypeError, match=r"weight must have dtype in \(torch.float8_e4m3fn\), got torch.bfloat16"):
+        fp8_gemv(x, torch.zeros(8, 16, dtype=torch.bfloat16), torch.ones(8))
+    with pytest.raises(ValueError, match=r"weight_scale must have shape \(8,\), got \(4,\)"):
+        fp8_gemv(x, torch.zeros(8, 16, dtype=FP8_DTYPE), torch.ones(4))
+
+
+def test_fp8_linear_keeps_leading_dimensions_and_matches_reference(relative_error, device, dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    w, scale = _weights(32, 64, g, device)
+    x = torch.randn(2, 3, 64, generator=g).to(dtype).to(device)
+    out = fp8_linear(x, w, scale)
+    assert out.shape == (2, 3, 32)
+    assert relative_error(out.cpu(), fp8_linear_ref(x.cpu(), w.cpu(), scale.cpu())) < 1.5e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [GEMV_MAX_ROWS + 1, 64, 1000])
+def test_scaled_mm_path_with_per_token_scales_stays_near_the_dequantised_reference(relative_error, m) -> None:
+    g = torch.Generator().manual_seed(m)
+    w, scale = _weights(512, 1024, g, "cuda")
+    x = torch.randn(m, 1024, generator=g).to(torch.bfloat16).cuda()
+    x[0] *= 100  # one outlier token must not cost the others their precision (per-token scales)
+    bias = torch.randn(512, generator=g).to(torch.bfloat16).cuda()
+    ref = fp8_linear_ref(x.cpu(), w.cpu(), scale.cpu(), bias.cpu())
+    out = fp8_scaled_mm(x, w, scale, bias)
+    assert out.dtype == torch.bfloat16
+    # x is rounded to fp8 too (3 mantissa bits): about 2-3% relative error per row.
+    for row in (0, 1, m - 1):
+        assert relative_error(out[row].cpu(), ref[row]) < 0.05
+    assert relative_error(fp8_linear(x, w, scale, bias).cpu(), ref) < 0.05
