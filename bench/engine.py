@@ -136,6 +136,24 @@ def graph_step_ms(engine: Engine, seq_id: int, num_steps: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def graph_us(fn, num_calls: int = 50, warmup: int = 3) -> float:  # noqa: ANN001 - fn(i) runs the i-th call
+    """µs per call of num_calls calls replayed as one CUDA graph (launch gaps included), after `warmup` calls."""
+    for i in range(warmup):
+        fn(i)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(num_calls):
+            fn(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return round(start.elapsed_time(end) / num_calls * 1e3, 2)
+
+
 def gemv_probe(hidden: int, intermediate: int, num_steps: int = 50) -> list[dict[str, Any]]:
     """Batch-1 projections through cuBLAS in three layouts (weights rotated so that none stays in L2)."""
     dev, dtype = torch.device("cuda"), torch.bfloat16
@@ -153,20 +171,7 @@ def gemv_probe(hidden: int, intermediate: int, num_steps: int = 50) -> list[dict
         }
         row: dict[str, Any] = {"proj": name, "n_out": n_out, "k_in": k_in}
         for label, fn in variants.items():
-            for i in range(copies):
-                fn(i)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for i in range(num_steps):
-                    fn(i)
-            graph.replay()
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            row[label] = round(start.elapsed_time(end) / num_steps * 1e3, 2)  # µs per call, launch gaps included
+            row[label] = graph_us(fn, num_steps, warmup=copies)
         rows.append(row)
         del weights, weights_t
     return rows

@@ -26,7 +26,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import torch  # noqa: E402
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
-from bench.engine import Bench, graph_replay_ms  # noqa: E402
+from bench.engine import Bench, graph_replay_ms, graph_us  # noqa: E402
 from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.engine import build_engine  # noqa: E402
@@ -103,24 +103,6 @@ def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_
     return out, logits
 
 
-def _graph_us(fn, num_calls: int = 50) -> float:  # noqa: ANN001 - fn(i) runs the i-th call
-    """µs per call of num_calls calls replayed as one CUDA graph (launch gaps included)."""
-    for i in range(3):
-        fn(i)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(num_calls):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    end.synchronize()
-    return round(start.elapsed_time(end) / num_calls * 1e3, 2)
-
-
 def projection_probe(hidden: int, intermediate: int, kv_size: int, rows: list[int]) -> list[dict[str, Any]]:
     """bf16 F.linear, the FP8 GEMV kernel and the FP8 tensor-core GEMM per projection shape and row count."""
     from kernels.fp8_gemv import fp8_gemv
@@ -139,10 +121,10 @@ def projection_probe(hidden: int, intermediate: int, kv_size: int, rows: list[in
         for m in rows:
             x = torch.randn(m, k_in, device=dev, dtype=torch.bfloat16)
             row: dict[str, Any] = {"proj": name, "n_out": n_out, "k_in": k_in, "rows": m,
-                                   "bf16_us": _graph_us(lambda i: torch.nn.functional.linear(x, weights[i % copies])),
-                                   "fp8_scaled_mm_us": _graph_us(lambda i: fp8_scaled_mm(x, *fp8[i % copies]))}
+                                   "bf16_us": graph_us(lambda i: torch.nn.functional.linear(x, weights[i % copies])),
+                                   "fp8_scaled_mm_us": graph_us(lambda i: fp8_scaled_mm(x, *fp8[i % copies]))}
             if m <= 4 * GEMV_MAX_ROWS:
-                row["fp8_gemv_us"] = _graph_us(lambda i: fp8_gemv(x, *fp8[i % copies]))
+                row["fp8_gemv_us"] = graph_us(lambda i: fp8_gemv(x, *fp8[i % copies]))
             table.append(row)
         del weights, fp8
         torch.cuda.empty_cache()
