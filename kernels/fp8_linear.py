@@ -21,9 +21,14 @@ GEMV_MAX_ROWS = 8
 
 
 @functools.cache
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+
+
 def has_fp8_tensor_cores(device: torch.device) -> bool:
     """sm_89 (Ada) and later multiply float8_e4m3fn on tensor cores (and Triton converts it in registers)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    capability = _capability(device)
+    return capability is not None and capability >= (8, 9)
 
 
 def fp8_scaled_mm(
@@ -40,16 +45,31 @@ def fp8_scaled_mm(
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
+def fp8_linear_path(rows: int, n: int, k: int, capability: tuple[int, int] | None) -> str:
+    """Which implementation fp8_linear runs for x [rows, k] and weight [n, k]: "gemv", "scaled_mm" or "reference".
+    capability: the CUDA device's (major, minor), None off CUDA (the interpreter runs the GEMV kernel for any rows).
+    Decided by shapes alone, so a captured CUDA graph keeps the path it was captured with."""
+    if capability is None:
+        return "gemv"
+    if capability < (8, 9):
+        return "reference"  # no FP8 tensor cores, and Triton cannot convert float8_e4m3fn there
+    # _scaled_mm needs both dimensions of the weight divisible by 16; the GEMV serves any shape.
+    if rows <= GEMV_MAX_ROWS or n % 16 or k % 16:
+        return "gemv"
+    return "scaled_mm"
+
+
 def fp8_linear(
     x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x [..., K] · (weight [N, K] float8_e4m3fn · weight_scale [N])ᵀ + bias → [..., N] in x's dtype."""
+    """x [..., K] · (weight [N, K] float8_e4m3fn · weight_scale [N])ᵀ + bias → [..., N] in x's dtype. No host sync
+    and no shape that depends on values: it can be captured in a CUDA graph."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    if x2.device.type == "cuda" and not has_fp8_tensor_cores(x2.device):
+    path = fp8_linear_path(x2.shape[0], weight.shape[0], x2.shape[1], _capability(x2.device))
+    if path == "reference":
         y = fp8_gemv_ref(x2, weight, weight_scale, bias)
-    elif x2.shape[0] <= GEMV_MAX_ROWS or x2.device.type != "cuda":
-        # On CPU (interpreter) the GEMV kernel serves every size: _scaled_mm is a CUDA path here.
+    elif path == "gemv":
         y = fp8_gemv(x2, weight, weight_scale, bias)
     else:
         y = fp8_scaled_mm(x2, weight, weight_scale, bias)

@@ -7,7 +7,7 @@ import torch
 
 from kernels._checks import FP8_DTYPE
 from kernels.fp8_gemv import GemvConfig, fp8_gemv, fp8_gemv_ref
-from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_linear, fp8_linear_ref, fp8_scaled_mm
+from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_linear, fp8_linear_path, fp8_linear_ref, fp8_scaled_mm
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
 
 
@@ -78,6 +78,43 @@ def test_fp8_linear_keeps_leading_dimensions_and_matches_reference(relative_erro
     out = fp8_linear(x, w, scale)
     assert out.shape == (2, 3, 32)
     assert relative_error(out.cpu(), fp8_linear_ref(x.cpu(), w.cpu(), scale.cpu())) < 1.5e-2
+
+
+def test_fp8_linear_path_follows_rows_shape_and_device() -> None:
+    hopper = (9, 0)
+    assert fp8_linear_path(1, 4096, 4096, hopper) == "gemv"
+    assert fp8_linear_path(GEMV_MAX_ROWS, 4096, 4096, hopper) == "gemv"
+    assert fp8_linear_path(GEMV_MAX_ROWS + 1, 4096, 4096, hopper) == "scaled_mm"
+    assert fp8_linear_path(2048, 6144, 4096, (8, 9)) == "scaled_mm"
+    # _scaled_mm needs weight dimensions divisible by 16; the GEMV takes any.
+    assert fp8_linear_path(64, 40, 4096, hopper) == "gemv"
+    assert fp8_linear_path(64, 4096, 200, hopper) == "gemv"
+    assert fp8_linear_path(64, 4096, 4096, (8, 0)) == "reference"  # no FP8 conversion before sm_89
+    assert fp8_linear_path(1, 4096, 4096, (7, 5)) == "reference"
+    assert fp8_linear_path(1000, 4096, 4096, None) == "gemv"  # off CUDA: the interpreted kernel
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, GEMV_MAX_ROWS + 1, 256])
+def test_fp8_linear_captured_in_a_cuda_graph_replays_on_new_inputs(relative_error, m) -> None:
+    # The per-token activation quantisation and the tensor-core GEMM (or the GEMV) run inside the graph: no host
+    # sync, no shape that depends on values. A replay on new rows gives what an eager call gives on them.
+    g = torch.Generator().manual_seed(11)
+    w, scale = _weights(1024, 512, g, "cuda")
+    bias = torch.randn(1024, generator=g).to(torch.bfloat16).cuda()
+    x = torch.randn(m, 512, generator=g).to(torch.bfloat16).cuda()
+    fp8_linear(x, w, scale, bias)  # compiles and settles the allocator outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fp8_linear(x, w, scale, bias)
+    fresh = torch.randn(m, 512, generator=g).to(torch.bfloat16).cuda() * 7
+    x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = fp8_linear(fresh, w, scale, bias)
+    assert relative_error(out.float().cpu(), eager.float().cpu()) < 1e-3
+    assert relative_error(out.float().cpu(), fp8_linear_ref(fresh.cpu(), w.cpu(), scale.cpu(), bias.cpu())) < 0.05
 
 
 @pytest.mark.gpu
