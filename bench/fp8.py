@@ -3,9 +3,10 @@
 For each model (dummy weights of a preset) and variant: the KV capacity in tokens at the same memory budget, the
 batch-1 and batch-64 decode step (host wall-clock per Runner.step and the decode graph's replay alone), prefill
 tokens/s, and the logits of a fixed prompt set against the bf16 variant (cosine, top-1, KL). Beside them, at the
-first model's shapes: the projections alone (bf16 F.linear, the FP8 GEMV kernel, the per-token FP8 tensor-core
-GEMM at several row counts) and decode attention on a bf16 cache against the same entries in an FP8 cache (output
-error and time). Last, the gpu-marked FP8 tests, compiled. Results are written after each part.
+first model's shapes: the projections alone (bf16 F.linear, the dequantising FP8 kernel with its tiles swept at
+one row, the FP8 GEMV, the per-token FP8 tensor-core GEMM, at several row counts) and decode attention on a bf16
+cache against the same entries in an FP8 cache (output error and time). Last, the gpu-marked FP8 tests, compiled.
+Results are written after each part.
 
     python bench/fp8.py --out-dir "$OUT"          # H200: llama-3.1-8b and llama-3.2-1b, about 3 minutes
     python bench/fp8.py --models /path/to/tiny --device cpu --no-tests --batch-sizes 1,4 --prefill-len 32 \
@@ -157,14 +158,29 @@ def _graph_us(fn, num_calls: int = 50) -> float:  # noqa: ANN001 - fn(i) runs th
     return round(start.elapsed_time(end) / num_calls * 1e3, 2)
 
 
-def projection_probe(cfg: ModelConfig, rows: list[int]) -> list[dict[str, Any]]:
-    """bf16 F.linear, the FP8 GEMV kernel and the FP8 tensor-core GEMM per projection shape and row count."""
+# Tiles of the dequantising kernel timed beside its defaults at one row: (block_n, block_k, num_stages, num_warps).
+DEQUANT_MM_SWEEP = ((16, 256, 4, 4), (16, 512, 4, 4), (16, 1024, 3, 4), (32, 256, 4, 4), (32, 512, 3, 4),
+                    (64, 128, 4, 4), (64, 256, 4, 4), (16, 512, 6, 4), (32, 256, 4, 8))
+
+
+def _timed(fn) -> float | str:  # noqa: ANN001 - fn(i) runs the i-th call
+    """_graph_us of fn, or the error that stopped it (a tile that does not compile loses its cell only)."""
+    try:
+        return _graph_us(fn)
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
+
+
+def projection_probe(cfg: ModelConfig, rows: list[int]) -> dict[str, Any]:
+    """Per projection shape and row count: bf16 F.linear, the dequantising FP8 kernel, the FP8 GEMV and the FP8
+    tensor-core GEMM; and at one row, the dequantising kernel's tiles of DEQUANT_MM_SWEEP."""
+    from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
     from kernels.fp8_gemv import fp8_gemv
-    from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_scaled_mm
+    from kernels.fp8_linear import DEQUANT_MM_MAX_ROWS, fp8_scaled_mm
     from kernels.fp8_quant import quantize_fp8_rows
 
     dev = torch.device("cuda")
-    hidden, table = cfg.hidden_size, []
+    hidden, table, sweep = cfg.hidden_size, [], []
     for name, n_out, k_in in (("qkv_proj", cfg.q_size + 2 * cfg.kv_size, hidden), ("o_proj", hidden, cfg.q_size),
                               ("gate_up_proj", 2 * cfg.intermediate_size, hidden),
                               ("down_proj", hidden, cfg.intermediate_size)):
@@ -174,14 +190,23 @@ def projection_probe(cfg: ModelConfig, rows: list[int]) -> list[dict[str, Any]]:
         for m in rows:
             x = torch.randn(m, k_in, device=dev, dtype=torch.bfloat16)
             row: dict[str, Any] = {"proj": name, "n_out": n_out, "k_in": k_in, "rows": m,
-                                   "bf16_us": _graph_us(lambda i: torch.nn.functional.linear(x, weights[i % copies])),
-                                   "fp8_scaled_mm_us": _graph_us(lambda i: fp8_scaled_mm(x, *fp8[i % copies]))}
-            if m <= 4 * GEMV_MAX_ROWS:
-                row["fp8_gemv_us"] = _graph_us(lambda i: fp8_gemv(x, *fp8[i % copies]))
+                                   "bf16_us": _timed(lambda i: torch.nn.functional.linear(x, weights[i % copies])),
+                                   "fp8_scaled_mm_us": _timed(lambda i: fp8_scaled_mm(x, *fp8[i % copies]))}
+            if m <= 4 * DEQUANT_MM_MAX_ROWS:
+                row["fp8_dequant_mm_us"] = _timed(lambda i: fp8_dequant_mm(x, *fp8[i % copies]))
+                row["dequant_mm_tiles"] = dequant_mm_tiles(m, n_out, k_in, DequantMMConfig())
+            if m <= DEQUANT_MM_MAX_ROWS:
+                row["fp8_gemv_us"] = _timed(lambda i: fp8_gemv(x, *fp8[i % copies]))
             table.append(row)
+        x = torch.randn(1, k_in, device=dev, dtype=torch.bfloat16)
+        for block_n, block_k, stages, warps in DEQUANT_MM_SWEEP:
+            tiles = DequantMMConfig(block_n=block_n, block_k=block_k, num_stages=stages, num_warps=warps)
+            sweep.append({"proj": name, "block_n": block_n, "block_k": block_k, "num_stages": stages,
+                          "num_warps": warps, "us": _timed(lambda i: fp8_dequant_mm(x, *fp8[i % copies],
+                                                                                    config=tiles))})  # noqa: B023
         del weights, fp8
         torch.cuda.empty_cache()
-    return table
+    return {"table": table, "dequant_mm_sweep": sweep}
 
 
 def attention_probe(cfg: ModelConfig, cases: list[tuple[int, int]]) -> list[dict[str, Any]]:
@@ -259,11 +284,17 @@ def to_markdown(results: dict[str, Any]) -> str:
     for model, variants in results["models"].items():
         lines += _models_markdown(model, variants)
     if results.get("projections"):
+        probe = results["projections"]
         lines += [f"## Projections alone at {results['probe_model']} shapes (µs per call, graph of 50)", "",
-                  "| proj | n x k | rows | bf16 F.linear | FP8 GEMV | FP8 scaled_mm (per-token) |",
-                  "|---|---|---|---|---|---|"]
+                  "| proj | n x k | rows | bf16 F.linear | FP8 dequant_mm (tiles m, n, k, stages) | FP8 GEMV | "
+                  "FP8 scaled_mm (per-token) |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {p['proj']} | {p['n_out']} x {p['k_in']} | {p['rows']} | {p['bf16_us']} | "
-                  f"{p.get('fp8_gemv_us', '-')} | {p['fp8_scaled_mm_us']} |" for p in results["projections"]]
+                  f"{p.get('fp8_dequant_mm_us', '-')} {p.get('dequant_mm_tiles', '')} | {p.get('fp8_gemv_us', '-')} | "
+                  f"{p['fp8_scaled_mm_us']} |" for p in probe["table"]]
+        lines += ["", "FP8 dequant_mm at one row by tiles (µs per call):", "",
+                  "| proj | block_n | block_k | stages | warps | µs |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p['proj']} | {p['block_n']} | {p['block_k']} | {p['num_stages']} | {p['num_warps']} | "
+                  f"{p['us']} |" for p in probe["dequant_mm_sweep"]]
         lines.append("")
     if results.get("attention"):
         lines += [f"## Decode attention, one layer at {results['probe_model']} shapes: bf16 cache against the same "
@@ -301,7 +332,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--no-tests", action="store_true", help="skip the gpu-marked FP8 tests")
     parser.add_argument("--tests-timeout", type=int, default=150)
-    parser.add_argument("--probe-rows", default="1,4,8,16,64,512", help="row counts of the projection probe ('' skips)")
+    parser.add_argument("--probe-rows", default="1,4,8,16,32,64,512",
+                        help="row counts of the projection probe ('' skips)")
     parser.add_argument("--attention-cases", default="1x4096,64x1024,64x4096",
                         help="BATCHxCONTEXT cases of the attention probe ('' skips)")
     parser.add_argument("--out-name", default="fp8_h200")

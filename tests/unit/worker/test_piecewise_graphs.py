@@ -55,7 +55,7 @@ def test_steps_larger_than_the_largest_bucket_run_the_whole_model(folder) -> Non
     assert run_greedy(Driver(piecewise_engine(folder, max_tokens=32)), prompts, 4) == expected
 
 
-def test_fp8_weights_and_fp8_cache_through_the_pieces_keep_the_whole_models_logits_and_tokens(folder) -> None:  # noqa: ANN001
+def test_fp8_weights_and_cache_through_the_pieces_keep_the_whole_models_output(folder) -> None:  # noqa: ANN001
     """The FP8 projections run on padded rows and the FP8 cache is written inside the pieces, read by the attention
     between them (tests/unit/worker/test_runner_kernels.py runs the same FP8 model through the kernels)."""
     def engine():  # noqa: ANN202
