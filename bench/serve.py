@@ -115,13 +115,14 @@ def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[st
         records, t0, end = run_load(base_url, "", specs, arrivals(num_requests, rate, seed),
                                     concurrency or num_requests, sampling, client_procs)
     after = scrape(metric_urls)
+    last_chunk = max((r.chunk_times[-1] for r in records if r.chunk_times), default=end)
     result = scenario_stats(records, t0, end, slo_ttft_s, slo_tpot_s)
     result["expected_input_tokens"] = sum(s.input_len for s in specs)
     result["expected_output_tokens"] = sum(s.output_len for s in specs)
     return {"name": name, "dataset": dataset, "num_requests": num_requests, "concurrency": concurrency or num_requests,
             "request_rate": None if rate == float("inf") else rate, "sampling": sampling,
             "client_procs": client_procs, "result": result, "gpu_busy": sampler.gpu_busy(),
-            "stages": stage_metrics(before, after, sampler.kv_peak)}
+            "stages": stage_metrics(before, after, sampler.kv_peak), "idle_by_tenth": sampler.idle_by_tenth(t0, last_chunk)}
 
 
 def sampling_of(args: argparse.Namespace) -> dict:

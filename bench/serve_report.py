@@ -121,6 +121,7 @@ class Sampler:
         self.urls, self.period = metric_urls, period_s
         self.gpu: list[float] = []
         self.kv_peak: dict[str, float] = {}
+        self.timeline: list[tuple[float, dict[str, dict[str, float] | None]]] = []  # (time.time(), scrape)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         try:
@@ -140,7 +141,9 @@ class Sampler:
                 self.gpu.append(max(util) / 100.0)
             n += 1
             if n % 5 == 0:  # metrics every 0.5 s: a scrape costs the stages some CPU
-                for stage, vals in scrape(self.urls).items():
+                values = scrape(self.urls)
+                self.timeline.append((time.time(), values))
+                for stage, vals in values.items():
                     kv = (vals or {}).get("flashstream_kv_cache_usage_ratio")
                     if kv is not None:
                         self.kv_peak[stage] = max(self.kv_peak.get(stage, 0.0), kv)
@@ -152,6 +155,29 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def idle_by_tenth(self, start: float, stop: float) -> dict[str, list[float]] | None:
+        """Over ten equal slices of the samples between time.time() instants start and stop (the load): the
+        workers' device idle seconds, their steps, and the sequences running in the scheduler at each slice's end
+        (where in a run the device waited)."""
+        samples = [x for x in self.timeline if start <= x[0] <= stop]
+        if len(samples) < 11:
+            return None
+        picks = [samples[round(i * (len(samples) - 1) / 10)] for i in range(11)]
+
+        def total(values: dict[str, dict[str, float] | None], name: str) -> float:
+            return sum(v.get(name, 0.0) for v in values.values() if v)
+
+        def steps(values: dict[str, dict[str, float] | None]) -> float:
+            return sum(total(values, f"flashstream_step_duration_seconds_count{{{k}}}") for k in STEP_KINDS)
+
+        idle = "flashstream_device_idle_seconds_total"
+        return {
+            "slice_s": [round(b[0] - a[0], 2) for a, b in zip(picks, picks[1:])],
+            "device_idle_s": [round(total(b[1], idle) - total(a[1], idle), 3) for a, b in zip(picks, picks[1:])],
+            "steps": [int(steps(b[1]) - steps(a[1])) for a, b in zip(picks, picks[1:])],
+            "running": [int(total(b[1], "flashstream_num_requests_running")) for b in picks[1:]],
+        }
 
     def gpu_busy(self) -> float | None:
         return float(np.mean(self.gpu)) if self.gpu else None
@@ -172,7 +198,7 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
             f"{r['request_throughput']:.2f} | {ms(r['ttft_s']['p50'])} / {ms(r['ttft_s']['p99'])} | "
             f"{ms(r['tpot_s']['p50'])} | {ms(r['itl_s']['p50'])} / {ms(r['itl_s']['p99'])} | "
             f"{'-' if e2e is None else f'{e2e:.2f}'} | {r['goodput_requests_per_s']:.2f} | {gpu} |")
-    return "\n".join(lines) + "\n" + step_table(scenarios)
+    return "\n".join(lines) + "\n" + step_table(scenarios) + idle_table(scenarios)
 
 
 def step_table(scenarios: list[dict[str, Any]]) -> str:
@@ -226,3 +252,21 @@ def plot(scenarios: list[dict[str, Any]], path: str) -> str | None:
     plt.close(fig)
     time.sleep(0)
     return None
+
+
+def idle_table(scenarios: list[dict[str, Any]]) -> str:
+    """Where in each run the device waited: idle seconds, steps and running sequences by tenth of the run."""
+    lines = []
+    for s in scenarios:
+        t = s.get("idle_by_tenth")
+        if not t or not any(t["steps"]):
+            continue
+        cells = [f"{idle:.2f} / {steps} / {running}"
+                 for idle, steps, running in zip(t["device_idle_s"], t["steps"], t["running"])]
+        lines.append(f"| {s['name']} | {sum(t['slice_s']) / 10:.2f} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = ["", "Device idle seconds / worker steps / sequences running in the scheduler at the end, by tenth of "
+            "each run (from the stages' metrics, scraped every 0.5 s)", "",
+            "| scenario | tenth s | " + " | ".join(str(i) for i in range(1, 11)) + " |", "|---|---|" + "---|" * 10]
+    return "\n".join(head + lines) + "\n"

@@ -18,6 +18,14 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    def refusal(self, authorization: str | None) -> str | None:
+        """Why `authorization` is refused, or None when it is accepted."""
+        try:
+            self.check(authorization)
+        except Unauthenticated as exc:
+            return exc.message
+        return None
+
     def check(self, authorization: str | None) -> None:
         """Raises Unauthenticated unless `authorization` is "Bearer <an accepted key>"."""
         if not self._keys:

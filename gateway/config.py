@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ServerConfig
+from services.common.config import ServerConfig, check_host_port
 from services.common.errors import InvalidArgument
 
 
@@ -67,6 +67,8 @@ class GatewayConfig:
     result_cache: ResultCacheConfig = field(default_factory=ResultCacheConfig)
     embedding_cache: EmbeddingCacheConfig = field(default_factory=EmbeddingCacheConfig)
     reuse_port: bool = False  # share the gRPC and HTTP ports with other gateway replicas (SO_REUSEPORT)
+    open_metrics: bool = False  # /metrics without an API key (for a scraper inside a trusted network)
+    open_reflection: bool = False  # gRPC reflection without an API key
     tokenizer_service: str = ""  # host:port whose DNS addresses are tokenizers too (a headless Service)
     discovery_interval_s: float = 5.0  # how often tokenizer_service is resolved again
 
@@ -75,15 +77,11 @@ class GatewayConfig:
             raise InvalidArgument("at least one tokenizer address is needed (--tokenizers host:port[,...] or "
                                   "--tokenizer-service host:port)")
         if self.tokenizer_service:
-            host, sep, port = self.tokenizer_service.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise InvalidArgument(f"tokenizer service must be host:port, got {self.tokenizer_service!r}")
+            check_host_port(self.tokenizer_service, "tokenizer service")
         if not self.discovery_interval_s > 0:
             raise InvalidArgument(f"discovery_interval_s must be positive, got {self.discovery_interval_s}")
         for address in self.tokenizers:
-            host, sep, port = address.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise InvalidArgument(f"tokenizer address must be host:port, got {address!r}")
+            check_host_port(address, "tokenizer address")
         if not 0 <= self.http_port <= 65535:
             raise InvalidArgument(f"http_port must be in [0, 65535], got {self.http_port}")
         if not self.request_timeout_s > 0:

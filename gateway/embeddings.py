@@ -64,6 +64,10 @@ class EmbeddingService:
         if request.dimensions < 0 or (card.hidden_size and request.dimensions > card.hidden_size):
             raise RequestError(f"dimensions must be between 1 and {card.hidden_size} for model '{card.id}', "
                                f"got {request.dimensions}", "dimensions")
+        for ids in request.token_ids:  # the tokenizer checks them against the vocabulary; here, the wire's range
+            bad = [t for t in ids if not 0 <= t < 2**32]
+            if bad:
+                raise RequestError(f"input token ids must be between 0 and {2**32 - 1}, got {bad[0]}", "input")
 
     async def embed(self, request: EmbeddingRequest, tenant: str = "",
                     time_limit_s: float | None = None) -> EmbeddingResult:

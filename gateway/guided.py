@@ -8,9 +8,9 @@ for its vocabulary and caches the result.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from gateway import json_text
 from gateway.errors import RequestError
 from services.common.sampling import Guided, grammar_error_message
 
@@ -20,10 +20,7 @@ def check_json_schema(text: str, field: str) -> dict[str, Any]:
     import jsonschema
     import xgrammar
 
-    try:
-        schema = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RequestError(f"'{field}' is not valid JSON: {exc}", field) from exc
+    schema = json_text.loads(text, f"'{field}'", field)
     if not isinstance(schema, dict):
         raise RequestError(f"'{field}' must be a JSON object (a JSON schema)", field)
     try:

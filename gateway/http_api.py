@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import json_text
 from gateway.auth import ApiKeys
 from gateway.cache.key import tenant_from_authorization
 from gateway.core import GatewayCore, Generation
@@ -31,7 +32,7 @@ from services.common.tracing import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/ready"})  # and /metrics with open_metrics
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -47,12 +48,14 @@ class HttpApi:
     """The aiohttp application of the gateway."""
 
     def __init__(self, core: GatewayCore, api_keys: ApiKeys, max_body_bytes: int,
-                 embeddings: EmbeddingService | None = None, cors_origins: tuple[str, ...] = ()) -> None:
+                 embeddings: EmbeddingService | None = None, cors_origins: tuple[str, ...] = (),
+                 open_metrics: bool = False) -> None:
         self._core = core
         self._embeddings = embeddings
         self._keys = api_keys
         self._max_body_bytes = max_body_bytes
         self._cors_origins = frozenset(cors_origins)  # browser origins allowed to call the API; "*": any
+        self._open_paths = OPEN_PATHS | ({"/metrics"} if open_metrics else set())
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
         self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/chat/completions", self._chat_completions)
@@ -60,6 +63,7 @@ class HttpApi:
         if embeddings is not None:
             self.app.router.add_post("/v1/embeddings", self._embed)
         self.app.router.add_get("/v1/models/{model_id:.+}", self._model)
+        self.app.on_response_prepare.append(self._add_no_store)
         if self._cors_origins:
             self.app.on_response_prepare.append(self._add_cors_headers)
         add_status_routes(self.app, core.metrics, core.is_ready)
@@ -71,6 +75,11 @@ class HttpApi:
         if "*" in self._cors_origins:
             return "*"
         return origin if origin in self._cors_origins else None
+
+    @staticmethod
+    async def _add_no_store(_: web.Request, response: web.StreamResponse) -> None:
+        # Answers are per caller (and may carry an API key's results): no cache along the way may keep them.
+        response.headers["Cache-Control"] = "no-store"
 
     async def _add_cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         origin = self._allowed_origin(request)
@@ -101,7 +110,7 @@ class HttpApi:
         if request.method == "OPTIONS" and self._cors_origins and "Access-Control-Request-Method" in request.headers:
             return self._preflight(request)
         try:
-            if request.path not in OPEN_PATHS and not is_static_path(request.path):
+            if request.path not in self._open_paths and not is_static_path(request.path):
                 self._keys.check(request.headers.get("Authorization"))
             return await handler(request)
         except FlashStreamError as exc:
@@ -134,11 +143,7 @@ class HttpApi:
 
     @staticmethod
     async def _json(http: web.Request) -> Any:
-        raw = await http.read()
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(f"the request body is not valid JSON: {exc}", None, "invalid_json") from exc
+        return json_text.loads(await http.read())
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
@@ -190,7 +195,7 @@ class HttpApi:
         generations: list[Generation],
         firsts: list[TextDelta | Finished],
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(http)
         usages: list[Usage | None] = [None] * len(generations)
         # The last choice's finish, the usage and [DONE] leave in one write: one send instead of three, which

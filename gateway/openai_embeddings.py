@@ -15,7 +15,7 @@ import numpy as np
 
 from gateway.embeddings import EmbeddingRequest, EmbeddingResult
 from gateway.errors import RequestError
-from gateway.openai_request import _Body
+from gateway.openai_request import UINT32, _Body
 
 ENCODING_FORMATS = ("float", "base64")
 _INPUT_TYPES = "a string, an array of strings, an array of token ids or an array of arrays of token ids"
@@ -51,7 +51,7 @@ def parse_embeddings_request(body: Any) -> tuple[EmbeddingRequest, str]:
     if encoding not in ENCODING_FORMATS:
         raise RequestError(f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, got {encoding!r}",
                            "encoding_format")
-    dimensions = b.int("dimensions", 0)
+    dimensions = b.int("dimensions", 0, UINT32)
     if b.has("dimensions") and dimensions < 1:
         raise RequestError(f"'dimensions' must be at least 1, got {dimensions}", "dimensions")
     normalize = b.bool("normalize", False) if b.has("normalize") else None

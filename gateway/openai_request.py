@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import RequestError
+from gateway.json_text import MAX_INT_DIGITS
 from gateway.openai_tools import message_tool_fields, parse_guided, parse_tools
 from gateway.schema import ChatTurn, GenerationRequest, TextOptions
 from services.common.errors import InvalidArgument
@@ -23,6 +24,16 @@ DEFAULT_MAX_TOKENS = 16
 # OpenAI's ranges, narrower than what the gRPC API accepts.
 MAX_OPENAI_TEMPERATURE = 2.0
 MAX_CHOICES = 128  # most choices (n) one request may ask for
+
+# Integer ranges of the protobuf fields request values travel in (int32 unless said otherwise).
+INT32 = (-2**31, 2**31 - 1)
+UINT32 = (0, 2**32 - 1)
+
+
+def _check_bounds(name: str, value: int, bounds: tuple[int, int]) -> None:
+    if not bounds[0] <= value <= bounds[1]:
+        raise RequestError(f"'{name}' must be between {bounds[0]} and {bounds[1]}, got {value}", name)
+
 
 _JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
                (dict, "object"))
@@ -84,11 +95,15 @@ class _Body:
     def has(self, name: str) -> bool:
         return self.body.get(name) is not None
 
-    def int(self, name: str, default: int | None) -> int | None:
+    def int(self, name: str, default: int | None, bounds: tuple[int, int] | None = INT32) -> int | None:
+        """An integer within `bounds`, the range of the protobuf field it travels in (None: checked later)."""
         v = self.body.get(name)
         if v is None:
             return default
-        return self._get(name, isinstance(v, int) and not isinstance(v, bool), v, "an integer")
+        self._get(name, isinstance(v, int) and not isinstance(v, bool), v, "an integer")
+        if bounds is not None:
+            _check_bounds(name, v, bounds)
+        return v
 
     def float(self, name: str, default: float) -> float:
         v = self.body.get(name)
@@ -112,7 +127,10 @@ class _Body:
         if v is None:
             return ()
         ok = isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-        return tuple(self._get(name, ok, v, "an array of integers"))
+        self._get(name, ok, v, "an array of integers")
+        for x in v:
+            _check_bounds(name, x, UINT32)
+        return tuple(v)
 
     def stop(self) -> tuple[str, ...]:
         v = self.body.get("stop")
@@ -151,8 +169,9 @@ def _logit_bias(b: _Body) -> tuple[tuple[int, float], ...]:
         raise RequestError(f"'logit_bias' must be an object, got {_json_type(v)}", "logit_bias", "invalid_type")
     pairs = {}
     for key, bias in v.items():
-        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= MAX_INT_DIGITS):
             raise RequestError(f"'logit_bias' keys must be token ids, got {key!r}", "logit_bias")
+        _check_bounds("logit_bias", int(key), UINT32)
         if isinstance(bias, bool) or not isinstance(bias, (int, float)):
             raise RequestError(f"'logit_bias' values must be numbers, got {_json_type(bias)} for token {key}",
                                "logit_bias", "invalid_type")
@@ -189,7 +208,7 @@ def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
     temperature, top_p, top_p_greedy = _openai_temperature_and_top_p(b)
     if top_p_greedy:
         top_k = 1
-    seed = b.int("seed", None)
+    seed = b.int("seed", None, None)  # SamplingParams checks [0, 2**63)
     names = {"max_tokens": max_name, "logprobs": logprobs_name}
     try:
         params = SamplingParams(

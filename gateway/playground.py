@@ -53,7 +53,7 @@ def add_playground_routes(
             state = await anext(states, None)
             if state is None:
                 raise Unavailable("the scheduler is shutting down")
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(http)
             previous = None
             try:

@@ -9,6 +9,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from gateway import json_text
 from gateway.errors import RequestError
 from gateway.guided import check_guided, check_json_schema
 from services.common.sampling import SamplingParams
@@ -111,6 +112,9 @@ class GenerationRequest:
                         f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {turn.role!r}",
                         f"messages[{i}].role",
                     )
+                for j, call in enumerate(turn.tool_calls):  # the tokenizer reads them for the template
+                    field = f"messages[{i}].tool_calls[{j}].function.arguments"
+                    json_text.loads(call.arguments_json, f"'{field}'", field)
         if any(s == "" for s in self.options.stop):
             raise RequestError("stop strings must not be empty", "stop")
         if not (math.isfinite(self.timeout_s) and self.timeout_s >= 0):

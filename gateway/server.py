@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -24,11 +25,13 @@ from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
 from gateway.playground import add_playground_routes
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
+from services.common.call_auth import CallAuth
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
-from services.common.grpc_server import StageServer, start_server
+from services.common.errors import Unavailable
+from services.common.grpc_server import CLOSE_GRACE_S, StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.discovery import AddressDiscovery
-from services.common.stage import serve_stage
+from services.common.discovery import AddressDiscovery, add_discovery_args
+from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ class GatewayServer:
                  tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = Metrics("gateway")
+        connection = dataclasses.replace(connection or ConnectionConfig(), internal_token=config.server.internal_token)
         self.router = TokenizerRouter(config.tokenizers, connection)
         self.discovery = (AddressDiscovery(self.router, config.tokenizers, config.tokenizer_service,
                                            config.discovery_interval_s) if config.tokenizer_service else None)
@@ -79,14 +83,18 @@ class GatewayServer:
             [SERVICE_NAME],
             serving=False,
             reuse_port=self.config.reuse_port,
+            auth=None if self.config.open_reflection or not keys.enabled else CallAuth(
+                lambda metadata: keys.refusal(metadata.get("authorization")), prefixes=("/grpc.reflection.",)),
         )
         self.grpc_port = self._stage.port
-        api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings, self.config.cors_origins)
+        api = HttpApi(self.core, keys, self.config.max_body_bytes, self.embeddings, self.config.cors_origins,
+                      self.config.open_metrics)
         cache = self.cache
         add_playground_routes(api.app, self.core, self.router.watch_engine,
                               None if cache is None else lambda: (cache.num_hits, cache.num_queries))
         # handler_cancellation: a client that disconnects cancels its handler, which aborts the request upstream.
-        self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=CLOSE_GRACE_S)  # stop() has drained the requests already
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.server.host, self.config.http_port,
                           reuse_port=self.config.reuse_port).start()
@@ -131,7 +139,12 @@ class GatewayServer:
                 await self._watcher
         if self._stage is not None:
             await self._stage.set_serving(False)
-            await asyncio.gather(self._stage.server.stop(grace_s), self.core.wait_idle(grace_s))
+        if not await self.core.wait_idle(grace_s):
+            # The deadline: what still runs ends with a clear error (its handlers send it), not a cut stream.
+            self.router.fail_all(Unavailable("the gateway shut down before the request finished; retry it"))
+            await self.core.wait_idle(CLOSE_GRACE_S)
+        if self._stage is not None:
+            await self._stage.server.stop(CLOSE_GRACE_S)
         if self._runner is not None:
             await self._runner.cleanup()
         if self.cache is not None:
@@ -167,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="OpenAI-compatible HTTP API plus /metrics, /health, /ready")
     parser.add_argument("--api-keys", default=env_default("api_keys", ""),
                         help="comma-separated API keys; empty: no authentication")
+    parser.add_argument("--open-metrics", action="store_true", default=env_default("open_metrics", False),
+                        help="serve /metrics without an API key when keys are on (a scraper inside the network)")
+    parser.add_argument("--open-reflection", action="store_true", default=env_default("open_reflection", False),
+                        help="serve gRPC reflection without an API key when keys are on")
     parser.add_argument("--request-timeout-s", type=float, default=env_default("request_timeout_s", 600.0),
                         help="deadline of a request that sets none")
     parser.add_argument("--reuse-port", action="store_true", default=env_default("reuse_port", False),
@@ -174,11 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "the replica binds once a tokenizer is ready")
     parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
                         help="largest accepted HTTP request body")
-    parser.add_argument("--tokenizer-service", default=env_default("tokenizer_service", ""),
-                        help="host:port whose DNS addresses are tokenizers too (e.g. a Kubernetes headless "
-                             "Service), resolved again every --discovery-interval-s: tokenizers join and leave")
-    parser.add_argument("--discovery-interval-s", type=float, default=env_default("discovery_interval_s", 5.0),
-                        help="how often --tokenizer-service is resolved")
+    add_discovery_args(parser, "tokenizer-service", "tokenizers")
     parser.add_argument("--cors-origins", default=env_default("cors_origins", ""),
                         help="comma-separated browser origins allowed to call the HTTP API (CORS), e.g. "
                              "'http://localhost:3000'; '*' allows any; empty: no CORS headers")
@@ -226,6 +239,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         max_body_bytes=args.max_body_bytes,
         cors_origins=tuple(split_csv(args.cors_origins)),
         reuse_port=args.reuse_port,
+        open_metrics=args.open_metrics,
+        open_reflection=args.open_reflection,
         result_cache=ResultCacheConfig(
             enabled=args.result_cache == "on",
             redis_url=args.redis_url,
@@ -258,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     setup_logging(config.server.log_level, "gateway")
-    return asyncio.run(serve(config))
+    return run_stage_process(serve(config))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -22,6 +22,8 @@ from flashstream.v1 import common_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 
 from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
 from gateway.schema import Event, Finished, ModelCard, Submission
+from services.common.call_auth import token_metadata
+from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.errors import FlashStreamError, Unavailable
 from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
 
@@ -35,7 +37,8 @@ class ConnectionConfig:
     info_timeout_s: float = 5.0
     info_interval_s: float = 1.0  # how often Info is re-read (the tokenizer's readiness can change)
     reconnect_min_s: float = 0.1
-    reconnect_max_s: float = 5.0
+    reconnect_max_s: float = MAX_RECONNECT_BACKOFF_S
+    internal_token: str = field(default="", repr=False)  # the stack's internal token, sent on every call
 
     def __post_init__(self) -> None:
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
@@ -78,6 +81,7 @@ class TokenizerConnection:
         self.num_up_messages = 0
         self._on_change = on_change
         self._config = config
+        self._metadata = token_metadata(config.internal_token)
         self._active: dict[str, TokenizerRequest] = {}
         self._pending_new: dict[str, tokenizer_pb2.TextRequest] = {}
         self._pending_aborts: list[str] = []
@@ -101,11 +105,19 @@ class TokenizerConnection:
             raise Unavailable(f"tokenizer {self.address} is not connected")
         self.num_unary += 1
         try:
-            return await getattr(self.stub, method)(request, timeout=timeout_s)
+            return await getattr(self.stub, method)(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"tokenizer {self.address}") from None
         finally:
             self.num_unary -= 1
+
+    async def watch_engine(self, interval_s: float) -> AsyncIterator[common_pb2.EngineState]:
+        """The scheduler state behind this tokenizer every interval (see TokenizerRouter.watch_engine)."""
+        if self.stub is None:
+            raise Unavailable(f"tokenizer {self.address} is not connected")
+        call = self.stub.WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s), metadata=self._metadata)
+        async for state in relay_stream(call, f"tokenizer {self.address}"):
+            yield state
 
     def submit(self, submission: Submission) -> TokenizerRequest:
         if not self.stream_open:
@@ -141,7 +153,7 @@ class TokenizerConnection:
             try:
                 stub = tokenizer_pb2_grpc.TokenizerStub(channel)
                 await self._read_info(stub)
-                call = stub.Connect()
+                call = stub.Connect(metadata=self._metadata)
                 await call.wait_for_connection()
                 self.stream_open = True
                 self.stub = stub
@@ -165,7 +177,8 @@ class TokenizerConnection:
             delay = min(delay * 2, self._config.reconnect_max_s)
 
     async def _read_info(self, stub: tokenizer_pb2_grpc.TokenizerStub) -> None:
-        info = await stub.Info(tokenizer_pb2.TokenizerInfoRequest(), timeout=self._config.info_timeout_s)
+        info = await stub.Info(tokenizer_pb2.TokenizerInfoRequest(), timeout=self._config.info_timeout_s,
+                               metadata=self._metadata)
         card = card_from_info(info)
         if card != self.card or info.ready != self.info_ready:
             self.card, self.info_ready = card, info.ready
@@ -232,6 +245,15 @@ class TokenizerConnection:
                     self.info_ready = False
                     self._on_change()
 
+    def fail_all(self, exc: FlashStreamError) -> None:
+        """Ends every request on this connection with exc, aborting those the tokenizer has at the next write."""
+        active, self._active = self._active, {}
+        for request_id, handle in active.items():
+            if self._pending_new.pop(request_id, None) is None:
+                self._pending_aborts.append(request_id)
+            handle.put(exc)
+        self._wakeup.set()
+
     def _drop_stream(self, reason: str) -> None:
         """Ends every request on the lost stream with UNAVAILABLE."""
         was_open = self.stream_open
@@ -283,17 +305,17 @@ class TokenizerRouter:
     async def watch_engine(self, model: str, interval_s: float) -> AsyncIterator[common_pb2.EngineState]:
         """The scheduler state of `model`'s pool every interval, through one of its tokenizers, until the
         caller stops iterating; a lost tokenizer ends it with its status (UNAVAILABLE)."""
-        conn = self.pick(model)
-        if conn.stub is None:
-            raise Unavailable(f"tokenizer {conn.address} is not connected")
-        call = conn.stub.WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s))
-        async for state in relay_stream(call, f"tokenizer {conn.address}"):
+        async for state in self.pick(model).watch_engine(interval_s):
             yield state
 
     def start(self) -> None:
         for conn in self.connections:
             conn.start()
 
+    def fail_all(self, exc: FlashStreamError) -> None:
+        """Ends every running request with exc (a drain that reached its deadline)."""
+        for conn in self.connections:
+            conn.fail_all(exc)
     def set_addresses(self, addresses: Sequence[str]) -> None:
         """The tokenizers from now on: a new address is connected at once; one no longer listed takes no new
         request, and its stream closes once its requests have ended (or after drain_timeout_s, failing them with

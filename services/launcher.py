@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import io
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -25,8 +26,10 @@ from pathlib import Path
 from services.common.config import env_default, new_parser
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.port_check import describe_taken, is_free, port_owner
+from services.supervisor import Supervisor
 
 _PR_SET_PDEATHSIG = 1
+INTERNAL_TOKEN_VARIABLE = "FLASHSTREAM_INTERNAL_TOKEN"
 
 
 class PortTaken(Unavailable):
@@ -88,6 +91,10 @@ class Stage:
     grpc_address: str
     proc: subprocess.Popen | None = None
 
+    @property
+    def is_worker(self) -> bool:
+        return self.argv[0] == "worker"
+
 
 @dataclass
 class Stack:
@@ -96,15 +103,27 @@ class Stack:
     stages: list[Stage] = field(default_factory=list)
     gateway_grpc: str = ""
     gateway_http: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # the children's environment
+    log_dir: Path | None = None
+
+    @property
+    def internal_token(self) -> str:
+        """The secret the stages require of each other's calls."""
+        return self.env.get(INTERNAL_TOKEN_VARIABLE, "")
+
+    def spawn(self, stage: Stage) -> None:
+        """Starts the stage's process (again, for a restart), its output appended to its log."""
+        out = None
+        if self.log_dir is not None:
+            out = open(self.log_dir / f"{stage.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        cmd = [sys.executable, "-m", "services.cli", "serve", *stage.argv]
+        stage.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                      preexec_fn=_die_with_parent)
 
     def start(self, stage: Stage, env: dict[str, str], ready_timeout_s: float, log_dir: Path | None) -> None:
-        out = None
-        if log_dir is not None:
-            out = open(log_dir / f"{stage.name}.log", "ab")  # noqa: SIM115 - handed to the child
-        cmd = [sys.executable, "-m", "services.cli", "serve", *stage.argv]
+        self.env, self.log_dir = env, log_dir
         started = time.monotonic()
-        stage.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                      preexec_fn=_die_with_parent)
+        self.spawn(stage)
         self.stages.append(stage)
         try:
             wait_serving(stage.grpc_address, ready_timeout_s, stage.proc)
@@ -133,9 +152,6 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     stage.proc.kill()
                     stage.proc.wait()
-
-    def first_exited(self) -> Stage | None:
-        return next((s for s in self.stages if s.proc and s.proc.poll() is not None), None)
 
 
 def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
@@ -258,6 +274,9 @@ def check_stage_flags(stages: list[Stage]) -> None:
 def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None = None) -> Stack:
     """Starts every stage and waits for each to report SERVING; on failure stops what started and raises."""
     env = python_path_env()
+    # The internal stages accept only calls that carry this run's token (one given in the environment is kept);
+    # it travels in the environment, not on command lines that `ps` shows.
+    env[INTERNAL_TOKEN_VARIABLE] = env.get(INTERNAL_TOKEN_VARIABLE) or secrets.token_urlsafe(32)
     attempts = 1 if args.base_port else NUM_FREE_PORT_ATTEMPTS
     for attempt in range(1, attempts + 1):
         stack = Stack()
@@ -438,12 +457,11 @@ def main(argv: Sequence[str]) -> int:
         if args.exit_after_prompt:
             return 0
         print("Ctrl-C stops every stage.", flush=True)
-        while True:
-            exited = stack.first_exited()
-            if exited is not None:
-                print(f"{exited.name} exited with code {exited.proc.returncode}; stopping", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        supervisor = Supervisor(stack, say=lambda line: print(line, file=sys.stderr, flush=True))
+        while (reason := supervisor.check()) is None:
+            time.sleep(0.25)
+        print(reason, file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         return 0
     except FlashStreamError as exc:

@@ -6,12 +6,15 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from services.common.errors import InvalidArgument
 
 T = TypeVar("T", int, float, str, bool)
+
+# Longest wait between two attempts to reach a lost stage, in every reconnect loop and in gRPC channels.
+MAX_RECONNECT_BACKOFF_S = 2.0
 
 # Default ports of a one-machine deployment, as `flashstream up` lays them out at its default base port (each
 # status port is its gRPC port + 100) and as docker-compose.yml and deploy/k8s use them.
@@ -46,6 +49,7 @@ class ServerConfig:
     status_port: int = 0  # HTTP /metrics, /health, /ready; 0 disables
     log_level: str = "INFO"
     drain_timeout_s: float = 30.0
+    internal_token: str = field(default="", repr=False)  # the internal stages' shared secret ("": none)
     otlp_endpoint: str = ""  # OTLP gRPC collector for the stage's trace spans; "" means no tracing
 
     def __post_init__(self) -> None:
@@ -86,6 +90,10 @@ def add_server_args(parser: argparse.ArgumentParser, stage: str, status_port: bo
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper, help="logging level")
     parser.add_argument("--drain-timeout-s", type=float, default=env_default("drain_timeout_s", 30.0),
                         help="on SIGTERM, how long running requests may finish before the stage stops")
+    # The default is not read from the environment here, so that --help never prints the secret.
+    parser.add_argument("--internal-token", default="",
+                        help="secret every internal call carries and every internal stage requires (default: "
+                             "FLASHSTREAM_INTERNAL_TOKEN, which `ps` does not show; none: any caller is let in)")
     parser.add_argument("--otlp-endpoint", default=env_default("otlp_endpoint", ""),
                         help="OTLP gRPC collector (e.g. http://otel-collector:4317) that receives a span per "
                              "request from this stage; empty: no tracing (needs the tracing extra)")
@@ -98,6 +106,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         status_port=getattr(args, "status_port", 0),
         log_level=args.log_level,
         drain_timeout_s=args.drain_timeout_s,
+        internal_token=args.internal_token or env_default("internal_token", ""),
         otlp_endpoint=args.otlp_endpoint,
     )
 
@@ -107,6 +116,13 @@ def setup_logging(level: str, stage: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)s {stage} %(name)s: %(message)s",
     )
+
+
+def check_host_port(address: str, what: str) -> None:
+    """Raises InvalidArgument unless `address` is host:port (`what` names it in the message)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidArgument(f"{what} must be host:port, got {address!r}")
 
 
 def split_csv(values: Sequence[str] | str) -> list[str]:

@@ -10,7 +10,7 @@ import functools
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,14 +18,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.call_auth import CallAuth
+from services.common.config import MAX_RECONNECT_BACKOFF_S
+from services.common.decode_errors import DecodeErrorsAreInvalidArgument
 from services.common.errors import ErrorCode, FlashStreamError
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CLOSE_GRACE_S = 0.5  # what calls still open after a stage's own drain get before the server cancels them
 
 # Long-lived internal streams: keepalives detect a dead peer within ~30 s even when no step is running.
 GRPC_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    # gRPC's own reconnect backoff grows to 120 s by default: a stage back after a long outage went unseen.
+    ("grpc.max_reconnect_backoff_ms", int(MAX_RECONNECT_BACKOFF_S * 1000)),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 20_000),
@@ -124,10 +132,18 @@ class StageServer:
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
-    async def drain_and_stop(self, grace_s: float) -> None:
-        """Reports NOT_SERVING, lets in-flight calls finish within grace_s, then stops."""
+    async def drain_and_stop(self, grace_s: float, drain: Callable[[float], Awaitable[None]] | None = None) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish within grace_s, then stops.
+
+        drain(grace_s), when given, is the stage's own drain: it ends the long-lived streams it serves by the
+        deadline, which would otherwise hold the server's whole grace period; what is left then gets
+        CLOSE_GRACE_S."""
         await self.set_serving(False)
-        await self.server.stop(grace_s)
+        if drain is None:
+            await self.server.stop(grace_s)
+            return
+        await drain(grace_s)
+        await self.server.stop(CLOSE_GRACE_S)
 
 
 async def start_server(
@@ -136,6 +152,7 @@ async def start_server(
     service_names: Sequence[str],
     serving: bool = True,
     reuse_port: bool = False,
+    auth: CallAuth | None = None,
 ) -> StageServer:
     """Starts a grpc.aio server on address ("host:port", port 0 picks a free one).
 
@@ -143,9 +160,11 @@ async def start_server(
     service_names: full names of those services, for health and reflection.
     reuse_port: share the port with other processes that also ask for it (SO_REUSEPORT: the kernel spreads new
     connections among them); otherwise a taken port is an error.
+    auth: who may call (services.common.call_auth); None lets every caller in.
     """
     options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
-    server = grpc.aio.server(options=options)
+    interceptors = [*([auth] if auth is not None else []), DecodeErrorsAreInvalidArgument()]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     for add in register:
         add(server)
     health_servicer = health.aio.HealthServicer()

@@ -106,6 +106,10 @@ FAMILIES: dict[str, tuple[str, type, str, str, tuple[str, ...], tuple[float, ...
     "prompt_tokens": (SCHEDULER, Counter, "flashstream_prompt_tokens", "Prompt tokens of admitted requests", (),
                       None),
     "generation_tokens": (SCHEDULER, Counter, "flashstream_generation_tokens", "Tokens generated", (), None),
+    "scheduler_request_errors": (SCHEDULER, Counter, "flashstream_scheduler_request_errors",
+                                 "Requests the scheduler ended with an error (refused on arrival, failed while queued "
+                                 "or running), by gRPC code: the part of the gateway's errors that arose here",
+                                 ("code",), None),
     "schedule_duration": (SCHEDULER, Histogram, "flashstream_schedule_duration_seconds",
                           "Host time to build one step plan (scheduling and encoding)", (), _STEP_BUCKETS),
     "step_duration": (WORKER, Histogram, "flashstream_step_duration_seconds",

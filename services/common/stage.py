@@ -4,13 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Protocol
+import os
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from services.common.grpc_server import install_stop_signals
 from services.common.metrics import Metrics, start_status_server
 
 log = logging.getLogger(__name__)
+
+
+# Beyond its drain limit, a stage's stop may take this long to close its streams and servers, and the process
+# this much more to wind down (tasks, executor threads, channels): it has exited within limit + 2 s.
+STOP_MARGIN_S = 1.0
+EXIT_MARGIN_S = 0.75
+
+
+def exit_within(seconds: float) -> None:
+    """Ends the process with code 0 after `seconds` unless it has exited by itself: a thread stuck in a library
+    call (an encode, a device step, a channel's teardown) must not keep a stopped stage alive."""
+
+    def force_exit() -> None:
+        log.warning("the process did not exit %.2f s after stopping; exiting now", seconds)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force_exit)
+    timer.daemon = True
+    timer.start()
+
+
+def run_stage_process(main: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run(main) for a stage's process: once main returns (the stage stopped), the process exits within
+    EXIT_MARGIN_S whatever is left running."""
+
+    async def guarded() -> int:
+        try:
+            return await main
+        finally:
+            exit_within(EXIT_MARGIN_S)
+
+    return asyncio.run(guarded())
 
 
 class Stage(Protocol):
@@ -50,7 +88,10 @@ async def serve_stage(stage: Stage, host: str, status_port: int, drain_timeout_s
         else:
             start.cancel()
         log.info("draining (up to %.1f s)", drain_timeout_s)
-        await stage.stop(drain_timeout_s)
+        try:
+            await asyncio.wait_for(stage.stop(drain_timeout_s), drain_timeout_s + STOP_MARGIN_S)
+        except TimeoutError:
+            log.error("stopping took more than %.1f s past the drain limit; exiting anyway", STOP_MARGIN_S)
         return 0
     finally:
         stopping.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ServerConfig
+from services.common.config import MAX_RECONNECT_BACKOFF_S, ServerConfig, check_host_port
 from services.common.errors import InvalidArgument
 
 POLICIES = ("continuous", "static")
@@ -61,7 +61,21 @@ class BackoffConfig:
     """Reconnect delays to a lost worker: initial, doubled per failure, capped."""
 
     initial_s: float = 0.1
-    max_s: float = 5.0
+    max_s: float = MAX_RECONNECT_BACKOFF_S
+
+
+@dataclass(frozen=True)
+class StallConfig:
+    """When a worker with steps in flight that returns nothing is declared stalled (see progress_watch)."""
+
+    timeout_s: float = 3.0  # no result for this long while a step is in flight
+    per_prefill_token_s: float = 0.001  # more time per prompt token in the step (a large prefill is slow)
+    first_steps: int = 8  # the first steps of a connection may compile kernels:
+    first_steps_timeout_s: float = 60.0  # they get this long
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.first_steps_timeout_s <= 0 or self.per_prefill_token_s < 0:
+            raise InvalidArgument(f"stall timeouts must be positive, got {self}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class SchedulerStageConfig:
     workers: tuple[str, ...]
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    stall: StallConfig = field(default_factory=StallConfig)
     worker_service: str = ""  # host:port whose DNS addresses are workers too (a headless Service), re-resolved
     discovery_interval_s: float = 5.0  # how often worker_service is resolved again
     worker_drain_timeout_s: float = 30.0  # how long a worker that left keeps its running requests
@@ -81,9 +96,7 @@ class SchedulerStageConfig:
             raise InvalidArgument("at least one worker address is needed (--workers host:port[,host:port...] "
                                   "or --worker-service host:port)")
         if self.worker_service:
-            host, sep, port = self.worker_service.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise InvalidArgument(f"worker service must be host:port, got {self.worker_service!r}")
+            check_host_port(self.worker_service, "worker service")
         for name in ("discovery_interval_s", "worker_drain_timeout_s"):
             if not getattr(self, name) > 0:
                 raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")

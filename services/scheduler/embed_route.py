@@ -26,7 +26,8 @@ class EmbedTarget:
 
 
 class EmbedRoute:
-    def __init__(self) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] | None = None) -> None:
+        self.metadata = metadata  # sent on every call to a worker
         self.targets: dict[str, EmbedTarget] = {}
 
     def add(self, address: str, stub: worker_pb2_grpc.WorkerStub, info: worker_pb2.WorkerInfo) -> None:
@@ -47,7 +48,7 @@ class EmbedRoute:
         target = min(self.targets.values(), key=lambda t: t.num_in_flight)
         target.num_in_flight += 1
         try:
-            return await target.stub.Embed(request, timeout=timeout_s)
+            return await target.stub.Embed(request, timeout=timeout_s, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"worker {target.info.worker_id}") from None
         finally:

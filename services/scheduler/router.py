@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING
 
-from services.common.errors import ErrorCode, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument, ResourceExhausted, Unavailable
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.engine_state import EngineState, EngineTotals, WorkerEngineState
@@ -50,16 +50,27 @@ class EnginePool:
         return engine
 
     def remove_worker(self, name: str, message: str) -> list[Event]:
-        """Drops a lost worker: its requests end with UNAVAILABLE (returned), the others are untouched."""
+        """Drops a lost worker. Its requests that have sent no token yet are queued again on the other workers
+        (recomputed from their prompt, so the client never notices); the rest end with UNAVAILABLE (returned)."""
         engine = self.engines.pop(name, None)
         if engine is None:
             return []
+        unsent = [Request(seq.key, tuple(seq.token_ids[:seq.num_prompt_tokens]), seq.params, seq.priority,
+                          seq.deadline, seq.traceparent)
+                  for seq in engine.sequences.values() if seq.num_emitted_tokens == 0]
         engine.fail_all(ErrorCode.UNAVAILABLE, message)
         self._retired.add(engine.totals)
         events = engine.take_events()
         for event in events:
             self._owner.pop(event.key, None)
-        return events
+        moved = set()
+        for request in unsent:
+            try:
+                self.submit(request)
+                moved.add(request.key)
+            except FlashStreamError:
+                pass  # no other worker, or none that fits: the UNAVAILABLE stands
+        return [event for event in events if event.key not in moved]
 
     # ---- requests ----
 

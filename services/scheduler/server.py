@@ -9,12 +9,13 @@ import logging
 from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
+from services.common.call_auth import internal_auth
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import serve_stage
+from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
-from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig
-from services.common.discovery import AddressDiscovery
+from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig, StallConfig
+from services.common.discovery import AddressDiscovery, add_discovery_args
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerPool
 
@@ -29,11 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SchedulerConfig()
     parser.add_argument("--workers", default=env_default("workers", "127.0.0.1:50053"),
                         help="worker addresses, host:port[,host:port...] (may be empty with --worker-service)")
-    parser.add_argument("--worker-service", default=env_default("worker_service", ""),
-                        help="host:port whose DNS addresses are workers too (e.g. a Kubernetes headless Service), "
-                             "resolved again every --discovery-interval-s: workers join and leave at run time")
-    parser.add_argument("--discovery-interval-s", type=float, default=env_default("discovery_interval_s", 5.0),
-                        help="how often --worker-service is resolved")
+    add_discovery_args(parser, "worker-service", "workers")
     parser.add_argument("--worker-drain-timeout-s", type=float, default=env_default("worker_drain_timeout_s", 30.0),
                         help="how long a worker that left the pool keeps its running requests before they fail")
     parser.add_argument("--max-num-seqs", type=int, default=env_default("max_num_seqs", defaults.max_num_seqs),
@@ -46,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="waiting requests beyond which new ones get RESOURCE_EXHAUSTED (HTTP 429)")
     parser.add_argument("--policy", choices=POLICIES, default=env_default("policy", defaults.policy),
                         help="continuous batching, or static batches run to completion (the baseline)")
+    parser.add_argument("--stall-timeout-s", type=float, default=env_default("stall_timeout_s", StallConfig.timeout_s),
+                        help="a worker with steps in flight that returns nothing this long (plus time for large "
+                             "prefills) is stalled: its requests move or fail, it gets no work until it answers")
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                         default=env_default("enable_prefix_caching", defaults.enable_prefix_caching),
                         help="reuse the KV blocks of prompt prefixes seen before")
@@ -73,6 +73,7 @@ def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
             enable_prefix_caching=args.enable_prefix_caching,
             max_steps_in_flight=args.max_steps_in_flight,
         ),
+        stall=StallConfig(timeout_s=args.stall_timeout_s),
     )
 
 
@@ -83,10 +84,11 @@ class SchedulerStage:
                  tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("scheduler")
-        self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics)
+        self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics, config.stall,
+                               config.server.internal_token)
         self.pool.drain_timeout_s = config.worker_drain_timeout_s
         self.discovery = (AddressDiscovery(self.pool, config.workers, config.worker_service,
-                                          config.discovery_interval_s) if config.worker_service else None)
+                                           config.discovery_interval_s) if config.worker_service else None)
         self.tracing = tracing or Tracing.otlp("scheduler", config.server.otlp_endpoint)
         self.servicer = SchedulerServicer(self.pool, self.tracing)
         self.server: StageServer | None = None
@@ -106,6 +108,7 @@ class SchedulerStage:
             [lambda s: scheduler_pb2_grpc.add_SchedulerServicer_to_server(self.servicer, s)],
             [SERVICE_NAME],
             serving=False,
+            auth=internal_auth(self.config.server.internal_token),
         )
         loop = asyncio.get_running_loop()
         self.pool.on_workers_changed = lambda num: loop.create_task(self._set_serving())
@@ -123,7 +126,7 @@ class SchedulerStage:
         if self.discovery is not None:
             await self.discovery.stop()
         if self.server is not None:
-            await self.server.drain_and_stop(grace_s)
+            await self.server.drain_and_stop(grace_s, self.servicer.drain)
         await self.pool.stop()
         self.tracing.shutdown()
 
@@ -140,7 +143,7 @@ async def serve(config: SchedulerStageConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "scheduler")
-    return asyncio.run(serve(config))
+    return run_stage_process(serve(config))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
-from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
-from services.common.grpc_server import handle_errors
-from services.common.metrics import finish_reason_label
+from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument, Unavailable
+from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
+from services.common.metrics import error_code_label, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.scheduler.pb import engine_state_to_pb, events_to_pb, request_from_pb
 from services.scheduler.plan import Event, RequestDone, RequestError, TokenChunk
@@ -37,6 +37,7 @@ class _Stream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     live: set[str] = field(default_factory=set)  # request ids without a terminal event yet
     upstream_done: bool = False
+    closing: bool = False  # the scheduler is stopping: end the stream once the outbox is sent
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -53,11 +54,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def dispatch(self, events: list[Event]) -> None:
         """Puts events in their streams' outboxes (events of streams already gone are dropped)."""
         for event in events:
+            if isinstance(event, RequestError):
+                self._count_error(event)
             if self._spans and not isinstance(event, TokenChunk):
                 self._end_span(event)
             stream = self._streams.get(event.key[0])
-            if stream is None:
-                continue
+            if stream is None or event.key[1] not in stream.live:
+                continue  # the stream is gone, or the request already ended here (failed by a drain)
             stream.outbox.append(event)
             if not isinstance(event, TokenChunk):
                 stream.live.discard(event.key[1])
@@ -79,13 +82,36 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 if stream.outbox:
                     events, stream.outbox = stream.outbox, []
                     yield events_to_pb(events)
-                if stream.upstream_done and not stream.live and not stream.outbox:
+                if (stream.closing or stream.upstream_done) and not stream.live and not stream.outbox:
                     return
         finally:
             reader.cancel()
             del self._streams[number]
             for request_id in list(stream.live):  # upstream gone: free what its requests hold
                 self.pool.abort((number, request_id))
+
+    async def drain(self, grace_s: float) -> None:
+        """Takes no new request, lets the running ones finish within grace_s, ends the rest with UNAVAILABLE
+        (freeing their blocks) and closes every Connect stream, which would otherwise stay open for good."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while any(s.live for s in self._streams.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for number, stream in list(self._streams.items()):
+            request_ids, stream.live = list(stream.live), set()
+            for request_id in request_ids:
+                self.pool.abort((number, request_id))
+                error = RequestError((number, request_id), ErrorCode.UNAVAILABLE,
+                                     "the scheduler shut down before the request finished")
+                self._count_error(error)
+                self._end_span(error)
+                stream.outbox.append(error)
+            stream.closing = True
+            stream.wake.set()
+        end = loop.time() + CLOSE_GRACE_S
+        while self._streams and loop.time() < end:  # the last messages go out
+            await asyncio.sleep(0.01)
 
     async def _read(
         self, number: int, stream: _Stream, request_iterator: AsyncIterator[scheduler_pb2.SchedulerUp]
@@ -121,8 +147,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 self._spans[key] = span
             stream.live.add(pb.request_id)
         except FlashStreamError as exc:
-            stream.outbox.append(RequestError(key, exc.code, exc.message))
+            error = RequestError(key, exc.code, exc.message)
+            self._count_error(error)
+            stream.outbox.append(error)
             stream.wake.set()
+
+    def _count_error(self, error: RequestError) -> None:
+        if self.metrics is not None:
+            self.metrics.scheduler_request_errors.labels(error_code_label(error.code)).inc()
 
     def _end_span(self, event: Event) -> None:
         span = self._spans.pop(event.key, None)

@@ -13,12 +13,14 @@ import grpc
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.errors import InvalidArgument
+from services.common.call_auth import token_metadata
 from services.common.grpc_server import create_channel
-from services.scheduler.config import BackoffConfig, SchedulerConfig
+from services.scheduler.config import BackoffConfig, SchedulerConfig, StallConfig
 from services.scheduler.embed_route import EmbedRoute
 from services.scheduler.engine import Engine
 from services.scheduler.pb import limits_from_info, plan_to_pb, result_from_pb
 from services.scheduler.plan import Event, Request
+from services.scheduler.progress_watch import ProgressWatch, WorkerStalled
 from services.scheduler.router import EnginePool
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,10 @@ class WorkerConnection:
         while True:
             channel = create_channel(self.address)
             connected = False
+            lost = f"worker {self.address} disconnected"
             try:
                 stub = worker_pb2_grpc.WorkerStub(channel)
-                info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S)
+                info = await stub.Info(worker_pb2.InfoRequest(), timeout=INFO_TIMEOUT_S, metadata=self.pool.metadata)
                 if info.task == "embed":
                     await self._serve_embeddings_only(channel, stub, info)
                     continue
@@ -58,11 +61,13 @@ class WorkerConnection:
                 log.info("worker %s connected (%s, %d KV blocks of %d tokens)",
                          self.address, info.worker_id, info.num_kv_blocks, info.block_size)
                 self.pool.notify_workers_changed()
-                await self._serve(engine, stub.Step())
+                await self._serve(engine, stub.Step(metadata=self.pool.metadata))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means the worker is lost; retry
                 reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+                if isinstance(exc, WorkerStalled):
+                    reason = lost = exc.message
                 if connected:
                     log.warning("worker %s lost: %s", self.address, reason)
                 else:
@@ -70,8 +75,9 @@ class WorkerConnection:
             finally:
                 self.pool.embed_route.remove(self.address)
                 if connected:
-                    self.pool.dispatch(self.pool.engines.remove_worker(
-                        self.address, f"worker {self.address} disconnected"))
+                    # Its requests without a token yet go to the other workers; the rest fail with UNAVAILABLE.
+                    self.pool.dispatch(self.pool.engines.remove_worker(self.address, lost))
+                    self.pool.wake_all()
                     self.pool.notify_workers_changed()
                 await channel.close()
             await asyncio.sleep(delay)
@@ -97,8 +103,10 @@ class WorkerConnection:
         await asyncio.sleep(self.pool.backoff.initial_s)
 
     async def _serve(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
-        tasks = [asyncio.create_task(self._send_loop(engine, call)),
-                 asyncio.create_task(self._receive_loop(engine, call))]
+        progress = ProgressWatch(self.pool.stall)
+        tasks = [asyncio.create_task(self._send_loop(engine, call, progress)),
+                 asyncio.create_task(self._receive_loop(engine, call, progress)),
+                 asyncio.create_task(progress.watch(self.address))]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -109,7 +117,7 @@ class WorkerConnection:
             await asyncio.gather(*tasks, return_exceptions=True)
             call.cancel()
 
-    async def _send_loop(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
+    async def _send_loop(self, engine: Engine, call: grpc.aio.StreamStreamCall, progress: ProgressWatch) -> None:
         while True:
             self.wake.clear()
             start = time.perf_counter()
@@ -119,6 +127,7 @@ class WorkerConnection:
                 message = plan_to_pb(plan)
                 if self.pool.metrics is not None:
                     self.pool.metrics.schedule_duration.observe(time.perf_counter() - start)
+                progress.sent(plan)
                 await call.write(message)
                 continue
             deadline = engine.next_deadline()
@@ -128,11 +137,12 @@ class WorkerConnection:
             except TimeoutError:
                 pass
 
-    async def _receive_loop(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
+    async def _receive_loop(self, engine: Engine, call: grpc.aio.StreamStreamCall, progress: ProgressWatch) -> None:
         while True:
             pb = await call.read()
             if pb is grpc.aio.EOF:
                 raise ConnectionError("the worker closed its Step stream")
+            progress.returned()
             engine.process_result(result_from_pb(pb))
             self.pool.flush(engine)
             self.wake.set()
@@ -147,11 +157,15 @@ class WorkerPool:
         config: SchedulerConfig,
         backoff: BackoffConfig | None = None,
         metrics=None,  # noqa: ANN001 - services.common.metrics.Metrics
+        stall: StallConfig | None = None,
+        internal_token: str = "",
     ) -> None:
         self.engines = EnginePool(config, metrics)
-        self.embed_route = EmbedRoute()
+        self.embed_route = EmbedRoute(token_metadata(internal_token))
         self.metrics = metrics
         self.backoff = backoff or BackoffConfig()
+        self.stall = stall or StallConfig()
+        self.metadata = token_metadata(internal_token)  # sent on every call to a worker
         self.connections = {address: WorkerConnection(address, self) for address in addresses}
         self.on_events: Callable[[list[Event]], None] = lambda events: None
         self.on_workers_changed: Callable[[int], None] = lambda num_workers: None
@@ -236,6 +250,11 @@ class WorkerPool:
             self.metrics.num_requests_running.set(self.engines.num_running)
             self.metrics.num_requests_waiting.set(self.engines.num_waiting)
             self.metrics.kv_cache_usage_ratio.set(self.engines.kv_cache_usage)
+
+    def wake_all(self) -> None:
+        """Every connection schedules again (requests moved to their engines)."""
+        for connection in self.connections.values():
+            connection.wake.set()
 
     def dispatch(self, events: list[Event]) -> None:
         if events:

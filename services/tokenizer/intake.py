@@ -71,6 +71,16 @@ def _check_length(request: TextInput, num_tokens: int, max_model_len: int) -> No
         )
 
 
+def _check_text_size(tokenizer: TextTokenizer, request: TextInput, text: str, max_model_len: int) -> None:
+    """Refuses, before encoding it, a text too long to fit the context whatever its tokens: encoding megabytes
+    only to refuse them costs time and leaves the encoder's memory grown."""
+    limit = tokenizer.max_prompt_chars(max_model_len) if max_model_len else None
+    if limit is not None and len(text) > limit:
+        raise InvalidArgument(
+            f"request {request.request_id!r}: the prompt ({len(text)} characters) cannot fit the model's context "
+            f"of {max_model_len} tokens (a token covers at most {tokenizer.max_chars_per_token} characters)")
+
+
 def prepare_batch(
     tokenizer: TextTokenizer, requests: Sequence[TextInput], max_model_len: int
 ) -> list[PreparedRequest | FlashStreamError]:
@@ -87,8 +97,10 @@ def prepare_batch(
             elif req.messages is not None:
                 prompt = tokenizer.render_chat(req.messages, req.add_generation_prompt, req.tools.template_tools)
                 req.sampling = req.tools.constrain(req.sampling, tokenizer.tool_call_format)
+                _check_text_size(tokenizer, req, prompt, max_model_len)
                 texts[False].append((i, prompt))
             elif req.prompt:
+                _check_text_size(tokenizer, req, req.prompt, max_model_len)
                 texts[req.add_special_tokens].append((i, req.prompt))
             else:
                 raise InvalidArgument(f"request {req.request_id!r}: the prompt is empty")

@@ -16,6 +16,8 @@ import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.errors import Unavailable
+from services.common.call_auth import token_metadata
+from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
 
 log = logging.getLogger(__name__)
@@ -30,13 +32,15 @@ class SchedulerLink:
         on_down: Callable[[scheduler_pb2.SchedulerDown], None],
         on_lost: Callable[[], None],
         on_connected: Callable[[bool], None] | None = None,
-        max_backoff_s: float = 5.0,
+        max_backoff_s: float = MAX_RECONNECT_BACKOFF_S,
+        internal_token: str = "",
     ) -> None:
         self.target = target
         self._on_down = on_down
         self._on_lost = on_lost
         self.on_connected = on_connected or (lambda _: None)
         self._max_backoff_s = max_backoff_s
+        self._metadata = token_metadata(internal_token)  # sent on every call to the scheduler
         self._channel = create_channel(target)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._outbox: asyncio.Queue[scheduler_pb2.SchedulerUp | None] | None = None
@@ -63,17 +67,21 @@ class SchedulerLink:
                     timeout_s: float | None) -> common_pb2.EmbedTokensResponse:
         """Scheduler.Embed; a failure keeps the scheduler's status code."""
         try:
-            return await self._stub.Embed(request, timeout=timeout_s)
+            return await self._stub.Embed(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"scheduler at {self.target}") from None
 
     async def watch_engine(self, request: common_pb2.WatchEngineRequest) -> AsyncIterator[common_pb2.EngineState]:
         """Scheduler.WatchEngine; a failure keeps the scheduler's status code."""
-        async for state in relay_stream(self._stub.WatchEngine(request), f"scheduler at {self.target}"):
+        async for state in relay_stream(self._stub.WatchEngine(request, metadata=self._metadata),
+                                        f"scheduler at {self.target}"):
             yield state
 
     async def get_info(self) -> scheduler_pb2.SchedulerInfo:
-        self.info = await self._stub.Info(scheduler_pb2.SchedulerInfoRequest(), timeout=10)
+        # wait_for_ready: the call waits for the channel's next attempt (at most MAX_RECONNECT_BACKOFF_S away)
+        # instead of failing at once and adding this loop's own backoff to it.
+        self.info = await self._stub.Info(scheduler_pb2.SchedulerInfoRequest(), timeout=10, wait_for_ready=True,
+                                          metadata=self._metadata)
         return self.info
 
     async def _outgoing(self, outbox: asyncio.Queue) -> AsyncIterator[scheduler_pb2.SchedulerUp]:
@@ -86,7 +94,7 @@ class SchedulerLink:
             try:
                 await self.get_info()
                 outbox: asyncio.Queue = asyncio.Queue()
-                call = self._stub.Connect(self._outgoing(outbox))
+                call = self._stub.Connect(self._outgoing(outbox), metadata=self._metadata)
                 self._outbox = outbox
                 self.connected.set()
                 self.on_connected(True)

@@ -11,9 +11,10 @@ from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 from services.common.config import ServerConfig, add_server_args, env_default, server_config, setup_logging, new_parser
 from services.common.errors import InvalidArgument
+from services.common.call_auth import internal_auth
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import serve_stage
+from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 from services.tokenizer.intake import EncodePool
 from services.tokenizer.servicer import TokenizerServicer
@@ -72,7 +73,8 @@ class TokenizerStage:
         self.metrics = metrics or Metrics("tokenizer")
         self.pool = EncodePool(TextTokenizer.from_dir(config.model_dir), config.encode_workers)
         self.tracing = tracing or Tracing.otlp("tokenizer", config.server.otlp_endpoint)
-        self.servicer = TokenizerServicer(self.pool, config.scheduler, config.model_id, self.metrics, self.tracing)
+        self.servicer = TokenizerServicer(self.pool, config.scheduler, config.model_id, self.metrics,
+                                          config.server.internal_token, self.tracing)
         self.server: StageServer | None = None
 
     @property
@@ -90,6 +92,7 @@ class TokenizerStage:
             [lambda s: tokenizer_pb2_grpc.add_TokenizerServicer_to_server(self.servicer, s)],
             [SERVICE_NAME],
             serving=False,
+            auth=internal_auth(self.config.server.internal_token),
         )
         loop = asyncio.get_running_loop()
         # Health follows the scheduler stream: SERVING while it is open, NOT_SERVING while it is re-dialled.
@@ -103,7 +106,7 @@ class TokenizerStage:
     async def stop(self, grace_s: float) -> None:
         self.servicer.draining = True
         if self.server is not None:
-            await self.server.drain_and_stop(grace_s)
+            await self.server.drain_and_stop(grace_s, self.servicer.drain)
         await self.servicer.link.close()
         self.pool.shutdown()
         self.tracing.shutdown()
@@ -120,7 +123,7 @@ async def serve(config: TokenizerStageConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "tokenizer")
-    return asyncio.run(serve(config))
+    return run_stage_process(serve(config))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
-from services.common.grpc_server import handle_errors
+from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import Metrics, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.tokenizer.embed_inputs import EmbedEncoder, EmbedInput
@@ -50,7 +50,7 @@ class _Session:
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     def __init__(self, pool: EncodePool, scheduler_target: str, model_id: str = "", metrics: Metrics | None = None,
-                 tracing: Tracing | None = None):
+                 internal_token: str = "", tracing: Tracing | None = None):
         self.tokenizer = pool.tokenizer
         self.pool = pool
         self.metrics = metrics or Metrics("tokenizer")
@@ -60,7 +60,9 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         self.draining = False  # set on SIGTERM: new requests get UNAVAILABLE, running ones finish
         self._session_numbers = itertools.count(1)
         self._requests: dict[str, tuple[_Session, RequestState]] = {}
-        self.link = SchedulerLink(scheduler_target, self._on_scheduler_down, self._on_scheduler_lost)
+        self._sessions: set[_Session] = set()  # open Connect streams
+        self.link = SchedulerLink(scheduler_target, self._on_scheduler_down, self._on_scheduler_lost,
+                                  internal_token=internal_token)
         self.embed_encoder = EmbedEncoder(self.tokenizer)
 
     # ---- model identity ----
@@ -83,13 +85,36 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     async def Connect(self, request_iterator: AsyncIterator[tokenizer_pb2.TokenizerUp],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[tokenizer_pb2.TokenizerDown]:
         session = _Session(next(self._session_numbers))
+        self._sessions.add(session)
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
             while (message := await session.outbox.get()) is not None:
                 yield message
         finally:
             reader.cancel()
+            self._sessions.discard(session)
             self._drop_session(session)
+
+    async def drain(self, grace_s: float) -> None:
+        """Takes no new request, lets the running ones finish within grace_s, ends the rest with UNAVAILABLE
+        (aborting them at the scheduler) and closes every Connect stream, which would otherwise stay open."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._requests and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        exc = Unavailable("the tokenizer shut down before the request finished")
+        aborts = []
+        for session in list(self._sessions):
+            sids = list(session.scheduler_ids)
+            aborts += sids
+            session.closing = True
+            session.send(self._fail(session, sids, exc))
+        if aborts and self.ready:
+            self.link.send(scheduler_pb2.SchedulerUp(abort_request_ids=aborts))
+        end = loop.time() + CLOSE_GRACE_S
+        while self._sessions and loop.time() < end:  # the last messages go out
+            await asyncio.sleep(0.01)
 
     async def _read(self, session: _Session, request_iterator: AsyncIterator[tokenizer_pb2.TokenizerUp]) -> None:
         try:

@@ -109,6 +109,7 @@ class TextTokenizer:
         self.byte_token_ids: frozenset[int] = self._byte_fallback_ids()
         self._decoder_kinds = _decoder_kinds(json.loads(self._tokenizer.to_str()).get("decoder"))
         self._token_bytes: dict[int, bytes] = {}
+        self.max_chars_per_token = self._max_chars_per_token()
         template = _chat_template_source(config, folder)
         self.chat_template = ChatTemplate(template, self.special_tokens_map) if template else None
 
@@ -167,6 +168,21 @@ class TextTokenizer:
         if not model.get("byte_fallback"):
             return frozenset()
         return frozenset(i for t, i in self._tokenizer.get_vocab().items() if _BYTE_TOKEN.match(t))
+
+    def _max_chars_per_token(self) -> int | None:
+        """The most characters of text one token can stand for, when every character becomes some token (a
+        byte-level or byte-fallback model); None otherwise (WordPiece drops spaces, [UNK] covers a whole word)."""
+        model = json.loads(self._tokenizer.to_str())
+        if not (self.byte_token_ids or "ByteLevel" in self._decoder_kinds
+                or (model.get("model") or {}).get("byte_fallback")):
+            return None
+        # A piece of the byte-level alphabet stands for one byte per character, and a text character is at
+        # least one byte; a byte-fallback piece is the text itself (with U+2581 for a space).
+        return max(len(piece) for piece in self._tokenizer.get_vocab(with_added_tokens=True))
+
+    def max_prompt_chars(self, max_tokens: int) -> int | None:
+        """The longest text that can encode to at most max_tokens tokens (None: no bound known)."""
+        return None if self.max_chars_per_token is None else max_tokens * self.max_chars_per_token
 
     def _id_of(self, token: str | None) -> int | None:
         return None if token is None else self._tokenizer.token_to_id(token)

@@ -40,6 +40,13 @@ class PlanInbox:
                 self._cond.notify_all()
             self._arrived.set()
 
+    def close(self) -> None:
+        """Ends the stream here: `get` returns the plans already read, then None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._arrived.set()
+
     def _put(self, item: Item) -> None:
         with self._cond:
             self._items.append(item)

@@ -11,9 +11,10 @@ from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.config import add_server_args, env_default, server_config, setup_logging, new_parser
 from services.common.errors import FlashStreamError
+from services.common.call_auth import internal_auth
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
-from services.common.stage import serve_stage
+from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
@@ -104,7 +105,7 @@ class WorkerStage:
         return self.server.port
 
     def ready(self) -> bool:
-        return self.servicer.engine is not None and not self.servicer.draining
+        return self.servicer.engine is not None and not self.servicer.draining and not self.servicer.step_stuck()
 
     async def start(self) -> None:
         """Starts the server, builds the engine off the event loop (health answers meanwhile), then SERVING."""
@@ -113,6 +114,7 @@ class WorkerStage:
             [lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(self.servicer, s)],
             [SERVICE_NAME],
             serving=False,
+            auth=internal_auth(self.config.server.internal_token),
         )
         loop = asyncio.get_running_loop()
         if self.servicer.kernel_profile is not None:
@@ -131,7 +133,7 @@ class WorkerStage:
     async def stop(self, grace_s: float) -> None:
         self.servicer.draining = True
         if self.server is not None:
-            await self.server.drain_and_stop(grace_s)
+            await self.server.drain_and_stop(grace_s, self.servicer.drain)
         self.servicer.shutdown()
         self.tracing.shutdown()
 
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "worker")
     try:
-        return asyncio.run(serve(config))
+        return run_stage_process(serve(config))
     except FlashStreamError as exc:
         log.error("worker failed to start: %s", exc.message)
         return 2

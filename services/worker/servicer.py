@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ import grpc
 from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.grpc_server import handle_errors
+from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import Metrics
 from services.common.tracing import Tracing
 from services.worker.engine import Engine
@@ -27,18 +28,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A step running longer than this makes /ready false: far beyond any real step, short of a kernel compile.
+STUCK_STEP_S = 30.0
+
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """Info, Step and Embed over one Engine; the engine is set once the model and KV cache are ready."""
 
-    def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None,
+                 stuck_step_s: float = STUCK_STEP_S) -> None:
         self.engine: Engine | None = None
+        self.stuck_step_s = stuck_step_s
+        self.step_started: float | None = None  # monotonic time the running step began; None between steps
         self.metrics = metrics or Metrics("worker")
         self.tracing = tracing or Tracing()
         # One thread owns the model: steps of every stream and embeddings run one at a time, in arrival order.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-model")
         self.draining = False
-        self.num_streams = 0
+        self._streams: dict[PlanInbox, SequenceTable] = {}  # each open Step stream's inbox → its sequence table
         self.kernel_profile: KernelProfile | None = None  # a traced window of steps, when asked for
 
     def _ready_engine(self) -> Engine:
@@ -63,8 +70,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise InvalidArgument(f"model {engine.info.model_id} is an embedding model: it serves Embed, not Step")
         table = engine.runner.new_table()  # sequence ids are unique per stream, so state is too
         loop = asyncio.get_running_loop()
-        self.num_streams += 1
         inbox = PlanInbox()
+        self._streams[inbox] = table
         reader = asyncio.create_task(inbox.fill(request_iterator))
         try:
             while (item := await inbox.get()) is not None:
@@ -75,7 +82,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                                             scheduled_tokens=new.num_scheduled_tokens, step_id=plan.step_id)
                          for new in plan.new_seqs if new.traceparent and self.tracing.enabled]
                 # While this plan's step runs on the device, the runner may take a look at the next one.
-                result = await loop.run_in_executor(self.executor, self._step, engine, plan, table, inbox.peek_plan)
+                self.step_started = time.monotonic()
+                try:
+                    result = await loop.run_in_executor(self.executor, self._step, engine, plan, table,
+                                                        inbox.peek_plan)
+                finally:
+                    self.step_started = None
                 result.errors[:0] = errors
                 for span in spans:
                     span.end()
@@ -83,7 +95,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 yield result_to_pb(result)
         finally:
             reader.cancel()
-            self.num_streams -= 1
+            del self._streams[inbox]
             log.info("step stream closed; dropping its %d sequences", len(table))
 
     def _step(self, engine: Engine, plan: StepPlan, table: SequenceTable, peek: PlanSource) -> StepResult:
@@ -92,6 +104,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if self.kernel_profile is not None:
             self.kernel_profile.after_step()
         return result
+
+    def step_stuck(self) -> bool:
+        """Whether the running step has taken longer than stuck_step_s (a hung device or kernel)."""
+        started = self.step_started
+        return started is not None and time.monotonic() - started > self.stuck_step_s
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    async def drain(self, grace_s: float) -> None:
+        """Lets the scheduler finish its sequences here within grace_s, then ends every Step stream (the scheduler
+        then fails or re-queues what is left, as for a lost worker)."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while any(len(table) for table in self._streams.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for inbox in list(self._streams):
+            inbox.close()
+        end = loop.time() + CLOSE_GRACE_S
+        while self._streams and loop.time() < end:
+            await asyncio.sleep(0.01)
 
     def _record_step(self, engine: Engine, step_time_s: float) -> None:
         m = self.metrics

@@ -42,9 +42,10 @@ async def embedding_stack(
     redis_url: str = "",
     embedding_cache: EmbeddingCacheConfig | None = None,
     tracing: Callable[[str], Tracing] | None = None,
+    internal_token: str = "",
 ) -> AsyncIterator[EmbeddingStack]:
     """models: (folder, model id) pairs, each served by its own worker, scheduler and tokenizer. `tracing` gives
-    each stage its tracer, by stage name."""
+    each stage its tracer, by stage name; `internal_token` is the stages' shared secret ("": none)."""
     tracer = tracing or (lambda stage: Tracing())
     stages: list = []
     tokenizers: list[str] = []
@@ -54,24 +55,28 @@ async def embedding_stack(
         for folder, model_id in models:
             worker = WorkerStage(build_config(["--port", "0", "--status-port", "0", "--model", str(folder),
                                                "--model-id", model_id, "--device", "cpu", "--num-kv-blocks", "64",
-                                               "--max-num-batched-tokens", "2048"]), tracing=tracer("worker"))
+                                               "--max-num-batched-tokens", "2048", "--internal-token",
+                                               internal_token]), tracing=tracer("worker"))
             await worker.start()
             stages.append(worker)
             workers.append(worker)
-            scheduler = SchedulerStage(SchedulerStageConfig(ServerConfig(port=0), (f"127.0.0.1:{worker.port}",),
+            scheduler = SchedulerStage(SchedulerStageConfig(ServerConfig(port=0, internal_token=internal_token),
+                                                            (f"127.0.0.1:{worker.port}",),
                                                             SchedulerConfig(), BackoffConfig(0.05, 0.2)),
                                        tracing=tracer("scheduler"))
             await scheduler.start()
             stages.append(scheduler)
             await wait_until(lambda s=scheduler: s.pool.num_workers == 1, 30)
             tokenizer = TokenizerStage(TokenizerStageConfig(str(folder), f"127.0.0.1:{scheduler.port}",
-                                                            server=ServerConfig(port=0)),
+                                                            server=ServerConfig(port=0,
+                                                                                internal_token=internal_token)),
                                        tracing=tracer("tokenizer"))
             await tokenizer.start()
             stages.append(tokenizer)
             tokenizers.append(f"127.0.0.1:{tokenizer.port}")
         config = GatewayConfig(
-            tokenizers=tuple(tokenizers), server=ServerConfig(host="127.0.0.1", port=0, drain_timeout_s=2.0),
+            tokenizers=tuple(tokenizers),
+            server=ServerConfig(host="127.0.0.1", port=0, drain_timeout_s=2.0, internal_token=internal_token),
             http_port=0, api_keys=api_keys,
             result_cache=ResultCacheConfig(redis_url=redis_url, redis_timeout_s=0.2, breaker_failures=2,
                                            breaker_cooldown_s=0.3),

@@ -18,7 +18,7 @@ from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker
 from services.common.config import ServerConfig
 from services.common.grpc_server import create_channel, start_server
 from services.common.sampling import SamplingParams
-from services.scheduler.config import BackoffConfig, SchedulerConfig, SchedulerStageConfig
+from services.scheduler.config import BackoffConfig, SchedulerConfig, SchedulerStageConfig, StallConfig
 from services.scheduler.plan import CachedSeq, NewSeq, StepPlan
 from services.worker.pb import cached_seqs_from_pb
 from tests.unit.scheduler.fake_worker import FakeWorker
@@ -65,6 +65,14 @@ class FakeWorkerServer(worker_pb2_grpc.WorkerServicer):
     def __post_init__(self) -> None:
         self.server = None
         self.port = 0
+        self.running = asyncio.Event()  # cleared by pause(): Info and Step wait, as in a stopped process
+        self.running.set()
+
+    def pause(self) -> None:
+        self.running.clear()
+
+    def resume(self) -> None:
+        self.running.set()
 
     async def start(self, port: int = 0) -> int:
         self.server = await start_server(
@@ -83,6 +91,7 @@ class FakeWorkerServer(worker_pb2_grpc.WorkerServicer):
         return f"127.0.0.1:{self.port}"
 
     async def Info(self, request, context):  # noqa: N802, ANN001, ANN201
+        await self.running.wait()
         c = self.config
         return worker_pb2.WorkerInfo(
             worker_id=c.worker_id, model_id="fake-model", model_revision="r1", architecture="Fake",
@@ -101,6 +110,7 @@ class FakeWorkerServer(worker_pb2_grpc.WorkerServicer):
             self.plans.append(plan)
             if self.permits is not None:
                 await self.permits.acquire()
+            await self.running.wait()
             if c.step_delay_s:
                 await asyncio.sleep(c.step_delay_s)
             try:
@@ -180,6 +190,7 @@ def run_stack(
     test: Callable[..., Awaitable[None]],
     workers: list[FakeWorkerConfig] | None = None,
     scheduler: SchedulerConfig | None = None,
+    stall: StallConfig | None = None,
 ) -> None:
     """Starts fake workers and a scheduler stage on free ports, runs the test with one Connect stream."""
 
@@ -188,7 +199,7 @@ def run_stack(
         for server in servers:
             await server.start()
         config = SchedulerStageConfig(ServerConfig(port=0), tuple(s.address for s in servers),
-                                      scheduler or SchedulerConfig(), BackoffConfig(0.05, 0.2))
+                                      scheduler or SchedulerConfig(), BackoffConfig(0.05, 0.2), stall or StallConfig())
         from services.scheduler.server import SchedulerStage
 
         stage = SchedulerStage(config)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
+from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from services.common.call_auth import token_metadata
 from services.launcher import Stack, parse_args, start_stack
 
 
@@ -35,3 +40,18 @@ def running_stack(model_dir: Path, log_dir: Path, worker_args: str = "", extra: 
 def stage_logs(log_dir: Path) -> str:
     """Every stage's log, for assertion messages when something fails."""
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob("*.log")))
+
+
+def scheduler_load_when_idle(stack: Stack, timeout_s: float = 10.0) -> scheduler_pb2.Load:
+    """The scheduler's load once nothing runs, waits or holds KV blocks (or as it is after timeout_s); the call
+    carries the stack's internal token."""
+    scheduler = next(s for s in stack.stages if s.name == "scheduler")
+    metadata = token_metadata(stack.internal_token)
+    with grpc.insecure_channel(scheduler.grpc_address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        deadline = time.monotonic() + timeout_s
+        load = stub.GetLoad(scheduler_pb2.GetLoadRequest(), metadata=metadata)
+        while (load.num_running or load.num_waiting or load.kv_cache_usage) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            load = stub.GetLoad(scheduler_pb2.GetLoadRequest(), metadata=metadata)
+    return load

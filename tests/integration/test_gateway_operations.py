@@ -38,9 +38,11 @@ def test_api_keys_guard_http_and_grpc_but_not_status_routes() -> None:
                 assert resp.status == 401 and (await resp.json())["error"]["message"] == "invalid API key"
             async with session.post(url, json={"prompt": "Hi"}, headers={"Authorization": "Bearer secret-2"}) as resp:
                 assert resp.status == 200
-            for path in ("/health", "/ready", "/metrics"):
+            for path in ("/health", "/ready"):
                 async with session.get(stack.http + path) as resp:
                     assert resp.status == 200
+            async with session.get(stack.http + "/metrics") as resp:
+                assert resp.status == 401  # unless --open-metrics
             async with create_channel(stack.grpc_target) as channel:
                 stub = gateway_pb2_grpc.GatewayStub(channel)
                 with pytest.raises(grpc.aio.AioRpcError) as err:

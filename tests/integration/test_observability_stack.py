@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,25 +67,27 @@ def test_a_prompt_streams_its_answer_while_the_live_view_follows_the_engine(stac
     page.fill("#max_tokens", str(MAX_TOKENS))
     page.check("#ignore_eos")
     page.fill("#prompt", "The scheduler keeps")
-    page.click("#send")
-
-    # Sample the live view while the answer streams: it must show the request running and steps advancing.
-    seen_running, seen_steps, seen_text_lengths = set(), set(), set()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        sample = page.evaluate("""() => {
+    # Record the page on every change while the answer streams (polling from here can miss a fast stream on a busy
+    # machine): the live view must show the request running and steps advancing.
+    page.evaluate("""() => {
+        window.samples = [];
+        const record = () => {
             const out = document.querySelector('.message.assistant');
-            return {state: out ? out.dataset.state : 'none', text: out ? out.textContent.length : 0,
-                    running: document.querySelector('#engine-running').textContent,
-                    steps: document.querySelector('#engine-steps').textContent};
-        }""")
-        if sample["state"] == "done":
-            break
-        if sample["state"] == "streaming" and sample["text"] > 0:
-            seen_running.add(sample["running"])
-            seen_steps.add(int(sample["steps"]))
-            seen_text_lengths.add(sample["text"])
-        time.sleep(0.02)
+            window.samples.push({state: out ? out.dataset.state : 'none', text: out ? out.textContent.length : 0,
+                                 running: document.querySelector('#engine-running').textContent,
+                                 steps: document.querySelector('#engine-steps').textContent});
+        };
+        new MutationObserver(record).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                             attributes: true});
+    }""")
+    page.click("#send")
+    page.wait_for_function("document.querySelector('.message.assistant')?.dataset.state === 'done'", timeout=120_000)
+    samples = page.evaluate("() => window.samples")
+    streaming = [x for x in samples if x["state"] == "streaming" and x["text"] > 0]
+    seen_running = {x["running"] for x in streaming}
+    seen_steps = {int(x["steps"]) for x in streaming}
+    seen_text_lengths = {x["text"] for x in streaming}
+    sample = {"state": page.evaluate("() => document.querySelector('.message.assistant').dataset.state")}
     assert sample["state"] == "done", stage_logs(stack.log_dir)
     assert errors == []
 

@@ -117,7 +117,7 @@ def test_abort_ends_the_request_and_frees_its_blocks_at_the_next_step():
     run_stack(test, workers=[FakeWorkerConfig(step_delay_s=0.005)])
 
 
-def test_full_queue_is_resource_exhausted_and_bad_requests_are_invalid_argument():
+def test_full_queue_is_resource_exhausted_and_bad_requests_are_invalid_argument_each_counted_by_code():
     async def test(stage, workers, client):  # noqa: ANN001
         workers[0].permits = asyncio.Semaphore(0)  # nothing finishes while the queue fills
         await client.send([token_request("running", [1])])
@@ -134,6 +134,9 @@ def test_full_queue_is_resource_exhausted_and_bad_requests_are_invalid_argument(
         assert client.terminal("oversize").error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert "max_model_len" in client.terminal("oversize").error.message
         assert client.terminal("bad-sampling").error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        errors = stage.metrics.scheduler_request_errors
+        assert {code: errors.labels(code)._value.get() for code in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT")} == {
+            "RESOURCE_EXHAUSTED": 1, "INVALID_ARGUMENT": 2}
         for _ in range(100):
             workers[0].permits.release()
         await client.wait_done("running", "queued")
@@ -149,6 +152,7 @@ def test_deadline_ends_the_request_with_deadline_exceeded():
                            token_request("on-time", [5], max_tokens=3)])
         await client.wait_done("late", "on-time")
         assert client.terminal("late").error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        assert stage.metrics.scheduler_request_errors.labels("DEADLINE_EXCEEDED")._value.get() == 1
         assert time.time() >= deadline
         assert client.terminal("on-time").done.finish_reason == common_pb2.FINISH_REASON_LENGTH
         assert stage.pool.engines.kv_cache_usage == 0.0

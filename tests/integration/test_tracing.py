@@ -1,6 +1,7 @@
 """One request's spans across the four stages, in one process: each stage's span hangs from the one before it
 through W3C trace context (the client's traceparent header, then the fields of the batched stream messages), all
-in the client's trace. Without a collector, tracing is off and hands out no context."""
+in the client's trace, with the internal token on every internal call beside it. Without a collector, tracing is
+off and hands out no context."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_one_request_makes_a_tree_of_spans_from_gateway_to_worker(tmp_path: Path
     model = build_demo_model(tmp_path / "demo")
 
     async def main() -> None:
-        async with embedding_stack([(model, "demo")],
+        async with embedding_stack([(model, "demo")], internal_token="an-internal-token",
                                    tracing=lambda stage: Tracing(stage, SimpleSpanProcessor(exporter))) as stack:
             async with aiohttp.ClientSession() as http:
                 body = {"model": "demo", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}

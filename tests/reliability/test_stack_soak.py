@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from services.demo import build_demo_model
 from services.launcher import Stack
-from tests.integration.stack_fixture import running_stack, stack_device, stage_logs
+from tests.integration.stack_fixture import running_stack, scheduler_load_when_idle, stack_device, stage_logs
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -104,14 +103,8 @@ def test_every_request_ends_exactly_once_and_the_scheduler_frees_everything(stac
     problems = [(i, p) for i, p in enumerate(asyncio.run(scenario())) if p]
     assert problems == [], f"{problems[:5]}\n{stage_logs(stack.log_dir)}"
 
+    load = scheduler_load_when_idle(stack)
     scheduler = next(s for s in stack.stages if s.name == "scheduler")
-    with grpc.insecure_channel(scheduler.grpc_address) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
-        deadline = time.monotonic() + 10
-        load = stub.GetLoad(scheduler_pb2.GetLoadRequest())
-        while (load.num_running or load.num_waiting or load.kv_cache_usage) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            load = stub.GetLoad(scheduler_pb2.GetLoadRequest())
     assert (load.num_running, load.num_waiting, load.kv_cache_usage, load.num_workers) == (0, 0, 0.0, 1)
     status_port = scheduler.argv[scheduler.argv.index("--status-port") + 1]
     with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=10) as response:

@@ -32,7 +32,7 @@ def test_every_stage_exports_exactly_the_families_it_owns_and_no_family_twice() 
         "flashstream_num_requests_waiting", "flashstream_num_workers", "flashstream_kv_cache_usage_ratio",
         "flashstream_prefix_cache_hits_total", "flashstream_prefix_cache_queries_total",
         "flashstream_num_preemptions_total", "flashstream_prompt_tokens_total", "flashstream_generation_tokens_total",
-        "flashstream_schedule_duration_seconds"}
+        "flashstream_scheduler_request_errors_total", "flashstream_schedule_duration_seconds"}
     assert families["worker"] == {
         "flashstream_step_duration_seconds", "flashstream_step_tokens", "flashstream_step_sequences",
         "flashstream_device_idle_seconds_total"}

@@ -95,6 +95,10 @@ def k8s_documents() -> list[dict]:
             for doc in yaml.safe_load_all((K8S / path).read_text()) if doc]
 
 
+# The keys of each Secret the manifests reference, with stand-in values.
+SECRETS = {"flashstream-internal-token": {"FLASHSTREAM_INTERNAL_TOKEN": "a-secret"}}
+
+
 def k8s_objects(kind: str) -> dict[str, dict]:
     return {doc["metadata"]["name"]: doc for doc in k8s_documents() if doc["kind"] == kind}
 
@@ -108,6 +112,9 @@ def k8s_env(container: dict) -> dict[str, str]:
     config_maps = k8s_objects("ConfigMap")
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
+        if "secretRef" in source:  # created by the operator (networkpolicy.yaml says how), not in the folder
+            env.update(SECRETS[source["secretRef"]["name"]])
+            continue
         env.update(config_maps[source["configMapRef"]["name"]]["data"])
     for item in container.get("env", []):
         if "valueFrom" in item:  # the kubelet fills these in; the tests stand in an address for the pod's

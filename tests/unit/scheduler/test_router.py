@@ -60,14 +60,28 @@ def test_new_request_goes_to_the_longest_cached_prefix_then_the_least_load():
     assert pool.submit(req("d", shared + [2])) == "left"  # left caches 12 of its tokens
 
 
-def test_losing_a_worker_ends_only_its_requests_with_unavailable():
+def test_losing_a_worker_ends_its_streaming_requests_with_unavailable_and_moves_the_others():
     pool = EnginePool(SchedulerConfig())
-    pool.add_worker("left", LIMITS)
+    left = pool.add_worker("left", LIMITS)
     pool.add_worker("right", LIMITS)
-    pool.submit(req("a", [1]))
-    pool.submit(req("b", [2]))
+    assert pool.submit(req("streaming", [1], max_tokens=20)) == "left"
+    worker = FakeWorker(8, 4)
+    left.process_result(worker.step(left.build_plan()))  # its first token is out
+    assert [type(e).__name__ for e in pool.take_events(left)] == ["TokenChunk"]
+    assert pool.submit(req("queued", [2])) == "right"
+    assert pool.submit(req("tokenless", [3])) == "left"
     events = pool.remove_worker("left", "worker left disconnected")
-    assert [(e.key, e.code) for e in events if isinstance(e, RequestError)] == [("a", ErrorCode.UNAVAILABLE)]
-    assert pool.abort("a") is None
-    assert pool.abort("b") == "right"
-    assert pool.submit(req("a", [1])) == "right"  # the key is free again
+    assert [(e.key, e.code, e.message) for e in events] == [
+        ("streaming", ErrorCode.UNAVAILABLE, "worker left disconnected")]
+    assert pool.abort("streaming") is None
+    assert pool.abort("tokenless") == "right"  # moved, with its prompt, to the worker left
+    assert pool.abort("queued") == "right"
+    assert pool.submit(req("streaming", [1])) == "right"  # the key is free again
+
+
+def test_losing_the_only_worker_ends_every_request_with_unavailable():
+    pool = EnginePool(SchedulerConfig())
+    pool.add_worker("only", LIMITS)
+    pool.submit(req("a", [1]))
+    events = pool.remove_worker("only", "worker only disconnected")
+    assert [(e.key, e.code) for e in events] == [("a", ErrorCode.UNAVAILABLE)]
