@@ -1,13 +1,16 @@
-"""FP8 benchmark: the FP8 tests compiled on the GPU, then one model bf16 against FP8 in the same run.
+"""FP8 benchmark: bf16 against FP8 weights and FP8 weights + FP8 KV cache, measured in one run, then the FP8 tests.
 
-For each variant (bf16; FP8 weights; FP8 weights and FP8 KV cache) on dummy weights of a preset: the KV capacity
-in tokens at the same memory budget, the batch-1 and batch-64 decode step (host wall-clock per Runner.step, CUDA
-graphs), prefill tokens/s, and the logits of a fixed prompt set against the bf16 variant (cosine, top-1, KL).
-Beside them, the 8B projections alone: the FP8 GEMV kernel and the per-token FP8 tensor-core GEMM against bf16
-F.linear at several row counts (CUDA-graph replays of 50 calls, weights rotated out of L2).
+For each model (dummy weights of a preset) and variant: the KV capacity in tokens at the same memory budget, the
+batch-1 and batch-64 decode step (host wall-clock per Runner.step and the decode graph's replay alone), prefill
+tokens/s, and the logits of a fixed prompt set against the bf16 variant (cosine, top-1, KL). Beside them, at the
+first model's shapes: the projections alone (bf16 F.linear, the dequantising FP8 kernel with its tiles swept at
+one row, the FP8 GEMV, the per-token FP8 tensor-core GEMM, at several row counts) and decode attention on a bf16
+cache against the same entries in an FP8 cache (output error and time). Last, the gpu-marked FP8 tests, compiled.
+Results are written after each part.
 
-    python bench/fp8.py --out-dir "$OUT"                      # H200: tests, then llama-3.1-8b (about 3 minutes)
-    python bench/fp8.py --models /path/to/tiny --device cpu --no-tests --batch-sizes 1,4 --out-dir /tmp/fp8
+    python bench/fp8.py --out-dir "$OUT"          # H200: llama-3.1-8b and llama-3.2-1b, about 3 minutes
+    python bench/fp8.py --models /path/to/tiny --device cpu --no-tests --batch-sizes 1,4 --prefill-len 32 \
+        --max-num-batched-tokens 64 --out-dir /tmp/fp8   # a rehearsal on the CPU
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 import torch  # noqa: E402
 
@@ -29,38 +33,50 @@ from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench, graph_replay_ms, graph_us  # noqa: E402
 from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
-from services.worker.engine import build_engine  # noqa: E402
+from services.worker.engine import build_engine, resolve_model_config  # noqa: E402
+from services.worker.model_config import ModelConfig  # noqa: E402
 
 FP8_TESTS = ["tests/kernels/test_fp8_linear.py", "tests/kernels/test_fp8_kv_cache.py",
              "tests/unit/worker/test_fp8_weights.py", "tests/unit/worker/test_fp8_kv_cache.py"]
 # name → (quantization, kv_cache_dtype)
 VARIANTS = {"bf16": ("", "auto"), "fp8 weights": ("fp8", "auto"), "fp8 weights + fp8 KV": ("fp8", "fp8")}
+# Issue 22's batch-1 inter-token latency goals with FP8 weights (ms), beside which the decode step is printed.
+ITL_GOALS_MS = {"llama-3.1-8b": 2.6, "llama-3.2-1b": 0.9}
 
 
 def run_tests(out_dir: Path, timeout_s: int) -> dict[str, Any]:
     """The gpu-marked FP8 tests (kernels compiled, the worker on CUDA); the log goes to out_dir/fp8_gpu_tests.txt."""
-    tests = [t for t in FP8_TESTS if (Path(__file__).resolve().parents[1] / t).is_file()]
+    tests = [t for t in FP8_TESTS if (ROOT / t).is_file()]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rA", *tests]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              cwd=Path(__file__).resolve().parents[1])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
         log, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
-        log, code = f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {timeout_s} s", -1
+        log, code = f"{_text(exc.stdout)}{_text(exc.stderr)}\ntimed out after {timeout_s} s", -1
     (out_dir / "fp8_gpu_tests.txt").write_text(log)
     summary = next((line for line in reversed(log.splitlines()) if " in " in line and "=" in line), log[-200:])
     return {"command": "python -m pytest -q -m gpu " + " ".join(tests), "exit_code": code,
             "summary": summary.strip("= "), "seconds": round(time.perf_counter() - start, 1)}
 
 
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
 def _median_ms(times: list[float]) -> float:
     return round(statistics.median(times) * 1e3, 3)
 
 
+def _free_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_cache_dtype: str,
-                    prompts: list[list[int]]) -> tuple[dict[str, Any], torch.Tensor | None]:
-    """The figures of one variant, and its logits of `prompts` (None when the step failed)."""
+                    prompts: list[list[int]]) -> tuple[dict[str, Any], torch.Tensor]:
+    """The figures of one variant, and its logits of `prompts`."""
     max_len = args.prompt_len + 3 * args.decode_steps + 32
     config = WorkerConfig(model=model, load_format="dummy", device=args.device, quantization=quantization,
                           kv_cache_dtype=kv_cache_dtype, max_model_len=max(args.max_model_len, max_len),
@@ -71,7 +87,7 @@ def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_
     info = engine.info
     bench = Bench(engine, max(max_len, args.prefill_len))
     out: dict[str, Any] = {
-        "build_s": round(time.perf_counter() - start, 1), "weight_bytes": bench.weight_bytes,
+        "build_s": round(time.perf_counter() - start, 1), "dtype": info.dtype, "weight_bytes": bench.weight_bytes,
         "kv_cache_dtype": str(engine.runner.executor.model_runner.kv_cache.data.dtype).removeprefix("torch."),
         "num_kv_blocks": info.num_kv_blocks, "kv_capacity_tokens": info.num_kv_blocks * info.block_size,
         "decode": [],
@@ -86,7 +102,6 @@ def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_
             row["graph_replay_ms"] = round(replay, 3)
         out["decode"].append(row)
         bench.finish(ids)
-        print(f"  decode batch {batch}: {row}", flush=True)
     batch = max(1, args.max_num_batched_tokens // args.prefill_len)
     bench.finish(bench.prefill(batch, args.prefill_len)[0])  # warm-up
     rates = []
@@ -97,76 +112,197 @@ def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_
     out["prefill"] = {"prompt_len": args.prefill_len, "seqs_per_step": batch, "tokens_per_s": round(max(rates))}
     logits = last_logits(engine, prompts)
     del bench, engine
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    _free_device_memory()
     return out, logits
 
 
-def projection_probe(hidden: int, intermediate: int, kv_size: int, rows: list[int]) -> list[dict[str, Any]]:
-    """bf16 F.linear, the FP8 GEMV kernel and the FP8 tensor-core GEMM per projection shape and row count."""
+def measure_model(args: argparse.Namespace, model: str, cfg: ModelConfig) -> dict[str, Any]:
+    """Every variant of one model; the first (bf16) is the reference of the others' logits."""
+    variants: dict[str, Any] = {}
+    reference = None
+    prompts = fixed_prompts(cfg.vocab_size)
+    for name in args.variants.split(","):
+        print(f"{model} {name}", flush=True)
+        try:
+            figures, logits = measure_variant(args, model, *VARIANTS[name], prompts)
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' figures
+            variants[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"  {variants[name]['error']}", flush=True)
+            _free_device_memory()
+            continue
+        if reference is None:
+            reference = logits
+            figures["reference"] = True
+        else:
+            figures["accuracy"] = logit_agreement(reference, logits)
+        variants[name] = figures
+        print(f"  {figures}", flush=True)
+    return variants
+
+
+# Tiles of the dequantising kernel timed beside its defaults at one row: (block_n, block_k, num_stages, num_warps).
+DEQUANT_MM_SWEEP = ((16, 256, 4, 4), (16, 512, 4, 4), (16, 1024, 3, 4), (32, 256, 4, 4), (32, 512, 3, 4),
+                    (64, 128, 4, 4), (64, 256, 4, 4), (16, 512, 6, 4), (32, 256, 4, 8))
+
+
+def _timed(fn) -> float | str:  # noqa: ANN001 - fn(i) runs the i-th call
+    """graph_us of fn, or the error that stopped it (a tile that does not compile loses its cell only)."""
+    try:
+        return graph_us(fn)
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
+
+
+def projection_probe(cfg: ModelConfig, rows: list[int]) -> dict[str, Any]:
+    """Per projection shape and row count: bf16 F.linear, the dequantising FP8 kernel, the FP8 GEMV and the FP8
+    tensor-core GEMM; and at one row, the dequantising kernel's tiles of DEQUANT_MM_SWEEP."""
+    from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
     from kernels.fp8_gemv import fp8_gemv
-    from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_scaled_mm
+    from kernels.fp8_linear import DEQUANT_MM_MAX_ROWS, fp8_scaled_mm
     from kernels.fp8_quant import quantize_fp8_rows
 
     dev = torch.device("cuda")
-    table = []
-    for name, n_out, k_in in (("qkv_proj", hidden + 2 * kv_size, hidden), ("o_proj", hidden, hidden),
-                              ("gate_up_proj", 2 * intermediate, hidden), ("down_proj", hidden, intermediate)):
+    hidden, table, sweep = cfg.hidden_size, [], []
+    for name, n_out, k_in in (("qkv_proj", cfg.q_size + 2 * cfg.kv_size, hidden), ("o_proj", hidden, cfg.q_size),
+                              ("gate_up_proj", 2 * cfg.intermediate_size, hidden),
+                              ("down_proj", hidden, cfg.intermediate_size)):
         copies = max(2, int(2 * 60e6 // (n_out * k_in * 2)) + 1)  # more bytes than the L2 holds, twice over
         weights = [torch.randn(n_out, k_in, device=dev, dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
-        quantized = [quantize_fp8_rows(w) for w in weights]
-        fp8 = [(q, s.view(-1)) for q, s in quantized]
-        del quantized
+        fp8 = [(q, s.view(-1)) for q, s in (quantize_fp8_rows(w) for w in weights)]
         for m in rows:
             x = torch.randn(m, k_in, device=dev, dtype=torch.bfloat16)
             row: dict[str, Any] = {"proj": name, "n_out": n_out, "k_in": k_in, "rows": m,
-                                   "bf16_us": graph_us(lambda i: torch.nn.functional.linear(x, weights[i % copies])),
-                                   "fp8_scaled_mm_us": graph_us(lambda i: fp8_scaled_mm(x, *fp8[i % copies]))}
-            if m <= 4 * GEMV_MAX_ROWS:
-                row["fp8_gemv_us"] = graph_us(lambda i: fp8_gemv(x, *fp8[i % copies]))
+                                   "bf16_us": _timed(lambda i: torch.nn.functional.linear(x, weights[i % copies])),
+                                   "fp8_scaled_mm_us": _timed(lambda i: fp8_scaled_mm(x, *fp8[i % copies]))}
+            if m <= 4 * DEQUANT_MM_MAX_ROWS:
+                row["fp8_dequant_mm_us"] = _timed(lambda i: fp8_dequant_mm(x, *fp8[i % copies]))
+                row["dequant_mm_tiles"] = dequant_mm_tiles(m, n_out, k_in, DequantMMConfig())
+            if m <= DEQUANT_MM_MAX_ROWS:
+                row["fp8_gemv_us"] = _timed(lambda i: fp8_gemv(x, *fp8[i % copies]))
             table.append(row)
+        x = torch.randn(1, k_in, device=dev, dtype=torch.bfloat16)
+        for block_n, block_k, stages, warps in DEQUANT_MM_SWEEP:
+            tiles = DequantMMConfig(block_n=block_n, block_k=block_k, num_stages=stages, num_warps=warps)
+            sweep.append({"proj": name, "block_n": block_n, "block_k": block_k, "num_stages": stages,
+                          "num_warps": warps, "us": _timed(lambda i: fp8_dequant_mm(x, *fp8[i % copies],
+                                                                                    config=tiles))})  # noqa: B023
         del weights, fp8
+        torch.cuda.empty_cache()
+    return {"table": table, "dequant_mm_sweep": sweep}
+
+
+def attention_probe(cfg: ModelConfig, cases: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Decode attention of one layer on a bf16 cache and on the same entries stored in FP8 (scale 1, as a
+    checkpoint without KV scales runs): each output's error against the fp32 reference of the bf16 entries, the
+    FP8 output against the bf16 one, and each call's time (CUDA graph of 20 calls)."""
+    from kernels import paged_decode_attention, paged_decode_attention_ref
+    from kernels.cache_write import to_cache_ref
+
+    dev, block_size, table = torch.device("cuda"), 16, []
+    g = torch.Generator(device=dev).manual_seed(0)
+    for batch, context in cases:
+        blocks = -(-context // block_size)
+        shape = (batch * blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        k_bf16 = torch.randn(shape, device=dev, generator=g).to(torch.bfloat16)
+        v_bf16 = torch.randn(shape, device=dev, generator=g).to(torch.bfloat16)
+        k_fp8, v_fp8 = to_cache_ref(k_bf16, torch.float8_e4m3fn, 1.0), to_cache_ref(v_bf16, torch.float8_e4m3fn, 1.0)
+        tables = torch.randperm(batch * blocks, device=dev, generator=g).view(batch, blocks).to(torch.int32)
+        lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
+        q = torch.randn(batch, cfg.num_heads, cfg.head_dim, device=dev, generator=g).to(torch.bfloat16)
+        scale = cfg.head_dim**-0.5
+
+        def run(k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            return paged_decode_attention(q, k, v, tables, lens, scale, context, out=out)  # noqa: B023
+
+        bf16_out, fp8_out = run(k_bf16, v_bf16, torch.empty_like(q)), run(k_fp8, v_fp8, torch.empty_like(q))
+        ref = paged_decode_attention_ref(q.float(), k_bf16.float(), v_bf16.float(), tables, lens, scale)
+
+        def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+            return float(f"{((a.float() - b.float()).norm() / b.float().norm()).item():.3g}")
+
+        scratch = torch.empty_like(q)
+        table.append({
+            "batch": batch, "context": context, "bf16_vs_ref": rel(bf16_out, ref), "fp8_vs_ref": rel(fp8_out, ref),
+            "fp8_vs_bf16": rel(fp8_out, bf16_out),
+            "bf16_us": graph_us(lambda _: run(k_bf16, v_bf16, scratch), 20),  # noqa: B023
+            "fp8_us": graph_us(lambda _: run(k_fp8, v_fp8, scratch), 20),  # noqa: B023
+        })
+        del k_bf16, v_bf16, k_fp8, v_fp8
         torch.cuda.empty_cache()
     return table
 
 
+def _models_markdown(model: str, variants: dict[str, Any]) -> list[str]:
+    batches = sorted({d["batch"] for v in variants.values() if "decode" in v for d in v["decode"]})
+    lines = [f"## {model}", ""]
+    goal = ITL_GOALS_MS.get(model)
+    if goal:
+        lines += [f"Issue 22's batch-1 ITL goal with FP8 weights: {goal} ms (served end to end; the engine's step "
+                  "below is its lower part).", ""]
+    lines += ["| variant | model dtype | weights read per step (GB) | KV cache | KV capacity (tokens) | "
+              + " | ".join(f"decode b{b} step / replay (ms)" for b in batches)
+              + " | prefill tok/s | cosine min / mean vs bf16 | top-1 | KL mean / max |",
+              "|---|---|---|---|---|" + "---|" * len(batches) + "---|---|---|---|"]
+    base = next((v for v in variants.values() if v.get("reference")), None)
+    for name, v in variants.items():
+        if "error" in v:
+            lines.append(f"| {name} | error: {v['error']} |")
+            continue
+        steps = {d["batch"]: f"{d['step_ms']} / {d.get('graph_replay_ms', '-')}" for d in v["decode"]}
+        acc = v.get("accuracy", {})
+        capacity = f"{v['kv_capacity_tokens']}"
+        if base is not None and v is not base:
+            capacity += f" ({v['kv_capacity_tokens'] / base['kv_capacity_tokens']:.2f}x)"
+        lines.append(
+            f"| {name} | {v['dtype']} | {v['weight_bytes'] / 1e9:.3g} | {v['kv_cache_dtype']} | {capacity} | "
+            + " | ".join(steps.get(b, "-") for b in batches)
+            + f" | {v['prefill']['tokens_per_s']} | {acc.get('cosine_min', '-')} / {acc.get('cosine_mean', '-')} | "
+            f"{acc.get('top1_agreement', '-')} | {acc.get('kl_mean', '-')} / {acc.get('kl_max', '-')} |")
+    return lines + [""]
+
+
 def to_markdown(results: dict[str, Any]) -> str:
-    lines = []
+    lines: list[str] = []
+    for model, variants in results["models"].items():
+        lines += _models_markdown(model, variants)
+    if results.get("projections"):
+        probe = results["projections"]
+        lines += [f"## Projections alone at {results['probe_model']} shapes (µs per call, graph of 50)", "",
+                  "| proj | n x k | rows | bf16 F.linear | FP8 dequant_mm (tiles m, n, k, stages) | FP8 GEMV | "
+                  "FP8 scaled_mm (per-token) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['proj']} | {p['n_out']} x {p['k_in']} | {p['rows']} | {p['bf16_us']} | "
+                  f"{p.get('fp8_dequant_mm_us', '-')} {p.get('dequant_mm_tiles', '')} | {p.get('fp8_gemv_us', '-')} | "
+                  f"{p['fp8_scaled_mm_us']} |" for p in probe["table"]]
+        lines += ["", "FP8 dequant_mm at one row by tiles (µs per call):", "",
+                  "| proj | block_n | block_k | stages | warps | µs |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p['proj']} | {p['block_n']} | {p['block_k']} | {p['num_stages']} | {p['num_warps']} | "
+                  f"{p['us']} |" for p in probe["dequant_mm_sweep"]]
+        lines.append("")
+    if results.get("attention"):
+        lines += [f"## Decode attention, one layer at {results['probe_model']} shapes: bf16 cache against the same "
+                  "entries in FP8", "",
+                  "| batch | context | bf16 error vs fp32 ref | FP8 error vs fp32 ref | FP8 vs bf16 output | "
+                  "bf16 µs | FP8 µs |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {a['batch']} | {a['context']} | {a['bf16_vs_ref']} | {a['fp8_vs_ref']} | {a['fp8_vs_bf16']} | "
+                  f"{a['bf16_us']} | {a['fp8_us']} |" for a in results["attention"]]
+        lines.append("")
+    for key in ("projections_error", "attention_error"):
+        if key in results:
+            lines += [f"{key}: {results[key]}", ""]
     if "tests" in results:
         t = results["tests"]
-        lines += [f"GPU tests (`{t['command']}`): {t['summary']} (exit {t['exit_code']})", ""]
-    for model, variants in results["models"].items():
-        batches = sorted({d["batch"] for v in variants.values() if "decode" in v for d in v["decode"]})
-        lines += [f"## {model}", "",
-                  "| variant | weights (GB) | KV cache | KV capacity (tokens) | "
-                  + " | ".join(f"decode b{b} step (ms)" for b in batches)
-                  + " | prefill tok/s | cosine min / mean vs bf16 | top-1 | KL mean / max |",
-                  "|---|---|---|---|" + "---|" * len(batches) + "---|---|---|---|"]
-        for name, v in variants.items():
-            if "error" in v:
-                lines.append(f"| {name} | error: {v['error']} |")
-                continue
-            steps = {d["batch"]: d["step_ms"] for d in v["decode"]}
-            acc = v.get("accuracy", {})
-            lines.append(
-                f"| {name} | {v['weight_bytes'] / 1e9:.2f} | {v['kv_cache_dtype']} | {v['kv_capacity_tokens']} | "
-                + " | ".join(str(steps.get(b, "-")) for b in batches)
-                + f" | {v['prefill']['tokens_per_s']} | {acc.get('cosine_min', '-')} / {acc.get('cosine_mean', '-')} | "
-                f"{acc.get('top1_agreement', '-')} | {acc.get('kl_mean', '-')} / {acc.get('kl_max', '-')} |")
-    if results.get("projections"):
-        lines += ["", "## Projections alone (µs per call, graph of 50)", "",
-                  "| proj | n x k | rows | bf16 F.linear | FP8 GEMV | FP8 scaled_mm (per-token) |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {p['proj']} | {p['n_out']} x {p['k_in']} | {p['rows']} | {p['bf16_us']} | "
-                  f"{p.get('fp8_gemv_us', '-')} | {p['fp8_scaled_mm_us']} |" for p in results["projections"]]
+        lines += [f"GPU tests (`{t['command']}`, fp8_gpu_tests.txt): {t['summary']} (exit {t['exit_code']}, "
+                  f"{t['seconds']} s)", ""]
+    lines.append(f"Wall time of the run: {results['wall_s']} s")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="llama-3.1-8b", help="presets or checkpoint folders (dummy weights)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--models", default="llama-3.1-8b,llama-3.2-1b", help="presets or checkpoint folders (dummy "
+                        "weights); the first also gives the probes' shapes")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"any of {', '.join(VARIANTS)}, the reference first")
     parser.add_argument("--batch-sizes", default="1,64")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--decode-steps", type=int, default=32)
@@ -177,55 +313,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--no-tests", action="store_true", help="skip the gpu-marked FP8 tests")
-    parser.add_argument("--tests-timeout", type=int, default=90)
-    parser.add_argument("--probe-rows", default="1,4,8,16,64,256", help="row counts of the projection probe ('' skips)")
+    parser.add_argument("--tests-timeout", type=int, default=150)
+    parser.add_argument("--probe-rows", default="1,4,8,16,32,64,512",
+                        help="row counts of the projection probe ('' skips)")
+    parser.add_argument("--attention-cases", default="1x4096,64x1024,64x4096",
+                        help="BATCHxCONTEXT cases of the attention probe ('' skips)")
     parser.add_argument("--out-name", default="fp8_h200")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"models": {}, "args": {k: v for k, v in vars(args).items() if k != "out_dir"}}
+
+    def save() -> None:
+        results["wall_s"] = round(time.perf_counter() - start, 1)
+        write_results(args.out_name, results, to_markdown(results), out_dir)
+
+    models = args.models.split(",")
+    configs = {m: resolve_model_config(WorkerConfig(model=m, load_format="dummy"))[0] for m in models}
+    for model in models:
+        results["models"][model] = measure_model(args, model, configs[model])
+        save()
+    if torch.cuda.is_available() and args.device != "cpu":
+        results["probe_model"] = models[0]
+        rows = [int(r) for r in args.probe_rows.split(",") if r]
+        cases = [tuple(int(n) for n in c.split("x")) for c in args.attention_cases.split(",") if c]
+        for key, probe, what in (("projections", projection_probe, rows), ("attention", attention_probe, cases)):
+            if not what:
+                continue
+            try:
+                results[key] = probe(configs[models[0]], what)
+            except Exception as exc:  # noqa: BLE001 - the figures above are kept either way
+                results[f"{key}_error"] = f"{type(exc).__name__}: {exc}"
+            _free_device_memory()
+            save()
     if not args.no_tests:
         results["tests"] = run_tests(out_dir, args.tests_timeout)
         print("tests:", results["tests"]["summary"], flush=True)
-    for model in args.models.split(","):
-        variants: dict[str, Any] = {}
-        reference = None
-        for name in args.variants.split(","):
-            print(f"{model} {name}", flush=True)
-            try:
-                figures, logits = measure_variant(args, model, *VARIANTS[name], fixed_prompts(_vocab(model)))
-            except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' figures
-                variants[name] = {"error": f"{type(exc).__name__}: {exc}"}
-                print(f"  {variants[name]['error']}", flush=True)
-                continue
-            if reference is None and name == "bf16":
-                reference = logits
-            elif reference is not None:
-                figures["accuracy"] = logit_agreement(reference, logits)
-            variants[name] = figures
-            print(f"  {figures}", flush=True)
-        results["models"][model] = variants
-    rows = [int(r) for r in args.probe_rows.split(",") if r]
-    if rows and torch.cuda.is_available():
-        try:
-            from services.worker.engine import resolve_model_config
-
-            cfg = resolve_model_config(WorkerConfig(model=args.models.split(",")[-1], load_format="dummy"))[0]
-            results["projections"] = projection_probe(cfg.hidden_size, cfg.intermediate_size, cfg.kv_size, rows)
-        except Exception as exc:  # noqa: BLE001
-            results["projections_error"] = f"{type(exc).__name__}: {exc}"
-    markdown = to_markdown(results)
-    print(markdown, flush=True)
-    write_results(args.out_name, results, markdown, out_dir)
+    save()
+    print(to_markdown(results), flush=True)
     return 0
-
-
-def _vocab(model: str) -> int:
-    from services.worker.engine import resolve_model_config
-
-    return resolve_model_config(WorkerConfig(model=model, load_format="dummy"))[0].vocab_size
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ KERNEL_PROFILE_DIR = "/tmp/flashstream-kernel-profile"
 # What a stack whose scenarios trace the workers' kernels adds to its launch (a window opens on SIGUSR1).
 KERNEL_PROFILE_ARGS = f"--worker-args '--kernel-profile-dir {KERNEL_PROFILE_DIR} --kernel-profile-steps 40'"
 OPENAI_DEFAULT = {"temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
+FP8_ARGS = "--worker-args '--quantization fp8 --kv-cache-dtype fp8'"
+FP8_8B, FP8_1B = "8B FP8 weights + FP8 KV", "1B FP8 weights + FP8 KV"
+FP8_BASELINE_8B, FP8_BASELINE_1B = "8B FP8 baseline, bf16", "1B FP8 baseline, bf16"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,20 @@ GPU_SUITE = (
         Scenario("8B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
         Scenario("1B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
+    # FP8 weights and an FP8 KV cache against bf16, every row named "8B FP8 ..." or "1B FP8 ...", the bf16 baseline
+    # included, so that --scenarios FP8 runs the comparison in one call; new request sets (the prefix cache).
+    StackRun("llama-3.1-8b", "--load-format dummy --device cuda", (
+        Scenario(f"{FP8_BASELINE_8B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),
+        Scenario(f"{FP8_BASELINE_8B}, ShareGPT 1000 at once, greedy", "sharegpt", 1000, seed=4),
+    )),
+    StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {FP8_ARGS}", (
+        Scenario(f"{FP8_8B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),
+        Scenario(f"{FP8_8B}, ShareGPT 1000 at once, greedy", "sharegpt", 1000, seed=4),
+    )),
+    StackRun("llama-3.2-1b", "--load-format dummy --device cuda", (
+        Scenario(f"{FP8_BASELINE_1B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),)),
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_ARGS}", (
+        Scenario(f"{FP8_1B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),)),
 )
 
 CPU_SUITE = (
@@ -221,8 +238,8 @@ def start_kernel_profile(out: Path, parent: int, after_s: float = 4.0, wait_s: f
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Continuous over static, OpenAI-default over greedy and three steps in flight over two: output throughput,
-    where both ran."""
+    """Continuous over static, OpenAI-default over greedy, three steps in flight over two and FP8 over bf16: output
+    throughput, where both ran."""
     tput = {r["name"]: r["result"]["output_throughput"] for r in results}
 
     def ratio(a: str, b: str) -> float | None:
@@ -235,7 +252,9 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
             "8b_three_in_flight_over_two": ratio("8B ShareGPT 1000 at once, greedy, 3 steps in flight",
                                                  "8B ShareGPT 1000 at once, greedy"),
             "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy, 3 steps in flight",
-                                                 "1B ShareGPT 1000 at once, greedy")}
+                                                 "1B ShareGPT 1000 at once, greedy"),
+            "8b_fp8_over_bf16_sharegpt": ratio(f"{FP8_8B}, ShareGPT 1000 at once, greedy",
+                                               f"{FP8_BASELINE_8B}, ShareGPT 1000 at once, greedy")}
 
 
 def main(argv: list[str] | None = None) -> int:

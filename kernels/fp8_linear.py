@@ -1,29 +1,43 @@
-"""The FP8 linear layer on a GPU: the GEMV kernel for a few rows, FP8 tensor-core GEMMs for more.
+"""The FP8 linear layer on a GPU: the dequantising kernel for a few rows, FP8 tensor-core GEMMs for more.
 
-Few rows (decode of a small batch): `fp8_gemv` reads each FP8 weight once and dequantises it in registers; the
-step is bound by those bytes. More rows (prefill, large decode batches): the step turns compute-bound, so the
-activations are quantised per token (`quantize_fp8_rows`) and multiplied on FP8 tensor cores by
-`torch._scaled_mm` with row-wise scales (one per token for x, one per output channel for the weight), output in
-bf16. Devices without FP8 tensor cores (before sm_89) run the dequantised reference instead.
+Few rows (decode of a small batch): `fp8_dequant_mm` reads each FP8 weight once, widens it in registers and
+multiplies on tensor cores; the step is bound by those bytes. More rows (prefill, large decode batches): the step
+turns compute-bound, so the activations are quantised per token (`quantize_fp8_rows`) and multiplied on FP8 tensor
+cores by `torch._scaled_mm` with row-wise scales (scale_a [M, 1] for x, scale_b [1, N] for the weight, both fp32
+and contiguous, output in bf16). Devices without FP8 tensor cores (before sm_89) run the dequantised reference.
+`fp8_gemv` (no tensor cores) serves a tile shape the dequantising kernel cannot be compiled for on this device.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
+from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
 from kernels.fp8_gemv import check_fp8_linear_args, fp8_gemv, fp8_gemv_ref
-from kernels.fp8_quant import quantize_fp8_rows
+from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
 
-# At most this many rows go through the GEMV kernel; more take the tensor-core GEMM (bench/fp8.py measures both).
-GEMV_MAX_ROWS = 8
+log = logging.getLogger(__name__)
+
+# At most this many rows go through the dequantising kernel; more take the tensor-core GEMM (bench/fp8.py measures
+# both at several row counts).
+DEQUANT_MM_MAX_ROWS = 16
+# Tile shapes of fp8_dequant_mm by (tiles, dtype, K): True once one ran, False once one failed to compile (the
+# GEMV then serves that shape in this process).
+_compiled_tiles: dict[tuple, bool] = {}
 
 
 @functools.cache
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+
+
 def has_fp8_tensor_cores(device: torch.device) -> bool:
     """sm_89 (Ada) and later multiply float8_e4m3fn on tensor cores (and Triton converts it in registers)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    capability = _capability(device)
+    return capability is not None and capability >= (8, 9)
 
 
 def fp8_scaled_mm(
@@ -40,26 +54,76 @@ def fp8_scaled_mm(
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
+def fp8_linear_path(rows: int, n: int, k: int, capability: tuple[int, int] | None) -> str:
+    """Which implementation fp8_linear runs for x [rows, k] and weight [n, k]: "dequant_mm", "scaled_mm" or
+    "reference". capability: the CUDA device's (major, minor), None off CUDA (the interpreter runs the dequantising
+    kernel for any rows). Decided by shapes alone, so a captured CUDA graph keeps the path it was captured with."""
+    if capability is None:
+        return "dequant_mm"
+    if capability < (8, 9):
+        return "reference"  # no FP8 tensor cores, and Triton cannot convert float8_e4m3fn there
+    # _scaled_mm needs both dimensions of the weight divisible by 16; the dequantising kernel takes any.
+    if rows <= DEQUANT_MM_MAX_ROWS or n % 16 or k % 16:
+        return "dequant_mm"
+    return "scaled_mm"
+
+
 def fp8_linear(
     x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x [..., K] · (weight [N, K] float8_e4m3fn · weight_scale [N])ᵀ + bias → [..., N] in x's dtype."""
+    """x [..., K] · (weight [N, K] float8_e4m3fn · weight_scale [N])ᵀ + bias → [..., N] in x's dtype. No host sync
+    and no shape that depends on values: it can be captured in a CUDA graph."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    if x2.device.type == "cuda" and not has_fp8_tensor_cores(x2.device):
+    path = fp8_linear_path(x2.shape[0], weight.shape[0], x2.shape[1], _capability(x2.device))
+    if path == "reference":
         y = fp8_gemv_ref(x2, weight, weight_scale, bias)
-    elif x2.shape[0] <= GEMV_MAX_ROWS or x2.device.type != "cuda":
-        # On CPU (interpreter) the GEMV kernel serves every size: _scaled_mm is a CUDA path here.
-        y = fp8_gemv(x2, weight, weight_scale, bias)
-    else:
+    elif path == "scaled_mm":
         y = fp8_scaled_mm(x2, weight, weight_scale, bias)
+    elif x2.device.type == "cuda":
+        y = _dequant_mm_or_gemv(x2, weight, weight_scale, bias)
+    else:
+        y = fp8_dequant_mm(x2, weight, weight_scale, bias)
     return y.view(*lead, weight.shape[0])
 
 
-def fp8_linear_ref(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+def _dequant_mm_or_gemv(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """Plain torch version of fp8_linear: the dequantised reference (what the model runs on CPU)."""
+    """fp8_dequant_mm, or fp8_gemv for a tile shape that Triton failed to compile on this device (said once)."""
+    m, n, k = check_fp8_linear_args(x, weight, weight_scale, bias)
+    key = (dequant_mm_tiles(m, n, k, DequantMMConfig()), x.dtype, k)
+    compiled = _compiled_tiles.get(key)
+    if compiled is False:
+        return fp8_gemv(x, weight, weight_scale, bias)
+    if compiled:
+        return fp8_dequant_mm(x, weight, weight_scale, bias)
+    try:
+        y = fp8_dequant_mm(x, weight, weight_scale, bias)  # the first launch of these tiles compiles them
+    except Exception as exc:  # noqa: BLE001 - compile failures surface as several exception types
+        log.warning("fp8_dequant_mm tiles %s for %s x %s do not compile here (%s: %s); fp8_gemv serves them",
+                    key[0], tuple(x.shape), tuple(weight.shape), type(exc).__name__, str(exc).splitlines()[0][:200])
+        _compiled_tiles[key] = False
+        return fp8_gemv(x, weight, weight_scale, bias)
+    _compiled_tiles[key] = True
+    return y
+
+
+def fp8_linear_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    capability: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Plain torch version of fp8_linear: the dequantised reference (what the model runs on CPU). Given a CUDA
+    capability, rows that fp8_linear sends to the tensor-core path there are first rounded to FP8 per token, as
+    that path rounds them."""
     lead = x.shape[:-1]
-    y = fp8_gemv_ref(x.reshape(-1, x.shape[-1]), weight, weight_scale, bias)
+    x2 = x.reshape(-1, x.shape[-1])
+    if fp8_linear_path(x2.shape[0], weight.shape[0], x2.shape[1], capability) == "scaled_mm":
+        q, x_scale = quantize_fp8_rows_ref(x2)
+        x2 = (q.float() * x_scale).to(x.dtype)
+    y = fp8_gemv_ref(x2, weight, weight_scale, bias)
     return y.view(*lead, weight.shape[0])

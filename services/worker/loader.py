@@ -25,8 +25,16 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints s
 # Tensors of FP8 checkpoints that FlashStream reads past: static activation scales (activations are quantised per
 # token at run time, finer than one scale per tensor).
 _FP8_IGNORED_SUFFIXES = (".input_scale", ".input_scale_ub")
-# Per-layer KV-cache calibration (compressed-tensors kv_cache_scheme): what an FP8 KV cache divides K and V by.
-_KV_SCALE_SUFFIXES = (".self_attn.k_scale", ".self_attn.v_scale")
+# Per-layer KV-cache calibration: what an FP8 KV cache divides K and V by. Checkpoint suffix → the attention
+# attributes it sets: compressed-tensors' kv_cache_scheme, then AutoFP8's output scales of k_proj and v_proj, then
+# the single kv_scale of older FP8-KV checkpoints.
+_KV_SCALE_SUFFIXES = {
+    ".self_attn.k_scale": ("k_scale",),
+    ".self_attn.v_scale": ("v_scale",),
+    ".self_attn.k_proj.output_scale": ("k_scale",),
+    ".self_attn.v_proj.output_scale": ("v_scale",),
+    ".self_attn.kv_scale": ("k_scale", "v_scale"),
+}
 
 
 def build_empty_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device) -> CausalDecoder:
@@ -77,8 +85,10 @@ def _load_file(path: Path, model: CausalDecoder, targets: dict[str, tuple[torch.
                 continue
             if fp8 and name.endswith(_FP8_IGNORED_SUFFIXES):
                 continue
-            if name.endswith(_KV_SCALE_SUFFIXES):
-                _set_kv_scale(model, path, name, f.get_tensor(name))
+            suffix = next((sfx for sfx in _KV_SCALE_SUFFIXES if name.endswith(sfx)), None)
+            if suffix is not None:
+                _set_kv_scale(model, path, name, name[: -len(suffix)] + ".self_attn", _KV_SCALE_SUFFIXES[suffix],
+                              f.get_tensor(name))
                 continue
             if name not in targets:
                 raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}")
@@ -98,16 +108,20 @@ def _load_file(path: Path, model: CausalDecoder, targets: dict[str, tuple[torch.
             progress.advance(tensor.numel() * tensor.element_size())
 
 
-def _set_kv_scale(model: CausalDecoder, path: Path, name: str, tensor: torch.Tensor) -> None:
-    """Sets an attention layer's k_scale or v_scale (a float: CUDA graphs and kernels take it as a constant)."""
-    module_name, attr = name.rsplit(".", 1)
+def _set_kv_scale(model: CausalDecoder, path: Path, name: str, module_name: str, attrs: tuple[str, ...],
+                  tensor: torch.Tensor) -> None:
+    """Sets an attention layer's k_scale and/or v_scale (a float: CUDA graphs and kernels take it as a constant)."""
     try:
         attention = model.get_submodule(module_name)
     except AttributeError:
         raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}") from None
-    if tensor.numel() != 1 or not float(tensor.float()) > 0:
+    if tensor.numel() != 1:
         raise InvalidArgument(f"{path}: tensor {name} must be one positive scale, got shape {tuple(tensor.shape)}")
-    setattr(attention, attr, float(tensor.float()))
+    value = float(tensor.float())
+    if not value > 0:
+        raise InvalidArgument(f"{path}: tensor {name} must be one positive scale, got {value}")
+    for attr in attrs:
+        setattr(attention, attr, value)
 
 
 def init_dummy_weights(model: CausalDecoder, seed: int = 0, std: float = 0.02) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 
+from kernels.fp8_linear import has_fp8_tensor_cores
 from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
@@ -19,8 +21,9 @@ from services.worker.model_runner import ModelRunner
 from services.worker.models.decoder import store_projections_input_major
 from services.worker.models.fp8_linear import quantize_projections
 from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
-from services.worker.ops import select_ops
+from services.worker.ops import Ops, select_ops
 from services.worker.profiling import profile_kv_blocks
+from services.worker.quantization import FP8
 from services.worker.rope import rotary_tables
 from services.worker.executors import ModelExecutor
 from services.worker.grammar import GrammarCache
@@ -50,6 +53,17 @@ def resolve_dtype(name: str, cfg: ModelConfig, device: torch.device) -> torch.dt
     return getattr(torch, name)
 
 
+def kv_cache_dtype(name: str, dtype: torch.dtype, device: torch.device, ops: Ops) -> torch.dtype:
+    """The KV cache's element type: the model's dtype, or float8_e4m3fn for "fp8" where the kernels can read it."""
+    if name != "fp8":
+        return dtype
+    if ops.uses_kernels and device.type == "cuda" and not has_fp8_tensor_cores(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InvalidArgument(f"--kv-cache-dtype fp8 needs a GPU of compute capability 8.9 or newer (the attention "
+                              f"kernels convert float8_e4m3fn in registers); {device} is {major}.{minor}")
+    return torch.float8_e4m3fn
+
+
 def build_model_engine(
     config: WorkerConfig,
     cfg: ModelConfig,
@@ -62,16 +76,21 @@ def build_model_engine(
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, cfg, device)
     ops = select_ops(device, use_kernels)
-    model = build_empty_model(cfg, ops, dtype, device)
-    if config.load_format == "dummy":
+    dummy = config.load_format == "dummy"
+    # Random weights are drawn in the model dtype, then quantised as --quantization fp8 would (an FP8 checkpoint's
+    # config too): FP8 tensors have no random draw.
+    model = build_empty_model(replace(cfg, quantization="") if dummy else cfg, ops, dtype, device)
+    if dummy:
         init_dummy_weights(model, config.seed)
     else:
         load_weights(model, config.model)
-    if config.quantization == "fp8" and cfg.quantization != "fp8":
-        log.info("quantised %d projections to FP8", quantize_projections(model, ops))
+    if FP8 in (config.quantization, cfg.quantization):
+        quantized = quantize_projections(model, ops)  # none when the checkpoint stored them in FP8
+        if quantized:
+            log.info("quantised %d projections to FP8", quantized)
     if device.type == "cuda":
         store_projections_input_major(model)
-    kv_dtype = torch.float8_e4m3fn if config.kv_cache_dtype == "fp8" else dtype
+    kv_dtype = kv_cache_dtype(config.kv_cache_dtype, dtype, device, ops)
     model.set_rope(*rotary_tables(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, device))
     num_blocks = config.num_kv_blocks
     if not num_blocks:

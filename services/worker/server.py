@@ -18,6 +18,7 @@ from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
+from services.worker.quantization import FP8
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,11 @@ class WorkerStage:
         self.servicer.engine = engine
         info = engine.info
         self.metrics.set_model(info.model_id)
-        log.info("model %s (%s, revision %s) on %s %s: %d KV blocks of %d tokens, max_model_len %d",
+        log.info("model %s (%s, revision %s) on %s %s%s: %d KV blocks of %d tokens (%s cache), max_model_len %d",
                  info.model_id, info.model.architecture, info.model_revision, info.device, info.dtype,
-                 info.num_kv_blocks, info.block_size, info.max_model_len)
+                 " with FP8 projections" if FP8 in (self.config.quantization, info.model.quantization) else "",
+                 info.num_kv_blocks, info.block_size,
+                 "float8_e4m3fn" if self.config.kv_cache_dtype == FP8 else info.dtype, info.max_model_len)
         await self.server.set_serving(True)
 
     async def stop(self, grace_s: float) -> None:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kernels._checks import FP8_DTYPE
+from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
 from kernels.fp8_gemv import GemvConfig, fp8_gemv, fp8_gemv_ref
-from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_linear, fp8_linear_ref, fp8_scaled_mm
+from kernels.fp8_linear import DEQUANT_MM_MAX_ROWS, fp8_linear, fp8_linear_path, fp8_linear_ref, fp8_scaled_mm
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
 
 
@@ -80,8 +81,103 @@ def test_fp8_linear_keeps_leading_dimensions_and_matches_reference(relative_erro
     assert relative_error(out.cpu(), fp8_linear_ref(x.cpu(), w.cpu(), scale.cpu())) < 1.5e-2
 
 
+@pytest.mark.parametrize("m, n, k, bias", [(1, 96, 64, False), (5, 40, 200, True), (16, 64, 256, False),
+                                           (70, 48, 96, True)])
+def test_fp8_dequant_mm_matches_dequantised_reference(relative_error, tolerance, device, dtype, m, n, k, bias) -> None:
+    # K not a multiple of the tile (200, 96), N not a multiple of 16 (40), rows past one 64-row tile (70).
+    g = torch.Generator().manual_seed(m * n + k + 1)
+    w, scale = _weights(n, k, g, device)
+    x = torch.randn(m, k, generator=g).to(dtype).to(device)
+    b = torch.randn(n, generator=g).to(dtype).to(device) if bias else None
+    config = DequantMMConfig(block_k=64) if device == "cpu" else None
+    out = fp8_dequant_mm(x, w, scale, b, config=config)
+    ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu(), None if b is None else b.cpu())
+    assert out.dtype == dtype and out.shape == (m, n)
+    assert relative_error(out.cpu(), ref) < tolerance
+
+
+def test_fp8_dequant_mm_tiles_are_launch_parameters(relative_error, device, dtype) -> None:
+    g = torch.Generator().manual_seed(8)
+    w, scale = _weights(80, 160, g, device)
+    x = torch.randn(3, 160, generator=g).to(dtype).to(device)
+    ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu())
+    for cfg in (DequantMMConfig(block_n=16, block_k=32, num_stages=2), DequantMMConfig(block_n=64, block_k=128)):
+        assert relative_error(fp8_dequant_mm(x, w, scale, config=cfg).cpu(), ref) < 1.5e-2
+
+
+def test_dequant_mm_default_tiles_follow_rows_and_output_width() -> None:
+    cfg = DequantMMConfig()  # about 264 programs wanted
+    assert dequant_mm_tiles(1, 28672, 4096, cfg) == (16, 64, 256, 4)  # 448 programs of 64 channels
+    assert dequant_mm_tiles(1, 6144, 4096, cfg) == (16, 16, 512, 4)  # 96 of 64 or 192 of 32 are too few
+    assert dequant_mm_tiles(8, 4096, 14336, cfg) == (16, 16, 512, 4)
+    assert dequant_mm_tiles(40, 28672, 4096, cfg) == (64, 64, 256, 3)
+    assert dequant_mm_tiles(1, 40, 24, cfg) == (16, 16, 32, 4)  # K tiles no longer than K (rounded to a power of 2)
+
+
+def test_fp8_linear_path_follows_rows_shape_and_device() -> None:
+    hopper = (9, 0)
+    assert fp8_linear_path(1, 4096, 4096, hopper) == "dequant_mm"
+    assert fp8_linear_path(DEQUANT_MM_MAX_ROWS, 4096, 4096, hopper) == "dequant_mm"
+    assert fp8_linear_path(DEQUANT_MM_MAX_ROWS + 1, 4096, 4096, hopper) == "scaled_mm"
+    assert fp8_linear_path(2048, 6144, 4096, (8, 9)) == "scaled_mm"
+    # _scaled_mm needs weight dimensions divisible by 16; the dequantising kernel takes any.
+    assert fp8_linear_path(64, 40, 4096, hopper) == "dequant_mm"
+    assert fp8_linear_path(64, 4096, 200, hopper) == "dequant_mm"
+    assert fp8_linear_path(64, 4096, 4096, (8, 0)) == "reference"  # no FP8 conversion before sm_89
+    assert fp8_linear_path(1, 4096, 4096, (7, 5)) == "reference"
+    assert fp8_linear_path(1000, 4096, 4096, None) == "dequant_mm"  # off CUDA: the interpreted kernel
+
+
+def test_fp8_linear_reference_rounds_activations_where_the_gpu_takes_the_tensor_core_path() -> None:
+    g = torch.Generator().manual_seed(9)
+    w, scale = _weights(32, 64, g, "cpu")
+    x = torch.randn(DEQUANT_MM_MAX_ROWS + 4, 64, generator=g)
+    plain = fp8_linear_ref(x, w, scale)
+    q, x_scale = quantize_fp8_rows_ref(x)
+    rounded = fp8_gemv_ref(q.float() * x_scale, w, scale)
+    assert torch.equal(fp8_linear_ref(x, w, scale, capability=(9, 0)), rounded)
+    assert not torch.equal(rounded, plain)
+    assert torch.equal(fp8_linear_ref(x, w, scale, capability=(8, 0)), plain)  # the reference path there
+    assert torch.equal(fp8_linear_ref(x[:4], w, scale, capability=(9, 0)), plain[:4])  # the dequantising kernel
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [GEMV_MAX_ROWS + 1, 64, 1000])
+@pytest.mark.parametrize("m", [1, 8, 16, 64])
+@pytest.mark.parametrize("n, k", [(6144, 4096), (4096, 14336), (28672, 4096)])
+def test_fp8_dequant_mm_compiles_and_matches_at_8b_shapes(relative_error, m, n, k) -> None:
+    """Called directly (fp8_linear would fall back to the GEMV for tiles that do not compile)."""
+    g = torch.Generator().manual_seed(m + n)
+    w, scale = _weights(n, k, g, "cuda")
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
+    out = fp8_dequant_mm(x, w, scale)
+    assert relative_error(out.float().cpu(), fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu()).float()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, DEQUANT_MM_MAX_ROWS + 1, 256])
+def test_fp8_linear_captured_in_a_cuda_graph_replays_on_new_inputs(relative_error, m) -> None:
+    # The per-token activation quantisation and the tensor-core GEMM (or the dequantising kernel) run inside the
+    # graph: no host sync, no shape that depends on values. A replay on new rows gives what an eager call gives.
+    g = torch.Generator().manual_seed(11)
+    w, scale = _weights(1024, 512, g, "cuda")
+    bias = torch.randn(1024, generator=g).to(torch.bfloat16).cuda()
+    x = torch.randn(m, 512, generator=g).to(torch.bfloat16).cuda()
+    fp8_linear(x, w, scale, bias)  # compiles and settles the allocator outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fp8_linear(x, w, scale, bias)
+    fresh = torch.randn(m, 512, generator=g).to(torch.bfloat16).cuda() * 7
+    x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = fp8_linear(fresh, w, scale, bias)
+    assert relative_error(out.float().cpu(), eager.float().cpu()) < 1e-3
+    assert relative_error(out.float().cpu(), fp8_linear_ref(fresh.cpu(), w.cpu(), scale.cpu(), bias.cpu())) < 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [DEQUANT_MM_MAX_ROWS + 1, 64, 1000])
 def test_scaled_mm_path_with_per_token_scales_stays_near_the_dequantised_reference(relative_error, m) -> None:
     g = torch.Generator().manual_seed(m)
     w, scale = _weights(512, 1024, g, "cuda")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -138,3 +139,16 @@ def run_greedy(driver: Driver, prompts: dict[int, list[int]], num_tokens: int, c
         for o in result.outputs:
             out[o.seq_id].append(o.token_id)
     return out
+
+
+def build_gpu_path_reference_engine(config: WorkerConfig, monkeypatch) -> Engine:  # noqa: ANN001
+    """An engine of the reference ops on CUDA whose FP8 projections round activations to FP8 per token wherever
+    the kernels' tensor-core path does, so kernels and reference compute the same thing."""
+    from kernels.fp8_linear import fp8_linear_ref
+    from services.worker import model_engine
+    from services.worker.ops import REFERENCE_OPS
+
+    ops = replace(REFERENCE_OPS, fp8_linear=partial(fp8_linear_ref, capability=torch.cuda.get_device_capability()))
+    with monkeypatch.context() as patch:
+        patch.setattr(model_engine, "select_ops", lambda device, use_kernels=None: ops)
+        return build_engine(config)

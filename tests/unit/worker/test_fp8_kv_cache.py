@@ -16,7 +16,7 @@ from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
 from services.worker.kv_cache import kv_bytes_per_block
 from services.worker.presets import preset_config
-from tests.unit.worker.helpers import cpu_engine, make_checkpoint
+from tests.unit.worker.helpers import build_gpu_path_reference_engine, cpu_engine, make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,24 @@ def test_checkpoint_kv_scales_set_each_layers_scales_and_are_used(llama: Path, t
     assert logit_agreement(unscaled, scaled)["cosine_min"] >= 0.99
 
 
+def test_autofp8_output_scales_and_a_single_kv_scale_set_the_layers_scales(llama: Path, tmp_path: Path) -> None:
+    folder = _with_kv_scales(llama, tmp_path / "m", {
+        "model.layers.0.self_attn.k_proj.output_scale": torch.tensor([0.125]),
+        "model.layers.0.self_attn.v_proj.output_scale": torch.tensor([4.0]),
+        "model.layers.1.self_attn.kv_scale": torch.tensor(0.75),
+    })
+    layers = cpu_engine(folder, kv_cache_dtype="fp8").model.model.layers
+    assert (layers[0].self_attn.k_scale, layers[0].self_attn.v_scale) == (0.125, 4.0)
+    assert (layers[1].self_attn.k_scale, layers[1].self_attn.v_scale) == (0.75, 0.75)
+
+
+def test_a_kv_scale_that_is_not_positive_is_refused(llama: Path, tmp_path: Path) -> None:
+    folder = _with_kv_scales(llama, tmp_path / "m", {"model.layers.0.self_attn.k_scale": torch.tensor([0.0])})
+    with pytest.raises(InvalidArgument, match=r"tensor model\.layers\.0\.self_attn\.k_scale must be one positive "
+                                              r"scale, got 0\.0"):
+        cpu_engine(folder)
+
+
 def test_a_kv_scale_that_is_not_one_positive_value_is_refused(llama: Path, tmp_path: Path) -> None:
     folder = _with_kv_scales(llama, tmp_path / "m", {"model.layers.1.self_attn.v_scale": torch.tensor([1.0, 2.0])})
     with pytest.raises(InvalidArgument, match=r"tensor model\.layers\.1\.self_attn\.v_scale must be one positive "
@@ -136,20 +154,43 @@ def test_fp8_kv_cache_on_cuda_holds_twice_the_blocks(llama: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_fp8_weights_and_cache_on_cuda_graphs_stay_near_the_reference_ops(llama: Path) -> None:
+def test_fp8_weights_and_cache_on_cuda_graphs_stay_near_the_reference(llama: Path, monkeypatch) -> None:  # noqa: ANN001
     from services.worker.engine import build_engine
 
-    def engine(use_kernels: bool) -> Engine:
-        # With the kernels, the decode step (all rows one token) replays a captured CUDA graph.
-        return build_engine(WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256,
-                                         num_kv_blocks=128, max_num_seqs=8, quantization="fp8",
-                                         kv_cache_dtype="fp8", enforce_eager=not use_kernels), use_kernels)
+    def config(enforce_eager: bool) -> WorkerConfig:
+        return WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256, num_kv_blocks=128,
+                            max_num_seqs=8, quantization="fp8", kv_cache_dtype="fp8", enforce_eager=enforce_eager)
 
     prompts = fixed_prompts(256, num_prompts=8, first_len=9)
-    kernels_engine = engine(True)
-    assert kernels_engine.runner.executor.model_runner.graphs is not None
+    kernels_engine = build_engine(config(False))
+    model_runner = kernels_engine.runner.executor.model_runner
+    assert model_runner.graphs is not None and model_runner.piecewise.num_graphs > 0
+    assert sum(map(len, prompts)) <= model_runner.piecewise.max_tokens  # the prefill replays the pieces
     kernels = _prefill_then_decode_logits(kernels_engine, prompts)
-    reference = _prefill_then_decode_logits(engine(False), prompts)
-    # The prefill rows take the tensor-core path, which quantises activations per token; the reference does not.
+    # The reference rounds the prefill's activations per token as the tensor-core path does; the decode rows take
+    # the dequantising kernel, which keeps them.
+    reference = _prefill_then_decode_logits(build_gpu_path_reference_engine(config(True), monkeypatch), prompts)
     agreement = logit_agreement(reference, kernels)
-    assert agreement["cosine_min"] >= 0.99 and agreement["top1_agreement"] >= 0.85
+    # An entry on an FP8 rounding boundary (activations, cache) may round the other way in bf16 kernels.
+    assert agreement["cosine_min"] >= 0.95, agreement
+    assert agreement["cosine_mean"] >= 0.98, agreement
+    assert agreement["top1_agreement"] >= 0.8, agreement
+
+
+@pytest.mark.gpu
+def test_fp8_model_replayed_from_cuda_graphs_matches_its_eager_kernels(llama: Path) -> None:
+    """Piecewise graphs for the prefill (FP8 GEMMs with per-token scales, FP8 cache writes captured) and a decode
+    graph for the next step compute what the same kernels compute launched one by one."""
+    from services.worker.engine import build_engine
+
+    def logits(enforce_eager: bool) -> torch.Tensor:
+        engine = build_engine(WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256,
+                                           num_kv_blocks=128, max_num_seqs=8, quantization="fp8",
+                                           kv_cache_dtype="fp8", enforce_eager=enforce_eager))
+        assert (engine.runner.executor.model_runner.piecewise is None) == enforce_eager
+        return _prefill_then_decode_logits(engine, fixed_prompts(256, num_prompts=8, first_len=9))
+
+    graphed, eager = logits(False), logits(True)
+    # The padded bucket may take another GEMM tiling than the unpadded step: rounding differs, nothing else.
+    assert ((graphed - eager).norm() / eager.norm()).item() < 1e-2
+    assert logit_agreement(eager, graphed)["top1_agreement"] >= 0.9

@@ -14,7 +14,7 @@ from kernels.fp8_quant import quantize_fp8_rows_ref
 from services.common.errors import InvalidArgument
 from services.worker.config import WorkerConfig
 from services.worker.models.fp8_linear import Fp8Linear
-from tests.unit.worker.helpers import cpu_engine, make_checkpoint
+from tests.unit.worker.helpers import build_gpu_path_reference_engine, cpu_engine, make_checkpoint
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -144,20 +144,69 @@ def test_fp8_checkpoint_with_a_bf16_projection_is_refused_naming_the_tensor(llam
         cpu_engine(folder)
 
 
+def test_dummy_weights_for_an_fp8_checkpoint_config_are_quantised_like_the_flag(llama: Path, tmp_path: Path) -> None:
+    folder, _ = _fp8_checkpoint(llama, tmp_path / "q", _compressed_tensors("channel", None), per_tensor=False)
+    engine = cpu_engine(folder, load_format="dummy")
+    proj = engine.model.model.layers[0].mlp.down_proj
+    assert isinstance(proj, Fp8Linear) and proj.weight.dtype == torch.float8_e4m3fn
+    assert bool((proj.weight_scale > 0).all())
+    flagged = cpu_engine(llama, load_format="dummy", quantization="fp8")
+    prompts = fixed_prompts(256, num_prompts=4)
+    assert torch.equal(last_logits(engine, prompts), last_logits(flagged, prompts))
+
+
 def test_unknown_quantization_flag_is_refused() -> None:
     with pytest.raises(InvalidArgument, match=r"quantization must be one of \('', 'fp8'\), got 'int4'"):
         WorkerConfig(model="m", quantization="int4")
 
 
 @pytest.mark.gpu
-def test_fp8_kernels_on_cuda_match_the_dequantised_reference_model(llama: Path) -> None:
+def test_fp8_kernels_on_cuda_match_the_reference_of_their_paths(llama: Path, monkeypatch) -> None:  # noqa: ANN001
     from services.worker.engine import build_engine
 
-    def engine(use_kernels: bool):  # noqa: ANN202
-        return build_engine(WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", num_kv_blocks=128,
-                                         max_model_len=256, quantization="fp8", enforce_eager=True), use_kernels)
+    config = WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", num_kv_blocks=128, max_model_len=256,
+                          quantization="fp8", enforce_eager=True)
+    prompts = fixed_prompts(256)  # one prefill of 488 rows: the tensor-core path, activations rounded per token
+    reference = last_logits(build_gpu_path_reference_engine(config, monkeypatch), prompts)
+    agreement = logit_agreement(reference, last_logits(build_engine(config), prompts))
+    # bf16 kernels against fp32 reference math: an activation on an FP8 rounding boundary may round the other way.
+    assert agreement["cosine_min"] >= 0.97, agreement
+    assert agreement["top1_agreement"] >= 0.85, agreement
 
-    prompts = fixed_prompts(256)
-    agreement = logit_agreement(last_logits(engine(False), prompts), last_logits(engine(True), prompts))
-    # The kernels quantise activations per token on the tensor-core path; the reference does not.
-    assert agreement["cosine_min"] >= 0.99 and agreement["top1_agreement"] >= 0.9
+
+# Bounds at the real shapes with random weights (cosine min, top-1 agreement, KL mean). Random weights amplify
+# every rounding through the layers, unlike trained ones: on the CPU, llama-3.2-1b's dummy model in fp32 against
+# FP8 weights with per-token FP8 activations gave cosine min 0.946, top-1 0.375 and KL mean 0.035 over 16 prompts
+# (0.933, 0.5 and 0.040 with the FP8 cache too); on the H200, llama-3.1-8b's in bf16 gave 0.729, 0.19 and 0.32
+# (0.674, 0.125 and 0.354 with the FP8 cache), bench/results/fp8_h200.md.
+DUMMY_SHAPE_BOUNDS = {"llama-3.2-1b": (0.8, 0.15, 0.15), "llama-3.1-8b": (0.55, 0.05, 0.6)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", list(DUMMY_SHAPE_BOUNDS))
+def test_fp8_logits_of_dummy_1b_and_8b_shapes_stay_close_to_bf16(preset: str) -> None:
+    """FP8 weights alone, then with the FP8 cache too, against bf16 over 32 prompts of 8 to 101 tokens, through the
+    GPU kernels (a broken scale or layout gives cosines near 0 and no top-1 agreement at 128,256-way outputs)."""
+    import gc
+
+    from services.worker.engine import build_engine
+
+    prompts = fixed_prompts(128256, num_prompts=32)
+    cosine_min, top1, kl_mean = DUMMY_SHAPE_BOUNDS[preset]
+
+    def logits(**overrides: str) -> torch.Tensor:
+        engine = build_engine(WorkerConfig(model=preset, load_format="dummy", device="cuda", dtype="bfloat16",
+                                           num_kv_blocks=256, max_model_len=512, max_num_seqs=32,
+                                           enforce_eager=True, **overrides))
+        out = last_logits(engine, prompts)
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+        return out
+
+    bf16 = logits()
+    for overrides in ({"quantization": "fp8"}, {"quantization": "fp8", "kv_cache_dtype": "fp8"}):
+        agreement = logit_agreement(bf16, logits(**overrides))
+        assert agreement["cosine_min"] >= cosine_min, (overrides, agreement)
+        assert agreement["top1_agreement"] >= top1, (overrides, agreement)
+        assert agreement["kl_mean"] <= kl_mean, (overrides, agreement)

@@ -19,8 +19,8 @@ def folder(request, tmp_path_factory):  # noqa: ANN001, ANN201
     return make_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
 
 
-def piecewise_engine(folder, max_tokens: int = 64):  # noqa: ANN001, ANN201
-    engine = cpu_engine(folder)
+def piecewise_engine(folder, max_tokens: int = 64, engine=None):  # noqa: ANN001, ANN201
+    engine = engine or cpu_engine(folder)
     runner = engine.runner.executor.model_runner
     runner.piecewise = PiecewiseGraphs(runner.model, runner.kv_cache, max_tokens)
     return engine
@@ -53,3 +53,21 @@ def test_steps_larger_than_the_largest_bucket_run_the_whole_model(folder) -> Non
     prompts = {1: (PROMPT * 4)[:70], 2: PROMPT}
     expected = {seq_id: hf_greedy(folder, p, 4)[0] for seq_id, p in prompts.items()}
     assert run_greedy(Driver(piecewise_engine(folder, max_tokens=32)), prompts, 4) == expected
+
+
+def test_fp8_weights_and_cache_through_the_pieces_keep_the_whole_models_output(folder) -> None:  # noqa: ANN001
+    """The FP8 projections run on padded rows and the FP8 cache is written inside the pieces, read by the attention
+    between them (tests/unit/worker/test_runner_kernels.py runs the same FP8 model through the kernels)."""
+    def engine():  # noqa: ANN202
+        return cpu_engine(folder, num_kv_blocks=32, quantization="fp8", kv_cache_dtype="fp8")
+
+    runner = piecewise_engine(folder, engine=engine()).runner.executor.model_runner
+    blocks = list(range(-(-len(PROMPT) // 16)))
+    got = runner.forward(PROMPT, [SeqChunk(0, len(PROMPT), blocks)], [0])[0]  # 19 tokens padded to 32
+    runner.piecewise = None
+    expected = runner.forward(PROMPT, [SeqChunk(0, len(PROMPT), blocks)], [0])[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    prompts = {2: PROMPT[:4], 1: (PROMPT * 3)[:40]}
+    whole = run_greedy(Driver(engine()), prompts, 6, chunk=9)
+    assert run_greedy(Driver(piecewise_engine(folder, engine=engine())), prompts, 6, chunk=9) == whole
