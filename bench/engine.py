@@ -65,12 +65,12 @@ class Bench:
         while pending:
             group = pending[: max(1, budget // prompt_len)]
             pending = pending[len(group):]
-            new = [self._new_seq(seq_id, prompt_len) for seq_id in group]
+            new = [self.new_seq(seq_id, prompt_len) for seq_id in group]
             elapsed += self.step(new=new)
             total += prompt_len * len(group)
         return ids, total / elapsed
 
-    def _new_seq(self, seq_id: int, prompt_len: int) -> NewSeq:
+    def new_seq(self, seq_id: int, prompt_len: int) -> NewSeq:
         # Live ids form a range of at most max_num_seqs, so slots taken modulo never collide.
         slot = seq_id % (self.engine.info.num_kv_blocks // self.blocks_per_seq)
         first = slot * self.blocks_per_seq
@@ -186,6 +186,64 @@ def profile_table(bench: Bench, ids: list[int], num_steps: int) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
 
 
+# Kernel name fragments (lower case) by part of the step, first match wins; anything else is "other".
+KERNEL_PARTS = (
+    ("attention", ("decode_split", "decode_reduce", "prefill", "flash", "attention")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "sm80_", "cublas", "fp8_dequant_mm", "fp8_gemv")),
+    ("norm", ("rms_norm",)),
+    ("rotary and cache write", ("rotary", "write_kv")),
+    ("activation", ("silu",)),
+    ("sampling", ("argmax", "softmax", "sort", "topk", "multinomial", "exponential", "gumbel")),
+    ("copies", ("memcpy", "memset", "copy", "fill")),
+)
+
+
+def kernel_part(name: str) -> str:
+    low = name.lower()
+    return next((part for part, keys in KERNEL_PARTS if any(k in low for k in keys)), "other")
+
+
+def kernel_breakdown(run, num_steps: int) -> dict[str, Any]:  # noqa: ANN001 - run() performs num_steps steps
+    """Device time of num_steps steps by part of the step (ms per step) and the ten largest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from services.worker.kernel_profile import device_time_us
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    rows = [(r.key, r.count, device_time_us(r)) for r in prof.key_averages()]
+    rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+    parts: dict[str, float] = {}
+    for name, _, us in rows:
+        part = kernel_part(name)
+        parts[part] = parts.get(part, 0.0) + us
+    total = sum(parts.values())
+    return {"device_ms_per_step": round(total / num_steps / 1e3, 3),
+            "parts_ms_per_step": {k: round(v / num_steps / 1e3, 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": name[:120], "calls_per_step": round(calls / num_steps, 2),
+                             "ms_per_step": round(us / num_steps / 1e3, 3)} for name, calls, us in rows[:10]]}
+
+
+def mixed_steps(bench: Bench, ids: list[int], prompt_len: int, num_steps: int = 8) -> dict[str, Any]:
+    """Steps that decode `ids` and prefill one new prompt of prompt_len tokens each, as continuous batching runs
+    them when one sequence ends and the next starts: host wall time per step, then device time by part."""
+    def run() -> list[float]:
+        times, new_ids = [], []
+        for _ in range(num_steps):
+            new = bench.new_seq(bench.next_seq, prompt_len)
+            new_ids.append(bench.next_seq)
+            bench.next_seq += 1
+            times.append(bench.step(new=[new], cached=[CachedSeq(i, [], 1) for i in ids]))
+        bench.finish(new_ids)
+        return times
+
+    run()  # warm-up
+    times = run()
+    return {"new_prompt_len": prompt_len, "step_ms": round(statistics.median(times) * 1e3, 3),
+            "kernels": kernel_breakdown(run, num_steps)}
+
+
 def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
     max_len = args.prompt_len + args.decode_steps * 4 + 16
     config = WorkerConfig(model=preset, load_format="dummy", dtype=args.dtype, device=args.device,
@@ -240,6 +298,9 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
         out["decode"].append({"batch": batch, "step_ms": round(step_ms, 3), "overlap_step_ms": round(overlap_ms, 3),
                               "tokens_per_s": round(batch / statistics.median(times), 1),
                               "floor_ms": round(floor, 3), "floor_pct": round(100 * floor / step_ms, 1)})
+        if batch in args.profile_batches and info.device.startswith("cuda"):
+            out["decode"][-1]["kernels"] = kernel_breakdown(lambda: bench.decode(ids, 8), 8)  # noqa: B023
+            out["decode"][-1]["mixed"] = mixed_steps(bench, ids, args.prompt_len)
         bench.finish(ids)
         print(f"{preset} decode batch {batch}: {step_ms:.3f} ms/step, overlapped {overlap_ms:.3f}", flush=True)
     # Prefill throughput: full steps of max_num_batched_tokens.
@@ -252,6 +313,10 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
         rates.append(rate)
         bench.finish(ids)
     out["prefill"] = {"prompt_len": prefill_len, "seqs_per_step": batch, "tokens_per_s": round(max(rates), 1)}
+    if args.profile_batches and info.device.startswith("cuda"):
+        def prefill_once() -> None:
+            bench.finish(bench.prefill(batch, prefill_len)[0])
+        out["prefill"]["kernels"] = kernel_breakdown(prefill_once, -(-batch * prefill_len // args.max_num_batched_tokens))
     if args.gemv_probe and info.device.startswith("cuda"):
         cfg = info.model
         out["gemv_probe_us"] = gemv_probe(cfg.hidden_size, cfg.intermediate_size)
@@ -290,6 +355,21 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
                       "| proj | n x k | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
             lines += [f"| {g['proj']} | {g['n_out']} x {g['k_in']} | " + " | ".join(str(g[k]) for k in labels) + " |"
                       for g in r["gemv_probe_us"]]
+        profiled = [(f"decode batch {d['batch']}", d["kernels"]) for d in r["decode"] if "kernels" in d]
+        profiled += [(f"decode batch {d['batch']} + one prompt of {d['mixed']['new_prompt_len']} "
+                      f"(host {d['mixed']['step_ms']} ms)", d["mixed"]["kernels"]) for d in r["decode"] if "mixed" in d]
+        if "kernels" in r["prefill"]:
+            profiled.append((f"prefill step of {r['prefill']['seqs_per_step']} x {r['prefill']['prompt_len']} tokens",
+                             r["prefill"]["kernels"]))
+        if profiled:
+            parts = sorted({p for _, k in profiled for p in k["parts_ms_per_step"]})
+            lines += ["", f"### {r['model']} device time per step by part (ms, torch.profiler)", "",
+                      "| step | device | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
+            lines += [f"| {label} | {k['device_ms_per_step']} | "
+                      + " | ".join(str(k["parts_ms_per_step"].get(p, 0)) for p in parts) + " |" for label, k in profiled]
+            for label, k in profiled:
+                lines += ["", f"{label}, largest kernels (ms per step, calls per step):", ""]
+                lines += [f"- {t['ms_per_step']} ms, {t['calls_per_step']}x `{t['name']}`" for t in k["top_kernels"]]
         if "profile_batch1" in r:
             lines += ["", f"### {r['model']} batch-1 decode, torch.profiler (20 steps)", "", "```",
                       r["profile_batch1"], "```"]
@@ -310,11 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of batch-1 decode")
+    parser.add_argument("--profile-batches", default="",
+                        help="decode batch sizes (and the prefill step) whose device time is split by kernel")
     parser.add_argument("--gemv-probe", action="store_true", help="time batch-1 projections in three layouts")
     parser.add_argument("--out-name", default="", help="write bench/results/<name>.json and .md")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.profile_batches = [int(b) for b in args.profile_batches.split(",") if b]
     results = []
     for preset in args.models.split(","):
         results.append(bench_model(args, preset))

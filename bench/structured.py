@@ -124,8 +124,8 @@ class GuidedBench(Bench):
 
     params: list[SamplingParams]
 
-    def _new_seq(self, seq_id: int, prompt_len: int) -> NewSeq:
-        return replace(super()._new_seq(seq_id, prompt_len), sampling=self.params[seq_id % len(self.params)])
+    def new_seq(self, seq_id: int, prompt_len: int) -> NewSeq:
+        return replace(super().new_seq(seq_id, prompt_len), sampling=self.params[seq_id % len(self.params)])
 
 
 def decode_mode(bench: GuidedBench, params: list[SamplingParams], args: argparse.Namespace, overlap: bool) -> dict:
