@@ -2,8 +2,9 @@
 
 Each step records an event when its first kernel is queued and one after its sampling; the gap from one step's end
 to the next step's start is time the device had nothing of ours to run (the host was late). Queued ahead, a step's
-start event follows its predecessor's end at once, so overlapped steps add no idle time. Pairs are read once both
-events have completed, never waiting for them.
+start event follows its predecessor's end at once, so overlapped steps add no idle time. A step that starts a
+busy period (the worker held no sequence before it) has no gap: the device waited for requests, not for the host.
+Pairs are read once both events have completed, never waiting for them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class DeviceGaps:
             return
         self._last_end = torch.cuda.Event(enable_timing=True)
         self._last_end.record()
+
+    def forget_last_step(self) -> None:
+        """The next step starts a busy period: no gap is measured before it."""
+        self._last_end = None
 
     def take_idle_s(self) -> float:
         """Idle seconds of the gaps whose events have completed since the last call."""

@@ -31,6 +31,10 @@ class StepExecutor(Protocol):
     def take_device_idle_s(self) -> float:
         """Seconds the device sat idle between steps, measured since the last call (0 where not measured)."""
 
+    def waited_for_work(self) -> None:
+        """The step about to run is the first since the worker last held no sequence: the device waited for work,
+        not for the host, so the gap before it is not idle time."""
+
 
 def device_samplable(state: SeqState) -> bool:
     """Whether the sampler can draw this sequence's next token before the host knows its previous one: true unless
@@ -66,6 +70,9 @@ class ModelExecutor:
 
     def take_device_idle_s(self) -> float:
         return self.model_runner.gaps.take_idle_s()
+
+    def waited_for_work(self) -> None:
+        self.model_runner.gaps.forget_last_step()
 
     def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
         gaps = self.model_runner.gaps
@@ -185,3 +192,6 @@ class FakeExecutor:
 
     def take_device_idle_s(self) -> float:
         return 0.0
+
+    def waited_for_work(self) -> None:
+        pass

@@ -106,6 +106,8 @@ class Runner:
         if ahead is None:
             scheduled, errors = self._apply(plan, table)
             launched, failure = None, None
+            if len(table) == len(plan.new_seqs) and not plan.cached_seqs:
+                self.executor.waited_for_work()  # every sequence it holds arrived with this plan
         else:
             scheduled, errors, launched, failure = ahead.scheduled, ahead.errors, ahead.launched, ahead.failure
         self.last_shape = StepShape.of(scheduled)

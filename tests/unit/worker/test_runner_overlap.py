@@ -107,6 +107,9 @@ class FailingExecutor:
         self.launched[id(launched)] = [(s, s.state.num_computed_tokens) for s in scheduled]
         return launched
 
+    def waited_for_work(self) -> None:
+        self.inner.waited_for_work()
+
     def collect(self, launched):  # noqa: ANN001, ANN201
         if self.where == "collect" and any(s.state.seq_id == 1 and pos == self.position
                                            for s, pos in self.launched.pop(id(launched))):
@@ -185,3 +188,30 @@ def test_sampled_rows_overlap_and_match_the_sequential_path_token_for_token(fold
     assert ovl_engine.runner.num_overlapped_steps == (3 if penalised else 11)
     assert {k: v.token_ids for k, v in ovl_engine.runner.table.seqs.items()} == \
         {k: v.token_ids for k, v in seq_engine.runner.table.seqs.items()}
+
+
+class WaitRecordingExecutor(FailingExecutor):
+    """The model executor, recording the steps before which the runner said the device waited for work."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        super().__init__(inner, position=-1, where="none")
+        self.calls = 0
+
+    def waited_for_work(self) -> None:
+        self.calls += 1
+        super().waited_for_work()
+
+
+def test_only_a_plan_that_brings_every_sequence_the_worker_holds_counts_as_a_wait_for_work(folder: Path) -> None:
+    engine = cpu_engine(folder, num_kv_blocks=64)
+    executor = engine.runner.executor = WaitRecordingExecutor(engine.runner.executor)
+    d = Driver(engine)
+    calls = []
+    for plan in (d.plan([d.new_seq(1, PROMPTS[1], 7)]),                       # first plan: waited
+                 d.plan(cached_seqs=[d.cached_seq(1, 1)]),                   # busy
+                 d.plan([d.new_seq(2, PROMPTS[2], 5)], [d.cached_seq(1, 1)]),  # busy: seq 1 still held
+                 d.plan(cached_seqs=[d.cached_seq(2, 1)], finished=[1]),     # busy
+                 d.plan([d.new_seq(3, PROMPTS[3], 11)], finished=[2])):      # all others finished: waited
+        engine.runner.step(plan)
+        calls.append(executor.calls)
+    assert calls == [1, 1, 1, 1, 2]
