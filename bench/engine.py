@@ -300,7 +300,8 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
                               "floor_ms": round(floor, 3), "floor_pct": round(100 * floor / step_ms, 1)})
         if batch in args.profile_batches and info.device.startswith("cuda"):
             out["decode"][-1]["kernels"] = kernel_breakdown(lambda: bench.decode(ids, 8), 8)  # noqa: B023
-            out["decode"][-1]["mixed"] = mixed_steps(bench, ids, args.prompt_len)
+            # One row fewer than max_num_seqs decodes beside the new prompt, which takes the last row.
+            out["decode"][-1]["mixed"] = mixed_steps(bench, ids[: info.max_num_seqs - 1], args.prompt_len)
         bench.finish(ids)
         print(f"{preset} decode batch {batch}: {step_ms:.3f} ms/step, overlapped {overlap_ms:.3f}", flush=True)
     # Prefill throughput: full steps of max_num_batched_tokens.

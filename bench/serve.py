@@ -121,7 +121,7 @@ def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[st
     result["expected_output_tokens"] = sum(s.output_len for s in specs)
     return {"name": name, "dataset": dataset, "num_requests": num_requests, "concurrency": concurrency or num_requests,
             "request_rate": None if rate == float("inf") else rate, "sampling": sampling,
-            "client_procs": client_procs, "result": result, "gpu_busy": sampler.gpu_busy(),
+            "client_procs": client_procs, "result": result, "gpu_busy": sampler.gpu_busy(t0, last_chunk),
             "stages": stage_metrics(before, after, sampler.kv_peak), "idle_by_tenth": sampler.idle_by_tenth(t0, last_chunk)}
 
 

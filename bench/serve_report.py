@@ -119,7 +119,7 @@ class Sampler:
 
     def __init__(self, metric_urls: dict[str, str], period_s: float = 0.1) -> None:
         self.urls, self.period = metric_urls, period_s
-        self.gpu: list[float] = []
+        self.gpu: list[tuple[float, float]] = []  # (time.time(), busy fraction of the busiest GPU)
         self.kv_peak: dict[str, float] = {}
         self.timeline: list[tuple[float, dict[str, dict[str, float] | None]]] = []  # (time.time(), scrape)
         self._stop = threading.Event()
@@ -138,7 +138,7 @@ class Sampler:
         while not self._stop.wait(self.period):
             if self._nvml is not None:
                 util = [self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles]
-                self.gpu.append(max(util) / 100.0)
+                self.gpu.append((time.time(), max(util) / 100.0))
             n += 1
             if n % 5 == 0:  # metrics every 0.5 s: a scrape costs the stages some CPU
                 values = scrape(self.urls)
@@ -179,8 +179,11 @@ class Sampler:
             "running": [int(total(b[1], "flashstream_num_requests_running")) for b in picks[1:]],
         }
 
-    def gpu_busy(self) -> float | None:
-        return float(np.mean(self.gpu)) if self.gpu else None
+    def gpu_busy(self, start: float, stop: float) -> float | None:
+        """Mean NVML busy fraction over the samples between time.time() instants start and stop (the load: from the
+        first request sent to the last token received, not the client's own start-up before it)."""
+        busy = [u for t, u in self.gpu if start <= t <= stop]
+        return float(np.mean(busy)) if busy else None
 
 
 def markdown(scenarios: list[dict[str, Any]]) -> str:

@@ -10,7 +10,7 @@ import pytest
 from bench.serve import arrivals
 from bench.serve_client import Record
 from bench.serve_data import PromptMaker, make_model, request_set, sharegpt_lengths
-from bench.serve_report import scenario_stats, stage_metrics, step_table, summary
+from bench.serve_report import Sampler, scenario_stats, stage_metrics, step_table, summary
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,3 +90,10 @@ def test_stage_metrics_report_the_workers_step_time_by_kind_during_the_run() -> 
     table = step_table([{"name": "s", "stages": stages}])
     assert (stages["worker0"]["prefill_tokens"], stages["worker0"]["decode_tokens"]) == (640, 300)
     assert "| s | worker0 | - | 5 / 0.50 / 100.00 | 100 / 2.00 / 20.00 | 640 | 300 | 0.25 |" in table
+
+
+def test_gpu_busy_averages_only_the_samples_taken_during_the_load() -> None:
+    sampler = Sampler({})
+    sampler.gpu = [(10.0, 0.0), (11.0, 0.5), (12.0, 1.0), (13.0, 0.75), (14.0, 0.0)]  # client start-up, load, after
+    assert sampler.gpu_busy(11.0, 13.0) == 0.75
+    assert sampler.gpu_busy(20.0, 30.0) is None
