@@ -77,7 +77,9 @@ class SequenceTable:
         return len(self.seqs)
 
     def apply(self, plan: StepPlan) -> tuple[list[ScheduledSeq], list[SeqError]]:
-        """Applies a plan's deltas; returns the step's sequences (in plan order) and per-sequence errors."""
+        """Applies a plan's deltas; returns the step's sequences and per-sequence errors. The sequences that run one
+        token come first, then the others, each group in plan order: a step's attention takes its leading one-token
+        rows through the decode kernel, and the plan lists new sequences (prompt chunks) before cached ones."""
         for seq_id in plan.finished_seq_ids:
             self.seqs.pop(seq_id, None)
         scheduled: list[ScheduledSeq] = []
@@ -93,6 +95,7 @@ class SequenceTable:
                 continue
             if item.num_scheduled_tokens > 0:
                 scheduled.append(ScheduledSeq(state, item.num_scheduled_tokens))
+        scheduled.sort(key=lambda seq: seq.num_tokens != 1)  # stable: one-token rows first, plan order kept
         return scheduled, errors
 
     def advance(self, seq: ScheduledSeq, sampled_token: int | None) -> None:

@@ -156,5 +156,6 @@ def test_a_step_scheduled_past_the_grammars_end_runs_unmasked_without_error(fold
     assert state.grammar.ended
     mate = NewSeq(2, PROMPT, len(PROMPT), _params(Guided("regex", "[0-9]{30}")), list(range(30, 33)), 0, 17)
     result = engine.runner.step(StepPlan(500, [mate], [CachedSeq(1, [], 1)], []))
-    assert result.errors == [] and [o.seq_id for o in result.outputs] == [2, 1]
-    assert decode(folder, [result.outputs[0].token_id]).isdigit()
+    # The one-token row (seq 1) runs first, then the new sequence's prompt.
+    assert result.errors == [] and [o.seq_id for o in result.outputs] == [1, 2]
+    assert decode(folder, [result.outputs[1].token_id]).isdigit()

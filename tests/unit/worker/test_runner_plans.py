@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from services.common.errors import ErrorCode
 from services.common.sampling import SamplingParams
@@ -116,3 +117,19 @@ def test_fake_mode_refuses_an_eos_token(folder: Path) -> None:
 
     with pytest.raises(InvalidArgument, match="fake_token_id 2 must be a non-EOS id"):
         build_engine(WorkerConfig(model=str(folder), load_format="fake", fake_token_id=2))
+
+
+def test_a_mixed_step_runs_its_one_token_rows_first_so_they_take_the_decode_kernel(folder: Path) -> None:
+    from services.worker.attention_metadata import build_attention_metadata
+
+    engine = cpu_engine(folder)
+    driver = Driver(engine)
+    driver.step(driver.plan([driver.new_seq(1, PROMPT, len(PROMPT)), driver.new_seq(2, PROMPT[:3], 3)]))
+    driver.step(driver.plan([driver.new_seq(3, PROMPT, 4)], [driver.cached_seq(1, 1), driver.cached_seq(2, 1)]))
+    # The plan lists the new prompt chunk first; the table runs the one-token rows ahead of it.
+    plan = driver.plan([driver.new_seq(4, PROMPT, len(PROMPT))],
+                       [driver.cached_seq(3, 3), driver.cached_seq(1, 1), driver.cached_seq(2, 1)])
+    scheduled, errors = engine.runner.table.apply(plan)
+    assert errors == [] and [(s.state.seq_id, s.num_tokens) for s in scheduled] == [(1, 1), (2, 1), (4, 7), (3, 3)]
+    meta = build_attention_metadata([s.chunk() for s in scheduled], 16, torch.device("cpu"))
+    assert meta.num_decode_seqs == 2 and meta.prefill_query_start_loc.tolist() == [0, 7, 10]
