@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ class AttentionMetadata:
     num_decode_seqs: int = 0
     decode_max_context_len: int = 0
     prefill_query_start_loc: torch.Tensor | None = None
+    # The decode kernel's tiling for a mixed step's decode rows (kernels.decode_attention.DecodeConfig), when the
+    # worker fixes it: the decode graph of their batch bucket's, so that no kernel variant compiles while serving.
+    decode_config: Any = None
 
     @property
     def num_seqs(self) -> int:

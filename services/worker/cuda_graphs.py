@@ -14,6 +14,7 @@ with one split, so the merge kernel and the idle split programs disappear.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -143,6 +144,16 @@ class DecodeGraphs:
             raise ValueError(f"context of {longest_context} tokens exceeds max_model_len {self.max_model_len}")
         fits = [limit for limit, _ in self.contexts[bs] if longest_context <= limit]  # the last is max_model_len
         return bs, fits[0]
+
+    def with_graph_decode_tiling(self, meta: AttentionMetadata) -> AttentionMetadata:
+        """A mixed step's metadata whose decode rows run the decode kernel exactly as the graph of their batch
+        bucket and context bound runs it (splits, context bound, tiling): a kernel variant compiled at capture,
+        instead of one that would compile mid-serving on the first step of a new shape."""
+        bs, limit = self.graph_key(meta.num_decode_seqs, meta.decode_max_context_len)
+        splits = dict(self.contexts[bs])[limit]
+        cache = self.kv_cache
+        config = default_decode_config(bs, self.model.cfg.num_kv_heads, splits, cache.block_size, cache.data.device)
+        return replace(meta, decode_max_context_len=limit, decode_num_splits=splits, decode_config=config)
 
     @torch.inference_mode()
     def run(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], fill: InputFill | None = None) -> None:

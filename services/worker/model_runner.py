@@ -53,6 +53,8 @@ class ModelRunner:
             self.graphs.run(token_ids, chunks, fill)
             return self.graphs.logits_of(sample_rows)
         meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
+        if meta.num_decode_seqs and self.graphs is not None:
+            meta = self.graphs.with_graph_decode_tiling(meta)
         input_ids = to_device(np.asarray(token_ids, dtype=np.int64), self.device)
         if fill is not None:
             input_ids.index_copy_(0, fill[0], fill[1])

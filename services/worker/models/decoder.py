@@ -124,7 +124,9 @@ class Attention(nn.Module):
             d = meta.num_decode_seqs  # one token each, so also the number of decode rows of q
             out = torch.empty_like(q) if out is None else out
             ops.decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d], meta.context_lens[:d],
-                                 self.scale, max_context_len=meta.decode_max_context_len, out=out[:d], **kv_scales)
+                                 self.scale, max_context_len=meta.decode_max_context_len,
+                                 num_splits=meta.decode_num_splits, out=out[:d], config=meta.decode_config,
+                                 **kv_scales)
             ops.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:], meta.prefill_query_start_loc,
                                   meta.context_lens[d:], self.scale, causal=True, max_query_len=meta.max_query_len,
                                   out=out[d:], **kv_scales)
