@@ -39,6 +39,10 @@ class AttentionMetadata:
     num_decode_seqs: int = 0
     decode_max_context_len: int = 0
     prefill_query_start_loc: torch.Tensor | None = None
+    # The prefill rows' block tables and context lengths as tensors of their own: slices past the decode rows would
+    # start at addresses of any alignment, and the kernels compile a variant per alignment of their pointers.
+    prefill_block_tables: torch.Tensor | None = None  # [num_seqs - num_decode_seqs, max_blocks] int32
+    prefill_context_lens: torch.Tensor | None = None  # [num_seqs - num_decode_seqs] int32
     # The decode kernel's tiling for a mixed step's decode rows (kernels.decode_attention.DecodeConfig), when the
     # worker fixes it: the decode graph of their batch bucket's, so that no kernel variant compiles while serving.
     decode_config: Any = None
@@ -95,4 +99,6 @@ def build_attention_metadata(
         num_decode_seqs=num_decode if mixed else 0,
         decode_max_context_len=int(context_lens[:num_decode].max()) if mixed else 0,
         prefill_query_start_loc=to_device(query_start_loc[num_decode:] - num_decode, device) if mixed else None,
+        prefill_block_tables=to_device(block_tables[num_decode:], device) if mixed else None,
+        prefill_context_lens=to_device(context_lens[num_decode:].astype(np.int32), device) if mixed else None,
     )

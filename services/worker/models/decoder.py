@@ -127,8 +127,8 @@ class Attention(nn.Module):
                                  self.scale, max_context_len=meta.decode_max_context_len,
                                  num_splits=meta.decode_num_splits, out=out[:d], config=meta.decode_config,
                                  **kv_scales)
-            ops.prefill_attention(q[d:], key_cache, value_cache, meta.block_tables[d:], meta.prefill_query_start_loc,
-                                  meta.context_lens[d:], self.scale, causal=True, max_query_len=meta.max_query_len,
+            ops.prefill_attention(q[d:], key_cache, value_cache, meta.prefill_block_tables,
+                                  meta.prefill_query_start_loc, meta.prefill_context_lens, self.scale, causal=True, max_query_len=meta.max_query_len,
                                   out=out[d:], **kv_scales)
             return out
         return ops.prefill_attention(
