@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from kernels._checks import FLOAT_DTYPES, FP8_DTYPE, check_inner_contiguous, check_kv_cache, check_shape, check_tensor
+from kernels._checks import (
+    FLOAT_DTYPES,
+    FP8_DTYPE,
+    check_inner_contiguous,
+    check_kv_cache,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
 
 
 def check_paged_attention_args(
@@ -14,8 +22,10 @@ def check_paged_attention_args(
     block_tables: torch.Tensor,
     num_seqs: int,
     out: torch.Tensor | None,
+    **index_tensors: torch.Tensor,
 ) -> tuple[int, int, int, int]:
-    """Checks q [*, num_heads, head_dim] against the cache; returns (num_heads, num_kv_heads, head_dim, block_size)."""
+    """Checks q [*, num_heads, head_dim] against the cache, and that every tensor (the per-sequence index tensors
+    included) is on one device; returns (num_heads, num_kv_heads, head_dim, block_size)."""
     check_tensor("q", q, 3, FLOAT_DTYPES)
     _, block_size, num_kv_heads, head_dim = check_kv_cache(key_cache, value_cache, q.dtype)
     num_heads = q.shape[1]
@@ -32,7 +42,30 @@ def check_paged_attention_args(
         check_tensor("out", out, 3, (q.dtype,))
         check_shape("out", out, tuple(q.shape))
         check_inner_contiguous("out", out)
+    check_same_device(q=q, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables, **index_tensors,
+                      **({} if out is None else {"out": out}))
     return num_heads, num_kv_heads, head_dim, block_size
+
+
+def check_prefill_args(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    context_lens: torch.Tensor,
+    out: torch.Tensor | None,
+) -> tuple[int, int, int, int, int]:
+    """The prefill launchers' checks (Triton and Gluon kernels alike); returns (num_seqs, num_heads, num_kv_heads,
+    head_dim, block_size)."""
+    check_tensor("query_start_loc", query_start_loc, 1, (torch.int32,))
+    check_tensor("context_lens", context_lens, 1, (torch.int32,))
+    num_seqs = context_lens.shape[0]
+    if query_start_loc.shape[0] != num_seqs + 1:
+        raise ValueError(f"query_start_loc must have num_seqs + 1 = {num_seqs + 1} entries, got {query_start_loc.shape[0]}")
+    dims = check_paged_attention_args(q, key_cache, value_cache, block_tables, num_seqs, out,
+                                      query_start_loc=query_start_loc, context_lens=context_lens)
+    return (num_seqs, *dims)
 
 
 def gather_kv_ref(cache: torch.Tensor, block_table_row: torch.Tensor, length: int, scale: float = 1.0) -> torch.Tensor:

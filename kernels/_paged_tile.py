@@ -16,7 +16,7 @@ except ImportError:  # a Triton without host-side tensor descriptors: the gather
 LOG2_E = 1.4426950408889634
 IS_INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # the interpreter runs no assembly
 
-# How a tile finds its pages (a constexpr of the kernels, so the H100 sweep can compare them):
+# How a tile finds its pages (a constexpr of the kernels; the defaults pick one per kernel and head dim):
 # VECTOR_PAGES gathers the tile's page ids as one [BLOCK_N] load; the compiler's pipeliner then turns that load
 # into an asynchronous copy that shares the K/V copies' wait, which leaves K/V only one tile ahead.
 # SCALAR_PAGES loads the BLOCK_N / PAGE_SIZE page ids as scalars (uniform loads the pipeliner leaves alone) and

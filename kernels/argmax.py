@@ -1,7 +1,7 @@
 """Row-wise argmax over a wide last dimension (greedy sampling over the vocabulary), in two short launches.
 
-torch's reduction gives a single-row argmax over a 128k vocabulary one block of threads (about 28 µs on the
-H100); here the row is cut into chunks reduced by separate programs, then one program per row merges the chunks.
+torch's reduction gives a single-row argmax over a 128k vocabulary one block of threads, so one SM does all the
+work; here the row is cut into chunks reduced by separate programs, then one program per row merges the chunks.
 Same answer as `torch.argmax(x, dim=-1)`: the first index of the largest value, and the first NaN if any.
 """
 

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
-from kernels._checks import FP8_DTYPE, check_launchable, check_same_device, check_tensor
+from kernels._checks import FP8_DTYPE, check_launchable, check_tensor
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
@@ -26,7 +26,7 @@ from kernels.decode_gluon import gluon_decode_available, gluon_decode_unsupporte
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # a Triton without grid dependency control: the merge is launched the ordinary way
+except ImportError:  # a Triton without grid dependency control: every kernel is launched the ordinary way
     gdc_launch_dependents = gdc_wait = None
 
 NUM_SMS_H100 = 132
@@ -45,26 +45,21 @@ def supports_pdl(requested: bool, device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Key tile and pipelining of the split kernel (launch parameters)."""
+    """Key tile, pipelining and kernel of the split kernel (launch parameters)."""
 
     block_n: int = 64
     num_warps: int = 4
     # 2 stages with ASM_PAGES keep K/V one tile ahead in 39 KB of shared memory: 4 programs per SM still fit.
     num_stages: int = 2
-    # Programs to aim for when choosing num_splits: one full wave at about 4 programs per SM (measured on the
-    # H100: a few programs past a wave, e.g. 576 instead of 512, cost 18% at 8 x 32k).
+    # Programs to aim for when choosing num_splits: one full wave at about 4 programs per SM. A few programs past a
+    # wave leave most SMs idle while the last ones run.
     target_programs: int = 4 * NUM_SMS_H100
     min_split_len: int = 128
-    page_loads: int = ASM_PAGES  # kernels/_paged_tile.py: how a tile looks up its pages
-    # Launch the merge kernel as a programmatic dependent launch (Hopper): it is scheduled while the split kernel
-    # runs and waits on the device for its results. Off: on the H100 it gained nothing on either split kernel
-    # (1 x 32k TMA 2.483 vs 2.482 TB/s, 1 x 4k 1.335 vs 1.381: bench/results/kernels_decode_pdl_ab_h100.json).
-    pdl_merge: bool = False
-    # With this many (sequence, kv head) programs nearly every SM has one: no split (the merge costs ~3 us).
+    # With this many (sequence, kv head) programs nearly every SM has one: no split, so no merge kernel.
     no_split_programs: int = 120
     # Whole-tile K/V copies by TMA (Hopper, pages of a multiple of block_n keys): one bulk copy per tile, which
     # keeps the issue cheap. Two buffers (num_stages 3 with the page ids read by inline assembly): one tile in flight
-    # while one is used; deeper rings ask for more than HBM serves and the SMs then finish unevenly (NOTES.md v10).
+    # while one is used; deeper rings ask for more than HBM serves and the SMs then finish unevenly.
     tma: bool = False
     # The Gluon split kernel (kernels/decode_gluon.py, sm_90 only): a producer warp refills each K and V buffer as
     # soon as its product is done; num_stages is then its ring depth. Elsewhere the Triton kernels run.
@@ -72,48 +67,47 @@ class DecodeConfig:
     # The Gluon kernel (and its merge) as programmatic dependent launches (Hopper): scheduled while the previous
     # kernel in the stream still runs, it looks up its pages and fills its ring with older tiles before it waits
     # for that kernel on the device (before q and the newest key), and lets the next kernel be scheduled at once.
-    # The launch gap and the first copies leave the critical path (kernels/NOTES.md, v12).
+    # The launch gap and the first copies leave the critical path. Off: the kernel is launched the ordinary way.
     pdl: bool = False
     # Gluon kernel: at most this many K (and V) copies on their way at once, fewer than its ring has buffers (0: as
     # many as the ring). A ring deeper than the copies in flight holds tiles that landed while the consumer was busy,
     # so the copies keep going while it holds a buffer, and a dependent launch prefetches more before its wait,
-    # without asking HBM for more than it serves evenly (kernels/NOTES.md, v13).
+    # without asking HBM for more than it serves evenly.
     in_flight: int = 0
-    # Gluon kernel, for measurement only: the consumer releases every tile unread and writes nothing, so a call
-    # times the copies alone (kernels/NOTES.md, v13).
-    copies_only: bool = False
 
 
 def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: torch.device | None) -> bool:
     """Few (sequence, kv head) pairs on a Hopper GPU with pages of a multiple of 64 keys: split into one program per
-    SM, each with one TMA tile in flight while it uses another (1 x 32k: 2.50 TB/s against 2.43 for the gather kernel
-    on 16-key pages, same run)."""
+    SM, each with one TMA tile in flight while it uses another; one bulk copy per tile issues faster than the gather
+    kernel's row loads."""
     return (device is not None and device.type == "cuda" and block_size % 64 == 0
             and num_seqs * num_kv_heads < DecodeConfig.no_split_programs and supports_tma(device))
 
 
 def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, block_size: int = 16,
                           device: torch.device | None = None) -> DecodeConfig:
-    """Per shape, the fastest in one run on the H100 (kernels/NOTES.md, v10-v13; the figures below are from
-    two-call replays, which v14 found carried about 15 us of cold start each; the final run's are higher):
+    """Per shape, the fastest in A/B runs on the H100 (bench/EXPERIMENTS.md). `device` None: the gather kernels'
+    choice (FP8 caches, and any device without the Gluon or TMA kernels).
 
     * few (sequence, kv head) pairs, split into one program per SM: on Hopper the Gluon kernel with 64-key tiles as a
-      dependent launch; on 64-key pages a ring of six with two K and two V copies in flight (1 x 32k: 2.65 TB/s
-      against 2.53 for a ring of two), on smaller pages a ring of three (2.53); for up to 16 pairs on small pages
-      (8 x 32k, 64 pairs on 16-key pages: 2.84 against 2.88 for the gather kernel at four programs per SM); else the
-      Triton TMA kernel, two buffers, on pages of 64 keys (uses_tma_tiles);
+      dependent launch; on pages of whole 64-key tiles a ring of six with two K and two V copies in flight; on
+      smaller pages (a copy per page of a tile, where a cap on copies in flight lost) a ring of three, for up to 16
+      pairs (beyond that the gather kernel at four programs per SM leads); elsewhere the Triton TMA kernel, two
+      buffers, on pages of 64 keys (uses_tma_tiles);
     * one unsplit program per pair, at most one per SM: on Hopper the Gluon kernel again, a ring of four with two
-      copies in flight on 64-key pages (16 x 4k: 2.796, against 2.781 for a ring of two) and of three on smaller
-      pages (2.767; 2.71 for the gather kernel); elsewhere 128-key tiles three stages deep (one program's 139 KB fill
-      the SM's shared memory);
-    * more pairs than SMs: the 4-programs-per-SM default (the Gluon kernel: 2.82 against 2.91 at 64 x 4k).
+      copies in flight on 64-key pages and of three on smaller pages; elsewhere 128-key tiles three stages deep (one
+      program's 139 KB fill the SM's shared memory);
+    * more pairs than SMs: the gather kernel at 4 programs per SM (the Gluon kernel, one program per SM, was slower).
+
+    The worker's default 16-key pages take the ring-of-three branches; `--block-size 64` (or any multiple) takes
+    the whole-tile ones.
     """
     pairs = num_seqs * num_kv_heads
     if gluon_decode_available(device):
         whole_tiles = block_size % 64 == 0
         if (pairs < DecodeConfig.no_split_programs and (whole_tiles or pairs <= 16)) or (
                 num_splits == 1 and pairs <= NUM_SMS_H100):
-            if not whole_tiles:  # a copy per page of a tile: capping the copies in flight lost here (NOTES.md v13)
+            if not whole_tiles:
                 return DecodeConfig(block_n=64, num_stages=3, target_programs=NUM_SMS_H100, gluon=True, pdl=True)
             # Two K and two V copies in flight; a deeper ring for split shapes, whose programs are shorter.
             return DecodeConfig(block_n=64, num_stages=4 if num_splits == 1 else 6, in_flight=2,
@@ -157,11 +151,9 @@ def _decode_split_kernel(
     stride_ps, stride_ph, stride_pk,
     QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr, USE_GDC: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr,
 ):
     # One program per (sequence, kv head, split): the kv head's query heads share every K/V tile it loads.
-    if USE_GDC:
-        gdc_launch_dependents()  # the merge kernel may be scheduled now; it waits for this grid on the device
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -220,12 +212,10 @@ def _decode_split_tma_kernel(
     stride_ps, stride_ph, stride_pk,
     QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    PAGE_LOADS: tl.constexpr, USE_GDC: tl.constexpr,
+    PAGE_LOADS: tl.constexpr,
 ):
     """_decode_split_kernel with each [BLOCK_N, HEAD_DIM] K/V tile copied whole by TMA from one page of the cache
     viewed as [num_blocks * PAGE_SIZE, num_kv_heads * HEAD_DIM] (PAGE_SIZE % BLOCK_N == 0)."""
-    if USE_GDC:
-        gdc_launch_dependents()  # the merge kernel may be scheduled now; it waits for this grid on the device
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -323,12 +313,8 @@ def _check_args(
     num_seqs = context_lens.shape[0]
     if q.dim() >= 1 and q.shape[0] != num_seqs:
         raise ValueError(f"q has {q.shape[0]} rows but context_lens has {num_seqs} sequences (one query each)")
-    dims = check_paged_attention_args(q, key_cache, value_cache, block_tables, num_seqs, out)
-    tensors = dict(q=q, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
-                   context_lens=context_lens)
-    if out is not None:
-        tensors["out"] = out
-    check_same_device(**tensors)
+    dims = check_paged_attention_args(q, key_cache, value_cache, block_tables, num_seqs, out,
+                                      context_lens=context_lens)
     return (num_seqs, *dims)
 
 
@@ -394,7 +380,7 @@ def _paged_decode(
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
     direct = num_splits == 1
-    pdl = not direct and supports_pdl(cfg.pdl_merge, q.device)
+    page_loads = resolve_page_loads(ASM_PAGES, q.device)
     if direct:
         part_out, part_lse = out, out  # unused
     else:
@@ -405,9 +391,9 @@ def _paged_decode(
         dependent = supports_pdl(cfg.pdl, q.device)
         launch_gluon_decode(q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
                             scale * LOG2_E, split_len, num_splits, cfg.block_n, cfg.num_stages, dependent,
-                            cfg.in_flight, cfg.copies_only)
+                            cfg.in_flight)
         if not direct:
-            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl or dependent)
+            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, dependent)
         return out
     descriptors = None
     if cfg.tma and supports_tma(q.device):
@@ -420,11 +406,10 @@ def _paged_decode(
             num_heads * num_splits, num_splits, 1,
             QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
             BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
-            PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device), USE_GDC=pdl, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
+            PAGE_LOADS=page_loads, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         if not direct:
-            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
+            launch_decode_reduce(part_out, part_lse, context_lens, out, split_len)
         return out
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_tables, context_lens, out, part_out, part_lse,
@@ -434,11 +419,11 @@ def _paged_decode(
         num_heads * num_splits, num_splits, 1,
         QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
-        INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=resolve_page_loads(cfg.page_loads, q.device),
-        USE_GDC=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=page_loads, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     if not direct:
-        launch_decode_reduce(part_out, part_lse, context_lens, out, split_len, pdl)
+        launch_decode_reduce(part_out, part_lse, context_lens, out, split_len)
     return out
 
 

@@ -6,22 +6,21 @@ K and V tiles by TMA (one copy per page run, so 16-key pages work as well as 64-
 buffers, and the 4-warp consumer warpgroup hands each K buffer back as soon as its score product is done and each
 V buffer as soon as its P V product is, so the producer refills it at once. The Triton kernels hold a tile's
 buffers until the loop iteration ends; at two buffers that leaves less than two tiles in flight on average, and
-at three the SMs ask for more than HBM serves and finish unevenly (kernels/NOTES.md, v10). On the H100 this
-gained 1-3% where it is the default (default_decode_config), not the 7% between the Triton decode and a bare read
-of the same bytes (NOTES.md v11).
+at three the SMs ask for more than HBM serves and finish unevenly (bench/EXPERIMENTS.md). It is the default where
+it measured faster (default_decode_config).
 
 The producer copies a split's first tile before the context length arrives, and the consumer requests q at
 once: one dependent memory round trip fewer before the first product.
 
 A ring deeper than the copies it keeps in flight (DecodeConfig.in_flight) lets the copies go on while the consumer
 holds a buffer, without asking HBM for more than it serves evenly; as a dependent launch it also fills more of the
-ring before its wait (NOTES.md, v13).
+ring before its wait.
 
 As a programmatic dependent launch (DecodeConfig.pdl, the default where this kernel is) a call is scheduled while
 the previous kernel in the stream still runs: each program lets the next kernel be scheduled at once, looks up its
 pages and fills its ring with tiles older than the newest key, and waits for the previous kernel on the device only
 before it reads q (the consumer) and copies the tile that may hold the newest key (the producer). The launch gap
-and the first copies then overlap the previous kernel's last programs (NOTES.md, v12).
+and the first copies then overlap the previous kernel's last programs.
 
 The kv head's query heads are the first QUERIES_PER_KV of 64 rows of one wgmma (the rest are zero): the products
 are small next to the bytes each tile brings.
@@ -149,8 +148,7 @@ if gluon is not None:
                          k_empty, v_empty, context_lens_ptr, split_len, qk_scale_log2,
                          stride_qs, stride_qh, stride_os, stride_oh, stride_ps, stride_ph, stride_pk,
                          QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                         STAGES: gl.constexpr, DIRECT: gl.constexpr, PDL: gl.constexpr,
-                         COPIES_ONLY: gl.constexpr):
+                         STAGES: gl.constexpr, DIRECT: gl.constexpr, PDL: gl.constexpr):
         """4 warps: q into shared memory, every tile of the split, then the output (DIRECT) or the split's part
         (fp32 output and log-sum-exp in log2 units, for the merge kernel). PDL: q is the previous kernel's output,
         read once that kernel has finished."""
@@ -164,15 +162,6 @@ if gluon is not None:
                                                    [_CONSUMER_WARPS, 1], [1, 0])
         if PDL:
             _wait_for_previous_kernel()
-        if COPIES_ONLY:  # a measurement of the copies alone: every tile released unread, nothing written
-            kv_start, kv_end, n_tiles = _split_range(gl.load(context_lens_ptr + gl.program_id(0)), split_len, BLOCK_N)
-            for j in range(0, n_tiles):
-                slot = j % STAGES
-                mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
-                mbarrier.arrive(k_empty.index(slot))
-                mbarrier.wait(v_ready.index(slot), (j // STAGES) & 1)
-                mbarrier.arrive(v_empty.index(slot))
-            return
         # q is requested before the context length arrives (its rows exist whatever the length).
         seq = gl.program_id(0)
         rows = gl.arange(0, _QUERY_ROWS, layout=gl.SliceLayout(1, io_layout))
@@ -248,7 +237,7 @@ if gluon is not None:
         stride_qs, stride_qh, stride_os, stride_oh, stride_bt, stride_ps, stride_ph, stride_pk,
         QUERIES_PER_KV: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, BOX_ROWS: gl.constexpr,
         PAGE_SIZE: gl.constexpr, STAGES: gl.constexpr, DIRECT: gl.constexpr, Q_LAYOUT: gl.constexpr,
-        PDL: gl.constexpr, IN_FLIGHT: gl.constexpr, COPIES_ONLY: gl.constexpr,
+        PDL: gl.constexpr, IN_FLIGHT: gl.constexpr,
     ):
         """k_desc, v_desc: the caches as [num_blocks * PAGE_SIZE, num_kv_heads * HEAD_DIM] in [BOX_ROWS, HEAD_DIM]
         boxes. Grid: (num_seqs, num_kv_heads, num_splits); split_len is a multiple of BLOCK_N."""
@@ -261,7 +250,7 @@ if gluon is not None:
             (_decode_consumer, (q_ptr, out_ptr, part_out_ptr, part_lse_ptr, q_smem, k_smem, v_smem, k_ready,
                                 v_ready, k_empty, v_empty, context_lens_ptr, split_len, qk_scale_log2,
                                 stride_qs, stride_qh, stride_os, stride_oh, stride_ps, stride_ph, stride_pk,
-                                QUERIES_PER_KV, HEAD_DIM, BLOCK_N, STAGES, DIRECT, PDL, COPIES_ONLY)),
+                                QUERIES_PER_KV, HEAD_DIM, BLOCK_N, STAGES, DIRECT, PDL)),
             (_decode_producer, (k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty,
                                 block_tables_ptr, context_lens_ptr, stride_bt, split_len, table_width, HEAD_DIM,
                                 BLOCK_N, BOX_ROWS, PAGE_SIZE, STAGES, PDL, IN_FLIGHT)),
@@ -305,13 +294,12 @@ def launch_gluon_decode(
     stages: int,
     pdl: bool = False,
     in_flight: int = 0,
-    copies_only: bool = False,
 ) -> None:
     """The split kernel's launch for paged_decode_attention, which checked the arguments and
     gluon_decode_unsupported_reason. part_out [num_seqs, num_heads, num_splits, head_dim] and part_lse [num_seqs,
     num_heads, num_splits] (fp32) are written when num_splits > 1 (the caller then merges), out otherwise. pdl:
-    launched as a programmatic dependent launch (the caller checked the device supports it). in_flight,
-    copies_only: DecodeConfig's fields."""
+    launched as a programmatic dependent launch (the caller checked the device supports it). in_flight:
+    DecodeConfig's field."""
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
@@ -328,7 +316,6 @@ def launch_gluon_decode(
         num_heads * num_splits, num_splits, 1,
         QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_N=block_n, BOX_ROWS=box_rows,
         PAGE_SIZE=block_size, STAGES=stages, DIRECT=num_splits == 1, IN_FLIGHT=in_flight or stages,
-        COPIES_ONLY=copies_only,
         Q_LAYOUT=gl.NVMMASharedLayout.get_default_for([QUERY_ROWS, head_dim], element), PDL=pdl,
         num_warps=CONSUMER_WARPS, **({"launch_pdl": True} if pdl else {}),
     )

@@ -12,22 +12,19 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._attention_common import attention_ref, check_paged_attention_args, gather_kv_ref
-from kernels._checks import FP8_DTYPE, check_launchable, check_same_device, check_tensor
+from kernels._attention_common import attention_ref, check_prefill_args, gather_kv_ref
+from kernels._checks import FP8_DTYPE, check_launchable
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
-    TensorDescriptor,
     VECTOR_PAGES,
     attend_paged_tile,
     attend_paged_tile_halves,
-    cache_tile_descriptors,
     dot_precision,
     needs_int64_offsets,
     resolve_page_loads,
-    supports_tma,
-    tma_tile,
 )
+from kernels.prefill_gluon import hopper_prefill_unsupported_reason, launch_hopper_prefill
 
 
 @dataclass(frozen=True)
@@ -41,10 +38,6 @@ class PrefillConfig:
     page_loads: int = ASM_PAGES  # kernels/_paged_tile.py: how a tile looks up its pages
     # Two independent half-height row blocks per program: one's score product overlaps the other's softmax.
     split_rows: bool = False
-    # Whole-tile K/V copies by the tensor memory accelerator (Hopper and newer, pages of a multiple of block_n
-    # keys): one bulk copy per K or V tile instead of block_n row gathers. Measured no faster than the gather on
-    # the H100 (kernels/NOTES.md, v4), so off by default.
-    tma: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -54,11 +47,12 @@ class PrefillConfig:
 
 
 def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
-    """Best variants of the H100 sweeps (kernels/NOTES.md), causal bf16 at 16k tokens per launch."""
+    """The fastest variants of the H100 sweeps (bench/EXPERIMENTS.md), causal bf16 at 16k tokens per launch."""
     if head_dim <= 64:
         return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, page_loads=ASM_PAGES)
-    # Two 4-warp programs per SM (99 KB of shared memory each) beat every one-program variant at d128; the two
-    # row halves cut the spills (36 -> 28 bytes) and gave +4.5% at 4k in the same run.
+    # d128: two 4-warp programs per SM (99 KB of shared memory each), since Triton waits for each score product
+    # before the softmax and only a second program on the SM overlaps the two. Vector page loads keep that fit
+    # (inline-assembly ones give K/V a third buffer and room for one program only); the two row halves cut spills.
     return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3, page_loads=VECTOR_PAGES,
                          split_rows=True)
 
@@ -199,91 +193,6 @@ def _prefill_halves(
     _store_rows(out_ptr, acc_b, l_b, q_start, q_len, rows_b, head, stride_ot, stride_oh, offs_d, d_mask)
 
 
-@triton.jit(do_not_specialize=["stride_bt"])
-def _prefill_tma_kernel(
-    q_desc, k_desc, v_desc, out_ptr, block_tables_ptr, query_start_loc_ptr, context_lens_ptr,
-    qk_scale_log2, stride_ot, stride_oh, stride_bt,
-    QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """_prefill_kernel with K/V tiles copied whole by TMA. A tile lies in one page (PAGE_SIZE % BLOCK_N == 0), so it
-    is one [BLOCK_N, HEAD_DIM] box of the cache viewed as [num_blocks * PAGE_SIZE, num_kv_heads * HEAD_DIM]."""
-    head = tl.program_id(0)
-    seq = tl.program_id(1)
-    m_block = tl.num_programs(2) - 1 - tl.program_id(2)
-    q_start = tl.load(query_start_loc_ptr + seq)
-    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    if m_block * BLOCK_M >= q_len:
-        return
-    context_len = tl.load(context_lens_ptr + seq)
-    kv_col = (head // QUERIES_PER_KV) * HEAD_DIM
-    # Rows past q_len belong to the next sequence (or lie past the tensor and read as zero): computed, never stored.
-    q = q_desc.load([q_start + m_block * BLOCK_M, head * HEAD_DIM])  # [BLOCK_M, HEAD_DIM]
-    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    query_pos = context_len - q_len + offs_m
-    first_pos = context_len - q_len + m_block * BLOCK_M
-    if CAUSAL:
-        kv_end = tl.minimum(first_pos + BLOCK_M, context_len)
-        # Keys below full_end are visible to every row of the block: no mask needed there.
-        full_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
-    else:
-        kv_end = context_len
-        full_end = (context_len // BLOCK_N) * BLOCK_N
-    table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for n_start in range(0, full_end, BLOCK_N):
-        acc, m_i, l_i = tma_tile(acc, m_i, l_i, q, k_desc, v_desc, table_row_ptr, n_start, kv_col, kv_end,
-                                  query_pos, qk_scale_log2, BLOCK_N, PAGE_SIZE, False, False, DOT_PRECISION)
-    for n_start in range(full_end, kv_end, BLOCK_N):
-        acc, m_i, l_i = tma_tile(acc, m_i, l_i, q, k_desc, v_desc, table_row_ptr, n_start, kv_col, kv_end,
-                                  query_pos, qk_scale_log2, BLOCK_N, PAGE_SIZE, True, CAUSAL, DOT_PRECISION)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows = (q_start + offs_m).to(tl.int64)
-    tl.store(
-        out_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
-        (acc / l_i[:, None]).to(out_ptr.dtype.element_ty),
-        mask=(offs_m < q_len)[:, None],
-    )
-
-
-def tma_descriptors(
-    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, block_m: int, block_n: int
-) -> tuple | None:
-    """Host descriptors of q as [num_tokens, num_heads * head_dim] and of each cache (cache_tile_descriptors), or
-    None where the layout does not allow it (the gather kernel then runs)."""
-    num_tokens, num_heads, head_dim = q.shape
-    cache_descs = cache_tile_descriptors(key_cache, value_cache, block_n)
-    if cache_descs is None or q.stride(1) != head_dim or q.data_ptr() % 16 or (q.stride(0) * q.element_size()) % 16:
-        return None
-    q_desc = TensorDescriptor(q, [num_tokens, num_heads * head_dim], [q.stride(0), 1], [block_m, head_dim])
-    return (q_desc, *cache_descs)
-
-
-def _check_args(
-    q: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    context_lens: torch.Tensor,
-    out: torch.Tensor | None,
-) -> tuple[int, int, int, int, int]:
-    check_tensor("query_start_loc", query_start_loc, 1, (torch.int32,))
-    check_tensor("context_lens", context_lens, 1, (torch.int32,))
-    num_seqs = context_lens.shape[0]
-    if query_start_loc.shape[0] != num_seqs + 1:
-        raise ValueError(f"query_start_loc must have num_seqs + 1 = {num_seqs + 1} entries, got {query_start_loc.shape[0]}")
-    dims = check_paged_attention_args(q, key_cache, value_cache, block_tables, num_seqs, out)
-    tensors = dict(q=q, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
-                   query_start_loc=query_start_loc, context_lens=context_lens)
-    if out is not None:
-        tensors["out"] = out
-    check_same_device(**tensors)
-    return (num_seqs, *dims)
-
-
 def paged_prefill_attention(
     q: torch.Tensor,
     key_cache: torch.Tensor,
@@ -306,7 +215,7 @@ def paged_prefill_attention(
     Hopper run the Gluon kernel (kernels/prefill_gluon.py); a config always selects this module's Triton kernel.
     An FP8 cache holds K / k_scale and V / v_scale; it takes the Triton gather kernel, which widens it in registers
     (k_scale joins the softmax scale, v_scale multiplies the output); other caches ignore the scales."""
-    num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
+    num_seqs, num_heads, num_kv_heads, head_dim, block_size = check_prefill_args(
         q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
     )
     check_launchable(q.device)
@@ -318,9 +227,8 @@ def paged_prefill_attention(
             out.mul_(v_scale)
         return out
     if config is None and q.device.type == "cuda":
-        # Hopper: the Gluon kernel (kernels/prefill_gluon.py), faster at both head dims (bench/results/kernels_h100.md).
-        from kernels.prefill_gluon import hopper_prefill_unsupported_reason, launch_hopper_prefill
-
+        # Hopper: the Gluon kernel (kernels/prefill_gluon.py), which overlaps each warpgroup's softmax with its
+        # products where this module's kernel cannot (bench/EXPERIMENTS.md).
         if hopper_prefill_unsupported_reason(q, key_cache, value_cache) is None:
             return launch_hopper_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens,
                                          scale, causal, max_query_len, out, num_seqs, num_heads, num_kv_heads)
@@ -343,18 +251,6 @@ def _paged_prefill(
     if max_query_len is None:
         max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max().item())  # one sync
     grid = (num_heads, num_seqs, triton.cdiv(max_query_len, cfg.block_m))
-    descriptors = None
-    if cfg.tma and supports_tma(q.device):
-        descriptors = tma_descriptors(q, key_cache, value_cache, cfg.block_m, cfg.block_n)
-    if descriptors is not None:
-        _prefill_tma_kernel[grid](
-            *descriptors, out, block_tables, query_start_loc, context_lens,
-            scale * LOG2_E, out.stride(0), out.stride(1), block_tables.stride(0),
-            QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            PAGE_SIZE=block_size, CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-        return out
     _prefill_kernel[grid](
         q, key_cache, value_cache, out, block_tables, query_start_loc, context_lens,
         scale * LOG2_E,
@@ -387,7 +283,7 @@ def paged_prefill_attention_ref(
     v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Plain torch version of paged_prefill_attention (same arguments; fp32 math)."""
-    num_seqs = _check_args(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out)[0]
+    num_seqs = check_prefill_args(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out)[0]
     result = out if out is not None else torch.empty_like(q)
     starts, lens = query_start_loc.tolist(), context_lens.tolist()
     for i in range(num_seqs):

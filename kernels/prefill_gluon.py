@@ -3,9 +3,9 @@
 Same semantics as kernels.prefill_attention.paged_prefill_attention (packed variable-length queries that are the last
 positions of their context, paged K/V, GQA, causal or encoder mode); the kernel, FA3's structure written by hand in
 Triton's explicit-layout dialect, is in kernels/prefill_gluon_kernel.py. kernels.prefill_attention's
-paged_prefill_attention runs it for head dims 64 and 128 on sm_90 when no config is given (d128 causal on the H100,
-16-key pages: 543 / 598 / 616 TFLOP/s at 4k / 8k / 16k against cuDNN's 535 / 562 / 570 and 424 / 463 / 478 for the
-Triton kernel in the same run, bench/results/kernels_h100.md; kernels/NOTES.md v6-v7 for how it got there).
+paged_prefill_attention runs it for head dims 64 and 128 on sm_90 when no config is given: it overlaps each
+warpgroup's softmax with its tensor-core products, which the Triton kernel cannot express (figures against cuDNN:
+bench/results/kernels_h100.md; how it got there: bench/EXPERIMENTS.md).
 
 The module imports without Gluon (CPU CI, other Triton versions): `supports_hopper_prefill` then returns False and
 the launcher raises a RuntimeError.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels._attention_common import check_prefill_args
 from kernels._paged_tile import LOG2_E
-from kernels.prefill_attention import _check_args
 from kernels.prefill_gluon_kernel import BLOCK_M, CONSUMER_WARPS, GLUON_IMPORT_ERROR, HALF_M, gluon
 
 if gluon is not None:
@@ -38,14 +38,13 @@ class HopperPrefillConfig:
 
     block_n: keys per tile (64 or 128). stages: K/V buffers in the ring (2-4), filled by the producer warp as the
     consumers release them. schedule: "independent" (each warpgroup issues its products when its operands are
-    ready) or "pingpong" (the two take turns, so one's softmax runs under the other's products). persistent: one
-    program per SM walking the work items heaviest first, instead of one program per item.
+    ready) or "pingpong" (the two take turns, so one's softmax runs under the other's products). The grid is
+    persistent: one program per SM walks the work items heaviest first.
     """
 
     block_n: int = 128
     stages: int = 2
     schedule: str = "independent"
-    persistent: bool = True
 
     def __post_init__(self) -> None:
         if self.block_n not in (64, 128):
@@ -61,10 +60,9 @@ class HopperPrefillConfig:
 
 
 def default_hopper_prefill_config(head_dim: int, block_size: int) -> HopperPrefillConfig:
-    """FA3's tile (128 x 128, two stages), persistent; at head_dim 64 the warpgroups take turns (ping-pong). The
-    fastest on the H100 in four runs of kernels.bench (kernels/NOTES.md, v7): at d128 independent warpgroups lead
-    ping-pong at 8k-16k, at d64 ping-pong leads, most at short sequences on 64-key pages (270-275 against 245-247
-    TFLOP/s at 1k)."""
+    """FA3's tile (128 x 128, two stages); at head_dim 64 the warpgroups take turns (ping-pong). The fastest on the
+    H100 in four benchmark runs (bench/EXPERIMENTS.md): at d128 independent warpgroups lead ping-pong on long
+    sequences, at d64 ping-pong leads."""
     if head_dim == 64:
         return HopperPrefillConfig(schedule="pingpong")
     return HopperPrefillConfig()
@@ -156,7 +154,7 @@ def paged_prefill_attention_hopper(
     block_tables: [num_seqs, max_blocks] int32; query_start_loc: [num_seqs + 1] int32; context_lens: [num_seqs]
     int32. Raises ValueError for inconsistent arguments and RuntimeError where the kernel cannot run
     (supports_hopper_prefill)."""
-    num_seqs, num_heads, num_kv_heads, _, _ = _check_args(
+    num_seqs, num_heads, num_kv_heads, _, _ = check_prefill_args(
         q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
     )
     reason = hopper_prefill_unsupported_reason(q, key_cache, value_cache, config)
@@ -182,7 +180,7 @@ def launch_hopper_prefill(
     num_kv_heads: int,
     config: HopperPrefillConfig | None = None,
 ) -> torch.Tensor:
-    """The launch itself, for callers that already checked the arguments (_check_args) and that the kernel can run
+    """The launch itself, for callers that already checked the arguments (check_prefill_args) and that the kernel can run
     (hopper_prefill_unsupported_reason is None): paged_prefill_attention's dispatch checks once, not twice."""
     head_dim, block_size = q.shape[2], key_cache.shape[1]
     if out is None:
@@ -209,7 +207,7 @@ def launch_hopper_prefill(
     )
     n_mblocks = -(-max_query_len // BLOCK_M)
     num_items = num_heads * num_seqs * n_mblocks
-    num_programs = min(num_items, _num_sms(q.device)) if cfg.persistent else num_items
+    num_programs = min(num_items, _num_sms(q.device))
     num_rounds = -(-num_items // num_programs)
     _prefill_hopper_kernel[(num_programs,)](
         q_desc, k_desc, v_desc, out, block_tables, query_start_loc, context_lens,

@@ -19,8 +19,8 @@ kernels/prefill_gluon.py holds its config, support checks and launcher. FA3's st
   head) pair, heads fastest, then the block before...), round r taking item r * P + p, or r * P + P - 1 - p on
   odd rounds (a snake, so each program's heavy and light rounds even out). The producer copies the next item's Q
   as soon as both warpgroups finished their last score product, and its first K/V tiles as soon as the ring has
-  room, so an item's start overlaps the previous one's last products and output store. Launched with one program
-  per work item instead, each program takes one item.
+  room, so an item's start overlaps the previous one's last products and output store. With no more items than
+  SMs, each program takes one item.
 
 Triton 3.6's Gluon API (the H100 machine's version) is the target. The module imports without Gluon (CPU CI, other
 Triton versions): `gluon` is then None and GLUON_IMPORT_ERROR says why.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kernels import paged_decode_attention, paged_decode_attention_ref
-from kernels.decode_attention import DecodeConfig
+from kernels.decode_attention import NUM_SMS_H100, DecodeConfig, default_decode_config
 from kernels.decode_gluon import gluon_decode_unsupported_reason
 
 BF16_TOLERANCE = 1.5e-2  # relative-norm error against the fp32 reference, as in the other bf16 GPU tests
@@ -83,6 +83,23 @@ def test_gluon_decode_with_fewer_copies_in_flight_than_buffers_matches_reference
     config = DecodeConfig(block_n=64, num_stages=stages, in_flight=in_flight, gluon=True, pdl=pdl)
     result, ref = _decode(make_paged_cache, poison_past_context, shape, RAGGED_CONTEXTS, num_splits, config,
                           stages + in_flight + num_splits)
+    assert not result.isnan().any()
+    assert relative_error(result, ref) < BF16_TOLERANCE
+
+
+# The worker's page size (`--block-size`) picks the ring: pages of whole 64-key tiles take the capped rings, the
+# default 16-key pages a ring of three with every buffer's copy in flight; both as dependent launches.
+@pytest.mark.parametrize(("block_size", "num_splits", "stages", "in_flight"),
+                         [(16, 1, 3, 0), (16, 7, 3, 0), (64, 1, 4, 2), (64, 7, 6, 2)],
+                         ids=["bs16-nosplit", "bs16-split7", "bs64-nosplit", "bs64-split7"])
+@needs_hopper
+def test_the_default_decode_ring_follows_the_page_size_and_matches_reference(
+        make_paged_cache, poison_past_context, relative_error, block_size, num_splits, stages, in_flight):
+    config = default_decode_config(2, 2, num_splits, block_size, torch.device("cuda"))
+    assert config == DecodeConfig(block_n=64, num_stages=stages, target_programs=NUM_SMS_H100, gluon=True, pdl=True,
+                                  in_flight=in_flight)
+    result, ref = _decode(make_paged_cache, poison_past_context, (128, block_size, 4, 2), [1000, 77], num_splits,
+                          None, block_size + num_splits)
     assert not result.isnan().any()
     assert relative_error(result, ref) < BF16_TOLERANCE
 

@@ -128,28 +128,3 @@ def test_prefill_with_two_row_halves_per_program_gives_the_reference_result(
                                   config=config)
     ref = paged_prefill_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args), causal=causal)
     assert relative_error(out.cpu(), ref) < tolerance
-
-
-# Whole-tile TMA copies (a page holds whole key tiles); on CPU the interpreter runs the same kernel with its tensor
-# descriptors. Ragged queries, prefix hits, length 1, and NaN in every slot past a context: the tail tile of a
-# sequence copies those slots and must keep them out of the result.
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
-@pytest.mark.parametrize(("block_size", "head_dim"), [(32, 64), (64, 128), (64, 64), (128, 128)],
-                         ids=["bs32-d64", "bs64-d128", "bs64-d64", "bs128-d128"])
-def test_prefill_with_tma_tiles_gives_the_reference_result(
-    make_paged_cache, poison_past_context, relative_error, tolerance, device, dtype, causal, block_size, head_dim
-):
-    if device == "cpu":
-        config = PrefillConfig(block_m=32, block_n=16, num_warps=4, num_stages=1, tma=True)
-    else:
-        config = PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3, tma=True)
-    g = torch.Generator().manual_seed(block_size + head_dim)
-    context_lens, query_lens = [150, 37, 1, 64, 90], [150, 20, 1, 1, 33]
-    cache = poison_past_context(make_paged_cache(context_lens, 2, head_dim, block_size, dtype, device, g))
-    q = torch.randn(sum(query_lens), 8, head_dim, generator=g).to(dtype).to(device)
-    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
-    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, starts, cache.context_lens, head_dim**-0.5)
-    out = paged_prefill_attention(*args, causal=causal, max_query_len=150, out=torch.full_like(q, float("nan")),
-                                  config=config)
-    ref = paged_prefill_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args), causal=causal)
-    assert relative_error(out.cpu(), ref) < tolerance

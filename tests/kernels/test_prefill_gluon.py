@@ -31,18 +31,15 @@ def needs_hopper(test):
 # (head_dim, block_size, queries per kv head, num_kv_heads)
 SHAPES = [(128, 16, 4, 2), (128, 64, 1, 2), (64, 16, 8, 1), (64, 64, 4, 2), (128, 64, 8, 1)]
 CONFIGS = [
-    None,  # the default: independent warpgroups (ping-pong at d64), persistent, 128-key tiles, two stages
-    HopperPrefillConfig(schedule="independent", persistent=False),
-    HopperPrefillConfig(schedule="pingpong", persistent=False),
-    HopperPrefillConfig(schedule="independent", persistent=True),
-    HopperPrefillConfig(schedule="pingpong", persistent=True),
-    HopperPrefillConfig(block_n=64, stages=3, schedule="pingpong", persistent=True),
-    HopperPrefillConfig(block_n=64, stages=4, schedule="independent", persistent=False),
+    None,  # the default: independent warpgroups (ping-pong at d64), 128-key tiles, two stages
+    HopperPrefillConfig(schedule="independent"),
+    HopperPrefillConfig(schedule="pingpong"),
+    HopperPrefillConfig(block_n=64, stages=3, schedule="pingpong"),
+    HopperPrefillConfig(block_n=64, stages=4, schedule="independent"),
 ]
-CONFIG_IDS = ["default", "independent-grid", "pingpong-grid", "independent", "pingpong", "pingpong-n64s3",
-              "independent-grid-n64s4"]
-SCHEDULE_CONFIGS = CONFIGS[1:5]  # each schedule with and without the persistent grid
-SCHEDULE_IDS = CONFIG_IDS[1:5]
+CONFIG_IDS = ["default", "independent", "pingpong", "pingpong-n64s3", "independent-n64s4"]
+SCHEDULE_CONFIGS = CONFIGS[1:3]  # each schedule at the default tile
+SCHEDULE_IDS = CONFIG_IDS[1:3]
 
 
 def _run_case(make_paged_cache, shape, context_lens, query_lens, causal, seed, config=None, poison=None):
@@ -104,9 +101,9 @@ def test_hopper_prefill_matches_reference_on_a_long_causal_prompt(make_paged_cac
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
-@pytest.mark.parametrize("config", CONFIGS[3:6], ids=CONFIG_IDS[3:6])
+@pytest.mark.parametrize("config", CONFIGS[1:4], ids=CONFIG_IDS[1:4])
 @needs_hopper
-def test_persistent_hopper_prefill_programs_each_take_several_blocks(make_paged_cache, relative_error, causal,
+def test_hopper_prefill_programs_each_take_several_blocks(make_paged_cache, relative_error, causal,
                                                                     config):
     # 32 query heads x 24 sequences x 3 query blocks = 2304 work items: 18 rounds on an H100's 132 programs, with
     # prefix hits, length-1 sequences and blocks past the shorter sequences' ends skipped along the way.

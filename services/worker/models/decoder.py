@@ -31,8 +31,8 @@ def fused_shards(cfg: ModelConfig) -> dict[str, tuple[str, int, int]]:
 
 
 # Projections whose weights a CUDA worker stores input-major (see `store_projections_input_major`).
-# qkv_proj stays in the default layout: in the transposed one cuBLAS picks split-K plus a reduce for it
-# (8B shapes: 21.8 → 24.5 µs per call), the opposite of the others.
+# qkv_proj stays in the default layout: in the transposed one cuBLAS picks split-K plus a reduce for it, the
+# opposite of the others, and it ran slower per call.
 INPUT_MAJOR_PROJECTIONS = ("o_proj", "gate_up_proj", "down_proj")
 
 
@@ -41,8 +41,8 @@ def store_projections_input_major(model: nn.Module) -> int:
 
     The parameter keeps its shape and values, so every F.linear call is unchanged, but cuBLAS then multiplies
     row-major by row-major. At batch 1 on the H100 that picks kernels without the split-K reduce launch that the
-    default layout gets for narrow outputs (measured per call, 8B shapes: o_proj 19.7 → 15.8 µs, down_proj 46.1 →
-    44.9, gate_up_proj 82.0 → 79.2). Call once, after the weights are loaded. Returns the number re-laid."""
+    default layout gets for narrow outputs, and each of these projections ran faster per call on 8B shapes
+    (bench/engine.py --gemv-probe). Call once, after the weights are loaded. Returns the number re-laid."""
     count = 0
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in INPUT_MAJOR_PROJECTIONS:

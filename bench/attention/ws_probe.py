@@ -1,10 +1,11 @@
 """Probe of Triton's warp specialisation for Hopper on attention loops: does a kernel finish, how fast, how exact.
 
-    python3 -m kernels.ws_probe VARIANT   (one variant per process: a kernel that deadlocks is killed by timeout)
+    timeout 45 python3 -m bench.attention.ws_probe VARIANT   (one variant per process: a kernel that deadlocks is
+    killed by the timeout)
 
 Variants: contiguous (K/V rows of one sequence, the shape the compiler's pass is built for) and paged (the same
 loop with the tile's page looked up in a block table), both non-causal d128 with 128 x 64 tiles. On the H100 with
-Triton 3.6 neither finished within 45 s (bench/results/ws_probe_h100.txt), while each compiles in about 2 s.
+Triton 3.6 neither finished (bench/EXPERIMENTS.md): the reproducer to rerun on a newer Triton.
 """
 
 from __future__ import annotations

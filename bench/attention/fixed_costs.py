@@ -1,40 +1,25 @@
-"""Decode and copy timed over sizes and replay lengths, for kernels/bench.py's --overhead, --replay and --pdl-ab:
-a fixed cost shows as the intercept of a line through (size, time)."""
+"""Decode and a bare streaming kernel timed over sizes and replay lengths: a fixed cost shows as the intercept of a
+line through (size, time).
+
+    python3 -m bench.attention.fixed_costs --overhead --json OUT.json  # copy and decode over sizes: cost per launch
+    python3 -m bench.attention.fixed_costs --replay --json OUT.json    # decode in replays of 2 to 64 calls
+
+--replay is how the benchmark's REPLAY_BYTES was chosen (timing.py): what a timed replay costs besides its calls.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import json
 import math
+import sys
 
 import torch
 
-from kernels.bench import PAGE_SIZES, ROTATE_BYTES, _decode_launch_choice, _graph_ms, bench_decode
-
-# (batch, context, page size): split decode shapes for the dependent-launch A/B (--pdl-ab).
-PDL_AB_SHAPES = [(1, 32768, 64), (1, 4096, 64), (1, 32768, 16), (4, 32768, 64)]
+from bench.attention.timing import PAGE_SIZES, ROTATE_BYTES, bench_decode, graph_ms, require_cuda, run_meta
 
 
-def pdl_ab(rounds: int = 3) -> dict:
-    """The default decode config with and without the merge kernel launched as a programmatic dependent launch,
-    alternating in one process (`rounds` times each, so drift between them shows)."""
-    rows = []
-    for batch, context, block_size in PDL_AB_SHAPES:
-        splits, base = _decode_launch_choice(batch, context, block_size)
-        row: dict = {"batch": batch, "context": context, "block_size": block_size, "num_splits": splits,
-                     "tma": base.tma, "off_tbps": [], "on_tbps": []}
-        for _ in range(rounds):
-            for key, pdl in (("off_tbps", False), ("on_tbps", True)):
-                cfg = dataclasses.replace(base, pdl_merge=pdl)
-                result = bench_decode(batch, context, splits, cfg, peers=False, block_size=block_size)
-                row[key].append(result["ours_tbps"])
-                row[f"rel_err_{key[:-5]}"] = result["rel_err_vs_sdpa"]
-        row["median_off_tbps"], row["median_on_tbps"] = (sorted(row[k])[rounds // 2] for k in ("off_tbps", "on_tbps"))
-        print("pdl_ab", row, flush=True)
-        rows.append(row)
-    return {"pdl_ab": rows}
-
-
-def _fit_fixed_cost(points: list[tuple[float, float]]) -> dict:
+def fit_fixed_cost(points: list[tuple[float, float]]) -> dict:
     """Least-squares line through (bytes, microseconds): the fixed cost of a launch and the streaming bandwidth."""
     n = len(points)
     mean_b = sum(b for b, _ in points) / n
@@ -53,7 +38,7 @@ def overhead_series() -> dict:
         count = max(1, min(32, math.ceil(ROTATE_BYTES / (moved_mb * 1e6))))
         pairs = [(torch.randn(numel, device="cuda", dtype=torch.bfloat16),
                   torch.empty(numel, device="cuda", dtype=torch.bfloat16)) for _ in range(count)]
-        ms = _graph_ms([lambda s=s, d=d: torch.neg(s, out=d) for s, d in pairs])
+        ms = graph_ms([lambda s=s, d=d: torch.neg(s, out=d) for s, d in pairs])
         copies.append({"bytes": 4 * numel, "us": 1e3 * ms, "tbps": 4 * numel / ms / 1e9})
         del pairs
     decode = []
@@ -63,11 +48,11 @@ def overhead_series() -> dict:
             row = bench_decode(batch, context, None, None, peers=False, block_size=block_size)
             decode.append({k: row[k] for k in ("batch", "context", "block_size", "num_splits", "kv_bytes", "ours_tbps")}
                           | {"us": row["kv_bytes"] / row["ours_tbps"] / 1e6})
-    fits = {"stream_kernel": _fit_fixed_cost([(r["bytes"], r["us"]) for r in copies])}
+    fits = {"stream_kernel": fit_fixed_cost([(r["bytes"], r["us"]) for r in copies])}
     for batch in (1, 16):
         for block_size in PAGE_SIZES:
             points = [(r["kv_bytes"], r["us"]) for r in decode if r["batch"] == batch and r["block_size"] == block_size]
-            fits[f"decode_batch{batch}_page{block_size}"] = _fit_fixed_cost(points)
+            fits[f"decode_batch{batch}_page{block_size}"] = fit_fixed_cost(points)
     return {"copy_series": copies, "decode_series": decode, "fits": fits}
 
 
@@ -101,9 +86,30 @@ def replay_series() -> dict:
                 points = [(r["calls_per_replay"], r["calls_per_replay"] * r["kv_bytes"] / r[key] / 1e6)
                           for r in series if key in r]
                 if len(points) > 1:
-                    line = _fit_fixed_cost(points)  # "bytes" here are calls: stream_tbps is 1e-6 / (us per call)
+                    line = fit_fixed_cost(points)  # "bytes" here are calls: stream_tbps is 1e-6 / (us per call)
                     us_per_call = 1e-6 / line["stream_tbps"]
                     fits[f"{key[:-5]}_{batch}x{context}_page{block_size}"] = {
                         "us_per_replay": line["fixed_us"], "us_per_call": us_per_call,
                         "tbps_per_call": series[0]["kv_bytes"] / us_per_call / 1e6}
     return {"replay_series": rows, "fits": fits}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, help="where to write the results (JSON)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--overhead", action="store_true", help="copy and decode over sizes: fixed cost per launch")
+    which.add_argument("--replay", action="store_true", help="decode in replays of more and more calls")
+    args = parser.parse_args(argv)
+    if not require_cuda("bench.attention.fixed_costs"):
+        return 2
+    command = "python3 -m bench.attention.fixed_costs " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {"meta": run_meta(command), **(replay_series() if args.replay else overhead_series())}
+    print(json.dumps(report["fits"], indent=1))
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

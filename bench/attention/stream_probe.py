@@ -1,6 +1,6 @@
 """Probe of how fast one launch can stream a decode-sized buffer, and how evenly the SMs share the bandwidth.
 
-    python3 -m kernels.stream_probe --json FILE [--stages-sweep | --layout-sweep]
+    python3 -m bench.attention.stream_probe --json FILE [--stages-sweep | --layout-sweep]
 
 A read-only kernel (each [128, 128] bf16 tile copied by TMA, summed by columns) streams 268 MB or 134 MB (the K/V
 bytes of decode at 16 x 4k and 1 x 32k). Default rows: a static grid of 128 programs (one per (sequence, kv head)
@@ -10,7 +10,7 @@ programs take 512 KB chunks from an atomic counter. --stages-sweep: 128 programs
 128 programs over one buffer or over two (decode's K and V, a tile of each per step) in 128- or 64-row tiles. Each
 program records its SM, start and end (global timer, ns): the spread of the end times, and their correlation
 between two launches, show whether the same SMs finish last every time. Times are CUDA-graph replays over rotating
-buffers, as in kernels/bench.py. Results and what they mean: kernels/NOTES.md, v10 and v13.
+buffers, as in the attention benchmark (timing.py). What it found: bench/EXPERIMENTS.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels.bench import _graph_ms
+from bench.attention.timing import graph_ms, require_cuda
 
 TILE_ROWS, TILE_COLS = 128, 128  # one 32 KB bf16 tile per copy
 ROTATE_BYTES = 1024 * 2**20
@@ -178,7 +178,7 @@ def probe(total_bytes: int, mode: str, grid: int, chunk_bytes: int = 0, stages: 
     torch.cuda.synchronize()
     expected = sum(b.float().view(-1, heads, TILE_COLS).sum(dim=(0, 1)) for b in bufs[0])
     rel_err = ((out.sum(0) - expected).norm() / expected.norm()).item()
-    us = 1e3 * _graph_ms(calls)
+    us = 1e3 * graph_ms(calls)
     calls[0]()  # two more launches for the timeline: does a slow SM stay slow?
     first_timeline = timeline.clone()
     calls[0]()
@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout-sweep", action="store_true",
                         help="128 programs, interleaved heads: 128- and 64-row tiles, one buffer or K and V")
     args = parser.parse_args(argv)
+    if not require_cuda("bench.attention.stream_probe"):
+        return 2
     rows = []
     if args.layout_sweep:
         # Stage counts around 64 KB in flight per SM (the best of the first sweep), within shared memory.
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 def _write(path: str, rows: list[dict]) -> int:
     props = torch.cuda.get_device_properties(0)
     meta = {"device": props.name, "num_sms": props.multi_processor_count, "torch": torch.__version__,
-            "triton": triton.__version__, "command": "python3 -m kernels.stream_probe " + " ".join(sys.argv[1:])}
+            "triton": triton.__version__, "command": "python3 -m bench.attention.stream_probe " + " ".join(sys.argv[1:])}
     with open(path, "w") as fh:
         json.dump({"meta": meta, "rows": rows}, fh, indent=1)
     return 0

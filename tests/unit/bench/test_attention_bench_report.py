@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic and report, on made-up rows (the timings themselves need a GPU)."""
+"""The attention benchmark's arithmetic and report, on made-up rows (the timings themselves need a GPU)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from kernels.bench_series import _fit_fixed_cost
-from kernels.bench_report import write_markdown
+from bench.attention.fixed_costs import fit_fixed_cost
+from bench.attention.report import write_markdown
 
 
 def test_fixed_cost_fit_separates_a_replays_cold_start_from_its_calls() -> None:
     # 16 us per replay plus 88 us per call, at 2, 4, 8 and 16 calls per replay.
-    line = _fit_fixed_cost([(calls, 16.0 + 88.0 * calls) for calls in (2, 4, 8, 16)])
+    line = fit_fixed_cost([(calls, 16.0 + 88.0 * calls) for calls in (2, 4, 8, 16)])
     assert line["fixed_us"] == pytest.approx(16.0, abs=1e-9)
     assert 1e-6 / line["stream_tbps"] == pytest.approx(88.0, abs=1e-9)
 
 
 def _report() -> dict:
     meta = {"device": "H100", "date": "d", "torch": "t", "triton": "tr", "cuda": "c", "cudnn": 1, "python": "p",
-            "num_heads": 32, "num_kv_heads": 8, "block_sizes": [16, 64], "command": "python3 -m kernels.bench"}
+            "num_heads": 32, "num_kv_heads": 8, "block_sizes": [16, 64], "command": "python3 -m bench.attention.benchmark"}
     decode = {"batch": 16, "context": 4096, "block_size": 64, "num_splits": 1, "calls_per_replay": 16,
               "config": {"gluon": True, "num_stages": 4, "in_flight": 2, "pdl": True}, "ours_tbps": 3.0474,
               "ours_ordinary_launch_tbps": 2.9181, "sdpa_tbps": 2.9681, "ratio_to_sdpa": 3.0474 / 2.9681,

@@ -1,11 +1,12 @@
 """A/B of the decode kernels at two versions of kernels/, alternating in one run on one GPU.
 
     git archive <commit> kernels | tar -x -C DIR      # the baseline's kernels package under DIR
-    python3 bench/decode_ab.py --base DIR --json OUT.json [--rounds 3] [--variants JSON]
+    python3 -m bench.attention.decode_ab --base DIR --json OUT.json [--rounds 3] [--variants JSON]
 
 Each round times every shape with the baseline and then with the working tree's kernels, each in its own process
-(the two packages share a name), through kernels.bench.bench_decode: CUDA-graph replays over rotating caches, no
-peers. Rows report TB/s per round and the median ratio new / base.
+(the two packages share a name), through the working tree's bench.attention.timing.bench_decode: CUDA-graph replays
+over rotating caches, no peers. The baseline's kernels must offer what timing.py calls. Rows report TB/s per round
+and the median ratio new / base.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import sys
 # (batch, context, page size): the two decode goals' shapes on both page sizes, and two that already meet theirs.
 SHAPES = [(16, 4096, 16), (16, 4096, 64), (1, 32768, 64), (1, 32768, 16), (64, 4096, 16), (8, 32768, 16),
           (1, 4096, 16), (8, 32768, 64)]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # --variants: a JSON list of [batch, context, page size, splits or null, DecodeConfig fields], configs other than the
 # default, timed with the working tree's kernels only (after its default rows, in the same process). Each run's
-# variants are recorded in its JSON (bench/results/kernels_decode_ab_*_h100.json).
+# variants are recorded in its JSON.
 
 _CHILD = """
 import json, sys
-from kernels.bench import bench_decode
+from bench.attention.timing import bench_decode
 shapes = [(b, c, p, None, None) for b, c, p in json.loads(sys.argv[1])] + json.loads(sys.argv[2])
 for batch, context, block_size, splits, fields in shapes:
     cfg = None
@@ -43,7 +44,8 @@ for batch, context, block_size, splits, fields in shapes:
 
 
 def _run(package_root: str, variants: list) -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.path.join(ROOT, "protos")]))
+    # The kernels package comes from package_root (first on the path), the benchmark code from this tree.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, ROOT, os.path.join(ROOT, "protos")]))
     done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(SHAPES), json.dumps(variants)], env=env,
                           capture_output=True, text=True, timeout=300, cwd=package_root)
     if done.returncode != 0:
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"variant {batch} x {context} page {block_size} splits {splits} {fields}: "
               f"{statistics.median(tbps):.3f}", flush=True)
     with open(args.json, "w") as fh:
-        json.dump({"command": "python3 bench/decode_ab.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        json.dump({"command": "python3 -m bench.attention.decode_ab " + " ".join(sys.argv[1:] if argv is None else argv),
                    "rows": rows, "variants": variant_rows}, fh, indent=1)
     return 0
 

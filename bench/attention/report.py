@@ -1,9 +1,9 @@
-"""Output side of kernels/bench.py: the compiler's resource report and the markdown table."""
+"""Output side of the attention benchmark (benchmark.py): the compiler's resource report and the markdown table."""
 
 from __future__ import annotations
 
-# Gluon prefill schedules timed beside the default one (kernels/bench.py GLUON_ALTERNATIVES), in table order.
-GLUON_ALTERNATIVE_NAMES = ("independent", "pingpong", "independent_grid")
+# Gluon prefill schedules timed beside the default one (timing.py GLUON_ALTERNATIVES), in table order.
+GLUON_ALTERNATIVE_NAMES = ("independent", "pingpong")
 
 
 def _constexprs(jit_function: object, kernel: object) -> dict:
@@ -71,12 +71,11 @@ def write_markdown(report: dict, path: str) -> None:
         "## Prefill, causal (TFLOP/s; ours on paged K/V, SDPA on contiguous K/V)",
         "",
         "Ours: the Triton kernel (kernels/prefill_attention.py); Gluon: the Hopper kernel at its default config "
-        "(kernels/prefill_gluon.py), what `paged_prefill_attention` runs on sm_90 (head dims 64 and 128). Other Gluon "
-        "schedules, same run: independent warpgroups / ping-pong turns (both persistent) / independent warpgroups "
-        "with one program per block.",
+        "(kernels/prefill_gluon.py), what `paged_prefill_attention` runs on sm_90 (head dims 64 and 128). Both Gluon "
+        "schedules, same run: independent warpgroups / ping-pong turns.",
         "",
-        "| head_dim | batch × seq | page | ours (Triton) | ours (Gluon) | Gluon: independent / pingpong / "
-        "independent grid | SDPA flash | SDPA cuDNN | Triton / best peer | Gluon / best peer | "
+        "| head_dim | batch × seq | page | ours (Triton) | ours (Gluon) | Gluon: independent / pingpong "
+        "| SDPA flash | SDPA cuDNN | Triton / best peer | Gluon / best peer | "
         "rel. err vs cuDNN (last kernel timed) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -99,7 +98,7 @@ def write_markdown(report: dict, path: str) -> None:
         "Times are CUDA-graph replays of the calls column's calls each, rotating over copies of the cache that "
         "together exceed L2 many times over. Every timed replay starts cold (the graph's launch, and the timer "
         "zeroes a 256 MB buffer just before it, whose dirty lines are written back during the first call): "
-        "`--replay` measures that cost (kernels/NOTES.md v14), so a replay reads at least 4 GiB. The device copy is four "
+        "`python3 -m bench.attention.fixed_costs --replay` measures that cost, so a replay reads at least 4 GiB. The device copy is four "
         "1 GiB copies per timed region"
         + (f" ({report['copy_one_call_tbps']:.2f} TB/s one at a time)." if "copy_one_call_tbps" in report else "."),
         "",

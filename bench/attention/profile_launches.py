@@ -2,7 +2,7 @@
 on 64-key pages, d128; decode-page64: 16 x 4096 on 64-key pages), each in the benchmark's own setup.
 
     ncu --clock-control none --kernel-name regex:'_prefill_kernel|_decode_split|_decode_hopper' --launch-skip 2 \\
-        --launch-count 2 --metrics <list> python3 -m kernels.profile_kernels [prefill|decode|decode-page64]
+        --launch-count 2 --metrics <list> python3 -m bench.attention.profile_launches [prefill|decode|decode-page64]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from kernels.bench import bench_decode, bench_prefill
+from bench.attention.timing import bench_decode, bench_prefill
 
 
 def main(argv: list[str]) -> None:
