@@ -47,6 +47,7 @@ QWEN3_0_6B = {  # config.json of Qwen/Qwen3-0.6B
     "tie_word_embeddings": True, "hidden_act": "silu", "torch_dtype": "bfloat16", "bos_token_id": 151643,
     "eos_token_id": 151645,
 }
+WIDTHS = {"minilm": 384, "qwen3-0.6b": 1024}  # each model's vector length, for the cache's own work
 WORDS = "search query about retrieval of fresh news weather sports market prices travel recipes code".split()
 
 
@@ -114,32 +115,46 @@ async def run_batches(http: str, model: str, batches: list[int], requests: dict[
     return rows
 
 
-async def lookup_cost(redis_url: str, batches: list[int], iterations: int = 300) -> dict:
-    """p50/p99 of one cached request's cache work (keys, one batched read, decode) for each batch size."""
+async def lookup_cost(redis_url: str, batches: list[int], widths: list[int], iterations: int = 300) -> dict:
+    """p50/p99 of one cached request's cache work (keys, one batched read, decode) per vector width and batch."""
     from gateway.cache.breaker import CircuitBreaker
     from gateway.cache.redis_store import RedisStore
 
     stores = {"lru": LruStore(1_000_000, 1 << 30, 3600.0)}
     if redis_url:
         stores["redis"] = RedisStore(redis_url, 3600.0, 0.5, CircuitBreaker(5, 10.0))
-    card = ModelCard("bench", revision="r")
     options = VectorOptions(None, 0)
     out: dict = {}
     for name, store in stores.items():
         cache = EmbeddingCache(store, "flashstream-bench")
-        for batch in batches:
-            inputs = [[101, *range(1000 + 10 * i, 1010 + 10 * i), 102] for i in range(batch)]
-            await cache.save(cache.keys(card, "t", options, inputs), [np.full(384, 0.1, np.float32)] * batch)
-            times = []
-            for _ in range(iterations):
-                start = time.perf_counter()
-                vectors = await cache.lookup(cache.keys(card, "t", options, inputs))
-                times.append(time.perf_counter() - start)
-                if any(v is None for v in vectors):
-                    raise RuntimeError(f"{name}: a stored vector missed")
-            out[f"{name}_batch{batch}"] = summary(times, batch)
+        for width in widths:
+            card = ModelCard("bench", revision=f"r{width}")
+            for batch in batches:
+                inputs = [[101, *range(1000 + 10 * i, 1010 + 10 * i), 102] for i in range(batch)]
+                await cache.save(cache.keys(card, "t", options, inputs), [np.full(width, 0.1, np.float32)] * batch)
+                times = []
+                for _ in range(iterations):
+                    start = time.perf_counter()
+                    vectors = await cache.lookup(cache.keys(card, "t", options, inputs))
+                    times.append(time.perf_counter() - start)
+                    if any(v is None for v in vectors):
+                        raise RuntimeError(f"{name}: a stored vector missed")
+                out[f"{name}_dim{width}_batch{batch}"] = {"store": name, "dim": width, "batch": batch,
+                                                          **summary(times, batch)}
         await store.close()
     return out
+
+
+def redis_client_versions() -> dict:
+    """redis-py and hiredis (None when absent: then replies are parsed and commands packed in Python)."""
+    from importlib import metadata
+
+    from redis.utils import HIREDIS_AVAILABLE
+
+    versions = {"redis": metadata.version("redis"), "hiredis": None}
+    if HIREDIS_AVAILABLE:
+        versions["hiredis"] = metadata.version("hiredis")
+    return versions
 
 
 def main() -> None:
@@ -191,7 +206,9 @@ def run(args: argparse.Namespace) -> None:
                                                                     args.encoding_format))
             finally:
                 stack.stop()
-    results["lookup"] = asyncio.run(lookup_cost(args.redis_url, args.batches))
+    widths = sorted({WIDTHS[name] for name in args.models})
+    results["lookup"] = asyncio.run(lookup_cost(args.redis_url, args.batches, widths))
+    results["redis_client"] = redis_client_versions()
     results["load_average_1m_at_end"] = os.getloadavg()[0]  # other processes' share of the cores shows in p99
     rows = ["| model | batch | cold p50 ms | cold p99 ms | cold embeddings/s | cached p50 ms | cached p99 ms | "
             "cached embeddings/s |", "|---|---|---|---|---|---|---|---|"]
@@ -200,11 +217,13 @@ def run(args: argparse.Namespace) -> None:
             c, h = r["cold"], r["cached"]
             rows.append(f"| {name} | {r['batch']} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {c['embeddings_per_s']:.0f} "
                         f"| {h['p50_ms']:.1f} | {h['p99_ms']:.1f} | {h['embeddings_per_s']:.0f} |")
-    rows += ["", "The cache's own work per fully cached request (keys, one batched read, decoding), in this process:",
-             "", "| store | batch | p50 ms | p99 ms |", "|---|---|---|---|"]
-    for key, r in results["lookup"].items():
-        store, batch = key.split("_batch")
-        rows.append(f"| {store} | {batch} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
+    client = results["redis_client"]
+    hiredis = f"hiredis {client['hiredis']}" if client["hiredis"] else "no hiredis (pure-Python parsing and packing)"
+    rows += ["", "The cache's own work per fully cached request (keys, one batched read, decoding), in this process "
+             f"(redis-py {client['redis']}, {hiredis}):",
+             "", "| store | vector length | batch | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for r in results["lookup"].values():
+        rows.append(f"| {r['store']} | {r['dim']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
     cache_where = "Redis" if args.redis_url else "the in-process LRU"
     threads = f", OMP_NUM_THREADS={args.torch_threads}" if args.torch_threads else ""
     load = (f"\n\nLoad average (1 min) at the end of the run: {results['load_average_1m_at_end']:.1f} on "

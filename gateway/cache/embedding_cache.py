@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +22,9 @@ from gateway.cache.lru_store import ResultStore
 from gateway.schema import ModelCard
 
 KEY_VERSION = "v1"
+FLOAT32 = np.dtype("<f4")  # parsed once: a dtype string costs as much as the frombuffer call it is passed to
+_UINT32 = next(code for code in "IL" if array(code).itemsize == 4)
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +47,17 @@ def embedding_keys(card: ModelCard, tenant: str, options: VectorOptions, inputs:
     """One key per input: `<namespace>:embedding:<version>:<sha256>`."""
     prefix = f"{namespace}:embedding:{KEY_VERSION}:"
     fields = _fields_digest(card, tenant, options)
-    keys = []
-    for ids in inputs:
-        digest = fields.copy()
-        digest.update(np.asarray(ids, dtype="<u4").tobytes())
-        keys.append(prefix + digest.hexdigest())
-    return keys
+    return [prefix + _continued(fields.copy(), ids) for ids in inputs]
+
+
+def _continued(digest: "hashlib._Hash", ids: Sequence[int]) -> str:
+    """The hex digest after feeding the ids as little-endian uint32 (array, not numpy: converting a short list
+    of ints costs a numpy array several times more, and every input of a request pays it)."""
+    packed = array(_UINT32, ids)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    digest.update(packed)
+    return digest.hexdigest()
 
 
 def embedding_key(card: ModelCard, tenant: str, options: VectorOptions, token_ids: Sequence[int],
@@ -56,14 +66,25 @@ def embedding_key(card: ModelCard, tenant: str, options: VectorOptions, token_id
 
 
 def encode_vector(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype="<f4").tobytes()
+    return np.asarray(vector, dtype=FLOAT32).tobytes()
 
 
 def decode_vector(raw: bytes) -> np.ndarray | None:
     """The stored vector (float32), or None for a value that is not one (then it counts as a miss)."""
     if not raw or len(raw) % 4:
         return None
-    return np.frombuffer(raw, dtype="<f4")
+    return np.frombuffer(raw, dtype=FLOAT32)
+
+
+def decode_vectors(raws: Sequence[bytes | None]) -> list[np.ndarray | None]:
+    """decode_vector of each value (None stays None). When every stored value has one valid length, as a
+    request's vectors do, they are decoded as the rows of one array: one frombuffer instead of one per input."""
+    found = [raw for raw in raws if raw is not None]
+    sizes = {len(raw) for raw in found}
+    if len(sizes) != 1 or not found[0] or len(found[0]) % 4:
+        return [None if raw is None else decode_vector(raw) for raw in raws]
+    rows = iter(np.frombuffer(b"".join(found), dtype=FLOAT32).reshape(len(found), len(found[0]) // 4))
+    return [None if raw is None else next(rows) for raw in raws]
 
 
 class EmbeddingCache:
@@ -75,7 +96,7 @@ class EmbeddingCache:
         return embedding_keys(card, tenant, options, inputs, self.namespace)
 
     async def lookup(self, keys: list[str]) -> list[np.ndarray | None]:
-        return [None if raw is None else decode_vector(raw) for raw in await self.store.get_many(keys)]
+        return decode_vectors(await self.store.get_many(keys))
 
     async def save(self, keys: list[str], vectors: Sequence[np.ndarray]) -> None:
         await self.store.put_many([(key, encode_vector(v)) for key, v in zip(keys, vectors)])

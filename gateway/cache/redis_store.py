@@ -15,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.cache.breaker import CircuitBreaker
+from gateway.cache.redis_packing import pack_with_hiredis
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class RedisStore:
         # No retries inside the client: a retry would outlive the timeout, and the breaker decides instead.
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+        self.packs_with_hiredis = pack_with_hiredis(self._client.connection_pool)
 
     async def _call(self, what: str, coro_fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         if not self.breaker.allow():

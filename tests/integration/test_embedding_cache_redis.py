@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import openai
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.cache.breaker import CircuitBreaker
+from gateway.cache.embedding_cache import EmbeddingCache, VectorOptions
+from gateway.cache.redis_packing import HiredisPacking
+from gateway.cache.redis_store import RedisStore
 from gateway.config import EmbeddingCacheConfig
+from gateway.schema import ModelCard
 from tests.integration.embedding_stack import embedding_stack
 from tests.integration.test_gateway_cache_redis import REDIS, redis_server
 from tests.minilm import minilm_folder
@@ -49,6 +55,38 @@ def test_vectors_live_in_redis_with_their_ttl_and_serve_a_second_gateway() -> No
             assert _cached(second) == [True, False, True]
             assert second.data[2].embedding == first.data[0].embedding
             await client.close()
+
+    with redis_server() as redis:
+        asyncio.run(main(f"redis://127.0.0.1:{redis.port}/0"))
+
+
+def test_a_batch_of_256_vectors_round_trips_in_one_mget_packed_and_parsed_by_hiredis() -> None:
+    async def main(url: str) -> None:
+        store = RedisStore(url, 30.0, 0.5, CircuitBreaker(3, 1.0))
+        cache = EmbeddingCache(store)
+        keys = cache.keys(ModelCard("m", revision="r"), "t", VectorOptions(None, 0), [[i, 7] for i in range(256)])
+        vectors = [np.arange(1024, dtype=np.float32) + i for i in range(0, 256, 2)]
+        await cache.save(keys[::2], vectors)
+        raw = aioredis.Redis.from_url(url)
+        try:
+            assert 29_000 < await raw.pttl(keys[0]) <= 30_000
+            await raw.config_resetstat()
+            found = await cache.lookup(keys)
+            stats = await raw.info("commandstats")
+            assert (stats["cmdstat_mget"]["calls"], "cmdstat_get" in stats) == (1, False)
+            await raw.set(keys[254], b"abc")  # not a vector: a miss, the others still decode
+            again = await cache.lookup(keys)
+        finally:
+            await raw.aclose()
+        connections = store._client.connection_pool._available_connections
+        assert [(isinstance(c, HiredisPacking), type(c._parser).__name__) for c in connections] == [
+            (True, "_AsyncHiredisParser")]
+        assert [i for i, v in enumerate(found) if v is not None] == list(range(0, 256, 2))
+        assert all(np.array_equal(found[i], vectors[i // 2]) for i in range(0, 256, 2))
+        assert [i for i, v in enumerate(again) if v is not None] == list(range(0, 254, 2))
+        assert all(np.array_equal(again[i], vectors[i // 2]) for i in range(0, 254, 2))
+        assert store.num_failures == 0 and not store.breaker.is_open
+        await store.close()
 
     with redis_server() as redis:
         asyncio.run(main(f"redis://127.0.0.1:{redis.port}/0"))

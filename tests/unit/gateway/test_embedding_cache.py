@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import numpy as np
+import pytest
 
-from gateway.cache.embedding_cache import EmbeddingCache, VectorOptions, decode_vector, embedding_key, encode_vector
+from gateway.cache.embedding_cache import (
+    EmbeddingCache,
+    VectorOptions,
+    decode_vector,
+    decode_vectors,
+    embedding_key,
+    embedding_keys,
+    encode_vector,
+)
 from gateway.cache.lru_store import LruStore
 from gateway.schema import ModelCard
 
@@ -18,6 +28,25 @@ def test_key_is_namespaced_versioned_and_stable() -> None:
     key = embedding_key(CARD, "t", DEFAULT, [101, 7592, 102])
     assert key.startswith("flashstream:embedding:v1:") and len(key.rsplit(":", 1)[1]) == 64
     assert key == embedding_key(ModelCard("minilm", revision="r1", max_model_len=9), "t", DEFAULT, (101, 7592, 102))
+
+
+def test_keys_hash_the_ids_as_little_endian_uint32_so_stored_v1_entries_keep_answering() -> None:
+    inputs = [[101, 7592, 102], [0, 2**32 - 1], [70000], []]
+    fields = b'{"dimensions":0,"model":"minilm","normalize":null,"revision":"r1","tenant":"t"}'
+    expected = ["flashstream:embedding:v1:" + hashlib.sha256(fields + np.array(ids, dtype="<u4").tobytes()).hexdigest()
+                for ids in inputs]
+    assert embedding_keys(CARD, "t", DEFAULT, inputs) == expected
+    assert expected[:3] == [
+        "flashstream:embedding:v1:946e019428ee6020c89b6f523d78cd551519748564819e17798456820cd02cd1",
+        "flashstream:embedding:v1:b5d9d3939924ef7de878a4ed5bc8620f1499a65a33f7a95e1632ea181d620e2a",
+        "flashstream:embedding:v1:0a2abbbedfe28ed81c95b9dc72545281227bdeb012e47c036157854bb99f918e",
+    ]
+
+
+def test_token_ids_outside_uint32_cannot_make_a_key() -> None:
+    for bad in ([-1], [2**32]):
+        with pytest.raises(OverflowError):
+            embedding_key(CARD, "t", DEFAULT, bad)
 
 
 def test_every_field_that_shapes_a_vector_changes_the_key() -> None:
@@ -42,6 +71,22 @@ def test_vectors_round_trip_as_little_endian_float32() -> None:
     assert raw == np.array(values, dtype="<f4").tobytes() and len(raw) == 12
     assert decode_vector(raw).tolist() == np.array(values, dtype=np.float32).tolist()
     assert decode_vector(b"abc") is None and decode_vector(b"") is None
+
+
+def test_values_of_one_length_decode_as_rows_of_one_array_in_place_of_their_keys() -> None:
+    a, b = np.array([1.0, -2.0], "<f4"), np.array([0.25, 8.0], "<f4")
+    decoded = decode_vectors([a.tobytes(), None, b.tobytes(), None])
+    assert [None if v is None else v.tolist() for v in decoded] == [[1.0, -2.0], None, [0.25, 8.0], None]
+    assert decoded[0].base is decoded[2].base and decoded[0].dtype == np.dtype("<f4")
+    assert decode_vectors([None, None]) == [None, None] and decode_vectors([]) == []
+
+
+def test_values_of_mixed_or_unreadable_lengths_decode_one_by_one_and_the_unreadable_miss() -> None:
+    three = np.array([1.0, 2.0, 3.0], "<f4").tobytes()
+    decoded = decode_vectors([three, b"\0" * 8, b"abc", b"", None])
+    assert [None if v is None else v.tolist() for v in decoded] == [[1.0, 2.0, 3.0], [0.0, 0.0], None, None, None]
+    assert decode_vectors([b"abcde", b"fghij"]) == [None, None]
+    assert decode_vectors([b"", b""]) == [None, None]
 
 
 def test_lookup_answers_each_key_in_order_and_unreadable_values_miss() -> None:
