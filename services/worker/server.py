@@ -18,6 +18,7 @@ from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 from services.worker.config import WorkerConfig
 from services.worker.engine import build_engine
+from services.worker.model_config import ModelConfig
 from services.worker.quantization import FP8
 from services.worker.servicer import WorkerServicer
 
@@ -123,9 +124,11 @@ class WorkerStage:
         self.servicer.engine = engine
         info = engine.info
         self.metrics.set_model(info.model_id)
+        # Only decoders quantise their projections; an encoder's config has no quantization.
+        fp8 = isinstance(info.model, ModelConfig) and FP8 in (self.config.quantization, info.model.quantization)
         log.info("model %s (%s, revision %s) on %s %s%s: %d KV blocks of %d tokens (%s cache), max_model_len %d",
                  info.model_id, info.model.architecture, info.model_revision, info.device, info.dtype,
-                 " with FP8 projections" if FP8 in (self.config.quantization, info.model.quantization) else "",
+                 " with FP8 projections" if fp8 else "",
                  info.num_kv_blocks, info.block_size,
                  "float8_e4m3fn" if self.config.kv_cache_dtype == FP8 else info.dtype, info.max_model_len)
         await self.server.set_serving(True)
