@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,11 @@ from services.common.errors import InvalidArgument
 
 # The penalties and temperatures that are accepted; outside these a request is refused, not clamped.
 MAX_TEMPERATURE = 100.0
+# The worker divides float32 logits by the temperature: a positive temperature near float32's smallest normal
+# (about 1e-38) turns them into infinities and sampling into NaN. Below this bound sampling is greedy in effect, so
+# such a temperature is refused rather than clamped: 0 asks for greedy decoding. The bound is 1e-6 as a float32
+# (temperature travels as one), so 1e-6 passes both before and after the protobuf hop.
+MIN_TEMPERATURE = struct.unpack("f", struct.pack("f", 1e-6))[0]
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
 # max_tokens while a chat request waits to learn its prompt length (it then gets what the context leaves).
@@ -30,7 +36,7 @@ def grammar_error_message(exc: Exception) -> str:
     return _GRAMMAR_NOISE.sub("", str(exc).strip()).strip()
 
 
-GUIDED_KINDS = ("json_schema", "json_object", "regex", "grammar", "structural_tag")
+GUIDED_KINDS = ("json_schema", "json_object", "regex", "grammar", "structural_tag", "tool_calls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +95,10 @@ class SamplingParams:
             raise InvalidArgument(
                 f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}"
             )
-        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= MAX_TEMPERATURE):
-            raise InvalidArgument(f"temperature must be in [0, {MAX_TEMPERATURE}], got {self.temperature}")
+        if not (math.isfinite(self.temperature)
+                and (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE)):
+            raise InvalidArgument(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
+                                  f"got {self.temperature}")
         if self.top_k < 0:
             raise InvalidArgument(f"top_k must be 0 (off) or positive, got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):

@@ -6,7 +6,7 @@ import pytest
 from flashstream.v1 import common_pb2
 
 from services.common.errors import ErrorCode, InvalidArgument
-from services.common.sampling import SamplingParams
+from services.common.sampling import MIN_TEMPERATURE, SamplingParams
 
 
 def test_defaults_are_greedy_sixteen_tokens_without_logprobs() -> None:
@@ -39,8 +39,11 @@ def test_seed_zero_and_logprobs_zero_are_kept_distinct_from_unset() -> None:
         ({"max_tokens": 0}, "max_tokens must be at least 1, got 0"),
         ({"max_tokens": -3}, "max_tokens must be at least 1, got -3"),
         ({"min_tokens": 20}, "min_tokens must be between 0 and max_tokens (16), got 20"),
-        ({"temperature": -0.1}, "temperature must be in [0, 100.0], got -0.1"),
-        ({"temperature": float("nan")}, "temperature must be in [0, 100.0], got nan"),
+        ({"temperature": -0.1}, "temperature must be 0 (greedy) or in [1e-06, 100], got -0.1"),
+        ({"temperature": float("nan")}, "temperature must be 0 (greedy) or in [1e-06, 100], got nan"),
+        # float32's smallest subnormal: dividing logits by it overflows them to infinity on the worker
+        ({"temperature": 1.401298464324817e-45}, "temperature must be 0 (greedy) or in [1e-06, 100], "
+                                                 "got 1.401298464324817e-45"),
         ({"top_k": -1}, "top_k must be 0 (off) or positive, got -1"),
         ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
         ({"min_p": 1.5}, "min_p must be in [0, 1], got 1.5"),
@@ -56,6 +59,11 @@ def test_invalid_values_are_refused_with_a_message_naming_the_field(kwargs: dict
         SamplingParams(**kwargs)
     assert info.value.message == message
     assert info.value.code == ErrorCode.INVALID_ARGUMENT
+
+
+def test_the_smallest_positive_temperature_survives_the_float32_protobuf_hop() -> None:
+    params = SamplingParams(temperature=1e-6, seed=1)
+    assert SamplingParams.from_pb(params.to_pb(common_pb2.SamplingParams)).temperature == MIN_TEMPERATURE
 
 
 def test_top_k_one_counts_as_greedy_and_a_seed_makes_sampling_reproducible() -> None:
