@@ -12,7 +12,9 @@ from typing import Any
 
 from gateway import json_text
 from gateway.errors import RequestError
+from services.common.errors import InvalidArgument
 from services.common.sampling import Guided, grammar_error_message
+from services.common.tool_grammar import tool_calls_structural_tag
 
 
 def check_json_schema(text: str, field: str) -> dict[str, Any]:
@@ -49,6 +51,10 @@ def check_guided(guided: Guided, field: str) -> None:
             xgrammar.Grammar.from_ebnf(guided.spec)
         elif guided.kind == "structural_tag":
             xgrammar.Grammar.from_structural_tag(guided.spec)
+        elif guided.kind == "tool_calls":
+            xgrammar.Grammar.from_structural_tag(tool_calls_structural_tag(guided.spec))
+    except InvalidArgument as exc:
+        raise RequestError(f"'{field}' is not a valid tool calls spec: {exc.message}", field) from exc
     except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError/ValueError with the parser's reason
         raise RequestError(f"'{field}' is not a valid {guided.kind.replace('_', ' ')}: {grammar_error_message(exc)}",
                            field) from exc

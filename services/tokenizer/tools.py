@@ -9,8 +9,9 @@ Messages and tools take the shapes transformers' `apply_chat_template(messages, 
 Output format. The model writes calls the way its template taught it: Hermes and Qwen templates wrap each call
 in `<tool_call>{"name": ..., "arguments": ...}</tool_call>`; Llama 3.1-3.3 templates ask for a bare
 `{"name": ..., "parameters": ...}`. The format is read from the template's text once. With tool_choice
-"required" or a named function, the stage asks the worker for xgrammar's structural tag of that format, so the
-output is a call of one of the given functions with arguments that validate against its parameters.
+"required" or a named function, the stage asks the worker for a "tool_calls" grammar (services.common.tool_grammar:
+xgrammar's structural tag of that format, built where it is compiled), so the output is a call of one of the given
+functions with arguments that validate against its parameters.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from services.common.errors import InvalidArgument
 from services.common.sampling import Guided, SamplingParams
+from services.common.tool_grammar import tool_calls_spec
 
 HERMES = "qwen_3"  # xgrammar's name for the <tool_call> JSON format (Hermes, Qwen 2.5 and 3)
 LLAMA = "llama"  # bare JSON with "parameters" (Llama 3.1 to 3.3)
@@ -49,15 +51,11 @@ class ToolRequest:
         """sampling with the grammar of a forced call; unchanged unless a call is required."""
         if not self.tools or (self.choice != "required" and not self.forced):
             return sampling
-        import xgrammar
-
         tools = [t for t in self.tools if not self.forced or t["function"]["name"] == self.forced]
         if not tools:
             raise InvalidArgument(f"tool_choice names function {self.forced!r}, which is not among the tools")
-        choice = {"type": "function", "function": {"name": self.forced}} if self.forced else "required"
-        tag = xgrammar.get_model_structural_tag(output_format, tools=tools, tool_choice=choice, reasoning=False,
-                                                parallel_tool_calls=not self.single)
-        return replace(sampling, guided=Guided("structural_tag", tag.model_dump_json()))
+        spec = tool_calls_spec(output_format, tools, self.forced, parallel=not self.single)
+        return replace(sampling, guided=Guided("tool_calls", spec))
 
 
 def template_tool(name: str, description: str, parameters_json: str) -> dict[str, Any]:

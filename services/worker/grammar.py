@@ -1,7 +1,7 @@
 """Guided decoding on the worker: grammars compiled once per spec and cached, one matcher per sequence.
 
 The worker is where the vocabulary and the sampler meet, so it compiles: a `Guided` spec (JSON schema, any JSON
-object, regex, EBNF grammar or structural tag) becomes an xgrammar `CompiledGrammar` for this model's
+object, regex, EBNF grammar, structural tag or forced tool call) becomes an xgrammar `CompiledGrammar` for this model's
 tokenizer, cached by the sha256 of (kind, spec) in an LRU of `max_entries`. A sequence's `GrammarState` holds
 its matcher and is advanced with every token the worker appends to it. A sequence sent again after preemption
 (NewSeq with its generated tokens) gets a fresh matcher fed those tokens, so the recomputed sequence resumes
@@ -27,6 +27,7 @@ from typing import Any
 
 from services.common.errors import InvalidArgument
 from services.common.sampling import Guided, grammar_error_message
+from services.common.tool_grammar import tool_calls_structural_tag
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,10 @@ def compile_guided(compiler: Any, guided: Guided) -> Any:
             return compiler.compile_regex(guided.spec)
         if guided.kind == "grammar":
             return compiler.compile_grammar(guided.spec)
-        return compiler.compile_grammar(_json_safe(xgrammar.Grammar.from_structural_tag(guided.spec)))
+        tag = tool_calls_structural_tag(guided.spec) if guided.kind == "tool_calls" else guided.spec
+        return compiler.compile_grammar(_json_safe(xgrammar.Grammar.from_structural_tag(tag)))
+    except InvalidArgument:
+        raise
     except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError/ValueError with the parser's message
         raise InvalidArgument(f"guided {guided.kind} does not compile: {grammar_error_message(exc)}") from exc
 

@@ -1,10 +1,12 @@
 """Tools in the tokenizer stage: rendered as transformers renders them, the format read from the template, and
-a forced call turned into xgrammar's structural tag for that format."""
+a forced call turned into a tool_calls grammar, xgrammar's structural tag for that format where it is compiled."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import xgrammar
 from transformers import PreTrainedTokenizerFast
 
 from services.common.sampling import SamplingParams
+from services.common.tool_grammar import tool_calls_structural_tag
 from services.tokenizer.pb import messages_from_pb
 from services.tokenizer.tokenizer import TextTokenizer
 from services.tokenizer.tools import HERMES, LLAMA, ToolRequest, template_tool
@@ -69,12 +72,12 @@ def test_tool_choice_none_renders_no_tools_and_auto_adds_no_grammar() -> None:
 def test_a_required_call_is_constrained_to_a_call_of_a_given_tool(output_format: str) -> None:
     forced = ToolRequest([WEATHER, TIME], "required", "get_weather").constrain(SamplingParams(), output_format)
     required = ToolRequest([WEATHER, TIME], "required").constrain(SamplingParams(), output_format)
-    assert forced.guided.kind == required.guided.kind == "structural_tag"
+    assert forced.guided.kind == required.guided.kind == "tool_calls"
     info = xgrammar.TokenizerInfo([chr(c) for c in range(32, 127)] + ["\n", "é"])
     compiler = xgrammar.GrammarCompiler(info)
 
     def accepts(guided, text: str) -> bool:  # noqa: ANN001
-        matcher = xgrammar.GrammarMatcher(compiler.compile_structural_tag(guided.spec))
+        matcher = xgrammar.GrammarMatcher(compiler.compile_structural_tag(tool_calls_structural_tag(guided.spec)))
         return matcher.accept_string(text) and matcher.is_completed()
 
     if output_format == HERMES:
@@ -88,3 +91,14 @@ def test_a_required_call_is_constrained_to_a_call_of_a_given_tool(output_format:
     assert accepts(forced.guided, weather) and not accepts(forced.guided, clock)
     assert accepts(required.guided, weather) and accepts(required.guided, clock)
     assert not accepts(required.guided, bad_args) and not accepts(required.guided, "It is sunny.")
+
+
+def test_forcing_a_call_imports_neither_xgrammar_nor_torch_in_the_tokenizer_stage() -> None:
+    # The stage would keep their few hundred MB for good after its first forced call.
+    code = ("import sys, json; from services.common.sampling import SamplingParams; "
+            "from services.tokenizer.tools import HERMES, ToolRequest, template_tool; "
+            "tool = template_tool('f', '', json.dumps({'type': 'object'})); "
+            "guided = ToolRequest([tool], 'required', 'f').constrain(SamplingParams(), HERMES).guided; "
+            "print(guided.kind, sorted(m for m in ('xgrammar', 'torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "tool_calls []"
