@@ -28,9 +28,11 @@ WORKDIR /src
 COPY . .
 RUN pip install "/src[tracing]" && rm -rf /src
 
-# A numeric user lets Kubernetes check runAsNonRoot. /models belongs to it so that a fresh named volume
-# mounted there (which copies the image's ownership) is writable by `flashstream demo-model`.
-RUN useradd --create-home --uid 10001 flashstream && mkdir /models && chown 10001:10001 /models
+# A numeric user lets Kubernetes check runAsNonRoot. /models and /etc/flashstream/tls belong to it so that a fresh
+# named volume mounted there (which copies the image's ownership) is writable by `flashstream demo-model` and
+# `flashstream internal-certs`.
+RUN useradd --create-home --uid 10001 flashstream && mkdir -p /models /etc/flashstream/tls \
+    && chown 10001:10001 /models /etc/flashstream/tls
 USER 10001
 WORKDIR /home/flashstream
 

@@ -25,10 +25,12 @@ from gateway.grpc_service import SERVICE_NAME, GatewayServicer
 from gateway.http_api import HttpApi
 from gateway.playground import add_playground_routes
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
+from services.common.allocator import return_large_buffers_to_os
 from services.common.call_auth import CallAuth
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.errors import Unavailable
 from services.common.grpc_server import CLOSE_GRACE_S, StageServer, start_server
+from services.common.internal_tls import load_internal_tls
 from services.common.metrics import Metrics
 from services.common.discovery import AddressDiscovery, add_discovery_args
 from services.common.stage import run_stage_process, serve_stage
@@ -46,7 +48,8 @@ class GatewayServer:
                  tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = Metrics("gateway")
-        connection = dataclasses.replace(connection or ConnectionConfig(), internal_token=config.server.internal_token)
+        connection = dataclasses.replace(connection or ConnectionConfig(), internal_token=config.server.internal_token,
+                                         tls=load_internal_tls(config.server.internal_tls_dir))
         self.router = TokenizerRouter(config.tokenizers, connection)
         self.discovery = (AddressDiscovery(self.router, config.tokenizers, config.tokenizer_service,
                                            config.discovery_interval_s) if config.tokenizer_service else None)
@@ -273,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     setup_logging(config.server.log_level, "gateway")
+    return_large_buffers_to_os()  # request bodies of several MB arrive here
     return run_stage_process(serve(config))
 
 

@@ -26,6 +26,7 @@ from services.common.call_auth import token_metadata
 from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.errors import FlashStreamError, Unavailable
 from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
+from services.common.internal_tls import InternalTls
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ConnectionConfig:
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = MAX_RECONNECT_BACKOFF_S
     internal_token: str = field(default="", repr=False)  # the stack's internal token, sent on every call
+    tls: InternalTls | None = field(default=None, repr=False)  # mutual TLS to the tokenizers; None: plaintext
 
     def __post_init__(self) -> None:
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
@@ -148,7 +150,7 @@ class TokenizerConnection:
     async def _run(self) -> None:
         delay = self._config.reconnect_min_s
         while not self._closed:
-            channel = create_channel(self.address)
+            channel = create_channel(self.address, self._config.tls)
             reason = "closed"
             try:
                 stub = tokenizer_pb2_grpc.TokenizerStub(channel)

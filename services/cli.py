@@ -1,4 +1,4 @@
-"""The `flashstream` command: up | serve <stage> | generate | demo-model."""
+"""The `flashstream` command: up | serve <stage> | generate | demo-model | internal-certs."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ commands:
   serve STAGE         run one stage: gateway | tokenizer | scheduler | worker
   generate PROMPT     stream a completion from a running gateway
   demo-model          build the demo checkpoint and print its folder
+  internal-certs      write a CA and a certificate for mutual TLS between the stages
 
 options:
   -h, --help          show this message
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return generate_main(rest)
     if command == "demo-model":
         return _demo_model(rest)
+    if command == "internal-certs":
+        return _internal_certs(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
@@ -93,6 +96,35 @@ def _demo_model(argv: list[str]) -> int:
 
     args = demo_model_parser().parse_args(argv)
     print(build_demo_model(args.out, force=args.force))
+    return 0
+
+
+def internal_certs_parser():  # noqa: ANN201 - argparse.ArgumentParser
+    parser = new_parser(
+        "flashstream internal-certs",
+        "Write ca.crt, tls.crt and tls.key for mutual TLS between the stages (point every stage's "
+        "--internal-tls-dir at the folder, or make a Kubernetes Secret of it) and print the folder. A folder that "
+        "holds all three already is kept.")
+    parser.add_argument("--out", required=True, help="folder")
+    parser.add_argument("--valid-days", type=int, default=365, help="how long the CA and certificate are valid")
+    parser.add_argument("--force", action="store_true", help="write new ones even if the folder has them")
+    return parser
+
+
+def _internal_certs(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from services.common.internal_tls import CA_FILE, CERT_FILE, KEY_FILE, write_stack_certs
+
+    args = internal_certs_parser().parse_args(argv)
+    folder = Path(args.out)
+    if args.force or not all((folder / name).is_file() for name in (CA_FILE, CERT_FILE, KEY_FILE)):
+        try:
+            write_stack_certs(folder, args.valid_days)
+        except FlashStreamError as exc:
+            print(f"flashstream internal-certs: error: {exc.message}", file=sys.stderr)
+            return 1
+    print(folder)
     return 0
 
 

@@ -1,7 +1,8 @@
 """`flashstream up`: runs every stage as a child process on one machine and supervises them.
 
 Children are started in pipeline order (workers, scheduler, tokenizer, gateway), each once the one it
-dials reports SERVING. They die with the launcher (PR_SET_PDEATHSIG on Linux), so even a killed
+dials reports SERVING. Between them every call carries a fresh internal token and, unless --no-internal-tls,
+travels over mutual TLS with a throwaway CA and certificate made for the run (removed when it stops). They die with the launcher (PR_SET_PDEATHSIG on Linux), so even a killed
 launcher leaves no orphan; on Ctrl-C or SIGTERM the launcher stops them in reverse order.
 """
 
@@ -14,22 +15,30 @@ import io
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.config import env_default, new_parser
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
+from services.common.internal_tls import TLS_CHANNEL_OPTIONS, InternalTls, load_internal_tls, write_stack_certs
 from services.port_check import describe_taken, is_free, port_owner
 from services.supervisor import Supervisor
 
+if TYPE_CHECKING:
+    import grpc
+
 _PR_SET_PDEATHSIG = 1
 INTERNAL_TOKEN_VARIABLE = "FLASHSTREAM_INTERNAL_TOKEN"
+INTERNAL_TLS_VARIABLE = "FLASHSTREAM_INTERNAL_TLS_DIR"
 
 
 class PortTaken(Unavailable):
@@ -63,13 +72,24 @@ def python_path_env() -> dict[str, str]:
     return env
 
 
-def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+def stage_channel(address: str, tls: InternalTls | None = None) -> grpc.Channel:
+    """A blocking channel to a stage: mutual TLS with tls's certificates (an internal stage of a stack that has
+    them), plaintext without."""
+    import grpc
+
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=TLS_CHANNEL_OPTIONS)
+
+
+def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None,
+                 tls: InternalTls | None = None) -> None:
     """Blocks until the gRPC health service at address reports SERVING (raises Unavailable on timeout)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with stage_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -105,6 +125,20 @@ class Stack:
     gateway_http: str = ""
     env: dict[str, str] = field(default_factory=dict)  # the children's environment
     log_dir: Path | None = None
+    made_tls_dir: Path | None = None  # the throwaway certificates of this run, removed on stop
+
+    @property
+    def internal_tls(self) -> InternalTls | None:
+        """The certificates the internal stages require of each other's connections (None: plaintext)."""
+        return load_internal_tls(self.env.get(INTERNAL_TLS_VARIABLE, ""))
+
+    def tls_of(self, stage: Stage) -> InternalTls | None:
+        """The certificates a stage's gRPC port asks for: the internal ones, but none on a gateway's public port."""
+        return None if stage.argv[0] == "gateway" else self.internal_tls
+
+    def internal_channel(self, address: str) -> grpc.Channel:
+        """A blocking channel to one of this stack's internal stages, with the stack's certificate when it has one."""
+        return stage_channel(address, self.internal_tls)
 
     @property
     def internal_token(self) -> str:
@@ -126,7 +160,7 @@ class Stack:
         self.spawn(stage)
         self.stages.append(stage)
         try:
-            wait_serving(stage.grpc_address, ready_timeout_s, stage.proc)
+            wait_serving(stage.grpc_address, ready_timeout_s, stage.proc, self.tls_of(stage))
         except Unavailable as exc:
             where = ""
             if log_dir is not None:  # the stage's own message went to its log, not to this terminal
@@ -152,6 +186,9 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     stage.proc.kill()
                     stage.proc.wait()
+        if self.made_tls_dir is not None:
+            shutil.rmtree(self.made_tls_dir, ignore_errors=True)
+            self.made_tls_dir = None
 
 
 def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
@@ -277,25 +314,44 @@ def start_stack(args: argparse.Namespace, model_dir: str, log_dir: Path | None =
     # The internal stages accept only calls that carry this run's token (one given in the environment is kept);
     # it travels in the environment, not on command lines that `ps` shows.
     env[INTERNAL_TOKEN_VARIABLE] = env.get(INTERNAL_TOKEN_VARIABLE) or secrets.token_urlsafe(32)
-    attempts = 1 if args.base_port else NUM_FREE_PORT_ATTEMPTS
-    for attempt in range(1, attempts + 1):
-        stack = Stack()
-        stages = build_stack_argv(args, model_dir)
-        check_ports(args.host, stages)
+    # Mutual TLS between the stages: certificates given in the environment are kept, else a throwaway CA and
+    # certificate are made for this run.
+    made_tls_dir = None
+    if args.internal_tls and not env.get(INTERNAL_TLS_VARIABLE):
+        folder = Path(tempfile.mkdtemp(prefix="flashstream-tls-"))
         try:
-            for stage in stages:
-                print(f"starting {stage.name} on {stage.grpc_address} ...", flush=True)
-                stack.start(stage, env, args.ready_timeout_s, log_dir)
-            break
-        except Unavailable as exc:
-            stack.stop()
-            # Only a port that another process took between choosing it and binding it is worth a retry.
-            if attempt == attempts or not (isinstance(exc, PortTaken) or _ports_taken(stack)):
+            made_tls_dir = write_stack_certs(folder)
+        except InvalidArgument as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise InvalidArgument(f"{exc.message}, or start the stack with --no-internal-tls") from exc
+        env[INTERNAL_TLS_VARIABLE] = str(made_tls_dir)
+    elif not args.internal_tls:
+        env.pop(INTERNAL_TLS_VARIABLE, None)
+    attempts = 1 if args.base_port else NUM_FREE_PORT_ATTEMPTS
+    try:
+        for attempt in range(1, attempts + 1):
+            stack = Stack()
+            stages = build_stack_argv(args, model_dir)
+            check_ports(args.host, stages)
+            try:
+                for stage in stages:
+                    print(f"starting {stage.name} on {stage.grpc_address} ...", flush=True)
+                    stack.start(stage, env, args.ready_timeout_s, log_dir)
+                break
+            except Unavailable as exc:
+                stack.stop()
+                # Only a port that another process took between choosing it and binding it is worth a retry.
+                if attempt == attempts or not (isinstance(exc, PortTaken) or _ports_taken(stack)):
+                    raise
+                print(f"{exc.message}; retrying with other free ports", flush=True)
+            except BaseException:
+                stack.stop()
                 raise
-            print(f"{exc.message}; retrying with other free ports", flush=True)
-        except BaseException:
-            stack.stop()
-            raise
+    except BaseException:
+        if made_tls_dir is not None:
+            shutil.rmtree(made_tls_dir, ignore_errors=True)
+        raise
+    stack.made_tls_dir = made_tls_dir
     gateway = stack.stages[-1]  # every gateway listens on the same ports
     http_port = gateway.argv[gateway.argv.index("--http-port") + 1]
     stack.gateway_grpc, stack.gateway_http = gateway.grpc_address, f"http://{args.host}:{http_port}"
@@ -363,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{stage}-args", default="",
                             help=f"extra flags for every {stage}, e.g. '{example}' (see flashstream serve {stage} "
                                  f"--help)")
+    parser.add_argument("--no-internal-tls", dest="internal_tls", action="store_false",
+                        help="plaintext between the stages (the internal token is still required); by default they "
+                             "use mutual TLS with a CA and certificate made for the run, or those in "
+                             "FLASHSTREAM_INTERNAL_TLS_DIR")
     parser.add_argument("--ready-timeout-s", type=float, default=600.0,
                         help="how long each stage may take to report SERVING")
     parser.add_argument("--log-dir", default=None, help="write each stage's output to DIR/<stage>.log")

@@ -50,6 +50,7 @@ class ServerConfig:
     log_level: str = "INFO"
     drain_timeout_s: float = 30.0
     internal_token: str = field(default="", repr=False)  # the internal stages' shared secret ("": none)
+    internal_tls_dir: str = ""  # ca.crt, tls.crt and tls.key of mutual TLS between the stages ("": plaintext)
     otlp_endpoint: str = ""  # OTLP gRPC collector for the stage's trace spans; "" means no tracing
 
     def __post_init__(self) -> None:
@@ -94,6 +95,10 @@ def add_server_args(parser: argparse.ArgumentParser, stage: str, status_port: bo
     parser.add_argument("--internal-token", default="",
                         help="secret every internal call carries and every internal stage requires (default: "
                              "FLASHSTREAM_INTERNAL_TOKEN, which `ps` does not show; none: any caller is let in)")
+    parser.add_argument("--internal-tls-dir", default=env_default("internal_tls_dir", ""),
+                        help="folder with ca.crt, tls.crt and tls.key (a mounted Kubernetes TLS Secret): the internal "
+                             "stages serve mutual TLS and every stage dials them with this certificate ('': "
+                             "plaintext)")
     parser.add_argument("--otlp-endpoint", default=env_default("otlp_endpoint", ""),
                         help="OTLP gRPC collector (e.g. http://otel-collector:4317) that receives a span per "
                              "request from this stage; empty: no tracing (needs the tracing extra)")
@@ -107,6 +112,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         log_level=args.log_level,
         drain_timeout_s=args.drain_timeout_s,
         internal_token=args.internal_token or env_default("internal_token", ""),
+        internal_tls_dir=args.internal_tls_dir,
         otlp_endpoint=args.otlp_endpoint,
     )
 

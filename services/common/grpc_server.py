@@ -22,6 +22,7 @@ from services.common.call_auth import CallAuth
 from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.decode_errors import DecodeErrorsAreInvalidArgument
 from services.common.errors import ErrorCode, FlashStreamError
+from services.common.internal_tls import TLS_CHANNEL_OPTIONS, InternalTls
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ async def start_server(
     serving: bool = True,
     reuse_port: bool = False,
     auth: CallAuth | None = None,
+    tls: InternalTls | None = None,
 ) -> StageServer:
     """Starts a grpc.aio server on address ("host:port", port 0 picks a free one).
 
@@ -161,6 +163,7 @@ async def start_server(
     reuse_port: share the port with other processes that also ask for it (SO_REUSEPORT: the kernel spreads new
     connections among them); otherwise a taken port is an error.
     auth: who may call (services.common.call_auth); None lets every caller in.
+    tls: serve mutual TLS with these certificates (services.common.internal_tls); None serves plaintext.
     """
     options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
     interceptors = [*([auth] if auth is not None else []), DecodeErrorsAreInvalidArgument()]
@@ -172,7 +175,8 @@ async def start_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    port = server.add_insecure_port(address) if tls is None else server.add_secure_port(
+        address, tls.server_credentials())
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     await server.start()
@@ -181,9 +185,12 @@ async def start_server(
     return stage
 
 
-def create_channel(target: str) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel with the shared options."""
-    return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+def create_channel(target: str, tls: InternalTls | None = None) -> grpc.aio.Channel:
+    """A grpc.aio channel to another stage with the shared options: mutual TLS with tls's certificates, plaintext
+    without."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=[*GRPC_OPTIONS, *TLS_CHANNEL_OPTIONS])
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -10,6 +10,7 @@ from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
 from services.common.call_auth import internal_auth
+from services.common.internal_tls import load_internal_tls
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
@@ -84,8 +85,9 @@ class SchedulerStage:
                  tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics("scheduler")
+        self.tls = load_internal_tls(config.server.internal_tls_dir)
         self.pool = WorkerPool(config.workers, config.scheduler, config.backoff, self.metrics, config.stall,
-                               config.server.internal_token)
+                               config.server.internal_token, self.tls)
         self.pool.drain_timeout_s = config.worker_drain_timeout_s
         self.discovery = (AddressDiscovery(self.pool, config.workers, config.worker_service,
                                            config.discovery_interval_s) if config.worker_service else None)
@@ -109,6 +111,7 @@ class SchedulerStage:
             [SERVICE_NAME],
             serving=False,
             auth=internal_auth(self.config.server.internal_token),
+            tls=self.tls,
         )
         loop = asyncio.get_running_loop()
         self.pool.on_workers_changed = lambda num: loop.create_task(self._set_serving())

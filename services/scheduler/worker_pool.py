@@ -15,6 +15,7 @@ from flashstream.v1 import worker_pb2, worker_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.call_auth import token_metadata
 from services.common.grpc_server import create_channel
+from services.common.internal_tls import InternalTls
 from services.scheduler.config import BackoffConfig, SchedulerConfig, StallConfig
 from services.scheduler.embed_route import EmbedRoute
 from services.scheduler.engine import Engine
@@ -41,7 +42,7 @@ class WorkerConnection:
         backoff = self.pool.backoff
         delay = backoff.initial_s
         while True:
-            channel = create_channel(self.address)
+            channel = create_channel(self.address, self.pool.tls)
             connected = False
             lost = f"worker {self.address} disconnected"
             try:
@@ -159,6 +160,7 @@ class WorkerPool:
         metrics=None,  # noqa: ANN001 - services.common.metrics.Metrics
         stall: StallConfig | None = None,
         internal_token: str = "",
+        tls: InternalTls | None = None,
     ) -> None:
         self.engines = EnginePool(config, metrics)
         self.embed_route = EmbedRoute(token_metadata(internal_token))
@@ -166,6 +168,7 @@ class WorkerPool:
         self.backoff = backoff or BackoffConfig()
         self.stall = stall or StallConfig()
         self.metadata = token_metadata(internal_token)  # sent on every call to a worker
+        self.tls = tls  # mutual TLS to the workers; None: plaintext
         self.connections = {address: WorkerConnection(address, self) for address in addresses}
         self.on_events: Callable[[list[Event]], None] = lambda events: None
         self.on_workers_changed: Callable[[int], None] = lambda num_workers: None

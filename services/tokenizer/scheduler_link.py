@@ -19,6 +19,7 @@ from services.common.errors import Unavailable
 from services.common.call_auth import token_metadata
 from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
+from services.common.internal_tls import InternalTls
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class SchedulerLink:
         on_connected: Callable[[bool], None] | None = None,
         max_backoff_s: float = MAX_RECONNECT_BACKOFF_S,
         internal_token: str = "",
+        tls: InternalTls | None = None,
     ) -> None:
         self.target = target
         self._on_down = on_down
@@ -41,7 +43,7 @@ class SchedulerLink:
         self.on_connected = on_connected or (lambda _: None)
         self._max_backoff_s = max_backoff_s
         self._metadata = token_metadata(internal_token)  # sent on every call to the scheduler
-        self._channel = create_channel(target)
+        self._channel = create_channel(target, tls)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._outbox: asyncio.Queue[scheduler_pb2.SchedulerUp | None] | None = None
         self._task: asyncio.Task | None = None

@@ -11,7 +11,9 @@ from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 from services.common.config import ServerConfig, add_server_args, env_default, server_config, setup_logging, new_parser
 from services.common.errors import InvalidArgument
+from services.common.allocator import return_large_buffers_to_os
 from services.common.call_auth import internal_auth
+from services.common.internal_tls import load_internal_tls
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
@@ -73,8 +75,9 @@ class TokenizerStage:
         self.metrics = metrics or Metrics("tokenizer")
         self.pool = EncodePool(TextTokenizer.from_dir(config.model_dir), config.encode_workers)
         self.tracing = tracing or Tracing.otlp("tokenizer", config.server.otlp_endpoint)
+        self.tls = load_internal_tls(config.server.internal_tls_dir)
         self.servicer = TokenizerServicer(self.pool, config.scheduler, config.model_id, self.metrics,
-                                          config.server.internal_token, self.tracing)
+                                          config.server.internal_token, self.tracing, self.tls)
         self.server: StageServer | None = None
 
     @property
@@ -93,6 +96,7 @@ class TokenizerStage:
             [SERVICE_NAME],
             serving=False,
             auth=internal_auth(self.config.server.internal_token),
+            tls=self.tls,
         )
         loop = asyncio.get_running_loop()
         # Health follows the scheduler stream: SERVING while it is open, NOT_SERVING while it is re-dialled.
@@ -123,6 +127,7 @@ async def serve(config: TokenizerStageConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "tokenizer")
+    return_large_buffers_to_os()  # prompts of several MB arrive here, refused or not
     return run_stage_process(serve(config))
 
 

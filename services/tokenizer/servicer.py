@@ -19,6 +19,7 @@ from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2, tokenizer_p
 
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
+from services.common.internal_tls import InternalTls
 from services.common.metrics import Metrics, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.tokenizer.embed_inputs import EmbedEncoder, EmbedInput
@@ -50,7 +51,7 @@ class _Session:
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     def __init__(self, pool: EncodePool, scheduler_target: str, model_id: str = "", metrics: Metrics | None = None,
-                 internal_token: str = "", tracing: Tracing | None = None):
+                 internal_token: str = "", tracing: Tracing | None = None, tls: InternalTls | None = None):
         self.tokenizer = pool.tokenizer
         self.pool = pool
         self.metrics = metrics or Metrics("tokenizer")
@@ -62,7 +63,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         self._requests: dict[str, tuple[_Session, RequestState]] = {}
         self._sessions: set[_Session] = set()  # open Connect streams
         self.link = SchedulerLink(scheduler_target, self._on_scheduler_down, self._on_scheduler_lost,
-                                  internal_token=internal_token)
+                                  internal_token=internal_token, tls=tls)
         self.embed_encoder = EmbedEncoder(self.tokenizer)
 
     # ---- model identity ----

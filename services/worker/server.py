@@ -12,6 +12,7 @@ from flashstream.v1 import worker_pb2, worker_pb2_grpc
 from services.common.config import add_server_args, env_default, server_config, setup_logging, new_parser
 from services.common.errors import FlashStreamError
 from services.common.call_auth import internal_auth
+from services.common.internal_tls import load_internal_tls
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
@@ -116,6 +117,7 @@ class WorkerStage:
             [SERVICE_NAME],
             serving=False,
             auth=internal_auth(self.config.server.internal_token),
+            tls=load_internal_tls(self.config.server.internal_tls_dir),
         )
         loop = asyncio.get_running_loop()
         if self.servicer.kernel_profile is not None:

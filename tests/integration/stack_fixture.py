@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
 from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.call_auth import token_metadata
@@ -44,10 +43,10 @@ def stage_logs(log_dir: Path) -> str:
 
 def scheduler_load_when_idle(stack: Stack, timeout_s: float = 10.0) -> scheduler_pb2.Load:
     """The scheduler's load once nothing runs, waits or holds KV blocks (or as it is after timeout_s); the call
-    carries the stack's internal token."""
+    carries the stack's internal token over its internal TLS."""
     scheduler = next(s for s in stack.stages if s.name == "scheduler")
     metadata = token_metadata(stack.internal_token)
-    with grpc.insecure_channel(scheduler.grpc_address) as channel:
+    with stack.internal_channel(scheduler.grpc_address) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         deadline = time.monotonic() + timeout_s
         load = stub.GetLoad(scheduler_pb2.GetLoadRequest(), metadata=metadata)

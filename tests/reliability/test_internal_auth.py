@@ -1,6 +1,7 @@
-"""The internal hops are not open doors: every call to the tokenizer, scheduler or worker without the stack's
+"""The internal hops are not open doors: the tokenizer, scheduler and worker take only mutual-TLS connections whose
+client shows a certificate of the stack's CA (made by `up` for the run), and on them every call without the stack's
 internal token (or with a wrong one) is refused, reflection and the live view's WatchEngine included; only health
-stays open. With API keys on, every gateway route but /health, /ready and the playground's static files needs a
+stays open to a client with the certificate. With API keys on, every gateway route but /health, /ready and the playground's static files needs a
 key (the live view's /engine/state, gRPC Embed and reflection too), and no answer may be cached on the way.
 """
 
@@ -10,6 +11,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.call_auth import token_metadata
+from services.common.internal_tls import TLS_CHANNEL_OPTIONS, InternalTls, write_stack_certs
 from services.demo import build_demo_model
 from services.launcher import Stack
 from tests.integration.stack_fixture import running_stack
@@ -65,7 +68,7 @@ def _reflection(channel: grpc.Channel, metadata) -> grpc.StatusCode:  # noqa: AN
 @pytest.mark.parametrize("stage", ["tokenizer", "scheduler", "worker"])
 def test_an_internal_call_without_the_token_is_refused_and_with_it_is_answered(stack: Stack, stage: str) -> None:
     assert stack.internal_token  # `up` made one
-    with grpc.insecure_channel(_address(stack, stage)) as channel:
+    with stack.internal_channel(_address(stack, stage)) as channel:
         call = _internal_calls(channel)[stage]
         for metadata in (None, token_metadata("a-wrong-token"), (("authorization", f"Bearer {KEY}"),)):
             with pytest.raises(grpc.RpcError) as refused:
@@ -78,6 +81,35 @@ def test_an_internal_call_without_the_token_is_refused_and_with_it_is_answered(s
         assert _reflection(channel, token_metadata(stack.internal_token)) == grpc.StatusCode.OK
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING  # open: it tells nothing else
+
+
+def _channels_without_the_stacks_certificate(stack: Stack, address: str, tmp_path: Path) -> dict[str, grpc.Channel]:
+    """Channels to an internal port that lack a client certificate of the stack's CA, by how they lack it."""
+    ca = stack.internal_tls.ca
+    other = InternalTls.from_dir(write_stack_certs(tmp_path / "other-ca"))  # a certificate of another CA
+    return {
+        "plaintext": grpc.insecure_channel(address),
+        "TLS without a client certificate": grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=ca), options=TLS_CHANNEL_OPTIONS),
+        "a client certificate of another CA": grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(ca, other.key, other.cert), options=TLS_CHANNEL_OPTIONS),
+    }
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "scheduler", "worker"])
+def test_an_internal_port_refuses_a_connection_without_a_client_certificate_of_the_stacks_ca(
+        stack: Stack, stage: str, tmp_path: Path) -> None:
+    address = _address(stack, stage)
+    for how, channel in _channels_without_the_stacks_certificate(stack, address, tmp_path).items():
+        with channel:
+            with pytest.raises(grpc.RpcError) as refused:  # even with the right token
+                _internal_calls(channel)[stage](token_metadata(stack.internal_token))
+            assert (how, refused.value.code()) == (how, grpc.StatusCode.UNAVAILABLE)
+            with pytest.raises(grpc.RpcError) as refused:  # health too: the port speaks only mutual TLS
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert (how, refused.value.code()) == (how, grpc.StatusCode.UNAVAILABLE)
+    with stack.internal_channel(address) as channel:
+        _internal_calls(channel)[stage](token_metadata(stack.internal_token))  # answered
 
 
 def _http(stack: Stack, path: str, key: str | None = None, body: dict | None = None) -> tuple[int, dict[str, str]]:
@@ -121,7 +153,7 @@ def test_the_live_views_watch_engine_needs_the_internal_token_like_every_interna
         stack: Stack, stage: str) -> None:
     stub_class = tokenizer_pb2_grpc.TokenizerStub if stage == "tokenizer" else scheduler_pb2_grpc.SchedulerStub
     request = common_pb2.WatchEngineRequest(interval_s=0.1)
-    with grpc.insecure_channel(_address(stack, stage)) as channel:
+    with stack.internal_channel(_address(stack, stage)) as channel:
         stub = stub_class(channel)
         with pytest.raises(grpc.RpcError) as refused:
             next(stub.WatchEngine(request, timeout=10))

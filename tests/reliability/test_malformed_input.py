@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from flashstream.v1 import common_pb2, gateway_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -81,6 +82,12 @@ HOSTILE = [
     ("/v1/chat/completions", _body(messages=[{"role": "assistant", "tool_calls": [
         {"id": "1", "function": {"name": "f", "arguments": "[" * 200 + "]" * 200}}]}]), 400, "too_deep"),
     ("/v1/completions", _body(prompt="a " * 600_000), 400, "invalid_value"),  # over the size bound, not encoded
+    # Found by the long fuzz run: float32's smallest subnormal as temperature overflowed the worker's logits, and a
+    # guided request then failed at the worker; now refused where it arrives.
+    ("/v1/chat/completions", _body(messages=[{"role": "tool", "content": "the cache"}, {"role": "user", "content":
+                                             "\u0094\u0080"}, {"role": "system", "content": "Once upon a time"}],
+                                   max_tokens=1, temperature=1.401298464324817e-45, seed=337, guided_regex="x" * 100),
+     400, "invalid_value"),
 ]
 
 
@@ -90,6 +97,12 @@ def test_the_reported_hostile_requests_get_400s_naming_the_problem_and_never_rea
     for path, body, status, code in HOSTILE:
         got_status, got_body = http.send(HttpCase(path, body))
         assert (got_status, json.loads(got_body)["error"]["code"]) == (status, code), (path, body[:80], got_body)
+    sampling = common_pb2.SamplingParams(max_tokens=1, temperature=1e-40, seed=1,
+                                         guided=common_pb2.GuidedDecoding(regex="x+"))
+    tiny = gateway_pb2.GenerateRequest(prompt="a", options=gateway_pb2.GenerateOptions(sampling=sampling))
+    code, details = rpc.send(GrpcCase("Generate", (tiny.SerializeToString(),)))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "temperature must be 0 (greedy) or in [1e-06, 100], "
+                                                                 f"got {tiny.options.sampling.temperature}")
     for method in ("Generate", "Chat", "Embed"):
         for raw in (b"\xff\xff\xff", b"\x12\x03\xed\xa0\x80"):  # not a message; a string field not UTF-8
             code, details = rpc.send(GrpcCase(method, (raw,)))

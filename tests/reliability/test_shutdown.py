@@ -60,7 +60,7 @@ def _restart(stack: Stack, name: str) -> float:
     stage = _stage(stack, name)
     started = time.monotonic()
     stack.spawn(stage)
-    wait_serving(stage.grpc_address, 120, stage.proc)
+    wait_serving(stage.grpc_address, 120, stage.proc, stack.tls_of(stage))
     return time.monotonic() - started
 
 

@@ -22,7 +22,8 @@ import pytest
 from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.call_auth import token_metadata
-from services.launcher import python_path_env
+from services.common.internal_tls import InternalTls, write_stack_certs
+from services.launcher import python_path_env, stage_channel
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -34,6 +35,8 @@ class Launcher:
         env = python_path_env()
         env["FLASHSTREAM_CACHE_DIR"] = str(tmp_path / "cache")
         env["FLASHSTREAM_INTERNAL_TOKEN"] = self.token = "test-internal-token"
+        self.tls = InternalTls.from_dir(write_stack_certs(tmp_path / "tls"))  # so that the test can call inside
+        env["FLASHSTREAM_INTERNAL_TLS_DIR"] = str(tmp_path / "tls")
         cmd = [sys.executable, "-m", "services.cli", "up", "--base-port", "0", "--http-port", "0", "--device", "cpu",
                "--load-format", "fake", "--num-workers", "2", "--num-gateways", "1", "--num-tokenizers", "1",
                "--prompt", "", "--log-dir", str(tmp_path / "logs")]
@@ -119,7 +122,7 @@ def test_up_survives_a_killed_worker_says_so_and_restarts_it(tmp_path: Path) -> 
             assert up.proc.poll() is None, "the stack stopped"
             assert set(endings) <= {"done", "UNAVAILABLE"}, endings
             assert endings.count("done") >= num_before_restart - 1  # at most the one streaming on it failed
-            with grpc.insecure_channel(f"127.0.0.1:{scheduler}") as sched_channel:
+            with stage_channel(f"127.0.0.1:{scheduler}", up.tls) as sched_channel:
                 sched = scheduler_pb2_grpc.SchedulerStub(sched_channel)
                 deadline = time.monotonic() + 30
                 metadata = token_metadata(up.token)

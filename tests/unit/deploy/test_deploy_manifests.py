@@ -299,7 +299,7 @@ def test_compose_starts_each_stage_once_the_stage_it_dials_is_ready() -> None:
     depends = {name: {dep: cond["condition"] for dep, cond in services[name]["depends_on"].items()}
                for name in STAGES}
     assert depends == {
-        "worker": {"demo-model": "service_completed_successfully"},
+        "worker": {"demo-model": "service_completed_successfully", "internal-certs": "service_completed_successfully"},
         "scheduler": {"worker": "service_healthy"},
         "tokenizer": {"demo-model": "service_completed_successfully", "scheduler": "service_healthy"},
         "gateway": {"tokenizer": "service_healthy", "redis": "service_started"},
@@ -330,8 +330,31 @@ def test_compose_builds_the_demo_model_into_the_volume_folder_tokenizer_and_work
     assert configs["tokenizer"].model_dir == configs["worker"].model == DEMO_DIR
     assert configs["worker"].model_id == "flashstream-demo"
     assert services["demo-model"]["volumes"] == ["models:/models"]
-    assert services["tokenizer"]["volumes"] == services["worker"]["volumes"] == ["models:/models:ro"]
+    assert "models:/models:ro" in services["tokenizer"]["volumes"] and "models:/models:ro" in services["worker"][
+        "volumes"]
     assert "models" in compose()["volumes"]
+
+
+def written_cert_dirs(argv: list[str]) -> list[str]:
+    """Runs `flashstream <argv>` through the real CLI, recording where it would write the internal certificates."""
+    import services.common.internal_tls as internal_tls
+
+    written: list[str] = []
+    with mock.patch.object(internal_tls, "write_stack_certs", lambda out, days: written.append(str(out)) or out):
+        assert cli_main(argv) == 0
+    return written
+
+
+def test_compose_writes_the_internal_certificates_once_where_every_stage_reads_them_read_only(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    services = compose()["services"]
+    job = services["internal-certs"]
+    (folder,) = written_cert_dirs(job["command"])
+    assert (job["volumes"], job["network_mode"]) == ([f"internal-tls:{folder}"], "none")
+    for container in compose_containers():
+        assert container.config().server.internal_tls_dir == folder, container.name
+        assert f"internal-tls:{folder}:ro" in services[container.name]["volumes"], container.name
+    assert "internal-tls" in compose()["volumes"]
 
 
 def test_compose_worker_reserves_one_nvidia_gpu_and_uses_the_cuda_image() -> None:
@@ -431,6 +454,18 @@ def test_k8s_gateways_autoscale_on_cpu_and_workers_on_the_scheduler_queue() -> N
     assert rule["name"]["as"] == "flashstream_num_requests_waiting"
 
 
+@pytest.mark.parametrize("container", k8s_containers(), ids=container_id)
+def test_k8s_every_stage_mounts_the_internal_tls_secret_read_only_where_its_config_reads_it(
+        container: Container) -> None:
+    spec = k8s_objects("Deployment")[container.name]["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod_container(k8s_objects("Deployment")[container.name])["volumeMounts"]
+                if m["name"] == "internal-tls"]
+    assert (mount["mountPath"], mount["readOnly"]) == (container.config().server.internal_tls_dir, True)
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "internal-tls"]
+    assert volume["secret"] == {"secretName": "flashstream-internal-tls", "defaultMode": 0o440}
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsUser"]  # the key is group-readable
+
+
 @pytest.mark.parametrize("name", ["tokenizer", "worker"])
 def test_k8s_init_container_builds_the_demo_model_where_the_stage_loads_it(
         name: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -442,4 +477,4 @@ def test_k8s_init_container_builds_the_demo_model_where_the_stage_loads_it(
     config = container.config()
     assert (config.model_dir if name == "tokenizer" else config.model) == DEMO_DIR
     mounts = {m["name"]: m["mountPath"] for m in pod_container(k8s_objects("Deployment")[name])["volumeMounts"]}
-    assert mounts == {m["name"]: m["mountPath"] for m in init["volumeMounts"]} == {"models": "/models"}
+    assert mounts["models"] == {m["name"]: m["mountPath"] for m in init["volumeMounts"]}["models"] == "/models"
