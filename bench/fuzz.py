@@ -25,17 +25,22 @@ from hypothesis import strategies as st
 
 from bench.common import write_results
 from bench.fuzz_cases import (GrpcClient, HttpCase, HttpClient, grpc_case, grpc_problem, http_case, http_problem,
-                              resident_bytes, scheduler_counters, stage_named)
+                              resident_bytes, scheduler_counters, scheduler_counters_at, scheduler_metrics_url)
 from services.demo import build_demo_model
 from services.launcher import parse_args, start_stack
 
 
-def run_cases(gateway_http: str, gateway_grpc: str, num_cases: int, seed_value: int) -> tuple[dict[str, int], list[str]]:
-    """Sends num_cases drawn cases one at a time; (answers by kind, problems)."""
+def run_cases(gateway_http: str, gateway_grpc: str, num_cases: int, seed_value: int,
+              watch_url: str = "") -> tuple[dict[str, int], list[str], list[str]]:
+    """Sends num_cases drawn cases one at a time; (answers by kind, problems, cases that reached the scheduler).
+    The last is filled only with watch_url (the scheduler's /metrics, read after every case: one client only, or
+    another client's case could be blamed)."""
     host, port = gateway_http.removeprefix("http://").rsplit(":", 1)
     http, rpc = HttpClient(host, int(port)), GrpcClient(gateway_grpc)
     answers: dict[str, int] = {}
     problems: list[str] = []
+    reached: list[str] = []
+    errors = [scheduler_counters_at(watch_url)[0] if watch_url else 0.0]
 
     @seed(seed_value)
     @settings(max_examples=num_cases, deadline=None, database=None, phases=[Phase.generate],
@@ -51,13 +56,16 @@ def run_cases(gateway_http: str, gateway_grpc: str, num_cases: int, seed_value: 
         answers[answer] = answers.get(answer, 0) + 1
         if problem:
             problems.append(problem)
+        if watch_url and (now := scheduler_counters_at(watch_url)[0]) != errors[0]:
+            errors[0] = now
+            reached.append(f"{answer}: {case!r}"[:400])
 
     try:
         one()
     finally:
         http.close()
         rpc.close()
-    return answers, problems
+    return answers, problems, reached
 
 
 def run(num_cases: int, seed_value: int, num_clients: int, stack_args: list[str]) -> dict[str, Any]:
@@ -74,7 +82,8 @@ def run(num_cases: int, seed_value: int, num_clients: int, stack_args: list[str]
             shares = [num_cases // num_clients + (i < num_cases % num_clients) for i in range(num_clients)]
             started = time.monotonic()
             with multiprocessing.get_context("spawn").Pool(num_clients) as pool:
-                results = pool.starmap(run_cases, [(stack.gateway_http, stack.gateway_grpc, n, seed_value + i)
+                watch_url = scheduler_metrics_url(stack) if num_clients == 1 else ""
+            results = pool.starmap(run_cases, [(stack.gateway_http, stack.gateway_grpc, n, seed_value + i, watch_url)
                                                    for i, n in enumerate(shares)])
             elapsed = time.monotonic() - started
             errors_after, _ = scheduler_counters(stack)
@@ -83,13 +92,15 @@ def run(num_cases: int, seed_value: int, num_clients: int, stack_args: list[str]
         finally:
             stack.stop()
     answers: dict[str, int] = {}
-    for got, _ in results:
+    for got, _, _ in results:
         for answer, count in got.items():
             answers[answer] = answers.get(answer, 0) + count
-    problems = [p for _, found in results for p in found]
+    problems = [p for _, found, _ in results for p in found]
+    reached = [r for _, _, found in results for r in found]
     return {"cases": sum(answers.values()), "seed": seed_value, "clients": num_clients, "seconds": round(elapsed, 1),
             "answers": dict(sorted(answers.items())), "problems": problems[:50], "num_problems": len(problems),
-            "scheduler_errors": errors_after - errors_before, "stack_args": " ".join(stack_args),
+            "scheduler_errors": errors_after - errors_before, "reached_scheduler": reached[:50],
+            "stack_args": " ".join(stack_args),
             "tokenizer_rss_mib": {"before": round(rss_before / 2**20, 1), "after": round(rss_after / 2**20, 1)}}
 
 
@@ -103,6 +114,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [f"| {answer} | {count:,} |" for answer, count in r["answers"].items()]
     if r["problems"]:
         lines += ["", "First problems:", "", *(f"- `{p}`" for p in r["problems"][:20])]
+    if r["reached_scheduler"]:
+        lines += ["", "Malformed requests that reached the scheduler (its error count moved during the case):", "",
+                  *(f"- `{p}`" for p in r["reached_scheduler"][:20])]
     return "\n".join(lines)
 
 

@@ -331,11 +331,18 @@ def stage_named(stack: Any, name: str) -> Any:
     return next(s for s in stack.stages if s.name == name)
 
 
+def scheduler_metrics_url(stack: Any) -> str:
+    scheduler = stage_named(stack, "scheduler")
+    return f"http://127.0.0.1:{scheduler.argv[scheduler.argv.index('--status-port') + 1]}/metrics"
+
+
 def scheduler_counters(stack: Any) -> tuple[float, float]:
     """(errors the scheduler answered, prompt tokens it accepted), from its /metrics."""
-    scheduler = stage_named(stack, "scheduler")
-    port = scheduler.argv[scheduler.argv.index("--status-port") + 1]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    return scheduler_counters_at(scheduler_metrics_url(stack))
+
+
+def scheduler_counters_at(metrics_url: str) -> tuple[float, float]:
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
     errors = sum(float(v) for v in re.findall(r"^flashstream_scheduler_request_errors_total\{.*\} (\S+)$", text,
                                               re.M))

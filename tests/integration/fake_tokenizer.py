@@ -181,6 +181,8 @@ async def gateway_stack(
     api_keys: tuple[str, ...] = (),
     request_timeout_s: float = 600.0,
     max_body_bytes: int = 64 * 1024,
+    open_metrics: bool = False,
+    open_reflection: bool = False,
 ) -> AsyncIterator[Stack]:
     """Fake tokenizers and a gateway on free loopback ports; yields once the gateway is ready."""
     started = [await start_fake_tokenizer(c) for c in (configs or [FakeTokenizerConfig()])]
@@ -191,6 +193,8 @@ async def gateway_stack(
         api_keys=api_keys,
         request_timeout_s=request_timeout_s,
         max_body_bytes=max_body_bytes,
+        open_metrics=open_metrics,
+        open_reflection=open_reflection,
     )
     gateway = GatewayServer(config, ConnectionConfig(info_interval_s=0.2, reconnect_min_s=0.05, reconnect_max_s=0.2))
     await gateway.start()

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.grpc_server import create_channel
 from tests.integration.fake_tokenizer import (
@@ -56,6 +57,26 @@ def test_api_keys_guard_http_and_grpc_but_not_status_routes() -> None:
                 chunks = [c async for c in stub.Generate(gateway_pb2.GenerateRequest(prompt="Hi"),
                                                          metadata=(("authorization", "Bearer secret-1"),))]
                 assert chunks[-1].done.finish_reason == common_pb2.FINISH_REASON_EOS
+
+    asyncio.run(main())
+
+
+def test_open_metrics_and_open_reflection_let_keyless_callers_reach_those_two_and_nothing_else() -> None:
+    async def main() -> None:
+        async with gateway_stack(api_keys=("secret-1",), open_metrics=True, open_reflection=True) as stack, \
+                aiohttp.ClientSession() as session:
+            async with session.get(stack.http + "/metrics") as resp:
+                assert resp.status == 200 and "flashstream_time_to_first_token_seconds" in await resp.text()
+            async with session.get(stack.http + "/v1/models") as resp:
+                assert resp.status == 401
+            async with create_channel(stack.grpc_target) as channel:
+                request = reflection_pb2.ServerReflectionRequest(list_services="")
+                call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([request]))
+                (answer,) = [a async for a in call]
+                assert "flashstream.v1.Gateway" in [s.name for s in answer.list_services_response.service]
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await gateway_pb2_grpc.GatewayStub(channel).ListModels(gateway_pb2.ListModelsRequest())
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     asyncio.run(main())
 

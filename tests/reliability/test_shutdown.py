@@ -4,7 +4,7 @@ that comes back is found again within the 2 s reconnect backoff.
 
 One stack of processes (demo model on the CPU, drain limit DRAIN_S on every stage) goes through the scenarios in
 order: the scheduler stopped idle and brought back, the scheduler stopped under load, the worker stopped under
-load and brought back, the gateway stopped under load.
+load and brought back, the tokenizer stopped under load and brought back, the gateway stopped under load.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from services.demo import build_demo_model
 from services.launcher import Stack, wait_serving
-from tests.integration.stack_fixture import running_stack, stage_logs
+from tests.integration.stack_fixture import running_stack, scheduler_load_when_idle, stage_logs
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -166,6 +166,15 @@ def test_the_worker_stopped_under_load_ends_its_step_stream_at_the_limit_and_exi
     assert [how for how, _, _ in endings] == ["UNAVAILABLE"] * NUM_STREAMS, (endings, stage_logs(stack.log_dir))
     _restart(stack, "worker0")
     _wait_serving_again(stack.gateway_grpc, 60)
+
+
+def test_the_tokenizer_stopped_under_load_ends_every_stream_with_unavailable_and_exits_in_time(stack: Stack) -> None:
+    endings = _stop_under_load(stack, "tokenizer")
+    assert [(how, details) for how, _, details in endings] == [
+        ("UNAVAILABLE", "the tokenizer shut down before the request finished")] * NUM_STREAMS, stage_logs(stack.log_dir)
+    _restart(stack, "tokenizer")
+    _wait_serving_again(stack.gateway_grpc, 30)
+    assert scheduler_load_when_idle(stack).num_running == 0  # the scheduler freed what the tokenizer left
 
 
 def test_the_gateway_stopped_under_load_ends_every_stream_with_unavailable_and_exits_in_time(stack: Stack) -> None:
