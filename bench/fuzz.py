@@ -81,10 +81,10 @@ def run(num_cases: int, seed_value: int, num_clients: int, stack_args: list[str]
             errors_before, _ = scheduler_counters(stack)
             shares = [num_cases // num_clients + (i < num_cases % num_clients) for i in range(num_clients)]
             started = time.monotonic()
+            watch_url = scheduler_metrics_url(stack) if num_clients == 1 else ""
             with multiprocessing.get_context("spawn").Pool(num_clients) as pool:
-                watch_url = scheduler_metrics_url(stack) if num_clients == 1 else ""
-            results = pool.starmap(run_cases, [(stack.gateway_http, stack.gateway_grpc, n, seed_value + i, watch_url)
-                                                   for i, n in enumerate(shares)])
+                results = pool.starmap(run_cases, [(stack.gateway_http, stack.gateway_grpc, n, seed_value + i,
+                                                    watch_url) for i, n in enumerate(shares)])
             elapsed = time.monotonic() - started
             errors_after, _ = scheduler_counters(stack)
             time.sleep(1.0)  # let the allocator return what the last requests freed
