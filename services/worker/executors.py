@@ -38,16 +38,17 @@ class StepExecutor(Protocol):
 
 def device_samplable(state: SeqState) -> bool:
     """Whether the sampler can draw this sequence's next token before the host knows its previous one: true unless
-    a repetition, presence or frequency penalty reads the generated tokens themselves, or a grammar's mask needs
-    its matcher advanced by the previous token (on the host)."""
+    a repetition, presence or frequency penalty reads the generated tokens themselves. (A grammar's mask needs its
+    matcher advanced by the previous token too, but only the sampling waits for that, not the forward pass: see
+    `ModelExecutor.launch`.)"""
     p = state.sampling
-    return state.grammar is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+    return p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
 
 
 def plain_greedy(state: SeqState) -> bool:
     """Whether the sampler's answer for this sequence's next token is the argmax of its raw logits: greedy, no
     penalties, no logprobs, no grammar and no min_tokens masking (conservatively: whenever min_tokens is not yet
-    reached). A guided sequence never is: its mask needs the previous token on the host, so it runs sequentially."""
+    reached). A guided sequence never is: the sampler masks its logits."""
     p = state.sampling
     return (
         state.grammar is None
@@ -111,7 +112,9 @@ class ModelExecutor:
 
     def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
         """Queues a step that `can_launch` and its sampling, without waiting for either. A row whose last input
-        token is still PENDING_TOKEN takes the token `prev` (the step queued just before) sampled for it."""
+        token is still PENDING_TOKEN takes the token `prev` (the step queued just before) sampled for it. When
+        such a row is guided, its mask needs that token on the host first: the sampling is then held back, and the
+        caller queues it with `DeviceTokens.draw_now` once the token has advanced the row's matcher."""
         gaps = self.model_runner.gaps
         gaps.step_started()
         try:
@@ -123,6 +126,7 @@ class ModelExecutor:
         token_ids: list[int] = []
         positions: list[int] = []
         prev_rows: list[int] = []
+        guided_pending = False  # a guided row's matcher still lacks its input token
         for seq in scheduled:
             tokens = seq.token_ids
             if tokens and tokens[-1] == PENDING_TOKEN:
@@ -131,6 +135,7 @@ class ModelExecutor:
                 positions.append(len(token_ids) + len(tokens) - 1)
                 prev_rows.append(prev.row_of(seq.state.seq_id))
                 tokens = [*tokens[:-1], 0]
+                guided_pending = guided_pending or seq.state.grammar is not None
             token_ids.extend(tokens)
         runner = self.model_runner
         fill = None
@@ -150,7 +155,18 @@ class ModelExecutor:
             tokens = runner.graph_argmax(token_ids, chunks, fill).clone()
             return DeviceTokens(DeviceSample.pack(tokens, None, None, (), ()), seq_ids)
         logits = runner.forward(token_ids, chunks, sample_rows, fill)  # [len(sample_rows), vocab]
-        return DeviceTokens(self.sampler.sample(logits, self._rows(scheduled, sample_rows)), seq_ids)
+        rows = self._rows(scheduled, sample_rows)
+        if guided_pending:
+            # Nothing runs on the device between this forward pass and the held-back sampling (graphed logits
+            # stay valid): the runner draws before it queues another step.
+            def draw() -> DeviceSample:
+                sample = self.sampler.sample(logits, rows)
+                runner.gaps.step_ended()  # the step ends with its sampling
+                return sample
+
+            return DeviceTokens(None, seq_ids, draw=draw)
+        # The guided rows' masks are filled on the host while the device runs the forward pass queued above.
+        return DeviceTokens(self.sampler.sample(logits, rows), seq_ids)
 
     @staticmethod
     def collect(launched: DeviceTokens) -> list[Sampled]:

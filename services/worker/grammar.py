@@ -16,8 +16,10 @@ ends there; that is why guided sampling refuses `ignore_eos` and `min_tokens` (s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from services.common.tool_grammar import tool_calls_structural_tag
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GRAMMARS = 256
+MAX_FILL_THREADS = 8  # threads filling a step's masks, at most one per core
 
 
 def guided_key(guided: Guided) -> str:
@@ -78,17 +81,44 @@ class GrammarState:
     """One sequence's matcher; `accept` advances it by one generated token."""
 
     matcher: Any  # xgrammar.GrammarMatcher
-
-    @property
-    def ended(self) -> bool:
-        """The grammar accepted its stop token. With two steps in flight the scheduler may run one more step
-        before it sees that token; it drops what that step samples, so the row is then left unmasked."""
-        return bool(self.matcher.is_terminated())
+    stop_token_ids: frozenset[int]  # the tokens that end the grammar (the matcher's stop tokens)
+    # The grammar accepted its stop token. With two steps in flight the scheduler may run one more step before it
+    # sees that token; it drops what that step samples, so the row is then left unmasked.
+    ended: bool = False
 
     def accept(self, token_id: int) -> bool:
         """False when the grammar does not allow the token; tokens after its end are accepted (and dropped
         upstream)."""
-        return self.ended or bool(self.matcher.accept_token(token_id))
+        if self.ended:
+            return True
+        if not self.matcher.accept_token(token_id):
+            return False
+        # Only a stop token can end the grammar: the matcher is asked only then.
+        self.ended = token_id in self.stop_token_ids and bool(self.matcher.is_terminated())
+        return True
+
+
+def bitmask_words(vocab_size: int) -> int:
+    """Width of a row of token bitmask: int32 words, one bit per token id (xgrammar's layout)."""
+    return -(-vocab_size // 32)
+
+
+def fill_bitmask(states: Sequence[GrammarState], bitmask: Any) -> None:
+    """Fills row j of bitmask ([>= len(states), bitmask_words] int32 in host memory) with the tokens states[j]
+    allows next (bit set = allowed), in one call into xgrammar that spreads the rows over its threads."""
+    if len(states) == 1:
+        states[0].matcher.fill_next_token_bitmask(bitmask, 0)
+    elif states:
+        _batch_matcher().batch_fill_next_token_bitmask([s.matcher for s in states], bitmask)
+
+
+@functools.cache
+def _batch_matcher() -> Any:  # xgrammar.BatchGrammarMatcher
+    """One xgrammar batch matcher (it owns a thread pool) for the process, made on first use."""
+    import xgrammar
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return xgrammar.BatchGrammarMatcher(max_threads=max(1, min(MAX_FILL_THREADS, cores)))
 
 
 class GrammarCache:
@@ -156,7 +186,8 @@ class GrammarCache:
         """A matcher for a sequence that has generated `output_token_ids` so far (none for a new request)."""
         import xgrammar
 
-        state = GrammarState(xgrammar.GrammarMatcher(self.get(guided)))
+        matcher = xgrammar.GrammarMatcher(self.get(guided))
+        state = GrammarState(matcher, frozenset(matcher.stop_token_ids))
         for i, token_id in enumerate(output_token_ids):
             if not state.accept(token_id):
                 raise InvalidArgument(

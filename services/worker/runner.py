@@ -11,7 +11,10 @@ step is queued right behind the current one, each row whose input is the current
 from the device; only then does the host wait for the current step's tokens, so that wait, the result and the
 next plan's bookkeeping overlap the device's work. The current step's tokens stand in the table as placeholders
 (PENDING_TOKEN) until they are read, so the table after each step is exactly what the sequential path leaves.
-Steps with penalised rows, and steps with no next plan in sight, run the sequential path.
+Guided rows need the current step's token in their matcher before their next mask exists: the next step's forward
+pass is queued all the same and its sampling held back until the tokens are read and the matchers advanced, so
+the masks are filled while the device runs that forward pass. Steps with penalised rows, and steps with no next
+plan in sight, run the sequential path.
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ class Runner:
                 pending = [self._advance_pending(seq, table) for seq in scheduled]
                 table.ahead = self._apply_ahead(next_plan, scheduled, launched, table)
             outputs = self._collect(plan, scheduled, errors, launched, pending, table)
+            if table.ahead is not None:
+                self._draw_ahead(table.ahead)
         elif scheduled:
             outputs = self._run(plan, scheduled, errors, table)
         return StepResult(plan.step_id, outputs, errors, time.perf_counter() - start)
@@ -149,13 +154,18 @@ class Runner:
         for seq, result in zip(scheduled, sampled, strict=True):
             try:
                 table.advance(seq, None if result is None else result[0])
-            except FlashStreamError as exc:  # a guided sequence's grammar refused its token: it alone fails
-                table.drop_state(seq.state)
-                errors.append(SeqError(seq.state.seq_id, exc))
+            except FlashStreamError as exc:
+                self._refused(seq, exc, errors, table)
                 continue
             if result is not None:
                 outputs.append(SeqOutput(seq.state.seq_id, result[0], result[1]))
         return outputs
+
+    @staticmethod
+    def _refused(seq: ScheduledSeq, exc: FlashStreamError, errors: list[SeqError], table: SequenceTable) -> None:
+        """A guided sequence's grammar refused its token: it alone fails."""
+        table.drop_state(seq.state)
+        errors.append(SeqError(seq.state.seq_id, exc))
 
     @staticmethod
     def _advance_pending(seq: ScheduledSeq, table: SequenceTable) -> int | None:
@@ -204,19 +214,38 @@ class Runner:
                 self._forget_failed(table.ahead, scheduled)
             return []
         outputs: list[SeqOutput] = []
+        refused: list[ScheduledSeq] = []
         tokens = iter(sampled)  # one per sampling row, in row order
         for i, seq in enumerate(scheduled):
-            if pending is None:  # not advanced yet
-                token = next(tokens) if seq.samples else None
-                table.advance(seq, None if token is None else token[0])
-            elif pending[i] is None:
+            try:
+                if pending is None:  # not advanced yet
+                    token = next(tokens) if seq.samples else None
+                    table.advance(seq, None if token is None else token[0])
+                elif pending[i] is None:
+                    continue
+                else:
+                    token = next(tokens)
+                    table.resolve(seq.state, pending[i], token[0])
+            except FlashStreamError as exc:
+                self._refused(seq, exc, errors, table)
+                refused.append(seq)
                 continue
-            else:
-                token = next(tokens)
-                seq.state.token_ids[pending[i]] = token[0]
             if token is not None:
                 outputs.append(SeqOutput(seq.state.seq_id, token[0], token[1]))
+        if refused and table.ahead is not None:
+            self._forget_failed(table.ahead, refused)
         return outputs
+
+    def _draw_ahead(self, ahead: Ahead) -> None:
+        """Queues the sampling of the step launched ahead when it was held back for this step's tokens (guided
+        rows), now that they have advanced the matchers; the device runs that step's forward pass meanwhile."""
+        if ahead.launched is None or ahead.launched.drawn:
+            return
+        try:
+            ahead.launched.draw_now()
+        except Exception as exc:  # noqa: BLE001 - reported as that plan's failure at its turn
+            ahead.launched = None
+            ahead.failure = self._as_error(exc, ahead.plan)
 
     @staticmethod
     def _forget_failed(ahead: Ahead, failed: list[ScheduledSeq]) -> None:

@@ -99,14 +99,25 @@ class SequenceTable:
         return scheduled, errors
 
     def advance(self, seq: ScheduledSeq, sampled_token: int | None) -> None:
-        """Marks the step's tokens computed and appends the sampled token. Raises InvalidArgument when a guided
-        sequence's grammar refuses the token (the token is appended all the same)."""
+        """Marks the step's tokens computed and appends the sampled token (or PENDING_TOKEN, see `resolve`).
+        Raises InvalidArgument when a guided sequence's grammar refuses the token (the token is appended all the
+        same)."""
         seq.state.num_computed_tokens += seq.num_tokens
         if sampled_token is not None:
             seq.state.token_ids.append(sampled_token)
-            grammar = seq.state.grammar
-            if grammar is not None and sampled_token >= 0 and not grammar.accept(sampled_token):
-                raise InvalidArgument(f"seq {seq.state.seq_id}: token {sampled_token} breaks its guided grammar")
+            if sampled_token != PENDING_TOKEN:
+                self._follow_grammar(seq.state, sampled_token)
+
+    def resolve(self, state: SeqState, index: int, token_id: int) -> None:
+        """Puts a launched step's sampled token where its PENDING_TOKEN stands and advances the grammar with it;
+        raises as `advance` does."""
+        state.token_ids[index] = token_id
+        self._follow_grammar(state, token_id)
+
+    @staticmethod
+    def _follow_grammar(state: SeqState, token_id: int) -> None:
+        if state.grammar is not None and not state.grammar.accept(token_id):
+            raise InvalidArgument(f"seq {state.seq_id}: token {token_id} breaks its guided grammar")
 
     def drop(self, seq_id: int) -> None:
         self.seqs.pop(seq_id, None)

@@ -7,7 +7,6 @@ None would be ambiguous) and costs nothing: no transfer, no kernel.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -15,6 +14,7 @@ from itertools import chain
 import numpy as np
 import torch
 
+from services.worker.grammar import bitmask_words, fill_bitmask
 from services.worker.sampling.noise import draw_key
 from services.worker.sampling.types import SamplingRow
 
@@ -47,7 +47,8 @@ class GrammarBatch:
     """Rows whose output follows a grammar, and the tokens each may take next."""
 
     rows: torch.Tensor | None  # [G] int64 batch rows; None: every row
-    bitmask: torch.Tensor  # [G, ceil(vocab_size / 32)] int32, bit set = token allowed (xgrammar's layout)
+    # [num_rows, ceil(vocab_size / 32)] int32, bit set = token allowed (xgrammar's layout); only `rows` are set
+    bitmask: torch.Tensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ class SamplingBatch:
                 if not p.ignore_eos:
                     banned.update(eos_token_ids)
                 banned_flat.extend(i * vocab_size + t for t in sorted(banned))
-            if row.grammar is not None:
+            if row.grammar is not None and not row.grammar.ended:  # an ended grammar leaves its row unmasked
                 grammar_rows.append(i)
             if p.logprobs is not None:
                 logprob_rows.append(i)
@@ -172,7 +173,11 @@ class _Mover:
     def move(self, host: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
             return host.to(self.device)
-        return host.pin_memory().to(self.device, non_blocking=True)
+        return host.pin_memory().to(self.device, non_blocking=True)  # pin_memory() of a pinned tensor is itself
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A host tensor to fill and then `move`: pinned for a CUDA device, so the move copies it only once."""
+        return torch.empty(shape, dtype=dtype, pin_memory=self.device.type == "cuda")
 
     def ints(self, values: list) -> torch.Tensor:
         return self.move(torch.tensor(values, dtype=torch.int64))
@@ -230,26 +235,17 @@ def _penalty_batch(
 def _grammar_batch(
     rows: Sequence[SamplingRow], grammar_rows: list[int], vocab_size: int, to_dev: _Mover
 ) -> GrammarBatch:
-    """Fills the guided rows' masks on the host (with a CUDA device this overlaps the forward pass, which the
-    host has only queued so far) and copies them over."""
-    import xgrammar
-
-    bitmask = xgrammar.allocate_token_bitmask(len(grammar_rows), vocab_size)  # [G, words] int32, all allowed
-    live = [j for j, i in enumerate(grammar_rows) if not rows[i].grammar.ended]  # ended rows stay all-allowed
-    matchers = [rows[grammar_rows[j]].grammar.matcher for j in live]
-    if len(matchers) == 1:
-        matchers[0].fill_next_token_bitmask(bitmask, live[0])
-    elif matchers:
-        _batch_matcher().batch_fill_next_token_bitmask(matchers, bitmask, live)
-    return GrammarBatch(to_dev.subset(grammar_rows, len(rows)), to_dev.move(bitmask))
-
-
-@functools.cache
-def _batch_matcher():  # noqa: ANN202 - xgrammar.BatchGrammarMatcher
-    """One xgrammar batch matcher (it owns a thread pool) for the process, made on first use."""
-    import xgrammar
-
-    return xgrammar.BatchGrammarMatcher(max_threads=8)
+    """Fills the guided rows' masks in one host tensor (pinned with a CUDA device, where this overlaps the forward
+    pass the host has only queued so far) and copies it over once."""
+    host = to_dev.empty((len(grammar_rows), bitmask_words(vocab_size)), torch.int32)  # [G, words]
+    fill_bitmask([rows[i].grammar for i in grammar_rows], host)
+    bitmask = to_dev.move(host)
+    subset = to_dev.subset(grammar_rows, len(rows))
+    if subset is not None:
+        # The masking kernel reads row i's mask at row i: the G masks go to their rows of a [num_rows, words]
+        # tensor on the device, whose other rows are never read.
+        bitmask = bitmask.new_empty((len(rows), bitmask.shape[1])).index_copy_(0, subset, bitmask)
+    return GrammarBatch(subset, bitmask)
 
 
 def _truncation_batch(

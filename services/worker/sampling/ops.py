@@ -44,14 +44,14 @@ def ban_tokens(x: torch.Tensor, batch: SamplingBatch) -> None:
 
 
 def apply_grammar(x: torch.Tensor, grammar: GrammarBatch) -> None:
-    """-inf on every token the row's grammar does not allow next."""
+    """-inf on every token the row's grammar does not allow next, in place on the guided rows only."""
     import xgrammar
 
     # xgrammar's CUDA backend compiles on first use; its Triton kernel needs nothing beyond Triton.
     backend = "cpu" if x.device.type == "cpu" else "triton"
-    sub = _gather(x, grammar.rows)  # [G, vocab_size]
-    xgrammar.apply_token_bitmask_inplace(sub, grammar.bitmask, vocab_size=x.shape[1], backend=backend)
-    _write_back(x, grammar.rows, sub)
+    xgrammar.apply_token_bitmask_inplace(
+        x, grammar.bitmask, vocab_size=x.shape[1], indices=grammar.rows, backend=backend
+    )
 
 
 def adjust(x: torch.Tensor, batch: SamplingBatch) -> None:

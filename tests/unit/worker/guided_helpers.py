@@ -58,5 +58,72 @@ class GuidedRun:
         return self.outputs
 
 
+@dataclass
+class InFlightRun(GuidedRun):
+    """Plays a scheduler that keeps two plans in flight: plan k+1 is built before result k is seen, so a sequence
+    that ends at step k runs once more (that token is dropped) and is listed finished in plan k+2. With `overlap`
+    the runner is handed each next plan (and may queue its step ahead); without, it runs the same plans one by one.
+
+    `preempt` {seq_id: step}: that step's plan takes the sequence away (listed finished, its state dropped) and the
+    plan two steps later sends it again whole, its generated tokens included, with its first KV block computed (a
+    prefix-cache hit)."""
+
+    overlap: bool = True
+    block_hit: int = 16  # tokens of a resent sequence whose KV counts as computed
+    steps: list[tuple] = field(default_factory=list)  # per step: its id, (seq, token) outputs, (seq, error) errors
+
+    def run(self, requests: dict[int, tuple[list[int], SamplingParams]],
+            preempt: dict[int, int] | None = None) -> dict[int, list[int]]:
+        preempt = dict(preempt or {})
+        blocks = {seq_id: self._blocks(len(prompt) + params.max_tokens) for seq_id, (prompt, params) in requests.items()}
+        live = {seq_id: params.max_tokens for seq_id, (_, params) in requests.items()}
+        for seq_id in requests:
+            self.outputs[seq_id] = []
+        away: dict[int, int] = {}  # preempted seq_id -> step of the plan that sends it again
+        finished: list[int] = []  # seen to end, not yet listed in a plan
+        self.step_id += 1
+        plan: StepPlan | None = StepPlan(self.step_id, [
+            NewSeq(seq_id, prompt, len(prompt), params, blocks[seq_id], 0, len(prompt))
+            for seq_id, (prompt, params) in requests.items()], [], [])
+        while plan is not None:
+            nxt = None
+            if live:
+                step = self.step_id + 1
+                new, gone = [], list(finished)
+                finished.clear()
+                for seq_id in [s for s, at in preempt.items() if at == step and s in live]:
+                    del preempt[seq_id]
+                    gone.append(seq_id)
+                    away[seq_id] = step + 2
+                for seq_id in [s for s, at in away.items() if at == step]:
+                    del away[seq_id]
+                    if seq_id not in live:  # its last token before it was taken away ended it
+                        continue
+                    prompt, params = requests[seq_id]
+                    tokens = prompt + self.outputs[seq_id]
+                    new.append(NewSeq(seq_id, tokens, len(prompt), params, blocks[seq_id], self.block_hit,
+                                      len(tokens) - self.block_hit))
+                held = {n.seq_id for n in new} | set(away) | set(gone)
+                cached = [CachedSeq(seq_id, [], 1) for seq_id in live if seq_id not in held]
+                self.step_id = step
+                nxt = StepPlan(step, new, cached, gone)
+            result = self.engine.runner.step(plan, next_plan=nxt if self.overlap else None)
+            self.steps.append((result.step_id, [(o.seq_id, o.token_id) for o in result.outputs],
+                               [(e.seq_id, e.error.message) for e in result.errors]))
+            for err in result.errors:
+                if err.seq_id in live:
+                    self.errors[err.seq_id] = err.error.message
+                    live.pop(err.seq_id)
+            for out in result.outputs:
+                if out.seq_id not in live:
+                    continue  # it ended at the step before: the scheduler drops this token
+                self.outputs[out.seq_id].append(out.token_id)
+                if out.token_id == EOS_ID or len(self.outputs[out.seq_id]) >= live[out.seq_id]:
+                    live.pop(out.seq_id)
+                    finished.append(out.seq_id)
+            plan = nxt
+        return self.outputs
+
+
 def decode(folder: Path, token_ids: list[int]) -> str:
     return Tokenizer.from_file(str(folder / "tokenizer.json")).decode([t for t in token_ids if t != EOS_ID])

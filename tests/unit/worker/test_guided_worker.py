@@ -13,7 +13,7 @@ from services.common.errors import ErrorCode
 from services.common.sampling import Guided, SamplingParams
 from services.demo.build import build_demo_model
 from services.worker.plan import CachedSeq, NewSeq, StepPlan
-from tests.unit.worker.guided_helpers import EOS_ID, GuidedRun, decode
+from tests.unit.worker.guided_helpers import EOS_ID, GuidedRun, InFlightRun, decode
 from tests.unit.worker.helpers import cpu_engine
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 999},
@@ -159,3 +159,94 @@ def test_a_step_scheduled_past_the_grammars_end_runs_unmasked_without_error(fold
     # The one-token row (seq 1) runs first, then the new sequence's prompt.
     assert result.errors == [] and [o.seq_id for o in result.outputs] == [1, 2]
     assert decode(folder, [result.outputs[1].token_id]).isdigit()
+
+
+def _in_flight(folder: Path, overlap: bool, requests: dict, preempt: dict[int, int] | None = None,
+               executor=None) -> tuple[InFlightRun, object]:  # noqa: ANN001
+    engine = cpu_engine(folder)
+    if executor is not None:
+        engine.runner.executor = executor(engine.runner.executor)
+    run = InFlightRun(engine, overlap=overlap)
+    run.run(requests, preempt)
+    return run, engine
+
+
+def _mixed_requests() -> dict[int, tuple[list[int], SamplingParams]]:
+    """Guided rows (greedy and seeded sampled; JSON schema, regex, EBNF cut at max_tokens) beside a plain row."""
+    schema = Guided("json_schema", json.dumps(SCHEMA))
+    ebnf = 'root ::= "(" item ("," item)* ")"\nitem ::= [0-9] | "x"'
+    return {
+        1: (PROMPT, _params(schema)),
+        2: (PROMPT[:-1], _params(schema, temperature=1.0, seed=3)),
+        3: (PROMPT[1:], _params(Guided("regex", r"[a-f]{2,5}-\d\d"), temperature=0.8, top_p=0.9, seed=4)),
+        4: (PROMPT, _params(None, max_tokens=30, temperature=1.0, seed=9, ignore_eos=True)),
+        5: (PROMPT[:-2], _params(Guided("grammar", ebnf), max_tokens=12, temperature=1.2, seed=5)),
+    }
+
+
+def test_guided_steps_queued_ahead_with_two_plans_in_flight_give_the_sequential_tokens(folder: Path) -> None:
+    """Each next step's forward pass is queued before the current step's tokens are read; its guided rows' masks
+    are filled once they are. Seq 2 is preempted at step 4 and sent again at step 6 with a prefix-cache hit."""
+    requests = _mixed_requests()
+    sequential, _ = _in_flight(folder, False, requests, preempt={2: 4})
+    overlapped, engine = _in_flight(folder, True, requests, preempt={2: 4})
+    assert overlapped.errors == sequential.errors == {}
+    assert overlapped.steps == sequential.steps
+    # Every plan after the first was queued on the device ahead of its turn, guided rows and the resend included.
+    assert engine.runner.num_overlapped_steps == overlapped.step_id - 1
+    out = overlapped.outputs
+    for seq_id in (1, 2):
+        assert out[seq_id][-1] == EOS_ID
+        assert json.loads(decode(folder, out[seq_id]))["tag"] in ("red", "blue")
+    assert out[3][-1] == EOS_ID and re.fullmatch(r"[a-f]{2,5}-\d\d", decode(folder, out[3]))
+    assert len(out[4]) == 30
+    assert out[5][-1] == EOS_ID or len(out[5]) == 12
+    assert decode(folder, out[5]).startswith("(")
+
+
+class RefusedToken:
+    """The model executor, except that seq 1's third sampled token becomes `bad`, one its grammar refuses (as if
+    the mask had let it through)."""
+
+    bad = 94  # "{" in the demo vocabulary: no digit
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner = inner
+        self.seen = 0
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.inner, name)
+
+    def _swap(self, token):  # noqa: ANN001, ANN202
+        self.seen += 1
+        return (self.bad, None) if self.seen == 3 else token
+
+    def run(self, scheduled):  # noqa: ANN001, ANN201
+        results = self.inner.run(scheduled)
+        return [self._swap(r) if r is not None and seq.state.seq_id == 1 else r for seq, r in zip(scheduled, results)]
+
+    def collect(self, launched):  # noqa: ANN001, ANN201
+        results = self.inner.collect(launched)
+        try:
+            row = launched.row_of(1)
+        except ValueError:
+            return results
+        results[row] = self._swap(results[row])
+        return results
+
+
+def test_a_token_the_grammar_refuses_fails_its_sequence_alone_with_two_plans_in_flight(folder: Path) -> None:
+    requests = {1: (PROMPT, _params(Guided("regex", "[0-9]{8}"))),
+                2: (PROMPT[1:], _params(Guided("regex", "[0-9]{8}"), temperature=1.0, seed=2)),
+                3: (PROMPT, _params(None, max_tokens=10, temperature=1.0, seed=1, ignore_eos=True))}
+    sequential, _ = _in_flight(folder, False, requests, executor=RefusedToken)
+    overlapped, engine = _in_flight(folder, True, requests, executor=RefusedToken)
+    assert overlapped.errors == sequential.errors == {1: f"seq 1: token {RefusedToken.bad} breaks its guided grammar"}
+    # The step queued ahead still held seq 1: as on the sequential path, it is an unknown sequence there.
+    assert overlapped.steps == sequential.steps
+    assert [(step, errors) for step, _, errors in sequential.steps if errors] == [
+        (3, [(1, f"seq 1: token {RefusedToken.bad} breaks its guided grammar")]),
+        (4, [(1, "seq 1: unknown sequence (never sent as NewSeq, finished or failed)")])]
+    assert len(overlapped.outputs[1]) == 2 and len(overlapped.outputs[3]) == 10
+    assert re.fullmatch("[0-9]{8}", decode(folder, overlapped.outputs[2]))
+    assert engine.runner.num_overlapped_steps >= 8
