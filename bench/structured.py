@@ -2,25 +2,33 @@
 with every row guided by a JSON schema against the same batch unconstrained, in the same run; and the time
 to compile a grammar per schema for the model's vocabulary.
 
-Decode is timed per Runner.step (host wall clock: the forward pass, filling the rows' token masks on the host
-while the device runs it, copying them over, masking, sampling, reading the tokens back, advancing the
-matchers). Modes, each with the next plan known as the scheduler keeps two in flight: unconstrained greedy and
-sampled (temperature 1, seeded; their steps are queued on the device ahead), guided sampled and greedy (guided
-rows run the sequential path: a mask needs the previous token on the host), and unconstrained greedy without
-the next plan (the sequential path, for reference). The guided schemas cannot end
-within the measured steps (arrays with many required items), so every row stays guided throughout.
+Decode is timed per Runner.step (host wall clock), every mode handed the next plan as the scheduler keeps two in
+flight, so each step is queued on the device behind the one before: unconstrained greedy and sampled (temperature
+1, seeded), guided sampled and greedy (the next step's forward pass is queued at once; its sampling once the host
+has read this step's tokens, advanced the matchers and filled the masks, which it does while the device runs that
+forward pass), and unconstrained greedy without the next plan (the sequential path, for reference). Beside each
+mode, the device's idle time per step (CUDA only): from one step's end to the next step's start, and within a
+guided step from its forward pass's end to its sampling's start, the time the device waited for the host. For the
+guided modes, the host time of filling the batch's masks at the last step's states, in one batched call and row
+by row. The guided schemas cannot end within the measured steps (arrays with many required items), so every row
+stays guided throughout.
 
-A preset model (--model llama-3.2-1b) gets a folder with its config.json and a stand-in tokenizer of the
-same vocabulary size: a byte-level BPE vocabulary of 128,000 entries (bytes, punctuation runs, numbers and
-word-like pieces, half with a leading space) plus 256 special tokens, as Llama 3's is laid out. Token masks
-depend on the vocabulary's strings, so figures with a real tokenizer may differ somewhat.
+--model takes presets or folders, comma-separated, measured in turn. A preset (llama-3.2-1b, llama-3.1-8b) gets a
+folder with its config.json and a stand-in tokenizer of the same vocabulary size: a byte-level BPE vocabulary of
+128,000 entries (bytes, punctuation runs, numbers and word-like pieces, half with a leading space) plus 256
+special tokens, as Llama 3's is laid out. Token masks depend on the vocabulary's strings, so figures with a real
+tokenizer may differ somewhat. --num-layers and --hidden-size shrink a preset's model but keep its vocabulary (a
+rehearsal on the CPU, where the masks' work is at full size and the model's is not).
 
-    python bench/structured.py --model llama-3.2-1b --batch 64 --out-name structured_h200
+    python bench/structured.py --model llama-3.2-1b,llama-3.1-8b --batch 64 --out-name structured_h200
+    python bench/structured.py --model llama-3.2-1b --num-layers 2 --hidden-size 256 --dtype float32 --batch 64 \
+        --decode-steps 32 --num-compile 3 --out-dir /tmp/structured   # on the CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import statistics
@@ -31,6 +39,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
@@ -38,7 +48,7 @@ from bench.engine import Bench  # noqa: E402
 from services.common.sampling import Guided, SamplingParams  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.engine import build_engine  # noqa: E402
-from services.worker.grammar import GrammarCache  # noqa: E402
+from services.worker.grammar import GrammarCache, GrammarState, bitmask_words, fill_bitmask  # noqa: E402
 from services.worker.plan import NewSeq  # noqa: E402
 from services.worker.presets import PRESETS  # noqa: E402
 
@@ -107,11 +117,20 @@ def stand_in_tokenizer(folder: Path, vocab_size: int, eos_id: int) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
 
 
-def model_folder(model: str, work: Path) -> Path:
-    """A folder path as given; a preset becomes its config.json plus a stand-in tokenizer."""
+def model_folder(model: str, work: Path, num_layers: int = 0, hidden_size: int = 0) -> Path:
+    """A folder path as given; a preset becomes its config.json plus a stand-in tokenizer, its model shrunk to
+    num_layers layers of hidden_size (where given) with the vocabulary kept."""
     if Path(model).is_dir():
+        if num_layers or hidden_size:
+            raise ValueError("--num-layers and --hidden-size shrink a preset, not a checkpoint folder")
         return Path(model)
-    config = PRESETS[model]
+    config = dict(PRESETS[model])
+    if num_layers:
+        config["num_hidden_layers"] = num_layers
+    if hidden_size:
+        heads = max(1, hidden_size // config["head_dim"])
+        config.update(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_attention_heads=heads,
+                      num_key_value_heads=max(1, heads // 4))
     folder = work / model
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config))
@@ -130,18 +149,41 @@ class GuidedBench(Bench):
 
 def decode_mode(bench: GuidedBench, params: list[SamplingParams], args: argparse.Namespace, overlap: bool) -> dict:
     bench.params = params
+    runner = bench.engine.runner
     ids, _ = bench.prefill(args.batch, args.prompt_len)
     bench.decode(ids, 4, overlap=overlap)  # warm-up
+    runner.take_device_idle_s()
     times = bench.decode(ids, args.decode_steps, overlap=overlap)
-    bench.finish(ids)
+    idle_s = runner.take_device_idle_s()
     step = statistics.median(times)
-    return {"step_ms": round(step * 1e3, 3), "p90_step_ms": round(sorted(times)[int(0.9 * len(times))] * 1e3, 3),
-            "tokens_per_s": round(args.batch / step, 1)}
+    out = {"step_ms": round(step * 1e3, 3), "p90_step_ms": round(sorted(times)[int(0.9 * len(times))] * 1e3, 3),
+           "tokens_per_s": round(args.batch / step, 1), "idle_ms_per_step": round(idle_s / len(times) * 1e3, 3)}
+    states = [runner.table.seqs[i].grammar for i in ids if runner.table.seqs[i].grammar is not None]
+    if states:
+        out["mask_fill_ms"] = mask_fill_ms(states, bench.engine.info.model.vocab_size)
+    bench.finish(ids)
+    return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def mask_fill_ms(states: list[GrammarState], vocab_size: int, repeats: int = 20) -> dict[str, float]:
+    """Host time to fill the masks of these matchers (their states left as they are): median over repeats, in
+    one batched call and row by row."""
+    bitmask = torch.empty((len(states), bitmask_words(vocab_size)), dtype=torch.int32)
+    batched, by_row = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fill_bitmask(states, bitmask)
+        batched.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for j, state in enumerate(states):
+            state.matcher.fill_next_token_bitmask(bitmask, j)
+        by_row.append(time.perf_counter() - start)
+    return {"batched": round(statistics.median(batched) * 1e3, 3), "by_row": round(statistics.median(by_row) * 1e3, 3)}
+
+
+def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        folder = model_folder(args.model, Path(tmp))
+        folder = model_folder(model, Path(tmp), args.num_layers, args.hidden_size)
         config = WorkerConfig(model=str(folder), load_format="dummy", dtype=args.dtype, device=args.device,
                               max_model_len=args.prompt_len + 2 * args.decode_steps + 64, max_num_seqs=args.batch,
                               max_num_batched_tokens=max(2048, args.batch * args.prompt_len // 4))
@@ -149,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         grammars: GrammarCache = engine.runner.grammars
         start = time.perf_counter()
         grammars.compiler  # noqa: B018 - loads the tokenizer and builds xgrammar's vocabulary index
-        out: dict[str, Any] = {"model": args.model, "vocab_size": engine.info.model.vocab_size, "batch": args.batch,
+        out: dict[str, Any] = {"model": model, "vocab_size": engine.info.model.vocab_size, "batch": args.batch,
                                "prompt_len": args.prompt_len, "decode_steps": args.decode_steps,
                                "device": engine.info.device, "dtype": engine.info.dtype,
                                "tokenizer_info_s": round(time.perf_counter() - start, 3)}
@@ -168,8 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         bench = GuidedBench(engine, config.max_model_len)
         guided = [Guided("json_schema", s) for s in long_schemas()]
-        # Every mode is handed the next plan, as the scheduler keeps two in flight; the runner queues a step on
-        # the device ahead where it can (not with guided rows), the last mode shows the sequential path.
+        # Every mode but the last is handed the next plan, as the scheduler keeps two in flight, so the runner
+        # queues each step on the device ahead; the last mode shows the sequential path.
         modes = {
             "unconstrained_greedy": ([SamplingParams(max_tokens=4096, ignore_eos=True)], True),
             "unconstrained_sampled": ([SamplingParams(max_tokens=4096, ignore_eos=True, temperature=1.0, seed=i)
@@ -197,9 +239,12 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"Grammar compile per schema ({r['compile_ms']['n']} schemas, vocabulary {r['vocab_size']}): median "
              f"{r['compile_ms']['median']} ms, p90 {r['compile_ms']['p90']} ms, max {r['compile_ms']['max']} ms; "
              f"cached look-up {r['cached_lookup_ms']} ms; tokenizer index built once in {r['tokenizer_info_s']} s.",
-             "", "| mode | step ms (median) | p90 | tokens/s |", "|---|---|---|---|"]
+             "", "| mode | step ms (median) | p90 | tokens/s | device idle ms per step | mask fill ms: batched | "
+             "row by row |", "|---|---|---|---|---|---|---|"]
     for name, m in r["decode"].items():
-        lines.append(f"| {name} | {m['step_ms']} | {m['p90_step_ms']} | {m['tokens_per_s']} |")
+        fill = m.get("mask_fill_ms", {})
+        lines.append(f"| {name} | {m['step_ms']} | {m['p90_step_ms']} | {m['tokens_per_s']} | "
+                     f"{m['idle_ms_per_step']} | {fill.get('batched', '-')} | {fill.get('by_row', '-')} |")
     lines += ["", f"guided sampled / unconstrained sampled: {r['guided_sampled_vs_unconstrained_sampled']}; "
               f"guided greedy / unconstrained greedy: {r['guided_greedy_vs_unconstrained_greedy']}", ""]
     return "\n".join(lines)
@@ -207,7 +252,10 @@ def to_markdown(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="llama-3.2-1b", help="a preset or a checkpoint folder with a tokenizer")
+    parser.add_argument("--model", default="llama-3.2-1b",
+                        help="presets or checkpoint folders with a tokenizer, comma-separated, each measured in turn")
+    parser.add_argument("--num-layers", type=int, default=0, help="shrink a preset to this many layers")
+    parser.add_argument("--hidden-size", type=int, default=0, help="shrink a preset to this width")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--decode-steps", type=int, default=128)
@@ -217,11 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-name", default="")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
-    result = run(args)
-    markdown = to_markdown(result)
+    results = []
+    for model in args.model.split(","):
+        results.append(run(args, model))
+        gc.collect()  # the engine goes before the next model's is built
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    markdown = "\n".join(to_markdown(r) for r in results)
     print(markdown)
     if args.out_name:
-        write_results(args.out_name, {"results": [result]}, markdown, Path(args.out_dir))
+        write_results(args.out_name, {"results": results}, markdown, Path(args.out_dir))
     return 0
 
 

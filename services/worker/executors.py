@@ -160,8 +160,10 @@ class ModelExecutor:
             # Nothing runs on the device between this forward pass and the held-back sampling (graphed logits
             # stay valid): the runner draws before it queues another step.
             def draw() -> DeviceSample:
-                sample = self.sampler.sample(logits, rows)
-                runner.gaps.step_ended()  # the step ends with its sampling
+                batch = self.sampler.prepare(logits, rows)  # fills the masks
+                runner.gaps.step_started()  # from the forward pass's end to here, the device waited for the masks
+                sample = self.sampler.sample_prepared(logits, batch)
+                runner.gaps.step_ended()
                 return sample
 
             return DeviceTokens(None, seq_ids, draw=draw)

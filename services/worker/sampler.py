@@ -23,13 +23,15 @@ Per row, in this order:
 
 Entry points: calling a `Sampler` gives a `SamplerOutput` on the host. `Sampler.sample` gives a `DeviceSample`
 whose `token_ids` stay on the device (to feed the next step's forward pass before the host reads anything) and
-whose `to_host()` makes the copy. `adjusted_logits` (after steps 1 and 2) and `support` (the tokens each row can
-be given) expose the intermediate results. A logits shape, dtype or row count that does not match, or token ids
+whose `to_host()` makes the copy; it is `prepare` (the host's part) then `sample_prepared` (the device's).
+`adjusted_logits` (after steps 1 and 2) and `support` (the tokens each row can be given) expose the intermediate
+results. A logits shape, dtype or row count that does not match, or token ids
 outside the vocabulary in a penalised row, raise ValueError.
 
 Cost: rows that use no feature cost nothing for it; an all-greedy batch without penalties, min_tokens or
 logprobs is one argmax. Per-row work on the host only builds small index and parameter tensors (penalised rows
-also flatten their token ids, O(tokens)); the only device-to-host copy is the one that reads the results.
+also flatten their token ids, O(tokens); guided rows fill their masks, in one call over threads); the only
+device-to-host copy is the one that reads the results.
 """
 
 from __future__ import annotations
@@ -65,7 +67,15 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> DeviceSample:
         """Like calling the sampler, but leaves the results on the device and copies nothing back yet."""
-        batch = self._batch(logits, rows)
+        return self.sample_prepared(logits, self.prepare(logits, rows))
+
+    def prepare(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplingBatch:
+        """The host's part of `sample`: checks the inputs and builds the step's metadata on the logits' device (the
+        guided rows' masks filled on the host and copied over); the logits are not read yet."""
+        return self._batch(logits, rows)
+
+    def sample_prepared(self, logits: torch.Tensor, batch: SamplingBatch) -> DeviceSample:
+        """The device's part of `sample`, on the metadata `prepare` built for these logits."""
         with torch.inference_mode():
             if batch.is_plain_greedy:
                 # argmax is order-preserving across float dtypes, so no fp32 copy is needed.

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from services.common.sampling import Guided, SamplingParams
 from services.demo.build import build_demo_model
 from services.worker.engine import Engine
-from tests.unit.worker.guided_helpers import EOS_ID, GuidedRun, decode
+from tests.unit.worker.guided_helpers import EOS_ID, GuidedRun, InFlightRun, decode
 from tests.unit.worker.helpers import cpu_engine
 
 SCHEMAS_PER_BATCH = 60
@@ -75,14 +75,25 @@ batches = st.lists(st.tuples(schemas, sampling, st.lists(st.integers(2, 1000), m
 
 
 def check_batch(folder: Path, engine: Engine, batch: list, seen: dict[str, int]) -> None:
-    """Runs one batch to the end; every finished output must validate. Counts finished and cut outputs."""
+    """Runs one batch to the end; every finished output must validate. Counts finished and cut outputs.
+
+    Every other batch runs with two plans in flight, each step queued on the device ahead of its turn (its masks
+    filled once the step before has been read), and without penalties: a penalised row holds its steps to the
+    sequential path."""
+    in_flight = seen["batches"] % 2 == 1
+    seen["batches"] += 1
+    unpenalised = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0} if in_flight else {}
     requests = {
-        i: (prompt, SamplingParams(max_tokens=MAX_TOKENS, guided=Guided("json_schema", json.dumps(schema)), **params))
+        i: (prompt, SamplingParams(max_tokens=MAX_TOKENS, guided=Guided("json_schema", json.dumps(schema)),
+                                   **{**params, **unpenalised}))
         for i, (schema, params, prompt) in enumerate(batch)
     }
-    run = GuidedRun(engine)
+    overlapped = engine.runner.num_overlapped_steps
+    run = InFlightRun(engine) if in_flight else GuidedRun(engine)
     outputs = run.run(requests)
     assert run.errors == {}
+    if in_flight:  # every step after the first went ahead
+        assert engine.runner.num_overlapped_steps - overlapped == run.step_id - 1
     for i, (schema, _, _) in enumerate(batch):
         if outputs[i][-1] != EOS_ID:
             seen["cut"] += 1
@@ -97,7 +108,7 @@ def check_batch(folder: Path, engine: Engine, batch: list, seen: dict[str, int])
 
 def check_property(folder: Path, engine: Engine) -> dict[str, int]:
     """The property over NUM_BATCHES hypothesis batches; returns how many outputs finished and were cut."""
-    seen = {"finished": 0, "cut": 0}
+    seen = {"finished": 0, "cut": 0, "batches": 0}
 
     # No shrinking: an example is a whole batch, and the failure message names the schema and the output.
     @settings(max_examples=NUM_BATCHES, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],

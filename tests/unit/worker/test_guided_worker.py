@@ -171,7 +171,7 @@ def _in_flight(folder: Path, overlap: bool, requests: dict, preempt: dict[int, i
     return run, engine
 
 
-def _mixed_requests() -> dict[int, tuple[list[int], SamplingParams]]:
+def mixed_requests() -> dict[int, tuple[list[int], SamplingParams]]:
     """Guided rows (greedy and seeded sampled; JSON schema, regex, EBNF cut at max_tokens) beside a plain row."""
     schema = Guided("json_schema", json.dumps(SCHEMA))
     ebnf = 'root ::= "(" item ("," item)* ")"\nitem ::= [0-9] | "x"'
@@ -187,7 +187,7 @@ def _mixed_requests() -> dict[int, tuple[list[int], SamplingParams]]:
 def test_guided_steps_queued_ahead_with_two_plans_in_flight_give_the_sequential_tokens(folder: Path) -> None:
     """Each next step's forward pass is queued before the current step's tokens are read; its guided rows' masks
     are filled once they are. Seq 2 is preempted at step 4 and sent again at step 6 with a prefix-cache hit."""
-    requests = _mixed_requests()
+    requests = mixed_requests()
     sequential, _ = _in_flight(folder, False, requests, preempt={2: 4})
     overlapped, engine = _in_flight(folder, True, requests, preempt={2: 4})
     assert overlapped.errors == sequential.errors == {}
