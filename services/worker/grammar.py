@@ -6,6 +6,8 @@ tokenizer, cached by the sha256 of (kind, spec) in an LRU of `max_entries`. A se
 its matcher and is advanced with every token the worker appends to it. A sequence sent again after preemption
 (NewSeq with its generated tokens) gets a fresh matcher fed those tokens, so the recomputed sequence resumes
 exactly where it was; prefix-cache hits change only which KV is computed, never the tokens, so they need nothing.
+A step's masks are filled by `fill_bitmask`: every guided row's, into one host tensor, in one call that spreads
+the rows over xgrammar's threads.
 
 JSON is compiled compact (no free whitespace between tokens): a sampler may otherwise spend any number of
 tokens on whitespace, which a length cut turns into invalid output.
@@ -25,11 +27,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.errors import InvalidArgument
 from services.common.sampling import Guided, grammar_error_message
 from services.common.tool_grammar import tool_calls_structural_tag
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,7 @@ def bitmask_words(vocab_size: int) -> int:
     return -(-vocab_size // 32)
 
 
-def fill_bitmask(states: Sequence[GrammarState], bitmask: Any) -> None:
+def fill_bitmask(states: Sequence[GrammarState], bitmask: torch.Tensor) -> None:
     """Fills row j of bitmask ([>= len(states), bitmask_words] int32 in host memory) with the tokens states[j]
     allows next (bit set = allowed), in one call into xgrammar that spreads the rows over its threads."""
     if len(states) == 1:
