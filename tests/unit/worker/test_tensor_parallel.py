@@ -1,0 +1,78 @@
+"""Tensor parallelism on CPU with gloo: TP=2 and TP=4 ranks generate the greedy tokens of one device, and their
+logits agree with its logits within fp32 rounding.
+
+Tolerance: the ranks compute the same products as one device, but a row-parallel projection sums its dot product
+in tp partial sums that an all-reduce adds, and smaller GEMMs may block their reductions differently; fp32 carries
+24 bits, so each logit may differ in its last few bits times the number of such sums on its path (two layers, two
+all-reduces each). Logits here are O(1) to O(10): 2e-5 absolute and relative allows that and nothing else (a head
+or a column in the wrong place changes logits by O(0.1) or more).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.unit.worker.helpers import make_checkpoint
+from tests.unit.worker.tensor_parallel_ranks import generate_and_score, run_rank
+
+# kind → config overrides; llama_tied with 250 ids divides its vocabulary unevenly (4 ranks: 63, 63, 63, 61).
+KINDS = {"llama": {}, "qwen2": {}, "qwen3": {}, "llama_tied": {"vocab_size": 250}, "mistral_mqa_sharded": {}}
+TOLERANCE = dict(rtol=2e-5, atol=2e-5)
+RANKS_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> list[Path]:  # noqa: ANN001
+    return [make_checkpoint(kind, tmp_path_factory.mktemp(kind), **overrides) for kind, overrides in KINDS.items()]
+
+
+@pytest.fixture(scope="module")
+def single_device(checkpoints) -> dict[str, dict]:  # noqa: ANN001
+    return generate_and_score(checkpoints)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(size: int, folders: list[Path], out: Path) -> list[dict[str, dict]]:
+    """Spawns `size` ranks; each saves what it generated and scored; fails if any rank fails or overruns."""
+    context = mp.spawn(run_rank, args=(size, free_port(), folders, out), nprocs=size, join=False)
+    deadline = time.monotonic() + RANKS_TIMEOUT_S
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{size} tensor-parallel ranks did not finish within {RANKS_TIMEOUT_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(size)]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("size", [2, 4])
+def test_tensor_parallel_ranks_generate_the_single_device_tokens_and_logits(size, checkpoints, single_device,
+                                                                            tmp_path) -> None:  # noqa: ANN001
+    ranks = run_ranks(size, checkpoints, tmp_path)
+    for folder in checkpoints:
+        reference = single_device[folder.name]
+        for rank, results in enumerate(ranks):
+            got = results[folder.name]
+            assert got["tokens"] == reference["tokens"], (folder.name, rank)
+            torch.testing.assert_close(got["prefill"], reference["prefill"], **TOLERANCE)
+            torch.testing.assert_close(got["decode"], reference["decode"], **TOLERANCE)
+            # every rank holds the same blocks, each with its share of the KV heads (one when they are replicated)
+            heads = max(1, reference["kv_heads"] // size)
+            assert got["kv_heads"] == heads, (folder.name, rank)
+            expected_cache = list(reference["kv_cache"])
+            expected_cache[4] = heads
+            assert list(got["kv_cache"]) == expected_cache, (folder.name, rank)
