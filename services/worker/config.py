@@ -58,6 +58,8 @@ class WorkerConfig:
         for name in ("max_num_seqs", "max_num_batched_tokens", "kernel_profile_steps", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.tensor_parallel_size > 1 and self.load_format == "fake":
+            raise InvalidArgument("tensor_parallel_size > 1 needs a model; fake mode has none")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidArgument(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 

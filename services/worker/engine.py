@@ -112,6 +112,8 @@ def build_engine(config: WorkerConfig, use_kernels: bool | None = None, tp: Tens
     """use_kernels: None picks Triton kernels on CUDA and torch references elsewhere (tests force either).
     tp: this process's rank among config.tensor_parallel_size, already joined (None: a single device)."""
     if is_encoder_folder(config.model):
+        if config.tensor_parallel_size > 1:
+            raise InvalidArgument("tensor parallelism serves decoder models; an encoder runs on one device")
         from services.worker.encoder_engine import build_encoder_engine
 
         return build_encoder_engine(config, use_kernels)

@@ -23,6 +23,7 @@ from services.worker.models.fp8_linear import quantize_projections
 from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
 from services.worker.ops import Ops, select_ops
 from services.worker.parallel.group import SINGLE, TensorParallelGroup
+from services.worker.parallel.steps import LeaderRunner
 from services.worker.profiling import profile_kv_blocks
 from services.worker.quantization import FP8
 from services.worker.rope import rotary_tables
@@ -129,6 +130,8 @@ def build_model_engine(
     executor = ModelExecutor(ModelRunner(model, kv_cache, graphs, piecewise), Sampler(cfg.vocab_size, cfg.eos_token_ids))
     grammars = GrammarCache(config.model, cfg.vocab_size, cfg.eos_token_ids)  # its tokenizer loads on first use
     runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens, grammars=grammars)
+    if tp.size > 1 and tp.rank == 0:
+        runner = LeaderRunner(runner, tp)  # the other ranks `follow` the steps it serves
     info = EngineInfo(
         worker_id, model_id, revision, cfg, max_len, config.block_size, num_blocks, config.max_num_seqs,
         config.max_num_batched_tokens, str(dtype).removeprefix("torch."), str(device),

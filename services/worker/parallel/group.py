@@ -6,8 +6,9 @@ collective returns its input, so a single-device model runs exactly as it did be
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,9 @@ class TensorParallelGroup:
 
     rank: int = 0
     size: int = 1
+    # Where step commands travel: a gloo group of its own (pickled objects stay on the host, no device sync),
+    # whose timeout outlasts idle spells while the model's collectives keep a short one. None: the default group.
+    control: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.size < 1 or not 0 <= self.rank < self.size:
@@ -56,7 +60,7 @@ class TensorParallelGroup:
         if self.size == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
 
@@ -74,17 +78,18 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def join_group(rank: int, size: int, init_method: str, device: torch.device,
-               timeout_s: float = 300.0) -> TensorParallelGroup:
-    """Joins the `size` processes that meet at init_method (tcp://host:port) as `rank`; SINGLE at size 1."""
+def join_group(rank: int, size: int, init_method: str, device: torch.device, timeout_s: float = 300.0,
+               control_timeout_s: float | None = None) -> TensorParallelGroup:
+    """Joins the `size` processes that meet at init_method (tcp://host:port) as `rank`; SINGLE at size 1.
+    timeout_s bounds the model's collectives, control_timeout_s (default: the same) the wait for a command."""
     if size == 1:
         return SINGLE
-    group = TensorParallelGroup(rank, size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend_for(device), init_method=init_method, rank=rank, world_size=size,
                             timeout=timedelta(seconds=timeout_s))
-    return group
+    control = dist.new_group(backend="gloo", timeout=timedelta(seconds=control_timeout_s or timeout_s))
+    return TensorParallelGroup(rank, size, control)
 
 
 def leave_group(group: TensorParallelGroup) -> None:

@@ -16,6 +16,7 @@ from services.worker.config import WorkerConfig
 from services.worker.engine import Engine, build_engine
 from services.worker.kv_cache import KVCache
 from services.worker.parallel.group import TensorParallelGroup, join_group, leave_group
+from services.worker.parallel.steps import follow
 from tests.unit.worker.helpers import Driver, run_greedy
 
 PROMPTS = {1: [5, 17, 99, 3, 200, 41, 7, 7, 128, 64, 33, 2, 200, 11, 90, 150, 6, 73, 12],
@@ -50,15 +51,24 @@ def step_logits(engine: Engine) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def generate_and_score(folders: list[Path], tp: TensorParallelGroup | None = None) -> dict[str, dict]:
-    """Per checkpoint: greedy tokens (chunked prefill of 7 tokens, both sequences in every step) and step logits."""
+    """Per checkpoint: greedy tokens (chunked prefill of 7 tokens, both sequences in every step; rank 0 drives
+    the plans, the other ranks follow and report none) and step logits."""
     results = {}
     for folder in folders:
         engine = build(folder, tp)
-        tokens = run_greedy(Driver(engine), PROMPTS, NUM_TOKENS, chunk=7)
+        tokens = None
+        if tp is None:
+            tokens = run_greedy(Driver(engine), PROMPTS, NUM_TOKENS, chunk=7)
+        elif tp.rank == 0:
+            tokens = run_greedy(Driver(engine), PROMPTS, NUM_TOKENS, chunk=7)
+            engine.runner.stop()
+        else:
+            follow(engine.runner, tp)
         prefill, decode = step_logits(engine)
+        runner = getattr(engine.runner, "runner", engine.runner)  # rank 0's Runner is inside its LeaderRunner
         results[folder.name] = {"tokens": tokens, "prefill": prefill, "decode": decode,
-                                "kv_heads": engine.model.cfg.num_kv_heads, "kv_cache": engine.runner.executor
-                                .model_runner.kv_cache.data.shape}
+                                "kv_heads": engine.model.cfg.num_kv_heads,
+                                "kv_cache": runner.executor.model_runner.kv_cache.data.shape}
     return results
 
 

@@ -1,5 +1,5 @@
-"""Tensor parallelism on CPU with gloo: TP=2 and TP=4 ranks generate the greedy tokens of one device, and their
-logits agree with its logits within fp32 rounding.
+"""Tensor parallelism on CPU with gloo: TP=2 and TP=4 ranks (rank 0 stepping plans, the others following it)
+generate the greedy tokens of one device, and their logits agree with its logits within fp32 rounding.
 
 Tolerance: the ranks compute the same products as one device, but a row-parallel projection sums its dot product
 in tp partial sums that an all-reduce adds, and smaller GEMMs may block their reductions differently; fp32 carries
@@ -67,7 +67,7 @@ def test_tensor_parallel_ranks_generate_the_single_device_tokens_and_logits(size
         reference = single_device[folder.name]
         for rank, results in enumerate(ranks):
             got = results[folder.name]
-            assert got["tokens"] == reference["tokens"], (folder.name, rank)
+            assert got["tokens"] == (reference["tokens"] if rank == 0 else None), (folder.name, rank)
             torch.testing.assert_close(got["prefill"], reference["prefill"], **TOLERANCE)
             torch.testing.assert_close(got["decode"], reference["decode"], **TOLERANCE)
             # every rank holds the same blocks, each with its share of the KV heads (one when they are replicated)
