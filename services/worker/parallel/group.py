@@ -1,4 +1,4 @@
-"""The tensor-parallel process group: the two collectives the decoder needs, and nothing at size 1.
+"""The tensor-parallel process group: the collectives the decoder and its ranks need, and nothing at size 1.
 
 NCCL on CUDA devices, gloo on CPU; the same calls serve both. At size 1 no process group exists and every
 collective returns its input, so a single-device model runs exactly as it did before tensor parallelism.
