@@ -80,6 +80,8 @@ def build_model_engine(
     if tp.size != config.tensor_parallel_size:
         raise InvalidArgument(f"--tensor-parallel-size {config.tensor_parallel_size} asked for, but this process "
                               f"is one of {tp.size} ranks")
+    if tp.size > 1 and FP8 in (config.quantization, cfg.quantization):
+        raise InvalidArgument("FP8 projections under tensor parallelism are not supported yet")
     device = resolve_device(config.device)
     if tp.size > 1 and device.type == "cuda":
         device = torch.device("cuda", tp.rank)  # one device per rank

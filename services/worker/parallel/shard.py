@@ -55,8 +55,6 @@ class DecoderShard:
         else:
             raise InvalidArgument(f"tensor-parallel size {size} must divide num_key_value_heads {cfg.num_kv_heads} "
                                   f"or be a multiple of it")
-        if cfg.quantization and size > 1:
-            raise InvalidArgument(f"tensor parallelism of {cfg.quantization} checkpoints is not supported yet")
         block = -(-cfg.vocab_size // size)
         widths = tuple(max(0, min(block, cfg.vocab_size - r * block)) for r in range(size))
         local = cfg if size == 1 else replace(cfg, num_heads=cfg.num_heads // size, num_kv_heads=num_kv_heads,

@@ -54,7 +54,6 @@ def test_row_parallel_weights_split_columns_and_only_rank_0_adds_their_bias() ->
     (CFG, 3, "must divide num_attention_heads 8"),
     (replace(CFG, intermediate_size=100), 8, "must divide intermediate_size 100"),
     (replace(CFG, num_heads=12, num_kv_heads=3), 4, "must divide num_key_value_heads 3 or be a multiple of it"),
-    (replace(CFG, quantization="fp8"), 2, "fp8 checkpoints is not supported yet"),
 ])
 def test_sizes_that_would_split_a_head_or_a_group_are_refused(cfg, size, message) -> None:  # noqa: ANN001
     with pytest.raises(InvalidArgument, match=message):

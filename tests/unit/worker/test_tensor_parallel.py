@@ -76,3 +76,21 @@ def test_tensor_parallel_ranks_generate_the_single_device_tokens_and_logits(size
             expected_cache = list(reference["kv_cache"])
             expected_cache[4] = heads
             assert list(got["kv_cache"]) == expected_cache, (folder.name, rank)
+
+
+def test_fp8_projections_fake_mode_and_a_size_other_than_the_group_are_refused(checkpoints) -> None:  # noqa: ANN001
+    from services.common.errors import InvalidArgument
+    from services.worker.config import WorkerConfig
+    from services.worker.engine import build_engine
+    from services.worker.parallel.group import TensorParallelGroup
+    from services.worker.server import build_config
+
+    folder = str(checkpoints[0])
+    rank0 = TensorParallelGroup(0, 2)  # refused before any collective, so no process group is needed
+    with pytest.raises(InvalidArgument, match="FP8 projections under tensor parallelism are not supported yet"):
+        build_engine(WorkerConfig(model=folder, device="cpu", quantization="fp8", tensor_parallel_size=2), tp=rank0)
+    with pytest.raises(InvalidArgument, match="--tensor-parallel-size 4 asked for, but this process is one of 2"):
+        build_engine(WorkerConfig(model=folder, device="cpu", tensor_parallel_size=4), tp=rank0)
+    with pytest.raises(InvalidArgument, match="fake mode has none"):
+        WorkerConfig(model="llama-3.2-1b", load_format="fake", tensor_parallel_size=2)
+    assert build_config(["--model", folder, "--tensor-parallel-size", "2"]).tensor_parallel_size == 2
