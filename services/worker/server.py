@@ -114,7 +114,9 @@ class WorkerStage:
         return self.server.port
 
     def ready(self) -> bool:
-        return self.servicer.engine is not None and not self.servicer.draining and not self.servicer.step_stuck()
+        # A tensor-parallel rank that died leaves rank 0 unable to run a step.
+        return (self.servicer.engine is not None and not self.servicer.draining and not self.servicer.step_stuck()
+                and all(process.is_alive() for process in self.followers))
 
     async def start(self) -> None:
         """Starts the server, builds the engine off the event loop (health answers meanwhile), then SERVING."""
@@ -173,8 +175,11 @@ class WorkerStage:
                 await asyncio.wait_for(loop.run_in_executor(self.servicer.executor, runner.stop), FOLLOWER_STOP_S)
             except TimeoutError:
                 log.warning("the model thread did not reach the other ranks within %.0f s", FOLLOWER_STOP_S)
+            except RuntimeError as exc:  # a rank that died closed its connections
+                log.warning("could not tell the other ranks to stop: %s", exc)
         await loop.run_in_executor(None, launch.stop_followers, self.followers, FOLLOWER_STOP_S)
         self.followers = []
+        await loop.run_in_executor(self.servicer.executor, launch.leave_group)
 
 
 async def serve(config: WorkerConfig) -> int:

@@ -1,9 +1,11 @@
 """A worker started with tensor_parallel_size 2 on the CPU (gloo over loopback) serves over gRPC the tokens of a
-one-device worker, with two plans in flight, and its other rank leaves when it stops."""
+one-device worker, with two plans in flight; its other rank leaves when it stops, and a rank that dies makes it
+not ready."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from flashstream.v1 import worker_pb2, worker_pb2_grpc
 from services.common.config import ServerConfig
 from services.common.grpc_server import create_channel
 from services.worker.config import WorkerConfig
-from services.worker.server import WorkerStage
+from services.worker.server import FOLLOWER_STOP_S, WorkerStage
 from tests.integration.test_worker_grpc import NUM_TOKENS, PROMPT_A, PROMPT_B, _new_seq
 from tests.unit.worker.helpers import hf_greedy, make_checkpoint
 
@@ -38,10 +40,7 @@ def _plans() -> list[worker_pb2.StepPlan]:
 
 async def _serve_and_drive(folder: Path, tensor_parallel_size: int) -> tuple[dict[int, list[int]], list[int]]:
     """Tokens per sequence from a worker of the given size, and the exit codes of its other ranks' processes."""
-    stage = WorkerStage(WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=32,
-                                     max_model_len=256, tensor_parallel_size=tensor_parallel_size,
-                                     server=ServerConfig(port=0)))
-    await stage.start()
+    stage = await _start(folder, tensor_parallel_size)
     followers = list(stage.followers)
     tokens: dict[int, list[int]] = {}
     try:
@@ -66,6 +65,31 @@ async def _serve_and_drive(folder: Path, tensor_parallel_size: int) -> tuple[dic
     finally:
         await stage.stop(1.0)
     return tokens, [process.exitcode for process in followers]
+
+
+async def _start(folder: Path, tensor_parallel_size: int) -> WorkerStage:
+    stage = WorkerStage(WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=32,
+                                     max_model_len=256, tensor_parallel_size=tensor_parallel_size,
+                                     server=ServerConfig(port=0)))
+    await stage.start()
+    return stage
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_other_rank_died_is_not_ready_and_still_stops(folder: Path) -> None:
+    async def scenario() -> tuple[bool, bool, float]:
+        stage = await _start(folder, 2)
+        ready_before = stage.ready()
+        stage.followers[0].kill()
+        stage.followers[0].join()
+        ready_after = stage.ready()
+        start = time.monotonic()
+        await stage.stop(1.0)
+        return ready_before, ready_after, time.monotonic() - start
+
+    ready_before, ready_after, stop_s = asyncio.run(scenario())
+    assert (ready_before, ready_after) == (True, False)
+    assert stop_s < FOLLOWER_STOP_S + 5
 
 
 @pytest.mark.timeout(180)

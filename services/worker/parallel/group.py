@@ -92,6 +92,7 @@ def join_group(rank: int, size: int, init_method: str, device: torch.device, tim
     return TensorParallelGroup(rank, size, control)
 
 
-def leave_group(group: TensorParallelGroup) -> None:
-    if group.size > 1 and dist.is_initialized():
+def leave_group() -> None:
+    """Leaves the group this process joined, if any (on the thread that joined it)."""
+    if dist.is_initialized():
         dist.destroy_process_group()

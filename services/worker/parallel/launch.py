@@ -1,4 +1,4 @@
-"""Starting a tensor-parallel worker: rank 0 is the worker process itself (it serves gRPC); it starts one process
+"""Starting and stopping a tensor-parallel worker: rank 0 is the worker process itself (it serves gRPC); it starts one process
 per other rank, and all of them meet on a loopback port."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def run_follower(rank: int, config: WorkerConfig, init_method: str) -> None:
         engine = build_engine(config, tp=tp)
         follow(engine.runner, tp)
     finally:
-        leave_group(tp)
+        leave_group()
 
 
 def stop_followers(processes: list[BaseProcess], timeout_s: float) -> None:

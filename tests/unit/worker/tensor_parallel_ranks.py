@@ -79,4 +79,4 @@ def run_rank(rank: int, size: int, port: int, folders: list[Path], out: Path) ->
     try:
         torch.save(generate_and_score(folders, tp), out / f"rank{rank}.pt")
     finally:
-        leave_group(tp)
+        leave_group()
