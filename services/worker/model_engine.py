@@ -36,12 +36,15 @@ from services.worker.sequences import SequenceLimits
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, tp_rank: int | None = None) -> torch.device:
+    """The device `name` means; a tensor-parallel rank r (tp_rank) runs on cuda:r where it names CUDA."""
     if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        name = "cuda:0" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgument(f"device {name!r} asked for, but CUDA is not available")
+    if device.type == "cuda" and tp_rank is not None:
+        return torch.device("cuda", tp_rank)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -82,9 +85,7 @@ def build_model_engine(
                               f"is one of {tp.size} ranks")
     if tp.size > 1 and FP8 in (config.quantization, cfg.quantization):
         raise InvalidArgument("FP8 projections under tensor parallelism are not supported yet")
-    device = resolve_device(config.device)
-    if tp.size > 1 and device.type == "cuda":
-        device = torch.device("cuda", tp.rank)  # one device per rank
+    device = resolve_device(config.device, tp.rank if tp.size > 1 else None)
     dtype = resolve_dtype(config.dtype, cfg, device)
     ops = select_ops(device, use_kernels)
     dummy = config.load_format == "dummy"

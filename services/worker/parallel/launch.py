@@ -7,11 +7,11 @@ import logging
 import socket
 from multiprocessing.process import BaseProcess
 
-import torch
 import torch.multiprocessing as mp
 
 from services.worker.config import WorkerConfig
 from services.worker.engine import Engine, build_engine
+from services.worker.model_engine import resolve_device
 from services.worker.parallel.group import TensorParallelGroup, join_group, leave_group
 from services.worker.parallel.steps import follow
 
@@ -22,14 +22,6 @@ log = logging.getLogger(__name__)
 # rank has entered the step, fails after COLLECTIVE_TIMEOUT_S instead (a rank that died).
 IDLE_TIMEOUT_S = 20 * 24 * 3600.0
 COLLECTIVE_TIMEOUT_S = 300.0
-
-
-def rank_device(name: str, rank: int) -> torch.device:
-    """Rank r runs on cuda:r (one GPU per rank), or on the CPU."""
-    from services.worker.model_engine import resolve_device
-
-    device = resolve_device(name)
-    return torch.device("cuda", rank) if device.type == "cuda" else device
 
 
 def free_loopback_address() -> str:
@@ -51,14 +43,14 @@ def start_followers(config: WorkerConfig, init_method: str) -> list[BaseProcess]
 
 def build_leader_engine(config: WorkerConfig, init_method: str) -> Engine:
     """Rank 0: joins the ranks and builds its share; call on the thread that will run every step."""
-    tp = join_group(0, config.tensor_parallel_size, init_method, rank_device(config.device, 0),
+    tp = join_group(0, config.tensor_parallel_size, init_method, resolve_device(config.device, 0),
                     COLLECTIVE_TIMEOUT_S, IDLE_TIMEOUT_S)
     return build_engine(config, tp=tp)
 
 
 def run_follower(rank: int, config: WorkerConfig, init_method: str) -> None:
     tp: TensorParallelGroup = join_group(rank, config.tensor_parallel_size, init_method,
-                                         rank_device(config.device, rank), COLLECTIVE_TIMEOUT_S, IDLE_TIMEOUT_S)
+                                         resolve_device(config.device, rank), COLLECTIVE_TIMEOUT_S, IDLE_TIMEOUT_S)
     try:
         engine = build_engine(config, tp=tp)
         follow(engine.runner, tp)
