@@ -15,6 +15,7 @@ from services.worker.attention_metadata import SeqChunk, build_attention_metadat
 from services.worker.config import WorkerConfig
 from services.worker.engine import Engine, build_engine
 from services.worker.kv_cache import KVCache
+from services.worker.model_engine import resolve_device
 from services.worker.parallel.group import TensorParallelGroup, join_group, leave_group
 from services.worker.parallel.steps import follow
 from tests.unit.worker.helpers import Driver, run_greedy
@@ -25,9 +26,9 @@ NUM_TOKENS = 8
 BLOCK_SIZE = 16
 
 
-def build(folder: Path, tp: TensorParallelGroup | None = None) -> Engine:
+def build(folder: Path, tp: TensorParallelGroup | None = None, device: str = "cpu") -> Engine:
     size = 1 if tp is None else tp.size
-    config = WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=64, max_model_len=256,
+    config = WorkerConfig(model=str(folder), device=device, dtype="float32", num_kv_blocks=64, max_model_len=256,
                           block_size=BLOCK_SIZE, tensor_parallel_size=size)
     return build_engine(config, tp=tp)
 
@@ -37,25 +38,27 @@ def step_logits(engine: Engine) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 logits of every prompt position (both prompts prefilled in one step) [sum of lengths, vocab], then of
     one decode step of both sequences feeding each its prefill argmax [2, vocab]; on a fresh KV cache."""
     model = engine.model
-    cache = KVCache(model.cfg, 8, BLOCK_SIZE, torch.float32, torch.device("cpu"))  # this rank's KV heads
+    device = model.model.embed_tokens.weight.device
+    cache = KVCache(model.cfg, 8, BLOCK_SIZE, torch.float32, device)  # this rank's KV heads
     blocks = {1: [0, 1], 2: [5, 3]}
     chunks = [SeqChunk(0, len(PROMPTS[s]), blocks[s]) for s in PROMPTS]
-    ids = torch.tensor([t for s in PROMPTS for t in PROMPTS[s]])
+    ids = torch.tensor([t for s in PROMPTS for t in PROMPTS[s]], device=device)
     prefill = model.compute_logits(model(ids, build_attention_metadata(chunks, BLOCK_SIZE, ids.device), cache.layers))
-    last = torch.tensor([len(PROMPTS[1]) - 1, len(ids) - 1])
+    last = torch.tensor([len(PROMPTS[1]) - 1, len(ids) - 1], device=device)
     next_ids = prefill[last].argmax(-1)
     chunks = [SeqChunk(len(PROMPTS[s]), 1, blocks[s]) for s in PROMPTS]
     decode = model.compute_logits(model(next_ids, build_attention_metadata(chunks, BLOCK_SIZE, ids.device),
                                         cache.layers))
-    return prefill, decode
+    return prefill.cpu(), decode.cpu()
 
 
-def generate_and_score(folders: list[Path], tp: TensorParallelGroup | None = None) -> dict[str, dict]:
+def generate_and_score(folders: list[Path], tp: TensorParallelGroup | None = None,
+                       device: str = "cpu") -> dict[str, dict]:
     """Per checkpoint: greedy tokens (chunked prefill of 7 tokens, both sequences in every step; rank 0 drives
     the plans, the other ranks follow and report none) and step logits."""
     results = {}
     for folder in folders:
-        engine = build(folder, tp)
+        engine = build(folder, tp, device)
         tokens = None
         if tp is None:
             tokens = run_greedy(Driver(engine), PROMPTS, NUM_TOKENS, chunk=7)
@@ -72,11 +75,12 @@ def generate_and_score(folders: list[Path], tp: TensorParallelGroup | None = Non
     return results
 
 
-def run_rank(rank: int, size: int, port: int, folders: list[Path], out: Path) -> None:
+def run_rank(rank: int, size: int, port: int, folders: list[Path], out: Path, device: str = "cpu") -> None:
+    """gloo on "cpu", NCCL on "cuda" (rank r on cuda:r)."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    tp = join_group(rank, size, f"tcp://127.0.0.1:{port}", torch.device("cpu"), timeout_s=60)
+    tp = join_group(rank, size, f"tcp://127.0.0.1:{port}", resolve_device(device, rank), timeout_s=60)
     try:
-        torch.save(generate_and_score(folders, tp), out / f"rank{rank}.pt")
+        torch.save(generate_and_score(folders, tp, device), out / f"rank{rank}.pt")
     finally:
         leave_group()
