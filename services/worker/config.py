@@ -36,6 +36,7 @@ class WorkerConfig:
     worker_id: str = ""
     kernel_profile_dir: str = ""  # where SIGUSR1 writes a torch.profiler summary of a window of steps ("": off)
     kernel_profile_steps: int = 100  # steps in that window
+    tensor_parallel_size: int = 1  # processes (one per device) that together hold the model
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
@@ -54,9 +55,11 @@ class WorkerConfig:
         for name in ("num_kv_blocks", "max_model_len"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "kernel_profile_steps"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "kernel_profile_steps", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.tensor_parallel_size > 1 and self.load_format == "fake":
+            raise InvalidArgument("tensor_parallel_size > 1 needs a model; fake mode has none")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidArgument(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 

@@ -22,6 +22,7 @@ from services.worker.sequences import SequenceLimits
 
 if TYPE_CHECKING:
     from services.worker.embedding import Embedder
+    from services.worker.parallel.group import TensorParallelGroup
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Engine:
 
     def embed(self, inputs: list[list[int]], normalize: bool | None = None, dimensions: int = 0) -> list[list[float]]:
         if self.embedder is None:
-            raise InvalidArgument("this worker runs in fake mode and has no model to embed with")
+            raise InvalidArgument("this worker has no model to embed with (fake mode, or tensor parallel)")
         return self.embedder.embed(inputs, normalize, dimensions)
 
 
@@ -107,9 +108,12 @@ def fake_token_id(config: WorkerConfig, cfg: ModelConfig) -> int:
     return next(t for t in range(cfg.vocab_size) if t not in cfg.eos_token_ids)
 
 
-def build_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engine:
-    """use_kernels: None picks Triton kernels on CUDA and torch references elsewhere (tests force either)."""
+def build_engine(config: WorkerConfig, use_kernels: bool | None = None, tp: TensorParallelGroup | None = None) -> Engine:
+    """use_kernels: None picks Triton kernels on CUDA and torch references elsewhere (tests force either).
+    tp: this process's rank among config.tensor_parallel_size, already joined (None: a single device)."""
     if is_encoder_folder(config.model):
+        if config.tensor_parallel_size > 1:
+            raise InvalidArgument("tensor parallelism serves decoder models; an encoder runs on one device")
         from services.worker.encoder_engine import build_encoder_engine
 
         return build_encoder_engine(config, use_kernels)
@@ -127,7 +131,7 @@ def build_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engin
         return Engine(info, runner)
     from services.worker.model_engine import build_model_engine
 
-    return build_model_engine(config, cfg, model_id, revision, max_len, worker_id, use_kernels)
+    return build_model_engine(config, cfg, model_id, revision, max_len, worker_id, use_kernels, tp)
 
 
 __all__ = ["CPU_DEFAULT_KV_BLOCKS", "Engine", "EngineInfo", "build_engine"]

@@ -3,7 +3,8 @@
 Real weights are copied tensor by tensor from safetensors (`safe_open` maps the file; each tensor is read once
 and copied into its parameter), so the host never holds a second full copy of the model. Every problem (no
 weights, a missing shard, an unknown or missing tensor, a wrong shape) is refused at start, naming the file and
-the tensor.
+the tensor. Under tensor parallelism each rank reads only its slices of the tensors it divides (see
+`DecoderShard.checkpoint_slice`): safetensors maps the file, so the other ranks' rows are never read.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from services.worker.checkpoint_files import weight_files
 from services.worker.model_config import ModelConfig
 from services.worker.models.decoder import CausalDecoder, fused_shards
 from services.worker.models.fp8_linear import fp8_projections
+from services.worker.parallel.shard import TensorSlice
 from services.worker.ops import Ops
+from services.worker.parallel.group import SINGLE, TensorParallelGroup
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
 # Tensors of FP8 checkpoints that FlashStream reads past: static activation scales (activations are quantised per
@@ -37,10 +40,12 @@ _KV_SCALE_SUFFIXES = {
 }
 
 
-def build_empty_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device) -> CausalDecoder:
-    """The decoder with uninitialised parameters of `dtype` on `device` (nothing is allocated twice)."""
+def build_empty_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device,
+                      tp: TensorParallelGroup = SINGLE) -> CausalDecoder:
+    """The decoder (this rank's share of it) with uninitialised parameters of `dtype` on `device` (nothing is
+    allocated twice)."""
     with torch.device("meta"):
-        model = CausalDecoder(cfg, ops).to(dtype)
+        model = CausalDecoder(cfg, ops, tp).to(dtype)
         if cfg.quantization == "fp8":
             fp8_projections(model, ops)  # after .to(dtype), which would cast FP8 weights and their fp32 scales
     return model.to_empty(device=device).eval().requires_grad_(False)
@@ -94,18 +99,38 @@ def _load_file(path: Path, model: CausalDecoder, targets: dict[str, tuple[torch.
                 raise InvalidArgument(f"{path}: tensor {name} does not belong to a {model.cfg.architecture}")
             param, first, rows = targets[name]
             expected = (rows, *param.shape[1:])
+            piece = model.shard.checkpoint_slice(name)
+            whole = expected if piece is None else _whole_shape(expected, piece)
             shape = tuple(f.get_slice(name).get_shape())
             if name.endswith(".weight_scale") and shape in ((), (1,), (rows, 1)):
                 shape = expected  # one scale per tensor (broadcast to its rows) or per channel, as a column
-            if shape != expected:
-                raise InvalidArgument(f"{path}: tensor {name} has shape {shape}, expected {expected}")
-            tensor = f.get_tensor(name)
+            if shape != whole:
+                raise InvalidArgument(f"{path}: tensor {name} has shape {shape}, expected {whole}")
+            if not model.shard.adds_bias(name):
+                param.data[first : first + rows].zero_()
+                loaded.add(name)
+                continue
+            tensor = f.get_tensor(name) if piece is None else _read_slice(f, name, piece)
             if param.dtype == torch.float8_e4m3fn and tensor.dtype != param.dtype:
                 raise InvalidArgument(f"{path}: tensor {name} has dtype {tensor.dtype}, expected {param.dtype} "
                                       "(config.json declares an FP8 checkpoint)")
             param.data[first : first + rows].copy_(tensor.reshape(-1) if param.dim() == 1 else tensor)
             loaded.add(name)
             progress.advance(tensor.numel() * tensor.element_size())
+
+
+def _whole_shape(local: tuple[int, ...], piece: TensorSlice) -> tuple[int, ...]:
+    """The checkpoint shape a rank's `local` share [rows, ...] of a tensor is cut from."""
+    whole = list(local)
+    whole[piece.dim] = piece.whole
+    return tuple(whole)
+
+
+def _read_slice(f, name: str, piece: TensorSlice) -> torch.Tensor:  # noqa: ANN001 - a safe_open handle
+    """Reads only the slice of tensor `name`: rows of [out] or [out, in], or columns of [out, in]."""
+    stop = piece.start + piece.length
+    view = f.get_slice(name)
+    return view[piece.start : stop] if piece.dim == 0 else view[:, piece.start : stop]
 
 
 def _set_kv_scale(model: CausalDecoder, path: Path, name: str, module_name: str, attrs: tuple[str, ...],

@@ -22,6 +22,8 @@ from services.worker.models.decoder import store_projections_input_major
 from services.worker.models.fp8_linear import quantize_projections
 from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
 from services.worker.ops import Ops, select_ops
+from services.worker.parallel.group import SINGLE, TensorParallelGroup
+from services.worker.parallel.steps import LeaderRunner
 from services.worker.profiling import profile_kv_blocks
 from services.worker.quantization import FP8
 from services.worker.rope import rotary_tables
@@ -34,12 +36,15 @@ from services.worker.sequences import SequenceLimits
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, tp_rank: int | None = None) -> torch.device:
+    """The device `name` means; a tensor-parallel rank r (tp_rank) runs on cuda:r where it names CUDA."""
     if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        name = "cuda:0" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgument(f"device {name!r} asked for, but CUDA is not available")
+    if device.type == "cuda" and tp_rank is not None:
+        return torch.device("cuda", tp_rank)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -72,14 +77,21 @@ def build_model_engine(
     max_len: int,
     worker_id: str,
     use_kernels: bool | None = None,
+    tp: TensorParallelGroup | None = None,
 ) -> Engine:
-    device = resolve_device(config.device)
+    tp = tp or SINGLE
+    if tp.size != config.tensor_parallel_size:
+        raise InvalidArgument(f"--tensor-parallel-size {config.tensor_parallel_size} asked for, but this process "
+                              f"is one of {tp.size} ranks")
+    if tp.size > 1 and FP8 in (config.quantization, cfg.quantization):
+        raise InvalidArgument("FP8 projections under tensor parallelism are not supported yet")
+    device = resolve_device(config.device, tp.rank if tp.size > 1 else None)
     dtype = resolve_dtype(config.dtype, cfg, device)
     ops = select_ops(device, use_kernels)
     dummy = config.load_format == "dummy"
     # Random weights are drawn in the model dtype, then quantised as --quantization fp8 would (an FP8 checkpoint's
     # config too): FP8 tensors have no random draw.
-    model = build_empty_model(replace(cfg, quantization="") if dummy else cfg, ops, dtype, device)
+    model = build_empty_model(replace(cfg, quantization="") if dummy else cfg, ops, dtype, device, tp)
     if dummy:
         init_dummy_weights(model, config.seed)
     else:
@@ -103,10 +115,13 @@ def build_model_engine(
                 raise InvalidArgument("no room for a KV cache: raise --gpu-memory-utilization or lower the limits")
         else:
             num_blocks = CPU_DEFAULT_KV_BLOCKS
+        num_blocks = tp.min_over_ranks(num_blocks)  # one block table for every rank's share of the cache
     max_len = fit_max_model_len(max_len, num_blocks, config.block_size, bool(config.max_model_len))
-    kv_cache = KVCache(cfg, num_blocks, config.block_size, kv_dtype, device)
+    kv_cache = KVCache(model.cfg, num_blocks, config.block_size, kv_dtype, device)  # this rank's KV heads
     graphs, piecewise = None, None
-    if device.type == "cuda" and not config.enforce_eager:
+    if device.type == "cuda" and not config.enforce_eager and tp.size > 1:
+        log.warning("tensor parallel: CUDA graphs are not captured yet, every step runs eagerly")
+    elif device.type == "cuda" and not config.enforce_eager:
         graphs = DecodeGraphs(model, kv_cache, config.max_num_seqs, max_len)
         graphs.capture()
         log.info("captured decode CUDA graphs for batch sizes %s", graphs.buckets)
@@ -118,11 +133,15 @@ def build_model_engine(
     executor = ModelExecutor(ModelRunner(model, kv_cache, graphs, piecewise), Sampler(cfg.vocab_size, cfg.eos_token_ids))
     grammars = GrammarCache(config.model, cfg.vocab_size, cfg.eos_token_ids)  # its tokenizer loads on first use
     runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens, grammars=grammars)
+    if tp.size > 1 and tp.rank == 0:
+        runner = LeaderRunner(runner, tp)  # the other ranks `follow` the steps it serves
     info = EngineInfo(
         worker_id, model_id, revision, cfg, max_len, config.block_size, num_blocks, config.max_num_seqs,
         config.max_num_batched_tokens, str(dtype).removeprefix("torch."), str(device),
     )
     shape = EmbeddingShape(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.vocab_size, max_len,
                            config.block_size, config.max_num_batched_tokens)
-    # A preset name is no folder: it pools by the last token, not normalised.
-    return Engine(info, runner, model, Embedder(model, shape, PoolingConfig.from_folder(config.model, "last")))
+    # A preset name is no folder: it pools by the last token, not normalised. Under tensor parallelism an Embed
+    # call would have to reach every rank, which only steps do: such a worker does not embed.
+    embedder = Embedder(model, shape, PoolingConfig.from_folder(config.model, "last")) if tp.size == 1 else None
+    return Engine(info, runner, model, embedder)

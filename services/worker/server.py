@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from functools import partial
 
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
@@ -25,6 +26,7 @@ from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger(__name__)
 
+FOLLOWER_STOP_S = 10.0  # how long stopping waits for the other tensor-parallel ranks before killing them
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
              "the device kernels here (default: off)")
     add("--kernel-profile-steps", type=int, default=env_default("kernel_profile_steps", 100),
         help="steps in a kernel profile window")
+    add("--tensor-parallel-size", type=int, default=env_default("tensor_parallel_size", 1),
+        help="processes that together hold the model, one per GPU (cuda:0 .. cuda:N-1; NCCL), or on the CPU "
+             "(gloo); this process is rank 0 and serves gRPC, it starts the others")
     return parser
 
 
@@ -82,7 +87,8 @@ def build_config(argv: list[str] | None = None) -> WorkerConfig:
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enforce_eager=args.enforce_eager, fake_token_id=args.fake_token_id, seed=args.seed,
         worker_id=args.worker_id, kernel_profile_dir=args.kernel_profile_dir,
-        kernel_profile_steps=args.kernel_profile_steps, server=server_config(args),
+        kernel_profile_steps=args.kernel_profile_steps, tensor_parallel_size=args.tensor_parallel_size,
+        server=server_config(args),
     )
 
 
@@ -99,6 +105,7 @@ class WorkerStage:
 
             self.servicer.kernel_profile = KernelProfile(config.kernel_profile_dir, config.kernel_profile_steps)
         self.server: StageServer | None = None
+        self.followers: list = []  # the processes of tensor-parallel ranks 1 .. N-1
 
     @property
     def port(self) -> int:
@@ -107,7 +114,9 @@ class WorkerStage:
         return self.server.port
 
     def ready(self) -> bool:
-        return self.servicer.engine is not None and not self.servicer.draining and not self.servicer.step_stuck()
+        # A tensor-parallel rank that died leaves rank 0 unable to run a step.
+        return (self.servicer.engine is not None and not self.servicer.draining and not self.servicer.step_stuck()
+                and all(process.is_alive() for process in self.followers))
 
     async def start(self) -> None:
         """Starts the server, builds the engine off the event loop (health answers meanwhile), then SERVING."""
@@ -122,15 +131,24 @@ class WorkerStage:
         loop = asyncio.get_running_loop()
         if self.servicer.kernel_profile is not None:
             loop.add_signal_handler(signal.SIGUSR1, self.servicer.kernel_profile.arm)
-        engine = await loop.run_in_executor(self.servicer.executor, build_engine, self.config)
+        build = partial(build_engine, self.config)
+        if self.config.tensor_parallel_size > 1:
+            from services.worker.parallel import launch  # imports torch, which fake mode does without
+
+            init_method = launch.free_loopback_address()
+            self.followers = launch.start_followers(self.config, init_method)
+            build = partial(launch.build_leader_engine, self.config, init_method)
+        # Built on the model thread: under tensor parallelism every collective of rank 0 runs there.
+        engine = await loop.run_in_executor(self.servicer.executor, build)
         self.servicer.engine = engine
         info = engine.info
         self.metrics.set_model(info.model_id)
         # Only decoders quantise their projections; an encoder's config has no quantization.
         fp8 = isinstance(info.model, ModelConfig) and FP8 in (self.config.quantization, info.model.quantization)
-        log.info("model %s (%s, revision %s) on %s %s%s: %d KV blocks of %d tokens (%s cache), max_model_len %d",
+        tp = self.config.tensor_parallel_size
+        log.info("model %s (%s, revision %s) on %s %s%s%s: %d KV blocks of %d tokens (%s cache), max_model_len %d",
                  info.model_id, info.model.architecture, info.model_revision, info.device, info.dtype,
-                 " with FP8 projections" if fp8 else "",
+                 " with FP8 projections" if fp8 else "", f", tensor parallel over {tp} ranks" if tp > 1 else "",
                  info.num_kv_blocks, info.block_size,
                  "float8_e4m3fn" if self.config.kv_cache_dtype == FP8 else info.dtype, info.max_model_len)
         await self.server.set_serving(True)
@@ -139,8 +157,29 @@ class WorkerStage:
         self.servicer.draining = True
         if self.server is not None:
             await self.server.drain_and_stop(grace_s, self.servicer.drain)
+        if self.followers:
+            await self._stop_followers()
         self.servicer.shutdown()
         self.tracing.shutdown()
+
+
+    async def _stop_followers(self) -> None:
+        """Tells the other tensor-parallel ranks to leave (on the model thread, after the last step) and waits
+        for their processes."""
+        from services.worker.parallel import launch
+
+        loop = asyncio.get_running_loop()
+        runner = self.servicer.engine.runner if self.servicer.engine is not None else None
+        if runner is not None:
+            try:
+                await asyncio.wait_for(loop.run_in_executor(self.servicer.executor, runner.stop), FOLLOWER_STOP_S)
+            except TimeoutError:
+                log.warning("the model thread did not reach the other ranks within %.0f s", FOLLOWER_STOP_S)
+            except RuntimeError as exc:  # a rank that died closed its connections
+                log.warning("could not tell the other ranks to stop: %s", exc)
+        await loop.run_in_executor(None, launch.stop_followers, self.followers, FOLLOWER_STOP_S)
+        self.followers = []
+        await loop.run_in_executor(self.servicer.executor, launch.leave_group)
 
 
 async def serve(config: WorkerConfig) -> int:

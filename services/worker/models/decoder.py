@@ -14,6 +14,8 @@ from torch import nn
 from services.worker.attention_metadata import AttentionMetadata
 from services.worker.model_config import ModelConfig
 from services.worker.ops import Ops
+from services.worker.parallel.group import SINGLE, TensorParallelGroup
+from services.worker.parallel.shard import DecoderShard
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # ([num_blocks, block_size, num_kv_heads, head_dim],) * 2
 
@@ -63,10 +65,13 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+    """cfg: this rank's share (its heads and KV heads); o_proj's partial outputs are summed over the ranks."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops, tp: TensorParallelGroup = SINGLE) -> None:
         super().__init__()
         self.cfg = cfg
         self.ops = ops
+        self.tp = tp
         self.scale = cfg.head_dim**-0.5
         # What an FP8 KV cache stores is K / k_scale and V / v_scale (the checkpoint's calibration, else 1); a cache
         # of the model's dtype ignores them.
@@ -82,7 +87,8 @@ class Attention(nn.Module):
         self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, rope: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         q = self.project(x, meta, kv_cache, rope)
-        return self.o_proj(self.attend(q, meta, kv_cache).view(x.shape[0], self.cfg.q_size))  # [num_tokens, hidden]
+        attn = self.attend(q, meta, kv_cache).view(x.shape[0], self.cfg.q_size)
+        return self.tp.all_reduce(self.o_proj(attn))  # [num_tokens, hidden]
 
     def project(
         self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, rope: tuple[torch.Tensor, torch.Tensor]
@@ -138,21 +144,24 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+    """gate/up column-parallel, down row-parallel: one all-reduce per layer."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops, tp: TensorParallelGroup = SINGLE) -> None:
         super().__init__()
         self.ops = ops
+        self.tp = tp
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.tp.all_reduce(self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+    def __init__(self, cfg: ModelConfig, ops: Ops, tp: TensorParallelGroup = SINGLE) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, ops)
-        self.mlp = MLP(cfg, ops)
+        self.self_attn = Attention(cfg, ops, tp)
+        self.mlp = MLP(cfg, ops, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
 
@@ -185,29 +194,36 @@ class DecoderLayer(nn.Module):
 
     def after_attention(self, attn: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """attention output [num_tokens, num_heads, head_dim] → (MLP output, residual), [num_tokens, hidden] each."""
-        x = self.self_attn.o_proj(attn.view(attn.shape[0], -1))
+        x = self.self_attn.tp.all_reduce(self.self_attn.o_proj(attn.view(attn.shape[0], -1)))
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+    def __init__(self, cfg: ModelConfig, ops: Ops, tp: TensorParallelGroup = SINGLE) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, ops) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, ops, tp) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
 
 
 class CausalDecoder(nn.Module):
-    """Token ids in, final hidden states out; `compute_logits` maps chosen rows to the vocabulary."""
+    """Token ids in, final hidden states out; `compute_logits` maps chosen rows to the vocabulary.
 
-    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+    Under tensor parallelism (tp.size > 1) this is one rank's share (see `DecoderShard`): `cfg` holds its head,
+    KV head and intermediate counts, so the KV cache and graphs built from `cfg` hold its share too."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops, tp: TensorParallelGroup = SINGLE) -> None:
         super().__init__()
+        self.tp = tp
+        self.shard = DecoderShard.of(cfg, tp.rank, tp.size)
+        cfg = self.shard.local
         self.cfg = cfg
         self.ops = ops
-        self.model = DecoderModel(cfg, ops)
+        self.model = DecoderModel(cfg, ops, tp)
         # Tied checkpoints reuse the embedding matrix; no second parameter exists to keep in sync.
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = (None if cfg.tie_word_embeddings
+                        else nn.Linear(cfg.hidden_size, self.shard.vocab_width, bias=False))
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) [max_position, head_dim // 2]
 
     def set_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
@@ -226,9 +242,15 @@ class CausalDecoder(nn.Module):
 
     @property
     def logits_weight(self) -> torch.Tensor:
-        """[vocab_size, hidden]: the output projection (the embedding matrix when tied)."""
-        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        """[vocab_size, hidden]: the output projection (the embedding matrix when tied); under tensor parallelism
+        this rank's rows of it, [shard.vocab_width, hidden]."""
+        if self.lm_head is not None:
+            return self.lm_head.weight
+        weight = self.model.embed_tokens.weight
+        if self.tp.size == 1:
+            return weight
+        return weight[self.shard.vocab_start : self.shard.vocab_start + self.shard.vocab_width]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [num_rows, hidden] → fp32 logits [num_rows, vocab_size]."""
-        return F.linear(hidden, self.logits_weight).float()
+        """hidden [num_rows, hidden] → fp32 logits [num_rows, vocab_size] (every rank's columns, on every rank)."""
+        return self.tp.gather_columns(F.linear(hidden, self.logits_weight).float(), self.shard.vocab_widths)

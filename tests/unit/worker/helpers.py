@@ -32,12 +32,13 @@ CHECKPOINTS: dict[str, tuple[str, str, dict, dict]] = {
 }
 
 
-def make_checkpoint(name: str, folder: Path, seed: int = 0) -> Path:
-    """Saves a small random fp32 checkpoint of the named kind into folder; returns folder."""
+def make_checkpoint(name: str, folder: Path, seed: int = 0, **overrides) -> Path:  # noqa: ANN003 - config fields
+    """Saves a small random fp32 checkpoint of the named kind (config fields replaced by `overrides`) into folder;
+    returns folder."""
     import transformers
 
     config_cls, model_cls, extra, save_kwargs = CHECKPOINTS[name]
-    config = getattr(transformers, config_cls)(**{**_COMMON, **extra})
+    config = getattr(transformers, config_cls)(**{**_COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).to(torch.float32).eval()
     with torch.no_grad():
