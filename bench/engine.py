@@ -207,13 +207,12 @@ def kernel_breakdown(run, num_steps: int) -> dict[str, Any]:  # noqa: ANN001 - r
     """Device time of num_steps steps by part of the step (ms per step) and the ten largest kernels."""
     from torch.profiler import ProfilerActivity, profile
 
-    from services.worker.kernel_profile import device_time_us
+    from services.worker.kernel_profile import kernel_rows
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
-    rows = [(r.key, r.count, device_time_us(r)) for r in prof.key_averages()]
-    rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+    rows = kernel_rows(prof)
     parts: dict[str, float] = {}
     for name, _, us in rows:
         part = kernel_part(name)

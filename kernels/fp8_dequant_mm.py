@@ -17,9 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import check_launchable
 from kernels._paged_tile import dot_precision
-from kernels.fp8_gemv import check_fp8_linear_args
+from kernels.fp8_gemv import fp8_linear_output
 
 MAX_BLOCK_M = 64
 
@@ -104,10 +103,7 @@ def fp8_dequant_mm(
     """x [M, K] (fp32/fp16/bf16), weight [N, K] float8_e4m3fn, weight_scale [N] fp32, bias [N] → [M, N] in x's
     dtype: x · (weight · weight_scale[:, None])ᵀ + bias, products of x with the widened weights summed in fp32.
     Any M (in tiles of up to 64 rows); meant for the few rows of a decode step. Never syncs with the host."""
-    m, n, k = check_fp8_linear_args(x, weight, weight_scale, bias)
-    check_launchable(x.device)
-    if out is None:
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    m, n, k, out = fp8_linear_output(x, weight, weight_scale, bias, out)
     if m == 0 or n == 0:
         return out
     cfg = config or DequantMMConfig()

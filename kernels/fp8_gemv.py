@@ -100,6 +100,19 @@ def check_fp8_linear_args(
     return m, n, k
 
 
+def fp8_linear_output(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+    out: torch.Tensor | None,
+) -> tuple[int, int, int, torch.Tensor]:
+    """The FP8 projection launchers' common start: checks the arguments and the device, and returns (M, N, K) and
+    the output [M, N] in x's dtype (`out`, or a new tensor)."""
+    m, n, k = check_fp8_linear_args(x, weight, weight_scale, bias)
+    check_launchable(x.device)
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    return m, n, k, out
+
+
 def gemv_tiles(m: int, n: int, k: int, cfg: GemvConfig) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K) of a launch for x [m, k] and weight [n, k]."""
     block_m = triton.next_power_of_2(max(m, 1))
@@ -125,10 +138,7 @@ def fp8_gemv(
 ) -> torch.Tensor:
     """x [M, K] (fp32/fp16/bf16), weight [N, K] float8_e4m3fn, weight_scale [N] fp32, bias [N] → [M, N] in x's
     dtype: x · (weight · weight_scale[:, None])ᵀ + bias, accumulated in fp32. Meant for M up to about 16."""
-    m, n, k = check_fp8_linear_args(x, weight, weight_scale, bias)
-    check_launchable(x.device)
-    if out is None:
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    m, n, k, out = fp8_linear_output(x, weight, weight_scale, bias, out)
     if m == 0 or n == 0:
         return out
     cfg = config or GemvConfig()

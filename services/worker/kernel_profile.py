@@ -25,6 +25,12 @@ def device_time_us(row: Any) -> float:
     return float(value if value is not None else getattr(row, "self_cuda_time_total", 0.0))
 
 
+def kernel_rows(prof: torch.profiler.profile) -> list[tuple[str, int, float]]:
+    """(kernel name, calls, device µs) of a finished profile, the kernels that ran on the device, longest first."""
+    rows = [(row.key, row.count, device_time_us(row)) for row in prof.key_averages()]
+    return sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+
+
 class KernelProfile:
     """`arm` (from any thread) asks for a window; `after_step`, on the thread that runs the steps, opens and closes
     it."""
@@ -71,8 +77,7 @@ class KernelProfile:
                 log.warning("kernel profile not written: %s", exc)
 
     def _write(self, prof: torch.profiler.profile, wall_s: float) -> None:
-        rows = [(row.key, row.count, device_time_us(row)) for row in prof.key_averages()]
-        rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+        rows = kernel_rows(prof)
         total_us = sum(r[2] for r in rows)
         summary = {
             "steps": self.count, "wall_s": wall_s, "device_kernel_s": total_us / 1e6,

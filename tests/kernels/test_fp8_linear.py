@@ -42,13 +42,19 @@ def test_quantize_rows_kernel_matches_reference(device, dtype, rows, cols) -> No
         assert mismatched < 1e-3
 
 
-@pytest.mark.parametrize("m, n, k, bias", [(1, 96, 64, False), (3, 40, 200, True), (8, 64, 256, False),
-                                           (13, 48, 96, True)])
-def test_fp8_gemv_matches_dequantised_reference(relative_error, tolerance, device, dtype, m, n, k, bias) -> None:
-    g = torch.Generator().manual_seed(m * n + k)
+def _problem(m: int, n: int, k: int, bias: bool, seed: int, device: str, dtype: torch.dtype) -> tuple:
+    """x [m, k] in dtype, FP8 weight [n, k] and its scales, bias [n] or None, drawn from `seed`."""
+    g = torch.Generator().manual_seed(seed)
     w, scale = _weights(n, k, g, device)
     x = torch.randn(m, k, generator=g).to(dtype).to(device)
     b = torch.randn(n, generator=g).to(dtype).to(device) if bias else None
+    return x, w, scale, b
+
+
+@pytest.mark.parametrize("m, n, k, bias", [(1, 96, 64, False), (3, 40, 200, True), (8, 64, 256, False),
+                                           (13, 48, 96, True)])
+def test_fp8_gemv_matches_dequantised_reference(relative_error, tolerance, device, dtype, m, n, k, bias) -> None:
+    x, w, scale, b = _problem(m, n, k, bias, m * n + k, device, dtype)
     out = fp8_gemv(x, w, scale, b)
     ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu(), None if b is None else b.cpu())
     assert out.dtype == dtype and out.shape == (m, n)
@@ -85,10 +91,7 @@ def test_fp8_linear_keeps_leading_dimensions_and_matches_reference(relative_erro
                                            (70, 48, 96, True)])
 def test_fp8_dequant_mm_matches_dequantised_reference(relative_error, tolerance, device, dtype, m, n, k, bias) -> None:
     # K not a multiple of the tile (200, 96), N not a multiple of 16 (40), rows past one 64-row tile (70).
-    g = torch.Generator().manual_seed(m * n + k + 1)
-    w, scale = _weights(n, k, g, device)
-    x = torch.randn(m, k, generator=g).to(dtype).to(device)
-    b = torch.randn(n, generator=g).to(dtype).to(device) if bias else None
+    x, w, scale, b = _problem(m, n, k, bias, m * n + k + 1, device, dtype)
     config = DequantMMConfig(block_k=64) if device == "cpu" else None
     out = fp8_dequant_mm(x, w, scale, b, config=config)
     ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu(), None if b is None else b.cpu())
