@@ -257,6 +257,18 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": preset, "build_s": round(build_s, 2), "num_kv_blocks": info.num_kv_blocks,
                            "weight_bytes": bench.weight_bytes, "dtype": info.dtype, "device": info.device,
                            "cuda_graphs": not args.enforce_eager and info.device.startswith("cuda")}
+    # The worker's share of an idle request's time to first token: one prompt prefilled alone.
+    first = []
+    for _ in range(max(3, args.alone_steps)):
+        ids, rate = bench.prefill(1, args.alone_len)
+        first.append(args.alone_len / rate)
+        bench.finish(ids)
+    out["prefill_batch1"] = {"prompt_len": args.alone_len, "median_ms": round(statistics.median(first[2:]) * 1e3, 3),
+                             "max_ms": round(max(first[2:]) * 1e3, 3), "first_ms": round(first[0] * 1e3, 3)}
+    if args.profile_batches and info.device.startswith("cuda"):
+        def prefill_alone() -> None:
+            bench.finish(bench.prefill(1, args.alone_len)[0])
+        out["prefill_batch1"]["kernels"] = kernel_breakdown(prefill_alone, 1)
     # Batch-1 inter-token latency.
     ids, _ = bench.prefill(1, args.prompt_len)
     bench.decode(ids, 8)  # warm-up
@@ -332,12 +344,13 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
 
 
 def to_markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| model | batch-1 ITL (ms) | ITL overlapped (ms) | ITL again (ms) | graph replay (ms) | graph step (ms) | host (ms) | floor (ms) | % of floor "
-             "| prefill tok/s | build (s) | graphs | KV blocks |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | batch-1 prefill (ms) | batch-1 ITL (ms) | ITL overlapped (ms) | ITL again (ms) | graph replay (ms) "
+             "| graph step (ms) | host (ms) | floor (ms) | % of floor | prefill tok/s | build (s) | graphs | KV blocks |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         i = r["itl_batch1"]
-        lines.append(f"| {r['model']} | {i['median_ms']} | {i['overlap_median_ms']} | {i['median_after_ms']} | "
+        p = r["prefill_batch1"]
+        lines.append(f"| {r['model']} | {p['median_ms']} (1 x {p['prompt_len']}, first {p['first_ms']}) | {i['median_ms']} | {i['overlap_median_ms']} | {i['median_after_ms']} | "
                      f"{i.get('graph_replay_ms', '-')} | "
                      f"{i.get('graph_step_ms', '-')} | {i.get('host_ms', '-')} | "
                      f"{i['floor_ms']} | {i['floor_pct']} | {r['prefill']['tokens_per_s']} | {r['build_s']} | "
@@ -355,7 +368,9 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
                       "| proj | n x k | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
             lines += [f"| {g['proj']} | {g['n_out']} x {g['k_in']} | " + " | ".join(str(g[k]) for k in labels) + " |"
                       for g in r["gemv_probe_us"]]
-        profiled = [(f"decode batch {d['batch']}", d["kernels"]) for d in r["decode"] if "kernels" in d]
+        profiled = [(f"prefill of one prompt of {r['prefill_batch1']['prompt_len']} (host "
+                     f"{r['prefill_batch1']['median_ms']} ms)", r["prefill_batch1"]["kernels"])] if "kernels" in r["prefill_batch1"] else []
+        profiled += [(f"decode batch {d['batch']}", d["kernels"]) for d in r["decode"] if "kernels" in d]
         profiled += [(f"decode batch {d['batch']} + one prompt of {d['mixed']['new_prompt_len']} "
                       f"(host {d['mixed']['step_ms']} ms)", d["mixed"]["kernels"]) for d in r["decode"] if "mixed" in d]
         if "kernels" in r["prefill"]:
@@ -383,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--decode-steps", type=int, default=64)
     parser.add_argument("--prefill-len", type=int, default=1024)
+    parser.add_argument("--alone-len", type=int, default=128, help="prompt length of the prompt prefilled alone")
+    parser.add_argument("--alone-steps", type=int, default=12, help="times that prompt is prefilled (first two: warm-up)")
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--num-kv-blocks", type=int, default=0)

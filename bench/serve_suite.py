@@ -84,13 +84,20 @@ GPU_SUITE = (
     # FP8 weights and an FP8 KV cache against bf16, every row named "8B FP8 ..." or "1B FP8 ...", the bf16 baseline
     # included, so that --scenarios FP8 runs the comparison in one call; new request sets (the prefix cache).
     StackRun("llama-3.1-8b", "--load-format dummy --device cuda", (
+        Scenario(f"{FP8_BASELINE_8B}, idle TTFT, 128 in / 1 out", "fixed", 16, 1, 128, 1, seed=4),
         Scenario(f"{FP8_BASELINE_8B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),
         Scenario(f"{FP8_BASELINE_8B}, ShareGPT 1000 at once, greedy", "sharegpt", 1000, seed=4),
+        Scenario(f"{FP8_BASELINE_8B}, 1024 in / 128 out, 64 concurrent", "fixed", 256, 64, 1024, 128, seed=5),
     )),
     StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {FP8_ARGS}", (
+        Scenario(f"{FP8_8B}, idle TTFT, 128 in / 1 out", "fixed", 16, 1, 128, 1, seed=4),
         Scenario(f"{FP8_8B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),
         Scenario(f"{FP8_8B}, ShareGPT 1000 at once, greedy", "sharegpt", 1000, seed=4),
+        Scenario(f"{FP8_8B}, 1024 in / 128 out, 64 concurrent", "fixed", 256, 64, 1024, 128, seed=5),
     )),
+    # What mutual TLS between the stages costs an idle request: "8B FP8 baseline, bf16, idle TTFT" has it on.
+    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --no-internal-tls", (
+        Scenario("8B idle TTFT, 128 in / 1 out, internal TLS off", "fixed", 16, 1, 128, 1, seed=4),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda", (
         Scenario(f"{FP8_BASELINE_1B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),)),
     StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_ARGS}", (

