@@ -81,6 +81,14 @@ GPU_SUITE = (
         Scenario("8B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
         Scenario("1B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
+    # The step's token budget (default 8,192): smaller budgets spread prompts over more steps, so decode rows ride
+    # along with prompt chunks instead of running in decode-only steps; larger ones prefill in fewer, longer steps.
+    *(StackRun("llama-3.1-8b", f"--load-format dummy --device cuda --scheduler-args '--max-num-batched-tokens {n}' "
+                               f"--worker-args '--max-num-batched-tokens {n}'", (
+        Scenario(f"8B 1024 in / 128 out, 64 concurrent, 256 requests, {n} tokens per step", "fixed", 256, 64, 1024,
+                 128, seed=2),
+        Scenario(f"8B ShareGPT 1000 at once, greedy, {n} tokens per step", "sharegpt", 1000),
+    )) for n in (2048, 16384)),
     # FP8 weights and an FP8 KV cache against bf16, every row named "8B FP8 ..." or "1B FP8 ...", the bf16 baseline
     # included, so that --scenarios FP8 runs the comparison in one call; new request sets (the prefix cache).
     StackRun("llama-3.1-8b", "--load-format dummy --device cuda", (
