@@ -25,7 +25,8 @@ from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from services.common.sampling import SamplingParams  # noqa: E402
 from services.worker.attention_metadata import SeqChunk  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
-from services.worker.engine import Engine, build_engine  # noqa: E402
+from services.worker.build import build_engine  # noqa: E402
+from services.worker.engine import WorkerEngine  # noqa: E402
 from services.worker.plan import CachedSeq, NewSeq, StepPlan  # noqa: E402
 
 BANDWIDTH_BYTES_PER_S = 3.0e12  # measured device copy bandwidth of the H100 (bytes read + written)
@@ -34,7 +35,7 @@ BANDWIDTH_BYTES_PER_S = 3.0e12  # measured device copy bandwidth of the H100 (by
 class Bench:
     """Plays the scheduler for one engine: contiguous blocks per sequence, plans built without tokens."""
 
-    def __init__(self, engine: Engine, max_len: int) -> None:
+    def __init__(self, engine: WorkerEngine, max_len: int) -> None:
         self.engine = engine
         self.blocks_per_seq = -(-max_len // engine.info.block_size)
         self.step_id = 0
@@ -105,7 +106,7 @@ class Bench:
         return (self.weight_bytes + batch * mean_context * self.kv_bytes_per_token) / BANDWIDTH_BYTES_PER_S * 1e3
 
 
-def graph_replay_ms(engine: Engine, num_steps: int) -> float | None:
+def graph_replay_ms(engine: WorkerEngine, num_steps: int) -> float | None:
     """Median time of replaying the last decode step's graph alone (replay, then synchronize)."""
     graphs = getattr(engine.runner.executor.model_runner, "graphs", None)
     if graphs is None or graphs.last_key is None:
@@ -121,7 +122,7 @@ def graph_replay_ms(engine: Engine, num_steps: int) -> float | None:
     return statistics.median(times) * 1e3
 
 
-def graph_step_ms(engine: Engine, seq_id: int, num_steps: int) -> float:
+def graph_step_ms(engine: WorkerEngine, seq_id: int, num_steps: int) -> float:
     """Median time of the model runner's greedy decode of one sequence's last step (inputs into the staging
     array, the copy, the replay, the token read-back), without the Runner around it."""
     state = engine.runner.table.seqs[seq_id]

@@ -31,6 +31,7 @@ from services.common.config import env_default, new_parser
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.internal_tls import TLS_CHANNEL_OPTIONS, InternalTls, load_internal_tls, write_stack_certs
 from services.port_check import describe_taken, is_free, port_owner
+from services.stages import stage_parser
 from services.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -295,8 +296,6 @@ def _host_of(stage: Stage) -> str:
 def check_stage_flags(stages: list[Stage]) -> None:
     """Parses every stage's command line with that stage's own parser, so a bad pass-through flag is refused
     before anything starts (argparse prints its usage line and error; InvalidArgument carries the rest)."""
-    from services.cli import stage_parser
-
     for stage in stages:
         kind, argv = stage.argv[0], stage.argv[1:]
         errors = io.StringIO()

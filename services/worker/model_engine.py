@@ -11,7 +11,7 @@ from kernels.fp8_linear import has_fp8_tensor_cores
 from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.engine import Engine, EngineInfo, fit_max_model_len
+from services.worker.engine import WorkerEngine, EngineInfo, fit_max_model_len
 from services.worker.embedding import EmbeddingShape, Embedder
 from services.worker.kv_cache import KVCache
 from services.worker.pooling import PoolingConfig
@@ -78,7 +78,7 @@ def build_model_engine(
     worker_id: str,
     use_kernels: bool | None = None,
     tp: TensorParallelGroup | None = None,
-) -> Engine:
+) -> WorkerEngine:
     tp = tp or SINGLE
     if tp.size != config.tensor_parallel_size:
         raise InvalidArgument(f"--tensor-parallel-size {config.tensor_parallel_size} asked for, but this process "
@@ -144,4 +144,4 @@ def build_model_engine(
     # A preset name is no folder: it pools by the last token, not normalised. Under tensor parallelism an Embed
     # call would have to reach every rank, which only steps do: such a worker does not embed.
     embedder = Embedder(model, shape, PoolingConfig.from_folder(config.model, "last")) if tp.size == 1 else None
-    return Engine(info, runner, model, embedder)
+    return WorkerEngine(info, runner, model, embedder)

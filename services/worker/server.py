@@ -19,7 +19,7 @@ from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 from services.worker.config import WorkerConfig
-from services.worker.engine import build_engine
+from services.worker.build import build_engine
 from services.worker.model_config import ModelConfig
 from services.worker.quantization import FP8
 from services.worker.servicer import WorkerServicer

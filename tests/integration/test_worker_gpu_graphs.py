@@ -11,7 +11,7 @@ import torch
 from services.common.sampling import SamplingParams
 from services.worker.config import WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.engine import build_engine
+from services.worker.build import build_engine
 from tests.unit.worker.helpers import Driver, make_checkpoint, run_greedy
 
 pytestmark = pytest.mark.gpu

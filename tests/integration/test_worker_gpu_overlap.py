@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.worker.config import WorkerConfig
-from services.worker.engine import build_engine
+from services.worker.build import build_engine
 from services.worker.plan import StepPlan
 from tests.unit.worker.helpers import Driver, make_checkpoint
 from services.common.sampling import SamplingParams

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import services.demo
-from services.cli import STAGE_MAINS
+from services.stages import STAGE_MAINS
 from services.cli import main as cli_main
 from services.common.errors import InvalidArgument
 

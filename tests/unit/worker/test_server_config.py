@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from services.common.errors import InvalidArgument
-from services.worker.engine import build_engine
+from services.worker.build import build_engine
 from services.worker.plan import NewSeq, StepPlan
 from services.common.sampling import SamplingParams
 from services.worker.server import build_config
