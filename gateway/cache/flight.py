@@ -13,7 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from gateway.cache.entry import CachedResult
-from gateway.schema import Event, Finished, FinishReason, TextDelta
+from gateway.schema import Event, Finished, TextDelta
+from services.common.finish_reason import FinishReason
 from services.common.errors import ErrorCode, FlashStreamError
 
 log = logging.getLogger(__name__)

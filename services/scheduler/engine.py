@@ -30,7 +30,8 @@ from services.scheduler.plan import (
     TokenChunk,
 )
 from services.scheduler.scheduler import Scheduler
-from services.scheduler.sequence import FinishReason, Sequence
+from services.scheduler.sequence import Sequence
+from services.common.finish_reason import FinishReason
 
 if TYPE_CHECKING:
     from services.common.metrics import Metrics

@@ -9,7 +9,7 @@ from typing import Any
 
 from services.common.errors import ErrorCode
 from services.common.sampling import SamplingParams
-from services.scheduler.sequence import FinishReason
+from services.common.finish_reason import FinishReason
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from gateway.cache.flight import Flight
-from gateway.schema import Finished, FinishReason, TextDelta
+from gateway.schema import Finished, TextDelta
+from services.common.finish_reason import FinishReason
 from services.common.errors import FlashStreamError, Unavailable
 
 

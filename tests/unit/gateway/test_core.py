@@ -13,7 +13,6 @@ from gateway.schema import (
     ChatTurn,
     Event,
     Finished,
-    FinishReason,
     GenerationRequest,
     Latency,
     ModelCard,
@@ -21,6 +20,7 @@ from gateway.schema import (
     TextDelta,
     Usage,
 )
+from services.common.finish_reason import FinishReason
 from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
 from services.common.metrics import Metrics
 from services.common.sampling import SamplingParams

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from gateway.openai_response import ResponseBuilder
-from gateway.schema import Finished, FinishReason, TextDelta
+from gateway.schema import Finished, TextDelta
+from services.common.finish_reason import FinishReason
 from gateway.tool_calls import ToolCallParser
 
 HERMES = ('Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Köln"}}\n</tool_call>\n'

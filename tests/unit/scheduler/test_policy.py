@@ -8,7 +8,7 @@ from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.plan import Request, RequestDone, RequestError, SeqError, StepPlan, TokenChunk
-from services.scheduler.sequence import FinishReason
+from services.common.finish_reason import FinishReason
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 
