@@ -60,4 +60,3 @@ def test_generated_package_imports_in_a_fresh_interpreter() -> None:
                          env={"PYTHONPATH": str(ROOT / "protos")})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "WorkerStub"
-
