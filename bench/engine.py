@@ -23,11 +23,11 @@ import torch  # noqa: E402
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from services.common.sampling import SamplingParams  # noqa: E402
+from services.common.step import CachedSeq, NewSeq, StepPlan  # noqa: E402
 from services.worker.attention_metadata import SeqChunk  # noqa: E402
-from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.build import build_engine  # noqa: E402
+from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.engine import WorkerEngine  # noqa: E402
-from services.worker.plan import CachedSeq, NewSeq, StepPlan  # noqa: E402
 
 BANDWIDTH_BYTES_PER_S = 3.0e12  # measured device copy bandwidth of the H100 (bytes read + written)
 

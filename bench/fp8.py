@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench, graph_replay_ms, graph_us  # noqa: E402
 from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement  # noqa: E402
-from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.build import build_engine, resolve_model_config  # noqa: E402
+from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.model_config import ModelConfig  # noqa: E402
 
 FP8_TESTS = ["tests/kernels/test_fp8_linear.py", "tests/kernels/test_fp8_kv_cache.py",

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import write_results
+from services.common.text_options import TextOptions
 from services.tokenizer.detokenizer import IncrementalDetokenizer, detokenize_step
 from services.tokenizer.request_state import RequestState, step_requests
-from services.common.text_options import TextOptions
 from services.tokenizer.tokenizer import TextTokenizer
 
 _PROCESS_TOKENIZER: dict[str, TextTokenizer] = {}

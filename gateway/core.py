@@ -16,8 +16,8 @@ from typing import Protocol
 
 from gateway.errors import ModelNotFound, RequestError
 from gateway.schema import Event, Finished, GenerationRequest, ModelCard, Submission, TextDelta, Usage
-from services.common.finish_reason import FinishReason
 from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
+from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics, MetricsView, error_code_label, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 

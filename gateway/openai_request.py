@@ -17,9 +17,9 @@ from gateway.errors import RequestError
 from gateway.json_text import MAX_INT_DIGITS
 from gateway.openai_tools import message_tool_fields, parse_guided, parse_tools
 from gateway.schema import ChatTurn, GenerationRequest
-from services.common.text_options import TextOptions
 from services.common.errors import InvalidArgument
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
+from services.common.text_options import TextOptions
 
 DEFAULT_MAX_TOKENS = 16
 # OpenAI's ranges, narrower than what the gRPC API accepts.

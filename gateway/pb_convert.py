@@ -21,11 +21,11 @@ from gateway.schema import (
     TranslationSettings,
     Usage,
 )
-from services.common.text_options import TextOptions
-from services.common.finish_reason import FinishReason
 from services.common.errors import ErrorCode, FlashStreamError
+from services.common.finish_reason import FinishReason
 from services.common.pb import sampling_from_pb, sampling_to_pb
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS
+from services.common.text_options import TextOptions
 
 # ---- public Gateway requests ----
 

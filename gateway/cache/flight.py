@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from gateway.cache.entry import CachedResult
 from gateway.schema import Event, Finished, TextDelta
-from services.common.finish_reason import FinishReason
 from services.common.errors import ErrorCode, FlashStreamError
+from services.common.finish_reason import FinishReason
 
 log = logging.getLogger(__name__)
 

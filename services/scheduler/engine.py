@@ -15,23 +15,14 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from services.common.errors import ErrorCode
+from services.common.finish_reason import FinishReason
+from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine_state import EngineTotals
-from services.scheduler.plan import (
-    CachedSeq,
-    Event,
-    NewSeq,
-    Request,
-    RequestDone,
-    RequestError,
-    StepPlan,
-    StepResult,
-    TokenChunk,
-)
+from services.scheduler.plan import Event, Request, RequestDone, RequestError, TokenChunk
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.sequence import Sequence
-from services.common.finish_reason import FinishReason
 
 if TYPE_CHECKING:
     from services.common.metrics import Metrics
@@ -160,7 +151,7 @@ class Engine:
         for error in result.errors:
             seq = running.get(error.seq_id)
             if seq is not None:
-                self._end(seq, RequestError(seq.key, error.code, error.message), keep_cached=False)
+                self._end(seq, RequestError(seq.key, error.error.code, error.error.message), keep_cached=False)
         num_generated = 0
         emit = self.events.append
         finish_reason = self._finish_reason
@@ -177,8 +168,8 @@ class Engine:
             seq.last_token_time = now
             reason = finish_reason(seq, token_id)
             if reason is None or reason is _LENGTH:  # the stop token itself is not part of the output
-                logprob = output.logprob
-                emit(TokenChunk(seq.key, [token_id], [] if logprob is None else [logprob],
+                logprobs = output.logprobs
+                emit(TokenChunk(seq.key, [token_id], [] if logprobs is None else [logprobs],
                                 seq.num_cached_tokens if seq.num_emitted_tokens == 0 else 0))
                 seq.num_emitted_tokens += 1
             if reason is not None:

@@ -7,10 +7,10 @@ import socket
 from pathlib import Path
 
 from services.common.errors import InvalidArgument
-from services.worker.config import WorkerConfig
-from services.worker.embedding import EmbeddingShape, Embedder
-from services.worker.engine import WorkerEngine, EngineInfo
 from services.worker.checkpoint_files import model_revision
+from services.worker.config import WorkerConfig
+from services.worker.embedding import Embedder, EmbeddingShape
+from services.worker.engine import EngineInfo, WorkerEngine
 from services.worker.model_engine import resolve_device, resolve_dtype
 from services.worker.models.encoder import build_encoder, init_dummy_encoder_weights, load_encoder_weights
 from services.worker.models.encoder_config import EncoderConfig

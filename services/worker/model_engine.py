@@ -11,24 +11,24 @@ from kernels.fp8_linear import has_fp8_tensor_cores
 from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.engine import WorkerEngine, EngineInfo, fit_max_model_len
-from services.worker.embedding import EmbeddingShape, Embedder
+from services.worker.embedding import Embedder, EmbeddingShape
+from services.worker.engine import EngineInfo, WorkerEngine, fit_max_model_len
+from services.worker.executors import ModelExecutor
+from services.worker.grammar import GrammarCache
 from services.worker.kv_cache import KVCache
-from services.worker.pooling import PoolingConfig
 from services.worker.loader import build_empty_model, init_dummy_weights, load_weights
 from services.worker.model_config import ModelConfig
 from services.worker.model_runner import ModelRunner
 from services.worker.models.decoder import store_projections_input_major
 from services.worker.models.fp8_linear import quantize_projections
-from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
 from services.worker.ops import Ops, select_ops
 from services.worker.parallel.group import SINGLE, TensorParallelGroup
 from services.worker.parallel.steps import LeaderRunner
+from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
+from services.worker.pooling import PoolingConfig
 from services.worker.profiling import profile_kv_blocks
 from services.worker.quantization import FP8
 from services.worker.rope import rotary_tables
-from services.worker.executors import ModelExecutor
-from services.worker.grammar import GrammarCache
 from services.worker.runner import Runner
 from services.worker.sampler import Sampler
 from services.worker.sequences import SequenceLimits

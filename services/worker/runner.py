@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.errors import FlashStreamError, ResourceExhausted
+from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
 from services.worker.device_tokens import DeviceTokens
 from services.worker.executors import StepExecutor
 from services.worker.grammar import GrammarCache
-from services.worker.plan import SeqError, SeqOutput, StepPlan, StepResult
 from services.worker.sequences import PENDING_TOKEN, ScheduledSeq, SequenceLimits, SequenceTable, unknown_seq
 
 log = logging.getLogger(__name__)

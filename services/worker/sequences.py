@@ -13,8 +13,8 @@ from typing import Any
 
 from services.common.errors import FlashStreamError, InvalidArgument, NotFound
 from services.common.sampling import SamplingParams
+from services.common.step import CachedSeq, NewSeq, SeqError, StepPlan
 from services.worker.attention_metadata import SeqChunk
-from services.worker.plan import CachedSeq, NewSeq, SeqError, StepPlan
 
 
 PENDING_TOKEN = -1  # stands for a launched step's sampled token in a sequence's state until the host reads it

@@ -15,13 +15,13 @@ from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import Metrics
+from services.common.step import StepPlan, StepResult
 from services.common.tracing import Tracing
 from services.worker.engine import WorkerEngine
-from services.worker.plan import StepPlan, StepResult
-from services.worker.runner import PlanSource
-from services.worker.sequences import SequenceTable
 from services.worker.pb import info_to_pb, result_to_pb
 from services.worker.plan_inbox import PlanInbox
+from services.worker.runner import PlanSource
+from services.worker.sequences import SequenceTable
 
 if TYPE_CHECKING:
     from services.worker.kernel_profile import KernelProfile  # imports torch, which fake mode does without

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.worker.config import WorkerConfig
 from services.worker.build import build_engine
+from services.worker.config import WorkerConfig
 from tests.unit.worker.helpers import Driver, hf_greedy, make_checkpoint, run_greedy
 
 pytestmark = pytest.mark.gpu

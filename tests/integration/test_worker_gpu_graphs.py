@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from services.common.sampling import SamplingParams
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.build import build_engine
 from tests.unit.worker.helpers import Driver, make_checkpoint, run_greedy
 
 pytestmark = pytest.mark.gpu

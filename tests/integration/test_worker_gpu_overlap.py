@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from services.worker.config import WorkerConfig
-from services.worker.build import build_engine
-from services.worker.plan import StepPlan
-from tests.unit.worker.helpers import Driver, make_checkpoint
 from services.common.sampling import SamplingParams
+from services.common.step import StepPlan
+from services.worker.build import build_engine
+from services.worker.config import WorkerConfig
+from tests.unit.worker.helpers import Driver, make_checkpoint
 from tests.unit.worker.test_runner_overlap import (PROMPTS, _plans, _run, _sampled_plans, _summary,
                                                     _summary_with_logprobs)
 

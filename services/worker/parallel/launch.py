@@ -9,8 +9,8 @@ from multiprocessing.process import BaseProcess
 
 import torch.multiprocessing as mp
 
-from services.worker.config import WorkerConfig
 from services.worker.build import build_engine
+from services.worker.config import WorkerConfig
 from services.worker.engine import WorkerEngine
 from services.worker.model_engine import resolve_device
 from services.worker.parallel.group import TensorParallelGroup, join_group, leave_group

@@ -6,8 +6,8 @@ import asyncio
 
 from gateway.cache.flight import Flight
 from gateway.schema import Finished, TextDelta
-from services.common.finish_reason import FinishReason
 from services.common.errors import FlashStreamError, Unavailable
+from services.common.finish_reason import FinishReason
 
 
 class QueueHandle:

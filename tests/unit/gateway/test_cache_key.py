@@ -8,8 +8,8 @@ import pytest
 
 from gateway.cache.key import is_cacheable, result_key, tenant_from_authorization, tenant_of
 from gateway.schema import ChatTurn, GenerationRequest, ModelCard
-from services.common.text_options import TextOptions
 from services.common.sampling import SamplingParams
+from services.common.text_options import TextOptions
 
 CARD = ModelCard(id="m", revision="r1")
 BASE = GenerationRequest(model="m", sampling=SamplingParams(max_tokens=8), prompt="Hi")

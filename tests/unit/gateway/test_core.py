@@ -20,8 +20,8 @@ from gateway.schema import (
     TextDelta,
     Usage,
 )
-from services.common.finish_reason import FinishReason
 from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
+from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics
 from services.common.sampling import SamplingParams
 

@@ -23,10 +23,10 @@ from gateway.schema import (
     TopLogprob,
     Usage,
 )
-from services.common.text_options import TextOptions
-from services.common.finish_reason import FinishReason
 from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument
+from services.common.finish_reason import FinishReason
 from services.common.sampling import SamplingParams
+from services.common.text_options import TextOptions
 
 
 def test_generate_request_keeps_every_option() -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from gateway.openai_response import ResponseBuilder
 from gateway.schema import Finished, TextDelta
-from services.common.finish_reason import FinishReason
 from gateway.tool_calls import ToolCallParser
+from services.common.finish_reason import FinishReason
 
 HERMES = ('Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Köln"}}\n</tool_call>\n'
           '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')

@@ -10,11 +10,11 @@ import pytest
 from gateway.core import GatewayCore
 from gateway.errors import ModelNotFound, RequestError
 from gateway.schema import ChatTurn, Event, Finished, ModelCard, Submission, TextDelta, TranslationSettings, Usage
-from services.common.text_options import TextOptions
-from services.common.finish_reason import FinishReason
 from gateway.translate import PLAIN_STOP, TranslationSession
 from services.common.errors import FlashStreamError, Unavailable
+from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics
+from services.common.text_options import TextOptions
 
 
 @dataclass

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from services.common.sampling import SamplingParams
+from services.common.step import StepResult
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.plan import Request, RequestDone, RequestError, StepResult
+from services.scheduler.plan import Request, RequestDone, RequestError
 from tests.unit.scheduler.fake_worker import FakeWorker
 
 NUM_BLOCKS = 12

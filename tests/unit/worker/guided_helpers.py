@@ -8,8 +8,8 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from services.common.sampling import SamplingParams
+from services.common.step import CachedSeq, NewSeq, StepPlan
 from services.worker.engine import WorkerEngine
-from services.worker.plan import CachedSeq, NewSeq, StepPlan
 
 EOS_ID = 1  # the demo model's </s>
 

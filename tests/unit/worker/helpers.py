@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from services.common.sampling import SamplingParams
-from services.worker.config import WorkerConfig
+from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
 from services.worker.build import build_engine
+from services.worker.config import WorkerConfig
 from services.worker.engine import WorkerEngine
-from services.worker.plan import CachedSeq, NewSeq, StepPlan, StepResult
 
 _COMMON = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

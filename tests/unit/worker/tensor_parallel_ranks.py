@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from services.worker.attention_metadata import SeqChunk, build_attention_metadata
-from services.worker.config import WorkerConfig
 from services.worker.build import build_engine
+from services.worker.config import WorkerConfig
 from services.worker.engine import WorkerEngine
 from services.worker.kv_cache import KVCache
 from services.worker.model_engine import resolve_device
