@@ -20,7 +20,7 @@ from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine_state import EngineTotals
-from services.scheduler.plan import Event, Request, RequestDone, RequestError, TokenChunk
+from services.scheduler.plan import Event, Request, RequestDone, RequestFailed, TokenChunk
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.sequence import Sequence
 
@@ -91,7 +91,7 @@ class Engine:
     def fail_all(self, code: ErrorCode, message: str) -> None:
         """Ends every live request with an error (the worker is gone); the engine is not used again."""
         for seq in list(self.sequences.values()):
-            self._end(seq, RequestError(seq.key, code, message), keep_cached=False)
+            self._end(seq, RequestFailed(seq.key, code, message), keep_cached=False)
         self.in_flight.clear()
 
     def take_events(self) -> list[Event]:
@@ -116,7 +116,7 @@ class Engine:
         now = self.clock()
         out = self.scheduler.schedule(now)
         for seq in out.expired:
-            self._end(seq, RequestError(seq.key, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+            self._end(seq, RequestFailed(seq.key, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded"))
         if out.is_empty:
             return None
         plan = StepPlan(self._next_step_id, finished_seq_ids=out.finished_seq_ids)
@@ -151,7 +151,7 @@ class Engine:
         for error in result.errors:
             seq = running.get(error.seq_id)
             if seq is not None:
-                self._end(seq, RequestError(seq.key, error.error.code, error.error.message), keep_cached=False)
+                self._end(seq, RequestFailed(seq.key, error.error.code, error.error.message), keep_cached=False)
         num_generated = 0
         emit = self.events.append
         finish_reason = self._finish_reason

@@ -37,6 +37,8 @@ class TokenChunk:
 
 @dataclass(slots=True)
 class RequestDone:
+    """A request's terminal event when it ended normally."""
+
     key: Hashable
     finish_reason: FinishReason
     num_prompt_tokens: int = 0
@@ -48,10 +50,12 @@ class RequestDone:
 
 
 @dataclass(slots=True)
-class RequestError:
+class RequestFailed:
+    """A request's terminal event when it ended with an error (its batch-mates carry on)."""
+
     key: Hashable
     code: ErrorCode
     message: str
 
 
-Event = TokenChunk | RequestDone | RequestError
+Event = TokenChunk | RequestDone | RequestFailed

@@ -22,7 +22,7 @@ from services.scheduler.engine import Engine
 from services.scheduler.pb import limits_from_info, plan_to_pb, result_from_pb
 from services.scheduler.plan import Event, Request
 from services.scheduler.progress_watch import ProgressWatch, WorkerStalled
-from services.scheduler.router import EnginePool
+from services.scheduler.engine_pool import EnginePool
 
 log = logging.getLogger(__name__)
 
@@ -230,12 +230,12 @@ class WorkerPool:
         self.leaving.pop(address, None)
         log.info("worker %s left the pool", address)
 
-    def submit(self, request: Request) -> None:
+    def enqueue(self, request: Request) -> None:
         """Queues a request on the best worker (raises a FlashStreamError when it cannot be taken)."""
         encoders = self.embed_route.encoder_infos
         if encoders and not self.engines.engines:
             raise InvalidArgument(f"model {encoders[0].model_id} is an embedding model: it cannot generate")
-        name = self.engines.submit(request)
+        name = self.engines.route(request)
         self.connections[name].wake.set()
 
     def abort(self, key: Hashable) -> None:

@@ -18,7 +18,7 @@ from services.common.sampling import SamplingParams
 from services.common.step import StepResult
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.plan import Request, RequestDone, RequestError
+from services.scheduler.plan import Request, RequestDone, RequestFailed
 from tests.unit.scheduler.fake_worker import FakeWorker
 
 NUM_BLOCKS = 12
@@ -45,7 +45,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def _collect(self) -> None:
         for event in self.engine.take_events():
-            if isinstance(event, (RequestDone, RequestError)):
+            if isinstance(event, (RequestDone, RequestFailed)):
                 assert event.key in self.live, f"second terminal event for {event.key}"
                 self.live.discard(event.key)
 

@@ -9,7 +9,7 @@ from services.common.sampling import SamplingParams
 from services.common.step import SeqError, StepPlan
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.plan import Request, RequestDone, RequestError, TokenChunk
+from services.scheduler.plan import Request, RequestDone, RequestFailed, TokenChunk
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 
@@ -230,7 +230,7 @@ def test_a_failed_sequence_ends_with_its_error_and_its_batch_mates_continue():
     engine.process_result(result)
     assert list(engine.block_manager.cached.values()) == [0]  # the failed one's block 2 may hold no KV
     events = engine.take_events()
-    assert [(e.key, e.code, e.message) for e in events if isinstance(e, RequestError)] == [
+    assert [(e.key, e.code, e.message) for e in events if isinstance(e, RequestFailed)] == [
         ("bad", ErrorCode.INVALID_ARGUMENT, "logits are not finite")]
     plan = engine.build_plan()
     assert shape(plan) == ([], [(0, 1)], [1])
