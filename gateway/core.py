@@ -44,7 +44,9 @@ class Router(Protocol):
 
     def cards(self) -> list[ModelCard]: ...
 
-    def submit(self, submission: Submission) -> RequestHandle: ...
+    def forward(self, submission: Submission) -> RequestHandle:
+        """Sends the request upstream (or answers it from a cache) and returns its handle."""
+        ...
 
 
 class GatewayCore:
@@ -127,7 +129,7 @@ class GatewayCore:
                 traceparent=span.traceparent,
             )
             span.set(request_id=submission.request_id, model=card.id)
-            handle = self.router.submit(submission)
+            handle = self.router.forward(submission)
         except FlashStreamError as exc:
             self.record_error(exc, model)
             span.end(exc.message)

@@ -128,7 +128,7 @@ class EncodePool:
         self.tokenizer = tokenizer
         self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="encode")
 
-    def submit_prepare(self, requests: Sequence[TextInput], max_model_len: int) -> concurrent.futures.Future:
+    def prepare(self, requests: Sequence[TextInput], max_model_len: int) -> concurrent.futures.Future:
         return self._pool.submit(prepare_batch, self.tokenizer, list(requests), max_model_len)
 
     def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future:

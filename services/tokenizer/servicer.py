@@ -146,7 +146,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         forward = scheduler_pb2.SchedulerUp()
         if inputs:
             max_len = self.link.info.max_model_len if self.link.info else 0
-            prepared = await asyncio.wrap_future(self.pool.submit_prepare(inputs, max_len))
+            prepared = await asyncio.wrap_future(self.pool.prepare(inputs, max_len))
             for request, result in zip(inputs, prepared):
                 if isinstance(result, FlashStreamError):
                     events.append(self._error(request.request_id, result))

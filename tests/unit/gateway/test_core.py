@@ -53,7 +53,7 @@ class ListRouter:
     def cards(self) -> list[ModelCard]:
         return list(self.models)
 
-    def submit(self, submission: Submission) -> QueueHandle:
+    def forward(self, submission: Submission) -> QueueHandle:
         self.submitted.append(submission)
         self.handles.append(QueueHandle())
         return self.handles[-1]

@@ -49,7 +49,7 @@ class ScriptedRouter:
     def cards(self) -> list[ModelCard]:
         return list(self.models)
 
-    def submit(self, submission: Submission) -> ScriptedHandle:
+    def forward(self, submission: Submission) -> ScriptedHandle:
         n = len(self.submitted)
         self.submitted.append(submission)
         events: list[Event | FlashStreamError] = [self.failures[n]] if n in self.failures else [
