@@ -169,18 +169,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             span.end(event.message)
 
     @handle_errors
-    async def GetLoad(  # noqa: N802
-        self, request: scheduler_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
-    ) -> scheduler_pb2.Load:
-        engines = self.pool.engines
-        return scheduler_pb2.Load(
-            num_running=engines.num_running,
-            num_waiting=engines.num_waiting,
-            kv_cache_usage=engines.kv_cache_usage,
-            num_workers=self.pool.num_workers,
-        )
-
-    @handle_errors
     async def Info(  # noqa: N802
         self, request: scheduler_pb2.SchedulerInfoRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SchedulerInfo:

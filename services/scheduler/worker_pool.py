@@ -59,8 +59,9 @@ class WorkerConnection:
                 connected = True
                 self.num_connects += 1
                 delay = backoff.initial_s
-                log.info("worker %s connected (%s, %d KV blocks of %d tokens)",
-                         self.address, info.worker_id, info.num_kv_blocks, info.block_size)
+                log.info("worker %s connected (%s: %s, %s on %s, %d KV blocks of %d tokens)", self.address,
+                         info.worker_id, info.architecture, info.dtype, info.device, info.num_kv_blocks,
+                         info.block_size)
                 self.pool.notify_workers_changed()
                 await self._serve(engine, stub.Step(metadata=self.pool.metadata))
             except asyncio.CancelledError:

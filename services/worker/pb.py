@@ -64,6 +64,5 @@ def info_to_pb(info: EngineInfo) -> worker_pb2.WorkerInfo:
         architecture=cfg.architecture, vocab_size=cfg.vocab_size, max_model_len=info.max_model_len,
         eos_token_ids=list(cfg.eos_token_ids), block_size=info.block_size, num_kv_blocks=info.num_kv_blocks,
         max_num_seqs=info.max_num_seqs, max_num_batched_tokens=info.max_num_batched_tokens, dtype=info.dtype,
-        device=info.device, num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-        task=info.task, hidden_size=cfg.hidden_size,
+        device=info.device, task=info.task, hidden_size=cfg.hidden_size,
     )
