@@ -108,7 +108,7 @@ class Bench:
 
 def graph_replay_ms(engine: WorkerEngine, num_steps: int) -> float | None:
     """Median time of replaying the last decode step's graph alone (replay, then synchronize)."""
-    graphs = getattr(engine.runner.executor.model_runner, "graphs", None)
+    graphs = getattr(engine.runner.executor, "graphs", None)
     if graphs is None or graphs.last_key is None:
         return None
     graph = graphs.graphs[graphs.last_key]
@@ -128,7 +128,7 @@ def graph_step_ms(engine: WorkerEngine, seq_id: int, num_steps: int) -> float:
     state = engine.runner.table.seqs[seq_id]
     pos = state.num_computed_tokens - 1
     chunk, token = SeqChunk(pos, 1, state.block_ids), [state.token_ids[pos]]
-    model_runner = engine.runner.executor.model_runner
+    model_runner = engine.runner.executor
     times = []
     for _ in range(num_steps):
         start = time.perf_counter()
@@ -296,7 +296,7 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
         out["itl_batch1"]["graph_replay_ms"] = round(replay, 3)
         out["itl_batch1"]["graph_step_ms"] = round(graph_step, 3)
         out["itl_batch1"]["host_ms"] = round(itl - replay, 3)
-        out["num_graphs"] = engine.runner.executor.model_runner.graphs.num_graphs
+        out["num_graphs"] = engine.runner.executor.graphs.num_graphs
     bench.finish(ids)
     # Decode throughput per batch size.
     out["decode"] = []

@@ -88,7 +88,7 @@ def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_
     bench = Bench(engine, max(max_len, args.prefill_len))
     out: dict[str, Any] = {
         "build_s": round(time.perf_counter() - start, 1), "dtype": info.dtype, "weight_bytes": bench.weight_bytes,
-        "kv_cache_dtype": str(engine.runner.executor.model_runner.kv_cache.data.dtype).removeprefix("torch."),
+        "kv_cache_dtype": str(engine.runner.executor.kv_cache.data.dtype).removeprefix("torch."),
         "num_kv_blocks": info.num_kv_blocks, "kv_capacity_tokens": info.num_kv_blocks * info.block_size,
         "decode": [],
     }

@@ -23,7 +23,7 @@ def fixed_prompts(vocab_size: int, num_prompts: int = 16, first_len: int = 8, se
 @torch.inference_mode()
 def last_logits(engine: WorkerEngine, prompts: list[list[int]]) -> torch.Tensor:
     """fp32 logits [len(prompts), vocab] of each prompt's last position, all prompts prefilled in one forward."""
-    model_runner = engine.runner.executor.model_runner
+    model_runner = engine.runner.executor
     block_size = engine.info.block_size
     chunks, next_block = [], 0
     for prompt in prompts:

@@ -13,7 +13,6 @@ from services.worker.config import CPU_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
 from services.worker.embedding import Embedder, EmbeddingShape
 from services.worker.engine import EngineInfo, WorkerEngine, fit_max_model_len
-from services.worker.executors import ModelExecutor
 from services.worker.grammar import GrammarCache
 from services.worker.kv_cache import KVCache
 from services.worker.loader import build_empty_model, init_dummy_weights, load_weights
@@ -130,7 +129,7 @@ def build_model_engine(
         log.info("captured %d piecewise CUDA graphs of steps up to %d tokens (buckets %s)", piecewise.num_graphs,
                  piecewise.max_tokens, piecewise.buckets)
     limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
-    executor = ModelExecutor(ModelRunner(model, kv_cache, graphs, piecewise), Sampler(cfg.vocab_size, cfg.eos_token_ids))
+    executor = ModelRunner(model, kv_cache, Sampler(cfg.vocab_size, cfg.eos_token_ids), graphs, piecewise)
     grammars = GrammarCache(config.model, cfg.vocab_size, cfg.eos_token_ids)  # its tokenizer loads on first use
     runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens, grammars=grammars)
     if tp.size > 1 and tp.rank == 0:

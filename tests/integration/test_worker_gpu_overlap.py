@@ -36,7 +36,7 @@ def test_overlapped_greedy_tokens_equal_sequential_ones_on_the_gpu(folder: Path,
     overlapped = _run(overlapped_engine, _plans(overlapped_engine, 64), "next_plan")
     assert _summary(overlapped) == _summary(sequential)
     assert overlapped_engine.runner.num_overlapped_steps == 17
-    assert (overlapped_engine.runner.executor.model_runner.graphs is None) == enforce_eager
+    assert (overlapped_engine.runner.executor.graphs is None) == enforce_eager
 
 
 def test_overlapped_bf16_graph_tokens_equal_sequential_ones(folder: Path) -> None:

@@ -72,7 +72,7 @@ def generate_and_score(folders: list[Path], tp: TensorParallelGroup | None = Non
         runner = getattr(engine.runner, "runner", engine.runner)  # rank 0's Runner is inside its LeaderRunner
         results[folder.name] = {"tokens": tokens, "prefill": prefill, "decode": decode,
                                 "kv_heads": engine.model.cfg.num_kv_heads,
-                                "kv_cache": runner.executor.model_runner.kv_cache.data.shape}
+                                "kv_cache": runner.executor.kv_cache.data.shape}
     return results
 
 
