@@ -9,19 +9,19 @@ from typing import Protocol
 
 from services.worker.device_tokens import DeviceTokens
 from services.worker.sampler import TokenLogprobs
-from services.worker.sequences import ScheduledSeq, SeqState
+from services.worker.sequences import StepSeq, SeqState
 
 Sampled = tuple[int, TokenLogprobs | None]
 
 
 class StepExecutor(Protocol):
-    def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
+    def run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
         """One entry per scheduled sequence: its sampled token, or None when its step does not sample."""
 
-    def can_launch(self, scheduled: Sequence[ScheduledSeq]) -> bool:
+    def can_launch(self, scheduled: Sequence[StepSeq]) -> bool:
         """Whether `launch` can queue this step on the device, leaving its tokens there."""
 
-    def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
+    def launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
         """Queues the step; prev: the launched step whose tokens are its inputs, row for row."""
 
     def collect(self, launched: DeviceTokens) -> list[Sampled]:
@@ -67,13 +67,13 @@ class FakeExecutor:
     def __init__(self, token_id: int) -> None:
         self.token_id = token_id
 
-    def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
+    def run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
         return [(self.token_id, None) if seq.samples else None for seq in scheduled]
 
-    def can_launch(self, scheduled: Sequence[ScheduledSeq]) -> bool:
+    def can_launch(self, scheduled: Sequence[StepSeq]) -> bool:
         return False  # nothing runs on a device: every step takes the sequential path
 
-    def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
+    def launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
         raise ValueError("fake mode has no device to queue a step on")
 
     def collect(self, launched: DeviceTokens) -> list[Sampled]:

@@ -20,7 +20,7 @@ from services.worker.models.decoder import CausalDecoder
 from services.worker.piecewise_graphs import PiecewiseGraphs
 from services.worker.sampler import Sampler, SamplingRow
 from services.worker.sampling.results import DeviceSample
-from services.worker.sequences import PENDING_TOKEN, ScheduledSeq
+from services.worker.sequences import PENDING_TOKEN, StepSeq
 from services.worker.token_view import TokenView
 
 
@@ -102,7 +102,7 @@ class ModelRunner:
     def waited_for_work(self) -> None:
         self.gaps.forget_last_step()
 
-    def run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
+    def run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
         gaps = self.gaps
         gaps.step_started()
         try:
@@ -110,7 +110,7 @@ class ModelRunner:
         finally:
             gaps.step_ended()
 
-    def _run(self, scheduled: Sequence[ScheduledSeq]) -> list[Sampled | None]:
+    def _run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
         token_ids = [t for seq in scheduled for t in seq.token_ids]
         chunks = [seq.chunk() for seq in scheduled]
         sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
@@ -130,13 +130,13 @@ class ModelRunner:
             results[i] = (out.token_ids[j], out.logprobs[j])
         return results
 
-    def can_launch(self, scheduled: Sequence[ScheduledSeq]) -> bool:
+    def can_launch(self, scheduled: Sequence[StepSeq]) -> bool:
         """Whether the step can be queued on the device with its sampled tokens left there: every sampling row's
         token depends only on its logits, its parameters and how many tokens it has generated (see
         `device_samplable`). Prefill chunks, new sequences and rows that sample nothing always qualify."""
         return bool(scheduled) and all(device_samplable(seq.state) for seq in scheduled if seq.samples)
 
-    def launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
+    def launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
         """Queues a step that `can_launch` and its sampling, without waiting for either. A row whose last input
         token is still PENDING_TOKEN takes the token `prev` (the step queued just before) sampled for it. When
         such a row is guided, its mask needs that token on the host first: the sampling is then held back, and the
@@ -148,7 +148,7 @@ class ModelRunner:
         finally:
             gaps.step_ended()
 
-    def _launch(self, scheduled: Sequence[ScheduledSeq], prev: DeviceTokens | None) -> DeviceTokens:
+    def _launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None) -> DeviceTokens:
         token_ids: list[int] = []
         positions: list[int] = []
         prev_rows: list[int] = []
@@ -202,7 +202,7 @@ class ModelRunner:
         return list(zip(out.token_ids, out.logprobs, strict=True))
 
     @staticmethod
-    def _rows(scheduled: Sequence[ScheduledSeq], sample_rows: Sequence[int]) -> list[SamplingRow]:
+    def _rows(scheduled: Sequence[StepSeq], sample_rows: Sequence[int]) -> list[SamplingRow]:
         rows = []
         for i in sample_rows:
             state = scheduled[i].state
