@@ -28,7 +28,7 @@ from services.common.step import SeqOutput, StepPlan, StepResult
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.pb import events_to_pb, plan_to_pb, result_from_pb
-from services.scheduler.plan import Request
+from services.scheduler.request_events import Request
 
 from bench.common import write_results
 

@@ -20,7 +20,7 @@ from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine_state import EngineTotals
-from services.scheduler.plan import Event, Request, RequestDone, RequestFailed, TokenChunk
+from services.scheduler.request_events import Event, Request, RequestDone, RequestFailed, TokenChunk
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.sequence import Sequence
 

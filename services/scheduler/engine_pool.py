@@ -14,7 +14,7 @@ from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument,
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.engine_state import EngineState, EngineTotals, WorkerEngineState
-from services.scheduler.plan import Event, Request, TokenChunk
+from services.scheduler.request_events import Event, Request, TokenChunk
 from services.scheduler.sequence import Sequence
 
 if TYPE_CHECKING:

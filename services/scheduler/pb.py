@@ -10,7 +10,7 @@ from services.common.pb import error_from_pb, logprobs_from_pb, logprobs_to_pb, 
 from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
 from services.scheduler.config import WorkerLimits
 from services.scheduler.engine_state import EngineState
-from services.scheduler.plan import Event, Request, RequestDone, TokenChunk
+from services.scheduler.request_events import Event, Request, RequestDone, TokenChunk
 
 
 def limits_from_info(info: worker_pb2.WorkerInfo) -> WorkerLimits:

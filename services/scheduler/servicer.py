@@ -22,7 +22,7 @@ from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import error_code_label, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.scheduler.pb import engine_state_to_pb, events_to_pb, request_from_pb
-from services.scheduler.plan import Event, RequestDone, RequestFailed, TokenChunk
+from services.scheduler.request_events import Event, RequestDone, RequestFailed, TokenChunk
 from services.scheduler.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)

@@ -12,17 +12,17 @@ from collections.abc import Callable, Hashable, Sequence
 import grpc
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
-from services.common.errors import InvalidArgument
 from services.common.call_auth import token_metadata
+from services.common.errors import InvalidArgument
 from services.common.grpc_server import create_channel
 from services.common.internal_tls import InternalTls
 from services.scheduler.config import BackoffConfig, SchedulerConfig, StallConfig
 from services.scheduler.embed_route import EmbedRoute
 from services.scheduler.engine import Engine
-from services.scheduler.pb import limits_from_info, plan_to_pb, result_from_pb
-from services.scheduler.plan import Event, Request
-from services.scheduler.progress_watch import ProgressWatch, WorkerStalled
 from services.scheduler.engine_pool import EnginePool
+from services.scheduler.pb import limits_from_info, plan_to_pb, result_from_pb
+from services.scheduler.progress_watch import ProgressWatch, WorkerStalled
+from services.scheduler.request_events import Event, Request
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from services.common.sampling import SamplingParams
 from services.common.step import StepResult
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.plan import Request, RequestDone, RequestFailed
+from services.scheduler.request_events import Request, RequestDone, RequestFailed
 from tests.unit.scheduler.fake_worker import FakeWorker
 
 NUM_BLOCKS = 12

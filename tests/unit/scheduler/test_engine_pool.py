@@ -7,8 +7,8 @@ import pytest
 from services.common.errors import ErrorCode, InvalidArgument, ResourceExhausted, Unavailable
 from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig, WorkerLimits
-from services.scheduler.plan import Request, RequestFailed
 from services.scheduler.engine_pool import EnginePool
+from services.scheduler.request_events import Request, RequestFailed
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 LIMITS = WorkerLimits(block_size=4, num_kv_blocks=8, max_num_seqs=4, max_num_batched_tokens=64,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig, WorkerLimits
-from services.scheduler.engine_state import EngineTotals, WorkerEngineState
-from services.scheduler.plan import Request
 from services.scheduler.engine_pool import EnginePool
+from services.scheduler.engine_state import EngineTotals, WorkerEngineState
+from services.scheduler.request_events import Request
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 LIMITS = WorkerLimits(block_size=4, num_kv_blocks=8, max_num_seqs=4, max_num_batched_tokens=64,

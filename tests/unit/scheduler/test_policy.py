@@ -9,7 +9,7 @@ from services.common.sampling import SamplingParams
 from services.common.step import SeqError, StepPlan
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.plan import Request, RequestDone, RequestFailed, TokenChunk
+from services.scheduler.request_events import Request, RequestDone, RequestFailed, TokenChunk
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 
