@@ -86,7 +86,7 @@ def test_empty_model_routes_to_the_only_model_and_sets_the_deadline() -> None:
     asyncio.run(main())
 
 
-def test_model_routing_errors() -> None:
+def test_a_missing_model_is_a_400_an_unknown_one_a_404_and_no_model_served_unavailable() -> None:
     async def main() -> None:
         core, _ = _core(CARD, ModelCard("qwen"))
         with pytest.raises(RequestError) as missing:
