@@ -9,7 +9,7 @@ from typing import Protocol
 
 from services.worker.device_tokens import DeviceTokens
 from services.worker.sampler import TokenLogprobs
-from services.worker.sequences import StepSeq, SeqState
+from services.worker.sequences import SeqState, StepSeq
 
 Sampled = tuple[int, TokenLogprobs | None]
 

@@ -29,7 +29,7 @@ from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
 from services.worker.device_tokens import DeviceTokens
 from services.worker.executors import StepExecutor
 from services.worker.grammar import GrammarCache
-from services.worker.sequences import PENDING_TOKEN, StepSeq, SequenceLimits, SequenceTable, unknown_seq
+from services.worker.sequences import PENDING_TOKEN, SequenceLimits, SequenceTable, StepSeq, unknown_seq
 
 log = logging.getLogger(__name__)
 
