@@ -40,7 +40,8 @@ def _streams(tok: TextTokenizer, num_streams: int, num_tokens: int) -> list[list
 
 def bench_detokenize(tok: TextTokenizer, streams: list[list[int]], per_step: int, stops: tuple[str, ...],
                      batched: bool) -> dict[str, Any]:
-    states = [RequestState.create(tok, str(i), 1, TextOptions(stop=stops)) for i in range(len(streams))]
+    options = TextOptions(stop=stops, skip_special_tokens=False)  # every token decoded, special ones included
+    states = [RequestState.create(tok, str(i), 1, options) for i in range(len(streams))]
     num_tokens = sum(map(len, streams))
     start = time.perf_counter()
     for step in range(0, len(streams[0]), per_step):
