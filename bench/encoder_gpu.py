@@ -64,7 +64,7 @@ def prepare(folder: Path) -> None:
 
 def check(folder: Path, out: Path, device: str) -> None:
     from bench.common import write_results
-    from services.worker.engine import build_engine
+    from services.worker.build import build_engine
     from services.worker.server import build_config
 
     reference = json.loads((folder / "reference.json").read_text())

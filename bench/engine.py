@@ -23,10 +23,11 @@ import torch  # noqa: E402
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from services.common.sampling import SamplingParams  # noqa: E402
+from services.common.step import CachedSeq, NewSeq, StepPlan  # noqa: E402
 from services.worker.attention_metadata import SeqChunk  # noqa: E402
+from services.worker.build import build_engine  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
-from services.worker.engine import Engine, build_engine  # noqa: E402
-from services.worker.plan import CachedSeq, NewSeq, StepPlan  # noqa: E402
+from services.worker.engine import WorkerEngine  # noqa: E402
 
 BANDWIDTH_BYTES_PER_S = 3.0e12  # measured device copy bandwidth of the H100 (bytes read + written)
 
@@ -34,7 +35,7 @@ BANDWIDTH_BYTES_PER_S = 3.0e12  # measured device copy bandwidth of the H100 (by
 class Bench:
     """Plays the scheduler for one engine: contiguous blocks per sequence, plans built without tokens."""
 
-    def __init__(self, engine: Engine, max_len: int) -> None:
+    def __init__(self, engine: WorkerEngine, max_len: int) -> None:
         self.engine = engine
         self.blocks_per_seq = -(-max_len // engine.info.block_size)
         self.step_id = 0
@@ -105,9 +106,9 @@ class Bench:
         return (self.weight_bytes + batch * mean_context * self.kv_bytes_per_token) / BANDWIDTH_BYTES_PER_S * 1e3
 
 
-def graph_replay_ms(engine: Engine, num_steps: int) -> float | None:
+def graph_replay_ms(engine: WorkerEngine, num_steps: int) -> float | None:
     """Median time of replaying the last decode step's graph alone (replay, then synchronize)."""
-    graphs = getattr(engine.runner.executor.model_runner, "graphs", None)
+    graphs = getattr(engine.runner.executor, "graphs", None)
     if graphs is None or graphs.last_key is None:
         return None
     graph = graphs.graphs[graphs.last_key]
@@ -121,13 +122,13 @@ def graph_replay_ms(engine: Engine, num_steps: int) -> float | None:
     return statistics.median(times) * 1e3
 
 
-def graph_step_ms(engine: Engine, seq_id: int, num_steps: int) -> float:
+def graph_step_ms(engine: WorkerEngine, seq_id: int, num_steps: int) -> float:
     """Median time of the model runner's greedy decode of one sequence's last step (inputs into the staging
     array, the copy, the replay, the token read-back), without the Runner around it."""
     state = engine.runner.table.seqs[seq_id]
     pos = state.num_computed_tokens - 1
     chunk, token = SeqChunk(pos, 1, state.block_ids), [state.token_ids[pos]]
-    model_runner = engine.runner.executor.model_runner
+    model_runner = engine.runner.executor
     times = []
     for _ in range(num_steps):
         start = time.perf_counter()
@@ -295,7 +296,7 @@ def bench_model(args: argparse.Namespace, preset: str) -> dict[str, Any]:
         out["itl_batch1"]["graph_replay_ms"] = round(replay, 3)
         out["itl_batch1"]["graph_step_ms"] = round(graph_step, 3)
         out["itl_batch1"]["host_ms"] = round(itl - replay, 3)
-        out["num_graphs"] = engine.runner.executor.model_runner.graphs.num_graphs
+        out["num_graphs"] = engine.runner.executor.graphs.num_graphs
     bench.finish(ids)
     # Decode throughput per batch size.
     out["decode"] = []

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench, graph_replay_ms, graph_us  # noqa: E402
 from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement  # noqa: E402
+from services.worker.build import build_engine, resolve_model_config  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
-from services.worker.engine import build_engine, resolve_model_config  # noqa: E402
 from services.worker.model_config import ModelConfig  # noqa: E402
 
 FP8_TESTS = ["tests/kernels/test_fp8_linear.py", "tests/kernels/test_fp8_kv_cache.py",
@@ -88,7 +88,7 @@ def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_
     bench = Bench(engine, max(max_len, args.prefill_len))
     out: dict[str, Any] = {
         "build_s": round(time.perf_counter() - start, 1), "dtype": info.dtype, "weight_bytes": bench.weight_bytes,
-        "kv_cache_dtype": str(engine.runner.executor.model_runner.kv_cache.data.dtype).removeprefix("torch."),
+        "kv_cache_dtype": str(engine.runner.executor.kv_cache.data.dtype).removeprefix("torch."),
         "num_kv_blocks": info.num_kv_blocks, "kv_capacity_tokens": info.num_kv_blocks * info.block_size,
         "decode": [],
     }

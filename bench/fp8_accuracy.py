@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from services.worker.attention_metadata import SeqChunk
-from services.worker.engine import Engine
+from services.worker.engine import WorkerEngine
 
 
 def fixed_prompts(vocab_size: int, num_prompts: int = 16, first_len: int = 8, seed: int = 0) -> list[list[int]]:
@@ -21,9 +21,9 @@ def fixed_prompts(vocab_size: int, num_prompts: int = 16, first_len: int = 8, se
 
 
 @torch.inference_mode()
-def last_logits(engine: Engine, prompts: list[list[int]]) -> torch.Tensor:
+def last_logits(engine: WorkerEngine, prompts: list[list[int]]) -> torch.Tensor:
     """fp32 logits [len(prompts), vocab] of each prompt's last position, all prompts prefilled in one forward."""
-    model_runner = engine.runner.executor.model_runner
+    model_runner = engine.runner.executor
     block_size = engine.info.block_size
     chunks, next_block = [], 0
     for prompt in prompts:

@@ -24,10 +24,11 @@ from collections import deque
 from flashstream.v1 import worker_pb2
 
 from services.common.sampling import SamplingParams
+from services.common.step import SeqOutput, StepPlan, StepResult
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.pb import events_to_pb, plan_to_pb, result_from_pb
-from services.scheduler.plan import Request, SeqOutput, StepPlan, StepResult
+from services.scheduler.request_events import Request
 
 from bench.common import write_results
 

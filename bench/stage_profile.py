@@ -28,7 +28,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("step bookkeeping (worker)", ("services/worker/runner.py", "services/worker/sequences.py",
                                    "services/worker/executors.py")),
     ("scheduling", ("services/scheduler/scheduler.py", "services/scheduler/engine.py",
-                    "services/scheduler/block_manager.py", "services/scheduler/router.py",
+                    "services/scheduler/block_manager.py", "services/scheduler/engine_pool.py",
                     "services/scheduler/sequence.py")),
     ("detokenization", ("services/tokenizer/detokenizer.py", "services/tokenizer/request_state.py",
                         "services/tokenizer/stop_strings.py")),

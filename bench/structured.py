@@ -46,10 +46,10 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench  # noqa: E402
 from services.common.sampling import Guided, SamplingParams  # noqa: E402
+from services.common.step import NewSeq  # noqa: E402
+from services.worker.build import build_engine  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
-from services.worker.engine import build_engine  # noqa: E402
 from services.worker.grammar import GrammarCache, GrammarState, bitmask_words, fill_bitmask  # noqa: E402
-from services.worker.plan import NewSeq  # noqa: E402
 from services.worker.presets import PRESETS  # noqa: E402
 
 _FIELDS = [

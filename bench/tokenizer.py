@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import write_results
+from services.common.text_options import TextOptions
 from services.tokenizer.detokenizer import IncrementalDetokenizer, detokenize_step
-from services.tokenizer.request_state import RequestState, TextOptions, step_requests
+from services.tokenizer.request_state import RequestState, step_requests
 from services.tokenizer.tokenizer import TextTokenizer
 
 _PROCESS_TOKENIZER: dict[str, TextTokenizer] = {}
@@ -39,7 +40,8 @@ def _streams(tok: TextTokenizer, num_streams: int, num_tokens: int) -> list[list
 
 def bench_detokenize(tok: TextTokenizer, streams: list[list[int]], per_step: int, stops: tuple[str, ...],
                      batched: bool) -> dict[str, Any]:
-    states = [RequestState.create(tok, str(i), 1, TextOptions(stop=stops)) for i in range(len(streams))]
+    options = TextOptions(stop=stops, skip_special_tokens=False)  # every token decoded, special ones included
+    states = [RequestState.create(tok, str(i), 1, options) for i in range(len(streams))]
     num_tokens = sum(map(len, streams))
     start = time.perf_counter()
     for step in range(0, len(streams[0]), per_step):

@@ -15,9 +15,9 @@ import uuid
 from typing import Protocol
 
 from gateway.errors import ModelNotFound, RequestError
-from gateway.schema import (Event, Finished, FinishReason, GenerationRequest, ModelCard, Submission, TextDelta,
-                            Usage)
+from gateway.schema import Event, Finished, GenerationRequest, ModelCard, Submission, TextDelta, Usage
 from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
+from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics, MetricsView, error_code_label, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 
@@ -44,7 +44,9 @@ class Router(Protocol):
 
     def cards(self) -> list[ModelCard]: ...
 
-    def submit(self, submission: Submission) -> RequestHandle: ...
+    def forward(self, submission: Submission) -> RequestHandle:
+        """Sends the request upstream (or answers it from a cache) and returns its handle."""
+        ...
 
 
 class GatewayCore:
@@ -127,7 +129,7 @@ class GatewayCore:
                 traceparent=span.traceparent,
             )
             span.set(request_id=submission.request_id, model=card.id)
-            handle = self.router.submit(submission)
+            handle = self.router.forward(submission)
         except FlashStreamError as exc:
             self.record_error(exc, model)
             span.end(exc.message)

@@ -23,7 +23,7 @@ from gateway.embeddings import EmbeddingService
 from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_embeddings import embeddings_response, parse_embeddings_request
 from gateway.openai_request import OpenAIRequest, parse_openai_request
-from gateway.openai_response import ResponseBuilder, combined_usage, error_response
+from gateway.openai_response import ResponseBuilder, combined_usage, error_response, openai_finish_reason
 from gateway.playground import is_static_path
 from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
@@ -205,7 +205,7 @@ class HttpApi:
             async for index, event in _merged(generations, firsts):
                 if isinstance(event, Finished):
                     usages[index] = event.usage
-                    last = builders[index].chunk(None, event.finish_reason.openai)
+                    last = builders[index].chunk(None, openai_finish_reason(event.finish_reason))
                     if parsed.include_latency:
                         last["latency"] = dataclasses.asdict(event.latency)
                     tail.append(_sse(last))

@@ -16,9 +16,10 @@ from typing import Any
 from gateway.errors import RequestError
 from gateway.json_text import MAX_INT_DIGITS
 from gateway.openai_tools import message_tool_fields, parse_guided, parse_tools
-from gateway.schema import ChatTurn, GenerationRequest, TextOptions
+from gateway.schema import ChatTurn, GenerationRequest
 from services.common.errors import InvalidArgument
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
+from services.common.text_options import TextOptions
 
 DEFAULT_MAX_TOKENS = 16
 # OpenAI's ranges, narrower than what the gRPC API accepts.
@@ -325,7 +326,7 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
         include_stop_str_in_output=b.bool("include_stop_str_in_output", False),
         skip_special_tokens=b.bool("skip_special_tokens", True),
         add_special_tokens=b.bool("add_special_tokens", not chat),
-        echo=echo,
+        echo_prompt=echo,
     )
     common: dict[str, Any] = {
         "model": model,

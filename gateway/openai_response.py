@@ -9,6 +9,7 @@ from typing import Any
 from gateway.schema import Finished, TextDelta, TokenLogprob, TopLogprob, Usage
 from gateway.tool_calls import ToolCallParser, tool_call_json
 from services.common.errors import ErrorCode, FlashStreamError
+from services.common.finish_reason import FinishReason
 
 # gRPC status → (HTTP status, OpenAI error type, default code).
 _HTTP_ERRORS: dict[int, tuple[int, str, str | None]] = {
@@ -33,6 +34,15 @@ def error_response(exc: FlashStreamError) -> tuple[int, dict[str, Any], dict[str
     body = {"error": {"message": exc.message, "type": err_type, "param": getattr(exc, "param", None), "code": code}}
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else {}
     return status, body, headers
+
+
+def openai_finish_reason(reason: FinishReason) -> str:
+    """OpenAI's finish_reason: stop tokens, EOS and stop strings are all "stop"."""
+    if reason is FinishReason.LENGTH:
+        return "length"
+    if reason is FinishReason.ABORT:
+        return "abort"
+    return "stop"
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
@@ -156,7 +166,7 @@ class ResponseBuilder:
         logprobs = None
         if self.logprobs is not None:
             logprobs = self.logprobs.merge([self.logprobs.build(d.logprobs, d.text) for d in deltas])
-        reason = done.finish_reason.openai
+        reason = openai_finish_reason(done.finish_reason)
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if self.tools is not None:

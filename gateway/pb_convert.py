@@ -9,13 +9,11 @@ from gateway.schema import (
     ChatTurn,
     Event,
     Finished,
-    FinishReason,
     GenerationRequest,
     Latency,
     ModelCard,
     Submission,
     TextDelta,
-    TextOptions,
     TokenLogprob,
     ToolCall,
     ToolSpec,
@@ -24,8 +22,10 @@ from gateway.schema import (
     Usage,
 )
 from services.common.errors import ErrorCode, FlashStreamError
+from services.common.finish_reason import FinishReason
 from services.common.pb import sampling_from_pb, sampling_to_pb
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS
+from services.common.text_options import TextOptions
 
 # ---- public Gateway requests ----
 
@@ -181,7 +181,7 @@ def text_request_to_pb(sub: Submission) -> tokenizer_pb2.TextRequest:
             include_stop_str_in_output=opts.include_stop_str_in_output,
             skip_special_tokens=opts.skip_special_tokens,
             add_special_tokens=opts.add_special_tokens,
-            echo_prompt=opts.echo,
+            echo_prompt=opts.echo_prompt,
         ),
         priority=req.priority,
         deadline_unix_s=sub.deadline_unix_s,

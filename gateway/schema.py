@@ -5,36 +5,17 @@ No protobuf and no JSON here: the gRPC and HTTP layers translate to and from the
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass, field
 
 from gateway import json_text
 from gateway.errors import RequestError
 from gateway.guided import check_guided, check_json_schema
+from services.common.finish_reason import FinishReason
 from services.common.sampling import SamplingParams
+from services.common.text_options import TextOptions
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
-
-
-class FinishReason(enum.IntEnum):
-    """Why a request ended; the numbers are those of flashstream.v1.FinishReason."""
-
-    UNSPECIFIED = 0
-    STOP = 1
-    LENGTH = 2
-    EOS = 3
-    STOP_STRING = 4
-    ABORT = 5
-
-    @property
-    def openai(self) -> str:
-        """OpenAI's finish_reason: stop tokens, EOS and stop strings are all "stop"."""
-        if self is FinishReason.LENGTH:
-            return "length"
-        if self is FinishReason.ABORT:
-            return "abort"
-        return "stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +43,6 @@ class ChatTurn:
     tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
     tool_call_id: str = ""  # tool turns: the call answered
     name: str = ""  # tool turns: the function that answered
-
-
-@dataclass(frozen=True, slots=True)
-class TextOptions:
-    """What the tokenizer does with text: stop strings and special-token handling."""
-
-    stop: tuple[str, ...] = ()
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
-    add_special_tokens: bool = True
-    echo: bool = False  # send the prompt text as the first delta
 
 
 @dataclass(frozen=True, slots=True)

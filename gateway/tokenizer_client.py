@@ -121,7 +121,7 @@ class TokenizerConnection:
         async for state in relay_stream(call, f"tokenizer {self.address}"):
             yield state
 
-    def submit(self, submission: Submission) -> TokenizerRequest:
+    def forward(self, submission: Submission) -> TokenizerRequest:
         if not self.stream_open:
             raise Unavailable(f"tokenizer {self.address} is not connected")
         handle = TokenizerRequest(submission.request_id, self)
@@ -291,8 +291,8 @@ class TokenizerRouter:
                 cards.setdefault(conn.card.id, conn.card)
         return list(cards.values())
 
-    def submit(self, submission: Submission) -> TokenizerRequest:
-        return self.pick(submission.request.model).submit(submission)
+    def forward(self, submission: Submission) -> TokenizerRequest:
+        return self.pick(submission.request.model).forward(submission)
 
     def pick(self, model: str) -> TokenizerConnection:
         """The least-loaded ready replica of `model`; the rotating start breaks ties round-robin."""

@@ -9,14 +9,7 @@ from collections.abc import Sequence
 
 from services.common.config import new_parser
 from services.common.errors import FlashStreamError
-
-# Each stage's entry point: module with `main(argv) -> int`.
-STAGE_MAINS = {
-    "gateway": "gateway.server",
-    "tokenizer": "services.tokenizer.server",
-    "scheduler": "services.scheduler.server",
-    "worker": "services.worker.server",
-}
+from services.stages import STAGE_MAINS
 
 USAGE = """flashstream <command> [options]
 
@@ -33,11 +26,6 @@ options:
 
 `flashstream <command> --help` describes each command's options.
 """
-
-
-def stage_parser(stage: str):  # noqa: ANN201 - argparse.ArgumentParser
-    """The argument parser of `flashstream serve STAGE`."""
-    return importlib.import_module(STAGE_MAINS[stage]).build_parser()
 
 
 def version() -> str:

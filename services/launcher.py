@@ -31,6 +31,7 @@ from services.common.config import env_default, new_parser
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.internal_tls import TLS_CHANNEL_OPTIONS, InternalTls, load_internal_tls, write_stack_certs
 from services.port_check import describe_taken, is_free, port_owner
+from services.stages import stage_parser
 from services.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -105,7 +106,9 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None =
 
 
 @dataclass
-class Stage:
+class ChildStage:
+    """One stage of `flashstream up`: its command line, its gRPC address and, once started, its child process."""
+
     name: str
     argv: list[str]
     grpc_address: str
@@ -120,7 +123,7 @@ class Stage:
 class Stack:
     """The running stages of one `up`, in start order."""
 
-    stages: list[Stage] = field(default_factory=list)
+    stages: list[ChildStage] = field(default_factory=list)
     gateway_grpc: str = ""
     gateway_http: str = ""
     env: dict[str, str] = field(default_factory=dict)  # the children's environment
@@ -132,7 +135,7 @@ class Stack:
         """The certificates the internal stages require of each other's connections (None: plaintext)."""
         return load_internal_tls(self.env.get(INTERNAL_TLS_VARIABLE, ""))
 
-    def tls_of(self, stage: Stage) -> InternalTls | None:
+    def tls_of(self, stage: ChildStage) -> InternalTls | None:
         """The certificates a stage's gRPC port asks for: the internal ones, but none on a gateway's public port."""
         return None if stage.argv[0] == "gateway" else self.internal_tls
 
@@ -145,7 +148,7 @@ class Stack:
         """The secret the stages require of each other's calls."""
         return self.env.get(INTERNAL_TOKEN_VARIABLE, "")
 
-    def spawn(self, stage: Stage) -> None:
+    def spawn(self, stage: ChildStage) -> None:
         """Starts the stage's process (again, for a restart), its output appended to its log."""
         out = None
         if self.log_dir is not None:
@@ -154,7 +157,7 @@ class Stack:
         stage.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                       preexec_fn=_die_with_parent)
 
-    def start(self, stage: Stage, env: dict[str, str], ready_timeout_s: float, log_dir: Path | None) -> None:
+    def start(self, stage: ChildStage, env: dict[str, str], ready_timeout_s: float, log_dir: Path | None) -> None:
         self.env, self.log_dir = env, log_dir
         started = time.monotonic()
         self.spawn(stage)
@@ -191,7 +194,7 @@ class Stack:
             self.made_tls_dir = None
 
 
-def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
+def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[ChildStage]:
     """The stages' command lines, workers first. With --base-port B: gateway B, tokenizer B+1, scheduler B+2,
     worker i B+3+i, and their HTTP status ports 100 higher; with 0, free ports everywhere."""
     host = args.host
@@ -209,23 +212,23 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
         grpc_port = port(offset)
         return f"{host}:{grpc_port}", ["--host", host, "--port", str(grpc_port), "--status-port", str(port(offset + 100))]
 
-    stages: list[Stage] = []
+    stages: list[ChildStage] = []
     for i in range(args.num_workers):
         addr, flags = address(3 + i)
         argv = ["worker", *flags, "--model", model_dir, "--device", args.device, "--load-format", args.load_format]
         argv += ["--model-id", args.model_id] if args.model_id else []
-        stages.append(Stage(f"worker{i}", argv + shlex.split(args.worker_args), addr))
+        stages.append(ChildStage(f"worker{i}", argv + shlex.split(args.worker_args), addr))
     workers = ",".join(s.grpc_address for s in stages)
     addr, flags = address(2)
-    stages.append(Stage("scheduler", ["scheduler", *flags, "--workers", workers, *shlex.split(args.scheduler_args)],
-                        addr))
+    scheduler_argv = ["scheduler", *flags, "--workers", workers, *shlex.split(args.scheduler_args)]
+    stages.append(ChildStage("scheduler", scheduler_argv, addr))
     scheduler = addr
     tokenizers = []
     for i in range(args.num_tokenizers):
         # The first tokenizer keeps base+1; more take ports past the workers'.
         addr, flags = address(1 if i == 0 else 3 + args.num_workers + i - 1)
         name = "tokenizer" if args.num_tokenizers == 1 else f"tokenizer{i}"
-        stages.append(Stage(name, ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir,
+        stages.append(ChildStage(name, ["tokenizer", *flags, "--scheduler", scheduler, "--model", model_dir,
                                    *shlex.split(args.tokenizer_args)], addr))
         tokenizers.append(addr)
     if args.embedding_model:
@@ -233,16 +236,16 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
         # the gateway routes by model name.
         folder = str(Path(args.embedding_model).resolve())
         addr, flags = address(50)
-        stages.append(Stage("embedding-worker", ["worker", *flags, "--model", folder, "--device", args.device,
+        stages.append(ChildStage("embedding-worker", ["worker", *flags, "--model", folder, "--device", args.device,
                                                  "--load-format", "dummy" if args.load_format == "dummy" else "auto",
                                                  *(["--model-id", args.embedding_model_id]
                                                    if args.embedding_model_id else [])], addr))
         worker = addr
         addr, flags = address(51)
-        stages.append(Stage("embedding-scheduler", ["scheduler", *flags, "--workers", worker], addr))
+        stages.append(ChildStage("embedding-scheduler", ["scheduler", *flags, "--workers", worker], addr))
         scheduler = addr
         addr, flags = address(52)
-        stages.append(Stage("embedding-tokenizer", ["tokenizer", *flags, "--scheduler", scheduler, "--model",
+        stages.append(ChildStage("embedding-tokenizer", ["tokenizer", *flags, "--scheduler", scheduler, "--model",
                                                     folder], addr))
         tokenizers.append(addr)
     gateway_port = port(0)
@@ -251,7 +254,7 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
     shared = ["--reuse-port"] if args.num_gateways > 1 else []
     for i in range(args.num_gateways):
         name = "gateway" if args.num_gateways == 1 else f"gateway{i}"
-        stages.append(Stage(name, ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
+        stages.append(ChildStage(name, ["gateway", "--host", host, "--port", str(gateway_port), "--http-port",
                                    str(http_port), "--tokenizers", ",".join(tokenizers), *shared,
                                    *shlex.split(args.gateway_args)], f"{host}:{gateway_port}"))
     return stages
@@ -262,7 +265,7 @@ def build_stack_argv(args: argparse.Namespace, model_dir: str) -> list[Stage]:
 NUM_FREE_PORT_ATTEMPTS = 3
 
 
-def stage_ports(stage: Stage) -> list[tuple[int, str]]:
+def stage_ports(stage: ChildStage) -> list[tuple[int, str]]:
     """(port, what) of every port a stage's command line binds (0: the OS picks, nothing to check)."""
     out = []
     for flag, what in (("--port", "gRPC"), ("--status-port", "status HTTP"), ("--http-port", "HTTP API")):
@@ -273,7 +276,7 @@ def stage_ports(stage: Stage) -> list[tuple[int, str]]:
     return out
 
 
-def check_ports(host: str, stages: list[Stage]) -> None:
+def check_ports(host: str, stages: list[ChildStage]) -> None:
     """Raises PortTaken naming every port of the stack that something already holds, before anything starts."""
     ports = dict(reversed([p for stage in stages for p in stage_ports(stage)]))  # a shared port once, first name
     taken = [describe_taken(host, port, what) for port, what in ports.items() if not is_free(host, port)]
@@ -288,15 +291,13 @@ def _ports_taken(stack: Stack) -> bool:
                any(not is_free(_host_of(s), p) for p, _ in stage_ports(s)) for s in stack.stages)
 
 
-def _host_of(stage: Stage) -> str:
+def _host_of(stage: ChildStage) -> str:
     return stage.grpc_address.rsplit(":", 1)[0]
 
 
-def check_stage_flags(stages: list[Stage]) -> None:
+def check_stage_flags(stages: list[ChildStage]) -> None:
     """Parses every stage's command line with that stage's own parser, so a bad pass-through flag is refused
     before anything starts (argparse prints its usage line and error; InvalidArgument carries the rest)."""
-    from services.cli import stage_parser
-
     for stage in stages:
         kind, argv = stage.argv[0], stage.argv[1:]
         errors = io.StringIO()

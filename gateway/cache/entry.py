@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gateway.schema import Finished, FinishReason, TextDelta, TokenLogprob, TopLogprob, Usage
+from gateway.schema import Finished, TextDelta, TokenLogprob, TopLogprob, Usage
+from services.common.finish_reason import FinishReason
 
 ENTRY_VERSION = 2  # 2: logprobs carry each token's bytes (hex)
 

@@ -13,8 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from gateway.cache.entry import CachedResult
-from gateway.schema import Event, Finished, FinishReason, TextDelta
+from gateway.schema import Event, Finished, TextDelta
 from services.common.errors import ErrorCode, FlashStreamError
+from services.common.finish_reason import FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ Source = Callable[[], Awaitable[CachedResult | None]]
 class Flight:
     """One key's answer in the making (or replayed from the store) and the requests reading it."""
 
-    def __init__(self, key: str, lookup: Source, submit: Callable[[], object],
+    def __init__(self, key: str, lookup: Source, forward: Callable[[], object],
                  on_end: Callable[[Flight], None]) -> None:
         self.key = key
         self.events: list[Item] = []
@@ -35,7 +36,7 @@ class Flight:
         self.abandoned = False  # every reader left before the end; the upstream request was aborted
         self.num_readers = 0
         self._lookup = lookup
-        self._submit = submit  # -> RequestHandle; may raise FlashStreamError
+        self._forward = forward  # -> RequestHandle; may raise FlashStreamError
         self._on_end = on_end
         self._handle: object | None = None
         self._signal = asyncio.Event()
@@ -69,7 +70,7 @@ class Flight:
                 self._append(cached.finished)
             else:
                 try:
-                    self._handle = handle = self._submit()
+                    self._handle = handle = self._forward()
                 except FlashStreamError as exc:
                     self._append(exc)
                 else:

@@ -81,7 +81,7 @@ def key_fields(request: GenerationRequest, card: ModelCard, tenant: str) -> dict
             "include_stop_str_in_output": o.include_stop_str_in_output,
             "skip_special_tokens": o.skip_special_tokens,
             "add_special_tokens": o.add_special_tokens,
-            "echo": o.echo,
+            "echo": o.echo_prompt,
         },
         "fill_context": request.fill_context,
     }

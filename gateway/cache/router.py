@@ -1,7 +1,7 @@
 """`CachingRouter`: a Router in front of another that answers reproducible requests from the result cache.
 
-submit() of a cacheable request joins the key's flight, or opens one: the flight looks the key up in the
-store, replays a stored answer or submits upstream, and stores the answer once it ended normally. Requests
+forward() of a cacheable request joins the key's flight, or opens one: the flight looks the key up in the
+store, replays a stored answer or forwards upstream, and stores the answer once it ended normally. Requests
 that are not reproducible, or ask to bypass the cache, go straight to the inner router.
 """
 
@@ -47,11 +47,11 @@ class CachingRouter:
     def _card(self, model: str) -> ModelCard | None:
         return next((c for c in self.inner.cards() if c.id == model), None)
 
-    def submit(self, submission: Submission) -> RequestHandle:
+    def forward(self, submission: Submission) -> RequestHandle:
         request = submission.request
         card = self._card(request.model)
         if not is_cacheable(request) or card is None:
-            return self.inner.submit(submission)
+            return self.inner.forward(submission)
         key = result_key(request, card, submission.tenant, self.namespace)
         metrics = self.metrics.for_model(card.id)
         metrics.result_cache_queries.inc()
@@ -78,7 +78,7 @@ class CachingRouter:
             self.num_hits += 1
             return cached
 
-        flight = Flight(key, lookup, lambda: self.inner.submit(submission), self._flight_ended)
+        flight = Flight(key, lookup, lambda: self.inner.forward(submission), self._flight_ended)
         self._flights[key] = flight
         return flight.reader(leader=True)
 

@@ -131,16 +131,6 @@ class BlockManager:
         if end > seq.num_registered_blocks:
             seq.num_registered_blocks = end
 
-    def reset_prefix_cache(self) -> None:
-        """Forgets every cached block (e.g. after the worker's KV contents became unknown)."""
-        for block_id in list(self.evictable):
-            self._uncache(self.blocks[block_id])
-            self.free_block_ids.append(block_id)
-        self.evictable.clear()
-        for block in self.blocks:
-            if block.hash is not None:
-                self._uncache(block)
-
     # ---- allocation ----
 
     def can_allocate(self, seq: Sequence, hits: list[int], num_new_tokens: int) -> bool:

@@ -15,22 +15,14 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from services.common.errors import ErrorCode
+from services.common.finish_reason import FinishReason
+from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine_state import EngineTotals
-from services.scheduler.plan import (
-    CachedSeq,
-    Event,
-    NewSeq,
-    Request,
-    RequestDone,
-    RequestError,
-    StepPlan,
-    StepResult,
-    TokenChunk,
-)
+from services.scheduler.request_events import Event, Request, RequestDone, RequestFailed, TokenChunk
 from services.scheduler.scheduler import Scheduler
-from services.scheduler.sequence import FinishReason, Sequence
+from services.scheduler.sequence import Sequence
 
 if TYPE_CHECKING:
     from services.common.metrics import Metrics
@@ -99,7 +91,7 @@ class Engine:
     def fail_all(self, code: ErrorCode, message: str) -> None:
         """Ends every live request with an error (the worker is gone); the engine is not used again."""
         for seq in list(self.sequences.values()):
-            self._end(seq, RequestError(seq.key, code, message), keep_cached=False)
+            self._end(seq, RequestFailed(seq.key, code, message), keep_cached=False)
         self.in_flight.clear()
 
     def take_events(self) -> list[Event]:
@@ -124,7 +116,7 @@ class Engine:
         now = self.clock()
         out = self.scheduler.schedule(now)
         for seq in out.expired:
-            self._end(seq, RequestError(seq.key, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+            self._end(seq, RequestFailed(seq.key, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded"))
         if out.is_empty:
             return None
         plan = StepPlan(self._next_step_id, finished_seq_ids=out.finished_seq_ids)
@@ -159,7 +151,7 @@ class Engine:
         for error in result.errors:
             seq = running.get(error.seq_id)
             if seq is not None:
-                self._end(seq, RequestError(seq.key, error.code, error.message), keep_cached=False)
+                self._end(seq, RequestFailed(seq.key, error.error.code, error.error.message), keep_cached=False)
         num_generated = 0
         emit = self.events.append
         finish_reason = self._finish_reason
@@ -176,8 +168,8 @@ class Engine:
             seq.last_token_time = now
             reason = finish_reason(seq, token_id)
             if reason is None or reason is _LENGTH:  # the stop token itself is not part of the output
-                logprob = output.logprob
-                emit(TokenChunk(seq.key, [token_id], [] if logprob is None else [logprob],
+                logprobs = output.logprobs
+                emit(TokenChunk(seq.key, [token_id], [] if logprobs is None else [logprobs],
                                 seq.num_cached_tokens if seq.num_emitted_tokens == 0 else 0))
                 seq.num_emitted_tokens += 1
             if reason is not None:

@@ -6,20 +6,11 @@ from collections.abc import Hashable, Iterable
 
 from flashstream.v1 import common_pb2, scheduler_pb2, worker_pb2
 
-from services.common.errors import ErrorCode
-from services.common.pb import sampling_from_pb, sampling_to_pb
+from services.common.pb import error_from_pb, logprobs_from_pb, logprobs_to_pb, sampling_from_pb, sampling_to_pb
+from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
 from services.scheduler.config import WorkerLimits
 from services.scheduler.engine_state import EngineState
-from services.scheduler.plan import (
-    Event,
-    Request,
-    RequestDone,
-    SeqError,
-    SeqOutput,
-    StepPlan,
-    StepResult,
-    TokenChunk,
-)
+from services.scheduler.request_events import Event, Request, RequestDone, TokenChunk
 
 
 def limits_from_info(info: worker_pb2.WorkerInfo) -> WorkerLimits:
@@ -55,7 +46,7 @@ def plan_to_pb(plan: StepPlan) -> worker_pb2.StepPlan:
             seq_id=new.seq_id,
             token_ids=new.token_ids,
             num_prompt_tokens=new.num_prompt_tokens,
-            sampling=sampling_to_pb(new.params),
+            sampling=sampling_to_pb(new.sampling),
             block_ids=new.block_ids,
             num_computed_tokens=new.num_computed_tokens,
             num_scheduled_tokens=new.num_scheduled_tokens,
@@ -71,23 +62,16 @@ def plan_to_pb(plan: StepPlan) -> worker_pb2.StepPlan:
     return pb
 
 
-def _error_code(code: int) -> ErrorCode:
-    try:
-        return ErrorCode(code)
-    except ValueError:
-        return ErrorCode.UNKNOWN
-
-
 def result_from_pb(pb: worker_pb2.StepResult) -> StepResult:
     sampled = pb.sampled
     outputs = [SeqOutput(seq_id, token_id) for seq_id, token_id in zip(sampled.seq_ids, sampled.token_ids)]
     for item in sampled.logprobs:
         if item.index < len(outputs):
-            outputs[item.index].logprob = item.logprob
+            outputs[item.index].logprobs = logprobs_from_pb(item.logprob)
     return StepResult(
         step_id=pb.step_id,
         outputs=outputs,
-        errors=[SeqError(e.seq_id, _error_code(e.error.code), e.error.message) for e in pb.errors],
+        errors=[SeqError(e.seq_id, error_from_pb(e.error)) for e in pb.errors],
         step_time_s=pb.step_time_s,
     )
 
@@ -107,7 +91,7 @@ def events_to_pb(events: Iterable[Event]) -> scheduler_pb2.SchedulerDown:
                 chunk.num_cached_tokens = event.num_cached_tokens
                 open_chunks[event.key] = chunk
             chunk.token_ids.extend(event.token_ids)
-            chunk.logprobs.extend(event.logprobs)
+            chunk.logprobs.extend([logprobs_to_pb(lp) for lp in event.logprobs])
         elif isinstance(event, RequestDone):
             open_chunks.pop(event.key, None)
             down.events.add(request_id=request_id, done=common_pb2.Done(

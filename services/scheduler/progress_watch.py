@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Callable
 
 from services.common.errors import Unavailable
+from services.common.step import StepPlan
 from services.scheduler.config import StallConfig
-from services.scheduler.plan import StepPlan
 
 CHECK_INTERVAL_S = 0.2
 

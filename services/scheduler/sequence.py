@@ -13,15 +13,6 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"  # ended (normally, aborted or failed); holds nothing
 
 
-class FinishReason(enum.IntEnum):
-    """Why a request ended; numbers are those of flashstream.v1.FinishReason."""
-
-    STOP = 1
-    LENGTH = 2
-    EOS = 3
-    ABORT = 5
-
-
 class Sequence:
     """A request as the scheduler sees it.
 

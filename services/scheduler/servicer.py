@@ -22,7 +22,7 @@ from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import error_code_label, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.scheduler.pb import engine_state_to_pb, events_to_pb, request_from_pb
-from services.scheduler.plan import Event, RequestDone, RequestError, TokenChunk
+from services.scheduler.request_events import Event, RequestDone, RequestFailed, TokenChunk
 from services.scheduler.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def dispatch(self, events: list[Event]) -> None:
         """Puts events in their streams' outboxes (events of streams already gone are dropped)."""
         for event in events:
-            if isinstance(event, RequestError):
+            if isinstance(event, RequestFailed):
                 self._count_error(event)
             if self._spans and not isinstance(event, TokenChunk):
                 self._end_span(event)
@@ -102,7 +102,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             request_ids, stream.live = list(stream.live), set()
             for request_id in request_ids:
                 self.pool.abort((number, request_id))
-                error = RequestError((number, request_id), ErrorCode.UNAVAILABLE,
+                error = RequestFailed((number, request_id), ErrorCode.UNAVAILABLE,
                                      "the scheduler shut down before the request finished")
                 self._count_error(error)
                 self._end_span(error)
@@ -139,7 +139,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if span.traceparent:
                 request = dataclasses.replace(request, traceparent=span.traceparent)
             try:
-                self.pool.submit(request)
+                self.pool.enqueue(request)
             except FlashStreamError as exc:
                 span.end(exc.message)
                 raise
@@ -147,12 +147,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 self._spans[key] = span
             stream.live.add(pb.request_id)
         except FlashStreamError as exc:
-            error = RequestError(key, exc.code, exc.message)
+            error = RequestFailed(key, exc.code, exc.message)
             self._count_error(error)
             stream.outbox.append(error)
             stream.wake.set()
 
-    def _count_error(self, error: RequestError) -> None:
+    def _count_error(self, error: RequestFailed) -> None:
         if self.metrics is not None:
             self.metrics.scheduler_request_errors.labels(error_code_label(error.code)).inc()
 
@@ -167,18 +167,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             span.end()
         else:
             span.end(event.message)
-
-    @handle_errors
-    async def GetLoad(  # noqa: N802
-        self, request: scheduler_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
-    ) -> scheduler_pb2.Load:
-        engines = self.pool.engines
-        return scheduler_pb2.Load(
-            num_running=engines.num_running,
-            num_waiting=engines.num_waiting,
-            kv_cache_usage=engines.kv_cache_usage,
-            num_workers=self.pool.num_workers,
-        )
 
     @handle_errors
     async def Info(  # noqa: N802

@@ -12,17 +12,17 @@ from collections.abc import Callable, Hashable, Sequence
 import grpc
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
-from services.common.errors import InvalidArgument
 from services.common.call_auth import token_metadata
+from services.common.errors import InvalidArgument
 from services.common.grpc_server import create_channel
 from services.common.internal_tls import InternalTls
 from services.scheduler.config import BackoffConfig, SchedulerConfig, StallConfig
 from services.scheduler.embed_route import EmbedRoute
 from services.scheduler.engine import Engine
+from services.scheduler.engine_pool import EnginePool
 from services.scheduler.pb import limits_from_info, plan_to_pb, result_from_pb
-from services.scheduler.plan import Event, Request
 from services.scheduler.progress_watch import ProgressWatch, WorkerStalled
-from services.scheduler.router import EnginePool
+from services.scheduler.request_events import Event, Request
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ class WorkerConnection:
                 connected = True
                 self.num_connects += 1
                 delay = backoff.initial_s
-                log.info("worker %s connected (%s, %d KV blocks of %d tokens)",
-                         self.address, info.worker_id, info.num_kv_blocks, info.block_size)
+                log.info("worker %s connected (%s: %s, %s on %s, %d KV blocks of %d tokens)", self.address,
+                         info.worker_id, info.architecture, info.dtype, info.device, info.num_kv_blocks,
+                         info.block_size)
                 self.pool.notify_workers_changed()
                 await self._serve(engine, stub.Step(metadata=self.pool.metadata))
             except asyncio.CancelledError:
@@ -230,12 +231,12 @@ class WorkerPool:
         self.leaving.pop(address, None)
         log.info("worker %s left the pool", address)
 
-    def submit(self, request: Request) -> None:
+    def enqueue(self, request: Request) -> None:
         """Queues a request on the best worker (raises a FlashStreamError when it cannot be taken)."""
         encoders = self.embed_route.encoder_infos
         if encoders and not self.engines.engines:
             raise InvalidArgument(f"model {encoders[0].model_id} is an embedding model: it cannot generate")
-        name = self.engines.submit(request)
+        name = self.engines.route(request)
         self.connections[name].wake.set()
 
     def abort(self, key: Hashable) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from services.common.errors import FlashStreamError, InvalidArgument
 from services.common.sampling import SamplingParams
-from services.tokenizer.request_state import TextOptions
+from services.common.text_options import TextOptions
 from services.tokenizer.tokenizer import TextTokenizer
 from services.tokenizer.tools import ToolRequest
 
@@ -34,7 +34,6 @@ class TextInput:
     add_generation_prompt: bool = True
     tools: ToolRequest = field(default_factory=ToolRequest)  # chat only
     token_ids: list[int] | None = None
-    add_special_tokens: bool = True  # for plain prompts; rendered chats carry their own special tokens
     fill_context: bool = False  # chat without max_tokens: max_tokens becomes what the context leaves
     priority: int = 0
     deadline_unix_s: float = 0.0
@@ -101,7 +100,7 @@ def prepare_batch(
                 texts[False].append((i, prompt))
             elif req.prompt:
                 _check_text_size(tokenizer, req, req.prompt, max_model_len)
-                texts[req.add_special_tokens].append((i, req.prompt))
+                texts[req.options.add_special_tokens].append((i, req.prompt))
             else:
                 raise InvalidArgument(f"request {req.request_id!r}: the prompt is empty")
         except FlashStreamError as exc:
@@ -129,7 +128,7 @@ class EncodePool:
         self.tokenizer = tokenizer
         self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="encode")
 
-    def submit_prepare(self, requests: Sequence[TextInput], max_model_len: int) -> concurrent.futures.Future:
+    def prepare(self, requests: Sequence[TextInput], max_model_len: int) -> concurrent.futures.Future:
         return self._pool.submit(prepare_batch, self.tokenizer, list(requests), max_model_len)
 
     def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future:

@@ -10,8 +10,9 @@ from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2
 from services.common.errors import FlashStreamError, InvalidArgument
 from services.common.pb import error_to_pb, sampling_from_pb, sampling_to_pb
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS
+from services.common.text_options import TextOptions
 from services.tokenizer.intake import PreparedRequest, TextInput
-from services.tokenizer.request_state import RequestState, TextOptions, TextStep
+from services.tokenizer.request_state import RequestState, TextStep
 from services.tokenizer.tokenizer import TextTokenizer
 from services.tokenizer.tools import ToolRequest, template_message, template_tool
 
@@ -22,6 +23,7 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
         stop=tuple(pb.options.stop),
         include_stop_str_in_output=pb.options.include_stop_str_in_output,
         skip_special_tokens=pb.options.skip_special_tokens,
+        add_special_tokens=pb.options.add_special_tokens,
         echo_prompt=pb.options.echo_prompt,
     )
     if any(s == "" for s in options.stop):
@@ -38,7 +40,6 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
         sampling=sampling_from_pb(sampling),
         fill_context=fill_context,
         options=options,
-        add_special_tokens=pb.options.add_special_tokens,
         priority=pb.priority,
         deadline_unix_s=pb.deadline_unix_s,
         arrival_unix_s=pb.arrival_unix_s,

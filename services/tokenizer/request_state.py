@@ -7,33 +7,13 @@ turns one scheduler message's token chunks of many requests into `TextStep`s wit
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.common.text_options import TextOptions
 from services.tokenizer.detokenizer import IncrementalDetokenizer, detokenize_flush, detokenize_step
 from services.tokenizer.stop_strings import StopStringMatcher
 from services.tokenizer.tokenizer import TextTokenizer
-
-
-class FinishReason(enum.IntEnum):
-    """Why a request ended (numbered as flashstream.v1.FinishReason)."""
-
-    STOP = 1
-    LENGTH = 2
-    EOS = 3
-    STOP_STRING = 4
-    ABORT = 5
-
-
-@dataclass(frozen=True, slots=True)
-class TextOptions:
-    """Text-level options of a request."""
-
-    stop: tuple[str, ...] = ()
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = False
-    echo_prompt: bool = False
 
 
 @dataclass(slots=True)

@@ -24,8 +24,8 @@ from services.common.metrics import Metrics, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.tokenizer.embed_inputs import EmbedEncoder, EmbedInput
 from services.tokenizer.intake import EncodePool, PreparedRequest
-from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, messages_from_pb,
-                                   text_input_from_pb, token_request_to_pb)
+from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, text_input_from_pb,
+                                   token_request_to_pb)
 from services.tokenizer.request_state import RequestState, TextStep, step_requests
 from services.tokenizer.scheduler_link import SchedulerLink
 
@@ -146,7 +146,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         forward = scheduler_pb2.SchedulerUp()
         if inputs:
             max_len = self.link.info.max_model_len if self.link.info else 0
-            prepared = await asyncio.wrap_future(self.pool.submit_prepare(inputs, max_len))
+            prepared = await asyncio.wrap_future(self.pool.prepare(inputs, max_len))
             for request, result in zip(inputs, prepared):
                 if isinstance(result, FlashStreamError):
                     events.append(self._error(request.request_id, result))
@@ -275,36 +275,6 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             session.send(self._fail(session, sids, exc))
 
     # ---- unary calls ----
-
-    @handle_errors
-    async def Encode(self, request: tokenizer_pb2.EncodeRequest,
-                     context: grpc.aio.ServicerContext) -> tokenizer_pb2.EncodeResponse:
-        self._check_model(request.model)
-        ids = await asyncio.wrap_future(
-            self.pool.submit(self.tokenizer.encode_batch, [request.text], request.add_special_tokens))
-        return tokenizer_pb2.EncodeResponse(token_ids=ids[0])
-
-    @handle_errors
-    async def Decode(self, request: tokenizer_pb2.DecodeRequest,
-                     context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeResponse:
-        self._check_model(request.model)
-        self.tokenizer.check_token_ids(request.token_ids)
-        text = await asyncio.wrap_future(
-            self.pool.submit(self.tokenizer.decode, list(request.token_ids), request.skip_special_tokens))
-        return tokenizer_pb2.DecodeResponse(text=text)
-
-    @handle_errors
-    async def RenderChat(self, request: tokenizer_pb2.RenderChatRequest,
-                         context: grpc.aio.ServicerContext) -> tokenizer_pb2.RenderChatResponse:
-        self._check_model(request.model)
-        messages = messages_from_pb(request.messages)
-
-        def render() -> tuple[str, list[int]]:
-            prompt = self.tokenizer.render_chat(messages, request.add_generation_prompt)
-            return prompt, self.tokenizer.encode_batch([prompt], add_special_tokens=False)[0]
-
-        prompt, ids = await asyncio.wrap_future(self.pool.submit(render))
-        return tokenizer_pb2.RenderChatResponse(prompt=prompt, token_ids=ids)
 
     @handle_errors
     async def Info(self, request: tokenizer_pb2.TokenizerInfoRequest,

@@ -7,17 +7,17 @@ import socket
 from pathlib import Path
 
 from services.common.errors import InvalidArgument
-from services.worker.config import WorkerConfig
-from services.worker.embedding import EmbeddingShape, Embedder
-from services.worker.engine import Engine, EngineInfo
 from services.worker.checkpoint_files import model_revision
+from services.worker.config import WorkerConfig
+from services.worker.embedding import Embedder, EmbeddingShape
+from services.worker.engine import EngineInfo, WorkerEngine
 from services.worker.model_engine import resolve_device, resolve_dtype
 from services.worker.models.encoder import build_encoder, init_dummy_encoder_weights, load_encoder_weights
 from services.worker.models.encoder_config import EncoderConfig
 from services.worker.ops import select_ops
 from services.worker.pooling import PoolingConfig
 
-def build_encoder_engine(config: WorkerConfig, use_kernels: bool | None = None) -> Engine:
+def build_encoder_engine(config: WorkerConfig, use_kernels: bool | None = None) -> WorkerEngine:
     if config.load_format == "fake":
         raise InvalidArgument("an encoder folder cannot run in fake mode; use --load-format auto or dummy")
     folder = Path(config.model)
@@ -44,4 +44,4 @@ def build_encoder_engine(config: WorkerConfig, use_kernels: bool | None = None) 
         max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
         dtype=str(dtype).removeprefix("torch."), device=str(device), task="embed",
     )
-    return Engine(info, None, model, Embedder(model, shape, pooling))
+    return WorkerEngine(info, None, model, Embedder(model, shape, pooling))

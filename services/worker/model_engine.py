@@ -11,24 +11,23 @@ from kernels.fp8_linear import has_fp8_tensor_cores
 from services.common.errors import InvalidArgument
 from services.worker.config import CPU_DEFAULT_KV_BLOCKS, WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.engine import Engine, EngineInfo, fit_max_model_len
-from services.worker.embedding import EmbeddingShape, Embedder
+from services.worker.embedding import Embedder, EmbeddingShape
+from services.worker.engine import EngineInfo, WorkerEngine, fit_max_model_len
+from services.worker.grammar import GrammarCache
 from services.worker.kv_cache import KVCache
-from services.worker.pooling import PoolingConfig
 from services.worker.loader import build_empty_model, init_dummy_weights, load_weights
 from services.worker.model_config import ModelConfig
 from services.worker.model_runner import ModelRunner
 from services.worker.models.decoder import store_projections_input_major
 from services.worker.models.fp8_linear import quantize_projections
-from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
 from services.worker.ops import Ops, select_ops
 from services.worker.parallel.group import SINGLE, TensorParallelGroup
 from services.worker.parallel.steps import LeaderRunner
+from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
+from services.worker.pooling import PoolingConfig
 from services.worker.profiling import profile_kv_blocks
 from services.worker.quantization import FP8
 from services.worker.rope import rotary_tables
-from services.worker.executors import ModelExecutor
-from services.worker.grammar import GrammarCache
 from services.worker.runner import Runner
 from services.worker.sampler import Sampler
 from services.worker.sequences import SequenceLimits
@@ -78,7 +77,7 @@ def build_model_engine(
     worker_id: str,
     use_kernels: bool | None = None,
     tp: TensorParallelGroup | None = None,
-) -> Engine:
+) -> WorkerEngine:
     tp = tp or SINGLE
     if tp.size != config.tensor_parallel_size:
         raise InvalidArgument(f"--tensor-parallel-size {config.tensor_parallel_size} asked for, but this process "
@@ -130,7 +129,7 @@ def build_model_engine(
         log.info("captured %d piecewise CUDA graphs of steps up to %d tokens (buckets %s)", piecewise.num_graphs,
                  piecewise.max_tokens, piecewise.buckets)
     limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
-    executor = ModelExecutor(ModelRunner(model, kv_cache, graphs, piecewise), Sampler(cfg.vocab_size, cfg.eos_token_ids))
+    executor = ModelRunner(model, kv_cache, Sampler(cfg.vocab_size, cfg.eos_token_ids), graphs, piecewise)
     grammars = GrammarCache(config.model, cfg.vocab_size, cfg.eos_token_ids)  # its tokenizer loads on first use
     runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens, grammars=grammars)
     if tp.size > 1 and tp.rank == 0:
@@ -144,4 +143,4 @@ def build_model_engine(
     # A preset name is no folder: it pools by the last token, not normalised. Under tensor parallelism an Embed
     # call would have to reach every rank, which only steps do: such a worker does not embed.
     embedder = Embedder(model, shape, PoolingConfig.from_folder(config.model, "last")) if tp.size == 1 else None
-    return Engine(info, runner, model, embedder)
+    return WorkerEngine(info, runner, model, embedder)

@@ -1,5 +1,7 @@
-"""Runs the decoder on one step's chunks and returns the logits of the rows that sample (or, for an all-greedy
-decode step under CUDA graphs, the argmax tokens the graph computed)."""
+"""The model side of a step (a StepExecutor): runs the decoder on the step's chunks and samples the rows that reach
+the end of their tokens, either while the host waits (`run`) or queued on the device with the sampled tokens left
+there for the next step (`launch`, then `collect`). An all-greedy decode step under CUDA graphs takes the argmax
+the graph computed instead of sampling."""
 
 from __future__ import annotations
 
@@ -11,24 +13,32 @@ import torch
 from services.worker.attention_metadata import SeqChunk, build_attention_metadata, to_device
 from services.worker.cuda_graphs import DecodeGraphs, InputFill
 from services.worker.device_gaps import DeviceGaps
+from services.worker.device_tokens import DeviceTokens
+from services.worker.executors import Sampled, device_samplable, plain_greedy
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 from services.worker.piecewise_graphs import PiecewiseGraphs
+from services.worker.sampler import Sampler, SamplingRow
+from services.worker.sampling.results import DeviceSample
+from services.worker.sequences import PENDING_TOKEN, StepSeq
+from services.worker.token_view import TokenView
 
 
 class ModelRunner:
-    """The model, its KV cache and (on CUDA) its decode graphs and the piecewise graphs of other steps."""
+    """The model, its KV cache, its sampler and (on CUDA) its decode graphs and the piecewise graphs of other
+    steps."""
 
     def __init__(
-        self, model: CausalDecoder, kv_cache: KVCache, graphs: DecodeGraphs | None = None,
+        self, model: CausalDecoder, kv_cache: KVCache, sampler: Sampler, graphs: DecodeGraphs | None = None,
         piecewise: PiecewiseGraphs | None = None,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
+        self.sampler = sampler
         self.graphs = graphs
         self.piecewise = piecewise
         self.device = kv_cache.data.device
-        self.gaps = DeviceGaps(self.device)  # the executor marks where each step starts and ends on the device
+        self.gaps = DeviceGaps(self.device)  # run and launch mark where each step starts and ends on the device
 
     def graphed(self, chunks: Sequence[SeqChunk]) -> bool:
         """Whether the step runs as a captured decode graph (every chunk one token, within the largest bucket)."""
@@ -83,3 +93,123 @@ class ModelRunner:
             raise ValueError("greedy_decode needs a decode step that fits the captured graphs")
         self.graphs.run(token_ids, chunks)
         return self.graphs.token_ids_of()
+
+    # ---- a step's sequences (StepExecutor) ----
+
+    def take_device_idle_s(self) -> float:
+        return self.gaps.take_idle_s()
+
+    def waited_for_work(self) -> None:
+        self.gaps.forget_last_step()
+
+    def run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
+        gaps = self.gaps
+        gaps.step_started()
+        try:
+            return self._run(scheduled)
+        finally:
+            gaps.step_ended()
+
+    def _run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
+        token_ids = [t for seq in scheduled for t in seq.token_ids]
+        chunks = [seq.chunk() for seq in scheduled]
+        sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
+        results: list[Sampled | None] = [None] * len(scheduled)
+        if sample_rows and self.graphed(chunks) and all(plain_greedy(seq.state) for seq in scheduled):
+            # The graph took every row's argmax: the sampler would answer the same, so it is skipped.
+            token_ids = self.greedy_decode(token_ids, chunks)
+            for i in sample_rows:
+                results[i] = (token_ids[i], None)
+            return results
+        if not sample_rows:
+            self.forward(token_ids, chunks, sample_rows)
+            return results
+        logits = self.forward(token_ids, chunks, sample_rows)  # [len(sample_rows), vocab]
+        out = self.sampler(logits, self._rows(scheduled, sample_rows))
+        for j, i in enumerate(sample_rows):
+            results[i] = (out.token_ids[j], out.logprobs[j])
+        return results
+
+    def can_launch(self, scheduled: Sequence[StepSeq]) -> bool:
+        """Whether the step can be queued on the device with its sampled tokens left there: every sampling row's
+        token depends only on its logits, its parameters and how many tokens it has generated (see
+        `device_samplable`). Prefill chunks, new sequences and rows that sample nothing always qualify."""
+        return bool(scheduled) and all(device_samplable(seq.state) for seq in scheduled if seq.samples)
+
+    def launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
+        """Queues a step that `can_launch` and its sampling, without waiting for either. A row whose last input
+        token is still PENDING_TOKEN takes the token `prev` (the step queued just before) sampled for it. When
+        such a row is guided, its mask needs that token on the host first: the sampling is then held back, and the
+        caller queues it with `DeviceTokens.draw_now` once the token has advanced the row's matcher."""
+        gaps = self.gaps
+        gaps.step_started()
+        try:
+            return self._launch(scheduled, prev)
+        finally:
+            gaps.step_ended()
+
+    def _launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None) -> DeviceTokens:
+        token_ids: list[int] = []
+        positions: list[int] = []
+        prev_rows: list[int] = []
+        guided_pending = False  # a guided row's matcher still lacks its input token
+        for seq in scheduled:
+            tokens = seq.token_ids
+            if tokens and tokens[-1] == PENDING_TOKEN:
+                if prev is None:
+                    raise ValueError(f"seq {seq.state.seq_id}: its input token is pending but no step precedes it")
+                positions.append(len(token_ids) + len(tokens) - 1)
+                prev_rows.append(prev.row_of(seq.state.seq_id))
+                tokens = [*tokens[:-1], 0]
+                guided_pending = guided_pending or seq.state.grammar is not None
+            token_ids.extend(tokens)
+        fill = None
+        if positions:
+            source = prev.tokens  # [rows of prev] int64
+            if prev_rows != list(range(source.shape[0])):
+                source = source.index_select(0, self.device_index(prev_rows))
+            fill = (self.device_index(positions), source)
+        chunks = [seq.chunk() for seq in scheduled]
+        sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
+        seq_ids = [scheduled[i].state.seq_id for i in sample_rows]
+        if not sample_rows:
+            self.forward(token_ids, chunks, sample_rows, fill)
+            return DeviceTokens(None, seq_ids)
+        if self.graphed(chunks) and all(plain_greedy(seq.state) for seq in scheduled):
+            # Every row samples and takes the argmax the graph computed; cloned before the next replay reuses it.
+            tokens = self.graph_argmax(token_ids, chunks, fill).clone()
+            return DeviceTokens(DeviceSample.pack(tokens, None, None, (), ()), seq_ids)
+        logits = self.forward(token_ids, chunks, sample_rows, fill)  # [len(sample_rows), vocab]
+        rows = self._rows(scheduled, sample_rows)
+        if guided_pending:
+            # Nothing runs on the device between this forward pass and the held-back sampling (graphed logits
+            # stay valid): the runner draws before it queues another step.
+            def draw() -> DeviceSample:
+                batch = self.sampler.prepare(logits, rows)  # fills the masks
+                self.gaps.step_started()  # from the forward pass's end to here, the device waited for the masks
+                sample = self.sampler.sample_prepared(logits, batch)
+                self.gaps.step_ended()
+                return sample
+
+            return DeviceTokens(None, seq_ids, draw=draw)
+        # The guided rows' masks are filled on the host while the device runs the forward pass queued above.
+        return DeviceTokens(self.sampler.sample(logits, rows), seq_ids)
+
+    @staticmethod
+    def collect(launched: DeviceTokens) -> list[Sampled]:
+        """The launched step's sampled tokens on the host, one per sampling row (waits for the step)."""
+        out = launched.outputs()
+        return list(zip(out.token_ids, out.logprobs, strict=True))
+
+    @staticmethod
+    def _rows(scheduled: Sequence[StepSeq], sample_rows: Sequence[int]) -> list[SamplingRow]:
+        rows = []
+        for i in sample_rows:
+            state = scheduled[i].state
+            rows.append(SamplingRow(
+                state.sampling,
+                TokenView(state.token_ids, 0, state.num_prompt_tokens),
+                TokenView(state.token_ids, state.num_prompt_tokens),
+                state.grammar,
+            ))
+        return rows

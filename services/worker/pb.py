@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from flashstream.v1 import common_pb2, worker_pb2
+from flashstream.v1 import worker_pb2
 
 from services.common.errors import FlashStreamError, InvalidArgument
-from services.common.pb import error_to_pb, sampling_from_pb
+from services.common.pb import error_to_pb, logprobs_to_pb, sampling_from_pb
+from services.common.step import CachedSeq, NewSeq, SeqError, StepPlan, StepResult
 from services.worker.engine import EngineInfo
-from services.worker.plan import CachedSeq, NewSeq, SeqError, StepPlan, StepResult
 
 
 def plan_from_pb(pb: worker_pb2.StepPlan) -> tuple[StepPlan, list[SeqError]]:
@@ -48,11 +48,7 @@ def result_to_pb(result: StepResult) -> worker_pb2.StepResult:
     sampled = worker_pb2.SampledTokens(seq_ids=[o.seq_id for o in outputs], token_ids=[o.token_id for o in outputs])
     for index, out in enumerate(outputs):
         if out.logprobs is not None:
-            lp = out.logprobs
-            sampled.logprobs.add(index=index, logprob=common_pb2.TokenLogprob(
-                token_id=lp.token_id, logprob=lp.logprob,
-                top=[common_pb2.TopLogprob(token_id=t, logprob=v) for t, v in lp.top],
-            ))
+            sampled.logprobs.add(index=index, logprob=logprobs_to_pb(out.logprobs))
     return worker_pb2.StepResult(
         step_id=result.step_id,
         sampled=sampled,
@@ -68,6 +64,5 @@ def info_to_pb(info: EngineInfo) -> worker_pb2.WorkerInfo:
         architecture=cfg.architecture, vocab_size=cfg.vocab_size, max_model_len=info.max_model_len,
         eos_token_ids=list(cfg.eos_token_ids), block_size=info.block_size, num_kv_blocks=info.num_kv_blocks,
         max_num_seqs=info.max_num_seqs, max_num_batched_tokens=info.max_num_batched_tokens, dtype=info.dtype,
-        device=info.device, num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-        task=info.task, hidden_size=cfg.hidden_size,
+        device=info.device, task=info.task, hidden_size=cfg.hidden_size,
     )

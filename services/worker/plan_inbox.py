@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 from flashstream.v1 import worker_pb2
 
+from services.common.step import SeqError, StepPlan
 from services.worker.pb import plan_from_pb
-from services.worker.plan import SeqError, StepPlan
 
 Item = tuple[StepPlan, list[SeqError]]  # a plan and the errors of converting it
 

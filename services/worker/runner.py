@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.errors import FlashStreamError, ResourceExhausted
+from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
 from services.worker.device_tokens import DeviceTokens
 from services.worker.executors import StepExecutor
 from services.worker.grammar import GrammarCache
-from services.worker.plan import SeqError, SeqOutput, StepPlan, StepResult
-from services.worker.sequences import PENDING_TOKEN, ScheduledSeq, SequenceLimits, SequenceTable, unknown_seq
+from services.worker.sequences import PENDING_TOKEN, SequenceLimits, SequenceTable, StepSeq, unknown_seq
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class StepShape:
         return "prefill" if self.num_prefill_seqs else "decode"
 
     @classmethod
-    def of(cls, scheduled: list[ScheduledSeq]) -> StepShape:
+    def of(cls, scheduled: list[StepSeq]) -> StepShape:
         decode = sum(1 for seq in scheduled if seq.num_tokens == 1 and seq.samples)
         tokens = sum(seq.num_tokens for seq in scheduled)
         return cls(len(scheduled) - decode, tokens - decode, decode)
@@ -64,7 +64,7 @@ class Ahead:
     """A plan applied to the table before its turn; `launched` when its step is already queued on the device."""
 
     plan: StepPlan
-    scheduled: list[ScheduledSeq]
+    scheduled: list[StepSeq]
     errors: list[SeqError]
     launched: DeviceTokens | None = None
     failure: FlashStreamError | None = None
@@ -137,12 +137,12 @@ class Runner:
             outputs = self._run(plan, scheduled, errors, table)
         return StepResult(plan.step_id, outputs, errors, time.perf_counter() - start)
 
-    def _apply(self, plan: StepPlan, table: SequenceTable) -> tuple[list[ScheduledSeq], list[SeqError]]:
+    def _apply(self, plan: StepPlan, table: SequenceTable) -> tuple[list[StepSeq], list[SeqError]]:
         scheduled, errors = table.apply(plan)
         return self._within_budget(scheduled, errors, table), errors
 
     def _run(
-        self, plan: StepPlan, scheduled: list[ScheduledSeq], errors: list[SeqError], table: SequenceTable
+        self, plan: StepPlan, scheduled: list[StepSeq], errors: list[SeqError], table: SequenceTable
     ) -> list[SeqOutput]:
         """The sequential path: run, wait, sample on the host's terms, advance."""
         try:
@@ -162,13 +162,13 @@ class Runner:
         return outputs
 
     @staticmethod
-    def _refused(seq: ScheduledSeq, exc: FlashStreamError, errors: list[SeqError], table: SequenceTable) -> None:
+    def _refused(seq: StepSeq, exc: FlashStreamError, errors: list[SeqError], table: SequenceTable) -> None:
         """A guided sequence's grammar refused its token: it alone fails."""
         table.drop_state(seq.state)
         errors.append(SeqError(seq.state.seq_id, exc))
 
     @staticmethod
-    def _advance_pending(seq: ScheduledSeq, table: SequenceTable) -> int | None:
+    def _advance_pending(seq: StepSeq, table: SequenceTable) -> int | None:
         """Advances a launched sequence, with a placeholder token where it samples; returns where the real token
         goes (None: the row samples nothing)."""
         if not seq.samples:
@@ -178,7 +178,7 @@ class Runner:
         return len(seq.state.token_ids) - 1
 
     def _apply_ahead(
-        self, next_plan: StepPlan, scheduled: list[ScheduledSeq], launched: DeviceTokens, table: SequenceTable
+        self, next_plan: StepPlan, scheduled: list[StepSeq], launched: DeviceTokens, table: SequenceTable
     ) -> Ahead:
         """Applies the next plan now and queues its step behind the launched one when it can be launched."""
         nxt, errors = self._apply(next_plan, table)
@@ -202,7 +202,7 @@ class Runner:
             timeout = 2e-4
 
     def _collect(
-        self, plan: StepPlan, scheduled: list[ScheduledSeq], errors: list[SeqError], launched: DeviceTokens,
+        self, plan: StepPlan, scheduled: list[StepSeq], errors: list[SeqError], launched: DeviceTokens,
         pending: list[int | None] | None, table: SequenceTable,
     ) -> list[SeqOutput]:
         """Reads a launched step's tokens and puts them where the sequential path would."""
@@ -214,7 +214,7 @@ class Runner:
                 self._forget_failed(table.ahead, scheduled)
             return []
         outputs: list[SeqOutput] = []
-        refused: list[ScheduledSeq] = []
+        refused: list[StepSeq] = []
         tokens = iter(sampled)  # one per sampling row, in row order
         for i, seq in enumerate(scheduled):
             try:
@@ -248,7 +248,7 @@ class Runner:
             ahead.failure = self._as_error(exc, ahead.plan)
 
     @staticmethod
-    def _forget_failed(ahead: Ahead, failed: list[ScheduledSeq]) -> None:
+    def _forget_failed(ahead: Ahead, failed: list[StepSeq]) -> None:
         """The plan applied ahead saw sequences that its predecessor then failed: sequentially they would have
         been gone when it was applied, so they become unknown ids there (and its launch, fed by them, is void)."""
         gone = {id(seq.state) for seq in failed}
@@ -271,17 +271,17 @@ class Runner:
 
     @staticmethod
     def _fail(
-        scheduled: list[ScheduledSeq], errors: list[SeqError], exc: FlashStreamError, table: SequenceTable
+        scheduled: list[StepSeq], errors: list[SeqError], exc: FlashStreamError, table: SequenceTable
     ) -> None:
         for seq in scheduled:
             table.drop_state(seq.state)
             errors.append(SeqError(seq.state.seq_id, exc))
 
     def _within_budget(
-        self, scheduled: list[ScheduledSeq], errors: list[SeqError], table: SequenceTable
-    ) -> list[ScheduledSeq]:
+        self, scheduled: list[StepSeq], errors: list[SeqError], table: SequenceTable
+    ) -> list[StepSeq]:
         """Sequences past max_num_seqs or the token budget fail (the KV cache and graphs were sized for them)."""
-        kept: list[ScheduledSeq] = []
+        kept: list[StepSeq] = []
         num_tokens = 0
         for seq in scheduled:
             if len(kept) < self.max_num_seqs and num_tokens + seq.num_tokens <= self.max_num_batched_tokens:

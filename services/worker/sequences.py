@@ -13,8 +13,8 @@ from typing import Any
 
 from services.common.errors import FlashStreamError, InvalidArgument, NotFound
 from services.common.sampling import SamplingParams
+from services.common.step import CachedSeq, NewSeq, SeqError, StepPlan
 from services.worker.attention_metadata import SeqChunk
-from services.worker.plan import CachedSeq, NewSeq, SeqError, StepPlan
 
 
 PENDING_TOKEN = -1  # stands for a launched step's sampled token in a sequence's state until the host reads it
@@ -36,7 +36,7 @@ class SeqState:
 
 
 @dataclass(frozen=True, slots=True)
-class ScheduledSeq:
+class StepSeq:
     """One sequence's part of a step."""
 
     state: SeqState
@@ -76,13 +76,13 @@ class SequenceTable:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def apply(self, plan: StepPlan) -> tuple[list[ScheduledSeq], list[SeqError]]:
+    def apply(self, plan: StepPlan) -> tuple[list[StepSeq], list[SeqError]]:
         """Applies a plan's deltas; returns the step's sequences and per-sequence errors. The sequences that run one
         token come first, then the others, each group in plan order: a step's attention takes its leading one-token
         rows through the decode kernel, and the plan lists new sequences (prompt chunks) before cached ones."""
         for seq_id in plan.finished_seq_ids:
             self.seqs.pop(seq_id, None)
-        scheduled: list[ScheduledSeq] = []
+        scheduled: list[StepSeq] = []
         errors: list[SeqError] = []
         items: list[NewSeq | CachedSeq] = [*plan.new_seqs, *plan.cached_seqs]
         for item in items:
@@ -94,11 +94,11 @@ class SequenceTable:
                 errors.append(SeqError(item.seq_id, exc))
                 continue
             if item.num_scheduled_tokens > 0:
-                scheduled.append(ScheduledSeq(state, item.num_scheduled_tokens))
+                scheduled.append(StepSeq(state, item.num_scheduled_tokens))
         scheduled.sort(key=lambda seq: seq.num_tokens != 1)  # stable: one-token rows first, plan order kept
         return scheduled, errors
 
-    def advance(self, seq: ScheduledSeq, sampled_token: int | None) -> None:
+    def advance(self, seq: StepSeq, sampled_token: int | None) -> None:
         """Marks the step's tokens computed and appends the sampled token (or PENDING_TOKEN, see `resolve`).
         Raises InvalidArgument when a guided sequence's grammar refuses the token (the token is appended all the
         same)."""

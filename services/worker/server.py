@@ -10,16 +10,16 @@ from functools import partial
 
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
-from services.common.config import add_server_args, env_default, server_config, setup_logging, new_parser
-from services.common.errors import FlashStreamError
 from services.common.call_auth import internal_auth
-from services.common.internal_tls import load_internal_tls
+from services.common.config import add_server_args, env_default, new_parser, server_config, setup_logging
+from services.common.errors import FlashStreamError
 from services.common.grpc_server import StageServer, start_server
+from services.common.internal_tls import load_internal_tls
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.engine import build_engine
 from services.worker.model_config import ModelConfig
 from services.worker.quantization import FP8
 from services.worker.servicer import WorkerServicer

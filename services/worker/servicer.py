@@ -15,13 +15,13 @@ from flashstream.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import Metrics
+from services.common.step import StepPlan, StepResult
 from services.common.tracing import Tracing
-from services.worker.engine import Engine
-from services.worker.plan import StepPlan, StepResult
-from services.worker.runner import PlanSource
-from services.worker.sequences import SequenceTable
+from services.worker.engine import WorkerEngine
 from services.worker.pb import info_to_pb, result_to_pb
 from services.worker.plan_inbox import PlanInbox
+from services.worker.runner import PlanSource
+from services.worker.sequences import SequenceTable
 
 if TYPE_CHECKING:
     from services.worker.kernel_profile import KernelProfile  # imports torch, which fake mode does without
@@ -33,11 +33,11 @@ STUCK_STEP_S = 30.0
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    """Info, Step and Embed over one Engine; the engine is set once the model and KV cache are ready."""
+    """Info, Step and Embed over one WorkerEngine; the engine is set once the model and KV cache are ready."""
 
     def __init__(self, metrics: Metrics | None = None, tracing: Tracing | None = None,
                  stuck_step_s: float = STUCK_STEP_S) -> None:
-        self.engine: Engine | None = None
+        self.engine: WorkerEngine | None = None
         self.stuck_step_s = stuck_step_s
         self.step_started: float | None = None  # monotonic time the running step began; None between steps
         self.metrics = metrics or Metrics("worker")
@@ -48,7 +48,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._streams: dict[PlanInbox, SequenceTable] = {}  # each open Step stream's inbox → its sequence table
         self.kernel_profile: KernelProfile | None = None  # a traced window of steps, when asked for
 
-    def _ready_engine(self) -> Engine:
+    def _ready_engine(self) -> WorkerEngine:
         if self.engine is None:
             raise Unavailable("the worker is still loading its model")
         if self.draining:
@@ -98,7 +98,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             del self._streams[inbox]
             log.info("step stream closed; dropping its %d sequences", len(table))
 
-    def _step(self, engine: Engine, plan: StepPlan, table: SequenceTable, peek: PlanSource) -> StepResult:
+    def _step(self, engine: WorkerEngine, plan: StepPlan, table: SequenceTable, peek: PlanSource) -> StepResult:
         """One step on the model thread (and the kernel profile's window, which must open and close there)."""
         result = engine.runner.step(plan, table, None, peek)
         if self.kernel_profile is not None:
@@ -128,7 +128,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         while self._streams and loop.time() < end:
             await asyncio.sleep(0.01)
 
-    def _record_step(self, engine: Engine, step_time_s: float) -> None:
+    def _record_step(self, engine: WorkerEngine, step_time_s: float) -> None:
         m = self.metrics
         shape = engine.runner.last_shape
         m.step_duration.labels(shape.kind).observe(step_time_s)

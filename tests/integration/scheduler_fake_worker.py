@@ -18,8 +18,8 @@ from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker
 from services.common.config import ServerConfig
 from services.common.grpc_server import create_channel, start_server
 from services.common.sampling import SamplingParams
+from services.common.step import CachedSeq, NewSeq, StepPlan
 from services.scheduler.config import BackoffConfig, SchedulerConfig, SchedulerStageConfig, StallConfig
-from services.scheduler.plan import CachedSeq, NewSeq, StepPlan
 from services.worker.pb import cached_seqs_from_pb
 from tests.unit.scheduler.fake_worker import FakeWorker
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
+from flashstream.v1 import common_pb2, scheduler_pb2_grpc
 
 from services.common.call_auth import token_metadata
 from services.launcher import Stack, parse_args, start_stack
@@ -41,16 +41,17 @@ def stage_logs(log_dir: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob("*.log")))
 
 
-def scheduler_load_when_idle(stack: Stack, timeout_s: float = 10.0) -> scheduler_pb2.Load:
-    """The scheduler's load once nothing runs, waits or holds KV blocks (or as it is after timeout_s); the call
-    carries the stack's internal token over its internal TLS."""
+def scheduler_state_when_idle(stack: Stack, timeout_s: float = 10.0) -> common_pb2.EngineState:
+    """The scheduler's engine state (WatchEngine) once nothing runs, waits or holds KV blocks (or as it is after
+    timeout_s); the call carries the stack's internal token over its internal TLS."""
     scheduler = next(s for s in stack.stages if s.name == "scheduler")
     metadata = token_metadata(stack.internal_token)
     with stack.internal_channel(scheduler.grpc_address) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        states = scheduler_pb2_grpc.SchedulerStub(channel).WatchEngine(
+            common_pb2.WatchEngineRequest(interval_s=0.1), metadata=metadata)
         deadline = time.monotonic() + timeout_s
-        load = stub.GetLoad(scheduler_pb2.GetLoadRequest(), metadata=metadata)
-        while (load.num_running or load.num_waiting or load.kv_cache_usage) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            load = stub.GetLoad(scheduler_pb2.GetLoadRequest(), metadata=metadata)
-    return load
+        state = next(states)
+        while (state.num_running or state.num_waiting or state.kv_cache_usage) and time.monotonic() < deadline:
+            state = next(states)
+        states.cancel()
+    return state

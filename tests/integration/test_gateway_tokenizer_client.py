@@ -35,7 +35,7 @@ def test_requests_and_aborts_of_one_loop_turn_share_one_up_message() -> None:
         router.start()
         try:
             await wait_until(lambda: router.ready)
-            handles = [router.submit(_submission(f"r{i}", "hang")) for i in range(5)]
+            handles = [router.forward(_submission(f"r{i}", "hang")) for i in range(5)]
             await wait_until(lambda: len(fake.requests) == 5)
             assert fake.num_up_messages == 1
             handles[1].abort()
@@ -43,9 +43,9 @@ def test_requests_and_aborts_of_one_loop_turn_share_one_up_message() -> None:
             await wait_until(lambda: len(fake.aborts) == 2)
             assert (fake.num_up_messages, fake.aborts) == (2, ["r1", "r3"])
             # Aborted before it was sent: it never reaches the tokenizer.
-            early = router.submit(_submission("early"))
+            early = router.forward(_submission("early"))
             early.abort()
-            done = await _drain(router.submit(_submission("late")))
+            done = await _drain(router.forward(_submission("late")))
             assert [e.text for e in done[:-1]] == list(FAKE_CHUNKS) and isinstance(done[-1], Finished)
             assert [r.request_id for r in fake.requests][5:] == ["late"]
             assert fake.num_streams == 1
@@ -64,13 +64,13 @@ def test_a_broken_stream_fails_its_requests_with_unavailable_then_reconnects() -
         router.start()
         try:
             await wait_until(lambda: router.ready)
-            pending = router.submit(_submission("r0", "hang"))
+            pending = router.forward(_submission("r0", "hang"))
             await wait_until(lambda: len(fake.requests) == 1)
             await fake.break_streams()
             error = await pending.next()
             assert isinstance(error, Unavailable) and "lost the tokenizer stream" in error.message
             await wait_until(lambda: fake.num_streams == 2 and router.ready)
-            events = await _drain(router.submit(_submission("r1")))
+            events = await _drain(router.forward(_submission("r1")))
             assert isinstance(events[-1], Finished)
         finally:
             await router.close()
@@ -87,7 +87,7 @@ def test_no_ready_tokenizer_means_unavailable_at_once() -> None:
             await asyncio.sleep(0.1)
             assert not router.ready and router.cards() == []
             with pytest.raises(Unavailable) as err:
-                router.submit(_submission("r0"))
+                router.forward(_submission("r0"))
             assert err.value.message == "no tokenizer for model 'fake-model' is ready; retry shortly"
         finally:
             await router.close()

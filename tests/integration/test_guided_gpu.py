@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.demo.build import build_demo_model
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.engine import build_engine
 from tests.unit.worker.guided_helpers import InFlightRun
 from tests.unit.worker.test_guided_property import MAX_TOKENS, SCHEMAS_PER_BATCH, check_property
 from tests.unit.worker.test_guided_worker import mixed_requests

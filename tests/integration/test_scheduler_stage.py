@@ -169,10 +169,13 @@ def test_losing_the_upstream_stream_aborts_its_requests_and_frees_their_blocks()
         assert stage.pool.engines.kv_cache_usage == 0.0
         async with create_channel(f"127.0.0.1:{stage.port}") as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
-            load = await stub.GetLoad(scheduler_pb2.GetLoadRequest())
+            states = stub.WatchEngine(common_pb2.WatchEngineRequest())
+            state = await states.read()
+            states.cancel()
             info = await stub.Info(scheduler_pb2.SchedulerInfoRequest())
-        assert (load.num_running, load.num_waiting, load.num_workers) == (0, 0, 1)
-        assert (info.model_id, info.block_size, info.num_kv_blocks, info.max_model_len) == ("fake-model", 4, 64, 256)
+        assert (state.num_running, state.num_waiting, state.kv_cache_usage, len(state.workers)) == (0, 0, 0.0, 1)
+        assert (info.model_id, info.block_size, info.num_kv_blocks, info.max_model_len, info.num_workers) == (
+            "fake-model", 4, 64, 256, 1)
 
     run_stack(test, workers=[FakeWorkerConfig(step_delay_s=0.005)])
 

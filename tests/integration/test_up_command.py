@@ -130,7 +130,7 @@ def test_a_stage_whose_port_answers_from_another_process_is_not_reported_started
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from services.launcher import PortTaken, Stack, Stage
+    from services.launcher import ChildStage, PortTaken, Stack
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
     servicer = health.HealthServicer()
@@ -140,7 +140,7 @@ def test_a_stage_whose_port_answers_from_another_process_is_not_reported_started
     server.start()
     stack = Stack()
     try:
-        stage = Stage("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--status-port", "0",
+        stage = ChildStage("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--status-port", "0",
                                     "--workers", "127.0.0.1:1"], f"127.0.0.1:{port}")
         with pytest.raises(PortTaken, match=rf"scheduler's port {port} answers from another process \(pid "
                                             rf"{os.getpid()}: "):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.engine import build_engine
 from tests.unit.worker.helpers import Driver, hf_greedy, make_checkpoint, run_greedy
 
 pytestmark = pytest.mark.gpu
@@ -47,7 +47,7 @@ def test_bf16_kernel_logits_stay_close_to_bf16_reference_logits(folder: Path) ->
     logits = []
     for use_kernels in (False, True):
         runner = _engine(folder, use_kernels=use_kernels, enforce_eager=True, dtype="bfloat16").runner
-        logits.append(runner.executor.model_runner.forward(prompt, chunk, [0])[0])
+        logits.append(runner.executor.forward(prompt, chunk, [0])[0])
     scale = float(logits[0].abs().max())
     torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0.03 * scale)
     assert int(logits[1].argmax()) == int(logits[0].argmax())
@@ -57,7 +57,7 @@ def test_dummy_preset_profiles_memory_and_captures_graphs() -> None:
     config = WorkerConfig(model="qwen2.5-0.5b", load_format="dummy", max_model_len=2048, max_num_seqs=32,
                           max_num_batched_tokens=2048, gpu_memory_utilization=0.5)
     engine = build_engine(config)
-    runner = engine.runner.executor.model_runner
+    runner = engine.runner.executor
     assert engine.info.num_kv_blocks > 1000 and engine.info.dtype == "bfloat16"
     assert runner.graphs is not None and runner.graphs.buckets == [1, 2, 4, 8, 16, 24, 32]
     free, total = torch.cuda.mem_get_info()

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from services.common.sampling import SamplingParams
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
 from services.worker.cuda_graphs import DecodeGraphs
-from services.worker.engine import build_engine
 from tests.unit.worker.helpers import Driver, make_checkpoint, run_greedy
 
 pytestmark = pytest.mark.gpu
@@ -34,7 +34,7 @@ def _engine(folder: Path, use_kernels: bool, enforce_eager: bool):  # noqa: ANN2
 def test_decodes_crossing_from_the_short_context_graph_to_the_full_one_keep_the_reference_tokens(folder: Path) -> None:
     refs = run_greedy(Driver(_engine(folder, use_kernels=False, enforce_eager=True)), PROMPTS, 32)
     engine = _engine(folder, use_kernels=True, enforce_eager=False)
-    model_runner = engine.runner.executor.model_runner
+    model_runner = engine.runner.executor
     # Contexts of 6 to 77 tokens: sequences 1 and 2 start in the 32-token graph and move to the 256-token one.
     graphs = DecodeGraphs(model_runner.model, model_runner.kv_cache, 8, 256, short_context_len=32)
     graphs.capture()
@@ -69,13 +69,13 @@ def test_sampled_and_logprob_rows_after_a_graph_match_eager_kernels(folder: Path
     graphed = _run_mixed(graphed_engine, 24)
     assert graphed == eager
     assert graphed[1] == run_greedy(Driver(_engine(folder, use_kernels=False, enforce_eager=True)), {1: PROMPTS[1]}, 24)[1]
-    assert graphed_engine.runner.executor.model_runner.graphs.num_graphs >= 4
+    assert graphed_engine.runner.executor.graphs.num_graphs >= 4
 
 
 def test_in_graph_argmax_equals_torch_argmax_of_the_graph_logits(folder: Path) -> None:
     engine = _engine(folder, use_kernels=True, enforce_eager=False)
     run_greedy(Driver(engine), PROMPTS, 4)
-    graphs = engine.runner.executor.model_runner.graphs
+    graphs = engine.runner.executor.graphs
     logits = graphs.logits_of()
     assert logits.shape[0] == 3 and logits.dtype == torch.float32
     assert graphs.token_ids_of() == logits.argmax(dim=-1).tolist()
@@ -85,6 +85,6 @@ def test_prefill_and_mixed_steps_replayed_piecewise_keep_the_reference_tokens(fo
     """Chunked prompts beside decoding rows: every non-decode step replays the piecewise graphs."""
     refs = run_greedy(Driver(_engine(folder, use_kernels=False, enforce_eager=True)), PROMPTS, 24, chunk=7)
     engine = _engine(folder, use_kernels=True, enforce_eager=False)
-    piecewise = engine.runner.executor.model_runner.piecewise
+    piecewise = engine.runner.executor.piecewise
     assert piecewise is not None and piecewise.num_graphs == len(piecewise.buckets) * 3  # 2 layers + 1
     assert run_greedy(Driver(engine), PROMPTS, 24, chunk=7) == refs

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from services.worker.config import WorkerConfig
-from services.worker.engine import build_engine
-from services.worker.plan import StepPlan
-from tests.unit.worker.helpers import Driver, make_checkpoint
 from services.common.sampling import SamplingParams
+from services.common.step import StepPlan
+from services.worker.build import build_engine
+from services.worker.config import WorkerConfig
+from tests.unit.worker.helpers import Driver, make_checkpoint
 from tests.unit.worker.test_runner_overlap import (PROMPTS, _plans, _run, _sampled_plans, _summary,
                                                     _summary_with_logprobs)
 
@@ -36,7 +36,7 @@ def test_overlapped_greedy_tokens_equal_sequential_ones_on_the_gpu(folder: Path,
     overlapped = _run(overlapped_engine, _plans(overlapped_engine, 64), "next_plan")
     assert _summary(overlapped) == _summary(sequential)
     assert overlapped_engine.runner.num_overlapped_steps == 17
-    assert (overlapped_engine.runner.executor.model_runner.graphs is None) == enforce_eager
+    assert (overlapped_engine.runner.executor.graphs is None) == enforce_eager
 
 
 def test_overlapped_bf16_graph_tokens_equal_sequential_ones(folder: Path) -> None:

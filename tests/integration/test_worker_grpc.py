@@ -98,8 +98,7 @@ def test_worker_serves_greedy_tokens_over_grpc_with_two_plans_in_flight(folder: 
         assert line in metrics.splitlines(), line
     print(f"steps queued ahead of their turn: {num_overlapped} of {NUM_TOKENS}")  # timing-dependent, not asserted
     assert (info.architecture, info.vocab_size, info.num_kv_blocks, info.block_size) == ("Qwen2ForCausalLM", 256, 32, 16)
-    assert (info.max_model_len, info.num_layers, info.num_kv_heads, info.head_dim, info.dtype, info.device) == (
-        256, 2, 2, 16, "float32", "cpu")
+    assert (info.max_model_len, info.dtype, info.device) == (256, "float32", "cpu")
     assert len(info.model_revision) == 12 and info.worker_id
     assert [r.step_id for r in results] == list(range(1, NUM_TOKENS + 1))
     tokens = {1: [], 2: []}

@@ -49,8 +49,8 @@ def _internal_calls(channel: grpc.Channel) -> dict[str, object]:
     return {
         "tokenizer": lambda md: tokenizer_pb2_grpc.TokenizerStub(channel).Info(
             tokenizer_pb2.TokenizerInfoRequest(), timeout=10, metadata=md),
-        "scheduler": lambda md: scheduler_pb2_grpc.SchedulerStub(channel).GetLoad(
-            scheduler_pb2.GetLoadRequest(), timeout=10, metadata=md),
+        "scheduler": lambda md: scheduler_pb2_grpc.SchedulerStub(channel).Info(
+            scheduler_pb2.SchedulerInfoRequest(), timeout=10, metadata=md),
         "worker": lambda md: worker_pb2_grpc.WorkerStub(channel).Info(worker_pb2.InfoRequest(), timeout=10, metadata=md),
     }
 

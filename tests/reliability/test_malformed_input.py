@@ -20,7 +20,7 @@ from bench.fuzz_cases import (MODEL, GrpcCase, GrpcClient, HttpCase, HttpClient,
                               http_problem, resident_bytes, scheduler_counters, stage_named)
 from services.demo import build_demo_model
 from services.launcher import Stack
-from tests.integration.stack_fixture import running_stack, scheduler_load_when_idle, stage_logs
+from tests.integration.stack_fixture import running_stack, scheduler_state_when_idle, stage_logs
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -153,7 +153,7 @@ def test_fuzzed_requests_never_get_a_server_error_and_leave_nothing_behind(
     errors_after, _ = scheduler_counters(stack)
     assert errors_after == errors_before, "a malformed request reached the scheduler"
 
-    load = scheduler_load_when_idle(stack)
-    assert (load.num_running, load.num_waiting, load.kv_cache_usage) == (0, 0, 0.0)
+    state = scheduler_state_when_idle(stack)
+    assert (state.num_running, state.num_waiting, state.kv_cache_usage) == (0, 0, 0.0)
     growth = resident_bytes(tokenizer_pid) - baseline
     assert growth < MAX_TOKENIZER_GROWTH_BYTES, f"the tokenizer grew by {growth / 2**20:.0f} MiB"

@@ -21,7 +21,7 @@ from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from services.demo import build_demo_model
 from services.launcher import Stack, wait_serving
-from tests.integration.stack_fixture import running_stack, scheduler_load_when_idle, stage_logs
+from tests.integration.stack_fixture import running_stack, scheduler_state_when_idle, stage_logs
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -174,7 +174,7 @@ def test_the_tokenizer_stopped_under_load_ends_every_stream_with_unavailable_and
         ("UNAVAILABLE", "the tokenizer shut down before the request finished")] * NUM_STREAMS, stage_logs(stack.log_dir)
     _restart(stack, "tokenizer")
     _wait_serving_again(stack.gateway_grpc, 30)
-    assert scheduler_load_when_idle(stack).num_running == 0  # the scheduler freed what the tokenizer left
+    assert scheduler_state_when_idle(stack).num_running == 0  # the scheduler freed what the tokenizer left
 
 
 def test_the_gateway_stopped_under_load_ends_every_stream_with_unavailable_and_exits_in_time(stack: Stack) -> None:

@@ -20,7 +20,7 @@ from flashstream.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from services.demo import build_demo_model
 from services.launcher import Stack
-from tests.integration.stack_fixture import running_stack, scheduler_load_when_idle, stack_device, stage_logs
+from tests.integration.stack_fixture import running_stack, scheduler_state_when_idle, stack_device, stage_logs
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -103,9 +103,9 @@ def test_every_request_ends_exactly_once_and_the_scheduler_frees_everything(stac
     problems = [(i, p) for i, p in enumerate(asyncio.run(scenario())) if p]
     assert problems == [], f"{problems[:5]}\n{stage_logs(stack.log_dir)}"
 
-    load = scheduler_load_when_idle(stack)
+    state = scheduler_state_when_idle(stack)
     scheduler = next(s for s in stack.stages if s.name == "scheduler")
-    assert (load.num_running, load.num_waiting, load.kv_cache_usage, load.num_workers) == (0, 0, 0.0, 1)
+    assert (state.num_running, state.num_waiting, state.kv_cache_usage, len(state.workers)) == (0, 0, 0.0, 1)
     status_port = scheduler.argv[scheduler.argv.index("--status-port") + 1]
     with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=10) as response:
         metrics = response.read().decode()

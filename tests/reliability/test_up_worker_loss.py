@@ -126,7 +126,7 @@ def test_up_survives_a_killed_worker_says_so_and_restarts_it(tmp_path: Path) -> 
                 sched = scheduler_pb2_grpc.SchedulerStub(sched_channel)
                 deadline = time.monotonic() + 30
                 metadata = token_metadata(up.token)
-                while sched.GetLoad(scheduler_pb2.GetLoadRequest(), metadata=metadata).num_workers != 2:
+                while sched.Info(scheduler_pb2.SchedulerInfoRequest(), metadata=metadata).num_workers != 2:
                     assert time.monotonic() < deadline, "the restarted worker did not rejoin"
                     time.sleep(0.1)
             assert _generate(stub, 10_000) == "done"

@@ -61,22 +61,6 @@ class SchedulerDown(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[TokenEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[TokenEvent, _Mapping]]] = ...) -> None: ...
 
-class GetLoadRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class Load(_message.Message):
-    __slots__ = ("num_running", "num_waiting", "kv_cache_usage", "num_workers")
-    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
-    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
-    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
-    NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_workers: int
-    def __init__(self, num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., num_workers: _Optional[int] = ...) -> None: ...
-
 class SchedulerInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

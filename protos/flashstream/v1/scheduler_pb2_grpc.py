@@ -41,11 +41,6 @@ class SchedulerStub:
                 request_serializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerUp.SerializeToString,
                 response_deserializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerDown.FromString,
                 _registered_method=True)
-        self.GetLoad = channel.unary_unary(
-                '/flashstream.v1.Scheduler/GetLoad',
-                request_serializer=flashstream_dot_v1_dot_scheduler__pb2.GetLoadRequest.SerializeToString,
-                response_deserializer=flashstream_dot_v1_dot_scheduler__pb2.Load.FromString,
-                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/flashstream.v1.Scheduler/Info',
                 request_serializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerInfoRequest.SerializeToString,
@@ -69,13 +64,6 @@ class SchedulerServicer:
 
     def Connect(self, request_iterator, context):
         """The pipeline stream.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetLoad(self, request, context):
-        """Load figures, for routing and autoscaling.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,11 +97,6 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerUp.FromString,
                     response_serializer=flashstream_dot_v1_dot_scheduler__pb2.SchedulerDown.SerializeToString,
-            ),
-            'GetLoad': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetLoad,
-                    request_deserializer=flashstream_dot_v1_dot_scheduler__pb2.GetLoadRequest.FromString,
-                    response_serializer=flashstream_dot_v1_dot_scheduler__pb2.Load.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -159,33 +142,6 @@ class Scheduler:
             '/flashstream.v1.Scheduler/Connect',
             flashstream_dot_v1_dot_scheduler__pb2.SchedulerUp.SerializeToString,
             flashstream_dot_v1_dot_scheduler__pb2.SchedulerDown.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetLoad(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/flashstream.v1.Scheduler/GetLoad',
-            flashstream_dot_v1_dot_scheduler__pb2.GetLoadRequest.SerializeToString,
-            flashstream_dot_v1_dot_scheduler__pb2.Load.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,56 +97,6 @@ class TokenizerDown(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[TextEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[TextEvent, _Mapping]]] = ...) -> None: ...
 
-class EncodeRequest(_message.Message):
-    __slots__ = ("model", "text", "add_special_tokens")
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    TEXT_FIELD_NUMBER: _ClassVar[int]
-    ADD_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    model: str
-    text: str
-    add_special_tokens: bool
-    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., add_special_tokens: _Optional[bool] = ...) -> None: ...
-
-class EncodeResponse(_message.Message):
-    __slots__ = ("token_ids",)
-    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
-
-class DecodeRequest(_message.Message):
-    __slots__ = ("model", "token_ids", "skip_special_tokens")
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    SKIP_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    model: str
-    token_ids: _containers.RepeatedScalarFieldContainer[int]
-    skip_special_tokens: bool
-    def __init__(self, model: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., skip_special_tokens: _Optional[bool] = ...) -> None: ...
-
-class DecodeResponse(_message.Message):
-    __slots__ = ("text",)
-    TEXT_FIELD_NUMBER: _ClassVar[int]
-    text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
-
-class RenderChatRequest(_message.Message):
-    __slots__ = ("model", "messages", "add_generation_prompt")
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    MESSAGES_FIELD_NUMBER: _ClassVar[int]
-    ADD_GENERATION_PROMPT_FIELD_NUMBER: _ClassVar[int]
-    model: str
-    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
-    add_generation_prompt: bool
-    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., add_generation_prompt: _Optional[bool] = ...) -> None: ...
-
-class RenderChatResponse(_message.Message):
-    __slots__ = ("prompt", "token_ids")
-    PROMPT_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    prompt: str
-    token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, prompt: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
-
 class TokenizerInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

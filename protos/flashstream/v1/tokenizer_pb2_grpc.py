@@ -41,21 +41,6 @@ class TokenizerStub:
                 request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerUp.SerializeToString,
                 response_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerDown.FromString,
                 _registered_method=True)
-        self.Encode = channel.unary_unary(
-                '/flashstream.v1.Tokenizer/Encode',
-                request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.EncodeRequest.SerializeToString,
-                response_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.EncodeResponse.FromString,
-                _registered_method=True)
-        self.Decode = channel.unary_unary(
-                '/flashstream.v1.Tokenizer/Decode',
-                request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.DecodeRequest.SerializeToString,
-                response_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.DecodeResponse.FromString,
-                _registered_method=True)
-        self.RenderChat = channel.unary_unary(
-                '/flashstream.v1.Tokenizer/RenderChat',
-                request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.RenderChatRequest.SerializeToString,
-                response_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.RenderChatResponse.FromString,
-                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/flashstream.v1.Tokenizer/Info',
                 request_serializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerInfoRequest.SerializeToString,
@@ -84,27 +69,6 @@ class TokenizerServicer:
 
     def Connect(self, request_iterator, context):
         """The pipeline stream.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Encode(self, request, context):
-        """Encodes one text.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Decode(self, request, context):
-        """Decodes token ids to text.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RenderChat(self, request, context):
-        """Renders chat messages through the model's chat template.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,21 +109,6 @@ def add_TokenizerServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerUp.FromString,
                     response_serializer=flashstream_dot_v1_dot_tokenizer__pb2.TokenizerDown.SerializeToString,
-            ),
-            'Encode': grpc.unary_unary_rpc_method_handler(
-                    servicer.Encode,
-                    request_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.EncodeRequest.FromString,
-                    response_serializer=flashstream_dot_v1_dot_tokenizer__pb2.EncodeResponse.SerializeToString,
-            ),
-            'Decode': grpc.unary_unary_rpc_method_handler(
-                    servicer.Decode,
-                    request_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.DecodeRequest.FromString,
-                    response_serializer=flashstream_dot_v1_dot_tokenizer__pb2.DecodeResponse.SerializeToString,
-            ),
-            'RenderChat': grpc.unary_unary_rpc_method_handler(
-                    servicer.RenderChat,
-                    request_deserializer=flashstream_dot_v1_dot_tokenizer__pb2.RenderChatRequest.FromString,
-                    response_serializer=flashstream_dot_v1_dot_tokenizer__pb2.RenderChatResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -210,87 +159,6 @@ class Tokenizer:
             '/flashstream.v1.Tokenizer/Connect',
             flashstream_dot_v1_dot_tokenizer__pb2.TokenizerUp.SerializeToString,
             flashstream_dot_v1_dot_tokenizer__pb2.TokenizerDown.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Encode(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/flashstream.v1.Tokenizer/Encode',
-            flashstream_dot_v1_dot_tokenizer__pb2.EncodeRequest.SerializeToString,
-            flashstream_dot_v1_dot_tokenizer__pb2.EncodeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Decode(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/flashstream.v1.Tokenizer/Decode',
-            flashstream_dot_v1_dot_tokenizer__pb2.DecodeRequest.SerializeToString,
-            flashstream_dot_v1_dot_tokenizer__pb2.DecodeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RenderChat(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/flashstream.v1.Tokenizer/RenderChat',
-            flashstream_dot_v1_dot_tokenizer__pb2.RenderChatRequest.SerializeToString,
-            flashstream_dot_v1_dot_tokenizer__pb2.RenderChatResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flashstream.v1 import common_pb2 as flashstream_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lashstream/v1/worker.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\r\n\x0bInfoRequest\"\x80\x03\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\r\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x15\n\rnum_kv_blocks\x18\t \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\n \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\x0b \x01(\r\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\x12\n\nnum_layers\x18\x0e \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x0f \x01(\r\x12\x10\n\x08head_dim\x18\x10 \x01(\r\x12\x0c\n\x04task\x18\x11 \x01(\t\x12\x13\n\x0bhidden_size\x18\x12 \x01(\r\"\xdb\x01\n\x06NewSeq\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12\x11\n\tblock_ids\x18\x05 \x03(\r\x12\x1b\n\x13num_computed_tokens\x18\x06 \x01(\r\x12\x1c\n\x14num_scheduled_tokens\x18\x07 \x01(\r\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\"j\n\nCachedSeqs\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\x12\x1c\n\x14num_scheduled_tokens\x18\x02 \x03(\r\x12\x16\n\x0enum_new_blocks\x18\x03 \x03(\r\x12\x15\n\rnew_block_ids\x18\x04 \x03(\r\"\x90\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12(\n\x08new_seqs\x18\x02 \x03(\x0b\x32\x16.flashstream.v1.NewSeq\x12/\n\x0b\x63\x61\x63hed_seqs\x18\x03 \x01(\x0b\x32\x1a.flashstream.v1.CachedSeqs\x12\x18\n\x10\x66inished_seq_ids\x18\x04 \x03(\x04\"N\n\x0eSampledLogprob\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07logprob\x18\x02 \x01(\x0b\x32\x1c.flashstream.v1.TokenLogprob\"e\n\rSampledTokens\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x30\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1e.flashstream.v1.SampledLogprob\"@\n\x08SeqError\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Error\"\x8c\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12.\n\x07sampled\x18\x02 \x01(\x0b\x32\x1d.flashstream.v1.SampledTokens\x12(\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x18.flashstream.v1.SeqError\x12\x13\n\x0bstep_time_s\x18\x04 \x01(\x01\x32\xdd\x01\n\x06Worker\x12?\n\x04Info\x12\x1b.flashstream.v1.InfoRequest\x1a\x1a.flashstream.v1.WorkerInfo\x12@\n\x04Step\x12\x18.flashstream.v1.StepPlan\x1a\x1a.flashstream.v1.StepResult(\x01\x30\x01\x12P\n\x05\x45mbed\x12\".flashstream.v1.EmbedTokensRequest\x1a#.flashstream.v1.EmbedTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lashstream/v1/worker.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\r\n\x0bInfoRequest\"\xfa\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\r\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x15\n\rnum_kv_blocks\x18\t \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\n \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\x0b \x01(\r\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\x0c\n\x04task\x18\x11 \x01(\t\x12\x13\n\x0bhidden_size\x18\x12 \x01(\rJ\x04\x08\x0e\x10\x0fJ\x04\x08\x0f\x10\x10J\x04\x08\x10\x10\x11R\nnum_layersR\x0cnum_kv_headsR\x08head_dim\"\xdb\x01\n\x06NewSeq\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12\x11\n\tblock_ids\x18\x05 \x03(\r\x12\x1b\n\x13num_computed_tokens\x18\x06 \x01(\r\x12\x1c\n\x14num_scheduled_tokens\x18\x07 \x01(\r\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\"j\n\nCachedSeqs\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\x12\x1c\n\x14num_scheduled_tokens\x18\x02 \x03(\r\x12\x16\n\x0enum_new_blocks\x18\x03 \x03(\r\x12\x15\n\rnew_block_ids\x18\x04 \x03(\r\"\x90\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12(\n\x08new_seqs\x18\x02 \x03(\x0b\x32\x16.flashstream.v1.NewSeq\x12/\n\x0b\x63\x61\x63hed_seqs\x18\x03 \x01(\x0b\x32\x1a.flashstream.v1.CachedSeqs\x12\x18\n\x10\x66inished_seq_ids\x18\x04 \x03(\x04\"N\n\x0eSampledLogprob\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07logprob\x18\x02 \x01(\x0b\x32\x1c.flashstream.v1.TokenLogprob\"e\n\rSampledTokens\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x30\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1e.flashstream.v1.SampledLogprob\"@\n\x08SeqError\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.flashstream.v1.Error\"\x8c\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12.\n\x07sampled\x18\x02 \x01(\x0b\x32\x1d.flashstream.v1.SampledTokens\x12(\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x18.flashstream.v1.SeqError\x12\x13\n\x0bstep_time_s\x18\x04 \x01(\x01\x32\xdd\x01\n\x06Worker\x12?\n\x04Info\x12\x1b.flashstream.v1.InfoRequest\x1a\x1a.flashstream.v1.WorkerInfo\x12@\n\x04Step\x12\x18.flashstream.v1.StepPlan\x1a\x1a.flashstream.v1.StepResult(\x01\x30\x01\x12P\n\x05\x45mbed\x12\".flashstream.v1.EmbedTokensRequest\x1a#.flashstream.v1.EmbedTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREQUEST']._serialized_start=76
   _globals['_INFOREQUEST']._serialized_end=89
   _globals['_WORKERINFO']._serialized_start=92
-  _globals['_WORKERINFO']._serialized_end=476
-  _globals['_NEWSEQ']._serialized_start=479
-  _globals['_NEWSEQ']._serialized_end=698
-  _globals['_CACHEDSEQS']._serialized_start=700
-  _globals['_CACHEDSEQS']._serialized_end=806
-  _globals['_STEPPLAN']._serialized_start=809
-  _globals['_STEPPLAN']._serialized_end=953
-  _globals['_SAMPLEDLOGPROB']._serialized_start=955
-  _globals['_SAMPLEDLOGPROB']._serialized_end=1033
-  _globals['_SAMPLEDTOKENS']._serialized_start=1035
-  _globals['_SAMPLEDTOKENS']._serialized_end=1136
-  _globals['_SEQERROR']._serialized_start=1138
-  _globals['_SEQERROR']._serialized_end=1202
-  _globals['_STEPRESULT']._serialized_start=1205
-  _globals['_STEPRESULT']._serialized_end=1345
-  _globals['_WORKER']._serialized_start=1348
-  _globals['_WORKER']._serialized_end=1569
+  _globals['_WORKERINFO']._serialized_end=470
+  _globals['_NEWSEQ']._serialized_start=473
+  _globals['_NEWSEQ']._serialized_end=692
+  _globals['_CACHEDSEQS']._serialized_start=694
+  _globals['_CACHEDSEQS']._serialized_end=800
+  _globals['_STEPPLAN']._serialized_start=803
+  _globals['_STEPPLAN']._serialized_end=947
+  _globals['_SAMPLEDLOGPROB']._serialized_start=949
+  _globals['_SAMPLEDLOGPROB']._serialized_end=1027
+  _globals['_SAMPLEDTOKENS']._serialized_start=1029
+  _globals['_SAMPLEDTOKENS']._serialized_end=1130
+  _globals['_SEQERROR']._serialized_start=1132
+  _globals['_SEQERROR']._serialized_end=1196
+  _globals['_STEPRESULT']._serialized_start=1199
+  _globals['_STEPRESULT']._serialized_end=1339
+  _globals['_WORKER']._serialized_start=1342
+  _globals['_WORKER']._serialized_end=1563
 # @@protoc_insertion_point(module_scope)

@@ -67,7 +67,7 @@ class DenseNorm(nn.Module):
         return self.LayerNorm(self.dense(x) + residual)
 
 
-class Attention(nn.Module):
+class EncoderAttention(nn.Module):
     def __init__(self, cfg: EncoderConfig, ops: Ops) -> None:
         super().__init__()
         self.cfg = cfg
@@ -127,7 +127,7 @@ class Intermediate(nn.Module):
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: EncoderConfig, ops: Ops) -> None:
         super().__init__()
-        self.attention = Attention(cfg, ops)
+        self.attention = EncoderAttention(cfg, ops)
         self.intermediate = Intermediate(cfg)
         self.output = DenseNorm(cfg, cfg.intermediate_size)
 

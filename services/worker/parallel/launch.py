@@ -9,8 +9,9 @@ from multiprocessing.process import BaseProcess
 
 import torch.multiprocessing as mp
 
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.engine import Engine, build_engine
+from services.worker.engine import WorkerEngine
 from services.worker.model_engine import resolve_device
 from services.worker.parallel.group import TensorParallelGroup, join_group, leave_group
 from services.worker.parallel.steps import follow
@@ -41,7 +42,7 @@ def start_followers(config: WorkerConfig, init_method: str) -> list[BaseProcess]
     return processes
 
 
-def build_leader_engine(config: WorkerConfig, init_method: str) -> Engine:
+def build_leader_engine(config: WorkerConfig, init_method: str) -> WorkerEngine:
     """Rank 0: joins the ranks and builds its share; call on the thread that will run every step."""
     tp = join_group(0, config.tensor_parallel_size, init_method, resolve_device(config.device, 0),
                     COLLECTIVE_TIMEOUT_S, IDLE_TIMEOUT_S)

@@ -16,8 +16,8 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 
+from services.common.step import StepPlan, StepResult
 from services.worker.parallel.group import TensorParallelGroup
-from services.worker.plan import StepPlan, StepResult
 from services.worker.runner import PlanSource, Runner, StepShape
 from services.worker.sequences import SequenceTable
 

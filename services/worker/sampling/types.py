@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.sampling import SamplingParams
+from services.common.step import TokenLogprobs
 
 
 @dataclass(slots=True)
@@ -21,15 +22,6 @@ class SamplingRow:
     prompt_token_ids: Sequence[int]  # for the repetition penalty
     output_token_ids: Sequence[int]  # tokens generated so far (penalties, min_tokens, seeded position)
     grammar: Any = None  # the sequence's grammar.GrammarState when its output is guided: masks the logits
-
-
-@dataclass(slots=True)
-class TokenLogprobs:
-    """The chosen token's log probability and the best alternatives."""
-
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]  # (token_id, logprob), best first, len == params.logprobs
 
 
 @dataclass(slots=True)

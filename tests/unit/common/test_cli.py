@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services import cli, launcher
+from services import cli, launcher, stages
 from services.common.config import HelpFormatter
 from services.demo import build_demo_model
 from services.demo.build import DEMO_VERSION
@@ -52,7 +52,7 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture) -> No
 def _all_parsers() -> dict[str, argparse.ArgumentParser]:
     from services.generate_client import build_parser as generate_parser
 
-    parsers = {f"serve {stage}": cli.stage_parser(stage) for stage in cli.STAGE_MAINS}
+    parsers = {f"serve {stage}": stages.stage_parser(stage) for stage in stages.STAGE_MAINS}
     return parsers | {"up": launcher.build_parser(), "generate": generate_parser(),
                       "demo-model": cli.demo_model_parser()}
 
@@ -114,7 +114,7 @@ def test_the_readme_generate_commands_and_the_stage_flag_examples_parse() -> Non
     for command in generate:
         assert generate_parser().parse_args(shlex.split(command)[2:]).prompt
     for stage, example in STAGE_ARGS_EXAMPLES.items():
-        cli.stage_parser(stage).parse_args(shlex.split(example))
+        stages.stage_parser(stage).parse_args(shlex.split(example))
 
 
 def test_a_flag_a_stage_does_not_know_is_refused_in_one_line_before_anything_starts(

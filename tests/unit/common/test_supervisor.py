@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.launcher import Stage
+from services.launcher import ChildStage
 from services.supervisor import Supervisor
 
 
@@ -19,10 +19,10 @@ class FakeProc:
 
 @dataclass
 class FakeStack:
-    stages: list[Stage] = field(default_factory=list)
+    stages: list[ChildStage] = field(default_factory=list)
     spawned: list[str] = field(default_factory=list)
 
-    def spawn(self, stage: Stage) -> None:
+    def spawn(self, stage: ChildStage) -> None:
         self.spawned.append(stage.name)
         stage.proc = FakeProc(100 + len(self.spawned))
 
@@ -35,7 +35,8 @@ class Clock:
 
 
 def _stack() -> FakeStack:
-    stages = [Stage("worker0", ["worker"], "a"), Stage("worker1", ["worker"], "b"), Stage("scheduler", ["scheduler"], "c")]
+    stages = [ChildStage("worker0", ["worker"], "a"), ChildStage("worker1", ["worker"], "b"),
+              ChildStage("scheduler", ["scheduler"], "c")]
     for i, stage in enumerate(stages):
         stage.proc = FakeProc(i)
     return FakeStack(stages)

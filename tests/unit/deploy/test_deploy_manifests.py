@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 import services.demo
-from services.cli import STAGE_MAINS
 from services.cli import main as cli_main
 from services.common.errors import InvalidArgument
+from services.stages import STAGE_MAINS
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"

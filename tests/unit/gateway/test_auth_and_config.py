@@ -59,7 +59,7 @@ def test_environment_gives_flag_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
     ({"tokenizers": ("a:1",), "request_timeout_s": 0}, "request_timeout_s must be positive, got 0"),
     ({"tokenizers": ("a:1",), "http_port": 70000}, "http_port must be in [0, 65535], got 70000"),
 ])
-def test_bad_config_is_refused(kwargs: dict, message: str) -> None:
+def test_a_config_without_tokenizers_or_with_a_bad_address_or_limit_is_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         GatewayConfig(**kwargs)
     assert err.value.message == message

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from gateway.cache.flight import Flight
-from gateway.schema import Finished, FinishReason, TextDelta
+from gateway.schema import Finished, TextDelta
 from services.common.errors import FlashStreamError, Unavailable
+from services.common.finish_reason import FinishReason
 
 
 class QueueHandle:

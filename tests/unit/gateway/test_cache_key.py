@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from gateway.cache.key import is_cacheable, result_key, tenant_from_authorization, tenant_of
-from gateway.schema import ChatTurn, GenerationRequest, ModelCard, TextOptions
+from gateway.schema import ChatTurn, GenerationRequest, ModelCard
 from services.common.sampling import SamplingParams
+from services.common.text_options import TextOptions
 
 CARD = ModelCard(id="m", revision="r1")
 BASE = GenerationRequest(model="m", sampling=SamplingParams(max_tokens=8), prompt="Hi")
@@ -39,7 +40,7 @@ def test_every_sampling_parameter_changes_the_key(field: str, value: object) -> 
 
 @pytest.mark.parametrize("field,value", [
     ("stop", ("x",)), ("include_stop_str_in_output", True), ("skip_special_tokens", False),
-    ("add_special_tokens", False), ("echo", True),
+    ("add_special_tokens", False), ("echo_prompt", True),
 ])
 def test_every_text_option_changes_the_key(field: str, value: object) -> None:
     changed = dataclasses.replace(BASE, options=dataclasses.replace(BASE.options, **{field: value}))

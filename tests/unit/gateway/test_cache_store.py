@@ -9,7 +9,8 @@ import pytest
 from gateway.cache.breaker import CircuitBreaker
 from gateway.cache.entry import CachedResult, EntryError
 from gateway.cache.lru_store import LruStore
-from gateway.schema import Finished, FinishReason, Latency, TextDelta, TokenLogprob, TopLogprob, Usage
+from gateway.schema import Finished, Latency, TextDelta, TokenLogprob, TopLogprob, Usage
+from services.common.finish_reason import FinishReason
 
 
 class Clock:

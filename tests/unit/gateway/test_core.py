@@ -13,7 +13,6 @@ from gateway.schema import (
     ChatTurn,
     Event,
     Finished,
-    FinishReason,
     GenerationRequest,
     Latency,
     ModelCard,
@@ -22,6 +21,7 @@ from gateway.schema import (
     Usage,
 )
 from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
+from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics
 from services.common.sampling import SamplingParams
 
@@ -53,7 +53,7 @@ class ListRouter:
     def cards(self) -> list[ModelCard]:
         return list(self.models)
 
-    def submit(self, submission: Submission) -> QueueHandle:
+    def forward(self, submission: Submission) -> QueueHandle:
         self.submitted.append(submission)
         self.handles.append(QueueHandle())
         return self.handles[-1]
@@ -86,7 +86,7 @@ def test_empty_model_routes_to_the_only_model_and_sets_the_deadline() -> None:
     asyncio.run(main())
 
 
-def test_model_routing_errors() -> None:
+def test_a_missing_model_is_a_400_an_unknown_one_a_404_and_no_model_served_unavailable() -> None:
     async def main() -> None:
         core, _ = _core(CARD, ModelCard("qwen"))
         with pytest.raises(RequestError) as missing:

@@ -9,8 +9,9 @@ import pytest
 from gateway.errors import RequestError
 from gateway.openai_request import parse_openai_request
 from gateway.openai_response import error_response
-from gateway.schema import ChatTurn, GenerationRequest, TextOptions
+from gateway.schema import ChatTurn, GenerationRequest
 from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
+from services.common.text_options import TextOptions
 
 
 def test_completion_defaults_follow_openai() -> None:

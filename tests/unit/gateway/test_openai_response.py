@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ModelNotFound, PayloadTooLarge
-from gateway.openai_response import ResponseBuilder, combined_usage, error_response, usage_json
-from gateway.schema import Finished, FinishReason, TextDelta, TokenLogprob, TopLogprob, Usage
+from gateway.openai_response import ResponseBuilder, combined_usage, error_response, openai_finish_reason, usage_json
+from gateway.schema import Finished, TextDelta, TokenLogprob, TopLogprob, Usage
+from services.common.finish_reason import FinishReason
 from services.common.errors import (
     DeadlineExceeded,
     FlashStreamError,
@@ -22,7 +23,7 @@ from services.common.errors import (
     (FinishReason.LENGTH, "length"), (FinishReason.ABORT, "abort"),
 ])
 def test_finish_reasons_map_to_openai(reason: FinishReason, openai: str) -> None:
-    assert reason.openai == openai
+    assert openai_finish_reason(reason) == openai
 
 
 @pytest.mark.parametrize(("exc", "status", "type_", "code", "headers"), [

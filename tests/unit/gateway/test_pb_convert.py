@@ -15,18 +15,18 @@ from gateway.pb_convert import (
 from gateway.schema import (
     ChatTurn,
     Finished,
-    FinishReason,
     GenerationRequest,
     Latency,
     Submission,
     TextDelta,
-    TextOptions,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
 from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument
+from services.common.finish_reason import FinishReason
 from services.common.sampling import SamplingParams
+from services.common.text_options import TextOptions
 
 
 def test_generate_request_keeps_every_option() -> None:
@@ -79,7 +79,7 @@ def test_a_grpc_chat_without_max_tokens_reaches_the_tokenizer_with_max_tokens_un
 
 def test_text_request_carries_the_submission() -> None:
     request = GenerationRequest(model="m", messages=(ChatTurn("user", "Hi"),), sampling=SamplingParams(max_tokens=3),
-                                options=TextOptions(stop=("\n",), echo=True), priority=1)
+                                options=TextOptions(stop=("\n",), echo_prompt=True), priority=1)
     pb = text_request_to_pb(Submission("chatcmpl-1", request, 100.0, 160.0, 0.002))
     expected = tokenizer_pb2.TextRequest(
         request_id="chatcmpl-1", model="m",

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from gateway.openai_response import ResponseBuilder
-from gateway.schema import Finished, FinishReason, TextDelta
+from gateway.schema import Finished, TextDelta
 from gateway.tool_calls import ToolCallParser
+from services.common.finish_reason import FinishReason
 
 HERMES = ('Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Köln"}}\n</tool_call>\n'
           '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')

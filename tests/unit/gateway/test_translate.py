@@ -9,21 +9,12 @@ import pytest
 
 from gateway.core import GatewayCore
 from gateway.errors import ModelNotFound, RequestError
-from gateway.schema import (
-    ChatTurn,
-    Event,
-    Finished,
-    FinishReason,
-    ModelCard,
-    Submission,
-    TextDelta,
-    TextOptions,
-    TranslationSettings,
-    Usage,
-)
+from gateway.schema import ChatTurn, Event, Finished, ModelCard, Submission, TextDelta, TranslationSettings, Usage
 from gateway.translate import PLAIN_STOP, TranslationSession
 from services.common.errors import FlashStreamError, Unavailable
+from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics
+from services.common.text_options import TextOptions
 
 
 @dataclass
@@ -58,7 +49,7 @@ class ScriptedRouter:
     def cards(self) -> list[ModelCard]:
         return list(self.models)
 
-    def submit(self, submission: Submission) -> ScriptedHandle:
+    def forward(self, submission: Submission) -> ScriptedHandle:
         n = len(self.submitted)
         self.submitted.append(submission)
         events: list[Event | FlashStreamError] = [self.failures[n]] if n in self.failures else [

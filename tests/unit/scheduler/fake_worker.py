@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.scheduler.plan import SeqOutput, StepPlan, StepResult
+from services.common.step import SeqOutput, StepPlan, StepResult
 
 
 class PlanError(AssertionError):

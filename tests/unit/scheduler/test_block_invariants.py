@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from services.common.sampling import SamplingParams
+from services.common.step import StepResult
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.plan import Request, RequestDone, RequestError, StepResult
+from services.scheduler.request_events import Request, RequestDone, RequestFailed
 from tests.unit.scheduler.fake_worker import FakeWorker
 
 NUM_BLOCKS = 12
@@ -44,7 +45,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def _collect(self) -> None:
         for event in self.engine.take_events():
-            if isinstance(event, (RequestDone, RequestError)):
+            if isinstance(event, (RequestDone, RequestFailed)):
                 assert event.key in self.live, f"second terminal event for {event.key}"
                 self.live.discard(event.key)
 

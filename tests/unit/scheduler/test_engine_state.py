@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig, WorkerLimits
+from services.scheduler.engine_pool import EnginePool
 from services.scheduler.engine_state import EngineTotals, WorkerEngineState
-from services.scheduler.plan import Request
-from services.scheduler.router import EnginePool
+from services.scheduler.request_events import Request
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 LIMITS = WorkerLimits(block_size=4, num_kv_blocks=8, max_num_seqs=4, max_num_batched_tokens=64,
@@ -21,14 +21,14 @@ def req(key: str, prompt: list[int], max_tokens: int) -> Request:
 def test_counters_add_steps_tokens_and_prefix_hits_and_outlive_the_worker() -> None:
     pool = EnginePool(SchedulerConfig(), clock=lambda: 1000.0)
     engine = pool.add_worker("w0", LIMITS)
-    pool.submit(req("a", PREFIX + [1], max_tokens=3))
+    pool.route(req("a", PREFIX + [1], max_tokens=3))
     waiting = pool.state()
     assert (waiting.num_running, waiting.num_waiting, waiting.model_id) == (0, 1, "m")
     assert waiting.workers == (WorkerEngineState("w0", 0, 1, 0.0),)
 
     worker = FakeWorker(8, 4)
     run_engine(engine, worker)
-    pool.submit(req("b", PREFIX + [2], max_tokens=1))
+    pool.route(req("b", PREFIX + [2], max_tokens=1))
     run_engine(engine, worker)
     # a: one prefill step of 9 tokens, then one decode token per step for its 2nd and 3rd tokens;
     # b: its last prompt token only (8 of 9 were cached), which samples its one token.

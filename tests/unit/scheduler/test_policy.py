@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from services.common.errors import ErrorCode
+from services.common.errors import ErrorCode, InvalidArgument
+from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics
 from services.common.sampling import SamplingParams
+from services.common.step import SeqError, StepPlan
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.plan import Request, RequestDone, RequestError, SeqError, StepPlan, TokenChunk
-from services.scheduler.sequence import FinishReason
+from services.scheduler.request_events import Request, RequestDone, RequestFailed, TokenChunk
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 
@@ -225,11 +226,11 @@ def test_a_failed_sequence_ends_with_its_error_and_its_batch_mates_continue():
     plan = engine.build_plan()
     result = worker.step(plan)
     result.outputs = [o for o in result.outputs if o.seq_id == 0]
-    result.errors = [SeqError(1, ErrorCode.INVALID_ARGUMENT, "logits are not finite")]
+    result.errors = [SeqError(1, InvalidArgument("logits are not finite"))]
     engine.process_result(result)
     assert list(engine.block_manager.cached.values()) == [0]  # the failed one's block 2 may hold no KV
     events = engine.take_events()
-    assert [(e.key, e.code, e.message) for e in events if isinstance(e, RequestError)] == [
+    assert [(e.key, e.code, e.message) for e in events if isinstance(e, RequestFailed)] == [
         ("bad", ErrorCode.INVALID_ARGUMENT, "logits are not finite")]
     plan = engine.build_plan()
     assert shape(plan) == ([], [(0, 1)], [1])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from services.common.sampling import SamplingParams
+from services.common.step import CachedSeq, NewSeq, StepPlan
 from services.scheduler.config import StallConfig
-from services.scheduler.plan import CachedSeq, NewSeq, StepPlan
 from services.scheduler.progress_watch import ProgressWatch
 
 

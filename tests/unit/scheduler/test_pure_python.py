@@ -34,5 +34,5 @@ def test_every_scheduler_module_imports_without_torch():
                           env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     modules = proc.stdout.strip().split(",")
-    assert {"block_manager", "engine", "scheduler", "sequence", "router", "servicer", "server",
+    assert {"block_manager", "engine", "scheduler", "sequence", "engine_pool", "servicer", "server",
             "worker_pool"} <= set(modules)

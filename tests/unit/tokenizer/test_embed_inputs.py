@@ -50,6 +50,7 @@ def test_token_ids_are_used_as_given_and_cut_by_keeping_the_first(encoder: Embed
     ([EmbedInput(token_ids=())], "input 0 has no tokens"),
     ([EmbedInput(token_ids=(30522,))], "token ids out of the vocabulary"),
 ])
-def test_bad_inputs_are_refused(encoder: EmbedEncoder, inputs: list[EmbedInput], message: str) -> None:
+def test_empty_inputs_and_out_of_vocabulary_ids_are_invalid_argument_with_their_message(
+        encoder: EmbedEncoder, inputs: list[EmbedInput], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         encoder.encode(inputs, 256, False)

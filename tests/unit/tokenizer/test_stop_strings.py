@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.tokenizer.request_state import RequestState, TextOptions, step_requests
+from services.common.text_options import TextOptions
+from services.tokenizer.request_state import RequestState, step_requests
 from services.tokenizer.stop_strings import StopStringMatcher
 from services.tokenizer.tokenizer import TextTokenizer
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from services.common.sampling import SamplingParams
-from services.worker.engine import Engine
-from services.worker.plan import CachedSeq, NewSeq, StepPlan
+from services.common.step import CachedSeq, NewSeq, StepPlan
+from services.worker.engine import WorkerEngine
 
 EOS_ID = 1  # the demo model's </s>
 
@@ -18,7 +18,7 @@ EOS_ID = 1  # the demo model's </s>
 class GuidedRun:
     """Plays the scheduler for a batch of sequences run to the end: EOS or max_tokens."""
 
-    engine: Engine
+    engine: WorkerEngine
     block_size: int = 16
     next_block: int = 0
     step_id: int = 0

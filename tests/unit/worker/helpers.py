@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from services.common.sampling import SamplingParams
+from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.engine import Engine, build_engine
-from services.worker.plan import CachedSeq, NewSeq, StepPlan, StepResult
+from services.worker.engine import WorkerEngine
 
 _COMMON = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -68,7 +69,7 @@ def hf_greedy(folder: Path, prompt: list[int], num_tokens: int) -> tuple[list[in
     return out, prefill_logits
 
 
-def cpu_engine(folder: Path, num_kv_blocks: int = 128, **overrides) -> Engine:
+def cpu_engine(folder: Path, num_kv_blocks: int = 128, **overrides) -> WorkerEngine:
     return build_engine(WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=num_kv_blocks,
                                      max_model_len=256, **overrides))
 
@@ -77,7 +78,7 @@ def cpu_engine(folder: Path, num_kv_blocks: int = 128, **overrides) -> Engine:
 class Driver:
     """Plays the scheduler: hands out blocks, sends NewSeq once, then CachedSeq; never sends tokens back."""
 
-    engine: Engine
+    engine: WorkerEngine
     next_block: int = 0
     step_id: int = 0
     blocks: dict[int, list[int]] = field(default_factory=dict)
@@ -142,7 +143,7 @@ def run_greedy(driver: Driver, prompts: dict[int, list[int]], num_tokens: int, c
     return out
 
 
-def build_gpu_path_reference_engine(config: WorkerConfig, monkeypatch) -> Engine:  # noqa: ANN001
+def build_gpu_path_reference_engine(config: WorkerConfig, monkeypatch) -> WorkerEngine:  # noqa: ANN001
     """An engine of the reference ops on CUDA whose FP8 projections round activations to FP8 per token wherever
     the kernels' tensor-core path does, so kernels and reference compute the same thing."""
     from kernels.fp8_linear import fp8_linear_ref

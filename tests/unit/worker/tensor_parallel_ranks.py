@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from services.worker.attention_metadata import SeqChunk, build_attention_metadata
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.engine import Engine, build_engine
+from services.worker.engine import WorkerEngine
 from services.worker.kv_cache import KVCache
 from services.worker.model_engine import resolve_device
 from services.worker.parallel.group import TensorParallelGroup, join_group, leave_group
@@ -26,7 +27,7 @@ NUM_TOKENS = 8
 BLOCK_SIZE = 16
 
 
-def build(folder: Path, tp: TensorParallelGroup | None = None, device: str = "cpu") -> Engine:
+def build(folder: Path, tp: TensorParallelGroup | None = None, device: str = "cpu") -> WorkerEngine:
     size = 1 if tp is None else tp.size
     config = WorkerConfig(model=str(folder), device=device, dtype="float32", num_kv_blocks=64, max_model_len=256,
                           block_size=BLOCK_SIZE, tensor_parallel_size=size)
@@ -34,7 +35,7 @@ def build(folder: Path, tp: TensorParallelGroup | None = None, device: str = "cp
 
 
 @torch.inference_mode()
-def step_logits(engine: Engine) -> tuple[torch.Tensor, torch.Tensor]:
+def step_logits(engine: WorkerEngine) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 logits of every prompt position (both prompts prefilled in one step) [sum of lengths, vocab], then of
     one decode step of both sequences feeding each its prefill argmax [2, vocab]; on a fresh KV cache."""
     model = engine.model
@@ -71,7 +72,7 @@ def generate_and_score(folders: list[Path], tp: TensorParallelGroup | None = Non
         runner = getattr(engine.runner, "runner", engine.runner)  # rank 0's Runner is inside its LeaderRunner
         results[folder.name] = {"tokens": tokens, "prefill": prefill, "decode": decode,
                                 "kv_heads": engine.model.cfg.num_kv_heads,
-                                "kv_cache": runner.executor.model_runner.kv_cache.data.shape}
+                                "kv_cache": runner.executor.kv_cache.data.shape}
     return results
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from services.common.errors import InvalidArgument
-from services.worker.engine import build_engine
+from services.worker.build import build_engine
 from services.worker.pooling import PoolingConfig
 from services.worker.server import build_config
 from tests.minilm import minilm_folder

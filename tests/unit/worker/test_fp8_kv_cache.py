@@ -13,7 +13,7 @@ from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement
 from services.common.errors import InvalidArgument
 from services.worker.attention_metadata import SeqChunk
 from services.worker.config import WorkerConfig
-from services.worker.engine import Engine
+from services.worker.engine import WorkerEngine
 from services.worker.kv_cache import kv_bytes_per_block
 from services.worker.presets import preset_config
 from tests.unit.worker.helpers import build_gpu_path_reference_engine, cpu_engine, make_checkpoint
@@ -24,7 +24,7 @@ def llama(tmp_path_factory) -> Path:  # noqa: ANN001
     return make_checkpoint("llama", tmp_path_factory.mktemp("llama"))
 
 
-def _prefill_then_decode_logits(engine: Engine, prompts: list[list[int]]) -> torch.Tensor:
+def _prefill_then_decode_logits(engine: WorkerEngine, prompts: list[list[int]]) -> torch.Tensor:
     """Logits of each prompt's last position, then of one decode step per prompt (its token 7 appended), stacked:
     [2 * len(prompts), vocab]. Both read the keys and values the prefill wrote into the cache."""
     prefill = last_logits(engine, prompts)
@@ -38,7 +38,7 @@ def _prefill_then_decode_logits(engine: Engine, prompts: list[list[int]]) -> tor
     if any(len(p) % block_size == 0 for p in prompts):
         raise ValueError("prompt lengths must not be multiples of the block size")
     with torch.inference_mode():
-        decode = engine.runner.executor.model_runner.forward([7] * len(prompts), chunks, list(range(len(prompts))))
+        decode = engine.runner.executor.forward([7] * len(prompts), chunks, list(range(len(prompts))))
     return torch.cat([prefill, decode.float().cpu()])
 
 
@@ -50,9 +50,9 @@ def test_an_fp8_kv_block_takes_half_the_bytes_of_a_bf16_block() -> None:
 
 def test_kv_cache_dtype_fp8_allocates_a_float8_cache(llama: Path) -> None:
     engine = cpu_engine(llama, kv_cache_dtype="fp8")
-    cache = engine.runner.executor.model_runner.kv_cache
+    cache = engine.runner.executor.kv_cache
     assert cache.data.dtype == torch.float8_e4m3fn
-    assert cache.num_bytes == cpu_engine(llama).runner.executor.model_runner.kv_cache.num_bytes // 4  # fp32 model
+    assert cache.num_bytes == cpu_engine(llama).runner.executor.kv_cache.num_bytes // 4  # fp32 model
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
@@ -137,7 +137,7 @@ def test_unknown_kv_cache_dtype_is_refused() -> None:
 
 @pytest.mark.gpu
 def test_fp8_kv_cache_on_cuda_holds_twice_the_blocks(llama: Path) -> None:
-    from services.worker.engine import build_engine
+    from services.worker.build import build_engine
 
     def profiled_blocks(kv_cache_dtype: str) -> int:
         engine = build_engine(WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256,
@@ -155,7 +155,7 @@ def test_fp8_kv_cache_on_cuda_holds_twice_the_blocks(llama: Path) -> None:
 
 @pytest.mark.gpu
 def test_fp8_weights_and_cache_on_cuda_graphs_stay_near_the_reference(llama: Path, monkeypatch) -> None:  # noqa: ANN001
-    from services.worker.engine import build_engine
+    from services.worker.build import build_engine
 
     def config(enforce_eager: bool) -> WorkerConfig:
         return WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256, num_kv_blocks=128,
@@ -163,7 +163,7 @@ def test_fp8_weights_and_cache_on_cuda_graphs_stay_near_the_reference(llama: Pat
 
     prompts = fixed_prompts(256, num_prompts=8, first_len=9)
     kernels_engine = build_engine(config(False))
-    model_runner = kernels_engine.runner.executor.model_runner
+    model_runner = kernels_engine.runner.executor
     assert model_runner.graphs is not None and model_runner.piecewise.num_graphs > 0
     assert sum(map(len, prompts)) <= model_runner.piecewise.max_tokens  # the prefill replays the pieces
     kernels = _prefill_then_decode_logits(kernels_engine, prompts)
@@ -181,13 +181,13 @@ def test_fp8_weights_and_cache_on_cuda_graphs_stay_near_the_reference(llama: Pat
 def test_fp8_model_replayed_from_cuda_graphs_matches_its_eager_kernels(llama: Path) -> None:
     """Piecewise graphs for the prefill (FP8 GEMMs with per-token scales, FP8 cache writes captured) and a decode
     graph for the next step compute what the same kernels compute launched one by one."""
-    from services.worker.engine import build_engine
+    from services.worker.build import build_engine
 
     def logits(enforce_eager: bool) -> torch.Tensor:
         engine = build_engine(WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", max_model_len=256,
                                            num_kv_blocks=128, max_num_seqs=8, quantization="fp8",
                                            kv_cache_dtype="fp8", enforce_eager=enforce_eager))
-        assert (engine.runner.executor.model_runner.piecewise is None) == enforce_eager
+        assert (engine.runner.executor.piecewise is None) == enforce_eager
         return _prefill_then_decode_logits(engine, fixed_prompts(256, num_prompts=8, first_len=9))
 
     graphed, eager = logits(False), logits(True)

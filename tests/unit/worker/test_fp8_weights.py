@@ -162,7 +162,7 @@ def test_unknown_quantization_flag_is_refused() -> None:
 
 @pytest.mark.gpu
 def test_fp8_kernels_on_cuda_match_the_reference_of_their_paths(llama: Path, monkeypatch) -> None:  # noqa: ANN001
-    from services.worker.engine import build_engine
+    from services.worker.build import build_engine
 
     config = WorkerConfig(model=str(llama), device="cuda", dtype="bfloat16", num_kv_blocks=128, max_model_len=256,
                           quantization="fp8", enforce_eager=True)
@@ -189,7 +189,7 @@ def test_fp8_logits_of_dummy_1b_and_8b_shapes_stay_close_to_bf16(preset: str) ->
     GPU kernels (a broken scale or layout gives cosines near 0 and no top-1 agreement at 128,256-way outputs)."""
     import gc
 
-    from services.worker.engine import build_engine
+    from services.worker.build import build_engine
 
     prompts = fixed_prompts(128256, num_prompts=32)
     cosine_min, top1, kl_mean = DUMMY_SHAPE_BOUNDS[preset]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from services.common.sampling import Guided, SamplingParams
 from services.demo.build import build_demo_model
-from services.worker.engine import Engine
+from services.worker.engine import WorkerEngine
 from tests.unit.worker.guided_helpers import EOS_ID, GuidedRun, InFlightRun, decode
 from tests.unit.worker.helpers import cpu_engine
 
@@ -77,7 +77,7 @@ batches = st.lists(st.tuples(schemas, sampling, st.lists(st.integers(2, 1000), m
                    min_size=SCHEMAS_PER_BATCH, max_size=SCHEMAS_PER_BATCH)
 
 
-def check_batch(folder: Path, engine: Engine, batch: list, seen: dict[str, int]) -> None:
+def check_batch(folder: Path, engine: WorkerEngine, batch: list, seen: dict[str, int]) -> None:
     """Runs one batch to the end; every finished output must validate. Counts finished and cut outputs.
 
     Every other batch runs with two plans in flight, each step queued on the device ahead of its turn (its masks
@@ -115,7 +115,7 @@ def check_batch(folder: Path, engine: Engine, batch: list, seen: dict[str, int])
             raise AssertionError(f"{text!r} {outputs[i]} for {json.dumps(schema)} ({batch[i][1]}): {exc}") from exc
 
 
-def check_property(folder: Path, engine: Engine) -> dict[str, int]:
+def check_property(folder: Path, engine: WorkerEngine) -> dict[str, int]:
     """The property over NUM_BATCHES hypothesis batches; returns how many outputs finished and were cut."""
     seen = {"finished": 0, "cut": 0, "batches": 0, "not_utf8": 0}
 

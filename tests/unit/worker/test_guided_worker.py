@@ -11,8 +11,8 @@ import pytest
 
 from services.common.errors import ErrorCode
 from services.common.sampling import Guided, SamplingParams
+from services.common.step import CachedSeq, NewSeq, StepPlan
 from services.demo.build import build_demo_model
-from services.worker.plan import CachedSeq, NewSeq, StepPlan
 from tests.unit.worker.guided_helpers import EOS_ID, GuidedRun, InFlightRun, decode
 from tests.unit.worker.helpers import cpu_engine
 

@@ -21,7 +21,7 @@ def folder(request, tmp_path_factory):  # noqa: ANN001, ANN201
 
 def piecewise_engine(folder, max_tokens: int = 64, engine=None):  # noqa: ANN001, ANN201
     engine = engine or cpu_engine(folder)
-    runner = engine.runner.executor.model_runner
+    runner = engine.runner.executor
     runner.piecewise = PiecewiseGraphs(runner.model, runner.kv_cache, max_tokens)
     return engine
 
@@ -34,7 +34,7 @@ def test_token_buckets_step_by_128_up_to_1024_then_by_256_up_to_the_limit() -> N
 
 
 def test_a_padded_prefill_gives_the_logits_of_the_whole_model(folder) -> None:  # noqa: ANN001
-    runner = piecewise_engine(folder).runner.executor.model_runner
+    runner = piecewise_engine(folder).runner.executor
     blocks = list(range(-(-len(PROMPT) // 16)))
     got = runner.forward(PROMPT, [SeqChunk(0, len(PROMPT), blocks)], [0])[0]  # 19 tokens padded to 32
     runner.piecewise = None
@@ -61,7 +61,7 @@ def test_fp8_weights_and_cache_through_the_pieces_keep_the_whole_models_output(f
     def engine():  # noqa: ANN202
         return cpu_engine(folder, num_kv_blocks=32, quantization="fp8", kv_cache_dtype="fp8")
 
-    runner = piecewise_engine(folder, engine=engine()).runner.executor.model_runner
+    runner = piecewise_engine(folder, engine=engine()).runner.executor
     blocks = list(range(-(-len(PROMPT) // 16)))
     got = runner.forward(PROMPT, [SeqChunk(0, len(PROMPT), blocks)], [0])[0]  # 19 tokens padded to 32
     runner.piecewise = None

@@ -20,7 +20,7 @@ def test_prefill_logits_match_transformers_within_1e4(checkpoint) -> None:  # no
     _, folder = checkpoint
     engine = cpu_engine(folder)
     _, expected = hf_greedy(folder, PROMPT, 0)
-    model_runner = engine.runner.executor.model_runner
+    model_runner = engine.runner.executor
     blocks = list(range(-(-len(PROMPT) // 16)))
     logits = model_runner.forward(PROMPT, [SeqChunk(0, len(PROMPT), blocks)], [0])[0]
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.engine import build_engine
 from tests.unit.worker.helpers import Driver, make_checkpoint, run_greedy
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")

@@ -10,7 +10,7 @@ import pytest
 
 from services.common.errors import ErrorCode
 from services.common.sampling import SamplingParams
-from services.worker.plan import CachedSeq, StepPlan, StepResult
+from services.common.step import CachedSeq, StepPlan, StepResult
 from tests.unit.worker.helpers import Driver, cpu_engine, make_checkpoint
 
 PROMPTS = {1: [5, 17, 99, 3, 250, 41, 7], 2: [9, 8, 7, 6, 5], 3: [(i * 37) % 256 for i in range(11)]}

@@ -9,9 +9,9 @@ import torch
 
 from services.common.errors import ErrorCode
 from services.common.sampling import SamplingParams
+from services.common.step import CachedSeq, NewSeq, StepPlan
+from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.engine import build_engine
-from services.worker.plan import CachedSeq, NewSeq, StepPlan
 from tests.unit.worker.helpers import Driver, cpu_engine, hf_greedy, make_checkpoint
 
 PROMPT = [5, 17, 99, 3, 250, 41, 7]

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from services.common.errors import InvalidArgument
-from services.worker.engine import build_engine
-from services.worker.plan import NewSeq, StepPlan
 from services.common.sampling import SamplingParams
+from services.common.step import NewSeq, StepPlan
+from services.worker.build import build_engine
 from services.worker.server import build_config
 from tests.unit.worker.helpers import cpu_engine, make_checkpoint
 

@@ -6,20 +6,18 @@ from __future__ import annotations
 import pytest
 from flashstream.v1 import common_pb2, worker_pb2
 
-from services.common.errors import InvalidArgument
+from services.common.errors import ErrorCode, InvalidArgument
 from services.common.sampling import SamplingParams
-from services.scheduler import plan as scheduler_plan
+from services.common.step import CachedSeq, NewSeq, SeqError, SeqOutput, StepPlan, StepResult, TokenLogprobs
 from services.scheduler.pb import plan_to_pb, result_from_pb
-from services.worker import plan as worker_plan
 from services.worker.pb import plan_from_pb, result_to_pb
-from services.worker.sampling.types import TokenLogprobs
 
 
 def test_a_plan_crosses_the_wire_with_every_sequence_and_block_in_order() -> None:
-    plan = scheduler_plan.StepPlan(7, finished_seq_ids=[3, 9])
-    plan.new_seqs.append(scheduler_plan.NewSeq(12, [5, 6, 7], 3, SamplingParams(max_tokens=4), [40], 0, 3))
-    plan.cached_seqs += [scheduler_plan.CachedSeq(1, [], 1), scheduler_plan.CachedSeq(2, [17, 18], 5),
-                         scheduler_plan.CachedSeq(4, [30], 1)]
+    plan = StepPlan(7, finished_seq_ids=[3, 9])
+    plan.new_seqs.append(NewSeq(12, [5, 6, 7], 3, SamplingParams(max_tokens=4), [40], 0, 3))
+    plan.cached_seqs += [CachedSeq(1, [], 1), CachedSeq(2, [17, 18], 5),
+                         CachedSeq(4, [30], 1)]
     wire = worker_pb2.StepPlan.FromString(plan_to_pb(plan).SerializeToString())
     got, errors = plan_from_pb(wire)
     assert errors == []
@@ -37,15 +35,21 @@ def test_cached_columns_whose_block_counts_do_not_add_up_are_refused() -> None:
         plan_from_pb(wire)
 
 
-def test_a_result_crosses_the_wire_with_its_tokens_and_only_the_logprobs_asked_for() -> None:
-    result = worker_plan.StepResult(5, [
-        worker_plan.SeqOutput(1, 101),
-        worker_plan.SeqOutput(2, 202, TokenLogprobs(token_id=202, logprob=-0.5, top=[(202, -0.5), (7, -1.25)])),
-        worker_plan.SeqOutput(3, 303),
-    ], [], 0.01)
+def test_a_result_crosses_the_wire_unchanged_with_only_the_logprobs_asked_for_and_its_errors() -> None:
+    result = StepResult(5, [
+        SeqOutput(1, 101),
+        SeqOutput(2, 202, TokenLogprobs(token_id=202, logprob=-0.5, top=[(202, -0.5), (7, -1.25)])),
+        SeqOutput(3, 303),
+    ], [SeqError(4, InvalidArgument("seq 4: logits are not finite"))], 0.01)
     got = result_from_pb(worker_pb2.StepResult.FromString(result_to_pb(result).SerializeToString()))
-    assert [(o.seq_id, o.token_id) for o in got.outputs] == [(1, 101), (2, 202), (3, 303)]
-    assert [o.logprob is None for o in got.outputs] == [True, False, True]
-    assert got.outputs[1].logprob == common_pb2.TokenLogprob(
-        token_id=202, logprob=-0.5, top=[common_pb2.TopLogprob(token_id=202, logprob=-0.5),
-                                         common_pb2.TopLogprob(token_id=7, logprob=-1.25)])
+    assert got.outputs == result.outputs
+    assert [(e.seq_id, e.error.code, e.error.message) for e in got.errors] == [
+        (4, ErrorCode.INVALID_ARGUMENT, "seq 4: logits are not finite")]
+    assert (got.step_id, got.step_time_s) == (5, 0.01)
+
+
+def test_an_error_code_this_version_does_not_know_reads_as_unknown() -> None:
+    wire = worker_pb2.StepResult(step_id=1, errors=[worker_pb2.SeqError(seq_id=3, error=common_pb2.Error(
+        code=99, message="from a newer worker"))])
+    error = result_from_pb(wire).errors[0]
+    assert (error.seq_id, error.error.code, error.error.message) == (3, ErrorCode.UNKNOWN, "from a newer worker")

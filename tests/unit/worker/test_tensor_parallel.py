@@ -94,7 +94,7 @@ def check_ranks(ranks: list[dict[str, dict]], size: int, checkpoints: list[Path]
 def test_fp8_projections_fake_mode_and_a_size_other_than_the_group_are_refused(checkpoints) -> None:  # noqa: ANN001
     from services.common.errors import InvalidArgument
     from services.worker.config import WorkerConfig
-    from services.worker.engine import build_engine
+    from services.worker.build import build_engine
     from services.worker.parallel.group import TensorParallelGroup
     from services.worker.server import build_config
 

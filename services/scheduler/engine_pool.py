@@ -1,4 +1,4 @@
-"""The pool of workers of one model (data parallel): admission checks and routing of new requests.
+"""The engines of one model's workers (data parallel): admission checks and routing of new requests.
 
 Each connected worker has its own Engine (its own KV blocks and block manager). A new request goes to the
 worker with the longest cached prefix of its prompt, then the least load; it stays there until it ends.
@@ -14,7 +14,7 @@ from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument,
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.engine_state import EngineState, EngineTotals, WorkerEngineState
-from services.scheduler.plan import Event, Request, TokenChunk
+from services.scheduler.request_events import Event, Request, TokenChunk
 from services.scheduler.sequence import Sequence
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class EnginePool:
         moved = set()
         for request in unsent:
             try:
-                self.submit(request)
+                self.route(request)
                 moved.add(request.key)
             except FlashStreamError:
                 pass  # no other worker, or none that fits: the UNAVAILABLE stands
@@ -74,7 +74,7 @@ class EnginePool:
 
     # ---- requests ----
 
-    def submit(self, request: Request) -> str:
+    def route(self, request: Request) -> str:
         """Validates and queues a request on the best worker; returns that worker's name.
 
         Raises InvalidArgument (bad or oversize prompt), ResourceExhausted (queue full) or Unavailable
@@ -93,7 +93,7 @@ class EnginePool:
             raise InvalidArgument(self._check_fits(request, next(iter(open_engines.values())).limits) or "")
         if self.num_waiting >= self.config.max_queued_requests:
             raise ResourceExhausted(f"the queue is full ({self.config.max_queued_requests} requests waiting)")
-        name, engine = fitting[0] if len(fitting) == 1 else self._route(request, fitting)
+        name, engine = fitting[0] if len(fitting) == 1 else self._best(request, fitting)
         engine.add(request)
         self._owner[request.key] = name
         if self.metrics is not None:
@@ -179,7 +179,7 @@ class EnginePool:
         return None
 
     @staticmethod
-    def _route(request: Request, fitting: list[tuple[str, Engine]]) -> tuple[str, Engine]:
+    def _best(request: Request, fitting: list[tuple[str, Engine]]) -> tuple[str, Engine]:
         probe = Sequence(request.key, list(request.prompt_token_ids), request.params)
         best: tuple[int, int] | None = None
         chosen = fitting[0]

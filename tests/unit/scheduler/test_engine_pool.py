@@ -7,8 +7,8 @@ import pytest
 from services.common.errors import ErrorCode, InvalidArgument, ResourceExhausted, Unavailable
 from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig, WorkerLimits
-from services.scheduler.plan import Request, RequestError
-from services.scheduler.router import EnginePool
+from services.scheduler.engine_pool import EnginePool
+from services.scheduler.request_events import Request, RequestFailed
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 LIMITS = WorkerLimits(block_size=4, num_kv_blocks=8, max_num_seqs=4, max_num_batched_tokens=64,
@@ -23,29 +23,29 @@ def test_prompt_that_can_never_fit_the_kv_cache_is_invalid_argument():
     pool = EnginePool(SchedulerConfig())
     pool.add_worker("w", LIMITS)
     with pytest.raises(InvalidArgument, match="can never fit the KV cache"):
-        pool.submit(req("r", list(range(30)), max_tokens=3))  # 33 tokens need 9 blocks of 4; 8 exist
+        pool.route(req("r", list(range(30)), max_tokens=3))  # 33 tokens need 9 blocks of 4; 8 exist
     with pytest.raises(InvalidArgument, match="exceeds max_model_len"):
-        pool.submit(req("r", list(range(10)), max_tokens=60))
+        pool.route(req("r", list(range(10)), max_tokens=60))
     with pytest.raises(InvalidArgument, match="empty"):
-        pool.submit(req("r", []))
+        pool.route(req("r", []))
     with pytest.raises(InvalidArgument, match="outside the vocabulary"):
-        pool.submit(req("r", [1, 500]))
+        pool.route(req("r", [1, 500]))
     assert pool.num_waiting == 0
 
 
 def test_full_queue_is_resource_exhausted_at_once():
     pool = EnginePool(SchedulerConfig(max_queued_requests=2))
     pool.add_worker("w", LIMITS)
-    pool.submit(req("a", [1]))
-    pool.submit(req("b", [2]))
+    pool.route(req("a", [1]))
+    pool.route(req("b", [2]))
     with pytest.raises(ResourceExhausted, match="queue is full"):
-        pool.submit(req("c", [3]))
+        pool.route(req("c", [3]))
     assert pool.num_waiting == 2
 
 
 def test_no_worker_is_unavailable():
     with pytest.raises(Unavailable):
-        EnginePool(SchedulerConfig()).submit(req("a", [1]))
+        EnginePool(SchedulerConfig()).route(req("a", [1]))
 
 
 def test_new_request_goes_to_the_longest_cached_prefix_then_the_least_load():
@@ -53,35 +53,35 @@ def test_new_request_goes_to_the_longest_cached_prefix_then_the_least_load():
     left = pool.add_worker("left", LIMITS)
     pool.add_worker("right", LIMITS)
     shared = list(range(100, 112))
-    assert pool.submit(req("a", shared + [1])) == "left"  # equal: the first of the least loaded
+    assert pool.route(req("a", shared + [1])) == "left"  # equal: the first of the least loaded
     run_engine(left, FakeWorker(8, 4))
-    assert pool.submit(req("b", [7, 8, 9])) == "left"  # both idle again: ties keep order
-    assert pool.submit(req("c", [7, 8, 9])) == "right"  # left has one request
-    assert pool.submit(req("d", shared + [2])) == "left"  # left caches 12 of its tokens
+    assert pool.route(req("b", [7, 8, 9])) == "left"  # both idle again: ties keep order
+    assert pool.route(req("c", [7, 8, 9])) == "right"  # left has one request
+    assert pool.route(req("d", shared + [2])) == "left"  # left caches 12 of its tokens
 
 
 def test_losing_a_worker_ends_its_streaming_requests_with_unavailable_and_moves_the_others():
     pool = EnginePool(SchedulerConfig())
     left = pool.add_worker("left", LIMITS)
     pool.add_worker("right", LIMITS)
-    assert pool.submit(req("streaming", [1], max_tokens=20)) == "left"
+    assert pool.route(req("streaming", [1], max_tokens=20)) == "left"
     worker = FakeWorker(8, 4)
     left.process_result(worker.step(left.build_plan()))  # its first token is out
     assert [type(e).__name__ for e in pool.take_events(left)] == ["TokenChunk"]
-    assert pool.submit(req("queued", [2])) == "right"
-    assert pool.submit(req("tokenless", [3])) == "left"
+    assert pool.route(req("queued", [2])) == "right"
+    assert pool.route(req("tokenless", [3])) == "left"
     events = pool.remove_worker("left", "worker left disconnected")
     assert [(e.key, e.code, e.message) for e in events] == [
         ("streaming", ErrorCode.UNAVAILABLE, "worker left disconnected")]
     assert pool.abort("streaming") is None
     assert pool.abort("tokenless") == "right"  # moved, with its prompt, to the worker left
     assert pool.abort("queued") == "right"
-    assert pool.submit(req("streaming", [1])) == "right"  # the key is free again
+    assert pool.route(req("streaming", [1])) == "right"  # the key is free again
 
 
 def test_losing_the_only_worker_ends_every_request_with_unavailable():
     pool = EnginePool(SchedulerConfig())
     pool.add_worker("only", LIMITS)
-    pool.submit(req("a", [1]))
+    pool.route(req("a", [1]))
     events = pool.remove_worker("only", "worker only disconnected")
     assert [(e.key, e.code) for e in events] == [("a", ErrorCode.UNAVAILABLE)]
