@@ -65,8 +65,9 @@ class LogprobsBuilder:
     """Logprobs in OpenAI's completions shape (tokens, token_logprobs, top_logprobs, text_offset) or chat shape
     (content: [{token, logprob, bytes, top_logprobs}]).
 
-    A token's text_offset is the number of characters of the answer before it: its tokens' bytes are decoded as
-    they come, so the bytes of one character split over several tokens put all of them at that character."""
+    A token's text_offset is the index of the first character its bytes are part of: its tokens' bytes are
+    decoded as they come, so the bytes of one character split over several tokens put all of them at that
+    character, and a token that breaks off an unfinished character starts after that character's U+FFFD."""
 
     def __init__(self, chat: bool) -> None:
         self.chat = chat
@@ -89,14 +90,24 @@ class LogprobsBuilder:
             return {"content": content}
         offsets = []
         for lp in items:
-            offsets.append(self.offset)
-            self.offset += len(self._decoder.decode(bytes(_token_bytes(lp))))
+            raw = bytes(_token_bytes(lp))
+            offsets.append(self.offset + self._replaced_before(raw))
+            self.offset += len(self._decoder.decode(raw))
         return {
             "tokens": [lp.text for lp in items],
             "token_logprobs": [lp.logprob for lp in items],
             "top_logprobs": [{t.text: t.logprob for t in lp.top} for lp in items],
             "text_offset": offsets,
         }
+
+    def _replaced_before(self, raw: bytes) -> int:
+        """1 when `raw` cannot continue the character the decoder holds unfinished: that character becomes one
+        U+FFFD made of earlier tokens' bytes alone (the bytes held are always a valid start, so exactly one)."""
+        pending = self._decoder.getstate()[0]
+        if not pending or not raw:
+            return 0
+        head = codecs.getincrementaldecoder("utf-8")("replace").decode(pending + raw[:1])
+        return 1 if head.startswith("\ufffd") else 0
 
     def merge(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
         """One logprobs object from the per-chunk ones (for a response that is not streamed)."""

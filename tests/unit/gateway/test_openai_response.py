@@ -82,6 +82,20 @@ def test_text_offsets_and_bytes_follow_the_tokens_bytes_when_a_character_spans_s
     assert [c["bytes"] for c in content] == [[0xE4], [0xBD], [0xA0], [0x20, 0x61], [0x62]]
 
 
+def test_a_token_that_breaks_off_an_unfinished_character_starts_after_its_replacement_character() -> None:
+    # b"\xe4\xbd" is an unfinished "你"; "a" cannot continue it, so the text is U+FFFD then "a" and "a" is at 1.
+    # Then b"\xe4" alone, and a token whose first byte finishes that character's second byte but not the third.
+    pieces = [(b"\xe4", "\ufffd"), (b"\xbd", "\ufffd"), (b"a", "a"), (b"\xe4", "\ufffd"), (b"\xbdb", "\ufffdb"),
+              (b"\xff", "\ufffd"), (b"c", "c")]
+    items = tuple(TokenLogprob(i, -0.5, text, (), raw) for i, (raw, text) in enumerate(pieces))
+    text = b"".join(raw for raw, _ in pieces).decode("utf-8", "replace")
+    assert text == "\ufffda\ufffdb\ufffdc"
+    completion = ResponseBuilder("cmpl-1", "m", 1, chat=False, logprobs=True)
+    done = Finished(FinishReason.LENGTH, Usage(1, len(pieces), 0))
+    logprobs = completion.choice([TextDelta(text, tuple(range(len(pieces))), items)], done)["logprobs"]
+    assert logprobs["text_offset"] == [0, 0, 1, 2, 2, 4, 5]
+
+
 def test_several_choices_count_each_prompt_once_and_every_completion() -> None:
     usages = [Usage(5, 3, 4), Usage(5, 2, 5), Usage(7, 1, 0), Usage(7, 4, 7)]
     assert combined_usage(usages, n=2) == Usage(prompt_tokens=12, completion_tokens=10, cached_tokens=4)
