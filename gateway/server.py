@@ -35,6 +35,7 @@ from services.common.metrics import Metrics
 from services.common.discovery import AddressDiscovery, add_discovery_args
 from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
+from services.port_check import binding
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,9 @@ class GatewayServer:
         self._runner = web.AppRunner(api.app, access_log=None, handler_cancellation=True,
                                      shutdown_timeout=CLOSE_GRACE_S)  # stop() has drained the requests already
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.server.host, self.config.http_port,
-                          reuse_port=self.config.reuse_port).start()
+        with binding(self.config.server.host, self.config.http_port, "HTTP API"):
+            await web.TCPSite(self._runner, self.config.server.host, self.config.http_port,
+                              reuse_port=self.config.reuse_port).start()
         self.http_port = self._runner.addresses[0][1]
         self._watcher = asyncio.create_task(self._watch_readiness())
         self.router.changed.set()  # the watcher reads the readiness reached so far

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from services.common.config import env_default, new_parser
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.internal_tls import TLS_CHANNEL_OPTIONS, InternalTls, load_internal_tls, write_stack_certs
-from services.port_check import describe_taken, is_free, port_owner
+from services.port_check import PortTaken, describe_taken, is_free, port_owner
 from services.stages import stage_parser
 from services.supervisor import Supervisor
 
@@ -40,10 +40,6 @@ if TYPE_CHECKING:
 _PR_SET_PDEATHSIG = 1
 INTERNAL_TOKEN_VARIABLE = "FLASHSTREAM_INTERNAL_TOKEN"
 INTERNAL_TLS_VARIABLE = "FLASHSTREAM_INTERNAL_TLS_DIR"
-
-
-class PortTaken(Unavailable):
-    """A port of the stack is held by a process this command did not start."""
 
 
 def _die_with_parent() -> None:

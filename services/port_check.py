@@ -9,10 +9,18 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.errors import Unavailable
+
 _TCP_LISTEN = "0A"  # socket state LISTEN in /proc/net/tcp
+
+
+class PortTaken(Unavailable):
+    """A port is held by a process other than the one that means to serve on it."""
 
 
 @dataclass(frozen=True)
@@ -78,5 +86,39 @@ def port_owner(port: int) -> PortOwner | None:
 def describe_taken(host: str, port: int, what: str) -> str:
     """One line saying that `what` cannot have host:port, and who holds it where /proc tells."""
     owner = port_owner(port)
-    holder = f" by {owner}" if owner is not None else ""
+    ephemeral = _ephemeral_range()
+    if owner is not None:
+        holder = f" by {owner}"
+    elif ephemeral is not None and ephemeral[0] <= port <= ephemeral[1]:
+        low, high = ephemeral
+        holder = (f" (no process listens on it: ports {low}-{high} are this system's range for outgoing "
+                  "connections, and one of those may hold it for a while)")
+    else:
+        holder = ""
     return f"port {port} ({what}) on {host} is already in use{holder}"
+
+
+def _ephemeral_range() -> tuple[int, int] | None:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(low), int(high)
+
+
+def _bind_failed(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+    return isinstance(exc, RuntimeError) and "Failed to bind" in str(exc)  # grpcio's add_*_port
+
+
+@contextmanager
+def binding(host: str, port: int, what: str) -> Iterator[None]:
+    """Turns a failed bind of host:port (asyncio's OSError, grpcio's RuntimeError) into PortTaken, one line
+    naming the port and its holder, instead of a traceback from deep in the server library."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if port and _bind_failed(exc):
+            raise PortTaken(describe_taken(host, port, what)) from exc
+        raise

@@ -23,6 +23,7 @@ from services.common.config import MAX_RECONNECT_BACKOFF_S
 from services.common.decode_errors import DecodeErrorsAreInvalidArgument
 from services.common.errors import ErrorCode, FlashStreamError
 from services.common.internal_tls import TLS_CHANNEL_OPTIONS, InternalTls
+from services.port_check import binding
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,10 @@ async def start_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address) if tls is None else server.add_secure_port(
-        address, tls.server_credentials())
+    host, _, wanted = address.rpartition(":")
+    with binding(host.strip("[]"), int(wanted), "gRPC"):
+        port = server.add_insecure_port(address) if tls is None else server.add_secure_port(
+            address, tls.server_credentials())
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     await server.start()

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.common.errors import ErrorCode
+from services.port_check import binding
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -274,5 +275,6 @@ async def start_status_server(host: str, port: int, metrics: Metrics, ready: Cal
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if port:
-        await web.TCPSite(runner, host, port).start()
+        with binding(host, port, "status HTTP"):
+            await web.TCPSite(runner, host, port).start()
     return runner

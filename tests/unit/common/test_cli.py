@@ -171,3 +171,19 @@ def test_a_taken_port_is_named_with_its_process_before_anything_starts(capsys: p
         assert err.startswith(f"error: {describe_taken('127.0.0.1', port, 'gateway HTTP API')}")
         assert f"port {port} (gateway HTTP API) on 127.0.0.1 is already in use by pid {os.getpid()}: " in err
     assert is_free("127.0.0.1", port)
+
+
+def test_a_port_held_by_no_listener_in_the_outgoing_range_says_that_range_may_hold_it() -> None:
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    with socket.socket() as outgoing:  # bound, not listening: as a connection's local port is
+        for port in range(high, low, -1):
+            try:
+                outgoing.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+        assert port_owner(port) is None and not is_free("127.0.0.1", port)
+        assert describe_taken("127.0.0.1", port, "scheduler status HTTP") == (
+            f"port {port} (scheduler status HTTP) on 127.0.0.1 is already in use (no process listens on it: ports "
+            f"{low}-{high} are this system's range for outgoing connections, and one of those may hold it for a "
+            "while)")
