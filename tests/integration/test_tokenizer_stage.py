@@ -116,7 +116,12 @@ def test_upstream_abort_is_forwarded_and_ends_with_abort(model_dir: Path, tokeni
             assert first.events[0].request_id == "x"
             await call.write(tokenizer_pb2.TokenizerUp(abort_request_ids=["x"]))
             events, _ = await read_until_terminal(call, {"x"})
-            assert events["x"][-1].done.finish_reason == common_pb2.FINISH_REASON_ABORT
+            done = events["x"][-1].done
+            assert done.finish_reason == common_pb2.FINISH_REASON_ABORT
+            streamed = [t for e in [*first.events, *events["x"]] if e.WhichOneof("event") == "chunk"
+                        for t in e.chunk.token_ids]
+            assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (
+                len(tokenizer.encode("The river", add_special_tokens=True)), len(streamed))
             assert await eventually(lambda: bool(h.fake.aborts)) and h.fake.aborts == ["1:x"]
             await call.done_writing()
 
