@@ -68,7 +68,14 @@ class ServerConfig:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every command's help: each option with its default (after FLASHSTREAM_* variables), descriptions and
-    examples kept as written."""
+    examples kept as written. A flag that takes no value is off unless given, whatever its stored default
+    (--no-internal-tls stores False), so its help says "default: off" rather than that value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.option_strings and action.nargs == 0 and not isinstance(
+                action, (argparse._HelpAction, argparse._VersionAction)):
+            return f"{action.help} (default: off)"
+        return super()._get_help_string(action)
 
 
 def new_parser(prog: str, description: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
