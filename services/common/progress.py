@@ -46,7 +46,7 @@ class Progress:
 
     def _line(self, percent: int) -> None:
         done, total = self.done / self.scale, self.total / self.scale
-        fmt = "g" if self.scale == 1.0 else ".0f"
+        fmt = "g" if self.scale == 1.0 else ".0f" if total >= 10 else ".1f"
         unit = f" {self.unit}" if self.unit else ""
         print(f"{self.what}: {percent}% ({done:{fmt}}/{total:{fmt}}{unit})", file=self.stream, flush=True)
 
@@ -55,5 +55,15 @@ class Progress:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        # `total` may be an estimate (file sizes, headers included, against the tensors' bytes): a task that
+        # finished ends at 100% rather than at the last tenth it reached.
+        if exc_type is None and self.done < self.total:
+            if self._bar is not None:
+                self._bar.update(self.total - self.done)
+                self.done = self.total
+            else:
+                self.done = self.total
+                if self._next_tenth <= 10:
+                    self._line(100)
         if self._bar is not None:
             self._bar.close()
