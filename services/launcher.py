@@ -2,15 +2,15 @@
 
 Children are started in pipeline order (workers, scheduler, tokenizer, gateway), each once the one it
 dials reports SERVING. Between them every call carries a fresh internal token and, unless --no-internal-tls,
-travels over mutual TLS with a throwaway CA and certificate made for the run (removed when it stops). They die with the launcher (PR_SET_PDEATHSIG on Linux), so even a killed
-launcher leaves no orphan; on Ctrl-C or SIGTERM the launcher stops them in reverse order.
+travels over mutual TLS with a throwaway CA and certificate made for the run (removed when it stops). They die
+with the launcher (PR_SET_PDEATHSIG on Linux, which each stage asks for as it starts), so even a killed launcher
+leaves no orphan; on Ctrl-C or SIGTERM the launcher stops them in reverse order.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import io
 import os
 import secrets
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from services.common.config import env_default, new_parser
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.internal_tls import TLS_CHANNEL_OPTIONS, InternalTls, load_internal_tls, write_stack_certs
+from services.common.stage import LAUNCHER_PID_VARIABLE
 from services.port_check import PortTaken, describe_taken, is_free, port_owner
 from services.stages import stage_parser
 from services.supervisor import Supervisor
@@ -37,17 +38,8 @@ from services.supervisor import Supervisor
 if TYPE_CHECKING:
     import grpc
 
-_PR_SET_PDEATHSIG = 1
 INTERNAL_TOKEN_VARIABLE = "FLASHSTREAM_INTERNAL_TOKEN"
 INTERNAL_TLS_VARIABLE = "FLASHSTREAM_INTERNAL_TLS_DIR"
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel to SIGTERM it when the launcher dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: the launcher's own handlers still stop the children
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -150,8 +142,9 @@ class Stack:
         if self.log_dir is not None:
             out = open(self.log_dir / f"{stage.name}.log", "ab")  # noqa: SIM115 - handed to the child
         cmd = [sys.executable, "-m", "services.cli", "serve", *stage.argv]
-        stage.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                      preexec_fn=_die_with_parent)
+        # No preexec_fn: the stage asks to die with the launcher itself (services.common.stage.die_with_launcher).
+        env = {**self.env, LAUNCHER_PID_VARIABLE: str(os.getpid())}
+        stage.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
 
     def start(self, stage: ChildStage, env: dict[str, str], ready_timeout_s: float, log_dir: Path | None) -> None:
         self.env, self.log_dir = env, log_dir

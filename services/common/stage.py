@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine
@@ -38,9 +40,30 @@ def exit_within(seconds: float) -> None:
     timer.start()
 
 
+# Set by `flashstream up` in each stage's environment: the launcher's pid, whose death ends the stage.
+LAUNCHER_PID_VARIABLE = "FLASHSTREAM_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher() -> bool:
+    """For a stage that `flashstream up` started: asks the kernel for SIGTERM when the launcher dies; False when
+    the launcher is gone already. The stage asks for itself rather than the launcher between fork and exec: Python
+    code there (subprocess's preexec_fn) makes subprocess fork instead of vfork, and gRPC's fork handlers then abort
+    some of the children of a launcher busy with gRPC calls before they exec."""
+    launcher = os.environ.get(LAUNCHER_PID_VARIABLE)
+    if not launcher or not sys.platform.startswith("linux"):
+        return True  # not Linux: the launcher's own handlers still stop its stages
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    return os.getppid() == int(launcher)  # checked after asking: the launcher may have died before
+
+
 def run_stage_process(main: Coroutine[Any, Any, int]) -> int:
     """asyncio.run(main) for a stage's process: once main returns (the stage stopped), the process exits within
-    EXIT_MARGIN_S whatever is left running."""
+    EXIT_MARGIN_S whatever is left running. A stage whose launcher is gone does not start."""
+    if not die_with_launcher():
+        main.close()
+        log.warning("the launcher that started this stage has exited; not starting")
+        return 0
 
     async def guarded() -> int:
         try:
