@@ -1,8 +1,8 @@
 """What `flashstream up` does when one of its stages exits: a worker is restarted while others keep serving.
 
 A worker that exits is started again after a delay that doubles with each restart (RESTART_DELAYS_S); one that
-ran for STABLE_S before exiting starts the count over. The stack stops when a stage other than a worker exits,
-when no worker is running any more, or when a worker has used up its restarts.
+ran for STABLE_S before exiting starts the count over; one that has used up its restarts stays down while the
+others serve. The stack stops when a stage other than a worker exits or when no worker is running any more.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class _Restarts:
     count: int = 0
     due: float | None = None  # when the pending restart starts the process; None: none pending
     started: float = 0.0  # when the running process was started
+    given_up: bool = False  # used up its restarts: it stays down
 
 
 class Supervisor:
@@ -47,14 +48,18 @@ class Supervisor:
             if not stage.is_worker:
                 return f"{stage.name} exited with code {stage.proc.returncode}; stopping"
             restarts = self._restarts[stage.name]
+            if restarts.given_up:
+                continue
             if restarts.due is None:  # newly exited
                 if not any(self._running(s) for s in self.stack.stages if s.is_worker):
                     return f"{stage.name} exited with code {stage.proc.returncode} and no worker is left; stopping"
                 if now - restarts.started >= self.stable_s:
                     restarts.count = 0
                 if restarts.count >= len(self.delays):
-                    return (f"{stage.name} exited with code {stage.proc.returncode} after {restarts.count} restarts; "
-                            "stopping")
+                    restarts.given_up = True
+                    self.say(f"{stage.name} exited with code {stage.proc.returncode} after {restarts.count} restarts; "
+                             "it stays down, the other workers keep serving")
+                    continue
                 delay = self.delays[restarts.count]
                 restarts.due = now + delay
                 restarts.count += 1

@@ -62,7 +62,25 @@ def test_a_dead_worker_is_restarted_after_growing_delays_and_the_stack_keeps_ser
     supervisor.check()
     stack.stages[1].proc.returncode = 1
     clock.now = 5.0
-    assert supervisor.check() == "worker1 exited with code 1 after 2 restarts; stopping"
+    assert supervisor.check() is None
+    assert lines[-1] == "worker1 exited with code 1 after 2 restarts; it stays down, the other workers keep serving"
+
+
+def test_a_worker_out_of_restarts_stays_down_and_the_stack_stops_when_the_last_worker_exits():
+    stack, clock, lines = _stack(), Clock(), []
+    supervisor = Supervisor(stack, lines.append, clock, delays=(1.0,), stable_s=60.0)
+    stack.stages[1].proc.returncode = 1
+    supervisor.check()
+    clock.now = 1.0
+    supervisor.check()
+    stack.stages[1].proc.returncode = 1
+    clock.now = 2.0
+    assert supervisor.check() is None
+    clock.now = 100.0
+    assert supervisor.check() is None  # it is not restarted, nor said again
+    assert (stack.spawned, len(lines)) == (["worker1"], 3)
+    stack.stages[0].proc.returncode = -9
+    assert supervisor.check() == "worker0 exited with code -9 and no worker is left; stopping"
 
 
 def test_a_worker_that_ran_a_while_starts_its_restart_count_over():
