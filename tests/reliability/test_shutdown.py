@@ -4,11 +4,14 @@ that comes back is found again within the 2 s reconnect backoff.
 
 One stack of processes (demo model on the CPU, drain limit DRAIN_S on every stage) goes through the scenarios in
 order: the scheduler stopped idle and brought back, the scheduler stopped under load, the worker stopped under
-load and brought back, the tokenizer stopped under load and brought back, the gateway stopped under load.
+load and brought back, the tokenizer stopped under load and brought back, the gateway stopped under load (gRPC
+and HTTP streams).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 import subprocess
 import threading
@@ -105,6 +108,44 @@ class LongStreams:
         return self.endings
 
 
+class HttpStreams:
+    """NUM_STREAMS streamed completions over HTTP (server-sent events), far longer than the drain limit, read in
+    threads; each records (HTTP status, the error event's message or "", whether [DONE] came) and its tokens."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.endings: list[tuple[int, str, bool]] = []
+        self.tokens = [0] * NUM_STREAMS
+        self._threads = [threading.Thread(target=self._run, args=(host, int(port), i), daemon=True)
+                         for i in range(NUM_STREAMS)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, host: str, port: int, i: int) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=120)
+        body = {"model": "flashstream-demo", "prompt": f"http stream {i}", "max_tokens": 1900, "ignore_eos": True,
+                "stream": True}
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        error, done = "", False
+        for line in response:
+            if line.startswith(b"data: [DONE]"):
+                done = True
+            elif line.startswith(b"data: "):
+                event = json.loads(line[len(b"data: "):])
+                if "error" in event:
+                    error = event["error"]["message"]
+                else:
+                    self.tokens[i] += 1
+        connection.close()
+        self.endings.append((response.status, error, done))
+
+    def join(self) -> list[tuple[int, str, bool]]:
+        for thread in self._threads:
+            thread.join(timeout=60)
+        return self.endings
+
+
 def _generate_once(target: str, timeout_s: float) -> grpc.StatusCode:
     with grpc.insecure_channel(target) as channel:
         request = gateway_pb2.GenerateRequest(prompt="hello", options=gateway_pb2.GenerateOptions(
@@ -178,6 +219,11 @@ def test_the_tokenizer_stopped_under_load_ends_every_stream_with_unavailable_and
 
 
 def test_the_gateway_stopped_under_load_ends_every_stream_with_unavailable_and_exits_in_time(stack: Stack) -> None:
+    http_streams = HttpStreams(stack.gateway_http)  # beside the gRPC streams _stop_under_load starts
     endings = _stop_under_load(stack, "gateway")
     assert [how for how, _, _ in endings] == ["UNAVAILABLE"] * NUM_STREAMS, (endings, stage_logs(stack.log_dir))
     assert all(details.startswith("the gateway shut down before the request finished") for _, _, details in endings)
+    http_endings = http_streams.join()
+    print(f"HTTP streams: {http_endings}, {http_streams.tokens} tokens")
+    assert http_endings == [(200, "the gateway shut down before the request finished; retry it", True)] * NUM_STREAMS
+    assert all(0 < tokens < 1900 for tokens in http_streams.tokens)
