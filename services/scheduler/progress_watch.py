@@ -3,7 +3,9 @@ is stalled (a stopped process, a hung device), which its open connection alone w
 
 The clock of a step starts when it is sent or, with another step still ahead of it, when that one's result
 arrives (the worker runs steps in order). A step gets StallConfig.timeout_s, plus time for the prompt tokens it
-holds; the first steps of a connection get first_steps_timeout_s, since they may compile kernels.
+holds; the first steps of a connection get first_steps_timeout_s, since they may compile kernels, unless the
+worker process is warm already (it got past its first steps on an earlier connection: a stalled worker that
+answered again).
 """
 
 from __future__ import annotations
@@ -32,17 +34,23 @@ def _prefill_tokens(plan: StepPlan) -> int:
 class ProgressWatch:
     """Sent steps and returned results of one connection; `watch` raises WorkerStalled when progress stops."""
 
-    def __init__(self, config: StallConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: StallConfig, clock: Callable[[], float] = time.monotonic, warm: bool = False) -> None:
         self.config = config
         self.clock = clock
+        self.warm = warm  # no compile allowance for the first steps
         self._allowances: deque[float] = deque()  # seconds each in-flight step may take, oldest first
         self._started = clock()  # when the oldest in-flight step started running
         self._num_results = 0
 
+    @property
+    def past_first_steps(self) -> bool:
+        """Whether the worker has returned its first steps (it compiled what they needed)."""
+        return self.warm or self._num_results >= self.config.first_steps
+
     def sent(self, plan: StepPlan) -> None:
         if not self._allowances:
             self._started = self.clock()
-        first = self._num_results + len(self._allowances) < self.config.first_steps
+        first = not self.warm and self._num_results + len(self._allowances) < self.config.first_steps
         allowance = self.config.timeout_s + _prefill_tokens(plan) * self.config.per_prefill_token_s
         self._allowances.append(max(allowance, self.config.first_steps_timeout_s) if first else allowance)
 

@@ -37,6 +37,9 @@ class WorkerConnection:
         self.pool = pool
         self.wake = asyncio.Event()  # set when the engine may have something new to schedule
         self.num_connects = 0
+        # worker_id (one per process) of the worker here that got past its first steps: connected again (after a
+        # stall) it has compiled its kernels, so its first steps get no compile allowance.
+        self.warm_worker_id = ""
 
     async def run(self) -> None:
         backoff = self.pool.backoff
@@ -63,7 +66,7 @@ class WorkerConnection:
                          info.worker_id, info.architecture, info.dtype, info.device, info.num_kv_blocks,
                          info.block_size)
                 self.pool.notify_workers_changed()
-                await self._serve(engine, stub.Step(metadata=self.pool.metadata))
+                await self._serve(engine, stub.Step(metadata=self.pool.metadata), info.worker_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means the worker is lost; retry
@@ -104,8 +107,8 @@ class WorkerConnection:
             await channel.close()
         await asyncio.sleep(self.pool.backoff.initial_s)
 
-    async def _serve(self, engine: Engine, call: grpc.aio.StreamStreamCall) -> None:
-        progress = ProgressWatch(self.pool.stall)
+    async def _serve(self, engine: Engine, call: grpc.aio.StreamStreamCall, worker_id: str) -> None:
+        progress = ProgressWatch(self.pool.stall, warm=bool(worker_id) and worker_id == self.warm_worker_id)
         tasks = [asyncio.create_task(self._send_loop(engine, call, progress)),
                  asyncio.create_task(self._receive_loop(engine, call, progress)),
                  asyncio.create_task(progress.watch(self.address))]
@@ -114,6 +117,8 @@ class WorkerConnection:
             for task in done:
                 task.result()
         finally:
+            if progress.past_first_steps:
+                self.warm_worker_id = worker_id
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fake-token-id", type=int, default=env_default("fake_token_id", -1),
         help="token fake mode returns (-1: the smallest non-EOS id)")
     add("--seed", type=int, default=env_default("seed", 0), help="seed of dummy weights")
-    add("--worker-id", default=env_default("worker_id", ""), help="name in Worker.Info (default: host-pid)")
+    add("--worker-id", default=env_default("worker_id", ""),
+        help="name in Worker.Info, one per process: a scheduler that saw it past its first steps gives them no "
+             "kernel-compile time again (default: host-pid)")
     add("--kernel-profile-dir", default=env_default("kernel_profile_dir", ""),
         help="on SIGUSR1, trace the next --kernel-profile-steps steps with torch.profiler and write a summary of "
              "the device kernels here (default: off)")

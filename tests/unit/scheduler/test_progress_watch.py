@@ -43,6 +43,21 @@ def test_the_first_steps_get_the_compile_allowance_and_later_ones_the_timeout():
     assert watch.stalled_for() == 0.5
 
 
+def test_a_worker_past_its_first_steps_on_an_earlier_connection_gets_no_compile_allowance():
+    clock = Clock()
+    first = ProgressWatch(CONFIG, clock)
+    assert not first.past_first_steps
+    for step_id in range(2):
+        first.sent(_decode_plan(step_id))
+        first.returned()
+    assert first.past_first_steps
+    again = ProgressWatch(CONFIG, clock, warm=True)
+    assert again.past_first_steps
+    again.sent(_decode_plan(0))
+    clock.now += 3.5
+    assert again.stalled_for() == 0.5
+
+
 def test_a_step_behind_another_starts_its_clock_when_the_one_ahead_returns():
     clock = Clock()
     watch = ProgressWatch(StallConfig(timeout_s=3.0, first_steps=0), clock)
