@@ -109,7 +109,10 @@ def test_abort_ends_the_request_and_frees_its_blocks_at_the_next_step():
         await wait_until(lambda: len(client.tokens("long")) >= 3)
         await client.send(aborts=["long", "unknown"])
         await client.wait_done("long")
-        assert client.terminal("long").done.finish_reason == common_pb2.FINISH_REASON_ABORT
+        done = client.terminal("long").done
+        assert done.finish_reason == common_pb2.FINISH_REASON_ABORT
+        # Usage counts the prompt and every token streamed before the abort, no more.
+        assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (5, len(client.tokens("long")))
         assert stage.pool.engines.kv_cache_usage == 0.0
         await wait_until(lambda: any(p.finished_seq_ids == [0] for p in workers[0].plans))
         assert "unknown" not in client.events

@@ -159,6 +159,18 @@ def test_a_preset_gets_a_folder_whose_tokenizer_covers_its_vocabulary(capsys: py
     assert code == 0 and "building" not in out  # built once
 
 
+def test_the_demo_build_message_prints_on_the_run_that_builds_and_on_no_later_run(
+        capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHSTREAM_CACHE_DIR", str(tmp_path / "fresh"))
+    code, out, err = _dry_run(capsys, ["--base-port", "0", "--http-port", "0"])
+    assert (code, err) == (0, "".join(f"building the demo model: {p}% ({i}/3 step)\n"
+                                      for i, p in ((1, 33), (2, 66), (3, 100))))
+    assert out.startswith("building the demo model (first run only) ...\n")
+    code, out, err = _dry_run(capsys, ["--base-port", "0", "--http-port", "0"])
+    assert (code, err) == (0, "")
+    assert "building" not in out and out.startswith("worker0: flashstream serve worker ")
+
+
 def test_a_taken_port_is_named_with_its_process_before_anything_starts(capsys: pytest.CaptureFixture) -> None:
     import os
 
