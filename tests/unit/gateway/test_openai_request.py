@@ -125,6 +125,8 @@ def _err(message: str, param: str | None, code: str) -> dict[str, Any]:
     ({"prompt": "x", "temperature": 5}, False, "'temperature' must be between 0 and 2, got 5", "temperature",
      "invalid_value"),
     ({"prompt": "x", "top_p": 1.5}, False, "'top_p' must be between 0 and 1, got 1.5", "top_p", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "U"}], "logprobs": True, "top_logprobs": 21}, True,
+     "logprobs must be in [0, 20], got 21", "top_logprobs", "invalid_value"),
     ({"prompt": "x", "presence_penalty": 2.5}, False, "presence_penalty must be in [-2, 2], got 2.5",
      "presence_penalty", "invalid_value"),
     ({"prompt": "x", "frequency_penalty": -3}, False, "frequency_penalty must be in [-2, 2], got -3.0",
