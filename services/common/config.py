@@ -6,12 +6,13 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from services.common.errors import InvalidArgument
 
 T = TypeVar("T", int, float, str, bool)
+C = TypeVar("C")
 
 # Longest wait between two attempts to reach a lost stage, in every reconnect loop and in gRPC channels.
 MAX_RECONNECT_BACKOFF_S = 2.0
@@ -38,6 +39,34 @@ def env_default(name: str, default: T, environ: Mapping[str, str] | None = None)
         return type(default)(raw)
     except ValueError as exc:
         raise InvalidArgument(f"FLASHSTREAM_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from exc
+
+
+def option(default: Any, help: str, *, name: str = "", choices: Sequence[str] | None = None) -> Any:
+    """A config field that is also the flag --<name> and the variable FLASHSTREAM_<NAME>, which gives the flag's
+    default (name: the field's own unless given). A bool becomes --<name>/--no-<name>."""
+    return field(default=default, metadata={"help": help, "name": name, "choices": choices})
+
+
+def _options(config_cls: type) -> list[tuple[str, Any]]:
+    """(option name, field) of each option() field of config_cls."""
+    return [(f.metadata["name"] or f.name, f) for f in fields(config_cls) if "help" in f.metadata]
+
+
+def add_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """Adds a flag for each option() field of config_cls, its default read from FLASHSTREAM_<NAME>."""
+    for name, f in _options(config_cls):
+        kwargs: dict[str, Any] = {"default": env_default(name, f.default), "help": f.metadata["help"]}
+        if isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=type(f.default), choices=f.metadata["choices"])
+        parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
+
+
+def config_from_args(config_cls: type[C], args: argparse.Namespace, **values: Any) -> C:
+    """config_cls from the flags add_options added, plus `values` for its other fields."""
+    values.update({f.name: getattr(args, name) for name, f in _options(config_cls)})
+    return config_cls(**values)
 
 
 @dataclass(frozen=True)

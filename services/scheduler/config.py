@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import MAX_RECONNECT_BACKOFF_S, ServerConfig, check_host_port
+from services.common.config import MAX_RECONNECT_BACKOFF_S, ServerConfig, check_host_port, option
 from services.common.errors import InvalidArgument
 
 POLICIES = ("continuous", "static")
@@ -15,14 +15,18 @@ MAX_STEPS_IN_FLIGHT = 4
 class SchedulerConfig:
     """Batching limits and policy; the per-worker limits are the smaller of these and the worker's own."""
 
-    max_num_seqs: int = 1024  # most sequences in one step
-    max_num_batched_tokens: int = 8192  # token budget of one step
-    max_queued_requests: int = 4096  # waiting requests across the pool before RESOURCE_EXHAUSTED
-    policy: str = "continuous"  # "continuous" or "static" (the baseline: run a batch to completion)
-    enable_prefix_caching: bool = True
-    # Plans sent to a worker and not yet answered. With 2 the worker sees the next plan while a step runs; with
-    # 3 that plan was built a step earlier, so the scheduler's round trip leaves the worker's critical path.
-    max_steps_in_flight: int = 2
+    max_num_seqs: int = option(1024, "most sequences running at once (the worker's own limit also applies)")
+    max_num_batched_tokens: int = option(8192, "token budget of one step; a longer prompt is prefilled in chunks")
+    max_queued_requests: int = option(
+        4096, "waiting requests beyond which new ones get RESOURCE_EXHAUSTED (HTTP 429)")
+    policy: str = option("continuous", "continuous batching, or static batches run to completion (the baseline)",
+                         choices=POLICIES)
+    enable_prefix_caching: bool = option(True, "reuse the KV blocks of prompt prefixes seen before")
+    # With 2 the worker sees the next plan while a step runs; with 3 that plan was built a step earlier, so the
+    # scheduler's round trip leaves the worker's critical path.
+    max_steps_in_flight: int = option(
+        2, "plans sent to a worker before its oldest is answered (1 to 4); more hide the round trip through the "
+           "scheduler, at the cost of tokens computed after a sequence stopped")
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_queued_requests"):
@@ -68,7 +72,9 @@ class BackoffConfig:
 class StallConfig:
     """When a worker with steps in flight that returns nothing is declared stalled (see progress_watch)."""
 
-    timeout_s: float = 3.0  # no result for this long while a step is in flight
+    timeout_s: float = option(
+        3.0, "a worker with steps in flight that returns nothing this long (plus time for large prefills) is "
+             "stalled: its requests move or fail, it gets no work until it answers", name="stall_timeout_s")
     per_prefill_token_s: float = 0.001  # more time per prompt token in the step (a large prefill is slow)
     first_steps: int = 8  # the first steps of a connection may compile kernels:
     first_steps_timeout_s: float = 60.0  # they get this long
@@ -89,7 +95,8 @@ class SchedulerStageConfig:
     stall: StallConfig = field(default_factory=StallConfig)
     worker_service: str = ""  # host:port whose DNS addresses are workers too (a headless Service), re-resolved
     discovery_interval_s: float = 5.0  # how often worker_service is resolved again
-    worker_drain_timeout_s: float = 30.0  # how long a worker that left keeps its running requests
+    worker_drain_timeout_s: float = option(
+        30.0, "how long a worker that left the pool keeps its running requests before they fail")
 
     def __post_init__(self) -> None:
         if not self.workers and not self.worker_service:

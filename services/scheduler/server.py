@@ -8,14 +8,15 @@ import logging
 
 from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
+from services.common.config import (add_options, add_server_args, config_from_args, env_default, new_parser,
+                                    server_config, setup_logging, split_csv)
 from services.common.call_auth import internal_auth
 from services.common.internal_tls import load_internal_tls
 from services.common.grpc_server import StageServer, start_server
 from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
-from services.scheduler.config import POLICIES, SchedulerConfig, SchedulerStageConfig, StallConfig
+from services.scheduler.config import SchedulerConfig, SchedulerStageConfig, StallConfig
 from services.common.discovery import AddressDiscovery, add_discovery_args
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerPool
@@ -28,53 +29,24 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("flashstream serve scheduler", __doc__)
     add_server_args(parser, "scheduler")
-    defaults = SchedulerConfig()
     parser.add_argument("--workers", default=env_default("workers", "127.0.0.1:50053"),
                         help="worker addresses, host:port[,host:port...] (may be empty with --worker-service)")
     add_discovery_args(parser, "worker-service", "workers")
-    parser.add_argument("--worker-drain-timeout-s", type=float, default=env_default("worker_drain_timeout_s", 30.0),
-                        help="how long a worker that left the pool keeps its running requests before they fail")
-    parser.add_argument("--max-num-seqs", type=int, default=env_default("max_num_seqs", defaults.max_num_seqs),
-                        help="most sequences running at once (the worker's own limit also applies)")
-    parser.add_argument("--max-num-batched-tokens", type=int,
-                        default=env_default("max_num_batched_tokens", defaults.max_num_batched_tokens),
-                        help="token budget of one step; a longer prompt is prefilled in chunks")
-    parser.add_argument("--max-queued-requests", type=int,
-                        default=env_default("max_queued_requests", defaults.max_queued_requests),
-                        help="waiting requests beyond which new ones get RESOURCE_EXHAUSTED (HTTP 429)")
-    parser.add_argument("--policy", choices=POLICIES, default=env_default("policy", defaults.policy),
-                        help="continuous batching, or static batches run to completion (the baseline)")
-    parser.add_argument("--stall-timeout-s", type=float, default=env_default("stall_timeout_s", StallConfig.timeout_s),
-                        help="a worker with steps in flight that returns nothing this long (plus time for large "
-                             "prefills) is stalled: its requests move or fail, it gets no work until it answers")
-    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                        default=env_default("enable_prefix_caching", defaults.enable_prefix_caching),
-                        help="reuse the KV blocks of prompt prefixes seen before")
-    parser.add_argument("--max-steps-in-flight", type=int,
-                        default=env_default("max_steps_in_flight", defaults.max_steps_in_flight),
-                        help="plans sent to a worker before its oldest is answered (1 to 4); more hide the "
-                             "round trip through the scheduler, at the cost of tokens computed after a sequence "
-                             "stopped")
+    for config_cls in (SchedulerStageConfig, SchedulerConfig, StallConfig):
+        add_options(parser, config_cls)
     return parser
 
 
 def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
     args = build_parser().parse_args(argv)
-    return SchedulerStageConfig(
+    return config_from_args(
+        SchedulerStageConfig, args,
         server=server_config(args),
         workers=tuple(split_csv(args.workers)),
         worker_service=args.worker_service,
         discovery_interval_s=args.discovery_interval_s,
-        worker_drain_timeout_s=args.worker_drain_timeout_s,
-        scheduler=SchedulerConfig(
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_queued_requests=args.max_queued_requests,
-            policy=args.policy,
-            enable_prefix_caching=args.enable_prefix_caching,
-            max_steps_in_flight=args.max_steps_in_flight,
-        ),
-        stall=StallConfig(timeout_s=args.stall_timeout_s),
+        scheduler=config_from_args(SchedulerConfig, args),
+        stall=config_from_args(StallConfig, args),
     )
 
 
