@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -41,10 +41,12 @@ def env_default(name: str, default: T, environ: Mapping[str, str] | None = None)
         raise InvalidArgument(f"FLASHSTREAM_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from exc
 
 
-def option(default: Any, help: str, *, name: str = "", choices: Sequence[str] | None = None) -> Any:
+def option(default: Any, help: str, *, name: str = "", choices: Sequence[str] | None = None,
+           type: Callable[[str], Any] | None = None) -> Any:
     """A config field that is also the flag --<name> and the variable FLASHSTREAM_<NAME>, which gives the flag's
-    default (name: the field's own unless given). A bool becomes --<name>/--no-<name>."""
-    return field(default=default, metadata={"help": help, "name": name, "choices": choices})
+    default (name: the field's own unless given; type: the default's type unless given). A bool becomes
+    --<name>/--no-<name>."""
+    return field(default=default, metadata={"help": help, "name": name, "choices": choices, "type": type})
 
 
 def _options(config_cls: type) -> list[tuple[str, Any]]:
@@ -59,7 +61,7 @@ def add_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
         if isinstance(f.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs.update(type=type(f.default), choices=f.metadata["choices"])
+            kwargs.update(type=f.metadata["type"] or type(f.default), choices=f.metadata["choices"])
         parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
 
 
@@ -73,14 +75,20 @@ def config_from_args(config_cls: type[C], args: argparse.Namespace, **values: An
 class ServerConfig:
     """Where a stage listens and how it stops."""
 
-    host: str = "127.0.0.1"
+    host: str = option("127.0.0.1", "address to listen on")
+    # The ports' flags and variables are named after the stage, and the secret's default must not show in --help:
+    # add_server_args declares these three.
     port: int = 0
     status_port: int = 0  # HTTP /metrics, /health, /ready; 0 disables
-    log_level: str = "INFO"
-    drain_timeout_s: float = 30.0
     internal_token: str = field(default="", repr=False)  # the internal stages' shared secret ("": none)
-    internal_tls_dir: str = ""  # ca.crt, tls.crt and tls.key of mutual TLS between the stages ("": plaintext)
-    otlp_endpoint: str = ""  # OTLP gRPC collector for the stage's trace spans; "" means no tracing
+    log_level: str = option("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper)
+    drain_timeout_s: float = option(30.0, "on SIGTERM, how long running requests may finish before the stage stops")
+    internal_tls_dir: str = option(
+        "", "folder with ca.crt, tls.crt and tls.key (a mounted Kubernetes TLS Secret): the internal stages serve "
+            "mutual TLS and every stage dials them with this certificate ('': plaintext)")
+    otlp_endpoint: str = option(
+        "", "OTLP gRPC collector (e.g. http://otel-collector:4317) that receives a span per request from this "
+            "stage; empty: no tracing (needs the tracing extra)")
 
     def __post_init__(self) -> None:
         for name in ("port", "status_port"):
@@ -113,44 +121,26 @@ def new_parser(prog: str, description: str | None, epilog: str | None = None) ->
 
 
 def add_server_args(parser: argparse.ArgumentParser, stage: str, status_port: bool = True) -> None:
-    """Adds --host, --port, --status-port (unless status_port is False: a stage whose status routes share
-    another server), --log-level, --drain-timeout-s with FLASHSTREAM_* defaults."""
+    """Adds ServerConfig's options: --port and --status-port (unless status_port is False: a stage whose status
+    routes share another server) with FLASHSTREAM_<STAGE>_PORT and _STATUS_PORT defaults, --internal-token, and
+    the option() fields."""
     grpc_port, default_status_port = DEFAULT_PORTS[stage]
-    parser.add_argument("--host", default=env_default("host", "127.0.0.1"), help="address to listen on")
     parser.add_argument("--port", type=int, default=env_default(f"{stage}_port", grpc_port),
                         help="gRPC port (0: any free port)")
     if status_port:
         parser.add_argument("--status-port", type=int,
                             default=env_default(f"{stage}_status_port", default_status_port),
                             help="HTTP port of /metrics, /health and /ready (0: none)")
-    parser.add_argument("--log-level", default=env_default("log_level", "INFO"),
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper, help="logging level")
-    parser.add_argument("--drain-timeout-s", type=float, default=env_default("drain_timeout_s", 30.0),
-                        help="on SIGTERM, how long running requests may finish before the stage stops")
     # The default is not read from the environment here, so that --help never prints the secret.
     parser.add_argument("--internal-token", default="",
                         help="secret every internal call carries and every internal stage requires (default: "
                              "FLASHSTREAM_INTERNAL_TOKEN, which `ps` does not show; none: any caller is let in)")
-    parser.add_argument("--internal-tls-dir", default=env_default("internal_tls_dir", ""),
-                        help="folder with ca.crt, tls.crt and tls.key (a mounted Kubernetes TLS Secret): the internal "
-                             "stages serve mutual TLS and every stage dials them with this certificate ('': "
-                             "plaintext)")
-    parser.add_argument("--otlp-endpoint", default=env_default("otlp_endpoint", ""),
-                        help="OTLP gRPC collector (e.g. http://otel-collector:4317) that receives a span per "
-                             "request from this stage; empty: no tracing (needs the tracing extra)")
+    add_options(parser, ServerConfig)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
-        host=args.host,
-        port=args.port,
-        status_port=getattr(args, "status_port", 0),
-        log_level=args.log_level,
-        drain_timeout_s=args.drain_timeout_s,
-        internal_token=args.internal_token or env_default("internal_token", ""),
-        internal_tls_dir=args.internal_tls_dir,
-        otlp_endpoint=args.otlp_endpoint,
-    )
+    return config_from_args(ServerConfig, args, port=args.port, status_port=getattr(args, "status_port", 0),
+                            internal_token=args.internal_token or env_default("internal_token", ""))
 
 
 def setup_logging(level: str, stage: str) -> None:
