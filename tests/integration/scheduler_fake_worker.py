@@ -17,27 +17,20 @@ from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker
 
 from services.common.config import ServerConfig
 from services.common.grpc_server import create_channel, start_server
-from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, NewSeq, StepPlan
+from services.common.step import StepPlan
 from services.scheduler.config import BackoffConfig, SchedulerConfig, SchedulerStageConfig, StallConfig
-from services.worker.pb import cached_seqs_from_pb
+from services.worker.pb import plan_from_pb as worker_plan_from_pb
 from tests.unit.scheduler.fake_worker import FakeWorker
 
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
 def plan_from_pb(pb: worker_pb2.StepPlan) -> StepPlan:
-    return StepPlan(
-        step_id=pb.step_id,
-        new_seqs=[
-            NewSeq(n.seq_id, list(n.token_ids), n.num_prompt_tokens, SamplingParams.from_pb(n.sampling),
-                   list(n.block_ids), n.num_computed_tokens, n.num_scheduled_tokens)
-            for n in pb.new_seqs
-        ],
-        cached_seqs=[CachedSeq(c.seq_id, c.new_block_ids, c.num_scheduled_tokens)
-                     for c in cached_seqs_from_pb(pb.cached_seqs)],
-        finished_seq_ids=list(pb.finished_seq_ids),
-    )
+    """The worker's own conversion; a plan the scheduler sent with invalid sampling fails the test."""
+    plan, errors = worker_plan_from_pb(pb)
+    if errors:
+        raise AssertionError(f"the scheduler sent invalid sampling parameters: {errors}")
+    return plan
 
 
 @dataclass
