@@ -35,7 +35,8 @@ from bench.embeddings import minilm_folder
 from bench.redis_server import redis_server
 from bench.serve_client import default_client_procs
 from bench.serve_data import make_model
-from services.launcher import Stack, parse_args, start_stack
+from services.launcher import Stack, start_stack
+from services.up_options import parse_args
 
 
 @dataclass(frozen=True)

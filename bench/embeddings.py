@@ -38,7 +38,8 @@ from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from gateway.cache.embedding_cache import EmbeddingCache, VectorOptions  # noqa: E402
 from gateway.cache.lru_store import LruStore  # noqa: E402
 from gateway.schema import ModelCard  # noqa: E402
-from services.launcher import parse_args, start_stack  # noqa: E402
+from services.launcher import start_stack  # noqa: E402
+from services.up_options import parse_args  # noqa: E402
 
 QWEN3_0_6B = {  # config.json of Qwen/Qwen3-0.6B
     "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072,

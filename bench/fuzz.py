@@ -27,7 +27,8 @@ from bench.common import write_results
 from bench.fuzz_cases import (GrpcClient, HttpCase, HttpClient, grpc_case, grpc_problem, http_case, http_problem,
                               resident_bytes, scheduler_counters, scheduler_counters_at, scheduler_metrics_url)
 from services.demo import build_demo_model
-from services.launcher import parse_args, start_stack
+from services.launcher import start_stack
+from services.up_options import parse_args
 
 
 def run_cases(gateway_http: str, gateway_grpc: str, num_cases: int, seed_value: int,

@@ -22,7 +22,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 from bench.common import write_results  # noqa: E402
 from services.demo import build_demo_model  # noqa: E402
-from services.launcher import Stack, parse_args, python_path_env, start_stack  # noqa: E402
+from services.launcher import Stack, python_path_env, start_stack  # noqa: E402
+from services.up_options import parse_args  # noqa: E402
 
 GOAL_TOKENS_PER_S = 5000
 

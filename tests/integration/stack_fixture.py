@@ -11,7 +11,8 @@ from pathlib import Path
 from flashstream.v1 import common_pb2, scheduler_pb2_grpc
 
 from services.common.call_auth import token_metadata
-from services.launcher import Stack, parse_args, start_stack
+from services.launcher import Stack, start_stack
+from services.up_options import parse_args
 
 
 def stack_device() -> str:

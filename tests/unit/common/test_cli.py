@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from services import cli, launcher, stages
+from services import cli, launcher, stages, up_options
 from services.common.config import HelpFormatter
 from services.demo import build_demo_model
 from services.demo.build import DEMO_VERSION
-from services.launcher import EXAMPLES, STAGE_ARGS_EXAMPLES
 from services.port_check import describe_taken, is_free, port_owner
+from services.up_options import EXAMPLES, STAGE_ARGS_EXAMPLES
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 PLACEHOLDER_CHECKPOINT = "/path/to/Llama-3.2-1B-Instruct"
@@ -53,7 +53,7 @@ def _all_parsers() -> dict[str, argparse.ArgumentParser]:
     from services.generate_client import build_parser as generate_parser
 
     parsers = {f"serve {stage}": stages.stage_parser(stage) for stage in stages.STAGE_MAINS}
-    return parsers | {"up": launcher.build_parser(), "generate": generate_parser(),
+    return parsers | {"up": up_options.build_parser(), "generate": generate_parser(),
                       "demo-model": cli.demo_model_parser()}
 
 

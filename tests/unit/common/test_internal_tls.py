@@ -12,7 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from services.common.errors import InvalidArgument
 from services.common.internal_tls import INTERNAL_SERVER_NAME, InternalTls, load_internal_tls, write_stack_certs
-from services.launcher import parse_args
+from services.up_options import parse_args
 
 
 def test_the_stack_certificate_names_the_internal_server_is_signed_by_the_ca_and_its_key_is_private(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.launcher import build_stack_argv, parse_args
+from services.launcher import build_stack_argv
+from services.up_options import parse_args
 
 ONE_EACH = ["--num-gateways", "1", "--num-tokenizers", "1"]
 

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from services.common.config import DEFAULT_PORTS
-from services.launcher import build_stack_argv, parse_args
+from services.launcher import build_stack_argv
+from services.up_options import parse_args
 from tests.unit.deploy.test_deploy_manifests import (ALL_CONTAINERS, K8S, ROOT, STAGES, compose, grpc_port,
                                                      health_port, k8s_objects)
 
