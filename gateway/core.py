@@ -16,7 +16,7 @@ from typing import Protocol
 
 from gateway.errors import ModelNotFound, RequestError
 from gateway.schema import Event, Finished, GenerationRequest, ModelCard, Submission, TextDelta, Usage
-from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
+from services.common.errors import DeadlineExceeded, ErrorCode, FlashStreamError, Unavailable
 from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics, MetricsView, error_code_label, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
@@ -266,19 +266,28 @@ class Generation:
         arrive gets fewer, larger chunks instead of a backlog of one message per token."""
         if self._held is not None:
             item, self._held = self._held, None
-            return item
+            return self._worded(item)
         try:
             async with asyncio.timeout_at(self._deadline):
                 while True:
                     item = await self._handle.next()
                     if not isinstance(item, TextDelta):
-                        return item
+                        return self._worded(item)
                     self.num_prompt_tokens = item.num_prompt_tokens or self.num_prompt_tokens
                     if item.text or item.token_ids or item.logprobs:
                         return self._merge_queued(item)
         except TimeoutError:
             self._handle.abort()
-            return DeadlineExceeded(f"request {self.request_id} passed its deadline of {self._timeout_s:g} s")
+            return self._deadline_error()
+
+    def _deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"request {self.request_id} passed its deadline of {self._timeout_s:g} s")
+
+    def _worded(self, item: Event | FlashStreamError) -> Event | FlashStreamError:
+        """item, except that a deadline which a later stage noticed first (its clock started at arrival, the gateway's
+        a little later) reads the same as one the gateway noticed: the client's timeout is known here."""
+        late = isinstance(item, FlashStreamError) and item.code == ErrorCode.DEADLINE_EXCEEDED
+        return self._deadline_error() if late else item
 
     def _merge_queued(self, delta: TextDelta) -> TextDelta:
         """delta plus every TextDelta already queued after it; a terminal event found there is held."""

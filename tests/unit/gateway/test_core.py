@@ -20,7 +20,7 @@ from gateway.schema import (
     TextDelta,
     Usage,
 )
-from services.common.errors import DeadlineExceeded, FlashStreamError, Unavailable
+from services.common.errors import DeadlineExceeded, ErrorCode, FlashStreamError, Unavailable
 from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics
 from services.common.sampling import SamplingParams
@@ -200,6 +200,20 @@ def test_deadline_raises_deadline_exceeded_and_aborts() -> None:
             await anext(generation)
         assert err.value.message == f"request {generation.request_id} passed its deadline of 0.05 s"
         assert router.handles[0].aborted and core.num_running == 0
+
+    asyncio.run(main())
+
+
+def test_a_deadline_that_a_later_stage_reports_first_reads_as_the_gateway_words_it() -> None:
+    async def main() -> None:
+        core, router = _core()
+        generation = core.start(_request(timeout_s=1.0))
+        router.handles[0].queue.put_nowait(FlashStreamError("deadline exceeded", ErrorCode.DEADLINE_EXCEEDED))
+        with pytest.raises(FlashStreamError) as err:
+            await anext(generation)
+        assert (err.value.code, err.value.message) == (
+            ErrorCode.DEADLINE_EXCEEDED, f"request {generation.request_id} passed its deadline of 1 s")
+        assert core.num_running == 0
 
     asyncio.run(main())
 
