@@ -15,7 +15,7 @@ import uuid
 from typing import Protocol
 
 from gateway.errors import ModelNotFound, RequestError
-from gateway.schema import Event, Finished, GenerationRequest, ModelCard, Submission, TextDelta, Usage
+from gateway.schema import Event, Finished, GenerationRequest, ModelCard, Submission, TextDelta, Usage, merge_deltas
 from services.common.errors import DeadlineExceeded, ErrorCode, FlashStreamError, Unavailable
 from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics, MetricsView, error_code_label, finish_reason_label
@@ -211,6 +211,7 @@ class Generation:
         self._handle = handle
         self._start = start_perf
         self._last_token: float | None = None
+        self._token_gaps: list[tuple[float, int]] = []  # (seconds per token, tokens) of each delta, observed at the end
         self._deadline = deadline_loop
         self._timeout_s = timeout_s
         self._ended = False
@@ -229,12 +230,12 @@ class Generation:
         now = time.perf_counter()
         metrics = self._metrics
         if isinstance(item, FlashStreamError):
-            self._finish()
+            self._finish(observe_gaps=True)
             self._core.record_error(item, self.model)
             self._span.end(item.message)
             raise item
         if isinstance(item, Finished):
-            self._finish()
+            self._finish(observe_gaps=not item.usage.result_cached)
             metrics.e2e_request_latency.observe(now - self._start)
             metrics.requests_finished.labels(finish_reason_label(item.finish_reason.name)).inc()
             self._span.set(finish_reason=finish_reason_label(item.finish_reason.name),
@@ -245,16 +246,14 @@ class Generation:
             return dataclasses.replace(item, latency=latency)
         self.num_completion_tokens += len(item.token_ids)
         if item.token_ids or item.text:
-            # A merged delta carries several tokens: its gap is spread evenly over them, so the
-            # histogram keeps one observation per token after the first.
+            # A merged delta carries several tokens: its gap is spread evenly over them, so the histogram gets
+            # one observation per token after the first, once the request ends (a replayed answer gets none).
             num_tokens = max(len(item.token_ids), 1)
             if self._last_token is None:
                 metrics.time_to_first_token.observe(now - self._start)
-                gaps = [0.0] * (num_tokens - 1)
+                self._token_gaps.append((0.0, num_tokens - 1))
             else:
-                gaps = [(now - self._last_token) / num_tokens] * num_tokens
-            for gap in gaps:
-                metrics.inter_token_latency.observe(gap)
+                self._token_gaps.append(((now - self._last_token) / num_tokens, num_tokens))
             self._last_token = now
         return item
 
@@ -291,21 +290,20 @@ class Generation:
 
     def _merge_queued(self, delta: TextDelta) -> TextDelta:
         """delta plus every TextDelta already queued after it; a terminal event found there is held."""
-        texts, token_ids, logprobs = [delta.text], list(delta.token_ids), list(delta.logprobs)
-        num_merged = 0
+        deltas = [delta]
         while (following := self._handle.next_nowait()) is not None:
             if not isinstance(following, TextDelta):
                 self._held = following
                 break
-            self.num_prompt_tokens = following.num_prompt_tokens or self.num_prompt_tokens
-            texts.append(following.text)
-            token_ids.extend(following.token_ids)
-            logprobs.extend(following.logprobs)
-            num_merged += 1
-        if num_merged == 0:
-            return delta
-        return dataclasses.replace(delta, text="".join(texts), token_ids=tuple(token_ids),
-                                   logprobs=tuple(logprobs))
+            deltas.append(following)
+        merged = merge_deltas(deltas)
+        self.num_prompt_tokens = merged.num_prompt_tokens or self.num_prompt_tokens
+        return merged
+
+    @property
+    def has_event_ready(self) -> bool:
+        """The next event is already here: iterating will not wait."""
+        return self._held is not None
 
     def usage_so_far(self) -> Usage:
         """What this request has used until now (for an answer that ends with an error after some text)."""
@@ -316,11 +314,19 @@ class Generation:
         if self._ended:
             return
         self._handle.abort()
-        self._finish()
+        self._finish(observe_gaps=True)
         self._metrics.requests_finished.labels(finish_reason_label(FinishReason.ABORT.name)).inc()
         self._span.set(finish_reason=finish_reason_label(FinishReason.ABORT.name))
         self._span.end()
 
-    def _finish(self) -> None:
+    def _finish(self, observe_gaps: bool) -> None:
+        """Ends the request's bookkeeping. observe_gaps: its tokens were generated for it, so their inter-token
+        gaps go to the histogram; an answer replayed from the result cache has none to report."""
         self._ended = True
         self._core._end(self._metrics)
+        if observe_gaps:
+            observe = self._metrics.inter_token_latency.observe
+            for gap, count in self._token_gaps:
+                for _ in range(count):
+                    observe(gap)
+        self._token_gaps.clear()

@@ -198,8 +198,8 @@ class HttpApi:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(http)
         usages: list[Usage | None] = [None] * len(generations)
-        # The last choice's finish, the usage and [DONE] leave in one write: one send instead of three, which
-        # counts for short answers (a result-cache hit is a single text chunk before them).
+        # The last choice's finish, the usage, [DONE] and the end of the body leave in one write: one send instead
+        # of four, which counts for short answers (a result-cache hit is a single text chunk before them).
         tail: list[bytes] = []
         try:
             async for index, event in _merged(generations, firsts):
@@ -213,7 +213,12 @@ class HttpApi:
                         await resp.write(b"".join(tail))
                         tail.clear()
                 else:
-                    await resp.write(_sse(builders[index].chunk(event)))
+                    tail.append(_sse(builders[index].chunk(event)))
+                    # Held back only while the choice's next event is known to be there already (the end of an
+                    # answer replayed from the result cache, say): it then leaves in the same write.
+                    if len(generations) > 1 or not generations[index].has_event_ready:
+                        await resp.write(b"".join(tail))
+                        tail.clear()
             if parsed.include_usage:
                 usage = combined_usage(usages, parsed.n)  # type: ignore[arg-type]  # every choice finished
                 tail.append(_sse(builders[0].usage_chunk(usage)))
@@ -225,8 +230,7 @@ class HttpApi:
             _, err, _ = error_response(exc)
             tail.append(_sse(err))
         tail.append(_sse(b"[DONE]"))
-        await resp.write(b"".join(tail))
-        await resp.write_eof()
+        await resp.write_eof(b"".join(tail))
         return resp
 
 

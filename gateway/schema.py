@@ -178,6 +178,15 @@ class TextDelta:
     num_prompt_tokens: int = 0
 
 
+def merge_deltas(deltas: list[TextDelta]) -> TextDelta:
+    """One delta holding the text, token ids and logprobs of `deltas` in order (at least one)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    num_prompt_tokens = next((d.num_prompt_tokens for d in deltas if d.num_prompt_tokens), 0)
+    return TextDelta("".join(d.text for d in deltas), tuple(t for d in deltas for t in d.token_ids),
+                     tuple(lp for d in deltas for lp in d.logprobs), num_prompt_tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0

@@ -16,7 +16,7 @@ from gateway.cache.entry import CachedResult, EntryError
 from gateway.cache.flight import Flight
 from gateway.cache.key import is_cacheable, result_key
 from gateway.cache.lru_store import ResultStore
-from gateway.schema import Finished, ModelCard, Submission, TextDelta
+from gateway.schema import Finished, ModelCard, Submission, TextDelta, merge_deltas
 from services.common.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -87,8 +87,9 @@ class CachingRouter:
         if flight.from_store or not isinstance(finished, Finished):
             self._forget(flight)
             return
-        chunks = tuple(e for e in flight.events if isinstance(e, TextDelta))
-        value = CachedResult(chunks, finished).encode()
+        # Stored as one chunk: a replay arrives all at once and goes out as one message anyway.
+        deltas = [e for e in flight.events if isinstance(e, TextDelta)]
+        value = CachedResult((merge_deltas(deltas),) if deltas else (), finished).encode()
         # The flight stays joinable until its answer is stored, so no identical request slips in between.
         task = asyncio.create_task(self._write(flight, value))
         self._writes.add(task)

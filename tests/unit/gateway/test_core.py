@@ -157,11 +157,31 @@ def test_deltas_queued_behind_a_slow_reader_are_merged_into_one_chunk_before_the
         handle.queue.put_nowait(TextDelta("d", (4,)))
         handle.queue.put_nowait(Finished(FinishReason.LENGTH, Usage(2, 4, 0), Latency()))
         events = [event async for event in generation]
-        assert events[0] == TextDelta("abcd", (1, 2, 3, 4))
+        assert events[0] == TextDelta("abcd", (1, 2, 3, 4), (), num_prompt_tokens=2)  # the first event reports it
         assert generation.num_prompt_tokens == 2
         assert isinstance(events[1], Finished) and events[1].usage.completion_tokens == 4
         assert len(events) == 2
         generation.close()
+
+    asyncio.run(main())
+
+
+def test_generated_tokens_give_one_gap_each_after_the_first_and_a_replayed_answer_gives_none() -> None:
+    async def main() -> None:
+        core, router = _core()
+        itl = ("flashstream_inter_token_latency_seconds_count", {"model": "llama", "stage": "gateway"})
+        ttft = ("flashstream_time_to_first_token_seconds_count", {"model": "llama", "stage": "gateway"})
+        for result_cached in (False, True):
+            generation = core.start(_request())
+            handle = router.handles[-1]
+            handle.queue.put_nowait(TextDelta("ab", (1, 2), (), num_prompt_tokens=2))
+            first = await anext(generation)
+            handle.queue.put_nowait(TextDelta("cde", (3, 4, 5)))
+            handle.queue.put_nowait(Finished(FinishReason.LENGTH, Usage(2, 5, 0, result_cached), Latency()))
+            rest = [event async for event in generation]
+            assert (first.text, rest[0].text, len(rest)) == ("ab", "cde", 2)
+        registry = core.metrics.registry
+        assert (registry.get_sample_value(*ttft), registry.get_sample_value(*itl)) == (2.0, 4.0)
 
     asyncio.run(main())
 
