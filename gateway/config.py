@@ -18,14 +18,17 @@ class ResultCacheConfig:
     redis_timeout_s: float = 0.05
     breaker_failures: int = 5  # consecutive Redis failures that open the breaker
     breaker_cooldown_s: float = 10.0  # how long an open breaker bypasses Redis before one trial call
-    max_entries: int = 10_000  # in-process LRU bounds
+    max_entries: int = 10_000  # in-process LRU bounds (with Redis: of the local copies)
     max_bytes: int = 256 * 1024 * 1024
+    local_ttl_s: float = 1.0  # with Redis: how long this process keeps its own copy of a result; 0: none
     namespace: str = "flashstream"
 
     def __post_init__(self) -> None:
         for name in ("ttl_s", "redis_timeout_s", "breaker_cooldown_s"):
             if not getattr(self, name) > 0:
                 raise InvalidArgument(f"result cache {name} must be positive, got {getattr(self, name)}")
+        if not self.local_ttl_s >= 0:
+            raise InvalidArgument(f"result cache local_ttl_s must be 0 or more, got {self.local_ttl_s}")
         for name in ("breaker_failures", "max_entries", "max_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"result cache {name} must be at least 1, got {getattr(self, name)}")

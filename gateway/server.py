@@ -16,6 +16,7 @@ from gateway.auth import ApiKeys
 from gateway.cache.breaker import CircuitBreaker
 from gateway.cache.lru_store import LruStore, ResultStore
 from gateway.cache.redis_store import RedisStore
+from gateway.cache.tiered_store import TieredStore
 from gateway.cache.router import CachingRouter
 from gateway.cache.embedding_cache import EmbeddingCache
 from gateway.config import EmbeddingCacheConfig, GatewayConfig, ResultCacheConfig
@@ -161,10 +162,15 @@ class GatewayServer:
 
 
 def build_store(config: ResultCacheConfig, breaker: CircuitBreaker | None = None) -> ResultStore:
-    if config.redis_url:
-        breaker = breaker or CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
-        return RedisStore(config.redis_url, config.ttl_s, config.redis_timeout_s, breaker)
-    return LruStore(config.max_entries, config.max_bytes, config.ttl_s)
+    """An in-process LRU without a Redis URL; else Redis, with local copies of its entries in front while
+    config.local_ttl_s > 0 (bounded by max_entries and max_bytes)."""
+    if not config.redis_url:
+        return LruStore(config.max_entries, config.max_bytes, config.ttl_s)
+    breaker = breaker or CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+    shared = RedisStore(config.redis_url, config.ttl_s, config.redis_timeout_s, breaker)
+    if config.local_ttl_s == 0:
+        return shared
+    return TieredStore(LruStore(config.max_entries, config.max_bytes, min(config.local_ttl_s, config.ttl_s)), shared)
 
 
 def build_embedding_store(config: EmbeddingCacheConfig, redis: ResultCacheConfig,

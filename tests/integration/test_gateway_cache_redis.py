@@ -22,14 +22,14 @@ pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not insta
 
 
 @contextlib.asynccontextmanager
-async def redis_stack(url: str, ttl_s: float = 60.0) -> AsyncIterator[Stack]:
+async def redis_stack(url: str, ttl_s: float = 60.0, local_ttl_s: float = 0.0) -> AsyncIterator[Stack]:
     server, fake, port = await start_fake_tokenizer()
     config = GatewayConfig(
         tokenizers=(f"127.0.0.1:{port}",),
         server=ServerConfig(host="127.0.0.1", port=0, drain_timeout_s=2.0),
         http_port=0,
         result_cache=ResultCacheConfig(redis_url=url, ttl_s=ttl_s, redis_timeout_s=0.2, breaker_failures=2,
-                                       breaker_cooldown_s=0.3),
+                                       breaker_cooldown_s=0.3, local_ttl_s=local_ttl_s),
     )
     gateway = GatewayServer(config, ConnectionConfig(info_interval_s=0.2, reconnect_min_s=0.05, reconnect_max_s=0.2))
     await gateway.start()
@@ -42,8 +42,8 @@ async def redis_stack(url: str, ttl_s: float = 60.0) -> AsyncIterator[Stack]:
         await server.stop(None)
 
 
-async def _generate(stack: Stack) -> list[gateway_pb2.GenerateChunk]:
-    request = gateway_pb2.GenerateRequest(prompt="Hi", options=gateway_pb2.GenerateOptions(
+async def _generate(stack: Stack, prompt: str = "Hi") -> list[gateway_pb2.GenerateChunk]:
+    request = gateway_pb2.GenerateRequest(prompt=prompt, options=gateway_pb2.GenerateOptions(
         sampling=common_pb2.SamplingParams(max_tokens=5)))
     async with create_channel(stack.grpc_target) as channel:
         chunks = [c async for c in gateway_pb2_grpc.GatewayStub(channel).Generate(request)]
@@ -90,6 +90,24 @@ def test_requests_succeed_while_redis_is_down_the_breaker_opens_and_hits_return_
             assert not store.breaker.is_open
             assert (await _generate(stack))[-1].done.usage.result_cached
             assert len(stack.fake.requests) == 5
+
+    with redis_server() as redis:
+        asyncio.run(main(redis))
+
+
+def test_local_copies_answer_hits_without_redis_and_what_one_gateway_stores_another_finds() -> None:
+    async def main(redis: RedisServer) -> None:
+        url = f"redis://127.0.0.1:{redis.port}/0"
+        async with redis_stack(url, local_ttl_s=60.0) as stack, redis_stack(url, local_ttl_s=60.0) as other:
+            await _generate(stack)
+            assert (await _generate(other))[-1].done.usage.result_cached  # read from Redis, now copied locally
+            assert len(other.fake.requests) == 0
+            redis.stop()
+            assert (await _generate(stack))[-1].done.usage.result_cached
+            assert (await _generate(other))[-1].done.usage.result_cached
+            assert not (await _generate(stack, "Hello"))[-1].done.usage.result_cached  # a miss, not an error
+            store = stack.gateway.cache.store  # type: ignore[union-attr]
+            assert (store.num_local_hits, len(stack.fake.requests)) == (1, 2)
 
     with redis_server() as redis:
         asyncio.run(main(redis))

@@ -9,6 +9,7 @@ import pytest
 from gateway.cache.breaker import CircuitBreaker
 from gateway.cache.entry import CachedResult, EntryError
 from gateway.cache.lru_store import LruStore
+from gateway.cache.tiered_store import TieredStore
 from gateway.schema import Finished, Latency, TextDelta, TokenLogprob, TopLogprob, Usage
 from services.common.finish_reason import FinishReason
 
@@ -97,3 +98,37 @@ def test_a_success_resets_the_consecutive_failure_count() -> None:
     breaker.record_success()
     breaker.record_failure()
     assert not breaker.is_open
+
+
+def test_a_tiered_store_answers_from_its_local_copy_until_the_local_ttl_then_from_the_shared_store() -> None:
+    async def main() -> None:
+        clock = Clock()
+        shared = LruStore(max_entries=10, max_bytes=100, ttl_s=60, clock=clock)
+        store = TieredStore(LruStore(max_entries=10, max_bytes=100, ttl_s=1, clock=clock), shared)
+        shared.put_nowait("a", b"1")  # another process stored it
+        assert (await store.get("a"), "a" in store.local, store.num_local_hits) == (b"1", True, 0)
+        shared.put_nowait("a", b"2")
+        clock.now = 0.9
+        assert (await store.get("a"), store.num_local_hits) == (b"1", 1)
+        clock.now = 1.0
+        assert (await store.get("a"), store.num_local_hits) == (b"2", 1)
+        assert await store.get("missing") is None and "missing" not in store.local
+
+    asyncio.run(main())
+
+
+def test_a_tiered_store_writes_both_tiers_and_reads_many_from_the_shared_store_only_what_it_lacks() -> None:
+    async def main() -> None:
+        shared = LruStore(max_entries=10, max_bytes=100, ttl_s=60)
+        store = TieredStore(LruStore(max_entries=10, max_bytes=100, ttl_s=60), shared)
+        await store.put("a", b"1")
+        await store.put_many([("b", b"2")])
+        assert (shared.get_nowait("a"), shared.get_nowait("b"), len(store.local)) == (b"1", b"2", 2)
+        shared.put_nowait("c", b"3")
+        await shared.put("a", b"changed")  # the local copy still answers for a
+        assert await store.get_many(["a", "c", "d", "b"]) == [b"1", b"3", None, b"2"]
+        assert (store.num_local_hits, "c" in store.local, "d" in store.local) == (2, True, False)
+        await store.close()
+        assert (len(store.local), len(shared)) == (0, 0)
+
+    asyncio.run(main())
