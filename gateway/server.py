@@ -194,6 +194,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         embedding_cache=options.config_from_args(EmbeddingCacheConfig, args))
 
 
+def build_config(argv: Sequence[str] | None = None) -> GatewayConfig:
+    return config_from_args(build_parser().parse_args(argv))
+
+
 async def serve(config: GatewayConfig) -> int:
     gateway = GatewayServer(config)
     # Status routes are on the HTTP API's port, so no separate status server (port 0).
@@ -204,8 +208,7 @@ async def serve(config: GatewayConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+    config = build_config(argv)
     setup_logging(config.server.log_level, "gateway")
     return_large_buffers_to_os()  # request bodies of several MB arrive here
     return run_stage_process(serve(config))
