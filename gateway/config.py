@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ServerConfig, check_host_port, csv_option, on_off_option, option, service_option
+from services.common.config import (ServerConfig, check_host_port, csv_option, flag_of, on_off_option, option,
+                                    service_option)
 from services.common.errors import InvalidArgument
 
 
@@ -32,12 +33,12 @@ class ResultCacheConfig:
     def __post_init__(self) -> None:
         for name in ("ttl_s", "redis_timeout_s", "breaker_cooldown_s"):
             if not getattr(self, name) > 0:
-                raise InvalidArgument(f"result cache {name} must be positive, got {getattr(self, name)}")
+                raise InvalidArgument(f"{flag_of(self, name)} must be positive, got {getattr(self, name)}")
         for name in ("breaker_failures", "max_entries", "max_bytes"):
             if getattr(self, name) < 1:
-                raise InvalidArgument(f"result cache {name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidArgument(f"{flag_of(self, name)} must be at least 1, got {getattr(self, name)}")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise InvalidArgument(f"redis url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+            raise InvalidArgument(f"--redis-url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
         if not self.namespace or ":" in self.namespace:
             raise InvalidArgument(f"result cache namespace must be non-empty without ':', got {self.namespace!r}")
 
@@ -56,10 +57,10 @@ class EmbeddingCacheConfig:
 
     def __post_init__(self) -> None:
         if not self.ttl_s > 0:
-            raise InvalidArgument(f"embedding cache ttl_s must be positive, got {self.ttl_s}")
+            raise InvalidArgument(f"--embedding-cache-ttl-s must be positive, got {self.ttl_s}")
         for name in ("max_entries", "max_bytes"):
             if getattr(self, name) < 1:
-                raise InvalidArgument(f"embedding cache {name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidArgument(f"{flag_of(self, name)} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("flashstream serve gateway", __doc__)
     add_server_args(parser, "gateway", status_port=False)  # status routes live on --http-port
     add_options(parser, GatewayConfig)
-    add_options(parser.add_argument_group("result cache"), ResultCacheConfig)
-    add_options(parser.add_argument_group("embedding cache"), EmbeddingCacheConfig)
+    add_options(parser, ResultCacheConfig, "result cache")
+    add_options(parser, EmbeddingCacheConfig, "embedding cache")
     return parser
 
 

@@ -81,9 +81,19 @@ def service_option(replicas: str) -> Any:
                       f"resolved again every --discovery-interval-s: {replicas} join and leave at run time")
 
 
-def _options(config_cls: type) -> list[tuple[str, Any]]:
-    """(option name, field) of each option() field of config_cls."""
-    return [(f.metadata["name"] or f.name, f) for f in fields(config_cls) if "help" in f.metadata]
+def _options(config: Any) -> list[tuple[str, Any]]:
+    """(option name, field) of each option() field of config (a config or its class)."""
+    return [(f.metadata["name"] or f.name, f) for f in fields(config) if "help" in f.metadata]
+
+
+def flag_of(config: Any, field_name: str) -> str:
+    """The flag of an option() field of config (a config or its class), for messages: --<name>."""
+    (name,) = [name for name, f in _options(config) if f.name == field_name]
+    return _flag(name)
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 def _env_text(name: str, parse: Callable[[str], Any]) -> str | None:
@@ -100,20 +110,22 @@ def _env_text(name: str, parse: Callable[[str], Any]) -> str | None:
     return raw
 
 
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_cls: type) -> None:
-    """Adds a flag for each option() field of config_cls, its default read from its FLASHSTREAM_* variable."""
+def add_options(parser: argparse.ArgumentParser, config_cls: type, group: str = "") -> None:
+    """Adds a flag for each option() field of config_cls (under the heading `group` in --help, when given), its
+    default read from its FLASHSTREAM_* variable."""
+    flags = parser.add_argument_group(group) if group else parser
     for name, f in _options(config_cls):
         meta = f.metadata
-        flag = f"--{name.replace('_', '-')}"
+        flag = _flag(name)
         if isinstance(f.default, bool) and meta["type"] is None:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=meta["help"],
-                                default=env_default(meta["env"] or name, f.default))
+            flags.add_argument(flag, action=argparse.BooleanOptionalAction, help=meta["help"],
+                               default=env_default(meta["env"] or name, f.default))
             continue
         parse = meta["type"] or type(f.default)
         # A text default is parsed by argparse like the flag's own text, and --help prints it as it is typed.
         text = _env_text(meta["env"] or name, parse)
-        parser.add_argument(flag, type=parse, choices=meta["choices"], metavar=meta["metavar"], help=meta["help"],
-                            default=(meta["show"] or str)(f.default) if text is None else text)
+        flags.add_argument(flag, type=parse, choices=meta["choices"], metavar=meta["metavar"], help=meta["help"],
+                           default=(meta["show"] or str)(f.default) if text is None else text)
 
 
 def config_from_args(config_cls: type[C], args: argparse.Namespace, **values: Any) -> C:

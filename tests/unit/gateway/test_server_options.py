@@ -80,3 +80,15 @@ def test_a_cache_switch_refuses_a_word_other_than_on_or_off_naming_its_flag_or_v
     with environment({"FLASHSTREAM_EMBEDDING_CACHE": "false"}), pytest.raises(InvalidArgument) as info:
         build_parser()
     assert info.value.message == "FLASHSTREAM_EMBEDDING_CACHE='false' is not on or off"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--result-cache-ttl-s", "0"], "--result-cache-ttl-s must be positive, got 0.0"),
+    (["--redis-breaker-failures", "0"], "--redis-breaker-failures must be at least 1, got 0"),
+    (["--redis-url", "http://r:1"], "--redis-url must start with redis://, rediss:// or unix://, got 'http://r:1'"),
+    (["--embedding-cache-max-bytes", "0"], "--embedding-cache-max-bytes must be at least 1, got 0"),
+])
+def test_a_cache_limit_out_of_range_is_refused_naming_its_flag(argv: list[str], message: str) -> None:
+    with environment({}), pytest.raises(InvalidArgument) as info:
+        build_config(argv)
+    assert info.value.message == message
