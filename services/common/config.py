@@ -27,6 +27,9 @@ DEFAULT_PORTS = {
 }
 
 
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def env_default(name: str, default: T, environ: Mapping[str, str] | None = None) -> T:
     """FLASHSTREAM_<NAME> converted to the type of `default`, or `default` when unset."""
     env = os.environ if environ is None else environ
@@ -35,8 +38,11 @@ def env_default(name: str, default: T, environ: Mapping[str, str] | None = None)
         return default
     try:
         if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")  # type: ignore[return-value]
+            return _BOOL_WORDS[raw.strip().lower()]  # type: ignore[return-value]
         return type(default)(raw)
+    except KeyError as exc:
+        raise InvalidArgument(f"FLASHSTREAM_{name.upper()}={raw!r} is not a valid bool (1 or 0, true or false, yes "
+                              "or no, on or off)") from exc
     except ValueError as exc:
         raise InvalidArgument(f"FLASHSTREAM_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from exc
 

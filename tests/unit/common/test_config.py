@@ -26,6 +26,11 @@ def test_env_default_refuses_a_value_of_the_wrong_type_naming_the_variable() -> 
     with pytest.raises(InvalidArgument) as info:
         env_default("port", 1, {"FLASHSTREAM_PORT": "eighty"})
     assert info.value.message == "FLASHSTREAM_PORT='eighty' is not a valid int"
+    with pytest.raises(InvalidArgument) as info:
+        env_default("eager", True, {"FLASHSTREAM_EAGER": "maybe"})
+    assert info.value.message == ("FLASHSTREAM_EAGER='maybe' is not a valid bool (1 or 0, true or false, yes or no, "
+                                  "on or off)")
+    assert env_default("eager", True, {"FLASHSTREAM_EAGER": " Off"}) is False
 
 
 def test_server_flags_take_their_defaults_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
