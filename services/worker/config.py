@@ -6,19 +6,21 @@ from dataclasses import dataclass, field
 
 from services.common.config import ServerConfig, option
 from services.common.errors import InvalidArgument
+from services.worker.presets import PRESETS
 from services.worker.quantization import QUANTIZATIONS
 
 LOAD_FORMATS = ("auto", "dummy", "fake")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: float8_e4m3fn, half the bytes of bf16
+CPU_DEFAULT_KV_BLOCKS = 1024
+FAKE_DEFAULT_KV_BLOCKS = 65536
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     """Everything the worker stage needs: its model, its KV cache and step limits, and its server."""
 
-    model: str = option(
-        "", "Hugging Face checkpoint folder, or a preset (llama-3.2-1b, llama-3.1-8b, qwen2.5-0.5b) for dummy/fake")
+    model: str = option("", f"Hugging Face checkpoint folder, or a preset ({', '.join(PRESETS)}) for dummy/fake")
     model_id: str = option("", "model name clients use (default: folder name)")
     load_format: str = option(
         "auto", "auto: safetensors weights; dummy: random weights of the real shapes; fake: no model, fixed token",
@@ -32,7 +34,8 @@ class WorkerConfig:
         "auto", "auto: the model's dtype; fp8: float8_e4m3fn keys and values with per-layer scales (1, or the "
                 "checkpoint's k_scale/v_scale), twice the tokens in the same memory", choices=KV_CACHE_DTYPES)
     block_size: int = option(16, "tokens per KV block")
-    num_kv_blocks: int = option(0, "KV blocks to allocate (0: measured on CUDA, 1024 on CPU, 65536 in fake mode)")
+    num_kv_blocks: int = option(0, f"KV blocks to allocate (0: measured on CUDA, {CPU_DEFAULT_KV_BLOCKS} on CPU, "
+                                   f"{FAKE_DEFAULT_KV_BLOCKS} in fake mode)")
     gpu_memory_utilization: float = option(0.90, "fraction of GPU memory for weights, activations and the KV cache")
     # Decode graphs are captured up to max_num_seqs.
     max_num_seqs: int = option(1024, "most sequences per step")
@@ -77,6 +80,3 @@ class WorkerConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidArgument(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
-
-CPU_DEFAULT_KV_BLOCKS = 1024
-FAKE_DEFAULT_KV_BLOCKS = 65536
