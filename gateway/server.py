@@ -28,12 +28,13 @@ from gateway.playground import add_playground_routes
 from gateway.tokenizer_client import ConnectionConfig, TokenizerRouter
 from services.common.allocator import return_large_buffers_to_os
 from services.common.call_auth import CallAuth
-from services.common.config import add_server_args, env_default, server_config, setup_logging, split_csv, new_parser
+from services.common import config as options
+from services.common.config import add_options, add_server_args, new_parser, server_config, setup_logging
 from services.common.errors import Unavailable
 from services.common.grpc_server import CLOSE_GRACE_S, StageServer, start_server
 from services.common.internal_tls import load_internal_tls
 from services.common.metrics import Metrics
-from services.common.discovery import AddressDiscovery, add_discovery_args
+from services.common.discovery import AddressDiscovery
 from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 from services.port_check import binding
@@ -185,90 +186,22 @@ def build_embedding_store(config: EmbeddingCacheConfig, redis: ResultCacheConfig
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("flashstream serve gateway", __doc__)
     add_server_args(parser, "gateway", status_port=False)  # status routes live on --http-port
-    parser.add_argument("--tokenizers", default=env_default("tokenizers", "127.0.0.1:50051"),
-                        help="tokenizer addresses host:port[,host:port...]")
-    parser.add_argument("--http-port", type=int, default=env_default("gateway_http_port", 8000),
-                        help="OpenAI-compatible HTTP API plus /metrics, /health, /ready")
-    parser.add_argument("--api-keys", default=env_default("api_keys", ""),
-                        help="comma-separated API keys; empty: no authentication")
-    parser.add_argument("--open-metrics", action="store_true", default=env_default("open_metrics", False),
-                        help="serve /metrics without an API key when keys are on (a scraper inside the network)")
-    parser.add_argument("--open-reflection", action="store_true", default=env_default("open_reflection", False),
-                        help="serve gRPC reflection without an API key when keys are on")
-    parser.add_argument("--request-timeout-s", type=float, default=env_default("request_timeout_s", 600.0),
-                        help="deadline of a request that sets none")
-    parser.add_argument("--reuse-port", action="store_true", default=env_default("reuse_port", False),
-                        help="share the gRPC and HTTP ports with other gateway replicas on this host (SO_REUSEPORT); "
-                             "the replica binds once a tokenizer is ready")
-    parser.add_argument("--max-body-bytes", type=int, default=env_default("max_body_bytes", 4 * 1024 * 1024),
-                        help="largest accepted HTTP request body")
-    add_discovery_args(parser, "tokenizer-service", "tokenizers")
-    parser.add_argument("--cors-origins", default=env_default("cors_origins", ""),
-                        help="comma-separated browser origins allowed to call the HTTP API (CORS), e.g. "
-                             "'http://localhost:3000'; '*' allows any; empty: no CORS headers")
-    cache = parser.add_argument_group("result cache")
-    cache.add_argument("--result-cache", choices=("on", "off"), default=env_default("result_cache", "on"),
-                       help="answer repeated greedy or seeded requests from the cache and coalesce identical ones")
-    cache.add_argument("--redis-url", default=env_default("redis_url", ""),
-                       help="Redis for the result cache (redis://host:port/db); empty: an in-process LRU")
-    cache.add_argument("--result-cache-ttl-s", type=float, default=env_default("result_cache_ttl_s", 3600.0),
-                       help="how long a stored answer lives")
-    cache.add_argument("--redis-timeout-s", type=float, default=env_default("redis_timeout_s", 0.05),
-                       help="limit of every Redis call; a slower call is a miss")
-    cache.add_argument("--redis-breaker-failures", type=int, default=env_default("redis_breaker_failures", 5),
-                       help="consecutive Redis failures after which Redis is bypassed")
-    cache.add_argument("--redis-breaker-cooldown-s", type=float,
-                       default=env_default("redis_breaker_cooldown_s", 10.0),
-                       help="how long Redis is bypassed before it is tried again")
-    cache.add_argument("--result-cache-max-entries", type=int,
-                       default=env_default("result_cache_max_entries", 10_000), help="in-process LRU: entries")
-    cache.add_argument("--result-cache-max-bytes", type=int,
-                       default=env_default("result_cache_max_bytes", 256 * 1024 * 1024),
-                       help="in-process LRU: bytes of stored answers")
-    emb = parser.add_argument_group("embedding cache")
-    emb.add_argument("--embedding-cache", choices=("on", "off"), default=env_default("embedding_cache", "on"),
-                     help="answer embedding inputs seen before from the cache (Redis with --redis-url)")
-    emb.add_argument("--embedding-cache-ttl-s", type=float, default=env_default("embedding_cache_ttl_s", 86400.0),
-                     help="how long a stored vector lives")
-    emb.add_argument("--embedding-cache-max-entries", type=int,
-                     default=env_default("embedding_cache_max_entries", 100_000), help="in-process LRU: vectors")
-    emb.add_argument("--embedding-cache-max-bytes", type=int,
-                     default=env_default("embedding_cache_max_bytes", 256 * 1024 * 1024),
-                     help="in-process LRU: bytes of stored vectors")
+    add_options(parser, GatewayConfig)
+    add_options(parser, ResultCacheConfig, "result cache")
+    add_options(parser, EmbeddingCacheConfig, "embedding cache")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
-    return GatewayConfig(
-        tokenizers=tuple(split_csv(args.tokenizers)),
-        tokenizer_service=args.tokenizer_service,
-        discovery_interval_s=args.discovery_interval_s,
-        server=server_config(args),
-        http_port=args.http_port,
-        api_keys=tuple(split_csv(args.api_keys)),
-        request_timeout_s=args.request_timeout_s,
-        max_body_bytes=args.max_body_bytes,
-        cors_origins=tuple(split_csv(args.cors_origins)),
-        reuse_port=args.reuse_port,
-        open_metrics=args.open_metrics,
-        open_reflection=args.open_reflection,
-        result_cache=ResultCacheConfig(
-            enabled=args.result_cache == "on",
-            redis_url=args.redis_url,
-            ttl_s=args.result_cache_ttl_s,
-            redis_timeout_s=args.redis_timeout_s,
-            breaker_failures=args.redis_breaker_failures,
-            breaker_cooldown_s=args.redis_breaker_cooldown_s,
-            max_entries=args.result_cache_max_entries,
-            max_bytes=args.result_cache_max_bytes,
-        ),
-        embedding_cache=EmbeddingCacheConfig(
-            enabled=args.embedding_cache == "on",
-            ttl_s=args.embedding_cache_ttl_s,
-            max_entries=args.embedding_cache_max_entries,
-            max_bytes=args.embedding_cache_max_bytes,
-        ),
-    )
+    """The GatewayConfig of build_parser()'s parsed flags."""
+    return options.config_from_args(
+        GatewayConfig, args, server=server_config(args),
+        result_cache=options.config_from_args(ResultCacheConfig, args),
+        embedding_cache=options.config_from_args(EmbeddingCacheConfig, args))
+
+
+def build_config(argv: Sequence[str] | None = None) -> GatewayConfig:
+    return config_from_args(build_parser().parse_args(argv))
 
 
 async def serve(config: GatewayConfig) -> int:
@@ -281,8 +214,7 @@ async def serve(config: GatewayConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+    config = build_config(argv)
     setup_logging(config.server.log_level, "gateway")
     return_large_buffers_to_os()  # request bodies of several MB arrive here
     return run_stage_process(serve(config))

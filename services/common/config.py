@@ -27,6 +27,9 @@ DEFAULT_PORTS = {
 }
 
 
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def env_default(name: str, default: T, environ: Mapping[str, str] | None = None) -> T:
     """FLASHSTREAM_<NAME> converted to the type of `default`, or `default` when unset."""
     env = os.environ if environ is None else environ
@@ -35,34 +38,100 @@ def env_default(name: str, default: T, environ: Mapping[str, str] | None = None)
         return default
     try:
         if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")  # type: ignore[return-value]
+            return _BOOL_WORDS[raw.strip().lower()]  # type: ignore[return-value]
         return type(default)(raw)
+    except KeyError as exc:
+        raise InvalidArgument(f"FLASHSTREAM_{name.upper()}={raw!r} is not a valid bool (1 or 0, true or false, yes "
+                              "or no, on or off)") from exc
     except ValueError as exc:
         raise InvalidArgument(f"FLASHSTREAM_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from exc
 
 
-def option(default: Any, help: str, *, name: str = "", choices: Sequence[str] | None = None,
-           type: Callable[[str], Any] | None = None) -> Any:
-    """A config field that is also the flag --<name> and the variable FLASHSTREAM_<NAME>, which gives the flag's
-    default (name: the field's own unless given; type: the default's type unless given). A bool becomes
-    --<name>/--no-<name>."""
-    return field(default=default, metadata={"help": help, "name": name, "choices": choices, "type": type})
+def option(default: Any, help: str, *, name: str = "", env: str = "", choices: Sequence[str] | None = None,
+           type: Callable[[str], Any] | None = None, show: Callable[[Any], str] | None = None,
+           metavar: str | None = None) -> Any:
+    """A config field that is also the flag --<name> and the variable FLASHSTREAM_<NAME> (FLASHSTREAM_<ENV> when
+    env is given), which gives the flag's default. name: the field's own unless given; type: parses the text of
+    the flag and of the variable (the default's type unless given); show: writes a value as that text, for the
+    default that --help prints (str unless given). A bool without a type becomes --<name>/--no-<name>."""
+    return field(default=default, metadata={"help": help, "name": name, "env": env, "choices": choices,
+                                            "type": type, "show": show, "metavar": metavar})
 
 
-def _options(config_cls: type) -> list[tuple[str, Any]]:
-    """(option name, field) of each option() field of config_cls."""
-    return [(f.metadata["name"] or f.name, f) for f in fields(config_cls) if "help" in f.metadata]
+def csv_tuple(text: str) -> tuple[str, ...]:
+    """'a, b,c' → ('a', 'b', 'c'): the text of a flag that takes several values."""
+    return tuple(split_csv(text))
 
 
-def add_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """Adds a flag for each option() field of config_cls, its default read from FLASHSTREAM_<NAME>."""
+def csv_option(default: str, help: str, *, name: str = "") -> Any:
+    """A tuple[str, ...] field whose flag and variable take its items comma-separated (default: that text)."""
+    return option(csv_tuple(default), help, name=name, type=csv_tuple, show=",".join)
+
+
+def on_off(text: str) -> bool:
+    """'on' → True, 'off' → False: the text of a switch spelled as a word (--result-cache off)."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'on', 'off')")
+    return text == "on"
+
+
+def on_off_option(default: bool, help: str, *, name: str = "") -> Any:
+    """A bool field whose flag and variable take on or off."""
+    return option(default, help, name=name, type=on_off, show=lambda value: "on" if value else "off",
+                  metavar="{on,off}")
+
+
+def service_option(replicas: str) -> Any:
+    """The field of a stage's --<next>-service flag: a DNS name whose addresses are more of `replicas`."""
+    return option("", f"host:port whose DNS addresses are {replicas} too (e.g. a Kubernetes headless Service), "
+                      f"resolved again every --discovery-interval-s: {replicas} join and leave at run time")
+
+
+def _options(config: Any) -> list[tuple[str, Any]]:
+    """(option name, field) of each option() field of config (a config or its class)."""
+    return [(f.metadata["name"] or f.name, f) for f in fields(config) if "help" in f.metadata]
+
+
+def flag_of(config: Any, field_name: str) -> str:
+    """The flag of an option() field of config (a config or its class), for messages: --<name>."""
+    (name,) = [name for name, f in _options(config) if f.name == field_name]
+    return _flag(name)
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _env_text(name: str, parse: Callable[[str], Any]) -> str | None:
+    """FLASHSTREAM_<NAME> when set, checked to parse, so that a wrong value names its variable."""
+    variable = f"FLASHSTREAM_{name.upper()}"
+    raw = os.environ.get(variable)
+    if raw is None or raw == "":
+        return None
+    try:
+        parse(raw)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        what = "on or off" if parse is on_off else f"a valid {getattr(parse, '__name__', 'value')}"
+        raise InvalidArgument(f"{variable}={raw!r} is not {what}") from exc
+    return raw
+
+
+def add_options(parser: argparse.ArgumentParser, config_cls: type, group: str = "") -> None:
+    """Adds a flag for each option() field of config_cls (under the heading `group` in --help, when given), its
+    default read from its FLASHSTREAM_* variable."""
+    flags = parser.add_argument_group(group) if group else parser
     for name, f in _options(config_cls):
-        kwargs: dict[str, Any] = {"default": env_default(name, f.default), "help": f.metadata["help"]}
-        if isinstance(f.default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs.update(type=f.metadata["type"] or type(f.default), choices=f.metadata["choices"])
-        parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
+        meta = f.metadata
+        flag = _flag(name)
+        if isinstance(f.default, bool) and meta["type"] is None:
+            flags.add_argument(flag, action=argparse.BooleanOptionalAction, help=meta["help"],
+                               default=env_default(meta["env"] or name, f.default))
+            continue
+        parse = meta["type"] or type(f.default)
+        # A text default is parsed by argparse like the flag's own text, and --help prints it as it is typed.
+        text = _env_text(meta["env"] or name, parse)
+        flags.add_argument(flag, type=parse, choices=meta["choices"], metavar=meta["metavar"], help=meta["help"],
+                           default=(meta["show"] or str)(f.default) if text is None else text)
 
 
 def config_from_args(config_cls: type[C], args: argparse.Namespace, **values: Any) -> C:

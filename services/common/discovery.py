@@ -7,14 +7,11 @@ A failed resolution keeps the pool as it is: a DNS hiccup must not drain every r
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
-
-from services.common.config import env_default
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +22,6 @@ class Pool(Protocol):
     """Connections to replicas, one per address (the scheduler's WorkerPool, the gateway's TokenizerRouter)."""
 
     def set_addresses(self, addresses: Sequence[str]) -> None: ...
-
-
-def add_discovery_args(parser: argparse.ArgumentParser, option: str, replicas: str) -> None:
-    """--<option> (the DNS name of the next stage's `replicas`, e.g. "workers") and --discovery-interval-s."""
-    parser.add_argument(f"--{option}", default=env_default(option.replace("-", "_"), ""),
-                        help=f"host:port whose DNS addresses are {replicas} too (e.g. a Kubernetes headless "
-                             f"Service), resolved again every --discovery-interval-s: {replicas} join and leave at "
-                             "run time")
-    parser.add_argument("--discovery-interval-s", type=float, default=env_default("discovery_interval_s", 5.0),
-                        help=f"how often --{option} is resolved")
 
 
 async def resolve_service(target: str) -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import MAX_RECONNECT_BACKOFF_S, ServerConfig, check_host_port, option
+from services.common.config import (MAX_RECONNECT_BACKOFF_S, ServerConfig, check_host_port, csv_option, option,
+                                    service_option)
 from services.common.errors import InvalidArgument
 
 POLICIES = ("continuous", "static")
@@ -89,12 +90,13 @@ class SchedulerStageConfig:
     """Everything main() builds for the scheduler stage."""
 
     server: ServerConfig
-    workers: tuple[str, ...]
+    workers: tuple[str, ...] = csv_option(
+        "127.0.0.1:50053", "worker addresses, host:port[,host:port...] (may be empty with --worker-service)")
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     stall: StallConfig = field(default_factory=StallConfig)
-    worker_service: str = ""  # host:port whose DNS addresses are workers too (a headless Service), re-resolved
-    discovery_interval_s: float = 5.0  # how often worker_service is resolved again
+    worker_service: str = service_option("workers")
+    discovery_interval_s: float = option(5.0, "how often --worker-service is resolved")
     worker_drain_timeout_s: float = option(
         30.0, "how long a worker that left the pool keeps its running requests before they fail")
 

@@ -8,8 +8,8 @@ import logging
 
 from flashstream.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from services.common.config import (add_options, add_server_args, config_from_args, env_default, new_parser,
-                                    server_config, setup_logging, split_csv)
+from services.common.config import (add_options, add_server_args, config_from_args, new_parser, server_config,
+                                    setup_logging)
 from services.common.call_auth import internal_auth
 from services.common.internal_tls import load_internal_tls
 from services.common.grpc_server import StageServer, start_server
@@ -17,7 +17,7 @@ from services.common.metrics import Metrics
 from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 from services.scheduler.config import SchedulerConfig, SchedulerStageConfig, StallConfig
-from services.common.discovery import AddressDiscovery, add_discovery_args
+from services.common.discovery import AddressDiscovery
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_pool import WorkerPool
 
@@ -29,9 +29,6 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("flashstream serve scheduler", __doc__)
     add_server_args(parser, "scheduler")
-    parser.add_argument("--workers", default=env_default("workers", "127.0.0.1:50053"),
-                        help="worker addresses, host:port[,host:port...] (may be empty with --worker-service)")
-    add_discovery_args(parser, "worker-service", "workers")
     for config_cls in (SchedulerStageConfig, SchedulerConfig, StallConfig):
         add_options(parser, config_cls)
     return parser
@@ -42,9 +39,6 @@ def build_config(argv: list[str] | None = None) -> SchedulerStageConfig:
     return config_from_args(
         SchedulerStageConfig, args,
         server=server_config(args),
-        workers=tuple(split_csv(args.workers)),
-        worker_service=args.worker_service,
-        discovery_interval_s=args.discovery_interval_s,
         scheduler=config_from_args(SchedulerConfig, args),
         stall=config_from_args(StallConfig, args),
     )

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from flashstream.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
-from services.common.config import ServerConfig, add_server_args, env_default, server_config, setup_logging, new_parser
+from services.common.config import (ServerConfig, add_options, add_server_args, config_from_args, new_parser, option,
+                                    server_config, setup_logging)
 from services.common.errors import InvalidArgument
 from services.common.allocator import return_large_buffers_to_os
 from services.common.call_auth import internal_auth
@@ -31,10 +32,10 @@ SERVICE_NAME = tokenizer_pb2.DESCRIPTOR.services_by_name["Tokenizer"].full_name
 class TokenizerStageConfig:
     """Everything the tokenizer stage needs, built once in main()."""
 
-    model_dir: str
-    scheduler: str = "127.0.0.1:50052"
-    model_id: str = ""  # empty: the scheduler's model id
-    encode_workers: int = 2
+    model_dir: str = option("", "model folder with tokenizer.json and tokenizer_config.json", name="model")
+    scheduler: str = option("127.0.0.1:50052", "scheduler address host:port")
+    model_id: str = option("", "model name clients use (default: the scheduler's model id)")
+    encode_workers: int = option(2, "threads that render and encode prompts off the event loop")
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
@@ -49,21 +50,13 @@ class TokenizerStageConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("flashstream serve tokenizer", __doc__)
     add_server_args(parser, "tokenizer")
-    parser.add_argument("--scheduler", default=env_default("scheduler", "127.0.0.1:50052"),
-                        help="scheduler address host:port")
-    parser.add_argument("--model", default=env_default("model", ""),
-                        help="model folder with tokenizer.json and tokenizer_config.json")
-    parser.add_argument("--model-id", default=env_default("model_id", ""),
-                        help="model name clients use (default: the scheduler's model id)")
-    parser.add_argument("--encode-workers", type=int, default=env_default("encode_workers", 2),
-                        help="threads that render and encode prompts off the event loop")
+    add_options(parser, TokenizerStageConfig)
     return parser
 
 
 def build_config(argv: list[str] | None = None) -> TokenizerStageConfig:
     args = build_parser().parse_args(argv)
-    return TokenizerStageConfig(model_dir=args.model, scheduler=args.scheduler, model_id=args.model_id,
-                                encode_workers=args.encode_workers, server=server_config(args))
+    return config_from_args(TokenizerStageConfig, args, server=server_config(args))
 
 
 class TokenizerStage:

@@ -4,39 +4,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ServerConfig
+from services.common.config import ServerConfig, option
 from services.common.errors import InvalidArgument
+from services.worker.presets import PRESETS
 from services.worker.quantization import QUANTIZATIONS
 
 LOAD_FORMATS = ("auto", "dummy", "fake")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: float8_e4m3fn, half the bytes of bf16
+CPU_DEFAULT_KV_BLOCKS = 1024
+FAKE_DEFAULT_KV_BLOCKS = 65536
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    model: str  # a Hugging Face checkpoint folder, or a preset name for dummy/fake
-    model_id: str = ""  # name clients use; defaults to the folder's or preset's name
-    load_format: str = "auto"  # auto: safetensors; dummy: random weights; fake: no model at all
-    dtype: str = "auto"  # auto: bfloat16 on CUDA (fp16 checkpoints keep fp16), float32 on CPU
-    device: str = "auto"  # auto: cuda when available, else cpu
-    # "fp8": projections quantised to FP8 at load (per output channel); "": as the checkpoint stores them
-    # (FP8 checkpoints load as FP8 either way).
-    quantization: str = ""
-    kv_cache_dtype: str = "auto"  # fp8: keys and values stored as float8_e4m3fn with per-layer scales
-    block_size: int = 16
-    num_kv_blocks: int = 0  # 0: measured on CUDA, CPU_DEFAULT_KV_BLOCKS elsewhere
-    gpu_memory_utilization: float = 0.90
-    max_num_seqs: int = 1024  # most sequences in one step (decode graphs are captured up to it)
-    max_num_batched_tokens: int = 8192  # most tokens in one step
-    max_model_len: int = 0  # 0: the model's max_position_embeddings
-    enforce_eager: bool = False  # no CUDA graphs
-    fake_token_id: int = -1  # fake mode's token; -1: the smallest id that is not EOS
-    seed: int = 0  # dummy weights' seed
-    worker_id: str = ""
-    kernel_profile_dir: str = ""  # where SIGUSR1 writes a torch.profiler summary of a window of steps ("": off)
-    kernel_profile_steps: int = 100  # steps in that window
-    tensor_parallel_size: int = 1  # processes (one per device) that together hold the model
+    """Everything the worker stage needs: its model, its KV cache and step limits, and its server."""
+
+    model: str = option("", f"Hugging Face checkpoint folder, or a preset ({', '.join(PRESETS)}) for dummy/fake")
+    model_id: str = option("", "model name clients use (default: folder name)")
+    load_format: str = option(
+        "auto", "auto: safetensors weights; dummy: random weights of the real shapes; fake: no model, fixed token",
+        choices=LOAD_FORMATS)
+    dtype: str = option("auto", "auto: bfloat16 (or the checkpoint's float16) on CUDA, float32 on CPU", choices=DTYPES)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    quantization: str = option(
+        "", "fp8: quantise the linear layers to FP8 at load, one scale per output channel (FP8 checkpoints load as "
+            "FP8 without it)", choices=QUANTIZATIONS)
+    kv_cache_dtype: str = option(
+        "auto", "auto: the model's dtype; fp8: float8_e4m3fn keys and values with per-layer scales (1, or the "
+                "checkpoint's k_scale/v_scale), twice the tokens in the same memory", choices=KV_CACHE_DTYPES)
+    block_size: int = option(16, "tokens per KV block")
+    num_kv_blocks: int = option(0, f"KV blocks to allocate (0: measured on CUDA, {CPU_DEFAULT_KV_BLOCKS} on CPU, "
+                                   f"{FAKE_DEFAULT_KV_BLOCKS} in fake mode)")
+    gpu_memory_utilization: float = option(0.90, "fraction of GPU memory for weights, activations and the KV cache")
+    # Decode graphs are captured up to max_num_seqs.
+    max_num_seqs: int = option(1024, "most sequences per step")
+    max_num_batched_tokens: int = option(8192, "most tokens per step (also the memory profile's size)")
+    max_model_len: int = option(0, "longest prompt plus output (0: the model's max_position_embeddings)")
+    enforce_eager: bool = option(False, "no CUDA graphs for decode steps")
+    fake_token_id: int = option(-1, "token fake mode returns (-1: the smallest non-EOS id)")
+    seed: int = option(0, "seed of dummy weights")
+    worker_id: str = option(
+        "", "name in Worker.Info, one per process: a scheduler that saw it past its first steps gives them no "
+            "kernel-compile time again (default: host-pid)")
+    kernel_profile_dir: str = option(
+        "", "on SIGUSR1, trace the next --kernel-profile-steps steps with torch.profiler and write a summary of the "
+            "device kernels here (default: off)")
+    kernel_profile_steps: int = option(100, "steps in a kernel profile window")
+    tensor_parallel_size: int = option(
+        1, "processes that together hold the model, one per GPU (cuda:0 .. cuda:N-1; NCCL), or on the CPU (gloo); "
+           "this process is rank 0 and serves gRPC, it starts the others")
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
@@ -63,6 +80,3 @@ class WorkerConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidArgument(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
-
-CPU_DEFAULT_KV_BLOCKS = 1024
-FAKE_DEFAULT_KV_BLOCKS = 65536

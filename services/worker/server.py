@@ -11,7 +11,8 @@ from functools import partial
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.call_auth import internal_auth
-from services.common.config import add_server_args, env_default, new_parser, server_config, setup_logging
+from services.common.config import (add_options, add_server_args, config_from_args, new_parser, server_config,
+                                    setup_logging)
 from services.common.errors import FlashStreamError
 from services.common.grpc_server import StageServer, start_server
 from services.common.internal_tls import load_internal_tls
@@ -33,65 +34,13 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("flashstream serve worker", __doc__)
     add_server_args(parser, "worker")
-    add = parser.add_argument
-    add("--model", default=env_default("model", ""),
-        help="Hugging Face checkpoint folder, or a preset (llama-3.2-1b, llama-3.1-8b, qwen2.5-0.5b) for dummy/fake")
-    add("--model-id", default=env_default("model_id", ""), help="model name clients use (default: folder name)")
-    add("--load-format", default=env_default("load_format", "auto"), choices=("auto", "dummy", "fake"),
-        help="auto: safetensors weights; dummy: random weights of the real shapes; fake: no model, fixed token")
-    add("--dtype", default=env_default("dtype", "auto"), choices=("auto", "float32", "float16", "bfloat16"),
-        help="auto: bfloat16 (or the checkpoint's float16) on CUDA, float32 on CPU")
-    add("--device", default=env_default("device", "auto"), help="auto, cpu, cuda, cuda:N")
-    add("--quantization", default=env_default("quantization", ""), choices=("", "fp8"),
-        help="fp8: quantise the linear layers to FP8 at load, one scale per output channel (FP8 checkpoints load "
-             "as FP8 without it)")
-    add("--kv-cache-dtype", default=env_default("kv_cache_dtype", "auto"), choices=("auto", "fp8"),
-        help="auto: the model's dtype; fp8: float8_e4m3fn keys and values with per-layer scales (1, or the "
-             "checkpoint's k_scale/v_scale), twice the tokens in the same memory")
-    add("--block-size", type=int, default=env_default("block_size", 16), help="tokens per KV block")
-    add("--num-kv-blocks", type=int, default=env_default("num_kv_blocks", 0),
-        help="KV blocks to allocate (0: measured on CUDA, 1024 on CPU, 65536 in fake mode)")
-    add("--gpu-memory-utilization", type=float, default=env_default("gpu_memory_utilization", 0.90),
-        help="fraction of GPU memory for weights, activations and the KV cache")
-    add("--max-num-seqs", type=int, default=env_default("max_num_seqs", WorkerConfig.max_num_seqs),
-        help="most sequences per step")
-    add("--max-num-batched-tokens", type=int,
-        default=env_default("max_num_batched_tokens", WorkerConfig.max_num_batched_tokens), help="most tokens per step (also the memory profile's size)")
-    add("--max-model-len", type=int, default=env_default("max_model_len", 0),
-        help="longest prompt plus output (0: the model's max_position_embeddings)")
-    add("--enforce-eager", action="store_true", default=env_default("enforce_eager", False),
-        help="no CUDA graphs for decode steps")
-    add("--fake-token-id", type=int, default=env_default("fake_token_id", -1),
-        help="token fake mode returns (-1: the smallest non-EOS id)")
-    add("--seed", type=int, default=env_default("seed", 0), help="seed of dummy weights")
-    add("--worker-id", default=env_default("worker_id", ""),
-        help="name in Worker.Info, one per process: a scheduler that saw it past its first steps gives them no "
-             "kernel-compile time again (default: host-pid)")
-    add("--kernel-profile-dir", default=env_default("kernel_profile_dir", ""),
-        help="on SIGUSR1, trace the next --kernel-profile-steps steps with torch.profiler and write a summary of "
-             "the device kernels here (default: off)")
-    add("--kernel-profile-steps", type=int, default=env_default("kernel_profile_steps", 100),
-        help="steps in a kernel profile window")
-    add("--tensor-parallel-size", type=int, default=env_default("tensor_parallel_size", 1),
-        help="processes that together hold the model, one per GPU (cuda:0 .. cuda:N-1; NCCL), or on the CPU "
-             "(gloo); this process is rank 0 and serves gRPC, it starts the others")
+    add_options(parser, WorkerConfig)
     return parser
-
 
 
 def build_config(argv: list[str] | None = None) -> WorkerConfig:
     args = build_parser().parse_args(argv)
-    return WorkerConfig(
-        model=args.model, model_id=args.model_id, load_format=args.load_format, dtype=args.dtype,
-        device=args.device, quantization=args.quantization,
-        kv_cache_dtype=args.kv_cache_dtype, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
-        gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        enforce_eager=args.enforce_eager, fake_token_id=args.fake_token_id, seed=args.seed,
-        worker_id=args.worker_id, kernel_profile_dir=args.kernel_profile_dir,
-        kernel_profile_steps=args.kernel_profile_steps, tensor_parallel_size=args.tensor_parallel_size,
-        server=server_config(args),
-    )
+    return config_from_args(WorkerConfig, args, server=server_config(args))
 
 
 class WorkerStage:
