@@ -174,10 +174,13 @@ class ServerConfig:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every command's help: each option with its default (after FLASHSTREAM_* variables), descriptions and
-    examples kept as written. A flag that takes no value is off unless given, whatever its stored default
-    (--no-internal-tls stores False), so its help says "default: off" rather than that value."""
+    examples kept as written. A --x / --no-x switch says whether it is on or off by default; any other flag that
+    takes no value is off unless given, whatever its stored default (--no-internal-tls stores False), so its help
+    says "default: off" rather than that value."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return f"{action.help} (default: {'on' if action.default else 'off'})"
         if action.option_strings and action.nargs == 0 and not isinstance(
                 action, (argparse._HelpAction, argparse._VersionAction)):
             return f"{action.help} (default: off)"

@@ -95,12 +95,13 @@ def help_entries(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def check_help_shows_the_default(build_parser: Callable[[], argparse.ArgumentParser], option: StageOption) -> None:
-    """--help lists the option with its default, and with the variable's value when that is set (a switch: off
-    unless given)."""
+    """--help lists the option with its default, and with the variable's value when that is set (a switch: on or
+    off as the variable sets it)."""
     with environment({}):
         entry = help_entries(build_parser())[option.flag]
     assert entry.endswith(f"(default: {option.default})"), entry
     text = option.from_variable[0]
     with environment({option.variable: text}):
         entry = help_entries(build_parser())[option.flag]
-    assert entry.endswith(f"(default: {'off' if option.from_flag is None else text})"), entry
+    switch_state = "on" if option.from_variable[1] else "off"
+    assert entry.endswith(f"(default: {switch_state if option.from_flag is None else text})"), entry

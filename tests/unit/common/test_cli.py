@@ -65,7 +65,10 @@ def test_every_option_of_every_command_has_help_that_shows_its_default() -> None
             name = action.option_strings[-1] if action.option_strings else action.dest
             assert action.help, f"{command}: {name} has no help"
             text = HelpFormatter(command)._get_help_string(action)
-            if action.option_strings and action.nargs == 0:
+            if isinstance(action, argparse.BooleanOptionalAction):
+                state = "on" if action.default else "off"
+                assert text == f"{action.help} (default: {state})", f"{command}: {name} is {state} by default"
+            elif action.option_strings and action.nargs == 0:
                 assert text == f"{action.help} (default: off)", f"{command}: {name} is a flag, off unless given"
             elif action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
                 assert "%(default)s" in text, f"{command}: {name} shows no default"

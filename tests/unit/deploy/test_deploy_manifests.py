@@ -62,8 +62,6 @@ def build_stage_config(stage: str, argv: list[str], env: dict[str, str]):  # noq
     """The config `flashstream serve STAGE argv` builds in its main(); parsers read the environment when built."""
     module = importlib.import_module(STAGE_MAINS[stage])
     with stage_environment(env):
-        if stage == "gateway":  # the gateway's main() has no build_config: parse, then convert
-            return module.config_from_args(module.build_parser().parse_args(argv))
         return module.build_config(argv)
 
 
