@@ -20,7 +20,7 @@ def test_deltas_keep_flowing_while_a_100k_token_prompt_is_encoded(tmp_path: Path
     big = unit * (100_000 // len(tokenizer.encode(unit)) + 1)
     started = time.perf_counter()
     num_big = len(tokenizer.encode(big))
-    encode_s = time.perf_counter() - started  # what a blocked loop would stall for, at least
+    encode_s = time.perf_counter() - started  # the encode alone, for the printout
     assert num_big >= 100_000
 
     async def main() -> None:
@@ -54,9 +54,10 @@ def test_deltas_keep_flowing_while_a_100k_token_prompt_is_encoded(tmp_path: Path
             gaps = [b - a for a, b in zip([sent_at, *during], [*during, finished_at])]
             print(f"encode {encode_s * 1000:.0f} ms in-test, {len(during)} deltas meanwhile, "
                   f"largest gap {max(gaps) * 1000:.1f} ms")
-            # A loop blocked by the encode would go at least encode_s without delivering a delta.
+            # A loop blocked by the encode would deliver nothing while it runs: its largest gap would be most of
+            # the big request's time (measured in this run, so that a loaded machine slows both alike).
             assert len(during) >= 5
-            assert max(gaps) < encode_s / 2
+            assert max(gaps) < (finished_at - sent_at) / 2
             await call.done_writing()
 
     asyncio.run(main())
