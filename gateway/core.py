@@ -146,28 +146,21 @@ class GatewayCore:
             raise RequestError(
                 f"model '{card.id}' has no chat template; send a completion request instead", "messages"
             )
-        max_tokens = request.sampling.max_tokens
-        if card.max_model_len and not request.fill_context:
-            # At least one prompt token must fit beside the output; the tokenizer checks the exact length.
-            num_prompt = len(request.token_ids) if request.token_ids is not None else 1
-            if max_tokens + num_prompt > card.max_model_len:
-                raise RequestError(
-                    f"max_tokens ({max_tokens}) plus the prompt ({num_prompt} token(s) at least) exceeds "
-                    f"the context of model '{card.id}' ({card.max_model_len} tokens)",
-                    "max_tokens",
-                )
-        if request.sampling.logit_bias and card.vocab_size:
-            bad_ids = [t for t, _ in request.sampling.logit_bias if t >= card.vocab_size]
+        # Sampling against the model, on entry. The prompt's length and ids are checked once, where they are
+        # known for every kind of prompt: in the tokenizer stage (services/tokenizer/intake.py).
+        sampling = request.sampling
+        if card.max_model_len and not sampling.fill_context and sampling.max_tokens + 1 > card.max_model_len:
+            raise RequestError(
+                f"max_tokens ({sampling.max_tokens}) plus the prompt (1 token(s) at least) exceeds "
+                f"the context of model '{card.id}' ({card.max_model_len} tokens)",
+                "max_tokens",
+            )
+        if sampling.logit_bias and card.vocab_size:
+            bad_ids = [t for t, _ in sampling.logit_bias if t >= card.vocab_size]
             if bad_ids:
                 raise RequestError(
                     f"logit_bias token ids must be below the vocabulary size {card.vocab_size}, got {bad_ids[0]}",
                     "logit_bias",
-                )
-        if request.token_ids is not None and card.vocab_size:
-            bad = [t for t in request.token_ids if t >= card.vocab_size]
-            if bad:
-                raise RequestError(
-                    f"prompt token ids must be below the vocabulary size {card.vocab_size}, got {bad[0]}", "prompt"
                 )
 
     def _begin(self, metrics: MetricsView) -> None:

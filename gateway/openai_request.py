@@ -18,10 +18,9 @@ from gateway.json_text import MAX_INT_DIGITS
 from gateway.openai_tools import message_tool_fields, parse_guided, parse_tools
 from gateway.schema import ChatTurn, GenerationRequest
 from services.common.errors import InvalidArgument
-from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
+from services.common.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 from services.common.text_options import TextOptions
 
-DEFAULT_MAX_TOKENS = 16
 # OpenAI's ranges, narrower than what the gRPC API accepts.
 MAX_OPENAI_TEMPERATURE = 2.0
 MAX_CHOICES = 128  # most choices (n) one request may ask for
@@ -196,7 +195,8 @@ def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
     """SamplingParams from the OpenAI fields, and whether logprobs were asked for."""
     max_name = "max_completion_tokens" if chat and b.has("max_completion_tokens") else "max_tokens"
     # As in OpenAI's API, a chat without a limit runs until the model stops or the context is full.
-    max_tokens = b.int(max_name, FILL_CONTEXT_MAX_TOKENS if chat else DEFAULT_MAX_TOKENS)
+    fill_context = chat and not b.has(max_name)
+    max_tokens = b.int(max_name, DEFAULT_MAX_TOKENS)
     if chat:
         want_logprobs = b.bool("logprobs", False)
         top = b.int("top_logprobs", None)
@@ -228,7 +228,9 @@ def _sampling(b: _Body, chat: bool) -> tuple[SamplingParams, bool]:
             logprobs=logprobs,
             logit_bias=_logit_bias(b),
             guided=parse_guided(b.body),
+            fill_context=fill_context,
         )
+        params.validate()
     except RequestError:
         raise
     except InvalidArgument as exc:  # SamplingParams names the field first in its message
@@ -334,7 +336,6 @@ def parse_openai_request(body: Any, chat: bool) -> OpenAIRequest:
         "options": options,
         "priority": b.int("priority", 0),
         "timeout_s": b.float("timeout", 0.0),
-        "fill_context": chat and sampling.max_tokens == FILL_CONTEXT_MAX_TOKENS,
         "bypass_cache": not b.bool("cache", True),  # extension: "cache": false skips the result cache
     }
     if chat:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from flashstream.v1 import common_pb2, gateway_pb2, tokenizer_pb2
 
 from gateway.embeddings import EmbeddingRequest, EmbeddingResult
@@ -21,19 +23,25 @@ from gateway.schema import (
     TranslationSettings,
     Usage,
 )
-from services.common.errors import ErrorCode, FlashStreamError
+from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument
 from services.common.finish_reason import FinishReason
 from services.common.pb import sampling_from_pb, sampling_to_pb
-from services.common.sampling import FILL_CONTEXT_MAX_TOKENS
 from services.common.text_options import TextOptions
 
 # ---- public Gateway requests ----
 
 
 def _options(
-    options: gateway_pb2.GenerateOptions, add_special_tokens: bool
+    options: gateway_pb2.GenerateOptions, add_special_tokens: bool, chat: bool = False
 ) -> tuple[dict[str, object], TextOptions]:
-    sampling = sampling_from_pb(options.sampling)  # raises InvalidArgument naming the field
+    """The request's fields from its options; sampling is validated here, the gRPC API's entry. A chat without
+    max_tokens runs until the model stops or the context is full, as OpenAI's chat does."""
+    sampling = sampling_from_pb(options.sampling)
+    if options.sampling.fill_context and options.sampling.HasField("max_tokens"):
+        raise InvalidArgument("max_tokens and fill_context cannot both be set")
+    if chat and not options.sampling.HasField("max_tokens"):
+        sampling = dataclasses.replace(sampling, fill_context=True)
+    sampling.validate()  # raises InvalidArgument naming the field
     text = TextOptions(
         stop=tuple(options.stop),
         include_stop_str_in_output=options.include_stop_str_in_output,
@@ -50,19 +58,6 @@ def generate_request_from_pb(pb: gateway_pb2.GenerateRequest) -> GenerationReque
     return GenerationRequest(model=pb.model, prompt=pb.prompt, options=text, **fields)  # type: ignore[arg-type]
 
 
-def _chat_options(pb: gateway_pb2.GenerateOptions) -> tuple[dict[str, object], TextOptions]:
-    """_options for a rendered conversation; without max_tokens it may run until the model stops or the context
-    is full (fill_context)."""
-    fill_context = not pb.sampling.HasField("max_tokens")
-    if fill_context:
-        options = gateway_pb2.GenerateOptions()
-        options.CopyFrom(pb)
-        options.sampling.max_tokens = FILL_CONTEXT_MAX_TOKENS
-        pb = options
-    fields, text = _options(pb, False)
-    return fields | {"fill_context": fill_context}, text
-
-
 def chat_turn_from_pb(m: common_pb2.ChatMessage) -> ChatTurn:
     calls = tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls)
     return ChatTurn(m.role, m.content, calls, m.tool_call_id, m.name)
@@ -77,7 +72,7 @@ def chat_turn_to_pb(turn: ChatTurn) -> common_pb2.ChatMessage:
 
 
 def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> GenerationRequest:
-    fields, text = _chat_options(pb.options)
+    fields, text = _options(pb.options, False, chat=True)
     messages = tuple(chat_turn_from_pb(m) for m in pb.messages)
     tools = tuple(ToolSpec(t.name, t.description, t.parameters_json) for t in pb.tools)
     choice = pb.tool_choice.WhichOneof("choice")
@@ -91,7 +86,7 @@ def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> GenerationRequest:
 
 def translation_settings_from_pb(pb: gateway_pb2.TranslateSegment) -> TranslationSettings:
     """The session settings a Translate call's first segment carries."""
-    fields, text = _chat_options(pb.options)
+    fields, text = _options(pb.options, False, chat=True)
     return TranslationSettings(model=pb.model, source_language=pb.source_language.strip(),
                                target_language=pb.target_language.strip(), options=text,
                                **fields)  # type: ignore[arg-type]
@@ -189,8 +184,6 @@ def text_request_to_pb(sub: Submission) -> tokenizer_pb2.TextRequest:
         gateway_s=sub.gateway_s,
         traceparent=sub.traceparent,
     )
-    if req.fill_context:  # unset on the wire: the tokenizer gives the request what the context leaves
-        pb.sampling.ClearField("max_tokens")
     if req.messages is not None:
         pb.chat.add_generation_prompt = req.add_generation_prompt
         pb.chat.messages.extend(chat_turn_to_pb(m) for m in req.messages)

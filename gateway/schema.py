@@ -47,7 +47,8 @@ class ChatTurn:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One public request: exactly one of prompt, token_ids, messages."""
+    """One public request: exactly one of prompt, token_ids, messages. Its sampling was validated where it was
+    parsed (`SamplingParams.validate`); the rest is checked here."""
 
     model: str
     sampling: SamplingParams
@@ -58,7 +59,6 @@ class GenerationRequest:
     add_generation_prompt: bool = True  # chat only
     priority: int = 0
     timeout_s: float = 0.0  # 0: the gateway's default
-    fill_context: bool = False  # chat without max_tokens: generate until the context is full
     bypass_cache: bool = False  # neither read nor fill the result cache, nor join an identical request
     tools: tuple[ToolSpec, ...] = ()  # chat only: functions the model may call
     tool_choice: str = "auto"  # "auto", "none" or "required" (a call of one of the tools, by grammar)
@@ -119,8 +119,10 @@ def check_tools(request: GenerationRequest) -> None:
     if request.forced_tool and request.forced_tool not in names:
         raise RequestError(f"tool_choice names function {request.forced_tool!r}, which is not among the tools",
                            "tool_choice")
-    if request.sampling.guided is not None and (request.tool_choice == "required" or request.forced_tool):
-        raise RequestError("a forced tool call cannot be combined with response_format", "tool_choice")
+    if request.tool_choice == "required" or request.forced_tool:
+        if request.sampling.guided is not None:
+            raise RequestError("a forced tool call cannot be combined with response_format", "tool_choice")
+        request.sampling.check_grammar_may_end()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,6 @@ class TranslationSettings:
     priority: int = 0
     timeout_s: float = 0.0  # per segment; 0: the gateway's default
     bypass_cache: bool = False
-    fill_context: bool = False  # no max_tokens given: a segment may run until the context is full
 
 
 @dataclass(frozen=True, slots=True)

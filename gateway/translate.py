@@ -58,7 +58,7 @@ class TranslationSession:
         """The generation request that translates `text` after the session's history."""
         s = self.settings
         common = {"model": self.card.id, "sampling": s.sampling, "priority": s.priority, "timeout_s": s.timeout_s,
-                  "bypass_cache": s.bypass_cache, "fill_context": s.fill_context}
+                  "bypass_cache": s.bypass_cache}
         if self.card.has_chat_template:
             return GenerationRequest(messages=self._messages(text), options=s.options, **common)  # type: ignore[arg-type]
         options = dataclasses.replace(s.options, stop=(*s.options.stop, PLAIN_STOP), add_special_tokens=True)

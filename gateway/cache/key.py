@@ -83,7 +83,7 @@ def key_fields(request: GenerationRequest, card: ModelCard, tenant: str) -> dict
             "add_special_tokens": o.add_special_tokens,
             "echo": o.echo_prompt,
         },
-        "fill_context": request.fill_context,
+        "fill_context": s.fill_context,
     }
     if s.guided is not None:  # present only when set, so that keys of unguided requests stay as they were
         fields["sampling"]["guided"] = [s.guided.kind, s.guided.spec]

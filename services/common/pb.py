@@ -10,7 +10,8 @@ from services.common.step import TokenLogprobs
 
 
 def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
-    """Validated SamplingParams (raises InvalidArgument with the offending field)."""
+    """SamplingParams as sent, not checked: the gateway validates them on entry and every later stage trusts
+    them (an entry point calls `validate` on the result)."""
     return SamplingParams.from_pb(pb)
 
 

@@ -2,6 +2,10 @@
 
 Pure Python (no torch, no grpc) so the scheduler can hold it. Text-level options (stop strings,
 special-token handling) belong to the tokenizer stage and are not here.
+
+`validate` runs once, where a request enters (the gateway); every later stage builds the dataclass from protobuf
+without checking it again. The one check that needs the prompt's length (does max_tokens fit the context, and what
+does `fill_context` leave) runs in the tokenizer stage, which replaces `fill_context` by a number.
 """
 
 from __future__ import annotations
@@ -23,8 +27,7 @@ MAX_TEMPERATURE = 100.0
 MIN_TEMPERATURE = struct.unpack("f", struct.pack("f", 1e-6))[0]
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
-# max_tokens while a chat request waits to learn its prompt length (it then gets what the context leaves).
-FILL_CONTEXT_MAX_TOKENS = 2**31 - 1
+DEFAULT_MAX_TOKENS = 16
 
 
 # xgrammar prefixes its messages with a time stamp, a source location and sometimes the failed check.
@@ -60,7 +63,7 @@ class Guided:
 class SamplingParams:
     """How to pick each next token. Defaults give greedy decoding of 16 tokens."""
 
-    max_tokens: int = 16
+    max_tokens: int = DEFAULT_MAX_TOKENS  # ignored while fill_context is set
     min_tokens: int = 0
     temperature: float = 0.0
     top_k: int = 0  # 0 disables top-k
@@ -75,9 +78,9 @@ class SamplingParams:
     logprobs: int | None = None  # None: no logprobs; n: the chosen token's and the top n alternatives'
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, value added to its logit), ids increasing
     guided: Guided | None = None  # None: unconstrained
-
-    def __post_init__(self) -> None:
-        self.validate()
+    # Generate until the model stops or the context is full: the tokenizer stage, which knows the prompt's length,
+    # sets max_tokens to what the context leaves and clears this.
+    fill_context: bool = False
 
     @property
     def is_greedy(self) -> bool:
@@ -89,9 +92,14 @@ class SamplingParams:
         return self.is_greedy or self.seed is not None
 
     def validate(self) -> None:
-        if self.max_tokens <= 0:
+        """Raises InvalidArgument naming the first field out of range (the message starts with its name). Called
+        once, on entry; later stages trust what it passed."""
+        if self.fill_context:
+            if self.min_tokens < 0:
+                raise InvalidArgument(f"min_tokens must be at least 0, got {self.min_tokens}")
+        elif self.max_tokens <= 0:
             raise InvalidArgument(f"max_tokens must be at least 1, got {self.max_tokens}")
-        if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
+        elif self.min_tokens < 0 or self.min_tokens > self.max_tokens:
             raise InvalidArgument(
                 f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}"
             )
@@ -122,17 +130,23 @@ class SamplingParams:
                 raise InvalidArgument(f"logit_bias token ids must be non-negative, got {token_id}")
             if not (math.isfinite(bias) and -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS):
                 raise InvalidArgument(f"logit_bias values must be in [-100, 100], got {bias} for token {token_id}")
-        if self.guided is not None and (self.min_tokens or self.ignore_eos):
-            # The grammar decides where the output ends: it allows only EOS once complete.
+        if self.guided is not None:
+            self.check_grammar_may_end()
+
+    def check_grammar_may_end(self) -> None:
+        """Refuses what would keep a grammar from ending the output (it allows only EOS once complete): the
+        gateway also calls this for a forced tool call, whose grammar the tokenizer stage adds."""
+        if self.min_tokens or self.ignore_eos:
             raise InvalidArgument("min_tokens and ignore_eos cannot be combined with guided decoding")
 
     # ---- protobuf (flashstream.v1.SamplingParams) ----
 
     @classmethod
     def from_pb(cls, pb: Any) -> "SamplingParams":
-        """Builds from a `flashstream.v1.SamplingParams`; unset fields take the defaults above."""
+        """Builds from a `flashstream.v1.SamplingParams`, unchecked (call `validate` on entry); unset fields take
+        the defaults above."""
         return cls(
-            max_tokens=pb.max_tokens if pb.HasField("max_tokens") else 16,
+            max_tokens=pb.max_tokens if pb.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
             min_tokens=pb.min_tokens,
             temperature=pb.temperature,
             top_k=pb.top_k,
@@ -147,12 +161,12 @@ class SamplingParams:
             logprobs=pb.logprobs if pb.HasField("logprobs") else None,
             logit_bias=tuple(sorted(pb.logit_bias.items())),
             guided=_guided_from_pb(pb.guided) if pb.HasField("guided") else None,
+            fill_context=pb.fill_context,
         )
 
     def to_pb(self, pb_cls: Any) -> Any:
         """Fills a new `flashstream.v1.SamplingParams` (pass the class to keep this module grpc-free)."""
         pb = pb_cls(
-            max_tokens=self.max_tokens,
             min_tokens=self.min_tokens,
             temperature=self.temperature,
             top_k=self.top_k,
@@ -163,7 +177,10 @@ class SamplingParams:
             frequency_penalty=self.frequency_penalty,
             stop_token_ids=list(self.stop_token_ids),
             ignore_eos=self.ignore_eos,
+            fill_context=self.fill_context,
         )
+        if not self.fill_context:  # a request that fills the context has no max_tokens yet
+            pb.max_tokens = self.max_tokens
         if self.seed is not None:
             pb.seed = self.seed
         if self.logprobs is not None:

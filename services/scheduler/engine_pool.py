@@ -75,22 +75,27 @@ class EnginePool:
     # ---- requests ----
 
     def route(self, request: Request) -> str:
-        """Validates and queues a request on the best worker; returns that worker's name.
+        """Queues a request on the best worker; returns that worker's name.
 
-        Raises InvalidArgument (bad or oversize prompt), ResourceExhausted (queue full) or Unavailable
-        (no worker connected).
+        The request arrives checked (sampling by the gateway, prompt length and ids by the tokenizer stage); what is
+        known only here is checked here. Raises InvalidArgument (a prompt that can never fit a worker's KV cache, a
+        request id in use), ResourceExhausted (queue full), Unavailable (no worker connected), or an INTERNAL
+        error when the request breaks what the tokenizer stage guarantees.
         """
         if request.key in self._owner:
             raise InvalidArgument(f"request id {request.key!r} is already in use")
         prompt = request.prompt_token_ids
-        if not prompt:
-            raise InvalidArgument("prompt_token_ids is empty")
+        if not prompt or request.params.fill_context:
+            raise FlashStreamError(
+                f"request {request.key!r} arrived {'without prompt tokens' if not prompt else 'with fill_context set'}:"
+                " the tokenizer stage refuses empty prompts and turns fill_context into max_tokens", ErrorCode.INTERNAL)
         open_engines = {name: e for name, e in self.engines.items() if name not in self.draining}
         if not open_engines:
             raise Unavailable("no worker is connected")
-        fitting = [(name, e) for name, e in open_engines.items() if self._check_fits(request, e.limits) is None]
+        refusals = {name: self._check_fits(request, e.limits) for name, e in open_engines.items()}
+        fitting = [(name, open_engines[name]) for name, refusal in refusals.items() if refusal is None]
         if not fitting:
-            raise InvalidArgument(self._check_fits(request, next(iter(open_engines.values())).limits) or "")
+            raise next(refusal for refusal in refusals.values() if refusal is not None)
         if self.num_waiting >= self.config.max_queued_requests:
             raise ResourceExhausted(f"the queue is full ({self.config.max_queued_requests} requests waiting)")
         name, engine = fitting[0] if len(fitting) == 1 else self._best(request, fitting)
@@ -159,23 +164,22 @@ class EnginePool:
     # ---- internals ----
 
     @staticmethod
-    def _check_fits(request: Request, limits: WorkerLimits) -> str | None:
-        """Why the request can never run on a worker with these limits, or None."""
-        num_prompt = len(request.prompt_token_ids)
-        num_total = num_prompt + request.params.max_tokens
+    def _check_fits(request: Request, limits: WorkerLimits) -> FlashStreamError | None:
+        """Why the request can never run on a worker with these limits, or None. The tokenizer stage checked the
+        context against the pool's shortest (Info's max_model_len), so exceeding one here is a broken invariant;
+        the KV cache's size is known only here."""
+        num_total = len(request.prompt_token_ids) + request.params.max_tokens
         if num_total > limits.max_model_len:
-            return (
-                f"prompt ({num_prompt} tokens) plus max_tokens ({request.params.max_tokens}) exceeds "
-                f"max_model_len ({limits.max_model_len})"
-            )
+            return FlashStreamError(
+                f"prompt plus max_tokens ({num_total} tokens) exceeds the worker's max_model_len "
+                f"({limits.max_model_len}), which the tokenizer stage checks first: its view of the pool is stale",
+                ErrorCode.INTERNAL)
         num_blocks = -(-num_total // limits.block_size)
         if num_blocks > limits.num_kv_blocks:
-            return (
+            return InvalidArgument(
                 f"prompt plus max_tokens needs {num_blocks} KV blocks, more than the worker's "
                 f"{limits.num_kv_blocks}: it can never fit the KV cache"
             )
-        if limits.vocab_size and max(request.prompt_token_ids) >= limits.vocab_size:
-            return f"prompt holds token id {max(request.prompt_token_ids)} outside the vocabulary ({limits.vocab_size})"
         return None
 
     @staticmethod

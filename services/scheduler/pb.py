@@ -29,7 +29,8 @@ def limits_from_info(info: worker_pb2.WorkerInfo) -> WorkerLimits:
 
 
 def request_from_pb(key: Hashable, pb: scheduler_pb2.TokenRequest) -> Request:
-    """A validated Request (raises InvalidArgument for bad sampling parameters)."""
+    """The Request as the tokenizer stage sent it: sampling validated at the gateway, prompt length and ids checked
+    by the tokenizer stage (not checked again here)."""
     return Request(
         key=key,
         prompt_token_ids=tuple(pb.prompt_token_ids),

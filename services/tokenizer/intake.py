@@ -1,5 +1,10 @@
 """New text requests → validated token requests: render chats, encode in batches, check lengths.
 
+This is where a prompt's tokens first exist, so the checks that need them live here and nowhere else: the prompt
+within the vocabulary (`TextTokenizer.check_token_ids`) and prompt plus max_tokens within the context
+(`fit_context`, which also turns `fill_context` into a number). Sampling arrives validated by the gateway and
+is not checked again; the scheduler and the worker trust what this stage sends.
+
 `prepare_batch` runs in a thread of the encode pool. It encodes every prompt of one upstream message
 with a single `encode_batch` call, which runs in the `tokenizers` library without holding the GIL, so
 the event loop keeps streaming while a long prompt is encoded (a plain `encode` holds the GIL: measured
@@ -15,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from services.common.errors import FlashStreamError, InvalidArgument
+from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument, Unavailable
 from services.common.sampling import SamplingParams
 from services.common.text_options import TextOptions
 from services.tokenizer.tokenizer import TextTokenizer
@@ -34,7 +39,6 @@ class TextInput:
     add_generation_prompt: bool = True
     tools: ToolRequest = field(default_factory=ToolRequest)  # chat only
     token_ids: list[int] | None = None
-    fill_context: bool = False  # chat without max_tokens: max_tokens becomes what the context leaves
     priority: int = 0
     deadline_unix_s: float = 0.0
     arrival_unix_s: float = 0.0
@@ -53,20 +57,37 @@ class PreparedRequest:
     tokenizer_s: float
 
 
-def _check_length(request: TextInput, num_tokens: int, max_model_len: int) -> None:
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """What the scheduler's Info says of the model: its context and vocabulary (0: not known yet)."""
+
+    max_model_len: int = 0
+    vocab_size: int = 0
+
+
+def fit_context(request: TextInput, num_tokens: int, max_model_len: int) -> None:
+    """The one check of a prompt's length against the context; a request that fills the context gets
+    max_tokens = what its prompt leaves, and leaves here with `fill_context` cleared."""
+    rid, sampling = request.request_id, request.sampling
     if num_tokens == 0:
-        raise InvalidArgument(f"request {request.request_id!r}: the prompt is empty")
-    if request.fill_context and max_model_len:
+        raise InvalidArgument(f"request {rid!r}: the prompt is empty")
+    if sampling.fill_context:
+        if not max_model_len:
+            raise Unavailable(f"request {rid!r}: the model's context length is not known yet; retry shortly")
         room = max_model_len - num_tokens
         if room < 1:
             raise InvalidArgument(
-                f"request {request.request_id!r}: the prompt ({num_tokens} tokens) leaves no room in the "
+                f"request {rid!r}: the prompt ({num_tokens} tokens) leaves no room in the "
                 f"model's context of {max_model_len} tokens")
-        request.sampling = replace(request.sampling, max_tokens=room)
-    if max_model_len and num_tokens + request.sampling.max_tokens > max_model_len:
+        if room < sampling.min_tokens:
+            raise InvalidArgument(
+                f"request {rid!r}: the prompt ({num_tokens} tokens) leaves {room} tokens of the model's context "
+                f"of {max_model_len} tokens, fewer than min_tokens ({sampling.min_tokens})")
+        request.sampling = replace(sampling, max_tokens=room, fill_context=False)
+    elif max_model_len and num_tokens + sampling.max_tokens > max_model_len:
         raise InvalidArgument(
-            f"request {request.request_id!r}: prompt ({num_tokens} tokens) plus max_tokens "
-            f"({request.sampling.max_tokens}) exceeds the model's context of {max_model_len} tokens"
+            f"request {rid!r}: prompt ({num_tokens} tokens) plus max_tokens "
+            f"({sampling.max_tokens}) exceeds the model's context of {max_model_len} tokens"
         )
 
 
@@ -81,16 +102,19 @@ def _check_text_size(tokenizer: TextTokenizer, request: TextInput, text: str, ma
 
 
 def prepare_batch(
-    tokenizer: TextTokenizer, requests: Sequence[TextInput], max_model_len: int
+    tokenizer: TextTokenizer, requests: Sequence[TextInput], limits: ModelLimits
 ) -> list[PreparedRequest | FlashStreamError]:
     """Renders, encodes and validates a batch of requests; one result per request, in order."""
+    max_model_len = limits.max_model_len
+    # Ids this tokenizer encodes are within its own vocabulary; the model's may be smaller.
+    model_vocab_smaller = 0 < limits.vocab_size < tokenizer.vocab_size
     results: list[PreparedRequest | FlashStreamError | None] = [None] * len(requests)
     texts: dict[bool, list[tuple[int, str]]] = {True: [], False: []}  # add_special_tokens → (index, text)
     for i, req in enumerate(requests):
         try:
             if req.token_ids is not None:
-                tokenizer.check_token_ids(req.token_ids)
-                _check_length(req, len(req.token_ids), max_model_len)
+                tokenizer.check_token_ids(req.token_ids, limits.vocab_size)
+                fit_context(req, len(req.token_ids), max_model_len)
                 text = tokenizer.decode(req.token_ids) if req.options.echo_prompt else ""
                 results[i] = PreparedRequest(req, list(req.token_ids), text, time.perf_counter() - req.received_s)
             elif req.messages is not None:
@@ -101,8 +125,9 @@ def prepare_batch(
             elif req.prompt:
                 _check_text_size(tokenizer, req, req.prompt, max_model_len)
                 texts[req.options.add_special_tokens].append((i, req.prompt))
-            else:
-                raise InvalidArgument(f"request {req.request_id!r}: the prompt is empty")
+            else:  # the gateway refuses an empty prompt
+                raise FlashStreamError(f"request {req.request_id!r} came with an empty prompt, which the gateway "
+                                       "refuses", ErrorCode.INTERNAL)
         except FlashStreamError as exc:
             results[i] = exc
     for add_special, items in texts.items():
@@ -112,7 +137,9 @@ def prepare_batch(
         for (i, text), ids in zip(items, encoded):
             req = requests[i]
             try:
-                _check_length(req, len(ids), max_model_len)
+                if model_vocab_smaller:
+                    tokenizer.check_token_ids(ids, limits.vocab_size)
+                fit_context(req, len(ids), max_model_len)
                 results[i] = PreparedRequest(req, ids, text, time.perf_counter() - req.received_s)
             except FlashStreamError as exc:
                 results[i] = exc
@@ -128,8 +155,8 @@ class EncodePool:
         self.tokenizer = tokenizer
         self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="encode")
 
-    def prepare(self, requests: Sequence[TextInput], max_model_len: int) -> concurrent.futures.Future:
-        return self._pool.submit(prepare_batch, self.tokenizer, list(requests), max_model_len)
+    def prepare(self, requests: Sequence[TextInput], limits: ModelLimits) -> concurrent.futures.Future:
+        return self._pool.submit(prepare_batch, self.tokenizer, list(requests), limits)
 
     def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future:
         return self._pool.submit(fn, *args)

@@ -7,9 +7,8 @@ from typing import Any
 
 from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2
 
-from services.common.errors import FlashStreamError, InvalidArgument
+from services.common.errors import ErrorCode, FlashStreamError
 from services.common.pb import error_to_pb, sampling_from_pb, sampling_to_pb
-from services.common.sampling import FILL_CONTEXT_MAX_TOKENS
 from services.common.text_options import TextOptions
 from services.tokenizer.intake import PreparedRequest, TextInput
 from services.tokenizer.request_state import RequestState, TextStep
@@ -18,7 +17,7 @@ from services.tokenizer.tools import ToolRequest, template_message, template_too
 
 
 def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
-    """Raises InvalidArgument for bad sampling parameters or a request with no input."""
+    """The request as the gateway validated it: its sampling and text options are not checked again."""
     options = TextOptions(
         stop=tuple(pb.options.stop),
         include_stop_str_in_output=pb.options.include_stop_str_in_output,
@@ -26,19 +25,13 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
         add_special_tokens=pb.options.add_special_tokens,
         echo_prompt=pb.options.echo_prompt,
     )
-    if any(s == "" for s in options.stop):
-        raise InvalidArgument(f"request {pb.request_id!r}: stop strings must not be empty")
+    if any(s == "" for s in options.stop):  # it would match everywhere: the stage's detokenizing loop never ends
+        raise FlashStreamError(f"request {pb.request_id!r} came with an empty stop string, which the gateway "
+                               "refuses", ErrorCode.INTERNAL)
     kind = pb.WhichOneof("input")
-    sampling = pb.sampling
-    fill_context = kind == "chat" and not pb.sampling.HasField("max_tokens")
-    if fill_context:  # a chat without a limit gets what the context leaves once its prompt is encoded
-        sampling = common_pb2.SamplingParams()
-        sampling.CopyFrom(pb.sampling)
-        sampling.max_tokens = FILL_CONTEXT_MAX_TOKENS
     request = TextInput(
         request_id=pb.request_id,
-        sampling=sampling_from_pb(sampling),
-        fill_context=fill_context,
+        sampling=sampling_from_pb(pb.sampling),
         options=options,
         priority=pb.priority,
         deadline_unix_s=pb.deadline_unix_s,
@@ -59,7 +52,8 @@ def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
     elif kind == "tokens":
         request.token_ids = list(pb.tokens.token_ids)
     else:
-        raise InvalidArgument(f"request {pb.request_id!r}: no prompt, chat or tokens given")
+        raise FlashStreamError(f"request {pb.request_id!r} came with no prompt, chat or token ids: the gateway sends "
+                               "exactly one", ErrorCode.INTERNAL)
     return request
 
 

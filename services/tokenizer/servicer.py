@@ -23,7 +23,7 @@ from services.common.internal_tls import InternalTls
 from services.common.metrics import Metrics, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.tokenizer.embed_inputs import EmbedEncoder, EmbedInput
-from services.tokenizer.intake import EncodePool, PreparedRequest
+from services.tokenizer.intake import EncodePool, ModelLimits, PreparedRequest
 from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, text_input_from_pb,
                                    token_request_to_pb)
 from services.tokenizer.request_state import RequestState, TextStep, step_requests
@@ -145,8 +145,9 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
                 events.append(self._error(pb.request_id, exc))
         forward = scheduler_pb2.SchedulerUp()
         if inputs:
-            max_len = self.link.info.max_model_len if self.link.info else 0
-            prepared = await asyncio.wrap_future(self.pool.prepare(inputs, max_len))
+            info = self.link.info
+            limits = ModelLimits(info.max_model_len, info.vocab_size) if info else ModelLimits()
+            prepared = await asyncio.wrap_future(self.pool.prepare(inputs, limits))
             for request, result in zip(inputs, prepared):
                 if isinstance(result, FlashStreamError):
                     events.append(self._error(request.request_id, result))

@@ -232,11 +232,13 @@ class TextTokenizer:
         self._token_bytes[token_id] = out
         return out
 
-    def check_token_ids(self, token_ids: Sequence[int]) -> None:
-        """Raises InvalidArgument when an id is outside the vocabulary."""
-        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+    def check_token_ids(self, token_ids: Sequence[int], model_vocab_size: int = 0) -> None:
+        """Raises InvalidArgument when an id is outside the vocabulary: this tokenizer's, and the model's when
+        `model_vocab_size` is given and smaller (0: unknown)."""
+        size = min(self.vocab_size, model_vocab_size) if model_vocab_size else self.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < size]
         if bad:
-            raise InvalidArgument(f"token ids out of the vocabulary (size {self.vocab_size}): {bad[:8]}")
+            raise InvalidArgument(f"token ids out of the vocabulary (size {size}): {bad[:8]}")
 
     def render_chat(
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 from flashstream.v1 import worker_pb2
 
-from services.common.errors import FlashStreamError, InvalidArgument
+from services.common.errors import InvalidArgument
 from services.common.pb import error_to_pb, logprobs_to_pb, sampling_from_pb
-from services.common.step import CachedSeq, NewSeq, SeqError, StepPlan, StepResult
+from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
 from services.worker.engine import EngineInfo
 
 
-def plan_from_pb(pb: worker_pb2.StepPlan) -> tuple[StepPlan, list[SeqError]]:
-    """The plan, and errors for NewSeqs whose sampling parameters are invalid (those are left out)."""
-    new_seqs: list[NewSeq] = []
-    errors: list[SeqError] = []
-    for seq in pb.new_seqs:
-        try:
-            sampling = sampling_from_pb(seq.sampling)
-        except FlashStreamError as exc:
-            errors.append(SeqError(seq.seq_id, exc))
-            continue
-        new_seqs.append(NewSeq(
+def plan_from_pb(pb: worker_pb2.StepPlan) -> StepPlan:
+    """The plan as the scheduler sent it. Sampling parameters were validated at the gateway and are not checked
+    again; the sequence table checks what the worker's memory depends on (ids, blocks, lengths)."""
+    new_seqs = [
+        NewSeq(
             seq_id=seq.seq_id, token_ids=list(seq.token_ids), num_prompt_tokens=seq.num_prompt_tokens,
-            sampling=sampling, block_ids=list(seq.block_ids), num_computed_tokens=seq.num_computed_tokens,
-            num_scheduled_tokens=seq.num_scheduled_tokens, traceparent=seq.traceparent,
-        ))
-    return StepPlan(pb.step_id, new_seqs, cached_seqs_from_pb(pb.cached_seqs), list(pb.finished_seq_ids)), errors
+            sampling=sampling_from_pb(seq.sampling), block_ids=list(seq.block_ids),
+            num_computed_tokens=seq.num_computed_tokens, num_scheduled_tokens=seq.num_scheduled_tokens,
+            traceparent=seq.traceparent,
+        )
+        for seq in pb.new_seqs
+    ]
+    return StepPlan(pb.step_id, new_seqs, cached_seqs_from_pb(pb.cached_seqs), list(pb.finished_seq_ids))
 
 
 def cached_seqs_from_pb(pb: worker_pb2.CachedSeqs) -> list[CachedSeq]:

@@ -10,17 +10,15 @@ from collections.abc import AsyncIterator
 
 from flashstream.v1 import worker_pb2
 
-from services.common.step import SeqError, StepPlan
+from services.common.step import StepPlan
 from services.worker.pb import plan_from_pb
-
-Item = tuple[StepPlan, list[SeqError]]  # a plan and the errors of converting it
 
 
 class PlanInbox:
     """Filled by the event loop (`fill`), emptied in order by it (`get`); `peek_plan` is safe from any thread."""
 
     def __init__(self) -> None:
-        self._items: deque[Item] = deque()
+        self._items: deque[StepPlan] = deque()
         self._cond = threading.Condition()
         self._arrived = asyncio.Event()
         self._closed = False
@@ -47,13 +45,13 @@ class PlanInbox:
             self._cond.notify_all()
         self._arrived.set()
 
-    def _put(self, item: Item) -> None:
+    def _put(self, item: StepPlan) -> None:
         with self._cond:
             self._items.append(item)
             self._cond.notify_all()
         self._arrived.set()
 
-    async def get(self) -> Item | None:
+    async def get(self) -> StepPlan | None:
         """The next plan in arrival order; None once the stream has ended and every plan was taken."""
         while True:
             with self._cond:
@@ -71,4 +69,4 @@ class PlanInbox:
         with self._cond:
             if not self._items and not self._closed and timeout > 0:
                 self._cond.wait(timeout)
-            return self._items[0][0] if self._items else None
+            return self._items[0] if self._items else None

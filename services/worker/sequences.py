@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.errors import FlashStreamError, InvalidArgument, NotFound
+from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument, NotFound
 from services.common.sampling import SamplingParams
 from services.common.step import CachedSeq, NewSeq, SeqError, StepPlan
 from services.worker.attention_metadata import SeqChunk
@@ -135,8 +135,9 @@ class SequenceTable:
                 f"seq {new.seq_id}: num_prompt_tokens {new.num_prompt_tokens} exceeds its {len(new.token_ids)} tokens"
             )
         bad = [t for t in new.token_ids if not 0 <= t < self.limits.vocab_size]
-        if bad:
-            raise InvalidArgument(f"seq {new.seq_id}: token id {bad[0]} is outside the vocabulary of {self.limits.vocab_size}")
+        if bad:  # an id past the embedding would fault the device: the tokenizer stage refuses such prompts
+            raise FlashStreamError(f"seq {new.seq_id}: token id {bad[0]} is outside the vocabulary of "
+                                   f"{self.limits.vocab_size}, which the tokenizer stage checks", ErrorCode.INTERNAL)
         state = SeqState(
             new.seq_id, list(new.token_ids), new.num_prompt_tokens, new.sampling, [], new.num_computed_tokens
         )
@@ -173,9 +174,9 @@ class SequenceTable:
                 f"but only {len(state.token_ids)} tokens are known"
             )
         if end > self.limits.max_model_len:
-            raise InvalidArgument(
-                f"seq {state.seq_id}: {end} tokens exceed max_model_len {self.limits.max_model_len}"
-            )
+            raise FlashStreamError(
+                f"seq {state.seq_id}: {end} tokens exceed max_model_len {self.limits.max_model_len}, which the "
+                "tokenizer stage and the scheduler check", ErrorCode.INTERNAL)
         needed = -(-end // self.limits.block_size)
         if needed > len(state.block_ids):
             raise InvalidArgument(

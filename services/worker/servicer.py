@@ -74,8 +74,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._streams[inbox] = table
         reader = asyncio.create_task(inbox.fill(request_iterator))
         try:
-            while (item := await inbox.get()) is not None:
-                plan, errors = item
+            while (plan := await inbox.get()) is not None:
                 # A traced sequence's first step on this worker (its prompt, or the part not cached) is its span.
                 spans = [self.tracing.start("worker", new.traceparent, seq_id=new.seq_id,
                                             computed_tokens=new.num_computed_tokens,
@@ -88,7 +87,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                                                         inbox.peek_plan)
                 finally:
                     self.step_started = None
-                result.errors[:0] = errors
                 for span in spans:
                     span.end()
                 self._record_step(engine, result.step_time_s)

@@ -76,7 +76,8 @@ def test_stop_string_ends_with_stop_string_and_aborts_at_the_scheduler(model_dir
     asyncio.run(main())
 
 
-def test_bad_requests_get_errors_while_batch_mates_complete(model_dir: Path, tokenizer: TextTokenizer) -> None:
+def test_bad_prompts_get_errors_while_batch_mates_complete_and_sampling_is_trusted_as_sent(
+        model_dir: Path, tokenizer: TextTokenizer) -> None:
     reply = tokenizer.encode("ok fine", add_special_tokens=False)
 
     async def main() -> None:
@@ -84,25 +85,29 @@ def test_bad_requests_get_errors_while_batch_mates_complete(model_dir: Path, tok
             call = h.stub.Connect()
             bad_model = text_request("model")
             bad_model.model = "other-model"
-            bad_sampling = text_request("temp")
+            bad_sampling = text_request("temp", max_tokens=8)
             bad_sampling.sampling.temperature = -1
             bad_tokens = tokenizer_pb2.TextRequest(request_id="ids", tokens=tokenizer_pb2.TokenInput(token_ids=[99999]))
             await call.write(tokenizer_pb2.TokenizerUp(requests=[
                 text_request("good", max_tokens=8), text_request("empty", ""), text_request("long", "The river " * 40, 8),
-                bad_model, bad_sampling, bad_tokens, text_request("stop", stop=[""]),
+                bad_model, bad_sampling, bad_tokens, text_request("stop", max_tokens=8, stop=[""]),
             ]))
             events, _ = await read_until_terminal(call, {"good", "empty", "long", "model", "temp", "ids", "stop"})
             await call.done_writing()
             assert streamed_text(events["good"]) == "ok fine"
             codes = {rid: (events[rid][-1].error.code, events[rid][-1].error.message)
-                     for rid in ("empty", "long", "model", "temp", "ids", "stop")}
-            assert codes["empty"] == (3, "request 'empty': the prompt is empty")
-            assert codes["long"][0] == 3 and "exceeds the model's context of 64 tokens" in codes["long"][1]
+                     for rid in ("empty", "long", "model", "ids", "stop")}
+            # The gateway refuses an empty prompt, so one reaching this stage breaks the contract between them.
+            assert codes["empty"] == (13, "request 'empty' came with an empty prompt, which the gateway refuses")
+            assert codes["long"] == (3, "request 'long': prompt (82 tokens) plus max_tokens (8) exceeds the model's "
+                                        "context of 64 tokens")
             assert codes["model"] == (3, "model 'other-model' is not served here; served models: ['fake-model']")
-            assert codes["temp"][0] == 3 and "temperature" in codes["temp"][1]
-            assert codes["ids"][0] == 3 and "out of the vocabulary" in codes["ids"][1]
-            assert codes["stop"][0] == 3 and "stop strings must not be empty" in codes["stop"][1]
-            assert [r.request_id for r in h.fake.requests] == ["1:good"]
+            assert codes["ids"] == (3, f"token ids out of the vocabulary (size {tokenizer.vocab_size}): [99999]")
+            # An empty stop string would wedge the stage, so the broken contract is named rather than trusted.
+            assert codes["stop"] == (13, "request 'stop' came with an empty stop string, which the gateway refuses")
+            # Sampling was validated by the gateway: this stage passes it on unchecked.
+            assert [r.request_id for r in h.fake.requests] == ["1:good", "1:temp"]
+            assert h.fake.requests[1].sampling.temperature == -1
 
     asyncio.run(main())
 
@@ -159,7 +164,7 @@ def test_info_reports_the_model_the_scheduler_serves_and_the_tokenizer_chat_temp
         async with Harness(model_dir, lambda r: []) as h:
             info = await h.stub.Info(tokenizer_pb2.TokenizerInfoRequest())
             assert (info.model_id, info.model_revision, info.max_model_len, info.vocab_size) == (
-                "fake-model", "rev-1", 4096, 700)
+                "fake-model", "rev-1", 4096, 1024)
             assert info.has_chat_template and info.ready
 
     asyncio.run(main())
@@ -202,6 +207,7 @@ def test_a_chat_without_max_tokens_gets_what_the_context_leaves_and_a_full_conte
 
     def chat(request_id: str, content: str) -> tokenizer_pb2.TextRequest:
         req = tokenizer_pb2.TextRequest(request_id=request_id)  # sampling.max_tokens left unset
+        req.sampling.fill_context = True
         req.chat.messages.extend([common_pb2.ChatMessage(role="user", content=content)])
         req.chat.add_generation_prompt = True
         return req
@@ -214,10 +220,38 @@ def test_a_chat_without_max_tokens_gets_what_the_context_leaves_and_a_full_conte
                                                                  chat("full", too_long)]))
             events, _ = await read_until_terminal(call, {"fits", "full"})
             await call.done_writing()
-            assert [r.sampling.max_tokens for r in h.fake.requests] == [40]
+            # The scheduler gets a number and no fill_context: it never needs to know the prompt's room.
+            assert [(r.sampling.max_tokens, r.sampling.fill_context, r.sampling.HasField("max_tokens"))
+                    for r in h.fake.requests] == [(40, False, True)]
             assert events["fits"][-1].done.finish_reason == common_pb2.FINISH_REASON_LENGTH
             error = events["full"][-1].error
             assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-            assert "leaves no room in the model's context of" in error.message
+            num_full = len(tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": too_long}]),
+                                            add_special_tokens=False))
+            assert error.message == (f"request 'full': the prompt ({num_full} tokens) leaves no room in the model's "
+                                     f"context of {num_prompt + 40} tokens")
+
+    asyncio.run(main())
+
+
+def test_a_prompt_whose_ids_the_model_lacks_is_refused_here_and_never_reaches_the_scheduler(
+        model_dir: Path, tokenizer: TextTokenizer) -> None:
+    ids = tokenizer.encode("The river")
+    model_vocab_size = max(ids)  # a model one row short of the prompt's largest id
+
+    async def main() -> None:
+        async with Harness(model_dir, lambda r: [5], vocab_size=model_vocab_size) as h:
+            call = h.stub.Connect()
+            given = tokenizer_pb2.TextRequest(request_id="given", tokens=tokenizer_pb2.TokenInput(token_ids=ids))
+            given.sampling.max_tokens = 4
+            await call.write(tokenizer_pb2.TokenizerUp(requests=[text_request("encoded"), given,
+                                                                 text_request("fits", "a", add_special_tokens=False)]))
+            events, _ = await read_until_terminal(call, {"encoded", "given", "fits"})
+            await call.done_writing()
+            for rid in ("encoded", "given"):
+                error = events[rid][-1].error
+                assert (error.code, error.message) == (
+                    3, f"token ids out of the vocabulary (size {model_vocab_size}): [{model_vocab_size}]")
+            assert [r.request_id for r in h.fake.requests] == ["1:fits"]
 
     asyncio.run(main())

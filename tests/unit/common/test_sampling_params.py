@@ -1,4 +1,4 @@
-"""SamplingParams: validation with clear messages, protobuf round trips, defaults."""
+"""SamplingParams: validation with clear messages (on entry only), protobuf round trips, defaults, fill_context."""
 
 from __future__ import annotations
 
@@ -56,9 +56,31 @@ def test_seed_zero_and_logprobs_zero_are_kept_distinct_from_unset() -> None:
 )
 def test_invalid_values_are_refused_with_a_message_naming_the_field(kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidArgument) as info:
-        SamplingParams(**kwargs)
+        SamplingParams(**kwargs).validate()
     assert info.value.message == message
     assert info.value.code == ErrorCode.INVALID_ARGUMENT
+
+
+def test_later_stages_read_parameters_from_protobuf_without_checking_them_again() -> None:
+    # The gateway validated them on entry; a stage past it takes them as sent.
+    params = SamplingParams.from_pb(common_pb2.SamplingParams(max_tokens=0, temperature=-1.0, top_p=0.0))
+    assert (params.max_tokens, params.temperature, params.top_p) == (0, -1.0, 0.0)
+
+
+def test_fill_context_travels_as_its_own_field_with_max_tokens_unset() -> None:
+    params = SamplingParams(min_tokens=40, temperature=1.0, fill_context=True)
+    params.validate()  # min_tokens is checked against the room the prompt leaves, in the tokenizer stage
+    pb = params.to_pb(common_pb2.SamplingParams)
+    assert (pb.fill_context, pb.HasField("max_tokens"), pb.min_tokens) == (True, False, 40)
+    assert SamplingParams.from_pb(pb) == params
+    resolved = SamplingParams(max_tokens=30, fill_context=False).to_pb(common_pb2.SamplingParams)
+    assert (resolved.fill_context, resolved.max_tokens) == (False, 30)
+
+
+def test_a_negative_min_tokens_is_refused_when_filling_the_context_too() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        SamplingParams(min_tokens=-1, fill_context=True).validate()
+    assert info.value.message == "min_tokens must be at least 0, got -1"
 
 
 def test_the_smallest_positive_temperature_survives_the_float32_protobuf_hop() -> None:

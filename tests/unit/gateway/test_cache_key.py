@@ -59,7 +59,7 @@ def test_model_revision_tenant_and_input_change_the_key() -> None:
         _key(GenerationRequest(model="m", sampling=BASE.sampling, messages=(ChatTurn("user", "Hi"),),
                                add_generation_prompt=False)),
         _key(GenerationRequest(model="m", sampling=BASE.sampling, messages=(ChatTurn("system", "Hi"),))),
-        _key(dataclasses.replace(BASE, fill_context=True)),
+        _key(dataclasses.replace(BASE, sampling=dataclasses.replace(BASE.sampling, fill_context=True))),
     }
     assert len(keys) == 10
 

@@ -109,18 +109,32 @@ def test_requests_that_cannot_fit_the_model_are_refused() -> None:
         core, router = _core(CARD, ModelCard("plain", has_chat_template=False))
         with pytest.raises(RequestError) as too_long:
             core.start(_request(model="llama", sampling=SamplingParams(max_tokens=32)))
-        assert too_long.value.param == "max_tokens"
-        with pytest.raises(RequestError) as ids_too_long:
-            core.start(_request(model="llama", prompt=None, token_ids=tuple(range(30))))
-        assert ids_too_long.value.message.startswith("max_tokens (4) plus the prompt (30 token(s) at least)")
-        with pytest.raises(RequestError) as bad_id:
-            core.start(_request(model="llama", prompt=None, token_ids=(5, 100)))
-        assert bad_id.value.message == "prompt token ids must be below the vocabulary size 100, got 100"
+        assert (too_long.value.param, too_long.value.message) == (
+            "max_tokens", "max_tokens (32) plus the prompt (1 token(s) at least) exceeds the context of model 'llama' "
+                          "(32 tokens)")
+        with pytest.raises(RequestError) as bad_bias:
+            core.start(_request(model="llama", sampling=SamplingParams(max_tokens=4, logit_bias=((100, 1.0),))))
+        assert bad_bias.value.message == "logit_bias token ids must be below the vocabulary size 100, got 100"
         with pytest.raises(RequestError) as no_template:
             core.start(_request(model="plain", prompt=None, messages=(ChatTurn("user", "x"),)))
         assert no_template.value.message == "model 'plain' has no chat template; send a completion request instead"
         assert router.submitted == [] and core.num_running == 0
         core.start(_request(model="llama", sampling=SamplingParams(max_tokens=31))).close()  # exactly fills the context
+
+    asyncio.run(main())
+
+
+def test_prompt_length_and_ids_are_left_to_the_tokenizer_stage_and_fill_context_skips_the_max_tokens_check() -> None:
+    async def main() -> None:
+        core, router = _core(CARD)
+        # 30 prompt tokens plus 4 exceed the context of 32 and id 100 is outside the vocabulary: the tokenizer stage,
+        # where every prompt's tokens exist, refuses both with one message each.
+        core.start(_request(model="llama", prompt=None, token_ids=tuple(range(30)))).close()
+        core.start(_request(model="llama", prompt=None, token_ids=(5, 100))).close()
+        core.start(_request(model="llama", prompt=None, messages=(ChatTurn("user", "x"),),
+                            sampling=SamplingParams(fill_context=True))).close()
+        assert [s.request.token_ids for s in router.submitted[:2]] == [tuple(range(30)), (5, 100)]
+        assert router.submitted[2].request.sampling.fill_context
 
     asyncio.run(main())
 

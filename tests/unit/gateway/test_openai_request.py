@@ -10,7 +10,7 @@ from gateway.errors import RequestError
 from gateway.openai_request import parse_openai_request
 from gateway.openai_response import error_response
 from gateway.schema import ChatTurn, GenerationRequest
-from services.common.sampling import FILL_CONTEXT_MAX_TOKENS, SamplingParams
+from services.common.sampling import SamplingParams
 from services.common.text_options import TextOptions
 
 
@@ -63,13 +63,16 @@ def test_a_chat_without_a_limit_fills_the_context_and_a_completion_defaults_to_s
     chat = parse_openai_request({"messages": [{"role": "user", "content": "U"}], "min_tokens": 40}, chat=True)
     assert chat.request == GenerationRequest(
         model="", messages=(ChatTurn("user", "U"),),
-        sampling=SamplingParams(max_tokens=FILL_CONTEXT_MAX_TOKENS, min_tokens=40, temperature=1.0),
-        options=TextOptions(add_special_tokens=False), fill_context=True,
+        sampling=SamplingParams(min_tokens=40, temperature=1.0, fill_context=True),
+        options=TextOptions(add_special_tokens=False),
     )
     limited = parse_openai_request({"messages": [{"role": "user", "content": "U"}], "max_tokens": 5}, chat=True)
-    assert (limited.request.fill_context, limited.request.sampling.max_tokens) == (False, 5)
+    assert (limited.request.sampling.fill_context, limited.request.sampling.max_tokens) == (False, 5)
+    # An explicit limit of 2**31 - 1 is a limit (the gateway's context check refuses it), not "fill the context".
+    huge = parse_openai_request({"messages": [{"role": "user", "content": "U"}], "max_tokens": 2**31 - 1}, chat=True)
+    assert (huge.request.sampling.fill_context, huge.request.sampling.max_tokens) == (False, 2**31 - 1)
     completion = parse_openai_request({"prompt": "Hi"}, chat=False)
-    assert (completion.request.fill_context, completion.request.sampling.max_tokens) == (False, 16)
+    assert (completion.request.sampling.fill_context, completion.request.sampling.max_tokens) == (False, 16)
 
 
 def test_n_and_a_batch_of_prompts_give_one_request_per_choice_prompt_by_prompt() -> None:

@@ -63,18 +63,38 @@ def test_chat_request_becomes_chat_turns() -> None:
     assert (request.messages, request.options.add_special_tokens) == ((ChatTurn("user", "Hi"),), False)
 
 
-def test_a_grpc_chat_without_max_tokens_reaches_the_tokenizer_with_max_tokens_unset() -> None:
+def test_a_grpc_chat_without_max_tokens_reaches_the_tokenizer_with_fill_context_set() -> None:
     unlimited = chat_request_from_pb(gateway_pb2.ChatRequest(
         model="m", messages=[common_pb2.ChatMessage(role="user", content="Hi")],
         options=gateway_pb2.GenerateOptions(sampling=common_pb2.SamplingParams(min_tokens=20))))
-    assert unlimited.fill_context and unlimited.sampling.min_tokens == 20
+    assert unlimited.sampling.fill_context and unlimited.sampling.min_tokens == 20
     pb = text_request_to_pb(Submission("chatcmpl-2", unlimited, 0, 0, 0))
-    assert not pb.sampling.HasField("max_tokens") and pb.sampling.min_tokens == 20
+    assert (pb.sampling.fill_context, pb.sampling.HasField("max_tokens"), pb.sampling.min_tokens) == (True, False, 20)
     limited = chat_request_from_pb(gateway_pb2.ChatRequest(
         model="m", messages=[common_pb2.ChatMessage(role="user", content="Hi")],
         options=gateway_pb2.GenerateOptions(sampling=common_pb2.SamplingParams(max_tokens=7))))
-    assert not limited.fill_context
-    assert text_request_to_pb(Submission("chatcmpl-3", limited, 0, 0, 0)).sampling.max_tokens == 7
+    assert not limited.sampling.fill_context
+    pb = text_request_to_pb(Submission("chatcmpl-3", limited, 0, 0, 0))
+    assert (pb.sampling.fill_context, pb.sampling.max_tokens) == (False, 7)
+
+
+def test_a_grpc_completion_fills_the_context_only_when_asked_and_never_beside_max_tokens() -> None:
+    plain = generate_request_from_pb(gateway_pb2.GenerateRequest(prompt="Hi"))
+    assert (plain.sampling.fill_context, plain.sampling.max_tokens) == (False, 16)
+    asked = generate_request_from_pb(gateway_pb2.GenerateRequest(prompt="Hi", options=gateway_pb2.GenerateOptions(
+        sampling=common_pb2.SamplingParams(fill_context=True))))
+    assert asked.sampling.fill_context
+    with pytest.raises(InvalidArgument) as both:
+        generate_request_from_pb(gateway_pb2.GenerateRequest(prompt="Hi", options=gateway_pb2.GenerateOptions(
+            sampling=common_pb2.SamplingParams(fill_context=True, max_tokens=5))))
+    assert both.value.message == "max_tokens and fill_context cannot both be set"
+
+
+def test_grpc_sampling_is_validated_where_the_request_enters() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        generate_request_from_pb(gateway_pb2.GenerateRequest(prompt="Hi", options=gateway_pb2.GenerateOptions(
+            sampling=common_pb2.SamplingParams(top_p=1.5))))
+    assert info.value.message == "top_p must be in (0, 1], got 1.5"
 
 
 def test_text_request_carries_the_submission() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import ErrorCode, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument, ResourceExhausted, Unavailable
 from services.common.sampling import SamplingParams
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine_pool import EnginePool
@@ -22,15 +22,33 @@ def req(key: str, prompt: list[int], max_tokens: int = 2) -> Request:
 def test_prompt_that_can_never_fit_the_kv_cache_is_invalid_argument():
     pool = EnginePool(SchedulerConfig())
     pool.add_worker("w", LIMITS)
-    with pytest.raises(InvalidArgument, match="can never fit the KV cache"):
+    with pytest.raises(InvalidArgument) as refused:
         pool.route(req("r", list(range(30)), max_tokens=3))  # 33 tokens need 9 blocks of 4; 8 exist
-    with pytest.raises(InvalidArgument, match="exceeds max_model_len"):
-        pool.route(req("r", list(range(10)), max_tokens=60))
-    with pytest.raises(InvalidArgument, match="empty"):
-        pool.route(req("r", []))
-    with pytest.raises(InvalidArgument, match="outside the vocabulary"):
-        pool.route(req("r", [1, 500]))
+    assert refused.value.message == "prompt plus max_tokens needs 9 KV blocks, more than the worker's 8: it can never " \
+                                    "fit the KV cache"
     assert pool.num_waiting == 0
+
+
+def test_what_the_tokenizer_stage_guarantees_is_not_checked_again_and_breaking_it_is_internal():
+    pool = EnginePool(SchedulerConfig())
+    pool.add_worker("w", LIMITS)
+    broken = [
+        (req("long", list(range(10)), max_tokens=60),
+         "prompt plus max_tokens (70 tokens) exceeds the worker's max_model_len (64), which the tokenizer stage "
+         "checks first: its view of the pool is stale"),
+        (req("empty", []), "request 'empty' arrived without prompt tokens: the tokenizer stage refuses empty prompts "
+                           "and turns fill_context into max_tokens"),
+        (Request("fill", (1, 2), SamplingParams(fill_context=True)),
+         "request 'fill' arrived with fill_context set: the tokenizer stage refuses empty prompts and turns "
+         "fill_context into max_tokens"),
+    ]
+    for request, message in broken:
+        with pytest.raises(FlashStreamError) as info:
+            pool.route(request)
+        assert (info.value.code, info.value.message) == (ErrorCode.INTERNAL, message)
+    # Ids are the tokenizer stage's to check; the worker guards its embedding (see test_runner_plans).
+    pool.route(req("ids", [1, 500]))
+    assert pool.num_waiting == 1
 
 
 def test_full_queue_is_resource_exhausted_at_once():

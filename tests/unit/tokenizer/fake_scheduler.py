@@ -33,7 +33,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
     chunk_size: int = 1
     step_s: float = 0.002
     max_model_len: int = 4096
-    vocab_size: int = 700
+    vocab_size: int = 1024  # the model's: larger than the test tokenizers' (700 and 761 ids), as padded ones are
     model_id: str = "fake-model"
     requests: list[scheduler_pb2.TokenRequest] = field(default_factory=list)
     aborts: list[str] = field(default_factory=list)

@@ -8,7 +8,7 @@ import pytest
 
 from services.common.errors import InvalidArgument
 from services.common.sampling import SamplingParams
-from services.tokenizer.intake import TextInput, prepare_batch
+from services.tokenizer.intake import ModelLimits, TextInput, prepare_batch
 from services.tokenizer.tokenizer import TextTokenizer
 from tests.unit.tokenizer.model_dirs import build_model_dir
 
@@ -30,7 +30,7 @@ def test_a_prompt_over_the_bound_is_refused_with_its_size_and_one_at_the_bound_i
     assert limit == 64 * tokenizer.max_chars_per_token
     sampling = SamplingParams(max_tokens=1)
     over, at = (TextInput("over", sampling, prompt="a" * (limit + 1)), TextInput("at", sampling, prompt="a" * limit))
-    refused, encoded = prepare_batch(tokenizer, [over, at], max_model_len)
+    refused, encoded = prepare_batch(tokenizer, [over, at], ModelLimits(max_model_len))
     assert isinstance(refused, InvalidArgument)
     assert refused.message == (f"request 'over': the prompt ({limit + 1} characters) cannot fit the model's context "
                                f"of 64 tokens (a token covers at most {tokenizer.max_chars_per_token} characters)")

@@ -60,7 +60,9 @@ def test_tokens_beyond_max_model_len_fail_that_sequence(folder: Path) -> None:
     long_prompt = [1] * 257
     result = engine.runner.step(StepPlan(1, [NewSeq(3, long_prompt, 257, SamplingParams(), list(range(17)), 0, 257)]))
     assert result.outputs == []
-    assert result.errors[0].error.message == "seq 3: 257 tokens exceed max_model_len 256"
+    error = result.errors[0].error
+    assert (error.code, error.message) == (ErrorCode.INTERNAL, "seq 3: 257 tokens exceed max_model_len 256, which the "
+                                                               "tokenizer stage and the scheduler check")
 
 
 def test_scheduling_past_the_known_tokens_is_an_error(folder: Path) -> None:
