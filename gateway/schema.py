@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from gateway import json_text
 from gateway.errors import RequestError
 from gateway.guided import check_guided, check_json_schema
+from services.common.errors import InvalidArgument
 from services.common.finish_reason import FinishReason
 from services.common.sampling import SamplingParams
 from services.common.text_options import TextOptions
@@ -122,7 +123,10 @@ def check_tools(request: GenerationRequest) -> None:
     if request.tool_choice == "required" or request.forced_tool:
         if request.sampling.guided is not None:
             raise RequestError("a forced tool call cannot be combined with response_format", "tool_choice")
-        request.sampling.check_grammar_may_end()
+        try:
+            request.sampling.check_grammar_may_end()
+        except InvalidArgument as exc:  # no param: the body clients got when the tokenizer stage refused it
+            raise RequestError(exc.message) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,7 +120,7 @@ def test_abort_ends_the_request_and_frees_its_blocks_at_the_next_step():
     run_stack(test, workers=[FakeWorkerConfig(step_delay_s=0.005)])
 
 
-def test_full_queue_is_resource_exhausted_and_bad_requests_are_invalid_argument_each_counted_by_code():
+def test_full_queue_is_resource_exhausted_a_request_no_kv_cache_holds_is_invalid_argument_each_counted_by_code():
     async def test(stage, workers, client):  # noqa: ANN001
         workers[0].permits = asyncio.Semaphore(0)  # nothing finishes while the queue fills
         await client.send([token_request("running", [1])])
@@ -129,23 +129,30 @@ def test_full_queue_is_resource_exhausted_and_bad_requests_are_invalid_argument_
         await wait_until(lambda: stage.pool.engines.num_waiting == 1)
         await client.send([
             token_request("rejected", [3]),
-            token_request("oversize", list(range(300)), max_tokens=1),
-            token_request("bad-sampling", [4], sampling={"temperature": -1.0}),
+            token_request("no-room", list(range(100)), max_tokens=1),  # 26 blocks of 4; the worker has 16
+            token_request("past-context", list(range(300)), max_tokens=1),  # the tokenizer stage refuses these
+            token_request("unchecked-sampling", [4], sampling={"temperature": -1.0}),  # the gateway refuses these
         ])
-        await client.wait_done("rejected", "oversize", "bad-sampling")
-        assert client.terminal("rejected").error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-        assert client.terminal("oversize").error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-        assert "max_model_len" in client.terminal("oversize").error.message
-        assert client.terminal("bad-sampling").error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        await client.wait_done("rejected", "no-room", "past-context", "unchecked-sampling")
+        codes = {rid: client.terminal(rid).error.code for rid in ("rejected", "no-room", "past-context",
+                                                                  "unchecked-sampling")}
+        assert codes == {"rejected": grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                         "no-room": grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                         "past-context": grpc.StatusCode.INTERNAL.value[0],
+                         "unchecked-sampling": grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}  # trusted, then queued
+        assert client.terminal("no-room").error.message == (
+            "prompt plus max_tokens needs 26 KV blocks, more than the worker's 16: it can never fit the KV cache")
         errors = stage.metrics.scheduler_request_errors
-        assert {code: errors.labels(code)._value.get() for code in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT")} == {
-            "RESOURCE_EXHAUSTED": 1, "INVALID_ARGUMENT": 2}
+        assert {code: errors.labels(code)._value.get() for code in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT",
+                                                                    "INTERNAL")} == {
+            "RESOURCE_EXHAUSTED": 2, "INVALID_ARGUMENT": 1, "INTERNAL": 1}
         for _ in range(100):
             workers[0].permits.release()
         await client.wait_done("running", "queued")
         assert client.tokens("running") == [2, 3, 4, 5] and client.tokens("queued") == [3, 4, 5, 6]
 
-    run_stack(test, workers=[FakeWorkerConfig(max_num_seqs=1)], scheduler=SchedulerConfig(max_queued_requests=1))
+    run_stack(test, workers=[FakeWorkerConfig(max_num_seqs=1, num_kv_blocks=16)],
+              scheduler=SchedulerConfig(max_queued_requests=1))
 
 
 def test_deadline_ends_the_request_with_deadline_exceeded():

@@ -113,15 +113,14 @@ def test_worker_serves_greedy_tokens_over_grpc_with_two_plans_in_flight(folder: 
     assert abs(sum(v * v for v in embed.embeddings[0].values) - 1.0) < 1e-5
 
 
-def test_invalid_sampling_params_fail_only_that_sequence(folder: Path) -> None:
+def test_a_token_id_outside_the_vocabulary_fails_only_that_sequence_as_a_broken_invariant(folder: Path) -> None:
     async def scenario():  # noqa: ANN202
         stage = WorkerStage(_config(folder))
         await stage.start()
         try:
             async with create_channel(f"127.0.0.1:{stage.port}") as channel:
                 call = worker_pb2_grpc.WorkerStub(channel).Step()
-                bad = _new_seq(2, PROMPT_B, [2])
-                bad.sampling.top_p = 1.5
+                bad = _new_seq(2, [*PROMPT_B[:-1], 10**6], [2])  # the tokenizer stage refuses such prompts
                 await call.write(worker_pb2.StepPlan(step_id=1, new_seqs=[_new_seq(1, PROMPT_A, [0, 1]), bad]))
                 result = await call.read()
                 await call.done_writing()
@@ -131,5 +130,6 @@ def test_invalid_sampling_params_fail_only_that_sequence(folder: Path) -> None:
 
     result = asyncio.run(scenario())
     assert list(result.sampled.seq_ids) == [1]
-    assert [(e.seq_id, e.error.code) for e in result.errors] == [(2, grpc.StatusCode.INVALID_ARGUMENT.value[0])]
-    assert "top_p" in result.errors[0].error.message
+    assert [(e.seq_id, e.error.code) for e in result.errors] == [(2, grpc.StatusCode.INTERNAL.value[0])]
+    assert result.errors[0].error.message.startswith("seq 2: token id 1000000 is outside the vocabulary of ")
+    assert result.errors[0].error.message.endswith(", which the tokenizer stage checks")

@@ -159,6 +159,10 @@ def _err(message: str, param: str | None, code: str) -> dict[str, Any]:
     ({"prompt": "x", "seed": -3}, False, "seed must be in [0, 2**63), got -3", "seed", "invalid_value"),
     ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, True,
      "max_tokens must be at least 1, got 0", "max_completion_tokens", "invalid_value"),
+    # The tokenizer stage adds a forced call's grammar; what would keep it from ending the output is refused here.
+    ({"messages": [{"role": "user", "content": "x"}], "min_tokens": 3, "tool_choice": "required",
+      "tools": [{"type": "function", "function": {"name": "f"}}]}, True,
+     "min_tokens and ignore_eos cannot be combined with guided decoding", None, "invalid_value"),
     ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, True,
      "'top_logprobs' requires 'logprobs' to be true", "top_logprobs", "invalid_value"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, True,
