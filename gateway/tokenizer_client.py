@@ -43,10 +43,12 @@ class ConnectionConfig:
     tls: InternalTls | None = field(default=None, repr=False)  # mutual TLS to the tokenizers; None: plaintext
 
     def __post_init__(self) -> None:
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+        self.backoff()  # checks the reconnect delays
         if self.info_interval_s <= 0 or self.info_timeout_s <= 0:
             raise ValueError("info_interval_s and info_timeout_s must be positive")
+
+    def backoff(self) -> BackoffConfig:
+        return BackoffConfig(self.reconnect_min_s, self.reconnect_max_s)
 
 
 class TokenizerRequest:
@@ -76,8 +78,7 @@ class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.Tokenize
     """One tokenizer replica: its Info (model card, readiness) and its multiplexed Connect stream."""
 
     def __init__(self, address: str, on_change: Callable[[], None], config: ConnectionConfig) -> None:
-        super().__init__("tokenizer", address, BackoffConfig(config.reconnect_min_s, config.reconnect_max_s),
-                         config.tls)
+        super().__init__("tokenizer", address, config.backoff(), config.tls)
         self.address = address
         self.card: ModelCard | None = None
         self.info_ready = False

@@ -29,6 +29,7 @@ class BackoffConfig:
         if not 0 < self.initial_s <= self.max_s:
             raise InvalidArgument(f"backoff needs 0 < initial_s <= max_s, got {self.initial_s} and {self.max_s}")
 
+
 # Default ports of a one-machine deployment, as `flashstream up` lays them out at its default base port (each
 # status port is its gRPC port + 100) and as docker-compose.yml and deploy/k8s use them.
 DEFAULT_PORTS = {
