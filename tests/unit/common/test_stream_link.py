@@ -4,6 +4,7 @@ with the prompt upper-cased, so the tests see messages both ways, a restarted pe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,6 +15,7 @@ from services.common.config import BackoffConfig
 from services.common.errors import FlashStreamError, Unavailable
 from services.common.grpc_server import StageServer, start_server
 from services.common.stream_link import StreamLink, StreamLost
+from tests.integration.fake_tokenizer import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -87,81 +89,67 @@ async def serve(servicer: UpperServicer, port: int = 0) -> StageServer:
                               [SERVICE_NAME])
 
 
-async def wait_until(predicate, timeout_s: float = 5.0) -> None:  # noqa: ANN001
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not reached in time")
-        await asyncio.sleep(0.01)
+@contextlib.asynccontextmanager
+async def linked(link_class: type[UpperLink] = UpperLink,
+                 ) -> AsyncIterator[tuple[UpperServicer, StageServer, UpperLink]]:
+    """A servicer on a free port and a started link to it, open; both closed at the end."""
+    servicer = UpperServicer()
+    server = await serve(servicer)
+    link = link_class(f"127.0.0.1:{server.port}")
+    link.start()
+    try:
+        await asyncio.wait_for(link.connected.wait(), 5)
+        yield servicer, server, link
+    finally:
+        await link.close()
+        await server.server.stop(None)
 
 
 def test_messages_flow_both_ways_in_the_order_they_were_sent() -> None:
     async def main() -> None:
-        servicer = UpperServicer()
-        server = await serve(servicer)
-        link = UpperLink(f"127.0.0.1:{server.port}")
-        link.start()
-        try:
-            await asyncio.wait_for(link.connected.wait(), 5)
+        async with linked() as (servicer, _, link):
             answers = [link.ask("a", "one"), link.ask("b", "two"), link.ask("c", "three")]
             assert await asyncio.wait_for(asyncio.gather(*answers), 5) == ["ONE", "TWO", "THREE"]
             assert servicer.ups == [(["a"], []), (["b"], []), (["c"], [])]
             assert (servicer.num_streams, link.num_opens, link.lost) == (1, 1, [])
-        finally:
-            await link.close()
-            await server.server.stop(None)
 
     asyncio.run(main())
 
 
 def test_a_restarted_peer_gets_a_new_stream_and_requests_flow_again() -> None:
     async def main() -> None:
-        servicer = UpperServicer()
-        server = await serve(servicer)
-        port = server.port
-        link = UpperLink(f"127.0.0.1:{port}")
-        link.start()
-        try:
+        async with linked() as (servicer, server, link):
             await wait_until(lambda: servicer.num_streams == 1)
             await server.server.stop(None)
             await wait_until(lambda: not link.connected.is_set())
             with pytest.raises(Unavailable) as err:
                 link.ask("early", "x")
-            assert err.value.message == f"not connected to the tokenizer at 127.0.0.1:{port}"
-            server = await serve(servicer, port)
-            await asyncio.wait_for(link.connected.wait(), 5)
-            assert await asyncio.wait_for(link.ask("again", "back"), 5) == "BACK"
-            assert (servicer.num_streams, link.num_opens, len(link.lost)) == (2, 2, 1)
-        finally:
-            await link.close()
-            await server.server.stop(None)
+            assert err.value.message == f"not connected to the tokenizer at {link.target}"
+            again = await serve(servicer, server.port)
+            try:
+                await asyncio.wait_for(link.connected.wait(), 5)
+                assert await asyncio.wait_for(link.ask("again", "back"), 5) == "BACK"
+                assert (servicer.num_streams, link.num_opens, len(link.lost)) == (2, 2, 1)
+            finally:
+                await link.close()
+                await again.server.stop(None)
 
     asyncio.run(main())
 
 
 def test_a_lost_stream_fails_every_request_on_it_with_one_typed_error_then_opens_again() -> None:
     async def main() -> None:
-        servicer = UpperServicer()
-        server = await serve(servicer)
-        target = f"127.0.0.1:{server.port}"
-        link = UpperLink(target)
-        link.start()
-        try:
-            await asyncio.wait_for(link.connected.wait(), 5)
+        async with linked() as (servicer, _, link):
             hanging = [link.ask("h1", "hang"), link.ask("h2", "hang")]
             await wait_until(lambda: len(servicer.ups) == 2)
             link.ask("bye", "bye")
             results = await asyncio.wait_for(asyncio.gather(*hanging, return_exceptions=True), 5)
-            message = f"lost the tokenizer stream to {target} (UNAVAILABLE: going away); retry the request"
+            message = f"lost the tokenizer stream to {link.target} (UNAVAILABLE: going away); retry the request"
             assert [(type(r), r.message, r.code) for r in results] == [(StreamLost, message, Unavailable.code)] * 2
             assert results[0] is results[1] is link.lost[0]
             await wait_until(lambda: link.num_opens == 2 and link.connected.is_set())
             assert await asyncio.wait_for(link.ask("next", "fine"), 5) == "FINE"
             assert (servicer.num_streams, len(link.lost)) == (2, 1)
-        finally:
-            await link.close()
-            await server.server.stop(None)
 
     asyncio.run(main())
 
@@ -178,46 +166,29 @@ class StallingLink(UpperLink):
 
 def test_an_error_raised_by_the_watch_is_the_error_the_requests_end_with() -> None:
     async def main() -> None:
-        servicer = UpperServicer()
-        server = await serve(servicer)
-        link = StallingLink(f"127.0.0.1:{server.port}")
-        link.start()
-        try:
-            await asyncio.wait_for(link.connected.wait(), 5)
+        async with linked(StallingLink) as (_, _, link):
             with pytest.raises(Unavailable) as err:
                 await asyncio.wait_for(link.ask("h", "hang"), 5)
             assert (type(err.value), err.value.message) == (Unavailable, "the peer answered nothing for 0.2 s")
             await wait_until(lambda: link.num_opens == 2)
-        finally:
-            await link.close()
-            await server.server.stop(None)
 
     asyncio.run(main())
 
 
 def test_close_ends_the_requests_on_the_stream_and_stays_closed() -> None:
     async def main() -> None:
-        servicer = UpperServicer()
-        server = await serve(servicer)
-        target = f"127.0.0.1:{server.port}"
-        link = UpperLink(target)
-        link.start()
-        try:
-            await asyncio.wait_for(link.connected.wait(), 5)
+        async with linked() as (servicer, _, link):
             hanging = link.ask("h", "hang")
             await wait_until(lambda: len(servicer.ups) == 1)
             await asyncio.wait_for(link.close(), 1.0)
             with pytest.raises(StreamLost) as err:
                 await hanging
-            assert err.value.message == f"lost the tokenizer stream to {target} (closed); retry the request"
+            assert err.value.message == f"lost the tokenizer stream to {link.target} (closed); retry the request"
             assert (link.connected.is_set(), link.channel, len(link.lost)) == (False, None, 1)
             await asyncio.sleep(3 * BACKOFF.max_s)  # long enough for a reconnect, were there one
             assert (servicer.num_streams, link.num_opens) == (1, 1)
             with pytest.raises(Unavailable):
                 link.ask("after", "x")
-        finally:
-            await link.close()
-            await server.server.stop(None)
 
     asyncio.run(main())
 
@@ -245,21 +216,13 @@ class ChannelOnlyLink(UpperLink):
 
 def test_a_peer_without_a_stream_is_connected_until_its_channel_fails() -> None:
     async def main() -> None:
-        servicer = UpperServicer()
-        server = await serve(servicer)
-        target = f"127.0.0.1:{server.port}"
-        link = ChannelOnlyLink(target)
-        link.start()
-        try:
-            await asyncio.wait_for(link.connected.wait(), 5)
+        async with linked(ChannelOnlyLink) as (servicer, server, link):
             await asyncio.sleep(0.2)
             assert (link.connected.is_set(), servicer.num_streams, link.lost) == (True, 0, [])
             await server.server.stop(None)
             await wait_until(lambda: link.lost)
             assert [e.message for e in link.lost] == [
-                f"lost the tokenizer stream to {target} (channel transient_failure); retry the request"]
+                f"lost the tokenizer stream to {link.target} (channel transient_failure); retry the request"]
             assert not link.connected.is_set()
-        finally:
-            await link.close()
 
     asyncio.run(main())
