@@ -14,10 +14,11 @@ import grpc
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.call_auth import token_metadata
+from services.common.config import BackoffConfig
 from services.common.errors import FlashStreamError, InvalidArgument, Unavailable
 from services.common.internal_tls import InternalTls
 from services.common.stream_link import StreamLink
-from services.scheduler.config import BackoffConfig, SchedulerConfig, StallConfig
+from services.scheduler.config import SchedulerConfig, StallConfig
 from services.scheduler.embed_route import EmbedRoute
 from services.scheduler.engine import Engine
 from services.scheduler.engine_pool import EnginePool
