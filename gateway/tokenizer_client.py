@@ -1,16 +1,15 @@
 """The gateway's side of the Tokenizer hop: one long-lived Connect stream per tokenizer address.
 
-Every public request of a connection rides that one stream. New requests and aborts collect in a pending
-batch and one writer task sends them as a single TokenizerUp: whatever accumulated while the previous
-write was in flight, so at most one message per event-loop turn. Incoming TextEvents go to per-request
-queues by request id; ids the connection no longer knows (aborted, ended) are dropped. When the stream
-breaks, its requests end with UNAVAILABLE and the connection reconnects with exponential backoff.
+Every public request of a connection rides that one stream (a StreamLink). New requests and aborts collect in
+a pending batch and the link's writer sends them as a single TokenizerUp: whatever accumulated while the
+previous write was in flight, so at most one message per event-loop turn. Incoming TextEvents go to per-request
+queues by request id; ids the connection no longer knows (aborted, ended) are dropped. When the stream breaks,
+its requests end with UNAVAILABLE (StreamLost) and the link opens a new one after its backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,10 +22,11 @@ from flashstream.v1 import common_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from gateway.pb_convert import card_from_info, event_from_pb, text_request_to_pb
 from gateway.schema import Event, Finished, ModelCard, Submission
 from services.common.call_auth import token_metadata
-from services.common.config import MAX_RECONNECT_BACKOFF_S
+from services.common.config import MAX_RECONNECT_BACKOFF_S, BackoffConfig
 from services.common.errors import FlashStreamError, Unavailable
-from services.common.grpc_server import create_channel, error_from_rpc, relay_stream
+from services.common.grpc_server import error_from_rpc, relay_stream
 from services.common.internal_tls import InternalTls
+from services.common.stream_link import StreamLink
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,12 @@ class ConnectionConfig:
     tls: InternalTls | None = field(default=None, repr=False)  # mutual TLS to the tokenizers; None: plaintext
 
     def __post_init__(self) -> None:
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+        self.backoff()  # checks the reconnect delays
         if self.info_interval_s <= 0 or self.info_timeout_s <= 0:
             raise ValueError("info_interval_s and info_timeout_s must be positive")
+
+    def backoff(self) -> BackoffConfig:
+        return BackoffConfig(self.reconnect_min_s, self.reconnect_max_s)
 
 
 class TokenizerRequest:
@@ -54,7 +56,7 @@ class TokenizerRequest:
 
     __slots__ = ("request_id", "_queue", "_conn")
 
-    def __init__(self, request_id: str, conn: TokenizerConnection) -> None:
+    def __init__(self, request_id: str, conn: TokenizerLink) -> None:
         self.request_id = request_id
         self._queue: asyncio.Queue[Event | FlashStreamError] = asyncio.Queue()
         self._conn = conn
@@ -72,15 +74,14 @@ class TokenizerRequest:
         self._queue.put_nowait(item)
 
 
-class TokenizerConnection:
+class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.TokenizerDown]):
     """One tokenizer replica: its Info (model card, readiness) and its multiplexed Connect stream."""
 
     def __init__(self, address: str, on_change: Callable[[], None], config: ConnectionConfig) -> None:
+        super().__init__("tokenizer", address, config.backoff(), config.tls)
         self.address = address
         self.card: ModelCard | None = None
         self.info_ready = False
-        self.stream_open = False
-        self.num_up_messages = 0
         self._on_change = on_change
         self._config = config
         self._metadata = token_metadata(config.internal_token)
@@ -88,14 +89,12 @@ class TokenizerConnection:
         self._pending_new: dict[str, tokenizer_pb2.TextRequest] = {}
         self._pending_aborts: list[str] = []
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self.stub: tokenizer_pb2_grpc.TokenizerStub | None = None  # for unary calls, while the stream is open
+        self._stub: tokenizer_pb2_grpc.TokenizerStub | None = None  # the open stream's, for unary calls
         self.num_unary = 0  # unary calls (embeddings) in flight, for load balancing
 
     @property
     def ready(self) -> bool:
-        return self.stream_open and self.info_ready
+        return self.connected.is_set() and self.info_ready
 
     @property
     def num_active(self) -> int:
@@ -103,11 +102,10 @@ class TokenizerConnection:
 
     async def call(self, method: str, request: Any, timeout_s: float | None) -> Any:
         """A unary call on this tokenizer (e.g. "EncodeInputs", "Embed"); a failure keeps its status code."""
-        if self.stub is None:
-            raise Unavailable(f"tokenizer {self.address} is not connected")
+        stub = self._open_stub()
         self.num_unary += 1
         try:
-            return await getattr(self.stub, method)(request, timeout=timeout_s, metadata=self._metadata)
+            return await getattr(stub, method)(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"tokenizer {self.address}") from None
         finally:
@@ -115,14 +113,18 @@ class TokenizerConnection:
 
     async def watch_engine(self, interval_s: float) -> AsyncIterator[common_pb2.EngineState]:
         """The scheduler state behind this tokenizer every interval (see TokenizerRouter.watch_engine)."""
-        if self.stub is None:
-            raise Unavailable(f"tokenizer {self.address} is not connected")
-        call = self.stub.WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s), metadata=self._metadata)
+        call = self._open_stub().WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s),
+                                             metadata=self._metadata)
         async for state in relay_stream(call, f"tokenizer {self.address}"):
             yield state
 
+    def _open_stub(self) -> tokenizer_pb2_grpc.TokenizerStub:
+        if self._stub is None or not self.connected.is_set():
+            raise Unavailable(f"tokenizer {self.address} is not connected")
+        return self._stub
+
     def forward(self, submission: Submission) -> TokenizerRequest:
-        if not self.stream_open:
+        if not self.connected.is_set():
             raise Unavailable(f"tokenizer {self.address} is not connected")
         handle = TokenizerRequest(submission.request_id, self)
         self._active[submission.request_id] = handle
@@ -137,106 +139,53 @@ class TokenizerConnection:
             self._pending_aborts.append(request_id)
             self._wakeup.set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"tokenizer-{self.address}")
+    def fail_all(self, exc: FlashStreamError) -> None:
+        """Ends every request on this connection with exc, aborting those the tokenizer has at the next write."""
+        active, self._active = self._active, {}
+        for request_id, handle in active.items():
+            if self._pending_new.pop(request_id, None) is None:
+                self._pending_aborts.append(request_id)
+            handle.put(exc)
+        self._wakeup.set()
 
-    async def close(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    # ---- the stream ----
 
-    async def _run(self) -> None:
-        delay = self._config.reconnect_min_s
-        while not self._closed:
-            channel = create_channel(self.address, self._config.tls)
-            reason = "closed"
-            try:
-                stub = tokenizer_pb2_grpc.TokenizerStub(channel)
-                await self._read_info(stub)
-                call = stub.Connect(metadata=self._metadata)
-                await call.wait_for_connection()
-                self.stream_open = True
-                self.stub = stub
-                self._on_change()
-                log.info("tokenizer stream to %s open (model %s)", self.address, self.card and self.card.id)
-                delay = self._config.reconnect_min_s
-                reason = await self._serve(stub, call)
-            except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
-            except Exception as exc:  # noqa: BLE001 - any failure of one connection only means reconnect
-                log.exception("tokenizer %s connection failed", self.address)
-                reason = repr(exc)
-            finally:
-                self.stub = None
-                self._drop_stream(reason)
-                await channel.close()
-            if self._closed:
-                return
-            log.warning("tokenizer %s: %s; reconnecting in %.2f s", self.address, reason, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._config.reconnect_max_s)
+    async def open_stream(self, channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+        stub = tokenizer_pb2_grpc.TokenizerStub(channel)
+        await self._read_info(stub)
+        call = stub.Connect(metadata=self._metadata)
+        await call.wait_for_connection()
+        self._stub = stub
+        return call
 
-    async def _read_info(self, stub: tokenizer_pb2_grpc.TokenizerStub) -> None:
-        info = await stub.Info(tokenizer_pb2.TokenizerInfoRequest(), timeout=self._config.info_timeout_s,
-                               metadata=self._metadata)
-        card = card_from_info(info)
-        if card != self.card or info.ready != self.info_ready:
-            self.card, self.info_ready = card, info.ready
-            self._on_change()
+    def on_open(self) -> None:
+        self._on_change()
+        log.info("tokenizer %s serves model %s", self.address, self.card and self.card.id)
 
-    async def _serve(self, stub: tokenizer_pb2_grpc.TokenizerStub, call: grpc.aio.StreamStreamCall) -> str:
-        """Runs the stream until it ends; returns why."""
-        tasks = [
-            asyncio.create_task(self._read(call)),
-            asyncio.create_task(self._write(call)),
-            asyncio.create_task(self._poll_info(stub)),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                exc = task.exception()
-                if isinstance(exc, grpc.aio.AioRpcError):
-                    return f"stream ended with {exc.code().name}: {exc.details()}"
-                if exc is not None:
-                    return f"stream failed: {exc!r}"
-            return "stream ended by the tokenizer"
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            call.cancel()
+    def on_message(self, message: tokenizer_pb2.TokenizerDown) -> None:
+        for ev in message.events:
+            handle = self._active.get(ev.request_id)
+            if handle is None:
+                continue
+            item = event_from_pb(ev)
+            if isinstance(item, (Finished, FlashStreamError)):
+                del self._active[ev.request_id]
+            handle.put(item)
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        while True:
-            down = await call.read()
-            if down is grpc.aio.EOF:
-                return
-            for ev in down.events:
-                handle = self._active.get(ev.request_id)
-                if handle is None:
-                    continue
-                item = event_from_pb(ev)
-                if isinstance(item, (Finished, FlashStreamError)):
-                    del self._active[ev.request_id]
-                handle.put(item)
-
-    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
-        while True:
+    async def next_message(self) -> tokenizer_pb2.TokenizerUp:
+        """Every request and abort since the last write, as one message."""
+        while not self._pending_new and not self._pending_aborts:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._pending_new and not self._pending_aborts:
-                continue
-            up = tokenizer_pb2.TokenizerUp(
-                requests=list(self._pending_new.values()), abort_request_ids=self._pending_aborts
-            )
-            self._pending_new = {}
-            self._pending_aborts = []
-            await call.write(up)
-            self.num_up_messages += 1
+        up = tokenizer_pb2.TokenizerUp(requests=list(self._pending_new.values()),
+                                       abort_request_ids=self._pending_aborts)
+        self._pending_new = {}
+        self._pending_aborts = []
+        return up
 
-    async def _poll_info(self, stub: tokenizer_pb2_grpc.TokenizerStub) -> None:
+    async def watch(self) -> None:
+        """Reads Info again every info_interval_s: the tokenizer's readiness can change."""
+        stub = self._open_stub()
         while True:
             await asyncio.sleep(self._config.info_interval_s)
             try:
@@ -247,25 +196,21 @@ class TokenizerConnection:
                     self.info_ready = False
                     self._on_change()
 
-    def fail_all(self, exc: FlashStreamError) -> None:
-        """Ends every request on this connection with exc, aborting those the tokenizer has at the next write."""
-        active, self._active = self._active, {}
-        for request_id, handle in active.items():
-            if self._pending_new.pop(request_id, None) is None:
-                self._pending_aborts.append(request_id)
-            handle.put(exc)
-        self._wakeup.set()
-
-    def _drop_stream(self, reason: str) -> None:
-        """Ends every request on the lost stream with UNAVAILABLE."""
-        was_open = self.stream_open
-        self.stream_open = False
+    def on_lost(self, error: FlashStreamError) -> None:
+        self._stub = None
         active, self._active = self._active, {}
         self._pending_new = {}
         self._pending_aborts = []
         for handle in active.values():
-            handle.put(Unavailable(f"lost the tokenizer stream to {self.address} ({reason}); retry the request"))
-        if was_open:
+            handle.put(error)
+        self._on_change()
+
+    async def _read_info(self, stub: tokenizer_pb2_grpc.TokenizerStub) -> None:
+        info = await stub.Info(tokenizer_pb2.TokenizerInfoRequest(), timeout=self._config.info_timeout_s,
+                               metadata=self._metadata)
+        card = card_from_info(info)
+        if card != self.card or info.ready != self.info_ready:
+            self.card, self.info_ready = card, info.ready
             self._on_change()
 
 
@@ -275,7 +220,7 @@ class TokenizerRouter:
     def __init__(self, addresses: Sequence[str], config: ConnectionConfig | None = None) -> None:
         self.changed = asyncio.Event()  # set whenever a connection's readiness or model card changes
         self._config = config or ConnectionConfig()
-        self.connections = [TokenizerConnection(a, self.changed.set, self._config) for a in addresses]
+        self.connections = [TokenizerLink(a, self.changed.set, self._config) for a in addresses]
         self._turn = itertools.count()
         self.leaving: dict[str, asyncio.Task[None]] = {}  # drain task by address of a tokenizer that left
         self.drain_timeout_s = 30.0  # how long a tokenizer that left keeps its running requests
@@ -294,7 +239,7 @@ class TokenizerRouter:
     def forward(self, submission: Submission) -> TokenizerRequest:
         return self.pick(submission.request.model).forward(submission)
 
-    def pick(self, model: str) -> TokenizerConnection:
+    def pick(self, model: str) -> TokenizerLink:
         """The least-loaded ready replica of `model`; the rotating start breaks ties round-robin."""
         candidates = [c for c in self.connections if c.ready and c.card is not None and c.card.id == model
                       and c.address not in self.leaving]
@@ -328,7 +273,7 @@ class TokenizerRouter:
             if address in self.leaving:
                 self.leaving.pop(address).cancel()
             elif address not in known:
-                conn = TokenizerConnection(address, self.changed.set, self._config)
+                conn = TokenizerLink(address, self.changed.set, self._config)
                 self.connections.append(conn)
                 conn.start()
                 log.info("tokenizer %s joins", address)
@@ -338,7 +283,7 @@ class TokenizerRouter:
                 log.info("tokenizer %s leaves once its requests end", conn.address)
         self.changed.set()
 
-    async def _leave(self, conn: TokenizerConnection) -> None:
+    async def _leave(self, conn: TokenizerLink) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout_s
         while conn.num_active and loop.time() < deadline:

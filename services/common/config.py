@@ -17,6 +17,19 @@ C = TypeVar("C")
 # Longest wait between two attempts to reach a lost stage, in every reconnect loop and in gRPC channels.
 MAX_RECONNECT_BACKOFF_S = 2.0
 
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    """Delays between attempts to reach a lost stage: initial, doubled per failure, capped."""
+
+    initial_s: float = 0.1
+    max_s: float = MAX_RECONNECT_BACKOFF_S
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_s <= self.max_s:
+            raise InvalidArgument(f"backoff needs 0 < initial_s <= max_s, got {self.initial_s} and {self.max_s}")
+
+
 # Default ports of a one-machine deployment, as `flashstream up` lays them out at its default base port (each
 # status port is its gRPC port + 100) and as docker-compose.yml and deploy/k8s use them.
 DEFAULT_PORTS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import (MAX_RECONNECT_BACKOFF_S, ServerConfig, check_host_port, csv_option, option,
+from services.common.config import (BackoffConfig, ServerConfig, check_host_port, csv_option, option,
                                     service_option)
 from services.common.errors import InvalidArgument
 
@@ -59,14 +59,6 @@ class WorkerLimits:
         for name in ("block_size", "num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"worker {self.worker_id!r} reported {name}={getattr(self, name)}")
-
-
-@dataclass(frozen=True)
-class BackoffConfig:
-    """Reconnect delays to a lost worker: initial, doubled per failure, capped."""
-
-    initial_s: float = 0.1
-    max_s: float = MAX_RECONNECT_BACKOFF_S
 
 
 @dataclass(frozen=True)

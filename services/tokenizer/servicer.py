@@ -266,9 +266,8 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         self._end_span(sid, finish_reason=finish_reason_label(common_pb2.FinishReason.Name(reason)))
         return [*events, event]
 
-    def _on_scheduler_lost(self) -> None:
-        """The scheduler stream broke: every request on it fails with UNAVAILABLE; the stage stays up."""
-        exc = Unavailable("the scheduler stream was lost")
+    def _on_scheduler_lost(self, exc: FlashStreamError) -> None:
+        """The scheduler stream broke: every request on it fails with exc (UNAVAILABLE); the stage stays up."""
         per_session: dict[_Session, list[str]] = {}
         for sid, (session, _) in list(self._requests.items()):
             per_session.setdefault(session, []).append(sid)
