@@ -166,14 +166,13 @@ class EnginePool:
     @staticmethod
     def _check_fits(request: Request, limits: WorkerLimits) -> FlashStreamError | None:
         """Why the request can never run on a worker with these limits, or None. The tokenizer stage checked the
-        context against the pool's shortest (Info's max_model_len), so exceeding one here is a broken invariant;
-        the KV cache's size is known only here."""
+        context against the pool's shortest (Info's max_model_len) when it connected; a worker with a shorter one
+        may have joined since, so the context is checked again here, as the KV cache's size, known only here."""
         num_total = len(request.prompt_token_ids) + request.params.max_tokens
         if num_total > limits.max_model_len:
-            return FlashStreamError(
-                f"prompt plus max_tokens ({num_total} tokens) exceeds the worker's max_model_len "
-                f"({limits.max_model_len}), which the tokenizer stage checks first: its view of the pool is stale",
-                ErrorCode.INTERNAL)
+            return InvalidArgument(
+                f"prompt plus max_tokens ({num_total} tokens) exceeds the worker's context ({limits.max_model_len} "
+                "tokens)")
         num_blocks = -(-num_total // limits.block_size)
         if num_blocks > limits.num_kv_blocks:
             return InvalidArgument(

@@ -29,13 +29,19 @@ def test_prompt_that_can_never_fit_the_kv_cache_is_invalid_argument():
     assert pool.num_waiting == 0
 
 
+def test_a_prompt_past_the_context_of_a_worker_that_joined_later_is_invalid_argument():
+    pool = EnginePool(SchedulerConfig())
+    pool.add_worker("w", LIMITS)
+    with pytest.raises(InvalidArgument) as refused:
+        pool.route(req("long", list(range(10)), max_tokens=60))
+    assert refused.value.message == "prompt plus max_tokens (70 tokens) exceeds the worker's context (64 tokens)"
+    assert pool.num_waiting == 0
+
+
 def test_what_the_tokenizer_stage_guarantees_is_not_checked_again_and_breaking_it_is_internal():
     pool = EnginePool(SchedulerConfig())
     pool.add_worker("w", LIMITS)
     broken = [
-        (req("long", list(range(10)), max_tokens=60),
-         "prompt plus max_tokens (70 tokens) exceeds the worker's max_model_len (64), which the tokenizer stage "
-         "checks first: its view of the pool is stale"),
         (req("empty", []), "request 'empty' arrived without prompt tokens: the tokenizer stage refuses empty prompts "
                            "and turns fill_context into max_tokens"),
         (Request("fill", (1, 2), SamplingParams(fill_context=True)),
