@@ -93,8 +93,9 @@ def markdown(results: dict[str, Any]) -> str:
     if results["search"]:
         parts += ["## Search QA from the result cache (Redis)\n",
                   "Latencies are whole answers (send to last chunk); idle hits are sent one at a time. "
-                  "'Lookups ≤ 2 ms' is the gateway's own histogram of its result-cache lookups (keys, Redis GET, "
-                  "decoding) while hits go one at a time and during the mix, where it includes waiting for the busy "
+                  "Each gateway keeps a copy of an answer it read from Redis for --result-cache-local-ttl-s (1 s "
+                  "unless the stack's flags say otherwise). 'Lookups ≤ 2 ms' is the gateway's own histogram of its "
+                  "result-cache lookups (keys, local copy or Redis GET, decoding) while hits go one at a time and during the mix, where it includes waiting for the busy "
                   "event loop (one gateway only: with several, /metrics answers from any one of them).\n",
                   search_table(results["search"]), ""]
     if results["embed"]:
