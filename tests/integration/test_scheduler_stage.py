@@ -130,7 +130,9 @@ def test_full_queue_is_resource_exhausted_a_request_no_kv_cache_holds_is_invalid
         await client.send([
             token_request("rejected", [3]),
             token_request("no-room", list(range(100)), max_tokens=1),  # 26 blocks of 4; the worker has 16
-            token_request("past-context", list(range(300)), max_tokens=1),  # the tokenizer stage refuses these
+            # Past the worker's context (256): the tokenizer stage refuses these, unless the worker joined after it
+            # read the pool's context; the scheduler checks again.
+            token_request("past-context", list(range(300)), max_tokens=1),
             token_request("unchecked-sampling", [4], sampling={"temperature": -1.0}),  # the gateway refuses these
         ])
         await client.wait_done("rejected", "no-room", "past-context", "unchecked-sampling")
@@ -138,14 +140,16 @@ def test_full_queue_is_resource_exhausted_a_request_no_kv_cache_holds_is_invalid
                                                                   "unchecked-sampling")}
         assert codes == {"rejected": grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
                          "no-room": grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                         "past-context": grpc.StatusCode.INTERNAL.value[0],
+                         "past-context": grpc.StatusCode.INVALID_ARGUMENT.value[0],
                          "unchecked-sampling": grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}  # trusted, then queued
         assert client.terminal("no-room").error.message == (
             "prompt plus max_tokens needs 26 KV blocks, more than the worker's 16: it can never fit the KV cache")
+        assert client.terminal("past-context").error.message == (
+            "prompt plus max_tokens (301 tokens) exceeds the worker's context (256 tokens)")
         errors = stage.metrics.scheduler_request_errors
         assert {code: errors.labels(code)._value.get() for code in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT",
                                                                     "INTERNAL")} == {
-            "RESOURCE_EXHAUSTED": 2, "INVALID_ARGUMENT": 1, "INTERNAL": 1}
+            "RESOURCE_EXHAUSTED": 2, "INVALID_ARGUMENT": 2, "INTERNAL": 0}
         for _ in range(100):
             workers[0].permits.release()
         await client.wait_done("running", "queued")
