@@ -6,6 +6,7 @@ chunked prefill and a prefix-cache hit. causal=False gives encoder (bidirectiona
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from kernels._paged_tile import (
     needs_int64_offsets,
     resolve_page_loads,
 )
+from kernels.launch_memo import register_memo
 from kernels.prefill_gluon import hopper_prefill_unsupported_reason, launch_hopper_prefill
 
 
@@ -46,6 +48,7 @@ class PrefillConfig:
                 raise ValueError(f"{name} must be a power of two >= 16, got {value}")
 
 
+@functools.lru_cache(maxsize=64)
 def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
     """The fastest variants of the H100 sweeps (bench/EXPERIMENTS.md), causal bf16 at 16k tokens per launch."""
     if head_dim <= 64:
@@ -55,6 +58,9 @@ def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
     # (inline-assembly ones give K/V a third buffer and room for one program only); the two row halves cut spills.
     return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3, page_loads=VECTOR_PAGES,
                          split_rows=True)
+
+
+register_memo(default_prefill_config.cache_clear)
 
 
 @triton.jit(do_not_specialize=["stride_bt"])
@@ -228,7 +234,7 @@ def paged_prefill_attention(
         return out
     if config is None and q.device.type == "cuda":
         # Hopper: the Gluon kernel (kernels/prefill_gluon.py), which overlaps each warpgroup's softmax with its
-        # products where this module's kernel cannot (bench/EXPERIMENTS.md).
+        # products where this module's kernel cannot (bench/EXPERIMENTS.md). Decided once per argument signature.
         if hopper_prefill_unsupported_reason(q, key_cache, value_cache) is None:
             return launch_hopper_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens,
                                          scale, causal, max_query_len, out, num_seqs, num_heads, num_kv_heads)
