@@ -42,7 +42,8 @@ run_tests() {  # name, then test paths
   echo "tests $name: exit $? ($(tail -n 1 "$RUN/gpu_tests_$name.txt"))"
 }
 first=(tests/kernels/test_prefill_gluon.py tests/kernels/test_decode_gluon.py tests/kernels/test_decode_attention.py
-       tests/kernels/test_prefill_attention.py tests/kernels/test_launch_memo.py tests/kernels/test_large_cache_offsets.py)
+       tests/kernels/test_prefill_attention.py tests/kernels/test_launch_memo.py
+       tests/kernels/test_large_cache_offsets.py)
 rest=()
 for file in tests/kernels/test_*.py; do
   [[ " ${first[*]} " == *" $file "* ]] || rest+=("$file")

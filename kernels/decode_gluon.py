@@ -33,7 +33,12 @@ from __future__ import annotations
 import torch
 
 from kernels.launch_memo import SignatureMemo, device_capability
-from kernels.prefill_gluon import cache_descriptor, gluon_layout_signature, gluon_layout_unsupported_reason, shared_layout
+from kernels.prefill_gluon import (
+    cache_descriptor,
+    gluon_layout_signature,
+    gluon_layout_unsupported_reason,
+    shared_layout,
+)
 from kernels.prefill_gluon_kernel import gluon
 
 QUERY_ROWS = 64  # rows of one warpgroup's wgmma

@@ -85,7 +85,8 @@ def test_tensor_memo_reuses_a_value_for_the_same_memory_and_layout_only() -> Non
         "box": (cache, 8),
         "data_ptr": (storage[64 : 64 + 6 * 16 * 2 * 64].view(6, 16, 2, 64), 16),
         "shape": (storage[: 3 * 16 * 2 * 64].view(3, 16, 2, 64), 16),
-        "strides": (storage[: 6 * 16 * 4 * 64].view(6, 16, 4, 64)[:, :, :2], 16),  # same pointer and shape, rows twice as far apart
+        # Same pointer and shape, rows twice as far apart.
+        "strides": (storage[: 6 * 16 * 4 * 64].view(6, 16, 4, 64)[:, :, :2], 16),
         "dtype": (cache.view(torch.float16), 16),
     }
     values = {name: memo.get(tensor, params, build) for name, (tensor, params) in differing.items()}
@@ -164,6 +165,7 @@ def test_layout_signature_is_shared_by_a_steps_layers_and_differs_in_every_fact_
     assert gluon_layout_signature(q[:7], _cache(), _cache()) == base  # another layer, another token count
     flat = torch.zeros(41 * 8 * 64, dtype=torch.bfloat16)
     wide = torch.zeros(6, 16, 4, 64, dtype=torch.bfloat16)
+    unaligned = torch.zeros(6 * 16 * 2 * 64 + 1, dtype=torch.bfloat16)[1:].view(6, 16, 2, 64)
     differing = {
         "q dtype": (q.half(), key_cache, value_cache),
         "q heads": (q[:, :4], key_cache, value_cache),
@@ -172,7 +174,7 @@ def test_layout_signature_is_shared_by_a_steps_layers_and_differs_in_every_fact_
         "cache shape": (q, _cache(num_blocks=7), _cache(num_blocks=7)),
         "cache strides": (q, wide[:, :, :2], wide[:, :, 2:]),
         "cache dtype": (q, key_cache.half(), value_cache.half()),
-        "value alignment": (q, key_cache, torch.zeros(6 * 16 * 2 * 64 + 1, dtype=torch.bfloat16)[1:].view(6, 16, 2, 64)),
+        "value alignment": (q, key_cache, unaligned),
     }
     signatures = {name: gluon_layout_signature(*args) for name, args in differing.items()}
     assert all(sig != base for sig in signatures.values())
