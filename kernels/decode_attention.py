@@ -338,37 +338,18 @@ def paged_decode_attention(
     config: DecodeConfig | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    checked: bool = False,
 ) -> torch.Tensor:
     """q: [num_seqs, num_heads, head_dim] at position context_lens[i] - 1; caches: [num_blocks, block_size,
     num_kv_heads, head_dim]; block_tables: [num_seqs, max_blocks] int32; context_lens: [num_seqs] int32.
     With max_context_len and num_splits given the call never syncs (CUDA-graph safe). An FP8 cache holds K / k_scale
-    and V / v_scale (the scales are ignored for other caches)."""
-    _check_args(q, key_cache, value_cache, block_tables, context_lens, out)
-    check_launchable(q.device)
-    return launch_paged_decode(q, key_cache, value_cache, block_tables, context_lens, scale, max_context_len,
-                               num_splits, out, config=config, k_scale=k_scale, v_scale=v_scale)
-
-
-def launch_paged_decode(
-    q: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    context_lens: torch.Tensor,
-    scale: float,
-    max_context_len: int | None = None,
-    num_splits: int | None = None,
-    out: torch.Tensor | None = None,
-    *,
-    config: DecodeConfig | None = None,
-    k_scale: float = 1.0,
-    v_scale: float = 1.0,
-) -> torch.Tensor:
-    """paged_decode_attention without its argument checks: only for a caller whose every argument has the shape,
-    strides, dtype and device of one that paged_decode_attention accepted earlier in the same step (the worker's
-    piecewise step: its first layer's call checks, later layers pass the same metadata and buffers and caches of the
-    same allocation). Anything else must call paged_decode_attention."""
-    num_seqs = context_lens.shape[0]
+    and V / v_scale (the scales are ignored for other caches). checked=True skips the argument checks, on the terms
+    of kernels.prefill_attention.paged_prefill_attention's `checked`."""
+    if checked:
+        num_seqs = context_lens.shape[0]
+    else:
+        num_seqs = _check_args(q, key_cache, value_cache, block_tables, context_lens, out)[0]
+        check_launchable(q.device)
     if out is None:
         out = torch.empty_like(q)
     if num_seqs == 0:
@@ -469,8 +450,10 @@ def paged_decode_attention_ref(
     config: DecodeConfig | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    checked: bool = False,
 ) -> torch.Tensor:
-    """Plain torch version of paged_decode_attention (same arguments; fp32 math)."""
+    """Plain torch version of paged_decode_attention (same arguments; fp32 math; it checks them whatever `checked`
+    says)."""
     num_seqs = _check_args(q, key_cache, value_cache, block_tables, context_lens, out)[0]
     result = out if out is not None else torch.empty_like(q)
     for i, length in enumerate(context_lens.tolist()):

@@ -214,41 +214,27 @@ def paged_prefill_attention(
     config: PrefillConfig | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    checked: bool = False,
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; caches: [num_blocks, block_size, num_kv_heads, head_dim];
     block_tables: [num_seqs, max_blocks] int32; query_start_loc: [num_seqs + 1] int32; context_lens: [num_seqs]
     int32. Returns [num_tokens, num_heads, head_dim] in q's dtype. Without a config, head dims 64 and 128 on
     Hopper run the Gluon kernel (kernels/prefill_gluon.py); a config always selects this module's Triton kernel.
     An FP8 cache holds K / k_scale and V / v_scale; it takes the Triton gather kernel, which widens it in registers
-    (k_scale joins the softmax scale, v_scale multiplies the output); other caches ignore the scales."""
-    check_prefill_args(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out)
-    check_launchable(q.device)
-    return launch_paged_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale, causal,
-                                max_query_len, out, config=config, k_scale=k_scale, v_scale=v_scale)
+    (k_scale joins the softmax scale, v_scale multiplies the output); other caches ignore the scales.
 
-
-def launch_paged_prefill(
-    q: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    context_lens: torch.Tensor,
-    scale: float,
-    causal: bool = True,
-    max_query_len: int | None = None,
-    out: torch.Tensor | None = None,
-    *,
-    config: PrefillConfig | None = None,
-    k_scale: float = 1.0,
-    v_scale: float = 1.0,
-) -> torch.Tensor:
-    """paged_prefill_attention without its argument checks: only for a caller whose every argument has the shape,
-    strides, dtype and device of one that paged_prefill_attention accepted earlier in the same step (the worker's
-    piecewise step: its first layer's call checks, later layers pass the same metadata and buffers and caches of the
-    same allocation). Anything else must call paged_prefill_attention."""
-    num_seqs, num_heads = context_lens.shape[0], q.shape[1]
-    _, block_size, num_kv_heads, head_dim = key_cache.shape
+    checked=True skips the argument checks: only for a caller whose every argument has the shape, strides, dtype and
+    device of one this function accepted earlier in the same step. The worker's piecewise step is that caller
+    (services/worker/piecewise_graphs.py): its later layers pass the first layer's metadata and buffers, and caches
+    of the same allocation. Any other caller leaves it False."""
+    if checked:
+        num_seqs, num_heads = context_lens.shape[0], q.shape[1]
+        _, block_size, num_kv_heads, head_dim = key_cache.shape
+    else:
+        num_seqs, num_heads, num_kv_heads, head_dim, block_size = check_prefill_args(
+            q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
+        )
+        check_launchable(q.device)
     if key_cache.dtype == FP8_DTYPE:
         out = _paged_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale * k_scale,
                              causal, max_query_len, out, config or default_prefill_config(head_dim, block_size),
@@ -311,8 +297,10 @@ def paged_prefill_attention_ref(
     config: PrefillConfig | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    checked: bool = False,
 ) -> torch.Tensor:
-    """Plain torch version of paged_prefill_attention (same arguments; fp32 math)."""
+    """Plain torch version of paged_prefill_attention (same arguments; fp32 math; it checks them whatever
+    `checked` says)."""
     num_seqs = check_prefill_args(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out)[0]
     result = out if out is not None else torch.empty_like(q)
     starts, lens = query_start_loc.tolist(), context_lens.tolist()

@@ -9,9 +9,7 @@ import torch
 
 import kernels
 from kernels.argmax import argmax_rows, argmax_rows_ref
-from kernels.decode_attention import launch_paged_decode
 from kernels.fp8_linear import fp8_linear, fp8_linear_ref
-from kernels.prefill_attention import launch_paged_prefill
 from kernels.rotary_cache_write import apply_rotary_and_write_kv, apply_rotary_and_write_kv_ref
 
 
@@ -22,10 +20,6 @@ class Ops:
     write_kv_cache: Callable[..., None]
     prefill_attention: Callable[..., torch.Tensor]
     decode_attention: Callable[..., torch.Tensor]
-    # The two above without their argument checks, for the later layers of a step whose first layer's calls passed
-    # them with the same metadata and buffers (kernels.launch_paged_prefill); the references always check.
-    prefill_attention_unchecked: Callable[..., torch.Tensor]
-    decode_attention_unchecked: Callable[..., torch.Tensor]
     rms_norm: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     apply_rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
@@ -41,8 +35,6 @@ KERNEL_OPS = Ops(
     write_kv_cache=kernels.write_kv_cache,
     prefill_attention=kernels.paged_prefill_attention,
     decode_attention=kernels.paged_decode_attention,
-    prefill_attention_unchecked=launch_paged_prefill,
-    decode_attention_unchecked=launch_paged_decode,
     rms_norm=kernels.rms_norm,
     apply_rotary=kernels.apply_rotary,
     silu_and_mul=kernels.silu_and_mul,
@@ -55,8 +47,6 @@ REFERENCE_OPS = Ops(
     write_kv_cache=kernels.write_kv_cache_ref,
     prefill_attention=kernels.paged_prefill_attention_ref,
     decode_attention=kernels.paged_decode_attention_ref,
-    prefill_attention_unchecked=kernels.paged_prefill_attention_ref,
-    decode_attention_unchecked=kernels.paged_decode_attention_ref,
     rms_norm=kernels.rms_norm_ref,
     apply_rotary=kernels.apply_rotary_ref,
     silu_and_mul=kernels.silu_and_mul_ref,

@@ -123,28 +123,26 @@ class Attention(nn.Module):
         checked: an earlier layer of this step passed the launchers' argument checks with this metadata and with q,
         out and caches laid out as these (PiecewiseGraphs.run: the same buffers, caches of one allocation), so the
         launches skip them."""
-        ops, kv_scales = self.ops, self.kv_scales
-        prefill_attention = ops.prefill_attention_unchecked if checked else ops.prefill_attention
-        decode_attention = ops.decode_attention_unchecked if checked else ops.decode_attention
+        ops, kwargs = self.ops, {**self.kv_scales, "checked": checked}
         key_cache, value_cache = kv_cache
         if meta.is_decode:
-            return decode_attention(
+            return ops.decode_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
-                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, out=out, **kv_scales,
+                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, out=out, **kwargs,
             )
         if meta.num_decode_seqs:
             d = meta.num_decode_seqs  # one token each, so also the number of decode rows of q
             out = torch.empty_like(q) if out is None else out
-            decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d], meta.context_lens[:d],
-                             self.scale, max_context_len=meta.decode_max_context_len,
-                             num_splits=meta.decode_num_splits, out=out[:d], config=meta.decode_config, **kv_scales)
-            prefill_attention(q[d:], key_cache, value_cache, meta.prefill_block_tables, meta.prefill_query_start_loc,
-                              meta.prefill_context_lens, self.scale, causal=True, max_query_len=meta.max_query_len,
-                              out=out[d:], **kv_scales)
+            ops.decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d], meta.context_lens[:d],
+                                 self.scale, max_context_len=meta.decode_max_context_len,
+                                 num_splits=meta.decode_num_splits, out=out[:d], config=meta.decode_config, **kwargs)
+            ops.prefill_attention(q[d:], key_cache, value_cache, meta.prefill_block_tables,
+                                  meta.prefill_query_start_loc, meta.prefill_context_lens, self.scale, causal=True,
+                                  max_query_len=meta.max_query_len, out=out[d:], **kwargs)
             return out
-        return prefill_attention(
+        return ops.prefill_attention(
             q, key_cache, value_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.scale,
-            causal=True, max_query_len=meta.max_query_len, out=out, **kv_scales,
+            causal=True, max_query_len=meta.max_query_len, out=out, **kwargs,
         )
 
 

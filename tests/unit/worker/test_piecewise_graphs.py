@@ -79,8 +79,8 @@ def test_fp8_weights_and_cache_through_the_pieces_keep_the_whole_models_output(f
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")
 def test_kernel_launches_between_the_pieces_keep_the_references_tokens(folder) -> None:  # noqa: ANN001
-    """The launchers through the pieces (interpreted on the CPU): each step's first layer calls the checked launchers,
-    the later layers the unchecked ones, in prefill, mixed and decode steps."""
+    """The launchers through the pieces (interpreted on the CPU): each step's first layer's calls check their
+    arguments, the later layers' are marked checked, in prefill, mixed and decode steps."""
     prompts = {2: PROMPT[:4], 1: (PROMPT * 3)[:40]}
     expected = run_greedy(Driver(cpu_engine(folder)), prompts, 5, chunk=9)
     config = WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=128, max_model_len=256)
