@@ -10,9 +10,11 @@ every layer's cache, at the Llama-3.2-1B and Llama-3.1-8B shapes (block size 16)
   the split count and tiling the worker fixes for their batch bucket) and the new prompt's paged_prefill_attention.
 
 Each call is timed alone (perf_counter around the call; the device is not waited for, so what is timed is the host's
-work up to the launch), in two modes: `fresh` empties every launch memo before each call (kernels/launch_memo.py;
-the call then derives everything again, as each call did before the memos), `memoized` keeps them. After timing, the
-outputs of a fresh and a memoized call of every layer are compared bit for bit.
+work up to the launch), in three modes: `fresh` empties every launch memo before each call (kernels/launch_memo.py;
+the call then derives everything again, as each call did before the memos), `memoized` keeps them, `worker` keeps
+them and marks every layer's calls but the first `checked=True`, as the worker's piecewise steps do (the arguments
+were checked by the first layer's calls). After timing, every layer's outputs in the three modes are compared bit for
+bit.
 
     python bench/attention_launch.py --out bench/results/attention_launch_h200
     TRITON_INTERPRET=1 python bench/attention_launch.py --device cpu --dtype float32 --layers 2 --rounds 2 \\
@@ -42,7 +44,8 @@ from services.worker.model_config import ModelConfig  # noqa: E402
 from services.worker.presets import PRESETS  # noqa: E402
 
 BLOCK_SIZE = 16
-MODES = ("fresh", "memoized")
+MODES = ("fresh", "memoized", "worker")
+LayerCall = Callable[[bool], torch.Tensor]  # call(checked) of one layer
 
 
 def _sync(device: torch.device) -> None:
@@ -50,17 +53,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(calls: list[Callable[[], torch.Tensor]], rounds: int, fresh: bool, device: torch.device) -> list[float]:
-    """Microseconds of each call of `rounds` passes over `calls` (one per layer), the memos emptied before each call
-    when `fresh`; a pass starts once the device finished the previous one."""
+def time_calls(calls: list[LayerCall], rounds: int, mode: str, device: torch.device) -> list[float]:
+    """Microseconds of each call of `rounds` passes over `calls` (one per layer) in one of MODES; a pass starts once
+    the device finished the previous one."""
     times = []
     for _ in range(rounds):
         _sync(device)
-        for call in calls:
-            if fresh:
+        for index, call in enumerate(calls):
+            if mode == "fresh":
                 clear_launch_memos()
+            checked = mode == "worker" and index > 0
             start = time.perf_counter()
-            call()
+            call(checked)
             times.append((time.perf_counter() - start) * 1e6)
     _sync(device)
     return times
@@ -72,19 +76,20 @@ def summary(times: list[float]) -> dict[str, float]:
             "p90_us": round(ordered[(9 * len(ordered)) // 10], 2), "calls": len(ordered)}
 
 
-def bit_identical(calls: list[Callable[[], torch.Tensor]]) -> bool:
-    """Every layer's output of a fresh call equals that of a memoized one, bit for bit."""
+def bit_identical(calls: list[LayerCall]) -> bool:
+    """Every layer's output in each mode equals the fresh call's, bit for bit."""
     same = True
-    for call in calls:
+    for index, call in enumerate(calls):
         clear_launch_memos()
-        fresh = call().clone()
-        call()  # fills the memos
-        same &= torch.equal(fresh, call())
+        fresh = call(False).clone()
+        call(False)  # fills the memos
+        same &= torch.equal(fresh, call(False))
+        same &= torch.equal(fresh, call(index > 0))
     return same
 
 
 def case_calls(cfg: ModelConfig, kv: KVCache, args: argparse.Namespace, device: torch.device
-               ) -> dict[str, list[Callable[[], torch.Tensor]]]:
+               ) -> dict[str, list[LayerCall]]:
     """Per case, one call per layer, all arguments made beforehand (as a step's metadata is)."""
     dtype, g = kv.data.dtype, torch.Generator(device=device).manual_seed(0)
     heads, head_dim, scale = cfg.num_heads, cfg.head_dim, cfg.head_dim**-0.5
@@ -115,13 +120,14 @@ def case_calls(cfg: ModelConfig, kv: KVCache, args: argparse.Namespace, device: 
     q_prompt, out_prompt = q_mixed[batch:], out_mixed[batch:]
 
     def prefill(q: torch.Tensor, out: torch.Tensor, layer: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
-        return lambda: paged_prefill_attention(q, layer[0], layer[1], prompt_table, prompt_starts, prompt_lens, scale,
-                                               causal=True, max_query_len=prompt, out=out)
+        return lambda checked: paged_prefill_attention(q, layer[0], layer[1], prompt_table, prompt_starts, prompt_lens,
+                                                       scale, causal=True, max_query_len=prompt, out=out,
+                                                       checked=checked)
 
     def decode(layer: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
-        return lambda: paged_decode_attention(q_decode, layer[0], layer[1], decode_tables, decode_lens, scale,
-                                              max_context_len=context, num_splits=splits, out=out_decode,
-                                              config=decode_config)
+        return lambda checked: paged_decode_attention(q_decode, layer[0], layer[1], decode_tables, decode_lens, scale,
+                                                      max_context_len=context, num_splits=splits, out=out_decode,
+                                                      config=decode_config, checked=checked)
 
     layers = kv.layers[: args.layers or len(kv.layers)]
     return {"prefill alone": [prefill(q_alone, out_alone, layer) for layer in layers],
@@ -138,18 +144,18 @@ def bench_model(preset: str, args: argparse.Namespace, device: torch.device) -> 
     cases = case_calls(cfg, kv, args, device)
     for calls in cases.values():  # compiles every kernel variant, outside the timing
         for call in calls:
-            call()
+            call(False)
     _sync(device)
     out: dict[str, Any] = {"model": preset, "layers": len(next(iter(cases.values()))), "num_heads": cfg.num_heads,
                            "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "block_size": BLOCK_SIZE,
                            "cases": {}}
     for name, calls in cases.items():
-        row = {mode: summary(time_calls(calls, args.rounds, mode == "fresh", device)) for mode in MODES}
-        row["saved_us"] = round(row["fresh"]["median_us"] - row["memoized"]["median_us"], 2)
+        row = {mode: summary(time_calls(calls, args.rounds, mode, device)) for mode in MODES}
+        row["saved_us"] = round(row["fresh"]["median_us"] - row["worker"]["median_us"], 2)
         row["bit_identical"] = bit_identical(calls)
         out["cases"][name] = row
-        print(f"{preset} {name}: fresh {row['fresh']['median_us']} us, memoized {row['memoized']['median_us']} us "
-              f"per call, bit-identical {row['bit_identical']}", flush=True)
+        print(f"{preset} {name}: " + ", ".join(f"{m} {row[m]['median_us']} us" for m in MODES)
+              + f" per call, bit-identical {row['bit_identical']}", flush=True)
     del cases, kv
     return out
 
@@ -158,16 +164,17 @@ def to_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"Host microseconds per attention call (median, p10 to p90) over every layer's own cache, {args.rounds} "
              f"passes; prefill alone: 1 x {args.prompt_len} tokens; mixed step: {args.decode_batch} decode rows "
              f"(contexts up to {args.decode_context}) + 1 x {args.prompt_len} prompt tokens. `fresh`: every launch "
-             "memo emptied before each call (everything derived again, as before the memos); `memoized`: as the "
-             "worker runs. Bit-identical: a fresh and a memoized call of each layer give equal outputs.", "",
-             "| model | layers | call | fresh (us) | memoized (us) | saved per call (us) | saved per step (us) "
-             "| bit-identical |", "|---|---|---|---|---|---|---|---|"]
+             "memo emptied before each call (everything derived again, as before the memos); `memoized`: memos "
+             "kept; `worker`: memos kept and every layer's call but the first marked checked, as the worker's "
+             "piecewise steps run. Saved: fresh minus worker. Bit-identical: each layer's outputs in the three modes "
+             "are equal.", "",
+             "| model | layers | call | fresh (us) | memoized (us) | worker (us) | saved per call (us) "
+             "| saved per step (us) | bit-identical |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for name, row in r["cases"].items():
-            fresh, memo = row["fresh"], row["memoized"]
-            lines.append(f"| {r['model']} | {r['layers']} | {name} | {fresh['median_us']} ({fresh['p10_us']} to "
-                         f"{fresh['p90_us']}) | {memo['median_us']} ({memo['p10_us']} to {memo['p90_us']}) | "
-                         f"{row['saved_us']} | {round(row['saved_us'] * r['layers'], 1)} | {row['bit_identical']} |")
+            times = " | ".join(f"{row[m]['median_us']} ({row[m]['p10_us']} to {row[m]['p90_us']})" for m in MODES)
+            lines.append(f"| {r['model']} | {r['layers']} | {name} | {times} | {row['saved_us']} | "
+                         f"{round(row['saved_us'] * r['layers'], 1)} | {row['bit_identical']} |")
     return "\n".join(lines)
 
 
