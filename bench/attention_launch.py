@@ -6,8 +6,9 @@ every layer's cache, at the Llama-3.2-1B and Llama-3.1-8B shapes (block size 16)
 
 * prefill alone: paged_prefill_attention on one prompt of --prompt-len tokens (the prefill-alone row of
   bench/engine.py);
-* mixed step: the decode rows' paged_decode_attention (--decode-batch rows of contexts up to --decode-context, with
-  the split count and tiling the worker fixes for their batch bucket) and the new prompt's paged_prefill_attention.
+* mixed step: the decode rows' paged_decode_attention (each of --decode-batches rows of contexts up to
+  --decode-context, with the context bound, split count and tiling the worker fixes for their batch bucket: a few
+  rows take the Gluon kernel on Hopper, many the Triton one) and the new prompt's paged_prefill_attention.
 
 Each call is timed alone (perf_counter around the call; the device is not waited for, so what is timed is the host's
 work up to the launch), in three modes: `fresh` empties every launch memo before each call (kernels/launch_memo.py;
@@ -18,7 +19,7 @@ bit.
 
     python bench/attention_launch.py --out bench/results/attention_launch_h200
     TRITON_INTERPRET=1 python bench/attention_launch.py --device cpu --dtype float32 --layers 2 --rounds 2 \\
-        --prompt-len 16 --decode-batch 2 --decode-context 40 --out /tmp/attention_launch_cpu  # a rehearsal only
+        --prompt-len 16 --decode-batches 2 --decode-context 40 --out /tmp/attention_launch_cpu  # a rehearsal only
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ import torch  # noqa: E402
 
 from bench.common import write_results  # noqa: E402
 from kernels import paged_decode_attention, paged_prefill_attention  # noqa: E402
-from kernels.decode_attention import choose_num_splits, default_decode_config  # noqa: E402
+from kernels.decode_attention import default_decode_config  # noqa: E402
 from kernels.launch_memo import clear_launch_memos  # noqa: E402
+from services.worker.cuda_graphs import SHORT_CONTEXT_LEN, context_buckets  # noqa: E402
 from services.worker.kv_cache import KVCache  # noqa: E402
 from services.worker.model_config import ModelConfig  # noqa: E402
 from services.worker.presets import PRESETS  # noqa: E402
@@ -100,7 +102,7 @@ def case_calls(cfg: ModelConfig, kv: KVCache, args: argparse.Namespace, device: 
     def int32(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32, device=device)
 
-    prompt, batch, context = args.prompt_len, args.decode_batch, args.decode_context
+    prompt, batch, context = args.prompt_len, max(args.decode_batches), args.decode_context
     pages_per_seq = -(-max(prompt, context) // BLOCK_SIZE)
     # The prompt's pages first, then each decode row's.
     prompt_table = torch.arange(pages_per_seq, dtype=torch.int32, device=device)[None, :]
@@ -108,15 +110,9 @@ def case_calls(cfg: ModelConfig, kv: KVCache, args: argparse.Namespace, device: 
         batch, pages_per_seq)
     prompt_starts, prompt_lens = int32([0, prompt]), int32([prompt])
     decode_lens = int32([context - (i % 7) * 3 for i in range(batch)])  # unequal, as a batch's are
-    # The decode rows run as the worker's mixed steps run them: the split count and tiling of their batch bucket's
-    # decode graph (services/worker/cuda_graphs.py) for contexts up to --decode-context.
-    splits = choose_num_splits(batch, cfg.num_kv_heads, context,
-                               default_decode_config(batch, cfg.num_kv_heads, 0, BLOCK_SIZE, device))
-    decode_config = default_decode_config(batch, cfg.num_kv_heads, splits, BLOCK_SIZE, device)
     q_mixed, out_mixed = rand(batch + prompt, heads, head_dim), torch.empty(batch + prompt, heads, head_dim,
                                                                              dtype=dtype, device=device)
     q_alone, out_alone = q_mixed[batch:].clone(), torch.empty(prompt, heads, head_dim, dtype=dtype, device=device)
-    q_decode, out_decode = q_mixed[:batch], out_mixed[:batch]
     q_prompt, out_prompt = q_mixed[batch:], out_mixed[batch:]
 
     def prefill(q: torch.Tensor, out: torch.Tensor, layer: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
@@ -124,22 +120,30 @@ def case_calls(cfg: ModelConfig, kv: KVCache, args: argparse.Namespace, device: 
                                                        scale, causal=True, max_query_len=prompt, out=out,
                                                        checked=checked)
 
-    def decode(layer: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
-        return lambda checked: paged_decode_attention(q_decode, layer[0], layer[1], decode_tables, decode_lens, scale,
-                                                      max_context_len=context, num_splits=splits, out=out_decode,
-                                                      config=decode_config, checked=checked)
+    def decode(rows: int, layer: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
+        # As the worker's mixed steps run them (DecodeGraphs.with_graph_decode_tiling): the context bound, split
+        # count and tiling of the decode graph of `rows` sequences (a batch bucket) whose contexts reach
+        # --decode-context, on the first rows of the step's tensors.
+        limit, splits = next((limit, splits) for limit, splits in context_buckets(
+            rows, cfg.num_kv_heads, args.max_model_len, SHORT_CONTEXT_LEN, BLOCK_SIZE, device) if limit >= context)
+        config = default_decode_config(rows, cfg.num_kv_heads, splits, BLOCK_SIZE, device)
+        return lambda checked: paged_decode_attention(
+            q_mixed[:rows], layer[0], layer[1], decode_tables[:rows], decode_lens[:rows], scale,
+            max_context_len=limit, num_splits=splits, out=out_mixed[:rows], config=config, checked=checked)
 
     layers = kv.layers[: args.layers or len(kv.layers)]
-    return {"prefill alone": [prefill(q_alone, out_alone, layer) for layer in layers],
-            "mixed: decode rows": [decode(layer) for layer in layers],
-            "mixed: prompt": [prefill(q_prompt, out_prompt, layer) for layer in layers]}
+    cases = {"prefill alone": [prefill(q_alone, out_alone, layer) for layer in layers],
+             "mixed: prompt": [prefill(q_prompt, out_prompt, layer) for layer in layers]}
+    for rows in args.decode_batches:
+        cases[f"mixed: {rows} decode rows"] = [decode(rows, layer) for layer in layers]
+    return cases
 
 
 def bench_model(preset: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     cfg = ModelConfig.from_hf(PRESETS[preset], source=preset)
     pages_per_seq = -(-max(args.prompt_len, args.decode_context) // BLOCK_SIZE)
     dtype = getattr(torch, args.dtype)
-    kv = KVCache(cfg, (args.decode_batch + 1) * pages_per_seq, BLOCK_SIZE, dtype, device)
+    kv = KVCache(cfg, (max(args.decode_batches) + 1) * pages_per_seq, BLOCK_SIZE, dtype, device)
     kv.data.normal_(generator=torch.Generator(device=device).manual_seed(1))  # each layer's cache its own content
     cases = case_calls(cfg, kv, args, device)
     for calls in cases.values():  # compiles every kernel variant, outside the timing
@@ -162,8 +166,8 @@ def bench_model(preset: str, args: argparse.Namespace, device: torch.device) -> 
 
 def to_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"Host microseconds per attention call (median, p10 to p90) over every layer's own cache, {args.rounds} "
-             f"passes; prefill alone: 1 x {args.prompt_len} tokens; mixed step: {args.decode_batch} decode rows "
-             f"(contexts up to {args.decode_context}) + 1 x {args.prompt_len} prompt tokens. `fresh`: every launch "
+             f"passes; prefill alone: 1 x {args.prompt_len} tokens; mixed step: decode rows (contexts up to "
+             f"{args.decode_context}) + 1 x {args.prompt_len} prompt tokens. `fresh`: every launch "
              "memo emptied before each call (everything derived again, as before the memos); `memoized`: memos "
              "kept; `worker`: memos kept and every layer's call but the first marked checked, as the worker's "
              "piecewise steps run. Saved: fresh minus worker. Bit-identical: each layer's outputs in the three modes "
@@ -184,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=0, help="time only the first N layers (0: all of the model)")
     parser.add_argument("--rounds", type=int, default=50, help="passes over the layers per case and mode")
     parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--decode-batch", type=int, default=64)
+    parser.add_argument("--decode-batches", default="4,64", help="decode rows of the mixed steps timed")
     parser.add_argument("--decode-context", type=int, default=480)
+    parser.add_argument("--max-model-len", type=int, default=4096, help="the decode graphs' longest context")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="", help="path without extension: writes PATH.json and PATH.md")
     args = parser.parse_args(argv)
+    args.decode_batches = [int(b) for b in args.decode_batches.split(",")]
     device = torch.device(args.device)
     results = [bench_model(preset, args, device) for preset in args.models.split(",")]
     markdown = to_markdown(results, args)

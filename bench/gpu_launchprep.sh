@@ -11,7 +11,7 @@
 # Everything lands in OUT_DIR/launchprep.tar.gz, and a summary on stdout. Wheels the machine lacks come from .whl/
 # (bench/gpu_env.sh). ENGINE=0 skips the engine benchmark; LAUNCH_ARGS adds arguments to bench/attention_launch.py
 # (a CPU rehearsal: ENGINE=0 TRITON_INTERPRET=1 LAUNCH_ARGS="--device cpu --dtype float32 --models llama-3.2-1b
-# --layers 2 --rounds 2 --prompt-len 16 --decode-batch 2 --decode-context 40" bash bench/gpu_launchprep.sh DIR).
+# --layers 2 --rounds 2 --prompt-len 16 --decode-batches 2 --decode-context 40" bash bench/gpu_launchprep.sh DIR).
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_launchprep.sh OUT_DIR}"
 RUN="$(mktemp -d /tmp/flashstream-launchprep.XXXXXX)"

@@ -2,9 +2,9 @@
 
 Every attention layer of a step launches the same kernels on tensors of the same shapes, dtypes and strides; only its
 own K/V cache differs, and the caches live as long as the worker. Re-deriving the device's capability, the shared
-memory layouts, the configs, the kernel path and the caches' TMA descriptors on every call costs the host more than
-the launch itself. Each memo is keyed on every fact its value is computed from, so that a different input never gets
-a stale value:
+memory layouts, the configs, the kernel path and the caches' TMA descriptors on every call is host time that every
+layer of a host-bound step repeats for nothing. Each memo is keyed on every fact its value is computed from, so that
+a different input never gets a stale value:
 
 * DeviceFacts: a device property (compute capability, SM count) by device index; it never changes in a process.
 * SignatureMemo: a decision by a tuple its caller builds from everything the deciding function reads.
@@ -112,7 +112,7 @@ class TensorMemo(Generic[T]):
     def _drop(self, key: tuple, value: T) -> None:
         # Only this entry: the key may have been rebuilt since for another live view of the same memory.
         if self._values.get(key) is value:
-            del self._values[key]
+            self._values.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._values)
