@@ -12,10 +12,10 @@ every layer's cache, at the Llama-3.2-1B and Llama-3.1-8B shapes (block size 16)
 
 Each call is timed alone (perf_counter around the call; the device is not waited for, so what is timed is the host's
 work up to the launch), in three modes: `fresh` empties every launch memo before each call (kernels/launch_memo.py;
-the call then derives everything again, as each call did before the memos), `memoized` keeps them, `worker` keeps
-them and marks every layer's calls but the first `checked=True`, as the worker's piecewise steps do (the arguments
-were checked by the first layer's calls). After timing, every layer's outputs in the three modes are compared bit for
-bit.
+the call then derives everything again, as each call did before the memos, and refills the memos, a little more work
+than before them), `memoized` keeps them, `worker` keeps them and marks every layer's calls but the first
+`checked=True`, as the worker's piecewise steps do (the arguments were checked by the first layer's calls). After
+timing, every layer's outputs in the three modes are compared bit for bit.
 
     python bench/attention_launch.py --out bench/results/attention_launch_h200
     TRITON_INTERPRET=1 python bench/attention_launch.py --device cpu --dtype float32 --layers 2 --rounds 2 \\
@@ -168,7 +168,8 @@ def to_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"Host microseconds per attention call (median, p10 to p90) over every layer's own cache, {args.rounds} "
              f"passes; prefill alone: 1 x {args.prompt_len} tokens; mixed step: decode rows (contexts up to "
              f"{args.decode_context}) + 1 x {args.prompt_len} prompt tokens. `fresh`: every launch "
-             "memo emptied before each call (everything derived again, as before the memos); `memoized`: memos "
+             "memo emptied before each call (everything derived again, as before the memos, and the memos refilled); "
+             "`memoized`: memos "
              "kept; `worker`: memos kept and every layer's call but the first marked checked, as the worker's "
              "piecewise steps run. Saved: fresh minus worker. Bit-identical: each layer's outputs in the three modes "
              "are equal.", "",
