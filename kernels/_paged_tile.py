@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.launch_memo import TensorMemo, device_capability
+
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # a Triton without host-side tensor descriptors: the gather kernels serve every call
@@ -46,7 +48,7 @@ def supports_tma(device: torch.device) -> bool:
     if TensorDescriptor is None:
         return False
     if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 9
+        return device_capability(device)[0] >= 9
     return device.type == "cpu"
 
 
@@ -62,10 +64,18 @@ def cache_tile_descriptors(key_cache: torch.Tensor, value_cache: torch.Tensor, b
         return None
     if any(t.data_ptr() % 16 for t in (key_cache, value_cache)) or (key_cache.stride(1) * key_cache.element_size()) % 16:
         return None
-    return tuple(
-        TensorDescriptor(c, [num_blocks * block_size, num_kv_heads * head_dim], [c.stride(1), 1], [block_n, head_dim])
-        for c in (key_cache, value_cache)
-    )
+    # Built once per cache tensor and block_n: a worker's caches live as long as it does.
+    return tuple(_TILE_DESCRIPTORS.get(c, block_n, lambda view: _tile_descriptor(view, block_n))
+                 for c in (key_cache, value_cache))
+
+
+_TILE_DESCRIPTORS: TensorMemo = TensorMemo()
+
+
+def _tile_descriptor(cache: torch.Tensor, block_n: int) -> TensorDescriptor:
+    num_blocks, block_size, num_kv_heads, head_dim = cache.shape
+    return TensorDescriptor(cache, [num_blocks * block_size, num_kv_heads * head_dim], [cache.stride(1), 1],
+                            [block_n, head_dim])
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from kernels._paged_tile import (
     tma_tile,
 )
 from kernels.decode_gluon import gluon_decode_available, gluon_decode_unsupported_reason, launch_gluon_decode
+from kernels.launch_memo import device_capability, register_memo
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -40,7 +42,7 @@ _PER_STEP_ARGS = ["split_len", "table_width", "stride_bt"]
 def supports_pdl(requested: bool, device: torch.device) -> bool:
     """Programmatic dependent launch needs a compiled launch on compute capability 9.0 or newer."""
     return (requested and gdc_wait is not None and device.type == "cuda"
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+            and device_capability(device)[0] >= 9)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: to
             and num_seqs * num_kv_heads < DecodeConfig.no_split_programs and supports_tma(device))
 
 
+@functools.lru_cache(maxsize=4096)
 def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, block_size: int = 16,
                           device: torch.device | None = None) -> DecodeConfig:
     """Per shape, the fastest in A/B runs on the H100 (bench/EXPERIMENTS.md). `device` None: the gather kernels'
@@ -117,6 +120,9 @@ def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, blo
     if num_splits == 1 and pairs <= NUM_SMS_H100:
         return DecodeConfig(block_n=128, num_stages=3)
     return DecodeConfig()
+
+
+register_memo(default_decode_config.cache_clear)  # a function of its arguments and the device's capability
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, cfg: DecodeConfig) -> int:
@@ -332,15 +338,18 @@ def paged_decode_attention(
     config: DecodeConfig | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    checked: bool = False,
 ) -> torch.Tensor:
     """q: [num_seqs, num_heads, head_dim] at position context_lens[i] - 1; caches: [num_blocks, block_size,
     num_kv_heads, head_dim]; block_tables: [num_seqs, max_blocks] int32; context_lens: [num_seqs] int32.
     With max_context_len and num_splits given the call never syncs (CUDA-graph safe). An FP8 cache holds K / k_scale
-    and V / v_scale (the scales are ignored for other caches)."""
-    num_seqs, num_heads, num_kv_heads, head_dim, block_size = _check_args(
-        q, key_cache, value_cache, block_tables, context_lens, out
-    )
-    check_launchable(q.device)
+    and V / v_scale (the scales are ignored for other caches). checked=True skips the argument checks, on the terms
+    of kernels.prefill_attention.paged_prefill_attention's `checked`."""
+    if checked:
+        num_seqs = context_lens.shape[0]
+    else:
+        num_seqs = _check_args(q, key_cache, value_cache, block_tables, context_lens, out)[0]
+        check_launchable(q.device)
     if out is None:
         out = torch.empty_like(q)
     if num_seqs == 0:
@@ -441,8 +450,10 @@ def paged_decode_attention_ref(
     config: DecodeConfig | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    checked: bool = False,
 ) -> torch.Tensor:
-    """Plain torch version of paged_decode_attention (same arguments; fp32 math)."""
+    """Plain torch version of paged_decode_attention (same arguments; fp32 math; it checks them whatever `checked`
+    says)."""
     num_seqs = _check_args(q, key_cache, value_cache, block_tables, context_lens, out)[0]
     result = out if out is not None else torch.empty_like(q)
     for i, length in enumerate(context_lens.tolist()):

@@ -32,7 +32,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels.prefill_gluon import gluon_layout_unsupported_reason
+from kernels.launch_memo import SignatureMemo, device_capability
+from kernels.prefill_gluon import (
+    cache_descriptor,
+    gluon_layout_signature,
+    gluon_layout_unsupported_reason,
+    shared_layout,
+)
 from kernels.prefill_gluon_kernel import gluon
 
 QUERY_ROWS = 64  # rows of one warpgroup's wgmma
@@ -47,7 +53,6 @@ if gluon is not None:
         warpgroup_mma,
         warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
     from kernels.prefill_gluon_kernel import _attend_step, _copy_kv_tile, _softmax_update, _zero_v_rows_past, kv_ring
 
@@ -260,13 +265,23 @@ if gluon is not None:
 def gluon_decode_available(device: torch.device | None) -> bool:
     """Gluon importable and an sm_90 CUDA device: the kernel can be chosen (the tensors are checked at launch)."""
     return (gluon is not None and device is not None and device.type == "cuda" and torch.cuda.is_available()
-            and torch.cuda.get_device_capability(device) == (9, 0))
+            and device_capability(device) == (9, 0))
+
+
+_DECODE_REASONS: SignatureMemo[str | None] = SignatureMemo()
 
 
 def gluon_decode_unsupported_reason(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                                     block_n: int) -> str | None:
     """Why the Gluon decode kernel cannot serve these tensors (None when it can): Gluon missing, not an sm_90 CUDA
-    device, a layout the TMA copies cannot address, or more query heads per kv head than one wgmma has rows."""
+    device, a layout the TMA copies cannot address, or more query heads per kv head than one wgmma has rows.
+    Decided once per (gluon_layout_signature, block_n)."""
+    return _DECODE_REASONS.get((gluon_layout_signature(q, key_cache, value_cache), block_n),
+                               lambda: _gluon_decode_unsupported_reason(q, key_cache, value_cache, block_n))
+
+
+def _gluon_decode_unsupported_reason(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                                     block_n: int) -> str | None:
     reason = gluon_layout_unsupported_reason(q, key_cache, value_cache)
     if reason is not None:
         return reason
@@ -302,20 +317,14 @@ def launch_gluon_decode(
     DecodeConfig's field."""
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     box_rows = min(block_size, block_n)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([box_rows, head_dim], element)
-    k_desc, v_desc = (
-        GluonTensorDescriptor(c, [c.shape[0] * block_size, num_kv_heads * head_dim], [c.stride(1), 1],
-                              [box_rows, head_dim], kv_layout)
-        for c in (key_cache, value_cache)
-    )
+    k_desc, v_desc = cache_descriptor(key_cache, box_rows), cache_descriptor(value_cache, box_rows)
     _decode_hopper_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_desc, v_desc, block_tables, context_lens, out, part_out, part_lse, qk_scale_log2, split_len,
         block_tables.shape[1], q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         num_heads * num_splits, num_splits, 1,
         QUERIES_PER_KV=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_N=block_n, BOX_ROWS=box_rows,
         PAGE_SIZE=block_size, STAGES=stages, DIRECT=num_splits == 1, IN_FLIGHT=in_flight or stages,
-        Q_LAYOUT=gl.NVMMASharedLayout.get_default_for([QUERY_ROWS, head_dim], element), PDL=pdl,
+        Q_LAYOUT=shared_layout((QUERY_ROWS, head_dim), q.dtype), PDL=pdl,
         num_warps=CONSUMER_WARPS, **({"launch_pdl": True} if pdl else {}),
     )

@@ -6,6 +6,7 @@ chunked prefill and a prefix-cache hit. causal=False gives encoder (bidirectiona
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from kernels._paged_tile import (
     needs_int64_offsets,
     resolve_page_loads,
 )
+from kernels.launch_memo import register_memo
 from kernels.prefill_gluon import hopper_prefill_unsupported_reason, launch_hopper_prefill
 
 
@@ -46,6 +48,7 @@ class PrefillConfig:
                 raise ValueError(f"{name} must be a power of two >= 16, got {value}")
 
 
+@functools.lru_cache(maxsize=64)
 def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
     """The fastest variants of the H100 sweeps (bench/EXPERIMENTS.md), causal bf16 at 16k tokens per launch."""
     if head_dim <= 64:
@@ -55,6 +58,9 @@ def default_prefill_config(head_dim: int, block_size: int) -> PrefillConfig:
     # (inline-assembly ones give K/V a third buffer and room for one program only); the two row halves cut spills.
     return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3, page_loads=VECTOR_PAGES,
                          split_rows=True)
+
+
+register_memo(default_prefill_config.cache_clear)
 
 
 @triton.jit(do_not_specialize=["stride_bt"])
@@ -208,17 +214,27 @@ def paged_prefill_attention(
     config: PrefillConfig | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    checked: bool = False,
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; caches: [num_blocks, block_size, num_kv_heads, head_dim];
     block_tables: [num_seqs, max_blocks] int32; query_start_loc: [num_seqs + 1] int32; context_lens: [num_seqs]
     int32. Returns [num_tokens, num_heads, head_dim] in q's dtype. Without a config, head dims 64 and 128 on
     Hopper run the Gluon kernel (kernels/prefill_gluon.py); a config always selects this module's Triton kernel.
     An FP8 cache holds K / k_scale and V / v_scale; it takes the Triton gather kernel, which widens it in registers
-    (k_scale joins the softmax scale, v_scale multiplies the output); other caches ignore the scales."""
-    num_seqs, num_heads, num_kv_heads, head_dim, block_size = check_prefill_args(
-        q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
-    )
-    check_launchable(q.device)
+    (k_scale joins the softmax scale, v_scale multiplies the output); other caches ignore the scales.
+
+    checked=True skips the argument checks: only for a caller whose every argument has the shape, strides, dtype and
+    device of one this function accepted earlier in the same step. The worker's piecewise step is that caller
+    (services/worker/piecewise_graphs.py): its later layers pass the first layer's metadata and buffers, and caches
+    of the same allocation. Any other caller leaves it False."""
+    if checked:
+        num_seqs, num_heads = context_lens.shape[0], q.shape[1]
+        _, block_size, num_kv_heads, head_dim = key_cache.shape
+    else:
+        num_seqs, num_heads, num_kv_heads, head_dim, block_size = check_prefill_args(
+            q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out
+        )
+        check_launchable(q.device)
     if key_cache.dtype == FP8_DTYPE:
         out = _paged_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale * k_scale,
                              causal, max_query_len, out, config or default_prefill_config(head_dim, block_size),
@@ -228,7 +244,7 @@ def paged_prefill_attention(
         return out
     if config is None and q.device.type == "cuda":
         # Hopper: the Gluon kernel (kernels/prefill_gluon.py), which overlaps each warpgroup's softmax with its
-        # products where this module's kernel cannot (bench/EXPERIMENTS.md).
+        # products where this module's kernel cannot (bench/EXPERIMENTS.md). Decided once per argument signature.
         if hopper_prefill_unsupported_reason(q, key_cache, value_cache) is None:
             return launch_hopper_prefill(q, key_cache, value_cache, block_tables, query_start_loc, context_lens,
                                          scale, causal, max_query_len, out, num_seqs, num_heads, num_kv_heads)
@@ -281,8 +297,10 @@ def paged_prefill_attention_ref(
     config: PrefillConfig | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    checked: bool = False,
 ) -> torch.Tensor:
-    """Plain torch version of paged_prefill_attention (same arguments; fp32 math)."""
+    """Plain torch version of paged_prefill_attention (same arguments; fp32 math; it checks them whatever
+    `checked` says)."""
     num_seqs = check_prefill_args(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, out)[0]
     result = out if out is not None else torch.empty_like(q)
     starts, lens = query_start_loc.tolist(), context_lens.tolist()

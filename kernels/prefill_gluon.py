@@ -13,12 +13,14 @@ the launcher raises a RuntimeError.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from kernels._attention_common import check_prefill_args
 from kernels._paged_tile import LOG2_E
+from kernels.launch_memo import SignatureMemo, TensorMemo, device_capability, register_memo, sm_count
 from kernels.prefill_gluon_kernel import BLOCK_M, CONSUMER_WARPS, GLUON_IMPORT_ERROR, HALF_M, gluon
 
 if gluon is not None:
@@ -59,6 +61,7 @@ class HopperPrefillConfig:
         return element_size * head_dim * (BLOCK_M + 2 * self.stages * self.block_n)
 
 
+@functools.lru_cache(maxsize=64)
 def default_hopper_prefill_config(head_dim: int, block_size: int) -> HopperPrefillConfig:
     """FA3's tile (128 x 128, two stages); at head_dim 64 the warpgroups take turns (ping-pong). The fastest on the
     H100 in four benchmark runs (bench/EXPERIMENTS.md): at d128 independent warpgroups lead ping-pong on long
@@ -68,15 +71,50 @@ def default_hopper_prefill_config(head_dim: int, block_size: int) -> HopperPrefi
     return HopperPrefillConfig()
 
 
-def gluon_layout_unsupported_reason(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> str | None:
+def gluon_layout_signature(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor | None) -> tuple:
+    """Every fact of its arguments that gluon_layout_unsupported_reason reads, and no more (q's token count is not
+    one of them, so a step's layers and its varying batch sizes share a key): devices, dtypes, shapes, strides and
+    16-byte alignments. The decisions memoized by this key must read nothing else of the tensors."""
+    value_cache = key_cache if value_cache is None else value_cache
+    return (q.device, q.dtype, q.shape[1:], q.stride(), q.data_ptr() % 16,
+            key_cache.dtype, key_cache.shape, key_cache.stride(), key_cache.data_ptr() % 16,
+            value_cache.dtype, value_cache.shape, value_cache.stride(), value_cache.data_ptr() % 16)
+
+
+_LAYOUT_REASONS: SignatureMemo[str | None] = SignatureMemo()
+_PREFILL_REASONS: SignatureMemo[str | None] = SignatureMemo()
+
+
+def gluon_layout_unsupported_reason(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor | None
+                                    ) -> str | None:
     """What keeps a Gluon attention kernel (prefill or decode) from these tensors, None if nothing: Gluon missing, not
-    an sm_90 CUDA device, a dtype or head_dim it was not built for, or a layout the TMA copies cannot address."""
+    an sm_90 CUDA device, a dtype or head_dim it was not built for, or a layout the TMA copies cannot address.
+    Decided once per gluon_layout_signature."""
+    return _LAYOUT_REASONS.get(gluon_layout_signature(q, key_cache, value_cache),
+                               lambda: _gluon_layout_unsupported_reason(q, key_cache, value_cache))
+
+
+def hopper_prefill_unsupported_reason(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    config: HopperPrefillConfig | None = None,
+) -> str | None:
+    """Why the Gluon prefill kernel cannot serve these tensors (None when it can): gluon_layout_unsupported_reason,
+    or a config whose buffers do not fit in shared memory. Decided once per (gluon_layout_signature, config)."""
+    return _PREFILL_REASONS.get((gluon_layout_signature(q, key_cache, value_cache), config),
+                                lambda: _hopper_prefill_unsupported_reason(q, key_cache, value_cache, config))
+
+
+def _gluon_layout_unsupported_reason(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor | None
+                                     ) -> str | None:
+    """gluon_layout_unsupported_reason's decision, derived afresh."""
     if gluon is None:
         return f"Gluon is not importable ({GLUON_IMPORT_ERROR})"
     if q.device.type != "cuda" or not torch.cuda.is_available():
         return f"needs a CUDA device, got {q.device}"
-    if torch.cuda.get_device_capability(q.device) != (9, 0):
-        return f"needs compute capability 9.0 (Hopper), got {torch.cuda.get_device_capability(q.device)}"
+    if device_capability(q.device) != (9, 0):
+        return f"needs compute capability 9.0 (Hopper), got {device_capability(q.device)}"
     if q.dtype not in (torch.bfloat16, torch.float16):
         return f"needs bf16 or fp16, got {q.dtype}"
     if q.dim() != 3 or key_cache.dim() != 4:
@@ -103,15 +141,10 @@ def gluon_layout_unsupported_reason(q: torch.Tensor, key_cache: torch.Tensor, va
     return None
 
 
-def hopper_prefill_unsupported_reason(
-    q: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    config: HopperPrefillConfig | None = None,
+def _hopper_prefill_unsupported_reason(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, config: HopperPrefillConfig | None
 ) -> str | None:
-    """Why the Gluon prefill kernel cannot serve these tensors (None when it can): gluon_layout_unsupported_reason,
-    or a config whose buffers do not fit in shared memory."""
-    reason = gluon_layout_unsupported_reason(q, key_cache, value_cache)
+    reason = _gluon_layout_unsupported_reason(q, key_cache, value_cache)
     if reason is not None:
         return reason
     head_dim, block_size = q.shape[2], key_cache.shape[1]
@@ -192,22 +225,16 @@ def launch_hopper_prefill(
     if max_query_len <= 0:
         return out
     cfg = config or default_hopper_prefill_config(head_dim, block_size)
-    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     # q as [tokens, heads * head_dim] in [64, head_dim] boxes (one per warpgroup); each cache as [blocks * block_size,
-    # kv_heads * head_dim] in [min(block_size, block_n), head_dim] boxes (one page run).
-    q_layout = gl.NVMMASharedLayout.get_default_for([HALF_M, head_dim], element)
+    # kv_heads * head_dim] in [min(block_size, block_n), head_dim] boxes (one page run). q is new every step (and, in
+    # eager steps, every layer): its descriptor is built each call; the caches' are memoized.
     q_desc = GluonTensorDescriptor(q, [q.shape[0], num_heads * head_dim], [q.stride(0), 1], [HALF_M, head_dim],
-                                   q_layout)
+                                   shared_layout((HALF_M, head_dim), q.dtype))
     box_rows = min(block_size, cfg.block_n)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([box_rows, head_dim], element)
-    k_desc, v_desc = (
-        GluonTensorDescriptor(c, [c.shape[0] * block_size, num_kv_heads * head_dim], [c.stride(1), 1],
-                              [box_rows, head_dim], kv_layout)
-        for c in (key_cache, value_cache)
-    )
+    k_desc, v_desc = cache_descriptor(key_cache, box_rows), cache_descriptor(value_cache, box_rows)
     n_mblocks = -(-max_query_len // BLOCK_M)
     num_items = num_heads * num_seqs * n_mblocks
-    num_programs = min(num_items, _num_sms(q.device))
+    num_programs = min(num_items, sm_count(q.device))
     num_rounds = -(-num_items // num_programs)
     _prefill_hopper_kernel[(num_programs,)](
         q_desc, k_desc, v_desc, out, block_tables, query_start_loc, context_lens,
@@ -220,11 +247,28 @@ def launch_hopper_prefill(
     return out
 
 
-_NUM_SMS: dict[int, int] = {}
+@functools.lru_cache(maxsize=64)
+def shared_layout(block_shape: tuple[int, ...], dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    """The NVMMA shared-memory layout of a bf16/fp16 [rows, head_dim] tile (TMA boxes and wgmma operands)."""
+    return gl.NVMMASharedLayout.get_default_for(list(block_shape), gl.bfloat16 if dtype == torch.bfloat16
+                                                else gl.float16)
 
 
-def _num_sms(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _NUM_SMS:
-        _NUM_SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _NUM_SMS[index]
+_CACHE_DESCRIPTORS: TensorMemo[GluonTensorDescriptor] = TensorMemo()
+
+
+def cache_descriptor(cache: torch.Tensor, box_rows: int) -> GluonTensorDescriptor:
+    """cache [num_blocks, block_size, kv_heads, head_dim] (a layout gluon_layout_unsupported_reason accepts) as
+    [num_blocks * block_size, kv_heads * head_dim] in [box_rows, head_dim] boxes: the prefill and decode kernels'
+    K/V copies. Built once per cache tensor and box (TensorMemo), since a worker's caches live as long as it does."""
+    return _CACHE_DESCRIPTORS.get(cache, box_rows, lambda c: _cache_descriptor(c, box_rows))
+
+
+def _cache_descriptor(cache: torch.Tensor, box_rows: int) -> GluonTensorDescriptor:
+    num_blocks, block_size, num_kv_heads, head_dim = cache.shape
+    return GluonTensorDescriptor(cache, [num_blocks * block_size, num_kv_heads * head_dim], [cache.stride(1), 1],
+                                 [box_rows, head_dim], shared_layout((box_rows, head_dim), cache.dtype))
+
+
+register_memo(default_hopper_prefill_config.cache_clear)
+register_memo(shared_layout.cache_clear)

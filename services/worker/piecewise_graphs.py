@@ -136,7 +136,9 @@ class PiecewiseGraphs:
                 self._piece(index, size)
             else:
                 pieces[index].replay()
-            layer.self_attn.attend(self.q[:n], meta, cache, out=self.attn[:n])
+            # Every layer's attention gets the same metadata and buffers and a cache of one allocation: the first
+            # layer's launches check the arguments, the others skip the checks.
+            layer.self_attn.attend(self.q[:n], meta, cache, out=self.attn[:n], checked=index > 0)
         if pieces is None:
             self._piece(len(layers), size)
         else:

@@ -100,3 +100,12 @@ def test_decode_with_tma_tiles_matches_reference(make_paged_cache, poison_past_c
                                  config=config)
     ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
     assert relative_error(out.cpu(), ref) < tolerance
+
+
+def test_a_decode_call_marked_checked_gives_the_checked_calls_result_bit_for_bit(make_paged_cache, device, dtype):
+    # What the worker's later layers call after its first layer's call passed the checks: the same launch.
+    _, _, _, args = _decode(make_paged_cache, device, dtype, (64, 16, 4, 2), [40, 3, 64], seed=9, max_context_len=64,
+                            num_splits=2)
+    checked = paged_decode_attention(*args, max_context_len=64, num_splits=2, config=_config(device))
+    unchecked = paged_decode_attention(*args, max_context_len=64, num_splits=2, config=_config(device), checked=True)
+    assert torch.equal(unchecked, checked)

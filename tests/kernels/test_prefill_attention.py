@@ -128,3 +128,18 @@ def test_prefill_with_two_row_halves_per_program_gives_the_reference_result(
                                   config=config)
     ref = paged_prefill_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args), causal=causal)
     assert relative_error(out.cpu(), ref) < tolerance
+
+
+def test_a_call_marked_checked_gives_the_checked_calls_result_bit_for_bit(make_paged_cache, device, dtype) -> None:
+    # What the worker's later layers call after its first layer's call passed the checks: the same launch.
+    g = torch.Generator().manual_seed(3)
+    cache = make_paged_cache([40, 21], 2, 64, 16, dtype, device, g)
+    q = torch.randn(30, 4, 64, generator=g).to(dtype).to(device)
+    starts = torch.tensor([0, 20, 30], dtype=torch.int32, device=device)
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, starts, cache.context_lens, 0.125)
+    checked = paged_prefill_attention(*args, max_query_len=20, config=_config(device))
+    unchecked = paged_prefill_attention(*args, max_query_len=20, config=_config(device), checked=True)
+    assert torch.equal(unchecked, checked)
+    with pytest.raises(ValueError, match="query_start_loc must have num_seqs"):
+        paged_prefill_attention(q, cache.key_cache, cache.value_cache, cache.block_tables, starts[:2],
+                                cache.context_lens, 0.125)

@@ -116,30 +116,33 @@ class Attention(nn.Module):
         return {"k_scale": self.k_scale, "v_scale": self.v_scale}
 
     def attend(
-        self, q: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, out: torch.Tensor | None = None
+        self, q: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, out: torch.Tensor | None = None,
+        checked: bool = False,
     ) -> torch.Tensor:
-        """q [num_tokens, num_heads, head_dim] → attention output of the same shape (into `out` when given)."""
-        ops, kv_scales = self.ops, self.kv_scales
+        """q [num_tokens, num_heads, head_dim] → attention output of the same shape (into `out` when given).
+        checked: an earlier layer of this step passed the launchers' argument checks with this metadata and with q,
+        out and caches laid out as these (PiecewiseGraphs.run: the same buffers, caches of one allocation), so the
+        launches skip them."""
+        ops, kwargs = self.ops, {**self.kv_scales, "checked": checked}
         key_cache, value_cache = kv_cache
         if meta.is_decode:
             return ops.decode_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.context_lens, self.scale,
-                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, out=out, **kv_scales,
+                max_context_len=meta.max_context_len, num_splits=meta.decode_num_splits, out=out, **kwargs,
             )
         if meta.num_decode_seqs:
             d = meta.num_decode_seqs  # one token each, so also the number of decode rows of q
             out = torch.empty_like(q) if out is None else out
             ops.decode_attention(q[:d], key_cache, value_cache, meta.block_tables[:d], meta.context_lens[:d],
                                  self.scale, max_context_len=meta.decode_max_context_len,
-                                 num_splits=meta.decode_num_splits, out=out[:d], config=meta.decode_config,
-                                 **kv_scales)
+                                 num_splits=meta.decode_num_splits, out=out[:d], config=meta.decode_config, **kwargs)
             ops.prefill_attention(q[d:], key_cache, value_cache, meta.prefill_block_tables,
-                                  meta.prefill_query_start_loc, meta.prefill_context_lens, self.scale, causal=True, max_query_len=meta.max_query_len,
-                                  out=out[d:], **kv_scales)
+                                  meta.prefill_query_start_loc, meta.prefill_context_lens, self.scale, causal=True,
+                                  max_query_len=meta.max_query_len, out=out[d:], **kwargs)
             return out
         return ops.prefill_attention(
             q, key_cache, value_cache, meta.block_tables, meta.query_start_loc, meta.context_lens, self.scale,
-            causal=True, max_query_len=meta.max_query_len, out=out, **kv_scales,
+            causal=True, max_query_len=meta.max_query_len, out=out, **kwargs,
         )
 
 

@@ -4,10 +4,14 @@ captured graphs on the GPU)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from services.worker.attention_metadata import SeqChunk
+from services.worker.build import build_engine
+from services.worker.config import WorkerConfig
 from services.worker.piecewise_graphs import PiecewiseGraphs, token_buckets
 from tests.unit.worker.helpers import Driver, cpu_engine, hf_greedy, make_checkpoint, run_greedy
 
@@ -71,3 +75,16 @@ def test_fp8_weights_and_cache_through_the_pieces_keep_the_whole_models_output(f
     prompts = {2: PROMPT[:4], 1: (PROMPT * 3)[:40]}
     whole = run_greedy(Driver(engine()), prompts, 6, chunk=9)
     assert run_greedy(Driver(piecewise_engine(folder, engine=engine())), prompts, 6, chunk=9) == whole
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")
+def test_kernel_launches_between_the_pieces_keep_the_references_tokens(folder) -> None:  # noqa: ANN001
+    """The launchers through the pieces (interpreted on the CPU): each step's first layer's calls check their
+    arguments, the later layers' are marked checked, in prefill, mixed and decode steps."""
+    prompts = {2: PROMPT[:4], 1: (PROMPT * 3)[:40]}
+    expected = run_greedy(Driver(cpu_engine(folder)), prompts, 5, chunk=9)
+    config = WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=128, max_model_len=256)
+    engine = piecewise_engine(folder, engine=build_engine(config, use_kernels=True))
+    assert engine.runner.executor.model.model.layers[0].self_attn.ops.uses_kernels
+    assert len(engine.runner.executor.model.model.layers) >= 2
+    assert run_greedy(Driver(engine), prompts, 5, chunk=9) == expected
