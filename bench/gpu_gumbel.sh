@@ -4,7 +4,8 @@
 #    (plain, graphs, two steps in flight) -> gpu_gumbel_tests_{race,worker}.txt
 # 2. bench/sampling_bench.py at 64 x 128256 fp32 -> sampling_h200.{json,md}
 # Everything lands in OUT_DIR/gumbel_h200.tgz (a folder gumbel_h200/); a summary goes to stdout. About two
-# minutes; each part has its own time limit, so the call ends within four.
+# minutes; each part has its own time limit, so the call ends within four. SAMPLING_ARGS adds arguments to the
+# benchmark (a rehearsal on the CPU: TRITON_INTERPRET=1 SAMPLING_ARGS="--device cpu --rows 4 --vocab 5000 --iters 3").
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_gumbel.sh OUT_DIR}"
 RUN="$(mktemp -d)/gumbel_h200"
@@ -21,7 +22,8 @@ run_tests race tests/kernels/test_gumbel_race.py tests/unit/worker/test_sampler.
 run_tests worker tests/integration/test_worker_gpu.py tests/integration/test_worker_gpu_graphs.py \
   tests/integration/test_worker_gpu_overlap.py &
 wait
-timeout 60 python3 bench/sampling_bench.py --out "$RUN/sampling_h200" > "$RUN/sampling_bench.log" 2>&1
+# shellcheck disable=SC2086  # a list of arguments
+timeout 60 python3 bench/sampling_bench.py --out "$RUN/sampling_h200" ${SAMPLING_ARGS:-} > "$RUN/sampling_bench.log" 2>&1
 echo "sampling bench: exit $?"
 sed -n '/^## /,$p' "$RUN/sampling_h200.md" 2>/dev/null || tail -n 20 "$RUN/sampling_bench.log"
 tar czf "$OUT/gumbel_h200.tgz" -C "$(dirname "$RUN")" gumbel_h200

@@ -18,8 +18,9 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_same_device, check_tensor
+from kernels._checks import check_inner_contiguous, check_launchable, check_same_device, check_tensor
 from kernels.argmax import _argmax_merge_kernel, _first_max
+from kernels.argmax import _check_args as check_argmax_args
 
 CHUNK = 4096  # scores one program of the first pass reduces
 IS_INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # the interpreter has no libdevice
@@ -71,7 +72,7 @@ def _log64(x):
 
 @triton.jit
 def _race_chunks_kernel(
-    scores_ptr, rows_ptr, keys_ptr, part_val_ptr, part_idx_ptr, n, stride_s, stride_k0, stride_k1, num_chunks,
+    x_ptr, rows_ptr, keys_ptr, part_val_ptr, part_idx_ptr, n, stride_x, stride_k0, stride_k1, num_chunks,
     HAS_ROWS: tl.constexpr, CHUNK_SIZE: tl.constexpr, BIG: tl.constexpr,
 ):
     draw = tl.program_id(0).to(tl.int64)
@@ -82,7 +83,7 @@ def _race_chunks_kernel(
         row = draw
     cols = chunk * CHUNK_SIZE + tl.arange(0, CHUNK_SIZE)
     valid = cols < n
-    x = tl.load(scores_ptr + row * stride_s + cols, mask=valid, other=float("-inf")).to(tl.float32)
+    x = tl.load(x_ptr + row * stride_x + cols, mask=valid, other=float("-inf")).to(tl.float32)
     key0 = tl.load(keys_ptr + draw * stride_k0).to(tl.uint32)
     key1 = tl.load(keys_ptr + draw * stride_k0 + stride_k1).to(tl.uint32)
     h = _mix32(_mix32(cols.to(tl.uint32) ^ key0) ^ key1)
@@ -93,64 +94,57 @@ def _race_chunks_kernel(
     tl.store(part_idx_ptr + draw * num_chunks + chunk, index)
 
 
-def _check_args(
-    scores: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor | None, out: torch.Tensor | None
-) -> int:
+def _check_args(x: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor | None, out: torch.Tensor | None) -> int:
     """Returns the number of draws."""
-    check_tensor("scores", scores, 2, FLOAT_DTYPES)
-    check_inner_contiguous("scores", scores)
-    if scores.shape[1] == 0:
-        raise ValueError("scores must have at least one column")
-    if scores.shape[1] >= 2**31 - 1:
-        raise ValueError(f"scores have {scores.shape[1]} columns; at most 2**31 - 2 are supported")
+    check_argmax_args(x, None)
     check_tensor("keys", keys, 2, (torch.int64,))
     if keys.shape[1] != 2:
         raise ValueError(f"keys must be [num_draws, 2], got {tuple(keys.shape)}")
     num_draws = keys.shape[0]
-    check_same_device(scores=scores, keys=keys)
+    check_same_device(x=x, keys=keys)
     if rows is None:
-        if num_draws != scores.shape[0]:
-            raise ValueError(f"without rows, keys need one pair per row of scores: {num_draws} != {scores.shape[0]}")
+        if num_draws != x.shape[0]:
+            raise ValueError(f"without rows, keys need one pair per row of x: {num_draws} != {x.shape[0]}")
     else:
         check_tensor("rows", rows, 1, (torch.int64,))
         if rows.shape[0] != num_draws:
             raise ValueError(f"rows must be [{num_draws}], one per pair of keys, got {tuple(rows.shape)}")
-        check_same_device(scores=scores, rows=rows)
+        check_same_device(x=x, rows=rows)
         check_inner_contiguous("rows", rows)
     if out is not None:
         check_tensor("out", out, 1, (torch.int64,))
-        if out.shape[0] != num_draws or out.device != scores.device:
-            raise ValueError(f"out must be [{num_draws}] int64 on {scores.device}, got {tuple(out.shape)} on {out.device}")
+        if out.shape[0] != num_draws or out.device != x.device:
+            raise ValueError(f"out must be [{num_draws}] int64 on {x.device}, got {tuple(out.shape)} on {out.device}")
         check_inner_contiguous("out", out)
     return num_draws
 
 
 def gumbel_race(
-    scores: torch.Tensor,
+    x: torch.Tensor,
     keys: torch.Tensor,
     rows: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     chunk: int = CHUNK,
 ) -> torch.Tensor:
-    """scores [num_rows, n] float, keys [num_draws, 2] int64 (values in [0, 2**32)), rows [num_draws] int64 in
-    [0, num_rows) or None (draw i on row i) → [num_draws] int64: draw i's token, argmax over the row's scores in
-    fp32 plus `gumbel_noise_ref(keys[i:i+1], n)`. Reads scores once, writes nothing else of that size, never syncs."""
-    num_draws = _check_args(scores, keys, rows, out)
-    check_launchable(scores.device)
+    """x [num_rows, n] float scores, keys [num_draws, 2] int64 (values in [0, 2**32)), rows [num_draws] int64 in
+    [0, num_rows) or None (draw i on row i) → [num_draws] int64: draw i's token, the argmax of its row of x in fp32
+    plus `gumbel_noise_ref(keys[i:i+1], n)`. Reads x once, writes nothing else of its size, never syncs."""
+    num_draws = _check_args(x, keys, rows, out)
+    check_launchable(x.device)
     if chunk <= 0 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
-    n = scores.shape[1]
+    n = x.shape[1]
     if out is None:
-        out = torch.empty(num_draws, dtype=torch.int64, device=scores.device)
+        out = torch.empty(num_draws, dtype=torch.int64, device=x.device)
     if num_draws == 0:
         return out
     num_chunks = triton.cdiv(n, chunk)
     chunk = min(chunk, triton.next_power_of_2(n))
-    part_val = torch.empty((num_draws, num_chunks), dtype=torch.float32, device=scores.device)
-    part_idx = torch.empty((num_draws, num_chunks), dtype=torch.int32, device=scores.device)
+    part_val = torch.empty((num_draws, num_chunks), dtype=torch.float32, device=x.device)
+    part_idx = torch.empty((num_draws, num_chunks), dtype=torch.int32, device=x.device)
     _race_chunks_kernel[(num_draws, num_chunks)](
-        scores, keys if rows is None else rows, keys, part_val, part_idx, n, scores.stride(0), keys.stride(0),
-        keys.stride(1), num_chunks, HAS_ROWS=rows is not None, CHUNK_SIZE=chunk, BIG=2**31 - 1, num_warps=8,
+        x, keys if rows is None else rows, keys, part_val, part_idx, n, x.stride(0), keys.stride(0), keys.stride(1),
+        num_chunks, HAS_ROWS=rows is not None, CHUNK_SIZE=chunk, BIG=2**31 - 1, num_warps=8,
     )
     _argmax_merge_kernel[(num_draws,)](
         part_val, part_idx, out, num_chunks, BLOCK_CHUNKS=triton.next_power_of_2(num_chunks), BIG=2**31 - 1,
@@ -160,11 +154,11 @@ def gumbel_race(
 
 
 def gumbel_race_ref(
-    scores: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor | None = None, out: torch.Tensor | None = None
+    x: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor | None = None, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Plain torch version of gumbel_race (scores are not written to)."""
-    _check_args(scores, keys, rows, out)
-    picked = scores if rows is None else scores.index_select(0, rows)  # [num_draws, n]
-    noisy = gumbel_noise_ref(keys, scores.shape[1]).add_(picked)
+    """Plain torch version of gumbel_race (x is not written to)."""
+    _check_args(x, keys, rows, out)
+    picked = x if rows is None else x.index_select(0, rows)  # [num_draws, n]
+    noisy = gumbel_noise_ref(keys, x.shape[1]).add_(picked)
     result = noisy.argmax(dim=-1)
     return result if out is None else out.copy_(result)

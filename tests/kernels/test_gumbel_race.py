@@ -38,7 +38,9 @@ def test_gumbel_race_draws_the_reference_tokens_on_masked_random_logits(
         assert len(set(gumbel_race(flat.to(device), keys.to(device), chunk=chunk).cpu().tolist())) > 1
 
 
-def test_gumbel_race_on_a_subset_of_rows_draws_what_it_draws_on_those_rows_alone(device: str, dtype: torch.dtype) -> None:
+def test_gumbel_race_on_a_subset_of_rows_draws_what_it_draws_on_those_rows_alone(
+    device: str, dtype: torch.dtype
+) -> None:
     x = masked_logits(7, 2000, seed=5).to(dtype)
     rows = torch.tensor([6, 0, 3, 3])  # any order, a row twice (with two keys)
     keys = random_keys(4, seed=6)
@@ -79,7 +81,7 @@ def test_gumbel_noise_of_a_key_is_fixed_and_in_the_hash_s_range() -> None:
 def test_gumbel_race_checks_its_arguments() -> None:
     x = torch.zeros(3, 10)
     keys = torch.zeros(3, 2, dtype=torch.int64)
-    with pytest.raises(ValueError, match="one pair per row"):
+    with pytest.raises(ValueError, match="one pair per row of x"):
         gumbel_race_ref(x, keys[:2])
     with pytest.raises(ValueError, match=r"keys must be \[num_draws, 2\]"):
         gumbel_race_ref(x, torch.zeros(3, 3, dtype=torch.int64))

@@ -16,7 +16,7 @@ EOS = 0
 
 
 def row(output=(), **params) -> SamplingRow:
-    return SamplingRow(params=SamplingParams(max_tokens=64, **params), prompt_token_ids=[], output_token_ids=list(output))
+    return SamplingRow(SamplingParams(max_tokens=64, **params), prompt_token_ids=[], output_token_ids=list(output))
 
 
 def assert_counts_match(observed: Counter, probs: dict, total: int) -> None:
