@@ -13,7 +13,7 @@ mkdir -p "$OUT" "$RUN"
 source bench/gpu_env.sh "$RUN/gpu_gumbel.log"
 run_tests() {  # name, then test paths
   local name=$1; shift
-  timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE "$@" > "$RUN/gpu_gumbel_tests_$name.txt" 2>&1
+  timeout 140 python3 -m pytest -q -p no:cacheprovider -rfE "$@" > "$RUN/gpu_gumbel_tests_$name.txt" 2>&1
   echo "tests $name: exit $? ($(tail -n 1 "$RUN/gpu_gumbel_tests_$name.txt"))"
 }
 run_tests race tests/kernels/test_gumbel_race.py tests/unit/worker/test_sampler.py \
@@ -23,7 +23,7 @@ run_tests worker tests/integration/test_worker_gpu.py tests/integration/test_wor
   tests/integration/test_worker_gpu_overlap.py &
 wait
 # shellcheck disable=SC2086  # a list of arguments
-timeout 60 python3 bench/sampling_bench.py --out "$RUN/sampling_h200" ${SAMPLING_ARGS:-} > "$RUN/sampling_bench.log" 2>&1
+timeout 90 python3 bench/sampling_bench.py --out "$RUN/sampling_h200" ${SAMPLING_ARGS:-} > "$RUN/sampling_bench.log" 2>&1
 echo "sampling bench: exit $?"
 sed -n '/^## /,$p' "$RUN/sampling_h200.md" 2>/dev/null || tail -n 20 "$RUN/sampling_bench.log"
 tar czf "$OUT/gumbel_h200.tgz" -C "$(dirname "$RUN")" gumbel_h200

@@ -1,11 +1,11 @@
-"""The exponential race of sampling, one draw per row: argmax(scores + Gumbel noise), the noise computed on the fly.
+"""The exponential race of sampling, one draw per row: argmax(x + Gumbel noise), the noise computed on the fly.
 
 A row's noise comes from its key (two 32-bit values): token t gets u = (h + 0.5) / 2**32 with h a counter-based
 hash of (key, t), then g = -log(-log(u)) computed in float64 and rounded to fp32. float64 keeps every bit of the
-hash, and both logs round alike on every device, so a key gives the same noise on CPU and GPU.
-`gumbel_noise_ref` computes it with torch's integer and float64 ops, a full pass over [rows, vocab] per op;
-`gumbel_race` computes it per token inside one pass over the scores that also reduces each row to its argmax
-(same chunked first-maximum as `kernels.argmax`), so the noise is never stored. Its tokens equal
+hash, and math libraries' float64 logs differ by an ulp at most, far below fp32's rounding: a key gives the same
+noise on CPU and GPU. `gumbel_noise_ref` computes it with torch's integer and float64 ops, a full pass over
+[rows, vocab] per op; `gumbel_race` computes it per token inside one pass over x that also reduces each row to its
+argmax (the chunked first maximum of `kernels.argmax`), so the noise is never stored. Its tokens equal
 `gumbel_race_ref`'s exactly, ties (first index) and NaN (first NaN, as torch.argmax) included.
 """
 
@@ -22,7 +22,7 @@ from kernels._checks import check_inner_contiguous, check_launchable, check_same
 from kernels.argmax import _argmax_merge_kernel, _first_max
 from kernels.argmax import _check_args as check_argmax_args
 
-CHUNK = 4096  # scores one program of the first pass reduces
+CHUNK = 4096  # elements one program of the first pass reduces
 IS_INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # the interpreter has no libdevice
 
 _MASK32 = (1 << 32) - 1
