@@ -3,12 +3,12 @@
 # 1. two pytest processes at once: the race kernel's tests and the sampler's (CPU and CUDA); the worker on CUDA
 #    (plain, graphs, two steps in flight) -> gpu_gumbel_tests_{race,worker}.txt
 # 2. bench/sampling_bench.py at 64 x 128256 fp32 -> sampling_h200.{json,md}
-# Everything lands in OUT_DIR/gumbel_h200.tgz (a folder gumbel_h200/); a summary goes to stdout. About two
+# Everything lands in one file, OUT_DIR/gumbel_h200.tgz (a folder gumbel_h200/); a summary goes to stdout. About two
 # minutes; each part has its own time limit, so the call ends within four. SAMPLING_ARGS adds arguments to the
 # benchmark (a rehearsal on the CPU: TRITON_INTERPRET=1 SAMPLING_ARGS="--device cpu --rows 4 --vocab 5000 --iters 3").
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_gumbel.sh OUT_DIR}"
-RUN="$(mktemp -d)/gumbel_h200"
+RUN="$OUT/gumbel_h200"
 mkdir -p "$OUT" "$RUN"
 source bench/gpu_env.sh "$RUN/gpu_gumbel.log"
 run_tests() {  # name, then test paths
@@ -23,7 +23,8 @@ run_tests worker tests/integration/test_worker_gpu.py tests/integration/test_wor
   tests/integration/test_worker_gpu_overlap.py &
 wait
 # shellcheck disable=SC2086  # a list of arguments
-timeout 90 python3 bench/sampling_bench.py --out "$RUN/sampling_h200" ${SAMPLING_ARGS:-} > "$RUN/sampling_bench.log" 2>&1
+timeout 90 python3 bench/sampling_bench.py --out "$RUN/sampling_h200" ${SAMPLING_ARGS:-} \
+  > "$RUN/sampling_bench.log" 2>&1
 echo "sampling bench: exit $?"
 sed -n '/^## /,$p' "$RUN/sampling_h200.md" 2>/dev/null || tail -n 20 "$RUN/sampling_bench.log"
-tar czf "$OUT/gumbel_h200.tgz" -C "$(dirname "$RUN")" gumbel_h200
+tar czf "$OUT/gumbel_h200.tgz" -C "$OUT" gumbel_h200 && rm -r "$RUN"
