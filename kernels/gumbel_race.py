@@ -11,19 +11,17 @@ argmax (the chunked first maximum of `kernels.argmax`), so the noise is never st
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
 from kernels._checks import check_inner_contiguous, check_launchable, check_same_device, check_tensor
+from kernels._paged_tile import IS_INTERPRETER
 from kernels.argmax import _argmax_merge_kernel, _first_max
 from kernels.argmax import _check_args as check_argmax_args
 
 CHUNK = 4096  # elements one program of the first pass reduces
-IS_INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # the interpreter has no libdevice
 
 _MASK32 = (1 << 32) - 1
 # Odd 31-bit multipliers: a value below 2**32 times one of them stays below 2**63, so the reference's int64
@@ -62,7 +60,8 @@ def _mix32(h):
 
 @triton.jit
 def _log64(x):
-    # libdevice's log is the CUDA math library's, the one torch's CUDA float64 log calls.
+    # libdevice's log is the CUDA math library's, the one torch's CUDA float64 log calls; the interpreter has no
+    # libdevice, and numpy's log stands in.
     if IS_INTERPRETER:
         y = tl.log(x)
     else:
