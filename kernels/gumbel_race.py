@@ -18,10 +18,7 @@ from triton.language.extra import libdevice
 
 from kernels._checks import check_inner_contiguous, check_launchable, check_same_device, check_tensor
 from kernels._paged_tile import IS_INTERPRETER
-from kernels.argmax import _argmax_merge_kernel, _first_max
-from kernels.argmax import _check_args as check_argmax_args
-
-CHUNK = 4096  # elements one program of the first pass reduces
+from kernels.argmax import BIG, CHUNK, argmax_of_chunks, check_argmax_args, first_max
 
 _MASK32 = (1 << 32) - 1
 # Odd 31-bit multipliers: a value below 2**32 times one of them stays below 2**63, so the reference's int64
@@ -88,7 +85,7 @@ def _race_chunks_kernel(
     h = _mix32(_mix32(cols.to(tl.uint32) ^ key0) ^ key1)
     uniform = (h.to(tl.float64) + 0.5) * 2.0**-32
     noise = (-_log64(-_log64(uniform))).to(tl.float32)
-    best, index = _first_max(x + noise, cols, valid, BIG)
+    best, index = first_max(x + noise, cols, valid, BIG)
     tl.store(part_val_ptr + draw * num_chunks + chunk, best)
     tl.store(part_idx_ptr + draw * num_chunks + chunk, index)
 
@@ -137,19 +134,15 @@ def gumbel_race(
         out = torch.empty(num_draws, dtype=torch.int64, device=x.device)
     if num_draws == 0:
         return out
-    num_chunks = triton.cdiv(n, chunk)
-    chunk = min(chunk, triton.next_power_of_2(n))
-    part_val = torch.empty((num_draws, num_chunks), dtype=torch.float32, device=x.device)
-    part_idx = torch.empty((num_draws, num_chunks), dtype=torch.int32, device=x.device)
-    _race_chunks_kernel[(num_draws, num_chunks)](
-        x, keys if rows is None else rows, keys, part_val, part_idx, n, x.stride(0), keys.stride(0), keys.stride(1),
-        num_chunks, HAS_ROWS=rows is not None, CHUNK_SIZE=chunk, BIG=2**31 - 1, num_warps=8,
-    )
-    _argmax_merge_kernel[(num_draws,)](
-        part_val, part_idx, out, num_chunks, BLOCK_CHUNKS=triton.next_power_of_2(num_chunks), BIG=2**31 - 1,
-        num_warps=1,
-    )
-    return out
+
+    def launch_chunks(grid: tuple[int, int], part_val: torch.Tensor, part_idx: torch.Tensor, num_chunks: int,
+                      chunk_size: int) -> None:
+        _race_chunks_kernel[grid](
+            x, keys if rows is None else rows, keys, part_val, part_idx, n, x.stride(0), keys.stride(0),
+            keys.stride(1), num_chunks, HAS_ROWS=rows is not None, CHUNK_SIZE=chunk_size, BIG=BIG, num_warps=8,
+        )
+
+    return argmax_of_chunks(num_draws, n, chunk, out, launch_chunks)
 
 
 def gumbel_race_ref(
