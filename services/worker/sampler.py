@@ -13,10 +13,12 @@ Per row, in this order:
 4. Other rows: logits divided by `temperature`; top-k (ties with the k-th logit survive); top-p over the
    renormalised top-k survivors (the smallest set of best tokens whose probability reaches `top_p`); min-p
    (tokens with probability at least `min_p` times the best one's); then one draw from the softmax of what is
-   left, as an exponential race: `argmax(logits + Gumbel noise)`.
-5. Seeds: a seeded row's noise is a counter-based hash of (seed, number of tokens generated so far, token id),
-   so its token depends only on those and its own logits: never on batch-mates, row position or device.
-   Unseeded rows share one batched draw from the device's default generator.
+   left, as an exponential race: `argmax(logits + Gumbel noise)`, the noise a counter-based hash of (row key,
+   token id) (see `services.worker.sampling.noise`); on CUDA one kernel computes it and takes the argmax in one
+   pass over the logits, elsewhere torch ops compute the same bits.
+5. Seeds: a seeded row's key mixes its seed with the number of tokens generated so far, so its token depends only
+   on those, the vocabulary size and its own logits: never on batch-mates, row position or device.
+   Unseeded rows draw their keys from the device's default generator, fresh for each row and step.
 6. Logprobs: log_softmax of the logits after penalties, min_tokens masking and temperature (temperature 1 for
    greedy rows), before top-k/top-p/min-p truncation. A row asking for `logprobs = n` gets the chosen token's
    logprob and the n best tokens' (best first), whether or not the chosen token is among them.
@@ -29,7 +31,8 @@ results. A logits shape, dtype or row count that does not match, or token ids
 outside the vocabulary in a penalised row, raise ValueError.
 
 Cost: rows that use no feature cost nothing for it; an all-greedy batch without penalties, min_tokens or
-logprobs is one argmax. Per-row work on the host only builds small index and parameter tensors (penalised rows
+logprobs is one argmax, and a batch sampled at temperature 1 using no other feature is one race over the logits
+as they are (no fp32 copy). Per-row work on the host only builds small index and parameter tensors (penalised rows
 also flatten their token ids, O(tokens); guided rows fill their masks, in one call over threads); the only
 device-to-host copy is the one that reads the results.
 """
@@ -40,9 +43,11 @@ from collections.abc import Sequence
 
 import torch
 
+from kernels._checks import FLOAT_DTYPES
+from kernels.gumbel_race import gumbel_race, gumbel_race_ref
 from services.worker.sampling import ops
 from services.worker.sampling.batch import SamplingBatch
-from services.worker.sampling.noise import seeded_gumbel, unseeded_gumbel
+from services.worker.sampling.noise import random_keys
 from services.worker.sampling.results import DeviceSample
 from services.worker.sampling.types import SamplerOutput, SamplingRow, TokenLogprobs
 
@@ -80,6 +85,9 @@ class Sampler:
             if batch.is_plain_greedy:
                 # argmax is order-preserving across float dtypes, so no fp32 copy is needed.
                 return DeviceSample.pack(logits.argmax(dim=-1), None, None, (), ())
+            if _is_plain_sampled(batch) and logits.dtype in FLOAT_DTYPES and logits.stride(-1) == 1:
+                # The race upcasts the logits as it reads them, so again no fp32 copy.
+                return DeviceSample.pack(self._race(logits, batch), None, None, (), ())
             return self._draw(self._adjust(logits, batch), batch)
 
     def adjusted_logits(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -140,13 +148,28 @@ class Sampler:
                 token_ids.index_copy_(0, batch.sample_rows, sampled)
         return DeviceSample.pack(token_ids, logprobs, batch.logprob_rows, batch.logprob_row_ids, batch.logprob_counts)
 
-    def _race(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        """One draw per sampled row: argmax of the truncated, scaled logits plus Gumbel noise."""
-        scores = x if batch.sample_rows is None else x.index_select(0, batch.sample_rows)  # [S, vocab_size]
+    @staticmethod
+    def _race(x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """One draw per sampled row: argmax of the row's logits x [num_rows, vocab_size] (truncated and scaled,
+        any float dtype; not written to) plus its Gumbel noise. [num_sampled] int64."""
+        keys = batch.seeded_keys  # [num_sampled, 2] int64
         if batch.num_unseeded:
-            noise = unseeded_gumbel(batch.num_sampled, self.vocab_size, x.device)
+            keys = random_keys(batch.num_sampled, x.device)
             if batch.seeded_keys is not None:
-                noise.index_copy_(0, batch.seeded_local, seeded_gumbel(batch.seeded_keys, self.vocab_size))
-        else:
-            noise = seeded_gumbel(batch.seeded_keys, self.vocab_size)
-        return scores.add_(noise).argmax(dim=-1)
+                keys.index_copy_(0, batch.seeded_local, batch.seeded_keys)
+        race = gumbel_race if x.is_cuda else gumbel_race_ref
+        return race(x, keys, batch.sample_rows)
+
+
+def _is_plain_sampled(batch: SamplingBatch) -> bool:
+    """Whether every row is sampled from its raw logits (temperature 1, no other feature): the race reads them."""
+    return (
+        batch.num_greedy == 0
+        and batch.temperature is None
+        and batch.truncation is None
+        and batch.penalties is None
+        and batch.bias_flat is None
+        and batch.grammar is None
+        and batch.banned_flat is None
+        and not batch.logprob_row_ids
+    )

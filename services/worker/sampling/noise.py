@@ -1,11 +1,12 @@
-"""Gumbel noise for the exponential race: `argmax(logits + G)` with G = -log(E), E ~ Exp(1), samples
+"""Keys of the Gumbel noise for the exponential race: `argmax(logits + G)` with G = -log(E), E ~ Exp(1), samples
 `softmax(logits)` exactly, one independent draw per row.
 
-Seeded rows take their noise from a counter-based hash of (key, token id) computed with integer tensor ops,
-where the key mixes the request's seed with its draw position (number of tokens generated so far). The noise
-of a seeded row therefore depends on nothing but (seed, position, vocab size): not on batch-mates, row order,
-device or any generator's state, so the same request gives the same tokens on CPU and GPU alike. Unseeded rows
-share one batched `exponential_` draw from the device's default generator.
+A row's noise is a counter-based hash of (key, token id) (`kernels.gumbel_race`: one Triton pass that also takes
+the argmax on CUDA, the same bits from torch ops elsewhere), so the key alone decides it. A seeded row's key mixes
+the request's seed with its draw position (number of tokens generated so far): its noise depends on nothing but
+(seed, position, vocab size), not on batch-mates, row order, device or any generator's state, so the same request
+gives the same tokens on CPU and GPU alike. An unseeded row's key is drawn afresh for each row and step from the
+device's default generator, so its draws are independent across rows and steps.
 """
 
 from __future__ import annotations
@@ -14,11 +15,6 @@ import torch
 
 _MASK32 = (1 << 32) - 1
 _MASK64 = (1 << 64) - 1
-
-# Odd 31-bit multipliers: a value below 2**32 times one of them stays below 2**63, so the int64 products
-# never overflow and the hash gives the same bits on every device.
-_MUL_A = 0x7FEB352D
-_MUL_B = 0x21F0AAAD
 
 
 def _splitmix64(z: int) -> int:
@@ -34,27 +30,6 @@ def draw_key(seed: int, position: int) -> tuple[int, int]:
     return z & _MASK32, z >> 32
 
 
-def _mix32(h: torch.Tensor) -> torch.Tensor:
-    """A bijective avalanche on int64 tensors holding values in [0, 2**32)."""
-    h = h ^ (h >> 16)
-    h = (h * _MUL_A) & _MASK32
-    h = h ^ (h >> 15)
-    h = (h * _MUL_B) & _MASK32
-    return h ^ (h >> 15)
-
-
-def seeded_gumbel(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Gumbel noise [num_keys, vocab_size] fp32 from keys [num_keys, 2] int64 (from `draw_key`)."""
-    tokens = torch.arange(vocab_size, device=keys.device, dtype=torch.int64)
-    h = _mix32(tokens.unsqueeze(0) ^ keys[:, :1])  # [num_keys, vocab_size]
-    h = _mix32(h ^ keys[:, 1:])
-    # float64 keeps every hash bit and makes the two logs round the same way on CPU and GPU.
-    uniform = (h.to(torch.float64) + 0.5) * 2.0**-32  # in (0, 1)
-    return uniform.log_().neg_().log_().neg_().to(torch.float32)
-
-
-def unseeded_gumbel(num_rows: int, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """Gumbel noise [num_rows, vocab_size] fp32 from the device's default generator."""
-    exp = torch.empty(num_rows, vocab_size, device=device, dtype=torch.float32).exponential_()
-    # An exact zero would give +inf noise, and +inf plus a masked -inf logit is NaN, which argmax would pick.
-    return exp.clamp_min_(torch.finfo(torch.float32).tiny).log_().neg_()
+def random_keys(num_rows: int, device: torch.device) -> torch.Tensor:
+    """[num_rows, 2] int64 keys, uniform over [0, 2**32), from the device's default generator (no sync)."""
+    return torch.randint(0, 2**32, (num_rows, 2), dtype=torch.int64, device=device)
