@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 class RequestHandle(Protocol):
     """One submitted request's event source (the tokenizer client implements it)."""
 
+    @property
+    def replayed(self) -> bool:
+        """Its tokens were generated for another request (a stored answer, or an identical request in flight), so
+        their arrival says nothing of generation speed; known by the time the first event arrives."""
+        ...
+
     async def next(self) -> Event | FlashStreamError: ...
 
     def next_nowait(self) -> Event | FlashStreamError | None:
@@ -204,7 +210,6 @@ class Generation:
         self._handle = handle
         self._start = start_perf
         self._last_token: float | None = None
-        self._token_gaps: list[tuple[float, int]] = []  # (seconds per token, tokens) of each delta, observed at the end
         self._deadline = deadline_loop
         self._timeout_s = timeout_s
         self._ended = False
@@ -223,12 +228,12 @@ class Generation:
         now = time.perf_counter()
         metrics = self._metrics
         if isinstance(item, FlashStreamError):
-            self._finish(observe_gaps=True)
+            self._finish()
             self._core.record_error(item, self.model)
             self._span.end(item.message)
             raise item
         if isinstance(item, Finished):
-            self._finish(observe_gaps=not item.usage.result_cached)
+            self._finish()
             metrics.e2e_request_latency.observe(now - self._start)
             metrics.requests_finished.labels(finish_reason_label(item.finish_reason.name)).inc()
             self._span.set(finish_reason=finish_reason_label(item.finish_reason.name),
@@ -240,13 +245,16 @@ class Generation:
         self.num_completion_tokens += len(item.token_ids)
         if item.token_ids or item.text:
             # A merged delta carries several tokens: its gap is spread evenly over them, so the histogram gets
-            # one observation per token after the first, once the request ends (a replayed answer gets none).
+            # one observation per token after the first; replayed tokens were not generated here and give none.
             num_tokens = max(len(item.token_ids), 1)
             if self._last_token is None:
                 metrics.time_to_first_token.observe(now - self._start)
-                self._token_gaps.append((0.0, num_tokens - 1))
+                gap, count = 0.0, num_tokens - 1
             else:
-                self._token_gaps.append(((now - self._last_token) / num_tokens, num_tokens))
+                gap, count = (now - self._last_token) / num_tokens, num_tokens
+            if not self._handle.replayed:
+                for _ in range(count):
+                    metrics.inter_token_latency.observe(gap)
             self._last_token = now
         return item
 
@@ -307,19 +315,11 @@ class Generation:
         if self._ended:
             return
         self._handle.abort()
-        self._finish(observe_gaps=True)
+        self._finish()
         self._metrics.requests_finished.labels(finish_reason_label(FinishReason.ABORT.name)).inc()
         self._span.set(finish_reason=finish_reason_label(FinishReason.ABORT.name))
         self._span.end()
 
-    def _finish(self, observe_gaps: bool) -> None:
-        """Ends the request's bookkeeping. observe_gaps: its tokens were generated for it, so their inter-token
-        gaps go to the histogram; an answer replayed from the result cache has none to report."""
+    def _finish(self) -> None:
         self._ended = True
         self._core._end(self._metrics)
-        if observe_gaps:
-            observe = self._metrics.inter_token_latency.observe
-            for gap, count in self._token_gaps:
-                for _ in range(count):
-                    observe(gap)
-        self._token_gaps.clear()

@@ -64,6 +64,10 @@ class TokenizerRequest:
     async def next(self) -> Event | FlashStreamError:
         return await self._queue.get()
 
+    @property
+    def replayed(self) -> bool:
+        return False
+
     def next_nowait(self) -> Event | FlashStreamError | None:
         return None if self._queue.empty() else self._queue.get_nowait()
 

@@ -122,6 +122,10 @@ class FlightReader:
                 item = dataclasses.replace(item, usage=dataclasses.replace(item.usage, result_cached=True))
         return item
 
+    @property
+    def replayed(self) -> bool:
+        return self._flight.from_store or not self._leader
+
     async def next(self) -> Item:
         while self._pos >= len(self._flight.events):
             await self._flight.wait()

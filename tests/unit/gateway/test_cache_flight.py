@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.cache.entry import CachedResult
 from gateway.cache.flight import Flight
 from gateway.schema import Finished, TextDelta
 from services.common.errors import FlashStreamError, Unavailable
@@ -57,6 +58,7 @@ def test_readers_leaving_early_abort_upstream_only_when_the_last_one_leaves() ->
         leader, follower = flight.reader(leader=True), flight.reader(leader=False)
         handle.queue.put_nowait(TextDelta("a", (1,)))
         assert await leader.next() == TextDelta("a", (1,))
+        assert (leader.replayed, follower.replayed) == (False, True)  # tokens generated for the leader only
         leader.abort()
         assert handle.num_aborts == 0 and ended == []
         handle.queue.put_nowait(Finished(FinishReason.LENGTH))
@@ -72,5 +74,18 @@ def test_readers_leaving_early_abort_upstream_only_when_the_last_one_leaves() ->
         a.abort()
         b.abort()
         assert handle2.num_aborts == 1 and flight2.abandoned and ended2 == [flight2]
+
+    asyncio.run(main())
+
+
+def test_an_answer_from_the_store_is_replayed_for_its_leader_too() -> None:
+    async def main() -> None:
+        async def stored() -> CachedResult:
+            return CachedResult((TextDelta("b", (2,)),), Finished(FinishReason.EOS))
+
+        ended: list[Flight] = []
+        replay = Flight("k", stored, QueueHandle, ended.append).reader(leader=True)
+        assert await replay.next() == TextDelta("b", (2,))
+        assert replay.replayed
 
     asyncio.run(main())

@@ -30,6 +30,7 @@ from services.common.sampling import SamplingParams
 class QueueHandle:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     aborted: bool = False
+    replayed: bool = False
 
     async def next(self) -> Event | FlashStreamError:
         return await self.queue.get()
@@ -180,21 +181,24 @@ def test_deltas_queued_behind_a_slow_reader_are_merged_into_one_chunk_before_the
     asyncio.run(main())
 
 
-def test_generated_tokens_give_one_gap_each_after_the_first_and_a_replayed_answer_gives_none() -> None:
+def test_generated_tokens_give_one_gap_each_after_the_first_as_they_arrive_and_replayed_ones_give_none() -> None:
     async def main() -> None:
         core, router = _core()
         itl = ("flashstream_inter_token_latency_seconds_count", {"model": "llama", "stage": "gateway"})
         ttft = ("flashstream_time_to_first_token_seconds_count", {"model": "llama", "stage": "gateway"})
-        for result_cached in (False, True):
+        registry = core.metrics.registry
+        for replayed in (False, True):
             generation = core.start(_request())
             handle = router.handles[-1]
+            handle.replayed = replayed
             handle.queue.put_nowait(TextDelta("ab", (1, 2), (), num_prompt_tokens=2))
             first = await anext(generation)
             handle.queue.put_nowait(TextDelta("cde", (3, 4, 5)))
-            handle.queue.put_nowait(Finished(FinishReason.LENGTH, Usage(2, 5, 0, result_cached), Latency()))
+            second = await anext(generation)
+            assert registry.get_sample_value(*itl) == 4.0  # 1 + 3 from the generated answer, before it ends
+            handle.queue.put_nowait(Finished(FinishReason.LENGTH, Usage(2, 5, 0, replayed), Latency()))
             rest = [event async for event in generation]
-            assert (first.text, rest[0].text, len(rest)) == ("ab", "cde", 2)
-        registry = core.metrics.registry
+            assert (first.text, second.text, len(rest)) == ("ab", "cde", 1)
         assert (registry.get_sample_value(*ttft), registry.get_sample_value(*itl)) == (2.0, 4.0)
 
     asyncio.run(main())

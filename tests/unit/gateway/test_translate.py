@@ -23,6 +23,7 @@ class ScriptedHandle:
 
     events: list[Event | FlashStreamError]
     aborted: bool = False
+    replayed: bool = False
 
     async def next(self) -> Event | FlashStreamError:
         if not self.events:
