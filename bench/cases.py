@@ -121,9 +121,13 @@ def run_suite(suite: Suite, out: Path, budget_s: float, client_procs: int, log_d
     with tempfile.TemporaryDirectory() as tmp, redis_server() as redis:
         folder = make_model(MODEL, Path(tmp) / MODEL)
         timeout = f" --redis-timeout-s {redis_timeout_s}" if redis_timeout_s else ""
-        redis_args = ["--gateway-args", f"--redis-url {redis.url}{timeout}"]
+
+        def redis_args(flags: str = "") -> list[str]:
+            """`flashstream up` flags giving every gateway this Redis, plus more gateway flags."""
+            return ["--gateway-args", f"--redis-url {redis.url}{timeout} {flags}".rstrip()]
+
         translate_up = ["--model", str(folder), "--load-format", suite.load_format, "--device", suite.device,
-                        *redis_args, *suite.translate_args.split()]
+                        *redis_args(), *suite.translate_args.split()]
         if (suite.translate_steps or suite.search_on_translate_stack) and left("translation stack", 60):
             with launched(folder, translate_up, log_dir and log_dir / "translate") as stack:
                 print(f"[{time.monotonic() - started:.0f} s] translation stack ready", flush=True)
@@ -155,13 +159,13 @@ def run_suite(suite: Suite, out: Path, budget_s: float, client_procs: int, log_d
             if not left(f"search: {name}", 20):
                 continue
             up = ["--model", str(folder), "--load-format", "fake", "--device", "cpu", "--num-gateways", str(gateways),
-                  "--gateway-args", f"--redis-url {redis.url}{timeout} {flags}".rstrip()]
+                  *redis_args(flags)]
             with launched(folder, up, log_dir and log_dir / f"search{i}") as stack:
                 results["search"].append(search_on(stack, name, suite, client_procs))
                 save()
         if suite.embed is not None and left("embeddings", 30):
             up = ["--model", str(minilm_folder()), "--model-id", EMBED_MODEL, "--device", "cpu", "--num-gateways", "1",
-                  *redis_args]
+                  *redis_args()]
             with launched(minilm_folder(), up, log_dir and log_dir / "embed") as stack:
                 results["embed"] = asyncio.run(measure(stack.gateway_http, stack.gateway_grpc, suite.embed))
     results["wall_s"] = time.monotonic() - started

@@ -83,7 +83,6 @@ class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.Tokenize
 
     def __init__(self, address: str, on_change: Callable[[], None], config: ConnectionConfig) -> None:
         super().__init__("tokenizer", address, config.backoff(), config.tls)
-        self.address = address
         self.card: ModelCard | None = None
         self.info_ready = False
         self._on_change = on_change
@@ -93,7 +92,6 @@ class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.Tokenize
         self._pending_new: dict[str, tokenizer_pb2.TextRequest] = {}
         self._pending_aborts: list[str] = []
         self._wakeup = asyncio.Event()
-        self._stub: tokenizer_pb2_grpc.TokenizerStub | None = None  # the open stream's, for unary calls
         self.num_unary = 0  # unary calls (embeddings) in flight, for load balancing
 
     @property
@@ -106,7 +104,7 @@ class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.Tokenize
 
     async def call(self, method: str, request: Any, timeout_s: float | None) -> Any:
         """A unary call on this tokenizer (e.g. "EncodeInputs", "Embed"); a failure keeps its status code."""
-        stub = self._open_stub()
+        stub = self._stub()
         self.num_unary += 1
         try:
             return await getattr(stub, method)(request, timeout=timeout_s, metadata=self._metadata)
@@ -117,19 +115,18 @@ class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.Tokenize
 
     async def watch_engine(self, interval_s: float) -> AsyncIterator[common_pb2.EngineState]:
         """The scheduler state behind this tokenizer every interval (see TokenizerRouter.watch_engine)."""
-        call = self._open_stub().WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s),
-                                             metadata=self._metadata)
+        call = self._stub().WatchEngine(common_pb2.WatchEngineRequest(interval_s=interval_s),
+                                        metadata=self._metadata)
         async for state in relay_stream(call, f"tokenizer {self.address}"):
             yield state
 
-    def _open_stub(self) -> tokenizer_pb2_grpc.TokenizerStub:
-        if self._stub is None or not self.connected.is_set():
-            raise Unavailable(f"tokenizer {self.address} is not connected")
-        return self._stub
+    def _stub(self) -> tokenizer_pb2_grpc.TokenizerStub:
+        """A stub on the open stream's channel, for unary calls."""
+        return tokenizer_pb2_grpc.TokenizerStub(self.open_channel())
 
     def forward(self, submission: Submission) -> TokenizerRequest:
         if not self.connected.is_set():
-            raise Unavailable(f"tokenizer {self.address} is not connected")
+            raise self.not_connected()
         handle = TokenizerRequest(submission.request_id, self)
         self._active[submission.request_id] = handle
         self._pending_new[submission.request_id] = text_request_to_pb(submission)
@@ -159,7 +156,6 @@ class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.Tokenize
         await self._read_info(stub)
         call = stub.Connect(metadata=self._metadata)
         await call.wait_for_connection()
-        self._stub = stub
         return call
 
     def on_open(self) -> None:
@@ -189,7 +185,7 @@ class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.Tokenize
 
     async def watch(self) -> None:
         """Reads Info again every info_interval_s: the tokenizer's readiness can change."""
-        stub = self._open_stub()
+        stub = self._stub()
         while True:
             await asyncio.sleep(self._config.info_interval_s)
             try:
@@ -201,7 +197,6 @@ class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.Tokenize
                     self._on_change()
 
     def on_lost(self, error: FlashStreamError) -> None:
-        self._stub = None
         active, self._active = self._active, {}
         self._pending_new = {}
         self._pending_aborts = []

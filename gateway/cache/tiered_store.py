@@ -1,7 +1,7 @@
 """A shared store (Redis) with this process's own short-lived copy of what it read or wrote there in front.
 
-Search traffic asks the same popular questions again and again: without a local tier every one of those hits costs
-a Redis round trip and its parsing, a large share of a hit's gateway CPU. A stored value never changes under its key
+Search traffic asks the same popular questions again and again: without a local tier every one of those hits waits
+for a Redis round trip, and fails over to a miss while Redis is down. A stored value never changes under its key
 (the key hashes everything that shapes it), so a local copy can only be stale by outliving the shared entry's TTL,
 and the local TTL bounds that. Gateways stay interchangeable: what one stores, every other still finds in Redis.
 """

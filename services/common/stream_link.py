@@ -37,11 +37,11 @@ class StreamLost(Unavailable):
 
 
 class StreamLink(ABC, Generic[Up, Down]):
-    """One stream to `target`, kept open until close()."""
+    """One stream to the peer at `address`, kept open until close()."""
 
-    def __init__(self, kind: str, target: str, backoff: BackoffConfig, tls: InternalTls | None = None) -> None:
+    def __init__(self, kind: str, address: str, backoff: BackoffConfig, tls: InternalTls | None = None) -> None:
         self.kind = kind  # what the peer is ("tokenizer", "scheduler", "worker"), for messages
-        self.target = target
+        self.address = address
         self.backoff = backoff
         self.tls = tls  # mutual TLS to the peer; None: plaintext
         self.connected = asyncio.Event()  # set while a stream is open
@@ -67,7 +67,7 @@ class StreamLink(ABC, Generic[Up, Down]):
     async def next_message(self) -> Up:
         """What the writer sends next, once the previous write is done: by default the next message of `send`."""
         if self._outbox is None:
-            raise Unavailable(f"not connected to the {self.kind} at {self.target}")
+            raise self.not_connected()
         return await self._outbox.get()
 
     async def watch(self) -> None:
@@ -77,7 +77,7 @@ class StreamLink(ABC, Generic[Up, Down]):
 
     def lost_error(self, reason: str) -> FlashStreamError:
         """The error a lost stream's requests end with."""
-        return StreamLost(f"lost the {self.kind} stream to {self.target} ({reason}); retry the request")
+        return StreamLost(f"lost the {self.kind} stream to {self.address} ({reason}); retry the request")
 
     @abstractmethod
     def on_lost(self, error: FlashStreamError) -> None:
@@ -86,7 +86,7 @@ class StreamLink(ABC, Generic[Up, Down]):
     # ---- the link ----
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"{self.kind} {self.target}")
+        self._task = asyncio.create_task(self._run(), name=f"{self.kind} {self.address}")
 
     async def close(self) -> None:
         """Ends the stream (its requests get on_lost's error) and the reconnect loop; returns once both are done."""
@@ -99,14 +99,24 @@ class StreamLink(ABC, Generic[Up, Down]):
     def send(self, message: Up) -> None:
         """Queues a message on the open stream; raises Unavailable when there is none."""
         if self._outbox is None:
-            raise Unavailable(f"not connected to the {self.kind} at {self.target}")
+            raise self.not_connected()
         self._outbox.put_nowait(message)
+
+    def open_channel(self) -> grpc.aio.Channel:
+        """The open stream's channel, for unary calls beside it; raises Unavailable when no stream is open."""
+        if self.channel is None:
+            raise self.not_connected()
+        return self.channel
+
+    def not_connected(self) -> Unavailable:
+        """The error of a call that needs an open stream when there is none."""
+        return Unavailable(f"not connected to the {self.kind} at {self.address}")
 
     async def _run(self) -> None:
         delay = self.backoff.initial_s
         num_failures = 0  # attempts in a row that opened no stream
         while not self._closed:
-            channel = create_channel(self.target, self.tls)
+            channel = create_channel(self.address, self.tls)
             opened = False
             reason = "closed"
             error: FlashStreamError | None = None
@@ -117,7 +127,7 @@ class StreamLink(ABC, Generic[Up, Down]):
                 self.connected.set()
                 self.on_open()
                 delay, num_failures = self.backoff.initial_s, 0
-                log.info("%s stream to %s open", self.kind, self.target)
+                log.info("%s stream to %s open", self.kind, self.address)
                 reason = await (self._hold(channel) if call is None else self._serve(call))
             except asyncio.CancelledError:
                 raise
@@ -126,7 +136,7 @@ class StreamLink(ABC, Generic[Up, Down]):
             except FlashStreamError as exc:
                 reason, error = exc.message, exc
             except Exception as exc:  # noqa: BLE001 - a failure of one stream only means: open another
-                log.exception("%s stream to %s failed", self.kind, self.target)
+                log.exception("%s stream to %s failed", self.kind, self.address)
                 reason = repr(exc)
             finally:
                 self.connected.clear()
@@ -139,7 +149,7 @@ class StreamLink(ABC, Generic[Up, Down]):
             num_failures += not opened
             # A peer that is not up yet is reported once, not on every attempt.
             level = logging.WARNING if num_failures <= 1 else logging.DEBUG
-            log.log(level, "%s stream to %s: %s; opening again in %.2f s", self.kind, self.target, reason, delay)
+            log.log(level, "%s stream to %s: %s; opening again in %.2f s", self.kind, self.address, reason, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff.max_s)
 

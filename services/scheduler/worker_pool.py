@@ -37,7 +37,6 @@ class WorkerLink(StreamLink[worker_pb2.StepPlan, worker_pb2.StepResult]):
 
     def __init__(self, address: str, pool: WorkerPool) -> None:
         super().__init__("worker", address, pool.backoff, pool.tls)
-        self.address = address
         self.pool = pool
         self.wake = asyncio.Event()  # set when the engine may have something new to schedule
         # worker_id (one per process) of the worker here that got past its first steps: connected again (after a

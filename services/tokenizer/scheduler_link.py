@@ -15,7 +15,7 @@ from flashstream.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from services.common.call_auth import token_metadata
 from services.common.config import BackoffConfig
-from services.common.errors import FlashStreamError, Unavailable
+from services.common.errors import FlashStreamError
 from services.common.grpc_server import error_from_rpc, relay_stream
 from services.common.internal_tls import InternalTls
 from services.common.stream_link import StreamLink
@@ -42,27 +42,24 @@ class SchedulerLink(StreamLink[scheduler_pb2.SchedulerUp, scheduler_pb2.Schedule
         self._on_lost = on_lost
         self.on_connected = on_connected or (lambda _: None)
         self._metadata = token_metadata(internal_token)  # sent on every call to the scheduler
-        self._stub: scheduler_pb2_grpc.SchedulerStub | None = None
         self.info: scheduler_pb2.SchedulerInfo | None = None
 
     async def embed(self, request: common_pb2.EmbedTokensRequest,
                     timeout_s: float | None) -> common_pb2.EmbedTokensResponse:
         """Scheduler.Embed; a failure keeps the scheduler's status code."""
         try:
-            return await self._open_stub().Embed(request, timeout=timeout_s, metadata=self._metadata)
+            return await self._stub().Embed(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, f"scheduler at {self.target}") from None
+            raise error_from_rpc(exc, f"scheduler at {self.address}") from None
 
     async def watch_engine(self, request: common_pb2.WatchEngineRequest) -> AsyncIterator[common_pb2.EngineState]:
         """Scheduler.WatchEngine; a failure keeps the scheduler's status code."""
-        async for state in relay_stream(self._open_stub().WatchEngine(request, metadata=self._metadata),
-                                        f"scheduler at {self.target}"):
+        async for state in relay_stream(self._stub().WatchEngine(request, metadata=self._metadata),
+                                        f"scheduler at {self.address}"):
             yield state
 
-    def _open_stub(self) -> scheduler_pb2_grpc.SchedulerStub:
-        if self._stub is None or not self.connected.is_set():
-            raise Unavailable(f"not connected to the scheduler at {self.target}")
-        return self._stub
+    def _stub(self) -> scheduler_pb2_grpc.SchedulerStub:
+        return scheduler_pb2_grpc.SchedulerStub(self.open_channel())
 
     # ---- the stream ----
 
@@ -72,7 +69,6 @@ class SchedulerLink(StreamLink[scheduler_pb2.SchedulerUp, scheduler_pb2.Schedule
         # instead of failing at once and adding the link's own backoff to it.
         self.info = await stub.Info(scheduler_pb2.SchedulerInfoRequest(), timeout=INFO_TIMEOUT_S,
                                     wait_for_ready=True, metadata=self._metadata)
-        self._stub = stub
         return stub.Connect(metadata=self._metadata)
 
     def on_open(self) -> None:
@@ -82,6 +78,5 @@ class SchedulerLink(StreamLink[scheduler_pb2.SchedulerUp, scheduler_pb2.Schedule
         self._on_down(message)
 
     def on_lost(self, error: FlashStreamError) -> None:
-        self._stub = None
         self.on_connected(False)
         self._on_lost(error)

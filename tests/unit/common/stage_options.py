@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
+import pytest
+
 # ServerConfig's options and the ports, which every stage shares (tests/unit/common/test_config.py covers them).
 SERVER_FLAGS = frozenset({"-h", "--help", "--port", "--status-port", "--internal-token", "--host", "--log-level",
                           "--drain-timeout-s", "--internal-tls-dir", "--otlp-endpoint"})
@@ -105,3 +107,25 @@ def check_help_shows_the_default(build_parser: Callable[[], argparse.ArgumentPar
         entry = help_entries(build_parser())[option.flag]
     switch_state = "on" if option.from_variable[1] else "off"
     assert entry.endswith(f"(default: {switch_state if option.from_flag is None else text})"), entry
+
+
+def stage_option_tests(build_parser: Callable[[], argparse.ArgumentParser], build_config: Callable[[list[str]], Any],
+                       options: list[StageOption], required: dict[str, str]) -> tuple[Callable[..., None], ...]:
+    """The three tests of one stage's options, for its test module to bind to test_* names; `required`: flags the
+    stage cannot start without."""
+
+    def test_every_flag_beyond_the_server_ones_is_one_of_the_stage_options() -> None:
+        assert option_flags(build_parser()) == expected_flags(options)
+
+    @pytest.mark.parametrize("option", options, ids=lambda o: o.flag)
+    def test_each_option_reaches_its_field_from_its_variable_and_from_its_flag_which_wins(
+            option: StageOption) -> None:
+        check_option_reaches_its_field(build_config, option, required)
+
+    @pytest.mark.parametrize("option", options, ids=lambda o: o.flag)
+    def test_help_lists_each_option_with_its_default_or_its_variable(option: StageOption) -> None:
+        check_help_shows_the_default(build_parser, option)
+
+    return (test_every_flag_beyond_the_server_ones_is_one_of_the_stage_options,
+            test_each_option_reaches_its_field_from_its_variable_and_from_its_flag_which_wins,
+            test_help_lists_each_option_with_its_default_or_its_variable)

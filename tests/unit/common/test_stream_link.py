@@ -124,7 +124,7 @@ def test_a_restarted_peer_gets_a_new_stream_and_requests_flow_again() -> None:
             await wait_until(lambda: not link.connected.is_set())
             with pytest.raises(Unavailable) as err:
                 link.ask("early", "x")
-            assert err.value.message == f"not connected to the tokenizer at {link.target}"
+            assert err.value.message == f"not connected to the tokenizer at {link.address}"
             again = await serve(servicer, server.port)
             try:
                 await asyncio.wait_for(link.connected.wait(), 5)
@@ -144,7 +144,7 @@ def test_a_lost_stream_fails_every_request_on_it_with_one_typed_error_then_opens
             await wait_until(lambda: len(servicer.ups) == 2)
             link.ask("bye", "bye")
             results = await asyncio.wait_for(asyncio.gather(*hanging, return_exceptions=True), 5)
-            message = f"lost the tokenizer stream to {link.target} (UNAVAILABLE: going away); retry the request"
+            message = f"lost the tokenizer stream to {link.address} (UNAVAILABLE: going away); retry the request"
             assert [(type(r), r.message, r.code) for r in results] == [(StreamLost, message, Unavailable.code)] * 2
             assert results[0] is results[1] is link.lost[0]
             await wait_until(lambda: link.num_opens == 2 and link.connected.is_set())
@@ -183,7 +183,7 @@ def test_close_ends_the_requests_on_the_stream_and_stays_closed() -> None:
             await asyncio.wait_for(link.close(), 1.0)
             with pytest.raises(StreamLost) as err:
                 await hanging
-            assert err.value.message == f"lost the tokenizer stream to {link.target} (closed); retry the request"
+            assert err.value.message == f"lost the tokenizer stream to {link.address} (closed); retry the request"
             assert (link.connected.is_set(), link.channel, len(link.lost)) == (False, None, 1)
             await asyncio.sleep(3 * BACKOFF.max_s)  # long enough for a reconnect, were there one
             assert (servicer.num_streams, link.num_opens) == (1, 1)
@@ -222,7 +222,7 @@ def test_a_peer_without_a_stream_is_connected_until_its_channel_fails() -> None:
             await server.server.stop(None)
             await wait_until(lambda: link.lost)
             assert [e.message for e in link.lost] == [
-                f"lost the tokenizer stream to {link.target} (channel transient_failure); retry the request"]
+                f"lost the tokenizer stream to {link.address} (channel transient_failure); retry the request"]
             assert not link.connected.is_set()
 
     asyncio.run(main())

@@ -6,9 +6,7 @@ import pytest
 
 from gateway.server import build_config, build_parser
 from services.common.errors import InvalidArgument
-from tests.unit.common.stage_options import (StageOption, check_help_shows_the_default,
-                                             check_option_reaches_its_field, environment, expected_flags,
-                                             option_flags)
+from tests.unit.common.stage_options import StageOption, environment, stage_option_tests
 
 MIB_256 = str(256 * 1024 * 1024)
 
@@ -59,18 +57,9 @@ OPTIONS = [
 ]
 
 
-def test_every_gateway_flag_beyond_the_server_ones_is_one_of_its_options() -> None:
-    assert option_flags(build_parser()) == expected_flags(OPTIONS)
-
-
-@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.flag)
-def test_each_option_reaches_its_field_from_its_variable_and_from_its_flag_which_wins(option: StageOption) -> None:
-    check_option_reaches_its_field(build_config, option, {})
-
-
-@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.flag)
-def test_help_lists_each_option_with_its_default_or_its_variable(option: StageOption) -> None:
-    check_help_shows_the_default(build_parser, option)
+(test_every_flag_beyond_the_server_ones_is_one_of_the_stage_options,
+ test_each_option_reaches_its_field_from_its_variable_and_from_its_flag_which_wins,
+ test_help_lists_each_option_with_its_default_or_its_variable) = stage_option_tests(build_parser, build_config, OPTIONS, {})
 
 
 def test_a_cache_switch_refuses_a_word_other_than_on_or_off_naming_its_flag_or_variable(

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from services.tokenizer.server import build_config, build_parser
-from tests.unit.common.stage_options import (StageOption, check_help_shows_the_default,
-                                             check_option_reaches_its_field, expected_flags, option_flags)
+from tests.unit.common.stage_options import StageOption, stage_option_tests
 
 OPTIONS = [
     StageOption("--model", "FLASHSTREAM_MODEL", "model_dir", "", ("/env", "/env"), ("/flag", "/flag")),
@@ -18,15 +15,7 @@ OPTIONS = [
 REQUIRED = {"--model": "/models/m"}
 
 
-def test_every_tokenizer_flag_beyond_the_server_ones_is_one_of_its_options() -> None:
-    assert option_flags(build_parser()) == expected_flags(OPTIONS)
-
-
-@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.flag)
-def test_each_option_reaches_its_field_from_its_variable_and_from_its_flag_which_wins(option: StageOption) -> None:
-    check_option_reaches_its_field(build_config, option, REQUIRED)
-
-
-@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.flag)
-def test_help_lists_each_option_with_its_default_or_its_variable(option: StageOption) -> None:
-    check_help_shows_the_default(build_parser, option)
+(test_every_flag_beyond_the_server_ones_is_one_of_the_stage_options,
+ test_each_option_reaches_its_field_from_its_variable_and_from_its_flag_which_wins,
+ test_help_lists_each_option_with_its_default_or_its_variable) = stage_option_tests(build_parser, build_config, OPTIONS,
+                                                                                      REQUIRED)
