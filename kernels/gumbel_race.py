@@ -126,9 +126,9 @@ def gumbel_race(
     [0, num_rows) or None (draw i on row i) → [num_draws] int64: draw i's token, the argmax of its row of x in fp32
     plus `gumbel_noise_ref(keys[i:i+1], n)`. Reads x once, writes nothing else of its size, never syncs."""
     num_draws = _check_args(x, keys, rows, out)
-    check_launchable(x.device)
     if chunk <= 0 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
+    check_launchable(x.device)
     n = x.shape[1]
     if out is None:
         out = torch.empty(num_draws, dtype=torch.int64, device=x.device)
