@@ -129,7 +129,10 @@ def build_model_engine(
         log.info("captured %d piecewise CUDA graphs of steps up to %d tokens (buckets %s)", piecewise.num_graphs,
                  piecewise.max_tokens, piecewise.buckets)
     limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
-    executor = ModelRunner(model, kv_cache, Sampler(cfg.vocab_size, cfg.eos_token_ids), graphs, piecewise)
+    sampler = Sampler(cfg.vocab_size, cfg.eos_token_ids)
+    if device.type == "cuda":
+        sampler.warm_up(device)  # the decode graphs compiled greedy's argmax; this compiles the sampled paths'
+    executor = ModelRunner(model, kv_cache, sampler, graphs, piecewise)
     grammars = GrammarCache(config.model, cfg.vocab_size, cfg.eos_token_ids)  # its tokenizer loads on first use
     runner = Runner(executor, limits, config.max_num_seqs, config.max_num_batched_tokens, grammars=grammars)
     if tp.size > 1 and tp.rank == 0:

@@ -45,6 +45,7 @@ import torch
 
 from kernels._checks import FLOAT_DTYPES
 from kernels.gumbel_race import gumbel_race, gumbel_race_ref
+from services.common.sampling import SamplingParams
 from services.worker.sampling import ops
 from services.worker.sampling.batch import SamplingBatch
 from services.worker.sampling.noise import random_keys
@@ -89,6 +90,16 @@ class Sampler:
                 # The race upcasts the logits as it reads them, so again no fp32 copy.
                 return DeviceSample.pack(self._race(logits, batch), None, None, (), ())
             return self._draw(self._adjust(logits, batch), batch)
+
+    def warm_up(self, device: torch.device) -> list[list[int]]:
+        """Samples zero logits once down each path a step can take (every row at temperature 1, seeded and not;
+        sampled rows beside a greedy one; temperature with top-p), so that the kernels these paths launch compile
+        at start-up rather than in the first request's step (about a second on an H200). Returns the tokens drawn."""
+        logits = torch.zeros(2, self.vocab_size, dtype=torch.float32, device=device)  # [rows, vocab], as a step's
+        greedy, plain = SamplingParams(), SamplingParams(temperature=1.0)
+        seeded, nucleus = SamplingParams(temperature=1.0, seed=0), SamplingParams(temperature=0.8, top_p=0.95)
+        pairs = ((plain, seeded), (greedy, seeded), (greedy, plain), (nucleus, seeded))
+        return [self(logits, [SamplingRow(p, (), ()) for p in pair]).token_ids for pair in pairs]
 
     def adjusted_logits(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         """fp32 logits [num_rows, vocab_size] after penalties and min_tokens masking: what greedy rows argmax."""

@@ -77,3 +77,11 @@ def test_unseeded_rows_on_cuda_draw_independently_from_the_softmax() -> None:
     out = sampler(logits.cuda().expand(20000, 50), [row(temperature=1.0)] * 20000).token_ids
     probs = logits[0].double().softmax(-1).tolist()
     assert_counts_match(Counter(out), dict(enumerate(probs)), 20000)
+
+
+def test_warm_up_draws_greedy_rows_as_the_argmax_and_sampled_rows_inside_the_vocabulary() -> None:
+    # Zero logits: greedy takes token 0 (first index of the maximum); a draw may be any token.
+    tokens = Sampler(300, [EOS]).warm_up(torch.device("cpu"))
+    assert len(tokens) == 4
+    assert [row[0] for row in tokens[1:3]] == [0, 0]
+    assert all(len(row) == 2 and all(0 <= t < 300 for t in row) for row in tokens)
