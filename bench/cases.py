@@ -62,12 +62,13 @@ CPU = Suite("cpu", "fake", ((1, ""), (1, "--result-cache-local-ttl-s 0"), (2, ""
             embed=EmbedLoad())
 TINY = Suite("cpu", "fake", (), ("http", "grpc"),
              SearchLoad(hot_questions=10, mix_requests=40, hit_requests=40, concurrency=4, mix_concurrency=4,
-                        idle_requests=5, answer_tokens=4),
+                        idle_requests=5, answer_tokens=4, paced_qps=(20.0,), paced_s=1.0),
              (2,), TranslateLoad(duration_s=2.0, interval_s=0.6, answer_tokens=4, first_chunk_limit_s=10.0,
                                  min_chars_per_s=1.0),
              search_on_translate_stack=True, embed=EmbedLoad(batches=(1, 4), requests=6, concurrency=2))
 GPU = Suite("cuda", "dummy", (), ("http", "grpc"),
-            SearchLoad(mix_requests=6000, hit_requests=16000, concurrency=256, mix_concurrency=64),
+            SearchLoad(mix_requests=6000, hit_requests=16000, concurrency=256, mix_concurrency=64,
+                       paced_qps=(10000.0, 14000.0)),
             (500, 1000, 1500, 2000, 3000, 4000), TranslateLoad(duration_s=12.0),
             translate_args="--num-gateways 8 --num-tokenizers 2", search_on_translate_stack=True,
             mixed=(500, 4096, 8, (8192, 1024)))

@@ -42,6 +42,18 @@ def search_table(search: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def paced_table(search: list[dict[str, Any]]) -> str:
+    rows = ["| stack | protocol | offered hits/s | achieved hits/s | hit p50 / p90 / p99 ms | failed |",
+            "|---|---|---|---|---|---|"]
+    for stack in search:
+        for run in stack["protocols"]:
+            for p in run.get("paced_hits", []):
+                e2e = p["hit"]["e2e_s"]
+                rows.append(f"| {stack['name']} | {run['protocol']} | {p['offered_qps']:.0f} | {p['achieved_qps']:.0f} "
+                            f"| {_ms(e2e['p50'])} / {_ms(e2e['p90'])} / {_ms(e2e['p99'])} | {p['failed']} |")
+    return "\n".join(rows)
+
+
 def translate_table(translate: dict[str, Any]) -> str:
     rows = ["| sessions | segments | first chunk p50 / p99 ms | segment p50 / p99 ms | slowest session chars/s "
             "| session chars/s p50 | prefix-cached share of later prompts | later segment p50: uncached / its own tokens "
@@ -98,6 +110,9 @@ def markdown(results: dict[str, Any]) -> str:
                   "result-cache lookups (keys, local copy or Redis GET, decoding) while hits go one at a time and during the mix, where it includes waiting for the busy "
                   "event loop (one gateway only: with several, /metrics answers from any one of them).\n",
                   search_table(results["search"]), ""]
+        if any(run.get("paced_hits") for stack in results["search"] for run in stack["protocols"]):
+            parts += ["Hits alone at offered rates: Poisson arrivals (open loop), whole-answer latency of each hit.\n",
+                      paced_table(results["search"]), ""]
     if results["embed"]:
         parts += ["## Cached embeddings (MiniLM, embedding cache in Redis)\n", embed_table(results["embed"]), ""]
     loads = [("translation", results["translate"].get("load_average_1m_at_end"))] if results["translate"] else []

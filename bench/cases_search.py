@@ -3,7 +3,8 @@ questions against a running stack, over HTTP (SSE) or gRPC, with what the gatewa
 
 Phases of one protocol: the hot set is sent once (each becomes a stored answer); then hits one at a time (the
 latency a hit adds, with nothing queued); then the mix at a fixed concurrency; then hits alone at a higher one (the hit
-rate the gateway processes sustain). Hit or miss is what the gateway reports (usage.result_cached), not
+rate the gateway processes sustain); then hits alone at offered rates (open loop, Poisson arrivals: the latency of
+a hit at that rate, which a closed loop at saturation does not show). Hit or miss is what the gateway reports (usage.result_cached), not
 what the mix intended. Gateway CPU seconds come from /proc, so hits per gateway CPU second is the rate per core
 that the processes would reach with cores to spare, whatever the load client takes of this machine.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bench.pipeline import cpu_seconds
+from bench.serve import arrivals
 from bench.serve_client import GRPC_SCHEME, Record, run_load
 from bench.serve_data import CORPUS, RequestSpec
 from bench.serve_report import summary
@@ -36,6 +38,9 @@ class SearchLoad:
     concurrency: int = 64  # of the hits-only phase: enough to keep a gateway busy
     mix_concurrency: int = 16  # of the mix: clients of a search page, not a saturating load
     idle_requests: int = 200  # hits sent one at a time
+    paced_qps: tuple[float, ...] = ()  # offered rates of the open-loop hits phase (none: left out)
+    paced_s: float = 3.0  # seconds of arrivals at each offered rate
+    paced_concurrency: int = 2048  # cap on hits in flight there: high enough not to shape the arrivals
     answer_tokens: int = 32
     seed: int = 0
 
@@ -112,10 +117,11 @@ class GatewayCpu:
         self.seconds = sum(cpu_seconds(p) - b for p, b in zip(self.pids, self._before))
 
 
-def _send(base: str, prompts: list[str], load: SearchLoad, concurrency: int, procs: int
-          ) -> tuple[list[Record], float]:
+def _send(base: str, prompts: list[str], load: SearchLoad, concurrency: int, procs: int,
+          offsets: list[float] | None = None) -> tuple[list[Record], float]:
+    """Sends every prompt (at `offsets` seconds from the start, or all at once) at most `concurrency` at a time."""
     specs = [RequestSpec(p, 0, load.answer_tokens) for p in prompts]
-    records, t0, end = run_load(base, "", specs, [0.0] * len(specs), concurrency, GREEDY, procs)
+    records, t0, end = run_load(base, "", specs, offsets or [0.0] * len(specs), concurrency, GREEDY, procs)
     first = min([r.start for r in records if r.start] or [t0])
     return records, max(end - first, 1e-9)
 
@@ -153,4 +159,18 @@ def run_protocol(protocol: str, http_url: str, grpc_address: str, gateway_pids: 
                  gateway_cpu_s=cpu.seconds, gateway_cpu_ms_per_hit=1e3 * cpu.seconds / max(n_hits, 1),
                  hits_per_gateway_cpu_s=n_hits / max(cpu.seconds, 1e-9))
     out["hits_only"] = stats
+    out["paced_hits"] = [paced(base, hot, load, rate, client_procs, gateway_pids) for rate in load.paced_qps]
     return out
+
+
+def paced(base: str, hot: list[str], load: SearchLoad, rate: float, client_procs: int,
+          gateway_pids: list[int]) -> dict[str, Any]:
+    """Hits offered at `rate` per second for `load.paced_s` seconds, Poisson arrivals (seeded)."""
+    num = max(1, round(rate * load.paced_s))
+    prompts = mix(hot, [], num, 1.0, load.zipf_s, load.seed + 3)
+    offsets = arrivals(num, rate, load.seed)
+    with GatewayCpu(gateway_pids) as cpu:
+        records, wall = _send(base, prompts, load, load.paced_concurrency, client_procs, offsets)
+    stats = latency_stats(records)
+    stats.update(offered_qps=rate, wall_s=wall, achieved_qps=stats["all"]["count"] / wall, gateway_cpu_s=cpu.seconds)
+    return stats

@@ -40,6 +40,8 @@ def test_the_cases_benchmark_answers_every_request_of_a_tiny_load_and_writes_its
         assert mix["miss"]["count"] >= 1  # fresh questions are generated
         assert (hits["failed"], hits["hit"]["count"]) == (0, 40)
         assert hits["gateway_cpu_s"] > 0
+        (paced,) = run["paced_hits"]
+        assert (paced["offered_qps"], paced["failed"], paced["hit"]["count"]) == (20.0, 0, 20)
 
     assert [row["batch"] for row in doc["embed"]] == [1, 4]
     for row in doc["embed"]:
@@ -48,3 +50,4 @@ def test_the_cases_benchmark_answers_every_request_of_a_tiny_load_and_writes_its
             assert row[protocol]["lookup"]["lookups"] == 6 * 5 and row[protocol]["idle_lookup"]["lookups"] == 6
     text = out.with_suffix(".md").read_text()
     assert "## Live translation" in text and "## Search QA" in text and "## Cached embeddings" in text
+    assert "| offered hits/s |" in text
