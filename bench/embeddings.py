@@ -116,10 +116,14 @@ async def run_batches(http: str, model: str, batches: list[int], requests: dict[
     return rows
 
 
-async def lookup_cost(redis_url: str, batches: list[int], widths: list[int], iterations: int = 300) -> dict:
-    """p50/p99 of one cached request's cache work (keys, one batched read, decode) per vector width and batch."""
+async def lookup_cost(redis_url: str, batches: list[int], widths: list[int], iterations: int = 1000) -> dict:
+    """p50/p99 of one cached request's cache work (keys, one batched read, decode) per vector width and batch,
+    in a process whose start-up heap is frozen as a stage's is once it serves."""
     from gateway.cache.breaker import CircuitBreaker
     from gateway.cache.redis_store import RedisStore
+    from services.common.stage import freeze_startup_heap
+
+    freeze_startup_heap()
 
     stores = {"lru": LruStore(1_000_000, 1 << 30, 3600.0)}
     if redis_url:
@@ -220,7 +224,8 @@ def run(args: argparse.Namespace) -> None:
                         f"| {h['p50_ms']:.1f} | {h['p99_ms']:.1f} | {h['embeddings_per_s']:.0f} |")
     client = results["redis_client"]
     hiredis = f"hiredis {client['hiredis']}" if client["hiredis"] else "no hiredis (pure-Python parsing and packing)"
-    rows += ["", "The cache's own work per fully cached request (keys, one batched read, decoding), in this process "
+    rows += ["", "The cache's own work per fully cached request (keys, one batched read, decoding), 1,000 requests "
+             "each, in this process with its start-up heap frozen as a stage's is once it serves "
              f"(redis-py {client['redis']}, {hiredis}):",
              "", "| store | vector length | batch | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for r in results["lookup"].values():

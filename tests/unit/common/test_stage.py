@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
@@ -48,6 +49,27 @@ def test_a_started_stage_drains_with_the_drain_timeout_on_sigterm_and_returns_ze
 
     assert asyncio.run(main()) == 0
     assert stage.calls == ["start", "started", "stop 7.5"]
+
+
+@pytest.mark.timeout(30)
+def test_a_started_stage_moves_its_start_up_objects_out_of_the_collectors_reach() -> None:
+    stage = _Stage()
+    seen: dict[str, bool] = {}
+
+    async def main() -> int:
+        def look() -> None:
+            seen["calls collectable"] = any(o is stage.calls for o in gc.get_objects())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        asyncio.get_running_loop().call_later(0.2, look)
+        return await serve_stage(stage, "127.0.0.1", 0, 1.0, lambda: "up")
+
+    try:
+        assert any(o is stage.calls for o in gc.get_objects())
+        assert asyncio.run(main()) == 0
+        assert seen == {"calls collectable": False}
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.timeout(30)
