@@ -68,7 +68,7 @@ TINY = Suite("cpu", "fake", (), ("http", "grpc"),
              search_on_translate_stack=True, embed=EmbedLoad(batches=(1, 4), requests=6, concurrency=2))
 GPU = Suite("cuda", "dummy", (), ("http", "grpc"),
             SearchLoad(mix_requests=6000, hit_requests=16000, concurrency=256, mix_concurrency=64,
-                       paced_qps=(10000.0, 14000.0)),
+                       paced_qps=(10000.0, 12000.0, 14000.0), grpc_paced_qps=(3000.0, 4000.0)),
             (500, 1000, 1500, 2000, 3000, 4000), TranslateLoad(duration_s=12.0),
             translate_args="--num-gateways 8 --num-tokenizers 2", search_on_translate_stack=True,
             mixed=(500, 4096, 8, (8192, 1024)))

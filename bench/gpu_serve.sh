@@ -9,7 +9,7 @@
 # in .whl/ when that folder exists, made beforehand with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
-#       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis py-spy xgrammar==0.2.8 \
+#       grpcio-health-checking==1.84.0 grpcio-reflection==1.84.0 redis hiredis py-spy xgrammar==0.2.8 \
 #       apache-tvm-ffi==0.1.15.post2 pydantic pydantic-core annotated-types typing-inspection typing-extensions \
 #       jsonschema jsonschema-specifications referencing rpds-py attrs cryptography cffi pycparser
 # SUITE_DEADLINE_S (default 360): no scenario starts later than this many seconds into the suite.

@@ -46,6 +46,12 @@ GRPC_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.so_reuseport", 0),
 ]
 
+# Calls that have reached a server but that its event loop has not taken up yet. Past gRPC core's default limit
+# of 1,000 (a busy gateway with a few thousand streams in flight reaches it), core cancels arriving calls at random
+# and their clients see a bare CANCELLED: requests lost without a reason. A waiting call costs a few KB and has a
+# deadline, so calls wait instead.
+SERVER_OPTIONS: list[tuple[str, Any]] = [("grpc.server.max_pending_requests", 65_536)]
+
 
 def grpc_status(code: ErrorCode | int) -> grpc.StatusCode:
     """The grpc.StatusCode with this number (UNKNOWN for numbers gRPC does not define)."""
@@ -166,7 +172,7 @@ async def start_server(
     auth: who may call (services.common.call_auth); None lets every caller in.
     tls: serve mutual TLS with these certificates (services.common.internal_tls); None serves plaintext.
     """
-    options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
+    options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS] + SERVER_OPTIONS
     interceptors = [*([auth] if auth is not None else []), DecodeErrorsAreInvalidArgument()]
     server = grpc.aio.server(options=options, interceptors=interceptors)
     for add in register:
