@@ -155,6 +155,14 @@ def graph_us(fn, num_calls: int = 50, warmup: int = 3) -> float:  # noqa: ANN001
     return round(start.elapsed_time(end) / num_calls * 1e3, 2)
 
 
+def graph_us_or_error(fn, num_calls: int = 50) -> float | str:  # noqa: ANN001 - fn(i) runs the i-th call
+    """graph_us of fn, or the error that stopped it (a kernel config that does not compile loses its cell only)."""
+    try:
+        return graph_us(fn, num_calls)
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
+
+
 def gemv_probe(hidden: int, intermediate: int, num_steps: int = 50) -> list[dict[str, Any]]:
     """Batch-1 projections through cuBLAS in three layouts (weights rotated so that none stays in L2)."""
     dev, dtype = torch.device("cuda"), torch.bfloat16

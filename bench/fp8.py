@@ -3,12 +3,14 @@
 For each model (dummy weights of a preset) and variant: the KV capacity in tokens at the same memory budget, the
 batch-1 and batch-64 decode step (host wall-clock per Runner.step and the decode graph's replay alone), prefill
 tokens/s, and the logits of a fixed prompt set against the bf16 variant (cosine, top-1, KL). Beside them, at the
-first model's shapes: the projections alone (bf16 F.linear, the dequantising FP8 kernel with its tiles swept at
-one row, the FP8 GEMV, the per-token FP8 tensor-core GEMM, at several row counts) and decode attention on a bf16
+first model's shapes: the projections alone (bf16 F.linear, the per-token FP8 tensor-core GEMM, the dequantising
+FP8 kernel and the split-K FP8 GEMV at several row counts; bench/fp8_projections.py) and decode attention on a bf16
 cache against the same entries in an FP8 cache (output error and time). Last, the gpu-marked FP8 tests, compiled.
-Results are written after each part.
+Results are written after each part. --sweep-rows runs the projections alone instead, for every model, with the
+GEMV in each of its candidate configs (which one wins at each row count, and where _scaled_mm starts winning).
 
     python bench/fp8.py --out-dir "$OUT"          # H200: llama-3.1-8b and llama-3.2-1b, about 3 minutes
+    python bench/fp8.py --sweep-rows 1,2,4,8,16 --no-tests --out-name fp8_gemv_sweep_h200 --out-dir "$OUT"
     python bench/fp8.py --models /path/to/tiny --device cpu --no-tests --batch-sizes 1,4 --prefill-len 32 \
         --max-num-batched-tokens 64 --out-dir /tmp/fp8   # a rehearsal on the CPU
 """
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,14 @@ import torch  # noqa: E402
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench, graph_replay_ms, graph_us  # noqa: E402
 from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement  # noqa: E402
+from bench.fp8_projections import projection_sweep, projections_markdown  # noqa: E402
 from services.worker.build import build_engine, resolve_model_config  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.model_config import ModelConfig  # noqa: E402
 
-FP8_TESTS = ["tests/kernels/test_fp8_linear.py", "tests/kernels/test_fp8_kv_cache.py",
-             "tests/unit/worker/test_fp8_weights.py", "tests/unit/worker/test_fp8_kv_cache.py"]
+FP8_TESTS = ["tests/kernels/test_fp8_linear.py", "tests/kernels/test_fp8_gemv.py",
+             "tests/kernels/test_fp8_kv_cache.py", "tests/unit/worker/test_fp8_weights.py",
+             "tests/unit/worker/test_fp8_kv_cache.py"]
 # name → (quantization, kv_cache_dtype)
 VARIANTS = {"bf16": ("", "auto"), "fp8 weights": ("fp8", "auto"), "fp8 weights + fp8 KV": ("fp8", "fp8")}
 # Issue 22's batch-1 inter-token latency goals with FP8 weights (ms), beside which the decode step is printed.
@@ -140,57 +145,6 @@ def measure_model(args: argparse.Namespace, model: str, cfg: ModelConfig) -> dic
     return variants
 
 
-# Tiles of the dequantising kernel timed beside its defaults at one row: (block_n, block_k, num_stages, num_warps).
-DEQUANT_MM_SWEEP = ((16, 256, 4, 4), (16, 512, 4, 4), (16, 1024, 3, 4), (32, 256, 4, 4), (32, 512, 3, 4),
-                    (64, 128, 4, 4), (64, 256, 4, 4), (16, 512, 6, 4), (32, 256, 4, 8))
-
-
-def _timed(fn) -> float | str:  # noqa: ANN001 - fn(i) runs the i-th call
-    """graph_us of fn, or the error that stopped it (a tile that does not compile loses its cell only)."""
-    try:
-        return graph_us(fn)
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
-
-
-def projection_probe(cfg: ModelConfig, rows: list[int]) -> dict[str, Any]:
-    """Per projection shape and row count: bf16 F.linear, the dequantising FP8 kernel, the FP8 GEMV and the FP8
-    tensor-core GEMM; and at one row, the dequantising kernel's tiles of DEQUANT_MM_SWEEP."""
-    from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
-    from kernels.fp8_gemv import fp8_gemv
-    from kernels.fp8_linear import DEQUANT_MM_MAX_ROWS, fp8_scaled_mm
-    from kernels.fp8_quant import quantize_fp8_rows
-
-    dev = torch.device("cuda")
-    hidden, table, sweep = cfg.hidden_size, [], []
-    for name, n_out, k_in in (("qkv_proj", cfg.q_size + 2 * cfg.kv_size, hidden), ("o_proj", hidden, cfg.q_size),
-                              ("gate_up_proj", 2 * cfg.intermediate_size, hidden),
-                              ("down_proj", hidden, cfg.intermediate_size)):
-        copies = max(2, int(2 * 60e6 // (n_out * k_in * 2)) + 1)  # more bytes than the L2 holds, twice over
-        weights = [torch.randn(n_out, k_in, device=dev, dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
-        fp8 = [(q, s.view(-1)) for q, s in (quantize_fp8_rows(w) for w in weights)]
-        for m in rows:
-            x = torch.randn(m, k_in, device=dev, dtype=torch.bfloat16)
-            row: dict[str, Any] = {"proj": name, "n_out": n_out, "k_in": k_in, "rows": m,
-                                   "bf16_us": _timed(lambda i: torch.nn.functional.linear(x, weights[i % copies])),
-                                   "fp8_scaled_mm_us": _timed(lambda i: fp8_scaled_mm(x, *fp8[i % copies]))}
-            if m <= 4 * DEQUANT_MM_MAX_ROWS:
-                row["fp8_dequant_mm_us"] = _timed(lambda i: fp8_dequant_mm(x, *fp8[i % copies]))
-                row["dequant_mm_tiles"] = dequant_mm_tiles(m, n_out, k_in, DequantMMConfig())
-            if m <= DEQUANT_MM_MAX_ROWS:
-                row["fp8_gemv_us"] = _timed(lambda i: fp8_gemv(x, *fp8[i % copies]))
-            table.append(row)
-        x = torch.randn(1, k_in, device=dev, dtype=torch.bfloat16)
-        for block_n, block_k, stages, warps in DEQUANT_MM_SWEEP:
-            tiles = DequantMMConfig(block_n=block_n, block_k=block_k, num_stages=stages, num_warps=warps)
-            sweep.append({"proj": name, "block_n": block_n, "block_k": block_k, "num_stages": stages,
-                          "num_warps": warps, "us": _timed(lambda i: fp8_dequant_mm(x, *fp8[i % copies],
-                                                                                    config=tiles))})  # noqa: B023
-        del weights, fp8
-        torch.cuda.empty_cache()
-    return {"table": table, "dequant_mm_sweep": sweep}
-
-
 def attention_probe(cfg: ModelConfig, cases: list[tuple[int, int]]) -> list[dict[str, Any]]:
     """Decode attention of one layer on a bf16 cache and on the same entries stored in FP8 (scale 1, as a
     checkpoint without KV scales runs): each output's error against the fp32 reference of the bf16 entries, the
@@ -266,18 +220,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     for model, variants in results["models"].items():
         lines += _models_markdown(model, variants)
     if results.get("projections"):
-        probe = results["projections"]
-        lines += [f"## Projections alone at {results['probe_model']} shapes (µs per call, graph of 50)", "",
-                  "| proj | n x k | rows | bf16 F.linear | FP8 dequant_mm (tiles m, n, k, stages) | FP8 GEMV | "
-                  "FP8 scaled_mm (per-token) |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['proj']} | {p['n_out']} x {p['k_in']} | {p['rows']} | {p['bf16_us']} | "
-                  f"{p.get('fp8_dequant_mm_us', '-')} {p.get('dequant_mm_tiles', '')} | {p.get('fp8_gemv_us', '-')} | "
-                  f"{p['fp8_scaled_mm_us']} |" for p in probe["table"]]
-        lines += ["", "FP8 dequant_mm at one row by tiles (µs per call):", "",
-                  "| proj | block_n | block_k | stages | warps | µs |", "|---|---|---|---|---|---|"]
-        lines += [f"| {p['proj']} | {p['block_n']} | {p['block_k']} | {p['num_stages']} | {p['num_warps']} | "
-                  f"{p['us']} |" for p in probe["dequant_mm_sweep"]]
-        lines.append("")
+        lines += [f"## Projections alone ({', '.join(results['projections']['models'])})", ""]
+        lines += projections_markdown(results["projections"])
     if results.get("attention"):
         lines += [f"## Decode attention, one layer at {results['probe_model']} shapes: bf16 cache against the same "
                   "entries in FP8", "",
@@ -316,6 +260,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tests-timeout", type=int, default=150)
     parser.add_argument("--probe-rows", default="1,4,8,16,32,64,512",
                         help="row counts of the projection probe ('' skips)")
+    parser.add_argument("--sweep-rows", default="", help="row counts: time only the projections of every model, "
+                        "the GEMV in each candidate config (needs a CUDA GPU)")
     parser.add_argument("--attention-cases", default="1x4096,64x1024,64x4096",
                         help="BATCHxCONTEXT cases of the attention probe ('' skips)")
     parser.add_argument("--out-name", default="fp8_h200")
@@ -341,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
 
     models = args.models.split(",")
     configs = {m: resolve_model_config(WorkerConfig(model=m, load_format="dummy"))[0] for m in models}
+    if args.sweep_rows:
+        return sweep(args, configs, results, save)
     for model in models:
         results["models"][model] = measure_model(args, model, configs[model])
         save()
@@ -348,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         results["probe_model"] = models[0]
         rows = [int(r) for r in args.probe_rows.split(",") if r]
         cases = [tuple(int(n) for n in c.split("x")) for c in args.attention_cases.split(",") if c]
-        for key, probe, what in (("projections", projection_probe, rows), ("attention", attention_probe, cases)):
+        probes = (("projections", lambda cfg, r: projection_sweep({models[0]: cfg}, r, candidates=False), rows),
+                  ("attention", attention_probe, cases))
+        for key, probe, what in probes:
             if not what:
                 continue
             try:
@@ -361,6 +311,23 @@ def main(argv: list[str] | None = None) -> int:
         results["tests"] = run_tests(out_dir, args.tests_timeout)
         print("tests:", results["tests"]["summary"], flush=True)
     save()
+    print(to_markdown(results), flush=True)
+    return 0
+
+
+def sweep(args: argparse.Namespace, configs: dict[str, ModelConfig], results: dict[str, Any],
+          save: Callable[[], None]) -> int:
+    """--sweep-rows: the projections of every model, every GEMV candidate config; then the FP8 tests unless
+    --no-tests. Exit status 2 without a CUDA GPU."""
+    if not torch.cuda.is_available() or args.device == "cpu":
+        print("--sweep-rows times kernels on a CUDA GPU; none is available here", file=sys.stderr, flush=True)
+        return 2
+    rows = [int(r) for r in args.sweep_rows.split(",") if r]
+    results["projections"] = projection_sweep(configs, rows, candidates=True)
+    save()
+    if not args.no_tests:
+        results["tests"] = run_tests(Path(args.out_dir), args.tests_timeout)
+        save()
     print(to_markdown(results), flush=True)
     return 0
 

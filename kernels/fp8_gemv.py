@@ -1,14 +1,31 @@
-"""Small-batch linear layer on FP8 weights: y = x · (W · s)ᵀ + b, W dequantised in registers.
+"""Small-batch linear layer on FP8 weights, split along K: y = x · (W · s)ᵀ + b for the few rows of a decode step.
 
-A decode step of a few sequences is bound by the bytes of the weights it reads; stored as float8_e4m3fn with one
-fp32 scale per output channel, those bytes halve against bf16. Each program reads BLOCK_N whole weight rows once,
-for every row of x (x is a few KB and stays in cache), so no fp8 tensor-core path and no activation quantisation
-are needed: products are accumulated in fp32 and the channel scale is applied once at the end.
+A decode step of a few sequences is bound by the bytes of its weights; stored as float8_e4m3fn with one fp32 scale
+per output channel, those bytes halve against bf16. To stream them at the device's bandwidth every SM needs several
+programs with loads in flight, and the output alone (N / BLOCK_N tiles) gives too few of them for the projections
+of an 8B model, so K is split too: the grid is (N tiles, K splits, M tiles), each program reading a
+[BLOCK_N, K / splits] slice of W once, for every row of its M tile (x is a few KB and stays in cache). x is never
+quantised; products are summed in fp32 and the channel scale is applied once at the end. A program multiplies
+one of two ways:
+
+* CUDA cores (one row, or a few): x broadcast against the weight tile widened to fp32, products accumulated
+  element-wise in registers [BLOCK_M, BLOCK_N, BLOCK_K] and summed once at the end of the slice;
+* tensor cores (more rows): the weight tile widened to x's dtype (float8_e4m3fn values are exact in bf16, fp16
+  and fp32) and tl.dot with x padded to 16 rows by masked loads.
+
+Splits combine deterministically in the same launch: each stores its fp32 partial tile in a workspace
+[splits, M, N], then adds one to an atomic counter of its output tile; the program that finds every other split
+arrived sums the partials in split order 0, 1, ... (the same order whichever program arrives last, so results are
+bit-identical run to run), applies the scale and bias, writes y and sets the counter back to 0 for the next launch.
+A second reduction kernel would be simpler but would add a launch, and a graph node, to every projection of a step.
+Launches that share a device's counters must run in stream order (one stream, or streams that wait on each other).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -22,55 +39,179 @@ from kernels._checks import (
     check_same_device,
     check_tensor,
 )
+from kernels._paged_tile import dot_precision
+from kernels.launch_memo import register_memo, sm_count
+
+DOT_MIN_ROWS = 2  # from this many rows the tensor-core path is the default
+DOT_BLOCK_M = 16  # rows of x per tensor-core tile (the smallest tl.dot takes)
+FMA_MAX_BLOCK_M = 4  # rows of x per CUDA-core tile (its registers grow with the rows)
+MAX_SPLIT_K = 16
+INTERPRETED_SMS = 4  # the SM count the default plan assumes off CUDA (the interpreter runs programs one by one)
 
 
 @dataclass(frozen=True, slots=True)
 class GemvConfig:
-    """Tile sizes of one launch. block_n: 0 picks the widest of 32, 16, 8, 4 weight rows per program that still
-    gives every SM about four programs (narrow outputs such as o_proj would otherwise leave SMs idle)."""
+    """How a launch tiles the product; a 0 (or None) field is picked by `gemv_plan` from the shapes and SM count.
+
+    block_n, block_k: the weight tile per loop iteration. split_k: K splits (capped at the number of K tiles, and
+    lowered so that no split is empty). use_dot: tensor cores or CUDA cores. programs_per_sm: the default split
+    count gives the grid about this many programs per SM."""
 
     block_n: int = 0
-    block_k: int = 0  # 0: a [block_m, block_n, block_k] product of 4096 elements (about 32 fp32 registers a thread)
+    block_k: int = 0
+    split_k: int = 0
+    use_dot: bool | None = None
     num_warps: int = 4
-    target_programs: int = 4 * 132
+    num_stages: int = 0
+    programs_per_sm: int = 8
+
+
+class GemvPlan(NamedTuple):
+    """Everything a launch is compiled and gridded by, for x [m, k] and weight [n, k]."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int
+    k_per_split: int  # a multiple of block_k; the last split may be shorter
+    use_dot: bool
+    num_warps: int
+    num_stages: int
+
+
+@functools.cache
+def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig()) -> GemvPlan:
+    """The tiles and split of a launch. Defaults: on tensor cores 16 x 32 x 256 tiles (an 8 KB weight tile per
+    stage, four stages); on CUDA cores 16 weight rows and a K tile of 8192 / (rows x 16) elements (about 64 fp32
+    accumulators a thread at 4 warps); then the fewest K splits that give num_sms x programs_per_sm programs."""
+    use_dot = cfg.use_dot if cfg.use_dot is not None else m >= DOT_MIN_ROWS
+    if use_dot:
+        block_m = DOT_BLOCK_M
+        block_n = cfg.block_n or 32
+        block_k = cfg.block_k or 256
+    else:
+        block_m = min(FMA_MAX_BLOCK_M, triton.next_power_of_2(max(m, 1)))
+        block_n = cfg.block_n or 16
+        block_k = cfg.block_k or max(64, 8192 // (block_m * block_n))
+    block_k = max(16, min(block_k, triton.next_power_of_2(k)))
+    k_tiles = triton.cdiv(max(k, 1), block_k)
+    split = cfg.split_k
+    if not split:
+        tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+        split = triton.cdiv(num_sms * cfg.programs_per_sm, max(tiles, 1))
+    split = max(1, min(split, MAX_SPLIT_K, k_tiles))
+    tiles_per_split = triton.cdiv(k_tiles, split)
+    split = triton.cdiv(k_tiles, tiles_per_split)  # no empty split
+    num_stages = cfg.num_stages or (4 if use_dot else 3)
+    return GemvPlan(block_m, block_n, block_k, split, tiles_per_split * block_k, use_dot, cfg.num_warps, num_stages)
+
+
+register_memo(gemv_plan.cache_clear)
 
 
 @triton.jit
-def _fp8_gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
-    M, N, K,
-    stride_xm, stride_wn, stride_om,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr,
-):
-    # One program per (BLOCK_N output channels, BLOCK_M rows of x); partial products stay element-wise in
-    # registers across the K loop and are summed once at the end.
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
+def _fma_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """Σ over k in [k_begin, k_end) of x[m, k] · W[n, k] on CUDA cores → [BLOCK_M, BLOCK_N] fp32."""
+    offs_k = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k_start in range(0, K, BLOCK_K):
-        offs_k = k_start + tl.arange(0, BLOCK_K)
+    for k_start in range(k_begin, k_end, BLOCK_K):
+        k = k_start + offs_k
         if EVEN_K:
-            w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None], other=0.0)
-            x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None], other=0.0)
+            w = tl.load(w_rows + k[None, :], mask=n_mask[:, None], other=0.0, eviction_policy="evict_first")
+            x = tl.load(x_rows + k[None, :], mask=m_mask[:, None], other=0.0)
         else:
-            k_mask = offs_k < K
-            w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-            x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            k_mask = k < K
+            w = tl.load(w_rows + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
+                        eviction_policy="evict_first")
+            x = tl.load(x_rows + k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         # [BLOCK_M, 1, BLOCK_K] * [1, BLOCK_N, BLOCK_K]
         acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    return tl.sum(acc, axis=2)
+
+
+@triton.jit
+def _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
+    """Σ over k in [k_begin, k_end) of x[m, k] · W[n, k] on tensor cores → [BLOCK_M, BLOCK_N] fp32."""
+    offs_k = k_begin + tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
+    # The weight tile as the dot's [BLOCK_K, BLOCK_N] operand, read along its contiguous K.
+    w_ptrs = w_ptr + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]  # [BLOCK_K, BLOCK_N]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k_start in range(k_begin, k_end, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=n_mask[None, :], other=0.0, eviction_policy="evict_first")
+        else:
+            k_mask = (k_start - k_begin + offs_k) < K
+            x = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0, eviction_policy="evict_first")
+        acc = tl.dot(x, w.to(x_ptr.dtype.element_ty), acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    return acc
+
+
+@triton.jit
+def _store_output(y, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om,
+                  HAS_BIAS: tl.constexpr):
+    """out[m, n] = y[m, n] · scale[n] + bias[n] in out's dtype."""
     scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
-    y = tl.sum(acc, axis=2) * scale[None, :]  # [BLOCK_M, BLOCK_N]
+    y = y * scale[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out, y.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _fp8_gemv_kernel(
+    x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, partial_ptr, counter_ptr,
+    M, N, K, k_per_split, num_splits,
+    stride_xm, stride_wn, stride_om, stride_split,
+    HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # One program per (BLOCK_N output channels, K split, BLOCK_M rows of x).
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    k_begin = pid_k * k_per_split
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    if USE_DOT:
+        y = _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
+                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION)
+    else:
+        y = _fma_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
+                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+    if SPLIT:
+        # partial [num_splits, M, N] fp32: this split's tile, then one arrival on the output tile's counter.
+        tile = partial_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]  # [BLOCK_M, BLOCK_N], split 0
+        mask = m_mask[:, None] & n_mask[None, :]
+        tl.store(tile + pid_k.to(tl.int64) * stride_split, y, mask=mask)
+        # Every warp's stores precede the one thread's release of the arrival (and, in the last program, the
+        # acquire precedes every warp's loads of the other splits' tiles).
+        tl.debug_barrier()
+        counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for _ in range(0, num_splits):  # split order, whichever program came last
+                total += tl.load(tile, mask=mask, other=0.0, cache_modifier=".cg")
+                tile += stride_split
+            _store_output(total, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om, HAS_BIAS)
+            tl.atomic_xchg(counter, 0)
+    else:
+        _store_output(y, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om, HAS_BIAS)
 
 
 def check_fp8_linear_args(
@@ -113,18 +254,27 @@ def fp8_linear_output(
     return m, n, k, out
 
 
-def gemv_tiles(m: int, n: int, k: int, cfg: GemvConfig) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K) of a launch for x [m, k] and weight [n, k]."""
-    block_m = triton.next_power_of_2(max(m, 1))
-    block_n = cfg.block_n
-    if not block_n:
-        block_n = 4
-        for width in (32, 16, 8):
-            if triton.cdiv(n, width) * triton.cdiv(m, block_m) >= cfg.target_programs:
-                block_n = width
-                break
-    block_k = cfg.block_k or max(16, 4096 // (block_m * block_n))
-    return block_m, block_n, min(block_k, triton.next_power_of_2(k))
+def num_sms(device: torch.device) -> int:
+    """The SM count that default plans are made for (a nominal one off CUDA)."""
+    return sm_count(device) if device.type == "cuda" else INTERPRETED_SMS
+
+
+# Arrival counters by device, all zero between launches (each launch sets back what it counted). Never freed:
+# a captured CUDA graph keeps the address it was captured with, so a larger set is added beside the old ones.
+_counters: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def split_counters(device: torch.device, count: int) -> torch.Tensor:
+    """At least `count` zeroed int32 arrival counters on `device`, allocated on first need (outside any graph
+    capture: a capture would record the zeroing instead of running it)."""
+    held = _counters.setdefault(device, [])
+    if held and held[-1].numel() >= count:
+        return held[-1]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"fp8_gemv needs {count} split counters on {device} and may not allocate them during "
+                           "CUDA graph capture: run the projection once before capturing it")
+    held.append(torch.zeros(max(count, 4096), dtype=torch.int32, device=device))
+    return held[-1]
 
 
 def fp8_gemv(
@@ -137,18 +287,25 @@ def fp8_gemv(
     config: GemvConfig | None = None,
 ) -> torch.Tensor:
     """x [M, K] (fp32/fp16/bf16), weight [N, K] float8_e4m3fn, weight_scale [N] fp32, bias [N] → [M, N] in x's
-    dtype: x · (weight · weight_scale[:, None])ᵀ + bias, accumulated in fp32. Meant for M up to about 16."""
+    dtype: x · (weight · weight_scale[:, None])ᵀ + bias, accumulated in fp32, bit-identical from run to run. Any M;
+    meant for up to about 16. Never syncs with the host; can be captured in a CUDA graph once it ran outside one."""
     m, n, k, out = fp8_linear_output(x, weight, weight_scale, bias, out)
     if m == 0 or n == 0:
         return out
-    cfg = config or GemvConfig()
-    block_m, block_n, block_k = gemv_tiles(m, n, k, cfg)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    plan = gemv_plan(m, n, k, num_sms(x.device), config or GemvConfig())
+    grid = (triton.cdiv(n, plan.block_n), plan.split_k, triton.cdiv(m, plan.block_m))
+    if plan.split_k > 1:
+        partial = torch.empty((plan.split_k, m, n), dtype=torch.float32, device=x.device)
+        counters = split_counters(x.device, grid[0] * grid[2])
+    else:
+        partial = counters = out  # not read
     _fp8_gemv_kernel[grid](
-        x, weight, weight_scale, bias if bias is not None else weight_scale, out,
-        m, n, k, x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
-        num_warps=cfg.num_warps,
+        x, weight, weight_scale, bias if bias is not None else weight_scale, out, partial, counters,
+        m, n, k, plan.k_per_split, plan.split_k,
+        x.stride(0), weight.stride(0), out.stride(0), m * n,
+        HAS_BIAS=bias is not None, USE_DOT=plan.use_dot, SPLIT=plan.split_k > 1,
+        BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0,
+        DOT_PRECISION=dot_precision(x.dtype), num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     return out
 

@@ -1,11 +1,13 @@
-"""The FP8 linear layer on a GPU: the dequantising kernel for a few rows, FP8 tensor-core GEMMs for more.
+"""The FP8 linear layer on a GPU: the split-K GEMV for a few rows, FP8 tensor-core GEMMs for more.
 
-Few rows (decode of a small batch): `fp8_dequant_mm` reads each FP8 weight once, widens it in registers and
-multiplies on tensor cores; the step is bound by those bytes. More rows (prefill, large decode batches): the step
-turns compute-bound, so the activations are quantised per token (`quantize_fp8_rows`) and multiplied on FP8 tensor
-cores by `torch._scaled_mm` with row-wise scales (scale_a [M, 1] for x, scale_b [1, N] for the weight, both fp32
-and contiguous, output in bf16). Devices without FP8 tensor cores (before sm_89) run the dequantised reference.
-`fp8_gemv` (no tensor cores) serves a tile shape the dequantising kernel cannot be compiled for on this device.
+Few rows (decode of a small batch): `fp8_gemv` reads each FP8 weight once, split along K so that every SM streams
+weights, widens them in registers and multiplies on CUDA cores (one row) or tensor cores (more); the step is bound
+by those bytes. More rows (prefill, large decode batches): the step turns compute-bound, so the activations are
+quantised per token (`quantize_fp8_rows`) and multiplied on FP8 tensor cores by `torch._scaled_mm` with row-wise
+scales (scale_a [M, 1] for x, scale_b [1, N] for the weight, both fp32 and contiguous, output in bf16); a weight
+whose dimensions _scaled_mm refuses takes the dequantising tensor-core kernel `fp8_dequant_mm`. Devices without FP8
+tensor cores (before sm_89) run the dequantised reference. Where a kernel's tiles fail to compile on this device,
+the other Triton kernel serves that shape.
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ import logging
 import torch
 
 from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
-from kernels.fp8_gemv import check_fp8_linear_args, fp8_gemv, fp8_gemv_ref
+from kernels.fp8_gemv import GemvConfig, check_fp8_linear_args, fp8_gemv, fp8_gemv_ref, gemv_plan, num_sms
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
 
 log = logging.getLogger(__name__)
 
-# At most this many rows go through the dequantising kernel; more take the tensor-core GEMM (bench/fp8.py measures
-# both at several row counts).
-DEQUANT_MM_MAX_ROWS = 16
-# Tile shapes of fp8_dequant_mm by (tiles, dtype, K): True once one ran, False once one failed to compile (the
-# GEMV then serves that shape in this process).
+# At most this many rows go through the split-K GEMV; more take the tensor-core GEMM (`bench/fp8.py --sweep-rows`
+# times both at several row counts).
+GEMV_MAX_ROWS = 16
+# Launches by (kernel, tiles, dtype, K, bias): True once one ran, False once one failed to compile (the other
+# Triton kernel then serves that shape in this process).
 _compiled_tiles: dict[tuple, bool] = {}
 
 
@@ -55,15 +57,15 @@ def fp8_scaled_mm(
 
 
 def fp8_linear_path(rows: int, n: int, k: int, capability: tuple[int, int] | None) -> str:
-    """Which implementation fp8_linear runs for x [rows, k] and weight [n, k]: "dequant_mm", "scaled_mm" or
-    "reference". capability: the CUDA device's (major, minor), None off CUDA (the interpreter runs the dequantising
-    kernel for any rows). Decided by shapes alone, so a captured CUDA graph keeps the path it was captured with."""
-    if capability is None:
-        return "dequant_mm"
-    if capability < (8, 9):
+    """Which implementation fp8_linear runs for x [rows, k] and weight [n, k]: "gemv", "dequant_mm", "scaled_mm" or
+    "reference". capability: the CUDA device's (major, minor), None off CUDA (the interpreter runs the Triton
+    kernels for any rows). Decided by shapes alone, so a captured CUDA graph keeps the path it was captured with."""
+    if capability is not None and capability < (8, 9):
         return "reference"  # no FP8 tensor cores, and Triton cannot convert float8_e4m3fn there
+    if rows <= GEMV_MAX_ROWS:
+        return "gemv"
     # _scaled_mm needs both dimensions of the weight divisible by 16; the dequantising kernel takes any.
-    if rows <= DEQUANT_MM_MAX_ROWS or n % 16 or k % 16:
+    if capability is None or n % 16 or k % 16:
         return "dequant_mm"
     return "scaled_mm"
 
@@ -72,7 +74,7 @@ def fp8_linear(
     x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """x [..., K] · (weight [N, K] float8_e4m3fn · weight_scale [N])ᵀ + bias → [..., N] in x's dtype. No host sync
-    and no shape that depends on values: it can be captured in a CUDA graph."""
+    and no shape that depends on values: it can be captured in a CUDA graph (after one call outside it)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
     path = fp8_linear_path(x2.shape[0], weight.shape[0], x2.shape[1], _capability(x2.device))
@@ -80,31 +82,37 @@ def fp8_linear(
         y = fp8_gemv_ref(x2, weight, weight_scale, bias)
     elif path == "scaled_mm":
         y = fp8_scaled_mm(x2, weight, weight_scale, bias)
-    elif x2.device.type == "cuda":
-        y = _dequant_mm_or_gemv(x2, weight, weight_scale, bias)
+    elif x2.device.type != "cuda":
+        y = (fp8_gemv if path == "gemv" else fp8_dequant_mm)(x2, weight, weight_scale, bias)
     else:
-        y = fp8_dequant_mm(x2, weight, weight_scale, bias)
+        y = _compiled_or_other(path, x2, weight, weight_scale, bias)
     return y.view(*lead, weight.shape[0])
 
 
-def _dequant_mm_or_gemv(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+def _compiled_or_other(
+    path: str, x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """fp8_dequant_mm, or fp8_gemv for a tile shape that Triton failed to compile on this device (said once)."""
+    """The kernel of `path` ("gemv" or "dequant_mm"), or the other one for tiles that Triton failed to compile on
+    this device (said once)."""
     m, n, k = check_fp8_linear_args(x, weight, weight_scale, bias)
-    key = (dequant_mm_tiles(m, n, k, DequantMMConfig()), x.dtype, k)
+    if path == "gemv":
+        tiles, kernel, other = gemv_plan(m, n, k, num_sms(x.device), GemvConfig()), fp8_gemv, fp8_dequant_mm
+    else:
+        tiles, kernel, other = dequant_mm_tiles(m, n, k, DequantMMConfig()), fp8_dequant_mm, fp8_gemv
+    key = (path, tiles, x.dtype, k, bias is None)
     compiled = _compiled_tiles.get(key)
     if compiled is False:
-        return fp8_gemv(x, weight, weight_scale, bias)
+        return other(x, weight, weight_scale, bias)
     if compiled:
-        return fp8_dequant_mm(x, weight, weight_scale, bias)
+        return kernel(x, weight, weight_scale, bias)
     try:
-        y = fp8_dequant_mm(x, weight, weight_scale, bias)  # the first launch of these tiles compiles them
+        y = kernel(x, weight, weight_scale, bias)  # the first launch of these tiles compiles them
     except Exception as exc:  # noqa: BLE001 - compile failures surface as several exception types
-        log.warning("fp8_dequant_mm tiles %s for %s x %s do not compile here (%s: %s); fp8_gemv serves them",
-                    key[0], tuple(x.shape), tuple(weight.shape), type(exc).__name__, str(exc).splitlines()[0][:200])
+        log.warning("%s tiles %s for %s x %s do not compile here (%s: %s); %s serves them", kernel.__name__, tiles,
+                    tuple(x.shape), tuple(weight.shape), type(exc).__name__, str(exc).splitlines()[0][:200],
+                    other.__name__)
         _compiled_tiles[key] = False
-        return fp8_gemv(x, weight, weight_scale, bias)
+        return other(x, weight, weight_scale, bias)
     _compiled_tiles[key] = True
     return y
 

@@ -1,4 +1,5 @@
-"""FP8 linear kernels (row-wise quantisation, the small-batch GEMV, the tensor-core path) against their references."""
+"""FP8 linear kernels (row-wise quantisation, the small-batch split-K GEMV, the tensor-core paths) against their
+references, and the dispatch between them."""
 
 from __future__ import annotations
 
@@ -7,15 +8,10 @@ import torch
 
 from kernels._checks import FP8_DTYPE
 from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
-from kernels.fp8_gemv import GemvConfig, fp8_gemv, fp8_gemv_ref
-from kernels.fp8_linear import DEQUANT_MM_MAX_ROWS, fp8_linear, fp8_linear_path, fp8_linear_ref, fp8_scaled_mm
+from kernels.fp8_gemv import fp8_gemv, fp8_gemv_ref
+from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_linear, fp8_linear_path, fp8_linear_ref, fp8_scaled_mm
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
-
-
-def _weights(n: int, k: int, g: torch.Generator, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random [n, k] weight quantised per output channel: (fp8 weight, fp32 scales [n])."""
-    w, scale = quantize_fp8_rows_ref(torch.randn(n, k, generator=g) * 0.05)
-    return w.to(device), scale.view(-1).to(device)
+from tests.kernels.fp8_problems import fp8_problem, fp8_weights
 
 
 def test_quantize_rows_reference_scales_each_row_to_the_fp8_range() -> None:
@@ -42,45 +38,9 @@ def test_quantize_rows_kernel_matches_reference(device, dtype, rows, cols) -> No
         assert mismatched < 1e-3
 
 
-def _problem(m: int, n: int, k: int, bias: bool, seed: int, device: str, dtype: torch.dtype) -> tuple:
-    """x [m, k] in dtype, FP8 weight [n, k] and its scales, bias [n] or None, drawn from `seed`."""
-    g = torch.Generator().manual_seed(seed)
-    w, scale = _weights(n, k, g, device)
-    x = torch.randn(m, k, generator=g).to(dtype).to(device)
-    b = torch.randn(n, generator=g).to(dtype).to(device) if bias else None
-    return x, w, scale, b
-
-
-@pytest.mark.parametrize("m, n, k, bias", [(1, 96, 64, False), (3, 40, 200, True), (8, 64, 256, False),
-                                           (13, 48, 96, True)])
-def test_fp8_gemv_matches_dequantised_reference(relative_error, tolerance, device, dtype, m, n, k, bias) -> None:
-    x, w, scale, b = _problem(m, n, k, bias, m * n + k, device, dtype)
-    out = fp8_gemv(x, w, scale, b)
-    ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu(), None if b is None else b.cpu())
-    assert out.dtype == dtype and out.shape == (m, n)
-    assert relative_error(out.cpu(), ref) < tolerance
-
-
-def test_fp8_gemv_tiles_are_launch_parameters(relative_error, device, dtype) -> None:
-    g = torch.Generator().manual_seed(7)
-    w, scale = _weights(72, 160, g, device)
-    x = torch.randn(2, 160, generator=g).to(dtype).to(device)
-    ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu())
-    for cfg in (GemvConfig(block_n=4, block_k=32), GemvConfig(block_n=32, block_k=64, num_warps=8)):
-        assert relative_error(fp8_gemv(x, w, scale, config=cfg).cpu(), ref) < 1.5e-2
-
-
-def test_fp8_gemv_refuses_a_weight_that_is_not_fp8() -> None:
-    x = torch.randn(1, 16)
-    with pytest.raises(TypeError, match=r"weight must have dtype in \(torch.float8_e4m3fn\), got torch.bfloat16"):
-        fp8_gemv(x, torch.zeros(8, 16, dtype=torch.bfloat16), torch.ones(8))
-    with pytest.raises(ValueError, match=r"weight_scale must have shape \(8,\), got \(4,\)"):
-        fp8_gemv(x, torch.zeros(8, 16, dtype=FP8_DTYPE), torch.ones(4))
-
-
 def test_fp8_linear_keeps_leading_dimensions_and_matches_reference(relative_error, device, dtype) -> None:
     g = torch.Generator().manual_seed(3)
-    w, scale = _weights(32, 64, g, device)
+    w, scale = fp8_weights(32, 64, g, device)
     x = torch.randn(2, 3, 64, generator=g).to(dtype).to(device)
     out = fp8_linear(x, w, scale)
     assert out.shape == (2, 3, 32)
@@ -91,7 +51,7 @@ def test_fp8_linear_keeps_leading_dimensions_and_matches_reference(relative_erro
                                            (70, 48, 96, True)])
 def test_fp8_dequant_mm_matches_dequantised_reference(relative_error, tolerance, device, dtype, m, n, k, bias) -> None:
     # K not a multiple of the tile (200, 96), N not a multiple of 16 (40), rows past one 64-row tile (70).
-    x, w, scale, b = _problem(m, n, k, bias, m * n + k + 1, device, dtype)
+    x, w, scale, b = fp8_problem(m, n, k, bias, m * n + k + 1, device, dtype)
     config = DequantMMConfig(block_k=64) if device == "cpu" else None
     out = fp8_dequant_mm(x, w, scale, b, config=config)
     ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu(), None if b is None else b.cpu())
@@ -101,7 +61,7 @@ def test_fp8_dequant_mm_matches_dequantised_reference(relative_error, tolerance,
 
 def test_fp8_dequant_mm_tiles_are_launch_parameters(relative_error, device, dtype) -> None:
     g = torch.Generator().manual_seed(8)
-    w, scale = _weights(80, 160, g, device)
+    w, scale = fp8_weights(80, 160, g, device)
     x = torch.randn(3, 160, generator=g).to(dtype).to(device)
     ref = fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu())
     for cfg in (DequantMMConfig(block_n=16, block_k=32, num_stages=2), DequantMMConfig(block_n=64, block_k=128)):
@@ -119,22 +79,33 @@ def test_dequant_mm_default_tiles_follow_rows_and_output_width() -> None:
 
 def test_fp8_linear_path_follows_rows_shape_and_device() -> None:
     hopper = (9, 0)
-    assert fp8_linear_path(1, 4096, 4096, hopper) == "dequant_mm"
-    assert fp8_linear_path(DEQUANT_MM_MAX_ROWS, 4096, 4096, hopper) == "dequant_mm"
-    assert fp8_linear_path(DEQUANT_MM_MAX_ROWS + 1, 4096, 4096, hopper) == "scaled_mm"
+    assert fp8_linear_path(1, 4096, 4096, hopper) == "gemv"
+    assert fp8_linear_path(GEMV_MAX_ROWS, 4096, 4096, hopper) == "gemv"
+    assert fp8_linear_path(GEMV_MAX_ROWS + 1, 4096, 4096, hopper) == "scaled_mm"
     assert fp8_linear_path(2048, 6144, 4096, (8, 9)) == "scaled_mm"
-    # _scaled_mm needs weight dimensions divisible by 16; the dequantising kernel takes any.
+    # _scaled_mm needs weight dimensions divisible by 16; the dequantising kernel takes any, the GEMV too.
     assert fp8_linear_path(64, 40, 4096, hopper) == "dequant_mm"
     assert fp8_linear_path(64, 4096, 200, hopper) == "dequant_mm"
+    assert fp8_linear_path(4, 40, 200, hopper) == "gemv"
     assert fp8_linear_path(64, 4096, 4096, (8, 0)) == "reference"  # no FP8 conversion before sm_89
     assert fp8_linear_path(1, 4096, 4096, (7, 5)) == "reference"
-    assert fp8_linear_path(1000, 4096, 4096, None) == "dequant_mm"  # off CUDA: the interpreted kernel
+    assert fp8_linear_path(GEMV_MAX_ROWS, 4096, 4096, None) == "gemv"  # off CUDA: the interpreted kernels
+    assert fp8_linear_path(1000, 4096, 4096, None) == "dequant_mm"
+
+
+def test_fp8_linear_runs_the_split_k_gemv_up_to_its_row_limit_and_the_dequantising_kernel_past_it(device,
+                                                                                                 dtype) -> None:
+    x, w, scale, b = fp8_problem(GEMV_MAX_ROWS + 1, 48, 96, True, 5, device, dtype)
+    for rows in (1, 7, GEMV_MAX_ROWS):
+        assert torch.equal(fp8_linear(x[:rows], w, scale, b), fp8_gemv(x[:rows], w, scale, b))
+    if device == "cpu":  # on CUDA these rows take _scaled_mm
+        assert torch.equal(fp8_linear(x, w, scale, b), fp8_dequant_mm(x, w, scale, b))
 
 
 def test_fp8_linear_reference_rounds_activations_where_the_gpu_takes_the_tensor_core_path() -> None:
     g = torch.Generator().manual_seed(9)
-    w, scale = _weights(32, 64, g, "cpu")
-    x = torch.randn(DEQUANT_MM_MAX_ROWS + 4, 64, generator=g)
+    w, scale = fp8_weights(32, 64, g, "cpu")
+    x = torch.randn(GEMV_MAX_ROWS + 4, 64, generator=g)
     plain = fp8_linear_ref(x, w, scale)
     q, x_scale = quantize_fp8_rows_ref(x)
     rounded = fp8_gemv_ref(q.float() * x_scale, w, scale)
@@ -150,19 +121,19 @@ def test_fp8_linear_reference_rounds_activations_where_the_gpu_takes_the_tensor_
 def test_fp8_dequant_mm_compiles_and_matches_at_8b_shapes(relative_error, m, n, k) -> None:
     """Called directly (fp8_linear would fall back to the GEMV for tiles that do not compile)."""
     g = torch.Generator().manual_seed(m + n)
-    w, scale = _weights(n, k, g, "cuda")
+    w, scale = fp8_weights(n, k, g, "cuda")
     x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
     out = fp8_dequant_mm(x, w, scale)
     assert relative_error(out.float().cpu(), fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu()).float()) < 1e-2
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, DEQUANT_MM_MAX_ROWS + 1, 256])
+@pytest.mark.parametrize("m", [1, 4, GEMV_MAX_ROWS + 1, 256])
 def test_fp8_linear_captured_in_a_cuda_graph_replays_on_new_inputs(relative_error, m) -> None:
-    # The per-token activation quantisation and the tensor-core GEMM (or the dequantising kernel) run inside the
-    # graph: no host sync, no shape that depends on values. A replay on new rows gives what an eager call gives.
+    # The per-token activation quantisation and the tensor-core GEMM (or the split-K GEMV) run inside the graph:
+    # no host sync, no shape that depends on values. A replay on new rows gives what an eager call gives.
     g = torch.Generator().manual_seed(11)
-    w, scale = _weights(1024, 512, g, "cuda")
+    w, scale = fp8_weights(1024, 512, g, "cuda")
     bias = torch.randn(1024, generator=g).to(torch.bfloat16).cuda()
     x = torch.randn(m, 512, generator=g).to(torch.bfloat16).cuda()
     fp8_linear(x, w, scale, bias)  # compiles and settles the allocator outside the capture
@@ -180,10 +151,10 @@ def test_fp8_linear_captured_in_a_cuda_graph_replays_on_new_inputs(relative_erro
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [DEQUANT_MM_MAX_ROWS + 1, 64, 1000])
+@pytest.mark.parametrize("m", [GEMV_MAX_ROWS + 1, 64, 1000])
 def test_scaled_mm_path_with_per_token_scales_stays_near_the_dequantised_reference(relative_error, m) -> None:
     g = torch.Generator().manual_seed(m)
-    w, scale = _weights(512, 1024, g, "cuda")
+    w, scale = fp8_weights(512, 1024, g, "cuda")
     x = torch.randn(m, 1024, generator=g).to(torch.bfloat16).cuda()
     x[0] *= 100  # one outlier token must not cost the others their precision (per-token scales)
     bias = torch.randn(512, generator=g).to(torch.bfloat16).cuda()

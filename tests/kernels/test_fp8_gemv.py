@@ -1,0 +1,152 @@
+"""The split-K FP8 GEMV against the dequantised reference: both paths (CUDA cores, tensor cores), split counts,
+layer shapes, bit-identical repeats and its default plans."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels._checks import FP8_DTYPE
+from kernels.fp8_gemv import GemvConfig, GemvPlan, fp8_gemv, fp8_gemv_ref, gemv_plan, split_counters
+from tests.kernels.fp8_problems import fp8_problem
+
+# The projections (n, k) of llama-3.1-8b and llama-3.2-1b with every dimension divided by 32, so that the
+# interpreter runs them in seconds.
+SCALED_LAYER_SHAPES = {
+    "8b_qkv": (192, 128), "8b_o": (128, 128), "8b_gate_up": (896, 128), "8b_down": (128, 448),
+    "1b_qkv": (96, 64), "1b_o": (64, 64), "1b_gate_up": (512, 64), "1b_down": (64, 256),
+}
+# The full projections of llama-3.1-8b (n, k).
+LAYER_SHAPES_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return fp8_gemv_ref(x.cpu(), w.cpu(), scale.cpu(), None if b is None else b.cpu())
+
+
+@pytest.mark.parametrize("m, n, k, bias", [(1, 96, 64, False), (3, 40, 200, True), (8, 64, 256, False),
+                                           (13, 48, 96, True)])
+def test_fp8_gemv_matches_dequantised_reference(relative_error, tolerance, device, dtype, m, n, k, bias) -> None:
+    x, w, scale, b = fp8_problem(m, n, k, bias, m * n + k, device, dtype)
+    out = fp8_gemv(x, w, scale, b)
+    assert out.dtype == dtype and out.shape == (m, n)
+    assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 16])
+@pytest.mark.parametrize("shape", SCALED_LAYER_SHAPES)
+def test_split_k_gemv_matches_the_reference_at_scaled_down_layer_shapes(relative_error, tolerance, device, dtype,
+                                                                        shape, m) -> None:
+    n, k = SCALED_LAYER_SHAPES[shape]
+    x, w, scale, b = fp8_problem(m, n, k, m % 2 == 1, n + k + m, device, dtype)
+    # K tiles of 32: 2 to 14 of them, in 4 splits (2 where K has 2 tiles).
+    config = GemvConfig(block_k=32, split_k=4)
+    assert gemv_plan(m, n, k, 132, config).split_k == min(4, k // 32)
+    out = fp8_gemv(x, w, scale, b, config=config)
+    assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance
+
+
+@pytest.mark.parametrize("split_k, splits_run", [(1, 1), (2, 2), (3, 3), (4, 4), (5, 4), (7, 7)])
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_split_counts_that_do_and_do_not_divide_the_k_tiles_match_the_reference(
+        relative_error, tolerance, device, dtype, split_k, splits_run, use_dot) -> None:
+    # K = 200 is 7 tiles of 32, the last one 8 wide; N = 77 leaves a partial output tile. 5 splits of 2 tiles
+    # would leave the fifth empty, so 4 run.
+    m, n, k = (4, 77, 200)
+    x, w, scale, b = fp8_problem(m, n, k, split_k % 2 == 0, split_k, device, dtype)
+    config = GemvConfig(block_n=16, block_k=32, split_k=split_k, use_dot=use_dot)
+    plan = gemv_plan(m, n, k, 132, config)
+    assert plan.split_k == splits_run and (plan.split_k - 1) * plan.k_per_split < k
+    out = fp8_gemv(x, w, scale, b, config=config)
+    assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 6, 9, 16, 20])
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_cuda_core_and_tensor_core_paths_match_the_reference_at_every_row_count(
+        relative_error, tolerance, device, dtype, m, use_dot) -> None:
+    # Past 4 rows (CUDA cores) or 16 (tensor cores) the rows take several M tiles, each with its own counters.
+    x, w, scale, b = fp8_problem(m, 72, 160, m % 3 == 0, m, device, dtype)
+    out = fp8_gemv(x, w, scale, b, config=GemvConfig(block_k=32, split_k=3, use_dot=use_dot))
+    assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance
+
+
+@pytest.mark.parametrize("m, use_dot", [(1, False), (3, False), (3, True), (16, True)])
+def test_split_k_gemv_is_bit_identical_from_launch_to_launch(device, dtype, m, use_dot) -> None:
+    x, w, scale, b = fp8_problem(m, 77, 224, True, 21, device, dtype)
+    config = GemvConfig(block_k=32, split_k=7, use_dot=use_dot)
+    first = fp8_gemv(x, w, scale, b, config=config)
+    for _ in range(3):
+        assert torch.equal(fp8_gemv(x, w, scale, b, config=config), first)
+
+
+def test_split_counters_are_back_to_zero_after_a_launch(device, dtype) -> None:
+    x, w, scale, b = fp8_problem(5, 50, 128, False, 3, device, dtype)
+    fp8_gemv(x, w, scale, b, config=GemvConfig(block_k=32, split_k=4, use_dot=False))  # 4 x 2 output tiles
+    counters = split_counters(x.device, 8)
+    assert counters.numel() >= 4096 and int(counters.count_nonzero()) == 0
+
+
+def test_fp8_gemv_tiles_are_launch_parameters(relative_error, device, dtype) -> None:
+    x, w, scale, _ = fp8_problem(2, 72, 160, False, 7, device, dtype)
+    ref = _reference(x, w, scale, None)
+    for cfg in (GemvConfig(block_n=4, block_k=32, use_dot=False), GemvConfig(block_n=32, block_k=64, num_warps=8),
+                GemvConfig(block_n=16, block_k=16, split_k=4, num_stages=2)):
+        assert relative_error(fp8_gemv(x, w, scale, config=cfg).cpu(), ref) < 1.5e-2
+
+
+def test_default_plans_split_k_until_every_sm_has_about_eight_programs() -> None:
+    sms = 132  # an H100 or H200: about 1056 programs wanted
+    # One row, CUDA cores: 16 weight rows x 512 of K per iteration.
+    assert gemv_plan(1, 6144, 4096, sms) == GemvPlan(1, 16, 512, 3, 1536, False, 4, 3)  # 384 tiles x 3
+    assert gemv_plan(1, 4096, 4096, sms) == GemvPlan(1, 16, 512, 4, 1024, False, 4, 3)  # 5 wanted, 8 K tiles
+    assert gemv_plan(1, 28672, 4096, sms) == GemvPlan(1, 16, 512, 1, 4096, False, 4, 3)  # 1792 tiles already
+    assert gemv_plan(1, 4096, 14336, sms) == GemvPlan(1, 16, 512, 5, 3072, False, 4, 3)  # 28 K tiles: 6,6,6,6,4
+    # 2 to 16 rows, tensor cores: 16 x 32 x 256 tiles.
+    assert gemv_plan(2, 6144, 4096, sms) == GemvPlan(16, 32, 256, 6, 768, True, 4, 4)
+    assert gemv_plan(16, 4096, 4096, sms) == GemvPlan(16, 32, 256, 8, 512, True, 4, 4)  # 9 wanted, 16 K tiles
+    assert gemv_plan(8, 28672, 4096, sms) == GemvPlan(16, 32, 256, 2, 2048, True, 4, 4)
+    assert gemv_plan(8, 4096, 14336, sms) == GemvPlan(16, 32, 256, 8, 1792, True, 4, 4)
+    # Overrides: a fixed split, the CUDA-core path at 4 rows (16 x 128 K per iteration), K shorter than a tile.
+    assert gemv_plan(1, 6144, 4096, sms, GemvConfig(split_k=1)).split_k == 1
+    assert gemv_plan(4, 6144, 4096, sms, GemvConfig(use_dot=False))[:5] == (4, 16, 128, 3, 1408)
+    assert gemv_plan(1, 40, 24, sms) == GemvPlan(1, 16, 32, 1, 32, False, 4, 3)
+
+
+def test_fp8_gemv_refuses_a_weight_that_is_not_fp8() -> None:
+    x = torch.randn(1, 16)
+    with pytest.raises(TypeError, match=r"weight must have dtype in \(torch.float8_e4m3fn\), got torch.bfloat16"):
+        fp8_gemv(x, torch.zeros(8, 16, dtype=torch.bfloat16), torch.ones(8))
+    with pytest.raises(ValueError, match=r"weight_scale must have shape \(8,\), got \(4,\)"):
+        fp8_gemv(x, torch.zeros(8, 16, dtype=FP8_DTYPE), torch.ones(4))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("proj", LAYER_SHAPES_8B)
+def test_split_k_gemv_compiles_writes_every_output_and_repeats_bit_for_bit_at_8b_shapes(relative_error, proj,
+                                                                                         m) -> None:
+    n, k = LAYER_SHAPES_8B[proj]
+    x, w, scale, b = fp8_problem(m, n, k, m == 2, m + n, "cuda", torch.bfloat16)
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    fp8_gemv(x, w, scale, b, out=out)
+    assert relative_error(out.float().cpu(), _reference(x, w, scale, b).float()) < 1e-2
+    for _ in range(3):
+        assert torch.equal(fp8_gemv(x, w, scale, b), out)
+
+
+@pytest.mark.gpu
+def test_split_k_gemv_replayed_from_a_cuda_graph_sets_its_counters_back_each_time(relative_error) -> None:
+    x, w, scale, b = fp8_problem(4, 4096, 14336, True, 5, "cuda", torch.bfloat16)
+    fp8_gemv(x, w, scale, b)  # compiles and allocates the counters outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fp8_gemv(x, w, scale, b)
+    for scale_x in (3.0, -0.5):
+        fresh = torch.randn_like(x) * scale_x
+        x.copy_(fresh)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, fp8_gemv(fresh, w, scale, b))
+        assert relative_error(out.float().cpu(), _reference(fresh, w, scale, b).float()) < 1e-2
