@@ -32,9 +32,9 @@ def gemv_candidates() -> list[tuple[str, Any]]:
         ("CUDA cores", cuda),
         ("CUDA cores, 4 programs/SM", GemvConfig(use_dot=False, programs_per_sm=4)),
         ("CUDA cores, 16 programs/SM", GemvConfig(use_dot=False, programs_per_sm=16)),
+        ("CUDA cores, 16 x 1024", GemvConfig(use_dot=False, block_k=1024)),
         ("CUDA cores, 32 x 256", GemvConfig(use_dot=False, block_n=32, block_k=256)),
         ("CUDA cores, 8 warps", GemvConfig(use_dot=False, num_warps=8)),
-        ("CUDA cores, 1 stage", GemvConfig(use_dot=False, num_stages=1)),
         ("tensor cores", tensor),
         ("tensor cores, 64 x 128", GemvConfig(use_dot=True, block_n=64, block_k=128)),
         ("tensor cores, 16 x 512", GemvConfig(use_dot=True, block_n=16, block_k=512)),
@@ -69,11 +69,11 @@ def copy_bandwidth_gb_s(num_bytes: int = 1 << 31) -> float:
     return round(2 * num_bytes / sorted(times)[2] / 1e9)
 
 
-def _gemv_fits(label: str, rows: int) -> bool:
-    """CUDA-core configs are timed up to 4 rows (past that they read each weight once per 4 rows)."""
-    from kernels.fp8_gemv import FMA_MAX_BLOCK_M
+CUDA_CORE_MAX_ROWS = 4  # CUDA-core configs are timed up to this many rows (their work grows with the rows)
 
-    return not label.startswith("CUDA cores") or rows <= FMA_MAX_BLOCK_M
+
+def _gemv_fits(label: str, rows: int) -> bool:
+    return not label.startswith("CUDA cores") or rows <= CUDA_CORE_MAX_ROWS
 
 
 def probe_shape(n_out: int, k_in: int, rows: list[int], candidates: bool) -> list[dict[str, Any]]:

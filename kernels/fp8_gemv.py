@@ -3,13 +3,14 @@
 A decode step of a few sequences is bound by the bytes of its weights; stored as float8_e4m3fn with one fp32 scale
 per output channel, those bytes halve against bf16. To stream them at the device's bandwidth every SM needs several
 programs with loads in flight, and the output alone (N / BLOCK_N tiles) gives too few of them for the projections
-of an 8B model, so K is split too: the grid is (N tiles, K splits, M tiles), each program reading a
-[BLOCK_N, K / splits] slice of W once, for every row of its M tile (x is a few KB and stays in cache). x is never
+of an 8B model, so K is split too: the grid is (M tiles, N tiles, K splits), each program reading a
+[BLOCK_N, K / splits] slice of W once for the rows of its M tile (x is a few KB and stays in cache). x is never
 quantised; products are summed in fp32 and the channel scale is applied once at the end. A program multiplies
 one of two ways:
 
-* CUDA cores (one row, or a few): x broadcast against the weight tile widened to fp32, products accumulated
-  element-wise in registers [BLOCK_M, BLOCK_N, BLOCK_K] and summed once at the end of the slice;
+* CUDA cores (one row of x per program; the programs of the other rows read the same weight tile beside it, from
+  the L2): x broadcast against the weight tile widened to fp32, products summed in runs of 8 within each thread
+  and across threads once at the end of the slice;
 * tensor cores (more rows): the weight tile widened to x's dtype (float8_e4m3fn values are exact in bf16, fp16
   and fp32) and tl.dot with x padded to 16 rows by masked loads.
 
@@ -44,7 +45,6 @@ from kernels.launch_memo import register_memo, sm_count
 
 DOT_MIN_ROWS = 2  # from this many rows the tensor-core path is the default
 DOT_BLOCK_M = 16  # rows of x per tensor-core tile (the smallest tl.dot takes)
-FMA_MAX_BLOCK_M = 4  # rows of x per CUDA-core tile (its registers grow with the rows)
 MAX_SPLIT_K = 16
 INTERPRETED_SMS = 4  # the SM count the default plan assumes off CUDA (the interpreter runs programs one by one)
 
@@ -82,17 +82,17 @@ class GemvPlan(NamedTuple):
 @functools.cache
 def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig()) -> GemvPlan:
     """The tiles and split of a launch. Defaults: on tensor cores 16 x 32 x 256 tiles (an 8 KB weight tile per
-    stage, four stages); on CUDA cores 16 weight rows and a K tile of 8192 / (rows x 16) elements (about 64 fp32
-    accumulators a thread at 4 warps); then the fewest K splits that give num_sms x programs_per_sm programs."""
+    stage, four stages); on CUDA cores one row of x and a 16 x 512 weight tile (8 KB) per program and iteration;
+    then the fewest K splits that give num_sms x programs_per_sm programs."""
     use_dot = cfg.use_dot if cfg.use_dot is not None else m >= DOT_MIN_ROWS
     if use_dot:
         block_m = DOT_BLOCK_M
         block_n = cfg.block_n or 32
         block_k = cfg.block_k or 256
     else:
-        block_m = min(FMA_MAX_BLOCK_M, triton.next_power_of_2(max(m, 1)))
+        block_m = 1
         block_n = cfg.block_n or 16
-        block_k = cfg.block_k or max(64, 8192 // (block_m * block_n))
+        block_k = cfg.block_k or 512
     block_k = max(16, min(block_k, triton.next_power_of_2(k)))
     k_tiles = triton.cdiv(max(k, 1), block_k)
     split = cfg.split_k
@@ -110,26 +110,29 @@ register_memo(gemv_plan.cache_clear)
 
 
 @triton.jit
-def _fma_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
-    """Σ over k in [k_begin, k_end) of x[m, k] · W[n, k] on CUDA cores → [BLOCK_M, BLOCK_N] fp32."""
+def _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """Σ over k in [k_begin, k_end) of x[k] · W[n, k] for one row x, on CUDA cores → [BLOCK_N] fp32."""
     offs_k = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
-    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
-    acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    # x addressed as a [BLOCK_N, BLOCK_K] tile of equal rows and both tiles read in runs of 8 along K: the two
+    # loads then share one layout, so the product needs no exchange through shared memory (and each thread
+    # loads its 8 values of x once).
+    x_rows = x_row + 0 * offs_n[:, None]  # [BLOCK_N, 1]
+    acc = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)  # sums of runs of 8, within a thread
     for k_start in range(k_begin, k_end, BLOCK_K):
-        k = k_start + offs_k
+        k = tl.max_contiguous(k_start + offs_k, 8)
         if EVEN_K:
             w = tl.load(w_rows + k[None, :], mask=n_mask[:, None], other=0.0, eviction_policy="evict_first")
-            x = tl.load(x_rows + k[None, :], mask=m_mask[:, None], other=0.0)
+            x = tl.load(x_rows + k[None, :])
         else:
             k_mask = k < K
             w = tl.load(w_rows + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0,
                         eviction_policy="evict_first")
-            x = tl.load(x_rows + k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        # [BLOCK_M, 1, BLOCK_K] * [1, BLOCK_N, BLOCK_K]
-        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-    return tl.sum(acc, axis=2)
+            x = tl.load(x_rows + k[None, :], mask=k_mask[None, :], other=0.0)
+        product = x.to(tl.float32) * w.to(tl.float32)  # [BLOCK_N, BLOCK_K]
+        acc += tl.sum(tl.reshape(product, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+    return tl.sum(acc, axis=1)
 
 
 @triton.jit
@@ -177,10 +180,11 @@ def _fp8_gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    # One program per (BLOCK_N output channels, K split, BLOCK_M rows of x).
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
+    # One program per (BLOCK_M rows of x, BLOCK_N output channels, K split); the rows vary fastest, so the
+    # programs of one weight tile run side by side and all but the first read it from the L2.
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
@@ -190,9 +194,10 @@ def _fp8_gemv_kernel(
     if USE_DOT:
         y = _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
                          BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION)
-    else:
-        y = _fma_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
-                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+    else:  # BLOCK_M == 1
+        x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+        y = _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn, BLOCK_N, BLOCK_K, EVEN_K)
+        y = y[None, :]  # [1, BLOCK_N]
     if SPLIT:
         # partial [num_splits, M, N] fp32: this split's tile, then one arrival on the output tile's counter.
         tile = partial_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]  # [BLOCK_M, BLOCK_N], split 0
@@ -201,7 +206,7 @@ def _fp8_gemv_kernel(
         # Every warp's stores precede the one thread's release of the arrival (and, in the last program, the
         # acquire precedes every warp's loads of the other splits' tiles).
         tl.debug_barrier()
-        counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
+        counter = counter_ptr + pid_n * tl.num_programs(0) + pid_m
         arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if arrived == num_splits - 1:
             total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -209,7 +214,7 @@ def _fp8_gemv_kernel(
                 total += tl.load(tile, mask=mask, other=0.0, cache_modifier=".cg")
                 tile += stride_split
             _store_output(total, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om, HAS_BIAS)
-            tl.atomic_xchg(counter, 0)
+            tl.store(counter, 0)  # every split of this tile has arrived: none reads it again in this launch
     else:
         _store_output(y, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om, HAS_BIAS)
 
@@ -293,10 +298,10 @@ def fp8_gemv(
     if m == 0 or n == 0:
         return out
     plan = gemv_plan(m, n, k, num_sms(x.device), config or GemvConfig())
-    grid = (triton.cdiv(n, plan.block_n), plan.split_k, triton.cdiv(m, plan.block_m))
+    grid = (triton.cdiv(m, plan.block_m), triton.cdiv(n, plan.block_n), plan.split_k)
     if plan.split_k > 1:
         partial = torch.empty((plan.split_k, m, n), dtype=torch.float32, device=x.device)
-        counters = split_counters(x.device, grid[0] * grid[2])
+        counters = split_counters(x.device, grid[0] * grid[1])
     else:
         partial = counters = out  # not read
     _fp8_gemv_kernel[grid](

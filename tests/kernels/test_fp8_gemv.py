@@ -61,11 +61,11 @@ def test_split_counts_that_do_and_do_not_divide_the_k_tiles_match_the_reference(
     assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 6, 9, 16, 20])
-@pytest.mark.parametrize("use_dot", [False, True])
+@pytest.mark.parametrize("m, use_dot", [(1, False), (2, False), (5, False), (1, True), (3, True), (9, True),
+                                        (16, True), (20, True)])
 def test_cuda_core_and_tensor_core_paths_match_the_reference_at_every_row_count(
         relative_error, tolerance, device, dtype, m, use_dot) -> None:
-    # Past 4 rows (CUDA cores) or 16 (tensor cores) the rows take several M tiles, each with its own counters.
+    # CUDA cores take one row per program, tensor cores 16: past that, several M tiles, each with its counters.
     x, w, scale, b = fp8_problem(m, 72, 160, m % 3 == 0, m, device, dtype)
     out = fp8_gemv(x, w, scale, b, config=GemvConfig(block_k=32, split_k=3, use_dot=use_dot))
     assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance
@@ -73,7 +73,7 @@ def test_cuda_core_and_tensor_core_paths_match_the_reference_at_every_row_count(
 
 @pytest.mark.parametrize("m, use_dot", [(1, False), (3, False), (3, True), (16, True)])
 def test_split_k_gemv_is_bit_identical_from_launch_to_launch(device, dtype, m, use_dot) -> None:
-    x, w, scale, b = fp8_problem(m, 77, 224, True, 21, device, dtype)
+    x, w, scale, b = fp8_problem(m, 37, 224, True, 21, device, dtype)
     config = GemvConfig(block_k=32, split_k=7, use_dot=use_dot)
     first = fp8_gemv(x, w, scale, b, config=config)
     for _ in range(3):
@@ -82,8 +82,8 @@ def test_split_k_gemv_is_bit_identical_from_launch_to_launch(device, dtype, m, u
 
 def test_split_counters_are_back_to_zero_after_a_launch(device, dtype) -> None:
     x, w, scale, b = fp8_problem(5, 50, 128, False, 3, device, dtype)
-    fp8_gemv(x, w, scale, b, config=GemvConfig(block_k=32, split_k=4, use_dot=False))  # 4 x 2 output tiles
-    counters = split_counters(x.device, 8)
+    fp8_gemv(x, w, scale, b, config=GemvConfig(block_k=32, split_k=4, use_dot=False))  # 5 x 4 output tiles
+    counters = split_counters(x.device, 20)
     assert counters.numel() >= 4096 and int(counters.count_nonzero()) == 0
 
 
@@ -107,9 +107,9 @@ def test_default_plans_split_k_until_every_sm_has_about_eight_programs() -> None
     assert gemv_plan(16, 4096, 4096, sms) == GemvPlan(16, 32, 256, 8, 512, True, 4, 4)  # 9 wanted, 16 K tiles
     assert gemv_plan(8, 28672, 4096, sms) == GemvPlan(16, 32, 256, 2, 2048, True, 4, 4)
     assert gemv_plan(8, 4096, 14336, sms) == GemvPlan(16, 32, 256, 8, 1792, True, 4, 4)
-    # Overrides: a fixed split, the CUDA-core path at 4 rows (16 x 128 K per iteration), K shorter than a tile.
+    # Overrides: a fixed split, the CUDA-core path at 4 rows (a program per row and tile), K shorter than a tile.
     assert gemv_plan(1, 6144, 4096, sms, GemvConfig(split_k=1)).split_k == 1
-    assert gemv_plan(4, 6144, 4096, sms, GemvConfig(use_dot=False))[:5] == (4, 16, 128, 3, 1408)
+    assert gemv_plan(4, 6144, 4096, sms, GemvConfig(use_dot=False))[:5] == (1, 16, 512, 1, 4096)
     assert gemv_plan(1, 40, 24, sms) == GemvPlan(1, 16, 32, 1, 32, False, 4, 3)
 
 
