@@ -12,7 +12,8 @@ GEMV in each of its candidate configs (which one wins at each row count, and whe
     python bench/fp8.py --out-dir "$OUT"          # H200: llama-3.1-8b and llama-3.2-1b, about 3 minutes
     python bench/fp8.py --sweep-rows 1,2,4,8,16 --no-tests --out-name fp8_gemv_sweep_h200 --out-dir "$OUT"
     python bench/fp8.py --models /path/to/tiny --device cpu --no-tests --batch-sizes 1,4 --prefill-len 32 \
-        --max-num-batched-tokens 64 --out-dir /tmp/fp8   # a rehearsal on the CPU
+        --prompt-len 16 --decode-steps 4 --max-num-batched-tokens 64 --max-model-len 256 \
+        --out-dir /tmp/fp8   # a rehearsal on the CPU
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ def gemv_candidates() -> list[tuple[str, Any]]:
         ("split 1 (whole K per program)", GemvConfig(split_k=1)),
         ("CUDA cores", cuda),
         ("CUDA cores, 4 programs/SM", GemvConfig(use_dot=False, programs_per_sm=4)),
+        ("CUDA cores, 6 programs/SM", GemvConfig(use_dot=False, programs_per_sm=6)),
         ("CUDA cores, 16 programs/SM", GemvConfig(use_dot=False, programs_per_sm=16)),
         ("CUDA cores, 16 x 1024", GemvConfig(use_dot=False, block_k=1024)),
         ("CUDA cores, 32 x 256", GemvConfig(use_dot=False, block_n=32, block_k=256)),

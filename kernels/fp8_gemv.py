@@ -65,6 +65,14 @@ class GemvConfig:
     num_stages: int = 0
     programs_per_sm: int = 8
 
+    def __post_init__(self) -> None:
+        for name in ("block_n", "block_k"):
+            value = getattr(self, name)
+            if value < 0 or value & (value - 1):
+                raise ValueError(f"GemvConfig.{name} must be a power of 2 (0: the default), got {value}")
+        if self.split_k < 0 or self.num_stages < 0 or self.num_warps < 1 or self.programs_per_sm < 1:
+            raise ValueError(f"GemvConfig fields out of range: {self}")
+
 
 class GemvPlan(NamedTuple):
     """Everything a launch is compiled and gridded by, for x [m, k] and weight [n, k]."""
@@ -87,7 +95,7 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
     use_dot = cfg.use_dot if cfg.use_dot is not None else m >= DOT_MIN_ROWS
     if use_dot:
         block_m = DOT_BLOCK_M
-        block_n = cfg.block_n or 32
+        block_n = max(16, cfg.block_n or 32)  # tl.dot's smallest N
         block_k = cfg.block_k or 256
     else:
         block_m = 1

@@ -108,9 +108,9 @@ def _compiled_or_other(
     try:
         y = kernel(x, weight, weight_scale, bias)  # the first launch of these tiles compiles them
     except Exception as exc:  # noqa: BLE001 - compile failures surface as several exception types
+        first_line = (str(exc).splitlines() or [""])[0][:200]
         log.warning("%s tiles %s for %s x %s do not compile here (%s: %s); %s serves them", kernel.__name__, tiles,
-                    tuple(x.shape), tuple(weight.shape), type(exc).__name__, str(exc).splitlines()[0][:200],
-                    other.__name__)
+                    tuple(x.shape), tuple(weight.shape), type(exc).__name__, first_line, other.__name__)
         _compiled_tiles[key] = False
         return other(x, weight, weight_scale, bias)
     _compiled_tiles[key] = True

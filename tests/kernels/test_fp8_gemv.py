@@ -8,6 +8,7 @@ import torch
 
 from kernels._checks import FP8_DTYPE
 from kernels.fp8_gemv import GemvConfig, GemvPlan, fp8_gemv, fp8_gemv_ref, gemv_plan, split_counters
+from kernels.fp8_quant import quantize_fp8_rows_ref
 from tests.kernels.fp8_problems import fp8_problem
 
 # The projections (n, k) of llama-3.1-8b and llama-3.2-1b with every dimension divided by 32, so that the
@@ -113,6 +114,13 @@ def test_default_plans_split_k_until_every_sm_has_about_eight_programs() -> None
     assert gemv_plan(1, 40, 24, sms) == GemvPlan(1, 16, 32, 1, 32, False, 4, 3)
 
 
+def test_gemv_config_refuses_tiles_that_are_not_powers_of_two() -> None:
+    with pytest.raises(ValueError, match=r"GemvConfig.block_k must be a power of 2 \(0: the default\), got 384"):
+        GemvConfig(block_k=384)
+    with pytest.raises(ValueError, match="GemvConfig fields out of range"):
+        GemvConfig(split_k=-1)
+
+
 def test_fp8_gemv_refuses_a_weight_that_is_not_fp8() -> None:
     x = torch.randn(1, 16)
     with pytest.raises(TypeError, match=r"weight must have dtype in \(torch.float8_e4m3fn\), got torch.bfloat16"):
@@ -122,17 +130,20 @@ def test_fp8_gemv_refuses_a_weight_that_is_not_fp8() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 2, 4, 8, 16])
 @pytest.mark.parametrize("proj", LAYER_SHAPES_8B)
-def test_split_k_gemv_compiles_writes_every_output_and_repeats_bit_for_bit_at_8b_shapes(relative_error, proj,
-                                                                                         m) -> None:
+def test_split_k_gemv_compiles_writes_every_output_and_repeats_bit_for_bit_at_8b_shapes(relative_error, proj) -> None:
     n, k = LAYER_SHAPES_8B[proj]
-    x, w, scale, b = fp8_problem(m, n, k, m == 2, m + n, "cuda", torch.bfloat16)
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-    fp8_gemv(x, w, scale, b, out=out)
-    assert relative_error(out.float().cpu(), _reference(x, w, scale, b).float()) < 1e-2
-    for _ in range(3):
-        assert torch.equal(fp8_gemv(x, w, scale, b), out)
+    g = torch.Generator(device="cuda").manual_seed(n + k)
+    w, scale = quantize_fp8_rows_ref(torch.randn(n, k, generator=g, device="cuda") * 0.05)  # drawn on the GPU
+    scale = scale.view(-1)
+    for m in (1, 2, 4, 8, 16):  # CUDA cores at 1 row, tensor cores past it
+        x = torch.randn(m, k, generator=g, device="cuda").to(torch.bfloat16)
+        b = torch.randn(n, generator=g, device="cuda").to(torch.bfloat16) if m == 2 else None
+        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+        fp8_gemv(x, w, scale, b, out=out)
+        assert relative_error(out.float(), fp8_gemv_ref(x, w, scale, b).float()) < 1e-2, m
+        for _ in range(3):
+            assert torch.equal(fp8_gemv(x, w, scale, b), out), m
 
 
 @pytest.mark.gpu
