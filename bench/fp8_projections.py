@@ -30,7 +30,7 @@ def gemv_candidates() -> list[tuple[str, Any]]:
         ("default", GemvConfig()),
         ("split 1 (whole K per program)", GemvConfig(split_k=1)),
         ("CUDA cores", cuda),
-        ("CUDA cores, 4 programs/SM", GemvConfig(use_dot=False, programs_per_sm=4)),
+        ("CUDA cores, 8 programs/SM", GemvConfig(use_dot=False, programs_per_sm=8)),
         ("CUDA cores, 6 programs/SM", GemvConfig(use_dot=False, programs_per_sm=6)),
         ("CUDA cores, 16 programs/SM", GemvConfig(use_dot=False, programs_per_sm=16)),
         ("CUDA cores, 16 x 1024", GemvConfig(use_dot=False, block_k=1024)),
@@ -39,7 +39,7 @@ def gemv_candidates() -> list[tuple[str, Any]]:
         ("tensor cores", tensor),
         ("tensor cores, 64 x 128", GemvConfig(use_dot=True, block_n=64, block_k=128)),
         ("tensor cores, 16 x 512", GemvConfig(use_dot=True, block_n=16, block_k=512)),
-        ("tensor cores, 3 stages", GemvConfig(use_dot=True, num_stages=3)),
+        ("tensor cores, 4 stages", GemvConfig(use_dot=True, num_stages=4)),
         ("tensor cores, 4 programs/SM", GemvConfig(use_dot=True, programs_per_sm=4)),
         ("tensor cores, 16 programs/SM", GemvConfig(use_dot=True, programs_per_sm=16)),
     ]

@@ -43,7 +43,10 @@ from kernels._checks import (
 from kernels._paged_tile import dot_precision
 from kernels.launch_memo import register_memo, sm_count
 
-DOT_MIN_ROWS = 2  # from this many rows the tensor-core path is the default
+DOT_MIN_ROWS = 3  # from this many rows the tensor-core path is the default
+# Default programs per SM by path (the H200 sweep of bench/fp8.py --sweep-rows chose them).
+CUDA_CORE_PROGRAMS_PER_SM = 4
+TENSOR_CORE_PROGRAMS_PER_SM = 8
 DOT_BLOCK_M = 16  # rows of x per tensor-core tile (the smallest tl.dot takes)
 MAX_SPLIT_K = 16
 INTERPRETED_SMS = 4  # the SM count the default plan assumes off CUDA (the interpreter runs programs one by one)
@@ -55,7 +58,7 @@ class GemvConfig:
 
     block_n, block_k: the weight tile per loop iteration. split_k: K splits (capped at the number of K tiles, and
     lowered so that no split is empty). use_dot: tensor cores or CUDA cores. programs_per_sm: the default split
-    count gives the grid about this many programs per SM."""
+    count gives the grid about this many programs per SM (0: the path's default)."""
 
     block_n: int = 0
     block_k: int = 0
@@ -63,14 +66,14 @@ class GemvConfig:
     use_dot: bool | None = None
     num_warps: int = 4
     num_stages: int = 0
-    programs_per_sm: int = 8
+    programs_per_sm: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_n", "block_k"):
             value = getattr(self, name)
             if value < 0 or value & (value - 1):
                 raise ValueError(f"GemvConfig.{name} must be a power of 2 (0: the default), got {value}")
-        if self.split_k < 0 or self.num_stages < 0 or self.num_warps < 1 or self.programs_per_sm < 1:
+        if self.split_k < 0 or self.num_stages < 0 or self.num_warps < 1 or self.programs_per_sm < 0:
             raise ValueError(f"GemvConfig fields out of range: {self}")
 
 
@@ -90,8 +93,8 @@ class GemvPlan(NamedTuple):
 @functools.cache
 def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig()) -> GemvPlan:
     """The tiles and split of a launch. Defaults: on tensor cores 16 x 32 x 256 tiles (an 8 KB weight tile per
-    stage, four stages); on CUDA cores one row of x and a 16 x 512 weight tile (8 KB) per program and iteration;
-    then the fewest K splits that give num_sms x programs_per_sm programs."""
+    stage, three stages) and about 8 programs per SM; on CUDA cores one row of x and a 16 x 512 weight tile (8 KB)
+    per program and iteration, and about 4 programs per SM; then the fewest K splits that give that many."""
     use_dot = cfg.use_dot if cfg.use_dot is not None else m >= DOT_MIN_ROWS
     if use_dot:
         block_m = DOT_BLOCK_M
@@ -106,11 +109,12 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
     split = cfg.split_k
     if not split:
         tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-        split = triton.cdiv(num_sms * cfg.programs_per_sm, max(tiles, 1))
+        per_sm = cfg.programs_per_sm or (TENSOR_CORE_PROGRAMS_PER_SM if use_dot else CUDA_CORE_PROGRAMS_PER_SM)
+        split = triton.cdiv(num_sms * per_sm, max(tiles, 1))
     split = max(1, min(split, MAX_SPLIT_K, k_tiles))
     tiles_per_split = triton.cdiv(k_tiles, split)
     split = triton.cdiv(k_tiles, tiles_per_split)  # no empty split
-    num_stages = cfg.num_stages or (4 if use_dot else 3)
+    num_stages = cfg.num_stages or 3
     return GemvPlan(block_m, block_n, block_k, split, tiles_per_split * block_k, use_dot, cfg.num_warps, num_stages)
 
 
