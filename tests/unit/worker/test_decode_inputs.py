@@ -18,6 +18,10 @@ def _inputs() -> DecodeInputs:
     return DecodeInputs(np.zeros(DecodeInputs.size(MAX_SEQS, MAX_BLOCKS), dtype=np.int32), MAX_SEQS, MAX_BLOCKS, BLOCK)
 
 
+def _fill(inputs: DecodeInputs, token_ids: list[int], chunks: list[SeqChunk], bucket: int) -> int:
+    return inputs.fill(token_ids, [c.start for c in chunks], [c.block_ids for c in chunks], bucket)
+
+
 def _assert_matches_metadata(inputs: DecodeInputs, token_ids: list[int], chunks: list[SeqChunk], bucket: int) -> None:
     meta = build_attention_metadata(chunks, BLOCK, torch.device("cpu"), max_blocks=MAX_BLOCKS)
     n = len(chunks)
@@ -47,7 +51,7 @@ def test_staging_holds_the_same_positions_slots_and_tables_as_the_attention_meta
                 tables[seq].append(20 + 3 * step + seq)  # the list grows in place, as the sequence table does
             chunks.append(SeqChunk(starts[seq], 1, tables[seq]))
         token_ids = [100 * step + seq for seq in order]
-        longest = inputs.fill(token_ids, chunks, 4)
+        longest = _fill(inputs, token_ids, chunks, 4)
         assert longest == max(starts.values()) + 1
         _assert_matches_metadata(inputs, token_ids, chunks, 4)
         for seq in order:
@@ -56,8 +60,8 @@ def test_staging_holds_the_same_positions_slots_and_tables_as_the_attention_meta
 
 def test_a_smaller_batch_turns_the_rows_it_leaves_into_padding() -> None:
     inputs = _inputs()
-    inputs.fill([1, 2, 3], [SeqChunk(0, 1, [1]), SeqChunk(2, 1, [2]), SeqChunk(3, 1, [3])], 4)
-    inputs.fill([4], [SeqChunk(5, 1, [1, 4])], 4)
+    _fill(inputs, [1, 2, 3], [SeqChunk(0, 1, [1]), SeqChunk(2, 1, [2]), SeqChunk(3, 1, [3])], 4)
+    _fill(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
     _assert_matches_metadata(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
     assert inputs.used(4) == 4 * MAX_SEQS + 4 * MAX_BLOCKS
 
@@ -65,9 +69,9 @@ def test_a_smaller_batch_turns_the_rows_it_leaves_into_padding() -> None:
 def test_fill_rejects_batches_and_tables_beyond_the_graphs() -> None:
     inputs = _inputs()
     with pytest.raises(ValueError, match="do not fit a bucket"):
-        inputs.fill([1, 2], [SeqChunk(0, 1, [1]), SeqChunk(0, 1, [2])], 1)
+        _fill(inputs, [1, 2], [SeqChunk(0, 1, [1]), SeqChunk(0, 1, [2])], 1)
     with pytest.raises(ValueError, match="exceeds the graphs' width"):
-        inputs.fill([1], [SeqChunk(0, 1, list(range(MAX_BLOCKS + 1)))], 1)
+        _fill(inputs, [1], [SeqChunk(0, 1, list(range(MAX_BLOCKS + 1)))], 1)
     with pytest.raises(ValueError, match="staging must be int32"):
         DecodeInputs(np.zeros(3, dtype=np.int64), MAX_SEQS, MAX_BLOCKS, BLOCK)
 
