@@ -277,7 +277,33 @@ def table(cases: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {c['mode']} | {c['rows']} | {c['us_per_row']} | {c['cpu_us_per_row']} "
                      f"| {c['best_us_per_row']} | {c['step_ms']} | {c['plan_in_us_per_row']} "
                      f"| {c['step_us_per_row']} | {c['result_out_us_per_row']} |")
+    lines += ["", "Per row beyond a fixed cost per step: the slope of step time over rows between the fewest and the "
+                  "most rows of each mode, and that fixed cost (the intercept), of the median and of the fastest "
+                  "steps.",
+              "", "| mode | rows | us per row (slope) | best us per row (slope) | fixed us per step "
+              "| best fixed us per step |",
+              "|---|---|---|---|---|---|"]
+    for mode, (slope, fixed, best_slope, best_fixed) in marginal(cases).items():
+        rows = [c["rows"] for c in cases if c["mode"] == mode]
+        lines.append(f"| {mode} | {min(rows)} to {max(rows)} | {slope} | {best_slope} | {fixed} | {best_fixed} |")
     return lines
+
+
+def marginal(cases: list[dict[str, Any]]) -> dict[str, tuple[float, float, float, float]]:
+    """Per mode with two row counts or more: (us per row, fixed us per step) of the line through the median steps
+    of the fewest and the most rows, then the same through the fastest steps."""
+    out = {}
+    for mode in dict.fromkeys(c["mode"] for c in cases):
+        mine = sorted((c for c in cases if c["mode"] == mode), key=lambda c: c["rows"])
+        if len(mine) < 2:
+            continue
+        lo, hi = mine[0], mine[-1]
+        figures = []
+        for key in ("us_per_row", "best_us_per_row"):
+            slope = (hi[key] * hi["rows"] - lo[key] * lo["rows"]) / (hi["rows"] - lo["rows"])
+            figures += [round(slope, 3), round(lo[key] * lo["rows"] - slope * lo["rows"], 1)]
+        out[mode] = (figures[0], figures[1], figures[2], figures[3])
+    return out
 
 
 if __name__ == "__main__":

@@ -16,18 +16,23 @@ from itertools import chain
 import numpy as np
 
 INPUT_FIELDS = 4  # token ids, positions, slots, context lengths
+LOOP_ROWS = 80  # where numpy over every row starts to beat a loop over them
 
 
 class DecodeInputs:
     """Fills a staging array (a numpy view, pinned on CUDA) for decode steps of up to `max_seqs` sequences."""
 
-    def __init__(self, staging: np.ndarray, max_seqs: int, max_blocks: int, block_size: int) -> None:
+    def __init__(
+        self, staging: np.ndarray, max_seqs: int, max_blocks: int, block_size: int, loop_rows: int = LOOP_ROWS
+    ) -> None:
+        """loop_rows: steps of fewer rows are written row by row, larger ones by numpy over all rows at once."""
         if staging.dtype != np.int32 or staging.shape != (self.size(max_seqs, max_blocks),):
             raise ValueError(f"staging must be int32 [{self.size(max_seqs, max_blocks)}], got {staging.dtype} {staging.shape}")
         self.host = staging
         self.max_seqs = max_seqs
         self.max_blocks = max_blocks
         self.block_size = block_size
+        self.loop_rows = loop_rows
         n = max_seqs
         self.token_ids, self.positions, self.slots, self.context_lens = (staging[i * n : (i + 1) * n] for i in range(4))
         self.tables = staging[INPUT_FIELDS * n :].reshape(n, max_blocks)  # [max_seqs, max_blocks]
@@ -59,6 +64,43 @@ class DecodeInputs:
             raise ValueError(f"{n} sequences do not fit a bucket of {bucket} (at most {self.max_seqs})")
         if n == 0:
             raise ValueError("a decode step needs at least one sequence")
+        # numpy's cost per call outweighs a loop over a few rows: both write the same values.
+        fill_rows = self._fill_each if n < self.loop_rows else self._fill_all
+        longest = fill_rows(token_ids, positions, block_tables)
+        self.slots[n:bucket] = -1
+        self.context_lens[n:bucket] = 1
+        return longest
+
+    def _fill_each(
+        self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]]
+    ) -> int:
+        n, bsz = len(positions), self.block_size
+        slots = []
+        for i, (pos, blocks) in enumerate(zip(positions, block_tables)):
+            num = len(blocks)
+            if num > self.max_blocks:
+                raise ValueError(f"a block table of {num} blocks exceeds the graphs' width {self.max_blocks}")
+            held = int(self._row_lens[i])
+            if self._row_lists[i] is blocks and held <= num:
+                if held < num:
+                    self.tables[i, held:num] = blocks[held:]
+            else:
+                self.tables[i, :num] = blocks
+                self._row_lists[i] = blocks
+            self._row_lens[i] = num
+            if pos // bsz >= num:
+                raise ValueError(f"row {i}: position {pos} is past its block table of {num} blocks")
+            slots.append(blocks[pos // bsz] * bsz + pos % bsz)
+        self.token_ids[:n] = token_ids
+        self.positions[:n] = positions
+        self.slots[:n] = slots
+        self.context_lens[:n] = self.positions[:n] + 1
+        return max(positions) + 1
+
+    def _fill_all(
+        self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]]
+    ) -> int:
+        n = len(positions)
         lens = np.fromiter(map(len, block_tables), dtype=np.int64, count=n)  # [n] blocks per row
         if int(lens.max()) > self.max_blocks:
             raise ValueError(f"a block table of {int(lens.max())} blocks exceeds the graphs' width {self.max_blocks}")
@@ -90,6 +132,4 @@ class DecodeInputs:
         self.positions[:n] = pos
         self.slots[:n] = self.tables[np.arange(n), block_index] * self.block_size + pos % self.block_size
         self.context_lens[:n] = pos + 1
-        self.slots[n:bucket] = -1
-        self.context_lens[n:bucket] = 1
         return int(pos.max()) + 1

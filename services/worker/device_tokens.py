@@ -28,6 +28,7 @@ class DeviceTokens:
     ) -> None:
         """sample: the step's DeviceSample (None when no row samples); seq_ids: the sequence of each of its rows.
         draw: instead of sample, the step's sampling held back at launch (see `draw_now`)."""
+        self.seq_ids = seq_ids  # the sequence of each row of `tokens`
         self._rows = dict(zip(seq_ids, range(len(seq_ids))))
         self._draw = draw
         self.sample: DeviceSample | None = None

@@ -154,10 +154,11 @@ class ModelRunner:
         inputs = StepInputs.of(scheduled)
         fill = None
         if inputs.pending_positions:
-            prev_rows = inputs.pending_rows(prev)
-            source = prev.tokens  # [rows of prev] int64
-            if prev_rows != list(range(source.shape[0])):
-                source = source.index_select(0, self.device_index(prev_rows))
+            if prev is not None and inputs.pending_seq_ids == prev.seq_ids:  # row for row, as a decode continues
+                source = prev.tokens  # [rows of prev] int64
+            else:
+                prev_rows = inputs.pending_rows(prev)  # raises without a step before
+                source = prev.tokens.index_select(0, self.device_index(prev_rows))
             fill = (self.device_index(inputs.pending_positions), source)
         seq_ids = inputs.sample_seq_ids
         if not inputs.sample_rows:

@@ -82,12 +82,6 @@ def test_the_decode_staging_array_holds_what_the_attention_metadata_of_the_same_
     assert staging.tables[:2, :2].tolist() == meta.block_tables[:, :2].tolist() == [[0, 1], [2, 7]]
 
 
-def test_a_position_past_the_block_table_is_refused() -> None:
-    staging = DecodeInputs(np.zeros(DecodeInputs.size(2, 4), dtype=np.int32), 2, 4, BLOCK)
-    with pytest.raises(ValueError, match="^row 1: position 4 is past its block table of 1 blocks$"):
-        staging.fill([5, 6], [3, 4], [[0], [1]], 2)
-
-
 def test_a_decoding_sequence_keeps_one_step_part_and_drops_it_with_the_sequence() -> None:
     table = SequenceTable(LIMITS)
     table.apply(StepPlan(1, [NewSeq(1, [1, 2, 3], 3, GREEDY, [0], 3, 0)]))
