@@ -27,8 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import torch  # noqa: E402
 from flashstream.v1 import common_pb2, worker_pb2  # noqa: E402
 
-from bench.common import RESULTS_DIR, write_results  # noqa: E402
+from bench.common import RESULTS_DIR, replaced, write_results  # noqa: E402
 from services.common.sampling import SamplingParams  # noqa: E402
 from services.worker import sampler as sampler_module  # noqa: E402
 from services.worker.build import build_engine  # noqa: E402
@@ -104,15 +103,9 @@ class HostOnlyGraphs(DecodeGraphs):
         return self.sampled_host[: self.num_rows].copy_(self.sampled[: self.num_rows]).tolist()
 
 
-@contextmanager
-def race_left_out() -> Iterator[None]:
+def race_left_out() -> AbstractContextManager[None]:
     """The sampler's CPU race as `race_stand_in` while measuring."""
-    reference = sampler_module.gumbel_race_ref
-    sampler_module.gumbel_race_ref = race_stand_in
-    try:
-        yield
-    finally:
-        sampler_module.gumbel_race_ref = reference
+    return replaced(sampler_module, "gumbel_race_ref", race_stand_in)
 
 
 def race_stand_in(x: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
