@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,3 +67,15 @@ def write_results(name: str, results: dict[str, Any], markdown: str, out_dir: Pa
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
+
+
+@contextmanager
+def replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """`owner.name` is `value` inside the block (a benchmark swapping one path of the code for another), restored
+    after."""
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)

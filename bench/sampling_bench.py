@@ -21,8 +21,8 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
-from bench.common import write_results  # noqa: E402
+from bench.common import replaced, write_results  # noqa: E402
 from kernels.gumbel_race import gumbel_race, gumbel_race_ref  # noqa: E402
 from services.common.sampling import SamplingParams  # noqa: E402
 from services.worker import sampler as sampler_module  # noqa: E402
@@ -89,15 +89,9 @@ def bench_race(logits: torch.Tensor, iters: int) -> dict[str, Any]:
     return out
 
 
-@contextmanager
-def race_in_torch() -> Iterator[None]:
+def race_in_torch() -> AbstractContextManager[None]:
     """The sampler's race as the torch reference on every device, as it was before the kernel."""
-    kernel = sampler_module.gumbel_race
-    sampler_module.gumbel_race = gumbel_race_ref
-    try:
-        yield
-    finally:
-        sampler_module.gumbel_race = kernel
+    return replaced(sampler_module, "gumbel_race", gumbel_race_ref)
 
 
 def params_of_row(params: dict[str, Any], i: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from kernels.decode_attention import choose_num_splits, default_decode_config
-from services.worker.attention_metadata import AttentionMetadata, SeqChunk
+from services.worker.attention_metadata import AttentionMetadata
 from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
@@ -156,16 +156,19 @@ class DecodeGraphs:
         return replace(meta, decode_max_context_len=limit, decode_num_splits=splits, decode_config=config)
 
     @torch.inference_mode()
-    def run(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], fill: InputFill | None = None) -> None:
-        """Replays the decode step of len(chunks) one-token chunks; read `logits_of`, `token_ids_of` or
-        `sampled_of` after. fill: rows whose input token the host does not know yet (sampled by a step queued
-        earlier), with those tokens on the device; their entries of token_ids are ignored."""
-        n = len(chunks)
+    def run(
+        self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]],
+        fill: InputFill | None = None,
+    ) -> None:
+        """Replays the decode step of len(positions) one-token rows (see `DecodeInputs.fill`); read `logits_of`,
+        `token_ids_of` or `sampled_of` after. fill: rows whose input token the host does not know yet (sampled by a
+        step queued earlier), with those tokens on the device; their entries of token_ids are ignored."""
+        n = len(positions)
         bs = self.bucket_for(n)
         if bs is None:
             raise ValueError(f"no decode graph for {n} sequences (largest is {self.max_batch})")
         self.copied.synchronize()  # the last step's copy has left the staging array (at once after a sync)
-        longest = self.inputs.fill(token_ids, chunks, bs)
+        longest = self.inputs.fill(token_ids, positions, block_tables, bs)
         key = self.graph_key(n, longest)
         if key not in self.graphs:
             raise ValueError(f"decode graph {key} was not captured")

@@ -9,25 +9,30 @@ row remembers which block list it holds and how much of it is written, and write
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
-from services.worker.attention_metadata import SeqChunk
-
 INPUT_FIELDS = 4  # token ids, positions, slots, context lengths
+LOOP_ROWS = 80  # where numpy over every row starts to beat a loop over them
 
 
 class DecodeInputs:
     """Fills a staging array (a numpy view, pinned on CUDA) for decode steps of up to `max_seqs` sequences."""
 
-    def __init__(self, staging: np.ndarray, max_seqs: int, max_blocks: int, block_size: int) -> None:
+    def __init__(
+        self, staging: np.ndarray, max_seqs: int, max_blocks: int, block_size: int, loop_rows: int = LOOP_ROWS
+    ) -> None:
+        """loop_rows: steps of fewer rows are written row by row, larger ones by numpy over all rows at once."""
         if staging.dtype != np.int32 or staging.shape != (self.size(max_seqs, max_blocks),):
             raise ValueError(f"staging must be int32 [{self.size(max_seqs, max_blocks)}], got {staging.dtype} {staging.shape}")
         self.host = staging
         self.max_seqs = max_seqs
         self.max_blocks = max_blocks
         self.block_size = block_size
+        self.loop_rows = loop_rows
         n = max_seqs
         self.token_ids, self.positions, self.slots, self.context_lens = (staging[i * n : (i + 1) * n] for i in range(4))
         self.tables = staging[INPUT_FIELDS * n :].reshape(n, max_blocks)  # [max_seqs, max_blocks]
@@ -38,7 +43,7 @@ class DecodeInputs:
         self.context_lens[:] = 1
         # Per row: the block list last written there (held, so its identity stays unique) and its written length.
         self._row_lists: list[Sequence[int] | None] = [None] * n
-        self._row_lens = [0] * n
+        self._row_lens = np.zeros(n, dtype=np.int64)
 
     @staticmethod
     def size(max_seqs: int, max_blocks: int) -> int:
@@ -48,35 +53,83 @@ class DecodeInputs:
         """Elements of the staging array a graph of `bucket` rows reads: the prefix to copy."""
         return INPUT_FIELDS * self.max_seqs + bucket * self.max_blocks
 
-    def fill(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], bucket: int) -> int:
-        """Writes a step of len(chunks) one-token chunks (rows past them, up to `bucket`, become padding).
-        Returns the longest context length of the step. Block lists must only grow in place between steps
-        (as the worker's sequence table keeps them); a different list object is rewritten whole."""
-        n = len(chunks)
+    def fill(self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]],
+             bucket: int) -> int:
+        """Writes a step of len(positions) one-token rows: row i runs token_ids[i] at positions[i] of the sequence
+        whose block table is block_tables[i] (rows past them, up to `bucket`, become padding). Returns the longest
+        context length of the step. Block lists must only grow in place between steps (as the worker's sequence
+        table keeps them); a different list object is rewritten whole."""
+        n = len(positions)
         if not n <= bucket <= self.max_seqs:
             raise ValueError(f"{n} sequences do not fit a bucket of {bucket} (at most {self.max_seqs})")
-        bsz = self.block_size
-        positions = [c.start for c in chunks]
+        if n == 0:
+            raise ValueError("a decode step needs at least one sequence")
+        # numpy's cost per call outweighs a loop over a few rows: both write the same values.
+        fill_rows = self._fill_each if n < self.loop_rows else self._fill_all
+        longest = fill_rows(token_ids, positions, block_tables)
+        self.slots[n:bucket] = -1
+        self.context_lens[n:bucket] = 1
+        return longest
+
+    def _fill_each(
+        self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]]
+    ) -> int:
+        n, bsz = len(positions), self.block_size
         slots = []
-        for i, chunk in enumerate(chunks):
-            blocks = chunk.block_ids
+        for i, (pos, blocks) in enumerate(zip(positions, block_tables)):
             num = len(blocks)
             if num > self.max_blocks:
                 raise ValueError(f"a block table of {num} blocks exceeds the graphs' width {self.max_blocks}")
-            if self._row_lists[i] is blocks and self._row_lens[i] <= num:
-                if self._row_lens[i] < num:
-                    self.tables[i, self._row_lens[i] : num] = blocks[self._row_lens[i] :]
+            held = int(self._row_lens[i])
+            if self._row_lists[i] is blocks and held <= num:
+                if held < num:
+                    self.tables[i, held:num] = blocks[held:]
             else:
                 self.tables[i, :num] = blocks
                 self._row_lists[i] = blocks
             self._row_lens[i] = num
-            pos = positions[i]
+            if pos // bsz >= num:
+                raise ValueError(f"row {i}: position {pos} is past its block table of {num} blocks")
             slots.append(blocks[pos // bsz] * bsz + pos % bsz)
         self.token_ids[:n] = token_ids
         self.positions[:n] = positions
         self.slots[:n] = slots
-        longest = max(positions) + 1
         self.context_lens[:n] = self.positions[:n] + 1
-        self.slots[n:bucket] = -1
-        self.context_lens[n:bucket] = 1
-        return longest
+        return max(positions) + 1
+
+    def _fill_all(
+        self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]]
+    ) -> int:
+        n = len(positions)
+        lens = np.fromiter(map(len, block_tables), dtype=np.int64, count=n)  # [n] blocks per row
+        if int(lens.max()) > self.max_blocks:
+            raise ValueError(f"a block table of {int(lens.max())} blocks exceeds the graphs' width {self.max_blocks}")
+        # Per row, the first column to write: past what it holds of the same list, else 0 (the whole list).
+        held = self._row_lens[:n]
+        first = np.where(held <= lens, held, 0)
+        if not all(map(operator.is_, self._row_lists[:n], block_tables)):  # rows changed sequences
+            first[~np.fromiter(map(operator.is_, self._row_lists[:n], block_tables), dtype=bool, count=n)] = 0
+        todo = np.flatnonzero(first < lens)
+        if todo.size:
+            counts = lens[todo] - first[todo]  # [len(todo)]
+            total = int(counts.sum())
+            values = np.fromiter(
+                chain.from_iterable(block_tables[i][f:] for i, f in zip(todo.tolist(), first[todo].tolist())),
+                dtype=np.int32, count=total,
+            )
+            rows = np.repeat(todo, counts)
+            # column = the row's first column + the value's index within the row's run
+            cols = np.arange(total) - np.repeat(np.cumsum(counts) - counts - first[todo], counts)
+            self.tables[rows, cols] = values
+        self._row_lists[:n] = block_tables
+        self._row_lens[:n] = lens
+        pos = np.asarray(positions, dtype=np.int64)  # [n]
+        block_index = pos // self.block_size
+        if (block_index >= lens).any():
+            row = int(np.flatnonzero(block_index >= lens)[0])
+            raise ValueError(f"row {row}: position {positions[row]} is past its block table of {int(lens[row])} blocks")
+        self.token_ids[:n] = token_ids
+        self.positions[:n] = pos
+        self.slots[:n] = self.tables[np.arange(n), block_index] * self.block_size + pos % self.block_size
+        self.context_lens[:n] = pos + 1
+        return int(pos.max()) + 1

@@ -28,7 +28,8 @@ class DeviceTokens:
     ) -> None:
         """sample: the step's DeviceSample (None when no row samples); seq_ids: the sequence of each of its rows.
         draw: instead of sample, the step's sampling held back at launch (see `draw_now`)."""
-        self._rows = {seq_id: row for row, seq_id in enumerate(seq_ids)}
+        self.seq_ids = seq_ids  # the sequence of each row of `tokens`
+        self._rows = dict(zip(seq_ids, range(len(seq_ids))))
         self._draw = draw
         self.sample: DeviceSample | None = None
         self.tokens: torch.Tensor | None = None  # [num_sampling_rows] int64
@@ -68,10 +69,15 @@ class DeviceTokens:
 
     def row_of(self, seq_id: int) -> int:
         """The row of `tokens` holding the token sampled for this sequence."""
-        row = self._rows.get(seq_id)
-        if row is None:
-            raise ValueError(f"seq {seq_id} sampled nothing in the launched step it is said to continue")
-        return row
+        return self.rows_of((seq_id,))[0]
+
+    def rows_of(self, seq_ids: Sequence[int]) -> list[int]:
+        """The rows of `tokens` holding the tokens sampled for these sequences."""
+        rows = self._rows
+        try:
+            return [rows[seq_id] for seq_id in seq_ids]
+        except KeyError as exc:
+            raise ValueError(f"seq {exc.args[0]} sampled nothing in the launched step it is said to continue") from None
 
     def ready(self) -> bool:
         """Whether the step and its copy have finished on the device (reading would not wait)."""

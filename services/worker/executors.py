@@ -40,14 +40,16 @@ def device_samplable(state: SeqState) -> bool:
     a repetition, presence or frequency penalty reads the generated tokens themselves. (A grammar's mask needs its
     matcher advanced by the previous token too, but only the sampling waits for that, not the forward pass: see
     `ModelRunner.launch`.)"""
-    p = state.sampling
-    return p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+    return not state.sampling_row.penalised
 
 
 def plain_greedy(state: SeqState) -> bool:
     """Whether the sampler's answer for this sequence's next token is the argmax of its raw logits: greedy, no
     penalties, no logprobs, no grammar and no min_tokens masking (conservatively: whenever min_tokens is not yet
     reached). A guided sequence never is: the sampler masks its logits."""
+    row = state.sampling_row
+    if row.plain:  # no grammar, no min_tokens and nothing else: its temperature decides
+        return row.greedy
     p = state.sampling
     return (
         state.grammar is None

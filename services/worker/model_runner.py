@@ -14,14 +14,14 @@ from services.worker.attention_metadata import SeqChunk, build_attention_metadat
 from services.worker.cuda_graphs import DecodeGraphs, InputFill
 from services.worker.device_gaps import DeviceGaps
 from services.worker.device_tokens import DeviceTokens
-from services.worker.executors import Sampled, device_samplable, plain_greedy
+from services.worker.executors import Sampled, device_samplable
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 from services.worker.piecewise_graphs import PiecewiseGraphs
-from services.worker.sampler import Sampler, SamplingRow
+from services.worker.sampler import Sampler
 from services.worker.sampling.results import DeviceSample
-from services.worker.sequences import PENDING_TOKEN, StepSeq
-from services.worker.token_view import TokenView
+from services.worker.sequences import StepSeq
+from services.worker.step_inputs import StepInputs
 
 
 class ModelRunner:
@@ -60,7 +60,7 @@ class ModelRunner:
         """token_ids: the chunks' tokens, concatenated (positions named by `fill` are overwritten on the device).
         Returns fp32 logits [len(sample_rows), vocab] of the last token of each chunk listed in sample_rows."""
         if self.graphed(chunks):
-            self.graphs.run(token_ids, chunks, fill)
+            self.graphs.run(token_ids, [c.start for c in chunks], [c.block_ids for c in chunks], fill)
             return self.graphs.logits_of(sample_rows)
         meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
         if meta.num_decode_seqs and self.graphs is not None:
@@ -76,23 +76,25 @@ class ModelRunner:
         rows = to_device(last[list(sample_rows)].astype(np.int64), self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
 
-    def graph_argmax(
-        self, token_ids: Sequence[int], chunks: Sequence[SeqChunk], fill: InputFill | None = None
-    ) -> torch.Tensor:
-        """Replays a graphed decode step (see `graphed`); returns every row's argmax token, [len(chunks)] int64 on
-        the device, in a buffer the next replay overwrites."""
-        if not self.graphed(chunks):
-            raise ValueError("graph_argmax needs a decode step that fits the captured graphs")
-        self.graphs.run(token_ids, chunks, fill)
-        return self.graphs.sampled_of()
-
     def greedy_decode(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk]) -> list[int]:
         """A graphed decode step (see `graphed`) whose every row takes the argmax: the argmax token per chunk,
         computed inside the graph, read back in the step's only device-to-host copy."""
         if not self.graphed(chunks):
             raise ValueError("greedy_decode needs a decode step that fits the captured graphs")
-        self.graphs.run(token_ids, chunks)
+        self.graphs.run(token_ids, [c.start for c in chunks], [c.block_ids for c in chunks])
         return self.graphs.token_ids_of()
+
+    def _fits_graphs(self, inputs: StepInputs) -> bool:
+        """`graphed` for a step's inputs."""
+        return self.graphs is not None and inputs.one_token and inputs.num_rows <= self.graphs.max_batch
+
+    @torch.inference_mode()
+    def _forward(self, inputs: StepInputs, fill: InputFill | None = None) -> torch.Tensor:
+        """`forward` of a step's inputs: a graphed step reads their columns as they are."""
+        if self._fits_graphs(inputs):
+            self.graphs.run(inputs.token_ids, inputs.starts, inputs.block_tables, fill)
+            return self.graphs.logits_of(inputs.sample_rows)
+        return self.forward(inputs.token_ids, inputs.chunks(), inputs.sample_rows, fill)
 
     # ---- a step's sequences (StepExecutor) ----
 
@@ -111,21 +113,21 @@ class ModelRunner:
             gaps.step_ended()
 
     def _run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
-        token_ids = [t for seq in scheduled for t in seq.token_ids]
-        chunks = [seq.chunk() for seq in scheduled]
-        sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
+        inputs = StepInputs.of(scheduled)
+        sample_rows = inputs.sample_rows
         results: list[Sampled | None] = [None] * len(scheduled)
-        if sample_rows and self.graphed(chunks) and all(plain_greedy(seq.state) for seq in scheduled):
+        if sample_rows and self._fits_graphs(inputs) and inputs.plain_greedy:
             # The graph took every row's argmax: the sampler would answer the same, so it is skipped.
-            token_ids = self.greedy_decode(token_ids, chunks)
+            self.graphs.run(inputs.token_ids, inputs.starts, inputs.block_tables)
+            token_ids = self.graphs.token_ids_of()
             for i in sample_rows:
                 results[i] = (token_ids[i], None)
             return results
         if not sample_rows:
-            self.forward(token_ids, chunks, sample_rows)
+            self._forward(inputs)
             return results
-        logits = self.forward(token_ids, chunks, sample_rows)  # [len(sample_rows), vocab]
-        out = self.sampler(logits, self._rows(scheduled, sample_rows))
+        logits = self._forward(inputs)  # [len(sample_rows), vocab]
+        out = self.sampler(logits, inputs.sampling_rows)
         for j, i in enumerate(sample_rows):
             results[i] = (out.token_ids[j], out.logprobs[j])
         return results
@@ -149,39 +151,27 @@ class ModelRunner:
             gaps.step_ended()
 
     def _launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None) -> DeviceTokens:
-        token_ids: list[int] = []
-        positions: list[int] = []
-        prev_rows: list[int] = []
-        guided_pending = False  # a guided row's matcher still lacks its input token
-        for seq in scheduled:
-            tokens = seq.token_ids
-            if tokens and tokens[-1] == PENDING_TOKEN:
-                if prev is None:
-                    raise ValueError(f"seq {seq.state.seq_id}: its input token is pending but no step precedes it")
-                positions.append(len(token_ids) + len(tokens) - 1)
-                prev_rows.append(prev.row_of(seq.state.seq_id))
-                tokens = [*tokens[:-1], 0]
-                guided_pending = guided_pending or seq.state.grammar is not None
-            token_ids.extend(tokens)
+        inputs = StepInputs.of(scheduled)
         fill = None
-        if positions:
-            source = prev.tokens  # [rows of prev] int64
-            if prev_rows != list(range(source.shape[0])):
-                source = source.index_select(0, self.device_index(prev_rows))
-            fill = (self.device_index(positions), source)
-        chunks = [seq.chunk() for seq in scheduled]
-        sample_rows = [i for i, seq in enumerate(scheduled) if seq.samples]
-        seq_ids = [scheduled[i].state.seq_id for i in sample_rows]
-        if not sample_rows:
-            self.forward(token_ids, chunks, sample_rows, fill)
+        if inputs.pending_positions:
+            if prev is not None and inputs.pending_seq_ids == prev.seq_ids:  # row for row, as a decode continues
+                source = prev.tokens  # [rows of prev] int64
+            else:
+                prev_rows = inputs.pending_rows(prev)  # raises without a step before
+                source = prev.tokens.index_select(0, self.device_index(prev_rows))
+            fill = (self.device_index(inputs.pending_positions), source)
+        seq_ids = inputs.sample_seq_ids
+        if not inputs.sample_rows:
+            self._forward(inputs, fill)
             return DeviceTokens(None, seq_ids)
-        if self.graphed(chunks) and all(plain_greedy(seq.state) for seq in scheduled):
+        if self._fits_graphs(inputs) and inputs.plain_greedy:
             # Every row samples and takes the argmax the graph computed; cloned before the next replay reuses it.
-            tokens = self.graph_argmax(token_ids, chunks, fill).clone()
+            self.graphs.run(inputs.token_ids, inputs.starts, inputs.block_tables, fill)
+            tokens = self.graphs.sampled_of().clone()
             return DeviceTokens(DeviceSample.pack(tokens, None, None, (), ()), seq_ids)
-        logits = self.forward(token_ids, chunks, sample_rows, fill)  # [len(sample_rows), vocab]
-        rows = self._rows(scheduled, sample_rows)
-        if guided_pending:
+        logits = self._forward(inputs, fill)  # [len(sample_rows), vocab]
+        rows = inputs.sampling_rows
+        if inputs.guided_pending:
             # Nothing runs on the device between this forward pass and the held-back sampling (graphed logits
             # stay valid): the runner draws before it queues another step.
             def draw() -> DeviceSample:
@@ -200,16 +190,3 @@ class ModelRunner:
         """The launched step's sampled tokens on the host, one per sampling row (waits for the step)."""
         out = launched.outputs()
         return list(zip(out.token_ids, out.logprobs, strict=True))
-
-    @staticmethod
-    def _rows(scheduled: Sequence[StepSeq], sample_rows: Sequence[int]) -> list[SamplingRow]:
-        rows = []
-        for i in sample_rows:
-            state = scheduled[i].state
-            rows.append(SamplingRow(
-                state.sampling,
-                TokenView(state.token_ids, 0, state.num_prompt_tokens),
-                TokenView(state.token_ids, state.num_prompt_tokens),
-                state.grammar,
-            ))
-        return rows

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from itertools import accumulate
+from operator import attrgetter
+
 from flashstream.v1 import worker_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.pb import error_to_pb, logprobs_to_pb, sampling_from_pb
 from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
 from services.worker.engine import EngineInfo
+
+
+_SEQ_ID, _TOKEN_ID, _LOGPROBS = attrgetter("seq_id"), attrgetter("token_id"), attrgetter("logprobs")
 
 
 def plan_from_pb(pb: worker_pb2.StepPlan) -> StepPlan:
@@ -27,25 +33,25 @@ def plan_from_pb(pb: worker_pb2.StepPlan) -> StepPlan:
 
 def cached_seqs_from_pb(pb: worker_pb2.CachedSeqs) -> list[CachedSeq]:
     """The columns as one CachedSeq per sequence (a block count that does not add up raises InvalidArgument)."""
-    seq_ids, counts, blocks = pb.seq_ids, pb.num_new_blocks, list(pb.new_block_ids)
-    if not len(seq_ids) == len(pb.num_scheduled_tokens) == len(counts) or sum(counts) != len(blocks):
+    seq_ids, num_tokens, counts = list(pb.seq_ids), list(pb.num_scheduled_tokens), list(pb.num_new_blocks)
+    blocks = list(pb.new_block_ids)
+    if not len(seq_ids) == len(num_tokens) == len(counts) or sum(counts) != len(blocks):
         raise InvalidArgument(
-            f"cached_seqs columns disagree: {len(seq_ids)} ids, {len(pb.num_scheduled_tokens)} token counts, "
+            f"cached_seqs columns disagree: {len(seq_ids)} ids, {len(num_tokens)} token counts, "
             f"{len(counts)} block counts adding up to {sum(counts)} for {len(blocks)} block ids")
-    cached = []
-    start = 0
-    for seq_id, num_tokens, count in zip(seq_ids, pb.num_scheduled_tokens, counts):
-        cached.append(CachedSeq(seq_id, blocks[start : start + count] if count else [], num_tokens))
-        start += count
-    return cached
+    ends = list(accumulate(counts))
+    new_blocks = [blocks[end - count : end] for end, count in zip(ends, counts)]
+    return list(map(CachedSeq, seq_ids, new_blocks, num_tokens))
 
 
 def result_to_pb(result: StepResult) -> worker_pb2.StepResult:
     outputs = result.outputs
-    sampled = worker_pb2.SampledTokens(seq_ids=[o.seq_id for o in outputs], token_ids=[o.token_id for o in outputs])
-    for index, out in enumerate(outputs):
-        if out.logprobs is not None:
-            sampled.logprobs.add(index=index, logprob=logprobs_to_pb(out.logprobs))
+    sampled = worker_pb2.SampledTokens(seq_ids=list(map(_SEQ_ID, outputs)), token_ids=list(map(_TOKEN_ID, outputs)))
+    logprobs = list(map(_LOGPROBS, outputs))
+    if logprobs.count(None) != len(logprobs):
+        for index, lp in enumerate(logprobs):
+            if lp is not None:
+                sampled.logprobs.add(index=index, logprob=logprobs_to_pb(lp))
     return worker_pb2.StepResult(
         step_id=result.step_id,
         sampled=sampled,

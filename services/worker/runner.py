@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from services.common.errors import FlashStreamError, ResourceExhausted
 from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
 from services.worker.device_tokens import DeviceTokens
-from services.worker.executors import StepExecutor
+from services.worker.executors import Sampled, StepExecutor
 from services.worker.grammar import GrammarCache
-from services.worker.sequences import PENDING_TOKEN, SequenceLimits, SequenceTable, StepSeq, unknown_seq
+from services.worker.sequences import SequenceLimits, SequenceTable, StepSeq, unknown_seq
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class StepShape:
 
     @classmethod
     def of(cls, scheduled: list[StepSeq]) -> StepShape:
-        decode = sum(1 for seq in scheduled if seq.num_tokens == 1 and seq.samples)
+        decode = sum(seq.samples for seq in scheduled if seq.num_tokens == 1)
         tokens = sum(seq.num_tokens for seq in scheduled)
         return cls(len(scheduled) - decode, tokens - decode, decode)
 
@@ -128,7 +128,7 @@ class Runner:
             if self.overlap and next_plan is None and wait_next is not None:
                 next_plan = self._wait_next(launched, wait_next)
             if self.overlap and next_plan is not None:
-                pending = [self._advance_pending(seq, table) for seq in scheduled]
+                pending = table.advance_launched(scheduled)
                 table.ahead = self._apply_ahead(next_plan, scheduled, launched, table)
             outputs = self._collect(plan, scheduled, errors, launched, pending, table)
             if table.ahead is not None:
@@ -166,16 +166,6 @@ class Runner:
         """A guided sequence's grammar refused its token: it alone fails."""
         table.drop_state(seq.state)
         errors.append(SeqError(seq.state.seq_id, exc))
-
-    @staticmethod
-    def _advance_pending(seq: StepSeq, table: SequenceTable) -> int | None:
-        """Advances a launched sequence, with a placeholder token where it samples; returns where the real token
-        goes (None: the row samples nothing)."""
-        if not seq.samples:
-            table.advance(seq, None)
-            return None
-        table.advance(seq, PENDING_TOKEN)
-        return len(seq.state.token_ids) - 1
 
     def _apply_ahead(
         self, next_plan: StepPlan, scheduled: list[StepSeq], launched: DeviceTokens, table: SequenceTable
@@ -215,26 +205,42 @@ class Runner:
             return []
         outputs: list[SeqOutput] = []
         refused: list[StepSeq] = []
-        tokens = iter(sampled)  # one per sampling row, in row order
-        for i, seq in enumerate(scheduled):
-            try:
-                if pending is None:  # not advanced yet
-                    token = next(tokens) if seq.samples else None
+        if pending is None:  # not advanced yet
+            tokens = iter(sampled)  # one per sampling row, in row order
+            for seq in scheduled:
+                token = next(tokens) if seq.samples else None
+                try:
                     table.advance(seq, None if token is None else token[0])
-                elif pending[i] is None:
+                except FlashStreamError as exc:
+                    self._refused(seq, exc, errors, table)
+                    refused.append(seq)
                     continue
-                else:
-                    token = next(tokens)
-                    table.resolve(seq.state, pending[i], token[0])
-            except FlashStreamError as exc:
-                self._refused(seq, exc, errors, table)
-                refused.append(seq)
-                continue
-            if token is not None:
-                outputs.append(SeqOutput(seq.state.seq_id, token[0], token[1]))
+                if token is not None:
+                    outputs.append(SeqOutput(seq.state.seq_id, token[0], token[1]))
+        else:
+            outputs = self._resolve(scheduled, pending, sampled, errors, refused, table)
         if refused and table.ahead is not None:
             self._forget_failed(table.ahead, refused)
         return outputs
+
+    def _resolve(
+        self, scheduled: list[StepSeq], pending: list[int | None], sampled: list[Sampled], errors: list[SeqError],
+        refused: list[StepSeq], table: SequenceTable,
+    ) -> list[SeqOutput]:
+        """Puts the tokens of a launched step whose sequences were advanced with placeholders in place, all rows
+        at once; a row whose grammar refuses its token is refused alone."""
+        seqs = [seq for seq in scheduled if seq.samples]  # the rows `pending` holds an index for
+        where = [index for index in pending if index is not None]
+        token_ids, logprobs = (list(col) for col in zip(*sampled)) if sampled else ([], [])
+        refusals = table.resolve_launched(seqs, where, token_ids)
+        for k, exc in refusals:
+            self._refused(seqs[k], exc, errors, table)
+            refused.append(seqs[k])
+        if refusals:
+            gone = {k for k, _ in refusals}
+            kept = [k for k in range(len(seqs)) if k not in gone]
+            seqs, token_ids, logprobs = ([col[k] for k in kept] for col in (seqs, token_ids, logprobs))
+        return list(map(SeqOutput, [seq.state.seq_id for seq in seqs], token_ids, logprobs))
 
     def _draw_ahead(self, ahead: Ahead) -> None:
         """Queues the sampling of the step launched ahead when it was held back for this step's tokens (guided
@@ -281,6 +287,9 @@ class Runner:
         self, scheduled: list[StepSeq], errors: list[SeqError], table: SequenceTable
     ) -> list[StepSeq]:
         """Sequences past max_num_seqs or the token budget fail (the KV cache and graphs were sized for them)."""
+        total = sum(seq.num_tokens for seq in scheduled)
+        if len(scheduled) <= self.max_num_seqs and total <= self.max_num_batched_tokens:
+            return scheduled
         kept: list[StepSeq] = []
         num_tokens = 0
         for seq in scheduled:

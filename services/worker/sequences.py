@@ -8,13 +8,15 @@ step's result reached the scheduler still finds that token here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument, NotFound
 from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, NewSeq, SeqError, StepPlan
+from services.common.step import NewSeq, SeqError, StepPlan
 from services.worker.attention_metadata import SeqChunk
+from services.worker.sampling.types import SamplingRow
+from services.worker.token_view import TokenView
 
 
 PENDING_TOKEN = -1  # stands for a launched step's sampled token in a sequence's state until the host reads it
@@ -33,24 +35,29 @@ class SeqState:
     block_ids: list[int]
     num_computed_tokens: int  # tokens whose KV is in the cache
     grammar: Any = None  # grammar.GrammarState of a guided sequence, advanced with every appended token
+    # The sampler's row of this sequence, made once: live views of its prompt and output tokens.
+    sampling_row: SamplingRow = field(init=False)
+    decode_part: StepSeq | None = field(default=None, init=False)  # its part of every step it decodes in
+
+    def __post_init__(self) -> None:
+        npt = self.num_prompt_tokens
+        self.sampling_row = SamplingRow(
+            self.sampling, TokenView(self.token_ids, 0, npt), TokenView(self.token_ids, npt), self.grammar
+        )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepSeq:
-    """One sequence's part of a step."""
+    """One sequence's part of a step (made by `SequenceTable.apply`, read before the step advances it)."""
 
     state: SeqState
     num_tokens: int
+    samples: bool  # the step reaches the end of the known tokens, so the next one is sampled
 
     @property
     def token_ids(self) -> list[int]:
         start = self.state.num_computed_tokens
         return self.state.token_ids[start : start + self.num_tokens]
-
-    @property
-    def samples(self) -> bool:
-        """The step reaches the end of the known tokens, so the next one is sampled."""
-        return self.state.num_computed_tokens + self.num_tokens == len(self.state.token_ids)
 
     def chunk(self) -> SeqChunk:
         return SeqChunk(self.state.num_computed_tokens, self.num_tokens, self.state.block_ids)
@@ -80,26 +87,59 @@ class SequenceTable:
         """Applies a plan's deltas; returns the step's sequences and per-sequence errors. The sequences that run one
         token come first, then the others, each group in plan order: a step's attention takes its leading one-token
         rows through the decode kernel, and the plan lists new sequences (prompt chunks) before cached ones."""
+        seqs = self.seqs
         for seq_id in plan.finished_seq_ids:
-            self.seqs.pop(seq_id, None)
+            self.drop(seq_id)
         scheduled: list[StepSeq] = []
         errors: list[SeqError] = []
-        items: list[NewSeq | CachedSeq] = [*plan.new_seqs, *plan.cached_seqs]
-        for item in items:
+        for new in plan.new_seqs:
             try:
-                state = self._add(item) if isinstance(item, NewSeq) else self._extend(item)
-                self._check(state, item.num_scheduled_tokens)
+                state = self._add(new)
+                self._check(state, new.num_scheduled_tokens)
             except FlashStreamError as exc:
-                self.seqs.pop(item.seq_id, None)
-                errors.append(SeqError(item.seq_id, exc))
+                self.drop(new.seq_id)
+                errors.append(SeqError(new.seq_id, exc))
                 continue
-            if item.num_scheduled_tokens > 0:
-                scheduled.append(StepSeq(state, item.num_scheduled_tokens))
-        scheduled.sort(key=lambda seq: seq.num_tokens != 1)  # stable: one-token rows first, plan order kept
+            self._schedule(state, new.num_scheduled_tokens, scheduled)
+        # Cached sequences are most of a busy step's rows: checked inline, `_check` only names what failed.
+        max_len, block_size = self.limits.max_model_len, self.limits.block_size
+        for cached in plan.cached_seqs:
+            state = seqs.get(cached.seq_id)
+            num = cached.num_scheduled_tokens
+            try:
+                if state is None:
+                    raise unknown_seq(cached.seq_id)
+                if cached.new_block_ids:
+                    self._append_blocks(state, cached.new_block_ids)
+                end = state.num_computed_tokens + num
+                past_blocks = -(-end // block_size) > len(state.block_ids)
+                if num < 0 or end > len(state.token_ids) or end > max_len or past_blocks:
+                    self._check(state, num)
+            except FlashStreamError as exc:
+                self.drop(cached.seq_id)
+                errors.append(SeqError(cached.seq_id, exc))
+                continue
+            if num == 1 and end == len(state.token_ids):  # a decode: the same part every step
+                scheduled.append(state.decode_part or self._decode_part(state))
+            elif num > 0:
+                scheduled.append(StepSeq(state, num, end == len(state.token_ids)))
+        if any(seq.num_tokens != 1 for seq in scheduled):
+            scheduled.sort(key=lambda seq: seq.num_tokens != 1)  # stable: one-token rows first, plan order kept
         return scheduled, errors
 
+    @staticmethod
+    def _decode_part(state: SeqState) -> StepSeq:
+        state.decode_part = StepSeq(state, 1, True)
+        return state.decode_part
+
+    @staticmethod
+    def _schedule(state: SeqState, num_tokens: int, scheduled: list[StepSeq]) -> None:
+        if num_tokens > 0:
+            samples = state.num_computed_tokens + num_tokens == len(state.token_ids)
+            scheduled.append(StepSeq(state, num_tokens, samples))
+
     def advance(self, seq: StepSeq, sampled_token: int | None) -> None:
-        """Marks the step's tokens computed and appends the sampled token (or PENDING_TOKEN, see `resolve`).
+        """Marks the step's tokens computed and appends the sampled token (or PENDING_TOKEN, see `resolve_launched`).
         Raises InvalidArgument when a guided sequence's grammar refuses the token (the token is appended all the
         same)."""
         seq.state.num_computed_tokens += seq.num_tokens
@@ -108,11 +148,39 @@ class SequenceTable:
             if sampled_token != PENDING_TOKEN:
                 self._follow_grammar(seq.state, sampled_token)
 
-    def resolve(self, state: SeqState, index: int, token_id: int) -> None:
-        """Puts a launched step's sampled token where its PENDING_TOKEN stands and advances the grammar with it;
-        raises as `advance` does."""
-        state.token_ids[index] = token_id
-        self._follow_grammar(state, token_id)
+    @staticmethod
+    def advance_launched(scheduled: list[StepSeq]) -> list[int | None]:
+        """`advance` for every sequence of a launched step, with PENDING_TOKEN where its token is sampled: returns
+        the index of each placeholder in its sequence's tokens (None where the row samples nothing)."""
+        where: list[int | None] = []
+        for seq in scheduled:
+            state = seq.state
+            state.num_computed_tokens += seq.num_tokens
+            if seq.samples:
+                tokens = state.token_ids
+                tokens.append(PENDING_TOKEN)
+                where.append(len(tokens) - 1)
+            else:
+                where.append(None)
+        return where
+
+    @staticmethod
+    def resolve_launched(
+        seqs: list[StepSeq], where: list[int], token_ids: list[int]
+    ) -> list[tuple[int, FlashStreamError]]:
+        """Puts a launched step's sampled tokens where their PENDING_TOKENs stand (seqs[k]'s at where[k] becomes
+        token_ids[k]) and advances the guided rows' grammars with them. Returns (k, error) for each row whose grammar
+        refused its token, as `advance` raises (the token stays put all the same)."""
+        refused: list[tuple[int, FlashStreamError]] = []
+        for k, (seq, index, token_id) in enumerate(zip(seqs, where, token_ids, strict=True)):
+            state = seq.state
+            state.token_ids[index] = token_id
+            if state.grammar is not None:
+                try:
+                    SequenceTable._follow_grammar(state, token_id)
+                except FlashStreamError as exc:
+                    refused.append((k, exc))
+        return refused
 
     @staticmethod
     def _follow_grammar(state: SeqState, token_id: int) -> None:
@@ -120,12 +188,14 @@ class SequenceTable:
             raise InvalidArgument(f"seq {state.seq_id}: token {token_id} breaks its guided grammar")
 
     def drop(self, seq_id: int) -> None:
-        self.seqs.pop(seq_id, None)
+        state = self.seqs.pop(seq_id, None)
+        if state is not None:
+            state.decode_part = None  # it refers back to the state: freed at once, not by a collection
 
     def drop_state(self, state: SeqState) -> None:
         """Forgets the sequence if the table still holds this state of it (not one resent since)."""
         if self.seqs.get(state.seq_id) is state:
-            del self.seqs[state.seq_id]
+            self.drop(state.seq_id)
 
     def _add(self, new: NewSeq) -> SeqState:
         if not new.token_ids:
@@ -138,33 +208,30 @@ class SequenceTable:
         if bad:  # an id past the embedding would fault the device: the tokenizer stage refuses such prompts
             raise FlashStreamError(f"seq {new.seq_id}: token id {bad[0]} is outside the vocabulary of "
                                    f"{self.limits.vocab_size}, which the tokenizer stage checks", ErrorCode.INTERNAL)
-        state = SeqState(
-            new.seq_id, list(new.token_ids), new.num_prompt_tokens, new.sampling, [], new.num_computed_tokens
-        )
-        self._append_blocks(state, new.block_ids)
+        self._check_blocks(new.seq_id, new.block_ids)
+        grammar = None
         guided = new.sampling.guided
         if guided is not None:
             if self.grammars is None:
                 raise InvalidArgument(f"seq {new.seq_id}: this worker cannot run guided decoding")
             # A resent (preempted) sequence brings its generated tokens: the matcher replays them.
-            state.grammar = self.grammars.start(guided, new.token_ids[new.num_prompt_tokens:])
-        self.seqs[new.seq_id] = state  # a resent sequence (after preemption) replaces the old state
-        return state
-
-    def _extend(self, cached: CachedSeq) -> SeqState:
-        state = self.seqs.get(cached.seq_id)
-        if state is None:
-            raise unknown_seq(cached.seq_id)
-        self._append_blocks(state, cached.new_block_ids)
+            grammar = self.grammars.start(guided, new.token_ids[new.num_prompt_tokens:])
+        state = SeqState(new.seq_id, list(new.token_ids), new.num_prompt_tokens, new.sampling, list(new.block_ids),
+                         new.num_computed_tokens, grammar)
+        self.drop(new.seq_id)  # a resent sequence (after preemption) replaces the old state
+        self.seqs[new.seq_id] = state
         return state
 
     def _append_blocks(self, state: SeqState, block_ids: list[int]) -> None:
+        self._check_blocks(state.seq_id, block_ids)
+        state.block_ids.extend(block_ids)
+
+    def _check_blocks(self, seq_id: int, block_ids: list[int]) -> None:
         for block_id in block_ids:
             if not 0 <= block_id < self.limits.num_kv_blocks:
                 raise InvalidArgument(
-                    f"seq {state.seq_id}: block id {block_id} is out of range [0, {self.limits.num_kv_blocks})"
+                    f"seq {seq_id}: block id {block_id} is out of range [0, {self.limits.num_kv_blocks})"
                 )
-        state.block_ids.extend(block_ids)
 
     def _check(self, state: SeqState, num_scheduled: int) -> None:
         end = state.num_computed_tokens + num_scheduled

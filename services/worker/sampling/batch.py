@@ -110,6 +110,13 @@ class SamplingBatch:
         grammar_rows: list[int] = []
         for i, row in enumerate(rows):
             p = row.params
+            if row.plain:  # the common row, decided at its construction: only its temperature counts
+                if row.greedy:
+                    temperatures.append(1.0)
+                else:
+                    temperatures.append(p.temperature)
+                    sample_rows.append(i)
+                continue
             num_output = len(row.output_token_ids)
             for token_id, bias in p.logit_bias:
                 if token_id >= vocab_size:
@@ -151,7 +158,7 @@ class SamplingBatch:
             penalties=_penalty_batch(rows, pen_rows, pen_params, num_rows, vocab_size, to_dev) if pen_rows else None,
             grammar=_grammar_batch(rows, grammar_rows, vocab_size, to_dev) if grammar_rows else None,
             banned_flat=to_dev.ints(banned_flat) if banned_flat else None,
-            temperature=to_dev.column(temperatures) if any(t != 1.0 for t in temperatures) else None,
+            temperature=to_dev.column(temperatures) if temperatures.count(1.0) != num_rows else None,
             num_greedy=num_rows - len(sample_rows),
             sample_rows=to_dev.subset(sample_rows, num_rows) if sample_rows else None,
             truncation=_truncation_batch(trunc_rows, trunc_params, num_rows, to_dev) if trunc_rows else None,

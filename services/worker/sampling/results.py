@@ -49,7 +49,8 @@ class DeviceSample:
     def unpack(self, host: list[float] | list[int]) -> SamplerOutput:
         """The SamplerOutput of `packed` as read on the host (its `tolist()`, or that of a host copy of it)."""
         num_rows, num_lp = self.token_ids.shape[0], len(self.logprob_row_ids)
-        ids = [int(t) for t in host[:num_rows]]
+        # Read as floats when packed with logprobs (exact for token ids), as ints otherwise.
+        ids = [int(t) for t in host[:num_rows]] if num_lp else host[:num_rows]
         out: list[TokenLogprobs | None] = [None] * num_rows
         max_n = max(self.logprob_counts, default=0)
         top_ids = host[num_rows + num_lp : num_rows + num_lp * (1 + max_n)]

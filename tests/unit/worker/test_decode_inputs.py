@@ -14,8 +14,17 @@ BLOCK = 4
 MAX_SEQS, MAX_BLOCKS = 8, 6
 
 
-def _inputs() -> DecodeInputs:
-    return DecodeInputs(np.zeros(DecodeInputs.size(MAX_SEQS, MAX_BLOCKS), dtype=np.int32), MAX_SEQS, MAX_BLOCKS, BLOCK)
+def _inputs(loop_rows: int = 0) -> DecodeInputs:
+    return DecodeInputs(np.zeros(DecodeInputs.size(MAX_SEQS, MAX_BLOCKS), dtype=np.int32), MAX_SEQS, MAX_BLOCKS, BLOCK,
+                        loop_rows)
+
+
+# Every step written row by row (a loop), and by numpy over all rows.
+BOTH_WAYS = pytest.mark.parametrize("loop_rows", [MAX_SEQS + 1, 0], ids=["row by row", "all rows at once"])
+
+
+def _fill(inputs: DecodeInputs, token_ids: list[int], chunks: list[SeqChunk], bucket: int) -> int:
+    return inputs.fill(token_ids, [c.start for c in chunks], [c.block_ids for c in chunks], bucket)
 
 
 def _assert_matches_metadata(inputs: DecodeInputs, token_ids: list[int], chunks: list[SeqChunk], bucket: int) -> None:
@@ -32,8 +41,11 @@ def _assert_matches_metadata(inputs: DecodeInputs, token_ids: list[int], chunks:
     assert inputs.context_lens[n:bucket].tolist() == [1] * (bucket - n)
 
 
-def test_staging_holds_the_same_positions_slots_and_tables_as_the_attention_metadata_over_many_steps() -> None:
-    inputs = _inputs()
+@BOTH_WAYS
+def test_staging_holds_the_same_positions_slots_and_tables_as_the_attention_metadata_over_many_steps(
+    loop_rows: int,
+) -> None:
+    inputs = _inputs(loop_rows)
     tables = {1: [7, 2], 2: [5], 3: [9, 11, 0]}
     starts = {1: 6, 2: 1, 3: 9}
     for step in range(12):
@@ -47,29 +59,59 @@ def test_staging_holds_the_same_positions_slots_and_tables_as_the_attention_meta
                 tables[seq].append(20 + 3 * step + seq)  # the list grows in place, as the sequence table does
             chunks.append(SeqChunk(starts[seq], 1, tables[seq]))
         token_ids = [100 * step + seq for seq in order]
-        longest = inputs.fill(token_ids, chunks, 4)
+        longest = _fill(inputs, token_ids, chunks, 4)
         assert longest == max(starts.values()) + 1
         _assert_matches_metadata(inputs, token_ids, chunks, 4)
         for seq in order:
             starts[seq] += 1
 
 
-def test_a_smaller_batch_turns_the_rows_it_leaves_into_padding() -> None:
-    inputs = _inputs()
-    inputs.fill([1, 2, 3], [SeqChunk(0, 1, [1]), SeqChunk(2, 1, [2]), SeqChunk(3, 1, [3])], 4)
-    inputs.fill([4], [SeqChunk(5, 1, [1, 4])], 4)
+@BOTH_WAYS
+def test_a_smaller_batch_turns_the_rows_it_leaves_into_padding(loop_rows: int) -> None:
+    inputs = _inputs(loop_rows)
+    _fill(inputs, [1, 2, 3], [SeqChunk(0, 1, [1]), SeqChunk(2, 1, [2]), SeqChunk(3, 1, [3])], 4)
+    _fill(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
     _assert_matches_metadata(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
     assert inputs.used(4) == 4 * MAX_SEQS + 4 * MAX_BLOCKS
 
 
-def test_fill_rejects_batches_and_tables_beyond_the_graphs() -> None:
-    inputs = _inputs()
+@BOTH_WAYS
+def test_fill_rejects_batches_tables_and_positions_beyond_the_graphs(loop_rows: int) -> None:
+    inputs = _inputs(loop_rows)
     with pytest.raises(ValueError, match="do not fit a bucket"):
-        inputs.fill([1, 2], [SeqChunk(0, 1, [1]), SeqChunk(0, 1, [2])], 1)
+        _fill(inputs, [1, 2], [SeqChunk(0, 1, [1]), SeqChunk(0, 1, [2])], 1)
     with pytest.raises(ValueError, match="exceeds the graphs' width"):
-        inputs.fill([1], [SeqChunk(0, 1, list(range(MAX_BLOCKS + 1)))], 1)
+        _fill(inputs, [1], [SeqChunk(0, 1, list(range(MAX_BLOCKS + 1)))], 1)
+    with pytest.raises(ValueError, match="^row 1: position 4 is past its block table of 1 blocks$"):
+        _fill(inputs, [5, 6], [SeqChunk(3, 1, [0]), SeqChunk(4, 1, [1])], 2)
     with pytest.raises(ValueError, match="staging must be int32"):
         DecodeInputs(np.zeros(3, dtype=np.int64), MAX_SEQS, MAX_BLOCKS, BLOCK)
+
+
+def test_rows_written_one_by_one_and_all_at_once_leave_the_same_staging_bytes_through_reshuffled_steps() -> None:
+    rng = np.random.default_rng(0)
+    by_row, at_once = _inputs(MAX_SEQS + 1), _inputs(0)
+    tables = {seq: [int(b) for b in rng.integers(0, 50, 1)] for seq in range(12)}
+    starts = {seq: int(rng.integers(0, BLOCK)) for seq in tables}
+    for step in range(40):
+        live = sorted(rng.choice(list(tables), size=int(rng.integers(1, MAX_SEQS + 1)), replace=False).tolist())
+        if step % 9 == 4:
+            seq = live[0]
+            tables[seq] = [int(b) for b in rng.integers(0, 50, 1)]  # resent: a new list
+            starts[seq] = int(rng.integers(0, BLOCK))
+        chunks = []
+        for seq in live:
+            if starts[seq] // BLOCK >= len(tables[seq]):
+                if len(tables[seq]) == MAX_BLOCKS:
+                    tables[seq], starts[seq] = [int(rng.integers(0, 50))], 0
+                else:
+                    tables[seq].append(int(rng.integers(0, 50)))  # grows in place
+            chunks.append(SeqChunk(starts[seq], 1, tables[seq]))
+            starts[seq] += 1
+        token_ids = [int(t) for t in rng.integers(0, 100, len(live))]
+        assert _fill(by_row, token_ids, chunks, MAX_SEQS) == _fill(at_once, token_ids, chunks, MAX_SEQS)
+        assert by_row.host.tobytes() == at_once.host.tobytes()
+        _assert_matches_metadata(at_once, token_ids, chunks, MAX_SEQS)
 
 
 def test_short_contexts_get_an_unsplit_graph_only_where_the_full_one_splits() -> None:
