@@ -195,3 +195,19 @@ def test_split_k_gemv_replayed_from_a_cuda_graph_sets_its_counters_back_each_tim
         torch.cuda.synchronize()
         assert torch.equal(out, fp8_gemv(fresh, w, scale, b))
         assert relative_error(out.float().cpu(), _reference(fresh, w, scale, b).float()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("proj", ["qkv", "down"])
+@pytest.mark.parametrize("vector", [8, 16])
+def test_loads_ahead_and_runs_of_sixteen_compile_and_keep_the_bits_at_8b_shapes(relative_error, proj, vector) -> None:
+    n, k = LAYER_SHAPES_8B[proj]
+    g = torch.Generator(device="cuda").manual_seed(n + vector)
+    w, scale = quantize_fp8_rows_ref(torch.randn(n, k, generator=g, device="cuda") * 0.05)  # drawn on the GPU
+    scale = scale.view(-1)
+    x = torch.randn(1, k, generator=g, device="cuda").to(torch.bfloat16)
+    plain = fp8_gemv(x, w, scale, config=GemvConfig(use_dot=False, vector=vector))
+    assert relative_error(plain.float(), fp8_gemv_ref(x, w, scale).float()) < 1e-2
+    for prefetch in (1, 2):
+        assert torch.equal(fp8_gemv(x, w, scale, config=GemvConfig(use_dot=False, vector=vector, prefetch=prefetch)),
+                           plain), prefetch
