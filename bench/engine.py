@@ -41,10 +41,11 @@ class Bench:
         self.step_id = 0
         self.next_seq = 0
         cfg = engine.info.model
-        # Bytes a decode step reads: every weight, except an untied embedding table (only its used rows).
+        # Bytes a decode step reads: every weight, except an embedding table beside a head of its own (only its
+        # used rows: an untied checkpoint's, or a tied one's whose head is an FP8 copy).
         embed = engine.model.model.embed_tokens.weight
         self.weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-        if not cfg.tie_word_embeddings:
+        if engine.model.lm_head is not None:
             self.weight_bytes -= embed.numel() * embed.element_size()
         self.kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * engine.model.model.norm.weight.element_size()
 

@@ -1,4 +1,5 @@
-"""FP8 benchmark: bf16 against FP8 weights and FP8 weights + FP8 KV cache, measured in one run, then the FP8 tests.
+"""FP8 benchmark: bf16 against FP8 weights and FP8 weights + FP8 KV cache (or + FP8 lm_head, --variants), measured
+in one run, then the FP8 tests.
 
 For each model (dummy weights of a preset) and variant: the KV capacity in tokens at the same memory budget, the
 batch-1 and batch-64 decode step (host wall-clock per Runner.step and the decode graph's replay alone), prefill
@@ -44,8 +45,9 @@ from services.worker.model_config import ModelConfig  # noqa: E402
 FP8_TESTS = ["tests/kernels/test_fp8_linear.py", "tests/kernels/test_fp8_gemv.py",
              "tests/kernels/test_fp8_kv_cache.py", "tests/unit/worker/test_fp8_weights.py",
              "tests/unit/worker/test_fp8_kv_cache.py"]
-# name → (quantization, kv_cache_dtype)
-VARIANTS = {"bf16": ("", "auto"), "fp8 weights": ("fp8", "auto"), "fp8 weights + fp8 KV": ("fp8", "fp8")}
+# name → (quantization, kv_cache_dtype, quantize_lm_head)
+VARIANTS = {"bf16": ("", "auto", False), "fp8 weights": ("fp8", "auto", False),
+            "fp8 weights + fp8 KV": ("fp8", "fp8", False), "fp8 weights + fp8 lm_head": ("fp8", "auto", True)}
 # Issue 22's batch-1 inter-token latency goals with FP8 weights (ms), beside which the decode step is printed.
 ITL_GOALS_MS = {"llama-3.1-8b": 2.6, "llama-3.2-1b": 0.9}
 
@@ -80,14 +82,20 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _prefill_seqs(args: argparse.Namespace) -> int:
+    """Sequences of one prefill step (the engine is sized for them as for the decode batches)."""
+    return max(1, args.max_num_batched_tokens // args.prefill_len)
+
+
 def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_cache_dtype: str,
-                    prompts: list[list[int]]) -> tuple[dict[str, Any], torch.Tensor]:
+                    quantize_lm_head: bool, prompts: list[list[int]]) -> tuple[dict[str, Any], torch.Tensor]:
     """The figures of one variant, and its logits of `prompts`."""
     max_len = args.prompt_len + 3 * args.decode_steps + 32
     config = WorkerConfig(model=model, load_format="dummy", device=args.device, quantization=quantization,
-                          kv_cache_dtype=kv_cache_dtype, max_model_len=max(args.max_model_len, max_len),
-                          max_num_seqs=max(args.batch_sizes), max_num_batched_tokens=args.max_num_batched_tokens,
-                          enforce_eager=args.enforce_eager)
+                          kv_cache_dtype=kv_cache_dtype, quantize_lm_head=quantize_lm_head,
+                          max_model_len=max(args.max_model_len, max_len),
+                          max_num_seqs=max(*args.batch_sizes, _prefill_seqs(args)),
+                          max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager)
     start = time.perf_counter()
     engine = build_engine(config)
     info = engine.info
@@ -108,7 +116,7 @@ def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_
             row["graph_replay_ms"] = round(replay, 3)
         out["decode"].append(row)
         bench.finish(ids)
-    batch = max(1, args.max_num_batched_tokens // args.prefill_len)
+    batch = _prefill_seqs(args)
     bench.finish(bench.prefill(batch, args.prefill_len)[0])  # warm-up
     rates = []
     for _ in range(args.prefill_repeats):
@@ -246,8 +254,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="llama-3.1-8b,llama-3.2-1b", help="presets or checkpoint folders (dummy "
                         "weights); the first also gives the probes' shapes")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"any of {', '.join(VARIANTS)}, the reference first")
+    parser.add_argument("--variants", default=",".join(list(VARIANTS)[:3]),
+                        help=f"any of {', '.join(VARIANTS)}, the reference first (default: the first three)")
     parser.add_argument("--batch-sizes", default="1,64")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--decode-steps", type=int, default=32)

@@ -32,16 +32,19 @@ def gemv_candidates() -> list[tuple[str, Any]]:
         ("CUDA cores", cuda),
         ("CUDA cores, 8 programs/SM", GemvConfig(use_dot=False, programs_per_sm=8)),
         ("CUDA cores, 6 programs/SM", GemvConfig(use_dot=False, programs_per_sm=6)),
-        ("CUDA cores, 16 programs/SM", GemvConfig(use_dot=False, programs_per_sm=16)),
-        ("CUDA cores, 16 x 1024", GemvConfig(use_dot=False, block_k=1024)),
         ("CUDA cores, 32 x 256", GemvConfig(use_dot=False, block_n=32, block_k=256)),
         ("CUDA cores, 8 warps", GemvConfig(use_dot=False, num_warps=8)),
+        ("CUDA cores, 2 warps", GemvConfig(use_dot=False, num_warps=2)),
+        ("CUDA cores, prefetch 1", GemvConfig(use_dot=False, prefetch=1)),
+        ("CUDA cores, prefetch 2", GemvConfig(use_dot=False, prefetch=2)),
+        ("CUDA cores, prefetch 1, 2 programs/SM", GemvConfig(use_dot=False, prefetch=1, programs_per_sm=2)),
+        ("CUDA cores, prefetch 1, 8 programs/SM", GemvConfig(use_dot=False, prefetch=1, programs_per_sm=8)),
+        ("CUDA cores, 16-byte loads", GemvConfig(use_dot=False, vector=16)),
+        ("CUDA cores, 16-byte loads, prefetch 1", GemvConfig(use_dot=False, vector=16, prefetch=1)),
         ("tensor cores", tensor),
         ("tensor cores, 64 x 128", GemvConfig(use_dot=True, block_n=64, block_k=128)),
-        ("tensor cores, 16 x 512", GemvConfig(use_dot=True, block_n=16, block_k=512)),
         ("tensor cores, 4 stages", GemvConfig(use_dot=True, num_stages=4)),
         ("tensor cores, 4 programs/SM", GemvConfig(use_dot=True, programs_per_sm=4)),
-        ("tensor cores, 16 programs/SM", GemvConfig(use_dot=True, programs_per_sm=16)),
     ]
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from services.common.config import ServerConfig, option
 from services.common.errors import InvalidArgument
 from services.worker.presets import PRESETS
-from services.worker.quantization import QUANTIZATIONS
+from services.worker.quantization import FP8, QUANTIZATIONS
 
 LOAD_FORMATS = ("auto", "dummy", "fake")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -30,6 +30,9 @@ class WorkerConfig:
     quantization: str = option(
         "", "fp8: quantise the linear layers to FP8 at load, one scale per output channel (FP8 checkpoints load as "
             "FP8 without it)", choices=QUANTIZATIONS)
+    quantize_lm_head: bool = option(
+        False, "with --quantization fp8: the output projection (lm_head, or an FP8 copy of tied embeddings) in FP8 "
+               "too, one scale per vocabulary row (default: it keeps the model dtype)")
     kv_cache_dtype: str = option(
         "auto", "auto: the model's dtype; fp8: float8_e4m3fn keys and values with per-layer scales (1, or the "
                 "checkpoint's k_scale/v_scale), twice the tokens in the same memory", choices=KV_CACHE_DTYPES)
@@ -63,6 +66,9 @@ class WorkerConfig:
             raise InvalidArgument(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
         if self.quantization not in QUANTIZATIONS:
             raise InvalidArgument(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.quantize_lm_head and self.quantization != FP8:
+            raise InvalidArgument("--quantize-lm-head needs --quantization fp8 (it quantises the output projection "
+                                  "beside the decoder's projections)")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise InvalidArgument(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         if self.dtype not in DTYPES:

@@ -77,8 +77,8 @@ class DecodeGraphs:
         )
         self.block_tables = self.static[INPUT_FIELDS * n :].view(n, self.max_blocks)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
-        weight = model.logits_weight
-        self.logits = torch.zeros((n, weight.shape[0]), dtype=weight.dtype, device=device)  # [n, vocab]
+        dtype = model.model.embed_tokens.weight.dtype  # the model's, whichever kind of head projects the logits
+        self.logits = torch.zeros((n, model.shard.vocab_width), dtype=dtype, device=device)  # [n, vocab]
         self.sampled = torch.zeros(n, dtype=torch.int64, device=device)  # [n] argmax of each logits row
         self.sampled_host = torch.zeros(n, dtype=torch.int64, pin_memory=True)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (bucket, longest context) → graph
@@ -110,7 +110,7 @@ class DecodeGraphs:
     def _forward(self, bs: int, max_context_len: int, num_splits: int) -> None:
         hidden = self.model(self.input_ids[:bs], self._metadata(bs, max_context_len, num_splits), self.kv_cache.layers)
         logits = self.logits[:bs]
-        torch.matmul(hidden, self.model.logits_weight.t(), out=logits)
+        self.model.project_logits(hidden, out=logits)
         self.model.ops.argmax(logits, out=self.sampled[:bs])
 
     @torch.inference_mode()

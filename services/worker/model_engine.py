@@ -19,7 +19,7 @@ from services.worker.loader import build_empty_model, init_dummy_weights, load_w
 from services.worker.model_config import ModelConfig
 from services.worker.model_runner import ModelRunner
 from services.worker.models.decoder import store_projections_input_major
-from services.worker.models.fp8_linear import quantize_projections
+from services.worker.models.fp8_linear import quantize_lm_head, quantize_projections
 from services.worker.ops import Ops, select_ops
 from services.worker.parallel.group import SINGLE, TensorParallelGroup
 from services.worker.parallel.steps import LeaderRunner
@@ -99,6 +99,9 @@ def build_model_engine(
         quantized = quantize_projections(model, ops)  # none when the checkpoint stored them in FP8
         if quantized:
             log.info("quantised %d projections to FP8", quantized)
+    if config.quantize_lm_head:
+        quantize_lm_head(model, ops)
+        log.info("quantised the output projection to FP8")
     if device.type == "cuda":
         store_projections_input_major(model)
     kv_dtype = kv_cache_dtype(config.kv_cache_dtype, dtype, device, ops)

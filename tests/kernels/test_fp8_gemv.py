@@ -81,6 +81,35 @@ def test_split_k_gemv_is_bit_identical_from_launch_to_launch(device, dtype, m, u
         assert torch.equal(fp8_gemv(x, w, scale, b, config=config), first)
 
 
+@pytest.mark.parametrize("k", [224, 200])  # 7 K tiles of 32 in splits of 3, 3 and 1; the last tile 8 wide at 200
+@pytest.mark.parametrize("vector", [8, 16])
+def test_weight_tiles_loaded_ahead_give_the_same_bits_as_loaded_in_turn(relative_error, tolerance, device, dtype,
+                                                                        k, vector) -> None:
+    x, w, scale, b = fp8_problem(1, 37, k, True, k + vector, device, dtype)
+    plain = fp8_gemv(x, w, scale, b, config=GemvConfig(block_k=32, split_k=3, use_dot=False, vector=vector))
+    assert relative_error(plain.cpu(), _reference(x, w, scale, b)) < tolerance
+    for prefetch in (1, 2):
+        config = GemvConfig(block_k=32, split_k=3, use_dot=False, prefetch=prefetch, vector=vector)
+        for _ in range(2):
+            assert torch.equal(fp8_gemv(x, w, scale, b, config=config), plain), prefetch
+
+
+def test_runs_of_sixteen_along_k_match_the_reference_at_every_split(relative_error, tolerance, device,
+                                                                    dtype) -> None:
+    x, w, scale, b = fp8_problem(2, 72, 160, False, 9, device, dtype)
+    for split_k in (1, 2, 5):
+        out = fp8_gemv(x, w, scale, b, config=GemvConfig(block_k=32, split_k=split_k, use_dot=False, vector=16))
+        assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance, split_k
+
+
+def test_prefetch_and_vector_plan_the_cuda_core_path_only() -> None:
+    cuda = gemv_plan(1, 6144, 4096, 132, GemvConfig(prefetch=2, vector=16))
+    assert (cuda.use_dot, cuda.prefetch, cuda.vector) == (False, 2, 16)
+    dot = gemv_plan(8, 6144, 4096, 132, GemvConfig(prefetch=2, vector=16))
+    assert (dot.use_dot, dot.prefetch, dot.vector) == (True, 0, 8)
+    assert gemv_plan(1, 6144, 4096, 132)[8:] == (0, 8)
+
+
 def test_split_counters_are_back_to_zero_after_a_launch(device, dtype) -> None:
     x, w, scale, b = fp8_problem(5, 50, 128, False, 3, device, dtype)
     fp8_gemv(x, w, scale, b, config=GemvConfig(block_k=32, split_k=4, use_dot=False))  # 5 x 4 output tiles
@@ -120,6 +149,10 @@ def test_gemv_config_refuses_tiles_that_are_not_powers_of_two() -> None:
         GemvConfig(block_k=384)
     with pytest.raises(ValueError, match="GemvConfig fields out of range"):
         GemvConfig(split_k=-1)
+    with pytest.raises(ValueError, match=r"GemvConfig.prefetch must be one of \(0, 1, 2\), got 3"):
+        GemvConfig(prefetch=3)
+    with pytest.raises(ValueError, match=r"GemvConfig.vector must be one of \(8, 16\) \(0: the default\), got 4"):
+        GemvConfig(vector=4)
 
 
 def test_fp8_gemv_refuses_a_weight_that_is_not_fp8() -> None:
@@ -162,3 +195,19 @@ def test_split_k_gemv_replayed_from_a_cuda_graph_sets_its_counters_back_each_tim
         torch.cuda.synchronize()
         assert torch.equal(out, fp8_gemv(fresh, w, scale, b))
         assert relative_error(out.float().cpu(), _reference(fresh, w, scale, b).float()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("proj", ["qkv", "down"])
+@pytest.mark.parametrize("vector", [8, 16])
+def test_loads_ahead_and_runs_of_sixteen_compile_and_keep_the_bits_at_8b_shapes(relative_error, proj, vector) -> None:
+    n, k = LAYER_SHAPES_8B[proj]
+    g = torch.Generator(device="cuda").manual_seed(n + vector)
+    w, scale = quantize_fp8_rows_ref(torch.randn(n, k, generator=g, device="cuda") * 0.05)  # drawn on the GPU
+    scale = scale.view(-1)
+    x = torch.randn(1, k, generator=g, device="cuda").to(torch.bfloat16)
+    plain = fp8_gemv(x, w, scale, config=GemvConfig(use_dot=False, vector=vector))
+    assert relative_error(plain.float(), fp8_gemv_ref(x, w, scale).float()) < 1e-2
+    for prefetch in (1, 2):
+        assert torch.equal(fp8_gemv(x, w, scale, config=GemvConfig(use_dot=False, vector=vector, prefetch=prefetch)),
+                           plain), prefetch

@@ -13,6 +13,7 @@ from torch import nn
 
 from services.worker.attention_metadata import AttentionMetadata
 from services.worker.model_config import ModelConfig
+from services.worker.models.fp8_linear import Fp8Linear
 from services.worker.ops import Ops
 from services.worker.parallel.group import SINGLE, TensorParallelGroup
 from services.worker.parallel.shard import DecoderShard
@@ -246,7 +247,8 @@ class CausalDecoder(nn.Module):
     @property
     def logits_weight(self) -> torch.Tensor:
         """[vocab_size, hidden]: the output projection (the embedding matrix when tied); under tensor parallelism
-        this rank's rows of it, [shard.vocab_width, hidden]."""
+        this rank's rows of it, [shard.vocab_width, hidden]. Its float8_e4m3fn weight (without its scales) where
+        the head was quantised: `project_logits` multiplies either kind."""
         if self.lm_head is not None:
             return self.lm_head.weight
         weight = self.model.embed_tokens.weight
@@ -254,6 +256,16 @@ class CausalDecoder(nn.Module):
             return weight
         return weight[self.shard.vocab_start : self.shard.vocab_start + self.shard.vocab_width]
 
+    def project_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [num_rows, hidden] → this rank's logits [num_rows, shard.vocab_width] in the model dtype, into
+        `out` where given; through the FP8 kernels where the head was quantised (`quantize_lm_head`)."""
+        if isinstance(self.lm_head, Fp8Linear):
+            logits = self.lm_head(hidden)
+            return logits if out is None else out.copy_(logits)
+        if out is None:
+            return F.linear(hidden, self.logits_weight)
+        return torch.matmul(hidden, self.logits_weight.t(), out=out)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [num_rows, hidden] → fp32 logits [num_rows, vocab_size] (every rank's columns, on every rank)."""
-        return self.tp.gather_columns(F.linear(hidden, self.logits_weight).float(), self.shard.vocab_widths)
+        return self.tp.gather_columns(self.project_logits(hidden).float(), self.shard.vocab_widths)

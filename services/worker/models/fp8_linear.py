@@ -2,7 +2,8 @@
 
 Two ways in: a bf16/fp16 model quantised after loading (`quantize_projections`, per-output-channel scales), or a
 model built with FP8 projections before an FP8 checkpoint is copied into them (`fp8_projections`). Embeddings,
-norms and the output projection keep the model dtype.
+norms and the output projection keep the model dtype, unless asked: `quantize_lm_head` gives the output projection
+an FP8 copy too (of the embedding matrix when tied, which stays in the model dtype for the token lookups).
 """
 
 from __future__ import annotations
@@ -34,17 +35,22 @@ class Fp8Linear(nn.Module):
     @torch.no_grad()
     def quantized(cls, linear: nn.Linear, ops: Ops) -> "Fp8Linear":
         """An FP8 copy of `linear` on its device, scaled per output channel (max |row| maps to 448)."""
-        w = linear.weight
+        return cls.of_weight(linear.weight, linear.bias, ops)
+
+    @classmethod
+    @torch.no_grad()
+    def of_weight(cls, w: torch.Tensor, bias: torch.Tensor | None, ops: Ops) -> "Fp8Linear":
+        """An FP8 copy of the projection w [out, in] (+ bias [out]) on w's device, scaled per output channel."""
         with torch.device("meta"):
-            out = cls(w.shape[1], w.shape[0], linear.bias is not None, w.dtype, ops)
+            out = cls(w.shape[1], w.shape[0], bias is not None, w.dtype, ops)
         out = out.to_empty(device=w.device)
         rows = max(1, (1 << 26) // max(1, w.shape[1]))  # chunks of 64M elements bound the fp32 scratch
         for first in range(0, w.shape[0], rows):
             q, scale = quantize_fp8_rows_ref(w[first : first + rows])
             out.weight[first : first + rows].copy_(q)
             out.weight_scale[first : first + rows].copy_(scale.view(-1))
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias)
+        if bias is not None:
+            out.bias.copy_(bias)
         return out
 
 
@@ -74,3 +80,10 @@ def fp8_projections(model: nn.Module, ops: Ops) -> int:
                              ops)
 
     return _replace(model, make)
+
+
+def quantize_lm_head(model: nn.Module, ops: Ops) -> None:
+    """Makes the output projection of a loaded CausalDecoder an Fp8Linear, scaled per vocabulary row. A tied model
+    keeps its embedding matrix for the token lookups and gains the FP8 copy as its lm_head."""
+    weight = model.logits_weight  # [vocab, hidden]
+    model.lm_head = Fp8Linear.of_weight(weight, None, ops)

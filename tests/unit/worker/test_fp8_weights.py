@@ -160,6 +160,67 @@ def test_unknown_quantization_flag_is_refused() -> None:
         WorkerConfig(model="m", quantization="int4")
 
 
+@pytest.mark.parametrize("kind", ["llama", "llama_tied"])
+def test_quantize_lm_head_gives_the_output_projection_an_fp8_copy_and_keeps_the_embeddings(tmp_path: Path,
+                                                                                          kind: str) -> None:
+    folder = make_checkpoint(kind, tmp_path / kind)
+    plain = cpu_engine(folder, quantization="fp8").model
+    model = cpu_engine(folder, quantization="fp8", quantize_lm_head=True).model
+    head = model.lm_head
+    assert isinstance(head, Fp8Linear) and head.weight.dtype == torch.float8_e4m3fn and head.bias is None
+    assert head.weight.shape == (256, 64) and head.weight_scale.shape == (256,)
+    embed = model.model.embed_tokens.weight
+    assert embed.dtype == torch.float32 and torch.equal(embed, plain.model.embed_tokens.weight)
+    q, scale = quantize_fp8_rows_ref(plain.logits_weight)  # the embedding matrix itself when tied
+    assert torch.equal(head.weight, q) and torch.equal(head.weight_scale, scale.view(-1))
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama_tied"])
+def test_fp8_lm_head_logits_stay_close_to_the_model_dtype_head_over_fixed_prompts(tmp_path: Path, kind: str) -> None:
+    folder = make_checkpoint(kind, tmp_path / kind)
+    prompts = fixed_prompts(256)
+    plain_head = last_logits(cpu_engine(folder, quantization="fp8"), prompts)
+    fp8_head = last_logits(cpu_engine(folder, quantization="fp8", quantize_lm_head=True), prompts)
+    assert not torch.equal(fp8_head, plain_head)
+    agreement = logit_agreement(plain_head, fp8_head)
+    # The same bounds as FP8 projections against the original model, for the one projection more.
+    assert agreement["cosine_mean"] >= 0.98 and agreement["cosine_min"] >= 0.95
+    assert agreement["top1_agreement"] >= 0.75
+    assert agreement["kl_mean"] <= 0.05
+
+
+def test_quantize_lm_head_without_fp8_quantization_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"--quantize-lm-head needs --quantization fp8"):
+        WorkerConfig(model="m", quantize_lm_head=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["llama", "llama_tied"])
+def test_fp8_lm_head_in_decode_graphs_gives_the_eager_step_logits(tmp_path: Path, kind: str) -> None:
+    from services.worker.attention_metadata import SeqChunk
+    from services.worker.build import build_engine
+
+    folder = make_checkpoint(kind, tmp_path / kind)
+    prompts = fixed_prompts(256, num_prompts=4)
+    steps = []
+    for eager in (True, False):
+        engine = build_engine(WorkerConfig(model=str(folder), device="cuda", dtype="bfloat16", num_kv_blocks=128,
+                                           max_model_len=256, max_num_seqs=8, quantization="fp8",
+                                           quantize_lm_head=True, enforce_eager=eager))
+        block_size, first, chunks = engine.info.block_size, 0, []
+        for prompt in prompts:  # blocks for each prompt and its next token
+            count = len(prompt) // block_size + 1
+            chunks.append(SeqChunk(0, len(prompt), list(range(first, first + count))))
+            first += count
+        runner = engine.runner.executor
+        runner.forward([t for p in prompts for t in p], chunks, range(len(prompts)))
+        decode = [SeqChunk(len(p), 1, c.block_ids) for p, c in zip(prompts, chunks, strict=True)]
+        assert runner.graphed(decode) is not eager
+        steps.append(runner.forward([p[-1] for p in prompts], decode, range(len(prompts))).float().cpu())
+    agreement = logit_agreement(steps[0], steps[1])
+    assert agreement["cosine_min"] >= 0.999 and agreement["top1_agreement"] == 1.0, agreement
+
+
 @pytest.mark.gpu
 def test_fp8_kernels_on_cuda_match_the_reference_of_their_paths(llama: Path, monkeypatch) -> None:  # noqa: ANN001
     from services.worker.build import build_engine

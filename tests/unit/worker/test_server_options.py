@@ -13,6 +13,7 @@ OPTIONS = [
     StageOption("--dtype", "FLASHSTREAM_DTYPE", "dtype", "auto", ("float16", "float16"), ("bfloat16", "bfloat16")),
     StageOption("--device", "FLASHSTREAM_DEVICE", "device", "auto", ("cpu", "cpu"), ("cuda:1", "cuda:1")),
     StageOption("--quantization", "FLASHSTREAM_QUANTIZATION", "quantization", "", ("fp8", "fp8"), ("", "")),
+    StageOption("--quantize-lm-head", "FLASHSTREAM_QUANTIZE_LM_HEAD", "quantize_lm_head", "off"),
     StageOption("--kv-cache-dtype", "FLASHSTREAM_KV_CACHE_DTYPE", "kv_cache_dtype", "auto", ("fp8", "fp8"),
                 ("auto", "auto")),
     StageOption("--block-size", "FLASHSTREAM_BLOCK_SIZE", "block_size", "16", ("32", 32), ("64", 64)),
@@ -35,7 +36,7 @@ OPTIONS = [
     StageOption("--tensor-parallel-size", "FLASHSTREAM_TENSOR_PARALLEL_SIZE", "tensor_parallel_size", "1",
                 ("2", 2), ("4", 4)),
 ]
-REQUIRED = {"--model": "llama-3.2-1b"}
+REQUIRED = {"--model": "llama-3.2-1b", "--quantization": "fp8"}  # fp8: --quantize-lm-head needs it
 
 
 (test_every_flag_beyond_the_server_ones_is_one_of_the_stage_options,
