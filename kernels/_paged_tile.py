@@ -155,6 +155,19 @@ def tile_row_offsets(
 
 
 @triton.jit
+def query_for_cache(q, cache_ptr, FP8_FP16: tl.constexpr):
+    """q in the dtype the tile products run in. With FP8_FP16 an FP8 cache's tiles widen to fp16 (one conversion per
+    pair of entries; to bf16 each entry goes through fp16 and fp32) and a 16-bit q joins them in fp16 (the products
+    still accumulate in fp32); otherwise every tile widens to q's dtype (fp32 q: exact products)."""
+    result = q
+    if FP8_FP16:
+        if cache_ptr.dtype.element_ty == tl.float8e4nv:
+            if q.dtype != tl.float32:
+                result = q.to(tl.float16)
+    return result
+
+
+@triton.jit
 def online_softmax_step(s, m_i, l_i, qk_scale_log2):
     """s: [M, N] unscaled scores; returns p [M, N], the rescale factor alpha [M], and the new running max and sum.
 

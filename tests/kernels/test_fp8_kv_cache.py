@@ -85,6 +85,34 @@ def test_decode_reads_the_fp8_cache_as_its_dequantised_reference(make_paged_cach
     assert relative_error(out.cpu(), ref) < tolerance
 
 
+def _decode_fp8_cache(make_paged_cache, q_dtype: torch.dtype, fp8_fp16: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """(kernel output, fp32 reference) of the interpreted decode kernel on an FP8 cache, products in fp16 or not."""
+    g = torch.Generator().manual_seed(7)
+    context_lens = [130, 9, 64]
+    cache = _fp8_copy(make_paged_cache(context_lens, 2, 64, 16, torch.float32, "cpu", g))
+    q = torch.randn(len(context_lens), 8, 64, generator=g).to(q_dtype)
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens, 64**-0.5)
+    config = DecodeConfig(block_n=32, num_warps=4, num_stages=1, fp8_fp16=fp8_fp16)
+    out = paged_decode_attention(*args, max_context_len=max(context_lens), num_splits=2, config=config,
+                                 k_scale=K_SCALE, v_scale=V_SCALE)
+    return out, paged_decode_attention_ref(*args, k_scale=K_SCALE, v_scale=V_SCALE)
+
+
+def test_decode_of_an_fp16_query_on_the_fp8_cache_is_the_same_with_fp16_products_or_without(make_paged_cache) -> None:
+    fp16_products, _ = _decode_fp8_cache(make_paged_cache, torch.float16, True)
+    widened_to_q, _ = _decode_fp8_cache(make_paged_cache, torch.float16, False)
+    assert torch.equal(fp16_products, widened_to_q)
+
+
+def test_decode_of_a_bf16_query_on_the_fp8_cache_in_fp16_products_is_nearer_its_reference_than_in_bf16(
+        make_paged_cache, relative_error) -> None:
+    out, ref = _decode_fp8_cache(make_paged_cache, torch.bfloat16, True)
+    bf16_products, _ = _decode_fp8_cache(make_paged_cache, torch.bfloat16, False)
+    assert out.dtype == torch.bfloat16
+    # q and p keep 10 mantissa bits in fp16 rather than 7; the output is still rounded to bf16.
+    assert relative_error(out, ref) <= relative_error(bf16_products, ref) < 1.5e-2
+
+
 def test_prefill_reads_the_fp8_cache_as_its_dequantised_reference(make_paged_cache, relative_error, tolerance, device,
                                                                   dtype) -> None:
     g = torch.Generator().manual_seed(4)
