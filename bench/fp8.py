@@ -6,7 +6,8 @@ batch-1 and batch-64 decode step (host wall-clock per Runner.step and the decode
 tokens/s, and the logits of a fixed prompt set against the bf16 variant (cosine, top-1, KL). Beside them, at the
 first model's shapes: the projections alone (bf16 F.linear, the per-token FP8 tensor-core GEMM, the dequantising
 FP8 kernel and the split-K FP8 GEMV at several row counts; bench/fp8_projections.py) and decode attention on a bf16
-cache against the same entries in an FP8 cache (output error and time). Last, the gpu-marked FP8 tests, compiled.
+cache against the same entries in an FP8 cache (output error and time; bench/fp8_attention.py). Last, the gpu-marked
+FP8 tests, compiled.
 Results are written after each part. --sweep-rows runs the projections alone instead, for every model, with the
 GEMV in each of its candidate configs (which one wins at each row count, and where _scaled_mm starts winning).
 
@@ -37,6 +38,7 @@ import torch  # noqa: E402
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench, graph_replay_ms, graph_us  # noqa: E402
 from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement  # noqa: E402
+from bench.fp8_attention import attention_markdown, attention_probe  # noqa: E402
 from bench.fp8_projections import projection_sweep, projections_markdown  # noqa: E402
 from services.worker.build import build_engine, resolve_model_config  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
@@ -154,47 +156,6 @@ def measure_model(args: argparse.Namespace, model: str, cfg: ModelConfig) -> dic
     return variants
 
 
-def attention_probe(cfg: ModelConfig, cases: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    """Decode attention of one layer on a bf16 cache and on the same entries stored in FP8 (scale 1, as a
-    checkpoint without KV scales runs): each output's error against the fp32 reference of the bf16 entries, the
-    FP8 output against the bf16 one, and each call's time (CUDA graph of 20 calls)."""
-    from kernels import paged_decode_attention, paged_decode_attention_ref
-    from kernels.cache_write import to_cache_ref
-
-    dev, block_size, table = torch.device("cuda"), 16, []
-    g = torch.Generator(device=dev).manual_seed(0)
-    for batch, context in cases:
-        blocks = -(-context // block_size)
-        shape = (batch * blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
-        k_bf16 = torch.randn(shape, device=dev, generator=g).to(torch.bfloat16)
-        v_bf16 = torch.randn(shape, device=dev, generator=g).to(torch.bfloat16)
-        k_fp8, v_fp8 = to_cache_ref(k_bf16, torch.float8_e4m3fn, 1.0), to_cache_ref(v_bf16, torch.float8_e4m3fn, 1.0)
-        tables = torch.randperm(batch * blocks, device=dev, generator=g).view(batch, blocks).to(torch.int32)
-        lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
-        q = torch.randn(batch, cfg.num_heads, cfg.head_dim, device=dev, generator=g).to(torch.bfloat16)
-        scale = cfg.head_dim**-0.5
-
-        def run(k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            return paged_decode_attention(q, k, v, tables, lens, scale, context, out=out)  # noqa: B023
-
-        bf16_out, fp8_out = run(k_bf16, v_bf16, torch.empty_like(q)), run(k_fp8, v_fp8, torch.empty_like(q))
-        ref = paged_decode_attention_ref(q.float(), k_bf16.float(), v_bf16.float(), tables, lens, scale)
-
-        def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-            return float(f"{((a.float() - b.float()).norm() / b.float().norm()).item():.3g}")
-
-        scratch = torch.empty_like(q)
-        table.append({
-            "batch": batch, "context": context, "bf16_vs_ref": rel(bf16_out, ref), "fp8_vs_ref": rel(fp8_out, ref),
-            "fp8_vs_bf16": rel(fp8_out, bf16_out),
-            "bf16_us": graph_us(lambda _: run(k_bf16, v_bf16, scratch), 20),  # noqa: B023
-            "fp8_us": graph_us(lambda _: run(k_fp8, v_fp8, scratch), 20),  # noqa: B023
-        })
-        del k_bf16, v_bf16, k_fp8, v_fp8
-        torch.cuda.empty_cache()
-    return table
-
-
 def _models_markdown(model: str, variants: dict[str, Any]) -> list[str]:
     batches = sorted({d["batch"] for v in variants.values() if "decode" in v for d in v["decode"]})
     lines = [f"## {model}", ""]
@@ -232,13 +193,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines += [f"## Projections alone ({', '.join(results['projections']['models'])})", ""]
         lines += projections_markdown(results["projections"])
     if results.get("attention"):
-        lines += [f"## Decode attention, one layer at {results['probe_model']} shapes: bf16 cache against the same "
-                  "entries in FP8", "",
-                  "| batch | context | bf16 error vs fp32 ref | FP8 error vs fp32 ref | FP8 vs bf16 output | "
-                  "bf16 µs | FP8 µs |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {a['batch']} | {a['context']} | {a['bf16_vs_ref']} | {a['fp8_vs_ref']} | {a['fp8_vs_bf16']} | "
-                  f"{a['bf16_us']} | {a['fp8_us']} |" for a in results["attention"]]
-        lines.append("")
+        lines += attention_markdown(results["probe_model"], results["attention"])
     for key in ("projections_error", "attention_error"):
         if key in results:
             lines += [f"{key}: {results[key]}", ""]

@@ -16,6 +16,15 @@ except ImportError:  # a Triton without host-side tensor descriptors: the gather
     TensorDescriptor = None
 
 LOG2_E = 1.4426950408889634
+
+# How an FP8 cache's tiles widen for the products (a constexpr of the gather kernels). WIDEN_TO_QUERY casts them to
+# q's dtype: to bf16 each entry goes through fp16 and fp32. WIDEN_FP16 casts them to fp16 (one conversion per pair)
+# with q in fp16; the compiler moves that cast past the tile's trip through shared memory, and V's operand layout
+# then reads the FP8 entries there one byte at a time. WIDEN_FP16_IN_REGISTERS widens as loaded (inline assembly
+# the compiler leaves in place), so V goes through shared memory in fp16 and is read by ldmatrix as a bf16 V is.
+WIDEN_TO_QUERY = tl.constexpr(0)
+WIDEN_FP16 = tl.constexpr(1)
+WIDEN_FP16_IN_REGISTERS = tl.constexpr(2)
 IS_INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # the interpreter runs no assembly
 
 # How a tile finds its pages (a constexpr of the kernels; the defaults pick one per kernel and head dim):
@@ -155,6 +164,31 @@ def tile_row_offsets(
 
 
 @triton.jit
+def widen_fp8_in_registers(x):
+    """An FP8 (e4m3) tile to fp16 where it was loaded (WIDEN_FP16_IN_REGISTERS), by the conversion Triton's cast
+    uses. Declared impure so that the compiler neither moves nor recomputes it in the product's operand layout."""
+    if IS_INTERPRETER:
+        return x.to(tl.float16)
+    return tl.inline_asm_elementwise(
+        "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2.e4m3x2 $0, lo; cvt.rn.f16x2.e4m3x2 $1, hi; }",
+        "=r,=r,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float16, is_pure=False, pack=4,
+    )
+
+
+@triton.jit
+def query_for_cache(q, cache_ptr, FP8_WIDEN: tl.constexpr):
+    """q in the dtype the tile products run in: fp16 for a 16-bit q on an FP8 cache unless FP8_WIDEN is
+    WIDEN_TO_QUERY (fp16 covers every FP8 entry; the products still accumulate in fp32), else q's own dtype (an fp32
+    q keeps exact products)."""
+    result = q
+    if FP8_WIDEN != WIDEN_TO_QUERY:
+        if cache_ptr.dtype.element_ty == tl.float8e4nv:
+            if q.dtype != tl.float32:
+                result = q.to(tl.float16)
+    return result
+
+
+@triton.jit
 def online_softmax_step(s, m_i, l_i, qk_scale_log2):
     """s: [M, N] unscaled scores; returns p [M, N], the rescale factor alpha [M], and the new running max and sum.
 
@@ -219,6 +253,17 @@ def attend_paged_tile_halves(
 
 
 @triton.jit
+def _widen_tile(x, dtype, WIDEN: tl.constexpr):
+    """A loaded K or V tile in the products' dtype (query_for_cache's); WIDEN as FP8_WIDEN."""
+    result = x.to(dtype)
+    if WIDEN == WIDEN_FP16_IN_REGISTERS:
+        if x.dtype == tl.float8e4nv:
+            if dtype == tl.float16:
+                result = widen_fp8_in_registers(x)
+    return result
+
+
+@triton.jit
 def attend_paged_tile(
     acc, m_i, l_i, q,
     k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
@@ -227,7 +272,7 @@ def attend_paged_tile(
     offs_d, d_mask,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, EVEN_D: tl.constexpr,
     MASK_KV: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, INT64_OFFSETS: tl.constexpr,
-    PAGE_LOADS: tl.constexpr,
+    PAGE_LOADS: tl.constexpr, WIDEN: tl.constexpr = 0,
 ):
     """acc: [M, D] fp32, m_i and l_i: [M] fp32 running max (log2 units, scaled) and sum; q: [M, D].
 
@@ -249,7 +294,7 @@ def attend_paged_tile(
         k = tl.load(k_cache_ptr + ptrs)
     else:
         k = tl.load(k_cache_ptr + ptrs, mask=d_mask[None, :], other=0.0)
-    k = k.to(q.dtype)  # an FP8 cache is widened in registers (its scale is folded into qk_scale_log2)
+    k = _widen_tile(k, q.dtype, WIDEN)  # an FP8 cache's scale is folded into qk_scale_log2
 
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [M, BLOCK_N], unscaled
     if MASK_KV:
@@ -264,7 +309,7 @@ def attend_paged_tile(
         v = tl.load(v_cache_ptr + ptrs)
     else:
         v = tl.load(v_cache_ptr + ptrs, mask=d_mask[None, :], other=0.0)
-    v = v.to(q.dtype)
+    v = _widen_tile(v, q.dtype, WIDEN)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_new, l_i

@@ -14,11 +14,13 @@ from kernels._checks import FP8_DTYPE, check_launchable, check_tensor
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
+    WIDEN_FP16_IN_REGISTERS,
     attend_paged_tile,
     cache_tile_descriptors,
     dot_precision,
     needs_int64_offsets,
     prefetch_table_row,
+    query_for_cache,
     resolve_page_loads,
     supports_tma,
     tma_tile,
@@ -76,6 +78,9 @@ class DecodeConfig:
     # so the copies keep going while it holds a buffer, and a dependent launch prefetches more before its wait,
     # without asking HBM for more than it serves evenly.
     in_flight: int = 0
+    # Gather kernel on an FP8 cache: how its tiles widen (kernels/_paged_tile.py's WIDEN_*). In fp16 a 16-bit q is
+    # cast to fp16 too: entries of q past fp16's range (65504) would overflow.
+    fp8_widen: int = WIDEN_FP16_IN_REGISTERS.value
 
 
 def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: torch.device | None) -> bool:
@@ -157,7 +162,7 @@ def _decode_split_kernel(
     stride_ps, stride_ph, stride_pk,
     QUERIES_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr, PAGE_LOADS: tl.constexpr, FP8_WIDEN: tl.constexpr,
 ):
     # One program per (sequence, kv head, split): the kv head's query heads share every K/V tile it loads.
     seq = tl.program_id(0)
@@ -170,6 +175,7 @@ def _decode_split_kernel(
     d_mask = offs_d < HEAD_DIM
     q, heads, g_mask = _load_group_queries(q_ptr, seq, kv_head, stride_qs, stride_qh, offs_d, d_mask,
                                            QUERIES_PER_KV, BLOCK_G)
+    q = query_for_cache(q, k_cache_ptr, FP8_WIDEN)
     table_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     prefetch_table_row(table_row_ptr, kv_start // PAGE_SIZE, table_width)
     context_len = tl.load(context_lens_ptr + seq)
@@ -188,13 +194,13 @@ def _decode_split_kernel(
         acc, m_i, l_i = attend_paged_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
             n_start, kv_end, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
-            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
+            BLOCK_N, PAGE_SIZE, EVEN_D, False, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS, FP8_WIDEN,
         )
     if full_end < kv_end:
         acc, m_i, l_i = attend_paged_tile(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row_ptr, kv_head_offset,
             full_end, kv_end, query_pos, qk_scale_log2, stride_cb, stride_cs, offs_d, d_mask,
-            BLOCK_N, PAGE_SIZE, EVEN_D, True, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS,
+            BLOCK_N, PAGE_SIZE, EVEN_D, True, False, DOT_PRECISION, INT64_OFFSETS, PAGE_LOADS, FP8_WIDEN,
         )
     acc = acc / l_i[:, None]
     store_mask = g_mask[:, None] & d_mask[None, :]
@@ -428,8 +434,8 @@ def _paged_decode(
         num_heads * num_splits, num_splits, 1,
         QUERIES_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_N=cfg.block_n, PAGE_SIZE=block_size, DIRECT=direct, DOT_PRECISION=dot_precision(q.dtype),
-        INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=page_loads, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        INT64_OFFSETS=needs_int64_offsets(key_cache), PAGE_LOADS=page_loads, FP8_WIDEN=cfg.fp8_widen,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not direct:
         launch_decode_reduce(part_out, part_lse, context_lens, out, split_len)

@@ -19,10 +19,12 @@ from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
     VECTOR_PAGES,
+    WIDEN_FP16,
     attend_paged_tile,
     attend_paged_tile_halves,
     dot_precision,
     needs_int64_offsets,
+    query_for_cache,
     resolve_page_loads,
 )
 from kernels.launch_memo import register_memo
@@ -94,6 +96,7 @@ def _prefill_kernel(
         q_ptr + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
         mask=row_mask[:, None] & d_mask[None, :], other=0.0,
     )  # [BLOCK_M, BLOCK_D]
+    q = query_for_cache(q, k_cache_ptr, WIDEN_FP16)
     # The queries are the last q_len positions of the context.
     query_pos = context_len - q_len + offs_m  # [BLOCK_M]
     first_pos = context_len - q_len + m_block * BLOCK_M
@@ -171,8 +174,10 @@ def _prefill_halves(
     """The query block as two [HALF] row blocks a and b with their own softmax state (SPLIT_ROWS)."""
     rows_a = m_block * BLOCK_M + tl.arange(0, HALF)
     rows_b = rows_a + HALF
-    q_a = _load_q_rows(q_ptr, q_start, q_len, rows_a, head, stride_qt, stride_qh, offs_d, d_mask)
-    q_b = _load_q_rows(q_ptr, q_start, q_len, rows_b, head, stride_qt, stride_qh, offs_d, d_mask)
+    q_a = query_for_cache(_load_q_rows(q_ptr, q_start, q_len, rows_a, head, stride_qt, stride_qh, offs_d, d_mask),
+                          k_cache_ptr, WIDEN_FP16)
+    q_b = query_for_cache(_load_q_rows(q_ptr, q_start, q_len, rows_b, head, stride_qt, stride_qh, offs_d, d_mask),
+                          k_cache_ptr, WIDEN_FP16)
     pos_a = context_len - q_len + rows_a
     pos_b = context_len - q_len + rows_b
     m_a = tl.full([HALF], float("-inf"), dtype=tl.float32)

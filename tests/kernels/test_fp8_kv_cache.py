@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton.language as tl
 
 from kernels import paged_decode_attention, paged_decode_attention_ref, paged_prefill_attention
 from kernels import paged_prefill_attention_ref, write_kv_cache, write_kv_cache_ref
 from kernels._checks import FP8_DTYPE
+from kernels._paged_tile import WIDEN_FP16, WIDEN_FP16_IN_REGISTERS, WIDEN_TO_QUERY
 from kernels.cache_write import to_cache_ref
 from kernels.decode_attention import DecodeConfig
 from kernels.prefill_attention import PrefillConfig
@@ -83,6 +85,46 @@ def test_decode_reads_the_fp8_cache_as_its_dequantised_reference(make_paged_cach
                                      k_scale=K_SCALE, v_scale=V_SCALE)
     assert out.dtype == dtype
     assert relative_error(out.cpu(), ref) < tolerance
+
+
+def _decode_fp8_cache(make_paged_cache, q_dtype: torch.dtype, fp8_widen: tl.constexpr,  # noqa: ANN001
+                      device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(kernel output, fp32 reference) of the decode kernel on an FP8 cache whose tiles widen as fp8_widen says."""
+    g = torch.Generator().manual_seed(7)
+    context_lens = [130, 9, 64]
+    cache = _fp8_copy(make_paged_cache(context_lens, 2, 64, 16, torch.float32, device, g))
+    q = torch.randn(len(context_lens), 8, 64, generator=g).to(q_dtype).to(device)
+    args = (q, cache.key_cache, cache.value_cache, cache.block_tables, cache.context_lens, 64**-0.5)
+    config = DecodeConfig(block_n=32, num_warps=4, num_stages=1 if device == "cpu" else 2, fp8_widen=int(fp8_widen))
+    out = paged_decode_attention(*args, max_context_len=max(context_lens), num_splits=2, config=config,
+                                 k_scale=K_SCALE, v_scale=V_SCALE)
+    ref = paged_decode_attention_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args),
+                                     k_scale=K_SCALE, v_scale=V_SCALE)
+    return out.cpu(), ref
+
+
+def test_decode_of_an_fp16_query_on_the_fp8_cache_is_the_same_however_its_tiles_widen(make_paged_cache) -> None:
+    to_query = _decode_fp8_cache(make_paged_cache, torch.float16, WIDEN_TO_QUERY)[0]
+    assert torch.equal(_decode_fp8_cache(make_paged_cache, torch.float16, WIDEN_FP16)[0], to_query)
+    assert torch.equal(_decode_fp8_cache(make_paged_cache, torch.float16, WIDEN_FP16_IN_REGISTERS)[0], to_query)
+
+
+def test_decode_of_a_bf16_query_on_the_fp8_cache_in_fp16_products_is_nearer_its_reference_than_in_bf16(
+        make_paged_cache, relative_error) -> None:
+    out, ref = _decode_fp8_cache(make_paged_cache, torch.bfloat16, WIDEN_FP16_IN_REGISTERS)
+    bf16_products, _ = _decode_fp8_cache(make_paged_cache, torch.bfloat16, WIDEN_TO_QUERY)
+    assert out.dtype == torch.bfloat16
+    # q and p keep 10 mantissa bits in fp16 rather than 7; the output is still rounded to bf16.
+    assert relative_error(out, ref) <= relative_error(bf16_products, ref) < 1.5e-2
+
+
+@pytest.mark.gpu
+def test_fp8_tiles_widened_in_registers_give_the_output_of_the_fp16_cast_on_the_gpu(make_paged_cache) -> None:
+    # The same conversion either way: only where it runs differs (before or after the tile's trip through shared
+    # memory), so the outputs are bit-identical.
+    for q_dtype in (torch.bfloat16, torch.float16):
+        cast = _decode_fp8_cache(make_paged_cache, q_dtype, WIDEN_FP16, "cuda")[0]
+        assert torch.equal(_decode_fp8_cache(make_paged_cache, q_dtype, WIDEN_FP16_IN_REGISTERS, "cuda")[0], cast)
 
 
 def test_prefill_reads_the_fp8_cache_as_its_dequantised_reference(make_paged_cache, relative_error, tolerance, device,
