@@ -20,7 +20,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 import torch  # noqa: E402
 
 from bench.engine import graph_us  # noqa: E402
-from kernels._paged_tile import WIDEN_FP16, WIDEN_TO_QUERY  # noqa: E402
+from kernels._paged_tile import WIDEN_FP16_IN_REGISTERS, WIDEN_TO_QUERY  # noqa: E402
 from services.worker.model_config import ModelConfig  # noqa: E402
 
 
@@ -28,7 +28,7 @@ from services.worker.model_config import ModelConfig  # noqa: E402
 # (kernels/_paged_tile.py's WIDEN_*), tiles of twice the keys (the bytes of a bf16 tile), a deeper pipeline.
 FP8_ATTENTION_VARIANTS = {
     "fp8 widened to bf16": {"fp8_widen": WIDEN_TO_QUERY.value},
-    "fp8 cast to fp16": {"fp8_widen": WIDEN_FP16.value},
+    "fp8 widened in registers": {"fp8_widen": WIDEN_FP16_IN_REGISTERS.value},
     "fp8 128-key tiles, 8 warps": {"block_n": 128, "num_warps": 8},
     "fp8 128-key tiles": {"block_n": 128},
     "fp8 3 stages": {"num_stages": 3},

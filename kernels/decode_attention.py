@@ -14,7 +14,7 @@ from kernels._checks import FP8_DTYPE, check_launchable, check_tensor
 from kernels._paged_tile import (
     ASM_PAGES,
     LOG2_E,
-    WIDEN_FP16_IN_REGISTERS,
+    WIDEN_FP16,
     attend_paged_tile,
     cache_tile_descriptors,
     dot_precision,
@@ -79,8 +79,9 @@ class DecodeConfig:
     # without asking HBM for more than it serves evenly.
     in_flight: int = 0
     # Gather kernel on an FP8 cache: how its tiles widen (kernels/_paged_tile.py's WIDEN_*). In fp16 a 16-bit q is
-    # cast to fp16 too: entries of q past fp16's range (65504) would overflow.
-    fp8_widen: int = WIDEN_FP16_IN_REGISTERS.value
+    # cast to fp16 too: entries of q past fp16's range (65504) would overflow. The plain fp16 cast timed fastest on
+    # the H200 (bench/fp8_attention.py), ahead of widening in registers despite the byte-wise reads of V.
+    fp8_widen: int = WIDEN_FP16.value
 
 
 def uses_tma_tiles(num_seqs: int, num_kv_heads: int, block_size: int, device: torch.device | None) -> bool:

@@ -47,6 +47,7 @@ DOT_MIN_ROWS = 3  # from this many rows the tensor-core path is the default
 # Default programs per SM by path (the H200 sweep of bench/fp8.py --sweep-rows chose them).
 CUDA_CORE_PROGRAMS_PER_SM = 4
 TENSOR_CORE_PROGRAMS_PER_SM = 8
+CUDA_CORE_VECTOR = 16  # 16-byte weight loads (the same sweep)
 DOT_BLOCK_M = 16  # rows of x per tensor-core tile (the smallest tl.dot takes)
 MAX_SPLIT_K = 16
 PREFETCH_DEPTHS = (0, 1, 2)
@@ -127,7 +128,7 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
     tiles_per_split = triton.cdiv(k_tiles, split)
     split = triton.cdiv(k_tiles, tiles_per_split)  # no empty split
     num_stages = cfg.num_stages or 3
-    prefetch, vector = (0, 8) if use_dot else (cfg.prefetch, min(cfg.vector or 8, block_k))
+    prefetch, vector = (0, 8) if use_dot else (cfg.prefetch, min(cfg.vector or CUDA_CORE_VECTOR, block_k))
     return GemvPlan(block_m, block_n, block_k, split, tiles_per_split * block_k, use_dot, cfg.num_warps, num_stages,
                     prefetch, vector)
 

@@ -107,7 +107,8 @@ def test_prefetch_and_vector_plan_the_cuda_core_path_only() -> None:
     assert (cuda.use_dot, cuda.prefetch, cuda.vector) == (False, 2, 16)
     dot = gemv_plan(8, 6144, 4096, 132, GemvConfig(prefetch=2, vector=16))
     assert (dot.use_dot, dot.prefetch, dot.vector) == (True, 0, 8)
-    assert gemv_plan(1, 6144, 4096, 132)[8:] == (0, 8)
+    assert gemv_plan(1, 6144, 4096, 132)[8:] == (0, 16)
+    assert gemv_plan(1, 6144, 4096, 132, GemvConfig(block_k=8))[8:] == (0, 16)
 
 
 def test_split_counters_are_back_to_zero_after_a_launch(device, dtype) -> None:
@@ -128,11 +129,11 @@ def test_fp8_gemv_tiles_are_launch_parameters(relative_error, device, dtype) -> 
 def test_default_plans_split_k_until_every_sm_has_about_four_or_eight_programs() -> None:
     sms = 132  # an H100 or H200: about 528 programs wanted on CUDA cores, 1056 on tensor cores
     # One or two rows, CUDA cores: 16 weight rows x 512 of K per iteration.
-    assert gemv_plan(1, 6144, 4096, sms) == GemvPlan(1, 16, 512, 2, 2048, False, 4, 3)  # 384 tiles x 2
-    assert gemv_plan(1, 4096, 4096, sms) == GemvPlan(1, 16, 512, 3, 1536, False, 4, 3)  # 3 of 8 K tiles each
-    assert gemv_plan(1, 28672, 4096, sms) == GemvPlan(1, 16, 512, 1, 4096, False, 4, 3)  # 1792 tiles already
-    assert gemv_plan(1, 4096, 14336, sms) == GemvPlan(1, 16, 512, 3, 5120, False, 4, 3)  # 28 K tiles: 10,10,8
-    assert gemv_plan(2, 6144, 4096, sms) == GemvPlan(1, 16, 512, 1, 4096, False, 4, 3)  # 768 tiles already
+    assert gemv_plan(1, 6144, 4096, sms) == GemvPlan(1, 16, 512, 2, 2048, False, 4, 3, 0, 16)  # 384 tiles x 2
+    assert gemv_plan(1, 4096, 4096, sms) == GemvPlan(1, 16, 512, 3, 1536, False, 4, 3, 0, 16)  # 3 of 8 K tiles each
+    assert gemv_plan(1, 28672, 4096, sms) == GemvPlan(1, 16, 512, 1, 4096, False, 4, 3, 0, 16)  # 1792 tiles already
+    assert gemv_plan(1, 4096, 14336, sms) == GemvPlan(1, 16, 512, 3, 5120, False, 4, 3, 0, 16)  # 28 K tiles: 10,10,8
+    assert gemv_plan(2, 6144, 4096, sms) == GemvPlan(1, 16, 512, 1, 4096, False, 4, 3, 0, 16)  # 768 tiles already
     # 3 to 16 rows, tensor cores: 16 x 32 x 256 tiles.
     assert gemv_plan(3, 6144, 4096, sms) == GemvPlan(16, 32, 256, 6, 768, True, 4, 3)
     assert gemv_plan(16, 4096, 4096, sms) == GemvPlan(16, 32, 256, 8, 512, True, 4, 3)  # 9 wanted, 16 K tiles
@@ -141,7 +142,7 @@ def test_default_plans_split_k_until_every_sm_has_about_four_or_eight_programs()
     # Overrides: a fixed split, the CUDA-core path at 4 rows (a program per row and tile), K shorter than a tile.
     assert gemv_plan(1, 6144, 4096, sms, GemvConfig(split_k=1)).split_k == 1
     assert gemv_plan(4, 6144, 4096, sms, GemvConfig(use_dot=False))[:5] == (1, 16, 512, 1, 4096)
-    assert gemv_plan(1, 40, 24, sms) == GemvPlan(1, 16, 32, 1, 32, False, 4, 3)
+    assert gemv_plan(1, 40, 24, sms) == GemvPlan(1, 16, 32, 1, 32, False, 4, 3, 0, 16)
 
 
 def test_gemv_config_refuses_tiles_that_are_not_powers_of_two() -> None:
