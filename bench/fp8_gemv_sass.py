@@ -43,7 +43,7 @@ def compile_plan(plan, arch: int) -> tuple[str, bytes]:  # noqa: ANN001 - plan: 
 
     constexprs = {"HAS_BIAS": False, "USE_DOT": plan.use_dot, "SPLIT": plan.split_k > 1, "BLOCK_M": plan.block_m,
                   "BLOCK_N": plan.block_n, "BLOCK_K": plan.block_k, "EVEN_K": True, "DOT_PRECISION": "tf32",
-                  "PREFETCH": plan.prefetch, "VECTOR": plan.vector}
+                  "VECTOR": plan.vector}
     names = list(SIGNATURE) + list(constexprs)
     signature = {**SIGNATURE, **{name: "constexpr" for name in constexprs}}
     src = ASTSource(fn=_fp8_gemv_kernel, signature=signature,

@@ -50,7 +50,6 @@ TENSOR_CORE_PROGRAMS_PER_SM = 8
 CUDA_CORE_VECTOR = 16  # 16-byte weight loads (the same sweep)
 DOT_BLOCK_M = 16  # rows of x per tensor-core tile (the smallest tl.dot takes)
 MAX_SPLIT_K = 16
-PREFETCH_DEPTHS = (0, 1, 2)
 FMA_VECTORS = (8, 16)
 INTERPRETED_SMS = 4  # the SM count the default plan assumes off CUDA (the interpreter runs programs one by one)
 
@@ -61,9 +60,8 @@ class GemvConfig:
 
     block_n, block_k: the weight tile per loop iteration. split_k: K splits (capped at the number of K tiles, and
     lowered so that no split is empty). use_dot: tensor cores or CUDA cores. programs_per_sm: the default split
-    count gives the grid about this many programs per SM (0: the path's default). CUDA cores only: prefetch, how many
-    weight tiles ahead of the one being multiplied each program has loads in flight for (Triton pipelines no loads
-    outside tl.dot); vector, the run of K each thread loads and sums within itself (8 or 16 weight bytes)."""
+    count gives the grid about this many programs per SM (0: the path's default). CUDA cores only: vector, the run of
+    K each thread loads and sums within itself (8 or 16 weight bytes)."""
 
     block_n: int = 0
     block_k: int = 0
@@ -72,12 +70,9 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 0
     programs_per_sm: int = 0
-    prefetch: int = 0
     vector: int = 0
 
     def __post_init__(self) -> None:
-        if self.prefetch not in PREFETCH_DEPTHS:
-            raise ValueError(f"GemvConfig.prefetch must be one of {PREFETCH_DEPTHS}, got {self.prefetch}")
         if self.vector not in (0, *FMA_VECTORS):
             raise ValueError(f"GemvConfig.vector must be one of {FMA_VECTORS} (0: the default), got {self.vector}")
         for name in ("block_n", "block_k"):
@@ -99,7 +94,6 @@ class GemvPlan(NamedTuple):
     use_dot: bool
     num_warps: int
     num_stages: int
-    prefetch: int = 0  # CUDA cores: weight tiles loaded ahead
     vector: int = 8  # CUDA cores: K run per thread
 
 
@@ -128,35 +122,17 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
     tiles_per_split = triton.cdiv(k_tiles, split)
     split = triton.cdiv(k_tiles, tiles_per_split)  # no empty split
     num_stages = cfg.num_stages or 3
-    prefetch, vector = (0, 8) if use_dot else (cfg.prefetch, min(cfg.vector or CUDA_CORE_VECTOR, block_k))
+    vector = 8 if use_dot else min(cfg.vector or CUDA_CORE_VECTOR, block_k)
     return GemvPlan(block_m, block_n, block_k, split, tiles_per_split * block_k, use_dot, cfg.num_warps, num_stages,
-                    prefetch, vector)
+                    vector)
 
 
 register_memo(gemv_plan.cache_clear)
 
 
 @triton.jit
-def _load_weight_tile(w_rows, k_start, offs_k, n_mask, k_end, EVEN_K: tl.constexpr, AHEAD: tl.constexpr,
-                      VECTOR: tl.constexpr):
-    """W[n, k_start + offs_k] of one [BLOCK_N, BLOCK_K] tile, in runs of VECTOR along K. A tile loaded AHEAD may
-    start at or past the split's end k_end, and then reads nothing (zeros); splits hold whole tiles, so where K is
-    a multiple of BLOCK_K a tile is in or out as a whole."""
-    k = tl.max_contiguous(k_start + offs_k, VECTOR)
-    if EVEN_K:
-        if AHEAD:
-            mask = n_mask[:, None] & (k_start < k_end)
-        else:
-            mask = n_mask[:, None]
-    else:
-        mask = n_mask[:, None] & (k < k_end)[None, :]
-    return tl.load(w_rows + k[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
-
-
-@triton.jit
 def _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PREFETCH: tl.constexpr,
-                 VECTOR: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, VECTOR: tl.constexpr):
     """Σ over k in [k_begin, k_end) of x[k] · W[n, k] for one row x, on CUDA cores → [BLOCK_N] fp32."""
     offs_k = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
@@ -165,26 +141,14 @@ def _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn,
     # loads its VECTOR values of x once).
     x_rows = x_row + 0 * offs_n[:, None]  # [BLOCK_N, 1]
     acc = tl.zeros([BLOCK_N, BLOCK_K // VECTOR], dtype=tl.float32)  # sums of runs of VECTOR, within a thread
-    # PREFETCH tiles ahead: the loads of tiles i+1 (and i+2) are issued before the FMAs of tile i and carried
-    # across iterations in registers.
-    if PREFETCH >= 1:
-        w_ahead1 = _load_weight_tile(w_rows, k_begin, offs_k, n_mask, k_end, EVEN_K, True, VECTOR)
-    if PREFETCH >= 2:
-        w_ahead2 = _load_weight_tile(w_rows, k_begin + BLOCK_K, offs_k, n_mask, k_end, EVEN_K, True, VECTOR)
     for k_start in range(k_begin, k_end, BLOCK_K):
-        if PREFETCH == 0:
-            w = _load_weight_tile(w_rows, k_start, offs_k, n_mask, k_end, EVEN_K, False, VECTOR)
-        elif PREFETCH == 1:
-            w = w_ahead1
-            w_ahead1 = _load_weight_tile(w_rows, k_start + BLOCK_K, offs_k, n_mask, k_end, EVEN_K, True, VECTOR)
-        else:
-            w = w_ahead1
-            w_ahead1 = w_ahead2
-            w_ahead2 = _load_weight_tile(w_rows, k_start + 2 * BLOCK_K, offs_k, n_mask, k_end, EVEN_K, True, VECTOR)
         k = tl.max_contiguous(k_start + offs_k, VECTOR)
         if EVEN_K:
+            w = tl.load(w_rows + k[None, :], mask=n_mask[:, None], other=0.0, eviction_policy="evict_first")
             x = tl.load(x_rows + k[None, :])
         else:
+            w = tl.load(w_rows + k[None, :], mask=n_mask[:, None] & (k < k_end)[None, :], other=0.0,
+                        eviction_policy="evict_first")
             x = tl.load(x_rows + k[None, :], mask=(k < K)[None, :], other=0.0)
         product = x.to(tl.float32) * w.to(tl.float32)  # [BLOCK_N, BLOCK_K]
         acc += tl.sum(tl.reshape(product, [BLOCK_N, BLOCK_K // VECTOR, VECTOR]), axis=2)
@@ -234,7 +198,7 @@ def _fp8_gemv_kernel(
     stride_xm, stride_wn, stride_om, stride_split,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, PREFETCH: tl.constexpr, VECTOR: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, VECTOR: tl.constexpr,
 ):
     # One program per (BLOCK_M rows of x, BLOCK_N output channels, K split); the rows vary fastest, so the
     # programs of one weight tile run side by side and all but the first read it from the L2.
@@ -253,7 +217,7 @@ def _fp8_gemv_kernel(
     else:  # BLOCK_M == 1
         x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
         y = _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn, BLOCK_N, BLOCK_K, EVEN_K,
-                         PREFETCH, VECTOR)
+                         VECTOR)
         y = y[None, :]  # [1, BLOCK_N]
     if SPLIT:
         # partial [num_splits, M, N] fp32: this split's tile, then one arrival on the output tile's counter.
@@ -367,7 +331,7 @@ def fp8_gemv(
         x.stride(0), weight.stride(0), out.stride(0), m * n,
         HAS_BIAS=bias is not None, USE_DOT=plan.use_dot, SPLIT=plan.split_k > 1,
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0,
-        DOT_PRECISION=dot_precision(x.dtype), PREFETCH=plan.prefetch, VECTOR=plan.vector,
+        DOT_PRECISION=dot_precision(x.dtype), VECTOR=plan.vector,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     return out
