@@ -106,9 +106,8 @@ class DecodeInputs:
             raise ValueError(f"a block table of {int(lens.max())} blocks exceeds the graphs' width {self.max_blocks}")
         # Per row, the first column to write: past what it holds of the same list, else 0 (the whole list).
         held = self._row_lens[:n]
-        first = np.where(held <= lens, held, 0)
-        if not all(map(operator.is_, self._row_lists[:n], block_tables)):  # rows changed sequences
-            first[~np.fromiter(map(operator.is_, self._row_lists[:n], block_tables), dtype=bool, count=n)] = 0
+        same = np.fromiter(map(operator.is_, self._row_lists[:n], block_tables), dtype=bool, count=n)  # [n]
+        first = np.where(same & (held <= lens), held, 0)
         todo = np.flatnonzero(first < lens)
         if todo.size:
             counts = lens[todo] - first[todo]  # [len(todo)]

@@ -54,11 +54,6 @@ class StepSeq:
     num_tokens: int
     samples: bool  # the step reaches the end of the known tokens, so the next one is sampled
 
-    @property
-    def token_ids(self) -> list[int]:
-        start = self.state.num_computed_tokens
-        return self.state.token_ids[start : start + self.num_tokens]
-
     def chunk(self) -> SeqChunk:
         return SeqChunk(self.state.num_computed_tokens, self.num_tokens, self.state.block_ids)
 
