@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 import torch  # noqa: E402
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
-from bench.engine import Bench, graph_replay_ms, graph_us  # noqa: E402
+from bench.engine import Bench, graph_replay_ms, graph_us, kernel_breakdown  # noqa: E402
 from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement  # noqa: E402
 from bench.fp8_attention import attention_markdown, attention_probe  # noqa: E402
 from bench.fp8_projections import projection_sweep, projections_markdown  # noqa: E402
@@ -116,6 +116,9 @@ def measure_variant(args: argparse.Namespace, model: str, quantization: str, kv_
         replay = graph_replay_ms(engine, args.decode_steps) if info.device.startswith("cuda") else None
         if replay is not None:
             row["graph_replay_ms"] = round(replay, 3)
+        if args.profile and batch == args.batch_sizes[0] and info.device.startswith("cuda"):
+            # Kernel time alone: the step's replay minus this is what the launches between kernels cost.
+            row["kernels"] = kernel_breakdown(lambda: bench.decode(ids, args.decode_steps), args.decode_steps)
         out["decode"].append(row)
         bench.finish(ids)
     batch = _prefill_seqs(args)
@@ -182,6 +185,19 @@ def _models_markdown(model: str, variants: dict[str, Any]) -> list[str]:
             + " | ".join(steps.get(b, "-") for b in batches)
             + f" | {v['prefill']['tokens_per_s']} | {acc.get('cosine_min', '-')} / {acc.get('cosine_mean', '-')} | "
             f"{acc.get('top1_agreement', '-')} | {acc.get('kl_mean', '-')} / {acc.get('kl_max', '-')} |")
+    lines.append("")
+    for name, v in variants.items():
+        for d in v.get("decode", []):
+            if "kernels" in d:
+                lines += _kernels_markdown(f"{name}, batch {d['batch']}", d["kernels"], d.get("graph_replay_ms"))
+    return lines
+
+
+def _kernels_markdown(what: str, k: dict[str, Any], replay_ms: float | None) -> list[str]:
+    gap = f"; the graph's replay {replay_ms} ms" if replay_ms is not None else ""
+    parts = ", ".join(f"{part} {ms}" for part, ms in k["parts_ms_per_step"].items())
+    lines = [f"{what}: kernels {k['device_ms_per_step']} ms per step{gap}. By part (ms): {parts}.", ""]
+    lines += [f"- {t['ms_per_step']} ms, {t['calls_per_step']}x `{t['name']}`" for t in k["top_kernels"]]
     return lines + [""]
 
 
@@ -221,6 +237,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--no-tests", action="store_true", help="skip the gpu-marked FP8 tests")
+    parser.add_argument("--profile", action="store_true",
+                        help="the first batch size's decode step by part of the step and its largest kernels")
     parser.add_argument("--tests-timeout", type=int, default=150)
     parser.add_argument("--probe-rows", default="1,4,8,16,32,64,512",
                         help="row counts of the projection probe ('' skips)")
