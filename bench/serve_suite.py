@@ -90,6 +90,12 @@ GPU_SUITE = (
                  128, seed=2),
         Scenario(f"8B ShareGPT 1000 at once, greedy, {n} tokens per step", "sharegpt", 1000),
     )) for n in (2048, 16384)),
+    *(StackRun("llama-3.1-8b", f"--load-format dummy --device cuda --scheduler-args '--max-num-batched-tokens {n}' "
+                               f"--worker-args '--quantization fp8 --kv-cache-dtype fp8 --max-num-batched-tokens {n}'", (
+        Scenario(f"{FP8_8B}, 1024 in / 128 out, 64 concurrent, {n} tokens per step", "fixed", 256, 64, 1024, 128,
+                 seed=2),
+        Scenario(f"{FP8_8B}, ShareGPT 1000 at once, greedy, {n} tokens per step", "sharegpt", 1000),
+    )) for n in (2048, 4096)),
     # FP8 weights and an FP8 KV cache against bf16, every row named "8B FP8 ..." or "1B FP8 ...", the bf16 baseline
     # included, so that --scenarios FP8 runs the comparison in one call; new request sets (the prefix cache).
     StackRun("llama-3.1-8b", "--load-format dummy --device cuda", (
