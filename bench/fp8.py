@@ -237,6 +237,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--no-tests", action="store_true", help="skip the gpu-marked FP8 tests")
+    parser.add_argument("--gemv-max-rows", type=int, default=0,
+                        help="send up to this many rows through the split-K GEMV instead of kernels.fp8_linear's "
+                        "GEMV_MAX_ROWS (an experiment: the decode steps of the row counts between the two)")
     parser.add_argument("--profile", action="store_true",
                         help="the first batch size's decode step by part of the step and its largest kernels")
     parser.add_argument("--tests-timeout", type=int, default=150)
@@ -267,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         results["wall_s"] = round(time.perf_counter() - start, 1)
         write_results(args.out_name, results, to_markdown(results), out_dir)
 
+    if args.gemv_max_rows:
+        import kernels.fp8_linear
+
+        kernels.fp8_linear.GEMV_MAX_ROWS = args.gemv_max_rows  # read at every call, before any graph is captured
     models = args.models.split(",")
     configs = {m: resolve_model_config(WorkerConfig(model=m, load_format="dummy"))[0] for m in models}
     if args.sweep_rows:

@@ -2,8 +2,9 @@
 
 Per projection shape (qkv, o, gate_up, down) and row count: µs per call (a CUDA graph of 50 calls, weights rotated
 through more copies than the L2 holds) and GB/s of weight bytes read, for bf16 F.linear, the per-token FP8
-tensor-core GEMM (torch._scaled_mm), the dequantising tensor-core kernel and the split-K GEMV; up to
-GEMV_MAX_ROWS rows, the GEMV in every config of GEMV_CANDIDATES too, each checked against the reference first.
+tensor-core GEMM (torch._scaled_mm), the dequantising tensor-core kernel and the split-K GEMV; up to 64 rows,
+the GEMV in every config of gemv_candidates too (CUDA-core ones up to 4 rows), each checked against the reference
+first.
 The totals over a layer's four projections say which config to make the default at each row count, and where the
 GEMV stops beating _scaled_mm (GEMV_MAX_ROWS).
 """
@@ -40,6 +41,9 @@ def gemv_candidates() -> list[tuple[str, Any]]:
         ("tensor cores, 64 x 128", GemvConfig(use_dot=True, block_n=64, block_k=128)),
         ("tensor cores, 4 stages", GemvConfig(use_dot=True, num_stages=4)),
         ("tensor cores, 4 programs/SM", GemvConfig(use_dot=True, programs_per_sm=4)),
+        ("tensor cores, 32 rows per tile", GemvConfig(use_dot=True, block_m=32)),
+        ("tensor cores, 64 rows per tile", GemvConfig(use_dot=True, block_m=64)),
+        ("tensor cores, 64 rows per tile, 2 stages", GemvConfig(use_dot=True, block_m=64, num_stages=2)),
     ]
 
 
@@ -102,7 +106,7 @@ def probe_shape(n_out: int, k_in: int, rows: list[int], candidates: bool) -> lis
             out.append(row)
             continue
         row["dequant_mm_us"] = graph_us_or_error(lambda i: fp8_dequant_mm(x, *fp8[i % copies]))  # noqa: B023
-        configs = gemv_candidates() if candidates and m <= GEMV_MAX_ROWS else [("default", GemvConfig())]
+        configs = gemv_candidates() if candidates else [("default", GemvConfig())]
         ref = fp8_gemv_ref(x, *fp8[0]).float()
         timed: dict[tuple, str] = {}  # plan → the label it was timed under
         for label, config in configs:

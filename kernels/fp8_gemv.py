@@ -63,6 +63,7 @@ class GemvConfig:
     count gives the grid about this many programs per SM (0: the path's default). CUDA cores only: vector, the run of
     K each thread loads and sums within itself (8 or 16 weight bytes)."""
 
+    block_m: int = 0  # tensor cores only: rows of x per tile (16, the smallest tl.dot takes, or more)
     block_n: int = 0
     block_k: int = 0
     split_k: int = 0
@@ -75,7 +76,7 @@ class GemvConfig:
     def __post_init__(self) -> None:
         if self.vector not in (0, *FMA_VECTORS):
             raise ValueError(f"GemvConfig.vector must be one of {FMA_VECTORS} (0: the default), got {self.vector}")
-        for name in ("block_n", "block_k"):
+        for name in ("block_m", "block_n", "block_k"):
             value = getattr(self, name)
             if value < 0 or value & (value - 1):
                 raise ValueError(f"GemvConfig.{name} must be a power of 2 (0: the default), got {value}")
@@ -104,7 +105,7 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
     per program and iteration, and about 4 programs per SM; then the fewest K splits that give that many."""
     use_dot = cfg.use_dot if cfg.use_dot is not None else m >= DOT_MIN_ROWS
     if use_dot:
-        block_m = DOT_BLOCK_M
+        block_m = max(DOT_BLOCK_M, cfg.block_m)
         block_n = max(16, cfg.block_n or 32)  # tl.dot's smallest N
         block_k = cfg.block_k or 256
     else:

@@ -72,6 +72,16 @@ def test_cuda_core_and_tensor_core_paths_match_the_reference_at_every_row_count(
     assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance
 
 
+@pytest.mark.parametrize("m, block_m", [(20, 32), (40, 32), (64, 64), (70, 64)])
+def test_tensor_core_tiles_of_more_rows_match_the_reference(relative_error, tolerance, device, dtype, m,
+                                                            block_m) -> None:
+    x, w, scale, b = fp8_problem(m, 72, 160, m % 2 == 0, m, device, dtype)
+    config = GemvConfig(block_m=block_m, block_k=32, split_k=3, use_dot=True)
+    assert gemv_plan(m, 72, 160, 4, config).block_m == block_m
+    out = fp8_gemv(x, w, scale, b, config=config)
+    assert relative_error(out.cpu(), _reference(x, w, scale, b)) < tolerance
+
+
 @pytest.mark.parametrize("m, use_dot", [(1, False), (3, False), (3, True), (16, True)])
 def test_split_k_gemv_is_bit_identical_from_launch_to_launch(device, dtype, m, use_dot) -> None:
     x, w, scale, b = fp8_problem(m, 37, 224, True, 21, device, dtype)
