@@ -240,6 +240,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gemv-max-rows", type=int, default=0,
                         help="send up to this many rows through the split-K GEMV instead of kernels.fp8_linear's "
                         "GEMV_MAX_ROWS (an experiment: the decode steps of the row counts between the two)")
+    parser.add_argument("--fp8-products-max-rows", type=int, default=0,
+                        help="send rows past the GEMV's limit and up to this many through the split-K kernel on FP8 "
+                        "products instead of _scaled_mm (an experiment, as --gemv-max-rows)")
     parser.add_argument("--profile", action="store_true",
                         help="the first batch size's decode step by part of the step and its largest kernels")
     parser.add_argument("--tests-timeout", type=int, default=150)
@@ -274,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         import kernels.fp8_linear
 
         kernels.fp8_linear.GEMV_MAX_ROWS = args.gemv_max_rows  # read at every call, before any graph is captured
+    if args.fp8_products_max_rows:
+        import kernels.fp8_linear
+
+        kernels.fp8_linear.FP8_PRODUCTS_MAX_ROWS = args.fp8_products_max_rows
     models = args.models.split(",")
     configs = {m: resolve_model_config(WorkerConfig(model=m, load_format="dummy"))[0] for m in models}
     if args.sweep_rows:

@@ -44,6 +44,22 @@ def gemv_candidates() -> list[tuple[str, Any]]:
         ("tensor cores, 32 rows per tile", GemvConfig(use_dot=True, block_m=32)),
         ("tensor cores, 64 rows per tile", GemvConfig(use_dot=True, block_m=64)),
         ("tensor cores, 64 rows per tile, 2 stages", GemvConfig(use_dot=True, block_m=64, num_stages=2)),
+        *fp8_product_candidates(),
+    ]
+
+
+def fp8_product_candidates() -> list[tuple[str, Any]]:
+    """The FP8-products configs (x rounded to FP8 per row, FP8 tensor-core dots), also timed past 64 rows."""
+    from kernels.fp8_gemv import GemvConfig
+
+    return [
+        ("FP8 products", GemvConfig(fp8_products=True)),
+        ("FP8 products, 128 x 128", GemvConfig(fp8_products=True, block_n=128, block_k=128)),
+        ("FP8 products, 32 x 256", GemvConfig(fp8_products=True, block_n=32)),
+        ("FP8 products, 4 stages", GemvConfig(fp8_products=True, num_stages=4)),
+        ("FP8 products, 4 programs/SM", GemvConfig(fp8_products=True, programs_per_sm=4)),
+        ("FP8 products, 8 warps", GemvConfig(fp8_products=True, num_warps=8)),
+        ("FP8 products, 128 x 512", GemvConfig(fp8_products=True, block_n=128, block_k=512, num_warps=8)),
     ]
 
 
@@ -102,11 +118,11 @@ def probe_shape(n_out: int, k_in: int, rows: list[int], candidates: bool) -> lis
             "scaled_mm_us": graph_us_or_error(lambda i: fp8_scaled_mm(x, *fp8[i % copies])),  # noqa: B023
         }
         row["gemv"], row["gemv_plans"] = {}, {}
-        if m > 4 * GEMV_MAX_ROWS:  # the Triton kernels are timed up to 64 rows
-            out.append(row)
-            continue
-        row["dequant_mm_us"] = graph_us_or_error(lambda i: fp8_dequant_mm(x, *fp8[i % copies]))  # noqa: B023
-        configs = gemv_candidates() if candidates else [("default", GemvConfig())]
+        if m > 4 * GEMV_MAX_ROWS:  # the other Triton kernels are timed up to 64 rows
+            configs = fp8_product_candidates() if candidates else fp8_product_candidates()[:1]
+        else:
+            row["dequant_mm_us"] = graph_us_or_error(lambda i: fp8_dequant_mm(x, *fp8[i % copies]))  # noqa: B023
+            configs = gemv_candidates() if candidates else [("default", GemvConfig())]
         ref = fp8_gemv_ref(x, *fp8[0]).float()
         timed: dict[tuple, str] = {}  # plan → the label it was timed under
         for label, config in configs:

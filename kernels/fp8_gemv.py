@@ -5,14 +5,17 @@ per output channel, those bytes halve against bf16. To stream them at the device
 programs with loads in flight, and the output alone (N / BLOCK_N tiles) gives too few of them for the projections
 of an 8B model, so K is split too: the grid is (M tiles, N tiles, K splits), each program reading a
 [BLOCK_N, K / splits] slice of W once for the rows of its M tile (x is a few KB and stays in cache). x is never
-quantised; products are summed in fp32 and the channel scale is applied once at the end. A program multiplies
+quantised but on the FP8-products path; products are summed in fp32 and the scales are applied once at the end. A program multiplies
 one of two ways:
 
 * CUDA cores (one row of x per program; the programs of the other rows read the same weight tile beside it, from
   the L2): x broadcast against the weight tile widened to fp32, products summed in runs of 8 within each thread
   and across threads once at the end of the slice;
 * tensor cores (more rows): the weight tile widened to x's dtype (float8_e4m3fn values are exact in bf16, fp16
-  and fp32) and tl.dot with x padded to 16 rows by masked loads.
+  and fp32) and tl.dot with x padded to 16 rows by masked loads;
+* FP8 products (GemvConfig.fp8_products, for tens of rows): x first rounded to float8_e4m3fn with one scale per
+  row, as torch._scaled_mm's per-token path rounds it, and tl.dot of the two FP8 tiles as they were loaded; the
+  row scale is applied with the channel scale at the end.
 
 Splits combine deterministically in the same launch: each stores its fp32 partial tile in a workspace
 [splits, M, N], then adds one to an atomic counter of its output tile; the program that finds every other split
@@ -41,6 +44,7 @@ from kernels._checks import (
     check_tensor,
 )
 from kernels._paged_tile import dot_precision
+from kernels.fp8_quant import quantize_fp8_rows
 from kernels.launch_memo import register_memo, sm_count
 
 DOT_MIN_ROWS = 3  # from this many rows the tensor-core path is the default
@@ -72,6 +76,7 @@ class GemvConfig:
     num_stages: int = 0
     programs_per_sm: int = 0
     vector: int = 0
+    fp8_products: bool = False  # tensor cores on x rounded to FP8 per row (block_m 16 to 64 by the rows)
 
     def __post_init__(self) -> None:
         if self.vector not in (0, *FMA_VECTORS):
@@ -96,6 +101,7 @@ class GemvPlan(NamedTuple):
     num_warps: int
     num_stages: int
     vector: int = 8  # CUDA cores: K run per thread
+    fp8_products: bool = False
 
 
 @functools.cache
@@ -103,8 +109,13 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
     """The tiles and split of a launch. Defaults: on tensor cores 16 x 32 x 256 tiles (an 8 KB weight tile per
     stage, three stages) and about 8 programs per SM; on CUDA cores one row of x and a 16 x 512 weight tile (8 KB)
     per program and iteration, and about 4 programs per SM; then the fewest K splits that give that many."""
-    use_dot = cfg.use_dot if cfg.use_dot is not None else m >= DOT_MIN_ROWS
-    if use_dot:
+    use_dot = cfg.fp8_products or (cfg.use_dot if cfg.use_dot is not None else m >= DOT_MIN_ROWS)
+    if cfg.fp8_products:
+        # One tile of rows up to 64 (a Hopper wgmma's height); FP8 dots take K in multiples of 32.
+        block_m = cfg.block_m or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(m)))
+        block_n = max(16, cfg.block_n or 64)
+        block_k = max(32, cfg.block_k or 256)
+    elif use_dot:
         block_m = max(DOT_BLOCK_M, cfg.block_m)
         block_n = max(16, cfg.block_n or 32)  # tl.dot's smallest N
         block_k = cfg.block_k or 256
@@ -112,7 +123,7 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
         block_m = 1
         block_n = cfg.block_n or 16
         block_k = cfg.block_k or 512
-    block_k = max(16, min(block_k, triton.next_power_of_2(k)))
+    block_k = max(32 if cfg.fp8_products else 16, min(block_k, triton.next_power_of_2(k)))
     k_tiles = triton.cdiv(max(k, 1), block_k)
     split = cfg.split_k
     if not split:
@@ -125,7 +136,7 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
     num_stages = cfg.num_stages or 3
     vector = 8 if use_dot else min(cfg.vector or CUDA_CORE_VECTOR, block_k)
     return GemvPlan(block_m, block_n, block_k, split, tiles_per_split * block_k, use_dot, cfg.num_warps, num_stages,
-                    vector)
+                    vector, cfg.fp8_products)
 
 
 register_memo(gemv_plan.cache_clear)
@@ -159,8 +170,9 @@ def _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn,
 @triton.jit
 def _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
-    """Σ over k in [k_begin, k_end) of x[m, k] · W[n, k] on tensor cores → [BLOCK_M, BLOCK_N] fp32."""
+                 DOT_PRECISION: tl.constexpr, FP8_PRODUCTS: tl.constexpr):
+    """Σ over k in [k_begin, k_end) of x[m, k] · W[n, k] on tensor cores → [BLOCK_M, BLOCK_N] fp32 (unscaled x
+    when x is FP8)."""
     offs_k = k_begin + tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
     # The weight tile as the dot's [BLOCK_K, BLOCK_N] operand, read along its contiguous K.
@@ -174,18 +186,23 @@ def _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K
             k_mask = (k_start - k_begin + offs_k) < K
             x = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0, eviction_policy="evict_first")
-        acc = tl.dot(x, w.to(x_ptr.dtype.element_ty), acc, input_precision=DOT_PRECISION)
+        if FP8_PRODUCTS:
+            acc = tl.dot(x, w, acc)
+        else:
+            acc = tl.dot(x, w.to(x_ptr.dtype.element_ty), acc, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     return acc
 
 
 @triton.jit
-def _store_output(y, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om,
-                  HAS_BIAS: tl.constexpr):
-    """out[m, n] = y[m, n] · scale[n] + bias[n] in out's dtype."""
+def _store_output(y, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om,
+                  HAS_BIAS: tl.constexpr, FP8_PRODUCTS: tl.constexpr):
+    """out[m, n] = y[m, n] · x_scale[m] · scale[n] + bias[n] in out's dtype (x_scale: FP8 products only)."""
     scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
     y = y * scale[None, :]
+    if FP8_PRODUCTS:
+        y = y * tl.load(x_scale_ptr + offs_m, mask=m_mask, other=0.0)[:, None]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
@@ -194,12 +211,12 @@ def _store_output(y, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mas
 
 @triton.jit
 def _fp8_gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, partial_ptr, counter_ptr,
+    x_ptr, w_ptr, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, partial_ptr, counter_ptr,
     M, N, K, k_per_split, num_splits,
     stride_xm, stride_wn, stride_om, stride_split,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, VECTOR: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, VECTOR: tl.constexpr, FP8_PRODUCTS: tl.constexpr,
 ):
     # One program per (BLOCK_M rows of x, BLOCK_N output channels, K split); the rows vary fastest, so the
     # programs of one weight tile run side by side and all but the first read it from the L2.
@@ -214,7 +231,7 @@ def _fp8_gemv_kernel(
     k_end = tl.minimum(k_begin + k_per_split, K)
     if USE_DOT:
         y = _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
-                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION)
+                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION, FP8_PRODUCTS)
     else:  # BLOCK_M == 1
         x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
         y = _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn, BLOCK_N, BLOCK_K, EVEN_K,
@@ -235,10 +252,12 @@ def _fp8_gemv_kernel(
             for _ in range(0, num_splits):  # split order, whichever program came last
                 total += tl.load(tile, mask=mask, other=0.0, cache_modifier=".cg")
                 tile += stride_split
-            _store_output(total, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om, HAS_BIAS)
+            _store_output(total, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask,
+                          stride_om, HAS_BIAS, FP8_PRODUCTS)
             tl.store(counter, 0)  # every split of this tile has arrived: none reads it again in this launch
     else:
-        _store_output(y, scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om, HAS_BIAS)
+        _store_output(y, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om,
+                      HAS_BIAS, FP8_PRODUCTS)
 
 
 def check_fp8_linear_args(
@@ -315,11 +334,14 @@ def fp8_gemv(
 ) -> torch.Tensor:
     """x [M, K] (fp32/fp16/bf16), weight [N, K] float8_e4m3fn, weight_scale [N] fp32, bias [N] → [M, N] in x's
     dtype: x · (weight · weight_scale[:, None])ᵀ + bias, accumulated in fp32, bit-identical from run to run. Any M;
-    meant for up to about 16. Never syncs with the host; can be captured in a CUDA graph once it ran outside one."""
+    meant for up to about 16 rows, or tens with config.fp8_products (x then rounded to FP8 per row first). Never syncs with the host; can be captured in a CUDA graph once it ran outside one."""
     m, n, k, out = fp8_linear_output(x, weight, weight_scale, bias, out)
     if m == 0 or n == 0:
         return out
     plan = gemv_plan(m, n, k, num_sms(x.device), config or GemvConfig())
+    x_scale = weight_scale  # not read
+    if plan.fp8_products:
+        x, x_scale = quantize_fp8_rows(x)  # [M, K] float8_e4m3fn, [M, 1] fp32
     grid = (triton.cdiv(m, plan.block_m), triton.cdiv(n, plan.block_n), plan.split_k)
     if plan.split_k > 1:
         partial = torch.empty((plan.split_k, m, n), dtype=torch.float32, device=x.device)
@@ -327,12 +349,12 @@ def fp8_gemv(
     else:
         partial = counters = out  # not read
     _fp8_gemv_kernel[grid](
-        x, weight, weight_scale, bias if bias is not None else weight_scale, out, partial, counters,
+        x, weight, weight_scale, x_scale, bias if bias is not None else weight_scale, out, partial, counters,
         m, n, k, plan.k_per_split, plan.split_k,
         x.stride(0), weight.stride(0), out.stride(0), m * n,
         HAS_BIAS=bias is not None, USE_DOT=plan.use_dot, SPLIT=plan.split_k > 1,
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0,
-        DOT_PRECISION=dot_precision(x.dtype), VECTOR=plan.vector,
+        DOT_PRECISION=dot_precision(out.dtype), VECTOR=plan.vector, FP8_PRODUCTS=plan.fp8_products,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     return out

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # At most this many rows go through the split-K GEMV; more take the tensor-core GEMM (`bench/fp8.py --sweep-rows`
 # times both at several row counts).
 GEMV_MAX_ROWS = 16
+# Past GEMV_MAX_ROWS and up to this many rows, the split-K kernel on FP8 products (x rounded per row as _scaled_mm
+# rounds it) instead of _scaled_mm, on CUDA; equal to GEMV_MAX_ROWS, none.
+FP8_PRODUCTS_MAX_ROWS = 16
+FP8_PRODUCTS = GemvConfig(fp8_products=True)
 # Launches by (kernel, tiles, dtype, K, bias): True once one ran, False once one failed to compile (the other
 # Triton kernel then serves that shape in this process).
 _compiled_tiles: dict[tuple, bool] = {}
@@ -57,8 +61,8 @@ def fp8_scaled_mm(
 
 
 def fp8_linear_path(rows: int, n: int, k: int, capability: tuple[int, int] | None) -> str:
-    """Which implementation fp8_linear runs for x [rows, k] and weight [n, k]: "gemv", "dequant_mm", "scaled_mm" or
-    "reference". capability: the CUDA device's (major, minor), None off CUDA (the interpreter runs the Triton
+    """Which implementation fp8_linear runs for x [rows, k] and weight [n, k]: "gemv", "fp8_products", "dequant_mm",
+    "scaled_mm" or "reference". capability: the CUDA device's (major, minor), None off CUDA (the interpreter runs the Triton
     kernels for any rows). Decided by shapes alone, so a captured CUDA graph keeps the path it was captured with."""
     if capability is not None and capability < (8, 9):
         return "reference"  # no FP8 tensor cores, and Triton cannot convert float8_e4m3fn there
@@ -67,7 +71,7 @@ def fp8_linear_path(rows: int, n: int, k: int, capability: tuple[int, int] | Non
     # _scaled_mm needs both dimensions of the weight divisible by 16; the dequantising kernel takes any.
     if capability is None or n % 16 or k % 16:
         return "dequant_mm"
-    return "scaled_mm"
+    return "fp8_products" if rows <= FP8_PRODUCTS_MAX_ROWS else "scaled_mm"
 
 
 def fp8_linear(
@@ -92,11 +96,14 @@ def fp8_linear(
 def _compiled_or_other(
     path: str, x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """The kernel of `path` ("gemv" or "dequant_mm"), or the other one for tiles that Triton failed to compile on
-    this device (said once)."""
+    """The kernel of `path` ("gemv", "fp8_products" or "dequant_mm"), or another one for tiles that Triton failed
+    to compile on this device (said once)."""
     m, n, k = check_fp8_linear_args(x, weight, weight_scale, bias)
     if path == "gemv":
         tiles, kernel, other = gemv_plan(m, n, k, num_sms(x.device), GemvConfig()), fp8_gemv, fp8_dequant_mm
+    elif path == "fp8_products":
+        tiles, other = gemv_plan(m, n, k, num_sms(x.device), FP8_PRODUCTS), fp8_scaled_mm
+        kernel = functools.partial(fp8_gemv, config=FP8_PRODUCTS)
     else:
         tiles, kernel, other = dequant_mm_tiles(m, n, k, DequantMMConfig()), fp8_dequant_mm, fp8_gemv
     key = (path, tiles, x.dtype, k, bias is None)
@@ -109,7 +116,7 @@ def _compiled_or_other(
         y = kernel(x, weight, weight_scale, bias)  # the first launch of these tiles compiles them
     except Exception as exc:  # noqa: BLE001 - compile failures surface as several exception types
         first_line = (str(exc).splitlines() or [""])[0][:200]
-        log.warning("%s tiles %s for %s x %s do not compile here (%s: %s); %s serves them", kernel.__name__, tiles,
+        log.warning("%s tiles %s for %s x %s do not compile here (%s: %s); %s serves them", path, tiles,
                     tuple(x.shape), tuple(weight.shape), type(exc).__name__, first_line, other.__name__)
         _compiled_tiles[key] = False
         return other(x, weight, weight_scale, bias)
@@ -130,7 +137,7 @@ def fp8_linear_ref(
     that path rounds them."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if fp8_linear_path(x2.shape[0], weight.shape[0], x2.shape[1], capability) == "scaled_mm":
+    if fp8_linear_path(x2.shape[0], weight.shape[0], x2.shape[1], capability) in ("scaled_mm", "fp8_products"):
         q, x_scale = quantize_fp8_rows_ref(x2)
         x2 = (q.float() * x_scale).to(x.dtype)
     y = fp8_gemv_ref(x2, weight, weight_scale, bias)

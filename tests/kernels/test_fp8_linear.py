@@ -77,6 +77,18 @@ def test_dequant_mm_default_tiles_follow_rows_and_output_width() -> None:
     assert dequant_mm_tiles(1, 40, 24, cfg) == (16, 16, 32, 4)  # K tiles no longer than K (rounded to a power of 2)
 
 
+def test_rows_past_the_gemv_up_to_the_fp8_products_limit_take_fp8_products_on_cuda_only(monkeypatch) -> None:
+    import kernels.fp8_linear
+
+    monkeypatch.setattr(kernels.fp8_linear, "FP8_PRODUCTS_MAX_ROWS", 64)
+    hopper = (9, 0)
+    assert fp8_linear_path(GEMV_MAX_ROWS, 4096, 4096, hopper) == "gemv"
+    assert fp8_linear_path(GEMV_MAX_ROWS + 1, 4096, 4096, hopper) == "fp8_products"
+    assert fp8_linear_path(64, 4096, 4096, hopper) == "fp8_products"
+    assert fp8_linear_path(65, 4096, 4096, hopper) == "scaled_mm"
+    assert fp8_linear_path(32, 4096, 4096, None) == "dequant_mm"
+
+
 def test_fp8_linear_path_follows_rows_shape_and_device() -> None:
     hopper = (9, 0)
     assert fp8_linear_path(1, 4096, 4096, hopper) == "gemv"
