@@ -243,6 +243,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fp8-products-max-rows", type=int, default=0,
                         help="send rows past the GEMV's limit and up to this many through the split-K kernel on FP8 "
                         "products instead of _scaled_mm (an experiment, as --gemv-max-rows)")
+    parser.add_argument("--no-dependent-launch", action="store_true",
+                        help="launch the projection, norm, activation and rotary kernels the ordinary way, not as "
+                        "programmatic dependents (kernels/dependent_launch.py), to compare")
     parser.add_argument("--profile", action="store_true",
                         help="the first batch size's decode step by part of the step and its largest kernels")
     parser.add_argument("--tests-timeout", type=int, default=150)
@@ -277,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         import kernels.fp8_linear
 
         kernels.fp8_linear.GEMV_MAX_ROWS = args.gemv_max_rows  # read at every call, before any graph is captured
+    if args.no_dependent_launch:
+        import kernels.dependent_launch
+
+        kernels.dependent_launch.ENABLED = False
     if args.fp8_products_max_rows:
         import kernels.fp8_linear
 

@@ -8,10 +8,14 @@ import triton
 import triton.language as tl
 
 from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_tensor
+from kernels.dependent_launch import dependent_launch, gdc_launch_dependents, gdc_wait, launch_options
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, d, stride_x, stride_o, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, d, stride_x, stride_o, BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
+    if USE_GDC:  # a dependent launch (kernels/dependent_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
@@ -36,8 +40,10 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((x.shape[0], d), dtype=x.dtype, device=x.device)
     if x.shape[0] > 0 and d > 0:
         block = min(4096, triton.next_power_of_2(d))
+        dependent = dependent_launch(x.device)
         _silu_and_mul_kernel[(x.shape[0], triton.cdiv(d, block))](
-            x, out, d, x.stride(0), out.stride(0), BLOCK=block, num_warps=4
+            x, out, d, x.stride(0), out.stride(0), BLOCK=block, USE_GDC=dependent, num_warps=4,
+            **launch_options(dependent),
         )
     return out
 

@@ -26,12 +26,9 @@ from kernels._paged_tile import (
     tma_tile,
 )
 from kernels.decode_gluon import gluon_decode_available, gluon_decode_unsupported_reason, launch_gluon_decode
-from kernels.launch_memo import device_capability, register_memo
+from kernels.dependent_launch import gdc_launch_dependents, gdc_wait, supports_pdl
+from kernels.launch_memo import register_memo
 
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # a Triton without grid dependency control: every kernel is launched the ordinary way
-    gdc_launch_dependents = gdc_wait = None
 
 NUM_SMS_H100 = 132
 
@@ -39,12 +36,6 @@ NUM_SMS_H100 = 132
 # integer (1, a multiple of 16, anything else); a class seen for the first time mid-serving stalls the worker for
 # the compile, so these are left unspecialised.
 _PER_STEP_ARGS = ["split_len", "table_width", "stride_bt"]
-
-
-def supports_pdl(requested: bool, device: torch.device) -> bool:
-    """Programmatic dependent launch needs a compiled launch on compute capability 9.0 or newer."""
-    return (requested and gdc_wait is not None and device.type == "cuda"
-            and device_capability(device)[0] >= 9)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from kernels._checks import (
     check_tensor,
 )
 from kernels._paged_tile import dot_precision
+from kernels.dependent_launch import dependent_launch, gdc_launch_dependents, gdc_wait, launch_options
 from kernels.fp8_quant import quantize_fp8_rows
 from kernels.launch_memo import register_memo, sm_count
 
@@ -216,10 +217,13 @@ def _fp8_gemv_kernel(
     stride_xm, stride_wn, stride_om, stride_split,
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, VECTOR: tl.constexpr, FP8_PRODUCTS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, VECTOR: tl.constexpr, FP8_PRODUCTS: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     # One program per (BLOCK_M rows of x, BLOCK_N output channels, K split); the rows vary fastest, so the
     # programs of one weight tile run side by side and all but the first read it from the L2.
+    if USE_GDC:  # a dependent launch: x, the workspace and the counters are the earlier kernels' until now
+        gdc_wait()
+        gdc_launch_dependents()
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -342,6 +346,7 @@ def fp8_gemv(
     x_scale = weight_scale  # not read
     if plan.fp8_products:
         x, x_scale = quantize_fp8_rows(x)  # [M, K] float8_e4m3fn, [M, 1] fp32
+    dependent = dependent_launch(x.device)
     grid = (triton.cdiv(m, plan.block_m), triton.cdiv(n, plan.block_n), plan.split_k)
     if plan.split_k > 1:
         partial = torch.empty((plan.split_k, m, n), dtype=torch.float32, device=x.device)
@@ -355,7 +360,7 @@ def fp8_gemv(
         HAS_BIAS=bias is not None, USE_DOT=plan.use_dot, SPLIT=plan.split_k > 1,
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0,
         DOT_PRECISION=dot_precision(out.dtype), VECTOR=plan.vector, FP8_PRODUCTS=plan.fp8_products,
-        num_warps=plan.num_warps, num_stages=plan.num_stages,
+        USE_GDC=dependent, num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(dependent),
     )
     return out
 

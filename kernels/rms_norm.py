@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_same_device, check_tensor
+from kernels.dependent_launch import dependent_launch, gdc_launch_dependents, gdc_wait, launch_options
 
 
 @triton.jit(do_not_specialize=["num_rows"])
@@ -17,7 +18,11 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    USE_GDC: tl.constexpr,
 ):
+    if USE_GDC:  # a dependent launch (kernels/dependent_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
     # A [BLOCK_ROWS, BLOCK_H] tile: several short rows per program (Qwen3's per-head norm has hidden = head_dim).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_H)
@@ -67,12 +72,13 @@ def rms_norm(
     block_rows = max(1, min(64, 4096 // block_h, triton.next_power_of_2(max(num_rows, 1))))
     if num_rows > 0:
         res = residual if residual is not None else x
+        dependent = dependent_launch(x.device)
         _rms_norm_kernel[(triton.cdiv(num_rows, block_rows),)](
             x, res, weight, out, summed,
             num_rows, hidden, float(eps),
             x.stride(0), res.stride(0), out.stride(0), summed.stride(0),
-            HAS_RESIDUAL=residual is not None, BLOCK_ROWS=block_rows, BLOCK_H=block_h,
-            num_warps=8 if block_h >= 4096 else 4,
+            HAS_RESIDUAL=residual is not None, BLOCK_ROWS=block_rows, BLOCK_H=block_h, USE_GDC=dependent,
+            num_warps=8 if block_h >= 4096 else 4, **launch_options(dependent),
         )
     return (out, summed) if residual is not None else out
 

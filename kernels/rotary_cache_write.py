@@ -22,6 +22,7 @@ from kernels._checks import (
     check_tensor,
 )
 from kernels.cache_write import cache_value, write_kv_cache_ref
+from kernels.dependent_launch import dependent_launch, gdc_launch_dependents, gdc_wait, launch_options
 from kernels.rotary import apply_rotary_ref
 
 
@@ -32,8 +33,11 @@ def _rotary_cache_write_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_qot, stride_qoh,
     stride_cb, stride_cs, stride_ch, stride_cos, stride_sin, k_inv_scale, v_inv_scale,
     HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    FP8: tl.constexpr,
+    FP8: tl.constexpr, USE_GDC: tl.constexpr,
 ):
+    if USE_GDC:  # a dependent launch (kernels/dependent_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
     # One program per token: its q heads to q_out, its k heads (rotated) and v heads to the token's cache slot.
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + token).to(tl.int64)
@@ -135,6 +139,7 @@ def apply_rotary_and_write_kv(
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     if num_tokens > 0:
+        dependent = dependent_launch(q.device)
         _rotary_cache_write_kernel[(num_tokens,)](
             q, k, v, q_out, key_cache, value_cache, positions, slot_mapping, cos, sin,
             num_heads, num_kv_heads, key_cache.shape[1],
@@ -145,8 +150,8 @@ def apply_rotary_and_write_kv(
             HALF=head_dim // 2, FP8=key_cache.dtype == FP8_DTYPE,
             BLOCK_HEADS=triton.next_power_of_2(num_heads),
             BLOCK_KV_HEADS=triton.next_power_of_2(num_kv_heads),
-            BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
-            num_warps=4,
+            BLOCK_HALF=triton.next_power_of_2(head_dim // 2), USE_GDC=dependent,
+            num_warps=4, **launch_options(dependent),
         )
     return q_out
 

@@ -9,7 +9,7 @@ import torch
 from kernels._checks import FP8_DTYPE
 from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
 from kernels.fp8_gemv import fp8_gemv, fp8_gemv_ref
-from kernels.fp8_linear import GEMV_MAX_ROWS, fp8_linear, fp8_linear_path, fp8_linear_ref, fp8_scaled_mm
+from kernels.fp8_linear import FP8_PRODUCTS_MAX_ROWS, GEMV_MAX_ROWS, fp8_linear, fp8_linear_path, fp8_linear_ref, fp8_scaled_mm
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
 from tests.kernels.fp8_problems import fp8_problem, fp8_weights
 
@@ -93,7 +93,8 @@ def test_fp8_linear_path_follows_rows_shape_and_device() -> None:
     hopper = (9, 0)
     assert fp8_linear_path(1, 4096, 4096, hopper) == "gemv"
     assert fp8_linear_path(GEMV_MAX_ROWS, 4096, 4096, hopper) == "gemv"
-    assert fp8_linear_path(GEMV_MAX_ROWS + 1, 4096, 4096, hopper) == "scaled_mm"
+    assert fp8_linear_path(GEMV_MAX_ROWS + 1, 4096, 4096, hopper) == "fp8_products"
+    assert fp8_linear_path(FP8_PRODUCTS_MAX_ROWS + 1, 4096, 4096, hopper) == "scaled_mm"
     assert fp8_linear_path(2048, 6144, 4096, (8, 9)) == "scaled_mm"
     # _scaled_mm needs weight dimensions divisible by 16; the dequantising kernel takes any, the GEMV too.
     assert fp8_linear_path(64, 40, 4096, hopper) == "dequant_mm"
