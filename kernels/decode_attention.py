@@ -34,8 +34,8 @@ NUM_SMS_H100 = 132
 
 # Integer arguments that change from step to step. Triton compiles a kernel per value class of each specialised
 # integer (1, a multiple of 16, anything else); a class seen for the first time mid-serving stalls the worker for
-# the compile, so these are left unspecialised.
-_PER_STEP_ARGS = ["split_len", "table_width", "stride_bt"]
+# the compile, so these are left unspecialised. The partial results' strides follow the step's split count.
+_PER_STEP_ARGS = ["split_len", "table_width", "stride_bt", "stride_ps", "stride_ph"]
 
 
 @dataclass(frozen=True)

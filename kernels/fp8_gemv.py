@@ -52,6 +52,7 @@ DOT_MIN_ROWS = 3  # from this many rows the tensor-core path is the default
 # Default programs per SM by path (the H200 sweep of bench/fp8.py --sweep-rows chose them).
 CUDA_CORE_PROGRAMS_PER_SM = 4
 TENSOR_CORE_PROGRAMS_PER_SM = 8
+FP8_PRODUCTS_PROGRAMS_PER_SM = 4  # the H200 sweep at 32 to 256 rows (bench/fp8.py --sweep-rows)
 CUDA_CORE_VECTOR = 16  # 16-byte weight loads (the same sweep)
 DOT_BLOCK_M = 16  # rows of x per tensor-core tile (the smallest tl.dot takes)
 MAX_SPLIT_K = 16
@@ -129,7 +130,9 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
     split = cfg.split_k
     if not split:
         tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-        per_sm = cfg.programs_per_sm or (TENSOR_CORE_PROGRAMS_PER_SM if use_dot else CUDA_CORE_PROGRAMS_PER_SM)
+        path_default = (FP8_PRODUCTS_PROGRAMS_PER_SM if cfg.fp8_products
+                        else TENSOR_CORE_PROGRAMS_PER_SM if use_dot else CUDA_CORE_PROGRAMS_PER_SM)
+        per_sm = cfg.programs_per_sm or path_default
         split = triton.cdiv(num_sms * per_sm, max(tiles, 1))
     split = max(1, min(split, MAX_SPLIT_K, k_tiles))
     tiles_per_split = triton.cdiv(k_tiles, split)

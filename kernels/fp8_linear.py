@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 # times both at several row counts).
 GEMV_MAX_ROWS = 16
 # Past GEMV_MAX_ROWS and up to this many rows, the split-K kernel on FP8 products (x rounded per row as _scaled_mm
-# rounds it) instead of _scaled_mm, on CUDA: the H200's whole 8B decode steps were faster that way at 24 and 32
-# rows, and slower from 64 (bench/fp8.py --fp8-products-max-rows).
+# rounds it) instead of _scaled_mm, on CUDA: on the H200 an 8B layer's four projections took a fifth less time that
+# way at 32 rows, as long at 64 and longer from 128 (bench/fp8.py --sweep-rows).
 FP8_PRODUCTS_MAX_ROWS = 32
 FP8_PRODUCTS = GemvConfig(fp8_products=True)
 # Launches by (kernel, tiles, dtype, K, bias): True once one ran, False once one failed to compile (the other

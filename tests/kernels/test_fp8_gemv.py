@@ -159,6 +159,11 @@ def test_default_plans_split_k_until_every_sm_has_about_four_or_eight_programs()
     assert gemv_plan(16, 4096, 4096, sms) == GemvPlan(16, 32, 256, 8, 512, True, 4, 3)  # 9 wanted, 16 K tiles
     assert gemv_plan(8, 28672, 4096, sms) == GemvPlan(16, 32, 256, 2, 2048, True, 4, 3)
     assert gemv_plan(8, 4096, 14336, sms) == GemvPlan(16, 32, 256, 8, 1792, True, 4, 3)
+    # FP8 products: one tile of rows up to 64, 64 x 256 weight tiles, about 4 programs per SM.
+    products = GemvConfig(fp8_products=True)
+    assert gemv_plan(32, 6144, 4096, sms, products) == GemvPlan(32, 64, 256, 6, 768, True, 4, 3, 8, True)
+    assert gemv_plan(20, 28672, 4096, sms, products) == GemvPlan(32, 64, 256, 2, 2048, True, 4, 3, 8, True)
+    assert gemv_plan(100, 4096, 4096, sms, products).block_m == 64
     # Overrides: a fixed split, the CUDA-core path at 4 rows (a program per row and tile), K shorter than a tile.
     assert gemv_plan(1, 6144, 4096, sms, GemvConfig(split_k=1)).split_k == 1
     assert gemv_plan(4, 6144, 4096, sms, GemvConfig(use_dot=False))[:5] == (1, 16, 512, 1, 4096)
