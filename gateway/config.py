@@ -52,18 +52,27 @@ class ResultCacheConfig:
 @dataclass(frozen=True)
 class EmbeddingCacheConfig:
     """The embedding cache: one entry per input vector, in Redis when the result cache has a redis_url (sharing
-    its timeout and circuit breaker), else in an in-process LRU of its own."""
+    its timeout and circuit breaker; with local copies in front while local_ttl_s > 0), else in an in-process LRU
+    of its own."""
 
     enabled: bool = on_off_option(
         True, "answer embedding inputs seen before from the cache (Redis with --redis-url)", name="embedding_cache")
     ttl_s: float = option(86400.0, "how long a stored vector lives", name="embedding_cache_ttl_s")
-    max_entries: int = option(100_000, "in-process LRU: vectors", name="embedding_cache_max_entries")
-    max_bytes: int = option(256 * 1024 * 1024, "in-process LRU: bytes of stored vectors",
+    max_entries: int = option(100_000, "in-process LRU (with Redis: its local copies): vectors",
+                              name="embedding_cache_max_entries")
+    max_bytes: int = option(256 * 1024 * 1024, "in-process LRU (with Redis: its local copies): bytes of stored vectors",
                             name="embedding_cache_max_bytes")
+    # With Redis, each gateway keeps its own copy of a vector it read or stored, so a repeated input skips the round
+    # trip (a batch of wide vectors is a large reply). A vector never changes under its key, so only size and this
+    # TTL bound a copy; the TTL is how long entries deleted from Redis may still answer here.
+    local_ttl_s: float = option(60.0, "with Redis: seconds this process keeps its own copy of a vector; 0: none",
+                                name="embedding_cache_local_ttl_s")
 
     def __post_init__(self) -> None:
         if not self.ttl_s > 0:
             raise InvalidArgument(f"--embedding-cache-ttl-s must be positive, got {self.ttl_s}")
+        if not self.local_ttl_s >= 0:
+            raise InvalidArgument(f"{flag_of(self, 'local_ttl_s')} must be 0 or more, got {self.local_ttl_s}")
         for name in ("max_entries", "max_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{flag_of(self, name)} must be at least 1, got {getattr(self, name)}")

@@ -169,18 +169,25 @@ def build_store(config: ResultCacheConfig, breaker: CircuitBreaker | None = None
         return LruStore(config.max_entries, config.max_bytes, config.ttl_s)
     breaker = breaker or CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
     shared = RedisStore(config.redis_url, config.ttl_s, config.redis_timeout_s, breaker)
-    if config.local_ttl_s == 0:
-        return shared
-    return TieredStore(LruStore(config.max_entries, config.max_bytes, min(config.local_ttl_s, config.ttl_s)), shared)
+    return _with_local_copies(shared, config.max_entries, config.max_bytes, min(config.local_ttl_s, config.ttl_s))
 
 
 def build_embedding_store(config: EmbeddingCacheConfig, redis: ResultCacheConfig,
                           breaker: CircuitBreaker | None = None) -> ResultStore:
-    """Redis of the result cache (its timeout, and its breaker when given) with this cache's TTL, else an LRU."""
-    if redis.redis_url:
-        breaker = breaker or CircuitBreaker(redis.breaker_failures, redis.breaker_cooldown_s)
-        return RedisStore(redis.redis_url, config.ttl_s, redis.redis_timeout_s, breaker)
-    return LruStore(config.max_entries, config.max_bytes, config.ttl_s)
+    """An in-process LRU without a Redis URL; else Redis of the result cache (its timeout, and its breaker when
+    given) with this cache's TTL, and local copies in front while config.local_ttl_s > 0 (bounded by this cache's
+    max_entries and max_bytes)."""
+    if not redis.redis_url:
+        return LruStore(config.max_entries, config.max_bytes, config.ttl_s)
+    breaker = breaker or CircuitBreaker(redis.breaker_failures, redis.breaker_cooldown_s)
+    shared = RedisStore(redis.redis_url, config.ttl_s, redis.redis_timeout_s, breaker)
+    return _with_local_copies(shared, config.max_entries, config.max_bytes, min(config.local_ttl_s, config.ttl_s))
+
+
+def _with_local_copies(shared: RedisStore, max_entries: int, max_bytes: int, local_ttl_s: float) -> ResultStore:
+    if local_ttl_s == 0:
+        return shared
+    return TieredStore(LruStore(max_entries, max_bytes, local_ttl_s), shared)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ Key: `<namespace>:embedding:<version>:<sha256>` over the tenant, the model and i
 folder's pooling files), the request's normalisation (unset means the model's default, itself fixed by the
 revision) and dimensions, and the input's exact token ids; equal token ids from a text or from ids share an
 entry. Value: the vector as little-endian float32 bytes. The store is the result cache's kind: an in-process LRU,
-or Redis (shared client, timeouts and circuit breaker: a Redis that fails answers misses).
+or Redis (shared client, timeouts and circuit breaker: a Redis that fails answers misses) with this process's
+short-lived copies in front (TieredStore).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from gateway.cache.lru_store import ResultStore
 from gateway.schema import ModelCard
+from services.common.allocator import MMAP_THRESHOLD_BYTES
 
 KEY_VERSION = "v1"
 FLOAT32 = np.dtype("<f4")  # parsed once: a dtype string costs as much as the frombuffer call it is passed to
@@ -78,10 +80,12 @@ def decode_vector(raw: bytes) -> np.ndarray | None:
 
 def decode_vectors(raws: Sequence[bytes | None]) -> list[np.ndarray | None]:
     """decode_vector of each value (None stays None). When every stored value has one valid length, as a
-    request's vectors do, they are decoded as the rows of one array: one frombuffer instead of one per input."""
+    request's vectors do, and together they stay under the allocator's mmap threshold, they are decoded as the rows
+    of one array: one frombuffer instead of one per input. A larger joined copy would be a fresh mapping, its pages
+    faulted in on every lookup, which costs several times the frombuffer calls it saves."""
     found = [raw for raw in raws if raw is not None]
     sizes = {len(raw) for raw in found}
-    if len(sizes) != 1 or not found[0] or len(found[0]) % 4:
+    if len(sizes) != 1 or not found[0] or len(found[0]) % 4 or len(found) * len(found[0]) >= MMAP_THRESHOLD_BYTES:
         return [None if raw is None else decode_vector(raw) for raw in raws]
     rows = iter(np.frombuffer(b"".join(found), dtype=FLOAT32).reshape(len(found), len(found[0]) // 4))
     return [None if raw is None else next(rows) for raw in raws]

@@ -9,9 +9,14 @@ import pytest
 from gateway.cache.breaker import CircuitBreaker
 from gateway.cache.entry import CachedResult, EntryError
 from gateway.cache.lru_store import LruStore
+from gateway.cache.redis_store import RedisStore
 from gateway.cache.tiered_store import TieredStore
+from gateway.config import EmbeddingCacheConfig, ResultCacheConfig
 from gateway.schema import Finished, Latency, TextDelta, TokenLogprob, TopLogprob, Usage
+from gateway.server import build_embedding_store
 from services.common.finish_reason import FinishReason
+
+pytestmark = pytest.mark.timeout(30)
 
 
 class Clock:
@@ -132,3 +137,17 @@ def test_a_tiered_store_writes_both_tiers_and_reads_many_from_the_shared_store_o
         assert (len(store.local), len(shared)) == (0, 0)
 
     asyncio.run(main())
+
+
+def test_with_redis_the_embedding_store_keeps_local_copies_within_its_own_bounds_unless_its_local_ttl_is_0() -> None:
+    redis = ResultCacheConfig(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.2, local_ttl_s=1.0)
+    store = build_embedding_store(EmbeddingCacheConfig(ttl_s=40.0, max_entries=7, max_bytes=9000), redis)
+    assert isinstance(store, TieredStore) and isinstance(store.shared, RedisStore)
+    assert (store.local.max_entries, store.local.max_bytes, store.local.ttl_s) == (7, 9000, 40.0)
+    assert (store.shared.ttl_ms, store.shared.timeout_s) == (40_000, 0.2)
+    store = build_embedding_store(EmbeddingCacheConfig(ttl_s=40.0, local_ttl_s=5.0), redis)
+    assert isinstance(store, TieredStore) and store.local.ttl_s == 5.0
+    store = build_embedding_store(EmbeddingCacheConfig(local_ttl_s=0.0), redis)
+    assert isinstance(store, RedisStore)
+    store = build_embedding_store(EmbeddingCacheConfig(ttl_s=40.0, local_ttl_s=5.0), ResultCacheConfig())
+    assert isinstance(store, LruStore) and store.ttl_s == 40.0

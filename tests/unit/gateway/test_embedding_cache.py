@@ -19,9 +19,11 @@ from gateway.cache.embedding_cache import (
 )
 from gateway.cache.lru_store import LruStore
 from gateway.schema import ModelCard
+from services.common.allocator import MMAP_THRESHOLD_BYTES
 
 CARD = ModelCard("minilm", revision="r1")
 DEFAULT = VectorOptions(None, 0)
+pytestmark = pytest.mark.timeout(30)
 
 
 def test_key_is_namespaced_versioned_and_stable() -> None:
@@ -79,6 +81,15 @@ def test_values_of_one_length_decode_as_rows_of_one_array_in_place_of_their_keys
     assert [None if v is None else v.tolist() for v in decoded] == [[1.0, -2.0], None, [0.25, 8.0], None]
     assert decoded[0].base is decoded[2].base and decoded[0].dtype == np.dtype("<f4")
     assert decode_vectors([None, None]) == [None, None] and decode_vectors([]) == []
+
+
+def test_values_whose_joined_copy_would_reach_the_mmap_threshold_decode_as_views_of_each_value() -> None:
+    raws = [np.full(1024, i, "<f4").tobytes() for i in range(MMAP_THRESHOLD_BYTES // 4096)]
+    decoded = decode_vectors([*raws, None])
+    assert [v[0] for v in decoded[:-1]] == list(range(len(raws))) and decoded[-1] is None
+    assert all(v.base is raw for v, raw in zip(decoded, raws))
+    fewer = decode_vectors(raws[:-1])
+    assert fewer[0].base is fewer[1].base and fewer[0].base is not raws[0]
 
 
 def test_values_of_mixed_or_unreadable_lengths_decode_one_by_one_and_the_unreadable_miss() -> None:

@@ -54,6 +54,8 @@ OPTIONS = [
                 "embedding_cache.max_entries", "100000", ("10", 10), ("20", 20)),
     StageOption("--embedding-cache-max-bytes", "FLASHSTREAM_EMBEDDING_CACHE_MAX_BYTES", "embedding_cache.max_bytes",
                 MIB_256, ("1000", 1000), ("2000", 2000)),
+    StageOption("--embedding-cache-local-ttl-s", "FLASHSTREAM_EMBEDDING_CACHE_LOCAL_TTL_S",
+                "embedding_cache.local_ttl_s", "60.0", ("0", 0.0), ("30", 30.0)),
 ]
 
 
@@ -78,6 +80,7 @@ def test_a_cache_switch_refuses_a_word_other_than_on_or_off_naming_its_flag_or_v
     (["--redis-breaker-failures", "0"], "--redis-breaker-failures must be at least 1, got 0"),
     (["--redis-url", "http://r:1"], "--redis-url must start with redis://, rediss:// or unix://, got 'http://r:1'"),
     (["--embedding-cache-max-bytes", "0"], "--embedding-cache-max-bytes must be at least 1, got 0"),
+    (["--embedding-cache-local-ttl-s", "-1"], "--embedding-cache-local-ttl-s must be 0 or more, got -1.0"),
 ])
 def test_a_cache_limit_out_of_range_is_refused_naming_its_flag(argv: list[str], message: str) -> None:
     with environment({}), pytest.raises(InvalidArgument) as info:
