@@ -122,6 +122,13 @@ def default_decode_config(num_seqs: int, num_kv_heads: int, num_splits: int, blo
 register_memo(default_decode_config.cache_clear)  # a function of its arguments and the device's capability
 
 
+def decode_config_device(key_cache: torch.Tensor) -> torch.device | None:
+    """The device argument of default_decode_config for a cache: None for an FP8 cache, which only the gather
+    kernels read (so its graphs, mixed steps and eager calls pick the same config, and no variant first compiles
+    mid-serving), the cache's device otherwise."""
+    return None if key_cache.dtype == FP8_DTYPE else key_cache.device
+
+
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, cfg: DecodeConfig) -> int:
     """As many splits as fit in one wave of target_programs, none shorter than min_split_len keys."""
     programs = max(1, num_seqs * num_kv_heads)
@@ -356,12 +363,12 @@ def paged_decode_attention(
         # The Gluon and TMA kernels multiply tiles as they land; the gather kernel widens FP8 in registers. k_scale
         # joins the softmax scale, v_scale multiplies the output.
         _paged_decode(q, key_cache, value_cache, block_tables, context_lens, scale * k_scale, max_context_len,
-                      num_splits, out, config, None)
+                      num_splits, out, config, decode_config_device(key_cache))
         if v_scale != 1.0:
             out.mul_(v_scale)
         return out
     return _paged_decode(q, key_cache, value_cache, block_tables, context_lens, scale, max_context_len, num_splits,
-                         out, config, q.device)
+                         out, config, decode_config_device(key_cache))
 
 
 def _paged_decode(

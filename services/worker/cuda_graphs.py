@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from kernels.decode_attention import choose_num_splits, default_decode_config
+from kernels.decode_attention import choose_num_splits, decode_config_device, default_decode_config
 from services.worker.attention_metadata import AttentionMetadata
 from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs
 from services.worker.kv_cache import KVCache
@@ -152,7 +152,8 @@ class DecodeGraphs:
         bs, limit = self.graph_key(meta.num_decode_seqs, meta.decode_max_context_len)
         splits = dict(self.contexts[bs])[limit]
         cache = self.kv_cache
-        config = default_decode_config(bs, self.model.cfg.num_kv_heads, splits, cache.block_size, cache.data.device)
+        config = default_decode_config(bs, self.model.cfg.num_kv_heads, splits, cache.block_size,
+                                       decode_config_device(cache.data))
         return replace(meta, decode_max_context_len=limit, decode_num_splits=splits, decode_config=config)
 
     @torch.inference_mode()

@@ -109,3 +109,11 @@ def test_a_decode_call_marked_checked_gives_the_checked_calls_result_bit_for_bit
     checked = paged_decode_attention(*args, max_context_len=64, num_splits=2, config=_config(device))
     unchecked = paged_decode_attention(*args, max_context_len=64, num_splits=2, config=_config(device), checked=True)
     assert torch.equal(unchecked, checked)
+
+
+def test_an_fp8_cache_takes_the_gather_kernels_config_wherever_it_is_chosen() -> None:
+    from kernels._checks import FP8_DTYPE
+    from kernels.decode_attention import decode_config_device
+
+    assert decode_config_device(torch.empty(2, 16, 1, 8, dtype=FP8_DTYPE)) is None
+    assert decode_config_device(torch.empty(2, 16, 1, 8, dtype=torch.bfloat16)) == torch.device("cpu")
