@@ -92,14 +92,16 @@ GPU_SUITE = (
         Scenario(f"8B ShareGPT 1000 at once, greedy, {n} tokens per step", "sharegpt", 1000),
     )) for n in (2048, 16384)),
     *(StackRun("llama-3.1-8b", f"--load-format dummy --device cuda --scheduler-args '--max-num-batched-tokens {n}' "
-                               f"--worker-args '--quantization fp8 --kv-cache-dtype fp8 --max-num-batched-tokens {n}'", (
+                               "--worker-args '--quantization fp8 --kv-cache-dtype fp8 "
+                               f"--max-num-batched-tokens {n}'", (
         Scenario(f"{FP8_8B}, 1024 in / 128 out, 64 concurrent, {n} tokens per step", "fixed", 256, 64, 1024, 128,
                  seed=2),
         Scenario(f"{FP8_8B}, ShareGPT 1000 at once, greedy, {n} tokens per step", "sharegpt", 1000),
     )) for n in (2048, 4096)),
     # FP8 where it pays at these loads, the cache in bf16: an FP8 cache doubles the tokens held, which 64 sequences
     # do not need, and its attention reads are slower per byte than bf16's.
-    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --worker-args '--quantization fp8 --quantize-lm-head'", (
+    StackRun("llama-3.1-8b",
+             "--load-format dummy --device cuda --worker-args '--quantization fp8 --quantize-lm-head'", (
         Scenario(f"{FP8_WEIGHTS_8B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),
         Scenario(f"{FP8_WEIGHTS_8B}, 1024 in / 128 out, 64 concurrent", "fixed", 256, 64, 1024, 128, seed=5),)),
     # FP8 weights and an FP8 KV cache against bf16, every row named "8B FP8 ..." or "1B FP8 ...", the bf16 baseline
@@ -305,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default=None)
     p.add_argument("--deadline-s", type=float, default=float("inf"),
                    help="begin nothing new after this many seconds (the rest is listed as skipped)")
-    p.add_argument("--scenarios", default="", help="parts of scenario names to run, separated by semicolons (names hold commas; default: all); "
-                   "a part ending in $ is a whole name")
+    p.add_argument("--scenarios", default="", help="parts of scenario names to run, separated by semicolons (names "
+                   "hold commas; default: all); a part ending in $ is a whole name")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out) if args.out else RESULTS_DIR / f"serve_{args.device}"
     suite = select(GPU_SUITE if args.device == "gpu" else CPU_SUITE, [n for n in args.scenarios.split(";") if n])

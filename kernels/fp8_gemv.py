@@ -4,9 +4,9 @@ A decode step of a few sequences is bound by the bytes of its weights; stored as
 per output channel, those bytes halve against bf16. To stream them at the device's bandwidth every SM needs several
 programs with loads in flight, and the output alone (N / BLOCK_N tiles) gives too few of them for the projections
 of an 8B model, so K is split too: the grid is (M tiles, N tiles, K splits), each program reading a
-[BLOCK_N, K / splits] slice of W once for the rows of its M tile (x is a few KB and stays in cache). x is never
-quantised but on the FP8-products path; products are summed in fp32 and the scales are applied once at the end. A program multiplies
-one of two ways:
+[BLOCK_N, K / splits] slice of W once for the rows of its M tile (x is a few KB and stays in cache). x is
+quantised on the FP8-products path only; products are summed in fp32 and the scales are applied once at the end. A
+program multiplies one of three ways:
 
 * CUDA cores (one row of x per program; the programs of the other rows read the same weight tile beside it, from
   the L2): x broadcast against the weight tile widened to fp32, products summed in runs of 8 within each thread
@@ -341,7 +341,8 @@ def fp8_gemv(
 ) -> torch.Tensor:
     """x [M, K] (fp32/fp16/bf16), weight [N, K] float8_e4m3fn, weight_scale [N] fp32, bias [N] → [M, N] in x's
     dtype: x · (weight · weight_scale[:, None])ᵀ + bias, accumulated in fp32, bit-identical from run to run. Any M;
-    meant for up to about 16 rows, or tens with config.fp8_products (x then rounded to FP8 per row first). Never syncs with the host; can be captured in a CUDA graph once it ran outside one."""
+    meant for up to about 16 rows, or tens with config.fp8_products (x then rounded to FP8 per row first). Never
+    syncs with the host; can be captured in a CUDA graph once it ran outside one."""
     m, n, k, out = fp8_linear_output(x, weight, weight_scale, bias, out)
     if m == 0 or n == 0:
         return out

@@ -63,8 +63,9 @@ def fp8_scaled_mm(
 
 def fp8_linear_path(rows: int, n: int, k: int, capability: tuple[int, int] | None) -> str:
     """Which implementation fp8_linear runs for x [rows, k] and weight [n, k]: "gemv", "fp8_products", "dequant_mm",
-    "scaled_mm" or "reference". capability: the CUDA device's (major, minor), None off CUDA (the interpreter runs the Triton
-    kernels for any rows). Decided by shapes alone, so a captured CUDA graph keeps the path it was captured with."""
+    "scaled_mm" or "reference". capability: the CUDA device's (major, minor), None off CUDA (the interpreter runs the
+    Triton kernels for any rows). Decided by shapes alone, so a captured CUDA graph keeps the path it was captured
+    with."""
     if capability is not None and capability < (8, 9):
         return "reference"  # no FP8 tensor cores, and Triton cannot convert float8_e4m3fn there
     if rows <= GEMV_MAX_ROWS:

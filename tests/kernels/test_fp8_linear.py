@@ -9,7 +9,14 @@ import torch
 from kernels._checks import FP8_DTYPE
 from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
 from kernels.fp8_gemv import fp8_gemv, fp8_gemv_ref
-from kernels.fp8_linear import FP8_PRODUCTS_MAX_ROWS, GEMV_MAX_ROWS, fp8_linear, fp8_linear_path, fp8_linear_ref, fp8_scaled_mm
+from kernels.fp8_linear import (
+    FP8_PRODUCTS_MAX_ROWS,
+    GEMV_MAX_ROWS,
+    fp8_linear,
+    fp8_linear_path,
+    fp8_linear_ref,
+    fp8_scaled_mm,
+)
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
 from tests.kernels.fp8_problems import fp8_problem, fp8_weights
 
