@@ -6,8 +6,8 @@ tokenizer, cached by the sha256 of (kind, spec) in an LRU of `max_entries`. A se
 its matcher and is advanced with every token the worker appends to it. A sequence sent again after preemption
 (NewSeq with its generated tokens) gets a fresh matcher fed those tokens, so the recomputed sequence resumes
 exactly where it was; prefix-cache hits change only which KV is computed, never the tokens, so they need nothing.
-A step's masks are filled by `fill_bitmask`: every guided row's, into one host tensor, in one call that spreads
-the rows over xgrammar's threads.
+A step's masks are filled by `fill_bitmask`: every guided row's, into one host tensor, in one call into xgrammar
+on one thread (its thread pool made a step's fill slower on every host measured, the H200 hosts included).
 
 JSON is compiled compact (no free whitespace between tokens): a sampler may otherwise spend any number of
 tokens on whitespace, which a length cut turns into invalid output.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_GRAMMARS = 256
-MAX_FILL_THREADS = 8  # threads filling a step's masks, at most one per core
+FILL_THREADS = 1  # xgrammar threads filling a step's masks (bench/structured.py: "mask fill ms")
 
 
 def guided_key(guided: Guided) -> str:
@@ -110,7 +109,7 @@ def bitmask_words(vocab_size: int) -> int:
 
 def fill_bitmask(states: Sequence[GrammarState], bitmask: torch.Tensor) -> None:
     """Fills row j of bitmask ([>= len(states), bitmask_words] int32 in host memory) with the tokens states[j]
-    allows next (bit set = allowed), in one call into xgrammar that spreads the rows over its threads."""
+    allows next (bit set = allowed), in one call into xgrammar."""
     if len(states) == 1:
         states[0].matcher.fill_next_token_bitmask(bitmask, 0)
     elif states:
@@ -119,11 +118,10 @@ def fill_bitmask(states: Sequence[GrammarState], bitmask: torch.Tensor) -> None:
 
 @functools.cache
 def _batch_matcher() -> Any:  # xgrammar.BatchGrammarMatcher
-    """One xgrammar batch matcher (it owns a thread pool) for the process, made on first use."""
+    """One xgrammar batch matcher for the process, made on first use."""
     import xgrammar
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return xgrammar.BatchGrammarMatcher(max_threads=max(1, min(MAX_FILL_THREADS, cores)))
+    return xgrammar.BatchGrammarMatcher(max_threads=FILL_THREADS)
 
 
 class GrammarCache:
