@@ -8,14 +8,12 @@ import triton
 import triton.language as tl
 
 from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_tensor
-from kernels.dependent_launch import dependent_launch, gdc_launch_dependents, gdc_wait, launch_options
+from kernels.dependent_launch import dependent_launch, dependent_start, launch_options
 
 
 @triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, d, stride_x, stride_o, BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
-    if USE_GDC:  # a dependent launch (kernels/dependent_launch.py)
-        gdc_wait()
-        gdc_launch_dependents()
+    dependent_start(USE_GDC)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d

@@ -3,7 +3,7 @@ scheduled while that one still runs its last wave, and waits (gdc_wait) before i
 latency hides behind its predecessor instead of following it. A decode step of a small batch runs hundreds of short
 kernels back to back, each mostly waiting on memory, where those gaps add up.
 
-Kernels that take part call, when their USE_GDC is set, `gdc_wait()` before their first load and then
+Kernels that take part begin with `dependent_start(USE_GDC)`: when set, `gdc_wait()` before their first load, then
 `gdc_launch_dependents()`, which lets the next dependent launch be scheduled once every program of this one has
 started; launchers pass `launch_pdl=True` (`launch_options`). A dependent launch after an ordinary kernel simply
 starts once that kernel ends.
@@ -12,6 +12,8 @@ starts once that kernel ends.
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 from kernels.launch_memo import device_capability
 
@@ -38,3 +40,12 @@ def dependent_launch(device: torch.device) -> bool:
 def launch_options(dependent: bool) -> dict[str, bool]:
     """The launch keyword of a dependent launch (none for an ordinary one)."""
     return {"launch_pdl": True} if dependent else {}
+
+
+@triton.jit
+def dependent_start(USE_GDC: tl.constexpr):
+    """The first step of a kernel that may be launched as a dependent (nothing when USE_GDC is off): waits until the
+    kernels before it have finished and their writes are visible, then lets the next dependent launch be scheduled."""
+    if USE_GDC:
+        gdc_wait()
+        gdc_launch_dependents()

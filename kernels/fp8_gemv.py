@@ -44,7 +44,7 @@ from kernels._checks import (
     check_tensor,
 )
 from kernels._paged_tile import dot_precision
-from kernels.dependent_launch import dependent_launch, gdc_launch_dependents, gdc_wait, launch_options
+from kernels.dependent_launch import dependent_launch, dependent_start, launch_options
 from kernels.fp8_quant import quantize_fp8_rows
 from kernels.launch_memo import register_memo, sm_count
 
@@ -224,9 +224,8 @@ def _fp8_gemv_kernel(
 ):
     # One program per (BLOCK_M rows of x, BLOCK_N output channels, K split); the rows vary fastest, so the
     # programs of one weight tile run side by side and all but the first read it from the L2.
-    if USE_GDC:  # a dependent launch: x, the workspace and the counters are the earlier kernels' until now
-        gdc_wait()
-        gdc_launch_dependents()
+    # A dependent launch: x, the workspace and the counters are the earlier kernels' until here.
+    dependent_start(USE_GDC)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_same_device, check_tensor
-from kernels.dependent_launch import dependent_launch, gdc_launch_dependents, gdc_wait, launch_options
+from kernels.dependent_launch import dependent_launch, dependent_start, launch_options
 
 
 @triton.jit(do_not_specialize=["num_rows"])
@@ -20,9 +20,7 @@ def _rms_norm_kernel(
     BLOCK_H: tl.constexpr,
     USE_GDC: tl.constexpr,
 ):
-    if USE_GDC:  # a dependent launch (kernels/dependent_launch.py)
-        gdc_wait()
-        gdc_launch_dependents()
+    dependent_start(USE_GDC)
     # A [BLOCK_ROWS, BLOCK_H] tile: several short rows per program (Qwen3's per-head norm has hidden = head_dim).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_H)

@@ -22,7 +22,7 @@ from kernels._checks import (
     check_tensor,
 )
 from kernels.cache_write import cache_value, write_kv_cache_ref
-from kernels.dependent_launch import dependent_launch, gdc_launch_dependents, gdc_wait, launch_options
+from kernels.dependent_launch import dependent_launch, dependent_start, launch_options
 from kernels.rotary import apply_rotary_ref
 
 
@@ -35,9 +35,7 @@ def _rotary_cache_write_kernel(
     HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr,
     FP8: tl.constexpr, USE_GDC: tl.constexpr,
 ):
-    if USE_GDC:  # a dependent launch (kernels/dependent_launch.py)
-        gdc_wait()
-        gdc_launch_dependents()
+    dependent_start(USE_GDC)
     # One program per token: its q heads to q_out, its k heads (rotated) and v heads to the token's cache slot.
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + token).to(tl.int64)
