@@ -25,12 +25,13 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 OPCODES = ("LDG", "LDGSTS", "STS", "LDS", "LDSM", "BAR.SYNC", "HMMA", "HGMMA", "FFMA", "F2FP", "F2F", "SHFL",
            "ATOMG", "STL", "LDL")
 SIGNATURE = {  # the kernel's arguments as a bf16 launch passes them (the split workspace and counters included)
-    "x_ptr": "*bf16", "w_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "bias_ptr": "*fp32", "out_ptr": "*bf16",
+    "x_ptr": "*bf16", "w_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "x_scale_ptr": "*fp32", "bias_ptr": "*fp32",
+    "out_ptr": "*bf16",
     "partial_ptr": "*fp32", "counter_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "k_per_split": "i32",
     "num_splits": "i32", "stride_xm": "i32", "stride_wn": "i32", "stride_om": "i32", "stride_split": "i32",
 }
-DIVISIBLE_BY_16 = ("x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "out_ptr", "partial_ptr", "counter_ptr", "N", "K",
-                   "k_per_split", "stride_xm", "stride_wn", "stride_om", "stride_split")
+DIVISIBLE_BY_16 = ("x_ptr", "w_ptr", "scale_ptr", "x_scale_ptr", "bias_ptr", "out_ptr", "partial_ptr", "counter_ptr",
+                   "N", "K", "k_per_split", "stride_xm", "stride_wn", "stride_om", "stride_split")
 
 
 def compile_plan(plan, arch: int) -> tuple[str, bytes]:  # noqa: ANN001 - plan: a GemvPlan
@@ -43,9 +44,12 @@ def compile_plan(plan, arch: int) -> tuple[str, bytes]:  # noqa: ANN001 - plan: 
 
     constexprs = {"HAS_BIAS": False, "USE_DOT": plan.use_dot, "SPLIT": plan.split_k > 1, "BLOCK_M": plan.block_m,
                   "BLOCK_N": plan.block_n, "BLOCK_K": plan.block_k, "EVEN_K": True, "DOT_PRECISION": "tf32",
-                  "VECTOR": plan.vector}
+                  "VECTOR": plan.vector, "FP8_PRODUCTS": plan.fp8_products,
+                  "USE_GDC": arch >= 90}  # launched as a dependent from Hopper on (kernels/dependent_launch.py)
     names = list(SIGNATURE) + list(constexprs)
-    signature = {**SIGNATURE, **{name: "constexpr" for name in constexprs}}
+    # FP8 products: x is rounded to FP8 before the launch.
+    x_type = {"x_ptr": "*fp8e4nv"} if plan.fp8_products else {}
+    signature = {**SIGNATURE, **x_type, **{name: "constexpr" for name in constexprs}}
     src = ASTSource(fn=_fp8_gemv_kernel, signature=signature,
                     constexprs={(names.index(k),): v for k, v in constexprs.items()},
                     attrs={(names.index(k),): [["tt.divisibility", 16]] for k in DIVISIBLE_BY_16})
