@@ -42,11 +42,10 @@ class ModelRunner:
 
     def graphed(self, chunks: Sequence[SeqChunk]) -> bool:
         """Whether the step runs as a captured decode graph (every chunk one token, within the largest bucket)."""
-        return (
-            self.graphs is not None
-            and len(chunks) <= self.graphs.max_batch
-            and all(c.num_tokens == 1 for c in chunks)
-        )
+        return self._fits_graphs(len(chunks), all(c.num_tokens == 1 for c in chunks))
+
+    def _fits_graphs(self, num_rows: int, one_token: bool) -> bool:
+        return self.graphs is not None and one_token and num_rows <= self.graphs.max_batch
 
     def device_index(self, values: Sequence[int]) -> torch.Tensor:
         """values as an int64 index tensor on the model's device."""
@@ -84,14 +83,10 @@ class ModelRunner:
         self.graphs.run(token_ids, [c.start for c in chunks], [c.block_ids for c in chunks])
         return self.graphs.token_ids_of()
 
-    def _fits_graphs(self, inputs: StepInputs) -> bool:
-        """`graphed` for a step's inputs."""
-        return self.graphs is not None and inputs.one_token and inputs.num_rows <= self.graphs.max_batch
-
     @torch.inference_mode()
     def _forward(self, inputs: StepInputs, fill: InputFill | None = None) -> torch.Tensor:
         """`forward` of a step's inputs: a graphed step reads their columns as they are."""
-        if self._fits_graphs(inputs):
+        if self._fits_graphs(inputs.num_rows, inputs.one_token):
             self.graphs.run(inputs.token_ids, inputs.starts, inputs.block_tables, fill)
             return self.graphs.logits_of(inputs.sample_rows)
         return self.forward(inputs.token_ids, inputs.chunks(), inputs.sample_rows, fill)
@@ -116,7 +111,7 @@ class ModelRunner:
         inputs = StepInputs.of(scheduled)
         sample_rows = inputs.sample_rows
         results: list[Sampled | None] = [None] * len(scheduled)
-        if sample_rows and self._fits_graphs(inputs) and inputs.plain_greedy:
+        if sample_rows and self._fits_graphs(inputs.num_rows, inputs.one_token) and inputs.plain_greedy:
             # The graph took every row's argmax: the sampler would answer the same, so it is skipped.
             self.graphs.run(inputs.token_ids, inputs.starts, inputs.block_tables)
             token_ids = self.graphs.token_ids_of()
@@ -164,7 +159,7 @@ class ModelRunner:
         if not inputs.sample_rows:
             self._forward(inputs, fill)
             return DeviceTokens(None, seq_ids)
-        if self._fits_graphs(inputs) and inputs.plain_greedy:
+        if self._fits_graphs(inputs.num_rows, inputs.one_token) and inputs.plain_greedy:
             # Every row samples and takes the argmax the graph computed; cloned before the next replay reuses it.
             self.graphs.run(inputs.token_ids, inputs.starts, inputs.block_tables, fill)
             tokens = self.graphs.sampled_of().clone()
