@@ -56,9 +56,7 @@ def plain_greedy(state: SeqState) -> bool:
         and p.is_greedy
         and p.logprobs is None
         and not p.logit_bias
-        and p.repetition_penalty == 1.0
-        and p.presence_penalty == 0.0
-        and p.frequency_penalty == 0.0
+        and not row.penalised
         and len(state.token_ids) - state.num_prompt_tokens >= p.min_tokens
     )
 

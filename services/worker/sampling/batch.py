@@ -123,7 +123,7 @@ class SamplingBatch:
                     raise ValueError(f"logit_bias names token {token_id}, outside [0, {vocab_size})")
                 bias_flat.append(i * vocab_size + token_id)
                 bias_values.append(bias)
-            if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+            if row.penalised:
                 pen_rows.append(i)
                 pen_params.append((p.repetition_penalty, p.presence_penalty, p.frequency_penalty))
             if num_output < p.min_tokens:
