@@ -31,6 +31,7 @@ GEMV_MAX_ROWS = 16
 # way at 32 rows, as long at 64 and longer from 128 (bench/fp8.py --sweep-rows).
 FP8_PRODUCTS_MAX_ROWS = 32
 FP8_PRODUCTS = GemvConfig(fp8_products=True)
+_fp8_products_gemv = functools.partial(fp8_gemv, config=FP8_PRODUCTS)
 # Launches by (kernel, tiles, dtype, K, bias): True once one ran, False once one failed to compile (the other
 # Triton kernel then serves that shape in this process).
 _compiled_tiles: dict[tuple, bool] = {}
@@ -104,8 +105,7 @@ def _compiled_or_other(
     if path == "gemv":
         tiles, kernel, other = gemv_plan(m, n, k, num_sms(x.device), GemvConfig()), fp8_gemv, fp8_dequant_mm
     elif path == "fp8_products":
-        tiles, other = gemv_plan(m, n, k, num_sms(x.device), FP8_PRODUCTS), fp8_scaled_mm
-        kernel = functools.partial(fp8_gemv, config=FP8_PRODUCTS)
+        tiles, kernel, other = gemv_plan(m, n, k, num_sms(x.device), FP8_PRODUCTS), _fp8_products_gemv, fp8_scaled_mm
     else:
         tiles, kernel, other = dequant_mm_tiles(m, n, k, DequantMMConfig()), fp8_dequant_mm, fp8_gemv
     key = (path, tiles, x.dtype, k, bias is None)
