@@ -35,6 +35,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 import torch  # noqa: E402
 
+import kernels.dependent_launch  # noqa: E402
+import kernels.fp8_linear  # noqa: E402
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench, graph_replay_ms, graph_us, kernel_breakdown  # noqa: E402
 from bench.fp8_accuracy import fixed_prompts, last_logits, logit_agreement  # noqa: E402
@@ -276,18 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         results["wall_s"] = round(time.perf_counter() - start, 1)
         write_results(args.out_name, results, to_markdown(results), out_dir)
 
-    if args.gemv_max_rows:
-        import kernels.fp8_linear
-
-        kernels.fp8_linear.GEMV_MAX_ROWS = args.gemv_max_rows  # read at every call, before any graph is captured
-    if args.no_dependent_launch:
-        import kernels.dependent_launch
-
-        kernels.dependent_launch.ENABLED = False
-    if args.fp8_products_max_rows:
-        import kernels.fp8_linear
-
-        kernels.fp8_linear.FP8_PRODUCTS_MAX_ROWS = args.fp8_products_max_rows
+    apply_switches(args)
     models = args.models.split(",")
     configs = {m: resolve_model_config(WorkerConfig(model=m, load_format="dummy"))[0] for m in models}
     if args.sweep_rows:
@@ -316,6 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(to_markdown(results), flush=True)
     return 0
+
+
+def apply_switches(args: argparse.Namespace) -> None:
+    """The comparison switches: module settings the kernels read at every call, set before any graph is captured."""
+    if args.gemv_max_rows:
+        kernels.fp8_linear.GEMV_MAX_ROWS = args.gemv_max_rows
+    if args.fp8_products_max_rows:
+        kernels.fp8_linear.FP8_PRODUCTS_MAX_ROWS = args.fp8_products_max_rows
+    if args.no_dependent_launch:
+        kernels.dependent_launch.ENABLED = False
 
 
 def sweep(args: argparse.Namespace, configs: dict[str, ModelConfig], results: dict[str, Any],
