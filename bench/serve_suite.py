@@ -55,6 +55,18 @@ class StackRun:
     scenarios: tuple[Scenario, ...]
 
 
+def budget_stacks(name: str, worker_args: str, budgets: tuple[int, ...]) -> tuple[StackRun, ...]:
+    """The 8B (`name` begins its scenarios' names; `worker_args` precede the budget) at other step token budgets,
+    the scheduler's and the worker's: 1,024 in / 128 out at 64 concurrent and the ShareGPT-like set at each."""
+    return tuple(
+        StackRun("llama-3.1-8b", f"--load-format dummy --device cuda --scheduler-args '--max-num-batched-tokens {n}' "
+                                 f"--worker-args '{worker_args}--max-num-batched-tokens {n}'", (
+            Scenario(f"{name} 1024 in / 128 out, 64 concurrent, 256 requests, {n} tokens per step", "fixed", 256, 64,
+                     1024, 128, seed=2),
+            Scenario(f"{name} ShareGPT 1000 at once, greedy, {n} tokens per step", "sharegpt", 1000),
+        )) for n in budgets)
+
+
 # In order of importance: a run that reaches its deadline skips what is left (and says so in the results).
 GPU_SUITE = (
     StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {KERNEL_PROFILE_ARGS}", (
@@ -85,19 +97,8 @@ GPU_SUITE = (
         Scenario("1B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
     # The step's token budget (default 8,192): smaller budgets spread prompts over more steps, so decode rows ride
     # along with prompt chunks instead of running in decode-only steps; larger ones prefill in fewer, longer steps.
-    *(StackRun("llama-3.1-8b", f"--load-format dummy --device cuda --scheduler-args '--max-num-batched-tokens {n}' "
-                               f"--worker-args '--max-num-batched-tokens {n}'", (
-        Scenario(f"8B 1024 in / 128 out, 64 concurrent, 256 requests, {n} tokens per step", "fixed", 256, 64, 1024,
-                 128, seed=2),
-        Scenario(f"8B ShareGPT 1000 at once, greedy, {n} tokens per step", "sharegpt", 1000),
-    )) for n in (2048, 16384)),
-    *(StackRun("llama-3.1-8b", f"--load-format dummy --device cuda --scheduler-args '--max-num-batched-tokens {n}' "
-                               "--worker-args '--quantization fp8 --kv-cache-dtype fp8 "
-                               f"--max-num-batched-tokens {n}'", (
-        Scenario(f"{FP8_8B}, 1024 in / 128 out, 64 concurrent, {n} tokens per step", "fixed", 256, 64, 1024, 128,
-                 seed=2),
-        Scenario(f"{FP8_8B}, ShareGPT 1000 at once, greedy, {n} tokens per step", "sharegpt", 1000),
-    )) for n in (2048, 4096)),
+    *budget_stacks("8B", "", (2048, 16384)),
+    *budget_stacks(f"{FP8_8B},", "--quantization fp8 --kv-cache-dtype fp8 ", (2048, 4096)),
     # FP8 where it pays at these loads, the cache in bf16: an FP8 cache doubles the tokens held, which 64 sequences
     # do not need, and its attention reads are slower per byte than bf16's.
     StackRun("llama-3.1-8b",
