@@ -30,7 +30,9 @@ OPENAI_DEFAULT = {"temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
 FP8_ARGS = "--worker-args '--quantization fp8 --kv-cache-dtype fp8'"
 FP8_8B, FP8_1B = "8B FP8 weights + FP8 KV", "1B FP8 weights + FP8 KV"
 FP8_HEAD_8B = "8B FP8 weights + FP8 KV + FP8 lm_head"
-FP8_WEIGHTS_8B = "8B FP8 weights + FP8 lm_head, bf16 KV"
+FP8_WEIGHTS_8B, FP8_WEIGHTS_1B = "8B FP8 weights + FP8 lm_head, bf16 KV", "1B FP8 weights + FP8 lm_head, bf16 KV"
+FP8_WEIGHTS_ARGS = "--worker-args '--quantization fp8 --quantize-lm-head'"
+THREE_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 3'"
 FP8_BASELINE_8B, FP8_BASELINE_1B = "8B FP8 baseline, bf16", "1B FP8 baseline, bf16"
 
 
@@ -44,6 +46,7 @@ class Scenario:
     output_len: int = 0
     sampling: dict = field(default_factory=lambda: dict(GREEDY))
     profile: bool = False  # also sample every stage with py-spy while it runs (bench/stage_profile.py)
+    profile_s: float = 15.0  # for this long, from 2 s into the load
     kernel_profile: bool = False  # also trace a window of the workers' steps (the stack needs KERNEL_PROFILE_ARGS)
     seed: int = 0  # of the request set: scenarios of one stack that compare should not share prompts (prefix cache)
 
@@ -83,6 +86,9 @@ GPU_SUITE = (
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda", (
         Scenario("1B ShareGPT 1000 at once, greedy", "sharegpt", 1000),
         Scenario("1B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128),
+        # Where the stages' time goes while the 1B's device waits for them (its run is short: 5 s of it).
+        Scenario("1B ShareGPT 1000 at once, greedy, stages profiled", "sharegpt", 1000, profile=True, profile_s=5.0,
+                 seed=3),
     )),
     # Continuous against static batching under the same limit of 256 sequences per step.
     StackRun("llama-3.2-1b",
@@ -101,10 +107,18 @@ GPU_SUITE = (
     *budget_stacks(f"{FP8_8B},", "--quantization fp8 --kv-cache-dtype fp8 ", (2048, 4096)),
     # FP8 where it pays at these loads, the cache in bf16: an FP8 cache doubles the tokens held, which 64 sequences
     # do not need, and its attention reads are slower per byte than bf16's.
-    StackRun("llama-3.1-8b",
-             "--load-format dummy --device cuda --worker-args '--quantization fp8 --quantize-lm-head'", (
+    StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS}", (
         Scenario(f"{FP8_WEIGHTS_8B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),
         Scenario(f"{FP8_WEIGHTS_8B}, 1024 in / 128 out, 64 concurrent", "fixed", 256, 64, 1024, 128, seed=5),)),
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS}", (
+        Scenario(f"{FP8_WEIGHTS_1B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),)),
+    # Batch 1 with one more plan in flight: the scheduler's round trip leaves the worker's critical path.
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS} {THREE_IN_FLIGHT}", (
+        Scenario(f"{FP8_WEIGHTS_1B}, batch-1, 3 steps in flight, 128 in / 256 out", "fixed", 6, 1, 128, 256,
+                 seed=4),)),
+    StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS} {THREE_IN_FLIGHT}", (
+        Scenario(f"{FP8_WEIGHTS_8B}, batch-1, 3 steps in flight, 128 in / 256 out", "fixed", 6, 1, 128, 256,
+                 seed=4),)),
     # FP8 weights and an FP8 KV cache against bf16, every row named "8B FP8 ..." or "1B FP8 ...", the bf16 baseline
     # included, so that --scenarios FP8 runs the comparison in one call; new request sets (the prefix cache).
     StackRun("llama-3.1-8b", "--load-format dummy --device cuda", (
@@ -206,7 +220,7 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                 if time.monotonic() - started > deadline_s:
                     skipped.append(sc.name)
                     continue
-                profiler = start_profile(out, stack.proc.pid) if sc.profile else None
+                profiler = start_profile(out, stack.proc.pid, sc.profile_s) if sc.profile else None
                 kernels = start_kernel_profile(out, stack.proc.pid) if sc.kernel_profile else None
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
