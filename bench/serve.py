@@ -23,7 +23,7 @@ import numpy as np
 from bench.common import environment
 from bench.serve_client import default_client_procs, run_load
 from bench.serve_data import make_model, request_set
-from bench.serve_report import Sampler, markdown, plot, scenario_stats, scrape, stage_metrics
+from bench.serve_report import Sampler, markdown, plot, saturated_window, scenario_stats, scrape, stage_metrics
 from services.launcher import free_port, python_path_env
 
 
@@ -119,9 +119,12 @@ def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[st
     result = scenario_stats(records, t0, end, slo_ttft_s, slo_tpot_s)
     result["expected_input_tokens"] = sum(s.input_len for s in specs)
     result["expected_output_tokens"] = sum(s.output_len for s in specs)
+    saturated = saturated_window(records, concurrency or num_requests)
     return {"name": name, "dataset": dataset, "num_requests": num_requests, "concurrency": concurrency or num_requests,
             "request_rate": None if rate == float("inf") else rate, "sampling": sampling,
             "client_procs": client_procs, "result": result, "gpu_busy": sampler.gpu_busy(t0, last_chunk),
+            "gpu_busy_saturated": sampler.gpu_busy(*saturated) if saturated else None,
+            "saturated_s": None if saturated is None else [round(saturated[0] - t0, 3), round(saturated[1] - t0, 3)],
             "stages": stage_metrics(before, after, sampler.kv_peak), "idle_by_tenth": sampler.idle_by_tenth(t0, last_chunk)}
 
 

@@ -22,6 +22,23 @@ def summary(values: list[float]) -> dict[str, float | None]:
     return {"mean": float(arr.mean()), **{f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}}
 
 
+def saturated_window(records: list[Record], concurrency: int) -> tuple[float, float] | None:
+    """The time.time() span during which at least half of `concurrency` requests were in flight (sent, last chunk
+    not yet received): the load held the server saturated there, while the ramp before it and the tail of a few
+    long requests after it measure how fast one request is served, not how busy the server can be kept."""
+    events = sorted([(r.start, 1) for r in records] +
+                    [(r.chunk_times[-1] if r.chunk_times else r.start, -1) for r in records])
+    need = max(1, (concurrency + 1) // 2)
+    inside, first, last = 0, None, None
+    for t, change in events:
+        inside += change
+        if inside >= need and first is None:
+            first = t
+        if change < 0 and inside + 1 >= need:
+            last = t  # the in-flight count was still at least `need` until this request finished
+    return None if first is None or last is None or last <= first else (first, last)
+
+
 def scenario_stats(records: list[Record], t0: float, end: float, slo_ttft_s: float, slo_tpot_s: float
                    ) -> dict[str, Any]:
     ok = [r for r in records if not r.error]
@@ -191,10 +208,11 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
         return "-" if v is None else f"{v * 1e3:.1f}"
 
     lines = ["| scenario | requests (failed) | out tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 ms | ITL p50 / p99 ms "
-             "| E2E p50 s | goodput req/s | GPU busy |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| E2E p50 s | goodput req/s | GPU busy: load / saturated |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in scenarios:
         r = s["result"]
-        gpu = "-" if s.get("gpu_busy") is None else f"{s['gpu_busy']:.0%}"
+        busy = [s.get("gpu_busy"), s.get("gpu_busy_saturated")]
+        gpu = " / ".join("-" if b is None else f"{b:.0%}" for b in busy)
         e2e = r["e2e_s"]["p50"]
         lines.append(
             f"| {s['name']} | {r['num_requests']} ({r['failed']}) | {r['output_throughput']:.0f} | "

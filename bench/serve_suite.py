@@ -32,7 +32,7 @@ FP8_8B, FP8_1B = "8B FP8 weights + FP8 KV", "1B FP8 weights + FP8 KV"
 FP8_HEAD_8B = "8B FP8 weights + FP8 KV + FP8 lm_head"
 FP8_WEIGHTS_8B, FP8_WEIGHTS_1B = "8B FP8 weights + FP8 lm_head, bf16 KV", "1B FP8 weights + FP8 lm_head, bf16 KV"
 FP8_WEIGHTS_ARGS = "--worker-args '--quantization fp8 --quantize-lm-head'"
-THREE_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 3'"
+TWO_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 2'"  # the default is 3
 FP8_BASELINE_8B, FP8_BASELINE_1B = "8B FP8 baseline, bf16", "1B FP8 baseline, bf16"
 
 
@@ -96,11 +96,11 @@ GPU_SUITE = (
         Scenario("1B ShareGPT 1000 at once, static, 256 per step", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256'", (
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step", "sharegpt", 1000),)),
-    # The default's greedy rows again with one more plan in flight: whether the scheduler's round trip bounds them.
-    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
-        Scenario("8B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
-    StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-steps-in-flight 3'", (
-        Scenario("1B ShareGPT 1000 at once, greedy, 3 steps in flight", "sharegpt", 1000),)),
+    # The default's greedy rows again with one plan fewer in flight: what the scheduler's round trip costs them.
+    StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {TWO_IN_FLIGHT}", (
+        Scenario("8B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {TWO_IN_FLIGHT}", (
+        Scenario("1B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),
     # The step's token budget (default 8,192): smaller budgets spread prompts over more steps, so decode rows ride
     # along with prompt chunks instead of running in decode-only steps; larger ones prefill in fewer, longer steps.
     *budget_stacks("8B", "", (2048, 16384)),
@@ -112,12 +112,9 @@ GPU_SUITE = (
         Scenario(f"{FP8_WEIGHTS_8B}, 1024 in / 128 out, 64 concurrent", "fixed", 256, 64, 1024, 128, seed=5),)),
     StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS}", (
         Scenario(f"{FP8_WEIGHTS_1B}, batch-1, 128 in / 256 out", "fixed", 6, 1, 128, 256, seed=4),)),
-    # Batch 1 with one more plan in flight: the scheduler's round trip leaves the worker's critical path.
-    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS} {THREE_IN_FLIGHT}", (
-        Scenario(f"{FP8_WEIGHTS_1B}, batch-1, 3 steps in flight, 128 in / 256 out", "fixed", 6, 1, 128, 256,
-                 seed=4),)),
-    StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS} {THREE_IN_FLIGHT}", (
-        Scenario(f"{FP8_WEIGHTS_8B}, batch-1, 3 steps in flight, 128 in / 256 out", "fixed", 6, 1, 128, 256,
+    # Batch 1 with one plan fewer in flight: the scheduler's round trip back on the worker's critical path.
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS} {TWO_IN_FLIGHT}", (
+        Scenario(f"{FP8_WEIGHTS_1B}, batch-1, 2 steps in flight, 128 in / 256 out", "fixed", 6, 1, 128, 256,
                  seed=4),)),
     # FP8 weights and an FP8 KV cache against bf16, every row named "8B FP8 ..." or "1B FP8 ...", the bf16 baseline
     # included, so that --scenarios FP8 runs the comparison in one call; new request sets (the prefix cache).
@@ -304,10 +301,10 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
                                             "1B ShareGPT 1000 at once, static, 256 per step"),
             "default_sampling_over_greedy": ratio("8B ShareGPT 1000 at once, temperature 1 top_p 1",
                                                   "8B ShareGPT 1000 at once, greedy"),
-            "8b_three_in_flight_over_two": ratio("8B ShareGPT 1000 at once, greedy, 3 steps in flight",
-                                                 "8B ShareGPT 1000 at once, greedy"),
-            "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy, 3 steps in flight",
-                                                 "1B ShareGPT 1000 at once, greedy"),
+            "8b_three_in_flight_over_two": ratio("8B ShareGPT 1000 at once, greedy",
+                                                 "8B ShareGPT 1000 at once, greedy, 2 steps in flight"),
+            "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy",
+                                                 "1B ShareGPT 1000 at once, greedy, 2 steps in flight"),
             "8b_fp8_over_bf16_sharegpt": ratio(f"{FP8_8B}, ShareGPT 1000 at once, greedy",
                                                f"{FP8_BASELINE_8B}, ShareGPT 1000 at once, greedy")}
 

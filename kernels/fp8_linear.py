@@ -26,12 +26,34 @@ log = logging.getLogger(__name__)
 # At most this many rows go through the split-K GEMV; more take the tensor-core GEMM (`bench/fp8.py --sweep-rows`
 # times both at several row counts).
 GEMV_MAX_ROWS = 16
-# Past GEMV_MAX_ROWS and up to this many rows, the split-K kernel on FP8 products (x rounded per row as _scaled_mm
-# rounds it) instead of _scaled_mm, on CUDA: on the H200 an 8B layer's four projections took a fifth less time that
-# way at 32 rows, as long at 64 and longer from 128 (bench/fp8.py --sweep-rows).
-FP8_PRODUCTS_MAX_ROWS = 32
-FP8_PRODUCTS = GemvConfig(fp8_products=True)
-_fp8_products_gemv = functools.partial(fp8_gemv, config=FP8_PRODUCTS)
+# Past GEMV_MAX_ROWS, the split-K kernel on FP8 products (x rounded per row as _scaled_mm rounds it) instead of
+# _scaled_mm, on CUDA, in bands of rows: (most rows, config), each config the one whose sum over an 8B layer's four
+# projections was least at those rows on the H200 (bench/fp8_products_sweep.py; 32 rows: bench/fp8.py). From 33
+# rows the tiles are a Hopper FP8 wgmma's 64 rows high; their shared-memory stages fit few programs on an SM, so one
+# program per SM's worth of tiles and splits (fewer splits, fewer fp32 partials) beats more. Past the last band
+# _scaled_mm was as fast or faster.
+FP8_PRODUCTS_BANDS: tuple[tuple[int, GemvConfig], ...] = (
+    (32, GemvConfig(fp8_products=True)),
+    (64, GemvConfig(fp8_products=True, block_n=64, block_k=256, num_stages=3, num_warps=4, programs_per_sm=1)),
+    (128, GemvConfig(fp8_products=True, block_n=128, block_k=128, num_stages=4, num_warps=8, programs_per_sm=1)),
+    (192, GemvConfig(fp8_products=True, block_n=128, block_k=128, num_stages=4, num_warps=4, programs_per_sm=1)),
+)
+FP8_PRODUCTS_MAX_ROWS = FP8_PRODUCTS_BANDS[-1][0]
+
+
+def fp8_products_config(rows: int) -> GemvConfig:
+    """The FP8-products config of the band that holds `rows` (the last band's past it)."""
+    for most, config in FP8_PRODUCTS_BANDS:
+        if rows <= most:
+            return config
+    return FP8_PRODUCTS_BANDS[-1][1]
+
+
+def _fp8_products_gemv(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    return fp8_gemv(x, weight, weight_scale, bias, config=fp8_products_config(x.shape[0]))
+
 # Launches by (kernel, tiles, dtype, K, bias): True once one ran, False once one failed to compile (the other
 # Triton kernel then serves that shape in this process).
 _compiled_tiles: dict[tuple, bool] = {}
@@ -105,7 +127,8 @@ def _compiled_or_other(
     if path == "gemv":
         tiles, kernel, other = gemv_plan(m, n, k, num_sms(x.device), GemvConfig()), fp8_gemv, fp8_dequant_mm
     elif path == "fp8_products":
-        tiles, kernel, other = gemv_plan(m, n, k, num_sms(x.device), FP8_PRODUCTS), _fp8_products_gemv, fp8_scaled_mm
+        tiles = gemv_plan(m, n, k, num_sms(x.device), fp8_products_config(m))
+        kernel, other = _fp8_products_gemv, fp8_scaled_mm
     else:
         tiles, kernel, other = dequant_mm_tiles(m, n, k, DequantMMConfig()), fp8_dequant_mm, fp8_gemv
     key = (path, tiles, x.dtype, k, bias is None)

@@ -24,9 +24,10 @@ class SchedulerConfig:
                          choices=POLICIES)
     enable_prefix_caching: bool = option(True, "reuse the KV blocks of prompt prefixes seen before")
     # With 2 the worker sees the next plan while a step runs; with 3 that plan was built a step earlier, so the
-    # scheduler's round trip leaves the worker's critical path.
+    # scheduler's round trip leaves the worker's critical path, which short steps (small batches, small models)
+    # cannot hide.
     max_steps_in_flight: int = option(
-        2, "plans sent to a worker before its oldest is answered (1 to 4); more hide the round trip through the "
+        3, "plans sent to a worker before its oldest is answered (1 to 4); more hide the round trip through the "
            "scheduler, at the cost of tokens computed after a sequence stopped")
 
     def __post_init__(self) -> None:

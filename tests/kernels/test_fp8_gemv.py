@@ -8,6 +8,7 @@ import torch
 
 from kernels._checks import FP8_DTYPE
 from kernels.fp8_gemv import GemvConfig, GemvPlan, fp8_gemv, fp8_gemv_ref, gemv_plan, split_counters
+from kernels.fp8_linear import FP8_PRODUCTS_BANDS, fp8_products_config
 from kernels.fp8_quant import quantize_fp8_rows_ref
 from tests.kernels.fp8_problems import fp8_problem
 
@@ -83,6 +84,16 @@ def test_fp8_products_match_the_reference_on_rows_rounded_to_fp8(relative_error,
     q, x_scale = quantize_fp8_rows_ref(x.cpu().float())
     rounded = (q.float() * x_scale).to(dtype)
     out = fp8_gemv(x, w, scale, b, config=config)
+    assert relative_error(out.cpu(), _reference(rounded, w, scale, b)) < 1e-2
+
+
+@pytest.mark.parametrize("m", [most for most, _ in FP8_PRODUCTS_BANDS])
+def test_each_fp8_products_band_config_matches_the_reference_at_its_most_rows(relative_error, device, dtype,
+                                                                               m) -> None:
+    x, w, scale, b = fp8_problem(m, 72, 160, True, m, device, dtype)
+    q, x_scale = quantize_fp8_rows_ref(x.cpu().float())
+    rounded = (q.float() * x_scale).to(dtype)
+    out = fp8_gemv(x, w, scale, b, config=fp8_products_config(m))
     assert relative_error(out.cpu(), _reference(rounded, w, scale, b)) < 1e-2
 
 

@@ -10,11 +10,13 @@ from kernels._checks import FP8_DTYPE
 from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
 from kernels.fp8_gemv import fp8_gemv, fp8_gemv_ref
 from kernels.fp8_linear import (
+    FP8_PRODUCTS_BANDS,
     FP8_PRODUCTS_MAX_ROWS,
     GEMV_MAX_ROWS,
     fp8_linear,
     fp8_linear_path,
     fp8_linear_ref,
+    fp8_products_config,
     fp8_scaled_mm,
 )
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
@@ -94,6 +96,15 @@ def test_rows_past_the_gemv_up_to_the_fp8_products_limit_take_fp8_products_on_cu
     assert fp8_linear_path(64, 4096, 4096, hopper) == "fp8_products"
     assert fp8_linear_path(65, 4096, 4096, hopper) == "scaled_mm"
     assert fp8_linear_path(32, 4096, 4096, None) == "dequant_mm"
+
+
+def test_fp8_products_config_is_the_band_that_holds_the_rows() -> None:
+    (most_a, a), (most_b, b), (most_c, c), (most_d, d) = FP8_PRODUCTS_BANDS
+    assert (most_a, most_b, most_c, most_d) == (32, 64, 128, 192) and most_d == FP8_PRODUCTS_MAX_ROWS
+    assert [fp8_products_config(rows) for rows in (17, 32, 33, 64, 65, 128, 129, 192, 300)] == [a, a, b, b, c, c, d,
+                                                                                             d, d]
+    assert (b.block_n, b.block_k, b.num_warps, b.programs_per_sm) == (64, 256, 4, 1)
+    assert (c.block_n, c.block_k, c.num_stages, c.num_warps) == (128, 128, 4, 8)
 
 
 def test_fp8_linear_path_follows_rows_shape_and_device() -> None:

@@ -10,7 +10,7 @@ import pytest
 from bench.serve import arrivals
 from bench.serve_client import Record
 from bench.serve_data import PromptMaker, make_model, request_set, sharegpt_lengths
-from bench.serve_report import Sampler, scenario_stats, stage_metrics, step_table, summary
+from bench.serve_report import Sampler, saturated_window, scenario_stats, stage_metrics, step_table, summary
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,3 +97,14 @@ def test_gpu_busy_averages_only_the_samples_taken_during_the_load() -> None:
     sampler.gpu = [(10.0, 0.0), (11.0, 0.5), (12.0, 1.0), (13.0, 0.75), (14.0, 0.0)]  # client start-up, load, after
     assert sampler.gpu_busy(11.0, 13.0) == 0.75
     assert sampler.gpu_busy(20.0, 30.0) is None
+
+
+def test_saturated_window_spans_the_time_at_least_half_the_requests_were_in_flight() -> None:
+    # Four requests sent at 0; they finish at 1, 2, 5 and 9: two or more are in flight until the third finishes.
+    records = [Record(8, 2, start=0.0, chunk_times=[0.5, end]) for end in (1.0, 2.0, 5.0, 9.0)]
+    assert saturated_window(records, 4) == (0.0, 5.0)
+    # Closed loop of concurrency 2: at least one request is in flight from the first send to the last chunk.
+    staggered = [Record(8, 2, start=0.0, chunk_times=[3.0]), Record(8, 2, start=1.0, chunk_times=[4.0]),
+                 Record(8, 2, start=3.0, chunk_times=[6.0])]
+    assert saturated_window(staggered, 2) == (0.0, 6.0)
+    assert saturated_window([], 4) is None

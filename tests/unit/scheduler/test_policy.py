@@ -15,11 +15,11 @@ from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 def make_engine(
     num_blocks: int = 32, budget: int = 64, max_num_seqs: int = 16, policy: str = "continuous",
-    metrics: Metrics | None = None, max_model_len: int = 256,
+    metrics: Metrics | None = None, max_model_len: int = 256, in_flight: int = 2,
 ) -> tuple[Engine, FakeWorker]:
     limits = WorkerLimits(block_size=4, num_kv_blocks=num_blocks, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=budget, max_model_len=max_model_len, eos_token_ids=(999,))
-    engine = Engine(SchedulerConfig(policy=policy), limits, metrics, clock=lambda: 0.0)
+    engine = Engine(SchedulerConfig(policy=policy, max_steps_in_flight=in_flight), limits, metrics, clock=lambda: 0.0)
     return engine, FakeWorker(num_blocks, 4)
 
 
@@ -100,8 +100,8 @@ def test_out_of_blocks_preempts_the_newest_running_sequence_which_is_recomputed_
 
 
 def test_static_policy_starts_the_next_batch_only_when_the_whole_batch_finished():
-    def first_step_of_c(policy: str) -> int:
-        engine, worker = make_engine(max_num_seqs=2, policy=policy)
+    def first_step_of_c(policy: str, in_flight: int = 2) -> int:
+        engine, worker = make_engine(max_num_seqs=2, policy=policy, in_flight=in_flight)
         engine.add(request("a", [1], max_tokens=2))
         engine.add(request("b", [10], max_tokens=6))
         engine.add(request("c", [20], max_tokens=2))
@@ -109,8 +109,10 @@ def test_static_policy_starts_the_next_batch_only_when_the_whole_batch_finished(
         assert tokens_of(events, "c") == [21, 22]
         return next(i for i, p in enumerate(worker.steps) for n in p.new_seqs if n.token_ids == [20])
 
-    # Steps 0 and 1 are planned together; a's end is known with step 1's result, so c joins in step 3.
+    # Steps 0 and 1 are planned together; a's end is known with step 1's result, so c joins in step 3 (in step 4
+    # when steps 0 to 2 were planned together).
     assert first_step_of_c("continuous") == 3
+    assert first_step_of_c("continuous", in_flight=3) == 4
     assert first_step_of_c("static") == 6  # waits for b's sixth token
 
 
