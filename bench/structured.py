@@ -10,8 +10,10 @@ forward pass), and unconstrained greedy without the next plan (the sequential pa
 mode, the device's idle time per step (CUDA only): from one step's end to the next step's start, and within a
 guided step from its forward pass's end to its sampling's start, the time the device waited for the host. For the
 guided modes, the host time of filling the batch's masks at the last step's states, in one batched call and row
-by row. The guided schemas cannot end within the measured steps (arrays with many required items), so every row
-stays guided throughout.
+by row. With --host-split, each mode then runs as many steps again with every piece of the step timed on the
+host (bench/host_split.py): where the host time between a step's forward pass and its sampling goes. The guided
+schemas cannot end within the measured steps (arrays with many required items), so every row stays guided
+throughout.
 
 --model takes presets or folders, comma-separated, measured in turn. A preset (llama-3.2-1b, llama-3.1-8b) gets a
 folder with its config.json and a stand-in tokenizer of the same vocabulary size: a byte-level BPE vocabulary of
@@ -45,6 +47,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench  # noqa: E402
+from bench.host_split import HostSplit  # noqa: E402
 from services.common.sampling import Guided, SamplingParams  # noqa: E402
 from services.common.step import NewSeq  # noqa: E402
 from services.worker.build import build_engine  # noqa: E402
@@ -158,6 +161,10 @@ def decode_mode(bench: GuidedBench, params: list[SamplingParams], args: argparse
     step = statistics.median(times)
     out = {"step_ms": round(step * 1e3, 3), "p90_step_ms": round(sorted(times)[int(0.9 * len(times))] * 1e3, 3),
            "tokens_per_s": round(args.batch / step, 1), "idle_ms_per_step": round(idle_s / len(times) * 1e3, 3)}
+    if args.host_split:  # a pass of its own: the timers' cost stays out of the figures above
+        with HostSplit() as split:
+            bench.decode(ids, args.decode_steps, overlap=overlap)
+        out["host_split_ms"] = split.ms_per_step(args.decode_steps)
     states = [runner.table.seqs[i].grammar for i in ids if runner.table.seqs[i].grammar is not None]
     if states:
         out["mask_fill_ms"] = mask_fill_ms(states, bench.engine.info.model.vocab_size)
@@ -184,8 +191,9 @@ def mask_fill_ms(states: list[GrammarState], vocab_size: int, repeats: int = 20)
 def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = model_folder(model, Path(tmp), args.num_layers, args.hidden_size)
+        passes = 3 if args.host_split else 2  # decode passes a mode runs over its sequences (warm-up steps aside)
         config = WorkerConfig(model=str(folder), load_format="dummy", dtype=args.dtype, device=args.device,
-                              max_model_len=args.prompt_len + 2 * args.decode_steps + 64, max_num_seqs=args.batch,
+                              max_model_len=args.prompt_len + passes * args.decode_steps + 64, max_num_seqs=args.batch,
                               max_num_batched_tokens=max(2048, args.batch * args.prompt_len // 4))
         engine = build_engine(config)
         grammars: GrammarCache = engine.runner.grammars
@@ -245,6 +253,11 @@ def to_markdown(r: dict[str, Any]) -> str:
         fill = m.get("mask_fill_ms", {})
         lines.append(f"| {name} | {m['step_ms']} | {m['p90_step_ms']} | {m['tokens_per_s']} | "
                      f"{m['idle_ms_per_step']} | {fill.get('batched', '-')} | {fill.get('by_row', '-')} |")
+    splits = {name: m["host_split_ms"] for name, m in r["decode"].items() if "host_split_ms" in m}
+    if splits:
+        lines += ["", "Host time per step by piece (ms, own time, a pass of its own; see bench/host_split.py):", ""]
+        lines += [f"- {name}: " + ", ".join(f"{piece} {ms}" for piece, ms in split.items()) for name, split in
+                  splits.items()]
     lines += ["", f"guided sampled / unconstrained sampled: {r['guided_sampled_vs_unconstrained_sampled']}; "
               f"guided greedy / unconstrained greedy: {r['guided_greedy_vs_unconstrained_greedy']}", ""]
     return "\n".join(lines)
@@ -260,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--decode-steps", type=int, default=128)
     parser.add_argument("--num-compile", type=int, default=30, help="schemas compiled for the compile-time figures")
+    parser.add_argument("--host-split", action="store_true",
+                        help="after each mode's timed steps, as many again with each piece of the step timed")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out-name", default="")

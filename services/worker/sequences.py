@@ -26,6 +26,10 @@ def unknown_seq(seq_id: int) -> NotFound:
     return NotFound(f"seq {seq_id}: unknown sequence (never sent as NewSeq, finished or failed)")
 
 
+def _breaks_grammar(state: SeqState, token_id: int) -> InvalidArgument:
+    return InvalidArgument(f"seq {state.seq_id}: token {token_id} breaks its guided grammar")
+
+
 @dataclass(slots=True)
 class SeqState:
     seq_id: int
@@ -170,17 +174,17 @@ class SequenceTable:
         for k, (seq, index, token_id) in enumerate(zip(seqs, where, token_ids, strict=True)):
             state = seq.state
             state.token_ids[index] = token_id
-            if state.grammar is not None:
-                try:
-                    SequenceTable._follow_grammar(state, token_id)
-                except FlashStreamError as exc:
-                    refused.append((k, exc))
+            grammar = state.grammar
+            # Inline rather than through _follow_grammar: this loop runs per guided row between reading a step's
+            # tokens and filling the next step's masks, while the device waits for them.
+            if grammar is not None and not grammar.accept(token_id):
+                refused.append((k, _breaks_grammar(state, token_id)))
         return refused
 
     @staticmethod
     def _follow_grammar(state: SeqState, token_id: int) -> None:
         if state.grammar is not None and not state.grammar.accept(token_id):
-            raise InvalidArgument(f"seq {state.seq_id}: token {token_id} breaks its guided grammar")
+            raise _breaks_grammar(state, token_id)
 
     def drop(self, seq_id: int) -> None:
         state = self.seqs.pop(seq_id, None)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from services.worker.grammar import bitmask_words, fill_bitmask
-from services.worker.sampling.noise import draw_key
+from services.worker.sampling.noise import draw_keys
 from services.worker.sampling.types import SamplingRow
 
 
@@ -104,7 +104,8 @@ class SamplingBatch:
         trunc_rows: list[int] = []
         trunc_params: list[tuple[int, float, float]] = []  # (top_k, top_p, min_p)
         seeded_local: list[int] = []
-        seeded_keys: list[tuple[int, int]] = []
+        seeds: list[int] = []  # per seeded row, its seed and draw position (tokens generated so far)
+        positions: list[int] = []
         logprob_rows: list[int] = []
         logprob_counts: list[int] = []
         grammar_rows: list[int] = []
@@ -117,33 +118,36 @@ class SamplingBatch:
                     temperatures.append(p.temperature)
                     sample_rows.append(i)
                 continue
-            num_output = len(row.output_token_ids)
-            for token_id, bias in p.logit_bias:
-                if token_id >= vocab_size:
-                    raise ValueError(f"logit_bias names token {token_id}, outside [0, {vocab_size})")
-                bias_flat.append(i * vocab_size + token_id)
-                bias_values.append(bias)
-            if row.penalised:
-                pen_rows.append(i)
-                pen_params.append((p.repetition_penalty, p.presence_penalty, p.frequency_penalty))
-            if num_output < p.min_tokens:
-                banned = {t for t in p.stop_token_ids if t < vocab_size}
-                if not p.ignore_eos:
-                    banned.update(eos_token_ids)
-                banned_flat.extend(i * vocab_size + t for t in sorted(banned))
+            if not row.simple:  # a simple row (guided or seeded, nothing else) has none of these four features
+                for token_id, bias in p.logit_bias:
+                    if token_id >= vocab_size:
+                        raise ValueError(f"logit_bias names token {token_id}, outside [0, {vocab_size})")
+                    bias_flat.append(i * vocab_size + token_id)
+                    bias_values.append(bias)
+                if row.penalised:
+                    pen_rows.append(i)
+                    pen_params.append((p.repetition_penalty, p.presence_penalty, p.frequency_penalty))
+                if len(row.output_token_ids) < p.min_tokens:
+                    banned = {t for t in p.stop_token_ids if t < vocab_size}
+                    if not p.ignore_eos:
+                        banned.update(eos_token_ids)
+                    banned_flat.extend(i * vocab_size + t for t in sorted(banned))
+                if p.logprobs is not None:
+                    logprob_rows.append(i)
+                    logprob_counts.append(min(p.logprobs, vocab_size))
             if row.grammar is not None and not row.grammar.ended:  # an ended grammar leaves its row unmasked
                 grammar_rows.append(i)
-            if p.logprobs is not None:
-                logprob_rows.append(i)
-                logprob_counts.append(min(p.logprobs, vocab_size))
-            if p.is_greedy:
+            if row.greedy:
                 temperatures.append(1.0)
                 continue
             temperatures.append(p.temperature)
             if p.seed is not None:
                 seeded_local.append(len(sample_rows))
-                seeded_keys.append(draw_key(p.seed, num_output))
+                seeds.append(p.seed)
+                positions.append(len(row.output_token_ids))
             sample_rows.append(i)
+            if row.simple:  # nor truncation
+                continue
             top_k = p.top_k if p.top_k < vocab_size else 0
             if top_k or p.top_p < 1.0 or p.min_p > 0.0:
                 trunc_rows.append(i)
@@ -163,7 +167,7 @@ class SamplingBatch:
             sample_rows=to_dev.subset(sample_rows, num_rows) if sample_rows else None,
             truncation=_truncation_batch(trunc_rows, trunc_params, num_rows, to_dev) if trunc_rows else None,
             seeded_local=to_dev.ints(seeded_local) if seeded_local else None,
-            seeded_keys=to_dev.ints(seeded_keys) if seeded_keys else None,
+            seeded_keys=to_dev.move(torch.from_numpy(draw_keys(seeds, positions))) if seeds else None,
             num_unseeded=len(sample_rows) - len(seeded_local),
             logprob_rows=to_dev.subset(logprob_rows, num_rows) if logprob_rows else None,
             logprob_row_ids=tuple(logprob_rows),

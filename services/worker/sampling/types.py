@@ -17,7 +17,7 @@ class SamplingRow:
     Token sequences may be lists, tuples, numpy arrays or CPU tensors of ints; they are read only for the
     penalties and min_tokens, and their length is the draw position of a seeded row. A sequence's row is made once
     and lives as long as it does (its token views follow its tokens), so what the parameters decide is decided
-    here, once: `penalised` and `plain` (parameters and grammar are fixed at construction).
+    here, once: `penalised`, `plain` and `simple` (parameters and grammar are fixed at construction).
     """
 
     params: SamplingParams
@@ -27,16 +27,19 @@ class SamplingRow:
     penalised: bool = field(init=False)  # a repetition, presence or frequency penalty reads the seen tokens
     # Only the temperature shapes its token: no bias, penalty, min_tokens, grammar, logprobs, truncation or seed.
     plain: bool = field(init=False)
+    # Only the temperature, a seed and a grammar shape its token (a plain row is simple too).
+    simple: bool = field(init=False)
     greedy: bool = field(init=False)  # params.is_greedy
 
     def __post_init__(self) -> None:
         p = self.params
         self.penalised = p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
         self.greedy = p.is_greedy
-        self.plain = (
-            not self.penalised and self.grammar is None and not p.logit_bias and p.min_tokens == 0
-            and p.logprobs is None and p.top_k == 0 and p.top_p == 1.0 and p.min_p == 0.0 and p.seed is None
+        self.simple = (
+            not self.penalised and not p.logit_bias and p.min_tokens == 0 and p.logprobs is None and p.top_k == 0
+            and p.top_p == 1.0 and p.min_p == 0.0
         )
+        self.plain = self.simple and self.grammar is None and p.seed is None
 
 
 @dataclass(slots=True)
