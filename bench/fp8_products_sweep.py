@@ -34,7 +34,8 @@ MAX_RELATIVE_ERROR = 1e-2
 def grid() -> list[tuple[int, int, int, int, int, int]]:
     """(block_m, block_n, block_k, stages, warps, programs per SM) of every config timed."""
     tiles = ((64, 128), (64, 256), (128, 64), (128, 128), (128, 256), (256, 64), (256, 128))
-    out = [(64, bn, bk, st, w, pps) for (bn, bk), st, w, pps in itertools.product(tiles, (2, 3, 4), (4, 8), (1, 2, 3, 4))]
+    out = [(64, bn, bk, st, w, pps)
+           for (bn, bk), st, w, pps in itertools.product(tiles, (2, 3, 4), (4, 8), (1, 2, 3, 4))]
     out += [(128, bn, bk, st, 8, pps) for (bn, bk), st, pps in itertools.product(
         ((128, 64), (128, 128), (256, 64)), (2, 3), (1, 2))]
     return out
@@ -77,8 +78,11 @@ def sweep(rows: list[int], budget_s: float) -> dict[str, Any]:
                 try:
                     got = fp8_gemv(x, *fp8[0], config=cfg).float()
                     error = ((got - want).norm() / want.norm()).item()
-                    timed[plan] = (graph_us_or_error(lambda i: fp8_gemv(x, *fp8[i % len(fp8)], config=cfg))  # noqa: B023
-                                   if error < MAX_RELATIVE_ERROR else f"wrong: relative error {error:.3g}")
+                    def call(i: int) -> None:
+                        fp8_gemv(x, *fp8[i % len(fp8)], config=cfg)  # noqa: B023
+
+                    timed[plan] = (graph_us_or_error(call) if error < MAX_RELATIVE_ERROR
+                                   else f"wrong: relative error {error:.3g}")
                 except Exception as exc:  # noqa: BLE001 - a config that does not compile loses its cell only
                     timed[plan] = type(exc).__name__
             cells.append({"shape": name, "rows": m, "cfg": list(cfg_tuple), "plan": list(plan), "us": timed[plan]})

@@ -1,5 +1,5 @@
 """The plans of one Step stream, read ahead of the model thread so that it can see the next plan while the
-current step runs on the device (the scheduler keeps up to two in flight)."""
+current step runs on the device (the scheduler keeps up to `--max-steps-in-flight`, three by default, in flight)."""
 
 from __future__ import annotations
 
