@@ -36,7 +36,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 import torch  # noqa: E402
 
 import kernels.dependent_launch  # noqa: E402
-import kernels.fp8_gemv  # noqa: E402
 import kernels.fp8_linear  # noqa: E402
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from bench.engine import Bench, graph_replay_ms, graph_us, kernel_breakdown  # noqa: E402
@@ -249,9 +248,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-dependent-launch", action="store_true",
                         help="launch the projection, norm, activation and rotary kernels the ordinary way, not as "
                         "programmatic dependents (kernels/dependent_launch.py), to compare")
-    parser.add_argument("--no-weight-prefetch", action="store_true",
-                        help="GEMV launches wait on the kernels before them without first asking the L2 for their "
-                        "weights (kernels.fp8_gemv.PREFETCH_WEIGHTS), to compare")
     parser.add_argument("--profile", action="store_true",
                         help="the first batch size's decode step by part of the step and its largest kernels")
     parser.add_argument("--tests-timeout", type=int, default=150)
@@ -321,8 +317,6 @@ def apply_switches(args: argparse.Namespace) -> None:
         kernels.fp8_linear.FP8_PRODUCTS_MAX_ROWS = args.fp8_products_max_rows
     if args.no_dependent_launch:
         kernels.dependent_launch.ENABLED = False
-    if args.no_weight_prefetch:
-        kernels.fp8_gemv.PREFETCH_WEIGHTS = False
 
 
 def sweep(args: argparse.Namespace, configs: dict[str, ModelConfig], results: dict[str, Any],

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
 # SASS opcodes counted (a prefix each); `.128`, `.64` on a load give its width in bits.
-OPCODES = ("LDG", "CCTL", "LDGSTS", "STS", "LDS", "LDSM", "BAR.SYNC", "HMMA", "HGMMA", "FFMA", "F2FP", "F2F", "SHFL",
+OPCODES = ("LDG", "LDGSTS", "STS", "LDS", "LDSM", "BAR.SYNC", "HMMA", "HGMMA", "FFMA", "F2FP", "F2F", "SHFL",
            "ATOMG", "STL", "LDL")
 SIGNATURE = {  # the kernel's arguments as a bf16 launch passes them (the split workspace and counters included)
     "x_ptr": "*bf16", "w_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "x_scale_ptr": "*fp32", "bias_ptr": "*fp32",
@@ -45,8 +45,7 @@ def compile_plan(plan, arch: int) -> tuple[str, bytes]:  # noqa: ANN001 - plan: 
     constexprs = {"HAS_BIAS": False, "USE_DOT": plan.use_dot, "SPLIT": plan.split_k > 1, "BLOCK_M": plan.block_m,
                   "BLOCK_N": plan.block_n, "BLOCK_K": plan.block_k, "EVEN_K": True, "DOT_PRECISION": "tf32",
                   "VECTOR": plan.vector, "FP8_PRODUCTS": plan.fp8_products,
-                  "USE_GDC": arch >= 90,  # launched as a dependent from Hopper on (kernels/dependent_launch.py)
-                  "PREFETCH": arch >= 90 and plan.block_k >= 128}  # its first weight tiles asked for before the wait
+                  "USE_GDC": arch >= 90}  # launched as a dependent from Hopper on (kernels/dependent_launch.py)
     names = list(SIGNATURE) + list(constexprs)
     # FP8 products: x is rounded to FP8 before the launch.
     x_type = {"x_ptr": "*fp8e4nv"} if plan.fp8_products else {}

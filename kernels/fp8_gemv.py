@@ -58,8 +58,6 @@ DOT_BLOCK_M = 16  # rows of x per tensor-core tile (the smallest tl.dot takes)
 MAX_SPLIT_K = 16
 FMA_VECTORS = (8, 16)
 INTERPRETED_SMS = 4  # the SM count the default plan assumes off CUDA (the interpreter runs programs one by one)
-# Whether a dependent launch asks the L2 for its first weight tiles before it waits on the kernels before it.
-PREFETCH_WEIGHTS = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,18 +200,6 @@ def _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K
 
 
 @triton.jit
-def _prefetch_weights(w_ptr, offs_n, N, k_begin, K, stride_wn, BYTES: tl.constexpr):
-    """Asks the L2 for the first BYTES of K of this program's weight rows (128-byte lines; rows and K clamped to
-    the weight). Weights are never written by the kernels before this one, so a dependent launch may do this before
-    its wait, and its first tiles arrive while those kernels finish."""
-    lines = k_begin + tl.arange(0, BYTES // 128) * 128  # [LINES] offsets along K, one per 128-byte line
-    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
-    ptrs = w_ptr + rows[:, None] * stride_wn + tl.minimum(lines, K - 1)[None, :]  # [BLOCK_N, LINES]
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
 def _store_output(y, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om,
                   HAS_BIAS: tl.constexpr, FP8_PRODUCTS: tl.constexpr):
     """out[m, n] = y[m, n] · x_scale[m] · scale[n] + bias[n] in out's dtype (x_scale: FP8 products only)."""
@@ -235,10 +221,11 @@ def _fp8_gemv_kernel(
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, VECTOR: tl.constexpr, FP8_PRODUCTS: tl.constexpr, USE_GDC: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     # One program per (BLOCK_M rows of x, BLOCK_N output channels, K split); the rows vary fastest, so the
     # programs of one weight tile run side by side and all but the first read it from the L2.
+    # A dependent launch: x, the workspace and the counters are the earlier kernels' until here.
+    dependent_start(USE_GDC)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -247,11 +234,6 @@ def _fp8_gemv_kernel(
     m_mask = offs_m < M
     n_mask = offs_n < N
     k_begin = pid_k * k_per_split
-    if PREFETCH:  # the first two weight tiles of the program's slice (the first M tile of each weight tile only)
-        if pid_m == 0:
-            _prefetch_weights(w_ptr, offs_n, N, k_begin, K, stride_wn, 2 * BLOCK_K)
-    # A dependent launch: x, the workspace and the counters are the earlier kernels' until here.
-    dependent_start(USE_GDC)
     k_end = tl.minimum(k_begin + k_per_split, K)
     if USE_DOT:
         y = _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
@@ -381,8 +363,7 @@ def fp8_gemv(
         HAS_BIAS=bias is not None, USE_DOT=plan.use_dot, SPLIT=plan.split_k > 1,
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0,
         DOT_PRECISION=dot_precision(out.dtype), VECTOR=plan.vector, FP8_PRODUCTS=plan.fp8_products,
-        USE_GDC=dependent, PREFETCH=dependent and PREFETCH_WEIGHTS and plan.block_k >= 128,
-        num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(dependent),
+        USE_GDC=dependent, num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(dependent),
     )
     return out
 
