@@ -67,7 +67,7 @@ def test_request_joins_at_the_next_step_and_a_finished_one_leaves_at_once():
         assert client.tokens("a") == [4, 5, 6, 7]
         assert client.tokens("b") == [52, 53, 54, 55, 56, 57]
 
-    run_stack(test)
+    run_stack(test, scheduler=SchedulerConfig(max_steps_in_flight=2))  # the plans below are two in flight's
 
 
 def test_one_worker_disconnecting_fails_only_its_requests_and_it_is_used_again_when_back():
