@@ -86,8 +86,8 @@ class GrammarState:
 
     matcher: Any  # xgrammar.GrammarMatcher
     stop_token_ids: frozenset[int]  # the tokens that end the grammar (the matcher's stop tokens)
-    # The grammar accepted its stop token. With two steps in flight the scheduler may run one more step before it
-    # sees that token; it drops what that step samples, so the row is then left unmasked.
+    # The grammar accepted its stop token. With several steps in flight the scheduler may run more steps before it
+    # sees that token; it drops what those steps sample, so the row is then left unmasked.
     ended: bool = False
 
     def accept(self, token_id: int) -> bool:
