@@ -17,24 +17,10 @@ import numpy as np
 import torch
 
 _MASK32 = (1 << 32) - 1
-_MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def draw_key(seed: int, position: int) -> tuple[int, int]:
-    """Two 32-bit keys for the draw at `position` (number of tokens generated before it) of a seeded request."""
-    z = _splitmix64(_splitmix64(seed) ^ position)
-    return z & _MASK32, z >> 32
-
-
-def _splitmix64_array(z: np.ndarray) -> np.ndarray:
-    # uint64 lanes wrap modulo 2**64, as the masks of _splitmix64 do.
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    # uint64 lanes wrap modulo 2**64, as splitmix64's arithmetic does.
     z = z + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -42,12 +28,17 @@ def _splitmix64_array(z: np.ndarray) -> np.ndarray:
 
 
 def draw_keys(seeds: Sequence[int], positions: Sequence[int]) -> np.ndarray:
-    """`draw_key` of each (seed, position) pair, as [num_pairs, 2] int64, in one pass of array arithmetic (a batch
-    of seeded rows costs no per-row Python hashing). Seeds and positions lie in [0, 2**63) (SamplingParams checks
-    the seeds)."""
-    z = _splitmix64_array(_splitmix64_array(np.asarray(seeds, dtype=np.uint64))
-                          ^ np.asarray(positions, dtype=np.uint64))
+    """Two 32-bit keys for each draw at positions[i] (number of tokens generated before it) of a request seeded
+    with seeds[i], as [num_pairs, 2] int64, in one pass of array arithmetic (a batch of seeded rows costs no per-row
+    Python hashing). Seeds and positions lie in [0, 2**63) (SamplingParams checks the seeds)."""
+    z = _splitmix64(_splitmix64(np.asarray(seeds, dtype=np.uint64)) ^ np.asarray(positions, dtype=np.uint64))
     return np.stack([z & np.uint64(_MASK32), z >> np.uint64(32)], axis=1).astype(np.int64)
+
+
+def draw_key(seed: int, position: int) -> tuple[int, int]:
+    """`draw_keys` of one draw."""
+    low, high = draw_keys([seed], [position])[0].tolist()
+    return low, high
 
 
 def random_keys(num_rows: int, device: torch.device) -> torch.Tensor:
