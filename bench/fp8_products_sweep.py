@@ -25,10 +25,11 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "protos")]
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
+from bench.fp8_projections import MAX_RELATIVE_ERROR, projection_shapes, rotation_copies  # noqa: E402
+from services.worker.presets import preset_config  # noqa: E402
 
-SHAPES = (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336))  # (name, N, K)
-L2_BYTES = 60e6
-MAX_RELATIVE_ERROR = 1e-2
+# (name, N, K) of Llama-3.1-8B's four projections, named as the results name them
+SHAPES = tuple((name.removesuffix("_proj"), n, k) for name, n, k in projection_shapes(preset_config("llama-3.1-8b")))
 
 
 def grid() -> list[tuple[int, int, int, int, int, int]]:
@@ -55,9 +56,9 @@ def sweep(rows: list[int], budget_s: float) -> dict[str, Any]:
     dev = torch.device("cuda")
     weights = {}
     for name, n, k in SHAPES:
-        copies = max(2, int(2 * L2_BYTES // (n * k)) + 1)
         weights[name] = [(q, s.view(-1)) for q, s in (
-            quantize_fp8_rows(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02) for _ in range(copies))]
+            quantize_fp8_rows(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02)
+            for _ in range(rotation_copies(n * k)))]
     cells: list[dict[str, Any]] = []
     for m, (name, n, k) in itertools.product(rows, SHAPES):
         if time.monotonic() - start > budget_s:
@@ -113,7 +114,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines = ["µs per call by projection (Llama-3.1-8B shapes) and their sum over a layer. cfg: block_m, block_n, "
              "block_k, stages, warps, programs per SM.", "",
              f"| rows | kernel | {' | '.join(names)} | layer |", "|---|---|" + "---|" * (len(names) + 1)]
-    for m, row in results["summary"].items():
+    for m, row in sorted(results["summary"].items(), key=lambda item: int(item[0])):
         scaled = row["scaled_mm_us"]
         if len(scaled) == len(names):
             lines.append(f"| {m} | _scaled_mm | {' | '.join(f'{scaled[n]:.1f}' for n in names)} | "
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
-        results["summary"] = summary(results["cells"])
+        results.setdefault("summary", summary(results["cells"]))  # a saved summary covers every cell timed
         print(to_markdown(results))
         return 0
     import torch

@@ -70,6 +70,12 @@ def projection_shapes(cfg: ModelConfig) -> list[tuple[str, int, int]]:
             ("gate_up_proj", 2 * cfg.intermediate_size, hidden), ("down_proj", hidden, cfg.intermediate_size)]
 
 
+def rotation_copies(weight_bytes: int) -> int:
+    """How many copies of a weight of this many bytes a timing loop rotates through: more than the L2 holds, twice
+    over, so that every call reads its weight from HBM."""
+    return max(2, int(2 * L2_BYTES // weight_bytes) + 1)
+
+
 def copy_bandwidth_gb_s(num_bytes: int = 1 << 31) -> float:
     """A device-to-device copy's bytes read plus written per second (GB/s), the median of 5 after a warm-up."""
     src = torch.empty(num_bytes, dtype=torch.uint8, device="cuda")
@@ -103,8 +109,7 @@ def probe_shape(n_out: int, k_in: int, rows: list[int], candidates: bool) -> lis
     from kernels.fp8_quant import quantize_fp8_rows
 
     dev = torch.device("cuda")
-    copies = max(2, int(2 * L2_BYTES // (n_out * k_in)) + 1)  # more FP8 bytes than the L2 holds, twice over
-    bf16_copies = max(2, int(2 * L2_BYTES // (2 * n_out * k_in)) + 1)
+    copies, bf16_copies = rotation_copies(n_out * k_in), rotation_copies(2 * n_out * k_in)
     weights = [torch.randn(n_out, k_in, device=dev, dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
     fp8 = [(q, s.view(-1)) for q, s in (quantize_fp8_rows(w) for w in weights)]
     del weights[bf16_copies:]
