@@ -54,6 +54,7 @@ def _fp8_products_gemv(
 ) -> torch.Tensor:
     return fp8_gemv(x, weight, weight_scale, bias, config=fp8_products_config(x.shape[0]))
 
+
 # Launches by (kernel, tiles, dtype, K, bias): True once one ran, False once one failed to compile (the other
 # Triton kernel then serves that shape in this process).
 _compiled_tiles: dict[tuple, bool] = {}
