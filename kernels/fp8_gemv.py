@@ -51,6 +51,10 @@ from kernels.launch_memo import register_memo, sm_count
 DOT_MIN_ROWS = 3  # from this many rows the tensor-core path is the default
 # Default programs per SM by path (the H200 sweep of bench/fp8.py --sweep-rows chose them).
 CUDA_CORE_PROGRAMS_PER_SM = 4
+# One row on CUDA cores: 8 x 1024 weight tiles (8 KB, as 16 x 512) and about 2 programs per SM, which leaves most
+# projections of an 8B model unsplit, without the partials and the last-arriving reduction (the H200's one-row
+# sweep of each shape).
+ONE_ROW_BLOCK_N, ONE_ROW_BLOCK_K, ONE_ROW_PROGRAMS_PER_SM = 8, 1024, 2
 TENSOR_CORE_PROGRAMS_PER_SM = 8
 FP8_PRODUCTS_PROGRAMS_PER_SM = 4  # the H200 sweep at 32 to 256 rows (bench/fp8.py --sweep-rows)
 CUDA_CORE_VECTOR = 16  # 16-byte weight loads (the same sweep)
@@ -110,7 +114,8 @@ class GemvPlan(NamedTuple):
 def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig()) -> GemvPlan:
     """The tiles and split of a launch. Defaults: on tensor cores 16 x 32 x 256 tiles (an 8 KB weight tile per
     stage, three stages) and about 8 programs per SM; on CUDA cores one row of x and a 16 x 512 weight tile (8 KB)
-    per program and iteration, and about 4 programs per SM; then the fewest K splits that give that many."""
+    per program and iteration, and about 4 programs per SM (8 x 1024 and 2 when x has one row); then the fewest K
+    splits that give that many."""
     use_dot = cfg.fp8_products or (cfg.use_dot if cfg.use_dot is not None else m >= DOT_MIN_ROWS)
     if cfg.fp8_products:
         # One tile of rows up to 64 (a Hopper wgmma's height); FP8 dots take K in multiples of 32.
@@ -123,15 +128,15 @@ def gemv_plan(m: int, n: int, k: int, num_sms: int, cfg: GemvConfig = GemvConfig
         block_k = cfg.block_k or 256
     else:
         block_m = 1
-        block_n = cfg.block_n or 16
-        block_k = cfg.block_k or 512
+        block_n = cfg.block_n or (ONE_ROW_BLOCK_N if m == 1 else 16)
+        block_k = cfg.block_k or (ONE_ROW_BLOCK_K if m == 1 else 512)
     block_k = max(32 if cfg.fp8_products else 16, min(block_k, triton.next_power_of_2(k)))
     k_tiles = triton.cdiv(max(k, 1), block_k)
     split = cfg.split_k
     if not split:
         tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-        path_default = (FP8_PRODUCTS_PROGRAMS_PER_SM if cfg.fp8_products
-                        else TENSOR_CORE_PROGRAMS_PER_SM if use_dot else CUDA_CORE_PROGRAMS_PER_SM)
+        path_default = (FP8_PRODUCTS_PROGRAMS_PER_SM if cfg.fp8_products else TENSOR_CORE_PROGRAMS_PER_SM if use_dot
+                        else ONE_ROW_PROGRAMS_PER_SM if m == 1 else CUDA_CORE_PROGRAMS_PER_SM)
         per_sm = cfg.programs_per_sm or path_default
         split = triton.cdiv(num_sms * per_sm, max(tiles, 1))
     split = max(1, min(split, MAX_SPLIT_K, k_tiles))
@@ -214,6 +219,28 @@ def _store_output(y, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, 
 
 
 @triton.jit
+def _gated_output(x_row, w_ptr, scale_ptr, bias_ptr, out_row, pid_n, N, K, stride_wn, HAS_BIAS: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, VECTOR: tl.constexpr):
+    """One row's out[n] = silu(g[n]) * u[n] for BLOCK_N / 2 channels, where g and u are the projections on weight
+    rows n (gate) and N + n (up) of a [2N, K] weight, each rounded to out's dtype first as the projection's own
+    output is. The weight tile keeps fp8_gemv's shape, so each row is summed in the same order as there and the
+    result equals fp8_gemv followed by silu_and_mul, bit for bit."""
+    # The channels' gate and up rows interleaved: [BLOCK_N / 2, 2] flattened.
+    offs = tl.arange(0, BLOCK_N)
+    offs_n = pid_n * (BLOCK_N // 2) + offs // 2
+    rows = offs_n + (offs % 2) * N
+    n_mask = offs_n < N
+    y = _fma_partial(x_row, w_ptr, rows, n_mask, 0, K, K, stride_wn, BLOCK_N, BLOCK_K, EVEN_K, VECTOR)
+    y = y * tl.load(scale_ptr + rows, mask=n_mask, other=0.0)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rows, mask=n_mask, other=0.0).to(tl.float32)
+    gate, up = tl.split(tl.reshape(y.to(out_row.dtype.element_ty).to(tl.float32), [BLOCK_N // 2, 2]))
+    out_n = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    act = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(out_row + out_n, act.to(out_row.dtype.element_ty), mask=out_n < N)
+
+
+@triton.jit
 def _fp8_gemv_kernel(
     x_ptr, w_ptr, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, partial_ptr, counter_ptr,
     M, N, K, k_per_split, num_splits,
@@ -221,6 +248,7 @@ def _fp8_gemv_kernel(
     HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr, VECTOR: tl.constexpr, FP8_PRODUCTS: tl.constexpr, USE_GDC: tl.constexpr,
+    GATED: tl.constexpr = False,
 ):
     # One program per (BLOCK_M rows of x, BLOCK_N output channels, K split); the rows vary fastest, so the
     # programs of one weight tile run side by side and all but the first read it from the L2.
@@ -235,35 +263,40 @@ def _fp8_gemv_kernel(
     n_mask = offs_n < N
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    if USE_DOT:
-        y = _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
-                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION, FP8_PRODUCTS)
-    else:  # BLOCK_M == 1
-        x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
-        y = _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn, BLOCK_N, BLOCK_K, EVEN_K,
-                         VECTOR)
-        y = y[None, :]  # [1, BLOCK_N]
-    if SPLIT:
-        # partial [num_splits, M, N] fp32: this split's tile, then one arrival on the output tile's counter.
-        tile = partial_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]  # [BLOCK_M, BLOCK_N], split 0
-        mask = m_mask[:, None] & n_mask[None, :]
-        tl.store(tile + pid_k.to(tl.int64) * stride_split, y, mask=mask)
-        # Every warp's stores precede the one thread's release of the arrival (and, in the last program, the
-        # acquire precedes every warp's loads of the other splits' tiles).
-        tl.debug_barrier()
-        counter = counter_ptr + pid_n * tl.num_programs(0) + pid_m
-        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if arrived == num_splits - 1:
-            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for _ in range(0, num_splits):  # split order, whichever program came last
-                total += tl.load(tile, mask=mask, other=0.0, cache_modifier=".cg")
-                tile += stride_split
-            _store_output(total, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask,
-                          stride_om, HAS_BIAS, FP8_PRODUCTS)
-            tl.store(counter, 0)  # every split of this tile has arrived: none reads it again in this launch
+    if GATED:  # CUDA cores, unsplit: out [M, N] = silu(x · gate rows) * (x · up rows), weight [2N, K]
+        _gated_output(x_ptr + pid_m.to(tl.int64) * stride_xm, w_ptr, scale_ptr, bias_ptr,
+                      out_ptr + pid_m.to(tl.int64) * stride_om, pid_n, N, K, stride_wn, HAS_BIAS, BLOCK_N, BLOCK_K,
+                      EVEN_K, VECTOR)
     else:
-        _store_output(y, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om,
-                      HAS_BIAS, FP8_PRODUCTS)
+        if USE_DOT:
+            y = _dot_partial(x_ptr, w_ptr, offs_m, offs_n, m_mask, n_mask, k_begin, k_end, K, stride_xm, stride_wn,
+                             BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION, FP8_PRODUCTS)
+        else:  # BLOCK_M == 1
+            x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+            y = _fma_partial(x_row, w_ptr, offs_n, n_mask, k_begin, k_end, K, stride_wn, BLOCK_N, BLOCK_K, EVEN_K,
+                             VECTOR)
+            y = y[None, :]  # [1, BLOCK_N]
+        if SPLIT:
+            # partial [num_splits, M, N] fp32: this split's tile, then one arrival on the output tile's counter.
+            tile = partial_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]  # [BLOCK_M, BLOCK_N], split 0
+            mask = m_mask[:, None] & n_mask[None, :]
+            tl.store(tile + pid_k.to(tl.int64) * stride_split, y, mask=mask)
+            # Every warp's stores precede the one thread's release of the arrival (and, in the last program, the
+            # acquire precedes every warp's loads of the other splits' tiles).
+            tl.debug_barrier()
+            counter = counter_ptr + pid_n * tl.num_programs(0) + pid_m
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == num_splits - 1:
+                total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+                for _ in range(0, num_splits):  # split order, whichever program came last
+                    total += tl.load(tile, mask=mask, other=0.0, cache_modifier=".cg")
+                    tile += stride_split
+                _store_output(total, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask,
+                              stride_om, HAS_BIAS, FP8_PRODUCTS)
+                tl.store(counter, 0)  # every split of this tile has arrived: none reads it again in this launch
+        else:
+            _store_output(y, scale_ptr, x_scale_ptr, bias_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, stride_om,
+                          HAS_BIAS, FP8_PRODUCTS)
 
 
 def check_fp8_linear_args(
@@ -364,6 +397,46 @@ def fp8_gemv(
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0,
         DOT_PRECISION=dot_precision(out.dtype), VECTOR=plan.vector, FP8_PRODUCTS=plan.fp8_products,
         USE_GDC=dependent, num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(dependent),
+    )
+    return out
+
+
+def gated_gemv_plan(m: int, n: int, k: int, num_sms: int) -> GemvPlan | None:
+    """The plan of `fp8_gemv_silu_and_mul` for x [m, k] and a gate/up weight [n, k]: fp8_gemv's own default plan
+    for them where it runs on CUDA cores unsplit (with tiles of at least two rows), else None: the split epilogue
+    sums each output tile across programs, and a channel's gate and up sums would both have to be there."""
+    plan = gemv_plan(m, n, k, num_sms)
+    if n % 2 or plan.use_dot or plan.split_k != 1 or plan.block_n < 2:
+        return None
+    return plan
+
+
+def fp8_gemv_silu_and_mul(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x [M, K], weight [2D, K] float8_e4m3fn (gate rows, then up rows), weight_scale [2D], bias [2D] → [M, D] =
+    silu(gate) * up of the projection, in one launch instead of two: equal, bit for bit, to `fp8_gemv` (its default
+    plan) followed by `silu_and_mul`. Only where that plan is an unsplit CUDA-core one (`gated_gemv_plan`)."""
+    m, n, k = check_fp8_linear_args(x, weight, weight_scale, bias)
+    check_launchable(x.device)
+    plan = gated_gemv_plan(m, n, k, num_sms(x.device))
+    if plan is None:
+        raise ValueError(f"fp8_gemv_silu_and_mul needs an even N and an unsplit CUDA-core plan for x [{m}, {k}] and "
+                         f"weight [{n}, {k}]; run fp8_gemv and silu_and_mul instead")
+    d = n // 2
+    if out is None:
+        out = torch.empty((m, d), dtype=x.dtype, device=x.device)
+    if m == 0 or d == 0:
+        return out
+    dependent = dependent_launch(x.device)
+    _fp8_gemv_kernel[(m, triton.cdiv(d, plan.block_n // 2), 1)](
+        x, weight, weight_scale, weight_scale, bias if bias is not None else weight_scale, out, out, out,
+        m, d, k, k, 1, x.stride(0), weight.stride(0), out.stride(0), m * d,
+        HAS_BIAS=bias is not None, USE_DOT=False, SPLIT=False, BLOCK_M=1, BLOCK_N=plan.block_n,
+        BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0, DOT_PRECISION=dot_precision(out.dtype),
+        VECTOR=plan.vector, FP8_PRODUCTS=False, USE_GDC=dependent, GATED=True, num_warps=plan.num_warps,
+        num_stages=plan.num_stages, **launch_options(dependent),
     )
     return out
 

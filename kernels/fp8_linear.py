@@ -17,8 +17,18 @@ import logging
 
 import torch
 
+from kernels.activation import silu_and_mul, silu_and_mul_ref
 from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
-from kernels.fp8_gemv import GemvConfig, check_fp8_linear_args, fp8_gemv, fp8_gemv_ref, gemv_plan, num_sms
+from kernels.fp8_gemv import (
+    GemvConfig,
+    check_fp8_linear_args,
+    fp8_gemv,
+    fp8_gemv_ref,
+    fp8_gemv_silu_and_mul,
+    gated_gemv_plan,
+    gemv_plan,
+    num_sms,
+)
 from kernels.fp8_quant import quantize_fp8_rows, quantize_fp8_rows_ref
 
 log = logging.getLogger(__name__)
@@ -39,6 +49,9 @@ FP8_PRODUCTS_BANDS: tuple[tuple[int, GemvConfig], ...] = (
     (192, GemvConfig(fp8_products=True, block_n=128, block_k=128, num_stages=4, num_warps=4, programs_per_sm=1)),
 )
 FP8_PRODUCTS_MAX_ROWS = FP8_PRODUCTS_BANDS[-1][0]
+# A gated MLP's gate/up projection and its SiLU-and-mul in one launch (fp8_gemv_silu_and_mul) wherever the GEMV
+# runs unsplit on CUDA cores: a decode step of one or two rows then runs one short kernel fewer per layer.
+GATED_GEMV = True
 
 
 def fp8_products_config(rows: int) -> GemvConfig:
@@ -148,6 +161,43 @@ def _compiled_or_other(
         return other(x, weight, weight_scale, bias)
     _compiled_tiles[key] = True
     return y
+
+
+def fp8_linear_silu_and_mul(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """silu_and_mul(fp8_linear(x, weight, weight_scale, bias)) for x [..., K] and a gate/up weight [2D, K] (gate
+    rows first) → [..., D], bit for bit; one launch where the GEMV's plan allows it (GATED_GEMV)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+    m, n, k = check_fp8_linear_args(x2, weight, weight_scale, bias)
+    y = None
+    if GATED_GEMV and fp8_linear_path(m, n, k, _capability(x2.device)) == "gemv":
+        plan = gated_gemv_plan(m, n, k, num_sms(x2.device))
+        key = ("gated", plan, x2.dtype, k, bias is None)
+        if plan is not None and _compiled_tiles.get(key) is not False:
+            try:
+                y = fp8_gemv_silu_and_mul(x2, weight, weight_scale, bias)  # the first launch compiles it
+                _compiled_tiles[key] = True
+            except Exception as exc:  # noqa: BLE001 - compile failures surface as several exception types
+                if _compiled_tiles.get(key):
+                    raise
+                log.warning("the gated GEMV for %s x %s does not compile here (%s: %s); two launches serve it",
+                            tuple(x2.shape), tuple(weight.shape), type(exc).__name__,
+                            (str(exc).splitlines() or [""])[0][:200])
+                _compiled_tiles[key] = False
+    if y is None:
+        y = silu_and_mul(fp8_linear(x2, weight, weight_scale, bias))
+    return y.view(*lead, n // 2)
+
+
+def fp8_linear_silu_and_mul_ref(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None, *,
+    capability: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Plain torch version of fp8_linear_silu_and_mul (see fp8_linear_ref)."""
+    y = fp8_linear_ref(x, weight, weight_scale, bias, capability=capability)
+    return silu_and_mul_ref(y.reshape(-1, y.shape[-1])).view(*y.shape[:-1], y.shape[-1] // 2)
 
 
 def fp8_linear_ref(

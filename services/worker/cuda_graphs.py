@@ -7,8 +7,9 @@ a static logits buffer (the model's dtype) and the rows' argmax (the greedy toke
 nothing on the host but reading the token ids back. Padding rows write nowhere (slot -1) and attend to one entry.
 
 The decode attention kernel's split count is fixed at capture. A graph for contexts up to max_model_len splits
-each sequence across the chip (and merges the splits in a second kernel); short contexts get their own graph
-with one split, so the merge kernel and the idle split programs disappear.
+each sequence across the chip (and merges the splits in a second kernel); short contexts get their own graph,
+split only as far as a short context fills splits (few sequences: a few splits of min_split_len keys; many: one),
+so fewer split programs find nothing to read.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from services.worker.models.decoder import CausalDecoder
 # (positions in the step's concatenated tokens [k] int64, their tokens [k] int64), both on the device.
 InputFill = tuple[torch.Tensor, torch.Tensor]
 
-SHORT_CONTEXT_LEN = 512  # contexts up to this many tokens run the decode kernel unsplit
+SHORT_CONTEXT_LEN = 512  # contexts up to this many tokens run the decode kernel split for this many at most
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
@@ -46,7 +47,7 @@ def context_buckets(num_seqs: int, num_kv_heads: int, max_model_len: int, short_
     full = choose_num_splits(num_seqs, num_kv_heads, max_model_len, cfg)
     if full == 1 or short_len <= 0 or short_len >= max_model_len:
         return [(max_model_len, full)]
-    return [(short_len, 1), (max_model_len, full)]
+    return [(short_len, choose_num_splits(num_seqs, num_kv_heads, short_len, cfg)), (max_model_len, full)]
 
 
 class DecodeGraphs:

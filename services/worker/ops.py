@@ -9,7 +9,12 @@ import torch
 
 import kernels
 from kernels.argmax import argmax_rows, argmax_rows_ref
-from kernels.fp8_linear import fp8_linear, fp8_linear_ref
+from kernels.fp8_linear import (
+    fp8_linear,
+    fp8_linear_ref,
+    fp8_linear_silu_and_mul,
+    fp8_linear_silu_and_mul_ref,
+)
 from kernels.rotary_cache_write import apply_rotary_and_write_kv, apply_rotary_and_write_kv_ref
 
 
@@ -28,6 +33,8 @@ class Ops:
     argmax: Callable[..., torch.Tensor]  # [num_rows, n] → [num_rows] int64, as torch.argmax(dim=-1)
     # x [..., K], FP8 weight [N, K], fp32 scales [N], bias → [..., N]: the projections of an FP8 model.
     fp8_linear: Callable[..., torch.Tensor]
+    # The same for a gated MLP's gate/up weight [2D, K], followed by silu_and_mul → [..., D].
+    fp8_linear_silu_and_mul: Callable[..., torch.Tensor]
     uses_kernels: bool
 
 
@@ -41,6 +48,7 @@ KERNEL_OPS = Ops(
     apply_rotary_and_write_kv=apply_rotary_and_write_kv,
     argmax=argmax_rows,
     fp8_linear=fp8_linear,
+    fp8_linear_silu_and_mul=fp8_linear_silu_and_mul,
     uses_kernels=True,
 )
 REFERENCE_OPS = Ops(
@@ -53,6 +61,7 @@ REFERENCE_OPS = Ops(
     apply_rotary_and_write_kv=apply_rotary_and_write_kv_ref,
     argmax=argmax_rows_ref,
     fp8_linear=fp8_linear_ref,
+    fp8_linear_silu_and_mul=fp8_linear_silu_and_mul_ref,
     uses_kernels=False,
 )
 

@@ -7,7 +7,17 @@ import pytest
 import torch
 
 from kernels._checks import FP8_DTYPE
-from kernels.fp8_gemv import GemvConfig, GemvPlan, fp8_gemv, fp8_gemv_ref, gemv_plan, split_counters
+from kernels.activation import silu_and_mul, silu_and_mul_ref
+from kernels.fp8_gemv import (
+    GemvConfig,
+    GemvPlan,
+    fp8_gemv,
+    fp8_gemv_ref,
+    fp8_gemv_silu_and_mul,
+    gated_gemv_plan,
+    gemv_plan,
+    split_counters,
+)
 from kernels.fp8_linear import FP8_PRODUCTS_BANDS, fp8_products_config
 from kernels.fp8_quant import quantize_fp8_rows_ref
 from tests.kernels.fp8_problems import fp8_problem
@@ -157,14 +167,16 @@ def test_fp8_gemv_tiles_are_launch_parameters(relative_error, device, dtype) -> 
         assert relative_error(fp8_gemv(x, w, scale, config=cfg).cpu(), ref) < 1.5e-2
 
 
-def test_default_plans_split_k_until_every_sm_has_about_four_or_eight_programs() -> None:
-    sms = 132  # an H100 or H200: about 528 programs wanted on CUDA cores, 1056 on tensor cores
-    # One or two rows, CUDA cores: 16 weight rows x 512 of K per iteration.
-    assert gemv_plan(1, 6144, 4096, sms) == GemvPlan(1, 16, 512, 2, 2048, False, 4, 3, 16)  # 384 tiles x 2
-    assert gemv_plan(1, 4096, 4096, sms) == GemvPlan(1, 16, 512, 3, 1536, False, 4, 3, 16)  # 3 of 8 K tiles each
-    assert gemv_plan(1, 28672, 4096, sms) == GemvPlan(1, 16, 512, 1, 4096, False, 4, 3, 16)  # 1792 tiles already
-    assert gemv_plan(1, 4096, 14336, sms) == GemvPlan(1, 16, 512, 3, 5120, False, 4, 3, 16)  # 28 K tiles: 10,10,8
+def test_default_plans_split_k_until_every_sm_has_about_two_four_or_eight_programs() -> None:
+    sms = 132  # an H100 or H200: about 264 programs wanted for one row, 528 for two, 1056 on tensor cores
+    # One row, CUDA cores: 8 weight rows x 1024 of K per iteration; the 8B's projections are then unsplit.
+    assert gemv_plan(1, 6144, 4096, sms) == GemvPlan(1, 8, 1024, 1, 4096, False, 4, 3, 16)  # 768 tiles already
+    assert gemv_plan(1, 4096, 14336, sms) == GemvPlan(1, 8, 1024, 1, 14336, False, 4, 3, 16)  # 512 tiles
+    assert gemv_plan(1, 2048, 2048, sms) == GemvPlan(1, 8, 1024, 2, 1024, False, 4, 3, 16)  # 256 tiles x 2
+    # Two rows, CUDA cores: 16 x 512.
     assert gemv_plan(2, 6144, 4096, sms) == GemvPlan(1, 16, 512, 1, 4096, False, 4, 3, 16)  # 768 tiles already
+    assert gemv_plan(2, 4096, 4096, sms) == GemvPlan(1, 16, 512, 2, 2048, False, 4, 3, 16)  # 512 tiles x 2
+    assert gemv_plan(2, 4096, 14336, sms) == GemvPlan(1, 16, 512, 2, 7168, False, 4, 3, 16)  # 28 K tiles: 14, 14
     # 3 to 16 rows, tensor cores: 16 x 32 x 256 tiles.
     assert gemv_plan(3, 6144, 4096, sms) == GemvPlan(16, 32, 256, 6, 768, True, 4, 3)
     assert gemv_plan(16, 4096, 4096, sms) == GemvPlan(16, 32, 256, 8, 512, True, 4, 3)  # 9 wanted, 16 K tiles
@@ -178,7 +190,33 @@ def test_default_plans_split_k_until_every_sm_has_about_four_or_eight_programs()
     # Overrides: a fixed split, the CUDA-core path at 4 rows (a program per row and tile), K shorter than a tile.
     assert gemv_plan(1, 6144, 4096, sms, GemvConfig(split_k=1)).split_k == 1
     assert gemv_plan(4, 6144, 4096, sms, GemvConfig(use_dot=False))[:5] == (1, 16, 512, 1, 4096)
-    assert gemv_plan(1, 40, 24, sms) == GemvPlan(1, 16, 32, 1, 32, False, 4, 3, 16)
+    assert gemv_plan(1, 40, 24, sms) == GemvPlan(1, 8, 32, 1, 32, False, 4, 3, 16)
+
+
+@pytest.mark.parametrize("m, bias", [(1, False), (2, True)])
+@pytest.mark.parametrize("shape", ["8b_gate_up", "1b_gate_up"])
+def test_gate_up_gemv_with_silu_equals_the_gemv_then_silu_and_mul_bit_for_bit(
+        relative_error, tolerance, device, dtype, shape, m, bias) -> None:
+    n, k = SCALED_LAYER_SHAPES[shape]
+    x, w, scale, b = fp8_problem(m, n, k, bias, n + m, device, dtype)
+    fused = fp8_gemv_silu_and_mul(x, w, scale, b)
+    assert fused.shape == (m, n // 2) and fused.dtype == dtype
+    assert torch.equal(fused.cpu(), silu_and_mul(fp8_gemv(x, w, scale, b)).cpu())
+    assert relative_error(fused.cpu(), silu_and_mul_ref(_reference(x, w, scale, b))) < tolerance
+
+
+def test_gate_up_gemv_with_silu_runs_only_where_the_gemv_is_unsplit_on_cuda_cores() -> None:
+    sms = 132
+    assert gated_gemv_plan(1, 28672, 4096, sms) == gemv_plan(1, 28672, 4096, sms)  # the 8B's gate_up
+    assert gated_gemv_plan(2, 16384, 2048, sms) == gemv_plan(2, 16384, 2048, sms)  # the 1B's at two rows
+    assert gated_gemv_plan(1, 512, 4096, sms) is None  # 64 tiles: split 5
+    assert gated_gemv_plan(3, 28672, 4096, sms) is None  # tensor cores
+    assert gated_gemv_plan(1, 28671, 4096, sms) is None  # no halves
+    x, w, scale, _ = fp8_problem(1, 4, 4096, False, 1, "cpu", torch.float32)  # off CUDA: planned for 4 SMs
+    assert gemv_plan(1, 4, 4096, 4).split_k == 4
+    with pytest.raises(ValueError, match=r"needs an even N and an unsplit CUDA-core plan for x \[1, 4096\] and "
+                                         r"weight \[4, 4096\]"):
+        fp8_gemv_silu_and_mul(x, w, scale)
 
 
 def test_gemv_config_refuses_tiles_that_are_not_powers_of_two() -> None:

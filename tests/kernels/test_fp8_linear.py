@@ -8,7 +8,9 @@ import torch
 
 from kernels._checks import FP8_DTYPE
 from kernels.fp8_dequant_mm import DequantMMConfig, dequant_mm_tiles, fp8_dequant_mm
-from kernels.fp8_gemv import fp8_gemv, fp8_gemv_ref
+import kernels.fp8_linear
+from kernels.activation import silu_and_mul, silu_and_mul_ref
+from kernels.fp8_gemv import fp8_gemv, fp8_gemv_ref, gated_gemv_plan
 from kernels.fp8_linear import (
     FP8_PRODUCTS_BANDS,
     FP8_PRODUCTS_MAX_ROWS,
@@ -16,6 +18,8 @@ from kernels.fp8_linear import (
     fp8_linear,
     fp8_linear_path,
     fp8_linear_ref,
+    fp8_linear_silu_and_mul,
+    fp8_linear_silu_and_mul_ref,
     fp8_products_config,
     fp8_scaled_mm,
 )
@@ -131,6 +135,26 @@ def test_fp8_linear_runs_the_split_k_gemv_up_to_its_row_limit_and_the_dequantisi
         assert torch.equal(fp8_linear(x[:rows], w, scale, b), fp8_gemv(x[:rows], w, scale, b))
     if device == "cpu":  # on CUDA these rows take _scaled_mm
         assert torch.equal(fp8_linear(x, w, scale, b), fp8_dequant_mm(x, w, scale, b))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 20])
+def test_gated_fp8_linear_equals_the_projection_then_silu_and_mul_with_and_without_fusion(
+        monkeypatch, relative_error, tolerance, device, dtype, rows) -> None:
+    # A 1B gate/up scaled down by 32: one launch at 1 and 2 rows (unsplit CUDA-core plans), two from 3 rows (tensor
+    # cores), and past GEMV_MAX_ROWS the dequantising kernel off CUDA.
+    assert (gated_gemv_plan(rows, 512, 64, 4) is not None) == (rows <= 2)
+    x, w, scale, _ = fp8_problem(rows, 512, 64, False, rows, device, dtype)
+    unfused = silu_and_mul(fp8_linear(x, w, scale))
+    x = x.view(1, rows, 64)
+    assert torch.equal(fp8_linear_silu_and_mul(x, w, scale).cpu(), unfused.view(1, rows, 256).cpu())
+    monkeypatch.setattr(kernels.fp8_linear, "GATED_GEMV", False)
+    assert torch.equal(fp8_linear_silu_and_mul(x, w, scale).cpu(), unfused.view(1, rows, 256).cpu())
+    capability = torch.cuda.get_device_capability() if device == "cuda" else None  # the rounding of its paths
+    ref = fp8_linear_silu_and_mul_ref(x.cpu(), w.cpu(), scale.cpu(), capability=capability)
+    assert ref.shape == (1, rows, 256)
+    assert torch.equal(ref[0], silu_and_mul_ref(fp8_linear_ref(x[0].cpu(), w.cpu(), scale.cpu(),
+                                                               capability=capability)))
+    assert relative_error(unfused.cpu(), ref[0]) < tolerance
 
 
 def test_fp8_linear_reference_rounds_activations_where_the_gpu_takes_the_tensor_core_path() -> None:

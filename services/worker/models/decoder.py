@@ -158,7 +158,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x))))
+        gate_up = self.gate_up_proj
+        if isinstance(gate_up, Fp8Linear):
+            act = gate_up.silu_and_mul(x)  # one launch with the projection where its kernel allows
+        else:
+            act = self.ops.silu_and_mul(gate_up(x))
+        return self.tp.all_reduce(self.down_proj(act))
 
 
 class DecoderLayer(nn.Module):

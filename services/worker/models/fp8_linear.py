@@ -31,6 +31,10 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops.fp8_linear(x, self.weight, self.weight_scale, self.bias)
 
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """silu_and_mul of this gate/up projection's output [..., 2D] → [..., D] (one launch where it can be)."""
+        return self.ops.fp8_linear_silu_and_mul(x, self.weight, self.weight_scale, self.bias)
+
     @classmethod
     @torch.no_grad()
     def quantized(cls, linear: nn.Linear, ops: Ops) -> "Fp8Linear":

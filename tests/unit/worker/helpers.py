@@ -146,11 +146,13 @@ def run_greedy(driver: Driver, prompts: dict[int, list[int]], num_tokens: int, c
 def build_gpu_path_reference_engine(config: WorkerConfig, monkeypatch) -> WorkerEngine:  # noqa: ANN001
     """An engine of the reference ops on CUDA whose FP8 projections round activations to FP8 per token wherever
     the kernels' tensor-core path does, so kernels and reference compute the same thing."""
-    from kernels.fp8_linear import fp8_linear_ref
+    from kernels.fp8_linear import fp8_linear_ref, fp8_linear_silu_and_mul_ref
     from services.worker import model_engine
     from services.worker.ops import REFERENCE_OPS
 
-    ops = replace(REFERENCE_OPS, fp8_linear=partial(fp8_linear_ref, capability=torch.cuda.get_device_capability()))
+    capability = torch.cuda.get_device_capability()
+    ops = replace(REFERENCE_OPS, fp8_linear=partial(fp8_linear_ref, capability=capability),
+                  fp8_linear_silu_and_mul=partial(fp8_linear_silu_and_mul_ref, capability=capability))
     with monkeypatch.context() as patch:
         patch.setattr(model_engine, "select_ops", lambda device, use_kernels=None: ops)
         return build_engine(config)

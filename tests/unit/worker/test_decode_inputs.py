@@ -114,9 +114,12 @@ def test_rows_written_one_by_one_and_all_at_once_leave_the_same_staging_bytes_th
         _assert_matches_metadata(at_once, token_ids, chunks, MAX_SEQS)
 
 
-def test_short_contexts_get_an_unsplit_graph_only_where_the_full_one_splits() -> None:
-    # 8 kv heads: a single sequence splits a 4096-token context 32 ways; 64 sequences fill the chip unsplit.
-    assert context_buckets(1, 8, 4096, 512) == [(512, 1), (4096, 32)]
+def test_short_contexts_get_a_graph_split_for_their_length_only_where_the_full_one_splits() -> None:
+    # 8 kv heads: a single sequence splits a 4096-token context 32 ways and a 512-token one 4 ways (128 keys at
+    # least per split); 64 sequences fill the chip unsplit.
+    assert context_buckets(1, 8, 4096, 512) == [(512, 4), (4096, 32)]
+    assert context_buckets(1, 8, 4096, 256) == [(256, 2), (4096, 32)]
+    assert context_buckets(8, 8, 4096, 512) == [(512, 4), (4096, 8)]
     assert context_buckets(64, 8, 4096, 512) == [(4096, 1)]
     assert context_buckets(1, 8, 512, 512) == [(512, 4)]
     assert context_buckets(1, 8, 4096, 0) == [(4096, 32)]
