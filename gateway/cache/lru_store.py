@@ -7,6 +7,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
+
+from gateway.cache.rows import rows_of
+
 
 class ResultStore(Protocol):
     """Where stored answers live. Neither call raises: a store that fails answers a miss or drops the write."""
@@ -16,6 +20,10 @@ class ResultStore(Protocol):
     async def put(self, key: str, value: bytes) -> None: ...
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    async def get_rows(self, keys: list[str], dtype: np.dtype) -> list[np.ndarray | None]:
+        """get_many's values as 1-D arrays of dtype (None: missing, or not whole items)."""
+        ...
 
     async def put_many(self, items: list[tuple[str, bytes]]) -> None: ...
 
@@ -75,6 +83,9 @@ class LruStore:
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         return [self.get_nowait(key) for key in keys]
+
+    async def get_rows(self, keys: list[str], dtype: np.dtype) -> list[np.ndarray | None]:
+        return rows_of([self.get_nowait(key) for key in keys], dtype)
 
     async def put_many(self, items: list[tuple[str, bytes]]) -> None:
         for key, value in items:

@@ -2,7 +2,8 @@
 
 redis-py parses replies with hiredis whenever it is installed, but packs commands with hiredis only on its
 sync connections; its asyncio ones pack every argument in Python (redis-py issue 4176). For the embedding
-cache's batched read, an MGET of one key per input, that costs several times what hiredis's packing does.
+cache's batched write, a pipeline of one SET per input, that costs more than hiredis's packing does
+(the store's reads pack with hiredis on connections of their own).
 This mixin gives an asyncio connection class the packer that redis-py's sync connections use.
 """
 

@@ -8,7 +8,10 @@ and the local TTL bounds that. Gateways stay interchangeable: what one stores, e
 
 from __future__ import annotations
 
+import numpy as np
+
 from gateway.cache.lru_store import LruStore, ResultStore
+from gateway.cache.rows import row_of, rows_of
 
 
 class TieredStore:
@@ -44,6 +47,21 @@ class TieredStore:
                     self.local.put_nowait(keys[i], value)
                     values[i] = value
         return values
+
+    async def get_rows(self, keys: list[str], dtype: np.dtype) -> list[np.ndarray | None]:
+        """Local copies decoded as rows_of decodes them; the rest as `shared` reads them, each row kept locally as
+        its bytes."""
+        values = [self.local.get_nowait(key) for key in keys]
+        missing = [i for i, value in enumerate(values) if value is None]
+        self.num_local_hits += len(keys) - len(missing)
+        if not missing:
+            return rows_of(values, dtype)
+        rows = [None if value is None else row_of(value, dtype) for value in values]
+        for i, row in zip(missing, await self.shared.get_rows([keys[i] for i in missing], dtype)):
+            if row is not None:
+                self.local.put_nowait(keys[i], row.tobytes())
+                rows[i] = row
+        return rows
 
     async def put_many(self, items: list[tuple[str, bytes]]) -> None:
         for key, value in items:

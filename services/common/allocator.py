@@ -6,9 +6,9 @@ ones come from the heap, where small allocations made in between pin the space: 
 of multi-MB prompts (refused, but received) stayed tens of MB larger, more with every burst. Setting the threshold
 turns that adjustment off.
 
-The threshold sits above what an asyncio stream allocates for every read of a large reply (one socket read of up
-to 256 KiB, its buffer of a few hundred KiB): mapped and unmapped on each read, with their pages faulted in again,
-they were most of the gateway's read of a batch of stored vectors from Redis (bench/redis_mget.py measures it).
+The threshold sits above what the gateway allocates afresh on every read of a batch of stored vectors from Redis
+(each MGET's copy of its vectors, a few hundred KiB): mapped and unmapped on each read, with their pages faulted in
+again, such buffers were most of that read (bench/redis_mget.py measures it).
 """
 
 from __future__ import annotations

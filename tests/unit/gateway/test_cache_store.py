@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from gateway.cache.breaker import CircuitBreaker
@@ -135,6 +136,24 @@ def test_a_tiered_store_writes_both_tiers_and_reads_many_from_the_shared_store_o
         assert (store.num_local_hits, "c" in store.local, "d" in store.local) == (2, True, False)
         await store.close()
         assert (len(store.local), len(shared)) == (0, 0)
+
+    asyncio.run(main())
+
+
+def test_a_tiered_store_reads_rows_of_its_local_copies_and_of_the_shared_store_and_keeps_the_shared_ones() -> None:
+    async def main() -> None:
+        f32 = np.dtype("<f4")
+        shared = LruStore(max_entries=10, max_bytes=1000, ttl_s=60)
+        store = TieredStore(LruStore(max_entries=10, max_bytes=1000, ttl_s=60), shared)
+        await store.put("a", np.array([1.0, 2.0], f32).tobytes())
+        shared.put_nowait("b", np.array([3.0, 4.0], f32).tobytes())
+        shared.put_nowait("c", b"odd")  # not whole float32 items: a miss, kept as it is
+        rows = await store.get_rows(["b", "a", "d", "c"], f32)
+        assert [None if row is None else row.tolist() for row in rows] == [[3.0, 4.0], [1.0, 2.0], None, None]
+        assert (store.local.get_nowait("b"), "c" in store.local, store.num_local_hits) == (
+            np.array([3.0, 4.0], f32).tobytes(), False, 1)
+        assert [row.tolist() for row in await store.get_rows(["a", "b"], f32)] == [[1.0, 2.0], [3.0, 4.0]]
+        assert store.num_local_hits == 3
 
     asyncio.run(main())
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from gateway.cache.embedding_cache import (
+    FLOAT32,
     EmbeddingCache,
     VectorOptions,
-    decode_vector,
-    decode_vectors,
     embedding_key,
     embedding_keys,
     encode_vector,
 )
 from gateway.cache.lru_store import LruStore
+from gateway.cache.rows import row_of, rows_of
 from gateway.schema import ModelCard
 from services.common.allocator import MMAP_THRESHOLD_BYTES
 
@@ -71,33 +71,37 @@ def test_vectors_round_trip_as_little_endian_float32() -> None:
     values = [0.5, -1.25, 3.0e-8]
     raw = encode_vector(values)
     assert raw == np.array(values, dtype="<f4").tobytes() and len(raw) == 12
-    assert decode_vector(raw).tolist() == np.array(values, dtype=np.float32).tolist()
-    assert decode_vector(b"abc") is None and decode_vector(b"") is None
+    assert row_of(raw, FLOAT32).tolist() == np.array(values, dtype=np.float32).tolist()
+    assert row_of(b"abc", FLOAT32) is None and row_of(b"", FLOAT32) is None
+
+
+def _rows(values: list[bytes | None]) -> list[np.ndarray | None]:
+    return rows_of(values, FLOAT32)
 
 
 def test_values_of_one_length_decode_as_rows_of_one_array_in_place_of_their_keys() -> None:
     a, b = np.array([1.0, -2.0], "<f4"), np.array([0.25, 8.0], "<f4")
-    decoded = decode_vectors([a.tobytes(), None, b.tobytes(), None])
+    decoded = _rows([a.tobytes(), None, b.tobytes(), None])
     assert [None if v is None else v.tolist() for v in decoded] == [[1.0, -2.0], None, [0.25, 8.0], None]
     assert decoded[0].base is decoded[2].base and decoded[0].dtype == np.dtype("<f4")
-    assert decode_vectors([None, None]) == [None, None] and decode_vectors([]) == []
+    assert _rows([None, None]) == [None, None] and _rows([]) == []
 
 
 def test_values_whose_joined_copy_would_reach_the_mmap_threshold_decode_as_views_of_each_value() -> None:
     raws = [np.full(1024, i, "<f4").tobytes() for i in range(MMAP_THRESHOLD_BYTES // 4096)]
-    decoded = decode_vectors([*raws, None])
+    decoded = _rows([*raws, None])
     assert [v[0] for v in decoded[:-1]] == list(range(len(raws))) and decoded[-1] is None
     assert all(v.base is raw for v, raw in zip(decoded, raws))
-    fewer = decode_vectors(raws[:-1])
+    fewer = _rows(raws[:-1])
     assert fewer[0].base is fewer[1].base and fewer[0].base is not raws[0]
 
 
 def test_values_of_mixed_or_unreadable_lengths_decode_one_by_one_and_the_unreadable_miss() -> None:
     three = np.array([1.0, 2.0, 3.0], "<f4").tobytes()
-    decoded = decode_vectors([three, b"\0" * 8, b"abc", b"", None])
+    decoded = _rows([three, b"\0" * 8, b"abc", b"", None])
     assert [None if v is None else v.tolist() for v in decoded] == [[1.0, 2.0, 3.0], [0.0, 0.0], None, None, None]
-    assert decode_vectors([b"abcde", b"fghij"]) == [None, None]
-    assert decode_vectors([b"", b""]) == [None, None]
+    assert _rows([b"abcde", b"fghij"]) == [None, None]
+    assert _rows([b"", b""]) == [None, None]
 
 
 def test_lookup_answers_each_key_in_order_and_unreadable_values_miss() -> None:
