@@ -6,7 +6,10 @@ cut off for the parser) and copy every value out into a bytes object; for a batc
 MB, that machinery cost nearly as much again as the transfer. Here a BufferedProtocol receives straight into a
 buffer that the connection keeps (its pages stay mapped from one read to the next), a scan of the RESP2 replies
 notes where each value lies, and the caller copies the values out (`values`, or `rows`: one strided copy when they
-share one length) before the connection's next command. Commands are packed by hiredis.
+share one length) before the connection's next command. Commands are packed by hiredis. The scan is written here
+rather than taken from hiredis's Reader, which builds a bytes object per value and cost about three times the scan
+on a reply of 128 vectors; it reads only the replies these reads get (simple strings, errors, arrays of bulk
+strings) and refuses anything else.
 """
 
 from __future__ import annotations
