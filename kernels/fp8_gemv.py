@@ -17,6 +17,9 @@ program multiplies one of three ways:
   row, as torch._scaled_mm's per-token path rounds it, and tl.dot of the two FP8 tiles as they were loaded; the
   row scale is applied with the channel scale at the end.
 
+A gated MLP's gate/up weight [2D, K] can also give silu(gate) * up directly (`fp8_gemv_silu_and_mul`), where the
+plan is unsplit on CUDA cores: each program reads its channels' gate and up rows interleaved in one tile.
+
 Splits combine deterministically in the same launch: each stores its fp32 partial tile in a workspace
 [splits, M, N], then adds one to an atomic counter of its output tile; the program that finds every other split
 arrived sums the partials in split order 0, 1, ... (the same order whichever program arrives last, so results are
