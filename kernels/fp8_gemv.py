@@ -385,13 +385,25 @@ def fp8_gemv(
     x_scale = weight_scale  # not read
     if plan.fp8_products:
         x, x_scale = quantize_fp8_rows(x)  # [M, K] float8_e4m3fn, [M, 1] fp32
-    dependent = dependent_launch(x.device)
     grid = (triton.cdiv(m, plan.block_m), triton.cdiv(n, plan.block_n), plan.split_k)
     if plan.split_k > 1:
         partial = torch.empty((plan.split_k, m, n), dtype=torch.float32, device=x.device)
         counters = split_counters(x.device, grid[0] * grid[1])
     else:
         partial = counters = out  # not read
+    _launch(plan, grid, n, x, weight, weight_scale, x_scale, bias, out, partial, counters)
+    return out
+
+
+def _launch(
+    plan: GemvPlan, grid: tuple[int, int, int], n: int, x: torch.Tensor, weight: torch.Tensor,
+    weight_scale: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+    partial: torch.Tensor, counters: torch.Tensor, gated: bool = False,
+) -> None:
+    """_fp8_gemv_kernel by `plan` over `grid` for x [M, K] and n output channels of `out` (the weight's rows, or
+    half of them when `gated`); partial and counters: the split workspace (any tensor when unsplit)."""
+    m, k = x.shape
+    dependent = dependent_launch(x.device)
     _fp8_gemv_kernel[grid](
         x, weight, weight_scale, x_scale, bias if bias is not None else weight_scale, out, partial, counters,
         m, n, k, plan.k_per_split, plan.split_k,
@@ -399,9 +411,9 @@ def fp8_gemv(
         HAS_BIAS=bias is not None, USE_DOT=plan.use_dot, SPLIT=plan.split_k > 1,
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0,
         DOT_PRECISION=dot_precision(out.dtype), VECTOR=plan.vector, FP8_PRODUCTS=plan.fp8_products,
-        USE_GDC=dependent, num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(dependent),
+        USE_GDC=dependent, GATED=gated, num_warps=plan.num_warps, num_stages=plan.num_stages,
+        **launch_options(dependent),
     )
-    return out
 
 
 def gated_gemv_plan(m: int, n: int, k: int, num_sms: int) -> GemvPlan | None:
@@ -432,15 +444,9 @@ def fp8_gemv_silu_and_mul(
         out = torch.empty((m, d), dtype=x.dtype, device=x.device)
     if m == 0 or d == 0:
         return out
-    dependent = dependent_launch(x.device)
-    _fp8_gemv_kernel[(m, triton.cdiv(d, plan.block_n // 2), 1)](
-        x, weight, weight_scale, weight_scale, bias if bias is not None else weight_scale, out, out, out,
-        m, d, k, k, 1, x.stride(0), weight.stride(0), out.stride(0), m * d,
-        HAS_BIAS=bias is not None, USE_DOT=False, SPLIT=False, BLOCK_M=1, BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k, EVEN_K=k % plan.block_k == 0, DOT_PRECISION=dot_precision(out.dtype),
-        VECTOR=plan.vector, FP8_PRODUCTS=False, USE_GDC=dependent, GATED=True, num_warps=plan.num_warps,
-        num_stages=plan.num_stages, **launch_options(dependent),
-    )
+    # One program per row and BLOCK_N / 2 channels (each reading their gate and up rows); no split workspace.
+    _launch(plan, (m, triton.cdiv(d, plan.block_n // 2), 1), d, x, weight, weight_scale, weight_scale, bias, out,
+            out, out, gated=True)
     return out
 
 

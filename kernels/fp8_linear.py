@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -145,22 +146,37 @@ def _compiled_or_other(
         kernel, other = _fp8_products_gemv, fp8_scaled_mm
     else:
         tiles, kernel, other = dequant_mm_tiles(m, n, k, DequantMMConfig()), fp8_dequant_mm, fp8_gemv
-    key = (path, tiles, x.dtype, k, bias is None)
+    return _once_compiled_or_other(f"{path} tiles {tiles}", (path, tiles, x.dtype, k, bias is None), kernel, other,
+                                   x, weight, weight_scale, bias)
+
+
+def _once_compiled_or_other(
+    what: str, key: tuple, kernel: Callable[..., torch.Tensor], other: Callable[..., torch.Tensor], x: torch.Tensor,
+    weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """kernel(x, weight, weight_scale, bias), whose first launch of the tiles named by `key` compiles them; where
+    that failed on this device (said once), other(...) instead, then and at every later call."""
     compiled = _compiled_tiles.get(key)
     if compiled is False:
         return other(x, weight, weight_scale, bias)
     if compiled:
         return kernel(x, weight, weight_scale, bias)
     try:
-        y = kernel(x, weight, weight_scale, bias)  # the first launch of these tiles compiles them
+        y = kernel(x, weight, weight_scale, bias)
     except Exception as exc:  # noqa: BLE001 - compile failures surface as several exception types
         first_line = (str(exc).splitlines() or [""])[0][:200]
-        log.warning("%s tiles %s for %s x %s do not compile here (%s: %s); %s serves them", path, tiles,
-                    tuple(x.shape), tuple(weight.shape), type(exc).__name__, first_line, other.__name__)
+        log.warning("%s for %s x %s do not compile here (%s: %s); %s serves them", what, tuple(x.shape),
+                    tuple(weight.shape), type(exc).__name__, first_line, other.__name__)
         _compiled_tiles[key] = False
         return other(x, weight, weight_scale, bias)
     _compiled_tiles[key] = True
     return y
+
+
+def _silu_and_mul_of_fp8_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return silu_and_mul(fp8_linear(x, weight, weight_scale, bias))
 
 
 def fp8_linear_silu_and_mul(
@@ -171,23 +187,14 @@ def fp8_linear_silu_and_mul(
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
     m, n, k = check_fp8_linear_args(x2, weight, weight_scale, bias)
-    y = None
+    plan = None
     if GATED_GEMV and fp8_linear_path(m, n, k, _capability(x2.device)) == "gemv":
         plan = gated_gemv_plan(m, n, k, num_sms(x2.device))
-        key = ("gated", plan, x2.dtype, k, bias is None)
-        if plan is not None and _compiled_tiles.get(key) is not False:
-            try:
-                y = fp8_gemv_silu_and_mul(x2, weight, weight_scale, bias)  # the first launch compiles it
-                _compiled_tiles[key] = True
-            except Exception as exc:  # noqa: BLE001 - compile failures surface as several exception types
-                if _compiled_tiles.get(key):
-                    raise
-                log.warning("the gated GEMV for %s x %s does not compile here (%s: %s); two launches serve it",
-                            tuple(x2.shape), tuple(weight.shape), type(exc).__name__,
-                            (str(exc).splitlines() or [""])[0][:200])
-                _compiled_tiles[key] = False
-    if y is None:
-        y = silu_and_mul(fp8_linear(x2, weight, weight_scale, bias))
+    if plan is None:
+        y = _silu_and_mul_of_fp8_linear(x2, weight, weight_scale, bias)
+    else:
+        y = _once_compiled_or_other(f"gated GEMV tiles {plan}", ("gated", plan, x2.dtype, k, bias is None),
+                                    fp8_gemv_silu_and_mul, _silu_and_mul_of_fp8_linear, x2, weight, weight_scale, bias)
     return y.view(*lead, n // 2)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from gateway.cache.lru_store import LruStore, ResultStore
-from gateway.cache.rows import row_of, rows_of
+from gateway.cache.rows import rows_of
 
 
 class TieredStore:
@@ -37,10 +37,15 @@ class TieredStore:
         self.local.put_nowait(key, value)
         await self.shared.put(key, value)
 
-    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+    def _local_values(self, keys: list[str]) -> tuple[list[bytes | None], list[int]]:
+        """Each key's local copy (None: none) and the indices of the keys without one; counts the local hits."""
         values = [self.local.get_nowait(key) for key in keys]
         missing = [i for i, value in enumerate(values) if value is None]
         self.num_local_hits += len(keys) - len(missing)
+        return values, missing
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values, missing = self._local_values(keys)
         if missing:
             for i, value in zip(missing, await self.shared.get_many([keys[i] for i in missing])):
                 if value is not None:
@@ -51,16 +56,13 @@ class TieredStore:
     async def get_rows(self, keys: list[str], dtype: np.dtype) -> list[np.ndarray | None]:
         """Local copies decoded as rows_of decodes them; the rest as `shared` reads them, each row kept locally as
         its bytes."""
-        values = [self.local.get_nowait(key) for key in keys]
-        missing = [i for i, value in enumerate(values) if value is None]
-        self.num_local_hits += len(keys) - len(missing)
-        if not missing:
-            return rows_of(values, dtype)
-        rows = [None if value is None else row_of(value, dtype) for value in values]
-        for i, row in zip(missing, await self.shared.get_rows([keys[i] for i in missing], dtype)):
-            if row is not None:
-                self.local.put_nowait(keys[i], row.tobytes())
-                rows[i] = row
+        values, missing = self._local_values(keys)
+        rows = rows_of(values, dtype)
+        if missing:
+            for i, row in zip(missing, await self.shared.get_rows([keys[i] for i in missing], dtype)):
+                if row is not None:
+                    self.local.put_nowait(keys[i], row.tobytes())
+                    rows[i] = row
         return rows
 
     async def put_many(self, items: list[tuple[str, bytes]]) -> None:
