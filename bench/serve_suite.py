@@ -33,6 +33,7 @@ FP8_HEAD_8B = "8B FP8 weights + FP8 KV + FP8 lm_head"
 FP8_WEIGHTS_8B, FP8_WEIGHTS_1B = "8B FP8 weights + FP8 lm_head, bf16 KV", "1B FP8 weights + FP8 lm_head, bf16 KV"
 FP8_WEIGHTS_ARGS = "--worker-args '--quantization fp8 --quantize-lm-head'"
 TWO_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 2'"  # the default is 3
+FOUR_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 4'"
 FP8_BASELINE_8B, FP8_BASELINE_1B = "8B FP8 baseline, bf16", "1B FP8 baseline, bf16"
 
 
@@ -115,6 +116,10 @@ GPU_SUITE = (
     # Batch 1 with one plan fewer in flight: the scheduler's round trip back on the worker's critical path.
     StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS} {TWO_IN_FLIGHT}", (
         Scenario(f"{FP8_WEIGHTS_1B}, batch-1, 2 steps in flight, 128 in / 256 out", "fixed", 6, 1, 128, 256,
+                 seed=4),)),
+    # And with one more: whether the next plan reaching the worker late still bounds the 1B at batch 1.
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FP8_WEIGHTS_ARGS} {FOUR_IN_FLIGHT}", (
+        Scenario(f"{FP8_WEIGHTS_1B}, batch-1, 4 steps in flight, 128 in / 256 out", "fixed", 6, 1, 128, 256,
                  seed=4),)),
     # FP8 weights and an FP8 KV cache against bf16, every row named "8B FP8 ..." or "1B FP8 ...", the bf16 baseline
     # included, so that --scenarios FP8 runs the comparison in one call; new request sets (the prefix cache).

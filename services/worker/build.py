@@ -75,7 +75,7 @@ def build_engine(
         num_blocks = config.num_kv_blocks or FAKE_DEFAULT_KV_BLOCKS
         max_len = fit_max_model_len(max_len, num_blocks, config.block_size, bool(config.max_model_len))
         limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
-        runner = Runner(FakeExecutor(fake_token_id(config, cfg)), limits, config.max_num_seqs,
+        runner = Runner(FakeExecutor(fake_token_id(config, cfg), config.fake_step_ms / 1e3), limits, config.max_num_seqs,
                         config.max_num_batched_tokens)
         info = EngineInfo(worker_id, model_id, revision, cfg, max_len, config.block_size, num_blocks,
                           config.max_num_seqs, config.max_num_batched_tokens, cfg.dtype, "none")

@@ -46,6 +46,9 @@ class WorkerConfig:
     max_model_len: int = option(0, "longest prompt plus output (0: the model's max_position_embeddings)")
     enforce_eager: bool = option(False, "no CUDA graphs for decode steps")
     fake_token_id: int = option(-1, "token fake mode returns (-1: the smallest non-EOS id)")
+    fake_step_ms: float = option(
+        0.0, "fake mode: milliseconds each step takes on a simulated device, queued steps back to back as on a GPU "
+             "(0: none, every step runs at once); what the stages add to a device of known speed")
     seed: int = option(0, "seed of dummy weights")
     worker_id: str = option(
         "", "name in Worker.Info, one per process: a scheduler that saw it past its first steps gives them no "
@@ -81,6 +84,8 @@ class WorkerConfig:
         for name in ("max_num_seqs", "max_num_batched_tokens", "kernel_profile_steps", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.fake_step_ms < 0:
+            raise InvalidArgument(f"fake_step_ms must be non-negative, got {self.fake_step_ms}")
         if self.tensor_parallel_size > 1 and self.load_format == "fake":
             raise InvalidArgument("tensor_parallel_size > 1 needs a model; fake mode has none")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -16,17 +16,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 
 import torch
 
 from kernels.decode_attention import choose_num_splits, decode_config_device, default_decode_config
 from services.worker.attention_metadata import AttentionMetadata
 from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs
+from services.worker.graph_capture import capture_graph
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 
-# (positions in the step's concatenated tokens [k] int64, their tokens [k] int64), both on the device.
-InputFill = tuple[torch.Tensor, torch.Tensor]
+# (positions in the step's concatenated tokens [k] int64, their tokens [k] int64), both on the device; positions None:
+# the first k positions, in order (every row of a decode continuing the step before, row for row).
+InputFill = tuple[torch.Tensor | None, torch.Tensor]
+
+
+def fill_inputs(input_ids: torch.Tensor, fill: InputFill) -> None:
+    """Writes a fill's tokens into a step's input ids on the device, in stream order (one kernel: the common case,
+    where the positions are the first k, needs no index on the device)."""
+    positions, tokens = fill
+    if positions is None:
+        input_ids[: tokens.shape[0]].copy_(tokens)
+    else:
+        input_ids.index_copy_(0, positions, tokens.to(input_ids.dtype))
 
 SHORT_CONTEXT_LEN = 512  # contexts up to this many tokens run the decode kernel split for this many at most
 
@@ -121,14 +134,9 @@ class DecodeGraphs:
         stream = torch.cuda.Stream()
         for bs in reversed(self.buckets):
             for max_context_len, num_splits in self.contexts[bs]:
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    self._forward(bs, max_context_len, num_splits)  # warm-up: compiles, settles allocations
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._forward(bs, max_context_len, num_splits)
-                self.graphs[(bs, max_context_len)] = graph
+                self.graphs[(bs, max_context_len)] = capture_graph(
+                    partial(self._forward, bs, max_context_len, num_splits), pool, stream,
+                    f"the decode graph of {bs} rows up to {max_context_len} tokens")
         torch.cuda.synchronize()
 
     def bucket_for(self, num_seqs: int) -> int | None:
@@ -178,7 +186,7 @@ class DecodeGraphs:
         self.static[:used].copy_(self.staging[:used], non_blocking=True)
         self.copied.record()
         if fill is not None:  # int64 → int32, queued behind the step that sampled them
-            self.input_ids.index_copy_(0, fill[0], fill[1].to(torch.int32))
+            fill_inputs(self.input_ids, fill)
         self.graphs[key].replay()
         self.num_rows = n
         self.last_key = key

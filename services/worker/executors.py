@@ -4,6 +4,7 @@ fixed token (FakeExecutor); and which sequences the model may sample on the devi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -61,23 +62,57 @@ def plain_greedy(state: SeqState) -> bool:
     )
 
 
-class FakeExecutor:
-    """No model: every sequence that samples gets `token_id` at once (for pipeline benchmarks)."""
+class FakeLaunch:
+    """A step queued on FakeExecutor's simulated device: done at `ready_at` (time.monotonic)."""
 
-    def __init__(self, token_id: int) -> None:
+    drawn = True  # its sampling is never held back
+
+    def __init__(self, seq_ids: Sequence[int], ready_at: float) -> None:
+        self.seq_ids = seq_ids
+        self.ready_at = ready_at
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.ready_at
+
+
+class FakeExecutor:
+    """No model: every sequence that samples gets `token_id`. With step_s > 0 a simulated device takes step_s per
+    step, steps queued on it running back to back, so the overlapped path runs as on a GPU (for pipeline
+    benchmarks: what the host adds to a device of known speed); with 0, every step is done at once and takes the
+    sequential path."""
+
+    def __init__(self, token_id: int, step_s: float = 0.0) -> None:
         self.token_id = token_id
+        self.step_s = step_s
+        self._free_at = 0.0  # when the simulated device finishes what is queued on it
 
     def run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
+        if self.step_s:
+            self._wait_until(self._queue())
         return [(self.token_id, None) if seq.samples else None for seq in scheduled]
 
     def can_launch(self, scheduled: Sequence[StepSeq]) -> bool:
-        return False  # nothing runs on a device: every step takes the sequential path
+        return self.step_s > 0 and bool(scheduled)
 
-    def launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
-        raise ValueError("fake mode has no device to queue a step on")
+    def launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None = None) -> FakeLaunch:
+        if not self.step_s:
+            raise ValueError("fake mode without a step time has no device to queue a step on")
+        return FakeLaunch([seq.state.seq_id for seq in scheduled if seq.samples], self._queue())
 
-    def collect(self, launched: DeviceTokens) -> list[Sampled]:
-        raise ValueError("fake mode has no device to queue a step on")
+    def collect(self, launched: FakeLaunch) -> list[Sampled]:
+        self._wait_until(launched.ready_at)
+        return [(self.token_id, None)] * len(launched.seq_ids)
+
+    def _queue(self) -> float:
+        """Queues one step on the simulated device; returns when it will be done."""
+        self._free_at = max(time.monotonic(), self._free_at) + self.step_s
+        return self._free_at
+
+    @staticmethod
+    def _wait_until(t: float) -> None:
+        delay = t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def take_device_idle_s(self) -> float:
         return 0.0

@@ -2,8 +2,9 @@
 in, so a serving benchmark can say what bounds the GPU, not only that it is busy.
 
 Off unless the worker is started with --kernel-profile-dir. Then SIGUSR1 (`kill -USR1 <worker pid>`) opens a
-window at the next step, which closes `count` steps later and writes its summary (JSON and text, replacing the
-last window's); a signal while a window is open is ignored.
+window at the next step, which closes `count` steps later and writes its summary (JSON and text) and its timeline
+(a Chrome trace, for the gaps between kernels), replacing the last window's; a signal while a window is open is
+ignored.
 """
 
 from __future__ import annotations
@@ -90,4 +91,5 @@ class KernelProfile:
                  "share   seconds   calls  kernel"]
         lines += [f"{us / total_us:6.1%} {us / 1e6:9.4f} {calls:7d}  {name[:140]}" for name, calls, us in rows[:60]]
         (self.out_dir / f"{self.name}_kernels.txt").write_text("\n".join(lines) + "\n")
+        prof.export_chrome_trace(str(self.out_dir / f"{self.name}_trace.json"))
         log.info("kernel profile of %d steps written to %s", self.count, self.out_dir)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from services.worker.attention_metadata import SeqChunk, build_attention_metadata, to_device
-from services.worker.cuda_graphs import DecodeGraphs, InputFill
+from services.worker.cuda_graphs import DecodeGraphs, InputFill, fill_inputs
 from services.worker.device_gaps import DeviceGaps
 from services.worker.device_tokens import DeviceTokens
 from services.worker.executors import Sampled, device_samplable
@@ -66,7 +66,7 @@ class ModelRunner:
             meta = self.graphs.with_graph_decode_tiling(meta)
         input_ids = to_device(np.asarray(token_ids, dtype=np.int64), self.device)
         if fill is not None:
-            input_ids.index_copy_(0, fill[0], fill[1])
+            fill_inputs(input_ids, fill)
         if self.piecewise is not None and input_ids.shape[0] <= self.piecewise.max_tokens:
             hidden = self.piecewise.run(input_ids, meta)  # [num_tokens, hidden]
         else:
@@ -154,7 +154,8 @@ class ModelRunner:
             else:
                 prev_rows = inputs.pending_rows(prev)  # raises without a step before
                 source = prev.tokens.index_select(0, self.device_index(prev_rows))
-            fill = (self.device_index(inputs.pending_positions), source)
+            positions = inputs.pending_positions  # increasing: the first k when the last is k - 1
+            fill = (None if positions[-1] == len(positions) - 1 else self.device_index(positions), source)
         seq_ids = inputs.sample_seq_ids
         if not inputs.sample_rows:
             self._forward(inputs, fill)

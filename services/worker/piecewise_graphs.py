@@ -17,9 +17,12 @@ a piece is row-wise, so their values never reach the real rows, and attention ne
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from services.worker.attention_metadata import AttentionMetadata
+from services.worker.graph_capture import capture_graph
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 
@@ -105,14 +108,8 @@ class PiecewiseGraphs:
         for size in reversed(self.buckets):
             pieces = []
             for index in range(num_pieces):
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    self._piece(index, size)  # warm-up: compiles, settles allocations
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._piece(index, size)
-                pieces.append(graph)
+                pieces.append(capture_graph(partial(self._piece, index, size), pool, stream,
+                                            f"piece {index} of steps of {size} tokens"))
             self.graphs[size] = pieces
         self.slot_mapping.copy_(saved)
         torch.cuda.synchronize()

@@ -1,12 +1,14 @@
 """The plans of one Step stream, read ahead of the model thread so that it can see the next plan while the
-current step runs on the device (the scheduler keeps up to `--max-steps-in-flight`, three by default, in flight)."""
+current step runs on the device (the scheduler keeps up to `--max-steps-in-flight`, three by default, in flight).
+
+The event loop reads and converts each plan as it arrives and hands the model thread one job per plan at once;
+jobs run in arrival order, so each takes the oldest plan, and `peek_plan` shows the one behind it."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from flashstream.v1 import worker_pb2
 
@@ -15,58 +17,51 @@ from services.worker.pb import plan_from_pb
 
 
 class PlanInbox:
-    """Filled by the event loop (`fill`), emptied in order by it (`get`); `peek_plan` is safe from any thread."""
+    """Filled by the event loop (`fill`), emptied in order by the model thread (`take`); `close` from either."""
 
     def __init__(self) -> None:
         self._items: deque[StepPlan] = deque()
         self._cond = threading.Condition()
-        self._arrived = asyncio.Event()
         self._closed = False
-        self._error: BaseException | None = None
+        self.error: BaseException | None = None  # what ended the request stream, when it did not end cleanly
 
-    async def fill(self, request_iterator: AsyncIterator[worker_pb2.StepPlan]) -> None:
+    async def fill(self, request_iterator: AsyncIterator[worker_pb2.StepPlan], on_plan: Callable[[], None]) -> None:
+        """Reads every plan of the stream; `on_plan` is called (on the event loop) after each one is put."""
         try:
             async for plan_pb in request_iterator:
-                self._put(plan_from_pb(plan_pb))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which fails the stream
-            self._error = exc
-        finally:
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
-            self._arrived.set()
+                if not self._put(plan_from_pb(plan_pb)):
+                    return
+                on_plan()
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which fails the stream
+            self.error = exc
 
     def close(self) -> None:
-        """Ends the stream here: `get` returns the plans already read, then None."""
+        """Ends the stream here: plans not yet taken are dropped, and `take` answers None from now on."""
         with self._cond:
             self._closed = True
+            self._items.clear()
             self._cond.notify_all()
-        self._arrived.set()
 
-    def _put(self, item: StepPlan) -> None:
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _put(self, item: StepPlan) -> bool:
         with self._cond:
+            if self._closed:
+                return False
             self._items.append(item)
             self._cond.notify_all()
-        self._arrived.set()
+        return True
 
-    async def get(self) -> StepPlan | None:
-        """The next plan in arrival order; None once the stream has ended and every plan was taken."""
-        while True:
-            with self._cond:
-                if self._items:
-                    return self._items.popleft()
-                if self._closed:
-                    if self._error is not None:
-                        raise self._error
-                    return None
-                self._arrived.clear()
-            await self._arrived.wait()
+    def take(self) -> StepPlan | None:
+        """The oldest plan (the job's own: one job per plan, in order); None once the stream is closed."""
+        with self._cond:
+            return self._items.popleft() if self._items and not self._closed else None
 
     def peek_plan(self, timeout: float) -> StepPlan | None:
         """The plan after the one being run, left in place; waits up to timeout seconds for it to arrive."""
         with self._cond:
             if not self._items and not self._closed and timeout > 0:
                 self._cond.wait(timeout)
-            return self._items[0] if self._items else None
+            return self._items[0] if self._items and not self._closed else None

@@ -23,6 +23,8 @@ def test_an_armed_profile_traces_the_next_count_steps_and_writes_their_summary(t
     summary = json.loads((tmp_path / "worker_kernels.json").read_text())
     assert summary["steps"] == 3 and summary["wall_s"] > 0
     assert (tmp_path / "worker_kernels.txt").read_text().startswith("3 steps in ")
+    trace = json.loads((tmp_path / "worker_trace.json").read_text())
+    assert any(event.get("name") == "aten::mm" for event in trace["traceEvents"])  # the timeline of the window
     profile.after_step()
     assert profile._prof is None  # a window opens only when armed again
 

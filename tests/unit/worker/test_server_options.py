@@ -27,6 +27,7 @@ OPTIONS = [
                 ("2048", 2048)),
     StageOption("--enforce-eager", "FLASHSTREAM_ENFORCE_EAGER", "enforce_eager", "off"),
     StageOption("--fake-token-id", "FLASHSTREAM_FAKE_TOKEN_ID", "fake_token_id", "-1", ("7", 7), ("8", 8)),
+    StageOption("--fake-step-ms", "FLASHSTREAM_FAKE_STEP_MS", "fake_step_ms", "0.0", ("0.5", 0.5), ("2", 2.0)),
     StageOption("--seed", "FLASHSTREAM_SEED", "seed", "0", ("3", 3), ("4", 4)),
     StageOption("--worker-id", "FLASHSTREAM_WORKER_ID", "worker_id", "", ("w1", "w1"), ("w2", "w2")),
     StageOption("--kernel-profile-dir", "FLASHSTREAM_KERNEL_PROFILE_DIR", "kernel_profile_dir", "",

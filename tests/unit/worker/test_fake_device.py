@@ -1,0 +1,51 @@
+"""Fake mode with a step time: a simulated device on which queued steps run back to back, so that the runner takes
+its overlapped path as on a GPU (what the pipeline benchmarks measure the stages against)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from services.common.errors import InvalidArgument
+from services.worker.build import build_engine
+from services.worker.config import WorkerConfig
+from services.worker.executors import FakeExecutor
+from tests.unit.worker.helpers import Driver
+
+STEP_S = 0.02
+
+
+def test_steps_queued_on_the_simulated_device_finish_one_step_time_apart() -> None:
+    executor = FakeExecutor(7, STEP_S)
+    start = time.monotonic()
+    first, second = executor.launch([]), executor.launch([])
+    assert second.ready_at - first.ready_at == pytest.approx(STEP_S)
+    assert first.ready_at - start >= STEP_S
+    assert not second.ready()
+    assert executor.collect(second) == []
+    assert second.ready() and time.monotonic() >= second.ready_at
+
+
+def test_with_a_step_time_the_runner_overlaps_steps_and_returns_the_fixed_token() -> None:
+    engine = build_engine(WorkerConfig(model="llama-3.2-1b", load_format="fake", fake_token_id=9, fake_step_ms=2.0))
+    driver = Driver(engine)
+    plans = [driver.plan([driver.new_seq(1, [5, 6, 7], 3)])]
+    plans += [driver.plan(cached_seqs=[driver.cached_seq(1, 1)]) for _ in range(3)]
+    runner = engine.runner
+    results = [runner.step(plan, next_plan=nxt) for plan, nxt in zip(plans, [*plans[1:], None], strict=True)]
+    assert [[(o.seq_id, o.token_id) for o in r.outputs] for r in results] == [[(1, 9)]] * 4
+    assert runner.num_overlapped_steps == 3
+    assert runner.table.seqs[1].token_ids == [5, 6, 7, 9, 9, 9, 9]
+
+
+def test_without_a_step_time_fake_mode_runs_every_step_sequentially() -> None:
+    executor = FakeExecutor(7)
+    assert not executor.can_launch([])
+    with pytest.raises(ValueError, match="no device to queue a step on"):
+        executor.launch([])
+
+
+def test_a_negative_fake_step_time_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="fake_step_ms must be non-negative, got -1.0"):
+        WorkerConfig(model="llama-3.2-1b", load_format="fake", fake_step_ms=-1.0)
