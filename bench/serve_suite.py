@@ -97,6 +97,14 @@ GPU_SUITE = (
         Scenario("1B ShareGPT 1000 at once, static, 256 per step", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256'", (
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step", "sharegpt", 1000),)),
+    # Where the continuous run's time goes: its steps that mix a prompt chunk into the decode rows leave the device
+    # waiting (the stages' CPU samples, then a window of the worker's steps with the gaps between device operations).
+    StackRun("llama-3.2-1b",
+             f"--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256' {KERNEL_PROFILE_ARGS}", (
+        Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, stages profiled", "sharegpt", 1000,
+                 profile=True, profile_s=5.0, seed=3),
+        Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, kernels traced", "sharegpt", 1000,
+                 kernel_profile=True, seed=5),)),
     # The default's greedy rows again with one plan fewer in flight: what the scheduler's round trip costs them.
     StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {TWO_IN_FLIGHT}", (
         Scenario("8B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),

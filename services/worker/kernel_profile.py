@@ -3,8 +3,10 @@ in, so a serving benchmark can say what bounds the GPU, not only that it is busy
 
 Off unless the worker is started with --kernel-profile-dir. Then SIGUSR1 (`kill -USR1 <worker pid>`) opens a
 window at the next step, which closes `count` steps later and writes its summary (JSON and text) and its timeline
-(a Chrome trace, for the gaps between kernels), replacing the last window's; a signal while a window is open is
-ignored.
+(a Chrome trace), replacing the last window's; a signal while a window is open is ignored. The summary also says
+where the device waited: the gaps between one device operation's end and the next one's start on the timeline,
+summed by the pair of operations around them (between steps, or inside a step while the host queued its parts),
+which the worker's idle metric, measured from a step's first queued operation, does not see.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,44 @@ def device_time_us(row: Any) -> float:
     """A key_averages row's self time on the device, in microseconds (torch renamed the field from cuda to device)."""
     value = getattr(row, "self_device_time_total", None)
     return float(value if value is not None else getattr(row, "self_cuda_time_total", 0.0))
+
+
+DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")  # a Chrome trace's events that ran on the device
+
+
+@dataclass(frozen=True)
+class TimelineGaps:
+    """Where a timeline's device sat idle: span from the first operation's start to the last one's end, time some
+    operation ran, and the idle time between operations summed by (operation before, operation after)."""
+
+    span_us: float
+    busy_us: float
+    pairs: list[tuple[str, str, int, float]]  # (before, after, gaps, idle µs), most idle first
+
+    @property
+    def idle_us(self) -> float:
+        return self.span_us - self.busy_us
+
+
+def timeline_gaps(events: list[dict[str, Any]], width: int = 60) -> TimelineGaps:
+    """The gaps of a Chrome trace's events ("X" events of the device categories; overlapping operations count once).
+    Names are cut to `width` characters."""
+    ops = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATEGORIES),
+                 key=lambda e: e["ts"])
+    if not ops:
+        return TimelineGaps(0.0, 0.0, [])
+    start, end, last = ops[0]["ts"], ops[0]["ts"], ops[0]["name"]
+    busy = 0.0
+    idle: dict[tuple[str, str], list[float]] = {}
+    for op in ops:
+        op_end = op["ts"] + op["dur"]
+        if op["ts"] > end:
+            idle.setdefault((last[:width], op["name"][:width]), []).append(op["ts"] - end)
+        busy += max(0.0, op_end - max(op["ts"], end))
+        if op_end > end:
+            end, last = op_end, op["name"]
+    pairs = sorted(((a, b, len(g), sum(g)) for (a, b), g in idle.items()), key=lambda p: -p[3])
+    return TimelineGaps(end - start, busy, pairs)
 
 
 def kernel_rows(prof: torch.profiler.profile) -> list[tuple[str, int, float]]:
@@ -86,10 +127,21 @@ class KernelProfile:
                         for name, calls, us in rows[:60]],
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / f"{self.name}_kernels.json").write_text(json.dumps(summary, indent=1) + "\n")
         lines = [f"{self.count} steps in {wall_s:.3f} s wall; kernels {total_us / 1e6:.3f} s on the device", "",
                  "share   seconds   calls  kernel"]
         lines += [f"{us / total_us:6.1%} {us / 1e6:9.4f} {calls:7d}  {name[:140]}" for name, calls, us in rows[:60]]
+        trace = self.out_dir / f"{self.name}_trace.json"
+        prof.export_chrome_trace(str(trace))
+        gaps = timeline_gaps(json.loads(trace.read_text())["traceEvents"])
+        summary["device_gaps"] = {"span_s": gaps.span_us / 1e6, "busy_s": gaps.busy_us / 1e6,
+                                  "idle_s": gaps.idle_us / 1e6,
+                                  "pairs": [{"before": a, "after": b, "gaps": n, "idle_s": us / 1e6}
+                                            for a, b, n, us in gaps.pairs[:20]]}
+        (self.out_dir / f"{self.name}_kernels.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if gaps.span_us:
+            lines += ["", f"device timeline: {gaps.span_us / 1e6:.4f} s, busy {gaps.busy_us / 1e6:.4f} s, idle "
+                          f"{gaps.idle_us / 1e6:.4f} s; idle by the operations around it:",
+                      "   seconds    gaps  before -> after"]
+            lines += [f"{us / 1e6:10.4f} {n:7d}  {a} -> {b}" for a, b, n, us in gaps.pairs[:20]]
         (self.out_dir / f"{self.name}_kernels.txt").write_text("\n".join(lines) + "\n")
-        prof.export_chrome_trace(str(self.out_dir / f"{self.name}_trace.json"))
         log.info("kernel profile of %d steps written to %s", self.count, self.out_dir)

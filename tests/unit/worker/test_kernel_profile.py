@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from services.common.errors import InvalidArgument
-from services.worker.kernel_profile import KernelProfile
+from services.worker.kernel_profile import KernelProfile, TimelineGaps, timeline_gaps
 from services.worker.server import build_config
 
 
@@ -37,3 +37,22 @@ def test_the_worker_flags_set_the_kernel_profile_window() -> None:
 def test_an_empty_kernel_profile_window_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="kernel_profile_steps"):
         build_config(["--model", "m", "--kernel-profile-steps", "0"])
+
+
+def _op(name: str, ts: float, dur: float, cat: str = "kernel") -> dict:
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+
+def test_timeline_gaps_sum_the_idle_time_between_device_operations_by_the_pair_around_it() -> None:
+    events = [
+        _op("copy", 0, 2, "gpu_memcpy"), _op("embed", 10, 5), _op("gemv", 14, 6),  # overlapping: counted once
+        _op("argmax", 20, 1), _op("copy", 30, 2, "gpu_memcpy"), _op("embed", 40, 5),
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 3, "dur": 50},  # host work: not the device's
+    ]
+    gaps = timeline_gaps(events)
+    assert (gaps.span_us, gaps.busy_us, gaps.idle_us) == (45, 20, 25)
+    assert gaps.pairs == [("copy", "embed", 2, 16), ("argmax", "copy", 1, 9)]
+
+
+def test_a_timeline_without_device_operations_has_no_gaps() -> None:
+    assert timeline_gaps([{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 5}]) == TimelineGaps(0, 0, [])
