@@ -41,6 +41,7 @@ def fill_inputs(input_ids: torch.Tensor, fill: InputFill) -> None:
     else:
         input_ids.index_copy_(0, positions, tokens.to(input_ids.dtype))
 
+
 SHORT_CONTEXT_LEN = 512  # contexts up to this many tokens run the decode kernel split for this many at most
 
 

@@ -46,10 +46,16 @@ class StepDone:
 
 @dataclass(frozen=True, slots=True)
 class OpenStream:
-    """A Step stream being served: its sequences and the task reading its plans."""
+    """A Step stream being served: its plans, its sequences and the task reading its plans."""
 
+    inbox: PlanInbox
     table: SequenceTable
     reader: asyncio.Task
+
+    def close(self) -> None:
+        """Drops the plans not yet run and stops reading; the reader's last job then ends the stream."""
+        self.inbox.close()
+        self.reader.cancel()
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -103,7 +109,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.executor.submit(self._step_next, engine, table, inbox, post)
 
         reader = asyncio.create_task(self._read(inbox, request_iterator, on_plan, post))
-        self._streams[inbox] = OpenStream(table, reader)
+        stream = OpenStream(inbox, table, reader)
+        self._streams[inbox] = stream
         try:
             while (item := await done.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -113,8 +120,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             if inbox.error is not None:
                 raise inbox.error
         finally:
-            inbox.close()  # steps not yet run are dropped with the stream
-            reader.cancel()
+            stream.close()
             del self._streams[inbox]
             log.info("step stream closed; dropping its %d sequences", len(table))
 
@@ -174,9 +180,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         deadline = loop.time() + grace_s
         while any(len(stream.table) for stream in self._streams.values()) and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for inbox, stream in list(self._streams.items()):
-            inbox.close()
-            stream.reader.cancel()  # its last job then ends the stream
+        for stream in list(self._streams.values()):
+            stream.close()
         end = loop.time() + CLOSE_GRACE_S
         while self._streams and loop.time() < end:
             await asyncio.sleep(0.01)
