@@ -20,7 +20,7 @@ from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine_state import EngineTotals
-from services.scheduler.request_events import Event, Request, RequestDone, RequestFailed, TokenChunk
+from services.scheduler.request_events import Event, NewToken, Request, RequestDone, RequestFailed
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.sequence import Sequence
 
@@ -168,9 +168,7 @@ class Engine:
             seq.last_token_time = now
             reason = finish_reason(seq, token_id)
             if reason is None or reason is _LENGTH:  # the stop token itself is not part of the output
-                logprobs = output.logprobs
-                emit(TokenChunk(seq.key, [token_id], [] if logprobs is None else [logprobs],
-                                seq.num_cached_tokens if seq.num_emitted_tokens == 0 else 0))
+                emit(NewToken(seq.key, token_id, output.logprobs))
                 seq.num_emitted_tokens += 1
             if reason is not None:
                 self._end(seq, self._done(seq, reason))

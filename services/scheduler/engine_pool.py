@@ -14,7 +14,7 @@ from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument,
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.engine_state import EngineState, EngineTotals, WorkerEngineState
-from services.scheduler.request_events import Event, Request, TokenChunk
+from services.scheduler.request_events import Event, NewToken, Request
 from services.scheduler.sequence import Sequence
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class EnginePool:
         """Events of one engine since the last call; forgets the requests that ended."""
         events = engine.take_events()
         for event in events:
-            if not isinstance(event, TokenChunk):
+            if type(event) is not NewToken:
                 self._owner.pop(event.key, None)
         return events
 

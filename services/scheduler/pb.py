@@ -10,7 +10,7 @@ from services.common.pb import error_from_pb, logprobs_from_pb, logprobs_to_pb, 
 from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
 from services.scheduler.config import WorkerLimits
 from services.scheduler.engine_state import EngineState
-from services.scheduler.request_events import Event, Request, RequestDone, TokenChunk
+from services.scheduler.request_events import Event, NewToken, Request, RequestDone
 
 
 def limits_from_info(info: worker_pb2.WorkerInfo) -> WorkerLimits:
@@ -78,24 +78,20 @@ def result_from_pb(pb: worker_pb2.StepResult) -> StepResult:
 
 
 def events_to_pb(events: Iterable[Event]) -> scheduler_pb2.SchedulerDown:
-    """One SchedulerDown for many events; a request's consecutive chunks merge into one. Keys are
+    """One SchedulerDown for many events: the new tokens as columns, the ends as TokenEvents. Keys are
     (stream, request_id) pairs: the request id goes on the wire."""
     down = scheduler_pb2.SchedulerDown()
-    open_chunks: dict[Hashable, scheduler_pb2.TokenChunk] = {}
+    request_ids: list[str] = []
+    token_ids: list[int] = []
+    columns = down.tokens
     for event in events:
-        request_id = event.key[1]
-        if isinstance(event, TokenChunk):
-            chunk = open_chunks.get(event.key)
-            if chunk is None:
-                item = down.events.add(request_id=request_id)
-                chunk = item.chunk
-                chunk.num_cached_tokens = event.num_cached_tokens
-                open_chunks[event.key] = chunk
-            chunk.token_ids.extend(event.token_ids)
-            chunk.logprobs.extend([logprobs_to_pb(lp) for lp in event.logprobs])
-        elif isinstance(event, RequestDone):
-            open_chunks.pop(event.key, None)
-            down.events.add(request_id=request_id, done=common_pb2.Done(
+        if type(event) is NewToken:
+            if event.logprobs is not None:
+                columns.logprobs.add(index=len(token_ids), logprob=logprobs_to_pb(event.logprobs))
+            request_ids.append(event.key[1])
+            token_ids.append(event.token_id)
+        elif type(event) is RequestDone:
+            down.events.add(request_id=event.key[1], done=common_pb2.Done(
                 finish_reason=int(event.finish_reason),
                 usage=common_pb2.Usage(
                     prompt_tokens=event.num_prompt_tokens,
@@ -107,8 +103,10 @@ def events_to_pb(events: Iterable[Event]) -> scheduler_pb2.SchedulerDown:
                 ),
             ))
         else:
-            open_chunks.pop(event.key, None)
-            down.events.add(request_id=request_id, error=common_pb2.Error(code=int(event.code), message=event.message))
+            down.events.add(request_id=event.key[1],
+                            error=common_pb2.Error(code=int(event.code), message=event.message))
+    columns.request_ids.extend(request_ids)
+    columns.token_ids.extend(token_ids)
     return down
 
 

@@ -4,7 +4,7 @@ to and from protobuf (see pb.py); the plans and results of the worker hop are in
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from services.common.errors import ErrorCode
 from services.common.finish_reason import FinishReason
@@ -28,11 +28,12 @@ class Request:
 
 
 @dataclass(slots=True)
-class TokenChunk:
+class NewToken:
+    """A token a request generated (a stop token that ends it is not one)."""
+
     key: Hashable
-    token_ids: list[int]
-    logprobs: list[TokenLogprobs] = field(default_factory=list)
-    num_cached_tokens: int = 0  # set on a request's first chunk
+    token_id: int
+    logprobs: TokenLogprobs | None = None  # when the request asked for logprobs
 
 
 @dataclass(slots=True)
@@ -58,4 +59,4 @@ class RequestFailed:
     message: str
 
 
-Event = TokenChunk | RequestDone | RequestFailed
+Event = NewToken | RequestDone | RequestFailed

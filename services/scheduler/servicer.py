@@ -22,7 +22,7 @@ from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import error_code_label, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.scheduler.pb import engine_state_to_pb, events_to_pb, request_from_pb
-from services.scheduler.request_events import Event, RequestDone, RequestFailed, TokenChunk
+from services.scheduler.request_events import Event, NewToken, RequestDone, RequestFailed
 from services.scheduler.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -53,17 +53,22 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     def dispatch(self, events: list[Event]) -> None:
         """Puts events in their streams' outboxes (events of streams already gone are dropped)."""
+        streams = self._streams
         for event in events:
-            if isinstance(event, RequestFailed):
+            stream = streams.get(event.key[0])
+            if type(event) is NewToken:
+                if stream is not None and event.key[1] in stream.live:
+                    stream.outbox.append(event)
+                    stream.wake.set()
+                continue
+            if type(event) is RequestFailed:
                 self._count_error(event)
-            if self._spans and not isinstance(event, TokenChunk):
+            if self._spans:
                 self._end_span(event)
-            stream = self._streams.get(event.key[0])
             if stream is None or event.key[1] not in stream.live:
                 continue  # the stream is gone, or the request already ended here (failed by a drain)
             stream.outbox.append(event)
-            if not isinstance(event, TokenChunk):
-                stream.live.discard(event.key[1])
+            stream.live.discard(event.key[1])
             stream.wake.set()
 
     async def Connect(  # noqa: N802 - gRPC method name

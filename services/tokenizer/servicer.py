@@ -30,7 +30,6 @@ from services.tokenizer.request_state import RequestState, TextStep, step_reques
 from services.tokenizer.scheduler_link import SchedulerLink
 
 log = logging.getLogger(__name__)
-TERMINAL = ("done", "error")
 
 
 @dataclass(eq=False)
@@ -217,18 +216,22 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     # ---- scheduler events ----
 
     def _on_scheduler_down(self, down: scheduler_pb2.SchedulerDown) -> None:
+        requests = self._requests
         chunks: dict[str, list[int]] = {}
+        columns = down.tokens
+        for sid, token_id in zip(columns.request_ids, columns.token_ids):
+            ids = chunks.get(sid)
+            if ids is None:
+                if sid not in requests:
+                    continue  # ended here already (aborted upstream, or stopped and then finished)
+                ids = chunks[sid] = []
+            ids.append(token_id)
         logprobs: dict[str, list[common_pb2.TokenLogprob]] = {}
-        terminals: dict[str, scheduler_pb2.TokenEvent] = {}
-        for event in down.events:
-            if event.request_id not in self._requests:
-                continue  # ended here already (aborted upstream, or stopped and then finished)
-            kind = event.WhichOneof("event")
-            if kind == "chunk":
-                chunks.setdefault(event.request_id, []).extend(event.chunk.token_ids)
-                logprobs.setdefault(event.request_id, []).extend(event.chunk.logprobs)
-            elif kind in TERMINAL:
-                terminals[event.request_id] = event
+        for item in columns.logprobs:
+            sid = columns.request_ids[item.index]
+            if sid in chunks:
+                logprobs.setdefault(sid, []).append(item.logprob)
+        terminals = {event.request_id: event for event in down.events if event.request_id in requests}
         order = list(dict.fromkeys([*chunks, *terminals]))
         steps = dict(zip(chunks, step_requests(self.tokenizer, [(self._requests[s][1], ids)
                                                                  for s, ids in chunks.items()])))
@@ -238,7 +241,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             session, state = self._requests[sid]
             out = per_session.setdefault(session, [])
             if (step := steps.get(sid)) is not None:
-                lps = logprobs_with_text(self.tokenizer, logprobs[sid]) if logprobs[sid] else None
+                lps = logprobs_with_text(self.tokenizer, logprobs[sid]) if sid in logprobs else None
                 out.append(chunk_event(state, step, lps))
                 if step.stop_string is not None and sid not in terminals:
                     aborts.append(sid)

@@ -119,13 +119,19 @@ class SchedulerStreamClient:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.call = scheduler_pb2_grpc.SchedulerStub(channel).Connect()
         self.messages: list = []  # every SchedulerDown, in order
-        self.events: dict[str, list] = {}  # request id -> its TokenEvents, in order
+        self.token_ids: dict[str, list[int]] = {}  # request id -> its tokens, in order
+        self.events: dict[str, list] = {}  # request id -> its TokenEvents (its end), in order
+        self.late_tokens: list[str] = []  # request ids that received a token after their end
         self._changed = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         async for down in self.call:
             self.messages.append(down)
+            for request_id, token_id in zip(down.tokens.request_ids, down.tokens.token_ids):
+                if request_id in self.events:
+                    self.late_tokens.append(request_id)
+                self.token_ids.setdefault(request_id, []).append(token_id)
             for event in down.events:
                 self.events.setdefault(event.request_id, []).append(event)
             self._changed.set()
@@ -134,10 +140,10 @@ class SchedulerStreamClient:
         await self.call.write(scheduler_pb2.SchedulerUp(requests=list(requests), abort_request_ids=list(aborts)))
 
     def tokens(self, request_id: str) -> list[int]:
-        return [t for e in self.events.get(request_id, []) if e.HasField("chunk") for t in e.chunk.token_ids]
+        return self.token_ids.get(request_id, [])
 
     def terminal(self, request_id: str):  # noqa: ANN201 - the request's Done/Error TokenEvent, or None
-        events = [e for e in self.events.get(request_id, []) if not e.HasField("chunk")]
+        events = self.events.get(request_id, [])
         return events[-1] if events else None
 
     async def wait_for(self, predicate, timeout: float = 10.0) -> None:  # noqa: ANN001

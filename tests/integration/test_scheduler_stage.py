@@ -36,7 +36,6 @@ def test_repeated_long_prompt_is_prefilled_once():
         first, second = client.terminal("first").done, client.terminal("second").done
         assert (first.usage.cached_tokens, second.usage.cached_tokens) == (0, 36)
         assert (second.usage.prompt_tokens, second.usage.completion_tokens) == (40, 4)
-        assert client.events["second"][0].chunk.num_cached_tokens == 36
         assert stage.metrics.prefix_cache_hits._value.get() == 36
         assert stage.metrics.prefix_cache_queries._value.get() == 80
 

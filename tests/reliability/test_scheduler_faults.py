@@ -30,8 +30,8 @@ def check_stream(client: SchedulerStreamClient, prompts: dict[str, list[int]], m
     outcomes: dict[str, int] = {}
     for request_id, prompt in prompts.items():
         events = client.events[request_id]
-        terminals = [i for i, e in enumerate(events) if not e.HasField("chunk")]
-        assert terminals == [len(events) - 1], f"{request_id}: terminal events at {terminals} of {len(events)}"
+        assert len(events) == 1, f"{request_id}: {len(events)} terminal events"
+        assert request_id not in client.late_tokens, f"{request_id}: tokens after its end"
         last = events[-1]
         tokens = client.tokens(request_id)
         assert tokens == [(prompt[-1] + 1 + k) % 1000 for k in range(len(tokens))], request_id

@@ -107,6 +107,14 @@ class TokenLogprob(_message.Message):
     token_bytes: bytes
     def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ..., text: _Optional[str] = ..., token_bytes: _Optional[bytes] = ...) -> None: ...
 
+class ColumnLogprob(_message.Message):
+    __slots__ = ("index", "logprob")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    logprob: TokenLogprob
+    def __init__(self, index: _Optional[int] = ..., logprob: _Optional[_Union[TokenLogprob, _Mapping]] = ...) -> None: ...
+
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "cached_tokens", "result_cached")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]

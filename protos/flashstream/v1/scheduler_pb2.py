@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flashstream.v1 import common_pb2 as flashstream_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lashstream/v1/scheduler.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\xc6\x01\n\x0cTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x30\n\x08sampling\x18\x03 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x05 \x01(\x01\x12\x16\n\x0e\x61rrival_unix_s\x18\x06 \x01(\x01\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\"X\n\x0bSchedulerUp\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.flashstream.v1.TokenRequest\x12\x19\n\x11\x61\x62ort_request_ids\x18\x02 \x03(\t\"j\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12.\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1c.flashstream.v1.TokenLogprob\x12\x19\n\x11num_cached_tokens\x18\x03 \x01(\r\"\xa4\x01\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.flashstream.v1.TokenChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.flashstream.v1.DoneH\x00\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x15.flashstream.v1.ErrorH\x00\x42\x07\n\x05\x65vent\";\n\rSchedulerDown\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.flashstream.v1.TokenEvent\"\x16\n\x14SchedulerInfoRequest\"\xc7\x01\n\rSchedulerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0emodel_revision\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x13\n\x0bnum_workers\x18\x05 \x01(\r\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x15\n\rnum_kv_blocks\x18\x07 \x01(\r\x12\x0c\n\x04task\x18\x08 \x01(\t\x12\x13\n\x0bhidden_size\x18\t \x01(\r2\xc7\x02\n\tScheduler\x12I\n\x07\x43onnect\x12\x1b.flashstream.v1.SchedulerUp\x1a\x1d.flashstream.v1.SchedulerDown(\x01\x30\x01\x12K\n\x04Info\x12$.flashstream.v1.SchedulerInfoRequest\x1a\x1d.flashstream.v1.SchedulerInfo\x12P\n\x05\x45mbed\x12\".flashstream.v1.EmbedTokensRequest\x1a#.flashstream.v1.EmbedTokensResponse\x12P\n\x0bWatchEngine\x12\".flashstream.v1.WatchEngineRequest\x1a\x1b.flashstream.v1.EngineState0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lashstream/v1/scheduler.proto\x12\x0e\x66lashstream.v1\x1a\x1b\x66lashstream/v1/common.proto\"\xc6\x01\n\x0cTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x30\n\x08sampling\x18\x03 \x01(\x0b\x32\x1e.flashstream.v1.SamplingParams\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x05 \x01(\x01\x12\x16\n\x0e\x61rrival_unix_s\x18\x06 \x01(\x01\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\"X\n\x0bSchedulerUp\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.flashstream.v1.TokenRequest\x12\x19\n\x11\x61\x62ort_request_ids\x18\x02 \x03(\t\"g\n\x0cTokenColumns\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12/\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1d.flashstream.v1.ColumnLogprob\"}\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.flashstream.v1.DoneH\x00\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x15.flashstream.v1.ErrorH\x00\x42\x07\n\x05\x65ventJ\x04\x08\x02\x10\x03\"i\n\rSchedulerDown\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.flashstream.v1.TokenEvent\x12,\n\x06tokens\x18\x02 \x01(\x0b\x32\x1c.flashstream.v1.TokenColumns\"\x16\n\x14SchedulerInfoRequest\"\xc7\x01\n\rSchedulerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0emodel_revision\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x13\n\x0bnum_workers\x18\x05 \x01(\r\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x15\n\rnum_kv_blocks\x18\x07 \x01(\r\x12\x0c\n\x04task\x18\x08 \x01(\t\x12\x13\n\x0bhidden_size\x18\t \x01(\r2\xc7\x02\n\tScheduler\x12I\n\x07\x43onnect\x12\x1b.flashstream.v1.SchedulerUp\x1a\x1d.flashstream.v1.SchedulerDown(\x01\x30\x01\x12K\n\x04Info\x12$.flashstream.v1.SchedulerInfoRequest\x1a\x1d.flashstream.v1.SchedulerInfo\x12P\n\x05\x45mbed\x12\".flashstream.v1.EmbedTokensRequest\x1a#.flashstream.v1.EmbedTokensResponse\x12P\n\x0bWatchEngine\x12\".flashstream.v1.WatchEngineRequest\x1a\x1b.flashstream.v1.EngineState0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENREQUEST']._serialized_end=278
   _globals['_SCHEDULERUP']._serialized_start=280
   _globals['_SCHEDULERUP']._serialized_end=368
-  _globals['_TOKENCHUNK']._serialized_start=370
-  _globals['_TOKENCHUNK']._serialized_end=476
-  _globals['_TOKENEVENT']._serialized_start=479
-  _globals['_TOKENEVENT']._serialized_end=643
-  _globals['_SCHEDULERDOWN']._serialized_start=645
-  _globals['_SCHEDULERDOWN']._serialized_end=704
-  _globals['_SCHEDULERINFOREQUEST']._serialized_start=706
-  _globals['_SCHEDULERINFOREQUEST']._serialized_end=728
-  _globals['_SCHEDULERINFO']._serialized_start=731
-  _globals['_SCHEDULERINFO']._serialized_end=930
-  _globals['_SCHEDULER']._serialized_start=933
-  _globals['_SCHEDULER']._serialized_end=1260
+  _globals['_TOKENCOLUMNS']._serialized_start=370
+  _globals['_TOKENCOLUMNS']._serialized_end=473
+  _globals['_TOKENEVENT']._serialized_start=475
+  _globals['_TOKENEVENT']._serialized_end=600
+  _globals['_SCHEDULERDOWN']._serialized_start=602
+  _globals['_SCHEDULERDOWN']._serialized_end=707
+  _globals['_SCHEDULERINFOREQUEST']._serialized_start=709
+  _globals['_SCHEDULERINFOREQUEST']._serialized_end=731
+  _globals['_SCHEDULERINFO']._serialized_start=734
+  _globals['_SCHEDULERINFO']._serialized_end=933
+  _globals['_SCHEDULER']._serialized_start=936
+  _globals['_SCHEDULER']._serialized_end=1263
 # @@protoc_insertion_point(module_scope)

@@ -89,14 +89,6 @@ class StepPlan(_message.Message):
     finished_seq_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, step_id: _Optional[int] = ..., new_seqs: _Optional[_Iterable[_Union[NewSeq, _Mapping]]] = ..., cached_seqs: _Optional[_Union[CachedSeqs, _Mapping]] = ..., finished_seq_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class SampledLogprob(_message.Message):
-    __slots__ = ("index", "logprob")
-    INDEX_FIELD_NUMBER: _ClassVar[int]
-    LOGPROB_FIELD_NUMBER: _ClassVar[int]
-    index: int
-    logprob: _common_pb2.TokenLogprob
-    def __init__(self, index: _Optional[int] = ..., logprob: _Optional[_Union[_common_pb2.TokenLogprob, _Mapping]] = ...) -> None: ...
-
 class SampledTokens(_message.Message):
     __slots__ = ("seq_ids", "token_ids", "logprobs")
     SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -104,8 +96,8 @@ class SampledTokens(_message.Message):
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     seq_ids: _containers.RepeatedScalarFieldContainer[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    logprobs: _containers.RepeatedCompositeFieldContainer[SampledLogprob]
-    def __init__(self, seq_ids: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[SampledLogprob, _Mapping]]] = ...) -> None: ...
+    logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.ColumnLogprob]
+    def __init__(self, seq_ids: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.ColumnLogprob, _Mapping]]] = ...) -> None: ...
 
 class SeqError(_message.Message):
     __slots__ = ("seq_id", "error")

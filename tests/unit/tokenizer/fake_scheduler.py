@@ -87,12 +87,12 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
                     await wake.wait()
                 await asyncio.sleep(self.step_s)
                 events, ended[:] = list(ended), []
+                tokens = scheduler_pb2.TokenColumns()
                 for rid, run in list(running.items()):
                     chunk = run.tokens[run.sent:run.sent + self.chunk_size]
                     run.sent += len(chunk)
-                    if chunk:
-                        events.append(scheduler_pb2.TokenEvent(
-                            request_id=rid, chunk=scheduler_pb2.TokenChunk(token_ids=chunk)))
+                    tokens.request_ids.extend([rid] * len(chunk))
+                    tokens.token_ids.extend(chunk)
                     if run.sent >= len(run.tokens):
                         del running[rid]
                         usage = common_pb2.Usage(prompt_tokens=len(run.request.prompt_token_ids),
@@ -100,8 +100,8 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
                         events.append(scheduler_pb2.TokenEvent(request_id=rid, done=common_pb2.Done(
                             finish_reason=common_pb2.FINISH_REASON_LENGTH, usage=usage,
                             latency=common_pb2.LatencyBreakdown(queue_s=0.5, prefill_s=0.25, decode_s=1.0))))
-                if events:
+                if events or tokens.token_ids:
                     self.step_times.append(asyncio.get_running_loop().time())
-                    yield scheduler_pb2.SchedulerDown(events=events)
+                    yield scheduler_pb2.SchedulerDown(events=events, tokens=tokens)
         finally:
             reader.cancel()
