@@ -73,7 +73,7 @@ class Engine:
             raise KeyError(f"request {request.key!r} is already live")
         seq = Sequence(
             request.key, list(request.prompt_token_ids), request.params, request.priority, request.deadline,
-            arrival_time=self.clock(),
+            arrival_time=self.clock(), max_model_len=self.limits.max_model_len, eos_token_ids=self.eos_token_ids,
         )
         seq.traceparent = request.traceparent
         self.sequences[request.key] = seq
@@ -123,19 +123,24 @@ class Engine:
         self._next_step_id += 1
         totals = self.totals
         totals.num_steps += bool(out.scheduled)  # a plan that only lists finished ids runs nothing
+        num_step_tokens = 0
+        cached = plan.cached_seqs
         for item in out.scheduled:
-            totals.num_step_tokens += item.num_new_tokens
+            num_new = item.num_new_tokens
+            num_step_tokens += num_new
             seq = item.seq
+            table = seq.block_table
             if seq.is_sent:
-                new_blocks = seq.block_table[seq.num_sent_blocks :] if len(seq.block_table) > seq.num_sent_blocks else []
-                plan.cached_seqs.append(CachedSeq(seq.seq_id, new_blocks, item.num_new_tokens))
+                sent = seq.num_sent_blocks
+                cached.append(CachedSeq(seq.seq_id, table[sent:] if len(table) > sent else [], num_new))
             else:
                 plan.new_seqs.append(NewSeq(
-                    seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, list(seq.block_table),
-                    item.num_computed_before, item.num_new_tokens, seq.traceparent,
+                    seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, list(table),
+                    item.num_computed_before, num_new, seq.traceparent,
                 ))
                 seq.is_sent = True
-            seq.num_sent_blocks = len(seq.block_table)
+            seq.num_sent_blocks = len(table)
+        totals.num_step_tokens += num_step_tokens
         self.in_flight.append(plan.step_id)
         return plan
 
@@ -154,25 +159,28 @@ class Engine:
                 self._end(seq, RequestFailed(seq.key, error.error.code, error.error.message), keep_cached=False)
         num_generated = 0
         emit = self.events.append
-        finish_reason = self._finish_reason
         for output in result.outputs:
             seq = running.get(output.seq_id)
             if seq is None or seq.num_placeholders == 0:
                 continue  # ended, preempted, or a token sampled after its sequence finished
             seq.num_placeholders -= 1
             token_id = output.token_id
-            seq.token_ids.append(token_id)
+            token_ids = seq.token_ids
+            token_ids.append(token_id)
             num_generated += 1
             if seq.first_token_time is None:
                 seq.first_token_time = now
             seq.last_token_time = now
-            reason = finish_reason(seq, token_id)
+            num_tokens = len(token_ids)
+            reason = None
+            if token_id in seq.stop_ids or num_tokens >= seq.token_limit:
+                reason = self._finish_reason(seq, token_id)
             if reason is None or reason is _LENGTH:  # the stop token itself is not part of the output
                 emit(NewToken(seq.key, token_id, output.logprobs))
                 seq.num_emitted_tokens += 1
             if reason is not None:
                 self._end(seq, self._done(seq, reason))
-            elif len(seq.token_ids) % block_size == 0:
+            elif num_tokens % block_size == 0:
                 self.scheduler.block_manager.cache_full_blocks(seq)  # this token completed a block
         self.totals.num_generated_tokens += num_generated
         if self.metrics is not None and num_generated:
@@ -180,15 +188,13 @@ class Engine:
 
     # ---- internals ----
 
-    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
+    @staticmethod
+    def _finish_reason(seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.params
-        num_output = len(seq.token_ids) - seq.num_prompt_tokens
-        if num_output > params.min_tokens:  # stop ids count only once min_tokens came before them
-            if token_id in params.stop_token_ids:
-                return FinishReason.STOP
-            if not params.ignore_eos and token_id in self.eos_token_ids:
-                return FinishReason.EOS
-        if num_output >= params.max_tokens or len(seq.token_ids) >= self.limits.max_model_len:
+        if token_id in seq.stop_ids and len(seq.token_ids) - seq.num_prompt_tokens > params.min_tokens:
+            # Stop ids count only once min_tokens came before them.
+            return FinishReason.STOP if token_id in params.stop_token_ids else FinishReason.EOS
+        if len(seq.token_ids) >= seq.token_limit:
             return FinishReason.LENGTH
         return None
 

@@ -55,7 +55,6 @@ class Scheduler:
         self.static = config.policy == "static"
         self.max_num_seqs = min(config.max_num_seqs, limits.max_num_seqs)
         self.max_num_batched_tokens = min(config.max_num_batched_tokens, limits.max_num_batched_tokens)
-        self.max_model_len = limits.max_model_len
         self.block_manager = BlockManager(limits.num_kv_blocks, limits.block_size, config.enable_prefix_caching)
         self.metrics = metrics
         self.totals = EngineTotals()
@@ -120,13 +119,27 @@ class Scheduler:
         scheduled_ids: set[int] = set()
         admit = not (self.static and self.running)
         prefills: list[Sequence] = []
-        max_model_len = self.max_model_len
+        block_size = bm.block_size
+        scheduled = out.scheduled
         for seq in list(self.running.values()):
-            if seq.status is not _RUNNING or not seq.wants_more_tokens(max_model_len):
-                continue  # preempted in this loop, or waiting for its last result
-            if seq.num_tokens - seq.num_computed_tokens != 1:
+            if seq.status is not _RUNNING:
+                continue  # preempted in this loop
+            num_tokens = len(seq.token_ids) + seq.num_placeholders
+            if num_tokens >= seq.token_limit:
+                continue  # waiting for its last result
+            computed = seq.num_computed_tokens
+            if num_tokens - computed != 1:
                 prefills.append(seq)
-            elif budget > 0 and self._schedule_running(seq, 1, now, scheduled_ids, out):
+            elif budget <= 0:
+                continue
+            elif computed < len(seq.block_table) * block_size and seq.first_scheduled_time is not None:
+                # A decode within its blocks, most rows of most steps: _commit's work inline.
+                seq.num_computed_tokens = num_tokens
+                seq.num_placeholders += 1  # it samples in this step
+                scheduled_ids.add(seq.seq_id)
+                scheduled.append(ScheduledSeq(seq, 1, computed))
+                budget -= 1
+            elif self._schedule_running(seq, 1, now, scheduled_ids, out):
                 budget -= 1
         for seq in prefills:
             if budget <= 0:
@@ -138,8 +151,7 @@ class Scheduler:
                 budget -= num_new
         if admit and not out.preempted:
             budget = self._admit(budget, now, scheduled_ids, out)
-        block_size = bm.block_size
-        for item in out.scheduled:
+        for item in scheduled:
             seq = item.seq
             if seq.num_computed_tokens >= (seq.num_registered_blocks + 1) * block_size:  # a block filled up
                 bm.cache_full_blocks(seq)

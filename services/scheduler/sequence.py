@@ -23,6 +23,7 @@ class Sequence:
       num_tokens            len(token_ids) + num_placeholders
       num_computed_tokens   tokens whose KV is computed or scheduled to be (prefix hits included)
       num_cached_tokens     prompt tokens served from the prefix cache at admission
+      token_limit           len(token_ids) at which it ends for length (max_tokens, or the context)
     A sequence samples in a step when that step brings num_computed_tokens up to num_tokens.
     """
 
@@ -31,7 +32,7 @@ class Sequence:
         "arrival_time", "seq_id", "status", "block_table", "num_computed_tokens", "num_cached_tokens",
         "num_placeholders", "num_sent_blocks", "is_sent", "block_hashes", "num_registered_blocks",
         "first_scheduled_time", "first_token_time", "last_token_time", "num_emitted_tokens", "num_preemptions",
-        "traceparent",
+        "traceparent", "token_limit", "stop_ids",
     )
 
     def __init__(
@@ -42,6 +43,9 @@ class Sequence:
         priority: int = 0,
         deadline: float = 0.0,
         arrival_time: float = 0.0,
+        *,
+        max_model_len: int = 1 << 62,
+        eos_token_ids: frozenset[int] = frozenset(),
     ) -> None:
         self.key = key  # the caller's id for the request (e.g. (stream, request_id))
         self.token_ids: list[int] = list(prompt_token_ids)
@@ -67,6 +71,9 @@ class Sequence:
         self.num_emitted_tokens = 0  # generated tokens already sent upstream
         self.traceparent = ""  # W3C trace context of the request's scheduler span (sent with NewSeq)
         self.num_preemptions = 0
+        self.token_limit = min(len(prompt_token_ids) + params.max_tokens, max_model_len)
+        # Tokens that end it once min_tokens are out (the stop token itself is not part of the output).
+        self.stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
 
     @property
     def num_tokens(self) -> int:
@@ -80,11 +87,6 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
-
-    def wants_more_tokens(self, max_model_len: int) -> bool:
-        """Whether another token may still be needed once the in-flight ones arrive."""
-        num_tokens = len(self.token_ids) + self.num_placeholders
-        return num_tokens - self.num_prompt_tokens < self.params.max_tokens and num_tokens < max_model_len
 
     def reset_for_recompute(self) -> None:
         """Forgets everything the worker held: the sequence will be sent whole again."""
