@@ -9,17 +9,21 @@ Scenarios:
 The "+pb" columns add the protobuf conversions of the gRPC path (StepPlan out, StepResult in,
 SchedulerDown up).
 
-Run: python bench/scheduler.py [--steps N] [--repeats N]
+Run: python bench/scheduler.py [--steps N] [--repeats N] [--before FILE]
+  --before: this benchmark's JSON from the tree before a change, run on the same machine just before; its
+            figures go beside these.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import random
 import statistics
 import time
 from collections import deque
+from pathlib import Path
 
 from flashstream.v1 import worker_pb2
 
@@ -141,6 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--before", default="", help="results JSON of this benchmark on the tree before a change")
     args = parser.parse_args()
     rows = []
     for scenario in ("decode", "churn"):
@@ -166,7 +171,20 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['scenario']} | {r['num_running']} | {r['core_cpu_mean_ms']:.3f} | {r['core_p50_ms']:.3f} "
                      f"| {r['core_p99_ms']:.3f} | {r['pb_cpu_mean_ms']:.3f} | {r['pb_p50_ms']:.3f} |")
-    write_results("scheduler", {"steps": args.steps, "repeats": args.repeats, "block_size": BLOCK_SIZE, "rows": rows}, "\n".join(lines))
+    results = {"steps": args.steps, "repeats": args.repeats, "block_size": BLOCK_SIZE, "rows": rows}
+    if args.before:
+        before = json.loads(Path(args.before).read_text())
+        results["before"] = before
+        lines += ["", "Against the tree before the change (the JSON's `before` entry, same machine, run just before):",
+                  "CPU mean ms per step, before and now, and how many times less now.", "",
+                  "| scenario | running | core before | core now | x | +pb before | +pb now | x |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for old, new in zip(before["rows"], rows, strict=True):
+            lines.append(f"| {new['scenario']} | {new['num_running']} | {old['core_cpu_mean_ms']:.3f} "
+                         f"| {new['core_cpu_mean_ms']:.3f} | {old['core_cpu_mean_ms'] / new['core_cpu_mean_ms']:.2f} "
+                         f"| {old['pb_cpu_mean_ms']:.3f} | {new['pb_cpu_mean_ms']:.3f} "
+                         f"| {old['pb_cpu_mean_ms'] / new['pb_cpu_mean_ms']:.2f} |")
+    write_results("scheduler", results, "\n".join(lines))
 
 
 if __name__ == "__main__":

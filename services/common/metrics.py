@@ -11,6 +11,10 @@ Attribute access (`metrics.step_tokens`) gives the family bound to this stage an
 routes several). A family with more labels than stage and model takes only those in `.labels(...)`; its series
 appear with their first event. The others exist from the moment the model is known, at 0, so a dashboard finds
 every series it queries on a stack that has served one request.
+
+Beside its own families, a stage's registry carries the process's standard ones (`process_cpu_seconds_total`,
+`process_resident_memory_bytes`, ...), which say which stage's CPU a load uses up; they describe the process, not
+the stage's events, so each target reports its own.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.common.errors import ErrorCode
@@ -207,7 +211,10 @@ class Metrics:
 
     def __init__(self, stage: str, registry: CollectorRegistry | None = None, model: str = "") -> None:
         self.stage = stage
-        self.registry = registry or CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry = registry
         self._families: dict[str, Any] = {}
         for name, (owner, kind, metric, doc, extra, buckets) in FAMILIES.items():
             if owner != stage and stage in ALL_STAGES:

@@ -10,8 +10,10 @@ from services.common.metrics import Metrics, error_code_label, finish_reason_lab
 
 
 def _families(stage: str) -> set[str]:
+    """The FlashStream families a stage exports (the process's standard ones apart)."""
     text = Metrics(stage).render().decode()
-    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE") and "_created" not in line}
+    return {line.split()[2] for line in text.splitlines()
+            if line.startswith("# TYPE") and "_created" not in line and not line.split()[2].startswith("process_")}
 
 
 @pytest.mark.timeout(30)
@@ -38,6 +40,15 @@ def test_every_stage_exports_exactly_the_families_it_owns_and_no_family_twice() 
         "flashstream_device_idle_seconds_total"}
     everything = [name for names in families.values() for name in names]
     assert len(everything) == len(set(everything))
+
+
+@pytest.mark.timeout(30)
+def test_every_stage_exports_its_process_cpu_time_and_memory() -> None:
+    for stage in ("gateway", "tokenizer", "scheduler", "worker"):
+        text = Metrics(stage).render().decode()
+        cpu = next(line for line in text.splitlines() if line.startswith("process_cpu_seconds_total "))
+        assert float(cpu.split()[1]) > 0.0
+        assert "# TYPE process_resident_memory_bytes gauge" in text
 
 
 @pytest.mark.timeout(30)
