@@ -71,7 +71,8 @@ def scenario_stats(records: list[Record], t0: float, end: float, slo_ttft_s: flo
 
 
 METRICS = ("flashstream_kv_cache_usage_ratio", "flashstream_num_preemptions_total", "flashstream_num_preemptions",
-           "flashstream_num_requests_running", "flashstream_num_requests_waiting", "flashstream_device_idle_seconds_total")
+           "flashstream_num_requests_running", "flashstream_num_requests_waiting",
+           "flashstream_device_idle_seconds_total", "process_cpu_seconds_total")
 
 
 # The worker's step time and count by kind of step, and its rows by phase, kept per label: "name{kind}".
@@ -112,9 +113,11 @@ def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[
     for stage in before:
         b, a = before[stage] or {}, after.get(stage) or {}
         pre = next((n for n in ("flashstream_num_preemptions_total", "flashstream_num_preemptions") if n in a), None)
+        cpu = "process_cpu_seconds_total"
         out[stage] = {
             "kv_cache_usage_peak": peak_kv.get(stage),
             "preemptions": None if pre is None else a[pre] - b.get(pre, 0.0),
+            "cpu_s": a[cpu] - b[cpu] if cpu in a and cpu in b else None,  # the stage process's CPU time in the run
         }
         steps = {}
         for kind in STEP_KINDS:
@@ -219,7 +222,28 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
             f"{r['request_throughput']:.2f} | {ms(r['ttft_s']['p50'])} / {ms(r['ttft_s']['p99'])} | "
             f"{ms(r['tpot_s']['p50'])} | {ms(r['itl_s']['p50'])} / {ms(r['itl_s']['p99'])} | "
             f"{'-' if e2e is None else f'{e2e:.2f}'} | {r['goodput_requests_per_s']:.2f} | {gpu} |")
-    return "\n".join(lines) + "\n" + step_table(scenarios) + idle_table(scenarios)
+    return "\n".join(lines) + "\n" + cpu_table(scenarios) + step_table(scenarios) + idle_table(scenarios)
+
+
+def cpu_table(scenarios: list[dict[str, Any]]) -> str:
+    """Each stage process's CPU time during each run: seconds, share of the run's wall time (1.0: one core all the
+    time) and microseconds per output token: the control plane's cost per token, and which stage nears one core."""
+    stage_names = sorted({stage for s in scenarios for stage, v in (s.get("stages") or {}).items()
+                          if (v or {}).get("cpu_s") is not None})
+    if not stage_names:
+        return ""
+    lines = ["", "CPU time of each stage's process during the run (process_cpu_seconds_total): seconds / cores busy "
+             "(CPU over wall time) / microseconds per output token", "",
+             "| scenario | " + " | ".join(stage_names) + " |", "|---|" + "---|" * len(stage_names)]
+    for s in scenarios:
+        r, stages = s["result"], s.get("stages") or {}
+        cells = []
+        for stage in stage_names:
+            cpu = (stages.get(stage) or {}).get("cpu_s")
+            cells.append("-" if cpu is None else f"{cpu:.2f} / {cpu / r['duration_s']:.2f} / "
+                         f"{cpu / max(r['total_output_tokens'], 1) * 1e6:.1f}")
+        lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def step_table(scenarios: list[dict[str, Any]]) -> str:

@@ -10,7 +10,8 @@ import pytest
 from bench.serve import arrivals
 from bench.serve_client import Record
 from bench.serve_data import PromptMaker, make_model, request_set, sharegpt_lengths
-from bench.serve_report import Sampler, saturated_window, scenario_stats, stage_metrics, step_table, summary
+from bench.serve_report import (Sampler, cpu_table, saturated_window, scenario_stats, stage_metrics, step_table,
+                                summary)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,6 +91,19 @@ def test_stage_metrics_report_the_workers_step_time_by_kind_during_the_run() -> 
     table = step_table([{"name": "s", "stages": stages}])
     assert (stages["worker0"]["prefill_tokens"], stages["worker0"]["decode_tokens"]) == (640, 300)
     assert "| s | worker0 | - | 5 / 0.50 / 100.00 | 100 / 2.00 / 20.00 | 640 | 300 | 0.25 |" in table
+
+
+def test_each_stage_reports_its_cpu_time_during_the_run_and_per_output_token() -> None:
+    before = {"scheduler": {"process_cpu_seconds_total": 10.0}, "gateway": {"process_cpu_seconds_total": 4.0},
+              "worker0": {}}
+    after = {"scheduler": {"process_cpu_seconds_total": 13.0}, "gateway": {"process_cpu_seconds_total": 5.5},
+             "worker0": {}}
+    stages = stage_metrics(before, after, {})
+    assert [stages[s]["cpu_s"] for s in ("scheduler", "gateway", "worker0")] == [3.0, 1.5, None]
+    table = cpu_table([{"name": "s", "stages": stages,
+                        "result": {"duration_s": 2.0, "total_output_tokens": 30000}}])
+    assert "| scenario | gateway | scheduler |" in table
+    assert "| s | 1.50 / 0.75 / 50.0 | 3.00 / 1.50 / 100.0 |" in table
 
 
 def test_gpu_busy_averages_only_the_samples_taken_during_the_load() -> None:
