@@ -25,6 +25,7 @@ from bench.serve_client import default_client_procs, run_load
 from bench.serve_data import make_model, request_set
 from bench.serve_report import Sampler, markdown, plot, saturated_window, scenario_stats, scrape, stage_metrics
 from services.launcher import free_port, python_path_env
+from services.up_options import parse_args as parse_up_args
 
 
 class LaunchedStack:
@@ -35,7 +36,8 @@ class LaunchedStack:
         self.http = free_port()
         cmd = [sys.executable, "-m", "services.cli", "up", "--model", model_dir, "--base-port", str(self.base),
                "--http-port", str(self.http), "--prompt", "", *shlex.split(extra)]
-        self.num_workers = int(_flag(cmd, "--num-workers", "1"))
+        up = parse_up_args(cmd[4:])  # the stack's sizes, as `flashstream up` resolves them
+        self.num_workers, self.num_tokenizers = up.num_workers, up.num_tokenizers
         out = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -45,9 +47,15 @@ class LaunchedStack:
         self.base_url = f"http://127.0.0.1:{self.http}"
 
     def metric_urls(self) -> dict[str, str]:
+        """The status ports of the stages, at the launcher's offsets from the base port (build_stack_argv); the
+        gateways share one port, so no single gateway can be asked."""
         urls = {"scheduler": f"http://127.0.0.1:{self.base + 102}/metrics"}
         for i in range(self.num_workers):
             urls[f"worker{i}"] = f"http://127.0.0.1:{self.base + 103 + i}/metrics"
+        for i in range(self.num_tokenizers):
+            name = "tokenizer" if self.num_tokenizers == 1 else f"tokenizer{i}"
+            offset = 1 if i == 0 else 3 + self.num_workers + i - 1
+            urls[name] = f"http://127.0.0.1:{self.base + 100 + offset}/metrics"
         return urls
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -71,10 +79,6 @@ class LaunchedStack:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def _flag(argv: list[str], name: str, default: str) -> str:
-    return argv[argv.index(name) + 1] if name in argv else default
 
 
 def _free_base_port() -> int:

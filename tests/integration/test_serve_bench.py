@@ -32,7 +32,9 @@ def test_serve_benchmark_against_the_fake_worker_reports_every_request_and_token
     for key in ("request_throughput", "output_throughput", "goodput_requests_per_s", "duration_s"):
         assert r[key] > 0
     assert sc["gpu_busy"] is None  # no NVML GPU on a CPU machine
-    assert set(sc["stages"]) == {"scheduler", "worker0"}
+    assert set(sc["stages"]) == {"scheduler", "worker0", "tokenizer"}
     assert sc["stages"]["scheduler"]["preemptions"] == 0.0
+    assert all(sc["stages"][stage]["cpu_s"] > 0 for stage in ("scheduler", "worker0", "tokenizer"))
     assert "| serve |" not in out.with_suffix(".md").read_text() and "| run |" in out.with_suffix(".md").read_text()
+    assert "| scenario | scheduler | tokenizer | worker0 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
