@@ -37,7 +37,7 @@ class LaunchedStack:
         cmd = [sys.executable, "-m", "services.cli", "up", "--model", model_dir, "--base-port", str(self.base),
                "--http-port", str(self.http), "--prompt", "", *shlex.split(extra)]
         up = parse_up_args(cmd[4:])  # the stack's sizes, as `flashstream up` resolves them
-        self.num_workers, self.num_tokenizers = up.num_workers, up.num_tokenizers
+        self.num_workers, self.num_tokenizers, self.num_gateways = up.num_workers, up.num_tokenizers, up.num_gateways
         out = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -48,8 +48,10 @@ class LaunchedStack:
 
     def metric_urls(self) -> dict[str, str]:
         """The status ports of the stages, at the launcher's offsets from the base port (build_stack_argv); the
-        gateways share one port, so no single gateway can be asked."""
+        gateway's only when it is alone (replicas share their port, so no single one can be asked)."""
         urls = {"scheduler": f"http://127.0.0.1:{self.base + 102}/metrics"}
+        if self.num_gateways == 1:
+            urls["gateway"] = f"{self.base_url}/metrics"
         for i in range(self.num_workers):
             urls[f"worker{i}"] = f"http://127.0.0.1:{self.base + 103 + i}/metrics"
         for i in range(self.num_tokenizers):
