@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,7 +22,8 @@ from gateway.embeddings import EmbeddingService
 from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_embeddings import embeddings_response, parse_embeddings_request
 from gateway.openai_request import OpenAIRequest, parse_openai_request
-from gateway.openai_response import ResponseBuilder, combined_usage, error_response, openai_finish_reason
+from gateway.openai_response import (ResponseBuilder, combined_usage, error_response, json_bytes,
+                                     openai_finish_reason)
 from gateway.playground import is_static_path
 from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
@@ -36,12 +36,8 @@ OPEN_PATHS = frozenset({"/health", "/ready"})  # and /metrics with open_metrics
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _sse(obj: Any) -> bytes:
-    return b"data: " + (obj if isinstance(obj, bytes) else _dumps(obj)) + b"\n\n"
+    return b"data: " + (obj if isinstance(obj, bytes) else json_bytes(obj)) + b"\n\n"
 
 
 class HttpApi:
@@ -103,7 +99,7 @@ class HttpApi:
     def _error(self, exc: FlashStreamError) -> web.Response:
         self._core.record_error(exc)
         status, body, headers = error_response(exc)
-        return web.Response(status=status, body=_dumps(body), content_type="application/json", headers=headers)
+        return web.Response(status=status, body=json_bytes(body), content_type="application/json", headers=headers)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -139,7 +135,7 @@ class HttpApi:
         request, encoding = parse_embeddings_request(await self._json(http))
         tenant = tenant_from_authorization(http.headers.get("Authorization"), self._keys.enabled)
         result = await self._embeddings.embed(request, tenant)
-        return web.Response(body=_dumps(embeddings_response(result, encoding)), content_type="application/json")
+        return web.Response(body=json_bytes(embeddings_response(result, encoding)), content_type="application/json")
 
     @staticmethod
     async def _json(http: web.Request) -> Any:
@@ -182,7 +178,7 @@ class HttpApi:
             results = await _gather_or_cancel([_collect(g, f) for g, f in zip(generations, firsts)])
             choices = [b.choice(deltas, done) for b, (deltas, done) in zip(builders, results)]
             usage = combined_usage([done.usage for _, done in results], parsed.n)
-            return web.Response(body=_dumps(builders[0].full(choices, usage)), content_type="application/json")
+            return web.Response(body=json_bytes(builders[0].full(choices, usage)), content_type="application/json")
         finally:
             for generation in started:
                 generation.close()  # a disconnected client cancels the handler; this aborts upstream
@@ -213,7 +209,7 @@ class HttpApi:
                         await resp.write(b"".join(tail))
                         tail.clear()
                 else:
-                    tail.append(_sse(builders[index].chunk(event)))
+                    tail.append(_sse(builders[index].chunk_bytes(event)))
                     # Held back only while the choice's next event is known to be there already (the end of an
                     # answer replayed from the result cache, say): it then leaves in the same write.
                     if len(generations) > 1 or not generations[index].has_event_ready:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,16 @@ _HTTP_ERRORS: dict[int, tuple[int, str, str | None]] = {
 # Bad requests whose HTTP status is more specific than 400.
 _HTTP_STATUS_BY_CODE = {"request_too_large": 413, "method_not_allowed": 405}
 RETRY_AFTER_S = 1
+
+
+def json_bytes(obj: Any) -> bytes:
+    """obj as compact JSON in UTF-8 (non-ASCII text as itself, not escaped): every JSON body the gateway sends."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# Stands for a chunk's text in the template of a request's plain text chunks (ResponseBuilder.chunk_bytes): no
+# model emits it, and its JSON form appears in the chunk's JSON exactly once, where the text goes.
+_TEXT_MARK = "\x00text\x00"
 
 
 def error_response(exc: FlashStreamError) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -133,6 +144,20 @@ class ResponseBuilder:
         self.logprobs = LogprobsBuilder(chat) if logprobs else None
         self.tools = ToolCallParser() if tool_calls else None  # the output may hold tool calls
         self._role_sent = False
+        self._text_template: tuple[bytes, bytes] | None = None  # a plain text chunk's JSON around its text
+
+    def chunk_bytes(self, delta: TextDelta) -> bytes:
+        """json_bytes(chunk(delta)), the bytes of most streamed chunks: once the role has gone out, a delta of plain
+        text (no logprobs asked, no tool calls possible) only has its text encoded, into a template made from
+        `chunk` once per request."""
+        if self.logprobs is not None or self.tools is not None or (self.chat and not self._role_sent):
+            return json_bytes(self.chunk(delta))
+        if self._text_template is None:
+            whole = json_bytes(self.chunk(TextDelta(_TEXT_MARK)))
+            head, _, tail = whole.partition(json_bytes(_TEXT_MARK))
+            self._text_template = (head, tail)
+        head, tail = self._text_template
+        return head + json_bytes(delta.text) + tail
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.request_id, "object": obj, "created": self.created, "model": self.model,

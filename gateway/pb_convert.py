@@ -221,7 +221,8 @@ def event_from_pb(ev: tokenizer_pb2.TextEvent) -> Event | FlashStreamError:
     kind = ev.WhichOneof("event")
     if kind == "chunk":
         c = ev.chunk
-        return TextDelta(c.text, tuple(c.token_ids), _logprobs_from_pb(c.logprobs), ev.num_prompt_tokens)
+        return TextDelta(c.text, tuple(c.token_ids), _logprobs_from_pb(c.logprobs) if c.logprobs else (),
+                         ev.num_prompt_tokens)
     if kind == "done":
         d = ev.done
         try:

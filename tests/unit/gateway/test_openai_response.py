@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gateway.errors import ModelNotFound, PayloadTooLarge
-from gateway.openai_response import ResponseBuilder, combined_usage, error_response, openai_finish_reason, usage_json
+from gateway.openai_response import (ResponseBuilder, combined_usage, error_response, json_bytes, openai_finish_reason,
+                                     usage_json)
 from gateway.schema import Finished, TextDelta, TokenLogprob, TopLogprob, Usage
 from services.common.finish_reason import FinishReason
 from services.common.errors import (
@@ -117,3 +120,28 @@ def test_chat_chunks_send_the_role_once_and_close_with_an_empty_delta() -> None:
         "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [],
         "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
                   "prompt_tokens_details": {"cached_tokens": 0}}}
+
+
+TEXTS = ["Hello", " wörld 🌍", 'quote " and \\ backslash', "tab\tnew\nline\x01", "", "\u2028 separator"]
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_streamed_text_chunks_have_the_bytes_of_the_chunk_json_whatever_their_text(chat: bool) -> None:
+    made, reference = (ResponseBuilder("cmpl-1", "m", 1700000000, chat, logprobs=False) for _ in range(2))
+    for text in TEXTS:
+        delta = TextDelta(text, (5,))
+        assert made.chunk_bytes(delta) == json_bytes(reference.chunk(delta))
+    assert json.loads(made.chunk_bytes(TextDelta("x"))) == {
+        "id": "cmpl-1", "object": "chat.completion.chunk" if chat else "text_completion", "created": 1700000000,
+        "model": "m", "choices": [{"index": 0, **({"delta": {"content": "x"}} if chat else {"text": "x"}),
+                                   "logprobs": None, "finish_reason": None}]}
+
+
+def test_a_streamed_chunk_with_logprobs_or_the_role_still_goes_through_the_whole_chunk() -> None:
+    builder = ResponseBuilder("chatcmpl-2", "m", 1, chat=True, logprobs=True)
+    reference = ResponseBuilder("chatcmpl-2", "m", 1, chat=True, logprobs=True)
+    first = TextDelta("Hi", (7,), (TokenLogprob(7, -0.5, "Hi", (), b"Hi"),))
+    got = json.loads(builder.chunk_bytes(first))
+    assert got == json.loads(json_bytes(reference.chunk(first)))
+    assert got["choices"][0]["delta"] == {"role": "assistant", "content": "Hi"}
+    assert got["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.5
