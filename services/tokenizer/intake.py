@@ -101,6 +101,13 @@ def _check_text_size(tokenizer: TextTokenizer, request: TextInput, text: str, ma
             f"of {max_model_len} tokens (a token covers at most {tokenizer.max_chars_per_token} characters)")
 
 
+def _without_traceback(exc: FlashStreamError) -> FlashStreamError:
+    """A refusal kept as a result, without its traceback: that holds prepare_batch's frame, and through it the
+    batch's prompts and the result list that holds the refusal, a cycle only the garbage collector frees, which
+    can be many bursts later (a stage refusing multi-MB prompts grew by them until it did)."""
+    return exc.with_traceback(None)
+
+
 def prepare_batch(
     tokenizer: TextTokenizer, requests: Sequence[TextInput], limits: ModelLimits
 ) -> list[PreparedRequest | FlashStreamError]:
@@ -129,7 +136,7 @@ def prepare_batch(
                 raise FlashStreamError(f"request {req.request_id!r} came with an empty prompt, which the gateway "
                                        "refuses", ErrorCode.INTERNAL)
         except FlashStreamError as exc:
-            results[i] = exc
+            results[i] = _without_traceback(exc)
     for add_special, items in texts.items():
         if not items:
             continue
@@ -142,7 +149,7 @@ def prepare_batch(
                 fit_context(req, len(ids), max_model_len)
                 results[i] = PreparedRequest(req, ids, text, time.perf_counter() - req.received_s)
             except FlashStreamError as exc:
-                results[i] = exc
+                results[i] = _without_traceback(exc)
     return [r for r in results if r is not None]
 
 

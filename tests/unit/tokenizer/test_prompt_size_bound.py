@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,20 @@ def test_a_prompt_over_the_bound_is_refused_with_its_size_and_one_at_the_bound_i
     assert refused.message == (f"request 'over': the prompt ({limit + 1} characters) cannot fit the model's context "
                                f"of 64 tokens (a token covers at most {tokenizer.max_chars_per_token} characters)")
     assert isinstance(encoded, InvalidArgument) and "exceeds the model's context" in encoded.message  # encoded
+
+
+def test_a_batch_with_refused_prompts_leaves_nothing_for_the_garbage_collector(tmp_path: Path):
+    tokenizer = TextTokenizer.from_dir(build_model_dir(tmp_path / "llama3", "llama3"))
+    limit = tokenizer.max_prompt_chars(64)
+    sampling = SamplingParams(max_tokens=1)
+    batch = [TextInput("over", sampling, prompt="a" * (limit + 1)), TextInput("at", sampling, prompt="a" * limit),
+             TextInput("fits", sampling, prompt="a b c")]
+    gc.collect()
+    gc.disable()  # a collection in between would hide a cycle
+    try:
+        results = prepare_batch(tokenizer, batch, ModelLimits(64))
+        assert [type(r).__name__ for r in results] == ["InvalidArgument", "InvalidArgument", "PreparedRequest"]
+        del results, batch
+        assert gc.collect() == 0  # the refusals' tracebacks would hold the batch, prompts and all, in a cycle
+    finally:
+        gc.enable()
