@@ -23,7 +23,9 @@ import numpy as np
 from bench.common import environment
 from bench.serve_client import default_client_procs, run_load
 from bench.serve_data import make_model, request_set
-from bench.serve_report import Sampler, markdown, plot, saturated_window, scenario_stats, scrape, stage_metrics
+from bench.serve_report import (Sampler, markdown, plot, process_cpu_s, saturated_window, scenario_stats, scrape,
+                                stage_metrics)
+from bench.stage_profile import stage_processes
 from services.launcher import free_port, python_path_env
 from services.up_options import parse_args as parse_up_args
 
@@ -37,7 +39,8 @@ class LaunchedStack:
         cmd = [sys.executable, "-m", "services.cli", "up", "--model", model_dir, "--base-port", str(self.base),
                "--http-port", str(self.http), "--prompt", "", *shlex.split(extra)]
         up = parse_up_args(cmd[4:])  # the stack's sizes, as `flashstream up` resolves them
-        self.num_workers, self.num_tokenizers, self.num_gateways = up.num_workers, up.num_tokenizers, up.num_gateways
+        self.num_workers = up.num_workers
+        self.num_stages = up.num_workers + 1 + up.num_tokenizers + up.num_gateways + (3 if up.embedding_model else 0)
         out = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -47,29 +50,27 @@ class LaunchedStack:
         self.base_url = f"http://127.0.0.1:{self.http}"
 
     def metric_urls(self) -> dict[str, str]:
-        """The status ports of the stages, at the launcher's offsets from the base port (build_stack_argv); the
-        gateway's only when it is alone (replicas share their port, so no single one can be asked)."""
         urls = {"scheduler": f"http://127.0.0.1:{self.base + 102}/metrics"}
-        if self.num_gateways == 1:
-            urls["gateway"] = f"{self.base_url}/metrics"
         for i in range(self.num_workers):
             urls[f"worker{i}"] = f"http://127.0.0.1:{self.base + 103 + i}/metrics"
-        for i in range(self.num_tokenizers):
-            name = "tokenizer" if self.num_tokenizers == 1 else f"tokenizer{i}"
-            offset = 1 if i == 0 else 3 + self.num_workers + i - 1
-            urls[name] = f"http://127.0.0.1:{self.base + 100 + offset}/metrics"
         return urls
 
+    def stage_pids(self) -> dict[str, int]:
+        """Every stage process of the stack (each replica), by stage name, numbered when repeated."""
+        return stage_processes(self.proc.pid)
+
     def wait_ready(self, timeout_s: float) -> None:
+        """Until the gateway is ready and every stage process has started (replicas start one after another)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"flashstream up exited with code {self.proc.returncode}")
             try:
-                if urllib.request.urlopen(self.base_url + "/ready", timeout=2).status == 200:
-                    return
+                ready = urllib.request.urlopen(self.base_url + "/ready", timeout=2).status == 200
             except OSError:
-                pass
+                ready = False
+            if ready and len(self.stage_pids()) >= self.num_stages:
+                return
             time.sleep(0.3)
         raise SystemExit(f"stack not ready within {timeout_s:.0f} s")
 
@@ -114,13 +115,18 @@ def arrivals(num: int, rate: float, seed: int) -> list[float]:
 
 def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[str, str], *, dataset: str,
                  num_requests: int, input_len: int, output_len: int, concurrency: int, rate: float, seed: int,
-                 sampling: dict, client_procs: int, slo_ttft_s: float, slo_tpot_s: float) -> dict[str, Any]:
+                 sampling: dict, client_procs: int, slo_ttft_s: float, slo_tpot_s: float,
+                 stage_pids: dict[str, int] | None = None) -> dict[str, Any]:
+    """One load against the stack; stage_pids (a launched stack's processes) adds each one's CPU time in the run."""
     specs = request_set(model_dir, num_requests, seed, dataset, input_len, output_len)
+    pids = stage_pids or {}
     before = scrape(metric_urls)
+    cpu_before = process_cpu_s(pids)
     with Sampler(metric_urls) as sampler:
         records, t0, end = run_load(base_url, "", specs, arrivals(num_requests, rate, seed),
                                     concurrency or num_requests, sampling, client_procs)
     after = scrape(metric_urls)
+    cpu_after = process_cpu_s(pids)
     last_chunk = max((r.chunk_times[-1] for r in records if r.chunk_times), default=end)
     result = scenario_stats(records, t0, end, slo_ttft_s, slo_tpot_s)
     result["expected_input_tokens"] = sum(s.input_len for s in specs)
@@ -131,7 +137,9 @@ def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[st
             "client_procs": client_procs, "result": result, "gpu_busy": sampler.gpu_busy(t0, last_chunk),
             "gpu_busy_saturated": sampler.gpu_busy(*saturated) if saturated else None,
             "saturated_s": None if saturated is None else [round(saturated[0] - t0, 3), round(saturated[1] - t0, 3)],
-            "stages": stage_metrics(before, after, sampler.kv_peak), "idle_by_tenth": sampler.idle_by_tenth(t0, last_chunk)}
+            "stages": stage_metrics(before, after, sampler.kv_peak),
+            "idle_by_tenth": sampler.idle_by_tenth(t0, last_chunk),
+            "cpu_s": {name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before}}
 
 
 def sampling_of(args: argparse.Namespace) -> dict:
@@ -166,16 +174,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         base_url, metric_urls = args.base_url, {}
         for url in args.metrics_url or []:
             metric_urls[url] = url
+    pids: dict[str, int] | None = None
     try:
         if stack:
             stack.wait_ready(args.ready_timeout_s)
+            pids = stack.stage_pids()
         rates = args.request_rate or [float("inf")]
         scenarios = [run_scenario(f"{args.name}@{r:g}/s" if r != float("inf") else args.name, base_url, model_dir,
                                   metric_urls, dataset=args.dataset, num_requests=args.num_requests,
                                   input_len=args.input_len, output_len=args.output_len,
                                   concurrency=args.concurrency, rate=r, seed=args.seed_data,
                                   sampling=sampling_of(args), client_procs=args.client_procs,
-                                  slo_ttft_s=args.slo_ttft_ms / 1e3, slo_tpot_s=args.slo_tpot_ms / 1e3)
+                                  slo_ttft_s=args.slo_ttft_ms / 1e3, slo_tpot_s=args.slo_tpot_ms / 1e3,
+                                  stage_pids=pids)
                      for r in rates]
     finally:
         if stack:

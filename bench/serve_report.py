@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,7 +74,7 @@ def scenario_stats(records: list[Record], t0: float, end: float, slo_ttft_s: flo
 
 METRICS = ("flashstream_kv_cache_usage_ratio", "flashstream_num_preemptions_total", "flashstream_num_preemptions",
            "flashstream_num_requests_running", "flashstream_num_requests_waiting",
-           "flashstream_device_idle_seconds_total", "process_cpu_seconds_total")
+           "flashstream_device_idle_seconds_total")
 
 
 # The worker's step time and count by kind of step, and its rows by phase, kept per label: "name{kind}".
@@ -113,11 +115,9 @@ def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[
     for stage in before:
         b, a = before[stage] or {}, after.get(stage) or {}
         pre = next((n for n in ("flashstream_num_preemptions_total", "flashstream_num_preemptions") if n in a), None)
-        cpu = "process_cpu_seconds_total"
         out[stage] = {
             "kv_cache_usage_peak": peak_kv.get(stage),
             "preemptions": None if pre is None else a[pre] - b.get(pre, 0.0),
-            "cpu_s": a[cpu] - b[cpu] if cpu in a and cpu in b else None,  # the stage process's CPU time in the run
         }
         steps = {}
         for kind in STEP_KINDS:
@@ -225,23 +225,33 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + cpu_table(scenarios) + step_table(scenarios) + idle_table(scenarios)
 
 
+def process_cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each process has used so far, by name; a process gone is left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat
+    return out
+
+
 def cpu_table(scenarios: list[dict[str, Any]]) -> str:
-    """Each stage process's CPU time during each run: seconds, share of the run's wall time (1.0: one core all the
-    time) and microseconds per output token: the control plane's cost per token, and which stage nears one core."""
-    stage_names = sorted({stage for s in scenarios for stage, v in (s.get("stages") or {}).items()
-                          if (v or {}).get("cpu_s") is not None})
-    if not stage_names:
+    """Each stage process's CPU time during each run (every replica apart): seconds, share of the run's wall time
+    (1.0: one core all the time) and microseconds per output token: the control plane's cost per token, and which
+    process nears a whole core."""
+    names = sorted({name for s in scenarios for name in s.get("cpu_s") or {}})
+    if not names:
         return ""
-    lines = ["", "CPU time of each stage's process during the run (process_cpu_seconds_total): seconds / cores busy "
-             "(CPU over wall time) / microseconds per output token", "",
-             "| scenario | " + " | ".join(stage_names) + " |", "|---|" + "---|" * len(stage_names)]
+    lines = ["", "CPU time of each stage process during the run (from /proc): seconds / cores busy (CPU over wall "
+             "time) / microseconds per output token", "",
+             "| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for s in scenarios:
-        r, stages = s["result"], s.get("stages") or {}
-        cells = []
-        for stage in stage_names:
-            cpu = (stages.get(stage) or {}).get("cpu_s")
-            cells.append("-" if cpu is None else f"{cpu:.2f} / {cpu / r['duration_s']:.2f} / "
-                         f"{cpu / max(r['total_output_tokens'], 1) * 1e6:.1f}")
+        r, cpu_s = s["result"], s.get("cpu_s") or {}
+        cells = ["-" if name not in cpu_s else f"{cpu_s[name]:.2f} / {cpu_s[name] / r['duration_s']:.2f} / "
+                 f"{cpu_s[name] / max(r['total_output_tokens'], 1) * 1e6:.1f}" for name in names]
         lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -235,7 +235,8 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
                                    concurrency=sc.concurrency, rate=float("inf"), seed=sc.seed, sampling=sc.sampling,
-                                   client_procs=procs, slo_ttft_s=1.0, slo_tpot_s=0.05)
+                                   client_procs=procs, slo_ttft_s=1.0, slo_tpot_s=0.05,
+                                   stage_pids=stack.stage_pids())
                 for thread in (profiler, kernels):
                     if thread is not None:
                         thread.join()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,8 @@ import pytest
 from bench.serve import arrivals
 from bench.serve_client import Record
 from bench.serve_data import PromptMaker, make_model, request_set, sharegpt_lengths
-from bench.serve_report import (Sampler, cpu_table, saturated_window, scenario_stats, stage_metrics, step_table,
-                                summary)
+from bench.serve_report import (Sampler, cpu_table, process_cpu_s, saturated_window, scenario_stats, stage_metrics,
+                                step_table, summary)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,17 +95,20 @@ def test_stage_metrics_report_the_workers_step_time_by_kind_during_the_run() -> 
     assert "| s | worker0 | - | 5 / 0.50 / 100.00 | 100 / 2.00 / 20.00 | 640 | 300 | 0.25 |" in table
 
 
-def test_each_stage_reports_its_cpu_time_during_the_run_and_per_output_token() -> None:
-    before = {"scheduler": {"process_cpu_seconds_total": 10.0}, "gateway": {"process_cpu_seconds_total": 4.0},
-              "worker0": {}}
-    after = {"scheduler": {"process_cpu_seconds_total": 13.0}, "gateway": {"process_cpu_seconds_total": 5.5},
-             "worker0": {}}
-    stages = stage_metrics(before, after, {})
-    assert [stages[s]["cpu_s"] for s in ("scheduler", "gateway", "worker0")] == [3.0, 1.5, None]
-    table = cpu_table([{"name": "s", "stages": stages,
+def test_each_stage_process_reports_its_cpu_time_during_the_run_and_per_output_token() -> None:
+    table = cpu_table([{"name": "s", "cpu_s": {"scheduler": 3.0, "gateway": 1.5},
                         "result": {"duration_s": 2.0, "total_output_tokens": 30000}}])
     assert "| scenario | gateway | scheduler |" in table
     assert "| s | 1.50 / 0.75 / 50.0 | 3.00 / 1.50 / 100.0 |" in table
+
+
+def test_process_cpu_time_is_read_for_live_processes_and_left_out_for_gone_ones() -> None:
+    busy_until = time.process_time() + 0.05
+    while time.process_time() < busy_until:
+        pass
+    got = process_cpu_s({"me": os.getpid(), "gone": 2 ** 22 + 1})
+    assert set(got) == {"me"}
+    assert got["me"] >= 0.05
 
 
 def test_gpu_busy_averages_only_the_samples_taken_during_the_load() -> None:
