@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,30 +53,42 @@ class ConnectionConfig:
 
 
 class TokenizerRequest:
-    """A request on a connection: its queue of events, and abort."""
+    """A request on a connection: its events (the link puts them, the request's one reader takes them) and abort.
+    Every streamed token passes here, so the events wait in a deque with at most one waiter, without an
+    asyncio.Queue's bookkeeping (its count of unfinished items, an Event cleared on every put)."""
 
-    __slots__ = ("request_id", "_queue", "_conn")
+    __slots__ = ("request_id", "_items", "_waiter", "_conn")
 
     def __init__(self, request_id: str, conn: TokenizerLink) -> None:
         self.request_id = request_id
-        self._queue: asyncio.Queue[Event | FlashStreamError] = asyncio.Queue()
+        self._items: deque[Event | FlashStreamError] = deque()
+        self._waiter: asyncio.Future[None] | None = None  # the reader's, while it waits for an event
         self._conn = conn
 
     async def next(self) -> Event | FlashStreamError:
-        return await self._queue.get()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
     @property
     def replayed(self) -> bool:
         return False
 
     def next_nowait(self) -> Event | FlashStreamError | None:
-        return None if self._queue.empty() else self._queue.get_nowait()
+        return self._items.popleft() if self._items else None
 
     def abort(self) -> None:
         self._conn.abort(self.request_id)
 
     def put(self, item: Event | FlashStreamError) -> None:
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class TokenizerLink(StreamLink[tokenizer_pb2.TokenizerUp, tokenizer_pb2.TokenizerDown]):
