@@ -53,16 +53,18 @@ class ConnectionConfig:
 
 
 class TokenizerRequest:
-    """A request on a connection: its events (the link puts them, the request's one reader takes them) and abort.
-    Every streamed token passes here, so the events wait in a deque with at most one waiter, without an
-    asyncio.Queue's bookkeeping (its count of unfinished items, an Event cleared on every put)."""
+    """A request on a connection: its events (the link puts them, the request's one reader takes them, or its
+    listener receives them as they arrive) and abort. Every streamed token passes here, so the events wait in a
+    deque with at most one waiter, without an asyncio.Queue's bookkeeping (its count of unfinished items, an Event
+    cleared on every put)."""
 
-    __slots__ = ("request_id", "_items", "_waiter", "_conn")
+    __slots__ = ("request_id", "_items", "_waiter", "_listener", "_conn")
 
     def __init__(self, request_id: str, conn: TokenizerLink) -> None:
         self.request_id = request_id
         self._items: deque[Event | FlashStreamError] = deque()
         self._waiter: asyncio.Future[None] | None = None  # the reader's, while it waits for an event
+        self._listener: Callable[[Event | FlashStreamError], None] | None = None
         self._conn = conn
 
     async def next(self) -> Event | FlashStreamError:
@@ -84,7 +86,18 @@ class TokenizerRequest:
     def abort(self) -> None:
         self._conn.abort(self.request_id)
 
+    def listen(self, listener: Callable[[Event | FlashStreamError], None]) -> None:
+        """From now on each event goes to `listener` as the link receives it (those received already first),
+        instead of waiting to be read: a reader that only collects them wakes no task per event. `listener` must
+        not raise, since it runs inside the link's handling of a message shared by many requests."""
+        while self._items:
+            listener(self._items.popleft())
+        self._listener = listener
+
     def put(self, item: Event | FlashStreamError) -> None:
+        if self._listener is not None:
+            self._listener(item)
+            return
         self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():

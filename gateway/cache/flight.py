@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 from gateway.cache.entry import CachedResult
 from gateway.schema import Event, Finished, TextDelta
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 Item = Event | FlashStreamError
 # Returns a stored answer, or the upstream request's first step: (next, abort) of a RequestHandle.
 Source = Callable[[], Awaitable[CachedResult | None]]
+
+
+@runtime_checkable
+class Listenable(Protocol):
+    """An upstream request that can hand its events over as they arrive (the tokenizer client's)."""
+
+    def listen(self, listener: Callable[[Item], None]) -> None: ...
 
 
 class Flight:
@@ -57,6 +65,10 @@ class Flight:
 
     def _append(self, item: Item) -> None:
         self.events.append(item)
+        if not isinstance(item, TextDelta):
+            # The terminal event, marked at once: a reader that takes it before the pump runs again leaves a
+            # finished flight, not an abandoned one.
+            self.ended = True
         signal, self._signal = self._signal, asyncio.Event()
         signal.set()
 
@@ -74,11 +86,7 @@ class Flight:
                 except FlashStreamError as exc:
                     self._append(exc)
                 else:
-                    while True:
-                        item = await handle.next()  # type: ignore[attr-defined]
-                        self._append(item)
-                        if not isinstance(item, TextDelta):
-                            break
+                    await self._follow(handle)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must still end every reader's request
@@ -86,6 +94,27 @@ class Flight:
             self._append(FlashStreamError(f"result cache failure: {exc}", ErrorCode.INTERNAL))
         self.ended = True
         self._on_end(self)
+
+    async def _follow(self, handle: object) -> None:
+        """Appends the upstream request's events up to its terminal one: handed over as they arrive where the handle
+        can (no task woken per event, only the readers), else read one by one."""
+        if not isinstance(handle, Listenable):
+            while True:
+                item = await handle.next()  # type: ignore[attr-defined]
+                self._append(item)
+                if not isinstance(item, TextDelta):
+                    return
+        ended = asyncio.get_running_loop().create_future()
+
+        def on_event(item: Item) -> None:
+            if ended.done():  # abandoned (the wait below was cancelled): nobody reads on
+                return
+            self._append(item)
+            if not isinstance(item, TextDelta):
+                ended.set_result(None)
+
+        handle.listen(on_event)
+        await ended
 
     def detach(self) -> None:
         """A reader left; the last one to leave before the end aborts the upstream request."""

@@ -7,6 +7,7 @@ import asyncio
 from gateway.cache.entry import CachedResult
 from gateway.cache.flight import Flight
 from gateway.schema import Finished, TextDelta
+from gateway.tokenizer_client import TokenizerRequest
 from services.common.errors import FlashStreamError, Unavailable
 from services.common.finish_reason import FinishReason
 
@@ -87,5 +88,53 @@ def test_an_answer_from_the_store_is_replayed_for_its_leader_too() -> None:
         replay = Flight("k", stored, QueueHandle, ended.append).reader(leader=True)
         assert await replay.next() == TextDelta("b", (2,))
         assert replay.replayed
+
+    asyncio.run(main())
+
+
+class Link:
+    """The connection of a tokenizer client's request, as far as a request uses it: aborts."""
+
+    def __init__(self) -> None:
+        self.aborted: list[str] = []
+
+    def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+
+def test_a_listening_flight_takes_the_client_requests_events_as_the_link_puts_them() -> None:
+    async def main() -> None:
+        link, ended = Link(), []
+        upstream = TokenizerRequest("r1", link)  # type: ignore[arg-type]
+        upstream.put(TextDelta("a", (1,)))  # received before the flight listens: handed over first
+        flight = _flight(upstream, ended)  # type: ignore[arg-type]
+        leader, follower = flight.reader(leader=True), flight.reader(leader=False)
+        await asyncio.sleep(0)  # the flight's task looks the key up and starts listening
+        upstream.put(TextDelta("b", (2,)))
+        assert flight.events == [TextDelta("a", (1,)), TextDelta("b", (2,))]  # no task ran in between
+        upstream.put(Finished(FinishReason.LENGTH))
+        for reader in (leader, follower):
+            assert [await reader.next() for _ in range(2)] == [TextDelta("a", (1,)), TextDelta("b", (2,))]
+            assert (await reader.next()).finish_reason is FinishReason.LENGTH
+        await asyncio.sleep(0)
+        assert ended == [flight] and flight.is_complete and link.aborted == []
+
+    asyncio.run(main())
+
+
+def test_an_abandoned_listening_flight_aborts_upstream_once_and_keeps_no_later_event() -> None:
+    async def main() -> None:
+        link, ended = Link(), []
+        upstream = TokenizerRequest("r2", link)  # type: ignore[arg-type]
+        flight = _flight(upstream, ended)  # type: ignore[arg-type]
+        reader = flight.reader(leader=True)
+        await asyncio.sleep(0)
+        upstream.put(TextDelta("a", (1,)))
+        assert await reader.next() == TextDelta("a", (1,))
+        reader.abort()
+        await asyncio.sleep(0)
+        upstream.put(TextDelta("late", (9,)))  # already on its way when the abort went up
+        assert link.aborted == ["r2"] and flight.abandoned and ended == [flight]
+        assert flight.events == [TextDelta("a", (1,))]
 
     asyncio.run(main())
