@@ -212,6 +212,11 @@ class Generation:
         self._last_token: float | None = None
         self._deadline = deadline_loop
         self._timeout_s = timeout_s
+        # One timer for the request's deadline, armed at its first wait (not a timeout entered for every event):
+        # when it fires, the task waiting for the next event (if one is) is cancelled and sees the deadline.
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+        self._waiting: asyncio.Task | None = None
         self._ended = False
         self._held: Event | FlashStreamError | None = None  # read while coalescing, returned next
         self._metrics = core.metrics.for_model(card.id)
@@ -267,18 +272,33 @@ class Generation:
         if self._held is not None:
             item, self._held = self._held, None
             return self._worded(item)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._expire)
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
+        self._waiting = task
         try:
-            async with asyncio.timeout_at(self._deadline):
-                while True:
-                    item = await self._handle.next()
-                    if not isinstance(item, TextDelta):
-                        return self._worded(item)
-                    self.num_prompt_tokens = item.num_prompt_tokens or self.num_prompt_tokens
-                    if item.text or item.token_ids or item.logprobs:
-                        return self._merge_queued(item)
-        except TimeoutError:
-            self._handle.abort()
-            return self._deadline_error()
+            while not self._expired:
+                item = await self._handle.next()
+                if not isinstance(item, TextDelta):
+                    return self._worded(item)
+                self.num_prompt_tokens = item.num_prompt_tokens or self.num_prompt_tokens
+                if item.text or item.token_ids or item.logprobs:
+                    return self._merge_queued(item)
+        except asyncio.CancelledError:
+            # Ours only if the deadline fired and nobody else cancelled the task meanwhile (asyncio.timeout's rule).
+            if not self._expired or task is None or task.uncancel() > cancelling:
+                raise
+        finally:
+            self._waiting = None
+        self._handle.abort()
+        return self._deadline_error()
+
+    def _expire(self) -> None:
+        """The deadline passed: the wait for the next event (now, or the next one) ends with DEADLINE_EXCEEDED."""
+        self._expired = True
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     def _deadline_error(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"request {self.request_id} passed its deadline of {self._timeout_s:g} s")
@@ -322,4 +342,6 @@ class Generation:
 
     def _finish(self) -> None:
         self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
         self._core._end(self._metrics)

@@ -242,6 +242,41 @@ def test_deadline_raises_deadline_exceeded_and_aborts() -> None:
     asyncio.run(main())
 
 
+def test_a_deadline_that_passes_between_two_events_ends_the_next_wait() -> None:
+    async def main() -> None:
+        core, router = _core()
+        generation = core.start(_request(), time_limit_s=0.05)
+        router.handles[0].queue.put_nowait(TextDelta("a", (1,)))
+        assert (await anext(generation)).text == "a"
+        await asyncio.sleep(0.1)  # the client writes slowly: the deadline passes while nothing waits
+        with pytest.raises(DeadlineExceeded):
+            await anext(generation)
+        assert router.handles[0].aborted and core.num_running == 0
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_reader_is_not_mistaken_for_a_deadline_and_a_finished_request_drops_its_timer() -> None:
+    async def main() -> None:
+        core, router = _core()
+        generation = core.start(_request(timeout_s=30.0))
+        reader = asyncio.create_task(anext(generation))
+        await asyncio.sleep(0)
+        reader.cancel()  # the client went away while the reader waited
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        generation.close()
+        assert router.handles[0].aborted and core.num_running == 0
+        assert generation._timer is not None and generation._timer.cancelled()
+
+        finished = core.start(_request(timeout_s=30.0))
+        router.handles[1].queue.put_nowait(Finished(FinishReason.LENGTH))
+        assert isinstance(await anext(finished), Finished)
+        assert finished._timer is not None and finished._timer.cancelled()
+
+    asyncio.run(main())
+
+
 def test_a_deadline_that_a_later_stage_reports_first_reads_as_the_gateway_words_it() -> None:
     async def main() -> None:
         core, router = _core()
