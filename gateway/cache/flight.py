@@ -47,7 +47,9 @@ class Flight:
         self._forward = forward  # -> RequestHandle; may raise FlashStreamError
         self._on_end = on_end
         self._handle: object | None = None
-        self._signal = asyncio.Event()
+        # The readers waiting for the next event, one future each (a shared one would be cancelled with the first
+        # reader that leaves); every append wakes them, without a new asyncio.Event per event.
+        self._waiters: list[asyncio.Future[None]] = []
         self._task = asyncio.create_task(self._pump())
 
     @property
@@ -61,7 +63,9 @@ class Flight:
         return FlightReader(self, leader)
 
     async def wait(self) -> None:
-        await self._signal.wait()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
 
     def _append(self, item: Item) -> None:
         self.events.append(item)
@@ -69,8 +73,11 @@ class Flight:
             # The terminal event, marked at once: a reader that takes it before the pump runs again leaves a
             # finished flight, not an abandoned one.
             self.ended = True
-        signal, self._signal = self._signal, asyncio.Event()
-        signal.set()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():  # a reader cancelled while it waited leaves its future cancelled
+                    waiter.set_result(None)
 
     async def _pump(self) -> None:
         try:
