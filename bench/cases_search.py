@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.pipeline import cpu_seconds
+from bench.common import cpu_seconds
 from bench.serve import arrivals
 from bench.serve_client import GRPC_SCHEME, Record, run_load
 from bench.serve_data import CORPUS, RequestSpec

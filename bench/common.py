@@ -16,6 +16,12 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def environment() -> dict[str, Any]:
     """Device, date, library versions and command line of this run."""
     versions = {}

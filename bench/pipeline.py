@@ -20,18 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from bench.common import write_results  # noqa: E402
+from bench.common import cpu_seconds, write_results  # noqa: E402
 from services.demo import build_demo_model  # noqa: E402
 from services.launcher import Stack, python_path_env, start_stack  # noqa: E402
 from services.up_options import parse_args  # noqa: E402
 
 GOAL_TOKENS_PER_S = 5000
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(stack: Stack, num_clients: int, max_tokens: int, num_connections: int) -> dict:

@@ -26,7 +26,7 @@ from bench.serve_data import make_model, request_set
 from bench.serve_report import (Sampler, markdown, plot, process_cpu_s, saturated_window, scenario_stats, scrape,
                                 stage_metrics)
 from bench.stage_profile import stage_processes
-from services.launcher import free_port, python_path_env
+from services.launcher import build_stack_argv, free_port, python_path_env
 from services.up_options import parse_args as parse_up_args
 
 
@@ -38,9 +38,9 @@ class LaunchedStack:
         self.http = free_port()
         cmd = [sys.executable, "-m", "services.cli", "up", "--model", model_dir, "--base-port", str(self.base),
                "--http-port", str(self.http), "--prompt", "", *shlex.split(extra)]
-        up = parse_up_args(cmd[4:])  # the stack's sizes, as `flashstream up` resolves them
+        up = parse_up_args(cmd[4:])  # the stack as `flashstream up` resolves it
         self.num_workers = up.num_workers
-        self.num_stages = up.num_workers + 1 + up.num_tokenizers + up.num_gateways + (3 if up.embedding_model else 0)
+        self.num_stages = len(build_stack_argv(up, model_dir))
         out = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.common import cpu_seconds
 from bench.serve_client import Record
 
 PERCENTILES = (50, 90, 99)
@@ -227,14 +226,12 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
 
 def process_cpu_s(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds (user + system) each process has used so far, by name; a process gone is left out."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for name, pid in pids.items():
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = cpu_seconds(pid)
         except OSError:
             continue
-        out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat
     return out
 
 
