@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from bench.common import RESULTS_DIR, write_results  # noqa: E402
 from services.common.sampling import SamplingParams  # noqa: E402
-from services.common.step import CachedSeq, NewSeq, StepPlan  # noqa: E402
+from services.common.step import CachedSeqs, NewSeq, StepPlan  # noqa: E402
 from services.worker.attention_metadata import SeqChunk  # noqa: E402
 from services.worker.build import build_engine  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
@@ -52,7 +52,7 @@ class Bench:
     def step(self, new=(), cached=(), finished=()) -> float:  # noqa: ANN001
         self.step_id += 1
         start = time.perf_counter()
-        result = self.engine.runner.step(StepPlan(self.step_id, list(new), list(cached), list(finished)))
+        result = self.engine.runner.step(StepPlan(self.step_id, list(new), CachedSeqs.of(cached), list(finished)))
         elapsed = time.perf_counter() - start
         if result.errors:
             raise RuntimeError(f"step {self.step_id}: {result.errors[0].error.message}")
@@ -85,11 +85,11 @@ class Bench:
         """Per-step wall time of num_steps decode steps. overlap: two plans in flight, as a scheduler keeps them:
         each step is handed the next plan, so the runner may queue it on the device before reading this one."""
         if not overlap:
-            return [self.step(cached=[CachedSeq(i, [], 1) for i in ids]) for _ in range(num_steps)]
+            return [self.step(cached=[(i, [], 1) for i in ids]) for _ in range(num_steps)]
         plans = []
         for _ in range(num_steps):
             self.step_id += 1
-            plans.append(StepPlan(self.step_id, [], [CachedSeq(i, [], 1) for i in ids], []))
+            plans.append(StepPlan(self.step_id, [], CachedSeqs.of((i, [], 1) for i in ids), []))
         times = []
         for k, plan in enumerate(plans):
             start = time.perf_counter()
@@ -243,7 +243,7 @@ def mixed_steps(bench: Bench, ids: list[int], prompt_len: int, num_steps: int = 
             new = bench.new_seq(bench.next_seq, prompt_len)
             new_ids.append(bench.next_seq)
             bench.next_seq += 1
-            times.append(bench.step(new=[new], cached=[CachedSeq(i, [], 1) for i in ids]))
+            times.append(bench.step(new=[new], cached=[(i, [], 1) for i in ids]))
         bench.finish(new_ids)
         return times
 

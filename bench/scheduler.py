@@ -28,7 +28,7 @@ from pathlib import Path
 from flashstream.v1 import worker_pb2
 
 from services.common.sampling import SamplingParams
-from services.common.step import SeqOutput, StepPlan, StepResult
+from services.common.step import SampledTokens, StepPlan, StepResult
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.pb import events_to_pb, plan_to_pb, result_from_pb
@@ -49,18 +49,18 @@ class SyntheticWorker:
     def step(self, plan: StepPlan) -> StepResult:
         for seq_id in plan.finished_seq_ids:
             self.remaining.pop(seq_id, None)
-        outputs = []
+        sampled = SampledTokens()
         for new in plan.new_seqs:
             self.remaining[new.seq_id] = len(new.token_ids) - new.num_computed_tokens
         for seq_id, num in [(n.seq_id, n.num_scheduled_tokens) for n in plan.new_seqs] + [
-            (c.seq_id, c.num_scheduled_tokens) for c in plan.cached_seqs
+            *zip(plan.cached_seqs.seq_ids, plan.cached_seqs.num_scheduled_tokens)
         ]:
             left = self.remaining[seq_id] - num
             if left <= 0:
-                outputs.append(SeqOutput(seq_id, 1000 + seq_id % 1000))
+                sampled.append(seq_id, 1000 + seq_id % 1000)
                 left = 1  # the sampled token is the next input
             self.remaining[seq_id] = left
-        return StepResult(plan.step_id, outputs)
+        return StepResult(plan.step_id, sampled)
 
 
 def make_engine(num_seqs: int, budget: int, max_seq_len: int) -> Engine:
@@ -112,8 +112,7 @@ def run(num_seqs: int, scenario: str, num_steps: int, with_pb: bool, seed: int =
         result = in_flight.popleft()
         wire = worker_pb2.StepResult(
             step_id=result.step_id,
-            sampled=worker_pb2.SampledTokens(seq_ids=[o.seq_id for o in result.outputs],
-                                             token_ids=[o.token_id for o in result.outputs]),
+            sampled=worker_pb2.SampledTokens(seq_ids=result.sampled.seq_ids, token_ids=result.sampled.token_ids),
         ).SerializeToString() if with_pb else b""
         received, cpu_received = time.perf_counter(), time.process_time()
         if with_pb:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from services.common.errors import ErrorCode
 from services.common.finish_reason import FinishReason
-from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
+from services.common.step import NewSeq, StepPlan, StepResult
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine_state import EngineTotals
@@ -132,7 +132,13 @@ class Engine:
             table = seq.block_table
             if seq.is_sent:
                 sent = seq.num_sent_blocks
-                cached.append(CachedSeq(seq.seq_id, table[sent:] if len(table) > sent else [], num_new))
+                cached.seq_ids.append(seq.seq_id)
+                cached.num_scheduled_tokens.append(num_new)
+                if len(table) > sent:
+                    cached.num_new_blocks.append(len(table) - sent)
+                    cached.new_block_ids.extend(table[sent:])
+                else:
+                    cached.num_new_blocks.append(0)
             else:
                 plan.new_seqs.append(NewSeq(
                     seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, list(table),
@@ -159,12 +165,11 @@ class Engine:
                 self._end(seq, RequestFailed(seq.key, error.error.code, error.error.message), keep_cached=False)
         num_generated = 0
         emit = self.events.append
-        for output in result.outputs:
-            seq = running.get(output.seq_id)
+        for seq_id, token_id, logprobs in result.sampled.rows():
+            seq = running.get(seq_id)
             if seq is None or seq.num_placeholders == 0:
                 continue  # ended, preempted, or a token sampled after its sequence finished
             seq.num_placeholders -= 1
-            token_id = output.token_id
             token_ids = seq.token_ids
             token_ids.append(token_id)
             num_generated += 1
@@ -176,7 +181,7 @@ class Engine:
             if token_id in seq.stop_ids or num_tokens >= seq.token_limit:
                 reason = self._finish_reason(seq, token_id)
             if reason is None or reason is _LENGTH:  # the stop token itself is not part of the output
-                emit(NewToken(seq.key, token_id, output.logprobs))
+                emit(NewToken(seq.key, token_id, logprobs))
                 seq.num_emitted_tokens += 1
             if reason is not None:
                 self._end(seq, self._done(seq, reason))

@@ -7,7 +7,7 @@ from collections.abc import Hashable, Iterable
 from flashstream.v1 import common_pb2, scheduler_pb2, worker_pb2
 
 from services.common.pb import error_from_pb, logprobs_from_pb, logprobs_to_pb, sampling_from_pb, sampling_to_pb
-from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
+from services.common.step import SampledTokens, SeqError, StepPlan, StepResult, TokenLogprobs
 from services.scheduler.config import WorkerLimits
 from services.scheduler.engine_state import EngineState
 from services.scheduler.request_events import Event, NewToken, Request, RequestDone
@@ -56,22 +56,23 @@ def plan_to_pb(plan: StepPlan) -> worker_pb2.StepPlan:
     cached = plan.cached_seqs
     if cached:
         columns = pb.cached_seqs
-        columns.seq_ids.extend([seq.seq_id for seq in cached])
-        columns.num_scheduled_tokens.extend([seq.num_scheduled_tokens for seq in cached])
-        columns.num_new_blocks.extend([len(seq.new_block_ids) for seq in cached])
-        columns.new_block_ids.extend([b for seq in cached if seq.new_block_ids for b in seq.new_block_ids])
+        columns.seq_ids.extend(cached.seq_ids)
+        columns.num_scheduled_tokens.extend(cached.num_scheduled_tokens)
+        columns.num_new_blocks.extend(cached.num_new_blocks)
+        columns.new_block_ids.extend(cached.new_block_ids)
     return pb
 
 
 def result_from_pb(pb: worker_pb2.StepResult) -> StepResult:
-    sampled = pb.sampled
-    outputs = [SeqOutput(seq_id, token_id) for seq_id, token_id in zip(sampled.seq_ids, sampled.token_ids)]
-    for item in sampled.logprobs:
-        if item.index < len(outputs):
-            outputs[item.index].logprobs = logprobs_from_pb(item.logprob)
+    columns = pb.sampled
+    seq_ids, token_ids = list(columns.seq_ids), list(columns.token_ids)
+    logprobs: list[TokenLogprobs | None] = [None] * len(seq_ids)
+    for item in columns.logprobs:
+        if item.index < len(logprobs):
+            logprobs[item.index] = logprobs_from_pb(item.logprob)
     return StepResult(
         step_id=pb.step_id,
-        outputs=outputs,
+        sampled=SampledTokens(seq_ids, token_ids, logprobs),
         errors=[SeqError(e.seq_id, error_from_pb(e.error)) for e in pb.errors],
         step_time_s=pb.step_time_s,
     )

@@ -28,7 +28,8 @@ class WorkerStalled(Unavailable):
 
 def _prefill_tokens(plan: StepPlan) -> int:
     """Tokens of the step that are prompt chunks (rows of more than one token)."""
-    return sum(s.num_scheduled_tokens for s in (*plan.new_seqs, *plan.cached_seqs) if s.num_scheduled_tokens > 1)
+    new = (s.num_scheduled_tokens for s in plan.new_seqs)
+    return sum(n for n in (*new, *plan.cached_seqs.num_scheduled_tokens) if n > 1)
 
 
 class ProgressWatch:

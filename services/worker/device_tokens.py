@@ -29,7 +29,8 @@ class DeviceTokens:
         """sample: the step's DeviceSample (None when no row samples); seq_ids: the sequence of each of its rows.
         draw: instead of sample, the step's sampling held back at launch (see `draw_now`)."""
         self.seq_ids = seq_ids  # the sequence of each row of `tokens`
-        self._rows = dict(zip(seq_ids, range(len(seq_ids))))
+        # Row by sequence, made when first asked: a decode that continues this step row for row never asks.
+        self._rows: dict[int, int] | None = None
         self._draw = draw
         self.sample: DeviceSample | None = None
         self.tokens: torch.Tensor | None = None  # [num_sampling_rows] int64
@@ -74,6 +75,8 @@ class DeviceTokens:
     def rows_of(self, seq_ids: Sequence[int]) -> list[int]:
         """The rows of `tokens` holding the tokens sampled for these sequences."""
         rows = self._rows
+        if rows is None:
+            rows = self._rows = dict(zip(self.seq_ids, range(len(self.seq_ids))))
         try:
             return [rows[seq_id] for seq_id in seq_ids]
         except KeyError as exc:

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from services.worker.device_tokens import DeviceTokens
 from services.worker.sampler import TokenLogprobs
+from services.worker.sampling.types import SamplerOutput
 from services.worker.sequences import SeqState, StepSeq
 
 Sampled = tuple[int, TokenLogprobs | None]
@@ -25,7 +26,7 @@ class StepExecutor(Protocol):
     def launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None = None) -> DeviceTokens:
         """Queues the step; prev: the launched step whose tokens are its inputs, row for row."""
 
-    def collect(self, launched: DeviceTokens) -> list[Sampled]:
+    def collect(self, launched: DeviceTokens) -> SamplerOutput:
         """Waits for a launched step and returns the token of each of its sampling rows, in row order."""
 
     def take_device_idle_s(self) -> float:
@@ -99,9 +100,10 @@ class FakeExecutor:
             raise ValueError("fake mode without a step time has no device to queue a step on")
         return FakeLaunch([seq.state.seq_id for seq in scheduled if seq.samples], self._queue())
 
-    def collect(self, launched: FakeLaunch) -> list[Sampled]:
+    def collect(self, launched: FakeLaunch) -> SamplerOutput:
         self._wait_until(launched.ready_at)
-        return [(self.token_id, None)] * len(launched.seq_ids)
+        n = len(launched.seq_ids)
+        return SamplerOutput([self.token_id] * n, [None] * n)
 
     def _queue(self) -> float:
         """Queues one step on the simulated device; returns when it will be done."""

@@ -20,6 +20,7 @@ from services.worker.models.decoder import CausalDecoder
 from services.worker.piecewise_graphs import PiecewiseGraphs
 from services.worker.sampler import Sampler
 from services.worker.sampling.results import DeviceSample
+from services.worker.sampling.types import SamplerOutput
 from services.worker.sequences import StepSeq
 from services.worker.step_inputs import StepInputs
 
@@ -182,7 +183,6 @@ class ModelRunner:
         return DeviceTokens(self.sampler.sample(logits, rows), seq_ids)
 
     @staticmethod
-    def collect(launched: DeviceTokens) -> list[Sampled]:
+    def collect(launched: DeviceTokens) -> SamplerOutput:
         """The launched step's sampled tokens on the host, one per sampling row (waits for the step)."""
-        out = launched.outputs()
-        return list(zip(out.token_ids, out.logprobs, strict=True))
+        return launched.outputs()

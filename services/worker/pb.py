@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from itertools import accumulate
-from operator import attrgetter
 
 from flashstream.v1 import worker_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.pb import error_to_pb, logprobs_to_pb, sampling_from_pb
-from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
+from services.common.step import CachedSeqs, NewSeq, StepPlan, StepResult
 from services.worker.engine import EngineInfo
-
-
-_SEQ_ID, _TOKEN_ID, _LOGPROBS = attrgetter("seq_id"), attrgetter("token_id"), attrgetter("logprobs")
 
 
 def plan_from_pb(pb: worker_pb2.StepPlan) -> StepPlan:
@@ -31,23 +26,21 @@ def plan_from_pb(pb: worker_pb2.StepPlan) -> StepPlan:
     return StepPlan(pb.step_id, new_seqs, cached_seqs_from_pb(pb.cached_seqs), list(pb.finished_seq_ids))
 
 
-def cached_seqs_from_pb(pb: worker_pb2.CachedSeqs) -> list[CachedSeq]:
-    """The columns as one CachedSeq per sequence (a block count that does not add up raises InvalidArgument)."""
+def cached_seqs_from_pb(pb: worker_pb2.CachedSeqs) -> CachedSeqs:
+    """The columns as they came (a block count that does not add up raises InvalidArgument)."""
     seq_ids, num_tokens, counts = list(pb.seq_ids), list(pb.num_scheduled_tokens), list(pb.num_new_blocks)
     blocks = list(pb.new_block_ids)
     if not len(seq_ids) == len(num_tokens) == len(counts) or sum(counts) != len(blocks):
         raise InvalidArgument(
             f"cached_seqs columns disagree: {len(seq_ids)} ids, {len(num_tokens)} token counts, "
             f"{len(counts)} block counts adding up to {sum(counts)} for {len(blocks)} block ids")
-    ends = list(accumulate(counts))
-    new_blocks = [blocks[end - count : end] for end, count in zip(ends, counts)]
-    return list(map(CachedSeq, seq_ids, new_blocks, num_tokens))
+    return CachedSeqs(seq_ids, num_tokens, counts, blocks)
 
 
 def result_to_pb(result: StepResult) -> worker_pb2.StepResult:
-    outputs = result.outputs
-    sampled = worker_pb2.SampledTokens(seq_ids=list(map(_SEQ_ID, outputs)), token_ids=list(map(_TOKEN_ID, outputs)))
-    logprobs = list(map(_LOGPROBS, outputs))
+    columns = result.sampled
+    sampled = worker_pb2.SampledTokens(seq_ids=columns.seq_ids, token_ids=columns.token_ids)
+    logprobs = columns.logprobs
     if logprobs.count(None) != len(logprobs):
         for index, lp in enumerate(logprobs):
             if lp is not None:

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.common.errors import FlashStreamError, ResourceExhausted
-from services.common.step import SeqError, SeqOutput, StepPlan, StepResult
+from services.common.step import SampledTokens, SeqError, StepPlan, StepResult
 from services.worker.device_tokens import DeviceTokens
-from services.worker.executors import Sampled, StepExecutor
+from services.worker.executors import StepExecutor
 from services.worker.grammar import GrammarCache
+from services.worker.sampling.types import SamplerOutput
 from services.worker.sequences import SequenceLimits, SequenceTable, StepSeq, unknown_seq
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Runner:
         else:
             scheduled, errors, launched, failure = ahead.scheduled, ahead.errors, ahead.launched, ahead.failure
         self.last_shape = StepShape.of(scheduled)
-        outputs: list[SeqOutput] = []
+        sampled = SampledTokens()
         wants_next = self.overlap and (next_plan is not None or wait_next is not None)
         if failure is None and scheduled and launched is None and wants_next and self.executor.can_launch(scheduled):
             try:
@@ -130,12 +131,12 @@ class Runner:
             if self.overlap and next_plan is not None:
                 pending = table.advance_launched(scheduled)
                 table.ahead = self._apply_ahead(next_plan, scheduled, launched, table)
-            outputs = self._collect(plan, scheduled, errors, launched, pending, table)
+            sampled = self._collect(plan, scheduled, errors, launched, pending, table)
             if table.ahead is not None:
                 self._draw_ahead(table.ahead)
         elif scheduled:
-            outputs = self._run(plan, scheduled, errors, table)
-        return StepResult(plan.step_id, outputs, errors, time.perf_counter() - start)
+            sampled = self._run(plan, scheduled, errors, table)
+        return StepResult(plan.step_id, sampled, errors, time.perf_counter() - start)
 
     def _apply(self, plan: StepPlan, table: SequenceTable) -> tuple[list[StepSeq], list[SeqError]]:
         scheduled, errors = table.apply(plan)
@@ -143,23 +144,23 @@ class Runner:
 
     def _run(
         self, plan: StepPlan, scheduled: list[StepSeq], errors: list[SeqError], table: SequenceTable
-    ) -> list[SeqOutput]:
+    ) -> SampledTokens:
         """The sequential path: run, wait, sample on the host's terms, advance."""
+        sampled = SampledTokens()
         try:
-            sampled = self.executor.run(scheduled)
+            results = self.executor.run(scheduled)
         except Exception as exc:  # noqa: BLE001 - the batch fails, the stream and the worker stay up
             self._fail(scheduled, errors, self._as_error(exc, plan), table)
-            return []
-        outputs: list[SeqOutput] = []
-        for seq, result in zip(scheduled, sampled, strict=True):
+            return sampled
+        for seq, result in zip(scheduled, results, strict=True):
             try:
                 table.advance(seq, None if result is None else result[0])
             except FlashStreamError as exc:
                 self._refused(seq, exc, errors, table)
                 continue
             if result is not None:
-                outputs.append(SeqOutput(seq.state.seq_id, result[0], result[1]))
-        return outputs
+                sampled.append(seq.state.seq_id, *result)
+        return sampled
 
     @staticmethod
     def _refused(seq: StepSeq, exc: FlashStreamError, errors: list[SeqError], table: SequenceTable) -> None:
@@ -194,21 +195,21 @@ class Runner:
     def _collect(
         self, plan: StepPlan, scheduled: list[StepSeq], errors: list[SeqError], launched: DeviceTokens,
         pending: list[int | None] | None, table: SequenceTable,
-    ) -> list[SeqOutput]:
+    ) -> SampledTokens:
         """Reads a launched step's tokens and puts them where the sequential path would."""
         try:
-            sampled = self.executor.collect(launched)
+            out = self.executor.collect(launched)
         except Exception as exc:  # noqa: BLE001 - the batch fails, the stream and the worker stay up
             self._fail(scheduled, errors, self._as_error(exc, plan), table)
             if table.ahead is not None:
                 self._forget_failed(table.ahead, scheduled)
-            return []
-        outputs: list[SeqOutput] = []
+            return SampledTokens()
         refused: list[StepSeq] = []
         if pending is None:  # not advanced yet
-            tokens = iter(sampled)  # one per sampling row, in row order
+            sampled = SampledTokens()
+            rows = zip(out.token_ids, out.logprobs, strict=True)  # one per sampling row, in row order
             for seq in scheduled:
-                token = next(tokens) if seq.samples else None
+                token = next(rows) if seq.samples else None
                 try:
                     table.advance(seq, None if token is None else token[0])
                 except FlashStreamError as exc:
@@ -216,22 +217,23 @@ class Runner:
                     refused.append(seq)
                     continue
                 if token is not None:
-                    outputs.append(SeqOutput(seq.state.seq_id, token[0], token[1]))
+                    sampled.append(seq.state.seq_id, *token)
         else:
-            outputs = self._resolve(scheduled, pending, sampled, errors, refused, table)
+            sampled = self._resolve(scheduled, pending, launched.seq_ids, out, errors, refused, table)
         if refused and table.ahead is not None:
             self._forget_failed(table.ahead, refused)
-        return outputs
+        return sampled
 
     def _resolve(
-        self, scheduled: list[StepSeq], pending: list[int | None], sampled: list[Sampled], errors: list[SeqError],
-        refused: list[StepSeq], table: SequenceTable,
-    ) -> list[SeqOutput]:
+        self, scheduled: list[StepSeq], pending: list[int | None], seq_ids: Sequence[int], out: SamplerOutput,
+        errors: list[SeqError], refused: list[StepSeq], table: SequenceTable,
+    ) -> SampledTokens:
         """Puts the tokens of a launched step whose sequences were advanced with placeholders in place, all rows
-        at once; a row whose grammar refuses its token is refused alone."""
+        at once; a row whose grammar refuses its token is refused alone. seq_ids: the sequence of each sampling
+        row, as launched."""
         seqs = [seq for seq in scheduled if seq.samples]  # the rows `pending` holds an index for
         where = [index for index in pending if index is not None]
-        token_ids, logprobs = (list(col) for col in zip(*sampled)) if sampled else ([], [])
+        token_ids, logprobs = out.token_ids, out.logprobs
         refusals = table.resolve_launched(seqs, where, token_ids)
         for k, exc in refusals:
             self._refused(seqs[k], exc, errors, table)
@@ -239,8 +241,8 @@ class Runner:
         if refusals:
             gone = {k for k, _ in refusals}
             kept = [k for k in range(len(seqs)) if k not in gone]
-            seqs, token_ids, logprobs = ([col[k] for k in kept] for col in (seqs, token_ids, logprobs))
-        return list(map(SeqOutput, [seq.state.seq_id for seq in seqs], token_ids, logprobs))
+            return SampledTokens([seq_ids[k] for k in kept], [token_ids[k] for k in kept], [logprobs[k] for k in kept])
+        return SampledTokens(list(seq_ids), token_ids, logprobs)
 
     def _draw_ahead(self, ahead: Ahead) -> None:
         """Queues the sampling of the step launched ahead when it was held back for this step's tokens (guided

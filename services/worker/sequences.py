@@ -1,7 +1,7 @@
 """The worker's view of each sequence, kept up to date from the plans' deltas (pure Python, no torch).
 
 The scheduler sends a sequence whole once (NewSeq) and afterwards only new block ids and how many tokens to
-run (CachedSeq). Generated tokens never come back down: the worker appends each token it samples to the
+run (a row of CachedSeqs). Generated tokens never come back down: the worker appends each token it samples to the
 sequence itself, and because plans are applied strictly in order, a decode scheduled before the previous
 step's result reached the scheduler still finds that token here.
 """
@@ -102,21 +102,24 @@ class SequenceTable:
             self._schedule(state, new.num_scheduled_tokens, scheduled)
         # Cached sequences are most of a busy step's rows: checked inline, `_check` only names what failed.
         max_len, block_size = self.limits.max_model_len, self.limits.block_size
-        for cached in plan.cached_seqs:
-            state = seqs.get(cached.seq_id)
-            num = cached.num_scheduled_tokens
+        cached = plan.cached_seqs
+        new_block_ids, block_end = cached.new_block_ids, 0
+        for seq_id, num, num_new in zip(cached.seq_ids, cached.num_scheduled_tokens, cached.num_new_blocks,
+                                        strict=True):
+            state = seqs.get(seq_id)
+            block_end += num_new
             try:
                 if state is None:
-                    raise unknown_seq(cached.seq_id)
-                if cached.new_block_ids:
-                    self._append_blocks(state, cached.new_block_ids)
+                    raise unknown_seq(seq_id)
+                if num_new:
+                    self._append_blocks(state, new_block_ids[block_end - num_new:block_end])
                 end = state.num_computed_tokens + num
                 past_blocks = -(-end // block_size) > len(state.block_ids)
                 if num < 0 or end > len(state.token_ids) or end > max_len or past_blocks:
                     self._check(state, num)
             except FlashStreamError as exc:
-                self.drop(cached.seq_id)
-                errors.append(SeqError(cached.seq_id, exc))
+                self.drop(seq_id)
+                errors.append(SeqError(seq_id, exc))
                 continue
             if num == 1 and end == len(state.token_ids):  # a decode: the same part every step
                 scheduled.append(state.decode_part or self._decode_part(state))

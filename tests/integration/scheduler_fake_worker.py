@@ -105,8 +105,8 @@ class FakeWorkerServer(worker_pb2_grpc.WorkerServicer):
                 raise
             yield worker_pb2.StepResult(
                 step_id=result.step_id,
-                sampled=worker_pb2.SampledTokens(seq_ids=[o.seq_id for o in result.outputs],
-                                                 token_ids=[o.token_id for o in result.outputs]),
+                sampled=worker_pb2.SampledTokens(seq_ids=result.sampled.seq_ids,
+                                                 token_ids=result.sampled.token_ids),
             )
 
     async def Embed(self, request, context):  # noqa: N802, ANN001, ANN201

@@ -16,7 +16,7 @@ from tests.integration.scheduler_fake_worker import FakeWorkerConfig, run_stack,
 
 def shape(plan):  # noqa: ANN001, ANN201
     return ([(n.seq_id, n.num_computed_tokens, n.num_scheduled_tokens) for n in plan.new_seqs],
-            [(c.seq_id, c.num_scheduled_tokens) for c in plan.cached_seqs], plan.finished_seq_ids)
+            list(zip(plan.cached_seqs.seq_ids, plan.cached_seqs.num_scheduled_tokens)), plan.finished_seq_ids)
 
 
 def test_repeated_long_prompt_is_prefilled_once():

@@ -56,9 +56,9 @@ def _run_mixed(engine, num_tokens: int) -> dict[int, list[int]]:  # noqa: ANN001
     for _ in range(num_tokens):
         result = driver.step(plan)
         assert not result.errors, result.errors
-        for o in result.outputs:
-            out[o.seq_id].append(o.token_id)
-            assert (o.logprobs is not None) == (o.seq_id == 3)
+        for seq_id, token_id, logprobs in result.sampled.rows():
+            out[seq_id].append(token_id)
+            assert (logprobs is not None) == (seq_id == 3)
         plan = driver.plan(cached_seqs=[driver.cached_seq(seq_id, 1) for seq_id in PROMPTS])
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.step import SeqOutput, StepPlan, StepResult
+from services.common.step import StepPlan, StepResult
 
 
 class PlanError(AssertionError):
@@ -55,19 +55,19 @@ class FakeWorker:
             self.seqs[new.seq_id] = _WorkerSeq(list(new.token_ids), list(new.block_ids), new.num_computed_tokens)
             self._check_context(new.seq_id, new.num_computed_tokens)
         work = [(n.seq_id, n.num_scheduled_tokens) for n in plan.new_seqs]
-        for cached in plan.cached_seqs:
-            seq = self.seqs.get(cached.seq_id)
+        for seq_id, new_block_ids, num_scheduled_tokens in plan.cached_seqs.rows():
+            seq = self.seqs.get(seq_id)
             if seq is None:
-                raise PlanError(f"CachedSeq {cached.seq_id} is unknown")
-            seq.block_ids.extend(cached.new_block_ids)
-            work.append((cached.seq_id, cached.num_scheduled_tokens))
+                raise PlanError(f"cached seq {seq_id} is unknown")
+            seq.block_ids.extend(new_block_ids)
+            work.append((seq_id, num_scheduled_tokens))
         for seq_id, num in work:
             if seq_id in seen or num <= 0:
                 raise PlanError(f"seq {seq_id} scheduled twice or with {num} tokens")
             seen.add(seq_id)
             token = self._run(seq_id, num)
             if token is not None:
-                result.outputs.append(SeqOutput(seq_id, token))
+                result.sampled.append(seq_id, token)
         return result
 
     def _check_context(self, seq_id: int, upto: int) -> None:

@@ -6,7 +6,7 @@ from services.common.errors import ErrorCode, InvalidArgument
 from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics
 from services.common.sampling import SamplingParams
-from services.common.step import SeqError, StepPlan
+from services.common.step import SampledTokens, SeqError, StepPlan
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.request_events import NewToken, Request, RequestDone, RequestFailed
@@ -39,7 +39,7 @@ def shape(plan: StepPlan) -> tuple[list[tuple[int, int, int]], list[tuple[int, i
     """(new: (seq_id, num_computed, num_scheduled)), (cached: (seq_id, num_scheduled)), finished ids."""
     return (
         [(n.seq_id, n.num_computed_tokens, n.num_scheduled_tokens) for n in plan.new_seqs],
-        [(c.seq_id, c.num_scheduled_tokens) for c in plan.cached_seqs],
+        list(zip(plan.cached_seqs.seq_ids, plan.cached_seqs.num_scheduled_tokens)),
         plan.finished_seq_ids,
     )
 
@@ -123,7 +123,7 @@ def test_next_step_is_planned_before_the_previous_result_with_a_block_for_the_sp
     second = engine.build_plan()
     assert engine.build_plan() is None  # two in flight
     assert shape(first) == ([(0, 0, 4)], [], [])
-    assert (second.cached_seqs[0].new_block_ids, second.cached_seqs[0].num_scheduled_tokens) == ([1], 1)
+    assert list(second.cached_seqs.rows()) == [(0, [1], 1)]
     engine.process_result(worker.step(first))
     engine.process_result(worker.step(second))
     assert tokens_of(engine.take_events(), "a") == [5, 6]
@@ -227,7 +227,8 @@ def test_a_failed_sequence_ends_with_its_error_and_its_batch_mates_continue():
     engine.add(request("bad", [10, 11, 12, 13, 14], max_tokens=3))
     plan = engine.build_plan()
     result = worker.step(plan)
-    result.outputs = [o for o in result.outputs if o.seq_id == 0]
+    kept = [row for row in result.sampled.rows() if row[0] == 0]
+    result.sampled = SampledTokens(*map(list, zip(*kept)))
     result.errors = [SeqError(1, InvalidArgument("logits are not finite"))]
     engine.process_result(result)
     assert list(engine.block_manager.cached.values()) == [0]  # the failed one's block 2 may hold no KV

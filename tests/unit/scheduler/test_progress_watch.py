@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, NewSeq, StepPlan
+from services.common.step import CachedSeqs, NewSeq, StepPlan
 from services.scheduler.config import StallConfig
 from services.scheduler.progress_watch import ProgressWatch
 
@@ -17,11 +17,11 @@ class Clock:
 
 
 def _decode_plan(step_id: int) -> StepPlan:
-    return StepPlan(step_id, [], [CachedSeq(0, [], 1)], [])
+    return StepPlan(step_id, [], CachedSeqs.of([(0, [], 1)]), [])
 
 
 def _prefill_plan(step_id: int, num_tokens: int) -> StepPlan:
-    return StepPlan(step_id, [NewSeq(1, [1] * num_tokens, num_tokens, SamplingParams(), [0], 0, num_tokens)], [], [])
+    return StepPlan(step_id, [NewSeq(1, [1] * num_tokens, num_tokens, SamplingParams(), [0], 0, num_tokens)])
 
 
 CONFIG = StallConfig(timeout_s=3.0, per_prefill_token_s=0.001, first_steps=2, first_steps_timeout_s=60.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, NewSeq, StepPlan
+from services.common.step import CachedSeqs, NewSeq, StepPlan
 from services.worker.engine import WorkerEngine
 
 EOS_ID = 1  # the demo model's </s>
@@ -41,20 +41,20 @@ class GuidedRun:
         for seq_id in requests:
             self.outputs[seq_id] = []
         finished: list[int] = []
-        cached: list[CachedSeq] = []
+        cached: list[tuple[int, list[int], int]] = []
         while new or cached:
             self.step_id += 1
-            result = self.engine.runner.step(StepPlan(self.step_id, new, cached, finished))
+            result = self.engine.runner.step(StepPlan(self.step_id, new, CachedSeqs.of(cached), finished))
             new, finished = [], []
             for err in result.errors:
                 self.errors[err.seq_id] = err.error.message
                 live.pop(err.seq_id, None)
-            for out in result.outputs:
-                self.outputs[out.seq_id].append(out.token_id)
-                if out.token_id == EOS_ID or len(self.outputs[out.seq_id]) >= live[out.seq_id]:
-                    live.pop(out.seq_id)
-                    finished.append(out.seq_id)
-            cached = [CachedSeq(seq_id, [], 1) for seq_id in live]
+            for seq_id, token_id, _ in result.sampled.rows():
+                self.outputs[seq_id].append(token_id)
+                if token_id == EOS_ID or len(self.outputs[seq_id]) >= live[seq_id]:
+                    live.pop(seq_id)
+                    finished.append(seq_id)
+            cached = [(seq_id, [], 1) for seq_id in live]
         return self.outputs
 
 
@@ -84,7 +84,7 @@ class InFlightRun(GuidedRun):
         self.step_id += 1
         plan: StepPlan | None = StepPlan(self.step_id, [
             NewSeq(seq_id, prompt, len(prompt), params, blocks[seq_id], 0, len(prompt))
-            for seq_id, (prompt, params) in requests.items()], [], [])
+            for seq_id, (prompt, params) in requests.items()], CachedSeqs(), [])
         while plan is not None:
             nxt = None
             if live:
@@ -104,23 +104,23 @@ class InFlightRun(GuidedRun):
                     new.append(NewSeq(seq_id, tokens, len(prompt), params, blocks[seq_id], self.block_hit,
                                       len(tokens) - self.block_hit))
                 held = {n.seq_id for n in new} | set(away) | set(gone)
-                cached = [CachedSeq(seq_id, [], 1) for seq_id in live if seq_id not in held]
+                cached = [(seq_id, [], 1) for seq_id in live if seq_id not in held]
                 self.step_id = step
-                nxt = StepPlan(step, new, cached, gone)
+                nxt = StepPlan(step, new, CachedSeqs.of(cached), gone)
             result = self.engine.runner.step(plan, next_plan=nxt if self.overlap else None)
-            self.steps.append((result.step_id, [(o.seq_id, o.token_id) for o in result.outputs],
+            self.steps.append((result.step_id, list(zip(result.sampled.seq_ids, result.sampled.token_ids)),
                                [(e.seq_id, e.error.message) for e in result.errors]))
             for err in result.errors:
                 if err.seq_id in live:
                     self.errors[err.seq_id] = err.error.message
                     live.pop(err.seq_id)
-            for out in result.outputs:
-                if out.seq_id not in live:
+            for seq_id, token_id, _ in result.sampled.rows():
+                if seq_id not in live:
                     continue  # it ended at the step before: the scheduler drops this token
-                self.outputs[out.seq_id].append(out.token_id)
-                if out.token_id == EOS_ID or len(self.outputs[out.seq_id]) >= live[out.seq_id]:
-                    live.pop(out.seq_id)
-                    finished.append(out.seq_id)
+                self.outputs[seq_id].append(token_id)
+                if token_id == EOS_ID or len(self.outputs[seq_id]) >= live[seq_id]:
+                    live.pop(seq_id)
+                    finished.append(seq_id)
             plan = nxt
         return self.outputs
 

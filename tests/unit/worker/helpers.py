@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, NewSeq, StepPlan, StepResult
+from services.common.step import CachedSeqs, NewSeq, StepPlan, StepResult
 from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
 from services.worker.engine import WorkerEngine
@@ -76,7 +76,7 @@ def cpu_engine(folder: Path, num_kv_blocks: int = 128, **overrides) -> WorkerEng
 
 @dataclass
 class Driver:
-    """Plays the scheduler: hands out blocks, sends NewSeq once, then CachedSeq; never sends tokens back."""
+    """Plays the scheduler: hands out blocks, sends NewSeq once, then a row of CachedSeqs; never sends tokens back."""
 
     engine: WorkerEngine
     next_block: int = 0
@@ -104,14 +104,16 @@ class Driver:
         return NewSeq(seq_id, list(prompt), len(prompt), SamplingParams(max_tokens=max_tokens, ignore_eos=True),
                       list(self.blocks[seq_id]), num_computed, num_scheduled)
 
-    def cached_seq(self, seq_id: int, num_scheduled: int) -> CachedSeq:
+    def cached_seq(self, seq_id: int, num_scheduled: int) -> tuple[int, list[int], int]:
+        """A CachedSeqs row: (seq_id, new_block_ids, num_scheduled_tokens)."""
         new = self._grow(seq_id, self.computed[seq_id] + num_scheduled)
         self.computed[seq_id] += num_scheduled
-        return CachedSeq(seq_id, new, num_scheduled)
+        return seq_id, new, num_scheduled
 
     def plan(self, new_seqs=(), cached_seqs=(), finished=()) -> StepPlan:  # noqa: ANN001
+        """cached_seqs: CachedSeqs rows (see `cached_seq`)."""
         self.step_id += 1
-        return StepPlan(self.step_id, list(new_seqs), list(cached_seqs), list(finished))
+        return StepPlan(self.step_id, list(new_seqs), CachedSeqs.of(cached_seqs), list(finished))
 
     def step(self, plan: StepPlan) -> StepResult:
         return self.engine.runner.step(plan)
@@ -138,8 +140,8 @@ def run_greedy(driver: Driver, prompts: dict[int, list[int]], num_tokens: int, c
         first = False
         result = driver.step(driver.plan(new, cached))
         assert not result.errors, result.errors
-        for o in result.outputs:
-            out[o.seq_id].append(o.token_id)
+        for seq_id, token_id, _ in result.sampled.rows():
+            out[seq_id].append(token_id)
     return out
 
 

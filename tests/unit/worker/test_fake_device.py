@@ -11,6 +11,7 @@ from services.common.errors import InvalidArgument
 from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
 from services.worker.executors import FakeExecutor
+from services.worker.sampling.types import SamplerOutput
 from tests.unit.worker.helpers import Driver
 
 STEP_S = 0.02
@@ -23,7 +24,7 @@ def test_steps_queued_on_the_simulated_device_finish_one_step_time_apart() -> No
     assert second.ready_at - first.ready_at == pytest.approx(STEP_S)
     assert first.ready_at - start >= STEP_S
     assert not second.ready()
-    assert executor.collect(second) == []
+    assert executor.collect(second) == SamplerOutput([], [])
     assert second.ready() and time.monotonic() >= second.ready_at
 
 
@@ -34,7 +35,7 @@ def test_with_a_step_time_the_runner_overlaps_steps_and_returns_the_fixed_token(
     plans += [driver.plan(cached_seqs=[driver.cached_seq(1, 1)]) for _ in range(3)]
     runner = engine.runner
     results = [runner.step(plan, next_plan=nxt) for plan, nxt in zip(plans, [*plans[1:], None], strict=True)]
-    assert [[(o.seq_id, o.token_id) for o in r.outputs] for r in results] == [[(1, 9)]] * 4
+    assert [list(zip(r.sampled.seq_ids, r.sampled.token_ids)) for r in results] == [[(1, 9)]] * 4
     assert runner.num_overlapped_steps == 3
     assert runner.table.seqs[1].token_ids == [5, 6, 7, 9, 9, 9, 9]
 

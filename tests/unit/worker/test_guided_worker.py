@@ -11,7 +11,7 @@ import pytest
 
 from services.common.errors import ErrorCode
 from services.common.sampling import Guided, SamplingParams
-from services.common.step import CachedSeq, NewSeq, StepPlan
+from services.common.step import CachedSeqs, NewSeq, StepPlan
 from services.demo.build import build_demo_model
 from tests.unit.worker.guided_helpers import EOS_ID, GuidedRun, InFlightRun, decode
 from tests.unit.worker.helpers import cpu_engine
@@ -70,12 +70,12 @@ def test_a_resent_sequence_resumes_its_grammar_from_its_generated_tokens(folder:
     tokens = PROMPT + first
     params = _params(guided, repetition_penalty=1.2)
     resent = NewSeq(1, tokens, len(PROMPT), params, list(range(10)), num_cached, len(tokens) - num_cached)
-    out = [o.token_id for o in engine.runner.step(StepPlan(100, [resent], [], [1])).outputs]
+    out = list(engine.runner.step(StepPlan(100, [resent], CachedSeqs(), [1])).sampled.token_ids)
     step = 101
     while out[-1] != EOS_ID:
-        result = engine.runner.step(StepPlan(step, [], [CachedSeq(1, [], 1)], []))
+        result = engine.runner.step(StepPlan(step, [], CachedSeqs.of([(1, [], 1)]), []))
         assert result.errors == []
-        out.append(result.outputs[0].token_id)
+        out.append(result.sampled.token_ids[0])
         step += 1
     assert first + out == whole
 
@@ -85,10 +85,10 @@ def test_a_resent_sequence_whose_tokens_break_the_grammar_fails_alone(folder: Pa
     guided = Guided("regex", "[0-9]+")
     bad = NewSeq(1, PROMPT + [94], len(PROMPT), _params(guided), list(range(3)), 0, len(PROMPT) + 1)  # 94 is "{"
     good = NewSeq(2, PROMPT, len(PROMPT), _params(guided), list(range(3, 6)), 0, len(PROMPT))
-    result = engine.runner.step(StepPlan(1, [bad, good], [], []))
+    result = engine.runner.step(StepPlan(1, [bad, good], CachedSeqs(), []))
     assert [(e.seq_id, e.error.code, e.error.message) for e in result.errors] == [
         (1, ErrorCode.INVALID_ARGUMENT, "generated token 0 (id 94) does not follow the request's guided regex")]
-    assert decode(folder, [result.outputs[0].token_id]).isdigit()
+    assert decode(folder, [result.sampled.token_ids[0]]).isdigit()
 
 
 def test_a_spec_that_does_not_compile_fails_its_sequence_alone(folder: Path) -> None:
@@ -123,11 +123,11 @@ def _overlap_plans() -> list[StepPlan]:
     digits = _params(Guided("json_schema", json.dumps(colours)), max_tokens=60, temperature=1.0, seed=3)
     plain = _params(None, ignore_eos=True, temperature=1.0, seed=1)
     plans = [StepPlan(1, [NewSeq(1, PROMPT, len(PROMPT), plain, list(range(8)), 0, 17)],
-                      [], [])]
+                      CachedSeqs(), [])]
     for step in range(2, 14):
         new = [NewSeq(2, PROMPT[:6], 6, digits, list(range(8, 12)), 0, 6)] if step == 5 else []
-        cached = [CachedSeq(1, [], 1)] + ([CachedSeq(2, [], 1)] if 5 < step < 11 else [])
-        plans.append(StepPlan(step, new, cached, [2] if step == 11 else []))
+        cached = [(1, [], 1)] + ([(2, [], 1)] if 5 < step < 11 else [])
+        plans.append(StepPlan(step, new, CachedSeqs.of(cached), [2] if step == 11 else []))
     return plans
 
 
@@ -139,11 +139,11 @@ def test_guided_sequences_give_the_sequential_results_with_the_next_plan_applied
                    for i, p in enumerate(plans_b)]
 
     def summary(results):  # noqa: ANN001, ANN202
-        return [([(o.seq_id, o.token_id) for o in r.outputs], r.errors) for r in results]
+        return [(list(zip(r.sampled.seq_ids, r.sampled.token_ids)), r.errors) for r in results]
 
     assert summary(ovl_results) == summary(seq_results)
     assert overlapped.runner.num_overlapped_steps >= 3  # seq 1's lone steps went ahead on the device path
-    guided = [o.token_id for r in seq_results for o in r.outputs if o.seq_id == 2]
+    guided = [token_id for r in seq_results for seq_id, token_id, _ in r.sampled.rows() if seq_id == 2]
     assert len(guided) == 6 and decode(folder, guided).startswith('["')
 
 
@@ -155,10 +155,10 @@ def test_a_step_scheduled_past_the_grammars_end_runs_unmasked_without_error(fold
     state = engine.runner.table.seqs[1]
     assert state.grammar.ended
     mate = NewSeq(2, PROMPT, len(PROMPT), _params(Guided("regex", "[0-9]{30}")), list(range(30, 33)), 0, 17)
-    result = engine.runner.step(StepPlan(500, [mate], [CachedSeq(1, [], 1)], []))
+    result = engine.runner.step(StepPlan(500, [mate], CachedSeqs.of([(1, [], 1)]), []))
     # The one-token row (seq 1) runs first, then the new sequence's prompt.
-    assert result.errors == [] and [o.seq_id for o in result.outputs] == [1, 2]
-    assert decode(folder, [result.outputs[1].token_id]).isdigit()
+    assert result.errors == [] and result.sampled.seq_ids == [1, 2]
+    assert decode(folder, [result.sampled.token_ids[1]]).isdigit()
 
 
 def _in_flight(folder: Path, overlap: bool, requests: dict, preempt: dict[int, int] | None = None,
@@ -226,13 +226,13 @@ class RefusedToken:
         return [self._swap(r) if r is not None and seq.state.seq_id == 1 else r for seq, r in zip(scheduled, results)]
 
     def collect(self, launched):  # noqa: ANN001, ANN201
-        results = self.inner.collect(launched)
+        out = self.inner.collect(launched)
         try:
             row = launched.row_of(1)
         except ValueError:
-            return results
-        results[row] = self._swap(results[row])
-        return results
+            return out
+        out.token_ids[row], out.logprobs[row] = self._swap((out.token_ids[row], out.logprobs[row]))
+        return out
 
 
 def test_a_token_the_grammar_refuses_fails_its_sequence_alone_with_two_plans_in_flight(folder: Path) -> None:

@@ -70,6 +70,6 @@ def test_prefix_cache_hit_reuses_blocks_an_earlier_sequence_filled(checkpoint) -
     while len(got) < 16:
         result = driver.step(plan)
         assert not result.errors
-        got += [o.token_id for o in result.outputs]
+        got += result.sampled.token_ids
         plan = driver.plan(cached_seqs=[driver.cached_seq(2, 1)])
     assert got == expected

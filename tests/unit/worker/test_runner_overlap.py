@@ -10,7 +10,7 @@ import pytest
 
 from services.common.errors import ErrorCode
 from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, StepPlan, StepResult
+from services.common.step import CachedSeqs, StepPlan, StepResult
 from tests.unit.worker.helpers import Driver, cpu_engine, make_checkpoint
 
 PROMPTS = {1: [5, 17, 99, 3, 250, 41, 7], 2: [9, 8, 7, 6, 5], 3: [(i * 37) % 256 for i in range(11)]}
@@ -38,16 +38,16 @@ def _plans(engine, num_kv_blocks: int) -> list[StepPlan]:  # noqa: ANN001
             cached.append(d.cached_seq(3, 5))
             live = [1, 3]
         if step == 11:
-            extra = [CachedSeq(42, [], 1)]
+            extra = [(42, [], 1)]
         if step == 14:
-            cached = [CachedSeq(1, [num_kv_blocks + 5], 1)] + cached[1:]
+            cached = [(1, [num_kv_blocks + 5], 1)] + cached[1:]
             live = [3]
         plans.append(d.plan(new, cached + extra, finished))
     return plans
 
 
 def _summary(results: list[StepResult]) -> list[tuple]:
-    return [(r.step_id, [(o.seq_id, o.token_id) for o in r.outputs],
+    return [(r.step_id, list(zip(r.sampled.seq_ids, r.sampled.token_ids)),
              sorted((e.seq_id, e.error.code, e.error.message) for e in r.errors)) for r in results]
 
 
@@ -73,7 +73,7 @@ def test_overlapped_steps_give_the_sequential_results_through_finish_arrival_and
     assert _summary(overlapped) == _summary(sequential)
     errors = {(r.step_id, e.seq_id, e.error.code) for r in sequential for e in r.errors}
     assert errors == {(11, 42, ErrorCode.NOT_FOUND), (14, 1, ErrorCode.INVALID_ARGUMENT)}
-    assert [len(r.outputs) for r in sequential] == [2, 2, 2, 2, 2, 1, 1, 1, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1]
+    assert [len(r.sampled) for r in sequential] == [2, 2, 2, 2, 2, 1, 1, 1, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1]
     # Every step after the first is queued ahead: finishes, new sequences, prefill chunks and failed rows included.
     assert ovl_engine.runner.num_overlapped_steps == 17
     assert seq_engine.runner.num_overlapped_steps == 0
@@ -166,8 +166,8 @@ def _sampled_plans(engine, params: dict[int, SamplingParams]) -> list[StepPlan]:
 
 
 def _summary_with_logprobs(results: list[StepResult]) -> list[tuple]:
-    return [(r.step_id, [(o.seq_id, o.token_id, None if o.logprobs is None else
-                          (round(o.logprobs.logprob, 5), [t for t, _ in o.logprobs.top])) for o in r.outputs])
+    return [(r.step_id, [(seq_id, token_id, None if lp is None else (round(lp.logprob, 5), [t for t, _ in lp.top]))
+                         for seq_id, token_id, lp in r.sampled.rows()])
             for r in results]
 
 
@@ -183,7 +183,7 @@ def test_sampled_rows_overlap_and_match_the_sequential_path_token_for_token(fold
     sequential = _run(seq_engine, _sampled_plans(seq_engine, params), "sequential")
     overlapped = _run(ovl_engine, _sampled_plans(ovl_engine, params), "next_plan")
     assert _summary_with_logprobs(overlapped) == _summary_with_logprobs(sequential)
-    assert [len(r.outputs) for r in sequential] == [2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3]
+    assert [len(r.sampled) for r in sequential] == [2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3]
     # Seq 3's penalty reads its own tokens, so once it runs (step 4 on) its steps wait for the host.
     assert ovl_engine.runner.num_overlapped_steps == (3 if penalised else 11)
     assert {k: v.token_ids for k, v in ovl_engine.runner.table.seqs.items()} == \

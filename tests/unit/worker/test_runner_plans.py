@@ -9,7 +9,7 @@ import torch
 
 from services.common.errors import ErrorCode
 from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, NewSeq, StepPlan
+from services.common.step import CachedSeqs, NewSeq, StepPlan
 from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
 from tests.unit.worker.helpers import Driver, cpu_engine, hf_greedy, make_checkpoint
@@ -34,13 +34,13 @@ def test_two_plans_in_flight_feed_the_sampled_token_into_the_next_decode(folder:
     plans += [driver.plan(cached_seqs=[driver.cached_seq(1, 1)]) for _ in range(3)]
     results = [driver.step(p) for p in plans]
     assert [r.step_id for r in results] == [1, 2, 3, 4]
-    assert [o.token_id for r in results for o in r.outputs] == expected
+    assert [t for r in results for t in r.sampled.token_ids] == expected
 
 
 def test_unknown_seq_id_fails_alone_while_batch_mates_get_tokens(folder: Path, expected: list[int]) -> None:
     driver = Driver(cpu_engine(folder))
-    result = driver.step(driver.plan([driver.new_seq(1, PROMPT, len(PROMPT))], [CachedSeq(77, [], 1)]))
-    assert [(o.seq_id, o.token_id) for o in result.outputs] == [(1, expected[0])]
+    result = driver.step(driver.plan([driver.new_seq(1, PROMPT, len(PROMPT))], [(77, [], 1)]))
+    assert list(zip(result.sampled.seq_ids, result.sampled.token_ids)) == [(1, expected[0])]
     assert [(e.seq_id, e.error.code) for e in result.errors] == [(77, ErrorCode.NOT_FOUND)]
     assert "seq 77: unknown sequence" in result.errors[0].error.message
 
@@ -49,7 +49,7 @@ def test_block_id_out_of_range_fails_only_that_sequence(folder: Path, expected: 
     driver = Driver(cpu_engine(folder, num_kv_blocks=8))
     bad = NewSeq(2, PROMPT, len(PROMPT), SamplingParams(), [8], 0, len(PROMPT))
     result = driver.step(driver.plan([bad, driver.new_seq(1, PROMPT, len(PROMPT))]))
-    assert [(o.seq_id, o.token_id) for o in result.outputs] == [(1, expected[0])]
+    assert list(zip(result.sampled.seq_ids, result.sampled.token_ids)) == [(1, expected[0])]
     assert result.errors[0].seq_id == 2
     assert result.errors[0].error.message == "seq 2: block id 8 is out of range [0, 8)"
     assert 2 not in driver.engine.runner.table.seqs
@@ -59,7 +59,7 @@ def test_tokens_beyond_max_model_len_fail_that_sequence(folder: Path) -> None:
     engine = cpu_engine(folder)
     long_prompt = [1] * 257
     result = engine.runner.step(StepPlan(1, [NewSeq(3, long_prompt, 257, SamplingParams(), list(range(17)), 0, 257)]))
-    assert result.outputs == []
+    assert len(result.sampled) == 0
     error = result.errors[0].error
     assert (error.code, error.message) == (ErrorCode.INTERNAL, "seq 3: 257 tokens exceed max_model_len 256, which the "
                                                                "tokenizer stage and the scheduler check")
@@ -75,8 +75,8 @@ def test_scheduling_past_the_known_tokens_is_an_error(folder: Path) -> None:
 def test_finished_sequences_are_dropped_before_the_step_runs(folder: Path) -> None:
     driver = Driver(cpu_engine(folder))
     driver.step(driver.plan([driver.new_seq(1, PROMPT, len(PROMPT))]))
-    result = driver.step(driver.plan(cached_seqs=[CachedSeq(1, [], 1)], finished=[1]))
-    assert result.outputs == [] and result.errors[0].error.code == ErrorCode.NOT_FOUND
+    result = driver.step(driver.plan(cached_seqs=[(1, [], 1)], finished=[1]))
+    assert len(result.sampled) == 0 and result.errors[0].error.code == ErrorCode.NOT_FOUND
     assert len(driver.engine.runner.table) == 0
 
 
@@ -84,24 +84,25 @@ def test_middle_prefill_chunk_samples_nothing(folder: Path, expected: list[int])
     driver = Driver(cpu_engine(folder))
     first = driver.step(driver.plan([driver.new_seq(1, PROMPT, 4)]))
     second = driver.step(driver.plan(cached_seqs=[driver.cached_seq(1, 3)]))
-    assert first.outputs == [] and first.errors == []
-    assert [o.token_id for o in second.outputs] == [expected[0]]
+    assert len(first.sampled) == 0 and first.errors == []
+    assert second.sampled.token_ids == [expected[0]]
 
 
 def test_step_over_max_num_seqs_fails_the_excess_sequences(folder: Path) -> None:
     driver = Driver(cpu_engine(folder, max_num_seqs=2))
     result = driver.step(driver.plan([driver.new_seq(i, PROMPT, len(PROMPT)) for i in (1, 2, 3)]))
-    assert [o.seq_id for o in result.outputs] == [1, 2]
+    assert result.sampled.seq_ids == [1, 2]
     assert [(e.seq_id, e.error.code) for e in result.errors] == [(3, ErrorCode.RESOURCE_EXHAUSTED)]
 
 
 def test_logprobs_come_back_for_rows_that_ask(folder: Path, expected: list[int]) -> None:
     engine = cpu_engine(folder)
     new = NewSeq(1, PROMPT, len(PROMPT), SamplingParams(logprobs=2), [0], 0, len(PROMPT))
-    out = engine.runner.step(StepPlan(1, [new])).outputs[0]
-    assert out.token_id == expected[0]
-    assert out.logprobs.token_id == expected[0] and out.logprobs.top[0][0] == expected[0]
-    assert len(out.logprobs.top) == 2
+    out = engine.runner.step(StepPlan(1, [new])).sampled
+    assert out.token_ids == [expected[0]]
+    logprobs = out.logprobs[0]
+    assert logprobs.token_id == expected[0] and logprobs.top[0][0] == expected[0]
+    assert len(logprobs.top) == 2
 
 
 def test_fake_mode_answers_every_sampling_sequence_with_the_fixed_token(folder: Path) -> None:
@@ -109,9 +110,9 @@ def test_fake_mode_answers_every_sampling_sequence_with_the_fixed_token(folder: 
     assert engine.model is None and engine.info.model.vocab_size == 256
     plan = StepPlan(1, [NewSeq(1, PROMPT, 7, SamplingParams(), [0], 0, 7), NewSeq(2, PROMPT, 7, SamplingParams(), [1], 0, 3)])
     result = engine.runner.step(plan)
-    assert [(o.seq_id, o.token_id) for o in result.outputs] == [(1, 42)]
-    result = engine.runner.step(StepPlan(2, cached_seqs=[CachedSeq(1, [], 1), CachedSeq(2, [], 4)]))
-    assert [(o.seq_id, o.token_id) for o in result.outputs] == [(1, 42), (2, 42)]
+    assert list(zip(result.sampled.seq_ids, result.sampled.token_ids)) == [(1, 42)]
+    result = engine.runner.step(StepPlan(2, cached_seqs=CachedSeqs.of([(1, [], 1), (2, [], 4)])))
+    assert list(zip(result.sampled.seq_ids, result.sampled.token_ids)) == [(1, 42), (2, 42)]
 
 
 def test_fake_mode_refuses_an_eos_token(folder: Path) -> None:

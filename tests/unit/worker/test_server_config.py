@@ -39,7 +39,7 @@ def test_fake_mode_takes_vocab_eos_and_length_from_the_preset() -> None:
     assert (info.model.vocab_size, info.model.eos_token_ids, info.max_model_len, info.num_kv_blocks) == (
         128256, (128001,), 131072, 65536)
     result = engine.runner.step(StepPlan(1, [NewSeq(1, [1, 2, 3], 3, SamplingParams(), [0], 0, 3)]))
-    assert [o.token_id for o in result.outputs] == [0]
+    assert result.sampled.token_ids == [0]
 
 
 def test_a_kv_cache_smaller_than_max_model_len_caps_it_with_a_warning_that_says_so(

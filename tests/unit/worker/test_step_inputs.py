@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, NewSeq, StepPlan
+from services.common.step import CachedSeqs, NewSeq, StepPlan
 from services.worker.attention_metadata import build_attention_metadata
 from services.worker.decode_inputs import DecodeInputs
 from services.worker.sampling.batch import SamplingBatch
@@ -37,7 +37,7 @@ def _mixed_step() -> tuple[SequenceTable, list]:
     scheduled, errors = table.apply(StepPlan(2, [
         NewSeq(3, [31, 32, 33, 34, 35, 36], 6, GREEDY, [3, 4], 3, 3),
         NewSeq(4, [41, 42, 43, 44, 45, 46, 47], 7, GREEDY, [5, 6], 0, 4),
-    ], [CachedSeq(1, [], 1), CachedSeq(2, [7], 1)]))
+    ], CachedSeqs.of([(1, [], 1), (2, [7], 1)])))
     assert errors == []
     return table, scheduled
 
@@ -86,13 +86,26 @@ def test_a_decoding_sequence_keeps_one_step_part_and_drops_it_with_the_sequence(
     table = SequenceTable(LIMITS)
     table.apply(StepPlan(1, [NewSeq(1, [1, 2, 3], 3, GREEDY, [0], 3, 0)]))
     table.seqs[1].token_ids.append(4)
-    first, _ = table.apply(StepPlan(2, [], [CachedSeq(1, [], 1)]))
+    first, _ = table.apply(StepPlan(2, [], CachedSeqs.of([(1, [], 1)])))
     table.advance(first[0], 5)
-    second, _ = table.apply(StepPlan(3, [], [CachedSeq(1, [1], 1)]))
+    second, _ = table.apply(StepPlan(3, [], CachedSeqs.of([(1, [1], 1)])))
     assert second[0] is first[0] and (first[0].num_tokens, first[0].samples) == (1, True)
     state = table.seqs[1]
     table.apply(StepPlan(4, finished_seq_ids=[1]))
     assert 1 not in table.seqs and state.decode_part is None
+
+
+
+def test_each_cached_row_takes_its_own_new_blocks_even_after_a_row_that_fails() -> None:
+    table = SequenceTable(LIMITS)
+    table.apply(StepPlan(1, [NewSeq(seq_id, [1, 2, 3, 4], 4, GREEDY, [seq_id - 1], 4, 0) for seq_id in (1, 2)]))
+    for seq_id in (1, 2):
+        table.seqs[seq_id].token_ids.append(5)
+    scheduled, errors = table.apply(StepPlan(2, [], CachedSeqs.of([(77, [9], 1), (1, [6], 1), (2, [7, 8], 1)])))
+    assert [(e.seq_id, e.error.message) for e in errors] == [
+        (77, "seq 77: unknown sequence (never sent as NewSeq, finished or failed)")]
+    assert [seq.state.seq_id for seq in scheduled] == [1, 2]
+    assert (table.seqs[1].block_ids, table.seqs[2].block_ids) == ([0, 6], [1, 7, 8])
 
 
 PARAMS = {

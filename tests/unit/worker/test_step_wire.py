@@ -8,7 +8,7 @@ from flashstream.v1 import common_pb2, worker_pb2
 
 from services.common.errors import ErrorCode, InvalidArgument
 from services.common.sampling import SamplingParams
-from services.common.step import CachedSeq, NewSeq, SeqError, SeqOutput, StepPlan, StepResult, TokenLogprobs
+from services.common.step import CachedSeqs, NewSeq, SampledTokens, SeqError, StepPlan, StepResult, TokenLogprobs
 from services.scheduler.pb import plan_to_pb, result_from_pb
 from services.worker.pb import plan_from_pb, result_to_pb
 
@@ -16,13 +16,12 @@ from services.worker.pb import plan_from_pb, result_to_pb
 def test_a_plan_crosses_the_wire_with_every_sequence_and_block_in_order() -> None:
     plan = StepPlan(7, finished_seq_ids=[3, 9])
     plan.new_seqs.append(NewSeq(12, [5, 6, 7], 3, SamplingParams(max_tokens=4), [40], 0, 3))
-    plan.cached_seqs += [CachedSeq(1, [], 1), CachedSeq(2, [17, 18], 5),
-                         CachedSeq(4, [30], 1)]
+    plan.cached_seqs = CachedSeqs.of([(1, [], 1), (2, [17, 18], 5), (4, [30], 1)])
     wire = worker_pb2.StepPlan.FromString(plan_to_pb(plan).SerializeToString())
     got = plan_from_pb(wire)
     assert (got.step_id, got.finished_seq_ids) == (7, [3, 9])
-    assert [(c.seq_id, c.new_block_ids, c.num_scheduled_tokens) for c in got.cached_seqs] == [
-        (1, [], 1), (2, [17, 18], 5), (4, [30], 1)]
+    assert got.cached_seqs == CachedSeqs([1, 2, 4], [1, 5, 1], [0, 2, 1], [17, 18, 30])
+    assert list(got.cached_seqs.rows()) == [(1, [], 1), (2, [17, 18], 5), (4, [30], 1)]
     assert [(n.seq_id, n.token_ids, n.block_ids, n.num_scheduled_tokens) for n in got.new_seqs] == [
         (12, [5, 6, 7], [40], 3)]
 
@@ -35,13 +34,11 @@ def test_cached_columns_whose_block_counts_do_not_add_up_are_refused() -> None:
 
 
 def test_a_result_crosses_the_wire_unchanged_with_only_the_logprobs_asked_for_and_its_errors() -> None:
-    result = StepResult(5, [
-        SeqOutput(1, 101),
-        SeqOutput(2, 202, TokenLogprobs(token_id=202, logprob=-0.5, top=[(202, -0.5), (7, -1.25)])),
-        SeqOutput(3, 303),
-    ], [SeqError(4, InvalidArgument("seq 4: logits are not finite"))], 0.01)
+    logprobs = TokenLogprobs(token_id=202, logprob=-0.5, top=[(202, -0.5), (7, -1.25)])
+    result = StepResult(5, SampledTokens([1, 2, 3], [101, 202, 303], [None, logprobs, None]),
+                        [SeqError(4, InvalidArgument("seq 4: logits are not finite"))], 0.01)
     got = result_from_pb(worker_pb2.StepResult.FromString(result_to_pb(result).SerializeToString()))
-    assert got.outputs == result.outputs
+    assert got.sampled == SampledTokens([1, 2, 3], [101, 202, 303], [None, logprobs, None])
     assert [(e.seq_id, e.error.code, e.error.message) for e in got.errors] == [
         (4, ErrorCode.INVALID_ARGUMENT, "seq 4: logits are not finite")]
     assert (got.step_id, got.step_time_s) == (5, 0.01)
