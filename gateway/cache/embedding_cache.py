@@ -4,9 +4,9 @@ Key: `<namespace>:embedding:<version>:<sha256>` over the tenant, the model and i
 folder's pooling files), the request's normalisation (unset means the model's default, itself fixed by the
 revision) and dimensions, and the input's exact token ids; equal token ids from a text or from ids share an
 entry. Value: the vector as little-endian float32 bytes, read back as a row of float32 (rows.py; from Redis, copied
-straight out of each MGET's reply). The store is the result cache's kind: an in-process LRU,
-or Redis (shared client, timeouts and circuit breaker: a Redis that fails answers misses) with this process's
-short-lived copies in front (TieredStore).
+straight out of each MGET's reply; in the in-process LRU, decoded once per entry). The store is the result cache's
+kind: an in-process LRU, or Redis (shared client, timeouts and circuit breaker: a Redis that fails answers misses)
+with this process's short-lived copies in front (TieredStore).
 """
 
 from __future__ import annotations
@@ -46,20 +46,20 @@ def _fields_digest(card: ModelCard, tenant: str, options: VectorOptions) -> "has
 
 def embedding_keys(card: ModelCard, tenant: str, options: VectorOptions, inputs: Sequence[Sequence[int]],
                    namespace: str = "flashstream") -> list[str]:
-    """One key per input: `<namespace>:embedding:<version>:<sha256>`."""
+    """One key per input: `<namespace>:embedding:<version>:<sha256>`, the digest continued by the input's ids as
+    little-endian uint32 (array, not numpy: converting a short list of ints costs a numpy array several times more,
+    and every input of a request pays it)."""
     prefix = f"{namespace}:embedding:{KEY_VERSION}:"
-    fields = _fields_digest(card, tenant, options)
-    return [prefix + _continued(fields.copy(), ids) for ids in inputs]
-
-
-def _continued(digest: "hashlib._Hash", ids: Sequence[int]) -> str:
-    """The hex digest after feeding the ids as little-endian uint32 (array, not numpy: converting a short list
-    of ints costs a numpy array several times more, and every input of a request pays it)."""
-    packed = array(_UINT32, ids)
-    if _BIG_ENDIAN:
-        packed.byteswap()
-    digest.update(packed)
-    return digest.hexdigest()
+    copy = _fields_digest(card, tenant, options).copy
+    keys = []
+    for ids in inputs:
+        packed = array(_UINT32, ids)
+        if _BIG_ENDIAN:
+            packed.byteswap()
+        digest = copy()
+        digest.update(packed)
+        keys.append(prefix + digest.hexdigest())
+    return keys
 
 
 def embedding_key(card: ModelCard, tenant: str, options: VectorOptions, token_ids: Sequence[int],

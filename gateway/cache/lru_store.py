@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gateway.cache.rows import rows_of
+from gateway.cache.rows import row_of
 
 
 class ResultStore(Protocol):
@@ -31,7 +31,11 @@ class ResultStore(Protocol):
 
 
 class LruStore:
-    """Entries expire after ttl_s; past max_entries or max_bytes (sum of values) the least recently used go."""
+    """Entries expire after ttl_s; past max_entries or max_bytes (sum of values) the least recently used go.
+
+    A value read as a row is decoded once: its row (a read-only view of the stored bytes, no copy) stays with the
+    entry, so every later read of a popular vector costs a dictionary lookup. A kept row adds its array header (about
+    a hundred bytes) to the entry, outside max_bytes."""
 
     def __init__(self, max_entries: int, max_bytes: int, ttl_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -42,7 +46,8 @@ class LruStore:
         self.ttl_s = ttl_s
         self.num_bytes = 0
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key -> (value, expiry)
+        # key -> (value, expiry, its row once read as one, else None)
+        self._entries: OrderedDict[str, tuple[bytes, float, np.ndarray | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -54,25 +59,57 @@ class LruStore:
         item = self._entries.get(key)
         if item is None:
             return None
-        value, expiry = item
+        value, expiry, _ = item
         if self._clock() >= expiry:
             self._remove(key)
             return None
         self._entries.move_to_end(key)
         return value
 
+    def get_rows_nowait(self, keys: list[str], dtype: np.dtype) -> list[np.ndarray | None]:
+        """Each key's value as a 1-D array of dtype (None: missing, expired, or not whole items), as get_nowait
+        reads it."""
+        entries = self._entries
+        now = self._clock()
+        rows: list[np.ndarray | None] = []
+        for key in keys:
+            item = entries.get(key)
+            if item is None:
+                rows.append(None)
+                continue
+            value, expiry, row = item
+            if now >= expiry:
+                self._remove(key)
+                rows.append(None)
+                continue
+            entries.move_to_end(key)
+            if row is None or row.dtype is not dtype:
+                row = row_of(value, dtype)
+                if row is not None:
+                    entries[key] = (value, expiry, row)
+            rows.append(row)
+        return rows
+
     def put_nowait(self, key: str, value: bytes) -> None:
-        if len(value) > self.max_bytes:
-            return  # could never fit; storing it would only flush everything else
-        if key in self._entries:
-            self._remove(key)
-        self._entries[key] = (value, self._clock() + self.ttl_s)
-        self.num_bytes += len(value)
-        while len(self._entries) > self.max_entries or self.num_bytes > self.max_bytes:
-            self._remove(next(iter(self._entries)))
+        self.put_many_nowait([(key, value)])
+
+    def put_many_nowait(self, items: list[tuple[str, bytes]]) -> None:
+        """Stores each item in turn, at one reading of the clock, then lets the least recently used go until the
+        bounds hold: the entries kept are those that putting one item at a time would keep."""
+        entries = self._entries
+        expiry = self._clock() + self.ttl_s
+        for key, value in items:
+            if len(value) > self.max_bytes:
+                continue  # could never fit; storing it would only flush everything else
+            if key in entries:
+                self._remove(key)
+            entries[key] = (value, expiry, None)
+            self.num_bytes += len(value)
+        while len(entries) > self.max_entries or self.num_bytes > self.max_bytes:
+            self._remove(next(iter(entries)))
 
     def _remove(self, key: str) -> None:
-        value, _ = self._entries.pop(key)
+        value, _, _ = self._entries.pop(key)
         self.num_bytes -= len(value)
 
     async def get(self, key: str) -> bytes | None:
@@ -85,11 +122,10 @@ class LruStore:
         return [self.get_nowait(key) for key in keys]
 
     async def get_rows(self, keys: list[str], dtype: np.dtype) -> list[np.ndarray | None]:
-        return rows_of([self.get_nowait(key) for key in keys], dtype)
+        return self.get_rows_nowait(keys, dtype)
 
     async def put_many(self, items: list[tuple[str, bytes]]) -> None:
-        for key, value in items:
-            self.put_nowait(key, value)
+        self.put_many_nowait(items)
 
     async def close(self) -> None:
         self._entries.clear()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from gateway.cache.lru_store import LruStore, ResultStore
-from gateway.cache.rows import rows_of
 
 
 class TieredStore:
@@ -37,15 +36,10 @@ class TieredStore:
         self.local.put_nowait(key, value)
         await self.shared.put(key, value)
 
-    def _local_values(self, keys: list[str]) -> tuple[list[bytes | None], list[int]]:
-        """Each key's local copy (None: none) and the indices of the keys without one; counts the local hits."""
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
         values = [self.local.get_nowait(key) for key in keys]
         missing = [i for i, value in enumerate(values) if value is None]
         self.num_local_hits += len(keys) - len(missing)
-        return values, missing
-
-    async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        values, missing = self._local_values(keys)
         if missing:
             for i, value in zip(missing, await self.shared.get_many([keys[i] for i in missing])):
                 if value is not None:
@@ -54,20 +48,21 @@ class TieredStore:
         return values
 
     async def get_rows(self, keys: list[str], dtype: np.dtype) -> list[np.ndarray | None]:
-        """Local copies decoded as rows_of decodes them; the rest as `shared` reads them, each row kept locally as
-        its bytes."""
-        values, missing = self._local_values(keys)
-        rows = rows_of(values, dtype)
+        """Local copies' rows as `local` reads them; the rest (a local copy that is no row included) as `shared` reads
+        them, each row kept locally as its bytes."""
+        rows = self.local.get_rows_nowait(keys, dtype)
+        missing = [i for i, row in enumerate(rows) if row is None]
+        self.num_local_hits += len(keys) - len(missing)
         if missing:
-            for i, row in zip(missing, await self.shared.get_rows([keys[i] for i in missing], dtype)):
-                if row is not None:
-                    self.local.put_nowait(keys[i], row.tobytes())
-                    rows[i] = row
+            found = [(i, row) for i, row in zip(missing, await self.shared.get_rows([keys[i] for i in missing], dtype))
+                     if row is not None]
+            self.local.put_many_nowait([(keys[i], row.tobytes()) for i, row in found])
+            for i, row in found:
+                rows[i] = row
         return rows
 
     async def put_many(self, items: list[tuple[str, bytes]]) -> None:
-        for key, value in items:
-            self.local.put_nowait(key, value)
+        self.local.put_many_nowait(items)
         await self.shared.put_many(items)
 
     async def close(self) -> None:

@@ -134,6 +134,28 @@ def test_a_reply_that_arrives_a_few_bytes_at_a_time_reads_exactly() -> None:
         asyncio.run(main(redis.port))
 
 
+
+def test_runs_of_one_length_broken_by_other_lengths_and_misses_read_exactly_whatever_bytes_arrive_at_once() -> None:
+    widths = [8] * 20 + [4] * 3 + [0] + [8] * 30 + [80] + [8] * 9 + [0, 0] + [4] * 12 + [8]  # 0: a miss
+    keys = [f"w:{i}" for i in range(len(widths))]
+
+    async def main(port: int) -> None:
+        raw = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        await raw.mset({key: _vector(i, w).tobytes() for i, (key, w) in enumerate(zip(keys, widths)) if w})
+        await raw.aclose()
+        for chunk in (0, 3001, 97):
+            async with _proxy(port, chunk=chunk) as proxied:
+                store = RedisStore(f"redis://127.0.0.1:{proxied}/0", 60.0, 5.0, CircuitBreaker(3, 1.0))
+                values, rows = await store.get_many(keys), await store.get_rows(keys, F32)
+                assert values == [_vector(i, w).tobytes() if w else None for i, w in enumerate(widths)], chunk
+                assert [None if row is None else row.tolist() for row in rows] == [
+                    _vector(i, w).tolist() if w else None for i, w in enumerate(widths)], chunk
+                assert store.num_failures == 0
+                await store.close()
+
+    with redis_server() as redis:
+        asyncio.run(main(redis.port))
+
 def test_password_user_and_db_come_from_the_url_and_a_refused_login_is_a_miss() -> None:
     async def main(port: int) -> None:
         raw = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")

@@ -50,6 +50,42 @@ def test_lru_evicts_oldest_until_the_bytes_fit_and_skips_values_larger_than_the_
     assert store.num_bytes == 5
 
 
+
+def test_lru_rows_are_decoded_once_per_entry_as_views_of_its_bytes_and_follow_recency_ttl_and_replacement() -> None:
+    clock = Clock()
+    f32 = np.dtype("<f4")
+    store = LruStore(max_entries=3, max_bytes=1000, ttl_s=5, clock=clock)
+    a, b = np.array([1.5, -2.0], f32).tobytes(), np.array([0.1], f32).tobytes()
+    store.put_nowait("a", a)
+    store.put_nowait("b", b)
+    store.put_nowait("odd", b"xyz")  # not whole float32 items
+    first = store.get_rows_nowait(["a", "missing", "b", "odd"], f32)
+    assert [None if row is None else row.tolist() for row in first] == [[1.5, -2.0], None, [np.float32(0.1)], None]
+    assert (first[0].base is a, first[0].flags.writeable) == (True, False)
+    again = store.get_rows_nowait(["b", "a"], f32)
+    assert (again[0] is first[2], again[1] is first[0]) == (True, True)
+    store.put_nowait("c", b"")  # a and b were read after odd: odd goes
+    assert ("odd" in store, "a" in store, "b" in store) == (False, True, True)
+    store.put_nowait("a", np.array([7.0], f32).tobytes())  # a new value, a new row
+    assert store.get_rows_nowait(["a"], f32)[0].tolist() == [7.0]
+    clock.now = 5.0
+    assert store.get_rows_nowait(["a", "b"], f32) == [None, None]
+    assert (len(store), store.num_bytes) == (1, 0)
+
+
+def test_lru_put_many_keeps_the_same_entries_as_one_put_at_a_time() -> None:
+    items = [("a", b"aaaa"), ("b", b"bb"), ("huge", b"x" * 11), ("c", b"cccc"), ("a", b"A"), ("d", b"dddd")]
+    one_by_one, at_once = (LruStore(max_entries=3, max_bytes=10, ttl_s=60) for _ in range(2))
+    for store in (one_by_one, at_once):
+        store.put_nowait("old", b"o")
+    for key, value in items:
+        one_by_one.put_nowait(key, value)
+    at_once.put_many_nowait(items)
+    for store in (one_by_one, at_once):
+        assert ([key for key in ("old", "a", "b", "huge", "c", "d") if key in store], store.num_bytes) == (
+            ["a", "c", "d"], 9)
+        assert [store.get_nowait(key) for key in ("c", "a", "d")] == [b"cccc", b"A", b"dddd"]
+
 def test_lru_entries_expire_after_the_ttl() -> None:
     clock = Clock()
     store = LruStore(max_entries=10, max_bytes=100, ttl_s=5, clock=clock)
