@@ -23,6 +23,14 @@ class SchedulerConfig:
     policy: str = option("continuous", "continuous batching, or static batches run to completion (the baseline)",
                          choices=POLICIES)
     enable_prefix_caching: bool = option(True, "reuse the KV blocks of prompt prefixes seen before")
+    # Each admission puts a prompt into a step of decode rows, and such a mixed step costs the worker's host far
+    # more than a decode step (its attention runs outside the decode graph, layer by layer): admitting one sequence
+    # per freed seat makes most steps of a full batch mixed. Gathering a few seats' worth first costs the held
+    # sequences a few steps of waiting, bounded by admit_wait_ms.
+    admit_batch: int = option(
+        8, "when the running batch is full, waiting sequences are admitted once this many seats are free (or all of "
+           "them fit), unless the step runs prompt chunks anyway; 1 admits at every free seat")
+    admit_wait_ms: float = option(50.0, "the longest admit_batch holds a waiting sequence back")
     # With 2 the worker sees the next plan while a step runs; with 3 that plan was built a step earlier, so the
     # scheduler's round trip leaves the worker's critical path, which short steps (small batches, small models)
     # cannot hide.
@@ -36,6 +44,9 @@ class SchedulerConfig:
                 raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
         if self.policy not in POLICIES:
             raise InvalidArgument(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.admit_batch < 1 or self.admit_wait_ms < 0:
+            raise InvalidArgument(
+                f"admit_batch must be >= 1 and admit_wait_ms >= 0, got {self.admit_batch} and {self.admit_wait_ms}")
         if not 1 <= self.max_steps_in_flight <= MAX_STEPS_IN_FLIGHT:
             raise InvalidArgument(
                 f"max_steps_in_flight must be 1 to {MAX_STEPS_IN_FLIGHT}, got {self.max_steps_in_flight}")

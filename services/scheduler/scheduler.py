@@ -53,6 +53,9 @@ class Scheduler:
         metrics: Metrics | None = None,
     ) -> None:
         self.static = config.policy == "static"
+        self.admit_batch = config.admit_batch
+        self.admit_wait_s = config.admit_wait_ms / 1000
+        self._held_since: float | None = None  # when admission into free seats was first held back
         self.max_num_seqs = min(config.max_num_seqs, limits.max_num_seqs)
         self.max_num_batched_tokens = min(config.max_num_batched_tokens, limits.max_num_batched_tokens)
         self.block_manager = BlockManager(limits.num_kv_blocks, limits.block_size, config.enable_prefix_caching)
@@ -111,6 +114,7 @@ class Scheduler:
         # it, so the next step can already give it a decode slot before this step's result arrives.
         # When blocks run out, the newest running sequence not yet in this step is preempted (blocks freed,
         # recomputed from its known tokens later) and no waiting sequence is admitted in that step.
+        # While the running batch is full, waiting sequences join admit_batch at a time (see `_holds_admission`).
         # Static policy (the baseline): waiting sequences are admitted only when nothing runs, so a batch
         # runs to completion before the next one starts.
         out = SchedulerOutput(expired=self._expire(now))
@@ -141,6 +145,7 @@ class Scheduler:
                 budget -= 1
             elif self._schedule_running(seq, 1, now, scheduled_ids, out):
                 budget -= 1
+        num_decode = len(scheduled)
         for seq in prefills:
             if budget <= 0:
                 break
@@ -149,6 +154,10 @@ class Scheduler:
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if self._schedule_running(seq, num_new, now, scheduled_ids, out):
                 budget -= num_new
+        if admit and num_decode and len(scheduled) == num_decode and self._holds_admission(now):
+            admit = False
+        elif admit:
+            self._held_since = None
         if admit and not out.preempted:
             budget = self._admit(budget, now, scheduled_ids, out)
         for item in scheduled:
@@ -158,6 +167,18 @@ class Scheduler:
         out.finished_seq_ids = self._pending_finished_ids
         self._pending_finished_ids = []
         return out
+
+    def _holds_admission(self, now: float) -> bool:
+        """Whether a step of decode rows alone should stay so: some seats are free, but fewer than admit_batch (and
+        than the waiting sequences), and seats have been held free for less than admit_wait_s. Counted from the
+        first held step, not from a sequence's arrival: under a queue longer than the batch every sequence has
+        waited long when a seat frees, and that is when admissions one by one cost the most."""
+        free = self.max_num_seqs - len(self.running)
+        if free <= 0 or free >= min(self.admit_batch, self.num_waiting):
+            return False
+        if self._held_since is None:
+            self._held_since = now
+        return now - self._held_since < self.admit_wait_s
 
     def _schedule_running(
         self, seq: Sequence, num_new: int, now: float, scheduled_ids: set[int], out: SchedulerOutput

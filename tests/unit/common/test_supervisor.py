@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from services.launcher import ChildStage
 from services.supervisor import Supervisor
+from tests.manual_clock import ManualClock
 
 
 class FakeProc:
@@ -27,13 +28,6 @@ class FakeStack:
         stage.proc = FakeProc(100 + len(self.spawned))
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _stack() -> FakeStack:
     stages = [ChildStage("worker0", ["worker"], "a"), ChildStage("worker1", ["worker"], "b"),
               ChildStage("scheduler", ["scheduler"], "c")]
@@ -43,7 +37,7 @@ def _stack() -> FakeStack:
 
 
 def test_a_dead_worker_is_restarted_after_growing_delays_and_the_stack_keeps_serving():
-    stack, clock, lines = _stack(), Clock(), []
+    stack, clock, lines = _stack(), ManualClock(), []
     supervisor = Supervisor(stack, lines.append, clock, delays=(1.0, 2.0), stable_s=60.0)
     stack.stages[1].proc.returncode = -9
     assert supervisor.check() is None
@@ -67,7 +61,7 @@ def test_a_dead_worker_is_restarted_after_growing_delays_and_the_stack_keeps_ser
 
 
 def test_a_worker_out_of_restarts_stays_down_and_the_stack_stops_when_the_last_worker_exits():
-    stack, clock, lines = _stack(), Clock(), []
+    stack, clock, lines = _stack(), ManualClock(), []
     supervisor = Supervisor(stack, lines.append, clock, delays=(1.0,), stable_s=60.0)
     stack.stages[1].proc.returncode = 1
     supervisor.check()
@@ -84,7 +78,7 @@ def test_a_worker_out_of_restarts_stays_down_and_the_stack_stops_when_the_last_w
 
 
 def test_a_worker_that_ran_a_while_starts_its_restart_count_over():
-    stack, clock, lines = _stack(), Clock(), []
+    stack, clock, lines = _stack(), ManualClock(), []
     supervisor = Supervisor(stack, lines.append, clock, delays=(1.0, 2.0), stable_s=60.0)
     stack.stages[0].proc.returncode = 1
     supervisor.check()
@@ -97,7 +91,7 @@ def test_a_worker_that_ran_a_while_starts_its_restart_count_over():
 
 
 def test_the_stack_stops_when_no_worker_is_left_or_another_stage_exits():
-    stack, clock = _stack(), Clock()
+    stack, clock = _stack(), ManualClock()
     supervisor = Supervisor(stack, lambda _: None, clock)
     stack.stages[0].proc.returncode = 1
     stack.stages[1].proc.returncode = 1

@@ -16,16 +16,9 @@ from gateway.config import EmbeddingCacheConfig, ResultCacheConfig
 from gateway.schema import Finished, Latency, TextDelta, TokenLogprob, TopLogprob, Usage
 from gateway.server import build_embedding_store
 from services.common.finish_reason import FinishReason
+from tests.manual_clock import ManualClock
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_lru_evicts_the_least_recently_used_past_max_entries() -> None:
@@ -52,7 +45,7 @@ def test_lru_evicts_oldest_until_the_bytes_fit_and_skips_values_larger_than_the_
 
 
 def test_lru_rows_are_decoded_once_per_entry_as_views_of_its_bytes_and_follow_recency_ttl_and_replacement() -> None:
-    clock = Clock()
+    clock = ManualClock()
     f32 = np.dtype("<f4")
     store = LruStore(max_entries=3, max_bytes=1000, ttl_s=5, clock=clock)
     a, b = np.array([1.5, -2.0], f32).tobytes(), np.array([0.1], f32).tobytes()
@@ -87,7 +80,7 @@ def test_lru_put_many_keeps_the_same_entries_as_one_put_at_a_time() -> None:
         assert [store.get_nowait(key) for key in ("c", "a", "d")] == [b"cccc", b"A", b"dddd"]
 
 def test_lru_entries_expire_after_the_ttl() -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = LruStore(max_entries=10, max_bytes=100, ttl_s=5, clock=clock)
     store.put_nowait("a", b"1")
     clock.now = 4.9
@@ -116,7 +109,7 @@ def test_an_unreadable_entry_is_an_entry_error() -> None:
 
 
 def test_breaker_opens_after_threshold_failures_and_lets_one_trial_through_after_cooldown() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker = CircuitBreaker(threshold=3, cooldown_s=10, clock=clock)
     for _ in range(2):
         assert breaker.allow()
@@ -144,7 +137,7 @@ def test_a_success_resets_the_consecutive_failure_count() -> None:
 
 def test_a_tiered_store_answers_from_its_local_copy_until_the_local_ttl_then_from_the_shared_store() -> None:
     async def main() -> None:
-        clock = Clock()
+        clock = ManualClock()
         shared = LruStore(max_entries=10, max_bytes=100, ttl_s=60, clock=clock)
         store = TieredStore(LruStore(max_entries=10, max_bytes=100, ttl_s=1, clock=clock), shared)
         shared.put_nowait("a", b"1")  # another process stored it

@@ -6,14 +6,7 @@ from services.common.sampling import SamplingParams
 from services.common.step import CachedSeqs, NewSeq, StepPlan
 from services.scheduler.config import StallConfig
 from services.scheduler.progress_watch import ProgressWatch
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.manual_clock import ManualClock
 
 
 def _decode_plan(step_id: int) -> StepPlan:
@@ -28,7 +21,7 @@ CONFIG = StallConfig(timeout_s=3.0, per_prefill_token_s=0.001, first_steps=2, fi
 
 
 def test_the_first_steps_get_the_compile_allowance_and_later_ones_the_timeout():
-    clock = Clock()
+    clock = ManualClock(100.0)
     watch = ProgressWatch(CONFIG, clock)
     watch.sent(_decode_plan(0))
     clock.now += 59.0
@@ -44,7 +37,7 @@ def test_the_first_steps_get_the_compile_allowance_and_later_ones_the_timeout():
 
 
 def test_a_worker_past_its_first_steps_on_an_earlier_connection_gets_no_compile_allowance():
-    clock = Clock()
+    clock = ManualClock(100.0)
     first = ProgressWatch(CONFIG, clock)
     assert not first.past_first_steps
     for step_id in range(2):
@@ -59,7 +52,7 @@ def test_a_worker_past_its_first_steps_on_an_earlier_connection_gets_no_compile_
 
 
 def test_a_step_behind_another_starts_its_clock_when_the_one_ahead_returns():
-    clock = Clock()
+    clock = ManualClock(100.0)
     watch = ProgressWatch(StallConfig(timeout_s=3.0, first_steps=0), clock)
     watch.sent(_decode_plan(0))
     watch.sent(_decode_plan(1))
@@ -75,7 +68,7 @@ def test_a_step_behind_another_starts_its_clock_when_the_one_ahead_returns():
 
 
 def test_a_large_prefill_gets_time_for_its_prompt_tokens():
-    clock = Clock()
+    clock = ManualClock(100.0)
     watch = ProgressWatch(StallConfig(timeout_s=3.0, per_prefill_token_s=0.001, first_steps=0), clock)
     watch.sent(_prefill_plan(0, 8000))
     clock.now += 10.5
