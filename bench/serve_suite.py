@@ -97,6 +97,10 @@ GPU_SUITE = (
         Scenario("1B ShareGPT 1000 at once, static, 256 per step", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256'", (
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step", "sharegpt", 1000),)),
+    # The same with a request admitted at every freed seat: each admission makes a step mix a prompt into the rows.
+    StackRun("llama-3.2-1b",
+             "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256 --admit-batch 1'", (
+        Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, admit batch 1", "sharegpt", 1000),)),
     # Where the continuous run's time goes: its steps that mix a prompt chunk into the decode rows leave the device
     # waiting (the stages' CPU samples, then a window of the worker's steps with the gaps between device operations).
     StackRun("llama-3.2-1b",
@@ -304,8 +308,8 @@ def start_kernel_profile(out: Path, parent: int, after_s: float = 4.0, wait_s: f
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Continuous over static, OpenAI-default over greedy, three steps in flight over two and FP8 over bf16: output
-    throughput, where both ran."""
+    """Continuous over static, admitting 8 at a time over 1, OpenAI-default over greedy, three steps in flight over two
+    and FP8 over bf16: output throughput, where both ran."""
     tput = {r["name"]: r["result"]["output_throughput"] for r in results}
 
     def ratio(a: str, b: str) -> float | None:
@@ -313,6 +317,8 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
 
     return {"continuous_over_static": ratio("1B ShareGPT 1000 at once, continuous, 256 per step",
                                             "1B ShareGPT 1000 at once, static, 256 per step"),
+            "admit_batch_8_over_1": ratio("1B ShareGPT 1000 at once, continuous, 256 per step",
+                                          "1B ShareGPT 1000 at once, continuous, 256 per step, admit batch 1"),
             "default_sampling_over_greedy": ratio("8B ShareGPT 1000 at once, temperature 1 top_p 1",
                                                   "8B ShareGPT 1000 at once, greedy"),
             "8b_three_in_flight_over_two": ratio("8B ShareGPT 1000 at once, greedy",
