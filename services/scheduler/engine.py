@@ -125,10 +125,10 @@ class Engine:
         totals.num_steps += bool(out.scheduled)  # a plan that only lists finished ids runs nothing
         num_step_tokens = 0
         cached = plan.cached_seqs
-        for item in out.scheduled:
-            num_new = item.num_new_tokens
+        scheduled = out.scheduled
+        for seq, num_new, computed_before in zip(scheduled.seqs, scheduled.num_new_tokens,
+                                                 scheduled.num_computed_before):
             num_step_tokens += num_new
-            seq = item.seq
             table = seq.block_table
             if seq.is_sent:
                 sent = seq.num_sent_blocks
@@ -142,7 +142,7 @@ class Engine:
             else:
                 plan.new_seqs.append(NewSeq(
                     seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, list(table),
-                    item.num_computed_before, num_new, seq.traceparent,
+                    computed_before, num_new, seq.traceparent,
                 ))
                 seq.is_sent = True
             seq.num_sent_blocks = len(table)

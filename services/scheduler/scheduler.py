@@ -23,17 +23,27 @@ _FINISHED = SequenceStatus.FINISHED
 
 
 @dataclass(slots=True)
-class ScheduledSeq:
-    """One sequence's share of a step."""
+class ScheduledSeqs:
+    """The sequences of one step, one column per field (a busy step has a thousand rows, each an object more to make
+    otherwise): seqs[i] runs num_new_tokens[i] tokens, starting at num_computed_before[i], the tokens whose KV the
+    worker holds (or will, from earlier steps) before this step."""
 
-    seq: Sequence
-    num_new_tokens: int  # tokens to run, starting at num_computed_before
-    num_computed_before: int  # tokens whose KV the worker holds (or will, from earlier steps) before this one
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    num_computed_before: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def append(self, seq: Sequence, num_new_tokens: int, num_computed_before: int) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_new_tokens)
+        self.num_computed_before.append(num_computed_before)
 
 
 @dataclass(slots=True)
 class SchedulerOutput:
-    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    scheduled: ScheduledSeqs = field(default_factory=ScheduledSeqs)
     finished_seq_ids: list[int] = field(default_factory=list)  # seq ids the worker must forget first
     preempted: list[Sequence] = field(default_factory=list)
     expired: list[Sequence] = field(default_factory=list)  # ended by their deadline in this call
@@ -125,6 +135,9 @@ class Scheduler:
         prefills: list[Sequence] = []
         block_size = bm.block_size
         scheduled = out.scheduled
+        # The inline decode's appends, bound once: the loop runs for every running sequence of every step.
+        add_seq, add_num, add_before = (scheduled.seqs.append, scheduled.num_new_tokens.append,
+                                        scheduled.num_computed_before.append)
         for seq in list(self.running.values()):
             if seq.status is not _RUNNING:
                 continue  # preempted in this loop
@@ -141,7 +154,9 @@ class Scheduler:
                 seq.num_computed_tokens = num_tokens
                 seq.num_placeholders += 1  # it samples in this step
                 scheduled_ids.add(seq.seq_id)
-                scheduled.append(ScheduledSeq(seq, 1, computed))
+                add_seq(seq)
+                add_num(1)
+                add_before(computed)
                 budget -= 1
             elif self._schedule_running(seq, 1, now, scheduled_ids, out):
                 budget -= 1
@@ -160,8 +175,7 @@ class Scheduler:
             self._held_since = None
         if admit and not out.preempted:
             budget = self._admit(budget, now, scheduled_ids, out)
-        for item in scheduled:
-            seq = item.seq
+        for seq in scheduled.seqs:
             if seq.num_computed_tokens >= (seq.num_registered_blocks + 1) * block_size:  # a block filled up
                 bm.cache_full_blocks(seq)
         out.finished_seq_ids = self._pending_finished_ids
@@ -236,7 +250,7 @@ class Scheduler:
             if self.metrics is not None:
                 self.metrics.request_queue_time.observe(max(0.0, now - seq.arrival_time))
         scheduled_ids.add(seq.seq_id)
-        out.scheduled.append(ScheduledSeq(seq, num_new, before))
+        out.scheduled.append(seq, num_new, before)
 
     def _newest_unscheduled(self, scheduled_ids: set[int]) -> Sequence:
         for seq in reversed(self.running.values()):
