@@ -20,7 +20,7 @@ from services.common.step import NewSeq, StepPlan, StepResult
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine_state import EngineTotals
-from services.scheduler.request_events import Event, NewToken, Request, RequestDone, RequestFailed
+from services.scheduler.request_events import Event, NewTokens, Request, RequestDone, RequestFailed
 from services.scheduler.scheduler import Scheduler
 from services.scheduler.sequence import Sequence
 
@@ -164,7 +164,12 @@ class Engine:
             if seq is not None:
                 self._end(seq, RequestFailed(seq.key, error.error.code, error.error.message), keep_cached=False)
         num_generated = 0
-        emit = self.events.append
+        # The step's tokens go in one event, placed before the ends this loop emits: a request's last tokens then
+        # precede its end.
+        tokens = NewTokens()
+        position = len(self.events)
+        self.events.append(tokens)
+        add_key, add_token, add_logprobs = tokens.keys.append, tokens.token_ids.append, tokens.logprobs.append
         for seq_id, token_id, logprobs in result.sampled.rows():
             seq = running.get(seq_id)
             if seq is None or seq.num_placeholders == 0:
@@ -181,12 +186,16 @@ class Engine:
             if token_id in seq.stop_ids or num_tokens >= seq.token_limit:
                 reason = self._finish_reason(seq, token_id)
             if reason is None or reason is _LENGTH:  # the stop token itself is not part of the output
-                emit(NewToken(seq.key, token_id, logprobs))
+                add_key(seq.key)
+                add_token(token_id)
+                add_logprobs(logprobs)
                 seq.num_emitted_tokens += 1
             if reason is not None:
                 self._end(seq, self._done(seq, reason))
             elif num_tokens % block_size == 0:
                 self.scheduler.block_manager.cache_full_blocks(seq)  # this token completed a block
+        if not tokens:
+            del self.events[position]
         self.totals.num_generated_tokens += num_generated
         if self.metrics is not None and num_generated:
             self.metrics.generation_tokens.inc(num_generated)

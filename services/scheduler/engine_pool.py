@@ -14,7 +14,7 @@ from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument,
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.engine_state import EngineState, EngineTotals, WorkerEngineState
-from services.scheduler.request_events import Event, NewToken, Request
+from services.scheduler.request_events import Event, NewTokens, Request
 from services.scheduler.sequence import Sequence
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ class EnginePool:
         engine.fail_all(ErrorCode.UNAVAILABLE, message)
         self._retired.add(engine.totals)
         events = engine.take_events()
-        for event in events:
+        ends = [event for event in events if type(event) is not NewTokens]
+        for event in ends:
             self._owner.pop(event.key, None)
         moved = set()
         for request in unsent:
@@ -70,7 +71,8 @@ class EnginePool:
                 moved.add(request.key)
             except FlashStreamError:
                 pass  # no other worker, or none that fits: the UNAVAILABLE stands
-        return [event for event in events if event.key not in moved]
+        # Tokens stay: a request that streamed none is the only kind moved.
+        return [event for event in events if type(event) is NewTokens or event.key not in moved]
 
     # ---- requests ----
 
@@ -116,7 +118,7 @@ class EnginePool:
         """Events of one engine since the last call; forgets the requests that ended."""
         events = engine.take_events()
         for event in events:
-            if type(event) is not NewToken:
+            if type(event) is not NewTokens:
                 self._owner.pop(event.key, None)
         return events
 

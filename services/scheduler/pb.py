@@ -10,7 +10,7 @@ from services.common.pb import error_from_pb, logprobs_from_pb, logprobs_to_pb, 
 from services.common.step import SampledTokens, SeqError, StepPlan, StepResult, TokenLogprobs
 from services.scheduler.config import WorkerLimits
 from services.scheduler.engine_state import EngineState
-from services.scheduler.request_events import Event, NewToken, Request, RequestDone
+from services.scheduler.request_events import Event, NewTokens, Request, RequestDone
 
 
 def limits_from_info(info: worker_pb2.WorkerInfo) -> WorkerLimits:
@@ -86,11 +86,13 @@ def events_to_pb(events: Iterable[Event]) -> scheduler_pb2.SchedulerDown:
     token_ids: list[int] = []
     columns = down.tokens
     for event in events:
-        if type(event) is NewToken:
-            if event.logprobs is not None:
-                columns.logprobs.add(index=len(token_ids), logprob=logprobs_to_pb(event.logprobs))
-            request_ids.append(event.key[1])
-            token_ids.append(event.token_id)
+        if type(event) is NewTokens:
+            if event.logprobs.count(None) != len(event.logprobs):
+                for index, logprobs in enumerate(event.logprobs, start=len(token_ids)):
+                    if logprobs is not None:
+                        columns.logprobs.add(index=index, logprob=logprobs_to_pb(logprobs))
+            request_ids += [key[1] for key in event.keys]
+            token_ids += event.token_ids
         elif type(event) is RequestDone:
             down.events.add(request_id=event.key[1], done=common_pb2.Done(
                 finish_reason=int(event.finish_reason),

@@ -3,8 +3,8 @@ to and from protobuf (see pb.py); the plans and results of the worker hop are in
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
 
 from services.common.errors import ErrorCode
 from services.common.finish_reason import FinishReason
@@ -28,12 +28,27 @@ class Request:
 
 
 @dataclass(slots=True)
-class NewToken:
-    """A token a request generated (a stop token that ends it is not one)."""
+class NewTokens:
+    """Tokens that requests generated in one step, one column per field: keys[i]'s request got token_ids[i], with
+    logprobs[i] where it asked for logprobs (else None). A stop token that ends a request is not one. One event per
+    step rather than per token: a busy step has a thousand, and each stage they cross would pay per object; a
+    request's tokens still come before its end, which follows in a later event."""
 
-    key: Hashable
-    token_id: int
-    logprobs: TokenLogprobs | None = None  # when the request asked for logprobs
+    keys: list[Hashable] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def append(self, key: Hashable, token_id: int, logprobs: TokenLogprobs | None = None) -> None:
+        self.keys.append(key)
+        self.token_ids.append(token_id)
+        self.logprobs.append(logprobs)
+
+    def rows(self) -> Iterator[tuple[Hashable, int, TokenLogprobs | None]]:
+        """(key, token_id, logprobs) of each token, in order."""
+        return zip(self.keys, self.token_ids, self.logprobs, strict=True)
 
 
 @dataclass(slots=True)
@@ -59,4 +74,4 @@ class RequestFailed:
     message: str
 
 
-Event = NewToken | RequestDone | RequestFailed
+Event = NewTokens | RequestDone | RequestFailed

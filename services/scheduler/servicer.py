@@ -22,7 +22,7 @@ from services.common.grpc_server import CLOSE_GRACE_S, handle_errors
 from services.common.metrics import error_code_label, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.scheduler.pb import engine_state_to_pb, events_to_pb, request_from_pb
-from services.scheduler.request_events import Event, NewToken, RequestDone, RequestFailed
+from services.scheduler.request_events import Event, NewTokens, RequestDone, RequestFailed
 from services.scheduler.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """Puts events in their streams' outboxes (events of streams already gone are dropped)."""
         streams = self._streams
         for event in events:
-            stream = streams.get(event.key[0])
-            if type(event) is NewToken:
-                if stream is not None and event.key[1] in stream.live:
-                    stream.outbox.append(event)
-                    stream.wake.set()
+            if type(event) is NewTokens:
+                self._dispatch_tokens(event)
                 continue
+            stream = streams.get(event.key[0])
             if type(event) is RequestFailed:
                 self._count_error(event)
             if self._spans:
@@ -70,6 +68,28 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             stream.outbox.append(event)
             stream.live.discard(event.key[1])
             stream.wake.set()
+
+    def _dispatch_tokens(self, tokens: NewTokens) -> None:
+        """Each stream's share of a step's tokens, as one NewTokens in its outbox."""
+        streams = self._streams
+        if len(streams) == 1:  # one tokenizer replica: the whole event is its share when all its requests are live
+            ((number, stream),) = streams.items()
+            live = stream.live
+            if all(key[0] == number and key[1] in live for key in tokens.keys):
+                stream.outbox.append(tokens)
+                stream.wake.set()
+                return
+        shares: dict[int, NewTokens] = {}
+        for key, token_id, logprobs in tokens.rows():
+            stream = streams.get(key[0])
+            if stream is None or key[1] not in stream.live:
+                continue  # the stream is gone, or the request already ended here (failed by a drain)
+            share = shares.get(key[0])
+            if share is None:
+                share = shares[key[0]] = NewTokens()
+                stream.outbox.append(share)
+                stream.wake.set()
+            share.append(key, token_id, logprobs)
 
     async def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[scheduler_pb2.SchedulerUp], context: grpc.aio.ServicerContext

@@ -91,7 +91,7 @@ def test_losing_a_worker_ends_its_streaming_requests_with_unavailable_and_moves_
     assert pool.route(req("streaming", [1], max_tokens=20)) == "left"
     worker = FakeWorker(8, 4)
     left.process_result(worker.step(left.build_plan()))  # its first token is out
-    assert [type(e).__name__ for e in pool.take_events(left)] == ["NewToken"]
+    assert [(type(e).__name__, e.keys) for e in pool.take_events(left)] == [("NewTokens", ["streaming"])]
     assert pool.route(req("queued", [2])) == "right"
     assert pool.route(req("tokenless", [3])) == "left"
     events = pool.remove_worker("left", "worker left disconnected")

@@ -10,17 +10,15 @@ from services.common.errors import ErrorCode
 from services.common.finish_reason import FinishReason
 from services.common.step import TokenLogprobs
 from services.scheduler.pb import events_to_pb
-from services.scheduler.request_events import NewToken, RequestDone, RequestFailed
+from services.scheduler.request_events import NewTokens, RequestDone, RequestFailed
 
 pytestmark = pytest.mark.timeout(10)
 
 
 def test_tokens_of_many_requests_cross_as_columns_in_emission_order_with_only_the_logprobs_they_carry() -> None:
     events = [
-        NewToken((0, "a"), 11),
-        NewToken((0, "b"), 21, TokenLogprobs(21, -0.25, [(21, -0.25), (4, -1.5)])),
-        NewToken((0, "a"), 12),
-        NewToken((0, "b"), 22, TokenLogprobs(22, -0.5, [(22, -0.5)])),
+        NewTokens([(0, "a"), (0, "b")], [11, 21], [None, TokenLogprobs(21, -0.25, [(21, -0.25), (4, -1.5)])]),
+        NewTokens([(0, "a"), (0, "b")], [12, 22], [None, TokenLogprobs(22, -0.5, [(22, -0.5)])]),
         RequestDone((0, "a"), FinishReason.LENGTH, num_prompt_tokens=3, num_completion_tokens=2, num_cached_tokens=1),
         RequestFailed((0, "c"), ErrorCode.INVALID_ARGUMENT, "seq 9: logits are not finite"),
     ]

@@ -9,7 +9,7 @@ from services.common.sampling import SamplingParams
 from services.common.step import SampledTokens, SeqError, StepPlan
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
-from services.scheduler.request_events import NewToken, Request, RequestDone, RequestFailed
+from services.scheduler.request_events import NewTokens, Request, RequestDone, RequestFailed
 from tests.unit.scheduler.fake_worker import FakeWorker, run_engine
 
 
@@ -45,7 +45,7 @@ def shape(plan: StepPlan) -> tuple[list[tuple[int, int, int]], list[tuple[int, i
 
 
 def tokens_of(events: list, key: str) -> list[int]:
-    return [e.token_id for e in events if isinstance(e, NewToken) and e.key == key]
+    return [token_id for e in events if isinstance(e, NewTokens) for k, token_id, _ in e.rows() if k == key]
 
 
 def done_of(events: list, key: str) -> RequestDone:
@@ -216,7 +216,7 @@ def test_deadline_expiry_ends_a_request_in_any_state_and_frees_its_blocks():
     step_sync(engine, worker)
     now[0] = 11.0
     assert shape(engine.build_plan()) == ([], [], [0])
-    errors = [(e.key, e.code.name) for e in engine.take_events() if not isinstance(e, NewToken)]
+    errors = [(e.key, e.code.name) for e in engine.take_events() if not isinstance(e, NewTokens)]
     assert errors == [("queued", "DEADLINE_EXCEEDED"), ("running", "DEADLINE_EXCEEDED")]
     assert engine.block_manager.num_free_blocks == 8
 
