@@ -61,9 +61,9 @@ class EnginePool:
         engine.fail_all(ErrorCode.UNAVAILABLE, message)
         self._retired.add(engine.totals)
         events = engine.take_events()
-        ends = [event for event in events if type(event) is not NewTokens]
-        for event in ends:
-            self._owner.pop(event.key, None)
+        for event in events:
+            if type(event) is not NewTokens:
+                self._owner.pop(event.key, None)
         moved = set()
         for request in unsent:
             try:

@@ -1,5 +1,6 @@
-"""Plain dataclasses the core exchanges upstream: requests in, per-request events out. The servicer converts them
-to and from protobuf (see pb.py); the plans and results of the worker hop are in services/common/step.py."""
+"""Plain dataclasses the core exchanges upstream: requests in; out, each step's new tokens and each request's end.
+The servicer converts them to and from protobuf (see pb.py); the plans and results of the worker hop are in
+services/common/step.py."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class Request:
     traceparent: str = ""  # W3C trace context of the request's scheduler span; "" when not traced
 
 
-# ---- scheduler -> upstream, per request ----
+# ---- scheduler -> upstream ----
 
 
 @dataclass(slots=True)
