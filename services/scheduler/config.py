@@ -25,12 +25,13 @@ class SchedulerConfig:
     enable_prefix_caching: bool = option(True, "reuse the KV blocks of prompt prefixes seen before")
     # Each admission puts a prompt into a step of decode rows, and such a mixed step costs the worker's host far
     # more than a decode step (its attention runs outside the decode graph, layer by layer): admitting one sequence
-    # per freed seat makes most steps of a full batch mixed. Gathering a few seats' worth first costs the held
+    # per freed seat makes a third of a full batch's steps mixed. Gathering a few seats' worth first costs the held
     # sequences a few steps of waiting, bounded by admit_wait_ms.
     admit_batch: int = option(
         8, "when the running batch is full, waiting sequences are admitted once this many seats are free (or all of "
            "them fit), unless the step runs prompt chunks anyway; 1 admits at every free seat")
-    admit_wait_ms: float = option(50.0, "the longest admit_batch holds a waiting sequence back")
+    admit_wait_ms: float = option(
+        50.0, "how long free seats may stay free while admit_batch gathers, from the first step that held them")
     # With 2 the worker sees the next plan while a step runs; with 3 that plan was built a step earlier, so the
     # scheduler's round trip leaves the worker's critical path, which short steps (small batches, small models)
     # cannot hide.
