@@ -124,7 +124,8 @@ def _send(base: str, prompts: list[str], load: SearchLoad, concurrency: int, pro
           offsets: list[float] | None = None) -> tuple[list[Record], float]:
     """Sends every prompt (at `offsets` seconds from the start, or all at once) at most `concurrency` at a time."""
     specs = [RequestSpec(p, 0, load.answer_tokens) for p in prompts]
-    records, t0, end = run_load(base, "", specs, offsets or [0.0] * len(specs), concurrency, GREEDY, procs)
+    load = run_load(base, "", specs, offsets or [0.0] * len(specs), concurrency, GREEDY, procs)
+    records, t0, end = load.records, load.t0, load.end
     first = min([r.start for r in records if r.start] or [t0])
     return records, max(end - first, 1e-9)
 

@@ -234,8 +234,8 @@ def _background_main(base_url: str, prompts: list[str], concurrency: int, answer
         if time.time() > until:
             break
         specs = [RequestSpec(p, 0, answer_tokens) for p in prompts[start:start + concurrency]]
-        records, _, _ = run_load(base_url, "", specs, [0.0] * len(specs), concurrency,
-                                 {"temperature": 0.0, "ignore_eos": True}, 1)
+        records = run_load(base_url, "", specs, [0.0] * len(specs), concurrency,
+                           {"temperature": 0.0, "ignore_eos": True}, 1).records
         with done.get_lock():
             done.value += sum(1 for r in records if not r.error)
 

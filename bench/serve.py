@@ -123,8 +123,9 @@ def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[st
     before = scrape(metric_urls)
     cpu_before = process_cpu_s(pids)
     with Sampler(metric_urls) as sampler:
-        records, t0, end = run_load(base_url, "", specs, arrivals(num_requests, rate, seed),
-                                    concurrency or num_requests, sampling, client_procs)
+        load = run_load(base_url, "", specs, arrivals(num_requests, rate, seed), concurrency or num_requests,
+                        sampling, client_procs)
+    records, t0, end = load.records, load.t0, load.end
     after = scrape(metric_urls)
     cpu_after = process_cpu_s(pids)
     last_chunk = max((r.chunk_times[-1] for r in records if r.chunk_times), default=end)
@@ -139,7 +140,8 @@ def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[st
             "saturated_s": None if saturated is None else [round(saturated[0] - t0, 3), round(saturated[1] - t0, 3)],
             "stages": stage_metrics(before, after, sampler.kv_peak),
             "idle_by_tenth": sampler.idle_by_tenth(t0, last_chunk),
-            "cpu_s": {name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before}}
+            "cpu_s": {"client": load.cpu_s,
+                      **{name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before}}}
 
 
 def sampling_of(args: argparse.Namespace) -> dict:

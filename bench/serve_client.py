@@ -155,15 +155,30 @@ async def _run_share(base_url: str, model: str, specs: list[tuple[float, Request
     return records
 
 
-def _proc_main(args: tuple) -> list[Record]:
-    return asyncio.run(_run_share(*args))
+@dataclass
+class Load:
+    """What run_load sent: a record per request (in request order), when it started and ended (time.time()), and
+    the CPU seconds the client's own load loops used (every client process, summed): the client's cost per token,
+    beside the stages'."""
+
+    records: list[Record]
+    t0: float
+    end: float
+    cpu_s: float
+
+
+def _proc_main(args: tuple) -> tuple[list[Record], float]:
+    """One client process's share: its records and the CPU seconds of its load loop (this thread's: with one process
+    the loop runs in the caller, beside its other threads)."""
+    start = time.thread_time()
+    records = asyncio.run(_run_share(*args))
+    return records, time.thread_time() - start
 
 
 def run_load(base_url: str, model: str, specs: list[RequestSpec], arrivals: list[float], concurrency: int,
-             sampling: dict, procs: int) -> tuple[list[Record], float, float]:
-    """Sends every request; returns the records (in request order), the start and the end time. Each process gets
-    an equal share of the concurrency, so no more processes run than the concurrency allows (concurrency 1 is one
-    process with one request in flight)."""
+             sampling: dict, procs: int) -> Load:
+    """Sends every request. Each process gets an equal share of the concurrency, so no more processes run than the
+    concurrency allows (concurrency 1 is one process with one request in flight)."""
     procs = max(1, min(procs, len(specs), concurrency))
     shares = [[(arrivals[i], specs[i]) for i in range(p, len(specs), procs)] for p in range(procs)]
     per_proc = max(1, -(-concurrency // procs))
@@ -176,7 +191,7 @@ def run_load(base_url: str, model: str, specs: list[RequestSpec], arrivals: list
             results = pool.map(_proc_main, [(base_url, model, sh, per_proc, sampling, t0) for sh in shares])
     end = time.time()
     records: list[Record] = [None] * len(specs)  # type: ignore[list-item]
-    for p, recs in enumerate(results):
+    for p, (recs, _) in enumerate(results):
         for j, rec in enumerate(recs):
             records[p + j * procs] = rec
-    return records, t0, end
+    return Load(records, t0, end, sum(cpu_s for _, cpu_s in results))

@@ -236,14 +236,14 @@ def process_cpu_s(pids: dict[str, int]) -> dict[str, float]:
 
 
 def cpu_table(scenarios: list[dict[str, Any]]) -> str:
-    """Each stage process's CPU time during each run (every replica apart): seconds, share of the run's wall time
-    (1.0: one core all the time) and microseconds per output token: the control plane's cost per token, and which
-    process nears a whole core."""
+    """Each stage process's CPU time during each run (every replica apart), and the client's (its processes summed):
+    seconds, share of the run's wall time (1.0: one core all the time) and microseconds per output token: the
+    control plane's cost per token, which process nears a whole core, and whether the client could."""
     names = sorted({name for s in scenarios for name in s.get("cpu_s") or {}})
     if not names:
         return ""
-    lines = ["", "CPU time of each stage process during the run (from /proc): seconds / cores busy (CPU over wall "
-             "time) / microseconds per output token", "",
+    lines = ["", "CPU time of each stage process during the run (from /proc) and of the client's load loops (its "
+             "processes summed): seconds / cores busy (CPU over wall time) / microseconds per output token", "",
              "| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for s in scenarios:
         r, cpu_s = s["result"], s.get("cpu_s") or {}

@@ -35,8 +35,8 @@ def test_serve_benchmark_against_the_fake_worker_reports_every_request_and_token
     assert sc["gpu_busy"] is None  # no NVML GPU on a CPU machine
     assert set(sc["stages"]) == {"scheduler", "worker0"}
     assert sc["stages"]["scheduler"]["preemptions"] == 0.0
-    assert set(sc["cpu_s"]) == {"gateway", "gateway2", "tokenizer", "scheduler", "worker"}
+    assert set(sc["cpu_s"]) == {"client", "gateway", "gateway2", "tokenizer", "scheduler", "worker"}
     assert all(seconds > 0 for seconds in sc["cpu_s"].values())
     assert "| serve |" not in out.with_suffix(".md").read_text() and "| run |" in out.with_suffix(".md").read_text()
-    assert "| scenario | gateway | gateway2 | scheduler | tokenizer | worker |" in out.with_suffix(".md").read_text()
+    assert "| scenario | client | gateway | gateway2 | scheduler | tokenizer | worker |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
