@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2
 
@@ -14,6 +14,9 @@ from services.tokenizer.intake import PreparedRequest, TextInput
 from services.tokenizer.request_state import RequestState, TextStep
 from services.tokenizer.tokenizer import TextTokenizer
 from services.tokenizer.tools import ToolRequest, template_message, template_tool
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 
 def text_input_from_pb(pb: tokenizer_pb2.TextRequest) -> TextInput:
@@ -84,16 +87,19 @@ def error_event(request_id: str, exc: FlashStreamError) -> tokenizer_pb2.TextEve
     return tokenizer_pb2.TextEvent(request_id=request_id, error=error_to_pb(exc))
 
 
-def chunk_event(
-    state: RequestState, step: TextStep, logprobs: list[common_pb2.TokenLogprob] | None = None
-) -> tokenizer_pb2.TextEvent:
-    event = tokenizer_pb2.TextEvent(
-        request_id=state.request_id,
-        chunk=common_pb2.TextChunk(text=step.text, token_ids=step.token_ids, logprobs=logprobs or ()),
-    )
+def add_chunk_event(
+    events: RepeatedCompositeFieldContainer[tokenizer_pb2.TextEvent], state: RequestState, step: TextStep,
+    logprobs: list[common_pb2.TokenLogprob] | None = None,
+) -> None:
+    """Adds the step's text as a TextEvent to `events` (a message's repeated TextEvent field), built in place."""
+    event = events.add(request_id=state.request_id)
+    chunk = event.chunk
+    chunk.text = step.text
+    chunk.token_ids.extend(step.token_ids)
+    if logprobs:
+        chunk.logprobs.extend(logprobs)
     if step.num_prompt_tokens is not None:
         event.num_prompt_tokens = step.num_prompt_tokens
-    return event
 
 
 def done_event(state: RequestState, done: common_pb2.Done | None, reason: int) -> tokenizer_pb2.TextEvent:

@@ -13,6 +13,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from flashstream.v1 import common_pb2, scheduler_pb2, tokenizer_pb2, tokenizer_pb2_grpc
@@ -24,10 +25,13 @@ from services.common.metrics import Metrics, finish_reason_label
 from services.common.tracing import NoSpan, Span, Tracing
 from services.tokenizer.embed_inputs import EmbedEncoder, EmbedInput
 from services.tokenizer.intake import EncodePool, ModelLimits, PreparedRequest
-from services.tokenizer.pb import (chunk_event, done_event, error_event, logprobs_with_text, text_input_from_pb,
+from services.tokenizer.pb import (add_chunk_event, done_event, error_event, logprobs_with_text, text_input_from_pb,
                                    token_request_to_pb)
 from services.tokenizer.request_state import RequestState, TextStep, step_requests
 from services.tokenizer.scheduler_link import SchedulerLink
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +45,9 @@ class _Session:
     scheduler_ids: set[str] = field(default_factory=set)  # its requests now at the scheduler
     closing: bool = False  # the upstream finished sending; end once its requests are done
 
-    def send(self, events: list[tokenizer_pb2.TextEvent]) -> None:
-        if events:
-            self.outbox.put_nowait(tokenizer_pb2.TokenizerDown(events=events))
+    def send(self, down: tokenizer_pb2.TokenizerDown) -> None:
+        if down.events:
+            self.outbox.put_nowait(down)
         if self.closing and not self.scheduler_ids:
             self.outbox.put_nowait(None)
 
@@ -109,7 +113,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             sids = list(session.scheduler_ids)
             aborts += sids
             session.closing = True
-            session.send(self._fail(session, sids, exc))
+            session.send(tokenizer_pb2.TokenizerDown(events=self._fail(session, sids, exc)))
         if aborts and self.ready:
             self.link.send(scheduler_pb2.SchedulerUp(abort_request_ids=aborts))
         end = loop.time() + CLOSE_GRACE_S
@@ -125,7 +129,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         except Exception:  # noqa: BLE001 - the upstream stream broke; its requests are aborted below
             log.warning("upstream stream %d broke", session.number, exc_info=True)
         session.closing = True
-        session.send([])
+        session.send(tokenizer_pb2.TokenizerDown())
 
     async def _handle_up(self, session: _Session, up: tokenizer_pb2.TokenizerUp) -> None:
         events: list[tokenizer_pb2.TextEvent] = []
@@ -164,7 +168,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
                 self.link.send(forward)
             except Unavailable as exc:
                 events.extend(self._fail(session, [r.request_id for r in forward.requests], exc))
-        session.send(events)
+        session.send(tokenizer_pb2.TokenizerDown(events=events))
 
     def _admit(self, session: _Session, prepared: PreparedRequest) -> scheduler_pb2.TokenRequest:
         req = prepared.input
@@ -235,39 +239,43 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         order = list(dict.fromkeys([*chunks, *terminals]))
         steps = dict(zip(chunks, step_requests(self.tokenizer, [(self._requests[s][1], ids)
                                                                  for s, ids in chunks.items()])))
-        per_session: dict[_Session, list[tokenizer_pb2.TextEvent]] = {}
+        # Each stream's events are added to its message in place: a chunk built apart and then appended would be
+        # copied twice on the way (into its event, the event into the message).
+        per_session: dict[_Session, tokenizer_pb2.TokenizerDown] = {}
         aborts = []
         for sid in order:
             session, state = self._requests[sid]
-            out = per_session.setdefault(session, [])
+            down = per_session.get(session)
+            if down is None:
+                down = per_session[session] = tokenizer_pb2.TokenizerDown()
             if (step := steps.get(sid)) is not None:
                 lps = logprobs_with_text(self.tokenizer, logprobs[sid]) if sid in logprobs else None
-                out.append(chunk_event(state, step, lps))
+                add_chunk_event(down.events, state, step, lps)
                 if step.stop_string is not None and sid not in terminals:
                     aborts.append(sid)
             if (terminal := terminals.get(sid)) is not None:
-                out.extend(self._finish(sid, session, state, terminal))
-        for session, events in per_session.items():
-            session.send(events)
+                self._finish(sid, session, state, terminal, down.events)
+        for session, down in per_session.items():
+            session.send(down)
         if aborts and self.ready:
             self.link.send(scheduler_pb2.SchedulerUp(abort_request_ids=aborts))
 
-    def _finish(self, sid: str, session: _Session, state: RequestState,
-                terminal: scheduler_pb2.TokenEvent) -> list[tokenizer_pb2.TextEvent]:
+    def _finish(self, sid: str, session: _Session, state: RequestState, terminal: scheduler_pb2.TokenEvent,
+                out: RepeatedCompositeFieldContainer[tokenizer_pb2.TextEvent]) -> None:
+        """Ends a request: its last text (if any) and its terminal event are added to `out` (a message's events)."""
         del self._requests[sid]
         session.scheduler_ids.discard(sid)
         if terminal.WhichOneof("event") == "error" and not state.stopped:
             self._end_span(sid, terminal.error.message)
-            return [tokenizer_pb2.TextEvent(request_id=state.request_id, error=terminal.error)]
-        events = []
+            out.add(request_id=state.request_id, error=terminal.error)
+            return
         tail: TextStep = state.finish(self.tokenizer)
         if tail.text or tail.num_prompt_tokens is not None:
-            events.append(chunk_event(state, tail))
+            add_chunk_event(out, state, tail)
         done = terminal.done if terminal.WhichOneof("event") == "done" else None
         reason = done.finish_reason if done is not None else common_pb2.FINISH_REASON_ABORT
-        event = done_event(state, done, reason)
+        out.append(done_event(state, done, reason))
         self._end_span(sid, finish_reason=finish_reason_label(common_pb2.FinishReason.Name(reason)))
-        return [*events, event]
 
     def _on_scheduler_lost(self, exc: FlashStreamError) -> None:
         """The scheduler stream broke: every request on it fails with exc (UNAVAILABLE); the stage stays up."""
@@ -275,7 +283,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         for sid, (session, _) in list(self._requests.items()):
             per_session.setdefault(session, []).append(sid)
         for session, sids in per_session.items():
-            session.send(self._fail(session, sids, exc))
+            session.send(tokenizer_pb2.TokenizerDown(events=self._fail(session, sids, exc)))
 
     # ---- unary calls ----
 
