@@ -99,8 +99,7 @@ class Flight:
         except Exception as exc:  # a bug here must still end every reader's request
             log.exception("result cache flight %s failed", self.key)
             self._append(FlashStreamError(f"result cache failure: {exc}", ErrorCode.INTERNAL))
-        self.ended = True
-        self._on_end(self)
+        self._on_end(self)  # every path here appended a terminal event, which marked the flight ended
 
     async def _follow(self, handle: object) -> None:
         """Appends the upstream request's events up to its terminal one: handed over as they arrive where the handle

@@ -130,7 +130,7 @@ class Engine:
                                                  scheduled.num_computed_before):
             num_step_tokens += num_new
             table = seq.block_table
-            if seq.is_sent:
+            if seq.is_sent:  # CachedSeqs.append's work inline, with no slice for a table that did not grow
                 sent = seq.num_sent_blocks
                 cached.seq_ids.append(seq.seq_id)
                 cached.num_scheduled_tokens.append(num_new)
