@@ -177,8 +177,9 @@ class Sampler:
 
     def idle_by_tenth(self, start: float, stop: float) -> dict[str, list[float]] | None:
         """Over ten equal slices of the samples between time.time() instants start and stop (the load): the
-        workers' device idle seconds, their steps, and the sequences running in the scheduler at each slice's end
-        (where in a run the device waited)."""
+        workers' device idle seconds, their steps (and how many of them held prompt tokens), the sequences running
+        in the scheduler at each slice's end, and NVML's busy fraction over the slice (where in a run the device
+        waited: between steps, or inside them)."""
         samples = [x for x in self.timeline if start <= x[0] <= stop]
         if len(samples) < 11:
             return None
@@ -190,9 +191,17 @@ class Sampler:
         def steps(values: dict[str, dict[str, float] | None]) -> float:
             return sum(total(values, f"flashstream_step_duration_seconds_count{{{k}}}") for k in STEP_KINDS)
 
+        def busy(a: float, b: float) -> float | None:
+            inside = [u for t, u in self.gpu if a <= t < b]
+            return round(float(np.mean(inside)), 3) if inside else None
+
+        prompt_steps = [f"flashstream_step_duration_seconds_count{{{k}}}" for k in STEP_KINDS if k != "decode"]
         idle = "flashstream_device_idle_seconds_total"
         return {
             "slice_s": [round(b[0] - a[0], 2) for a, b in zip(picks, picks[1:])],
+            "gpu_busy": [busy(a[0], b[0]) for a, b in zip(picks, picks[1:])],
+            "prompt_steps": [int(sum(total(b[1], n) - total(a[1], n) for n in prompt_steps))
+                             for a, b in zip(picks, picks[1:])],
             "device_idle_s": [round(total(b[1], idle) - total(a[1], idle), 3) for a, b in zip(picks, picks[1:])],
             "steps": [int(steps(b[1]) - steps(a[1])) for a, b in zip(picks, picks[1:])],
             "running": [int(total(b[1], "flashstream_num_requests_running")) for b in picks[1:]],
@@ -313,12 +322,15 @@ def idle_table(scenarios: list[dict[str, Any]]) -> str:
         t = s.get("idle_by_tenth")
         if not t or not any(t["steps"]):
             continue
-        cells = [f"{idle:.2f} / {steps} / {running}"
-                 for idle, steps, running in zip(t["device_idle_s"], t["steps"], t["running"])]
+        n = len(t["steps"])
+        busy, prompt = t.get("gpu_busy") or [None] * n, t.get("prompt_steps") or ["-"] * n
+        cells = [f"{'-' if b is None else f'{b:.0%}'} / {idle:.2f} / {steps} ({p}) / {running}"
+                 for b, idle, steps, p, running in zip(busy, t["device_idle_s"], t["steps"], prompt, t["running"])]
         lines.append(f"| {s['name']} | {sum(t['slice_s']) / 10:.2f} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    head = ["", "Device idle seconds / worker steps / sequences running in the scheduler at the end, by tenth of "
-            "each run (from the stages' metrics, scraped every 0.5 s)", "",
+    head = ["", "By tenth of each run: NVML's GPU busy / seconds the device sat idle between steps / worker steps (of "
+            "them, steps holding prompt tokens) / sequences running in the scheduler at the tenth's end (the stages' "
+            "metrics, scraped every 0.5 s; NVML sampled every 0.1 s)", "",
             "| scenario | tenth s | " + " | ".join(str(i) for i in range(1, 11)) + " |", "|---|---|" + "---|" * 10]
     return "\n".join(head + lines) + "\n"

@@ -12,8 +12,8 @@ import pytest
 from bench.serve import arrivals
 from bench.serve_client import Record
 from bench.serve_data import PromptMaker, make_model, request_set, sharegpt_lengths
-from bench.serve_report import (Sampler, cpu_table, process_cpu_s, saturated_window, scenario_stats, stage_metrics,
-                                step_table, summary)
+from bench.serve_report import (Sampler, cpu_table, idle_table, process_cpu_s, saturated_window, scenario_stats,
+                                stage_metrics, step_table, summary)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -116,6 +116,24 @@ def test_gpu_busy_averages_only_the_samples_taken_during_the_load() -> None:
     sampler.gpu = [(10.0, 0.0), (11.0, 0.5), (12.0, 1.0), (13.0, 0.75), (14.0, 0.0)]  # client start-up, load, after
     assert sampler.gpu_busy(11.0, 13.0) == 0.75
     assert sampler.gpu_busy(20.0, 30.0) is None
+
+
+def test_each_tenth_of_a_run_reports_gpu_busy_idle_steps_prompt_steps_and_running_sequences() -> None:
+    sampler = Sampler({})
+    # Metrics scraped each second for ten seconds: one decode step a second, and a mixed step in the first second.
+    for i in range(11):
+        worker = {"flashstream_step_duration_seconds_count{decode}": float(i),
+                  "flashstream_step_duration_seconds_count{mixed}": float(min(i, 1)),
+                  "flashstream_device_idle_seconds_total": 0.1 * i}
+        sampler.timeline.append((100.0 + i, {"worker0": worker, "scheduler": {"flashstream_num_requests_running": 10 - i}}))
+    sampler.gpu = [(100.0 + i / 2, 0.5 if i < 2 else 1.0) for i in range(20)]
+    tenths = sampler.idle_by_tenth(100.0, 110.0)
+    assert tenths["gpu_busy"] == [0.5] + [1.0] * 9
+    assert tenths["prompt_steps"] == [1] + [0] * 9
+    assert tenths["steps"] == [2] + [1] * 9
+    assert tenths["running"] == list(range(9, -1, -1))
+    table = idle_table([{"name": "s", "idle_by_tenth": tenths}])
+    assert "| s | 1.00 | 50% / 0.10 / 2 (1) / 9 | 100% / 0.10 / 1 (0) / 8 |" in table
 
 
 def test_saturated_window_spans_the_time_at_least_half_the_requests_were_in_flight() -> None:
