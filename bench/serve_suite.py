@@ -49,6 +49,7 @@ class Scenario:
     profile: bool = False  # also sample every stage with py-spy while it runs (bench/stage_profile.py)
     profile_s: float = 15.0  # for this long, from 2 s into the load
     kernel_profile: bool = False  # also trace a window of the workers' steps (the stack needs KERNEL_PROFILE_ARGS)
+    kernel_profile_after_s: float = 4.0  # the window opens this long into the load
     seed: int = 0  # of the request set: scenarios of one stack that compare should not share prompts (prefix cache)
 
 
@@ -80,7 +81,9 @@ GPU_SUITE = (
         Scenario("8B ShareGPT 1000 at once, temperature 1 top_p 1", "sharegpt", 1000, sampling=OPENAI_DEFAULT, seed=1),
         Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests", "fixed", 256, 64, 1024, 128, seed=2),
         # Last, since tracing slows the steps it traces: where the device time of a saturated run goes.
-        Scenario("8B ShareGPT 1000 at once, kernels traced, greedy", "sharegpt", 1000, kernel_profile=True, seed=3),
+        # 9 s in: the decode steps of the full batch, once every prompt has been prefilled.
+        Scenario("8B ShareGPT 1000 at once, kernels traced, greedy", "sharegpt", 1000, kernel_profile=True,
+                 kernel_profile_after_s=9.0, seed=3),
     )),
     StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
         Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
@@ -234,8 +237,9 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                 if time.monotonic() - started > deadline_s:
                     skipped.append(sc.name)
                     continue
-                profiler = start_profile(out, stack.proc.pid, sc.profile_s) if sc.profile else None
-                kernels = start_kernel_profile(out, stack.proc.pid) if sc.kernel_profile else None
+                profiler = start_profile(out, stack.proc.pid, sc.name, sc.profile_s) if sc.profile else None
+                kernels = (start_kernel_profile(out, stack.proc.pid, sc.kernel_profile_after_s)
+                           if sc.kernel_profile else None)
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
                                    concurrency=sc.concurrency, rate=float("inf"), seed=sc.seed, sampling=sc.sampling,
@@ -255,8 +259,9 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
     save()
 
 
-def start_profile(out: Path, parent: int, seconds: float = 15.0) -> threading.Thread:
-    """Samples the stack's stages from 2 s into the load, in the background; writes <out>_profile.md/json."""
+def start_profile(out: Path, parent: int, scenario: str, seconds: float = 15.0) -> threading.Thread:
+    """Samples the stack's stages from 2 s into the load, in the background; adds the scenario's section to
+    <out>_profile.md/json (one section per profiled scenario of the run)."""
     from bench.stage_profile import profile, to_markdown
 
     def record() -> None:
@@ -267,8 +272,12 @@ def start_profile(out: Path, parent: int, seconds: float = 15.0) -> threading.Th
             print(f"stage profile skipped: {exc}", file=sys.stderr)
             return
         profile_out = out.with_name(out.name + "_profile")
-        profile_out.with_suffix(".md").write_text("# Stage profile under load\n\n" + to_markdown(report, seconds))
-        profile_out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+        json_out = profile_out.with_suffix(".json")
+        reports = json.loads(json_out.read_text()) if json_out.exists() else {}
+        reports[scenario] = {"seconds": seconds, "stages": report}
+        json_out.write_text(json.dumps(reports, indent=1) + "\n")
+        sections = [f"## {name}\n\n{to_markdown(r['stages'], r['seconds'])}" for name, r in reports.items()]
+        profile_out.with_suffix(".md").write_text("# Stage profile under load\n\n" + "\n".join(sections))
 
     thread = threading.Thread(target=record, daemon=True)
     thread.start()
