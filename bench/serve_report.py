@@ -322,10 +322,9 @@ def idle_table(scenarios: list[dict[str, Any]]) -> str:
         t = s.get("idle_by_tenth")
         if not t or not any(t["steps"]):
             continue
-        n = len(t["steps"])
-        busy, prompt = t.get("gpu_busy") or [None] * n, t.get("prompt_steps") or ["-"] * n
         cells = [f"{'-' if b is None else f'{b:.0%}'} / {idle:.2f} / {steps} ({p}) / {running}"
-                 for b, idle, steps, p, running in zip(busy, t["device_idle_s"], t["steps"], prompt, t["running"])]
+                 for b, idle, steps, p, running in zip(t["gpu_busy"], t["device_idle_s"], t["steps"],
+                                                       t["prompt_steps"], t["running"])]
         lines.append(f"| {s['name']} | {sum(t['slice_s']) / 10:.2f} | " + " | ".join(cells) + " |")
     if not lines:
         return ""

@@ -217,6 +217,7 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
     start) nothing new is begun and the rest is listed as skipped."""
     results: list[dict[str, Any]] = []
     skipped: list[str] = []
+    profiles: dict[str, dict] = {}  # the profiled scenarios' stage reports, by name
     started = time.monotonic()
 
     def save() -> None:
@@ -238,7 +239,8 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                 if time.monotonic() - started > deadline_s:
                     skipped.append(sc.name)
                     continue
-                profiler = start_profile(out, stack.proc.pid, sc.name, sc.profile_s) if sc.profile else None
+                profiler = (start_profile(out, stack.proc.pid, sc.name, profiles, sc.profile_s)
+                            if sc.profile else None)
                 kernels = (start_kernel_profile(out, stack.proc.pid, sc.kernel_profile_after_s)
                            if sc.kernel_profile else None)
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
@@ -260,9 +262,10 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
     save()
 
 
-def start_profile(out: Path, parent: int, scenario: str, seconds: float = 15.0) -> threading.Thread:
-    """Samples the stack's stages from 2 s into the load, in the background; adds the scenario's section to
-    <out>_profile.md/json (one section per profiled scenario of the run)."""
+def start_profile(out: Path, parent: int, scenario: str, profiles: dict[str, dict], seconds: float = 15.0
+                  ) -> threading.Thread:
+    """Samples the stack's stages from 2 s into the load, in the background; adds the scenario's report to
+    `profiles` (the run's, by scenario) and writes them all to <out>_profile.md/json, a section each."""
     from bench.stage_profile import profile, to_markdown
 
     def record() -> None:
@@ -273,11 +276,9 @@ def start_profile(out: Path, parent: int, scenario: str, seconds: float = 15.0) 
             print(f"stage profile skipped: {exc}", file=sys.stderr)
             return
         profile_out = out.with_name(out.name + "_profile")
-        json_out = profile_out.with_suffix(".json")
-        reports = json.loads(json_out.read_text()) if json_out.exists() else {}
-        reports[scenario] = {"seconds": seconds, "stages": report}
-        json_out.write_text(json.dumps(reports, indent=1) + "\n")
-        sections = [f"## {name}\n\n{to_markdown(r['stages'], r['seconds'])}" for name, r in reports.items()]
+        profiles[scenario] = {"seconds": seconds, "stages": report}
+        profile_out.with_suffix(".json").write_text(json.dumps(profiles, indent=1) + "\n")
+        sections = [f"## {name}\n\n{to_markdown(r['stages'], r['seconds'])}" for name, r in profiles.items()]
         profile_out.with_suffix(".md").write_text("# Stage profile under load\n\n" + "\n".join(sections))
 
     thread = threading.Thread(target=record, daemon=True)
