@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,15 +117,17 @@ def arrivals(num: int, rate: float, seed: int) -> list[float]:
 def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[str, str], *, dataset: str,
                  num_requests: int, input_len: int, output_len: int, concurrency: int, rate: float, seed: int,
                  sampling: dict, client_procs: int, slo_ttft_s: float, slo_tpot_s: float,
-                 stage_pids: dict[str, int] | None = None) -> dict[str, Any]:
-    """One load against the stack; stage_pids (a launched stack's processes) adds each one's CPU time in the run."""
+                 stage_pids: dict[str, int] | None = None,
+                 on_start: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """One load against the stack; stage_pids (a launched stack's processes) adds each one's CPU time in the run;
+    on_start is told the load's starting instant (time.time())."""
     specs = request_set(model_dir, num_requests, seed, dataset, input_len, output_len)
     pids = stage_pids or {}
     before = scrape(metric_urls)
     cpu_before = process_cpu_s(pids)
     with Sampler(metric_urls) as sampler:
         load = run_load(base_url, "", specs, arrivals(num_requests, rate, seed), concurrency or num_requests,
-                        sampling, client_procs)
+                        sampling, client_procs, on_start)
     records, t0, end = load.records, load.t0, load.end
     after = scrape(metric_urls)
     cpu_after = process_cpu_s(pids)

@@ -176,13 +176,16 @@ def _proc_main(args: tuple) -> tuple[list[Record], float]:
 
 
 def run_load(base_url: str, model: str, specs: list[RequestSpec], arrivals: list[float], concurrency: int,
-             sampling: dict, procs: int) -> Load:
+             sampling: dict, procs: int, on_start: Callable[[float], None] | None = None) -> Load:
     """Sends every request. Each process gets an equal share of the concurrency, so no more processes run than the
-    concurrency allows (concurrency 1 is one process with one request in flight)."""
+    concurrency allows (concurrency 1 is one process with one request in flight). `on_start` is told the instant
+    (time.time()) at which the load begins, before any process starts, so that a caller can time things from it."""
     procs = max(1, min(procs, len(specs), concurrency))
     shares = [[(arrivals[i], specs[i]) for i in range(p, len(specs), procs)] for p in range(procs)]
     per_proc = max(1, -(-concurrency // procs))
     t0 = time.time() + (2.0 if procs > 1 else 0.1)  # every process starts its clock at this instant
+    if on_start is not None:
+        on_start(t0)
     ctx = mp.get_context("spawn" if procs > 1 else "fork")
     if procs == 1:
         results = [_proc_main((base_url, model, shares[0], per_proc, sampling, t0))]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,7 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
     results: list[dict[str, Any]] = []
     skipped: list[str] = []
     profiles: dict[str, dict] = {}  # the profiled scenarios' stage reports, by name
+    traces: dict[str, dict] = {}  # the traced scenarios' kernel summaries, by name
     started = time.monotonic()
 
     def save() -> None:
@@ -241,13 +244,14 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                     continue
                 profiler = (start_profile(out, stack.proc.pid, sc.name, profiles, sc.profile_s)
                             if sc.profile else None)
-                kernels = (start_kernel_profile(out, stack.proc.pid, sc.kernel_profile_after_s)
-                           if sc.kernel_profile else None)
+                kernels, on_start = (start_kernel_profile(out, stack.proc.pid, sc.name, traces,
+                                                          sc.kernel_profile_after_s)
+                                     if sc.kernel_profile else (None, None))
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
                                    concurrency=sc.concurrency, rate=float("inf"), seed=sc.seed, sampling=sc.sampling,
                                    client_procs=procs, slo_ttft_s=1.0, slo_tpot_s=0.05,
-                                   stage_pids=stack.stage_pids())
+                                   stage_pids=stack.stage_pids(), on_start=on_start)
                 for thread in (profiler, kernels):
                     if thread is not None:
                         thread.join()
@@ -286,36 +290,49 @@ def start_profile(out: Path, parent: int, scenario: str, profiles: dict[str, dic
     return thread
 
 
-def start_kernel_profile(out: Path, parent: int, after_s: float = 4.0, wait_s: float = 60.0) -> threading.Thread:
-    """Opens a kernel profile window in every worker `after_s` into the load (SIGUSR1), then copies the first
-    worker's summary to <out>_kernels.json/txt once it is written."""
+def start_kernel_profile(out: Path, parent: int, scenario: str, kernels: dict[str, dict], after_s: float = 4.0,
+                         wait_s: float = 60.0) -> tuple[threading.Thread, Callable[[float], None]]:
+    """Opens a kernel profile window in every worker `after_s` after the load's start (SIGUSR1), then adds the first
+    worker's summary to `kernels` (the run's, by scenario) and writes them all to <out>_kernels.json/txt, a section
+    each. Returns the thread and the callback that tells it the load's starting instant (run_scenario's on_start)."""
     import os
-    import shutil
     import signal
 
     from bench.stage_profile import stage_processes
 
+    started: queue.Queue[float] = queue.Queue()
+
     def record() -> None:
-        time.sleep(after_s)
+        try:
+            t0 = started.get(timeout=120)
+        except queue.Empty:
+            return
+        time.sleep(max(0.0, t0 + after_s - time.time()))
         summary = Path(KERNEL_PROFILE_DIR) / "worker_kernels.json"
         summary.unlink(missing_ok=True)
         workers = [pid for name, pid in stage_processes(parent).items() if name.startswith("worker")]
         for pid in workers:
             os.kill(pid, signal.SIGUSR1)
+        print(f"kernel profile asked of worker pids {workers} {time.time() - t0:.1f} s into the load", file=sys.stderr)
         deadline = time.monotonic() + wait_s
         while workers and not summary.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(0.5)  # the text file is written right after the JSON
-        for suffix in (".json", ".txt"):
-            src = summary.with_suffix(suffix)
-            if src.exists():
-                shutil.copy(src, out.with_name(out.name + "_kernels" + suffix))
         if not summary.exists():
             print("kernel profile not written (no worker, or the window did not close)", file=sys.stderr)
+            return
+        text = summary.with_suffix(".txt")
+        kernels[scenario] = {"after_s": after_s, "summary": json.loads(summary.read_text()),
+                             "text": text.read_text() if text.exists() else ""}
+        kernels_out = out.with_name(out.name + "_kernels")
+        kernels_out.with_suffix(".json").write_text(json.dumps({k: {"after_s": v["after_s"], **v["summary"]}
+                                                                for k, v in kernels.items()}, indent=1) + "\n")
+        kernels_out.with_suffix(".txt").write_text("".join(f"== {k} (window opened {v['after_s']:.0f} s into the "
+                                                           f"load)\n{v['text']}\n" for k, v in kernels.items()))
 
     thread = threading.Thread(target=record, daemon=True)
     thread.start()
-    return thread
+    return thread, started.put
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -2,8 +2,9 @@
 in, so a serving benchmark can say what bounds the GPU, not only that it is busy.
 
 Off unless the worker is started with --kernel-profile-dir. Then SIGUSR1 (`kill -USR1 <worker pid>`) opens a
-window at the next step, which closes `count` steps later and writes its summary (JSON and text) and its timeline
-(a Chrome trace), replacing the last window's; a signal while a window is open is ignored. The summary also says
+window at the next step (once the last window's files are written), which closes `count` steps later and writes its
+summary (JSON and text) and its timeline (a Chrome trace) from a thread of its own, replacing the last window's; a
+signal while a window is open is ignored. The summary also says
 where the device waited: the gaps between one device operation's end and the next one's start on the timeline,
 summed by the pair of operations around them (between steps, or inside a step while the host queued its parts),
 which the worker's idle metric, measured from a step's first queued operation, does not see.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,13 +90,15 @@ class KernelProfile:
         self._prof: torch.profiler.profile | None = None
         self._opened_at = 0.0
         self._opened_step = 0
+        self._writer: threading.Thread | None = None
 
     def arm(self) -> None:
+        log.info("kernel profile window asked for; it opens at the next step")
         self._armed = True
 
     def after_step(self) -> None:
         self.num_steps += 1
-        if self._prof is None and self._armed:
+        if self._prof is None and self._armed and (self._writer is None or not self._writer.is_alive()):
             # Device kernels only where there is a device: host-side op events would multiply what the profiler
             # must post-process (and delay the steps after the window) without adding to the summary.
             cuda = torch.cuda.is_available()
@@ -112,11 +116,22 @@ class KernelProfile:
             prof, self._prof = self._prof, None
             prof.__exit__(None, None, None)
             log.info("kernel profile window closed after %.3f s; summarising", wall_s)
-            try:
-                self._write(prof, wall_s)
-                self.num_windows += 1
-            except OSError as exc:
-                log.warning("kernel profile not written: %s", exc)
+            # Off the model thread: summarising a window's events takes seconds, and steps must go on meanwhile
+            # (a worker silent for that long is declared stalled).
+            self._writer = threading.Thread(target=self._write_logged, args=(prof, wall_s), daemon=True)
+            self._writer.start()
+
+    def join(self, timeout_s: float | None = None) -> None:
+        """Until the last closed window's files are written."""
+        if self._writer is not None:
+            self._writer.join(timeout_s)
+
+    def _write_logged(self, prof: torch.profiler.profile, wall_s: float) -> None:
+        try:
+            self._write(prof, wall_s)
+            self.num_windows += 1
+        except OSError as exc:
+            log.warning("kernel profile not written: %s", exc)
 
     def _write(self, prof: torch.profiler.profile, wall_s: float) -> None:
         rows = kernel_rows(prof)
