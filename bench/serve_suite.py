@@ -86,6 +86,9 @@ GPU_SUITE = (
         # 9 s in: the decode steps of the full batch, once every prompt has been prefilled.
         Scenario("8B ShareGPT 1000 at once, kernels traced, greedy", "sharegpt", 1000, kernel_profile=True,
                  kernel_profile_after_s=9.0, seed=3),
+        # 2.5 s in: the steps that hold prompt chunks (about 7,500 prompt tokens each, run eagerly).
+        Scenario("8B ShareGPT 1000 at once, kernels traced among prompt steps, greedy", "sharegpt", 1000,
+                 kernel_profile=True, kernel_profile_after_s=2.5, seed=4),
     )),
     StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
         Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
