@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(f"{c:>9}" for c in cols), flush=True)
         for i in range(args.repeat):
             for num in args.num_requests or [1000, 200]:
-                row = burst(stack.base_url, folder, log_dir / "scheduler.log", num, 10 * i + num, args.client_procs)
+                row = burst(stack.base_url, folder, log_dir / "scheduler.log", num, 10 * i + num,
+                            args.client_procs)
                 print(" ".join(f"{row[c]:>9.3f}" if isinstance(row[c], float) else f"{row[c]:>9}" for c in cols),
                       flush=True)
     finally:
