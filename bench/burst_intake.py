@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.wait_ready(600)
         run_load(stack.base_url, "", request_set(folder, 8, 99, "fixed", 16, 8), [0.0] * 8, 8, dict(GREEDY), 1)
-        cols = ["requests", "failed", "last_send", "gw_1st", "gw_100%", "in_1st", "in_10th", "in_100th", "in_50%", "in_100%",
+        cols = ["requests", "failed", "last_send", "gw_1st", "gw_100%", "in_1st", "in_10th", "in_100th", "in_50%",
+                "in_100%",
                 "ttft_p1", "ttft_p10", "ttft_p50", "ttft_p99", "ttft_p100", "duration"]
         print(" ".join(f"{c:>9}" for c in cols), flush=True)
         for i in range(args.repeat):
