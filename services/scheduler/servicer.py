@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -143,6 +144,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> None:
         try:
             async for up in request_iterator:
+                if up.requests and log.isEnabledFor(logging.DEBUG):
+                    # The wall clock beside the count: how a burst reaches the scheduler (bench/burst_intake.py).
+                    arrivals = [pb.arrival_unix_s for pb in up.requests]
+                    log.debug("stream %d: %d requests in at %.6f, at the gateway from %.6f to %.6f", number,
+                              len(arrivals), time.time(), min(arrivals), max(arrivals))
                 for pb in up.requests:
                     self._submit(number, stream, pb)
                 for request_id in up.abort_request_ids:

@@ -1,7 +1,8 @@
 """The Tokenizer gRPC service: many upstream Connect streams multiplexed onto one scheduler stream.
 
 Each upstream stream is a `_Session` with its own outgoing queue. New requests of one TokenizerUp are
-rendered and encoded together off the event loop, validated, and forwarded as one SchedulerUp; their
+rendered and encoded off the event loop in chunks of ENCODE_CHUNK, validated, and each chunk is forwarded as
+one SchedulerUp as soon as it is encoded (the message's aborts follow in the last); their
 scheduler ids are "<session number>:<request id>", so ids of different streams never collide. Each
 SchedulerDown becomes at most one TokenizerDown per session, built with one batched detokenization.
 """
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 log = logging.getLogger(__name__)
+
+# Requests of one TokenizerUp encoded (and sent to the scheduler) together at most.
+ENCODE_CHUNK = 16
 
 
 @dataclass(eq=False)
@@ -146,16 +150,28 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
                 inputs.append(text_input_from_pb(pb))
             except FlashStreamError as exc:
                 events.append(self._error(pb.request_id, exc))
-        forward = scheduler_pb2.SchedulerUp()
         if inputs:
             info = self.link.info
             limits = ModelLimits(info.max_model_len, info.vocab_size) if info else ModelLimits()
-            prepared = await asyncio.wrap_future(self.pool.prepare(inputs, limits))
-            for request, result in zip(inputs, prepared):
-                if isinstance(result, FlashStreamError):
-                    events.append(self._error(request.request_id, result))
-                else:
-                    forward.requests.append(self._admit(session, result))
+            # Every chunk is queued on the encode pool at once and each goes to the scheduler as soon as it is
+            # encoded, so a burst's first requests reach it without waiting for the whole message's encode. A chunk
+            # already encoded is taken without yielding to the event loop, whose turns are long under a burst.
+            chunks = [inputs[i:i + ENCODE_CHUNK] for i in range(0, len(inputs), ENCODE_CHUNK)]
+            encodes = [self.pool.prepare(chunk, limits) for chunk in chunks]
+            try:
+                for chunk, encode in zip(chunks, encodes):
+                    forward = scheduler_pb2.SchedulerUp()
+                    results = encode.result() if encode.done() else await asyncio.wrap_future(encode)
+                    for request, result in zip(chunk, results):
+                        if isinstance(result, FlashStreamError):
+                            events.append(self._error(request.request_id, result))
+                        else:
+                            forward.requests.append(self._admit(session, result))
+                    events += self._forward(session, forward)
+            finally:
+                for encode in encodes:  # the upstream stream ended while encoding: the rest is not wanted
+                    encode.cancel()
+        forward = scheduler_pb2.SchedulerUp()
         for request_id in up.abort_request_ids:
             sid = self._sid(session, request_id)
             if (entry := self._requests.pop(sid, None)) is not None:
@@ -163,12 +179,19 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
                 session.scheduler_ids.discard(sid)
                 forward.abort_request_ids.append(sid)
                 events.append(done_event(entry[1], None, common_pb2.FINISH_REASON_ABORT))
-        if forward.requests or forward.abort_request_ids:
-            try:
-                self.link.send(forward)
-            except Unavailable as exc:
-                events.extend(self._fail(session, [r.request_id for r in forward.requests], exc))
+        events += self._forward(session, forward)
         session.send(tokenizer_pb2.TokenizerDown(events=events))
+
+    def _forward(self, session: _Session, forward: scheduler_pb2.SchedulerUp) -> list[tokenizer_pb2.TextEvent]:
+        """Sends `forward` to the scheduler unless it is empty; the error events of its requests when the scheduler
+        stream is gone."""
+        if not forward.requests and not forward.abort_request_ids:
+            return []
+        try:
+            self.link.send(forward)
+        except Unavailable as exc:
+            return self._fail(session, [r.request_id for r in forward.requests], exc)
+        return []
 
     def _admit(self, session: _Session, prepared: PreparedRequest) -> scheduler_pb2.TokenRequest:
         req = prepared.input

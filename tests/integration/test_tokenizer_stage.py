@@ -11,9 +11,12 @@ from flashstream.v1 import common_pb2, tokenizer_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from services.tokenizer.servicer import ENCODE_CHUNK
 from services.tokenizer.tokenizer import TextTokenizer
 from tests.unit.tokenizer.model_dirs import build_model_dir
 from tests.unit.tokenizer.stage_harness import Harness, eventually, read_until_terminal, streamed_text, text_request
+
+pytestmark = pytest.mark.timeout(60)
 
 REPLY_TEXT = "東京の朝 👩‍👩‍👧‍👦 café 서울 🇯🇵 — the city sleeps. END here"
 
@@ -129,6 +132,22 @@ def test_upstream_abort_is_forwarded_and_ends_with_abort(model_dir: Path, tokeni
                 len(tokenizer.encode("The river", add_special_tokens=True)), len(streamed))
             assert await eventually(lambda: bool(h.fake.aborts)) and h.fake.aborts == ["1:x"]
             await call.done_writing()
+
+    asyncio.run(main())
+
+
+def test_a_large_message_reaches_the_scheduler_in_encode_chunks_in_request_order(model_dir: Path) -> None:
+    ids = [f"r{i}" for i in range(2 * ENCODE_CHUNK + 8)]
+
+    async def main() -> None:
+        async with Harness(model_dir, lambda r: [5]) as h:
+            call = h.stub.Connect()
+            await call.write(tokenizer_pb2.TokenizerUp(requests=[text_request(rid, max_tokens=1) for rid in ids]))
+            events, _ = await read_until_terminal(call, set(ids))
+            await call.done_writing()
+            assert all(events[rid][-1].WhichOneof("event") == "done" for rid in ids)
+            assert h.fake.up_sizes == [ENCODE_CHUNK, ENCODE_CHUNK, 8]
+            assert [r.request_id for r in h.fake.requests] == [f"1:{rid}" for rid in ids]
 
     asyncio.run(main())
 

@@ -37,6 +37,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
     model_id: str = "fake-model"
     requests: list[scheduler_pb2.TokenRequest] = field(default_factory=list)
     aborts: list[str] = field(default_factory=list)
+    up_sizes: list[int] = field(default_factory=list)  # new requests in each SchedulerUp that carried any
     num_streams: int = 0
     step_times: list[float] = field(default_factory=list)  # when each SchedulerDown was sent
     port: int = 0
@@ -69,6 +70,8 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
 
         async def read() -> None:
             async for up in request_iterator:
+                if up.requests:
+                    self.up_sizes.append(len(up.requests))
                 for req in up.requests:
                     self.requests.append(req)
                     running[req.request_id] = _Running(req, list(self.reply(req)))
