@@ -6,10 +6,10 @@ within the vocabulary (`TextTokenizer.check_token_ids`) and prompt plus max_toke
 is not checked again; the scheduler and the worker trust what this stage sends.
 
 `prepare_batch` runs in a thread of the encode pool. It encodes every prompt of one chunk of an upstream
-message (the servicer splits a message into chunks of `ENCODE_CHUNK`) with a single `encode_batch` call, which runs in the `tokenizers` library without holding the GIL, so
-the event loop keeps streaming while a long prompt is encoded (a plain `encode` holds the GIL: measured
-in bench/tokenizer.py). Each request's failure is its own: the result list holds either a
-`PreparedRequest` or the `FlashStreamError` that refused it.
+message (the servicer splits a message into chunks of `ENCODE_CHUNK`) with a single `encode_batch` call, which
+runs in the `tokenizers` library without holding the GIL, so the event loop keeps streaming while a long prompt
+is encoded (a plain `encode` holds the GIL: measured in bench/tokenizer.py). Each request's failure is its own:
+the result list holds either a `PreparedRequest` or the `FlashStreamError` that refused it.
 """
 
 from __future__ import annotations
