@@ -140,6 +140,7 @@ def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[st
             "request_rate": None if rate == float("inf") else rate, "sampling": sampling,
             "client_procs": client_procs, "result": result, "gpu_busy": sampler.gpu_busy(t0, last_chunk),
             "gpu_busy_saturated": sampler.gpu_busy(*saturated) if saturated else None,
+            "gpu_clock_saturated": sampler.clock_power(*saturated) if saturated else None,
             "saturated_s": None if saturated is None else [round(saturated[0] - t0, 3), round(saturated[1] - t0, 3)],
             "stages": stage_metrics(before, after, sampler.kv_peak),
             "idle_by_tenth": sampler.idle_by_tenth(t0, last_chunk),

@@ -139,6 +139,8 @@ class Sampler:
     def __init__(self, metric_urls: dict[str, str], period_s: float = 0.1) -> None:
         self.urls, self.period = metric_urls, period_s
         self.gpu: list[tuple[float, float]] = []  # (time.time(), busy fraction of the busiest GPU)
+        # (time.time(), SM clock MHz, power W) of the first GPU: whether busy steps ran at full clock or power-capped
+        self.clocks: list[tuple[float, float, float]] = []
         self.kv_peak: dict[str, float] = {}
         self.timeline: list[tuple[float, dict[str, dict[str, float] | None]]] = []  # (time.time(), scrape)
         self._stop = threading.Event()
@@ -158,6 +160,9 @@ class Sampler:
             if self._nvml is not None:
                 util = [self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles]
                 self.gpu.append((time.time(), max(util) / 100.0))
+                self.clocks.append((time.time(), self._nvml.nvmlDeviceGetClockInfo(self._handles[0],
+                                                                                   self._nvml.NVML_CLOCK_SM),
+                                    self._nvml.nvmlDeviceGetPowerUsage(self._handles[0]) / 1e3))
             n += 1
             if n % 2 == 0:  # metrics every 0.2 s (a scrape costs the stages some CPU): a 1B run lasts a few seconds
                 values = scrape(self.urls)
@@ -195,11 +200,16 @@ class Sampler:
             inside = [u for t, u in self.gpu if a <= t < b]
             return round(float(np.mean(inside)), 3) if inside else None
 
+        def mhz(a: float, b: float) -> int | None:
+            inside = [c for t, c, _ in self.clocks if a <= t < b]
+            return round(float(np.mean(inside))) if inside else None
+
         prompt_steps = [f"flashstream_step_duration_seconds_count{{{k}}}" for k in STEP_KINDS if k != "decode"]
         idle = "flashstream_device_idle_seconds_total"
         return {
             "slice_s": [round(b[0] - a[0], 2) for a, b in zip(picks, picks[1:])],
             "gpu_busy": [busy(a[0], b[0]) for a, b in zip(picks, picks[1:])],
+            "sm_mhz": [mhz(a[0], b[0]) for a, b in zip(picks, picks[1:])],
             "prompt_steps": [int(sum(total(b[1], n) - total(a[1], n) for n in prompt_steps))
                              for a, b in zip(picks, picks[1:])],
             "device_idle_s": [round(total(b[1], idle) - total(a[1], idle), 3) for a, b in zip(picks, picks[1:])],
@@ -213,6 +223,14 @@ class Sampler:
         busy = [u for t, u in self.gpu if start <= t <= stop]
         return float(np.mean(busy)) if busy else None
 
+    def clock_power(self, start: float, stop: float) -> dict[str, int] | None:
+        """Mean SM clock (MHz) and power draw (W) of the first GPU between time.time() instants start and stop."""
+        inside = [(c, w) for t, c, w in self.clocks if start <= t <= stop]
+        if not inside:
+            return None
+        return {"sm_mhz": round(float(np.mean([c for c, _ in inside]))),
+                "power_w": round(float(np.mean([w for _, w in inside])))}
+
 
 def markdown(scenarios: list[dict[str, Any]]) -> str:
     def ms(v: float | None) -> str:
@@ -224,6 +242,8 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
         r = s["result"]
         busy = [s.get("gpu_busy"), s.get("gpu_busy_saturated")]
         gpu = " / ".join("-" if b is None else f"{b:.0%}" for b in busy)
+        if s.get("gpu_clock_saturated"):
+            gpu += f" at {s['gpu_clock_saturated']['sm_mhz']} MHz, {s['gpu_clock_saturated']['power_w']} W"
         e2e = r["e2e_s"]["p50"]
         lines.append(
             f"| {s['name']} | {r['num_requests']} ({r['failed']}) | {r['output_throughput']:.0f} | "
@@ -322,13 +342,14 @@ def idle_table(scenarios: list[dict[str, Any]]) -> str:
         t = s.get("idle_by_tenth")
         if not t or not any(t["steps"]):
             continue
-        cells = [f"{'-' if b is None else f'{b:.0%}'} / {idle:.2f} / {steps} ({p}) / {running}"
-                 for b, idle, steps, p, running in zip(t["gpu_busy"], t["device_idle_s"], t["steps"],
-                                                       t["prompt_steps"], t["running"])]
+        clocks = t.get("sm_mhz") or [None] * 10
+        cells = [f"{'-' if b is None else f'{b:.0%}'}{'' if c is None else f' @ {c}'} / {idle:.2f} / {steps} ({p}) / "
+                 f"{running}" for b, c, idle, steps, p, running in zip(t["gpu_busy"], clocks, t["device_idle_s"],
+                                                                       t["steps"], t["prompt_steps"], t["running"])]
         lines.append(f"| {s['name']} | {sum(t['slice_s']) / 10:.2f} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    head = ["", "By tenth of each run: NVML's GPU busy / seconds the device sat idle between steps / worker steps (of "
+    head = ["", "By tenth of each run: NVML's GPU busy (@ mean SM clock, MHz) / seconds the device sat idle between steps / worker steps (of "
             "them, steps holding prompt tokens) / sequences running in the scheduler at the tenth's end (the stages' "
             "metrics, scraped every 0.2 s; NVML sampled every 0.1 s)", "",
             "| scenario | tenth s | " + " | ".join(str(i) for i in range(1, 11)) + " |", "|---|---|" + "---|" * 10]

@@ -89,6 +89,9 @@ GPU_SUITE = (
         # 2.5 s in: the steps that hold prompt chunks (about 7,500 prompt tokens each, run eagerly).
         Scenario("8B ShareGPT 1000 at once, kernels traced among prompt steps, greedy", "sharegpt", 1000,
                  kernel_profile=True, kernel_profile_after_s=2.5, seed=4),
+        # 17 s in: the tail, where the longest outputs decode in steps of a few dozen rows over long contexts.
+        Scenario("8B ShareGPT 1000 at once, kernels traced in the tail, greedy", "sharegpt", 1000,
+                 kernel_profile=True, kernel_profile_after_s=17.0, seed=5),
     )),
     StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
         Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),

@@ -134,6 +134,18 @@ def test_each_tenth_of_a_run_reports_gpu_busy_idle_steps_prompt_steps_and_runnin
     assert tenths["running"] == list(range(9, -1, -1))
     table = idle_table([{"name": "s", "idle_by_tenth": tenths}])
     assert "| s | 1.00 | 50% / 0.10 / 2 (1) / 9 | 100% / 0.10 / 1 (0) / 8 |" in table
+    sampler.clocks = [(100.0 + i / 2, 1980.0 if i < 2 else 1600.0, 700.0) for i in range(20)]
+    tenths = sampler.idle_by_tenth(100.0, 110.0)
+    assert tenths["sm_mhz"] == [1980] + [1600] * 9
+    table = idle_table([{"name": "s", "idle_by_tenth": tenths}])
+    assert "| s | 1.00 | 50% @ 1980 / 0.10 / 2 (1) / 9 | 100% @ 1600 / 0.10 / 1 (0) / 8 |" in table
+
+
+def test_clock_and_power_average_only_the_samples_taken_in_the_window() -> None:
+    sampler = Sampler({})
+    sampler.clocks = [(10.0, 1980.0, 120.0), (11.0, 1700.0, 690.0), (12.0, 1500.0, 700.0), (14.0, 1980.0, 100.0)]
+    assert sampler.clock_power(11.0, 12.0) == {"sm_mhz": 1600, "power_w": 695}
+    assert sampler.clock_power(20.0, 30.0) is None
 
 
 def test_saturated_window_spans_the_time_at_least_half_the_requests_were_in_flight() -> None:
