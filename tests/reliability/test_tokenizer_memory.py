@@ -10,9 +10,9 @@ xgrammar's libraries in the stage's memory map, which finds them whenever they w
 
 The stage runs with one glibc arena (MALLOC_ARENA_MAX=1). With one per thread, which arena's free space a burst
 reuses, and so the stage's size after it, differs from run to run by nearly as much as these regressions leave;
-with one arena the size after each burst repeats. The test checks the level the bursts leave (the median of the
-last rounds, a transient buffer aside) against a bound, and that it is where the first burst left the stage: a
-leak adds to it with every burst.
+with one arena the size after each burst stays within a few MiB. The test checks the level the bursts leave (the
+median of the last rounds, a transient buffer aside) against a bound, and that it is where the first rounds left
+the stage: a leak adds to it with every burst.
 """
 
 from __future__ import annotations
@@ -39,14 +39,16 @@ from tests.unit.tokenizer.stage_harness import read_until_terminal
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 MAX_MODEL_LEN = 512  # the scheduler's context: prompts of more than 512 * 12 characters cannot fit
-NUM_ROUNDS = 16
-LAST_ROUNDS = 4  # the bursts' level is the median of these rounds' growths
+NUM_ROUNDS = 48
+# The bursts' level is the median growth of the last rounds, and the first rounds' median is where they started;
+# single rounds differ by several MiB either way (which free chunks a round's buffers land in), medians much less.
+LEVEL_ROUNDS = 16
 # What the stage may keep at the bursts' level: the last burst's message, which its stream holds until the next
 # one arrives (its bytes and the decoded copy, 5 MiB each), and some allocator high water; not a library loaded on
 # the way.
-MAX_GROWTH_BYTES = 16 * 1024 * 1024
-# What the bursts after the first may add to the growth the first left: a leak adds to it with every burst, and a
-# raised mmap threshold pins more heap over the first few.
+MAX_GROWTH_BYTES = 24 * 1024 * 1024
+# What the later bursts may add to the level the first ones left: a leak adds to it with every burst (an eighth of
+# a MiB a burst shows as four between the two medians), and a raised mmap threshold pins more heap over the first few.
 MAX_LATER_GROWTH_BYTES = 4 * 1024 * 1024
 
 
@@ -143,7 +145,8 @@ def test_a_burst_of_hostile_requests_leaves_the_tokenizer_stage_near_its_baselin
     assert encoded_too_long == sorted(f"under-{r}-{i}" for r in range(NUM_ROUNDS) for i in range(3))
     assert not [rid for rid in errors if rid.startswith(("tool", "small"))], errors  # these ran
     assert grammar_libraries == []  # loaded when the stage starts, they would be in the baseline
-    level = statistics.median(growths[-LAST_ROUNDS:])
+    level = statistics.median(growths[-LEVEL_ROUNDS:])
+    first_level = statistics.median(growths[:LEVEL_ROUNDS])
     rounds = f"growth after each round (MiB): {[round(g / 2**20) for g in growths]}"
     assert level < MAX_GROWTH_BYTES, f"the bursts left the tokenizer {level / 2**20:.0f} MiB larger; {rounds}"
-    assert level - growths[0] < MAX_LATER_GROWTH_BYTES, f"the bursts after the first grew the tokenizer; {rounds}"
+    assert level - first_level < MAX_LATER_GROWTH_BYTES, f"the bursts after the first grew the tokenizer; {rounds}"
