@@ -93,14 +93,6 @@ GPU_SUITE = (
         Scenario("8B ShareGPT 1000 at once, kernels traced in the tail, greedy", "sharegpt", 1000,
                  kernel_profile=True, kernel_profile_after_s=17.0, seed=5),
     )),
-    # The 8B with o, gate_up and down stored output-major (PyTorch's layout) instead of input-major: the layout was
-    # chosen on batch-1 timings; prompt steps and decode steps of hundreds of rows run other GEMM shapes.
-    StackRun("llama-3.1-8b", "--load-format dummy --device cuda --worker-args '--projection-layout output-major'", (
-        Scenario("8B batch-1, 128 in / 256 out, output-major projections", "fixed", 6, 1, 128, 256),
-        Scenario("8B ShareGPT 1000 at once, greedy, output-major projections", "sharegpt", 1000),
-        Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests, output-major projections", "fixed", 256, 64,
-                 1024, 128, seed=2),
-    )),
     StackRun("llama-3.1-8b", "--load-format fake --device cpu", (
         Scenario("fake worker, ShareGPT 1000 at once (client + control-plane ceiling)", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", "--load-format dummy --device cuda", (

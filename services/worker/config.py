@@ -12,7 +12,6 @@ from services.worker.quantization import FP8, QUANTIZATIONS
 LOAD_FORMATS = ("auto", "dummy", "fake")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: float8_e4m3fn, half the bytes of bf16
-PROJECTION_LAYOUTS = ("input-major", "output-major")
 CPU_DEFAULT_KV_BLOCKS = 1024
 FAKE_DEFAULT_KV_BLOCKS = 65536
 
@@ -37,10 +36,6 @@ class WorkerConfig:
     kv_cache_dtype: str = option(
         "auto", "auto: the model's dtype; fp8: float8_e4m3fn keys and values with per-layer scales (1, or the "
                 "checkpoint's k_scale/v_scale), twice the tokens in the same memory", choices=KV_CACHE_DTYPES)
-    projection_layout: str = option(
-        "input-major", "on CUDA, how o_proj, gate_up_proj and down_proj weights lie in memory: input-major (the "
-                       "transpose of a contiguous [in, out] matrix; cuBLAS drops a split-K reduce at batch 1) or "
-                       "output-major (PyTorch's [out, in]); bench/gemm_layout.py times both", choices=PROJECTION_LAYOUTS)
     block_size: int = option(16, "tokens per KV block")
     num_kv_blocks: int = option(0, f"KV blocks to allocate (0: measured on CUDA, {CPU_DEFAULT_KV_BLOCKS} on CPU, "
                                    f"{FAKE_DEFAULT_KV_BLOCKS} in fake mode)")
@@ -79,9 +74,6 @@ class WorkerConfig:
                                   "beside the decoder's projections)")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise InvalidArgument(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
-        if self.projection_layout not in PROJECTION_LAYOUTS:
-            raise InvalidArgument(f"projection_layout must be one of {PROJECTION_LAYOUTS}, got "
-                                  f"{self.projection_layout!r}")
         if self.dtype not in DTYPES:
             raise InvalidArgument(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -102,7 +102,7 @@ def build_model_engine(
     if config.quantize_lm_head:
         quantize_lm_head(model, ops)
         log.info("quantised the output projection to FP8")
-    if device.type == "cuda" and config.projection_layout == "input-major":
+    if device.type == "cuda":
         store_projections_input_major(model)
     kv_dtype = kv_cache_dtype(config.kv_cache_dtype, dtype, device, ops)
     model.set_rope(*rotary_tables(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, device))

@@ -9,7 +9,6 @@ from services.common.errors import InvalidArgument
 from services.common.sampling import SamplingParams
 from services.common.step import NewSeq, StepPlan
 from services.worker.build import build_engine
-from services.worker.config import WorkerConfig
 from services.worker.server import build_config
 from tests.unit.worker.helpers import cpu_engine, make_checkpoint
 
@@ -20,7 +19,6 @@ def test_every_flag_reaches_the_config() -> None:
         "--device", "cuda:1", "--block-size", "32", "--num-kv-blocks", "100", "--gpu-memory-utilization", "0.5",
         "--max-num-seqs", "8", "--max-num-batched-tokens", "512", "--max-model-len", "1024", "--enforce-eager",
         "--fake-token-id", "7", "--seed", "3", "--worker-id", "w1", "--port", "0", "--status-port", "0",
-        "--projection-layout", "output-major",
     ])
     assert (config.model, config.model_id, config.load_format, config.dtype, config.device) == (
         "llama-3.2-1b", "m", "dummy", "bfloat16", "cuda:1")
@@ -28,22 +26,11 @@ def test_every_flag_reaches_the_config() -> None:
         32, 100, 0.5, 8)
     assert (config.max_num_batched_tokens, config.max_model_len, config.enforce_eager) == (512, 1024, True)
     assert (config.fake_token_id, config.seed, config.worker_id, config.server.port) == (7, 3, "w1", 0)
-    assert config.projection_layout == "output-major"
 
 
 def test_block_size_must_be_a_power_of_two() -> None:
     with pytest.raises(InvalidArgument, match="block_size must be a power of two, got 24"):
         build_config(["--model", "x", "--block-size", "24"])
-
-
-def test_an_unknown_projection_layout_is_refused_with_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        build_config(["--model", "x", "--projection-layout", "column-major"])
-    assert ("argument --projection-layout: invalid choice: 'column-major' (choose from 'input-major', 'output-major')"
-            in capsys.readouterr().err)
-    with pytest.raises(InvalidArgument, match=r"projection_layout must be one of \('input-major', 'output-major'\), "
-                                              r"got 'column-major'"):
-        WorkerConfig(model="x", projection_layout="column-major")
 
 
 def test_fake_mode_takes_vocab_eos_and_length_from_the_preset() -> None:
