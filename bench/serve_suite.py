@@ -296,6 +296,22 @@ def start_profile(out: Path, parent: int, scenario: str, profiles: dict[str, dic
     return thread
 
 
+def signal_disposition(pid: int, signum: int) -> str:
+    """What process `pid` does with signal `signum`, from /proc/<pid>/status: "caught" (a handler), "ignored",
+    "blocked" (pending until unblocked), or "default"; "gone" when the process is."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "gone"
+    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+             if line.startswith(("SigBlk:", "SigIgn:", "SigCgt:"))}
+    bit = 1 << (signum - 1)
+    for field_name, meaning in (("SigCgt", "caught"), ("SigIgn", "ignored"), ("SigBlk", "blocked")):
+        if masks.get(field_name, 0) & bit:
+            return meaning
+    return "default"
+
+
 def start_kernel_profile(out: Path, parent: int, scenario: str, kernels: dict[str, dict], after_s: float = 4.0,
                          wait_s: float = 60.0) -> tuple[threading.Thread, Callable[[float], None]]:
     """Opens a kernel profile window in every worker `after_s` after the load's start (SIGUSR1), then adds the first
@@ -317,9 +333,12 @@ def start_kernel_profile(out: Path, parent: int, scenario: str, kernels: dict[st
         summary = Path(KERNEL_PROFILE_DIR) / "worker_kernels.json"
         summary.unlink(missing_ok=True)
         workers = [pid for name, pid in stage_processes(parent).items() if name.startswith("worker")]
+        # Where a window never opens, this says whether the signal could reach the worker's handler.
+        dispositions = {pid: signal_disposition(pid, signal.SIGUSR1) for pid in workers}
         for pid in workers:
             os.kill(pid, signal.SIGUSR1)
-        print(f"kernel profile asked of worker pids {workers} {time.time() - t0:.1f} s into the load", file=sys.stderr)
+        print(f"kernel profile asked of worker pids {workers} {time.time() - t0:.1f} s into the load (SIGUSR1 "
+              f"there: {dispositions})", file=sys.stderr)
         deadline = time.monotonic() + wait_s
         while workers and not summary.exists() and time.monotonic() < deadline:
             time.sleep(0.5)

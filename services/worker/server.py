@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from functools import partial
 
@@ -82,6 +83,8 @@ class WorkerStage:
         loop = asyncio.get_running_loop()
         if self.servicer.kernel_profile is not None:
             loop.add_signal_handler(signal.SIGUSR1, self.servicer.kernel_profile.arm)
+            log.info("kernel profile: SIGUSR1 to pid %d traces the next %d steps into %s", os.getpid(),
+                     self.servicer.kernel_profile.count, self.servicer.kernel_profile.out_dir)
         build = partial(build_engine, self.config)
         if self.config.tensor_parallel_size > 1:
             from services.worker.parallel import launch  # imports torch, which fake mode does without

@@ -1,8 +1,13 @@
-"""Choosing the serving suite's scenarios by name (bench/serve_suite.py --scenarios)."""
+"""Choosing the serving suite's scenarios by name (bench/serve_suite.py --scenarios), and reading what a stage
+process does with the signal that opens a kernel window."""
+
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from bench.serve_suite import Scenario, StackRun, select
+from bench.serve_suite import Scenario, StackRun, select, signal_disposition
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,3 +33,20 @@ def test_a_name_ending_in_a_dollar_sign_chooses_only_the_scenario_of_exactly_tha
 
 def test_no_names_keep_the_whole_suite():
     assert select(SUITE, []) is SUITE
+
+
+def test_a_signal_disposition_reads_caught_ignored_blocked_default_and_gone_from_proc() -> None:
+    code = ("import signal, sys, time; signal.signal(signal.SIGUSR1, lambda *a: None); "
+            "signal.signal(signal.SIGUSR2, signal.SIG_IGN); signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}); "
+            "print('ready', flush=True); time.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        assert signal_disposition(proc.pid, signal.SIGUSR1) == "caught"
+        assert signal_disposition(proc.pid, signal.SIGUSR2) == "ignored"
+        assert signal_disposition(proc.pid, signal.SIGHUP) == "blocked"
+        assert signal_disposition(proc.pid, signal.SIGWINCH) == "default"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert signal_disposition(proc.pid, signal.SIGUSR1) == "gone"
