@@ -36,9 +36,11 @@ def test_no_names_keep_the_whole_suite():
 
 
 def test_a_signal_disposition_reads_caught_ignored_blocked_default_and_gone_from_proc() -> None:
+    # Each disposition set in the child, not inherited: a runner under nohup ignores SIGHUP, for one.
     code = ("import signal, sys, time; signal.signal(signal.SIGUSR1, lambda *a: None); "
-            "signal.signal(signal.SIGUSR2, signal.SIG_IGN); signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}); "
-            "print('ready', flush=True); time.sleep(30)")
+            "signal.signal(signal.SIGUSR2, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+            "signal.signal(signal.SIGWINCH, signal.SIG_DFL); "
+            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}); print('ready', flush=True); time.sleep(30)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
