@@ -1,17 +1,28 @@
-"""The real scheduler replayed over a modelled device: what throughput the device allows a workload.
+"""The real scheduler replayed over a modelled device: the throughput the device allows a workload under the
+scheduler's policy.
 
-The scheduler (`services.scheduler.engine.Engine`, its policy, block manager and plans in flight) runs in-process on
-a simulated clock. Each plan it sends costs the device a time given by `StepCost`, fitted to the engine benchmark's
-per-step device times on the H200 (`bench/results/engine_h200.md`); the device runs plans back to back in order,
-and each result comes back at its plan's end, when the scheduler processes it and plans again. Requests arrive all
-at once or in a closed loop of fixed concurrency, with output lengths forced (`ignore_eos`), as in the serving
-benchmark's sets (`bench.serve_data`).
+The scheduler (`services.scheduler.engine.Engine`: its policy, block manager, preemptions and plans in flight) runs
+in-process on a simulated clock, answered by `bench.scheduler.SyntheticWorker` (one token per sequence that reaches
+the end of its known tokens, never an EOS id). Each plan costs the device the time `StepCost` gives for its prompt
+tokens, decode rows and the keys they attend over, fitted to the engine benchmark's per-step device times on the
+H200 (`bench/results/engine_h200.md`; `PROFILED` holds the rows, the markdown shows how well each is reproduced).
+The device runs plans back to back in the order sent; a result comes back at its plan's end, when the scheduler
+processes it, takes its events and plans again. As many plans are in flight as the config's max_steps_in_flight
+(3 by default; 1 gives the plan-run-answer loop with no overlap), and planning takes no time, so the device never
+waits for a plan: device-bound by construction. Requests arrive all at once or in a closed loop of fixed
+concurrency (a new one when one finishes, at the simulated time it finished), with output lengths forced
+(`ignore_eos`), as the serving benchmark's sets (`bench.serve_data`).
 
-What it is for: where a measured run (`bench/serve.py`) falls short of the replay, the gap is in the stack (host
-work, the wire) or in the kernels' costs on that workload; where a target is above the replay, no scheduling of
-these steps reaches it. Left out: host time and the wire (the device never waits for a plan), a prompt's own
-attention (small beside its GEMMs at these lengths), the clock the board drops to at its power limit (the fits come
-from short runs), and prefix-cache hits (every request's tokens are distinct).
+What it is for: the throughput the modelled device allows a workload under the real scheduler's policy. Where a
+measured run (`bench/serve.py`) falls short of the replay, the gap is in the stack (host time, the wire) or in what
+the kernels cost on that workload that the fitted costs do not say; where a target is above the replay, no
+scheduling change of these steps reaches it. The fitted costs read low for decode steps of a few hundred rows and
+for the 1B's steps of one prompt beside decode rows (the fit table says by how much), so the replay is a ceiling
+rather than a prediction.
+
+Left out: host time and the wire (the device never waits for a plan); the clock the board drops to at its power
+limit under a long run (the fits come from short profiled runs); prefix-cache hits, unless asked for (every
+request's tokens differ from the others' unless `shared_prefix` is given).
 
     python -m bench.device_replay [--out-dir DIR]
 """
@@ -20,11 +31,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,133 +44,240 @@ from bench.common import RESULTS_DIR, write_results
 from bench.scheduler import SyntheticWorker
 from bench.serve_data import sharegpt_lengths
 from services.common.sampling import SamplingParams
-from services.common.step import StepPlan
+from services.common.step import StepPlan, StepResult
 from services.scheduler.config import SchedulerConfig, WorkerLimits
 from services.scheduler.engine import Engine
 from services.scheduler.request_events import NewTokens, Request, RequestDone
+from services.scheduler.sequence import Sequence as SchedSequence
 
 BLOCK_SIZE = 16
+ALL_AT_ONCE = 0  # `arrival` for every request added at time 0; a positive value is a closed loop's concurrency
+EOS_TOKEN_ID = 2
+KINDS = ("prompt", "mixed", "decode")  # steps of prompt tokens only, of both, of decode rows only
 
 
 @dataclass(frozen=True)
 class StepCost:
-    """A step's device time in ms: max(floor, rate * (p + r)) for its GEMMs (rate per token: `prompt_token_ms` in a
-    step that holds prompt tokens, `decode_token_ms` otherwise), plus `context_token_ms` per key its decode rows
-    attend over, plus `row_ms` per token for the elementwise kernels and sampling."""
+    """A step's device time in ms from what it runs: prompt tokens, decode rows, the keys its decode rows attend
+    over and the (token, key) pairs of its prompt rows. The GEMMs cost the weight-read floor or a rate per token,
+    whichever is more, at the prompt rate in any step holding prompt tokens (the per-token rates differ: `fit`)."""
 
     floor_ms: float  # every weight read once: a step of few rows costs this whatever its size
     decode_token_ms: float
     prompt_token_ms: float
     context_token_ms: float
-    row_ms: float
+    prompt_pair_ms: float = 0.0
+    row_ms: float = 0.0  # elementwise kernels (activation, norms, rotary, cache write) and sampling
+    step_ms: float = 0.0  # the same kernels' own floor: per layer launches of a small step
 
-    def ms(self, prompt_tokens: int, decode_rows: int, context_tokens: int) -> float:
+    def ms(self, prompt_tokens: int, decode_rows: int, context_tokens: float, prompt_pairs: float = 0) -> float:
         tokens = prompt_tokens + decode_rows
         rate = self.prompt_token_ms if prompt_tokens else self.decode_token_ms
-        return max(self.floor_ms, rate * tokens) + self.context_token_ms * context_tokens + self.row_ms * tokens
+        return (max(self.floor_ms, rate * tokens) + self.context_token_ms * context_tokens
+                + self.prompt_pair_ms * prompt_pairs + self.step_ms + self.row_ms * tokens)
 
 
-# Fitted to engine_h200.md's "device time per step by part" tables.
-COSTS = {
-    # floor: the GEMMs of a decode step of 64 rows (4.2 ms); decode rate: 20.3 ms of GEMMs at 1,024 rows; prompt
-    # rate: 183.5 ms of GEMMs for a 16 x 512 prefill step; attention: 17.2 ms at 1,024 rows of about 464 keys;
-    # rows: activation, norms, rotary and sampling at 1,024 rows, about 1.2 ms.
-    "llama-3.1-8b": StepCost(4.2, 0.0198, 0.0224, 3.6e-5, 0.0012),
-    # floor: a batch-1 graph replay (1.27 ms); decode rate: 3.38 ms of GEMMs at 1,024 rows; prompt rate: 21.3 ms
-    # for 16 x 512; attention: 4.76 ms at 1,024 rows of about 464 keys; rows: 0.57 ms of the rest at 1,024 rows.
-    "llama-3.2-1b": StepCost(1.27, 0.0033, 0.0026, 1.0e-5, 0.00056),
+@dataclass(frozen=True)
+class ProfiledStep:
+    """A row of engine_h200.md's "device time per step by part" (ms) with the shape of the step it timed."""
+
+    label: str
+    prompt_tokens: int
+    decode_rows: int
+    context_tokens: float
+    prompt_pairs: float
+    device_ms: float
+    gemm_ms: float
+    attention_ms: float
+
+    @property
+    def rest_ms(self) -> float:
+        return self.device_ms - self.gemm_ms - self.attention_ms
+
+
+# bench/engine.py's order of steps puts the keys a decode row attends over at 448 + 4 + 32 + 32 + 1..8 in the
+# eight profiled decode steps (prompt, warm-up, timed, overlapped), and 24 steps later in the mixed steps, whose
+# decode rows are min(batch, max_num_seqs - 1) beside the new prompt.
+_DECODE_KEYS = 448 + 4 + 32 + 32 + 4.5
+_MIXED_KEYS = _DECODE_KEYS + 24
+
+
+def _pairs(num_prompts: int, length: int) -> float:
+    return num_prompts * length * (length + 1) / 2
+
+
+def _profiled(device: dict[str, tuple[float, float, float]]) -> tuple[ProfiledStep, ...]:
+    """The rows from their (device, gemm, attention) ms, by label."""
+    shapes = {"prefill of one prompt of 128": (128, 0, 0.0, _pairs(1, 128))}
+    for batch in (64, 256, 1024):
+        shapes[f"decode batch {batch}"] = (0, batch, batch * _DECODE_KEYS, 0.0)
+        rows = min(batch, 1023)
+        shapes[f"decode batch {batch} + one prompt of 448"] = (448, rows, rows * _MIXED_KEYS, _pairs(1, 448))
+    shapes["prefill step of 16 x 512 tokens"] = (8192, 0, 0.0, _pairs(16, 512))
+    return tuple(ProfiledStep(label, *shapes[label], *times) for label, times in device.items())
+
+
+# (device, gemm, attention) ms of each profiled step, 8B then 1B, as engine_h200.md gives them.
+_MEASURED = {
+    "prefill of one prompt of 128": ((6.488, 5.545, 0.384), (1.343, 0.94, 0.134)),
+    "decode batch 64": ((5.828, 4.202, 1.25), (1.446, 0.862, 0.397)),
+    "decode batch 256": ((11.376, 6.16, 4.633), (2.722, 1.14, 1.334)),
+    "decode batch 1024": ((39.215, 20.342, 17.221), (8.763, 3.384, 4.764)),
+    "decode batch 64 + one prompt of 448": ((13.732, 10.497, 2.098), (2.721, 1.643, 0.673)),
+    "decode batch 256 + one prompt of 448": ((22.511, 15.38, 5.537), (4.597, 2.366, 1.624)),
+    "decode batch 1024 + one prompt of 448": ((53.811, 31.764, 18.686), (11.014, 4.59, 5.126)),
+    "prefill step of 16 x 512 tokens": ((201.135, 183.535, 5.757), (26.271, 21.293, 1.836)),
 }
+PROFILED = {preset: _profiled({label: times[i] for label, times in _MEASURED.items()})
+            for i, preset in enumerate(("llama-3.1-8b", "llama-3.2-1b"))}
+
+
+def fit(rows: Sequence[ProfiledStep]) -> StepCost:
+    """StepCost from a preset's profiled rows: the floor is the GEMMs of 64 decode rows (every weight read once,
+    the rows' share small); the decode and prompt rates are the GEMMs per token of 1,024 decode rows and of the
+    16 x 512 prefill step. Prompt tokens skip the output projection (the prefill step runs it once, for its 16
+    sampling rows), which is a fifth of the 1B's decode GEMM time at 1,024 rows (0.71 of 3.38 ms) and a
+    fourteenth of the 8B's (1.42 of 20.3), so the 1B's prompt rate is the lower one; the 8B's prefill GEMMs run
+    slower per token than its decode ones all the same. The per-key rates are the attention of those two steps;
+    the rest of the step (device time less GEMMs and attention) is a line through 64 and 1,024 decode rows."""
+    by = {r.label: r for r in rows}
+    small, large, prefill = by["decode batch 64"], by["decode batch 1024"], by["prefill step of 16 x 512 tokens"]
+    row_ms = (large.rest_ms - small.rest_ms) / (large.decode_rows - small.decode_rows)
+    return StepCost(
+        floor_ms=small.gemm_ms,
+        decode_token_ms=large.gemm_ms / large.decode_rows,
+        prompt_token_ms=prefill.gemm_ms / prefill.prompt_tokens,
+        context_token_ms=large.attention_ms / large.context_tokens,
+        prompt_pair_ms=prefill.attention_ms / prefill.prompt_pairs,
+        row_ms=row_ms,
+        step_ms=small.rest_ms - row_ms * small.decode_rows,
+    )
+
+
+COSTS = {preset: fit(rows) for preset, rows in PROFILED.items()}
 
 
 @dataclass
 class ReplayResult:
+    """What a replay gave: simulated seconds, tokens, TTFT and the steps the device ran."""
+
     duration_s: float
     num_requests: int
     output_tokens: int
     ttft_p50_s: float
     ttft_p99_s: float
-    steps: dict[str, int]  # by kind: prompt (prompt tokens only), mixed, decode
+    steps: dict[str, int]  # by kind (KINDS)
     device_s: dict[str, float]  # summed device time by the same kinds
-    prompt_tokens: int
+    prompt_tokens: int  # recomputed tokens of preempted sequences included; prefix-cache hits not
     decode_rows: int
+    preemptions: int
+    # (arrival, first token, finish) simulated seconds of each request, in the order given
+    timelines: list[tuple[float, float, float]] = field(default_factory=list, repr=False)
 
     @property
     def output_throughput(self) -> float:
         return self.output_tokens / self.duration_s if self.duration_s else 0.0
 
-
-def step_shape(plan: StepPlan, computed: dict[int, int]) -> tuple[int, int, int]:
-    """(prompt tokens, decode rows, keys the decode rows attend over) of a plan; advances `computed`, each
-    sequence's tokens with KV, by what the plan runs. A row of one token of a sequence already sent is a decode
-    row; every other scheduled token is a prompt token (a prompt chunk, or a preempted sequence recomputed)."""
-    prompt = rows = context = 0
-    for seq_id in plan.finished_seq_ids:
-        computed.pop(seq_id, None)
-    for new in plan.new_seqs:
-        computed[new.seq_id] = new.num_computed_tokens + new.num_scheduled_tokens
-        prompt += new.num_scheduled_tokens
-    cached = plan.cached_seqs
-    for seq_id, num in zip(cached.seq_ids, cached.num_scheduled_tokens):
-        if num == 1:
-            rows += 1
-            context += computed[seq_id] + 1
-        else:
-            prompt += num
-        computed[seq_id] += num
-    return prompt, rows, context
+    @property
+    def device_busy(self) -> float:
+        return sum(self.device_s.values()) / self.duration_s if self.duration_s else 0.0
 
 
-def replay(lengths: Sequence[tuple[int, int]], config: SchedulerConfig, cost: StepCost, concurrency: int = 0,
-           seed: int = 0) -> ReplayResult:
-    """Replays requests of (input, output) lengths through the scheduler over the modelled device. concurrency 0:
-    every request arrives at 0; otherwise a closed loop, a new request arriving as one finishes."""
-    now = 0.0
-    engine = Engine(config, WorkerLimits(
+class StepShapes:
+    """The worker's view of each sequence's tokens, to tell what a plan runs: a scheduled token below the tokens
+    the sequence was sent with is a prompt token (a prompt chunk, or a preempted sequence recomputed), one past
+    them is a decode row."""
+
+    def __init__(self) -> None:
+        self.seqs: dict[int, list[int]] = {}  # seq id -> [tokens with KV, tokens it was sent with]
+
+    def shape(self, plan: StepPlan) -> tuple[int, int, int, int]:
+        """(prompt tokens, decode rows, keys the decode rows attend over, (token, key) pairs of the prompt rows)."""
+        prompt = rows = context = pairs = 0
+        seqs = self.seqs
+        for seq_id in plan.finished_seq_ids:
+            seqs.pop(seq_id, None)
+        runs = [(new.seq_id, new.num_scheduled_tokens) for new in plan.new_seqs]
+        for new in plan.new_seqs:
+            seqs[new.seq_id] = [new.num_computed_tokens, len(new.token_ids)]
+        runs += zip(plan.cached_seqs.seq_ids, plan.cached_seqs.num_scheduled_tokens)
+        for seq_id, num in runs:
+            state = seqs[seq_id]
+            computed, known = state
+            if computed >= known:
+                rows += num
+                context += num * computed + num * (num + 1) // 2
+            else:
+                prompt += num
+                pairs += num * computed + num * (num + 1) // 2
+            state[0] = computed + num
+        return prompt, rows, context, pairs
+
+
+def enough_limits(requests: Sequence[tuple[int, int]], config: SchedulerConfig) -> WorkerLimits:
+    """Worker limits of the config's batch sizes with KV blocks for every request at once: nothing is preempted."""
+    return WorkerLimits(
         block_size=BLOCK_SIZE, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-        num_kv_blocks=sum(-(-(a + b) // BLOCK_SIZE) + 1 for a, b in lengths), max_model_len=1 << 20,
-        eos_token_ids=(2,)), clock=lambda: now)
-    rng = random.Random(seed)
-    arrival: dict[Hashable, float] = {}
+        num_kv_blocks=sum(-(-(a + b) // BLOCK_SIZE) + 1 for a, b in requests), max_model_len=1 << 20,
+        eos_token_ids=(EOS_TOKEN_ID,))
+
+
+def prompt_ids(index: int, length: int, shared_prefix: int) -> tuple[int, ...]:
+    """Token ids of request `index`: the shared prefix's, then its own id repeated, which no other request holds,
+    so no block of it past the prefix is found in the prefix cache. Never the EOS id."""
+    shared = min(shared_prefix, length)
+    return tuple(range(EOS_TOKEN_ID + 1, EOS_TOKEN_ID + 1 + shared)) + (
+        EOS_TOKEN_ID + 1 + shared_prefix + index,) * (length - shared)
+
+
+def replay(requests: Sequence[tuple[int, int]], config: SchedulerConfig, limits: WorkerLimits | None, cost: StepCost,
+           arrival: int = ALL_AT_ONCE, shared_prefix: int = 0) -> ReplayResult:
+    """Replays (input, output) length pairs through the scheduler over the modelled device. limits None:
+    `enough_limits`. arrival ALL_AT_ONCE: every request at time 0; n > 0: a closed loop of n requests at a time.
+    shared_prefix: that many leading tokens are the same in every request (prefix-cache hits)."""
+    now = 0.0
+    engine = Engine(config, limits or enough_limits(requests, config), clock=lambda: now)
+    arrived: dict[Hashable, float] = {}
     first: dict[Hashable, float] = {}
-    pending = deque(enumerate(lengths))
+    finished: dict[Hashable, float] = {}
+    sequences: list[SchedSequence] = []
+    pending = deque(enumerate(requests))
 
     def arrive() -> None:
         i, (num_in, num_out) = pending.popleft()
-        key = ("replay", i)
-        arrival[key] = now
-        # Ids from 3 up: never the EOS id (2) the limits name, and distinct across requests (no prefix hits).
-        engine.add(Request(key, tuple(rng.randrange(3, 1 << 30) for _ in range(num_in)),
-                           SamplingParams(max_tokens=num_out, ignore_eos=True)))
+        arrived[i] = now
+        sequences.append(engine.add(Request(i, prompt_ids(i, num_in, shared_prefix),
+                                            SamplingParams(max_tokens=num_out, ignore_eos=True))))
 
-    for _ in range(concurrency or len(lengths)):
+    for _ in range(arrival or len(requests)):
         if pending:
             arrive()
-    worker, computed = SyntheticWorker(), {}
-    in_flight: deque[tuple[float, Any]] = deque()  # (device end time, result), in order
+    worker, shapes = SyntheticWorker(), StepShapes()
+    in_flight: deque[tuple[float, StepResult]] = deque()  # (device end time, result), in the order sent
     device_free = 0.0
-    steps = {"prompt": 0, "mixed": 0, "decode": 0}
-    device_s = {"prompt": 0.0, "mixed": 0.0, "decode": 0.0}
+    steps = dict.fromkeys(KINDS, 0)
+    device_s = dict.fromkeys(KINDS, 0.0)
     prompt_total = rows_total = out_tokens = 0
     while True:
         while engine.can_send():
             plan = engine.build_plan()
             if plan is None:
                 break
-            prompt, rows, context = step_shape(plan, computed)
+            prompt, rows, context, pairs = shapes.shape(plan)
             result = worker.step(plan)
-            if prompt or rows:
+            if prompt or rows:  # else the plan only names finished sequences: no device time
                 kind = "decode" if not prompt else "mixed" if rows else "prompt"
-                ms = cost.ms(prompt, rows, context)
+                s = cost.ms(prompt, rows, context, pairs) / 1e3
                 steps[kind] += 1
-                device_s[kind] += ms / 1e3
+                device_s[kind] += s
                 prompt_total, rows_total = prompt_total + prompt, rows_total + rows
-                device_free = max(device_free, now) + ms / 1e3
+                device_free = max(device_free, now) + s
             in_flight.append((max(device_free, now), result))
         if not in_flight:
-            if engine.has_work():  # a held seat's wait: move the clock to when it runs out
+            if engine.has_work():  # a request deadline is all that can move the scheduler: wait for it
                 deadline = engine.next_deadline()
                 if deadline is None or deadline <= now:
-                    raise RuntimeError("the scheduler holds work but plans nothing and names no time to wait for")
+                    raise RuntimeError("the scheduler holds work but plans nothing (too few KV blocks for a request?)")
                 now = deadline
                 continue
             break
@@ -171,47 +288,78 @@ def replay(lengths: Sequence[tuple[int, int]], config: SchedulerConfig, cost: St
                 for key in event.keys:
                     first.setdefault(key, now)
                 out_tokens += len(event.token_ids)
-            elif isinstance(event, RequestDone) and pending and concurrency:
-                arrive()
-    ttft = np.array([first[k] - arrival[k] for k in first])
-    return ReplayResult(now, len(first), out_tokens, float(np.percentile(ttft, 50)), float(np.percentile(ttft, 99)),
-                        steps, device_s, prompt_total, rows_total)
+            elif isinstance(event, RequestDone):
+                finished[event.key] = now
+                if pending and arrival:
+                    arrive()
+    ttft = np.array([first[k] - arrived[k] for k in first])
+    return ReplayResult(
+        now, len(finished), out_tokens, float(np.percentile(ttft, 50)), float(np.percentile(ttft, 99)), steps,
+        device_s, prompt_total, rows_total, sum(seq.num_preemptions for seq in sequences),
+        [(arrived[i], first.get(i, float("nan")), finished.get(i, float("nan"))) for i in range(len(requests))])
 
 
 def scenarios() -> list[tuple[str, str, list[tuple[int, int]], SchedulerConfig, int]]:
-    """(name, preset, lengths, scheduler config, concurrency) of the default replay set: the serving suite's sets."""
+    """(name, preset, requests, scheduler config, arrival) of the default set: the serving suite's sets under its
+    names ("256 per step": 256 sequences running at most), at the scheduler's defaults and at other budgets."""
     default = SchedulerConfig()
+    at = dataclasses.replace
     sharegpt = sharegpt_lengths(1000, 0)
     fixed = [(1024, 128)] * 256
     return [
-        ("8B ShareGPT 1000 at once", "llama-3.1-8b", sharegpt, default, 0),
+        ("8B ShareGPT 1000 at once", "llama-3.1-8b", sharegpt, default, ALL_AT_ONCE),
         ("8B ShareGPT 1000 at once, 2048 tokens per step", "llama-3.1-8b", sharegpt,
-         dataclasses.replace(default, max_num_batched_tokens=2048), 0),
+         at(default, max_num_batched_tokens=2048), ALL_AT_ONCE),
         ("8B ShareGPT 1000 at once, 16384 tokens per step", "llama-3.1-8b", sharegpt,
-         dataclasses.replace(default, max_num_batched_tokens=16384), 0),
+         at(default, max_num_batched_tokens=16384), ALL_AT_ONCE),
         ("8B 1024 in / 128 out, 64 concurrent, 256 requests", "llama-3.1-8b", fixed, default, 64),
-        ("8B 1024 in / 128 out, 64 concurrent, 2048 tokens per step", "llama-3.1-8b", fixed,
-         dataclasses.replace(default, max_num_batched_tokens=2048), 64),
-        ("1B ShareGPT 1000 at once", "llama-3.2-1b", sharegpt, default, 0),
+        ("8B 1024 in / 128 out, 64 concurrent, 256 requests, 2048 tokens per step", "llama-3.1-8b", fixed,
+         at(default, max_num_batched_tokens=2048), 64),
+        ("1B ShareGPT 1000 at once", "llama-3.2-1b", sharegpt, default, ALL_AT_ONCE),
         ("1B ShareGPT 1000 at once, static, 256 per step", "llama-3.2-1b", sharegpt,
-         dataclasses.replace(default, max_num_seqs=256, policy="static"), 0),
+         at(default, max_num_seqs=256, policy="static"), ALL_AT_ONCE),
         ("1B ShareGPT 1000 at once, continuous, 256 per step", "llama-3.2-1b", sharegpt,
-         dataclasses.replace(default, max_num_seqs=256), 0),
+         at(default, max_num_seqs=256), ALL_AT_ONCE),
         ("1B ShareGPT 1000 at once, continuous, 256 per step, admit batch 1", "llama-3.2-1b", sharegpt,
-         dataclasses.replace(default, max_num_seqs=256, admit_batch=1), 0),
+         at(default, max_num_seqs=256, admit_batch=1), ALL_AT_ONCE),
     ]
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["Replayed over the modelled device (StepCost per preset): output tok/s, simulated seconds, TTFT, and the "
-             "steps and device seconds by kind of step (prompt tokens only / mixed / decode only)", "",
-             "| scenario | out tok/s | seconds | TTFT p50 / p99 s | steps | device s | prompt tokens | decode rows |",
-             "|---|---|---|---|---|---|---|---|"]
+def fit_rows() -> list[dict[str, Any]]:
+    """Each profiled row's measured device time beside what its preset's StepCost gives for the same step."""
+    out = []
+    for preset, rows in PROFILED.items():
+        for r in rows:
+            modelled = COSTS[preset].ms(r.prompt_tokens, r.decode_rows, r.context_tokens, r.prompt_pairs)
+            out.append({"preset": preset, "step": r.label, "measured_ms": r.device_ms, "modelled_ms": modelled,
+                        "error_pct": 100 * (modelled / r.device_ms - 1)})
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], fits: list[dict[str, Any]]) -> str:
+    lines = ["The real scheduler replayed over the modelled device (StepCost per preset, no host time, the config's",
+             "plans in flight): output tok/s, simulated seconds, TTFT, the device's busy share, and steps, device",
+             "seconds by kind of step (prompt tokens only / mixed / decode rows only).", "",
+             "| scenario | out tok/s | seconds | TTFT p50 / p99 s | busy | steps | device s | prompt tokens "
+             "| decode rows |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        steps = " / ".join(str(r["steps"][k]) for k in ("prompt", "mixed", "decode"))
-        device = " / ".join(f"{r['device_s'][k]:.2f}" for k in ("prompt", "mixed", "decode"))
+        steps = " / ".join(str(r["steps"][k]) for k in KINDS)
+        device = " / ".join(f"{r['device_s'][k]:.2f}" for k in KINDS)
         lines.append(f"| {r['name']} | {r['output_throughput']:.0f} | {r['duration_s']:.2f} | {r['ttft_p50_s']:.2f} / "
-                     f"{r['ttft_p99_s']:.2f} | {steps} | {device} | {r['prompt_tokens']} | {r['decode_rows']} |")
+                     f"{r['ttft_p99_s']:.2f} | {r['device_busy']:.0%} | {steps} | {device} | {r['prompt_tokens']} "
+                     f"| {r['decode_rows']} |")
+    lines += ["", "Step costs (ms), fitted to `engine_h200.md`'s device time per step by part:", "",
+              "| preset | floor | per decode token | per prompt token | per decode key | per prompt pair | per row "
+              "| per step |", "|---|---|---|---|---|---|---|---|"]
+    for preset, c in COSTS.items():
+        lines.append(f"| {preset} | {c.floor_ms:.3f} | {c.decode_token_ms:.5f} | {c.prompt_token_ms:.5f} "
+                     f"| {c.context_token_ms:.3e} | {c.prompt_pair_ms:.3e} | {c.row_ms:.5f} | {c.step_ms:.3f} |")
+    lines += ["", "The fit against every profiled step (decode rows attend over about 520 keys, 544 beside a prompt):",
+              "", "| preset | step | measured ms | modelled ms | error |", "|---|---|---|---|---|"]
+    for f in fits:
+        lines.append(f"| {f['preset']} | {f['step']} | {f['measured_ms']:.3f} | {f['modelled_ms']:.3f} "
+                     f"| {f['error_pct']:+.1f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,16 +368,20 @@ def main() -> None:
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = p.parse_args()
     rows = []
-    for name, preset, lengths, config, concurrency in scenarios():
+    start = time.perf_counter()
+    for name, preset, requests, config, arrival in scenarios():
         t0 = time.perf_counter()
-        result = replay(lengths, config, COSTS[preset], concurrency)
-        rows.append({"name": name, "preset": preset, "concurrency": concurrency,
-                     "scheduler": dataclasses.asdict(config), "cost": dataclasses.asdict(COSTS[preset]),
-                     **dataclasses.asdict(result), "output_throughput": result.output_throughput,
+        result = replay(requests, config, None, COSTS[preset], arrival)
+        summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "timelines"}
+        rows.append({"name": name, "preset": preset, "arrival": arrival, "scheduler": dataclasses.asdict(config),
+                     **summary, "output_throughput": result.output_throughput, "device_busy": result.device_busy,
                      "replay_wall_s": round(time.perf_counter() - t0, 2)})
-    md = markdown(rows)
+        print(f"{name}: {result.output_throughput:.0f} tok/s ({rows[-1]['replay_wall_s']} s)", flush=True)
+    fits = fit_rows()
+    md = markdown(rows, fits)
     print(md)
-    write_results("device_replay", {"scenarios": rows}, md, args.out_dir)
+    write_results("device_replay", {"scenarios": rows, "costs": {k: dataclasses.asdict(c) for k, c in COSTS.items()},
+                                    "fit": fits, "wall_s": round(time.perf_counter() - start, 2)}, md, args.out_dir)
 
 
 if __name__ == "__main__":
