@@ -158,11 +158,11 @@ class Sampler:
         n = 0
         while not self._stop.wait(self.period):
             if self._nvml is not None:
-                util = [self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles]
-                self.gpu.append((time.time(), max(util) / 100.0))
-                self.clocks.append((time.time(), self._nvml.nvmlDeviceGetClockInfo(self._handles[0],
-                                                                                   self._nvml.NVML_CLOCK_SM),
-                                    self._nvml.nvmlDeviceGetPowerUsage(self._handles[0]) / 1e3))
+                nvml, first, now = self._nvml, self._handles[0], time.time()
+                util = [nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles]
+                self.gpu.append((now, max(util) / 100.0))
+                self.clocks.append((now, nvml.nvmlDeviceGetClockInfo(first, nvml.NVML_CLOCK_SM),
+                                    nvml.nvmlDeviceGetPowerUsage(first) / 1e3))
             n += 1
             if n % 2 == 0:  # metrics every 0.2 s (a scrape costs the stages some CPU): a 1B run lasts a few seconds
                 values = scrape(self.urls)
@@ -349,8 +349,8 @@ def idle_table(scenarios: list[dict[str, Any]]) -> str:
         lines.append(f"| {s['name']} | {sum(t['slice_s']) / 10:.2f} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    head = ["", "By tenth of each run: NVML's GPU busy (@ mean SM clock, MHz) / seconds the device sat idle between steps / worker steps (of "
-            "them, steps holding prompt tokens) / sequences running in the scheduler at the tenth's end (the stages' "
-            "metrics, scraped every 0.2 s; NVML sampled every 0.1 s)", "",
+    head = ["", "By tenth of each run: NVML's GPU busy (@ mean SM clock, MHz) / seconds the device sat idle between "
+            "steps / worker steps (of them, steps holding prompt tokens) / sequences running in the scheduler at the "
+            "tenth's end (the stages' metrics, scraped every 0.2 s; NVML sampled every 0.1 s)", "",
             "| scenario | tenth s | " + " | ".join(str(i) for i in range(1, 11)) + " |", "|---|---|" + "---|" * 10]
     return "\n".join(head + lines) + "\n"
