@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -95,41 +96,52 @@ class ProfiledStep:
         return self.device_ms - self.gemm_ms - self.attention_ms
 
 
-# bench/engine.py's order of steps puts the keys a decode row attends over at 448 + 4 + 32 + 32 + 1..8 in the
-# eight profiled decode steps (prompt, warm-up, timed, overlapped), and 24 steps later in the mixed steps, whose
-# decode rows are min(batch, max_num_seqs - 1) beside the new prompt.
-_DECODE_KEYS = 448 + 4 + 32 + 32 + 4.5
-_MIXED_KEYS = _DECODE_KEYS + 24
+# bench/engine.py's order of steps puts the keys a decode row attends over at its prompt + 4 + 32 + 32 + 1..8 in
+# the eight profiled decode steps (warm-up, timed, overlapped, profiled), and 24 steps later in the mixed steps,
+# whose decode rows are min(batch, max_num_seqs - 1) beside a new prompt of the same length.
+_KEYS_PAST_PROMPT = 4 + 32 + 32 + 4.5
+_MIXED_KEYS_LATER = 24
+_ENGINE_MAX_NUM_SEQS = 1024
+ENGINE_RESULTS = RESULTS_DIR / "engine_h200.json"
 
 
 def _pairs(num_prompts: int, length: int) -> float:
     return num_prompts * length * (length + 1) / 2
 
 
-def _profiled(device: dict[str, tuple[float, float, float]]) -> tuple[ProfiledStep, ...]:
-    """The rows from their (device, gemm, attention) ms, by label."""
-    shapes = {"prefill of one prompt of 128": (128, 0, 0.0, _pairs(1, 128))}
-    for batch in (64, 256, 1024):
-        shapes[f"decode batch {batch}"] = (0, batch, batch * _DECODE_KEYS, 0.0)
-        rows = min(batch, 1023)
-        shapes[f"decode batch {batch} + one prompt of 448"] = (448, rows, rows * _MIXED_KEYS, _pairs(1, 448))
-    shapes["prefill step of 16 x 512 tokens"] = (8192, 0, 0.0, _pairs(16, 512))
-    return tuple(ProfiledStep(label, *shapes[label], *times) for label, times in device.items())
+def profiled_steps(engine_results: dict[str, Any]) -> dict[str, tuple[ProfiledStep, ...]]:
+    """Each model's profiled steps in an engine benchmark's results (`bench/engine.py --profile-batches`, its
+    "device time per step by part"), by model, with the shape of the step each one timed."""
+    out = {}
+    for model in engine_results["results"]:
+        rows: list[ProfiledStep] = []
+
+        def add(label: str, shape: tuple[int, int, float, float], kernels: dict[str, Any]) -> None:
+            parts = kernels["parts_ms_per_step"]
+            rows.append(ProfiledStep(label, *shape, kernels["device_ms_per_step"], parts["gemm"], parts["attention"]))
+
+        one = model["prefill_batch1"]
+        add(f"prefill of one prompt of {one['prompt_len']}", (one["prompt_len"], 0, 0.0, _pairs(1, one["prompt_len"])),
+            one["kernels"])
+        profiled = [d for d in model["decode"] if "kernels" in d]
+        for d in profiled:
+            keys = d["mixed"]["new_prompt_len"] + _KEYS_PAST_PROMPT
+            add(f"decode batch {d['batch']}", (0, d["batch"], d["batch"] * keys, 0.0), d["kernels"])
+        for d in profiled:
+            mixed = d["mixed"]
+            new, rows_beside = mixed["new_prompt_len"], min(d["batch"], _ENGINE_MAX_NUM_SEQS - 1)
+            keys = new + _KEYS_PAST_PROMPT + _MIXED_KEYS_LATER
+            add(f"decode batch {d['batch']} + one prompt of {new}", (new, rows_beside, rows_beside * keys,
+                                                                     _pairs(1, new)), mixed["kernels"])
+        prefill = model["prefill"]
+        add(f"prefill step of {prefill['seqs_per_step']} x {prefill['prompt_len']} tokens",
+            (prefill["seqs_per_step"] * prefill["prompt_len"], 0, 0.0,
+             _pairs(prefill["seqs_per_step"], prefill["prompt_len"])), prefill["kernels"])
+        out[model["model"]] = tuple(rows)
+    return out
 
 
-# (device, gemm, attention) ms of each profiled step, 8B then 1B, as engine_h200.md gives them.
-_MEASURED = {
-    "prefill of one prompt of 128": ((6.488, 5.545, 0.384), (1.343, 0.94, 0.134)),
-    "decode batch 64": ((5.828, 4.202, 1.25), (1.446, 0.862, 0.397)),
-    "decode batch 256": ((11.376, 6.16, 4.633), (2.722, 1.14, 1.334)),
-    "decode batch 1024": ((39.215, 20.342, 17.221), (8.763, 3.384, 4.764)),
-    "decode batch 64 + one prompt of 448": ((13.732, 10.497, 2.098), (2.721, 1.643, 0.673)),
-    "decode batch 256 + one prompt of 448": ((22.511, 15.38, 5.537), (4.597, 2.366, 1.624)),
-    "decode batch 1024 + one prompt of 448": ((53.811, 31.764, 18.686), (11.014, 4.59, 5.126)),
-    "prefill step of 16 x 512 tokens": ((201.135, 183.535, 5.757), (26.271, 21.293, 1.836)),
-}
-PROFILED = {preset: _profiled({label: times[i] for label, times in _MEASURED.items()})
-            for i, preset in enumerate(("llama-3.1-8b", "llama-3.2-1b"))}
+PROFILED = profiled_steps(json.loads(ENGINE_RESULTS.read_text()))
 
 
 def fit(rows: Sequence[ProfiledStep]) -> StepCost:
