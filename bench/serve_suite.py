@@ -37,6 +37,7 @@ FP8_WEIGHTS_ARGS = "--worker-args '--quantization fp8 --quantize-lm-head'"
 TWO_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 2'"  # the default is 3
 FOUR_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 4'"
 FP8_BASELINE_8B, FP8_BASELINE_1B = "8B FP8 baseline, bf16", "1B FP8 baseline, bf16"
+SWITCH_5MS = "--worker-args '--switch-interval-ms 5'"  # Python's own; the worker's default is 0.5
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,14 @@ GPU_SUITE = (
         # 2 s in: the middle of the run, where decode steps of 256 rows leave the device waiting inside them.
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, kernels traced", "sharegpt", 1000,
                  kernel_profile=True, kernel_profile_after_s=2.0, seed=5),)),
+    # The 1B's host-bound sets with the worker's interpreter switching threads at Python's default interval: how long
+    # its model thread waits for the lock its event loop's thread holds, against the worker's default of 0.5 ms.
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {SWITCH_5MS}", (
+        Scenario("1B ShareGPT 1000 at once, greedy, switch interval 5 ms", "sharegpt", 1000),
+        Scenario("1B 1024 in / 128 out, 64 concurrent, 256 requests, switch interval 5 ms", "fixed", 256, 64, 1024,
+                 128),)),
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256' {SWITCH_5MS}", (
+        Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, switch interval 5 ms", "sharegpt", 1000),)),
     # The default's greedy rows again with one plan fewer in flight: what the scheduler's round trip costs them.
     StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {TWO_IN_FLIGHT}", (
         Scenario("8B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),
@@ -361,8 +370,8 @@ def start_kernel_profile(out: Path, parent: int, scenario: str, kernels: dict[st
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Continuous over static, admitting 8 at a time over 1, OpenAI-default over greedy, three steps in flight over two
-    and FP8 over bf16: output throughput, where both ran."""
+    """Continuous over static, admitting 8 at a time over 1, OpenAI-default over greedy, three steps in flight over two,
+    the worker's switch interval over Python's and FP8 over bf16: output throughput, where both ran."""
     tput = {r["name"]: r["result"]["output_throughput"] for r in results}
 
     def ratio(a: str, b: str) -> float | None:
@@ -378,6 +387,8 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
                                                  "8B ShareGPT 1000 at once, greedy, 2 steps in flight"),
             "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy",
                                                  "1B ShareGPT 1000 at once, greedy, 2 steps in flight"),
+            "1b_switch_interval_half_ms_over_5_ms": ratio("1B ShareGPT 1000 at once, greedy",
+                                                          "1B ShareGPT 1000 at once, greedy, switch interval 5 ms"),
             "8b_fp8_over_bf16_sharegpt": ratio(f"{FP8_8B}, ShareGPT 1000 at once, greedy",
                                                f"{FP8_BASELINE_8B}, ShareGPT 1000 at once, greedy")}
 

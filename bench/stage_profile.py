@@ -6,7 +6,8 @@ device, detokenization, HTTP streaming).
 
 Processes are found by their command line (`services.cli serve <stage>`). Each sample is charged to the first
 category that matches a frame, walking from the innermost frame out; py-spy leaves idle threads out, so a stage's
-share of the wall time is its samples over seconds times rate. Needs py-spy (pip install py-spy) and permission to
+share of the wall time is its samples over seconds times rate. Each stage's hottest functions of the project are
+listed under it. Needs py-spy (pip install py-spy) and permission to
 attach to the processes (root, or ptrace allowed).
 """
 
@@ -17,6 +18,7 @@ import json
 import subprocess
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 # (category, substrings of a frame "function (file:line)"), checked in order for each frame from the innermost.
@@ -68,24 +70,62 @@ def stage_processes(parent: int | None = None) -> dict[str, int]:
     return found
 
 
+def stacks(raw: str) -> Iterator[tuple[list[str], int]]:
+    """(frames, outermost first; samples) of each line of a py-spy raw (collapsed-stack) file."""
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if n.isdigit():
+            yield stack.split(";"), int(n)
+
+
 def categorise(raw: str) -> tuple[Counter, int]:
     """Samples per category of one py-spy raw (collapsed-stack) file, and the total."""
     counts: Counter = Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        frames = stack.split(";")
+    for frames, n in stacks(raw):
+        total += n
         for frame in reversed(frames):
             hit = next((name for name, keys in CATEGORIES if any(k in frame for k in keys)), None)
             if hit is not None:
-                counts[hit] += int(n)
+                counts[hit] += n
                 break
         else:
-            counts["other"] += int(n)
+            counts["other"] += n
     return counts, total
+
+
+PROJECT_DIRS = ("services/", "kernels/", "gateway/")  # the project's own code in a frame's file path
+HOT_FRAMES = 8  # functions listed per stage
+
+
+def short_frame(frame: str) -> str:
+    """'fn (/any/path/services/worker/runner.py:120)' -> 'fn (services/worker/runner.py)': one name per function,
+    whatever the line or the checkout's location."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for top in PROJECT_DIRS:
+        if top in path:
+            path = top + path.split(top, 1)[1]
+            break
+    else:
+        path = path.rsplit("/", 1)[-1]
+    return f"{name} ({path})"
+
+
+def hot_frames(raw: str, limit: int = HOT_FRAMES) -> list[tuple[str, float]]:
+    """The functions of the project most samples were in, each with its share of all samples: a sample goes to its
+    innermost project frame, joined by ' > ' to the innermost frame of all when that one is a library's (where the
+    time went inside it)."""
+    counts: Counter = Counter()
+    total = 0
+    for frames, n in stacks(raw):
+        total += n
+        own = next((f for f in reversed(frames) if any(top in f for top in PROJECT_DIRS)), None)
+        key = short_frame(frames[-1]) if own is None else short_frame(own)
+        if own is not None and own != frames[-1]:
+            key += " > " + short_frame(frames[-1])
+        counts[key] += n
+    return [(key, round(n / total, 3)) for key, n in counts.most_common(limit)] if total else []
 
 
 def profile(seconds: float, rate: int, parent: int | None = None) -> dict[str, dict]:
@@ -103,9 +143,10 @@ def profile(seconds: float, rate: int, parent: int | None = None) -> dict[str, d
         report = {}
         for name, (out, proc) in running.items():
             _, err = proc.communicate(timeout=seconds + 60)
-            counts, total = categorise(out.read_text() if out.exists() else "")
+            raw = out.read_text() if out.exists() else ""
+            counts, total = categorise(raw)
             shares = {k: round(v / total, 3) for k, v in counts.most_common()} if total else {}
-            report[name] = {"busy": round(total / (seconds * rate), 3), **shares}
+            report[name] = {"busy": round(total / (seconds * rate), 3), **shares, "hot": hot_frames(raw)}
             if not total:
                 report[name]["error"] = err.strip().splitlines()[-1:] or [f"py-spy exited with {proc.returncode}"]
     return report
@@ -115,8 +156,9 @@ def to_markdown(report: dict[str, dict], seconds: float) -> str:
     lines = [f"Share of each stage's CPU samples by part of the step ({seconds:.0f} s of py-spy under load). "
              "busy: CPU time over wall time (1.0 = one core all the time).", ""]
     for name, parts in report.items():
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in parts.items() if k not in ("busy", "error"))
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in parts.items() if k not in ("busy", "error", "hot"))
         lines.append(f"- **{name}** (busy {parts['busy']:.2f}): {shares or 'no samples'}")
+        lines += [f"  - {share:.0%} `{frame}`" for frame, share in parts.get("hot", [])]
     return "\n".join(lines) + "\n"
 
 

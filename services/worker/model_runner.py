@@ -101,17 +101,18 @@ class ModelRunner:
         self.gaps.forget_last_step()
 
     def run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
+        # The step starts on the device once the host has its rows' inputs: the time spent building them is idle.
+        inputs = StepInputs.of(scheduled)
         gaps = self.gaps
         gaps.step_started()
         try:
-            return self._run(scheduled)
+            return self._run(inputs)
         finally:
             gaps.step_ended()
 
-    def _run(self, scheduled: Sequence[StepSeq]) -> list[Sampled | None]:
-        inputs = StepInputs.of(scheduled)
+    def _run(self, inputs: StepInputs) -> list[Sampled | None]:
         sample_rows = inputs.sample_rows
-        results: list[Sampled | None] = [None] * len(scheduled)
+        results: list[Sampled | None] = [None] * inputs.num_rows
         if sample_rows and self._fits_graphs(inputs.num_rows, inputs.one_token) and inputs.plain_greedy:
             # The graph took every row's argmax: the sampler would answer the same, so it is skipped.
             self.graphs.run(inputs.token_ids, inputs.starts, inputs.block_tables)
@@ -139,15 +140,15 @@ class ModelRunner:
         token is still PENDING_TOKEN takes the token `prev` (the step queued just before) sampled for it. When
         such a row is guided, its mask needs that token on the host first: the sampling is then held back, and the
         caller queues it with `DeviceTokens.draw_now` once the token has advanced the row's matcher."""
+        inputs = StepInputs.of(scheduled)  # before the step's start on the device, as in `run`
         gaps = self.gaps
         gaps.step_started()
         try:
-            return self._launch(scheduled, prev)
+            return self._launch(inputs, prev)
         finally:
             gaps.step_ended()
 
-    def _launch(self, scheduled: Sequence[StepSeq], prev: DeviceTokens | None) -> DeviceTokens:
-        inputs = StepInputs.of(scheduled)
+    def _launch(self, inputs: StepInputs, prev: DeviceTokens | None) -> DeviceTokens:
         fill = None
         if inputs.pending_positions:
             if prev is not None and inputs.pending_seq_ids == prev.seq_ids:  # row for row, as a decode continues

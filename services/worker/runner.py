@@ -40,11 +40,14 @@ PlanSource = Callable[[float], StepPlan | None]
 
 @dataclass(frozen=True, slots=True)
 class StepShape:
-    """What one step ran: decode rows (one token that samples) and prefill rows (prompt chunks), apart."""
+    """What one step ran: decode rows (one token that samples) and prefill rows (prompt chunks), apart, and how it
+    reached the device."""
 
     num_prefill_seqs: int
     num_prefill_tokens: int
     num_decode_seqs: int
+    # Queued behind the step before while that one still ran (its plan had arrived in time): no gap between them.
+    queued_ahead: bool = False
 
     @property
     def kind(self) -> str:
@@ -54,10 +57,10 @@ class StepShape:
         return "prefill" if self.num_prefill_seqs else "decode"
 
     @classmethod
-    def of(cls, scheduled: list[StepSeq]) -> StepShape:
+    def of(cls, scheduled: list[StepSeq], queued_ahead: bool = False) -> StepShape:
         decode = sum(seq.samples for seq in scheduled if seq.num_tokens == 1)
         tokens = sum(seq.num_tokens for seq in scheduled)
-        return cls(len(scheduled) - decode, tokens - decode, decode)
+        return cls(len(scheduled) - decode, tokens - decode, decode, queued_ahead)
 
 
 @dataclass(slots=True)
@@ -114,7 +117,7 @@ class Runner:
                 self.executor.waited_for_work()  # every sequence it holds arrived with this plan
         else:
             scheduled, errors, launched, failure = ahead.scheduled, ahead.errors, ahead.launched, ahead.failure
-        self.last_shape = StepShape.of(scheduled)
+        self.last_shape = StepShape.of(scheduled, launched is not None)
         sampled = SampledTokens()
         wants_next = self.overlap and (next_plan is not None or wait_next is not None)
         if failure is None and scheduled and launched is None and wants_next and self.executor.can_launch(scheduled):

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from functools import partial
 
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
@@ -147,6 +148,7 @@ async def serve(config: WorkerConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "worker")
+    sys.setswitchinterval(config.switch_interval_ms / 1e3)
     try:
         return run_stage_process(serve(config))
     except FlashStreamError as exc:

@@ -195,6 +195,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         m.step_sequences.labels("prefill").observe(shape.num_prefill_seqs)
         m.step_sequences.labels("decode").observe(shape.num_decode_seqs)
         m.device_idle.inc(done.device_idle_s)
+        if shape.queued_ahead:
+            m.steps_queued_ahead.inc()
 
     @handle_errors
     async def Embed(

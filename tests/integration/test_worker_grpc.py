@@ -94,7 +94,8 @@ def test_worker_serves_greedy_tokens_over_grpc_with_two_plans_in_flight(folder: 
                  f'flashstream_step_tokens_sum{{{m},phase="prefill",stage="worker"}} {len(PROMPT_A) + len(PROMPT_B)}.0',
                  f'flashstream_step_tokens_sum{{{m},phase="decode",stage="worker"}} {2 * (NUM_TOKENS - 1)}.0',
                  f'flashstream_step_sequences_sum{{{m},phase="prefill",stage="worker"}} 2.0',
-                 f'flashstream_device_idle_seconds_total{{{m},stage="worker"}} 0.0'):
+                 f'flashstream_device_idle_seconds_total{{{m},stage="worker"}} 0.0',
+                 f'flashstream_steps_queued_ahead_total{{{m},stage="worker"}} {float(num_overlapped)}'):
         assert line in metrics.splitlines(), line
     print(f"steps queued ahead of their turn: {num_overlapped} of {NUM_TOKENS}")  # timing-dependent, not asserted
     assert (info.architecture, info.vocab_size, info.num_kv_blocks, info.block_size) == ("Qwen2ForCausalLM", 256, 32, 16)

@@ -34,8 +34,12 @@ def test_with_a_step_time_the_runner_overlaps_steps_and_returns_the_fixed_token(
     plans = [driver.plan([driver.new_seq(1, [5, 6, 7], 3)])]
     plans += [driver.plan(cached_seqs=[driver.cached_seq(1, 1)]) for _ in range(3)]
     runner = engine.runner
-    results = [runner.step(plan, next_plan=nxt) for plan, nxt in zip(plans, [*plans[1:], None], strict=True)]
+    results, queued_ahead = [], []
+    for plan, nxt in zip(plans, [*plans[1:], None], strict=True):
+        results.append(runner.step(plan, next_plan=nxt))
+        queued_ahead.append(runner.last_shape.queued_ahead)
     assert [list(zip(r.sampled.seq_ids, r.sampled.token_ids)) for r in results] == [[(1, 9)]] * 4
+    assert queued_ahead == [False, True, True, True]  # the first step had no step before it to queue behind
     assert runner.num_overlapped_steps == 3
     assert runner.table.seqs[1].token_ids == [5, 6, 7, 9, 9, 9, 9]
 
@@ -50,3 +54,4 @@ def test_without_a_step_time_fake_mode_runs_every_step_sequentially() -> None:
 def test_a_negative_fake_step_time_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="fake_step_ms must be non-negative, got -1.0"):
         WorkerConfig(model="llama-3.2-1b", load_format="fake", fake_step_ms=-1.0)
+
