@@ -133,9 +133,10 @@ class BlockManager:
 
     # ---- allocation ----
 
-    def can_allocate(self, seq: Sequence, hits: list[int], num_new_tokens: int) -> bool:
-        """Whether a waiting sequence can take its prefix hits plus blocks for num_new_tokens more."""
-        needed = self.blocks_needed(len(hits) * self.block_size + num_new_tokens) - len(hits)
+    def can_allocate(self, seq: Sequence, hits: list[int], num_new_tokens: int, num_lookahead_tokens: int = 0) -> bool:
+        """Whether a waiting sequence can take its prefix hits plus blocks for num_new_tokens more, with free blocks
+        left for num_lookahead_tokens after them (checked, not taken)."""
+        needed = self.blocks_needed(len(hits) * self.block_size + num_new_tokens + num_lookahead_tokens) - len(hits)
         num_idle_hits = sum(1 for b in hits if self.blocks[b].ref_count == 0)  # hits that leave `evictable`
         return needed <= self.num_free_blocks - num_idle_hits
 

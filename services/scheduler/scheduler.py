@@ -69,6 +69,8 @@ class Scheduler:
         self.max_num_seqs = min(config.max_num_seqs, limits.max_num_seqs)
         self.max_num_batched_tokens = min(config.max_num_batched_tokens, limits.max_num_batched_tokens)
         self.block_manager = BlockManager(limits.num_kv_blocks, limits.block_size, config.enable_prefix_caching)
+        # Plans that can follow an admission before its result is back, each giving the sequence a token more.
+        self.num_lookahead_tokens = config.max_steps_in_flight - 1
         self.metrics = metrics
         self.totals = EngineTotals()
         self.waiting: list[tuple[int, int, Sequence]] = []  # heap of (priority, arrival_order, seq)
@@ -124,6 +126,8 @@ class Scheduler:
         # it, so the next step can already give it a decode slot before this step's result arrives.
         # When blocks run out, the newest running sequence not yet in this step is preempted (blocks freed,
         # recomputed from its known tokens later) and no waiting sequence is admitted in that step.
+        # A waiting sequence is admitted only while free blocks also cover the tokens the plans that may follow
+        # before its first result give it (`_lookahead`), so a preempted one does not return to thrash.
         # While the running batch is full, waiting sequences join admit_batch at a time (see `_holds_admission`).
         # Static policy (the baseline): waiting sequences are admitted only when nothing runs, so a batch
         # runs to completion before the next one starts.
@@ -217,7 +221,7 @@ class Scheduler:
                 continue
             hits = bm.match_prefix(seq)
             num_new = min(seq.num_tokens - len(hits) * bm.block_size, budget)
-            if not bm.can_allocate(seq, hits, num_new):
+            if not bm.can_allocate(seq, hits, num_new, self._lookahead(seq, len(hits) * bm.block_size + num_new)):
                 break
             heapq.heappop(self.waiting)
             self.num_waiting -= 1
@@ -237,6 +241,16 @@ class Scheduler:
                 self._commit(seq, num_new, now, scheduled_ids, out)
                 budget -= num_new
         return budget
+
+    def _lookahead(self, seq: Sequence, num_computed: int) -> int:
+        """Tokens past num_computed that must find free blocks for the sequence to be admitted.
+
+        A preempted sequence loses the tokens its in-flight steps sampled, so its known tokens can fit exactly the
+        blocks it gave up; admitted into those, the plans already allowed in flight reach the block it lacked
+        before the admission's result is back, and it is preempted again, recomputed each time. Asking for free
+        blocks for those plans' tokens too (never past its last computed token) keeps it waiting until the block
+        it lacked is free; with one plan in flight nothing is asked beyond the admission's own tokens."""
+        return max(0, min(self.num_lookahead_tokens, seq.token_limit - 1 - num_computed))
 
     def _commit(
         self, seq: Sequence, num_new: int, now: float, scheduled_ids: set[int], out: SchedulerOutput

@@ -113,6 +113,19 @@ def test_too_few_kv_blocks_preempt_and_the_recomputed_tokens_run_as_prompt_token
     assert tight.output_tokens == roomy.output_tokens == 64
 
 
+def test_too_few_kv_blocks_with_three_plans_in_flight_preempt_once_and_readmit_once_the_block_is_free() -> None:
+    lengths = [(16, 32), (16, 32)]
+    config = SchedulerConfig(enable_prefix_caching=False)  # three plans in flight
+    tight = replay(lengths, config, dataclasses.replace(enough_limits(lengths, config), num_kv_blocks=5),
+                   ONE_MS_A_STEP)
+    # Preempted as with one plan in flight, it had 15 tokens sampled, not 17: the two of the plans in flight were
+    # dropped with it. Readmitted into the 2 blocks it gave up, it was preempted 6 times (218 prompt tokens).
+    assert (tight.preemptions, tight.prompt_tokens) == (1, 32 + 16 + 15)
+    assert tight.steps == {"prompt": 2, "mixed": 0, "decode": 47}
+    assert [t[2] for t in tight.timelines] == pytest.approx([0.032, 0.049])
+    assert tight.output_tokens == 64
+
+
 def test_a_shared_prefix_is_found_in_the_prefix_cache_only_when_asked_for() -> None:
     lengths = [(48, 1)] * 2
     assert replay(lengths, SchedulerConfig(), None, ONE_MS_A_STEP, arrival=1).prompt_tokens == 96

@@ -118,6 +118,15 @@ def test_can_allocate_counts_idle_prefix_hits_as_taken_from_the_free_pool():
     assert not bm.can_allocate(too_long, bm.match_prefix(too_long), 6)
 
 
+def test_can_allocate_asks_free_blocks_for_lookahead_tokens_and_allocate_takes_none_of_them():
+    bm = BlockManager(num_blocks=3, block_size=4)
+    seq = make_seq(list(range(8)))
+    assert bm.can_allocate(seq, [], 8, num_lookahead_tokens=4)  # 12 tokens: 3 blocks
+    assert not bm.can_allocate(seq, [], 8, num_lookahead_tokens=5)
+    bm.allocate(seq, [], 8)
+    assert (seq.block_table, bm.num_free_blocks) == ([0, 1], 1)
+
+
 def test_append_slots_adds_a_block_only_when_the_last_one_is_full():
     bm = BlockManager(num_blocks=4, block_size=4)
     seq = make_seq([1, 2, 3], "a")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.common.errors import ErrorCode, InvalidArgument
 from services.common.finish_reason import FinishReason
 from services.common.metrics import Metrics
@@ -97,6 +99,41 @@ def test_out_of_blocks_preempts_the_newest_running_sequence_which_is_recomputed_
     assert done_of(events, "b").num_completion_tokens == 8
     assert done_of(events, "a").finish_reason is FinishReason.LENGTH
     assert engine.block_manager.num_free_blocks == 4
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3, 4])
+def test_a_request_preempted_for_a_block_is_readmitted_only_once_that_block_is_free(in_flight: int):
+    # Two requests of 16 tokens in / 32 out need 3 blocks of 16 each at the end; 5 exist. Before admission asked
+    # for free blocks for the tokens of the plans in flight, the newer one was readmitted into the 2 blocks it
+    # gave up and preempted again a few plans later: 8, 6 and 5 times with 2, 3 and 4 plans in flight.
+    limits = WorkerLimits(block_size=16, num_kv_blocks=5, max_num_seqs=16, max_num_batched_tokens=64,
+                          max_model_len=256, eos_token_ids=(999,))
+    config = SchedulerConfig(max_steps_in_flight=in_flight, enable_prefix_caching=False)
+    engine, worker = Engine(config, limits, clock=lambda: 0.0), FakeWorker(5, 16)
+    a = engine.add(request("a", list(range(1, 17)), max_tokens=32))
+    b = engine.add(request("b", list(range(100, 116)), max_tokens=32))
+    events = run_engine(engine, worker)
+    assert (a.num_preemptions, b.num_preemptions) == (0, 1)
+    # b runs again once a ended: its prompt and the 17 tokens it had sampled, less those of the plans in flight
+    # when it was preempted (dropped with its seq id, sampled again).
+    resent = [n for p in worker.steps for n in p.new_seqs][2:]
+    assert [(n.num_computed_tokens, n.num_scheduled_tokens) for n in resent] == [(0, 16 + 17 - (in_flight - 1))]
+    assert tokens_of(events, "a") == list(range(17, 49))
+    assert tokens_of(events, "b") == list(range(116, 148))
+    assert done_of(events, "b").num_completion_tokens == 32
+    assert engine.block_manager.num_free_blocks == 5
+
+
+def test_admission_asks_no_block_for_tokens_past_the_last_one_a_request_computes():
+    # One block of 4: a prompt of 4 tokens and one output token never computes a fifth, so the lookahead of the
+    # plans in flight asks nothing more and it is admitted.
+    limits = WorkerLimits(block_size=4, num_kv_blocks=1, max_num_seqs=16, max_num_batched_tokens=64,
+                          max_model_len=256, eos_token_ids=(999,))
+    engine, worker = Engine(SchedulerConfig(max_steps_in_flight=3), limits, clock=lambda: 0.0), FakeWorker(1, 4)
+    engine.add(request("r", [1, 2, 3, 4], max_tokens=1))
+    events = run_engine(engine, worker)
+    assert tokens_of(events, "r") == [5]
+    assert done_of(events, "r").finish_reason is FinishReason.LENGTH
 
 
 def test_static_policy_starts_the_next_batch_only_when_the_whole_batch_finished():
