@@ -14,6 +14,8 @@ import queue
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from bench.serve_data import make_model, request_set
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 KERNEL_PROFILE_DIR = "/tmp/flashstream-kernel-profile"
-# What a stack whose scenarios trace the workers' kernels adds to its launch (a window opens on SIGUSR1).
+# What a stack whose scenarios trace the workers' kernels adds to its launch (a window opens on POST /kernel-profile).
 KERNEL_PROFILE_ARGS = f"--worker-args '--kernel-profile-dir {KERNEL_PROFILE_DIR} --kernel-profile-steps 40'"
 OPENAI_DEFAULT = {"temperature": 1.0, "top_p": 1.0, "ignore_eos": True}
 FP8_ARGS = "--worker-args '--quantization fp8 --kv-cache-dtype fp8'"
@@ -37,7 +39,6 @@ FP8_WEIGHTS_ARGS = "--worker-args '--quantization fp8 --quantize-lm-head'"
 TWO_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 2'"  # the default is 3
 FOUR_IN_FLIGHT = "--scheduler-args '--max-steps-in-flight 4'"
 FP8_BASELINE_8B, FP8_BASELINE_1B = "8B FP8 baseline, bf16", "1B FP8 baseline, bf16"
-SWITCH_5MS = "--worker-args '--switch-interval-ms 5'"  # Python's own; the worker's default is 0.5
 
 
 @dataclass(frozen=True)
@@ -122,14 +123,6 @@ GPU_SUITE = (
         # 2 s in: the middle of the run, where decode steps of 256 rows leave the device waiting inside them.
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, kernels traced", "sharegpt", 1000,
                  kernel_profile=True, kernel_profile_after_s=2.0, seed=5),)),
-    # The 1B's host-bound sets with the worker's interpreter switching threads at Python's default interval: how long
-    # its model thread waits for the lock its event loop's thread holds, against the worker's default of 0.5 ms.
-    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {SWITCH_5MS}", (
-        Scenario("1B ShareGPT 1000 at once, greedy, switch interval 5 ms", "sharegpt", 1000),
-        Scenario("1B 1024 in / 128 out, 64 concurrent, 256 requests, switch interval 5 ms", "fixed", 256, 64, 1024,
-                 128),)),
-    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256' {SWITCH_5MS}", (
-        Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, switch interval 5 ms", "sharegpt", 1000),)),
     # The default's greedy rows again with one plan fewer in flight: what the scheduler's round trip costs them.
     StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {TWO_IN_FLIGHT}", (
         Scenario("8B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),
@@ -259,8 +252,8 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                     continue
                 profiler = (start_profile(out, stack.proc.pid, sc.name, profiles, sc.profile_s)
                             if sc.profile else None)
-                kernels, on_start = (start_kernel_profile(out, stack.proc.pid, sc.name, traces,
-                                                          sc.kernel_profile_after_s)
+                workers = [url for name, url in stack.metric_urls().items() if name.startswith("worker")]
+                kernels, on_start = (start_kernel_profile(out, workers, sc.name, traces, sc.kernel_profile_after_s)
                                      if sc.kernel_profile else (None, None))
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
@@ -305,32 +298,25 @@ def start_profile(out: Path, parent: int, scenario: str, profiles: dict[str, dic
     return thread
 
 
-def signal_disposition(pid: int, signum: int) -> str:
-    """What process `pid` does with signal `signum`, from /proc/<pid>/status: "caught" (a handler), "ignored",
-    "blocked" (pending until unblocked), or "default"; "gone" when the process is."""
+def ask_kernel_profile(status_url: str) -> str:
+    """POSTs /kernel-profile to a worker's status port (its /metrics URL's host and port); returns the answer's body,
+    or why there was none."""
+    url = status_url.rsplit("/", 1)[0] + "/kernel-profile"
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return "gone"
-    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
-             if line.startswith(("SigBlk:", "SigIgn:", "SigCgt:"))}
-    bit = 1 << (signum - 1)
-    for field_name, meaning in (("SigCgt", "caught"), ("SigIgn", "ignored"), ("SigBlk", "blocked")):
-        if masks.get(field_name, 0) & bit:
-            return meaning
-    return "default"
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=5) as reply:
+            return reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return f"{exc.code}: {exc.read().decode()}"
+    except OSError as exc:
+        return f"no answer: {exc}"
 
 
-def start_kernel_profile(out: Path, parent: int, scenario: str, kernels: dict[str, dict], after_s: float = 4.0,
-                         wait_s: float = 60.0) -> tuple[threading.Thread, Callable[[float], None]]:
-    """Opens a kernel profile window in every worker `after_s` after the load's start (SIGUSR1), then adds the first
-    worker's summary to `kernels` (the run's, by scenario) and writes them all to <out>_kernels.json/txt, a section
-    each. Returns the thread and the callback that tells it the load's starting instant (run_scenario's on_start)."""
-    import os
-    import signal
-
-    from bench.stage_profile import stage_processes
-
+def start_kernel_profile(out: Path, worker_urls: list[str], scenario: str, kernels: dict[str, dict],
+                         after_s: float = 4.0, wait_s: float = 60.0) -> tuple[threading.Thread, Callable[[float], None]]:
+    """Opens a kernel profile window in every worker (their /metrics URLs) `after_s` after the load's start, then adds
+    the first worker's summary to `kernels` (the run's, by scenario) and writes them all to <out>_kernels.json/txt, a
+    section each. Returns the thread and the callback that tells it the load's starting instant (run_scenario's
+    on_start)."""
     started: queue.Queue[float] = queue.Queue()
 
     def record() -> None:
@@ -341,15 +327,10 @@ def start_kernel_profile(out: Path, parent: int, scenario: str, kernels: dict[st
         time.sleep(max(0.0, t0 + after_s - time.time()))
         summary = Path(KERNEL_PROFILE_DIR) / "worker_kernels.json"
         summary.unlink(missing_ok=True)
-        workers = [pid for name, pid in stage_processes(parent).items() if name.startswith("worker")]
-        # Where a window never opens, this says whether the signal could reach the worker's handler.
-        dispositions = {pid: signal_disposition(pid, signal.SIGUSR1) for pid in workers}
-        for pid in workers:
-            os.kill(pid, signal.SIGUSR1)
-        print(f"kernel profile asked of worker pids {workers} {time.time() - t0:.1f} s into the load (SIGUSR1 "
-              f"there: {dispositions})", file=sys.stderr)
+        answers = {url: ask_kernel_profile(url) for url in worker_urls}
+        print(f"kernel profile asked {time.time() - t0:.1f} s into the load: {answers}", file=sys.stderr)
         deadline = time.monotonic() + wait_s
-        while workers and not summary.exists() and time.monotonic() < deadline:
+        while worker_urls and not summary.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(0.5)  # the text file is written right after the JSON
         if not summary.exists():
@@ -370,8 +351,8 @@ def start_kernel_profile(out: Path, parent: int, scenario: str, kernels: dict[st
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Continuous over static, admitting 8 at a time over 1, OpenAI-default over greedy, three steps in flight over two,
-    the worker's switch interval over Python's and FP8 over bf16: output throughput, where both ran."""
+    """Continuous over static, admitting 8 at a time over 1, OpenAI-default over greedy, three steps in flight over two
+    and FP8 over bf16: output throughput, where both ran."""
     tput = {r["name"]: r["result"]["output_throughput"] for r in results}
 
     def ratio(a: str, b: str) -> float | None:
@@ -387,8 +368,6 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
                                                  "8B ShareGPT 1000 at once, greedy, 2 steps in flight"),
             "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy",
                                                  "1B ShareGPT 1000 at once, greedy, 2 steps in flight"),
-            "1b_switch_interval_half_ms_over_5_ms": ratio("1B ShareGPT 1000 at once, greedy",
-                                                          "1B ShareGPT 1000 at once, greedy, switch interval 5 ms"),
             "8b_fp8_over_bf16_sharegpt": ratio(f"{FP8_8B}, ShareGPT 1000 at once, greedy",
                                                f"{FP8_BASELINE_8B}, ShareGPT 1000 at once, greedy")}
 

@@ -278,10 +278,14 @@ def add_status_routes(app: web.Application, metrics: Metrics, ready: Callable[[]
     app.router.add_get("/ready", get_ready)
 
 
-async def start_status_server(host: str, port: int, metrics: Metrics, ready: Callable[[], bool]) -> web.AppRunner:
-    """Serves the status routes on their own HTTP port (stages other than the gateway). Port 0 disables."""
+async def start_status_server(host: str, port: int, metrics: Metrics, ready: Callable[[], bool],
+                              routes: Callable[[web.Application], None] | None = None) -> web.AppRunner:
+    """Serves the status routes, and the stage's own `routes` when given, on their own HTTP port (stages other than
+    the gateway). Port 0 disables."""
     app = web.Application()
     add_status_routes(app, metrics, ready)
+    if routes is not None:
+        routes(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if port:

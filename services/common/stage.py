@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from aiohttp import web
+
 from services.common.grpc_server import install_stop_signals
 from services.common.metrics import Metrics, start_status_server
 
@@ -96,15 +98,16 @@ class Stage(Protocol):
 
 
 async def serve_stage(stage: Stage, host: str, status_port: int, drain_timeout_s: float,
-                      describe: Callable[[], str]) -> int:
+                      describe: Callable[[], str], routes: Callable[[web.Application], None] | None = None) -> int:
     """Runs `stage` until a stop signal, then drains it within drain_timeout_s; returns the exit code 0.
 
     The status routes (/metrics, /health, /ready) come up first, so a slow start (a worker loading its
     model) already answers /health; a signal during start stops at once. An exception from start() is
     raised after everything started is stopped. status_port 0 serves no status routes (the gateway has
-    them on its own HTTP port). describe() gives the line logged once the stage has started.
+    them on its own HTTP port). describe() gives the line logged once the stage has started; routes adds the stage's
+    own routes to the status port.
     """
-    status = await start_status_server(host, status_port, stage.metrics, stage.ready)
+    status = await start_status_server(host, status_port, stage.metrics, stage.ready, routes)
     stop = asyncio.Event()
     install_stop_signals(stop)
     start = asyncio.create_task(stage.start())

@@ -54,13 +54,9 @@ class WorkerConfig:
         "", "name in Worker.Info, one per process: a scheduler that saw it past its first steps gives them no "
             "kernel-compile time again (default: host-pid)")
     kernel_profile_dir: str = option(
-        "", "on SIGUSR1, trace the next --kernel-profile-steps steps with torch.profiler and write a summary of the "
-            "device kernels here (default: off)")
+        "", "on POST /kernel-profile to the status port, trace the next --kernel-profile-steps steps with "
+            "torch.profiler and write a summary of the device kernels here (default: off)")
     kernel_profile_steps: int = option(100, "steps in a kernel profile window")
-    switch_interval_ms: float = option(
-        0.5, "the interpreter's thread switch interval (sys.setswitchinterval): the longest the model thread waits "
-             "for the lock the event loop's thread holds (converting plans and results) once a step's tokens are "
-             "read; Python's default is 5")
     tensor_parallel_size: int = option(
         1, "processes that together hold the model, one per GPU (cuda:0 .. cuda:N-1; NCCL), or on the CPU (gloo); "
            "this process is rank 0 and serves gRPC, it starts the others")
@@ -88,8 +84,6 @@ class WorkerConfig:
         for name in ("max_num_seqs", "max_num_batched_tokens", "kernel_profile_steps", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.switch_interval_ms <= 0:
-            raise InvalidArgument(f"switch_interval_ms must be positive, got {self.switch_interval_ms}")
         if self.fake_step_ms < 0:
             raise InvalidArgument(f"fake_step_ms must be non-negative, got {self.fake_step_ms}")
         if self.tensor_parallel_size > 1 and self.load_format == "fake":

@@ -1,13 +1,13 @@
 """A window of steps traced with torch.profiler under real load: which device kernels the steps spent their time
 in, so a serving benchmark can say what bounds the GPU, not only that it is busy.
 
-Off unless the worker is started with --kernel-profile-dir. Then SIGUSR1 (`kill -USR1 <worker pid>`) opens a
+Off unless the worker is started with --kernel-profile-dir. Then `POST /kernel-profile` on its status port opens a
 window at the next step (once the last window's files are written), which closes `count` steps later and writes its
 summary (JSON and text) and its timeline (a Chrome trace) from a thread of its own, replacing the last window's; a
-signal while a window is open is ignored. The summary also says
-where the device waited: the gaps between one device operation's end and the next one's start on the timeline,
-summed by the pair of operations around them (between steps, or inside a step while the host queued its parts),
-which the worker's idle metric, measured from a step's first queued operation, does not see.
+request while a window is open is ignored. The summary also says where the device waited: the gaps between one
+device operation's end and the next one's start on the timeline, summed by the pair of operations around them
+(between steps, inside a step while the host queued its parts, or between the kernels of a replayed graph), which
+the worker's idle metric, measured between steps, does not see.
 """
 
 from __future__ import annotations

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import signal
-import sys
 from functools import partial
 
+from aiohttp import web
 from flashstream.v1 import worker_pb2, worker_pb2_grpc
 
 from services.common.call_auth import internal_auth
@@ -66,6 +64,22 @@ class WorkerStage:
             raise RuntimeError("the worker stage is not started")
         return self.server.port
 
+    def add_routes(self, app: web.Application) -> None:
+        """POST /kernel-profile on the status port: opens a kernel profile window at the next step (202), or says
+        that profiling is off (409)."""
+
+        async def post_kernel_profile(_: web.Request) -> web.Response:
+            profile = self.servicer.kernel_profile
+            if profile is None:
+                return web.json_response({"error": {
+                    "message": "kernel profiling is off: start the worker with --kernel-profile-dir",
+                    "type": "invalid_request_error", "code": "kernel_profile_off"}}, status=409)
+            profile.arm()
+            return web.json_response({"status": "armed", "steps": profile.count, "dir": str(profile.out_dir)},
+                                     status=202)
+
+        app.router.add_post("/kernel-profile", post_kernel_profile)
+
     def ready(self) -> bool:
         # A tensor-parallel rank that died leaves rank 0 unable to run a step.
         return (self.servicer.engine is not None and not self.servicer.draining and not self.servicer.step_stuck()
@@ -83,8 +97,7 @@ class WorkerStage:
         )
         loop = asyncio.get_running_loop()
         if self.servicer.kernel_profile is not None:
-            loop.add_signal_handler(signal.SIGUSR1, self.servicer.kernel_profile.arm)
-            log.info("kernel profile: SIGUSR1 to pid %d traces the next %d steps into %s", os.getpid(),
+            log.info("kernel profile: POST /kernel-profile on the status port traces the next %d steps into %s",
                      self.servicer.kernel_profile.count, self.servicer.kernel_profile.out_dir)
         build = partial(build_engine, self.config)
         if self.config.tensor_parallel_size > 1:
@@ -142,13 +155,12 @@ async def serve(config: WorkerConfig) -> int:
     return await serve_stage(
         stage, config.server.host, config.server.status_port, config.server.drain_timeout_s,
         lambda: f"worker serving gRPC on {config.server.host}:{stage.port}, status HTTP on port "
-                f"{config.server.status_port}")
+                f"{config.server.status_port}", stage.add_routes)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     setup_logging(config.server.log_level, "worker")
-    sys.setswitchinterval(config.switch_interval_ms / 1e3)
     try:
         return run_stage_process(serve(config))
     except FlashStreamError as exc:

@@ -1,13 +1,8 @@
-"""Choosing the serving suite's scenarios by name (bench/serve_suite.py --scenarios), and reading what a stage
-process does with the signal that opens a kernel window."""
-
-import signal
-import subprocess
-import sys
+"""Choosing the serving suite's scenarios by name (bench/serve_suite.py --scenarios)."""
 
 import pytest
 
-from bench.serve_suite import Scenario, StackRun, select, signal_disposition
+from bench.serve_suite import Scenario, StackRun, select
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -34,21 +29,3 @@ def test_a_name_ending_in_a_dollar_sign_chooses_only_the_scenario_of_exactly_tha
 def test_no_names_keep_the_whole_suite():
     assert select(SUITE, []) is SUITE
 
-
-def test_a_signal_disposition_reads_caught_ignored_blocked_default_and_gone_from_proc() -> None:
-    # Each disposition set in the child, not inherited: a runner under nohup ignores SIGHUP, for one.
-    code = ("import signal, sys, time; signal.signal(signal.SIGUSR1, lambda *a: None); "
-            "signal.signal(signal.SIGUSR2, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_DFL); "
-            "signal.signal(signal.SIGWINCH, signal.SIG_DFL); "
-            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}); print('ready', flush=True); time.sleep(30)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "ready\n"
-        assert signal_disposition(proc.pid, signal.SIGUSR1) == "caught"
-        assert signal_disposition(proc.pid, signal.SIGUSR2) == "ignored"
-        assert signal_disposition(proc.pid, signal.SIGHUP) == "blocked"
-        assert signal_disposition(proc.pid, signal.SIGWINCH) == "default"
-    finally:
-        proc.kill()
-        proc.wait()
-    assert signal_disposition(proc.pid, signal.SIGUSR1) == "gone"

@@ -34,8 +34,6 @@ OPTIONS = [
                 ("env-dir", "env-dir"), ("flag-dir", "flag-dir")),
     StageOption("--kernel-profile-steps", "FLASHSTREAM_KERNEL_PROFILE_STEPS", "kernel_profile_steps", "100",
                 ("10", 10), ("20", 20)),
-    StageOption("--switch-interval-ms", "FLASHSTREAM_SWITCH_INTERVAL_MS", "switch_interval_ms", "0.5", ("5", 5.0),
-                ("0.1", 0.1)),
     StageOption("--tensor-parallel-size", "FLASHSTREAM_TENSOR_PARALLEL_SIZE", "tensor_parallel_size", "1",
                 ("2", 2), ("4", 4)),
 ]
