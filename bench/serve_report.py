@@ -73,7 +73,8 @@ def scenario_stats(records: list[Record], t0: float, end: float, slo_ttft_s: flo
 
 METRICS = ("flashstream_kv_cache_usage_ratio", "flashstream_num_preemptions_total", "flashstream_num_preemptions",
            "flashstream_num_requests_running", "flashstream_num_requests_waiting",
-           "flashstream_device_idle_seconds_total", "flashstream_steps_queued_ahead_total")
+           "flashstream_device_idle_seconds_total", "flashstream_steps_queued_ahead_total",
+           "flashstream_next_plan_wait_seconds_total")
 
 
 # The worker's step time and count by kind of step, and its rows by phase, kept per label: "name{kind}".
@@ -132,6 +133,8 @@ def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[
             out[stage]["device_idle_s"] = a[idle] - b.get(idle, 0.0) if idle in a else None
             ahead = "flashstream_steps_queued_ahead_total"
             out[stage]["steps_queued_ahead"] = int(a[ahead] - b.get(ahead, 0.0)) if ahead in a else None
+            wait = "flashstream_next_plan_wait_seconds_total"
+            out[stage]["next_plan_wait_s"] = a[wait] - b.get(wait, 0.0) if wait in a else None
     return out
 
 
@@ -294,20 +297,22 @@ def step_table(scenarios: list[dict[str, Any]]) -> str:
                 continue
             cells = [f"{steps[k]['steps']} / {steps[k]['seconds']:.2f} / {steps[k]['seconds'] / steps[k]['steps'] * 1e3:.2f}"
                      if k in steps else "-" for k in STEP_KINDS]
-            idle, ahead = vals.get("device_idle_s"), vals.get("steps_queued_ahead")
+            idle, ahead, wait = vals.get("device_idle_s"), vals.get("steps_queued_ahead"), vals.get("next_plan_wait_s")
             num_steps = sum(steps[k]["steps"] for k in steps)
             cells += [str(vals.get("prefill_tokens", "-")), str(vals.get("decode_tokens", "-")),
                       "-" if idle is None else f"{idle:.2f}",
-                      "-" if ahead is None else f"{ahead} ({ahead / num_steps:.0%})"]
+                      "-" if ahead is None else f"{ahead} ({ahead / num_steps:.0%})",
+                      "-" if wait is None else f"{wait:.2f}"]
             lines.append(f"| {s['name']} | {stage} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
     head = ["", "Worker step time by kind of step: steps / seconds / mean ms (host time of a step, from the workers' "
             "flashstream_step_duration_seconds); prefill tokens and decode rows run; seconds the device sat idle "
-            "between steps; steps queued behind the step before while it still ran (their plans arrived in time)", "",
+            "between steps; steps queued behind the step before while it still ran (their plans arrived in time); "
+            "seconds the worker waited, while a step ran, for the scheduler's next plan", "",
             "| scenario | stage | " + " | ".join(STEP_KINDS)
-            + " | prefill tokens | decode rows | device idle s | queued ahead |",
-            "|---|---|" + "---|" * (len(STEP_KINDS) + 4)]
+            + " | prefill tokens | decode rows | device idle s | queued ahead | plan wait s |",
+            "|---|---|" + "---|" * (len(STEP_KINDS) + 5)]
     return "\n".join(head + lines) + "\n"
 
 

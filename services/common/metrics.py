@@ -127,6 +127,9 @@ FAMILIES: dict[str, tuple[str, type, str, str, tuple[str, ...], tuple[float, ...
                        _COUNT_BUCKETS),
     "device_idle": (WORKER, Counter, "flashstream_device_idle_seconds",
                     "Time the device had no step queued between two steps", (), None),
+    "next_plan_wait": (WORKER, Counter, "flashstream_next_plan_wait_seconds",
+                       "Time the model thread waited, while a step ran on the device, for the plan after it (the "
+                       "scheduler's next plan had not arrived yet)", (), None),
     "steps_queued_ahead": (WORKER, Counter, "flashstream_steps_queued_ahead",
                            "Steps queued on the device behind the step before while it still ran (the others "
                            "started once the host had read that step's tokens, or on an idle device)", (), None),

@@ -19,6 +19,7 @@ plan in sight, run the sequential path.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,8 @@ class StepShape:
     num_decode_seqs: int
     # Queued behind the step before while that one still ran (its plan had arrived in time): no gap between them.
     queued_ahead: bool = False
+    # Seconds the host waited, while this step ran on the device, for the plan after it (0: it was already there).
+    next_plan_wait_s: float = 0.0
 
     @property
     def kind(self) -> str:
@@ -130,7 +133,9 @@ class Runner:
         elif launched is not None:
             pending = None
             if self.overlap and next_plan is None and wait_next is not None:
-                next_plan = self._wait_next(launched, wait_next)
+                next_plan, waited = self._wait_next(launched, wait_next)
+                if waited:
+                    self.last_shape = dataclasses.replace(self.last_shape, next_plan_wait_s=waited)
             if self.overlap and next_plan is not None:
                 pending = table.advance_launched(scheduled)
                 table.ahead = self._apply_ahead(next_plan, scheduled, launched, table)
@@ -185,15 +190,17 @@ class Runner:
                 ahead.failure = self._as_error(exc, next_plan)
         return ahead
 
-    def _wait_next(self, launched: DeviceTokens, wait_next: PlanSource) -> StepPlan | None:
-        """The next plan, if it arrives before the launched step finishes on the device (or the wait limit)."""
-        deadline = time.perf_counter() + self.max_wait_next_s
-        timeout = 0.0
-        while True:
-            next_plan = wait_next(timeout)
-            if next_plan is not None or launched.ready() or time.perf_counter() >= deadline:
-                return next_plan
-            timeout = 2e-4
+    def _wait_next(self, launched: DeviceTokens, wait_next: PlanSource) -> tuple[StepPlan | None, float]:
+        """The next plan, if it arrives before the launched step finishes on the device (or the wait limit), and the
+        seconds waited for it (0 when it was already there)."""
+        next_plan = wait_next(0.0)
+        if next_plan is not None:
+            return next_plan, 0.0
+        start = time.perf_counter()
+        deadline = start + self.max_wait_next_s
+        while next_plan is None and not launched.ready() and time.perf_counter() < deadline:
+            next_plan = wait_next(2e-4)
+        return next_plan, time.perf_counter() - start
 
     def _collect(
         self, plan: StepPlan, scheduled: list[StepSeq], errors: list[SeqError], launched: DeviceTokens,

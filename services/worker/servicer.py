@@ -197,6 +197,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         m.device_idle.inc(done.device_idle_s)
         if shape.queued_ahead:
             m.steps_queued_ahead.inc()
+        m.next_plan_wait.inc(shape.next_plan_wait_s)
 
     @handle_errors
     async def Embed(

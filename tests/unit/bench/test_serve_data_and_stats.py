@@ -79,7 +79,7 @@ def test_scenario_stats_of_known_records() -> None:
     assert s["output_throughput"] == pytest.approx(3.0)
 
 
-def test_stage_metrics_report_the_workers_step_time_by_kind_and_steps_queued_ahead_during_the_run() -> None:
+def test_stage_metrics_report_the_workers_step_time_by_kind_steps_queued_ahead_and_plan_waits_during_the_run() -> None:
     before = {"worker0": {"flashstream_step_duration_seconds_sum{decode}": 1.0,
                           "flashstream_step_duration_seconds_count{decode}": 10.0}}
     after = {"worker0": {"flashstream_step_duration_seconds_sum{decode}": 3.0,
@@ -88,12 +88,13 @@ def test_stage_metrics_report_the_workers_step_time_by_kind_and_steps_queued_ahe
                          "flashstream_step_duration_seconds_count{mixed}": 5.0,
                          "flashstream_step_tokens_sum{prefill}": 640.0, "flashstream_step_tokens_sum{decode}": 300.0,
                          "flashstream_device_idle_seconds_total": 0.25,
-                         "flashstream_steps_queued_ahead_total": 84.0}}
+                         "flashstream_steps_queued_ahead_total": 84.0,
+                         "flashstream_next_plan_wait_seconds_total": 0.5}}
     stages = stage_metrics(before, after, {})
     assert stages["worker0"]["steps"] == {"decode": {"steps": 100, "seconds": 2.0}, "mixed": {"steps": 5, "seconds": 0.5}}
     table = step_table([{"name": "s", "stages": stages}])
     assert (stages["worker0"]["prefill_tokens"], stages["worker0"]["decode_tokens"]) == (640, 300)
-    assert "| s | worker0 | - | 5 / 0.50 / 100.00 | 100 / 2.00 / 20.00 | 640 | 300 | 0.25 | 84 (80%) |" in table
+    assert "| s | worker0 | - | 5 / 0.50 / 100.00 | 100 / 2.00 / 20.00 | 640 | 300 | 0.25 | 84 (80%) | 0.50 |" in table
 
 
 def test_each_stage_process_reports_its_cpu_time_during_the_run_and_per_output_token() -> None:

@@ -37,7 +37,8 @@ def test_every_stage_exports_exactly_the_families_it_owns_and_no_family_twice() 
         "flashstream_scheduler_request_errors_total", "flashstream_schedule_duration_seconds"}
     assert families["worker"] == {
         "flashstream_step_duration_seconds", "flashstream_step_tokens", "flashstream_step_sequences",
-        "flashstream_device_idle_seconds_total", "flashstream_steps_queued_ahead_total"}
+        "flashstream_device_idle_seconds_total", "flashstream_steps_queued_ahead_total",
+        "flashstream_next_plan_wait_seconds_total"}
     everything = [name for names in families.values() for name in names]
     assert len(everything) == len(set(everything))
 

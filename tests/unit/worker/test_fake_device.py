@@ -55,3 +55,24 @@ def test_a_negative_fake_step_time_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="fake_step_ms must be non-negative, got -1.0"):
         WorkerConfig(model="llama-3.2-1b", load_format="fake", fake_step_ms=-1.0)
 
+
+
+def test_a_step_that_waits_for_the_next_plan_says_how_long_and_one_whose_plan_was_there_says_zero() -> None:
+    engine = build_engine(WorkerConfig(model="llama-3.2-1b", load_format="fake", fake_token_id=9, fake_step_ms=20.0))
+    driver = Driver(engine)
+    first = driver.plan([driver.new_seq(1, [5, 6, 7], 3)])
+    second, third = (driver.plan(cached_seqs=[driver.cached_seq(1, 1)]) for _ in range(2))
+    arrives_at = time.monotonic() + 0.005
+
+    def late(timeout: float):  # noqa: ANN202 - a PlanSource whose plan arrives 5 ms into the step
+        if time.monotonic() < arrives_at:
+            time.sleep(timeout)
+            return None
+        return second
+
+    runner = engine.runner
+    runner.step(first, wait_next=late)
+    assert 0.004 <= runner.last_shape.next_plan_wait_s < 0.020  # within the step's 20 ms on the simulated device
+    runner.step(second, wait_next=lambda _: third)
+    assert runner.last_shape.next_plan_wait_s == 0.0
+    assert runner.last_shape.queued_ahead
