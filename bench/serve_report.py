@@ -308,7 +308,7 @@ def step_table(scenarios: list[dict[str, Any]]) -> str:
         return ""
     head = ["", "Worker step time by kind of step: steps / seconds / mean ms (host time of a step, from the workers' "
             "flashstream_step_duration_seconds); prefill tokens and decode rows run; seconds the device sat idle "
-            "between steps; steps queued behind the step before while it still ran (their plans arrived in time); "
+            "between steps; steps launched before the host had read the tokens of the step before (queued ahead); "
             "seconds the worker waited, while a step ran, for the scheduler's next plan", "",
             "| scenario | stage | " + " | ".join(STEP_KINDS)
             + " | prefill tokens | decode rows | device idle s | queued ahead | plan wait s |",

@@ -131,8 +131,8 @@ FAMILIES: dict[str, tuple[str, type, str, str, tuple[str, ...], tuple[float, ...
                        "Time the model thread waited, while a step ran on the device, for the plan after it (the "
                        "scheduler's next plan had not arrived yet)", (), None),
     "steps_queued_ahead": (WORKER, Counter, "flashstream_steps_queued_ahead",
-                           "Steps queued on the device behind the step before while it still ran (the others "
-                           "started once the host had read that step's tokens, or on an idle device)", (), None),
+                           "Steps launched before the host had read the tokens of the step before, queued behind it "
+                           "(the others were launched once those tokens were read, or on an idle device)", (), None),
 }
 
 

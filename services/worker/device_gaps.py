@@ -1,10 +1,11 @@
 """How long the device sat idle between consecutive steps, measured in stream order with CUDA events.
 
-Each step records an event once the host has built its rows' inputs, right before it queues its first operation, and
-one after its sampling; the gap from one step's end to the next step's start is time the device had nothing of ours
-to run (the host was late: reading the step before's tokens, applying the plan, building the inputs). Queued ahead, a step's
-start event follows its predecessor's end at once, so overlapped steps add no idle time. A step that starts a
-busy period (the worker held no sequence before it) has no gap: the device waited for requests, not for the host.
+Each step records an event once the host has built its rows' inputs, right before it queues its first operation,
+and one after its sampling; the gap from one step's end to the next step's start is time the device had nothing of
+ours to run (the host was late: reading the step before's tokens, applying the plan, building the inputs). Queued
+ahead, a step's start event follows its predecessor's end at once, so overlapped steps add no idle time. A step that
+starts a busy period (the worker held no sequence before it) has no gap: the device waited for requests, not for
+the host.
 A step whose sampling is held back until the host has filled its guided rows' masks (see DeviceTokens) counts as
 two parts, its forward pass and its sampling, so a wait for the masks between them is idle time too.
 Pairs are read once both events have completed, never waiting for them.

@@ -47,7 +47,8 @@ class StepShape:
     num_prefill_seqs: int
     num_prefill_tokens: int
     num_decode_seqs: int
-    # Queued behind the step before while that one still ran (its plan had arrived in time): no gap between them.
+    # Launched before the host read the step before's tokens (queued behind it, its inputs taken from it on the
+    # device); whether the device was still running that step then is the kernel timeline's to say.
     queued_ahead: bool = False
     # Seconds the host waited, while this step ran on the device, for the plan after it (0: it was already there).
     next_plan_wait_s: float = 0.0
