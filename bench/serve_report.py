@@ -129,12 +129,10 @@ def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[
             for phase in ("prefill", "decode"):  # prefill tokens and decode rows run, over every kind of step
                 name = f"flashstream_step_tokens_sum{{{phase}}}"
                 out[stage][f"{phase}_tokens"] = int(a.get(name, 0.0) - b.get(name, 0.0))
-            idle = "flashstream_device_idle_seconds_total"
-            out[stage]["device_idle_s"] = a[idle] - b.get(idle, 0.0) if idle in a else None
-            ahead = "flashstream_steps_queued_ahead_total"
-            out[stage]["steps_queued_ahead"] = int(a[ahead] - b.get(ahead, 0.0)) if ahead in a else None
-            wait = "flashstream_next_plan_wait_seconds_total"
-            out[stage]["next_plan_wait_s"] = a[wait] - b.get(wait, 0.0) if wait in a else None
+            for key, name in (("device_idle_s", "flashstream_device_idle_seconds_total"),
+                              ("steps_queued_ahead", "flashstream_steps_queued_ahead_total"),
+                              ("next_plan_wait_s", "flashstream_next_plan_wait_seconds_total")):
+                out[stage][key] = a[name] - b.get(name, 0.0) if name in a else None  # None: a worker without it
     return out
 
 
@@ -301,7 +299,7 @@ def step_table(scenarios: list[dict[str, Any]]) -> str:
             num_steps = sum(steps[k]["steps"] for k in steps)
             cells += [str(vals.get("prefill_tokens", "-")), str(vals.get("decode_tokens", "-")),
                       "-" if idle is None else f"{idle:.2f}",
-                      "-" if ahead is None else f"{ahead} ({ahead / num_steps:.0%})",
+                      "-" if ahead is None else f"{ahead:.0f} ({ahead / num_steps:.0%})",
                       "-" if wait is None else f"{wait:.2f}"]
             lines.append(f"| {s['name']} | {stage} | " + " | ".join(cells) + " |")
     if not lines:

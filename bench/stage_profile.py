@@ -7,8 +7,8 @@ device, detokenization, HTTP streaming).
 Processes are found by their command line (`services.cli serve <stage>`). Each sample is charged to the first
 category that matches a frame, walking from the innermost frame out; py-spy leaves idle threads out, so a stage's
 share of the wall time is its samples over seconds times rate. Each stage's hottest functions of the project are
-listed under it. Needs py-spy (pip install py-spy) and permission to
-attach to the processes (root, or ptrace allowed).
+listed under it. Needs py-spy (pip install py-spy) and permission to attach to the processes (root, or ptrace
+allowed).
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ plan in sight, run the sequential path.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -61,10 +60,10 @@ class StepShape:
         return "prefill" if self.num_prefill_seqs else "decode"
 
     @classmethod
-    def of(cls, scheduled: list[StepSeq], queued_ahead: bool = False) -> StepShape:
+    def of(cls, scheduled: list[StepSeq], queued_ahead: bool = False, next_plan_wait_s: float = 0.0) -> StepShape:
         decode = sum(seq.samples for seq in scheduled if seq.num_tokens == 1)
         tokens = sum(seq.num_tokens for seq in scheduled)
-        return cls(len(scheduled) - decode, tokens - decode, decode, queued_ahead)
+        return cls(len(scheduled) - decode, tokens - decode, decode, queued_ahead, next_plan_wait_s)
 
 
 @dataclass(slots=True)
@@ -121,7 +120,7 @@ class Runner:
                 self.executor.waited_for_work()  # every sequence it holds arrived with this plan
         else:
             scheduled, errors, launched, failure = ahead.scheduled, ahead.errors, ahead.launched, ahead.failure
-        self.last_shape = StepShape.of(scheduled, launched is not None)
+        queued_ahead, waited = launched is not None, 0.0
         sampled = SampledTokens()
         wants_next = self.overlap and (next_plan is not None or wait_next is not None)
         if failure is None and scheduled and launched is None and wants_next and self.executor.can_launch(scheduled):
@@ -135,8 +134,6 @@ class Runner:
             pending = None
             if self.overlap and next_plan is None and wait_next is not None:
                 next_plan, waited = self._wait_next(launched, wait_next)
-                if waited:
-                    self.last_shape = dataclasses.replace(self.last_shape, next_plan_wait_s=waited)
             if self.overlap and next_plan is not None:
                 pending = table.advance_launched(scheduled)
                 table.ahead = self._apply_ahead(next_plan, scheduled, launched, table)
@@ -145,6 +142,7 @@ class Runner:
                 self._draw_ahead(table.ahead)
         elif scheduled:
             sampled = self._run(plan, scheduled, errors, table)
+        self.last_shape = StepShape.of(scheduled, queued_ahead, waited)
         return StepResult(plan.step_id, sampled, errors, time.perf_counter() - start)
 
     def _apply(self, plan: StepPlan, table: SequenceTable) -> tuple[list[StepSeq], list[SeqError]]:
