@@ -42,7 +42,7 @@ from services.worker import sampler as sampler_module  # noqa: E402
 from services.worker.build import build_engine  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.cuda_graphs import DecodeGraphs, batch_buckets, context_buckets  # noqa: E402
-from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs  # noqa: E402
+from services.worker.decode_inputs import DecodeInputs  # noqa: E402
 from services.worker.engine import WorkerEngine  # noqa: E402
 from services.worker.kv_cache import KVCache  # noqa: E402
 from services.worker.pb import plan_from_pb, result_to_pb  # noqa: E402
@@ -90,7 +90,7 @@ class HostOnlyGraphs(DecodeGraphs):
         self.inputs = DecodeInputs(self.staging.numpy(), n, self.max_blocks, kv_cache.block_size)
         self.static = self.staging.clone()
         self.input_ids = self.static[:n]
-        self.block_tables = self.static[INPUT_FIELDS * n:].view(n, self.max_blocks)
+        self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32)
         self.logits = torch.zeros((n, vocab_size), dtype=torch.float32)  # [n, vocab]
         self.sampled = torch.zeros(n, dtype=torch.int64)  # [n]
         self.sampled_host = torch.zeros(n, dtype=torch.int64)

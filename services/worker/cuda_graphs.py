@@ -2,9 +2,10 @@
 launching every kernel.
 
 A decode step of a small model is a few hundred short kernels; launched one by one from Python it is bound by
-the host. Each graph reads static input buffers (filled by `DecodeInputs` in one host-to-device copy) and writes
-a static logits buffer (the model's dtype) and the rows' argmax (the greedy token), so an all-greedy step needs
-nothing on the host but reading the token ids back. Padding rows write nowhere (slot -1) and attend to one entry.
+the host. Each graph reads static input buffers (filled by `DecodeInputs`: one host-to-device copy of what the
+step's rows read, then the used corner of the block tables scattered into place on the device) and writes a static
+logits buffer (the model's dtype) and the rows' argmax (the greedy token), so an all-greedy step needs nothing on
+the host but reading the token ids back. Padding rows write nowhere (slot -1) and attend to one entry.
 
 The decode attention kernel's split count is fixed at capture. A graph for contexts up to max_model_len splits
 each sequence across the chip (and merges the splits in a second kernel); short contexts get their own graph,
@@ -90,7 +91,9 @@ class DecodeGraphs:
         self.input_ids, self.positions, self.slot_mapping, self.context_lens = (
             self.static[i * n : (i + 1) * n] for i in range(INPUT_FIELDS)
         )
-        self.block_tables = self.static[INPUT_FIELDS * n :].view(n, self.max_blocks)
+        # [n, max_blocks]: each step's [bucket, columns] corner arrives packed after the input fields (see
+        # DecodeInputs) and is scattered here on the device.
+        self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         dtype = model.model.embed_tokens.weight.dtype  # the model's, whichever kind of head projects the logits
         self.logits = torch.zeros((n, model.shard.vocab_width), dtype=dtype, device=device)  # [n, vocab]
@@ -186,6 +189,9 @@ class DecodeGraphs:
         used = self.inputs.used(bs)
         self.static[:used].copy_(self.staging[:used], non_blocking=True)
         self.copied.record()
+        columns = self.inputs.columns
+        packed = self.static[INPUT_FIELDS * self.max_batch : used]  # [bs * columns]
+        self.block_tables[:bs, :columns].copy_(packed.view(bs, columns))
         if fill is not None:  # int64 → int32, queued behind the step that sampled them
             fill_inputs(self.input_ids, fill)
         self.graphs[key].replay()

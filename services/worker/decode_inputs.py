@@ -2,9 +2,13 @@
 
 Layout (n = the largest batch, W = block table width), copied to the device in one transfer of its used prefix:
     [0n, 1n)  token ids        [1n, 2n)  positions       [2n, 3n)  slots (-1: write nowhere)
-    [3n, 4n)  context lengths  [4n, 4n + n * W)  block tables, row-major
-Block tables are the bulk of it, and a decoding sequence's table changes by at most one entry per step: each
-row remembers which block list it holds and how much of it is written, and writes only the new tail.
+    [3n, 4n)  context lengths  [4n, 4n + bucket * C)  block tables of the step's rows, row-major [bucket, C]
+C is the step's block columns: as many as its longest context needs, not W (W covers max_model_len, 8,192 columns
+for 128k tokens, so a thousand rows copied whole would be 32 MiB of mostly unused ids on every step, time the device
+spends waiting). The device side scatters the [bucket, C] corner into the graph's [n, W] tables; a row never reads
+a column past its own context, so what stays there from earlier steps is never read.
+Every row's full table lives in `tables` on the host. A decoding sequence's table changes by at most one entry per
+step: each row remembers which block list it holds and how much of it is written, and writes only the new tail.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ class DecodeInputs:
         self.loop_rows = loop_rows
         n = max_seqs
         self.token_ids, self.positions, self.slots, self.context_lens = (staging[i * n : (i + 1) * n] for i in range(4))
-        self.tables = staging[INPUT_FIELDS * n :].reshape(n, max_blocks)  # [max_seqs, max_blocks]
-        self.tables[:] = 0
+        self.packed = staging[INPUT_FIELDS * n :]  # the step's [bucket, columns] corner of `tables`, row-major
+        self.tables = np.zeros((n, max_blocks), dtype=np.int32)  # [max_seqs, max_blocks] every row's whole table
+        self.columns = 1  # block columns of the last step: what its longest context reads
         self.token_ids[:] = 0
         self.positions[:] = 0
         self.slots[:] = -1  # rows never filled write nowhere and attend to one entry
@@ -50,15 +55,16 @@ class DecodeInputs:
         return max_seqs * (INPUT_FIELDS + max_blocks)
 
     def used(self, bucket: int) -> int:
-        """Elements of the staging array a graph of `bucket` rows reads: the prefix to copy."""
-        return INPUT_FIELDS * self.max_seqs + bucket * self.max_blocks
+        """Elements of the staging array the last step of `bucket` rows filled: the prefix to copy."""
+        return INPUT_FIELDS * self.max_seqs + bucket * self.columns
 
     def fill(self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]],
              bucket: int) -> int:
         """Writes a step of len(positions) one-token rows: row i runs token_ids[i] at positions[i] of the sequence
         whose block table is block_tables[i] (rows past them, up to `bucket`, become padding). Returns the longest
-        context length of the step. Block lists must only grow in place between steps (as the worker's sequence
-        table keeps them); a different list object is rewritten whole."""
+        context length of the step; `columns` is then the block columns it reads, and the staging array holds the
+        [bucket, columns] corner of the tables after the four input fields. Block lists must only grow in place
+        between steps (as the worker's sequence table keeps them); a different list object is rewritten whole."""
         n = len(positions)
         if not n <= bucket <= self.max_seqs:
             raise ValueError(f"{n} sequences do not fit a bucket of {bucket} (at most {self.max_seqs})")
@@ -69,6 +75,10 @@ class DecodeInputs:
         longest = fill_rows(token_ids, positions, block_tables)
         self.slots[n:bucket] = -1
         self.context_lens[n:bucket] = 1
+        # Padding rows read column 0 of whatever table their row last held (a valid block: they attend to one entry).
+        columns = -(-longest // self.block_size)
+        self.packed[: bucket * columns].reshape(bucket, columns)[:] = self.tables[:bucket, :columns]
+        self.columns = columns
         return longest
 
     def _fill_each(

@@ -1,4 +1,5 @@
-"""Decode graph inputs: one staging array equal to the step's attention metadata, block tables written by tail."""
+"""Decode graph inputs: one staging array equal to the step's attention metadata, block tables written by tail
+and sent as the columns the step reads."""
 
 from __future__ import annotations
 
@@ -34,9 +35,14 @@ def _assert_matches_metadata(inputs: DecodeInputs, token_ids: list[int], chunks:
     assert inputs.positions[:n].tolist() == meta.positions.tolist()
     assert inputs.slots[:n].tolist() == meta.slot_mapping.tolist()
     assert inputs.context_lens[:n].tolist() == meta.context_lens.tolist()
+    columns = -(-int(meta.context_lens.max()) // BLOCK)
+    packed = inputs.packed[: bucket * columns].reshape(bucket, columns)  # what the device gets
+    assert inputs.columns == columns
     for i, chunk in enumerate(chunks):
         width = len(chunk.block_ids)
         assert inputs.tables[i, :width].tolist() == meta.block_tables[i, :width].tolist()
+        read = -(-int(meta.context_lens[i]) // BLOCK)  # the columns row i's context reads
+        assert packed[i, :read].tolist() == meta.block_tables[i, :read].tolist()
     assert inputs.slots[n:bucket].tolist() == [-1] * (bucket - n)  # padding writes nowhere
     assert inputs.context_lens[n:bucket].tolist() == [1] * (bucket - n)
 
@@ -72,7 +78,21 @@ def test_a_smaller_batch_turns_the_rows_it_leaves_into_padding(loop_rows: int) -
     _fill(inputs, [1, 2, 3], [SeqChunk(0, 1, [1]), SeqChunk(2, 1, [2]), SeqChunk(3, 1, [3])], 4)
     _fill(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
     _assert_matches_metadata(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
-    assert inputs.used(4) == 4 * MAX_SEQS + 4 * MAX_BLOCKS
+    # The copy carries the 2 columns that position 5 reads in pages of 4, for all 4 rows of the bucket.
+    assert inputs.used(4) == 4 * MAX_SEQS + 4 * 2
+    assert inputs.packed[:8].tolist() == [1, 4, 2, 0, 3, 0, 0, 0]
+
+
+def test_the_staging_array_carries_only_the_block_columns_the_longest_context_reads() -> None:
+    inputs = _inputs()
+    tables = [[1, 2, 3, 4, 5], [6, 7]]  # blocks held ahead of the contexts, as the scheduler allocates them
+    assert _fill(inputs, [9, 8], [SeqChunk(6, 1, tables[0]), SeqChunk(2, 1, tables[1])], 2) == 7
+    assert (inputs.columns, inputs.used(2)) == (2, 4 * MAX_SEQS + 2 * 2)
+    assert inputs.packed[:4].tolist() == [1, 2, 6, 7]
+    assert inputs.tables[0, :5].tolist() == [1, 2, 3, 4, 5]  # the host keeps every row's whole table
+    assert _fill(inputs, [9, 8], [SeqChunk(16, 1, tables[0]), SeqChunk(3, 1, tables[1])], 2) == 17
+    assert (inputs.columns, inputs.used(2)) == (5, 4 * MAX_SEQS + 2 * 5)
+    assert inputs.packed[:10].tolist() == [1, 2, 3, 4, 5, 6, 7, 0, 0, 0]
 
 
 @BOTH_WAYS
@@ -111,6 +131,7 @@ def test_rows_written_one_by_one_and_all_at_once_leave_the_same_staging_bytes_th
         token_ids = [int(t) for t in rng.integers(0, 100, len(live))]
         assert _fill(by_row, token_ids, chunks, MAX_SEQS) == _fill(at_once, token_ids, chunks, MAX_SEQS)
         assert by_row.host.tobytes() == at_once.host.tobytes()
+        assert by_row.tables.tobytes() == at_once.tables.tobytes()
         _assert_matches_metadata(at_once, token_ids, chunks, MAX_SEQS)
 
 
