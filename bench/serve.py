@@ -140,6 +140,10 @@ def run_scenario(name: str, base_url: str, model_dir: Path, metric_urls: dict[st
             "request_rate": None if rate == float("inf") else rate, "sampling": sampling,
             "client_procs": client_procs, "result": result, "gpu_busy": sampler.gpu_busy(t0, last_chunk),
             "gpu_busy_saturated": sampler.gpu_busy(*saturated) if saturated else None,
+            # The same two read at 10 Hz and set at each read's instant (see Sampler): the figures before the
+            # driver's periods were used, kept beside them.
+            "gpu_busy_polled": [sampler.gpu_busy_polled(t0, last_chunk),
+                                sampler.gpu_busy_polled(*saturated) if saturated else None],
             "gpu_clock_saturated": sampler.clock_power(*saturated) if saturated else None,
             "saturated_s": None if saturated is None else [round(saturated[0] - t0, 3), round(saturated[1] - t0, 3)],
             "stages": stage_metrics(before, after, sampler.kv_peak),

@@ -136,12 +136,39 @@ def stage_metrics(before: dict, after: dict, peak_kv: dict[str, float]) -> dict[
     return out
 
 
+def interval_busy(samples: list[tuple[float, float]], start: float, stop: float) -> float | None:
+    """Busy fraction over [start, stop] from samples that each cover the time since the one before: (end instant,
+    busy fraction over that interval), each weighted by how much of its interval falls inside; the first sample's
+    interval is taken to be as long as the median one. None when no interval reaches inside."""
+    if len(samples) < 2:
+        return None
+    ends = [t for t, _ in samples]
+    prev = ends[0] - float(np.median(np.diff(ends)))
+    covered = busy = 0.0
+    for end, fraction in samples:
+        overlap = min(end, stop) - max(prev, start)
+        if overlap > 0:
+            covered += overlap
+            busy += overlap * fraction
+        prev = end
+    return busy / covered if covered > 0 else None
+
+
 class Sampler:
-    """Samples GPU busy fraction (NVML) and the stages' KV usage at ~10 Hz in a thread during a run."""
+    """Samples GPU busy fraction (NVML) and the stages' KV usage at ~10 Hz in a thread during a run.
+
+    NVML's busy fraction is the share of a trailing sample period (1/6 s to 1 s, by product) in which a kernel ran.
+    Read every 0.1 s and set at the instant of the read, each value also covers time before that instant, so a busy
+    period that starts with the load reads low at its start. The driver's own samples (nvmlDeviceGetSamples) carry
+    the instant each period ended: where it keeps them, a window's busy fraction is taken from those periods
+    (`interval_busy`), and the reads at 10 Hz are kept beside it (`gpu_busy_polled`)."""
 
     def __init__(self, metric_urls: dict[str, str], period_s: float = 0.1) -> None:
         self.urls, self.period = metric_urls, period_s
         self.gpu: list[tuple[float, float]] = []  # (time.time(), busy fraction of the busiest GPU)
+        # The first GPU's driver samples: (time.time() its period ended, busy fraction over the period).
+        self.gpu_periods: list[tuple[float, float]] = []
+        self._last_period_us = 0  # the newest driver sample's timestamp taken so far
         # (time.time(), SM clock MHz, power W) of the first GPU: whether busy steps ran at full clock or power-capped
         self.clocks: list[tuple[float, float, float]] = []
         self.kv_peak: dict[str, float] = {}
@@ -166,6 +193,7 @@ class Sampler:
                 self.gpu.append((now, max(util) / 100.0))
                 self.clocks.append((now, nvml.nvmlDeviceGetClockInfo(first, nvml.NVML_CLOCK_SM),
                                     nvml.nvmlDeviceGetPowerUsage(first) / 1e3))
+                self._take_periods()
             n += 1
             if n % 2 == 0:  # metrics every 0.2 s (a scrape costs the stages some CPU): a 1B run lasts a few seconds
                 values = scrape(self.urls)
@@ -182,6 +210,30 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self._nvml is not None:
+            self._take_periods()
+        # Timestamps that are not on time.time()'s clock (they should be microseconds since the epoch) are unusable.
+        if self.gpu_periods and abs(self.gpu_periods[-1][0] - time.time()) > 5.0:
+            self.gpu_periods = []
+
+    def _take_periods(self) -> None:
+        """Appends the driver's busy samples newer than the last taken (none where the driver keeps none)."""
+        nvml = self._nvml
+        try:
+            _, samples = nvml.nvmlDeviceGetSamples(self._handles[0], nvml.NVML_GPU_UTILIZATION_SAMPLES,
+                                                   self._last_period_us)
+        except nvml.NVMLError:
+            return
+        for sample in sorted(samples, key=lambda x: x.timeStamp):
+            if sample.timeStamp > self._last_period_us:
+                self.gpu_periods.append((sample.timeStamp / 1e6, sample.sampleValue.uiVal / 100.0))
+                self._last_period_us = sample.timeStamp
+
+    def _busy(self, start: float, stop: float) -> float | None:
+        """Busy fraction between time.time() instants start and stop: from the driver's periods where there are
+        any, else the mean of the reads taken in the window."""
+        busy = interval_busy(self.gpu_periods, start, stop)
+        return busy if busy is not None else self.gpu_busy_polled(start, stop)
 
     def idle_by_tenth(self, start: float, stop: float) -> dict[str, list[float]] | None:
         """Over ten equal slices of the samples between time.time() instants start and stop (the load): the
@@ -200,8 +252,8 @@ class Sampler:
             return sum(total(values, f"flashstream_step_duration_seconds_count{{{k}}}") for k in STEP_KINDS)
 
         def busy(a: float, b: float) -> float | None:
-            inside = [u for t, u in self.gpu if a <= t < b]
-            return round(float(np.mean(inside)), 3) if inside else None
+            value = self._busy(a, b)
+            return None if value is None else round(value, 3)
 
         def mhz(a: float, b: float) -> int | None:
             inside = [c for t, c, _ in self.clocks if a <= t < b]
@@ -221,9 +273,13 @@ class Sampler:
         }
 
     def gpu_busy(self, start: float, stop: float) -> float | None:
-        """Mean NVML busy fraction over the samples between time.time() instants start and stop (the load: from the
-        first request sent to the last token received, not the client's own start-up before it)."""
-        busy = [u for t, u in self.gpu if start <= t <= stop]
+        """NVML's busy fraction between time.time() instants start and stop (the load: from the first request sent
+        to the last token received, not the client's own start-up before it); see the class's note."""
+        return self._busy(start, stop)
+
+    def gpu_busy_polled(self, start: float, stop: float) -> float | None:
+        """The mean of the busy fractions read at 10 Hz in [start, stop), each set at the instant of its read."""
+        busy = [u for t, u in self.gpu if start <= t < stop]
         return float(np.mean(busy)) if busy else None
 
     def clock_power(self, start: float, stop: float) -> dict[str, int] | None:
@@ -245,6 +301,9 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
         r = s["result"]
         busy = [s.get("gpu_busy"), s.get("gpu_busy_saturated")]
         gpu = " / ".join("-" if b is None else f"{b:.0%}" for b in busy)
+        polled = s.get("gpu_busy_polled")
+        if polled and polled != busy:
+            gpu += " (read at 10 Hz: " + " / ".join("-" if b is None else f"{b:.0%}" for b in polled) + ")"
         if s.get("gpu_clock_saturated"):
             gpu += f" at {s['gpu_clock_saturated']['sm_mhz']} MHz, {s['gpu_clock_saturated']['power_w']} W"
         e2e = r["e2e_s"]["p50"]

@@ -128,6 +128,13 @@ GPU_SUITE = (
         Scenario("8B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),
     StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {TWO_IN_FLIGHT}", (
         Scenario("1B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),
+    # And with one plan more: whether the next plan reaching the worker after the device has run dry is what leaves
+    # the 1B's device waiting (the step table's plan wait), at 1,024 seats and at 256.
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {FOUR_IN_FLIGHT}", (
+        Scenario("1B ShareGPT 1000 at once, greedy, 4 steps in flight", "sharegpt", 1000),)),
+    StackRun("llama-3.2-1b",
+             "--load-format dummy --device cuda --scheduler-args '--max-num-seqs 256 --max-steps-in-flight 4'", (
+        Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, 4 steps in flight", "sharegpt", 1000),)),
     # The step's token budget (default 8,192): smaller budgets spread prompts over more steps, so decode rows ride
     # along with prompt chunks instead of running in decode-only steps; larger ones prefill in fewer, longer steps.
     *budget_stacks("8B", "", (2048, 16384)),
@@ -352,7 +359,7 @@ def start_kernel_profile(out: Path, worker_urls: list[str], scenario: str, kerne
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
     """Continuous over static, admitting 8 at a time over 1, OpenAI-default over greedy, three steps in flight over two
-    and FP8 over bf16: output throughput, where both ran."""
+    (and four over three at 256 seats) and FP8 over bf16: output throughput, where both ran."""
     tput = {r["name"]: r["result"]["output_throughput"] for r in results}
 
     def ratio(a: str, b: str) -> float | None:
@@ -368,6 +375,9 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
                                                  "8B ShareGPT 1000 at once, greedy, 2 steps in flight"),
             "1b_three_in_flight_over_two": ratio("1B ShareGPT 1000 at once, greedy",
                                                  "1B ShareGPT 1000 at once, greedy, 2 steps in flight"),
+            "1b_256_seats_four_in_flight_over_three": ratio(
+                "1B ShareGPT 1000 at once, continuous, 256 per step, 4 steps in flight",
+                "1B ShareGPT 1000 at once, continuous, 256 per step"),
             "8b_fp8_over_bf16_sharegpt": ratio(f"{FP8_8B}, ShareGPT 1000 at once, greedy",
                                                f"{FP8_BASELINE_8B}, ShareGPT 1000 at once, greedy")}
 

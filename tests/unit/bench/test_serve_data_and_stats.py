@@ -12,7 +12,8 @@ import pytest
 from bench.serve import arrivals
 from bench.serve_client import Record
 from bench.serve_data import PromptMaker, make_model, request_set, sharegpt_lengths
-from bench.serve_report import (Sampler, cpu_table, idle_table, process_cpu_s, saturated_window, scenario_stats,
+from bench.serve_report import (Sampler, cpu_table, idle_table, interval_busy, process_cpu_s, saturated_window,
+                                scenario_stats,
                                 stage_metrics, step_table, summary)
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,6 +119,21 @@ def test_gpu_busy_averages_only_the_samples_taken_during_the_load() -> None:
     sampler.gpu = [(10.0, 0.0), (11.0, 0.5), (12.0, 1.0), (13.0, 0.75), (14.0, 0.0)]  # client start-up, load, after
     assert sampler.gpu_busy(11.0, 13.0) == 0.75
     assert sampler.gpu_busy(20.0, 30.0) is None
+
+
+def test_busy_over_a_window_weighs_each_driver_period_by_how_much_of_it_falls_inside() -> None:
+    # Periods of 0.5 s ending at 10.5 (idle), 11.0 (half busy), 11.5 and 12.0 (busy).
+    periods = [(10.5, 0.0), (11.0, 0.5), (11.5, 1.0), (12.0, 1.0)]
+    assert interval_busy(periods, 10.75, 11.5) == (0.25 * 0.5 + 0.5 * 1.0) / 0.75  # half of (10.5, 11]
+    assert interval_busy(periods, 10.0, 12.0) == 0.625  # the first period taken as 0.5 s long, like the others
+    assert interval_busy(periods, 13.0, 14.0) is None
+    assert interval_busy(periods[:1], 10.0, 11.0) is None
+    sampler = Sampler({})
+    sampler.gpu = [(11.0, 0.0), (11.4, 0.0)]  # read late: the polled mean puts the busy time after the window
+    sampler.gpu_periods = periods
+    assert (sampler.gpu_busy(11.0, 12.0), sampler.gpu_busy_polled(11.0, 12.0)) == (1.0, 0.0)
+    sampler.gpu_periods = []  # a driver that keeps no samples: the reads
+    assert sampler.gpu_busy(11.0, 12.0) == 0.0
 
 
 def test_each_tenth_of_a_run_reports_gpu_busy_idle_steps_prompt_steps_and_running_sequences() -> None:
