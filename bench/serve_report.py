@@ -382,20 +382,24 @@ def plot(scenarios: list[dict[str, Any]], path: str) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: no PNG written"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for s in scenarios:
+    # Points carry numbers and the names are listed below the plots: names beside the points overran the axes.
+    names = [f"{i}: {s['name']}" for i, s in enumerate(scenarios, 1)]
+    legend_in = 0.13 * len(names) + 0.3
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4 + legend_in))
+    for i, s in enumerate(scenarios, 1):
         r = s["result"]
         for ax, key in zip(axes, ("ttft_s", "tpot_s")):
             if r[key]["p50"] is None:
                 continue
             ax.scatter([r["output_throughput"]] * 2, [r[key]["p50"] * 1e3, r[key]["p99"] * 1e3], s=18)
-            ax.annotate(s["name"], (r["output_throughput"], r[key]["p99"] * 1e3), fontsize=7)
+            ax.annotate(str(i), (r["output_throughput"], r[key]["p99"] * 1e3), fontsize=7)
     for ax, label in zip(axes, ("TTFT p50 / p99 (ms)", "TPOT p50 / p99 (ms)")):
         ax.set_xlabel("output tokens/s")
         ax.set_ylabel(label)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.text(0.01, 0.01, "\n".join(names), fontsize=7, va="bottom", family="monospace")
+    fig.tight_layout(rect=(0, legend_in / (4 + legend_in), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     time.sleep(0)
