@@ -295,15 +295,18 @@ def markdown(scenarios: list[dict[str, Any]]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1e3:.1f}"
 
+    def percents(values: list[float | None]) -> str:
+        return " / ".join("-" if v is None else f"{v:.0%}" for v in values)
+
     lines = ["| scenario | requests (failed) | out tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 ms | ITL p50 / p99 ms "
              "| E2E p50 s | goodput req/s | GPU busy: load / saturated |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in scenarios:
         r = s["result"]
         busy = [s.get("gpu_busy"), s.get("gpu_busy_saturated")]
-        gpu = " / ".join("-" if b is None else f"{b:.0%}" for b in busy)
+        gpu = percents(busy)
         polled = s.get("gpu_busy_polled")
         if polled and polled != busy:
-            gpu += " (read at 10 Hz: " + " / ".join("-" if b is None else f"{b:.0%}" for b in polled) + ")"
+            gpu += f" (read at 10 Hz: {percents(polled)})"
         if s.get("gpu_clock_saturated"):
             gpu += f" at {s['gpu_clock_saturated']['sm_mhz']} MHz, {s['gpu_clock_saturated']['power_w']} W"
         e2e = r["e2e_s"]["p50"]
