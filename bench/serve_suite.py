@@ -123,6 +123,13 @@ GPU_SUITE = (
         # 2 s in: the middle of the run, where decode steps of 256 rows leave the device waiting inside them.
         Scenario("1B ShareGPT 1000 at once, continuous, 256 per step, kernels traced", "sharegpt", 1000,
                  kernel_profile=True, kernel_profile_after_s=2.0, seed=5),)),
+    # Where the 1B's device waits at the default 1,024 seats: its first tenths, whose steps hold prompt chunks
+    # (about 8,000 prompt tokens each beside the decode rows), read far less busy than its decode tenths.
+    StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {KERNEL_PROFILE_ARGS}", (
+        Scenario("1B ShareGPT 1000 at once, kernels traced among prompt steps, greedy", "sharegpt", 1000,
+                 kernel_profile=True, kernel_profile_after_s=0.3, seed=4),
+        Scenario("1B ShareGPT 1000 at once, kernels traced, greedy", "sharegpt", 1000, kernel_profile=True,
+                 kernel_profile_after_s=2.0, seed=5),)),
     # The default's greedy rows again with one plan fewer in flight: what the scheduler's round trip costs them.
     StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {TWO_IN_FLIGHT}", (
         Scenario("8B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),
