@@ -23,7 +23,7 @@ from services.worker.models.fp8_linear import quantize_lm_head, quantize_project
 from services.worker.ops import Ops, select_ops
 from services.worker.parallel.group import SINGLE, TensorParallelGroup
 from services.worker.parallel.steps import LeaderRunner
-from services.worker.piecewise_graphs import MAX_PIECEWISE_TOKENS, PiecewiseGraphs
+from services.worker.piecewise_graphs import PiecewiseGraphs
 from services.worker.pooling import PoolingConfig
 from services.worker.profiling import profile_kv_blocks
 from services.worker.quantization import FP8
@@ -127,10 +127,12 @@ def build_model_engine(
         graphs = DecodeGraphs(model, kv_cache, config.max_num_seqs, max_len)
         graphs.capture()
         log.info("captured decode CUDA graphs for batch sizes %s", graphs.buckets)
-        piecewise = PiecewiseGraphs(model, kv_cache, min(MAX_PIECEWISE_TOKENS, config.max_num_batched_tokens))
-        piecewise.capture()
-        log.info("captured %d piecewise CUDA graphs of steps up to %d tokens (buckets %s)", piecewise.num_graphs,
-                 piecewise.max_tokens, piecewise.buckets)
+        if config.piecewise_max_tokens:
+            max_tokens = min(config.piecewise_max_tokens, config.max_num_batched_tokens)
+            piecewise = PiecewiseGraphs(model, kv_cache, max_tokens)
+            piecewise.capture()
+            log.info("captured %d piecewise CUDA graphs of steps up to %d tokens (buckets %s)", piecewise.num_graphs,
+                     piecewise.max_tokens, piecewise.buckets)
     limits = SequenceLimits(config.block_size, num_blocks, max_len, cfg.vocab_size)
     sampler = Sampler(cfg.vocab_size, cfg.eos_token_ids)
     if device.type == "cuda":

@@ -26,14 +26,12 @@ from services.worker.graph_capture import capture_graph
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
 
-MAX_PIECEWISE_TOKENS = 2048  # past this even a small model's step takes longer on the device than its launches
-
 
 def token_buckets(max_tokens: int) -> list[int]:
     """16, 32, 64, then every 128 up to 1024 and every 256 past it, up to max_tokens (included, rounded up to a
-    multiple of 16): a bucket pads a step by at most an eighth past 1024 tokens."""
+    multiple of 16): past 1024 tokens a bucket pads a step by less than 256 tokens."""
     top = -(-max_tokens // 16) * 16
-    sizes = [16, 32, 64, *range(128, 1024, 128), *range(1024, 8192 + 1, 256)]
+    sizes = [16, 32, 64, *range(128, 1024, 128), *range(1024, top, 256)]
     return sorted({*(s for s in sizes if s < top), top})
 
 
@@ -41,7 +39,7 @@ class PiecewiseGraphs:
     """The piecewise graphs of one model and KV cache for steps of up to max_tokens tokens. Without `capture` (and
     on the CPU) the same pieces run eagerly on the same padded buffers."""
 
-    def __init__(self, model: CausalDecoder, kv_cache: KVCache, max_tokens: int = MAX_PIECEWISE_TOKENS) -> None:
+    def __init__(self, model: CausalDecoder, kv_cache: KVCache, max_tokens: int) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.buckets = token_buckets(max_tokens)

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from services.common.errors import InvalidArgument
 from services.worker.attention_metadata import SeqChunk
 from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
@@ -34,6 +35,7 @@ def test_token_buckets_step_by_128_up_to_1024_then_by_256_up_to_the_limit() -> N
     assert token_buckets(2048) == [16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048]
     assert token_buckets(1100) == [16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1024, 1104]
     assert token_buckets(100) == [16, 32, 64, 112]
+    assert token_buckets(9000)[-5:] == [8192, 8448, 8704, 8960, 9008]  # the grid goes on past 8,192
     assert token_buckets(8) == [16]
 
 
@@ -88,3 +90,9 @@ def test_kernel_launches_between_the_pieces_keep_the_references_tokens(folder) -
     assert engine.runner.executor.model.model.layers[0].self_attn.ops.uses_kernels
     assert len(engine.runner.executor.model.model.layers) >= 2
     assert run_greedy(Driver(engine), prompts, 5, chunk=9) == expected
+
+
+def test_a_negative_piecewise_token_limit_is_refused_and_zero_is_accepted() -> None:
+    with pytest.raises(InvalidArgument, match="piecewise_max_tokens must be non-negative, got -1"):
+        WorkerConfig(model="llama-3.2-1b", load_format="dummy", piecewise_max_tokens=-1)
+    assert WorkerConfig(model="llama-3.2-1b", load_format="dummy", piecewise_max_tokens=0).piecewise_max_tokens == 0
