@@ -22,12 +22,12 @@ from gateway.embeddings import EmbeddingService
 from gateway.errors import PayloadTooLarge, RequestError
 from gateway.openai_embeddings import embeddings_response, parse_embeddings_request
 from gateway.openai_request import OpenAIRequest, parse_openai_request
-from gateway.openai_response import (ResponseBuilder, combined_usage, error_response, json_bytes,
-                                     openai_finish_reason)
+from gateway.openai_response import ResponseBuilder, combined_usage, json_bytes, openai_finish_reason
 from gateway.playground import is_static_path
 from gateway.schema import Finished, GenerationRequest, ModelCard, TextDelta, Usage
 from services.common.errors import FlashStreamError, NotFound
 from services.common.metrics import add_status_routes
+from services.common.openai_errors import error_response
 from services.common.tracing import TRACEPARENT
 
 log = logging.getLogger(__name__)

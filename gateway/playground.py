@@ -19,8 +19,8 @@ from flashstream.v1 import common_pb2
 from gateway.core import GatewayCore
 from gateway.engine_view import engine_event
 from gateway.errors import RequestError
-from gateway.openai_response import error_response
 from services.common.errors import FlashStreamError, Unavailable
+from services.common.openai_errors import error_response
 
 STATIC_DIR = Path(__file__).resolve().parent / "playground"
 STATIC_PREFIX = "/playground/"

@@ -41,6 +41,17 @@ class InvalidArgument(FlashStreamError):
     code = ErrorCode.INVALID_ARGUMENT
 
 
+class FailedPrecondition(FlashStreamError):
+    """A well-formed request the server is not set up for (a feature it was started without); `error_code` names
+    which, for the HTTP body."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, error_code: str = "failed_precondition") -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
 class ResourceExhausted(FlashStreamError):
     code = ErrorCode.RESOURCE_EXHAUSTED
 

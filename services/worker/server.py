@@ -13,10 +13,11 @@ from flashstream.v1 import worker_pb2, worker_pb2_grpc
 from services.common.call_auth import internal_auth
 from services.common.config import (add_options, add_server_args, config_from_args, new_parser, server_config,
                                     setup_logging)
-from services.common.errors import FlashStreamError
+from services.common.errors import FailedPrecondition, FlashStreamError
 from services.common.grpc_server import StageServer, start_server
 from services.common.internal_tls import load_internal_tls
 from services.common.metrics import Metrics
+from services.common.openai_errors import error_response
 from services.common.stage import run_stage_process, serve_stage
 from services.common.tracing import Tracing
 from services.worker.build import build_engine
@@ -71,9 +72,9 @@ class WorkerStage:
         async def post_kernel_profile(_: web.Request) -> web.Response:
             profile = self.servicer.kernel_profile
             if profile is None:
-                return web.json_response({"error": {
-                    "message": "kernel profiling is off: start the worker with --kernel-profile-dir",
-                    "type": "invalid_request_error", "code": "kernel_profile_off"}}, status=409)
+                status, body, headers = error_response(FailedPrecondition(
+                    "kernel profiling is off: start the worker with --kernel-profile-dir", "kernel_profile_off"))
+                return web.json_response(body, status=status, headers=headers)
             profile.arm()
             return web.json_response({"status": "armed", "steps": profile.count, "dir": str(profile.out_dir)},
                                      status=202)

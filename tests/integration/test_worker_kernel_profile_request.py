@@ -60,7 +60,7 @@ def test_a_worker_without_a_kernel_profile_dir_answers_409_and_stays_up(tmp_path
         assert code == "409"
         assert json.loads(body) == {"error": {
             "message": "kernel profiling is off: start the worker with --kernel-profile-dir",
-            "type": "invalid_request_error", "code": "kernel_profile_off"}}
+            "type": "invalid_request_error", "param": None, "code": "kernel_profile_off"}}
         assert proc.poll() is None
     finally:
         proc.terminate()

@@ -8,8 +8,8 @@ import pytest
 
 from gateway.errors import RequestError
 from gateway.openai_request import parse_openai_request
-from gateway.openai_response import error_response
 from gateway.schema import ChatTurn, GenerationRequest
+from services.common.openai_errors import error_response
 from services.common.sampling import SamplingParams
 from services.common.text_options import TextOptions
 

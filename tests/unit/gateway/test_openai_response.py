@@ -7,18 +7,19 @@ import json
 import pytest
 
 from gateway.errors import ModelNotFound, PayloadTooLarge
-from gateway.openai_response import (ResponseBuilder, combined_usage, error_response, json_bytes, openai_finish_reason,
-                                     usage_json)
+from gateway.openai_response import ResponseBuilder, combined_usage, json_bytes, openai_finish_reason, usage_json
 from gateway.schema import Finished, TextDelta, TokenLogprob, TopLogprob, Usage
 from services.common.finish_reason import FinishReason
 from services.common.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     FlashStreamError,
     InvalidArgument,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
+from services.common.openai_errors import error_response
 
 
 @pytest.mark.parametrize(("reason", "openai"), [
@@ -34,6 +35,8 @@ def test_finish_reasons_map_to_openai(reason: FinishReason, openai: str) -> None
     (PayloadTooLarge("big"), 413, "invalid_request_error", "request_too_large", {}),
     (ModelNotFound("no such model"), 404, "invalid_request_error", "model_not_found", {}),
     (Unauthenticated("who"), 401, "invalid_request_error", "invalid_api_key", {}),
+    (FailedPrecondition("not set up"), 409, "invalid_request_error", "failed_precondition", {}),
+    (FailedPrecondition("off", "kernel_profile_off"), 409, "invalid_request_error", "kernel_profile_off", {}),
     (ResourceExhausted("full"), 429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": "1"}),
     (Unavailable("down"), 503, "server_error", "service_unavailable", {"Retry-After": "1"}),
     (DeadlineExceeded("late"), 504, "server_error", "timeout", {}),
