@@ -26,6 +26,8 @@ OPTIONS = [
     StageOption("--max-model-len", "FLASHSTREAM_MAX_MODEL_LEN", "max_model_len", "0", ("1024", 1024),
                 ("2048", 2048)),
     StageOption("--enforce-eager", "FLASHSTREAM_ENFORCE_EAGER", "enforce_eager", "off"),
+    StageOption("--piecewise-max-tokens", "FLASHSTREAM_PIECEWISE_MAX_TOKENS", "piecewise_max_tokens", "2048",
+                ("8192", 8192), ("0", 0)),
     StageOption("--fake-token-id", "FLASHSTREAM_FAKE_TOKEN_ID", "fake_token_id", "-1", ("7", 7), ("8", 8)),
     StageOption("--fake-step-ms", "FLASHSTREAM_FAKE_STEP_MS", "fake_step_ms", "0.0", ("0.5", 0.5), ("2", 2.0)),
     StageOption("--seed", "FLASHSTREAM_SEED", "seed", "0", ("3", 3), ("4", 4)),
