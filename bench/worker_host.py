@@ -89,7 +89,7 @@ class HostOnlyGraphs(DecodeGraphs):
         self.staging = torch.zeros(DecodeInputs.size(n, self.max_blocks), dtype=torch.int32)
         self.inputs = DecodeInputs(self.staging.numpy(), n, self.max_blocks, kv_cache.block_size)
         self.static = self.staging.clone()
-        self.input_ids = self.static[:n]
+        self.input_ids = DecodeInputs.fields(self.static, n)[0]
         self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32)
         self.logits = torch.zeros((n, vocab_size), dtype=torch.float32)  # [n, vocab]
         self.sampled = torch.zeros(n, dtype=torch.int64)  # [n]

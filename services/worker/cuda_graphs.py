@@ -23,7 +23,7 @@ import torch
 
 from kernels.decode_attention import choose_num_splits, decode_config_device, default_decode_config
 from services.worker.attention_metadata import AttentionMetadata
-from services.worker.decode_inputs import INPUT_FIELDS, DecodeInputs
+from services.worker.decode_inputs import DecodeInputs
 from services.worker.graph_capture import capture_graph
 from services.worker.kv_cache import KVCache
 from services.worker.models.decoder import CausalDecoder
@@ -88,9 +88,7 @@ class DecodeGraphs:
         self.staging = torch.zeros(size, dtype=torch.int32, pin_memory=True)
         self.inputs = DecodeInputs(self.staging.numpy(), n, self.max_blocks, kv_cache.block_size)
         self.static = self.staging.to(device)  # [size] int32, laid out as the staging array
-        self.input_ids, self.positions, self.slot_mapping, self.context_lens = (
-            self.static[i * n : (i + 1) * n] for i in range(INPUT_FIELDS)
-        )
+        self.input_ids, self.positions, self.slot_mapping, self.context_lens = DecodeInputs.fields(self.static, n)
         # [n, max_blocks]: each step's [bucket, columns] corner arrives packed after the input fields (see
         # DecodeInputs) and is scattered here on the device.
         self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32, device=device)
@@ -182,16 +180,14 @@ class DecodeGraphs:
         if bs is None:
             raise ValueError(f"no decode graph for {n} sequences (largest is {self.max_batch})")
         self.copied.synchronize()  # the last step's copy has left the staging array (at once after a sync)
-        longest = self.inputs.fill(token_ids, positions, block_tables, bs)
-        key = self.graph_key(n, longest)
+        staged = self.inputs.fill(token_ids, positions, block_tables, bs)
+        key = self.graph_key(n, staged.longest)
         if key not in self.graphs:
             raise ValueError(f"decode graph {key} was not captured")
-        used = self.inputs.used(bs)
-        self.static[:used].copy_(self.staging[:used], non_blocking=True)
+        self.static[: staged.used].copy_(self.staging[: staged.used], non_blocking=True)
         self.copied.record()
-        columns = self.inputs.columns
-        packed = self.static[INPUT_FIELDS * self.max_batch : used]  # [bs * columns]
-        self.block_tables[:bs, :columns].copy_(packed.view(bs, columns))
+        packed = self.static[DecodeInputs.packed_start(self.max_batch) : staged.used]  # [bs * columns]
+        self.block_tables[:bs, : staged.columns].copy_(packed.view(bs, staged.columns))
         if fill is not None:  # int64 → int32, queued behind the step that sampled them
             fill_inputs(self.input_ids, fill)
         self.graphs[key].replay()

@@ -15,12 +15,24 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain
+from typing import TypeVar
 
 import numpy as np
 
 INPUT_FIELDS = 4  # token ids, positions, slots, context lengths
 LOOP_ROWS = 80  # where numpy over every row starts to beat a loop over them
+Flat = TypeVar("Flat")  # a flat array laid out as the staging array: the host's numpy view or the device's copy
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """What `DecodeInputs.fill` wrote for one step."""
+
+    longest: int  # the step's longest context, in tokens
+    columns: int  # the block columns that context reads: the packed corner is [bucket, columns]
+    used: int  # elements of the staging array the step's copy carries (the four fields, then the corner)
 
 
 class DecodeInputs:
@@ -31,17 +43,17 @@ class DecodeInputs:
     ) -> None:
         """loop_rows: steps of fewer rows are written row by row, larger ones by numpy over all rows at once."""
         if staging.dtype != np.int32 or staging.shape != (self.size(max_seqs, max_blocks),):
-            raise ValueError(f"staging must be int32 [{self.size(max_seqs, max_blocks)}], got {staging.dtype} {staging.shape}")
+            raise ValueError(f"staging must be int32 [{self.size(max_seqs, max_blocks)}], "
+                             f"got {staging.dtype} {staging.shape}")
         self.host = staging
         self.max_seqs = max_seqs
         self.max_blocks = max_blocks
         self.block_size = block_size
         self.loop_rows = loop_rows
         n = max_seqs
-        self.token_ids, self.positions, self.slots, self.context_lens = (staging[i * n : (i + 1) * n] for i in range(4))
-        self.packed = staging[INPUT_FIELDS * n :]  # the step's [bucket, columns] corner of `tables`, row-major
+        self.token_ids, self.positions, self.slots, self.context_lens = self.fields(staging, n)
+        self.packed = staging[self.packed_start(n) :]  # the step's [bucket, columns] corner of `tables`, row-major
         self.tables = np.zeros((n, max_blocks), dtype=np.int32)  # [max_seqs, max_blocks] every row's whole table
-        self.columns = 1  # block columns of the last step: what its longest context reads
         self.token_ids[:] = 0
         self.positions[:] = 0
         self.slots[:] = -1  # rows never filled write nowhere and attend to one entry
@@ -54,17 +66,25 @@ class DecodeInputs:
     def size(max_seqs: int, max_blocks: int) -> int:
         return max_seqs * (INPUT_FIELDS + max_blocks)
 
-    def used(self, bucket: int) -> int:
-        """Elements of the staging array the last step of `bucket` rows filled: the prefix to copy."""
-        return INPUT_FIELDS * self.max_seqs + bucket * self.columns
+    @staticmethod
+    def fields(array: Flat, max_seqs: int) -> tuple[Flat, Flat, Flat, Flat]:
+        """The four [max_seqs] input fields of an array laid out as the staging array (token ids, positions, slots,
+        context lengths): the host's staging views, or the device copy's views the graphs read."""
+        n = max_seqs
+        return array[0:n], array[n : 2 * n], array[2 * n : 3 * n], array[3 * n : 4 * n]
+
+    @staticmethod
+    def packed_start(max_seqs: int) -> int:
+        """Where the packed block-table corner starts in an array laid out as the staging array."""
+        return INPUT_FIELDS * max_seqs
 
     def fill(self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]],
-             bucket: int) -> int:
+             bucket: int) -> Staged:
         """Writes a step of len(positions) one-token rows: row i runs token_ids[i] at positions[i] of the sequence
-        whose block table is block_tables[i] (rows past them, up to `bucket`, become padding). Returns the longest
-        context length of the step; `columns` is then the block columns it reads, and the staging array holds the
-        [bucket, columns] corner of the tables after the four input fields. Block lists must only grow in place
-        between steps (as the worker's sequence table keeps them); a different list object is rewritten whole."""
+        whose block table is block_tables[i] (rows past them, up to `bucket`, become padding). The staging array
+        then holds the [bucket, columns] corner of the tables after the four input fields, where columns are what
+        the step's longest context reads. Block lists must only grow in place between steps (as the worker's
+        sequence table keeps them); a different list object is rewritten whole."""
         n = len(positions)
         if not n <= bucket <= self.max_seqs:
             raise ValueError(f"{n} sequences do not fit a bucket of {bucket} (at most {self.max_seqs})")
@@ -78,8 +98,7 @@ class DecodeInputs:
         # Padding rows read column 0 of whatever table their row last held (a valid block: they attend to one entry).
         columns = -(-longest // self.block_size)
         self.packed[: bucket * columns].reshape(bucket, columns)[:] = self.tables[:bucket, :columns]
-        self.columns = columns
-        return longest
+        return Staged(longest, columns, self.packed_start(self.max_seqs) + bucket * columns)
 
     def _fill_each(
         self, token_ids: Sequence[int], positions: Sequence[int], block_tables: Sequence[Sequence[int]]

@@ -9,7 +9,7 @@ import torch
 
 from services.worker.attention_metadata import SeqChunk, build_attention_metadata
 from services.worker.cuda_graphs import batch_buckets, context_buckets
-from services.worker.decode_inputs import DecodeInputs
+from services.worker.decode_inputs import DecodeInputs, Staged
 
 BLOCK = 4
 MAX_SEQS, MAX_BLOCKS = 8, 6
@@ -24,11 +24,12 @@ def _inputs(loop_rows: int = 0) -> DecodeInputs:
 BOTH_WAYS = pytest.mark.parametrize("loop_rows", [MAX_SEQS + 1, 0], ids=["row by row", "all rows at once"])
 
 
-def _fill(inputs: DecodeInputs, token_ids: list[int], chunks: list[SeqChunk], bucket: int) -> int:
+def _fill(inputs: DecodeInputs, token_ids: list[int], chunks: list[SeqChunk], bucket: int) -> Staged:
     return inputs.fill(token_ids, [c.start for c in chunks], [c.block_ids for c in chunks], bucket)
 
 
-def _assert_matches_metadata(inputs: DecodeInputs, token_ids: list[int], chunks: list[SeqChunk], bucket: int) -> None:
+def _assert_matches_metadata(inputs: DecodeInputs, staged: Staged, token_ids: list[int], chunks: list[SeqChunk],
+                             bucket: int) -> None:
     meta = build_attention_metadata(chunks, BLOCK, torch.device("cpu"), max_blocks=MAX_BLOCKS)
     n = len(chunks)
     assert inputs.token_ids[:n].tolist() == token_ids
@@ -37,7 +38,8 @@ def _assert_matches_metadata(inputs: DecodeInputs, token_ids: list[int], chunks:
     assert inputs.context_lens[:n].tolist() == meta.context_lens.tolist()
     columns = -(-int(meta.context_lens.max()) // BLOCK)
     packed = inputs.packed[: bucket * columns].reshape(bucket, columns)  # what the device gets
-    assert inputs.columns == columns
+    assert (staged.longest, staged.columns) == (int(meta.context_lens.max()), columns)
+    assert staged.used == 4 * MAX_SEQS + bucket * columns
     for i, chunk in enumerate(chunks):
         width = len(chunk.block_ids)
         assert inputs.tables[i, :width].tolist() == meta.block_tables[i, :width].tolist()
@@ -65,9 +67,9 @@ def test_staging_holds_the_same_positions_slots_and_tables_as_the_attention_meta
                 tables[seq].append(20 + 3 * step + seq)  # the list grows in place, as the sequence table does
             chunks.append(SeqChunk(starts[seq], 1, tables[seq]))
         token_ids = [100 * step + seq for seq in order]
-        longest = _fill(inputs, token_ids, chunks, 4)
-        assert longest == max(starts.values()) + 1
-        _assert_matches_metadata(inputs, token_ids, chunks, 4)
+        staged = _fill(inputs, token_ids, chunks, 4)
+        assert staged.longest == max(starts.values()) + 1
+        _assert_matches_metadata(inputs, staged, token_ids, chunks, 4)
         for seq in order:
             starts[seq] += 1
 
@@ -76,22 +78,22 @@ def test_staging_holds_the_same_positions_slots_and_tables_as_the_attention_meta
 def test_a_smaller_batch_turns_the_rows_it_leaves_into_padding(loop_rows: int) -> None:
     inputs = _inputs(loop_rows)
     _fill(inputs, [1, 2, 3], [SeqChunk(0, 1, [1]), SeqChunk(2, 1, [2]), SeqChunk(3, 1, [3])], 4)
-    _fill(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
-    _assert_matches_metadata(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
+    staged = _fill(inputs, [4], [SeqChunk(5, 1, [1, 4])], 4)
+    _assert_matches_metadata(inputs, staged, [4], [SeqChunk(5, 1, [1, 4])], 4)
     # The copy carries the 2 columns that position 5 reads in pages of 4, for all 4 rows of the bucket.
-    assert inputs.used(4) == 4 * MAX_SEQS + 4 * 2
+    assert staged == Staged(longest=6, columns=2, used=4 * MAX_SEQS + 4 * 2)
     assert inputs.packed[:8].tolist() == [1, 4, 2, 0, 3, 0, 0, 0]
 
 
 def test_the_staging_array_carries_only_the_block_columns_the_longest_context_reads() -> None:
     inputs = _inputs()
     tables = [[1, 2, 3, 4, 5], [6, 7]]  # blocks held ahead of the contexts, as the scheduler allocates them
-    assert _fill(inputs, [9, 8], [SeqChunk(6, 1, tables[0]), SeqChunk(2, 1, tables[1])], 2) == 7
-    assert (inputs.columns, inputs.used(2)) == (2, 4 * MAX_SEQS + 2 * 2)
+    assert _fill(inputs, [9, 8], [SeqChunk(6, 1, tables[0]), SeqChunk(2, 1, tables[1])], 2) == Staged(
+        longest=7, columns=2, used=4 * MAX_SEQS + 2 * 2)
     assert inputs.packed[:4].tolist() == [1, 2, 6, 7]
     assert inputs.tables[0, :5].tolist() == [1, 2, 3, 4, 5]  # the host keeps every row's whole table
-    assert _fill(inputs, [9, 8], [SeqChunk(16, 1, tables[0]), SeqChunk(3, 1, tables[1])], 2) == 17
-    assert (inputs.columns, inputs.used(2)) == (5, 4 * MAX_SEQS + 2 * 5)
+    assert _fill(inputs, [9, 8], [SeqChunk(16, 1, tables[0]), SeqChunk(3, 1, tables[1])], 2) == Staged(
+        longest=17, columns=5, used=4 * MAX_SEQS + 2 * 5)
     assert inputs.packed[:10].tolist() == [1, 2, 3, 4, 5, 6, 7, 0, 0, 0]
 
 
@@ -129,10 +131,11 @@ def test_rows_written_one_by_one_and_all_at_once_leave_the_same_staging_bytes_th
             chunks.append(SeqChunk(starts[seq], 1, tables[seq]))
             starts[seq] += 1
         token_ids = [int(t) for t in rng.integers(0, 100, len(live))]
-        assert _fill(by_row, token_ids, chunks, MAX_SEQS) == _fill(at_once, token_ids, chunks, MAX_SEQS)
+        staged = _fill(by_row, token_ids, chunks, MAX_SEQS)
+        assert _fill(at_once, token_ids, chunks, MAX_SEQS) == staged
         assert by_row.host.tobytes() == at_once.host.tobytes()
         assert by_row.tables.tobytes() == at_once.tables.tobytes()
-        _assert_matches_metadata(at_once, token_ids, chunks, MAX_SEQS)
+        _assert_matches_metadata(at_once, staged, token_ids, chunks, MAX_SEQS)
 
 
 def test_short_contexts_get_a_graph_split_for_their_length_only_where_the_full_one_splits() -> None:
@@ -162,3 +165,12 @@ def test_leading_one_token_chunks_of_a_mixed_step_are_its_decode_part() -> None:
     prefill_first = build_attention_metadata(chunks[2:], 16, torch.device("cpu"))
     assert (decode_only.num_decode_seqs, decode_only.prefill_query_start_loc) == (0, None)
     assert (prefill_first.num_decode_seqs, prefill_first.prefill_query_start_loc) == (0, None)
+
+
+def test_the_fields_of_an_array_laid_out_as_the_staging_array_are_the_staging_views() -> None:
+    flat = torch.arange(DecodeInputs.size(MAX_SEQS, MAX_BLOCKS), dtype=torch.int32)  # as the device's copy
+    fields = DecodeInputs.fields(flat, MAX_SEQS)
+    assert [f.tolist() for f in fields] == [list(range(i * MAX_SEQS, (i + 1) * MAX_SEQS)) for i in range(4)]
+    assert DecodeInputs.packed_start(MAX_SEQS) == 4 * MAX_SEQS
+    inputs = _inputs()
+    assert inputs.packed.shape == (MAX_SEQS * MAX_BLOCKS,) and inputs.positions.shape == (MAX_SEQS,)

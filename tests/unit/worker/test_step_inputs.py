@@ -71,7 +71,7 @@ def test_the_decode_staging_array_holds_what_the_attention_metadata_of_the_same_
     inputs = StepInputs.of(decode)
     assert inputs.one_token
     staging = DecodeInputs(np.zeros(DecodeInputs.size(4, 8), dtype=np.int32), 4, 8, BLOCK)
-    longest = staging.fill(inputs.token_ids, inputs.starts, inputs.block_tables, 4)
+    longest = staging.fill(inputs.token_ids, inputs.starts, inputs.block_tables, 4).longest
     meta = build_attention_metadata(inputs.chunks(), BLOCK, torch.device("cpu"), max_blocks=8)
     assert longest == 6
     assert staging.token_ids[:2].tolist() == [16, 0]
