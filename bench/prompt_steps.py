@@ -84,8 +84,7 @@ def alone(engine: WorkerEngine, plan: StepPlan) -> tuple[float, float]:
     sampler = engine.runner.executor.sampler
     sample = sampler.sample
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    queued = []
+    queued: list[float] = []  # when the host had queued the step's sampling
 
     def marked(logits, rows):  # noqa: ANN001, ANN202 - Sampler.sample's own signature
         out = sample(logits, rows)
