@@ -108,8 +108,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     max_len = args.context + args.prompt_len + 4 * args.steps * args.repeats + 64
     config = WorkerConfig(model=args.model, load_format="dummy", device="cuda", max_model_len=max_len,
                           max_num_seqs=args.rows + args.new, max_num_batched_tokens=args.max_num_batched_tokens,
-                          **({"piecewise_max_tokens": args.piecewise_max_tokens}
-                             if args.piecewise_max_tokens is not None else {}))
+                          piecewise_max_tokens=args.piecewise_max_tokens)
     cap = min(config.piecewise_max_tokens, config.max_num_batched_tokens)
     start = time.perf_counter()
     engine = build_engine(config)
@@ -165,8 +164,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="overlapped steps per repeat")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    parser.add_argument("--piecewise-max-tokens", type=int, default=None,
-                        help="the worker's option of that name (default: the worker's default)")
+    parser.add_argument("--piecewise-max-tokens", type=int, default=WorkerConfig.piecewise_max_tokens,
+                        help="the worker's option of that name (default: the worker's, %(default)s)")
     parser.add_argument("--out-name", default="", help="write bench/results/<name>.json and .md")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args()

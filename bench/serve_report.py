@@ -229,12 +229,6 @@ class Sampler:
                 self.gpu_periods.append((sample.timeStamp / 1e6, sample.sampleValue.uiVal / 100.0))
                 self._last_period_us = sample.timeStamp
 
-    def _busy(self, start: float, stop: float) -> float | None:
-        """Busy fraction between time.time() instants start and stop: from the driver's periods where there are
-        any, else the mean of the reads taken in the window."""
-        busy = interval_busy(self.gpu_periods, start, stop)
-        return busy if busy is not None else self.gpu_busy_polled(start, stop)
-
     def idle_by_tenth(self, start: float, stop: float) -> dict[str, list[float]] | None:
         """Over ten equal slices of the samples between time.time() instants start and stop (the load): the
         workers' device idle seconds, their steps (and how many of them held prompt tokens), the sequences running
@@ -252,7 +246,7 @@ class Sampler:
             return sum(total(values, f"flashstream_step_duration_seconds_count{{{k}}}") for k in STEP_KINDS)
 
         def busy(a: float, b: float) -> float | None:
-            value = self._busy(a, b)
+            value = self.gpu_busy(a, b)
             return None if value is None else round(value, 3)
 
         def mhz(a: float, b: float) -> int | None:
@@ -274,8 +268,10 @@ class Sampler:
 
     def gpu_busy(self, start: float, stop: float) -> float | None:
         """NVML's busy fraction between time.time() instants start and stop (the load: from the first request sent
-        to the last token received, not the client's own start-up before it); see the class's note."""
-        return self._busy(start, stop)
+        to the last token received, not the client's own start-up before it): from the driver's periods where there
+        are any, else the mean of the reads taken in the window; see the class's note."""
+        busy = interval_busy(self.gpu_periods, start, stop)
+        return busy if busy is not None else self.gpu_busy_polled(start, stop)
 
     def gpu_busy_polled(self, start: float, stop: float) -> float | None:
         """The mean of the busy fractions read at 10 Hz in [start, stop), each set at the instant of its read."""

@@ -271,9 +271,9 @@ def run_suite(suite: tuple[StackRun, ...], out: Path, cache: Path, procs: int, l
                     continue
                 profiler = (start_profile(out, stack.proc.pid, sc.name, profiles, sc.profile_s)
                             if sc.profile else None)
-                kernels, on_start = (start_kernel_profile(
-                    out, [url for name, url in stack.metric_urls().items() if name.startswith("worker")], sc.name,
-                    traces, sc.kernel_profile_after_s) if sc.kernel_profile else (None, None))
+                workers = [url for name, url in stack.metric_urls().items() if name.startswith("worker")]
+                kernels, on_start = (start_kernel_profile(out, workers, sc.name, traces, sc.kernel_profile_after_s)
+                                     if sc.kernel_profile else (None, None))
                 res = run_scenario(sc.name, stack.base_url, folder, stack.metric_urls(), dataset=sc.dataset,
                                    num_requests=sc.num_requests, input_len=sc.input_len, output_len=sc.output_len,
                                    concurrency=sc.concurrency, rate=float("inf"), seed=sc.seed, sampling=sc.sampling,

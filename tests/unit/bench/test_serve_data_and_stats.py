@@ -13,8 +13,7 @@ from bench.serve import arrivals
 from bench.serve_client import Record
 from bench.serve_data import PromptMaker, make_model, request_set, sharegpt_lengths
 from bench.serve_report import (Sampler, cpu_table, idle_table, interval_busy, process_cpu_s, saturated_window,
-                                scenario_stats,
-                                stage_metrics, step_table, summary)
+                                scenario_stats, stage_metrics, step_table, summary)
 
 pytestmark = pytest.mark.timeout(120)
 
