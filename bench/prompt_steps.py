@@ -16,7 +16,7 @@ them with the next plan in sight (each step queued behind the one before), and r
 A step whose launch is well under its device time is device-bound: the host has slack to queue it ahead.
 
     python bench/prompt_steps.py --out-name prompt_steps_h100
-    python bench/prompt_steps.py --piecewise-max-tokens 8192 --out-name prompt_steps_h100_piecewise_8192
+    python bench/prompt_steps.py --piecewise-max-tokens 8192    # the same steps under piecewise graphs
 """
 
 from __future__ import annotations
