@@ -29,7 +29,12 @@ def test_serve_benchmark_against_the_fake_worker_reports_every_request_and_token
     assert r["total_input_tokens"] == r["expected_input_tokens"]
     assert r["total_output_tokens"] == r["expected_output_tokens"]
     for key in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
-        assert set(r[key]) == {"mean", "p50", "p90", "p99"} and r[key]["p50"] > 0
+        assert set(r[key]) == {"mean", "p50", "p90", "p99"}
+    for key in ("ttft_s", "tpot_s", "e2e_s"):
+        assert r[key]["p50"] > 0
+    # SSE events that come in one socket read share an arrival time, so behind a fast fake worker on a busy machine
+    # over half the gaps can be zero; some are not, as tokens come from separate steps.
+    assert r["itl_s"]["p50"] >= 0 and r["itl_s"]["p99"] > 0
     for key in ("request_throughput", "output_throughput", "goodput_requests_per_s", "duration_s"):
         assert r[key] > 0
     assert sc["gpu_busy"] is None  # no NVML GPU on a CPU machine
