@@ -14,8 +14,15 @@ Triton kernel launch on a GPU) and would dominate, so the CPU's race is an argma
 Rows decode one token per step (a prefix-cache hit leaves each new sequence one token to run, so every step is a
 graphed decode); each sequence gets a new block every 16 steps, staggered, as the scheduler sends them.
 
+`--mixed D,P,L` times mixed steps instead, as a busy server runs them while requests keep arriving: D rows decoding
+and P new prompts of L tokens each, run whole, a step (the P oldest sequences finish as the new ones come). Such a
+step is past the decode graphs and runs eagerly; its forward pass (`CausalDecoder.forward`) is left out and gives
+zeros, so what is timed is the step's host work around it: the table, the step's inputs, its attention metadata
+and their copy, the logits of the sampling rows and the sampler.
+
     python bench/worker_host.py --out-name worker_host_cpu_before     # on the tree before a change
     python bench/worker_host.py --out-name worker_host_cpu --before worker_host_cpu_before
+    python bench/worker_host.py --mixed 900,24,300 --out-name worker_host_mixed_cpu
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +47,14 @@ from flashstream.v1 import common_pb2, worker_pb2  # noqa: E402
 from bench.common import RESULTS_DIR, replaced, write_results  # noqa: E402
 from services.common.sampling import SamplingParams  # noqa: E402
 from services.worker import sampler as sampler_module  # noqa: E402
+from services.worker.attention_metadata import AttentionMetadata  # noqa: E402
 from services.worker.build import build_engine  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.cuda_graphs import DecodeGraphs, batch_buckets, context_buckets  # noqa: E402
 from services.worker.decode_inputs import DecodeInputs  # noqa: E402
 from services.worker.engine import WorkerEngine  # noqa: E402
 from services.worker.kv_cache import KVCache  # noqa: E402
+from services.worker.models.decoder import CausalDecoder  # noqa: E402
 from services.worker.pb import plan_from_pb, result_to_pb  # noqa: E402
 
 TINY_LLAMA = {
@@ -58,6 +68,8 @@ MODES: dict[str, SamplingParams] = {
 }
 PROMPT_LEN = 40
 BLOCK_SIZE = 16
+MIXED_CONTEXT = 300  # tokens each decode row of the mixed steps holds when they begin
+PHASE_LABELS = (("plan_in", "plan_in"), ("step", "runner_step"), ("result_out", "result_out"))  # time_steps' phases
 
 
 class _NoReplay:
@@ -102,6 +114,11 @@ class HostOnlyGraphs(DecodeGraphs):
     def token_ids_of(self) -> list[int]:
         return self.sampled_host[: self.num_rows].copy_(self.sampled[: self.num_rows]).tolist()
 
+    def with_graph_decode_tiling(self, meta: AttentionMetadata) -> AttentionMetadata:
+        """A mixed step's decode rows bounded and split as `DecodeGraphs` does (the kernel tiling is the device's)."""
+        bs, limit = self.graph_key(meta.num_decode_seqs, meta.decode_max_context_len)
+        return replace(meta, decode_max_context_len=limit, decode_num_splits=dict(self.contexts[bs])[limit])
+
 
 def race_left_out() -> AbstractContextManager[None]:
     """The sampler's CPU race as `race_stand_in` while measuring."""
@@ -113,12 +130,19 @@ def race_stand_in(x: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor | None
     return (x if rows is None else x.index_select(0, rows)).argmax(dim=-1)
 
 
-def build(folder: Path, max_num_seqs: int, max_model_len: int, num_kv_blocks: int) -> WorkerEngine:
+def forward_left_out(model: CausalDecoder, input_ids: torch.Tensor, meta: AttentionMetadata,
+                     kv_caches: list[Any]) -> torch.Tensor:
+    """`CausalDecoder.forward` of a mixed step without its device work: zero hidden states [num_tokens, hidden]."""
+    return torch.zeros(input_ids.shape[0], model.cfg.hidden_size)
+
+
+def build(folder: Path, max_num_seqs: int, max_model_len: int, num_kv_blocks: int,
+          max_num_batched_tokens: int = 2048) -> WorkerEngine:
     (folder / "config.json").write_text(json.dumps(TINY_LLAMA))
     engine = build_engine(WorkerConfig(
         model=str(folder), load_format="dummy", device="cpu", dtype="float32", block_size=BLOCK_SIZE,
-        num_kv_blocks=num_kv_blocks,
-        max_model_len=max_model_len, max_num_seqs=max_num_seqs, max_num_batched_tokens=max(max_num_seqs, 2048),
+        num_kv_blocks=num_kv_blocks, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max(max_num_seqs, max_num_batched_tokens),
     ))
     executor = engine.runner.executor
     executor.graphs = HostOnlyGraphs(executor.kv_cache, TINY_LLAMA["vocab_size"], max_num_seqs, max_model_len)
@@ -156,6 +180,58 @@ def plan_bytes(num_rows: int, num_steps: int, params: SamplingParams, block_size
     return plans
 
 
+def mixed_plan_bytes(decode_rows: int, prompts: int, prompt_len: int, num_steps: int, params: SamplingParams,
+                     block_size: int = BLOCK_SIZE) -> list[bytes]:
+    """The scheduler's plans of mixed steps: the first sends decode_rows + prompts sequences whole, all but their
+    last token cached (contexts of MIXED_CONTEXT tokens, staggered over a block); each later one finishes the
+    `prompts` oldest, continues the other decode_rows by one token with the blocks they need, and sends `prompts`
+    new sequences of prompt_len tokens to run whole."""
+    sampling = params.to_pb(common_pb2.SamplingParams)
+    free = list(range(num_blocks_for_mixed(decode_rows, prompts, prompt_len, num_steps) - 1, -1, -1))
+    alive: dict[int, tuple[list[int], list[int]]] = {}  # seq id -> (its length in a one-item list, its blocks)
+    first = worker_pb2.StepPlan(step_id=0)
+    for seq_id in range(decode_rows + prompts):
+        length = MIXED_CONTEXT - seq_id % block_size
+        blocks = [free.pop() for _ in range(-(-length // block_size))]
+        first.new_seqs.add(seq_id=seq_id, token_ids=[(seq_id * 31 + i * 7) % 250 + 2 for i in range(length)],
+                           num_prompt_tokens=length, sampling=sampling, block_ids=blocks,
+                           num_computed_tokens=length - 1, num_scheduled_tokens=1)
+        alive[seq_id] = ([length], blocks)
+    plans = [first.SerializeToString()]
+    next_id = decode_rows + prompts
+    for step in range(1, num_steps):
+        plan = worker_pb2.StepPlan(step_id=step)
+        for seq_id in sorted(alive)[:prompts]:
+            free.extend(alive.pop(seq_id)[1])
+            plan.finished_seq_ids.append(seq_id)
+        cached = plan.cached_seqs
+        for seq_id, (length, blocks) in alive.items():
+            cached.seq_ids.append(seq_id)
+            cached.num_scheduled_tokens.append(1)
+            position = length[0]  # of the token this step runs: the one sampled last step
+            length[0] += 1
+            grows = position % block_size == 0
+            cached.num_new_blocks.append(int(grows))
+            if grows:
+                blocks.append(free.pop())
+                cached.new_block_ids.append(blocks[-1])
+        for k in range(prompts):
+            blocks = [free.pop() for _ in range(-(-prompt_len // block_size))]
+            plan.new_seqs.add(seq_id=next_id, token_ids=[(next_id * 17 + i * 5) % 250 + 2 for i in range(prompt_len)],
+                              num_prompt_tokens=prompt_len, sampling=sampling, block_ids=blocks,
+                              num_computed_tokens=0, num_scheduled_tokens=prompt_len)
+            alive[next_id] = ([prompt_len], blocks)
+            next_id += 1
+        plans.append(plan.SerializeToString())
+    return plans
+
+
+def num_blocks_for_mixed(decode_rows: int, prompts: int, prompt_len: int, num_steps: int) -> int:
+    """KV blocks the live sequences of `mixed_plan_bytes` can hold at once, with room to spare."""
+    longest = max(MIXED_CONTEXT, prompt_len) + num_steps
+    return (decode_rows + 2 * prompts) * (-(-longest // BLOCK_SIZE) + 1)
+
+
 def time_steps(engine: WorkerEngine, plans: list[bytes], warmup: int) -> dict[str, list[float]]:
     """Seconds per step of each phase, the first `warmup` steps left out; the runner's table is new."""
     runner = engine.runner
@@ -181,6 +257,15 @@ def time_steps(engine: WorkerEngine, plans: list[bytes], warmup: int) -> dict[st
     return times
 
 
+def time_repeats(engine: WorkerEngine, plans: list[bytes], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """`time_steps` run `repeats` times, each phase's timed steps of every run together."""
+    phases: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, values in time_steps(engine, plans, warmup).items():
+            phases.setdefault(name, []).extend(values)
+    return phases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="64,256,1024", help="decode rows per step")
@@ -188,20 +273,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=8, help="steps run before the timed ones")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; the median step of all counts")
+    parser.add_argument("--mixed", default="", metavar="D,P,L", help="time mixed steps of D decode rows and P new "
+                        "prompts of L tokens instead (with --modes; --rows is ignored)")
     parser.add_argument("--before", default="", help="a results file of this benchmark (<out-dir>/<name>.json) "
                         "measured on the code before a change: its figures go beside these")
     parser.add_argument("--out-name", default="", help="write bench/results/<name>.json and .md")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cases = measure([int(r) for r in args.rows.split(",")], args.modes.split(","), args.steps, args.warmup,
-                    args.repeats)
-    results = {"cases": cases, "model": TINY_LLAMA, "prompt_len": PROMPT_LEN, "block_size": BLOCK_SIZE}
-    lines = table(cases)
+    modes = args.modes.split(",")
+    if args.mixed:
+        decode_rows, prompts, prompt_len = (int(x) for x in args.mixed.split(","))
+        cases = measure_mixed(decode_rows, prompts, prompt_len, modes, args.steps, args.warmup, args.repeats)
+        results = {"cases": cases, "model": TINY_LLAMA, "mixed_context": MIXED_CONTEXT, "block_size": BLOCK_SIZE}
+        lines = mixed_table(cases)
+    else:
+        cases = measure([int(r) for r in args.rows.split(",")], modes, args.steps, args.warmup, args.repeats)
+        results = {"cases": cases, "model": TINY_LLAMA, "prompt_len": PROMPT_LEN, "block_size": BLOCK_SIZE}
+        lines = table(cases)
     if args.before:
         before = json.loads((Path(args.out_dir) / f"{args.before}.json").read_text())
         results["before"] = {"name": args.before, "environment": before["environment"]}
-        lines += ["", *compare(cases, before["cases"], args.before)]
+        lines += ["", *compare(cases, before["cases"], args.before, mixed=bool(args.mixed))]
     if args.out_name:
         print(write_results(args.out_name, results, "\n".join(lines), Path(args.out_dir)))
     else:
@@ -224,11 +317,7 @@ def measure(rows: list[int], modes: list[str], steps: int, warmup: int, repeats:
 
 
 def measure_case(engine: WorkerEngine, mode: str, n: int, num_steps: int, warmup: int, repeats: int) -> dict[str, Any]:
-    plans = plan_bytes(n, num_steps, MODES[mode])
-    phases: dict[str, list[float]] = {}
-    for _ in range(repeats):
-        for name, values in time_steps(engine, plans, warmup).items():
-            phases.setdefault(name, []).extend(values)
+    phases = time_repeats(engine, plan_bytes(n, num_steps, MODES[mode]), warmup, repeats)
     median = {name: statistics.median(v) for name, v in phases.items()}
     case = {"mode": mode, "rows": n, "steps": len(phases["total"]),
             "us_per_row": round(median["total"] * 1e6 / n, 3),
@@ -240,18 +329,68 @@ def measure_case(engine: WorkerEngine, mode: str, n: int, num_steps: int, warmup
     return case
 
 
-def compare(cases: list[dict[str, Any]], before: list[dict[str, Any]], name: str) -> list[str]:
-    lines = [f"Before the change (`{name}.md`, its tree and command there): us per row of the median and of the "
-             "fastest step, and how many times faster this run is.", "",
-             "| mode | rows | before | best before | now | best now | x (median) | x (best) |",
+def measure_mixed(decode_rows: int, prompts: int, prompt_len: int, modes: list[str], steps: int, warmup: int,
+                  repeats: int) -> list[dict[str, Any]]:
+    """One case per mode: milliseconds of the median step (and of the fastest) over every repeat, per phase."""
+    num_steps = warmup + steps + 1
+    rows = decode_rows + prompts
+    max_len = max(MIXED_CONTEXT, prompt_len) + num_steps + BLOCK_SIZE
+    budget = decode_rows + prompts * prompt_len
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
+        stack.enter_context(race_left_out())
+        stack.enter_context(replaced(CausalDecoder, "forward", forward_left_out))
+        engine = build(Path(folder), rows, max_len, num_blocks_for_mixed(decode_rows, prompts, prompt_len, num_steps),
+                       budget)
+        gc.collect()
+        gc.freeze()
+        try:
+            cases = []
+            for mode in modes:
+                plans = mixed_plan_bytes(decode_rows, prompts, prompt_len, num_steps, MODES[mode])
+                phases = time_repeats(engine, plans, warmup, repeats)
+                median = {name: statistics.median(v) for name, v in phases.items()}
+                case = {"mode": mode, "decode_rows": decode_rows, "prompts": prompts, "prompt_len": prompt_len,
+                        "tokens": budget, "steps": len(phases["total"]),
+                        "step_ms": round(median["total"] * 1e3, 3), "cpu_ms": round(median["total_cpu"] * 1e3, 3),
+                        "best_ms": round(min(phases["total"]) * 1e3, 3),
+                        **{f"{label}_ms": round(median[name] * 1e3, 3) for name, label in PHASE_LABELS}}
+                print(json.dumps(case), flush=True)
+                cases.append(case)
+        finally:
+            gc.unfreeze()
+    return cases
+
+
+MIXED_COLUMNS = (("mode", "mode"), ("decode rows", "decode_rows"), ("prompts", "prompts"),
+                 ("tokens a prompt", "prompt_len"), ("tokens a step", "tokens"), ("step ms", "step_ms"),
+                 ("CPU ms", "cpu_ms"), ("best ms", "best_ms"), ("plan in ms", "plan_in_ms"),
+                 ("runner step ms", "runner_step_ms"), ("result out ms", "result_out_ms"))
+
+
+def mixed_table(cases: list[dict[str, Any]]) -> list[str]:
+    intro = ("Host time of one served mixed step of the worker: decode rows and new prompts run whole, the forward "
+             "pass left out (see bench/worker_host.py). Median step over every timed step; CPU: the thread's CPU time; "
+             "best: the fastest step. Phases: the next plan parsed and converted, `Runner.step` with that plan in "
+             "sight (overlap path), the result converted and serialised.")
+    header = "| " + " | ".join(title for title, _ in MIXED_COLUMNS) + " |"
+    rows = ["| " + " | ".join(str(c[key]) for _, key in MIXED_COLUMNS) + " |" for c in cases]
+    return [intro, "", header, "|---" * len(MIXED_COLUMNS) + "|", *rows]
+
+
+def compare(cases: list[dict[str, Any]], before: list[dict[str, Any]], name: str, mixed: bool = False) -> list[str]:
+    """Each case beside the same case (mode and rows) of `before`: us per row of decode steps, ms of mixed steps."""
+    rows, median, best, unit = (("decode_rows", "step_ms", "best_ms", "ms") if mixed
+                                else ("rows", "us_per_row", "best_us_per_row", "us per row"))
+    lines = [f"Before the change (`{name}.md`, its tree and command there): {unit} of the median and of the fastest "
+             "step, and how many times faster this run is.", "",
+             f"| mode | {rows.replace('_', ' ')} | before | best before | now | best now | x (median) | x (best) |",
              "|---|---|---|---|---|---|---|---|"]
-    old = {(c["mode"], c["rows"]): c for c in before}
+    old = {(c["mode"], c[rows]): c for c in before}
     for c in cases:
-        b = old.get((c["mode"], c["rows"]))
+        b = old.get((c["mode"], c[rows]))
         if b is not None:
-            lines.append(f"| {c['mode']} | {c['rows']} | {b['us_per_row']} | {b['best_us_per_row']} | "
-                         f"{c['us_per_row']} | {c['best_us_per_row']} | {b['us_per_row'] / c['us_per_row']:.2f} | "
-                         f"{b['best_us_per_row'] / c['best_us_per_row']:.2f} |")
+            lines.append(f"| {c['mode']} | {c[rows]} | {b[median]} | {b[best]} | {c[median]} | {c[best]} | "
+                         f"{b[median] / c[median]:.2f} | {b[best] / c[best]:.2f} |")
     return lines
 
 

@@ -1,12 +1,14 @@
 """Per-step attention metadata: positions, slot mapping, block tables, query starts and context lengths.
 
-Built in one place from the step's scheduled chunks and passed explicitly to every attention layer.
+Built in one place from the step's rows (`step_metadata`) and passed explicitly to every attention layer. A step past
+the decode graphs sends its metadata and its other inputs to the device in one copy (`to_device_packed`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -66,39 +68,80 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
+ALIGN_BYTES = 16  # the kernels specialise on 16-byte aligned pointers: every packed array starts at such an offset
+
+
+def to_device_packed(arrays: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """The arrays on the device in one host-to-device copy, viewed back at each one's dtype and shape. Packed into
+    one pinned byte buffer: each copy of its own costs the host a pinned buffer and a launch, and the device, done
+    with the step before, would wait between a step's copies while the host builds the next array."""
+    offsets, total = [], 0
+    for array in arrays:
+        offsets.append(total)
+        total += -(-array.nbytes // ALIGN_BYTES) * ALIGN_BYTES
+    host = torch.empty(total, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    flat = host.numpy()
+    for array, offset in zip(arrays, offsets, strict=True):
+        flat[offset : offset + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    packed = host.to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+    return [packed[offset : offset + array.nbytes].view(_TORCH_DTYPES[array.dtype]).view(array.shape)
+            for array, offset in zip(arrays, offsets, strict=True)]
+
+
+_TORCH_DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
+
+
 def build_attention_metadata(
     chunks: Sequence[SeqChunk], block_size: int, device: torch.device, max_blocks: int | None = None
 ) -> AttentionMetadata:
-    """Metadata of one step; `max_blocks` fixes the block table width (CUDA graphs need a constant one)."""
-    num_tokens = np.fromiter((c.num_tokens for c in chunks), dtype=np.int64, count=len(chunks))
-    starts = np.fromiter((c.start for c in chunks), dtype=np.int64, count=len(chunks))
-    context_lens = starts + num_tokens
-    width = max_blocks if max_blocks is not None else max((len(c.block_ids) for c in chunks), default=1)
-    block_tables = np.zeros((len(chunks), max(width, 1)), dtype=np.int32)
-    for i, chunk in enumerate(chunks):
-        block_tables[i, : len(chunk.block_ids)] = chunk.block_ids
-    query_start_loc = np.zeros(len(chunks) + 1, dtype=np.int32)
-    np.cumsum(num_tokens, out=query_start_loc[1:])
-    seq_index = np.repeat(np.arange(len(chunks)), num_tokens)  # [total_tokens]
+    """Metadata of one step given as chunks (see `step_metadata`)."""
+    meta, _ = step_metadata([c.start for c in chunks], [c.num_tokens for c in chunks], [c.block_ids for c in chunks],
+                            block_size, device, max_blocks)
+    return meta
+
+
+def step_metadata(
+    starts: Sequence[int], num_tokens: Sequence[int], block_tables: Sequence[Sequence[int]], block_size: int,
+    device: torch.device, max_blocks: int | None = None, extra: Sequence[np.ndarray] = (),
+) -> tuple[AttentionMetadata, list[torch.Tensor]]:
+    """Metadata of one step whose row i runs num_tokens[i] tokens from position starts[i] of the sequence whose block
+    table is block_tables[i]; `max_blocks` fixes the block table width (CUDA graphs need a constant one). extra:
+    further int32 or int64 host arrays the step needs on the device, carried in the same copy and returned on the
+    device in their order."""
+    n = len(starts)
+    counts = np.asarray(num_tokens, dtype=np.int64).reshape(n)  # [num_seqs]
+    first = np.asarray(starts, dtype=np.int64).reshape(n)  # [num_seqs]
+    context_lens = (first + counts).astype(np.int32)
+    lens = np.fromiter(map(len, block_tables), dtype=np.int64, count=n)  # [num_seqs] blocks per row
+    width = max_blocks if max_blocks is not None else int(lens.max(initial=1))
+    if int(lens.max(initial=0)) > width:
+        raise ValueError(f"a block table of {int(lens.max())} blocks exceeds the width {width}")
+    tables = np.zeros((n, max(width, 1)), dtype=np.int32)
+    # Row-major: the mask's True entries run through each row's own blocks in order.
+    tables[np.arange(tables.shape[1]) < lens[:, None]] = np.fromiter(
+        chain.from_iterable(block_tables), dtype=np.int32, count=int(lens.sum()))
+    query_start_loc = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=query_start_loc[1:])
+    seq_index = np.repeat(np.arange(n), counts)  # [total_tokens]
     positions = np.arange(int(query_start_loc[-1]), dtype=np.int64) - np.repeat(
-        query_start_loc[:-1].astype(np.int64) - starts, num_tokens
+        query_start_loc[:-1].astype(np.int64) - first, counts
     )
-    slots = block_tables[seq_index, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    slots = tables[seq_index, positions // block_size].astype(np.int64) * block_size + positions % block_size
     # Leading one-token chunks: the scheduler lists decodes before prefill chunks, so they form a prefix.
-    one_token = num_tokens == 1
-    num_decode = len(chunks) if one_token.all() else int(np.argmin(one_token))
-    mixed = 0 < num_decode < len(chunks)
-    return AttentionMetadata(
-        positions=to_device(positions, device),
-        slot_mapping=to_device(slots, device),
-        block_tables=to_device(block_tables, device),
-        query_start_loc=to_device(query_start_loc, device),
-        context_lens=to_device(context_lens.astype(np.int32), device),
-        max_query_len=int(num_tokens.max(initial=0)),
+    one_token = counts == 1
+    num_decode = n if one_token.all() else int(np.argmin(one_token))
+    mixed = 0 < num_decode < n
+    arrays = [positions, slots, tables, query_start_loc, context_lens]
+    if mixed:
+        arrays += [query_start_loc[num_decode:] - num_decode, tables[num_decode:], context_lens[num_decode:]]
+    on_device = to_device_packed([*arrays, *extra], device)
+    meta = AttentionMetadata(
+        *on_device[:5],
+        max_query_len=int(counts.max(initial=0)),
         max_context_len=int(context_lens.max(initial=0)),
         num_decode_seqs=num_decode if mixed else 0,
         decode_max_context_len=int(context_lens[:num_decode].max()) if mixed else 0,
-        prefill_query_start_loc=to_device(query_start_loc[num_decode:] - num_decode, device) if mixed else None,
-        prefill_block_tables=to_device(block_tables[num_decode:], device) if mixed else None,
-        prefill_context_lens=to_device(context_lens[num_decode:].astype(np.int32), device) if mixed else None,
     )
+    if mixed:
+        meta.prefill_query_start_loc, meta.prefill_block_tables, meta.prefill_context_lens = on_device[5:8]
+    return meta, on_device[len(arrays):]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from services.worker.attention_metadata import SeqChunk, build_attention_metadata, to_device
+from services.worker.attention_metadata import SeqChunk, step_metadata, to_device
 from services.worker.cuda_graphs import DecodeGraphs, InputFill, fill_inputs
 from services.worker.device_gaps import DeviceGaps
 from services.worker.device_tokens import DeviceTokens
@@ -62,18 +62,26 @@ class ModelRunner:
         if self.graphed(chunks):
             self.graphs.run(token_ids, [c.start for c in chunks], [c.block_ids for c in chunks], fill)
             return self.graphs.logits_of(sample_rows)
-        meta = build_attention_metadata(chunks, self.kv_cache.block_size, self.device)
+        return self._forward_eager(token_ids, [c.start for c in chunks], [c.num_tokens for c in chunks],
+                                   [c.block_ids for c in chunks], sample_rows, fill)
+
+    def _forward_eager(
+        self, token_ids: Sequence[int], starts: Sequence[int], num_tokens: Sequence[int],
+        block_tables: Sequence[Sequence[int]], sample_rows: Sequence[int], fill: InputFill | None,
+    ) -> torch.Tensor:
+        """`forward` of a step past the decode graphs, given by its rows' columns (see `step_metadata`)."""
+        last = np.cumsum(np.asarray(num_tokens, dtype=np.int64)) - 1  # [num_rows] row of each chunk's last token
+        sampled = last[np.asarray(sample_rows, dtype=np.int64)]  # [len(sample_rows)]
+        meta, (input_ids, rows) = step_metadata(starts, num_tokens, block_tables, self.kv_cache.block_size,
+                                                self.device, extra=(np.asarray(token_ids, dtype=np.int64), sampled))
         if meta.num_decode_seqs and self.graphs is not None:
             meta = self.graphs.with_graph_decode_tiling(meta)
-        input_ids = to_device(np.asarray(token_ids, dtype=np.int64), self.device)
         if fill is not None:
             fill_inputs(input_ids, fill)
         if self.piecewise is not None and input_ids.shape[0] <= self.piecewise.max_tokens:
             hidden = self.piecewise.run(input_ids, meta)  # [num_tokens, hidden]
         else:
             hidden = self.model(input_ids, meta, self.kv_cache.layers)  # [num_tokens, hidden]
-        last = np.cumsum([c.num_tokens for c in chunks]) - 1  # row of each chunk's last token
-        rows = to_device(last[list(sample_rows)].astype(np.int64), self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
 
     def greedy_decode(self, token_ids: Sequence[int], chunks: Sequence[SeqChunk]) -> list[int]:
@@ -90,7 +98,8 @@ class ModelRunner:
         if self._fits_graphs(inputs.num_rows, inputs.one_token):
             self.graphs.run(inputs.token_ids, inputs.starts, inputs.block_tables, fill)
             return self.graphs.logits_of(inputs.sample_rows)
-        return self.forward(inputs.token_ids, inputs.chunks(), inputs.sample_rows, fill)
+        return self._forward_eager(inputs.token_ids, inputs.starts, inputs.num_tokens, inputs.block_tables,
+                                   inputs.sample_rows, fill)
 
     # ---- a step's sequences (StepExecutor) ----
 

@@ -14,7 +14,6 @@ from typing import Any
 from services.common.errors import ErrorCode, FlashStreamError, InvalidArgument, NotFound
 from services.common.sampling import SamplingParams
 from services.common.step import NewSeq, SeqError, StepPlan
-from services.worker.attention_metadata import SeqChunk
 from services.worker.sampling.types import SamplingRow
 from services.worker.token_view import TokenView
 
@@ -57,9 +56,6 @@ class StepSeq:
     state: SeqState
     num_tokens: int
     samples: bool  # the step reaches the end of the known tokens, so the next one is sampled
-
-    def chunk(self) -> SeqChunk:
-        return SeqChunk(self.state.num_computed_tokens, self.num_tokens, self.state.block_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +202,13 @@ class SequenceTable:
             raise InvalidArgument(
                 f"seq {new.seq_id}: num_prompt_tokens {new.num_prompt_tokens} exceeds its {len(new.token_ids)} tokens"
             )
-        bad = [t for t in new.token_ids if not 0 <= t < self.limits.vocab_size]
-        if bad:  # an id past the embedding would fault the device: the tokenizer stage refuses such prompts
-            raise FlashStreamError(f"seq {new.seq_id}: token id {bad[0]} is outside the vocabulary of "
-                                   f"{self.limits.vocab_size}, which the tokenizer stage checks", ErrorCode.INTERNAL)
+        vocab = self.limits.vocab_size
+        # An id past the embedding would fault the device: the tokenizer stage refuses such prompts. min and max run
+        # in C; a prompt's thousands of ids checked one by one in Python are host time the device waits for.
+        if min(new.token_ids) < 0 or max(new.token_ids) >= vocab:
+            bad = next(t for t in new.token_ids if not 0 <= t < vocab)
+            raise FlashStreamError(f"seq {new.seq_id}: token id {bad} is outside the vocabulary of {vocab}, which "
+                                   "the tokenizer stage checks", ErrorCode.INTERNAL)
         self._check_blocks(new.seq_id, new.block_ids)
         grammar = None
         guided = new.sampling.guided

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.worker.attention_metadata import SeqChunk
 from services.worker.device_tokens import DeviceTokens
 from services.worker.executors import plain_greedy
 from services.worker.sampler import SamplingRow
@@ -77,9 +76,6 @@ class StepInputs:
     @property
     def num_rows(self) -> int:
         return len(self.starts)
-
-    def chunks(self) -> list[SeqChunk]:
-        return [SeqChunk(*c) for c in zip(self.starts, self.num_tokens, self.block_tables)]
 
     def pending_rows(self, prev: DeviceTokens | None) -> list[int]:
         """The rows of `prev`'s tokens that the pending positions take, in their order."""

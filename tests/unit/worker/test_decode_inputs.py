@@ -158,9 +158,9 @@ def test_leading_one_token_chunks_of_a_mixed_step_are_its_decode_part() -> None:
     assert (meta.num_decode_seqs, meta.decode_max_context_len) == (2, 21)
     assert meta.prefill_query_start_loc.tolist() == [0, 5, 6]
     assert meta.query_start_loc.tolist() == [0, 1, 2, 7, 8]
-    # The prefill rows' own tensors, not slices at an offset past the decode rows.
-    assert meta.prefill_context_lens.tolist() == [5, 17] and meta.prefill_context_lens.storage_offset() == 0
-    assert meta.prefill_block_tables.tolist() == [[3, 0], [4, 5]] and meta.prefill_block_tables.storage_offset() == 0
+    # The prefill rows' own arrays, 16-byte aligned, not slices at an offset past the decode rows.
+    assert meta.prefill_context_lens.tolist() == [5, 17] and meta.prefill_context_lens.data_ptr() % 16 == 0
+    assert meta.prefill_block_tables.tolist() == [[3, 0], [4, 5]] and meta.prefill_block_tables.data_ptr() % 16 == 0
     decode_only = build_attention_metadata(chunks[:2], 16, torch.device("cpu"))
     prefill_first = build_attention_metadata(chunks[2:], 16, torch.device("cpu"))
     assert (decode_only.num_decode_seqs, decode_only.prefill_query_start_loc) == (0, None)

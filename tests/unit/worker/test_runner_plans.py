@@ -123,7 +123,8 @@ def test_fake_mode_refuses_an_eos_token(folder: Path) -> None:
 
 
 def test_a_mixed_step_runs_its_one_token_rows_first_so_they_take_the_decode_kernel(folder: Path) -> None:
-    from services.worker.attention_metadata import build_attention_metadata
+    from services.worker.attention_metadata import step_metadata
+    from services.worker.step_inputs import StepInputs
 
     engine = cpu_engine(folder)
     driver = Driver(engine)
@@ -134,5 +135,6 @@ def test_a_mixed_step_runs_its_one_token_rows_first_so_they_take_the_decode_kern
                        [driver.cached_seq(3, 3), driver.cached_seq(1, 1), driver.cached_seq(2, 1)])
     scheduled, errors = engine.runner.table.apply(plan)
     assert errors == [] and [(s.state.seq_id, s.num_tokens) for s in scheduled] == [(1, 1), (2, 1), (4, 7), (3, 3)]
-    meta = build_attention_metadata([s.chunk() for s in scheduled], 16, torch.device("cpu"))
+    inputs = StepInputs.of(scheduled)
+    meta, _ = step_metadata(inputs.starts, inputs.num_tokens, inputs.block_tables, 16, torch.device("cpu"))
     assert meta.num_decode_seqs == 2 and meta.prefill_query_start_loc.tolist() == [0, 7, 10]

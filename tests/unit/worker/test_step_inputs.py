@@ -10,7 +10,7 @@ import torch
 
 from services.common.sampling import SamplingParams
 from services.common.step import CachedSeqs, NewSeq, StepPlan
-from services.worker.attention_metadata import build_attention_metadata
+from services.worker.attention_metadata import step_metadata
 from services.worker.decode_inputs import DecodeInputs
 from services.worker.sampling.batch import SamplingBatch
 from services.worker.sampling.types import SamplingRow
@@ -55,7 +55,6 @@ def test_a_mixed_step_reads_every_column_of_its_rows_in_row_order() -> None:
     assert inputs.sampling_rows == [table.seqs[i].sampling_row for i in (1, 2, 3)]
     assert (inputs.pending_positions, inputs.pending_seq_ids) == ([1], [2])
     assert (inputs.one_token, inputs.plain_greedy, inputs.guided_pending) == (False, False, False)
-    assert inputs.chunks() == [seq.chunk() for seq in scheduled]
 
 
 def test_the_pending_rows_are_those_the_step_before_sampled_for_their_sequences() -> None:
@@ -72,7 +71,8 @@ def test_the_decode_staging_array_holds_what_the_attention_metadata_of_the_same_
     assert inputs.one_token
     staging = DecodeInputs(np.zeros(DecodeInputs.size(4, 8), dtype=np.int32), 4, 8, BLOCK)
     longest = staging.fill(inputs.token_ids, inputs.starts, inputs.block_tables, 4).longest
-    meta = build_attention_metadata(inputs.chunks(), BLOCK, torch.device("cpu"), max_blocks=8)
+    meta, _ = step_metadata(inputs.starts, inputs.num_tokens, inputs.block_tables, BLOCK, torch.device("cpu"),
+                            max_blocks=8)
     assert longest == 6
     assert staging.token_ids[:2].tolist() == [16, 0]
     assert staging.positions[:2].tolist() == meta.positions.tolist() == [5, 3]
