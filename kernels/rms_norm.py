@@ -56,16 +56,34 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | 
         check_same_device(x=x, weight=weight)
 
 
+def _check_summed_out(x: torch.Tensor, residual: torch.Tensor | None, summed_out: torch.Tensor | None) -> None:
+    if summed_out is None:
+        return
+    if residual is None:
+        raise ValueError("summed_out needs a residual: without one there is no sum to write")
+    check_tensor("summed_out", summed_out, 2, (x.dtype,))
+    if summed_out.shape != x.shape:
+        raise ValueError(f"summed_out shape {tuple(summed_out.shape)} differs from x shape {tuple(x.shape)}")
+    check_inner_contiguous("summed_out", summed_out)
+    check_same_device(x=x, summed_out=summed_out)
+
+
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+    summed_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x, residual: [num_tokens, hidden]; weight: [hidden]. Returns weight * normalize(x) (x + residual when a
-    residual is given, then also returns that sum)."""
+    residual is given, then also returns that sum). summed_out: where the sum goes instead of a new tensor (it may be
+    the residual itself: each row is read whole before its sum is written)."""
     _check_args(x, weight, residual)
+    _check_summed_out(x, residual, summed_out)
     check_launchable(x.device)
     num_rows, hidden = x.shape
     out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
-    summed = torch.empty_like(x) if residual is not None else out
+    if residual is None:
+        summed = out
+    else:
+        summed = torch.empty_like(x) if summed_out is None else summed_out
     block_h = triton.next_power_of_2(hidden)
     block_rows = max(1, min(64, 4096 // block_h, triton.next_power_of_2(max(num_rows, 1))))
     if num_rows > 0:
@@ -82,11 +100,13 @@ def rms_norm(
 
 
 def rms_norm_ref(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+    summed_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Plain torch version of rms_norm (Hugging Face LlamaRMSNorm rounding)."""
     _check_args(x, weight, residual)
-    summed = x + residual if residual is not None else x
+    _check_summed_out(x, residual, summed_out)
+    summed = torch.add(x, residual, out=summed_out) if residual is not None else x
     xf = summed.float()
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     out = weight * normed.to(x.dtype)

@@ -112,6 +112,15 @@ def _check_args(
                       value_cache=value_cache, slot_mapping=slot_mapping)
 
 
+def _check_q_out(q: torch.Tensor, q_out: torch.Tensor | None) -> None:
+    if q_out is None:
+        return
+    check_tensor("q_out", q_out, 3, (q.dtype,))
+    check_shape("q_out", q_out, tuple(q.shape))
+    check_inner_contiguous("q_out", q_out)
+    check_same_device(q=q, q_out=q_out)
+
+
 def apply_rotary_and_write_kv(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -125,15 +134,19 @@ def apply_rotary_and_write_kv(
     *,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    q_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim]; positions and
     slot_mapping: [num_tokens] (slot = block_id * block_size + offset, negative = no write); cos/sin:
     [max_position, head_dim // 2] fp32; caches: [num_blocks, block_size, num_kv_heads, head_dim].
-    Returns the rotated q (a new tensor) and stores the rotated k and v at their slots (an FP8 cache: divided by
-    k_scale and v_scale, as write_kv_cache stores them)."""
+    Returns the rotated q (a new tensor, or q_out when given: q's shape and dtype, unit stride on head_dim) and
+    stores the rotated k and v at their slots (an FP8 cache: divided by k_scale and v_scale, as write_kv_cache
+    stores them)."""
     _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping)
+    _check_q_out(q, q_out)
     check_launchable(q.device)
-    q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if q_out is None:
+        q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     if num_tokens > 0:
@@ -167,9 +180,11 @@ def apply_rotary_and_write_kv_ref(
     *,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    q_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain torch version of apply_rotary_and_write_kv: the two references it fuses, one after the other."""
     _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping)
+    _check_q_out(q, q_out)
     q_rot, k_rot = apply_rotary_ref(q, k, positions, cos, sin)
     write_kv_cache_ref(k_rot, v, key_cache, value_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
-    return q_rot
+    return q_rot if q_out is None else q_out.copy_(q_rot)

@@ -91,9 +91,9 @@ class PiecewiseGraphs:
             x, _ = model.model.norm(x, residual)
             self.hidden[:size].copy_(x)
             return
-        q, residual = layers[index].before_attention(x, residual, meta, caches[index], model.rope)
-        self.q[:size].copy_(q)
-        self.residual[:size].copy_(residual)
+        # Written straight into the buffers the attention and the next piece read: no copy per layer.
+        layers[index].before_attention(x, residual, meta, caches[index], model.rope, q_out=self.q[:size],
+                                       residual_out=self.residual[:size])
 
     @torch.inference_mode()
     def capture(self) -> None:

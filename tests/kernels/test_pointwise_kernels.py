@@ -34,6 +34,30 @@ def test_rms_norm_matches_reference_with_and_without_residual(
     assert relative_error(out.cpu(), ref) < tolerance
 
 
+def _assert_sum_goes_into_summed_out(norm, device: str, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 64, generator=g).to(dtype).to(device)
+    residual = torch.randn(5, 64, generator=g).to(dtype).to(device)
+    weight = (1 + 0.1 * torch.randn(64, generator=g)).to(dtype).to(device)
+    out, summed = norm(x, weight, 1e-6, residual=residual)
+    buffer = residual.clone()
+    out_in_place, summed_in_place = norm(x, weight, 1e-6, residual=buffer, summed_out=buffer)
+    assert summed_in_place.data_ptr() == buffer.data_ptr()
+    assert torch.equal(summed_in_place, summed) and torch.equal(out_in_place, out)
+    with pytest.raises(ValueError, match="^summed_out needs a residual: without one there is no sum to write$"):
+        norm(x, weight, 1e-6, summed_out=buffer)
+    with pytest.raises(ValueError, match=r"^summed_out shape \(4, 64\) differs from x shape \(5, 64\)$"):
+        norm(x, weight, 1e-6, residual=residual, summed_out=buffer[:4])
+
+
+def test_rms_norm_writes_the_sum_into_summed_out_even_over_its_own_residual(device, dtype) -> None:
+    _assert_sum_goes_into_summed_out(rms_norm, device, dtype)
+
+
+def test_rms_norm_reference_writes_the_sum_into_summed_out_even_over_its_own_residual() -> None:
+    _assert_sum_goes_into_summed_out(rms_norm_ref, "cpu", torch.bfloat16)
+
+
 def test_rms_norm_reference_equals_hugging_face_llama_rms_norm() -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 

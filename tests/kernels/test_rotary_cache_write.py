@@ -57,6 +57,27 @@ def test_fused_rotary_cache_write_equals_rotary_then_cache_write(
     assert torch.equal(fused_cache.flatten(1, 2)[:, untouched], cache.flatten(1, 2)[:, untouched])
 
 
+def _assert_q_goes_into_q_out(fused, device: str, dtype: torch.dtype) -> None:
+    q, k, v, positions, cos, sin, cache, slots = _case(dtype, device, 7, 4, 2, 64, 16, 2, seed=2)
+    fresh_cache, out_cache = cache.clone(), cache.clone()
+    q_rot = fused(q, k, v, positions, cos, sin, fresh_cache[0], fresh_cache[1], slots)
+    buffer = torch.zeros(9, 4, 64, dtype=dtype, device=device)  # a static buffer longer than the step
+    q_out = fused(q, k, v, positions, cos, sin, out_cache[0], out_cache[1], slots, q_out=buffer[:7])
+    assert q_out.data_ptr() == buffer.data_ptr()
+    assert torch.equal(buffer[:7], q_rot) and torch.equal(out_cache, fresh_cache)
+    assert torch.equal(buffer[7:], torch.zeros_like(buffer[7:]))
+    with pytest.raises(ValueError, match="q_out must have shape"):
+        fused(q, k, v, positions, cos, sin, out_cache[0], out_cache[1], slots, q_out=buffer[:6])
+
+
+def test_fused_rotary_cache_write_puts_the_rotated_q_into_q_out_when_given(device, dtype) -> None:
+    _assert_q_goes_into_q_out(apply_rotary_and_write_kv, device, dtype)
+
+
+def test_fused_rotary_cache_write_reference_puts_the_rotated_q_into_q_out_when_given() -> None:
+    _assert_q_goes_into_q_out(apply_rotary_and_write_kv_ref, "cpu", torch.bfloat16)
+
+
 def test_fused_rotary_cache_write_kernel_matches_its_reference_in_fp32() -> None:
     pytest.importorskip("triton")
     import os

@@ -61,8 +61,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.ops = ops
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):  # noqa: ANN201 - one or two tensors
-        return self.ops.rms_norm(x, self.weight, self.eps, residual)
+    def forward(  # noqa: ANN201 - one or two tensors
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, summed_out: torch.Tensor | None = None
+    ):
+        return self.ops.rms_norm(x, self.weight, self.eps, residual, summed_out=summed_out)
 
 
 class Attention(nn.Module):
@@ -92,10 +94,11 @@ class Attention(nn.Module):
         return self.tp.all_reduce(self.o_proj(attn))  # [num_tokens, hidden]
 
     def project(
-        self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, rope: tuple[torch.Tensor, torch.Tensor]
+        self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache, rope: tuple[torch.Tensor, torch.Tensor],
+        q_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [num_tokens, hidden] → rotated q [num_tokens, num_heads, head_dim]; k and v go to their cache slots
-        (meta.positions and meta.slot_mapping are all it reads of the metadata)."""
+        """x [num_tokens, hidden] → rotated q [num_tokens, num_heads, head_dim] (into q_out when given); k and v go
+        to their cache slots (meta.positions and meta.slot_mapping are all it reads of the metadata)."""
         cfg, ops = self.cfg, self.ops
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
@@ -110,7 +113,7 @@ class Attention(nn.Module):
         key_cache, value_cache = kv_cache
         # One launch: q rotated into a new tensor, the rotated k and v stored at their cache slots.
         return ops.apply_rotary_and_write_kv(q, k, v, meta.positions, rope[0], rope[1], key_cache, value_cache,
-                                             meta.slot_mapping, **self.kv_scales)
+                                             meta.slot_mapping, q_out=q_out, **self.kv_scales)
 
     @property
     def kv_scales(self) -> dict[str, float]:
@@ -192,14 +195,19 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
         kv_cache: KVCache,
         rope: tuple[torch.Tensor, torch.Tensor],
+        q_out: torch.Tensor | None = None,
+        residual_out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, residual) [num_tokens, hidden] each → (rotated q [num_tokens, num_heads, head_dim], residual)."""
+        """(x, residual) [num_tokens, hidden] each → (rotated q [num_tokens, num_heads, head_dim], residual).
+        q_out and residual_out: where those two go instead of new tensors (the piecewise graphs' buffers)."""
         # The residual add is fused into the next norm: (normed, x + residual).
         if residual is None:
             residual, x = x, self.input_layernorm(x)
+            if residual_out is not None:
+                residual = residual_out.copy_(residual)
         else:
-            x, residual = self.input_layernorm(x, residual)
-        return self.self_attn.project(x, meta, kv_cache, rope), residual
+            x, residual = self.input_layernorm(x, residual, summed_out=residual_out)
+        return self.self_attn.project(x, meta, kv_cache, rope, q_out=q_out), residual
 
     def after_attention(self, attn: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """attention output [num_tokens, num_heads, head_dim] → (MLP output, residual), [num_tokens, hidden] each."""
