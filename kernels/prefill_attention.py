@@ -229,9 +229,9 @@ def paged_prefill_attention(
     (k_scale joins the softmax scale, v_scale multiplies the output); other caches ignore the scales.
 
     checked=True skips the argument checks: only for a caller whose every argument has the shape, strides, dtype and
-    device of one this function accepted earlier in the same step. The worker's piecewise step is that caller
-    (services/worker/piecewise_graphs.py): its later layers pass the first layer's metadata and buffers, and caches
-    of the same allocation. Any other caller leaves it False."""
+    device of one this function accepted earlier in the same step. The worker's decoder is that caller
+    (services/worker/models/decoder.py, eager and piecewise): its later layers pass the first layer's metadata,
+    queries and outputs laid out alike, and caches of the same allocation. Any other caller leaves it False."""
     if checked:
         num_seqs, num_heads = context_lens.shape[0], q.shape[1]
         _, block_size, num_kv_heads, head_dim = key_cache.shape

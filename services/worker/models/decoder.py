@@ -125,8 +125,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """q [num_tokens, num_heads, head_dim] → attention output of the same shape (into `out` when given).
         checked: an earlier layer of this step passed the launchers' argument checks with this metadata and with q,
-        out and caches laid out as these (PiecewiseGraphs.run: the same buffers, caches of one allocation), so the
-        launches skip them."""
+        out and caches laid out as these (PiecewiseGraphs.run: the same buffers; CausalDecoder.forward: each layer's
+        q and out of the same shape, strides and dtype; both: caches of one allocation), so the launches skip them."""
         ops, kwargs = self.ops, {**self.kv_scales, "checked": checked}
         key_cache, value_cache = kv_cache
         if meta.is_decode:
@@ -184,9 +184,11 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
         kv_cache: KVCache,
         rope: tuple[torch.Tensor, torch.Tensor],
+        checked: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """checked: as `Attention.attend` takes it."""
         q, residual = self.before_attention(x, residual, meta, kv_cache, rope)
-        return self.after_attention(self.self_attn.attend(q, meta, kv_cache), residual)
+        return self.after_attention(self.self_attn.attend(q, meta, kv_cache, checked=checked), residual)
 
     def before_attention(
         self,
@@ -252,8 +254,10 @@ class CausalDecoder(nn.Module):
             raise RuntimeError("rotary tables are not set; call set_rope first")
         x = self.model.embed_tokens(input_ids)
         residual = None
-        for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
-            x, residual = layer(x, residual, meta, kv_cache, self.rope)
+        for index, (layer, kv_cache) in enumerate(zip(self.model.layers, kv_caches, strict=True)):
+            # Every layer attends with the same metadata, q laid out alike and a cache laid out alike: the first
+            # layer's launches check the arguments, the others skip the checks.
+            x, residual = layer(x, residual, meta, kv_cache, self.rope, checked=index > 0)
         x, _ = self.model.norm(x, residual)
         return x
 
