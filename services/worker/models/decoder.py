@@ -111,7 +111,7 @@ class Attention(nn.Module):
             q = self.q_norm(q.reshape(-1, cfg.head_dim)).view(num_tokens, cfg.num_heads, cfg.head_dim)
             k = self.k_norm(k.reshape(-1, cfg.head_dim)).view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         key_cache, value_cache = kv_cache
-        # One launch: q rotated into a new tensor, the rotated k and v stored at their cache slots.
+        # One launch: q rotated into a new tensor (or q_out), the rotated k and v stored at their cache slots.
         return ops.apply_rotary_and_write_kv(q, k, v, meta.positions, rope[0], rope[1], key_cache, value_cache,
                                              meta.slot_mapping, q_out=q_out, **self.kv_scales)
 
