@@ -188,39 +188,40 @@ def mixed_plan_bytes(decode_rows: int, prompts: int, prompt_len: int, num_steps:
     new sequences of prompt_len tokens to run whole."""
     sampling = params.to_pb(common_pb2.SamplingParams)
     free = list(range(num_blocks_for_mixed(decode_rows, prompts, prompt_len, num_steps) - 1, -1, -1))
-    alive: dict[int, tuple[list[int], list[int]]] = {}  # seq id -> (its length in a one-item list, its blocks)
+    lengths: dict[int, int] = {}  # live sequence -> its tokens, the one sampled last step included
+    tables: dict[int, list[int]] = {}  # live sequence -> its blocks
     first = worker_pb2.StepPlan(step_id=0)
     for seq_id in range(decode_rows + prompts):
         length = MIXED_CONTEXT - seq_id % block_size
-        blocks = [free.pop() for _ in range(-(-length // block_size))]
+        tables[seq_id] = [free.pop() for _ in range(-(-length // block_size))]
         first.new_seqs.add(seq_id=seq_id, token_ids=[(seq_id * 31 + i * 7) % 250 + 2 for i in range(length)],
-                           num_prompt_tokens=length, sampling=sampling, block_ids=blocks,
+                           num_prompt_tokens=length, sampling=sampling, block_ids=tables[seq_id],
                            num_computed_tokens=length - 1, num_scheduled_tokens=1)
-        alive[seq_id] = ([length], blocks)
+        lengths[seq_id] = length
     plans = [first.SerializeToString()]
     next_id = decode_rows + prompts
     for step in range(1, num_steps):
         plan = worker_pb2.StepPlan(step_id=step)
-        for seq_id in sorted(alive)[:prompts]:
-            free.extend(alive.pop(seq_id)[1])
+        for seq_id in sorted(lengths)[:prompts]:
+            del lengths[seq_id]
+            free.extend(tables.pop(seq_id))
             plan.finished_seq_ids.append(seq_id)
         cached = plan.cached_seqs
-        for seq_id, (length, blocks) in alive.items():
+        for seq_id, position in lengths.items():  # the position this step runs: the token sampled last step
             cached.seq_ids.append(seq_id)
             cached.num_scheduled_tokens.append(1)
-            position = length[0]  # of the token this step runs: the one sampled last step
-            length[0] += 1
             grows = position % block_size == 0
             cached.num_new_blocks.append(int(grows))
             if grows:
-                blocks.append(free.pop())
-                cached.new_block_ids.append(blocks[-1])
-        for k in range(prompts):
-            blocks = [free.pop() for _ in range(-(-prompt_len // block_size))]
+                tables[seq_id].append(free.pop())
+                cached.new_block_ids.append(tables[seq_id][-1])
+            lengths[seq_id] = position + 1
+        for _ in range(prompts):
+            tables[next_id] = [free.pop() for _ in range(-(-prompt_len // block_size))]
             plan.new_seqs.add(seq_id=next_id, token_ids=[(next_id * 17 + i * 5) % 250 + 2 for i in range(prompt_len)],
-                              num_prompt_tokens=prompt_len, sampling=sampling, block_ids=blocks,
+                              num_prompt_tokens=prompt_len, sampling=sampling, block_ids=tables[next_id],
                               num_computed_tokens=0, num_scheduled_tokens=prompt_len)
-            alive[next_id] = ([prompt_len], blocks)
+            lengths[next_id] = prompt_len
             next_id += 1
         plans.append(plan.SerializeToString())
     return plans
