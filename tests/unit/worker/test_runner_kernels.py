@@ -9,7 +9,6 @@ import pytest
 
 from services.worker.build import build_engine
 from services.worker.config import WorkerConfig
-from services.worker.piecewise_graphs import PiecewiseGraphs
 from tests.unit.worker.helpers import Driver, make_checkpoint, run_greedy
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")
@@ -32,21 +31,6 @@ def test_kernel_launchers_give_the_reference_greedy_tokens(name: str, short_firs
 
     refs = run_greedy(Driver(engine(False)), prompts, 4, chunk=8)
     assert run_greedy(Driver(engine(True)), prompts, 4, chunk=8) == refs
-
-
-@pytest.mark.parametrize("short_first", [False, True])
-def test_piecewise_steps_through_the_kernels_give_the_reference_greedy_tokens(short_first: bool, tmp_path: Path
-                                                                              ) -> None:
-    # The pieces run eagerly on their padded buffers: the rotary kernel writes q into the q buffer, the norm writes
-    # the residual into the residual buffer, and every layer's attention but the first skips its checks.
-    folder = make_checkpoint("qwen3", tmp_path / "qwen3")
-    prompts = {2: [9, 8, 7], 1: LONG} if short_first else {1: LONG, 2: [9, 8, 7]}
-    config = WorkerConfig(model=str(folder), device="cpu", dtype="float32", num_kv_blocks=16, max_model_len=64)
-    refs = run_greedy(Driver(build_engine(config, use_kernels=False)), prompts, 4, chunk=8)
-    engine = build_engine(config, use_kernels=True)
-    runner = engine.runner.executor
-    runner.piecewise = PiecewiseGraphs(runner.model, runner.kv_cache, 32)
-    assert run_greedy(Driver(engine), prompts, 4, chunk=8) == refs
 
 
 @pytest.mark.parametrize("short_first", [False, True])
