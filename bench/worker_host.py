@@ -34,8 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import AbstractContextManager, ExitStack
-from dataclasses import replace
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,8 @@ class HostOnlyGraphs(DecodeGraphs):
     """DecodeGraphs on the CPU with its replay left out: the same staging array and `DecodeInputs.fill`, the same
     graph choice and copy of the inputs, every (bucket, context) graph present and replaying nothing."""
 
-    def __init__(self, kv_cache: KVCache, vocab_size: int, max_num_seqs: int, max_model_len: int) -> None:
+    def __init__(self, model: CausalDecoder, kv_cache: KVCache, max_num_seqs: int, max_model_len: int) -> None:
+        self.model = model
         self.kv_cache = kv_cache
         self.max_model_len = max_model_len
         self.buckets = batch_buckets(max_num_seqs)
@@ -103,7 +103,7 @@ class HostOnlyGraphs(DecodeGraphs):
         self.static = self.staging.clone()
         self.input_ids = DecodeInputs.fields(self.static, n)[0]
         self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32)
-        self.logits = torch.zeros((n, vocab_size), dtype=torch.float32)  # [n, vocab]
+        self.logits = torch.zeros((n, model.cfg.vocab_size), dtype=torch.float32)  # [n, vocab]
         self.sampled = torch.zeros(n, dtype=torch.int64)  # [n]
         self.sampled_host = torch.zeros(n, dtype=torch.int64)
         self.graphs = {(bs, limit): _NoReplay() for bs in self.buckets for limit, _ in self.contexts[bs]}
@@ -113,11 +113,6 @@ class HostOnlyGraphs(DecodeGraphs):
 
     def token_ids_of(self) -> list[int]:
         return self.sampled_host[: self.num_rows].copy_(self.sampled[: self.num_rows]).tolist()
-
-    def with_graph_decode_tiling(self, meta: AttentionMetadata) -> AttentionMetadata:
-        """A mixed step's decode rows bounded and split as `DecodeGraphs` does (the kernel tiling is the device's)."""
-        bs, limit = self.graph_key(meta.num_decode_seqs, meta.decode_max_context_len)
-        return replace(meta, decode_max_context_len=limit, decode_num_splits=dict(self.contexts[bs])[limit])
 
 
 def race_left_out() -> AbstractContextManager[None]:
@@ -145,7 +140,7 @@ def build(folder: Path, max_num_seqs: int, max_model_len: int, num_kv_blocks: in
         max_num_batched_tokens=max(max_num_seqs, max_num_batched_tokens),
     ))
     executor = engine.runner.executor
-    executor.graphs = HostOnlyGraphs(executor.kv_cache, TINY_LLAMA["vocab_size"], max_num_seqs, max_model_len)
+    executor.graphs = HostOnlyGraphs(executor.model, executor.kv_cache, max_num_seqs, max_model_len)
     return engine
 
 
@@ -337,9 +332,8 @@ def measure_mixed(decode_rows: int, prompts: int, prompt_len: int, modes: list[s
     rows = decode_rows + prompts
     max_len = max(MIXED_CONTEXT, prompt_len) + num_steps + BLOCK_SIZE
     budget = decode_rows + prompts * prompt_len
-    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
-        stack.enter_context(race_left_out())
-        stack.enter_context(replaced(CausalDecoder, "forward", forward_left_out))
+    with (tempfile.TemporaryDirectory() as folder, race_left_out(),
+          replaced(CausalDecoder, "forward", forward_left_out)):
         engine = build(Path(folder), rows, max_len, num_blocks_for_mixed(decode_rows, prompts, prompt_len, num_steps),
                        budget)
         gc.collect()
