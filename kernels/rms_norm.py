@@ -39,7 +39,8 @@ def _rms_norm_kernel(
     tl.store(out_ptr + rows[:, None] * stride_o + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_args(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> None:
+def _check_args(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
+                summed_out: torch.Tensor | None = None) -> None:
     check_tensor("x", x, 2, FLOAT_DTYPES)
     check_tensor("weight", weight, 1, FLOAT_DTYPES)
     if weight.shape[0] != x.shape[1]:
@@ -47,25 +48,21 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | 
     check_inner_contiguous("x", x)
     check_inner_contiguous("weight", weight)
     if residual is not None:
-        check_tensor("residual", residual, 2, (x.dtype,))
-        if residual.shape != x.shape:
-            raise ValueError(f"residual shape {tuple(residual.shape)} differs from x shape {tuple(x.shape)}")
-        check_inner_contiguous("residual", residual)
-        check_same_device(x=x, weight=weight, residual=residual)
-    else:
-        check_same_device(x=x, weight=weight)
+        _check_like_x("residual", residual, x)
+    check_same_device(x=x, weight=weight)
+    if summed_out is not None:
+        if residual is None:
+            raise ValueError("summed_out needs a residual: without one there is no sum to write")
+        _check_like_x("summed_out", summed_out, x)
 
 
-def _check_summed_out(x: torch.Tensor, residual: torch.Tensor | None, summed_out: torch.Tensor | None) -> None:
-    if summed_out is None:
-        return
-    if residual is None:
-        raise ValueError("summed_out needs a residual: without one there is no sum to write")
-    check_tensor("summed_out", summed_out, 2, (x.dtype,))
-    if summed_out.shape != x.shape:
-        raise ValueError(f"summed_out shape {tuple(summed_out.shape)} differs from x shape {tuple(x.shape)}")
-    check_inner_contiguous("summed_out", summed_out)
-    check_same_device(x=x, summed_out=summed_out)
+def _check_like_x(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """t: a [num_tokens, hidden] tensor of x's shape, dtype and device, with unit column stride."""
+    check_tensor(name, t, 2, (x.dtype,))
+    if t.shape != x.shape:
+        raise ValueError(f"{name} shape {tuple(t.shape)} differs from x shape {tuple(x.shape)}")
+    check_inner_contiguous(name, t)
+    check_same_device(x=x, **{name: t})
 
 
 def rms_norm(
@@ -75,8 +72,7 @@ def rms_norm(
     """x, residual: [num_tokens, hidden]; weight: [hidden]. Returns weight * normalize(x) (x + residual when a
     residual is given, then also returns that sum). summed_out: where the sum goes instead of a new tensor (it may be
     the residual itself: each row is read whole before its sum is written)."""
-    _check_args(x, weight, residual)
-    _check_summed_out(x, residual, summed_out)
+    _check_args(x, weight, residual, summed_out)
     check_launchable(x.device)
     num_rows, hidden = x.shape
     out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
@@ -104,8 +100,7 @@ def rms_norm_ref(
     summed_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Plain torch version of rms_norm (Hugging Face LlamaRMSNorm rounding)."""
-    _check_args(x, weight, residual)
-    _check_summed_out(x, residual, summed_out)
+    _check_args(x, weight, residual, summed_out)
     summed = torch.add(x, residual, out=summed_out) if residual is not None else x
     xf = summed.float()
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
