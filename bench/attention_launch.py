@@ -15,9 +15,11 @@ work up to the launch), in three modes: `fresh` empties every launch memo before
 the call then derives everything again, as each call did before the memos, and refills the memos, a little more work
 than before them), `memoized` keeps them, `worker` keeps them and marks every layer's calls but the first
 `checked=True`, as the worker's piecewise steps do (the arguments were checked by the first layer's calls). After
-timing, every layer's outputs in the three modes are compared bit for bit.
+timing, every layer's outputs in the three modes are compared bit for bit. With --profile-rounds, cProfile then
+runs that many worker-mode passes per case and the results list the functions with the most own time per call.
 
     python bench/attention_launch.py --out bench/results/attention_launch_h200
+    python bench/attention_launch.py --models llama-3.2-1b --rounds 20 --profile-rounds 5 --out ...
     TRITON_INTERPRET=1 python bench/attention_launch.py --device cpu --dtype float32 --layers 2 --rounds 2 \\
         --prompt-len 16 --decode-batches 2 --decode-context 40 --out /tmp/attention_launch_cpu  # a rehearsal only
 """
@@ -25,6 +27,8 @@ timing, every layer's outputs in the three modes are compared bit for bit.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import sys
 import time
@@ -76,6 +80,20 @@ def summary(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     return {"median_us": round(statistics.median(ordered), 2), "p10_us": round(ordered[len(ordered) // 10], 2),
             "p90_us": round(ordered[(9 * len(ordered)) // 10], 2), "calls": len(ordered)}
+
+
+def profile_calls(calls: list[LayerCall], rounds: int, top: int) -> list[dict[str, Any]]:
+    """The `top` functions by own time over `rounds` worker-mode passes (cProfile), in microseconds per call."""
+    profiler = cProfile.Profile()
+    for _ in range(rounds):
+        for index, call in enumerate(calls):
+            profiler.runcall(call, index > 0)
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (primitive calls, calls, own s, cumulative s, ...)}
+    num_calls = rounds * len(calls)
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    return [{"function": f"{Path(file).name}:{line}({name})", "calls_per_call": round(ncalls / num_calls, 2),
+             "own_us": round(own * 1e6 / num_calls, 2), "cumulative_us": round(cum * 1e6 / num_calls, 2)}
+            for (file, line, name), (_, ncalls, own, cum, _) in rows]
 
 
 def bit_identical(calls: list[LayerCall]) -> bool:
@@ -157,6 +175,8 @@ def bench_model(preset: str, args: argparse.Namespace, device: torch.device) -> 
         row = {mode: summary(time_calls(calls, args.rounds, mode, device)) for mode in MODES}
         row["saved_us"] = round(row["fresh"]["median_us"] - row["worker"]["median_us"], 2)
         row["bit_identical"] = bit_identical(calls)
+        if args.profile_rounds:
+            row["profile"] = profile_calls(calls, args.profile_rounds, args.profile_top)
         out["cases"][name] = row
         print(f"{preset} {name}: " + ", ".join(f"{m} {row[m]['median_us']} us" for m in MODES)
               + f" per call, bit-identical {row['bit_identical']}", flush=True)
@@ -180,6 +200,16 @@ def to_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             times = " | ".join(f"{row[m]['median_us']} ({row[m]['p10_us']} to {row[m]['p90_us']})" for m in MODES)
             lines.append(f"| {r['model']} | {r['layers']} | {name} | {times} | {row['saved_us']} | "
                          f"{round(row['saved_us'] * r['layers'], 1)} | {row['bit_identical']} |")
+    for r in results:
+        for name, row in r["cases"].items():
+            if "profile" not in row:
+                continue
+            lines += ["", f"### {r['model']}, {name}: where a worker-mode call's host time goes", "",
+                      f"cProfile over {args.profile_rounds} passes (the profiler's own cost inflates every figure); "
+                      "microseconds per attention call.", "",
+                      "| function | calls per call | own us | cumulative us |", "|---|---|---|---|"]
+            lines += [f"| `{p['function']}` | {p['calls_per_call']} | {p['own_us']} | {p['cumulative_us']} |"
+                      for p in row["profile"]]
     return "\n".join(lines)
 
 
@@ -194,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=4096, help="the decode graphs' longest context")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--profile-rounds", type=int, default=0,
+                        help="also profile this many worker-mode passes per case (cProfile), 0: none")
+    parser.add_argument("--profile-top", type=int, default=25, help="functions listed per profiled case")
     parser.add_argument("--out", default="", help="path without extension: writes PATH.json and PATH.md")
     args = parser.parse_args(argv)
     args.decode_batches = [int(b) for b in args.decode_batches.split(",")]
