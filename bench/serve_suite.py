@@ -135,6 +135,12 @@ GPU_SUITE = (
     # launch for 5% more device time in-process (`prompt_steps_h100.md`); whether that wins where the host is slow.
     StackRun("llama-3.2-1b", f"--load-format dummy --device cuda {PIECEWISE_8192}", (
         Scenario("1B ShareGPT 1000 at once, greedy, piecewise graphs to 8192 tokens", "sharegpt", 1000),)),
+    # The same for the 8B, whose prompt steps are the device's: what the padding to the graphs' buckets and the pieces'
+    # boundaries cost it, beside its default stack's rows in the same call.
+    StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {PIECEWISE_8192}", (
+        Scenario("8B ShareGPT 1000 at once, greedy, piecewise graphs to 8192 tokens", "sharegpt", 1000),
+        Scenario("8B 1024 in / 128 out, 64 concurrent, 256 requests, piecewise graphs to 8192 tokens", "fixed", 256,
+                 64, 1024, 128, seed=2),)),
     # The default's greedy rows again with one plan fewer in flight: what the scheduler's round trip costs them.
     StackRun("llama-3.1-8b", f"--load-format dummy --device cuda {TWO_IN_FLIGHT}", (
         Scenario("8B ShareGPT 1000 at once, greedy, 2 steps in flight", "sharegpt", 1000),)),
@@ -390,6 +396,11 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float | None]:
                                                  "1B ShareGPT 1000 at once, greedy, 2 steps in flight"),
             "1b_piecewise_8192_over_2048": ratio("1B ShareGPT 1000 at once, greedy, piecewise graphs to 8192 tokens",
                                                  "1B ShareGPT 1000 at once, greedy"),
+            "8b_piecewise_8192_over_2048": ratio("8B ShareGPT 1000 at once, greedy, piecewise graphs to 8192 tokens",
+                                                 "8B ShareGPT 1000 at once, greedy"),
+            "8b_1024_128_piecewise_8192_over_2048": ratio(
+                "8B 1024 in / 128 out, 64 concurrent, 256 requests, piecewise graphs to 8192 tokens",
+                "8B 1024 in / 128 out, 64 concurrent, 256 requests"),
             "1b_256_seats_four_in_flight_over_three": ratio(
                 "1B ShareGPT 1000 at once, continuous, 256 per step, 4 steps in flight",
                 "1B ShareGPT 1000 at once, continuous, 256 per step"),
