@@ -34,7 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -297,18 +298,26 @@ def main() -> None:
         print("\n".join(lines))
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Everything allocated so far out of the garbage collector's reach inside the block, as the worker does once
+    serving: collections walk only what steps allocate."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def measure(rows: list[int], modes: list[str], steps: int, warmup: int, repeats: int) -> list[dict[str, Any]]:
     """One case per (mode, rows): per-row figures of the median step (and of the fastest) over every repeat."""
     num_steps = warmup + steps + 1
     max_len = PROMPT_LEN + num_steps + BLOCK_SIZE
     with tempfile.TemporaryDirectory() as folder, race_left_out():
         engine = build(Path(folder), max(rows), max_len, max(rows) * -(-max_len // BLOCK_SIZE))
-        gc.collect()
-        gc.freeze()  # as the worker does once serving: collections walk only what steps allocate
-        try:
+        with frozen_heap():
             cases = [measure_case(engine, mode, n, num_steps, warmup, repeats) for mode in modes for n in rows]
-        finally:
-            gc.unfreeze()
     return cases
 
 
@@ -336,9 +345,7 @@ def measure_mixed(decode_rows: int, prompts: int, prompt_len: int, modes: list[s
           replaced(CausalDecoder, "forward", forward_left_out)):
         engine = build(Path(folder), rows, max_len, num_blocks_for_mixed(decode_rows, prompts, prompt_len, num_steps),
                        budget)
-        gc.collect()
-        gc.freeze()
-        try:
+        with frozen_heap():
             cases = []
             for mode in modes:
                 plans = mixed_plan_bytes(decode_rows, prompts, prompt_len, num_steps, MODES[mode])
@@ -351,8 +358,6 @@ def measure_mixed(decode_rows: int, prompts: int, prompt_len: int, modes: list[s
                         **{f"{label}_ms": round(median[name] * 1e3, 3) for name, label in PHASE_LABELS}}
                 print(json.dumps(case), flush=True)
                 cases.append(case)
-        finally:
-            gc.unfreeze()
     return cases
 
 
