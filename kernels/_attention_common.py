@@ -9,8 +9,8 @@ from kernels._checks import (
     FP8_DTYPE,
     check_inner_contiguous,
     check_kv_cache,
+    check_like,
     check_same_device,
-    check_shape,
     check_tensor,
 )
 
@@ -39,11 +39,8 @@ def check_paged_attention_args(
         raise ValueError(f"block_tables has {block_tables.shape[0]} rows for {num_seqs} sequences")
     check_inner_contiguous("block_tables", block_tables)
     if out is not None:
-        check_tensor("out", out, 3, (q.dtype,))
-        check_shape("out", out, tuple(q.shape))
-        check_inner_contiguous("out", out)
-    check_same_device(q=q, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables, **index_tensors,
-                      **({} if out is None else {"out": out}))
+        check_like("out", out, q)
+    check_same_device(q=q, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables, **index_tensors)
     return num_heads, num_kv_heads, head_dim, block_size
 
 

@@ -47,6 +47,15 @@ def check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
 
 
+def check_like(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
+    """t is a buffer that takes results shaped as `like`: its shape, dtype and device, with a dense last dimension."""
+    check_tensor(name, t, like.dim(), (like.dtype,))
+    check_shape(name, t, tuple(like.shape))
+    check_inner_contiguous(name, t)
+    if t.device != like.device:
+        raise ValueError(f"all tensors must be on one device: {name} is on {t.device}, expected {like.device}")
+
+
 def check_kv_cache(
     key_cache: torch.Tensor, value_cache: torch.Tensor, dtype: torch.dtype | None = None
 ) -> tuple[int, int, int, int]:

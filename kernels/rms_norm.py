@@ -6,7 +6,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._checks import FLOAT_DTYPES, check_inner_contiguous, check_launchable, check_same_device, check_tensor
+from kernels._checks import (
+    FLOAT_DTYPES,
+    check_inner_contiguous,
+    check_launchable,
+    check_like,
+    check_same_device,
+    check_tensor,
+)
 from kernels.dependent_launch import dependent_launch, dependent_start, launch_options
 
 
@@ -48,21 +55,12 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | 
     check_inner_contiguous("x", x)
     check_inner_contiguous("weight", weight)
     if residual is not None:
-        _check_like_x("residual", residual, x)
+        check_like("residual", residual, x)
     check_same_device(x=x, weight=weight)
     if summed_out is not None:
         if residual is None:
             raise ValueError("summed_out needs a residual: without one there is no sum to write")
-        _check_like_x("summed_out", summed_out, x)
-
-
-def _check_like_x(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
-    """t: a [num_tokens, hidden] tensor of x's shape, dtype and device, with unit column stride."""
-    check_tensor(name, t, 2, (x.dtype,))
-    if t.shape != x.shape:
-        raise ValueError(f"{name} shape {tuple(t.shape)} differs from x shape {tuple(x.shape)}")
-    check_inner_contiguous(name, t)
-    check_same_device(x=x, **{name: t})
+        check_like("summed_out", summed_out, x)
 
 
 def rms_norm(

@@ -16,6 +16,7 @@ from kernels._checks import (
     FP8_DTYPE,
     check_inner_contiguous,
     check_kv_cache,
+    check_like,
     check_launchable,
     check_same_device,
     check_shape,
@@ -112,15 +113,6 @@ def _check_args(
                       value_cache=value_cache, slot_mapping=slot_mapping)
 
 
-def _check_q_out(q: torch.Tensor, q_out: torch.Tensor | None) -> None:
-    if q_out is None:
-        return
-    check_tensor("q_out", q_out, 3, (q.dtype,))
-    check_shape("q_out", q_out, tuple(q.shape))
-    check_inner_contiguous("q_out", q_out)
-    check_same_device(q=q, q_out=q_out)
-
-
 def apply_rotary_and_write_kv(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -143,7 +135,8 @@ def apply_rotary_and_write_kv(
     stores the rotated k and v at their slots (an FP8 cache: divided by k_scale and v_scale, as write_kv_cache
     stores them)."""
     _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping)
-    _check_q_out(q, q_out)
+    if q_out is not None:
+        check_like("q_out", q_out, q)
     check_launchable(q.device)
     if q_out is None:
         q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -184,7 +177,8 @@ def apply_rotary_and_write_kv_ref(
 ) -> torch.Tensor:
     """Plain torch version of apply_rotary_and_write_kv: the two references it fuses, one after the other."""
     _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping)
-    _check_q_out(q, q_out)
+    if q_out is not None:
+        check_like("q_out", q_out, q)
     q_rot, k_rot = apply_rotary_ref(q, k, positions, cos, sin)
     write_kv_cache_ref(k_rot, v, key_cache, value_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
     return q_rot if q_out is None else q_out.copy_(q_rot)

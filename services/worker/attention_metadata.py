@@ -103,11 +103,13 @@ def build_attention_metadata(
 def step_metadata(
     starts: Sequence[int], num_tokens: Sequence[int], block_tables: Sequence[Sequence[int]], block_size: int,
     device: torch.device, max_blocks: int | None = None, extra: Sequence[np.ndarray] = (),
+    sample_rows: Sequence[int] | None = None,
 ) -> tuple[AttentionMetadata, list[torch.Tensor]]:
     """Metadata of one step whose row i runs num_tokens[i] tokens from position starts[i] of the sequence whose block
     table is block_tables[i]; `max_blocks` fixes the block table width (CUDA graphs need a constant one). extra:
     further int32 or int64 host arrays the step needs on the device, carried in the same copy and returned on the
-    device in their order."""
+    device in their order. sample_rows: rows whose last token's hidden state is read out; when given, the returned
+    list ends with those tokens' indices in the step, [len(sample_rows)] int64."""
     n = len(starts)
     counts = np.asarray(num_tokens, dtype=np.int64).reshape(n)  # [num_seqs]
     first = np.asarray(starts, dtype=np.int64).reshape(n)  # [num_seqs]
@@ -134,6 +136,8 @@ def step_metadata(
     arrays = [positions, slots, tables, query_start_loc, context_lens]
     if mixed:
         arrays += [query_start_loc[num_decode:] - num_decode, tables[num_decode:], context_lens[num_decode:]]
+    if sample_rows is not None:
+        extra = [*extra, query_start_loc[1:][np.asarray(sample_rows, dtype=np.int64)].astype(np.int64) - 1]
     on_device = to_device_packed([*arrays, *extra], device)
     meta = AttentionMetadata(
         *on_device[:5],

@@ -70,10 +70,9 @@ class ModelRunner:
         block_tables: Sequence[Sequence[int]], sample_rows: Sequence[int], fill: InputFill | None,
     ) -> torch.Tensor:
         """`forward` of a step past the decode graphs, given by its rows' columns (see `step_metadata`)."""
-        last = np.cumsum(np.asarray(num_tokens, dtype=np.int64)) - 1  # [num_rows] row of each chunk's last token
-        sampled = last[np.asarray(sample_rows, dtype=np.int64)]  # [len(sample_rows)]
         meta, (input_ids, rows) = step_metadata(starts, num_tokens, block_tables, self.kv_cache.block_size,
-                                                self.device, extra=(np.asarray(token_ids, dtype=np.int64), sampled))
+                                                self.device, extra=(np.asarray(token_ids, dtype=np.int64),),
+                                                sample_rows=sample_rows)
         if meta.num_decode_seqs and self.graphs is not None:
             meta = self.graphs.with_graph_decode_tiling(meta)
         if fill is not None:

@@ -46,6 +46,15 @@ def test_step_metadata_holds_each_rows_positions_slots_and_padded_table_and_retu
     assert (ids.tolist(), ids.dtype, rows.tolist(), rows.dtype) == ([11, 12, 13, 14], torch.int64, [0, 3], torch.int64)
 
 
+def test_step_metadata_ends_the_extras_with_the_last_token_of_each_sampled_row() -> None:
+    # Rows of 1, 3 and 2 tokens end at tokens 0, 3 and 5; rows 2 and 0 are sampled, in that order.
+    _, (ids, last) = step_metadata([5, 0, 0], [1, 3, 2], [[1], [2], [3]], 16, CPU,
+                                   extra=(np.arange(6, dtype=np.int64),), sample_rows=[2, 0])
+    assert (ids.tolist(), last.tolist(), last.dtype) == ([0, 1, 2, 3, 4, 5], [5, 0], torch.int64)
+    _, (none_sampled,) = step_metadata([0], [4], [[1]], 16, CPU, sample_rows=[])
+    assert none_sampled.tolist() == [] and none_sampled.dtype == torch.int64
+
+
 def test_a_fixed_table_width_pads_every_row_and_refuses_a_longer_table() -> None:
     meta, extra = step_metadata([0], [1], [[3]], 16, CPU, max_blocks=4)
     assert meta.block_tables.tolist() == [[3, 0, 0, 0]] and extra == []
