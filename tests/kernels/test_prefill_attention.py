@@ -90,6 +90,19 @@ def test_prefill_rejects_bad_arguments_with_messages() -> None:
         PrefillConfig(block_m=48)
 
 
+def test_prefill_rejects_an_out_buffer_unlike_q_with_messages() -> None:
+    q = torch.randn(4, 4, 64)
+    cache = torch.randn(3, 16, 4, 64)
+    args = (q, cache, cache, torch.zeros(1, 3, dtype=torch.int32), torch.tensor([0, 4], dtype=torch.int32),
+            torch.tensor([4], dtype=torch.int32), 0.1)
+    with pytest.raises(ValueError, match=r"^out must have shape \(4, 4, 64\), got \(3, 4, 64\)$"):
+        paged_prefill_attention(*args, out=torch.empty(3, 4, 64))
+    with pytest.raises(TypeError, match=r"^out must have dtype in \(torch.float32\), got torch.float16$"):
+        paged_prefill_attention(*args, out=torch.empty(4, 4, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"^out must have stride 1 in its last dimension, got strides \(1, 4, 16\)$"):
+        paged_prefill_attention(*args, out=torch.empty(64, 4, 4).permute(2, 1, 0))
+
+
 # Page lookups (kernels/_paged_tile.py): the gathered vector and per-page scalars run everywhere, the
 # inline-assembly lookup only compiled. Pages larger than the key tile (64 > 32) put several tiles in one page.
 @pytest.mark.parametrize("page_loads", [0, 1, 2], ids=["vector", "scalar", "asm"])
