@@ -46,6 +46,7 @@ from flashstream.v1 import common_pb2, worker_pb2  # noqa: E402
 
 from bench.common import RESULTS_DIR, replaced, write_results  # noqa: E402
 from services.common.sampling import SamplingParams  # noqa: E402
+from services.common.stage import freeze_startup_heap  # noqa: E402
 from services.worker import sampler as sampler_module  # noqa: E402
 from services.worker.attention_metadata import AttentionMetadata  # noqa: E402
 from services.worker.build import build_engine  # noqa: E402
@@ -300,10 +301,9 @@ def main() -> None:
 
 @contextmanager
 def frozen_heap() -> Iterator[None]:
-    """Everything allocated so far out of the garbage collector's reach inside the block, as the worker does once
-    serving: collections walk only what steps allocate."""
-    gc.collect()
-    gc.freeze()
+    """Everything allocated so far out of the garbage collector's reach inside the block, as every stage does once
+    started (`freeze_startup_heap`): collections walk only what steps allocate."""
+    freeze_startup_heap()
     try:
         yield
     finally:
