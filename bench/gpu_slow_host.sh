@@ -4,8 +4,8 @@
 # step budget (8,192), first on the host as it is (OUT_DIR/serve_fast.*), then SLOW_ROUNDS times (default 2) with
 # the worker's threads held to cores 0 and 1, each of which also runs a busy loop (OUT_DIR/serve_slow<round>.*):
 # the worker gets about half the CPU it had, every other stage and the load client keep theirs. It stands in for a
-# host whose cores are slower (an H200 machine's, `attention_launch_h200.md`), with the scheduler's time slices as
-# added jitter. Wheels in .whl/ as bench/gpu_serve.sh says.
+# host whose cores are slower (an H200 machine's, `attention_launch_h200.md`), with the operating system's time
+# slices as added jitter. Wheels in .whl/ as bench/gpu_serve.sh says.
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_slow_host.sh OUT_DIR}"
 mkdir -p "$OUT"
