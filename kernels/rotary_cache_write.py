@@ -87,6 +87,7 @@ def _check_args(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    q_out: torch.Tensor | None,
 ) -> None:
     check_tensor("q", q, 3, FLOAT_DTYPES)
     check_tensor("k", k, 3, (q.dtype,))
@@ -111,6 +112,8 @@ def _check_args(
         check_inner_contiguous(name, t)
     check_same_device(q=q, k=k, v=v, positions=positions, cos=cos, sin=sin, key_cache=key_cache,
                       value_cache=value_cache, slot_mapping=slot_mapping)
+    if q_out is not None:
+        check_like("q_out", q_out, q)
 
 
 def apply_rotary_and_write_kv(
@@ -134,9 +137,7 @@ def apply_rotary_and_write_kv(
     Returns the rotated q (a new tensor, or q_out when given: q's shape and dtype, unit stride on head_dim) and
     stores the rotated k and v at their slots (an FP8 cache: divided by k_scale and v_scale, as write_kv_cache
     stores them)."""
-    _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping)
-    if q_out is not None:
-        check_like("q_out", q_out, q)
+    _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping, q_out)
     check_launchable(q.device)
     if q_out is None:
         q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -176,9 +177,7 @@ def apply_rotary_and_write_kv_ref(
     q_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain torch version of apply_rotary_and_write_kv: the two references it fuses, one after the other."""
-    _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping)
-    if q_out is not None:
-        check_like("q_out", q_out, q)
+    _check_args(q, k, v, positions, cos, sin, key_cache, value_cache, slot_mapping, q_out)
     q_rot, k_rot = apply_rotary_ref(q, k, positions, cos, sin)
     write_kv_cache_ref(k_rot, v, key_cache, value_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
     return q_rot if q_out is None else q_out.copy_(q_rot)
